@@ -1,0 +1,97 @@
+//! Grouping records into batches whose id is the digest of their content, so
+//! a batch sent twice is recognised by the gateway and stored once.
+
+use joinery_proto::v1::{Batch, BatchBody, Record};
+use prost::Message;
+
+/// Collects records for one dataset and cuts batches by count or size.
+pub struct Batcher {
+    dataset: String,
+    max_records: usize,
+    max_bytes: usize,
+    sequence: u64,
+    records: Vec<Record>,
+    bytes: usize,
+}
+
+impl Batcher {
+    pub fn new(dataset: &str, max_records: usize, max_bytes: usize) -> Self {
+        Self {
+            dataset: dataset.to_owned(),
+            max_records,
+            max_bytes,
+            sequence: 0,
+            records: Vec::with_capacity(max_records),
+            bytes: 0,
+        }
+    }
+
+    /// Adds a record; returns a full batch when one is ready.
+    pub fn push(&mut self, record: Record) -> Option<Batch> {
+        let size = record.encoded_len() + 8;
+        let full = !self.records.is_empty()
+            && (self.records.len() >= self.max_records || self.bytes + size > self.max_bytes);
+        let ready = if full { self.flush() } else { None };
+        self.bytes += size;
+        self.records.push(record);
+        ready
+    }
+
+    /// The last, partly filled batch, if any.
+    pub fn flush(&mut self) -> Option<Batch> {
+        if self.records.is_empty() {
+            return None;
+        }
+        let body = BatchBody {
+            dataset: self.dataset.clone(),
+            sequence: self.sequence,
+            records: std::mem::replace(&mut self.records, Vec::with_capacity(self.max_records)),
+        };
+        self.sequence += 1;
+        self.bytes = 0;
+        Some(Batch {
+            batch_id: body.digest(),
+            body: Some(body),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(row: u64) -> Record {
+        Record {
+            source_row: row,
+            local_pseudonym: vec![1; 32],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn cuts_by_count_and_ids_are_content_digests() {
+        let mut batcher = Batcher::new("d", 2, 1 << 20);
+        assert!(batcher.push(record(1)).is_none());
+        assert!(batcher.push(record(2)).is_none());
+        let first = batcher.push(record(3)).expect("third record starts a new batch");
+        assert_eq!(first.body.as_ref().unwrap().records.len(), 2);
+        let last = batcher.flush().unwrap();
+        assert_eq!(last.body.as_ref().unwrap().sequence, 1);
+        assert!(batcher.flush().is_none());
+
+        let mut again = Batcher::new("d", 2, 1 << 20);
+        again.push(record(1));
+        again.push(record(2));
+        assert_eq!(again.flush().unwrap().batch_id, first.batch_id);
+    }
+
+    #[test]
+    fn cuts_by_size() {
+        let mut batcher = Batcher::new("d", 1000, 100);
+        let mut batches = 0;
+        for row in 0..10 {
+            batches += usize::from(batcher.push(record(row)).is_some());
+        }
+        assert!(batches >= 3, "{batches}");
+    }
+}

@@ -1,0 +1,24 @@
+//! The Joinery agent: runs on an agency's premises, reads its extracts, and
+//! delivers pseudonymised records to the gateway.
+//!
+//! Data flow for one run ([`run`]): [`config`] names the sources; each
+//! [`source`] reads rows and [`mapping`] binds its columns to canonical fields;
+//! [`row`] validates them with [`validate`] (NHS number Modulus 11, postcodes,
+//! dates) and quarantines what cannot be used ([`quarantine`]); [`release`]
+//! pseudonymises and coarsens what may leave; [`batch`] groups records under
+//! content-digest ids; [`uploader`] streams them over mutual TLS and counts a
+//! batch delivered only when the gateway acknowledges its commit.
+
+pub mod batch;
+pub mod config;
+pub mod mapping;
+pub mod quarantine;
+pub mod release;
+pub mod row;
+pub mod run;
+pub mod source;
+pub mod uploader;
+pub mod validate;
+
+pub use config::AgentConfig;
+pub use run::{Progress, RunSummary, run};

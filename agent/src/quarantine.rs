@@ -1,0 +1,55 @@
+//! The quarantine report: one CSV per source listing every row that was not
+//! sent (and every row sent with a warning), by line number and reason —
+//! never the row's content.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use crate::row::Problem;
+
+pub const QUARANTINED: &str = "quarantined";
+pub const SENT_WITH_WARNING: &str = "sent-with-warning";
+
+pub struct QuarantineReport {
+    path: PathBuf,
+    source: String,
+    writer: csv::Writer<File>,
+}
+
+impl QuarantineReport {
+    /// Creates (replacing) `dir/<dataset>.quarantine.csv` for `source`.
+    pub fn create(dir: &Path, dataset: &str, source: &Path) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(format!("{dataset}.quarantine.csv"));
+        let mut writer = csv::Writer::from_writer(File::create(&path)?);
+        writer.write_record(["source", "line", "disposition", "field", "problem"])?;
+        Ok(Self {
+            path,
+            source: source
+                .file_name()
+                .map_or_else(|| source.display().to_string(), |n| n.to_string_lossy().into_owned()),
+            writer,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn write(&mut self, line: u64, disposition: &str, problem: &Problem) -> std::io::Result<()> {
+        self.writer.write_record([
+            self.source.as_str(),
+            &line.to_string(),
+            disposition,
+            &problem.field,
+            &problem.what,
+        ])?;
+        Ok(())
+    }
+
+    pub fn finish(mut self) -> std::io::Result<PathBuf> {
+        self.writer.flush()?;
+        self.writer.get_ref().sync_all()?;
+        Ok(self.path)
+    }
+}

@@ -1,0 +1,333 @@
+//! The canonical person row, and how a source row's fields become one.
+//!
+//! Every problem is a [`Problem`] naming the canonical field and the rule that
+//! failed, never the value. A row is quarantined when it cannot be used (no
+//! local id, an impossible or future date); a lesser problem (an NHS number
+//! failing its check digit, an unrecognised code) drops that value, keeps the
+//! row and is reported as a warning.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use time::Date;
+
+use crate::mapping::{NameOrder, Resolved, ResolvedAttribute};
+use crate::validate::{self, Postcode};
+
+/// One person-row in canonical form. Identifying fields never leave the
+/// agent: [`crate::release`] turns this into what may be sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PersonRow {
+    pub local_id: String,
+    /// Ten digits, only when valid.
+    pub nhs_number: Option<String>,
+    /// Normalised (upper case, letters only); used by linkage encodings.
+    pub given_name: Option<String>,
+    pub family_name: Option<String>,
+    pub date_of_birth: Option<Date>,
+    /// One of [`crate::mapping::SEX_VALUES`].
+    pub sex: Option<String>,
+    pub postcode: Option<Postcode>,
+    pub attributes: BTreeMap<String, String>,
+    pub events: Vec<Event>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub event_type: String,
+    pub date: Date,
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// A problem with one field of one row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub field: String,
+    pub what: String,
+}
+
+impl Problem {
+    pub fn new(field: impl Into<String>, what: impl fmt::Display) -> Self {
+        Self {
+            field: field.into(),
+            what: what.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.what)
+    }
+}
+
+/// The result of mapping one source row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RowOutcome {
+    Valid {
+        row: PersonRow,
+        warnings: Vec<Problem>,
+    },
+    Quarantined(Problem),
+}
+
+/// Maps a row's fields (already split, in header order) through `mapping`.
+/// Dates after `today` are refused.
+pub fn map_row(fields: &[String], mapping: &Resolved, today: Date) -> RowOutcome {
+    match build(fields, mapping, today) {
+        Ok((row, warnings)) => RowOutcome::Valid { row, warnings },
+        Err(problem) => RowOutcome::Quarantined(problem),
+    }
+}
+
+fn build(
+    fields: &[String],
+    mapping: &Resolved,
+    today: Date,
+) -> Result<(PersonRow, Vec<Problem>), Problem> {
+    let get = |index: usize| fields.get(index).map(|s| s.trim()).unwrap_or("");
+    let present = |index: Option<usize>| index.map(get).filter(|s| !s.is_empty());
+    let mut warnings = Vec::new();
+
+    let local_id = get(mapping.local_id).to_owned();
+    if local_id.is_empty() {
+        return Err(Problem::new("local_id", "missing"));
+    }
+
+    let nhs_number = present(mapping.nhs_number).and_then(|raw| match validate::nhs_number(raw) {
+        Ok(n) => Some(n),
+        Err(e) => {
+            warnings.push(Problem::new("nhs_number", format!("{e}; treated as missing")));
+            None
+        }
+    });
+
+    let (given_name, family_name) = match mapping.full_name {
+        Some((index, order)) => split_name(get(index), order),
+        None => (
+            present(mapping.given_name).map(validate::name),
+            present(mapping.family_name).map(validate::name),
+        ),
+    };
+    let non_empty = |n: Option<String>| n.filter(|n| !n.is_empty());
+
+    let date_of_birth = match mapping.date_of_birth {
+        Some((index, format)) => match present(Some(index)) {
+            None => {
+                warnings.push(Problem::new("date_of_birth", "missing"));
+                None
+            }
+            Some(raw) => Some(checked_date(raw, format, today, "date_of_birth")?),
+        },
+        None => None,
+    };
+
+    let sex = mapping.sex.as_ref().and_then(|(index, codes)| {
+        let raw = present(Some(*index))?;
+        match codes.get(&raw.to_uppercase()) {
+            Some(value) if crate::mapping::SEX_VALUES.contains(&value.as_str()) => {
+                Some(value.clone())
+            }
+            _ => {
+                warnings.push(Problem::new("sex", "code not recognised; treated as missing"));
+                None
+            }
+        }
+    });
+
+    let postcode = present(mapping.postcode).and_then(|raw| match validate::postcode(raw) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            warnings.push(Problem::new("postcode", format!("{e}; treated as missing")));
+            None
+        }
+    });
+
+    let attributes = collect_attributes(&mapping.attributes, &get, "", &mut warnings);
+
+    let mut events = Vec::new();
+    for event in &mapping.events {
+        let (index, format) = event.date;
+        let field = format!("{} date", event.event_type);
+        match present(Some(index)) {
+            None => warnings.push(Problem::new(field, "missing; no event recorded")),
+            Some(raw) => events.push(Event {
+                event_type: event.event_type.clone(),
+                date: checked_date(raw, format, today, &field)?,
+                attributes: collect_attributes(
+                    &event.attributes,
+                    &get,
+                    &format!("{} ", event.event_type),
+                    &mut warnings,
+                ),
+            }),
+        }
+    }
+
+    Ok((
+        PersonRow {
+            local_id,
+            nhs_number,
+            given_name: non_empty(given_name),
+            family_name: non_empty(family_name),
+            date_of_birth,
+            sex,
+            postcode,
+            attributes,
+            events,
+        },
+        warnings,
+    ))
+}
+
+fn checked_date(
+    raw: &str,
+    format: validate::DateFormat,
+    today: Date,
+    field: &str,
+) -> Result<Date, Problem> {
+    let date = validate::date(raw, format).map_err(|e| Problem::new(field, e))?;
+    if date > today {
+        return Err(Problem::new(field, validate::Invalid::FutureDate));
+    }
+    Ok(date)
+}
+
+fn collect_attributes<'a>(
+    attributes: &[ResolvedAttribute],
+    get: &impl Fn(usize) -> &'a str,
+    prefix: &str,
+    warnings: &mut Vec<Problem>,
+) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for attribute in attributes {
+        let raw = get(attribute.index);
+        if raw.is_empty() {
+            continue;
+        }
+        match &attribute.codes {
+            None => {
+                out.insert(attribute.name.clone(), raw.to_owned());
+            }
+            Some(codes) => match codes.get(&raw.to_uppercase()) {
+                Some(value) => {
+                    out.insert(attribute.name.clone(), value.clone());
+                }
+                None => warnings.push(Problem::new(
+                    format!("{prefix}{}", attribute.name),
+                    "code not in the mapping's code list; treated as missing",
+                )),
+            },
+        }
+    }
+    out
+}
+
+/// Splits a combined name column into (given, family), normalised.
+fn split_name(raw: &str, order: NameOrder) -> (Option<String>, Option<String>) {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return (None, None);
+    }
+    match order {
+        NameOrder::SurnameCommaForename => match raw.split_once(',') {
+            Some((family, given)) => (Some(validate::name(given)), Some(validate::name(family))),
+            None => (None, Some(validate::name(raw))),
+        },
+        NameOrder::ForenameSurname => match raw.rsplit_once(char::is_whitespace) {
+            Some((given, family)) => (Some(validate::name(given)), Some(validate::name(family))),
+            None => (None, Some(validate::name(raw))),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mapping::Mapping;
+    use std::path::Path;
+    use time::macros::date;
+
+    fn resolved(yaml: &str, headers: &[&str]) -> Resolved {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        let headers: Vec<String> = headers.iter().map(|h| h.to_string()).collect();
+        Mapping::load(&path)
+            .unwrap()
+            .resolve(&headers, &path, Path::new("d.csv"))
+            .unwrap()
+    }
+
+    fn row(values: &[&str]) -> Vec<String> {
+        values.iter().map(|v| v.to_string()).collect()
+    }
+
+    const MAP: &str = "dataset: d\nfields:\n  local_id: id\n  nhs_number: nhs\n  full_name: { column: name, order: surname_comma_forename }\n  date_of_birth: { column: dob, format: dd/mm/yyyy }\n  sex: sex\n  postcode: pc\nevents:\n  - type: referral\n    date: { column: ref, format: iso }\n";
+    const HEADERS: &[&str] = &["id", "nhs", "name", "dob", "sex", "pc", "ref"];
+    const TODAY: Date = date!(2026 - 01 - 01);
+
+    #[test]
+    fn a_clean_row_maps_every_field() {
+        let m = resolved(MAP, HEADERS);
+        let RowOutcome::Valid { row: r, warnings } = map_row(
+            &row(&["C1", "943 476 5919", "SMITH, Jane", "03/04/2015", "F", "ls6 2ab", "2024-05-06"]),
+            &m,
+            TODAY,
+        ) else {
+            panic!("row should be valid")
+        };
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(r.nhs_number.as_deref(), Some("9434765919"));
+        assert_eq!(r.given_name.as_deref(), Some("JANE"));
+        assert_eq!(r.family_name.as_deref(), Some("SMITH"));
+        assert_eq!(r.date_of_birth, Some(date!(2015 - 04 - 03)));
+        assert_eq!(r.sex.as_deref(), Some("female"));
+        assert_eq!(r.postcode.unwrap().district(), "LS6");
+        assert_eq!(r.events[0].date, date!(2024 - 05 - 06));
+    }
+
+    #[test]
+    fn an_invalid_nhs_number_is_a_warning_and_counts_as_missing() {
+        let m = resolved(MAP, HEADERS);
+        let RowOutcome::Valid { row: r, warnings } = map_row(
+            &row(&["C1", "9434765918", "", "03/04/2015", "", "", "2024-05-06"]),
+            &m,
+            TODAY,
+        ) else {
+            panic!("row should be valid")
+        };
+        assert_eq!(r.nhs_number, None);
+        assert_eq!(warnings[0].field, "nhs_number");
+        assert!(!warnings[0].to_string().contains("9434765918"));
+    }
+
+    #[test]
+    fn impossible_future_and_missing_key_fields_quarantine_the_row() {
+        let m = resolved(MAP, HEADERS);
+        let cases = [
+            (["C1", "", "", "31/02/2015", "", "", ""], "date_of_birth: date does not exist"),
+            (["C1", "", "", "01/01/2030", "", "", ""], "date_of_birth: date is in the future"),
+            (["", "", "", "01/01/2015", "", "", ""], "local_id: missing"),
+            (["C1", "", "", "01/01/2015", "", "", "06/05/2024"], "referral date: date does not match the expected format"),
+        ];
+        for (values, expected) in cases {
+            match map_row(&row(&values), &m, TODAY) {
+                RowOutcome::Quarantined(p) => assert_eq!(p.to_string(), expected),
+                other => panic!("expected quarantine, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn names_split_both_ways() {
+        assert_eq!(
+            split_name("Smith-Jones, Mary Ann", NameOrder::SurnameCommaForename),
+            (Some("MARY ANN".into()), Some("SMITH-JONES".into()))
+        );
+        assert_eq!(
+            split_name("Mary Ann Smith", NameOrder::ForenameSurname),
+            (Some("MARY ANN".into()), Some("SMITH".into()))
+        );
+    }
+}

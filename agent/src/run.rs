@@ -1,0 +1,256 @@
+//! One agent run: check every source against its mapping, connect, stream
+//! every row through validation, release and batching to the gateway, and
+//! summarise what happened.
+//!
+//! Rows are read on a blocking thread and handed to the sender through a
+//! bounded channel, so a slow gateway slows reading rather than filling memory.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use joinery_crypto::keys::SecretKey;
+use joinery_proto::v1::{AckStatus, Batch, Hello, RejectReason};
+use tokio::sync::mpsc;
+
+use crate::batch::Batcher;
+use crate::config::{AgentConfig, SourceConfig};
+use crate::mapping::Mapping;
+use crate::quarantine::{QUARANTINED, QuarantineReport, SENT_WITH_WARNING};
+use crate::release::Releaser;
+use crate::row::RowOutcome;
+use crate::source::csv::CsvSource;
+use crate::uploader::{Acked, Uploader};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Key(#[from] joinery_crypto::keys::KeyError),
+    #[error(transparent)]
+    Tls(#[from] joinery_crypto::tls::TlsError),
+    #[error(transparent)]
+    Mapping(#[from] crate::mapping::MappingError),
+    #[error(transparent)]
+    Source(#[from] crate::source::csv::CsvError),
+    #[error(transparent)]
+    Connect(#[from] joinery_proto::channel::ConnectError),
+    #[error(transparent)]
+    Upload(#[from] crate::uploader::UploadError),
+    #[error("cannot write the quarantine report {path}: {source}")]
+    Quarantine {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the reader thread failed: {0}")]
+    Reader(String),
+}
+
+/// What happened to one source.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SourceSummary {
+    pub source: PathBuf,
+    pub dataset: String,
+    pub rows_read: u64,
+    pub records_sent: u64,
+    /// Stored by this run.
+    pub records_stored: u64,
+    /// Already stored by an earlier run (their batches were duplicates).
+    pub records_already_stored: u64,
+    pub records_rejected: u64,
+    pub batches_rejected: BTreeMap<String, u64>,
+    /// Rows not sent, by reason.
+    pub quarantined: BTreeMap<String, u64>,
+    /// Rows sent with a value dropped, by reason.
+    pub warnings: BTreeMap<String, u64>,
+    pub quarantine_report: PathBuf,
+}
+
+impl SourceSummary {
+    pub fn quarantined_rows(&self) -> u64 {
+        self.quarantined.values().sum()
+    }
+}
+
+/// What happened in the run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunSummary {
+    pub sources: Vec<SourceSummary>,
+}
+
+/// Exit statuses of `joinery agent run`.
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_QUARANTINED: i32 = 3;
+pub const EXIT_REJECTED: i32 = 4;
+
+impl RunSummary {
+    /// 0: everything delivered; 3: some rows quarantined, the rest delivered;
+    /// 4: the gateway rejected at least one batch.
+    pub fn exit_code(&self) -> i32 {
+        if self.sources.iter().any(|s| s.records_rejected > 0) {
+            EXIT_REJECTED
+        } else if self.sources.iter().any(|s| s.quarantined_rows() > 0) {
+            EXIT_QUARANTINED
+        } else {
+            EXIT_OK
+        }
+    }
+}
+
+/// How the run reports progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// A progress bar on the terminal (hidden when stderr is not a terminal).
+    Bar,
+    Quiet,
+}
+
+/// Runs the agent once over every configured source.
+pub async fn run(config: &AgentConfig, progress: Progress) -> Result<RunSummary, AgentError> {
+    let key = SecretKey::load(&config.linkage_key)?;
+    let tls = joinery_crypto::tls::client_config(&config.tls_files())?;
+    let today = time::OffsetDateTime::now_utc().date();
+
+    // Bind every mapping to its file before anything is sent.
+    let mut opened = Vec::new();
+    for source in &config.sources {
+        let SourceConfig::Csv { path, mapping } = source;
+        let map = Mapping::load(mapping)?;
+        let reader = CsvSource::open(path, &map, mapping, today)?;
+        opened.push((path.clone(), map.dataset.clone(), reader));
+    }
+
+    let channel =
+        joinery_proto::channel::connect(&config.gateway.address, config.server_name(), tls).await?;
+    let hello = Hello {
+        organisation: config.organisation.clone(),
+        agreement_id: config.agreement.id.clone(),
+        agreement_version: config.agreement.version,
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+    };
+    let mut uploader: Uploader<usize> =
+        Uploader::open(channel, hello, config.max_in_flight).await?;
+    // Leave headroom under the gateway's limit for framing.
+    let max_batch_bytes = uploader.max_batch_bytes() / 2;
+    let releaser = Arc::new(Releaser::new(&key));
+    let mut summaries = Vec::new();
+
+    for (index, (path, dataset, reader)) in opened.into_iter().enumerate() {
+        tracing::info!(source = %path.display(), %dataset, "reading source");
+        let report = QuarantineReport::create(&config.quarantine_dir, &dataset, &path).map_err(
+            |source| AgentError::Quarantine {
+                path: config.quarantine_dir.clone(),
+                source,
+            },
+        )?;
+        let batcher = Batcher::new(&dataset, config.batch_size, max_batch_bytes);
+        let (tx, mut rx) = mpsc::channel::<Batch>(config.max_in_flight);
+        let releaser = releaser.clone();
+        let reading = tokio::task::spawn_blocking(move || {
+            read_source(reader, &releaser, batcher, report, tx, progress)
+        });
+        let mut acked = Vec::new();
+        while let Some(batch) = rx.recv().await {
+            acked.extend(uploader.send(index, batch).await?);
+        }
+        let mut summary = reading
+            .await
+            .map_err(|e| AgentError::Reader(e.to_string()))??;
+        summary.source = path;
+        summary.dataset = dataset;
+        summaries.push(summary);
+        tally(&mut summaries, acked);
+    }
+    let rest = uploader.finish().await?;
+    tally(&mut summaries, rest);
+    Ok(RunSummary { sources: summaries })
+}
+
+fn tally(summaries: &mut [SourceSummary], acked: Vec<Acked<usize>>) {
+    for a in acked {
+        let Some(summary) = summaries.get_mut(a.tag) else {
+            continue;
+        };
+        let records = a.records as u64;
+        match a.status() {
+            AckStatus::Committed => summary.records_stored += a.ack.records_stored,
+            AckStatus::Duplicate => summary.records_already_stored += records,
+            _ => {
+                summary.records_rejected += records;
+                let reason = RejectReason::try_from(a.ack.reason)
+                    .map_or("UNKNOWN", |r| r.as_str_name())
+                    .to_owned();
+                *summary.batches_rejected.entry(reason).or_default() += 1;
+                tracing::warn!(batch_id = %a.ack.batch_id, detail = %a.ack.detail, "gateway rejected a batch");
+            }
+        }
+    }
+}
+
+/// Reads every row of one source (on a blocking thread), quarantining what
+/// cannot be used and sending full batches down `tx`.
+fn read_source(
+    mut reader: CsvSource,
+    releaser: &Releaser,
+    mut batcher: Batcher,
+    mut report: QuarantineReport,
+    tx: mpsc::Sender<Batch>,
+    progress: Progress,
+) -> Result<SourceSummary, AgentError> {
+    let bar = match progress {
+        Progress::Bar => ProgressBar::new(reader.total_bytes()).with_style(
+            ProgressStyle::with_template(
+                "{msg} {wide_bar} {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ),
+        Progress::Quiet => ProgressBar::hidden(),
+    };
+    bar.set_message(report.path().file_stem().map_or_else(String::new, |s| {
+        s.to_string_lossy().trim_end_matches(".quarantine").to_owned()
+    }));
+    let quarantine_err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| AgentError::Quarantine { path, source }
+    };
+    let mut summary = SourceSummary::default();
+    let send = |batch: Batch| tx.blocking_send(batch).is_ok();
+    while let Some(row) = reader.next_row() {
+        let row = row?;
+        summary.rows_read += 1;
+        match row.outcome {
+            RowOutcome::Quarantined(problem) => {
+                *summary.quarantined.entry(problem.to_string()).or_default() += 1;
+                report
+                    .write(row.line, QUARANTINED, &problem)
+                    .map_err(quarantine_err(report.path()))?;
+            }
+            RowOutcome::Valid { row: person, warnings } => {
+                for problem in &warnings {
+                    *summary.warnings.entry(problem.to_string()).or_default() += 1;
+                    report
+                        .write(row.line, SENT_WITH_WARNING, problem)
+                        .map_err(quarantine_err(report.path()))?;
+                }
+                summary.records_sent += 1;
+                if let Some(batch) = batcher.push(releaser.release(&person, row.line)) {
+                    if !send(batch) {
+                        break;
+                    }
+                }
+            }
+        }
+        if summary.rows_read % 4096 == 0 {
+            bar.set_position(reader.bytes_read());
+        }
+    }
+    if let Some(batch) = batcher.flush() {
+        send(batch);
+    }
+    bar.finish_and_clear();
+    summary.quarantine_report = report.finish().map_err(|source| AgentError::Quarantine {
+        path: PathBuf::new(),
+        source,
+    })?;
+    Ok(summary)
+}

@@ -1,0 +1,297 @@
+//! Delimited text extracts read through a mapping file.
+//!
+//! Copes with what spreadsheets and reporting tools produce: a UTF-8 byte
+//! order mark, CRLF line ends, `;` or tab separators (detected from the header
+//! when the mapping does not say), and Windows-1252 text. A row with the
+//! wrong number of fields — including one swallowed by an unbalanced quote —
+//! is quarantined with its line numbers; reading continues.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+
+use time::Date;
+
+use crate::mapping::{Mapping, MappingError, Resolved};
+use crate::row::{Problem, RowOutcome, map_row};
+use crate::source::SourceRow;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CsvError {
+    #[error("cannot read {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is empty: a header row is required")]
+    NoHeader { path: PathBuf },
+    #[error("{path}, line 1: cannot read the header row: {detail}")]
+    Header { path: PathBuf, detail: String },
+    #[error(transparent)]
+    Mapping(#[from] MappingError),
+    #[error("{path}, line {line}: cannot read the file: {detail}")]
+    Io {
+        path: PathBuf,
+        line: u64,
+        detail: String,
+    },
+}
+
+/// An open CSV extract with its mapping bound to the header.
+pub struct CsvSource {
+    path: PathBuf,
+    reader: csv::Reader<BufReader<File>>,
+    mapping: Resolved,
+    header_len: usize,
+    total_bytes: u64,
+    today: Date,
+    record: csv::ByteRecord,
+}
+
+impl CsvSource {
+    /// Opens `path`, reads its header and binds `mapping` to it. Fails naming
+    /// any column the mapping needs and the file lacks.
+    pub fn open(
+        path: &Path,
+        mapping: &Mapping,
+        mapping_path: &Path,
+        today: Date,
+    ) -> Result<Self, CsvError> {
+        let open_err = |source| CsvError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let file = File::open(path).map_err(open_err)?;
+        let total_bytes = file.metadata().map_err(open_err)?.len();
+        let mut buffered = BufReader::with_capacity(256 * 1024, file);
+        let delimiter = match mapping.delimiter {
+            Some(d) => u8::try_from(d).map_err(|_| CsvError::Header {
+                path: path.to_owned(),
+                detail: "the mapping's delimiter must be a single ASCII character".to_owned(),
+            })?,
+            None => detect_delimiter(buffered.fill_buf().map_err(open_err)?),
+        };
+        let mut reader = csv::ReaderBuilder::new()
+            .delimiter(delimiter)
+            .flexible(true)
+            // Records end at LF only, so line numbers stay exact for CRLF
+            // files; the CR is trimmed with the rest of the field's spaces.
+            .terminator(csv::Terminator::Any(b'\n'))
+            .has_headers(true)
+            .from_reader(buffered);
+        let headers = reader.byte_headers().map_err(|e| CsvError::Header {
+            path: path.to_owned(),
+            detail: e.to_string(),
+        })?;
+        if headers.is_empty() {
+            return Err(CsvError::NoHeader {
+                path: path.to_owned(),
+            });
+        }
+        let headers: Vec<String> = headers
+            .iter()
+            .map(|h| decode(h).trim_start_matches('\u{feff}').to_owned())
+            .collect();
+        let resolved = mapping.resolve(&headers, mapping_path, path)?;
+        Ok(Self {
+            path: path.to_owned(),
+            reader,
+            mapping: resolved,
+            header_len: headers.len(),
+            total_bytes,
+            today,
+            record: csv::ByteRecord::new(),
+        })
+    }
+
+    /// Size of the file, for progress reporting.
+    pub fn total_bytes(&self) -> u64 {
+        self.total_bytes
+    }
+
+    /// Bytes consumed so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.reader.position().byte()
+    }
+
+    /// The next row, `None` at the end of the file. Blank lines are skipped.
+    pub fn next_row(&mut self) -> Option<Result<SourceRow, CsvError>> {
+        loop {
+            match self.read_row()? {
+                Ok(None) => continue,
+                Ok(Some(row)) => return Some(Ok(row)),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+
+    /// The next row; `Some(Ok(None))` for a blank line.
+    fn read_row(&mut self) -> Option<Result<Option<SourceRow>, CsvError>> {
+        let start_line = self.reader.position().line();
+        match self.reader.read_byte_record(&mut self.record) {
+            Ok(false) => None,
+            Ok(true) => {
+                if self.record.len() == 1 && self.record[0].trim_ascii().is_empty() {
+                    return Some(Ok(None));
+                }
+                let line = self
+                    .record
+                    .position()
+                    .map_or(start_line, |p| p.line());
+                let end_line = self.reader.position().line();
+                if self.record.len() != self.header_len {
+                    let span = if end_line > line + 1 {
+                        format!(
+                            " (the row runs from line {line} to line {}: probably an unbalanced quote)",
+                            end_line - 1
+                        )
+                    } else {
+                        String::new()
+                    };
+                    return Some(Ok(Some(SourceRow {
+                        line,
+                        outcome: RowOutcome::Quarantined(Problem::new(
+                            "row",
+                            format!(
+                                "has {} fields but the header has {}{span}",
+                                self.record.len(),
+                                self.header_len
+                            ),
+                        )),
+                    })));
+                }
+                let fields: Vec<String> = self.record.iter().map(decode).collect();
+                Some(Ok(Some(SourceRow {
+                    line,
+                    outcome: map_row(&fields, &self.mapping, self.today),
+                })))
+            }
+            Err(e) => {
+                let line = e.position().map_or(start_line, |p| p.line());
+                match e.into_kind() {
+                    csv::ErrorKind::Io(io) => Some(Err(CsvError::Io {
+                        path: self.path.clone(),
+                        line,
+                        detail: io.to_string(),
+                    })),
+                    // Other csv errors describe structure, not content: the
+                    // row is quarantined and reading goes on.
+                    _ => Some(Ok(Some(SourceRow {
+                        line,
+                        outcome: RowOutcome::Quarantined(Problem::new(
+                            "row",
+                            "is not well-formed CSV",
+                        )),
+                    }))),
+                }
+            }
+        }
+    }
+}
+
+/// The separator used by the header line: `;` or tab if either appears more
+/// often than `,`, else `,`.
+fn detect_delimiter(start: &[u8]) -> u8 {
+    let header = start.split(|&b| b == b'\n').next().unwrap_or(start);
+    let count = |d: u8| header.iter().filter(|&&b| b == d).count();
+    let (commas, semicolons, tabs) = (count(b','), count(b';'), count(b'\t'));
+    if semicolons > commas && semicolons >= tabs {
+        b';'
+    } else if tabs > commas {
+        b'\t'
+    } else {
+        b','
+    }
+}
+
+/// UTF-8 when it is; otherwise Windows-1252 (as Excel saves "CSV").
+fn decode(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s.to_owned(),
+        Err(_) => bytes.iter().map(|&b| windows_1252(b)).collect(),
+    }
+}
+
+fn windows_1252(b: u8) -> char {
+    const HIGH: [char; 32] = [
+        '€', '\u{81}', '‚', 'ƒ', '„', '…', '†', '‡', 'ˆ', '‰', 'Š', '‹', 'Œ', '\u{8d}', 'Ž',
+        '\u{8f}', '\u{90}', '‘', '’', '“', '”', '•', '–', '—', '˜', '™', 'š', '›', 'œ', '\u{9d}',
+        'ž', 'Ÿ',
+    ];
+    match b {
+        0x80..=0x9f => HIGH[usize::from(b - 0x80)],
+        _ => char::from(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::date;
+
+    const MAPPING: &str = "dataset: d\nfields:\n  local_id: Child ID\n  family_name: Surname\n  date_of_birth: { column: DOB, format: dd/mm/yyyy }\n";
+
+    fn read_all(csv_bytes: &[u8]) -> Vec<SourceRow> {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("d.csv");
+        let map = dir.path().join("m.yaml");
+        std::fs::write(&data, csv_bytes).unwrap();
+        std::fs::write(&map, MAPPING).unwrap();
+        let mapping = Mapping::load(&map).unwrap();
+        let mut source = CsvSource::open(&data, &mapping, &map, date!(2026 - 01 - 01)).unwrap();
+        let mut rows = Vec::new();
+        while let Some(row) = source.next_row() {
+            rows.push(row.unwrap());
+        }
+        assert_eq!(source.bytes_read(), source.total_bytes());
+        rows
+    }
+
+    fn family(row: &SourceRow) -> Option<&str> {
+        match &row.outcome {
+            RowOutcome::Valid { row, .. } => row.family_name.as_deref(),
+            RowOutcome::Quarantined(_) => None,
+        }
+    }
+
+    #[test]
+    fn bom_crlf_and_semicolons() {
+        let rows = read_all(b"\xef\xbb\xbfChild ID;Surname;DOB\r\nA1;Smith;01/02/2015\r\n\r\nA2;Jones;03/04/2016\r\n");
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].line, 2);
+        assert_eq!(rows[1].line, 4);
+        assert_eq!(family(&rows[1]), Some("JONES"));
+    }
+
+    #[test]
+    fn windows_1252_names() {
+        let rows = read_all(b"Child ID,Surname,DOB\nA1,Lef\xe8vre,01/02/2015\n");
+        assert_eq!(family(&rows[0]), Some("LEFEVRE"));
+    }
+
+    #[test]
+    fn wrong_field_counts_are_quarantined_and_reading_continues() {
+        let rows = read_all(
+            b"Child ID,Surname,DOB\nA1,Smith\nA2,Jones,01/02/2015,extra\nA3,Brown,01/02/2015\n",
+        );
+        assert_eq!(rows.len(), 3);
+        for bad in &rows[..2] {
+            let RowOutcome::Quarantined(p) = &bad.outcome else {
+                panic!("should be quarantined")
+            };
+            assert!(p.what.contains("but the header has 3"), "{p}");
+        }
+        assert_eq!(rows[1].line, 3);
+        assert_eq!(family(&rows[2]), Some("BROWN"));
+    }
+
+    #[test]
+    fn an_unbalanced_quote_is_reported_with_its_line_span() {
+        let rows = read_all(b"Child ID,Surname,DOB\nA1,\"Smith,01/02/2015\nA2,Jones,01/02/2015\nA3,Brown,01/02/2015\n");
+        let RowOutcome::Quarantined(p) = &rows[0].outcome else {
+            panic!("should be quarantined")
+        };
+        assert!(p.what.contains("unbalanced quote"), "{p}");
+        assert!(!p.what.contains("Smith"), "{p}");
+    }
+}

@@ -1,0 +1,151 @@
+//! One delivery session with the gateway over `joinery.v1.Ingest/Stream`.
+//!
+//! The uploader keeps at most `window` batches unacknowledged: sending waits
+//! for acks when the window is full. An ack arrives only after the gateway has
+//! committed the batch, so a batch counts as delivered only then.
+
+use std::collections::HashMap;
+
+use joinery_proto::v1::ingest_client::IngestClient;
+use joinery_proto::v1::{
+    Ack, AckStatus, AgentMessage, Batch, GatewayMessage, Hello, agent_message, gateway_message,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+use tonic::transport::Channel;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error("the gateway refused the session: {code:?}: {message}")]
+    Refused { code: tonic::Code, message: String },
+    #[error("the gateway ended the session: {code:?}: {message}")]
+    Ended { code: tonic::Code, message: String },
+    #[error("the gateway closed the session with {0} batches unacknowledged")]
+    Closed(usize),
+    #[error("the gateway sent an unexpected message: {0}")]
+    Protocol(&'static str),
+}
+
+impl UploadError {
+    fn from_status(status: tonic::Status, opening: bool) -> Self {
+        let (code, message) = (status.code(), status.message().to_owned());
+        if opening {
+            Self::Refused { code, message }
+        } else {
+            Self::Ended { code, message }
+        }
+    }
+}
+
+/// An acknowledged batch, with the caller's tag for it.
+#[derive(Debug, Clone)]
+pub struct Acked<T> {
+    pub tag: T,
+    pub records: usize,
+    pub ack: Ack,
+}
+
+impl<T> Acked<T> {
+    pub fn status(&self) -> AckStatus {
+        AckStatus::try_from(self.ack.status).unwrap_or(AckStatus::Unspecified)
+    }
+}
+
+pub struct Uploader<T> {
+    outbound: mpsc::Sender<AgentMessage>,
+    inbound: Streaming<GatewayMessage>,
+    pending: HashMap<String, (T, usize)>,
+    window: usize,
+    max_batch_bytes: usize,
+}
+
+impl<T> Uploader<T> {
+    /// Opens a session: sends `hello` and waits for the gateway's welcome.
+    pub async fn open(channel: Channel, hello: Hello, window: usize) -> Result<Self, UploadError> {
+        let (outbound, rx) = mpsc::channel(window.max(1));
+        outbound
+            .send(AgentMessage {
+                kind: Some(agent_message::Kind::Hello(hello)),
+            })
+            .await
+            .map_err(|_| UploadError::Protocol("session closed before Hello"))?;
+        let mut client = IngestClient::new(channel)
+            .max_decoding_message_size(4 * 1024 * 1024)
+            .max_encoding_message_size(64 * 1024 * 1024);
+        let mut inbound = client
+            .stream(ReceiverStream::new(rx))
+            .await
+            .map_err(|s| UploadError::from_status(s, true))?
+            .into_inner();
+        let welcome = match inbound.message().await {
+            Ok(Some(GatewayMessage {
+                kind: Some(gateway_message::Kind::Welcome(welcome)),
+            })) => welcome,
+            Ok(_) => return Err(UploadError::Protocol("expected Welcome")),
+            Err(status) => return Err(UploadError::from_status(status, true)),
+        };
+        Ok(Self {
+            outbound,
+            inbound,
+            pending: HashMap::new(),
+            window: window.max(1),
+            max_batch_bytes: usize::try_from(welcome.max_batch_bytes).unwrap_or(usize::MAX),
+        })
+    }
+
+    /// The largest encoded batch the gateway accepts.
+    pub fn max_batch_bytes(&self) -> usize {
+        self.max_batch_bytes
+    }
+
+    /// Sends `batch`, first collecting acks while the window is full. Returns
+    /// the acks collected.
+    pub async fn send(&mut self, tag: T, batch: Batch) -> Result<Vec<Acked<T>>, UploadError> {
+        let mut acked = Vec::new();
+        while self.pending.len() >= self.window {
+            acked.push(self.next_ack().await?);
+        }
+        let records = batch.body.as_ref().map_or(0, |b| b.records.len());
+        self.pending.insert(batch.batch_id.clone(), (tag, records));
+        if self
+            .outbound
+            .send(AgentMessage {
+                kind: Some(agent_message::Kind::Batch(batch)),
+            })
+            .await
+            .is_err()
+        {
+            // The stream is gone; the reason arrives on the inbound side.
+            acked.push(self.next_ack().await?);
+        }
+        Ok(acked)
+    }
+
+    /// Waits for every outstanding ack and ends the session.
+    pub async fn finish(mut self) -> Result<Vec<Acked<T>>, UploadError> {
+        let mut acked = Vec::new();
+        while !self.pending.is_empty() {
+            acked.push(self.next_ack().await?);
+        }
+        drop(self.outbound);
+        Ok(acked)
+    }
+
+    async fn next_ack(&mut self) -> Result<Acked<T>, UploadError> {
+        match self.inbound.message().await {
+            Ok(Some(GatewayMessage {
+                kind: Some(gateway_message::Kind::Ack(ack)),
+            })) => {
+                let (tag, records) = self
+                    .pending
+                    .remove(&ack.batch_id)
+                    .ok_or(UploadError::Protocol("ack for a batch not sent"))?;
+                Ok(Acked { tag, records, ack })
+            }
+            Ok(Some(_)) => Err(UploadError::Protocol("expected Ack")),
+            Ok(None) => Err(UploadError::Closed(self.pending.len())),
+            Err(status) => Err(UploadError::from_status(status, false)),
+        }
+    }
+}

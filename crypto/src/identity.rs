@@ -1,0 +1,146 @@
+//! Who a certificate names. Every Joinery client certificate carries exactly
+//! one URI subject alternative name:
+//!
+//! - `urn:joinery:org:CODE` — an agency (ODS or local-authority code), which
+//!   may deliver data;
+//! - `urn:joinery:analyst:NAME` — an analyst, who may query.
+//!
+//! The gateway takes identity only from the verified certificate, never from
+//! anything the client sends.
+
+use std::fmt;
+
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+const ORG_PREFIX: &str = "urn:joinery:org:";
+const ANALYST_PREFIX: &str = "urn:joinery:analyst:";
+
+/// The party a certificate was issued to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PeerIdentity {
+    Organisation(String),
+    Analyst(String),
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum IdentityError {
+    #[error("certificate is not valid X.509 DER")]
+    NotX509,
+    #[error("certificate must carry exactly one URI subject alternative name, found {0}")]
+    UriSanCount(usize),
+    #[error("certificate URI SAN is not urn:joinery:org:CODE or urn:joinery:analyst:NAME")]
+    UnknownUri,
+    #[error(
+        "organisation code must be 2 to 12 upper-case letters or digits (an ODS or local-authority code)"
+    )]
+    BadOrganisationCode,
+    #[error("analyst name must be 1 to 64 letters, digits, '.', '-' or '_'")]
+    BadAnalystName,
+}
+
+/// Checks an ODS or local-authority code: 2–12 upper-case ASCII letters or digits.
+pub fn validate_organisation_code(code: &str) -> Result<(), IdentityError> {
+    let ok = (2..=12).contains(&code.len())
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+    ok.then_some(()).ok_or(IdentityError::BadOrganisationCode)
+}
+
+/// Checks an analyst name: 1–64 of `[A-Za-z0-9._-]`.
+pub fn validate_analyst_name(name: &str) -> Result<(), IdentityError> {
+    let ok = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+    ok.then_some(()).ok_or(IdentityError::BadAnalystName)
+}
+
+impl PeerIdentity {
+    /// The URI to put in a certificate's subject alternative name.
+    pub fn to_uri(&self) -> String {
+        match self {
+            Self::Organisation(code) => format!("{ORG_PREFIX}{code}"),
+            Self::Analyst(name) => format!("{ANALYST_PREFIX}{name}"),
+        }
+    }
+
+    /// Parses a SAN URI.
+    pub fn from_uri(uri: &str) -> Result<Self, IdentityError> {
+        if let Some(code) = uri.strip_prefix(ORG_PREFIX) {
+            validate_organisation_code(code)?;
+            Ok(Self::Organisation(code.to_owned()))
+        } else if let Some(name) = uri.strip_prefix(ANALYST_PREFIX) {
+            validate_analyst_name(name)?;
+            Ok(Self::Analyst(name.to_owned()))
+        } else {
+            Err(IdentityError::UnknownUri)
+        }
+    }
+
+    /// Reads the identity from a DER certificate (already verified by TLS).
+    pub fn from_certificate(der: &[u8]) -> Result<Self, IdentityError> {
+        let (_, cert) = X509Certificate::from_der(der).map_err(|_| IdentityError::NotX509)?;
+        let uris: Vec<&str> = match cert.subject_alternative_name() {
+            Ok(Some(san)) => san
+                .value
+                .general_names
+                .iter()
+                .filter_map(|name| match name {
+                    GeneralName::URI(uri) => Some(*uri),
+                    _ => None,
+                })
+                .collect(),
+            Ok(None) => Vec::new(),
+            Err(_) => return Err(IdentityError::NotX509),
+        };
+        match uris.as_slice() {
+            [uri] => Self::from_uri(uri),
+            other => Err(IdentityError::UriSanCount(other.len())),
+        }
+    }
+}
+
+impl fmt::Display for PeerIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Organisation(code) => write!(f, "organisation {code}"),
+            Self::Analyst(name) => write!(f, "analyst {name}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uri_round_trip() {
+        for id in [
+            PeerIdentity::Organisation("RXX01".into()),
+            PeerIdentity::Analyst("a.analyst".into()),
+        ] {
+            assert_eq!(PeerIdentity::from_uri(&id.to_uri()).unwrap(), id);
+        }
+    }
+
+    #[test]
+    fn rejects_bad_codes_and_foreign_uris() {
+        assert_eq!(
+            PeerIdentity::from_uri("urn:joinery:org:rx1"),
+            Err(IdentityError::BadOrganisationCode)
+        );
+        assert_eq!(
+            PeerIdentity::from_uri("urn:joinery:org:"),
+            Err(IdentityError::BadOrganisationCode)
+        );
+        assert_eq!(
+            PeerIdentity::from_uri("https://example.org"),
+            Err(IdentityError::UnknownUri)
+        );
+        assert_eq!(
+            PeerIdentity::from_uri("urn:joinery:analyst:a b"),
+            Err(IdentityError::BadAnalystName)
+        );
+    }
+}

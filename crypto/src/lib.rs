@@ -1,0 +1,17 @@
+//! Cryptography shared by the Joinery agent and gateway, kept in one place:
+//!
+//! - [`keys`]: 256-bit secret keys in files (the agreement's linkage key, the
+//!   gateway's re-keying key), written owner-only and never printed.
+//! - [`pseudonym`]: keyed HMAC-SHA256 pseudonyms with HKDF domain separation.
+//! - [`identity`]: who a certificate names (an organisation or an analyst).
+//! - [`tls`]: rustls configurations (ring provider only, TLS 1.3 only,
+//!   client certificates required).
+//! - [`pki`]: the deployment's private certificate authority.
+
+pub mod identity;
+pub mod keys;
+pub mod pki;
+pub mod pseudonym;
+pub mod tls;
+
+mod files;

@@ -1,0 +1,60 @@
+//! The gateway's configuration, built once at start-up.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use joinery_crypto::tls::TlsFiles;
+
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Address for gRPC over mutual TLS.
+    pub listen: SocketAddr,
+    /// Directory for the SQLite database and the gateway key.
+    pub data_dir: PathBuf,
+    /// `postgres://…` for PostgreSQL; `None` for SQLite in `data_dir`.
+    pub database_url: Option<String>,
+    /// The gateway's re-keying key; `None` for `data_dir/gateway.key`,
+    /// created on first start. Every gateway of one deployment must share it.
+    pub key_file: Option<PathBuf>,
+    pub tls: TlsFiles,
+    pub limits: Limits,
+}
+
+/// Bounds that keep one client from exhausting the gateway.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest gRPC message accepted, in bytes (compression is not enabled).
+    pub max_message_bytes: usize,
+    /// Concurrent streams (RPCs) on one connection.
+    pub max_streams_per_connection: u32,
+    /// Time allowed to complete the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Open connections at once.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 16 * 1024 * 1024,
+            max_streams_per_connection: 16,
+            handshake_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+        }
+    }
+}
+
+impl GatewayConfig {
+    pub fn database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| crate::storage::Storage::sqlite_url(&self.data_dir))
+    }
+
+    pub fn key_file(&self) -> PathBuf {
+        self.key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("gateway.key"))
+    }
+}

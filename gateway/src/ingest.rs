@@ -1,0 +1,373 @@
+//! `joinery.v1.Ingest`: receives an agency's batches and acknowledges each one
+//! only after it is durably committed.
+//!
+//! A session is one bidirectional stream. The caller's organisation comes from
+//! its certificate; the `Hello` must name the same organisation or the session
+//! ends with PERMISSION_DENIED. Each batch is checked (its id is the digest of
+//! its content; records are well-formed and carry no raw dates of birth),
+//! re-keyed, and committed in one transaction; a batch the organisation has
+//! delivered before is acknowledged as DUPLICATE and not stored again.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use futures::Stream;
+use joinery_proto::v1::ingest_server::Ingest;
+use joinery_proto::v1::{
+    Ack, AckStatus, AgentMessage, Batch, BatchBody, GatewayMessage, Hello, RejectReason, Welcome,
+    agent_message, gateway_message,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::metrics;
+use crate::peer;
+use crate::rekey::Rekeyer;
+use crate::storage::{CommitOutcome, NewBatch, NewEvent, NewRecord, Storage};
+
+/// Attributes stored in their own columns; everything else goes to JSON.
+const SEX: &str = "sex";
+const BIRTH_MONTH: &str = "birth_month";
+const POSTCODE_DISTRICT: &str = "postcode_district";
+
+/// How long a new session may take to send its Hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct IngestService {
+    storage: Storage,
+    rekeyer: Rekeyer,
+    max_batch_bytes: usize,
+}
+
+impl IngestService {
+    pub fn new(storage: Storage, rekeyer: Rekeyer, max_batch_bytes: usize) -> Self {
+        Self {
+            storage,
+            rekeyer,
+            max_batch_bytes,
+        }
+    }
+}
+
+/// What the gateway knows about an open session.
+#[derive(Clone)]
+struct Session {
+    organisation: String,
+    agreement_id: String,
+    agreement_version: u32,
+}
+
+type AckStream = Pin<Box<dyn Stream<Item = Result<GatewayMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Ingest for IngestService {
+    type StreamStream = AckStream;
+
+    async fn stream(
+        &self,
+        request: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<AckStream>, Status> {
+        let organisation = peer::organisation(&request).inspect_err(|_| metrics::session("refused"))?;
+        let mut inbound = request.into_inner();
+        let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+            Ok(Ok(Some(AgentMessage {
+                kind: Some(agent_message::Kind::Hello(hello)),
+            }))) => hello,
+            Ok(Ok(_)) => {
+                metrics::session("refused");
+                return Err(Status::invalid_argument("the first message must be Hello"));
+            }
+            Ok(Err(status)) => return Err(status),
+            Err(_) => {
+                metrics::session("refused");
+                return Err(Status::deadline_exceeded("no Hello within 30 seconds"));
+            }
+        };
+        let session = open_session(&organisation, &hello).inspect_err(|status| {
+            metrics::session("refused");
+            tracing::warn!(%organisation, code = ?status.code(), reason = status.message(), "ingest session refused");
+        })?;
+        metrics::session("opened");
+        tracing::info!(
+            organisation = %session.organisation,
+            agreement = %session.agreement_id,
+            version = session.agreement_version,
+            agent = %hello.agent_version,
+            "ingest session opened"
+        );
+
+        let (tx, rx) = mpsc::channel(16);
+        let welcome = GatewayMessage {
+            kind: Some(gateway_message::Kind::Welcome(Welcome {
+                gateway_version: env!("CARGO_PKG_VERSION").to_owned(),
+                max_batch_bytes: self.max_batch_bytes as u64,
+            })),
+        };
+        tx.send(Ok(welcome))
+            .await
+            .map_err(|_| Status::cancelled("session closed"))?;
+        let storage = self.storage.clone();
+        let rekeyer = self.rekeyer.clone();
+        tokio::spawn(async move {
+            loop {
+                let message = match inbound.message().await {
+                    Ok(Some(message)) => message,
+                    Ok(None) => break,
+                    Err(status) => {
+                        tracing::info!(organisation = %session.organisation, code = ?status.code(), "ingest stream ended by error");
+                        break;
+                    }
+                };
+                let reply = match message.kind {
+                    Some(agent_message::Kind::Batch(batch)) => {
+                        handle_batch(&storage, &rekeyer, &session, batch).await.map(|ack| {
+                            GatewayMessage {
+                                kind: Some(gateway_message::Kind::Ack(ack)),
+                            }
+                        })
+                    }
+                    _ => Err(Status::invalid_argument(
+                        "only Batch messages may follow Hello",
+                    )),
+                };
+                let failed = reply.is_err();
+                if tx.send(reply).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+fn open_session(organisation: &str, hello: &Hello) -> Result<Session, Status> {
+    if hello.organisation != organisation {
+        return Err(Status::permission_denied(format!(
+            "certificate is for organisation {organisation} but Hello claims {:?}",
+            hello.organisation
+        )));
+    }
+    if hello.agreement_id.is_empty() || hello.agreement_version == 0 {
+        return Err(Status::invalid_argument(
+            "Hello must name the data-sharing agreement (id and version)",
+        ));
+    }
+    Ok(Session {
+        organisation: organisation.to_owned(),
+        agreement_id: hello.agreement_id.clone(),
+        agreement_version: hello.agreement_version,
+    })
+}
+
+/// Checks, re-keys and commits one batch; returns its ack. Errs only when the
+/// storage failed (the session then ends with UNAVAILABLE and the agent retries).
+async fn handle_batch(
+    storage: &Storage,
+    rekeyer: &Rekeyer,
+    session: &Session,
+    batch: Batch,
+) -> Result<Ack, Status> {
+    let started = Instant::now();
+    let batch_id = batch.batch_id.clone();
+    let body = batch.body.unwrap_or_default();
+    let dataset = body.dataset.clone();
+    let prepared = body
+        .digest()
+        .eq(&batch_id)
+        .then_some(())
+        .ok_or((
+            RejectReason::BatchIdMismatch,
+            "batch id is not the SHA-256 of the batch body".to_owned(),
+        ))
+        .and_then(|()| prepare(rekeyer, session, &batch_id, body));
+    let ack = match prepared {
+        Err((reason, detail)) => {
+            metrics::batch_answered(&session.organisation, &dataset, "rejected", reason.as_str_name());
+            tracing::warn!(organisation = %session.organisation, %batch_id, reason = reason.as_str_name(), %detail, "batch rejected");
+            Ack {
+                batch_id,
+                status: AckStatus::Rejected.into(),
+                reason: reason.into(),
+                detail,
+                records_stored: 0,
+            }
+        }
+        Ok(new_batch) => {
+            let outcome = storage.commit_batch(&new_batch).await.map_err(|e| {
+                tracing::error!(organisation = %session.organisation, %batch_id, error = %e, "batch could not be committed");
+                Status::unavailable("the gateway could not store the batch; retry later")
+            })?;
+            let (status, stored, label) = match outcome {
+                CommitOutcome::Committed(n) => (AckStatus::Committed, n, "committed"),
+                CommitOutcome::Duplicate => (AckStatus::Duplicate, 0, "duplicate"),
+            };
+            metrics::batch_answered(&session.organisation, &dataset, label, "");
+            metrics::records_stored(&session.organisation, &dataset, stored);
+            tracing::debug!(organisation = %session.organisation, %batch_id, outcome = label, records = stored, "batch acknowledged");
+            Ack {
+                batch_id,
+                status: status.into(),
+                reason: RejectReason::Unspecified.into(),
+                detail: String::new(),
+                records_stored: stored,
+            }
+        }
+    };
+    metrics::ack_latency(started.elapsed());
+    Ok(ack)
+}
+
+type Rejection = (RejectReason, String);
+
+fn prepare(
+    rekeyer: &Rekeyer,
+    session: &Session,
+    batch_id: &str,
+    body: BatchBody,
+) -> Result<NewBatch, Rejection> {
+    if !is_name(&body.dataset) {
+        return Err((
+            RejectReason::InvalidRecord,
+            "dataset name must be 1-64 of a-z, 0-9 and _".to_owned(),
+        ));
+    }
+    if body.records.is_empty() {
+        return Err((RejectReason::EmptyBatch, "batch has no records".to_owned()));
+    }
+    let records = body
+        .records
+        .into_iter()
+        .enumerate()
+        .map(|(index, record)| {
+            let row = record.source_row;
+            prepare_record(rekeyer, &session.organisation, record).map_err(|detail| {
+                (
+                    RejectReason::InvalidRecord,
+                    format!("record {index} (source row {row}): {detail}"),
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(NewBatch {
+        organisation: session.organisation.clone(),
+        batch_id: batch_id.to_owned(),
+        dataset: body.dataset,
+        sequence: body.sequence,
+        agreement_id: session.agreement_id.clone(),
+        agreement_version: session.agreement_version,
+        records,
+    })
+}
+
+fn prepare_record(
+    rekeyer: &Rekeyer,
+    organisation: &str,
+    record: joinery_proto::v1::Record,
+) -> Result<NewRecord, String> {
+    if record.local_pseudonym.len() != 32 {
+        return Err("local pseudonym must be 32 bytes".to_owned());
+    }
+    if !(record.nhs_pseudonym.is_empty() || record.nhs_pseudonym.len() == 32) {
+        return Err("NHS pseudonym must be empty or 32 bytes".to_owned());
+    }
+    let mut attributes = record.attributes;
+    for key in attributes.keys() {
+        if !is_name(key) {
+            return Err("attribute names must be 1-64 of a-z, 0-9 and _".to_owned());
+        }
+    }
+    let sex = attributes.remove(SEX);
+    let birth_month = attributes.remove(BIRTH_MONTH);
+    if let Some(month) = &birth_month {
+        if !is_year_month(month) {
+            return Err("birth_month must be YYYY-MM".to_owned());
+        }
+    }
+    let postcode_district = attributes.remove(POSTCODE_DISTRICT);
+    let events = record
+        .events
+        .into_iter()
+        .map(|event| {
+            if !is_name(&event.event_type) {
+                return Err("event type must be 1-64 of a-z, 0-9 and _".to_owned());
+            }
+            if !is_iso_date(&event.date) {
+                return Err(format!("{} event date must be YYYY-MM-DD", event.event_type));
+            }
+            Ok(NewEvent {
+                event_type: event.event_type,
+                event_date: event.date,
+                attributes: to_json(&event.attributes),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let identity = rekeyer.identify(organisation, &record.local_pseudonym, &record.nhs_pseudonym);
+    Ok(NewRecord {
+        person_id: identity.person_id,
+        source_row: record.source_row,
+        local_pseudonym: identity.local_pseudonym,
+        nhs_pseudonym: identity.nhs_pseudonym,
+        link_method: identity.link_method,
+        sex,
+        birth_month,
+        postcode_district,
+        attributes: to_json(&attributes),
+        events,
+    })
+}
+
+fn to_json(map: &BTreeMap<String, String>) -> String {
+    serde_json::to_string(map).unwrap_or_else(|_| "{}".to_owned())
+}
+
+fn is_name(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+fn is_year_month(s: &str) -> bool {
+    time::Date::parse(
+        &format!("{s}-01"),
+        &time::format_description::well_known::Iso8601::DATE,
+    )
+    .is_ok()
+        && s.len() == 7
+}
+
+fn is_iso_date(s: &str) -> bool {
+    s.len() == 10
+        && time::Date::parse(s, &time::format_description::well_known::Iso8601::DATE).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn date_shapes() {
+        assert!(is_year_month("2015-02"));
+        assert!(!is_year_month("2015-13"));
+        assert!(!is_year_month("2015-02-01"));
+        assert!(is_iso_date("2020-02-29"));
+        assert!(!is_iso_date("2021-02-29"));
+        assert!(!is_iso_date("01/02/2020"));
+    }
+
+    #[test]
+    fn hello_must_name_the_certificate_organisation() {
+        let hello = Hello {
+            organisation: "RGD".into(),
+            agreement_id: "dsa".into(),
+            agreement_version: 1,
+            agent_version: "t".into(),
+        };
+        assert_eq!(
+            open_session("E08000035", &hello).err().unwrap().code(),
+            tonic::Code::PermissionDenied
+        );
+        assert!(open_session("RGD", &hello).is_ok());
+    }
+}

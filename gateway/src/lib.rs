@@ -1,0 +1,23 @@
+//! The Joinery gateway: the central service agencies deliver to.
+//!
+//! Data flow: [`listener`] accepts a TCP connection and completes a TLS 1.3
+//! handshake with a required client certificate; [`peer`] reads who it is;
+//! [`ingest`] checks each batch, [`rekey`] replaces the agents' pseudonyms with
+//! the gateway's own and links records exactly on the NHS pseudonym, and
+//! [`storage`] (the only module that speaks SQL) commits it once before the
+//! ack goes back. [`query`] answers analysts through [`disclosure`].
+//! [`server`] wires it together; [`metrics`] names what is measured.
+
+pub mod config;
+pub mod disclosure;
+pub mod ingest;
+pub mod listener;
+pub mod metrics;
+pub mod peer;
+pub mod query;
+pub mod rekey;
+pub mod server;
+pub mod storage;
+
+pub use config::{GatewayConfig, Limits};
+pub use server::{Gateway, GatewayError};

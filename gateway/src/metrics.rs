@@ -1,0 +1,72 @@
+//! The gateway's metrics: fixed names, recorded through the `metrics` facade
+//! and exposed for Prometheus when `--metrics-listen` is given. Labels never
+//! carry identifiers — only organisation codes, datasets and reason codes.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::PrometheusBuilder;
+
+pub const BATCHES: &str = "joinery_gateway_batches_total";
+pub const RECORDS: &str = "joinery_gateway_records_stored_total";
+pub const ACK_LATENCY: &str = "joinery_gateway_ack_latency_seconds";
+pub const SESSIONS: &str = "joinery_gateway_sessions_total";
+pub const HANDSHAKE_FAILURES: &str = "joinery_gateway_tls_handshake_failures_total";
+
+/// Starts the Prometheus endpoint (`GET /metrics`) on `listen`.
+pub fn install_prometheus(listen: SocketAddr) -> Result<(), String> {
+    PrometheusBuilder::new()
+        .with_http_listener(listen)
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(ACK_LATENCY.to_owned()),
+            &[
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ],
+        )
+        .map_err(|e| e.to_string())?
+        .install()
+        .map_err(|e| e.to_string())?;
+    describe();
+    Ok(())
+}
+
+fn describe() {
+    metrics::describe_counter!(
+        BATCHES,
+        "Batches answered, by organisation, dataset and outcome (committed, duplicate, rejected) and reason"
+    );
+    metrics::describe_counter!(RECORDS, "Records stored, by organisation and dataset");
+    metrics::describe_histogram!(
+        ACK_LATENCY,
+        metrics::Unit::Seconds,
+        "Time from receiving a batch to sending its ack (validation, re-keying and commit)"
+    );
+    metrics::describe_counter!(
+        SESSIONS,
+        "Ingest sessions, by outcome (opened, refused)"
+    );
+    metrics::describe_counter!(
+        HANDSHAKE_FAILURES,
+        "TLS handshakes that failed, by kind (refused, timeout)"
+    );
+}
+
+pub fn batch_answered(organisation: &str, dataset: &str, outcome: &'static str, reason: &'static str) {
+    metrics::counter!(BATCHES, "organisation" => organisation.to_owned(), "dataset" => dataset.to_owned(), "outcome" => outcome, "reason" => reason).increment(1);
+}
+
+pub fn records_stored(organisation: &str, dataset: &str, count: u64) {
+    metrics::counter!(RECORDS, "organisation" => organisation.to_owned(), "dataset" => dataset.to_owned()).increment(count);
+}
+
+pub fn ack_latency(elapsed: Duration) {
+    metrics::histogram!(ACK_LATENCY).record(elapsed.as_secs_f64());
+}
+
+pub fn session(outcome: &'static str) {
+    metrics::counter!(SESSIONS, "outcome" => outcome).increment(1);
+}
+
+pub fn handshake_failed(kind: &'static str) {
+    metrics::counter!(HANDSHAKE_FAILURES, "kind" => kind).increment(1);
+}

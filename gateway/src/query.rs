@@ -1,0 +1,165 @@
+//! `joinery.v1.Query`: the first analyst questions, answered from storage and
+//! released only through [`DisclosureRule`].
+//!
+//! Analysts (certificates `urn:joinery:analyst:…`) see everything; an
+//! organisation's own certificate may ask `Counts` and sees only its own rows.
+
+use joinery_crypto::identity::PeerIdentity;
+use joinery_proto::v1::query_server::Query;
+use joinery_proto::v1::{
+    AgencyOverlapRequest, AgencyOverlapResponse, CountsRequest, CountsResponse, DatasetCount,
+    OverlapRow,
+};
+use time::{Date, Month};
+use tonic::{Request, Response, Status};
+
+use crate::disclosure::DisclosureRule;
+use crate::peer;
+use crate::storage::Storage;
+
+/// Life-course age bands, in years at the reference date.
+pub const AGE_BANDS: &[(&str, u32, u32)] = &[
+    ("0-4", 0, 4),
+    ("5-10", 5, 10),
+    ("11-15", 11, 15),
+    ("16-17", 16, 17),
+    ("18-25", 18, 25),
+    ("26+", 26, u32::MAX),
+];
+const UNKNOWN_AGE: &str = "unknown";
+const OVERLAP_COLUMNS: [&str; 3] = ["1 agency", "2 agencies", "3+ agencies"];
+
+pub struct QueryService {
+    storage: Storage,
+    rule: DisclosureRule,
+}
+
+impl QueryService {
+    pub fn new(storage: Storage, rule: DisclosureRule) -> Self {
+        Self { storage, rule }
+    }
+}
+
+#[tonic::async_trait]
+impl Query for QueryService {
+    async fn counts(
+        &self,
+        request: Request<CountsRequest>,
+    ) -> Result<Response<CountsResponse>, Status> {
+        let only = match peer::identity(&request)? {
+            PeerIdentity::Analyst(_) => None,
+            PeerIdentity::Organisation(code) => Some(code),
+        };
+        let counts = self
+            .storage
+            .dataset_counts(only.as_deref())
+            .await
+            .map_err(unavailable)?;
+        Ok(Response::new(CountsResponse {
+            datasets: counts
+                .into_iter()
+                .map(|c| DatasetCount {
+                    organisation: c.organisation,
+                    dataset: c.dataset,
+                    batches: c.batches,
+                    records: c.records,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn agency_overlap(
+        &self,
+        request: Request<AgencyOverlapRequest>,
+    ) -> Result<Response<AgencyOverlapResponse>, Status> {
+        let analyst = match peer::identity(&request)? {
+            PeerIdentity::Analyst(name) => name,
+            other => {
+                return Err(Status::permission_denied(format!(
+                    "{other} may not query the linked population; an analyst certificate is required"
+                )));
+            }
+        };
+        let reference = match request.get_ref().reference_date.as_str() {
+            "" => time::OffsetDateTime::now_utc().date(),
+            text => Date::parse(text, &time::format_description::well_known::Iso8601::DATE)
+                .map_err(|_| Status::invalid_argument("reference_date must be YYYY-MM-DD"))?,
+        };
+        let people = self.storage.person_reach().await.map_err(unavailable)?;
+        let bands: Vec<&str> = AGE_BANDS
+            .iter()
+            .map(|(label, _, _)| *label)
+            .chain([UNKNOWN_AGE])
+            .collect();
+        let mut table = vec![[0u64; OVERLAP_COLUMNS.len()]; bands.len()];
+        for person in people {
+            let band = person
+                .birth_month
+                .as_deref()
+                .and_then(|month| age_band(month, reference))
+                .unwrap_or(UNKNOWN_AGE);
+            let row = bands.iter().position(|b| *b == band).unwrap_or(bands.len() - 1);
+            let column = (person.organisations.clamp(1, 3) - 1) as usize;
+            table[row][column] += 1;
+        }
+        tracing::info!(%analyst, query = "agency_overlap", "query answered");
+        Ok(Response::new(AgencyOverlapResponse {
+            reference_date: reference.to_string(),
+            columns: OVERLAP_COLUMNS.iter().map(|c| (*c).to_owned()).collect(),
+            rows: bands
+                .iter()
+                .zip(table)
+                .map(|(band, counts)| OverlapRow {
+                    age_band: (*band).to_owned(),
+                    cells: counts.iter().map(|&c| self.rule.protect(c)).collect(),
+                })
+                .collect(),
+            disclosure_note: self.rule.note(),
+        }))
+    }
+}
+
+/// The age band of someone born in `birth_month` (YYYY-MM) at `reference`,
+/// taking the birthday as the first of the month.
+pub fn age_band(birth_month: &str, reference: Date) -> Option<&'static str> {
+    let (year, month) = birth_month.split_once('-')?;
+    let year: i32 = year.parse().ok()?;
+    let month = Month::try_from(month.parse::<u8>().ok()?).ok()?;
+    let born = Date::from_calendar_date(year, month, 1).ok()?;
+    if born > reference {
+        return None;
+    }
+    let mut age = reference.year() - born.year();
+    if (reference.month() as u8) < (born.month() as u8) {
+        age -= 1;
+    }
+    let age = u32::try_from(age).ok()?;
+    AGE_BANDS
+        .iter()
+        .find(|(_, low, high)| (*low..=*high).contains(&age))
+        .map(|(label, _, _)| *label)
+}
+
+fn unavailable(error: crate::storage::StorageError) -> Status {
+    tracing::error!(%error, "query failed");
+    Status::unavailable("the gateway's database is not available")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::date;
+
+    #[test]
+    fn age_bands_at_reference_date() {
+        let on = date!(2026 - 06 - 15);
+        assert_eq!(age_band("2026-06", on), Some("0-4"));
+        assert_eq!(age_band("2021-07", on), Some("0-4"));
+        assert_eq!(age_band("2021-06", on), Some("5-10"));
+        assert_eq!(age_band("2010-06", on), Some("16-17"));
+        assert_eq!(age_band("2010-07", on), Some("11-15"));
+        assert_eq!(age_band("1990-01", on), Some("26+"));
+        assert_eq!(age_band("2027-01", on), None);
+        assert_eq!(age_band("garbage", on), None);
+    }
+}

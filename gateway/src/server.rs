@@ -1,0 +1,125 @@
+//! Assembling and running the gateway: storage, key, TLS listener and the
+//! gRPC services (`Ingest`, `Query`, `grpc.health.v1`), with graceful shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use joinery_crypto::keys::SecretKey;
+use joinery_proto::v1::ingest_server::IngestServer;
+use joinery_proto::v1::query_server::QueryServer;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tonic::transport::Server;
+
+use crate::config::GatewayConfig;
+use crate::disclosure::DisclosureRule;
+use crate::ingest::IngestService;
+use crate::listener;
+use crate::query::QueryService;
+use crate::rekey::Rekeyer;
+use crate::storage::{Storage, StorageError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Key(#[from] joinery_crypto::keys::KeyError),
+    #[error(transparent)]
+    Tls(#[from] joinery_crypto::tls::TlsError),
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// A gateway bound to its address, ready to serve.
+pub struct Gateway {
+    config: GatewayConfig,
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    storage: Storage,
+    rekeyer: Rekeyer,
+}
+
+impl Gateway {
+    /// Opens storage (running migrations), loads or creates the gateway key,
+    /// loads the TLS material and binds the listener.
+    pub async fn bind(config: GatewayConfig) -> Result<Self, GatewayError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| GatewayError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let storage = Storage::open(&config.database_url()).await?;
+        let key = SecretKey::load_or_create(&config.key_file())?;
+        let tls = joinery_crypto::tls::server_config(&config.tls)?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| GatewayError::Bind {
+                address: config.listen,
+                source,
+            })?;
+        Ok(Self {
+            acceptor: TlsAcceptor::from(Arc::new(tls)),
+            rekeyer: Rekeyer::new(&key),
+            config,
+            listener,
+            storage,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or(self.config.listen)
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting and lets open
+    /// streams finish.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), GatewayError> {
+        let limits = self.config.limits;
+        let address = self.local_addr();
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<IngestServer<IngestService>>().await;
+        health.set_serving::<QueryServer<QueryService>>().await;
+
+        let ingest = IngestServer::new(IngestService::new(
+            self.storage.clone(),
+            self.rekeyer.clone(),
+            limits.max_message_bytes,
+        ))
+        .max_decoding_message_size(limits.max_message_bytes);
+        let query = QueryServer::new(QueryService::new(
+            self.storage.clone(),
+            DisclosureRule::default(),
+        ));
+        let incoming = listener::incoming(
+            self.listener,
+            self.acceptor,
+            limits.handshake_timeout,
+            limits.max_connections,
+        );
+        tracing::info!(%address, database = ?self.storage.backend(), "gateway serving");
+        Server::builder()
+            .concurrency_limit_per_connection(limits.max_streams_per_connection as usize)
+            .max_concurrent_streams(Some(limits.max_streams_per_connection))
+            .tcp_nodelay(true)
+            .add_service(health_service)
+            .add_service(ingest)
+            .add_service(query)
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await?;
+        tracing::info!("gateway stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,40 @@
+//! Schema migrations, embedded in the binary: one folder per backend
+//! (`gateway/migrations/sqlite`, `gateway/migrations/postgres`), same versions.
+
+use std::borrow::Cow;
+
+use sqlx::SqlStr;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+
+use super::Backend;
+
+/// (version, description, SQLite script, PostgreSQL script)
+const MIGRATIONS: &[(i64, &str, &str, &str)] = &[(
+    1,
+    "initial",
+    include_str!("../../migrations/sqlite/0001_initial.sql"),
+    include_str!("../../migrations/postgres/0001_initial.sql"),
+)];
+
+pub(super) fn for_backend(backend: Backend) -> Migrator {
+    let migrations = MIGRATIONS
+        .iter()
+        .map(|&(version, description, sqlite, postgres)| {
+            let sql = match backend {
+                Backend::Sqlite => sqlite,
+                Backend::Postgres => postgres,
+            };
+            Migration::new(
+                version,
+                Cow::Borrowed(description),
+                MigrationType::Simple,
+                SqlStr::from_static(sql),
+                false,
+            )
+        })
+        .collect::<Vec<_>>();
+    Migrator {
+        migrations: Cow::Owned(migrations),
+        ..Migrator::DEFAULT
+    }
+}

@@ -1,0 +1,335 @@
+//! The gateway's storage: the only module that speaks SQL.
+//!
+//! One code path serves both backends through sqlx's `Any` driver: SQLite (a
+//! file under the data directory, the default) and PostgreSQL (production).
+//! Each backend has its own migrations folder; queries use `$N` placeholders,
+//! which both accept. A batch, its records and its events are written in one
+//! transaction, and a batch already stored for the same organisation is
+//! recognised by its primary key and never stored twice.
+
+mod migrations;
+
+use std::path::Path;
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, AssertSqlSafe, Row};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("database URL must start with sqlite: or postgres:")]
+    UnsupportedUrl,
+    #[error("cannot open the database: {0}")]
+    Connect(#[source] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database error: {0}")]
+    Query(#[from] sqlx::Error),
+}
+
+/// Which engine is behind the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A batch ready to store: already validated and re-keyed.
+#[derive(Debug, Clone)]
+pub struct NewBatch {
+    pub organisation: String,
+    pub batch_id: String,
+    pub dataset: String,
+    pub sequence: u64,
+    pub agreement_id: String,
+    pub agreement_version: u32,
+    pub records: Vec<NewRecord>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewRecord {
+    pub person_id: String,
+    pub source_row: u64,
+    pub local_pseudonym: String,
+    pub nhs_pseudonym: Option<String>,
+    pub link_method: &'static str,
+    pub sex: Option<String>,
+    pub birth_month: Option<String>,
+    pub postcode_district: Option<String>,
+    /// Remaining attributes as a JSON object.
+    pub attributes: String,
+    pub events: Vec<NewEvent>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub event_type: String,
+    pub event_date: String,
+    pub attributes: String,
+}
+
+/// What committing a batch did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// Stored now, with this many records.
+    Committed(u64),
+    /// Already stored by an earlier delivery; nothing written.
+    Duplicate,
+}
+
+/// Batches and records held for one organisation and dataset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatasetCount {
+    pub organisation: String,
+    pub dataset: String,
+    pub batches: u64,
+    pub records: u64,
+}
+
+/// One linked person: how many organisations know them, and their birth month
+/// (the earliest reported, when agencies disagree).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PersonReach {
+    pub organisations: u64,
+    pub birth_month: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct Storage {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+const RECORD_COLUMNS: usize = 13;
+const EVENT_COLUMNS: usize = 8;
+/// Rows per multi-row INSERT, well inside both engines' bound-parameter limits.
+const ROWS_PER_STATEMENT: usize = 250;
+
+impl Storage {
+    /// The URL of the default SQLite database inside `data_dir`.
+    pub fn sqlite_url(data_dir: &Path) -> String {
+        format!("sqlite://{}?mode=rwc", data_dir.join("joinery.db").display())
+    }
+
+    /// Connects and brings the schema up to date.
+    pub async fn open(url: &str) -> Result<Self, StorageError> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            return Err(StorageError::UnsupportedUrl);
+        };
+        let mut options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(30));
+        options = match backend {
+            Backend::Sqlite => options.max_connections(4).after_connect(|conn, _| {
+                Box::pin(async move {
+                    // WAL for concurrent readers; FULL so a commit (and so an
+                    // ack) survives power loss; wait rather than fail on a
+                    // busy writer lock.
+                    sqlx::raw_sql(
+                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                         PRAGMA busy_timeout = 30000;",
+                    )
+                    .execute(conn)
+                    .await?;
+                    Ok(())
+                })
+            }),
+            Backend::Postgres => options.max_connections(16),
+        };
+        let pool = options.connect(url).await.map_err(StorageError::Connect)?;
+        migrations::for_backend(backend).run(&pool).await?;
+        Ok(Self { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> Result<(), StorageError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Stores a batch, its records and events in one transaction, unless the
+    /// same organisation already delivered a batch with this id.
+    pub async fn commit_batch(&self, batch: &NewBatch) -> Result<CommitOutcome, StorageError> {
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO batches (organisation, batch_id, dataset, sequence, agreement_id, \
+             agreement_version, record_count, received_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (organisation, batch_id) DO NOTHING",
+        )
+        .bind(&batch.organisation)
+        .bind(&batch.batch_id)
+        .bind(&batch.dataset)
+        .bind(to_i64(batch.sequence))
+        .bind(&batch.agreement_id)
+        .bind(i64::from(batch.agreement_version))
+        .bind(to_i64(batch.records.len() as u64))
+        .bind(now_rfc3339())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            tx.rollback().await?;
+            return Ok(CommitOutcome::Duplicate);
+        }
+
+        let indexed: Vec<(usize, &NewRecord)> = batch.records.iter().enumerate().collect();
+        for chunk in indexed.chunks(ROWS_PER_STATEMENT) {
+            let sql = insert_sql(
+                "INSERT INTO records (person_id, organisation, batch_id, record_index, dataset, \
+                 source_row, local_pseudonym, nhs_pseudonym, link_method, sex, birth_month, \
+                 postcode_district, attributes) VALUES ",
+                RECORD_COLUMNS,
+                chunk.len(),
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for (index, record) in chunk {
+                query = query
+                    .bind(&record.person_id)
+                    .bind(&batch.organisation)
+                    .bind(&batch.batch_id)
+                    .bind(to_i64(*index as u64))
+                    .bind(&batch.dataset)
+                    .bind(to_i64(record.source_row))
+                    .bind(&record.local_pseudonym)
+                    .bind(&record.nhs_pseudonym)
+                    .bind(record.link_method)
+                    .bind(&record.sex)
+                    .bind(&record.birth_month)
+                    .bind(&record.postcode_district)
+                    .bind(&record.attributes);
+            }
+            query.execute(&mut *tx).await?;
+        }
+
+        let events: Vec<(usize, &NewRecord, usize, &NewEvent)> = batch
+            .records
+            .iter()
+            .enumerate()
+            .flat_map(|(ri, r)| r.events.iter().enumerate().map(move |(ei, e)| (ri, r, ei, e)))
+            .collect();
+        for chunk in events.chunks(ROWS_PER_STATEMENT) {
+            let sql = insert_sql(
+                "INSERT INTO events (person_id, organisation, batch_id, record_index, \
+                 event_index, event_type, event_date, attributes) VALUES ",
+                EVENT_COLUMNS,
+                chunk.len(),
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for (record_index, record, event_index, event) in chunk {
+                query = query
+                    .bind(&record.person_id)
+                    .bind(&batch.organisation)
+                    .bind(&batch.batch_id)
+                    .bind(to_i64(*record_index as u64))
+                    .bind(to_i64(*event_index as u64))
+                    .bind(&event.event_type)
+                    .bind(&event.event_date)
+                    .bind(&event.attributes);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(CommitOutcome::Committed(batch.records.len() as u64))
+    }
+
+    /// Batches and records per organisation and dataset, optionally for one
+    /// organisation only.
+    pub async fn dataset_counts(
+        &self,
+        organisation: Option<&str>,
+    ) -> Result<Vec<DatasetCount>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT organisation, dataset, COUNT(*) AS batches, SUM(record_count) AS records \
+             FROM batches WHERE ($1 = '' OR organisation = $1) \
+             GROUP BY organisation, dataset ORDER BY organisation, dataset",
+        )
+        .bind(organisation.unwrap_or(""))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(DatasetCount {
+                    organisation: row.try_get("organisation")?,
+                    dataset: row.try_get("dataset")?,
+                    batches: count(row, "batches")?,
+                    records: count(row, "records")?,
+                })
+            })
+            .collect()
+    }
+
+    /// For every person on the spine: how many organisations hold a record of
+    /// them, and their earliest reported birth month.
+    pub async fn person_reach(&self) -> Result<Vec<PersonReach>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT COUNT(DISTINCT organisation) AS organisations, MIN(birth_month) AS birth_month \
+             FROM records GROUP BY person_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(PersonReach {
+                    organisations: count(row, "organisations")?,
+                    birth_month: row.try_get("birth_month")?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// `prefix` followed by `rows` groups of `columns` numbered placeholders.
+fn insert_sql(prefix: &str, columns: usize, rows: usize) -> String {
+    let mut sql = String::with_capacity(prefix.len() + rows * columns * 5);
+    sql.push_str(prefix);
+    for row in 0..rows {
+        sql.push_str(if row == 0 { "(" } else { ", (" });
+        for column in 0..columns {
+            if column > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('$');
+            sql.push_str(&(row * columns + column + 1).to_string());
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+/// Reads a count column: BIGINT on PostgreSQL, INTEGER on SQLite; SUM of no
+/// rows is NULL.
+fn count(row: &AnyRow, column: &str) -> Result<u64, sqlx::Error> {
+    let value: Option<i64> = row.try_get(column)?;
+    Ok(value.unwrap_or(0).max(0) as u64)
+}
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn insert_sql_numbers_placeholders_across_rows() {
+        assert_eq!(
+            insert_sql("INSERT INTO t (a, b) VALUES ", 2, 2),
+            "INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4)"
+        );
+    }
+}

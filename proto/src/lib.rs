@@ -1,0 +1,23 @@
+//! The `joinery.v1` protocol: messages and gRPC services shared by agent and
+//! gateway, plus [`channel`], the one way a client connects to the gateway.
+//!
+//! The `.proto` sources live next to this crate in `proto/joinery/v1/`.
+
+pub mod channel;
+
+/// Generated code for package `joinery.v1`.
+pub mod v1 {
+    tonic::include_proto!("joinery.v1");
+}
+
+impl v1::BatchBody {
+    /// The batch id: lowercase hex SHA-256 of this body's protobuf encoding.
+    /// The encoding is deterministic (maps are generated as `BTreeMap`), so
+    /// agent and gateway compute the same id for the same content, and a batch
+    /// delivered twice is recognised.
+    pub fn digest(&self) -> String {
+        use prost::Message;
+        let hash = ring::digest::digest(&ring::digest::SHA256, &self.encode_to_vec());
+        hash.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
