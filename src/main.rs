@@ -1,1 +1,103 @@
-fn main() {}
+//! `joinery`: one binary for every role in a Joinery deployment.
+//!
+//! Agency IT runs `joinery agent`, the gateway operator `joinery gateway` and
+//! `joinery pki`, analysts `joinery query`; `joinery synth`, `joinery demo` and
+//! `joinery bench` generate data, show the whole system and measure it.
+
+mod commands;
+mod synth;
+mod telemetry;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::telemetry::LogFormat;
+
+/// Share individual-level data about vulnerable children between agencies
+/// without sharing identifiers: agents pseudonymise on-premise, a gateway
+/// links and answers disclosure-controlled queries.
+#[derive(Debug, Parser)]
+#[command(name = "joinery", version, propagate_version = true)]
+struct Cli {
+    /// Log format on stderr (filter with RUST_LOG, default info).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "JOINERY_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run an agency's agent: read extracts, pseudonymise, deliver to the gateway.
+    #[command(subcommand)]
+    Agent(commands::agent::AgentCommand),
+    /// Run the central gateway.
+    #[command(subcommand)]
+    Gateway(commands::gateway::GatewayCommand),
+    /// Manage the deployment's certificate authority, certificates and keys.
+    #[command(subcommand)]
+    Pki(commands::pki::PkiCommand),
+    /// Ask the gateway disclosure-controlled questions (needs an analyst certificate).
+    #[command(subcommand)]
+    Query(commands::query::QueryCommand),
+    /// Generate synthetic extracts for several agencies, with a ground truth.
+    Synth(commands::synth::SynthArgs),
+    /// Run the whole system on this machine in a temporary directory and print a result.
+    Demo(commands::demo::DemoArgs),
+    /// Measure throughput, latency and memory.
+    #[command(subcommand)]
+    Bench(commands::bench::BenchCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let (service, default_filter) = match &cli.command {
+            Command::Gateway(_) => ("joinery-gateway", "info"),
+            Command::Agent(_) => ("joinery-agent", "info"),
+            Command::Demo(_) => ("joinery", "warn"),
+            _ => ("joinery", "info"),
+        };
+        let _telemetry = match telemetry::init(service, cli.log_format, default_filter) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: cannot start telemetry: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let result = match cli.command {
+            Command::Agent(c) => c.run().await,
+            Command::Gateway(c) => c.run().await,
+            Command::Pki(c) => c.run(),
+            Command::Query(c) => c.run().await,
+            Command::Synth(a) => a.run(),
+            Command::Demo(a) => a.run().await,
+            Command::Bench(c) => c.run().await,
+        };
+        match result {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}

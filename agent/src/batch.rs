@@ -73,7 +73,9 @@ mod tests {
         let mut batcher = Batcher::new("d", 2, 1 << 20);
         assert!(batcher.push(record(1)).is_none());
         assert!(batcher.push(record(2)).is_none());
-        let first = batcher.push(record(3)).expect("third record starts a new batch");
+        let first = batcher
+            .push(record(3))
+            .expect("third record starts a new batch");
         assert_eq!(first.body.as_ref().unwrap().records.len(), 2);
         let last = batcher.flush().unwrap();
         assert_eq!(last.body.as_ref().unwrap().sequence, 1);

@@ -4,10 +4,10 @@
 use std::path::{Path, PathBuf};
 
 use joinery_crypto::tls::TlsFiles;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Everything an agent run needs to know.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
     /// This agency's ODS or local-authority code; must match its certificate.
@@ -32,14 +32,14 @@ pub struct AgentConfig {
     pub sources: Vec<SourceConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgreementRef {
     pub id: String,
     pub version: u32,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayEndpoint {
     /// `host:port` of the gateway.
@@ -49,7 +49,7 @@ pub struct GatewayEndpoint {
     pub server_name: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsPaths {
     /// The deployment CA certificate.
@@ -61,7 +61,7 @@ pub struct TlsPaths {
 }
 
 /// One extract.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum SourceConfig {
     /// A delimited text file read through a mapping file.

@@ -163,9 +163,7 @@ impl Mapping {
         };
         let mapping: Self = serde_saphyr::from_str(&text).map_err(|e| invalid(e.to_string()))?;
         if !is_name(&mapping.dataset) {
-            return Err(invalid(
-                "dataset must be 1-64 of a-z, 0-9 and _".to_owned(),
-            ));
+            return Err(invalid("dataset must be 1-64 of a-z, 0-9 and _".to_owned()));
         }
         for name in mapping
             .attributes
@@ -373,7 +371,9 @@ mod tests {
         let headers: Vec<String> = ["Sex", " Patient ID ", "Date of Birth", "Contact Date"]
             .map(String::from)
             .to_vec();
-        let resolved = mapping.resolve(&headers, &path, Path::new("x.csv")).unwrap();
+        let resolved = mapping
+            .resolve(&headers, &path, Path::new("x.csv"))
+            .unwrap();
         assert_eq!(resolved.local_id, 1);
         assert_eq!(resolved.date_of_birth.unwrap().0, 2);
         let (index, codes) = resolved.sex.unwrap();
@@ -403,10 +403,23 @@ mod tests {
     #[test]
     fn unknown_keys_and_bad_names_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let path = write(dir.path(), "dataset: salt\nfields:\n  local_id: a\n  nhs: b\n");
-        assert!(Mapping::load(&path).unwrap_err().to_string().contains("nhs"));
+        let path = write(
+            dir.path(),
+            "dataset: salt\nfields:\n  local_id: a\n  nhs: b\n",
+        );
+        assert!(
+            Mapping::load(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("nhs")
+        );
         let path = write(dir.path(), "dataset: Salt Data\nfields:\n  local_id: a\n");
-        assert!(Mapping::load(&path).unwrap_err().to_string().contains("dataset"));
+        assert!(
+            Mapping::load(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("dataset")
+        );
         let path = write(
             dir.path(),
             "dataset: s\nfields:\n  local_id: a\nattributes:\n  sex: b\n",

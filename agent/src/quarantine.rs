@@ -25,9 +25,10 @@ impl QuarantineReport {
         writer.write_record(["source", "line", "disposition", "field", "problem"])?;
         Ok(Self {
             path,
-            source: source
-                .file_name()
-                .map_or_else(|| source.display().to_string(), |n| n.to_string_lossy().into_owned()),
+            source: source.file_name().map_or_else(
+                || source.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            ),
             writer,
         })
     }
@@ -36,7 +37,12 @@ impl QuarantineReport {
         &self.path
     }
 
-    pub fn write(&mut self, line: u64, disposition: &str, problem: &Problem) -> std::io::Result<()> {
+    pub fn write(
+        &mut self,
+        line: u64,
+        disposition: &str,
+        problem: &Problem,
+    ) -> std::io::Result<()> {
         self.writer.write_record([
             self.source.as_str(),
             &line.to_string(),

@@ -38,7 +38,10 @@ impl Releaser {
             );
         }
         if let Some(postcode) = &row.postcode {
-            attributes.insert("postcode_district".to_owned(), postcode.district().to_owned());
+            attributes.insert(
+                "postcode_district".to_owned(),
+                postcode.district().to_owned(),
+            );
         }
         Record {
             source_row: line,
@@ -87,7 +90,14 @@ mod tests {
         assert_eq!(record.nhs_pseudonym.len(), 32);
         let wire = record.encode_to_vec();
         let text = String::from_utf8_lossy(&wire);
-        for secret in ["CHILD-123", "9434765919", "JANE", "SMITHERSON", "2015-04-03", "2AB"] {
+        for secret in [
+            "CHILD-123",
+            "9434765919",
+            "JANE",
+            "SMITHERSON",
+            "2015-04-03",
+            "2AB",
+        ] {
             assert!(!text.contains(secret), "{secret} leaked");
         }
     }

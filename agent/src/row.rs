@@ -97,7 +97,10 @@ fn build(
     let nhs_number = present(mapping.nhs_number).and_then(|raw| match validate::nhs_number(raw) {
         Ok(n) => Some(n),
         Err(e) => {
-            warnings.push(Problem::new("nhs_number", format!("{e}; treated as missing")));
+            warnings.push(Problem::new(
+                "nhs_number",
+                format!("{e}; treated as missing"),
+            ));
             None
         }
     });
@@ -129,7 +132,10 @@ fn build(
                 Some(value.clone())
             }
             _ => {
-                warnings.push(Problem::new("sex", "code not recognised; treated as missing"));
+                warnings.push(Problem::new(
+                    "sex",
+                    "code not recognised; treated as missing",
+                ));
                 None
             }
         }
@@ -271,7 +277,15 @@ mod tests {
     fn a_clean_row_maps_every_field() {
         let m = resolved(MAP, HEADERS);
         let RowOutcome::Valid { row: r, warnings } = map_row(
-            &row(&["C1", "943 476 5919", "SMITH, Jane", "03/04/2015", "F", "ls6 2ab", "2024-05-06"]),
+            &row(&[
+                "C1",
+                "943 476 5919",
+                "SMITH, Jane",
+                "03/04/2015",
+                "F",
+                "ls6 2ab",
+                "2024-05-06",
+            ]),
             &m,
             TODAY,
         ) else {
@@ -306,10 +320,19 @@ mod tests {
     fn impossible_future_and_missing_key_fields_quarantine_the_row() {
         let m = resolved(MAP, HEADERS);
         let cases = [
-            (["C1", "", "", "31/02/2015", "", "", ""], "date_of_birth: date does not exist"),
-            (["C1", "", "", "01/01/2030", "", "", ""], "date_of_birth: date is in the future"),
+            (
+                ["C1", "", "", "31/02/2015", "", "", ""],
+                "date_of_birth: date does not exist",
+            ),
+            (
+                ["C1", "", "", "01/01/2030", "", "", ""],
+                "date_of_birth: date is in the future",
+            ),
             (["", "", "", "01/01/2015", "", "", ""], "local_id: missing"),
-            (["C1", "", "", "01/01/2015", "", "", "06/05/2024"], "referral date: date does not match the expected format"),
+            (
+                ["C1", "", "", "01/01/2015", "", "", "06/05/2024"],
+                "referral date: date does not match the expected format",
+            ),
         ];
         for (values, expected) in cases {
             match map_row(&row(&values), &m, TODAY) {

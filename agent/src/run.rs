@@ -207,7 +207,9 @@ fn read_source(
         Progress::Quiet => ProgressBar::hidden(),
     };
     bar.set_message(report.path().file_stem().map_or_else(String::new, |s| {
-        s.to_string_lossy().trim_end_matches(".quarantine").to_owned()
+        s.to_string_lossy()
+            .trim_end_matches(".quarantine")
+            .to_owned()
     }));
     let quarantine_err = |path: &Path| {
         let path = path.to_owned();
@@ -225,7 +227,10 @@ fn read_source(
                     .write(row.line, QUARANTINED, &problem)
                     .map_err(quarantine_err(report.path()))?;
             }
-            RowOutcome::Valid { row: person, warnings } => {
+            RowOutcome::Valid {
+                row: person,
+                warnings,
+            } => {
                 for problem in &warnings {
                     *summary.warnings.entry(problem.to_string()).or_default() += 1;
                     report
@@ -233,10 +238,10 @@ fn read_source(
                         .map_err(quarantine_err(report.path()))?;
                 }
                 summary.records_sent += 1;
-                if let Some(batch) = batcher.push(releaser.release(&person, row.line)) {
-                    if !send(batch) {
-                        break;
-                    }
+                if let Some(batch) = batcher.push(releaser.release(&person, row.line))
+                    && !send(batch)
+                {
+                    break;
                 }
             }
         }

@@ -25,10 +25,7 @@ pub enum Invalid {
 /// Validates an NHS number (spaces and hyphens allowed between digits) with
 /// the Modulus 11 algorithm, returning its ten digits.
 pub fn nhs_number(raw: &str) -> Result<String, Invalid> {
-    let digits: String = raw
-        .chars()
-        .filter(|c| !matches!(c, ' ' | '-'))
-        .collect();
+    let digits: String = raw.chars().filter(|c| !matches!(c, ' ' | '-')).collect();
     if digits.len() != 10 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return Err(Invalid::NhsNumberShape);
     }
@@ -95,9 +92,20 @@ pub fn postcode(raw: &str) -> Result<Postcode, Invalid> {
     };
     let shape: String = outward
         .bytes()
-        .map(|b| if b.is_ascii_digit() { '9' } else if b.is_ascii_alphabetic() { 'A' } else { '?' })
+        .map(|b| {
+            if b.is_ascii_digit() {
+                '9'
+            } else if b.is_ascii_alphabetic() {
+                'A'
+            } else {
+                '?'
+            }
+        })
         .collect();
-    let outward_ok = matches!(shape.as_str(), "A9" | "A99" | "AA9" | "AA99" | "A9A" | "AA9A");
+    let outward_ok = matches!(
+        shape.as_str(),
+        "A9" | "A99" | "AA9" | "AA99" | "A9A" | "AA9A"
+    );
     if inward_ok && outward_ok {
         Ok(Postcode {
             outward: outward.to_owned(),
@@ -114,9 +122,8 @@ pub fn name(raw: &str) -> String {
     let mut out = String::with_capacity(raw.len());
     for c in raw.chars() {
         let c = fold_accent(c).to_ascii_uppercase();
-        if c.is_ascii_uppercase() {
-            out.push(c);
-        } else if (c == ' ' || c == '-') && !out.is_empty() && !out.ends_with([' ', '-']) {
+        let separator = c == ' ' || c == '-';
+        if c.is_ascii_uppercase() || (separator && !out.is_empty() && !out.ends_with([' ', '-'])) {
             out.push(c);
         }
     }
@@ -265,15 +272,39 @@ mod tests {
 
     #[test]
     fn dates_in_every_format() {
-        assert_eq!(date("31/01/2015", DateFormat::DayMonthYear), Ok(d!(2015 - 01 - 31)));
-        assert_eq!(date("1/2/2015", DateFormat::DayMonthYear), Ok(d!(2015 - 02 - 01)));
-        assert_eq!(date("31.01.2015 00:00", DateFormat::DayMonthYear), Ok(d!(2015 - 01 - 31)));
-        assert_eq!(date("20150131", DateFormat::Compact), Ok(d!(2015 - 01 - 31)));
+        assert_eq!(
+            date("31/01/2015", DateFormat::DayMonthYear),
+            Ok(d!(2015 - 01 - 31))
+        );
+        assert_eq!(
+            date("1/2/2015", DateFormat::DayMonthYear),
+            Ok(d!(2015 - 02 - 01))
+        );
+        assert_eq!(
+            date("31.01.2015 00:00", DateFormat::DayMonthYear),
+            Ok(d!(2015 - 01 - 31))
+        );
+        assert_eq!(
+            date("20150131", DateFormat::Compact),
+            Ok(d!(2015 - 01 - 31))
+        );
         assert_eq!(date("2015-01-31", DateFormat::Iso), Ok(d!(2015 - 01 - 31)));
-        assert_eq!(date("2015-01-31T10:00:00Z", DateFormat::Iso), Ok(d!(2015 - 01 - 31)));
-        assert_eq!(date("31/02/2015", DateFormat::DayMonthYear), Err(Invalid::ImpossibleDate));
-        assert_eq!(date("2015-13-01", DateFormat::Iso), Err(Invalid::ImpossibleDate));
-        assert_eq!(date("2015/01/31", DateFormat::DayMonthYear), Err(Invalid::DateFormat));
+        assert_eq!(
+            date("2015-01-31T10:00:00Z", DateFormat::Iso),
+            Ok(d!(2015 - 01 - 31))
+        );
+        assert_eq!(
+            date("31/02/2015", DateFormat::DayMonthYear),
+            Err(Invalid::ImpossibleDate)
+        );
+        assert_eq!(
+            date("2015-13-01", DateFormat::Iso),
+            Err(Invalid::ImpossibleDate)
+        );
+        assert_eq!(
+            date("2015/01/31", DateFormat::DayMonthYear),
+            Err(Invalid::DateFormat)
+        );
         assert_eq!(date("15-01-31", DateFormat::Iso), Err(Invalid::DateFormat));
         assert_eq!(date("", DateFormat::Compact), Err(Invalid::DateFormat));
     }

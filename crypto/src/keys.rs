@@ -151,7 +151,10 @@ mod tests {
         let path = dir.path().join("k.key");
         SecretKey::generate().unwrap().save(&path).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(matches!(SecretKey::load(&path), Err(KeyError::TooOpen { .. })));
+        assert!(matches!(
+            SecretKey::load(&path),
+            Err(KeyError::TooOpen { .. })
+        ));
     }
 
     #[test]
@@ -159,6 +162,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("k.key");
         crate::files::write_private(&path, b"not hex", false).unwrap();
-        assert!(matches!(SecretKey::load(&path), Err(KeyError::Malformed { .. })));
+        assert!(matches!(
+            SecretKey::load(&path),
+            Err(KeyError::Malformed { .. })
+        ));
     }
 }

@@ -9,8 +9,8 @@
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use ring::rand::{SecureRandom, SystemRandom};
 use time::{Duration, OffsetDateTime};
@@ -115,12 +115,11 @@ impl CertificateAuthority {
             path: key_path,
             source,
         })?;
-        let issuer = Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|source| {
-            PkiError::Parse {
+        let issuer =
+            Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|source| PkiError::Parse {
                 path: cert_path,
                 source,
-            }
-        })?;
+            })?;
         Ok(Self { issuer })
     }
 
@@ -159,7 +158,10 @@ impl CertificateAuthority {
         validity: Validity,
         out_dir: &Path,
     ) -> Result<IssuedFiles, PkiError> {
-        let label = format!("Joinery gateway {}", hosts.first().map_or("", String::as_str));
+        let label = format!(
+            "Joinery gateway {}",
+            hosts.first().map_or("", String::as_str)
+        );
         let mut params = leaf_params(&label, validity)?;
         params.subject_alt_names = CertificateParams::new(hosts.to_vec())?.subject_alt_names;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
@@ -278,10 +280,17 @@ mod tests {
         CertificateAuthority::init(dir.path(), "test CA", validity).unwrap();
         let ca = CertificateAuthority::load(dir.path()).unwrap();
         let err = ca
-            .issue_client(&PeerIdentity::Organisation("bad code".into()), validity, dir.path())
+            .issue_client(
+                &PeerIdentity::Organisation("bad code".into()),
+                validity,
+                dir.path(),
+            )
             .unwrap_err();
         assert!(matches!(err, PkiError::Identity(_)));
-        assert!(matches!(Validity::days_from_now(0), Err(PkiError::Lifetime(0))));
+        assert!(matches!(
+            Validity::days_from_now(0),
+            Err(PkiError::Lifetime(0))
+        ));
     }
 
     #[test]

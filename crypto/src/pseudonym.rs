@@ -61,8 +61,8 @@ mod tests {
         let key = SecretKey::from_bytes([7; 32]);
         let nhs = Pseudonymiser::new(&key, "nhs-number").pseudonymise(b"123");
         let local = Pseudonymiser::new(&key, "local-id").pseudonymise(b"123");
-        let other = Pseudonymiser::new(&SecretKey::from_bytes([8; 32]), "nhs-number")
-            .pseudonymise(b"123");
+        let other =
+            Pseudonymiser::new(&SecretKey::from_bytes([8; 32]), "nhs-number").pseudonymise(b"123");
         assert_ne!(nhs, local);
         assert_ne!(nhs, other);
     }

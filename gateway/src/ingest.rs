@@ -69,7 +69,8 @@ impl Ingest for IngestService {
         &self,
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<AckStream>, Status> {
-        let organisation = peer::organisation(&request).inspect_err(|_| metrics::session("refused"))?;
+        let organisation =
+            peer::organisation(&request).inspect_err(|_| metrics::session("refused"))?;
         let mut inbound = request.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Ok(Ok(Some(AgentMessage {
@@ -122,11 +123,11 @@ impl Ingest for IngestService {
                 };
                 let reply = match message.kind {
                     Some(agent_message::Kind::Batch(batch)) => {
-                        handle_batch(&storage, &rekeyer, &session, batch).await.map(|ack| {
-                            GatewayMessage {
+                        handle_batch(&storage, &rekeyer, &session, batch)
+                            .await
+                            .map(|ack| GatewayMessage {
                                 kind: Some(gateway_message::Kind::Ack(ack)),
-                            }
-                        })
+                            })
                     }
                     _ => Err(Status::invalid_argument(
                         "only Batch messages may follow Hello",
@@ -184,7 +185,12 @@ async fn handle_batch(
         .and_then(|()| prepare(rekeyer, session, &batch_id, body));
     let ack = match prepared {
         Err((reason, detail)) => {
-            metrics::batch_answered(&session.organisation, &dataset, "rejected", reason.as_str_name());
+            metrics::batch_answered(
+                &session.organisation,
+                &dataset,
+                "rejected",
+                reason.as_str_name(),
+            );
             tracing::warn!(organisation = %session.organisation, %batch_id, reason = reason.as_str_name(), %detail, "batch rejected");
             Ack {
                 batch_id,
@@ -280,10 +286,11 @@ fn prepare_record(
     }
     let sex = attributes.remove(SEX);
     let birth_month = attributes.remove(BIRTH_MONTH);
-    if let Some(month) = &birth_month {
-        if !is_year_month(month) {
-            return Err("birth_month must be YYYY-MM".to_owned());
-        }
+    if birth_month
+        .as_deref()
+        .is_some_and(|month| !is_year_month(month))
+    {
+        return Err("birth_month must be YYYY-MM".to_owned());
     }
     let postcode_district = attributes.remove(POSTCODE_DISTRICT);
     let events = record
@@ -294,7 +301,10 @@ fn prepare_record(
                 return Err("event type must be 1-64 of a-z, 0-9 and _".to_owned());
             }
             if !is_iso_date(&event.date) {
-                return Err(format!("{} event date must be YYYY-MM-DD", event.event_type));
+                return Err(format!(
+                    "{} event date must be YYYY-MM-DD",
+                    event.event_type
+                ));
             }
             Ok(NewEvent {
                 event_type: event.event_type,

@@ -69,9 +69,9 @@ pub fn incoming(
                             .peer_certificates()
                             .and_then(|certs| certs.first())
                             .map(|leaf| PeerIdentity::from_certificate(leaf.as_ref()))
-                            .unwrap_or(Err(
-                                joinery_crypto::identity::IdentityError::UriSanCount(0),
-                            ));
+                            .unwrap_or(Err(joinery_crypto::identity::IdentityError::UriSanCount(
+                                0,
+                            )));
                         let info = PeerInfo { remote, identity };
                         let _ = tx
                             .send(Ok(Connection {

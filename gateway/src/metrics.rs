@@ -41,17 +41,19 @@ fn describe() {
         metrics::Unit::Seconds,
         "Time from receiving a batch to sending its ack (validation, re-keying and commit)"
     );
-    metrics::describe_counter!(
-        SESSIONS,
-        "Ingest sessions, by outcome (opened, refused)"
-    );
+    metrics::describe_counter!(SESSIONS, "Ingest sessions, by outcome (opened, refused)");
     metrics::describe_counter!(
         HANDSHAKE_FAILURES,
         "TLS handshakes that failed, by kind (refused, timeout)"
     );
 }
 
-pub fn batch_answered(organisation: &str, dataset: &str, outcome: &'static str, reason: &'static str) {
+pub fn batch_answered(
+    organisation: &str,
+    dataset: &str,
+    outcome: &'static str,
+    reason: &'static str,
+) {
     metrics::counter!(BATCHES, "organisation" => organisation.to_owned(), "dataset" => dataset.to_owned(), "outcome" => outcome, "reason" => reason).increment(1);
 }
 

@@ -98,7 +98,10 @@ impl Query for QueryService {
                 .as_deref()
                 .and_then(|month| age_band(month, reference))
                 .unwrap_or(UNKNOWN_AGE);
-            let row = bands.iter().position(|b| *b == band).unwrap_or(bands.len() - 1);
+            let row = bands
+                .iter()
+                .position(|b| *b == band)
+                .unwrap_or(bands.len() - 1);
             let column = (person.organisations.clamp(1, 3) - 1) as usize;
             table[row][column] += 1;
         }

@@ -59,7 +59,9 @@ impl Rekeyer {
             .local
             .pseudonymise(&[organisation.as_bytes(), b"\0", local_pseudonym].concat());
         if nhs_pseudonym.is_empty() {
-            let person = self.person.pseudonymise(&[b"local\0".as_slice(), &local].concat());
+            let person = self
+                .person
+                .pseudonymise(&[b"local\0".as_slice(), &local].concat());
             StoredIdentity {
                 person_id: hex::encode(&person[..PERSON_ID_BYTES]),
                 local_pseudonym: hex::encode(local),
@@ -68,7 +70,9 @@ impl Rekeyer {
             }
         } else {
             let nhs = self.nhs.pseudonymise(nhs_pseudonym);
-            let person = self.person.pseudonymise(&[b"nhs\0".as_slice(), &nhs].concat());
+            let person = self
+                .person
+                .pseudonymise(&[b"nhs\0".as_slice(), &nhs].concat());
             StoredIdentity {
                 person_id: hex::encode(&person[..PERSON_ID_BYTES]),
                 local_pseudonym: hex::encode(local),

@@ -62,12 +62,13 @@ impl Gateway {
         let storage = Storage::open(&config.database_url()).await?;
         let key = SecretKey::load_or_create(&config.key_file())?;
         let tls = joinery_crypto::tls::server_config(&config.tls)?;
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| GatewayError::Bind {
-                address: config.listen,
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| GatewayError::Bind {
+                    address: config.listen,
+                    source,
+                })?;
         Ok(Self {
             acceptor: TlsAcceptor::from(Arc::new(tls)),
             rekeyer: Rekeyer::new(&key),
@@ -79,9 +80,7 @@ impl Gateway {
 
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .unwrap_or(self.config.listen)
+        self.listener.local_addr().unwrap_or(self.config.listen)
     }
 
     /// Serves until `shutdown` completes, then stops accepting and lets open

@@ -134,10 +134,7 @@ impl CsvSource {
                 if self.record.len() == 1 && self.record[0].trim_ascii().is_empty() {
                     return Some(Ok(None));
                 }
-                let line = self
-                    .record
-                    .position()
-                    .map_or(start_line, |p| p.line());
+                let line = self.record.position().map_or(start_line, |p| p.line());
                 let end_line = self.reader.position().line();
                 if self.record.len() != self.header_len {
                     let span = if end_line > line + 1 {

@@ -10,10 +10,13 @@
 mod migrations;
 
 use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, AssertSqlSafe, Row};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, AssertSqlSafe, ConnectOptions, Row};
+use tokio::sync::Mutex;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -98,6 +101,9 @@ pub struct PersonReach {
 pub struct Storage {
     pool: AnyPool,
     backend: Backend,
+    /// SQLite allows one writer at a time; queueing writers here is fairer
+    /// and faster than SQLite's sleep-and-retry busy handler.
+    write_lock: Option<Arc<Mutex<()>>>,
 }
 
 const RECORD_COLUMNS: usize = 13;
@@ -108,7 +114,10 @@ const ROWS_PER_STATEMENT: usize = 250;
 impl Storage {
     /// The URL of the default SQLite database inside `data_dir`.
     pub fn sqlite_url(data_dir: &Path) -> String {
-        format!("sqlite://{}?mode=rwc", data_dir.join("joinery.db").display())
+        format!(
+            "sqlite://{}?mode=rwc",
+            data_dir.join("joinery.db").display()
+        )
     }
 
     /// Connects and brings the schema up to date.
@@ -139,9 +148,21 @@ impl Storage {
             }),
             Backend::Postgres => options.max_connections(16),
         };
-        let pool = options.connect(url).await.map_err(StorageError::Connect)?;
+        // Statement logging is for debugging only; bound values are never logged.
+        let connect = AnyConnectOptions::from_str(url)
+            .map_err(StorageError::Connect)?
+            .log_statements(log::LevelFilter::Trace)
+            .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(1));
+        let pool = options
+            .connect_with(connect)
+            .await
+            .map_err(StorageError::Connect)?;
         migrations::for_backend(backend).run(&pool).await?;
-        Ok(Self { pool, backend })
+        Ok(Self {
+            pool,
+            backend,
+            write_lock: (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(()))),
+        })
     }
 
     pub fn backend(&self) -> Backend {
@@ -157,6 +178,10 @@ impl Storage {
     /// Stores a batch, its records and events in one transaction, unless the
     /// same organisation already delivered a batch with this id.
     pub async fn commit_batch(&self, batch: &NewBatch) -> Result<CommitOutcome, StorageError> {
+        let _writing = match &self.write_lock {
+            Some(lock) => Some(lock.lock().await),
+            None => None,
+        };
         let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO batches (organisation, batch_id, dataset, sequence, agreement_id, \
@@ -213,7 +238,12 @@ impl Storage {
             .records
             .iter()
             .enumerate()
-            .flat_map(|(ri, r)| r.events.iter().enumerate().map(move |(ei, e)| (ri, r, ei, e)))
+            .flat_map(|(ri, r)| {
+                r.events
+                    .iter()
+                    .enumerate()
+                    .map(move |(ei, e)| (ri, r, ei, e))
+            })
             .collect();
         for chunk in events.chunks(ROWS_PER_STATEMENT) {
             let sql = insert_sql(

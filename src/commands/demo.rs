@@ -1,0 +1,247 @@
+//! `joinery demo`: the whole system on this machine, in one command.
+//!
+//! In a fresh directory: a deployment CA with gateway, agency and analyst
+//! certificates; a linkage key; synthetic extracts for three agencies; a
+//! gateway on SQLite listening on 127.0.0.1; one agent per agency delivering
+//! over mutual TLS at the same time; then, as an analyst, the table of
+//! children known to 1, 2 or 3+ agencies by age band, disclosure-controlled.
+//! Everything is left on disk, with the commands to run each part by hand.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Args;
+use joinery_agent::AgentConfig;
+use joinery_agent::config::{AgreementRef, GatewayEndpoint, SourceConfig, TlsPaths};
+use joinery_crypto::identity::PeerIdentity;
+use joinery_crypto::keys::SecretKey;
+use joinery_crypto::pki::{CertificateAuthority, Validity};
+use joinery_crypto::tls::TlsFiles;
+use joinery_gateway::{Gateway, GatewayConfig, Limits};
+use joinery_proto::v1::{AgencyOverlapRequest, CountsRequest};
+
+use crate::commands::agent::print_summary;
+use crate::commands::query::{connect, print_counts, print_overlap};
+
+const ANALYST: &str = "demo-analyst";
+const AGREEMENT_ID: &str = "demo-children-partnership";
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Children in the synthetic population.
+    #[arg(long, default_value_t = 3000)]
+    children: usize,
+    /// Random seed for the synthetic data.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Directory to work in (must not exist yet; default: a new temporary directory).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+impl DemoArgs {
+    pub async fn run(self) -> anyhow::Result<ExitCode> {
+        let started = Instant::now();
+        let dir = match self.dir {
+            Some(dir) => {
+                anyhow::ensure!(
+                    !dir.exists(),
+                    "{} already exists; name a new directory",
+                    dir.display()
+                );
+                std::fs::create_dir_all(&dir)?;
+                dir
+            }
+            None => tempfile::Builder::new()
+                .prefix("joinery-demo-")
+                .tempdir()?
+                .keep(),
+        };
+        println!("Joinery demo in {}\n", dir.display());
+
+        // 1. PKI and keys.
+        let pki = dir.join("pki");
+        let validity = Validity::days_from_now(7)?;
+        CertificateAuthority::init(&pki, "Joinery demo CA", validity)?;
+        let ca = CertificateAuthority::load(&pki)?;
+        let server = ca.issue_server(
+            &["localhost".into(), "127.0.0.1".into()],
+            validity,
+            &pki.join("gateway"),
+        )?;
+        let analyst = ca.issue_client(
+            &PeerIdentity::Analyst(ANALYST.into()),
+            validity,
+            &pki.join("analysts"),
+        )?;
+        let linkage_key = dir.join("keys").join("linkage.key");
+        SecretKey::generate()?.save(&linkage_key)?;
+        println!(
+            "1. Created a deployment CA, gateway and analyst certificates, and a linkage key ({})",
+            pki.display()
+        );
+
+        // 2. Synthetic extracts.
+        let reference = time::OffsetDateTime::now_utc().date();
+        let synth =
+            crate::synth::generate(&dir.join("synth"), self.children, self.seed, reference)?;
+        println!(
+            "2. Generated {} children's records for {} agencies: {} rows ({})",
+            self.children,
+            synth.extracts.len(),
+            synth.rows,
+            dir.join("synth").display()
+        );
+
+        // 3. Gateway on SQLite, on a free local port.
+        let gateway_dir = dir.join("gateway");
+        let gateway = Gateway::bind(GatewayConfig {
+            listen: "127.0.0.1:0".parse()?,
+            data_dir: gateway_dir.clone(),
+            database_url: None,
+            key_file: None,
+            tls: TlsFiles {
+                ca: pki.join("ca.pem"),
+                cert: server.cert.clone(),
+                key: server.key.clone(),
+            },
+            limits: Limits::default(),
+        })
+        .await?;
+        let address = gateway.local_addr().to_string();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(gateway.serve(async {
+            let _ = stopped.await;
+        }));
+        println!(
+            "3. Gateway listening on {address} (mutual TLS 1.3), storing in {}",
+            gateway_dir.display()
+        );
+
+        // 4. One agent per agency, all at once.
+        let mut configs = Vec::new();
+        for (agency, extract, mapping) in &synth.extracts {
+            ca.issue_client(
+                &PeerIdentity::Organisation(agency.organisation.into()),
+                validity,
+                &pki.join("agents"),
+            )?;
+            let config = agent_config(
+                &dir,
+                agency.organisation,
+                &address,
+                &linkage_key,
+                extract,
+                mapping,
+            );
+            let path = dir
+                .join("agents")
+                .join(format!("{}.yaml", agency.organisation));
+            write_yaml(&path, &config)?;
+            configs.push((
+                path,
+                AgentConfig::load(
+                    &dir.join("agents")
+                        .join(format!("{}.yaml", agency.organisation)),
+                )?,
+            ));
+        }
+        println!("4. Running {} agents concurrently:", configs.len());
+        let runs = configs
+            .iter()
+            .map(|(_, config)| joinery_agent::run(config, joinery_agent::Progress::Quiet));
+        let results = futures::future::join_all(runs).await;
+        for ((_, config), result) in configs.iter().zip(results) {
+            let summary = result.with_context(|| format!("agent {}", config.organisation))?;
+            print_summary(&config.organisation, &summary);
+        }
+
+        // 5. Ask as an analyst.
+        let analyst_tls = TlsFiles {
+            ca: pki.join("ca.pem"),
+            cert: analyst.cert.clone(),
+            key: analyst.key.clone(),
+        };
+        let mut client = connect(&address, "localhost", &analyst_tls).await?;
+        println!("\n5. Stored at the gateway (analyst view):");
+        print_counts(&client.counts(CountsRequest {}).await?.into_inner());
+        println!();
+        let overlap = client
+            .agency_overlap(AgencyOverlapRequest {
+                reference_date: reference.to_string(),
+            })
+            .await?
+            .into_inner();
+        print_overlap(&overlap);
+
+        let _ = stop.send(());
+        serving.await??;
+        println!(
+            "\nDone in {:.1} s. Everything is in {}:",
+            started.elapsed().as_secs_f64(),
+            dir.display()
+        );
+        println!("  pki/            CA, gateway, agency and analyst certificates");
+        println!("  synth/          extracts, mapping files and ground_truth.csv");
+        println!("  agents/         agent configurations and quarantine reports");
+        println!("  gateway/        joinery.db (SQLite) and gateway.key");
+        println!("\nRun the parts by hand:");
+        println!(
+            "  joinery gateway serve --listen 127.0.0.1:7443 --data-dir {} --tls-ca {} --tls-cert {} --tls-key {}",
+            gateway_dir.display(),
+            pki.join("ca.pem").display(),
+            server.cert.display(),
+            server.key.display()
+        );
+        println!("  (then set gateway.address to 127.0.0.1:7443 in an agent file and)");
+        if let Some((path, _)) = configs.first() {
+            println!("  joinery agent run --config {}", path.display());
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+fn agent_config(
+    dir: &Path,
+    organisation: &str,
+    address: &str,
+    linkage_key: &Path,
+    extract: &Path,
+    mapping: &Path,
+) -> AgentConfig {
+    let agents = dir.join("pki").join("agents");
+    AgentConfig {
+        organisation: organisation.to_owned(),
+        agreement: AgreementRef {
+            id: AGREEMENT_ID.to_owned(),
+            version: 1,
+        },
+        gateway: GatewayEndpoint {
+            address: address.to_owned(),
+            server_name: Some("localhost".to_owned()),
+        },
+        tls: TlsPaths {
+            ca: dir.join("pki").join("ca.pem"),
+            cert: agents.join(format!("{organisation}.pem")),
+            key: agents.join(format!("{organisation}.key")),
+        },
+        linkage_key: linkage_key.to_owned(),
+        quarantine_dir: dir.join("agents").join("quarantine").join(organisation),
+        batch_size: 500,
+        max_in_flight: 4,
+        sources: vec![SourceConfig::Csv {
+            path: extract.to_owned(),
+            mapping: mapping.to_owned(),
+        }],
+    }
+}
+
+fn write_yaml(path: &Path, config: &AgentConfig) -> anyhow::Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let text = serde_saphyr::to_string(config)?;
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}

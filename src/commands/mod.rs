@@ -1,0 +1,10 @@
+//! One module per `joinery` subcommand: argument parsing and output at the
+//! binary's edge; the work is done by the library crates.
+
+pub mod agent;
+pub mod bench;
+pub mod demo;
+pub mod gateway;
+pub mod pki;
+pub mod query;
+pub mod synth;

@@ -1,0 +1,144 @@
+//! `joinery pki`: the deployment CA, agent, analyst and gateway certificates,
+//! and the agreement's linkage key.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use joinery_crypto::identity::PeerIdentity;
+use joinery_crypto::keys::SecretKey;
+use joinery_crypto::pki::{CertificateAuthority, IssuedFiles, Validity};
+
+#[derive(Debug, Subcommand)]
+pub enum PkiCommand {
+    /// Create the deployment CA (ca.pem, and ca.key with mode 0600) in --dir.
+    Init {
+        #[command(flatten)]
+        dir: PkiDir,
+        /// The CA's common name.
+        #[arg(long, default_value = "Joinery deployment CA")]
+        name: String,
+        /// Lifetime in days.
+        #[arg(long, default_value_t = 3650)]
+        days: i64,
+    },
+    /// Issue a client certificate: for an agency's agent (--org) or an analyst (--analyst).
+    Issue {
+        #[command(flatten)]
+        dir: PkiDir,
+        #[command(flatten)]
+        who: ClientIdentity,
+        /// Lifetime in days (short lifetimes limit the harm of a lost key).
+        #[arg(long, default_value_t = 90)]
+        days: i64,
+        /// Where to write CODE.pem and CODE.key (default: --dir/agents or --dir/analysts).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Issue the gateway's server certificate (gateway.pem, gateway.key).
+    Server {
+        #[command(flatten)]
+        dir: PkiDir,
+        /// DNS name or IP address agents use to reach the gateway; repeat for several.
+        #[arg(long = "name", required = true)]
+        names: Vec<String>,
+        /// Lifetime in days.
+        #[arg(long, default_value_t = 90)]
+        days: i64,
+        /// Where to write the files (default: --dir/gateway).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Create an agreement linkage key (256 bits, hex, mode 0600) for the agencies'
+    /// agents. Share it between the agencies only, never with the gateway operator.
+    LinkageKey {
+        /// File to create (never overwritten).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct PkiDir {
+    /// Directory holding the CA (ca.pem, ca.key).
+    #[arg(long, default_value = "pki")]
+    dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct ClientIdentity {
+    /// The agency's ODS or local-authority code, e.g. RX9 or E08000035.
+    #[arg(long)]
+    org: Option<String>,
+    /// The analyst's user name.
+    #[arg(long)]
+    analyst: Option<String>,
+}
+
+impl PkiCommand {
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        match self {
+            Self::Init { dir, name, days } => {
+                let issued =
+                    CertificateAuthority::init(&dir.dir, &name, Validity::days_from_now(days)?)?;
+                report("deployment CA", &issued);
+            }
+            Self::Issue {
+                dir,
+                who,
+                days,
+                out,
+            } => {
+                let ca = CertificateAuthority::load(&dir.dir)?;
+                let (identity, default_out) = match (who.org, who.analyst) {
+                    (Some(code), _) => (PeerIdentity::Organisation(code), dir.dir.join("agents")),
+                    (None, Some(name)) => (PeerIdentity::Analyst(name), dir.dir.join("analysts")),
+                    (None, None) => anyhow::bail!("give --org CODE or --analyst NAME"),
+                };
+                let issued = ca.issue_client(
+                    &identity,
+                    Validity::days_from_now(days)?,
+                    &out.unwrap_or(default_out),
+                )?;
+                report(&format!("{identity} ({})", identity.to_uri()), &issued);
+            }
+            Self::Server {
+                dir,
+                names,
+                days,
+                out,
+            } => {
+                let ca = CertificateAuthority::load(&dir.dir)?;
+                let issued = ca.issue_server(
+                    &names,
+                    Validity::days_from_now(days)?,
+                    &out.unwrap_or_else(|| dir.dir.join("gateway")),
+                )?;
+                report(&format!("gateway {}", names.join(", ")), &issued);
+            }
+            Self::LinkageKey { out } => {
+                SecretKey::generate()?.save(&out)?;
+                println!("linkage key written to {} (mode 0600)", out.display());
+                println!(
+                    "give it to every agency's agent under this agreement; never to the gateway operator"
+                );
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+fn report(what: &str, issued: &IssuedFiles) {
+    let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute] UTC");
+    let date = |t: time::OffsetDateTime| t.format(&format).unwrap_or_default();
+    println!("issued certificate for {what}");
+    println!("  certificate: {}", issued.cert.display());
+    println!("  private key: {} (mode 0600)", issued.key.display());
+    println!(
+        "  valid from {} until {} ({} days)",
+        date(issued.validity.not_before),
+        date(issued.validity.not_after),
+        issued.validity.lifetime_days()
+    );
+}

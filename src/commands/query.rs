@@ -1,0 +1,146 @@
+//! `joinery query`: disclosure-controlled answers from the gateway.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use joinery_crypto::tls::TlsFiles;
+use joinery_proto::v1::query_client::QueryClient;
+use joinery_proto::v1::{
+    AgencyOverlapRequest, AgencyOverlapResponse, CountsRequest, CountsResponse, cell,
+};
+use tonic::transport::Channel;
+
+#[derive(Debug, Subcommand)]
+pub enum QueryCommand {
+    /// Batches and records stored per organisation and dataset.
+    Counts(GatewayArgs),
+    /// Children known to 1, 2 or 3+ agencies by age band (disclosure-controlled).
+    Overlap {
+        #[command(flatten)]
+        gateway: GatewayArgs,
+        /// Date at which ages are computed (YYYY-MM-DD; default today).
+        #[arg(long)]
+        reference_date: Option<String>,
+    },
+}
+
+/// How to reach the gateway as an analyst.
+#[derive(Debug, Args)]
+pub struct GatewayArgs {
+    /// Gateway address, host:port.
+    #[arg(long, env = "JOINERY_GATEWAY")]
+    gateway: String,
+    /// Name on the gateway's certificate (default: the host of --gateway).
+    #[arg(long)]
+    server_name: Option<String>,
+    /// Deployment CA certificate.
+    #[arg(long, env = "JOINERY_TLS_CA")]
+    tls_ca: PathBuf,
+    /// Your certificate (joinery pki issue --analyst NAME).
+    #[arg(long, env = "JOINERY_TLS_CERT")]
+    tls_cert: PathBuf,
+    /// Your private key.
+    #[arg(long, env = "JOINERY_TLS_KEY")]
+    tls_key: PathBuf,
+}
+
+impl GatewayArgs {
+    async fn connect(&self) -> anyhow::Result<QueryClient<Channel>> {
+        let host = self
+            .gateway
+            .rsplit_once(':')
+            .map_or(self.gateway.as_str(), |(host, _)| host);
+        let tls = TlsFiles {
+            ca: self.tls_ca.clone(),
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+        };
+        connect(
+            &self.gateway,
+            self.server_name.as_deref().unwrap_or(host),
+            &tls,
+        )
+        .await
+    }
+}
+
+/// A Query client over mutual TLS.
+pub async fn connect(
+    address: &str,
+    server_name: &str,
+    tls: &TlsFiles,
+) -> anyhow::Result<QueryClient<Channel>> {
+    let config = joinery_crypto::tls::client_config(tls)?;
+    let channel = joinery_proto::channel::connect(address, server_name, config).await?;
+    Ok(QueryClient::new(channel))
+}
+
+impl QueryCommand {
+    pub async fn run(self) -> anyhow::Result<ExitCode> {
+        match self {
+            Self::Counts(gateway) => {
+                let counts = gateway
+                    .connect()
+                    .await?
+                    .counts(CountsRequest {})
+                    .await?
+                    .into_inner();
+                print_counts(&counts);
+            }
+            Self::Overlap {
+                gateway,
+                reference_date,
+            } => {
+                let overlap = gateway
+                    .connect()
+                    .await?
+                    .agency_overlap(AgencyOverlapRequest {
+                        reference_date: reference_date.unwrap_or_default(),
+                    })
+                    .await?
+                    .into_inner();
+                print_overlap(&overlap);
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+pub fn print_counts(counts: &CountsResponse) {
+    println!(
+        "{:<12} {:<18} {:>8} {:>10}",
+        "organisation", "dataset", "batches", "records"
+    );
+    for c in &counts.datasets {
+        println!(
+            "{:<12} {:<18} {:>8} {:>10}",
+            c.organisation, c.dataset, c.batches, c.records
+        );
+    }
+}
+
+pub fn print_overlap(overlap: &AgencyOverlapResponse) {
+    println!(
+        "Children known to 1, 2 or 3+ agencies, by age on {}",
+        overlap.reference_date
+    );
+    print!("{:<10}", "age band");
+    for column in &overlap.columns {
+        print!(" {column:>12}");
+    }
+    println!();
+    for row in &overlap.rows {
+        print!("{:<10}", row.age_band);
+        for c in &row.cells {
+            let text = match c.value {
+                Some(cell::Value::Count(n)) => n.to_string(),
+                Some(cell::Value::Suppressed(_)) => "*".to_owned(),
+                None => "-".to_owned(),
+            };
+            print!(" {text:>12}");
+        }
+        println!();
+    }
+    println!("Note: {}.", overlap.disclosure_note);
+}

@@ -1,0 +1,683 @@
+//! `joinery synth`: a synthetic population of children and the extracts three
+//! agencies would hold about them, with the errors real extracts have.
+//!
+//! Each agency has its own layout (column names, date formats, codes,
+//! separator). Children overlap between agencies. Identity errors are made
+//! once per child per agency (as a record system would hold them): missing NHS
+//! numbers (most often at the council), mistyped NHS numbers, nicknames,
+//! surname typos, moved postcodes, day and month swapped in the date of birth.
+//! A few rows are broken outright (impossible dates, wrong column counts,
+//! missing ids) to exercise quarantine. `ground_truth.csv` says which child
+//! each agency record is. Output is deterministic for a seed.
+//!
+//! NHS numbers are drawn from the 999 range, which the NHS never issues.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use rand::seq::IndexedRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use time::{Date, Duration};
+
+/// One agency in the synthetic deployment.
+#[derive(Debug, Clone)]
+pub struct SynthAgency {
+    pub organisation: &'static str,
+    pub description: &'static str,
+    pub dataset: &'static str,
+    /// Probability that a child is known to this agency.
+    reach: f64,
+    /// Probability that this agency's record of a child lacks an NHS number.
+    nhs_missing: f64,
+    layout: Layout,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Layout {
+    Council,
+    Camhs,
+    Salt,
+}
+
+pub const AGENCIES: &[SynthAgency] = &[
+    SynthAgency {
+        organisation: "E08000099",
+        description: "council children's social care",
+        dataset: "csc_referrals",
+        reach: 0.55,
+        nhs_missing: 0.45,
+        layout: Layout::Council,
+    },
+    SynthAgency {
+        organisation: "RX9",
+        description: "CAMHS (mental health trust)",
+        dataset: "camhs_referrals",
+        reach: 0.35,
+        nhs_missing: 0.04,
+        layout: Layout::Camhs,
+    },
+    SynthAgency {
+        organisation: "RY9",
+        description: "speech and language therapy (community trust)",
+        dataset: "salt_contacts",
+        reach: 0.35,
+        nhs_missing: 0.12,
+        layout: Layout::Salt,
+    },
+];
+
+/// Where the generated files are.
+#[derive(Debug, Clone)]
+pub struct SynthOutput {
+    pub extracts: Vec<(SynthAgency, PathBuf, PathBuf)>,
+    pub ground_truth: PathBuf,
+    pub rows: usize,
+}
+
+/// A child's true identity.
+struct Child {
+    id: usize,
+    given: &'static str,
+    family: &'static str,
+    dob: Date,
+    male: bool,
+    nhs: String,
+    postcode: String,
+}
+
+/// How one agency recorded one child.
+struct Recorded {
+    local_id: String,
+    given: String,
+    family: String,
+    dob: Date,
+    nhs: Option<String>,
+    postcode: String,
+}
+
+pub fn generate(
+    out: &Path,
+    children: usize,
+    seed: u64,
+    reference: Date,
+) -> anyhow::Result<SynthOutput> {
+    let extracts_dir = out.join("extracts");
+    let mappings_dir = out.join("mappings");
+    std::fs::create_dir_all(&extracts_dir)
+        .with_context(|| format!("creating {}", extracts_dir.display()))?;
+    std::fs::create_dir_all(&mappings_dir)
+        .with_context(|| format!("creating {}", mappings_dir.display()))?;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let population: Vec<Child> = (0..children)
+        .map(|id| child(&mut rng, id, reference))
+        .collect();
+
+    let truth_path = out.join("ground_truth.csv");
+    let mut truth = csv::Writer::from_path(&truth_path)
+        .with_context(|| format!("creating {}", truth_path.display()))?;
+    truth.write_record([
+        "child_id",
+        "organisation",
+        "dataset",
+        "local_id",
+        "recorded_nhs_number",
+    ])?;
+
+    let mut extracts = Vec::new();
+    let mut rows = 0;
+    for (index, agency) in AGENCIES.iter().enumerate() {
+        let extract = extracts_dir.join(format!("{}.csv", agency.dataset));
+        let mapping = mappings_dir.join(format!("{}.yaml", agency.dataset));
+        std::fs::write(&mapping, mapping_yaml(agency.layout))
+            .with_context(|| format!("writing {}", mapping.display()))?;
+        let mut writer = writer(agency.layout, &extract)?;
+        writer.write_record(header(agency.layout))?;
+        for c in &population {
+            if !rng.random_bool(agency.reach) {
+                continue;
+            }
+            let recorded = record_of(&mut rng, c, agency, index);
+            truth.write_record([
+                c.id.to_string().as_str(),
+                agency.organisation,
+                agency.dataset,
+                &recorded.local_id,
+                recorded.nhs.as_deref().unwrap_or(""),
+            ])?;
+            for _ in 0..rng.random_range(1..=3) {
+                let event = random_date(&mut rng, c.dob, reference);
+                let mut fields = row(agency.layout, &recorded, c.male, event, &mut rng);
+                break_row(&mut rng, agency.layout, &mut fields);
+                writer.write_record(&fields)?;
+                rows += 1;
+            }
+        }
+        writer.flush()?;
+        extracts.push((agency.clone(), extract, mapping));
+    }
+    truth.flush()?;
+    Ok(SynthOutput {
+        extracts,
+        ground_truth: truth_path,
+        rows,
+    })
+}
+
+fn child(rng: &mut ChaCha8Rng, id: usize, reference: Date) -> Child {
+    let male = rng.random_bool(0.5);
+    let given = if male { MALE_NAMES } else { FEMALE_NAMES }
+        .choose(rng)
+        .map_or("ALEX", |(name, _)| name);
+    Child {
+        id,
+        given,
+        family: SURNAMES.choose(rng).copied().unwrap_or("SMITH"),
+        dob: reference - Duration::days(rng.random_range(0..19 * 365)),
+        male,
+        nhs: nhs_number(rng),
+        postcode: postcode(rng),
+    }
+}
+
+fn record_of(rng: &mut ChaCha8Rng, c: &Child, agency: &SynthAgency, index: usize) -> Recorded {
+    let mut given = c.given.to_owned();
+    if rng.random_bool(0.08)
+        && let Some((_, Some(nick))) = MALE_NAMES
+            .iter()
+            .chain(FEMALE_NAMES)
+            .find(|(n, _)| *n == c.given)
+    {
+        given = (*nick).to_owned();
+    }
+    let mut family = c.family.to_owned();
+    if rng.random_bool(0.04) {
+        family = typo(rng, &family);
+    }
+    let mut dob = c.dob;
+    if rng.random_bool(0.02)
+        && dob.day() <= 12
+        && dob.day() != dob.month() as u8
+        && let Some(swapped) = time::Month::try_from(dob.day())
+            .ok()
+            .and_then(|month| Date::from_calendar_date(dob.year(), month, dob.month() as u8).ok())
+    {
+        dob = swapped;
+    }
+    let nhs = if rng.random_bool(agency.nhs_missing) {
+        None
+    } else if rng.random_bool(0.02) {
+        Some(mistype(rng, &c.nhs))
+    } else {
+        Some(c.nhs.clone())
+    };
+    let postcode = if rng.random_bool(0.10) {
+        postcode(rng)
+    } else {
+        c.postcode.clone()
+    };
+    let local_id = match agency.layout {
+        Layout::Council => format!("LA{:07}", c.id * 7 + index),
+        Layout::Camhs => format!("M{:08}", c.id * 13 + 5),
+        Layout::Salt => format!("S-{:06}", c.id * 3 + 1),
+    };
+    Recorded {
+        local_id,
+        given,
+        family,
+        dob,
+        nhs,
+        postcode,
+    }
+}
+
+fn header(layout: Layout) -> Vec<&'static str> {
+    match layout {
+        Layout::Council => vec![
+            "Child ID",
+            "Surname",
+            "Forename",
+            "DOB",
+            "Gender",
+            "NHS Number",
+            "Postcode",
+            "Ethnicity",
+            "Referral Date",
+            "Referral Source",
+        ],
+        Layout::Camhs => vec![
+            "LocalPatientId",
+            "NHSNumber",
+            "PatientName",
+            "PersonBirthDate",
+            "Gender",
+            "Postcode",
+            "ReferralRequestReceivedDate",
+            "SourceOfReferralMH",
+        ],
+        Layout::Salt => vec![
+            "Patient ID",
+            "NHS No",
+            "First Name",
+            "Last Name",
+            "Date of Birth",
+            "Sex",
+            "Post Code",
+            "Contact Date",
+        ],
+    }
+}
+
+fn row(layout: Layout, r: &Recorded, male: bool, event: Date, rng: &mut ChaCha8Rng) -> Vec<String> {
+    let dmy = |d: Date| format!("{:02}/{:02}/{}", d.day(), d.month() as u8, d.year());
+    let compact = |d: Date| format!("{}{:02}{:02}", d.year(), d.month() as u8, d.day());
+    let nhs = r.nhs.clone().unwrap_or_default();
+    match layout {
+        Layout::Council => vec![
+            r.local_id.clone(),
+            title_case(&r.family),
+            title_case(&r.given),
+            dmy(r.dob),
+            if male { "1" } else { "2" }.to_owned(),
+            nhs,
+            r.postcode.clone(),
+            ETHNICITY.choose(rng).copied().unwrap_or("WBRI").to_owned(),
+            dmy(event),
+            COUNCIL_REFERRAL_SOURCES
+                .choose(rng)
+                .copied()
+                .unwrap_or("1A")
+                .to_owned(),
+        ],
+        Layout::Camhs => vec![
+            r.local_id.clone(),
+            nhs,
+            format!("{}, {}", r.family, title_case(&r.given)),
+            r.dob.to_string(),
+            if male { "1" } else { "2" }.to_owned(),
+            r.postcode.replace(' ', ""),
+            compact(event),
+            CAMHS_REFERRAL_SOURCES
+                .choose(rng)
+                .copied()
+                .unwrap_or("A1")
+                .to_owned(),
+        ],
+        Layout::Salt => vec![
+            r.local_id.clone(),
+            if nhs.len() == 10 {
+                format!("{} {} {}", &nhs[..3], &nhs[3..6], &nhs[6..])
+            } else {
+                nhs
+            },
+            title_case(&r.given),
+            title_case(&r.family),
+            compact(r.dob),
+            if male { "Male" } else { "Female" }.to_owned(),
+            r.postcode.to_lowercase(),
+            dmy(event),
+        ],
+    }
+}
+
+/// Damages about one row in a hundred the way real extracts are damaged.
+fn break_row(rng: &mut ChaCha8Rng, layout: Layout, fields: &mut Vec<String>) {
+    // An impossible date of birth, written in the layout's own format.
+    let (dob, impossible) = match layout {
+        Layout::Council => (3, "31/02/2015"),
+        Layout::Camhs => (3, "2015-02-31"),
+        Layout::Salt => (4, "20150231"),
+    };
+    match rng.random_range(0..1000) {
+        0..=3 => fields[dob] = impossible.to_owned(),
+        4..=6 => {
+            fields.pop(); // a field lost
+        }
+        7..=8 => fields[0].clear(), // no local id
+        _ => {}
+    }
+}
+
+fn mapping_yaml(layout: Layout) -> &'static str {
+    match layout {
+        Layout::Council => {
+            "\
+# Council children's social care referrals (case management system export).
+dataset: csc_referrals
+fields:
+  local_id: Child ID
+  nhs_number: NHS Number
+  family_name: Surname
+  given_name: Forename
+  date_of_birth: { column: DOB, format: dd/mm/yyyy }
+  sex: { column: Gender, codes: { \"1\": male, \"2\": female } }
+  postcode: Postcode
+attributes:
+  ethnicity: Ethnicity
+events:
+  - type: csc_referral
+    date: { column: Referral Date, format: dd/mm/yyyy }
+    attributes:
+      source: Referral Source
+"
+        }
+        Layout::Camhs => {
+            "\
+# CAMHS referrals (MHSDS-style extract).
+dataset: camhs_referrals
+fields:
+  local_id: LocalPatientId
+  nhs_number: NHSNumber
+  full_name: { column: PatientName, order: surname_comma_forename }
+  date_of_birth: { column: PersonBirthDate, format: iso }
+  sex: Gender
+  postcode: Postcode
+events:
+  - type: camhs_referral
+    date: { column: ReferralRequestReceivedDate, format: yyyymmdd }
+    attributes:
+      source: SourceOfReferralMH
+"
+        }
+        Layout::Salt => {
+            "\
+# Speech and language therapy contacts (spreadsheet export: ';' separated, CRLF).
+dataset: salt_contacts
+delimiter: ';'
+fields:
+  local_id: Patient ID
+  nhs_number: NHS No
+  given_name: First Name
+  family_name: Last Name
+  date_of_birth: { column: Date of Birth, format: yyyymmdd }
+  sex: Sex
+  postcode: Post Code
+events:
+  - type: salt_contact
+    date: { column: Contact Date, format: dd/mm/yyyy }
+"
+        }
+    }
+}
+
+fn writer(layout: Layout, path: &Path) -> anyhow::Result<csv::Writer<File>> {
+    let mut builder = csv::WriterBuilder::new();
+    builder.flexible(true);
+    if let Layout::Salt = layout {
+        builder.delimiter(b';').terminator(csv::Terminator::CRLF);
+    }
+    builder
+        .from_path(path)
+        .with_context(|| format!("creating {}", path.display()))
+}
+
+fn random_date(rng: &mut ChaCha8Rng, after: Date, before: Date) -> Date {
+    let span = (before - after).whole_days().max(1);
+    after + Duration::days(rng.random_range(0..span))
+}
+
+/// A valid NHS number in the never-issued 999 range.
+fn nhs_number(rng: &mut ChaCha8Rng) -> String {
+    loop {
+        let nine = format!("999{:06}", rng.random_range(0..1_000_000));
+        if let Some(check) = joinery_agent::validate::nhs_check_digit(nine.as_bytes()) {
+            return format!("{nine}{check}");
+        }
+    }
+}
+
+/// The number with one digit changed (usually, but not always, failing Modulus 11).
+fn mistype(rng: &mut ChaCha8Rng, nhs: &str) -> String {
+    let mut digits: Vec<u8> = nhs.bytes().collect();
+    let position = rng.random_range(3..10);
+    digits[position] = b'0' + (digits[position] - b'0' + rng.random_range(1..10)) % 10;
+    String::from_utf8(digits).unwrap_or_default()
+}
+
+fn typo(rng: &mut ChaCha8Rng, name: &str) -> String {
+    let mut chars: Vec<char> = name.chars().collect();
+    if chars.len() > 3 {
+        let i = rng.random_range(1..chars.len() - 1);
+        chars.swap(i, i + 1);
+    }
+    chars.into_iter().collect()
+}
+
+fn postcode(rng: &mut ChaCha8Rng) -> String {
+    const LETTERS: &[u8] = b"ABDEFGHJLNPQRSTUWXYZ";
+    let district = DISTRICTS.choose(rng).copied().unwrap_or("LS1");
+    let a = LETTERS[rng.random_range(0..LETTERS.len())] as char;
+    let b = LETTERS[rng.random_range(0..LETTERS.len())] as char;
+    format!("{district} {}{a}{b}", rng.random_range(1..10))
+}
+
+fn title_case(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut start = true;
+    for c in name.chars() {
+        out.extend(if start {
+            c.to_uppercase().collect::<Vec<_>>()
+        } else {
+            c.to_lowercase().collect()
+        });
+        start = c == '-' || c == ' ' || c == '\'';
+    }
+    out
+}
+
+const MALE_NAMES: &[(&str, Option<&str>)] = &[
+    ("OLIVER", Some("OLLIE")),
+    ("GEORGE", None),
+    ("HARRY", None),
+    ("NOAH", None),
+    ("JACK", None),
+    ("LEO", None),
+    ("ARTHUR", None),
+    ("MUHAMMAD", Some("MO")),
+    ("OSCAR", None),
+    ("CHARLIE", None),
+    ("JACOB", Some("JAKE")),
+    ("THOMAS", Some("TOM")),
+    ("WILLIAM", Some("BILLY")),
+    ("JAMES", Some("JIM")),
+    ("JOSHUA", Some("JOSH")),
+    ("ALFIE", None),
+    ("HENRY", None),
+    ("FREDDIE", None),
+    ("ARCHIE", None),
+    ("ETHAN", None),
+    ("ISAAC", None),
+    ("ALEXANDER", Some("ALEX")),
+    ("JOSEPH", Some("JOE")),
+    ("SAMUEL", Some("SAM")),
+    ("DANIEL", Some("DAN")),
+    ("MOHAMMED", Some("MO")),
+    ("LOGAN", None),
+    ("RILEY", None),
+    ("DYLAN", None),
+    ("KAI", None),
+    ("TYLER", None),
+    ("CALLUM", None),
+];
+
+const FEMALE_NAMES: &[(&str, Option<&str>)] = &[
+    ("OLIVIA", Some("LIV")),
+    ("AMELIA", Some("MILLIE")),
+    ("ISLA", None),
+    ("AVA", None),
+    ("MIA", None),
+    ("IVY", None),
+    ("LILY", None),
+    ("ISABELLA", Some("BELLA")),
+    ("ROSIE", None),
+    ("SOPHIA", Some("SOPHIE")),
+    ("GRACE", None),
+    ("FREYA", None),
+    ("POPPY", None),
+    ("ELSIE", None),
+    ("EVIE", None),
+    ("CHARLOTTE", Some("CHARLIE")),
+    ("EMILY", Some("EMMY")),
+    ("JESSICA", Some("JESS")),
+    ("ELIZABETH", Some("BETH")),
+    ("KATHERINE", Some("KATIE")),
+    ("REBECCA", Some("BECKY")),
+    ("ABIGAIL", Some("ABBIE")),
+    ("HANNAH", None),
+    ("AISHA", None),
+    ("ZARA", None),
+    ("MAYA", None),
+    ("CHLOE", None),
+    ("LACEY", None),
+    ("MADISON", Some("MADDIE")),
+    ("NEVAEH", None),
+];
+
+const SURNAMES: &[&str] = &[
+    "SMITH",
+    "JONES",
+    "TAYLOR",
+    "BROWN",
+    "WILLIAMS",
+    "WILSON",
+    "JOHNSON",
+    "DAVIES",
+    "ROBINSON",
+    "WRIGHT",
+    "THOMPSON",
+    "EVANS",
+    "WALKER",
+    "WHITE",
+    "ROBERTS",
+    "GREEN",
+    "HALL",
+    "WOOD",
+    "JACKSON",
+    "CLARKE",
+    "PATEL",
+    "KHAN",
+    "LEWIS",
+    "JAMES",
+    "PHILLIPS",
+    "MASON",
+    "MITCHELL",
+    "ROSE",
+    "DAVIS",
+    "RODRIGUEZ",
+    "COX",
+    "ALEXANDER",
+    "MORGAN",
+    "MOORE",
+    "MILLS",
+    "KING",
+    "BAKER",
+    "HUSSAIN",
+    "ALI",
+    "AHMED",
+    "BEGUM",
+    "SHAH",
+    "MAHMOOD",
+    "RAHMAN",
+    "NOWAK",
+    "KOWALSKI",
+    "MURPHY",
+    "KELLY",
+    "O'BRIEN",
+    "O'CONNOR",
+    "MCDONALD",
+    "CAMPBELL",
+    "STEWART",
+    "ANDERSON",
+    "SCOTT",
+    "YOUNG",
+    "HUGHES",
+    "EDWARDS",
+    "GREENWOOD",
+    "ACKROYD",
+    "BOOTHROYD",
+    "HOLROYD",
+    "SUTCLIFFE",
+    "BRIGGS",
+    "HAIGH",
+    "ATKINSON",
+    "BARKER",
+    "BELL",
+    "CHAPMAN",
+    "COLLINS",
+    "COOPER",
+    "FOSTER",
+    "GRAHAM",
+    "HARRIS",
+    "HOLMES",
+    "LEE",
+    "MARSHALL",
+    "OWEN",
+    "PARKER",
+    "PRICE",
+    "REID",
+    "SHAW",
+    "SIMPSON",
+    "TURNER",
+    "WARD",
+    "WATSON",
+    "SMITH-JONES",
+    "NGUYEN",
+    "OKAFOR",
+    "ADEYEMI",
+    "MENSAH",
+    "SINGH",
+    "KAUR",
+];
+
+const DISTRICTS: &[&str] = &[
+    "LS1", "LS2", "LS4", "LS6", "LS7", "LS8", "LS9", "LS10", "LS11", "LS12", "LS13", "LS14",
+    "LS15", "LS16", "LS17", "LS25", "LS26", "LS27", "LS28", "BD3", "BD4", "BD5", "BD7", "WF1",
+    "WF3",
+];
+
+const ETHNICITY: &[&str] = &[
+    "WBRI", "WBRI", "WBRI", "WIRI", "WOTH", "MWBC", "MWBA", "AIND", "APKN", "BAFR", "BCRB", "CHNE",
+    "OOTH", "REFU",
+];
+
+const COUNCIL_REFERRAL_SOURCES: &[&str] = &[
+    "1A", "1B", "2A", "2B", "3A", "3E", "4", "5A", "5B", "6", "7", "8", "9", "10",
+];
+
+const CAMHS_REFERRAL_SOURCES: &[&str] = &["A1", "A3", "B1", "D1", "E1", "F1", "G3", "H1", "M3"];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nhs_numbers_are_valid_and_in_the_test_range() {
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        for _ in 0..200 {
+            let n = nhs_number(&mut rng);
+            assert!(n.starts_with("999"));
+            assert!(joinery_agent::validate::nhs_number(&n).is_ok());
+        }
+    }
+
+    #[test]
+    fn same_seed_same_output() {
+        let reference = time::macros::date!(2026 - 01 - 01);
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        generate(a.path(), 50, 9, reference).unwrap();
+        generate(b.path(), 50, 9, reference).unwrap();
+        for file in [
+            "ground_truth.csv",
+            "extracts/csc_referrals.csv",
+            "extracts/salt_contacts.csv",
+        ] {
+            assert_eq!(
+                std::fs::read(a.path().join(file)).unwrap(),
+                std::fs::read(b.path().join(file)).unwrap(),
+                "{file}"
+            );
+        }
+    }
+}
