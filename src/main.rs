@@ -73,7 +73,7 @@ fn main() -> ExitCode {
         let (service, default_filter) = match &cli.command {
             Command::Gateway(_) => ("joinery-gateway", "info"),
             Command::Agent(_) => ("joinery-agent", "info"),
-            Command::Demo(_) => ("joinery", "warn"),
+            Command::Demo(_) | Command::Bench(_) => ("joinery", "warn"),
             _ => ("joinery", "info"),
         };
         let _telemetry = match telemetry::init(service, cli.log_format, default_filter) {

@@ -1,7 +1,7 @@
 //! Logs and traces for every `joinery` command.
 //!
 //! Logs go to stderr as text or JSON, filtered by `RUST_LOG` (default `info`;
-//! `warn` for the demo, whose output is its table).
+//! `warn` for the demo and benchmarks, whose output is their result).
 //! Traces are exported with OpenTelemetry over OTLP/gRPC only when the
 //! standard variables ask for it (`OTEL_EXPORTER_OTLP_ENDPOINT` or
 //! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` set, or `OTEL_TRACES_EXPORTER=otlp`)

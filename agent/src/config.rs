@@ -187,6 +187,16 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_examples_load() {
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
+        let config = AgentConfig::load(&examples.join("agent.yaml")).unwrap();
+        assert_eq!(config.organisation, "E08000035");
+        let SourceConfig::Csv { mapping, .. } = &config.sources[0];
+        let mapping = crate::mapping::Mapping::load(mapping).unwrap();
+        assert_eq!(mapping.dataset, "csc_referrals");
+    }
+
+    #[test]
     fn unknown_keys_and_bad_codes_are_errors() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("agent.yaml");

@@ -8,7 +8,7 @@
 //! the postcode becomes its district; sex is kept; names are not sent.
 
 use joinery_crypto::keys::SecretKey;
-use joinery_crypto::pseudonym::Pseudonymiser;
+use joinery_crypto::pseudonym::{Pseudonym, Pseudonymiser};
 use joinery_proto::v1::{Event, Record};
 
 use crate::row::PersonRow;
@@ -24,6 +24,11 @@ impl Releaser {
             nhs: Pseudonymiser::new(linkage_key, "agent nhs-number"),
             local: Pseudonymiser::new(linkage_key, "agent local-id"),
         }
+    }
+
+    /// The pseudonym of an agency-local record id.
+    pub fn local_pseudonym(&self, local_id: &str) -> Pseudonym {
+        self.local.pseudonymise(local_id.as_bytes())
     }
 
     pub fn release(&self, row: &PersonRow, line: u64) -> Record {
@@ -45,7 +50,7 @@ impl Releaser {
         }
         Record {
             source_row: line,
-            local_pseudonym: self.local.pseudonymise(row.local_id.as_bytes()).to_vec(),
+            local_pseudonym: self.local_pseudonym(&row.local_id).to_vec(),
             nhs_pseudonym: row
                 .nhs_number
                 .as_ref()

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use joinery_crypto::keys::SecretKey;
@@ -64,6 +65,8 @@ pub struct SourceSummary {
     /// Rows sent with a value dropped, by reason.
     pub warnings: BTreeMap<String, u64>,
     pub quarantine_report: PathBuf,
+    /// Time from sending each batch to its ack.
+    pub ack_latencies: Vec<Duration>,
 }
 
 impl SourceSummary {
@@ -172,6 +175,7 @@ fn tally(summaries: &mut [SourceSummary], acked: Vec<Acked<usize>>) {
             continue;
         };
         let records = a.records as u64;
+        summary.ack_latencies.push(a.latency);
         match a.status() {
             AckStatus::Committed => summary.records_stored += a.ack.records_stored,
             AckStatus::Duplicate => summary.records_already_stored += records,

@@ -5,6 +5,7 @@
 //! committed the batch, so a batch counts as delivered only then.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use joinery_proto::v1::ingest_client::IngestClient;
 use joinery_proto::v1::{
@@ -44,6 +45,8 @@ pub struct Acked<T> {
     pub tag: T,
     pub records: usize,
     pub ack: Ack,
+    /// From handing the batch to the connection to receiving its ack.
+    pub latency: Duration,
 }
 
 impl<T> Acked<T> {
@@ -55,7 +58,7 @@ impl<T> Acked<T> {
 pub struct Uploader<T> {
     outbound: mpsc::Sender<AgentMessage>,
     inbound: Streaming<GatewayMessage>,
-    pending: HashMap<String, (T, usize)>,
+    pending: HashMap<String, (T, usize, Instant)>,
     window: usize,
     max_batch_bytes: usize,
 }
@@ -107,7 +110,8 @@ impl<T> Uploader<T> {
             acked.push(self.next_ack().await?);
         }
         let records = batch.body.as_ref().map_or(0, |b| b.records.len());
-        self.pending.insert(batch.batch_id.clone(), (tag, records));
+        self.pending
+            .insert(batch.batch_id.clone(), (tag, records, Instant::now()));
         if self
             .outbound
             .send(AgentMessage {
@@ -137,11 +141,16 @@ impl<T> Uploader<T> {
             Ok(Some(GatewayMessage {
                 kind: Some(gateway_message::Kind::Ack(ack)),
             })) => {
-                let (tag, records) = self
+                let (tag, records, sent) = self
                     .pending
                     .remove(&ack.batch_id)
                     .ok_or(UploadError::Protocol("ack for a batch not sent"))?;
-                Ok(Acked { tag, records, ack })
+                Ok(Acked {
+                    tag,
+                    records,
+                    ack,
+                    latency: sent.elapsed(),
+                })
             }
             Ok(Some(_)) => Err(UploadError::Protocol("expected Ack")),
             Ok(None) => Err(UploadError::Closed(self.pending.len())),

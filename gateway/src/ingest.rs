@@ -117,7 +117,9 @@ impl Ingest for IngestService {
                     Ok(Some(message)) => message,
                     Ok(None) => break,
                     Err(status) => {
-                        tracing::info!(organisation = %session.organisation, code = ?status.code(), "ingest stream ended by error");
+                        // E.g. a message over the size limit: tell the agent why.
+                        tracing::warn!(organisation = %session.organisation, code = ?status.code(), reason = status.message(), "ingest stream ended by error");
+                        let _ = tx.send(Err(status)).await;
                         break;
                     }
                 };

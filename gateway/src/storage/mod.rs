@@ -277,7 +277,7 @@ impl Storage {
         organisation: Option<&str>,
     ) -> Result<Vec<DatasetCount>, StorageError> {
         let rows = sqlx::query(
-            "SELECT organisation, dataset, COUNT(*) AS batches, SUM(record_count) AS records \
+            "SELECT organisation, dataset, COUNT(*) AS batches, CAST(SUM(record_count) AS BIGINT) AS records \
              FROM batches WHERE ($1 = '' OR organisation = $1) \
              GROUP BY organisation, dataset ORDER BY organisation, dataset",
         )

@@ -1,0 +1,330 @@
+//! Test harness: a throwaway deployment (PKI, keys) in a temporary directory,
+//! the real `joinery` binary started as separate processes, and access to the
+//! gateway's real database (SQLite file or a fresh PostgreSQL database).
+
+#![allow(dead_code)] // each test file uses part of the harness
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use sqlx::AnyPool;
+use sqlx::any::AnyPoolOptions;
+
+pub const COUNCIL: &str = "E08000099";
+pub const CAMHS: &str = "RX9";
+pub const SALT: &str = "RY9";
+pub const ANALYST: &str = "test-analyst";
+
+/// The `joinery` binary under test.
+pub fn joinery() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_joinery"))
+}
+
+/// Runs `joinery args…`, panicking with its output if it fails.
+pub fn joinery_ok(args: &[&str]) -> Output {
+    let output = joinery().args(args).output().expect("run joinery");
+    assert!(
+        output.status.success(),
+        "joinery {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// A deployment's files in a temporary directory.
+pub struct Deployment {
+    pub dir: tempfile::TempDir,
+}
+
+impl Deployment {
+    /// CA, gateway certificate (localhost, 127.0.0.1), analyst certificate,
+    /// agency certificates for the three synthetic agencies, linkage key.
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let d = Self { dir };
+        let pki = d.pki();
+        joinery_ok(&["pki", "init", "--dir", &pki]);
+        joinery_ok(&[
+            "pki",
+            "server",
+            "--dir",
+            &pki,
+            "--name",
+            "localhost",
+            "--name",
+            "127.0.0.1",
+        ]);
+        joinery_ok(&["pki", "issue", "--dir", &pki, "--analyst", ANALYST]);
+        for org in [COUNCIL, CAMHS, SALT] {
+            joinery_ok(&["pki", "issue", "--dir", &pki, "--org", org]);
+        }
+        joinery_ok(&[
+            "pki",
+            "linkage-key",
+            "--out",
+            d.path("linkage.key").to_str().unwrap(),
+        ]);
+        d
+    }
+
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.dir.path().join(relative)
+    }
+
+    pub fn pki(&self) -> String {
+        self.path("pki").display().to_string()
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.path("pki/ca.pem")
+    }
+
+    /// (certificate, key) issued to an organisation.
+    pub fn org_cert(&self, org: &str) -> (PathBuf, PathBuf) {
+        (
+            self.path(&format!("pki/agents/{org}.pem")),
+            self.path(&format!("pki/agents/{org}.key")),
+        )
+    }
+
+    pub fn analyst_cert(&self) -> (PathBuf, PathBuf) {
+        (
+            self.path(&format!("pki/analysts/analyst-{ANALYST}.pem")),
+            self.path(&format!("pki/analysts/analyst-{ANALYST}.key")),
+        )
+    }
+
+    pub fn gateway_data_dir(&self) -> PathBuf {
+        self.path("gateway-data")
+    }
+
+    /// Starts `joinery gateway serve` on a free port.
+    pub fn start_gateway(&self, database_url: Option<&str>, extra: &[&str]) -> GatewayProcess {
+        let log = self.path("gateway.log");
+        let mut command = joinery();
+        command
+            .args(["gateway", "serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(self.gateway_data_dir())
+            .arg("--tls-ca")
+            .arg(self.ca())
+            .arg("--tls-cert")
+            .arg(self.path("pki/gateway/gateway.pem"))
+            .arg("--tls-key")
+            .arg(self.path("pki/gateway/gateway.key"))
+            .args(extra)
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("gateway log"));
+        if let Some(url) = database_url {
+            command.arg("--database-url").arg(url);
+        }
+        let mut child = command.spawn().expect("start gateway");
+        let stdout = child.stdout.take().expect("gateway stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(address) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(address.to_owned());
+                }
+            }
+        });
+        let address = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(address) => address,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "gateway did not start: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+        };
+        GatewayProcess {
+            child,
+            address,
+            log,
+        }
+    }
+
+    /// Writes an agent configuration for `org` reading `extract` through `mapping`.
+    pub fn agent_config(
+        &self,
+        org: &str,
+        gateway: &str,
+        extract: &Path,
+        mapping: &Path,
+    ) -> PathBuf {
+        let (cert, key) = self.org_cert(org);
+        let path = self.path(&format!("{org}.agent.yaml"));
+        let yaml = format!(
+            "organisation: {org}\n\
+             agreement: {{ id: test-agreement, version: 1 }}\n\
+             gateway: {{ address: '{gateway}', server_name: localhost }}\n\
+             tls: {{ ca: '{}', cert: '{}', key: '{}' }}\n\
+             linkage_key: '{}'\n\
+             quarantine_dir: '{}'\n\
+             batch_size: 200\n\
+             sources:\n  - kind: csv\n    path: '{}'\n    mapping: '{}'\n",
+            self.ca().display(),
+            cert.display(),
+            key.display(),
+            self.path("linkage.key").display(),
+            self.path(&format!("quarantine/{org}")).display(),
+            extract.display(),
+            mapping.display(),
+        );
+        std::fs::write(&path, yaml).expect("write agent config");
+        path
+    }
+
+    /// Starts `joinery agent run` (debug logging, output captured).
+    pub fn spawn_agent(&self, config: &Path) -> Child {
+        joinery()
+            .args(["agent", "run", "--no-progress", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start agent")
+    }
+
+    /// The gateway's re-keying key, as the gateway created it.
+    pub fn gateway_key(&self) -> joinery_crypto::keys::SecretKey {
+        joinery_crypto::keys::SecretKey::load(&self.gateway_data_dir().join("gateway.key"))
+            .expect("gateway key")
+    }
+
+    pub fn linkage_key(&self) -> joinery_crypto::keys::SecretKey {
+        joinery_crypto::keys::SecretKey::load(&self.path("linkage.key")).expect("linkage key")
+    }
+
+    /// The SQLite database URL the gateway uses by default.
+    pub fn sqlite_url(&self) -> String {
+        format!(
+            "sqlite://{}",
+            self.gateway_data_dir().join("joinery.db").display()
+        )
+    }
+}
+
+/// A running gateway process; sent SIGTERM when dropped.
+pub struct GatewayProcess {
+    child: Child,
+    pub address: String,
+    pub log: PathBuf,
+}
+
+impl GatewayProcess {
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        for _ in 0..100 {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        self.child.wait().expect("gateway exit")
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.terminate();
+        }
+    }
+}
+
+/// Waits for an agent, returning (exit code, stdout, stderr).
+pub fn finish(child: Child) -> (i32, String, String) {
+    let output = child.wait_with_output().expect("agent exit");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Opens the gateway's database for inspection.
+pub async fn open_database(url: &str) -> AnyPool {
+    sqlx::any::install_default_drivers();
+    AnyPoolOptions::new()
+        .max_connections(2)
+        .connect(url)
+        .await
+        .expect("open gateway database")
+}
+
+/// Writes straight to the terminal, past the test harness's output capture,
+/// so a skipped test is seen.
+pub fn shout(message: &str) {
+    let _ = writeln!(std::io::stderr(), "\n*** {message} ***\n");
+}
+
+/// A fresh PostgreSQL database for one test, or `None` (announced loudly)
+/// when no server is reachable. With `JOINERY_REQUIRE_POSTGRES=1` (as in CI)
+/// an unreachable server fails the test instead.
+pub async fn fresh_postgres(name: &str) -> Option<String> {
+    let admin = std::env::var("JOINERY_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    let required = std::env::var("JOINERY_REQUIRE_POSTGRES").is_ok_and(|v| v == "1");
+    sqlx::any::install_default_drivers();
+    let pool = match AnyPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(&admin)
+        .await
+    {
+        Ok(pool) => pool,
+        Err(e) => {
+            let message = format!(
+                "SKIPPED {name}: PostgreSQL is not reachable at {admin} ({e}); start it or set JOINERY_TEST_POSTGRES_URL"
+            );
+            assert!(!required, "{message} (JOINERY_REQUIRE_POSTGRES=1)");
+            shout(&message);
+            return None;
+        }
+    };
+    let database = format!("joinery_test_{name}");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {database} WITH (FORCE)"
+    )))
+    .execute(&pool)
+    .await
+    .expect("drop old test database");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
+        .execute(&pool)
+        .await
+        .expect("create test database");
+    let base = admin
+        .rsplit_once('/')
+        .map_or(admin.as_str(), |(base, _)| base);
+    Some(format!("{base}/{database}"))
+}
+
+/// Reads a CSV file's records (any delimiter), header excluded, blank lines skipped.
+pub fn csv_rows(path: &Path, delimiter: u8) -> Vec<csv::StringRecord> {
+    csv::ReaderBuilder::new()
+        .delimiter(delimiter)
+        .flexible(true)
+        .from_path(path)
+        .expect("open csv")
+        .records()
+        .filter_map(Result::ok)
+        .collect()
+}

@@ -1,0 +1,240 @@
+//! End to end: a gateway and three agencies' agents as separate processes over
+//! mutual TLS, once on SQLite and once on PostgreSQL.
+//!
+//! Checks that every row is accounted for (stored = read − quarantined), that
+//! person ids are shared across agencies exactly where the ground truth has
+//! the same valid NHS number, and that a repeated run stores nothing twice.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+
+use common::*;
+use joinery_agent::release::Releaser;
+use joinery_gateway::rekey::Rekeyer;
+use sqlx::Row;
+
+const AGENCIES: [(&str, &str, u8); 3] = [
+    (COUNCIL, "csc_referrals", b','),
+    (CAMHS, "camhs_referrals", b','),
+    (SALT, "salt_contacts", b';'),
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_agencies_on_sqlite() {
+    end_to_end(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_agencies_on_postgres() {
+    let Some(url) = fresh_postgres("end_to_end").await else {
+        return;
+    };
+    end_to_end(Some(url)).await;
+}
+
+async fn end_to_end(postgres: Option<String>) {
+    let d = Deployment::new();
+    let synth = d.path("synth");
+    joinery_ok(&[
+        "synth",
+        "--out",
+        synth.to_str().unwrap(),
+        "--children",
+        "400",
+        "--seed",
+        "11",
+    ]);
+    let gateway = d.start_gateway(postgres.as_deref(), &[]);
+
+    // All three agents at once.
+    let configs: Vec<_> = AGENCIES
+        .iter()
+        .map(|(org, dataset, _)| {
+            d.agent_config(
+                org,
+                &gateway.address,
+                &synth.join(format!("extracts/{dataset}.csv")),
+                &synth.join(format!("mappings/{dataset}.yaml")),
+            )
+        })
+        .collect();
+    let agents: Vec<_> = configs.iter().map(|c| d.spawn_agent(c)).collect();
+    for ((org, _, _), agent) in AGENCIES.iter().zip(agents) {
+        let (code, stdout, stderr) = finish(agent);
+        // Synthetic extracts always contain broken rows: 3 = quarantined, rest delivered.
+        assert_eq!(code, 3, "agent {org}: {stdout}\n{stderr}");
+    }
+
+    let url = postgres.clone().unwrap_or_else(|| d.sqlite_url());
+    let db = open_database(&url).await;
+
+    // Every input row is either stored or quarantined.
+    let stored = stored_per_organisation(&db).await;
+    for (org, dataset, delimiter) in AGENCIES {
+        let input = csv_rows(&synth.join(format!("extracts/{dataset}.csv")), delimiter).len();
+        let quarantined =
+            quarantined_rows(&d.path(&format!("quarantine/{org}/{dataset}.quarantine.csv")));
+        assert!(quarantined > 0, "{org}: synthetic data has broken rows");
+        assert_eq!(
+            stored[org] as usize,
+            input - quarantined,
+            "{org}: stored = read - quarantined"
+        );
+    }
+
+    check_person_ids(&d, &synth.join("ground_truth.csv"), &db).await;
+
+    // Run the council's agent again: every batch is a duplicate, nothing new is stored.
+    let (code, stdout, _) = finish(d.spawn_agent(&configs[0]));
+    assert_eq!(code, 3);
+    assert!(stdout.contains(" 0 stored,"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("{} already stored", stored[COUNCIL])),
+        "{stdout}"
+    );
+    assert_eq!(stored_per_organisation(&db).await, stored);
+
+    // The analyst's view agrees with the database.
+    let (cert, key) = d.analyst_cert();
+    let counts = joinery_ok(&[
+        "query",
+        "counts",
+        "--gateway",
+        &gateway.address,
+        "--server-name",
+        "localhost",
+        "--tls-ca",
+        d.ca().to_str().unwrap(),
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    let counts = String::from_utf8_lossy(&counts.stdout);
+    for (org, dataset, _) in AGENCIES {
+        let line = counts
+            .lines()
+            .find(|l| l.starts_with(org) && l.contains(dataset))
+            .unwrap_or_else(|| panic!("{org} missing from {counts}"));
+        assert!(
+            line.trim_end().ends_with(&stored[org].to_string()),
+            "{line}"
+        );
+    }
+
+    assert!(gateway.stop().success(), "gateway exits cleanly on SIGTERM");
+}
+
+async fn stored_per_organisation(db: &sqlx::AnyPool) -> BTreeMap<String, i64> {
+    sqlx::query("SELECT organisation, COUNT(*) AS n FROM records GROUP BY organisation")
+        .fetch_all(db)
+        .await
+        .expect("count records")
+        .iter()
+        .map(|r| (r.get::<String, _>("organisation"), r.get::<i64, _>("n")))
+        .collect()
+}
+
+fn quarantined_rows(report: &Path) -> usize {
+    csv_rows(report, b',')
+        .iter()
+        .filter(|r| &r[2] == "quarantined")
+        .count()
+}
+
+/// What the ground truth says about one agency record.
+struct Truth {
+    organisation: String,
+    child: String,
+    valid_nhs: Option<String>,
+}
+
+async fn check_person_ids(d: &Deployment, ground_truth: &Path, db: &sqlx::AnyPool) {
+    // Recompute each agency record's stored local pseudonym from its local id,
+    // through both layers, to find it in the database.
+    let releaser = Releaser::new(&d.linkage_key());
+    let rekeyer = Rekeyer::new(&d.gateway_key());
+    let mut truth_by_pseudonym = HashMap::new();
+    for row in csv_rows(ground_truth, b',') {
+        let (child, org, local, nhs) = (&row[0], &row[1], &row[3], &row[4]);
+        let stored = rekeyer
+            .identify(org, &releaser.local_pseudonym(local), &[])
+            .local_pseudonym;
+        truth_by_pseudonym.insert(
+            (org.to_owned(), stored),
+            Truth {
+                organisation: org.to_owned(),
+                child: child.to_owned(),
+                valid_nhs: joinery_agent::validate::nhs_number(nhs).ok(),
+            },
+        );
+    }
+
+    let rows = sqlx::query("SELECT DISTINCT organisation, local_pseudonym, person_id FROM records")
+        .fetch_all(db)
+        .await
+        .expect("read records");
+    let mut people: HashMap<String, Vec<&Truth>> = HashMap::new();
+    for row in &rows {
+        let key = (
+            row.get::<String, _>("organisation"),
+            row.get::<String, _>("local_pseudonym"),
+        );
+        let truth = truth_by_pseudonym
+            .get(&key)
+            .unwrap_or_else(|| panic!("stored record {key:?} is in no agency's ground truth"));
+        people.entry(row.get("person_id")).or_default().push(truth);
+    }
+
+    let mut linked_across_agencies = 0;
+    for (person, records) in &people {
+        let organisations: BTreeSet<_> = records.iter().map(|t| &t.organisation).collect();
+        assert_eq!(
+            organisations.len(),
+            records.len(),
+            "person {person}: one record per agency"
+        );
+        if records.len() > 1 {
+            linked_across_agencies += 1;
+            let numbers: BTreeSet<_> = records.iter().map(|t| t.valid_nhs.clone()).collect();
+            assert_eq!(
+                numbers.len(),
+                1,
+                "person {person} joins records with different NHS numbers"
+            );
+            assert!(
+                numbers.iter().all(Option::is_some),
+                "person {person} linked without an NHS number"
+            );
+        }
+    }
+    // Conversely, every valid NHS number held by several agencies is one person.
+    let mut person_of_number: HashMap<&str, BTreeSet<&String>> = HashMap::new();
+    for (person, records) in &people {
+        for t in records {
+            if let Some(n) = &t.valid_nhs {
+                person_of_number.entry(n).or_default().insert(person);
+            }
+        }
+    }
+    for (number, persons) in &person_of_number {
+        assert_eq!(
+            persons.len(),
+            1,
+            "NHS number {number} split over {persons:?}"
+        );
+    }
+    assert!(
+        linked_across_agencies > 20,
+        "only {linked_across_agencies} people linked across agencies"
+    );
+    // And children who share an NHS number link even when the rest of their record differs.
+    let children_linked: BTreeSet<_> = people
+        .values()
+        .filter(|r| r.len() > 1)
+        .map(|r| r[0].child.clone())
+        .collect();
+    assert_eq!(children_linked.len(), linked_across_agencies);
+}

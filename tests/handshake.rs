@@ -1,0 +1,335 @@
+//! Who may talk to the gateway, and what it does with what they send: the
+//! mutual-TLS handshake matrix and the ingest protocol's rules, against a real
+//! gateway process. With TLS 1.3 a refused client may still "connect"; every
+//! refusal is asserted on the RPC.
+
+mod common;
+
+use common::*;
+use joinery_crypto::identity::PeerIdentity;
+use joinery_crypto::pki::{CertificateAuthority, Validity};
+use joinery_crypto::tls::TlsFiles;
+use joinery_proto::v1::ingest_client::IngestClient;
+use joinery_proto::v1::query_client::QueryClient;
+use joinery_proto::v1::{
+    Ack, AckStatus, AgencyOverlapRequest, AgentMessage, Batch, BatchBody, CountsRequest,
+    GatewayMessage, Hello, Record, RejectReason, agent_message, gateway_message,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+use tonic::transport::Channel;
+
+/// Max message size the gateway is started with in these tests.
+const MAX_MESSAGE: usize = 64 * 1024;
+
+fn files(d: &Deployment, cert: (std::path::PathBuf, std::path::PathBuf)) -> TlsFiles {
+    TlsFiles {
+        ca: d.ca(),
+        cert: cert.0,
+        key: cert.1,
+    }
+}
+
+async fn channel(address: &str, config: rustls::ClientConfig) -> Result<Channel, String> {
+    joinery_proto::channel::connect(address, "localhost", config)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// A client config trusting the deployment CA but presenting no certificate.
+fn anonymous(d: &Deployment) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(d.ca()).unwrap())
+        .unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(joinery_crypto::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    config
+}
+
+/// A valid certificate, but offering only TLS 1.2.
+fn tls12_only(d: &Deployment) -> rustls::ClientConfig {
+    let (cert, key) = d.org_cert(CAMHS);
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(d.ca()).unwrap())
+        .unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(joinery_crypto::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            vec![CertificateDer::from_pem_file(cert).unwrap()],
+            PrivateKeyDer::from_pem_file(key).unwrap(),
+        )
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    config
+}
+
+fn hello(org: &str) -> Hello {
+    Hello {
+        organisation: org.to_owned(),
+        agreement_id: "test-agreement".to_owned(),
+        agreement_version: 1,
+        agent_version: "test".to_owned(),
+    }
+}
+
+fn batch(seed: u8, records: usize) -> Batch {
+    let body = BatchBody {
+        dataset: "test_dataset".to_owned(),
+        sequence: u64::from(seed),
+        records: (0..records)
+            .map(|i| Record {
+                source_row: i as u64 + 2,
+                local_pseudonym: {
+                    let mut p = vec![seed; 32];
+                    p[..8].copy_from_slice(&(i as u64).to_be_bytes());
+                    p
+                },
+                nhs_pseudonym: vec![],
+                attributes: [("birth_month".to_owned(), "2015-04".to_owned())].into(),
+                events: vec![],
+            })
+            .collect(),
+    };
+    Batch {
+        batch_id: body.digest(),
+        body: Some(body),
+    }
+}
+
+/// An open ingest session: send batches, read acks.
+struct Session {
+    tx: mpsc::Sender<AgentMessage>,
+    rx: tonic::Streaming<GatewayMessage>,
+}
+
+impl Session {
+    async fn open(
+        address: &str,
+        config: rustls::ClientConfig,
+        hello: Hello,
+    ) -> Result<Self, (Code, String)> {
+        let channel = channel(address, config)
+            .await
+            .map_err(|e| (Code::Unavailable, e))?;
+        let (tx, rx) = mpsc::channel(8);
+        tx.send(AgentMessage {
+            kind: Some(agent_message::Kind::Hello(hello)),
+        })
+        .await
+        .unwrap();
+        let mut stream = IngestClient::new(channel)
+            .max_encoding_message_size(usize::MAX)
+            .stream(ReceiverStream::new(rx))
+            .await
+            .map_err(|s| (s.code(), s.message().to_owned()))?
+            .into_inner();
+        match stream.message().await {
+            Ok(Some(GatewayMessage {
+                kind: Some(gateway_message::Kind::Welcome(_)),
+            })) => Ok(Self { tx, rx: stream }),
+            Ok(other) => panic!("expected Welcome, got {other:?}"),
+            Err(s) => Err((s.code(), s.message().to_owned())),
+        }
+    }
+
+    async fn send(&mut self, batch: Batch) -> Result<Ack, (Code, String)> {
+        self.tx
+            .send(AgentMessage {
+                kind: Some(agent_message::Kind::Batch(batch)),
+            })
+            .await
+            .map_err(|_| (Code::Cancelled, "stream closed".to_owned()))?;
+        match self.rx.message().await {
+            Ok(Some(GatewayMessage {
+                kind: Some(gateway_message::Kind::Ack(ack)),
+            })) => Ok(ack),
+            Ok(other) => panic!("expected Ack, got {other:?}"),
+            Err(s) => Err((s.code(), s.message().to_owned())),
+        }
+    }
+}
+
+fn org_config(d: &Deployment, org: &str) -> rustls::ClientConfig {
+    joinery_crypto::tls::client_config(&files(d, d.org_cert(org))).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn handshake_matrix() {
+    let d = Deployment::new();
+    let gateway = d.start_gateway(None, &[]);
+
+    // A certificate from another deployment's CA.
+    let other = tempfile::tempdir().unwrap();
+    let validity = Validity::days_from_now(5).unwrap();
+    CertificateAuthority::init(other.path(), "another CA", validity).unwrap();
+    let foreign = CertificateAuthority::load(other.path())
+        .unwrap()
+        .issue_client(
+            &PeerIdentity::Organisation(CAMHS.into()),
+            validity,
+            other.path(),
+        )
+        .unwrap();
+    // An expired certificate from the right CA.
+    let now = time::OffsetDateTime::now_utc();
+    let expired = CertificateAuthority::load(&d.path("pki"))
+        .unwrap()
+        .issue_client(
+            &PeerIdentity::Organisation(CAMHS.into()),
+            Validity {
+                not_before: now - time::Duration::days(10),
+                not_after: now - time::Duration::days(1),
+            },
+            &d.path("expired"),
+        )
+        .unwrap();
+
+    let refused = [
+        ("no client certificate", anonymous(&d)),
+        (
+            "certificate from another CA",
+            joinery_crypto::tls::client_config(&TlsFiles {
+                ca: d.ca(),
+                cert: foreign.cert,
+                key: foreign.key,
+            })
+            .unwrap(),
+        ),
+        (
+            "expired certificate",
+            joinery_crypto::tls::client_config(&TlsFiles {
+                ca: d.ca(),
+                cert: expired.cert,
+                key: expired.key,
+            })
+            .unwrap(),
+        ),
+        ("TLS 1.2 only", tls12_only(&d)),
+    ];
+    for (case, config) in refused {
+        let result = Session::open(&gateway.address, config, hello(CAMHS)).await;
+        assert!(
+            result.is_err(),
+            "{case}: the gateway must refuse the session"
+        );
+    }
+
+    // Agency A's certificate claiming to be agency B.
+    let Err((code, message)) =
+        Session::open(&gateway.address, org_config(&d, CAMHS), hello(SALT)).await
+    else {
+        panic!("impersonation must be refused");
+    };
+    assert_eq!(code, Code::PermissionDenied, "{message}");
+
+    // An analyst may not deliver data.
+    let analyst = joinery_crypto::tls::client_config(&files(&d, d.analyst_cert())).unwrap();
+    let Err((code, _)) = Session::open(&gateway.address, analyst.clone(), hello(CAMHS)).await
+    else {
+        panic!("an analyst certificate must not open an ingest session");
+    };
+    assert_eq!(code, Code::PermissionDenied);
+
+    // An agency may not query the linked population, an analyst may.
+    let mut as_agency = QueryClient::new(
+        channel(&gateway.address, org_config(&d, CAMHS))
+            .await
+            .unwrap(),
+    );
+    let status = as_agency
+        .agency_overlap(AgencyOverlapRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    let mut as_analyst = QueryClient::new(channel(&gateway.address, analyst).await.unwrap());
+    as_analyst
+        .agency_overlap(AgencyOverlapRequest::default())
+        .await
+        .expect("analyst query");
+
+    // The right certificate with an honest Hello works.
+    Session::open(&gateway.address, org_config(&d, CAMHS), hello(CAMHS))
+        .await
+        .expect("valid agent session");
+
+    // Refusals are logged, by kind, without identifiers.
+    let log = gateway.log_text();
+    assert!(log.contains("TLS handshake refused"), "{log}");
+    assert!(log.contains("ingest session refused"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn batches_are_stored_once_and_bad_batches_rejected() {
+    let d = Deployment::new();
+    let max = MAX_MESSAGE.to_string();
+    let gateway = d.start_gateway(None, &["--max-message-bytes", &max]);
+    let mut session = Session::open(&gateway.address, org_config(&d, SALT), hello(SALT))
+        .await
+        .unwrap();
+
+    let first = batch(1, 50);
+    let ack = session.send(first.clone()).await.unwrap();
+    assert_eq!(ack.status(), AckStatus::Committed);
+    assert_eq!(ack.records_stored, 50);
+    let again = session.send(first.clone()).await.unwrap();
+    assert_eq!(
+        again.status(),
+        AckStatus::Duplicate,
+        "a resent batch is acknowledged again"
+    );
+    assert_eq!(again.records_stored, 0);
+
+    let mut tampered = batch(2, 5);
+    tampered.batch_id = first.batch_id.clone();
+    let ack = session.send(tampered).await.unwrap();
+    assert_eq!(ack.status(), AckStatus::Rejected);
+    assert_eq!(ack.reason(), RejectReason::BatchIdMismatch);
+
+    let mut bad_month = batch(3, 2);
+    if let Some(body) = bad_month.body.as_mut() {
+        body.records[0]
+            .attributes
+            .insert("birth_month".into(), "2015-04-03".into());
+        bad_month.batch_id = body.digest();
+    }
+    let ack = session.send(bad_month).await.unwrap();
+    assert_eq!(ack.reason(), RejectReason::InvalidRecord);
+    assert!(ack.detail.contains("birth_month"), "{}", ack.detail);
+
+    // A batch over the message limit ends the stream with a reason.
+    let (code, message) = session.send(batch(4, 2000)).await.unwrap_err();
+    assert!(
+        matches!(code, Code::OutOfRange | Code::ResourceExhausted),
+        "{code:?}: {message}"
+    );
+
+    // The same batch over a new session (as after an agent restart) is still stored once.
+    let mut resumed = Session::open(&gateway.address, org_config(&d, SALT), hello(SALT))
+        .await
+        .unwrap();
+    assert_eq!(
+        resumed.send(first).await.unwrap().status(),
+        AckStatus::Duplicate
+    );
+
+    let mut client = QueryClient::new(
+        channel(&gateway.address, org_config(&d, SALT))
+            .await
+            .unwrap(),
+    );
+    let counts = client.counts(CountsRequest {}).await.unwrap().into_inner();
+    assert_eq!(counts.datasets.len(), 1);
+    assert_eq!(counts.datasets[0].records, 50, "{counts:?}");
+    assert_eq!(counts.datasets[0].batches, 1);
+}
