@@ -273,7 +273,11 @@ async fn handshake_matrix() {
 async fn batches_are_stored_once_and_bad_batches_rejected() {
     let d = Deployment::new();
     let max = MAX_MESSAGE.to_string();
-    let gateway = d.start_gateway(None, &["--max-message-bytes", &max]);
+    let metrics = free_local_address();
+    let gateway = d.start_gateway(
+        None,
+        &["--max-message-bytes", &max, "--metrics-listen", &metrics],
+    );
     let mut session = Session::open(&gateway.address, org_config(&d, SALT), hello(SALT))
         .await
         .unwrap();
@@ -332,4 +336,54 @@ async fn batches_are_stored_once_and_bad_batches_rejected() {
     assert_eq!(counts.datasets.len(), 1);
     assert_eq!(counts.datasets[0].records, 50, "{counts:?}");
     assert_eq!(counts.datasets[0].batches, 1);
+
+    // Prometheus sees the same story, by outcome and reason.
+    let exposition = http_get(&metrics, "/metrics");
+    for expected in [
+        r#"joinery_gateway_batches_total{organisation="RY9",dataset="test_dataset",outcome="committed",reason=""} 1"#,
+        r#"joinery_gateway_batches_total{organisation="RY9",dataset="test_dataset",outcome="duplicate",reason=""} 2"#,
+        r#"outcome="rejected",reason="BATCH_ID_MISMATCH"} 1"#,
+        r#"outcome="rejected",reason="INVALID_RECORD"} 1"#,
+        r#"joinery_gateway_records_stored_total{organisation="RY9",dataset="test_dataset"} 50"#,
+        "joinery_gateway_ack_latency_seconds_count 5",
+    ] {
+        assert!(
+            exposition.contains(expected),
+            "{expected} missing from\n{exposition}"
+        );
+    }
+
+    // grpc.health.v1 answers on the same port.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(
+        channel(&gateway.address, org_config(&d, SALT))
+            .await
+            .unwrap(),
+    );
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status();
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
+}
+
+fn free_local_address() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+/// A minimal HTTP/1.0 GET, enough for the metrics endpoint.
+fn http_get(address: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
 }

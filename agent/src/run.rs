@@ -14,6 +14,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use joinery_crypto::keys::SecretKey;
 use joinery_proto::v1::{AckStatus, Batch, Hello, RejectReason};
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use crate::batch::Batcher;
 use crate::config::{AgentConfig, SourceConfig};
@@ -110,6 +111,11 @@ pub enum Progress {
 
 /// Runs the agent once over every configured source.
 pub async fn run(config: &AgentConfig, progress: Progress) -> Result<RunSummary, AgentError> {
+    let span = tracing::info_span!("agent_run", organisation = %config.organisation);
+    run_sources(config, progress).instrument(span).await
+}
+
+async fn run_sources(config: &AgentConfig, progress: Progress) -> Result<RunSummary, AgentError> {
     let key = SecretKey::load(&config.linkage_key)?;
     let tls = joinery_crypto::tls::client_config(&config.tls_files())?;
     let today = time::OffsetDateTime::now_utc().date();
@@ -153,9 +159,15 @@ pub async fn run(config: &AgentConfig, progress: Progress) -> Result<RunSummary,
             read_source(reader, &releaser, batcher, report, tx, progress)
         });
         let mut acked = Vec::new();
-        while let Some(batch) = rx.recv().await {
-            acked.extend(uploader.send(index, batch).await?);
-        }
+        let sending = async {
+            while let Some(batch) = rx.recv().await {
+                acked.extend(uploader.send(index, batch).await?);
+            }
+            Ok::<_, AgentError>(())
+        };
+        sending
+            .instrument(tracing::info_span!("source", %dataset))
+            .await?;
         let mut summary = reading
             .await
             .map_err(|e| AgentError::Reader(e.to_string()))??;

@@ -21,6 +21,7 @@ use joinery_proto::v1::{
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 use crate::metrics;
 use crate::peer;
@@ -111,7 +112,13 @@ impl Ingest for IngestService {
             .map_err(|_| Status::cancelled("session closed"))?;
         let storage = self.storage.clone();
         let rekeyer = self.rekeyer.clone();
-        tokio::spawn(async move {
+        let span = tracing::info_span!(
+            "ingest_session",
+            organisation = %session.organisation,
+            agreement = %session.agreement_id,
+            agreement_version = session.agreement_version,
+        );
+        let session_task = async move {
             loop {
                 let message = match inbound.message().await {
                     Ok(Some(message)) => message,
@@ -125,7 +132,9 @@ impl Ingest for IngestService {
                 };
                 let reply = match message.kind {
                     Some(agent_message::Kind::Batch(batch)) => {
+                        let span = tracing::info_span!("batch", batch_id = %batch.batch_id);
                         handle_batch(&storage, &rekeyer, &session, batch)
+                            .instrument(span)
                             .await
                             .map(|ack| GatewayMessage {
                                 kind: Some(gateway_message::Kind::Ack(ack)),
@@ -140,7 +149,8 @@ impl Ingest for IngestService {
                     break;
                 }
             }
-        });
+        };
+        tokio::spawn(session_task.instrument(span));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
