@@ -45,7 +45,7 @@ enum Command {
     /// Manage the deployment's certificate authority, certificates and keys.
     #[command(subcommand)]
     Pki(commands::pki::PkiCommand),
-    /// Ask the gateway disclosure-controlled questions (needs an analyst certificate).
+    /// Ask the gateway disclosure-controlled questions (as an analyst; an agency may ask `counts` about its own data).
     #[command(subcommand)]
     Query(commands::query::QueryCommand),
     /// Generate synthetic extracts for several agencies, with a ground truth.

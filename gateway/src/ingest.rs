@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::Stream;
@@ -18,7 +19,7 @@ use joinery_proto::v1::{
     Ack, AckStatus, AgentMessage, Batch, BatchBody, GatewayMessage, Hello, RejectReason, Welcome,
     agent_message, gateway_message,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
@@ -32,6 +33,10 @@ use crate::storage::{CommitOutcome, NewBatch, NewEvent, NewRecord, Storage};
 const SEX: &str = "sex";
 const BIRTH_MONTH: &str = "birth_month";
 const POSTCODE_DISTRICT: &str = "postcode_district";
+
+/// Batches of one session committed concurrently (each holds at most one
+/// message's worth of memory).
+const BATCHES_IN_FLIGHT: usize = 4;
 
 /// How long a new session may take to send its Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
@@ -118,6 +123,7 @@ impl Ingest for IngestService {
             agreement = %session.agreement_id,
             agreement_version = session.agreement_version,
         );
+        let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
         let session_task = async move {
             loop {
                 let message = match inbound.message().await {
@@ -130,24 +136,42 @@ impl Ingest for IngestService {
                         break;
                     }
                 };
-                let reply = match message.kind {
-                    Some(agent_message::Kind::Batch(batch)) => {
-                        let span = tracing::info_span!("batch", batch_id = %batch.batch_id);
-                        handle_batch(&storage, &rekeyer, &session, batch)
-                            .instrument(span)
-                            .await
-                            .map(|ack| GatewayMessage {
-                                kind: Some(gateway_message::Kind::Ack(ack)),
-                            })
-                    }
-                    _ => Err(Status::invalid_argument(
-                        "only Batch messages may follow Hello",
-                    )),
+                let Some(agent_message::Kind::Batch(batch)) = message.kind else {
+                    let _ = tx
+                        .send(Err(Status::invalid_argument(
+                            "only Batch messages may follow Hello",
+                        )))
+                        .await;
+                    break;
                 };
-                let failed = reply.is_err();
-                if tx.send(reply).await.is_err() || failed {
+                // Commit up to BATCHES_IN_FLIGHT batches of this session at
+                // once; each is acknowledged by id as soon as it commits.
+                let Ok(slot) = in_flight.clone().acquire_owned().await else {
+                    break;
+                };
+                if tx.is_closed() {
                     break;
                 }
+                let (storage, rekeyer, session, tx) = (
+                    storage.clone(),
+                    rekeyer.clone(),
+                    session.clone(),
+                    tx.clone(),
+                );
+                let span = tracing::info_span!("batch", batch_id = %batch.batch_id);
+                tokio::spawn(
+                    async move {
+                        let reply =
+                            handle_batch(&storage, &rekeyer, &session, batch)
+                                .await
+                                .map(|ack| GatewayMessage {
+                                    kind: Some(gateway_message::Kind::Ack(ack)),
+                                });
+                        let _ = tx.send(reply).await;
+                        drop(slot);
+                    }
+                    .instrument(span),
+                );
             }
         };
         tokio::spawn(session_task.instrument(span));
