@@ -387,3 +387,36 @@ fn http_get(address: &str, path: &str) -> String {
     stream.read_to_string(&mut response).unwrap();
     response
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_never_finishes_its_handshake_is_dropped() {
+    use std::io::Read;
+    let d = Deployment::new();
+    let gateway = d.start_gateway(None, &["--handshake-timeout-secs", "1"]);
+    let mut silent = std::net::TcpStream::connect(&gateway.address).unwrap();
+    silent
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buffer = [0u8; 16];
+    // The server closes the connection (read returns 0 or a reset), well before our 10 s timeout.
+    let closed = match silent.read(&mut buffer) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => {
+            e.kind() != std::io::ErrorKind::WouldBlock && e.kind() != std::io::ErrorKind::TimedOut
+        }
+    };
+    assert!(closed, "the gateway must drop a silent client");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Meanwhile real agents are served.
+    Session::open(&gateway.address, org_config(&d, CAMHS), hello(CAMHS))
+        .await
+        .expect("valid agent session");
+    assert!(gateway.log_text().contains("TLS handshake timed out"));
+}
