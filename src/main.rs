@@ -42,6 +42,9 @@ enum Command {
     /// Run the central gateway.
     #[command(subcommand)]
     Gateway(commands::gateway::GatewayCommand),
+    /// Write, check, explain, compare, sign and verify data-sharing agreements.
+    #[command(subcommand)]
+    Policy(commands::policy::PolicyCommand),
     /// Manage the deployment's certificate authority, certificates and keys.
     #[command(subcommand)]
     Pki(commands::pki::PkiCommand),
@@ -87,6 +90,7 @@ fn main() -> ExitCode {
             Command::Agent(c) => c.run().await,
             Command::Gateway(c) => c.run().await,
             Command::Pki(c) => c.run(),
+            Command::Policy(c) => c.run(),
             Command::Query(c) => c.run().await,
             Command::Synth(a) => a.run(),
             Command::Demo(a) => a.run().await,

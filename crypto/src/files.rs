@@ -6,7 +6,7 @@ use std::path::Path;
 
 /// Writes `contents` to `path` with mode 0600 (owner read/write only), creating
 /// the parent directory. Refuses to overwrite an existing file unless `overwrite`.
-pub(crate) fn write_private(path: &Path, contents: &[u8], overwrite: bool) -> std::io::Result<()> {
+pub fn write_private(path: &Path, contents: &[u8], overwrite: bool) -> std::io::Result<()> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)?;
     }

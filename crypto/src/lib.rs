@@ -7,6 +7,7 @@
 //! - [`tls`]: rustls configurations (ring provider only, TLS 1.3 only,
 //!   client certificates required).
 //! - [`pki`]: the deployment's private certificate authority.
+//! - [`files`]: writing secret material owner-only.
 
 pub mod identity;
 pub mod keys;
@@ -14,4 +15,4 @@ pub mod pki;
 pub mod pseudonym;
 pub mod tls;
 
-mod files;
+pub mod files;

@@ -6,5 +6,6 @@ pub mod bench;
 pub mod demo;
 pub mod gateway;
 pub mod pki;
+pub mod policy;
 pub mod query;
 pub mod synth;

@@ -1,0 +1,500 @@
+//! `joinery policy check`: parse an agreement and apply every rule that spans
+//! fields, reporting each problem at its line and column with how to fix it,
+//! and warning about risky but legal choices.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use time::OffsetDateTime;
+
+use crate::locate::{Position, Step, locate};
+use crate::model::{Agreement, Transform};
+use crate::transform::PERSON_FIELDS;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+/// One finding, at a place in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub severity: Severity,
+    pub at: Position,
+    pub message: String,
+    /// How to fix it.
+    pub help: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let level = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        write!(
+            f,
+            "{}:{}: {level}: {}",
+            self.at.line, self.at.column, self.message
+        )?;
+        if !self.help.is_empty() {
+            write!(f, "\n    help: {}", self.help)?;
+        }
+        Ok(())
+    }
+}
+
+/// The parsed agreement (when the file parses) and every finding.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub agreement: Option<Agreement>,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Checked {
+    pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+    }
+
+    pub fn warnings(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Warning)
+    }
+
+    pub fn is_valid(&self) -> bool {
+        self.errors().next().is_none()
+    }
+}
+
+/// Checks agreement text. `today` dates the "expiry more than three years out" warning.
+pub fn check(text: &str, today: OffsetDateTime) -> Checked {
+    let agreement: Agreement = match serde_saphyr::from_str(text) {
+        Ok(agreement) => agreement,
+        Err(e) => {
+            let at = e
+                .location()
+                .map(|l| Position {
+                    line: l.line() as usize,
+                    column: l.column() as usize,
+                })
+                .unwrap_or(Position { line: 1, column: 1 });
+            let message = e.to_string();
+            let help = if message.contains("unknown field") {
+                "remove the key or correct its spelling; the JSON Schema (joinery policy schema) lists every key".to_owned()
+            } else if message.contains("missing field") {
+                "add the key; see policies/examples/ for a complete agreement".to_owned()
+            } else if message.contains("unknown variant") {
+                "use one of the values listed in the message".to_owned()
+            } else {
+                String::new()
+            };
+            return Checked {
+                agreement: None,
+                diagnostics: vec![Diagnostic {
+                    severity: Severity::Error,
+                    at,
+                    message: first_line(&message),
+                    help,
+                }],
+            };
+        }
+    };
+    let mut rules = Rules {
+        text,
+        diagnostics: Vec::new(),
+    };
+    rules.run(&agreement, today);
+    let mut diagnostics = rules.diagnostics;
+    diagnostics.sort_by_key(|d| (d.severity, d.at.line, d.at.column));
+    Checked {
+        agreement: Some(agreement),
+        diagnostics,
+    }
+}
+
+/// The parser's message without its own "error: line N column M:" prefix
+/// (the diagnostic carries the position) or its source excerpt.
+fn first_line(message: &str) -> String {
+    let line = message.lines().next().unwrap_or(message);
+    let line = line.strip_prefix("error: ").unwrap_or(line);
+    match line
+        .strip_prefix("line ")
+        .and_then(|rest| rest.split_once(": "))
+    {
+        Some((_, message)) => message.to_owned(),
+        None => line.to_owned(),
+    }
+}
+
+struct Rules<'a> {
+    text: &'a str,
+    diagnostics: Vec<Diagnostic>,
+}
+
+impl Rules<'_> {
+    fn report(&mut self, severity: Severity, path: &[Step<'_>], message: String, help: &str) {
+        self.diagnostics.push(Diagnostic {
+            severity,
+            at: locate(self.text, path),
+            message,
+            help: help.to_owned(),
+        });
+    }
+
+    fn error(&mut self, path: &[Step<'_>], message: String, help: &str) {
+        self.report(Severity::Error, path, message, help);
+    }
+
+    fn warn(&mut self, path: &[Step<'_>], message: String, help: &str) {
+        self.report(Severity::Warning, path, message, help);
+    }
+
+    fn run(&mut self, a: &Agreement, today: OffsetDateTime) {
+        use Step::{Index, Key};
+        let valid_id = (3..=64).contains(&a.id.len())
+            && a.id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !valid_id {
+            self.error(
+                &[Key("id")],
+                "id must be 3-64 lower-case letters, digits or hyphens".into(),
+                "e.g. leeds-children-stratification",
+            );
+        }
+        if a.version == 0 {
+            self.error(
+                &[Key("version")],
+                "version must be 1 or more".into(),
+                "start at 1 and increase it with every signed change",
+            );
+        }
+        for (field, value) in [("title", &a.title), ("purpose", &a.purpose)] {
+            if value.trim().is_empty() {
+                self.error(
+                    &[Key(field)],
+                    format!("{field} is empty"),
+                    "say it in plain English for the board paper",
+                );
+            }
+        }
+
+        // Parties and what they send.
+        if a.parties.is_empty() {
+            self.error(
+                &[Key("parties")],
+                "an agreement needs at least one party".into(),
+                "",
+            );
+        }
+        let mut seen = BTreeSet::new();
+        let mut sent = BTreeSet::new();
+        for (i, party) in a.parties.iter().enumerate() {
+            if joinery_crypto::identity::validate_organisation_code(&party.organisation).is_err() {
+                self.error(
+                    &[Key("parties"), Index(i), Key("organisation")],
+                    format!(
+                        "{:?} is not an ODS or local-authority code",
+                        party.organisation
+                    ),
+                    "2-12 upper-case letters or digits, as on the organisation's certificate",
+                );
+            }
+            if !seen.insert(&party.organisation) {
+                self.error(
+                    &[Key("parties"), Index(i), Key("organisation")],
+                    format!("organisation {} is listed twice", party.organisation),
+                    "list each organisation once, with all the datasets it sends",
+                );
+            }
+            for dataset in &party.sends {
+                if !a.datasets.contains_key(dataset) {
+                    self.error(
+                        &[Key("parties"), Index(i), Key("sends")],
+                        format!(
+                            "{} sends dataset {dataset:?}, which is not under datasets",
+                            party.organisation
+                        ),
+                        "add the dataset under datasets, or correct the name",
+                    );
+                }
+                sent.insert(dataset.as_str());
+            }
+        }
+
+        // Dates.
+        if a.review_by.start < a.valid_from.start {
+            self.error(
+                &[Key("review_by")],
+                "review_by is before valid_from".into(),
+                "",
+            );
+        }
+        if a.expires.end() <= a.valid_from.start {
+            self.error(
+                &[Key("expires")],
+                "expires is not after valid_from".into(),
+                "",
+            );
+        }
+        if a.expires.end() > today + time::Duration::days(3 * 365 + 1) {
+            self.warn(
+                &[Key("expires")],
+                "the agreement runs for more than three years from today".into(),
+                "agreements are usually reviewed and renewed within three years",
+            );
+        }
+
+        // Datasets.
+        for (name, dataset) in &a.datasets {
+            if !is_name(name) {
+                self.error(
+                    &dataset_path(name, &[]),
+                    format!("dataset name {name:?} must be 1-64 of a-z, 0-9 and _"),
+                    "",
+                );
+            }
+            if !sent.contains(name.as_str()) {
+                self.warn(
+                    &dataset_path(name, &[]),
+                    format!("no party sends dataset {name}"),
+                    "list it under a party's sends, or remove it",
+                );
+            }
+            if dataset.retention_days == 0 {
+                self.error(
+                    &dataset_path(name, &[Key("retention_days")]),
+                    "retention_days must be 1 or more".into(),
+                    "",
+                );
+            }
+            match dataset.fields.get("local_id") {
+                Some(Transform::Pseudonymise) => {}
+                _ => self.error(&dataset_path(name, &[Key("fields")]), format!("dataset {name}: local_id must be listed as pseudonymise"), "every record is identified by its pseudonymised local id: add `local_id: pseudonymise`"),
+            }
+            for (field, transform) in &dataset.fields {
+                let path = {
+                    let mut p = dataset_path(name, &[Key("fields")]);
+                    p.push(Key(field.as_str()));
+                    p
+                };
+                if let Some(problem) = field_rule(field, transform) {
+                    self.error(
+                        &path,
+                        format!("{name}.{field}: {problem}"),
+                        allowed_for(field),
+                    );
+                }
+                if is_free_text(field)
+                    && !matches!(transform, Transform::Drop | Transform::CodeMap(_))
+                {
+                    self.warn(&path, format!("{name}.{field} looks like free text, which can carry names and other identifiers"), "drop it, or map it to a code list");
+                }
+            }
+            let day_dob = matches!(dataset.fields.get("date_of_birth"), Some(Transform::Keep));
+            let fine_postcode = matches!(
+                dataset.fields.get("postcode"),
+                Some(Transform::Keep | Transform::Sector)
+            );
+            if day_dob && fine_postcode {
+                self.warn(&dataset_path(name, &[Key("fields"), Key("date_of_birth")]), format!("{name}: a day-precision date of birth together with a postcode sector or better identifies most children"), "send date_of_birth as month, year or age_band, or postcode as district");
+            }
+            for (event, rule) in &dataset.events {
+                if !is_name(event) {
+                    self.error(
+                        &dataset_path(name, &[Key("events"), Key(event.as_str())]),
+                        format!("event type {event:?} must be 1-64 of a-z, 0-9 and _"),
+                        "",
+                    );
+                }
+                if !matches!(rule.date, Transform::Keep | Transform::Month) {
+                    self.error(
+                        &dataset_path(name, &[Key("events"), Key(event.as_str()), Key("date")]),
+                        format!("{name}.{event}: an event date may be keep or month"),
+                        "",
+                    );
+                }
+                for (attribute, transform) in &rule.attributes {
+                    if let Some(problem) = field_rule(attribute, transform) {
+                        self.error(
+                            &dataset_path(
+                                name,
+                                &[
+                                    Key("events"),
+                                    Key(event.as_str()),
+                                    Key("attributes"),
+                                    Key(attribute.as_str()),
+                                ],
+                            ),
+                            format!("{name}.{event}.{attribute}: {problem}"),
+                            allowed_for(attribute),
+                        );
+                    }
+                }
+            }
+        }
+
+        // Linkage.
+        for (i, field) in a.linkage.fields.iter().enumerate() {
+            if ![
+                "given_name",
+                "family_name",
+                "date_of_birth",
+                "sex",
+                "postcode",
+            ]
+            .contains(&field.as_str())
+            {
+                self.error(
+                    &[Key("linkage"), Key("fields"), Index(i)],
+                    format!("{field:?} cannot be a linkage field"),
+                    "use given_name, family_name, date_of_birth, sex or postcode",
+                );
+            }
+        }
+
+        // Outputs.
+        if a.outputs.minimum_cell_count == 0 {
+            self.error(
+                &[Key("outputs"), Key("minimum_cell_count")],
+                "minimum_cell_count must be 1 or more".into(),
+                "",
+            );
+        } else if a.outputs.minimum_cell_count < 5 {
+            self.warn(
+                &[Key("outputs"), Key("minimum_cell_count")],
+                format!(
+                    "minimum cell count {} is below 5",
+                    a.outputs.minimum_cell_count
+                ),
+                "NHS England publishes with counts of 1-7 suppressed (minimum_cell_count: 8)",
+            );
+        }
+        if a.roles.is_empty() {
+            self.error(
+                &[Key("roles")],
+                "at least one analyst role is needed".into(),
+                "e.g. analyst: { access: aggregates }",
+            );
+        }
+
+        // Five Safes.
+        let fs = &a.five_safes;
+        for (key, value) in [
+            ("safe_projects", &fs.safe_projects),
+            ("safe_people", &fs.safe_people),
+            ("safe_settings", &fs.safe_settings),
+            ("safe_data", &fs.safe_data),
+            ("safe_outputs", &fs.safe_outputs),
+        ] {
+            if value.trim().is_empty() {
+                self.error(
+                    &[Key("five_safes"), Key(key)],
+                    format!("five_safes.{key} is empty"),
+                    "a sentence or two is enough",
+                );
+            }
+        }
+
+        // Signatories.
+        if a.signatories.is_empty() {
+            self.error(
+                &[Key("signatories")],
+                "an agreement needs at least one signatory".into(),
+                "list who must sign, with their public keys (joinery policy keygen)",
+            );
+        }
+        let mut keys = BTreeSet::new();
+        for (i, s) in a.signatories.iter().enumerate() {
+            if crate::signing::public_key_bytes(&s.public_key).is_none() {
+                self.error(
+                    &[Key("signatories"), Index(i), Key("public_key")],
+                    format!("{}'s public_key is not 64 hexadecimal characters", s.name),
+                    "paste the public key printed by joinery policy keygen",
+                );
+            }
+            if !keys.insert(&s.public_key) {
+                self.error(
+                    &[Key("signatories"), Index(i), Key("public_key")],
+                    format!("{}'s public key is also another signatory's", s.name),
+                    "each signatory needs their own key",
+                );
+            }
+            if !a.parties.iter().any(|p| p.organisation == s.organisation) {
+                self.error(
+                    &[Key("signatories"), Index(i), Key("organisation")],
+                    format!(
+                        "{} signs for {}, which is not a party",
+                        s.name, s.organisation
+                    ),
+                    "",
+                );
+            }
+        }
+    }
+}
+
+/// Why `transform` is not allowed for `field`, if it is not.
+fn field_rule(field: &str, transform: &Transform) -> Option<&'static str> {
+    use Transform::*;
+    if matches!(transform, AgeBand(bands) if bands.is_empty()) {
+        return Some("age_band needs at least one band");
+    }
+    let ok = match field {
+        "local_id" => matches!(transform, Pseudonymise),
+        "nhs_number" => matches!(transform, Pseudonymise | Drop),
+        "given_name" | "family_name" => matches!(transform, Drop),
+        "date_of_birth" => matches!(transform, Keep | Drop | Month | Year | AgeBand(_)),
+        "postcode" => matches!(transform, Keep | Drop | District | Sector),
+        "sex" => matches!(transform, Keep | Drop | CodeMap(_)),
+        _ => !matches!(transform, Pseudonymise | District | Sector | AgeBand(_)),
+    };
+    (!ok).then_some("this transform is not allowed for this field")
+}
+
+fn allowed_for(field: &str) -> &'static str {
+    match field {
+        "local_id" => "local_id: pseudonymise",
+        "nhs_number" => "nhs_number: pseudonymise or drop",
+        "given_name" | "family_name" => {
+            "names never leave the agency: drop (they may be listed under linkage.fields for encoded linkage)"
+        }
+        "date_of_birth" => "date_of_birth: month, year, age_band, keep or drop",
+        "postcode" => "postcode: district, sector, keep or drop",
+        "sex" => "sex: keep, code_map or drop",
+        _ if PERSON_FIELDS.contains(&field) => "",
+        _ => "other fields: keep, drop, month, year, code_map or top_code",
+    }
+}
+
+fn is_free_text(field: &str) -> bool {
+    [
+        "note",
+        "comment",
+        "free_text",
+        "freetext",
+        "narrative",
+        "description",
+        "details",
+        "summary",
+    ]
+    .iter()
+    .any(|word| field.contains(word))
+}
+
+/// The path `datasets.<name>` followed by `rest`.
+fn dataset_path<'a>(name: &'a str, rest: &[Step<'a>]) -> Vec<Step<'a>> {
+    let mut path = vec![Step::Key("datasets"), Step::Key(name)];
+    path.extend_from_slice(rest);
+    path
+}
+
+fn is_name(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}

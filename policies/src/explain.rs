@@ -1,0 +1,353 @@
+//! `joinery policy explain`: an agreement in plain English for a board paper,
+//! as terminal text, Markdown or HTML: who sends what, how each field is
+//! protected, who can see what, and until when.
+
+use crate::model::{Access, Agreement, OptOut, PartyRole, Rounding, Transform};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Markdown,
+    Html,
+}
+
+enum Block {
+    Heading(u8, String),
+    Paragraph(String),
+    List(Vec<String>),
+    Table(Vec<&'static str>, Vec<Vec<String>>),
+}
+
+/// How a transform protects a field, in plain English.
+pub fn describe(field: &str, transform: &Transform) -> String {
+    match transform {
+        Transform::Keep => "sent as recorded".to_owned(),
+        Transform::Drop => "never sent".to_owned(),
+        Transform::Pseudonymise => {
+            "replaced by a keyed pseudonym; the value itself never leaves the agency".to_owned()
+        }
+        Transform::Month if field == "date_of_birth" => {
+            "reduced to month and year of birth".to_owned()
+        }
+        Transform::Month => "reduced to month and year".to_owned(),
+        Transform::Year => "reduced to the year".to_owned(),
+        Transform::AgeBand(bands) => format!(
+            "replaced by an age band ({})",
+            bands
+                .iter()
+                .map(|b| crate::transform::age_band_label(bands, *b))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Transform::District => "reduced to the postcode district (e.g. LS6)".to_owned(),
+        Transform::Sector => "reduced to the postcode sector (e.g. LS6 2)".to_owned(),
+        Transform::CodeMap(map) => format!(
+            "recoded to {} permitted values; any other value is not sent",
+            map.len()
+        ),
+        Transform::TopCode(max) => format!("sent, with values above {max} sent as {max}"),
+    }
+}
+
+fn blocks(a: &Agreement) -> Vec<Block> {
+    let mut out = vec![
+        Block::Heading(1, format!("{} (agreement {} version {})", a.title, a.id, a.version)),
+        Block::Paragraph(a.purpose.trim().to_owned()),
+        Block::Paragraph(format!(
+            "In force from {} until {}; to be reviewed by {}.",
+            a.valid_from, a.expires, a.review_by
+        )),
+        Block::Heading(2, "Who takes part".to_owned()),
+        Block::Table(
+            vec!["Organisation", "Name", "Role", "Sends"],
+            a.parties
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.organisation.clone(),
+                        p.name.clone(),
+                        match p.role {
+                            PartyRole::Controller => "controller",
+                            PartyRole::JointController => "joint controller",
+                            PartyRole::Processor => "processor",
+                        }
+                        .to_owned(),
+                        if p.sends.is_empty() { "nothing".to_owned() } else { p.sends.join(", ") },
+                    ]
+                })
+                .collect(),
+        ),
+        Block::Heading(2, "Legal basis".to_owned()),
+        Block::List(vec![
+            format!("UK GDPR Article 6: {}", serde_label(&a.lawful_basis.article_6)),
+            format!("UK GDPR Article 9: {}", serde_label(&a.lawful_basis.article_9)),
+            format!("DPA 2018 Schedule 1: {}", a.lawful_basis.dpa_2018_schedule_1),
+            format!("Common-law duty of confidentiality: {}", a.lawful_basis.common_law_duty),
+            match a.national_data_opt_out {
+                OptOut::Applies => "The National Data Opt-out applies: records of people who opted out are withheld before anything is sent.".to_owned(),
+                OptOut::DoesNotApply => "The National Data Opt-out does not apply to this sharing.".to_owned(),
+            },
+        ]),
+        Block::Heading(2, "What is sent, and how it is protected".to_owned()),
+    ];
+    for (name, dataset) in &a.datasets {
+        let senders: Vec<&str> = a
+            .parties
+            .iter()
+            .filter(|p| p.sends.contains(name))
+            .map(|p| p.organisation.as_str())
+            .collect();
+        out.push(Block::Heading(3, format!("Dataset {name}")));
+        let mut intro = format!(
+            "Sent by {}; kept for {} days after it arrives.",
+            if senders.is_empty() {
+                "no one".to_owned()
+            } else {
+                senders.join(", ")
+            },
+            dataset.retention_days
+        );
+        if !dataset.description.is_empty() {
+            intro = format!("{} {intro}", dataset.description.trim());
+        }
+        out.push(Block::Paragraph(intro));
+        out.push(Block::Table(
+            vec!["Field", "How it is protected"],
+            dataset
+                .fields
+                .iter()
+                .map(|(f, t)| vec![f.clone(), describe(f, t)])
+                .collect(),
+        ));
+        if !dataset.events.is_empty() {
+            out.push(Block::Table(
+                vec!["Event", "Date", "Details sent"],
+                dataset
+                    .events
+                    .iter()
+                    .map(|(e, rule)| {
+                        vec![
+                            e.clone(),
+                            describe("date", &rule.date),
+                            if rule.attributes.is_empty() {
+                                "none".to_owned()
+                            } else {
+                                rule.attributes
+                                    .iter()
+                                    .map(|(k, t)| format!("{k} ({})", describe(k, t)))
+                                    .collect::<Vec<_>>()
+                                    .join("; ")
+                            },
+                        ]
+                    })
+                    .collect(),
+            ));
+        }
+        out.push(Block::Paragraph(
+            "Any field not listed is never sent.".to_owned(),
+        ));
+    }
+    if !a.linkage.fields.is_empty() {
+        out.push(Block::Heading(2, "Linking records".to_owned()));
+        out.push(Block::Paragraph(format!(
+            "To recognise the same child across agencies, {} are turned into keyed encodings inside each agency ({} v{}); the values themselves are never sent.",
+            a.linkage.fields.join(", "),
+            a.linkage.encoding.scheme,
+            a.linkage.encoding.version
+        )));
+    }
+    out.push(Block::Heading(2, "Who can see what".to_owned()));
+    out.push(Block::Table(
+        vec!["Role", "Access", "Description"],
+        a.roles
+            .iter()
+            .map(|(name, role)| {
+                vec![
+                    name.clone(),
+                    match role.access {
+                        Access::Aggregates => "disclosure-controlled tables only".to_owned(),
+                        Access::RowLevel => {
+                            "row-level records with project-specific pseudonyms".to_owned()
+                        }
+                    },
+                    role.description.clone(),
+                ]
+            })
+            .collect(),
+    ));
+    out.push(Block::Paragraph(format!(
+        "Every count released has counts from 1 to {} suppressed; {}{}.",
+        a.outputs.minimum_cell_count.saturating_sub(1),
+        match a.outputs.rounding {
+            Rounding::Nearest5 => "other counts are rounded to the nearest 5",
+            Rounding::Midpoint6 => "other counts are replaced by the midpoint of their band of six",
+            Rounding::None => "other counts are not rounded",
+        },
+        if a.outputs.secondary_suppression { ", and further cells are suppressed so that no hidden count can be worked out from totals" } else { "" }
+    )));
+    out.push(Block::Heading(2, "The Five Safes".to_owned()));
+    let fs = &a.five_safes;
+    out.push(Block::List(vec![
+        format!("Safe projects: {}", fs.safe_projects.trim()),
+        format!("Safe people: {}", fs.safe_people.trim()),
+        format!("Safe settings: {}", fs.safe_settings.trim()),
+        format!("Safe data: {}", fs.safe_data.trim()),
+        format!("Safe outputs: {}", fs.safe_outputs.trim()),
+    ]));
+    out.push(Block::Heading(2, "Signatories".to_owned()));
+    out.push(Block::Table(
+        vec!["Name", "Role", "For"],
+        a.signatories
+            .iter()
+            .map(|s| vec![s.name.clone(), s.role.clone(), s.organisation.clone()])
+            .collect(),
+    ));
+    out
+}
+
+fn serde_label<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// The agreement rendered in `format`.
+pub fn explain(a: &Agreement, format: Format) -> String {
+    let blocks = blocks(a);
+    match format {
+        Format::Text => render_text(&blocks),
+        Format::Markdown => render_markdown(&blocks),
+        Format::Html => render_html(&blocks, &a.title),
+    }
+}
+
+fn render_text(blocks: &[Block]) -> String {
+    let mut out = String::new();
+    for block in blocks {
+        match block {
+            Block::Heading(level, text) => {
+                let rule = if *level == 1 { '=' } else { '-' };
+                out.push_str(&format!(
+                    "\n{text}\n{}\n",
+                    rule.to_string().repeat(text.chars().count())
+                ));
+            }
+            Block::Paragraph(text) => out.push_str(&format!("{text}\n\n")),
+            Block::List(items) => {
+                for item in items {
+                    out.push_str(&format!("  * {item}\n"));
+                }
+                out.push('\n');
+            }
+            Block::Table(headers, rows) => {
+                let widths: Vec<usize> = (0..headers.len())
+                    .map(|i| {
+                        rows.iter()
+                            .map(|r| r[i].chars().count())
+                            .chain([headers[i].len()])
+                            .max()
+                            .unwrap_or(0)
+                            .min(60)
+                    })
+                    .collect();
+                let line = |cells: Vec<&str>| {
+                    cells
+                        .iter()
+                        .zip(&widths)
+                        .map(|(c, w)| format!("{c:<w$}"))
+                        .collect::<Vec<_>>()
+                        .join("  ")
+                        .trim_end()
+                        .to_owned()
+                };
+                out.push_str(&format!("  {}\n", line(headers.clone())));
+                for row in rows {
+                    out.push_str(&format!(
+                        "  {}\n",
+                        line(row.iter().map(String::as_str).collect())
+                    ));
+                }
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+fn render_markdown(blocks: &[Block]) -> String {
+    let mut out = String::new();
+    let cell = |s: &str| s.replace('|', "\\|").replace('\n', " ");
+    for block in blocks {
+        match block {
+            Block::Heading(level, text) => {
+                out.push_str(&format!("{} {text}\n\n", "#".repeat(usize::from(*level))))
+            }
+            Block::Paragraph(text) => out.push_str(&format!("{text}\n\n")),
+            Block::List(items) => {
+                for item in items {
+                    out.push_str(&format!("- {item}\n"));
+                }
+                out.push('\n');
+            }
+            Block::Table(headers, rows) => {
+                out.push_str(&format!("| {} |\n", headers.join(" | ")));
+                out.push_str(&format!("|{}\n", " --- |".repeat(headers.len())));
+                for row in rows {
+                    out.push_str(&format!(
+                        "| {} |\n",
+                        row.iter().map(|c| cell(c)).collect::<Vec<_>>().join(" | ")
+                    ));
+                }
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn render_html(blocks: &[Block], title: &str) -> String {
+    let mut out = format!(
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head><meta charset=\"utf-8\"><title>{}</title>\n<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}table{{border-collapse:collapse}}td,th{{border:1px solid #999;padding:.3em .6em;text-align:left}}</style></head>\n<body>\n",
+        escape(title)
+    );
+    for block in blocks {
+        match block {
+            Block::Heading(level, text) => {
+                out.push_str(&format!("<h{level}>{}</h{level}>\n", escape(text)))
+            }
+            Block::Paragraph(text) => out.push_str(&format!("<p>{}</p>\n", escape(text))),
+            Block::List(items) => {
+                out.push_str("<ul>\n");
+                for item in items {
+                    out.push_str(&format!("<li>{}</li>\n", escape(item)));
+                }
+                out.push_str("</ul>\n");
+            }
+            Block::Table(headers, rows) => {
+                out.push_str("<table>\n<tr>");
+                for h in headers {
+                    out.push_str(&format!("<th>{}</th>", escape(h)));
+                }
+                out.push_str("</tr>\n");
+                for row in rows {
+                    out.push_str("<tr>");
+                    for c in row {
+                        out.push_str(&format!("<td>{}</td>", escape(c)));
+                    }
+                    out.push_str("</tr>\n");
+                }
+                out.push_str("</table>\n");
+            }
+        }
+    }
+    out.push_str("</body>\n</html>\n");
+    out
+}

@@ -1,0 +1,344 @@
+//! The data-sharing agreement as written by an information-governance lead:
+//! one YAML file per agreement version. Unknown keys are errors.
+//!
+//! This module only describes the shape of the file (and, through schemars,
+//! the JSON Schema editors use); [`crate::check`] enforces the rules that
+//! span fields.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use time::OffsetDateTime;
+
+/// A data-sharing agreement.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Agreement {
+    /// Stable identifier, lower case letters, digits and hyphens, e.g. `leeds-children-stratification`.
+    pub id: String,
+    /// Version of this agreement; every change that is signed again gets a new version.
+    pub version: u32,
+    /// Title for board papers.
+    pub title: String,
+    /// Why the data is shared, in plain English.
+    pub purpose: String,
+    /// Organisations party to the agreement and what each sends.
+    pub parties: Vec<Party>,
+    pub lawful_basis: LawfulBasis,
+    /// Whether the National Data Opt-out applies to the data shared under this agreement.
+    pub national_data_opt_out: OptOut,
+    /// When the agreement comes into force: `YYYY-MM-DD` (start of day, UTC) or an RFC 3339 time.
+    pub valid_from: When,
+    /// When the agreement must be reviewed.
+    pub review_by: When,
+    /// When the agreement ends: `YYYY-MM-DD` (end of day, UTC) or an RFC 3339 time.
+    pub expires: When,
+    /// Each dataset that may be shared, by name, with what may be sent and for how long it is kept.
+    pub datasets: BTreeMap<String, Dataset>,
+    pub linkage: Linkage,
+    pub outputs: OutputRules,
+    /// Analyst roles, by name, and what each may see.
+    pub roles: BTreeMap<String, Role>,
+    pub five_safes: FiveSafes,
+    /// People whose signatures put the agreement in force. All must sign.
+    pub signatories: Vec<Signatory>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Party {
+    /// ODS code or local-authority code, as on the organisation's certificate.
+    pub organisation: String,
+    pub name: String,
+    pub role: PartyRole,
+    /// Datasets this organisation sends (names under `datasets`).
+    #[serde(default)]
+    pub sends: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PartyRole {
+    Controller,
+    JointController,
+    Processor,
+}
+
+/// The legal bases for the sharing.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LawfulBasis {
+    /// UK GDPR Article 6 condition, e.g. `6(1)(e)` (public task).
+    pub article_6: Article6,
+    /// UK GDPR Article 9 condition for special category data, e.g. `9(2)(h)`.
+    pub article_9: Article9,
+    /// The DPA 2018 Schedule 1 condition relied on with Article 9, e.g. `Part 1, paragraph 2 (health or social care purposes)`.
+    pub dpa_2018_schedule_1: String,
+    /// The basis for setting aside the common-law duty of confidentiality, e.g. implied consent for direct care, or a statutory gateway.
+    pub common_law_duty: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub enum Article6 {
+    #[serde(rename = "6(1)(a)")]
+    Consent,
+    #[serde(rename = "6(1)(b)")]
+    Contract,
+    #[serde(rename = "6(1)(c)")]
+    LegalObligation,
+    #[serde(rename = "6(1)(d)")]
+    VitalInterests,
+    #[serde(rename = "6(1)(e)")]
+    PublicTask,
+    #[serde(rename = "6(1)(f)")]
+    LegitimateInterests,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub enum Article9 {
+    #[serde(rename = "9(2)(a)")]
+    ExplicitConsent,
+    #[serde(rename = "9(2)(b)")]
+    EmploymentAndSocialSecurity,
+    #[serde(rename = "9(2)(c)")]
+    VitalInterests,
+    #[serde(rename = "9(2)(g)")]
+    SubstantialPublicInterest,
+    #[serde(rename = "9(2)(h)")]
+    HealthOrSocialCare,
+    #[serde(rename = "9(2)(i)")]
+    PublicHealth,
+    #[serde(rename = "9(2)(j)")]
+    ArchivingResearchStatistics,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OptOut {
+    /// Agents withhold records of people on the opt-out list before anything is pseudonymised.
+    Applies,
+    DoesNotApply,
+}
+
+/// One dataset: what may be sent, in what form, and how long it is kept.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Dataset {
+    #[serde(default)]
+    pub description: String,
+    /// Days the gateway keeps a batch after receiving it.
+    pub retention_days: u32,
+    /// Every field that may be sent, with its transform. A field not listed is never sent.
+    pub fields: BTreeMap<String, Transform>,
+    /// Event types that may be sent, with their attributes.
+    #[serde(default)]
+    pub events: BTreeMap<String, EventRule>,
+}
+
+/// What happens to a field before it leaves the agency.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Transform {
+    /// Sent as it is.
+    Keep,
+    /// Never sent (listed to record that it was considered).
+    Drop,
+    /// Replaced by a keyed pseudonym (HMAC-SHA256 under the agreement's linkage key).
+    Pseudonymise,
+    /// A date reduced to its month (`YYYY-MM`).
+    Month,
+    /// A date reduced to its year (`YYYY`).
+    Year,
+    /// A date of birth reduced to an age band at the date of extraction; the list gives each band's lowest age.
+    AgeBand(Vec<u32>),
+    /// A postcode reduced to its district (outward code, e.g. `LS6`).
+    District,
+    /// A postcode reduced to its sector (e.g. `LS6 2`).
+    Sector,
+    /// Values recoded through this map; values not in it are not sent.
+    CodeMap(BTreeMap<String, String>),
+    /// A number capped at this value (larger values are sent as the cap).
+    TopCode(u32),
+}
+
+/// What of an event type may be sent.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EventRule {
+    /// Precision of the event date: `keep` (day) or `month`.
+    #[serde(default = "keep")]
+    pub date: Transform,
+    /// The event's attributes that may be sent.
+    #[serde(default)]
+    pub attributes: BTreeMap<String, Transform>,
+}
+
+fn keep() -> Transform {
+    Transform::Keep
+}
+
+/// Privacy-preserving linkage settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Linkage {
+    /// Identity fields encoded (never sent in clear) for fuzzy linkage.
+    #[serde(default)]
+    pub fields: Vec<String>,
+    /// Encoding scheme and parameters version, agreed by all agents.
+    pub encoding: Encoding,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Encoding {
+    pub scheme: String,
+    pub version: u32,
+}
+
+/// Statistical disclosure control of every output.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OutputRules {
+    /// The smallest count released; counts from 1 to one less are suppressed.
+    pub minimum_cell_count: u32,
+    pub rounding: Rounding,
+    /// Suppress further cells so a suppressed one cannot be worked out from totals.
+    pub secondary_suppression: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Rounding {
+    /// Round to the nearest 5.
+    #[serde(rename = "nearest_5")]
+    Nearest5,
+    /// Replace each count by the midpoint of its band of six (1-6 -> 3, 7-12 -> 9, ...).
+    #[serde(rename = "midpoint_6")]
+    Midpoint6,
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Role {
+    #[serde(default)]
+    pub description: String,
+    pub access: Access,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Access {
+    /// Disclosure-controlled aggregate tables only.
+    Aggregates,
+    /// Row-level extracts, with pseudonyms specific to the project.
+    RowLevel,
+}
+
+/// The Five Safes, briefly.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FiveSafes {
+    pub safe_projects: String,
+    pub safe_people: String,
+    pub safe_settings: String,
+    pub safe_data: String,
+    pub safe_outputs: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Signatory {
+    pub name: String,
+    /// Organisation code of the party the signatory signs for.
+    pub organisation: String,
+    /// e.g. Caldicott Guardian, Senior Information Risk Owner, Data Protection Officer.
+    pub role: String,
+    /// Ed25519 public key, 64 hexadecimal characters (`joinery policy keygen`).
+    pub public_key: String,
+}
+
+/// A point in time written as `YYYY-MM-DD` or RFC 3339. A bare date means the
+/// start of that day (UTC) — [`Agreement::expires`] means the end of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct When {
+    pub start: OffsetDateTime,
+    /// True when written as a bare date.
+    pub date_only: bool,
+}
+
+impl When {
+    pub fn parse(text: &str) -> Option<Self> {
+        use time::format_description::well_known::{Iso8601, Rfc3339};
+        if let Ok(date) = time::Date::parse(text, &Iso8601::DATE)
+            && text.len() == 10
+        {
+            return Some(Self {
+                start: date.midnight().assume_utc(),
+                date_only: true,
+            });
+        }
+        OffsetDateTime::parse(text, &Rfc3339)
+            .ok()
+            .map(|start| Self {
+                start,
+                date_only: false,
+            })
+    }
+
+    /// The last instant covered: the end of the day for a bare date.
+    pub fn end(&self) -> OffsetDateTime {
+        if self.date_only {
+            self.start + time::Duration::days(1) - time::Duration::nanoseconds(1)
+        } else {
+            self.start
+        }
+    }
+}
+
+impl fmt::Display for When {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.date_only {
+            write!(f, "{}", self.start.date())
+        } else {
+            let text = self
+                .start
+                .format(&time::format_description::well_known::Rfc3339)
+                .map_err(|_| fmt::Error)?;
+            f.write_str(&text)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for When {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Self::parse(&text).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "{text:?} is not a date (YYYY-MM-DD) or an RFC 3339 time"
+            ))
+        })
+    }
+}
+
+impl Serialize for When {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl JsonSchema for When {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "When".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "A date (YYYY-MM-DD) or an RFC 3339 time",
+            "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}(T.*)?$"
+        })
+    }
+}

@@ -1,0 +1,308 @@
+//! The policy crate end to end: the shipped examples, line-precise errors and
+//! warnings, the JSON Schema, signatures, validity in time, explain and diff.
+
+use std::path::{Path, PathBuf};
+
+use joinery_policies::check::{Severity, check};
+use joinery_policies::explain::{Format, explain};
+use joinery_policies::model::{Access, Transform};
+use joinery_policies::{Agreement, PolicyError, SignedAgreement, diff::diff, signing};
+use rand::{Rng, SeedableRng};
+use time::OffsetDateTime;
+use time::macros::datetime;
+
+const TODAY: OffsetDateTime = datetime!(2026-11-23 12:00 UTC);
+
+fn examples() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    files
+}
+
+fn example(name: &str) -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("examples")
+            .join(name),
+    )
+    .unwrap()
+}
+
+#[test]
+fn the_shipped_examples_are_valid() {
+    assert_eq!(examples().len(), 3);
+    for path in examples() {
+        let checked = check(&std::fs::read_to_string(&path).unwrap(), TODAY);
+        let errors: Vec<String> = checked.errors().map(ToString::to_string).collect();
+        assert!(errors.is_empty(), "{}: {errors:?}", path.display());
+    }
+}
+
+#[test]
+fn the_shipped_schema_is_the_generated_one() {
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("agreement.schema.json"),
+    )
+    .unwrap();
+    assert_eq!(
+        shipped,
+        joinery_policies::schema(),
+        "regenerate with: joinery policy schema > policies/agreement.schema.json"
+    );
+}
+
+#[test]
+fn errors_point_at_line_and_column_and_say_how_to_fix() {
+    let text = example("minimal.yaml").replace(
+        "  safe_projects: Service planning.",
+        "  safe_projects: Service planning.\n  safe_pizza: yes",
+    );
+    let checked = check(&text, TODAY);
+    let error = checked.errors().next().expect("unknown key is an error");
+    let line = text.lines().position(|l| l.contains("safe_pizza")).unwrap() + 1;
+    assert_eq!(error.at.line, line, "{error}");
+    assert!(error.message.contains("safe_pizza"), "{error}");
+    assert!(!error.help.is_empty());
+
+    // A rule that spans fields: names may only be dropped.
+    let text = example("children-at-risk-stratification.yaml").replacen(
+        "      given_name: drop",
+        "      given_name: keep",
+        1,
+    );
+    let checked = check(&text, TODAY);
+    let error = checked.errors().next().expect("sending a name is an error");
+    let line = text
+        .lines()
+        .position(|l| l.contains("given_name: keep"))
+        .unwrap()
+        + 1;
+    assert_eq!((error.at.line, error.at.column), (line, 7), "{error}");
+    assert!(error.help.contains("drop"), "{error}");
+
+    // A dataset nobody declared.
+    let text = example("minimal.yaml").replace("sends: [referrals]", "sends: [referrals, extras]");
+    assert!(
+        check(&text, TODAY)
+            .errors()
+            .any(|e| e.message.contains("extras"))
+    );
+    // local_id must be pseudonymised.
+    let text = example("minimal.yaml").replace("local_id: pseudonymise", "local_id: keep");
+    assert!(
+        check(&text, TODAY)
+            .errors()
+            .any(|e| e.message.contains("local_id"))
+    );
+}
+
+#[test]
+fn risky_choices_are_warnings() {
+    let text = example("children-at-risk-stratification.yaml")
+        .replacen("      date_of_birth: month", "      date_of_birth: keep", 1)
+        .replacen("      postcode: district", "      postcode: keep", 1)
+        .replacen(
+            "      ethnicity: keep",
+            "      ethnicity: keep\n      case_notes: keep",
+            1,
+        )
+        .replace("minimum_cell_count: 8", "minimum_cell_count: 3")
+        .replace("expires: 2028-12-31", "expires: 2031-12-31");
+    let checked = check(&text, TODAY);
+    assert!(checked.is_valid(), "{:?}", checked.diagnostics);
+    let warnings: Vec<String> = checked.warnings().map(|w| w.message.clone()).collect();
+    for expected in [
+        "day-precision date of birth",
+        "free text",
+        "below 5",
+        "three years",
+    ] {
+        assert!(
+            warnings.iter().any(|w| w.contains(expected)),
+            "no warning about {expected}: {warnings:?}"
+        );
+    }
+    assert!(
+        checked
+            .diagnostics
+            .iter()
+            .all(|d| d.severity == Severity::Warning)
+    );
+}
+
+/// Writes `text` as an agreement whose signatories use fresh keys; returns
+/// (agreement path, key paths).
+fn with_fresh_keys(dir: &Path, text: &str) -> (PathBuf, Vec<PathBuf>) {
+    let mut agreement: Agreement = serde_saphyr::from_str(text).unwrap();
+    let mut keys = Vec::new();
+    for (i, signatory) in agreement.signatories.iter_mut().enumerate() {
+        let key = dir.join(format!("signer{i}.key"));
+        signatory.public_key = signing::keygen(&key).unwrap();
+        keys.push(key);
+    }
+    let path = dir.join("agreement.yaml");
+    std::fs::write(&path, serde_saphyr::to_string(&agreement).unwrap()).unwrap();
+    (path, keys)
+}
+
+fn sign(path: &Path, key: &Path) -> Result<String, PolicyError> {
+    let bytes = std::fs::read(path).unwrap();
+    let agreement: Agreement = serde_saphyr::from_str(&String::from_utf8_lossy(&bytes)).unwrap();
+    signing::sign(path, &agreement, &bytes, key)
+}
+
+#[test]
+fn in_force_only_with_every_signature_over_the_exact_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, keys) =
+        with_fresh_keys(dir.path(), &example("children-at-risk-stratification.yaml"));
+    assert!(matches!(
+        SignedAgreement::load(&path),
+        Err(PolicyError::Unsigned { .. })
+    ));
+    assert_eq!(sign(&path, &keys[0]).unwrap(), "Dr A. Example");
+    sign(&path, &keys[1]).unwrap();
+    let err = SignedAgreement::load(&path).unwrap_err().to_string();
+    assert!(
+        err.contains("C. Example") && !err.contains("Dr A. Example"),
+        "{err}"
+    );
+    sign(&path, &keys[2]).unwrap();
+    let signed = SignedAgreement::load(&path).unwrap();
+    assert_eq!(signed.digest.len(), 64);
+    assert!(signed.may_send("RX9", "camhs_referrals"));
+    assert!(!signed.may_send("RX9", "csc_referrals"));
+
+    // A key that is not a signatory's cannot sign.
+    let stranger = dir.path().join("stranger.key");
+    signing::keygen(&stranger).unwrap();
+    assert!(matches!(
+        sign(&path, &stranger),
+        Err(PolicyError::NotASignatory { .. })
+    ));
+
+    // Any edit after signing breaks it.
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replace("retention_days: 1095", "retention_days: 1096"),
+    )
+    .unwrap();
+    assert!(matches!(
+        SignedAgreement::load(&path),
+        Err(PolicyError::Unsigned { .. })
+    ));
+}
+
+#[test]
+fn in_force_between_valid_from_and_the_end_of_expiry_day() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, keys) = with_fresh_keys(dir.path(), &example("minimal.yaml"));
+    sign(&path, &keys[0]).unwrap();
+    let signed = SignedAgreement::load(&path).unwrap();
+    assert!(signed.in_force_at(datetime!(2026-01-01 00:00 UTC)).is_ok());
+    assert!(signed.in_force_at(datetime!(2027-12-31 23:59 UTC)).is_ok());
+    let expired = signed
+        .in_force_at(datetime!(2028-01-01 00:00 UTC))
+        .unwrap_err()
+        .to_string();
+    assert!(expired.contains("expired"), "{expired}");
+    let early = signed
+        .in_force_at(datetime!(2025-12-31 23:59 UTC))
+        .unwrap_err()
+        .to_string();
+    assert!(early.contains("comes into force"), "{early}");
+}
+
+#[test]
+fn diff_flags_what_widens_access() {
+    let old: Agreement =
+        serde_saphyr::from_str(&example("children-at-risk-stratification.yaml")).unwrap();
+    let mut new = old.clone();
+    new.version = 2;
+    let dataset = new.datasets.get_mut("csc_referrals").unwrap();
+    dataset
+        .fields
+        .insert("date_of_birth".into(), Transform::Keep);
+    dataset.fields.insert("ethnicity".into(), Transform::Drop);
+    dataset.retention_days = 2000;
+    new.outputs.minimum_cell_count = 5;
+    new.roles.get_mut("analyst").unwrap().access = Access::RowLevel;
+    let changes = diff(&old, &new);
+    let widening: Vec<&str> = changes
+        .iter()
+        .filter(|c| c.widens)
+        .map(|c| c.path.as_str())
+        .collect();
+    for path in [
+        "datasets.csc_referrals.fields.date_of_birth",
+        "datasets.csc_referrals.retention_days",
+        "outputs.minimum_cell_count",
+        "roles.analyst.access",
+    ] {
+        assert!(widening.contains(&path), "{path} should widen: {changes:?}");
+    }
+    let narrowing = changes
+        .iter()
+        .find(|c| c.path == "datasets.csc_referrals.fields.ethnicity")
+        .unwrap();
+    assert!(!narrowing.widens);
+    assert!(
+        diff(&old, &old).iter().all(|c| c.path == "version"),
+        "only the version complaint"
+    );
+}
+
+#[test]
+fn explain_in_every_format() {
+    let agreement: Agreement =
+        serde_saphyr::from_str(&example("children-in-care-health-outcomes.yaml")).unwrap();
+    let text = explain(&agreement, Format::Text);
+    assert!(
+        text.contains("lac_episodes") && text.contains("never sent"),
+        "{text}"
+    );
+    assert!(
+        text.contains("replaced by an age band (0-0, 1-4, 5-9, 10-15, 16-17, 18+)"),
+        "{text}"
+    );
+    let markdown = explain(&agreement, Format::Markdown);
+    assert!(markdown.starts_with("# Health outcomes of children in care"));
+    assert!(markdown.contains("| Field | How it is protected |"));
+    let mut hostile = agreement.clone();
+    hostile.title = "<script>alert(1)</script>".into();
+    let html = explain(&hostile, Format::Html);
+    assert!(html.contains("&lt;script&gt;") && !html.contains("<script>"));
+}
+
+#[test]
+fn the_parser_survives_damaged_files() {
+    // A bounded, deterministic stand-in for the cargo-fuzz target in policies/fuzz.
+    let seeds: Vec<Vec<u8>> = examples()
+        .iter()
+        .map(|p| std::fs::read(p).unwrap())
+        .collect();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    for _ in 0..1500 {
+        let mut bytes = seeds[rng.random_range(0..seeds.len())].clone();
+        for _ in 0..rng.random_range(1..8) {
+            let at = rng.random_range(0..bytes.len());
+            match rng.random_range(0..3) {
+                0 => bytes[at] = rng.random(),
+                1 => {
+                    bytes.remove(at);
+                }
+                _ => {
+                    const YAML_SYNTAX: &[u8] = b": -{}[]\n\"'&*!|>#";
+                    bytes.insert(at, YAML_SYNTAX[rng.random_range(0..YAML_SYNTAX.len())]);
+                }
+            }
+        }
+        let _ = check(&String::from_utf8_lossy(&bytes), TODAY);
+    }
+}
