@@ -5,39 +5,19 @@
 
 mod common;
 
+use common::ingest::*;
 use common::*;
 use joinery_crypto::identity::PeerIdentity;
 use joinery_crypto::pki::{CertificateAuthority, Validity};
 use joinery_crypto::tls::TlsFiles;
-use joinery_proto::v1::ingest_client::IngestClient;
 use joinery_proto::v1::query_client::QueryClient;
-use joinery_proto::v1::{
-    Ack, AckStatus, AgencyOverlapRequest, AgentMessage, Batch, BatchBody, CountsRequest,
-    GatewayMessage, Hello, Record, RejectReason, agent_message, gateway_message,
-};
+use joinery_proto::v1::{AckStatus, AgencyOverlapRequest, CountsRequest, RejectReason};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
-use tonic::transport::Channel;
 
 /// Max message size the gateway is started with in these tests.
 const MAX_MESSAGE: usize = 64 * 1024;
-
-fn files(d: &Deployment, cert: (std::path::PathBuf, std::path::PathBuf)) -> TlsFiles {
-    TlsFiles {
-        ca: d.ca(),
-        cert: cert.0,
-        key: cert.1,
-    }
-}
-
-async fn channel(address: &str, config: rustls::ClientConfig) -> Result<Channel, String> {
-    joinery_proto::channel::connect(address, "localhost", config)
-        .await
-        .map_err(|e| e.to_string())
-}
 
 /// A client config trusting the deployment CA but presenting no certificate.
 fn anonymous(d: &Deployment) -> rustls::ClientConfig {
@@ -72,96 +52,6 @@ fn tls12_only(d: &Deployment) -> rustls::ClientConfig {
         .unwrap();
     config.alpn_protocols = vec![b"h2".to_vec()];
     config
-}
-
-fn hello(org: &str) -> Hello {
-    Hello {
-        organisation: org.to_owned(),
-        agreement_id: "test-agreement".to_owned(),
-        agreement_version: 1,
-        agent_version: "test".to_owned(),
-    }
-}
-
-fn batch(seed: u8, records: usize) -> Batch {
-    let body = BatchBody {
-        dataset: "test_dataset".to_owned(),
-        sequence: u64::from(seed),
-        records: (0..records)
-            .map(|i| Record {
-                source_row: i as u64 + 2,
-                local_pseudonym: {
-                    let mut p = vec![seed; 32];
-                    p[..8].copy_from_slice(&(i as u64).to_be_bytes());
-                    p
-                },
-                nhs_pseudonym: vec![],
-                attributes: [("birth_month".to_owned(), "2015-04".to_owned())].into(),
-                events: vec![],
-            })
-            .collect(),
-    };
-    Batch {
-        batch_id: body.digest(),
-        body: Some(body),
-    }
-}
-
-/// An open ingest session: send batches, read acks.
-struct Session {
-    tx: mpsc::Sender<AgentMessage>,
-    rx: tonic::Streaming<GatewayMessage>,
-}
-
-impl Session {
-    async fn open(
-        address: &str,
-        config: rustls::ClientConfig,
-        hello: Hello,
-    ) -> Result<Self, (Code, String)> {
-        let channel = channel(address, config)
-            .await
-            .map_err(|e| (Code::Unavailable, e))?;
-        let (tx, rx) = mpsc::channel(8);
-        tx.send(AgentMessage {
-            kind: Some(agent_message::Kind::Hello(hello)),
-        })
-        .await
-        .unwrap();
-        let mut stream = IngestClient::new(channel)
-            .max_encoding_message_size(usize::MAX)
-            .stream(ReceiverStream::new(rx))
-            .await
-            .map_err(|s| (s.code(), s.message().to_owned()))?
-            .into_inner();
-        match stream.message().await {
-            Ok(Some(GatewayMessage {
-                kind: Some(gateway_message::Kind::Welcome(_)),
-            })) => Ok(Self { tx, rx: stream }),
-            Ok(other) => panic!("expected Welcome, got {other:?}"),
-            Err(s) => Err((s.code(), s.message().to_owned())),
-        }
-    }
-
-    async fn send(&mut self, batch: Batch) -> Result<Ack, (Code, String)> {
-        self.tx
-            .send(AgentMessage {
-                kind: Some(agent_message::Kind::Batch(batch)),
-            })
-            .await
-            .map_err(|_| (Code::Cancelled, "stream closed".to_owned()))?;
-        match self.rx.message().await {
-            Ok(Some(GatewayMessage {
-                kind: Some(gateway_message::Kind::Ack(ack)),
-            })) => Ok(ack),
-            Ok(other) => panic!("expected Ack, got {other:?}"),
-            Err(s) => Err((s.code(), s.message().to_owned())),
-        }
-    }
-}
-
-fn org_config(d: &Deployment, org: &str) -> rustls::ClientConfig {
-    joinery_crypto::tls::client_config(&files(d, d.org_cert(org))).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -218,7 +108,7 @@ async fn handshake_matrix() {
         ("TLS 1.2 only", tls12_only(&d)),
     ];
     for (case, config) in refused {
-        let result = Session::open(&gateway.address, config, hello(CAMHS)).await;
+        let result = Session::open(&gateway.address, config, hello(&d, CAMHS)).await;
         assert!(
             result.is_err(),
             "{case}: the gateway must refuse the session"
@@ -227,7 +117,7 @@ async fn handshake_matrix() {
 
     // Agency A's certificate claiming to be agency B.
     let Err((code, message)) =
-        Session::open(&gateway.address, org_config(&d, CAMHS), hello(SALT)).await
+        Session::open(&gateway.address, org_config(&d, CAMHS), hello(&d, SALT)).await
     else {
         panic!("impersonation must be refused");
     };
@@ -235,7 +125,7 @@ async fn handshake_matrix() {
 
     // An analyst may not deliver data.
     let analyst = joinery_crypto::tls::client_config(&files(&d, d.analyst_cert())).unwrap();
-    let Err((code, _)) = Session::open(&gateway.address, analyst.clone(), hello(CAMHS)).await
+    let Err((code, _)) = Session::open(&gateway.address, analyst.clone(), hello(&d, CAMHS)).await
     else {
         panic!("an analyst certificate must not open an ingest session");
     };
@@ -259,7 +149,7 @@ async fn handshake_matrix() {
         .expect("analyst query");
 
     // The right certificate with an honest Hello works.
-    Session::open(&gateway.address, org_config(&d, CAMHS), hello(CAMHS))
+    Session::open(&gateway.address, org_config(&d, CAMHS), hello(&d, CAMHS))
         .await
         .expect("valid agent session");
 
@@ -278,7 +168,7 @@ async fn batches_are_stored_once_and_bad_batches_rejected() {
         None,
         &["--max-message-bytes", &max, "--metrics-listen", &metrics],
     );
-    let mut session = Session::open(&gateway.address, org_config(&d, SALT), hello(SALT))
+    let mut session = Session::open(&gateway.address, org_config(&d, SALT), hello(&d, SALT))
         .await
         .unwrap();
 
@@ -308,7 +198,7 @@ async fn batches_are_stored_once_and_bad_batches_rejected() {
         bad_month.batch_id = body.digest();
     }
     let ack = session.send(bad_month).await.unwrap();
-    assert_eq!(ack.reason(), RejectReason::InvalidRecord);
+    assert_eq!(ack.reason(), RejectReason::ValueNotAllowed);
     assert!(ack.detail.contains("birth_month"), "{}", ack.detail);
 
     // A batch over the message limit ends the stream with a reason.
@@ -319,7 +209,7 @@ async fn batches_are_stored_once_and_bad_batches_rejected() {
     );
 
     // The same batch over a new session (as after an agent restart) is still stored once.
-    let mut resumed = Session::open(&gateway.address, org_config(&d, SALT), hello(SALT))
+    let mut resumed = Session::open(&gateway.address, org_config(&d, SALT), hello(&d, SALT))
         .await
         .unwrap();
     assert_eq!(
@@ -340,11 +230,11 @@ async fn batches_are_stored_once_and_bad_batches_rejected() {
     // Prometheus sees the same story, by outcome and reason.
     let exposition = http_get(&metrics, "/metrics");
     for expected in [
-        r#"joinery_gateway_batches_total{organisation="RY9",dataset="test_dataset",outcome="committed",reason=""} 1"#,
-        r#"joinery_gateway_batches_total{organisation="RY9",dataset="test_dataset",outcome="duplicate",reason=""} 2"#,
+        r#"joinery_gateway_batches_total{organisation="RY9",dataset="salt_contacts",outcome="committed",reason=""} 1"#,
+        r#"joinery_gateway_batches_total{organisation="RY9",dataset="salt_contacts",outcome="duplicate",reason=""} 2"#,
         r#"outcome="rejected",reason="BATCH_ID_MISMATCH"} 1"#,
-        r#"outcome="rejected",reason="INVALID_RECORD"} 1"#,
-        r#"joinery_gateway_records_stored_total{organisation="RY9",dataset="test_dataset"} 50"#,
+        r#"outcome="rejected",reason="VALUE_NOT_ALLOWED"} 1"#,
+        r#"joinery_gateway_records_stored_total{organisation="RY9",dataset="salt_contacts"} 50"#,
         "joinery_gateway_ack_latency_seconds_count 5",
     ] {
         assert!(
@@ -415,7 +305,7 @@ async fn a_client_that_never_finishes_its_handshake_is_dropped() {
     );
 
     // Meanwhile real agents are served.
-    Session::open(&gateway.address, org_config(&d, CAMHS), hello(CAMHS))
+    Session::open(&gateway.address, org_config(&d, CAMHS), hello(&d, CAMHS))
         .await
         .expect("valid agent session");
     assert!(gateway.log_text().contains("TLS handshake timed out"));

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use common::*;
 
 const MAPPING: &str = "\
-dataset: canary
+dataset: csc_referrals
 fields:
   local_id: Child ID
   nhs_number: NHS Number
@@ -21,7 +21,7 @@ fields:
   sex: Gender
   postcode: Postcode
 events:
-  - type: referral
+  - type: csc_referral
     date: { column: Referral Date, format: dd/mm/yyyy }
 ";
 
@@ -120,7 +120,9 @@ async fn no_identifier_reaches_any_output() {
         ("query output".into(), [query.stdout, query.stderr].concat()),
         ("gateway log".into(), gateway_log.into_bytes()),
     ];
-    let report = d.path(&format!("quarantine/{COUNCIL}/canary.quarantine.csv"));
+    let report = d.path(&format!(
+        "quarantine/{COUNCIL}/csc_referrals.quarantine.csv"
+    ));
     let quarantine = std::fs::read_to_string(&report).unwrap();
     assert!(
         quarantine.lines().count() >= 6,

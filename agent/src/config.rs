@@ -12,8 +12,15 @@ use serde::{Deserialize, Serialize};
 pub struct AgentConfig {
     /// This agency's ODS or local-authority code; must match its certificate.
     pub organisation: String,
-    /// The data-sharing agreement the data is sent under.
-    pub agreement: AgreementRef,
+    /// The signed data-sharing agreement the data is sent under (its
+    /// signatures are read from the same path with `.sig` appended). The
+    /// agent refuses to run on an agreement that is not fully signed or not
+    /// in force, and sends only what it allows.
+    pub agreement: PathBuf,
+    /// The National Data Opt-out list: a file of NHS numbers, one per line.
+    /// Required when the agreement says the opt-out applies.
+    #[serde(default)]
+    pub national_data_opt_out: Option<PathBuf>,
     pub gateway: GatewayEndpoint,
     pub tls: TlsPaths,
     /// File holding the agreement's 256-bit linkage key (hex, mode 0600),
@@ -30,13 +37,6 @@ pub struct AgentConfig {
     pub max_in_flight: usize,
     /// Extracts to read, in order.
     pub sources: Vec<SourceConfig>,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct AgreementRef {
-    pub id: String,
-    pub version: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -103,11 +103,6 @@ impl AgentConfig {
         let mut config: Self = serde_saphyr::from_str(&text).map_err(|e| invalid(e.to_string()))?;
         joinery_crypto::identity::validate_organisation_code(&config.organisation)
             .map_err(|e| invalid(format!("organisation: {e}")))?;
-        if config.agreement.id.is_empty() || config.agreement.version == 0 {
-            return Err(invalid(
-                "agreement: id must be set and version must be 1 or more".to_owned(),
-            ));
-        }
         if config.batch_size == 0 || config.max_in_flight == 0 {
             return Err(invalid(
                 "batch_size and max_in_flight must be 1 or more".to_owned(),
@@ -131,6 +126,10 @@ impl AgentConfig {
         resolve(&mut self.tls.cert);
         resolve(&mut self.tls.key);
         resolve(&mut self.linkage_key);
+        resolve(&mut self.agreement);
+        if let Some(list) = &mut self.national_data_opt_out {
+            resolve(list);
+        }
         resolve(&mut self.quarantine_dir);
         for source in &mut self.sources {
             match source {
@@ -171,7 +170,7 @@ mod tests {
         let path = dir.path().join("agent.yaml");
         std::fs::write(
             &path,
-            "organisation: RGD\nagreement: { id: dsa-1, version: 2 }\n\
+            "organisation: RGD\nagreement: dsa.yaml\n\
              gateway: { address: 'gw.example:7443' }\n\
              tls: { ca: pki/ca.pem, cert: pki/RGD.pem, key: pki/RGD.key }\n\
              linkage_key: linkage.key\n\
@@ -180,6 +179,7 @@ mod tests {
         .unwrap();
         let config = AgentConfig::load(&path).unwrap();
         assert_eq!(config.tls.ca, dir.path().join("pki/ca.pem"));
+        assert_eq!(config.agreement, dir.path().join("dsa.yaml"));
         assert_eq!(config.server_name(), "gw.example");
         assert_eq!(config.batch_size, 1000);
         let SourceConfig::Csv { path: data, .. } = &config.sources[0];
@@ -205,7 +205,7 @@ mod tests {
         assert!(err.contains("surprise"), "{err}");
         std::fs::write(
             &path,
-            "organisation: rgd\nagreement: { id: a, version: 1 }\ngateway: { address: 'h:1' }\n\
+            "organisation: rgd\nagreement: a.yaml\ngateway: { address: 'h:1' }\n\
              tls: { ca: a, cert: b, key: c }\nlinkage_key: k\nsources: [ { kind: csv, path: a, mapping: b } ]\n",
         )
         .unwrap();

@@ -4,14 +4,16 @@
 //! Data flow for one run ([`run`]): [`config`] names the sources; each
 //! [`source`] reads rows and [`mapping`] binds its columns to canonical fields;
 //! [`row`] validates them with [`validate`] (NHS number Modulus 11, postcodes,
-//! dates) and quarantines what cannot be used ([`quarantine`]); [`release`]
-//! pseudonymises and coarsens what may leave; [`batch`] groups records under
+//! dates) and quarantines what cannot be used ([`quarantine`]); [`opt_out`]
+//! withholds people on the National Data Opt-out list; [`release`] sends only
+//! what the signed agreement allows, pseudonymised and coarsened as it says; [`batch`] groups records under
 //! content-digest ids; [`uploader`] streams them over mutual TLS and counts a
 //! batch delivered only when the gateway acknowledges its commit.
 
 pub mod batch;
 pub mod config;
 pub mod mapping;
+pub mod opt_out;
 pub mod quarantine;
 pub mod release;
 pub mod row;

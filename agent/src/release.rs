@@ -1,16 +1,24 @@
-//! What leaves the agent: a canonical row becomes a wire [`Record`] holding
-//! pseudonyms and coarsened attributes only.
+//! What leaves the agent: a canonical row becomes a wire [`Record`] under the
+//! signed agreement's rules for its dataset, and nothing else.
 //!
-//! Until the signed data-sharing agreement drives this (the policy issue),
-//! the release rules are fixed and conservative: the NHS number and the local
-//! id are replaced by keyed HMAC-SHA256 pseudonyms under the agreement's
-//! linkage key; the date of birth becomes its month (`birth_month`, YYYY-MM);
-//! the postcode becomes its district; sex is kept; names are not sent.
+//! The local id (always) and the NHS number (when the agreement says
+//! `pseudonymise`) become keyed HMAC-SHA256 pseudonyms under the agreement's
+//! linkage key. Every other field is sent only if the dataset lists it, in the
+//! form its transform produces ([`joinery_policies::transform`]): a date of
+//! birth as month, year or age band, a postcode as district or sector, codes
+//! through their map. Names never leave. Event types and event attributes the
+//! agreement does not list are not sent.
+
+use std::collections::BTreeMap;
 
 use joinery_crypto::keys::SecretKey;
 use joinery_crypto::pseudonym::{Pseudonym, Pseudonymiser};
+use joinery_policies::model::{Dataset, Transform};
+use joinery_policies::transform::{age_band_of, apply, event_date, wire_name};
 use joinery_proto::v1::{Event, Record};
+use time::Date;
 
+use crate::mapping::Resolved;
 use crate::row::PersonRow;
 
 pub struct Releaser {
@@ -31,54 +39,141 @@ impl Releaser {
         self.local.pseudonymise(local_id.as_bytes())
     }
 
-    pub fn release(&self, row: &PersonRow, line: u64) -> Record {
-        let mut attributes = row.attributes.clone();
-        if let Some(sex) = &row.sex {
-            attributes.insert("sex".to_owned(), sex.clone());
+    /// The record for `row` (read from source line `line`) under `dataset`'s
+    /// rules; `today` is the extraction date for age bands.
+    pub fn release(&self, row: &PersonRow, line: u64, dataset: &Dataset, today: Date) -> Record {
+        let fields = &dataset.fields;
+        let mut attributes = BTreeMap::new();
+        let mut put = |field: &str, value: Option<String>| {
+            if let (Some(transform), Some(value)) = (fields.get(field), value)
+                && let Some(name) = wire_name(field, transform)
+            {
+                attributes.insert(name.to_owned(), value);
+            }
+        };
+        put(
+            "date_of_birth",
+            row.date_of_birth
+                .zip(fields.get("date_of_birth"))
+                .and_then(|(dob, t)| match t {
+                    Transform::AgeBand(bands) => age_band_of(bands, age_on(dob, today)),
+                    Transform::Keep => Some(dob.to_string()),
+                    other => apply(other, &dob.to_string()),
+                }),
+        );
+        put(
+            "postcode",
+            row.postcode
+                .as_ref()
+                .zip(fields.get("postcode"))
+                .and_then(|(p, t)| match t {
+                    Transform::District => Some(p.district().to_owned()),
+                    Transform::Sector => Some(p.sector()),
+                    Transform::Keep => Some(p.normalised()),
+                    _ => None,
+                }),
+        );
+        put(
+            "sex",
+            row.sex
+                .as_ref()
+                .zip(fields.get("sex"))
+                .and_then(|(s, t)| apply(t, s)),
+        );
+        for (name, value) in &row.attributes {
+            put(name, fields.get(name).and_then(|t| apply(t, value)));
         }
-        if let Some(dob) = row.date_of_birth {
-            attributes.insert(
-                "birth_month".to_owned(),
-                format!("{:04}-{:02}", dob.year(), dob.month() as u8),
-            );
-        }
-        if let Some(postcode) = &row.postcode {
-            attributes.insert(
-                "postcode_district".to_owned(),
-                postcode.district().to_owned(),
-            );
-        }
+        let nhs_pseudonym = match (fields.get("nhs_number"), &row.nhs_number) {
+            (Some(Transform::Pseudonymise), Some(n)) => {
+                self.nhs.pseudonymise(n.as_bytes()).to_vec()
+            }
+            _ => Vec::new(),
+        };
+        let events = row
+            .events
+            .iter()
+            .filter_map(|e| {
+                let rule = dataset.events.get(&e.event_type)?;
+                Some(Event {
+                    event_type: e.event_type.clone(),
+                    date: event_date(&rule.date, e.date)?.to_string(),
+                    attributes: e
+                        .attributes
+                        .iter()
+                        .filter_map(|(k, v)| Some((k.clone(), apply(rule.attributes.get(k)?, v)?)))
+                        .collect(),
+                })
+            })
+            .collect();
         Record {
             source_row: line,
             local_pseudonym: self.local_pseudonym(&row.local_id).to_vec(),
-            nhs_pseudonym: row
-                .nhs_number
-                .as_ref()
-                .map(|n| self.nhs.pseudonymise(n.as_bytes()).to_vec())
-                .unwrap_or_default(),
+            nhs_pseudonym,
             attributes,
-            events: row
-                .events
-                .iter()
-                .map(|e| Event {
-                    event_type: e.event_type.clone(),
-                    date: e.date.to_string(),
-                    attributes: e.attributes.clone(),
-                })
-                .collect(),
+            events,
         }
     }
+}
+
+/// Whole years from `born` to `on`.
+fn age_on(born: Date, on: Date) -> u32 {
+    let mut years = on.year() - born.year();
+    if (on.month() as u8, on.day()) < (born.month() as u8, born.day()) {
+        years -= 1;
+    }
+    u32::try_from(years).unwrap_or(0)
+}
+
+/// What a mapping produces that the agreement does not let this dataset send
+/// (reported once per run, so agency IT can tidy the mapping).
+pub fn withheld_by_agreement(mapping: &Resolved, dataset: &Dataset) -> Vec<String> {
+    let listed = |field: &str| {
+        dataset
+            .fields
+            .get(field)
+            .is_some_and(|t| *t != Transform::Drop)
+    };
+    let mut withheld: Vec<String> = [
+        ("nhs_number", mapping.nhs_number.is_some()),
+        ("date_of_birth", mapping.date_of_birth.is_some()),
+        ("sex", mapping.sex.is_some()),
+        ("postcode", mapping.postcode.is_some()),
+    ]
+    .into_iter()
+    .filter(|(field, mapped)| *mapped && !listed(field))
+    .map(|(field, _)| field.to_owned())
+    .collect();
+    withheld.extend(
+        mapping
+            .attributes
+            .iter()
+            .filter(|a| !listed(&a.name))
+            .map(|a| a.name.clone()),
+    );
+    for event in &mapping.events {
+        match dataset.events.get(&event.event_type) {
+            None => withheld.push(format!("{} events", event.event_type)),
+            Some(rule) => withheld.extend(
+                event
+                    .attributes
+                    .iter()
+                    .filter(|a| !rule.attributes.contains_key(&a.name))
+                    .map(|a| format!("{}.{}", event.event_type, a.name)),
+            ),
+        }
+    }
+    withheld
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use joinery_policies::model::EventRule;
     use prost::Message;
     use time::macros::date;
 
-    #[test]
-    fn released_record_holds_no_identifier() {
-        let row = PersonRow {
+    fn row() -> PersonRow {
+        PersonRow {
             local_id: "CHILD-123".into(),
             nhs_number: Some("9434765919".into()),
             given_name: Some("JANE".into()),
@@ -86,15 +181,75 @@ mod tests {
             date_of_birth: Some(date!(2015 - 04 - 03)),
             sex: Some("female".into()),
             postcode: Some(crate::validate::postcode("LS6 2AB").unwrap()),
-            attributes: Default::default(),
-            events: vec![],
-        };
-        let record = Releaser::new(&SecretKey::from_bytes([5; 32])).release(&row, 7);
+            attributes: [
+                ("ethnicity".to_owned(), "WBRI".to_owned()),
+                ("worker".to_owned(), "Bob".to_owned()),
+            ]
+            .into(),
+            events: vec![crate::row::Event {
+                event_type: "referral".into(),
+                date: date!(2024 - 05 - 17),
+                attributes: [
+                    ("source".to_owned(), "1A".to_owned()),
+                    ("notes".to_owned(), "x".to_owned()),
+                ]
+                .into(),
+            }],
+        }
+    }
+
+    fn dataset(fields: &[(&str, Transform)]) -> Dataset {
+        Dataset {
+            description: String::new(),
+            retention_days: 1,
+            fields: fields
+                .iter()
+                .map(|(k, t)| ((*k).to_owned(), t.clone()))
+                .collect(),
+            events: [(
+                "referral".to_owned(),
+                EventRule {
+                    date: Transform::Month,
+                    attributes: [(
+                        "source".to_owned(),
+                        Transform::CodeMap([("1A".to_owned(), "police".to_owned())].into()),
+                    )]
+                    .into(),
+                },
+            )]
+            .into(),
+        }
+    }
+
+    #[test]
+    fn sends_only_what_the_agreement_lists_in_its_form() {
+        let releaser = Releaser::new(&SecretKey::from_bytes([5; 32]));
+        let d = dataset(&[
+            ("local_id", Transform::Pseudonymise),
+            ("nhs_number", Transform::Pseudonymise),
+            ("date_of_birth", Transform::Month),
+            ("postcode", Transform::District),
+            ("sex", Transform::Keep),
+            ("ethnicity", Transform::Keep),
+            ("given_name", Transform::Drop),
+        ]);
+        let record = releaser.release(&row(), 7, &d, date!(2026 - 01 - 01));
+        let keys: Vec<&str> = record.attributes.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            ["birth_month", "ethnicity", "postcode_district", "sex"]
+        );
         assert_eq!(record.attributes["birth_month"], "2015-04");
-        assert_eq!(record.attributes["postcode_district"], "LS6");
         assert_eq!(record.nhs_pseudonym.len(), 32);
-        let wire = record.encode_to_vec();
-        let text = String::from_utf8_lossy(&wire);
+        assert_eq!(
+            record.events[0].date, "2024-05-01",
+            "month precision: day 1"
+        );
+        assert_eq!(
+            record.events[0].attributes,
+            [("source".to_owned(), "police".to_owned())].into()
+        );
+        let wire = String::from_utf8_lossy(&record.encode_to_vec()).into_owned();
         for secret in [
             "CHILD-123",
             "9434765919",
@@ -102,26 +257,29 @@ mod tests {
             "SMITHERSON",
             "2015-04-03",
             "2AB",
+            "Bob",
         ] {
-            assert!(!text.contains(secret), "{secret} leaked");
+            assert!(!wire.contains(secret), "{secret} leaked");
         }
     }
 
     #[test]
-    fn no_nhs_number_means_an_empty_pseudonym() {
-        let row = PersonRow {
-            local_id: "1".into(),
-            nhs_number: None,
-            given_name: None,
-            family_name: None,
-            date_of_birth: None,
-            sex: None,
-            postcode: None,
-            attributes: Default::default(),
-            events: vec![],
-        };
-        let record = Releaser::new(&SecretKey::from_bytes([5; 32])).release(&row, 2);
+    fn other_transforms_and_a_dropped_nhs_number() {
+        let releaser = Releaser::new(&SecretKey::from_bytes([5; 32]));
+        let d = dataset(&[
+            ("local_id", Transform::Pseudonymise),
+            ("nhs_number", Transform::Drop),
+            ("date_of_birth", Transform::AgeBand(vec![0, 5, 11, 16])),
+            ("postcode", Transform::Sector),
+        ]);
+        let record = releaser.release(&row(), 7, &d, date!(2026 - 04 - 02));
         assert!(record.nhs_pseudonym.is_empty());
-        assert!(record.attributes.is_empty());
+        assert_eq!(
+            record.attributes["age_band"], "5-10",
+            "aged 10 the day before the birthday"
+        );
+        assert_eq!(record.attributes["postcode_sector"], "LS6 2");
+        assert_eq!(record.attributes.len(), 2);
+        assert_eq!(age_on(date!(2015 - 04 - 03), date!(2026 - 04 - 03)), 11);
     }
 }

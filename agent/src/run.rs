@@ -12,15 +12,19 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use joinery_crypto::keys::SecretKey;
+use joinery_policies::SignedAgreement;
+use joinery_policies::model::{Dataset, OptOut};
 use joinery_proto::v1::{AckStatus, Batch, Hello, RejectReason};
+use time::Date;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::batch::Batcher;
 use crate::config::{AgentConfig, SourceConfig};
 use crate::mapping::Mapping;
+use crate::opt_out::OptOutList;
 use crate::quarantine::{QUARANTINED, QuarantineReport, SENT_WITH_WARNING};
-use crate::release::Releaser;
+use crate::release::{Releaser, withheld_by_agreement};
 use crate::row::RowOutcome;
 use crate::source::csv::CsvSource;
 use crate::uploader::{Acked, Uploader};
@@ -46,6 +50,12 @@ pub enum AgentError {
     },
     #[error("the reader thread failed: {0}")]
     Reader(String),
+    #[error(transparent)]
+    Agreement(#[from] joinery_policies::PolicyError),
+    #[error(transparent)]
+    OptOut(#[from] crate::opt_out::OptOutError),
+    #[error("{0}")]
+    NotAllowed(String),
 }
 
 /// What happened to one source.
@@ -66,6 +76,10 @@ pub struct SourceSummary {
     /// Rows sent with a value dropped, by reason.
     pub warnings: BTreeMap<String, u64>,
     pub quarantine_report: PathBuf,
+    /// Rows withheld because the person is on the National Data Opt-out list.
+    pub opted_out: u64,
+    /// What the mapping reads but the agreement does not let this dataset send.
+    pub withheld_fields: Vec<String>,
     /// Time from sending each batch to its ack.
     pub ack_latencies: Vec<Duration>,
 }
@@ -118,24 +132,62 @@ pub async fn run(config: &AgentConfig, progress: Progress) -> Result<RunSummary,
 async fn run_sources(config: &AgentConfig, progress: Progress) -> Result<RunSummary, AgentError> {
     let key = SecretKey::load(&config.linkage_key)?;
     let tls = joinery_crypto::tls::client_config(&config.tls_files())?;
-    let today = time::OffsetDateTime::now_utc().date();
+    let now = time::OffsetDateTime::now_utc();
+    let today = now.date();
 
-    // Bind every mapping to its file before anything is sent.
+    // The agreement: fully signed, in force, and naming this organisation.
+    let signed = SignedAgreement::load(&config.agreement)?;
+    signed.in_force_at(now)?;
+    let agreement = &signed.agreement;
+    let opt_out = match (
+        agreement.national_data_opt_out,
+        &config.national_data_opt_out,
+    ) {
+        (OptOut::Applies, Some(path)) => Some(Arc::new(OptOutList::load(path)?)),
+        (OptOut::Applies, None) => {
+            return Err(AgentError::NotAllowed(format!(
+                "agreement {} version {} says the National Data Opt-out applies: set national_data_opt_out to the opt-out list",
+                agreement.id, agreement.version
+            )));
+        }
+        (OptOut::DoesNotApply, _) => None,
+    };
+
+    // Bind every mapping to its file, and check the agreement lets this
+    // organisation send each dataset, before anything is sent.
     let mut opened = Vec::new();
     for source in &config.sources {
         let SourceConfig::Csv { path, mapping } = source;
         let map = Mapping::load(mapping)?;
+        if !signed.may_send(&config.organisation, &map.dataset) {
+            return Err(AgentError::NotAllowed(format!(
+                "agreement {} version {} does not let {} send dataset {} (mapping {})",
+                agreement.id,
+                agreement.version,
+                config.organisation,
+                map.dataset,
+                mapping.display()
+            )));
+        }
         let reader = CsvSource::open(path, &map, mapping, today)?;
-        opened.push((path.clone(), map.dataset.clone(), reader));
+        let dataset = agreement
+            .datasets
+            .get(&map.dataset)
+            .cloned()
+            .ok_or_else(|| {
+                AgentError::NotAllowed(format!("dataset {} is not in the agreement", map.dataset))
+            })?;
+        opened.push((path.clone(), map.dataset.clone(), dataset, reader));
     }
 
     let channel =
         joinery_proto::channel::connect(&config.gateway.address, config.server_name(), tls).await?;
     let hello = Hello {
         organisation: config.organisation.clone(),
-        agreement_id: config.agreement.id.clone(),
-        agreement_version: config.agreement.version,
+        agreement_id: agreement.id.clone(),
+        agreement_version: agreement.version,
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        agreement_digest: signed.digest.clone(),
     };
     let mut uploader: Uploader<usize> =
         Uploader::open(channel, hello, config.max_in_flight).await?;
@@ -144,8 +196,12 @@ async fn run_sources(config: &AgentConfig, progress: Progress) -> Result<RunSumm
     let releaser = Arc::new(Releaser::new(&key));
     let mut summaries = Vec::new();
 
-    for (index, (path, dataset, reader)) in opened.into_iter().enumerate() {
+    for (index, (path, dataset, rules, reader)) in opened.into_iter().enumerate() {
         tracing::info!(source = %path.display(), %dataset, "reading source");
+        let withheld_fields = withheld_by_agreement(reader.mapping(), &rules);
+        if !withheld_fields.is_empty() {
+            tracing::info!(%dataset, withheld = ?withheld_fields, "mapped fields the agreement does not allow are not sent");
+        }
         let report = QuarantineReport::create(&config.quarantine_dir, &dataset, &path).map_err(
             |source| AgentError::Quarantine {
                 path: config.quarantine_dir.clone(),
@@ -154,9 +210,14 @@ async fn run_sources(config: &AgentConfig, progress: Progress) -> Result<RunSumm
         )?;
         let batcher = Batcher::new(&dataset, config.batch_size, max_batch_bytes);
         let (tx, mut rx) = mpsc::channel::<Batch>(config.max_in_flight);
-        let releaser = releaser.clone();
+        let releasing = Releasing {
+            releaser: releaser.clone(),
+            dataset: rules,
+            today,
+            opt_out: opt_out.clone(),
+        };
         let reading = tokio::task::spawn_blocking(move || {
-            read_source(reader, &releaser, batcher, report, tx, progress)
+            read_source(reader, &releasing, batcher, report, tx, progress)
         });
         let mut acked = Vec::new();
         let sending = async {
@@ -173,6 +234,7 @@ async fn run_sources(config: &AgentConfig, progress: Progress) -> Result<RunSumm
             .map_err(|e| AgentError::Reader(e.to_string()))??;
         summary.source = path;
         summary.dataset = dataset;
+        summary.withheld_fields = withheld_fields;
         summaries.push(summary);
         tally(&mut summaries, acked);
     }
@@ -203,11 +265,20 @@ fn tally(summaries: &mut [SourceSummary], acked: Vec<Acked<usize>>) {
     }
 }
 
+/// How rows of one source are released.
+struct Releasing {
+    releaser: Arc<Releaser>,
+    dataset: Dataset,
+    today: Date,
+    opt_out: Option<Arc<OptOutList>>,
+}
+
 /// Reads every row of one source (on a blocking thread), quarantining what
-/// cannot be used and sending full batches down `tx`.
+/// cannot be used, withholding opted-out people, and sending full batches
+/// down `tx`.
 fn read_source(
     mut reader: CsvSource,
-    releaser: &Releaser,
+    releasing: &Releasing,
     mut batcher: Batcher,
     mut report: QuarantineReport,
     tx: mpsc::Sender<Batch>,
@@ -253,8 +324,24 @@ fn read_source(
                         .write(row.line, SENT_WITH_WARNING, problem)
                         .map_err(quarantine_err(report.path()))?;
                 }
+                let opted_out = person.nhs_number.as_deref().is_some_and(|n| {
+                    releasing
+                        .opt_out
+                        .as_ref()
+                        .is_some_and(|list| list.contains(n))
+                });
+                if opted_out {
+                    summary.opted_out += 1;
+                    continue;
+                }
                 summary.records_sent += 1;
-                if let Some(batch) = batcher.push(releaser.release(&person, row.line))
+                let record = releasing.releaser.release(
+                    &person,
+                    row.line,
+                    &releasing.dataset,
+                    releasing.today,
+                );
+                if let Some(batch) = batcher.push(record)
                     && !send(batch)
                 {
                     break;

@@ -17,6 +17,9 @@ pub struct GatewayConfig {
     /// The gateway's re-keying key; `None` for `data_dir/gateway.key`,
     /// created on first start. Every gateway of one deployment must share it.
     pub key_file: Option<PathBuf>,
+    /// Signed agreements to enforce (`*.yaml` with `.sig`); `None` for
+    /// `data_dir/agreements`.
+    pub agreements_dir: Option<PathBuf>,
     pub tls: TlsFiles,
     pub limits: Limits,
 }
@@ -50,6 +53,12 @@ impl GatewayConfig {
         self.database_url
             .clone()
             .unwrap_or_else(|| crate::storage::Storage::sqlite_url(&self.data_dir))
+    }
+
+    pub fn agreements_dir(&self) -> PathBuf {
+        self.agreements_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("agreements"))
     }
 
     pub fn key_file(&self) -> PathBuf {

@@ -2,11 +2,16 @@
 //! only after it is durably committed.
 //!
 //! A session is one bidirectional stream. The caller's organisation comes from
-//! its certificate; the `Hello` must name the same organisation or the session
-//! ends with PERMISSION_DENIED. Each batch is checked (its id is the digest of
-//! its content; records are well-formed and carry no raw dates of birth),
-//! re-keyed, and committed in one transaction; a batch the organisation has
-//! delivered before is acknowledged as DUPLICATE and not stored again.
+//! its certificate; the `Hello` must name the same organisation (else
+//! PERMISSION_DENIED) and a signed agreement the gateway holds, by id, version
+//! and digest, that is in force and lists the organisation as a party (else
+//! FAILED_PRECONDITION or PERMISSION_DENIED). Each batch is checked — its id is
+//! the digest of its content; the agreement is still in force; the sender may
+//! send the dataset; every attribute and event is one the agreement allows, in
+//! the form its transform produces — then re-keyed and committed in one
+//! transaction. A violation rejects the whole batch and nothing of it is
+//! stored; a batch the organisation has delivered before is acknowledged as
+//! DUPLICATE and not stored again.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -14,16 +19,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::Stream;
+use joinery_policies::SignedAgreement;
+use joinery_policies::enforce::{DatasetRules, Violation};
 use joinery_proto::v1::ingest_server::Ingest;
 use joinery_proto::v1::{
     Ack, AckStatus, AgentMessage, Batch, BatchBody, GatewayMessage, Hello, RejectReason, Welcome,
     agent_message, gateway_message,
 };
+use time::OffsetDateTime;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
+use crate::agreements::Agreements;
 use crate::metrics;
 use crate::peer;
 use crate::rekey::Rekeyer;
@@ -44,14 +53,21 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct IngestService {
     storage: Storage,
     rekeyer: Rekeyer,
+    agreements: Agreements,
     max_batch_bytes: usize,
 }
 
 impl IngestService {
-    pub fn new(storage: Storage, rekeyer: Rekeyer, max_batch_bytes: usize) -> Self {
+    pub fn new(
+        storage: Storage,
+        rekeyer: Rekeyer,
+        agreements: Agreements,
+        max_batch_bytes: usize,
+    ) -> Self {
         Self {
             storage,
             rekeyer,
+            agreements,
             max_batch_bytes,
         }
     }
@@ -61,8 +77,7 @@ impl IngestService {
 #[derive(Clone)]
 struct Session {
     organisation: String,
-    agreement_id: String,
-    agreement_version: u32,
+    agreement: Arc<SignedAgreement>,
 }
 
 type AckStream = Pin<Box<dyn Stream<Item = Result<GatewayMessage, Status>> + Send>>;
@@ -92,15 +107,15 @@ impl Ingest for IngestService {
                 return Err(Status::deadline_exceeded("no Hello within 30 seconds"));
             }
         };
-        let session = open_session(&organisation, &hello).inspect_err(|status| {
+        let session = open_session(&self.agreements, &organisation, &hello).inspect_err(|status| {
             metrics::session("refused");
             tracing::warn!(%organisation, code = ?status.code(), reason = status.message(), "ingest session refused");
         })?;
         metrics::session("opened");
         tracing::info!(
             organisation = %session.organisation,
-            agreement = %session.agreement_id,
-            version = session.agreement_version,
+            agreement = %session.agreement.agreement.id,
+            version = session.agreement.agreement.version,
             agent = %hello.agent_version,
             "ingest session opened"
         );
@@ -120,8 +135,8 @@ impl Ingest for IngestService {
         let span = tracing::info_span!(
             "ingest_session",
             organisation = %session.organisation,
-            agreement = %session.agreement_id,
-            agreement_version = session.agreement_version,
+            agreement = %session.agreement.agreement.id,
+            agreement_version = session.agreement.agreement.version,
         );
         let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
         let session_task = async move {
@@ -179,22 +194,48 @@ impl Ingest for IngestService {
     }
 }
 
-fn open_session(organisation: &str, hello: &Hello) -> Result<Session, Status> {
+fn open_session(
+    agreements: &Agreements,
+    organisation: &str,
+    hello: &Hello,
+) -> Result<Session, Status> {
     if hello.organisation != organisation {
         return Err(Status::permission_denied(format!(
             "certificate is for organisation {organisation} but Hello claims {:?}",
             hello.organisation
         )));
     }
-    if hello.agreement_id.is_empty() || hello.agreement_version == 0 {
-        return Err(Status::invalid_argument(
-            "Hello must name the data-sharing agreement (id and version)",
-        ));
+    let agreement = agreements
+        .get(&hello.agreement_id, hello.agreement_version)
+        .ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "the gateway holds no signed agreement {:?} version {}",
+                hello.agreement_id, hello.agreement_version
+            ))
+        })?;
+    if agreement.digest != hello.agreement_digest {
+        return Err(Status::failed_precondition(format!(
+            "agent and gateway hold different texts of agreement {} version {} (digests differ); both must use the same signed file",
+            hello.agreement_id, hello.agreement_version
+        )));
+    }
+    agreement
+        .in_force_at(OffsetDateTime::now_utc())
+        .map_err(|e| Status::failed_precondition(e.to_string()))?;
+    if !agreement
+        .agreement
+        .parties
+        .iter()
+        .any(|p| p.organisation == organisation)
+    {
+        return Err(Status::permission_denied(format!(
+            "organisation {organisation} is not a party to agreement {} version {}",
+            hello.agreement_id, hello.agreement_version
+        )));
     }
     Ok(Session {
         organisation: organisation.to_owned(),
-        agreement_id: hello.agreement_id.clone(),
-        agreement_version: hello.agreement_version,
+        agreement: agreement.clone(),
     })
 }
 
@@ -269,12 +310,24 @@ fn prepare(
     batch_id: &str,
     body: BatchBody,
 ) -> Result<NewBatch, Rejection> {
-    if !is_name(&body.dataset) {
+    let signed = &session.agreement;
+    if let Err(e) = signed.in_force_at(OffsetDateTime::now_utc()) {
+        return Err((RejectReason::AgreementNotInForce, e.to_string()));
+    }
+    if !signed.may_send(&session.organisation, &body.dataset) {
         return Err((
-            RejectReason::InvalidRecord,
-            "dataset name must be 1-64 of a-z, 0-9 and _".to_owned(),
+            RejectReason::DatasetNotAllowed,
+            format!(
+                "organisation {} does not send dataset {:?} under agreement {} version {}",
+                session.organisation, body.dataset, signed.agreement.id, signed.agreement.version
+            ),
         ));
     }
+    let dataset = signed.agreement.datasets.get(&body.dataset).ok_or((
+        RejectReason::DatasetNotAllowed,
+        "dataset not in the agreement".to_owned(),
+    ))?;
+    let rules = DatasetRules::new(dataset);
     if body.records.is_empty() {
         return Err((RejectReason::EmptyBatch, "batch has no records".to_owned()));
     }
@@ -284,12 +337,19 @@ fn prepare(
         .enumerate()
         .map(|(index, record)| {
             let row = record.source_row;
-            prepare_record(rekeyer, &session.organisation, record).map_err(|detail| {
-                (
-                    RejectReason::InvalidRecord,
-                    format!("record {index} (source row {row}): {detail}"),
+            let at = |detail: String| format!("record {index} (source row {row}): {detail}");
+            rules
+                .check(
+                    &record.attributes,
+                    !record.nhs_pseudonym.is_empty(),
+                    record
+                        .events
+                        .iter()
+                        .map(|e| (e.event_type.as_str(), e.date.as_str(), &e.attributes)),
                 )
-            })
+                .map_err(|violation| (reason_for(&violation), at(violation.to_string())))?;
+            prepare_record(rekeyer, &session.organisation, record)
+                .map_err(|detail| (RejectReason::InvalidRecord, at(detail)))
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(NewBatch {
@@ -297,12 +357,24 @@ fn prepare(
         batch_id: batch_id.to_owned(),
         dataset: body.dataset,
         sequence: body.sequence,
-        agreement_id: session.agreement_id.clone(),
-        agreement_version: session.agreement_version,
+        agreement_id: signed.agreement.id.clone(),
+        agreement_version: signed.agreement.version,
         records,
     })
 }
 
+fn reason_for(violation: &Violation) -> RejectReason {
+    match violation {
+        Violation::FieldNotAllowed(_) | Violation::NhsNotAllowed => RejectReason::FieldNotAllowed,
+        Violation::ValueNotAllowed(_) => RejectReason::ValueNotAllowed,
+        Violation::EventNotAllowed(_) | Violation::EventDateTooPrecise(_) => {
+            RejectReason::EventNotAllowed
+        }
+    }
+}
+
+/// Re-keys a record that has passed the agreement's rules (which fix every
+/// attribute's name and form) into what storage keeps.
 fn prepare_record(
     rekeyer: &Rekeyer,
     organisation: &str,
@@ -315,40 +387,18 @@ fn prepare_record(
         return Err("NHS pseudonym must be empty or 32 bytes".to_owned());
     }
     let mut attributes = record.attributes;
-    for key in attributes.keys() {
-        if !is_name(key) {
-            return Err("attribute names must be 1-64 of a-z, 0-9 and _".to_owned());
-        }
-    }
     let sex = attributes.remove(SEX);
     let birth_month = attributes.remove(BIRTH_MONTH);
-    if birth_month
-        .as_deref()
-        .is_some_and(|month| !is_year_month(month))
-    {
-        return Err("birth_month must be YYYY-MM".to_owned());
-    }
     let postcode_district = attributes.remove(POSTCODE_DISTRICT);
     let events = record
         .events
         .into_iter()
-        .map(|event| {
-            if !is_name(&event.event_type) {
-                return Err("event type must be 1-64 of a-z, 0-9 and _".to_owned());
-            }
-            if !is_iso_date(&event.date) {
-                return Err(format!(
-                    "{} event date must be YYYY-MM-DD",
-                    event.event_type
-                ));
-            }
-            Ok(NewEvent {
-                event_type: event.event_type,
-                event_date: event.date,
-                attributes: to_json(&event.attributes),
-            })
+        .map(|event| NewEvent {
+            event_type: event.event_type,
+            event_date: event.date,
+            attributes: to_json(&event.attributes),
         })
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect();
     let identity = rekeyer.identify(organisation, &record.local_pseudonym, &record.nhs_pseudonym);
     Ok(NewRecord {
         person_id: identity.person_id,
@@ -368,39 +418,9 @@ fn to_json(map: &BTreeMap<String, String>) -> String {
     serde_json::to_string(map).unwrap_or_else(|_| "{}".to_owned())
 }
 
-fn is_name(s: &str) -> bool {
-    (1..=64).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-}
-
-fn is_year_month(s: &str) -> bool {
-    time::Date::parse(
-        &format!("{s}-01"),
-        &time::format_description::well_known::Iso8601::DATE,
-    )
-    .is_ok()
-        && s.len() == 7
-}
-
-fn is_iso_date(s: &str) -> bool {
-    s.len() == 10
-        && time::Date::parse(s, &time::format_description::well_known::Iso8601::DATE).is_ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn date_shapes() {
-        assert!(is_year_month("2015-02"));
-        assert!(!is_year_month("2015-13"));
-        assert!(!is_year_month("2015-02-01"));
-        assert!(is_iso_date("2020-02-29"));
-        assert!(!is_iso_date("2021-02-29"));
-        assert!(!is_iso_date("01/02/2020"));
-    }
 
     #[test]
     fn hello_must_name_the_certificate_organisation() {
@@ -409,11 +429,12 @@ mod tests {
             agreement_id: "dsa".into(),
             agreement_version: 1,
             agent_version: "t".into(),
+            agreement_digest: String::new(),
         };
-        assert_eq!(
-            open_session("E08000035", &hello).err().unwrap().code(),
-            tonic::Code::PermissionDenied
-        );
-        assert!(open_session("RGD", &hello).is_ok());
+        let none = Agreements::default();
+        let code = |org| open_session(&none, org, &hello).err().unwrap().code();
+        assert_eq!(code("E08000035"), tonic::Code::PermissionDenied);
+        // The right organisation, but an agreement the gateway does not hold.
+        assert_eq!(code("RGD"), tonic::Code::FailedPrecondition);
     }
 }

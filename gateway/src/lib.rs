@@ -2,12 +2,14 @@
 //!
 //! Data flow: [`listener`] accepts a TCP connection and completes a TLS 1.3
 //! handshake with a required client certificate; [`peer`] reads who it is;
-//! [`ingest`] checks each batch, [`rekey`] replaces the agents' pseudonyms with
+//! [`ingest`] checks each batch against the signed agreement it is sent under
+//! ([`agreements`]), [`rekey`] replaces the agents' pseudonyms with
 //! the gateway's own and links records exactly on the NHS pseudonym, and
 //! [`storage`] (the only module that speaks SQL) commits it once before the
 //! ack goes back. [`query`] answers analysts through [`disclosure`].
 //! [`server`] wires it together; [`metrics`] names what is measured.
 
+pub mod agreements;
 pub mod config;
 pub mod disclosure;
 pub mod ingest;

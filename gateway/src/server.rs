@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tonic::transport::Server;
 
+use crate::agreements::Agreements;
 use crate::config::GatewayConfig;
 use crate::disclosure::DisclosureRule;
 use crate::ingest::IngestService;
@@ -32,6 +33,8 @@ pub enum GatewayError {
     #[error(transparent)]
     Key(#[from] joinery_crypto::keys::KeyError),
     #[error(transparent)]
+    Agreements(#[from] crate::agreements::AgreementsError),
+    #[error(transparent)]
     Tls(#[from] joinery_crypto::tls::TlsError),
     #[error("cannot listen on {address}: {source}")]
     Bind {
@@ -49,6 +52,7 @@ pub struct Gateway {
     acceptor: TlsAcceptor,
     storage: Storage,
     rekeyer: Rekeyer,
+    agreements: Agreements,
 }
 
 impl Gateway {
@@ -59,6 +63,10 @@ impl Gateway {
             path: config.data_dir.clone(),
             source,
         })?;
+        let agreements = Agreements::load_dir(&config.agreements_dir())?;
+        if agreements.is_empty() {
+            tracing::warn!(directory = %config.agreements_dir().display(), "no signed agreements loaded: every ingest session will be refused");
+        }
         let storage = Storage::open(&config.database_url()).await?;
         let key = SecretKey::load_or_create(&config.key_file())?;
         let tls = joinery_crypto::tls::server_config(&config.tls)?;
@@ -75,6 +83,7 @@ impl Gateway {
             config,
             listener,
             storage,
+            agreements,
         })
     }
 
@@ -95,6 +104,7 @@ impl Gateway {
         let ingest = IngestServer::new(IngestService::new(
             self.storage.clone(),
             self.rekeyer.clone(),
+            self.agreements.clone(),
             limits.max_message_bytes,
         ))
         .max_decoding_message_size(limits.max_message_bytes);

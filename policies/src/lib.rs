@@ -5,11 +5,12 @@
 //! and verifies it with Ed25519; [`explain`] renders it for a board paper and
 //! [`diff`] shows what a new version changes. [`transform`] defines what each
 //! field transform means on the wire, for the agent that applies it and the
-//! gateway that checks it. [`SignedAgreement`] is what both ends load: an
+//! gateway that checks it ([`enforce`]). [`SignedAgreement`] is what both ends load: an
 //! agreement that parses, passes every rule and carries every signature.
 
 pub mod check;
 pub mod diff;
+pub mod enforce;
 pub mod explain;
 pub mod locate;
 pub mod model;

@@ -61,6 +61,15 @@ pub fn print_summary(organisation: &str, summary: &RunSummary) {
         for (reason, count) in &s.warnings {
             println!("    warning     {count:>6}  {reason}");
         }
+        if s.opted_out > 0 {
+            println!("    withheld {:>6}  National Data Opt-out", s.opted_out);
+        }
+        if !s.withheld_fields.is_empty() {
+            println!(
+                "    not sent (the agreement does not allow them): {}",
+                s.withheld_fields.join(", ")
+            );
+        }
         for (reason, count) in &s.batches_rejected {
             println!("    rejected batches {count:>3}  {reason}");
         }

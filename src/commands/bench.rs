@@ -13,14 +13,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Subcommand;
-use joinery_agent::AgentConfig;
-use joinery_agent::config::{AgreementRef, GatewayEndpoint, SourceConfig, TlsPaths};
 use joinery_agent::release::Releaser;
 use joinery_agent::row::RowOutcome;
 use joinery_agent::source::csv::CsvSource;
 use joinery_crypto::identity::PeerIdentity;
 use joinery_crypto::keys::SecretKey;
 use joinery_crypto::pki::{CertificateAuthority, Validity};
+
+use crate::commands::demo::{agent_config, write_signed_agreement};
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
@@ -63,6 +63,8 @@ impl BenchCommand {
             &pki.join("agents"),
         )?;
         SecretKey::generate()?.save(&root.join("linkage.key"))?;
+        let agreement = write_signed_agreement(&root.join("agreements"))?;
+        std::fs::write(root.join("opt-out.txt"), "")?;
 
         // The council layout has about 1.1 rows per child.
         let reference = time::OffsetDateTime::now_utc().date();
@@ -74,7 +76,7 @@ impl BenchCommand {
             extract.display()
         );
 
-        pseudonymisation_rate(extract, mapping, &root.join("linkage.key"))?;
+        pseudonymisation_rate(extract, mapping, &root.join("linkage.key"), &agreement)?;
 
         let mut targets = vec![("SQLite", None)];
         if let Some(url) = postgres_url {
@@ -82,8 +84,18 @@ impl BenchCommand {
         }
         for (name, url) in targets {
             let data_dir = root.join(format!("gateway-{}", name.to_lowercase()));
-            let mut gateway = GatewayProcess::start(&pki, &data_dir, url.as_deref())?;
-            let config = agent_config(root, &gateway.address, extract, mapping, batch_size);
+            let mut gateway =
+                GatewayProcess::start(&pki, &data_dir, &root.join("agreements"), url.as_deref())?;
+            let mut config = agent_config(
+                root,
+                ORG,
+                &gateway.address,
+                &agreement,
+                &root.join("linkage.key"),
+                extract,
+                mapping,
+            );
+            config.batch_size = batch_size;
             let started = Instant::now();
             let summary = joinery_agent::run(&config, joinery_agent::Progress::Quiet).await?;
             let elapsed = started.elapsed();
@@ -112,8 +124,19 @@ impl BenchCommand {
 }
 
 /// Read, validate and pseudonymise every row on one core, without sending.
-fn pseudonymisation_rate(extract: &Path, mapping: &Path, key: &Path) -> anyhow::Result<()> {
+fn pseudonymisation_rate(
+    extract: &Path,
+    mapping: &Path,
+    key: &Path,
+    agreement: &Path,
+) -> anyhow::Result<()> {
     let map = joinery_agent::mapping::Mapping::load(mapping)?;
+    let agreement = joinery_policies::SignedAgreement::load(agreement)?;
+    let dataset = agreement
+        .agreement
+        .datasets
+        .get(&map.dataset)
+        .context("the agreement has no dataset for this mapping")?;
     let releaser = Releaser::new(&SecretKey::load(key)?);
     let today = time::OffsetDateTime::now_utc().date();
     let started = Instant::now();
@@ -121,7 +144,7 @@ fn pseudonymisation_rate(extract: &Path, mapping: &Path, key: &Path) -> anyhow::
     let mut released = 0usize;
     while let Some(row) = source.next_row() {
         if let RowOutcome::Valid { row: person, .. } = row?.outcome {
-            std::hint::black_box(releaser.release(&person, 0));
+            std::hint::black_box(releaser.release(&person, 0, dataset, today));
             released += 1;
         }
     }
@@ -148,40 +171,6 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-fn agent_config(
-    root: &Path,
-    address: &str,
-    extract: &Path,
-    mapping: &Path,
-    batch_size: usize,
-) -> AgentConfig {
-    let agents = root.join("pki").join("agents");
-    AgentConfig {
-        organisation: ORG.to_owned(),
-        agreement: AgreementRef {
-            id: "bench".to_owned(),
-            version: 1,
-        },
-        gateway: GatewayEndpoint {
-            address: address.to_owned(),
-            server_name: Some("localhost".to_owned()),
-        },
-        tls: TlsPaths {
-            ca: root.join("pki").join("ca.pem"),
-            cert: agents.join(format!("{ORG}.pem")),
-            key: agents.join(format!("{ORG}.key")),
-        },
-        linkage_key: root.join("linkage.key"),
-        quarantine_dir: root.join("quarantine"),
-        batch_size,
-        max_in_flight: 4,
-        sources: vec![SourceConfig::Csv {
-            path: extract.to_owned(),
-            mapping: mapping.to_owned(),
-        }],
-    }
-}
-
 /// The gateway as its own process, so its memory is measured on its own.
 struct GatewayProcess {
     child: std::process::Child,
@@ -189,11 +178,18 @@ struct GatewayProcess {
 }
 
 impl GatewayProcess {
-    fn start(pki: &Path, data_dir: &PathBuf, database_url: Option<&str>) -> anyhow::Result<Self> {
+    fn start(
+        pki: &Path,
+        data_dir: &PathBuf,
+        agreements: &Path,
+        database_url: Option<&str>,
+    ) -> anyhow::Result<Self> {
         let mut command = Command::new(std::env::current_exe()?);
         command
             .args(["gateway", "serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
+            .arg("--agreements")
+            .arg(agreements)
             .arg("--tls-ca")
             .arg(pki.join("ca.pem"))
             .arg("--tls-cert")

@@ -1,7 +1,9 @@
 //! `joinery demo`: the whole system on this machine, in one command.
 //!
 //! In a fresh directory: a deployment CA with gateway, agency and analyst
-//! certificates; a linkage key; synthetic extracts for three agencies; a
+//! certificates; a linkage key; the example council + CAMHS + SALT
+//! data-sharing agreement signed by three signatories with fresh keys;
+//! synthetic extracts for three agencies; a
 //! gateway on SQLite listening on 127.0.0.1; one agent per agency delivering
 //! over mutual TLS at the same time; then, as an analyst, the table of
 //! children known to 1, 2 or 3+ agencies by age band, disclosure-controlled.
@@ -14,19 +16,20 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Args;
 use joinery_agent::AgentConfig;
-use joinery_agent::config::{AgreementRef, GatewayEndpoint, SourceConfig, TlsPaths};
+use joinery_agent::config::{GatewayEndpoint, SourceConfig, TlsPaths};
 use joinery_crypto::identity::PeerIdentity;
 use joinery_crypto::keys::SecretKey;
 use joinery_crypto::pki::{CertificateAuthority, Validity};
 use joinery_crypto::tls::TlsFiles;
 use joinery_gateway::{Gateway, GatewayConfig, Limits};
+use joinery_policies::model::When;
+use joinery_policies::{Agreement, signing};
 use joinery_proto::v1::{AgencyOverlapRequest, CountsRequest};
 
 use crate::commands::agent::print_summary;
 use crate::commands::query::{connect, print_counts, print_overlap};
 
 const ANALYST: &str = "demo-analyst";
-const AGREEMENT_ID: &str = "demo-children-partnership";
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -78,9 +81,17 @@ impl DemoArgs {
         )?;
         let linkage_key = dir.join("keys").join("linkage.key");
         SecretKey::generate()?.save(&linkage_key)?;
+        let agreement = write_signed_agreement(&dir.join("agreements"))?;
+        // The National Data Opt-out applies under this agreement; nobody in
+        // the synthetic population has opted out.
+        std::fs::write(dir.join("opt-out.txt"), "# National Data Opt-out list\n")?;
         println!(
             "1. Created a deployment CA, gateway and analyst certificates, and a linkage key ({})",
             pki.display()
+        );
+        println!(
+            "   Signed the data-sharing agreement {}",
+            agreement.display()
         );
 
         // 2. Synthetic extracts.
@@ -102,6 +113,7 @@ impl DemoArgs {
             data_dir: gateway_dir.clone(),
             database_url: None,
             key_file: None,
+            agreements_dir: Some(dir.join("agreements")),
             tls: TlsFiles {
                 ca: pki.join("ca.pem"),
                 cert: server.cert.clone(),
@@ -132,6 +144,7 @@ impl DemoArgs {
                 &dir,
                 agency.organisation,
                 &address,
+                &agreement,
                 &linkage_key,
                 extract,
                 mapping,
@@ -184,13 +197,17 @@ impl DemoArgs {
             dir.display()
         );
         println!("  pki/            CA, gateway, agency and analyst certificates");
+        println!(
+            "  agreements/     the signed agreement, its signatures and the signatories' keys"
+        );
         println!("  synth/          extracts, mapping files and ground_truth.csv");
         println!("  agents/         agent configurations and quarantine reports");
         println!("  gateway/        joinery.db (SQLite) and gateway.key");
         println!("\nRun the parts by hand:");
         println!(
-            "  joinery gateway serve --listen 127.0.0.1:7443 --data-dir {} --tls-ca {} --tls-cert {} --tls-key {}",
+            "  joinery gateway serve --listen 127.0.0.1:7443 --data-dir {} --agreements {} --tls-ca {} --tls-cert {} --tls-key {}",
             gateway_dir.display(),
+            dir.join("agreements").display(),
             pki.join("ca.pem").display(),
             server.cert.display(),
             server.key.display()
@@ -203,10 +220,43 @@ impl DemoArgs {
     }
 }
 
-fn agent_config(
+/// The example council + CAMHS + SALT agreement, in force from today for a
+/// year, with its three signatories given fresh keys (kept beside it) and
+/// all three signatures. Returns the agreement's path.
+pub fn write_signed_agreement(dir: &Path) -> anyhow::Result<PathBuf> {
+    let mut agreement: Agreement = serde_saphyr::from_str(EXAMPLE_AGREEMENT)?;
+    let today = time::OffsetDateTime::now_utc().date();
+    let on = |date: time::Date| When {
+        start: date.midnight().assume_utc(),
+        date_only: true,
+    };
+    agreement.valid_from = on(today);
+    agreement.review_by = on(today + time::Duration::days(182));
+    agreement.expires = on(today + time::Duration::days(365));
+    let mut keys = Vec::new();
+    for (i, signatory) in agreement.signatories.iter_mut().enumerate() {
+        let key = dir.join(format!("signatory-{}.key", i + 1));
+        signatory.public_key = signing::keygen(&key)?;
+        keys.push(key);
+    }
+    let path = dir.join(format!("{}.yaml", agreement.id));
+    let text = serde_saphyr::to_string(&agreement)?;
+    std::fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;
+    for key in &keys {
+        signing::sign(&path, &agreement, text.as_bytes(), key)?;
+    }
+    Ok(path)
+}
+
+const EXAMPLE_AGREEMENT: &str =
+    include_str!("../../policies/examples/children-at-risk-stratification.yaml");
+
+/// An agent configuration for one agency of the demo or benchmark.
+pub fn agent_config(
     dir: &Path,
     organisation: &str,
     address: &str,
+    agreement: &Path,
     linkage_key: &Path,
     extract: &Path,
     mapping: &Path,
@@ -214,10 +264,8 @@ fn agent_config(
     let agents = dir.join("pki").join("agents");
     AgentConfig {
         organisation: organisation.to_owned(),
-        agreement: AgreementRef {
-            id: AGREEMENT_ID.to_owned(),
-            version: 1,
-        },
+        agreement: agreement.to_owned(),
+        national_data_opt_out: Some(dir.join("opt-out.txt")),
         gateway: GatewayEndpoint {
             address: address.to_owned(),
             server_name: Some("localhost".to_owned()),

@@ -30,6 +30,10 @@ pub struct ServeArgs {
     /// first start). Every gateway of a deployment must use the same key.
     #[arg(long, env = "JOINERY_KEY_FILE")]
     key_file: Option<PathBuf>,
+    /// Directory of signed agreements to enforce (*.yaml, each with its .sig)
+    /// [default: --data-dir/agreements]. An invalid or unsigned file stops the gateway.
+    #[arg(long, env = "JOINERY_AGREEMENTS")]
+    agreements: Option<PathBuf>,
     /// Deployment CA certificate: client certificates must chain to it.
     #[arg(long, env = "JOINERY_TLS_CA")]
     tls_ca: PathBuf,
@@ -68,6 +72,7 @@ impl GatewayCommand {
             data_dir: args.data_dir,
             database_url: args.database_url,
             key_file: args.key_file,
+            agreements_dir: args.agreements,
             tls: TlsFiles {
                 ca: args.tls_ca,
                 cert: args.tls_cert,

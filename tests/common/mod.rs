@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
+pub mod ingest;
+
 use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
 
@@ -16,6 +18,8 @@ pub const COUNCIL: &str = "E08000099";
 pub const CAMHS: &str = "RX9";
 pub const SALT: &str = "RY9";
 pub const ANALYST: &str = "test-analyst";
+/// The example agreement the tests run under.
+pub const AGREEMENT: &str = "children-at-risk-stratification";
 
 /// The `joinery` binary under test.
 pub fn joinery() -> Command {
@@ -67,7 +71,74 @@ impl Deployment {
             "--out",
             d.path("linkage.key").to_str().unwrap(),
         ]);
+        d.write_agreement(&d.agreements_dir(), |text| text);
+        std::fs::write(d.opt_out_list(), "# National Data Opt-out\n").unwrap();
         d
+    }
+
+    /// Where the gateway's signed agreements are.
+    pub fn agreements_dir(&self) -> PathBuf {
+        self.path("agreements")
+    }
+
+    /// The signed example agreement every agent of the deployment uses.
+    pub fn agreement(&self) -> PathBuf {
+        self.agreements_dir().join(format!("{AGREEMENT}.yaml"))
+    }
+
+    pub fn opt_out_list(&self) -> PathBuf {
+        self.path("opt-out.txt")
+    }
+
+    /// Writes the example council + CAMHS + SALT agreement into `dir`, in
+    /// force from yesterday for a year, after `edit`, with fresh keys for its
+    /// three signatories (made and used through the CLI), fully signed.
+    pub fn write_agreement(&self, dir: &Path, edit: impl Fn(String) -> String) -> PathBuf {
+        std::fs::create_dir_all(dir).unwrap();
+        let example = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("policies/examples/{AGREEMENT}.yaml"));
+        let mut text = std::fs::read_to_string(example).unwrap();
+        let today = time::OffsetDateTime::now_utc().date();
+        for (key, date) in [
+            ("valid_from", today - time::Duration::days(1)),
+            ("review_by", today + time::Duration::days(180)),
+            ("expires", today + time::Duration::days(365)),
+        ] {
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(&format!("{key}:")))
+                .unwrap()
+                .to_owned();
+            text = text.replace(&line, &format!("{key}: {date}"));
+        }
+        let old_keys: Vec<String> = text
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("public_key: "))
+            .map(str::to_owned)
+            .collect();
+        let mut keys = Vec::new();
+        for (i, old) in old_keys.iter().enumerate() {
+            let key = dir.join(format!("signatory-{i}.key"));
+            let _ = std::fs::remove_file(&key);
+            let out = joinery_ok(&["policy", "keygen", "--out", key.to_str().unwrap()]);
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            let public = stdout.lines().last().unwrap().trim().to_owned();
+            text = text.replace(old, &public);
+            keys.push(key);
+        }
+        let path = dir.join(format!("{AGREEMENT}.yaml"));
+        let _ = std::fs::remove_file(joinery_policies::signing::signature_path(&path));
+        std::fs::write(&path, edit(text)).unwrap();
+        for key in &keys {
+            joinery_ok(&[
+                "policy",
+                "sign",
+                path.to_str().unwrap(),
+                "--key",
+                key.to_str().unwrap(),
+            ]);
+        }
+        path
     }
 
     pub fn path(&self, relative: &str) -> PathBuf {
@@ -108,6 +179,8 @@ impl Deployment {
         command
             .args(["gateway", "serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(self.gateway_data_dir())
+            .arg("--agreements")
+            .arg(self.agreements_dir())
             .arg("--tls-ca")
             .arg(self.ca())
             .arg("--tls-cert")
@@ -148,9 +221,22 @@ impl Deployment {
         }
     }
 
-    /// Writes an agent configuration for `org` reading `extract` through `mapping`.
+    /// Writes an agent configuration for `org` reading `extract` through
+    /// `mapping`, under the deployment's agreement.
     pub fn agent_config(
         &self,
+        org: &str,
+        gateway: &str,
+        extract: &Path,
+        mapping: &Path,
+    ) -> PathBuf {
+        self.agent_config_under(&self.agreement(), org, gateway, extract, mapping)
+    }
+
+    /// The same, under another agreement file.
+    pub fn agent_config_under(
+        &self,
+        agreement: &Path,
         org: &str,
         gateway: &str,
         extract: &Path,
@@ -160,13 +246,16 @@ impl Deployment {
         let path = self.path(&format!("{org}.agent.yaml"));
         let yaml = format!(
             "organisation: {org}\n\
-             agreement: {{ id: test-agreement, version: 1 }}\n\
+             agreement: '{}'\n\
+             national_data_opt_out: '{}'\n\
              gateway: {{ address: '{gateway}', server_name: localhost }}\n\
              tls: {{ ca: '{}', cert: '{}', key: '{}' }}\n\
              linkage_key: '{}'\n\
              quarantine_dir: '{}'\n\
              batch_size: 200\n\
              sources:\n  - kind: csv\n    path: '{}'\n    mapping: '{}'\n",
+            agreement.display(),
+            self.opt_out_list().display(),
             self.ca().display(),
             cert.display(),
             key.display(),

@@ -104,6 +104,11 @@ impl CsvSource {
         })
     }
 
+    /// The mapping as bound to this file's header.
+    pub fn mapping(&self) -> &Resolved {
+        &self.mapping
+    }
+
     /// Size of the file, for progress reporting.
     pub fn total_bytes(&self) -> u64 {
         self.total_bytes

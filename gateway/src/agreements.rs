@@ -1,0 +1,88 @@
+//! The signed agreements the gateway enforces, loaded once at start-up from
+//! the agreements directory (`*.yaml`, each with its `.sig`). A file that is
+//! invalid or not fully signed stops the gateway: it never runs on an
+//! agreement it cannot trust.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use joinery_policies::{PolicyError, SignedAgreement};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgreementsError {
+    #[error("cannot read the agreements directory {path}: {source}")]
+    Directory {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error("{first} and {second} both hold agreement {id} version {version}")]
+    Duplicate {
+        id: String,
+        version: u32,
+        first: PathBuf,
+        second: PathBuf,
+    },
+}
+
+/// Agreements by (id, version).
+#[derive(Debug, Clone, Default)]
+pub struct Agreements {
+    by_version: HashMap<(String, u32), Arc<SignedAgreement>>,
+}
+
+impl Agreements {
+    /// Loads every `*.yaml` in `dir` (a missing directory holds none).
+    pub fn load_dir(dir: &Path) -> Result<Self, AgreementsError> {
+        let mut agreements = Self::default();
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(agreements),
+            Err(source) => {
+                return Err(AgreementsError::Directory {
+                    path: dir.to_owned(),
+                    source,
+                });
+            }
+        };
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+            .collect();
+        paths.sort();
+        for path in paths {
+            let signed = SignedAgreement::load(&path)?;
+            let key = (signed.agreement.id.clone(), signed.agreement.version);
+            if let Some(first) = agreements.by_version.get(&key) {
+                return Err(AgreementsError::Duplicate {
+                    id: key.0,
+                    version: key.1,
+                    first: first.path.clone(),
+                    second: path,
+                });
+            }
+            tracing::info!(agreement = %key.0, version = key.1, digest = %signed.digest, "agreement loaded");
+            agreements.by_version.insert(key, Arc::new(signed));
+        }
+        Ok(agreements)
+    }
+
+    pub fn get(&self, id: &str, version: u32) -> Option<&Arc<SignedAgreement>> {
+        self.by_version.get(&(id.to_owned(), version))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<SignedAgreement>> {
+        self.by_version.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_version.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_version.is_empty()
+    }
+}
