@@ -402,3 +402,71 @@ async fn opted_out_people_are_withheld_and_counted() {
         rows.len() - quarantined_lines.len() - withheld_rows
     );
 }
+
+#[test]
+fn policy_check_reports_file_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let example =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/examples/minimal.yaml");
+    let text = std::fs::read_to_string(example).unwrap().replace(
+        "date_of_birth: year",
+        "date_of_birth: keep\n      given_name: keep",
+    );
+    let path = dir.path().join("draft.yaml");
+    std::fs::write(&path, &text).unwrap();
+    let output = joinery()
+        .args(["policy", "check"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = text
+        .lines()
+        .position(|l| l.contains("given_name: keep"))
+        .unwrap()
+        + 1;
+    assert!(
+        stdout.contains(&format!(
+            "{}:{line}:7: error: referrals.given_name",
+            path.display()
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("help: names never leave the agency"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("1 errors"), "{stdout}");
+
+    // explain and diff on the shipped examples work from the command line too.
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/examples");
+    let html = joinery_ok(&[
+        "policy",
+        "explain",
+        "--format",
+        "html",
+        examples.join("minimal.yaml").to_str().unwrap(),
+    ]);
+    assert!(String::from_utf8_lossy(&html.stdout).starts_with("<!DOCTYPE html>"));
+    let widened = dir.path().join("v2.yaml");
+    std::fs::write(
+        &widened,
+        std::fs::read_to_string(examples.join("minimal.yaml"))
+            .unwrap()
+            .replace("version: 1", "version: 2")
+            .replace("retention_days: 365", "retention_days: 730"),
+    )
+    .unwrap();
+    let diff = joinery()
+        .args(["policy", "diff"])
+        .arg(examples.join("minimal.yaml"))
+        .arg(&widened)
+        .output()
+        .unwrap();
+    assert_eq!(diff.status.code(), Some(2), "a widening diff exits 2");
+    assert!(
+        String::from_utf8_lossy(&diff.stdout)
+            .contains("WIDENS datasets.referrals.retention_days: 365 -> 730 days")
+    );
+}

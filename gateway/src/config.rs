@@ -22,6 +22,8 @@ pub struct GatewayConfig {
     pub agreements_dir: Option<PathBuf>,
     pub tls: TlsFiles,
     pub limits: Limits,
+    /// How often to delete what retention rules say must go.
+    pub retention_interval: Duration,
 }
 
 /// Bounds that keep one client from exhausting the gateway.
@@ -36,6 +38,9 @@ pub struct Limits {
     /// Open connections at once.
     pub max_connections: usize,
 }
+
+/// How often the retention pass runs inside `serve`.
+pub const DEFAULT_RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
 
 impl Default for Limits {
     fn default() -> Self {

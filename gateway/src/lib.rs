@@ -6,7 +6,8 @@
 //! ([`agreements`]), [`rekey`] replaces the agents' pseudonyms with
 //! the gateway's own and links records exactly on the NHS pseudonym, and
 //! [`storage`] (the only module that speaks SQL) commits it once before the
-//! ack goes back. [`query`] answers analysts through [`disclosure`].
+//! ack goes back. [`retention`] deletes what the agreements no longer allow
+//! the gateway to keep. [`query`] answers analysts through [`disclosure`].
 //! [`server`] wires it together; [`metrics`] names what is measured.
 
 pub mod agreements;
@@ -18,6 +19,7 @@ pub mod metrics;
 pub mod peer;
 pub mod query;
 pub mod rekey;
+pub mod retention;
 pub mod server;
 pub mod storage;
 

@@ -12,6 +12,7 @@ pub const RECORDS: &str = "joinery_gateway_records_stored_total";
 pub const ACK_LATENCY: &str = "joinery_gateway_ack_latency_seconds";
 pub const SESSIONS: &str = "joinery_gateway_sessions_total";
 pub const HANDSHAKE_FAILURES: &str = "joinery_gateway_tls_handshake_failures_total";
+pub const RETENTION_DELETED: &str = "joinery_gateway_retention_records_deleted_total";
 
 /// Starts the Prometheus endpoint (`GET /metrics`) on `listen`.
 pub fn install_prometheus(listen: SocketAddr) -> Result<(), String> {
@@ -43,6 +44,10 @@ fn describe() {
     );
     metrics::describe_counter!(SESSIONS, "Ingest sessions, by outcome (opened, refused)");
     metrics::describe_counter!(
+        RETENTION_DELETED,
+        "Records deleted by retention, by organisation and dataset"
+    );
+    metrics::describe_counter!(
         HANDSHAKE_FAILURES,
         "TLS handshakes that failed, by kind (refused, timeout)"
     );
@@ -67,6 +72,10 @@ pub fn ack_latency(elapsed: Duration) {
 
 pub fn session(outcome: &'static str) {
     metrics::counter!(SESSIONS, "outcome" => outcome).increment(1);
+}
+
+pub fn retention_deleted(organisation: &str, dataset: &str, records: u64) {
+    metrics::counter!(RETENTION_DELETED, "organisation" => organisation.to_owned(), "dataset" => dataset.to_owned()).increment(records);
 }
 
 pub fn handshake_failed(kind: &'static str) {

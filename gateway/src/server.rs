@@ -110,13 +110,18 @@ impl Gateway {
         .max_decoding_message_size(limits.max_message_bytes);
         let query = QueryServer::new(QueryService::new(
             self.storage.clone(),
-            DisclosureRule::default(),
+            DisclosureRule::strictest(&self.agreements),
         ));
         let incoming = listener::incoming(
             self.listener,
             self.acceptor,
             limits.handshake_timeout,
             limits.max_connections,
+        );
+        crate::retention::schedule(
+            self.storage.clone(),
+            self.agreements.clone(),
+            self.config.retention_interval,
         );
         tracing::info!(%address, database = ?self.storage.backend(), "gateway serving");
         Server::builder()

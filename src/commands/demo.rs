@@ -21,6 +21,7 @@ use joinery_crypto::identity::PeerIdentity;
 use joinery_crypto::keys::SecretKey;
 use joinery_crypto::pki::{CertificateAuthority, Validity};
 use joinery_crypto::tls::TlsFiles;
+use joinery_gateway::config::DEFAULT_RETENTION_INTERVAL;
 use joinery_gateway::{Gateway, GatewayConfig, Limits};
 use joinery_policies::model::When;
 use joinery_policies::{Agreement, signing};
@@ -120,6 +121,7 @@ impl DemoArgs {
                 key: server.key.clone(),
             },
             limits: Limits::default(),
+            retention_interval: DEFAULT_RETENTION_INTERVAL,
         })
         .await?;
         let address = gateway.local_addr().to_string();

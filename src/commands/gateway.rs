@@ -7,12 +7,40 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use joinery_crypto::tls::TlsFiles;
+use joinery_gateway::agreements::Agreements;
+use joinery_gateway::config::DEFAULT_RETENTION_INTERVAL;
+use joinery_gateway::retention;
+use joinery_gateway::storage::Storage;
 use joinery_gateway::{Gateway, GatewayConfig, Limits};
 
 #[derive(Debug, Subcommand)]
 pub enum GatewayCommand {
     /// Serve agents (Ingest) and analysts (Query) over mutual TLS until SIGTERM or Ctrl-C.
     Serve(ServeArgs),
+    /// Delete data past its agreement's retention, or sent under an agreement
+    /// that has ended (serve also does this on a schedule).
+    Retention {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Only report what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// Where the gateway keeps its state.
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// Directory for the SQLite database and the gateway key.
+    #[arg(long, default_value = "joinery-data", env = "JOINERY_DATA_DIR")]
+    data_dir: PathBuf,
+    /// PostgreSQL URL (postgres://user@host/db); default: SQLite in --data-dir.
+    #[arg(long, env = "JOINERY_DATABASE_URL")]
+    database_url: Option<String>,
+    /// Directory of signed agreements to enforce (*.yaml, each with its .sig)
+    /// [default: --data-dir/agreements]. An invalid or unsigned file stops the gateway.
+    #[arg(long, env = "JOINERY_AGREEMENTS")]
+    agreements: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -20,20 +48,15 @@ pub struct ServeArgs {
     /// Address for gRPC over mutual TLS.
     #[arg(long, default_value = "0.0.0.0:7443", env = "JOINERY_LISTEN")]
     listen: SocketAddr,
-    /// Directory for the SQLite database and the gateway key.
-    #[arg(long, default_value = "joinery-data", env = "JOINERY_DATA_DIR")]
-    data_dir: PathBuf,
-    /// PostgreSQL URL (postgres://user@host/db); default: SQLite in --data-dir.
-    #[arg(long, env = "JOINERY_DATABASE_URL")]
-    database_url: Option<String>,
+    #[command(flatten)]
+    store: StoreArgs,
     /// The gateway's re-keying key (default: --data-dir/gateway.key, created on
     /// first start). Every gateway of a deployment must use the same key.
     #[arg(long, env = "JOINERY_KEY_FILE")]
     key_file: Option<PathBuf>,
-    /// Directory of signed agreements to enforce (*.yaml, each with its .sig)
-    /// [default: --data-dir/agreements]. An invalid or unsigned file stops the gateway.
-    #[arg(long, env = "JOINERY_AGREEMENTS")]
-    agreements: Option<PathBuf>,
+    /// Seconds between retention passes.
+    #[arg(long, default_value_t = DEFAULT_RETENTION_INTERVAL.as_secs())]
+    retention_interval_secs: u64,
     /// Deployment CA certificate: client certificates must chain to it.
     #[arg(long, env = "JOINERY_TLS_CA")]
     tls_ca: PathBuf,
@@ -62,17 +85,21 @@ pub struct ServeArgs {
 
 impl GatewayCommand {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
-        let Self::Serve(args) = self;
+        let args = match self {
+            Self::Serve(args) => args,
+            Self::Retention { store, dry_run } => return retention(store, dry_run).await,
+        };
         if let Some(address) = args.metrics_listen {
             joinery_gateway::metrics::install_prometheus(address)
                 .map_err(|e| anyhow::anyhow!("cannot serve metrics on {address}: {e}"))?;
         }
         let config = GatewayConfig {
             listen: args.listen,
-            data_dir: args.data_dir,
-            database_url: args.database_url,
+            data_dir: args.store.data_dir,
+            database_url: args.store.database_url,
             key_file: args.key_file,
-            agreements_dir: args.agreements,
+            agreements_dir: args.store.agreements,
+            retention_interval: Duration::from_secs(args.retention_interval_secs.max(1)),
             tls: TlsFiles {
                 ca: args.tls_ca,
                 cert: args.tls_cert,
@@ -91,6 +118,38 @@ impl GatewayCommand {
         gateway.serve(shutdown_signal()).await?;
         Ok(ExitCode::SUCCESS)
     }
+}
+
+async fn retention(store: StoreArgs, dry_run: bool) -> anyhow::Result<ExitCode> {
+    let url = store
+        .database_url
+        .unwrap_or_else(|| Storage::sqlite_url(&store.data_dir));
+    let agreements_dir = store
+        .agreements
+        .unwrap_or_else(|| store.data_dir.join("agreements"));
+    let agreements = Agreements::load_dir(&agreements_dir)?;
+    let storage = Storage::open(&url).await?;
+    let report = retention::run(
+        &storage,
+        &agreements,
+        time::OffsetDateTime::now_utc(),
+        dry_run,
+    )
+    .await?;
+    let verb = if dry_run { "would delete" } else { "deleted" };
+    for p in &report.purged {
+        println!(
+            "{verb} {} records in {} batches of {} from {} (agreement {} version {})",
+            p.records, p.batches, p.dataset, p.organisation, p.agreement_id, p.agreement_version
+        );
+    }
+    for (id, version, dataset) in &report.ungoverned {
+        println!(
+            "kept {dataset} sent under agreement {id} version {version}: that agreement is not loaded"
+        );
+    }
+    println!("{verb} {} records in total", report.records());
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Completes on Ctrl-C or SIGTERM.

@@ -10,7 +10,8 @@ CREATE TABLE batches (
     agreement_id      TEXT    NOT NULL,
     agreement_version BIGINT  NOT NULL,
     record_count      BIGINT  NOT NULL,
-    received_at       TEXT    NOT NULL,
+    received_at       BIGINT  NOT NULL,
+    purged_at         BIGINT,
     PRIMARY KEY (organisation, batch_id)
 );
 

@@ -10,7 +10,8 @@ CREATE TABLE batches (
     agreement_id      TEXT    NOT NULL,
     agreement_version INTEGER NOT NULL,
     record_count      INTEGER NOT NULL,
-    received_at       TEXT    NOT NULL,
+    received_at       INTEGER NOT NULL,
+    purged_at         INTEGER,
     PRIMARY KEY (organisation, batch_id)
 );
 

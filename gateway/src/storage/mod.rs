@@ -89,6 +89,18 @@ pub struct DatasetCount {
     pub records: u64,
 }
 
+/// Batches under one agreement version and dataset, from one organisation,
+/// due for deletion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Purge {
+    pub agreement_id: String,
+    pub agreement_version: u32,
+    pub dataset: String,
+    pub organisation: String,
+    pub batches: u64,
+    pub records: u64,
+}
+
 /// One linked person: how many organisations know them, and their birth month
 /// (the earliest reported, when agencies disagree).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -208,7 +220,7 @@ impl Storage {
         .bind(&batch.agreement_id)
         .bind(i64::from(batch.agreement_version))
         .bind(to_i64(batch.records.len() as u64))
-        .bind(now_rfc3339())
+        .bind(time::OffsetDateTime::now_utc().unix_timestamp())
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -282,6 +294,98 @@ impl Storage {
         Ok(CommitOutcome::Committed(batch.records.len() as u64))
     }
 
+    /// The (agreement id, version, dataset) of every batch still holding data.
+    pub async fn held_datasets(&self) -> Result<Vec<(String, u32, String)>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT agreement_id, agreement_version, dataset FROM batches \
+             WHERE purged_at IS NULL ORDER BY agreement_id, agreement_version, dataset",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let version: i64 = row.try_get("agreement_version")?;
+                Ok((
+                    row.try_get("agreement_id")?,
+                    u32::try_from(version).unwrap_or(0),
+                    row.try_get("dataset")?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Deletes the records and events of batches of `dataset` sent under
+    /// `agreement_id` version `version` and received before `received_before`
+    /// (unix seconds). Each batch row is kept, marked purged, so a resent copy
+    /// is still recognised and not stored again. With `dry_run`, only counts.
+    pub async fn purge(
+        &self,
+        agreement_id: &str,
+        version: u32,
+        dataset: &str,
+        received_before: i64,
+        dry_run: bool,
+    ) -> Result<Vec<Purge>, StorageError> {
+        const DUE: &str = "agreement_id = $1 AND agreement_version = $2 AND dataset = $3 \
+                           AND received_at < $4 AND purged_at IS NULL";
+        let _writing = match (&self.write_lock, dry_run) {
+            (Some(lock), false) => Some(lock.lock().await),
+            _ => None,
+        };
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT organisation, COUNT(*) AS batches, CAST(SUM(record_count) AS BIGINT) AS records \
+             FROM batches WHERE {DUE} GROUP BY organisation ORDER BY organisation"
+        )))
+        .bind(agreement_id)
+        .bind(i64::from(version))
+        .bind(dataset)
+        .bind(received_before)
+        .fetch_all(&mut *tx)
+        .await?;
+        let purges = rows
+            .iter()
+            .map(|row| {
+                Ok(Purge {
+                    agreement_id: agreement_id.to_owned(),
+                    agreement_version: version,
+                    dataset: dataset.to_owned(),
+                    organisation: row.try_get("organisation")?,
+                    batches: count(row, "batches")?,
+                    records: count(row, "records")?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        if dry_run || purges.is_empty() {
+            tx.rollback().await?;
+            return Ok(purges);
+        }
+        for table in ["events", "records"] {
+            sqlx::query(AssertSqlSafe(format!(
+                "DELETE FROM {table} WHERE (organisation, batch_id) IN \
+                 (SELECT organisation, batch_id FROM batches WHERE {DUE})"
+            )))
+            .bind(agreement_id)
+            .bind(i64::from(version))
+            .bind(dataset)
+            .bind(received_before)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query(AssertSqlSafe(format!(
+            "UPDATE batches SET purged_at = $5 WHERE {DUE}"
+        )))
+        .bind(agreement_id)
+        .bind(i64::from(version))
+        .bind(dataset)
+        .bind(received_before)
+        .bind(time::OffsetDateTime::now_utc().unix_timestamp())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(purges)
+    }
+
     /// Batches and records per organisation and dataset, optionally for one
     /// organisation only.
     pub async fn dataset_counts(
@@ -290,7 +394,7 @@ impl Storage {
     ) -> Result<Vec<DatasetCount>, StorageError> {
         let rows = sqlx::query(
             "SELECT organisation, dataset, COUNT(*) AS batches, CAST(SUM(record_count) AS BIGINT) AS records \
-             FROM batches WHERE ($1 = '' OR organisation = $1) \
+             FROM batches WHERE purged_at IS NULL AND ($1 = '' OR organisation = $1) \
              GROUP BY organisation, dataset ORDER BY organisation, dataset",
         )
         .bind(organisation.unwrap_or(""))
@@ -355,12 +459,6 @@ fn count(row: &AnyRow, column: &str) -> Result<u64, sqlx::Error> {
 
 fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
-}
-
-fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

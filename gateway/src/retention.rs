@@ -1,0 +1,85 @@
+//! Retention: the gateway deletes data its agreements no longer allow it to
+//! keep — batches older than their dataset's `retention_days`, and everything
+//! sent under an agreement that has ended. It runs on a schedule inside
+//! `joinery gateway serve` and on demand with `joinery gateway retention`
+//! (`--dry-run` to preview). Data sent under an agreement version the gateway
+//! does not hold is kept and reported: the gateway never guesses a rule.
+
+use std::time::Duration;
+
+use time::OffsetDateTime;
+
+use crate::agreements::Agreements;
+use crate::storage::{Purge, Storage, StorageError};
+
+/// What one retention pass did (or, dry, would do).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    pub purged: Vec<Purge>,
+    /// (agreement id, version, dataset) held under no loaded agreement.
+    pub ungoverned: Vec<(String, u32, String)>,
+}
+
+impl RetentionReport {
+    pub fn records(&self) -> u64 {
+        self.purged.iter().map(|p| p.records).sum()
+    }
+}
+
+/// One retention pass at `now`.
+pub async fn run(
+    storage: &Storage,
+    agreements: &Agreements,
+    now: OffsetDateTime,
+    dry_run: bool,
+) -> Result<RetentionReport, StorageError> {
+    let mut report = RetentionReport::default();
+    for (id, version, dataset) in storage.held_datasets().await? {
+        let rule = agreements.get(&id, version).and_then(|signed| {
+            let ended = now > signed.agreement.expires.end();
+            signed
+                .agreement
+                .datasets
+                .get(&dataset)
+                .map(|d| (ended, d.retention_days))
+        });
+        let Some((ended, retention_days)) = rule else {
+            report.ungoverned.push((id, version, dataset));
+            continue;
+        };
+        let cutoff = if ended {
+            // The agreement has ended: nothing sent under it may be kept.
+            now.unix_timestamp() + 1
+        } else {
+            (now - time::Duration::days(i64::from(retention_days))).unix_timestamp()
+        };
+        report.purged.extend(
+            storage
+                .purge(&id, version, &dataset, cutoff, dry_run)
+                .await?,
+        );
+    }
+    Ok(report)
+}
+
+/// Runs retention every `interval` until the process ends.
+pub fn schedule(storage: Storage, agreements: Agreements, interval: Duration) {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(interval);
+        loop {
+            ticks.tick().await;
+            match run(&storage, &agreements, OffsetDateTime::now_utc(), false).await {
+                Ok(report) => {
+                    for p in &report.purged {
+                        crate::metrics::retention_deleted(&p.organisation, &p.dataset, p.records);
+                        tracing::info!(agreement = %p.agreement_id, version = p.agreement_version, dataset = %p.dataset, organisation = %p.organisation, batches = p.batches, records = p.records, "retention: deleted");
+                    }
+                    for (id, version, dataset) in &report.ungoverned {
+                        tracing::warn!(agreement = %id, version, %dataset, "retention: data held under an agreement the gateway has not loaded; kept");
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "retention pass failed; will retry"),
+            }
+        }
+    });
+}

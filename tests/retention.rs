@@ -1,0 +1,160 @@
+//! Retention deletes exactly what is due: batches past their dataset's
+//! retention, and everything under an agreement that has ended; it keeps a
+//! tombstone so a resent batch is not stored again. On SQLite and PostgreSQL.
+
+mod common;
+
+use common::*;
+use sqlx::Row;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_on_sqlite() {
+    retention(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_on_postgres() {
+    let Some(url) = fresh_postgres("retention").await else {
+        return;
+    };
+    retention(Some(url)).await;
+}
+
+async fn count(db: &sqlx::AnyPool, sql: &'static str, organisation: &str) -> i64 {
+    sqlx::query(sql)
+        .bind(organisation)
+        .fetch_one(db)
+        .await
+        .unwrap()
+        .get("n")
+}
+
+const RECORDS: &str = "SELECT COUNT(*) AS n FROM records WHERE organisation = $1";
+const EVENTS: &str = "SELECT COUNT(*) AS n FROM events WHERE organisation = $1";
+
+async fn retention(postgres: Option<String>) {
+    let d = Deployment::new();
+    let synth = d.path("synth");
+    joinery_ok(&[
+        "synth",
+        "--out",
+        synth.to_str().unwrap(),
+        "--children",
+        "200",
+        "--seed",
+        "3",
+    ]);
+    let gateway = d.start_gateway(postgres.as_deref(), &[]);
+    let config = |org: &str, dataset: &str| {
+        d.agent_config(
+            org,
+            &gateway.address,
+            &synth.join(format!("extracts/{dataset}.csv")),
+            &synth.join(format!("mappings/{dataset}.yaml")),
+        )
+    };
+    let camhs = config(CAMHS, "camhs_referrals");
+    finish(d.spawn_agent(&camhs));
+    finish(d.spawn_agent(&config(SALT, "salt_contacts")));
+    let url = postgres.clone().unwrap_or_else(|| d.sqlite_url());
+    let db = open_database(&url).await;
+    let (camhs_records, salt_records) = (
+        count(&db, RECORDS, CAMHS).await,
+        count(&db, RECORDS, SALT).await,
+    );
+    assert!(camhs_records > 0 && salt_records > 0);
+    assert!(count(&db, EVENTS, CAMHS).await > 0);
+
+    // CAMHS's batches arrived 1096 days ago: one day past the 1095-day retention.
+    sqlx::query(
+        "UPDATE batches SET received_at = received_at - 1096 * 86400 WHERE organisation = $1",
+    )
+    .bind(CAMHS)
+    .execute(&db)
+    .await
+    .unwrap();
+    let mut store = vec![
+        "--data-dir".to_owned(),
+        d.gateway_data_dir().display().to_string(),
+    ];
+    store.extend([
+        "--agreements".to_owned(),
+        d.agreements_dir().display().to_string(),
+    ]);
+    if let Some(url) = &postgres {
+        store.extend(["--database-url".to_owned(), url.clone()]);
+    }
+    let run = |store: &[String], extra: &[&str]| {
+        let mut args = vec!["gateway", "retention"];
+        args.extend(store.iter().map(String::as_str));
+        args.extend(extra);
+        String::from_utf8_lossy(&joinery_ok(&args).stdout).into_owned()
+    };
+
+    let preview = run(&store, &["--dry-run"]);
+    assert!(
+        preview.contains(&format!("would delete {camhs_records} records")),
+        "{preview}"
+    );
+    assert!(
+        preview.contains(&format!("of camhs_referrals from {CAMHS}")),
+        "{preview}"
+    );
+    assert!(!preview.contains(SALT), "{preview}");
+    assert_eq!(
+        count(&db, RECORDS, CAMHS).await,
+        camhs_records,
+        "a dry run deletes nothing"
+    );
+
+    let done = run(&store, &[]);
+    assert!(
+        done.contains(&format!("deleted {camhs_records} records in total")),
+        "{done}"
+    );
+    assert_eq!(count(&db, RECORDS, CAMHS).await, 0);
+    assert_eq!(count(&db, EVENTS, CAMHS).await, 0);
+    assert_eq!(
+        count(&db, RECORDS, SALT).await,
+        salt_records,
+        "data within retention is kept"
+    );
+    assert!(
+        run(&store, &[]).contains("deleted 0 records in total"),
+        "a second pass finds nothing"
+    );
+
+    // The agent resends: its batches are recognised and not stored again.
+    let (_, stdout, _) = finish(d.spawn_agent(&camhs));
+    assert!(stdout.contains(" 0 stored,"), "{stdout}");
+    assert_eq!(count(&db, RECORDS, CAMHS).await, 0);
+
+    // The agreement ends: everything sent under it goes.
+    let ended = d.path("ended");
+    let today = time::OffsetDateTime::now_utc().date();
+    d.write_agreement(&ended, |t| {
+        let mut t = t;
+        for (key, date) in [
+            ("valid_from", today - time::Duration::days(30)),
+            ("review_by", today - time::Duration::days(20)),
+            ("expires", today - time::Duration::days(1)),
+        ] {
+            let line = t
+                .lines()
+                .find(|l| l.starts_with(&format!("{key}:")))
+                .unwrap()
+                .to_owned();
+            t = t.replace(&line, &format!("{key}: {date}"));
+        }
+        t
+    });
+    let position = store.iter().position(|a| a == "--agreements").unwrap();
+    store[position + 1] = ended.display().to_string();
+    let done = run(&store, &[]);
+    assert!(
+        done.contains(&format!("deleted {salt_records} records in total")),
+        "{done}"
+    );
+    assert_eq!(count(&db, RECORDS, SALT).await, 0);
+    drop(gateway);
+}
