@@ -7,12 +7,14 @@
 //! - [`tls`]: rustls configurations (ring provider only, TLS 1.3 only,
 //!   client certificates required).
 //! - [`pki`]: the deployment's private certificate authority.
+//! - [`signing`]: Ed25519 keys and signatures (agreements, audit checkpoints).
 //! - [`files`]: writing secret material owner-only.
 
 pub mod identity;
 pub mod keys;
 pub mod pki;
 pub mod pseudonym;
+pub mod signing;
 pub mod tls;
 
 pub mod files;

@@ -50,10 +50,8 @@ pub enum PolicyError {
     },
     #[error("{key} is not the key of any signatory of this agreement")]
     NotASignatory { key: PathBuf },
-    #[error("{path} is not an Ed25519 signing key written by joinery policy keygen")]
-    BadKey { path: PathBuf },
-    #[error("cryptography failed: {0}")]
-    Crypto(&'static str),
+    #[error(transparent)]
+    Key(#[from] joinery_crypto::signing::SigningError),
     #[error("cannot write signatures: {0}")]
     Serialize(String),
 }

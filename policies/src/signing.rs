@@ -7,8 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use ring::rand::SystemRandom;
-use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
+use joinery_crypto::signing::{SigningKey, verify_hex};
 use serde::{Deserialize, Serialize};
 
 use crate::PolicyError;
@@ -48,32 +47,7 @@ fn message(digest_hex: &str) -> Vec<u8> {
 
 /// Creates a signing key (PKCS#8, hex, mode 0600) at `out`; returns the public key in hex.
 pub fn keygen(out: &Path) -> Result<String, PolicyError> {
-    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
-        .map_err(|_| PolicyError::Crypto("key generation failed"))?;
-    let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
-        .map_err(|_| PolicyError::Crypto("generated key is unusable"))?;
-    let mut text = hex::encode(pkcs8.as_ref());
-    text.push('\n');
-    joinery_crypto::files::write_private(out, text.as_bytes(), false).map_err(|source| {
-        PolicyError::Write {
-            path: out.to_owned(),
-            source,
-        }
-    })?;
-    Ok(hex::encode(pair.public_key().as_ref()))
-}
-
-fn load_key(path: &Path) -> Result<Ed25519KeyPair, PolicyError> {
-    let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    let bytes = hex::decode(text.trim()).map_err(|_| PolicyError::BadKey {
-        path: path.to_owned(),
-    })?;
-    Ed25519KeyPair::from_pkcs8(&bytes).map_err(|_| PolicyError::BadKey {
-        path: path.to_owned(),
-    })
+    Ok(SigningKey::generate(out)?.public_hex())
 }
 
 /// Signs `policy` with the key at `key`, as the signatory that key belongs
@@ -85,8 +59,8 @@ pub fn sign(
     bytes: &[u8],
     key: &Path,
 ) -> Result<String, PolicyError> {
-    let pair = load_key(key)?;
-    let public = hex::encode(pair.public_key().as_ref());
+    let pair = SigningKey::load(key)?;
+    let public = pair.public_hex();
     let signatory = agreement
         .signatories
         .iter()
@@ -94,14 +68,14 @@ pub fn sign(
         .ok_or_else(|| PolicyError::NotASignatory {
             key: key.to_owned(),
         })?;
-    let signature = pair.sign(&message(&digest(bytes)));
+    let signature = pair.sign_hex(&message(&digest(bytes)));
     let path = signature_path(policy);
     let mut entries = read_signatures(&path)?;
     entries.retain(|e| !e.public_key.eq_ignore_ascii_case(&public));
     entries.push(SignatureEntry {
         signatory: signatory.name.clone(),
         public_key: public,
-        signature: hex::encode(signature.as_ref()),
+        signature,
     });
     let text =
         serde_saphyr::to_string(&entries).map_err(|e| PolicyError::Serialize(e.to_string()))?;
@@ -145,18 +119,12 @@ pub fn verify(agreement: &Agreement, bytes: &[u8], entries: &[SignatureEntry]) -
     let message = message(&digest(bytes));
     let mut result = Verification::default();
     for signatory in &agreement.signatories {
-        let valid = public_key_bytes(&signatory.public_key).is_some_and(|key| {
-            entries.iter().any(|entry| {
-                entry
-                    .public_key
-                    .trim()
-                    .eq_ignore_ascii_case(signatory.public_key.trim())
-                    && hex::decode(&entry.signature).is_ok_and(|sig| {
-                        UnparsedPublicKey::new(&ED25519, key)
-                            .verify(&message, &sig)
-                            .is_ok()
-                    })
-            })
+        let valid = entries.iter().any(|entry| {
+            entry
+                .public_key
+                .trim()
+                .eq_ignore_ascii_case(signatory.public_key.trim())
+                && verify_hex(&signatory.public_key, &message, &entry.signature)
         });
         if valid {
             result.signed.push(signatory.name.clone());
