@@ -1,7 +1,11 @@
 //! Compiles `joinery/v1/*.proto` with protox (pure Rust), so no `protoc` is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["joinery/v1/ingest.proto", "joinery/v1/query.proto"];
+    let files = [
+        "joinery/v1/ingest.proto",
+        "joinery/v1/query.proto",
+        "joinery/v1/audit.proto",
+    ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");
     }

@@ -39,6 +39,9 @@ enum Command {
     /// Run an agency's agent: read extracts, pseudonymise, deliver to the gateway.
     #[command(subcommand)]
     Agent(commands::agent::AgentCommand),
+    /// Verify and report the gateway's tamper-evident audit log; fetch its signed checkpoints.
+    #[command(subcommand)]
+    Audit(commands::audit::AuditCommand),
     /// Run the central gateway.
     #[command(subcommand)]
     Gateway(commands::gateway::GatewayCommand),
@@ -88,6 +91,7 @@ fn main() -> ExitCode {
         };
         let result = match cli.command {
             Command::Agent(c) => c.run().await,
+            Command::Audit(c) => c.run().await,
             Command::Gateway(c) => c.run().await,
             Command::Pki(c) => c.run(),
             Command::Policy(c) => c.run(),

@@ -125,6 +125,23 @@ async fn end_to_end(postgres: Option<String>) {
     }
 
     assert!(gateway.stop().success(), "gateway exits cleanly on SIGTERM");
+
+    // Every batch (and the re-run's duplicates) is in an intact, signed audit chain.
+    let mut verify = vec![
+        "audit".to_owned(),
+        "verify".to_owned(),
+        "--data-dir".to_owned(),
+        d.gateway_data_dir().display().to_string(),
+    ];
+    if let Some(url) = &postgres {
+        verify.extend(["--database-url".to_owned(), url.clone()]);
+    }
+    let args: Vec<&str> = verify.iter().map(String::as_str).collect();
+    let verified = String::from_utf8_lossy(&joinery_ok(&args).stdout).into_owned();
+    assert!(
+        verified.contains("audit log intact") && verified.contains("1 signed checkpoints"),
+        "{verified}"
+    );
 }
 
 async fn stored_per_organisation(db: &sqlx::AnyPool) -> BTreeMap<String, i64> {

@@ -24,6 +24,11 @@ pub struct GatewayConfig {
     pub limits: Limits,
     /// How often to delete what retention rules say must go.
     pub retention_interval: Duration,
+    /// The Ed25519 key that signs audit checkpoints; `None` for
+    /// `data_dir/audit-signing.key`, created on first start.
+    pub audit_key_file: Option<PathBuf>,
+    /// How often the audit chain head is signed (also at shutdown).
+    pub checkpoint_interval: Duration,
 }
 
 /// Bounds that keep one client from exhausting the gateway.
@@ -38,6 +43,9 @@ pub struct Limits {
     /// Open connections at once.
     pub max_connections: usize,
 }
+
+/// How often the audit chain head is signed inside `serve`.
+pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(300);
 
 /// How often the retention pass runs inside `serve`.
 pub const DEFAULT_RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
@@ -64,6 +72,12 @@ impl GatewayConfig {
         self.agreements_dir
             .clone()
             .unwrap_or_else(|| self.data_dir.join("agreements"))
+    }
+
+    pub fn audit_key_file(&self) -> PathBuf {
+        self.audit_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("audit-signing.key"))
     }
 
     pub fn key_file(&self) -> PathBuf {

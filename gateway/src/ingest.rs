@@ -33,6 +33,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use crate::agreements::Agreements;
+use crate::audit::AuditRecord;
 use crate::metrics;
 use crate::peer;
 use crate::rekey::Rekeyer;
@@ -90,8 +91,14 @@ impl Ingest for IngestService {
         &self,
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<AckStream>, Status> {
-        let organisation =
-            peer::organisation(&request).inspect_err(|_| metrics::session("refused"))?;
+        let organisation = match peer::organisation(&request) {
+            Ok(organisation) => organisation,
+            Err(status) => {
+                let actor = peer::identity(&request)
+                    .map_or_else(|_| "unidentified".to_owned(), |id| id.to_string());
+                return Err(self.refuse(&actor, ("", 0), status).await);
+            }
+        };
         let mut inbound = request.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Ok(Ok(Some(AgentMessage {
@@ -107,10 +114,13 @@ impl Ingest for IngestService {
                 return Err(Status::deadline_exceeded("no Hello within 30 seconds"));
             }
         };
-        let session = open_session(&self.agreements, &organisation, &hello).inspect_err(|status| {
-            metrics::session("refused");
-            tracing::warn!(%organisation, code = ?status.code(), reason = status.message(), "ingest session refused");
-        })?;
+        let session = match open_session(&self.agreements, &organisation, &hello) {
+            Ok(session) => session,
+            Err(status) => {
+                let agreement = (hello.agreement_id.as_str(), hello.agreement_version);
+                return Err(self.refuse(&organisation, agreement, status).await);
+            }
+        };
         metrics::session("opened");
         tracing::info!(
             organisation = %session.organisation,
@@ -194,6 +204,20 @@ impl Ingest for IngestService {
     }
 }
 
+impl IngestService {
+    /// Counts, logs and audits a refused session; returns the status to send.
+    async fn refuse(&self, actor: &str, agreement: (&str, u32), status: Status) -> Status {
+        metrics::session("refused");
+        tracing::warn!(%actor, code = ?status.code(), reason = status.message(), "ingest session refused");
+        let code = format!("{:?}", status.code());
+        let record = AuditRecord::session_refused(actor, agreement, &code, status.message());
+        if let Err(e) = self.storage.append_audit(&record).await {
+            tracing::error!(error = %e, "could not audit a refused session");
+        }
+        status
+    }
+}
+
 fn open_session(
     agreements: &Agreements,
     organisation: &str,
@@ -251,6 +275,7 @@ async fn handle_batch(
     let batch_id = batch.batch_id.clone();
     let body = batch.body.unwrap_or_default();
     let dataset = body.dataset.clone();
+    let records = body.records.len();
     let prepared = body
         .digest()
         .eq(&batch_id)
@@ -269,6 +294,19 @@ async fn handle_batch(
                 reason.as_str_name(),
             );
             tracing::warn!(organisation = %session.organisation, %batch_id, reason = reason.as_str_name(), %detail, "batch rejected");
+            let agreement = &session.agreement.agreement;
+            let record = AuditRecord::batch_rejected(
+                &session.organisation,
+                (&agreement.id, agreement.version),
+                &batch_id,
+                &dataset,
+                records,
+                reason.as_str_name(),
+            );
+            storage.append_audit(&record).await.map_err(|e| {
+                tracing::error!(error = %e, "could not audit a rejected batch");
+                Status::unavailable("the gateway could not record the batch; retry later")
+            })?;
             Ack {
                 batch_id,
                 status: AckStatus::Rejected.into(),

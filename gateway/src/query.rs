@@ -13,6 +13,7 @@ use joinery_proto::v1::{
 use time::{Date, Month};
 use tonic::{Request, Response, Status};
 
+use crate::audit::AuditRecord;
 use crate::disclosure::DisclosureRule;
 use crate::peer;
 use crate::storage::Storage;
@@ -46,15 +47,25 @@ impl Query for QueryService {
         &self,
         request: Request<CountsRequest>,
     ) -> Result<Response<CountsResponse>, Status> {
-        let only = match peer::identity(&request)? {
+        let identity = peer::identity(&request)?;
+        let only = match &identity {
             PeerIdentity::Analyst(_) => None,
-            PeerIdentity::Organisation(code) => Some(code),
+            PeerIdentity::Organisation(code) => Some(code.as_str()),
         };
         let counts = self
             .storage
-            .dataset_counts(only.as_deref())
+            .dataset_counts(only)
             .await
             .map_err(unavailable)?;
+        // Counts of records and batches, not of people: no disclosure control.
+        self.audit(
+            &identity,
+            "counts",
+            request.get_ref(),
+            "counts of records and batches",
+            counts.len() * 2,
+        )
+        .await?;
         Ok(Response::new(CountsResponse {
             datasets: counts
                 .into_iter()
@@ -72,8 +83,9 @@ impl Query for QueryService {
         &self,
         request: Request<AgencyOverlapRequest>,
     ) -> Result<Response<AgencyOverlapResponse>, Status> {
-        let analyst = match peer::identity(&request)? {
-            PeerIdentity::Analyst(name) => name,
+        let identity = peer::identity(&request)?;
+        match &identity {
+            PeerIdentity::Analyst(_) => {}
             other => {
                 return Err(Status::permission_denied(format!(
                     "{other} may not query the linked population; an analyst certificate is required"
@@ -105,7 +117,15 @@ impl Query for QueryService {
             let column = (person.organisations.clamp(1, 3) - 1) as usize;
             table[row][column] += 1;
         }
-        tracing::info!(%analyst, query = "agency_overlap", "query answered");
+        let cells = table.len() * OVERLAP_COLUMNS.len();
+        self.audit(
+            &identity,
+            "agency_overlap",
+            request.get_ref(),
+            &self.rule.note(),
+            cells,
+        )
+        .await?;
         Ok(Response::new(AgencyOverlapResponse {
             reference_date: reference.to_string(),
             columns: OVERLAP_COLUMNS.iter().map(|c| (*c).to_owned()).collect(),
@@ -119,6 +139,40 @@ impl Query for QueryService {
                 .collect(),
             disclosure_note: self.rule.note(),
         }))
+    }
+}
+
+impl QueryService {
+    /// Records who asked what and what was released; no answer leaves
+    /// unless it is audited.
+    async fn audit<M: prost::Message>(
+        &self,
+        who: &PeerIdentity,
+        query: &str,
+        request: &M,
+        disclosure: &str,
+        cells_released: usize,
+    ) -> Result<(), Status> {
+        let actor = match who {
+            PeerIdentity::Analyst(name) => format!("analyst:{name}"),
+            PeerIdentity::Organisation(code) => code.clone(),
+        };
+        let digest = hex::encode(ring::digest::digest(
+            &ring::digest::SHA256,
+            &[query.as_bytes(), b"\0", &request.encode_to_vec()].concat(),
+        ));
+        tracing::info!(%actor, %query, "query answered");
+        self.storage
+            .append_audit(&AuditRecord::query(
+                &actor,
+                query,
+                &digest,
+                disclosure,
+                cells_released,
+            ))
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
     }
 }
 

@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use joinery_crypto::keys::SecretKey;
+use joinery_crypto::signing::SigningKey;
+use joinery_proto::v1::audit_server::AuditServer;
 use joinery_proto::v1::ingest_server::IngestServer;
 use joinery_proto::v1::query_server::QueryServer;
 use tokio::net::TcpListener;
@@ -13,6 +15,7 @@ use tokio_rustls::TlsAcceptor;
 use tonic::transport::Server;
 
 use crate::agreements::Agreements;
+use crate::audit::{AuditRecord, AuditService};
 use crate::config::GatewayConfig;
 use crate::disclosure::DisclosureRule;
 use crate::ingest::IngestService;
@@ -35,6 +38,8 @@ pub enum GatewayError {
     #[error(transparent)]
     Agreements(#[from] crate::agreements::AgreementsError),
     #[error(transparent)]
+    AuditKey(#[from] joinery_crypto::signing::SigningError),
+    #[error(transparent)]
     Tls(#[from] joinery_crypto::tls::TlsError),
     #[error("cannot listen on {address}: {source}")]
     Bind {
@@ -53,6 +58,7 @@ pub struct Gateway {
     storage: Storage,
     rekeyer: Rekeyer,
     agreements: Agreements,
+    audit_key: Arc<SigningKey>,
 }
 
 impl Gateway {
@@ -69,6 +75,19 @@ impl Gateway {
         }
         let storage = Storage::open(&config.database_url()).await?;
         let key = SecretKey::load_or_create(&config.key_file())?;
+        let audit_key = Arc::new(SigningKey::load_or_create(&config.audit_key_file())?);
+        for signed in agreements.iter() {
+            let a = &signed.agreement;
+            let path = signed.path.display().to_string();
+            storage
+                .append_audit(&AuditRecord::agreement_loaded(
+                    &a.id,
+                    a.version,
+                    &signed.digest,
+                    &path,
+                ))
+                .await?;
+        }
         let tls = joinery_crypto::tls::server_config(&config.tls)?;
         let listener =
             TcpListener::bind(config.listen)
@@ -84,6 +103,7 @@ impl Gateway {
             listener,
             storage,
             agreements,
+            audit_key,
         })
     }
 
@@ -123,6 +143,12 @@ impl Gateway {
             self.agreements.clone(),
             self.config.retention_interval,
         );
+        crate::audit::schedule_checkpoints(
+            self.storage.clone(),
+            self.audit_key.clone(),
+            self.config.checkpoint_interval,
+        );
+        let audit = AuditServer::new(AuditService::new(self.storage.clone()));
         tracing::info!(%address, database = ?self.storage.backend(), "gateway serving");
         Server::builder()
             .concurrency_limit_per_connection(limits.max_streams_per_connection as usize)
@@ -131,8 +157,13 @@ impl Gateway {
             .add_service(health_service)
             .add_service(ingest)
             .add_service(query)
+            .add_service(audit)
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await?;
+        // Sign the head once more, so a clean stop leaves the whole log covered.
+        if let Err(e) = crate::audit::checkpoint(&self.storage, &self.audit_key).await {
+            tracing::error!(error = %e, "final audit checkpoint failed");
+        }
         tracing::info!("gateway stopped");
         Ok(())
     }

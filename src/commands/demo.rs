@@ -21,7 +21,7 @@ use joinery_crypto::identity::PeerIdentity;
 use joinery_crypto::keys::SecretKey;
 use joinery_crypto::pki::{CertificateAuthority, Validity};
 use joinery_crypto::tls::TlsFiles;
-use joinery_gateway::config::DEFAULT_RETENTION_INTERVAL;
+use joinery_gateway::config::{DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_RETENTION_INTERVAL};
 use joinery_gateway::{Gateway, GatewayConfig, Limits};
 use joinery_policies::model::When;
 use joinery_policies::{Agreement, signing};
@@ -122,6 +122,8 @@ impl DemoArgs {
             },
             limits: Limits::default(),
             retention_interval: DEFAULT_RETENTION_INTERVAL,
+            audit_key_file: None,
+            checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
         })
         .await?;
         let address = gateway.local_addr().to_string();

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use joinery_crypto::tls::TlsFiles;
 use joinery_gateway::agreements::Agreements;
-use joinery_gateway::config::DEFAULT_RETENTION_INTERVAL;
+use joinery_gateway::config::{DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_RETENTION_INTERVAL};
 use joinery_gateway::retention;
 use joinery_gateway::storage::Storage;
 use joinery_gateway::{Gateway, GatewayConfig, Limits};
@@ -16,7 +16,7 @@ use joinery_gateway::{Gateway, GatewayConfig, Limits};
 #[derive(Debug, Subcommand)]
 pub enum GatewayCommand {
     /// Serve agents (Ingest) and analysts (Query) over mutual TLS until SIGTERM or Ctrl-C.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Delete data past its agreement's retention, or sent under an agreement
     /// that has ended (serve also does this on a schedule).
     Retention {
@@ -43,6 +43,27 @@ pub struct StoreArgs {
     agreements: Option<PathBuf>,
 }
 
+impl StoreArgs {
+    /// Opens the gateway's database (running any pending migrations).
+    pub async fn storage(&self) -> anyhow::Result<Storage> {
+        let url = self
+            .database_url
+            .clone()
+            .unwrap_or_else(|| Storage::sqlite_url(&self.data_dir));
+        Ok(Storage::open(&url).await?)
+    }
+
+    pub fn agreements_dir(&self) -> PathBuf {
+        self.agreements
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("agreements"))
+    }
+
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.data_dir
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Address for gRPC over mutual TLS.
@@ -57,6 +78,13 @@ pub struct ServeArgs {
     /// Seconds between retention passes.
     #[arg(long, default_value_t = DEFAULT_RETENTION_INTERVAL.as_secs())]
     retention_interval_secs: u64,
+    /// The Ed25519 key that signs audit checkpoints [default: --data-dir/audit-signing.key,
+    /// created on first start]. Publish its public key (joinery audit verify prints it).
+    #[arg(long, env = "JOINERY_AUDIT_KEY_FILE")]
+    audit_key_file: Option<PathBuf>,
+    /// Seconds between signed audit checkpoints (one is also signed at shutdown).
+    #[arg(long, default_value_t = DEFAULT_CHECKPOINT_INTERVAL.as_secs())]
+    checkpoint_interval_secs: u64,
     /// Deployment CA certificate: client certificates must chain to it.
     #[arg(long, env = "JOINERY_TLS_CA")]
     tls_ca: PathBuf,
@@ -100,6 +128,8 @@ impl GatewayCommand {
             key_file: args.key_file,
             agreements_dir: args.store.agreements,
             retention_interval: Duration::from_secs(args.retention_interval_secs.max(1)),
+            audit_key_file: args.audit_key_file,
+            checkpoint_interval: Duration::from_secs(args.checkpoint_interval_secs.max(1)),
             tls: TlsFiles {
                 ca: args.tls_ca,
                 cert: args.tls_cert,
@@ -121,14 +151,8 @@ impl GatewayCommand {
 }
 
 async fn retention(store: StoreArgs, dry_run: bool) -> anyhow::Result<ExitCode> {
-    let url = store
-        .database_url
-        .unwrap_or_else(|| Storage::sqlite_url(&store.data_dir));
-    let agreements_dir = store
-        .agreements
-        .unwrap_or_else(|| store.data_dir.join("agreements"));
-    let agreements = Agreements::load_dir(&agreements_dir)?;
-    let storage = Storage::open(&url).await?;
+    let agreements = Agreements::load_dir(&store.agreements_dir())?;
+    let storage = store.storage().await?;
     let report = retention::run(
         &storage,
         &agreements,

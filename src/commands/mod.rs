@@ -2,6 +2,7 @@
 //! binary's edge; the work is done by the library crates.
 
 pub mod agent;
+pub mod audit;
 pub mod bench;
 pub mod demo;
 pub mod gateway;

@@ -46,7 +46,8 @@ pub struct GatewayArgs {
 }
 
 impl GatewayArgs {
-    async fn connect(&self) -> anyhow::Result<QueryClient<Channel>> {
+    /// A channel to the gateway over mutual TLS with these credentials.
+    pub async fn channel(&self) -> anyhow::Result<Channel> {
         let host = self
             .gateway
             .rsplit_once(':')
@@ -56,7 +57,7 @@ impl GatewayArgs {
             cert: self.tls_cert.clone(),
             key: self.tls_key.clone(),
         };
-        connect(
+        channel(
             &self.gateway,
             self.server_name.as_deref().unwrap_or(host),
             &tls,
@@ -65,24 +66,26 @@ impl GatewayArgs {
     }
 }
 
+/// A channel to the gateway at `address` over mutual TLS.
+pub async fn channel(address: &str, server_name: &str, tls: &TlsFiles) -> anyhow::Result<Channel> {
+    let config = joinery_crypto::tls::client_config(tls)?;
+    Ok(joinery_proto::channel::connect(address, server_name, config).await?)
+}
+
 /// A Query client over mutual TLS.
 pub async fn connect(
     address: &str,
     server_name: &str,
     tls: &TlsFiles,
 ) -> anyhow::Result<QueryClient<Channel>> {
-    let config = joinery_crypto::tls::client_config(tls)?;
-    let channel = joinery_proto::channel::connect(address, server_name, config).await?;
-    Ok(QueryClient::new(channel))
+    Ok(QueryClient::new(channel(address, server_name, tls).await?))
 }
 
 impl QueryCommand {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
         match self {
             Self::Counts(gateway) => {
-                let counts = gateway
-                    .connect()
-                    .await?
+                let counts = QueryClient::new(gateway.channel().await?)
                     .counts(CountsRequest {})
                     .await?
                     .into_inner();
@@ -92,9 +95,7 @@ impl QueryCommand {
                 gateway,
                 reference_date,
             } => {
-                let overlap = gateway
-                    .connect()
-                    .await?
+                let overlap = QueryClient::new(gateway.channel().await?)
                     .agency_overlap(AgencyOverlapRequest {
                         reference_date: reference_date.unwrap_or_default(),
                     })

@@ -5,7 +5,8 @@
 //! Each backend has its own migrations folder; queries use `$N` placeholders,
 //! which both accept. A batch, its records and its events are written in one
 //! transaction, and a batch already stored for the same organisation is
-//! recognised by its primary key and never stored twice.
+//! recognised by its primary key and never stored twice. Every change of
+//! data is audited in the same transaction ([`crate::audit`]).
 
 mod migrations;
 
@@ -17,6 +18,8 @@ use std::time::Duration;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, AssertSqlSafe, ConnectOptions, Row};
 use tokio::sync::Mutex;
+
+use crate::audit::{AuditRecord, Checkpoint, Entry};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -225,7 +228,12 @@ impl Storage {
         .await?
         .rows_affected();
         if inserted == 0 {
-            tx.rollback().await?;
+            append_audit_in(
+                &mut tx,
+                &AuditRecord::batch(batch, CommitOutcome::Duplicate),
+            )
+            .await?;
+            tx.commit().await?;
             return Ok(CommitOutcome::Duplicate);
         }
 
@@ -290,8 +298,10 @@ impl Storage {
             }
             query.execute(&mut *tx).await?;
         }
+        let outcome = CommitOutcome::Committed(batch.records.len() as u64);
+        append_audit_in(&mut tx, &AuditRecord::batch(batch, outcome)).await?;
         tx.commit().await?;
-        Ok(CommitOutcome::Committed(batch.records.len() as u64))
+        Ok(outcome)
     }
 
     /// The (agreement id, version, dataset) of every batch still holding data.
@@ -372,6 +382,9 @@ impl Storage {
             .execute(&mut *tx)
             .await?;
         }
+        for purge in &purges {
+            append_audit_in(&mut tx, &AuditRecord::retention(purge)).await?;
+        }
         sqlx::query(AssertSqlSafe(format!(
             "UPDATE batches SET purged_at = $5 WHERE {DUE}"
         )))
@@ -384,6 +397,99 @@ impl Storage {
         .await?;
         tx.commit().await?;
         Ok(purges)
+    }
+
+    /// Appends an audit entry in its own transaction.
+    pub async fn append_audit(&self, record: &AuditRecord) -> Result<u64, StorageError> {
+        let _writing = match &self.write_lock {
+            Some(lock) => Some(lock.lock().await),
+            None => None,
+        };
+        let mut tx = self.pool.begin().await?;
+        let seq = append_audit_in(&mut tx, record).await?;
+        tx.commit().await?;
+        Ok(seq)
+    }
+
+    /// The chain head: the last entry's number and hash.
+    pub async fn audit_head(&self) -> Result<(u64, String), StorageError> {
+        let row = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok((count(&row, "seq")?, row.try_get("hash")?))
+    }
+
+    /// Up to `limit` audit entries after `after_seq`, in order.
+    pub async fn audit_entries(
+        &self,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT seq, at_ms, kind, actor, agreement_id, agreement_version, detail, prev_hash, hash \
+             FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(to_i64(after_seq))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Entry {
+                    seq: count(row, "seq")?,
+                    at_ms: row.try_get("at_ms")?,
+                    record: AuditRecord {
+                        kind: row.try_get("kind")?,
+                        actor: row.try_get("actor")?,
+                        agreement_id: row.try_get("agreement_id")?,
+                        agreement_version: u32::try_from(count(row, "agreement_version")?)
+                            .unwrap_or(0),
+                        detail: row.try_get("detail")?,
+                    },
+                    prev_hash: row.try_get("prev_hash")?,
+                    hash: row.try_get("hash")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StorageError::from)
+    }
+
+    pub async fn add_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StorageError> {
+        sqlx::query(
+            "INSERT INTO audit_checkpoints (seq, hash, at_ms, public_key, signature) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (seq) DO NOTHING",
+        )
+        .bind(to_i64(checkpoint.seq))
+        .bind(&checkpoint.hash)
+        .bind(checkpoint.at_ms)
+        .bind(&checkpoint.public_key)
+        .bind(&checkpoint.signature)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Checkpoints after `after_seq`, in order.
+    pub async fn checkpoints(&self, after_seq: u64) -> Result<Vec<Checkpoint>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT seq, hash, at_ms, public_key, signature FROM audit_checkpoints \
+             WHERE seq > $1 ORDER BY seq",
+        )
+        .bind(to_i64(after_seq))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Checkpoint {
+                    seq: count(row, "seq")?,
+                    hash: row.try_get("hash")?,
+                    at_ms: row.try_get("at_ms")?,
+                    public_key: row.try_get("public_key")?,
+                    signature: row.try_get("signature")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StorageError::from)
     }
 
     /// Batches and records per organisation and dataset, optionally for one
@@ -430,6 +536,41 @@ impl Storage {
             })
             .collect()
     }
+}
+
+/// Numbers, chains and stores an audit entry inside `tx`. Locking the chain
+/// head row serialises appends in commit order, across gateways too.
+async fn append_audit_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    record: &AuditRecord,
+) -> Result<u64, StorageError> {
+    let head = sqlx::query("UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash")
+        .fetch_one(&mut **tx)
+        .await?;
+    let seq = count(&head, "seq")?;
+    let prev_hash: String = head.try_get("hash")?;
+    let at_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+    let hash = crate::audit::entry_hash(seq, at_ms, record, &prev_hash);
+    sqlx::query(
+        "INSERT INTO audit_log (seq, at_ms, kind, actor, agreement_id, agreement_version, detail, prev_hash, hash) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(to_i64(seq))
+    .bind(at_ms)
+    .bind(&record.kind)
+    .bind(&record.actor)
+    .bind(&record.agreement_id)
+    .bind(i64::from(record.agreement_version))
+    .bind(&record.detail)
+    .bind(&prev_hash)
+    .bind(&hash)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
+        .bind(&hash)
+        .execute(&mut **tx)
+        .await?;
+    Ok(seq)
 }
 
 /// `prefix` followed by `rows` groups of `columns` numbered placeholders.

@@ -1,0 +1,475 @@
+//! The tamper-evident audit trail: what the gateway records, how entries are
+//! chained, and how a chain is verified. (Storage appends and reads entries;
+//! this module never touches SQL.)
+//!
+//! Every entry carries the SHA-256 of its own fields and of the entry before
+//! it, so an edited, deleted or reordered row breaks the chain. A superuser
+//! who rewrites the whole chain consistently is still caught: at a fixed
+//! interval the gateway signs the chain head with its Ed25519 audit key
+//! (a checkpoint), and agencies can fetch and keep those checkpoints.
+//! Entries hold organisation codes, analyst names, agreement ids, datasets,
+//! counts, digests and reasons — never an identifier of a person.
+
+use std::collections::BTreeMap;
+
+use ring::digest::{Context, SHA256};
+use serde_json::json;
+
+use crate::storage::{CommitOutcome, NewBatch, Purge};
+
+/// The `prev_hash` of the first entry.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// What happened, before it is numbered and chained.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    pub kind: String,
+    /// Who: an organisation code, `analyst:NAME`, or `gateway`.
+    pub actor: String,
+    pub agreement_id: String,
+    pub agreement_version: u32,
+    /// Canonical JSON (keys sorted).
+    pub detail: String,
+}
+
+/// A numbered, chained entry as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub seq: u64,
+    pub at_ms: i64,
+    pub record: AuditRecord,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// A signed statement that the chain's entry `seq` has hash `hash`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Checkpoint {
+    pub seq: u64,
+    pub hash: String,
+    pub at_ms: i64,
+    pub public_key: String,
+    pub signature: String,
+}
+
+fn record(
+    kind: &str,
+    actor: &str,
+    agreement: (&str, u32),
+    detail: serde_json::Value,
+) -> AuditRecord {
+    AuditRecord {
+        kind: kind.to_owned(),
+        actor: actor.to_owned(),
+        agreement_id: agreement.0.to_owned(),
+        agreement_version: agreement.1,
+        detail: detail.to_string(),
+    }
+}
+
+impl AuditRecord {
+    /// A batch stored now, or recognised as already stored.
+    pub fn batch(batch: &NewBatch, outcome: CommitOutcome) -> Self {
+        let (decision, stored) = match outcome {
+            CommitOutcome::Committed(n) => ("committed", n),
+            CommitOutcome::Duplicate => ("duplicate", 0),
+        };
+        record(
+            "batch",
+            &batch.organisation,
+            (&batch.agreement_id, batch.agreement_version),
+            json!({
+                "batch_id": batch.batch_id,
+                "dataset": batch.dataset,
+                "records": batch.records.len(),
+                "records_stored": stored,
+                "decision": decision,
+            }),
+        )
+    }
+
+    /// A batch refused; nothing of it stored.
+    pub fn batch_rejected(
+        organisation: &str,
+        agreement: (&str, u32),
+        batch_id: &str,
+        dataset: &str,
+        records: usize,
+        reason: &str,
+    ) -> Self {
+        record(
+            "batch",
+            organisation,
+            agreement,
+            json!({
+                "batch_id": batch_id,
+                "dataset": dataset,
+                "records": records,
+                "records_stored": 0,
+                "decision": "rejected",
+                "reason": reason,
+            }),
+        )
+    }
+
+    /// A session refused before any batch (wrong agreement, not a party...).
+    pub fn session_refused(actor: &str, agreement: (&str, u32), code: &str, reason: &str) -> Self {
+        record(
+            "session_refused",
+            actor,
+            agreement,
+            json!({ "code": code, "reason": reason }),
+        )
+    }
+
+    /// An agreement loaded at start-up.
+    pub fn agreement_loaded(id: &str, version: u32, digest: &str, path: &str) -> Self {
+        record(
+            "agreement_loaded",
+            "gateway",
+            (id, version),
+            json!({ "digest": digest, "file": path }),
+        )
+    }
+
+    /// Data deleted by retention.
+    pub fn retention(purge: &Purge) -> Self {
+        record(
+            "retention_deleted",
+            "gateway",
+            (&purge.agreement_id, purge.agreement_version),
+            json!({
+                "organisation": purge.organisation,
+                "dataset": purge.dataset,
+                "batches": purge.batches,
+                "records": purge.records,
+            }),
+        )
+    }
+
+    /// An analyst's (or agency's) query and what it released.
+    pub fn query(
+        actor: &str,
+        query: &str,
+        query_digest: &str,
+        disclosure: &str,
+        cells_released: usize,
+    ) -> Self {
+        record(
+            "query",
+            actor,
+            ("", 0),
+            json!({
+                "query": query,
+                "query_digest": query_digest,
+                "disclosure": disclosure,
+                "cells_released": cells_released,
+            }),
+        )
+    }
+
+    /// The detail as a JSON object.
+    pub fn detail_value(&self) -> BTreeMap<String, serde_json::Value> {
+        serde_json::from_str(&self.detail).unwrap_or_default()
+    }
+}
+
+/// The hash of an entry: SHA-256 over its length-prefixed fields and the
+/// previous entry's hash.
+pub fn entry_hash(seq: u64, at_ms: i64, record: &AuditRecord, prev_hash: &str) -> String {
+    let mut context = Context::new(&SHA256);
+    let mut field = |bytes: &[u8]| {
+        context.update(&(bytes.len() as u64).to_be_bytes());
+        context.update(bytes);
+    };
+    field(b"joinery audit v1");
+    field(&seq.to_be_bytes());
+    field(&at_ms.to_be_bytes());
+    field(record.kind.as_bytes());
+    field(record.actor.as_bytes());
+    field(record.agreement_id.as_bytes());
+    field(&record.agreement_version.to_be_bytes());
+    field(record.detail.as_bytes());
+    field(prev_hash.as_bytes());
+    hex::encode(context.finish().as_ref())
+}
+
+/// The bytes a checkpoint signature covers.
+pub fn checkpoint_message(seq: u64, hash: &str, at_ms: i64) -> Vec<u8> {
+    format!("joinery audit checkpoint v1\0{seq}\0{hash}\0{at_ms}").into_bytes()
+}
+
+/// Signs the current chain head, unless it is already signed or empty.
+pub async fn checkpoint(
+    storage: &crate::storage::Storage,
+    key: &joinery_crypto::signing::SigningKey,
+) -> Result<Option<Checkpoint>, crate::storage::StorageError> {
+    let (seq, hash) = storage.audit_head().await?;
+    if seq == 0 || !storage.checkpoints(seq - 1).await?.is_empty() {
+        return Ok(None);
+    }
+    let at_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+    let checkpoint = Checkpoint {
+        seq,
+        signature: key.sign_hex(&checkpoint_message(seq, &hash, at_ms)),
+        hash,
+        at_ms,
+        public_key: key.public_hex(),
+    };
+    storage.add_checkpoint(&checkpoint).await?;
+    Ok(Some(checkpoint))
+}
+
+/// Signs the chain head every `interval` until the process ends.
+pub fn schedule_checkpoints(
+    storage: crate::storage::Storage,
+    key: std::sync::Arc<joinery_crypto::signing::SigningKey>,
+    interval: std::time::Duration,
+) {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.tick().await;
+        loop {
+            ticks.tick().await;
+            match checkpoint(&storage, &key).await {
+                Ok(Some(c)) => tracing::info!(seq = c.seq, "audit checkpoint signed"),
+                Ok(None) => {}
+                Err(e) => tracing::error!(error = %e, "audit checkpoint failed; will retry"),
+            }
+        }
+    });
+}
+
+/// `joinery.v1.Audit`: any authenticated party may fetch the checkpoints.
+pub struct AuditService {
+    storage: crate::storage::Storage,
+}
+
+impl AuditService {
+    pub fn new(storage: crate::storage::Storage) -> Self {
+        Self { storage }
+    }
+}
+
+#[tonic::async_trait]
+impl joinery_proto::v1::audit_server::Audit for AuditService {
+    async fn checkpoints(
+        &self,
+        request: tonic::Request<joinery_proto::v1::CheckpointsRequest>,
+    ) -> Result<tonic::Response<joinery_proto::v1::CheckpointsResponse>, tonic::Status> {
+        crate::peer::identity(&request)?;
+        let checkpoints = self
+            .storage
+            .checkpoints(request.get_ref().after_seq)
+            .await
+            .map_err(|_| tonic::Status::unavailable("the gateway's database is not available"))?;
+        Ok(tonic::Response::new(
+            joinery_proto::v1::CheckpointsResponse {
+                checkpoints: checkpoints
+                    .into_iter()
+                    .map(|c| joinery_proto::v1::Checkpoint {
+                        seq: c.seq,
+                        hash: c.hash,
+                        at_ms: c.at_ms,
+                        public_key: c.public_key,
+                        signature: c.signature,
+                    })
+                    .collect(),
+            },
+        ))
+    }
+}
+
+/// The result of verifying a chain.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Verification {
+    pub entries: u64,
+    pub checkpoints: u64,
+    /// The first problem: the entry it concerns and what is wrong.
+    pub broken: Option<(u64, String)>,
+}
+
+/// Checks entries as they are read, in order of `seq`, then checkpoints.
+pub struct Verifier {
+    expected_seq: u64,
+    prev_hash: String,
+    /// Hashes at the sequence numbers checkpoints name.
+    wanted: BTreeMap<u64, Option<String>>,
+    result: Verification,
+}
+
+impl Verifier {
+    /// `checkpoint_seqs`: the entries whose hashes checkpoints will be compared with.
+    pub fn new(checkpoint_seqs: impl IntoIterator<Item = u64>) -> Self {
+        Self {
+            expected_seq: 1,
+            prev_hash: GENESIS.to_owned(),
+            wanted: checkpoint_seqs.into_iter().map(|s| (s, None)).collect(),
+            result: Verification::default(),
+        }
+    }
+
+    fn fail(&mut self, seq: u64, why: String) {
+        if self.result.broken.is_none() {
+            self.result.broken = Some((seq, why));
+        }
+    }
+
+    pub fn entry(&mut self, entry: &Entry) {
+        self.result.entries += 1;
+        if entry.seq != self.expected_seq {
+            self.fail(
+                self.expected_seq,
+                format!(
+                    "entry {} is missing (the next entry is {})",
+                    self.expected_seq, entry.seq
+                ),
+            );
+        } else if entry.prev_hash != self.prev_hash {
+            self.fail(
+                entry.seq,
+                format!(
+                    "entry {} does not follow entry {} (deleted, inserted or reordered)",
+                    entry.seq,
+                    entry.seq.saturating_sub(1)
+                ),
+            );
+        } else if entry_hash(entry.seq, entry.at_ms, &entry.record, &entry.prev_hash) != entry.hash
+        {
+            self.fail(
+                entry.seq,
+                format!(
+                    "entry {} has been edited: its content does not match its hash",
+                    entry.seq
+                ),
+            );
+        }
+        if let Some(slot) = self.wanted.get_mut(&entry.seq) {
+            *slot = Some(entry.hash.clone());
+        }
+        self.expected_seq = entry.seq + 1;
+        self.prev_hash = entry.hash.clone();
+    }
+
+    /// Finishes with the chain head's seq and the checkpoints, whose
+    /// signatures must verify under one of `trusted_keys`.
+    pub fn finish(
+        mut self,
+        head_seq: u64,
+        checkpoints: &[Checkpoint],
+        trusted_keys: &[String],
+    ) -> Verification {
+        let last = self.expected_seq - 1;
+        if head_seq > last {
+            self.fail(
+                last + 1,
+                format!(
+                    "entries {} to {head_seq} are missing from the end of the log",
+                    last + 1
+                ),
+            );
+        }
+        let mut previous_good = 0;
+        for checkpoint in checkpoints {
+            self.result.checkpoints += 1;
+            let trusted = trusted_keys
+                .iter()
+                .any(|k| k.eq_ignore_ascii_case(&checkpoint.public_key));
+            let signed = joinery_crypto::signing::verify_hex(
+                &checkpoint.public_key,
+                &checkpoint_message(checkpoint.seq, &checkpoint.hash, checkpoint.at_ms),
+                &checkpoint.signature,
+            );
+            if !trusted || !signed {
+                self.fail(
+                    checkpoint.seq,
+                    format!(
+                        "checkpoint at entry {} is not signed by a trusted audit key",
+                        checkpoint.seq
+                    ),
+                );
+                continue;
+            }
+            match self.wanted.get(&checkpoint.seq).cloned().flatten() {
+                None => self.fail(last + 1, format!("entries up to {} are missing: a signed checkpoint covers entry {}", checkpoint.seq, checkpoint.seq)),
+                Some(hash) if hash != checkpoint.hash => self.fail(
+                    previous_good + 1,
+                    format!(
+                        "the log differs from the checkpoint signed at entry {}: an entry between {} and {} was changed and the chain rewritten",
+                        checkpoint.seq,
+                        previous_good + 1,
+                        checkpoint.seq
+                    ),
+                ),
+                Some(_) => previous_good = checkpoint.seq,
+            }
+        }
+        self.result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain(n: u64) -> Vec<Entry> {
+        let mut prev = GENESIS.to_owned();
+        (1..=n)
+            .map(|seq| {
+                let record = AuditRecord::query("analyst:a", "counts", "d", "rule", seq as usize);
+                let hash = entry_hash(seq, 1000 + seq as i64, &record, &prev);
+                let entry = Entry {
+                    seq,
+                    at_ms: 1000 + seq as i64,
+                    record,
+                    prev_hash: prev.clone(),
+                    hash: hash.clone(),
+                };
+                prev = hash;
+                entry
+            })
+            .collect()
+    }
+
+    fn verify(entries: &[Entry], head: u64) -> Verification {
+        let mut v = Verifier::new([]);
+        for e in entries {
+            v.entry(e);
+        }
+        v.finish(head, &[], &[])
+    }
+
+    #[test]
+    fn an_intact_chain_verifies() {
+        let entries = chain(5);
+        assert_eq!(
+            verify(&entries, 5),
+            Verification {
+                entries: 5,
+                checkpoints: 0,
+                broken: None
+            }
+        );
+    }
+
+    #[test]
+    fn edits_deletions_and_reorders_name_the_first_broken_entry() {
+        let mut edited = chain(5);
+        edited[2].record.detail = edited[2].record.detail.replace("3", "4");
+        assert_eq!(verify(&edited, 5).broken.unwrap().0, 3);
+
+        let mut deleted = chain(5);
+        deleted.remove(1);
+        assert_eq!(verify(&deleted, 5).broken.unwrap().0, 2);
+
+        let mut reordered = chain(5);
+        reordered.swap(1, 3);
+        let (a, b) = (reordered[1].seq, reordered[3].seq);
+        reordered[1].seq = b;
+        reordered[3].seq = a;
+        assert_eq!(verify(&reordered, 5).broken.unwrap().0, 2);
+
+        let truncated = chain(3);
+        assert_eq!(verify(&truncated, 5).broken.unwrap().0, 4);
+    }
+}
