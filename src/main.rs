@@ -5,6 +5,7 @@
 //! `joinery bench` generate data, show the whole system and measure it.
 
 mod commands;
+mod observe;
 mod synth;
 mod telemetry;
 

@@ -243,6 +243,17 @@ async fn batches_are_stored_once_and_bad_batches_rejected() {
         );
     }
 
+    // Liveness and readiness for orchestrators.
+    assert!(
+        http_get(&metrics, "/healthz").starts_with("HTTP/1.0 200")
+            || http_get(&metrics, "/healthz").starts_with("HTTP/1.1 200")
+    );
+    let ready = http_get(&metrics, "/readyz");
+    assert!(
+        ready.contains(" 200 ") && ready.contains("ready"),
+        "{ready}"
+    );
+
     // grpc.health.v1 answers on the same port.
     let mut health = tonic_health::pb::health_client::HealthClient::new(
         channel(&gateway.address, org_config(&d, SALT))

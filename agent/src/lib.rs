@@ -13,6 +13,7 @@
 pub mod batch;
 pub mod config;
 pub mod mapping;
+pub mod metrics;
 pub mod opt_out;
 pub mod quarantine;
 pub mod release;

@@ -22,6 +22,7 @@ use tracing::Instrument;
 use crate::batch::Batcher;
 use crate::config::{AgentConfig, SourceConfig};
 use crate::mapping::Mapping;
+use crate::metrics;
 use crate::opt_out::OptOutList;
 use crate::quarantine::{QUARANTINED, QuarantineReport, SENT_WITH_WARNING};
 use crate::release::{Releaser, withheld_by_agreement};
@@ -235,6 +236,13 @@ async fn run_sources(config: &AgentConfig, progress: Progress) -> Result<RunSumm
         summary.source = path;
         summary.dataset = dataset;
         summary.withheld_fields = withheld_fields;
+        metrics::rows(
+            &summary.dataset,
+            summary.rows_read,
+            summary.quarantined_rows(),
+            summary.opted_out,
+            summary.records_sent,
+        );
         summaries.push(summary);
         tally(&mut summaries, acked);
     }
@@ -251,13 +259,20 @@ fn tally(summaries: &mut [SourceSummary], acked: Vec<Acked<usize>>) {
         let records = a.records as u64;
         summary.ack_latencies.push(a.latency);
         match a.status() {
-            AckStatus::Committed => summary.records_stored += a.ack.records_stored,
-            AckStatus::Duplicate => summary.records_already_stored += records,
+            AckStatus::Committed => {
+                summary.records_stored += a.ack.records_stored;
+                metrics::acked(&summary.dataset, "committed", records, a.latency);
+            }
+            AckStatus::Duplicate => {
+                summary.records_already_stored += records;
+                metrics::acked(&summary.dataset, "duplicate", records, a.latency);
+            }
             _ => {
                 summary.records_rejected += records;
                 let reason = RejectReason::try_from(a.ack.reason)
                     .map_or("UNKNOWN", |r| r.as_str_name())
                     .to_owned();
+                metrics::rejected(&summary.dataset, &reason);
                 *summary.batches_rejected.entry(reason).or_default() += 1;
                 tracing::warn!(batch_id = %a.ack.batch_id, detail = %a.ack.detail, "gateway rejected a batch");
             }

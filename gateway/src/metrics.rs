@@ -1,11 +1,8 @@
 //! The gateway's metrics: fixed names, recorded through the `metrics` facade
-//! and exposed for Prometheus when `--metrics-listen` is given. Labels never
+//! and exposed for Prometheus by the binary when `--metrics-listen` is given. Labels never
 //! carry identifiers — only organisation codes, datasets and reason codes.
 
-use std::net::SocketAddr;
 use std::time::Duration;
-
-use metrics_exporter_prometheus::PrometheusBuilder;
 
 pub const BATCHES: &str = "joinery_gateway_batches_total";
 pub const RECORDS: &str = "joinery_gateway_records_stored_total";
@@ -14,24 +11,13 @@ pub const SESSIONS: &str = "joinery_gateway_sessions_total";
 pub const HANDSHAKE_FAILURES: &str = "joinery_gateway_tls_handshake_failures_total";
 pub const RETENTION_DELETED: &str = "joinery_gateway_retention_records_deleted_total";
 
-/// Starts the Prometheus endpoint (`GET /metrics`) on `listen`.
-pub fn install_prometheus(listen: SocketAddr) -> Result<(), String> {
-    PrometheusBuilder::new()
-        .with_http_listener(listen)
-        .set_buckets_for_metric(
-            metrics_exporter_prometheus::Matcher::Full(ACK_LATENCY.to_owned()),
-            &[
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-            ],
-        )
-        .map_err(|e| e.to_string())?
-        .install()
-        .map_err(|e| e.to_string())?;
-    describe();
-    Ok(())
-}
+/// Histogram buckets for the ack latency, in seconds.
+pub const ACK_LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
 
-fn describe() {
+/// Describes every gateway metric to the installed recorder.
+pub fn describe() {
     metrics::describe_counter!(
         BATCHES,
         "Batches answered, by organisation, dataset and outcome (committed, duplicate, rejected) and reason"

@@ -50,6 +50,26 @@ pub enum GatewayError {
     Serve(#[from] tonic::transport::Error),
 }
 
+/// Whether a gateway can do its job.
+#[derive(Clone)]
+pub struct Readiness {
+    storage: Storage,
+    agreements: usize,
+}
+
+impl Readiness {
+    pub async fn check(&self) -> Result<(), String> {
+        self.storage
+            .ping()
+            .await
+            .map_err(|_| "the database does not answer".to_owned())?;
+        if self.agreements == 0 {
+            return Err("no signed agreement is loaded".to_owned());
+        }
+        Ok(())
+    }
+}
+
 /// A gateway bound to its address, ready to serve.
 pub struct Gateway {
     config: GatewayConfig,
@@ -105,6 +125,15 @@ impl Gateway {
             agreements,
             audit_key,
         })
+    }
+
+    /// A probe for readiness endpoints: the database answers and at least
+    /// one agreement is loaded.
+    pub fn readiness(&self) -> Readiness {
+        Readiness {
+            storage: self.storage.clone(),
+            agreements: self.agreements.len(),
+        }
     }
 
     /// The address actually bound (useful with port 0).

@@ -21,6 +21,9 @@ pub enum AgentCommand {
         /// No progress bar, even on a terminal.
         #[arg(long)]
         no_progress: bool,
+        /// While running, serve GET /metrics (Prometheus), /healthz and /readyz here.
+        #[arg(long, env = "JOINERY_AGENT_METRICS_LISTEN")]
+        metrics_listen: Option<std::net::SocketAddr>,
     },
 }
 
@@ -29,7 +32,11 @@ impl AgentCommand {
         let Self::Run {
             config,
             no_progress,
+            metrics_listen,
         } = self;
+        if let Some(address) = metrics_listen {
+            crate::observe::serve(address, crate::observe::always_ready()).await?;
+        }
         let config = AgentConfig::load(&config)?;
         let progress = if no_progress || !std::io::stderr().is_terminal() {
             Progress::Quiet

@@ -94,7 +94,7 @@ pub struct ServeArgs {
     /// The gateway's private key.
     #[arg(long, env = "JOINERY_TLS_KEY")]
     tls_key: PathBuf,
-    /// Serve Prometheus metrics on this address (GET /metrics).
+    /// Serve GET /metrics (Prometheus), /healthz and /readyz on this address.
     #[arg(long, env = "JOINERY_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
     /// Largest gRPC message accepted, in bytes.
@@ -117,10 +117,7 @@ impl GatewayCommand {
             Self::Serve(args) => args,
             Self::Retention { store, dry_run } => return retention(store, dry_run).await,
         };
-        if let Some(address) = args.metrics_listen {
-            joinery_gateway::metrics::install_prometheus(address)
-                .map_err(|e| anyhow::anyhow!("cannot serve metrics on {address}: {e}"))?;
-        }
+
         let config = GatewayConfig {
             listen: args.listen,
             data_dir: args.store.data_dir,
@@ -143,6 +140,14 @@ impl GatewayCommand {
             },
         };
         let gateway = Gateway::bind(config).await?;
+        if let Some(address) = args.metrics_listen {
+            let probe = gateway.readiness();
+            let ready: crate::observe::Readiness = std::sync::Arc::new(move || {
+                let probe = probe.clone();
+                Box::pin(async move { probe.check().await })
+            });
+            crate::observe::serve(address, ready).await?;
+        }
         // Machine-readable line for scripts and tests that bind port 0.
         println!("listening on {}", gateway.local_addr());
         gateway.serve(shutdown_signal()).await?;
