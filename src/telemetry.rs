@@ -50,7 +50,9 @@ fn otlp_requested() -> bool {
     }
 }
 
-/// Installs the global subscriber. Call once, inside the Tokio runtime.
+/// Installs the global subscriber and the W3C trace-context propagator (so a
+/// trace follows a batch from agent to gateway). Call once, inside the Tokio
+/// runtime.
 /// `default_filter` applies when `RUST_LOG` is not set.
 pub fn init(
     service: &'static str,
@@ -59,6 +61,9 @@ pub fn init(
 ) -> anyhow::Result<Telemetry> {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
     let provider = if otlp_requested() {
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()

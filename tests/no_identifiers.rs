@@ -1,8 +1,9 @@
 //! No identifiers in any output: known names, NHS numbers, local ids, dates of
 //! birth and postcodes are planted in an extract (in good rows and in every
-//! kind of broken row), the whole pipeline runs with debug logging, and every
-//! log, error, summary, quarantine report and the gateway's database files
-//! are searched for them.
+//! kind of broken row), the whole pipeline runs with debug logging and traces
+//! exported to an OTLP receiver in the test, and every log, error, summary,
+//! quarantine report, exported span, metric, and the gateway's database files
+//! (records and the audit log) are searched for them.
 
 mod common;
 
@@ -37,7 +38,8 @@ fn nhs(seed: u32) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn no_identifier_reaches_any_output() {
-    let d = Deployment::new();
+    let receiver = otlp::Receiver::start().await;
+    let d = Deployment::new().with_env(receiver.env());
     let valid = [nhs(424_242), nhs(515_151)];
     // Fails Modulus 11: the last digit is changed.
     let invalid = {
@@ -79,7 +81,11 @@ async fn no_identifier_reaches_any_output() {
     let mapping = d.path("canary.yaml");
     std::fs::write(&mapping, MAPPING).unwrap();
 
-    let gateway = d.start_gateway(None, &[]);
+    let metrics = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().to_string()
+    };
+    let gateway = d.start_gateway(None, &["--metrics-listen", &metrics]);
     let config = d.agent_config(COUNCIL, &gateway.address, &extract, &mapping);
     let (code, agent_out, agent_err) = finish(d.spawn_agent(&config));
     assert_eq!(code, 3, "{agent_out}\n{agent_err}");
@@ -109,10 +115,56 @@ async fn no_identifier_reaches_any_output() {
         "--tls-key",
         key.to_str().unwrap(),
     ]);
+    let exposition = {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&metrics).unwrap();
+        write!(stream, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        text
+    };
+    assert!(
+        exposition.contains("joinery_gateway_batches_total"),
+        "{exposition}"
+    );
     let gateway_log = gateway.log_text();
     assert!(gateway.stop().success());
 
+    // Spans from both processes reach the collector, joined into one trace:
+    // the gateway's session is a child of the agent's run.
+    let spans = receiver.spans();
+    let named = |service: &str, name: &str| {
+        spans
+            .iter()
+            .filter(|r| r.service.contains(service) && r.span.name == name)
+            .map(|r| r.span.clone())
+            .collect::<Vec<_>>()
+    };
+    let agent_runs = named("joinery-agent", "agent_run");
+    let sessions = named("joinery-gateway", "ingest_session");
+    assert!(
+        !agent_runs.is_empty() && !sessions.is_empty(),
+        "spans received: {:?}",
+        spans
+            .iter()
+            .map(|r| (&r.service, &r.span.name))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        sessions.iter().any(|s| agent_runs
+            .iter()
+            .any(|a| a.trace_id == s.trace_id && a.span_id == s.parent_span_id)),
+        "an ingest session must be a child of an agent run"
+    );
+    assert!(
+        named("joinery-gateway", "batch")
+            .iter()
+            .any(|b| sessions.iter().any(|s| s.span_id == b.parent_span_id))
+    );
+
     let mut haystacks: Vec<(String, Vec<u8>)> = vec![
+        ("exported spans".into(), format!("{spans:?}").into_bytes()),
+        ("gateway metrics".into(), exposition.into_bytes()),
         ("agent stdout".into(), agent_out.into_bytes()),
         ("agent stderr".into(), agent_err.into_bytes()),
         ("failed agent stdout".into(), bad_out.into_bytes()),

@@ -76,8 +76,10 @@ impl<T> Uploader<T> {
         let mut client = IngestClient::new(channel)
             .max_decoding_message_size(4 * 1024 * 1024)
             .max_encoding_message_size(64 * 1024 * 1024);
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        joinery_proto::trace_context::inject_current(request.metadata_mut());
         let mut inbound = client
-            .stream(ReceiverStream::new(rx))
+            .stream(request)
             .await
             .map_err(|s| UploadError::from_status(s, true))?
             .into_inner();

@@ -99,6 +99,13 @@ impl Ingest for IngestService {
                 return Err(self.refuse(&actor, ("", 0), status).await);
             }
         };
+        let span = tracing::info_span!(
+            "ingest_session",
+            organisation = %organisation,
+            agreement = tracing::field::Empty,
+            agreement_version = tracing::field::Empty,
+        );
+        joinery_proto::trace_context::adopt_parent(&span, request.metadata());
         let mut inbound = request.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Ok(Ok(Some(AgentMessage {
@@ -142,12 +149,8 @@ impl Ingest for IngestService {
             .map_err(|_| Status::cancelled("session closed"))?;
         let storage = self.storage.clone();
         let rekeyer = self.rekeyer.clone();
-        let span = tracing::info_span!(
-            "ingest_session",
-            organisation = %session.organisation,
-            agreement = %session.agreement.agreement.id,
-            agreement_version = session.agreement.agreement.version,
-        );
+        span.record("agreement", session.agreement.agreement.id.as_str());
+        span.record("agreement_version", session.agreement.agreement.version);
         let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
         let session_task = async move {
             loop {

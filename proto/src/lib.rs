@@ -1,9 +1,11 @@
 //! The `joinery.v1` protocol: messages and gRPC services shared by agent and
-//! gateway, plus [`channel`], the one way a client connects to the gateway.
+//! gateway, plus [`channel`], the one way a client connects to the gateway,
+//! and [`trace_context`], which carries a trace from agent to gateway.
 //!
 //! The `.proto` sources live next to this crate in `proto/joinery/v1/`.
 
 pub mod channel;
+pub mod trace_context;
 
 /// Generated code for package `joinery.v1`.
 pub mod v1 {

@@ -10,6 +10,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 pub mod ingest;
+pub mod otlp;
 
 use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
@@ -41,6 +42,8 @@ pub fn joinery_ok(args: &[&str]) -> Output {
 /// A deployment's files in a temporary directory.
 pub struct Deployment {
     pub dir: tempfile::TempDir,
+    /// Extra environment for every gateway and agent process started.
+    env: Vec<(String, String)>,
 }
 
 impl Deployment {
@@ -48,7 +51,10 @@ impl Deployment {
     /// agency certificates for the three synthetic agencies, linkage key.
     pub fn new() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let d = Self { dir };
+        let d = Self {
+            dir,
+            env: Vec::new(),
+        };
         let pki = d.pki();
         joinery_ok(&["pki", "init", "--dir", &pki]);
         joinery_ok(&[
@@ -74,6 +80,12 @@ impl Deployment {
         d.write_agreement(&d.agreements_dir(), |text| text);
         std::fs::write(d.opt_out_list(), "# National Data Opt-out\n").unwrap();
         d
+    }
+
+    /// Starts every later gateway and agent process with `env` too.
+    pub fn with_env(mut self, env: Vec<(String, String)>) -> Self {
+        self.env.extend(env);
+        self
     }
 
     /// Where the gateway's signed agreements are.
@@ -189,6 +201,7 @@ impl Deployment {
             .arg(self.path("pki/gateway/gateway.key"))
             .args(extra)
             .env("RUST_LOG", "debug")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).expect("gateway log"));
         if let Some(url) = database_url {
@@ -274,6 +287,7 @@ impl Deployment {
             .args(["agent", "run", "--no-progress", "--config"])
             .arg(config)
             .env("RUST_LOG", "debug")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
