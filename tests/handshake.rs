@@ -236,6 +236,8 @@ async fn batches_are_stored_once_and_bad_batches_rejected() {
         r#"outcome="rejected",reason="VALUE_NOT_ALLOWED"} 1"#,
         r#"joinery_gateway_records_stored_total{organisation="RY9",dataset="salt_contacts"} 50"#,
         "joinery_gateway_ack_latency_seconds_count 5",
+        r#"joinery_gateway_records_linked_total{method="unlinked"} 50"#,
+        r#"joinery_gateway_queries_total{query="counts"} 1"#,
     ] {
         assert!(
             exposition.contains(expected),

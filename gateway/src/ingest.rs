@@ -329,6 +329,16 @@ async fn handle_batch(
             };
             metrics::batch_answered(&session.organisation, &dataset, label, "");
             metrics::records_stored(&session.organisation, &dataset, stored);
+            if stored > 0 {
+                for method in [crate::rekey::LINK_EXACT_NHS, crate::rekey::LINK_UNLINKED] {
+                    let n = new_batch
+                        .records
+                        .iter()
+                        .filter(|r| r.link_method == method)
+                        .count();
+                    metrics::linked(method, n as u64);
+                }
+            }
             tracing::debug!(organisation = %session.organisation, %batch_id, outcome = label, records = stored, "batch acknowledged");
             Ack {
                 batch_id,

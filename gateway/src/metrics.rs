@@ -10,6 +10,9 @@ pub const ACK_LATENCY: &str = "joinery_gateway_ack_latency_seconds";
 pub const SESSIONS: &str = "joinery_gateway_sessions_total";
 pub const HANDSHAKE_FAILURES: &str = "joinery_gateway_tls_handshake_failures_total";
 pub const RETENTION_DELETED: &str = "joinery_gateway_retention_records_deleted_total";
+pub const RECORDS_LINKED: &str = "joinery_gateway_records_linked_total";
+pub const QUERIES: &str = "joinery_gateway_queries_total";
+pub const CELLS_SUPPRESSED: &str = "joinery_gateway_cells_suppressed_total";
 
 /// Histogram buckets for the ack latency, in seconds.
 pub const ACK_LATENCY_BUCKETS: &[f64] = &[
@@ -29,6 +32,15 @@ pub fn describe() {
         "Time from receiving a batch to sending its ack (validation, re-keying and commit)"
     );
     metrics::describe_counter!(SESSIONS, "Ingest sessions, by outcome (opened, refused)");
+    metrics::describe_counter!(
+        RECORDS_LINKED,
+        "Records stored, by how their person id was decided (exact-nhs, unlinked)"
+    );
+    metrics::describe_counter!(QUERIES, "Queries answered, by query");
+    metrics::describe_counter!(
+        CELLS_SUPPRESSED,
+        "Released cells suppressed by disclosure control, by query"
+    );
     metrics::describe_counter!(
         RETENTION_DELETED,
         "Records deleted by retention, by organisation and dataset"
@@ -58,6 +70,15 @@ pub fn ack_latency(elapsed: Duration) {
 
 pub fn session(outcome: &'static str) {
     metrics::counter!(SESSIONS, "outcome" => outcome).increment(1);
+}
+
+pub fn linked(method: &'static str, records: u64) {
+    metrics::counter!(RECORDS_LINKED, "method" => method).increment(records);
+}
+
+pub fn query(query: &str, suppressed: u64) {
+    metrics::counter!(QUERIES, "query" => query.to_owned()).increment(1);
+    metrics::counter!(CELLS_SUPPRESSED, "query" => query.to_owned()).increment(suppressed);
 }
 
 pub fn retention_deleted(organisation: &str, dataset: &str, records: u64) {

@@ -8,7 +8,7 @@ use joinery_crypto::identity::PeerIdentity;
 use joinery_proto::v1::query_server::Query;
 use joinery_proto::v1::{
     AgencyOverlapRequest, AgencyOverlapResponse, CountsRequest, CountsResponse, DatasetCount,
-    OverlapRow,
+    OverlapRow, cell,
 };
 use time::{Date, Month};
 use tonic::{Request, Response, Status};
@@ -64,6 +64,7 @@ impl Query for QueryService {
             request.get_ref(),
             "counts of records and batches",
             counts.len() * 2,
+            0,
         )
         .await?;
         Ok(Response::new(CountsResponse {
@@ -117,26 +118,33 @@ impl Query for QueryService {
             let column = (person.organisations.clamp(1, 3) - 1) as usize;
             table[row][column] += 1;
         }
-        let cells = table.len() * OVERLAP_COLUMNS.len();
+        let rows: Vec<OverlapRow> = bands
+            .iter()
+            .zip(table)
+            .map(|(band, counts)| OverlapRow {
+                age_band: (*band).to_owned(),
+                cells: counts.iter().map(|&c| self.rule.protect(c)).collect(),
+            })
+            .collect();
+        let cells = rows.iter().map(|r| r.cells.len()).sum();
+        let suppressed = rows
+            .iter()
+            .flat_map(|r| &r.cells)
+            .filter(|c| matches!(c.value, Some(cell::Value::Suppressed(_))))
+            .count();
         self.audit(
             &identity,
             "agency_overlap",
             request.get_ref(),
             &self.rule.note(),
             cells,
+            suppressed,
         )
         .await?;
         Ok(Response::new(AgencyOverlapResponse {
             reference_date: reference.to_string(),
             columns: OVERLAP_COLUMNS.iter().map(|c| (*c).to_owned()).collect(),
-            rows: bands
-                .iter()
-                .zip(table)
-                .map(|(band, counts)| OverlapRow {
-                    age_band: (*band).to_owned(),
-                    cells: counts.iter().map(|&c| self.rule.protect(c)).collect(),
-                })
-                .collect(),
+            rows,
             disclosure_note: self.rule.note(),
         }))
     }
@@ -152,7 +160,9 @@ impl QueryService {
         request: &M,
         disclosure: &str,
         cells_released: usize,
+        cells_suppressed: usize,
     ) -> Result<(), Status> {
+        crate::metrics::query(query, cells_suppressed as u64);
         let actor = match who {
             PeerIdentity::Analyst(name) => format!("analyst:{name}"),
             PeerIdentity::Organisation(code) => code.clone(),
