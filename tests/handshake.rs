@@ -93,6 +93,7 @@ async fn handshake_matrix() {
                 ca: d.ca(),
                 cert: foreign.cert,
                 key: foreign.key,
+                crl: None,
             })
             .unwrap(),
         ),
@@ -102,6 +103,7 @@ async fn handshake_matrix() {
                 ca: d.ca(),
                 cert: expired.cert,
                 key: expired.key,
+                crl: None,
             })
             .unwrap(),
         ),
@@ -322,4 +324,74 @@ async fn a_client_that_never_finishes_its_handshake_is_dropped() {
         .await
         .expect("valid agent session");
     assert!(gateway.log_text().contains("TLS handshake timed out"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revocation_and_certificate_rotation_without_restart() {
+    let d = Deployment::new();
+    let gateway = d.start_gateway(None, &[]);
+    Session::open(&gateway.address, org_config(&d, CAMHS), hello(&d, CAMHS))
+        .await
+        .expect("before revocation");
+
+    // Revoke CAMHS's certificate: the gateway picks up the new CRL by itself.
+    let (camhs_cert, _) = d.org_cert(CAMHS);
+    joinery_ok(&[
+        "pki",
+        "revoke",
+        "--dir",
+        &d.pki(),
+        "--cert",
+        camhs_cert.to_str().unwrap(),
+    ]);
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert!(
+        Session::open(&gateway.address, org_config(&d, CAMHS), hello(&d, CAMHS))
+            .await
+            .is_err(),
+        "a revoked certificate is refused"
+    );
+    Session::open(&gateway.address, org_config(&d, SALT), hello(&d, SALT))
+        .await
+        .expect("other agencies are unaffected");
+
+    // Rotate the gateway's own certificate to one for another name.
+    let rotated = d.path("rotated");
+    joinery_ok(&[
+        "pki",
+        "server",
+        "--dir",
+        &d.pki(),
+        "--name",
+        "gateway.example",
+        "--out",
+        rotated.to_str().unwrap(),
+    ]);
+    for file in ["gateway.key", "gateway.pem"] {
+        let staged = d.path(&format!("pki/gateway/{file}.new"));
+        std::fs::copy(rotated.join(file), &staged).unwrap();
+        std::fs::rename(&staged, d.path(&format!("pki/gateway/{file}"))).unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let connect = |name: &'static str| {
+        let config = org_config(&d, SALT);
+        let address = gateway.address.clone();
+        async move {
+            let channel = joinery_proto::channel::connect(&address, name, config)
+                .await
+                .map_err(|e| e.to_string())?;
+            QueryClient::new(channel)
+                .counts(CountsRequest {})
+                .await
+                .map_err(|e| e.to_string())
+        }
+    };
+    connect("gateway.example")
+        .await
+        .expect("the new certificate is served");
+    assert!(
+        connect("localhost").await.is_err(),
+        "the old certificate is no longer served"
+    );
+    assert!(gateway.log_text().contains("TLS certificates reloaded"));
 }

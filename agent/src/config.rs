@@ -146,6 +146,7 @@ impl AgentConfig {
             ca: self.tls.ca.clone(),
             cert: self.tls.cert.clone(),
             key: self.tls.key.clone(),
+            crl: None,
         }
     }
 

@@ -20,6 +20,10 @@ use crate::identity::PeerIdentity;
 /// File names inside a PKI directory.
 pub const CA_CERT_FILE: &str = "ca.pem";
 pub const CA_KEY_FILE: &str = "ca.key";
+/// The certificate revocation list the gateway loads (`--tls-crl`).
+pub const CRL_FILE: &str = "crl.pem";
+/// The serial numbers revoked so far, one hex serial per line.
+pub const REVOKED_FILE: &str = "revoked.txt";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
@@ -43,6 +47,8 @@ pub enum PkiError {
     Lifetime(i64),
     #[error("the system random number generator failed")]
     Random,
+    #[error("{path} is not a PEM certificate")]
+    NotACertificate { path: PathBuf },
 }
 
 /// When a certificate is valid.
@@ -173,6 +179,95 @@ impl CertificateAuthority {
         )
     }
 
+    /// Revokes the certificate at `cert` and rewrites `dir/crl.pem` with every
+    /// revoked serial (valid for 30 days; revoke again or re-run to renew it).
+    /// Returns the number of certificates now revoked.
+    pub fn revoke(&self, dir: &Path, cert: &Path) -> Result<usize, PkiError> {
+        use rustls_pki_types::pem::PemObject;
+        use x509_parser::prelude::FromDer;
+        let der = rustls_pki_types::CertificateDer::from_pem_file(cert).map_err(|_| {
+            PkiError::NotACertificate {
+                path: cert.to_owned(),
+            }
+        })?;
+        let (_, parsed) = x509_parser::prelude::X509Certificate::from_der(&der).map_err(|_| {
+            PkiError::NotACertificate {
+                path: cert.to_owned(),
+            }
+        })?;
+        let serial = hex::encode(parsed.raw_serial());
+        let list_path = dir.join(REVOKED_FILE);
+        let mut serials: Vec<String> = match std::fs::read_to_string(&list_path) {
+            Ok(text) => text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(source) => {
+                return Err(PkiError::Read {
+                    path: list_path,
+                    source,
+                });
+            }
+        };
+        if !serials.contains(&serial) {
+            serials.push(serial);
+        }
+        crate::files::write_public(&list_path, (serials.join("\n") + "\n").as_bytes(), true)
+            .map_err(|source| PkiError::Write {
+                path: list_path.clone(),
+                source,
+            })?;
+        self.publish_crl(dir)?;
+        Ok(serials.len())
+    }
+
+    /// Writes `dir/crl.pem` listing every serial in `dir/revoked.txt` (none
+    /// if it does not exist), valid for 30 days.
+    pub fn publish_crl(&self, dir: &Path) -> Result<(), PkiError> {
+        let list_path = dir.join(REVOKED_FILE);
+        let serials: Vec<String> = match std::fs::read_to_string(&list_path) {
+            Ok(text) => text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(source) => {
+                return Err(PkiError::Read {
+                    path: list_path,
+                    source,
+                });
+            }
+        };
+        let now = OffsetDateTime::now_utc();
+        let revoked = serials
+            .iter()
+            .filter_map(|s| hex::decode(s).ok())
+            .map(|bytes| rcgen::RevokedCertParams {
+                serial_number: SerialNumber::from_slice(&bytes),
+                revocation_time: now,
+                reason_code: None,
+                invalidity_date: None,
+            })
+            .collect();
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now - Duration::minutes(1),
+            next_update: now + Duration::days(30),
+            crl_number: SerialNumber::from((now.unix_timestamp() as u64).to_be_bytes().to_vec()),
+            issuing_distribution_point: None,
+            revoked_certs: revoked,
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        let crl = params.signed_by(&self.issuer)?;
+        let path = dir.join(CRL_FILE);
+        crate::files::write_public(&path, crl.pem()?.as_bytes(), true)
+            .map_err(|source| PkiError::Write { path, source })
+    }
+
     fn sign(
         &self,
         params: CertificateParams,
@@ -291,6 +386,37 @@ mod tests {
             Validity::days_from_now(0),
             Err(PkiError::Lifetime(0))
         ));
+    }
+
+    #[test]
+    fn revoking_writes_a_crl_listing_every_revoked_serial() {
+        let dir = tempfile::tempdir().unwrap();
+        let validity = Validity::days_from_now(5).unwrap();
+        CertificateAuthority::init(dir.path(), "test CA", validity).unwrap();
+        let ca = CertificateAuthority::load(dir.path()).unwrap();
+        let a = ca
+            .issue_client(
+                &PeerIdentity::Organisation("AA1".into()),
+                validity,
+                dir.path(),
+            )
+            .unwrap();
+        let b = ca
+            .issue_client(
+                &PeerIdentity::Organisation("BB2".into()),
+                validity,
+                dir.path(),
+            )
+            .unwrap();
+        assert_eq!(ca.revoke(dir.path(), &a.cert).unwrap(), 1);
+        assert_eq!(
+            ca.revoke(dir.path(), &a.cert).unwrap(),
+            1,
+            "revoking twice lists it once"
+        );
+        assert_eq!(ca.revoke(dir.path(), &b.cert).unwrap(), 2);
+        let crl = std::fs::read_to_string(dir.path().join(CRL_FILE)).unwrap();
+        assert!(crl.contains("BEGIN X509 CRL"));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
 /// The application protocol spoken over TLS: HTTP/2 for gRPC.
 const ALPN_H2: &[u8] = b"h2";
@@ -40,6 +40,9 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     /// This party's private key (PEM).
     pub key: PathBuf,
+    /// Certificate revocation list (PEM) from `joinery pki revoke`; the
+    /// server refuses client certificates it lists.
+    pub crl: Option<PathBuf>,
 }
 
 /// The crypto provider: ring, and nothing else.
@@ -51,9 +54,18 @@ pub fn provider() -> Arc<CryptoProvider> {
 /// against the deployment CA.
 pub fn server_config(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
     let provider = provider();
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(roots(&files.ca)?), provider.clone())
-            .build()?;
+    let mut verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots(&files.ca)?), provider.clone());
+    if let Some(crl) = &files.crl {
+        let crls = CertificateRevocationListDer::pem_file_iter(crl)
+            .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| TlsError::Certificates {
+                path: crl.clone(),
+                detail: e.to_string(),
+            })?;
+        verifier = verifier.with_crls(crls).only_check_end_entity_revocation();
+    }
+    let verifier = verifier.build()?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)

@@ -23,6 +23,7 @@ pub mod rekey;
 pub mod retention;
 pub mod server;
 pub mod storage;
+pub mod tls_reload;
 
 pub use config::{GatewayConfig, Limits};
 pub use server::{Gateway, GatewayError};

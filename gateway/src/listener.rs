@@ -16,13 +16,13 @@ use joinery_crypto::identity::PeerIdentity;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
-use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
 use crate::metrics;
 use crate::peer::PeerInfo;
+use crate::tls_reload::TlsReloader;
 
 /// An established, authenticated connection.
 pub struct Connection {
@@ -34,7 +34,7 @@ pub struct Connection {
 /// Starts accepting; the returned stream yields authenticated connections.
 pub fn incoming(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    tls: Arc<TlsReloader>,
     handshake_timeout: Duration,
     max_connections: usize,
 ) -> ReceiverStream<io::Result<Connection>> {
@@ -58,7 +58,7 @@ pub fn incoming(
                 }
             };
             let _ = tcp.set_nodelay(true);
-            let acceptor = acceptor.clone();
+            let acceptor = tls.acceptor();
             let tx = tx.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {

@@ -11,7 +11,6 @@ use joinery_proto::v1::audit_server::AuditServer;
 use joinery_proto::v1::ingest_server::IngestServer;
 use joinery_proto::v1::query_server::QueryServer;
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 use tonic::transport::Server;
 
 use crate::agreements::Agreements;
@@ -23,6 +22,7 @@ use crate::listener;
 use crate::query::QueryService;
 use crate::rekey::Rekeyer;
 use crate::storage::{Storage, StorageError};
+use crate::tls_reload::TlsReloader;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -74,7 +74,7 @@ impl Readiness {
 pub struct Gateway {
     config: GatewayConfig,
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    tls: Arc<TlsReloader>,
     storage: Storage,
     rekeyer: Rekeyer,
     agreements: Agreements,
@@ -108,7 +108,7 @@ impl Gateway {
                 ))
                 .await?;
         }
-        let tls = joinery_crypto::tls::server_config(&config.tls)?;
+        let tls = Arc::new(TlsReloader::new(config.tls.clone())?);
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -117,7 +117,7 @@ impl Gateway {
                     source,
                 })?;
         Ok(Self {
-            acceptor: TlsAcceptor::from(Arc::new(tls)),
+            tls,
             rekeyer: Rekeyer::new(&key),
             config,
             listener,
@@ -163,7 +163,7 @@ impl Gateway {
         ));
         let incoming = listener::incoming(
             self.listener,
-            self.acceptor,
+            self.tls,
             limits.handshake_timeout,
             limits.max_connections,
         );

@@ -119,6 +119,7 @@ impl DemoArgs {
                 ca: pki.join("ca.pem"),
                 cert: server.cert.clone(),
                 key: server.key.clone(),
+                crl: None,
             },
             limits: Limits::default(),
             retention_interval: DEFAULT_RETENTION_INTERVAL,
@@ -180,6 +181,7 @@ impl DemoArgs {
             ca: pki.join("ca.pem"),
             cert: analyst.cert.clone(),
             key: analyst.key.clone(),
+            crl: None,
         };
         let mut client = connect(&address, "localhost", &analyst_tls).await?;
         println!("\n5. Stored at the gateway (analyst view):");

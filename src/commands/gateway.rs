@@ -94,6 +94,10 @@ pub struct ServeArgs {
     /// The gateway's private key.
     #[arg(long, env = "JOINERY_TLS_KEY")]
     tls_key: PathBuf,
+    /// Certificate revocation list (joinery pki revoke writes pki/crl.pem).
+    /// The CA, certificate, key and CRL files are reloaded when they change.
+    #[arg(long, env = "JOINERY_TLS_CRL")]
+    tls_crl: Option<PathBuf>,
     /// Serve GET /metrics (Prometheus), /healthz and /readyz on this address.
     #[arg(long, env = "JOINERY_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
@@ -131,6 +135,7 @@ impl GatewayCommand {
                 ca: args.tls_ca,
                 cert: args.tls_cert,
                 key: args.tls_key,
+                crl: args.tls_crl,
             },
             limits: Limits {
                 max_message_bytes: args.max_message_bytes,

@@ -49,6 +49,15 @@ pub enum PkiCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Revoke a client certificate: add it to the revocation list (--dir/crl.pem)
+    /// that the gateway loads with --tls-crl (it reloads the file when it changes).
+    Revoke {
+        #[command(flatten)]
+        dir: PkiDir,
+        /// The certificate to revoke (PEM).
+        #[arg(long)]
+        cert: PathBuf,
+    },
     /// Create an agreement linkage key (256 bits, hex, mode 0600) for the agencies'
     /// agents. Share it between the agencies only, never with the gateway operator.
     LinkageKey {
@@ -82,7 +91,12 @@ impl PkiCommand {
             Self::Init { dir, name, days } => {
                 let issued =
                     CertificateAuthority::init(&dir.dir, &name, Validity::days_from_now(days)?)?;
+                CertificateAuthority::load(&dir.dir)?.publish_crl(&dir.dir)?;
                 report("deployment CA", &issued);
+                println!(
+                    "  revocation list: {} (empty; joinery pki revoke adds to it)",
+                    dir.dir.join(joinery_crypto::pki::CRL_FILE).display()
+                );
             }
             Self::Issue {
                 dir,
@@ -116,6 +130,15 @@ impl PkiCommand {
                     &out.unwrap_or_else(|| dir.dir.join("gateway")),
                 )?;
                 report(&format!("gateway {}", names.join(", ")), &issued);
+            }
+            Self::Revoke { dir, cert } => {
+                let ca = CertificateAuthority::load(&dir.dir)?;
+                let count = ca.revoke(&dir.dir, &cert)?;
+                println!(
+                    "revoked {}; {} now lists {count} revoked certificates (valid for 30 days: revoke or re-run to renew)",
+                    cert.display(),
+                    dir.dir.join(joinery_crypto::pki::CRL_FILE).display()
+                );
             }
             Self::LinkageKey { out } => {
                 SecretKey::generate()?.save(&out)?;

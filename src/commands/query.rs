@@ -56,6 +56,7 @@ impl GatewayArgs {
             ca: self.tls_ca.clone(),
             cert: self.tls_cert.clone(),
             key: self.tls_key.clone(),
+            crl: None,
         };
         channel(
             &self.gateway,

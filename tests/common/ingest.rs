@@ -19,6 +19,7 @@ pub fn files(d: &Deployment, cert: (std::path::PathBuf, std::path::PathBuf)) -> 
         ca: d.ca(),
         cert: cert.0,
         key: cert.1,
+        crl: None,
     }
 }
 

@@ -199,6 +199,8 @@ impl Deployment {
             .arg(self.path("pki/gateway/gateway.pem"))
             .arg("--tls-key")
             .arg(self.path("pki/gateway/gateway.key"))
+            .arg("--tls-crl")
+            .arg(self.path("pki/crl.pem"))
             .args(extra)
             .env("RUST_LOG", "debug")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
