@@ -20,7 +20,7 @@ use crate::telemetry::LogFormat;
 /// links and answers disclosure-controlled queries.
 #[derive(Debug, Parser)]
 #[command(name = "joinery", version, propagate_version = true)]
-struct Cli {
+pub struct Cli {
     /// Log format on stderr (filter with RUST_LOG, default info).
     #[arg(
         long,
@@ -59,6 +59,11 @@ enum Command {
     Synth(commands::synth::SynthArgs),
     /// Run the whole system on this machine in a temporary directory and print a result.
     Demo(commands::demo::DemoArgs),
+    /// Check an HTTP endpoint answers 200 (container health checks: `probe http://127.0.0.1:9464/readyz`).
+    Probe(commands::probe::ProbeArgs),
+    /// Print reference documentation generated from the code.
+    #[command(subcommand, hide = true)]
+    Reference(commands::reference::ReferenceCommand),
     /// Measure throughput, latency and memory.
     #[command(subcommand)]
     Bench(commands::bench::BenchCommand),
@@ -80,7 +85,9 @@ fn main() -> ExitCode {
         let (service, default_filter) = match &cli.command {
             Command::Gateway(_) => ("joinery-gateway", "info"),
             Command::Agent(_) => ("joinery-agent", "info"),
-            Command::Demo(_) | Command::Bench(_) => ("joinery", "warn"),
+            Command::Demo(_) | Command::Bench(_) | Command::Probe(_) | Command::Reference(_) => {
+                ("joinery", "warn")
+            }
             _ => ("joinery", "info"),
         };
         let _telemetry = match telemetry::init(service, cli.log_format, default_filter) {
@@ -99,6 +106,8 @@ fn main() -> ExitCode {
             Command::Query(c) => c.run().await,
             Command::Synth(a) => a.run(),
             Command::Demo(a) => a.run().await,
+            Command::Probe(a) => a.run().await,
+            Command::Reference(c) => c.run(),
             Command::Bench(c) => c.run().await,
         };
         match result {

@@ -4,10 +4,11 @@
 use std::path::{Path, PathBuf};
 
 use joinery_crypto::tls::TlsFiles;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Everything an agent run needs to know.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
     /// This agency's ODS or local-authority code; must match its certificate.
@@ -21,7 +22,9 @@ pub struct AgentConfig {
     /// Required when the agreement says the opt-out applies.
     #[serde(default)]
     pub national_data_opt_out: Option<PathBuf>,
+    /// Where the gateway is.
     pub gateway: GatewayEndpoint,
+    /// This agency's mutual-TLS credentials.
     pub tls: TlsPaths,
     /// File holding the agreement's 256-bit linkage key (hex, mode 0600),
     /// shared by the agencies and never by the gateway.
@@ -39,7 +42,7 @@ pub struct AgentConfig {
     pub sources: Vec<SourceConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayEndpoint {
     /// `host:port` of the gateway.
@@ -49,7 +52,7 @@ pub struct GatewayEndpoint {
     pub server_name: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TlsPaths {
     /// The deployment CA certificate.
@@ -61,11 +64,16 @@ pub struct TlsPaths {
 }
 
 /// One extract.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum SourceConfig {
     /// A delimited text file read through a mapping file.
-    Csv { path: PathBuf, mapping: PathBuf },
+    Csv {
+        /// The extract.
+        path: PathBuf,
+        /// Its mapping file (see deploy/examples/mapping.yaml).
+        mapping: PathBuf,
+    },
 }
 
 fn default_quarantine_dir() -> PathBuf {

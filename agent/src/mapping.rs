@@ -23,11 +23,12 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::validate::DateFormat;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Mapping {
     /// Dataset name at the gateway (a-z, 0-9, _).
@@ -45,7 +46,7 @@ pub struct Mapping {
 }
 
 /// Columns holding the person's identity.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Fields {
     /// The agency's own record id (required).
@@ -70,7 +71,7 @@ pub struct Fields {
 }
 
 /// A source column, by header name, optionally with a code map.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum Column {
     Name(String),
@@ -96,21 +97,22 @@ impl Column {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DateColumn {
+    /// The column's header.
     pub column: String,
     pub format: DateFormat,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FullName {
     pub column: String,
     pub order: NameOrder,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum NameOrder {
     /// `SMITH, Jane`
@@ -119,13 +121,15 @@ pub enum NameOrder {
     ForenameSurname,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventMapping {
     /// Event type, e.g. `referral`.
     #[serde(rename = "type")]
     pub event_type: String,
+    /// The column holding the event's date.
     pub date: DateColumn,
+    /// Columns sent as the event's attributes, by attribute name.
     #[serde(default)]
     pub attributes: BTreeMap<String, Column>,
 }

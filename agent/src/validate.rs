@@ -146,7 +146,7 @@ fn fold_accent(c: char) -> char {
 }
 
 /// Date layouts found in agency extracts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
 pub enum DateFormat {
     /// `31/01/2015` (also accepts `-` or `.` separators)
     #[serde(rename = "dd/mm/yyyy")]

@@ -90,6 +90,7 @@ impl BenchCommand {
                 root,
                 ORG,
                 &gateway.address,
+                "localhost",
                 &agreement,
                 &root.join("linkage.key"),
                 extract,

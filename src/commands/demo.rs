@@ -43,6 +43,17 @@ pub struct DemoArgs {
     /// Directory to work in (must not exist yet; default: a new temporary directory).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Only write the deployment (PKI, signed agreement, extracts, agent
+    /// configurations for a gateway at --gateway-address) and stop: this is
+    /// how the compose stack in deploy/compose sets itself up.
+    #[arg(long, requires = "gateway_address")]
+    prepare_only: bool,
+    /// The gateway address written into agent configurations (--prepare-only).
+    #[arg(long)]
+    gateway_address: Option<String>,
+    /// The gateway's host name, added to its certificate and used by agents.
+    #[arg(long, default_value = "localhost")]
+    server_name: String,
 }
 
 impl DemoArgs {
@@ -70,11 +81,14 @@ impl DemoArgs {
         let validity = Validity::days_from_now(7)?;
         CertificateAuthority::init(&pki, "Joinery demo CA", validity)?;
         let ca = CertificateAuthority::load(&pki)?;
-        let server = ca.issue_server(
-            &["localhost".into(), "127.0.0.1".into()],
-            validity,
-            &pki.join("gateway"),
-        )?;
+        let mut names = vec![
+            self.server_name.clone(),
+            "localhost".into(),
+            "127.0.0.1".into(),
+        ];
+        names.dedup();
+        let server = ca.issue_server(&names, validity, &pki.join("gateway"))?;
+        ca.publish_crl(&pki)?;
         let analyst = ca.issue_client(
             &PeerIdentity::Analyst(ANALYST.into()),
             validity,
@@ -107,6 +121,39 @@ impl DemoArgs {
             dir.join("synth").display()
         );
 
+        for (agency, _, _) in &synth.extracts {
+            ca.issue_client(
+                &PeerIdentity::Organisation(agency.organisation.into()),
+                validity,
+                &pki.join("agents"),
+            )?;
+        }
+        if self.prepare_only {
+            let address = self.gateway_address.unwrap_or_default();
+            for (agency, extract, mapping) in &synth.extracts {
+                let config = agent_config(
+                    &dir,
+                    agency.organisation,
+                    &address,
+                    &self.server_name,
+                    &agreement,
+                    &linkage_key,
+                    extract,
+                    mapping,
+                );
+                write_yaml(
+                    &dir.join("agents")
+                        .join(format!("{}.yaml", agency.organisation)),
+                    &config,
+                )?;
+            }
+            println!(
+                "Prepared: agent configurations for a gateway at {address} are in {}",
+                dir.join("agents").display()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+
         // 3. Gateway on SQLite, on a free local port.
         let gateway_dir = dir.join("gateway");
         let gateway = Gateway::bind(GatewayConfig {
@@ -119,7 +166,7 @@ impl DemoArgs {
                 ca: pki.join("ca.pem"),
                 cert: server.cert.clone(),
                 key: server.key.clone(),
-                crl: None,
+                crl: Some(pki.join(joinery_crypto::pki::CRL_FILE)),
             },
             limits: Limits::default(),
             retention_interval: DEFAULT_RETENTION_INTERVAL,
@@ -140,15 +187,11 @@ impl DemoArgs {
         // 4. One agent per agency, all at once.
         let mut configs = Vec::new();
         for (agency, extract, mapping) in &synth.extracts {
-            ca.issue_client(
-                &PeerIdentity::Organisation(agency.organisation.into()),
-                validity,
-                &pki.join("agents"),
-            )?;
             let config = agent_config(
                 &dir,
                 agency.organisation,
                 &address,
+                &self.server_name,
                 &agreement,
                 &linkage_key,
                 extract,
@@ -183,7 +226,7 @@ impl DemoArgs {
             key: analyst.key.clone(),
             crl: None,
         };
-        let mut client = connect(&address, "localhost", &analyst_tls).await?;
+        let mut client = connect(&address, &self.server_name, &analyst_tls).await?;
         println!("\n5. Stored at the gateway (analyst view):");
         print_counts(&client.counts(CountsRequest {}).await?.into_inner());
         println!();
@@ -258,10 +301,12 @@ const EXAMPLE_AGREEMENT: &str =
     include_str!("../../policies/examples/children-at-risk-stratification.yaml");
 
 /// An agent configuration for one agency of the demo or benchmark.
+#[allow(clippy::too_many_arguments)]
 pub fn agent_config(
     dir: &Path,
     organisation: &str,
     address: &str,
+    server_name: &str,
     agreement: &Path,
     linkage_key: &Path,
     extract: &Path,
@@ -274,7 +319,7 @@ pub fn agent_config(
         national_data_opt_out: Some(dir.join("opt-out.txt")),
         gateway: GatewayEndpoint {
             address: address.to_owned(),
-            server_name: Some("localhost".to_owned()),
+            server_name: Some(server_name.to_owned()),
         },
         tls: TlsPaths {
             ca: dir.join("pki").join("ca.pem"),

@@ -76,14 +76,14 @@ pub struct ServeArgs {
     #[arg(long, env = "JOINERY_KEY_FILE")]
     key_file: Option<PathBuf>,
     /// Seconds between retention passes.
-    #[arg(long, default_value_t = DEFAULT_RETENTION_INTERVAL.as_secs())]
+    #[arg(long, default_value_t = DEFAULT_RETENTION_INTERVAL.as_secs(), env = "JOINERY_RETENTION_INTERVAL_SECS")]
     retention_interval_secs: u64,
     /// The Ed25519 key that signs audit checkpoints [default: --data-dir/audit-signing.key,
     /// created on first start]. Publish its public key (joinery audit verify prints it).
     #[arg(long, env = "JOINERY_AUDIT_KEY_FILE")]
     audit_key_file: Option<PathBuf>,
     /// Seconds between signed audit checkpoints (one is also signed at shutdown).
-    #[arg(long, default_value_t = DEFAULT_CHECKPOINT_INTERVAL.as_secs())]
+    #[arg(long, default_value_t = DEFAULT_CHECKPOINT_INTERVAL.as_secs(), env = "JOINERY_CHECKPOINT_INTERVAL_SECS")]
     checkpoint_interval_secs: u64,
     /// Deployment CA certificate: client certificates must chain to it.
     #[arg(long, env = "JOINERY_TLS_CA")]
@@ -102,16 +102,16 @@ pub struct ServeArgs {
     #[arg(long, env = "JOINERY_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
     /// Largest gRPC message accepted, in bytes.
-    #[arg(long, default_value_t = Limits::default().max_message_bytes)]
+    #[arg(long, default_value_t = Limits::default().max_message_bytes, env = "JOINERY_MAX_MESSAGE_BYTES")]
     max_message_bytes: usize,
     /// Concurrent streams allowed on one connection.
-    #[arg(long, default_value_t = Limits::default().max_streams_per_connection)]
+    #[arg(long, default_value_t = Limits::default().max_streams_per_connection, env = "JOINERY_MAX_STREAMS_PER_CONNECTION")]
     max_streams_per_connection: u32,
     /// Seconds a client has to complete the TLS handshake.
-    #[arg(long, default_value_t = Limits::default().handshake_timeout.as_secs())]
+    #[arg(long, default_value_t = Limits::default().handshake_timeout.as_secs(), env = "JOINERY_HANDSHAKE_TIMEOUT_SECS")]
     handshake_timeout_secs: u64,
     /// Open connections allowed at once.
-    #[arg(long, default_value_t = Limits::default().max_connections)]
+    #[arg(long, default_value_t = Limits::default().max_connections, env = "JOINERY_MAX_CONNECTIONS")]
     max_connections: usize,
 }
 

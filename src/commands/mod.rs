@@ -8,5 +8,7 @@ pub mod demo;
 pub mod gateway;
 pub mod pki;
 pub mod policy;
+pub mod probe;
 pub mod query;
+pub mod reference;
 pub mod synth;

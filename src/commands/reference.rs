@@ -1,0 +1,195 @@
+//! `joinery reference configuration`: the configuration reference page
+//! (docs/configuration.md), generated from the typed configuration itself —
+//! the command-line definitions and the agent's configuration structs — so it
+//! cannot drift (a test compares the checked-in page with this output).
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Subcommand};
+use serde_json::Value;
+
+#[derive(Debug, Subcommand)]
+pub enum ReferenceCommand {
+    /// Print docs/configuration.md.
+    Configuration,
+}
+
+impl ReferenceCommand {
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        print!("{}", configuration());
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// The whole page.
+pub fn configuration() -> String {
+    let mut out = String::from(
+        "# Configuration reference\n\n\
+         Generated from the code by `joinery reference configuration`; a test keeps this\n\
+         page identical to its output. Annotated examples: `deploy/examples/agent.yaml`,\n\
+         `deploy/examples/mapping.yaml`, `deploy/systemd/gateway.env`.\n",
+    );
+    let cli = crate::Cli::command();
+    for path in [
+        ["gateway", "serve"],
+        ["gateway", "retention"],
+        ["agent", "run"],
+    ] {
+        let Some(command) = cli
+            .find_subcommand(path[0])
+            .and_then(|c| c.find_subcommand(path[1]))
+        else {
+            continue;
+        };
+        out.push_str(&format!("\n## `joinery {} {}`\n\n", path[0], path[1]));
+        if let Some(about) = command.get_about() {
+            out.push_str(&format!("{about}\n\n"));
+        }
+        out.push_str("| flag | environment | default | meaning |\n| --- | --- | --- | --- |\n");
+        for arg in command.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            let env = arg
+                .get_env()
+                .map_or(String::new(), |e| format!("`{}`", e.to_string_lossy()));
+            let default = arg
+                .get_default_values()
+                .iter()
+                .map(|v| format!("`{}`", v.to_string_lossy()))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let help = arg
+                .get_long_help()
+                .or(arg.get_help())
+                .map_or(String::new(), |h| h.to_string().replace('\n', " "));
+            out.push_str(&format!(
+                "| `--{long}` | {env} | {default} | {} |\n",
+                cell(&help)
+            ));
+        }
+    }
+    out.push_str("\n## Agent configuration file (`agent.yaml`)\n\n");
+    out.push_str(&schema_table(
+        &schemars::schema_for!(joinery_agent::AgentConfig).to_value(),
+    ));
+    out.push_str("\n## Mapping file\n\n");
+    out.push_str(&schema_table(
+        &schemars::schema_for!(joinery_agent::mapping::Mapping).to_value(),
+    ));
+    out
+}
+
+fn cell(text: &str) -> String {
+    text.replace('|', "\\|")
+}
+
+/// A table of every key of a JSON Schema: dotted path, type, whether it is
+/// required (or its default), and its description.
+fn schema_table(root: &Value) -> String {
+    let mut rows = Vec::new();
+    walk(root, root, "", &mut rows);
+    let mut out =
+        String::from("| key | type | required / default | meaning |\n| --- | --- | --- | --- |\n");
+    for (key, kind, need, about) in rows {
+        out.push_str(&format!(
+            "| `{key}` | {kind} | {need} | {} |\n",
+            cell(&about)
+        ));
+    }
+    out
+}
+
+fn resolve<'a>(root: &'a Value, node: &'a Value) -> &'a Value {
+    match node.get("$ref").and_then(Value::as_str) {
+        Some(reference) => reference
+            .strip_prefix("#/$defs/")
+            .and_then(|name| root.get("$defs")?.get(name))
+            .unwrap_or(node),
+        None => node,
+    }
+}
+
+fn kind_of(root: &Value, node: &Value) -> String {
+    let node = resolve(root, node);
+    if let Some(values) = node.get("enum").and_then(Value::as_array) {
+        return values
+            .iter()
+            .filter_map(Value::as_str)
+            .map(|v| format!("`{v}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+    }
+    if let Some(variants) = node.get("oneOf").and_then(Value::as_array) {
+        let names: Vec<String> = variants
+            .iter()
+            .filter_map(|v| {
+                v.get("const")
+                    .or_else(|| v.get("enum")?.get(0))
+                    .and_then(Value::as_str)
+            })
+            .map(|v| format!("`{v}`"))
+            .collect();
+        if !names.is_empty() {
+            return names.join(", ");
+        }
+        return "one of several forms (see below)".to_owned();
+    }
+    match node.get("type") {
+        Some(Value::String(t)) => t.clone(),
+        Some(Value::Array(ts)) => ts
+            .iter()
+            .filter_map(Value::as_str)
+            .filter(|t| *t != "null")
+            .collect::<Vec<_>>()
+            .join(" or "),
+        _ if node.get("anyOf").is_some() => "string or object".to_owned(),
+        _ => "object".to_owned(),
+    }
+}
+
+fn walk(
+    root: &Value,
+    node: &Value,
+    prefix: &str,
+    rows: &mut Vec<(String, String, String, String)>,
+) {
+    let node = resolve(root, node);
+    let Some(properties) = node.get("properties").and_then(Value::as_object) else {
+        return;
+    };
+    let required: Vec<&str> = node
+        .get("required")
+        .and_then(Value::as_array)
+        .map(|r| r.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    for (name, property) in properties {
+        let key = format!("{prefix}{name}");
+        let target = resolve(root, property);
+        let about = property
+            .get("description")
+            .or_else(|| target.get("description"))
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .replace('\n', " ");
+        let need = if required.contains(&name.as_str()) {
+            "required".to_owned()
+        } else {
+            property
+                .get("default")
+                .map_or("optional".to_owned(), |d| format!("default `{d}`"))
+        };
+        rows.push((key.clone(), kind_of(root, property), need, about));
+        walk(root, target, &format!("{key}."), rows);
+        if let Some(items) = target.get("items") {
+            let items = resolve(root, items);
+            for variant in items
+                .get("oneOf")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                walk(root, variant, &format!("{key}[]."), rows);
+            }
+            walk(root, items, &format!("{key}[]."), rows);
+        }
+    }
+}

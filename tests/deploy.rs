@@ -1,0 +1,194 @@
+//! The deployment artefacts match the binary they deploy: the configuration
+//! reference is the generated one, the example configurations carry every
+//! option, the compose stack and Helm chart use only real commands, flags and
+//! variables, and the systemd units pass `systemd-analyze verify`.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use common::*;
+
+fn repo(path: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap()
+}
+
+/// Every `JOINERY_*` variable the gateway and agent read (from the reference).
+fn known_variables() -> BTreeSet<String> {
+    let reference = repo("docs/configuration.md");
+    reference
+        .split('`')
+        .filter(|w| {
+            w.starts_with("JOINERY_") && w.chars().all(|c| c.is_ascii_uppercase() || c == '_')
+        })
+        .map(str::to_owned)
+        .chain(["JOINERY_LOG_FORMAT".to_owned()])
+        .collect()
+}
+
+fn variables_in(text: &str) -> BTreeSet<String> {
+    text.split(|c: char| !(c.is_ascii_uppercase() || c == '_'))
+        .filter(|w| w.starts_with("JOINERY_"))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn the_configuration_reference_is_generated_from_the_code() {
+    let generated = joinery_ok(&["reference", "configuration"]);
+    assert_eq!(
+        String::from_utf8_lossy(&generated.stdout),
+        repo("docs/configuration.md"),
+        "regenerate: cargo run -- reference configuration > docs/configuration.md"
+    );
+}
+
+#[test]
+fn the_example_agent_configuration_shows_every_option() {
+    let reference = repo("docs/configuration.md");
+    let agent_section = reference
+        .split("## Agent configuration file")
+        .nth(1)
+        .unwrap()
+        .split("## Mapping file")
+        .next()
+        .unwrap();
+    let example = repo("deploy/examples/agent.yaml");
+    for key in agent_section
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split('`').next())
+    {
+        let last = key.rsplit(['.', ']']).next().unwrap();
+        assert!(
+            example.contains(&format!("{last}:")),
+            "deploy/examples/agent.yaml does not show {key}"
+        );
+    }
+}
+
+#[test]
+fn compose_and_helm_use_only_real_commands_and_variables() {
+    let known = known_variables();
+    for file in [
+        "deploy/compose/compose.yaml",
+        "deploy/helm/joinery-gateway/templates/deployment.yaml",
+        "deploy/systemd/gateway.env",
+    ] {
+        for variable in variables_in(&repo(file)) {
+            assert!(
+                known.contains(&variable),
+                "{file} sets {variable}, which joinery does not read"
+            );
+        }
+    }
+    // Every compose service that runs joinery runs a command line it accepts.
+    let compose: serde_json::Value =
+        serde_saphyr::from_str(&repo("deploy/compose/compose.yaml")).unwrap();
+    let services = compose["services"].as_object().unwrap();
+    for name in [
+        "setup",
+        "postgres",
+        "gateway",
+        "agent-council",
+        "agent-camhs",
+        "agent-salt",
+        "otel-collector",
+    ] {
+        assert!(services.contains_key(name), "compose has no {name} service");
+    }
+    for (name, service) in services {
+        if service["image"] != "joinery:latest" {
+            continue;
+        }
+        let mut args: Vec<String> = service["command"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_owned())
+            .collect();
+        // Ask clap to parse it: appending --help makes a valid line print help and exit 0.
+        args.push("--help".to_owned());
+        let output = joinery().args(&args).output().unwrap();
+        assert!(
+            output.status.success(),
+            "compose service {name}: `joinery {}` is not a valid command line: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    // The Helm chart's flags exist.
+    let deployment = repo("deploy/helm/joinery-gateway/templates/deployment.yaml");
+    let help =
+        String::from_utf8_lossy(&joinery_ok(&["gateway", "serve", "--help"]).stdout).into_owned();
+    for flag in deployment
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("- --"))
+        .map(|f| f.split('=').next().unwrap())
+    {
+        assert!(
+            help.contains(&format!("--{flag}")),
+            "the chart passes --{flag}, which gateway serve lacks"
+        );
+    }
+    // The image's health check is a real command.
+    let dockerfile = repo("Dockerfile");
+    assert!(dockerfile.contains(r#"CMD ["joinery", "probe", "http://127.0.0.1:9464/readyz"]"#));
+}
+
+#[test]
+fn the_probe_reports_readiness() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        for status in ["200 OK", "503 Service Unavailable"] {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut request = [0u8; 512];
+            let _ = stream.read(&mut request).unwrap();
+            write!(stream, "HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").unwrap();
+        }
+    });
+    let url = format!("http://{address}/readyz");
+    assert!(joinery().args(["probe", &url]).status().unwrap().success());
+    assert!(!joinery().args(["probe", &url]).status().unwrap().success());
+    server.join().unwrap();
+}
+
+#[test]
+fn systemd_units_verify() {
+    let Ok(probe) = std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+    else {
+        shout("SKIPPED systemd_units_verify: systemd-analyze is not installed");
+        return;
+    };
+    assert!(probe.status.success());
+    let dir = tempfile::tempdir().unwrap();
+    let binary = env!("CARGO_BIN_EXE_joinery");
+    let mut units = Vec::new();
+    for unit in [
+        "joinery-gateway.service",
+        "joinery-agent.service",
+        "joinery-agent.timer",
+    ] {
+        // Point ExecStart at the binary under test: verify checks it is executable.
+        let text =
+            repo(&format!("deploy/systemd/{unit}")).replace("/usr/local/bin/joinery", binary);
+        let path = dir.path().join(unit);
+        std::fs::write(&path, text).unwrap();
+        units.push(path);
+    }
+    let output = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .args(&units)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stderr.trim().is_empty(),
+        "systemd-analyze verify: {stderr}"
+    );
+}
