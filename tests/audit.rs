@@ -133,24 +133,13 @@ async fn the_audit_trail_is_complete_and_tamper_evident() {
         .unwrap();
     // An agency keeps the signed checkpoints.
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
-    let (cert, key) = d.org_cert(COUNCIL);
     let kept = d.path("kept-checkpoints.jsonl");
-    let fetched = joinery_ok(&[
-        "audit",
-        "fetch",
-        "--gateway",
+    let fetched = d.client(
+        &["audit", "fetch"],
         &gateway.address,
-        "--server-name",
-        "localhost",
-        "--tls-ca",
-        d.ca().to_str().unwrap(),
-        "--tls-cert",
-        cert.to_str().unwrap(),
-        "--tls-key",
-        key.to_str().unwrap(),
-        "--out",
-        kept.to_str().unwrap(),
-    ]);
+        d.org_cert(COUNCIL),
+        &["--out", kept.to_str().unwrap()],
+    );
     assert!(String::from_utf8_lossy(&fetched.stdout).contains("new checkpoints appended"));
     assert!(gateway.stop().success());
 

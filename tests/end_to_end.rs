@@ -97,21 +97,12 @@ async fn end_to_end(postgres: Option<String>) {
     assert_eq!(stored_per_organisation(&db).await, stored);
 
     // The analyst's view agrees with the database.
-    let (cert, key) = d.analyst_cert();
-    let counts = joinery_ok(&[
-        "query",
-        "counts",
-        "--gateway",
+    let counts = d.client(
+        &["query", "counts"],
         &gateway.address,
-        "--server-name",
-        "localhost",
-        "--tls-ca",
-        d.ca().to_str().unwrap(),
-        "--tls-cert",
-        cert.to_str().unwrap(),
-        "--tls-key",
-        key.to_str().unwrap(),
-    ]);
+        d.analyst_cert(),
+        &[],
+    );
     let counts = String::from_utf8_lossy(&counts.stdout);
     for (org, dataset, _) in AGENCIES {
         let line = counts

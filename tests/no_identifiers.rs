@@ -100,21 +100,12 @@ async fn no_identifier_reaches_any_output() {
     assert!(bad_err.contains("\"Home Postcode\""), "{bad_err}");
 
     // Query as an analyst too, so the query path's logs are searched.
-    let (cert, key) = d.analyst_cert();
-    let query = joinery_ok(&[
-        "query",
-        "overlap",
-        "--gateway",
+    let query = d.client(
+        &["query", "overlap"],
         &gateway.address,
-        "--server-name",
-        "localhost",
-        "--tls-ca",
-        d.ca().to_str().unwrap(),
-        "--tls-cert",
-        cert.to_str().unwrap(),
-        "--tls-key",
-        key.to_str().unwrap(),
-    ]);
+        d.analyst_cert(),
+        &[],
+    );
     let exposition = {
         use std::io::{Read, Write};
         let mut stream = std::net::TcpStream::connect(&metrics).unwrap();

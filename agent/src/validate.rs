@@ -90,22 +90,7 @@ pub fn postcode(raw: &str) -> Result<Postcode, Invalid> {
         let b = inward.as_bytes();
         b[0].is_ascii_digit() && b[1].is_ascii_alphabetic() && b[2].is_ascii_alphabetic()
     };
-    let shape: String = outward
-        .bytes()
-        .map(|b| {
-            if b.is_ascii_digit() {
-                '9'
-            } else if b.is_ascii_alphabetic() {
-                'A'
-            } else {
-                '?'
-            }
-        })
-        .collect();
-    let outward_ok = matches!(
-        shape.as_str(),
-        "A9" | "A99" | "AA9" | "AA99" | "A9A" | "AA9A"
-    );
+    let outward_ok = joinery_policies::transform::is_district(outward);
     if inward_ok && outward_ok {
         Ok(Postcode {
             outward: outward.to_owned(),

@@ -197,21 +197,7 @@ impl CertificateAuthority {
         })?;
         let serial = hex::encode(parsed.raw_serial());
         let list_path = dir.join(REVOKED_FILE);
-        let mut serials: Vec<String> = match std::fs::read_to_string(&list_path) {
-            Ok(text) => text
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .map(str::to_owned)
-                .collect(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(source) => {
-                return Err(PkiError::Read {
-                    path: list_path,
-                    source,
-                });
-            }
-        };
+        let mut serials = revoked_serials(dir)?;
         if !serials.contains(&serial) {
             serials.push(serial);
         }
@@ -227,22 +213,7 @@ impl CertificateAuthority {
     /// Writes `dir/crl.pem` listing every serial in `dir/revoked.txt` (none
     /// if it does not exist), valid for 30 days.
     pub fn publish_crl(&self, dir: &Path) -> Result<(), PkiError> {
-        let list_path = dir.join(REVOKED_FILE);
-        let serials: Vec<String> = match std::fs::read_to_string(&list_path) {
-            Ok(text) => text
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .map(str::to_owned)
-                .collect(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(source) => {
-                return Err(PkiError::Read {
-                    path: list_path,
-                    source,
-                });
-            }
-        };
+        let serials = revoked_serials(dir)?;
         let now = OffsetDateTime::now_utc();
         let revoked = serials
             .iter()
@@ -278,6 +249,21 @@ impl CertificateAuthority {
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
         write_pair(cert_path, &cert.pem(), key_path, &key, validity)
+    }
+}
+
+/// The serials listed in `dir/revoked.txt` (none if it does not exist).
+fn revoked_serials(dir: &Path) -> Result<Vec<String>, PkiError> {
+    let path = dir.join(REVOKED_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(source) => Err(PkiError::Read { path, source }),
     }
 }
 

@@ -121,7 +121,9 @@ fn iso_date(value: &str) -> Option<time::Date> {
         .flatten()
 }
 
-fn is_district(value: &str) -> bool {
+/// Whether `value` has the shape of a UK postcode district (outward code):
+/// A9, A99, AA9, AA99, A9A or AA9A, upper case.
+pub fn is_district(value: &str) -> bool {
     let shape: String = value
         .bytes()
         .map(|b| {

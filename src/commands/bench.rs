@@ -20,7 +20,7 @@ use joinery_crypto::identity::PeerIdentity;
 use joinery_crypto::keys::SecretKey;
 use joinery_crypto::pki::{CertificateAuthority, Validity};
 
-use crate::commands::demo::{agent_config, write_signed_agreement};
+use crate::commands::demo::{Layout, write_signed_agreement};
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
@@ -62,7 +62,7 @@ impl BenchCommand {
             validity,
             &pki.join("agents"),
         )?;
-        SecretKey::generate()?.save(&root.join("linkage.key"))?;
+        SecretKey::generate()?.save(&Layout::linkage_key(root))?;
         let agreement = write_signed_agreement(&root.join("agreements"))?;
         std::fs::write(root.join("opt-out.txt"), "")?;
 
@@ -76,7 +76,7 @@ impl BenchCommand {
             extract.display()
         );
 
-        pseudonymisation_rate(extract, mapping, &root.join("linkage.key"), &agreement)?;
+        pseudonymisation_rate(extract, mapping, &Layout::linkage_key(root), &agreement)?;
 
         let mut targets = vec![("SQLite", None)];
         if let Some(url) = postgres_url {
@@ -86,16 +86,13 @@ impl BenchCommand {
             let data_dir = root.join(format!("gateway-{}", name.to_lowercase()));
             let mut gateway =
                 GatewayProcess::start(&pki, &data_dir, &root.join("agreements"), url.as_deref())?;
-            let mut config = agent_config(
-                root,
-                ORG,
-                &gateway.address,
-                "localhost",
-                &agreement,
-                &root.join("linkage.key"),
-                extract,
-                mapping,
-            );
+            let layout = Layout {
+                dir: root,
+                address: &gateway.address,
+                server_name: "localhost",
+                agreement: &agreement,
+            };
+            let mut config = layout.agent(ORG, extract, mapping);
             config.batch_size = batch_size;
             let started = Instant::now();
             let summary = joinery_agent::run(&config, joinery_agent::Progress::Quiet).await?;

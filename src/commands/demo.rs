@@ -94,8 +94,7 @@ impl DemoArgs {
             validity,
             &pki.join("analysts"),
         )?;
-        let linkage_key = dir.join("keys").join("linkage.key");
-        SecretKey::generate()?.save(&linkage_key)?;
+        SecretKey::generate()?.save(&Layout::linkage_key(&dir))?;
         let agreement = write_signed_agreement(&dir.join("agreements"))?;
         // The National Data Opt-out applies under this agreement; nobody in
         // the synthetic population has opted out.
@@ -130,23 +129,13 @@ impl DemoArgs {
         }
         if self.prepare_only {
             let address = self.gateway_address.unwrap_or_default();
-            for (agency, extract, mapping) in &synth.extracts {
-                let config = agent_config(
-                    &dir,
-                    agency.organisation,
-                    &address,
-                    &self.server_name,
-                    &agreement,
-                    &linkage_key,
-                    extract,
-                    mapping,
-                );
-                write_yaml(
-                    &dir.join("agents")
-                        .join(format!("{}.yaml", agency.organisation)),
-                    &config,
-                )?;
-            }
+            let layout = Layout {
+                dir: &dir,
+                address: &address,
+                server_name: &self.server_name,
+                agreement: &agreement,
+            };
+            layout.write_agents(&synth)?;
             println!(
                 "Prepared: agent configurations for a gateway at {address} are in {}",
                 dir.join("agents").display()
@@ -185,30 +174,13 @@ impl DemoArgs {
         );
 
         // 4. One agent per agency, all at once.
-        let mut configs = Vec::new();
-        for (agency, extract, mapping) in &synth.extracts {
-            let config = agent_config(
-                &dir,
-                agency.organisation,
-                &address,
-                &self.server_name,
-                &agreement,
-                &linkage_key,
-                extract,
-                mapping,
-            );
-            let path = dir
-                .join("agents")
-                .join(format!("{}.yaml", agency.organisation));
-            write_yaml(&path, &config)?;
-            configs.push((
-                path,
-                AgentConfig::load(
-                    &dir.join("agents")
-                        .join(format!("{}.yaml", agency.organisation)),
-                )?,
-            ));
-        }
+        let layout = Layout {
+            dir: &dir,
+            address: &address,
+            server_name: &self.server_name,
+            agreement: &agreement,
+        };
+        let configs = layout.write_agents(&synth)?;
         println!("4. Running {} agents concurrently:", configs.len());
         let runs = configs
             .iter()
@@ -254,12 +226,13 @@ impl DemoArgs {
         println!("  gateway/        joinery.db (SQLite) and gateway.key");
         println!("\nRun the parts by hand:");
         println!(
-            "  joinery gateway serve --listen 127.0.0.1:7443 --data-dir {} --agreements {} --tls-ca {} --tls-cert {} --tls-key {}",
+            "  joinery gateway serve --listen 127.0.0.1:7443 --data-dir {} --agreements {} --tls-ca {} --tls-cert {} --tls-key {} --tls-crl {}",
             gateway_dir.display(),
             dir.join("agreements").display(),
             pki.join("ca.pem").display(),
             server.cert.display(),
-            server.key.display()
+            server.key.display(),
+            pki.join(joinery_crypto::pki::CRL_FILE).display()
         );
         println!("  (then set gateway.address to 127.0.0.1:7443 in an agent file and)");
         if let Some((path, _)) = configs.first() {
@@ -300,40 +273,71 @@ pub fn write_signed_agreement(dir: &Path) -> anyhow::Result<PathBuf> {
 const EXAMPLE_AGREEMENT: &str =
     include_str!("../../policies/examples/children-at-risk-stratification.yaml");
 
-/// An agent configuration for one agency of the demo or benchmark.
-#[allow(clippy::too_many_arguments)]
-pub fn agent_config(
-    dir: &Path,
-    organisation: &str,
-    address: &str,
-    server_name: &str,
-    agreement: &Path,
-    linkage_key: &Path,
-    extract: &Path,
-    mapping: &Path,
-) -> AgentConfig {
-    let agents = dir.join("pki").join("agents");
-    AgentConfig {
-        organisation: organisation.to_owned(),
-        agreement: agreement.to_owned(),
-        national_data_opt_out: Some(dir.join("opt-out.txt")),
-        gateway: GatewayEndpoint {
-            address: address.to_owned(),
-            server_name: Some(server_name.to_owned()),
-        },
-        tls: TlsPaths {
-            ca: dir.join("pki").join("ca.pem"),
-            cert: agents.join(format!("{organisation}.pem")),
-            key: agents.join(format!("{organisation}.key")),
-        },
-        linkage_key: linkage_key.to_owned(),
-        quarantine_dir: dir.join("agents").join("quarantine").join(organisation),
-        batch_size: 500,
-        max_in_flight: 4,
-        sources: vec![SourceConfig::Csv {
-            path: extract.to_owned(),
-            mapping: mapping.to_owned(),
-        }],
+/// Where a demo or benchmark deployment keeps its files, and the agent
+/// configurations that follow from it.
+pub struct Layout<'a> {
+    pub dir: &'a Path,
+    /// Gateway `host:port` and the name on its certificate.
+    pub address: &'a str,
+    pub server_name: &'a str,
+    pub agreement: &'a Path,
+}
+
+impl Layout<'_> {
+    pub fn linkage_key(dir: &Path) -> PathBuf {
+        dir.join("keys").join("linkage.key")
+    }
+
+    /// The configuration of `organisation`'s agent reading one extract.
+    pub fn agent(&self, organisation: &str, extract: &Path, mapping: &Path) -> AgentConfig {
+        let pki = self.dir.join("pki");
+        let agents = pki.join("agents");
+        AgentConfig {
+            organisation: organisation.to_owned(),
+            agreement: self.agreement.to_owned(),
+            national_data_opt_out: Some(self.dir.join("opt-out.txt")),
+            gateway: GatewayEndpoint {
+                address: self.address.to_owned(),
+                server_name: Some(self.server_name.to_owned()),
+            },
+            tls: TlsPaths {
+                ca: pki.join("ca.pem"),
+                cert: agents.join(format!("{organisation}.pem")),
+                key: agents.join(format!("{organisation}.key")),
+            },
+            linkage_key: Self::linkage_key(self.dir),
+            quarantine_dir: self
+                .dir
+                .join("agents")
+                .join("quarantine")
+                .join(organisation),
+            batch_size: 500,
+            max_in_flight: 4,
+            sources: vec![SourceConfig::Csv {
+                path: extract.to_owned(),
+                mapping: mapping.to_owned(),
+            }],
+        }
+    }
+
+    /// Writes `agents/<ORG>.yaml` for every synthetic agency; returns them.
+    fn write_agents(
+        &self,
+        synth: &crate::synth::SynthOutput,
+    ) -> anyhow::Result<Vec<(PathBuf, AgentConfig)>> {
+        synth
+            .extracts
+            .iter()
+            .map(|(agency, extract, mapping)| {
+                let config = self.agent(agency.organisation, extract, mapping);
+                let path = self
+                    .dir
+                    .join("agents")
+                    .join(format!("{}.yaml", agency.organisation));
+                write_yaml(&path, &config)?;
+                Ok((path, config))
+            })
+            .collect()
     }
 }
 

@@ -306,6 +306,29 @@ impl Deployment {
         joinery_crypto::keys::SecretKey::load(&self.path("linkage.key")).expect("linkage key")
     }
 
+    /// Runs a `joinery` client command against `gateway` with `(cert, key)`,
+    /// e.g. `["query", "counts"]`; panics if it fails.
+    pub fn client(
+        &self,
+        command: &[&str],
+        gateway: &str,
+        (cert, key): (PathBuf, PathBuf),
+        extra: &[&str],
+    ) -> Output {
+        let mut args: Vec<String> = command.iter().map(|s| (*s).to_owned()).collect();
+        for (flag, value) in [
+            ("--gateway", gateway.to_owned()),
+            ("--server-name", "localhost".to_owned()),
+            ("--tls-ca", self.ca().display().to_string()),
+            ("--tls-cert", cert.display().to_string()),
+            ("--tls-key", key.display().to_string()),
+        ] {
+            args.extend([flag.to_owned(), value]);
+        }
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        joinery_ok(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
     /// The SQLite database URL the gateway uses by default.
     pub fn sqlite_url(&self) -> String {
         format!(
