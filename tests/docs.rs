@@ -23,6 +23,8 @@ fn every_metric_is_documented() {
         a::RECORDS_ACKED,
         a::BATCHES_REJECTED,
         a::ACK_LATENCY,
+        a::SPOOL_BYTES,
+        a::RECONNECTIONS,
     ] {
         assert!(
             reference.contains(&format!("`{name}`")),

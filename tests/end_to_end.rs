@@ -86,7 +86,22 @@ async fn end_to_end(postgres: Option<String>) {
 
     check_person_ids(&d, &synth.join("ground_truth.csv"), &db).await;
 
-    // Run the council's agent again: every batch is a duplicate, nothing new is stored.
+    // Run the council's agent again: its spool knows the extract is delivered.
+    let (code, stdout, _) = finish(d.spawn_agent(&configs[0]));
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.contains("already delivered"), "{stdout}");
+    assert!(
+        d.path(&format!("spool/{COUNCIL}/batches"))
+            .read_dir()
+            .unwrap()
+            .next()
+            .is_none(),
+        "spool empty"
+    );
+
+    // Without its spool (a rebuilt server), the agent sends everything again:
+    // every batch is a duplicate and nothing new is stored.
+    std::fs::remove_dir_all(d.path(&format!("spool/{COUNCIL}"))).unwrap();
     let (code, stdout, _) = finish(d.spawn_agent(&configs[0]));
     assert_eq!(code, 3);
     assert!(stdout.contains(" 0 stored,"), "{stdout}");

@@ -124,7 +124,8 @@ async fn retention(postgres: Option<String>) {
         "a second pass finds nothing"
     );
 
-    // The agent resends: its batches are recognised and not stored again.
+    // The agent resends (its spool lost): its batches are recognised and not stored again.
+    std::fs::remove_dir_all(d.path(&format!("spool/{CAMHS}"))).unwrap();
     let (_, stdout, _) = finish(d.spawn_agent(&camhs));
     assert!(stdout.contains(" 0 stored,"), "{stdout}");
     assert_eq!(count(&db, RECORDS, CAMHS).await, 0);

@@ -15,15 +15,22 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    pub fn new(dataset: &str, max_records: usize, max_bytes: usize) -> Self {
+    /// A batcher whose next batch has sequence number `sequence` (0 for a
+    /// new source; a checkpoint's sequence when resuming one).
+    pub fn new(dataset: &str, max_records: usize, max_bytes: usize, sequence: u64) -> Self {
         Self {
             dataset: dataset.to_owned(),
             max_records,
             max_bytes,
-            sequence: 0,
+            sequence,
             records: Vec::with_capacity(max_records),
             bytes: 0,
         }
+    }
+
+    /// The sequence number of the batch being filled.
+    pub fn sequence(&self) -> u64 {
+        self.sequence
     }
 
     /// Adds a record; returns a full batch when one is ready.
@@ -70,7 +77,7 @@ mod tests {
 
     #[test]
     fn cuts_by_count_and_ids_are_content_digests() {
-        let mut batcher = Batcher::new("d", 2, 1 << 20);
+        let mut batcher = Batcher::new("d", 2, 1 << 20, 0);
         assert!(batcher.push(record(1)).is_none());
         assert!(batcher.push(record(2)).is_none());
         let first = batcher
@@ -81,7 +88,7 @@ mod tests {
         assert_eq!(last.body.as_ref().unwrap().sequence, 1);
         assert!(batcher.flush().is_none());
 
-        let mut again = Batcher::new("d", 2, 1 << 20);
+        let mut again = Batcher::new("d", 2, 1 << 20, 0);
         again.push(record(1));
         again.push(record(2));
         assert_eq!(again.flush().unwrap().batch_id, first.batch_id);
@@ -89,7 +96,7 @@ mod tests {
 
     #[test]
     fn cuts_by_size() {
-        let mut batcher = Batcher::new("d", 1000, 100);
+        let mut batcher = Batcher::new("d", 1000, 100, 0);
         let mut batches = 0;
         for row in 0..10 {
             batches += usize::from(batcher.push(record(row)).is_some());

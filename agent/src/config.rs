@@ -32,6 +32,17 @@ pub struct AgentConfig {
     /// Where quarantine reports are written (one CSV per source).
     #[serde(default = "default_quarantine_dir")]
     pub quarantine_dir: PathBuf,
+    /// The durable spool: batches wait here, on disk, until acknowledged,
+    /// with each source's reading position.
+    #[serde(default = "default_spool_dir")]
+    pub spool_dir: PathBuf,
+    /// Reading pauses while the spool holds more than this many bytes.
+    #[serde(default = "default_spool_max_bytes")]
+    pub spool_max_bytes: u64,
+    /// How long to keep reconnecting after the gateway becomes unreachable
+    /// before the run gives up (the spool keeps everything for the next run).
+    #[serde(default = "default_retry_for_secs")]
+    pub retry_for_secs: u64,
     /// Records per batch.
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
@@ -78,6 +89,15 @@ pub enum SourceConfig {
 
 fn default_quarantine_dir() -> PathBuf {
     PathBuf::from("quarantine")
+}
+fn default_spool_dir() -> PathBuf {
+    PathBuf::from("spool")
+}
+fn default_spool_max_bytes() -> u64 {
+    256 * 1024 * 1024
+}
+fn default_retry_for_secs() -> u64 {
+    300
 }
 fn default_batch_size() -> usize {
     1000
@@ -139,6 +159,7 @@ impl AgentConfig {
             resolve(list);
         }
         resolve(&mut self.quarantine_dir);
+        resolve(&mut self.spool_dir);
         for source in &mut self.sources {
             match source {
                 SourceConfig::Csv { path, mapping } => {

@@ -12,6 +12,7 @@
 
 pub mod batch;
 pub mod config;
+pub mod delivery;
 pub mod mapping;
 pub mod metrics;
 pub mod opt_out;
@@ -20,6 +21,7 @@ pub mod release;
 pub mod row;
 pub mod run;
 pub mod source;
+pub mod spool;
 pub mod uploader;
 pub mod validate;
 

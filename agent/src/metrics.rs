@@ -12,6 +12,8 @@ pub const RECORDS_SENT: &str = "joinery_agent_records_sent_total";
 pub const RECORDS_ACKED: &str = "joinery_agent_records_acked_total";
 pub const BATCHES_REJECTED: &str = "joinery_agent_batches_rejected_total";
 pub const ACK_LATENCY: &str = "joinery_agent_ack_latency_seconds";
+pub const SPOOL_BYTES: &str = "joinery_agent_spool_bytes";
+pub const RECONNECTIONS: &str = "joinery_agent_reconnections_total";
 
 /// Describes every agent metric to the installed recorder.
 pub fn describe() {
@@ -33,6 +35,15 @@ pub fn describe() {
         BATCHES_REJECTED,
         "Batches the gateway rejected, by dataset and reason"
     );
+    metrics::describe_gauge!(
+        SPOOL_BYTES,
+        metrics::Unit::Bytes,
+        "Bytes of batches in the spool waiting for an acknowledgement"
+    );
+    metrics::describe_counter!(
+        RECONNECTIONS,
+        "Sessions reopened after the gateway or network failed"
+    );
     metrics::describe_histogram!(
         ACK_LATENCY,
         metrics::Unit::Seconds,
@@ -52,6 +63,14 @@ pub fn acked(dataset: &str, outcome: &'static str, records: u64, latency: Durati
     metrics::counter!(RECORDS_ACKED, "dataset" => dataset.to_owned(), "outcome" => outcome)
         .increment(records);
     metrics::histogram!(ACK_LATENCY).record(latency.as_secs_f64());
+}
+
+pub fn spool_bytes(bytes: u64) {
+    metrics::gauge!(SPOOL_BYTES).set(bytes as f64);
+}
+
+pub fn reconnected() {
+    metrics::counter!(RECONNECTIONS).increment(1);
 }
 
 pub fn rejected(dataset: &str, reason: &str) {

@@ -17,12 +17,27 @@ pub struct QuarantineReport {
 }
 
 impl QuarantineReport {
-    /// Creates (replacing) `dir/<dataset>.quarantine.csv` for `source`.
-    pub fn create(dir: &Path, dataset: &str, source: &Path) -> std::io::Result<Self> {
+    /// Creates (replacing) `dir/<dataset>.quarantine.csv` for `source`, or,
+    /// when `resuming` an interrupted read of the same file, appends to it.
+    pub fn create(
+        dir: &Path,
+        dataset: &str,
+        source: &Path,
+        resuming: bool,
+    ) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join(format!("{dataset}.quarantine.csv"));
-        let mut writer = csv::Writer::from_writer(File::create(&path)?);
-        writer.write_record(["source", "line", "disposition", "field", "problem"])?;
+        let append = resuming && path.exists();
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(append)
+            .truncate(!append)
+            .open(&path)?;
+        let mut writer = csv::Writer::from_writer(file);
+        if !append {
+            writer.write_record(["source", "line", "disposition", "field", "problem"])?;
+        }
         Ok(Self {
             path,
             source: source.file_name().map_or_else(
@@ -51,6 +66,14 @@ impl QuarantineReport {
             &problem.what,
         ])?;
         Ok(())
+    }
+
+    /// Makes everything written so far durable. Called before each spool
+    /// checkpoint, so a crash never loses report lines for rows it has
+    /// moved past (and rows after the checkpoint are reported on the re-read).
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.writer.flush()?;
+        self.writer.get_ref().sync_data()
     }
 
     pub fn finish(mut self) -> std::io::Result<PathBuf> {

@@ -21,6 +21,7 @@ use tracing::Instrument;
 
 use crate::batch::Batcher;
 use crate::config::{AgentConfig, SourceConfig};
+use crate::delivery::Delivery;
 use crate::mapping::Mapping;
 use crate::metrics;
 use crate::opt_out::OptOutList;
@@ -28,7 +29,8 @@ use crate::quarantine::{QUARANTINED, QuarantineReport, SENT_WITH_WARNING};
 use crate::release::{Releaser, withheld_by_agreement};
 use crate::row::RowOutcome;
 use crate::source::csv::CsvSource;
-use crate::uploader::{Acked, Uploader};
+use crate::spool::{Checkpoint, Spool, SpoolError, Spooled};
+use crate::uploader::Acked;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -57,6 +59,8 @@ pub enum AgentError {
     OptOut(#[from] crate::opt_out::OptOutError),
     #[error("{0}")]
     NotAllowed(String),
+    #[error(transparent)]
+    Spool(#[from] crate::spool::SpoolError),
 }
 
 /// What happened to one source.
@@ -83,6 +87,22 @@ pub struct SourceSummary {
     pub withheld_fields: Vec<String>,
     /// Time from sending each batch to its ack.
     pub ack_latencies: Vec<Duration>,
+    /// This run found the source already completely delivered (same file).
+    pub already_delivered: bool,
+    /// Reading resumed at this line, where an interrupted run stopped.
+    pub resumed_at_line: Option<u64>,
+}
+
+impl SourceSummary {
+    /// Takes the counts of a read.
+    fn absorb(&mut self, read: SourceSummary) {
+        self.rows_read = read.rows_read;
+        self.records_sent = read.records_sent;
+        self.quarantined = read.quarantined;
+        self.warnings = read.warnings;
+        self.opted_out = read.opted_out;
+        self.quarantine_report = read.quarantine_report;
+    }
 }
 
 impl SourceSummary {
@@ -95,6 +115,11 @@ impl SourceSummary {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunSummary {
     pub sources: Vec<SourceSummary>,
+    /// Batches an interrupted earlier run left in the spool, resent first.
+    pub replayed_batches: u64,
+    pub replayed_records: u64,
+    /// Sessions reopened after the gateway or network failed.
+    pub reconnections: u64,
 }
 
 /// Exit statuses of `joinery agent run`.
@@ -181,8 +206,6 @@ async fn run_sources(config: &AgentConfig, progress: Progress) -> Result<RunSumm
         opened.push((path.clone(), map.dataset.clone(), dataset, reader));
     }
 
-    let channel =
-        joinery_proto::channel::connect(&config.gateway.address, config.server_name(), tls).await?;
     let hello = Hello {
         organisation: config.organisation.clone(),
         agreement_id: agreement.id.clone(),
@@ -190,52 +213,105 @@ async fn run_sources(config: &AgentConfig, progress: Progress) -> Result<RunSumm
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         agreement_digest: signed.digest.clone(),
     };
-    let mut uploader: Uploader<usize> =
-        Uploader::open(channel, hello, config.max_in_flight).await?;
+    let spool = Arc::new(Spool::open(&config.spool_dir)?);
+    let mut delivery = Delivery::new(
+        &config.gateway.address,
+        config.server_name(),
+        tls,
+        hello,
+        config.max_in_flight,
+        Duration::from_secs(config.retry_for_secs),
+        spool.clone(),
+    );
+    let mut acked = Vec::new();
+
+    // First, whatever an interrupted run left in the spool.
+    let leftovers = spool.pending()?;
+    let replayed_batches = leftovers.len() as u64;
+    if replayed_batches > 0 {
+        tracing::info!(
+            batches = replayed_batches,
+            "resending batches left in the spool by an earlier run"
+        );
+    }
+    for spooled in leftovers {
+        acked.extend(delivery.send(REPLAYED, spooled).await?);
+    }
+
     // Leave headroom under the gateway's limit for framing.
-    let max_batch_bytes = uploader.max_batch_bytes() / 2;
+    let max_batch_bytes = delivery.max_batch_bytes().await? / 2;
     let releaser = Arc::new(Releaser::new(&key));
     let mut summaries = Vec::new();
 
-    for (index, (path, dataset, rules, reader)) in opened.into_iter().enumerate() {
-        tracing::info!(source = %path.display(), %dataset, "reading source");
-        let withheld_fields = withheld_by_agreement(reader.mapping(), &rules);
-        if !withheld_fields.is_empty() {
-            tracing::info!(%dataset, withheld = ?withheld_fields, "mapped fields the agreement does not allow are not sent");
+    for (index, (path, dataset, rules, mut reader)) in opened.into_iter().enumerate() {
+        let key = path.display().to_string();
+        let fingerprint = reader.fingerprint();
+        let checkpoint = spool
+            .checkpoint(&key)
+            .filter(|c| c.fingerprint == fingerprint);
+        let mut summary = SourceSummary {
+            source: path.clone(),
+            dataset: dataset.clone(),
+            withheld_fields: withheld_by_agreement(reader.mapping(), &rules),
+            ..SourceSummary::default()
+        };
+        if checkpoint.as_ref().is_some_and(|c| c.complete) {
+            tracing::info!(source = %path.display(), %dataset, "source already delivered; nothing new to read");
+            summary.already_delivered = true;
+            summaries.push(summary);
+            continue;
         }
-        let report = QuarantineReport::create(&config.quarantine_dir, &dataset, &path).map_err(
-            |source| AgentError::Quarantine {
-                path: config.quarantine_dir.clone(),
-                source,
-            },
-        )?;
-        let batcher = Batcher::new(&dataset, config.batch_size, max_batch_bytes);
-        let (tx, mut rx) = mpsc::channel::<Batch>(config.max_in_flight);
+        if let Some(c) = &checkpoint {
+            reader.resume(c.byte, c.line, c.record)?;
+            summary.resumed_at_line = Some(c.line);
+            tracing::info!(source = %path.display(), %dataset, line = c.line, "resuming an interrupted read");
+        } else {
+            tracing::info!(source = %path.display(), %dataset, "reading source");
+        }
+        if !summary.withheld_fields.is_empty() {
+            tracing::info!(%dataset, withheld = ?summary.withheld_fields, "mapped fields the agreement does not allow are not sent");
+        }
+        let report = QuarantineReport::create(
+            &config.quarantine_dir,
+            &dataset,
+            &path,
+            checkpoint.is_some(),
+        )
+        .map_err(|source| AgentError::Quarantine {
+            path: config.quarantine_dir.clone(),
+            source,
+        })?;
+        let sequence = checkpoint.map_or(0, |c| c.sequence);
+        let batcher = Batcher::new(&dataset, config.batch_size, max_batch_bytes, sequence);
+        let (tx, mut rx) = mpsc::channel::<Spooled>(config.max_in_flight);
         let releasing = Releasing {
             releaser: releaser.clone(),
             dataset: rules,
             today,
             opt_out: opt_out.clone(),
         };
+        let spooling = Spooling {
+            spool: spool.clone(),
+            key,
+            fingerprint,
+            max_bytes: config.spool_max_bytes,
+        };
         let reading = tokio::task::spawn_blocking(move || {
-            read_source(reader, &releasing, batcher, report, tx, progress)
+            read_source(reader, &releasing, &spooling, batcher, report, tx, progress)
         });
-        let mut acked = Vec::new();
         let sending = async {
-            while let Some(batch) = rx.recv().await {
-                acked.extend(uploader.send(index, batch).await?);
+            while let Some(spooled) = rx.recv().await {
+                acked.extend(delivery.send(index, spooled).await?);
             }
             Ok::<_, AgentError>(())
         };
         sending
             .instrument(tracing::info_span!("source", %dataset))
             .await?;
-        let mut summary = reading
+        let counts = reading
             .await
             .map_err(|e| AgentError::Reader(e.to_string()))??;
-        summary.source = path;
-        summary.dataset = dataset;
-        summary.withheld_fields = withheld_fields;
+        summary.absorb(counts);
         metrics::rows(
             &summary.dataset,
             summary.rows_read,
@@ -244,40 +320,110 @@ async fn run_sources(config: &AgentConfig, progress: Progress) -> Result<RunSumm
             summary.records_sent,
         );
         summaries.push(summary);
-        tally(&mut summaries, acked);
     }
-    let rest = uploader.finish().await?;
-    tally(&mut summaries, rest);
-    Ok(RunSummary { sources: summaries })
+    let reconnections = delivery.reconnections;
+    acked.extend(delivery.finish().await?);
+    let mut run = RunSummary {
+        sources: summaries,
+        replayed_batches,
+        reconnections,
+        ..RunSummary::default()
+    };
+    run.tally(acked);
+    Ok(run)
 }
 
-fn tally(summaries: &mut [SourceSummary], acked: Vec<Acked<usize>>) {
-    for a in acked {
-        let Some(summary) = summaries.get_mut(a.tag) else {
-            continue;
-        };
-        let records = a.records as u64;
-        summary.ack_latencies.push(a.latency);
-        match a.status() {
-            AckStatus::Committed => {
-                summary.records_stored += a.ack.records_stored;
-                metrics::acked(&summary.dataset, "committed", records, a.latency);
+impl RunSummary {
+    /// Counts acknowledgements into the sources they belong to.
+    fn tally(&mut self, acked: Vec<Acked<usize>>) {
+        for a in acked {
+            if a.tag == REPLAYED {
+                self.replayed_records += a.records as u64;
+                continue;
             }
-            AckStatus::Duplicate => {
-                summary.records_already_stored += records;
-                metrics::acked(&summary.dataset, "duplicate", records, a.latency);
-            }
-            _ => {
-                summary.records_rejected += records;
-                let reason = RejectReason::try_from(a.ack.reason)
-                    .map_or("UNKNOWN", |r| r.as_str_name())
-                    .to_owned();
-                metrics::rejected(&summary.dataset, &reason);
-                *summary.batches_rejected.entry(reason).or_default() += 1;
-                tracing::warn!(batch_id = %a.ack.batch_id, detail = %a.ack.detail, "gateway rejected a batch");
+            let Some(summary) = self.sources.get_mut(a.tag) else {
+                continue;
+            };
+            let records = a.records as u64;
+            summary.ack_latencies.push(a.latency);
+            match a.status() {
+                AckStatus::Committed => {
+                    summary.records_stored += a.ack.records_stored;
+                    metrics::acked(&summary.dataset, "committed", records, a.latency);
+                }
+                AckStatus::Duplicate => {
+                    summary.records_already_stored += records;
+                    metrics::acked(&summary.dataset, "duplicate", records, a.latency);
+                }
+                _ => {
+                    summary.records_rejected += records;
+                    let reason = RejectReason::try_from(a.ack.reason)
+                        .map_or("UNKNOWN", |r| r.as_str_name())
+                        .to_owned();
+                    metrics::rejected(&summary.dataset, &reason);
+                    *summary.batches_rejected.entry(reason).or_default() += 1;
+                    tracing::warn!(batch_id = %a.ack.batch_id, detail = %a.ack.detail, "gateway rejected a batch");
+                }
             }
         }
     }
+}
+
+/// Tag of batches resent from an earlier run's spool.
+const REPLAYED: usize = usize::MAX;
+
+/// Where batches of one source are spooled.
+struct Spooling {
+    spool: Arc<Spool>,
+    /// The source's checkpoint key (its path).
+    key: String,
+    fingerprint: String,
+    /// Reading pauses while the spool holds more than this.
+    max_bytes: u64,
+}
+
+impl Spooling {
+    /// Writes a batch and its checkpoint durably. Waits while the spool is
+    /// full, and while the disk is: reading stops with a clear error in the
+    /// log, and resumes when space returns. Nothing is dropped.
+    fn put(&self, batch: Batch, checkpoint: Checkpoint) -> Result<Spooled, AgentError> {
+        let mut waited = false;
+        while self.spool.bytes() > self.max_bytes {
+            if !waited {
+                tracing::warn!(
+                    bytes = self.spool.bytes(),
+                    limit = self.max_bytes,
+                    "spool full: reading paused until the gateway acknowledges"
+                );
+                waited = true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let mut delay = Duration::from_millis(500);
+        loop {
+            match self.spool.put(batch.clone(), &self.key, checkpoint.clone()) {
+                Ok(spooled) => return Ok(spooled),
+                Err(SpoolError::Io { path, source }) if is_out_of_space(&source) => {
+                    let message = format!(
+                        "no space left to spool at {}: reading paused until space returns",
+                        path.display()
+                    );
+                    tracing::error!("{message}");
+                    self.spool.record_error(&message);
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+fn is_out_of_space(error: &std::io::Error) -> bool {
+    matches!(
+        error.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
 }
 
 /// How rows of one source are released.
@@ -294,9 +440,10 @@ struct Releasing {
 fn read_source(
     mut reader: CsvSource,
     releasing: &Releasing,
+    spooling: &Spooling,
     mut batcher: Batcher,
     mut report: QuarantineReport,
-    tx: mpsc::Sender<Batch>,
+    tx: mpsc::Sender<Spooled>,
     progress: Progress,
 ) -> Result<SourceSummary, AgentError> {
     let bar = match progress {
@@ -318,8 +465,23 @@ fn read_source(
         move |source| AgentError::Quarantine { path, source }
     };
     let mut summary = SourceSummary::default();
-    let send = |batch: Batch| tx.blocking_send(batch).is_ok();
-    while let Some(row) = reader.next_row() {
+    // Spools a full batch with the position to resume from (the start of the
+    // row that did not fit), then hands it to the sender.
+    let spool_and_send = |batch: Batch, at: &csv::Position, sequence: u64, complete: bool| {
+        let checkpoint = Checkpoint {
+            fingerprint: spooling.fingerprint.clone(),
+            byte: at.byte(),
+            line: at.line(),
+            record: at.record(),
+            sequence,
+            complete,
+        };
+        let spooled = spooling.put(batch, checkpoint)?;
+        Ok::<_, AgentError>(tx.blocking_send(spooled).is_ok())
+    };
+    loop {
+        let before = reader.position();
+        let Some(row) = reader.next_row() else { break };
         let row = row?;
         summary.rows_read += 1;
         match row.outcome {
@@ -357,9 +519,16 @@ fn read_source(
                     releasing.today,
                 );
                 if let Some(batch) = batcher.push(record)
-                    && !send(batch)
+                    && !{
+                        report.flush().map_err(quarantine_err(report.path()))?;
+                        spool_and_send(batch, &before, batcher.sequence(), false)?
+                    }
                 {
-                    break;
+                    // Delivery has stopped (its error ends the run): leave
+                    // the checkpoint where it is, so nothing is marked read
+                    // that was not spooled.
+                    bar.finish_and_clear();
+                    return Ok(summary);
                 }
             }
         }
@@ -367,8 +536,24 @@ fn read_source(
             bar.set_position(reader.bytes_read());
         }
     }
-    if let Some(batch) = batcher.flush() {
-        send(batch);
+    let end = reader.position();
+    report.flush().map_err(quarantine_err(report.path()))?;
+    match batcher.flush() {
+        Some(batch) => {
+            let sequence = batcher.sequence();
+            spool_and_send(batch, &end, sequence, true)?;
+        }
+        None => spooling.spool.commit_checkpoint(
+            &spooling.key,
+            Checkpoint {
+                fingerprint: spooling.fingerprint.clone(),
+                byte: end.byte(),
+                line: end.line(),
+                record: end.record(),
+                sequence: batcher.sequence(),
+                complete: true,
+            },
+        )?,
     }
     bar.finish_and_clear();
     summary.quarantine_report = report.finish().map_err(|source| AgentError::Quarantine {

@@ -25,15 +25,25 @@ pub enum AgentCommand {
         #[arg(long, env = "JOINERY_AGENT_METRICS_LISTEN")]
         metrics_listen: Option<std::net::SocketAddr>,
     },
+    /// Show the spool: batches waiting for an ack, the last ack and error,
+    /// and where reading of each source has got to.
+    Status {
+        /// Agent configuration file (agent.yaml).
+        #[arg(long, env = "JOINERY_AGENT_CONFIG")]
+        config: PathBuf,
+    },
 }
 
 impl AgentCommand {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
-        let Self::Run {
-            config,
-            no_progress,
-            metrics_listen,
-        } = self;
+        let (config, no_progress, metrics_listen) = match self {
+            Self::Run {
+                config,
+                no_progress,
+                metrics_listen,
+            } => (config, no_progress, metrics_listen),
+            Self::Status { config } => return status(&AgentConfig::load(&config)?),
+        };
         if let Some(address) = metrics_listen {
             crate::observe::serve(address, crate::observe::always_ready()).await?;
         }
@@ -49,9 +59,62 @@ impl AgentCommand {
     }
 }
 
+fn status(config: &AgentConfig) -> anyhow::Result<ExitCode> {
+    let (batches, bytes, state, checkpoints) = joinery_agent::spool::inspect(&config.spool_dir)?;
+    println!(
+        "spool {}: {batches} batches ({bytes} bytes) waiting for an acknowledgement",
+        config.spool_dir.display()
+    );
+    println!(
+        "last acknowledgement: {}",
+        state.last_ack_at.as_deref().unwrap_or("never")
+    );
+    match (&state.last_error, &state.last_error_at) {
+        (Some(error), Some(at)) => println!("last error: {at}: {error}"),
+        _ => println!("last error: none"),
+    }
+    for (source, c) in &checkpoints {
+        let progress = if c.complete {
+            "read completely".to_owned()
+        } else {
+            format!("read up to line {} (byte {})", c.line, c.byte)
+        };
+        println!(
+            "source {source}: {progress}; next batch sequence {}",
+            c.sequence
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// The run summary, as printed by `joinery agent run` and the demo.
 pub fn print_summary(organisation: &str, summary: &RunSummary) {
+    if summary.replayed_batches > 0 {
+        println!(
+            "{organisation}: resent {} batches ({} records) left in the spool by an interrupted run",
+            summary.replayed_batches, summary.replayed_records
+        );
+    }
+    if summary.reconnections > 0 {
+        println!(
+            "{organisation}: reconnected to the gateway {} times",
+            summary.reconnections
+        );
+    }
     for s in &summary.sources {
+        if s.already_delivered {
+            println!(
+                "{organisation} {}: already delivered (the extract has not changed since)",
+                s.dataset
+            );
+            continue;
+        }
+        if let Some(line) = s.resumed_at_line {
+            println!(
+                "{organisation} {}: resumed an interrupted read at line {line}",
+                s.dataset
+            );
+        }
         println!(
             "{organisation} {}: {} rows read, {} sent, {} stored, {} already stored, {} rejected, {} quarantined",
             s.dataset,

@@ -311,6 +311,9 @@ impl Layout<'_> {
                 .join("agents")
                 .join("quarantine")
                 .join(organisation),
+            spool_dir: self.dir.join("agents").join("spool").join(organisation),
+            spool_max_bytes: 256 * 1024 * 1024,
+            retry_for_secs: 60,
             batch_size: 500,
             max_in_flight: 4,
             sources: vec![SourceConfig::Csv {

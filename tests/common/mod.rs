@@ -186,10 +186,20 @@ impl Deployment {
 
     /// Starts `joinery gateway serve` on a free port.
     pub fn start_gateway(&self, database_url: Option<&str>, extra: &[&str]) -> GatewayProcess {
+        self.start_gateway_at("127.0.0.1:0", database_url, extra)
+    }
+
+    /// Starts `joinery gateway serve` listening on `listen`.
+    pub fn start_gateway_at(
+        &self,
+        listen: &str,
+        database_url: Option<&str>,
+        extra: &[&str],
+    ) -> GatewayProcess {
         let log = self.path("gateway.log");
         let mut command = joinery();
         command
-            .args(["gateway", "serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["gateway", "serve", "--listen", listen, "--data-dir"])
             .arg(self.gateway_data_dir())
             .arg("--agreements")
             .arg(self.agreements_dir())
@@ -205,7 +215,13 @@ impl Deployment {
             .env("RUST_LOG", "debug")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).expect("gateway log"));
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .expect("gateway log"),
+            );
         if let Some(url) = database_url {
             command.arg("--database-url").arg(url);
         }
@@ -267,6 +283,8 @@ impl Deployment {
              tls: {{ ca: '{}', cert: '{}', key: '{}' }}\n\
              linkage_key: '{}'\n\
              quarantine_dir: '{}'\n\
+             spool_dir: '{}'\n\
+             retry_for_secs: 20\n\
              batch_size: 200\n\
              sources:\n  - kind: csv\n    path: '{}'\n    mapping: '{}'\n",
             agreement.display(),
@@ -276,6 +294,7 @@ impl Deployment {
             key.display(),
             self.path("linkage.key").display(),
             self.path(&format!("quarantine/{org}")).display(),
+            self.path(&format!("spool/{org}")).display(),
             extract.display(),
             mapping.display(),
         );

@@ -109,6 +109,42 @@ impl CsvSource {
         &self.mapping
     }
 
+    /// Where the next row starts (for checkpoints).
+    pub fn position(&self) -> csv::Position {
+        self.reader.position().clone()
+    }
+
+    /// Continues reading from a position taken by [`CsvSource::position`] in
+    /// an earlier run over the same file.
+    pub fn resume(&mut self, byte: u64, line: u64, record: u64) -> Result<(), CsvError> {
+        let mut position = csv::Position::new();
+        position.set_byte(byte).set_line(line).set_record(record);
+        self.reader.seek(position).map_err(|e| CsvError::Io {
+            path: self.path.clone(),
+            line,
+            detail: e.to_string(),
+        })
+    }
+
+    /// Identifies the file's content: size, modification time and the SHA-256
+    /// of its first 64 KiB. A changed fingerprint means a new extract.
+    pub fn fingerprint(&self) -> String {
+        use std::io::Read;
+        let modified = std::fs::metadata(&self.path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        let mut head = Vec::new();
+        let _ = File::open(&self.path).map(|f| f.take(64 * 1024).read_to_end(&mut head));
+        let digest = ring::digest::digest(&ring::digest::SHA256, &head);
+        format!(
+            "{}:{modified}:{}",
+            self.total_bytes,
+            hex::encode(&digest.as_ref()[..16])
+        )
+    }
+
     /// Size of the file, for progress reporting.
     pub fn total_bytes(&self) -> u64 {
         self.total_bytes
