@@ -395,3 +395,23 @@ async fn revocation_and_certificate_rotation_without_restart() {
     );
     assert!(gateway.log_text().contains("TLS certificates reloaded"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sessions_beyond_the_limit_are_shed_and_agents_get_in_later() {
+    let d = Deployment::new();
+    let gateway = d.start_gateway(None, &["--max-sessions", "1"]);
+    let first = Session::open(&gateway.address, org_config(&d, SALT), hello(&d, SALT))
+        .await
+        .expect("first session");
+    let Err((code, _)) =
+        Session::open(&gateway.address, org_config(&d, CAMHS), hello(&d, CAMHS)).await
+    else {
+        panic!("a session beyond the limit must be shed");
+    };
+    assert_eq!(code, Code::ResourceExhausted);
+    drop(first);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    Session::open(&gateway.address, org_config(&d, CAMHS), hello(&d, CAMHS))
+        .await
+        .expect("room again once the first session ends");
+}

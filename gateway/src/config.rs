@@ -42,6 +42,8 @@ pub struct Limits {
     pub handshake_timeout: Duration,
     /// Open connections at once.
     pub max_connections: usize,
+    /// Ingest sessions at once; more are refused with RESOURCE_EXHAUSTED.
+    pub max_sessions: usize,
 }
 
 /// How often the audit chain head is signed inside `serve`.
@@ -57,6 +59,7 @@ impl Default for Limits {
             max_streams_per_connection: 16,
             handshake_timeout: Duration::from_secs(10),
             max_connections: 1024,
+            max_sessions: 512,
         }
     }
 }

@@ -56,6 +56,9 @@ pub struct IngestService {
     rekeyer: Rekeyer,
     agreements: Agreements,
     max_batch_bytes: usize,
+    /// Open sessions allowed at once; beyond that, new ones are shed with
+    /// RESOURCE_EXHAUSTED (the agent backs off and retries).
+    sessions: Arc<Semaphore>,
 }
 
 impl IngestService {
@@ -64,12 +67,14 @@ impl IngestService {
         rekeyer: Rekeyer,
         agreements: Agreements,
         max_batch_bytes: usize,
+        max_sessions: usize,
     ) -> Self {
         Self {
             storage,
             rekeyer,
             agreements,
             max_batch_bytes,
+            sessions: Arc::new(Semaphore::new(max_sessions)),
         }
     }
 }
@@ -98,6 +103,12 @@ impl Ingest for IngestService {
                     .map_or_else(|_| "unidentified".to_owned(), |id| id.to_string());
                 return Err(self.refuse(&actor, ("", 0), status).await);
             }
+        };
+        let Ok(session_slot) = self.sessions.clone().try_acquire_owned() else {
+            metrics::session("shed");
+            return Err(Status::resource_exhausted(
+                "the gateway is at its session limit; retry later",
+            ));
         };
         let span = tracing::info_span!(
             "ingest_session",
@@ -153,6 +164,7 @@ impl Ingest for IngestService {
         span.record("agreement_version", session.agreement.agreement.version);
         let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
         let session_task = async move {
+            let _slot = session_slot;
             loop {
                 let message = match inbound.message().await {
                     Ok(Some(message)) => message,

@@ -31,7 +31,10 @@ pub fn describe() {
         metrics::Unit::Seconds,
         "Time from receiving a batch to sending its ack (validation, re-keying and commit)"
     );
-    metrics::describe_counter!(SESSIONS, "Ingest sessions, by outcome (opened, refused)");
+    metrics::describe_counter!(
+        SESSIONS,
+        "Ingest sessions, by outcome (opened, refused, shed)"
+    );
     metrics::describe_counter!(
         RECORDS_LINKED,
         "Records stored, by how their person id was decided (exact-nhs, unlinked)"

@@ -155,6 +155,7 @@ impl Gateway {
             self.rekeyer.clone(),
             self.agreements.clone(),
             limits.max_message_bytes,
+            limits.max_sessions,
         ))
         .max_decoding_message_size(limits.max_message_bytes);
         let query = QueryServer::new(QueryService::new(

@@ -113,6 +113,9 @@ pub struct ServeArgs {
     /// Open connections allowed at once.
     #[arg(long, default_value_t = Limits::default().max_connections, env = "JOINERY_MAX_CONNECTIONS")]
     max_connections: usize,
+    /// Ingest sessions at once; more are shed with RESOURCE_EXHAUSTED (agents retry).
+    #[arg(long, default_value_t = Limits::default().max_sessions, env = "JOINERY_MAX_SESSIONS")]
+    max_sessions: usize,
 }
 
 impl GatewayCommand {
@@ -142,6 +145,7 @@ impl GatewayCommand {
                 max_streams_per_connection: args.max_streams_per_connection,
                 handshake_timeout: Duration::from_secs(args.handshake_timeout_secs),
                 max_connections: args.max_connections,
+                max_sessions: args.max_sessions,
             },
         };
         let gateway = Gateway::bind(config).await?;
