@@ -94,6 +94,8 @@ impl BenchCommand {
             };
             let mut config = layout.agent(ORG, extract, mapping);
             config.batch_size = batch_size;
+            // Each target is delivered from scratch: its own spool.
+            config.spool_dir = root.join(format!("spool-{}", name.to_lowercase()));
             let started = Instant::now();
             let summary = joinery_agent::run(&config, joinery_agent::Progress::Quiet).await?;
             let elapsed = started.elapsed();
