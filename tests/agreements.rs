@@ -135,14 +135,7 @@ async fn agent_and_gateway_must_hold_the_same_signed_agreement() {
     assert_eq!(code, Code::FailedPrecondition, "{message}");
 
     // The agent holds a different text of the same id and version, properly signed.
-    let synth = d.path("synth");
-    joinery_ok(&[
-        "synth",
-        "--out",
-        synth.to_str().unwrap(),
-        "--children",
-        "50",
-    ]);
+    let synth = d.synth(50, 42);
     let variant = d.write_agreement(&d.path("agent-copy"), |t| {
         t.replace("retention_days: 1095", "retention_days: 1000")
     });
@@ -171,14 +164,7 @@ async fn agent_and_gateway_must_hold_the_same_signed_agreement() {
 async fn agents_refuse_agreements_that_are_not_in_force() {
     let d = Deployment::new();
     let gateway = d.start_gateway(None, &[]);
-    let synth = d.path("synth");
-    joinery_ok(&[
-        "synth",
-        "--out",
-        synth.to_str().unwrap(),
-        "--children",
-        "50",
-    ]);
+    let synth = d.synth(50, 42);
     let extract = synth.join("extracts/salt_contacts.csv");
     let mapping = synth.join("mappings/salt_contacts.yaml");
     let today = time::OffsetDateTime::now_utc().date();
@@ -325,16 +311,7 @@ async fn an_agreement_expiring_mid_stream_stops_acceptance() {
 #[tokio::test(flavor = "multi_thread")]
 async fn opted_out_people_are_withheld_and_counted() {
     let d = Deployment::new();
-    let synth = d.path("synth");
-    joinery_ok(&[
-        "synth",
-        "--out",
-        synth.to_str().unwrap(),
-        "--children",
-        "300",
-        "--seed",
-        "5",
-    ]);
+    let synth = d.synth(300, 5);
     // Opt out every fifth valid NHS number the council holds.
     let extract = synth.join("extracts/csc_referrals.csv");
     let rows = csv_rows(&extract, b',');

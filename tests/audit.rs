@@ -100,16 +100,7 @@ async fn rewrite_chain(dir: &Path, from: i64) {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_audit_trail_is_complete_and_tamper_evident() {
     let d = Deployment::new();
-    let synth = d.path("synth");
-    joinery_ok(&[
-        "synth",
-        "--out",
-        synth.to_str().unwrap(),
-        "--children",
-        "150",
-        "--seed",
-        "9",
-    ]);
+    let synth = d.synth(150, 9);
     let gateway = d.start_gateway(None, &["--checkpoint-interval-secs", "1"]);
     for (org, dataset) in [(COUNCIL, "csc_referrals"), (CAMHS, "camhs_referrals")] {
         let config = d.agent_config(

@@ -20,16 +20,7 @@ fn kill(child: &mut std::process::Child) {
 #[tokio::test(flavor = "multi_thread")]
 async fn agent_kills_and_gateway_restarts_lose_and_double_nothing() {
     let d = Deployment::new();
-    let synth = d.path("synth");
-    joinery_ok(&[
-        "synth",
-        "--out",
-        synth.to_str().unwrap(),
-        "--children",
-        "6000",
-        "--seed",
-        "17",
-    ]);
+    let synth = d.synth(6000, 17);
     let listen = {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         probe.local_addr().unwrap().to_string()

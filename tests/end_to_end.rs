@@ -36,16 +36,7 @@ async fn three_agencies_on_postgres() {
 
 async fn end_to_end(postgres: Option<String>) {
     let d = Deployment::new();
-    let synth = d.path("synth");
-    joinery_ok(&[
-        "synth",
-        "--out",
-        synth.to_str().unwrap(),
-        "--children",
-        "400",
-        "--seed",
-        "11",
-    ]);
+    let synth = d.synth(400, 11);
     let gateway = d.start_gateway(postgres.as_deref(), &[]);
 
     // All three agents at once.

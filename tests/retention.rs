@@ -34,16 +34,7 @@ const EVENTS: &str = "SELECT COUNT(*) AS n FROM events WHERE organisation = $1";
 
 async fn retention(postgres: Option<String>) {
     let d = Deployment::new();
-    let synth = d.path("synth");
-    joinery_ok(&[
-        "synth",
-        "--out",
-        synth.to_str().unwrap(),
-        "--children",
-        "200",
-        "--seed",
-        "3",
-    ]);
+    let synth = d.synth(200, 3);
     let gateway = d.start_gateway(postgres.as_deref(), &[]);
     let config = |org: &str, dataset: &str| {
         d.agent_config(

@@ -82,6 +82,21 @@ impl Deployment {
         d
     }
 
+    /// Synthetic extracts for the three agencies (`joinery synth`) in `synth/`.
+    pub fn synth(&self, children: u32, seed: u32) -> PathBuf {
+        let out = self.path("synth");
+        joinery_ok(&[
+            "synth",
+            "--out",
+            out.to_str().unwrap(),
+            "--children",
+            &children.to_string(),
+            "--seed",
+            &seed.to_string(),
+        ]);
+        out
+    }
+
     /// Starts every later gateway and agent process with `env` too.
     pub fn with_env(mut self, env: Vec<(String, String)>) -> Self {
         self.env.extend(env);
