@@ -36,8 +36,8 @@ pub struct Delivery {
     in_flight: BTreeMap<String, (usize, Vec<Spooled>)>,
     /// Batch ids in the order they were first sent.
     order: Vec<String>,
-    /// Sessions opened after a failure.
-    pub reconnections: u64,
+    /// Sessions opened so far.
+    sessions: u64,
 }
 
 /// Whether a failure may pass if we try again.
@@ -82,8 +82,13 @@ impl Delivery {
             uploader: None,
             in_flight: BTreeMap::new(),
             order: Vec::new(),
-            reconnections: 0,
+            sessions: 0,
         }
+    }
+
+    /// Sessions reopened after the gateway or the network failed.
+    pub fn reconnections(&self) -> u64 {
+        self.sessions.saturating_sub(1)
     }
 
     /// The gateway's largest accepted batch, connecting if need be.
@@ -130,15 +135,19 @@ impl Delivery {
                 Err(e) => Err(e),
             };
             match attempt {
-                Ok(uploader) => self.uploader = Some(uploader),
+                Ok(uploader) => {
+                    self.sessions += 1;
+                    if self.sessions > 1 {
+                        crate::metrics::reconnected();
+                    }
+                    self.uploader = Some(uploader);
+                }
                 Err(e) if retryable(&e) && Instant::now() < deadline => {
                     self.spool.record_error(&e.to_string());
                     let jitter = rand::rng().random_range(0.5..1.5);
                     tracing::warn!(error = %e, retry_in_ms = (backoff.as_millis() as f64 * jitter) as u64, "delivery failed; will reconnect");
                     tokio::time::sleep(backoff.mul_f64(jitter)).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
-                    self.reconnections += 1;
-                    crate::metrics::reconnected();
                 }
                 Err(e) => {
                     self.spool.record_error(&e.to_string());
@@ -201,7 +210,7 @@ impl Delivery {
     }
 
     /// Waits until every batch sent is acknowledged.
-    pub async fn finish(mut self) -> Result<Vec<Acked<usize>>, AgentError> {
+    pub async fn finish(&mut self) -> Result<Vec<Acked<usize>>, AgentError> {
         let mut acked = Vec::new();
         while !self.in_flight.is_empty() {
             acked.extend(self.connected().await?.0);

@@ -321,8 +321,8 @@ async fn run_sources(config: &AgentConfig, progress: Progress) -> Result<RunSumm
         );
         summaries.push(summary);
     }
-    let reconnections = delivery.reconnections;
     acked.extend(delivery.finish().await?);
+    let reconnections = delivery.reconnections();
     let mut run = RunSummary {
         sources: summaries,
         replayed_batches,
