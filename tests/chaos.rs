@@ -12,6 +12,40 @@ use std::time::Duration;
 use common::*;
 use sqlx::Row;
 
+/// Every row of `extract` not quarantined is stored exactly once.
+async fn assert_each_row_stored_once(
+    d: &Deployment,
+    db: &sqlx::AnyPool,
+    organisation: &str,
+    dataset: &str,
+    extract: &std::path::Path,
+) {
+    let rows = csv_rows(extract, b',').len();
+    let report = d.path(&format!(
+        "quarantine/{organisation}/{dataset}.quarantine.csv"
+    ));
+    let quarantined = csv_rows(&report, b',')
+        .iter()
+        .filter(|r| &r[2] == "quarantined")
+        .map(|r| r[1].to_owned())
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    let stored: i64 = sqlx::query("SELECT COUNT(*) AS n FROM records")
+        .fetch_one(db)
+        .await
+        .unwrap()
+        .get("n");
+    let doubled: i64 = sqlx::query(
+        "SELECT COUNT(*) AS n FROM (SELECT source_row FROM records GROUP BY source_row HAVING COUNT(*) > 1) AS d",
+    )
+    .fetch_one(db)
+    .await
+    .unwrap()
+    .get("n");
+    assert_eq!(doubled, 0, "no source row stored twice");
+    assert_eq!(stored as usize, rows - quarantined, "no row lost");
+}
+
 fn kill(child: &mut std::process::Child) {
     let _ = std::process::Command::new("kill")
         .args(["-KILL", &child.id().to_string()])
@@ -70,32 +104,7 @@ async fn agent_kills_and_gateway_restarts_lose_and_double_nothing() {
 
     // Every usable row exactly once.
     let db = open_database(&d.sqlite_url()).await;
-    let rows = csv_rows(&extract, b',').len();
-    let quarantined = csv_rows(
-        &d.path(&format!(
-            "quarantine/{COUNCIL}/csc_referrals.quarantine.csv"
-        )),
-        b',',
-    )
-    .iter()
-    .filter(|r| &r[2] == "quarantined")
-    .map(|r| r[1].to_owned())
-    .collect::<std::collections::BTreeSet<_>>()
-    .len();
-    let stored: i64 = sqlx::query("SELECT COUNT(*) AS n FROM records")
-        .fetch_one(&db)
-        .await
-        .unwrap()
-        .get("n");
-    let doubled: i64 = sqlx::query(
-        "SELECT COUNT(*) AS n FROM (SELECT source_row FROM records GROUP BY source_row HAVING COUNT(*) > 1) AS d",
-    )
-    .fetch_one(&db)
-    .await
-    .unwrap()
-    .get("n");
-    assert_eq!(doubled, 0, "no source row stored twice");
-    assert_eq!(stored as usize, rows - quarantined, "no row lost");
+    assert_each_row_stored_once(&d, &db, COUNCIL, "csc_referrals", &extract).await;
 
     // The replay path ran: the gateway saw batches it already had.
     let duplicates: i64 = sqlx::query("SELECT COUNT(*) AS n FROM audit_log WHERE kind = 'batch' AND detail LIKE '%\"duplicate\"%'")
@@ -231,30 +240,5 @@ async fn postgres_restarts_and_cut_connections_lose_and_double_nothing() {
     assert!(gateway.stop().success());
 
     let db = open_database(&url).await;
-    let rows = csv_rows(&extract, b',').len();
-    let quarantined = csv_rows(
-        &d.path(&format!(
-            "quarantine/{CAMHS}/camhs_referrals.quarantine.csv"
-        )),
-        b',',
-    )
-    .iter()
-    .filter(|r| &r[2] == "quarantined")
-    .map(|r| r[1].to_owned())
-    .collect::<std::collections::BTreeSet<_>>()
-    .len();
-    let stored: i64 = sqlx::query("SELECT COUNT(*) AS n FROM records")
-        .fetch_one(&db)
-        .await
-        .unwrap()
-        .get("n");
-    let doubled: i64 = sqlx::query(
-        "SELECT COUNT(*) AS n FROM (SELECT source_row FROM records GROUP BY source_row HAVING COUNT(*) > 1) AS d",
-    )
-    .fetch_one(&db)
-    .await
-    .unwrap()
-    .get("n");
-    assert_eq!(doubled, 0, "no source row stored twice");
-    assert_eq!(stored as usize, rows - quarantined, "no row lost");
+    assert_each_row_stored_once(&d, &db, CAMHS, "camhs_referrals", &extract).await;
 }
