@@ -98,6 +98,14 @@ impl Spool {
         let (mut max_seq, mut bytes) = (0, 0);
         for entry in std::fs::read_dir(&batches).map_err(io(&batches))? {
             let entry = entry.map_err(io(&batches))?;
+            let path = entry.path();
+            if !is_batch(&path) {
+                // A write interrupted before its rename: the batch was never
+                // spooled and its checkpoint never committed, so its rows
+                // will be read again.
+                std::fs::remove_file(&path).map_err(io(&path))?;
+                continue;
+            }
             let name = entry.file_name().to_string_lossy().into_owned();
             if let Some(seq) = name.split('-').next().and_then(|s| s.parse::<u64>().ok()) {
                 max_seq = max_seq.max(seq);
@@ -147,7 +155,7 @@ impl Spool {
             .map_err(io(&batches))?
             .filter_map(Result::ok)
             .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e == "batch"))
+            .filter(|p| is_batch(p))
             .collect();
         paths.sort();
         paths
@@ -242,7 +250,10 @@ pub fn inspect(dir: &Path) -> Result<(u64, u64, Status, BTreeMap<String, Checkpo
     let batches = dir.join("batches");
     let (mut count, mut bytes) = (0, 0);
     if let Ok(entries) = std::fs::read_dir(&batches) {
-        for entry in entries.filter_map(Result::ok) {
+        for entry in entries
+            .filter_map(Result::ok)
+            .filter(|e| is_batch(&e.path()))
+        {
             count += 1;
             bytes += entry.metadata().map(|m| m.len()).unwrap_or(0);
         }
@@ -256,6 +267,10 @@ pub fn inspect(dir: &Path) -> Result<(u64, u64, Status, BTreeMap<String, Checkpo
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
     Ok((count, bytes, status, checkpoints))
+}
+
+fn is_batch(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "batch")
 }
 
 fn now() -> String {
@@ -340,5 +355,11 @@ mod tests {
         // New batches are numbered after the ones still held.
         let third = spool.put(batch(3), "a.csv", Checkpoint::default()).unwrap();
         assert!(third.path > pending[1].path);
+        // A write cut short before its rename is cleared away on opening.
+        drop(spool);
+        std::fs::write(dir.path().join("batches/000000000099-x.tmp"), b"partial").unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        assert_eq!(spool.pending().unwrap().len(), 2);
+        assert!(!dir.path().join("batches/000000000099-x.tmp").exists());
     }
 }
