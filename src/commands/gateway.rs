@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::commands::TlsArgs;
 use clap::{Args, Subcommand};
-use joinery_crypto::tls::TlsFiles;
 use joinery_gateway::agreements::Agreements;
 use joinery_gateway::config::{DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_RETENTION_INTERVAL};
 use joinery_gateway::retention;
@@ -85,15 +85,8 @@ pub struct ServeArgs {
     /// Seconds between signed audit checkpoints (one is also signed at shutdown).
     #[arg(long, default_value_t = DEFAULT_CHECKPOINT_INTERVAL.as_secs(), env = "JOINERY_CHECKPOINT_INTERVAL_SECS")]
     checkpoint_interval_secs: u64,
-    /// Deployment CA certificate: client certificates must chain to it.
-    #[arg(long, env = "JOINERY_TLS_CA")]
-    tls_ca: PathBuf,
-    /// The gateway's certificate (joinery pki server).
-    #[arg(long, env = "JOINERY_TLS_CERT")]
-    tls_cert: PathBuf,
-    /// The gateway's private key.
-    #[arg(long, env = "JOINERY_TLS_KEY")]
-    tls_key: PathBuf,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// Certificate revocation list (joinery pki revoke writes pki/crl.pem).
     /// The CA, certificate, key and CRL files are reloaded when they change.
     #[arg(long, env = "JOINERY_TLS_CRL")]
@@ -134,12 +127,7 @@ impl GatewayCommand {
             retention_interval: Duration::from_secs(args.retention_interval_secs.max(1)),
             audit_key_file: args.audit_key_file,
             checkpoint_interval: Duration::from_secs(args.checkpoint_interval_secs.max(1)),
-            tls: TlsFiles {
-                ca: args.tls_ca,
-                cert: args.tls_cert,
-                key: args.tls_key,
-                crl: args.tls_crl,
-            },
+            tls: args.tls.files(args.tls_crl),
             limits: Limits {
                 max_message_bytes: args.max_message_bytes,
                 max_streams_per_connection: args.max_streams_per_connection,

@@ -1,9 +1,10 @@
 //! `joinery query`: disclosure-controlled answers from the gateway.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
+
+use crate::commands::TlsArgs;
 use joinery_crypto::tls::TlsFiles;
 use joinery_proto::v1::query_client::QueryClient;
 use joinery_proto::v1::{
@@ -34,15 +35,8 @@ pub struct GatewayArgs {
     /// Name on the gateway's certificate (default: the host of --gateway).
     #[arg(long)]
     server_name: Option<String>,
-    /// Deployment CA certificate.
-    #[arg(long, env = "JOINERY_TLS_CA")]
-    tls_ca: PathBuf,
-    /// Your certificate (joinery pki issue --analyst NAME).
-    #[arg(long, env = "JOINERY_TLS_CERT")]
-    tls_cert: PathBuf,
-    /// Your private key.
-    #[arg(long, env = "JOINERY_TLS_KEY")]
-    tls_key: PathBuf,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 impl GatewayArgs {
@@ -52,12 +46,7 @@ impl GatewayArgs {
             .gateway
             .rsplit_once(':')
             .map_or(self.gateway.as_str(), |(host, _)| host);
-        let tls = TlsFiles {
-            ca: self.tls_ca.clone(),
-            cert: self.tls_cert.clone(),
-            key: self.tls_key.clone(),
-            crl: None,
-        };
+        let tls = self.tls.files(None);
         channel(
             &self.gateway,
             self.server_name.as_deref().unwrap_or(host),
