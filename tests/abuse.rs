@@ -109,3 +109,171 @@ async fn hostile_clients_do_not_take_the_gateway_down() {
     drop(silent);
     assert!(gateway.stop().success());
 }
+
+/// A gzip stream that expands to `megabytes` MiB of zeros, built without
+/// ever holding the expansion: one deflate block for 1 MiB of zeros after a
+/// window of zeros decodes the same every time, so it is repeated.
+fn gzip_bomb(megabytes: usize) -> Vec<u8> {
+    use std::io::Write;
+    let zeros = vec![0u8; 1 << 20];
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    let mut block = || {
+        let before = encoder.get_ref().len();
+        encoder.write_all(&zeros).unwrap();
+        encoder.flush().unwrap();
+        encoder.get_ref()[before..].to_vec()
+    };
+    block(); // header and the first MiB, which fills the window
+    let repeated = block();
+    assert_eq!(repeated, block(), "the block repeats");
+    let mut bomb = encoder.get_ref().clone();
+    for _ in 3..megabytes {
+        bomb.extend_from_slice(&repeated);
+    }
+    bomb
+}
+
+/// Sends one gzip-compressed gRPC message (the bytes given) as the opening
+/// of an Ingest stream, by hand, and returns the gRPC status and message.
+async fn send_compressed_message(
+    channel: tonic::transport::Channel,
+    gzip: Vec<u8>,
+) -> (Code, String) {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let mut frame = vec![1u8]; // compressed flag
+    frame.extend_from_slice(&(gzip.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&gzip);
+    let request = http::Request::builder()
+        .method("POST")
+        .uri("/joinery.v1.Ingest/Stream")
+        .header("content-type", "application/grpc")
+        .header("grpc-encoding", "gzip")
+        .header("te", "trailers")
+        .body(tonic::body::Body::new(http_body_util::Full::new(
+            bytes::Bytes::from(frame),
+        )))
+        .unwrap();
+    let response = channel.oneshot(request).await.expect("an HTTP response");
+    let mut headers = response.headers().clone();
+    if headers.get("grpc-status").is_none() {
+        let collected = response.into_body().collect().await.expect("a body");
+        headers = collected.trailers().cloned().unwrap_or_default();
+    }
+    let status = tonic::Status::from_header_map(&headers).expect("a gRPC status");
+    (status.code(), status.message().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_compressed_bomb_is_cut_off_at_the_message_limit() {
+    let d = Deployment::new();
+    let mut gateway = d.start_gateway(None, &[]);
+    let baseline = ack_latency(&d, &gateway.address, 1, 9).await;
+
+    // 1 MiB on the wire, 1 GiB when inflated; the limit is 16 MiB.
+    let bomb = gzip_bomb(1024);
+    assert!(bomb.len() < 2 << 20, "{} bytes", bomb.len());
+    let mut outcomes = Vec::new();
+    for _ in 0..5 {
+        let channel = channel(&gateway.address, org_config(&d, CAMHS))
+            .await
+            .unwrap();
+        outcomes.push(send_compressed_message(channel, bomb.clone()).await);
+    }
+    for (code, message) in &outcomes {
+        assert_eq!(*code, Code::ResourceExhausted, "{message}");
+        assert!(message.contains("size limit"), "{message}");
+    }
+
+    let under_attack = ack_latency(&d, &gateway.address, 100, 9).await;
+    let (_, peak) = gateway.memory_kib();
+    println!(
+        "compressed-bomb figures: {} KiB bomb inflating to 1 GiB, refused {} times; ack p50 quiet {:.1} ms, after {:.1} ms; gateway peak RSS {} MiB",
+        bomb.len() / 1024,
+        outcomes.len(),
+        baseline.as_secs_f64() * 1e3,
+        under_attack.as_secs_f64() * 1e3,
+        peak / 1024
+    );
+    assert!(gateway.is_running(), "the gateway stays up");
+    assert!(
+        under_attack <= (baseline * 2).max(Duration::from_millis(250)),
+        "ack latency {under_attack:?} vs baseline {baseline:?}"
+    );
+    // Five inflations stopped at 16 MiB each: far from 1 GiB.
+    assert!(peak < 256 * 1024, "peak memory stays bounded: {peak} KiB");
+    assert!(gateway.stop().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ten_thousand_idle_streams_do_not_starve_other_agencies() {
+    const STREAMS: usize = 10_000;
+    const CONNECTIONS: usize = 50;
+    let d = Deployment::new();
+    let mut gateway = d.start_gateway(None, &[]);
+    let baseline = ack_latency(&d, &gateway.address, 1, 9).await;
+    let (rss_before, _) = gateway.memory_kib();
+
+    // One agency's runaway client opens 10,000 Ingest streams over 50
+    // connections and never says Hello.
+    let mut channels = Vec::new();
+    for _ in 0..CONNECTIONS {
+        channels.push(
+            channel(&gateway.address, org_config(&d, CAMHS))
+                .await
+                .unwrap(),
+        );
+    }
+    let (outcomes, mut results) = tokio::sync::mpsc::unbounded_channel();
+    let mut senders = Vec::new();
+    for i in 0..STREAMS {
+        let mut client =
+            joinery_proto::v1::ingest_client::IngestClient::new(channels[i % CONNECTIONS].clone());
+        let (tx, rx) = tokio::sync::mpsc::channel::<joinery_proto::v1::AgentMessage>(1);
+        senders.push(tx); // held open: the streams stay idle
+        let outcomes = outcomes.clone();
+        tokio::spawn(async move {
+            let result = client
+                .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await;
+            let _ = outcomes.send(result.err().map(|s| s.code()));
+        });
+    }
+    // All but the organisation's session allowance are shed at once.
+    let mut shed = 0;
+    let mut other = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(25);
+    while shed + other.len() < STREAMS - 32 {
+        match tokio::time::timeout_at(deadline, results.recv()).await {
+            Ok(Some(Some(Code::ResourceExhausted))) => shed += 1,
+            Ok(Some(outcome)) => other.push(outcome),
+            Ok(None) | Err(_) => break,
+        }
+    }
+
+    // Another agency's real agent is still served, and not much slower.
+    let under_attack = ack_latency(&d, &gateway.address, 100, 9).await;
+    let (rss_after, peak) = gateway.memory_kib();
+    println!(
+        "idle-stream figures: {STREAMS} streams over {CONNECTIONS} connections, {shed} shed; ack p50 quiet {:.1} ms, under attack {:.1} ms; gateway RSS {} MiB before, {} MiB after, peak {} MiB",
+        baseline.as_secs_f64() * 1e3,
+        under_attack.as_secs_f64() * 1e3,
+        rss_before / 1024,
+        rss_after / 1024,
+        peak / 1024
+    );
+    assert!(other.is_empty(), "only shedding: {other:?}");
+    assert_eq!(
+        shed,
+        STREAMS - 32,
+        "all but 32 (the per-organisation limit) shed"
+    );
+    assert!(gateway.is_running(), "the gateway stays up");
+    assert!(
+        under_attack <= (baseline * 2).max(Duration::from_millis(250)),
+        "ack latency {under_attack:?} vs baseline {baseline:?}"
+    );
+    assert!(peak < 512 * 1024, "peak memory stays bounded: {peak} KiB");
+    drop(senders);
+    assert!(gateway.stop().success());
+}

@@ -1,9 +1,9 @@
 //! Nothing lost, nothing doubled (the short versions CI runs): an agent is
 //! killed with SIGKILL again and again and the gateway is restarted while it
-//! delivers; and, on PostgreSQL, the database is restarted and the agent's
-//! connections are cut (through a proxy in the test) while it delivers. At
-//! the end every source row is stored exactly once, and the replay path
-//! (batches resent and recognised) really ran.
+//! delivers; `joinery bench chaos` on PostgreSQL (agent kills, gateway
+//! crashes, cut connections, database restarts); and the agent's spool disk
+//! fills up. At the end every source row is stored exactly once, and the
+//! replay path (batches resent and recognised) really ran.
 
 mod common;
 
@@ -133,63 +133,11 @@ async fn agent_kills_and_gateway_restarts_lose_and_double_nothing() {
     assert!(String::from_utf8_lossy(&verified.stdout).contains("audit log intact"));
 }
 
-/// A TCP proxy in front of the gateway whose connections can all be cut.
-struct CuttableProxy {
-    address: String,
-    cut: std::sync::Arc<tokio::sync::Notify>,
-}
-
-impl CuttableProxy {
-    async fn start(target: String) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap().to_string();
-        let cut = std::sync::Arc::new(tokio::sync::Notify::new());
-        let cutter = cut.clone();
-        tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                let target = target.clone();
-                let cutter = cutter.clone();
-                tokio::spawn(async move {
-                    let Ok(mut server) = tokio::net::TcpStream::connect(&target).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = cutter.notified() => {}
-                    }
-                });
-            }
-        });
-        Self { address, cut }
-    }
-
-    /// Drops every open connection (new ones are accepted again).
-    fn cut(&self) {
-        self.cut.notify_waiters();
-    }
-}
-
-fn restart_postgres() {
-    let version = std::fs::read_dir("/etc/postgresql")
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .file_name();
-    let status = std::process::Command::new("pg_ctlcluster")
-        .args([
-            "--skip-systemctl-redirect",
-            version.to_str().unwrap(),
-            "main",
-            "restart",
-        ])
-        .status()
-        .unwrap();
-    assert!(status.success(), "PostgreSQL did not restart");
-}
-
+/// The short run of `joinery bench chaos` on PostgreSQL: three agencies'
+/// agents deliver through a cuttable proxy while agents are killed, the
+/// gateway crashes and restarts, connections are cut and PostgreSQL restarts.
 #[tokio::test(flavor = "multi_thread")]
-async fn postgres_restarts_and_cut_connections_lose_and_double_nothing() {
+async fn bench_chaos_on_postgres_stores_every_row_exactly_once() {
     let Some(url) = fresh_postgres("chaos").await else {
         return;
     };
@@ -199,46 +147,169 @@ async fn postgres_restarts_and_cut_connections_lose_and_double_nothing() {
         .is_err()
     {
         shout(
-            "SKIPPED postgres_restarts_and_cut_connections: pg_ctlcluster is not available to restart PostgreSQL",
+            "SKIPPED bench_chaos_on_postgres: pg_ctlcluster is not available to restart PostgreSQL",
         );
         return;
     }
+    let output = joinery()
+        .args([
+            "bench",
+            "chaos",
+            "--records",
+            "30000",
+            "--agent-kills",
+            "10",
+            "--gateway-restarts",
+            "3",
+            "--cuts",
+            "3",
+            "--postgres-restarts",
+            "3",
+            "--max-pause-ms",
+            "600",
+            "--postgres-url",
+            &url,
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}");
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("lost 0, doubled 0"), "{stdout}");
+    // The number printed after `label`.
+    let figure = |label: &str| -> u64 {
+        stdout
+            .split(label)
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.trim_matches(|c: char| !c.is_ascii_digit()).parse().ok())
+            .unwrap_or_else(|| panic!("no figure after {label:?} in:\n{stdout}"))
+    };
+    assert!(
+        figure("recognised as duplicates: ") > 0,
+        "the replay path ran:\n{stdout}"
+    );
+    assert_eq!(figure("faults applied: "), 19);
+    assert!(
+        figure("s (") >= 10,
+        "most faults hit agents mid-delivery:\n{stdout}"
+    );
+}
+
+/// A small tmpfs the test mounts (and unmounts when dropped).
+struct SmallDisk {
+    path: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    /// `None` (announced loudly) where this process may not mount.
+    fn mount(path: std::path::PathBuf, size: &str) -> Option<Self> {
+        std::fs::create_dir_all(&path).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .output();
+        match mounted {
+            Ok(out) if out.status.success() => Some(Self { path }),
+            Ok(out) => {
+                shout(&format!(
+                    "SKIPPED full-disk test: cannot mount a small tmpfs ({})",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+                None
+            }
+            Err(e) => {
+                shout(&format!("SKIPPED full-disk test: no mount command ({e})"));
+                None
+            }
+        }
+    }
+
+    /// Fills the disk with a ballast file; returns its size.
+    fn fill(&self) -> u64 {
+        use std::io::Write;
+        let mut ballast = std::fs::File::create(self.path.join("ballast")).unwrap();
+        let chunk = vec![0u8; 4096];
+        let mut written = 0u64;
+        loop {
+            match ballast.write(&chunk) {
+                Ok(0) => break,
+                Ok(n) => written += n as u64,
+                Err(e) if e.kind() == std::io::ErrorKind::StorageFull => break,
+                Err(e) => panic!("filling the disk: {e}"),
+            }
+        }
+        let _ = ballast.flush();
+        written
+    }
+
+    fn free(&self) {
+        std::fs::remove_file(self.path.join("ballast")).unwrap();
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_spool_disk_pauses_reading_and_resumes_when_space_returns() {
     let d = Deployment::new();
-    let synth = d.synth(4000, 23);
-    let gateway = d.start_gateway(Some(&url), &[]);
-    let proxy = CuttableProxy::start(gateway.address.clone()).await;
+    let Some(disk) = SmallDisk::mount(d.path("spool-disk"), "1m") else {
+        return;
+    };
+    let synth = d.synth(2000, 29);
+    let gateway = d.start_gateway(None, &[]);
     let extract = synth.join("extracts/camhs_referrals.csv");
     let config = d.agent_config(
         CAMHS,
-        &proxy.address,
+        &gateway.address,
         &extract,
         &synth.join("mappings/camhs_referrals.yaml"),
     );
     let text = std::fs::read_to_string(&config)
         .unwrap()
-        .replace("batch_size: 200", "batch_size: 10");
+        .replace("batch_size: 200", "batch_size: 25")
+        .replace(
+            &format!("'{}'", d.path(&format!("spool/{CAMHS}")).display()),
+            &format!("'{}'", disk.path.join("spool").display()),
+        );
+    assert!(
+        text.contains("spool-disk"),
+        "the spool is on the small disk"
+    );
     std::fs::write(&config, text).unwrap();
 
-    let agent = d.spawn_agent(&config);
-    for round in 0..6 {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        if round % 2 == 0 {
-            proxy.cut();
-        } else {
-            restart_postgres();
-        }
-    }
-    let (code, stdout, stderr) = finish(agent);
+    // The disk is full before the agent starts.
+    assert!(disk.fill() > 0);
+    let mut agent = d.spawn_agent(&config);
+    std::thread::sleep(Duration::from_secs(3));
     assert!(
-        code == 0 || code == 3,
-        "the agent rides out the faults:\n{stdout}\n{stderr}"
+        agent.try_wait().unwrap().is_none(),
+        "the agent waits for space rather than failing"
     );
+    let db = open_database(&d.sqlite_url()).await;
+    let stored: i64 = sqlx::query("SELECT COUNT(*) AS n FROM records")
+        .fetch_one(&db)
+        .await
+        .unwrap()
+        .get("n");
+    assert_eq!(stored, 0, "nothing could be spooled, so nothing was sent");
+
+    // Space returns: the agent resumes by itself and delivers everything.
+    disk.free();
+    let (code, stdout, stderr) = finish(agent);
+    assert!(code == 0 || code == 3, "{stdout}\n{stderr}");
     assert!(
-        stdout.contains("reconnected to the gateway"),
-        "the faults really hit the agent:\n{stdout}"
+        format!("{stdout}{stderr}").contains("no space left to spool"),
+        "the agent said why it paused:\n{stdout}\n{stderr}"
     );
     assert!(gateway.stop().success());
-
-    let db = open_database(&url).await;
     assert_each_row_stored_once(&d, &db, CAMHS, "camhs_referrals", &extract).await;
 }

@@ -14,6 +14,7 @@ use rand::Rng;
 use rustls::ClientConfig;
 use tonic::Code;
 
+use crate::config::GatewayEndpoint;
 use crate::run::AgentError;
 use crate::spool::{Spool, Spooled};
 use crate::uploader::{Acked, UploadError, Uploader};
@@ -23,8 +24,7 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 pub struct Delivery {
-    address: String,
-    server_name: String,
+    gateway: GatewayEndpoint,
     tls: ClientConfig,
     hello: Hello,
     window: usize,
@@ -63,8 +63,7 @@ fn retryable(error: &AgentError) -> bool {
 
 impl Delivery {
     pub fn new(
-        address: &str,
-        server_name: &str,
+        gateway: &GatewayEndpoint,
         tls: ClientConfig,
         hello: Hello,
         window: usize,
@@ -72,8 +71,7 @@ impl Delivery {
         spool: Arc<Spool>,
     ) -> Self {
         Self {
-            address: address.to_owned(),
-            server_name: server_name.to_owned(),
+            gateway: gateway.clone(),
             tls,
             hello,
             window,
@@ -101,10 +99,19 @@ impl Delivery {
     }
 
     async fn open(&self) -> Result<Uploader<usize>, AgentError> {
-        let channel =
-            joinery_proto::channel::connect(&self.address, &self.server_name, self.tls.clone())
-                .await?;
-        Ok(Uploader::open(channel, self.hello.clone(), self.window).await?)
+        let channel = joinery_proto::channel::connect(
+            &self.gateway.address,
+            self.gateway.server_name(),
+            self.tls.clone(),
+        )
+        .await?;
+        Ok(Uploader::open(
+            channel,
+            self.hello.clone(),
+            self.window,
+            self.gateway.compress,
+        )
+        .await?)
     }
 
     /// Makes sure a session is open, retrying with backoff; a new session

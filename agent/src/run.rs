@@ -215,8 +215,7 @@ async fn run_sources(config: &AgentConfig, progress: Progress) -> Result<RunSumm
     };
     let spool = Arc::new(Spool::open(&config.spool_dir)?);
     let mut delivery = Delivery::new(
-        &config.gateway.address,
-        config.server_name(),
+        &config.gateway,
         tls,
         hello,
         config.max_in_flight,

@@ -185,9 +185,14 @@ impl Spool {
             .join(format!("{seq:012}-{}.batch", batch.batch_id));
         let bytes = batch.encode_to_vec();
         write_durably(&path, &bytes)?;
+        if let Err(e) = self.commit_checkpoint(source, checkpoint) {
+            // Without its checkpoint the batch would be read again: take it
+            // back, so a retry (say, once disk space returns) starts clean.
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
         self.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
         crate::metrics::spool_bytes(self.bytes());
-        self.commit_checkpoint(source, checkpoint)?;
         Ok(Spooled { path, batch })
     }
 
@@ -222,15 +227,25 @@ impl Spool {
                 });
             }
         }
-        self.update_status(|s| s.last_ack_at = Some(now()))
+        // The status file is for people; failing to update it (a full disk)
+        // must not fail the delivery.
+        self.record_status(|s| s.last_ack_at = Some(now()));
+        Ok(())
     }
 
     /// Records the last delivery error for `joinery agent status`.
     pub fn record_error(&self, error: &str) {
-        let _ = self.update_status(|s| {
+        self.record_status(|s| {
             s.last_error = Some(error.to_owned());
             s.last_error_at = Some(now());
         });
+    }
+
+    /// Updates `status.json`, best effort: it is for people, not recovery.
+    fn record_status(&self, change: impl FnOnce(&mut Status)) {
+        if let Err(e) = self.update_status(change) {
+            tracing::debug!(error = %e, "could not update the spool status file");
+        }
     }
 
     fn update_status(&self, change: impl FnOnce(&mut Status)) -> Result<(), SpoolError> {
@@ -281,12 +296,18 @@ fn now() -> String {
 
 /// Writes `bytes` to `path` so that after a crash the file is either the old
 /// one or the new one, complete: temporary file, fsync, rename, fsync the directory.
+/// A write cut short (a full disk) removes its temporary file, so the space
+/// it took returns at once.
 fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), SpoolError> {
     let tmp = path.with_extension("tmp");
-    let mut file = File::create(&tmp).map_err(io(&tmp))?;
-    file.write_all(bytes).map_err(io(&tmp))?;
-    file.sync_all().map_err(io(&tmp))?;
-    drop(file);
+    let written = File::create(&tmp).and_then(|mut file| {
+        file.write_all(bytes)?;
+        file.sync_all()
+    });
+    if let Err(source) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(SpoolError::Io { path: tmp, source });
+    }
     std::fs::rename(&tmp, path).map_err(io(path))?;
     if let Some(parent) = path.parent() {
         File::open(parent)

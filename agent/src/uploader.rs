@@ -14,6 +14,7 @@ use joinery_proto::v1::{
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
+use tonic::codec::CompressionEncoding;
 use tonic::transport::Channel;
 
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +66,13 @@ pub struct Uploader<T> {
 
 impl<T> Uploader<T> {
     /// Opens a session: sends `hello` and waits for the gateway's welcome.
-    pub async fn open(channel: Channel, hello: Hello, window: usize) -> Result<Self, UploadError> {
+    /// With `compress`, batches go gzip-compressed.
+    pub async fn open(
+        channel: Channel,
+        hello: Hello,
+        window: usize,
+        compress: bool,
+    ) -> Result<Self, UploadError> {
         let (outbound, rx) = mpsc::channel(window.max(1));
         outbound
             .send(AgentMessage {
@@ -76,6 +83,9 @@ impl<T> Uploader<T> {
         let mut client = IngestClient::new(channel)
             .max_decoding_message_size(4 * 1024 * 1024)
             .max_encoding_message_size(64 * 1024 * 1024);
+        if compress {
+            client = client.send_compressed(CompressionEncoding::Gzip);
+        }
         let mut request = tonic::Request::new(ReceiverStream::new(rx));
         joinery_proto::trace_context::inject_current(request.metadata_mut());
         let mut inbound = client

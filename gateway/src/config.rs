@@ -34,7 +34,8 @@ pub struct GatewayConfig {
 /// Bounds that keep one client from exhausting the gateway.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Largest gRPC message accepted, in bytes (compression is not enabled).
+    /// Largest gRPC message accepted, in bytes, checked again after gzip
+    /// decompression (so a small compressed bomb is refused at this size).
     pub max_message_bytes: usize,
     /// Concurrent streams (RPCs) on one connection.
     pub max_streams_per_connection: u32,
@@ -44,6 +45,9 @@ pub struct Limits {
     pub max_connections: usize,
     /// Ingest sessions at once; more are refused with RESOURCE_EXHAUSTED.
     pub max_sessions: usize,
+    /// Ingest sessions one organisation may hold at once, so one agency's
+    /// runaway (or compromised) agent cannot take every session slot.
+    pub max_sessions_per_organisation: usize,
 }
 
 /// How often the audit chain head is signed inside `serve`.
@@ -60,6 +64,7 @@ impl Default for Limits {
             handshake_timeout: Duration::from_secs(10),
             max_connections: 1024,
             max_sessions: 512,
+            max_sessions_per_organisation: 32,
         }
     }
 }

@@ -13,9 +13,9 @@
 //! stored; a batch the organisation has delivered before is acknowledged as
 //! DUPLICATE and not stored again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::Stream;
@@ -27,13 +27,14 @@ use joinery_proto::v1::{
     agent_message, gateway_message,
 };
 use time::OffsetDateTime;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use crate::agreements::Agreements;
 use crate::audit::AuditRecord;
+use crate::config::Limits;
 use crate::metrics;
 use crate::peer;
 use crate::rekey::Rekeyer;
@@ -59,6 +60,9 @@ pub struct IngestService {
     /// Open sessions allowed at once; beyond that, new ones are shed with
     /// RESOURCE_EXHAUSTED (the agent backs off and retries).
     sessions: Arc<Semaphore>,
+    /// The same, per organisation.
+    organisation_sessions: Mutex<HashMap<String, Arc<Semaphore>>>,
+    max_sessions_per_organisation: usize,
 }
 
 impl IngestService {
@@ -66,16 +70,44 @@ impl IngestService {
         storage: Storage,
         rekeyer: Rekeyer,
         agreements: Agreements,
-        max_batch_bytes: usize,
-        max_sessions: usize,
+        limits: &Limits,
     ) -> Self {
         Self {
             storage,
             rekeyer,
             agreements,
-            max_batch_bytes,
-            sessions: Arc::new(Semaphore::new(max_sessions)),
+            max_batch_bytes: limits.max_message_bytes,
+            sessions: Arc::new(Semaphore::new(limits.max_sessions)),
+            organisation_sessions: Mutex::default(),
+            max_sessions_per_organisation: limits.max_sessions_per_organisation,
         }
+    }
+
+    /// Takes a session slot for `organisation`, or sheds the session.
+    fn session_slots(
+        &self,
+        organisation: &str,
+    ) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), Status> {
+        let organisation_slots = self
+            .organisation_sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(organisation.to_owned())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.max_sessions_per_organisation)))
+            .clone();
+        let Ok(own) = organisation_slots.try_acquire_owned() else {
+            metrics::session("shed");
+            return Err(Status::resource_exhausted(
+                "this organisation is at its session limit; retry later",
+            ));
+        };
+        let Ok(shared) = self.sessions.clone().try_acquire_owned() else {
+            metrics::session("shed");
+            return Err(Status::resource_exhausted(
+                "the gateway is at its session limit; retry later",
+            ));
+        };
+        Ok((own, shared))
     }
 }
 
@@ -104,12 +136,7 @@ impl Ingest for IngestService {
                 return Err(self.refuse(&actor, ("", 0), status).await);
             }
         };
-        let Ok(session_slot) = self.sessions.clone().try_acquire_owned() else {
-            metrics::session("shed");
-            return Err(Status::resource_exhausted(
-                "the gateway is at its session limit; retry later",
-            ));
-        };
+        let session_slot = self.session_slots(&organisation)?;
         let span = tracing::info_span!(
             "ingest_session",
             organisation = %organisation,

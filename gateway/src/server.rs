@@ -11,6 +11,7 @@ use joinery_proto::v1::audit_server::AuditServer;
 use joinery_proto::v1::ingest_server::IngestServer;
 use joinery_proto::v1::query_server::QueryServer;
 use tokio::net::TcpListener;
+use tonic::codec::CompressionEncoding;
 use tonic::transport::Server;
 
 use crate::agreements::Agreements;
@@ -154,9 +155,9 @@ impl Gateway {
             self.storage.clone(),
             self.rekeyer.clone(),
             self.agreements.clone(),
-            limits.max_message_bytes,
-            limits.max_sessions,
+            &limits,
         ))
+        .accept_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(limits.max_message_bytes);
         let query = QueryServer::new(QueryService::new(
             self.storage.clone(),

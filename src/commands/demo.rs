@@ -299,6 +299,7 @@ impl Layout<'_> {
             gateway: GatewayEndpoint {
                 address: self.address.to_owned(),
                 server_name: Some(self.server_name.to_owned()),
+                compress: false,
             },
             tls: TlsPaths {
                 ca: pki.join("ca.pem"),
@@ -344,7 +345,7 @@ impl Layout<'_> {
     }
 }
 
-fn write_yaml(path: &Path, config: &AgentConfig) -> anyhow::Result<()> {
+pub(crate) fn write_yaml(path: &Path, config: &AgentConfig) -> anyhow::Result<()> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }

@@ -109,6 +109,9 @@ pub struct ServeArgs {
     /// Ingest sessions at once; more are shed with RESOURCE_EXHAUSTED (agents retry).
     #[arg(long, default_value_t = Limits::default().max_sessions, env = "JOINERY_MAX_SESSIONS")]
     max_sessions: usize,
+    /// Ingest sessions one organisation may hold at once.
+    #[arg(long, default_value_t = Limits::default().max_sessions_per_organisation, env = "JOINERY_MAX_SESSIONS_PER_ORGANISATION")]
+    max_sessions_per_organisation: usize,
 }
 
 impl GatewayCommand {
@@ -134,6 +137,7 @@ impl GatewayCommand {
                 handshake_timeout: Duration::from_secs(args.handshake_timeout_secs),
                 max_connections: args.max_connections,
                 max_sessions: args.max_sessions,
+                max_sessions_per_organisation: args.max_sessions_per_organisation,
             },
         };
         let gateway = Gateway::bind(config).await?;

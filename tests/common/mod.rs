@@ -290,11 +290,14 @@ impl Deployment {
     ) -> PathBuf {
         let (cert, key) = self.org_cert(org);
         let path = self.path(&format!("{org}.agent.yaml"));
+        // The speech-and-language agent compresses its batches, so every
+        // end-to-end run also crosses the gateway's gzip path.
+        let compress = org == SALT;
         let yaml = format!(
             "organisation: {org}\n\
              agreement: '{}'\n\
              national_data_opt_out: '{}'\n\
-             gateway: {{ address: '{gateway}', server_name: localhost }}\n\
+             gateway: {{ address: '{gateway}', server_name: localhost, compress: {compress} }}\n\
              tls: {{ ca: '{}', cert: '{}', key: '{}' }}\n\
              linkage_key: '{}'\n\
              quarantine_dir: '{}'\n\

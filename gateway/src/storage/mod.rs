@@ -518,6 +518,38 @@ impl Storage {
             .collect()
     }
 
+    /// The source rows stored for one organisation's dataset, in order (a
+    /// row stored twice appears twice): what delivery checks compare with
+    /// the extract.
+    pub async fn stored_source_rows(
+        &self,
+        organisation: &str,
+        dataset: &str,
+    ) -> Result<Vec<u64>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT source_row FROM records WHERE organisation = $1 AND dataset = $2 ORDER BY source_row",
+        )
+        .bind(organisation)
+        .bind(dataset)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| count(row, "source_row"))
+            .collect::<Result<_, _>>()
+            .map_err(StorageError::from)
+    }
+
+    /// Batches recognised as already stored (resent after a fault), from the
+    /// audit log.
+    pub async fn duplicate_batches(&self) -> Result<u64, StorageError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM audit_log WHERE kind = 'batch' AND detail LIKE '%\"decision\":\"duplicate\"%'",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(count(&row, "n")?)
+    }
+
     /// For every person on the spine: how many organisations hold a record of
     /// them, and their earliest reported birth month.
     pub async fn person_reach(&self) -> Result<Vec<PersonReach>, StorageError> {

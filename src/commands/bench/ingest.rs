@@ -1,0 +1,132 @@
+//! `joinery bench ingest`: a synthetic council extract delivered by the
+//! agent (in this process) to a real gateway process (SQLite, and PostgreSQL
+//! when `--postgres-url` is given) over mutual TLS: records per second end to
+//! end, ack latency percentiles, the agent's pseudonymisation rate on one
+//! core, and peak resident memory of agent and gateway.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use joinery_agent::release::Releaser;
+use joinery_agent::row::RowOutcome;
+use joinery_agent::source::csv::CsvSource;
+use joinery_crypto::keys::SecretKey;
+
+use super::{BenchDeployment, GatewayProcess, peak_rss_kib, percentile};
+use crate::commands::demo::Layout;
+
+#[derive(Debug, clap::Args)]
+pub struct IngestArgs {
+    /// Approximate number of records to send.
+    #[arg(long, default_value_t = 100_000)]
+    records: usize,
+    /// Also measure against this PostgreSQL database: a scratch database, as the
+    /// gateway creates its tables there and the run leaves its records behind.
+    #[arg(long)]
+    postgres_url: Option<String>,
+    /// Records per batch.
+    #[arg(long, default_value_t = 1000)]
+    batch_size: usize,
+}
+
+const ORG: &str = "E08000099";
+
+pub async fn run(args: IngestArgs) -> anyhow::Result<ExitCode> {
+    let IngestArgs {
+        records,
+        postgres_url,
+        batch_size,
+    } = args;
+    let dir = tempfile::Builder::new()
+        .prefix("joinery-bench-")
+        .tempdir()?;
+    let root = dir.path();
+    let deployment = BenchDeployment::create(root, &[ORG])?;
+    let agreement = deployment.agreement.clone();
+
+    // The council layout has about 1.1 rows per child.
+    let reference = time::OffsetDateTime::now_utc().date();
+    let children = (records * 10 / 11).max(1);
+    let synth = crate::synth::generate(&root.join("synth"), children, 1, reference)?;
+    let (_, extract, mapping) = synth.extracts.first().context("synth wrote no extract")?;
+    println!(
+        "bench ingest: {} (council layout), batch size {batch_size}",
+        extract.display()
+    );
+
+    pseudonymisation_rate(extract, mapping, &Layout::linkage_key(root), &agreement)?;
+
+    let mut targets = vec![("SQLite", None)];
+    if let Some(url) = postgres_url {
+        targets.push(("PostgreSQL", Some(url)));
+    }
+    for (name, url) in targets {
+        let data_dir = root.join(format!("gateway-{}", name.to_lowercase()));
+        let mut gateway =
+            GatewayProcess::start(&deployment, "127.0.0.1:0", &data_dir, url.as_deref(), None)?;
+        let mut config = deployment
+            .layout(&gateway.address)
+            .agent(ORG, extract, mapping);
+        config.batch_size = batch_size;
+        // Each target is delivered from scratch: its own spool.
+        config.spool_dir = root.join(format!("spool-{}", name.to_lowercase()));
+        let started = Instant::now();
+        let summary = joinery_agent::run(&config, joinery_agent::Progress::Quiet).await?;
+        let elapsed = started.elapsed();
+        let gateway_peak = gateway.peak_rss_kib();
+        gateway.stop("TERM");
+        let source = summary.sources.first().context("no source summary")?;
+        let stored = source.records_stored + source.records_already_stored;
+        let mut latencies = source.ack_latencies.clone();
+        latencies.sort();
+        println!(
+            "{name:<10} {stored} records in {:.2} s = {:.0} records/s; ack latency p50 {:.1} ms, p99 {:.1} ms ({} batches); peak RSS gateway {} MiB",
+            elapsed.as_secs_f64(),
+            stored as f64 / elapsed.as_secs_f64(),
+            percentile(&latencies, 0.50).as_secs_f64() * 1e3,
+            percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+            latencies.len(),
+            gateway_peak.map_or("?".to_owned(), |k| (k / 1024).to_string()),
+        );
+    }
+    println!(
+        "peak RSS agent (this process, including data generation): {} MiB",
+        peak_rss_kib(std::process::id()).map_or("?".to_owned(), |k| (k / 1024).to_string())
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Read, validate and pseudonymise every row on one core, without sending.
+fn pseudonymisation_rate(
+    extract: &Path,
+    mapping: &Path,
+    key: &Path,
+    agreement: &Path,
+) -> anyhow::Result<()> {
+    let map = joinery_agent::mapping::Mapping::load(mapping)?;
+    let agreement = joinery_policies::SignedAgreement::load(agreement)?;
+    let dataset = agreement
+        .agreement
+        .datasets
+        .get(&map.dataset)
+        .context("the agreement has no dataset for this mapping")?;
+    let releaser = Releaser::new(&SecretKey::load(key)?);
+    let today = time::OffsetDateTime::now_utc().date();
+    let started = Instant::now();
+    let mut source = CsvSource::open(extract, &map, mapping, today)?;
+    let mut released = 0usize;
+    while let Some(row) = source.next_row() {
+        if let RowOutcome::Valid { row: person, .. } = row?.outcome {
+            std::hint::black_box(releaser.release(&person, 0, dataset, today));
+            released += 1;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "agent read+validate+pseudonymise, one core: {released} rows in {elapsed:.2} s = {:.0} rows/s",
+        released as f64 / elapsed
+    );
+    Ok(())
+}
