@@ -32,6 +32,25 @@ pub struct PersonRow {
     pub events: Vec<Event>,
 }
 
+impl PersonRow {
+    /// The identifying fields fuzzy linkage encodes, in the form the
+    /// encoder expects (upper-case names, ISO dates, `OUT IN` postcodes).
+    pub fn linkage_identity(&self) -> joinery_linkage::Identity {
+        let dob = self
+            .date_of_birth
+            .map(|d| format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day()));
+        joinery_linkage::Identity::new()
+            .with("given_name", self.given_name.as_deref())
+            .with("family_name", self.family_name.as_deref())
+            .with("date_of_birth", dob.as_deref())
+            .with("sex", self.sex.as_deref())
+            .with(
+                "postcode",
+                self.postcode.as_ref().map(Postcode::normalised).as_deref(),
+            )
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
     pub event_type: String,

@@ -5,12 +5,15 @@
 //! - `bench chaos`: several agents deliver while agents are killed, the
 //!   gateway is killed and restarted, connections are cut (and PostgreSQL is
 //!   restarted); then every record must be stored exactly once.
+//! - `bench linkage`: fuzzy linkage accuracy (precision, recall, F1) and
+//!   speed on extracts with a known truth.
 //!
-//! Both start a real gateway process over mutual TLS in a throwaway
+//! `ingest` and `chaos` start a real gateway process over mutual TLS in a throwaway
 //! deployment (this module).
 
 mod chaos;
 mod ingest;
+mod linkage;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -31,6 +34,8 @@ pub enum BenchCommand {
     Ingest(ingest::IngestArgs),
     /// Faults while agents deliver; then every record stored exactly once?
     Chaos(chaos::ChaosArgs),
+    /// Fuzzy linkage on extracts with a known truth: precision, recall, F1, speed.
+    Linkage(linkage::LinkageArgs),
 }
 
 impl BenchCommand {
@@ -38,6 +43,7 @@ impl BenchCommand {
         match self {
             Self::Ingest(args) => ingest::run(args).await,
             Self::Chaos(args) => chaos::run(args).await,
+            Self::Linkage(args) => linkage::run(args).await,
         }
     }
 }

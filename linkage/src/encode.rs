@@ -1,0 +1,287 @@
+//! Encoding an identity (agent side): a keyed Bloom filter per field and
+//! keyed blocking keys. Keys are derived with HKDF from the agreement's
+//! linkage key, one per field and parameter version, so encodings under
+//! another key or other parameters share nothing.
+//!
+//! Each token (with its salt) is hashed once with HMAC-SHA256; the 32 bytes
+//! give up to sixteen independent 16-bit bit positions. Independent positions
+//! (rather than double hashing) resist the pattern-mining attacks that
+//! exploit double hashing's arithmetic structure.
+
+use joinery_crypto::keys::SecretKey;
+use joinery_crypto::pseudonym::Pseudonymiser;
+
+use crate::bloom;
+use crate::params::{FieldEncoding, KeyPart, LinkageParams, ParamsError, Take, Tokens};
+use crate::soundex::soundex;
+
+/// A person's identifying fields, normalised by the caller (upper case
+/// names, `YYYY-MM-DD` dates, `OUT IN` postcodes). Missing fields are absent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Identity {
+    fields: Vec<(String, String)>,
+}
+
+impl Identity {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a field; empty values count as missing.
+    pub fn with(mut self, field: &str, value: Option<&str>) -> Self {
+        if let Some(value) = value.map(str::trim).filter(|v| !v.is_empty()) {
+            self.fields.push((field.to_owned(), value.to_owned()));
+        }
+        self
+    }
+
+    pub fn get(&self, field: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|(f, _)| f == field)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// What leaves the agent for one person: a filter per encoded field (in the
+/// order of the parameters; empty when the field is missing) and a blocking
+/// key per rule (`None` when a part is missing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoding {
+    pub filters: Vec<Vec<u64>>,
+    pub blocks: Vec<Option<[u8; BLOCK_KEY_LEN]>>,
+}
+
+/// An NHS-number pseudonym, as the linkage compares it.
+pub type Pseudonym = [u8; 32];
+
+/// Bytes of a blocking key (a truncated HMAC: collisions between different
+/// values only make a block a little larger).
+pub const BLOCK_KEY_LEN: usize = 16;
+
+impl Encoding {
+    /// The wire form of one filter: its words, little-endian.
+    pub fn filter_bytes(words: &[u64]) -> Vec<u8> {
+        words.iter().flat_map(|w| w.to_le_bytes()).collect()
+    }
+
+    /// Reads a filter's wire form back; `None` unless it is whole words.
+    pub fn filter_from_bytes(bytes: &[u8]) -> Option<Vec<u64>> {
+        if !bytes.len().is_multiple_of(8) {
+            return None;
+        }
+        Some(
+            bytes
+                .chunks_exact(8)
+                .map(|c| u64::from_le_bytes(c.try_into().expect("eight bytes")))
+                .collect(),
+        )
+    }
+}
+
+pub struct Encoder {
+    params: LinkageParams,
+    field_keys: Vec<Pseudonymiser>,
+    block_keys: Vec<Pseudonymiser>,
+}
+
+impl Encoder {
+    pub fn new(linkage_key: &SecretKey, params: &LinkageParams) -> Result<Self, ParamsError> {
+        params.validate()?;
+        let field_keys = params
+            .fields
+            .iter()
+            .map(|f| {
+                Pseudonymiser::new(
+                    linkage_key,
+                    &format!("bloom:v{}:{}", params.version, f.field),
+                )
+            })
+            .collect();
+        let block_keys = (0..params.blocking.len())
+            .map(|i| Pseudonymiser::new(linkage_key, &format!("block:v{}:{i}", params.version)))
+            .collect();
+        Ok(Self {
+            params: params.clone(),
+            field_keys,
+            block_keys,
+        })
+    }
+
+    pub fn params(&self) -> &LinkageParams {
+        &self.params
+    }
+
+    pub fn encode(&self, identity: &Identity) -> Encoding {
+        let filters = self
+            .params
+            .fields
+            .iter()
+            .zip(&self.field_keys)
+            .map(|(field, key)| encode_field(field, key, identity))
+            .collect();
+        let blocks = self
+            .params
+            .blocking
+            .iter()
+            .zip(&self.block_keys)
+            .map(|(rule, key)| {
+                let mut text = String::new();
+                for part in rule {
+                    text.push_str(&take(part, identity)?);
+                    text.push('\u{1f}');
+                }
+                let tag = key.pseudonymise(text.as_bytes());
+                Some(tag[..BLOCK_KEY_LEN].try_into().expect("16 bytes"))
+            })
+            .collect();
+        Encoding { filters, blocks }
+    }
+}
+
+/// A key part's value, or `None` when the field is missing.
+fn take(part: &KeyPart, identity: &Identity) -> Option<String> {
+    let value = identity.get(&part.field)?;
+    match part.take {
+        Take::Whole => Some(value.to_owned()),
+        Take::Soundex => soundex(value),
+        Take::Prefix(n) => Some(value.chars().take(n).collect()),
+        Take::FirstWord => value.split_whitespace().next().map(str::to_owned),
+    }
+}
+
+fn encode_field(field: &FieldEncoding, key: &Pseudonymiser, identity: &Identity) -> Vec<u64> {
+    let Some(value) = identity.get(&field.field) else {
+        return Vec::new();
+    };
+    let salt = match &field.salt {
+        Some(part) => match take(part, identity) {
+            Some(salt) => salt,
+            // Without its salt the field cannot be compared with anyone's.
+            None => return Vec::new(),
+        },
+        None => String::new(),
+    };
+    let bits = field.bits as usize;
+    let mut words = vec![0u64; bits / 64];
+    let mut input = Vec::with_capacity(64);
+    for_each_token(field.tokens, value, |token| {
+        input.clear();
+        input.extend_from_slice(salt.as_bytes());
+        input.push(0x1f);
+        input.extend_from_slice(token.as_bytes());
+        let tag = key.pseudonymise(&input);
+        for i in 0..field.hashes as usize {
+            let position = usize::from(u16::from_le_bytes([tag[2 * i], tag[2 * i + 1]]));
+            bloom::set(&mut words, position % bits);
+        }
+    });
+    words
+}
+
+fn for_each_token(tokens: Tokens, value: &str, mut each: impl FnMut(&str)) {
+    match tokens {
+        Tokens::Whole => each(value),
+        Tokens::Bigrams => {
+            let chars: Vec<(usize, char)> = value
+                .char_indices()
+                .filter(|(_, c)| !c.is_whitespace())
+                .collect();
+            if chars.len() == 1 {
+                each(value.trim());
+                return;
+            }
+            let mut token = String::with_capacity(8);
+            for pair in chars.windows(2) {
+                token.clear();
+                token.push(pair[0].1);
+                token.push(pair[1].1);
+                each(&token);
+            }
+        }
+        Tokens::DateParts => {
+            let mut parts = value.splitn(3, '-');
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some(y), Some(m), Some(d)) => {
+                    each(&format!("y{y}"));
+                    each(&format!("m{m}"));
+                    each(&format!("d{d}"));
+                    each(&format!("md{m}{d}"));
+                }
+                _ => each(value),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn child(given: &str, family: &str, dob: &str) -> Identity {
+        Identity::new()
+            .with("given_name", Some(given))
+            .with("family_name", Some(family))
+            .with("date_of_birth", Some(dob))
+            .with("sex", Some("female"))
+            .with("postcode", Some("M13 9PL"))
+    }
+
+    fn dice(a: &[u64], b: &[u64]) -> f64 {
+        bloom::dice(a, bloom::ones(a), b, bloom::ones(b))
+    }
+
+    #[test]
+    fn similar_names_give_similar_filters_and_different_names_do_not() {
+        let encoder =
+            Encoder::new(&SecretKey::from_bytes([1; 32]), &LinkageParams::canonical()).unwrap();
+        let a = encoder.encode(&child("AMELIA", "JOHNSON", "2015-04-12"));
+        let typo = encoder.encode(&child("AMELIA", "JONSON", "2015-04-12"));
+        let other = encoder.encode(&child("OLIVER", "PATEL", "2015-04-12"));
+        assert_eq!(a, encoder.encode(&child("AMELIA", "JOHNSON", "2015-04-12")));
+        assert!(dice(&a.filters[1], &typo.filters[1]) > 0.75);
+        assert!(dice(&a.filters[1], &other.filters[1]) < 0.35);
+        // Swapped day and month: year still agrees.
+        let swapped = encoder.encode(&child("AMELIA", "JOHNSON", "2015-12-04"));
+        let d = dice(&a.filters[2], &swapped.filters[2]);
+        assert!(d > 0.1 && d < 0.6, "{d}");
+        // Same date, same blocking key; the family-name key survives a typo
+        // that keeps the Soundex code.
+        assert_eq!(a.blocks[1], typo.blocks[1]);
+        assert_ne!(a.blocks[1], swapped.blocks[1]);
+        assert_eq!(a.blocks[0], typo.blocks[0]);
+    }
+
+    #[test]
+    fn encodings_under_different_keys_share_nothing() {
+        let params = LinkageParams::canonical();
+        let one = Encoder::new(&SecretKey::from_bytes([1; 32]), &params).unwrap();
+        let two = Encoder::new(&SecretKey::from_bytes([2; 32]), &params).unwrap();
+        let person = child("AMELIA", "JOHNSON", "2015-04-12");
+        let (a, b) = (one.encode(&person), two.encode(&person));
+        assert!(dice(&a.filters[0], &b.filters[0]) < 0.35);
+        assert_ne!(a.blocks, b.blocks);
+    }
+
+    #[test]
+    fn the_birth_year_salt_separates_equal_names() {
+        let encoder =
+            Encoder::new(&SecretKey::from_bytes([1; 32]), &LinkageParams::canonical()).unwrap();
+        let a = encoder.encode(&child("AMELIA", "JOHNSON", "2015-04-12"));
+        let b = encoder.encode(&child("AMELIA", "JOHNSON", "2016-04-12"));
+        assert!(dice(&a.filters[0], &b.filters[0]) < 0.35);
+    }
+
+    #[test]
+    fn missing_fields_give_empty_filters_and_no_block() {
+        let encoder =
+            Encoder::new(&SecretKey::from_bytes([1; 32]), &LinkageParams::canonical()).unwrap();
+        let e = encoder.encode(&Identity::new().with("family_name", Some("JOHNSON")));
+        // No birth year: the salted names cannot be encoded either.
+        assert!(e.filters.iter().all(Vec::is_empty));
+        assert!(e.blocks.iter().all(Option::is_none));
+        let bytes = Encoding::filter_bytes(&[1, 2]);
+        assert_eq!(Encoding::filter_from_bytes(&bytes), Some(vec![1, 2]));
+        assert_eq!(Encoding::filter_from_bytes(&bytes[..5]), None);
+    }
+}

@@ -1,0 +1,27 @@
+//! Privacy-preserving record linkage.
+//!
+//! The agent turns a person's identifying fields into keyed encodings
+//! ([`encode`]): one Bloom filter per field (q-grams hashed under a key
+//! derived from the agreement's linkage key, optionally salted with a stable
+//! attribute such as the birth year) and keyed blocking keys. The gateway never
+//! sees a name or a date: it compares filters with the Dice coefficient
+//! ([`bloom`]), only within blocks that share a key ([`matcher`]), weighs the
+//! evidence of each field with a Fellegi–Sunter model whose m and u
+//! probabilities are estimated by EM ([`score`]), and groups records into
+//! people without ever joining two records with different NHS pseudonyms or
+//! two records of one organisation ([`cluster`]).
+//!
+//! Parameters ([`params`]) are versioned and belong to the data-sharing
+//! agreement: encodings made under other parameters or other keys do not match.
+
+pub mod bloom;
+pub mod cluster;
+pub mod encode;
+pub mod matcher;
+pub mod params;
+pub mod score;
+pub mod soundex;
+
+pub use encode::{Encoder, Encoding, Identity};
+pub use matcher::{Entity, LinkResult, link};
+pub use params::LinkageParams;

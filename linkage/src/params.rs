@@ -1,0 +1,189 @@
+//! Linkage parameters: which fields are encoded and how, and which blocking
+//! keys are made. Versioned, and part of the data-sharing agreement, so every
+//! agency encodes the same way; a change of parameters means a full re-link.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// How every party encodes identities for fuzzy linkage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LinkageParams {
+    /// Bumped whenever anything below changes.
+    pub version: u32,
+    /// One Bloom filter per field.
+    pub fields: Vec<FieldEncoding>,
+    /// Each rule is one keyed blocking key: records are compared only when
+    /// they share at least one.
+    pub blocking: Vec<Vec<KeyPart>>,
+    /// Pairs whose Fellegi–Sunter match probability reaches this link.
+    #[serde(default = "default_threshold")]
+    pub threshold: f64,
+}
+
+fn default_threshold() -> f64 {
+    0.9
+}
+
+/// How one field becomes a Bloom filter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FieldEncoding {
+    /// The canonical field (`given_name`, `family_name`, `date_of_birth`,
+    /// `sex`, `postcode`, or another the mapping provides).
+    pub field: String,
+    pub tokens: Tokens,
+    /// Filter length in bits: a power of two, from 64 to 4096.
+    pub bits: u32,
+    /// Bit positions set per token, 1 to 16.
+    pub hashes: u32,
+    /// A stable attribute mixed into every token's hash (for example the
+    /// birth year), so equal names in different strata give unrelated bits:
+    /// a frequency attack can no longer pool all occurrences of a name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub salt: Option<KeyPart>,
+}
+
+/// How a field's value is cut into tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Tokens {
+    /// Overlapping pairs of characters, without boundary padding (padding
+    /// would mark first and last letters, which frequency attacks exploit).
+    Bigrams,
+    /// A date `YYYY-MM-DD` as its year, month, day and month-day: a swapped
+    /// day and month or a one-part typo keeps partial similarity.
+    DateParts,
+    /// The whole value as one token.
+    Whole,
+}
+
+/// One part of a blocking key (or of a salt): a field, taken whole, by its
+/// Soundex code, or by its first characters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyPart {
+    pub field: String,
+    #[serde(default)]
+    pub take: Take,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Take {
+    #[default]
+    Whole,
+    Soundex,
+    /// The first n characters.
+    Prefix(usize),
+    /// The text before the first space (a postcode's district).
+    FirstWord,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ParamsError {
+    #[error("linkage field {field}: bits must be a power of two from 64 to 4096, not {bits}")]
+    Bits { field: String, bits: u32 },
+    #[error("linkage field {field}: hashes must be 1 to 16, not {hashes}")]
+    Hashes { field: String, hashes: u32 },
+    #[error("linkage field {0} is encoded twice")]
+    Repeated(String),
+    #[error("linkage threshold must be between 0 and 1, not {0}")]
+    Threshold(f64),
+    #[error("linkage needs at least one field and one blocking rule")]
+    Empty,
+}
+
+impl LinkageParams {
+    /// Checks what the encoder relies on.
+    pub fn validate(&self) -> Result<(), ParamsError> {
+        if self.fields.is_empty() || self.blocking.iter().all(Vec::is_empty) {
+            return Err(ParamsError::Empty);
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for f in &self.fields {
+            if !f.bits.is_power_of_two() || !(64..=4096).contains(&f.bits) {
+                return Err(ParamsError::Bits {
+                    field: f.field.clone(),
+                    bits: f.bits,
+                });
+            }
+            if !(1..=16).contains(&f.hashes) {
+                return Err(ParamsError::Hashes {
+                    field: f.field.clone(),
+                    hashes: f.hashes,
+                });
+            }
+            if !seen.insert(&f.field) {
+                return Err(ParamsError::Repeated(f.field.clone()));
+            }
+        }
+        if !(0.0..=1.0).contains(&self.threshold) {
+            return Err(ParamsError::Threshold(self.threshold));
+        }
+        Ok(())
+    }
+
+    /// The parameters for the canonical person fields: names salted with the
+    /// birth year, the date of birth by parts, sex, postcode; blocking on
+    /// the family name's Soundex with the birth year, on the whole date of
+    /// birth, and on the given name's Soundex with the postcode district.
+    pub fn canonical() -> Self {
+        let birth_year = KeyPart {
+            field: "date_of_birth".into(),
+            take: Take::Prefix(4),
+        };
+        let field = |name: &str, tokens, bits, hashes, salt: Option<&KeyPart>| FieldEncoding {
+            field: name.into(),
+            tokens,
+            bits,
+            hashes,
+            salt: salt.cloned(),
+        };
+        let part = |name: &str, take| KeyPart {
+            field: name.into(),
+            take,
+        };
+        Self {
+            version: 1,
+            fields: vec![
+                field("given_name", Tokens::Bigrams, 512, 12, Some(&birth_year)),
+                field("family_name", Tokens::Bigrams, 512, 12, Some(&birth_year)),
+                field("date_of_birth", Tokens::DateParts, 256, 8, None),
+                field("sex", Tokens::Whole, 64, 4, None),
+                field("postcode", Tokens::Bigrams, 256, 8, None),
+            ],
+            blocking: vec![
+                vec![part("family_name", Take::Soundex), birth_year.clone()],
+                vec![part("date_of_birth", Take::Whole)],
+                vec![
+                    part("given_name", Take::Soundex),
+                    part("postcode", Take::FirstWord),
+                ],
+            ],
+            threshold: default_threshold(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_parameters_are_valid_and_bad_ones_are_named() {
+        LinkageParams::canonical().validate().unwrap();
+        let mut p = LinkageParams::canonical();
+        p.fields[0].bits = 500;
+        assert_eq!(
+            p.validate(),
+            Err(ParamsError::Bits {
+                field: "given_name".into(),
+                bits: 500
+            })
+        );
+        let mut p = LinkageParams::canonical();
+        p.fields[1].hashes = 40;
+        assert!(matches!(p.validate(), Err(ParamsError::Hashes { .. })));
+    }
+}

@@ -1,0 +1,212 @@
+//! `joinery bench linkage`: accuracy and speed of fuzzy linkage on extracts
+//! with a known truth. Each extract is read through its agent mapping and
+//! encoded as the agent encodes (keyed Bloom filters and blocking keys, NHS
+//! numbers pseudonymised); the encodings are linked as the gateway links
+//! them; the predicted pairs are scored against the truth.
+//!
+//! `--data DIR` holds `mappings/NAME.yaml` with `extracts/NAME.csv` (the
+//! layout `joinery synth` writes). `--truth FILE` is a CSV with columns
+//! `dataset`, `local_id` and `child_id` (records of one child share it).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use joinery_agent::mapping::Mapping;
+use joinery_agent::row::RowOutcome;
+use joinery_agent::source::csv::CsvSource;
+use joinery_crypto::keys::SecretKey;
+use joinery_crypto::pseudonym::Pseudonymiser;
+use joinery_linkage::{Encoder, Entity, LinkageParams};
+
+use super::peak_rss_kib;
+
+#[derive(Debug, clap::Args)]
+pub struct LinkageArgs {
+    /// Directory with `mappings/NAME.yaml` and `extracts/NAME.csv`.
+    #[arg(long)]
+    data: PathBuf,
+    /// CSV with `dataset`, `local_id` and `child_id` columns.
+    #[arg(long)]
+    truth: PathBuf,
+    /// Linkage parameters (YAML, as in an agreement); default: the canonical ones.
+    #[arg(long)]
+    params: Option<PathBuf>,
+    /// Where to write the predicted pairs (CSV).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Link on names, dates of birth, sex and postcodes only, ignoring NHS numbers.
+    #[arg(long)]
+    fuzzy_only: bool,
+}
+
+/// One record to link, and who it is in the extract.
+type Key = (String, String);
+
+pub async fn run(args: LinkageArgs) -> anyhow::Result<ExitCode> {
+    let params = match &args.params {
+        Some(path) => serde_saphyr::from_str(
+            &std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?,
+        )
+        .with_context(|| format!("{}: not linkage parameters", path.display()))?,
+        None => LinkageParams::canonical(),
+    };
+    // A throwaway key: the bench measures, it shares nothing.
+    let key = SecretKey::generate()?;
+    let encoder = Encoder::new(&key, &params)?;
+    let nhs_key = Pseudonymiser::new(&key, "nhs-number");
+
+    // Agent side: read, validate, encode.
+    let started = Instant::now();
+    let mut keys: Vec<Key> = Vec::new();
+    let mut entities: Vec<Entity> = Vec::new();
+    let mut seen: HashMap<Key, usize> = HashMap::new();
+    let mut rows = 0u64;
+    let mut mappings: Vec<PathBuf> = std::fs::read_dir(args.data.join("mappings"))
+        .with_context(|| format!("reading {}/mappings", args.data.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    mappings.sort();
+    let today = time::OffsetDateTime::now_utc().date();
+    for (organisation, mapping_path) in mappings.iter().enumerate() {
+        let mapping = Mapping::load(mapping_path)?;
+        let stem = mapping_path.file_stem().unwrap_or_default();
+        let extract = args.data.join("extracts").join(stem).with_extension("csv");
+        let mut source = CsvSource::open(&extract, &mapping, mapping_path, today)?;
+        while let Some(row) = source.next_row() {
+            rows += 1;
+            let RowOutcome::Valid { row, .. } = row?.outcome else {
+                continue;
+            };
+            let key = (mapping.dataset.clone(), row.local_id.clone());
+            if seen.contains_key(&key) {
+                continue;
+            }
+            seen.insert(key.clone(), entities.len());
+            keys.push(key);
+            entities.push(Entity {
+                organisation: organisation as u32,
+                nhs: row
+                    .nhs_number
+                    .as_ref()
+                    .filter(|_| !args.fuzzy_only)
+                    .map(|n| nhs_key.pseudonymise(n.as_bytes())),
+                encoding: encoder.encode(&row.linkage_identity()),
+            });
+        }
+    }
+    let encoding = started.elapsed();
+    if mappings.is_empty() {
+        bail!("no mappings in {}/mappings", args.data.display());
+    }
+
+    // Gateway side: match and cluster.
+    let started = Instant::now();
+    let result = joinery_linkage::link(&entities, &params);
+    let linking = started.elapsed();
+
+    // Score the predicted pairs against the truth.
+    let truth = read_truth(&args.truth)?;
+    let pairs = |group_of: &dyn Fn(usize) -> Option<String>| {
+        let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for i in 0..entities.len() {
+            if let Some(g) = group_of(i) {
+                groups.entry(g).or_default().push(i);
+            }
+        }
+        let mut pairs = BTreeSet::new();
+        for members in groups.values() {
+            for (x, &a) in members.iter().enumerate() {
+                for &b in &members[x + 1..] {
+                    if keys[a].0 != keys[b].0 {
+                        pairs.insert((a, b));
+                    }
+                }
+            }
+        }
+        pairs
+    };
+    let predicted = pairs(&|i| Some(result.people[i].to_string()));
+    let true_pairs = pairs(&|i| truth.get(&keys[i]).cloned());
+    let hits = predicted.intersection(&true_pairs).count() as f64;
+    let precision = hits / (predicted.len() as f64).max(1.0);
+    let recall = hits / (true_pairs.len() as f64).max(1.0);
+    let f1 = 2.0 * precision * recall / (precision + recall).max(f64::MIN_POSITIVE);
+
+    if let Some(out) = &args.out {
+        let mut writer = csv::Writer::from_path(out)?;
+        writer.write_record(["dataset_a", "local_id_a", "dataset_b", "local_id_b"])?;
+        for (a, b) in &predicted {
+            writer.write_record([&keys[*a].0, &keys[*a].1, &keys[*b].0, &keys[*b].1])?;
+        }
+        writer.flush()?;
+    }
+
+    let stats = &result.stats;
+    println!(
+        "bench linkage: {} rows, {} records from {} extracts ({}; parameters v{})",
+        rows,
+        entities.len(),
+        mappings.len(),
+        if args.fuzzy_only {
+            "fuzzy only"
+        } else {
+            "exact on NHS numbers, fuzzy elsewhere"
+        },
+        params.version
+    );
+    println!(
+        "encode (read, validate, encode; one core): {:.2} s = {:.0} records/s",
+        encoding.as_secs_f64(),
+        entities.len() as f64 / encoding.as_secs_f64()
+    );
+    println!(
+        "link: {:.2} s; {} candidate pairs ({} blocks over {} left out), compared twice in {:.2} s = {:.1} M pair comparisons/s on one core; EM {} iterations, prior {:.4}",
+        linking.as_secs_f64(),
+        stats.candidate_pairs,
+        stats.blocks_skipped,
+        joinery_linkage::matcher::MAX_BLOCK,
+        stats.comparing.as_secs_f64(),
+        2.0 * stats.candidate_pairs as f64 / stats.comparing.as_secs_f64().max(1e-9) / 1e6,
+        stats.model.iterations,
+        stats.model.prior
+    );
+    println!(
+        "accuracy: predicted pairs {}, true pairs {}, precision {precision:.4}, recall {recall:.4}, F1 {f1:.4}",
+        predicted.len(),
+        true_pairs.len()
+    );
+    println!(
+        "peak RSS {} MiB",
+        peak_rss_kib(std::process::id()).map_or("?".to_owned(), |k| (k / 1024).to_string())
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// (dataset, local id) -> the true person.
+fn read_truth(path: &PathBuf) -> anyhow::Result<HashMap<Key, String>> {
+    let mut reader =
+        csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
+    let headers = reader.headers()?.clone();
+    let column = |name: &str| {
+        headers
+            .iter()
+            .position(|h| h == name)
+            .with_context(|| format!("{}: no column {name}", path.display()))
+    };
+    let (dataset, local_id, child_id) =
+        (column("dataset")?, column("local_id")?, column("child_id")?);
+    let mut truth = HashMap::new();
+    for (line, record) in reader.records().enumerate() {
+        let record = record.with_context(|| format!("{}: line {}", path.display(), line + 2))?;
+        truth.insert(
+            (record[dataset].to_owned(), record[local_id].to_owned()),
+            record[child_id].to_owned(),
+        );
+    }
+    Ok(truth)
+}
