@@ -3,7 +3,9 @@
 //!
 //! Checks that every row is accounted for (stored = read − quarantined), that
 //! person ids are shared across agencies exactly where the ground truth has
-//! the same valid NHS number, and that a repeated run stores nothing twice.
+//! the same valid NHS number, that a repeated run stores nothing twice, and
+//! that fuzzy linkage (`joinery gateway relink`) then puts the records of
+//! one child on one spine person, against the ground truth.
 
 mod common;
 
@@ -123,6 +125,23 @@ async fn end_to_end(postgres: Option<String>) {
 
     assert!(gateway.stop().success(), "gateway exits cleanly on SIGTERM");
 
+    // Fuzzy linkage onto the person spine.
+    let mut relink = vec![
+        "gateway".to_owned(),
+        "relink".to_owned(),
+        "--data-dir".to_owned(),
+        d.gateway_data_dir().display().to_string(),
+        "--agreements".to_owned(),
+        d.agreements_dir().display().to_string(),
+    ];
+    if let Some(url) = &postgres {
+        relink.extend(["--database-url".to_owned(), url.clone()]);
+    }
+    let args: Vec<&str> = relink.iter().map(String::as_str).collect();
+    let relinked = String::from_utf8_lossy(&joinery_ok(&args).stdout).into_owned();
+    assert!(relinked.contains("full run"), "{relinked}");
+    check_spine(&d, &synth.join("ground_truth.csv"), &db).await;
+
     // Every batch (and the re-run's duplicates) is in an intact, signed audit chain.
     let mut verify = vec![
         "audit".to_owned(),
@@ -165,10 +184,10 @@ struct Truth {
     valid_nhs: Option<String>,
 }
 
-async fn check_person_ids(d: &Deployment, ground_truth: &Path, db: &sqlx::AnyPool) {
-    // Recompute each agency record's stored local pseudonym from its local id,
-    // through both layers, to find it in the database.
-    let releaser = Releaser::new(&d.linkage_key());
+/// Each agency record's truth, by its stored (organisation, local pseudonym):
+/// recomputed from its local id through both layers of pseudonymisation.
+fn truth_by_pseudonym(d: &Deployment, ground_truth: &Path) -> HashMap<(String, String), Truth> {
+    let releaser = Releaser::new(&d.linkage_key(), None).unwrap();
     let rekeyer = Rekeyer::new(&d.gateway_key());
     let mut truth_by_pseudonym = HashMap::new();
     for row in csv_rows(ground_truth, b',') {
@@ -185,7 +204,11 @@ async fn check_person_ids(d: &Deployment, ground_truth: &Path, db: &sqlx::AnyPoo
             },
         );
     }
+    truth_by_pseudonym
+}
 
+async fn check_person_ids(d: &Deployment, ground_truth: &Path, db: &sqlx::AnyPool) {
+    let truth_by_pseudonym = truth_by_pseudonym(d, ground_truth);
     let rows = sqlx::query("SELECT DISTINCT organisation, local_pseudonym, person_id FROM records")
         .fetch_all(db)
         .await
@@ -251,4 +274,68 @@ async fn check_person_ids(d: &Deployment, ground_truth: &Path, db: &sqlx::AnyPoo
         .map(|r| r[0].child.clone())
         .collect();
     assert_eq!(children_linked.len(), linked_across_agencies);
+}
+
+/// After fuzzy linkage: records of one child share a spine person (pairwise
+/// F1 against the ground truth), no spine person holds two NHS numbers or two
+/// records of one agency.
+async fn check_spine(d: &Deployment, ground_truth: &Path, db: &sqlx::AnyPool) {
+    let truth = truth_by_pseudonym(d, ground_truth);
+    let rows = sqlx::query(
+        "SELECT DISTINCT r.organisation, r.local_pseudonym, COALESCE(s.spine_id, r.person_id) AS spine \
+         FROM records r LEFT JOIN person_spine s ON s.person_id = r.person_id",
+    )
+    .fetch_all(db)
+    .await
+    .expect("read the spine");
+    let records: Vec<(&Truth, String)> = rows
+        .iter()
+        .map(|row| {
+            let key = (
+                row.get::<String, _>("organisation"),
+                row.get::<String, _>("local_pseudonym"),
+            );
+            (&truth[&key], row.get::<String, _>("spine"))
+        })
+        .collect();
+    let mut spines: HashMap<&str, Vec<&Truth>> = HashMap::new();
+    for (t, spine) in &records {
+        spines.entry(spine.as_str()).or_default().push(t);
+    }
+    for (spine, members) in &spines {
+        let organisations: BTreeSet<_> = members.iter().map(|t| &t.organisation).collect();
+        assert_eq!(
+            organisations.len(),
+            members.len(),
+            "spine {spine}: one record per agency"
+        );
+        let numbers: BTreeSet<_> = members
+            .iter()
+            .filter_map(|t| t.valid_nhs.as_ref())
+            .collect();
+        assert!(
+            numbers.len() <= 1,
+            "spine {spine} joins different NHS numbers"
+        );
+    }
+    let (mut both, mut predicted, mut actual) = (0usize, 0usize, 0usize);
+    for (i, (a, spine_a)) in records.iter().enumerate() {
+        for (b, spine_b) in &records[i + 1..] {
+            let same_spine = spine_a == spine_b;
+            let same_child = a.child == b.child;
+            predicted += usize::from(same_spine);
+            actual += usize::from(same_child);
+            both += usize::from(same_spine && same_child);
+        }
+    }
+    let precision = both as f64 / predicted.max(1) as f64;
+    let recall = both as f64 / actual.max(1) as f64;
+    let f1 = 2.0 * precision * recall / (precision + recall);
+    println!(
+        "spine: precision {precision:.4}, recall {recall:.4}, F1 {f1:.4} over {actual} true pairs"
+    );
+    assert!(
+        f1 >= 0.97,
+        "spine F1 {f1:.4} (precision {precision:.4}, recall {recall:.4})"
+    );
 }

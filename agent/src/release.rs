@@ -7,15 +7,19 @@
 //! form its transform produces ([`joinery_policies::transform`]): a date of
 //! birth as month, year or age band, a postcode as district or sector, codes
 //! through their map. Names never leave. Event types and event attributes the
-//! agreement does not list are not sent.
+//! agreement does not list are not sent. When the agreement lists linkage
+//! fields, the record also carries their keyed encodings (Bloom filters and
+//! blocking keys, [`joinery_linkage`]), from which nothing can be read back.
 
 use std::collections::BTreeMap;
 
 use joinery_crypto::keys::SecretKey;
 use joinery_crypto::pseudonym::{Pseudonym, Pseudonymiser};
+use joinery_linkage::params::ParamsError;
+use joinery_linkage::{Encoder, LinkageParams};
 use joinery_policies::model::{Dataset, Transform};
 use joinery_policies::transform::{age_band_of, apply, event_date, wire_name};
-use joinery_proto::v1::{Event, Record};
+use joinery_proto::v1::{Event, LinkageEncoding, Record};
 use time::Date;
 
 use crate::mapping::Resolved;
@@ -24,14 +28,23 @@ use crate::row::PersonRow;
 pub struct Releaser {
     nhs: Pseudonymiser,
     local: Pseudonymiser,
+    /// Present when the agreement asks for fuzzy linkage.
+    encoder: Option<Encoder>,
 }
 
 impl Releaser {
-    pub fn new(linkage_key: &SecretKey) -> Self {
-        Self {
+    /// `linkage`: the agreement's linkage parameters, if it has any.
+    pub fn new(
+        linkage_key: &SecretKey,
+        linkage: Option<&LinkageParams>,
+    ) -> Result<Self, ParamsError> {
+        Ok(Self {
             nhs: Pseudonymiser::new(linkage_key, "agent nhs-number"),
             local: Pseudonymiser::new(linkage_key, "agent local-id"),
-        }
+            encoder: linkage
+                .map(|params| Encoder::new(linkage_key, params))
+                .transpose()?,
+        })
     }
 
     /// The pseudonym of an agency-local record id.
@@ -105,12 +118,29 @@ impl Releaser {
                 })
             })
             .collect();
+        let linkage = self.encoder.as_ref().map(|encoder| {
+            let encoding = encoder.encode(&row.linkage_identity());
+            LinkageEncoding {
+                version: encoder.params().version,
+                filters: encoding
+                    .filters
+                    .iter()
+                    .map(|f| joinery_linkage::Encoding::filter_bytes(f))
+                    .collect(),
+                blocks: encoding
+                    .blocks
+                    .iter()
+                    .map(|b| b.map_or_else(Vec::new, |b| b.to_vec()))
+                    .collect(),
+            }
+        });
         Record {
             source_row: line,
             local_pseudonym: self.local_pseudonym(&row.local_id).to_vec(),
             nhs_pseudonym,
             attributes,
             events,
+            linkage,
         }
     }
 }
@@ -223,7 +253,7 @@ mod tests {
 
     #[test]
     fn sends_only_what_the_agreement_lists_in_its_form() {
-        let releaser = Releaser::new(&SecretKey::from_bytes([5; 32]));
+        let releaser = Releaser::new(&SecretKey::from_bytes([5; 32]), None).unwrap();
         let d = dataset(&[
             ("local_id", Transform::Pseudonymise),
             ("nhs_number", Transform::Pseudonymise),
@@ -265,7 +295,7 @@ mod tests {
 
     #[test]
     fn other_transforms_and_a_dropped_nhs_number() {
-        let releaser = Releaser::new(&SecretKey::from_bytes([5; 32]));
+        let releaser = Releaser::new(&SecretKey::from_bytes([5; 32]), None).unwrap();
         let d = dataset(&[
             ("local_id", Transform::Pseudonymise),
             ("nhs_number", Transform::Drop),

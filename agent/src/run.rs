@@ -61,6 +61,8 @@ pub enum AgentError {
     NotAllowed(String),
     #[error(transparent)]
     Spool(#[from] crate::spool::SpoolError),
+    #[error("the agreement's linkage parameters: {0}")]
+    Linkage(#[from] joinery_linkage::params::ParamsError),
 }
 
 /// What happened to one source.
@@ -239,7 +241,7 @@ async fn run_sources(config: &AgentConfig, progress: Progress) -> Result<RunSumm
 
     // Leave headroom under the gateway's limit for framing.
     let max_batch_bytes = delivery.max_batch_bytes().await? / 2;
-    let releaser = Arc::new(Releaser::new(&key));
+    let releaser = Arc::new(Releaser::new(&key, agreement.linkage.params().as_ref())?);
     let mut summaries = Vec::new();
 
     for (index, (path, dataset, rules, mut reader)) in opened.into_iter().enumerate() {

@@ -78,6 +78,17 @@ impl Agreements {
         self.by_version.values()
     }
 
+    /// The distinct fuzzy-linkage parameters of the loaded agreements.
+    pub fn linkage_params(&self) -> Vec<joinery_linkage::LinkageParams> {
+        let mut all: Vec<joinery_linkage::LinkageParams> = Vec::new();
+        for params in self.iter().filter_map(|a| a.agreement.linkage.params()) {
+            if !all.contains(&params) {
+                all.push(params);
+            }
+        }
+        all
+    }
+
     pub fn len(&self) -> usize {
         self.by_version.len()
     }

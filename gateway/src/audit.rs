@@ -147,6 +147,30 @@ impl AuditRecord {
         )
     }
 
+    /// A fuzzy linkage run: how much it read and changed (no identifiers).
+    pub fn linkage(
+        params_version: u32,
+        full: bool,
+        entities: usize,
+        pending: usize,
+        links: usize,
+        moved: usize,
+    ) -> Self {
+        record(
+            "linkage",
+            "gateway",
+            ("", 0),
+            json!({
+                "params_version": params_version,
+                "full": full,
+                "entities": entities,
+                "pending": pending,
+                "links": links,
+                "person_ids_moved": moved,
+            }),
+        )
+    }
+
     /// An analyst's (or agency's) query and what it released.
     pub fn query(
         actor: &str,

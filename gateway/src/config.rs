@@ -24,6 +24,8 @@ pub struct GatewayConfig {
     pub limits: Limits,
     /// How often to delete what retention rules say must go.
     pub retention_interval: Duration,
+    /// How often new records are linked onto the person spine (fuzzy linkage).
+    pub linkage_interval: Duration,
     /// The Ed25519 key that signs audit checkpoints; `None` for
     /// `data_dir/audit-signing.key`, created on first start.
     pub audit_key_file: Option<PathBuf>,
@@ -52,6 +54,9 @@ pub struct Limits {
 
 /// How often the audit chain head is signed inside `serve`.
 pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(300);
+
+/// How often incremental fuzzy linkage runs inside `serve`.
+pub const DEFAULT_LINKAGE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// How often the retention pass runs inside `serve`.
 pub const DEFAULT_RETENTION_INTERVAL: Duration = Duration::from_secs(3600);

@@ -37,7 +37,7 @@ use crate::audit::AuditRecord;
 use crate::config::Limits;
 use crate::metrics;
 use crate::peer;
-use crate::rekey::Rekeyer;
+use crate::rekey::{Rekeyer, StoredLinkage};
 use crate::storage::{CommitOutcome, NewBatch, NewEvent, NewRecord, Storage};
 
 /// Attributes stored in their own columns; everything else goes to JSON.
@@ -418,6 +418,7 @@ fn prepare(
         "dataset not in the agreement".to_owned(),
     ))?;
     let rules = DatasetRules::new(dataset);
+    let linkage_params = signed.agreement.linkage.params();
     if body.records.is_empty() {
         return Err((RejectReason::EmptyBatch, "batch has no records".to_owned()));
     }
@@ -438,7 +439,21 @@ fn prepare(
                         .map(|e| (e.event_type.as_str(), e.date.as_str(), &e.attributes)),
                 )
                 .map_err(|violation| (reason_for(&violation), at(violation.to_string())))?;
-            prepare_record(rekeyer, &session.organisation, record)
+            let linkage = match (&record.linkage, &linkage_params) {
+                (None, _) => None,
+                (Some(_), None) => {
+                    return Err((
+                        RejectReason::LinkageNotAllowed,
+                        at("the agreement asks for no linkage encodings".to_owned()),
+                    ));
+                }
+                (Some(encoding), Some(params)) => Some(
+                    rekeyer
+                        .linkage(params, encoding)
+                        .map_err(|detail| (RejectReason::LinkageNotAllowed, at(detail)))?,
+                ),
+            };
+            prepare_record(rekeyer, &session.organisation, record, linkage)
                 .map_err(|detail| (RejectReason::InvalidRecord, at(detail)))
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -469,6 +484,7 @@ fn prepare_record(
     rekeyer: &Rekeyer,
     organisation: &str,
     record: joinery_proto::v1::Record,
+    linkage: Option<StoredLinkage>,
 ) -> Result<NewRecord, String> {
     if record.local_pseudonym.len() != 32 {
         return Err("local pseudonym must be 32 bytes".to_owned());
@@ -501,6 +517,7 @@ fn prepare_record(
         postcode_district,
         attributes: to_json(&attributes),
         events,
+        linkage,
     })
 }
 

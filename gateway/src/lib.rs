@@ -15,6 +15,7 @@ pub mod audit;
 pub mod config;
 pub mod disclosure;
 pub mod ingest;
+pub mod linker;
 pub mod listener;
 pub mod metrics;
 pub mod peer;

@@ -13,6 +13,8 @@ pub const RETENTION_DELETED: &str = "joinery_gateway_retention_records_deleted_t
 pub const RECORDS_LINKED: &str = "joinery_gateway_records_linked_total";
 pub const QUERIES: &str = "joinery_gateway_queries_total";
 pub const CELLS_SUPPRESSED: &str = "joinery_gateway_cells_suppressed_total";
+pub const LINKAGE_RUNS: &str = "joinery_gateway_linkage_runs_total";
+pub const LINKAGE_MOVED: &str = "joinery_gateway_linkage_person_ids_moved_total";
 
 /// Histogram buckets for the ack latency, in seconds.
 pub const ACK_LATENCY_BUCKETS: &[f64] = &[
@@ -47,6 +49,14 @@ pub fn describe() {
     metrics::describe_counter!(
         RETENTION_DELETED,
         "Records deleted by retention, by organisation and dataset"
+    );
+    metrics::describe_counter!(
+        LINKAGE_RUNS,
+        "Fuzzy linkage runs, by kind (incremental, full)"
+    );
+    metrics::describe_counter!(
+        LINKAGE_MOVED,
+        "Person ids given a new place on the person spine by fuzzy linkage"
     );
     metrics::describe_counter!(
         HANDSHAKE_FAILURES,
@@ -86,6 +96,12 @@ pub fn query(query: &str, suppressed: u64) {
 
 pub fn retention_deleted(organisation: &str, dataset: &str, records: u64) {
     metrics::counter!(RETENTION_DELETED, "organisation" => organisation.to_owned(), "dataset" => dataset.to_owned()).increment(records);
+}
+
+pub fn linkage_run(report: &crate::linker::LinkReport) {
+    let kind = if report.full { "full" } else { "incremental" };
+    metrics::counter!(LINKAGE_RUNS, "kind" => kind).increment(1);
+    metrics::counter!(LINKAGE_MOVED).increment(report.moved as u64);
 }
 
 pub fn handshake_failed(kind: &'static str) {

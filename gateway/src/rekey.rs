@@ -9,9 +9,20 @@
 //! belong to the same person, whose id is derived from that pseudonym. A
 //! record without a valid NHS number gets a person id of its own, derived from
 //! its organisation and local pseudonym (fuzzy linkage may later join it).
+//!
+//! Linkage encodings get the same treatment: blocking keys are re-keyed, and
+//! each field's Bloom filter has its bits moved by a permutation keyed with the
+//! gateway's key (similarity is unchanged; what an agency could compute is not).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use joinery_crypto::keys::SecretKey;
 use joinery_crypto::pseudonym::Pseudonymiser;
+use joinery_linkage::LinkageParams;
+use joinery_linkage::encode::BLOCK_KEY_LEN;
+use joinery_linkage::permute::BitPermutation;
+use joinery_proto::v1::LinkageEncoding;
 
 /// How a record's person id was decided.
 pub const LINK_EXACT_NHS: &str = "exact-nhs";
@@ -22,9 +33,22 @@ const PERSON_ID_BYTES: usize = 16;
 
 #[derive(Clone)]
 pub struct Rekeyer {
+    key: SecretKey,
     nhs: Pseudonymiser,
     local: Pseudonymiser,
     person: Pseudonymiser,
+    block: Pseudonymiser,
+    /// Filter permutations, per linkage parameters.
+    permutations: Arc<Mutex<HashMap<String, Arc<BitPermutation>>>>,
+}
+
+/// A record's linkage encoding as stored: the permuted filters side by side
+/// (all-zero words for a missing field) and the re-keyed blocking keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredLinkage {
+    pub params_version: u32,
+    pub filters: Vec<u8>,
+    pub blocks: Vec<Option<String>>,
 }
 
 /// A record's stored identity.
@@ -39,10 +63,92 @@ pub struct StoredIdentity {
 impl Rekeyer {
     pub fn new(gateway_key: &SecretKey) -> Self {
         Self {
+            key: gateway_key.clone(),
             nhs: Pseudonymiser::new(gateway_key, "gateway nhs-number"),
             local: Pseudonymiser::new(gateway_key, "gateway local-id"),
             person: Pseudonymiser::new(gateway_key, "gateway person-id"),
+            block: Pseudonymiser::new(gateway_key, "gateway block"),
+            permutations: Arc::default(),
         }
+    }
+
+    /// Checks a linkage encoding against the agreement's parameters and
+    /// re-keys it; the error says what does not fit (no values).
+    pub fn linkage(
+        &self,
+        params: &LinkageParams,
+        encoding: &LinkageEncoding,
+    ) -> Result<StoredLinkage, String> {
+        if encoding.version != params.version {
+            return Err(format!(
+                "linkage encoding version {} where the agreement's parameters are version {}",
+                encoding.version, params.version
+            ));
+        }
+        if encoding.filters.len() != params.fields.len()
+            || encoding.blocks.len() != params.blocking.len()
+        {
+            return Err(format!(
+                "linkage encoding has {} filters and {} blocking keys where the agreement's parameters have {} and {}",
+                encoding.filters.len(),
+                encoding.blocks.len(),
+                params.fields.len(),
+                params.blocking.len()
+            ));
+        }
+        let permutation = self.permutation(params);
+        let mut filters = Vec::new();
+        for (i, (field, bytes)) in params.fields.iter().zip(&encoding.filters).enumerate() {
+            let width = field.bits as usize / 8;
+            if bytes.is_empty() {
+                filters.resize(filters.len() + width, 0);
+                continue;
+            }
+            let words = (bytes.len() == width)
+                .then(|| joinery_linkage::Encoding::filter_from_bytes(bytes))
+                .flatten()
+                .ok_or_else(|| {
+                    format!(
+                        "linkage filter for {} has {} bytes, not {width}",
+                        field.field,
+                        bytes.len()
+                    )
+                })?;
+            filters.extend(joinery_linkage::Encoding::filter_bytes(
+                &permutation.apply(i, &words),
+            ));
+        }
+        let mut blocks = Vec::with_capacity(encoding.blocks.len());
+        for (rule, key) in encoding.blocks.iter().enumerate() {
+            blocks.push(match key.len() {
+                0 => None,
+                BLOCK_KEY_LEN => {
+                    let tagged = [&(rule as u32).to_le_bytes()[..], key].concat();
+                    Some(hex::encode(
+                        &self.block.pseudonymise(&tagged)[..BLOCK_KEY_LEN],
+                    ))
+                }
+                n => {
+                    return Err(format!(
+                        "linkage blocking key of {n} bytes, not {BLOCK_KEY_LEN}"
+                    ));
+                }
+            });
+        }
+        Ok(StoredLinkage {
+            params_version: params.version,
+            filters,
+            blocks,
+        })
+    }
+
+    fn permutation(&self, params: &LinkageParams) -> Arc<BitPermutation> {
+        let id = format!("{params:?}");
+        let mut cache = self.permutations.lock().unwrap_or_else(|p| p.into_inner());
+        cache
+            .entry(id)
+            .or_insert_with(|| Arc::new(BitPermutation::new(&self.key, params)))
+            .clone()
     }
 
     /// Re-keys an agent's pseudonyms and links the record exactly.

@@ -174,6 +174,11 @@ impl Gateway {
             self.agreements.clone(),
             self.config.retention_interval,
         );
+        crate::linker::schedule(
+            self.storage.clone(),
+            self.agreements.clone(),
+            self.config.linkage_interval,
+        );
         crate::audit::schedule_checkpoints(
             self.storage.clone(),
             self.audit_key.clone(),

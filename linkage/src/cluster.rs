@@ -1,5 +1,6 @@
 //! Grouping records into people. Records with the same NHS pseudonym are one
-//! person. Then scored links are taken strongest first, and two groups are
+//! person, and so are records already known to be one (an existing person
+//! in incremental linking: it may grow or merge, never split). Then scored links are taken strongest first, and two groups are
 //! joined only if that breaks no rule: a person never carries two different
 //! NHS pseudonyms, and never two records of the same organisation (each
 //! record is one organisation's one local id). Taking links one at a time
@@ -17,8 +18,14 @@ pub struct Link {
     pub weight: f64,
 }
 
-/// Returns each record's group as the smallest record index in it.
-pub fn cluster(organisations: &[u32], nhs: &[Option<Pseudonym>], links: &mut [Link]) -> Vec<u32> {
+/// Returns each record's group as the smallest record index in it. `known`
+/// gives records already known to be one person the same number.
+pub fn cluster(
+    organisations: &[u32],
+    nhs: &[Option<Pseudonym>],
+    known: &[Option<u64>],
+    links: &mut [Link],
+) -> Vec<u32> {
     let n = organisations.len();
     let mut groups = Groups {
         parent: (0..n as u32).collect(),
@@ -33,6 +40,17 @@ pub fn cluster(organisations: &[u32], nhs: &[Option<Pseudonym>], links: &mut [Li
         .collect();
     by_nhs.sort_unstable();
     for pair in by_nhs.windows(2) {
+        if pair[0].0 == pair[1].0 {
+            groups.join(pair[0].1, pair[1].1);
+        }
+    }
+    let mut by_known: Vec<(u64, u32)> = known
+        .iter()
+        .enumerate()
+        .filter_map(|(i, k)| k.map(|k| (k, i as u32)))
+        .collect();
+    by_known.sort_unstable();
+    for pair in by_known.windows(2) {
         if pair[0].0 == pair[1].0 {
             groups.join(pair[0].1, pair[1].1);
         }
@@ -126,7 +144,12 @@ mod tests {
     #[test]
     fn different_nhs_pseudonyms_never_merge() {
         let nhs = [Some([1; 32]), Some([2; 32]), None];
-        let people = cluster(&[0, 1, 2], &nhs, &mut [link(0, 1, 30.0), link(1, 2, 20.0)]);
+        let people = cluster(
+            &[0, 1, 2],
+            &nhs,
+            &[None; 3],
+            &mut [link(0, 1, 30.0), link(1, 2, 20.0)],
+        );
         assert_ne!(people[0], people[1]);
         assert_eq!(people[1], people[2]);
     }
@@ -137,6 +160,7 @@ mod tests {
         let people = cluster(
             &[0, 1, 0],
             &[None, None, None],
+            &[None; 3],
             &mut [link(0, 1, 25.0), link(1, 2, 20.0)],
         );
         assert_eq!(people, vec![0, 0, 2]);
@@ -145,7 +169,14 @@ mod tests {
     #[test]
     fn the_same_nhs_pseudonym_is_one_person() {
         let nhs = [Some([1; 32]), None, Some([1; 32])];
-        let people = cluster(&[0, 1, 2], &nhs, &mut []);
+        let people = cluster(&[0, 1, 2], &nhs, &[None; 3], &mut []);
         assert_eq!(people, vec![0, 1, 0]);
+    }
+
+    #[test]
+    fn known_people_stay_together_and_can_grow() {
+        let known = [Some(7), None, Some(7), None];
+        let people = cluster(&[0, 1, 2, 3], &[None; 4], &known, &mut [link(1, 2, 20.0)]);
+        assert_eq!(people, vec![0, 0, 0, 3]);
     }
 }

@@ -19,6 +19,7 @@ pub mod cluster;
 pub mod encode;
 pub mod matcher;
 pub mod params;
+pub mod permute;
 pub mod score;
 pub mod soundex;
 

@@ -190,14 +190,26 @@ fn candidates(entities: &[Entity], rules: usize, mut each: impl FnMut(usize, usi
     skipped
 }
 
-/// Links `entities` into people.
+/// Links `entities` into people, fitting the model to them.
 pub fn link(entities: &[Entity], params: &LinkageParams) -> LinkResult {
+    link_with(entities, params, None, &vec![None; entities.len()])
+}
+
+/// Links `entities` into people with `model` (fitted by EM when `None`).
+/// `known` numbers entities already known to be one person alike: they stay
+/// together (see [`cluster`]).
+pub fn link_with(
+    entities: &[Entity],
+    params: &LinkageParams,
+    model: Option<&Model>,
+    known: &[Option<u64>],
+) -> LinkResult {
     let filters = Filters::new(entities, params);
     let fields = params.fields.len();
 
     // u from random pairs of different organisations (a fixed sequence).
     let mut random: HashMap<Pattern, u64> = HashMap::new();
-    if entities.len() > 1 {
+    if model.is_none() && entities.len() > 1 {
         let mut state = 0x9e37_79b9_7f4a_7c15_u64;
         let mut next = || {
             state ^= state << 13;
@@ -221,11 +233,14 @@ pub fn link(entities: &[Entity], params: &LinkageParams) -> LinkResult {
         *patterns.entry(filters.pattern(i, j)).or_insert(0) += 1;
         candidate_pairs += 1;
     });
-    let model = Model::estimate(
-        fields,
-        &random.into_iter().collect::<Vec<_>>(),
-        &patterns.iter().map(|(&p, &n)| (p, n)).collect::<Vec<_>>(),
-    );
+    let model = match model {
+        Some(model) => model.clone(),
+        None => Model::estimate(
+            fields,
+            &random.into_iter().collect::<Vec<_>>(),
+            &patterns.iter().map(|(&p, &n)| (p, n)).collect::<Vec<_>>(),
+        ),
+    };
 
     // Pass 2: keep the pairs whose match probability reaches the threshold.
     let verdicts: PatternMap<(f64, f64)> = patterns
@@ -248,7 +263,7 @@ pub fn link(entities: &[Entity], params: &LinkageParams) -> LinkResult {
 
     let organisations: Vec<u32> = entities.iter().map(|e| e.organisation).collect();
     let nhs: Vec<Option<Pseudonym>> = entities.iter().map(|e| e.nhs).collect();
-    let people = cluster(&organisations, &nhs, &mut links);
+    let people = cluster(&organisations, &nhs, known, &mut links);
     LinkResult {
         people,
         links,

@@ -32,7 +32,7 @@ pub fn with_level(pattern: Pattern, field: usize, level: u8) -> Pattern {
 }
 
 /// m and u per field and level, and the prior share of matches.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Model {
     pub m: Vec<[f64; LEVELS]>,
     pub u: Vec<[f64; LEVELS]>,

@@ -357,6 +357,22 @@ impl Rules<'_> {
             }
         }
 
+        if !a.linkage.fields.is_empty() {
+            if a.linkage.encoding.scheme != crate::model::KEYED_BLOOM {
+                self.error(
+                    &[Key("linkage"), Key("encoding"), Key("scheme")],
+                    format!("unknown linkage scheme {:?}", a.linkage.encoding.scheme),
+                    "the scheme is keyed-bloom",
+                );
+            } else if let Some(Err(e)) = a.linkage.params().map(|p| p.validate()) {
+                self.error(
+                    &[Key("linkage"), Key("fields")],
+                    e.to_string(),
+                    "list date_of_birth, or family_name or given_name with date_of_birth or postcode, so records can be blocked",
+                );
+            }
+        }
+
         // Outputs.
         if a.outputs.minimum_cell_count == 0 {
             self.error(

@@ -193,8 +193,39 @@ pub struct Linkage {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Encoding {
+    /// `keyed-bloom`: a keyed Bloom filter per field (see joinery-linkage).
     pub scheme: String,
+    /// Bumped when the parameters change; encodings of different versions
+    /// never match, so a new version means a full re-link.
     pub version: u32,
+}
+
+/// The only encoding scheme there is.
+pub const KEYED_BLOOM: &str = "keyed-bloom";
+
+impl Linkage {
+    /// The encoding parameters every party uses, or `None` when the
+    /// agreement asks for no fuzzy linkage: the canonical parameters for the
+    /// listed fields only (a salt or blocking rule that needs an unlisted
+    /// field is left out), under the agreement's version.
+    pub fn params(&self) -> Option<joinery_linkage::LinkageParams> {
+        if self.fields.is_empty() {
+            return None;
+        }
+        let listed = |field: &str| self.fields.iter().any(|f| f == field);
+        let mut params = joinery_linkage::LinkageParams::canonical();
+        params.version = self.encoding.version;
+        params.fields.retain(|f| listed(&f.field));
+        for field in &mut params.fields {
+            if field.salt.as_ref().is_some_and(|s| !listed(&s.field)) {
+                field.salt = None;
+            }
+        }
+        params
+            .blocking
+            .retain(|rule| rule.iter().all(|part| listed(&part.field)));
+        Some(params)
+    }
 }
 
 /// Statistical disclosure control of every output.

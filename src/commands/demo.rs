@@ -21,8 +21,12 @@ use joinery_crypto::identity::PeerIdentity;
 use joinery_crypto::keys::SecretKey;
 use joinery_crypto::pki::{CertificateAuthority, Validity};
 use joinery_crypto::tls::TlsFiles;
-use joinery_gateway::config::{DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_RETENTION_INTERVAL};
-use joinery_gateway::{Gateway, GatewayConfig, Limits};
+use joinery_gateway::agreements::Agreements;
+use joinery_gateway::config::{
+    DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_LINKAGE_INTERVAL, DEFAULT_RETENTION_INTERVAL,
+};
+use joinery_gateway::storage::Storage;
+use joinery_gateway::{Gateway, GatewayConfig, Limits, linker};
 use joinery_policies::model::When;
 use joinery_policies::{Agreement, signing};
 use joinery_proto::v1::{AgencyOverlapRequest, CountsRequest};
@@ -159,6 +163,7 @@ impl DemoArgs {
             },
             limits: Limits::default(),
             retention_interval: DEFAULT_RETENTION_INTERVAL,
+            linkage_interval: DEFAULT_LINKAGE_INTERVAL,
             audit_key_file: None,
             checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
         })
@@ -191,7 +196,18 @@ impl DemoArgs {
             print_summary(&config.organisation, &summary);
         }
 
-        // 5. Ask as an analyst.
+        // 5. Fuzzy linkage: records without an NHS number join the spine.
+        let storage = Storage::open(&Storage::sqlite_url(&gateway_dir)).await?;
+        let agreements = Agreements::load_dir(&dir.join("agreements"))?;
+        for params in agreements.linkage_params() {
+            let report = linker::run(&storage, &params, false).await?;
+            println!(
+                "5. Linked on encoded names, dates of birth, sex and postcodes: {} records' encodings, {} person ids joined to another person",
+                report.entities, report.moved
+            );
+        }
+
+        // 6. Ask as an analyst.
         let analyst_tls = TlsFiles {
             ca: pki.join("ca.pem"),
             cert: analyst.cert.clone(),
@@ -199,7 +215,7 @@ impl DemoArgs {
             crl: None,
         };
         let mut client = connect(&address, &self.server_name, &analyst_tls).await?;
-        println!("\n5. Stored at the gateway (analyst view):");
+        println!("\n6. Stored at the gateway (analyst view):");
         print_counts(&client.counts(CountsRequest {}).await?.into_inner());
         println!();
         let overlap = client

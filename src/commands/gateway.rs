@@ -8,10 +8,12 @@ use std::time::Duration;
 use crate::commands::TlsArgs;
 use clap::{Args, Subcommand};
 use joinery_gateway::agreements::Agreements;
-use joinery_gateway::config::{DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_RETENTION_INTERVAL};
-use joinery_gateway::retention;
+use joinery_gateway::config::{
+    DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_LINKAGE_INTERVAL, DEFAULT_RETENTION_INTERVAL,
+};
 use joinery_gateway::storage::Storage;
 use joinery_gateway::{Gateway, GatewayConfig, Limits};
+use joinery_gateway::{linker, retention};
 
 #[derive(Debug, Subcommand)]
 pub enum GatewayCommand {
@@ -25,6 +27,15 @@ pub enum GatewayCommand {
         /// Only report what would be deleted.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Link records onto the person spine now (serve also does this on a
+    /// schedule, incrementally); `--full` re-links everything with a freshly
+    /// fitted model, as after a change of linkage parameters.
+    Relink {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long)]
+        full: bool,
     },
 }
 
@@ -75,6 +86,9 @@ pub struct ServeArgs {
     /// first start). Every gateway of a deployment must use the same key.
     #[arg(long, env = "JOINERY_KEY_FILE")]
     key_file: Option<PathBuf>,
+    /// Seconds between incremental fuzzy-linkage runs.
+    #[arg(long, default_value_t = DEFAULT_LINKAGE_INTERVAL.as_secs(), env = "JOINERY_LINKAGE_INTERVAL_SECS")]
+    linkage_interval_secs: u64,
     /// Seconds between retention passes.
     #[arg(long, default_value_t = DEFAULT_RETENTION_INTERVAL.as_secs(), env = "JOINERY_RETENTION_INTERVAL_SECS")]
     retention_interval_secs: u64,
@@ -119,6 +133,7 @@ impl GatewayCommand {
         let args = match self {
             Self::Serve(args) => args,
             Self::Retention { store, dry_run } => return retention(store, dry_run).await,
+            Self::Relink { store, full } => return relink(store, full).await,
         };
 
         let config = GatewayConfig {
@@ -128,6 +143,7 @@ impl GatewayCommand {
             key_file: args.key_file,
             agreements_dir: args.store.agreements,
             retention_interval: Duration::from_secs(args.retention_interval_secs.max(1)),
+            linkage_interval: Duration::from_secs(args.linkage_interval_secs.max(1)),
             audit_key_file: args.audit_key_file,
             checkpoint_interval: Duration::from_secs(args.checkpoint_interval_secs.max(1)),
             tls: args.tls.files(args.tls_crl),
@@ -179,6 +195,29 @@ async fn retention(store: StoreArgs, dry_run: bool) -> anyhow::Result<ExitCode> 
         );
     }
     println!("{verb} {} records in total", report.records());
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn relink(store: StoreArgs, full: bool) -> anyhow::Result<ExitCode> {
+    let agreements = Agreements::load_dir(&store.agreements_dir())?;
+    let storage = store.storage().await?;
+    let all = agreements.linkage_params();
+    if all.is_empty() {
+        println!("no loaded agreement asks for fuzzy linkage");
+    }
+    for params in all {
+        let report = linker::run(&storage, &params, full).await?;
+        println!(
+            "linkage parameters v{}: {} run over {} records' encodings ({} new); {} candidate pairs, {} links; {} person ids moved on the spine",
+            report.params_version,
+            if report.full { "full" } else { "incremental" },
+            report.entities,
+            report.pending,
+            report.candidate_pairs,
+            report.links,
+            report.moved
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

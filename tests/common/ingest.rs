@@ -57,6 +57,7 @@ pub fn batch_for(dataset: &str, seed: u8, records: usize) -> Batch {
                 nhs_pseudonym: vec![],
                 attributes: [("birth_month".to_owned(), "2015-04".to_owned())].into(),
                 events: vec![],
+                linkage: None,
             })
             .collect(),
     };

@@ -22,6 +22,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0002_audit.sql"),
         include_str!("../../migrations/postgres/0002_audit.sql"),
     ),
+    (
+        3,
+        "linkage",
+        include_str!("../../migrations/sqlite/0003_linkage.sql"),
+        include_str!("../../migrations/postgres/0003_linkage.sql"),
+    ),
 ];
 
 pub(super) fn for_backend(backend: Backend) -> Migrator {

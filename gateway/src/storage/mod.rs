@@ -8,7 +8,10 @@
 //! recognised by its primary key and never stored twice. Every change of
 //! data is audited in the same transaction ([`crate::audit`]).
 
+mod linkage;
 mod migrations;
+
+pub use linkage::{EntityScope, SpineAssignment, StoredEntity};
 
 use std::path::Path;
 use std::str::FromStr;
@@ -20,6 +23,7 @@ use sqlx::{AnyPool, AssertSqlSafe, ConnectOptions, Row};
 use tokio::sync::Mutex;
 
 use crate::audit::{AuditRecord, Checkpoint, Entry};
+use crate::rekey::StoredLinkage;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -65,6 +69,8 @@ pub struct NewRecord {
     /// Remaining attributes as a JSON object.
     pub attributes: String,
     pub events: Vec<NewEvent>,
+    /// The record's re-keyed linkage encoding, when the agreement asks for one.
+    pub linkage: Option<StoredLinkage>,
 }
 
 #[derive(Debug, Clone)]
@@ -298,6 +304,7 @@ impl Storage {
             }
             query.execute(&mut *tx).await?;
         }
+        self.insert_linkage(&mut tx, batch).await?;
         let outcome = CommitOutcome::Committed(batch.records.len() as u64);
         append_audit_in(&mut tx, &AuditRecord::batch(batch, outcome)).await?;
         tx.commit().await?;
@@ -554,8 +561,9 @@ impl Storage {
     /// them, and their earliest reported birth month.
     pub async fn person_reach(&self) -> Result<Vec<PersonReach>, StorageError> {
         let rows = sqlx::query(
-            "SELECT COUNT(DISTINCT organisation) AS organisations, MIN(birth_month) AS birth_month \
-             FROM records GROUP BY person_id",
+            "SELECT COUNT(DISTINCT r.organisation) AS organisations, MIN(r.birth_month) AS birth_month \
+             FROM records r LEFT JOIN person_spine s ON s.person_id = r.person_id \
+             GROUP BY COALESCE(s.spine_id, r.person_id)",
         )
         .fetch_all(&self.pool)
         .await?;

@@ -112,7 +112,10 @@ fn pseudonymisation_rate(
         .datasets
         .get(&map.dataset)
         .context("the agreement has no dataset for this mapping")?;
-    let releaser = Releaser::new(&SecretKey::load(key)?);
+    let releaser = Releaser::new(
+        &SecretKey::load(key)?,
+        agreement.agreement.linkage.params().as_ref(),
+    )?;
     let today = time::OffsetDateTime::now_utc().date();
     let started = Instant::now();
     let mut source = CsvSource::open(extract, &map, mapping, today)?;

@@ -1,0 +1,285 @@
+//! Fuzzy linkage at the gateway: the person spine.
+//!
+//! Every person id the records carry (from exact NHS linkage, or a record's
+//! own when it had no NHS number) starts as its own person on the spine.
+//! A linkage run reads the stored encodings and joins person ids into
+//! people ([`joinery_linkage`]):
+//!
+//! - **incremental** (every `linkage_interval` while serving): only the
+//!   entities not linked yet, the entities sharing a blocking key with them,
+//!   and every entity of the people those belong to, scored with the stored
+//!   model. Existing people may grow or merge, never split.
+//! - **full** (`joinery gateway relink`, the first run, new parameters, or
+//!   once the entities have doubled since the model was fitted): everything,
+//!   with the model fitted afresh by EM.
+//!
+//! A person keeps the spine id most of its already-linked members had, so
+//! ids stay stable while the evidence does not change; a new person takes
+//! its smallest person id. Each joined person id is stored with method
+//! `fuzzy` and the probability of its strongest link. One gateway links at a
+//! time (a lease in the database); every run is audited.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use joinery_linkage::score::Model;
+use joinery_linkage::{Encoding, Entity, LinkageParams};
+
+use crate::agreements::Agreements;
+use crate::audit::AuditRecord;
+use crate::rekey::{LINK_EXACT_NHS, LINK_UNLINKED};
+use crate::storage::{EntityScope, SpineAssignment, Storage, StorageError, StoredEntity};
+
+/// Link method of a person id joined to another person by fuzzy linkage.
+pub const LINK_FUZZY: &str = "fuzzy";
+
+/// What one linkage run did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LinkReport {
+    pub params_version: u32,
+    pub full: bool,
+    /// Entities read, and how many of them were new.
+    pub entities: usize,
+    pub pending: usize,
+    pub candidate_pairs: u64,
+    /// Links above the threshold.
+    pub links: usize,
+    /// Person ids whose place on the spine changed.
+    pub moved: usize,
+}
+
+/// Runs linkage once under `params`.
+pub async fn run(
+    storage: &Storage,
+    params: &LinkageParams,
+    full: bool,
+) -> Result<LinkReport, StorageError> {
+    let version = params.version;
+    let model: Option<Model> = match full {
+        true => None,
+        false => match storage.linkage_model(version).await? {
+            Some((json, fitted_on))
+                if storage.linkage_entity_count(version).await? <= fitted_on * 2 =>
+            {
+                serde_json::from_str(&json).ok()
+            }
+            _ => None,
+        },
+    };
+    let full = model.is_none();
+    let scope = if full {
+        EntityScope::All
+    } else {
+        EntityScope::PendingAndNeighbours
+    };
+    let stored = storage
+        .linkage_entities(version, params.blocking.len(), scope)
+        .await?;
+    let pending = stored.iter().filter(|e| !e.linked).count();
+    let mut report = LinkReport {
+        params_version: version,
+        full,
+        entities: stored.len(),
+        pending,
+        ..LinkReport::default()
+    };
+    if stored.is_empty() || (!full && pending == 0) {
+        return Ok(report);
+    }
+
+    let (entities, known) = to_entities(&stored, params, full);
+    let result = joinery_linkage::matcher::link_with(&entities, params, model.as_ref(), &known);
+    if full {
+        let json = serde_json::to_string(&result.stats.model).unwrap_or_default();
+        storage
+            .save_linkage_model(version, &json, stored.len() as u64)
+            .await?;
+    }
+    report.candidate_pairs = result.stats.candidate_pairs;
+    report.links = result.links.len();
+
+    let assignments = spine_assignments(&stored, &result);
+    report.moved = assignments.len();
+    let linked: Vec<&StoredEntity> = stored.iter().filter(|e| full || !e.linked).collect();
+    storage.save_linkage(&assignments, &linked).await?;
+    storage
+        .append_audit(&AuditRecord::linkage(
+            version,
+            full,
+            report.entities,
+            report.pending,
+            report.links,
+            report.moved,
+        ))
+        .await?;
+    Ok(report)
+}
+
+/// The matcher's view of stored entities; in an incremental run, entities
+/// already linked carry their person so it cannot split.
+fn to_entities(
+    stored: &[StoredEntity],
+    params: &LinkageParams,
+    full: bool,
+) -> (Vec<Entity>, Vec<Option<u64>>) {
+    let widths: Vec<usize> = params.fields.iter().map(|f| f.bits as usize / 8).collect();
+    let mut organisations: HashMap<&str, u32> = HashMap::new();
+    let mut spines: HashMap<&str, u64> = HashMap::new();
+    let mut entities = Vec::with_capacity(stored.len());
+    let mut known = Vec::with_capacity(stored.len());
+    for e in stored {
+        let next = organisations.len() as u32;
+        let organisation = *organisations.entry(&e.organisation).or_insert(next);
+        let mut filters = Vec::with_capacity(widths.len());
+        let mut at = 0;
+        for &width in &widths {
+            let words = e
+                .filters
+                .get(at..at + width)
+                .and_then(Encoding::filter_from_bytes)
+                .unwrap_or_default();
+            filters.push(words);
+            at += width;
+        }
+        let blocks = e
+            .blocks
+            .iter()
+            .map(|b| {
+                b.as_deref()
+                    .and_then(|hex_key| hex::decode(hex_key).ok())
+                    .and_then(|bytes| bytes.try_into().ok())
+            })
+            .collect();
+        let nhs = e
+            .nhs_pseudonym
+            .as_deref()
+            .and_then(|n| hex::decode(n).ok())
+            .and_then(|bytes| bytes.try_into().ok());
+        entities.push(Entity {
+            organisation,
+            nhs,
+            encoding: Encoding { filters, blocks },
+        });
+        known.push((!full && e.linked).then(|| {
+            let next = spines.len() as u64;
+            *spines.entry(&e.spine_id).or_insert(next)
+        }));
+    }
+    (entities, known)
+}
+
+/// Where each person id goes: every group of entities becomes one person,
+/// named by the spine id most of its linked members had (else its smallest
+/// person id). Only changes are returned.
+fn spine_assignments(
+    stored: &[StoredEntity],
+    result: &joinery_linkage::LinkResult,
+) -> Vec<SpineAssignment> {
+    let mut groups: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+    for (i, &person) in result.people.iter().enumerate() {
+        groups.entry(person).or_default().push(i);
+    }
+    // The strongest accepted link touching each entity.
+    let mut best: HashMap<u32, f64> = HashMap::new();
+    for link in &result.links {
+        if result.people[link.a as usize] == result.people[link.b as usize] {
+            for end in [link.a, link.b] {
+                let p = best.entry(end).or_insert(0.0);
+                *p = p.max(link.probability);
+            }
+        }
+    }
+    let mut assignments = Vec::new();
+    for members in groups.values() {
+        let mut votes: BTreeMap<&str, usize> = BTreeMap::new();
+        for &i in members {
+            if stored[i].linked {
+                *votes.entry(stored[i].spine_id.as_str()).or_default() += 1;
+            }
+        }
+        let spine_id = votes
+            .iter()
+            .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
+            .map(|(id, _)| (*id).to_owned())
+            .or_else(|| members.iter().map(|&i| stored[i].person_id.clone()).min())
+            .unwrap_or_default();
+        let mut seen = std::collections::BTreeSet::new();
+        for &i in members {
+            let e = &stored[i];
+            if !seen.insert(e.person_id.as_str()) {
+                continue;
+            }
+            let (method, score) = if e.person_id == spine_id {
+                let own = if e.nhs_pseudonym.is_some() {
+                    LINK_EXACT_NHS
+                } else {
+                    LINK_UNLINKED
+                };
+                (own, None)
+            } else {
+                let score = members
+                    .iter()
+                    .filter(|&&j| stored[j].person_id == e.person_id)
+                    .filter_map(|&j| best.get(&(j as u32)).copied())
+                    .fold(None, |acc: Option<f64>, p| {
+                        Some(acc.map_or(p, |a| a.max(p)))
+                    });
+                (LINK_FUZZY, score)
+            };
+            if e.spine_id != spine_id || (method == LINK_FUZZY) != (e.spine_id != e.person_id) {
+                assignments.push(SpineAssignment {
+                    person_id: e.person_id.clone(),
+                    spine_id: spine_id.clone(),
+                    method,
+                    score,
+                });
+            }
+        }
+    }
+    assignments
+}
+
+/// While serving: an incremental run every `interval` for each linkage
+/// parameter set the loaded agreements use, by whichever gateway holds the
+/// lease.
+pub fn schedule(storage: Storage, agreements: Agreements, interval: Duration) {
+    let holder = format!(
+        "{}-{}",
+        std::process::id(),
+        time::OffsetDateTime::now_utc().unix_timestamp_nanos()
+    );
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(interval);
+        loop {
+            ticks.tick().await;
+            let lease = interval.as_secs().max(1) as i64 * 3;
+            match storage.take_linkage_lease(&holder, lease).await {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "linkage: could not take the lease; will retry");
+                    continue;
+                }
+            }
+            for params in agreements.linkage_params() {
+                match run(&storage, &params, false).await {
+                    Ok(report) if report.pending > 0 || report.full => {
+                        crate::metrics::linkage_run(&report);
+                        tracing::info!(
+                            version = report.params_version,
+                            full = report.full,
+                            entities = report.entities,
+                            pending = report.pending,
+                            candidate_pairs = report.candidate_pairs,
+                            links = report.links,
+                            moved = report.moved,
+                            "linkage run"
+                        );
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(error = %e, "linkage run failed; will retry"),
+                }
+            }
+        }
+    });
+}

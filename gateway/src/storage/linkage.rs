@@ -1,0 +1,355 @@
+//! Storage for fuzzy linkage: each record's encoding and blocking keys
+//! (written in its batch's transaction), the person spine, fitted models and
+//! the lease that lets one gateway link at a time.
+
+use sqlx::{AssertSqlSafe, Row};
+
+use super::{NewBatch, Storage, StorageError, insert_sql, to_i64};
+
+/// One organisation's local id as linkage sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEntity {
+    pub person_id: String,
+    pub organisation: String,
+    pub local_pseudonym: String,
+    pub nhs_pseudonym: Option<String>,
+    /// Permuted filters side by side.
+    pub filters: Vec<u8>,
+    /// Already linked by an earlier run.
+    pub linked: bool,
+    /// The person its person id belongs to now.
+    pub spine_id: String,
+    /// Re-keyed blocking keys, by rule.
+    pub blocks: Vec<Option<String>>,
+}
+
+/// Which entities a linkage run reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntityScope {
+    /// Every entity (a full re-link).
+    All,
+    /// Entities not linked yet, every entity sharing a blocking key with one,
+    /// and every entity of the people those belong to.
+    PendingAndNeighbours,
+}
+
+/// A person id's place on the spine.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpineAssignment {
+    pub person_id: String,
+    pub spine_id: String,
+    pub method: &'static str,
+    pub score: Option<f64>,
+}
+
+const SPINE_COLUMNS: usize = 5;
+const ENTITY_COLUMNS: usize = 6;
+const BLOCK_COLUMNS: usize = 5;
+
+const NEIGHBOURHOOD: &str = "\
+WITH pending_keys AS (
+    SELECT DISTINCT b.rule, b.block_key FROM linkage_blocks b
+    JOIN linkage_entities e ON e.person_id = b.person_id
+        AND e.organisation = b.organisation AND e.local_pseudonym = b.local_pseudonym
+    WHERE e.linked = 0 AND e.params_version = $1),
+touched AS (
+    SELECT DISTINCT b.person_id FROM linkage_blocks b
+    JOIN pending_keys k ON k.rule = b.rule AND k.block_key = b.block_key),
+people AS (
+    SELECT DISTINCT s2.person_id FROM person_spine s1
+    JOIN person_spine s2 ON s2.spine_id = s1.spine_id
+    WHERE s1.person_id IN (SELECT person_id FROM touched))
+";
+
+impl Storage {
+    /// Inside a batch's transaction: a spine entry for every new person id
+    /// (its own person, as exact linkage decided), and the encodings and
+    /// blocking keys of records that carry them (once per local id).
+    pub(super) async fn insert_linkage(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        batch: &NewBatch,
+    ) -> Result<(), sqlx::Error> {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let mut people: Vec<(&str, &str)> = batch
+            .records
+            .iter()
+            .map(|r| (r.person_id.as_str(), r.link_method))
+            .collect();
+        people.sort_unstable();
+        people.dedup_by(|a, b| a.0 == b.0);
+        let per_statement = self.backend.parameters_per_statement();
+        for chunk in people.chunks(per_statement / SPINE_COLUMNS) {
+            let sql = insert_sql(
+                "INSERT INTO person_spine (person_id, spine_id, method, score, linked_at) VALUES ",
+                SPINE_COLUMNS,
+                chunk.len(),
+            ) + " ON CONFLICT (person_id) DO NOTHING";
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for (person, method) in chunk {
+                query = query
+                    .bind(*person)
+                    .bind(*person)
+                    .bind(*method)
+                    .bind(None::<f64>)
+                    .bind(now);
+            }
+            query.execute(&mut **tx).await?;
+        }
+
+        let mut encoded: Vec<_> = batch
+            .records
+            .iter()
+            .filter_map(|r| r.linkage.as_ref().map(|l| (r, l)))
+            .collect();
+        encoded.sort_unstable_by(|a, b| {
+            (&a.0.person_id, &a.0.local_pseudonym).cmp(&(&b.0.person_id, &b.0.local_pseudonym))
+        });
+        encoded.dedup_by(|a, b| {
+            a.0.person_id == b.0.person_id && a.0.local_pseudonym == b.0.local_pseudonym
+        });
+        for chunk in encoded.chunks(per_statement / ENTITY_COLUMNS) {
+            let sql = insert_sql(
+                "INSERT INTO linkage_entities (person_id, organisation, local_pseudonym, \
+                 nhs_pseudonym, params_version, filters) VALUES ",
+                ENTITY_COLUMNS,
+                chunk.len(),
+            ) + " ON CONFLICT (person_id, organisation, local_pseudonym) DO NOTHING";
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for (record, linkage) in chunk {
+                query = query
+                    .bind(&record.person_id)
+                    .bind(&batch.organisation)
+                    .bind(&record.local_pseudonym)
+                    .bind(&record.nhs_pseudonym)
+                    .bind(i64::from(linkage.params_version))
+                    .bind(linkage.filters.clone());
+            }
+            query.execute(&mut **tx).await?;
+        }
+        let blocks: Vec<_> = encoded
+            .iter()
+            .flat_map(|(record, linkage)| {
+                linkage
+                    .blocks
+                    .iter()
+                    .enumerate()
+                    .filter_map(move |(rule, key)| key.as_ref().map(|k| (*record, rule, k)))
+            })
+            .collect();
+        for chunk in blocks.chunks(per_statement / BLOCK_COLUMNS) {
+            let sql = insert_sql(
+                "INSERT INTO linkage_blocks (person_id, organisation, local_pseudonym, rule, \
+                 block_key) VALUES ",
+                BLOCK_COLUMNS,
+                chunk.len(),
+            ) + " ON CONFLICT (person_id, organisation, local_pseudonym, rule) DO NOTHING";
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for (record, rule, key) in chunk {
+                query = query
+                    .bind(&record.person_id)
+                    .bind(&batch.organisation)
+                    .bind(&record.local_pseudonym)
+                    .bind(to_i64(*rule as u64))
+                    .bind(*key);
+            }
+            query.execute(&mut **tx).await?;
+        }
+        Ok(())
+    }
+
+    /// The entities a linkage run under parameters `version` reads, each with
+    /// its blocking keys (`rules` of them).
+    pub async fn linkage_entities(
+        &self,
+        version: u32,
+        rules: usize,
+        scope: EntityScope,
+    ) -> Result<Vec<StoredEntity>, StorageError> {
+        let (prefix, filter) = match scope {
+            EntityScope::All => ("", ""),
+            EntityScope::PendingAndNeighbours => (
+                NEIGHBOURHOOD,
+                " AND (e.linked = 0 OR e.person_id IN (SELECT person_id FROM people))",
+            ),
+        };
+        let entity_sql = format!(
+            "{prefix}SELECT e.person_id, e.organisation, e.local_pseudonym, e.nhs_pseudonym, \
+             e.filters, e.linked, COALESCE(s.spine_id, e.person_id) AS spine_id \
+             FROM linkage_entities e LEFT JOIN person_spine s ON s.person_id = e.person_id \
+             WHERE e.params_version = $1{filter} \
+             ORDER BY e.person_id, e.organisation, e.local_pseudonym"
+        );
+        let rows = sqlx::query(AssertSqlSafe(entity_sql))
+            .bind(i64::from(version))
+            .fetch_all(&self.pool)
+            .await?;
+        let mut entities = Vec::with_capacity(rows.len());
+        let mut index = std::collections::HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let linked: i64 = row.try_get("linked")?;
+            let entity = StoredEntity {
+                person_id: row.try_get("person_id")?,
+                organisation: row.try_get("organisation")?,
+                local_pseudonym: row.try_get("local_pseudonym")?,
+                nhs_pseudonym: row.try_get("nhs_pseudonym")?,
+                filters: row.try_get("filters")?,
+                linked: linked != 0,
+                spine_id: row.try_get("spine_id")?,
+                blocks: vec![None; rules],
+            };
+            index.insert(
+                (
+                    entity.person_id.clone(),
+                    entity.organisation.clone(),
+                    entity.local_pseudonym.clone(),
+                ),
+                entities.len(),
+            );
+            entities.push(entity);
+        }
+        let block_sql = format!(
+            "{prefix}SELECT b.person_id, b.organisation, b.local_pseudonym, b.rule, b.block_key \
+             FROM linkage_blocks b JOIN linkage_entities e ON e.person_id = b.person_id \
+             AND e.organisation = b.organisation AND e.local_pseudonym = b.local_pseudonym \
+             WHERE e.params_version = $1{filter}"
+        );
+        let rows = sqlx::query(AssertSqlSafe(block_sql))
+            .bind(i64::from(version))
+            .fetch_all(&self.pool)
+            .await?;
+        for row in &rows {
+            let key = (
+                row.try_get::<String, _>("person_id")?,
+                row.try_get::<String, _>("organisation")?,
+                row.try_get::<String, _>("local_pseudonym")?,
+            );
+            let rule: i64 = row.try_get("rule")?;
+            if let (Some(&i), Ok(rule)) = (index.get(&key), usize::try_from(rule))
+                && rule < rules
+            {
+                entities[i].blocks[rule] = Some(row.try_get("block_key")?);
+            }
+        }
+        Ok(entities)
+    }
+
+    /// Records a linkage run in one transaction: new spine places, and the
+    /// entities it linked marked as linked.
+    pub async fn save_linkage(
+        &self,
+        assignments: &[SpineAssignment],
+        linked: &[&StoredEntity],
+    ) -> Result<(), StorageError> {
+        let _writing = match &self.write_lock {
+            Some(lock) => Some(lock.lock().await),
+            None => None,
+        };
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let per_statement = self.backend.parameters_per_statement();
+        let mut tx = self.pool.begin().await?;
+        for chunk in assignments.chunks(per_statement / SPINE_COLUMNS) {
+            let sql = insert_sql(
+                "INSERT INTO person_spine (person_id, spine_id, method, score, linked_at) VALUES ",
+                SPINE_COLUMNS,
+                chunk.len(),
+            ) + " ON CONFLICT (person_id) DO UPDATE SET spine_id = excluded.spine_id, \
+                  method = excluded.method, score = excluded.score, linked_at = excluded.linked_at";
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for a in chunk {
+                query = query
+                    .bind(&a.person_id)
+                    .bind(&a.spine_id)
+                    .bind(a.method)
+                    .bind(a.score)
+                    .bind(now);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        for chunk in linked.chunks(per_statement / 3) {
+            let mut sql = String::from(
+                "UPDATE linkage_entities SET linked = 1 WHERE (person_id, organisation, local_pseudonym) IN (VALUES ",
+            );
+            for i in 0..chunk.len() {
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3));
+            }
+            sql.push(')');
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for e in chunk {
+                query = query
+                    .bind(&e.person_id)
+                    .bind(&e.organisation)
+                    .bind(&e.local_pseudonym);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The model fitted for parameters `version` (JSON), if any, with the
+    /// number of entities it was fitted on.
+    pub async fn linkage_model(&self, version: u32) -> Result<Option<(String, u64)>, StorageError> {
+        let row =
+            sqlx::query("SELECT model, entities FROM linkage_models WHERE params_version = $1")
+                .bind(i64::from(version))
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row
+            .map(|r| Ok::<_, sqlx::Error>((r.try_get("model")?, super::count(&r, "entities")?)))
+            .transpose()?)
+    }
+
+    pub async fn save_linkage_model(
+        &self,
+        version: u32,
+        model: &str,
+        entities: u64,
+    ) -> Result<(), StorageError> {
+        sqlx::query(
+            "INSERT INTO linkage_models (params_version, model, entities, fitted_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (params_version) DO UPDATE SET model = excluded.model, \
+             entities = excluded.entities, fitted_at = excluded.fitted_at",
+        )
+        .bind(i64::from(version))
+        .bind(model)
+        .bind(to_i64(entities))
+        .bind(time::OffsetDateTime::now_utc().unix_timestamp())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Entities stored under parameters `version`.
+    pub async fn linkage_entity_count(&self, version: u32) -> Result<u64, StorageError> {
+        let row =
+            sqlx::query("SELECT COUNT(*) AS n FROM linkage_entities WHERE params_version = $1")
+                .bind(i64::from(version))
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(super::count(&row, "n")?)
+    }
+
+    /// Takes (or renews) the linker's lease for `seconds`; false while
+    /// another gateway holds it.
+    pub async fn take_linkage_lease(
+        &self,
+        holder: &str,
+        seconds: i64,
+    ) -> Result<bool, StorageError> {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let taken = sqlx::query(
+            "UPDATE linkage_lease SET holder = $1, until = $2 WHERE id = 1 AND (until < $3 OR holder = $1)",
+        )
+        .bind(holder)
+        .bind(now + seconds)
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(taken == 1)
+    }
+}
