@@ -109,9 +109,16 @@ pub fn generate(
         .with_context(|| format!("creating {}", extracts_dir.display()))?;
     std::fs::create_dir_all(&mappings_dir)
         .with_context(|| format!("creating {}", mappings_dir.display()))?;
+    if children > MAX_CHILDREN {
+        anyhow::bail!(
+            "at most {MAX_CHILDREN} children: synthetic NHS numbers come from the 999 test range, \
+             which holds about 909,000 valid numbers, and no two children share one"
+        );
+    }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut issued = std::collections::HashSet::with_capacity(children);
     let population: Vec<Child> = (0..children)
-        .map(|id| child(&mut rng, id, reference))
+        .map(|id| child(&mut rng, id, reference, &mut issued))
         .collect();
 
     let truth_path = out.join("ground_truth.csv");
@@ -165,7 +172,15 @@ pub fn generate(
     })
 }
 
-fn child(rng: &mut ChaCha8Rng, id: usize, reference: Date) -> Child {
+/// The most children one population can have (see [`nhs_number`]).
+pub const MAX_CHILDREN: usize = 800_000;
+
+fn child(
+    rng: &mut ChaCha8Rng,
+    id: usize,
+    reference: Date,
+    issued: &mut std::collections::HashSet<String>,
+) -> Child {
     let male = rng.random_bool(0.5);
     let given = if male { MALE_NAMES } else { FEMALE_NAMES }
         .choose(rng)
@@ -176,7 +191,13 @@ fn child(rng: &mut ChaCha8Rng, id: usize, reference: Date) -> Child {
         family: SURNAMES.choose(rng).copied().unwrap_or("SMITH"),
         dob: reference - Duration::days(rng.random_range(0..19 * 365)),
         male,
-        nhs: nhs_number(rng),
+        nhs: loop {
+            // As in life, no two children share an NHS number.
+            let n = nhs_number(rng);
+            if issued.insert(n.clone()) {
+                break n;
+            }
+        },
         postcode: postcode(rng),
     }
 }

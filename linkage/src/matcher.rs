@@ -16,7 +16,7 @@ use crate::bloom;
 use crate::cluster::{Link, cluster};
 use crate::encode::{BLOCK_KEY_LEN, Encoding, Pseudonym};
 use crate::params::LinkageParams;
-use crate::score::{MISSING, Model, Pattern, level, with_level};
+use crate::score::{MISSING, Model, Pattern, RuleCandidates, level, with_level};
 
 /// A block larger than this is left out (reported), as it would hold
 /// mostly non-matches and cost the square of its size.
@@ -144,9 +144,15 @@ impl std::hash::Hasher for PatternHasher {
 
 type PatternMap<V> = HashMap<Pattern, V, std::hash::BuildHasherDefault<PatternHasher>>;
 
-/// Calls `each(i, j)` once for every candidate pair; returns the number of
+/// Calls `each(rule, i, j, first)` for every pair of every rule's blocks;
+/// `first` is true under the first rule that makes it a candidate (so
+/// counting only those counts each candidate once). Returns the number of
 /// blocks left out for their size.
-fn candidates(entities: &[Entity], rules: usize, mut each: impl FnMut(usize, usize)) -> u64 {
+fn candidates(
+    entities: &[Entity],
+    rules: usize,
+    mut each: impl FnMut(usize, usize, usize, bool),
+) -> u64 {
     // Each rule's keys, and organisations, in flat arrays.
     let keys: Vec<Vec<Option<Block>>> = (0..rules)
         .map(|rule| {
@@ -180,14 +186,23 @@ fn candidates(entities: &[Entity], rules: usize, mut each: impl FnMut(usize, usi
                         continue;
                     }
                     let seen = keys[..rule].iter().any(|k| k[i].is_some() && k[i] == k[j]);
-                    if !seen {
-                        each(i, j);
-                    }
+                    each(rule, i, j, !seen);
                 }
             }
         }
     }
     skipped
+}
+
+/// Pairs of records from different organisations: every pair that could
+/// be a link.
+fn cross_organisation_pairs(entities: &[Entity]) -> f64 {
+    let mut per_organisation: HashMap<u32, f64> = HashMap::new();
+    for e in entities {
+        *per_organisation.entry(e.organisation).or_default() += 1.0;
+    }
+    let n = entities.len() as f64;
+    (n * n - per_organisation.values().map(|k| k * k).sum::<f64>()) / 2.0
 }
 
 /// Links `entities` into people, fitting the model to them.
@@ -225,30 +240,56 @@ pub fn link_with(
         }
     }
 
-    // Pass 1: count the candidates' patterns; fit the model.
+    // Pass 1: count the candidates' patterns, rule by rule; fit the model.
     let started = Instant::now();
-    let mut patterns: PatternMap<u64> = PatternMap::default();
+    let rules = params.blocking.len();
+    let mut patterns: Vec<PatternMap<u64>> = (0..rules).map(|_| PatternMap::default()).collect();
+    let mut first_found: Vec<PatternMap<u64>> = (0..rules).map(|_| PatternMap::default()).collect();
     let mut candidate_pairs = 0u64;
-    let blocks_skipped = candidates(entities, params.blocking.len(), |i, j| {
-        *patterns.entry(filters.pattern(i, j)).or_insert(0) += 1;
-        candidate_pairs += 1;
+    let blocks_skipped = candidates(entities, rules, |rule, i, j, first| {
+        let pattern = filters.pattern(i, j);
+        *patterns[rule].entry(pattern).or_insert(0) += 1;
+        if first {
+            *first_found[rule].entry(pattern).or_insert(0) += 1;
+            candidate_pairs += 1;
+        }
     });
     let model = match model {
         Some(model) => model.clone(),
-        None => Model::estimate(
-            fields,
-            &random.into_iter().collect::<Vec<_>>(),
-            &patterns.iter().map(|(&p, &n)| (p, n)).collect::<Vec<_>>(),
-        ),
+        None => {
+            let per_rule: Vec<RuleCandidates> = params
+                .blocking
+                .iter()
+                .zip(patterns.iter().zip(&first_found))
+                .map(|(rule, (all, first))| RuleCandidates {
+                    blocked_fields: rule
+                        .iter()
+                        .filter_map(|part| params.fields.iter().position(|f| f.field == part.field))
+                        .collect(),
+                    patterns: all.iter().map(|(&p, &n)| (p, n)).collect(),
+                    first: first.iter().map(|(&p, &n)| (p, n)).collect(),
+                })
+                .collect();
+            Model::estimate(
+                fields,
+                &random.into_iter().collect::<Vec<_>>(),
+                &per_rule,
+                cross_organisation_pairs(entities),
+            )
+        }
     };
 
     // Pass 2: keep the pairs whose match probability reaches the threshold.
-    let verdicts: PatternMap<(f64, f64)> = patterns
-        .keys()
+    let verdicts: PatternMap<(f64, f64)> = first_found
+        .iter()
+        .flat_map(|counts| counts.keys())
         .map(|&p| (p, (model.probability(p), model.weight(p))))
         .collect();
     let mut links = Vec::new();
-    candidates(entities, params.blocking.len(), |i, j| {
+    candidates(entities, rules, |_, i, j, first| {
+        if !first {
+            return;
+        }
         let (probability, weight) = verdicts[&filters.pattern(i, j)];
         if probability >= params.threshold {
             links.push(Link {

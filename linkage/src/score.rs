@@ -1,12 +1,18 @@
 //! Fellegi–Sunter scoring. Each field of a pair falls into an agreement level
 //! by the Dice similarity of its filters; a level's weight is
 //! log2(m / u), where m is how often true matches show that level and u how
-//! often non-matches do. m, u and the share of matches among the candidates
-//! are estimated by expectation–maximisation over the candidate pairs (u
-//! starts from random pairs, which are almost all non-matches), so no
-//! labelled data is needed. Both m and u are fitted on the candidates
-//! because blocking makes candidate non-matches agree far more often than
-//! random pairs do (every pair blocked on the date of birth agrees on it).
+//! often non-matches do. No labelled data is needed (the method Splink uses):
+//!
+//! - u is measured on random pairs, which are almost all non-matches;
+//! - m is estimated by expectation–maximisation over each blocking rule's
+//!   pairs separately (all of them, also those another rule finds too), with
+//!   u held fixed and the rule's own fields left out (every pair of the rule
+//!   agrees on them, so they say nothing there); the rules' estimates are
+//!   pooled, weighted by their expected matches;
+//! - the prior is the chance that two random records match: the expected
+//!   number of matches among the distinct candidates (each scored by the
+//!   model of the first rule that found it, which EM calibrated on pairs
+//!   like it) over all pairs.
 
 /// Lower Dice bounds of the agreement levels 0, 1, 2; below the last is level 3.
 pub const LEVEL_BOUNDS: [f64; 3] = [0.95, 0.85, 0.70];
@@ -42,48 +48,67 @@ pub struct Model {
 
 const FLOOR: f64 = 1e-6;
 
+/// One blocking rule's pairs for estimation: the fields the rule blocks on
+/// (left out of its EM), the pattern counts of all its pairs, and of the
+/// candidates it was the first rule to find.
+#[derive(Debug, Clone, Default)]
+pub struct RuleCandidates {
+    pub blocked_fields: Vec<usize>,
+    pub patterns: Vec<(Pattern, u64)>,
+    pub first: Vec<(Pattern, u64)>,
+}
+
 impl Model {
-    /// Estimates the model by EM over the candidate patterns and their
-    /// counts, starting u from the level counts of random pairs.
+    /// Estimates the model: u from `random` pairs' patterns, m by EM per
+    /// blocking rule, and the prior over `all_pairs` (every pair that could
+    /// have been compared).
     pub fn estimate(
         fields: usize,
         random: &[(Pattern, u64)],
-        candidates: &[(Pattern, u64)],
+        rules: &[RuleCandidates],
+        all_pairs: f64,
     ) -> Self {
-        let u = level_shares(fields, random.iter().map(|(p, n)| (*p, *n as f64)));
-        let mut model = Self {
-            m: vec![[0.90, 0.05, 0.03, 0.02]; fields],
-            u,
-            prior: 0.1,
-            iterations: 0,
-        };
-        for _ in 0..100 {
-            let mut total = 0.0;
-            let mut matched = 0.0;
-            let weighted: Vec<(Pattern, f64, f64)> = candidates
+        let u = level_shares(fields, random.iter().map(|(p, n)| (*p, *n as f64)), &[]);
+        let mut pooled = vec![[0.0; LEVELS]; fields];
+        let mut pooled_weight = vec![0.0; fields];
+        let mut iterations = 0;
+        let mut matches = 0.0;
+        for rule in rules {
+            let (m, prior, its) = em_for_rule(fields, &u, rule);
+            iterations += its;
+            let total: f64 = rule.patterns.iter().map(|&(_, n)| n as f64).sum();
+            let expected = prior * total;
+            matches += rule
+                .first
                 .iter()
                 .map(|&(p, n)| {
-                    let n = n as f64;
-                    let w = model.probability(p) * n;
-                    total += n;
-                    matched += w;
-                    (p, w, n - w)
+                    n as f64 * masked_probability(&m, &u, prior, p, &rule.blocked_fields)
                 })
-                .collect();
-            let m = level_shares(fields, weighted.iter().map(|&(p, w, _)| (p, w)));
-            let u = level_shares(fields, weighted.iter().map(|&(p, _, v)| (p, v)));
-            let prior = (matched / total.max(1.0)).clamp(FLOOR, 1.0 - FLOOR);
-            let change =
-                (prior - model.prior).abs() + distance(&m, &model.m) + distance(&u, &model.u);
-            model.m = m;
-            model.u = u;
-            model.prior = prior;
-            model.iterations += 1;
-            if change < 1e-6 {
-                break;
+                .sum::<f64>();
+            for f in (0..fields).filter(|f| !rule.blocked_fields.contains(f)) {
+                for (p, x) in pooled[f].iter_mut().zip(m[f]) {
+                    *p += expected * x;
+                }
+                pooled_weight[f] += expected;
             }
         }
-        model
+        let m = pooled
+            .into_iter()
+            .zip(pooled_weight)
+            .map(|(sums, w)| {
+                if w > 0.0 {
+                    sums.map(|x| (x / w).max(FLOOR))
+                } else {
+                    START_M
+                }
+            })
+            .collect();
+        Self {
+            m,
+            u,
+            prior: (matches / all_pairs.max(1.0)).clamp(FLOOR * FLOOR, 0.5),
+            iterations,
+        }
     }
 
     /// log2 of the Bayes factor for a match.
@@ -103,6 +128,68 @@ impl Model {
     }
 }
 
+/// Where EM starts m: matches mostly agree.
+const START_M: [f64; LEVELS] = [0.90, 0.05, 0.03, 0.02];
+
+/// A pair's match probability under one rule's model: its fields left out,
+/// its own prior.
+fn masked_probability(
+    m: &[[f64; LEVELS]],
+    u: &[[f64; LEVELS]],
+    prior: f64,
+    pattern: Pattern,
+    blocked: &[usize],
+) -> f64 {
+    let mut log_ratio = 0.0;
+    for f in (0..m.len()).filter(|f| !blocked.contains(f)) {
+        let l = pattern_level(pattern, f);
+        if l != MISSING {
+            log_ratio += (m[f][l as usize] / u[f][l as usize]).ln();
+        }
+    }
+    let odds = prior / (1.0 - prior) * log_ratio.exp();
+    odds / (1.0 + odds)
+}
+
+/// EM over one rule's pairs with u fixed and the rule's fields left out:
+/// returns m, the share of matches among the rule's pairs, and the
+/// iterations.
+fn em_for_rule(
+    fields: usize,
+    u: &[[f64; LEVELS]],
+    rule: &RuleCandidates,
+) -> (Vec<[f64; LEVELS]>, f64, usize) {
+    let mut m = vec![START_M; fields];
+    let mut prior: f64 = 0.1;
+    let total: f64 = rule.patterns.iter().map(|&(_, n)| n as f64).sum();
+    if total == 0.0 {
+        return (m, 0.0, 0);
+    }
+    let mut iterations = 0;
+    for _ in 0..200 {
+        iterations += 1;
+        let mut matched = 0.0;
+        let weighted: Vec<(Pattern, f64)> = rule
+            .patterns
+            .iter()
+            .map(|&(p, n)| {
+                let w = n as f64 * masked_probability(&m, u, prior, p, &rule.blocked_fields);
+                matched += w;
+                (p, w)
+            })
+            .collect();
+        let next = level_shares(fields, weighted.into_iter(), &rule.blocked_fields);
+        let next_prior = (matched / total).clamp(FLOOR, 1.0 - FLOOR);
+        let change = (next_prior - prior).abs() + distance(&next, &m);
+        m = next;
+        prior = next_prior;
+        if change < 1e-7 {
+            break;
+        }
+    }
+    (m, prior, iterations)
+}
+
 fn distance(a: &[[f64; LEVELS]], b: &[[f64; LEVELS]]) -> f64 {
     a.iter()
         .zip(b)
@@ -115,10 +202,14 @@ fn distance(a: &[[f64; LEVELS]], b: &[[f64; LEVELS]]) -> f64 {
 fn level_shares(
     fields: usize,
     patterns: impl Iterator<Item = (Pattern, f64)>,
+    skip: &[usize],
 ) -> Vec<[f64; LEVELS]> {
     let mut counts = vec![[0.0; LEVELS]; fields];
     for (p, w) in patterns {
         for (f, count) in counts.iter_mut().enumerate() {
+            if skip.contains(&f) {
+                continue;
+            }
             let l = pattern_level(p, f);
             if l != MISSING {
                 count[l as usize] += w;
@@ -169,15 +260,22 @@ mod tests {
             (pattern(&[3, 0, 3]), 90),
             (pattern(&[0, 0, 3]), 10),
         ];
-        // Candidates: 100 matches agreeing everywhere (a few with one typo),
-        // 1,000 non-matches agreeing only on the blocking field.
-        let candidates = [
+        // Candidates blocked on field 0: 100 matches agreeing everywhere (a
+        // few with one typo), 1,000 non-matches agreeing only on field 0;
+        // out of 100,000 pairs in all.
+        let patterns = vec![
             (pattern(&[0, 0, 0]), 90),
             (pattern(&[0, 1, 0]), 10),
             (pattern(&[0, 3, 3]), 1_000),
         ];
-        let model = Model::estimate(3, &random, &candidates);
-        assert!((model.prior - 100.0 / 1_100.0).abs() < 0.02, "{model:?}");
+        let rule = RuleCandidates {
+            blocked_fields: vec![0],
+            first: patterns.clone(),
+            patterns,
+        };
+        let model = Model::estimate(3, &random, &[rule], 100_000.0);
+        assert!((model.prior - 0.001).abs() < 0.0002, "{model:?}");
+        assert!((model.m[1][0] - 0.9).abs() < 0.02, "{model:?}");
         assert!(model.probability(pattern(&[0, 0, 0])) > 0.99);
         assert!(model.probability(pattern(&[0, 1, 0])) > 0.9);
         assert!(model.probability(pattern(&[0, 3, 3])) < 0.01);
