@@ -27,6 +27,8 @@ fn synthetic_population_links_with_f1_of_at_least_0_98() {
     let truth = synth.join("ground_truth.csv");
     let truth = truth.to_str().unwrap();
     let pairs = d.path("pairs.csv");
+    let key = d.path("linkage.key");
+    let key = key.to_str().unwrap();
     let with_nhs = f1(&[
         "bench",
         "linkage",
@@ -34,6 +36,8 @@ fn synthetic_population_links_with_f1_of_at_least_0_98() {
         data,
         "--truth",
         truth,
+        "--linkage-key",
+        key,
         "--out",
         pairs.to_str().unwrap(),
     ]);
@@ -49,6 +53,8 @@ fn synthetic_population_links_with_f1_of_at_least_0_98() {
         data,
         "--truth",
         truth,
+        "--linkage-key",
+        key,
         "--fuzzy-only",
     ]);
     assert!(fuzzy_only >= 0.98, "F1 {fuzzy_only}");

@@ -61,7 +61,7 @@ pub struct Fields {
     #[serde(default)]
     pub full_name: Option<FullName>,
     #[serde(default)]
-    pub date_of_birth: Option<DateColumn>,
+    pub date_of_birth: Option<BirthDateColumn>,
     /// Sex; common codes (1/2/9/0, M/F/U, Male/Female) are understood, and
     /// `codes` adds or overrides entries.
     #[serde(default)]
@@ -103,6 +103,29 @@ pub struct DateColumn {
     /// The column's header.
     pub column: String,
     pub format: DateFormat,
+}
+
+/// The date of birth's column, and what an impossible or future date does.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BirthDateColumn {
+    /// The column's header.
+    pub column: String,
+    pub format: DateFormat,
+    #[serde(default)]
+    pub if_invalid: IfInvalid,
+}
+
+/// What a value that fails validation does to its row.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum IfInvalid {
+    /// The row is quarantined (reported, not sent).
+    #[default]
+    Quarantine,
+    /// The value is dropped with a warning and the row is sent without it
+    /// (it can still link on the other fields).
+    Drop,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -209,7 +232,7 @@ pub struct Resolved {
     pub given_name: Option<usize>,
     pub family_name: Option<usize>,
     pub full_name: Option<(usize, NameOrder)>,
-    pub date_of_birth: Option<(usize, DateFormat)>,
+    pub date_of_birth: Option<(usize, DateFormat, IfInvalid)>,
     pub sex: Option<(usize, BTreeMap<String, String>)>,
     pub postcode: Option<usize>,
     pub attributes: Vec<ResolvedAttribute>,
@@ -290,7 +313,13 @@ impl Mapping {
             date_of_birth: f
                 .date_of_birth
                 .as_ref()
-                .map(|d| Ok::<_, MappingError>((find("date_of_birth", &d.column)?, d.format)))
+                .map(|d| {
+                    Ok::<_, MappingError>((
+                        find("date_of_birth", &d.column)?,
+                        d.format,
+                        d.if_invalid,
+                    ))
+                })
                 .transpose()?,
             sex: f
                 .sex

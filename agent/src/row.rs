@@ -11,7 +11,7 @@ use std::fmt;
 
 use time::Date;
 
-use crate::mapping::{NameOrder, Resolved, ResolvedAttribute};
+use crate::mapping::{IfInvalid, NameOrder, Resolved, ResolvedAttribute};
 use crate::validate::{self, Postcode};
 
 /// One person-row in canonical form. Identifying fields never leave the
@@ -33,13 +33,15 @@ pub struct PersonRow {
 }
 
 impl PersonRow {
-    /// The identifying fields fuzzy linkage encodes, in the form the
-    /// encoder expects (upper-case names, ISO dates, `OUT IN` postcodes).
+    /// The identifying fields fuzzy linkage may encode, in the form the
+    /// encoder expects (upper-case names, ISO dates, `OUT IN` postcodes),
+    /// and the mapped attributes (upper case, single spaces) for parameters
+    /// that name one. Only the fields the linkage parameters list are encoded.
     pub fn linkage_identity(&self) -> joinery_linkage::Identity {
         let dob = self
             .date_of_birth
             .map(|d| format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day()));
-        joinery_linkage::Identity::new()
+        let identity = joinery_linkage::Identity::new()
             .with("given_name", self.given_name.as_deref())
             .with("family_name", self.family_name.as_deref())
             .with("date_of_birth", dob.as_deref())
@@ -47,7 +49,17 @@ impl PersonRow {
             .with(
                 "postcode",
                 self.postcode.as_ref().map(Postcode::normalised).as_deref(),
-            )
+            );
+        self.attributes
+            .iter()
+            .fold(identity, |identity, (name, value)| {
+                let value = value
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+                    .to_uppercase();
+                identity.with(name, Some(&value))
+            })
     }
 }
 
@@ -134,12 +146,25 @@ fn build(
     let non_empty = |n: Option<String>| n.filter(|n| !n.is_empty());
 
     let date_of_birth = match mapping.date_of_birth {
-        Some((index, format)) => match present(Some(index)) {
+        Some((index, format, if_invalid)) => match present(Some(index)) {
             None => {
                 warnings.push(Problem::new("date_of_birth", "missing"));
                 None
             }
-            Some(raw) => Some(checked_date(raw, format, today, "date_of_birth")?),
+            Some(raw) => match (
+                checked_date(raw, format, today, "date_of_birth"),
+                if_invalid,
+            ) {
+                (Ok(date), _) => Some(date),
+                (Err(problem), IfInvalid::Quarantine) => return Err(problem),
+                (Err(problem), IfInvalid::Drop) => {
+                    warnings.push(Problem::new(
+                        "date_of_birth",
+                        format!("{}; treated as missing", problem.what),
+                    ));
+                    None
+                }
+            },
         },
         None => None,
     };
@@ -333,6 +358,28 @@ mod tests {
         assert_eq!(r.nhs_number, None);
         assert_eq!(warnings[0].field, "nhs_number");
         assert!(!warnings[0].to_string().contains("9434765918"));
+    }
+
+    #[test]
+    fn an_impossible_date_of_birth_is_dropped_when_the_mapping_says_so() {
+        let map = MAP.replace(
+            "format: dd/mm/yyyy }\n  sex",
+            "format: dd/mm/yyyy, if_invalid: drop }\n  sex",
+        );
+        let m = resolved(&map, HEADERS);
+        let RowOutcome::Valid { row: r, warnings } = map_row(
+            &row(&["C1", "", "SMITH, Jane", "31/02/2015", "", "", "2024-05-06"]),
+            &m,
+            TODAY,
+        ) else {
+            panic!("row should be sent without its date of birth")
+        };
+        assert_eq!(r.date_of_birth, None);
+        assert_eq!(r.family_name.as_deref(), Some("SMITH"));
+        assert_eq!(
+            warnings[0].to_string(),
+            "date_of_birth: date does not exist; treated as missing"
+        );
     }
 
     #[test]

@@ -88,7 +88,9 @@ pub async fn run(
     }
 
     let (entities, known) = to_entities(&stored, params, full);
-    let result = joinery_linkage::matcher::link_with(&entities, params, model.as_ref(), &known);
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let result =
+        joinery_linkage::matcher::link_with(&entities, params, model.as_ref(), &known, threads);
     if full {
         let json = serde_json::to_string(&result.stats.model).unwrap_or_default();
         storage

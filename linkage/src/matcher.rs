@@ -3,11 +3,16 @@
 //! the data, and clustering into people.
 //!
 //! Only pairs from different organisations are compared (an organisation's
-//! own records are distinct local ids). A pair sharing several blocking keys
-//! is compared once: under a later rule it is skipped when an earlier rule's
-//! keys already matched. Candidates are walked twice, once to count agreement
-//! patterns for the model and once to keep the links, so memory holds the
-//! encodings and the links, never the candidate pairs.
+//! own records are distinct local ids). Every rule's blocks are walked; a
+//! pair found by an earlier rule too is a candidate only once, but still
+//! counts towards the later rule's model. Candidates are walked twice, once
+//! to count agreement patterns for the model and once to keep the links, so
+//! memory holds the encodings and the links, never the candidate pairs.
+//!
+//! Speed: a block's members are first copied side by side (its pairs then
+//! touch only that small buffer), Dice levels are decided in integers, the
+//! comparison loop is compiled for the CPU's popcount instruction where it
+//! has one, and blocks are shared out between threads.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -16,7 +21,7 @@ use crate::bloom;
 use crate::cluster::{Link, cluster};
 use crate::encode::{BLOCK_KEY_LEN, Encoding, Pseudonym};
 use crate::params::LinkageParams;
-use crate::score::{MISSING, Model, Pattern, RuleCandidates, level, with_level};
+use crate::score::{MISSING, Model, Pattern, RuleCandidates, level};
 
 /// A block larger than this is left out (reported), as it would hold
 /// mostly non-matches and cost the square of its size.
@@ -44,16 +49,22 @@ pub struct LinkResult {
 
 #[derive(Debug, Clone)]
 pub struct LinkStats {
+    /// Distinct candidate pairs.
     pub candidate_pairs: u64,
+    /// Pairs compared in both passes (a pair in several rules' blocks is
+    /// compared in each in the first).
+    pub comparisons: u64,
     pub blocks_skipped: u64,
     pub model: Model,
-    /// Time spent comparing candidate pairs (both passes).
+    /// Wall time spent comparing (both passes), and the threads that did it.
     pub comparing: Duration,
+    pub threads: usize,
 }
 
+type Block = [u8; BLOCK_KEY_LEN];
+
 /// Every entity's filters in one flat array, an entity's fields side by
-/// side (one entity's comparison touches a few adjacent cache lines), with
-/// their popcounts.
+/// side, with their popcounts.
 struct Filters {
     /// Start of each field within an entity's words, and the end.
     offsets: Vec<usize>,
@@ -96,33 +107,43 @@ impl Filters {
         }
     }
 
-    #[inline]
+    fn fields(&self) -> usize {
+        self.offsets.len() - 1
+    }
+
     fn pattern(&self, i: usize, j: usize) -> Pattern {
-        let fields = self.offsets.len() - 1;
-        let (a, b) = (
-            &self.data[i * self.stride..(i + 1) * self.stride],
-            &self.data[j * self.stride..(j + 1) * self.stride],
-        );
-        let (ones_a, ones_b) = (
-            &self.ones[i * fields..(i + 1) * fields],
-            &self.ones[j * fields..(j + 1) * fields],
-        );
-        let mut pattern = 0;
-        for f in 0..fields {
-            let (oa, ob) = (ones_a[f], ones_b[f]);
-            let l = if oa == 0 || ob == 0 {
-                MISSING
-            } else {
-                let range = self.offsets[f]..self.offsets[f + 1];
-                level(bloom::dice(&a[range.clone()], oa, &b[range], ob))
-            };
-            pattern = with_level(pattern, f, l);
-        }
-        pattern
+        let (s, f) = (self.stride, self.fields());
+        pattern_of(
+            &self.offsets,
+            &self.data[i * s..(i + 1) * s],
+            &self.data[j * s..(j + 1) * s],
+            &self.ones[i * f..(i + 1) * f],
+            &self.ones[j * f..(j + 1) * f],
+        )
     }
 }
 
-type Block = [u8; BLOCK_KEY_LEN];
+/// The agreement pattern of two entities' rows.
+#[inline(always)]
+fn pattern_of(offsets: &[usize], a: &[u64], b: &[u64], ones_a: &[u32], ones_b: &[u32]) -> Pattern {
+    let mut pattern = 0;
+    for f in 0..ones_a.len() {
+        let (oa, ob) = (ones_a[f], ones_b[f]);
+        let l = if oa == 0 || ob == 0 {
+            MISSING
+        } else {
+            let (start, end) = (offsets[f], offsets[f + 1]);
+            let common: u32 = a[start..end]
+                .iter()
+                .zip(&b[start..end])
+                .map(|(x, y)| (x & y).count_ones())
+                .sum();
+            level(common, oa + ob)
+        };
+        pattern |= u64::from(l) << (3 * f);
+    }
+    pattern
+}
 
 /// Patterns are small integers: hash them with one multiplication.
 #[derive(Default)]
@@ -144,60 +165,287 @@ impl std::hash::Hasher for PatternHasher {
 
 type PatternMap<V> = HashMap<Pattern, V, std::hash::BuildHasherDefault<PatternHasher>>;
 
-/// Calls `each(rule, i, j, first)` for every pair of every rule's blocks;
-/// `first` is true under the first rule that makes it a candidate (so
-/// counting only those counts each candidate once). Returns the number of
-/// blocks left out for their size.
-fn candidates(
-    entities: &[Entity],
-    rules: usize,
-    mut each: impl FnMut(usize, usize, usize, bool),
-) -> u64 {
-    // Each rule's keys, and organisations, in flat arrays.
-    let keys: Vec<Vec<Option<Block>>> = (0..rules)
-        .map(|rule| {
-            entities
-                .iter()
-                .map(|e| e.encoding.blocks.get(rule).copied().flatten())
-                .collect()
-        })
-        .collect();
-    let organisations: Vec<u32> = entities.iter().map(|e| e.organisation).collect();
-    let mut skipped = 0;
-    for rule in 0..rules {
-        let mut blocks: HashMap<Block, Vec<u32>> = HashMap::new();
-        for (i, key) in keys[rule].iter().enumerate() {
-            if let Some(key) = key {
-                blocks.entry(*key).or_default().push(i as u32);
-            }
+/// Up to this many fields, a table indexed by pattern (8^fields entries)
+/// replaces a hash map in the inner loop.
+const DENSE_FIELDS: usize = 6;
+
+/// Pattern counts: a table for few fields, a hash map for more.
+enum Counts {
+    Dense(Vec<u64>),
+    Sparse(PatternMap<u64>),
+}
+
+impl Counts {
+    fn new(fields: usize) -> Self {
+        if fields <= DENSE_FIELDS {
+            Self::Dense(vec![0; 1 << (3 * fields)])
+        } else {
+            Self::Sparse(PatternMap::default())
         }
-        let mut members: Vec<Vec<u32>> = blocks.into_values().collect();
-        members.sort_unstable();
-        for members in members {
-            if members.len() > MAX_BLOCK {
-                skipped += 1;
-                continue;
+    }
+
+    #[inline(always)]
+    fn add(&mut self, pattern: Pattern, n: u64) {
+        match self {
+            Self::Dense(table) => table[pattern as usize] += n,
+            Self::Sparse(map) => *map.entry(pattern).or_insert(0) += n,
+        }
+    }
+
+    /// The counted patterns, in pattern order (so sums repeat exactly).
+    fn sorted(&self) -> Vec<(Pattern, u64)> {
+        let mut pairs: Vec<(Pattern, u64)> = match self {
+            Self::Dense(table) => table
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| **n > 0)
+                .map(|(p, n)| (p as Pattern, *n))
+                .collect(),
+            Self::Sparse(map) => map.iter().map(|(p, n)| (*p, *n)).collect(),
+        };
+        pairs.sort_unstable();
+        pairs
+    }
+
+    fn total(&self) -> u64 {
+        self.sorted().iter().map(|(_, n)| n).sum()
+    }
+}
+
+/// Each pattern's (probability, weight), looked up as counts are kept.
+enum Verdicts {
+    Dense(Vec<(f64, f64)>),
+    Sparse(PatternMap<(f64, f64)>),
+}
+
+impl Verdicts {
+    fn new(fields: usize, model: &Model, patterns: impl Iterator<Item = Pattern>) -> Self {
+        let verdict = |p| (model.probability(p), model.weight(p));
+        if fields <= DENSE_FIELDS {
+            let mut table = vec![(0.0, 0.0); 1 << (3 * fields)];
+            for p in patterns {
+                table[p as usize] = verdict(p);
             }
-            for (x, &i) in members.iter().enumerate() {
-                let i = i as usize;
-                for &j in &members[x + 1..] {
-                    let j = j as usize;
-                    if organisations[i] == organisations[j] {
-                        continue;
-                    }
-                    let seen = keys[..rule].iter().any(|k| k[i].is_some() && k[i] == k[j]);
-                    each(rule, i, j, !seen);
+            Self::Dense(table)
+        } else {
+            Self::Sparse(patterns.map(|p| (p, verdict(p))).collect())
+        }
+    }
+
+    #[inline(always)]
+    fn get(&self, pattern: Pattern) -> (f64, f64) {
+        match self {
+            Self::Dense(table) => table[pattern as usize],
+            Self::Sparse(map) => map.get(&pattern).copied().unwrap_or((0.0, 0.0)),
+        }
+    }
+}
+
+/// Every rule's blocks (members in entity order), each keyed by its rule.
+struct Blocks {
+    /// (rule, members), largest first, so threads finish together.
+    blocks: Vec<(usize, Vec<u32>)>,
+    /// Each rule's key per entity (for "an earlier rule found it").
+    keys: Vec<Vec<Option<Block>>>,
+    skipped: u64,
+}
+
+impl Blocks {
+    fn new(entities: &[Entity], rules: usize) -> Self {
+        let keys: Vec<Vec<Option<Block>>> = (0..rules)
+            .map(|rule| {
+                entities
+                    .iter()
+                    .map(|e| e.encoding.blocks.get(rule).copied().flatten())
+                    .collect()
+            })
+            .collect();
+        let mut blocks = Vec::new();
+        let mut skipped = 0;
+        for (rule, rule_keys) in keys.iter().enumerate() {
+            let mut members: HashMap<Block, Vec<u32>> = HashMap::new();
+            for (i, key) in rule_keys.iter().enumerate() {
+                if let Some(key) = key {
+                    members.entry(*key).or_default().push(i as u32);
+                }
+            }
+            for m in members.into_values() {
+                if m.len() > MAX_BLOCK {
+                    skipped += 1;
+                } else if m.len() > 1 {
+                    blocks.push((rule, m));
                 }
             }
         }
+        blocks.sort_unstable_by(|a, b| b.1.len().cmp(&a.1.len()).then_with(|| a.cmp(b)));
+        Self {
+            blocks,
+            keys,
+            skipped,
+        }
     }
-    skipped
+}
+
+/// A block's members copied side by side: filters, popcounts,
+/// organisations and the keys of earlier rules.
+#[derive(Default)]
+struct Scratch {
+    data: Vec<u64>,
+    ones: Vec<u32>,
+    organisations: Vec<u32>,
+    earlier: Vec<Option<Block>>,
+}
+
+/// Calls `each(rule, i, j, first, pattern)` for every cross-organisation
+/// pair of one block; `first` is false when an earlier rule also pairs them
+/// (and with `only_first` such pairs are passed over).
+#[inline(always)]
+fn walk_block(
+    filters: &Filters,
+    organisations: &[u32],
+    blocks: &Blocks,
+    (rule, members): (usize, &[u32]),
+    only_first: bool,
+    scratch: &mut Scratch,
+    each: &mut impl FnMut(usize, usize, usize, bool, Pattern),
+) {
+    let (stride, fields) = (filters.stride, filters.fields());
+    scratch.data.clear();
+    scratch.ones.clear();
+    scratch.organisations.clear();
+    scratch.earlier.clear();
+    for &m in members {
+        let m = m as usize;
+        scratch
+            .data
+            .extend_from_slice(&filters.data[m * stride..(m + 1) * stride]);
+        scratch
+            .ones
+            .extend_from_slice(&filters.ones[m * fields..(m + 1) * fields]);
+        scratch.organisations.push(organisations[m]);
+        scratch
+            .earlier
+            .extend(blocks.keys[..rule].iter().map(|k| k[m]));
+    }
+    for (x, &i) in members.iter().enumerate() {
+        let i = i as usize;
+        let row_a = &scratch.data[x * stride..(x + 1) * stride];
+        let ones_a = &scratch.ones[x * fields..(x + 1) * fields];
+        let keys_a = &scratch.earlier[x * rule..(x + 1) * rule];
+        let organisation_a = scratch.organisations[x];
+        for (y, &j) in members.iter().enumerate().skip(x + 1) {
+            if scratch.organisations[y] == organisation_a {
+                continue;
+            }
+            let keys_b = &scratch.earlier[y * rule..(y + 1) * rule];
+            let first = !keys_a
+                .iter()
+                .zip(keys_b)
+                .any(|(a, b)| a.is_some() && a == b);
+            if only_first && !first {
+                continue;
+            }
+            let j = j as usize;
+            let pattern = pattern_of(
+                &filters.offsets,
+                row_a,
+                &scratch.data[y * stride..(y + 1) * stride],
+                ones_a,
+                &scratch.ones[y * fields..(y + 1) * fields],
+            );
+            each(rule, i, j, first, pattern);
+        }
+    }
+}
+
+/// [`walk_block`] over a share of the blocks, compiled for popcount.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "popcnt")]
+fn walk_share_popcnt(
+    filters: &Filters,
+    organisations: &[u32],
+    blocks: &Blocks,
+    share: &[usize],
+    only_first: bool,
+    each: &mut impl FnMut(usize, usize, usize, bool, Pattern),
+) {
+    walk_share_portable(filters, organisations, blocks, share, only_first, each);
+}
+
+#[inline(always)]
+fn walk_share_portable(
+    filters: &Filters,
+    organisations: &[u32],
+    blocks: &Blocks,
+    share: &[usize],
+    only_first: bool,
+    each: &mut impl FnMut(usize, usize, usize, bool, Pattern),
+) {
+    let mut scratch = Scratch::default();
+    for &b in share {
+        let (rule, members) = &blocks.blocks[b];
+        walk_block(
+            filters,
+            organisations,
+            blocks,
+            (*rule, members),
+            only_first,
+            &mut scratch,
+            each,
+        );
+    }
+}
+
+fn walk_share(
+    filters: &Filters,
+    organisations: &[u32],
+    blocks: &Blocks,
+    share: &[usize],
+    only_first: bool,
+    each: &mut impl FnMut(usize, usize, usize, bool, Pattern),
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("popcnt") {
+            // SAFETY: the CPU has just been seen to support popcnt.
+            return unsafe {
+                walk_share_popcnt(filters, organisations, blocks, share, only_first, each)
+            };
+        }
+    }
+    walk_share_portable(filters, organisations, blocks, share, only_first, each);
+}
+
+/// Runs `work` on `threads` threads, each over its share of the blocks
+/// (dealt round-robin, largest first), and returns their results.
+fn in_parallel<T: Send>(
+    blocks: &Blocks,
+    threads: usize,
+    work: impl Fn(&[usize]) -> T + Sync,
+) -> Vec<T> {
+    let threads = threads.max(1);
+    let shares: Vec<Vec<usize>> = (0..threads)
+        .map(|t| (t..blocks.blocks.len()).step_by(threads).collect())
+        .collect();
+    if threads == 1 {
+        return vec![work(&shares[0])];
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = shares
+            .iter()
+            .map(|share| scope.spawn(|| work(share)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a linkage thread panicked"))
+            .collect()
+    })
 }
 
 /// Pairs of records from different organisations: every pair that could
 /// be a link.
 fn cross_organisation_pairs(entities: &[Entity]) -> f64 {
-    let mut per_organisation: HashMap<u32, f64> = HashMap::new();
+    let mut per_organisation: std::collections::BTreeMap<u32, f64> = Default::default();
     for e in entities {
         *per_organisation.entry(e.organisation).or_default() += 1.0;
     }
@@ -205,26 +453,10 @@ fn cross_organisation_pairs(entities: &[Entity]) -> f64 {
     (n * n - per_organisation.values().map(|k| k * k).sum::<f64>()) / 2.0
 }
 
-/// Links `entities` into people, fitting the model to them.
-pub fn link(entities: &[Entity], params: &LinkageParams) -> LinkResult {
-    link_with(entities, params, None, &vec![None; entities.len()])
-}
-
-/// Links `entities` into people with `model` (fitted by EM when `None`).
-/// `known` numbers entities already known to be one person alike: they stay
-/// together (see [`cluster`]).
-pub fn link_with(
-    entities: &[Entity],
-    params: &LinkageParams,
-    model: Option<&Model>,
-    known: &[Option<u64>],
-) -> LinkResult {
-    let filters = Filters::new(entities, params);
-    let fields = params.fields.len();
-
-    // u from random pairs of different organisations (a fixed sequence).
-    let mut random: HashMap<Pattern, u64> = HashMap::new();
-    if model.is_none() && entities.len() > 1 {
+/// The patterns of random cross-organisation pairs (a fixed sequence).
+fn random_patterns(entities: &[Entity], filters: &Filters) -> Vec<(Pattern, u64)> {
+    let mut random: PatternMap<u64> = PatternMap::default();
+    if entities.len() > 1 {
         let mut state = 0x9e37_79b9_7f4a_7c15_u64;
         let mut next = || {
             state ^= state << 13;
@@ -235,74 +467,128 @@ pub fn link_with(
         for _ in 0..RANDOM_PAIRS {
             let (i, j) = (next(), next());
             if entities[i].organisation != entities[j].organisation {
-                *random.entry(filters.pattern(i, j)).or_insert(0u64) += 1;
+                *random.entry(filters.pattern(i, j)).or_insert(0) += 1;
             }
         }
     }
+    let mut random: Vec<(Pattern, u64)> = random.into_iter().collect();
+    random.sort_unstable();
+    random
+}
 
-    // Pass 1: count the candidates' patterns, rule by rule; fit the model.
-    let started = Instant::now();
+/// Links `entities` into people, fitting the model to them, on every core.
+pub fn link(entities: &[Entity], params: &LinkageParams) -> LinkResult {
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    link_with(entities, params, None, &vec![None; entities.len()], threads)
+}
+
+/// Links `entities` into people with `model` (fitted by EM when `None`) on
+/// `threads` threads. `known` numbers entities already known to be one
+/// person alike: they stay together (see [`cluster`]).
+pub fn link_with(
+    entities: &[Entity],
+    params: &LinkageParams,
+    model: Option<&Model>,
+    known: &[Option<u64>],
+    threads: usize,
+) -> LinkResult {
+    let filters = Filters::new(entities, params);
+    let organisations: Vec<u32> = entities.iter().map(|e| e.organisation).collect();
     let rules = params.blocking.len();
-    let mut patterns: Vec<PatternMap<u64>> = (0..rules).map(|_| PatternMap::default()).collect();
-    let mut first_found: Vec<PatternMap<u64>> = (0..rules).map(|_| PatternMap::default()).collect();
-    let mut candidate_pairs = 0u64;
-    let blocks_skipped = candidates(entities, rules, |rule, i, j, first| {
-        let pattern = filters.pattern(i, j);
-        *patterns[rule].entry(pattern).or_insert(0) += 1;
-        if first {
-            *first_found[rule].entry(pattern).or_insert(0) += 1;
-            candidate_pairs += 1;
-        }
+    let blocks = Blocks::new(entities, rules);
+
+    // Pass 1: count the patterns of every rule's pairs, and of the distinct
+    // candidates by the rule that found them first; fit the model.
+    let started = Instant::now();
+    let fields = params.fields.len();
+    let counted = in_parallel(&blocks, threads, |share| {
+        let mut all: Vec<Counts> = (0..rules).map(|_| Counts::new(fields)).collect();
+        let mut first_found: Vec<Counts> = (0..rules).map(|_| Counts::new(fields)).collect();
+        walk_share(
+            &filters,
+            &organisations,
+            &blocks,
+            share,
+            false,
+            &mut |rule, _, _, first, pattern| {
+                all[rule].add(pattern, 1);
+                if first {
+                    first_found[rule].add(pattern, 1);
+                }
+            },
+        );
+        (all, first_found)
     });
+    let mut all: Vec<Counts> = (0..rules).map(|_| Counts::new(fields)).collect();
+    let mut first_found: Vec<Counts> = (0..rules).map(|_| Counts::new(fields)).collect();
+    for (thread_all, thread_first) in counted {
+        let merged = all.iter_mut().zip(thread_all);
+        for (into, from) in merged.chain(first_found.iter_mut().zip(thread_first)) {
+            for (p, n) in from.sorted() {
+                into.add(p, n);
+            }
+        }
+    }
+    let compared_first: u64 = all.iter().map(Counts::total).sum();
+    let candidate_pairs: u64 = first_found.iter().map(Counts::total).sum();
     let model = match model {
         Some(model) => model.clone(),
         None => {
             let per_rule: Vec<RuleCandidates> = params
                 .blocking
                 .iter()
-                .zip(patterns.iter().zip(&first_found))
+                .zip(all.iter().zip(&first_found))
                 .map(|(rule, (all, first))| RuleCandidates {
                     blocked_fields: rule
                         .iter()
                         .filter_map(|part| params.fields.iter().position(|f| f.field == part.field))
                         .collect(),
-                    patterns: all.iter().map(|(&p, &n)| (p, n)).collect(),
-                    first: first.iter().map(|(&p, &n)| (p, n)).collect(),
+                    patterns: all.sorted(),
+                    first: first.sorted(),
                 })
                 .collect();
             Model::estimate(
                 fields,
-                &random.into_iter().collect::<Vec<_>>(),
+                &random_patterns(entities, &filters),
                 &per_rule,
                 cross_organisation_pairs(entities),
             )
         }
     };
 
-    // Pass 2: keep the pairs whose match probability reaches the threshold.
-    let verdicts: PatternMap<(f64, f64)> = first_found
-        .iter()
-        .flat_map(|counts| counts.keys())
-        .map(|&p| (p, (model.probability(p), model.weight(p))))
-        .collect();
-    let mut links = Vec::new();
-    candidates(entities, rules, |_, i, j, first| {
-        if !first {
-            return;
-        }
-        let (probability, weight) = verdicts[&filters.pattern(i, j)];
-        if probability >= params.threshold {
-            links.push(Link {
-                a: i as u32,
-                b: j as u32,
-                probability,
-                weight,
-            });
-        }
+    // Pass 2: keep the candidates whose match probability reaches the threshold.
+    let verdicts = Verdicts::new(
+        fields,
+        &model,
+        first_found
+            .iter()
+            .flat_map(|counts| counts.sorted().into_iter().map(|(p, _)| p)),
+    );
+    let kept = in_parallel(&blocks, threads, |share| {
+        let mut links = Vec::new();
+        walk_share(
+            &filters,
+            &organisations,
+            &blocks,
+            share,
+            true,
+            &mut |_, i, j, _, pattern| {
+                let (probability, weight) = verdicts.get(pattern);
+                if probability >= params.threshold {
+                    links.push(Link {
+                        a: i as u32,
+                        b: j as u32,
+                        probability,
+                        weight,
+                    });
+                }
+            },
+        );
+        links
     });
+    let mut links: Vec<Link> = kept.into_iter().flatten().collect();
     let comparing = started.elapsed();
 
-    let organisations: Vec<u32> = entities.iter().map(|e| e.organisation).collect();
     let nhs: Vec<Option<Pseudonym>> = entities.iter().map(|e| e.nhs).collect();
     let people = cluster(&organisations, &nhs, known, &mut links);
     LinkResult {
@@ -310,9 +596,11 @@ pub fn link_with(
         links,
         stats: LinkStats {
             candidate_pairs,
-            blocks_skipped,
+            comparisons: compared_first + candidate_pairs,
+            blocks_skipped: blocks.skipped,
             model,
             comparing,
+            threads: threads.max(1),
         },
     }
 }

@@ -21,8 +21,10 @@ pub struct LinkageParams {
     pub threshold: f64,
 }
 
+/// High, because joining two children's records is worse than missing a
+/// link: a false link can put one child's history in another's file.
 fn default_threshold() -> f64 {
-    0.9
+    0.99
 }
 
 /// How one field becomes a Bloom filter.

@@ -14,16 +14,23 @@
 //!   model of the first rule that found it, which EM calibrated on pairs
 //!   like it) over all pairs.
 
-/// Lower Dice bounds of the agreement levels 0, 1, 2; below the last is level 3.
-pub const LEVEL_BOUNDS: [f64; 3] = [0.95, 0.85, 0.70];
+/// Lower Dice bounds of the agreement levels 0, 1, 2, in percent; below the
+/// last is level 3.
+pub const LEVEL_BOUNDS: [u32; 3] = [95, 85, 70];
 pub const LEVELS: usize = LEVEL_BOUNDS.len() + 1;
 /// A field missing on either side: no evidence either way.
 pub const MISSING: u8 = 7;
 
-/// The agreement level of a Dice similarity.
-#[inline]
-pub fn level(dice: f64) -> u8 {
-    LEVEL_BOUNDS.iter().take_while(|&&b| dice < b).count() as u8
+/// The agreement level of two filters with `common` bits in common and
+/// `total` bits set between them (Dice = 2·common / total), in integers.
+#[inline(always)]
+pub fn level(common: u32, total: u32) -> u8 {
+    let twice = 200 * u64::from(common);
+    let total = u64::from(total);
+    LEVEL_BOUNDS
+        .iter()
+        .take_while(|&&b| twice < u64::from(b) * total)
+        .count() as u8
 }
 
 /// A pair's levels, three bits per field.
@@ -242,10 +249,12 @@ mod tests {
 
     #[test]
     fn levels_follow_the_bounds() {
-        assert_eq!(level(1.0), 0);
-        assert_eq!(level(0.9), 1);
-        assert_eq!(level(0.75), 2);
-        assert_eq!(level(0.2), 3);
+        // Dice 1.0, 0.9, 0.75, 0.2; and exactly on a bound.
+        assert_eq!(level(50, 100), 0);
+        assert_eq!(level(45, 100), 1);
+        assert_eq!(level(75, 200), 2);
+        assert_eq!(level(10, 100), 3);
+        assert_eq!(level(95, 200), 0);
         let p = pattern(&[0, 3, MISSING]);
         assert_eq!(pattern_level(p, 1), 3);
         assert_eq!(pattern_level(p, 2), MISSING);

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Joinery against the tools a linkage team would otherwise pick — clkhash +
+# anonlink (privacy-preserving, CLKs) and Splink (cleartext, Fellegi-Sunter) —
+# on the same data in the same run: FEBRL 4 and joinery synth output.
+# The peers go into a throwaway virtualenv, removed afterwards.
+#
+#   scripts/compare-linkage.sh [--synth-children N]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+work=$(mktemp -d -t joinery-compare-XXXXXX)
+trap 'rm -rf "$work"' EXIT
+python3 -m venv "$work/venv"
+"$work/venv/bin/pip" install --quiet --disable-pip-version-check \
+  recordlinkage==0.16 clkhash==0.18.3 anonlink==0.15.3 splink==5.0.0
+cargo build --release --quiet
+"$work/venv/bin/python" scripts/compare_linkage.py \
+  --joinery target/release/joinery --work "$work" "$@"

