@@ -155,6 +155,7 @@ impl AuditRecord {
         pending: usize,
         links: usize,
         moved: usize,
+        nhs_conflicts: usize,
     ) -> Self {
         record(
             "linkage",
@@ -167,6 +168,7 @@ impl AuditRecord {
                 "pending": pending,
                 "links": links,
                 "person_ids_moved": moved,
+                "nhs_conflicts": nhs_conflicts,
             }),
         )
     }

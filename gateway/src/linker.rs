@@ -46,6 +46,9 @@ pub struct LinkReport {
     pub links: usize,
     /// Person ids whose place on the spine changed.
     pub moved: usize,
+    /// Exact-NHS person ids whose records' encodings say they are different
+    /// people (likely a mistyped or borrowed NHS number), for review.
+    pub nhs_conflicts: Vec<String>,
 }
 
 /// Runs linkage once under `params`.
@@ -99,6 +102,14 @@ pub async fn run(
     }
     report.candidate_pairs = result.stats.candidate_pairs;
     report.links = result.links.len();
+    let mut conflicted: Vec<String> =
+        joinery_linkage::matcher::nhs_conflicts(&entities, params, &result.stats.model)
+            .iter()
+            .map(|c| stored[c.a as usize].person_id.clone())
+            .collect();
+    conflicted.sort_unstable();
+    conflicted.dedup();
+    report.nhs_conflicts = conflicted;
 
     let assignments = spine_assignments(&stored, &result);
     report.moved = assignments.len();
@@ -112,6 +123,7 @@ pub async fn run(
             report.pending,
             report.links,
             report.moved,
+            report.nhs_conflicts.len(),
         ))
         .await?;
     Ok(report)
@@ -275,6 +287,7 @@ pub fn schedule(storage: Storage, agreements: Agreements, interval: Duration) {
                             candidate_pairs = report.candidate_pairs,
                             links = report.links,
                             moved = report.moved,
+                            nhs_conflicts = report.nhs_conflicts.len(),
                             "linkage run"
                         );
                     }

@@ -604,3 +604,45 @@ pub fn link_with(
         },
     }
 }
+
+/// Two records that share an NHS pseudonym but whose encodings say they are
+/// different people (likely a mistyped or borrowed NHS number).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Conflict {
+    pub a: u32,
+    pub b: u32,
+    /// The pair's Fellegi–Sunter weight (log2 Bayes factor), below
+    /// [`CONFLICT_WEIGHT`].
+    pub weight: f64,
+}
+
+/// A weight this low means the encodings are over a thousand times likelier
+/// from two different people than from one.
+pub const CONFLICT_WEIGHT: f64 = -10.0;
+
+/// Pairs of records with the same NHS pseudonym (from different
+/// organisations) whose encodings disagree strongly under `model`.
+pub fn nhs_conflicts(entities: &[Entity], params: &LinkageParams, model: &Model) -> Vec<Conflict> {
+    let filters = Filters::new(entities, params);
+    let mut by_nhs: Vec<(Pseudonym, u32)> = entities
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| e.nhs.map(|n| (n, i as u32)))
+        .collect();
+    by_nhs.sort_unstable();
+    let mut conflicts = Vec::new();
+    for group in by_nhs.chunk_by(|x, y| x.0 == y.0) {
+        for (x, &(_, a)) in group.iter().enumerate() {
+            for &(_, b) in &group[x + 1..] {
+                if entities[a as usize].organisation == entities[b as usize].organisation {
+                    continue;
+                }
+                let weight = model.weight(filters.pattern(a as usize, b as usize));
+                if weight < CONFLICT_WEIGHT {
+                    conflicts.push(Conflict { a, b, weight });
+                }
+            }
+        }
+    }
+    conflicts
+}

@@ -179,3 +179,38 @@ fn encodings_under_another_key_do_not_link() {
     assert_eq!(result.stats.candidate_pairs, 0, "no blocking key is shared");
     assert!((0..1000).all(|i| result.people[i] == i as u32));
 }
+
+#[test]
+fn a_shared_nhs_number_on_two_different_children_is_reported() {
+    let mut rng = Rng(23);
+    let people = population(2000, &mut rng);
+    let params = LinkageParams::canonical();
+    let encoder = Encoder::new(&SecretKey::from_bytes([5; 32]), &params).unwrap();
+    let mut entities: Vec<Entity> = people
+        .iter()
+        .enumerate()
+        .map(|(i, p)| entity(&encoder, 0, p, Some((i % 200) as u8)))
+        .collect();
+    // Organisation 1 holds the same people under the same NHS numbers...
+    entities.extend(
+        people[..200]
+            .iter()
+            .enumerate()
+            .map(|(i, p)| entity(&encoder, 1, p, Some(i as u8))),
+    );
+    let result = link(&entities, &params);
+    // ...but its records 0..200 share a number with 9 other children each
+    // at organisation 0: those pairs are conflicts, the true ones are not.
+    let conflicts =
+        joinery_linkage::matcher::nhs_conflicts(&entities, &params, &result.stats.model);
+    let true_pairs = conflicts
+        .iter()
+        .filter(|c| c.a as usize == c.b as usize - 2000)
+        .count();
+    assert_eq!(true_pairs, 0, "the same child is no conflict");
+    assert!(
+        conflicts.len() > 1500,
+        "{} of 1,800 borrowed numbers reported",
+        conflicts.len()
+    );
+}

@@ -217,6 +217,13 @@ async fn relink(store: StoreArgs, full: bool) -> anyhow::Result<ExitCode> {
             report.links,
             report.moved
         );
+        if !report.nhs_conflicts.is_empty() {
+            println!(
+                "  {} person ids share an NHS pseudonym across records whose names and dates of birth disagree (a mistyped or borrowed NHS number?); review: {}",
+                report.nhs_conflicts.len(),
+                report.nhs_conflicts.join(" ")
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
