@@ -93,7 +93,7 @@ pub async fn run(
     let (entities, known) = to_entities(&stored, params, full);
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
     let result =
-        joinery_linkage::matcher::link_with(&entities, params, model.as_ref(), &known, threads);
+        joinery_linkage::matcher::link_with(entities, params, model.as_ref(), &known, threads);
     if full {
         let json = serde_json::to_string(&result.stats.model).unwrap_or_default();
         storage
@@ -102,11 +102,11 @@ pub async fn run(
     }
     report.candidate_pairs = result.stats.candidate_pairs;
     report.links = result.links.len();
-    let mut conflicted: Vec<String> =
-        joinery_linkage::matcher::nhs_conflicts(&entities, params, &result.stats.model)
-            .iter()
-            .map(|c| stored[c.a as usize].person_id.clone())
-            .collect();
+    let mut conflicted: Vec<String> = result
+        .nhs_conflicts
+        .iter()
+        .map(|c| stored[c.a as usize].person_id.clone())
+        .collect();
     conflicted.sort_unstable();
     conflicted.dedup();
     report.nhs_conflicts = conflicted;

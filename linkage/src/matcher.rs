@@ -44,6 +44,9 @@ pub struct LinkResult {
     /// The fuzzy links that passed the threshold (some may have been refused
     /// by clustering).
     pub links: Vec<Link>,
+    /// Records sharing an NHS pseudonym that the encodings say are
+    /// different people.
+    pub nhs_conflicts: Vec<Conflict>,
     pub stats: LinkStats,
 }
 
@@ -74,7 +77,8 @@ struct Filters {
 }
 
 impl Filters {
-    fn new(entities: &[Entity], params: &LinkageParams) -> Self {
+    /// Takes the entities' filters, letting each entity go once copied.
+    fn new(entities: Vec<Entity>, params: &LinkageParams) -> Self {
         let mut offsets = vec![0];
         for f in &params.fields {
             offsets.push(offsets[offsets.len() - 1] + f.bits as usize / 64);
@@ -83,7 +87,7 @@ impl Filters {
         let stride = offsets[fields];
         let mut data = Vec::with_capacity(stride * entities.len());
         let mut ones = Vec::with_capacity(fields * entities.len());
-        for e in entities {
+        for e in entities.into_iter() {
             for f in 0..fields {
                 let w = offsets[f + 1] - offsets[f];
                 match e.encoding.filters.get(f) {
@@ -444,29 +448,30 @@ fn in_parallel<T: Send>(
 
 /// Pairs of records from different organisations: every pair that could
 /// be a link.
-fn cross_organisation_pairs(entities: &[Entity]) -> f64 {
+fn cross_organisation_pairs(organisations: &[u32]) -> f64 {
     let mut per_organisation: std::collections::BTreeMap<u32, f64> = Default::default();
-    for e in entities {
-        *per_organisation.entry(e.organisation).or_default() += 1.0;
+    for o in organisations {
+        *per_organisation.entry(*o).or_default() += 1.0;
     }
-    let n = entities.len() as f64;
+    let n = organisations.len() as f64;
     (n * n - per_organisation.values().map(|k| k * k).sum::<f64>()) / 2.0
 }
 
 /// The patterns of random cross-organisation pairs (a fixed sequence).
-fn random_patterns(entities: &[Entity], filters: &Filters) -> Vec<(Pattern, u64)> {
+fn random_patterns(organisations: &[u32], filters: &Filters) -> Vec<(Pattern, u64)> {
     let mut random: PatternMap<u64> = PatternMap::default();
-    if entities.len() > 1 {
+    let n = organisations.len();
+    if n > 1 {
         let mut state = 0x9e37_79b9_7f4a_7c15_u64;
         let mut next = || {
             state ^= state << 13;
             state ^= state >> 7;
             state ^= state << 17;
-            (state % entities.len() as u64) as usize
+            (state % n as u64) as usize
         };
         for _ in 0..RANDOM_PAIRS {
             let (i, j) = (next(), next());
-            if entities[i].organisation != entities[j].organisation {
+            if organisations[i] != organisations[j] {
                 *random.entry(filters.pattern(i, j)).or_insert(0) += 1;
             }
         }
@@ -477,25 +482,35 @@ fn random_patterns(entities: &[Entity], filters: &Filters) -> Vec<(Pattern, u64)
 }
 
 /// Links `entities` into people, fitting the model to them, on every core.
-pub fn link(entities: &[Entity], params: &LinkageParams) -> LinkResult {
+pub fn link(entities: Vec<Entity>, params: &LinkageParams) -> LinkResult {
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
-    link_with(entities, params, None, &vec![None; entities.len()], threads)
+    let known = vec![None; entities.len()];
+    link_with(entities, params, None, &known, threads)
 }
 
 /// Links `entities` into people with `model` (fitted by EM when `None`) on
 /// `threads` threads. `known` numbers entities already known to be one
-/// person alike: they stay together (see [`cluster`]).
+/// person alike: they stay together (see [`cluster`]). The entities are
+/// consumed: their encodings are copied into flat arrays and let go, so
+/// memory holds them once.
 pub fn link_with(
-    entities: &[Entity],
+    entities: Vec<Entity>,
     params: &LinkageParams,
     model: Option<&Model>,
     known: &[Option<u64>],
     threads: usize,
 ) -> LinkResult {
-    let filters = Filters::new(entities, params);
     let organisations: Vec<u32> = entities.iter().map(|e| e.organisation).collect();
+    let nhs: Vec<Option<Pseudonym>> = entities.iter().map(|e| e.nhs).collect();
     let rules = params.blocking.len();
-    let blocks = Blocks::new(entities, rules);
+    let blocks = Blocks::new(&entities, rules);
+    let filters = Filters::new(entities, params);
+    let all_pairs = cross_organisation_pairs(&organisations);
+    let random = if model.is_none() {
+        random_patterns(&organisations, &filters)
+    } else {
+        Vec::new()
+    };
 
     // Pass 1: count the patterns of every rule's pairs, and of the distinct
     // candidates by the rule that found them first; fit the model.
@@ -547,12 +562,7 @@ pub fn link_with(
                     first: first.sorted(),
                 })
                 .collect();
-            Model::estimate(
-                fields,
-                &random_patterns(entities, &filters),
-                &per_rule,
-                cross_organisation_pairs(entities),
-            )
+            Model::estimate(fields, &random, &per_rule, all_pairs)
         }
     };
 
@@ -589,11 +599,12 @@ pub fn link_with(
     let mut links: Vec<Link> = kept.into_iter().flatten().collect();
     let comparing = started.elapsed();
 
-    let nhs: Vec<Option<Pseudonym>> = entities.iter().map(|e| e.nhs).collect();
     let people = cluster(&organisations, &nhs, known, &mut links);
+    let nhs_conflicts = nhs_conflicts(&filters, &organisations, &nhs, &model);
     LinkResult {
         people,
         links,
+        nhs_conflicts,
         stats: LinkStats {
             candidate_pairs,
             comparisons: compared_first + candidate_pairs,
@@ -622,19 +633,23 @@ pub const CONFLICT_WEIGHT: f64 = -10.0;
 
 /// Pairs of records with the same NHS pseudonym (from different
 /// organisations) whose encodings disagree strongly under `model`.
-pub fn nhs_conflicts(entities: &[Entity], params: &LinkageParams, model: &Model) -> Vec<Conflict> {
-    let filters = Filters::new(entities, params);
-    let mut by_nhs: Vec<(Pseudonym, u32)> = entities
+fn nhs_conflicts(
+    filters: &Filters,
+    organisations: &[u32],
+    nhs: &[Option<Pseudonym>],
+    model: &Model,
+) -> Vec<Conflict> {
+    let mut by_nhs: Vec<(Pseudonym, u32)> = nhs
         .iter()
         .enumerate()
-        .filter_map(|(i, e)| e.nhs.map(|n| (n, i as u32)))
+        .filter_map(|(i, n)| n.map(|n| (n, i as u32)))
         .collect();
     by_nhs.sort_unstable();
     let mut conflicts = Vec::new();
     for group in by_nhs.chunk_by(|x, y| x.0 == y.0) {
         for (x, &(_, a)) in group.iter().enumerate() {
             for &(_, b) in &group[x + 1..] {
-                if entities[a as usize].organisation == entities[b as usize].organisation {
+                if organisations[a as usize] == organisations[b as usize] {
                     continue;
                 }
                 let weight = model.weight(filters.pattern(a as usize, b as usize));

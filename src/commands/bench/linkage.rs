@@ -71,8 +71,8 @@ pub async fn run(args: LinkageArgs) -> anyhow::Result<ExitCode> {
 
     // Agent side: read, validate, encode.
     let started = Instant::now();
-    let mut keys: Vec<Key> = Vec::new();
     let mut entities: Vec<Entity> = Vec::new();
+    // Each record's key and its entity's index.
     let mut seen: HashMap<Key, usize> = HashMap::new();
     let mut rows = 0u64;
     let mut mappings: Vec<PathBuf> = std::fs::read_dir(args.data.join("mappings"))
@@ -96,8 +96,7 @@ pub async fn run(args: LinkageArgs) -> anyhow::Result<ExitCode> {
             if seen.contains_key(&key) {
                 continue;
             }
-            seen.insert(key.clone(), entities.len());
-            keys.push(key);
+            seen.insert(key, entities.len());
             entities.push(Entity {
                 organisation: organisation as u32,
                 nhs: row
@@ -115,18 +114,19 @@ pub async fn run(args: LinkageArgs) -> anyhow::Result<ExitCode> {
     }
 
     // Gateway side: match and cluster.
+    let mut keys: Vec<Key> = vec![Default::default(); seen.len()];
+    for (key, index) in seen {
+        keys[index] = key;
+    }
+    let records = entities.len();
     let started = Instant::now();
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
-    let result = joinery_linkage::matcher::link_with(
-        &entities,
-        &params,
-        None,
-        &vec![None; entities.len()],
-        threads,
-    );
+    let known = vec![None; records];
+    let result = joinery_linkage::matcher::link_with(entities, &params, None, &known, threads);
     let linking = started.elapsed();
+    let peak_after_linking = peak_rss_kib(std::process::id());
 
     // Score the predicted pairs against every pair the truth holds between
     // these extracts, also pairs whose rows the agent quarantined.
@@ -180,7 +180,7 @@ pub async fn run(args: LinkageArgs) -> anyhow::Result<ExitCode> {
     println!(
         "bench linkage: {} rows, {} records from {} extracts ({}; parameters v{})",
         rows,
-        entities.len(),
+        records,
         mappings.len(),
         if args.fuzzy_only {
             "fuzzy only"
@@ -192,7 +192,7 @@ pub async fn run(args: LinkageArgs) -> anyhow::Result<ExitCode> {
     println!(
         "encode (read, validate, encode; one core): {:.2} s = {:.0} records/s",
         encoding.as_secs_f64(),
-        entities.len() as f64 / encoding.as_secs_f64()
+        records as f64 / encoding.as_secs_f64()
     );
     let per_core =
         stats.comparisons as f64 / (stats.comparing.as_secs_f64().max(1e-9) * stats.threads as f64);
@@ -215,9 +215,11 @@ pub async fn run(args: LinkageArgs) -> anyhow::Result<ExitCode> {
         predicted.len(),
         true_pairs.len()
     );
+    let mib = |k: Option<u64>| k.map_or("?".to_owned(), |k| (k / 1024).to_string());
     println!(
-        "peak RSS {} MiB",
-        peak_rss_kib(std::process::id()).map_or("?".to_owned(), |k| (k / 1024).to_string())
+        "peak RSS {} MiB ({} MiB when linking was done, before scoring)",
+        mib(peak_rss_kib(std::process::id())),
+        mib(peak_after_linking)
     );
     Ok(ExitCode::SUCCESS)
 }
