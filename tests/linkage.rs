@@ -59,3 +59,96 @@ fn synthetic_population_links_with_f1_of_at_least_0_98() {
     ]);
     assert!(fuzzy_only >= 0.98, "F1 {fuzzy_only}");
 }
+
+/// `joinery gateway relink` against the gateway's store; returns its output.
+fn relink(d: &Deployment, full: bool) -> String {
+    let data_dir = d.gateway_data_dir();
+    let agreements = d.agreements_dir();
+    let mut args = vec![
+        "gateway",
+        "relink",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--agreements",
+        agreements.to_str().unwrap(),
+    ];
+    if full {
+        args.push("--full");
+    }
+    String::from_utf8_lossy(&joinery_ok(&args).stdout).into_owned()
+}
+
+async fn spine(db: &sqlx::AnyPool) -> std::collections::BTreeMap<String, String> {
+    use sqlx::Row;
+    sqlx::query("SELECT person_id, spine_id FROM person_spine")
+        .fetch_all(db)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get("person_id"), r.get("spine_id")))
+        .collect()
+}
+
+/// Delivers `extract` for `org` through a gateway started on the store.
+fn deliver(d: &Deployment, org: &str, extract: &std::path::Path, mapping: &std::path::Path) {
+    let gateway = d.start_gateway(None, &[]);
+    let config = d.agent_config(org, &gateway.address, extract, mapping);
+    let (code, stdout, stderr) = finish(d.spawn_agent(&config));
+    assert!(code == 0 || code == 3, "{stdout}\n{stderr}");
+    assert!(gateway.stop().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn new_records_join_the_spine_incrementally_and_people_keep_their_ids() {
+    let d = Deployment::new();
+    let synth = d.synth(600, 31);
+    let mapping = |dataset: &str| synth.join(format!("mappings/{dataset}.yaml"));
+    let extract = |dataset: &str| synth.join(format!("extracts/{dataset}.csv"));
+
+    // The council's extract arrives in two parts.
+    let council = std::fs::read_to_string(extract("csc_referrals")).unwrap();
+    let lines: Vec<&str> = council.lines().collect();
+    let cut = lines.len() * 7 / 10;
+    let first = d.path("council-1.csv");
+    let second = d.path("council-2.csv");
+    std::fs::write(&first, lines[..cut].join("\n") + "\n").unwrap();
+    std::fs::write(
+        &second,
+        [&lines[..1], &lines[cut..]].concat().join("\n") + "\n",
+    )
+    .unwrap();
+
+    for (org, dataset) in [(CAMHS, "camhs_referrals"), (SALT, "salt_contacts")] {
+        deliver(&d, org, &extract(dataset), &mapping(dataset));
+    }
+    deliver(&d, COUNCIL, &first, &mapping("csc_referrals"));
+    let report = relink(&d, true);
+    assert!(report.contains("full run"), "{report}");
+    // The same evidence gives the same people.
+    let again = relink(&d, true);
+    assert!(again.contains(" 0 person ids moved"), "{again}");
+    let db = open_database(&d.sqlite_url()).await;
+    let before = spine(&db).await;
+
+    // The rest of the council's records: linked incrementally.
+    deliver(&d, COUNCIL, &second, &mapping("csc_referrals"));
+    let report = relink(&d, false);
+    assert!(report.contains("incremental run"), "{report}");
+    assert!(!report.contains("(0 new)"), "{report}");
+    let after = spine(&db).await;
+    let kept = before
+        .iter()
+        .filter(|(person, spine)| after.get(*person) == Some(spine))
+        .count();
+    assert!(
+        kept * 100 >= before.len() * 99,
+        "people keep their ids: {kept} of {}",
+        before.len()
+    );
+    assert!(
+        after.len() > before.len(),
+        "the new records are on the spine"
+    );
+    // And the whole spine is right against the ground truth.
+    check_spine(&d, &synth.join("ground_truth.csv"), &db).await;
+}
