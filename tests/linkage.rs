@@ -28,35 +28,27 @@ fn synthetic_population_links_with_f1_of_at_least_0_98() {
     let truth = truth.to_str().unwrap();
     let pairs = d.path("pairs.csv");
     let key = d.path("linkage.key");
-    let key = key.to_str().unwrap();
-    let with_nhs = f1(&[
-        "bench",
-        "linkage",
-        "--data",
-        data,
-        "--truth",
-        truth,
-        "--linkage-key",
-        key,
-        "--out",
-        pairs.to_str().unwrap(),
-    ]);
+    let bench = |extra: &[&str]| {
+        let mut args = vec![
+            "bench",
+            "linkage",
+            "--data",
+            data,
+            "--truth",
+            truth,
+            "--linkage-key",
+            key.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        f1(&args)
+    };
+    let with_nhs = bench(&["--out", pairs.to_str().unwrap()]);
     assert!(with_nhs >= 0.98, "F1 {with_nhs}");
     assert!(
         csv_rows(&pairs, b',').len() > 100,
         "predicted pairs written"
     );
-    let fuzzy_only = f1(&[
-        "bench",
-        "linkage",
-        "--data",
-        data,
-        "--truth",
-        truth,
-        "--linkage-key",
-        key,
-        "--fuzzy-only",
-    ]);
+    let fuzzy_only = bench(&["--fuzzy-only"]);
     assert!(fuzzy_only >= 0.98, "F1 {fuzzy_only}");
 }
 

@@ -32,29 +32,10 @@ pub fn cluster(
         organisations: organisations.iter().map(|&o| vec![o]).collect(),
         nhs: nhs.to_vec(),
     };
-    // Exact: the same NHS pseudonym is the same person.
-    let mut by_nhs: Vec<(Pseudonym, u32)> = nhs
-        .iter()
-        .enumerate()
-        .filter_map(|(i, p)| p.map(|p| (p, i as u32)))
-        .collect();
-    by_nhs.sort_unstable();
-    for pair in by_nhs.windows(2) {
-        if pair[0].0 == pair[1].0 {
-            groups.join(pair[0].1, pair[1].1);
-        }
-    }
-    let mut by_known: Vec<(u64, u32)> = known
-        .iter()
-        .enumerate()
-        .filter_map(|(i, k)| k.map(|k| (k, i as u32)))
-        .collect();
-    by_known.sort_unstable();
-    for pair in by_known.windows(2) {
-        if pair[0].0 == pair[1].0 {
-            groups.join(pair[0].1, pair[1].1);
-        }
-    }
+    // Exact: the same NHS pseudonym is the same person; so are records
+    // already known to be one.
+    groups.join_equal(nhs);
+    groups.join_equal(known);
     // Fuzzy: strongest first; ties in a fixed order, so results repeat.
     links.sort_unstable_by(|x, y| {
         y.weight
@@ -107,6 +88,21 @@ impl Groups {
         !self.organisations[a]
             .iter()
             .any(|o| self.organisations[b].contains(o))
+    }
+
+    /// Joins every two records with the same (present) value.
+    fn join_equal<K: Ord + Copy>(&mut self, values: &[Option<K>]) {
+        let mut by_value: Vec<(K, u32)> = values
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| v.map(|v| (v, i as u32)))
+            .collect();
+        by_value.sort_unstable();
+        for pair in by_value.windows(2) {
+            if pair[0].0 == pair[1].0 {
+                self.join(pair[0].1, pair[1].1);
+            }
+        }
     }
 
     fn join(&mut self, a: u32, b: u32) {
