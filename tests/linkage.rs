@@ -52,8 +52,9 @@ fn synthetic_population_links_with_f1_of_at_least_0_98() {
     assert!(fuzzy_only >= 0.98, "F1 {fuzzy_only}");
 }
 
-/// `joinery gateway relink` against the gateway's store; returns its output.
-fn relink(d: &Deployment, full: bool) -> String {
+/// `joinery gateway relink` against the gateway's store (PostgreSQL at
+/// `database`, else SQLite); returns its output.
+fn relink(d: &Deployment, database: Option<&str>, full: bool) -> String {
     let data_dir = d.gateway_data_dir();
     let agreements = d.agreements_dir();
     let mut args = vec![
@@ -64,6 +65,9 @@ fn relink(d: &Deployment, full: bool) -> String {
         "--agreements",
         agreements.to_str().unwrap(),
     ];
+    if let Some(url) = database {
+        args.extend(["--database-url", url]);
+    }
     if full {
         args.push("--full");
     }
@@ -82,8 +86,14 @@ async fn spine(db: &sqlx::AnyPool) -> std::collections::BTreeMap<String, String>
 }
 
 /// Delivers `extract` for `org` through a gateway started on the store.
-fn deliver(d: &Deployment, org: &str, extract: &std::path::Path, mapping: &std::path::Path) {
-    let gateway = d.start_gateway(None, &[]);
+fn deliver(
+    d: &Deployment,
+    database: Option<&str>,
+    org: &str,
+    extract: &std::path::Path,
+    mapping: &std::path::Path,
+) {
+    let gateway = d.start_gateway(database, &[]);
     let config = d.agent_config(org, &gateway.address, extract, mapping);
     let (code, stdout, stderr) = finish(d.spawn_agent(&config));
     assert!(code == 0 || code == 3, "{stdout}\n{stderr}");
@@ -91,7 +101,20 @@ fn deliver(d: &Deployment, org: &str, extract: &std::path::Path, mapping: &std::
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn new_records_join_the_spine_incrementally_and_people_keep_their_ids() {
+async fn new_records_join_the_spine_incrementally_on_sqlite() {
+    incremental_linking(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn new_records_join_the_spine_incrementally_on_postgres() {
+    let Some(url) = fresh_postgres("incremental_linking").await else {
+        return;
+    };
+    incremental_linking(Some(&url)).await;
+}
+
+/// New records join the spine incrementally and people keep their ids.
+async fn incremental_linking(database: Option<&str>) {
     let d = Deployment::new();
     let synth = d.synth(600, 31);
     let mapping = |dataset: &str| synth.join(format!("mappings/{dataset}.yaml"));
@@ -111,20 +134,20 @@ async fn new_records_join_the_spine_incrementally_and_people_keep_their_ids() {
     .unwrap();
 
     for (org, dataset) in [(CAMHS, "camhs_referrals"), (SALT, "salt_contacts")] {
-        deliver(&d, org, &extract(dataset), &mapping(dataset));
+        deliver(&d, database, org, &extract(dataset), &mapping(dataset));
     }
-    deliver(&d, COUNCIL, &first, &mapping("csc_referrals"));
-    let report = relink(&d, true);
+    deliver(&d, database, COUNCIL, &first, &mapping("csc_referrals"));
+    let report = relink(&d, database, true);
     assert!(report.contains("full run"), "{report}");
     // The same evidence gives the same people.
-    let again = relink(&d, true);
+    let again = relink(&d, database, true);
     assert!(again.contains(" 0 person ids moved"), "{again}");
-    let db = open_database(&d.sqlite_url()).await;
+    let db = open_database(&database.map_or_else(|| d.sqlite_url(), str::to_owned)).await;
     let before = spine(&db).await;
 
     // The rest of the council's records: linked incrementally.
-    deliver(&d, COUNCIL, &second, &mapping("csc_referrals"));
-    let report = relink(&d, false);
+    deliver(&d, database, COUNCIL, &second, &mapping("csc_referrals"));
+    let report = relink(&d, database, false);
     assert!(report.contains("incremental run"), "{report}");
     assert!(!report.contains("(0 new)"), "{report}");
     let after = spine(&db).await;
