@@ -37,7 +37,7 @@ use crate::audit::AuditRecord;
 use crate::config::Limits;
 use crate::metrics;
 use crate::peer;
-use crate::rekey::{Rekeyer, StoredLinkage};
+use crate::rekey::{LinkageRekeying, Rekeyer, StoredLinkage};
 use crate::storage::{CommitOutcome, NewBatch, NewEvent, NewRecord, Storage};
 
 /// Attributes stored in their own columns; everything else goes to JSON.
@@ -116,6 +116,8 @@ impl IngestService {
 struct Session {
     organisation: String,
     agreement: Arc<SignedAgreement>,
+    /// Present when the agreement asks for fuzzy-linkage encodings.
+    linkage: Option<Arc<LinkageRekeying>>,
 }
 
 type AckStream = Pin<Box<dyn Stream<Item = Result<GatewayMessage, Status>> + Send>>;
@@ -160,7 +162,15 @@ impl Ingest for IngestService {
             }
         };
         let session = match open_session(&self.agreements, &organisation, &hello) {
-            Ok(session) => session,
+            Ok(mut session) => {
+                session.linkage = session
+                    .agreement
+                    .agreement
+                    .linkage
+                    .params()
+                    .map(|params| Arc::new(self.rekeyer.linkage_rekeying(params)));
+                session
+            }
             Err(status) => {
                 let agreement = (hello.agreement_id.as_str(), hello.agreement_version);
                 return Err(self.refuse(&organisation, agreement, status).await);
@@ -302,6 +312,7 @@ fn open_session(
     Ok(Session {
         organisation: organisation.to_owned(),
         agreement: agreement.clone(),
+        linkage: None,
     })
 }
 
@@ -418,7 +429,6 @@ fn prepare(
         "dataset not in the agreement".to_owned(),
     ))?;
     let rules = DatasetRules::new(dataset);
-    let linkage_params = signed.agreement.linkage.params();
     if body.records.is_empty() {
         return Err((RejectReason::EmptyBatch, "batch has no records".to_owned()));
     }
@@ -439,7 +449,7 @@ fn prepare(
                         .map(|e| (e.event_type.as_str(), e.date.as_str(), &e.attributes)),
                 )
                 .map_err(|violation| (reason_for(&violation), at(violation.to_string())))?;
-            let linkage = match (&record.linkage, &linkage_params) {
+            let linkage = match (&record.linkage, &session.linkage) {
                 (None, _) => None,
                 (Some(_), None) => {
                     return Err((
@@ -447,9 +457,9 @@ fn prepare(
                         at("the agreement asks for no linkage encodings".to_owned()),
                     ));
                 }
-                (Some(encoding), Some(params)) => Some(
+                (Some(encoding), Some(rekeying)) => Some(
                     rekeyer
-                        .linkage(params, encoding)
+                        .linkage(rekeying, encoding)
                         .map_err(|detail| (RejectReason::LinkageNotAllowed, at(detail)))?,
                 ),
             };

@@ -14,9 +14,6 @@
 //! each field's Bloom filter has its bits moved by a permutation keyed with the
 //! gateway's key (similarity is unchanged; what an agency could compute is not).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-
 use joinery_crypto::keys::SecretKey;
 use joinery_crypto::pseudonym::Pseudonymiser;
 use joinery_linkage::LinkageParams;
@@ -38,8 +35,14 @@ pub struct Rekeyer {
     local: Pseudonymiser,
     person: Pseudonymiser,
     block: Pseudonymiser,
-    /// Filter permutations, per linkage parameters.
-    permutations: Arc<Mutex<HashMap<String, Arc<BitPermutation>>>>,
+}
+
+/// How one agreement's linkage encodings are checked and re-keyed: its
+/// parameters and the gateway's filter permutation for them (made once per
+/// session, not per record).
+pub struct LinkageRekeying {
+    pub params: LinkageParams,
+    permutation: BitPermutation,
 }
 
 /// A record's linkage encoding as stored: the permuted filters side by side
@@ -68,7 +71,14 @@ impl Rekeyer {
             local: Pseudonymiser::new(gateway_key, "gateway local-id"),
             person: Pseudonymiser::new(gateway_key, "gateway person-id"),
             block: Pseudonymiser::new(gateway_key, "gateway block"),
-            permutations: Arc::default(),
+        }
+    }
+
+    /// What re-keying encodings made under `params` needs.
+    pub fn linkage_rekeying(&self, params: LinkageParams) -> LinkageRekeying {
+        LinkageRekeying {
+            permutation: BitPermutation::new(&self.key, &params),
+            params,
         }
     }
 
@@ -76,9 +86,10 @@ impl Rekeyer {
     /// re-keys it; the error says what does not fit (no values).
     pub fn linkage(
         &self,
-        params: &LinkageParams,
+        rekeying: &LinkageRekeying,
         encoding: &LinkageEncoding,
     ) -> Result<StoredLinkage, String> {
+        let (params, permutation) = (&rekeying.params, &rekeying.permutation);
         if encoding.version != params.version {
             return Err(format!(
                 "linkage encoding version {} where the agreement's parameters are version {}",
@@ -96,7 +107,6 @@ impl Rekeyer {
                 params.blocking.len()
             ));
         }
-        let permutation = self.permutation(params);
         let mut filters = Vec::new();
         for (i, (field, bytes)) in params.fields.iter().zip(&encoding.filters).enumerate() {
             let width = field.bits as usize / 8;
@@ -140,15 +150,6 @@ impl Rekeyer {
             filters,
             blocks,
         })
-    }
-
-    fn permutation(&self, params: &LinkageParams) -> Arc<BitPermutation> {
-        let id = format!("{params:?}");
-        let mut cache = self.permutations.lock().unwrap_or_else(|p| p.into_inner());
-        cache
-            .entry(id)
-            .or_insert_with(|| Arc::new(BitPermutation::new(&self.key, params)))
-            .clone()
     }
 
     /// Re-keys an agent's pseudonyms and links the record exactly.
