@@ -58,26 +58,38 @@ pub async fn run(
     full: bool,
 ) -> Result<LinkReport, StorageError> {
     let version = params.version;
-    let model: Option<Model> = match full {
-        true => None,
-        false => match storage.linkage_model(version).await? {
-            Some((json, fitted_on))
-                if storage.linkage_entity_count(version).await? <= fitted_on * 2 =>
-            {
-                serde_json::from_str(&json).ok()
-            }
-            _ => None,
-        },
+    let rules = params.blocking.len();
+    // Incremental when asked and a model fits: read only what is new and
+    // its neighbourhood (nothing at all when nothing is new).
+    let mut incremental = None;
+    if !full && let Some((json, fitted_on)) = storage.linkage_model(version).await? {
+        let nearby = storage
+            .linkage_entities(version, rules, EntityScope::PendingAndNeighbours)
+            .await?;
+        if !nearby.iter().any(|e| !e.linked) {
+            return Ok(LinkReport {
+                params_version: version,
+                entities: nearby.len(),
+                ..LinkReport::default()
+            });
+        }
+        let model: Option<Model> = serde_json::from_str(&json).ok();
+        if let Some(model) = model
+            && storage.linkage_entity_count(version).await? <= fitted_on * 2
+        {
+            incremental = Some((model, nearby));
+        }
+    }
+    let full = incremental.is_none();
+    let (model, stored) = match incremental {
+        Some((model, nearby)) => (Some(model), nearby),
+        None => (
+            None,
+            storage
+                .linkage_entities(version, rules, EntityScope::All)
+                .await?,
+        ),
     };
-    let full = model.is_none();
-    let scope = if full {
-        EntityScope::All
-    } else {
-        EntityScope::PendingAndNeighbours
-    };
-    let stored = storage
-        .linkage_entities(version, params.blocking.len(), scope)
-        .await?;
     let pending = stored.iter().filter(|e| !e.linked).count();
     let mut report = LinkReport {
         params_version: version,
@@ -86,7 +98,7 @@ pub async fn run(
         pending,
         ..LinkReport::default()
     };
-    if stored.is_empty() || (!full && pending == 0) {
+    if stored.is_empty() {
         return Ok(report);
     }
 
