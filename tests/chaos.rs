@@ -124,13 +124,8 @@ async fn agent_kills_and_gateway_restarts_lose_and_double_nothing() {
         "{status}"
     );
     // And the audit chain survived the restarts.
-    let verified = joinery_ok(&[
-        "audit",
-        "verify",
-        "--data-dir",
-        d.gateway_data_dir().to_str().unwrap(),
-    ]);
-    assert!(String::from_utf8_lossy(&verified.stdout).contains("audit log intact"));
+    let verified = d.on_store(&["audit", "verify"], None);
+    assert!(verified.contains("audit log intact"));
 }
 
 /// The short run of `joinery bench chaos` on PostgreSQL: three agencies'

@@ -124,34 +124,12 @@ async fn end_to_end(postgres: Option<String>) {
     assert!(gateway.stop().success(), "gateway exits cleanly on SIGTERM");
 
     // Fuzzy linkage onto the person spine.
-    let mut relink = vec![
-        "gateway".to_owned(),
-        "relink".to_owned(),
-        "--data-dir".to_owned(),
-        d.gateway_data_dir().display().to_string(),
-        "--agreements".to_owned(),
-        d.agreements_dir().display().to_string(),
-    ];
-    if let Some(url) = &postgres {
-        relink.extend(["--database-url".to_owned(), url.clone()]);
-    }
-    let args: Vec<&str> = relink.iter().map(String::as_str).collect();
-    let relinked = String::from_utf8_lossy(&joinery_ok(&args).stdout).into_owned();
+    let relinked = d.on_store(&["gateway", "relink"], postgres.as_deref());
     assert!(relinked.contains("full run"), "{relinked}");
     check_spine(&d, &synth.join("ground_truth.csv"), &db).await;
 
     // Every batch (and the re-run's duplicates) is in an intact, signed audit chain.
-    let mut verify = vec![
-        "audit".to_owned(),
-        "verify".to_owned(),
-        "--data-dir".to_owned(),
-        d.gateway_data_dir().display().to_string(),
-    ];
-    if let Some(url) = &postgres {
-        verify.extend(["--database-url".to_owned(), url.clone()]);
-    }
-    let args: Vec<&str> = verify.iter().map(String::as_str).collect();
-    let verified = String::from_utf8_lossy(&joinery_ok(&args).stdout).into_owned();
+    let verified = d.on_store(&["audit", "verify"], postgres.as_deref());
     assert!(
         verified.contains("audit log intact") && verified.contains("1 signed checkpoints"),
         "{verified}"

@@ -55,23 +55,12 @@ fn synthetic_population_links_with_f1_of_at_least_0_98() {
 /// `joinery gateway relink` against the gateway's store (PostgreSQL at
 /// `database`, else SQLite); returns its output.
 fn relink(d: &Deployment, database: Option<&str>, full: bool) -> String {
-    let data_dir = d.gateway_data_dir();
-    let agreements = d.agreements_dir();
-    let mut args = vec![
-        "gateway",
-        "relink",
-        "--data-dir",
-        data_dir.to_str().unwrap(),
-        "--agreements",
-        agreements.to_str().unwrap(),
-    ];
-    if let Some(url) = database {
-        args.extend(["--database-url", url]);
-    }
-    if full {
-        args.push("--full");
-    }
-    String::from_utf8_lossy(&joinery_ok(&args).stdout).into_owned()
+    let command: &[&str] = if full {
+        &["gateway", "relink", "--full"]
+    } else {
+        &["gateway", "relink"]
+    };
+    d.on_store(command, database)
 }
 
 async fn spine(db: &sqlx::AnyPool) -> std::collections::BTreeMap<String, String> {

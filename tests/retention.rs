@@ -64,25 +64,13 @@ async fn retention(postgres: Option<String>) {
     .execute(&db)
     .await
     .unwrap();
-    let mut store = vec![
-        "--data-dir".to_owned(),
-        d.gateway_data_dir().display().to_string(),
-    ];
-    store.extend([
-        "--agreements".to_owned(),
-        d.agreements_dir().display().to_string(),
-    ]);
-    if let Some(url) = &postgres {
-        store.extend(["--database-url".to_owned(), url.clone()]);
-    }
-    let run = |store: &[String], extra: &[&str]| {
-        let mut args = vec!["gateway", "retention"];
-        args.extend(store.iter().map(String::as_str));
-        args.extend(extra);
-        String::from_utf8_lossy(&joinery_ok(&args).stdout).into_owned()
+    let run = |extra: &[&str]| {
+        let mut command = vec!["gateway", "retention"];
+        command.extend(extra);
+        d.on_store(&command, postgres.as_deref())
     };
 
-    let preview = run(&store, &["--dry-run"]);
+    let preview = run(&["--dry-run"]);
     assert!(
         preview.contains(&format!("would delete {camhs_records} records")),
         "{preview}"
@@ -98,7 +86,7 @@ async fn retention(postgres: Option<String>) {
         "a dry run deletes nothing"
     );
 
-    let done = run(&store, &[]);
+    let done = run(&[]);
     assert!(
         done.contains(&format!("deleted {camhs_records} records in total")),
         "{done}"
@@ -111,7 +99,7 @@ async fn retention(postgres: Option<String>) {
         "data within retention is kept"
     );
     assert!(
-        run(&store, &[]).contains("deleted 0 records in total"),
+        run(&[]).contains("deleted 0 records in total"),
         "a second pass finds nothing"
     );
 
@@ -121,10 +109,10 @@ async fn retention(postgres: Option<String>) {
     assert!(stdout.contains(" 0 stored,"), "{stdout}");
     assert_eq!(count(&db, RECORDS, CAMHS).await, 0);
 
-    // The agreement ends: everything sent under it goes.
-    let ended = d.path("ended");
+    // The agreement ends (its signed copy in the store's agreements is
+    // replaced by one that has expired): everything sent under it goes.
     let today = time::OffsetDateTime::now_utc().date();
-    d.write_agreement(&ended, |t| {
+    d.write_agreement(&d.agreements_dir(), |t| {
         let mut t = t;
         for (key, date) in [
             ("valid_from", today - time::Duration::days(30)),
@@ -140,9 +128,7 @@ async fn retention(postgres: Option<String>) {
         }
         t
     });
-    let position = store.iter().position(|a| a == "--agreements").unwrap();
-    store[position + 1] = ended.display().to_string();
-    let done = run(&store, &[]);
+    let done = run(&[]);
     assert!(
         done.contains(&format!("deleted {salt_records} records in total")),
         "{done}"

@@ -137,12 +137,7 @@ fn pattern_of(offsets: &[usize], a: &[u64], b: &[u64], ones_a: &[u32], ones_b: &
             MISSING
         } else {
             let (start, end) = (offsets[f], offsets[f + 1]);
-            let common: u32 = a[start..end]
-                .iter()
-                .zip(&b[start..end])
-                .map(|(x, y)| (x & y).count_ones())
-                .sum();
-            level(common, oa + ob)
+            level(bloom::common(&a[start..end], &b[start..end]), oa + ob)
         };
         pattern |= u64::from(l) << (3 * f);
     }

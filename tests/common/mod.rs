@@ -369,6 +369,25 @@ impl Deployment {
         joinery_ok(&args.iter().map(String::as_str).collect::<Vec<_>>())
     }
 
+    /// Runs `joinery COMMAND…` on this deployment's gateway store (its data
+    /// directory and agreements, and the PostgreSQL `database` if given),
+    /// panicking if it fails; returns what it printed.
+    pub fn on_store(&self, command: &[&str], database: Option<&str>) -> String {
+        let data_dir = self.gateway_data_dir();
+        let agreements = self.agreements_dir();
+        let mut args = command.to_vec();
+        args.extend([
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--agreements",
+            agreements.to_str().unwrap(),
+        ]);
+        if let Some(url) = database {
+            args.extend(["--database-url", url]);
+        }
+        String::from_utf8_lossy(&joinery_ok(&args).stdout).into_owned()
+    }
+
     /// The SQLite database URL the gateway uses by default.
     pub fn sqlite_url(&self) -> String {
         format!(
