@@ -207,7 +207,10 @@ impl Counts {
     }
 
     fn total(&self) -> u64 {
-        self.sorted().iter().map(|(_, n)| n).sum()
+        match self {
+            Self::Dense(table) => table.iter().sum(),
+            Self::Sparse(map) => map.values().sum(),
+        }
     }
 }
 
