@@ -10,7 +10,14 @@
 //! missing ids) to exercise quarantine. `ground_truth.csv` says which child
 //! each agency record is. Output is deterministic for a seed.
 //!
+//! The same records are also written in the national formats each agency
+//! would really send ([`national`]), under `national/<organisation>/`.
+//!
 //! NHS numbers are drawn from the 999 range, which the NHS never issues.
+
+mod national;
+
+pub use national::NationalSource;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -72,6 +79,8 @@ pub const AGENCIES: &[SynthAgency] = &[
 #[derive(Debug, Clone)]
 pub struct SynthOutput {
     pub extracts: Vec<(SynthAgency, PathBuf, PathBuf)>,
+    /// The same records in national formats.
+    pub national: Vec<NationalSource>,
     pub ground_truth: PathBuf,
     pub rows: usize,
 }
@@ -133,6 +142,7 @@ pub fn generate(
     ])?;
 
     let mut extracts = Vec::new();
+    let mut national = Vec::new();
     let mut rows = 0;
     for (index, agency) in AGENCIES.iter().enumerate() {
         let extract = extracts_dir.join(format!("{}.csv", agency.dataset));
@@ -141,6 +151,7 @@ pub fn generate(
             .with_context(|| format!("writing {}", mapping.display()))?;
         let mut writer = writer(agency.layout, &extract)?;
         writer.write_record(header(agency.layout))?;
+        let mut records = Vec::new();
         for c in &population {
             if !rng.random_bool(agency.reach) {
                 continue;
@@ -153,20 +164,38 @@ pub fn generate(
                 &recorded.local_id,
                 recorded.nhs.as_deref().unwrap_or(""),
             ])?;
+            let mut dates = Vec::new();
             for _ in 0..rng.random_range(1..=3) {
                 let event = random_date(&mut rng, c.dob, reference);
                 let mut fields = row(agency.layout, &recorded, c.male, event, &mut rng);
                 break_row(&mut rng, agency.layout, &mut fields);
                 writer.write_record(&fields)?;
+                dates.push(event);
                 rows += 1;
             }
+            records.push(national::AgencyRecord {
+                recorded,
+                male: c.male,
+                dates,
+            });
         }
         writer.flush()?;
+        let national_dir = out.join("national").join(agency.organisation);
+        std::fs::create_dir_all(&national_dir)
+            .with_context(|| format!("creating {}", national_dir.display()))?;
+        national.extend(national::write(
+            &national_dir,
+            agency,
+            &records,
+            seed,
+            reference,
+        )?);
         extracts.push((agency.clone(), extract, mapping));
     }
     truth.flush()?;
     Ok(SynthOutput {
         extracts,
+        national,
         ground_truth: truth_path,
         rows,
     })

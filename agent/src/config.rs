@@ -1,6 +1,7 @@
 //! The agent's configuration file (`agent.yaml`), loaded once. Relative paths
 //! are resolved against the directory holding the file.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use joinery_crypto::tls::TlsFiles;
@@ -100,6 +101,89 @@ pub enum SourceConfig {
         /// Its mapping file (see deploy/examples/mapping.yaml).
         mapping: PathBuf,
     },
+    /// The SSDA903 looked-after children return as CSV tables (header.csv,
+    /// episodes.csv, reviews.csv, uasc.csv, oc2.csv, oc3.csv, ad1.csv,
+    /// placed_for_adoption.csv, prev_perm.csv, missing.csv) in
+    /// `path`, a directory. Needs `year`.
+    Ssda903(NationalFormat),
+    /// The DfE Children in Need census XML file at `path`. Needs `year`.
+    CinCensus(NationalFormat),
+    /// Ofsted Annex A lists 1-10 as CSV files (list_1.csv ... list_10.csv)
+    /// in `path`, a directory.
+    AnnexA(NationalFormat),
+    /// MHSDS-style tables (MHS001MPI.csv, MHS101Referral.csv,
+    /// MHS102ServiceTypeReferredTo.csv, MHS201CareContact.csv) in `path`.
+    Mhsds(NationalFormat),
+    /// CSDS-style tables (CYP001MPI.csv, CYP101Referral.csv,
+    /// CYP102ServiceTypeReferredTo.csv, CYP201CareContact.csv) in `path`.
+    Csds(NationalFormat),
+    /// A FHIR R4 bulk export (Patient.ndjson, Encounter.ndjson,
+    /// EpisodeOfCare.ndjson, ServiceRequest.ndjson) in `path`.
+    Fhir(NationalFormat),
+}
+
+/// A national format's files. Their layout and validation come with the
+/// agent (`agent/formats/`); code lists per collection year are data files.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NationalFormat {
+    /// The directory holding the tables (the file, for the CIN census).
+    pub path: PathBuf,
+    /// Dataset name at the gateway, as the agreement lists it.
+    pub dataset: String,
+    /// Collection year, by the year it ends: 2025 for 2024-25. Dates after
+    /// 31 March of it are refused (the file is for another year), and the
+    /// code lists of that year apply.
+    #[serde(default)]
+    pub year: Option<i32>,
+    /// A code-list file to use instead of the built-in one for the year
+    /// (when a new year's lists are published before the agent is updated).
+    #[serde(default)]
+    pub code_lists: Option<PathBuf>,
+    /// File names that differ from the standard ones, by table name
+    /// (e.g. `Episodes: episodes_2025.csv`).
+    #[serde(default)]
+    pub files: BTreeMap<String, String>,
+}
+
+impl SourceConfig {
+    /// The format's name, as in `kind`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Csv { .. } => "csv",
+            Self::Ssda903(_) => "ssda903",
+            Self::CinCensus(_) => "cin_census",
+            Self::AnnexA(_) => "annex_a",
+            Self::Mhsds(_) => "mhsds",
+            Self::Csds(_) => "csds",
+            Self::Fhir(_) => "fhir",
+        }
+    }
+
+    /// The national format's settings, for every kind but `csv`.
+    pub fn national(&self) -> Option<&NationalFormat> {
+        match self {
+            Self::Csv { .. } => None,
+            Self::Ssda903(f)
+            | Self::CinCensus(f)
+            | Self::AnnexA(f)
+            | Self::Mhsds(f)
+            | Self::Csds(f)
+            | Self::Fhir(f) => Some(f),
+        }
+    }
+
+    fn national_mut(&mut self) -> Option<&mut NationalFormat> {
+        match self {
+            Self::Csv { .. } => None,
+            Self::Ssda903(f)
+            | Self::CinCensus(f)
+            | Self::AnnexA(f)
+            | Self::Mhsds(f)
+            | Self::Csds(f)
+            | Self::Fhir(f) => Some(f),
+        }
+    }
 }
 
 fn default_quarantine_dir() -> PathBuf {
@@ -176,10 +260,14 @@ impl AgentConfig {
         resolve(&mut self.quarantine_dir);
         resolve(&mut self.spool_dir);
         for source in &mut self.sources {
-            match source {
-                SourceConfig::Csv { path, mapping } => {
-                    resolve(path);
-                    resolve(mapping);
+            if let SourceConfig::Csv { path, mapping } = source {
+                resolve(path);
+                resolve(mapping);
+            }
+            if let Some(format) = source.national_mut() {
+                resolve(&mut format.path);
+                if let Some(lists) = &mut format.code_lists {
+                    resolve(lists);
                 }
             }
         }
@@ -222,7 +310,9 @@ mod tests {
         assert_eq!(config.agreement, dir.path().join("dsa.yaml"));
         assert_eq!(config.server_name(), "gw.example");
         assert_eq!(config.batch_size, 1000);
-        let SourceConfig::Csv { path: data, .. } = &config.sources[0];
+        let SourceConfig::Csv { path: data, .. } = &config.sources[0] else {
+            panic!("a csv source")
+        };
         assert_eq!(data, &dir.path().join("data.csv"));
     }
 
@@ -231,7 +321,9 @@ mod tests {
         let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
         let config = AgentConfig::load(&examples.join("agent.yaml")).unwrap();
         assert_eq!(config.organisation, "E08000035");
-        let SourceConfig::Csv { mapping, .. } = &config.sources[0];
+        let SourceConfig::Csv { mapping, .. } = &config.sources[0] else {
+            panic!("a csv source")
+        };
         let mapping = crate::mapping::Mapping::load(mapping).unwrap();
         assert_eq!(mapping.dataset, "csc_referrals");
     }

@@ -13,9 +13,11 @@
 pub mod batch;
 pub mod config;
 pub mod delivery;
+pub mod format;
 pub mod mapping;
 pub mod metrics;
 pub mod opt_out;
+pub mod person_index;
 pub mod quarantine;
 pub mod release;
 pub mod row;

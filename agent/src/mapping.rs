@@ -20,18 +20,22 @@
 //! [`Mapping::resolve`] binds it to a file's header row, failing with the name
 //! of any column the file lacks before a single row is read.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use crate::person_index::PersonRef;
 use crate::validate::DateFormat;
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Mapping {
-    /// Dataset name at the gateway (a-z, 0-9, _).
+    /// Dataset name at the gateway (a-z, 0-9, _). A national format's
+    /// tables take theirs from the source's configuration.
+    #[serde(default)]
     pub dataset: String,
     /// Field separator; detected from the header line when absent.
     #[serde(default)]
@@ -43,6 +47,49 @@ pub struct Mapping {
     /// Dated events each row records.
     #[serde(default)]
     pub events: Vec<EventMapping>,
+    /// Columns a file may lack (a field mapped to one is then simply absent),
+    /// e.g. name columns an MHSDS-style extract may or may not carry.
+    #[serde(default)]
+    pub optional_columns: Vec<String>,
+    /// Pairs of date columns that must be in order when both are present
+    /// (an episode cannot end before it starts); a row breaking one is
+    /// quarantined.
+    #[serde(default)]
+    pub date_order: Vec<DateOrder>,
+    /// Code lists a column's `code_list` may name (a national format's lists
+    /// for its collection year).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub code_lists: Arc<CodeLists>,
+    /// The last day of the collection the file belongs to: a later date
+    /// means the file is for another year.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub collection: Option<Collection>,
+    /// How a row finds its person, when the person is in another table.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub person: Option<PersonRef>,
+}
+
+/// Code lists by name: each maps a code to its description.
+pub type CodeLists = BTreeMap<String, BTreeMap<String, String>>;
+
+/// A return's collection year.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Collection {
+    /// e.g. `2024-25`
+    pub label: String,
+    /// The last day it covers (31 March).
+    pub ends: time::Date,
+}
+
+/// Two date columns, the first not after the second.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DateOrder {
+    pub earlier: String,
+    pub later: String,
 }
 
 /// Columns holding the person's identity.
@@ -68,17 +115,26 @@ pub struct Fields {
     pub sex: Option<Column>,
     #[serde(default)]
     pub postcode: Option<Column>,
+    /// Unique Pupil Number; validated by its check letter, never sent.
+    #[serde(default)]
+    pub upn: Option<Column>,
 }
 
-/// A source column, by header name, optionally with a code map.
+/// A source column, by header name, optionally with a code map and a code
+/// list its values must be in.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum Column {
     Name(String),
     Coded {
         column: String,
+        /// Source code -> value sent.
         #[serde(default)]
         codes: BTreeMap<String, String>,
+        /// A code list (of the format's collection year) the value must be
+        /// in; a value outside it is dropped with a warning.
+        #[serde(default)]
+        code_list: Option<String>,
     },
 }
 
@@ -92,7 +148,15 @@ impl Column {
     pub fn codes(&self) -> Option<&BTreeMap<String, String>> {
         match self {
             Self::Name(_) => None,
+            Self::Coded { codes, .. } if codes.is_empty() => None,
             Self::Coded { codes, .. } => Some(codes),
+        }
+    }
+
+    pub fn code_list(&self) -> Option<&str> {
+        match self {
+            Self::Name(_) => None,
+            Self::Coded { code_list, .. } => code_list.as_deref(),
         }
     }
 }
@@ -150,11 +214,52 @@ pub struct EventMapping {
     /// Event type, e.g. `referral`.
     #[serde(rename = "type")]
     pub event_type: String,
-    /// The column holding the event's date.
-    pub date: DateColumn,
+    /// The column holding the event's date, or `collection_end` for a table
+    /// whose facts describe the whole collection year (SSDA903 OC2, OC3).
+    pub date: EventDate,
+    /// An empty date means the event has not happened (an open episode's
+    /// end), not a gap in the data: no warning.
+    #[serde(default)]
+    pub optional: bool,
+    /// Records the event only on rows whose column holds one of the values
+    /// (an encounter is an A&E attendance when its class is `EMER`).
+    #[serde(default)]
+    pub when: Option<When>,
     /// Columns sent as the event's attributes, by attribute name.
     #[serde(default)]
     pub attributes: BTreeMap<String, Column>,
+}
+
+/// A condition on a column: its value (ignoring case) is one of `is`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct When {
+    pub column: String,
+    pub is: Vec<String>,
+}
+
+/// Where an event's date comes from.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum EventDate {
+    Column(DateColumn),
+    Fixed(FixedDate),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FixedDate {
+    /// The last day of the return's collection year.
+    CollectionEnd,
+}
+
+impl EventDate {
+    fn column(&self) -> Option<&DateColumn> {
+        match self {
+            Self::Column(c) => Some(c),
+            Self::Fixed(_) => None,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -184,19 +289,59 @@ impl Mapping {
             path: path.to_owned(),
             source,
         })?;
+        let mapping: Self = serde_saphyr::from_str(&text).map_err(|e| MappingError::Invalid {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        mapping.check(path)?;
+        Ok(mapping)
+    }
+
+    /// Every column the mapping reads, each once, in the order named.
+    pub fn columns(&self) -> Vec<&str> {
+        let f = &self.fields;
+        let mut columns: Vec<&str> = vec![f.local_id.header()];
+        columns.extend(
+            [
+                &f.nhs_number,
+                &f.given_name,
+                &f.family_name,
+                &f.sex,
+                &f.postcode,
+                &f.upn,
+            ]
+            .into_iter()
+            .flatten()
+            .map(Column::header),
+        );
+        columns.extend(f.full_name.iter().map(|n| n.column.as_str()));
+        columns.extend(f.date_of_birth.iter().map(|d| d.column.as_str()));
+        columns.extend(self.attributes.values().map(Column::header));
+        for event in &self.events {
+            columns.extend(event.date.column().map(|c| c.column.as_str()));
+            columns.extend(event.when.iter().map(|w| w.column.as_str()));
+            columns.extend(event.attributes.values().map(Column::header));
+        }
+        let mut seen = BTreeSet::new();
+        columns.retain(|c| seen.insert(*c));
+        columns
+    }
+
+    /// Checks names and combinations serde cannot; `path` names the file in
+    /// errors.
+    pub fn check(&self, path: &Path) -> Result<(), MappingError> {
         let invalid = |message: String| MappingError::Invalid {
             path: path.to_owned(),
             message,
         };
-        let mapping: Self = serde_saphyr::from_str(&text).map_err(|e| invalid(e.to_string()))?;
-        if !is_name(&mapping.dataset) {
+        if !is_name(&self.dataset) {
             return Err(invalid("dataset must be 1-64 of a-z, 0-9 and _".to_owned()));
         }
-        for name in mapping
+        for name in self
             .attributes
             .keys()
-            .chain(mapping.events.iter().flat_map(|e| e.attributes.keys()))
-            .chain(mapping.events.iter().map(|e| &e.event_type))
+            .chain(self.events.iter().flat_map(|e| e.attributes.keys()))
+            .chain(self.events.iter().map(|e| &e.event_type))
         {
             if !is_name(name) || RESERVED.contains(&name.as_str()) {
                 return Err(invalid(format!(
@@ -204,14 +349,14 @@ impl Mapping {
                 )));
             }
         }
-        if mapping.fields.full_name.is_some()
-            && (mapping.fields.given_name.is_some() || mapping.fields.family_name.is_some())
+        if self.fields.full_name.is_some()
+            && (self.fields.given_name.is_some() || self.fields.family_name.is_some())
         {
             return Err(invalid(
                 "fields: use either full_name or given_name/family_name, not both".to_owned(),
             ));
         }
-        Ok(mapping)
+        Ok(())
     }
 }
 
@@ -235,8 +380,12 @@ pub struct Resolved {
     pub date_of_birth: Option<(usize, DateFormat, IfInvalid)>,
     pub sex: Option<(usize, BTreeMap<String, String>)>,
     pub postcode: Option<usize>,
+    pub upn: Option<usize>,
     pub attributes: Vec<ResolvedAttribute>,
     pub events: Vec<ResolvedEvent>,
+    pub date_order: Vec<ResolvedDateOrder>,
+    pub collection: Option<Collection>,
+    pub person: Option<PersonRef>,
 }
 
 #[derive(Debug, Clone)]
@@ -245,35 +394,58 @@ pub struct ResolvedAttribute {
     pub index: usize,
     /// Upper-cased source code -> value, when the mapping gives a code map.
     pub codes: Option<BTreeMap<String, String>>,
+    /// The code list the value must be in: its name and upper-cased codes.
+    pub code_list: Option<(String, Arc<BTreeSet<String>>)>,
+}
+
+/// An event's date: a column, or a fixed date.
+#[derive(Debug, Clone, Copy)]
+pub enum ResolvedDate {
+    Column(usize, DateFormat),
+    Fixed(time::Date),
+}
+
+/// A [`DateOrder`] bound to column positions and date formats.
+#[derive(Debug, Clone)]
+pub struct ResolvedDateOrder {
+    pub earlier: (usize, DateFormat, String),
+    pub later: (usize, DateFormat, String),
 }
 
 #[derive(Debug, Clone)]
 pub struct ResolvedEvent {
     pub event_type: String,
-    pub date: (usize, DateFormat),
+    pub date: ResolvedDate,
+    pub optional: bool,
+    /// The column and the upper-cased values that record the event.
+    pub when: Option<(usize, BTreeSet<String>)>,
     pub attributes: Vec<ResolvedAttribute>,
 }
 
 impl Mapping {
     /// Binds the mapping to `headers` (the file's first row). Header names
-    /// match exactly after trimming, or else ignoring case.
+    /// match exactly after trimming, or else ignoring case. A column listed
+    /// in `optional_columns` may be missing; what it maps is then left out.
     pub fn resolve(
         &self,
         headers: &[String],
         mapping_path: &Path,
         data_path: &Path,
     ) -> Result<Resolved, MappingError> {
-        let find = |field: &str, column: &str| -> Result<usize, MappingError> {
+        let position = |column: &str| {
             let wanted = column.trim();
-            headers
-                .iter()
-                .position(|h| h.trim() == wanted)
-                .or_else(|| {
-                    headers
-                        .iter()
-                        .position(|h| h.trim().eq_ignore_ascii_case(wanted))
-                })
-                .ok_or_else(|| MappingError::MissingColumn {
+            headers.iter().position(|h| h.trim() == wanted).or_else(|| {
+                headers
+                    .iter()
+                    .position(|h| h.trim().eq_ignore_ascii_case(wanted))
+            })
+        };
+        // Ok(None): an optional column the file lacks.
+        let lookup = |field: &str, column: &str| -> Result<Option<usize>, MappingError> {
+            match position(column) {
+                Some(index) => Ok(Some(index)),
+                None if self.optional_columns.iter().any(|c| c == column) => Ok(None),
+                None => Err(MappingError::MissingColumn {
                     mapping: mapping_path.to_owned(),
                     data: data_path.to_owned(),
                     field: field.to_owned(),
@@ -283,69 +455,147 @@ impl Mapping {
                         .map(|h| format!("{:?}", h.trim()))
                         .collect::<Vec<_>>()
                         .join(", "),
-                })
+                }),
+            }
+        };
+        let invalid = |message: String| MappingError::Invalid {
+            path: mapping_path.to_owned(),
+            message,
         };
         let optional = |field: &str, column: &Option<Column>| {
-            column.as_ref().map(|c| find(field, c.header())).transpose()
+            column
+                .as_ref()
+                .map(|c| lookup(field, c.header()))
+                .transpose()
+                .map(Option::flatten)
+        };
+        let code_list = |column: &Column| {
+            column
+                .code_list()
+                .map(|name| {
+                    let list = self.code_lists.get(name).ok_or_else(|| {
+                        invalid(format!(
+                            "code list {name:?} is not among this collection's code lists"
+                        ))
+                    })?;
+                    Ok((
+                        name.to_owned(),
+                        Arc::new(list.keys().map(|k| k.trim().to_uppercase()).collect()),
+                    ))
+                })
+                .transpose()
         };
         let attributes = |prefix: &str, map: &BTreeMap<String, Column>| {
-            map.iter()
-                .map(|(name, column)| {
-                    Ok(ResolvedAttribute {
+            let mut resolved = Vec::new();
+            for (name, column) in map {
+                if let Some(index) = lookup(&format!("{prefix}{name}"), column.header())? {
+                    resolved.push(ResolvedAttribute {
                         name: name.clone(),
-                        index: find(&format!("{prefix}{name}"), column.header())?,
+                        index,
                         codes: column.codes().map(upper_keys),
-                    })
-                })
-                .collect::<Result<Vec<_>, MappingError>>()
+                        code_list: code_list(column)?,
+                    });
+                }
+            }
+            Ok::<_, MappingError>(resolved)
         };
         let f = &self.fields;
+        let local_id = lookup("local_id", f.local_id.header())?
+            .ok_or_else(|| invalid("local_id's column cannot be optional".to_owned()))?;
+        let mut events = Vec::new();
+        for e in &self.events {
+            let date = match &e.date {
+                EventDate::Column(c) => lookup(&format!("{} date", e.event_type), &c.column)?
+                    .map(|index| ResolvedDate::Column(index, c.format)),
+                EventDate::Fixed(FixedDate::CollectionEnd) => {
+                    let collection = self.collection.as_ref().ok_or_else(|| {
+                        invalid(format!(
+                            "{} events are dated collection_end, but the source has no collection year",
+                            e.event_type
+                        ))
+                    })?;
+                    Some(ResolvedDate::Fixed(collection.ends))
+                }
+            };
+            let when = match &e.when {
+                Some(w) => match lookup(&format!("{} when", e.event_type), &w.column)? {
+                    Some(index) => Some((
+                        index,
+                        w.is.iter().map(|v| v.trim().to_uppercase()).collect(),
+                    )),
+                    // The column is optional and absent: the event cannot be told.
+                    None => continue,
+                },
+                None => None,
+            };
+            if let Some(date) = date {
+                events.push(ResolvedEvent {
+                    event_type: e.event_type.clone(),
+                    date,
+                    optional: e.optional,
+                    when,
+                    attributes: attributes(&format!("{} ", e.event_type), &e.attributes)?,
+                });
+            }
+        }
+        // A date column's format comes from the event (or birth date) it dates.
+        let date_column =
+            |column: &str| -> Result<Option<(usize, DateFormat, String)>, MappingError> {
+                let format = self
+                .events
+                .iter()
+                .filter_map(|e| e.date.column())
+                .find(|c| c.column == column)
+                .map(|c| c.format)
+                .or_else(|| {
+                    f.date_of_birth
+                        .as_ref()
+                        .filter(|d| d.column == column)
+                        .map(|d| d.format)
+                })
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "date_order names {column:?}, which is not an event's or the birth date's column"
+                    ))
+                })?;
+                Ok(lookup("date_order", column)?.map(|index| (index, format, column.to_owned())))
+            };
+        let mut date_order = Vec::new();
+        for order in &self.date_order {
+            if let (Some(earlier), Some(later)) =
+                (date_column(&order.earlier)?, date_column(&order.later)?)
+            {
+                date_order.push(ResolvedDateOrder { earlier, later });
+            }
+        }
         Ok(Resolved {
-            local_id: find("local_id", f.local_id.header())?,
+            local_id,
             nhs_number: optional("nhs_number", &f.nhs_number)?,
             given_name: optional("given_name", &f.given_name)?,
             family_name: optional("family_name", &f.family_name)?,
-            full_name: f
-                .full_name
-                .as_ref()
-                .map(|n| Ok::<_, MappingError>((find("full_name", &n.column)?, n.order)))
-                .transpose()?,
-            date_of_birth: f
-                .date_of_birth
-                .as_ref()
-                .map(|d| {
-                    Ok::<_, MappingError>((
-                        find("date_of_birth", &d.column)?,
-                        d.format,
-                        d.if_invalid,
-                    ))
-                })
-                .transpose()?,
-            sex: f
-                .sex
-                .as_ref()
-                .map(|c| {
+            full_name: match &f.full_name {
+                Some(n) => lookup("full_name", &n.column)?.map(|i| (i, n.order)),
+                None => None,
+            },
+            date_of_birth: match &f.date_of_birth {
+                Some(d) => lookup("date_of_birth", &d.column)?.map(|i| (i, d.format, d.if_invalid)),
+                None => None,
+            },
+            sex: match &f.sex {
+                Some(c) => lookup("sex", c.header())?.map(|i| {
                     let mut codes = default_sex_codes();
                     codes.extend(c.codes().map(upper_keys).unwrap_or_default());
-                    Ok::<_, MappingError>((find("sex", c.header())?, codes))
-                })
-                .transpose()?,
+                    (i, codes)
+                }),
+                None => None,
+            },
             postcode: optional("postcode", &f.postcode)?,
+            upn: optional("upn", &f.upn)?,
             attributes: attributes("attribute ", &self.attributes)?,
-            events: self
-                .events
-                .iter()
-                .map(|e| {
-                    Ok(ResolvedEvent {
-                        event_type: e.event_type.clone(),
-                        date: (
-                            find(&format!("{} date", e.event_type), &e.date.column)?,
-                            e.date.format,
-                        ),
-                        attributes: attributes(&format!("{} ", e.event_type), &e.attributes)?,
-                    })
-                })
-                .collect::<Result<Vec<_>, MappingError>>()?,
+            events,
+            date_order,
+            collection: self.collection.clone(),
+            person: self.person.clone(),
         })
     }
 }
@@ -413,7 +663,10 @@ mod tests {
         assert_eq!(index, 0);
         assert_eq!(codes["W"], "female");
         assert_eq!(codes["M"], "male");
-        assert_eq!(resolved.events[0].date.0, 3);
+        assert!(matches!(
+            resolved.events[0].date,
+            ResolvedDate::Column(3, _)
+        ));
     }
 
     #[test]

@@ -154,9 +154,20 @@ fn age_on(born: Date, on: Date) -> u32 {
     u32::try_from(years).unwrap_or(0)
 }
 
-/// What a mapping produces that the agreement does not let this dataset send
-/// (reported once per run, so agency IT can tidy the mapping).
-pub fn withheld_by_agreement(mapping: &Resolved, dataset: &Dataset) -> Vec<String> {
+/// What a source's mappings (one per table) produce that the agreement does
+/// not let this dataset send (reported once per run, so agency IT can tidy
+/// the mapping), each once.
+pub fn withheld_by_agreement(mappings: &[&Resolved], dataset: &Dataset) -> Vec<String> {
+    let mut withheld: Vec<String> = mappings
+        .iter()
+        .flat_map(|m| withheld_from(m, dataset))
+        .collect();
+    let mut seen = std::collections::BTreeSet::new();
+    withheld.retain(|w| seen.insert(w.clone()));
+    withheld
+}
+
+fn withheld_from(mapping: &Resolved, dataset: &Dataset) -> Vec<String> {
     let listed = |field: &str| {
         dataset
             .fields
@@ -211,6 +222,7 @@ mod tests {
             date_of_birth: Some(date!(2015 - 04 - 03)),
             sex: Some("female".into()),
             postcode: Some(crate::validate::postcode("LS6 2AB").unwrap()),
+            upn: None,
             attributes: [
                 ("ethnicity".to_owned(), "WBRI".to_owned()),
                 ("worker".to_owned(), "Bob".to_owned()),

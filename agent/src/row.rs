@@ -11,7 +11,7 @@ use std::fmt;
 
 use time::Date;
 
-use crate::mapping::{IfInvalid, NameOrder, Resolved, ResolvedAttribute};
+use crate::mapping::{IfInvalid, NameOrder, Resolved, ResolvedAttribute, ResolvedDate};
 use crate::validate::{self, Postcode};
 
 /// One person-row in canonical form. Identifying fields never leave the
@@ -28,6 +28,8 @@ pub struct PersonRow {
     /// One of [`crate::mapping::SEX_VALUES`].
     pub sex: Option<String>,
     pub postcode: Option<Postcode>,
+    /// Unique Pupil Number, only when valid; never sent.
+    pub upn: Option<String>,
     pub attributes: BTreeMap<String, String>,
     pub events: Vec<Event>,
 }
@@ -93,6 +95,9 @@ impl fmt::Display for Problem {
 }
 
 /// The result of mapping one source row.
+// Almost every row is valid: boxing it would cost an allocation per row to
+// shrink the rare quarantined one.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RowOutcome {
     Valid {
@@ -105,10 +110,26 @@ pub enum RowOutcome {
 /// Maps a row's fields (already split, in header order) through `mapping`.
 /// Dates after `today` are refused.
 pub fn map_row(fields: &[String], mapping: &Resolved, today: Date) -> RowOutcome {
-    match build(fields, mapping, today) {
+    let built = build(fields, mapping, today).and_then(|(mut row, warnings)| {
+        if let Some(person) = &mapping.person {
+            person.attach(&mut row)?;
+        }
+        Ok((row, warnings))
+    });
+    match built {
         Ok((row, warnings)) => RowOutcome::Valid { row, warnings },
         Err(problem) => RowOutcome::Quarantined(problem),
     }
+}
+
+/// Values a return uses for "no UPN" (SSDA903 and CIN census `UN1`-`UN10`:
+/// not yet allocated, not known, and so on): missing, not invalid.
+fn is_upn_unknown_code(raw: &str) -> bool {
+    raw.len() <= 4
+        && raw
+            .to_ascii_uppercase()
+            .strip_prefix("UN")
+            .is_some_and(|n| n.parse::<u8>().is_ok_and(|n| (1..=10).contains(&n)))
 }
 
 fn build(
@@ -152,7 +173,7 @@ fn build(
                 None
             }
             Some(raw) => match (
-                checked_date(raw, format, today, "date_of_birth"),
+                checked_date(raw, format, today, mapping, "date_of_birth"),
                 if_invalid,
             ) {
                 (Ok(date), _) => Some(date),
@@ -193,25 +214,62 @@ fn build(
         }
     });
 
+    let upn = present(mapping.upn)
+        .filter(|raw| !is_upn_unknown_code(raw))
+        .and_then(|raw| match validate::upn(raw) {
+            Ok(upn) => Some(upn),
+            Err(e) => {
+                warnings.push(Problem::new("upn", format!("{e}; treated as missing")));
+                None
+            }
+        });
+
+    for order in &mapping.date_order {
+        let date = |(index, format, _): &(usize, validate::DateFormat, String)| {
+            present(Some(*index)).and_then(|raw| validate::date(raw, *format).ok())
+        };
+        if let (Some(earlier), Some(later)) = (date(&order.earlier), date(&order.later))
+            && later < earlier
+        {
+            return Err(Problem::new(
+                order.later.2.clone(),
+                format!("is before {}", order.earlier.2),
+            ));
+        }
+    }
+
     let attributes = collect_attributes(&mapping.attributes, &get, "", &mut warnings);
 
     let mut events = Vec::new();
     for event in &mapping.events {
-        let (index, format) = event.date;
-        let field = format!("{} date", event.event_type);
-        match present(Some(index)) {
-            None => warnings.push(Problem::new(field, "missing; no event recorded")),
-            Some(raw) => events.push(Event {
-                event_type: event.event_type.clone(),
-                date: checked_date(raw, format, today, &field)?,
-                attributes: collect_attributes(
-                    &event.attributes,
-                    &get,
-                    &format!("{} ", event.event_type),
-                    &mut warnings,
-                ),
-            }),
+        if let Some((index, values)) = &event.when
+            && !values.contains(&get(*index).to_uppercase())
+        {
+            continue;
         }
+        let field = format!("{} date", event.event_type);
+        let date = match event.date {
+            ResolvedDate::Fixed(date) => date,
+            ResolvedDate::Column(index, format) => match present(Some(index)) {
+                Some(raw) => checked_date(raw, format, today, mapping, &field)?,
+                // Not happened yet (an open episode has no end date).
+                None if event.optional => continue,
+                None => {
+                    warnings.push(Problem::new(field, "missing; no event recorded"));
+                    continue;
+                }
+            },
+        };
+        events.push(Event {
+            event_type: event.event_type.clone(),
+            date,
+            attributes: collect_attributes(
+                &event.attributes,
+                &get,
+                &format!("{} ", event.event_type),
+                &mut warnings,
+            ),
+        });
     }
 
     Ok((
@@ -223,6 +281,7 @@ fn build(
             date_of_birth,
             sex,
             postcode,
+            upn,
             attributes,
             events,
         },
@@ -230,15 +289,29 @@ fn build(
     ))
 }
 
+/// A real date, not after `today`, and not after the end of the collection
+/// the file belongs to (a later one means the file is for another year).
 fn checked_date(
     raw: &str,
     format: validate::DateFormat,
     today: Date,
+    mapping: &Resolved,
     field: &str,
 ) -> Result<Date, Problem> {
     let date = validate::date(raw, format).map_err(|e| Problem::new(field, e))?;
     if date > today {
         return Err(Problem::new(field, validate::Invalid::FutureDate));
+    }
+    if let Some(collection) = &mapping.collection
+        && date > collection.ends
+    {
+        return Err(Problem::new(
+            field,
+            format!(
+                "is after the end of the {} collection year ({}): is the file for another year?",
+                collection.label, collection.ends
+            ),
+        ));
     }
     Ok(date)
 }
@@ -255,19 +328,37 @@ fn collect_attributes<'a>(
         if raw.is_empty() {
             continue;
         }
-        match &attribute.codes {
-            None => {
-                out.insert(attribute.name.clone(), raw.to_owned());
-            }
+        let value = match &attribute.codes {
+            None => raw.to_owned(),
             Some(codes) => match codes.get(&raw.to_uppercase()) {
-                Some(value) => {
-                    out.insert(attribute.name.clone(), value.clone());
+                Some(value) => value.clone(),
+                None => {
+                    warnings.push(Problem::new(
+                        format!("{prefix}{}", attribute.name),
+                        "code not in the mapping's code map; treated as missing",
+                    ));
+                    continue;
                 }
-                None => warnings.push(Problem::new(
-                    format!("{prefix}{}", attribute.name),
-                    "code not in the mapping's code list; treated as missing",
-                )),
             },
+        };
+        if let Some((list, codes)) = &attribute.code_list {
+            // A repeated XML element arrives as `A,B`: each code is checked.
+            let (known, unknown): (Vec<String>, Vec<String>) = value
+                .split(',')
+                .map(|c| c.trim().to_uppercase())
+                .filter(|c| !c.is_empty())
+                .partition(|c| codes.contains(c));
+            if !unknown.is_empty() {
+                warnings.push(Problem::new(
+                    format!("{prefix}{}", attribute.name),
+                    format!("code not in code list {list}; treated as missing"),
+                ));
+            }
+            if !known.is_empty() {
+                out.insert(attribute.name.clone(), known.join(","));
+            }
+        } else {
+            out.insert(attribute.name.clone(), value);
         }
     }
     out

@@ -20,15 +20,14 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::batch::Batcher;
-use crate::config::{AgentConfig, SourceConfig};
+use crate::config::AgentConfig;
 use crate::delivery::Delivery;
-use crate::mapping::Mapping;
 use crate::metrics;
 use crate::opt_out::OptOutList;
 use crate::quarantine::{QUARANTINED, QuarantineReport, SENT_WITH_WARNING};
 use crate::release::{Releaser, withheld_by_agreement};
 use crate::row::RowOutcome;
-use crate::source::csv::CsvSource;
+use crate::source::{Position, Source};
 use crate::spool::{Checkpoint, Spool, SpoolError, Spooled};
 use crate::uploader::Acked;
 
@@ -41,7 +40,7 @@ pub enum AgentError {
     #[error(transparent)]
     Mapping(#[from] crate::mapping::MappingError),
     #[error(transparent)]
-    Source(#[from] crate::source::csv::CsvError),
+    Source(#[from] crate::source::SourceError),
     #[error(transparent)]
     Connect(#[from] joinery_proto::channel::ConnectError),
     #[error(transparent)]
@@ -185,27 +184,29 @@ async fn run_sources(config: &AgentConfig, progress: Progress) -> Result<RunSumm
     // organisation send each dataset, before anything is sent.
     let mut opened = Vec::new();
     for source in &config.sources {
-        let SourceConfig::Csv { path, mapping } = source;
-        let map = Mapping::load(mapping)?;
-        if !signed.may_send(&config.organisation, &map.dataset) {
-            return Err(AgentError::NotAllowed(format!(
-                "agreement {} version {} does not let {} send dataset {} (mapping {})",
-                agreement.id,
-                agreement.version,
-                config.organisation,
-                map.dataset,
-                mapping.display()
-            )));
+        for part in crate::format::open(source, today)? {
+            if !signed.may_send(&config.organisation, &part.dataset) {
+                return Err(AgentError::NotAllowed(format!(
+                    "agreement {} version {} does not let {} send dataset {} (source {})",
+                    agreement.id,
+                    agreement.version,
+                    config.organisation,
+                    part.dataset,
+                    part.path.display()
+                )));
+            }
+            let dataset = agreement
+                .datasets
+                .get(&part.dataset)
+                .cloned()
+                .ok_or_else(|| {
+                    AgentError::NotAllowed(format!(
+                        "dataset {} is not in the agreement",
+                        part.dataset
+                    ))
+                })?;
+            opened.push((part.path, part.dataset, dataset, part.source));
         }
-        let reader = CsvSource::open(path, &map, mapping, today)?;
-        let dataset = agreement
-            .datasets
-            .get(&map.dataset)
-            .cloned()
-            .ok_or_else(|| {
-                AgentError::NotAllowed(format!("dataset {} is not in the agreement", map.dataset))
-            })?;
-        opened.push((path.clone(), map.dataset.clone(), dataset, reader));
     }
 
     let hello = Hello {
@@ -253,7 +254,7 @@ async fn run_sources(config: &AgentConfig, progress: Progress) -> Result<RunSumm
         let mut summary = SourceSummary {
             source: path.clone(),
             dataset: dataset.clone(),
-            withheld_fields: withheld_by_agreement(reader.mapping(), &rules),
+            withheld_fields: withheld_by_agreement(&reader.mappings(), &rules),
             ..SourceSummary::default()
         };
         if checkpoint.as_ref().is_some_and(|c| c.complete) {
@@ -263,9 +264,9 @@ async fn run_sources(config: &AgentConfig, progress: Progress) -> Result<RunSumm
             continue;
         }
         if let Some(c) = &checkpoint {
-            reader.resume(c.byte, c.line, c.record)?;
-            summary.resumed_at_line = Some(c.line);
-            tracing::info!(source = %path.display(), %dataset, line = c.line, "resuming an interrupted read");
+            reader.resume(c.at)?;
+            summary.resumed_at_line = Some(c.at.line);
+            tracing::info!(source = %path.display(), %dataset, line = c.at.line, "resuming an interrupted read");
         } else {
             tracing::info!(source = %path.display(), %dataset, "reading source");
         }
@@ -439,7 +440,7 @@ struct Releasing {
 /// cannot be used, withholding opted-out people, and sending full batches
 /// down `tx`.
 fn read_source(
-    mut reader: CsvSource,
+    mut reader: Box<dyn Source>,
     releasing: &Releasing,
     spooling: &Spooling,
     mut batcher: Batcher,
@@ -468,12 +469,10 @@ fn read_source(
     let mut summary = SourceSummary::default();
     // Spools a full batch with the position to resume from (the start of the
     // row that did not fit), then hands it to the sender.
-    let spool_and_send = |batch: Batch, at: &csv::Position, sequence: u64, complete: bool| {
+    let spool_and_send = |batch: Batch, at: Position, sequence: u64, complete: bool| {
         let checkpoint = Checkpoint {
             fingerprint: spooling.fingerprint.clone(),
-            byte: at.byte(),
-            line: at.line(),
-            record: at.record(),
+            at,
             sequence,
             complete,
         };
@@ -522,7 +521,7 @@ fn read_source(
                 if let Some(batch) = batcher.push(record)
                     && !{
                         report.flush().map_err(quarantine_err(report.path()))?;
-                        spool_and_send(batch, &before, batcher.sequence(), false)?
+                        spool_and_send(batch, before, batcher.sequence(), false)?
                     }
                 {
                     // Delivery has stopped (its error ends the run): leave
@@ -542,15 +541,13 @@ fn read_source(
     match batcher.flush() {
         Some(batch) => {
             let sequence = batcher.sequence();
-            spool_and_send(batch, &end, sequence, true)?;
+            spool_and_send(batch, end, sequence, true)?;
         }
         None => spooling.spool.commit_checkpoint(
             &spooling.key,
             Checkpoint {
                 fingerprint: spooling.fingerprint.clone(),
-                byte: end.byte(),
-                line: end.line(),
-                record: end.record(),
+                at: end,
                 sequence: batcher.sequence(),
                 complete: true,
             },

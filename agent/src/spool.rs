@@ -46,10 +46,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
 pub struct Checkpoint {
     /// Identifies the file's content: size, modification time, digest of its start.
     pub fingerprint: String,
-    /// Byte offset, line and record number to resume from.
-    pub byte: u64,
-    pub line: u64,
-    pub record: u64,
+    /// Where to resume reading.
+    #[serde(flatten)]
+    pub at: crate::source::Position,
     /// The next batch sequence number for this source (keeps batch ids
     /// reproducible when rows after the checkpoint are read again).
     pub sequence: u64,
@@ -346,7 +345,10 @@ mod tests {
                     batch(1),
                     "a.csv",
                     Checkpoint {
-                        byte: 10,
+                        at: crate::source::Position {
+                            byte: 10,
+                            ..Default::default()
+                        },
                         ..Default::default()
                     },
                 )
@@ -356,7 +358,10 @@ mod tests {
                     batch(2),
                     "a.csv",
                     Checkpoint {
-                        byte: 20,
+                        at: crate::source::Position {
+                            byte: 20,
+                            ..Default::default()
+                        },
                         ..Default::default()
                     },
                 )
@@ -367,7 +372,7 @@ mod tests {
         let pending = spool.pending().unwrap();
         assert_eq!(pending.len(), 2);
         assert_eq!(pending[0].batch, batch(1), "oldest first");
-        assert_eq!(spool.checkpoint("a.csv").unwrap().byte, 20);
+        assert_eq!(spool.checkpoint("a.csv").unwrap().at.byte, 20);
         spool.acknowledged(&first).unwrap();
         assert_eq!(spool.pending().unwrap().len(), 1);
         let (count, _, status, _) = inspect(dir.path()).unwrap();

@@ -20,6 +20,10 @@ pub enum Invalid {
     ImpossibleDate,
     #[error("date is in the future")]
     FutureDate,
+    #[error("UPN must be a letter, 11 digits and a digit or letter (13 characters)")]
+    UpnShape,
+    #[error("UPN fails its check letter")]
+    UpnCheckLetter,
 }
 
 /// Validates an NHS number (spaces and hyphens allowed between digits) with
@@ -48,6 +52,49 @@ pub fn nhs_check_digit(nine: &[u8]) -> Option<u8> {
         10 => None,
         check => Some(check as u8),
     }
+}
+
+/// Letters of the Unique Pupil Number's check character (and of a temporary
+/// UPN's last character), in value order 0-22: A-Z without I, O and S.
+const UPN_LETTERS: &[u8; 23] = b"ABCDEFGHJKLMNPQRTUVWXYZ";
+
+/// Validates a Unique Pupil Number (DfE): a check letter, then 11 digits
+/// (local authority, establishment, year, serial), then a digit, or for a
+/// temporary UPN a letter. Returns it upper case.
+pub fn upn(raw: &str) -> Result<String, Invalid> {
+    let upn = raw.trim().to_ascii_uppercase();
+    let b = upn.as_bytes();
+    let shaped = b.len() == 13
+        && UPN_LETTERS.contains(&b[0])
+        && b[1..12].iter().all(u8::is_ascii_digit)
+        && (b[12].is_ascii_digit() || UPN_LETTERS.contains(&b[12]));
+    if !shaped {
+        return Err(Invalid::UpnShape);
+    }
+    match upn_check_letter(&b[1..]) {
+        Some(letter) if letter == b[0] => Ok(upn),
+        _ => Err(Invalid::UpnCheckLetter),
+    }
+}
+
+/// The check letter for a UPN's characters 2-13: each multiplied by its
+/// position (2-13), summed, modulo 23, as a letter of A-Z without I, O, S. A
+/// letter in the last place (a temporary UPN) counts as its value 0-22 in
+/// that same alphabet. `None` when a character is neither.
+pub fn upn_check_letter(twelve: &[u8]) -> Option<u8> {
+    if twelve.len() != 12 {
+        return None;
+    }
+    let mut sum = 0u32;
+    for (c, weight) in twelve.iter().zip(2u32..) {
+        let value = if c.is_ascii_digit() {
+            u32::from(c - b'0')
+        } else {
+            UPN_LETTERS.iter().position(|l| l == c)? as u32
+        };
+        sum += value * weight;
+    }
+    Some(UPN_LETTERS[(sum % 23) as usize])
 }
 
 /// A UK postcode split into outward and inward codes, upper case.
@@ -203,7 +250,81 @@ fn number(s: &str) -> Result<u32, Invalid> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use time::macros::date as d;
+
+    /// A valid UPN made from 12 characters, computed independently of
+    /// `upn_check_letter` (same rule, written out).
+    fn make_upn(twelve: &str) -> String {
+        let sum: usize = twelve
+            .bytes()
+            .enumerate()
+            .map(|(i, c)| {
+                let value = if c.is_ascii_digit() {
+                    usize::from(c - b'0')
+                } else {
+                    "ABCDEFGHJKLMNPQRTUVWXYZ".find(char::from(c)).unwrap()
+                };
+                value * (i + 2)
+            })
+            .sum();
+        format!(
+            "{}{twelve}",
+            &"ABCDEFGHJKLMNPQRTUVWXYZ"[sum % 23..sum % 23 + 1]
+        )
+    }
+
+    #[test]
+    fn upns_by_check_letter() {
+        // Worked by hand for 801200100001: 8*2 + 1*4 + 2*5 + 1*8 + 1*13 = 51;
+        // 51 mod 23 = 5 -> F (A=0 ... F=5).
+        assert_eq!(upn("F801200100001").unwrap(), "F801200100001");
+        assert_eq!(upn("f801200100001").unwrap(), "F801200100001");
+        assert_eq!(upn("A801200100001"), Err(Invalid::UpnCheckLetter));
+        assert_eq!(upn("F80120010000"), Err(Invalid::UpnShape));
+        assert_eq!(upn("I801200100001"), Err(Invalid::UpnShape));
+        // Temporary UPN: a letter last, valued by its place in the alphabet.
+        let temporary = make_upn("80120010000A");
+        assert_eq!(upn(&temporary).unwrap(), temporary);
+        assert_eq!(upn("F80120010000S"), Err(Invalid::UpnShape));
+    }
+
+    proptest! {
+        #[test]
+        fn every_made_upn_is_valid(digits in "[0-9]{11}", last in "[0-9ABCDEFGHJKLMNPQRTUVWXYZ]") {
+            let made = make_upn(&format!("{digits}{last}"));
+            prop_assert_eq!(upn(&made), Ok(made.clone()));
+        }
+
+        #[test]
+        fn a_changed_upn_digit_or_swapped_neighbours_fail(
+            digits in "[0-9]{12}", position in 1usize..13, replacement in 0u8..10, swap in 1usize..12,
+        ) {
+            let made = make_upn(&digits);
+            let mut changed = made.clone().into_bytes();
+            changed[position] = b'0' + replacement;
+            if changed != made.as_bytes() {
+                prop_assert!(upn(std::str::from_utf8(&changed).unwrap()).is_err());
+            }
+            let mut swapped = made.clone().into_bytes();
+            swapped.swap(swap, swap + 1);
+            if swapped != made.as_bytes() {
+                prop_assert!(upn(std::str::from_utf8(&swapped).unwrap()).is_err());
+            }
+        }
+
+        #[test]
+        fn swapped_nhs_number_neighbours_fail(nine in "[0-9]{9}", swap in 0usize..9) {
+            let Some(check) = nhs_check_digit(nine.as_bytes()) else { return Ok(()) };
+            let valid = format!("{nine}{check}");
+            prop_assert!(nhs_number(&valid).is_ok());
+            let mut swapped = valid.clone().into_bytes();
+            swapped.swap(swap, swap + 1);
+            if swapped != valid.as_bytes() {
+                prop_assert!(nhs_number(std::str::from_utf8(&swapped).unwrap()).is_err());
+            }
+        }
+    }
 
     #[test]
     fn nhs_numbers_by_modulus_11() {

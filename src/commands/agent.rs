@@ -77,7 +77,7 @@ fn status(config: &AgentConfig) -> anyhow::Result<ExitCode> {
         let progress = if c.complete {
             "read completely".to_owned()
         } else {
-            format!("read up to line {} (byte {})", c.line, c.byte)
+            format!("read up to line {} (byte {})", c.at.line, c.at.byte)
         };
         println!(
             "source {source}: {progress}; next batch sequence {}",

@@ -85,8 +85,24 @@ fn cell(text: &str) -> String {
 /// A table of every key of a JSON Schema: dotted path, type, whether it is
 /// required (or its default), and its description.
 fn schema_table(root: &Value) -> String {
-    let mut rows = Vec::new();
-    walk(root, root, "", &mut rows);
+    let mut walked = Vec::new();
+    walk(root, root, "", &mut walked);
+    // A key several variants share (each source kind's `path`) is one row,
+    // listing what differs.
+    let mut rows: Vec<(String, String, String, String)> = Vec::new();
+    for (key, kind, need, about) in walked {
+        match rows.iter_mut().find(|r| r.0 == key) {
+            Some(row) => {
+                for (have, new) in [(&mut row.1, kind), (&mut row.3, about)] {
+                    if !new.is_empty() && !have.split(" / ").any(|h| h == new) {
+                        have.push_str(" / ");
+                        have.push_str(&new);
+                    }
+                }
+            }
+            None => rows.push((key, kind, need, about)),
+        }
+    }
     let mut out =
         String::from("| key | type | required / default | meaning |\n| --- | --- | --- | --- |\n");
     for (key, kind, need, about) in rows {
@@ -110,6 +126,9 @@ fn resolve<'a>(root: &'a Value, node: &'a Value) -> &'a Value {
 
 fn kind_of(root: &Value, node: &Value) -> String {
     let node = resolve(root, node);
+    if let Some(value) = node.get("const").and_then(Value::as_str) {
+        return format!("`{value}`");
+    }
     if let Some(values) = node.get("enum").and_then(Value::as_array) {
         return values
             .iter()

@@ -7,7 +7,7 @@ use clap::Args;
 
 #[derive(Debug, Args)]
 pub struct SynthArgs {
-    /// Output directory (extracts/, mappings/, ground_truth.csv).
+    /// Output directory (extracts/, mappings/, national/, ground_truth.csv).
     #[arg(long)]
     out: PathBuf,
     /// Number of children in the population.
@@ -46,6 +46,17 @@ impl SynthArgs {
                 agency.description,
                 extract.display(),
                 mapping.display()
+            );
+        }
+        println!("  the same records in national formats (agent source kinds):");
+        for source in &output.national {
+            let year = source.year.map_or(String::new(), |y| format!(", year {y}"));
+            println!(
+                "  {}: kind {}, dataset {}{year}: {}",
+                source.organisation,
+                source.kind,
+                source.dataset,
+                source.path.display()
             );
         }
         println!("  ground truth: {}", output.ground_truth.display());

@@ -12,30 +12,9 @@ use std::path::{Path, PathBuf};
 
 use time::Date;
 
-use crate::mapping::{Mapping, MappingError, Resolved};
+use crate::mapping::{Mapping, Resolved};
 use crate::row::{Problem, RowOutcome, map_row};
-use crate::source::SourceRow;
-
-#[derive(Debug, thiserror::Error)]
-pub enum CsvError {
-    #[error("cannot read {path}: {source}")]
-    Open {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path} is empty: a header row is required")]
-    NoHeader { path: PathBuf },
-    #[error("{path}, line 1: cannot read the header row: {detail}")]
-    Header { path: PathBuf, detail: String },
-    #[error(transparent)]
-    Mapping(#[from] MappingError),
-    #[error("{path}, line {line}: cannot read the file: {detail}")]
-    Io {
-        path: PathBuf,
-        line: u64,
-        detail: String,
-    },
-}
+use crate::source::{Position, Source, SourceError, SourceRow, file_fingerprint};
 
 /// An open CSV extract with its mapping bound to the header.
 pub struct CsvSource {
@@ -56,8 +35,8 @@ impl CsvSource {
         mapping: &Mapping,
         mapping_path: &Path,
         today: Date,
-    ) -> Result<Self, CsvError> {
-        let open_err = |source| CsvError::Open {
+    ) -> Result<Self, SourceError> {
+        let open_err = |source| SourceError::Open {
             path: path.to_owned(),
             source,
         };
@@ -65,7 +44,7 @@ impl CsvSource {
         let total_bytes = file.metadata().map_err(open_err)?.len();
         let mut buffered = BufReader::with_capacity(256 * 1024, file);
         let delimiter = match mapping.delimiter {
-            Some(d) => u8::try_from(d).map_err(|_| CsvError::Header {
+            Some(d) => u8::try_from(d).map_err(|_| SourceError::Header {
                 path: path.to_owned(),
                 detail: "the mapping's delimiter must be a single ASCII character".to_owned(),
             })?,
@@ -79,12 +58,12 @@ impl CsvSource {
             .terminator(csv::Terminator::Any(b'\n'))
             .has_headers(true)
             .from_reader(buffered);
-        let headers = reader.byte_headers().map_err(|e| CsvError::Header {
+        let headers = reader.byte_headers().map_err(|e| SourceError::Header {
             path: path.to_owned(),
             detail: e.to_string(),
         })?;
         if headers.is_empty() {
-            return Err(CsvError::NoHeader {
+            return Err(SourceError::NoHeader {
                 path: path.to_owned(),
             });
         }
@@ -108,55 +87,11 @@ impl CsvSource {
     pub fn mapping(&self) -> &Resolved {
         &self.mapping
     }
+}
 
-    /// Where the next row starts (for checkpoints).
-    pub fn position(&self) -> csv::Position {
-        self.reader.position().clone()
-    }
-
-    /// Continues reading from a position taken by [`CsvSource::position`] in
-    /// an earlier run over the same file.
-    pub fn resume(&mut self, byte: u64, line: u64, record: u64) -> Result<(), CsvError> {
-        let mut position = csv::Position::new();
-        position.set_byte(byte).set_line(line).set_record(record);
-        self.reader.seek(position).map_err(|e| CsvError::Io {
-            path: self.path.clone(),
-            line,
-            detail: e.to_string(),
-        })
-    }
-
-    /// Identifies the file's content: size, modification time and the SHA-256
-    /// of its first 64 KiB. A changed fingerprint means a new extract.
-    pub fn fingerprint(&self) -> String {
-        use std::io::Read;
-        let modified = std::fs::metadata(&self.path)
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos());
-        let mut head = Vec::new();
-        let _ = File::open(&self.path).map(|f| f.take(64 * 1024).read_to_end(&mut head));
-        let digest = ring::digest::digest(&ring::digest::SHA256, &head);
-        format!(
-            "{}:{modified}:{}",
-            self.total_bytes,
-            hex::encode(&digest.as_ref()[..16])
-        )
-    }
-
-    /// Size of the file, for progress reporting.
-    pub fn total_bytes(&self) -> u64 {
-        self.total_bytes
-    }
-
-    /// Bytes consumed so far.
-    pub fn bytes_read(&self) -> u64 {
-        self.reader.position().byte()
-    }
-
-    /// The next row, `None` at the end of the file. Blank lines are skipped.
-    pub fn next_row(&mut self) -> Option<Result<SourceRow, CsvError>> {
+impl Source for CsvSource {
+    /// Blank lines are skipped.
+    fn next_row(&mut self) -> Option<Result<SourceRow, SourceError>> {
         loop {
             match self.read_row()? {
                 Ok(None) => continue,
@@ -166,8 +101,49 @@ impl CsvSource {
         }
     }
 
+    fn position(&self) -> Position {
+        let p = self.reader.position();
+        Position {
+            byte: p.byte(),
+            line: p.line(),
+            record: p.record(),
+            within: 0,
+        }
+    }
+
+    fn resume(&mut self, at: Position) -> Result<(), SourceError> {
+        let mut position = csv::Position::new();
+        position
+            .set_byte(at.byte)
+            .set_line(at.line)
+            .set_record(at.record);
+        self.reader.seek(position).map_err(|e| SourceError::Io {
+            path: self.path.clone(),
+            line: at.line,
+            detail: e.to_string(),
+        })
+    }
+
+    fn fingerprint(&self) -> String {
+        file_fingerprint(&self.path)
+    }
+
+    fn total_bytes(&self) -> u64 {
+        self.total_bytes
+    }
+
+    fn bytes_read(&self) -> u64 {
+        self.reader.position().byte()
+    }
+
+    fn mappings(&self) -> Vec<&Resolved> {
+        vec![&self.mapping]
+    }
+}
+
+impl CsvSource {
     /// The next row; `Some(Ok(None))` for a blank line.
-    fn read_row(&mut self) -> Option<Result<Option<SourceRow>, CsvError>> {
+    fn read_row(&mut self) -> Option<Result<Option<SourceRow>, SourceError>> {
         let start_line = self.reader.position().line();
         match self.reader.read_byte_record(&mut self.record) {
             Ok(false) => None,
@@ -207,7 +183,7 @@ impl CsvSource {
             Err(e) => {
                 let line = e.position().map_or(start_line, |p| p.line());
                 match e.into_kind() {
-                    csv::ErrorKind::Io(io) => Some(Err(CsvError::Io {
+                    csv::ErrorKind::Io(io) => Some(Err(SourceError::Io {
                         path: self.path.clone(),
                         line,
                         detail: io.to_string(),

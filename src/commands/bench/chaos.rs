@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use joinery_agent::source::Source;
 use joinery_agent::source::csv::CsvSource;
 use joinery_gateway::storage::Storage;
 use rand::seq::SliceRandom;

@@ -11,6 +11,7 @@ use std::time::Instant;
 use anyhow::Context;
 use joinery_agent::release::Releaser;
 use joinery_agent::row::RowOutcome;
+use joinery_agent::source::Source;
 use joinery_agent::source::csv::CsvSource;
 use joinery_crypto::keys::SecretKey;
 

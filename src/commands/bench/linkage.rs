@@ -16,6 +16,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use joinery_agent::mapping::Mapping;
 use joinery_agent::row::RowOutcome;
+use joinery_agent::source::Source;
 use joinery_agent::source::csv::CsvSource;
 use joinery_crypto::keys::SecretKey;
 use joinery_crypto::pseudonym::Pseudonymiser;
