@@ -116,48 +116,24 @@ const DEFINITIONS: &[(&str, &str)] = &[
     ("fhir", include_str!("../formats/fhir.yaml")),
 ];
 
-/// Built-in code lists: (format, year or `current`, file).
-const CODE_LISTS: &[(&str, &str, &str)] = &[
-    (
-        "ssda903",
-        "2025",
-        include_str!("../formats/codes/ssda903/2025.yaml"),
-    ),
-    (
-        "ssda903",
-        "2026",
-        include_str!("../formats/codes/ssda903/2026.yaml"),
-    ),
-    (
-        "cin_census",
-        "2025",
-        include_str!("../formats/codes/cin_census/2025.yaml"),
-    ),
-    (
-        "cin_census",
-        "2026",
-        include_str!("../formats/codes/cin_census/2026.yaml"),
-    ),
-    (
-        "annex_a",
-        "current",
-        include_str!("../formats/codes/annex_a/current.yaml"),
-    ),
-    (
-        "mhsds",
-        "current",
-        include_str!("../formats/codes/mhsds/current.yaml"),
-    ),
-    (
-        "csds",
-        "current",
-        include_str!("../formats/codes/csds/current.yaml"),
-    ),
-    (
-        "fhir",
-        "current",
-        include_str!("../formats/codes/fhir/current.yaml"),
-    ),
+/// Built-in code lists: (format, year or `current`, the file's text).
+macro_rules! code_lists {
+    ($(($format:literal, $year:literal)),* $(,)?) => {
+        &[$(($format, $year, include_str!(concat!("../formats/codes/", $format, "/", $year, ".yaml")))),*]
+    };
+}
+
+const CODE_LISTS: &[(&str, &str, &str)] = code_lists![
+    ("ssda903", "2025"),
+    ("ssda903", "2026"),
+    ("ssda903", "2027"),
+    ("cin_census", "2025"),
+    ("cin_census", "2026"),
+    ("cin_census", "2027"),
+    ("annex_a", "current"),
+    ("mhsds", "current"),
+    ("csds", "current"),
+    ("fhir", "current"),
 ];
 
 /// A code-list file.
@@ -582,7 +558,7 @@ mod tests {
     #[test]
     fn a_year_without_lists_is_refused_with_the_years_there_are() {
         let err = code_lists("ssda903", Some(2031), None).unwrap_err();
-        assert!(err.contains("2025, 2026"), "{err}");
+        assert!(err.contains("2025, 2026, 2027"), "{err}");
         assert!(err.contains("code_lists"), "{err}");
     }
 

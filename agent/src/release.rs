@@ -118,7 +118,10 @@ impl Releaser {
                 })
             })
             .collect();
-        let linkage = self.encoder.as_ref().map(|encoder| {
+        // A row without identity (an event table's) has nothing to encode:
+        // its person links through the identity table's row.
+        let encoder = self.encoder.as_ref().filter(|_| row.has_identity());
+        let linkage = encoder.map(|encoder| {
             let encoding = encoder.encode(&row.linkage_identity());
             LinkageEncoding {
                 version: encoder.params().version,
@@ -323,5 +326,24 @@ mod tests {
         assert_eq!(record.attributes["postcode_sector"], "LS6 2");
         assert_eq!(record.attributes.len(), 2);
         assert_eq!(age_on(date!(2015 - 04 - 03), date!(2026 - 04 - 03)), 11);
+    }
+
+    #[test]
+    fn only_rows_that_say_who_the_person_is_carry_linkage_encodings() {
+        let params = joinery_linkage::params::LinkageParams::canonical();
+        let releaser = Releaser::new(&SecretKey::from_bytes([5; 32]), Some(&params)).unwrap();
+        let d = dataset(&[("local_id", Transform::Pseudonymise)]);
+        let today = date!(2026 - 01 - 01);
+        assert!(releaser.release(&row(), 1, &d, today).linkage.is_some());
+        // An event table's row: its person's local id and NHS number only.
+        let event_row = PersonRow {
+            given_name: None,
+            family_name: None,
+            date_of_birth: None,
+            postcode: None,
+            ..row()
+        };
+        assert!(!event_row.has_identity());
+        assert!(releaser.release(&event_row, 2, &d, today).linkage.is_none());
     }
 }

@@ -35,6 +35,16 @@ pub struct PersonRow {
 }
 
 impl PersonRow {
+    /// Whether the row says who the person is (a name, birth date or
+    /// postcode), as an identity table's row does and an event table's
+    /// (a care contact naming only its referral) does not.
+    pub fn has_identity(&self) -> bool {
+        self.given_name.is_some()
+            || self.family_name.is_some()
+            || self.date_of_birth.is_some()
+            || self.postcode.is_some()
+    }
+
     /// The identifying fields fuzzy linkage may encode, in the form the
     /// encoder expects (upper-case names, ISO dates, `OUT IN` postcodes),
     /// and the mapped attributes (upper case, single spaces) for parameters

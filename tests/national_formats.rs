@@ -1,0 +1,233 @@
+//! The national formats end to end: `joinery synth` writes the council's CIN
+//! census XML, SSDA903 tables and Annex A lists, the CAMHS trust's MHSDS
+//! tables and the community trust's CSDS tables and FHIR export; three agents
+//! (separate processes) read them, under an agreement that lists what they
+//! hold, and stream them over mutual TLS to a gateway on SQLite. Every row the
+//! readers produce is stored, with each of its events, and none is
+//! quarantined.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use common::*;
+use joinery_agent::config::SourceConfig;
+use joinery_agent::row::RowOutcome;
+use sqlx::Row;
+
+/// (organisation, source kind, dataset, path under `synth/national/ORG/`).
+const SOURCES: &[(&str, &str, &str, &str)] = &[
+    (COUNCIL, "cin_census", "cin", "cin_census.xml"),
+    (COUNCIL, "ssda903", "lac", "ssda903"),
+    (COUNCIL, "annex_a", "annex_a", "annex_a"),
+    (CAMHS, "mhsds", "camhs", "mhsds"),
+    (SALT, "csds", "salt", "csds"),
+    (SALT, "fhir", "salt_fhir", "fhir"),
+];
+
+/// The agreement's entry for a dataset of `kind`: everything the format's
+/// tables map, pseudonymised or coarsened as usual.
+fn dataset_entry(dataset: &str, kind: &str) -> String {
+    let definition = joinery_agent::format::definition(kind).unwrap();
+    let mut attributes = BTreeSet::new();
+    let mut events: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for table in &definition.tables {
+        attributes.extend(table.mapping.attributes.keys().cloned());
+        for event in &table.mapping.events {
+            events
+                .entry(event.event_type.clone())
+                .or_default()
+                .extend(event.attributes.keys().cloned());
+        }
+    }
+    let mut text = format!(
+        "  {dataset}:\n    description: The {} return.\n    retention_days: 1095\n    fields:\n      local_id: pseudonymise\n      nhs_number: pseudonymise\n      given_name: drop\n      family_name: drop\n      date_of_birth: month\n      sex: keep\n      postcode: district\n",
+        definition.title
+    );
+    for attribute in attributes {
+        text.push_str(&format!("      {attribute}: keep\n"));
+    }
+    text.push_str("    events:\n");
+    for (event, attributes) in events {
+        text.push_str(&format!("      {event}:\n        date: keep\n"));
+        if !attributes.is_empty() {
+            text.push_str("        attributes:\n");
+            for attribute in attributes {
+                text.push_str(&format!("          {attribute}: keep\n"));
+            }
+        }
+    }
+    text
+}
+
+/// The last collection year the agent has code lists for (by the year it
+/// ends, 31 March): synth data are dated up to its end at the latest.
+const LATEST_YEAR: i32 = 2027;
+
+/// The day synth's extracts are taken: today, or the end of the latest
+/// collection year the agent knows, if that is earlier.
+fn reference_date() -> time::Date {
+    let today = time::OffsetDateTime::now_utc().date();
+    today.min(time::Date::from_calendar_date(LATEST_YEAR, time::Month::March, 31).unwrap())
+}
+
+/// The collection year (ending 31 March) holding synth's reference date.
+fn collection_year() -> i32 {
+    let day = reference_date();
+    if day.month() <= time::Month::March {
+        day.year()
+    } else {
+        day.year() + 1
+    }
+}
+
+fn source_config(
+    synth: &std::path::Path,
+    org: &str,
+    kind: &str,
+    dataset: &str,
+    file: &str,
+) -> SourceConfig {
+    let yearly = matches!(kind, "cin_census" | "ssda903");
+    serde_json::from_value(serde_json::json!({
+        "kind": kind,
+        "path": synth.join("national").join(org).join(file),
+        "dataset": dataset,
+        "year": yearly.then(collection_year),
+    }))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_national_format_reaches_the_gateway_whole() {
+    let d = Deployment::new();
+    d.write_agreement(&d.agreements_dir(), |text| {
+        let mut text = text
+            .replace(
+                "sends: [csc_referrals]",
+                "sends: [csc_referrals, cin, lac, annex_a]",
+            )
+            .replace(
+                "sends: [camhs_referrals]",
+                "sends: [camhs_referrals, camhs]",
+            )
+            .replace(
+                "sends: [salt_contacts]",
+                "sends: [salt_contacts, salt, salt_fhir]",
+            );
+        let entries: String = SOURCES
+            .iter()
+            .map(|(_, kind, dataset, _)| dataset_entry(dataset, kind))
+            .collect();
+        text = text.replacen("datasets:\n", &format!("datasets:\n{entries}"), 1);
+        text
+    });
+    let synth = d.path("synth");
+    joinery_ok(&[
+        "synth",
+        "--out",
+        synth.to_str().unwrap(),
+        "--children",
+        "400",
+        "--seed",
+        "11",
+        "--reference-date",
+        &reference_date().to_string(),
+    ]);
+    let today = time::OffsetDateTime::now_utc().date();
+
+    // What the readers make of the files, read here in-process.
+    let mut expected_records: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut expected_events: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for (org, kind, dataset, file) in SOURCES {
+        let config = source_config(&synth, org, kind, dataset, file);
+        for mut part in joinery_agent::format::open(&config, today).unwrap() {
+            while let Some(row) = part.source.next_row() {
+                match row.unwrap().outcome {
+                    RowOutcome::Valid { row, .. } => {
+                        *expected_records.entry(dataset).or_default() += 1;
+                        for event in &row.events {
+                            *expected_events
+                                .entry(((*dataset).to_owned(), event.event_type.clone()))
+                                .or_default() += 1;
+                        }
+                    }
+                    RowOutcome::Quarantined(p) => panic!("{kind}: {p}"),
+                }
+            }
+        }
+    }
+
+    assert_eq!(
+        expected_records.len(),
+        SOURCES.len(),
+        "every source has rows"
+    );
+
+    let gateway = d.start_gateway(None, &[]);
+    let mut agents = Vec::new();
+    for org in [COUNCIL, CAMHS, SALT] {
+        // The harness writes a CSV source; replace it with the org's national ones.
+        let config = d.agent_config(org, &gateway.address, &PathBuf::new(), &PathBuf::new());
+        let text = std::fs::read_to_string(&config).unwrap();
+        let head = text.split("sources:").next().unwrap().to_owned();
+        let sources: Vec<SourceConfig> = SOURCES
+            .iter()
+            .filter(|(o, ..)| *o == org)
+            .map(|(o, kind, dataset, file)| source_config(&synth, o, kind, dataset, file))
+            .collect();
+        let sources = serde_saphyr::to_string(&sources).unwrap();
+        std::fs::write(&config, format!("{head}sources:\n{sources}")).unwrap();
+        agents.push((org, d.spawn_agent(&config)));
+    }
+    for (org, agent) in agents {
+        let (code, out, err) = finish(agent);
+        assert_eq!(code, 0, "{org}: {out}\n{err}");
+    }
+    gateway.stop();
+
+    let db = open_database(&d.sqlite_url()).await;
+    let mut stored_records: BTreeMap<String, u64> = BTreeMap::new();
+    for row in sqlx::query("SELECT dataset, COUNT(*) AS n FROM records GROUP BY dataset")
+        .fetch_all(&db)
+        .await
+        .unwrap()
+    {
+        stored_records.insert(row.get("dataset"), row.get::<i64, _>("n") as u64);
+    }
+    for (dataset, n) in &expected_records {
+        assert_eq!(stored_records.get(*dataset), Some(n), "{dataset} records");
+    }
+    let mut stored_events: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for row in sqlx::query(
+        "SELECT r.dataset AS dataset, e.event_type AS event_type, COUNT(*) AS n FROM events e JOIN records r \
+         ON r.person_id = e.person_id AND r.organisation = e.organisation AND r.batch_id = e.batch_id \
+         AND r.record_index = e.record_index GROUP BY r.dataset, e.event_type",
+    )
+    .fetch_all(&db)
+    .await
+    .unwrap()
+    {
+        stored_events.insert((row.get("dataset"), row.get("event_type")), row.get::<i64, _>("n") as u64);
+    }
+    stored_events.retain(|(dataset, _), _| expected_records.contains_key(dataset.as_str()));
+    assert_eq!(stored_events, expected_events);
+    // The events analysts need are there: CP plans, care episodes, health
+    // checks, CAMHS referrals and contacts.
+    for (dataset, event) in [
+        ("cin", "cp_plan_start"),
+        ("lac", "lac_episode_start"),
+        ("lac", "health_assessment"),
+        ("camhs", "camhs_referral"),
+        ("camhs", "camhs_contact"),
+        ("salt_fhir", "encounter"),
+    ] {
+        assert!(
+            stored_events
+                .get(&(dataset.to_owned(), event.to_owned()))
+                .is_some_and(|n| *n > 0),
+            "no {event} in {dataset}"
+        );
+    }
+}
