@@ -1,6 +1,7 @@
 //! The national formats end to end: `joinery synth` writes the council's CIN
 //! census XML, SSDA903 tables and Annex A lists, the CAMHS trust's MHSDS
-//! tables and the community trust's CSDS tables and FHIR export; three agents
+//! tables and the community trust's CSDS tables and FHIR export, and the
+//! council's case-management table in SQLite; three agents
 //! (separate processes) read them, under an agreement that lists what they
 //! hold, and stream them over mutual TLS to a gateway on SQLite. Every row the
 //! readers produce is stored, with each of its events, and none is
@@ -24,6 +25,8 @@ const SOURCES: &[(&str, &str, &str, &str)] = &[
     (CAMHS, "mhsds", "camhs", "mhsds"),
     (SALT, "csds", "salt", "csds"),
     (SALT, "fhir", "salt_fhir", "fhir"),
+    // The council's case-management database (already in the agreement).
+    (COUNCIL, "sql", "csc_referrals", "cases.sqlite"),
 ];
 
 /// The agreement's entry for a dataset of `kind`: everything the format's
@@ -89,13 +92,24 @@ fn source_config(
     dataset: &str,
     file: &str,
 ) -> SourceConfig {
+    let dir = synth.join("national").join(org);
     let yearly = matches!(kind, "cin_census" | "ssda903");
-    serde_json::from_value(serde_json::json!({
-        "kind": kind,
-        "path": synth.join("national").join(org).join(file),
-        "dataset": dataset,
-        "year": yearly.then(collection_year),
-    }))
+    serde_json::from_value(match kind {
+        "sql" => serde_json::json!({
+            "kind": kind,
+            "url": format!("sqlite://{}", dir.join(file).display()),
+            "table": "referrals",
+            "mapping": dir.join("cases.yaml"),
+            "watermark": "updated_at",
+            "key": "id",
+        }),
+        _ => serde_json::json!({
+            "kind": kind,
+            "path": dir.join(file),
+            "dataset": dataset,
+            "year": yearly.then(collection_year),
+        }),
+    })
     .unwrap()
 }
 
@@ -118,6 +132,7 @@ async fn every_national_format_reaches_the_gateway_whole() {
             );
         let entries: String = SOURCES
             .iter()
+            .filter(|(_, kind, ..)| *kind != "sql")
             .map(|(_, kind, dataset, _)| dataset_entry(dataset, kind))
             .collect();
         text = text.replacen("datasets:\n", &format!("datasets:\n{entries}"), 1);

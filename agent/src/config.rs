@@ -120,6 +120,36 @@ pub enum SourceConfig {
     /// A FHIR R4 bulk export (Patient.ndjson, Encounter.ndjson,
     /// EpisodeOfCare.ndjson, ServiceRequest.ndjson) in `path`.
     Fhir(NationalFormat),
+    /// A table or query in PostgreSQL or SQLite, read through a mapping file
+    /// (its columns are the result's). Each run sends only the rows whose
+    /// watermark has moved past the last row sent.
+    Sql(SqlTable),
+}
+
+/// A database table read incrementally.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SqlTable {
+    /// `postgres://user@host/db` or `sqlite:///path/to/file.db`. A password
+    /// is better left out and given as PGPASSWORD in the agent's environment;
+    /// the URL is never logged.
+    pub url: String,
+    /// The table (or view) to read, `name` or `schema.name` …
+    #[serde(default)]
+    pub table: Option<String>,
+    /// … or a SELECT whose columns the mapping names (cast dates and other
+    /// types to text in it: `dob::text AS dob`).
+    #[serde(default)]
+    pub query: Option<String>,
+    /// The mapping file.
+    pub mapping: PathBuf,
+    /// A column that grows when a row is added or changed (a last-modified
+    /// timestamp as ISO text, or a sequence): a run sends the rows past the
+    /// last one sent.
+    pub watermark: String,
+    /// A column unique per row (the primary key), ordering rows that share
+    /// a watermark value.
+    pub key: String,
 }
 
 /// A national format's files. Their layout and validation come with the
@@ -146,6 +176,35 @@ pub struct NationalFormat {
     pub files: BTreeMap<String, String>,
 }
 
+impl SqlTable {
+    /// Exactly one of table and query; names that are plain identifiers
+    /// (they are written into SQL).
+    pub fn check(&self) -> Result<(), String> {
+        let identifier = |name: &str, dots: bool| {
+            !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || (dots && b == b'.'))
+        };
+        match (&self.table, &self.query) {
+            (Some(table), None) if identifier(table, true) => {}
+            (Some(_), None) => {
+                return Err("sql table: a name of letters, digits, _ and . only".to_owned());
+            }
+            (None, Some(_)) => {}
+            _ => return Err("sql: give either table or query".to_owned()),
+        }
+        for (what, column) in [("watermark", &self.watermark), ("key", &self.key)] {
+            if !identifier(column, false) {
+                return Err(format!(
+                    "sql {what}: a column name of letters, digits and _ only"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl SourceConfig {
     /// The format's name, as in `kind`.
     pub fn kind(&self) -> &'static str {
@@ -157,13 +216,14 @@ impl SourceConfig {
             Self::Mhsds(_) => "mhsds",
             Self::Csds(_) => "csds",
             Self::Fhir(_) => "fhir",
+            Self::Sql(_) => "sql",
         }
     }
 
     /// The national format's settings, for every kind but `csv`.
     pub fn national(&self) -> Option<&NationalFormat> {
         match self {
-            Self::Csv { .. } => None,
+            Self::Csv { .. } | Self::Sql(_) => None,
             Self::Ssda903(f)
             | Self::CinCensus(f)
             | Self::AnnexA(f)
@@ -175,7 +235,7 @@ impl SourceConfig {
 
     fn national_mut(&mut self) -> Option<&mut NationalFormat> {
         match self {
-            Self::Csv { .. } => None,
+            Self::Csv { .. } | Self::Sql(_) => None,
             Self::Ssda903(f)
             | Self::CinCensus(f)
             | Self::AnnexA(f)
@@ -238,6 +298,13 @@ impl AgentConfig {
         if config.sources.is_empty() {
             return Err(invalid("sources: list at least one extract".to_owned()));
         }
+        for source in &config.sources {
+            if let SourceConfig::Sql(table) = source {
+                table
+                    .check()
+                    .map_err(|e| invalid(format!("sources: {e}")))?;
+            }
+        }
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve_paths(base);
         Ok(config)
@@ -260,9 +327,13 @@ impl AgentConfig {
         resolve(&mut self.quarantine_dir);
         resolve(&mut self.spool_dir);
         for source in &mut self.sources {
-            if let SourceConfig::Csv { path, mapping } = source {
-                resolve(path);
-                resolve(mapping);
+            match source {
+                SourceConfig::Csv { path, mapping } => {
+                    resolve(path);
+                    resolve(mapping);
+                }
+                SourceConfig::Sql(table) => resolve(&mut table.mapping),
+                _ => {}
             }
             if let Some(format) = source.national_mut() {
                 resolve(&mut format.path);

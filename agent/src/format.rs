@@ -28,6 +28,7 @@ use crate::person_index::{By, PersonIndex, PersonRef};
 use crate::row::RowOutcome;
 use crate::source::csv::CsvSource;
 use crate::source::ndjson::NdjsonSource;
+use crate::source::sql::SqlSource;
 use crate::source::xml::{XmlSource, XmlTable};
 use crate::source::{Source, SourceError};
 
@@ -221,14 +222,27 @@ pub fn code_lists(
 /// The parts of a configured source, ready to read.
 pub fn open(source: &SourceConfig, today: Date) -> Result<Vec<Part>, SourceError> {
     let Some(national) = source.national() else {
-        let SourceConfig::Csv { path, mapping } = source else {
-            unreachable!("every kind but csv is a national format")
-        };
-        let map = Mapping::load(mapping)?;
-        return Ok(vec![Part {
-            path: path.clone(),
-            dataset: map.dataset.clone(),
-            source: Box::new(CsvSource::open(path, &map, mapping, today)?),
+        return Ok(vec![match source {
+            SourceConfig::Csv { path, mapping } => {
+                let map = Mapping::load(mapping)?;
+                Part {
+                    path: path.clone(),
+                    dataset: map.dataset.clone(),
+                    source: Box::new(CsvSource::open(path, &map, mapping, today)?),
+                }
+            }
+            SourceConfig::Sql(table) => {
+                let source = SqlSource::open(table, today)?;
+                Part {
+                    path: PathBuf::from(format!(
+                        "sql-{}",
+                        table.table.as_deref().unwrap_or("query")
+                    )),
+                    dataset: Mapping::load(&table.mapping)?.dataset,
+                    source: Box::new(source),
+                }
+            }
+            _ => unreachable!("the other kinds are national formats"),
         }]);
     };
     let format_error = |detail: String| SourceError::Format {

@@ -18,16 +18,12 @@ pub struct QuarantineReport {
 
 impl QuarantineReport {
     /// Creates (replacing) `dir/<dataset>.quarantine.csv` for `source`, or,
-    /// when `resuming` an interrupted read of the same file, appends to it.
-    pub fn create(
-        dir: &Path,
-        dataset: &str,
-        source: &Path,
-        resuming: bool,
-    ) -> std::io::Result<Self> {
+    /// when `append`ing (an interrupted read resumed, or another source of
+    /// the dataset), adds to it.
+    pub fn create(dir: &Path, dataset: &str, source: &Path, append: bool) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join(format!("{dataset}.quarantine.csv"));
-        let append = resuming && path.exists();
+        let append = append && path.exists();
         let file = std::fs::OpenOptions::new()
             .create(true)
             .write(true)

@@ -244,6 +244,7 @@ async fn run_sources(config: &AgentConfig, progress: Progress) -> Result<RunSumm
     let max_batch_bytes = delivery.max_batch_bytes().await? / 2;
     let releaser = Arc::new(Releaser::new(&key, agreement.linkage.params().as_ref())?);
     let mut summaries = Vec::new();
+    let mut reports = std::collections::BTreeSet::new();
 
     for (index, (path, dataset, rules, mut reader)) in opened.into_iter().enumerate() {
         let key = path.display().to_string();
@@ -257,32 +258,35 @@ async fn run_sources(config: &AgentConfig, progress: Progress) -> Result<RunSumm
             withheld_fields: withheld_by_agreement(&reader.mappings(), &rules),
             ..SourceSummary::default()
         };
-        if checkpoint.as_ref().is_some_and(|c| c.complete) {
+        let complete = checkpoint.as_ref().is_some_and(|c| c.complete);
+        if complete && !reader.incremental() {
             tracing::info!(source = %path.display(), %dataset, "source already delivered; nothing new to read");
             summary.already_delivered = true;
             summaries.push(summary);
             continue;
         }
         if let Some(c) = &checkpoint {
-            reader.resume(c.at)?;
-            summary.resumed_at_line = Some(c.at.line);
-            tracing::info!(source = %path.display(), %dataset, line = c.at.line, "resuming an interrupted read");
+            reader.resume(c.at.clone())?;
+            if complete {
+                tracing::info!(source = %path.display(), %dataset, "reading what was added or changed since the last run");
+            } else {
+                summary.resumed_at_line = Some(c.at.line);
+                tracing::info!(source = %path.display(), %dataset, line = c.at.line, "resuming an interrupted read");
+            }
         } else {
             tracing::info!(source = %path.display(), %dataset, "reading source");
         }
         if !summary.withheld_fields.is_empty() {
             tracing::info!(%dataset, withheld = ?summary.withheld_fields, "mapped fields the agreement does not allow are not sent");
         }
-        let report = QuarantineReport::create(
-            &config.quarantine_dir,
-            &dataset,
-            &path,
-            checkpoint.is_some(),
-        )
-        .map_err(|source| AgentError::Quarantine {
-            path: config.quarantine_dir.clone(),
-            source,
-        })?;
+        // One report per dataset: its first source this run starts it afresh
+        // (unless resuming an interrupted read); the others add to it.
+        let append = (checkpoint.is_some() && !complete) || !reports.insert(dataset.clone());
+        let report = QuarantineReport::create(&config.quarantine_dir, &dataset, &path, append)
+            .map_err(|source| AgentError::Quarantine {
+                path: config.quarantine_dir.clone(),
+                source,
+            })?;
         let sequence = checkpoint.map_or(0, |c| c.sequence);
         let batcher = Batcher::new(&dataset, config.batch_size, max_batch_bytes, sequence);
         let (tx, mut rx) = mpsc::channel::<Spooled>(config.max_in_flight);

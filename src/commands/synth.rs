@@ -48,13 +48,17 @@ impl SynthArgs {
                 mapping.display()
             );
         }
-        println!("  the same records in national formats (agent source kinds):");
+        println!("  the same records in national formats and a database (agent source kinds):");
         for source in &output.national {
-            let year = source.year.map_or(String::new(), |y| format!(", year {y}"));
+            let year = source
+                .config
+                .national()
+                .and_then(|n| n.year)
+                .map_or(String::new(), |y| format!(", year {y}"));
             println!(
                 "  {}: kind {}, dataset {}{year}: {}",
                 source.organisation,
-                source.kind,
+                source.config.kind(),
                 source.dataset,
                 source.path.display()
             );

@@ -22,6 +22,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use time::{Date, Duration, Month};
 
+use joinery_agent::config::{NationalFormat, SourceConfig, SqlTable};
+
 use super::{Layout, Recorded, SynthAgency};
 
 /// One agency's record of one child, with the dates its CSV rows hold.
@@ -31,16 +33,15 @@ pub(super) struct AgencyRecord {
     pub dates: Vec<Date>,
 }
 
-/// A national-format source written for an agency.
+/// A source written for an agency in a national format (or a database
+/// table), with the agent configuration that reads it.
 #[derive(Debug, Clone)]
 pub struct NationalSource {
     pub organisation: &'static str,
-    /// The agent's source kind (`ssda903`, `cin_census` …).
-    pub kind: &'static str,
-    pub path: PathBuf,
     pub dataset: &'static str,
-    /// The collection year, for yearly returns.
-    pub year: Option<i32>,
+    /// The file or directory written.
+    pub path: PathBuf,
+    pub config: SourceConfig,
 }
 
 /// The collection year (by the year it ends, on 31 March) holding `day`.
@@ -62,13 +63,19 @@ pub(super) fn write(
 ) -> anyhow::Result<Vec<NationalSource>> {
     // Its own stream: the CSV extracts stay as they were.
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6e61_7469_6f6e_616c);
-    let source = |kind, path: PathBuf, dataset, year| NationalSource {
-        organisation: agency.organisation,
-        kind,
-        path,
-        dataset,
-        year,
-    };
+    let national =
+        |kind: fn(NationalFormat) -> SourceConfig, path: PathBuf, dataset, year| NationalSource {
+            organisation: agency.organisation,
+            dataset,
+            config: kind(NationalFormat {
+                path: path.clone(),
+                dataset: dataset.to_owned(),
+                year,
+                code_lists: None,
+                files: Default::default(),
+            }),
+            path,
+        };
     let year = collection_year(reference);
     Ok(match agency.layout {
         Layout::Council => {
@@ -78,16 +85,32 @@ pub(super) fn write(
             ssda903(&lac, records, reference, &mut rng)?;
             let annex = dir.join("annex_a");
             annex_a(&annex, records, reference, &mut rng)?;
+            let cases = dir.join("cases.sqlite");
+            let mapping = dir.join("cases.yaml");
+            cases_database(&cases, &mapping, records, &mut rng)?;
             vec![
-                source("cin_census", cin, "cin", Some(year)),
-                source("ssda903", lac, "lac", Some(year)),
-                source("annex_a", annex, "annex_a", None),
+                national(SourceConfig::CinCensus, cin, "cin", Some(year)),
+                national(SourceConfig::Ssda903, lac, "lac", Some(year)),
+                national(SourceConfig::AnnexA, annex, "annex_a", None),
+                NationalSource {
+                    organisation: agency.organisation,
+                    dataset: "csc_referrals",
+                    config: SourceConfig::Sql(SqlTable {
+                        url: format!("sqlite://{}", cases.display()),
+                        table: Some("referrals".to_owned()),
+                        query: None,
+                        mapping,
+                        watermark: "updated_at".to_owned(),
+                        key: "id".to_owned(),
+                    }),
+                    path: cases,
+                },
             ]
         }
         Layout::Camhs => {
             let mhsds = dir.join("mhsds");
             health_tables(&mhsds, Tables::MHSDS, records, reference, &mut rng)?;
-            vec![source("mhsds", mhsds, "camhs", None)]
+            vec![national(SourceConfig::Mhsds, mhsds, "camhs", None)]
         }
         Layout::Salt => {
             let csds = dir.join("csds");
@@ -95,11 +118,107 @@ pub(super) fn write(
             let fhir = dir.join("fhir");
             fhir_export(&fhir, records, reference, &mut rng)?;
             vec![
-                source("csds", csds, "salt", None),
-                source("fhir", fhir, "salt_fhir", None),
+                national(SourceConfig::Csds, csds, "salt", None),
+                national(SourceConfig::Fhir, fhir, "salt_fhir", None),
             ]
         }
     })
+}
+
+/// The mapping of the council's case-management table.
+const CASES_MAPPING: &str = "\
+# The council's case-management database, read by the agent's sql source.
+dataset: csc_referrals
+fields:
+  local_id: child_id
+  nhs_number: nhs_number
+  given_name: forename
+  family_name: surname
+  date_of_birth: { column: dob, format: iso }
+  sex: gender
+  postcode: postcode
+attributes:
+  ethnicity: ethnicity
+events:
+  - type: csc_referral
+    date: { column: referred, format: iso }
+    attributes:
+      source: source
+";
+
+/// The council's case-management table in SQLite: a row per referral, its
+/// last change time the watermark. Written on a thread with its own runtime
+/// (synth may run inside the demo's).
+fn cases_database(
+    path: &Path,
+    mapping: &Path,
+    records: &[AgencyRecord],
+    rng: &mut ChaCha8Rng,
+) -> anyhow::Result<()> {
+    std::fs::write(mapping, CASES_MAPPING)
+        .with_context(|| format!("writing {}", mapping.display()))?;
+    let _ = std::fs::remove_file(path);
+    let mut rows = Vec::new();
+    for record in records {
+        let r = &record.recorded;
+        for &day in &record.dates {
+            rows.push([
+                r.local_id.clone(),
+                r.nhs.clone().unwrap_or_default(),
+                super::title_case(&r.given),
+                super::title_case(&r.family),
+                iso(r.dob),
+                if record.male { "1" } else { "2" }.to_owned(),
+                r.postcode.clone(),
+                pick(rng, super::ETHNICITY).to_owned(),
+                iso(day),
+                pick(rng, super::COUNCIL_REFERRAL_SOURCES).to_owned(),
+                format!("{}T09:00:00", iso(day)),
+            ]);
+        }
+    }
+    let url = format!("sqlite://{}?mode=rwc", path.display());
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?
+                    .block_on(write_cases(&url, &rows))
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("the SQLite writer failed"))?
+    })
+    .with_context(|| format!("writing {}", path.display()))
+}
+
+async fn write_cases(url: &str, rows: &[[String; 11]]) -> anyhow::Result<()> {
+    sqlx::any::install_default_drivers();
+    let db = sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(url)
+        .await?;
+    sqlx::query(
+        "CREATE TABLE referrals (id INTEGER PRIMARY KEY, child_id TEXT NOT NULL, nhs_number TEXT, forename TEXT, \
+         surname TEXT, dob TEXT, gender TEXT, postcode TEXT, ethnicity TEXT, referred TEXT, source TEXT, updated_at TEXT NOT NULL)",
+    )
+    .execute(&db)
+    .await?;
+    let mut tx = db.begin().await?;
+    for (id, row) in rows.iter().enumerate() {
+        let mut query = sqlx::query(
+            "INSERT INTO referrals (id, child_id, nhs_number, forename, surname, dob, gender, postcode, ethnicity, \
+             referred, source, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(id as i64 + 1);
+        for value in row {
+            query = query.bind(value.clone());
+        }
+        query.execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    db.close().await;
+    Ok(())
 }
 
 fn iso(d: Date) -> String {
@@ -803,6 +922,7 @@ mod tests {
         ("mhsds", "camhs_referral"),
         ("csds", "community_referral"),
         ("fhir", "service_request"),
+        ("sql", "csc_referral"),
     ];
 
     /// What the formats can say that synth never does.
@@ -818,31 +938,29 @@ mod tests {
         let reference = date!(2026 - 01 - 15);
         let dir = tempfile::tempdir().unwrap();
         let output = super::super::generate(dir.path(), 400, 5, reference).unwrap();
-        let kinds: BTreeSet<&str> = output.national.iter().map(|s| s.kind).collect();
+        let kinds: BTreeSet<&str> = output.national.iter().map(|s| s.config.kind()).collect();
         assert_eq!(kinds, CSV_DATE_EVENT.iter().map(|(k, _)| *k).collect());
         for source in &output.national {
-            let config: SourceConfig = serde_json::from_value(serde_json::json!({
-                "kind": source.kind, "path": source.path, "dataset": source.dataset, "year": source.year,
-            }))
-            .unwrap();
-            let (rows, mut problems) = read(&config, reference);
+            let kind = source.config.kind();
+            let (rows, mut problems) = read(&source.config, reference);
             // Mistyped NHS numbers are recorded as the agency recorded them.
             problems.retain(|p| !p.contains("nhs_number: NHS number fails the Modulus 11 check"));
-            assert!(problems.is_empty(), "{}: {problems:#?}", source.kind);
-            assert!(rows.len() > 50, "{}: {} rows", source.kind, rows.len());
+            assert!(problems.is_empty(), "{kind}: {problems:#?}");
+            assert!(rows.len() > 50, "{kind}: {} rows", rows.len());
 
             // Every event and attribute the format's tables can carry arrives.
-            let definition = joinery_agent::format::definition(source.kind).unwrap();
+            let mappings: Vec<Mapping> = match &source.config {
+                SourceConfig::Sql(table) => vec![Mapping::load(&table.mapping).unwrap()],
+                _ => joinery_agent::format::definition(kind)
+                    .unwrap()
+                    .tables
+                    .into_iter()
+                    .filter(|t| t.file.as_ref().is_none_or(|f| source.path.join(f).exists()))
+                    .map(|t| t.mapping)
+                    .collect(),
+            };
             let mut expected = BTreeSet::new();
-            for table in &definition.tables {
-                let present = table
-                    .file
-                    .as_ref()
-                    .is_none_or(|f| source.path.join(f).exists());
-                if !present {
-                    continue;
-                }
-                let m = &table.mapping;
+            for m in &mappings {
                 expected.extend(m.attributes.keys().cloned());
                 for e in &m.events {
                     expected.insert(e.event_type.clone());
@@ -863,11 +981,7 @@ mod tests {
                 }
             }
             let missing: Vec<_> = expected.difference(&seen).collect();
-            assert!(
-                missing.is_empty(),
-                "{}: never arrived: {missing:?}",
-                source.kind
-            );
+            assert!(missing.is_empty(), "{}: never arrived: {missing:?}", kind);
 
             // The same people, with the identity the agency's CSV extract holds.
             let (agency, extract, mapping) = output
@@ -886,11 +1000,7 @@ mod tests {
                 }
             }
             let mut dates = BTreeSet::new();
-            let event = CSV_DATE_EVENT
-                .iter()
-                .find(|(k, _)| *k == source.kind)
-                .unwrap()
-                .1;
+            let event = CSV_DATE_EVENT.iter().find(|(k, _)| *k == kind).unwrap().1;
             for row in &rows {
                 let Some(csv_row) = known.get(&row.local_id) else {
                     // Only a row the CSV extract damaged has no clean twin.
@@ -901,33 +1011,29 @@ mod tests {
                 assert!(
                     same(&row.nhs_number, &csv_row.nhs_number),
                     "{}: NHS number of {}",
-                    source.kind,
+                    kind,
                     row.local_id
                 );
                 assert!(
                     same(&row.given_name, &csv_row.given_name),
                     "{}: given name",
-                    source.kind
+                    kind
                 );
                 assert!(
                     same(&row.family_name, &csv_row.family_name),
                     "{}: family name",
-                    source.kind
+                    kind
                 );
-                assert!(
-                    row.sex.is_none() || row.sex == csv_row.sex,
-                    "{}: sex",
-                    source.kind
-                );
+                assert!(row.sex.is_none() || row.sex == csv_row.sex, "{}: sex", kind);
                 assert!(
                     row.date_of_birth.is_none() || row.date_of_birth == csv_row.date_of_birth,
                     "{}: birth date",
-                    source.kind
+                    kind
                 );
                 assert!(
                     row.postcode.is_none() || row.postcode == csv_row.postcode,
                     "{}: postcode",
-                    source.kind
+                    kind
                 );
                 dates.extend(
                     row.events
@@ -950,7 +1056,7 @@ mod tests {
             assert!(
                 strangers.is_empty(),
                 "{}: not in the ground truth: {}",
-                source.kind,
+                kind,
                 strangers.len()
             );
             if !event.is_empty() {
@@ -958,7 +1064,7 @@ mod tests {
                 assert!(
                     unmatched.is_empty(),
                     "{}: CSV dates missing: {unmatched:?}",
-                    source.kind
+                    kind
                 );
             }
         }

@@ -107,7 +107,7 @@ impl Source for CsvSource {
             byte: p.byte(),
             line: p.line(),
             record: p.record(),
-            within: 0,
+            ..Position::default()
         }
     }
 

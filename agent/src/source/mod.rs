@@ -4,7 +4,9 @@
 //! - [`csv`]: a delimited file through a mapping file (also each table of the
 //!   CSV-based national formats: SSDA903, Annex A, MHSDS, CSDS);
 //! - [`xml`]: the CIN census, streamed one `<Child>` at a time;
-//! - [`ndjson`]: FHIR bulk-export NDJSON, one resource per line.
+//! - [`ndjson`]: FHIR bulk-export NDJSON, one resource per line;
+//! - [`sql`]: a table or query in PostgreSQL or SQLite, read incrementally
+//!   by a watermark column.
 //!
 //! [`crate::format`] opens the national formats as a series of these, each
 //! with a built-in mapping. Every source can say where it is
@@ -13,6 +15,7 @@
 
 pub mod csv;
 pub mod ndjson;
+pub mod sql;
 pub mod xml;
 
 use std::fs::File;
@@ -33,14 +36,17 @@ pub struct SourceRow {
 /// Where a source is: enough to continue from there. `byte` and `line` are
 /// where the next row (for XML, the next record) starts; `record` counts the
 /// rows (for XML, whole records) read before it; `within` counts the rows of
-/// an XML record already read.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// an XML record already read; `after` is the last SQL row read, by its
+/// watermark and key.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Position {
     pub byte: u64,
     pub line: u64,
     pub record: u64,
     #[serde(default)]
     pub within: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<sql::Cursor>,
 }
 
 /// Problems that stop a source (a bad row never does: it is quarantined).
@@ -84,6 +90,11 @@ pub trait Source: Send {
     fn bytes_read(&self) -> u64;
     /// The mappings its rows go through (one per table).
     fn mappings(&self) -> Vec<&Resolved>;
+    /// A source that grows (a SQL table read by watermark): a completed
+    /// read is continued by the next run, not skipped.
+    fn incremental(&self) -> bool {
+        false
+    }
 }
 
 /// Size, modification time and the SHA-256 of the first 64 KiB of `path`.

@@ -177,7 +177,7 @@ impl Source for NdjsonSource {
     }
 
     fn position(&self) -> Position {
-        self.at
+        self.at.clone()
     }
 
     fn resume(&mut self, at: Position) -> Result<(), SourceError> {

@@ -387,7 +387,7 @@ impl Source for XmlSource {
                         byte: self.reader.buffer_position(),
                         line: self.line,
                         record: self.at.record + 1,
-                        within: 0,
+                        ..Position::default()
                     };
                 } else {
                     self.at.within += 1;
@@ -403,7 +403,7 @@ impl Source for XmlSource {
                         byte: self.reader.buffer_position(),
                         line: self.line,
                         record: self.at.record + 1,
-                        within: 0,
+                        ..Position::default()
                     };
                 }
                 Ok(Some(rows)) => self.pending = rows.into(),
@@ -422,7 +422,7 @@ impl Source for XmlSource {
     }
 
     fn position(&self) -> Position {
-        self.at
+        self.at.clone()
     }
 
     /// Re-reads the file from its start (an XML parser cannot start mid-way

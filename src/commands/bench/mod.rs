@@ -7,6 +7,8 @@
 //!   restarted); then every record must be stored exactly once.
 //! - `bench linkage`: fuzzy linkage accuracy (precision, recall, F1) and
 //!   speed on extracts with a known truth.
+//! - `bench readers`: rows per second of every reader and the peak memory
+//!   of a process reading each, at two input sizes ten times apart.
 //!
 //! `ingest` and `chaos` start a real gateway process over mutual TLS in a throwaway
 //! deployment (this module).
@@ -14,6 +16,7 @@
 mod chaos;
 mod ingest;
 mod linkage;
+mod readers;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -36,6 +39,8 @@ pub enum BenchCommand {
     Chaos(chaos::ChaosArgs),
     /// Fuzzy linkage on extracts with a known truth: precision, recall, F1, speed.
     Linkage(linkage::LinkageArgs),
+    /// Every reader: rows/s and peak memory at two input sizes.
+    Readers(readers::ReadersArgs),
 }
 
 impl BenchCommand {
@@ -44,6 +49,7 @@ impl BenchCommand {
             Self::Ingest(args) => ingest::run(args).await,
             Self::Chaos(args) => chaos::run(args).await,
             Self::Linkage(args) => linkage::run(args).await,
+            Self::Readers(args) => readers::run(args),
         }
     }
 }
