@@ -156,7 +156,7 @@ pub fn generate(
             if !rng.random_bool(agency.reach) {
                 continue;
             }
-            let recorded = record_of(&mut rng, c, agency, index);
+            let recorded = record_of(&mut rng, c, agency, index, reference);
             truth.write_record([
                 c.id.to_string().as_str(),
                 agency.organisation,
@@ -231,7 +231,13 @@ fn child(
     }
 }
 
-fn record_of(rng: &mut ChaCha8Rng, c: &Child, agency: &SynthAgency, index: usize) -> Recorded {
+fn record_of(
+    rng: &mut ChaCha8Rng,
+    c: &Child,
+    agency: &SynthAgency,
+    index: usize,
+    reference: Date,
+) -> Recorded {
     let mut given = c.given.to_owned();
     if rng.random_bool(0.08)
         && let Some((_, Some(nick))) = MALE_NAMES
@@ -252,6 +258,8 @@ fn record_of(rng: &mut ChaCha8Rng, c: &Child, agency: &SynthAgency, index: usize
         && let Some(swapped) = time::Month::try_from(dob.day())
             .ok()
             .and_then(|month| Date::from_calendar_date(dob.year(), month, dob.month() as u8).ok())
+            // A records system refuses a birth date in the future.
+            .filter(|swapped| *swapped <= reference)
     {
         dob = swapped;
     }

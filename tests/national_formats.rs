@@ -2,14 +2,15 @@
 //! census XML, SSDA903 tables and Annex A lists, the CAMHS trust's MHSDS
 //! tables and the community trust's CSDS tables and FHIR export, and the
 //! council's case-management table in SQLite; three agents
-//! (separate processes) read them, under an agreement that lists what they
-//! hold, and stream them over mutual TLS to a gateway on SQLite. Every row the
-//! readers produce is stored, with each of its events, and none is
-//! quarantined.
+//! (separate processes) read them under the example agreement and stream
+//! them over mutual TLS to a gateway on SQLite. Every row the readers produce
+//! is stored, with each of its events the agreement allows, none is
+//! quarantined, and each council child is one person whichever of its
+//! datasets (with the NHS number or without) a record came in.
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use common::*;
@@ -26,62 +27,17 @@ const SOURCES: &[(&str, &str, &str, &str)] = &[
     (SALT, "csds", "salt", "csds"),
     (SALT, "fhir", "salt_fhir", "fhir"),
     // The council's case-management database (already in the agreement).
-    (COUNCIL, "sql", "csc_referrals", "cases.sqlite"),
+    (COUNCIL, "sql", "csc_cases", "cases.sqlite"),
 ];
 
-/// The agreement's entry for a dataset of `kind`: everything the format's
-/// tables map, pseudonymised or coarsened as usual.
-fn dataset_entry(dataset: &str, kind: &str) -> String {
-    let definition = joinery_agent::format::definition(kind).unwrap();
-    let mut attributes = BTreeSet::new();
-    let mut events: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for table in &definition.tables {
-        attributes.extend(table.mapping.attributes.keys().cloned());
-        for event in &table.mapping.events {
-            events
-                .entry(event.event_type.clone())
-                .or_default()
-                .extend(event.attributes.keys().cloned());
-        }
-    }
-    let mut text = format!(
-        "  {dataset}:\n    description: The {} return.\n    retention_days: 1095\n    fields:\n      local_id: pseudonymise\n      nhs_number: pseudonymise\n      given_name: drop\n      family_name: drop\n      date_of_birth: month\n      sex: keep\n      postcode: district\n",
-        definition.title
-    );
-    for attribute in attributes {
-        text.push_str(&format!("      {attribute}: keep\n"));
-    }
-    text.push_str("    events:\n");
-    for (event, attributes) in events {
-        text.push_str(&format!("      {event}:\n        date: keep\n"));
-        if !attributes.is_empty() {
-            text.push_str("        attributes:\n");
-            for attribute in attributes {
-                text.push_str(&format!("          {attribute}: keep\n"));
-            }
-        }
-    }
-    text
-}
-
-/// The last collection year the agent has code lists for (by the year it
-/// ends, 31 March): synth data are dated up to its end at the latest.
-const LATEST_YEAR: i32 = 2027;
-
-/// The day synth's extracts are taken: today, or the end of the latest
-/// collection year the agent knows, if that is earlier.
-fn reference_date() -> time::Date {
-    let today = time::OffsetDateTime::now_utc().date();
-    today.min(time::Date::from_calendar_date(LATEST_YEAR, time::Month::March, 31).unwrap())
-}
-
-/// The collection year (ending 31 March) holding synth's reference date.
+/// The collection year (ending 31 March) holding today, as synth dates its
+/// returns.
 fn collection_year() -> i32 {
-    let day = reference_date();
-    if day.month() <= time::Month::March {
-        day.year()
+    let today = time::OffsetDateTime::now_utc().date();
+    if today.month() <= time::Month::March {
+        today.year()
     } else {
-        day.year() + 1
+        today.year() + 1
     }
 }
 
@@ -115,41 +71,11 @@ fn source_config(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_national_format_reaches_the_gateway_whole() {
+    // The example agreement lists every one of these datasets.
     let d = Deployment::new();
-    d.write_agreement(&d.agreements_dir(), |text| {
-        let mut text = text
-            .replace(
-                "sends: [csc_referrals]",
-                "sends: [csc_referrals, cin, lac, annex_a]",
-            )
-            .replace(
-                "sends: [camhs_referrals]",
-                "sends: [camhs_referrals, camhs]",
-            )
-            .replace(
-                "sends: [salt_contacts]",
-                "sends: [salt_contacts, salt, salt_fhir]",
-            );
-        let entries: String = SOURCES
-            .iter()
-            .filter(|(_, kind, ..)| *kind != "sql")
-            .map(|(_, kind, dataset, _)| dataset_entry(dataset, kind))
-            .collect();
-        text = text.replacen("datasets:\n", &format!("datasets:\n{entries}"), 1);
-        text
-    });
-    let synth = d.path("synth");
-    joinery_ok(&[
-        "synth",
-        "--out",
-        synth.to_str().unwrap(),
-        "--children",
-        "400",
-        "--seed",
-        "11",
-        "--reference-date",
-        &reference_date().to_string(),
-    ]);
+    let agreement: joinery_policies::model::Agreement =
+        serde_saphyr::from_str(&std::fs::read_to_string(d.agreement()).unwrap()).unwrap();
+    let synth = d.synth(400, 11);
     let today = time::OffsetDateTime::now_utc().date();
 
     // What the readers make of the files, read here in-process.
@@ -162,7 +88,12 @@ async fn every_national_format_reaches_the_gateway_whole() {
                 match row.unwrap().outcome {
                     RowOutcome::Valid { row, .. } => {
                         *expected_records.entry(dataset).or_default() += 1;
-                        for event in &row.events {
+                        let allowed = &agreement.datasets[*dataset].events;
+                        for event in row
+                            .events
+                            .iter()
+                            .filter(|e| allowed.contains_key(&e.event_type))
+                        {
                             *expected_events
                                 .entry(((*dataset).to_owned(), event.event_type.clone()))
                                 .or_default() += 1;
@@ -201,8 +132,22 @@ async fn every_national_format_reaches_the_gateway_whole() {
         assert_eq!(code, 0, "{org}: {out}\n{err}");
     }
     gateway.stop();
+    d.on_store(&["gateway", "relink", "--full"], None);
 
     let db = open_database(&d.sqlite_url()).await;
+    // Each council child is one person, whichever of its datasets (with the
+    // NHS number or without) a record came in.
+    let truth = csv_rows(&synth.join("ground_truth.csv"), b',');
+    let council_children = truth.iter().filter(|r| &r[1] == COUNCIL).count() as i64;
+    let council_people: i64 = sqlx::query_scalar(
+        "SELECT COUNT(DISTINCT COALESCE(s.spine_id, r.person_id)) FROM records r \
+         LEFT JOIN person_spine s ON s.person_id = r.person_id WHERE r.organisation = $1",
+    )
+    .bind(COUNCIL)
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(council_people, council_children);
     let mut stored_records: BTreeMap<String, u64> = BTreeMap::new();
     for row in sqlx::query("SELECT dataset, COUNT(*) AS n FROM records GROUP BY dataset")
         .fetch_all(&db)

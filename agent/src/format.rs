@@ -160,8 +160,33 @@ pub fn definition(format: &str) -> Result<Definition, String> {
     Ok(definition)
 }
 
+/// The built-in code-list file for `year` of `format`, or (a year whose lists
+/// are not built in yet) the latest earlier year's: (the year used, text).
+fn built_in_for(format: &str, year: &str) -> Result<(String, &'static str), String> {
+    let years: Vec<(&str, &'static str)> = CODE_LISTS
+        .iter()
+        .filter(|(f, _, _)| *f == format)
+        .map(|(_, y, text)| (*y, *text))
+        .collect();
+    if let Some((y, text)) = years.iter().find(|(y, _)| *y == year) {
+        return Ok(((*y).to_owned(), text));
+    }
+    let earlier = years
+        .iter()
+        .filter(|(y, _)| y.parse::<i32>().ok() < year.parse::<i32>().ok())
+        .max_by_key(|(y, _)| *y);
+    earlier.map(|(y, text)| ((*y).to_owned(), *text)).ok_or_else(|| {
+        let known: Vec<&str> = years.iter().map(|(y, _)| *y).collect();
+        format!(
+            "no built-in {format} code lists for {year} or an earlier year (built in: {}); set code_lists to that year's file",
+            known.join(", ")
+        )
+    })
+}
+
 /// The code lists for `format` in `year` (`None`: the format is not yearly),
-/// from `file` when given, else built in.
+/// from `file` when given, else built in (a year not built in yet uses the
+/// latest earlier year's, with a warning).
 pub fn code_lists(
     format: &str,
     year: Option<i32>,
@@ -184,18 +209,16 @@ pub fn code_lists(
             parse(&text, &path.display().to_string())?
         }
         None => {
-            let text = built_in(&year).ok_or_else(|| {
-                let known: Vec<&str> = CODE_LISTS
-                    .iter()
-                    .filter(|(f, _, _)| *f == format)
-                    .map(|(_, y, _)| *y)
-                    .collect();
-                format!(
-                    "no built-in {format} code lists for {year} (built in: {}); set code_lists to that year's file",
-                    known.join(", ")
-                )
-            })?;
-            parse(text, &format!("{format}/{year}"))?
+            let (found, text) = built_in_for(format, &year)?;
+            if found != year {
+                tracing::warn!(
+                    %format,
+                    %year,
+                    using = %found,
+                    "no built-in code lists for this collection year: using the latest earlier year's; set code_lists to the year's file once published"
+                );
+            }
+            parse(text, &format!("{format}/{found}"))?
         }
     };
     let mut lists = CodeLists::new();
@@ -570,8 +593,12 @@ mod tests {
     }
 
     #[test]
-    fn a_year_without_lists_is_refused_with_the_years_there_are() {
-        let err = code_lists("ssda903", Some(2031), None).unwrap_err();
+    fn a_later_year_uses_the_latest_lists_and_an_earlier_one_is_refused() {
+        assert_eq!(
+            code_lists("ssda903", Some(2031), None).unwrap(),
+            code_lists("ssda903", Some(2027), None).unwrap()
+        );
+        let err = code_lists("ssda903", Some(2019), None).unwrap_err();
         assert!(err.contains("2025, 2026, 2027"), "{err}");
         assert!(err.contains("code_lists"), "{err}");
     }
@@ -587,5 +614,119 @@ mod tests {
             lists["PLACE"].contains_key("U1"),
             "other lists carried forward"
         );
+    }
+
+    fn ssda903(dir: &Path, year: i32) -> SourceConfig {
+        SourceConfig::Ssda903(NationalFormat {
+            path: dir.to_owned(),
+            dataset: "lac".to_owned(),
+            year: Some(year),
+            code_lists: None,
+            files: BTreeMap::new(),
+        })
+    }
+
+    fn outcomes(parts: Vec<Part>) -> Vec<(String, u64, Result<String, String>)> {
+        let mut out = Vec::new();
+        for mut part in parts {
+            let file = part
+                .path
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            while let Some(row) = part.source.next_row() {
+                let row = row.unwrap();
+                out.push((
+                    file.clone(),
+                    row.line,
+                    match row.outcome {
+                        RowOutcome::Valid { row, .. } => Ok(format!(
+                            "{} {}",
+                            row.local_id,
+                            row.events
+                                .iter()
+                                .map(|e| e.event_type.as_str())
+                                .collect::<Vec<_>>()
+                                .join(",")
+                        )),
+                        RowOutcome::Quarantined(p) => Err(p.to_string()),
+                    },
+                ));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn ssda903_rows_are_checked_against_the_year_the_order_of_dates_and_their_child() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("Header.CSV"),
+            "CHILD,SEX,DOB,ETHNIC,UPN,MOTHER,MC_DOB\nC1,1,03/04/2015,WBRI,UN2,,\nC2,2,31/02/2014,XXXX,A123,,\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("episodes.csv"),
+            "CHILD,DECOM,RNE,LS,CIN,PLACE,PLACE_PROVIDER,DEC,REC,REASON_PLACE_CHANGE,HOME_POST,PL_POST,URN\n\
+             C1,01/05/2024,S,C2,N1,U1,PR1,01/09/2024,X1,CARPL,LS6,LS7,SC1\n\
+             C1,01/09/2024,P,C2,N1,K2,PR4,,,,LS6,LS8,SC2\n\
+             C1,01/09/2024,P,C2,N1,U1,PR1,01/08/2024,E13,,LS6,LS7,SC1\n\
+             C1,01/06/2025,P,C2,N1,U1,PR1,,,,LS6,LS7,SC1\n\
+             C9,01/05/2024,S,C2,N1,ZZ,PR1,,,,LS6,LS7,SC1\n",
+        )
+        .unwrap();
+        let today = time::macros::date!(2026 - 01 - 01);
+        let rows = outcomes(open(&ssda903(dir.path(), 2025), today).unwrap());
+        let summary: Vec<_> = rows
+            .iter()
+            .map(|(f, l, o)| (f.as_str(), *l, o.clone()))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("Header.CSV", 2, Ok("C1 ".to_owned())),
+                ("Header.CSV", 3, Err("date_of_birth: date does not exist".to_owned())),
+                ("episodes.csv", 2, Ok("C1 lac_episode_start,lac_episode_end".to_owned())),
+                ("episodes.csv", 3, Ok("C1 lac_episode_start".to_owned())),
+                ("episodes.csv", 4, Err("DEC: is before DECOM".to_owned())),
+                (
+                    "episodes.csv",
+                    5,
+                    Err("lac_episode_start date: is after the end of the 2024-25 collection year (2025-03-31): is the file for another year?".to_owned())
+                ),
+                ("episodes.csv", 6, Err("local_id: names no person in Header".to_owned())),
+            ]
+        );
+
+        // A required column missing: named, with the file and the format's table.
+        std::fs::write(
+            dir.path().join("episodes.csv"),
+            "CHILD,RNE,LS,CIN,PLACE,DEC,REC\n",
+        )
+        .unwrap();
+        let Err(err) = open(&ssda903(dir.path(), 2025), today) else {
+            panic!("a missing column is refused")
+        };
+        let err = err.to_string();
+        assert!(
+            err.contains("\"DECOM\"") && err.contains("episodes.csv") && err.contains("Episodes"),
+            "{err}"
+        );
+
+        // A missing table that is not optional, and a yearly return without its year.
+        std::fs::remove_file(dir.path().join("episodes.csv")).unwrap();
+        let Err(err) = open(&ssda903(dir.path(), 2025), today) else {
+            panic!("episodes are required")
+        };
+        assert!(err.to_string().contains("episodes.csv"), "{err}");
+        let SourceConfig::Ssda903(mut format) = ssda903(dir.path(), 2025) else {
+            unreachable!()
+        };
+        format.year = None;
+        let Err(err) = open(&SourceConfig::Ssda903(format), today) else {
+            panic!("the year is required")
+        };
+        assert!(err.to_string().contains("set year"), "{err}");
     }
 }

@@ -27,7 +27,7 @@ use joinery_linkage::{Encoding, Entity, LinkageParams};
 
 use crate::agreements::Agreements;
 use crate::audit::AuditRecord;
-use crate::rekey::{LINK_EXACT_NHS, LINK_UNLINKED};
+use crate::rekey::{LINK_EXACT_LOCAL, LINK_EXACT_NHS, LINK_UNLINKED};
 use crate::storage::{EntityScope, SpineAssignment, Storage, StorageError, StoredEntity};
 
 /// Link method of a person id joined to another person by fuzzy linkage.
@@ -103,6 +103,7 @@ pub async fn run(
     }
 
     let (entities, known) = to_entities(&stored, params, full);
+    let known = join_local_ids(&stored, &known);
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
     let result =
         joinery_linkage::matcher::link_with(entities, params, model.as_ref(), &known, threads);
@@ -194,6 +195,54 @@ fn to_entities(
     (entities, known)
 }
 
+/// Entities already known to be one person: those `known` says are (an
+/// existing person, in an incremental run), and an organisation's entities
+/// of one local id — the same child in two of its datasets, one with the NHS
+/// number and one without — unless they carry different NHS pseudonyms (the
+/// matcher then decides, and never joins them).
+fn join_local_ids(stored: &[StoredEntity], known: &[Option<u64>]) -> Vec<Option<u64>> {
+    fn root(parent: &mut [usize], mut i: usize) -> usize {
+        while parent[i] != i {
+            parent[i] = parent[parent[i]];
+            i = parent[i];
+        }
+        i
+    }
+    let mut parent: Vec<usize> = (0..stored.len()).collect();
+    let join = |parent: &mut Vec<usize>, a: usize, b: usize| {
+        let (a, b) = (root(parent, a), root(parent, b));
+        parent[a.max(b)] = a.min(b);
+    };
+    let mut first_known: HashMap<u64, usize> = HashMap::new();
+    let mut twins: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
+    for (i, e) in stored.iter().enumerate() {
+        if let Some(k) = known[i] {
+            let first = *first_known.entry(k).or_insert(i);
+            join(&mut parent, first, i);
+        }
+        twins
+            .entry((e.organisation.as_str(), e.local_pseudonym.as_str()))
+            .or_default()
+            .push(i);
+    }
+    let mut grouped = vec![false; stored.len()];
+    for members in twins.values().filter(|m| m.len() > 1) {
+        let numbers: std::collections::BTreeSet<&str> = members
+            .iter()
+            .filter_map(|&i| stored[i].nhs_pseudonym.as_deref())
+            .collect();
+        if numbers.len() <= 1 {
+            for &i in members {
+                join(&mut parent, members[0], i);
+                grouped[i] = true;
+            }
+        }
+    }
+    (0..stored.len())
+        .map(|i| (known[i].is_some() || grouped[i]).then(|| root(&mut parent, i) as u64))
+        .collect()
+}
+
 /// Where each person id goes: every group of entities becomes one person,
 /// named by the spine id most of its linked members had (else its smallest
 /// person id). Only changes are returned.
@@ -242,6 +291,12 @@ fn spine_assignments(
                     LINK_UNLINKED
                 };
                 (own, None)
+            } else if members.iter().any(|&j| {
+                stored[j].person_id != e.person_id
+                    && stored[j].organisation == e.organisation
+                    && stored[j].local_pseudonym == e.local_pseudonym
+            }) {
+                (LINK_EXACT_LOCAL, None)
             } else {
                 let score = members
                     .iter()
@@ -252,7 +307,8 @@ fn spine_assignments(
                     });
                 (LINK_FUZZY, score)
             };
-            if e.spine_id != spine_id || (method == LINK_FUZZY) != (e.spine_id != e.person_id) {
+            let joined = method == LINK_FUZZY || method == LINK_EXACT_LOCAL;
+            if e.spine_id != spine_id || joined != (e.spine_id != e.person_id) {
                 assignments.push(SpineAssignment {
                     person_id: e.person_id.clone(),
                     spine_id: spine_id.clone(),

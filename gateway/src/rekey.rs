@@ -24,6 +24,9 @@ use joinery_proto::v1::LinkageEncoding;
 /// How a record's person id was decided.
 pub const LINK_EXACT_NHS: &str = "exact-nhs";
 pub const LINK_UNLINKED: &str = "unlinked";
+/// A person id joined to another of the same organisation and local id (one
+/// dataset had the NHS number, another did not).
+pub const LINK_EXACT_LOCAL: &str = "exact-local";
 
 /// Bytes of HMAC output kept in a person id (128 bits, hex-encoded).
 const PERSON_ID_BYTES: usize = 16;

@@ -102,22 +102,33 @@ pub fn print_summary(organisation: &str, summary: &RunSummary) {
         );
     }
     for s in &summary.sources {
+        // The dataset, and which of its files when it has several.
+        let name = s
+            .source
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        let label = if summary
+            .sources
+            .iter()
+            .filter(|o| o.dataset == s.dataset)
+            .count()
+            > 1
+        {
+            format!("{} ({name})", s.dataset)
+        } else {
+            s.dataset.clone()
+        };
         if s.already_delivered {
             println!(
-                "{organisation} {}: already delivered (the extract has not changed since)",
-                s.dataset
+                "{organisation} {label}: already delivered (the extract has not changed since)"
             );
             continue;
         }
         if let Some(line) = s.resumed_at_line {
-            println!(
-                "{organisation} {}: resumed an interrupted read at line {line}",
-                s.dataset
-            );
+            println!("{organisation} {label}: resumed an interrupted read at line {line}");
         }
         println!(
-            "{organisation} {}: {} rows read, {} sent, {} stored, {} already stored, {} rejected, {} quarantined",
-            s.dataset,
+            "{organisation} {label}: {} rows read, {} sent, {} stored, {} already stored, {} rejected, {} quarantined",
             s.rows_read,
             s.records_sent,
             s.records_stored,

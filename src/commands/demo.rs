@@ -340,7 +340,8 @@ impl Layout<'_> {
         }
     }
 
-    /// Writes `agents/<ORG>.yaml` for every synthetic agency; returns them.
+    /// Writes `agents/<ORG>.yaml` for every synthetic agency (its CSV
+    /// extract, national returns and database); returns them.
     fn write_agents(
         &self,
         synth: &crate::synth::SynthOutput,
@@ -349,7 +350,16 @@ impl Layout<'_> {
             .extracts
             .iter()
             .map(|(agency, extract, mapping)| {
-                let config = self.agent(agency.organisation, extract, mapping);
+                let mut config = self.agent(agency.organisation, extract, mapping);
+                // The same agency's national returns and database too, so
+                // the demo exercises every reader.
+                config.sources.extend(
+                    synth
+                        .national
+                        .iter()
+                        .filter(|s| s.organisation == agency.organisation)
+                        .map(|s| s.config.clone()),
+                );
                 let path = self
                     .dir
                     .join("agents")

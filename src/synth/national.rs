@@ -94,7 +94,7 @@ pub(super) fn write(
                 national(SourceConfig::AnnexA, annex, "annex_a", None),
                 NationalSource {
                     organisation: agency.organisation,
-                    dataset: "csc_referrals",
+                    dataset: "csc_cases",
                     config: SourceConfig::Sql(SqlTable {
                         url: format!("sqlite://{}", cases.display()),
                         table: Some("referrals".to_owned()),
@@ -128,7 +128,7 @@ pub(super) fn write(
 /// The mapping of the council's case-management table.
 const CASES_MAPPING: &str = "\
 # The council's case-management database, read by the agent's sql source.
-dataset: csc_referrals
+dataset: csc_cases
 fields:
   local_id: child_id
   nhs_number: nhs_number

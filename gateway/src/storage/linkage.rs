@@ -28,8 +28,9 @@ pub struct StoredEntity {
 pub enum EntityScope {
     /// Every entity (a full re-link).
     All,
-    /// Entities not linked yet, every entity sharing a blocking key with one,
-    /// and every entity of the people those belong to.
+    /// Entities not linked yet, every entity sharing a blocking key or an
+    /// organisation's local id with one, and every entity of the people those
+    /// belong to.
     PendingAndNeighbours,
 }
 
@@ -53,8 +54,13 @@ WITH pending_keys AS (
         AND e.organisation = b.organisation AND e.local_pseudonym = b.local_pseudonym
     WHERE e.linked = 0 AND e.params_version = $1),
 touched AS (
-    SELECT DISTINCT b.person_id FROM linkage_blocks b
-    JOIN pending_keys k ON k.rule = b.rule AND k.block_key = b.block_key),
+    SELECT b.person_id FROM linkage_blocks b
+    JOIN pending_keys k ON k.rule = b.rule AND k.block_key = b.block_key
+    UNION
+    SELECT twin.person_id FROM linkage_entities e
+    JOIN linkage_entities twin ON twin.organisation = e.organisation
+        AND twin.local_pseudonym = e.local_pseudonym
+    WHERE e.linked = 0 AND e.params_version = $1),
 people AS (
     SELECT DISTINCT s2.person_id FROM person_spine s1
     JOIN person_spine s2 ON s2.spine_id = s1.spine_id

@@ -28,6 +28,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0003_linkage.sql"),
         include_str!("../../migrations/postgres/0003_linkage.sql"),
     ),
+    (
+        4,
+        "local_ids",
+        include_str!("../../migrations/sqlite/0004_local_ids.sql"),
+        include_str!("../../migrations/postgres/0004_local_ids.sql"),
+    ),
 ];
 
 pub(super) fn for_backend(backend: Backend) -> Migrator {
