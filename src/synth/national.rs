@@ -456,6 +456,31 @@ fn ssda903(
     ])?;
     let mut missing = csv_writer(&dir.join("missing.csv"))?;
     missing.write_record(["CHILD", "DOB", "MISSING", "MIS_START", "MIS_END"])?;
+    let mut uasc = csv_writer(&dir.join("uasc.csv"))?;
+    uasc.write_record(["CHILD", "SEX", "DOB", "DUC"])?;
+    let mut oc3 = csv_writer(&dir.join("oc3.csv"))?;
+    oc3.write_record(["CHILD", "DOB", "IN_TOUCH", "ACTIV", "ACCOM"])?;
+    let mut ad1 = csv_writer(&dir.join("ad1.csv"))?;
+    ad1.write_record([
+        "CHILD",
+        "DOB",
+        "DATE_INT",
+        "DATE_MATCH",
+        "FOSTER_CARE",
+        "NB_ADOPTR",
+        "SEX_ADOPTR",
+        "LS_ADOPTR",
+    ])?;
+    let mut placed = csv_writer(&dir.join("placed_for_adoption.csv"))?;
+    placed.write_record([
+        "CHILD",
+        "DOB",
+        "DATE_PLACED",
+        "DATE_PLACED_CEASED",
+        "REASON_PLACED_CEASED",
+    ])?;
+    let mut prev_perm = csv_writer(&dir.join("prev_perm.csv"))?;
+    prev_perm.write_record(["CHILD", "DOB", "PREV_PERM", "LA_PERM", "DATE_PERM"])?;
     let flag = |rng: &mut ChaCha8Rng, p: f64| u8::from(rng.random_bool(p)).to_string();
     for record in records {
         let r = &record.recorded;
@@ -557,8 +582,67 @@ fn ssda903(
                 &back,
             ])?;
         }
+        // Unaccompanied asylum-seeking children, care leavers, adoption and
+        // earlier permanence: a few each.
+        if age >= 12 && rng.random_bool(0.2) {
+            let ceased = after(rng, start, 400, reference)
+                .map(dmy)
+                .unwrap_or_default();
+            uasc.write_record([
+                r.local_id.as_str(),
+                if record.male { "1" } else { "2" },
+                &dob,
+                &ceased,
+            ])?;
+        }
+        if age >= 17 {
+            oc3.write_record([
+                r.local_id.as_str(),
+                &dob,
+                pick(rng, &["YES", "YES", "NO", "REFU"]),
+                pick(rng, &["F2", "P2", "F4", "G6"]),
+                pick(rng, &["B1", "D2", "T1", "V2"]),
+            ])?;
+        }
+        if age < 6
+            && rng.random_bool(0.3)
+            && let Some(decided) = after(rng, start, 180, reference)
+        {
+            let matched = after(rng, decided, 180, reference);
+            ad1.write_record([
+                r.local_id.clone(),
+                dob.clone(),
+                dmy(decided),
+                matched.map(dmy).unwrap_or_default(),
+                flag(rng, 0.3),
+                rng.random_range(1..=2).to_string(),
+                pick(rng, &["M1", "F1", "MF"]).to_owned(),
+                pick(rng, &["L0", "L11", "L12"]).to_owned(),
+            ])?;
+            if let Some(placed_on) = matched.and_then(|m| after(rng, m, 60, reference)) {
+                let ceased = after(rng, placed_on, 300, reference).filter(|_| rng.random_bool(0.5));
+                placed.write_record([
+                    r.local_id.clone(),
+                    dob.clone(),
+                    dmy(placed_on),
+                    ceased.map(dmy).unwrap_or_default(),
+                    if ceased.is_some() { "E11" } else { "" }.to_owned(),
+                ])?;
+            }
+        }
+        if rng.random_bool(0.05) {
+            prev_perm.write_record([
+                r.local_id.as_str(),
+                &dob,
+                pick(rng, &["P1", "P2", "P3", "Z1"]),
+                "999",
+                &dmy(r.dob + Duration::days(400)),
+            ])?;
+        }
     }
-    for mut w in [header, episodes, reviews, oc2, missing] {
+    for mut w in [
+        header, episodes, reviews, oc2, missing, uasc, oc3, ad1, placed, prev_perm,
+    ] {
         w.flush()?;
     }
     Ok(())
