@@ -5,8 +5,9 @@
 //! (separate processes) read them under the example agreement and stream
 //! them over mutual TLS to a gateway on SQLite. Every row the readers produce
 //! is stored, with each of its events the agreement allows, none is
-//! quarantined, and each council child is one person whichever of its
-//! datasets (with the NHS number or without) a record came in.
+//! quarantined, no NHS number or postcode reaches a log or report, and each
+//! council child is one person whichever of its datasets (with the NHS number
+//! or without) a record came in.
 
 mod common;
 
@@ -127,9 +128,33 @@ async fn every_national_format_reaches_the_gateway_whole() {
         std::fs::write(&config, format!("{head}sources:\n{sources}")).unwrap();
         agents.push((org, d.spawn_agent(&config)));
     }
+    let mut outputs = String::new();
     for (org, agent) in agents {
         let (code, out, err) = finish(agent);
         assert_eq!(code, 0, "{org}: {out}\n{err}");
+        outputs.push_str(&out);
+        outputs.push_str(&err);
+    }
+    outputs.push_str(&gateway.log_text());
+    for report in std::fs::read_dir(d.path("quarantine")).unwrap().flatten() {
+        for file in std::fs::read_dir(report.path()).unwrap().flatten() {
+            outputs.push_str(&std::fs::read_to_string(file.path()).unwrap());
+        }
+    }
+    // No NHS number or postcode of the synthetic children in any agent or
+    // gateway output or quarantine report (debug logging is on).
+    let council = csv_rows(&synth.join("extracts/csc_referrals.csv"), b',');
+    let identifiers: Vec<&str> = council
+        .iter()
+        .flat_map(|r| [r.get(5).unwrap_or(""), r.get(6).unwrap_or("")])
+        .filter(|v| v.len() >= 6)
+        .collect();
+    assert!(identifiers.len() > 100);
+    for identifier in identifiers {
+        assert!(
+            !outputs.contains(identifier),
+            "an identifier reached the output"
+        );
     }
     gateway.stop();
     d.on_store(&["gateway", "relink", "--full"], None);
