@@ -81,6 +81,10 @@ async fn every_national_format_reaches_the_gateway_whole() {
 
     // What the readers make of the files, read here in-process.
     let mut expected_records: BTreeMap<&str, u64> = BTreeMap::new();
+    // For the analyst's query below: the council's children with a CP plan,
+    // and each council child's sex, from the CIN census.
+    let mut with_cp_plan = std::collections::BTreeSet::new();
+    let mut sex_of: BTreeMap<String, String> = BTreeMap::new();
     let mut expected_events: BTreeMap<(String, String), u64> = BTreeMap::new();
     for (org, kind, dataset, file) in SOURCES {
         let config = source_config(&synth, org, kind, dataset, file);
@@ -89,6 +93,14 @@ async fn every_national_format_reaches_the_gateway_whole() {
                 match row.unwrap().outcome {
                     RowOutcome::Valid { row, .. } => {
                         *expected_records.entry(dataset).or_default() += 1;
+                        if *kind == "cin_census" {
+                            if let Some(sex) = &row.sex {
+                                sex_of.insert(row.local_id.clone(), sex.clone());
+                            }
+                            if row.events.iter().any(|e| e.event_type == "cp_plan_start") {
+                                with_cp_plan.insert(row.local_id.clone());
+                            }
+                        }
                         let allowed = &agreement.datasets[*dataset].events;
                         for event in row
                             .events
@@ -215,4 +227,74 @@ async fn every_national_format_reaches_the_gateway_whole() {
             "no {event} in {dataset}"
         );
     }
+
+    // An analyst's query through the CLI: children with a CP plan, by sex,
+    // disclosure-controlled, against the count from the CIN census itself.
+    let gateway = d.start_gateway(None, &[]);
+    let query = d.path("cp-plans.yaml");
+    std::fs::write(
+        &query,
+        "cohort: { has: { event: cp_plan_start, dataset: cin } }\nrows: sex\n",
+    )
+    .unwrap();
+    let explained = joinery_ok(&["query", "explain", query.to_str().unwrap()]);
+    assert_eq!(
+        String::from_utf8_lossy(&explained.stdout).trim(),
+        "People: with a cp_plan_start event in cin; counted by sex. Ages and recent periods are counted at today."
+    );
+    let out = d.client(
+        &["query", "run", query.to_str().unwrap()],
+        &gateway.address,
+        d.analyst_cert(),
+        &["--format", "json"],
+    );
+    let table: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut by_sex = [0u64; 4];
+    for child in &with_cp_plan {
+        let at = ["female", "male", "indeterminate"]
+            .iter()
+            .position(|s| sex_of.get(child).map(String::as_str) == Some(*s))
+            .unwrap_or(3);
+        by_sex[at] += 1;
+    }
+    assert!(
+        by_sex[0] + by_sex[1] > 8,
+        "enough CP plans to show: {by_sex:?}"
+    );
+    let expected = joinery_gateway::disclosure::DisclosureRule::default()
+        .protect_table(&by_sex.iter().map(|&n| vec![n]).collect::<Vec<_>>());
+    let shown = |cell: &joinery_proto::v1::Cell| match cell.value {
+        Some(joinery_proto::v1::cell::Value::Count(n)) => serde_json::json!(n),
+        _ => serde_json::json!("suppressed"),
+    };
+    let rows = table["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 5, "female, male, indeterminate, unknown, total");
+    for (row, expected) in rows.iter().zip(&expected) {
+        assert_eq!(row["cells"]["all"], shown(&expected[0]), "{}", row["label"]);
+    }
+    // The same table as CSV; and an agency's own certificate may not ask.
+    let csv = d.client(
+        &["query", "run", query.to_str().unwrap()],
+        &gateway.address,
+        d.analyst_cert(),
+        &["--format", "csv"],
+    );
+    assert!(String::from_utf8_lossy(&csv.stdout).starts_with("sex,all,total\nfemale,"));
+    let refused = joinery()
+        .args([
+            "query",
+            "run",
+            query.to_str().unwrap(),
+            "--gateway",
+            &gateway.address,
+            "--server-name",
+            "localhost",
+        ])
+        .args(["--tls-ca", d.ca().to_str().unwrap()])
+        .args(["--tls-cert", d.org_cert(COUNCIL).0.to_str().unwrap()])
+        .args(["--tls-key", d.org_cert(COUNCIL).1.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("analyst certificate"));
 }

@@ -11,6 +11,7 @@
 //! [`server`] wires it together; [`metrics`] names what is measured.
 
 pub mod agreements;
+pub mod analytics;
 pub mod audit;
 pub mod config;
 pub mod disclosure;

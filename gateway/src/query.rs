@@ -8,11 +8,12 @@ use joinery_crypto::identity::PeerIdentity;
 use joinery_proto::v1::query_server::Query;
 use joinery_proto::v1::{
     AgencyOverlapRequest, AgencyOverlapResponse, CountsRequest, CountsResponse, DatasetCount,
-    OverlapRow, cell,
+    OverlapRow, RunRequest, TableResponse, TableRow, cell,
 };
 use time::{Date, Month};
 use tonic::{Request, Response, Status};
 
+use crate::analytics::model::{AnalystQuery, Breakdown};
 use crate::audit::AuditRecord;
 use crate::disclosure::DisclosureRule;
 use crate::peer;
@@ -84,15 +85,7 @@ impl Query for QueryService {
         &self,
         request: Request<AgencyOverlapRequest>,
     ) -> Result<Response<AgencyOverlapResponse>, Status> {
-        let identity = peer::identity(&request)?;
-        match &identity {
-            PeerIdentity::Analyst(_) => {}
-            other => {
-                return Err(Status::permission_denied(format!(
-                    "{other} may not query the linked population; an analyst certificate is required"
-                )));
-            }
-        };
+        let identity = analyst(&request)?;
         let reference = match request.get_ref().reference_date.as_str() {
             "" => time::OffsetDateTime::now_utc().date(),
             text => Date::parse(text, &time::format_description::well_known::Iso8601::DATE)
@@ -147,6 +140,73 @@ impl Query for QueryService {
             rows,
             disclosure_note: self.rule.note(),
         }))
+    }
+
+    async fn run(&self, request: Request<RunRequest>) -> Result<Response<TableResponse>, Status> {
+        let identity = analyst(&request)?;
+        let query = AnalystQuery::parse(&request.get_ref().query)
+            .map_err(|e| Status::invalid_argument(format!("the query: {e}")))?;
+        let reference = query
+            .reference_date
+            .unwrap_or_else(|| time::OffsetDateTime::now_utc().date());
+        let people = self.storage.population().await.map_err(unavailable)?;
+        let table = crate::analytics::tabulate(&query, &people, reference);
+        let cells = self.rule.protect_table(&table.counts);
+        let mut labels = table.rows.clone();
+        labels.push("total".to_owned());
+        let rows: Vec<TableRow> = labels
+            .into_iter()
+            .zip(cells)
+            .map(|(label, cells)| TableRow { label, cells })
+            .collect();
+        let released = rows.iter().map(|r| r.cells.len()).sum();
+        let suppressed = rows
+            .iter()
+            .flat_map(|r| &r.cells)
+            .filter(|c| matches!(c.value, Some(cell::Value::Suppressed(_))))
+            .count();
+        self.audit(
+            &identity,
+            "run",
+            request.get_ref(),
+            &self.rule.note(),
+            released,
+            suppressed,
+        )
+        .await?;
+        let mut columns = table.columns;
+        columns.push("total".to_owned());
+        Ok(Response::new(TableResponse {
+            reference_date: reference.to_string(),
+            row_heading: heading(query.rows).to_owned(),
+            column_heading: heading(query.columns).to_owned(),
+            columns,
+            rows,
+            disclosure_note: self.rule.note(),
+            explanation: crate::analytics::explain(&query),
+        }))
+    }
+}
+
+/// What a breakdown's labels are.
+fn heading(breakdown: Breakdown) -> &'static str {
+    match breakdown {
+        Breakdown::None => "",
+        Breakdown::Segment => "life-course segment",
+        Breakdown::Sex => "sex",
+        Breakdown::AgencyOverlap => "agencies known to",
+        Breakdown::Agencies => "known to",
+    }
+}
+
+/// The analyst asking; the linked population is for analysts only.
+fn analyst<T>(request: &Request<T>) -> Result<PeerIdentity, Status> {
+    let identity = peer::identity(request)?;
+    match identity {
+        PeerIdentity::Analyst(_) => Ok(identity),
+        other => Err(Status::permission_denied(format!(
+            "{other} may not query the linked population; an analyst certificate is required"
+        ))),
     }
 }
 

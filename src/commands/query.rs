@@ -1,6 +1,10 @@
 //! `joinery query`: disclosure-controlled answers from the gateway.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+
+use anyhow::Context;
+use joinery_gateway::analytics::model::AnalystQuery;
 
 use clap::{Args, Subcommand};
 
@@ -8,7 +12,8 @@ use crate::commands::TlsArgs;
 use joinery_crypto::tls::TlsFiles;
 use joinery_proto::v1::query_client::QueryClient;
 use joinery_proto::v1::{
-    AgencyOverlapRequest, AgencyOverlapResponse, CountsRequest, CountsResponse, cell,
+    AgencyOverlapRequest, AgencyOverlapResponse, CountsRequest, CountsResponse, RunRequest,
+    TableResponse, cell,
 };
 use tonic::transport::Channel;
 
@@ -24,6 +29,31 @@ pub enum QueryCommand {
         #[arg(long)]
         reference_date: Option<String>,
     },
+    /// Run a query file (a cohort and its breakdown, YAML or JSON): a
+    /// disclosure-controlled table with totals.
+    Run {
+        /// The query file.
+        file: PathBuf,
+        /// How to print the table.
+        #[arg(long, value_enum, default_value_t = TableFormat::Table)]
+        format: TableFormat,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+    /// Say in words who a query file counts, and check it (nothing is sent).
+    Explain {
+        /// The query file.
+        file: PathBuf,
+    },
+}
+
+/// Output formats of a query's table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TableFormat {
+    /// Aligned columns for the terminal.
+    Table,
+    Csv,
+    Json,
 }
 
 /// How to reach the gateway as an analyst.
@@ -93,6 +123,22 @@ impl QueryCommand {
                     .into_inner();
                 print_overlap(&overlap);
             }
+            Self::Run {
+                file,
+                format,
+                gateway,
+            } => {
+                let (text, _) = read_query(&file)?;
+                let table = QueryClient::new(gateway.channel().await?)
+                    .run(RunRequest { query: text })
+                    .await?
+                    .into_inner();
+                print_table(&table, format)?;
+            }
+            Self::Explain { file } => {
+                let (_, query) = read_query(&file)?;
+                println!("{}", joinery_gateway::analytics::explain(&query));
+            }
         }
         Ok(ExitCode::SUCCESS)
     }
@@ -134,4 +180,108 @@ pub fn print_overlap(overlap: &AgencyOverlapResponse) {
         println!();
     }
     println!("Note: {}.", overlap.disclosure_note);
+}
+
+/// A query file's text, checked.
+fn read_query(file: &std::path::Path) -> anyhow::Result<(String, AnalystQuery)> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let query =
+        AnalystQuery::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    Ok((text, query))
+}
+
+fn cell_text(c: &joinery_proto::v1::Cell) -> String {
+    match c.value {
+        Some(cell::Value::Count(n)) => n.to_string(),
+        Some(cell::Value::Suppressed(_)) => "*".to_owned(),
+        None => "-".to_owned(),
+    }
+}
+
+/// Prints a query's table as aligned text, CSV or JSON.
+pub fn print_table(table: &TableResponse, format: TableFormat) -> anyhow::Result<()> {
+    let heading = if table.row_heading.is_empty() {
+        ""
+    } else {
+        table.row_heading.as_str()
+    };
+    match format {
+        TableFormat::Table => {
+            println!("{}", table.explanation);
+            let width = table
+                .rows
+                .iter()
+                .map(|r| r.label.len())
+                .chain([heading.len()])
+                .max()
+                .unwrap_or(0);
+            let column = table
+                .columns
+                .iter()
+                .map(String::len)
+                .max()
+                .unwrap_or(0)
+                .max(7);
+            if !table.column_heading.is_empty() {
+                println!("{:width$}  columns: {}", "", table.column_heading);
+            }
+            print!("{heading:<width$}");
+            for c in &table.columns {
+                print!("  {c:>column$}");
+            }
+            println!();
+            for row in &table.rows {
+                print!("{:<width$}", row.label);
+                for c in &row.cells {
+                    print!("  {:>column$}", cell_text(c));
+                }
+                println!();
+            }
+            println!("Note: {}.", table.disclosure_note);
+        }
+        TableFormat::Csv => {
+            let mut out = csv::Writer::from_writer(std::io::stdout());
+            out.write_record(
+                std::iter::once(heading).chain(table.columns.iter().map(String::as_str)),
+            )?;
+            for row in &table.rows {
+                out.write_record(
+                    std::iter::once(row.label.clone()).chain(row.cells.iter().map(cell_text)),
+                )?;
+            }
+            out.flush()?;
+        }
+        TableFormat::Json => {
+            let rows: Vec<serde_json::Value> = table
+                .rows
+                .iter()
+                .map(|row| {
+                    let cells: serde_json::Map<String, serde_json::Value> = table
+                        .columns
+                        .iter()
+                        .zip(&row.cells)
+                        .map(|(column, c)| {
+                            let value = match c.value {
+                                Some(cell::Value::Count(n)) => serde_json::json!(n),
+                                _ => serde_json::json!("suppressed"),
+                            };
+                            (column.clone(), value)
+                        })
+                        .collect();
+                    serde_json::json!({ "label": row.label, "cells": cells })
+                })
+                .collect();
+            let document = serde_json::json!({
+                "reference_date": table.reference_date,
+                "explanation": table.explanation,
+                "row_heading": table.row_heading,
+                "column_heading": table.column_heading,
+                "rows": rows,
+                "disclosure_note": table.disclosure_note,
+            });
+            println!("{}", serde_json::to_string_pretty(&document)?);
+        }
+    }
+    Ok(())
 }

@@ -10,6 +10,7 @@
 
 mod linkage;
 mod migrations;
+mod population;
 
 pub use linkage::{EntityScope, SpineAssignment, StoredEntity};
 

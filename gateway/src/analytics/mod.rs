@@ -1,0 +1,547 @@
+//! Analytics over the linked population: cohorts, breakdowns and their
+//! counts, before disclosure control ([`crate::disclosure`]) decides what of
+//! them may leave.
+//!
+//! A query ([`model::AnalystQuery`]) names a cohort — conditions on a
+//! person's events, age and the services that know them, combined with
+//! all / any / not — and how to break it down. [`tabulate`] counts the people
+//! of the population ([`crate::storage::Storage::population`]) in each cell;
+//! [`explain`] says in words who is counted.
+
+pub mod model;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use time::{Date, Duration, Month};
+
+use model::{AnalystQuery, Breakdown, Condition, EventCondition, Relative};
+
+/// One person on the spine, as analytics sees them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Person {
+    /// The earliest birth month the records give (YYYY-MM).
+    pub birth_month: Option<String>,
+    /// `female`, `male`, `indeterminate` or `unknown`; the first recorded.
+    pub sex: Option<String>,
+    pub organisations: BTreeSet<String>,
+    pub datasets: BTreeSet<String>,
+    /// In date order.
+    pub events: Vec<PersonEvent>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PersonEvent {
+    pub event_type: String,
+    pub dataset: String,
+    pub date: Date,
+    pub attributes: BTreeMap<String, String>,
+}
+
+impl Person {
+    /// Adds what one record says.
+    pub fn add_record(
+        &mut self,
+        organisation: String,
+        dataset: String,
+        sex: Option<String>,
+        birth_month: Option<String>,
+    ) {
+        self.organisations.insert(organisation);
+        self.datasets.insert(dataset);
+        if self.sex.is_none() {
+            self.sex = sex;
+        }
+        if let Some(month) = birth_month
+            && self.birth_month.as_ref().is_none_or(|known| month < *known)
+        {
+            self.birth_month = Some(month);
+        }
+    }
+
+    /// Whole years at `on`, counting the birthday as the first of the month.
+    pub fn age_on(&self, on: Date) -> Option<u32> {
+        let (year, month) = self.birth_month.as_deref()?.split_once('-')?;
+        let born = Date::from_calendar_date(
+            year.parse().ok()?,
+            Month::try_from(month.parse::<u8>().ok()?).ok()?,
+            1,
+        )
+        .ok()?;
+        if born > on {
+            return None;
+        }
+        let mut age = on.year() - born.year();
+        if (on.month() as u8) < (born.month() as u8) {
+            age -= 1;
+        }
+        u32::try_from(age).ok()
+    }
+}
+
+/// Life-course segments, in years at the reference date.
+pub const SEGMENTS: &[(&str, u32, u32)] = &[
+    ("early years 0-4", 0, 4),
+    ("primary 5-10", 5, 10),
+    ("adolescence 11-15", 11, 15),
+    ("transition 16-17", 16, 17),
+    ("young adults 18-25", 18, 25),
+    ("26+", 26, u32::MAX),
+];
+const UNKNOWN: &str = "unknown";
+const SEXES: &[&str] = &["female", "male", "indeterminate", UNKNOWN];
+const OVERLAP: &[&str] = &["1 agency", "2 agencies", "3+ agencies"];
+
+/// Whether `person` is in the cohort described by `condition`.
+pub fn matches(condition: &Condition, person: &Person, reference: Date) -> bool {
+    match condition {
+        Condition::All(list) => list.iter().all(|c| matches(c, person, reference)),
+        Condition::Any(list) => list.iter().any(|c| matches(c, person, reference)),
+        Condition::Not(inner) => !matches(inner, person, reference),
+        Condition::Age(range) => person
+            .age_on(reference)
+            .is_some_and(|age| (range.from..=range.to).contains(&age)),
+        Condition::KnownTo(k) => {
+            k.organisation
+                .as_ref()
+                .is_none_or(|o| person.organisations.contains(o))
+                && k.dataset
+                    .as_ref()
+                    .is_none_or(|d| person.datasets.contains(d))
+        }
+        Condition::Has(e) => matching_events(e, person, reference) >= e.at_least as usize,
+    }
+}
+
+fn matching_events(condition: &EventCondition, person: &Person, reference: Date) -> usize {
+    let since = condition
+        .within_months
+        .map(|months| months_before(reference, months));
+    person
+        .events
+        .iter()
+        .filter(|e| e.event_type == condition.event)
+        .filter(|e| condition.dataset.as_ref().is_none_or(|d| *d == e.dataset))
+        .filter(|e| {
+            condition.attributes.iter().all(|(name, allowed)| {
+                e.attributes
+                    .get(name)
+                    .is_some_and(|v| allowed.iter().any(|a| a.eq_ignore_ascii_case(v)))
+            })
+        })
+        .filter(|e| condition.from.is_none_or(|from| e.date >= from))
+        .filter(|e| condition.to.is_none_or(|to| e.date <= to))
+        .filter(|e| since.is_none_or(|since| e.date > since && e.date <= reference))
+        .filter(|e| {
+            condition
+                .before
+                .as_ref()
+                .is_none_or(|r| related(person, r, e.date, 0, i64::from(r.within_days)))
+        })
+        .filter(|e| {
+            condition
+                .after
+                .as_ref()
+                .is_none_or(|r| related(person, r, e.date, -i64::from(r.within_days), 0))
+        })
+        .count()
+}
+
+/// Whether the person has a `relative` event from `day + low` to `day + high` days.
+fn related(person: &Person, relative: &Relative, day: Date, low: i64, high: i64) -> bool {
+    let (start, end) = (day + Duration::days(low), day + Duration::days(high));
+    person.events.iter().any(|e| {
+        e.event_type == relative.event
+            && relative.dataset.as_ref().is_none_or(|d| *d == e.dataset)
+            && e.date >= start
+            && e.date <= end
+    })
+}
+
+/// The same day `months` months earlier (the month's last day when shorter).
+fn months_before(day: Date, months: u32) -> Date {
+    let total = day.year() * 12 + i32::from(day.month() as u8) - 1 - months as i32;
+    let (year, month) = (total.div_euclid(12), total.rem_euclid(12) as u8 + 1);
+    let month = Month::try_from(month).unwrap_or(Month::January);
+    let last = time::util::days_in_month(month, year);
+    Date::from_calendar_date(year, month, day.day().min(last)).unwrap_or(day)
+}
+
+/// The label of `person` under `breakdown` (`None`: one line for all).
+fn label(breakdown: Breakdown, person: &Person, reference: Date) -> String {
+    match breakdown {
+        Breakdown::None => "all".to_owned(),
+        Breakdown::Segment => person
+            .age_on(reference)
+            .and_then(|age| {
+                SEGMENTS
+                    .iter()
+                    .find(|(_, low, high)| (*low..=*high).contains(&age))
+            })
+            .map_or(UNKNOWN, |(name, _, _)| name)
+            .to_owned(),
+        Breakdown::Sex => person
+            .sex
+            .as_deref()
+            .filter(|s| SEXES.contains(s))
+            .unwrap_or(UNKNOWN)
+            .to_owned(),
+        Breakdown::AgencyOverlap => OVERLAP[person.organisations.len().clamp(1, 3) - 1].to_owned(),
+        Breakdown::Agencies => person
+            .organisations
+            .iter()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(" + "),
+    }
+}
+
+/// The categories of a breakdown, in display order (fixed lists first, so
+/// an empty category still shows as 0; combinations as found).
+fn categories(breakdown: Breakdown, found: &BTreeSet<String>) -> Vec<String> {
+    let fixed: Vec<&str> = match breakdown {
+        Breakdown::None => vec!["all"],
+        Breakdown::Segment => SEGMENTS
+            .iter()
+            .map(|(name, _, _)| *name)
+            .chain([UNKNOWN])
+            .collect(),
+        Breakdown::Sex => SEXES.to_vec(),
+        Breakdown::AgencyOverlap => OVERLAP.to_vec(),
+        Breakdown::Agencies => Vec::new(),
+    };
+    let mut out: Vec<String> = fixed.iter().map(|s| (*s).to_owned()).collect();
+    out.extend(
+        found
+            .iter()
+            .filter(|f| !fixed.contains(&f.as_str()))
+            .cloned(),
+    );
+    out
+}
+
+/// A table of true counts: rows × columns of people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CountTable {
+    pub rows: Vec<String>,
+    pub columns: Vec<String>,
+    pub counts: Vec<Vec<u64>>,
+    /// How many people the cohort holds.
+    pub cohort_size: u64,
+}
+
+/// Counts the cohort's people in each cell of the query's breakdown.
+pub fn tabulate(query: &AnalystQuery, people: &[Person], reference: Date) -> CountTable {
+    let mut cells: BTreeMap<(String, String), u64> = BTreeMap::new();
+    let (mut row_labels, mut column_labels) = (BTreeSet::new(), BTreeSet::new());
+    let mut cohort_size = 0;
+    for person in people {
+        if !query
+            .cohort
+            .as_ref()
+            .is_none_or(|c| matches(c, person, reference))
+        {
+            continue;
+        }
+        cohort_size += 1;
+        let (row, column) = (
+            label(query.rows, person, reference),
+            label(query.columns, person, reference),
+        );
+        row_labels.insert(row.clone());
+        column_labels.insert(column.clone());
+        *cells.entry((row, column)).or_default() += 1;
+    }
+    let rows = categories(query.rows, &row_labels);
+    let columns = categories(query.columns, &column_labels);
+    let counts = rows
+        .iter()
+        .map(|r| {
+            columns
+                .iter()
+                .map(|c| cells.get(&(r.clone(), c.clone())).copied().unwrap_or(0))
+                .collect()
+        })
+        .collect();
+    CountTable {
+        rows,
+        columns,
+        counts,
+        cohort_size,
+    }
+}
+
+/// The cohort in words.
+pub fn explain(query: &AnalystQuery) -> String {
+    let who = query
+        .cohort
+        .as_ref()
+        .map_or_else(|| "everyone on the person spine".to_owned(), describe);
+    let by = |b: Breakdown| match b {
+        Breakdown::None => None,
+        Breakdown::Segment => Some("life-course segment"),
+        Breakdown::Sex => Some("sex"),
+        Breakdown::AgencyOverlap => Some("how many agencies know them"),
+        Breakdown::Agencies => Some("which agencies know them"),
+    };
+    let split: Vec<&str> = [by(query.rows), by(query.columns)]
+        .into_iter()
+        .flatten()
+        .collect();
+    let reference = query
+        .reference_date
+        .map_or_else(|| "today".to_owned(), |d| d.to_string());
+    if split.is_empty() {
+        format!("People: {who}. Ages and recent periods are counted at {reference}.")
+    } else {
+        format!(
+            "People: {who}; counted by {}. Ages and recent periods are counted at {reference}.",
+            split.join(" and by ")
+        )
+    }
+}
+
+fn describe(condition: &Condition) -> String {
+    let join = |list: &[Condition], word: &str| {
+        let parts: Vec<String> = list.iter().map(describe).collect();
+        if parts.len() == 1 {
+            parts[0].clone()
+        } else {
+            format!("({})", parts.join(&format!(" {word} ")))
+        }
+    };
+    match condition {
+        Condition::All(list) => join(list, "and"),
+        Condition::Any(list) => join(list, "or"),
+        Condition::Not(inner) => format!("not {}", describe(inner)),
+        Condition::Age(a) if a.to == u32::MAX => format!("aged {} or over", a.from),
+        Condition::Age(a) => format!("aged {} to {}", a.from, a.to),
+        Condition::KnownTo(k) => {
+            let mut parts = Vec::new();
+            if let Some(o) = &k.organisation {
+                parts.push(format!("organisation {o}"));
+            }
+            if let Some(d) = &k.dataset {
+                parts.push(format!("dataset {d}"));
+            }
+            format!("known to {}", parts.join(", "))
+        }
+        Condition::Has(e) => {
+            let mut text = if e.at_least > 1 {
+                format!("with at least {} {} events", e.at_least, e.event)
+            } else {
+                format!("with a {} event", e.event)
+            };
+            if let Some(d) = &e.dataset {
+                text.push_str(&format!(" in {d}"));
+            }
+            for (name, values) in &e.attributes {
+                text.push_str(&format!(" whose {name} is {}", values.join(" or ")));
+            }
+            match (e.from, e.to) {
+                (Some(f), Some(t)) => text.push_str(&format!(" between {f} and {t}")),
+                (Some(f), None) => text.push_str(&format!(" on or after {f}")),
+                (None, Some(t)) => text.push_str(&format!(" on or before {t}")),
+                (None, None) => {}
+            }
+            if let Some(m) = e.within_months {
+                text.push_str(&format!(" in the {m} months before the reference date"));
+            }
+            if let Some(r) = &e.before {
+                text.push_str(&format!(
+                    " followed within {} days by a {} event",
+                    r.within_days, r.event
+                ));
+            }
+            if let Some(r) = &e.after {
+                text.push_str(&format!(
+                    " within {} days after a {} event",
+                    r.within_days, r.event
+                ));
+            }
+            text
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::date;
+
+    fn person(birth: &str, sex: &str, orgs: &[&str], events: &[(&str, &str, Date)]) -> Person {
+        let mut p = Person::default();
+        for org in orgs {
+            p.add_record(
+                (*org).into(),
+                "d".into(),
+                Some(sex.into()),
+                Some(birth.into()),
+            );
+        }
+        p.events = events
+            .iter()
+            .map(|(t, d, date)| PersonEvent {
+                event_type: (*t).into(),
+                dataset: (*d).into(),
+                date: *date,
+                attributes: [("category_of_abuse".to_owned(), "NEG".to_owned())].into(),
+            })
+            .collect();
+        p.events.sort_by_key(|e| e.date);
+        p
+    }
+
+    fn query(text: &str) -> AnalystQuery {
+        AnalystQuery::parse(text).unwrap()
+    }
+
+    #[test]
+    fn relative_time_windows_attributes_and_negation() {
+        let on = date!(2026 - 03 - 31);
+        let a = person(
+            "2015-06",
+            "female",
+            &["LA", "RX9"],
+            &[
+                ("camhs_referral", "camhs", date!(2025 - 01 - 10)),
+                ("cp_plan_start", "cin", date!(2025 - 06 - 01)),
+            ],
+        );
+        let b = person(
+            "2012-01",
+            "male",
+            &["LA"],
+            &[
+                ("camhs_referral", "camhs", date!(2023 - 01 - 10)),
+                ("cp_plan_start", "cin", date!(2025 - 06 - 01)),
+                ("lac_episode_start", "lac", date!(2025 - 07 - 01)),
+            ],
+        );
+        let c = person(
+            "2024-02",
+            "male",
+            &["RX9"],
+            &[("camhs_referral", "camhs", date!(2026 - 02 - 01))],
+        );
+        let people = [a, b, c];
+        let count = |q: &str| tabulate(&query(q), &people, on).cohort_size;
+        // A CP plan starting within 12 months after a CAMHS referral: only a.
+        assert_eq!(
+            count(
+                "cohort: { has: { event: cp_plan_start, after: { event: camhs_referral, within_days: 365 } } }"
+            ),
+            1
+        );
+        assert_eq!(
+            count(
+                "cohort: { has: { event: camhs_referral, before: { event: cp_plan_start, within_days: 365 } } }"
+            ),
+            1
+        );
+        assert_eq!(count("cohort: { has: { event: cp_plan_start } }"), 2);
+        assert_eq!(
+            count(
+                "cohort: { all: [ { has: { event: cp_plan_start } }, { not: { has: { event: lac_episode_start } } } ] }"
+            ),
+            1
+        );
+        assert_eq!(
+            count("cohort: { has: { event: camhs_referral, within_months: 3 } }"),
+            1,
+            "c's referral in Feb 2026"
+        );
+        assert_eq!(
+            count(
+                "cohort: { has: { event: cp_plan_start, attributes: { category_of_abuse: [neg, emo] } } }"
+            ),
+            2
+        );
+        assert_eq!(
+            count(
+                "cohort: { has: { event: cp_plan_start, attributes: { category_of_abuse: [EMO] } } }"
+            ),
+            0
+        );
+        assert_eq!(
+            count("cohort: { has: { event: camhs_referral, from: 2024-01-01, to: 2025-12-31 } }"),
+            1
+        );
+        assert_eq!(
+            count("cohort: { has: { event: camhs_referral, dataset: cin } }"),
+            0
+        );
+        assert_eq!(
+            count("cohort: { age: { from: 5, to: 10 } }"),
+            1,
+            "a is 10, b 14, c 2"
+        );
+        assert_eq!(
+            count("cohort: { any: [ { age: { to: 4 } }, { known_to: { organisation: LA } } ] }"),
+            3
+        );
+        assert_eq!(
+            count("cohort: { has: { event: camhs_referral, at_least: 2 } }"),
+            0
+        );
+
+        let table = tabulate(
+            &query("rows: segment\ncolumns: agency_overlap"),
+            &people,
+            on,
+        );
+        assert_eq!(table.columns, ["1 agency", "2 agencies", "3+ agencies"]);
+        let row =
+            |name: &str| table.counts[table.rows.iter().position(|r| r == name).unwrap()].clone();
+        assert_eq!(row("early years 0-4"), [1, 0, 0]);
+        assert_eq!(row("primary 5-10"), [0, 1, 0]);
+        assert_eq!(row("adolescence 11-15"), [1, 0, 0]);
+        assert_eq!(row("unknown"), [0, 0, 0]);
+        let combos = tabulate(&query("rows: agencies"), &people, on);
+        assert_eq!(combos.rows, ["LA", "LA + RX9", "RX9"]);
+    }
+
+    #[test]
+    fn bad_queries_are_refused_with_a_reason() {
+        for (text, expected) in [
+            ("cohort: { all: [] }", "at least one"),
+            ("cohort: { has: { event: x, at_least: 0 } }", "at_least"),
+            ("cohort: { age: { from: 9, to: 3 } }", "from is after to"),
+            ("rows: sex\ncolumns: sex", "same thing"),
+            (
+                "cohort: { has: { event: x, from: 2026-13-01 } }",
+                "not a date",
+            ),
+            ("rows: postcode", "postcode"),
+        ] {
+            let err = AnalystQuery::parse(text).unwrap_err();
+            assert!(err.contains(expected), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn explain_says_who_is_counted() {
+        let q = query(
+            "reference_date: 2026-03-31\ncohort: { all: [ { has: { event: cp_plan_start, after: { event: camhs_referral, within_days: 365 } } }, { not: { has: { event: lac_episode_start } } }, { age: { from: 5, to: 17 } } ] }\nrows: segment",
+        );
+        assert_eq!(
+            explain(&q),
+            "People: (with a cp_plan_start event within 365 days after a camhs_referral event and not with a lac_episode_start event and aged 5 to 17); counted by life-course segment. Ages and recent periods are counted at 2026-03-31."
+        );
+    }
+
+    #[test]
+    fn months_before_keeps_the_day_or_the_months_last() {
+        assert_eq!(
+            months_before(date!(2026 - 03 - 31), 1),
+            date!(2026 - 02 - 28)
+        );
+        assert_eq!(
+            months_before(date!(2026 - 03 - 31), 12),
+            date!(2025 - 03 - 31)
+        );
+        assert_eq!(
+            months_before(date!(2026 - 01 - 15), 2),
+            date!(2025 - 11 - 15)
+        );
+    }
+}

@@ -1,0 +1,195 @@
+//! The analyst's query: a YAML or JSON document, the same through
+//! `joinery query run FILE`, gRPC `joinery.v1.Query/Run` and HTTP.
+//!
+//! ```yaml
+//! reference_date: 2026-03-31
+//! cohort:
+//!   all:
+//!     - has: { event: cp_plan_start, from: 2025-04-01, to: 2026-03-31 }
+//!     - has: { event: camhs_referral, before: { event: cp_plan_start, within_days: 365 } }
+//!     - not: { has: { event: lac_episode_start } }
+//!     - age: { from: 5, to: 17 }
+//! rows: segment
+//! columns: sex
+//! ```
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+use time::Date;
+
+/// One question about the linked population.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AnalystQuery {
+    /// The day ages and relative windows are counted from (default today).
+    #[serde(default, deserialize_with = "optional_date::deserialize")]
+    #[schemars(with = "Option<String>")]
+    pub reference_date: Option<Date>,
+    /// Who is counted; everyone on the person spine when absent.
+    #[serde(default)]
+    pub cohort: Option<Condition>,
+    /// How the rows are broken down.
+    #[serde(default)]
+    pub rows: Breakdown,
+    /// How the columns are broken down (one column when absent).
+    #[serde(default)]
+    pub columns: Breakdown,
+}
+
+/// A condition on a person, combined with `all`, `any` and `not`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Condition {
+    /// Every condition holds.
+    All(Vec<Condition>),
+    /// At least one holds.
+    Any(Vec<Condition>),
+    /// It does not hold.
+    Not(Box<Condition>),
+    /// The person has matching events.
+    Has(EventCondition),
+    /// Age in whole years at the reference date, from..=to.
+    Age(AgeRange),
+    /// The person is known to this organisation or dataset.
+    KnownTo(KnownTo),
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgeRange {
+    #[serde(default)]
+    pub from: u32,
+    #[serde(default = "no_limit")]
+    pub to: u32,
+}
+
+fn no_limit() -> u32 {
+    u32::MAX
+}
+
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KnownTo {
+    #[serde(default)]
+    pub organisation: Option<String>,
+    #[serde(default)]
+    pub dataset: Option<String>,
+}
+
+/// Events of one type, optionally narrowed.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EventCondition {
+    /// Event type, e.g. `cp_plan_start`.
+    pub event: String,
+    /// Only events from this dataset.
+    #[serde(default)]
+    pub dataset: Option<String>,
+    /// Attribute values the event must carry (any of the listed values).
+    #[serde(default)]
+    pub attributes: BTreeMap<String, Vec<String>>,
+    /// Events on or after this day.
+    #[serde(default, deserialize_with = "optional_date::deserialize")]
+    #[schemars(with = "Option<String>")]
+    pub from: Option<Date>,
+    /// Events on or before this day.
+    #[serde(default, deserialize_with = "optional_date::deserialize")]
+    #[schemars(with = "Option<String>")]
+    pub to: Option<Date>,
+    /// Events in the last N months before the reference date.
+    #[serde(default)]
+    pub within_months: Option<u32>,
+    /// How many matching events at least (default 1).
+    #[serde(default = "one")]
+    pub at_least: u32,
+    /// Only events followed by another event within so many days (a CAMHS
+    /// referral followed by a CP plan within 12 months).
+    #[serde(default)]
+    pub before: Option<Relative>,
+    /// Only events preceded by another event within so many days.
+    #[serde(default)]
+    pub after: Option<Relative>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// Another event, within so many days.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Relative {
+    pub event: String,
+    #[serde(default)]
+    pub dataset: Option<String>,
+    pub within_days: u32,
+}
+
+/// What rows or columns are split by.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Breakdown {
+    /// One line: everyone.
+    #[default]
+    None,
+    /// Life-course segments: early years 0-4, primary 5-10, adolescence
+    /// 11-15, transition 16-17, young adults 18-25, 26+.
+    Segment,
+    Sex,
+    /// Known to 1, 2 or 3+ agencies.
+    AgencyOverlap,
+    /// Which combination of agencies the person is known to.
+    Agencies,
+}
+
+mod optional_date {
+    use serde::{Deserialize, Deserializer};
+    use time::Date;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Date>, D::Error> {
+        let text: Option<String> = Option::deserialize(d)?;
+        text.map(|t| {
+            Date::parse(&t, &time::format_description::well_known::Iso8601::DATE)
+                .map_err(|_| serde::de::Error::custom(format!("{t:?} is not a date (YYYY-MM-DD)")))
+        })
+        .transpose()
+    }
+}
+
+impl AnalystQuery {
+    /// Parses a query (YAML, of which JSON is a part).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let query: Self = serde_saphyr::from_str(text).map_err(|e| e.to_string())?;
+        query.check()?;
+        Ok(query)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        fn walk(c: &Condition) -> Result<(), String> {
+            match c {
+                Condition::All(list) | Condition::Any(list) if list.is_empty() => {
+                    Err("all/any needs at least one condition".to_owned())
+                }
+                Condition::All(list) | Condition::Any(list) => list.iter().try_for_each(walk),
+                Condition::Not(inner) => walk(inner),
+                Condition::Has(e) if e.at_least == 0 => {
+                    Err(format!("has {}: at_least must be 1 or more", e.event))
+                }
+                Condition::Age(a) if a.from > a.to => Err("age: from is after to".to_owned()),
+                Condition::KnownTo(k) if k.organisation.is_none() && k.dataset.is_none() => {
+                    Err("known_to: name an organisation or a dataset".to_owned())
+                }
+                _ => Ok(()),
+            }
+        }
+        if let Some(cohort) = &self.cohort {
+            walk(cohort)?;
+        }
+        if self.rows != Breakdown::None && self.rows == self.columns {
+            return Err("rows and columns break down by the same thing".to_owned());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,68 @@
+//! The linked population as analytics reads it: one entry per person on the
+//! spine, with what its records say (birth month, sex, the organisations and
+//! datasets it is known to) and its events in date order.
+
+use std::collections::HashMap;
+
+use futures::TryStreamExt;
+use sqlx::Row;
+
+use super::{Storage, StorageError};
+use crate::analytics::{Person, PersonEvent};
+
+impl Storage {
+    /// Every person on the spine (records grouped by spine id, or by their
+    /// own person id when not joined to another).
+    pub async fn population(&self) -> Result<Vec<Person>, StorageError> {
+        let mut people: Vec<Person> = Vec::new();
+        let mut index: HashMap<String, usize> = HashMap::new();
+        let mut records = sqlx::query(
+            "SELECT COALESCE(s.spine_id, r.person_id) AS person, r.organisation, r.dataset, r.sex, r.birth_month \
+             FROM records r LEFT JOIN person_spine s ON s.person_id = r.person_id",
+        )
+        .fetch(&self.pool);
+        while let Some(row) = records.try_next().await? {
+            let key: String = row.try_get("person")?;
+            let at = *index.entry(key).or_insert_with(|| {
+                people.push(Person::default());
+                people.len() - 1
+            });
+            people[at].add_record(
+                row.try_get("organisation")?,
+                row.try_get("dataset")?,
+                row.try_get("sex")?,
+                row.try_get("birth_month")?,
+            );
+        }
+        drop(records);
+        let mut events = sqlx::query(
+            "SELECT COALESCE(s.spine_id, e.person_id) AS person, r.dataset, e.event_type, e.event_date, e.attributes \
+             FROM events e JOIN records r ON r.person_id = e.person_id AND r.organisation = e.organisation \
+             AND r.batch_id = e.batch_id AND r.record_index = e.record_index \
+             LEFT JOIN person_spine s ON s.person_id = e.person_id",
+        )
+        .fetch(&self.pool);
+        while let Some(row) = events.try_next().await? {
+            let key: String = row.try_get("person")?;
+            let Some(&at) = index.get(&key) else { continue };
+            let date: String = row.try_get("event_date")?;
+            let Ok(date) =
+                time::Date::parse(&date, &time::format_description::well_known::Iso8601::DATE)
+            else {
+                continue;
+            };
+            let attributes: String = row.try_get("attributes")?;
+            people[at].events.push(PersonEvent {
+                event_type: row.try_get("event_type")?,
+                dataset: row.try_get("dataset")?,
+                date,
+                attributes: serde_json::from_str(&attributes).unwrap_or_default(),
+            });
+        }
+        drop(events);
+        for person in &mut people {
+            person.events.sort_by_key(|e| e.date);
+        }
+        Ok(people)
+    }
+}
