@@ -85,6 +85,7 @@ async fn every_national_format_reaches_the_gateway_whole() {
     // and each council child's sex, from the CIN census.
     let mut with_cp_plan = std::collections::BTreeSet::new();
     let mut sex_of: BTreeMap<String, String> = BTreeMap::new();
+    let mut born: BTreeMap<String, time::Date> = BTreeMap::new();
     let mut expected_events: BTreeMap<(String, String), u64> = BTreeMap::new();
     for (org, kind, dataset, file) in SOURCES {
         let config = source_config(&synth, org, kind, dataset, file);
@@ -96,6 +97,9 @@ async fn every_national_format_reaches_the_gateway_whole() {
                         if *kind == "cin_census" {
                             if let Some(sex) = &row.sex {
                                 sex_of.insert(row.local_id.clone(), sex.clone());
+                            }
+                            if let Some(dob) = row.date_of_birth {
+                                born.insert(row.local_id.clone(), dob);
                             }
                             if row.events.iter().any(|e| e.event_type == "cp_plan_start") {
                                 with_cp_plan.insert(row.local_id.clone());
@@ -297,4 +301,65 @@ async fn every_national_format_reaches_the_gateway_whole() {
         .unwrap();
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("analyst certificate"));
+
+    // Differencing: the same cohort less the few children of one age is
+    // refused (the difference would single them out); the same cohort again
+    // is answered.
+    let today = time::OffsetDateTime::now_utc().date();
+    let age_of = |dob: time::Date| {
+        let first = dob.replace_day(1).unwrap();
+        let mut age = today.year() - first.year();
+        if (today.month() as u8) < (first.month() as u8) {
+            age -= 1;
+        }
+        age
+    };
+    let mut by_age: BTreeMap<i32, usize> = BTreeMap::new();
+    for child in &with_cp_plan {
+        if let Some(dob) = born.get(child) {
+            *by_age.entry(age_of(*dob)).or_default() += 1;
+        }
+    }
+    let (few_age, _) = by_age
+        .iter()
+        .find(|(_, n)| (2..=5).contains(*n))
+        .expect("an age with 2 to 5 children on CP plans");
+    let narrower = d.path("cp-plans-less-one-age.yaml");
+    std::fs::write(
+        &narrower,
+        format!(
+            "cohort: {{ all: [ {{ has: {{ event: cp_plan_start, dataset: cin }} }}, {{ not: {{ age: {{ from: {few_age}, to: {few_age} }} }} }} ] }}\nrows: sex\n"
+        ),
+    )
+    .unwrap();
+    let refused = joinery()
+        .args([
+            "query",
+            "run",
+            narrower.to_str().unwrap(),
+            "--gateway",
+            &gateway.address,
+            "--server-name",
+            "localhost",
+        ])
+        .args(["--tls-ca", d.ca().to_str().unwrap()])
+        .args(["--tls-cert", d.analyst_cert().0.to_str().unwrap()])
+        .args(["--tls-key", d.analyst_cert().1.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        !refused.status.success(),
+        "a differencing attempt is refused"
+    );
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        message.contains("differs from one released") && message.contains("between 1 and 7"),
+        "{message}"
+    );
+    d.client(
+        &["query", "run", query.to_str().unwrap()],
+        &gateway.address,
+        d.analyst_cert(),
+        &[],
+    );
 }

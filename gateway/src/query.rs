@@ -151,6 +151,7 @@ impl Query for QueryService {
             .unwrap_or_else(|| time::OffsetDateTime::now_utc().date());
         let people = self.storage.population().await.map_err(unavailable)?;
         let table = crate::analytics::tabulate(&query, &people, reference);
+        self.refuse_differencing(&identity, &table.members).await?;
         let cells = self.rule.protect_table(&table.counts);
         let mut labels = table.rows.clone();
         labels.push("total".to_owned());
@@ -188,6 +189,14 @@ impl Query for QueryService {
     }
 }
 
+/// Who asked, as the audit log names them.
+fn actor(who: &PeerIdentity) -> String {
+    match who {
+        PeerIdentity::Analyst(name) => format!("analyst:{name}"),
+        PeerIdentity::Organisation(code) => code.clone(),
+    }
+}
+
 /// What a breakdown's labels are.
 fn heading(breakdown: Breakdown) -> &'static str {
     match breakdown {
@@ -196,6 +205,7 @@ fn heading(breakdown: Breakdown) -> &'static str {
         Breakdown::Sex => "sex",
         Breakdown::AgencyOverlap => "agencies known to",
         Breakdown::Agencies => "known to",
+        Breakdown::Stratum => "risk tier",
     }
 }
 
@@ -211,6 +221,36 @@ fn analyst<T>(request: &Request<T>) -> Result<PeerIdentity, Status> {
 }
 
 impl QueryService {
+    /// Refuses a cohort that differs from one released before (to anyone)
+    /// by a handful of people, which subtraction would single out; else
+    /// logs it as released.
+    async fn refuse_differencing(&self, who: &PeerIdentity, members: &[u64]) -> Result<(), Status> {
+        let threshold = self.rule.suppress_up_to;
+        let near = self
+            .storage
+            .cohorts_near(members.len() as u64, threshold)
+            .await
+            .map_err(unavailable)?;
+        if let Some(earlier) = near
+            .iter()
+            .find(|e| crate::analytics::differs_by_a_few(members, &e.members, threshold))
+        {
+            let when = time::OffsetDateTime::from_unix_timestamp(earlier.at_ms / 1000)
+                .map_or_else(|_| "earlier".to_owned(), |t| t.date().to_string());
+            crate::metrics::query("refused_differencing", 0);
+            tracing::warn!(actor = %actor(who), earlier = earlier.seq, "query refused: differencing");
+            return Err(Status::failed_precondition(format!(
+                "refused: this cohort differs from one released on {when} (cohort {}) by between 1 and {threshold} people, \
+                 so comparing the two could single them out; widen or narrow the cohort by more",
+                earlier.seq
+            )));
+        }
+        self.storage
+            .log_cohort(&actor(who), members)
+            .await
+            .map_err(unavailable)
+    }
+
     /// Records who asked what and what was released; no answer leaves
     /// unless it is audited.
     async fn audit<M: prost::Message>(
@@ -223,10 +263,7 @@ impl QueryService {
         cells_suppressed: usize,
     ) -> Result<(), Status> {
         crate::metrics::query(query, cells_suppressed as u64);
-        let actor = match who {
-            PeerIdentity::Analyst(name) => format!("analyst:{name}"),
-            PeerIdentity::Organisation(code) => code.clone(),
-        };
+        let actor = actor(who);
         let digest = hex::encode(ring::digest::digest(
             &ring::digest::SHA256,
             &[query.as_bytes(), b"\0", &request.encode_to_vec()].concat(),

@@ -14,11 +14,13 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use time::{Date, Duration, Month};
 
-use model::{AnalystQuery, Breakdown, Condition, EventCondition, Relative};
+use model::{AnalystQuery, Breakdown, Condition, EventCondition, Relative, Stratification};
 
 /// One person on the spine, as analytics sees them.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Person {
+    /// Stands for the person in the query log (a digest of the spine id).
+    pub key: u64,
     /// The earliest birth month the records give (YYYY-MM).
     pub birth_month: Option<String>,
     /// `female`, `male`, `indeterminate` or `unknown`; the first recorded.
@@ -38,6 +40,17 @@ pub struct PersonEvent {
 }
 
 impl Person {
+    /// A person known by `spine_id`.
+    pub fn with_key(spine_id: &str) -> Self {
+        let digest = ring::digest::digest(&ring::digest::SHA256, spine_id.as_bytes());
+        let mut key = [0u8; 8];
+        key.copy_from_slice(&digest.as_ref()[..8]);
+        Self {
+            key: u64::from_le_bytes(key),
+            ..Self::default()
+        }
+    }
+
     /// Adds what one record says.
     pub fn add_record(
         &mut self,
@@ -166,9 +179,34 @@ fn months_before(day: Date, months: u32) -> Date {
     Date::from_calendar_date(year, month, day.day().min(last)).unwrap_or(day)
 }
 
+/// The tier of `person` under `stratification`.
+pub fn stratum<'a>(
+    stratification: &'a Stratification,
+    person: &Person,
+    reference: Date,
+) -> &'a str {
+    let points: u32 = stratification
+        .factors
+        .iter()
+        .filter(|f| matches(&f.when, person, reference))
+        .map(|f| f.points)
+        .sum();
+    stratification
+        .tiers
+        .iter()
+        .rev()
+        .find(|t| points >= t.from_points)
+        .map_or(UNKNOWN, |t| t.name.as_str())
+}
+
 /// The label of `person` under `breakdown` (`None`: one line for all).
-fn label(breakdown: Breakdown, person: &Person, reference: Date) -> String {
+fn label(query: &AnalystQuery, breakdown: Breakdown, person: &Person, reference: Date) -> String {
     match breakdown {
+        Breakdown::Stratum => query
+            .stratification
+            .as_ref()
+            .map_or(UNKNOWN, |s| stratum(s, person, reference))
+            .to_owned(),
         Breakdown::None => "all".to_owned(),
         Breakdown::Segment => person
             .age_on(reference)
@@ -197,8 +235,13 @@ fn label(breakdown: Breakdown, person: &Person, reference: Date) -> String {
 
 /// The categories of a breakdown, in display order (fixed lists first, so
 /// an empty category still shows as 0; combinations as found).
-fn categories(breakdown: Breakdown, found: &BTreeSet<String>) -> Vec<String> {
+fn categories(query: &AnalystQuery, breakdown: Breakdown, found: &BTreeSet<String>) -> Vec<String> {
     let fixed: Vec<&str> = match breakdown {
+        Breakdown::Stratum => query
+            .stratification
+            .iter()
+            .flat_map(|s| s.tiers.iter().map(|t| t.name.as_str()))
+            .collect(),
         Breakdown::None => vec!["all"],
         Breakdown::Segment => SEGMENTS
             .iter()
@@ -227,13 +270,15 @@ pub struct CountTable {
     pub counts: Vec<Vec<u64>>,
     /// How many people the cohort holds.
     pub cohort_size: u64,
+    /// Their keys, sorted.
+    pub members: Vec<u64>,
 }
 
 /// Counts the cohort's people in each cell of the query's breakdown.
 pub fn tabulate(query: &AnalystQuery, people: &[Person], reference: Date) -> CountTable {
     let mut cells: BTreeMap<(String, String), u64> = BTreeMap::new();
     let (mut row_labels, mut column_labels) = (BTreeSet::new(), BTreeSet::new());
-    let mut cohort_size = 0;
+    let mut members = Vec::new();
     for person in people {
         if !query
             .cohort
@@ -242,17 +287,18 @@ pub fn tabulate(query: &AnalystQuery, people: &[Person], reference: Date) -> Cou
         {
             continue;
         }
-        cohort_size += 1;
+        members.push(person.key);
         let (row, column) = (
-            label(query.rows, person, reference),
-            label(query.columns, person, reference),
+            label(query, query.rows, person, reference),
+            label(query, query.columns, person, reference),
         );
         row_labels.insert(row.clone());
         column_labels.insert(column.clone());
         *cells.entry((row, column)).or_default() += 1;
     }
-    let rows = categories(query.rows, &row_labels);
-    let columns = categories(query.columns, &column_labels);
+    members.sort_unstable();
+    let rows = categories(query, query.rows, &row_labels);
+    let columns = categories(query, query.columns, &column_labels);
     let counts = rows
         .iter()
         .map(|r| {
@@ -266,8 +312,41 @@ pub fn tabulate(query: &AnalystQuery, people: &[Person], reference: Date) -> Cou
         rows,
         columns,
         counts,
-        cohort_size,
+        cohort_size: members.len() as u64,
+        members,
     }
+}
+
+/// Whether releasing a cohort with `members` next to an earlier one with
+/// `earlier` (both sorted) would let a handful of people be found by
+/// differencing: the two differ, but by at most `threshold` people each way.
+pub fn differs_by_a_few(members: &[u64], earlier: &[u64], threshold: u64) -> bool {
+    let (mut i, mut j) = (0, 0);
+    let (mut only_new, mut only_old) = (0u64, 0u64);
+    while i < members.len() || j < earlier.len() {
+        match (members.get(i), earlier.get(j)) {
+            (Some(a), Some(b)) if a == b => {
+                i += 1;
+                j += 1;
+            }
+            (Some(a), Some(b)) if a < b => {
+                only_new += 1;
+                i += 1;
+            }
+            (Some(_), None) => {
+                only_new += 1;
+                i += 1;
+            }
+            _ => {
+                only_old += 1;
+                j += 1;
+            }
+        }
+        if only_new > threshold || only_old > threshold {
+            return false;
+        }
+    }
+    only_new + only_old > 0
 }
 
 /// The cohort in words.
@@ -282,6 +361,7 @@ pub fn explain(query: &AnalystQuery) -> String {
         Breakdown::Sex => Some("sex"),
         Breakdown::AgencyOverlap => Some("how many agencies know them"),
         Breakdown::Agencies => Some("which agencies know them"),
+        Breakdown::Stratum => Some("risk tier"),
     };
     let split: Vec<&str> = [by(query.rows), by(query.columns)]
         .into_iter()
@@ -290,11 +370,30 @@ pub fn explain(query: &AnalystQuery) -> String {
     let reference = query
         .reference_date
         .map_or_else(|| "today".to_owned(), |d| d.to_string());
+    let strata = query.stratification.as_ref().map_or_else(String::new, |s| {
+        let factors: Vec<String> = s
+            .factors
+            .iter()
+            .map(|f| format!("{} ({} points: {})", f.name, f.points, describe(&f.when)))
+            .collect();
+        let tiers: Vec<String> = s
+            .tiers
+            .iter()
+            .map(|t| format!("{} from {}", t.name, t.from_points))
+            .collect();
+        format!(
+            " Risk tiers by {} version {}: {}; tiers {}.",
+            s.name,
+            s.version,
+            factors.join("; "),
+            tiers.join(", ")
+        )
+    });
     if split.is_empty() {
-        format!("People: {who}. Ages and recent periods are counted at {reference}.")
+        format!("People: {who}. Ages and recent periods are counted at {reference}.{strata}")
     } else {
         format!(
-            "People: {who}; counted by {}. Ages and recent periods are counted at {reference}.",
+            "People: {who}; counted by {}. Ages and recent periods are counted at {reference}.{strata}",
             split.join(" and by ")
         )
     }
@@ -501,6 +600,58 @@ mod tests {
     }
 
     #[test]
+    fn points_add_up_to_tiers() {
+        let on = date!(2026 - 03 - 31);
+        let none = person("2015-06", "female", &["LA"], &[]);
+        let one = person(
+            "2015-06",
+            "female",
+            &["LA"],
+            &[("cp_plan_start", "cin", date!(2025 - 06 - 01))],
+        );
+        let both = person(
+            "2015-06",
+            "male",
+            &["LA"],
+            &[
+                ("cp_plan_start", "cin", date!(2025 - 06 - 01)),
+                ("ae_attendance", "fhir", date!(2025 - 09 - 01)),
+                ("ae_attendance", "fhir", date!(2025 - 10 - 01)),
+            ],
+        );
+        let q = query(
+            "rows: stratum\ncolumns: sex\nstratification:\n  name: test\n  version: 1\n  factors:\n    - { name: CP plan, points: 3, when: { has: { event: cp_plan_start } } }\n    - { name: repeated A&E, points: 2, when: { has: { event: ae_attendance, at_least: 2, within_months: 12 } } }\n  tiers:\n    - { name: universal, from_points: 0 }\n    - { name: targeted, from_points: 2 }\n    - { name: specialist, from_points: 5 }\n",
+        );
+        let table = tabulate(&q, &[none, one, both], on);
+        assert_eq!(table.rows, ["universal", "targeted", "specialist"]);
+        assert_eq!(table.columns[..2], ["female", "male"]);
+        assert_eq!(table.counts, [[1, 0, 0, 0], [1, 0, 0, 0], [0, 1, 0, 0]]);
+        assert!(
+            explain(&q).contains("CP plan (3 points: with a cp_plan_start event)"),
+            "{}",
+            explain(&q)
+        );
+        for bad in [
+            "rows: stratum",
+            "rows: stratum\nstratification: { name: t, version: 1, factors: [], tiers: [ { name: a, from_points: 1 } ] }",
+            "rows: stratum\nstratification: { name: t, version: 1, factors: [], tiers: [ { name: a, from_points: 0 }, { name: b, from_points: 0 } ] }",
+        ] {
+            assert!(AnalystQuery::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_example_queries_parse() {
+        for text in [
+            include_str!("../../../docs/queries/risk-tiers-by-segment.yaml"),
+            include_str!("../../../docs/queries/cp-plan-after-camhs-referral.yaml"),
+        ] {
+            let q = AnalystQuery::parse(text).unwrap();
+            assert!(!explain(&q).is_empty());
+        }
+    }
+
+    #[test]
     fn bad_queries_are_refused_with_a_reason() {
         for (text, expected) in [
             ("cohort: { all: [] }", "at least one"),
@@ -527,6 +678,20 @@ mod tests {
             explain(&q),
             "People: (with a cp_plan_start event within 365 days after a camhs_referral event and not with a lac_episode_start event and aged 5 to 17); counted by life-course segment. Ages and recent periods are counted at 2026-03-31."
         );
+    }
+
+    #[test]
+    fn small_differences_between_cohorts_are_found() {
+        let big: Vec<u64> = (0..100).collect();
+        let fewer: Vec<u64> = (3..100).collect();
+        assert!(differs_by_a_few(&fewer, &big, 7), "three removed");
+        assert!(differs_by_a_few(&big, &fewer, 7), "three added");
+        assert!(!differs_by_a_few(&big, &big, 7), "the same cohort again");
+        let many_fewer: Vec<u64> = (20..100).collect();
+        assert!(!differs_by_a_few(&many_fewer, &big, 7), "twenty removed");
+        let swapped: Vec<u64> = (2..102).collect();
+        assert!(differs_by_a_few(&swapped, &big, 7), "two out, two in");
+        assert!(!differs_by_a_few(&[], &[], 7));
     }
 
     #[test]

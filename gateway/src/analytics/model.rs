@@ -36,6 +36,38 @@ pub struct AnalystQuery {
     /// How the columns are broken down (one column when absent).
     #[serde(default)]
     pub columns: Breakdown,
+    /// Risk tiers, for a `stratum` breakdown.
+    #[serde(default)]
+    pub stratification: Option<Stratification>,
+}
+
+/// Rule-based risk stratification: points for each factor a person has,
+/// and tiers by total points. Versioned, so a published table says which
+/// rules made it.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Stratification {
+    pub name: String,
+    pub version: u32,
+    pub factors: Vec<Factor>,
+    /// Each tier starts at `from_points`; the first must start at 0.
+    pub tiers: Vec<Tier>,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Factor {
+    pub name: String,
+    pub points: u32,
+    /// Who has the factor.
+    pub when: Condition,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Tier {
+    pub name: String,
+    pub from_points: u32,
 }
 
 /// A condition on a person, combined with `all`, `any` and `not`.
@@ -142,6 +174,8 @@ pub enum Breakdown {
     AgencyOverlap,
     /// Which combination of agencies the person is known to.
     Agencies,
+    /// The tier of the query's `stratification`.
+    Stratum,
 }
 
 mod optional_date {
@@ -186,6 +220,23 @@ impl AnalystQuery {
         }
         if let Some(cohort) = &self.cohort {
             walk(cohort)?;
+        }
+        let wants_strata = self.rows == Breakdown::Stratum || self.columns == Breakdown::Stratum;
+        match &self.stratification {
+            None if wants_strata => {
+                return Err("a stratum breakdown needs a stratification".to_owned());
+            }
+            None => {}
+            Some(s) => {
+                s.factors.iter().try_for_each(|f| walk(&f.when))?;
+                let starts: Vec<u32> = s.tiers.iter().map(|t| t.from_points).collect();
+                if starts.first() != Some(&0) || starts.windows(2).any(|w| w[0] >= w[1]) {
+                    return Err(format!(
+                        "stratification {}: tiers must start at 0 points and rise",
+                        s.name
+                    ));
+                }
+            }
         }
         if self.rows != Breakdown::None && self.rows == self.columns {
             return Err("rows and columns break down by the same thing".to_owned());

@@ -34,6 +34,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0004_local_ids.sql"),
         include_str!("../../migrations/postgres/0004_local_ids.sql"),
     ),
+    (
+        5,
+        "query_cohorts",
+        include_str!("../../migrations/sqlite/0005_query_cohorts.sql"),
+        include_str!("../../migrations/postgres/0005_query_cohorts.sql"),
+    ),
 ];
 
 pub(super) fn for_backend(backend: Backend) -> Migrator {

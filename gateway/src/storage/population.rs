@@ -23,8 +23,8 @@ impl Storage {
         .fetch(&self.pool);
         while let Some(row) = records.try_next().await? {
             let key: String = row.try_get("person")?;
-            let at = *index.entry(key).or_insert_with(|| {
-                people.push(Person::default());
+            let at = *index.entry(key).or_insert_with_key(|key| {
+                people.push(Person::with_key(key));
                 people.len() - 1
             });
             people[at].add_record(
@@ -64,5 +64,60 @@ impl Storage {
             person.events.sort_by_key(|e| e.date);
         }
         Ok(people)
+    }
+}
+
+/// A cohort released earlier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleasedCohort {
+    pub seq: u64,
+    pub at_ms: i64,
+    /// Sorted member keys.
+    pub members: Vec<u64>,
+}
+
+impl Storage {
+    /// Cohorts released earlier whose size is within `within` of `size`
+    /// (only those can differ from a new one by so few people both ways).
+    pub async fn cohorts_near(
+        &self,
+        size: u64,
+        within: u64,
+    ) -> Result<Vec<ReleasedCohort>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT seq, at_ms, members FROM query_cohorts WHERE size >= $1 AND size <= $2 ORDER BY seq",
+        )
+        .bind(super::to_i64(size.saturating_sub(within)))
+        .bind(super::to_i64(size.saturating_add(within)))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let members: Vec<u8> = row.try_get("members")?;
+                Ok(ReleasedCohort {
+                    seq: super::count(row, "seq")?,
+                    at_ms: row.try_get("at_ms")?,
+                    members: members
+                        .chunks_exact(8)
+                        .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
+                        .collect(),
+                })
+            })
+            .collect()
+    }
+
+    /// Records a released cohort.
+    pub async fn log_cohort(&self, actor: &str, members: &[u64]) -> Result<(), StorageError> {
+        let bytes: Vec<u8> = members.iter().flat_map(|m| m.to_le_bytes()).collect();
+        sqlx::query(
+            "INSERT INTO query_cohorts (at_ms, actor, size, members) VALUES ($1, $2, $3, $4)",
+        )
+        .bind((time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64)
+        .bind(actor)
+        .bind(super::to_i64(members.len() as u64))
+        .bind(bytes)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 }
