@@ -81,19 +81,7 @@ impl DisclosureRule {
     /// A table of true counts, released with a total column and a total row
     /// (the last of each), every cell protected, with secondary suppression.
     pub fn protect_table(&self, counts: &[Vec<u64>]) -> Vec<Vec<Cell>> {
-        let width = counts.first().map_or(0, Vec::len);
-        let mut full: Vec<Vec<u64>> = counts
-            .iter()
-            .map(|row| {
-                let mut row = row.clone();
-                row.push(row.iter().sum());
-                row
-            })
-            .collect();
-        let totals: Vec<u64> = (0..=width)
-            .map(|j| full.iter().map(|r| r[j]).sum())
-            .collect();
-        full.push(totals);
+        let full = with_totals(counts);
         let hidden = self.suppression(&full);
         full.iter()
             .zip(hidden)
@@ -112,6 +100,12 @@ impl DisclosureRule {
                     .collect()
             })
             .collect()
+    }
+
+    /// Which cells of `counts` with its totals (an extra last row and
+    /// column) must be suppressed.
+    pub fn suppressed(&self, counts: &[Vec<u64>]) -> Vec<Vec<bool>> {
+        self.suppression(&with_totals(counts))
     }
 
     /// Which cells of a table with totals (last row, last column) to
@@ -174,6 +168,24 @@ impl DisclosureRule {
             self.suppress_up_to
         )
     }
+}
+
+/// `counts` with a total column and a total row.
+fn with_totals(counts: &[Vec<u64>]) -> Vec<Vec<u64>> {
+    let width = counts.first().map_or(0, Vec::len);
+    let mut full: Vec<Vec<u64>> = counts
+        .iter()
+        .map(|row| {
+            let mut row = row.clone();
+            row.push(row.iter().sum());
+            row
+        })
+        .collect();
+    let totals: Vec<u64> = (0..=width)
+        .map(|j| full.iter().map(|r| r[j]).sum())
+        .collect();
+    full.push(totals);
+    full
 }
 
 #[cfg(test)]

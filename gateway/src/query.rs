@@ -152,7 +152,7 @@ impl Query for QueryService {
         let people = self.storage.population().await.map_err(unavailable)?;
         let table = crate::analytics::tabulate(&query, &people, reference);
         self.refuse_differencing(&identity, &table.members).await?;
-        let cells = self.rule.protect_table(&table.counts);
+        let cells = crate::analytics::release(&table, &query.measure, &self.rule);
         let mut labels = table.rows.clone();
         labels.push("total".to_owned());
         let rows: Vec<TableRow> = labels
@@ -185,6 +185,7 @@ impl Query for QueryService {
             rows,
             disclosure_note: self.rule.note(),
             explanation: crate::analytics::explain(&query),
+            measure: crate::analytics::measure_name(&query.measure).to_owned(),
         }))
     }
 }

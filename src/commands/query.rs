@@ -170,12 +170,7 @@ pub fn print_overlap(overlap: &AgencyOverlapResponse) {
     for row in &overlap.rows {
         print!("{:<10}", row.age_band);
         for c in &row.cells {
-            let text = match c.value {
-                Some(cell::Value::Count(n)) => n.to_string(),
-                Some(cell::Value::Suppressed(_)) => "*".to_owned(),
-                None => "-".to_owned(),
-            };
-            print!(" {text:>12}");
+            print!(" {:>12}", cell_text(c));
         }
         println!();
     }
@@ -195,6 +190,7 @@ fn cell_text(c: &joinery_proto::v1::Cell) -> String {
     match c.value {
         Some(cell::Value::Count(n)) => n.to_string(),
         Some(cell::Value::Suppressed(_)) => "*".to_owned(),
+        Some(cell::Value::Number(v)) => format!("{v:.1}"),
         None => "-".to_owned(),
     }
 }
@@ -209,6 +205,7 @@ pub fn print_table(table: &TableResponse, format: TableFormat) -> anyhow::Result
     match format {
         TableFormat::Table => {
             println!("{}", table.explanation);
+            println!("Cells: {}.", table.measure);
             let width = table
                 .rows
                 .iter()
@@ -264,7 +261,9 @@ pub fn print_table(table: &TableResponse, format: TableFormat) -> anyhow::Result
                         .map(|(column, c)| {
                             let value = match c.value {
                                 Some(cell::Value::Count(n)) => serde_json::json!(n),
-                                _ => serde_json::json!("suppressed"),
+                                Some(cell::Value::Number(v)) => serde_json::json!(v),
+                                Some(cell::Value::Suppressed(_)) => serde_json::json!("suppressed"),
+                                None => serde_json::Value::Null,
                             };
                             (column.clone(), value)
                         })
@@ -275,6 +274,7 @@ pub fn print_table(table: &TableResponse, format: TableFormat) -> anyhow::Result
             let document = serde_json::json!({
                 "reference_date": table.reference_date,
                 "explanation": table.explanation,
+                "measure": table.measure,
                 "row_heading": table.row_heading,
                 "column_heading": table.column_heading,
                 "rows": rows,

@@ -12,9 +12,14 @@ pub mod model;
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use joinery_proto::v1::{Cell, cell};
 use time::{Date, Duration, Month};
 
-use model::{AnalystQuery, Breakdown, Condition, EventCondition, Relative, Stratification};
+use crate::disclosure::DisclosureRule;
+
+use model::{
+    AnalystQuery, Breakdown, Condition, EventCondition, Measure, Relative, Stratification,
+};
 
 /// One person on the spine, as analytics sees them.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -126,37 +131,41 @@ pub fn matches(condition: &Condition, person: &Person, reference: Date) -> bool 
 }
 
 fn matching_events(condition: &EventCondition, person: &Person, reference: Date) -> usize {
-    let since = condition
-        .within_months
-        .map(|months| months_before(reference, months));
     person
         .events
         .iter()
-        .filter(|e| e.event_type == condition.event)
-        .filter(|e| condition.dataset.as_ref().is_none_or(|d| *d == e.dataset))
-        .filter(|e| {
-            condition.attributes.iter().all(|(name, allowed)| {
-                e.attributes
-                    .get(name)
-                    .is_some_and(|v| allowed.iter().any(|a| a.eq_ignore_ascii_case(v)))
-            })
-        })
-        .filter(|e| condition.from.is_none_or(|from| e.date >= from))
-        .filter(|e| condition.to.is_none_or(|to| e.date <= to))
-        .filter(|e| since.is_none_or(|since| e.date > since && e.date <= reference))
-        .filter(|e| {
-            condition
-                .before
-                .as_ref()
-                .is_none_or(|r| related(person, r, e.date, 0, i64::from(r.within_days)))
-        })
-        .filter(|e| {
-            condition
-                .after
-                .as_ref()
-                .is_none_or(|r| related(person, r, e.date, -i64::from(r.within_days), 0))
-        })
+        .filter(|e| event_matches(condition, person, e, reference))
         .count()
+}
+
+/// Whether one of `person`'s events matches `condition`.
+fn event_matches(
+    condition: &EventCondition,
+    person: &Person,
+    e: &PersonEvent,
+    reference: Date,
+) -> bool {
+    let since = condition
+        .within_months
+        .map(|months| months_before(reference, months));
+    e.event_type == condition.event
+        && condition.dataset.as_ref().is_none_or(|d| *d == e.dataset)
+        && condition.attributes.iter().all(|(name, allowed)| {
+            e.attributes
+                .get(name)
+                .is_some_and(|v| allowed.iter().any(|a| a.eq_ignore_ascii_case(v)))
+        })
+        && condition.from.is_none_or(|from| e.date >= from)
+        && condition.to.is_none_or(|to| e.date <= to)
+        && since.is_none_or(|since| e.date > since && e.date <= reference)
+        && condition
+            .before
+            .as_ref()
+            .is_none_or(|r| related(person, r, e.date, 0, i64::from(r.within_days)))
+        && condition
+            .after
+            .as_ref()
+            .is_none_or(|r| related(person, r, e.date, -i64::from(r.within_days), 0))
 }
 
 /// Whether the person has a `relative` event from `day + low` to `day + high` days.
@@ -262,21 +271,117 @@ fn categories(query: &AnalystQuery, breakdown: Breakdown, found: &BTreeSet<Strin
     out
 }
 
-/// A table of true counts: rows × columns of people.
+/// What one cell (or total) of a table holds before disclosure control.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CellData {
+    /// The cohort's people in the cell.
+    pub people: u64,
+    /// Events counted (`events`), or people meeting the condition (`share`).
+    pub hits: u64,
+    /// Days from each person's `from` event to their `to` event (`median_days`).
+    pub days: Vec<i64>,
+}
+
+impl CellData {
+    fn add(&mut self, other: &CellData) {
+        self.people += other.people;
+        self.hits += other.hits;
+        self.days.extend_from_slice(&other.days);
+    }
+
+    /// The median of `days`, if any.
+    pub fn median_days(&self) -> Option<f64> {
+        let mut days = self.days.clone();
+        days.sort_unstable();
+        let n = days.len();
+        match n {
+            0 => None,
+            _ if n % 2 == 1 => Some(days[n / 2] as f64),
+            _ => Some((days[n / 2 - 1] + days[n / 2]) as f64 / 2.0),
+        }
+    }
+}
+
+/// A query's table of true values: rows × columns.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CountTable {
+pub struct Tabulation {
     pub rows: Vec<String>,
     pub columns: Vec<String>,
-    pub counts: Vec<Vec<u64>>,
+    pub cells: Vec<Vec<CellData>>,
     /// How many people the cohort holds.
     pub cohort_size: u64,
     /// Their keys, sorted.
     pub members: Vec<u64>,
 }
 
-/// Counts the cohort's people in each cell of the query's breakdown.
-pub fn tabulate(query: &AnalystQuery, people: &[Person], reference: Date) -> CountTable {
-    let mut cells: BTreeMap<(String, String), u64> = BTreeMap::new();
+impl Tabulation {
+    /// People per cell.
+    pub fn counts(&self) -> Vec<Vec<u64>> {
+        self.table(|c| c.people)
+    }
+
+    /// One number per cell.
+    pub fn table(&self, value: impl Fn(&CellData) -> u64) -> Vec<Vec<u64>> {
+        self.cells
+            .iter()
+            .map(|r| r.iter().map(&value).collect())
+            .collect()
+    }
+
+    /// The cells with a total column and a total row (the last of each).
+    pub fn with_totals(&self) -> Vec<Vec<CellData>> {
+        let width = self.columns.len();
+        let mut out: Vec<Vec<CellData>> = self
+            .cells
+            .iter()
+            .map(|row| {
+                let mut total = CellData::default();
+                row.iter().for_each(|c| total.add(c));
+                row.iter().cloned().chain([total]).collect()
+            })
+            .collect();
+        let totals: Vec<CellData> = (0..=width)
+            .map(|j| {
+                let mut total = CellData::default();
+                out.iter().for_each(|row| total.add(&row[j]));
+                total
+            })
+            .collect();
+        out.push(totals);
+        out
+    }
+}
+
+/// What `person` adds to their cell under `measure`.
+fn measured(measure: &Measure, person: &Person, reference: Date) -> CellData {
+    let mut cell = CellData {
+        people: 1,
+        ..CellData::default()
+    };
+    match measure {
+        Measure::Children => {}
+        Measure::Events(e) => cell.hits = matching_events(e, person, reference) as u64,
+        Measure::Share(condition) => cell.hits = u64::from(matches(condition, person, reference)),
+        Measure::MedianDays(interval) => {
+            let from = person
+                .events
+                .iter()
+                .find(|e| event_matches(&interval.from, person, e, reference));
+            if let Some(from) = from
+                && let Some(to) = person.events.iter().find(|e| {
+                    e.date >= from.date && event_matches(&interval.to, person, e, reference)
+                })
+            {
+                cell.days.push((to.date - from.date).whole_days());
+            }
+        }
+    }
+    cell
+}
+
+/// Tabulates the cohort's people over the query's breakdown and measure.
+pub fn tabulate(query: &AnalystQuery, people: &[Person], reference: Date) -> Tabulation {
+    let mut cells: BTreeMap<(String, String), CellData> = BTreeMap::new();
     let (mut row_labels, mut column_labels) = (BTreeSet::new(), BTreeSet::new());
     let mut members = Vec::new();
     for person in people {
@@ -294,26 +399,96 @@ pub fn tabulate(query: &AnalystQuery, people: &[Person], reference: Date) -> Cou
         );
         row_labels.insert(row.clone());
         column_labels.insert(column.clone());
-        *cells.entry((row, column)).or_default() += 1;
+        cells
+            .entry((row, column))
+            .or_default()
+            .add(&measured(&query.measure, person, reference));
     }
     members.sort_unstable();
     let rows = categories(query, query.rows, &row_labels);
     let columns = categories(query, query.columns, &column_labels);
-    let counts = rows
+    let cells = rows
         .iter()
         .map(|r| {
             columns
                 .iter()
-                .map(|c| cells.get(&(r.clone(), c.clone())).copied().unwrap_or(0))
+                .map(|c| {
+                    cells
+                        .get(&(r.clone(), c.clone()))
+                        .cloned()
+                        .unwrap_or_default()
+                })
                 .collect()
         })
         .collect();
-    CountTable {
+    Tabulation {
         rows,
         columns,
-        counts,
+        cells,
         cohort_size: members.len() as u64,
         members,
+    }
+}
+
+/// The table as it may leave: each cell (and total) protected by `rule`.
+/// Counts (children, events) are suppressed and rounded with secondary
+/// suppression; a percentage is computed from true counts and suppressed
+/// with its numerator or denominator; a median is shown only where more
+/// children than the threshold have an interval.
+pub fn release(table: &Tabulation, measure: &Measure, rule: &DisclosureRule) -> Vec<Vec<Cell>> {
+    let number = |v: f64| Cell {
+        value: Some(cell::Value::Number(v)),
+    };
+    let suppressed = || Cell {
+        value: Some(cell::Value::Suppressed(true)),
+    };
+    let full = table.with_totals();
+    match measure {
+        Measure::Children => rule.protect_table(&table.counts()),
+        Measure::Events(_) => rule.protect_table(&table.table(|c| c.hits)),
+        Measure::Share(_) => {
+            let people = rule.suppressed(&table.counts());
+            let hits = rule.suppressed(&table.table(|c| c.hits));
+            full.iter()
+                .enumerate()
+                .map(|(i, row)| {
+                    row.iter()
+                        .enumerate()
+                        .map(|(j, c)| match c.people {
+                            _ if people[i][j] || hits[i][j] => suppressed(),
+                            0 => Cell { value: None },
+                            n => number(100.0 * c.hits as f64 / n as f64),
+                        })
+                        .collect()
+                })
+                .collect()
+        }
+        Measure::MedianDays(_) => {
+            let with_interval = rule.suppressed(&table.table(|c| c.days.len() as u64));
+            full.iter()
+                .enumerate()
+                .map(|(i, row)| {
+                    row.iter()
+                        .enumerate()
+                        .map(|(j, c)| match c.median_days() {
+                            _ if with_interval[i][j] => suppressed(),
+                            Some(median) => number(median),
+                            None => Cell { value: None },
+                        })
+                        .collect()
+                })
+                .collect()
+        }
+    }
+}
+
+/// What the cells of a query's table hold.
+pub fn measure_name(measure: &Measure) -> &'static str {
+    match measure {
+        Measure::Children => "children",
+        Measure::Events(_) => "events",
+        Measure::Share(_) => "percent",
+        Measure::MedianDays(_) => "median days",
     }
 }
 
@@ -590,7 +765,7 @@ mod tests {
         );
         assert_eq!(table.columns, ["1 agency", "2 agencies", "3+ agencies"]);
         let row =
-            |name: &str| table.counts[table.rows.iter().position(|r| r == name).unwrap()].clone();
+            |name: &str| table.counts()[table.rows.iter().position(|r| r == name).unwrap()].clone();
         assert_eq!(row("early years 0-4"), [1, 0, 0]);
         assert_eq!(row("primary 5-10"), [0, 1, 0]);
         assert_eq!(row("adolescence 11-15"), [1, 0, 0]);
@@ -625,7 +800,7 @@ mod tests {
         let table = tabulate(&q, &[none, one, both], on);
         assert_eq!(table.rows, ["universal", "targeted", "specialist"]);
         assert_eq!(table.columns[..2], ["female", "male"]);
-        assert_eq!(table.counts, [[1, 0, 0, 0], [1, 0, 0, 0], [0, 1, 0, 0]]);
+        assert_eq!(table.counts(), [[1, 0, 0, 0], [1, 0, 0, 0], [0, 1, 0, 0]]);
         assert!(
             explain(&q).contains("CP plan (3 points: with a cp_plan_start event)"),
             "{}",
@@ -642,13 +817,94 @@ mod tests {
 
     #[test]
     fn the_example_queries_parse() {
-        for text in [
-            include_str!("../../../docs/queries/risk-tiers-by-segment.yaml"),
-            include_str!("../../../docs/queries/cp-plan-after-camhs-referral.yaml"),
-        ] {
-            let q = AnalystQuery::parse(text).unwrap();
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/queries");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let q = AnalystQuery::parse(&std::fs::read_to_string(&path).unwrap())
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             assert!(!explain(&q).is_empty());
+            seen += 1;
         }
+        assert!(seen >= 6, "{seen} example queries");
+    }
+
+    #[test]
+    fn measures_count_events_shares_and_median_waits() {
+        let on = date!(2026 - 03 - 31);
+        // Ten girls referred to CAMHS: the first six seen 20, 40, … 120 days
+        // later, the others never; each referred twice, 30 days apart.
+        let people: Vec<Person> = (0..10)
+            .map(|i| {
+                let referred = date!(2025 - 06 - 01) + Duration::days(i);
+                let mut events = vec![
+                    ("camhs_referral", "camhs", referred),
+                    ("camhs_referral", "camhs", referred + Duration::days(30)),
+                ];
+                if i < 6 {
+                    events.push((
+                        "camhs_contact",
+                        "camhs",
+                        referred + Duration::days(20 * (i + 1)),
+                    ));
+                }
+                person("2014-01", "female", &["RX9"], &events)
+            })
+            .collect();
+        let exact = DisclosureRule {
+            suppress_up_to: 0,
+            rounding: joinery_policies::model::Rounding::None,
+        };
+        let run = |text: &str, rule: &DisclosureRule| {
+            let q = query(text);
+            let table = tabulate(&q, &people, on);
+            release(&table, &q.measure, rule)
+        };
+        let number = |c: &Cell| match c.value {
+            Some(cell::Value::Number(v)) => Some(v),
+            Some(cell::Value::Count(n)) => Some(n as f64),
+            _ => None,
+        };
+        // Events: 20 referrals in the female row (and its total).
+        let events = run(
+            "rows: sex\nmeasure: { events: { event: camhs_referral } }",
+            &exact,
+        );
+        assert_eq!(number(&events[0][0]), Some(20.0));
+        assert_eq!(number(&events[4][0]), Some(20.0), "the total row");
+        // Seen within 126 days of a referral: six of ten (the sixth was seen
+        // 120 days after its first referral).
+        let share = run(
+            "rows: sex\nmeasure: { share: { has: { event: camhs_referral, before: { event: camhs_contact, within_days: 126 } } } }",
+            &exact,
+        );
+        assert_eq!(number(&share[0][0]), Some(60.0));
+        // Median days from the first referral to the first contact: 20..120 → 70.
+        let median = run(
+            "rows: sex\nmeasure: { median_days: { from: { event: camhs_referral }, to: { event: camhs_contact } } }",
+            &exact,
+        );
+        assert_eq!(number(&median[0][0]), Some(70.0));
+        // Under the usual rule (1 to 7 suppressed) six intervals are too few
+        // for a median, and a numerator of six suppresses the percentage.
+        let default = DisclosureRule::default();
+        let median = run(
+            "rows: sex\nmeasure: { median_days: { from: { event: camhs_referral }, to: { event: camhs_contact } } }",
+            &default,
+        );
+        assert!(matches!(
+            median[0][0].value,
+            Some(cell::Value::Suppressed(_))
+        ));
+        let share = run(
+            "rows: sex\nmeasure: { share: { has: { event: camhs_contact } } }",
+            &default,
+        );
+        assert!(
+            matches!(share[0][0].value, Some(cell::Value::Suppressed(_))),
+            "numerator 6 is suppressed"
+        );
+        assert_eq!(share[1][0].value, None, "no boys: no percentage");
     }
 
     #[test]

@@ -39,6 +39,37 @@ pub struct AnalystQuery {
     /// Risk tiers, for a `stratum` breakdown.
     #[serde(default)]
     pub stratification: Option<Stratification>,
+    /// What each cell holds (children, by default).
+    #[serde(default)]
+    pub measure: Measure,
+}
+
+/// What a table's cells hold, in the three questions Results-Based
+/// Accountability asks: how much did we do (children, events), how well
+/// did we do it and is anyone better off (shares, median waits).
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Measure {
+    /// The cell's children.
+    #[default]
+    Children,
+    /// The cell's children's matching events.
+    Events(EventCondition),
+    /// The percentage of the cell's children who meet the condition,
+    /// computed from true counts; suppressed with its numerator or
+    /// denominator.
+    Share(Box<Condition>),
+    /// The median days from each child's first `from` event to the first
+    /// `to` event on or after it (children with both), shown when more
+    /// children than the suppression threshold have one.
+    MedianDays(Box<Interval>),
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Interval {
+    pub from: EventCondition,
+    pub to: EventCondition,
 }
 
 /// Rule-based risk stratification: points for each factor a person has,
@@ -220,6 +251,15 @@ impl AnalystQuery {
         }
         if let Some(cohort) = &self.cohort {
             walk(cohort)?;
+        }
+        match &self.measure {
+            Measure::Share(condition) => walk(condition)?,
+            Measure::Events(e) => walk(&Condition::Has(e.clone()))?,
+            Measure::MedianDays(i) => {
+                walk(&Condition::Has(i.from.clone()))?;
+                walk(&Condition::Has(i.to.clone()))?;
+            }
+            Measure::Children => {}
         }
         let wants_strata = self.rows == Breakdown::Stratum || self.columns == Breakdown::Stratum;
         match &self.stratification {
