@@ -13,6 +13,9 @@ use joinery_proto::v1::{
 use time::{Date, Month};
 use tonic::{Request, Response, Status};
 
+use std::sync::Arc;
+
+use crate::analytics::Person;
 use crate::analytics::model::{AnalystQuery, Breakdown};
 use crate::audit::AuditRecord;
 use crate::disclosure::DisclosureRule;
@@ -34,11 +37,77 @@ const OVERLAP_COLUMNS: [&str; 3] = ["1 agency", "2 agencies", "3+ agencies"];
 pub struct QueryService {
     storage: Storage,
     rule: DisclosureRule,
+    /// The linked population as last loaded, with the data generation it
+    /// was loaded at; reloaded only when the data has changed.
+    population: tokio::sync::Mutex<Option<(i64, Arc<Vec<Person>>)>>,
 }
 
 impl QueryService {
     pub fn new(storage: Storage, rule: DisclosureRule) -> Self {
-        Self { storage, rule }
+        Self {
+            storage,
+            rule,
+            population: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The linked population, from memory unless the data has changed.
+    async fn population(&self) -> Result<Arc<Vec<Person>>, Status> {
+        let generation = self.storage.data_generation().await.map_err(unavailable)?;
+        let mut cached = self.population.lock().await;
+        if let Some((at, people)) = cached.as_ref()
+            && *at == generation
+        {
+            return Ok(Arc::clone(people));
+        }
+        let people = Arc::new(self.storage.population().await.map_err(unavailable)?);
+        *cached = Some((generation, Arc::clone(&people)));
+        Ok(people)
+    }
+
+    /// Answers an analyst's query document: the protected table, audited;
+    /// refused if the cohort could be differenced against an earlier one.
+    pub async fn answer(
+        &self,
+        who: &PeerIdentity,
+        request: &RunRequest,
+    ) -> Result<TableResponse, Status> {
+        let query = AnalystQuery::parse(&request.query)
+            .map_err(|e| Status::invalid_argument(format!("the query: {e}")))?;
+        let reference = query
+            .reference_date
+            .unwrap_or_else(|| time::OffsetDateTime::now_utc().date());
+        let people = self.population().await?;
+        let table = crate::analytics::tabulate(&query, &people, reference);
+        self.refuse_differencing(who, &table.members).await?;
+        let cells = crate::analytics::release(&table, &query.measure, &self.rule);
+        let mut labels = table.rows.clone();
+        labels.push("total".to_owned());
+        let rows: Vec<TableRow> = labels
+            .into_iter()
+            .zip(cells)
+            .map(|(label, cells)| TableRow { label, cells })
+            .collect();
+        let released = rows.iter().map(|r| r.cells.len()).sum();
+        let suppressed = rows
+            .iter()
+            .flat_map(|r| &r.cells)
+            .filter(|c| matches!(c.value, Some(cell::Value::Suppressed(_))))
+            .count();
+        self.audit(who, "run", request, &self.rule.note(), released, suppressed)
+            .await?;
+        let mut columns = table.columns;
+        columns.push("total".to_owned());
+        Ok(TableResponse {
+            reference_date: reference.to_string(),
+            row_heading: heading(query.rows).to_owned(),
+            column_heading: heading(query.columns).to_owned(),
+            columns,
+            rows,
+            disclosure_note: self.rule.note(),
+            explanation: crate::analytics::explain(&query),
+            measure: crate::analytics::measure_name(&query.measure).to_owned(),
+        })
     }
 }
 
@@ -144,49 +213,9 @@ impl Query for QueryService {
 
     async fn run(&self, request: Request<RunRequest>) -> Result<Response<TableResponse>, Status> {
         let identity = analyst(&request)?;
-        let query = AnalystQuery::parse(&request.get_ref().query)
-            .map_err(|e| Status::invalid_argument(format!("the query: {e}")))?;
-        let reference = query
-            .reference_date
-            .unwrap_or_else(|| time::OffsetDateTime::now_utc().date());
-        let people = self.storage.population().await.map_err(unavailable)?;
-        let table = crate::analytics::tabulate(&query, &people, reference);
-        self.refuse_differencing(&identity, &table.members).await?;
-        let cells = crate::analytics::release(&table, &query.measure, &self.rule);
-        let mut labels = table.rows.clone();
-        labels.push("total".to_owned());
-        let rows: Vec<TableRow> = labels
-            .into_iter()
-            .zip(cells)
-            .map(|(label, cells)| TableRow { label, cells })
-            .collect();
-        let released = rows.iter().map(|r| r.cells.len()).sum();
-        let suppressed = rows
-            .iter()
-            .flat_map(|r| &r.cells)
-            .filter(|c| matches!(c.value, Some(cell::Value::Suppressed(_))))
-            .count();
-        self.audit(
-            &identity,
-            "run",
-            request.get_ref(),
-            &self.rule.note(),
-            released,
-            suppressed,
-        )
-        .await?;
-        let mut columns = table.columns;
-        columns.push("total".to_owned());
-        Ok(Response::new(TableResponse {
-            reference_date: reference.to_string(),
-            row_heading: heading(query.rows).to_owned(),
-            column_heading: heading(query.columns).to_owned(),
-            columns,
-            rows,
-            disclosure_note: self.rule.note(),
-            explanation: crate::analytics::explain(&query),
-            measure: crate::analytics::measure_name(&query.measure).to_owned(),
-        }))
+        Ok(Response::new(
+            self.answer(&identity, request.get_ref()).await?,
+        ))
     }
 }
 
@@ -245,6 +274,10 @@ impl QueryService {
                  so comparing the two could single them out; widen or narrow the cohort by more",
                 earlier.seq
             )));
+        }
+        // The same cohort released again adds nothing to compare against.
+        if near.iter().any(|e| e.members == members) {
+            return Ok(());
         }
         self.storage
             .log_cohort(&actor(who), members)

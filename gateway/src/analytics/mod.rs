@@ -10,7 +10,9 @@
 
 pub mod model;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use joinery_proto::v1::{Cell, cell};
 use time::{Date, Duration, Month};
@@ -27,21 +29,60 @@ pub struct Person {
     /// Stands for the person in the query log (a digest of the spine id).
     pub key: u64,
     /// The earliest birth month the records give (YYYY-MM).
-    pub birth_month: Option<String>,
+    pub birth_month: Option<Text>,
     /// `female`, `male`, `indeterminate` or `unknown`; the first recorded.
-    pub sex: Option<String>,
-    pub organisations: BTreeSet<String>,
-    pub datasets: BTreeSet<String>,
+    pub sex: Option<Text>,
+    pub organisations: BTreeSet<Text>,
+    pub datasets: BTreeSet<Text>,
     /// In date order.
     pub events: Vec<PersonEvent>,
 }
 
+/// Shared text: event types, datasets and attribute values repeat across
+/// millions of events, so each distinct one is held once ([`Interner`]).
+pub type Text = Arc<str>;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct PersonEvent {
-    pub event_type: String,
-    pub dataset: String,
+    pub event_type: Text,
+    pub dataset: Text,
     pub date: Date,
-    pub attributes: BTreeMap<String, String>,
+    /// Shared by every event with the same attributes.
+    pub attributes: Arc<BTreeMap<Text, Text>>,
+}
+
+/// Hands out one shared copy of each distinct text and attribute set.
+#[derive(Debug, Default)]
+pub struct Interner {
+    texts: HashMap<Box<str>, Text>,
+    attributes: HashMap<Box<str>, Arc<BTreeMap<Text, Text>>>,
+}
+
+impl Interner {
+    pub fn text(&mut self, text: &str) -> Text {
+        if let Some(shared) = self.texts.get(text) {
+            return shared.clone();
+        }
+        let shared: Text = text.into();
+        self.texts.insert(text.into(), shared.clone());
+        shared
+    }
+
+    /// The attribute set stored as `json` (a JSON object of strings).
+    pub fn attributes(&mut self, json: &str) -> Arc<BTreeMap<Text, Text>> {
+        if let Some(shared) = self.attributes.get(json) {
+            return shared.clone();
+        }
+        let parsed: BTreeMap<String, String> = serde_json::from_str(json).unwrap_or_default();
+        let shared = Arc::new(
+            parsed
+                .iter()
+                .map(|(k, v)| (self.text(k), self.text(v)))
+                .collect(),
+        );
+        self.attributes.insert(json.into(), Arc::clone(&shared));
+        shared
+    }
 }
 
 impl Person {
@@ -59,10 +100,10 @@ impl Person {
     /// Adds what one record says.
     pub fn add_record(
         &mut self,
-        organisation: String,
-        dataset: String,
-        sex: Option<String>,
-        birth_month: Option<String>,
+        organisation: Text,
+        dataset: Text,
+        sex: Option<Text>,
+        birth_month: Option<Text>,
     ) {
         self.organisations.insert(organisation);
         self.datasets.insert(dataset);
@@ -121,10 +162,10 @@ pub fn matches(condition: &Condition, person: &Person, reference: Date) -> bool 
         Condition::KnownTo(k) => {
             k.organisation
                 .as_ref()
-                .is_none_or(|o| person.organisations.contains(o))
+                .is_none_or(|o| person.organisations.contains(o.as_str()))
                 && k.dataset
                     .as_ref()
-                    .is_none_or(|d| person.datasets.contains(d))
+                    .is_none_or(|d| person.datasets.contains(d.as_str()))
         }
         Condition::Has(e) => matching_events(e, person, reference) >= e.at_least as usize,
     }
@@ -145,19 +186,18 @@ fn event_matches(
     e: &PersonEvent,
     reference: Date,
 ) -> bool {
-    let since = condition
-        .within_months
-        .map(|months| months_before(reference, months));
-    e.event_type == condition.event
-        && condition.dataset.as_ref().is_none_or(|d| *d == e.dataset)
+    *e.event_type == *condition.event
+        && condition.dataset.as_ref().is_none_or(|d| **d == *e.dataset)
         && condition.attributes.iter().all(|(name, allowed)| {
             e.attributes
-                .get(name)
+                .get(name.as_str())
                 .is_some_and(|v| allowed.iter().any(|a| a.eq_ignore_ascii_case(v)))
         })
         && condition.from.is_none_or(|from| e.date >= from)
         && condition.to.is_none_or(|to| e.date <= to)
-        && since.is_none_or(|since| e.date > since && e.date <= reference)
+        && condition
+            .within_months
+            .is_none_or(|months| e.date > months_before(reference, months) && e.date <= reference)
         && condition
             .before
             .as_ref()
@@ -172,8 +212,8 @@ fn event_matches(
 fn related(person: &Person, relative: &Relative, day: Date, low: i64, high: i64) -> bool {
     let (start, end) = (day + Duration::days(low), day + Duration::days(high));
     person.events.iter().any(|e| {
-        e.event_type == relative.event
-            && relative.dataset.as_ref().is_none_or(|d| *d == e.dataset)
+        *e.event_type == *relative.event
+            && relative.dataset.as_ref().is_none_or(|d| **d == *e.dataset)
             && e.date >= start
             && e.date <= end
     })
@@ -209,36 +249,48 @@ pub fn stratum<'a>(
 }
 
 /// The label of `person` under `breakdown` (`None`: one line for all).
-fn label(query: &AnalystQuery, breakdown: Breakdown, person: &Person, reference: Date) -> String {
+fn label<'q>(
+    query: &'q AnalystQuery,
+    breakdown: Breakdown,
+    person: &Person,
+    reference: Date,
+) -> Cow<'q, str> {
     match breakdown {
-        Breakdown::Stratum => query
-            .stratification
-            .as_ref()
-            .map_or(UNKNOWN, |s| stratum(s, person, reference))
-            .to_owned(),
-        Breakdown::None => "all".to_owned(),
-        Breakdown::Segment => person
-            .age_on(reference)
-            .and_then(|age| {
-                SEGMENTS
-                    .iter()
-                    .find(|(_, low, high)| (*low..=*high).contains(&age))
-            })
-            .map_or(UNKNOWN, |(name, _, _)| name)
-            .to_owned(),
-        Breakdown::Sex => person
-            .sex
-            .as_deref()
-            .filter(|s| SEXES.contains(s))
-            .unwrap_or(UNKNOWN)
-            .to_owned(),
-        Breakdown::AgencyOverlap => OVERLAP[person.organisations.len().clamp(1, 3) - 1].to_owned(),
-        Breakdown::Agencies => person
-            .organisations
-            .iter()
-            .cloned()
-            .collect::<Vec<_>>()
-            .join(" + "),
+        Breakdown::Stratum => Cow::Borrowed(
+            query
+                .stratification
+                .as_ref()
+                .map_or(UNKNOWN, |s| stratum(s, person, reference)),
+        ),
+        Breakdown::None => Cow::Borrowed("all"),
+        Breakdown::Segment => Cow::Borrowed(
+            person
+                .age_on(reference)
+                .and_then(|age| {
+                    SEGMENTS
+                        .iter()
+                        .find(|(_, low, high)| (*low..=*high).contains(&age))
+                })
+                .map_or(UNKNOWN, |(name, _, _)| name),
+        ),
+        Breakdown::Sex => Cow::Borrowed(
+            SEXES
+                .iter()
+                .find(|s| person.sex.as_deref() == Some(**s))
+                .copied()
+                .unwrap_or(UNKNOWN),
+        ),
+        Breakdown::AgencyOverlap => {
+            Cow::Borrowed(OVERLAP[person.organisations.len().clamp(1, 3) - 1])
+        }
+        Breakdown::Agencies => Cow::Owned(
+            person
+                .organisations
+                .iter()
+                .map(|o| o.as_ref())
+                .collect::<Vec<&str>>()
+                .join(" + "),
+        ),
     }
 }
 
@@ -379,31 +431,55 @@ fn measured(measure: &Measure, person: &Person, reference: Date) -> CellData {
     cell
 }
 
-/// Tabulates the cohort's people over the query's breakdown and measure.
+/// Tabulates the cohort's people over the query's breakdown and measure,
+/// on every core (each takes a share of the people; the shares are summed).
 pub fn tabulate(query: &AnalystQuery, people: &[Person], reference: Date) -> Tabulation {
-    let mut cells: BTreeMap<(String, String), CellData> = BTreeMap::new();
-    let (mut row_labels, mut column_labels) = (BTreeSet::new(), BTreeSet::new());
-    let mut members = Vec::new();
-    for person in people {
-        if !query
-            .cohort
-            .as_ref()
-            .is_none_or(|c| matches(c, person, reference))
-        {
-            continue;
+    type Cells<'q> = HashMap<(Cow<'q, str>, Cow<'q, str>), CellData>;
+    let share = |people: &[Person]| {
+        let mut cells: Cells<'_> = HashMap::new();
+        let mut members = Vec::new();
+        for person in people {
+            if !query
+                .cohort
+                .as_ref()
+                .is_none_or(|c| matches(c, person, reference))
+            {
+                continue;
+            }
+            members.push(person.key);
+            let key = (
+                label(query, query.rows, person, reference),
+                label(query, query.columns, person, reference),
+            );
+            cells
+                .entry(key)
+                .or_default()
+                .add(&measured(&query.measure, person, reference));
         }
-        members.push(person.key);
-        let (row, column) = (
-            label(query, query.rows, person, reference),
-            label(query, query.columns, person, reference),
-        );
-        row_labels.insert(row.clone());
-        column_labels.insert(column.clone());
-        cells
-            .entry((row, column))
-            .or_default()
-            .add(&measured(&query.measure, person, reference));
+        (cells, members)
+    };
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let chunk = people.len().div_ceil(threads).max(1);
+    let shares: Vec<(Cells<'_>, Vec<u64>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = people
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || share(part)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    let mut cells: Cells<'_> = HashMap::new();
+    let mut members = Vec::new();
+    for (part, part_members) in shares {
+        for (key, cell) in part {
+            cells.entry(key).or_default().add(&cell);
+        }
+        members.extend(part_members);
     }
+    let row_labels: BTreeSet<String> = cells.keys().map(|(r, _)| r.to_string()).collect();
+    let column_labels: BTreeSet<String> = cells.keys().map(|(_, c)| c.to_string()).collect();
     members.sort_unstable();
     let rows = categories(query, query.rows, &row_labels);
     let columns = categories(query, query.columns, &column_labels);
@@ -414,7 +490,7 @@ pub fn tabulate(query: &AnalystQuery, people: &[Person], reference: Date) -> Tab
                 .iter()
                 .map(|c| {
                     cells
-                        .get(&(r.clone(), c.clone()))
+                        .get(&(Cow::Borrowed(r.as_str()), Cow::Borrowed(c.as_str())))
                         .cloned()
                         .unwrap_or_default()
                 })
@@ -658,7 +734,7 @@ mod tests {
                 event_type: (*t).into(),
                 dataset: (*d).into(),
                 date: *date,
-                attributes: [("category_of_abuse".to_owned(), "NEG".to_owned())].into(),
+                attributes: Arc::new([("category_of_abuse".into(), "NEG".into())].into()),
             })
             .collect();
         p.events.sort_by_key(|e| e.date);

@@ -292,6 +292,7 @@ impl Storage {
             }
             query.execute(&mut *tx).await?;
         }
+        super::bump_generation(&mut tx).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -40,6 +40,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0005_query_cohorts.sql"),
         include_str!("../../migrations/postgres/0005_query_cohorts.sql"),
     ),
+    (
+        6,
+        "data_generation",
+        include_str!("../../migrations/sqlite/0006_data_generation.sql"),
+        include_str!("../../migrations/postgres/0006_data_generation.sql"),
+    ),
 ];
 
 pub(super) fn for_backend(backend: Backend) -> Migrator {

@@ -306,6 +306,7 @@ impl Storage {
             query.execute(&mut *tx).await?;
         }
         self.insert_linkage(&mut tx, batch).await?;
+        bump_generation(&mut tx).await?;
         let outcome = CommitOutcome::Committed(batch.records.len() as u64);
         append_audit_in(&mut tx, &AuditRecord::batch(batch, outcome)).await?;
         tx.commit().await?;
@@ -403,6 +404,7 @@ impl Storage {
         .bind(time::OffsetDateTime::now_utc().unix_timestamp())
         .execute(&mut *tx)
         .await?;
+        bump_generation(&mut tx).await?;
         tx.commit().await?;
         Ok(purges)
     }
@@ -579,6 +581,16 @@ impl Storage {
     }
 }
 
+/// Marks, inside `tx`, that what analytics reads has changed.
+pub(super) async fn bump_generation(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE data_generation SET n = n + 1 WHERE id = 1")
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 /// Numbers, chains and stores an audit entry inside `tx`. Locking the chain
 /// head row serialises appends in commit order, across gateways too.
 async fn append_audit_in(
@@ -646,6 +658,58 @@ fn to_i64(value: u64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_population_is_read_by_person_and_its_generation_moves_with_the_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(&Storage::sqlite_url(dir.path()))
+            .await
+            .unwrap();
+        let before = storage.data_generation().await.unwrap();
+        let record = |person: &str, event: &str| NewRecord {
+            person_id: person.to_owned(),
+            source_row: 1,
+            local_pseudonym: format!("local-{person}"),
+            nhs_pseudonym: None,
+            link_method: crate::rekey::LINK_UNLINKED,
+            sex: Some("female".to_owned()),
+            birth_month: Some("2015-04".to_owned()),
+            postcode_district: None,
+            attributes: "{}".to_owned(),
+            events: vec![NewEvent {
+                event_type: event.to_owned(),
+                event_date: "2025-01-02".to_owned(),
+                attributes: r#"{"source":"3A"}"#.to_owned(),
+            }],
+            linkage: None,
+        };
+        let batch = NewBatch {
+            organisation: "E08000099".to_owned(),
+            batch_id: "b1".to_owned(),
+            dataset: "cin".to_owned(),
+            sequence: 1,
+            agreement_id: "a".to_owned(),
+            agreement_version: 1,
+            records: vec![
+                record("p1", "referral"),
+                record("p1", "cp_plan_start"),
+                record("p2", "referral"),
+            ],
+        };
+        storage.commit_batch(&batch).await.unwrap();
+        let after = storage.data_generation().await.unwrap();
+        assert!(after > before, "a stored batch moves the generation");
+        // A duplicate changes nothing.
+        storage.commit_batch(&batch).await.unwrap();
+        assert_eq!(storage.data_generation().await.unwrap(), after);
+        let mut people = storage.population().await.unwrap();
+        people.sort_by_key(|p| p.events.len());
+        assert_eq!(people.len(), 2);
+        assert_eq!(people[1].events.len(), 2);
+        assert_eq!(&*people[1].events[0].attributes["source"], "3A");
+        assert_eq!(people[1].birth_month.as_deref(), Some("2015-04"));
+        assert!(people[1].datasets.contains("cin"));
+    }
 
     #[test]
     fn insert_sql_numbers_placeholders_across_rows() {

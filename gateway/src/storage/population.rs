@@ -8,13 +8,23 @@ use futures::TryStreamExt;
 use sqlx::Row;
 
 use super::{Storage, StorageError};
-use crate::analytics::{Person, PersonEvent};
+use crate::analytics::{Interner, Person, PersonEvent};
 
 impl Storage {
+    /// A number that changes whenever the population changes.
+    pub async fn data_generation(&self) -> Result<i64, StorageError> {
+        Ok(
+            sqlx::query_scalar("SELECT n FROM data_generation WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
     /// Every person on the spine (records grouped by spine id, or by their
     /// own person id when not joined to another).
     pub async fn population(&self) -> Result<Vec<Person>, StorageError> {
         let mut people: Vec<Person> = Vec::new();
+        let mut interner = Interner::default();
         let mut index: HashMap<String, usize> = HashMap::new();
         let mut records = sqlx::query(
             "SELECT COALESCE(s.spine_id, r.person_id) AS person, r.organisation, r.dataset, r.sex, r.birth_month \
@@ -27,11 +37,15 @@ impl Storage {
                 people.push(Person::with_key(key));
                 people.len() - 1
             });
+            let organisation: String = row.try_get("organisation")?;
+            let dataset: String = row.try_get("dataset")?;
+            let sex: Option<String> = row.try_get("sex")?;
+            let birth_month: Option<String> = row.try_get("birth_month")?;
             people[at].add_record(
-                row.try_get("organisation")?,
-                row.try_get("dataset")?,
-                row.try_get("sex")?,
-                row.try_get("birth_month")?,
+                interner.text(&organisation),
+                interner.text(&dataset),
+                sex.map(|s| interner.text(&s)),
+                birth_month.map(|m| interner.text(&m)),
             );
         }
         drop(records);
@@ -52,16 +66,19 @@ impl Storage {
                 continue;
             };
             let attributes: String = row.try_get("attributes")?;
+            let event_type: String = row.try_get("event_type")?;
+            let dataset: String = row.try_get("dataset")?;
             people[at].events.push(PersonEvent {
-                event_type: row.try_get("event_type")?,
-                dataset: row.try_get("dataset")?,
+                event_type: interner.text(&event_type),
+                dataset: interner.text(&dataset),
                 date,
-                attributes: serde_json::from_str(&attributes).unwrap_or_default(),
+                attributes: interner.attributes(&attributes),
             });
         }
         drop(events);
         for person in &mut people {
             person.events.sort_by_key(|e| e.date);
+            person.events.shrink_to_fit();
         }
         Ok(people)
     }

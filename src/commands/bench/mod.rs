@@ -9,6 +9,8 @@
 //!   speed on extracts with a known truth.
 //! - `bench readers`: rows per second of every reader and the peak memory
 //!   of a process reading each, at two input sizes ten times apart.
+//! - `bench query`: the latency of a stratified indicator table over a large
+//!   linked population, on SQLite or PostgreSQL.
 //!
 //! `ingest` and `chaos` start a real gateway process over mutual TLS in a throwaway
 //! deployment (this module).
@@ -16,6 +18,7 @@
 mod chaos;
 mod ingest;
 mod linkage;
+mod query;
 mod readers;
 
 use std::io::{BufRead, BufReader};
@@ -41,6 +44,8 @@ pub enum BenchCommand {
     Linkage(linkage::LinkageArgs),
     /// Every reader: rows/s and peak memory at two input sizes.
     Readers(readers::ReadersArgs),
+    /// An analyst's stratified table over a large linked population: latency, memory.
+    Query(query::QueryArgs),
 }
 
 impl BenchCommand {
@@ -50,6 +55,7 @@ impl BenchCommand {
             Self::Chaos(args) => chaos::run(args).await,
             Self::Linkage(args) => linkage::run(args).await,
             Self::Readers(args) => readers::run(args),
+            Self::Query(args) => query::run(args).await,
         }
     }
 }

@@ -1,0 +1,234 @@
+//! `joinery bench query`: the latency of an analyst's stratified indicator
+//! table over a large linked population, on SQLite or PostgreSQL.
+//!
+//! A population of `--children` children is stored through the gateway's
+//! own storage (batches of records and events as ingest writes them: known
+//! to the council, CAMHS and speech and language therapy in the usual
+//! proportions, with referrals, CP plans, care episodes, A&E attendances and
+//! contacts), then `docs/queries/risk-tiers-by-segment.yaml` is answered
+//! through the same path as `joinery.v1.Query/Run` (minus the network):
+//! the first answer loads the population, later ones use it from memory
+//! until the data changes. Figures: load time, p50 and p90 of the warm
+//! answers, peak memory.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use joinery_crypto::identity::PeerIdentity;
+use joinery_gateway::disclosure::DisclosureRule;
+use joinery_gateway::query::QueryService;
+use joinery_gateway::rekey::LINK_EXACT_NHS;
+use joinery_gateway::storage::{NewBatch, NewEvent, NewRecord, Storage};
+use joinery_proto::v1::RunRequest;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use time::{Date, Duration as Days};
+
+use super::{peak_rss_kib, percentile};
+
+#[derive(Debug, clap::Args)]
+pub struct QueryArgs {
+    /// Children in the linked population.
+    #[arg(long, default_value_t = 1_000_000)]
+    children: usize,
+    /// Answers to time after the first.
+    #[arg(long, default_value_t = 20)]
+    runs: usize,
+    /// Measure on this PostgreSQL database instead of SQLite (a scratch
+    /// database: the population is left in it).
+    #[arg(long)]
+    postgres_url: Option<String>,
+}
+
+const QUERY: &str = include_str!("../../../docs/queries/risk-tiers-by-segment.yaml");
+const RECORDS_PER_BATCH: usize = 5000;
+
+pub async fn run(args: QueryArgs) -> anyhow::Result<ExitCode> {
+    let dir = tempfile::Builder::new()
+        .prefix("joinery-bench-query-")
+        .tempdir()?;
+    let url = args
+        .postgres_url
+        .clone()
+        .unwrap_or_else(|| Storage::sqlite_url(dir.path()));
+    let engine = if args.postgres_url.is_some() {
+        "PostgreSQL"
+    } else {
+        "SQLite"
+    };
+    let storage = Storage::open(&url).await?;
+
+    let started = Instant::now();
+    let (records, events) = store_population(&storage, args.children).await?;
+    let stored = started.elapsed();
+    println!(
+        "bench query on {engine}: stored {} children ({records} records, {events} events) in {:.1} s ({:.0} records+events/s)",
+        args.children,
+        stored.as_secs_f64(),
+        (records + events) as f64 / stored.as_secs_f64()
+    );
+
+    let service = QueryService::new(storage, DisclosureRule::default());
+    let analyst = PeerIdentity::Analyst("bench".into());
+    let request = RunRequest {
+        query: QUERY.to_owned(),
+    };
+    let started = Instant::now();
+    let table = service.answer(&analyst, &request).await?;
+    let first = started.elapsed();
+    let mut times: Vec<Duration> = Vec::with_capacity(args.runs);
+    for _ in 0..args.runs {
+        let started = Instant::now();
+        service.answer(&analyst, &request).await?;
+        times.push(started.elapsed());
+    }
+    times.sort();
+    println!(
+        "risk tiers by segment ({} rows x {} columns): first answer (loads the population) {:.0} ms; \
+         then p50 {:.0} ms, p90 {:.0} ms over {} answers; peak memory {:.0} MiB",
+        table.rows.len(),
+        table.columns.len(),
+        first.as_secs_f64() * 1000.0,
+        percentile(&times, 0.5).as_secs_f64() * 1000.0,
+        percentile(&times, 0.9).as_secs_f64() * 1000.0,
+        args.runs,
+        peak_rss_kib(std::process::id()).unwrap_or(0) as f64 / 1024.0
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One agency's dataset in the synthetic population.
+struct Source {
+    organisation: &'static str,
+    dataset: &'static str,
+    reach: f64,
+    batch: Vec<NewRecord>,
+    batches: u64,
+}
+
+/// Stores `children` children's records; returns (records, events).
+async fn store_population(storage: &Storage, children: usize) -> anyhow::Result<(u64, u64)> {
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let today = time::OffsetDateTime::now_utc().date();
+    let mut sources = [
+        ("E08000099", "cin", 0.55),
+        ("RX9", "camhs", 0.35),
+        ("RY9", "salt", 0.35),
+        ("RY9", "salt_fhir", 0.2),
+    ]
+    .map(|(organisation, dataset, reach)| Source {
+        organisation,
+        dataset,
+        reach,
+        batch: Vec::with_capacity(RECORDS_PER_BATCH),
+        batches: 0,
+    });
+    let (mut records, mut events) = (0u64, 0u64);
+    for child in 0..children {
+        let person_id = format!(
+            "{:032x}",
+            (child as u128).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)
+        );
+        let born = today - Days::days(rng.random_range(0..19 * 365));
+        let sex = if rng.random_bool(0.5) {
+            "female"
+        } else {
+            "male"
+        };
+        for source in &mut sources {
+            if !rng.random_bool(source.reach) {
+                continue;
+            }
+            let record_events = child_events(source.dataset, born, today, &mut rng);
+            events += record_events.len() as u64;
+            records += 1;
+            source.batch.push(NewRecord {
+                person_id: person_id.clone(),
+                source_row: child as u64,
+                local_pseudonym: format!("{person_id}{}", source.dataset),
+                nhs_pseudonym: None,
+                link_method: LINK_EXACT_NHS,
+                sex: Some(sex.to_owned()),
+                birth_month: Some(format!("{:04}-{:02}", born.year(), born.month() as u8)),
+                postcode_district: None,
+                attributes: "{}".to_owned(),
+                events: record_events,
+                linkage: None,
+            });
+            if source.batch.len() == RECORDS_PER_BATCH {
+                flush(storage, source).await?;
+            }
+        }
+    }
+    for source in &mut sources {
+        flush(storage, source).await?;
+    }
+    Ok((records, events))
+}
+
+async fn flush(storage: &Storage, source: &mut Source) -> anyhow::Result<()> {
+    if source.batch.is_empty() {
+        return Ok(());
+    }
+    source.batches += 1;
+    storage
+        .commit_batch(&NewBatch {
+            organisation: source.organisation.to_owned(),
+            batch_id: format!("{}-{}", source.dataset, source.batches),
+            dataset: source.dataset.to_owned(),
+            sequence: source.batches,
+            agreement_id: "bench".to_owned(),
+            agreement_version: 1,
+            records: std::mem::take(&mut source.batch),
+        })
+        .await?;
+    Ok(())
+}
+
+/// A child's events in one dataset.
+fn child_events(dataset: &str, born: Date, today: Date, rng: &mut ChaCha8Rng) -> Vec<NewEvent> {
+    let mut out = Vec::new();
+    let mut event = |rng: &mut ChaCha8Rng, event_type: &str, attributes: &str| {
+        let span = (today - born).whole_days().max(1);
+        let date = born + Days::days(rng.random_range(0..span));
+        out.push(NewEvent {
+            event_type: event_type.to_owned(),
+            event_date: date.to_string(),
+            attributes: attributes.to_owned(),
+        });
+    };
+    match dataset {
+        "cin" => {
+            for _ in 0..rng.random_range(1..=3) {
+                event(rng, "referral", r#"{"source":"3A"}"#);
+            }
+            if rng.random_bool(0.12) {
+                event(rng, "cp_plan_start", r#"{"category_of_abuse":"NEG"}"#);
+            }
+            if rng.random_bool(0.08) {
+                event(rng, "lac_episode_start", r#"{"placement_type":"U4"}"#);
+                if rng.random_bool(0.2) {
+                    event(rng, "missing_episode", r#"{"kind":"M"}"#);
+                }
+            }
+        }
+        "camhs" => {
+            event(rng, "camhs_referral", r#"{"source":"A1"}"#);
+            for _ in 0..rng.random_range(0..=3) {
+                event(rng, "camhs_contact", r#"{"attendance":"5"}"#);
+            }
+        }
+        "salt" => {
+            event(rng, "community_referral", r#"{"source":"04"}"#);
+            for _ in 0..rng.random_range(0..=3) {
+                event(rng, "community_contact", r#"{"attendance":"5"}"#);
+            }
+        }
+        _ => {
+            for _ in 0..rng.random_range(0..=3) {
+                event(rng, "ae_attendance", "{}");
+            }
+        }
+    }
+    out
+}
