@@ -362,4 +362,62 @@ async fn every_national_format_reaches_the_gateway_whole() {
         d.analyst_cert(),
         &[],
     );
+
+    // The same query over HTTP/JSON on the gateway's port, with the same
+    // certificate: the same answer; an agency's certificate is refused.
+    let (status, body) = http_post(
+        &d,
+        &gateway.address,
+        d.analyst_cert(),
+        &std::fs::read_to_string(&query).unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let over_http: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(over_http["rows"], table["rows"]);
+    let (status, body) = http_post(&d, &gateway.address, d.org_cert(COUNCIL), "rows: sex").await;
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = http_post(&d, &gateway.address, d.analyst_cert(), "rows: postcode").await;
+    assert_eq!(status, 400, "{body}");
+}
+
+/// POSTs `query` to `/v1/query` over HTTP/1.1 and mutual TLS; returns the
+/// status and body.
+async fn http_post(
+    d: &Deployment,
+    address: &str,
+    (cert, key): (std::path::PathBuf, std::path::PathBuf),
+    query: &str,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut config = joinery_crypto::tls::client_config(&joinery_crypto::tls::TlsFiles {
+        ca: d.ca(),
+        cert,
+        key,
+        crl: None,
+    })
+    .unwrap();
+    config.alpn_protocols.clear();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    let request = format!(
+        "POST /v1/query HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/yaml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{query}",
+        query.len()
+    );
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    let _ = tls.read_to_end(&mut response).await;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
 }

@@ -7,7 +7,8 @@
 //! the gateway's own and links records exactly on the NHS pseudonym, and
 //! [`storage`] (the only module that speaks SQL) commits it once before the
 //! ack goes back. [`retention`] deletes what the agreements no longer allow
-//! the gateway to keep. [`query`] answers analysts through [`disclosure`].
+//! the gateway to keep. [`query`] (gRPC) and [`http`] (JSON) answer analysts
+//! through [`analytics`] and [`disclosure`].
 //! [`server`] wires it together; [`metrics`] names what is measured.
 
 pub mod agreements;
@@ -15,6 +16,7 @@ pub mod analytics;
 pub mod audit;
 pub mod config;
 pub mod disclosure;
+pub mod http;
 pub mod ingest;
 pub mod linker;
 pub mod listener;

@@ -159,10 +159,11 @@ impl Gateway {
         ))
         .accept_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(limits.max_message_bytes);
-        let query = QueryServer::new(QueryService::new(
+        let query_service = Arc::new(QueryService::new(
             self.storage.clone(),
             DisclosureRule::strictest(&self.agreements),
         ));
+        let query = QueryServer::from_arc(Arc::clone(&query_service));
         let incoming = listener::incoming(
             self.listener,
             self.tls,
@@ -186,14 +187,19 @@ impl Gateway {
         );
         let audit = AuditServer::new(AuditService::new(self.storage.clone()));
         tracing::info!(%address, database = ?self.storage.backend(), "gateway serving");
+        // gRPC services and the analysts' HTTP/JSON route on one port.
+        let routes = tonic::service::Routes::new(health_service)
+            .add_service(ingest)
+            .add_service(query)
+            .add_service(audit)
+            .into_axum_router()
+            .merge(crate::http::routes(query_service));
         Server::builder()
             .concurrency_limit_per_connection(limits.max_streams_per_connection as usize)
             .max_concurrent_streams(Some(limits.max_streams_per_connection))
             .tcp_nodelay(true)
-            .add_service(health_service)
-            .add_service(ingest)
-            .add_service(query)
-            .add_service(audit)
+            .accept_http1(true)
+            .add_routes(tonic::service::Routes::from(routes))
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await?;
         // Sign the head once more, so a clean stop leaves the whole log covered.

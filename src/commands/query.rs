@@ -250,36 +250,7 @@ pub fn print_table(table: &TableResponse, format: TableFormat) -> anyhow::Result
             out.flush()?;
         }
         TableFormat::Json => {
-            let rows: Vec<serde_json::Value> = table
-                .rows
-                .iter()
-                .map(|row| {
-                    let cells: serde_json::Map<String, serde_json::Value> = table
-                        .columns
-                        .iter()
-                        .zip(&row.cells)
-                        .map(|(column, c)| {
-                            let value = match c.value {
-                                Some(cell::Value::Count(n)) => serde_json::json!(n),
-                                Some(cell::Value::Number(v)) => serde_json::json!(v),
-                                Some(cell::Value::Suppressed(_)) => serde_json::json!("suppressed"),
-                                None => serde_json::Value::Null,
-                            };
-                            (column.clone(), value)
-                        })
-                        .collect();
-                    serde_json::json!({ "label": row.label, "cells": cells })
-                })
-                .collect();
-            let document = serde_json::json!({
-                "reference_date": table.reference_date,
-                "explanation": table.explanation,
-                "measure": table.measure,
-                "row_heading": table.row_heading,
-                "column_heading": table.column_heading,
-                "rows": rows,
-                "disclosure_note": table.disclosure_note,
-            });
+            let document = joinery_gateway::analytics::table_json(table);
             println!("{}", serde_json::to_string_pretty(&document)?);
         }
     }

@@ -558,6 +558,41 @@ pub fn release(table: &Tabulation, measure: &Measure, rule: &DisclosureRule) -> 
     }
 }
 
+/// A released table as JSON: each row's cells by column label; a count or
+/// a number as a number, `"suppressed"`, or null where there is nothing.
+pub fn table_json(table: &joinery_proto::v1::TableResponse) -> serde_json::Value {
+    let rows: Vec<serde_json::Value> = table
+        .rows
+        .iter()
+        .map(|row| {
+            let cells: serde_json::Map<String, serde_json::Value> = table
+                .columns
+                .iter()
+                .zip(&row.cells)
+                .map(|(column, c)| {
+                    let value = match c.value {
+                        Some(cell::Value::Count(n)) => serde_json::json!(n),
+                        Some(cell::Value::Number(v)) => serde_json::json!(v),
+                        Some(cell::Value::Suppressed(_)) => serde_json::json!("suppressed"),
+                        None => serde_json::Value::Null,
+                    };
+                    (column.clone(), value)
+                })
+                .collect();
+            serde_json::json!({ "label": row.label, "cells": cells })
+        })
+        .collect();
+    serde_json::json!({
+        "reference_date": table.reference_date,
+        "explanation": table.explanation,
+        "measure": table.measure,
+        "row_heading": table.row_heading,
+        "column_heading": table.column_heading,
+        "rows": rows,
+        "disclosure_note": table.disclosure_note,
+    })
+}
+
 /// What the cells of a query's table hold.
 pub fn measure_name(measure: &Measure) -> &'static str {
     match measure {
