@@ -37,9 +37,19 @@ const OVERLAP_COLUMNS: [&str; 3] = ["1 agency", "2 agencies", "3+ agencies"];
 pub struct QueryService {
     storage: Storage,
     rule: DisclosureRule,
-    /// The linked population as last loaded, with the data generation it
-    /// was loaded at; reloaded only when the data has changed.
-    population: tokio::sync::Mutex<Option<(i64, Arc<Vec<Person>>)>>,
+    /// The linked population as last loaded (see [`Snapshot`]).
+    population: Arc<tokio::sync::Mutex<Snapshot>>,
+}
+
+/// The population in memory, the data generation it was loaded at, and
+/// whether a reload is under way. While agencies deliver, the data changes
+/// often and a reload takes seconds: answers keep coming from the loaded
+/// population while a newer one loads in the background, so they are at
+/// most one reload behind the data.
+#[derive(Default)]
+struct Snapshot {
+    loaded: Option<(i64, Arc<Vec<Person>>)>,
+    reloading: bool,
 }
 
 impl QueryService {
@@ -47,22 +57,41 @@ impl QueryService {
         Self {
             storage,
             rule,
-            population: tokio::sync::Mutex::new(None),
+            population: Arc::default(),
         }
     }
 
-    /// The linked population, from memory unless the data has changed.
+    /// The linked population: loaded on first use, then from memory, with
+    /// a background reload when the data has changed since.
     async fn population(&self) -> Result<Arc<Vec<Person>>, Status> {
         let generation = self.storage.data_generation().await.map_err(unavailable)?;
-        let mut cached = self.population.lock().await;
-        if let Some((at, people)) = cached.as_ref()
-            && *at == generation
-        {
-            return Ok(Arc::clone(people));
+        let mut snapshot = self.population.lock().await;
+        match &snapshot.loaded {
+            Some((at, people)) => {
+                let people = Arc::clone(people);
+                if *at != generation && !snapshot.reloading {
+                    snapshot.reloading = true;
+                    let (storage, shared) = (self.storage.clone(), Arc::clone(&self.population));
+                    tokio::spawn(async move {
+                        let loaded = storage.population().await;
+                        let mut snapshot = shared.lock().await;
+                        snapshot.reloading = false;
+                        match loaded {
+                            Ok(people) => snapshot.loaded = Some((generation, Arc::new(people))),
+                            Err(error) => {
+                                tracing::error!(%error, "reloading the population failed")
+                            }
+                        }
+                    });
+                }
+                Ok(people)
+            }
+            None => {
+                let people = Arc::new(self.storage.population().await.map_err(unavailable)?);
+                snapshot.loaded = Some((generation, Arc::clone(&people)));
+                Ok(people)
+            }
         }
-        let people = Arc::new(self.storage.population().await.map_err(unavailable)?);
-        *cached = Some((generation, Arc::clone(&people)));
-        Ok(people)
     }
 
     /// Answers an analyst's query document: the protected table, audited;
@@ -346,7 +375,87 @@ fn unavailable(error: crate::storage::StorageError) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::{NewBatch, NewEvent, NewRecord};
     use time::macros::date;
+
+    fn batch(id: &str, people: std::ops::Range<usize>) -> NewBatch {
+        NewBatch {
+            organisation: "E08000099".to_owned(),
+            batch_id: id.to_owned(),
+            dataset: "cin".to_owned(),
+            sequence: 1,
+            agreement_id: "a".to_owned(),
+            agreement_version: 1,
+            records: people
+                .map(|i| NewRecord {
+                    person_id: format!("person-{i}"),
+                    source_row: i as u64,
+                    local_pseudonym: format!("local-{i}"),
+                    nhs_pseudonym: None,
+                    link_method: crate::rekey::LINK_UNLINKED,
+                    sex: Some("female".to_owned()),
+                    birth_month: Some("2015-04".to_owned()),
+                    postcode_district: None,
+                    attributes: "{}".to_owned(),
+                    events: vec![NewEvent {
+                        event_type: "referral".to_owned(),
+                        event_date: "2025-01-02".to_owned(),
+                        attributes: "{}".to_owned(),
+                    }],
+                    linkage: None,
+                })
+                .collect(),
+        }
+    }
+
+    /// The answer's total number of children (no suppression, no rounding).
+    async fn total(service: &QueryService) -> Option<u64> {
+        let who = PeerIdentity::Analyst("a".into());
+        let table = service
+            .answer(
+                &who,
+                &RunRequest {
+                    query: "rows: sex".to_owned(),
+                },
+            )
+            .await
+            .unwrap();
+        match table.rows.last()?.cells.last()?.value {
+            Some(cell::Value::Count(n)) => Some(n),
+            _ => None,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn answers_come_from_memory_and_catch_up_after_a_background_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(&Storage::sqlite_url(dir.path()))
+            .await
+            .unwrap();
+        storage.commit_batch(&batch("b1", 0..20)).await.unwrap();
+        let exact = DisclosureRule {
+            suppress_up_to: 0,
+            rounding: joinery_policies::model::Rounding::None,
+        };
+        let service = QueryService::new(storage.clone(), exact);
+        assert_eq!(
+            total(&service).await,
+            Some(20),
+            "the first answer loads the data"
+        );
+        storage.commit_batch(&batch("b2", 20..50)).await.unwrap();
+        // The next answer comes from memory, while the new data loads.
+        assert_eq!(total(&service).await, Some(20));
+        let mut caught_up = false;
+        for _ in 0..100 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            if total(&service).await == Some(50) {
+                caught_up = true;
+                break;
+            }
+        }
+        assert!(caught_up, "the reload took the new batch in");
+    }
 
     #[test]
     fn age_bands_at_reference_date() {
