@@ -1,0 +1,122 @@
+//! The linked population as analytics holds it in memory: one [`Person`]
+//! per spine person, their events in date order, texts shared through an
+//! [`Interner`].
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use time::{Date, Month};
+
+/// One person on the spine, as analytics sees them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Person {
+    /// Stands for the person in the query log (a digest of the spine id).
+    pub key: u64,
+    /// The earliest birth month the records give (YYYY-MM).
+    pub birth_month: Option<Text>,
+    /// `female`, `male`, `indeterminate` or `unknown`; the first recorded.
+    pub sex: Option<Text>,
+    pub organisations: BTreeSet<Text>,
+    pub datasets: BTreeSet<Text>,
+    /// In date order.
+    pub events: Vec<PersonEvent>,
+}
+
+/// Shared text: event types, datasets and attribute values repeat across
+/// millions of events, so each distinct one is held once ([`Interner`]).
+pub type Text = Arc<str>;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PersonEvent {
+    pub event_type: Text,
+    pub dataset: Text,
+    pub date: Date,
+    /// Shared by every event with the same attributes.
+    pub attributes: Arc<BTreeMap<Text, Text>>,
+}
+
+/// Hands out one shared copy of each distinct text and attribute set.
+#[derive(Debug, Default)]
+pub struct Interner {
+    texts: HashMap<Box<str>, Text>,
+    attributes: HashMap<Box<str>, Arc<BTreeMap<Text, Text>>>,
+}
+
+impl Interner {
+    pub fn text(&mut self, text: &str) -> Text {
+        if let Some(shared) = self.texts.get(text) {
+            return shared.clone();
+        }
+        let shared: Text = text.into();
+        self.texts.insert(text.into(), shared.clone());
+        shared
+    }
+
+    /// The attribute set stored as `json` (a JSON object of strings).
+    pub fn attributes(&mut self, json: &str) -> Arc<BTreeMap<Text, Text>> {
+        if let Some(shared) = self.attributes.get(json) {
+            return shared.clone();
+        }
+        let parsed: BTreeMap<String, String> = serde_json::from_str(json).unwrap_or_default();
+        let shared = Arc::new(
+            parsed
+                .iter()
+                .map(|(k, v)| (self.text(k), self.text(v)))
+                .collect(),
+        );
+        self.attributes.insert(json.into(), Arc::clone(&shared));
+        shared
+    }
+}
+
+impl Person {
+    /// A person known by `spine_id`.
+    pub fn with_key(spine_id: &str) -> Self {
+        let digest = ring::digest::digest(&ring::digest::SHA256, spine_id.as_bytes());
+        let mut key = [0u8; 8];
+        key.copy_from_slice(&digest.as_ref()[..8]);
+        Self {
+            key: u64::from_le_bytes(key),
+            ..Self::default()
+        }
+    }
+
+    /// Adds what one record says.
+    pub fn add_record(
+        &mut self,
+        organisation: Text,
+        dataset: Text,
+        sex: Option<Text>,
+        birth_month: Option<Text>,
+    ) {
+        self.organisations.insert(organisation);
+        self.datasets.insert(dataset);
+        if self.sex.is_none() {
+            self.sex = sex;
+        }
+        if let Some(month) = birth_month
+            && self.birth_month.as_ref().is_none_or(|known| month < *known)
+        {
+            self.birth_month = Some(month);
+        }
+    }
+
+    /// Whole years at `on`, counting the birthday as the first of the month.
+    pub fn age_on(&self, on: Date) -> Option<u32> {
+        let (year, month) = self.birth_month.as_deref()?.split_once('-')?;
+        let born = Date::from_calendar_date(
+            year.parse().ok()?,
+            Month::try_from(month.parse::<u8>().ok()?).ok()?,
+            1,
+        )
+        .ok()?;
+        if born > on {
+            return None;
+        }
+        let mut age = on.year() - born.year();
+        if (on.month() as u8) < (born.month() as u8) {
+            age -= 1;
+        }
+        u32::try_from(age).ok()
+    }
+}

@@ -1,0 +1,403 @@
+//! Tables: each cohort member's row and column label (segment, sex, agency
+//! overlap, agency combination, risk tier), what they add to their cell
+//! under the query's measure, and the table as it may leave through
+//! disclosure control.
+
+use std::borrow::Cow;
+use std::collections::{BTreeSet, HashMap};
+
+use joinery_proto::v1::{Cell, cell};
+use time::Date;
+
+use super::cohort::{event_matches, matches, matching_events};
+use super::model::{AnalystQuery, Breakdown, Measure, Stratification};
+use super::population::Person;
+use crate::disclosure::DisclosureRule;
+
+/// Life-course segments, in years at the reference date.
+pub const SEGMENTS: &[(&str, u32, u32)] = &[
+    ("early years 0-4", 0, 4),
+    ("primary 5-10", 5, 10),
+    ("adolescence 11-15", 11, 15),
+    ("transition 16-17", 16, 17),
+    ("young adults 18-25", 18, 25),
+    ("26+", 26, u32::MAX),
+];
+const UNKNOWN: &str = "unknown";
+const SEXES: &[&str] = &["female", "male", "indeterminate", UNKNOWN];
+const OVERLAP: &[&str] = &["1 agency", "2 agencies", "3+ agencies"];
+
+/// The tier of `person` under `stratification`.
+pub fn stratum<'a>(
+    stratification: &'a Stratification,
+    person: &Person,
+    reference: Date,
+) -> &'a str {
+    let points: u32 = stratification
+        .factors
+        .iter()
+        .filter(|f| matches(&f.when, person, reference))
+        .map(|f| f.points)
+        .sum();
+    stratification
+        .tiers
+        .iter()
+        .rev()
+        .find(|t| points >= t.from_points)
+        .map_or(UNKNOWN, |t| t.name.as_str())
+}
+
+/// The label of `person` under `breakdown` (`None`: one line for all).
+fn label<'q>(
+    query: &'q AnalystQuery,
+    breakdown: Breakdown,
+    person: &Person,
+    reference: Date,
+) -> Cow<'q, str> {
+    match breakdown {
+        Breakdown::Stratum => Cow::Borrowed(
+            query
+                .stratification
+                .as_ref()
+                .map_or(UNKNOWN, |s| stratum(s, person, reference)),
+        ),
+        Breakdown::None => Cow::Borrowed("all"),
+        Breakdown::Segment => Cow::Borrowed(
+            person
+                .age_on(reference)
+                .and_then(|age| {
+                    SEGMENTS
+                        .iter()
+                        .find(|(_, low, high)| (*low..=*high).contains(&age))
+                })
+                .map_or(UNKNOWN, |(name, _, _)| name),
+        ),
+        Breakdown::Sex => Cow::Borrowed(
+            SEXES
+                .iter()
+                .find(|s| person.sex.as_deref() == Some(**s))
+                .copied()
+                .unwrap_or(UNKNOWN),
+        ),
+        Breakdown::AgencyOverlap => {
+            Cow::Borrowed(OVERLAP[person.organisations.len().clamp(1, 3) - 1])
+        }
+        Breakdown::Agencies => Cow::Owned(
+            person
+                .organisations
+                .iter()
+                .map(|o| o.as_ref())
+                .collect::<Vec<&str>>()
+                .join(" + "),
+        ),
+    }
+}
+
+/// The categories of a breakdown, in display order (fixed lists first, so
+/// an empty category still shows as 0; combinations as found).
+fn categories(query: &AnalystQuery, breakdown: Breakdown, found: &BTreeSet<String>) -> Vec<String> {
+    let fixed: Vec<&str> = match breakdown {
+        Breakdown::Stratum => query
+            .stratification
+            .iter()
+            .flat_map(|s| s.tiers.iter().map(|t| t.name.as_str()))
+            .collect(),
+        Breakdown::None => vec!["all"],
+        Breakdown::Segment => SEGMENTS
+            .iter()
+            .map(|(name, _, _)| *name)
+            .chain([UNKNOWN])
+            .collect(),
+        Breakdown::Sex => SEXES.to_vec(),
+        Breakdown::AgencyOverlap => OVERLAP.to_vec(),
+        Breakdown::Agencies => Vec::new(),
+    };
+    let mut out: Vec<String> = fixed.iter().map(|s| (*s).to_owned()).collect();
+    out.extend(
+        found
+            .iter()
+            .filter(|f| !fixed.contains(&f.as_str()))
+            .cloned(),
+    );
+    out
+}
+
+/// What one cell (or total) of a table holds before disclosure control.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CellData {
+    /// The cohort's people in the cell.
+    pub people: u64,
+    /// Events counted (`events`), or people meeting the condition (`share`).
+    pub hits: u64,
+    /// Days from each person's `from` event to their `to` event (`median_days`).
+    pub days: Vec<i64>,
+}
+
+impl CellData {
+    fn add(&mut self, other: &CellData) {
+        self.people += other.people;
+        self.hits += other.hits;
+        self.days.extend_from_slice(&other.days);
+    }
+
+    /// The median of `days`, if any.
+    pub fn median_days(&self) -> Option<f64> {
+        let mut days = self.days.clone();
+        days.sort_unstable();
+        let n = days.len();
+        match n {
+            0 => None,
+            _ if n % 2 == 1 => Some(days[n / 2] as f64),
+            _ => Some((days[n / 2 - 1] + days[n / 2]) as f64 / 2.0),
+        }
+    }
+}
+
+/// A query's table of true values: rows × columns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tabulation {
+    pub rows: Vec<String>,
+    pub columns: Vec<String>,
+    pub cells: Vec<Vec<CellData>>,
+    /// How many people the cohort holds.
+    pub cohort_size: u64,
+    /// Their keys, sorted.
+    pub members: Vec<u64>,
+}
+
+impl Tabulation {
+    /// People per cell.
+    pub fn counts(&self) -> Vec<Vec<u64>> {
+        self.table(|c| c.people)
+    }
+
+    /// One number per cell.
+    pub fn table(&self, value: impl Fn(&CellData) -> u64) -> Vec<Vec<u64>> {
+        self.cells
+            .iter()
+            .map(|r| r.iter().map(&value).collect())
+            .collect()
+    }
+
+    /// The cells with a total column and a total row (the last of each).
+    pub fn with_totals(&self) -> Vec<Vec<CellData>> {
+        let width = self.columns.len();
+        let mut out: Vec<Vec<CellData>> = self
+            .cells
+            .iter()
+            .map(|row| {
+                let mut total = CellData::default();
+                row.iter().for_each(|c| total.add(c));
+                row.iter().cloned().chain([total]).collect()
+            })
+            .collect();
+        let totals: Vec<CellData> = (0..=width)
+            .map(|j| {
+                let mut total = CellData::default();
+                out.iter().for_each(|row| total.add(&row[j]));
+                total
+            })
+            .collect();
+        out.push(totals);
+        out
+    }
+}
+
+/// What `person` adds to their cell under `measure`.
+fn measured(measure: &Measure, person: &Person, reference: Date) -> CellData {
+    let mut cell = CellData {
+        people: 1,
+        ..CellData::default()
+    };
+    match measure {
+        Measure::Children => {}
+        Measure::Events(e) => cell.hits = matching_events(e, person, reference) as u64,
+        Measure::Share(condition) => cell.hits = u64::from(matches(condition, person, reference)),
+        Measure::MedianDays(interval) => {
+            let from = person
+                .events
+                .iter()
+                .find(|e| event_matches(&interval.from, person, e, reference));
+            if let Some(from) = from
+                && let Some(to) = person.events.iter().find(|e| {
+                    e.date >= from.date && event_matches(&interval.to, person, e, reference)
+                })
+            {
+                cell.days.push((to.date - from.date).whole_days());
+            }
+        }
+    }
+    cell
+}
+
+/// Tabulates the cohort's people over the query's breakdown and measure,
+/// on every core (each takes a share of the people; the shares are summed).
+pub fn tabulate(query: &AnalystQuery, people: &[Person], reference: Date) -> Tabulation {
+    type Cells<'q> = HashMap<(Cow<'q, str>, Cow<'q, str>), CellData>;
+    let share = |people: &[Person]| {
+        let mut cells: Cells<'_> = HashMap::new();
+        let mut members = Vec::new();
+        for person in people {
+            if !query
+                .cohort
+                .as_ref()
+                .is_none_or(|c| matches(c, person, reference))
+            {
+                continue;
+            }
+            members.push(person.key);
+            let key = (
+                label(query, query.rows, person, reference),
+                label(query, query.columns, person, reference),
+            );
+            cells
+                .entry(key)
+                .or_default()
+                .add(&measured(&query.measure, person, reference));
+        }
+        (cells, members)
+    };
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let chunk = people.len().div_ceil(threads).max(1);
+    let shares: Vec<(Cells<'_>, Vec<u64>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = people
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || share(part)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    let mut cells: Cells<'_> = HashMap::new();
+    let mut members = Vec::new();
+    for (part, part_members) in shares {
+        for (key, cell) in part {
+            cells.entry(key).or_default().add(&cell);
+        }
+        members.extend(part_members);
+    }
+    let row_labels: BTreeSet<String> = cells.keys().map(|(r, _)| r.to_string()).collect();
+    let column_labels: BTreeSet<String> = cells.keys().map(|(_, c)| c.to_string()).collect();
+    members.sort_unstable();
+    let rows = categories(query, query.rows, &row_labels);
+    let columns = categories(query, query.columns, &column_labels);
+    let cells = rows
+        .iter()
+        .map(|r| {
+            columns
+                .iter()
+                .map(|c| {
+                    cells
+                        .get(&(Cow::Borrowed(r.as_str()), Cow::Borrowed(c.as_str())))
+                        .cloned()
+                        .unwrap_or_default()
+                })
+                .collect()
+        })
+        .collect();
+    Tabulation {
+        rows,
+        columns,
+        cells,
+        cohort_size: members.len() as u64,
+        members,
+    }
+}
+
+/// The table as it may leave: each cell (and total) protected by `rule`.
+/// Counts (children, events) are suppressed and rounded with secondary
+/// suppression; a percentage is computed from true counts and suppressed
+/// with its numerator or denominator; a median is shown only where more
+/// children than the threshold have an interval.
+pub fn release(table: &Tabulation, measure: &Measure, rule: &DisclosureRule) -> Vec<Vec<Cell>> {
+    let number = |v: f64| Cell {
+        value: Some(cell::Value::Number(v)),
+    };
+    let suppressed = || Cell {
+        value: Some(cell::Value::Suppressed(true)),
+    };
+    let full = table.with_totals();
+    match measure {
+        Measure::Children => rule.protect_table(&table.counts()),
+        Measure::Events(_) => rule.protect_table(&table.table(|c| c.hits)),
+        Measure::Share(_) => {
+            let people = rule.suppressed(&table.counts());
+            let hits = rule.suppressed(&table.table(|c| c.hits));
+            full.iter()
+                .enumerate()
+                .map(|(i, row)| {
+                    row.iter()
+                        .enumerate()
+                        .map(|(j, c)| match c.people {
+                            _ if people[i][j] || hits[i][j] => suppressed(),
+                            0 => Cell { value: None },
+                            n => number(100.0 * c.hits as f64 / n as f64),
+                        })
+                        .collect()
+                })
+                .collect()
+        }
+        Measure::MedianDays(_) => {
+            let with_interval = rule.suppressed(&table.table(|c| c.days.len() as u64));
+            full.iter()
+                .enumerate()
+                .map(|(i, row)| {
+                    row.iter()
+                        .enumerate()
+                        .map(|(j, c)| match c.median_days() {
+                            _ if with_interval[i][j] => suppressed(),
+                            Some(median) => number(median),
+                            None => Cell { value: None },
+                        })
+                        .collect()
+                })
+                .collect()
+        }
+    }
+}
+
+/// A released table as JSON: each row's cells by column label; a count or
+/// a number as a number, `"suppressed"`, or null where there is nothing.
+pub fn table_json(table: &joinery_proto::v1::TableResponse) -> serde_json::Value {
+    let rows: Vec<serde_json::Value> = table
+        .rows
+        .iter()
+        .map(|row| {
+            let cells: serde_json::Map<String, serde_json::Value> = table
+                .columns
+                .iter()
+                .zip(&row.cells)
+                .map(|(column, c)| {
+                    let value = match c.value {
+                        Some(cell::Value::Count(n)) => serde_json::json!(n),
+                        Some(cell::Value::Number(v)) => serde_json::json!(v),
+                        Some(cell::Value::Suppressed(_)) => serde_json::json!("suppressed"),
+                        None => serde_json::Value::Null,
+                    };
+                    (column.clone(), value)
+                })
+                .collect();
+            serde_json::json!({ "label": row.label, "cells": cells })
+        })
+        .collect();
+    serde_json::json!({
+        "reference_date": table.reference_date,
+        "explanation": table.explanation,
+        "measure": table.measure,
+        "row_heading": table.row_heading,
+        "column_heading": table.column_heading,
+        "rows": rows,
+        "disclosure_note": table.disclosure_note,
+    })
+}
+
+/// What the cells of a query's table hold.
+pub fn measure_name(measure: &Measure) -> &'static str {
+    match measure {
+        Measure::Children => "children",
+        Measure::Events(_) => "events",
+        Measure::Share(_) => "percent",
+        Measure::MedianDays(_) => "median days",
+    }
+}
