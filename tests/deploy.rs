@@ -35,13 +35,15 @@ fn variables_in(text: &str) -> BTreeSet<String> {
 }
 
 #[test]
-fn the_configuration_reference_is_generated_from_the_code() {
-    let generated = joinery_ok(&["reference", "configuration"]);
-    assert_eq!(
-        String::from_utf8_lossy(&generated.stdout),
-        repo("docs/configuration.md"),
-        "regenerate: cargo run -- reference configuration > docs/configuration.md"
-    );
+fn the_reference_pages_are_generated_from_the_code() {
+    for page in ["configuration", "indicators"] {
+        let generated = joinery_ok(&["reference", page]);
+        assert_eq!(
+            String::from_utf8_lossy(&generated.stdout),
+            repo(&format!("docs/{page}.md")),
+            "regenerate: cargo run -- reference {page} > docs/{page}.md"
+        );
+    }
 }
 
 #[test]

@@ -244,7 +244,7 @@ async fn every_national_format_reaches_the_gateway_whole() {
     let explained = joinery_ok(&["query", "explain", query.to_str().unwrap()]);
     assert_eq!(
         String::from_utf8_lossy(&explained.stdout).trim(),
-        "People: with a cp_plan_start event in cin; counted by sex. Ages and recent periods are counted at today."
+        "People: with a cp_plan_start event in cin; counted by sex. Ages and recent periods are counted at the reference date (today when none is given)."
     );
     let out = d.client(
         &["query", "run", query.to_str().unwrap()],

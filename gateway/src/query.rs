@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status};
 use std::sync::Arc;
 
 use crate::analytics::Person;
-use crate::analytics::model::{AnalystQuery, Breakdown};
+use crate::analytics::model::AnalystQuery;
 use crate::audit::AuditRecord;
 use crate::disclosure::DisclosureRule;
 use crate::peer;
@@ -129,8 +129,8 @@ impl QueryService {
         columns.push("total".to_owned());
         Ok(TableResponse {
             reference_date: reference.to_string(),
-            row_heading: heading(query.rows).to_owned(),
-            column_heading: heading(query.columns).to_owned(),
+            row_heading: query.rows.heading().to_owned(),
+            column_heading: query.columns.heading().to_owned(),
             columns,
             rows,
             disclosure_note: self.rule.note(),
@@ -253,18 +253,6 @@ fn actor(who: &PeerIdentity) -> String {
     match who {
         PeerIdentity::Analyst(name) => format!("analyst:{name}"),
         PeerIdentity::Organisation(code) => code.clone(),
-    }
-}
-
-/// What a breakdown's labels are.
-fn heading(breakdown: Breakdown) -> &'static str {
-    match breakdown {
-        Breakdown::None => "",
-        Breakdown::Segment => "life-course segment",
-        Breakdown::Sex => "sex",
-        Breakdown::AgencyOverlap => "agencies known to",
-        Breakdown::Agencies => "known to",
-        Breakdown::Stratum => "risk tier",
     }
 }
 

@@ -1,7 +1,9 @@
-//! `joinery reference configuration`: the configuration reference page
-//! (docs/configuration.md), generated from the typed configuration itself —
-//! the command-line definitions and the agent's configuration structs — so it
-//! cannot drift (a test compares the checked-in page with this output).
+//! `joinery reference configuration|indicators`: the configuration
+//! reference page (docs/configuration.md), generated from the typed
+//! configuration itself — the command-line definitions and the agent's
+//! configuration structs — and the indicator library (docs/indicators.md),
+//! generated from the built-in library, so neither can drift (tests compare
+//! the checked-in pages with this output).
 
 use std::process::ExitCode;
 
@@ -12,13 +14,71 @@ use serde_json::Value;
 pub enum ReferenceCommand {
     /// Print docs/configuration.md.
     Configuration,
+    /// Print docs/indicators.md: the built-in indicators and stratifications.
+    Indicators,
 }
 
 impl ReferenceCommand {
     pub fn run(self) -> anyhow::Result<ExitCode> {
-        print!("{}", configuration());
+        match self {
+            Self::Configuration => print!("{}", configuration()),
+            Self::Indicators => print!("{}", indicators()),
+        }
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// The indicator library page.
+pub fn indicators() -> String {
+    use joinery_gateway::analytics::library::{self, Question};
+    use joinery_gateway::analytics::model::AnalystQuery;
+    let mut out = String::from(
+        "# Indicator library\n\n\
+         Generated from `gateway/library/` by `joinery reference indicators`; a test keeps\n\
+         this page identical to its output. Use an indicator by name in a query file\n\
+         (`indicator: cp-plans-lasting-two-years`) and add `rows`, `columns`, `periods`\n\
+         and `reference_date`. \"The year\" is the 12 months to the reference date.\n\
+         Joinery counts children: DfE counts some of these per referral, plan or\n\
+         placement, so figures can differ from the published ones; each definition\n\
+         says where it departs. Every table passes disclosure control.\n",
+    );
+    for question in [Question::HowMuch, Question::HowWell, Question::BetterOff] {
+        out.push_str(&format!("\n## {}\n", question.words()));
+        for indicator in library::indicators()
+            .iter()
+            .filter(|i| i.question == question)
+        {
+            let explained = AnalystQuery::parse(&format!("indicator: {}", indicator.name))
+                .map(|q| joinery_gateway::analytics::explain(&q))
+                .unwrap_or_else(|e| e);
+            out.push_str(&format!(
+                "\n### `{}`: {}\n\n{}\n\n- Follows: {}\n- As a query: {}\n",
+                indicator.name, indicator.title, indicator.definition, indicator.source, explained
+            ));
+        }
+    }
+    out.push_str("\n## Risk stratifications\n\nName one in a query (`stratification: children-at-risk@1`, or without `@` for the latest version) and break down by `stratum`.\n");
+    for s in library::stratifications() {
+        out.push_str(&format!(
+            "\n### `{}@{}`\n\n| factor | points | who has it |\n| --- | --- | --- |\n",
+            s.name, s.version
+        ));
+        for f in &s.factors {
+            out.push_str(&format!(
+                "| {} | {} | {} |\n",
+                f.name,
+                f.points,
+                joinery_gateway::analytics::describe(&f.when)
+            ));
+        }
+        let tiers: Vec<String> = s
+            .tiers
+            .iter()
+            .map(|t| format!("{} from {} points", t.name, t.from_points))
+            .collect();
+        out.push_str(&format!("\nTiers: {}.\n", tiers.join(", ")));
+    }
+    out
 }
 
 /// The whole page.

@@ -3,9 +3,11 @@
 //! know them; and whether two cohorts differ by so few people that
 //! releasing both would single them out.
 
-use time::{Date, Duration, Month};
+use std::collections::BTreeMap;
 
-use super::model::{Condition, EventCondition, Relative};
+use time::{Date, Month};
+
+use super::model::{Condition, EventCondition, Relative, Spell};
 use super::population::{Person, PersonEvent};
 
 /// Whether `person` is in the cohort described by `condition`.
@@ -26,7 +28,31 @@ pub fn matches(condition: &Condition, person: &Person, reference: Date) -> bool 
                     .is_none_or(|d| person.datasets.contains(d.as_str()))
         }
         Condition::Has(e) => matching_events(e, person, reference) >= e.at_least as usize,
+        Condition::Open(spell) => open_since(spell, person, reference)
+            .is_some_and(|since| (reference - since).whole_days() >= i64::from(spell.for_days)),
     }
+}
+
+/// The day the person's spell open at `reference` began, if one is open.
+/// An end and a start on the same day carry the spell on.
+fn open_since(spell: &Spell, person: &Person, reference: Date) -> Option<Date> {
+    let mut since: Option<Date> = None;
+    let of_spell = |e: &&PersonEvent| {
+        e.date <= reference
+            && spell.dataset.as_ref().is_none_or(|d| **d == *e.dataset)
+            && (*e.event_type == *spell.start || *e.event_type == *spell.end)
+    };
+    let events: Vec<&PersonEvent> = person.events.iter().filter(of_spell).collect();
+    for day in events.chunk_by(|a, b| a.date == b.date) {
+        let starts = day.iter().any(|e| *e.event_type == *spell.start);
+        let ends = day.iter().any(|e| *e.event_type == *spell.end);
+        match (since, starts, ends) {
+            (None, true, _) => since = Some(day[0].date),
+            (Some(_), false, true) => since = None,
+            _ => {}
+        }
+    }
+    since
 }
 
 pub(super) fn matching_events(
@@ -50,11 +76,7 @@ pub(super) fn event_matches(
 ) -> bool {
     *e.event_type == *condition.event
         && condition.dataset.as_ref().is_none_or(|d| **d == *e.dataset)
-        && condition.attributes.iter().all(|(name, allowed)| {
-            e.attributes
-                .get(name.as_str())
-                .is_some_and(|v| allowed.iter().any(|a| a.eq_ignore_ascii_case(v)))
-        })
+        && carries(e, &condition.attributes)
         && condition.from.is_none_or(|from| e.date >= from)
         && condition.to.is_none_or(|to| e.date <= to)
         && condition
@@ -63,21 +85,56 @@ pub(super) fn event_matches(
         && condition
             .before
             .as_ref()
-            .is_none_or(|r| related(person, r, e.date, 0, i64::from(r.within_days)))
+            .is_none_or(|r| related(person, r, e, Direction::Next))
         && condition
             .after
             .as_ref()
-            .is_none_or(|r| related(person, r, e.date, -i64::from(r.within_days), 0))
+            .is_none_or(|r| related(person, r, e, Direction::Previous))
 }
 
-/// Whether the person has a `relative` event from `day + low` to `day + high` days.
-fn related(person: &Person, relative: &Relative, day: Date, low: i64, high: i64) -> bool {
-    let (start, end) = (day + Duration::days(low), day + Duration::days(high));
-    person.events.iter().any(|e| {
-        *e.event_type == *relative.event
+/// Whether `e` carries one of the listed values of every named attribute.
+fn carries(e: &PersonEvent, wanted: &BTreeMap<String, Vec<String>>) -> bool {
+    wanted.iter().all(|(name, allowed)| {
+        e.attributes
+            .get(name.as_str())
+            .is_some_and(|v| allowed.iter().any(|a| a.eq_ignore_ascii_case(v)))
+    })
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Next,
+    Previous,
+}
+
+/// Whether the nearest other `relative` event on or after (`Next`) or on
+/// or before (`Previous`) `event`'s day is as near or as far as it asks.
+fn related(
+    person: &Person,
+    relative: &Relative,
+    event: &PersonEvent,
+    direction: Direction,
+) -> bool {
+    let candidates = person.events.iter().filter(|e| {
+        !std::ptr::eq(*e, event)
+            && *e.event_type == *relative.event
             && relative.dataset.as_ref().is_none_or(|d| **d == *e.dataset)
-            && e.date >= start
-            && e.date <= end
+            && carries(e, &relative.attributes)
+    });
+    let nearest = match direction {
+        Direction::Next => candidates
+            .filter(|e| e.date >= event.date)
+            .map(|e| e.date)
+            .min(),
+        Direction::Previous => candidates
+            .filter(|e| e.date <= event.date)
+            .map(|e| e.date)
+            .max(),
+    };
+    nearest.is_some_and(|day| {
+        let apart = (day - event.date).whole_days().abs();
+        relative.within_days.is_none_or(|d| apart <= i64::from(d))
+            && relative.at_least_days.is_none_or(|d| apart >= i64::from(d))
     })
 }
 

@@ -1,6 +1,6 @@
 //! A query in words, for `joinery query explain` and every released table.
 
-use super::model::{AnalystQuery, Breakdown, Condition, Measure};
+use super::model::{AnalystQuery, Breakdown, Condition, EventCondition, Measure, Relative};
 
 /// The cohort in words.
 pub fn explain(query: &AnalystQuery) -> String {
@@ -8,21 +8,15 @@ pub fn explain(query: &AnalystQuery) -> String {
         .cohort
         .as_ref()
         .map_or_else(|| "everyone on the person spine".to_owned(), describe);
-    let by = |b: Breakdown| match b {
-        Breakdown::None => None,
-        Breakdown::Segment => Some("life-course segment"),
-        Breakdown::Sex => Some("sex"),
-        Breakdown::AgencyOverlap => Some("how many agencies know them"),
-        Breakdown::Agencies => Some("which agencies know them"),
-        Breakdown::Stratum => Some("risk tier"),
-    };
-    let split: Vec<&str> = [by(query.rows), by(query.columns)]
+    let split: Vec<&str> = [query.rows, query.columns]
         .into_iter()
-        .flatten()
+        .filter(|b| *b != Breakdown::None)
+        .map(Breakdown::heading)
         .collect();
-    let reference = query
-        .reference_date
-        .map_or_else(|| "today".to_owned(), |d| d.to_string());
+    let reference = query.reference_date.map_or_else(
+        || "the reference date (today when none is given)".to_owned(),
+        |d| d.to_string(),
+    );
     let strata = query.stratification.as_ref().map_or_else(String::new, |s| {
         let factors: Vec<String> = s
             .factors
@@ -44,15 +38,33 @@ pub fn explain(query: &AnalystQuery) -> String {
     });
     let measure = match &query.measure {
         Measure::Children => String::new(),
-        Measure::Events(e) => format!(
-            " Each cell counts their {} events.",
-            describe(&Condition::Has(e.clone())).trim_start_matches("with a ")
-        ),
+        Measure::Events(e) => format!(" Each cell counts their {} events{}.", e.event, narrowed(e)),
         Measure::Share(c) => format!(" Each cell is the percentage of them {}.", describe(c)),
         Measure::MedianDays(i) => format!(
             " Each cell is the median days from their first {} event to the first {} event on or after it.",
             i.from.event, i.to.event
         ),
+        Measure::MedianChange(c) => format!(
+            " Each cell is the median change in {} from their first {} event to their last (of those{}).",
+            c.attribute,
+            c.of.event,
+            narrowed(&c.of)
+        ),
+    };
+    let measure = match &query.periods {
+        Some(p) => format!(
+            "{measure} In each of {} periods of {} months, the last ending on the reference date, ages and recent periods are counted at the period's last day; a child is counted in every period they qualify in.",
+            p.count,
+            p.every.months()
+        ),
+        None => measure,
+    };
+    let measure = match &query.indicator {
+        Some(name) => match super::library::indicator(name) {
+            Ok(i) => format!("{measure} Indicator {name}: {}", i.title),
+            Err(_) => measure,
+        },
+        None => measure,
     };
     let strata = format!("{strata}{measure}");
     if split.is_empty() {
@@ -65,7 +77,8 @@ pub fn explain(query: &AnalystQuery) -> String {
     }
 }
 
-fn describe(condition: &Condition) -> String {
+/// A condition in words.
+pub fn describe(condition: &Condition) -> String {
     let join = |list: &[Condition], word: &str| {
         let parts: Vec<String> = list.iter().map(describe).collect();
         if parts.len() == 1 {
@@ -113,17 +126,53 @@ fn describe(condition: &Condition) -> String {
             }
             if let Some(r) = &e.before {
                 text.push_str(&format!(
-                    " followed within {} days by a {} event",
-                    r.within_days, r.event
+                    " whose next {} event is{} after it",
+                    r.event,
+                    distance(r)
                 ));
             }
             if let Some(r) = &e.after {
                 text.push_str(&format!(
-                    " within {} days after a {} event",
-                    r.within_days, r.event
+                    " whose previous {} event is{} before it",
+                    r.event,
+                    distance(r)
                 ));
             }
             text
         }
+        Condition::Open(s) => {
+            let mut text = format!("in an open {} to {} spell", s.start, s.end);
+            if let Some(d) = &s.dataset {
+                text.push_str(&format!(" in {d}"));
+            }
+            if s.for_days > 0 {
+                text.push_str(&format!(" open for at least {} days", s.for_days));
+            }
+            text
+        }
     }
+}
+
+/// What narrows an event condition beyond its type, in words.
+fn narrowed(e: &EventCondition) -> String {
+    let mut single = e.clone();
+    single.at_least = 1;
+    let text = describe(&Condition::Has(single));
+    text.strip_prefix(&format!("with a {} event", e.event))
+        .unwrap_or(&text)
+        .to_owned()
+}
+
+fn distance(r: &Relative) -> String {
+    let mut text = String::new();
+    if let Some(d) = r.at_least_days {
+        text.push_str(&format!(" at least {d} days"));
+    }
+    if let Some(d) = r.within_days {
+        if !text.is_empty() {
+            text.push_str(" and");
+        }
+        text.push_str(&format!(" within {d} days"));
+    }
+    text
 }

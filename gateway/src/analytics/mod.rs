@@ -11,12 +11,13 @@
 
 pub mod cohort;
 pub mod explain;
+pub mod library;
 pub mod model;
 pub mod population;
 pub mod table;
 
 pub use cohort::{differs_by_a_few, matches};
-pub use explain::explain;
+pub use explain::{describe, explain};
 pub use population::{Interner, Person, PersonEvent, Text};
 pub use table::{
     CellData, SEGMENTS, Tabulation, measure_name, release, stratum, table_json, tabulate,
@@ -329,7 +330,7 @@ mod tests {
         );
         assert_eq!(
             explain(&q),
-            "People: (with a cp_plan_start event within 365 days after a camhs_referral event and not with a lac_episode_start event and aged 5 to 17); counted by life-course segment. Ages and recent periods are counted at 2026-03-31."
+            "People: (with a cp_plan_start event whose previous camhs_referral event is within 365 days before it and not with a lac_episode_start event and aged 5 to 17); counted by life-course segment. Ages and recent periods are counted at 2026-03-31."
         );
     }
 

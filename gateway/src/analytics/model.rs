@@ -23,6 +23,10 @@ use time::Date;
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AnalystQuery {
+    /// A built-in indicator (`joinery query library` lists them): it gives
+    /// the cohort and the measure; the query adds breakdowns and dates.
+    #[serde(default)]
+    pub indicator: Option<String>,
     /// The day ages and relative windows are counted from (default today).
     #[serde(default, deserialize_with = "optional_date::deserialize")]
     #[schemars(with = "Option<String>")]
@@ -36,9 +40,16 @@ pub struct AnalystQuery {
     /// How the columns are broken down (one column when absent).
     #[serde(default)]
     pub columns: Breakdown,
-    /// Risk tiers, for a `stratum` breakdown.
-    #[serde(default)]
+    /// Risk tiers, for a `stratum` breakdown: a built-in stratification by
+    /// name (`children-at-risk@1`, or `children-at-risk` for its latest
+    /// version) or one written out here.
+    #[serde(default, deserialize_with = "super::library::stratification")]
+    #[schemars(with = "Option<StratificationSpec>")]
     pub stratification: Option<Stratification>,
+    /// The periods of a `period` breakdown, the last ending on the
+    /// reference date.
+    #[serde(default)]
+    pub periods: Option<Periods>,
     /// What each cell holds (children, by default).
     #[serde(default)]
     pub measure: Measure,
@@ -54,7 +65,7 @@ pub enum Measure {
     #[default]
     Children,
     /// The cell's children's matching events.
-    Events(EventCondition),
+    Events(Box<EventCondition>),
     /// The percentage of the cell's children who meet the condition,
     /// computed from true counts; suppressed with its numerator or
     /// denominator.
@@ -63,6 +74,51 @@ pub enum Measure {
     /// `to` event on or after it (children with both), shown when more
     /// children than the suppression threshold have one.
     MedianDays(Box<Interval>),
+    /// The median change in a numeric attribute from each child's first
+    /// matching event to their last (children with two or more), shown
+    /// when more children than the suppression threshold have one.
+    MedianChange(Box<Change>),
+}
+
+/// A numeric attribute of one kind of event (an SDQ score), first to last.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Change {
+    pub of: EventCondition,
+    pub attribute: String,
+}
+
+/// The periods a `period` breakdown counts in: `count` periods of one
+/// length, the last ending on the reference date. In each, ages and
+/// `within_months` windows are counted at the period's last day.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Periods {
+    pub every: PeriodLength,
+    #[serde(default = "three")]
+    pub count: u32,
+}
+
+fn three() -> u32 {
+    3
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PeriodLength {
+    Month,
+    Quarter,
+    Year,
+}
+
+impl PeriodLength {
+    pub fn months(self) -> u32 {
+        match self {
+            Self::Month => 1,
+            Self::Quarter => 3,
+            Self::Year => 12,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -70,6 +126,14 @@ pub enum Measure {
 pub struct Interval {
     pub from: EventCondition,
     pub to: EventCondition,
+}
+
+/// A stratification named from the built-in library or written out.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum StratificationSpec {
+    Named(String),
+    Inline(Stratification),
 }
 
 /// Rule-based risk stratification: points for each factor a person has,
@@ -117,6 +181,23 @@ pub enum Condition {
     Age(AgeRange),
     /// The person is known to this organisation or dataset.
     KnownTo(KnownTo),
+    /// The person is in an open spell at the reference date (looked after,
+    /// on a CP plan, open to CAMHS), and has been for at least `for_days`.
+    Open(Spell),
+}
+
+/// A spell between `start` and `end` events. It opens on a start and
+/// closes on an end, except that an end and a start on the same day carry
+/// it on (an SSDA903 episode ending because a new one begins).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Spell {
+    pub start: String,
+    pub end: String,
+    #[serde(default)]
+    pub dataset: Option<String>,
+    #[serde(default)]
+    pub for_days: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -180,14 +261,23 @@ fn one() -> u32 {
     1
 }
 
-/// Another event, within so many days.
+/// The nearest other event of a type (the next one for `before`, the
+/// previous one for `after`), within or at least so many days away: a
+/// CAMHS referral followed by a contact within 126 days; a CP plan end at
+/// least 730 days after the start it closes.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Relative {
     pub event: String,
     #[serde(default)]
     pub dataset: Option<String>,
-    pub within_days: u32,
+    /// Attribute values the other event must carry (any of the listed values).
+    #[serde(default)]
+    pub attributes: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    pub within_days: Option<u32>,
+    #[serde(default)]
+    pub at_least_days: Option<u32>,
 }
 
 /// What rows or columns are split by.
@@ -207,6 +297,23 @@ pub enum Breakdown {
     Agencies,
     /// The tier of the query's `stratification`.
     Stratum,
+    /// The query's `periods`, oldest first.
+    Period,
+}
+
+impl Breakdown {
+    /// What the breakdown's labels are (empty for none).
+    pub fn heading(self) -> &'static str {
+        match self {
+            Self::None => "",
+            Self::Segment => "life-course segment",
+            Self::Sex => "sex",
+            Self::AgencyOverlap => "number of agencies known to",
+            Self::Agencies => "agencies known to",
+            Self::Stratum => "risk tier",
+            Self::Period => "period",
+        }
+    }
 }
 
 mod optional_date {
@@ -224,63 +331,117 @@ mod optional_date {
 }
 
 impl AnalystQuery {
-    /// Parses a query (YAML, of which JSON is a part).
+    /// Parses a query (YAML, of which JSON is a part), filling in the
+    /// cohort and measure of a built-in indicator.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let query: Self = serde_saphyr::from_str(text).map_err(|e| e.to_string())?;
+        let mut query: Self = serde_saphyr::from_str(text).map_err(|e| e.to_string())?;
+        if let Some(name) = &query.indicator {
+            if query.cohort.is_some() || !matches!(query.measure, Measure::Children) {
+                return Err(format!(
+                    "indicator {name} defines the cohort and the measure: give only breakdowns, periods and the reference date"
+                ));
+            }
+            let indicator = super::library::indicator(name)?;
+            query.cohort = Some(indicator.cohort.clone());
+            query.measure = indicator.measure.clone();
+        }
         query.check()?;
         Ok(query)
     }
 
     fn check(&self) -> Result<(), String> {
-        fn walk(c: &Condition) -> Result<(), String> {
-            match c {
-                Condition::All(list) | Condition::Any(list) if list.is_empty() => {
-                    Err("all/any needs at least one condition".to_owned())
-                }
-                Condition::All(list) | Condition::Any(list) => list.iter().try_for_each(walk),
-                Condition::Not(inner) => walk(inner),
-                Condition::Has(e) if e.at_least == 0 => {
-                    Err(format!("has {}: at_least must be 1 or more", e.event))
-                }
-                Condition::Age(a) if a.from > a.to => Err("age: from is after to".to_owned()),
-                Condition::KnownTo(k) if k.organisation.is_none() && k.dataset.is_none() => {
-                    Err("known_to: name an organisation or a dataset".to_owned())
-                }
-                _ => Ok(()),
-            }
-        }
         if let Some(cohort) = &self.cohort {
-            walk(cohort)?;
+            check_condition(cohort)?;
         }
         match &self.measure {
-            Measure::Share(condition) => walk(condition)?,
-            Measure::Events(e) => walk(&Condition::Has(e.clone()))?,
+            Measure::Share(condition) => check_condition(condition)?,
+            Measure::Events(e) => check_event(e)?,
             Measure::MedianDays(i) => {
-                walk(&Condition::Has(i.from.clone()))?;
-                walk(&Condition::Has(i.to.clone()))?;
+                check_event(&i.from)?;
+                check_event(&i.to)?;
             }
+            Measure::MedianChange(c) => check_event(&c.of)?,
             Measure::Children => {}
         }
-        let wants_strata = self.rows == Breakdown::Stratum || self.columns == Breakdown::Stratum;
+        let wants = |b: Breakdown| self.rows == b || self.columns == b;
         match &self.stratification {
-            None if wants_strata => {
+            None if wants(Breakdown::Stratum) => {
                 return Err("a stratum breakdown needs a stratification".to_owned());
             }
             None => {}
-            Some(s) => {
-                s.factors.iter().try_for_each(|f| walk(&f.when))?;
-                let starts: Vec<u32> = s.tiers.iter().map(|t| t.from_points).collect();
-                if starts.first() != Some(&0) || starts.windows(2).any(|w| w[0] >= w[1]) {
-                    return Err(format!(
-                        "stratification {}: tiers must start at 0 points and rise",
-                        s.name
-                    ));
-                }
+            Some(s) => s.check()?,
+        }
+        match &self.periods {
+            None if wants(Breakdown::Period) => {
+                return Err("a period breakdown needs periods (every: year, count: 3)".to_owned());
             }
+            Some(_) if !wants(Breakdown::Period) => {
+                return Err("periods are given but neither rows nor columns is period".to_owned());
+            }
+            Some(p) if !(1..=60).contains(&p.count) => {
+                return Err("periods: count must be 1 to 60".to_owned());
+            }
+            _ => {}
         }
         if self.rows != Breakdown::None && self.rows == self.columns {
             return Err("rows and columns break down by the same thing".to_owned());
         }
         Ok(())
+    }
+}
+
+impl Stratification {
+    /// Tiers start at 0 points and rise; every factor's condition is valid.
+    pub fn check(&self) -> Result<(), String> {
+        self.factors
+            .iter()
+            .try_for_each(|f| check_condition(&f.when))?;
+        let starts: Vec<u32> = self.tiers.iter().map(|t| t.from_points).collect();
+        if starts.first() != Some(&0) || starts.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(format!(
+                "stratification {}: tiers must start at 0 points and rise",
+                self.name
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn check_relative(r: &Relative) -> Result<(), String> {
+    match (r.within_days, r.at_least_days) {
+        (None, None) => Err(format!(
+            "{}: give within_days, at_least_days or both",
+            r.event
+        )),
+        (Some(within), Some(least)) if least > within => Err(format!(
+            "{}: at_least_days is more than within_days",
+            r.event
+        )),
+        _ => Ok(()),
+    }
+}
+fn check_event(e: &EventCondition) -> Result<(), String> {
+    if e.at_least == 0 {
+        return Err(format!("has {}: at_least must be 1 or more", e.event));
+    }
+    e.before.iter().chain(&e.after).try_for_each(check_relative)
+}
+fn check_condition(c: &Condition) -> Result<(), String> {
+    match c {
+        Condition::All(list) | Condition::Any(list) if list.is_empty() => {
+            Err("all/any needs at least one condition".to_owned())
+        }
+        Condition::All(list) | Condition::Any(list) => list.iter().try_for_each(check_condition),
+        Condition::Not(inner) => check_condition(inner),
+        Condition::Has(e) => check_event(e),
+        Condition::Age(a) if a.from > a.to => Err("age: from is after to".to_owned()),
+        Condition::KnownTo(k) if k.organisation.is_none() && k.dataset.is_none() => {
+            Err("known_to: name an organisation or a dataset".to_owned())
+        }
+        Condition::Open(s) if s.start == s.end => Err(format!(
+            "open: the spell's start and end are both {}",
+            s.start
+        )),
+        _ => Ok(()),
     }
 }

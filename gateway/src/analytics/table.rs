@@ -9,7 +9,7 @@ use std::collections::{BTreeSet, HashMap};
 use joinery_proto::v1::{Cell, cell};
 use time::Date;
 
-use super::cohort::{event_matches, matches, matching_events};
+use super::cohort::{event_matches, matches, matching_events, months_before};
 use super::model::{AnalystQuery, Breakdown, Measure, Stratification};
 use super::population::Person;
 use crate::disclosure::DisclosureRule;
@@ -47,14 +47,17 @@ pub fn stratum<'a>(
         .map_or(UNKNOWN, |t| t.name.as_str())
 }
 
-/// The label of `person` under `breakdown` (`None`: one line for all).
-fn label<'q>(
-    query: &'q AnalystQuery,
+/// The label of `person` under `breakdown` (`None`: one line for all) in
+/// the period `period` ending on `reference`.
+fn label<'a>(
+    query: &'a AnalystQuery,
     breakdown: Breakdown,
     person: &Person,
-    reference: Date,
-) -> Cow<'q, str> {
+    period: &'a Period,
+) -> Cow<'a, str> {
+    let reference = period.end;
     match breakdown {
+        Breakdown::Period => Cow::Borrowed(&period.label),
         Breakdown::Stratum => Cow::Borrowed(
             query
                 .stratification
@@ -95,8 +98,14 @@ fn label<'q>(
 
 /// The categories of a breakdown, in display order (fixed lists first, so
 /// an empty category still shows as 0; combinations as found).
-fn categories(query: &AnalystQuery, breakdown: Breakdown, found: &BTreeSet<String>) -> Vec<String> {
+fn categories(
+    query: &AnalystQuery,
+    breakdown: Breakdown,
+    periods: &[Period],
+    found: &BTreeSet<String>,
+) -> Vec<String> {
     let fixed: Vec<&str> = match breakdown {
+        Breakdown::Period => periods.iter().map(|p| p.label.as_str()).collect(),
         Breakdown::Stratum => query
             .stratification
             .iter()
@@ -129,26 +138,27 @@ pub struct CellData {
     pub people: u64,
     /// Events counted (`events`), or people meeting the condition (`share`).
     pub hits: u64,
-    /// Days from each person's `from` event to their `to` event (`median_days`).
-    pub days: Vec<i64>,
+    /// Days from each person's `from` event to their `to` event
+    /// (`median_days`), or each person's change (`median_change`).
+    pub values: Vec<i64>,
 }
 
 impl CellData {
     fn add(&mut self, other: &CellData) {
         self.people += other.people;
         self.hits += other.hits;
-        self.days.extend_from_slice(&other.days);
+        self.values.extend_from_slice(&other.values);
     }
 
-    /// The median of `days`, if any.
-    pub fn median_days(&self) -> Option<f64> {
-        let mut days = self.days.clone();
-        days.sort_unstable();
-        let n = days.len();
+    /// The median of `values`, if any.
+    pub fn median(&self) -> Option<f64> {
+        let mut values = self.values.clone();
+        values.sort_unstable();
+        let n = values.len();
         match n {
             0 => None,
-            _ if n % 2 == 1 => Some(days[n / 2] as f64),
-            _ => Some((days[n / 2 - 1] + days[n / 2]) as f64 / 2.0),
+            _ if n % 2 == 1 => Some(values[n / 2] as f64),
+            _ => Some((values[n / 2 - 1] + values[n / 2]) as f64 / 2.0),
         }
     }
 }
@@ -223,37 +233,89 @@ fn measured(measure: &Measure, person: &Person, reference: Date) -> CellData {
                     e.date >= from.date && event_matches(&interval.to, person, e, reference)
                 })
             {
-                cell.days.push((to.date - from.date).whole_days());
+                cell.values.push((to.date - from.date).whole_days());
+            }
+        }
+        Measure::MedianChange(change) => {
+            let mut scores = person.events.iter().filter_map(|e| {
+                if !event_matches(&change.of, person, e, reference) {
+                    return None;
+                }
+                e.attributes
+                    .get(change.attribute.as_str())?
+                    .parse::<i64>()
+                    .ok()
+            });
+            if let Some(first) = scores.next()
+                && let Some(last) = scores.next_back()
+            {
+                cell.values.push(last - first);
             }
         }
     }
     cell
 }
 
+/// One period of a `period` breakdown (or the whole query without one).
+struct Period {
+    label: String,
+    end: Date,
+}
+
+/// The query's periods, oldest first; one ending on `reference` when it
+/// is not broken down by period.
+fn periods(query: &AnalystQuery, reference: Date) -> Vec<Period> {
+    let Some(periods) = &query.periods else {
+        return vec![Period {
+            label: String::new(),
+            end: reference,
+        }];
+    };
+    let months = periods.every.months();
+    (0..periods.count)
+        .rev()
+        .map(|back| {
+            let end = months_before(reference, back * months);
+            let start = months_before(end, months) + time::Duration::days(1);
+            Period {
+                label: format!("{start} to {end}"),
+                end,
+            }
+        })
+        .collect()
+}
+
 /// Tabulates the cohort's people over the query's breakdown and measure,
 /// on every core (each takes a share of the people; the shares are summed).
 pub fn tabulate(query: &AnalystQuery, people: &[Person], reference: Date) -> Tabulation {
     type Cells<'q> = HashMap<(Cow<'q, str>, Cow<'q, str>), CellData>;
+    let periods = periods(query, reference);
     let share = |people: &[Person]| {
         let mut cells: Cells<'_> = HashMap::new();
         let mut members = Vec::new();
         for person in people {
-            if !query
-                .cohort
-                .as_ref()
-                .is_none_or(|c| matches(c, person, reference))
-            {
-                continue;
+            let mut member = false;
+            for period in &periods {
+                if !query
+                    .cohort
+                    .as_ref()
+                    .is_none_or(|c| matches(c, person, period.end))
+                {
+                    continue;
+                }
+                member = true;
+                let key = (
+                    label(query, query.rows, person, period),
+                    label(query, query.columns, person, period),
+                );
+                cells
+                    .entry(key)
+                    .or_default()
+                    .add(&measured(&query.measure, person, period.end));
             }
-            members.push(person.key);
-            let key = (
-                label(query, query.rows, person, reference),
-                label(query, query.columns, person, reference),
-            );
-            cells
-                .entry(key)
-                .or_default()
-                .add(&measured(&query.measure, person, reference));
+            if member {
+                members.push(person.key);
+            }
         }
         (cells, members)
     };
@@ -280,8 +342,8 @@ pub fn tabulate(query: &AnalystQuery, people: &[Person], reference: Date) -> Tab
     let row_labels: BTreeSet<String> = cells.keys().map(|(r, _)| r.to_string()).collect();
     let column_labels: BTreeSet<String> = cells.keys().map(|(_, c)| c.to_string()).collect();
     members.sort_unstable();
-    let rows = categories(query, query.rows, &row_labels);
-    let columns = categories(query, query.columns, &column_labels);
+    let rows = categories(query, query.rows, &periods, &row_labels);
+    let columns = categories(query, query.columns, &periods, &column_labels);
     let cells = rows
         .iter()
         .map(|r| {
@@ -338,15 +400,15 @@ pub fn release(table: &Tabulation, measure: &Measure, rule: &DisclosureRule) -> 
                 })
                 .collect()
         }
-        Measure::MedianDays(_) => {
-            let with_interval = rule.suppressed(&table.table(|c| c.days.len() as u64));
+        Measure::MedianDays(_) | Measure::MedianChange(_) => {
+            let with_value = rule.suppressed(&table.table(|c| c.values.len() as u64));
             full.iter()
                 .enumerate()
                 .map(|(i, row)| {
                     row.iter()
                         .enumerate()
-                        .map(|(j, c)| match c.median_days() {
-                            _ if with_interval[i][j] => suppressed(),
+                        .map(|(j, c)| match c.median() {
+                            _ if with_value[i][j] => suppressed(),
                             Some(median) => number(median),
                             None => Cell { value: None },
                         })
@@ -399,5 +461,6 @@ pub fn measure_name(measure: &Measure) -> &'static str {
         Measure::Events(_) => "events",
         Measure::Share(_) => "percent",
         Measure::MedianDays(_) => "median days",
+        Measure::MedianChange(_) => "median change",
     }
 }
