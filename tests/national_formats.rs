@@ -232,6 +232,24 @@ async fn every_national_format_reaches_the_gateway_whole() {
         );
     }
 
+    // A case reviewer joins the agreement with a row-level role (the
+    // agreement is signed again); an outsider holds no role.
+    d.write_agreement(&d.agreements_dir(), |text| {
+        text.replace(
+            "roles:\n",
+            "roles:\n  case_review:\n    description: Case review.\n    access: row_level\n    analysts: [case-reviewer]\n",
+        )
+    });
+    for name in ["case-reviewer", "outsider"] {
+        joinery_ok(&["pki", "issue", "--dir", &d.pki(), "--analyst", name]);
+    }
+    let analyst = |name: &str| {
+        (
+            d.path(&format!("pki/analysts/analyst-{name}.pem")),
+            d.path(&format!("pki/analysts/analyst-{name}.key")),
+        )
+    };
+
     // An analyst's query through the CLI: children with a CP plan, by sex,
     // disclosure-controlled, against the count from the CIN census itself.
     let gateway = d.start_gateway(None, &[]);
@@ -379,6 +397,78 @@ async fn every_national_format_reaches_the_gateway_whole() {
     assert_eq!(status, 403, "{body}");
     let (status, body) = http_post(&d, &gateway.address, d.analyst_cert(), "rows: postcode").await;
     assert_eq!(status, 400, "{body}");
+
+    // Roles. The row-level extract: one row per child with a CP plan in the
+    // CIN census, under 32-hex project pseudonyms, the same on a second
+    // run and over HTTP.
+    let extract = |who: (PathBuf, PathBuf)| {
+        joinery()
+            .args(["query", "extract", query.to_str().unwrap()])
+            .args(["--gateway", &gateway.address, "--server-name", "localhost"])
+            .args(["--tls-ca", d.ca().to_str().unwrap()])
+            .args(["--tls-cert", who.0.to_str().unwrap()])
+            .args(["--tls-key", who.1.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    let rows = extract(analyst("case-reviewer"));
+    assert!(
+        rows.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rows.stderr)
+    );
+    let csv_text = String::from_utf8_lossy(&rows.stdout).into_owned();
+    let mut lines = csv_text.lines();
+    assert_eq!(lines.next(), Some("person,sex,column,value"));
+    let people: Vec<&str> = lines.map(|l| l.split(',').next().unwrap()).collect();
+    assert_eq!(people.len(), with_cp_plan.len(), "one row per child");
+    assert!(people.windows(2).all(|w| w[0] < w[1]), "distinct, in order");
+    assert!(
+        people
+            .iter()
+            .all(|p| p.len() == 32 && p.chars().all(|c| c.is_ascii_hexdigit()))
+    );
+    let stored_ids: std::collections::HashSet<String> =
+        sqlx::query("SELECT person_id FROM records")
+            .fetch_all(&db)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<String, _>(0))
+            .collect();
+    assert!(!stored_ids.is_empty());
+    assert!(
+        people.iter().all(|p| !stored_ids
+            .iter()
+            .any(|id| id.contains(p) || p.contains(id.as_str()))),
+        "project pseudonyms are not the stored person ids"
+    );
+    assert_eq!(extract(analyst("case-reviewer")).stdout, rows.stdout);
+    let (status, body) = http_request(
+        &d,
+        &gateway.address,
+        analyst("case-reviewer"),
+        "/v1/extract",
+        &std::fs::read_to_string(&query).unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let over_http: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let http_people: Vec<&str> = over_http["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["person"].as_str().unwrap())
+        .collect();
+    assert_eq!(http_people, people);
+    // An aggregates role may not extract; an analyst without a role may
+    // not even ask for a table.
+    let refused = extract(d.analyst_cert());
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("no row-level role"));
+    let (status, body) = http_post(&d, &gateway.address, analyst("outsider"), "rows: sex").await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("holds no role"), "{body}");
 }
 
 /// POSTs `query` to `/v1/query` over HTTP/1.1 and mutual TLS; returns the
@@ -386,7 +476,19 @@ async fn every_national_format_reaches_the_gateway_whole() {
 async fn http_post(
     d: &Deployment,
     address: &str,
+    who: (std::path::PathBuf, std::path::PathBuf),
+    query: &str,
+) -> (u16, String) {
+    http_request(d, address, who, "/v1/query", query).await
+}
+
+/// POSTs `query` to `path` over HTTP/1.1 and mutual TLS; returns the
+/// status and body.
+async fn http_request(
+    d: &Deployment,
+    address: &str,
     (cert, key): (std::path::PathBuf, std::path::PathBuf),
+    path: &str,
     query: &str,
 ) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -403,7 +505,7 @@ async fn http_post(
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     let mut tls = connector.connect(name, tcp).await.unwrap();
     let request = format!(
-        "POST /v1/query HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/yaml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{query}",
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/yaml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{query}",
         query.len()
     );
     tls.write_all(request.as_bytes()).await.unwrap();

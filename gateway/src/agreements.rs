@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use joinery_policies::model::Access;
 use joinery_policies::{PolicyError, SignedAgreement};
+use time::OffsetDateTime;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgreementsError {
@@ -25,6 +27,15 @@ pub enum AgreementsError {
         first: PathBuf,
         second: PathBuf,
     },
+}
+
+/// A role an analyst holds under an agreement in force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// The agreement's id: the project row-level pseudonyms belong to.
+    pub agreement: String,
+    pub role: String,
+    pub access: Access,
 }
 
 /// Agreements by (id, version).
@@ -87,6 +98,40 @@ impl Agreements {
             }
         }
         all
+    }
+
+    /// The roles `analyst` holds under the agreements in force at `at`,
+    /// by agreement id.
+    pub fn grants(&self, analyst: &str, at: OffsetDateTime) -> Vec<Grant> {
+        let mut grants: Vec<Grant> = self
+            .iter()
+            .filter(|a| a.in_force_at(at).is_ok())
+            .flat_map(|a| {
+                a.agreement
+                    .roles
+                    .iter()
+                    .filter(|(_, role)| role.analysts.iter().any(|name| name == analyst))
+                    .map(|(name, role)| Grant {
+                        agreement: a.agreement.id.clone(),
+                        role: name.clone(),
+                        access: role.access,
+                    })
+            })
+            .collect();
+        grants.sort_by(|a, b| (&a.agreement, &a.role).cmp(&(&b.agreement, &b.role)));
+        grants.dedup();
+        grants
+    }
+
+    /// Agreements already checked and verified by the caller (benchmarks
+    /// and tests that need no files).
+    pub fn from_verified(agreements: Vec<SignedAgreement>) -> Self {
+        Self {
+            by_version: agreements
+                .into_iter()
+                .map(|a| ((a.agreement.id.clone(), a.agreement.version), Arc::new(a)))
+                .collect(),
+        }
     }
 
     pub fn len(&self) -> usize {

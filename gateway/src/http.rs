@@ -1,15 +1,16 @@
 //! HTTP/JSON for analysts, beside gRPC on the same port and the same mutual
 //! TLS: `POST /v1/query` with a query document (YAML or JSON) as the body
-//! answers exactly as `joinery.v1.Query/Run` does, as JSON. For tools that
-//! speak HTTP but not gRPC (`curl --cert`, a notebook, a BI tool).
+//! answers exactly as `joinery.v1.Query/Run` does, and `POST
+//! /v1/extract[?project=ID]` as `Query/Extract` does, as JSON. For tools
+//! that speak HTTP but not gRPC (`curl --cert`, a notebook, a BI tool).
 
 use std::sync::Arc;
 
-use axum::extract::{Extension, State};
+use axum::extract::{Extension, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use joinery_crypto::identity::PeerIdentity;
-use joinery_proto::v1::RunRequest;
+use joinery_proto::v1::{ExtractRequest, RunRequest};
 
 use crate::peer::PeerInfo;
 use crate::query::QueryService;
@@ -18,6 +19,7 @@ use crate::query::QueryService;
 pub fn routes(service: Arc<QueryService>) -> axum::Router {
     axum::Router::new()
         .route("/v1/query", axum::routing::post(run))
+        .route("/v1/extract", axum::routing::post(extract))
         .with_state(service)
 }
 
@@ -26,30 +28,90 @@ async fn run(
     peer: Option<Extension<PeerInfo>>,
     body: String,
 ) -> Response {
-    let identity = match peer.map(|Extension(p)| p.identity) {
-        Some(Ok(identity @ PeerIdentity::Analyst(_))) => identity,
-        Some(Ok(other)) => {
-            return error(
-                StatusCode::FORBIDDEN,
-                &format!(
-                    "{other} may not query the linked population; an analyst certificate is required"
-                ),
-            );
-        }
-        _ => return error(StatusCode::UNAUTHORIZED, "a client certificate is required"),
+    let identity = match analyst(peer) {
+        Ok(identity) => identity,
+        Err((code, reason)) => return error(code, &reason),
     };
     match service.answer(&identity, &RunRequest { query: body }).await {
         Ok(table) => json(StatusCode::OK, &crate::analytics::table_json(&table)),
-        Err(status) => {
-            let code = match status.code() {
-                tonic::Code::InvalidArgument => StatusCode::BAD_REQUEST,
-                tonic::Code::PermissionDenied => StatusCode::FORBIDDEN,
-                tonic::Code::FailedPrecondition => StatusCode::CONFLICT,
-                _ => StatusCode::SERVICE_UNAVAILABLE,
-            };
-            error(code, status.message())
-        }
+        Err(status) => refusal(&status),
     }
+}
+
+#[derive(serde::Deserialize)]
+struct ExtractParams {
+    #[serde(default)]
+    project: String,
+}
+
+async fn extract(
+    State(service): State<Arc<QueryService>>,
+    peer: Option<Extension<PeerInfo>>,
+    Query(params): Query<ExtractParams>,
+    body: String,
+) -> Response {
+    let identity = match analyst(peer) {
+        Ok(identity) => identity,
+        Err((code, reason)) => return error(code, &reason),
+    };
+    let request = ExtractRequest {
+        query: body,
+        project: params.project,
+    };
+    match service.extract(&identity, &request).await {
+        Ok(e) => {
+            let rows: Vec<serde_json::Value> = e
+                .rows
+                .iter()
+                .map(|r| {
+                    serde_json::json!({
+                        "person": r.person, "row": r.row, "column": r.column, "value": r.value,
+                    })
+                })
+                .collect();
+            json(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "project": e.project,
+                    "reference_date": e.reference_date,
+                    "explanation": e.explanation,
+                    "row_heading": e.row_heading,
+                    "column_heading": e.column_heading,
+                    "measure": e.measure,
+                    "rows": rows,
+                }),
+            )
+        }
+        Err(status) => refusal(&status),
+    }
+}
+
+/// The analyst the certificate names, or the status and reason to refuse.
+fn analyst(peer: Option<Extension<PeerInfo>>) -> Result<PeerIdentity, (StatusCode, String)> {
+    match peer.map(|Extension(p)| p.identity) {
+        Some(Ok(identity @ PeerIdentity::Analyst(_))) => Ok(identity),
+        Some(Ok(other)) => Err((
+            StatusCode::FORBIDDEN,
+            format!(
+                "{other} may not query the linked population; an analyst certificate is required"
+            ),
+        )),
+        _ => Err((
+            StatusCode::UNAUTHORIZED,
+            "a client certificate is required".to_owned(),
+        )),
+    }
+}
+
+/// A gRPC refusal as its HTTP status and JSON error.
+fn refusal(status: &tonic::Status) -> Response {
+    let code = match status.code() {
+        tonic::Code::InvalidArgument => StatusCode::BAD_REQUEST,
+        tonic::Code::PermissionDenied => StatusCode::FORBIDDEN,
+        tonic::Code::FailedPrecondition => StatusCode::CONFLICT,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    error(code, status.message())
 }
 
 fn json(code: StatusCode, value: &serde_json::Value) -> Response {

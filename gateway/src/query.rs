@@ -1,25 +1,33 @@
-//! `joinery.v1.Query`: the first analyst questions, answered from storage and
-//! released only through [`DisclosureRule`].
+//! `joinery.v1.Query`: analysts' questions, answered from the linked
+//! population and released only through [`DisclosureRule`], or row-level
+//! under project pseudonyms.
 //!
-//! Analysts (certificates `urn:joinery:analyst:…`) see everything; an
-//! organisation's own certificate may ask `Counts` and sees only its own rows.
+//! An analyst (certificate `urn:joinery:analyst:NAME`) may ask only while a
+//! role in an agreement in force names them: any role gives the
+//! disclosure-controlled tables, a `row_level` role also `Extract` for that
+//! agreement's project. An organisation's own certificate may ask `Counts`
+//! and sees only its own rows.
 
 use joinery_crypto::identity::PeerIdentity;
+use joinery_policies::model::Access;
 use joinery_proto::v1::query_server::Query;
 use joinery_proto::v1::{
     AgencyOverlapRequest, AgencyOverlapResponse, CountsRequest, CountsResponse, DatasetCount,
-    OverlapRow, RunRequest, TableResponse, TableRow, cell,
+    ExtractRequest, ExtractResponse, ExtractRow, OverlapRow, RunRequest, TableResponse, TableRow,
+    cell,
 };
 use time::{Date, Month};
 use tonic::{Request, Response, Status};
 
 use std::sync::Arc;
 
+use crate::agreements::{Agreements, Grant};
 use crate::analytics::Person;
 use crate::analytics::model::AnalystQuery;
 use crate::audit::AuditRecord;
 use crate::disclosure::DisclosureRule;
 use crate::peer;
+use crate::rekey::Rekeyer;
 use crate::storage::Storage;
 
 /// Life-course age bands, in years at the reference date.
@@ -37,6 +45,10 @@ const OVERLAP_COLUMNS: [&str; 3] = ["1 agency", "2 agencies", "3+ agencies"];
 pub struct QueryService {
     storage: Storage,
     rule: DisclosureRule,
+    /// Whose roles grant what.
+    agreements: Agreements,
+    /// The gateway's keys, for project pseudonyms.
+    rekeyer: Rekeyer,
     /// The linked population as last loaded (see [`Snapshot`]).
     population: Arc<tokio::sync::Mutex<Snapshot>>,
 }
@@ -53,12 +65,105 @@ struct Snapshot {
 }
 
 impl QueryService {
-    pub fn new(storage: Storage, rule: DisclosureRule) -> Self {
+    pub fn new(storage: Storage, agreements: Agreements, rekeyer: Rekeyer) -> Self {
         Self {
             storage,
-            rule,
+            rule: DisclosureRule::strictest(&agreements),
+            agreements,
+            rekeyer,
             population: Arc::default(),
         }
+    }
+
+    /// The roles `who` holds now; refused when none.
+    fn roles(&self, who: &PeerIdentity) -> Result<Vec<Grant>, Status> {
+        let PeerIdentity::Analyst(name) = who else {
+            return Err(Status::permission_denied(format!(
+                "{who} may not query the linked population; an analyst certificate is required"
+            )));
+        };
+        let grants = self
+            .agreements
+            .grants(name, time::OffsetDateTime::now_utc());
+        if grants.is_empty() {
+            crate::metrics::query("refused_no_role", 0);
+            return Err(Status::permission_denied(format!(
+                "analyst {name} holds no role in an agreement in force; an agreement's roles list the analysts who may query"
+            )));
+        }
+        Ok(grants)
+    }
+
+    /// Answers a query row-level: each cohort member under the project's
+    /// pseudonyms, for an analyst whose role in that agreement grants it.
+    pub async fn extract(
+        &self,
+        who: &PeerIdentity,
+        request: &ExtractRequest,
+    ) -> Result<ExtractResponse, Status> {
+        let row_level: Vec<Grant> = self
+            .roles(who)?
+            .into_iter()
+            .filter(|g| g.access == Access::RowLevel)
+            .filter(|g| request.project.is_empty() || g.agreement == request.project)
+            .collect();
+        let project = match row_level.as_slice() {
+            [] => {
+                return Err(Status::permission_denied(format!(
+                    "{who} holds no row-level role{}; row-level extracts need a role with access: row_level",
+                    match request.project.as_str() {
+                        "" => String::new(),
+                        p => format!(" in agreement {p}"),
+                    }
+                )));
+            }
+            [one] => one.agreement.clone(),
+            many => {
+                let projects: Vec<&str> = many.iter().map(|g| g.agreement.as_str()).collect();
+                return Err(Status::invalid_argument(format!(
+                    "{who} holds row-level roles in several agreements ({}): name the project",
+                    projects.join(", ")
+                )));
+            }
+        };
+        let query = AnalystQuery::parse(&request.query)
+            .map_err(|e| Status::invalid_argument(format!("the query: {e}")))?;
+        let reference = query
+            .reference_date
+            .unwrap_or_else(|| time::OffsetDateTime::now_utc().date());
+        let people = self.population().await?;
+        let pseudonyms = self.rekeyer.project(&project);
+        let mut rows: Vec<ExtractRow> = crate::analytics::members(&query, &people, reference)
+            .into_iter()
+            .map(|m| ExtractRow {
+                person: hex::encode(&pseudonyms.pseudonymise(&m.key.to_le_bytes())[..16]),
+                row: m.row,
+                column: m.column,
+                value: m.value,
+            })
+            .collect();
+        rows.sort_by(|a, b| (&a.person, &a.row, &a.column).cmp(&(&b.person, &b.row, &b.column)));
+        self.audit(
+            who,
+            "extract",
+            request,
+            &format!("row-level, project {project} pseudonyms"),
+            rows.len(),
+            0,
+        )
+        .await?;
+        Ok(ExtractResponse {
+            project,
+            reference_date: reference.to_string(),
+            row_heading: query.rows.heading().to_owned(),
+            column_heading: query.columns.heading().to_owned(),
+            measure: match query.measure {
+                crate::analytics::model::Measure::Children => String::new(),
+                ref m => crate::analytics::measure_name(m).to_owned(),
+            },
+            explanation: crate::analytics::explain(&query),
+            rows,
+        })
     }
 
     /// The linked population: loaded on first use, then from memory, with
@@ -101,6 +206,7 @@ impl QueryService {
         who: &PeerIdentity,
         request: &RunRequest,
     ) -> Result<TableResponse, Status> {
+        self.roles(who)?;
         let query = AnalystQuery::parse(&request.query)
             .map_err(|e| Status::invalid_argument(format!("the query: {e}")))?;
         let reference = query
@@ -148,7 +254,10 @@ impl Query for QueryService {
     ) -> Result<Response<CountsResponse>, Status> {
         let identity = peer::identity(&request)?;
         let only = match &identity {
-            PeerIdentity::Analyst(_) => None,
+            PeerIdentity::Analyst(_) => {
+                self.roles(&identity)?;
+                None
+            }
             PeerIdentity::Organisation(code) => Some(code.as_str()),
         };
         let counts = self
@@ -183,7 +292,8 @@ impl Query for QueryService {
         &self,
         request: Request<AgencyOverlapRequest>,
     ) -> Result<Response<AgencyOverlapResponse>, Status> {
-        let identity = analyst(&request)?;
+        let identity = peer::identity(&request)?;
+        self.roles(&identity)?;
         let reference = match request.get_ref().reference_date.as_str() {
             "" => time::OffsetDateTime::now_utc().date(),
             text => Date::parse(text, &time::format_description::well_known::Iso8601::DATE)
@@ -241,9 +351,19 @@ impl Query for QueryService {
     }
 
     async fn run(&self, request: Request<RunRequest>) -> Result<Response<TableResponse>, Status> {
-        let identity = analyst(&request)?;
+        let identity = peer::identity(&request)?;
         Ok(Response::new(
             self.answer(&identity, request.get_ref()).await?,
+        ))
+    }
+
+    async fn extract(
+        &self,
+        request: Request<ExtractRequest>,
+    ) -> Result<Response<ExtractResponse>, Status> {
+        let identity = peer::identity(&request)?;
+        Ok(Response::new(
+            self.extract(&identity, request.get_ref()).await?,
         ))
     }
 }
@@ -253,17 +373,6 @@ fn actor(who: &PeerIdentity) -> String {
     match who {
         PeerIdentity::Analyst(name) => format!("analyst:{name}"),
         PeerIdentity::Organisation(code) => code.clone(),
-    }
-}
-
-/// The analyst asking; the linked population is for analysts only.
-fn analyst<T>(request: &Request<T>) -> Result<PeerIdentity, Status> {
-    let identity = peer::identity(request)?;
-    match identity {
-        PeerIdentity::Analyst(_) => Ok(identity),
-        other => Err(Status::permission_denied(format!(
-            "{other} may not query the linked population; an analyst certificate is required"
-        ))),
     }
 }
 
@@ -396,6 +505,42 @@ mod tests {
         }
     }
 
+    /// A service over `storage` under the minimal example agreement, with
+    /// no suppression or rounding, where analyst `a` holds an aggregates
+    /// role and `r` a row-level one.
+    fn service(storage: &Storage) -> QueryService {
+        let text = include_str!("../../policies/examples/minimal.yaml");
+        let mut agreement = joinery_policies::check::check(text, time::OffsetDateTime::now_utc())
+            .agreement
+            .unwrap();
+        agreement.valid_from = joinery_policies::model::When::parse("2000-01-01").unwrap();
+        agreement.expires = joinery_policies::model::When::parse("2999-12-31").unwrap();
+        agreement.outputs.minimum_cell_count = 1;
+        agreement.outputs.rounding = joinery_policies::model::Rounding::None;
+        agreement.roles.clear();
+        for (name, access) in [("a", Access::Aggregates), ("r", Access::RowLevel)] {
+            agreement.roles.insert(
+                format!("{name}-role"),
+                joinery_policies::model::Role {
+                    description: String::new(),
+                    access,
+                    analysts: vec![name.to_owned()],
+                },
+            );
+        }
+        let signed = joinery_policies::SignedAgreement {
+            agreement,
+            digest: String::new(),
+            path: "minimal.yaml".into(),
+        };
+        let key = joinery_crypto::keys::SecretKey::generate().unwrap();
+        QueryService::new(
+            storage.clone(),
+            Agreements::from_verified(vec![signed]),
+            Rekeyer::new(&key),
+        )
+    }
+
     /// The answer's total number of children (no suppression, no rounding).
     async fn total(service: &QueryService) -> Option<u64> {
         let who = PeerIdentity::Analyst("a".into());
@@ -421,11 +566,7 @@ mod tests {
             .await
             .unwrap();
         storage.commit_batch(&batch("b1", 0..20)).await.unwrap();
-        let exact = DisclosureRule {
-            suppress_up_to: 0,
-            rounding: joinery_policies::model::Rounding::None,
-        };
-        let service = QueryService::new(storage.clone(), exact);
+        let service = service(&storage);
         assert_eq!(
             total(&service).await,
             Some(20),
@@ -443,6 +584,83 @@ mod tests {
             }
         }
         assert!(caught_up, "the reload took the new batch in");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn roles_decide_who_sees_tables_and_who_sees_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(&Storage::sqlite_url(dir.path()))
+            .await
+            .unwrap();
+        storage.commit_batch(&batch("b1", 0..20)).await.unwrap();
+        let service = service(&storage);
+        let (a, r) = (
+            PeerIdentity::Analyst("a".into()),
+            PeerIdentity::Analyst("r".into()),
+        );
+        let run = RunRequest {
+            query: "rows: sex".to_owned(),
+        };
+        let extract = ExtractRequest {
+            query: "rows: sex\nmeasure: { events: { event: referral } }".to_owned(),
+            project: String::new(),
+        };
+        let outsider = PeerIdentity::Analyst("outsider".into());
+        let err = service.answer(&outsider, &run).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied);
+        assert!(err.message().contains("holds no role"), "{}", err.message());
+        let agency = PeerIdentity::Organisation("E08000099".into());
+        assert_eq!(
+            service.answer(&agency, &run).await.unwrap_err().code(),
+            tonic::Code::PermissionDenied
+        );
+        assert!(service.answer(&a, &run).await.is_ok());
+        assert!(
+            service.answer(&r, &run).await.is_ok(),
+            "row-level includes tables"
+        );
+        let err = service.extract(&a, &extract).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied);
+        assert!(err.message().contains("row-level"), "{}", err.message());
+        let rows = service.extract(&r, &extract).await.unwrap();
+        assert_eq!(rows.project, "minimal-example");
+        assert_eq!(rows.rows.len(), 20);
+        assert!(
+            rows.rows
+                .iter()
+                .all(|row| row.row == "female" && row.value == Some(1.0))
+        );
+        let mut people: Vec<&str> = rows.rows.iter().map(|row| row.person.as_str()).collect();
+        people.dedup();
+        assert_eq!(people.len(), 20, "one pseudonym each, in order");
+        assert!(
+            people
+                .iter()
+                .all(|p| p.len() == 32 && !p.contains("person")),
+            "project pseudonyms, not stored ids"
+        );
+        let again = service.extract(&r, &extract).await.unwrap();
+        assert_eq!(again.rows, rows.rows, "stable within the project");
+        let other = ExtractRequest {
+            project: "another-project".to_owned(),
+            ..extract.clone()
+        };
+        assert_eq!(
+            service.extract(&r, &other).await.unwrap_err().code(),
+            tonic::Code::PermissionDenied
+        );
+        let other_project = service.rekeyer.project("another-project");
+        let first_key = Person::with_key("person-0").key;
+        assert_ne!(
+            hex::encode(&other_project.pseudonymise(&first_key.to_le_bytes())[..16]),
+            hex::encode(
+                &service
+                    .rekeyer
+                    .project("minimal-example")
+                    .pseudonymise(&first_key.to_le_bytes())[..16]
+            ),
+            "another project's pseudonyms are unrelated"
+        );
     }
 
     #[test]

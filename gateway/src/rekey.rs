@@ -77,6 +77,13 @@ impl Rekeyer {
         }
     }
 
+    /// Pseudonyms of spine people for one project's row-level extracts:
+    /// stable within the project, unrelated across projects and to the
+    /// stored person ids.
+    pub fn project(&self, project: &str) -> Pseudonymiser {
+        Pseudonymiser::new(&self.key, &format!("gateway project {project}"))
+    }
+
     /// What re-keying encodings made under `params` needs.
     pub fn linkage_rekeying(&self, params: LinkageParams) -> LinkageRekeying {
         LinkageRekeying {

@@ -17,7 +17,6 @@ use tonic::transport::Server;
 use crate::agreements::Agreements;
 use crate::audit::{AuditRecord, AuditService};
 use crate::config::GatewayConfig;
-use crate::disclosure::DisclosureRule;
 use crate::ingest::IngestService;
 use crate::listener;
 use crate::query::QueryService;
@@ -161,7 +160,8 @@ impl Gateway {
         .max_decoding_message_size(limits.max_message_bytes);
         let query_service = Arc::new(QueryService::new(
             self.storage.clone(),
-            DisclosureRule::strictest(&self.agreements),
+            self.agreements.clone(),
+            self.rekeyer.clone(),
         ));
         let query = QueryServer::from_arc(Arc::clone(&query_service));
         let incoming = listener::incoming(

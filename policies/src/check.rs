@@ -394,8 +394,17 @@ impl Rules<'_> {
             self.error(
                 &[Key("roles")],
                 "at least one analyst role is needed".into(),
-                "e.g. analyst: { access: aggregates }",
+                "e.g. analyst: { access: aggregates, analysts: [j.bloggs] }",
             );
+        }
+        for (name, role) in &a.roles {
+            if role.analysts.is_empty() {
+                self.error(
+                    &[Key("roles"), Key(name), Key("analysts")],
+                    format!("role {name} names no analysts"),
+                    "list the analyst certificate names that hold it, e.g. analysts: [j.bloggs]",
+                );
+            }
         }
 
         // Five Safes.

@@ -277,12 +277,35 @@ pub fn diff(old: &Agreement, new: &Agreement) -> Vec<Change> {
                 format!("new role with {:?} access", role.access),
                 true,
             ),
-            Some(before) if before.access != role.access => add(
-                format!("roles.{name}.access"),
-                format!("{:?} -> {:?}", before.access, role.access),
-                role.access == Access::RowLevel,
-            ),
-            _ => {}
+            Some(before) => {
+                if before.access != role.access {
+                    add(
+                        format!("roles.{name}.access"),
+                        format!("{:?} -> {:?}", before.access, role.access),
+                        role.access == Access::RowLevel,
+                    );
+                }
+                let added: Vec<&str> = role
+                    .analysts
+                    .iter()
+                    .filter(|a| !before.analysts.contains(a))
+                    .map(String::as_str)
+                    .collect();
+                if !added.is_empty() {
+                    add(
+                        format!("roles.{name}.analysts"),
+                        format!("added {}", added.join(", ")),
+                        true,
+                    );
+                }
+                if before.analysts.iter().any(|a| !role.analysts.contains(a)) {
+                    add(
+                        format!("roles.{name}.analysts"),
+                        "analysts removed".into(),
+                        false,
+                    );
+                }
+            }
         }
     }
     for name in old.roles.keys().filter(|r| !new.roles.contains_key(*r)) {

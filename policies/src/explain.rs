@@ -158,7 +158,7 @@ fn blocks(a: &Agreement) -> Vec<Block> {
     }
     out.push(Block::Heading(2, "Who can see what".to_owned()));
     out.push(Block::Table(
-        vec!["Role", "Access", "Description"],
+        vec!["Role", "Access", "Description", "Held by"],
         a.roles
             .iter()
             .map(|(name, role)| {
@@ -171,6 +171,7 @@ fn blocks(a: &Agreement) -> Vec<Block> {
                         }
                     },
                     role.description.clone(),
+                    role.analysts.join(", "),
                 ]
             })
             .collect(),

@@ -257,6 +257,9 @@ pub struct Role {
     #[serde(default)]
     pub description: String,
     pub access: Access,
+    /// Who holds the role: analyst certificate names (`joinery pki issue
+    /// --analyst NAME`). An analyst no role names may not query.
+    pub analysts: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]

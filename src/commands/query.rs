@@ -12,8 +12,8 @@ use crate::commands::TlsArgs;
 use joinery_crypto::tls::TlsFiles;
 use joinery_proto::v1::query_client::QueryClient;
 use joinery_proto::v1::{
-    AgencyOverlapRequest, AgencyOverlapResponse, CountsRequest, CountsResponse, RunRequest,
-    TableResponse, cell,
+    AgencyOverlapRequest, AgencyOverlapResponse, CountsRequest, CountsResponse, ExtractRequest,
+    ExtractResponse, RunRequest, TableResponse, cell,
 };
 use tonic::transport::Channel;
 
@@ -37,6 +37,19 @@ pub enum QueryCommand {
         /// How to print the table.
         #[arg(long, value_enum, default_value_t = TableFormat::Table)]
         format: TableFormat,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+    /// Row-level: the query's cohort as CSV on standard output, one row per
+    /// person under the project's pseudonyms (needs a row_level role in the
+    /// agreement; audited). What it holds goes to standard error.
+    Extract {
+        /// The query file.
+        file: PathBuf,
+        /// The agreement id whose row-level role to use (needed only when
+        /// the analyst holds one in several agreements).
+        #[arg(long)]
+        project: Option<String>,
         #[command(flatten)]
         gateway: GatewayArgs,
     },
@@ -135,6 +148,21 @@ impl QueryCommand {
                     .into_inner();
                 print_table(&table, format)?;
             }
+            Self::Extract {
+                file,
+                project,
+                gateway,
+            } => {
+                let (text, _) = read_query(&file)?;
+                let extract = QueryClient::new(gateway.channel().await?)
+                    .extract(ExtractRequest {
+                        query: text,
+                        project: project.unwrap_or_default(),
+                    })
+                    .await?
+                    .into_inner();
+                print_extract(&extract)?;
+            }
             Self::Explain { file } => {
                 let (_, query) = read_query(&file)?;
                 println!("{}", joinery_gateway::analytics::explain(&query));
@@ -193,6 +221,34 @@ fn cell_text(c: &joinery_proto::v1::Cell) -> String {
         Some(cell::Value::Number(v)) => format!("{v:.1}"),
         None => "-".to_owned(),
     }
+}
+
+/// Prints a row-level extract as CSV (standard output), what it holds on
+/// standard error.
+fn print_extract(extract: &ExtractResponse) -> anyhow::Result<()> {
+    eprintln!("{}", extract.explanation);
+    eprintln!(
+        "{} rows; people under project {} pseudonyms.",
+        extract.rows.len(),
+        extract.project
+    );
+    let name = |heading: &str, fallback: &'static str| match heading {
+        "" => fallback.to_owned(),
+        h => h.to_owned(),
+    };
+    let mut out = csv::Writer::from_writer(std::io::stdout());
+    out.write_record([
+        "person".to_owned(),
+        name(&extract.row_heading, "row"),
+        name(&extract.column_heading, "column"),
+        name(&extract.measure, "value"),
+    ])?;
+    for row in &extract.rows {
+        let value = row.value.map_or_else(String::new, |v| v.to_string());
+        out.write_record([&row.person, &row.row, &row.column, &value])?;
+    }
+    out.flush()?;
+    Ok(())
 }
 
 /// Prints a query's table as aligned text, CSV or JSON.

@@ -20,7 +20,8 @@ pub use cohort::{differs_by_a_few, matches};
 pub use explain::{describe, explain};
 pub use population::{Interner, Person, PersonEvent, Text};
 pub use table::{
-    CellData, SEGMENTS, Tabulation, measure_name, release, stratum, table_json, tabulate,
+    CellData, MemberRow, SEGMENTS, Tabulation, measure_name, members, release, stratum, table_json,
+    tabulate,
 };
 
 #[cfg(test)]

@@ -367,6 +367,50 @@ pub fn tabulate(query: &AnalystQuery, people: &[Person], reference: Date) -> Tab
     }
 }
 
+/// One cohort member as a row-level extract shows them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemberRow {
+    /// [`Person::key`]; the caller turns it into a project pseudonym.
+    pub key: u64,
+    pub row: String,
+    pub column: String,
+    /// What they add to the measure: events, 1 or 0 for a share, days or a
+    /// change for a median; none for children.
+    pub value: Option<f64>,
+}
+
+/// The cohort's members, one row per person (and period they qualify in).
+pub fn members(query: &AnalystQuery, people: &[Person], reference: Date) -> Vec<MemberRow> {
+    let periods = periods(query, reference);
+    let mut rows = Vec::new();
+    for person in people {
+        for period in &periods {
+            if !query
+                .cohort
+                .as_ref()
+                .is_none_or(|c| matches(c, person, period.end))
+            {
+                continue;
+            }
+            let cell = measured(&query.measure, person, period.end);
+            let value = match query.measure {
+                Measure::Children => None,
+                Measure::Events(_) | Measure::Share(_) => Some(cell.hits as f64),
+                Measure::MedianDays(_) | Measure::MedianChange(_) => {
+                    cell.values.first().map(|v| *v as f64)
+                }
+            };
+            rows.push(MemberRow {
+                key: person.key,
+                row: label(query, query.rows, person, period).into_owned(),
+                column: label(query, query.columns, person, period).into_owned(),
+                value,
+            });
+        }
+    }
+    rows
+}
+
 /// The table as it may leave: each cell (and total) protected by `rule`.
 /// Counts (children, events) are suppressed and rounded with secondary
 /// suppression; a percentage is computed from true counts and suppressed

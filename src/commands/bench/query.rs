@@ -14,10 +14,11 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use joinery_crypto::identity::PeerIdentity;
-use joinery_gateway::disclosure::DisclosureRule;
+use joinery_gateway::agreements::Agreements;
 use joinery_gateway::query::QueryService;
-use joinery_gateway::rekey::LINK_EXACT_NHS;
+use joinery_gateway::rekey::{LINK_EXACT_NHS, Rekeyer};
 use joinery_gateway::storage::{NewBatch, NewEvent, NewRecord, Storage};
 use joinery_proto::v1::RunRequest;
 use rand::{Rng, SeedableRng};
@@ -68,8 +69,20 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<ExitCode> {
         (records + events) as f64 / stored.as_secs_f64()
     );
 
-    let service = QueryService::new(storage, DisclosureRule::default());
-    let analyst = PeerIdentity::Analyst("bench".into());
+    // The example agreement's output rules and roles (j.bloggs holds an
+    // aggregates role), as the demo deploys it.
+    let text = include_str!("../../../policies/examples/children-at-risk-stratification.yaml");
+    let agreement = joinery_policies::check::check(text, time::OffsetDateTime::now_utc())
+        .agreement
+        .context("the example agreement parses")?;
+    let agreements = Agreements::from_verified(vec![joinery_policies::SignedAgreement {
+        agreement,
+        digest: String::new(),
+        path: "children-at-risk-stratification.yaml".into(),
+    }]);
+    let key = joinery_crypto::keys::SecretKey::generate()?;
+    let service = QueryService::new(storage, agreements, Rekeyer::new(&key));
+    let analyst = PeerIdentity::Analyst("j.bloggs".into());
     let request = RunRequest {
         query: QUERY.to_owned(),
     };
