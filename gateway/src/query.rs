@@ -19,6 +19,7 @@ use joinery_proto::v1::{
 use time::{Date, Month};
 use tonic::{Request, Response, Status};
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use crate::agreements::{Agreements, Grant};
@@ -131,7 +132,33 @@ impl QueryService {
         let reference = query
             .reference_date
             .unwrap_or_else(|| time::OffsetDateTime::now_utc().date());
-        let people = self.population().await?;
+        // Only what the granting agreement's parties sent under its datasets.
+        let Some(granting) = self
+            .agreements
+            .iter()
+            .filter(|a| a.agreement.id == project)
+            .max_by_key(|a| a.agreement.version)
+        else {
+            return Err(Status::permission_denied(format!("no agreement {project}")));
+        };
+        let datasets: BTreeSet<&str> = granting
+            .agreement
+            .datasets
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let parties: BTreeSet<&str> = granting
+            .agreement
+            .parties
+            .iter()
+            .map(|p| p.organisation.as_str())
+            .collect();
+        let people: Vec<Person> = self
+            .population()
+            .await?
+            .iter()
+            .filter_map(|p| p.within(&datasets, &parties))
+            .collect();
         let pseudonyms = self.rekeyer.project(&project);
         let mut rows: Vec<ExtractRow> = crate::analytics::members(&query, &people, reference)
             .into_iter()
@@ -517,6 +544,8 @@ mod tests {
         agreement.expires = joinery_policies::model::When::parse("2999-12-31").unwrap();
         agreement.outputs.minimum_cell_count = 1;
         agreement.outputs.rounding = joinery_policies::model::Rounding::None;
+        let referrals = agreement.datasets.remove("referrals").unwrap();
+        agreement.datasets.insert("cin".to_owned(), referrals);
         agreement.roles.clear();
         for (name, access) in [("a", Access::Aggregates), ("r", Access::RowLevel)] {
             agreement.roles.insert(
@@ -593,6 +622,11 @@ mod tests {
             .await
             .unwrap();
         storage.commit_batch(&batch("b1", 0..20)).await.unwrap();
+        // Five more people the agreement's datasets do not hold.
+        let mut outside = batch("b2", 20..25);
+        outside.organisation = "RX9".to_owned();
+        outside.dataset = "camhs".to_owned();
+        storage.commit_batch(&outside).await.unwrap();
         let service = service(&storage);
         let (a, r) = (
             PeerIdentity::Analyst("a".into()),
@@ -624,7 +658,7 @@ mod tests {
         assert!(err.message().contains("row-level"), "{}", err.message());
         let rows = service.extract(&r, &extract).await.unwrap();
         assert_eq!(rows.project, "minimal-example");
-        assert_eq!(rows.rows.len(), 20);
+        assert_eq!(rows.rows.len(), 20, "only the agreement's datasets");
         assert!(
             rows.rows
                 .iter()

@@ -101,6 +101,43 @@ impl Person {
         }
     }
 
+    /// The person as one agreement's project sees them: only what came from
+    /// its `datasets` and its parties' `organisations`; `None` when nothing
+    /// did.
+    pub fn within(
+        &self,
+        datasets: &BTreeSet<&str>,
+        organisations: &BTreeSet<&str>,
+    ) -> Option<Self> {
+        let datasets_in: BTreeSet<Text> = self
+            .datasets
+            .iter()
+            .filter(|d| datasets.contains(&***d))
+            .cloned()
+            .collect();
+        if datasets_in.is_empty() {
+            return None;
+        }
+        Some(Self {
+            key: self.key,
+            birth_month: self.birth_month.clone(),
+            sex: self.sex.clone(),
+            organisations: self
+                .organisations
+                .iter()
+                .filter(|o| organisations.contains(&***o))
+                .cloned()
+                .collect(),
+            datasets: datasets_in,
+            events: self
+                .events
+                .iter()
+                .filter(|e| datasets.contains(&*e.dataset))
+                .cloned()
+                .collect(),
+        })
+    }
+
     /// Whole years at `on`, counting the birthday as the first of the month.
     pub fn age_on(&self, on: Date) -> Option<u32> {
         let (year, month) = self.birth_month.as_deref()?.split_once('-')?;
