@@ -130,6 +130,7 @@ async fn every_national_format_reaches_the_gateway_whole() {
 
     let gateway = d.start_gateway(None, &[]);
     let mut agents = Vec::new();
+    let mut configs = BTreeMap::new();
     for org in [COUNCIL, CAMHS, SALT] {
         // The harness writes a CSV source; replace it with the org's national ones.
         let config = d.agent_config(org, &gateway.address, &PathBuf::new(), &PathBuf::new());
@@ -143,6 +144,7 @@ async fn every_national_format_reaches_the_gateway_whole() {
         let sources = serde_saphyr::to_string(&sources).unwrap();
         std::fs::write(&config, format!("{head}sources:\n{sources}")).unwrap();
         agents.push((org, d.spawn_agent(&config)));
+        configs.insert(org, config);
     }
     let mut outputs = String::new();
     for (org, agent) in agents {
@@ -232,12 +234,17 @@ async fn every_national_format_reaches_the_gateway_whole() {
         );
     }
 
-    // A case reviewer joins the agreement with a row-level role (the
+    // A case reviewer joins the agreement with a row-level role, and
+    // parties may re-identify their own records for direct care (the
     // agreement is signed again); an outsider holds no role.
     d.write_agreement(&d.agreements_dir(), |text| {
         text.replace(
             "roles:\n",
             "roles:\n  case_review:\n    description: Case review.\n    access: row_level\n    analysts: [case-reviewer]\n",
+        )
+        .replace(
+            "  secondary_suppression: true\n",
+            "  secondary_suppression: true\n  reidentify_for_direct_care: true\n",
         )
     });
     for name in ["case-reviewer", "outsider"] {
@@ -469,6 +476,55 @@ async fn every_national_format_reaches_the_gateway_whole() {
     let (status, body) = http_post(&d, &gateway.address, analyst("outsider"), "rows: sex").await;
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("holds no role"), "{body}");
+
+    // Direct care: the council's agent resolves the cohort to its own local
+    // ids (the children with a CP plan in its CIN census); the CAMHS agent
+    // gets only its own (none of the council's ids); an analyst may not.
+    let resolve = |org: &str| {
+        let config = &configs[org];
+        let text = std::fs::read_to_string(config).unwrap();
+        let old = text
+            .split("address: '")
+            .nth(1)
+            .and_then(|rest| rest.split('\'').next())
+            .unwrap()
+            .to_owned();
+        std::fs::write(config, text.replace(&old, &gateway.address)).unwrap();
+        joinery()
+            .args(["agent", "resolve", "--config", config.to_str().unwrap()])
+            .args(["--query", query.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    let council_ids = resolve(COUNCIL);
+    assert!(
+        council_ids.status.success(),
+        "{}",
+        String::from_utf8_lossy(&council_ids.stderr)
+    );
+    let ids: std::collections::BTreeSet<String> = String::from_utf8_lossy(&council_ids.stdout)
+        .lines()
+        .skip(1)
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(ids, with_cp_plan, "the council's own children on CP plans");
+    let camhs_ids = resolve(CAMHS);
+    assert!(
+        camhs_ids.status.success(),
+        "{}",
+        String::from_utf8_lossy(&camhs_ids.stderr)
+    );
+    let camhs: Vec<String> = String::from_utf8_lossy(&camhs_ids.stdout)
+        .lines()
+        .skip(1)
+        .map(str::to_owned)
+        .collect();
+    assert!(camhs.iter().all(|id| !with_cp_plan.contains(id)));
+    assert!(
+        String::from_utf8_lossy(&camhs_ids.stderr).contains("are in the cohort"),
+        "{}",
+        String::from_utf8_lossy(&camhs_ids.stderr)
+    );
 }
 
 /// POSTs `query` to `/v1/query` over HTTP/1.1 and mutual TLS; returns the

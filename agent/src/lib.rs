@@ -20,6 +20,7 @@ pub mod opt_out;
 pub mod person_index;
 pub mod quarantine;
 pub mod release;
+pub mod resolve;
 pub mod row;
 pub mod run;
 pub mod source;

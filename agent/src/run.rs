@@ -62,6 +62,8 @@ pub enum AgentError {
     Spool(#[from] crate::spool::SpoolError),
     #[error("the agreement's linkage parameters: {0}")]
     Linkage(#[from] joinery_linkage::params::ParamsError),
+    #[error("the gateway refused: {0}")]
+    Refused(String),
 }
 
 /// What happened to one source.

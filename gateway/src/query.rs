@@ -13,13 +13,13 @@ use joinery_policies::model::Access;
 use joinery_proto::v1::query_server::Query;
 use joinery_proto::v1::{
     AgencyOverlapRequest, AgencyOverlapResponse, CountsRequest, CountsResponse, DatasetCount,
-    ExtractRequest, ExtractResponse, ExtractRow, OverlapRow, RunRequest, TableResponse, TableRow,
-    cell,
+    ExtractRequest, ExtractResponse, ExtractRow, OverlapRow, ReidentifyRequest, ReidentifyResponse,
+    RunRequest, TableResponse, TableRow, cell,
 };
 use time::{Date, Month};
 use tonic::{Request, Response, Status};
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::agreements::{Agreements, Grant};
@@ -95,6 +95,131 @@ impl QueryService {
         Ok(grants)
     }
 
+    /// The population as agreement `id` (its latest version) sees it: only
+    /// what its parties sent under its datasets.
+    async fn population_within(&self, id: &str) -> Result<Vec<Person>, Status> {
+        let Some(granting) = self
+            .agreements
+            .iter()
+            .filter(|a| a.agreement.id == id)
+            .max_by_key(|a| a.agreement.version)
+        else {
+            return Err(Status::permission_denied(format!("no agreement {id}")));
+        };
+        let datasets: BTreeSet<&str> = granting
+            .agreement
+            .datasets
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let parties: BTreeSet<&str> = granting
+            .agreement
+            .parties
+            .iter()
+            .map(|p| p.organisation.as_str())
+            .collect();
+        Ok(self
+            .population()
+            .await?
+            .iter()
+            .filter_map(|p| p.within(&datasets, &parties))
+            .collect())
+    }
+
+    /// Direct care: which of the asking agency's own records (by the
+    /// agent-level local pseudonyms it sends) belong to the cohort, where an
+    /// agreement in force that it is party to allows re-identification.
+    pub async fn reidentify(
+        &self,
+        who: &PeerIdentity,
+        request: &ReidentifyRequest,
+    ) -> Result<ReidentifyResponse, Status> {
+        const MAX_CANDIDATES: usize = 100_000;
+        let PeerIdentity::Organisation(code) = who else {
+            return Err(Status::permission_denied(
+                "re-identification for direct care is for an agency's own certificate: it learns only which of its own records are in the cohort",
+            ));
+        };
+        if request.candidates.len() > MAX_CANDIDATES {
+            return Err(Status::invalid_argument(format!(
+                "{} candidates in one request; send at most {MAX_CANDIDATES} at a time",
+                request.candidates.len()
+            )));
+        }
+        let now = time::OffsetDateTime::now_utc();
+        let mut allowing: Vec<&str> = self
+            .agreements
+            .iter()
+            .filter(|a| {
+                a.in_force_at(now).is_ok()
+                    && a.agreement.outputs.reidentify_for_direct_care
+                    && a.agreement.parties.iter().any(|p| p.organisation == *code)
+                    && (request.agreement.is_empty() || a.agreement.id == request.agreement)
+            })
+            .map(|a| a.agreement.id.as_str())
+            .collect();
+        allowing.sort_unstable();
+        allowing.dedup();
+        let agreement = match allowing.as_slice() {
+            [] => {
+                crate::metrics::query("refused_reidentify", 0);
+                return Err(Status::permission_denied(format!(
+                    "no agreement in force that {code} is party to allows re-identification for direct care (outputs.reidentify_for_direct_care)"
+                )));
+            }
+            [one] => (*one).to_owned(),
+            many => {
+                return Err(Status::invalid_argument(format!(
+                    "several agreements allow re-identification for {code} ({}): name one",
+                    many.join(", ")
+                )));
+            }
+        };
+        let query = AnalystQuery::parse(&request.query)
+            .map_err(|e| Status::invalid_argument(format!("the query: {e}")))?;
+        let reference = query
+            .reference_date
+            .unwrap_or_else(|| time::OffsetDateTime::now_utc().date());
+        let people = self.population_within(&agreement).await?;
+        let cohort: HashSet<u64> = crate::analytics::members(&query, &people, reference)
+            .into_iter()
+            .map(|m| m.key)
+            .collect();
+        let locals: HashMap<String, &Vec<u8>> = request
+            .candidates
+            .iter()
+            .map(|c| (hex::encode(self.rekeyer.local_pseudonym(code, c)), c))
+            .collect();
+        let keys: Vec<String> = locals.keys().cloned().collect();
+        let found = self
+            .storage
+            .spine_ids_of_local(code, &keys)
+            .await
+            .map_err(unavailable)?;
+        let mut members: Vec<Vec<u8>> = found
+            .iter()
+            .filter(|(_, spine)| cohort.contains(&Person::with_key(spine).key))
+            .filter_map(|(local, _)| locals.get(local).map(|c| (*c).clone()))
+            .collect();
+        members.sort_unstable();
+        members.dedup();
+        self.audit(
+            who,
+            "reidentify",
+            request,
+            &format!("direct care under {agreement}: the agency's own records only"),
+            members.len(),
+            0,
+        )
+        .await?;
+        Ok(ReidentifyResponse {
+            agreement,
+            reference_date: reference.to_string(),
+            explanation: crate::analytics::explain(&query),
+            members,
+        })
+    }
+
     /// Answers a query row-level: each cohort member under the project's
     /// pseudonyms, for an analyst whose role in that agreement grants it.
     pub async fn extract(
@@ -132,33 +257,7 @@ impl QueryService {
         let reference = query
             .reference_date
             .unwrap_or_else(|| time::OffsetDateTime::now_utc().date());
-        // Only what the granting agreement's parties sent under its datasets.
-        let Some(granting) = self
-            .agreements
-            .iter()
-            .filter(|a| a.agreement.id == project)
-            .max_by_key(|a| a.agreement.version)
-        else {
-            return Err(Status::permission_denied(format!("no agreement {project}")));
-        };
-        let datasets: BTreeSet<&str> = granting
-            .agreement
-            .datasets
-            .keys()
-            .map(String::as_str)
-            .collect();
-        let parties: BTreeSet<&str> = granting
-            .agreement
-            .parties
-            .iter()
-            .map(|p| p.organisation.as_str())
-            .collect();
-        let people: Vec<Person> = self
-            .population()
-            .await?
-            .iter()
-            .filter_map(|p| p.within(&datasets, &parties))
-            .collect();
+        let people = self.population_within(&project).await?;
         let pseudonyms = self.rekeyer.project(&project);
         let mut rows: Vec<ExtractRow> = crate::analytics::members(&query, &people, reference)
             .into_iter()
@@ -391,6 +490,16 @@ impl Query for QueryService {
         let identity = peer::identity(&request)?;
         Ok(Response::new(
             self.extract(&identity, request.get_ref()).await?,
+        ))
+    }
+
+    async fn reidentify(
+        &self,
+        request: Request<ReidentifyRequest>,
+    ) -> Result<Response<ReidentifyResponse>, Status> {
+        let identity = peer::identity(&request)?;
+        Ok(Response::new(
+            self.reidentify(&identity, request.get_ref()).await?,
         ))
     }
 }
@@ -683,6 +792,22 @@ mod tests {
             service.extract(&r, &other).await.unwrap_err().code(),
             tonic::Code::PermissionDenied
         );
+        // Re-identification for direct care: not under this agreement, and
+        // never for an analyst.
+        let reidentify = ReidentifyRequest {
+            query: "rows: sex".to_owned(),
+            candidates: vec![vec![0; 32]],
+            agreement: String::new(),
+        };
+        let err = service.reidentify(&agency, &reidentify).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied);
+        assert!(
+            err.message().contains("reidentify_for_direct_care"),
+            "{}",
+            err.message()
+        );
+        let err = service.reidentify(&r, &reidentify).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied);
         let other_project = service.rekeyer.project("another-project");
         let first_key = Person::with_key("person-0").key;
         assert_ne!(

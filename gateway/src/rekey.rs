@@ -15,7 +15,7 @@
 //! gateway's key (similarity is unchanged; what an agency could compute is not).
 
 use joinery_crypto::keys::SecretKey;
-use joinery_crypto::pseudonym::Pseudonymiser;
+use joinery_crypto::pseudonym::{Pseudonym, Pseudonymiser};
 use joinery_linkage::LinkageParams;
 use joinery_linkage::encode::BLOCK_KEY_LEN;
 use joinery_linkage::permute::BitPermutation;
@@ -162,6 +162,14 @@ impl Rekeyer {
         })
     }
 
+    /// The stored pseudonym of an organisation's record whose agent-level
+    /// local pseudonym is `local_pseudonym`. The organisation is bound in,
+    /// so equal local ids at two agencies never collide.
+    pub fn local_pseudonym(&self, organisation: &str, local_pseudonym: &[u8]) -> Pseudonym {
+        self.local
+            .pseudonymise(&[organisation.as_bytes(), b"\0", local_pseudonym].concat())
+    }
+
     /// Re-keys an agent's pseudonyms and links the record exactly.
     /// `nhs_pseudonym` is empty when the agent had no valid NHS number.
     pub fn identify(
@@ -170,11 +178,7 @@ impl Rekeyer {
         local_pseudonym: &[u8],
         nhs_pseudonym: &[u8],
     ) -> StoredIdentity {
-        // The organisation is bound into the local pseudonym so equal local ids
-        // at two agencies never collide.
-        let local = self
-            .local
-            .pseudonymise(&[organisation.as_bytes(), b"\0", local_pseudonym].concat());
+        let local = self.local_pseudonym(organisation, local_pseudonym);
         if nhs_pseudonym.is_empty() {
             let person = self
                 .person

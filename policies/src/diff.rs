@@ -261,6 +261,16 @@ pub fn diff(old: &Agreement, new: &Agreement) -> Vec<Change> {
             rounding_strength(n.rounding) < rounding_strength(o.rounding),
         );
     }
+    if o.reidentify_for_direct_care != n.reidentify_for_direct_care {
+        add(
+            "outputs.reidentify_for_direct_care".into(),
+            format!(
+                "{} -> {}",
+                o.reidentify_for_direct_care, n.reidentify_for_direct_care
+            ),
+            n.reidentify_for_direct_care,
+        );
+    }
     if o.secondary_suppression != n.secondary_suppression {
         add(
             "outputs.secondary_suppression".into(),

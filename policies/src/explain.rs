@@ -186,6 +186,11 @@ fn blocks(a: &Agreement) -> Vec<Block> {
         },
         if a.outputs.secondary_suppression { ", and further cells are suppressed so that no hidden count can be worked out from totals" } else { "" }
     )));
+    if a.outputs.reidentify_for_direct_care {
+        out.push(Block::Paragraph(
+            "For direct care, each party may learn which of its own records belong to a cohort; no party learns anything of another's records.".to_owned(),
+        ));
+    }
     out.push(Block::Heading(2, "The Five Safes".to_owned()));
     let fs = &a.five_safes;
     out.push(Block::List(vec![

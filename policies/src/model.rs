@@ -237,6 +237,11 @@ pub struct OutputRules {
     pub rounding: Rounding,
     /// Suppress further cells so a suppressed one cannot be worked out from totals.
     pub secondary_suppression: bool,
+    /// Direct care: a party may learn which of its own records belong to a
+    /// cohort (`joinery agent resolve`), to act for those children. Off
+    /// unless the agreement says so (and its lawful basis covers it).
+    #[serde(default)]
+    pub reidentify_for_direct_care: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]

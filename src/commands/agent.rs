@@ -25,6 +25,20 @@ pub enum AgentCommand {
         #[arg(long, env = "JOINERY_AGENT_METRICS_LISTEN")]
         metrics_listen: Option<std::net::SocketAddr>,
     },
+    /// Direct care: this agency's local ids of the children in a cohort (a
+    /// query file), on standard output, where an agreement allows it. The
+    /// gateway learns nothing new and the local ids never leave the agency.
+    Resolve {
+        /// Agent configuration file (agent.yaml).
+        #[arg(long, env = "JOINERY_AGENT_CONFIG")]
+        config: PathBuf,
+        /// The query file whose cohort to resolve.
+        #[arg(long)]
+        query: PathBuf,
+        /// The agreement allowing it (needed only when several do).
+        #[arg(long)]
+        agreement: Option<String>,
+    },
     /// Show the spool: batches waiting for an ack, the last ack and error,
     /// and where reading of each source has got to.
     Status {
@@ -43,6 +57,11 @@ impl AgentCommand {
                 metrics_listen,
             } => (config, no_progress, metrics_listen),
             Self::Status { config } => return status(&AgentConfig::load(&config)?),
+            Self::Resolve {
+                config,
+                query,
+                agreement,
+            } => return resolve(&AgentConfig::load(&config)?, &query, agreement.as_deref()).await,
         };
         if let Some(address) = metrics_listen {
             crate::observe::serve(address, crate::observe::always_ready()).await?;
@@ -88,6 +107,32 @@ fn status(config: &AgentConfig) -> anyhow::Result<ExitCode> {
 }
 
 /// The run summary, as printed by `joinery agent run` and the demo.
+/// Prints the cohort's local ids (standard output) and what was checked
+/// (standard error).
+async fn resolve(
+    config: &AgentConfig,
+    query: &std::path::Path,
+    agreement: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
+    let text =
+        std::fs::read_to_string(query).with_context(|| format!("reading {}", query.display()))?;
+    let resolved = joinery_agent::resolve::resolve(config, &text, agreement).await?;
+    eprintln!("{}", resolved.explanation);
+    eprintln!(
+        "Under agreement {}: {} of this agency's {} local ids are in the cohort ({} rows quarantined, not checked).",
+        resolved.agreement,
+        resolved.in_cohort.len(),
+        resolved.local_ids_read,
+        resolved.rows_quarantined
+    );
+    println!("local_id");
+    for local in &resolved.in_cohort {
+        println!("{local}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn print_summary(organisation: &str, summary: &RunSummary) {
     if summary.replayed_batches > 0 {
         println!(

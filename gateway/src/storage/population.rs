@@ -85,6 +85,37 @@ impl Storage {
 }
 
 /// A cohort released earlier.
+impl Storage {
+    /// For an organisation's records with these (gateway) local pseudonyms,
+    /// each pseudonym and the spine person its record belongs to.
+    pub async fn spine_ids_of_local(
+        &self,
+        organisation: &str,
+        local_pseudonyms: &[String],
+    ) -> Result<Vec<(String, String)>, StorageError> {
+        let mut found = Vec::new();
+        // Only placeholders are formatted into the statement.
+        for chunk in local_pseudonyms.chunks(500) {
+            let placeholders: Vec<String> =
+                (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+            let sql = format!(
+                "SELECT DISTINCT r.local_pseudonym, COALESCE(s.spine_id, r.person_id) AS person \
+                 FROM records r LEFT JOIN person_spine s ON s.person_id = r.person_id \
+                 WHERE r.organisation = $1 AND r.local_pseudonym IN ({})",
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(organisation);
+            for local in chunk {
+                query = query.bind(local);
+            }
+            for row in query.fetch_all(&self.pool).await? {
+                found.push((row.try_get(0)?, row.try_get(1)?));
+            }
+        }
+        Ok(found)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReleasedCohort {
     pub seq: u64,
