@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use time::{Date, Month};
 
-use super::model::{Condition, EventCondition, Relative, Spell};
+use super::model::{Condition, EventCondition, Relative, Spell, Which};
 use super::population::{Person, PersonEvent};
 
 /// Whether `person` is in the cohort described by `condition`.
@@ -60,23 +60,52 @@ pub(super) fn matching_events(
     person: &Person,
     reference: Date,
 ) -> usize {
-    person
-        .events
-        .iter()
-        .filter(|e| event_matches(condition, person, e, reference))
-        .count()
+    match condition.which {
+        None => person
+            .events
+            .iter()
+            .filter(|e| event_matches(condition, person, e, reference))
+            .count(),
+        Some(which) => usize::from(
+            chosen(condition, person, which)
+                .is_some_and(|e| event_matches(condition, person, e, reference)),
+        ),
+    }
 }
 
-/// Whether one of `person`'s events matches `condition`.
+/// The person's first or last event of the condition's type, dataset and
+/// attributes.
+fn chosen<'p>(
+    condition: &EventCondition,
+    person: &'p Person,
+    which: Which,
+) -> Option<&'p PersonEvent> {
+    let mut of_kind = person.events.iter().filter(|e| of_kind(condition, e));
+    match which {
+        Which::First => of_kind.next(),
+        Which::Last => of_kind.next_back(),
+    }
+}
+
+/// Whether `e` is of the condition's type, dataset and attributes.
+fn of_kind(condition: &EventCondition, e: &PersonEvent) -> bool {
+    *e.event_type == *condition.event
+        && condition.dataset.as_ref().is_none_or(|d| **d == *e.dataset)
+        && carries(e, &condition.attributes)
+}
+
+/// Whether one of `person`'s events matches `condition` (for `which`, only
+/// the chosen event can).
 pub(super) fn event_matches(
     condition: &EventCondition,
     person: &Person,
     e: &PersonEvent,
     reference: Date,
 ) -> bool {
-    *e.event_type == *condition.event
-        && condition.dataset.as_ref().is_none_or(|d| **d == *e.dataset)
-        && carries(e, &condition.attributes)
+    of_kind(condition, e)
+        && condition.which.is_none_or(|which| {
+            chosen(condition, person, which).is_some_and(|c| std::ptr::eq(c, e))
+        })
         && condition.from.is_none_or(|from| e.date >= from)
         && condition.to.is_none_or(|to| e.date <= to)
         && condition

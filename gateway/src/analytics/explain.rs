@@ -1,6 +1,6 @@
 //! A query in words, for `joinery query explain` and every released table.
 
-use super::model::{AnalystQuery, Breakdown, Condition, EventCondition, Measure, Relative};
+use super::model::{AnalystQuery, Breakdown, Condition, EventCondition, Measure, Relative, Which};
 
 /// The cohort in words.
 pub fn explain(query: &AnalystQuery) -> String {
@@ -104,10 +104,13 @@ pub fn describe(condition: &Condition) -> String {
             format!("known to {}", parts.join(", "))
         }
         Condition::Has(e) => {
-            let mut text = if e.at_least > 1 {
-                format!("with at least {} {} events", e.at_least, e.event)
-            } else {
-                format!("with a {} event", e.event)
+            let mut text = match e.which {
+                Some(Which::First) => format!("with their first {} event", e.event),
+                Some(Which::Last) => format!("with their last {} event", e.event),
+                None if e.at_least > 1 => {
+                    format!("with at least {} {} events", e.at_least, e.event)
+                }
+                None => format!("with a {} event", e.event),
             };
             if let Some(d) = &e.dataset {
                 text.push_str(&format!(" in {d}"));
@@ -157,6 +160,7 @@ pub fn describe(condition: &Condition) -> String {
 fn narrowed(e: &EventCondition) -> String {
     let mut single = e.clone();
     single.at_least = 1;
+    single.which = None;
     let text = describe(&Condition::Has(single));
     text.strip_prefix(&format!("with a {} event", e.event))
         .unwrap_or(&text)

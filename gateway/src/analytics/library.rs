@@ -306,6 +306,18 @@ mod tests {
                     &[("attendance", "5")],
                 ),
             ]),
+            // L: in care since 2022-01-01, last moved 2023-06-01: stable.
+            person(&[
+                rne(date!(2022 - 01 - 01), &[("reason_new_episode", "S")]),
+                ("lac_episode_end", "lac", date!(2023 - 06 - 01), &[]),
+                rne(date!(2023 - 06 - 01), &[("reason_new_episode", "P")]),
+            ]),
+            // M: in care since 2022-06-01, moved on 2025-01-01.
+            person(&[
+                rne(date!(2022 - 06 - 01), &[("reason_new_episode", "S")]),
+                ("lac_episode_end", "lac", date!(2025 - 01 - 01), &[]),
+                rne(date!(2025 - 01 - 01), &[("reason_new_episode", "T")]),
+            ]),
         ]
     }
 
@@ -331,17 +343,18 @@ mod tests {
         let expected: &[(&str, f64)] = &[
             ("cin-referrals", 4.0),                // A 2, B 1, C 1 in the year
             ("cp-plans-started", 2.0),             // A, B
-            ("children-looked-after", 3.0),        // D, E, G (F left)
+            ("children-looked-after", 5.0),        // D, E, G, L, M (F left)
             ("lac-missing", 2.0),                  // D, F (E was away, not missing)
             ("camhs-access", 2.0),                 // H, I (H's first was a DNA; K before the year)
             ("cin-re-referrals", third),           // A of A, B, C
-            ("lac-health-assessments", 50.0),      // D of D, G (E in care < 365 days)
-            ("lac-dental-checks", 50.0),           // G of D, G
+            ("lac-health-assessments", 25.0),      // D of D, G, L, M (E in care < 365 days)
+            ("lac-dental-checks", 25.0),           // G of D, G, L, M
             ("camhs-seen-within-18-weeks", third), // H of H, I, J
             ("camhs-median-wait", 122.0),          // H 61, I 183
             ("cp-repeat-plans", 50.0),             // A of A, B
             ("cp-plans-lasting-two-years", 50.0),  // A (873 days) of A, B (215)
-            ("lac-three-placements", third),       // D of D, E, G
+            ("lac-three-placements", 20.0),        // D of D, E, G, L, M
+            ("lac-long-term-stability", 50.0),     // L of L, M (D and G in care < 2.5 years)
             ("sdq-change", -2.0),                  // D -8, F +4
         ];
         for (name, want) in expected {

@@ -150,6 +150,22 @@ mod tests {
             count("cohort: { has: { event: camhs_referral, at_least: 2 } }"),
             0
         );
+        // First and last: a's first referral is in 2025, b's in 2023, c's in 2026.
+        assert_eq!(
+            count("cohort: { has: { event: camhs_referral, which: first, from: 2025-01-01 } }"),
+            2
+        );
+        assert_eq!(
+            count("cohort: { has: { event: camhs_referral, which: last, to: 2024-12-31 } }"),
+            1,
+            "only b's last referral is before 2025"
+        );
+        assert_eq!(
+            count(
+                "cohort: { has: { event: cp_plan_start, which: last, after: { event: camhs_referral, within_days: 365 } } }"
+            ),
+            1
+        );
 
         let table = tabulate(
             &query("rows: segment\ncolumns: agency_overlap"),

@@ -248,6 +248,11 @@ pub struct EventCondition {
     /// How many matching events at least (default 1).
     #[serde(default = "one")]
     pub at_least: u32,
+    /// Only the person's first (or last) event of this type (and dataset
+    /// and attributes) counts, wherever it falls; the dates and relative
+    /// conditions then apply to it: "whose first referral was in the year".
+    #[serde(default)]
+    pub which: Option<Which>,
     /// Only events followed by another event within so many days (a CAMHS
     /// referral followed by a CP plan within 12 months).
     #[serde(default)]
@@ -259,6 +264,13 @@ pub struct EventCondition {
 
 fn one() -> u32 {
     1
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Which {
+    First,
+    Last,
 }
 
 /// The nearest other event of a type (the next one for `before`, the
