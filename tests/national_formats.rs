@@ -520,6 +520,48 @@ async fn every_national_format_reaches_the_gateway_whole() {
         .map(str::to_owned)
         .collect();
     assert!(camhs.iter().all(|id| !with_cp_plan.contains(id)));
+
+    // A built-in indicator on the synthetic returns, exactly: the children
+    // looked after at the end of the collection year, as the council's own
+    // local ids (direct care) and as a row-level count, against what the
+    // SSDA903 episodes themselves say (an episode covers the day).
+    let year_end =
+        time::Date::from_calendar_date(collection_year(), time::Month::March, 31).unwrap();
+    let dmy = time::format_description::parse_borrowed::<2>("[day]/[month]/[year]").unwrap();
+    let mut looked_after = std::collections::BTreeSet::new();
+    let episodes = synth
+        .join("national")
+        .join(COUNCIL)
+        .join("ssda903/episodes.csv");
+    for episode in csv_rows(&episodes, b',') {
+        let start = time::Date::parse(&episode[1], &dmy).unwrap();
+        let end = time::Date::parse(&episode[7], &dmy).ok();
+        if start <= year_end && end.is_none_or(|end| end > year_end) {
+            looked_after.insert(episode[0].to_owned());
+        }
+    }
+    assert!(
+        looked_after.len() > 8,
+        "{} looked after",
+        looked_after.len()
+    );
+    std::fs::write(
+        &query,
+        format!("indicator: children-looked-after\nreference_date: {year_end}\n"),
+    )
+    .unwrap();
+    let resolved = resolve(COUNCIL);
+    let ids: std::collections::BTreeSet<String> = String::from_utf8_lossy(&resolved.stdout)
+        .lines()
+        .skip(1)
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(ids, looked_after, "children looked after at {year_end}");
+    let rows = extract(analyst("case-reviewer"));
+    assert_eq!(
+        String::from_utf8_lossy(&rows.stdout).lines().count() - 1,
+        looked_after.len()
+    );
     assert!(
         String::from_utf8_lossy(&camhs_ids.stderr).contains("are in the cohort"),
         "{}",

@@ -281,8 +281,8 @@ impl QueryService {
         Ok(ExtractResponse {
             project,
             reference_date: reference.to_string(),
-            row_heading: query.rows.heading().to_owned(),
-            column_heading: query.columns.heading().to_owned(),
+            row_heading: query.rows.heading(),
+            column_heading: query.columns.heading(),
             measure: match query.measure {
                 crate::analytics::model::Measure::Children => String::new(),
                 ref m => crate::analytics::measure_name(m).to_owned(),
@@ -361,8 +361,8 @@ impl QueryService {
         columns.push("total".to_owned());
         Ok(TableResponse {
             reference_date: reference.to_string(),
-            row_heading: query.rows.heading().to_owned(),
-            column_heading: query.columns.heading().to_owned(),
+            row_heading: query.rows.heading(),
+            column_heading: query.columns.heading(),
             columns,
             rows,
             disclosure_note: self.rule.note(),

@@ -8,9 +8,9 @@ pub fn explain(query: &AnalystQuery) -> String {
         .cohort
         .as_ref()
         .map_or_else(|| "everyone on the person spine".to_owned(), describe);
-    let split: Vec<&str> = [query.rows, query.columns]
+    let split: Vec<String> = [&query.rows, &query.columns]
         .into_iter()
-        .filter(|b| *b != Breakdown::None)
+        .filter(|b| **b != Breakdown::None)
         .map(Breakdown::heading)
         .collect();
     let reference = query.reference_date.map_or_else(

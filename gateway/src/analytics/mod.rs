@@ -181,6 +181,45 @@ mod tests {
         assert_eq!(row("unknown"), [0, 0, 0]);
         let combos = tabulate(&query("rows: agencies"), &people, on);
         assert_eq!(combos.rows, ["LA", "LA + RX9", "RX9"]);
+
+        // Age bands of the analyst's choosing, and a record attribute.
+        let mut people = people;
+        people[0].add_attributes(Arc::new([("ethnicity".into(), "WBRI".into())].into()));
+        people[0].add_attributes(Arc::new(
+            [
+                ("ethnicity".into(), "OOTH".into()),
+                ("disability".into(), "NONE".into()),
+            ]
+            .into(),
+        ));
+        assert_eq!(
+            people[0].attributes.get("ethnicity").map(|v| &**v),
+            Some("WBRI"),
+            "the first record's"
+        );
+        assert_eq!(
+            people[0].attributes.get("disability").map(|v| &**v),
+            Some("NONE")
+        );
+        let bands = tabulate(
+            &query("rows: { age_bands: [0, 5, 11] }\ncolumns: { attribute: ethnicity }"),
+            &people,
+            on,
+        );
+        assert_eq!(bands.rows, ["0-4", "5-10", "11+", "unknown"]);
+        assert_eq!(bands.columns, ["WBRI", "unknown"]);
+        assert_eq!(
+            bands.counts(),
+            [[0, 1], [1, 0], [0, 1], [0, 0]],
+            "c 2, a 10, b 14"
+        );
+        for bad in [
+            "rows: { age_bands: [1, 5] }",
+            "rows: { age_bands: [0, 5, 5] }",
+            "rows: { attribute: \" \" }",
+        ] {
+            assert!(AnalystQuery::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

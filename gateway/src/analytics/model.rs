@@ -293,7 +293,7 @@ pub struct Relative {
 }
 
 /// What rows or columns are split by.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Breakdown {
     /// One line: everyone.
@@ -311,11 +311,19 @@ pub enum Breakdown {
     Stratum,
     /// The query's `periods`, oldest first.
     Period,
+    /// Age bands in whole years at the reference date, each starting at one
+    /// of these ages: `{ age_bands: [0, 5, 11, 16, 18] }` gives 0-4, 5-10,
+    /// 11-15, 16-17 and 18+.
+    AgeBands(Vec<u32>),
+    /// A record attribute the agreements let agencies send (`{ attribute:
+    /// ethnicity }`), as the agency sent it; a person's first record with
+    /// it gives the value.
+    Attribute(String),
 }
 
 impl Breakdown {
     /// What the breakdown's labels are (empty for none).
-    pub fn heading(self) -> &'static str {
+    pub fn heading(&self) -> String {
         match self {
             Self::None => "",
             Self::Segment => "life-course segment",
@@ -324,7 +332,23 @@ impl Breakdown {
             Self::Agencies => "agencies known to",
             Self::Stratum => "risk tier",
             Self::Period => "period",
+            Self::AgeBands(_) => "age band",
+            Self::Attribute(name) => name,
         }
+        .to_owned()
+    }
+
+    /// The labels of age bands starting at `starts`.
+    pub fn age_band_labels(starts: &[u32]) -> Vec<String> {
+        starts
+            .iter()
+            .enumerate()
+            .map(|(i, from)| match starts.get(i + 1) {
+                Some(next) if *next == from + 1 => from.to_string(),
+                Some(next) => format!("{from}-{}", next - 1),
+                None => format!("{from}+"),
+            })
+            .collect()
     }
 }
 
@@ -376,6 +400,19 @@ impl AnalystQuery {
             Measure::Children => {}
         }
         let wants = |b: Breakdown| self.rows == b || self.columns == b;
+        for breakdown in [&self.rows, &self.columns] {
+            match breakdown {
+                Breakdown::AgeBands(starts)
+                    if starts.first() != Some(&0) || starts.windows(2).any(|w| w[0] >= w[1]) =>
+                {
+                    return Err("age_bands: give the ages each band starts at, from 0 and rising (e.g. [0, 5, 11, 16, 18])".to_owned());
+                }
+                Breakdown::Attribute(name) if name.trim().is_empty() => {
+                    return Err("attribute: name a record attribute (e.g. ethnicity)".to_owned());
+                }
+                _ => {}
+            }
+        }
         match &self.stratification {
             None if wants(Breakdown::Stratum) => {
                 return Err("a stratum breakdown needs a stratification".to_owned());

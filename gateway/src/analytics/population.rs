@@ -18,6 +18,9 @@ pub struct Person {
     pub sex: Option<Text>,
     pub organisations: BTreeSet<Text>,
     pub datasets: BTreeSet<Text>,
+    /// Record attributes (ethnicity, disability, …): the first record's
+    /// value of each.
+    pub attributes: Arc<BTreeMap<Text, Text>>,
     /// In date order.
     pub events: Vec<PersonEvent>,
 }
@@ -122,6 +125,7 @@ impl Person {
             key: self.key,
             birth_month: self.birth_month.clone(),
             sex: self.sex.clone(),
+            attributes: Arc::clone(&self.attributes),
             organisations: self
                 .organisations
                 .iter()
@@ -136,6 +140,17 @@ impl Person {
                 .cloned()
                 .collect(),
         })
+    }
+
+    /// Adds a record's attributes (values already held are kept).
+    pub fn add_attributes(&mut self, attributes: Arc<BTreeMap<Text, Text>>) {
+        if self.attributes.is_empty() {
+            self.attributes = attributes;
+        } else if attributes.keys().any(|k| !self.attributes.contains_key(k)) {
+            let mut merged = (*attributes).clone();
+            merged.extend(self.attributes.iter().map(|(k, v)| (k.clone(), v.clone())));
+            self.attributes = Arc::new(merged);
+        }
     }
 
     /// Whole years at `on`, counting the birthday as the first of the month.

@@ -51,12 +51,25 @@ pub fn stratum<'a>(
 /// the period `period` ending on `reference`.
 fn label<'a>(
     query: &'a AnalystQuery,
-    breakdown: Breakdown,
-    person: &Person,
+    breakdown: &'a Breakdown,
+    person: &'a Person,
     period: &'a Period,
 ) -> Cow<'a, str> {
     let reference = period.end;
     match breakdown {
+        Breakdown::AgeBands(starts) => match person.age_on(reference) {
+            Some(age) => {
+                let band = starts.iter().rposition(|from| age >= *from).unwrap_or(0);
+                Cow::Owned(Breakdown::age_band_labels(starts).swap_remove(band))
+            }
+            None => Cow::Borrowed(UNKNOWN),
+        },
+        Breakdown::Attribute(name) => Cow::Borrowed(
+            person
+                .attributes
+                .get(name.as_str())
+                .map_or(UNKNOWN, |v| v.as_ref()),
+        ),
         Breakdown::Period => Cow::Borrowed(&period.label),
         Breakdown::Stratum => Cow::Borrowed(
             query
@@ -100,11 +113,17 @@ fn label<'a>(
 /// an empty category still shows as 0; combinations as found).
 fn categories(
     query: &AnalystQuery,
-    breakdown: Breakdown,
+    breakdown: &Breakdown,
     periods: &[Period],
     found: &BTreeSet<String>,
 ) -> Vec<String> {
+    let bands = match breakdown {
+        Breakdown::AgeBands(starts) => Breakdown::age_band_labels(starts),
+        _ => Vec::new(),
+    };
     let fixed: Vec<&str> = match breakdown {
+        Breakdown::AgeBands(_) => bands.iter().map(String::as_str).chain([UNKNOWN]).collect(),
+        Breakdown::Attribute(_) => Vec::new(),
         Breakdown::Period => periods.iter().map(|p| p.label.as_str()).collect(),
         Breakdown::Stratum => query
             .stratification
@@ -287,10 +306,10 @@ fn periods(query: &AnalystQuery, reference: Date) -> Vec<Period> {
 
 /// Tabulates the cohort's people over the query's breakdown and measure,
 /// on every core (each takes a share of the people; the shares are summed).
-pub fn tabulate(query: &AnalystQuery, people: &[Person], reference: Date) -> Tabulation {
+pub fn tabulate<'a>(query: &'a AnalystQuery, people: &'a [Person], reference: Date) -> Tabulation {
     type Cells<'q> = HashMap<(Cow<'q, str>, Cow<'q, str>), CellData>;
     let periods = periods(query, reference);
-    let share = |people: &[Person]| {
+    let share = |people: &'a [Person]| {
         let mut cells: Cells<'_> = HashMap::new();
         let mut members = Vec::new();
         for person in people {
@@ -305,8 +324,8 @@ pub fn tabulate(query: &AnalystQuery, people: &[Person], reference: Date) -> Tab
                 }
                 member = true;
                 let key = (
-                    label(query, query.rows, person, period),
-                    label(query, query.columns, person, period),
+                    label(query, &query.rows, person, period),
+                    label(query, &query.columns, person, period),
                 );
                 cells
                     .entry(key)
@@ -342,8 +361,8 @@ pub fn tabulate(query: &AnalystQuery, people: &[Person], reference: Date) -> Tab
     let row_labels: BTreeSet<String> = cells.keys().map(|(r, _)| r.to_string()).collect();
     let column_labels: BTreeSet<String> = cells.keys().map(|(_, c)| c.to_string()).collect();
     members.sort_unstable();
-    let rows = categories(query, query.rows, &periods, &row_labels);
-    let columns = categories(query, query.columns, &periods, &column_labels);
+    let rows = categories(query, &query.rows, &periods, &row_labels);
+    let columns = categories(query, &query.columns, &periods, &column_labels);
     let cells = rows
         .iter()
         .map(|r| {
@@ -402,8 +421,8 @@ pub fn members(query: &AnalystQuery, people: &[Person], reference: Date) -> Vec<
             };
             rows.push(MemberRow {
                 key: person.key,
-                row: label(query, query.rows, person, period).into_owned(),
-                column: label(query, query.columns, person, period).into_owned(),
+                row: label(query, &query.rows, person, period).into_owned(),
+                column: label(query, &query.columns, person, period).into_owned(),
                 value,
             });
         }

@@ -27,7 +27,7 @@ impl Storage {
         let mut interner = Interner::default();
         let mut index: HashMap<String, usize> = HashMap::new();
         let mut records = sqlx::query(
-            "SELECT COALESCE(s.spine_id, r.person_id) AS person, r.organisation, r.dataset, r.sex, r.birth_month \
+            "SELECT COALESCE(s.spine_id, r.person_id) AS person, r.organisation, r.dataset, r.sex, r.birth_month, r.attributes \
              FROM records r LEFT JOIN person_spine s ON s.person_id = r.person_id",
         )
         .fetch(&self.pool);
@@ -47,6 +47,8 @@ impl Storage {
                 sex.map(|s| interner.text(&s)),
                 birth_month.map(|m| interner.text(&m)),
             );
+            let attributes: String = row.try_get("attributes")?;
+            people[at].add_attributes(interner.attributes(&attributes));
         }
         drop(records);
         let mut events = sqlx::query(
