@@ -6,7 +6,8 @@
 //! synthetic extracts for three agencies; a
 //! gateway on SQLite listening on 127.0.0.1; one agent per agency delivering
 //! over mutual TLS at the same time; then, as an analyst, the table of
-//! children known to 1, 2 or 3+ agencies by age band, disclosure-controlled.
+//! children known to 1, 2 or 3+ agencies by age band and the risk tiers by
+//! life-course segment, disclosure-controlled.
 //! Everything is left on disk, with the commands to run each part by hand.
 
 use std::path::{Path, PathBuf};
@@ -29,10 +30,10 @@ use joinery_gateway::storage::Storage;
 use joinery_gateway::{Gateway, GatewayConfig, Limits, linker};
 use joinery_policies::model::When;
 use joinery_policies::{Agreement, signing};
-use joinery_proto::v1::{AgencyOverlapRequest, CountsRequest};
+use joinery_proto::v1::{AgencyOverlapRequest, CountsRequest, RunRequest};
 
 use crate::commands::agent::print_summary;
-use crate::commands::query::{connect, print_counts, print_overlap};
+use crate::commands::query::{TableFormat, connect, print_counts, print_overlap, print_table};
 
 const ANALYST: &str = "demo-analyst";
 
@@ -225,6 +226,18 @@ impl DemoArgs {
             .await?
             .into_inner();
         print_overlap(&overlap);
+        println!(
+            "\n7. Risk tiers (built-in stratification children-at-risk@1) by life-course segment:"
+        );
+        let tiers = client
+            .run(RunRequest {
+                query: format!(
+                    "reference_date: {reference}\nrows: segment\ncolumns: stratum\nstratification: children-at-risk@1\n"
+                ),
+            })
+            .await?
+            .into_inner();
+        print_table(&tiers, TableFormat::Table)?;
 
         let _ = stop.send(());
         serving.await??;
