@@ -175,11 +175,7 @@ impl QueryService {
                 )));
             }
         };
-        let query = AnalystQuery::parse(&request.query)
-            .map_err(|e| Status::invalid_argument(format!("the query: {e}")))?;
-        let reference = query
-            .reference_date
-            .unwrap_or_else(|| time::OffsetDateTime::now_utc().date());
+        let (query, reference) = parse(&request.query)?;
         let people = self.population_within(&agreement).await?;
         let cohort: HashSet<u64> = crate::analytics::members(&query, &people, reference)
             .into_iter()
@@ -252,11 +248,7 @@ impl QueryService {
                 )));
             }
         };
-        let query = AnalystQuery::parse(&request.query)
-            .map_err(|e| Status::invalid_argument(format!("the query: {e}")))?;
-        let reference = query
-            .reference_date
-            .unwrap_or_else(|| time::OffsetDateTime::now_utc().date());
+        let (query, reference) = parse(&request.query)?;
         let people = self.population_within(&project).await?;
         let pseudonyms = self.rekeyer.project(&project);
         let mut rows: Vec<ExtractRow> = crate::analytics::members(&query, &people, reference)
@@ -333,11 +325,7 @@ impl QueryService {
         request: &RunRequest,
     ) -> Result<TableResponse, Status> {
         self.roles(who)?;
-        let query = AnalystQuery::parse(&request.query)
-            .map_err(|e| Status::invalid_argument(format!("the query: {e}")))?;
-        let reference = query
-            .reference_date
-            .unwrap_or_else(|| time::OffsetDateTime::now_utc().date());
+        let (query, reference) = parse(&request.query)?;
         let people = self.population().await?;
         let table = crate::analytics::tabulate(&query, &people, reference);
         self.refuse_differencing(who, &table.members).await?;
@@ -502,6 +490,16 @@ impl Query for QueryService {
             self.reidentify(&identity, request.get_ref()).await?,
         ))
     }
+}
+
+/// A query document and the day it counts at (today unless it says).
+fn parse(text: &str) -> Result<(AnalystQuery, Date), Status> {
+    let query = AnalystQuery::parse(text)
+        .map_err(|e| Status::invalid_argument(format!("the query: {e}")))?;
+    let reference = query
+        .reference_date
+        .unwrap_or_else(|| time::OffsetDateTime::now_utc().date());
+    Ok((query, reference))
 }
 
 /// Who asked, as the audit log names them.

@@ -281,6 +281,20 @@ struct Period {
     end: Date,
 }
 
+/// The periods in which `person` is in the query's cohort.
+fn qualifying<'p>(
+    query: &'p AnalystQuery,
+    person: &'p Person,
+    periods: &'p [Period],
+) -> impl Iterator<Item = &'p Period> {
+    periods.iter().filter(move |period| {
+        query
+            .cohort
+            .as_ref()
+            .is_none_or(|c| matches(c, person, period.end))
+    })
+}
+
 /// The query's periods, oldest first; one ending on `reference` when it
 /// is not broken down by period.
 fn periods(query: &AnalystQuery, reference: Date) -> Vec<Period> {
@@ -314,14 +328,7 @@ pub fn tabulate<'a>(query: &'a AnalystQuery, people: &'a [Person], reference: Da
         let mut members = Vec::new();
         for person in people {
             let mut member = false;
-            for period in &periods {
-                if !query
-                    .cohort
-                    .as_ref()
-                    .is_none_or(|c| matches(c, person, period.end))
-                {
-                    continue;
-                }
+            for period in qualifying(query, person, &periods) {
                 member = true;
                 let key = (
                     label(query, &query.rows, person, period),
@@ -403,14 +410,7 @@ pub fn members(query: &AnalystQuery, people: &[Person], reference: Date) -> Vec<
     let periods = periods(query, reference);
     let mut rows = Vec::new();
     for person in people {
-        for period in &periods {
-            if !query
-                .cohort
-                .as_ref()
-                .is_none_or(|c| matches(c, person, period.end))
-            {
-                continue;
-            }
+        for period in qualifying(query, person, &periods) {
             let cell = measured(&query.measure, person, period.end);
             let value = match query.measure {
                 Measure::Children => None,

@@ -8,7 +8,7 @@ use futures::TryStreamExt;
 use sqlx::Row;
 
 use super::{Storage, StorageError};
-use crate::analytics::{Interner, Person, PersonEvent};
+use crate::analytics::{Interner, Person, PersonEvent, Text};
 
 impl Storage {
     /// A number that changes whenever the population changes.
@@ -20,61 +20,101 @@ impl Storage {
         )
     }
 
-    /// Every person on the spine (records grouped by spine id, or by their
-    /// own person id when not joined to another).
+    /// The whole linked population, for analytics. Three plain scans and
+    /// no joins: the spine and the batches' datasets are read into memory
+    /// first, then records and events are streamed and placed by person.
     pub async fn population(&self) -> Result<Vec<Person>, StorageError> {
-        let mut people: Vec<Person> = Vec::new();
+        let mut spine: HashMap<String, String> = HashMap::new();
+        let mut rows =
+            sqlx::query("SELECT person_id, spine_id FROM person_spine").fetch(&self.pool);
+        while let Some(row) = rows.try_next().await? {
+            let (person, linked): (String, String) = (row.try_get(0)?, row.try_get(1)?);
+            if person != linked {
+                spine.insert(person, linked);
+            }
+        }
+        drop(rows);
         let mut interner = Interner::default();
-        let mut index: HashMap<String, usize> = HashMap::new();
+        // Each batch's dataset, by "organisation\0batch id".
+        let batch_key = |key: &mut String, organisation: &str, batch: &str| {
+            key.clear();
+            key.push_str(organisation);
+            key.push('\0');
+            key.push_str(batch);
+        };
+        let mut key = String::new();
+        let mut datasets: HashMap<String, Text> = HashMap::new();
+        let mut rows =
+            sqlx::query("SELECT organisation, batch_id, dataset FROM batches").fetch(&self.pool);
+        while let Some(row) = rows.try_next().await? {
+            batch_key(&mut key, row.try_get(0)?, row.try_get(1)?);
+            let dataset: &str = row.try_get(2)?;
+            datasets.insert(key.clone(), interner.text(dataset));
+        }
+        drop(rows);
+
+        let mut people: Vec<Person> = Vec::new();
+        // Each spine person's place, then each stored person id's.
+        let mut by_spine: HashMap<String, usize> = HashMap::new();
+        let mut by_person: HashMap<String, usize> = HashMap::new();
         let mut records = sqlx::query(
-            "SELECT COALESCE(s.spine_id, r.person_id) AS person, r.organisation, r.dataset, r.sex, r.birth_month, r.attributes \
-             FROM records r LEFT JOIN person_spine s ON s.person_id = r.person_id",
+            "SELECT person_id, organisation, dataset, sex, birth_month, attributes FROM records",
         )
         .fetch(&self.pool);
         while let Some(row) = records.try_next().await? {
-            let key: String = row.try_get("person")?;
-            let at = *index.entry(key).or_insert_with_key(|key| {
-                people.push(Person::with_key(key));
-                people.len() - 1
-            });
-            let organisation: String = row.try_get("organisation")?;
-            let dataset: String = row.try_get("dataset")?;
-            let sex: Option<String> = row.try_get("sex")?;
-            let birth_month: Option<String> = row.try_get("birth_month")?;
-            people[at].add_record(
+            let person_id: String = row.try_get(0)?;
+            let at = match by_person.get(&person_id) {
+                Some(&at) => at,
+                None => {
+                    let key = spine.get(&person_id).unwrap_or(&person_id);
+                    let at = *by_spine.entry(key.clone()).or_insert_with_key(|key| {
+                        people.push(Person::with_key(key));
+                        people.len() - 1
+                    });
+                    by_person.insert(person_id, at);
+                    at
+                }
+            };
+            let organisation: String = row.try_get(1)?;
+            let dataset: String = row.try_get(2)?;
+            let sex: Option<String> = row.try_get(3)?;
+            let birth_month: Option<String> = row.try_get(4)?;
+            let attributes: String = row.try_get(5)?;
+            let person = &mut people[at];
+            person.add_record(
                 interner.text(&organisation),
                 interner.text(&dataset),
                 sex.map(|s| interner.text(&s)),
                 birth_month.map(|m| interner.text(&m)),
             );
-            let attributes: String = row.try_get("attributes")?;
-            people[at].add_attributes(interner.attributes(&attributes));
+            person.add_attributes(interner.attributes(&attributes));
         }
         drop(records);
+        drop(by_spine);
+        drop(spine);
+
         let mut events = sqlx::query(
-            "SELECT COALESCE(s.spine_id, e.person_id) AS person, r.dataset, e.event_type, e.event_date, e.attributes \
-             FROM events e JOIN records r ON r.person_id = e.person_id AND r.organisation = e.organisation \
-             AND r.batch_id = e.batch_id AND r.record_index = e.record_index \
-             LEFT JOIN person_spine s ON s.person_id = e.person_id",
+            "SELECT person_id, organisation, batch_id, event_type, event_date, attributes FROM events",
         )
         .fetch(&self.pool);
         while let Some(row) = events.try_next().await? {
-            let key: String = row.try_get("person")?;
-            let Some(&at) = index.get(&key) else { continue };
-            let date: String = row.try_get("event_date")?;
-            let Ok(date) =
-                time::Date::parse(&date, &time::format_description::well_known::Iso8601::DATE)
-            else {
+            let person_id: &str = row.try_get(0)?;
+            let Some(&at) = by_person.get(person_id) else {
                 continue;
             };
-            let attributes: String = row.try_get("attributes")?;
-            let event_type: String = row.try_get("event_type")?;
-            let dataset: String = row.try_get("dataset")?;
+            batch_key(&mut key, row.try_get(1)?, row.try_get(2)?);
+            let Some(dataset) = datasets.get(&key) else {
+                continue;
+            };
+            let date: &str = row.try_get(4)?;
+            let Some(date) = iso_date(date) else { continue };
+            let event_type: &str = row.try_get(3)?;
+            let attributes: &str = row.try_get(5)?;
             people[at].events.push(PersonEvent {
-                event_type: interner.text(&event_type),
-                dataset: interner.text(&dataset),
+                event_type: interner.text(event_type),
+                dataset: dataset.clone(),
                 date,
-                attributes: interner.attributes(&attributes),
+                attributes: interner.attributes(attributes),
             });
         }
         drop(events);
@@ -84,6 +124,18 @@ impl Storage {
         }
         Ok(people)
     }
+}
+
+/// A stored `YYYY-MM-DD` date (validated when the batch was stored).
+fn iso_date(text: &str) -> Option<time::Date> {
+    let number = |range: std::ops::Range<usize>| text.get(range)?.parse::<u16>().ok();
+    let month = time::Month::try_from(u8::try_from(number(5..7)?).ok()?).ok()?;
+    time::Date::from_calendar_date(
+        i32::from(number(0..4)?),
+        month,
+        u8::try_from(number(8..10)?).ok()?,
+    )
+    .ok()
 }
 
 /// A cohort released earlier.
