@@ -16,7 +16,7 @@ use joinery_proto::v1::{
     ExtractRequest, ExtractResponse, ExtractRow, OverlapRow, ReidentifyRequest, ReidentifyResponse,
     RunRequest, TableResponse, TableRow, cell,
 };
-use time::{Date, Month};
+use time::Date;
 use tonic::{Request, Response, Status};
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -31,17 +31,8 @@ use crate::peer;
 use crate::rekey::Rekeyer;
 use crate::storage::Storage;
 
-/// Life-course age bands, in years at the reference date.
-pub const AGE_BANDS: &[(&str, u32, u32)] = &[
-    ("0-4", 0, 4),
-    ("5-10", 5, 10),
-    ("11-15", 11, 15),
-    ("16-17", 16, 17),
-    ("18-25", 18, 25),
-    ("26+", 26, u32::MAX),
-];
-const UNKNOWN_AGE: &str = "unknown";
-const OVERLAP_COLUMNS: [&str; 3] = ["1 agency", "2 agencies", "3+ agencies"];
+/// The age bands of the agency-overlap table (where each band starts).
+const OVERLAP_AGE_BANDS: [u32; 6] = [0, 5, 11, 16, 18, 26];
 
 pub struct QueryService {
     storage: Storage,
@@ -413,33 +404,21 @@ impl Query for QueryService {
             text => Date::parse(text, &time::format_description::well_known::Iso8601::DATE)
                 .map_err(|_| Status::invalid_argument("reference_date must be YYYY-MM-DD"))?,
         };
-        let people = self.storage.person_reach().await.map_err(unavailable)?;
-        let bands: Vec<&str> = AGE_BANDS
+        // The same engine and disclosure control as any query: age bands
+        // by how many agencies know the child, with totals.
+        let (query, _) = parse(&format!(
+            "reference_date: {reference}\nrows: {{ age_bands: {OVERLAP_AGE_BANDS:?} }}\ncolumns: agency_overlap"
+        ))?;
+        let people = self.population().await?;
+        let table = crate::analytics::tabulate(&query, &people, reference);
+        let cells = crate::analytics::release(&table, &query.measure, &self.rule);
+        let rows: Vec<OverlapRow> = table
+            .rows
             .iter()
-            .map(|(label, _, _)| *label)
-            .chain([UNKNOWN_AGE])
-            .collect();
-        let mut table = vec![[0u64; OVERLAP_COLUMNS.len()]; bands.len()];
-        for person in people {
-            let band = person
-                .birth_month
-                .as_deref()
-                .and_then(|month| age_band(month, reference))
-                .unwrap_or(UNKNOWN_AGE);
-            let row = bands
-                .iter()
-                .position(|b| *b == band)
-                .unwrap_or(bands.len() - 1);
-            let column = (person.organisations.clamp(1, 3) - 1) as usize;
-            table[row][column] += 1;
-        }
-        let rows: Vec<OverlapRow> = bands
-            .iter()
-            .zip(table)
-            .map(|(band, counts)| OverlapRow {
-                age_band: (*band).to_owned(),
-                cells: counts.iter().map(|&c| self.rule.protect(c)).collect(),
-            })
+            .cloned()
+            .chain(["total".to_owned()])
+            .zip(cells)
+            .map(|(age_band, cells)| OverlapRow { age_band, cells })
             .collect();
         let cells = rows.iter().map(|r| r.cells.len()).sum();
         let suppressed = rows
@@ -458,7 +437,11 @@ impl Query for QueryService {
         .await?;
         Ok(Response::new(AgencyOverlapResponse {
             reference_date: reference.to_string(),
-            columns: OVERLAP_COLUMNS.iter().map(|c| (*c).to_owned()).collect(),
+            columns: table
+                .columns
+                .into_iter()
+                .chain(["total".to_owned()])
+                .collect(),
             rows,
             disclosure_note: self.rule.note(),
         }))
@@ -575,27 +558,6 @@ impl QueryService {
             .map(|_| ())
             .map_err(unavailable)
     }
-}
-
-/// The age band of someone born in `birth_month` (YYYY-MM) at `reference`,
-/// taking the birthday as the first of the month.
-pub fn age_band(birth_month: &str, reference: Date) -> Option<&'static str> {
-    let (year, month) = birth_month.split_once('-')?;
-    let year: i32 = year.parse().ok()?;
-    let month = Month::try_from(month.parse::<u8>().ok()?).ok()?;
-    let born = Date::from_calendar_date(year, month, 1).ok()?;
-    if born > reference {
-        return None;
-    }
-    let mut age = reference.year() - born.year();
-    if (reference.month() as u8) < (born.month() as u8) {
-        age -= 1;
-    }
-    let age = u32::try_from(age).ok()?;
-    AGE_BANDS
-        .iter()
-        .find(|(_, low, high)| (*low..=*high).contains(&age))
-        .map(|(label, _, _)| *label)
 }
 
 fn unavailable(error: crate::storage::StorageError) -> Status {
@@ -818,18 +780,5 @@ mod tests {
             ),
             "another project's pseudonyms are unrelated"
         );
-    }
-
-    #[test]
-    fn age_bands_at_reference_date() {
-        let on = date!(2026 - 06 - 15);
-        assert_eq!(age_band("2026-06", on), Some("0-4"));
-        assert_eq!(age_band("2021-07", on), Some("0-4"));
-        assert_eq!(age_band("2021-06", on), Some("5-10"));
-        assert_eq!(age_band("2010-06", on), Some("16-17"));
-        assert_eq!(age_band("2010-07", on), Some("11-15"));
-        assert_eq!(age_band("1990-01", on), Some("26+"));
-        assert_eq!(age_band("2027-01", on), None);
-        assert_eq!(age_band("garbage", on), None);
     }
 }

@@ -111,14 +111,6 @@ pub struct Purge {
     pub records: u64,
 }
 
-/// One linked person: how many organisations know them, and their birth month
-/// (the earliest reported, when agencies disagree).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PersonReach {
-    pub organisations: u64,
-    pub birth_month: Option<String>,
-}
-
 #[derive(Clone)]
 pub struct Storage {
     pool: AnyPool,
@@ -558,26 +550,6 @@ impl Storage {
         .fetch_one(&self.pool)
         .await?;
         Ok(count(&row, "n")?)
-    }
-
-    /// For every person on the spine: how many organisations hold a record of
-    /// them, and their earliest reported birth month.
-    pub async fn person_reach(&self) -> Result<Vec<PersonReach>, StorageError> {
-        let rows = sqlx::query(
-            "SELECT COUNT(DISTINCT r.organisation) AS organisations, MIN(r.birth_month) AS birth_month \
-             FROM records r LEFT JOIN person_spine s ON s.person_id = r.person_id \
-             GROUP BY COALESCE(s.spine_id, r.person_id)",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(PersonReach {
-                    organisations: count(row, "organisations")?,
-                    birth_month: row.try_get("birth_month")?,
-                })
-            })
-            .collect()
     }
 }
 
