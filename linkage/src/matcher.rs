@@ -21,13 +21,16 @@ use crate::bloom;
 use crate::cluster::{Link, cluster};
 use crate::encode::{BLOCK_KEY_LEN, Encoding, Pseudonym};
 use crate::params::LinkageParams;
-use crate::score::{MISSING, Model, Pattern, RuleCandidates, level};
+use crate::score::{LEVELS, MISSING, Model, Pattern, RuleCandidates, level};
 
 /// A block larger than this is left out (reported), as it would hold
 /// mostly non-matches and cost the square of its size.
 pub const MAX_BLOCK: usize = 5_000;
 /// Random pairs drawn to measure u.
 const RANDOM_PAIRS: usize = 200_000;
+/// About how many block pairs the model is fitted on (a systematic sample
+/// of blocks when there are more).
+const SAMPLE_PAIRS: u64 = 5_000_000;
 
 /// One record to link: one organisation's one local id.
 #[derive(Debug, Clone)]
@@ -54,8 +57,10 @@ pub struct LinkResult {
 pub struct LinkStats {
     /// Distinct candidate pairs.
     pub candidate_pairs: u64,
-    /// Pairs compared in both passes (a pair in several rules' blocks is
-    /// compared in each in the first).
+    /// Pairs compared in both passes: when fitting, the first over a sample
+    /// of blocks (a pair in several rules' blocks counts in each); the
+    /// second over every distinct candidate, many dropped after a field or
+    /// two.
     pub comparisons: u64,
     pub blocks_skipped: u64,
     pub model: Model,
@@ -127,21 +132,101 @@ impl Filters {
     }
 }
 
+/// Field `f`'s agreement level between two entities' rows.
+#[inline(always)]
+fn level_of(offsets: &[usize], f: usize, a: &[u64], b: &[u64], oa: u32, ob: u32) -> u8 {
+    if oa == 0 || ob == 0 {
+        MISSING
+    } else {
+        let (start, end) = (offsets[f], offsets[f + 1]);
+        level(bloom::common(&a[start..end], &b[start..end]), oa + ob)
+    }
+}
+
 /// The agreement pattern of two entities' rows.
 #[inline(always)]
 fn pattern_of(offsets: &[usize], a: &[u64], b: &[u64], ones_a: &[u32], ones_b: &[u32]) -> Pattern {
     let mut pattern = 0;
     for f in 0..ones_a.len() {
-        let (oa, ob) = (ones_a[f], ones_b[f]);
-        let l = if oa == 0 || ob == 0 {
-            MISSING
-        } else {
-            let (start, end) = (offsets[f], offsets[f + 1]);
-            level(bloom::common(&a[start..end], &b[start..end]), oa + ob)
-        };
+        let l = level_of(offsets, f, a, b, ones_a[f], ones_b[f]);
         pattern |= u64::from(l) << (3 * f);
     }
     pattern
+}
+
+/// What the second pass needs to stop comparing a pair early: the fields
+/// in order of how much they can tell apart per word compared, each
+/// level's weight, and the most the fields still to come could add. A pair
+/// is dropped only once even their best levels could not lift it to the
+/// threshold, so the links kept are exactly those a full comparison keeps.
+struct Pruning {
+    order: Vec<usize>,
+    /// Per field, the weight of each level (index 7: missing, 0).
+    weights: Vec<[f64; 8]>,
+    /// `best_after[k]`: the most the fields after `order[k]` can add.
+    best_after: Vec<f64>,
+    /// The weight a pair needs to reach the threshold probability.
+    cutoff: f64,
+}
+
+impl Pruning {
+    fn new(model: &Model, threshold: f64, offsets: &[usize]) -> Self {
+        let fields = model.m.len();
+        let weights: Vec<[f64; 8]> = (0..fields)
+            .map(|f| {
+                let mut w = [0.0; 8];
+                for (l, slot) in w.iter_mut().enumerate().take(LEVELS) {
+                    *slot = (model.m[f][l] / model.u[f][l]).log2();
+                }
+                w
+            })
+            .collect();
+        let best = |f: usize| weights[f].iter().copied().fold(0.0, f64::max);
+        let spread = |f: usize| best(f) - weights[f][..LEVELS].iter().copied().fold(0.0, f64::min);
+        let mut order: Vec<usize> = (0..fields).collect();
+        order.sort_by(|&x, &y| {
+            let per_word = |f: usize| spread(f) / (offsets[f + 1] - offsets[f]) as f64;
+            per_word(y).total_cmp(&per_word(x)).then(x.cmp(&y))
+        });
+        let best_after = (0..fields)
+            .map(|k| order[k + 1..].iter().map(|&f| best(f)).sum())
+            .collect();
+        let odds = |p: f64| (p / (1.0 - p)).log2();
+        let cutoff = odds(threshold) - odds(model.prior);
+        Self {
+            order,
+            weights,
+            best_after,
+            // A little slack for rounding; no cutoff when it is not a number.
+            cutoff: if cutoff.is_finite() {
+                cutoff - 1e-6
+            } else {
+                f64::NEG_INFINITY
+            },
+        }
+    }
+
+    /// The pair's pattern, or `None` once it cannot reach the threshold.
+    #[inline(always)]
+    fn pattern(
+        &self,
+        offsets: &[usize],
+        a: &[u64],
+        b: &[u64],
+        ones_a: &[u32],
+        ones_b: &[u32],
+    ) -> Option<Pattern> {
+        let (mut pattern, mut weight) = (0, 0.0);
+        for (k, &f) in self.order.iter().enumerate() {
+            let l = level_of(offsets, f, a, b, ones_a[f], ones_b[f]);
+            pattern |= u64::from(l) << (3 * f);
+            weight += self.weights[f][l as usize];
+            if weight + self.best_after[k] < self.cutoff {
+                return None;
+            }
+        }
+        Some(pattern)
+    }
 }
 
 /// Patterns are small integers: hash them with one multiplication.
@@ -214,36 +299,45 @@ impl Counts {
     }
 }
 
-/// Each pattern's (probability, weight), looked up as counts are kept.
-enum Verdicts {
+/// Each pattern's (probability, weight): a table of every pattern for few
+/// fields, worked out from the model as asked for more.
+enum Verdicts<'m> {
     Dense(Vec<(f64, f64)>),
-    Sparse(PatternMap<(f64, f64)>),
+    Computed(&'m Model),
 }
 
-impl Verdicts {
-    fn new(fields: usize, model: &Model, patterns: impl Iterator<Item = Pattern>) -> Self {
-        let verdict = |p| (model.probability(p), model.weight(p));
-        if fields <= DENSE_FIELDS {
-            let mut table = vec![(0.0, 0.0); 1 << (3 * fields)];
-            for p in patterns {
-                table[p as usize] = verdict(p);
-            }
-            Self::Dense(table)
-        } else {
-            Self::Sparse(patterns.map(|p| (p, verdict(p))).collect())
+impl<'m> Verdicts<'m> {
+    fn new(fields: usize, model: &'m Model) -> Self {
+        if fields > DENSE_FIELDS {
+            return Self::Computed(model);
         }
+        let mut table = vec![(0.0, 0.0); 1 << (3 * fields)];
+        // Every combination of a level (or missing) per field.
+        let choices: Vec<u8> = (0..LEVELS as u8).chain([MISSING]).collect();
+        let mut patterns: Vec<Pattern> = vec![0];
+        for f in 0..fields {
+            patterns = patterns
+                .iter()
+                .flat_map(|p| choices.iter().map(move |&l| p | (u64::from(l) << (3 * f))))
+                .collect();
+        }
+        for p in patterns {
+            table[p as usize] = (model.probability(p), model.weight(p));
+        }
+        Self::Dense(table)
     }
 
     #[inline(always)]
     fn get(&self, pattern: Pattern) -> (f64, f64) {
         match self {
             Self::Dense(table) => table[pattern as usize],
-            Self::Sparse(map) => map.get(&pattern).copied().unwrap_or((0.0, 0.0)),
+            Self::Computed(model) => (model.probability(pattern), model.weight(pattern)),
         }
     }
 }
 
-/// Every rule's blocks (members in entity order), each keyed by its rule.
+/// Every rule's blocks (members by organisation, then entity order), each
+/// keyed by its rule.
 struct Blocks {
     /// (rule, members), largest first, so threads finish together.
     blocks: Vec<(usize, Vec<u32>)>,
@@ -271,10 +365,12 @@ impl Blocks {
                     members.entry(*key).or_default().push(i as u32);
                 }
             }
-            for m in members.into_values() {
+            for mut m in members.into_values() {
                 if m.len() > MAX_BLOCK {
                     skipped += 1;
                 } else if m.len() > 1 {
+                    // By organisation, so a walk pairs only across them.
+                    m.sort_unstable_by_key(|&i| (entities[i as usize].organisation, i));
                     blocks.push((rule, m));
                 }
             }
@@ -299,17 +395,18 @@ struct Scratch {
 }
 
 /// Calls `each(rule, i, j, first, pattern)` for every cross-organisation
-/// pair of one block; `first` is false when an earlier rule also pairs them
-/// (and with `only_first` such pairs are passed over).
+/// pair of one block (`i` from the earlier organisation); `first` is false when an earlier rule also pairs them
+/// (and with `only_first` such pairs are passed over). With `pruning`, the
+/// pattern is `None` for a pair that cannot reach the threshold.
 #[inline(always)]
 fn walk_block(
     filters: &Filters,
     organisations: &[u32],
     blocks: &Blocks,
     (rule, members): (usize, &[u32]),
-    only_first: bool,
+    (only_first, pruning): (bool, Option<&Pruning>),
     scratch: &mut Scratch,
-    each: &mut impl FnMut(usize, usize, usize, bool, Pattern),
+    each: &mut impl FnMut(usize, usize, usize, bool, Option<Pattern>),
 ) {
     let (stride, fields) = (filters.stride, filters.fields());
     scratch.data.clear();
@@ -329,16 +426,22 @@ fn walk_block(
             .earlier
             .extend(blocks.keys[..rule].iter().map(|k| k[m]));
     }
+    // Members come grouped by organisation: each is paired with the members
+    // of the organisations after its own.
+    let mut group_end = 0;
     for (x, &i) in members.iter().enumerate() {
+        if x == group_end {
+            let organisation = scratch.organisations[x];
+            group_end = x + scratch.organisations[x..]
+                .iter()
+                .take_while(|&&o| o == organisation)
+                .count();
+        }
         let i = i as usize;
         let row_a = &scratch.data[x * stride..(x + 1) * stride];
         let ones_a = &scratch.ones[x * fields..(x + 1) * fields];
         let keys_a = &scratch.earlier[x * rule..(x + 1) * rule];
-        let organisation_a = scratch.organisations[x];
-        for (y, &j) in members.iter().enumerate().skip(x + 1) {
-            if scratch.organisations[y] == organisation_a {
-                continue;
-            }
+        for (y, &j) in members.iter().enumerate().skip(group_end) {
             let keys_b = &scratch.earlier[y * rule..(y + 1) * rule];
             let first = !keys_a
                 .iter()
@@ -347,18 +450,19 @@ fn walk_block(
             if only_first && !first {
                 continue;
             }
-            let j = j as usize;
-            let pattern = pattern_of(
-                &filters.offsets,
-                row_a,
-                &scratch.data[y * stride..(y + 1) * stride],
-                ones_a,
-                &scratch.ones[y * fields..(y + 1) * fields],
-            );
-            each(rule, i, j, first, pattern);
+            let row_b = &scratch.data[y * stride..(y + 1) * stride];
+            let ones_b = &scratch.ones[y * fields..(y + 1) * fields];
+            let pattern = match pruning {
+                None => Some(pattern_of(&filters.offsets, row_a, row_b, ones_a, ones_b)),
+                Some(p) => p.pattern(&filters.offsets, row_a, row_b, ones_a, ones_b),
+            };
+            each(rule, i, j as usize, first, pattern);
         }
     }
 }
+
+/// How a share of blocks is walked: which pairs, and whether to prune.
+type Walk<'p> = (bool, Option<&'p Pruning>);
 
 /// [`walk_block`] over a share of the blocks, compiled for popcount.
 #[cfg(target_arch = "x86_64")]
@@ -368,10 +472,10 @@ fn walk_share_popcnt(
     organisations: &[u32],
     blocks: &Blocks,
     share: &[usize],
-    only_first: bool,
-    each: &mut impl FnMut(usize, usize, usize, bool, Pattern),
+    walk: Walk<'_>,
+    each: &mut impl FnMut(usize, usize, usize, bool, Option<Pattern>),
 ) {
-    walk_share_portable(filters, organisations, blocks, share, only_first, each);
+    walk_share_portable(filters, organisations, blocks, share, walk, each);
 }
 
 #[inline(always)]
@@ -380,8 +484,8 @@ fn walk_share_portable(
     organisations: &[u32],
     blocks: &Blocks,
     share: &[usize],
-    only_first: bool,
-    each: &mut impl FnMut(usize, usize, usize, bool, Pattern),
+    walk: Walk<'_>,
+    each: &mut impl FnMut(usize, usize, usize, bool, Option<Pattern>),
 ) {
     let mut scratch = Scratch::default();
     for &b in share {
@@ -391,7 +495,7 @@ fn walk_share_portable(
             organisations,
             blocks,
             (*rule, members),
-            only_first,
+            walk,
             &mut scratch,
             each,
         );
@@ -403,31 +507,29 @@ fn walk_share(
     organisations: &[u32],
     blocks: &Blocks,
     share: &[usize],
-    only_first: bool,
-    each: &mut impl FnMut(usize, usize, usize, bool, Pattern),
+    walk: Walk<'_>,
+    each: &mut impl FnMut(usize, usize, usize, bool, Option<Pattern>),
 ) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("popcnt") {
             // SAFETY: the CPU has just been seen to support popcnt.
-            return unsafe {
-                walk_share_popcnt(filters, organisations, blocks, share, only_first, each)
-            };
+            return unsafe { walk_share_popcnt(filters, organisations, blocks, share, walk, each) };
         }
     }
-    walk_share_portable(filters, organisations, blocks, share, only_first, each);
+    walk_share_portable(filters, organisations, blocks, share, walk, each);
 }
 
 /// Runs `work` on `threads` threads, each over its share of the blocks
-/// (dealt round-robin, largest first), and returns their results.
+/// `walked` (dealt round-robin, largest first), and returns their results.
 fn in_parallel<T: Send>(
-    blocks: &Blocks,
+    walked: &[usize],
     threads: usize,
     work: impl Fn(&[usize]) -> T + Sync,
 ) -> Vec<T> {
     let threads = threads.max(1);
     let shares: Vec<Vec<usize>> = (0..threads)
-        .map(|t| (t..blocks.blocks.len()).step_by(threads).collect())
+        .map(|t| walked.iter().copied().skip(t).step_by(threads).collect())
         .collect();
     if threads == 1 {
         return vec![work(&shares[0])];
@@ -510,43 +612,56 @@ pub fn link_with(
         Vec::new()
     };
 
-    // Pass 1: count the patterns of every rule's pairs, and of the distinct
-    // candidates by the rule that found them first; fit the model.
     let started = Instant::now();
     let fields = params.fields.len();
-    let counted = in_parallel(&blocks, threads, |share| {
-        let mut all: Vec<Counts> = (0..rules).map(|_| Counts::new(fields)).collect();
-        let mut first_found: Vec<Counts> = (0..rules).map(|_| Counts::new(fields)).collect();
-        walk_share(
-            &filters,
-            &organisations,
-            &blocks,
-            share,
-            false,
-            &mut |rule, _, _, first, pattern| {
-                all[rule].add(pattern, 1);
-                if first {
-                    first_found[rule].add(pattern, 1);
-                }
-            },
-        );
-        (all, first_found)
-    });
-    let mut all: Vec<Counts> = (0..rules).map(|_| Counts::new(fields)).collect();
-    let mut first_found: Vec<Counts> = (0..rules).map(|_| Counts::new(fields)).collect();
-    for (thread_all, thread_first) in counted {
-        let merged = all.iter_mut().zip(thread_all);
-        for (into, from) in merged.chain(first_found.iter_mut().zip(thread_first)) {
-            for (p, n) in from.sorted() {
-                into.add(p, n);
-            }
-        }
-    }
-    let compared_first: u64 = all.iter().map(Counts::total).sum();
-    let candidate_pairs: u64 = first_found.iter().map(Counts::total).sum();
+    let mut compared_first = 0;
     let model = match model {
         Some(model) => model.clone(),
         None => {
+            // Pass 1, to fit the model: count the patterns of every rule's
+            // pairs, and of the distinct candidates by the rule that found
+            // them first, over a systematic sample of the blocks (every
+            // k-th, largest first) holding about SAMPLE_PAIRS pairs; the
+            // counts are scaled back up by k.
+            let pairs: u64 = blocks
+                .blocks
+                .iter()
+                .map(|(_, m)| (m.len() * (m.len() - 1) / 2) as u64)
+                .sum();
+            let every = pairs.div_ceil(SAMPLE_PAIRS).max(1);
+            let sampled: Vec<usize> = (0..blocks.blocks.len()).step_by(every as usize).collect();
+            let counted = in_parallel(&sampled, threads, |share| {
+                let mut all: Vec<Counts> = (0..rules).map(|_| Counts::new(fields)).collect();
+                let mut first_found: Vec<Counts> =
+                    (0..rules).map(|_| Counts::new(fields)).collect();
+                walk_share(
+                    &filters,
+                    &organisations,
+                    &blocks,
+                    share,
+                    (false, None),
+                    &mut |rule, _, _, first, pattern| {
+                        if let Some(pattern) = pattern {
+                            all[rule].add(pattern, 1);
+                            if first {
+                                first_found[rule].add(pattern, 1);
+                            }
+                        }
+                    },
+                );
+                (all, first_found)
+            });
+            let mut all: Vec<Counts> = (0..rules).map(|_| Counts::new(fields)).collect();
+            let mut first_found: Vec<Counts> = (0..rules).map(|_| Counts::new(fields)).collect();
+            for (thread_all, thread_first) in counted {
+                compared_first += thread_all.iter().map(Counts::total).sum::<u64>();
+                let merged = all.iter_mut().zip(thread_all);
+                for (into, from) in merged.chain(first_found.iter_mut().zip(thread_first)) {
+                    for (p, n) in from.sorted() {
+                        into.add(p, n * every);
+                    }
+                }
+            }
             let per_rule: Vec<RuleCandidates> = params
                 .blocking
                 .iter()
@@ -564,23 +679,22 @@ pub fn link_with(
         }
     };
 
-    // Pass 2: keep the candidates whose match probability reaches the threshold.
-    let verdicts = Verdicts::new(
-        fields,
-        &model,
-        first_found
-            .iter()
-            .flat_map(|counts| counts.sorted().into_iter().map(|(p, _)| p)),
-    );
-    let kept = in_parallel(&blocks, threads, |share| {
-        let mut links = Vec::new();
+    // Pass 2: every distinct candidate once; keep those whose match
+    // probability reaches the threshold (stopping early on the rest).
+    let verdicts = Verdicts::new(fields, &model);
+    let pruning = Pruning::new(&model, params.threshold, &filters.offsets);
+    let every_block: Vec<usize> = (0..blocks.blocks.len()).collect();
+    let kept = in_parallel(&every_block, threads, |share| {
+        let (mut links, mut candidates) = (Vec::new(), 0u64);
         walk_share(
             &filters,
             &organisations,
             &blocks,
             share,
-            true,
+            (true, Some(&pruning)),
             &mut |_, i, j, _, pattern| {
+                candidates += 1;
+                let Some(pattern) = pattern else { return };
                 let (probability, weight) = verdicts.get(pattern);
                 if probability >= params.threshold {
                     links.push(Link {
@@ -592,9 +706,10 @@ pub fn link_with(
                 }
             },
         );
-        links
+        (links, candidates)
     });
-    let mut links: Vec<Link> = kept.into_iter().flatten().collect();
+    let candidate_pairs: u64 = kept.iter().map(|(_, n)| n).sum();
+    let mut links: Vec<Link> = kept.into_iter().flat_map(|(links, _)| links).collect();
     let comparing = started.elapsed();
 
     let people = cluster(&organisations, &nhs, known, &mut links);
@@ -658,4 +773,104 @@ fn nhs_conflicts(
         }
     }
     conflicts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Encoder, Identity};
+    use joinery_crypto::keys::SecretKey;
+
+    /// Two organisations' records of 2,000 people from a few dozen names, so
+    /// blocks hold look-alikes; the second copy sometimes has a typo.
+    fn entities(params: &LinkageParams) -> Vec<Entity> {
+        let encoder = Encoder::new(&SecretKey::from_bytes([3; 32]), params).unwrap();
+        let given = [
+            "AVA", "MIA", "LEO", "NOAH", "ISLA", "OSCAR", "GRACE", "HARRY", "FREYA", "JACK",
+        ];
+        let family = [
+            "SMITH", "KHAN", "HALL", "JONES", "PATEL", "WOOD", "EVANS", "GREEN", "HILL", "MOORE",
+        ];
+        let mut state = 0x1234_5678_u64;
+        let mut next = |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        let mut out = Vec::new();
+        for person in 0..2000 {
+            let (g, f) = (given[next(10)], family[next(10)]);
+            let dob = format!(
+                "20{:02}-{:02}-{:02}",
+                8 + next(12),
+                1 + next(12),
+                1 + next(28)
+            );
+            let postcode = format!("M{} {}AB", 1 + next(30), next(10));
+            for organisation in 0..2u32 {
+                let family = if organisation == 1 && person % 7 == 0 {
+                    format!("{f}E")
+                } else {
+                    f.to_owned()
+                };
+                let identity = Identity::new()
+                    .with("given_name", Some(g))
+                    .with("family_name", Some(&family))
+                    .with("date_of_birth", Some(&dob))
+                    .with("sex", Some("female"))
+                    .with("postcode", Some(&postcode));
+                out.push(Entity {
+                    organisation,
+                    nhs: None,
+                    encoding: encoder.encode(&identity),
+                });
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn stopping_early_keeps_exactly_the_links_a_full_comparison_keeps() {
+        let params = LinkageParams::canonical();
+        let entities = entities(&params);
+        let known = vec![None; entities.len()];
+        let model = link_with(entities.clone(), &params, None, &known, 1)
+            .stats
+            .model;
+        let organisations: Vec<u32> = entities.iter().map(|e| e.organisation).collect();
+        let blocks = Blocks::new(&entities, params.blocking.len());
+        let filters = Filters::new(entities, &params);
+        let verdicts = Verdicts::new(params.fields.len(), &model);
+        let pruning = Pruning::new(&model, params.threshold, &filters.offsets);
+        let every: Vec<usize> = (0..blocks.blocks.len()).collect();
+        let kept = |pruned: Option<&Pruning>| {
+            let (mut links, mut dropped, mut candidates) = (Vec::new(), 0, 0);
+            walk_share(
+                &filters,
+                &organisations,
+                &blocks,
+                &every,
+                (true, pruned),
+                &mut |_, i, j, _, pattern| {
+                    candidates += 1;
+                    match pattern {
+                        Some(p) if verdicts.get(p).0 >= params.threshold => links.push((i, j)),
+                        Some(_) => {}
+                        None => dropped += 1,
+                    }
+                },
+            );
+            (links, dropped, candidates)
+        };
+        let (full, none_dropped, candidates) = kept(None);
+        let (pruned, dropped, _) = kept(Some(&pruning));
+        assert_eq!(none_dropped, 0);
+        assert!(full.len() > 1000, "{} links", full.len());
+        assert_eq!(pruned, full, "the same links, in the same order");
+        assert!(
+            dropped * 2 > candidates,
+            "most candidates stop early: {dropped} of {candidates}"
+        );
+    }
 }

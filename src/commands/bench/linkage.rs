@@ -198,7 +198,7 @@ pub async fn run(args: LinkageArgs) -> anyhow::Result<ExitCode> {
     let per_core =
         stats.comparisons as f64 / (stats.comparing.as_secs_f64().max(1e-9) * stats.threads as f64);
     println!(
-        "link: {:.2} s on {} threads; {} candidate pairs ({} blocks over {} left out); {} pair comparisons in {:.2} s = {:.1} M pairs/s per core = {:.0} M filter pairs/s per core; EM {} iterations, prior {:.2e}",
+        "link: {:.2} s on {} threads; {} candidate pairs ({} blocks over {} left out); {} pair comparisons in {:.2} s = {:.1} M pairs/s per core; EM {} iterations, prior {:.2e}",
         linking.as_secs_f64(),
         stats.threads,
         stats.candidate_pairs,
@@ -207,7 +207,6 @@ pub async fn run(args: LinkageArgs) -> anyhow::Result<ExitCode> {
         stats.comparisons,
         stats.comparing.as_secs_f64(),
         per_core / 1e6,
-        per_core * params.fields.len() as f64 / 1e6,
         stats.model.iterations,
         stats.model.prior
     );
