@@ -5,14 +5,18 @@
 //! Only pairs from different organisations are compared (an organisation's
 //! own records are distinct local ids). Every rule's blocks are walked; a
 //! pair found by an earlier rule too is a candidate only once, but still
-//! counts towards the later rule's model. Candidates are walked twice, once
-//! to count agreement patterns for the model and once to keep the links, so
-//! memory holds the encodings and the links, never the candidate pairs.
+//! counts towards the later rule's model. Blocks are walked twice: a
+//! systematic sample of them to count agreement patterns for the model
+//! (skipped when the model is given), then all of them to keep the links,
+//! so memory holds the encodings and the links, never the candidate pairs.
 //!
-//! Speed: a block's members are first copied side by side (its pairs then
-//! touch only that small buffer), Dice levels are decided in integers, the
-//! comparison loop is compiled for the CPU's popcount instruction where it
-//! has one, and blocks are shared out between threads.
+//! Speed: a block's members are grouped by organisation and copied side by
+//! side (its pairs then touch only that small buffer and never pair an
+//! organisation with itself), Dice levels are decided in integers, the
+//! second pass compares the most telling fields first and drops a pair as
+//! soon as it cannot reach the threshold, the comparison loop is compiled
+//! for the CPU's popcount instruction where it has one, and blocks are
+//! shared out between threads.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
