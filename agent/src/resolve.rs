@@ -3,9 +3,11 @@
 //! pseudonym of every local id (as it does when it sends them), and asks the
 //! gateway which of them belong to a cohort (`joinery.v1.Query/Reidentify`,
 //! allowed only where an agreement the agency is party to says so). The
-//! gateway answers with a subset of what was sent — nothing about any other
-//! agency's records — and the agent maps it back to local ids, which never
-//! leave the agency.
+//! gateway answers with a subset of what was sent — no other agency's
+//! records or pseudonyms — and the agent maps it back to local ids, which
+//! never leave the agency. Membership itself can rest on other agencies'
+//! data (a child known to CAMHS): that is what the agreement's direct-care
+//! permission allows.
 
 use std::collections::HashMap;
 

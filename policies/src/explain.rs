@@ -188,7 +188,7 @@ fn blocks(a: &Agreement) -> Vec<Block> {
     )));
     if a.outputs.reidentify_for_direct_care {
         out.push(Block::Paragraph(
-            "For direct care, each party may learn which of its own records belong to a cohort; no party learns anything of another's records.".to_owned(),
+            "For direct care, each party may learn which of its own records belong to a cohort, which can rest on what other parties hold (for instance that a child is known to another service); no party receives another's records.".to_owned(),
         ));
     }
     out.push(Block::Heading(2, "The Five Safes".to_owned()));

@@ -27,7 +27,7 @@ pub enum AgentCommand {
     },
     /// Direct care: this agency's local ids of the children in a cohort (a
     /// query file), on standard output, where an agreement allows it. The
-    /// gateway learns nothing new and the local ids never leave the agency.
+    /// local ids never leave the agency.
     Resolve {
         /// Agent configuration file (agent.yaml).
         #[arg(long, env = "JOINERY_AGENT_CONFIG")]
