@@ -347,7 +347,10 @@ def main():
             print(f"{name:<24} {tool:<9} {json.dumps(result)}", file=sys.stderr)
 
     def fmt(value, spec):
-        return format(value, spec) if isinstance(value, (int, float)) else "-"
+        if isinstance(value, (int, float)):
+            return format(value, spec)
+        width = int("".join(c for c in spec.split(",")[0].split(".")[0] if c.isdigit()) or 0)
+        return format("-", f">{width}")
 
     print(f"\n{'data':<24} {'tool':<9} {'F1':>7} {'encode rec/s':>13} {'comparisons/s':>14} {'total s':>8} {'peak MiB':>9}")
     for name, tool, r in rows:
