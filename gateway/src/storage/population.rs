@@ -97,17 +97,19 @@ impl Storage {
             "SELECT person_id, organisation, batch_id, event_type, event_date, attributes FROM events",
         )
         .fetch(&self.pool);
+        // Events with no record, no batch or an unreadable date (none, unless
+        // the database was changed by hand) are counted and reported.
+        let mut unplaced = 0u64;
         while let Some(row) = events.try_next().await? {
             let person_id: &str = row.try_get(0)?;
-            let Some(&at) = by_person.get(person_id) else {
-                continue;
-            };
             batch_key(&mut key, row.try_get(1)?, row.try_get(2)?);
-            let Some(dataset) = datasets.get(&key) else {
+            let date: &str = row.try_get(4)?;
+            let (Some(&at), Some(dataset), Some(date)) =
+                (by_person.get(person_id), datasets.get(&key), iso_date(date))
+            else {
+                unplaced += 1;
                 continue;
             };
-            let date: &str = row.try_get(4)?;
-            let Some(date) = iso_date(date) else { continue };
             let event_type: &str = row.try_get(3)?;
             let attributes: &str = row.try_get(5)?;
             people[at].events.push(PersonEvent {
@@ -118,6 +120,12 @@ impl Storage {
             });
         }
         drop(events);
+        if unplaced > 0 {
+            tracing::warn!(
+                events = unplaced,
+                "stored events left out of analytics: no matching record or batch, or an unreadable date"
+            );
+        }
         for person in &mut people {
             person.events.sort_by_key(|e| e.date);
             person.events.shrink_to_fit();
