@@ -490,35 +490,23 @@ async fn every_national_format_reaches_the_gateway_whole() {
             .unwrap()
             .to_owned();
         std::fs::write(config, text.replace(&old, &gateway.address)).unwrap();
-        joinery()
+        let out = joinery()
             .args(["agent", "resolve", "--config", config.to_str().unwrap()])
             .args(["--query", query.to_str().unwrap()])
             .output()
-            .unwrap()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        let ids: std::collections::BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .skip(1)
+            .map(str::to_owned)
+            .collect();
+        (ids, stderr)
     };
-    let council_ids = resolve(COUNCIL);
-    assert!(
-        council_ids.status.success(),
-        "{}",
-        String::from_utf8_lossy(&council_ids.stderr)
-    );
-    let ids: std::collections::BTreeSet<String> = String::from_utf8_lossy(&council_ids.stdout)
-        .lines()
-        .skip(1)
-        .map(str::to_owned)
-        .collect();
+    let (ids, _) = resolve(COUNCIL);
     assert_eq!(ids, with_cp_plan, "the council's own children on CP plans");
-    let camhs_ids = resolve(CAMHS);
-    assert!(
-        camhs_ids.status.success(),
-        "{}",
-        String::from_utf8_lossy(&camhs_ids.stderr)
-    );
-    let camhs: Vec<String> = String::from_utf8_lossy(&camhs_ids.stdout)
-        .lines()
-        .skip(1)
-        .map(str::to_owned)
-        .collect();
+    let (camhs, camhs_stderr) = resolve(CAMHS);
     assert!(camhs.iter().all(|id| !with_cp_plan.contains(id)));
 
     // A built-in indicator on the synthetic returns, exactly: the children
@@ -550,12 +538,7 @@ async fn every_national_format_reaches_the_gateway_whole() {
         format!("indicator: children-looked-after\nreference_date: {year_end}\n"),
     )
     .unwrap();
-    let resolved = resolve(COUNCIL);
-    let ids: std::collections::BTreeSet<String> = String::from_utf8_lossy(&resolved.stdout)
-        .lines()
-        .skip(1)
-        .map(str::to_owned)
-        .collect();
+    let (ids, _) = resolve(COUNCIL);
     assert_eq!(ids, looked_after, "children looked after at {year_end}");
     let rows = extract(analyst("case-reviewer"));
     assert_eq!(
@@ -563,9 +546,9 @@ async fn every_national_format_reaches_the_gateway_whole() {
         looked_after.len()
     );
     assert!(
-        String::from_utf8_lossy(&camhs_ids.stderr).contains("are in the cohort"),
+        camhs_stderr.contains("are in the cohort"),
         "{}",
-        String::from_utf8_lossy(&camhs_ids.stderr)
+        camhs_stderr
     );
 }
 

@@ -28,7 +28,7 @@ async fn run(
     peer: Option<Extension<PeerInfo>>,
     body: String,
 ) -> Response {
-    let identity = match analyst(peer) {
+    let identity = match identity(peer) {
         Ok(identity) => identity,
         Err((code, reason)) => return error(code, &reason),
     };
@@ -50,7 +50,7 @@ async fn extract(
     Query(params): Query<ExtractParams>,
     body: String,
 ) -> Response {
-    let identity = match analyst(peer) {
+    let identity = match identity(peer) {
         Ok(identity) => identity,
         Err((code, reason)) => return error(code, &reason),
     };
@@ -86,16 +86,11 @@ async fn extract(
     }
 }
 
-/// The analyst the certificate names, or the status and reason to refuse.
-fn analyst(peer: Option<Extension<PeerInfo>>) -> Result<PeerIdentity, (StatusCode, String)> {
+/// Who the client certificate names; the query service decides what they
+/// may ask (an agency's certificate is refused there, as over gRPC).
+fn identity(peer: Option<Extension<PeerInfo>>) -> Result<PeerIdentity, (StatusCode, String)> {
     match peer.map(|Extension(p)| p.identity) {
-        Some(Ok(identity @ PeerIdentity::Analyst(_))) => Ok(identity),
-        Some(Ok(other)) => Err((
-            StatusCode::FORBIDDEN,
-            format!(
-                "{other} may not query the linked population; an analyst certificate is required"
-            ),
-        )),
+        Some(Ok(identity)) => Ok(identity),
         _ => Err((
             StatusCode::UNAUTHORIZED,
             "a client certificate is required".to_owned(),

@@ -178,11 +178,10 @@ impl Pruning {
         let fields = model.m.len();
         let weights: Vec<[f64; 8]> = (0..fields)
             .map(|f| {
-                let mut w = [0.0; 8];
-                for (l, slot) in w.iter_mut().enumerate().take(LEVELS) {
-                    *slot = (model.m[f][l] / model.u[f][l]).log2();
-                }
-                w
+                std::array::from_fn(|l| match l {
+                    l if l < LEVELS => model.level_weight(f, l as u8),
+                    _ => 0.0,
+                })
             })
             .collect();
         let best = |f: usize| weights[f].iter().copied().fold(0.0, f64::max);

@@ -121,11 +121,16 @@ impl Model {
     /// log2 of the Bayes factor for a match.
     pub fn weight(&self, pattern: Pattern) -> f64 {
         (0..self.m.len())
-            .map(|f| match pattern_level(pattern, f) {
-                MISSING => 0.0,
-                l => (self.m[f][l as usize] / self.u[f][l as usize]).log2(),
-            })
+            .map(|f| self.level_weight(f, pattern_level(pattern, f)))
             .sum()
+    }
+
+    /// What field `f` at level `l` adds to the weight (nothing when missing).
+    pub fn level_weight(&self, f: usize, l: u8) -> f64 {
+        match l {
+            MISSING => 0.0,
+            l => (self.m[f][l as usize] / self.u[f][l as usize]).log2(),
+        }
     }
 
     /// The posterior probability that a pair with this pattern is a match.

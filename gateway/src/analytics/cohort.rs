@@ -60,17 +60,11 @@ pub(super) fn matching_events(
     person: &Person,
     reference: Date,
 ) -> usize {
-    match condition.which {
-        None => person
-            .events
-            .iter()
-            .filter(|e| event_matches(condition, person, e, reference))
-            .count(),
-        Some(which) => usize::from(
-            chosen(condition, person, which)
-                .is_some_and(|e| event_matches(condition, person, e, reference)),
-        ),
-    }
+    person
+        .events
+        .iter()
+        .filter(|e| event_matches(condition, person, e, reference))
+        .count()
 }
 
 /// The person's first or last event of the condition's type, dataset and
@@ -103,14 +97,14 @@ pub(super) fn event_matches(
     reference: Date,
 ) -> bool {
     of_kind(condition, e)
-        && condition.which.is_none_or(|which| {
-            chosen(condition, person, which).is_some_and(|c| std::ptr::eq(c, e))
-        })
         && condition.from.is_none_or(|from| e.date >= from)
         && condition.to.is_none_or(|to| e.date <= to)
         && condition
             .within_months
             .is_none_or(|months| e.date > months_before(reference, months) && e.date <= reference)
+        && condition.which.is_none_or(|which| {
+            chosen(condition, person, which).is_some_and(|c| std::ptr::eq(c, e))
+        })
         && condition
             .before
             .as_ref()

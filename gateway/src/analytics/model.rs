@@ -340,15 +340,19 @@ impl Breakdown {
 
     /// The labels of age bands starting at `starts`.
     pub fn age_band_labels(starts: &[u32]) -> Vec<String> {
-        starts
-            .iter()
-            .enumerate()
-            .map(|(i, from)| match starts.get(i + 1) {
-                Some(next) if *next == from + 1 => from.to_string(),
-                Some(next) => format!("{from}-{}", next - 1),
-                None => format!("{from}+"),
-            })
+        (0..starts.len())
+            .map(|band| Self::age_band_label(starts, band))
             .collect()
+    }
+
+    /// The label of band `band` of the age bands starting at `starts`.
+    pub fn age_band_label(starts: &[u32], band: usize) -> String {
+        let from = starts[band];
+        match starts.get(band + 1) {
+            Some(next) if *next == from + 1 => from.to_string(),
+            Some(next) => format!("{from}-{}", next - 1),
+            None => format!("{from}+"),
+        }
     }
 }
 

@@ -60,7 +60,7 @@ fn label<'a>(
         Breakdown::AgeBands(starts) => match person.age_on(reference) {
             Some(age) => {
                 let band = starts.iter().rposition(|from| age >= *from).unwrap_or(0);
-                Cow::Owned(Breakdown::age_band_labels(starts).swap_remove(band))
+                Cow::Owned(Breakdown::age_band_label(starts, band))
             }
             None => Cow::Borrowed(UNKNOWN),
         },
