@@ -106,11 +106,15 @@ struct Recorded {
     postcode: String,
 }
 
+/// Writes `children` children's records for every agency under `out`.
+/// `reach`, when given, replaces every agency's own share of the children
+/// it knows (a bench uses it for two large overlapping extracts).
 pub fn generate(
     out: &Path,
     children: usize,
     seed: u64,
     reference: Date,
+    reach: Option<f64>,
 ) -> anyhow::Result<SynthOutput> {
     let extracts_dir = out.join("extracts");
     let mappings_dir = out.join("mappings");
@@ -123,6 +127,9 @@ pub fn generate(
             "at most {MAX_CHILDREN} children: synthetic NHS numbers come from the 999 test range, \
              which holds about 909,000 valid numbers, and no two children share one"
         );
+    }
+    if let Some(reach) = reach.filter(|r| !(0.0..=1.0).contains(r)) {
+        anyhow::bail!("reach must be a share from 0 to 1, not {reach}");
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut issued = std::collections::HashSet::with_capacity(children);
@@ -153,7 +160,7 @@ pub fn generate(
         writer.write_record(header(agency.layout))?;
         let mut records = Vec::new();
         for c in &population {
-            if !rng.random_bool(agency.reach) {
+            if !rng.random_bool(reach.unwrap_or(agency.reach)) {
                 continue;
             }
             let recorded = record_of(&mut rng, c, agency, index, reference);
@@ -720,12 +727,26 @@ mod tests {
     }
 
     #[test]
+    fn reach_sets_every_agencys_share_of_the_children() {
+        let reference = time::macros::date!(2026 - 01 - 01);
+        let dir = tempfile::tempdir().unwrap();
+        generate(dir.path(), 60, 3, reference, Some(1.0)).unwrap();
+        let truth = std::fs::read_to_string(dir.path().join("ground_truth.csv")).unwrap();
+        for agency in AGENCIES {
+            let known = truth.lines().filter(|l| l.contains(agency.dataset)).count();
+            assert_eq!(known, 60, "{}", agency.dataset);
+        }
+        let error = generate(dir.path(), 60, 3, reference, Some(1.5)).unwrap_err();
+        assert!(error.to_string().contains("not 1.5"), "{error}");
+    }
+
+    #[test]
     fn same_seed_same_output() {
         let reference = time::macros::date!(2026 - 01 - 01);
         let a = tempfile::tempdir().unwrap();
         let b = tempfile::tempdir().unwrap();
-        generate(a.path(), 50, 9, reference).unwrap();
-        generate(b.path(), 50, 9, reference).unwrap();
+        generate(a.path(), 50, 9, reference, None).unwrap();
+        generate(b.path(), 50, 9, reference, None).unwrap();
         for file in [
             "ground_truth.csv",
             "extracts/csc_referrals.csv",

@@ -302,6 +302,67 @@ impl Counts {
     }
 }
 
+/// What pass 1 counts per rule: the patterns of all its cross-organisation
+/// pairs, of those no earlier rule found, and of its pairs within one
+/// organisation.
+struct PassOneCounts {
+    all: Vec<Counts>,
+    first: Vec<Counts>,
+    within: Vec<Counts>,
+}
+
+impl PassOneCounts {
+    fn new(rules: usize, fields: usize) -> Self {
+        let counts = || (0..rules).map(|_| Counts::new(fields)).collect();
+        Self {
+            all: counts(),
+            first: counts(),
+            within: counts(),
+        }
+    }
+
+    #[inline(always)]
+    fn add(&mut self, rule: usize, pair: Pair, pattern: Pattern, n: u64) {
+        match pair {
+            Pair::Within => self.within[rule].add(pattern, n),
+            Pair::First => {
+                self.all[rule].add(pattern, n);
+                self.first[rule].add(pattern, n);
+            }
+            Pair::Again => self.all[rule].add(pattern, n),
+        }
+    }
+
+    /// Pairs compared.
+    fn compared(&self) -> u64 {
+        self.all.iter().chain(&self.within).map(Counts::total).sum()
+    }
+
+    /// Adds another thread's counts, scaled by `every`.
+    fn merge(&mut self, other: Self, every: u64) {
+        let into = self
+            .all
+            .iter_mut()
+            .chain(&mut self.first)
+            .chain(&mut self.within);
+        let from = other.all.iter().chain(&other.first).chain(&other.within);
+        for (into, from) in into.zip(from) {
+            for (p, n) in from.sorted() {
+                into.add(p, n * every);
+            }
+        }
+    }
+
+    /// Per rule: (all, first, within).
+    fn rules(&self) -> impl Iterator<Item = (&Counts, &Counts, &Counts)> {
+        self.all
+            .iter()
+            .zip(&self.first)
+            .zip(&self.within)
+            .map(|((a, f), w)| (a, f, w))
+    }
+}
+
 /// Each pattern's (probability, weight): a table of every pattern for few
 /// fields, worked out from the model as asked for more.
 enum Verdicts<'m> {
@@ -397,19 +458,46 @@ struct Scratch {
     earlier: Vec<Option<Block>>,
 }
 
-/// Calls `each(rule, i, j, first, pattern)` for every cross-organisation
-/// pair of one block (`i` from the earlier organisation); `first` is false when an earlier rule also pairs them
-/// (and with `only_first` such pairs are passed over). With `pruning`, the
-/// pattern is `None` for a pair that cannot reach the threshold.
+/// Which pairs of a block a walk visits.
+#[derive(Clone, Copy)]
+enum Walk<'p> {
+    /// Fitting: every cross-organisation pair, and every pair within one
+    /// organisation (distinct local ids, so non-matches that share the
+    /// block, for how non-matches look there), fully compared.
+    Fitting,
+    /// Linking: each distinct cross-organisation candidate once (pairs an
+    /// earlier rule also finds are passed over), dropped once it cannot
+    /// reach the threshold.
+    Linking(&'p Pruning),
+}
+
+/// How a visited pair stands.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pair {
+    /// Across organisations, found by no earlier rule.
+    First,
+    /// Across organisations, also found by an earlier rule.
+    Again,
+    /// Within one organisation.
+    Within,
+}
+
+/// The callback a walk feeds: `(rule, i, j, pair, pattern)`, with the
+/// pattern `None` for a pair pruning dropped.
+trait Visit: FnMut(usize, usize, usize, Pair, Option<Pattern>) {}
+impl<F: FnMut(usize, usize, usize, Pair, Option<Pattern>)> Visit for F {}
+
+/// Calls `each` for the pairs of one block that `walk` visits (`i` before
+/// `j` in the block's order).
 #[inline(always)]
 fn walk_block(
     filters: &Filters,
     organisations: &[u32],
     blocks: &Blocks,
     (rule, members): (usize, &[u32]),
-    (only_first, pruning): (bool, Option<&Pruning>),
+    walk: Walk<'_>,
     scratch: &mut Scratch,
-    each: &mut impl FnMut(usize, usize, usize, bool, Option<Pattern>),
+    each: &mut impl Visit,
 ) {
     let (stride, fields) = (filters.stride, filters.fields());
     scratch.data.clear();
@@ -429,8 +517,15 @@ fn walk_block(
             .earlier
             .extend(blocks.keys[..rule].iter().map(|k| k[m]));
     }
+    let row = |x: usize| {
+        (
+            &scratch.data[x * stride..(x + 1) * stride],
+            &scratch.ones[x * fields..(x + 1) * fields],
+        )
+    };
     // Members come grouped by organisation: each is paired with the members
-    // of the organisations after its own.
+    // of the organisations after its own (and, when fitting, with the rest
+    // of its own).
     let mut group_end = 0;
     for (x, &i) in members.iter().enumerate() {
         if x == group_end {
@@ -441,31 +536,37 @@ fn walk_block(
                 .count();
         }
         let i = i as usize;
-        let row_a = &scratch.data[x * stride..(x + 1) * stride];
-        let ones_a = &scratch.ones[x * fields..(x + 1) * fields];
+        let (row_a, ones_a) = row(x);
         let keys_a = &scratch.earlier[x * rule..(x + 1) * rule];
+        if let Walk::Fitting = walk {
+            for (y, &j) in members.iter().enumerate().take(group_end).skip(x + 1) {
+                let (row_b, ones_b) = row(y);
+                let pattern = pattern_of(&filters.offsets, row_a, row_b, ones_a, ones_b);
+                each(rule, i, j as usize, Pair::Within, Some(pattern));
+            }
+        }
         for (y, &j) in members.iter().enumerate().skip(group_end) {
             let keys_b = &scratch.earlier[y * rule..(y + 1) * rule];
             let first = !keys_a
                 .iter()
                 .zip(keys_b)
                 .any(|(a, b)| a.is_some() && a == b);
-            if only_first && !first {
-                continue;
+            let (row_b, ones_b) = row(y);
+            match walk {
+                Walk::Fitting => {
+                    let pattern = pattern_of(&filters.offsets, row_a, row_b, ones_a, ones_b);
+                    let pair = if first { Pair::First } else { Pair::Again };
+                    each(rule, i, j as usize, pair, Some(pattern));
+                }
+                Walk::Linking(pruning) if first => {
+                    let pattern = pruning.pattern(&filters.offsets, row_a, row_b, ones_a, ones_b);
+                    each(rule, i, j as usize, Pair::First, pattern);
+                }
+                Walk::Linking(_) => {}
             }
-            let row_b = &scratch.data[y * stride..(y + 1) * stride];
-            let ones_b = &scratch.ones[y * fields..(y + 1) * fields];
-            let pattern = match pruning {
-                None => Some(pattern_of(&filters.offsets, row_a, row_b, ones_a, ones_b)),
-                Some(p) => p.pattern(&filters.offsets, row_a, row_b, ones_a, ones_b),
-            };
-            each(rule, i, j as usize, first, pattern);
         }
     }
 }
-
-/// How a share of blocks is walked: which pairs, and whether to prune.
-type Walk<'p> = (bool, Option<&'p Pruning>);
 
 /// [`walk_block`] over a share of the blocks, compiled for popcount.
 #[cfg(target_arch = "x86_64")]
@@ -476,7 +577,7 @@ fn walk_share_popcnt(
     blocks: &Blocks,
     share: &[usize],
     walk: Walk<'_>,
-    each: &mut impl FnMut(usize, usize, usize, bool, Option<Pattern>),
+    each: &mut impl Visit,
 ) {
     walk_share_portable(filters, organisations, blocks, share, walk, each);
 }
@@ -488,7 +589,7 @@ fn walk_share_portable(
     blocks: &Blocks,
     share: &[usize],
     walk: Walk<'_>,
-    each: &mut impl FnMut(usize, usize, usize, bool, Option<Pattern>),
+    each: &mut impl Visit,
 ) {
     let mut scratch = Scratch::default();
     for &b in share {
@@ -511,7 +612,7 @@ fn walk_share(
     blocks: &Blocks,
     share: &[usize],
     walk: Walk<'_>,
-    each: &mut impl FnMut(usize, usize, usize, bool, Option<Pattern>),
+    each: &mut impl Visit,
 ) {
     #[cfg(target_arch = "x86_64")]
     {
@@ -634,48 +735,38 @@ pub fn link_with(
             let every = pairs.div_ceil(SAMPLE_PAIRS).max(1);
             let sampled: Vec<usize> = (0..blocks.blocks.len()).step_by(every as usize).collect();
             let counted = in_parallel(&sampled, threads, |share| {
-                let mut all: Vec<Counts> = (0..rules).map(|_| Counts::new(fields)).collect();
-                let mut first_found: Vec<Counts> =
-                    (0..rules).map(|_| Counts::new(fields)).collect();
+                let mut counts = PassOneCounts::new(rules, fields);
                 walk_share(
                     &filters,
                     &organisations,
                     &blocks,
                     share,
-                    (false, None),
-                    &mut |rule, _, _, first, pattern| {
+                    Walk::Fitting,
+                    &mut |rule, _, _, pair, pattern| {
                         if let Some(pattern) = pattern {
-                            all[rule].add(pattern, 1);
-                            if first {
-                                first_found[rule].add(pattern, 1);
-                            }
+                            counts.add(rule, pair, pattern, 1);
                         }
                     },
                 );
-                (all, first_found)
+                counts
             });
-            let mut all: Vec<Counts> = (0..rules).map(|_| Counts::new(fields)).collect();
-            let mut first_found: Vec<Counts> = (0..rules).map(|_| Counts::new(fields)).collect();
-            for (thread_all, thread_first) in counted {
-                compared_first += thread_all.iter().map(Counts::total).sum::<u64>();
-                let merged = all.iter_mut().zip(thread_all);
-                for (into, from) in merged.chain(first_found.iter_mut().zip(thread_first)) {
-                    for (p, n) in from.sorted() {
-                        into.add(p, n * every);
-                    }
-                }
+            let mut counts = PassOneCounts::new(rules, fields);
+            for thread in counted {
+                compared_first += thread.compared();
+                counts.merge(thread, every);
             }
             let per_rule: Vec<RuleCandidates> = params
                 .blocking
                 .iter()
-                .zip(all.iter().zip(&first_found))
-                .map(|(rule, (all, first))| RuleCandidates {
+                .zip(counts.rules())
+                .map(|(rule, (all, first, within))| RuleCandidates {
                     blocked_fields: rule
                         .iter()
                         .filter_map(|part| params.fields.iter().position(|f| f.field == part.field))
                         .collect(),
                     patterns: all.sorted(),
                     first: first.sorted(),
+                    non_matches: within.sorted(),
                 })
                 .collect();
             Model::estimate(fields, &random, &per_rule, all_pairs)
@@ -694,7 +785,7 @@ pub fn link_with(
             &organisations,
             &blocks,
             share,
-            (true, Some(&pruning)),
+            Walk::Linking(&pruning),
             &mut |_, i, j, _, pattern| {
                 candidates += 1;
                 let Some(pattern) = pattern else { return };
@@ -847,15 +938,20 @@ mod tests {
         let verdicts = Verdicts::new(params.fields.len(), &model);
         let pruning = Pruning::new(&model, params.threshold, &filters.offsets);
         let every: Vec<usize> = (0..blocks.blocks.len()).collect();
-        let kept = |pruned: Option<&Pruning>| {
+        // Fitting compares every pair fully; its distinct candidates are
+        // those first found.
+        let kept = |walk: Walk<'_>| {
             let (mut links, mut dropped, mut candidates) = (Vec::new(), 0, 0);
             walk_share(
                 &filters,
                 &organisations,
                 &blocks,
                 &every,
-                (true, pruned),
-                &mut |_, i, j, _, pattern| {
+                walk,
+                &mut |_, i, j, pair, pattern| {
+                    if pair != Pair::First {
+                        return;
+                    }
                     candidates += 1;
                     match pattern {
                         Some(p) if verdicts.get(p).0 >= params.threshold => links.push((i, j)),
@@ -866,8 +962,8 @@ mod tests {
             );
             (links, dropped, candidates)
         };
-        let (full, none_dropped, candidates) = kept(None);
-        let (pruned, dropped, _) = kept(Some(&pruning));
+        let (full, none_dropped, candidates) = kept(Walk::Fitting);
+        let (pruned, dropped, _) = kept(Walk::Linking(&pruning));
         assert_eq!(none_dropped, 0);
         assert!(full.len() > 1000, "{} links", full.len());
         assert_eq!(pruned, full, "the same links, in the same order");

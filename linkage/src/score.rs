@@ -6,9 +6,22 @@
 //! - u is measured on random pairs, which are almost all non-matches;
 //! - m is estimated by expectation–maximisation over each blocking rule's
 //!   pairs separately (all of them, also those another rule finds too), with
-//!   u held fixed and the rule's own fields left out (every pair of the rule
-//!   agrees on them, so they say nothing there); the rules' estimates are
-//!   pooled, weighted by their expected matches;
+//!   the non-matches' side held fixed and the rule's own fields left out
+//!   (every pair of the rule agrees on them, so they say nothing there); the
+//!   rules' estimates are pooled, weighted by their expected matches;
+//! - in a rule's EM, how likely a non-match is to show a pattern is counted
+//!   jointly on the rule's pairs *within* one organisation (distinct local
+//!   ids, so non-matches, that share the rule's blocks), not taken from the
+//!   random pairs field by field. Non-matches that share a block are not
+//!   like random pairs: in a block of equal birth dates, names salted with
+//!   the birth year agree 18 times as often as at random, and an equal
+//!   given name nearly always means an equal sex. Left to the random
+//!   pairs, those coincidences (which at half a million records a side
+//!   outnumber the true matches) would be explained as matches, and EM
+//!   would learn that matches often disagree on family name. Patterns the
+//!   sample never shows (nearly all agreeing) fall back to the product of
+//!   its per-field shares; a rule with too few such pairs uses the random
+//!   pairs;
 //! - the prior is the chance that two random records match: the expected
 //!   number of matches among the distinct candidates (each scored by the
 //!   model of the first rule that found it, which EM calibrated on pairs
@@ -56,14 +69,20 @@ pub struct Model {
 const FLOOR: f64 = 1e-6;
 
 /// One blocking rule's pairs for estimation: the fields the rule blocks on
-/// (left out of its EM), the pattern counts of all its pairs, and of the
-/// candidates it was the first rule to find.
+/// (left out of its EM), the pattern counts of all its pairs, of the
+/// candidates it was the first rule to find, and of its pairs within one
+/// organisation (distinct local ids: non-matches that share its blocks).
 #[derive(Debug, Clone, Default)]
 pub struct RuleCandidates {
     pub blocked_fields: Vec<usize>,
     pub patterns: Vec<(Pattern, u64)>,
     pub first: Vec<(Pattern, u64)>,
+    pub non_matches: Vec<(Pattern, u64)>,
 }
+
+/// Fewer pairs within organisations than this, and a rule's non-matches
+/// are judged by the random pairs instead.
+pub const MIN_NON_MATCHES: u64 = 1_000;
 
 impl Model {
     /// Estimates the model: u from `random` pairs' patterns, m by EM per
@@ -81,16 +100,19 @@ impl Model {
         let mut iterations = 0;
         let mut matches = 0.0;
         for rule in rules {
-            let (m, prior, its) = em_for_rule(fields, &u, rule);
+            let sample = match rule.non_matches.iter().map(|&(_, n)| n).sum::<u64>() {
+                n if n >= MIN_NON_MATCHES => &rule.non_matches,
+                _ => random,
+            };
+            let non_match = NonMatch::new(fields, sample, &rule.blocked_fields);
+            let (m, prior, its) = em_for_rule(fields, &non_match, rule);
             iterations += its;
             let total: f64 = rule.patterns.iter().map(|&(_, n)| n as f64).sum();
             let expected = prior * total;
             matches += rule
                 .first
                 .iter()
-                .map(|&(p, n)| {
-                    n as f64 * masked_probability(&m, &u, prior, p, &rule.blocked_fields)
-                })
+                .map(|&(p, n)| n as f64 * non_match.match_probability(&m, prior, p))
                 .sum::<f64>();
             for f in (0..fields).filter(|f| !rule.blocked_fields.contains(f)) {
                 for (p, x) in pooled[f].iter_mut().zip(m[f]) {
@@ -143,23 +165,84 @@ impl Model {
 /// Where EM starts m: matches mostly agree.
 const START_M: [f64; LEVELS] = [0.90, 0.05, 0.03, 0.02];
 
-/// A pair's match probability under one rule's model: its fields left out,
-/// its own prior.
-fn masked_probability(
-    m: &[[f64; LEVELS]],
-    u: &[[f64; LEVELS]],
-    prior: f64,
-    pattern: Pattern,
-    blocked: &[usize],
-) -> f64 {
-    let mut log_ratio = 0.0;
-    for f in (0..m.len()).filter(|f| !blocked.contains(f)) {
-        let l = pattern_level(pattern, f);
-        if l != MISSING {
-            log_ratio += (m[f][l as usize] / u[f][l as usize]).ln();
+/// How likely non-matches are to show each pattern, one rule's blocked
+/// fields (and a pattern's missing fields) left out: counted on a sample of
+/// non-matches where it shows the pattern, else the product of the fields'
+/// shares in that sample.
+struct NonMatch<'s> {
+    sample: &'s [(Pattern, u64)],
+    shares: Vec<[f64; LEVELS]>,
+    blocked: &'s [usize],
+}
+
+impl<'s> NonMatch<'s> {
+    fn new(fields: usize, sample: &'s [(Pattern, u64)], blocked: &'s [usize]) -> Self {
+        let shares = level_shares(fields, sample.iter().map(|&(p, n)| (p, n as f64)), blocked);
+        Self {
+            sample,
+            shares,
+            blocked,
         }
     }
-    let odds = prior / (1.0 - prior) * log_ratio.exp();
+
+    /// The fields of `pattern` that carry evidence under this rule.
+    fn kept(&self, pattern: Pattern) -> impl Iterator<Item = usize> + '_ {
+        (0..self.shares.len())
+            .filter(move |f| !self.blocked.contains(f) && pattern_level(pattern, *f) != MISSING)
+    }
+
+    fn likelihood(&self, pattern: Pattern) -> f64 {
+        let (mut showing, mut comparable) = (0u64, 0u64);
+        for &(r, n) in self.sample {
+            if self.kept(pattern).all(|f| pattern_level(r, f) != MISSING) {
+                comparable += n;
+                if self
+                    .kept(pattern)
+                    .all(|f| pattern_level(r, f) == pattern_level(pattern, f))
+                {
+                    showing += n;
+                }
+            }
+        }
+        if showing > 0 {
+            showing as f64 / comparable as f64
+        } else {
+            self.kept(pattern)
+                .map(|f| self.shares[f][pattern_level(pattern, f) as usize])
+                .product()
+        }
+    }
+
+    /// Each pattern's likelihood, in the patterns' order.
+    fn likelihoods(&self, patterns: &[(Pattern, u64)]) -> Vec<f64> {
+        patterns.iter().map(|&(p, _)| self.likelihood(p)).collect()
+    }
+
+    /// A pair's match probability under the rule's m and prior.
+    fn match_probability(&self, m: &[[f64; LEVELS]], prior: f64, pattern: Pattern) -> f64 {
+        posterior(
+            m,
+            prior,
+            pattern,
+            self.kept(pattern),
+            self.likelihood(pattern),
+        )
+    }
+}
+
+/// The posterior of a match: m over `kept` fields against the non-match
+/// likelihood `u`.
+fn posterior(
+    m: &[[f64; LEVELS]],
+    prior: f64,
+    pattern: Pattern,
+    kept: impl Iterator<Item = usize>,
+    u: f64,
+) -> f64 {
+    let m: f64 = kept
+        .map(|f| m[f][pattern_level(pattern, f) as usize])
+        .product();
+    let odds = prior / (1.0 - prior) * m / u;
     odds / (1.0 + odds)
 }
 
@@ -168,7 +251,7 @@ fn masked_probability(
 /// iterations.
 fn em_for_rule(
     fields: usize,
-    u: &[[f64; LEVELS]],
+    non_match: &NonMatch,
     rule: &RuleCandidates,
 ) -> (Vec<[f64; LEVELS]>, f64, usize) {
     let mut m = vec![START_M; fields];
@@ -177,6 +260,7 @@ fn em_for_rule(
     if total == 0.0 {
         return (m, 0.0, 0);
     }
+    let u = non_match.likelihoods(&rule.patterns);
     let mut iterations = 0;
     for _ in 0..200 {
         iterations += 1;
@@ -184,8 +268,9 @@ fn em_for_rule(
         let weighted: Vec<(Pattern, f64)> = rule
             .patterns
             .iter()
-            .map(|&(p, n)| {
-                let w = n as f64 * masked_probability(&m, u, prior, p, &rule.blocked_fields);
+            .zip(&u)
+            .map(|(&(p, n), &u)| {
+                let w = n as f64 * posterior(&m, prior, p, non_match.kept(p), u);
                 matched += w;
                 (p, w)
             })
@@ -286,6 +371,7 @@ mod tests {
             blocked_fields: vec![0],
             first: patterns.clone(),
             patterns,
+            non_matches: Vec::new(),
         };
         let model = Model::estimate(3, &random, &[rule], 100_000.0);
         assert!((model.prior - 0.001).abs() < 0.0002, "{model:?}");
@@ -296,5 +382,46 @@ mod tests {
         // A missing field is no evidence either way.
         assert!(model.weight(pattern(&[0, 0, MISSING])) < model.weight(pattern(&[0, 0, 0])));
         assert!(model.weight(pattern(&[0, 0, MISSING])) > model.weight(pattern(&[0, 0, 3])));
+    }
+
+    #[test]
+    fn non_matches_that_share_a_block_are_judged_by_pairs_within_an_organisation() {
+        // Field 0 is blocked on (a birth date); field 1 (a given name salted
+        // with the birth year) agrees by chance once in 1,000 random pairs
+        // but once in 20 pairs that share a birth date; field 2 (a family
+        // name) once in 1,000 either way.
+        let random = [
+            (pattern(&[3, 3, 3]), 998_000),
+            (pattern(&[3, 0, 3]), 1_000),
+            (pattern(&[3, 3, 0]), 1_000),
+        ];
+        let within = vec![
+            (pattern(&[0, 3, 3]), 9_490),
+            (pattern(&[0, 0, 3]), 500),
+            (pattern(&[0, 3, 0]), 10),
+        ];
+        // The block's cross-organisation pairs: 100 matches, and 10,000
+        // non-matches with the same chance agreements as within.
+        let patterns = vec![
+            (pattern(&[0, 0, 0]), 100),
+            (pattern(&[0, 3, 3]), 9_490),
+            (pattern(&[0, 0, 3]), 500),
+            (pattern(&[0, 3, 0]), 10),
+        ];
+        let rule = |non_matches| RuleCandidates {
+            blocked_fields: vec![0],
+            first: patterns.clone(),
+            patterns: patterns.clone(),
+            non_matches,
+        };
+        let model = Model::estimate(3, &random, &[rule(within)], 1e7);
+        // Matches agree on the family name, so its disagreement is strong
+        // evidence; the 100 matches are found.
+        assert!(model.m[2][3] < 0.05, "{model:?}");
+        assert!((model.prior - 1e-5).abs() < 2e-6, "{model:?}");
+        // Judged by the random pairs, the 500 chance agreements look like
+        // matches that disagree on family name.
+        let naive = Model::estimate(3, &random, &[rule(Vec::new())], 1e7);
+        assert!(naive.m[2][3] > 0.5, "{naive:?}");
     }
 }

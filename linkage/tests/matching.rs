@@ -122,6 +122,22 @@ fn known_pairs_link_twins_do_not_and_results_repeat() {
     for (org, p) in [(0, &twin_a), (0, &twin_b), (1, &twin_a), (1, &twin_b)] {
         entities.push(entity(&encoder, org, p, None));
     }
+    // Twins of whom each organisation knows only one: nothing but the
+    // given name tells them apart, and that must be enough.
+    let twin_c = Person {
+        given: "HARRY".into(),
+        family: "ADEYEMI".into(),
+        dob: "2011-02-17".into(),
+        sex: "male",
+        postcode: "M12 7HF".into(),
+    };
+    let twin_d = Person {
+        given: "OSCAR".into(),
+        ..twin_c.clone()
+    };
+    let lone_twins = entities.len();
+    entities.push(entity(&encoder, 0, &twin_c, None));
+    entities.push(entity(&encoder, 1, &twin_d, None));
 
     let result = link(entities.clone(), &params);
     let people_of = &result.people;
@@ -140,6 +156,11 @@ fn known_pairs_link_twins_do_not_and_results_repeat() {
     assert_eq!(people_of[twins], people_of[twins + 2]);
     assert_eq!(people_of[twins + 1], people_of[twins + 3]);
     assert_ne!(people_of[twins], people_of[twins + 1]);
+    assert_ne!(
+        people_of[lone_twins],
+        people_of[lone_twins + 1],
+        "twins each known to one organisation stay apart"
+    );
 
     // The same keys and input give the same people.
     assert_eq!(link(entities, &params).people, result.people);

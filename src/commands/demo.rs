@@ -115,8 +115,13 @@ impl DemoArgs {
 
         // 2. Synthetic extracts.
         let reference = time::OffsetDateTime::now_utc().date();
-        let synth =
-            crate::synth::generate(&dir.join("synth"), self.children, self.seed, reference)?;
+        let synth = crate::synth::generate(
+            &dir.join("synth"),
+            self.children,
+            self.seed,
+            reference,
+            None,
+        )?;
         println!(
             "2. Generated {} children's records for {} agencies: {} rows ({})",
             self.children,

@@ -19,6 +19,10 @@ pub struct SynthArgs {
     /// Date the extracts are taken (YYYY-MM-DD; default today).
     #[arg(long, value_parser = parse_date)]
     reference_date: Option<time::Date>,
+    /// Share of the children every agency knows (0 to 1) [default: each
+    /// agency's own: 0.55 for the council, 0.35 for CAMHS and SALT].
+    #[arg(long)]
+    reach: Option<f64>,
 }
 
 pub fn parse_date(text: &str) -> Result<time::Date, String> {
@@ -31,7 +35,8 @@ impl SynthArgs {
         let reference = self
             .reference_date
             .unwrap_or_else(|| time::OffsetDateTime::now_utc().date());
-        let output = crate::synth::generate(&self.out, self.children, self.seed, reference)?;
+        let output =
+            crate::synth::generate(&self.out, self.children, self.seed, reference, self.reach)?;
         println!(
             "{} children, {} rows across {} agencies in {}",
             self.children,

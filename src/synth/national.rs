@@ -1021,7 +1021,7 @@ mod tests {
     fn every_national_format_reads_back_clean_and_as_the_csv_extracts_say() {
         let reference = date!(2026 - 01 - 15);
         let dir = tempfile::tempdir().unwrap();
-        let output = super::super::generate(dir.path(), 400, 5, reference).unwrap();
+        let output = super::super::generate(dir.path(), 400, 5, reference, None).unwrap();
         let kinds: BTreeSet<&str> = output.national.iter().map(|s| s.config.kind()).collect();
         assert_eq!(kinds, CSV_DATE_EVENT.iter().map(|(k, _)| *k).collect());
         for source in &output.national {

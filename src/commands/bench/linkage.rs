@@ -48,6 +48,10 @@ pub struct LinkageArgs {
     /// [default: a fresh throwaway key].
     #[arg(long)]
     linkage_key: Option<PathBuf>,
+    /// Link only these datasets (comma-separated) [default: every mapping
+    /// in `--data`].
+    #[arg(long, value_delimiter = ',')]
+    datasets: Vec<String>,
 }
 
 /// One record to link, and who it is in the extract.
@@ -83,8 +87,12 @@ pub async fn run(args: LinkageArgs) -> anyhow::Result<ExitCode> {
         .collect();
     mappings.sort();
     let today = time::OffsetDateTime::now_utc().date();
-    for (organisation, mapping_path) in mappings.iter().enumerate() {
+    let mut organisation = 0;
+    for mapping_path in &mappings {
         let mapping = Mapping::load(mapping_path)?;
+        if !args.datasets.is_empty() && !args.datasets.contains(&mapping.dataset) {
+            continue;
+        }
         let stem = mapping_path.file_stem().unwrap_or_default();
         let extract = args.data.join("extracts").join(stem).with_extension("csv");
         let mut source = CsvSource::open(&extract, &mapping, mapping_path, today)?;
@@ -99,7 +107,7 @@ pub async fn run(args: LinkageArgs) -> anyhow::Result<ExitCode> {
             }
             seen.insert(key, entities.len());
             entities.push(Entity {
-                organisation: organisation as u32,
+                organisation,
                 nhs: row
                     .nhs_number
                     .as_ref()
@@ -108,9 +116,18 @@ pub async fn run(args: LinkageArgs) -> anyhow::Result<ExitCode> {
                 encoding: encoder.encode(&row.linkage_identity()),
             });
         }
+        organisation += 1;
     }
     let encoding = started.elapsed();
-    if mappings.is_empty() {
+    if !args.datasets.is_empty() && args.datasets.len() != organisation as usize {
+        bail!(
+            "--datasets: {} named, {} found in {}/mappings",
+            args.datasets.len(),
+            organisation,
+            args.data.display()
+        );
+    }
+    if organisation == 0 {
         bail!("no mappings in {}/mappings", args.data.display());
     }
 
@@ -182,7 +199,7 @@ pub async fn run(args: LinkageArgs) -> anyhow::Result<ExitCode> {
         "bench linkage: {} rows, {} records from {} extracts ({}; parameters v{})",
         rows,
         records,
-        mappings.len(),
+        organisation,
         if args.fuzzy_only {
             "fuzzy only"
         } else {
@@ -210,6 +227,22 @@ pub async fn run(args: LinkageArgs) -> anyhow::Result<ExitCode> {
         stats.model.iterations,
         stats.model.prior
     );
+    // Each field's weight (log2 m/u) at full agreement and at disagreement.
+    let weights: Vec<String> = params
+        .fields
+        .iter()
+        .enumerate()
+        .map(|(f, field)| {
+            let weight = |l: usize| stats.model.level_weight(f, l as u8);
+            format!(
+                "{} {:+.1}/{:+.1}",
+                field.field,
+                weight(0),
+                weight(joinery_linkage::score::LEVELS - 1)
+            )
+        })
+        .collect();
+    println!("model (agree/disagree weights): {}", weights.join(", "));
     println!(
         "accuracy: predicted pairs {}, true pairs {}, precision {precision:.4}, recall {recall:.4}, F1 {f1:.4}",
         predicted.len(),
