@@ -125,10 +125,12 @@ impl Releaser {
             let encoding = encoder.encode(&row.linkage_identity());
             LinkageEncoding {
                 version: encoder.params().version,
-                filters: encoding
-                    .filters
-                    .iter()
-                    .map(|f| joinery_linkage::Encoding::filter_bytes(f))
+                filters: (0..encoder.params().fields.len())
+                    .map(|f| {
+                        joinery_linkage::Encoding::filter_bytes(
+                            encoding.filter(encoder.params(), f),
+                        )
+                    })
                     .collect(),
                 blocks: encoding
                     .blocks

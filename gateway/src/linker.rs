@@ -149,7 +149,6 @@ fn to_entities(
     params: &LinkageParams,
     full: bool,
 ) -> (Vec<Entity>, Vec<Option<u64>>) {
-    let widths: Vec<usize> = params.fields.iter().map(|f| f.bits as usize / 8).collect();
     let mut organisations: HashMap<&str, u32> = HashMap::new();
     let mut spines: HashMap<&str, u64> = HashMap::new();
     let mut entities = Vec::with_capacity(stored.len());
@@ -157,17 +156,12 @@ fn to_entities(
     for e in stored {
         let next = organisations.len() as u32;
         let organisation = *organisations.entry(&e.organisation).or_insert(next);
-        let mut filters = Vec::with_capacity(widths.len());
-        let mut at = 0;
-        for &width in &widths {
-            let words = e
-                .filters
-                .get(at..at + width)
-                .and_then(Encoding::filter_from_bytes)
-                .unwrap_or_default();
-            filters.push(words);
-            at += width;
-        }
+        // Stored filters lie side by side as the matcher wants them; any
+        // other length counts as missing.
+        let filters = Some(&e.filters)
+            .filter(|f| f.len() == params.words() * 8)
+            .and_then(|f| Encoding::filter_from_bytes(f))
+            .unwrap_or_default();
         let blocks = e
             .blocks
             .iter()

@@ -43,12 +43,15 @@ impl Identity {
     }
 }
 
-/// What leaves the agent for one person: a filter per encoded field (in the
-/// order of the parameters; empty when the field is missing) and a blocking
-/// key per rule (`None` when a part is missing).
+/// What leaves the agent for one person: a filter per encoded field and a
+/// blocking key per rule (`None` when a part is missing).
+///
+/// The filters lie side by side in one allocation, in the parameters'
+/// order, each `bits / 64` words (see [`LinkageParams::field_words`]); a
+/// missing field's words are all zero (a present field always sets a bit).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Encoding {
-    pub filters: Vec<Vec<u64>>,
+    pub filters: Vec<u64>,
     pub blocks: Vec<Option<[u8; BLOCK_KEY_LEN]>>,
 }
 
@@ -60,6 +63,16 @@ pub type Pseudonym = [u8; 32];
 pub const BLOCK_KEY_LEN: usize = 16;
 
 impl Encoding {
+    /// Field `f`'s filter: empty when the field is missing.
+    pub fn filter(&self, params: &LinkageParams, f: usize) -> &[u64] {
+        let words = self.filters.get(params.field_words(f)).unwrap_or_default();
+        if words.iter().all(|&w| w == 0) {
+            &[]
+        } else {
+            words
+        }
+    }
+
     /// The wire form of one filter: its words, little-endian.
     pub fn filter_bytes(words: &[u64]) -> Vec<u8> {
         words.iter().flat_map(|w| w.to_le_bytes()).collect()
@@ -113,13 +126,15 @@ impl Encoder {
     }
 
     pub fn encode(&self, identity: &Identity) -> Encoding {
-        let filters = self
-            .params
-            .fields
-            .iter()
-            .zip(&self.field_keys)
-            .map(|(field, key)| encode_field(field, key, identity))
-            .collect();
+        let mut filters = vec![0; self.params.words()];
+        for (f, (field, key)) in self.params.fields.iter().zip(&self.field_keys).enumerate() {
+            encode_field(
+                field,
+                key,
+                identity,
+                &mut filters[self.params.field_words(f)],
+            );
+        }
         let blocks = self
             .params
             .blocking
@@ -150,20 +165,26 @@ fn take(part: &KeyPart, identity: &Identity) -> Option<String> {
     }
 }
 
-fn encode_field(field: &FieldEncoding, key: &Pseudonymiser, identity: &Identity) -> Vec<u64> {
+/// Sets the field's bits in `words` (its share of the encoding), leaving
+/// them zero when it is missing.
+fn encode_field(
+    field: &FieldEncoding,
+    key: &Pseudonymiser,
+    identity: &Identity,
+    words: &mut [u64],
+) {
     let Some(value) = identity.get(&field.field) else {
-        return Vec::new();
+        return;
     };
     let salt = match &field.salt {
         Some(part) => match take(part, identity) {
             Some(salt) => salt,
             // Without its salt the field cannot be compared with anyone's.
-            None => return Vec::new(),
+            None => return,
         },
         None => String::new(),
     };
     let bits = field.bits as usize;
-    let mut words = vec![0u64; bits / 64];
     let mut input = Vec::with_capacity(64);
     for_each_token(field.tokens, value, |token| {
         input.clear();
@@ -173,10 +194,9 @@ fn encode_field(field: &FieldEncoding, key: &Pseudonymiser, identity: &Identity)
         let tag = key.pseudonymise(&input);
         for i in 0..field.hashes as usize {
             let position = usize::from(u16::from_le_bytes([tag[2 * i], tag[2 * i + 1]]));
-            bloom::set(&mut words, position % bits);
+            bloom::set(words, position % bits);
         }
     });
-    words
 }
 
 fn for_each_token(tokens: Tokens, value: &str, mut each: impl FnMut(&str)) {
@@ -239,11 +259,24 @@ mod tests {
         let typo = encoder.encode(&child("AMELIA", "JONSON", "2015-04-12"));
         let other = encoder.encode(&child("OLIVER", "PATEL", "2015-04-12"));
         assert_eq!(a, encoder.encode(&child("AMELIA", "JOHNSON", "2015-04-12")));
-        assert!(dice(&a.filters[1], &typo.filters[1]) > 0.75);
-        assert!(dice(&a.filters[1], &other.filters[1]) < 0.35);
+        assert!(
+            dice(
+                a.filter(encoder.params(), 1),
+                typo.filter(encoder.params(), 1)
+            ) > 0.75
+        );
+        assert!(
+            dice(
+                a.filter(encoder.params(), 1),
+                other.filter(encoder.params(), 1)
+            ) < 0.35
+        );
         // Swapped day and month: year still agrees.
         let swapped = encoder.encode(&child("AMELIA", "JOHNSON", "2015-12-04"));
-        let d = dice(&a.filters[2], &swapped.filters[2]);
+        let d = dice(
+            a.filter(encoder.params(), 2),
+            swapped.filter(encoder.params(), 2),
+        );
         assert!(d > 0.1 && d < 0.6, "{d}");
         // Same date, same blocking key; the family-name key survives a typo
         // that keeps the Soundex code.
@@ -259,7 +292,7 @@ mod tests {
         let two = Encoder::new(&SecretKey::from_bytes([2; 32]), &params).unwrap();
         let person = child("AMELIA", "JOHNSON", "2015-04-12");
         let (a, b) = (one.encode(&person), two.encode(&person));
-        assert!(dice(&a.filters[0], &b.filters[0]) < 0.35);
+        assert!(dice(a.filter(&params, 0), b.filter(&params, 0)) < 0.35);
         assert_ne!(a.blocks, b.blocks);
     }
 
@@ -269,7 +302,7 @@ mod tests {
             Encoder::new(&SecretKey::from_bytes([1; 32]), &LinkageParams::canonical()).unwrap();
         let a = encoder.encode(&child("AMELIA", "JOHNSON", "2015-04-12"));
         let b = encoder.encode(&child("AMELIA", "JOHNSON", "2016-04-12"));
-        assert!(dice(&a.filters[0], &b.filters[0]) < 0.35);
+        assert!(dice(a.filter(encoder.params(), 0), b.filter(encoder.params(), 0)) < 0.35);
     }
 
     #[test]
@@ -278,7 +311,8 @@ mod tests {
             Encoder::new(&SecretKey::from_bytes([1; 32]), &LinkageParams::canonical()).unwrap();
         let e = encoder.encode(&Identity::new().with("family_name", Some("JOHNSON")));
         // No birth year: the salted names cannot be encoded either.
-        assert!(e.filters.iter().all(Vec::is_empty));
+        assert!(e.filters.iter().all(|&w| w == 0));
+        assert!(e.filter(encoder.params(), 1).is_empty());
         assert!(e.blocks.iter().all(Option::is_none));
         let bytes = Encoding::filter_bytes(&[1, 2]);
         assert_eq!(Encoding::filter_from_bytes(&bytes), Some(vec![1, 2]));

@@ -88,29 +88,23 @@ struct Filters {
 impl Filters {
     /// Takes the entities' filters, letting each entity go once copied.
     fn new(entities: Vec<Entity>, params: &LinkageParams) -> Self {
-        let mut offsets = vec![0];
-        for f in &params.fields {
-            offsets.push(offsets[offsets.len() - 1] + f.bits as usize / 64);
-        }
         let fields = params.fields.len();
+        let offsets: Vec<usize> = (0..fields)
+            .map(|f| params.field_words(f).start)
+            .chain([params.words()])
+            .collect();
         let stride = offsets[fields];
         let mut data = Vec::with_capacity(stride * entities.len());
         let mut ones = Vec::with_capacity(fields * entities.len());
         for e in entities.into_iter() {
-            for f in 0..fields {
-                let w = offsets[f + 1] - offsets[f];
-                match e.encoding.filters.get(f) {
-                    // A filter of the wrong length is treated as missing.
-                    Some(filter) if filter.len() == w => {
-                        data.extend_from_slice(filter);
-                        ones.push(bloom::ones(filter));
-                    }
-                    _ => {
-                        data.extend(std::iter::repeat_n(0, w));
-                        ones.push(0);
-                    }
-                }
+            // Filters of the wrong length are treated as missing.
+            if e.encoding.filters.len() == stride {
+                data.extend_from_slice(&e.encoding.filters);
+            } else {
+                data.extend(std::iter::repeat_n(0, stride));
             }
+            let row = &data[data.len() - stride..];
+            ones.extend((0..fields).map(|f| bloom::ones(&row[offsets[f]..offsets[f + 1]])));
         }
         Self {
             offsets,

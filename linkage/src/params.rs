@@ -126,6 +126,17 @@ impl LinkageParams {
         Ok(())
     }
 
+    /// Words (64 bits) of all the fields' filters together.
+    pub fn words(&self) -> usize {
+        self.fields.iter().map(|f| f.bits as usize / 64).sum()
+    }
+
+    /// Where field `f`'s filter lies among an encoding's words.
+    pub fn field_words(&self, f: usize) -> std::ops::Range<usize> {
+        let start: usize = self.fields[..f].iter().map(|f| f.bits as usize / 64).sum();
+        start..start + self.fields[f].bits as usize / 64
+    }
+
     /// The parameters for the canonical person fields: names salted with the
     /// birth year, the date of birth by parts, sex, postcode; blocking on
     /// the family name's Soundex with the birth year, on the whole date of

@@ -27,7 +27,10 @@ fn attack(encoder: &Encoder, population: &[(usize, i32)]) -> f64 {
                 .with("given_name", Some(NAMES[name]))
                 .with("date_of_birth", Some(&dob)),
         );
-        groups.entry(e.filters[0].clone()).or_default().push(name);
+        groups
+            .entry(e.filter(encoder.params(), 0).to_vec())
+            .or_default()
+            .push(name);
     }
     let mut by_size: Vec<Vec<usize>> = groups.into_values().collect();
     by_size.sort_by_key(|g| std::cmp::Reverse(g.len()));
