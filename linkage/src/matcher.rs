@@ -158,13 +158,20 @@ fn pattern_of(offsets: &[usize], a: &[u64], b: &[u64], ones_a: &[u32], ones_b: &
 /// is dropped only once even their best levels could not lift it to the
 /// threshold, so the links kept are exactly those a full comparison keeps.
 struct Pruning {
-    order: Vec<usize>,
-    /// Per field, the weight of each level (index 7: missing, 0).
-    weights: Vec<[f64; 8]>,
-    /// `best_after[k]`: the most the fields after `order[k]` can add.
-    best_after: Vec<f64>,
-    /// The weight a pair needs to reach the threshold probability.
-    cutoff: f64,
+    /// The fields in the order they are compared.
+    steps: Vec<Step>,
+}
+
+/// One field of [`Pruning`]'s order, with all a comparison needs at hand.
+struct Step {
+    field: usize,
+    /// Where its filter lies among an entity's words.
+    words: std::ops::Range<usize>,
+    /// The weight of each level (index 7: missing, 0).
+    weights: [f64; 8],
+    /// The weight a pair needs so far to reach the threshold, given the
+    /// most the fields after this one can add.
+    floor: f64,
 }
 
 impl Pruning {
@@ -185,40 +192,44 @@ impl Pruning {
             let per_word = |f: usize| spread(f) / (offsets[f + 1] - offsets[f]) as f64;
             per_word(y).total_cmp(&per_word(x)).then(x.cmp(&y))
         });
-        let best_after = (0..fields)
-            .map(|k| order[k + 1..].iter().map(|&f| best(f)).sum())
-            .collect();
         let odds = |p: f64| (p / (1.0 - p)).log2();
         let cutoff = odds(threshold) - odds(model.prior);
-        Self {
-            order,
-            weights,
-            best_after,
-            // A little slack for rounding; no cutoff when it is not a number.
-            cutoff: if cutoff.is_finite() {
-                cutoff - 1e-6
-            } else {
-                f64::NEG_INFINITY
-            },
-        }
+        // A little slack for rounding; no cutoff when it is not a number.
+        let cutoff = if cutoff.is_finite() {
+            cutoff - 1e-6
+        } else {
+            f64::NEG_INFINITY
+        };
+        let steps = (0..fields)
+            .map(|k| {
+                let f = order[k];
+                let best_after: f64 = order[k + 1..].iter().map(|&f| best(f)).sum();
+                Step {
+                    field: f,
+                    words: offsets[f]..offsets[f + 1],
+                    weights: weights[f],
+                    floor: cutoff - best_after,
+                }
+            })
+            .collect();
+        Self { steps }
     }
 
     /// The pair's pattern, or `None` once it cannot reach the threshold.
     #[inline(always)]
-    fn pattern(
-        &self,
-        offsets: &[usize],
-        a: &[u64],
-        b: &[u64],
-        ones_a: &[u32],
-        ones_b: &[u32],
-    ) -> Option<Pattern> {
+    fn pattern(&self, a: &[u64], b: &[u64], ones_a: &[u32], ones_b: &[u32]) -> Option<Pattern> {
         let (mut pattern, mut weight) = (0, 0.0);
-        for (k, &f) in self.order.iter().enumerate() {
-            let l = level_of(offsets, f, a, b, ones_a[f], ones_b[f]);
-            pattern |= u64::from(l) << (3 * f);
-            weight += self.weights[f][l as usize];
-            if weight + self.best_after[k] < self.cutoff {
+        for step in &self.steps {
+            let (oa, ob) = (ones_a[step.field], ones_b[step.field]);
+            let l = if oa == 0 || ob == 0 {
+                MISSING
+            } else {
+                let words = step.words.clone();
+                level(bloom::common(&a[words.clone()], &b[words]), oa + ob)
+            };
+            pattern |= u64::from(l) << (3 * step.field);
+            weight += step.weights[l as usize];
+            if weight < step.floor {
                 return None;
             }
         }
@@ -449,7 +460,9 @@ struct Scratch {
     data: Vec<u64>,
     ones: Vec<u32>,
     organisations: Vec<u32>,
-    earlier: Vec<Option<Block>>,
+    /// Earlier rules' keys as numbers, 0 for none (a real key is 0 with
+    /// odds of 2^-128), so comparing two is one instruction.
+    earlier: Vec<u128>,
 }
 
 /// Which pairs of a block a walk visits.
@@ -507,9 +520,11 @@ fn walk_block(
             .ones
             .extend_from_slice(&filters.ones[m * fields..(m + 1) * fields]);
         scratch.organisations.push(organisations[m]);
-        scratch
-            .earlier
-            .extend(blocks.keys[..rule].iter().map(|k| k[m]));
+        scratch.earlier.extend(
+            blocks.keys[..rule]
+                .iter()
+                .map(|k| k[m].map_or(0, u128::from_le_bytes)),
+        );
     }
     let row = |x: usize| {
         (
@@ -541,10 +556,7 @@ fn walk_block(
         }
         for (y, &j) in members.iter().enumerate().skip(group_end) {
             let keys_b = &scratch.earlier[y * rule..(y + 1) * rule];
-            let first = !keys_a
-                .iter()
-                .zip(keys_b)
-                .any(|(a, b)| a.is_some() && a == b);
+            let first = !keys_a.iter().zip(keys_b).any(|(a, b)| *a != 0 && a == b);
             let (row_b, ones_b) = row(y);
             match walk {
                 Walk::Fitting => {
@@ -553,7 +565,7 @@ fn walk_block(
                     each(rule, i, j as usize, pair, Some(pattern));
                 }
                 Walk::Linking(pruning) if first => {
-                    let pattern = pruning.pattern(&filters.offsets, row_a, row_b, ones_a, ones_b);
+                    let pattern = pruning.pattern(row_a, row_b, ones_a, ones_b);
                     each(rule, i, j as usize, Pair::First, pattern);
                 }
                 Walk::Linking(_) => {}

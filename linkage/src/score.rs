@@ -40,10 +40,11 @@ pub const MISSING: u8 = 7;
 pub fn level(common: u32, total: u32) -> u8 {
     let twice = 200 * u64::from(common);
     let total = u64::from(total);
+    // The bounds fall, so the count of those not reached is the level.
     LEVEL_BOUNDS
         .iter()
-        .take_while(|&&b| twice < u64::from(b) * total)
-        .count() as u8
+        .map(|&b| u8::from(twice < u64::from(b) * total))
+        .sum()
 }
 
 /// A pair's levels, three bits per field.
