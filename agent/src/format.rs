@@ -556,13 +556,8 @@ mod tests {
         for (name, _) in DEFINITIONS {
             let d = definition(name).unwrap();
             assert_eq!(&d.format, name);
-            assert_eq!(
-                d.tables
-                    .iter()
-                    .filter(|t| t.person == PersonLink::Identity)
-                    .count()
-                    >= 1,
-                true,
+            assert!(
+                d.tables.iter().any(|t| t.person == PersonLink::Identity),
                 "{name} has an identity table"
             );
             for table in &d.tables {

@@ -348,4 +348,29 @@ mod tests {
         assert!(!event_row.has_identity());
         assert!(releaser.release(&event_row, 2, &d, today).linkage.is_none());
     }
+
+    #[test]
+    fn an_attribute_the_agreement_links_on_is_encoded_not_sent() {
+        let mut params = joinery_linkage::params::LinkageParams::canonical();
+        params.fields.push(joinery_linkage::params::FieldEncoding {
+            field: "worker".into(),
+            tokens: joinery_linkage::params::Tokens::Bigrams,
+            bits: 128,
+            hashes: 4,
+            salt: None,
+        });
+        let releaser = Releaser::new(&SecretKey::from_bytes([5; 32]), Some(&params)).unwrap();
+        let d = dataset(&[("local_id", Transform::Pseudonymise)]);
+        let today = date!(2026 - 01 - 01);
+        let record = releaser.release(&row(), 1, &d, today);
+        assert!(!record.attributes.contains_key("worker"));
+        let linkage = record.linkage.expect("an identity row is encoded");
+        assert_eq!(linkage.filters.len(), 6);
+        assert_eq!(linkage.filters[5].len(), 16, "128 bits");
+        // Without the attribute, its filter is empty (missing).
+        let mut without = row();
+        without.attributes.remove("worker");
+        let linkage = releaser.release(&without, 2, &d, today).linkage.unwrap();
+        assert!(linkage.filters[5].is_empty());
+    }
 }

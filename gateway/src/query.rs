@@ -569,7 +569,6 @@ fn unavailable(error: crate::storage::StorageError) -> Status {
 mod tests {
     use super::*;
     use crate::storage::{NewBatch, NewEvent, NewRecord};
-    use time::macros::date;
 
     fn batch(id: &str, people: std::ops::Range<usize>) -> NewBatch {
         NewBatch {

@@ -28,7 +28,7 @@ fn default_threshold() -> f64 {
 }
 
 /// How one field becomes a Bloom filter.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FieldEncoding {
     /// The canonical field (`given_name`, `family_name`, `date_of_birth`,

@@ -339,20 +339,43 @@ impl Rules<'_> {
         }
 
         // Linkage.
+        let canonical = |f: &str| crate::model::CANONICAL_LINKAGE_FIELDS.contains(&f);
+        let encodings = &a.linkage.encoding.fields;
         for (i, field) in a.linkage.fields.iter().enumerate() {
-            if ![
-                "given_name",
-                "family_name",
-                "date_of_birth",
-                "sex",
-                "postcode",
-            ]
-            .contains(&field.as_str())
-            {
+            if !canonical(field) && !encodings.iter().any(|e| &e.field == field) {
                 self.error(
                     &[Key("linkage"), Key("fields"), Index(i)],
-                    format!("{field:?} cannot be a linkage field"),
-                    "use given_name, family_name, date_of_birth, sex or postcode",
+                    format!("{field:?} has no encoding"),
+                    "use given_name, family_name, date_of_birth, sex or postcode, or say how the field is encoded under linkage.encoding.fields ({ field, tokens, bits, hashes })",
+                );
+            }
+        }
+        for (i, encoding) in encodings.iter().enumerate() {
+            let at = [Key("linkage"), Key("encoding"), Key("fields"), Index(i)];
+            if canonical(&encoding.field) {
+                self.error(
+                    &at,
+                    format!("{} has a built-in encoding", encoding.field),
+                    "leave the five canonical fields out of linkage.encoding.fields",
+                );
+            } else if !a.linkage.fields.contains(&encoding.field) {
+                self.error(
+                    &at,
+                    format!("{} is encoded but not listed", encoding.field),
+                    "list the field under linkage.fields, or remove its encoding",
+                );
+            } else if let Some(salt) = encoding
+                .salt
+                .as_ref()
+                .filter(|s| !a.linkage.fields.contains(&s.field))
+            {
+                self.error(
+                    &at,
+                    format!(
+                        "{} is salted with {}, which is not listed",
+                        encoding.field, salt.field
+                    ),
+                    "salt with a field listed under linkage.fields",
                 );
             }
         }
@@ -365,11 +388,13 @@ impl Rules<'_> {
                     "the scheme is keyed-bloom",
                 );
             } else if let Some(Err(e)) = a.linkage.params().map(|p| p.validate()) {
-                self.error(
-                    &[Key("linkage"), Key("fields")],
-                    e.to_string(),
-                    "list date_of_birth, or family_name or given_name with date_of_birth or postcode, so records can be blocked",
-                );
+                let help = match e {
+                    joinery_linkage::params::ParamsError::Empty => {
+                        "list date_of_birth, or family_name or given_name with date_of_birth or postcode, so records can be blocked"
+                    }
+                    _ => "see the field's entry under linkage.encoding.fields",
+                };
+                self.error(&[Key("linkage"), Key("fields")], e.to_string(), help);
             }
         }
 

@@ -231,7 +231,17 @@ pub fn diff(old: &Agreement, new: &Agreement) -> Vec<Change> {
             true,
         );
     }
-    if old.linkage.encoding != new.linkage.encoding {
+    let (o, n) = (&old.linkage.encoding, &new.linkage.encoding);
+    if o != n && o.version == n.version {
+        add(
+            "linkage.encoding".into(),
+            format!(
+                "the encoding changed but its version (v{}) did not: encodings made under the two would be compared as if alike; bump linkage.encoding.version",
+                n.version
+            ),
+            false,
+        );
+    } else if o != n {
         add(
             "linkage.encoding".into(),
             format!(

@@ -155,6 +155,22 @@ fn blocks(a: &Agreement) -> Vec<Block> {
             a.linkage.encoding.scheme,
             a.linkage.encoding.version
         )));
+        for e in &a.linkage.encoding.fields {
+            out.push(Block::Paragraph(format!(
+                "{} is encoded as {} in a {}-bit filter ({} bits set per token{}).",
+                e.field,
+                match e.tokens {
+                    joinery_linkage::params::Tokens::Bigrams => "pairs of characters",
+                    joinery_linkage::params::Tokens::DateParts => "date parts",
+                    joinery_linkage::params::Tokens::Whole => "one whole value",
+                },
+                e.bits,
+                e.hashes,
+                e.salt
+                    .as_ref()
+                    .map_or(String::new(), |s| format!(", salted with {}", s.field))
+            )));
+        }
     }
     out.push(Block::Heading(2, "Who can see what".to_owned()));
     out.push(Block::Table(

@@ -198,7 +198,23 @@ pub struct Encoding {
     /// Bumped when the parameters change; encodings of different versions
     /// never match, so a new version means a full re-link.
     pub version: u32,
+    /// How each listed field beyond the five canonical ones (`given_name`,
+    /// `family_name`, `date_of_birth`, `sex`, `postcode`) is encoded: a
+    /// record attribute the agencies' mappings provide, such as a school
+    /// URN or a first address line. The canonical fields keep their
+    /// built-in encoding.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<joinery_linkage::params::FieldEncoding>,
 }
+
+/// The identity fields with a built-in encoding.
+pub const CANONICAL_LINKAGE_FIELDS: [&str; 5] = [
+    "given_name",
+    "family_name",
+    "date_of_birth",
+    "sex",
+    "postcode",
+];
 
 /// The only encoding scheme there is.
 pub const KEYED_BLOOM: &str = "keyed-bloom";
@@ -206,8 +222,9 @@ pub const KEYED_BLOOM: &str = "keyed-bloom";
 impl Linkage {
     /// The encoding parameters every party uses, or `None` when the
     /// agreement asks for no fuzzy linkage: the canonical parameters for the
-    /// listed fields only (a salt or blocking rule that needs an unlisted
-    /// field is left out), under the agreement's version.
+    /// listed canonical fields (a salt or blocking rule that needs an
+    /// unlisted field is left out), then the agreement's own encodings of
+    /// its other listed fields, under the agreement's version.
     pub fn params(&self) -> Option<joinery_linkage::LinkageParams> {
         if self.fields.is_empty() {
             return None;
@@ -224,6 +241,13 @@ impl Linkage {
         params
             .blocking
             .retain(|rule| rule.iter().all(|part| listed(&part.field)));
+        params.fields.extend(
+            self.fields
+                .iter()
+                .filter_map(|f| self.encoding.fields.iter().find(|e| &e.field == f))
+                .filter(|e| !CANONICAL_LINKAGE_FIELDS.contains(&e.field.as_str()))
+                .cloned(),
+        );
         Some(params)
     }
 }

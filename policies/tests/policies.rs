@@ -306,3 +306,91 @@ fn the_parser_survives_damaged_files() {
         let _ = check(&String::from_utf8_lossy(&bytes), TODAY);
     }
 }
+
+#[test]
+fn agreements_may_link_on_fields_beyond_the_canonical_five() {
+    let base = example("children-at-risk-stratification.yaml");
+    let listed = base.replace(
+        "  fields: [given_name, family_name, date_of_birth, sex, postcode]",
+        "  fields: [given_name, family_name, date_of_birth, sex, postcode, school_urn]",
+    );
+    assert_ne!(listed, base, "the example's linkage fields moved");
+    // Listed without saying how it is encoded.
+    let checked = check(&listed, TODAY);
+    let error = checked
+        .errors()
+        .next()
+        .expect("an unencoded field is an error");
+    assert!(error.message.contains("school_urn"), "{error}");
+    assert!(error.help.contains("linkage.encoding.fields"), "{error}");
+
+    let encoded = listed.replace(
+        "    scheme: keyed-bloom\n    version: 1\n",
+        "    scheme: keyed-bloom\n    version: 1\n    fields:\n      - { field: school_urn, tokens: whole, bits: 64, hashes: 4, salt: { field: date_of_birth, take: { prefix: 4 } } }\n",
+    );
+    let checked = check(&encoded, TODAY);
+    assert_eq!(
+        checked.errors().count(),
+        0,
+        "{:?}",
+        checked.errors().collect::<Vec<_>>()
+    );
+    let agreement: Agreement = serde_saphyr::from_str(&encoded).unwrap();
+    let params = agreement.linkage.params().unwrap();
+    let last = params.fields.last().unwrap();
+    assert_eq!(
+        (last.field.as_str(), last.bits, last.hashes),
+        ("school_urn", 64, 4)
+    );
+    assert_eq!(params.fields.len(), 6);
+    let explained = explain(&agreement, Format::Markdown);
+    assert!(
+        explained.contains("school_urn is encoded as one whole value in a 64-bit filter"),
+        "{explained}"
+    );
+
+    // Bad encodings are named.
+    for (from, to, expected) in [
+        (
+            "bits: 64, hashes: 4",
+            "bits: 100, hashes: 4",
+            "school_urn: bits must be a power of two",
+        ),
+        (
+            "field: school_urn, tokens",
+            "field: sex, tokens",
+            "sex has a built-in encoding",
+        ),
+        (
+            "field: date_of_birth, take",
+            "field: gp_practice, take",
+            "not listed",
+        ),
+    ] {
+        let text = encoded.replace(from, to);
+        let checked = check(&text, TODAY);
+        assert!(
+            checked.errors().any(|e| e.message.contains(expected)),
+            "{expected}: {:?}",
+            checked.errors().collect::<Vec<_>>()
+        );
+    }
+    let unlisted = encoded.replace(", postcode, school_urn]", ", postcode]");
+    assert!(
+        check(&unlisted, TODAY)
+            .errors()
+            .any(|e| e.message.contains("school_urn is encoded but not listed"))
+    );
+
+    // Changing an encoding without a new version is called out.
+    let old = agreement.clone();
+    let mut new = agreement;
+    new.linkage.encoding.fields[0].bits = 128;
+    let changes = diff(&old, &new);
+    assert!(
+        changes
+            .iter()
+            .any(|c| c.path == "linkage.encoding" && c.description.contains("bump")),
+        "{changes:?}"
+    );
+}
