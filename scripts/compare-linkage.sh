@@ -4,7 +4,8 @@
 # on the same data in the same run: FEBRL 4 and joinery synth output.
 # The peers go into a throwaway virtualenv, removed afterwards.
 #
-#   scripts/compare-linkage.sh [--synth-children N]
+#   scripts/compare-linkage.sh [--synth-children N] [--synth-reach SHARE]
+#   (--synth-children 800000 --synth-reach 0.625: council and CAMHS 500k each)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=$(mktemp -d -t joinery-compare-XXXXXX)

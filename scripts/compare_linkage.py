@@ -60,13 +60,12 @@ def export_febrl4(out):
     }
 
 
-def export_synth(out, joinery, children):
+def export_synth(out, joinery, children, reach):
     """joinery synth, then council and CAMHS rewritten to one plain layout."""
-    subprocess.run(
-        [joinery, "synth", "--out", f"{out}/raw", "--children", str(children), "--seed", "5"],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
+    command = [joinery, "synth", "--out", f"{out}/raw", "--children", str(children), "--seed", "5"]
+    if reach is not None:
+        command += ["--reach", str(reach)]
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     os.makedirs(f"{out}/extracts", exist_ok=True)
     os.makedirs(f"{out}/mappings", exist_ok=True)
     child_of = {}
@@ -304,23 +303,24 @@ def run_splink(data):
 def child(args):
     data = json.loads(args.data_json)
     result = {"joinery": lambda: run_joinery(data, args.joinery), "anonlink": lambda: run_anonlink(data), "splink": lambda: run_splink(data)}[args.tool]()
+    # This process's own high-water mark (the kernel's rusage would also
+    # count the parent's memory, copied when it forked).
+    with open("/proc/self/status") as f:
+        hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    result.setdefault("peak_mib", hwm / 1024)
     print(json.dumps(result))
 
 
 def measured(tool, data, joinery):
-    """Runs one tool in a child process; adds its peak RSS (MiB)."""
-    process = subprocess.Popen(
+    """Runs one tool in a child process, which reports its own peak RSS (MiB)."""
+    process = subprocess.run(
         [sys.executable, __file__, "--child", tool, "--data-json", json.dumps(data), "--joinery", joinery],
         stdout=subprocess.PIPE,
         text=True,
     )
-    output = process.stdout.read()
-    _, status, usage = os.wait4(process.pid, 0)
-    if status != 0:
-        return {"error": f"exit status {status}"}
-    result = json.loads(output.strip().splitlines()[-1])
-    result.setdefault("peak_mib", usage.ru_maxrss / 1024)
-    return result
+    if process.returncode != 0:
+        return {"error": f"exit status {process.returncode}"}
+    return json.loads(process.stdout.strip().splitlines()[-1])
 
 
 def main():
@@ -328,6 +328,8 @@ def main():
     parser.add_argument("--joinery", required=True)
     parser.add_argument("--work")
     parser.add_argument("--synth-children", type=int, default=20000)
+    # Every agency's share of the children (800000 at 0.625: 500k a side).
+    parser.add_argument("--synth-reach", type=float)
     parser.add_argument("--child")
     parser.add_argument("--data-json")
     args = parser.parse_args()
@@ -337,7 +339,9 @@ def main():
 
     datasets = {
         "FEBRL 4": export_febrl4(f"{args.work}/febrl4"),
-        f"synth {args.synth_children} children": export_synth(f"{args.work}/synth", args.joinery, args.synth_children),
+        f"synth {args.synth_children} children": export_synth(
+            f"{args.work}/synth", args.joinery, args.synth_children, args.synth_reach
+        ),
     }
     rows = []
     for name, data in datasets.items():
