@@ -28,8 +28,9 @@ fn synthetic_population_links_with_f1_of_at_least_0_98() {
     let truth = truth.to_str().unwrap();
     let pairs = d.path("pairs.csv");
     let key = d.path("linkage.key");
-    let bench = |extra: &[&str]| {
-        let mut args = vec![
+    let args = |extra: &[&str]| -> Vec<String> {
+        let key = key.to_str().unwrap();
+        let common = [
             "bench",
             "linkage",
             "--data",
@@ -37,11 +38,11 @@ fn synthetic_population_links_with_f1_of_at_least_0_98() {
             "--truth",
             truth,
             "--linkage-key",
-            key.to_str().unwrap(),
+            key,
         ];
-        args.extend_from_slice(extra);
-        f1(&args)
+        common.iter().chain(extra).map(|a| a.to_string()).collect()
     };
+    let bench = |extra: &[&str]| f1(&args(extra).iter().map(String::as_str).collect::<Vec<_>>());
     let with_nhs = bench(&["--out", pairs.to_str().unwrap()]);
     assert!(with_nhs >= 0.98, "F1 {with_nhs}");
     assert!(
@@ -59,16 +60,7 @@ fn synthetic_population_links_with_f1_of_at_least_0_98() {
     ]);
     assert!(two >= 0.95 && two != fuzzy_only, "F1 {two}");
     let output = joinery()
-        .args([
-            "bench",
-            "linkage",
-            "--data",
-            data,
-            "--truth",
-            truth,
-            "--datasets",
-            "csc_referrals,no_such_dataset",
-        ])
+        .args(args(&["--datasets", "csc_referrals,no_such_dataset"]))
         .output()
         .expect("run joinery");
     assert!(!output.status.success());

@@ -130,14 +130,14 @@ impl Filters {
     }
 }
 
-/// Field `f`'s agreement level between two entities' rows.
+/// The agreement level of one field between two entities' rows: its
+/// filter lies at `words`, with `oa` and `ob` bits set.
 #[inline(always)]
-fn level_of(offsets: &[usize], f: usize, a: &[u64], b: &[u64], oa: u32, ob: u32) -> u8 {
+fn level_of(words: std::ops::Range<usize>, a: &[u64], b: &[u64], oa: u32, ob: u32) -> u8 {
     if oa == 0 || ob == 0 {
         MISSING
     } else {
-        let (start, end) = (offsets[f], offsets[f + 1]);
-        level(bloom::common(&a[start..end], &b[start..end]), oa + ob)
+        level(bloom::common(&a[words.clone()], &b[words]), oa + ob)
     }
 }
 
@@ -146,7 +146,7 @@ fn level_of(offsets: &[usize], f: usize, a: &[u64], b: &[u64], oa: u32, ob: u32)
 fn pattern_of(offsets: &[usize], a: &[u64], b: &[u64], ones_a: &[u32], ones_b: &[u32]) -> Pattern {
     let mut pattern = 0;
     for f in 0..ones_a.len() {
-        let l = level_of(offsets, f, a, b, ones_a[f], ones_b[f]);
+        let l = level_of(offsets[f]..offsets[f + 1], a, b, ones_a[f], ones_b[f]);
         pattern |= u64::from(l) << (3 * f);
     }
     pattern
@@ -221,12 +221,7 @@ impl Pruning {
         let (mut pattern, mut weight) = (0, 0.0);
         for step in &self.steps {
             let (oa, ob) = (ones_a[step.field], ones_b[step.field]);
-            let l = if oa == 0 || ob == 0 {
-                MISSING
-            } else {
-                let words = step.words.clone();
-                level(bloom::common(&a[words.clone()], &b[words]), oa + ob)
-            };
+            let l = level_of(step.words.clone(), a, b, oa, ob);
             pattern |= u64::from(l) << (3 * step.field);
             weight += step.weights[l as usize];
             if weight < step.floor {

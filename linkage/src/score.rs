@@ -83,7 +83,7 @@ pub struct RuleCandidates {
 
 /// Fewer pairs within organisations than this, and a rule's non-matches
 /// are judged by the random pairs instead.
-pub const MIN_NON_MATCHES: u64 = 1_000;
+const MIN_NON_MATCHES: u64 = 1_000;
 
 impl Model {
     /// Estimates the model: u from `random` pairs' patterns, m by EM per
@@ -106,14 +106,33 @@ impl Model {
                 _ => random,
             };
             let non_match = NonMatch::new(fields, sample, &rule.blocked_fields);
-            let (m, prior, its) = em_for_rule(fields, &non_match, rule);
+            // Each pattern's non-match likelihood, worked out once: the
+            // first-found patterns are among the rule's patterns.
+            let likelihoods: Vec<f64> = rule
+                .patterns
+                .iter()
+                .map(|&(p, _)| non_match.likelihood(p))
+                .collect();
+            let by_pattern: std::collections::HashMap<Pattern, f64> = rule
+                .patterns
+                .iter()
+                .map(|&(p, _)| p)
+                .zip(likelihoods.iter().copied())
+                .collect();
+            let u = |p: Pattern| {
+                by_pattern
+                    .get(&p)
+                    .copied()
+                    .unwrap_or_else(|| non_match.likelihood(p))
+            };
+            let (m, prior, its) = em_for_rule(fields, &non_match, &likelihoods, rule);
             iterations += its;
             let total: f64 = rule.patterns.iter().map(|&(_, n)| n as f64).sum();
             let expected = prior * total;
             matches += rule
                 .first
                 .iter()
-                .map(|&(p, n)| n as f64 * non_match.match_probability(&m, prior, p))
+                .map(|&(p, n)| n as f64 * posterior(&m, prior, p, non_match.kept(p), u(p)))
                 .sum::<f64>();
             for f in (0..fields).filter(|f| !rule.blocked_fields.contains(f)) {
                 for (p, x) in pooled[f].iter_mut().zip(m[f]) {
@@ -213,22 +232,6 @@ impl<'s> NonMatch<'s> {
                 .product()
         }
     }
-
-    /// Each pattern's likelihood, in the patterns' order.
-    fn likelihoods(&self, patterns: &[(Pattern, u64)]) -> Vec<f64> {
-        patterns.iter().map(|&(p, _)| self.likelihood(p)).collect()
-    }
-
-    /// A pair's match probability under the rule's m and prior.
-    fn match_probability(&self, m: &[[f64; LEVELS]], prior: f64, pattern: Pattern) -> f64 {
-        posterior(
-            m,
-            prior,
-            pattern,
-            self.kept(pattern),
-            self.likelihood(pattern),
-        )
-    }
 }
 
 /// The posterior of a match: m over `kept` fields against the non-match
@@ -247,12 +250,13 @@ fn posterior(
     odds / (1.0 + odds)
 }
 
-/// EM over one rule's pairs with u fixed and the rule's fields left out:
-/// returns m, the share of matches among the rule's pairs, and the
-/// iterations.
+/// EM over one rule's pairs with the non-matches' side fixed (`likelihoods`,
+/// one per pattern of the rule) and the rule's fields left out: returns m,
+/// the share of matches among the rule's pairs, and the iterations.
 fn em_for_rule(
     fields: usize,
     non_match: &NonMatch,
+    likelihoods: &[f64],
     rule: &RuleCandidates,
 ) -> (Vec<[f64; LEVELS]>, f64, usize) {
     let mut m = vec![START_M; fields];
@@ -261,7 +265,6 @@ fn em_for_rule(
     if total == 0.0 {
         return (m, 0.0, 0);
     }
-    let u = non_match.likelihoods(&rule.patterns);
     let mut iterations = 0;
     for _ in 0..200 {
         iterations += 1;
@@ -269,7 +272,7 @@ fn em_for_rule(
         let weighted: Vec<(Pattern, f64)> = rule
             .patterns
             .iter()
-            .zip(&u)
+            .zip(likelihoods)
             .map(|(&(p, n), &u)| {
                 let w = n as f64 * posterior(&m, prior, p, non_match.kept(p), u);
                 matched += w;

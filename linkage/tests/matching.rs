@@ -107,34 +107,35 @@ fn known_pairs_link_twins_do_not_and_results_repeat() {
     }
     // Twins: same family name, date of birth and postcode; different given
     // names. Each organisation knows both.
-    let twin_a = Person {
-        given: "ZARA".into(),
-        family: "OKONKWO".into(),
-        dob: "2014-06-09".into(),
-        sex: "female",
-        postcode: "M50 2QT".into(),
+    let twins_of = |given: [&str; 2], family: &str, dob: &str, sex, postcode: &str| {
+        given.map(|given| Person {
+            given: given.into(),
+            family: family.into(),
+            dob: dob.into(),
+            sex,
+            postcode: postcode.into(),
+        })
     };
-    let twin_b = Person {
-        given: "ZOE".into(),
-        ..twin_a.clone()
-    };
+    let [twin_a, twin_b] = twins_of(
+        ["ZARA", "ZOE"],
+        "OKONKWO",
+        "2014-06-09",
+        "female",
+        "M50 2QT",
+    );
     let twins = entities.len();
     for (org, p) in [(0, &twin_a), (0, &twin_b), (1, &twin_a), (1, &twin_b)] {
         entities.push(entity(&encoder, org, p, None));
     }
     // Twins of whom each organisation knows only one: nothing but the
     // given name tells them apart, and that must be enough.
-    let twin_c = Person {
-        given: "HARRY".into(),
-        family: "ADEYEMI".into(),
-        dob: "2011-02-17".into(),
-        sex: "male",
-        postcode: "M12 7HF".into(),
-    };
-    let twin_d = Person {
-        given: "OSCAR".into(),
-        ..twin_c.clone()
-    };
+    let [twin_c, twin_d] = twins_of(
+        ["HARRY", "OSCAR"],
+        "ADEYEMI",
+        "2011-02-17",
+        "male",
+        "M12 7HF",
+    );
     let lone_twins = entities.len();
     entities.push(entity(&encoder, 0, &twin_c, None));
     entities.push(entity(&encoder, 1, &twin_d, None));
