@@ -6,6 +6,9 @@
 //! once per child per agency (as a record system would hold them): missing NHS
 //! numbers (most often at the council), mistyped NHS numbers, nicknames,
 //! surname typos, moved postcodes, day and month swapped in the date of birth.
+//! Children live in households: siblings share a family name and a postcode,
+//! and twins a date of birth too (the hardest pairs for fuzzy linkage to
+//! keep apart). `ground_truth.csv` gives each child's household.
 //! A few rows are broken outright (impossible dates, wrong column counts,
 //! missing ids) to exercise quarantine. `ground_truth.csv` says which child
 //! each agency record is. Output is deterministic for a seed.
@@ -88,6 +91,8 @@ pub struct SynthOutput {
 /// A child's true identity.
 struct Child {
     id: usize,
+    /// The id of the household's first child.
+    household: usize,
     given: &'static str,
     family: &'static str,
     dob: Date,
@@ -133,9 +138,10 @@ pub fn generate(
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut issued = std::collections::HashSet::with_capacity(children);
-    let population: Vec<Child> = (0..children)
+    let mut population: Vec<Child> = (0..children)
         .map(|id| child(&mut rng, id, reference, &mut issued))
         .collect();
+    into_households(&mut population, seed, reference);
 
     let truth_path = out.join("ground_truth.csv");
     let mut truth = csv::Writer::from_path(&truth_path)
@@ -146,6 +152,7 @@ pub fn generate(
         "dataset",
         "local_id",
         "recorded_nhs_number",
+        "household",
     ])?;
 
     let mut extracts = Vec::new();
@@ -170,6 +177,7 @@ pub fn generate(
                 agency.dataset,
                 &recorded.local_id,
                 recorded.nhs.as_deref().unwrap_or(""),
+                c.household.to_string().as_str(),
             ])?;
             let mut dates = Vec::new();
             for _ in 0..rng.random_range(1..=3) {
@@ -218,13 +226,15 @@ fn child(
     issued: &mut std::collections::HashSet<String>,
 ) -> Child {
     let male = rng.random_bool(0.5);
-    let given = if male { MALE_NAMES } else { FEMALE_NAMES }
+    let given = NAMES
+        .given(male)
         .choose(rng)
         .map_or("ALEX", |(name, _)| name);
     Child {
         id,
+        household: id,
         given,
-        family: SURNAMES.choose(rng).copied().unwrap_or("SMITH"),
+        family: NAMES.family.choose(rng).copied().unwrap_or("SMITH"),
         dob: reference - Duration::days(rng.random_range(0..19 * 365)),
         male,
         nhs: loop {
@@ -238,6 +248,46 @@ fn child(
     }
 }
 
+/// Share of children who are a younger sibling of the child before them
+/// (same family name and postcode), and share of those who are that
+/// child's twin (born the same day too): about 1.5% of children are the
+/// second of twins, as in England.
+const SIBLING: f64 = 0.25;
+const TWIN_OF_SIBLING: f64 = 0.06;
+
+/// Makes some children siblings or twins of the child before them. Drawn
+/// from a stream of its own, so the children's other details are the same
+/// as without households.
+fn into_households(population: &mut [Child], seed: u64, reference: Date) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x686f_7573_6568_6f6c);
+    for i in 1..population.len() {
+        if !rng.random_bool(SIBLING) {
+            continue;
+        }
+        let (before, after) = population.split_at_mut(i);
+        let (elder, child) = (&before[i - 1], &mut after[0]);
+        child.household = elder.household;
+        child.family = elder.family;
+        child.postcode = elder.postcode.clone();
+        if rng.random_bool(TWIN_OF_SIBLING) {
+            child.dob = elder.dob;
+            // Twins are never given the same name.
+            let names = NAMES.given(child.male);
+            while child.given == elder.given {
+                child.given = names.choose(&mut rng).map_or("ALEX", |(name, _)| name);
+            }
+        } else if (child.dob - elder.dob).abs() < Duration::days(300) {
+            // Other siblings are born at least ten months apart.
+            let gap = Duration::days(rng.random_range(300..1_500));
+            child.dob = if elder.dob + gap <= reference {
+                elder.dob + gap
+            } else {
+                elder.dob - gap
+            };
+        }
+    }
+}
+
 fn record_of(
     rng: &mut ChaCha8Rng,
     c: &Child,
@@ -247,12 +297,9 @@ fn record_of(
 ) -> Recorded {
     let mut given = c.given.to_owned();
     if rng.random_bool(0.08)
-        && let Some((_, Some(nick))) = MALE_NAMES
-            .iter()
-            .chain(FEMALE_NAMES)
-            .find(|(n, _)| *n == c.given)
+        && let Some(nickname) = NAMES.nicknames.get(c.given)
     {
-        given = (*nick).to_owned();
+        given = (*nickname).to_owned();
     }
     let mut family = c.family.to_owned();
     if rng.random_bool(0.04) {
@@ -531,169 +578,56 @@ fn title_case(name: &str) -> String {
     out
 }
 
-const MALE_NAMES: &[(&str, Option<&str>)] = &[
-    ("OLIVER", Some("OLLIE")),
-    ("GEORGE", None),
-    ("HARRY", None),
-    ("NOAH", None),
-    ("JACK", None),
-    ("LEO", None),
-    ("ARTHUR", None),
-    ("MUHAMMAD", Some("MO")),
-    ("OSCAR", None),
-    ("CHARLIE", None),
-    ("JACOB", Some("JAKE")),
-    ("THOMAS", Some("TOM")),
-    ("WILLIAM", Some("BILLY")),
-    ("JAMES", Some("JIM")),
-    ("JOSHUA", Some("JOSH")),
-    ("ALFIE", None),
-    ("HENRY", None),
-    ("FREDDIE", None),
-    ("ARCHIE", None),
-    ("ETHAN", None),
-    ("ISAAC", None),
-    ("ALEXANDER", Some("ALEX")),
-    ("JOSEPH", Some("JOE")),
-    ("SAMUEL", Some("SAM")),
-    ("DANIEL", Some("DAN")),
-    ("MOHAMMED", Some("MO")),
-    ("LOGAN", None),
-    ("RILEY", None),
-    ("DYLAN", None),
-    ("KAI", None),
-    ("TYLER", None),
-    ("CALLUM", None),
-];
+/// A given name, and the short form records sometimes hold instead.
+type GivenName = (&'static str, Option<&'static str>);
 
-const FEMALE_NAMES: &[(&str, Option<&str>)] = &[
-    ("OLIVIA", Some("LIV")),
-    ("AMELIA", Some("MILLIE")),
-    ("ISLA", None),
-    ("AVA", None),
-    ("MIA", None),
-    ("IVY", None),
-    ("LILY", None),
-    ("ISABELLA", Some("BELLA")),
-    ("ROSIE", None),
-    ("SOPHIA", Some("SOPHIE")),
-    ("GRACE", None),
-    ("FREYA", None),
-    ("POPPY", None),
-    ("ELSIE", None),
-    ("EVIE", None),
-    ("CHARLOTTE", Some("CHARLIE")),
-    ("EMILY", Some("EMMY")),
-    ("JESSICA", Some("JESS")),
-    ("ELIZABETH", Some("BETH")),
-    ("KATHERINE", Some("KATIE")),
-    ("REBECCA", Some("BECKY")),
-    ("ABIGAIL", Some("ABBIE")),
-    ("HANNAH", None),
-    ("AISHA", None),
-    ("ZARA", None),
-    ("MAYA", None),
-    ("CHLOE", None),
-    ("LACEY", None),
-    ("MADISON", Some("MADDIE")),
-    ("NEVAEH", None),
-];
+/// The names children are given, from the lists under `synth/names/`
+/// (about 150 given names a sex and 550 family names, so that two children
+/// share a name and a birth date about as rarely as in an English city).
+struct Names {
+    male: Vec<GivenName>,
+    female: Vec<GivenName>,
+    family: Vec<&'static str>,
+    nicknames: std::collections::HashMap<&'static str, &'static str>,
+}
 
-const SURNAMES: &[&str] = &[
-    "SMITH",
-    "JONES",
-    "TAYLOR",
-    "BROWN",
-    "WILLIAMS",
-    "WILSON",
-    "JOHNSON",
-    "DAVIES",
-    "ROBINSON",
-    "WRIGHT",
-    "THOMPSON",
-    "EVANS",
-    "WALKER",
-    "WHITE",
-    "ROBERTS",
-    "GREEN",
-    "HALL",
-    "WOOD",
-    "JACKSON",
-    "CLARKE",
-    "PATEL",
-    "KHAN",
-    "LEWIS",
-    "JAMES",
-    "PHILLIPS",
-    "MASON",
-    "MITCHELL",
-    "ROSE",
-    "DAVIS",
-    "RODRIGUEZ",
-    "COX",
-    "ALEXANDER",
-    "MORGAN",
-    "MOORE",
-    "MILLS",
-    "KING",
-    "BAKER",
-    "HUSSAIN",
-    "ALI",
-    "AHMED",
-    "BEGUM",
-    "SHAH",
-    "MAHMOOD",
-    "RAHMAN",
-    "NOWAK",
-    "KOWALSKI",
-    "MURPHY",
-    "KELLY",
-    "O'BRIEN",
-    "O'CONNOR",
-    "MCDONALD",
-    "CAMPBELL",
-    "STEWART",
-    "ANDERSON",
-    "SCOTT",
-    "YOUNG",
-    "HUGHES",
-    "EDWARDS",
-    "GREENWOOD",
-    "ACKROYD",
-    "BOOTHROYD",
-    "HOLROYD",
-    "SUTCLIFFE",
-    "BRIGGS",
-    "HAIGH",
-    "ATKINSON",
-    "BARKER",
-    "BELL",
-    "CHAPMAN",
-    "COLLINS",
-    "COOPER",
-    "FOSTER",
-    "GRAHAM",
-    "HARRIS",
-    "HOLMES",
-    "LEE",
-    "MARSHALL",
-    "OWEN",
-    "PARKER",
-    "PRICE",
-    "REID",
-    "SHAW",
-    "SIMPSON",
-    "TURNER",
-    "WARD",
-    "WATSON",
-    "SMITH-JONES",
-    "NGUYEN",
-    "OKAFOR",
-    "ADEYEMI",
-    "MENSAH",
-    "SINGH",
-    "KAUR",
-];
+static NAMES: std::sync::LazyLock<Names> = std::sync::LazyLock::new(|| {
+    let words = |text: &'static str| {
+        text.lines()
+            .filter(|line| !line.starts_with('#'))
+            .flat_map(str::split_whitespace)
+    };
+    let given = |text: &'static str| -> Vec<GivenName> {
+        words(text)
+            .map(|w| match w.split_once('/') {
+                Some((name, nickname)) => (name, Some(nickname)),
+                None => (w, None),
+            })
+            .collect()
+    };
+    let (male, female) = (
+        given(include_str!("synth/names/male.txt")),
+        given(include_str!("synth/names/female.txt")),
+    );
+    let mut nicknames = std::collections::HashMap::new();
+    for (name, nickname) in male.iter().chain(&female) {
+        if let Some(nickname) = nickname {
+            nicknames.entry(*name).or_insert(*nickname);
+        }
+    }
+    Names {
+        male,
+        female,
+        family: words(include_str!("synth/names/surnames.txt")).collect(),
+        nicknames,
+    }
+});
+
+impl Names {
+    fn given(&self, male: bool) -> &[GivenName] {
+        if male { &self.male } else { &self.female }
+    }
+}
 
 const DISTRICTS: &[&str] = &[
     "LS1", "LS2", "LS4", "LS6", "LS7", "LS8", "LS9", "LS10", "LS11", "LS12", "LS13", "LS14",
@@ -738,6 +672,37 @@ mod tests {
         }
         let error = generate(dir.path(), 60, 3, reference, Some(1.5)).unwrap_err();
         assert!(error.to_string().contains("not 1.5"), "{error}");
+    }
+
+    #[test]
+    fn some_children_are_siblings_and_a_few_are_twins() {
+        let reference = time::macros::date!(2026 - 01 - 01);
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let mut issued = std::collections::HashSet::new();
+        let mut population: Vec<Child> = (0..20_000)
+            .map(|id| child(&mut rng, id, reference, &mut issued))
+            .collect();
+        into_households(&mut population, 5, reference);
+        let (mut siblings, mut twins) = (0, 0);
+        for pair in population.windows(2) {
+            let [elder, child] = pair else { unreachable!() };
+            if child.household != elder.household {
+                continue;
+            }
+            siblings += 1;
+            assert_eq!(
+                (child.family, &child.postcode),
+                (elder.family, &elder.postcode)
+            );
+            assert_ne!(child.nhs, elder.nhs, "siblings are different children");
+            if child.dob == elder.dob {
+                twins += 1;
+                assert_ne!(child.given, elder.given, "twins have different names");
+            }
+        }
+        // About a quarter of children follow a sibling, 1.5% a twin.
+        assert!((4_500..5_500).contains(&siblings), "{siblings} siblings");
+        assert!((200..400).contains(&twins), "{twins} twins");
     }
 
     #[test]

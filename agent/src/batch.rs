@@ -7,6 +7,7 @@ use prost::Message;
 /// Collects records for one dataset and cuts batches by count or size.
 pub struct Batcher {
     dataset: String,
+    source: String,
     max_records: usize,
     max_bytes: usize,
     sequence: u64,
@@ -15,11 +16,19 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    /// A batcher whose next batch has sequence number `sequence` (0 for a
-    /// new source; a checkpoint's sequence when resuming one).
-    pub fn new(dataset: &str, max_records: usize, max_bytes: usize, sequence: u64) -> Self {
+    /// A batcher for `dataset`'s rows from `source` (a file or table name)
+    /// whose next batch has sequence number `sequence` (0 for a new source;
+    /// a checkpoint's sequence when resuming one).
+    pub fn new(
+        dataset: &str,
+        source: &str,
+        max_records: usize,
+        max_bytes: usize,
+        sequence: u64,
+    ) -> Self {
         Self {
             dataset: dataset.to_owned(),
+            source: source.to_owned(),
             max_records,
             max_bytes,
             sequence,
@@ -53,6 +62,7 @@ impl Batcher {
             dataset: self.dataset.clone(),
             sequence: self.sequence,
             records: std::mem::replace(&mut self.records, Vec::with_capacity(self.max_records)),
+            source: self.source.clone(),
         };
         self.sequence += 1;
         self.bytes = 0;
@@ -77,7 +87,7 @@ mod tests {
 
     #[test]
     fn cuts_by_count_and_ids_are_content_digests() {
-        let mut batcher = Batcher::new("d", 2, 1 << 20, 0);
+        let mut batcher = Batcher::new("d", "d.csv", 2, 1 << 20, 0);
         assert!(batcher.push(record(1)).is_none());
         assert!(batcher.push(record(2)).is_none());
         let first = batcher
@@ -88,15 +98,22 @@ mod tests {
         assert_eq!(last.body.as_ref().unwrap().sequence, 1);
         assert!(batcher.flush().is_none());
 
-        let mut again = Batcher::new("d", 2, 1 << 20, 0);
+        let mut again = Batcher::new("d", "d.csv", 2, 1 << 20, 0);
         again.push(record(1));
         again.push(record(2));
         assert_eq!(again.flush().unwrap().batch_id, first.batch_id);
+
+        // The same rows from another source of the dataset are another
+        // batch, not a resend of this one.
+        let mut other = Batcher::new("d", "other.csv", 2, 1 << 20, 0);
+        other.push(record(1));
+        other.push(record(2));
+        assert_ne!(other.flush().unwrap().batch_id, first.batch_id);
     }
 
     #[test]
     fn cuts_by_size() {
-        let mut batcher = Batcher::new("d", 1000, 100, 0);
+        let mut batcher = Batcher::new("d", "d.csv", 1000, 100, 0);
         let mut batches = 0;
         for row in 0..10 {
             batches += usize::from(batcher.push(record(row)).is_some());

@@ -290,7 +290,16 @@ async fn run_sources(config: &AgentConfig, progress: Progress) -> Result<RunSumm
                 source,
             })?;
         let sequence = checkpoint.map_or(0, |c| c.sequence);
-        let batcher = Batcher::new(&dataset, config.batch_size, max_batch_bytes, sequence);
+        let source_name = path
+            .file_name()
+            .map_or(key.clone(), |n| n.to_string_lossy().into());
+        let batcher = Batcher::new(
+            &dataset,
+            &source_name,
+            config.batch_size,
+            max_batch_bytes,
+            sequence,
+        );
         let (tx, mut rx) = mpsc::channel::<Spooled>(config.max_in_flight);
         let releasing = Releasing {
             releaser: releaser.clone(),

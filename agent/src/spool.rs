@@ -326,6 +326,7 @@ mod tests {
             dataset: "d".into(),
             sequence: n,
             records: vec![],
+            source: "d.csv".into(),
         };
         Batch {
             batch_id: body.digest(),

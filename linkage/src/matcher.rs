@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use crate::bloom;
 use crate::cluster::{Link, cluster};
 use crate::encode::{BLOCK_KEY_LEN, Encoding, Pseudonym};
-use crate::params::LinkageParams;
+use crate::params::{LinkageParams, Take};
 use crate::score::{LEVELS, MISSING, Model, Pattern, RuleCandidates, level};
 
 /// A block larger than this is left out (reported), as it would hold
@@ -338,17 +338,21 @@ impl PassOneCounts {
         self.all.iter().chain(&self.within).map(Counts::total).sum()
     }
 
-    /// Adds another thread's counts, scaled by `every`.
+    /// Adds another thread's counts, those across organisations scaled by
+    /// `every` (they stand for every block). Those within one organisation
+    /// stay as observed: only their shares are used, and how often a
+    /// pattern was seen says how far its share can be trusted.
     fn merge(&mut self, other: Self, every: u64) {
-        let into = self
-            .all
-            .iter_mut()
-            .chain(&mut self.first)
-            .chain(&mut self.within);
-        let from = other.all.iter().chain(&other.first).chain(&other.within);
-        for (into, from) in into.zip(from) {
+        let scaled = self.all.iter_mut().chain(&mut self.first);
+        let from = other.all.iter().chain(&other.first);
+        let within = self.within.iter_mut().zip(&other.within);
+        for ((into, from), by) in scaled
+            .zip(from)
+            .map(|x| (x, every))
+            .chain(within.map(|x| (x, 1)))
+        {
             for (p, n) in from.sorted() {
-                into.add(p, n * every);
+                into.add(p, n * by);
             }
         }
     }
@@ -363,17 +367,21 @@ impl PassOneCounts {
     }
 }
 
-/// Each pattern's (probability, weight): a table of every pattern for few
-/// fields, worked out from the model as asked for more.
-enum Verdicts<'m> {
-    Dense(Vec<(f64, f64)>),
-    Computed(&'m Model),
+/// Each pattern's (probability, weight) by its fields: a table of every
+/// pattern for few fields, worked out from the model as asked for more.
+struct Verdicts<'m> {
+    model: &'m Model,
+    table: Option<Vec<(f64, f64)>>,
 }
+
+/// Verdicts a rule's own judgement gave, by (rule, pattern): one thread's
+/// memory, so each is worked out once.
+type InRule = HashMap<(usize, Pattern), (f64, f64)>;
 
 impl<'m> Verdicts<'m> {
     fn new(fields: usize, model: &'m Model) -> Self {
         if fields > DENSE_FIELDS {
-            return Self::Computed(model);
+            return Self { model, table: None };
         }
         let mut table = vec![(0.0, 0.0); 1 << (3 * fields)];
         // Every combination of a level (or missing) per field.
@@ -388,15 +396,33 @@ impl<'m> Verdicts<'m> {
         for p in patterns {
             table[p as usize] = (model.probability(p), model.weight(p));
         }
-        Self::Dense(table)
+        Self {
+            model,
+            table: Some(table),
+        }
     }
 
+    /// The verdict on a pair that `rule` found first. Where the fields'
+    /// verdict reaches `threshold`, the rule's own judgement may lower it
+    /// ([`Model::verdict_in_rule`]); that is remembered in `in_rule`.
     #[inline(always)]
-    fn get(&self, pattern: Pattern) -> (f64, f64) {
-        match self {
-            Self::Dense(table) => table[pattern as usize],
-            Self::Computed(model) => (model.probability(pattern), model.weight(pattern)),
+    fn get(
+        &self,
+        rule: usize,
+        pattern: Pattern,
+        threshold: f64,
+        in_rule: &mut InRule,
+    ) -> (f64, f64) {
+        let fields = match &self.table {
+            Some(table) => table[pattern as usize],
+            None => (self.model.probability(pattern), self.model.weight(pattern)),
+        };
+        if fields.0 < threshold {
+            return fields;
         }
+        *in_rule
+            .entry((rule, pattern))
+            .or_insert_with(|| self.model.verdict_in_rule(rule, pattern, fields))
     }
 }
 
@@ -761,10 +787,8 @@ pub fn link_with(
                 .iter()
                 .zip(counts.rules())
                 .map(|(rule, (all, first, within))| RuleCandidates {
-                    blocked_fields: rule
-                        .iter()
-                        .filter_map(|part| params.fields.iter().position(|f| f.field == part.field))
-                        .collect(),
+                    blocked_fields: params.fields_of(rule, |_| true),
+                    whole_fields: params.fields_of(rule, |take| take == Take::Whole),
                     patterns: all.sorted(),
                     first: first.sorted(),
                     non_matches: within.sorted(),
@@ -781,16 +805,18 @@ pub fn link_with(
     let every_block: Vec<usize> = (0..blocks.blocks.len()).collect();
     let kept = in_parallel(&every_block, threads, |share| {
         let (mut links, mut candidates) = (Vec::new(), 0u64);
+        let mut in_rule = InRule::new();
         walk_share(
             &filters,
             &organisations,
             &blocks,
             share,
             Walk::Linking(&pruning),
-            &mut |_, i, j, _, pattern| {
+            &mut |rule, i, j, _, pattern| {
                 candidates += 1;
                 let Some(pattern) = pattern else { return };
-                let (probability, weight) = verdicts.get(pattern);
+                let (probability, weight) =
+                    verdicts.get(rule, pattern, params.threshold, &mut in_rule);
                 if probability >= params.threshold {
                     links.push(Link {
                         a: i as u32,
@@ -943,19 +969,25 @@ mod tests {
         // those first found.
         let kept = |walk: Walk<'_>| {
             let (mut links, mut dropped, mut candidates) = (Vec::new(), 0, 0);
+            let mut in_rule = InRule::new();
             walk_share(
                 &filters,
                 &organisations,
                 &blocks,
                 &every,
                 walk,
-                &mut |_, i, j, pair, pattern| {
+                &mut |rule, i, j, pair, pattern| {
                     if pair != Pair::First {
                         return;
                     }
                     candidates += 1;
+                    let threshold = params.threshold;
                     match pattern {
-                        Some(p) if verdicts.get(p).0 >= params.threshold => links.push((i, j)),
+                        Some(p)
+                            if verdicts.get(rule, p, threshold, &mut in_rule).0 >= threshold =>
+                        {
+                            links.push((i, j))
+                        }
                         Some(_) => {}
                         None => dropped += 1,
                     }

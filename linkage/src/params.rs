@@ -131,6 +131,15 @@ impl LinkageParams {
         self.fields.iter().map(|f| f.bits as usize / 64).sum()
     }
 
+    /// The indices of the fields a blocking rule's parts take, those parts
+    /// chosen by how they take them.
+    pub fn fields_of(&self, rule: &[KeyPart], taking: impl Fn(Take) -> bool) -> Vec<usize> {
+        rule.iter()
+            .filter(|part| taking(part.take))
+            .filter_map(|part| self.fields.iter().position(|f| f.field == part.field))
+            .collect()
+    }
+
     /// Where field `f`'s filter lies among an encoding's words.
     pub fn field_words(&self, f: usize) -> std::ops::Range<usize> {
         let start: usize = self.fields[..f].iter().map(|f| f.bits as usize / 64).sum();

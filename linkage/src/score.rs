@@ -19,20 +19,38 @@
 //!   pairs, those coincidences (which at half a million records a side
 //!   outnumber the true matches) would be explained as matches, and EM
 //!   would learn that matches often disagree on family name. Patterns the
-//!   sample never shows (nearly all agreeing) fall back to the product of
-//!   its per-field shares; a rule with too few such pairs uses the random
-//!   pairs;
+//!   sample does not show often enough (see below) fall back to the product
+//!   of its per-field shares; a rule with too few such pairs uses the
+//!   random pairs;
 //! - the prior is the chance that two random records match: the expected
 //!   number of matches among the distinct candidates (each scored by the
 //!   model of the first rule that found it, which EM calibrated on pairs
-//!   like it) over all pairs.
+//!   like it) over all pairs;
+//! - a pair's verdict multiplies its fields' evidence as if the fields were
+//!   independent, which over-counts what a household shares: twins agree on
+//!   family name, date of birth, sex and postcode, and only the given name
+//!   tells them apart. So a pair that would link is judged again as its
+//!   rule's EM judges pairs, against how often pairs within one
+//!   organisation in that rule's blocks show its pattern (twins and
+//!   siblings are there), and the lower verdict stands.
+//!
+//! Only patterns with a field that does not agree, seen at least
+//! [`MIN_SHOWN`] times, are judged by the sample jointly (on which fields
+//! agree; each field's exact level by its share among levels alike): pairs
+//! within one organisation that agree everywhere are more likely its
+//! duplicate records of one child than two children, so they say nothing
+//! about non-matches.
 
-/// Lower Dice bounds of the agreement levels 0, 1, 2, in percent; below the
-/// last is level 3.
-pub const LEVEL_BOUNDS: [u32; 3] = [95, 85, 70];
+/// Lower Dice bounds of the agreement levels 0 to 3, in percent; below the
+/// last is level 4. Level 3 (a few letters shared) keeps a nickname or a
+/// look-alike name apart from an unrelated one, which twins have.
+pub const LEVEL_BOUNDS: [u32; 4] = [95, 85, 70, 40];
 pub const LEVELS: usize = LEVEL_BOUNDS.len() + 1;
 /// A field missing on either side: no evidence either way.
 pub const MISSING: u8 = 7;
+/// Levels from this one down (Dice under 0.70) do not agree: a different
+/// name, or one that shares a few letters (often a nickname).
+const NOT_AGREEING: u8 = 3;
 
 /// The agreement level of two filters with `common` bits in common and
 /// `total` bits set between them (Dice = 2·common / total), in integers.
@@ -58,24 +76,46 @@ pub fn with_level(pattern: Pattern, field: usize, level: u8) -> Pattern {
     pattern | (u64::from(level) << (3 * field))
 }
 
-/// m and u per field and level, and the prior share of matches.
+/// m and u per field and level, the prior share of matches, and what each
+/// blocking rule's EM learnt of its blocks.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Model {
     pub m: Vec<[f64; LEVELS]>,
     pub u: Vec<[f64; LEVELS]>,
     pub prior: f64,
     pub iterations: usize,
+    /// One per blocking rule (none in a model stored before they were kept:
+    /// its verdicts are then the fields' alone).
+    #[serde(default)]
+    pub rules: Vec<RuleModel>,
+}
+
+/// One blocking rule's view of its pairs: the share of matches among them,
+/// and the patterns of non-matches that share its blocks.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RuleModel {
+    /// The fields the rule's key takes whole: every pair of a block agrees
+    /// on them, so they say nothing there. (A field it takes in part, such
+    /// as a Soundex code or a birth year, still tells pairs apart.)
+    pub whole_fields: Vec<usize>,
+    pub prior: f64,
+    /// Pattern counts of pairs within one organisation in the rule's
+    /// sampled blocks, as observed (however few: a pattern is judged on
+    /// them only when seen at least [`MIN_SHOWN`] times).
+    pub non_matches: Vec<(Pattern, u64)>,
 }
 
 const FLOOR: f64 = 1e-6;
 
 /// One blocking rule's pairs for estimation: the fields the rule blocks on
-/// (left out of its EM), the pattern counts of all its pairs, of the
-/// candidates it was the first rule to find, and of its pairs within one
-/// organisation (distinct local ids: non-matches that share its blocks).
+/// (left out of its EM), those of them it takes whole, the pattern counts
+/// of all its pairs, of the candidates it was the first rule to find, and
+/// of its pairs within one organisation (distinct local ids: non-matches
+/// that share its blocks).
 #[derive(Debug, Clone, Default)]
 pub struct RuleCandidates {
     pub blocked_fields: Vec<usize>,
+    pub whole_fields: Vec<usize>,
     pub patterns: Vec<(Pattern, u64)>,
     pub first: Vec<(Pattern, u64)>,
     pub non_matches: Vec<(Pattern, u64)>,
@@ -84,6 +124,9 @@ pub struct RuleCandidates {
 /// Fewer pairs within organisations than this, and a rule's non-matches
 /// are judged by the random pairs instead.
 const MIN_NON_MATCHES: u64 = 1_000;
+/// A pattern seen fewer times than this in a sample of non-matches is
+/// judged field by field.
+pub const MIN_SHOWN: u64 = 5;
 
 impl Model {
     /// Estimates the model: u from `random` pairs' patterns, m by EM per
@@ -100,6 +143,7 @@ impl Model {
         let mut pooled_weight = vec![0.0; fields];
         let mut iterations = 0;
         let mut matches = 0.0;
+        let mut rule_models = Vec::with_capacity(rules.len());
         for rule in rules {
             let sample = match rule.non_matches.iter().map(|&(_, n)| n).sum::<u64>() {
                 n if n >= MIN_NON_MATCHES => &rule.non_matches,
@@ -140,6 +184,11 @@ impl Model {
                 }
                 pooled_weight[f] += expected;
             }
+            rule_models.push(RuleModel {
+                whole_fields: rule.whole_fields.clone(),
+                prior,
+                non_matches: rule.non_matches.clone(),
+            });
         }
         let m = pooled
             .into_iter()
@@ -157,6 +206,7 @@ impl Model {
             u,
             prior: (matches / all_pairs.max(1.0)).clamp(FLOOR * FLOOR, 0.5),
             iterations,
+            rules: rule_models,
         }
     }
 
@@ -175,20 +225,55 @@ impl Model {
         }
     }
 
-    /// The posterior probability that a pair with this pattern is a match.
+    /// The posterior probability that a pair with this pattern is a match,
+    /// its fields taken as independent.
     pub fn probability(&self, pattern: Pattern) -> f64 {
         let odds = self.prior / (1.0 - self.prior) * self.weight(pattern).exp2();
         odds / (1.0 + odds)
     }
+
+    /// The verdict (probability, weight) on a pair that blocking rule
+    /// `rule` found first, given the fields' verdict `(probability, weight)`
+    /// on its pattern: lowered to the rule's own judgement where pairs
+    /// within one organisation in the rule's blocks show the pattern often
+    /// enough to say (see the module notes). The weight stays the log2
+    /// Bayes factor that gives the probability under [`Model::prior`].
+    pub fn verdict_in_rule(
+        &self,
+        rule: usize,
+        pattern: Pattern,
+        (probability, weight): (f64, f64),
+    ) -> (f64, f64) {
+        let Some(r) = self.rules.get(rule) else {
+            return (probability, weight);
+        };
+        let non_match = NonMatch::new(self.m.len(), &r.non_matches, &r.whole_fields);
+        match non_match.joint(pattern) {
+            Some(u) => {
+                let p = posterior(&self.m, r.prior, pattern, non_match.kept(pattern), u);
+                if p < probability {
+                    (p, log_odds(p) - log_odds(self.prior))
+                } else {
+                    (probability, weight)
+                }
+            }
+            None => (probability, weight),
+        }
+    }
+}
+
+fn log_odds(p: f64) -> f64 {
+    (p / (1.0 - p)).log2()
 }
 
 /// Where EM starts m: matches mostly agree.
-const START_M: [f64; LEVELS] = [0.90, 0.05, 0.03, 0.02];
+const START_M: [f64; LEVELS] = [0.90, 0.05, 0.02, 0.02, 0.01];
 
 /// How likely non-matches are to show each pattern, one rule's blocked
 /// fields (and a pattern's missing fields) left out: counted on a sample of
-/// non-matches where it shows the pattern, else the product of the fields'
-/// shares in that sample.
+/// non-matches where it shows the pattern often enough and the pattern has
+/// a disagreeing field (see the module notes), else the product of the
+/// fields' shares in that sample.
 struct NonMatch<'s> {
     sample: &'s [(Pattern, u64)],
     shares: Vec<[f64; LEVELS]>,
@@ -212,25 +297,52 @@ impl<'s> NonMatch<'s> {
     }
 
     fn likelihood(&self, pattern: Pattern) -> f64 {
+        self.joint(pattern).unwrap_or_else(|| {
+            self.kept(pattern)
+                .map(|f| self.shares[f][pattern_level(pattern, f) as usize])
+                .product()
+        })
+    }
+
+    /// How likely a non-match is to show `pattern` on its kept fields,
+    /// counted jointly where the pattern has a field that does not agree:
+    /// the share of the sample that agrees or not on the same fields (seen
+    /// at least [`MIN_SHOWN`] times), times each field's share of its exact
+    /// level among the levels that agree or not alike. Joint on whether
+    /// fields agree, so a household's pattern is recognised also when one
+    /// of its names has a typo; field by field within that.
+    fn joint(&self, pattern: Pattern) -> Option<f64> {
+        let agrees = |p: Pattern, f: usize| pattern_level(p, f) < NOT_AGREEING;
+        if self.kept(pattern).all(|f| agrees(pattern, f)) {
+            return None;
+        }
         let (mut showing, mut comparable) = (0u64, 0u64);
         for &(r, n) in self.sample {
             if self.kept(pattern).all(|f| pattern_level(r, f) != MISSING) {
                 comparable += n;
                 if self
                     .kept(pattern)
-                    .all(|f| pattern_level(r, f) == pattern_level(pattern, f))
+                    .all(|f| agrees(r, f) == agrees(pattern, f))
                 {
                     showing += n;
                 }
             }
         }
-        if showing > 0 {
-            showing as f64 / comparable as f64
-        } else {
-            self.kept(pattern)
-                .map(|f| self.shares[f][pattern_level(pattern, f) as usize])
-                .product()
+        if showing < MIN_SHOWN {
+            return None;
         }
+        let within: f64 = self
+            .kept(pattern)
+            .map(|f| {
+                let level = pattern_level(pattern, f) as usize;
+                let alike: f64 = (0..LEVELS)
+                    .filter(|&l| (l < NOT_AGREEING as usize) == (level < NOT_AGREEING as usize))
+                    .map(|l| self.shares[f][l])
+                    .sum();
+                self.shares[f][level] / alike
+            })
+            .product();
+        Some(showing as f64 / comparable as f64 * within)
     }
 }
 
@@ -343,11 +455,12 @@ mod tests {
 
     #[test]
     fn levels_follow_the_bounds() {
-        // Dice 1.0, 0.9, 0.75, 0.2; and exactly on a bound.
+        // Dice 1.0, 0.9, 0.75, 0.5, 0.2; and exactly on a bound.
         assert_eq!(level(50, 100), 0);
         assert_eq!(level(45, 100), 1);
         assert_eq!(level(75, 200), 2);
-        assert_eq!(level(10, 100), 3);
+        assert_eq!(level(25, 100), 3);
+        assert_eq!(level(10, 100), 4);
         assert_eq!(level(95, 200), 0);
         let p = pattern(&[0, 3, MISSING]);
         assert_eq!(pattern_level(p, 1), 3);
@@ -373,6 +486,7 @@ mod tests {
         ];
         let rule = RuleCandidates {
             blocked_fields: vec![0],
+            whole_fields: vec![0],
             first: patterns.clone(),
             patterns,
             non_matches: Vec::new(),
@@ -386,6 +500,80 @@ mod tests {
         // A missing field is no evidence either way.
         assert!(model.weight(pattern(&[0, 0, MISSING])) < model.weight(pattern(&[0, 0, 0])));
         assert!(model.weight(pattern(&[0, 0, MISSING])) > model.weight(pattern(&[0, 0, 3])));
+    }
+
+    #[test]
+    fn twins_are_kept_apart_by_how_often_a_household_shows_their_pattern() {
+        // Fields: date of birth (blocked on whole), given name, family name,
+        // postcode. Random pairs almost never agree.
+        let random = [
+            (pattern(&[4, 4, 4, 4]), 990_000),
+            (pattern(&[4, 0, 4, 4]), 10_000),
+            (pattern(&[4, 4, 0, 4]), 2_000),
+            (pattern(&[4, 4, 4, 0]), 20),
+            (pattern(&[0, 4, 4, 4]), 150),
+        ];
+        // Pairs within one organisation in the birth-date blocks: chance
+        // agreements, 50 pairs of twins (2 with a typo in the family name)
+        // and 20 duplicate records of one child.
+        let within = vec![
+            (pattern(&[0, 4, 4, 4]), 99_000),
+            (pattern(&[0, 0, 4, 4]), 1_000),
+            (pattern(&[0, 4, 0, 4]), 200),
+            (pattern(&[0, 4, 0, 0]), 48),
+            (pattern(&[0, 4, 2, 0]), 2),
+            (pattern(&[0, 0, 0, 0]), 20),
+        ];
+        // Across organisations: the same non-matches, and 1,000 matches
+        // (some moved, some with a nickname or a typo).
+        let mut patterns: Vec<(Pattern, u64)> = within[..5].to_vec();
+        patterns.extend([
+            (pattern(&[0, 0, 0, 0]), 850),
+            (pattern(&[0, 0, 0, 4]), 100),
+            (pattern(&[0, 3, 0, 0]), 30),
+            (pattern(&[0, 0, 2, 0]), 20),
+        ]);
+        patterns.sort_unstable();
+        let rule = RuleCandidates {
+            blocked_fields: vec![0],
+            whole_fields: vec![0],
+            first: patterns.clone(),
+            patterns,
+            non_matches: within,
+        };
+        let model = Model::estimate(4, &random, &[rule], 1e9);
+        let verdict = |levels: &[u8]| {
+            let p = pattern(levels);
+            let fields = (model.probability(p), model.weight(p));
+            (fields.0, model.verdict_in_rule(0, p, fields).0)
+        };
+        // Field by field, twins look like a match; their household's
+        // pattern, seen within organisations, says otherwise.
+        let (fields, in_rule) = verdict(&[0, 4, 0, 0]);
+        assert!(
+            fields > 0.99 && in_rule < 0.5,
+            "twins: {fields} -> {in_rule}"
+        );
+        let (fields, in_rule) = verdict(&[0, 4, 2, 0]);
+        assert!(
+            fields > 0.99 && in_rule < 0.5,
+            "twins, one with a typo: {fields} -> {in_rule}"
+        );
+        // Matches keep their verdict: one agreeing everywhere (duplicates
+        // within an organisation are no evidence against it), and one that
+        // moved (no household shows that).
+        let (fields, in_rule) = verdict(&[0, 0, 0, 0]);
+        assert!(fields > 0.99 && in_rule == fields, "{fields} -> {in_rule}");
+        let (fields, in_rule) = verdict(&[0, 0, 0, 4]);
+        assert_eq!(in_rule, fields);
+        // A model stored before rules were kept judges by the fields.
+        let old = Model {
+            rules: Vec::new(),
+            ..model.clone()
+        };
+        let twins = pattern(&[0, 4, 0, 0]);
+        let fields = (old.probability(twins), old.weight(twins));
+        assert_eq!(old.verdict_in_rule(0, twins, fields), fields);
     }
 
     #[test]
@@ -414,6 +602,7 @@ mod tests {
         ];
         let rule = |non_matches| RuleCandidates {
             blocked_fields: vec![0],
+            whole_fields: vec![0],
             first: patterns.clone(),
             patterns: patterns.clone(),
             non_matches,

@@ -139,6 +139,23 @@ fn known_pairs_link_twins_do_not_and_results_repeat() {
     let lone_twins = entities.len();
     entities.push(entity(&encoder, 0, &twin_c, None));
     entities.push(entity(&encoder, 1, &twin_d, None));
+    // Every 25th person has a twin, known wherever the person is: the
+    // households the model learns twins from.
+    let households = entities.len();
+    let mut twin_of = Vec::new();
+    for i in (0..3000).step_by(25) {
+        let at = GIVEN.iter().position(|g| *g == people[i].given).unwrap();
+        let twin = Person {
+            given: GIVEN[(at + 11) % GIVEN.len()].to_owned(),
+            ..people[i].clone()
+        };
+        twin_of.push((i, entities.len()));
+        entities.push(entity(&encoder, 0, &twin, None));
+        if i < 2000 {
+            twin_of.push((3000 + i, entities.len()));
+            entities.push(entity(&encoder, 1, &twin, None));
+        }
+    }
 
     let result = link(entities.clone(), &params);
     let people_of = &result.people;
@@ -162,6 +179,11 @@ fn known_pairs_link_twins_do_not_and_results_repeat() {
         people_of[lone_twins + 1],
         "twins each known to one organisation stay apart"
     );
+    let twins_merged = twin_of
+        .iter()
+        .filter(|&&(person, twin)| people_of[person] == people_of[twin])
+        .count();
+    assert_eq!(twins_merged, 0, "of {} twins", entities.len() - households);
 
     // The same keys and input give the same people.
     assert_eq!(link(entities, &params).people, result.people);

@@ -630,7 +630,7 @@ fn ssda903(
                 ])?;
             }
         }
-        if rng.random_bool(0.05) {
+        if rng.random_bool(0.1) {
             prev_perm.write_record([
                 r.local_id.as_str(),
                 &dob,

@@ -45,6 +45,7 @@ pub fn hello(d: &Deployment, org: &str) -> Hello {
 pub fn batch_for(dataset: &str, seed: u8, records: usize) -> Batch {
     let body = BatchBody {
         dataset: dataset.to_owned(),
+        source: format!("{dataset}.csv"),
         sequence: u64::from(seed),
         records: (0..records)
             .map(|i| Record {

@@ -6,7 +6,9 @@
 //!
 //! `--data DIR` holds `mappings/NAME.yaml` with `extracts/NAME.csv` (the
 //! layout `joinery synth` writes). `--truth FILE` is a CSV with columns
-//! `dataset`, `local_id` and `child_id` (records of one child share it).
+//! `dataset`, `local_id` and `child_id` (records of one child share it), and
+//! optionally `household` (children of one household share it: the bench
+//! then counts the wrong links that join two of them, such as twins).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -29,7 +31,8 @@ pub struct LinkageArgs {
     /// Directory with `mappings/NAME.yaml` and `extracts/NAME.csv`.
     #[arg(long)]
     data: PathBuf,
-    /// CSV with `dataset`, `local_id` and `child_id` columns.
+    /// CSV with `dataset`, `local_id` and `child_id` columns (and optionally
+    /// `household`).
     #[arg(long)]
     truth: PathBuf,
     /// Linkage parameters (YAML, as in an agreement); default: the canonical ones.
@@ -173,7 +176,7 @@ pub async fn run(args: LinkageArgs) -> anyhow::Result<ExitCode> {
         predicted_groups.entry(person).or_default().push(key);
     }
     let mut true_groups: BTreeMap<&str, Vec<&Key>> = BTreeMap::new();
-    for (key, child) in &truth {
+    for (key, (child, _)) in &truth {
         if datasets.contains(key.0.as_str()) {
             true_groups.entry(child).or_default().push(key);
         }
@@ -181,6 +184,11 @@ pub async fn run(args: LinkageArgs) -> anyhow::Result<ExitCode> {
     let predicted = pairs(predicted_groups);
     let true_pairs = pairs(true_groups);
     let hits = predicted.intersection(&true_pairs).count() as f64;
+    let household = |k: &Key| truth.get(k).and_then(|(_, h)| h.as_deref());
+    let within_households = predicted
+        .difference(&true_pairs)
+        .filter(|(a, b)| household(a).is_some_and(|h| household(b) == Some(h)))
+        .count();
     let precision = hits / (predicted.len() as f64).max(1.0);
     let recall = hits / (true_pairs.len() as f64).max(1.0);
     let f1 = 2.0 * precision * recall / (precision + recall).max(f64::MIN_POSITIVE);
@@ -248,6 +256,11 @@ pub async fn run(args: LinkageArgs) -> anyhow::Result<ExitCode> {
         predicted.len(),
         true_pairs.len()
     );
+    if truth.values().any(|(_, h)| h.is_some()) {
+        println!(
+            "wrong links between two children of one household (siblings, twins): {within_households}"
+        );
+    }
     let mib = |k: Option<u64>| k.map_or("?".to_owned(), |k| (k / 1024).to_string());
     println!(
         "peak RSS {} MiB ({} MiB when linking was done, before scoring)",
@@ -257,8 +270,8 @@ pub async fn run(args: LinkageArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// (dataset, local id) -> the true person.
-fn read_truth(path: &PathBuf) -> anyhow::Result<HashMap<Key, String>> {
+/// (dataset, local id) -> the true person, and their household if given.
+fn read_truth(path: &PathBuf) -> anyhow::Result<HashMap<Key, (String, Option<String>)>> {
     let mut reader =
         csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
     let headers = reader.headers()?.clone();
@@ -270,12 +283,16 @@ fn read_truth(path: &PathBuf) -> anyhow::Result<HashMap<Key, String>> {
     };
     let (dataset, local_id, child_id) =
         (column("dataset")?, column("local_id")?, column("child_id")?);
+    let household = column("household").ok();
     let mut truth = HashMap::new();
     for (line, record) in reader.records().enumerate() {
         let record = record.with_context(|| format!("{}: line {}", path.display(), line + 2))?;
         truth.insert(
             (record[dataset].to_owned(), record[local_id].to_owned()),
-            record[child_id].to_owned(),
+            (
+                record[child_id].to_owned(),
+                household.map(|h| record[h].to_owned()),
+            ),
         );
     }
     Ok(truth)
