@@ -226,10 +226,7 @@ fn child(
     issued: &mut std::collections::HashSet<String>,
 ) -> Child {
     let male = rng.random_bool(0.5);
-    let given = NAMES
-        .given(male)
-        .choose(rng)
-        .map_or("ALEX", |(name, _)| name);
+    let given = NAMES.given(male).choose(rng).copied().unwrap_or("ALEX");
     Child {
         id,
         household: id,
@@ -274,7 +271,7 @@ fn into_households(population: &mut [Child], seed: u64, reference: Date) {
             // Twins are never given the same name.
             let names = NAMES.given(child.male);
             while child.given == elder.given {
-                child.given = names.choose(&mut rng).map_or("ALEX", |(name, _)| name);
+                child.given = names.choose(&mut rng).copied().unwrap_or("ALEX");
             }
         } else if (child.dob - elder.dob).abs() < Duration::days(300) {
             // Other siblings are born at least ten months apart.
@@ -578,15 +575,13 @@ fn title_case(name: &str) -> String {
     out
 }
 
-/// A given name, and the short form records sometimes hold instead.
-type GivenName = (&'static str, Option<&'static str>);
-
 /// The names children are given, from the lists under `synth/names/`
 /// (about 150 given names a sex and 550 family names, so that two children
-/// share a name and a birth date about as rarely as in an English city).
+/// share a name and a birth date about as rarely as in an English city),
+/// and the short form records sometimes hold instead of a given name.
 struct Names {
-    male: Vec<GivenName>,
-    female: Vec<GivenName>,
+    male: Vec<&'static str>,
+    female: Vec<&'static str>,
     family: Vec<&'static str>,
     nicknames: std::collections::HashMap<&'static str, &'static str>,
 }
@@ -597,24 +592,21 @@ static NAMES: std::sync::LazyLock<Names> = std::sync::LazyLock::new(|| {
             .filter(|line| !line.starts_with('#'))
             .flat_map(str::split_whitespace)
     };
-    let given = |text: &'static str| -> Vec<GivenName> {
+    // A given name is NAME or NAME/NICKNAME; the first nickname of a name wins.
+    let mut nicknames = std::collections::HashMap::new();
+    let mut given = |text: &'static str| -> Vec<&'static str> {
         words(text)
             .map(|w| match w.split_once('/') {
-                Some((name, nickname)) => (name, Some(nickname)),
-                None => (w, None),
+                Some((name, nickname)) => {
+                    nicknames.entry(name).or_insert(nickname);
+                    name
+                }
+                None => w,
             })
             .collect()
     };
-    let (male, female) = (
-        given(include_str!("synth/names/male.txt")),
-        given(include_str!("synth/names/female.txt")),
-    );
-    let mut nicknames = std::collections::HashMap::new();
-    for (name, nickname) in male.iter().chain(&female) {
-        if let Some(nickname) = nickname {
-            nicknames.entry(*name).or_insert(*nickname);
-        }
-    }
+    let male = given(include_str!("synth/names/male.txt"));
+    let female = given(include_str!("synth/names/female.txt"));
     Names {
         male,
         female,
@@ -624,7 +616,7 @@ static NAMES: std::sync::LazyLock<Names> = std::sync::LazyLock::new(|| {
 });
 
 impl Names {
-    fn given(&self, male: bool) -> &[GivenName] {
+    fn given(&self, male: bool) -> &[&'static str] {
         if male { &self.male } else { &self.female }
     }
 }

@@ -294,6 +294,13 @@ impl Counts {
         pairs
     }
 
+    /// Adds `other`'s counts, each times `by`.
+    fn add_all(&mut self, other: &Self, by: u64) {
+        for (p, n) in other.sorted() {
+            self.add(p, n * by);
+        }
+    }
+
     fn total(&self) -> u64 {
         match self {
             Self::Dense(table) => table.iter().sum(),
@@ -344,16 +351,11 @@ impl PassOneCounts {
     /// pattern was seen says how far its share can be trusted.
     fn merge(&mut self, other: Self, every: u64) {
         let scaled = self.all.iter_mut().chain(&mut self.first);
-        let from = other.all.iter().chain(&other.first);
-        let within = self.within.iter_mut().zip(&other.within);
-        for ((into, from), by) in scaled
-            .zip(from)
-            .map(|x| (x, every))
-            .chain(within.map(|x| (x, 1)))
-        {
-            for (p, n) in from.sorted() {
-                into.add(p, n * by);
-            }
+        for (into, from) in scaled.zip(other.all.iter().chain(&other.first)) {
+            into.add_all(from, every);
+        }
+        for (into, from) in self.within.iter_mut().zip(&other.within) {
+            into.add_all(from, 1);
         }
     }
 
@@ -371,6 +373,7 @@ impl PassOneCounts {
 /// pattern for few fields, worked out from the model as asked for more.
 struct Verdicts<'m> {
     model: &'m Model,
+    threshold: f64,
     table: Option<Vec<(f64, f64)>>,
 }
 
@@ -379,9 +382,13 @@ struct Verdicts<'m> {
 type InRule = HashMap<(usize, Pattern), (f64, f64)>;
 
 impl<'m> Verdicts<'m> {
-    fn new(fields: usize, model: &'m Model) -> Self {
+    fn new(fields: usize, model: &'m Model, threshold: f64) -> Self {
         if fields > DENSE_FIELDS {
-            return Self { model, table: None };
+            return Self {
+                model,
+                threshold,
+                table: None,
+            };
         }
         let mut table = vec![(0.0, 0.0); 1 << (3 * fields)];
         // Every combination of a level (or missing) per field.
@@ -398,26 +405,21 @@ impl<'m> Verdicts<'m> {
         }
         Self {
             model,
+            threshold,
             table: Some(table),
         }
     }
 
     /// The verdict on a pair that `rule` found first. Where the fields'
-    /// verdict reaches `threshold`, the rule's own judgement may lower it
+    /// verdict reaches the threshold, the rule's own judgement may lower it
     /// ([`Model::verdict_in_rule`]); that is remembered in `in_rule`.
     #[inline(always)]
-    fn get(
-        &self,
-        rule: usize,
-        pattern: Pattern,
-        threshold: f64,
-        in_rule: &mut InRule,
-    ) -> (f64, f64) {
+    fn get(&self, rule: usize, pattern: Pattern, in_rule: &mut InRule) -> (f64, f64) {
         let fields = match &self.table {
             Some(table) => table[pattern as usize],
             None => (self.model.probability(pattern), self.model.weight(pattern)),
         };
-        if fields.0 < threshold {
+        if fields.0 < self.threshold {
             return fields;
         }
         *in_rule
@@ -800,7 +802,7 @@ pub fn link_with(
 
     // Pass 2: every distinct candidate once; keep those whose match
     // probability reaches the threshold (stopping early on the rest).
-    let verdicts = Verdicts::new(fields, &model);
+    let verdicts = Verdicts::new(fields, &model, params.threshold);
     let pruning = Pruning::new(&model, params.threshold, &filters.offsets);
     let every_block: Vec<usize> = (0..blocks.blocks.len()).collect();
     let kept = in_parallel(&every_block, threads, |share| {
@@ -815,8 +817,7 @@ pub fn link_with(
             &mut |rule, i, j, _, pattern| {
                 candidates += 1;
                 let Some(pattern) = pattern else { return };
-                let (probability, weight) =
-                    verdicts.get(rule, pattern, params.threshold, &mut in_rule);
+                let (probability, weight) = verdicts.get(rule, pattern, &mut in_rule);
                 if probability >= params.threshold {
                     links.push(Link {
                         a: i as u32,
@@ -962,7 +963,7 @@ mod tests {
         let organisations: Vec<u32> = entities.iter().map(|e| e.organisation).collect();
         let blocks = Blocks::new(&entities, params.blocking.len());
         let filters = Filters::new(entities, &params);
-        let verdicts = Verdicts::new(params.fields.len(), &model);
+        let verdicts = Verdicts::new(params.fields.len(), &model, params.threshold);
         let pruning = Pruning::new(&model, params.threshold, &filters.offsets);
         let every: Vec<usize> = (0..blocks.blocks.len()).collect();
         // Fitting compares every pair fully; its distinct candidates are
@@ -981,11 +982,8 @@ mod tests {
                         return;
                     }
                     candidates += 1;
-                    let threshold = params.threshold;
                     match pattern {
-                        Some(p)
-                            if verdicts.get(rule, p, threshold, &mut in_rule).0 >= threshold =>
-                        {
+                        Some(p) if verdicts.get(rule, p, &mut in_rule).0 >= params.threshold => {
                             links.push((i, j))
                         }
                         Some(_) => {}

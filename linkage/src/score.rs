@@ -48,9 +48,11 @@ pub const LEVEL_BOUNDS: [u32; 4] = [95, 85, 70, 40];
 pub const LEVELS: usize = LEVEL_BOUNDS.len() + 1;
 /// A field missing on either side: no evidence either way.
 pub const MISSING: u8 = 7;
-/// Levels from this one down (Dice under 0.70) do not agree: a different
-/// name, or one that shares a few letters (often a nickname).
-const NOT_AGREEING: u8 = 3;
+/// Whether a level agrees (Dice 0.70 or more). Levels below that are a
+/// different name, or one that shares a few letters (often a nickname).
+fn agrees(level: u8) -> bool {
+    level < 3
+}
 
 /// The agreement level of two filters with `common` bits in common and
 /// `total` bits set between them (Dice = 2·common / total), in integers.
@@ -248,16 +250,14 @@ impl Model {
             return (probability, weight);
         };
         let non_match = NonMatch::new(self.m.len(), &r.non_matches, &r.whole_fields);
-        match non_match.joint(pattern) {
-            Some(u) => {
-                let p = posterior(&self.m, r.prior, pattern, non_match.kept(pattern), u);
-                if p < probability {
-                    (p, log_odds(p) - log_odds(self.prior))
-                } else {
-                    (probability, weight)
-                }
-            }
-            None => (probability, weight),
+        let Some(u) = non_match.joint(pattern) else {
+            return (probability, weight);
+        };
+        let p = posterior(&self.m, r.prior, pattern, non_match.kept(pattern), u);
+        if p < probability {
+            (p, log_odds(p) - log_odds(self.prior))
+        } else {
+            (probability, weight)
         }
     }
 }
@@ -312,8 +312,8 @@ impl<'s> NonMatch<'s> {
     /// fields agree, so a household's pattern is recognised also when one
     /// of its names has a typo; field by field within that.
     fn joint(&self, pattern: Pattern) -> Option<f64> {
-        let agrees = |p: Pattern, f: usize| pattern_level(p, f) < NOT_AGREEING;
-        if self.kept(pattern).all(|f| agrees(pattern, f)) {
+        let agrees_at = |p: Pattern, f: usize| agrees(pattern_level(p, f));
+        if self.kept(pattern).all(|f| agrees_at(pattern, f)) {
             return None;
         }
         let (mut showing, mut comparable) = (0u64, 0u64);
@@ -322,7 +322,7 @@ impl<'s> NonMatch<'s> {
                 comparable += n;
                 if self
                     .kept(pattern)
-                    .all(|f| agrees(r, f) == agrees(pattern, f))
+                    .all(|f| agrees_at(r, f) == agrees_at(pattern, f))
                 {
                     showing += n;
                 }
@@ -334,12 +334,12 @@ impl<'s> NonMatch<'s> {
         let within: f64 = self
             .kept(pattern)
             .map(|f| {
-                let level = pattern_level(pattern, f) as usize;
-                let alike: f64 = (0..LEVELS)
-                    .filter(|&l| (l < NOT_AGREEING as usize) == (level < NOT_AGREEING as usize))
-                    .map(|l| self.shares[f][l])
+                let level = pattern_level(pattern, f);
+                let alike: f64 = (0..LEVELS as u8)
+                    .filter(|&l| agrees(l) == agrees(level))
+                    .map(|l| self.shares[f][l as usize])
                     .sum();
-                self.shares[f][level] / alike
+                self.shares[f][level as usize] / alike
             })
             .product();
         Some(showing as f64 / comparable as f64 * within)
