@@ -23,12 +23,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use joinery_linkage::score::Model;
-use joinery_linkage::{Encoding, Entity, LinkageParams};
+use joinery_linkage::{Entity, LinkageParams};
 
 use crate::agreements::Agreements;
 use crate::audit::AuditRecord;
 use crate::rekey::{LINK_EXACT_LOCAL, LINK_EXACT_NHS, LINK_UNLINKED};
-use crate::storage::{EntityScope, SpineAssignment, Storage, StorageError, StoredEntity};
+use crate::storage::{
+    EntityRecord, EntityScope, LinkageEntities, SpineAssignment, Storage, StorageError,
+};
 
 /// Link method of a person id joined to another person by fuzzy linkage.
 pub const LINK_FUZZY: &str = "fuzzy";
@@ -58,59 +60,50 @@ pub async fn run(
     full: bool,
 ) -> Result<LinkReport, StorageError> {
     let version = params.version;
-    let rules = params.blocking.len();
-    // Incremental when asked and a model fits: read only what is new and
-    // its neighbourhood (nothing at all when nothing is new).
-    let mut incremental = None;
+    // Incremental when asked and a model fits, unless the entities have
+    // doubled since it was fitted; nothing to do when nothing is new.
+    let mut model = None;
     if !full && let Some((json, fitted_on)) = storage.linkage_model(version).await? {
-        let nearby = storage
-            .linkage_entities(version, rules, EntityScope::PendingAndNeighbours)
-            .await?;
-        if !nearby.iter().any(|e| !e.linked) {
+        if !storage.linkage_pending(version).await? {
             return Ok(LinkReport {
                 params_version: version,
-                entities: nearby.len(),
                 ..LinkReport::default()
             });
         }
-        let model: Option<Model> = serde_json::from_str(&json).ok();
-        if let Some(model) = model
-            && storage.linkage_entity_count(version).await? <= fitted_on * 2
-        {
-            incremental = Some((model, nearby));
+        if storage.linkage_entity_count(version).await? <= fitted_on * 2 {
+            model = serde_json::from_str::<Model>(&json).ok();
         }
     }
-    let full = incremental.is_none();
-    let (model, stored) = match incremental {
-        Some((model, nearby)) => (Some(model), nearby),
-        None => (
-            None,
-            storage
-                .linkage_entities(version, rules, EntityScope::All)
-                .await?,
-        ),
+    let full = model.is_none();
+    let scope = match full {
+        true => EntityScope::All,
+        false => EntityScope::PendingAndNeighbours,
     };
-    let pending = stored.iter().filter(|e| !e.linked).count();
+    let LinkageEntities {
+        organisations,
+        entities,
+        records,
+    } = storage.linkage_entities(params, scope).await?;
+    let pending = records.iter().filter(|r| !r.linked).count();
     let mut report = LinkReport {
         params_version: version,
         full,
-        entities: stored.len(),
+        entities: records.len(),
         pending,
         ..LinkReport::default()
     };
-    if stored.is_empty() {
+    if records.is_empty() {
         return Ok(report);
     }
 
-    let (entities, known) = to_entities(&stored, params, full);
-    let known = join_local_ids(&stored, &known);
+    let known = join_local_ids(&entities, &records, &known_people(&records, full));
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
     let result =
         joinery_linkage::matcher::link_with(entities, params, model.as_ref(), &known, threads);
     if full {
         let json = serde_json::to_string(&result.stats.model).unwrap_or_default();
         storage
-            .save_linkage_model(version, &json, stored.len() as u64)
+            .save_linkage_model(version, &json, records.len() as u64)
             .await?;
     }
     report.candidate_pairs = result.stats.candidate_pairs;
@@ -118,15 +111,25 @@ pub async fn run(
     let mut conflicted: Vec<String> = result
         .nhs_conflicts
         .iter()
-        .map(|c| stored[c.a as usize].person_id.clone())
+        .map(|c| records[c.a as usize].person_id.clone())
         .collect();
     conflicted.sort_unstable();
     conflicted.dedup();
     report.nhs_conflicts = conflicted;
 
-    let assignments = spine_assignments(&stored, &result);
+    let assignments = spine_assignments(&records, &result);
     report.moved = assignments.len();
-    let linked: Vec<&StoredEntity> = stored.iter().filter(|e| full || !e.linked).collect();
+    let linked: Vec<(&str, &str, &str)> = records
+        .iter()
+        .filter(|r| full || !r.linked)
+        .map(|r| {
+            (
+                r.person_id.as_str(),
+                organisations[r.organisation as usize].as_str(),
+                r.local_pseudonym.as_str(),
+            )
+        })
+        .collect();
     storage.save_linkage(&assignments, &linked).await?;
     storage
         .append_audit(&AuditRecord::linkage(
@@ -142,51 +145,19 @@ pub async fn run(
     Ok(report)
 }
 
-/// The matcher's view of stored entities; in an incremental run, entities
-/// already linked carry their person so it cannot split.
-fn to_entities(
-    stored: &[StoredEntity],
-    params: &LinkageParams,
-    full: bool,
-) -> (Vec<Entity>, Vec<Option<u64>>) {
-    let mut organisations: HashMap<&str, u32> = HashMap::new();
+/// In an incremental run, entities already linked carry their person (a
+/// number per spine id), so it cannot split.
+fn known_people(records: &[EntityRecord], full: bool) -> Vec<Option<u64>> {
     let mut spines: HashMap<&str, u64> = HashMap::new();
-    let mut entities = Vec::with_capacity(stored.len());
-    let mut known = Vec::with_capacity(stored.len());
-    for e in stored {
-        let next = organisations.len() as u32;
-        let organisation = *organisations.entry(&e.organisation).or_insert(next);
-        // Stored filters lie side by side as the matcher wants them; any
-        // other length counts as missing.
-        let filters = Some(&e.filters)
-            .filter(|f| f.len() == params.words() * 8)
-            .and_then(|f| Encoding::filter_from_bytes(f))
-            .unwrap_or_default();
-        let blocks = e
-            .blocks
-            .iter()
-            .map(|b| {
-                b.as_deref()
-                    .and_then(|hex_key| hex::decode(hex_key).ok())
-                    .and_then(|bytes| bytes.try_into().ok())
+    records
+        .iter()
+        .map(|r| {
+            (!full && r.linked).then(|| {
+                let next = spines.len() as u64;
+                *spines.entry(r.spine_id()).or_insert(next)
             })
-            .collect();
-        let nhs = e
-            .nhs_pseudonym
-            .as_deref()
-            .and_then(|n| hex::decode(n).ok())
-            .and_then(|bytes| bytes.try_into().ok());
-        entities.push(Entity {
-            organisation,
-            nhs,
-            encoding: Encoding { filters, blocks },
-        });
-        known.push((!full && e.linked).then(|| {
-            let next = spines.len() as u64;
-            *spines.entry(&e.spine_id).or_insert(next)
-        }));
-    }
-    (entities, known)
+        })
+        .collect()
 }
 
 /// Entities already known to be one person: those `known` says are (an
@@ -194,7 +165,11 @@ fn to_entities(
 /// of one local id — the same child in two of its datasets, one with the NHS
 /// number and one without — unless they carry different NHS pseudonyms (the
 /// matcher then decides, and never joins them).
-fn join_local_ids(stored: &[StoredEntity], known: &[Option<u64>]) -> Vec<Option<u64>> {
+fn join_local_ids(
+    entities: &[Entity],
+    records: &[EntityRecord],
+    known: &[Option<u64>],
+) -> Vec<Option<u64>> {
     fn root(parent: &mut [usize], mut i: usize) -> usize {
         while parent[i] != i {
             parent[i] = parent[parent[i]];
@@ -202,28 +177,28 @@ fn join_local_ids(stored: &[StoredEntity], known: &[Option<u64>]) -> Vec<Option<
         }
         i
     }
-    let mut parent: Vec<usize> = (0..stored.len()).collect();
+    let mut parent: Vec<usize> = (0..records.len()).collect();
     let join = |parent: &mut Vec<usize>, a: usize, b: usize| {
         let (a, b) = (root(parent, a), root(parent, b));
         parent[a.max(b)] = a.min(b);
     };
     let mut first_known: HashMap<u64, usize> = HashMap::new();
-    let mut twins: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
-    for (i, e) in stored.iter().enumerate() {
+    let mut twins: HashMap<(u32, &str), Vec<usize>> = HashMap::new();
+    for (i, r) in records.iter().enumerate() {
         if let Some(k) = known[i] {
             let first = *first_known.entry(k).or_insert(i);
             join(&mut parent, first, i);
         }
         twins
-            .entry((e.organisation.as_str(), e.local_pseudonym.as_str()))
+            .entry((r.organisation, r.local_pseudonym.as_str()))
             .or_default()
             .push(i);
     }
-    let mut grouped = vec![false; stored.len()];
+    let mut grouped = vec![false; records.len()];
     for members in twins.values().filter(|m| m.len() > 1) {
-        let numbers: std::collections::BTreeSet<&str> = members
+        let numbers: std::collections::BTreeSet<&[u8; 32]> = members
             .iter()
-            .filter_map(|&i| stored[i].nhs_pseudonym.as_deref())
+            .filter_map(|&i| entities[i].nhs.as_ref())
             .collect();
         if numbers.len() <= 1 {
             for &i in members {
@@ -232,7 +207,7 @@ fn join_local_ids(stored: &[StoredEntity], known: &[Option<u64>]) -> Vec<Option<
             }
         }
     }
-    (0..stored.len())
+    (0..records.len())
         .map(|i| (known[i].is_some() || grouped[i]).then(|| root(&mut parent, i) as u64))
         .collect()
 }
@@ -241,7 +216,7 @@ fn join_local_ids(stored: &[StoredEntity], known: &[Option<u64>]) -> Vec<Option<
 /// named by the spine id most of its linked members had (else its smallest
 /// person id). Only changes are returned.
 fn spine_assignments(
-    stored: &[StoredEntity],
+    records: &[EntityRecord],
     result: &joinery_linkage::LinkResult,
 ) -> Vec<SpineAssignment> {
     let mut groups: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
@@ -262,39 +237,39 @@ fn spine_assignments(
     for members in groups.values() {
         let mut votes: BTreeMap<&str, usize> = BTreeMap::new();
         for &i in members {
-            if stored[i].linked {
-                *votes.entry(stored[i].spine_id.as_str()).or_default() += 1;
+            if records[i].linked {
+                *votes.entry(records[i].spine_id()).or_default() += 1;
             }
         }
         let spine_id = votes
             .iter()
             .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
             .map(|(id, _)| (*id).to_owned())
-            .or_else(|| members.iter().map(|&i| stored[i].person_id.clone()).min())
+            .or_else(|| members.iter().map(|&i| records[i].person_id.clone()).min())
             .unwrap_or_default();
         let mut seen = std::collections::BTreeSet::new();
         for &i in members {
-            let e = &stored[i];
+            let e = &records[i];
             if !seen.insert(e.person_id.as_str()) {
                 continue;
             }
             let (method, score) = if e.person_id == spine_id {
-                let own = if e.nhs_pseudonym.is_some() {
+                let own = if e.has_nhs {
                     LINK_EXACT_NHS
                 } else {
                     LINK_UNLINKED
                 };
                 (own, None)
             } else if members.iter().any(|&j| {
-                stored[j].person_id != e.person_id
-                    && stored[j].organisation == e.organisation
-                    && stored[j].local_pseudonym == e.local_pseudonym
+                records[j].person_id != e.person_id
+                    && records[j].organisation == e.organisation
+                    && records[j].local_pseudonym == e.local_pseudonym
             }) {
                 (LINK_EXACT_LOCAL, None)
             } else {
                 let score = members
                     .iter()
-                    .filter(|&&j| stored[j].person_id == e.person_id)
+                    .filter(|&&j| records[j].person_id == e.person_id)
                     .filter_map(|&j| best.get(&(j as u32)).copied())
                     .fold(None, |acc: Option<f64>, p| {
                         Some(acc.map_or(p, |a| a.max(p)))
@@ -302,7 +277,7 @@ fn spine_assignments(
                 (LINK_FUZZY, score)
             };
             let joined = method == LINK_FUZZY || method == LINK_EXACT_LOCAL;
-            if e.spine_id != spine_id || joined != (e.spine_id != e.person_id) {
+            if e.spine_id() != spine_id || joined != e.joined_to.is_some() {
                 assignments.push(SpineAssignment {
                     person_id: e.person_id.clone(),
                     spine_id: spine_id.clone(),

@@ -2,25 +2,43 @@
 //! (written in its batch's transaction), the person spine, fitted models and
 //! the lease that lets one gateway link at a time.
 
+use std::collections::HashMap;
+
+use futures::TryStreamExt;
+use joinery_linkage::{Encoding, Entity, LinkageParams};
 use sqlx::{AssertSqlSafe, Row};
 
 use super::{NewBatch, Storage, StorageError, insert_sql, to_i64};
 
-/// One organisation's local id as linkage sees it.
+/// What a linkage run reads: every entity as the matcher takes it, and
+/// beside it (same order) what the run writes back.
+#[derive(Debug, Default)]
+pub struct LinkageEntities {
+    /// Organisation codes; an entity's `organisation` is an index here.
+    pub organisations: Vec<String>,
+    pub entities: Vec<Entity>,
+    pub records: Vec<EntityRecord>,
+}
+
+/// One organisation's local id as a linkage run writes it back.
 #[derive(Debug, Clone, PartialEq)]
-pub struct StoredEntity {
+pub struct EntityRecord {
     pub person_id: String,
-    pub organisation: String,
+    /// An index into [`LinkageEntities::organisations`].
+    pub organisation: u32,
     pub local_pseudonym: String,
-    pub nhs_pseudonym: Option<String>,
-    /// Permuted filters side by side.
-    pub filters: Vec<u8>,
+    pub has_nhs: bool,
+    /// The person its person id belongs to now, when not its own.
+    pub joined_to: Option<String>,
     /// Already linked by an earlier run.
     pub linked: bool,
+}
+
+impl EntityRecord {
     /// The person its person id belongs to now.
-    pub spine_id: String,
-    /// Re-keyed blocking keys, by rule.
-    pub blocks: Vec<Option<String>>,
+    pub fn spine_id(&self) -> &str {
+        self.joined_to.as_deref().unwrap_or(&self.person_id)
+    }
 }
 
 /// Which entities a linkage run reads.
@@ -66,6 +84,11 @@ people AS (
     JOIN person_spine s2 ON s2.spine_id = s1.spine_id
     WHERE s1.person_id IN (SELECT person_id FROM touched))
 ";
+
+/// A fixed-length key or pseudonym from its stored hex.
+fn from_hex<const N: usize>(hex_text: &str) -> Option<[u8; N]> {
+    hex::decode(hex_text).ok()?.try_into().ok()
+}
 
 impl Storage {
     /// Inside a batch's transaction: a spine entry for every new person id
@@ -164,14 +187,28 @@ impl Storage {
         Ok(())
     }
 
-    /// The entities a linkage run under parameters `version` reads, each with
-    /// its blocking keys (`rules` of them).
+    /// Whether any entity under parameters `version` awaits linkage.
+    pub async fn linkage_pending(&self, version: u32) -> Result<bool, StorageError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM (SELECT 1 FROM linkage_entities \
+             WHERE linked = 0 AND params_version = $1 LIMIT 1) AS pending",
+        )
+        .bind(i64::from(version))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| super::count(&r, "n")).transpose()?.unwrap_or(0) > 0)
+    }
+
+    /// The entities a linkage run under `params` reads, streamed from one
+    /// query (each entity's blocking keys joined in, one column per rule)
+    /// straight into the matcher's form, so memory holds each entity once.
+    /// Filters of the wrong length, and keys or NHS pseudonyms that are not
+    /// the expected hex, count as missing.
     pub async fn linkage_entities(
         &self,
-        version: u32,
-        rules: usize,
+        params: &LinkageParams,
         scope: EntityScope,
-    ) -> Result<Vec<StoredEntity>, StorageError> {
+    ) -> Result<LinkageEntities, StorageError> {
         let (prefix, filter) = match scope {
             EntityScope::All => ("", ""),
             EntityScope::PendingAndNeighbours => (
@@ -179,65 +216,67 @@ impl Storage {
                 " AND (e.linked = 0 OR e.person_id IN (SELECT person_id FROM people))",
             ),
         };
-        let entity_sql = format!(
+        let rules = params.blocking.len();
+        let (mut keys, mut joins) = (String::new(), String::new());
+        for rule in 0..rules {
+            keys.push_str(&format!(", b{rule}.block_key AS block{rule}"));
+            joins.push_str(&format!(
+                " LEFT JOIN linkage_blocks b{rule} ON b{rule}.person_id = e.person_id \
+                 AND b{rule}.organisation = e.organisation \
+                 AND b{rule}.local_pseudonym = e.local_pseudonym AND b{rule}.rule = {rule}"
+            ));
+        }
+        let sql = format!(
             "{prefix}SELECT e.person_id, e.organisation, e.local_pseudonym, e.nhs_pseudonym, \
-             e.filters, e.linked, COALESCE(s.spine_id, e.person_id) AS spine_id \
-             FROM linkage_entities e LEFT JOIN person_spine s ON s.person_id = e.person_id \
+             e.filters, e.linked, s.spine_id{keys} \
+             FROM linkage_entities e LEFT JOIN person_spine s ON s.person_id = e.person_id{joins} \
              WHERE e.params_version = $1{filter} \
              ORDER BY e.person_id, e.organisation, e.local_pseudonym"
         );
-        let rows = sqlx::query(AssertSqlSafe(entity_sql))
-            .bind(i64::from(version))
-            .fetch_all(&self.pool)
-            .await?;
-        let mut entities = Vec::with_capacity(rows.len());
-        let mut index = std::collections::HashMap::with_capacity(rows.len());
-        for row in &rows {
+        let filter_bytes = params.words() * 8;
+        let mut read = LinkageEntities::default();
+        let mut organisations: HashMap<String, u32> = HashMap::new();
+        let mut rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(i64::from(params.version))
+            .fetch(&self.pool);
+        while let Some(row) = rows.try_next().await? {
+            let organisation: String = row.try_get("organisation")?;
+            let next = organisations.len() as u32;
+            let organisation = *organisations.entry(organisation).or_insert_with_key(|o| {
+                read.organisations.push(o.clone());
+                next
+            });
+            let filters: Vec<u8> = row.try_get("filters")?;
+            let filters = Some(filters)
+                .filter(|f| f.len() == filter_bytes)
+                .and_then(|f| Encoding::filter_from_bytes(&f))
+                .unwrap_or_default();
+            let blocks = (0..rules)
+                .map(|rule| {
+                    let key: Option<String> = row.try_get(format!("block{rule}").as_str())?;
+                    Ok(key.as_deref().and_then(from_hex))
+                })
+                .collect::<Result<_, sqlx::Error>>()?;
+            let nhs: Option<String> = row.try_get("nhs_pseudonym")?;
+            let has_nhs = nhs.is_some();
+            read.entities.push(Entity {
+                organisation,
+                nhs: nhs.as_deref().and_then(from_hex),
+                encoding: Encoding { filters, blocks },
+            });
+            let person_id: String = row.try_get("person_id")?;
+            let spine_id: Option<String> = row.try_get("spine_id")?;
             let linked: i64 = row.try_get("linked")?;
-            let entity = StoredEntity {
-                person_id: row.try_get("person_id")?,
-                organisation: row.try_get("organisation")?,
+            read.records.push(EntityRecord {
+                joined_to: spine_id.filter(|s| *s != person_id),
+                person_id,
+                organisation,
                 local_pseudonym: row.try_get("local_pseudonym")?,
-                nhs_pseudonym: row.try_get("nhs_pseudonym")?,
-                filters: row.try_get("filters")?,
+                has_nhs,
                 linked: linked != 0,
-                spine_id: row.try_get("spine_id")?,
-                blocks: vec![None; rules],
-            };
-            index.insert(
-                (
-                    entity.person_id.clone(),
-                    entity.organisation.clone(),
-                    entity.local_pseudonym.clone(),
-                ),
-                entities.len(),
-            );
-            entities.push(entity);
+            });
         }
-        let block_sql = format!(
-            "{prefix}SELECT b.person_id, b.organisation, b.local_pseudonym, b.rule, b.block_key \
-             FROM linkage_blocks b JOIN linkage_entities e ON e.person_id = b.person_id \
-             AND e.organisation = b.organisation AND e.local_pseudonym = b.local_pseudonym \
-             WHERE e.params_version = $1{filter}"
-        );
-        let rows = sqlx::query(AssertSqlSafe(block_sql))
-            .bind(i64::from(version))
-            .fetch_all(&self.pool)
-            .await?;
-        for row in &rows {
-            let key = (
-                row.try_get::<String, _>("person_id")?,
-                row.try_get::<String, _>("organisation")?,
-                row.try_get::<String, _>("local_pseudonym")?,
-            );
-            let rule: i64 = row.try_get("rule")?;
-            if let (Some(&i), Ok(rule)) = (index.get(&key), usize::try_from(rule))
-                && rule < rules
-            {
-                entities[i].blocks[rule] = Some(row.try_get("block_key")?);
-            }
-        }
-        Ok(entities)
+        Ok(read)
     }
 
     /// Records a linkage run in one transaction: new spine places, and the
@@ -245,7 +284,7 @@ impl Storage {
     pub async fn save_linkage(
         &self,
         assignments: &[SpineAssignment],
-        linked: &[&StoredEntity],
+        linked: &[(&str, &str, &str)],
     ) -> Result<(), StorageError> {
         let _writing = match &self.write_lock {
             Some(lock) => Some(lock.lock().await),
@@ -284,11 +323,11 @@ impl Storage {
             }
             sql.push(')');
             let mut query = sqlx::query(AssertSqlSafe(sql));
-            for e in chunk {
+            for (person_id, organisation, local_pseudonym) in chunk {
                 query = query
-                    .bind(&e.person_id)
-                    .bind(&e.organisation)
-                    .bind(&e.local_pseudonym);
+                    .bind(*person_id)
+                    .bind(*organisation)
+                    .bind(*local_pseudonym);
             }
             query.execute(&mut *tx).await?;
         }

@@ -12,7 +12,7 @@ mod linkage;
 mod migrations;
 mod population;
 
-pub use linkage::{EntityScope, SpineAssignment, StoredEntity};
+pub use linkage::{EntityRecord, EntityScope, LinkageEntities, SpineAssignment};
 
 use std::path::Path;
 use std::str::FromStr;
@@ -162,10 +162,12 @@ impl Storage {
                 Box::pin(async move {
                     // WAL for concurrent readers; FULL so a commit (and so an
                     // ack) survives power loss; wait rather than fail on a
-                    // busy writer lock.
+                    // busy writer lock; once checkpointed, cut the WAL file
+                    // back to 64 MiB (a linkage run's writes grow it far past).
                     sqlx::raw_sql(
                         "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-                         PRAGMA busy_timeout = 30000; PRAGMA cache_size = -65536;",
+                         PRAGMA busy_timeout = 30000; PRAGMA cache_size = -65536; \
+                         PRAGMA journal_size_limit = 67108864;",
                     )
                     .execute(conn)
                     .await?;
