@@ -21,7 +21,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::bloom;
+use crate::bloom::{self, Kernel, Scalar};
 use crate::cluster::{Link, cluster};
 use crate::encode::{BLOCK_KEY_LEN, Encoding, Pseudonym};
 use crate::params::{LinkageParams, Take};
@@ -121,6 +121,7 @@ impl Filters {
     fn pattern(&self, i: usize, j: usize) -> Pattern {
         let (s, f) = (self.stride, self.fields());
         pattern_of(
+            Scalar,
             &self.offsets,
             &self.data[i * s..(i + 1) * s],
             &self.data[j * s..(j + 1) * s],
@@ -133,20 +134,41 @@ impl Filters {
 /// The agreement level of one field between two entities' rows: its
 /// filter lies at `words`, with `oa` and `ob` bits set.
 #[inline(always)]
-fn level_of(words: std::ops::Range<usize>, a: &[u64], b: &[u64], oa: u32, ob: u32) -> u8 {
+fn level_of<K: Kernel>(
+    kernel: K,
+    words: std::ops::Range<usize>,
+    a: &[u64],
+    b: &[u64],
+    oa: u32,
+    ob: u32,
+) -> u8 {
     if oa == 0 || ob == 0 {
         MISSING
     } else {
-        level(bloom::common(&a[words.clone()], &b[words]), oa + ob)
+        level(kernel.common(&a[words.clone()], &b[words]), oa + ob)
     }
 }
 
 /// The agreement pattern of two entities' rows.
 #[inline(always)]
-fn pattern_of(offsets: &[usize], a: &[u64], b: &[u64], ones_a: &[u32], ones_b: &[u32]) -> Pattern {
+fn pattern_of<K: Kernel>(
+    kernel: K,
+    offsets: &[usize],
+    a: &[u64],
+    b: &[u64],
+    ones_a: &[u32],
+    ones_b: &[u32],
+) -> Pattern {
     let mut pattern = 0;
     for f in 0..ones_a.len() {
-        let l = level_of(offsets[f]..offsets[f + 1], a, b, ones_a[f], ones_b[f]);
+        let l = level_of(
+            kernel,
+            offsets[f]..offsets[f + 1],
+            a,
+            b,
+            ones_a[f],
+            ones_b[f],
+        );
         pattern |= u64::from(l) << (3 * f);
     }
     pattern
@@ -217,11 +239,18 @@ impl Pruning {
 
     /// The pair's pattern, or `None` once it cannot reach the threshold.
     #[inline(always)]
-    fn pattern(&self, a: &[u64], b: &[u64], ones_a: &[u32], ones_b: &[u32]) -> Option<Pattern> {
+    fn pattern<K: Kernel>(
+        &self,
+        kernel: K,
+        a: &[u64],
+        b: &[u64],
+        ones_a: &[u32],
+        ones_b: &[u32],
+    ) -> Option<Pattern> {
         let (mut pattern, mut weight) = (0, 0.0);
         for step in &self.steps {
             let (oa, ob) = (ones_a[step.field], ones_b[step.field]);
-            let l = level_of(step.words.clone(), a, b, oa, ob);
+            let l = level_of(kernel, step.words.clone(), a, b, oa, ob);
             pattern |= u64::from(l) << (3 * step.field);
             weight += step.weights[l as usize];
             if weight < step.floor {
@@ -520,7 +549,9 @@ impl<F: FnMut(usize, usize, usize, Pair, Option<Pattern>)> Visit for F {}
 /// Calls `each` for the pairs of one block that `walk` visits (`i` before
 /// `j` in the block's order).
 #[inline(always)]
-fn walk_block(
+#[allow(clippy::too_many_arguments)]
+fn walk_block<K: Kernel>(
+    kernel: K,
     filters: &Filters,
     organisations: &[u32],
     blocks: &Blocks,
@@ -573,7 +604,7 @@ fn walk_block(
         if let Walk::Fitting = walk {
             for (y, &j) in members.iter().enumerate().take(group_end).skip(x + 1) {
                 let (row_b, ones_b) = row(y);
-                let pattern = pattern_of(&filters.offsets, row_a, row_b, ones_a, ones_b);
+                let pattern = pattern_of(kernel, &filters.offsets, row_a, row_b, ones_a, ones_b);
                 each(rule, i, j as usize, Pair::Within, Some(pattern));
             }
         }
@@ -583,18 +614,35 @@ fn walk_block(
             let (row_b, ones_b) = row(y);
             match walk {
                 Walk::Fitting => {
-                    let pattern = pattern_of(&filters.offsets, row_a, row_b, ones_a, ones_b);
+                    let pattern =
+                        pattern_of(kernel, &filters.offsets, row_a, row_b, ones_a, ones_b);
                     let pair = if first { Pair::First } else { Pair::Again };
                     each(rule, i, j as usize, pair, Some(pattern));
                 }
                 Walk::Linking(pruning) if first => {
-                    let pattern = pruning.pattern(row_a, row_b, ones_a, ones_b);
+                    let pattern = pruning.pattern(kernel, row_a, row_b, ones_a, ones_b);
                     each(rule, i, j as usize, Pair::First, pattern);
                 }
                 Walk::Linking(_) => {}
             }
         }
     }
+}
+
+/// [`walk_block`] over a share of the blocks, compiled for AVX-512 with
+/// vector popcount.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx512vpopcntdq,popcnt")]
+fn walk_share_avx512(
+    kernel: bloom::Avx512,
+    filters: &Filters,
+    organisations: &[u32],
+    blocks: &Blocks,
+    share: &[usize],
+    walk: Walk<'_>,
+    each: &mut impl Visit,
+) {
+    walk_share_with(kernel, filters, organisations, blocks, share, walk, each);
 }
 
 /// [`walk_block`] over a share of the blocks, compiled for popcount.
@@ -608,11 +656,12 @@ fn walk_share_popcnt(
     walk: Walk<'_>,
     each: &mut impl Visit,
 ) {
-    walk_share_portable(filters, organisations, blocks, share, walk, each);
+    walk_share_with(Scalar, filters, organisations, blocks, share, walk, each);
 }
 
 #[inline(always)]
-fn walk_share_portable(
+fn walk_share_with<K: Kernel>(
+    kernel: K,
     filters: &Filters,
     organisations: &[u32],
     blocks: &Blocks,
@@ -624,6 +673,7 @@ fn walk_share_portable(
     for &b in share {
         let (rule, members) = &blocks.blocks[b];
         walk_block(
+            kernel,
             filters,
             organisations,
             blocks,
@@ -635,6 +685,8 @@ fn walk_share_portable(
     }
 }
 
+/// [`walk_block`] over a share of the blocks, with the best kernel the CPU
+/// has.
 fn walk_share(
     filters: &Filters,
     organisations: &[u32],
@@ -645,12 +697,18 @@ fn walk_share(
 ) {
     #[cfg(target_arch = "x86_64")]
     {
+        if let Some(kernel) = bloom::Avx512::detect() {
+            // SAFETY: `detect` has just seen the CPU support the features.
+            return unsafe {
+                walk_share_avx512(kernel, filters, organisations, blocks, share, walk, each)
+            };
+        }
         if std::arch::is_x86_feature_detected!("popcnt") {
             // SAFETY: the CPU has just been seen to support popcnt.
             return unsafe { walk_share_popcnt(filters, organisations, blocks, share, walk, each) };
         }
     }
-    walk_share_portable(filters, organisations, blocks, share, walk, each);
+    walk_share_with(Scalar, filters, organisations, blocks, share, walk, each);
 }
 
 /// Runs `work` on `threads` threads, each over its share of the blocks
