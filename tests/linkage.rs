@@ -184,3 +184,78 @@ async fn incremental_linking(database: Option<&str>) {
     // And the whole spine is right against the ground truth.
     check_spine(&d, &synth.join("ground_truth.csv"), &db).await;
 }
+
+/// `bench dice` scans every pair of two files of 1,024-bit filters and
+/// counts those at or above the threshold, as anonlink's brute force does;
+/// a file that is not whole filters is refused, naming it.
+#[test]
+fn bench_dice_counts_every_pair_at_the_threshold() {
+    let d = Deployment::new();
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let a: Vec<[u64; 16]> = (0..40)
+        .map(|_| std::array::from_fn(|_| next() & next()))
+        .collect();
+    // The other side: a copy of every fourth filter with a few bits moved,
+    // and unrelated filters.
+    let b: Vec<[u64; 16]> = (0..60)
+        .map(|i| match a.get(i * 4) {
+            Some(f) if i % 2 == 0 => {
+                std::array::from_fn(|w| f[w] ^ (next() & next() & next() & next()))
+            }
+            _ => std::array::from_fn(|_| next() & next()),
+        })
+        .collect();
+    let dice = |x: &[u64; 16], y: &[u64; 16]| {
+        let ones = |f: &[u64; 16]| f.iter().map(|w| w.count_ones()).sum::<u32>();
+        let common: u32 = x.iter().zip(y).map(|(p, q)| (p & q).count_ones()).sum();
+        2.0 * f64::from(common) / f64::from(ones(x) + ones(y))
+    };
+    let expected = a
+        .iter()
+        .flat_map(|x| b.iter().map(move |y| (x, y)))
+        .filter(|(x, y)| dice(x, y) >= 0.8)
+        .count();
+    assert!(
+        expected > 0 && expected < 40,
+        "{expected} pairs: the test data tells nothing"
+    );
+    let write = |name: &str, filters: &[[u64; 16]]| {
+        let bytes: Vec<u8> = filters
+            .iter()
+            .flatten()
+            .flat_map(|w| w.to_le_bytes())
+            .collect();
+        std::fs::write(d.path(name), bytes).unwrap();
+        d.path(name).display().to_string()
+    };
+    let (a_path, b_path) = (write("a.bin", &a), write("b.bin", &b));
+    let output = joinery_ok(&["bench", "dice", &a_path, &b_path, "--threshold", "0.8"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("40 x 60 filter pairs of 1024 bits"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("; {expected} pairs at Dice >= 0.8")),
+        "{stdout}"
+    );
+
+    std::fs::write(d.path("short.bin"), [0u8; 100]).unwrap();
+    let short = d.path("short.bin").display().to_string();
+    let output = joinery()
+        .args(["bench", "dice", &short, &b_path])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("short.bin: 100 bytes is not a whole number of 128-byte filters"),
+        "{stderr}"
+    );
+}

@@ -8,7 +8,7 @@
 
 use criterion::{Criterion, Throughput, black_box, criterion_group, criterion_main};
 use joinery_crypto::keys::SecretKey;
-use joinery_linkage::bloom::{self, Kernel, Scalar};
+use joinery_linkage::bloom::{self, Kernel, KernelTask};
 use joinery_linkage::score::level;
 use joinery_linkage::{Encoder, Identity, LinkageParams};
 
@@ -27,66 +27,50 @@ fn filters(n: usize) -> Vec<[u64; 16]> {
         .collect()
 }
 
-/// Levels of `query` against every filter: the sum keeps the work alive.
-#[inline(always)]
-fn levels<K: Kernel>(kernel: K, query: &[u64; 16], others: &[[u64; 16]], ones: &[u32]) -> u32 {
-    let ones_query = bloom::ones(query);
-    others
-        .iter()
-        .zip(ones)
-        .map(|(other, &o)| u32::from(level(kernel.common(query, other), ones_query + o)))
-        .sum()
+/// Levels of `query` against every filter, as the matcher judges a field:
+/// the sum keeps the work alive.
+struct Levels<'a> {
+    query: &'a [u64; 16],
+    others: &'a [[u64; 16]],
+    ones: &'a [u32],
 }
 
-/// [`levels`] with 64-bit popcounts, compiled for the popcount instruction
-/// as the matcher is.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "popcnt")]
-fn levels_popcnt(query: &[u64; 16], others: &[[u64; 16]], ones: &[u32]) -> u32 {
-    levels(Scalar, query, others, ones)
+impl KernelTask for Levels<'_> {
+    type Output = u32;
+
+    #[inline(always)]
+    fn run<K: Kernel>(self, kernel: K) -> u32 {
+        let ones_query = bloom::ones(self.query);
+        self.others
+            .iter()
+            .zip(self.ones)
+            .map(|(other, &o)| u32::from(level(kernel.common(self.query, other), ones_query + o)))
+            .sum()
+    }
 }
 
-/// [`levels`] with vector popcounts, compiled as the matcher is where the
-/// CPU has AVX-512 with vector popcount.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl,avx512vpopcntdq,popcnt")]
-fn levels_avx512(
-    kernel: bloom::Avx512,
-    query: &[u64; 16],
-    others: &[[u64; 16]],
-    ones: &[u32],
-) -> u32 {
-    levels(kernel, query, others, ones)
-}
-
-/// Each kernel the CPU can run: the matcher uses the last.
+/// The kernel the matcher uses on this CPU, and the 64-bit popcount one.
 fn dice_kernel(c: &mut Criterion) {
     let others = filters(4096);
     let ones: Vec<u32> = others.iter().map(|f| bloom::ones(f)).collect();
     let query = filters(1)[0];
+    let levels = || Levels {
+        query: black_box(&query),
+        others: &others,
+        ones: &ones,
+    };
     let mut group = c.benchmark_group("dice");
     group.throughput(Throughput::Elements(others.len() as u64));
     group.bench_function("1024-bit filter pairs, 64-bit popcount", |b| {
-        b.iter(|| {
-            #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("popcnt") {
-                // SAFETY: the CPU has just been seen to support popcnt.
-                return unsafe { levels_popcnt(black_box(&query), &others, &ones) };
-            }
-            levels(Scalar, black_box(&query), &others, &ones)
-        })
+        b.iter(|| bloom::dispatch_scalar(levels()))
     });
     #[cfg(target_arch = "x86_64")]
-    match bloom::Avx512::detect() {
-        Some(kernel) => {
-            group.bench_function("1024-bit filter pairs, AVX-512 vector popcount", |b| {
-                // SAFETY: `detect` has seen the CPU support the features.
-                b.iter(|| unsafe { levels_avx512(kernel, black_box(&query), &others, &ones) })
-            });
-        }
-        None => {
-            eprintln!("dice: this CPU has no AVX-512 vector popcount; that kernel is not measured")
-        }
+    if bloom::Avx512::detect().is_some() {
+        group.bench_function("1024-bit filter pairs, AVX-512 vector popcount", |b| {
+            b.iter(|| bloom::dispatch(levels()))
+        });
+    } else {
+        eprintln!("dice: this CPU has no AVX-512 vector popcount; that kernel is not measured");
     }
     group.finish();
 }

@@ -43,10 +43,12 @@ fn common_fixed<const N: usize>(a: &Words, b: &Words) -> u32 {
     sum
 }
 
-/// How the bits two filters have in common are counted. The matcher's loops
-/// are compiled once per kernel, each for its instructions, and the kernel is
-/// chosen once per run by what the CPU has.
+/// How the bits two filters have in common are counted. Loops that compare
+/// filters are compiled once per kernel, each for its instructions, and the
+/// kernel is chosen once per run by what the CPU has ([`dispatch`]).
 pub trait Kernel: Copy {
+    /// What it counts with, for reports.
+    const NAME: &str;
     fn common(self, a: &Words, b: &Words) -> u32;
 }
 
@@ -55,6 +57,8 @@ pub trait Kernel: Copy {
 pub struct Scalar;
 
 impl Kernel for Scalar {
+    const NAME: &str = "64-bit popcount";
+
     #[inline(always)]
     fn common(self, a: &Words, b: &Words) -> u32 {
         common(a, b)
@@ -84,8 +88,11 @@ impl Avx512 {
 
 #[cfg(target_arch = "x86_64")]
 impl Kernel for Avx512 {
-    /// Inlined into callers compiled with the features [`Avx512::detect`]
-    /// checks, where the intrinsics become single instructions.
+    const NAME: &str = "AVX-512 vector popcount";
+
+    /// Inlined into [`dispatch`]'s work, compiled with the features
+    /// [`Avx512::detect`] checks, where the intrinsics become single
+    /// instructions.
     #[inline(always)]
     fn common(self, a: &Words, b: &Words) -> u32 {
         use std::arch::x86_64::*;
@@ -120,6 +127,50 @@ impl Kernel for Avx512 {
             }
         }
     }
+}
+
+/// Work compiled once per kernel, each copy for that kernel's instructions:
+/// [`dispatch`] runs it with the best kernel the CPU has.
+pub trait KernelTask {
+    type Output;
+    /// Implementations must be `#[inline(always)]`: only then is the work
+    /// compiled inside [`dispatch`]'s per-kernel functions, for their
+    /// instructions.
+    fn run<K: Kernel>(self, kernel: K) -> Self::Output;
+}
+
+/// Runs `task` with AVX-512 vector popcounts where the CPU has them, else as
+/// [`dispatch_scalar`] does.
+pub fn dispatch<T: KernelTask>(task: T) -> T::Output {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(kernel) = Avx512::detect() {
+        // SAFETY: `detect` has just seen the CPU support the features.
+        return unsafe { run_avx512(kernel, task) };
+    }
+    dispatch_scalar(task)
+}
+
+/// Runs `task` with 64-bit popcounts, compiled for the popcount instruction
+/// where the CPU has one.
+pub fn dispatch_scalar<T: KernelTask>(task: T) -> T::Output {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("popcnt") {
+        // SAFETY: the CPU has just been seen to support popcnt.
+        return unsafe { run_popcnt(task) };
+    }
+    task.run(Scalar)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx512vpopcntdq,popcnt")]
+fn run_avx512<T: KernelTask>(kernel: Avx512, task: T) -> T::Output {
+    task.run(kernel)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "popcnt")]
+fn run_popcnt<T: KernelTask>(task: T) -> T::Output {
+    task.run(Scalar)
 }
 
 /// The Dice coefficient 2|A∩B| / (|A| + |B|), given both popcounts; 0 when

@@ -15,13 +15,13 @@
 //! organisation with itself), Dice levels are decided in integers, the
 //! second pass compares the most telling fields first and drops a pair as
 //! soon as it cannot reach the threshold, the comparison loop is compiled
-//! for the CPU's popcount instruction where it has one, and blocks are
-//! shared out between threads.
+//! for the CPU's vector or scalar popcount instructions ([`bloom::dispatch`]),
+//! and blocks are shared out between threads.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::bloom::{self, Kernel, Scalar};
+use crate::bloom::{self, Kernel, KernelTask, Scalar};
 use crate::cluster::{Link, cluster};
 use crate::encode::{BLOCK_KEY_LEN, Encoding, Pseudonym};
 use crate::params::{LinkageParams, Take};
@@ -629,62 +629,6 @@ fn walk_block<K: Kernel>(
     }
 }
 
-/// [`walk_block`] over a share of the blocks, compiled for AVX-512 with
-/// vector popcount.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl,avx512vpopcntdq,popcnt")]
-fn walk_share_avx512(
-    kernel: bloom::Avx512,
-    filters: &Filters,
-    organisations: &[u32],
-    blocks: &Blocks,
-    share: &[usize],
-    walk: Walk<'_>,
-    each: &mut impl Visit,
-) {
-    walk_share_with(kernel, filters, organisations, blocks, share, walk, each);
-}
-
-/// [`walk_block`] over a share of the blocks, compiled for popcount.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "popcnt")]
-fn walk_share_popcnt(
-    filters: &Filters,
-    organisations: &[u32],
-    blocks: &Blocks,
-    share: &[usize],
-    walk: Walk<'_>,
-    each: &mut impl Visit,
-) {
-    walk_share_with(Scalar, filters, organisations, blocks, share, walk, each);
-}
-
-#[inline(always)]
-fn walk_share_with<K: Kernel>(
-    kernel: K,
-    filters: &Filters,
-    organisations: &[u32],
-    blocks: &Blocks,
-    share: &[usize],
-    walk: Walk<'_>,
-    each: &mut impl Visit,
-) {
-    let mut scratch = Scratch::default();
-    for &b in share {
-        let (rule, members) = &blocks.blocks[b];
-        walk_block(
-            kernel,
-            filters,
-            organisations,
-            blocks,
-            (*rule, members),
-            walk,
-            &mut scratch,
-            each,
-        );
-    }
-}
-
 /// [`walk_block`] over a share of the blocks, with the best kernel the CPU
 /// has.
 fn walk_share(
@@ -695,20 +639,46 @@ fn walk_share(
     walk: Walk<'_>,
     each: &mut impl Visit,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if let Some(kernel) = bloom::Avx512::detect() {
-            // SAFETY: `detect` has just seen the CPU support the features.
-            return unsafe {
-                walk_share_avx512(kernel, filters, organisations, blocks, share, walk, each)
-            };
-        }
-        if std::arch::is_x86_feature_detected!("popcnt") {
-            // SAFETY: the CPU has just been seen to support popcnt.
-            return unsafe { walk_share_popcnt(filters, organisations, blocks, share, walk, each) };
+    bloom::dispatch(WalkShare {
+        filters,
+        organisations,
+        blocks,
+        share,
+        walk,
+        each,
+    });
+}
+
+/// [`walk_share`]'s work, compiled once per kernel.
+struct WalkShare<'a, 'p, V: Visit> {
+    filters: &'a Filters,
+    organisations: &'a [u32],
+    blocks: &'a Blocks,
+    share: &'a [usize],
+    walk: Walk<'p>,
+    each: &'a mut V,
+}
+
+impl<V: Visit> KernelTask for WalkShare<'_, '_, V> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run<K: Kernel>(self, kernel: K) {
+        let mut scratch = Scratch::default();
+        for &b in self.share {
+            let (rule, members) = &self.blocks.blocks[b];
+            walk_block(
+                kernel,
+                self.filters,
+                self.organisations,
+                self.blocks,
+                (*rule, members),
+                self.walk,
+                &mut scratch,
+                self.each,
+            );
         }
     }
-    walk_share_with(Scalar, filters, organisations, blocks, share, walk, each);
 }
 
 /// Runs `work` on `threads` threads, each over its share of the blocks

@@ -7,6 +7,8 @@
 //!   restarted); then every record must be stored exactly once.
 //! - `bench linkage`: fuzzy linkage accuracy (precision, recall, F1) and
 //!   speed on extracts with a known truth.
+//! - `bench dice`: the matcher's Dice kernel over every pair of two files of
+//!   filters another tool made (anonlink's CLKs, in the comparison script).
 //! - `bench readers`: rows per second of every reader and the peak memory
 //!   of a process reading each, at two input sizes ten times apart.
 //! - `bench query`: the latency of a stratified indicator table over a large
@@ -16,6 +18,7 @@
 //! deployment (this module).
 
 mod chaos;
+mod dice;
 mod ingest;
 mod linkage;
 mod query;
@@ -42,6 +45,8 @@ pub enum BenchCommand {
     Chaos(chaos::ChaosArgs),
     /// Fuzzy linkage on extracts with a known truth: precision, recall, F1, speed.
     Linkage(linkage::LinkageArgs),
+    /// The Dice kernel over every pair of two files of filters: pairs/s on one core.
+    Dice(dice::DiceArgs),
     /// Every reader: rows/s and peak memory at two input sizes.
     Readers(readers::ReadersArgs),
     /// An analyst's stratified table over a large linked population: latency, memory.
@@ -54,6 +59,7 @@ impl BenchCommand {
             Self::Ingest(args) => ingest::run(args).await,
             Self::Chaos(args) => chaos::run(args).await,
             Self::Linkage(args) => linkage::run(args).await,
+            Self::Dice(args) => dice::run(args),
             Self::Readers(args) => readers::run(args),
             Self::Query(args) => query::run(args).await,
         }
