@@ -119,9 +119,11 @@ pub async fn run(
 
     let assignments = spine_assignments(&records, &result);
     report.moved = assignments.len();
+    // Only entities new to linkage are marked (a full run rewrites no row
+    // an earlier run marked).
     let linked: Vec<(&str, &str, &str)> = records
         .iter()
-        .filter(|r| full || !r.linked)
+        .filter(|r| !r.linked)
         .map(|r| {
             (
                 r.person_id.as_str(),
