@@ -234,6 +234,7 @@ impl Storage {
              ORDER BY e.person_id, e.organisation, e.local_pseudonym"
         );
         let filter_bytes = params.words() * 8;
+        let key_columns: Vec<String> = (0..rules).map(|rule| format!("block{rule}")).collect();
         let mut read = LinkageEntities::default();
         let mut organisations: HashMap<String, u32> = HashMap::new();
         let mut rows = sqlx::query(AssertSqlSafe(sql))
@@ -251,9 +252,10 @@ impl Storage {
                 .filter(|f| f.len() == filter_bytes)
                 .and_then(|f| Encoding::filter_from_bytes(&f))
                 .unwrap_or_default();
-            let blocks = (0..rules)
-                .map(|rule| {
-                    let key: Option<String> = row.try_get(format!("block{rule}").as_str())?;
+            let blocks = key_columns
+                .iter()
+                .map(|column| {
+                    let key: Option<String> = row.try_get(column.as_str())?;
                     Ok(key.as_deref().and_then(from_hex))
                 })
                 .collect::<Result<_, sqlx::Error>>()?;
