@@ -191,13 +191,8 @@ async fn incremental_linking(database: Option<&str>) {
 #[test]
 fn bench_dice_counts_every_pair_at_the_threshold() {
     let d = Deployment::new();
-    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-    let mut next = || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut sequence = joinery_linkage::sequence::Sequence::new(0x9e37_79b9_7f4a_7c15);
+    let mut next = || sequence.next_u64();
     let a: Vec<[u64; 16]> = (0..40)
         .map(|_| std::array::from_fn(|_| next() & next()))
         .collect();

@@ -10,18 +10,14 @@ use criterion::{Criterion, Throughput, black_box, criterion_group, criterion_mai
 use joinery_crypto::keys::SecretKey;
 use joinery_linkage::bloom::{self, Kernel, KernelTask};
 use joinery_linkage::score::level;
+use joinery_linkage::sequence::Sequence;
 use joinery_linkage::{Encoder, Identity, LinkageParams};
 
 /// Filters of 16 words with about a quarter of their bits set, from a
 /// fixed sequence.
 fn filters(n: usize) -> Vec<[u64; 16]> {
-    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-    let mut next = || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut sequence = Sequence::new(0x9e37_79b9_7f4a_7c15);
+    let mut next = || sequence.next_u64();
     (0..n)
         .map(|_| std::array::from_fn(|_| next() & next()))
         .collect()

@@ -202,13 +202,8 @@ mod tests {
     /// unrolls and one it does not.
     #[test]
     fn kernels_agree() {
-        let mut state = 0x2545_f491_4f6c_dd1d_u64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut sequence = crate::sequence::Sequence::new(0x2545_f491_4f6c_dd1d);
+        let mut next = || sequence.next_u64();
         for words in [1, 2, 4, 8, 16, 32] {
             for _ in 0..50 {
                 let a: Vec<u64> = (0..words).map(|_| next()).collect();

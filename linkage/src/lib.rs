@@ -21,6 +21,7 @@ pub mod matcher;
 pub mod params;
 pub mod permute;
 pub mod score;
+pub mod sequence;
 pub mod soundex;
 
 pub use encode::{Encoder, Encoding, Identity};

@@ -26,6 +26,7 @@ use crate::cluster::{Link, cluster};
 use crate::encode::{BLOCK_KEY_LEN, Encoding, Pseudonym};
 use crate::params::{LinkageParams, Take};
 use crate::score::{LEVELS, MISSING, Model, Pattern, RuleCandidates, level};
+use crate::sequence::Sequence;
 
 /// A block larger than this is left out (reported), as it would hold
 /// mostly non-matches and cost the square of its size.
@@ -546,91 +547,7 @@ enum Pair {
 trait Visit: FnMut(usize, usize, usize, Pair, Option<Pattern>) {}
 impl<F: FnMut(usize, usize, usize, Pair, Option<Pattern>)> Visit for F {}
 
-/// Calls `each` for the pairs of one block that `walk` visits (`i` before
-/// `j` in the block's order).
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn walk_block<K: Kernel>(
-    kernel: K,
-    filters: &Filters,
-    organisations: &[u32],
-    blocks: &Blocks,
-    (rule, members): (usize, &[u32]),
-    walk: Walk<'_>,
-    scratch: &mut Scratch,
-    each: &mut impl Visit,
-) {
-    let (stride, fields) = (filters.stride, filters.fields());
-    scratch.data.clear();
-    scratch.ones.clear();
-    scratch.organisations.clear();
-    scratch.earlier.clear();
-    for &m in members {
-        let m = m as usize;
-        scratch
-            .data
-            .extend_from_slice(&filters.data[m * stride..(m + 1) * stride]);
-        scratch
-            .ones
-            .extend_from_slice(&filters.ones[m * fields..(m + 1) * fields]);
-        scratch.organisations.push(organisations[m]);
-        scratch.earlier.extend(
-            blocks.keys[..rule]
-                .iter()
-                .map(|k| k[m].map_or(0, u128::from_le_bytes)),
-        );
-    }
-    let row = |x: usize| {
-        (
-            &scratch.data[x * stride..(x + 1) * stride],
-            &scratch.ones[x * fields..(x + 1) * fields],
-        )
-    };
-    // Members come grouped by organisation: each is paired with the members
-    // of the organisations after its own (and, when fitting, with the rest
-    // of its own).
-    let mut group_end = 0;
-    for (x, &i) in members.iter().enumerate() {
-        if x == group_end {
-            let organisation = scratch.organisations[x];
-            group_end = x + scratch.organisations[x..]
-                .iter()
-                .take_while(|&&o| o == organisation)
-                .count();
-        }
-        let i = i as usize;
-        let (row_a, ones_a) = row(x);
-        let keys_a = &scratch.earlier[x * rule..(x + 1) * rule];
-        if let Walk::Fitting = walk {
-            for (y, &j) in members.iter().enumerate().take(group_end).skip(x + 1) {
-                let (row_b, ones_b) = row(y);
-                let pattern = pattern_of(kernel, &filters.offsets, row_a, row_b, ones_a, ones_b);
-                each(rule, i, j as usize, Pair::Within, Some(pattern));
-            }
-        }
-        for (y, &j) in members.iter().enumerate().skip(group_end) {
-            let keys_b = &scratch.earlier[y * rule..(y + 1) * rule];
-            let first = !keys_a.iter().zip(keys_b).any(|(a, b)| *a != 0 && a == b);
-            let (row_b, ones_b) = row(y);
-            match walk {
-                Walk::Fitting => {
-                    let pattern =
-                        pattern_of(kernel, &filters.offsets, row_a, row_b, ones_a, ones_b);
-                    let pair = if first { Pair::First } else { Pair::Again };
-                    each(rule, i, j as usize, pair, Some(pattern));
-                }
-                Walk::Linking(pruning) if first => {
-                    let pattern = pruning.pattern(kernel, row_a, row_b, ones_a, ones_b);
-                    each(rule, i, j as usize, Pair::First, pattern);
-                }
-                Walk::Linking(_) => {}
-            }
-        }
-    }
-}
-
-/// [`walk_block`] over a share of the blocks, with the best kernel the CPU
-/// has.
+/// The pairs of a share of the blocks, with the best kernel the CPU has.
 fn walk_share(
     filters: &Filters,
     organisations: &[u32],
@@ -663,20 +580,90 @@ impl<V: Visit> KernelTask for WalkShare<'_, '_, V> {
     type Output = ();
 
     #[inline(always)]
-    fn run<K: Kernel>(self, kernel: K) {
+    fn run<K: Kernel>(mut self, kernel: K) {
         let mut scratch = Scratch::default();
         for &b in self.share {
-            let (rule, members) = &self.blocks.blocks[b];
-            walk_block(
-                kernel,
-                self.filters,
-                self.organisations,
-                self.blocks,
-                (*rule, members),
-                self.walk,
-                &mut scratch,
-                self.each,
+            self.block(kernel, b, &mut scratch);
+        }
+    }
+}
+
+impl<V: Visit> WalkShare<'_, '_, V> {
+    /// Calls `each` for the pairs of block `b` that `walk` visits (`i`
+    /// before `j` in the block's order).
+    #[inline(always)]
+    fn block<K: Kernel>(&mut self, kernel: K, b: usize, scratch: &mut Scratch) {
+        let (filters, organisations, walk) = (self.filters, self.organisations, self.walk);
+        let blocks = self.blocks;
+        let (rule, members) = (blocks.blocks[b].0, blocks.blocks[b].1.as_slice());
+        let each = &mut *self.each;
+        let (stride, fields) = (filters.stride, filters.fields());
+        scratch.data.clear();
+        scratch.ones.clear();
+        scratch.organisations.clear();
+        scratch.earlier.clear();
+        for &m in members {
+            let m = m as usize;
+            scratch
+                .data
+                .extend_from_slice(&filters.data[m * stride..(m + 1) * stride]);
+            scratch
+                .ones
+                .extend_from_slice(&filters.ones[m * fields..(m + 1) * fields]);
+            scratch.organisations.push(organisations[m]);
+            scratch.earlier.extend(
+                blocks.keys[..rule]
+                    .iter()
+                    .map(|k| k[m].map_or(0, u128::from_le_bytes)),
             );
+        }
+        let row = |x: usize| {
+            (
+                &scratch.data[x * stride..(x + 1) * stride],
+                &scratch.ones[x * fields..(x + 1) * fields],
+            )
+        };
+        // Members come grouped by organisation: each is paired with the members
+        // of the organisations after its own (and, when fitting, with the rest
+        // of its own).
+        let mut group_end = 0;
+        for (x, &i) in members.iter().enumerate() {
+            if x == group_end {
+                let organisation = scratch.organisations[x];
+                group_end = x + scratch.organisations[x..]
+                    .iter()
+                    .take_while(|&&o| o == organisation)
+                    .count();
+            }
+            let i = i as usize;
+            let (row_a, ones_a) = row(x);
+            let keys_a = &scratch.earlier[x * rule..(x + 1) * rule];
+            if let Walk::Fitting = walk {
+                for (y, &j) in members.iter().enumerate().take(group_end).skip(x + 1) {
+                    let (row_b, ones_b) = row(y);
+                    let pattern =
+                        pattern_of(kernel, &filters.offsets, row_a, row_b, ones_a, ones_b);
+                    each(rule, i, j as usize, Pair::Within, Some(pattern));
+                }
+            }
+            for (y, &j) in members.iter().enumerate().skip(group_end) {
+                let keys_b = &scratch.earlier[y * rule..(y + 1) * rule];
+                let first = !keys_a.iter().zip(keys_b).any(|(a, b)| *a != 0 && a == b);
+                let (row_b, ones_b) = row(y);
+                match walk {
+                    Walk::Fitting => {
+                        let pattern =
+                            pattern_of(kernel, &filters.offsets, row_a, row_b, ones_a, ones_b);
+                        let pair = if first { Pair::First } else { Pair::Again };
+                        each(rule, i, j as usize, pair, Some(pattern));
+                    }
+                    Walk::Linking(pruning) if first => {
+                        let pattern = pruning.pattern(kernel, row_a, row_b, ones_a, ones_b);
+                        each(rule, i, j as usize, Pair::First, pattern);
+                    }
+                    Walk::Linking(_) => {}
+                }
+            }
         }
     }
 }
@@ -723,15 +710,9 @@ fn random_patterns(organisations: &[u32], filters: &Filters) -> Vec<(Pattern, u6
     let mut random: PatternMap<u64> = PatternMap::default();
     let n = organisations.len();
     if n > 1 {
-        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % n as u64) as usize
-        };
+        let mut sequence = Sequence::new(0x9e37_79b9_7f4a_7c15);
         for _ in 0..RANDOM_PAIRS {
-            let (i, j) = (next(), next());
+            let (i, j) = (sequence.below(n), sequence.below(n));
             if organisations[i] != organisations[j] {
                 *random.entry(filters.pattern(i, j)).or_insert(0) += 1;
             }
@@ -941,13 +922,8 @@ mod tests {
         let family = [
             "SMITH", "KHAN", "HALL", "JONES", "PATEL", "WOOD", "EVANS", "GREEN", "HILL", "MOORE",
         ];
-        let mut state = 0x1234_5678_u64;
-        let mut next = |n: usize| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % n as u64) as usize
-        };
+        let mut sequence = Sequence::new(0x1234_5678);
+        let mut next = |n: usize| sequence.below(n);
         let mut out = Vec::new();
         for person in 0..2000 {
             let (g, f) = (given[next(10)], family[next(10)]);

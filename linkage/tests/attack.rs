@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 
 use joinery_crypto::keys::SecretKey;
+use joinery_linkage::sequence::Sequence;
 use joinery_linkage::{Encoder, Identity, LinkageParams};
 
 /// Names in order of (public) frequency.
@@ -47,13 +48,8 @@ fn attack(encoder: &Encoder, population: &[(usize, i32)]) -> f64 {
 fn salting_with_the_birth_year_defeats_a_frequency_attack() {
     // 20,000 children: name frequencies falling like a Zipf law, birth years
     // spread over 18 years.
-    let mut state = 0x2545_f491_4f6c_dd1d_u64;
-    let mut next = |n: u64| {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state % n
-    };
+    let mut sequence = Sequence::new(0x2545_f491_4f6c_dd1d);
+    let mut next = |n: usize| sequence.below(n);
     let weights: Vec<f64> = (1..=NAMES.len()).map(|r| 1.0 / r as f64).collect();
     let total: f64 = weights.iter().sum();
     let population: Vec<(usize, i32)> = (0..20_000)

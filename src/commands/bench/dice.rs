@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
+use joinery_linkage::Encoding;
 use joinery_linkage::bloom::{self, Kernel, KernelTask};
 
 #[derive(Debug, clap::Args)]
@@ -71,17 +72,16 @@ pub fn run(args: DiceArgs) -> anyhow::Result<ExitCode> {
 fn read_filters(path: &Path, words: usize) -> anyhow::Result<Vec<u64>> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let filter_bytes = words * 8;
-    if bytes.is_empty() || !bytes.len().is_multiple_of(filter_bytes) {
-        bail!(
+    match Encoding::filter_from_bytes(&bytes) {
+        Some(filters) if !bytes.is_empty() && bytes.len().is_multiple_of(filter_bytes) => {
+            Ok(filters)
+        }
+        _ => bail!(
             "{}: {} bytes is not a whole number of {filter_bytes}-byte filters",
             path.display(),
             bytes.len()
-        );
+        ),
     }
-    Ok(bytes
-        .chunks_exact(8)
-        .map(|w| u64::from_le_bytes(w.try_into().expect("eight bytes")))
-        .collect())
 }
 
 /// Every pair of `a` and `b`: how many reach the threshold, and the kernel.
