@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use common::ingest::*;
 use common::*;
 use joinery_gateway::audit::{AuditRecord, entry_hash};
-use joinery_proto::v1::CountsRequest;
+use joinery_proto::v1::RunRequest;
 use joinery_proto::v1::query_client::QueryClient;
 use sqlx::Row;
 
@@ -119,7 +119,9 @@ async fn the_audit_trail_is_complete_and_tamper_evident() {
     );
     let analyst = joinery_crypto::tls::client_config(&files(&d, d.analyst_cert())).unwrap();
     QueryClient::new(channel(&gateway.address, analyst).await.unwrap())
-        .counts(CountsRequest {})
+        .run(RunRequest {
+            query: "rows: sex".to_owned(),
+        })
         .await
         .unwrap();
     // An agency keeps the signed checkpoints.
@@ -161,7 +163,7 @@ async fn the_audit_trail_is_complete_and_tamper_evident() {
         "RX9  camhs_referrals:",
         "committed",
         "RX9: 1 x certificate is for organisation RX9 but Hello claims \"RY9\"",
-        "analyst:test-analyst: 1 x counts",
+        "analyst:test-analyst: 1 x run",
         "children-at-risk-stratification v1 (digest",
     ] {
         assert!(

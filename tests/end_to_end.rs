@@ -102,15 +102,12 @@ async fn end_to_end(postgres: Option<String>) {
     );
     assert_eq!(stored_per_organisation(&db).await, stored);
 
-    // The analyst's view agrees with the database.
-    let counts = d.client(
-        &["query", "counts"],
-        &gateway.address,
-        d.analyst_cert(),
-        &[],
-    );
-    let counts = String::from_utf8_lossy(&counts.stdout);
+    // Each agency's view of its own deliveries agrees with the database; it
+    // sees no other agency's. An analyst may not ask: two calls a delivery
+    // apart would give the delivery's exact size.
     for (org, dataset, _) in AGENCIES {
+        let counts = d.client(&["query", "counts"], &gateway.address, d.org_cert(org), &[]);
+        let counts = String::from_utf8_lossy(&counts.stdout);
         let line = counts
             .lines()
             .find(|l| l.starts_with(org) && l.contains(dataset))
@@ -119,7 +116,35 @@ async fn end_to_end(postgres: Option<String>) {
             line.trim_end().ends_with(&stored[org].to_string()),
             "{line}"
         );
+        for (other, _, _) in AGENCIES.iter().filter(|(o, _, _)| *o != org) {
+            assert!(!counts.contains(other), "{org} sees {other}: {counts}");
+        }
     }
+    let (cert, key) = d.analyst_cert();
+    let refused = joinery()
+        .args([
+            "query",
+            "counts",
+            "--gateway",
+            &gateway.address,
+            "--server-name",
+            "localhost",
+        ])
+        .args(["--tls-ca", d.ca().to_str().unwrap()])
+        .args([
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("only to the agency that sent them"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
 
     assert!(gateway.stop().success(), "gateway exits cleanly on SIGTERM");
 

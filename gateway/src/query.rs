@@ -6,7 +6,13 @@
 //! role in an agreement in force names them: any role gives the
 //! disclosure-controlled tables, a `row_level` role also `Extract` for that
 //! agreement's project. An organisation's own certificate may ask `Counts`
-//! and sees only its own rows.
+//! and sees only its own rows; analysts may not (the size of each delivery
+//! would be a count outside disclosure control).
+//!
+//! Tables leave only through [`crate::disclosure`]: an answer is released
+//! once per question and data generation, paid for from the privacy budget
+//! of every agreement in force, and replayed unchanged (at no cost) when the
+//! same question is asked of the same data again, by anyone.
 
 use joinery_crypto::identity::PeerIdentity;
 use joinery_policies::model::Access;
@@ -14,7 +20,7 @@ use joinery_proto::v1::query_server::Query;
 use joinery_proto::v1::{
     AgencyOverlapRequest, AgencyOverlapResponse, CountsRequest, CountsResponse, DatasetCount,
     ExtractRequest, ExtractResponse, ExtractRow, OverlapRow, ReidentifyRequest, ReidentifyResponse,
-    RunRequest, TableResponse, TableRow, cell,
+    RunRequest, TableResponse, TableRow,
 };
 use time::Date;
 use tonic::{Request, Response, Status};
@@ -23,20 +29,20 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::agreements::{Agreements, Grant};
-use crate::analytics::Person;
 use crate::analytics::model::AnalystQuery;
+use crate::analytics::{Labels, Person};
 use crate::audit::AuditRecord;
-use crate::disclosure::DisclosureRule;
+use crate::disclosure::{DisclosureRules, Noise};
 use crate::peer;
 use crate::rekey::Rekeyer;
-use crate::storage::Storage;
+use crate::storage::{NewRelease, Recorded, Storage};
 
 /// The age bands of the agency-overlap table (where each band starts).
 const OVERLAP_AGE_BANDS: [u32; 6] = [0, 5, 11, 16, 18, 26];
 
 pub struct QueryService {
     storage: Storage,
-    rule: DisclosureRule,
+    rules: DisclosureRules,
     /// Whose roles grant what.
     agreements: Agreements,
     /// The gateway's keys, for project pseudonyms.
@@ -60,7 +66,7 @@ impl QueryService {
     pub fn new(storage: Storage, agreements: Agreements, rekeyer: Rekeyer) -> Self {
         Self {
             storage,
-            rule: DisclosureRule::strictest(&agreements),
+            rules: DisclosureRules::strictest(&agreements),
             agreements,
             rekeyer,
             population: Arc::default(),
@@ -112,6 +118,7 @@ impl QueryService {
         Ok(self
             .population()
             .await?
+            .1
             .iter()
             .filter_map(|p| p.within(&datasets, &parties))
             .collect())
@@ -275,14 +282,15 @@ impl QueryService {
         })
     }
 
-    /// The linked population: loaded on first use, then from memory, with
-    /// a background reload when the data has changed since.
-    async fn population(&self) -> Result<Arc<Vec<Person>>, Status> {
+    /// The linked population and the data generation it was loaded at:
+    /// loaded on first use, then from memory, with a background reload when
+    /// the data has changed since.
+    async fn population(&self) -> Result<(i64, Arc<Vec<Person>>), Status> {
         let generation = self.storage.data_generation().await.map_err(unavailable)?;
         let mut snapshot = self.population.lock().await;
         match &snapshot.loaded {
             Some((at, people)) => {
-                let people = Arc::clone(people);
+                let loaded = (*at, Arc::clone(people));
                 if *at != generation && !snapshot.reloading {
                     snapshot.reloading = true;
                     let (storage, shared) = (self.storage.clone(), Arc::clone(&self.population));
@@ -298,18 +306,17 @@ impl QueryService {
                         }
                     });
                 }
-                Ok(people)
+                Ok(loaded)
             }
             None => {
                 let people = Arc::new(self.storage.population().await.map_err(unavailable)?);
                 snapshot.loaded = Some((generation, Arc::clone(&people)));
-                Ok(people)
+                Ok((generation, people))
             }
         }
     }
 
-    /// Answers an analyst's query document: the protected table, audited;
-    /// refused if the cohort could be differenced against an earlier one.
+    /// Answers an analyst's query document: the protected table, audited.
     pub async fn answer(
         &self,
         who: &PeerIdentity,
@@ -317,38 +324,239 @@ impl QueryService {
     ) -> Result<TableResponse, Status> {
         self.roles(who)?;
         let (query, reference) = parse(&request.query)?;
-        let people = self.population().await?;
-        let table = crate::analytics::tabulate(&query, &people, reference);
-        self.refuse_differencing(who, &table.members).await?;
-        let cells = crate::analytics::release(&table, &query.measure, &self.rule);
+        self.release_table(who, "run", &request.query, &query, reference)
+            .await
+    }
+
+    /// The protected table of `query`: the answer released before for the
+    /// same question of the same data, or a new release paid for from the
+    /// budget of every agreement in force (refused, and audited, when one
+    /// would be overspent: a refusal that depends on the ledger alone).
+    async fn release_table(
+        &self,
+        who: &PeerIdentity,
+        kind: &str,
+        text: &str,
+        query: &AnalystQuery,
+        reference: Date,
+    ) -> Result<TableResponse, Status> {
+        let (generation, people) = self.population().await?;
+        let now = time::OffsetDateTime::now_utc();
+        let budgets = self.budgets(now);
+        let key = release_key(kind, text, reference, generation, &budgets);
+        let audit_request = RunRequest {
+            query: text.to_owned(),
+        };
+        if let Some(answer) = self.storage.release(&key).await.map_err(unavailable)? {
+            let table = decode(&answer)?;
+            self.audit(
+                who,
+                kind,
+                &audit_request,
+                "replayed an earlier release of the same question and data",
+                cells(&table),
+                0,
+            )
+            .await?;
+            return Ok(table);
+        }
+        let mut noise = Noise;
+        let rules = &self.rules;
+        let mut labels = Labels::default();
+        let mut cost = 0.0;
+        for (breakdown, slot) in [
+            (&query.rows, &mut labels.rows),
+            (&query.columns, &mut labels.columns),
+        ] {
+            if let Some(counts) =
+                crate::analytics::population_labels(query, breakdown, &people, reference)
+            {
+                *slot = Some(
+                    crate::disclosure::labels::safe(&counts, rules, &mut noise)
+                        .map_err(noise_failed)?,
+                );
+                cost += crate::disclosure::labels::cost(rules);
+            }
+        }
+        let table = crate::analytics::tabulate(query, &people, reference, &labels);
+        cost += crate::disclosure::cost(&table, &query.measure, rules.noise_sd);
+        let cost_nano = (cost * 1e9).ceil() as u64;
+        for (agreement, budget) in &budgets {
+            let spent = self
+                .storage
+                .privacy_spent(agreement)
+                .await
+                .map_err(unavailable)?;
+            if spent + cost_nano > *budget {
+                return Err(self
+                    .over_budget(who, kind, &audit_request, agreement, spent, *budget)
+                    .await);
+            }
+        }
+        let release = crate::disclosure::protect(&table, &query.measure, rules, &mut noise)
+            .map_err(noise_failed)?;
         let mut labels = table.rows.clone();
         labels.push("total".to_owned());
         let rows: Vec<TableRow> = labels
             .into_iter()
-            .zip(cells)
-            .map(|(label, cells)| TableRow { label, cells })
+            .zip(&release.cells)
+            .map(|(label, cells)| TableRow {
+                label,
+                cells: cells.iter().map(|&c| c.into()).collect(),
+            })
             .collect();
-        let released = rows.iter().map(|r| r.cells.len()).sum();
-        let suppressed = rows
-            .iter()
-            .flat_map(|r| &r.cells)
-            .filter(|c| matches!(c.value, Some(cell::Value::Suppressed(_))))
-            .count();
-        self.audit(who, "run", request, &self.rule.note(), released, suppressed)
-            .await?;
-        let mut columns = table.columns;
+        let mut columns = table.columns.clone();
         columns.push("total".to_owned());
-        Ok(TableResponse {
+        let spent_note = budgets
+            .iter()
+            .map(|(agreement, budget)| {
+                format!(
+                    "{agreement}: {:.1}% of its privacy budget",
+                    100.0 * cost_nano as f64 / *budget as f64
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let response = TableResponse {
             reference_date: reference.to_string(),
             row_heading: query.rows.heading(),
             column_heading: query.columns.heading(),
             columns,
             rows,
-            disclosure_note: self.rule.note(),
-            explanation: crate::analytics::explain(&query),
+            disclosure_note: format!("{}; this table spent {spent_note}", rules.note()),
+            explanation: crate::analytics::explain(query),
             measure: crate::analytics::measure_name(&query.measure).to_owned(),
-        })
+        };
+        let answer = prost::Message::encode_to_vec(&response);
+        let detail = format!(
+            "released at rho {cost:.6} from each of {}; {}",
+            budgets
+                .iter()
+                .map(|(a, _)| a.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            rules.note()
+        );
+        let audit = self.audit_record(who, kind, &audit_request, &detail, cells(&response));
+        crate::metrics::query(kind, release.suppressed() as u64);
+        let recorded = self
+            .storage
+            .record_release(&NewRelease {
+                key: &key,
+                actor: &actor(who),
+                cost_nano,
+                budgets: &budgets,
+                answer: &answer,
+                audit: &audit,
+            })
+            .await
+            .map_err(unavailable)?;
+        match recorded {
+            Recorded::Made => Ok(response),
+            Recorded::Existing(answer) => decode(&answer),
+            Recorded::OverBudget(agreement, spent) => {
+                let budget = budgets
+                    .iter()
+                    .find(|(a, _)| *a == agreement)
+                    .map_or(0, |(_, b)| *b);
+                Err(self
+                    .over_budget(who, kind, &audit_request, &agreement, spent, budget)
+                    .await)
+            }
+        }
     }
+
+    /// Each agreement in force (its latest version) and its whole budget,
+    /// in rho billionths, sorted by agreement.
+    fn budgets(&self, now: time::OffsetDateTime) -> Vec<(String, u64)> {
+        let mut latest: std::collections::BTreeMap<&str, &joinery_policies::SignedAgreement> =
+            std::collections::BTreeMap::new();
+        for signed in self
+            .agreements
+            .iter()
+            .filter(|a| a.in_force_at(now).is_ok())
+        {
+            let id = signed.agreement.id.as_str();
+            if latest
+                .get(id)
+                .is_none_or(|l| l.agreement.version < signed.agreement.version)
+            {
+                latest.insert(id, signed);
+            }
+        }
+        latest
+            .into_iter()
+            .map(|(id, signed)| {
+                (
+                    id.to_owned(),
+                    (signed.agreement.outputs.privacy.rho() * 1e9) as u64,
+                )
+            })
+            .collect()
+    }
+
+    /// The refusal of a release that would overspend `agreement`, audited.
+    async fn over_budget(
+        &self,
+        who: &PeerIdentity,
+        kind: &str,
+        request: &RunRequest,
+        agreement: &str,
+        spent: u64,
+        budget: u64,
+    ) -> Status {
+        crate::metrics::query("refused_budget", 0);
+        let refused = format!("refused: the privacy budget of agreement {agreement} is spent");
+        if let Err(status) = self
+            .audit(who, &format!("{kind}_refused"), request, &refused, 0, 0)
+            .await
+        {
+            return status;
+        }
+        Status::resource_exhausted(format!(
+            "{refused} ({:.1}% used, and this table needs more than is left); questions already answered \
+             are still answered, and the parties can sign a version of the agreement with a larger \
+             outputs.privacy.epsilon",
+            100.0 * spent as f64 / budget.max(1) as f64
+        ))
+    }
+}
+
+/// What identifies a release: what was asked, at which reference date, of
+/// which data generation, under which agreements' budgets.
+fn release_key(
+    kind: &str,
+    text: &str,
+    reference: Date,
+    generation: i64,
+    budgets: &[(String, u64)],
+) -> String {
+    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    for part in [kind, text, &reference.to_string(), &generation.to_string()] {
+        context.update(part.as_bytes());
+        context.update(b"\0");
+    }
+    for (agreement, budget) in budgets {
+        context.update(format!("{agreement}={budget}\0").as_bytes());
+    }
+    hex::encode(context.finish())
+}
+
+fn decode(answer: &[u8]) -> Result<TableResponse, Status> {
+    <TableResponse as prost::Message>::decode(answer).map_err(|error| {
+        tracing::error!(%error, "a kept release does not decode");
+        Status::internal("a kept release could not be read")
+    })
+}
+
+/// The cells of a table, totals included.
+fn cells(table: &TableResponse) -> usize {
+    table.rows.iter().map(|r| r.cells.len()).sum()
+}
+
+fn noise_failed(error: crate::disclosure::NoiseError) -> Status {
+    tracing::error!(%error, "drawing noise failed");
+    Status::unavailable("the gateway could not draw noise for disclosure control")
 }
 
 #[tonic::async_trait]
@@ -358,19 +566,19 @@ impl Query for QueryService {
         request: Request<CountsRequest>,
     ) -> Result<Response<CountsResponse>, Status> {
         let identity = peer::identity(&request)?;
-        let only = match &identity {
-            PeerIdentity::Analyst(_) => {
-                self.roles(&identity)?;
-                None
-            }
-            PeerIdentity::Organisation(code) => Some(code.as_str()),
+        let PeerIdentity::Organisation(code) = &identity else {
+            return Err(Status::permission_denied(
+                "counts of deliveries are shown only to the agency that sent them (with its own \
+                 certificate): two calls a delivery apart would give its exact size; analysts see \
+                 disclosure-controlled tables",
+            ));
         };
         let counts = self
             .storage
-            .dataset_counts(only)
+            .dataset_counts(Some(code.as_str()))
             .await
             .map_err(unavailable)?;
-        // Counts of records and batches, not of people: no disclosure control.
+        // The agency's own deliveries: nothing it did not send itself.
         self.audit(
             &identity,
             "counts",
@@ -406,44 +614,25 @@ impl Query for QueryService {
         };
         // The same engine and disclosure control as any query: age bands
         // by how many agencies know the child, with totals.
-        let (query, _) = parse(&format!(
+        let text = format!(
             "reference_date: {reference}\nrows: {{ age_bands: {OVERLAP_AGE_BANDS:?} }}\ncolumns: agency_overlap"
-        ))?;
-        let people = self.population().await?;
-        let table = crate::analytics::tabulate(&query, &people, reference);
-        let cells = crate::analytics::release(&table, &query.measure, &self.rule);
-        let rows: Vec<OverlapRow> = table
-            .rows
-            .iter()
-            .cloned()
-            .chain(["total".to_owned()])
-            .zip(cells)
-            .map(|(age_band, cells)| OverlapRow { age_band, cells })
-            .collect();
-        let cells = rows.iter().map(|r| r.cells.len()).sum();
-        let suppressed = rows
-            .iter()
-            .flat_map(|r| &r.cells)
-            .filter(|c| matches!(c.value, Some(cell::Value::Suppressed(_))))
-            .count();
-        self.audit(
-            &identity,
-            "agency_overlap",
-            request.get_ref(),
-            &self.rule.note(),
-            cells,
-            suppressed,
-        )
-        .await?;
+        );
+        let (query, _) = parse(&text)?;
+        let table = self
+            .release_table(&identity, "agency_overlap", &text, &query, reference)
+            .await?;
         Ok(Response::new(AgencyOverlapResponse {
-            reference_date: reference.to_string(),
-            columns: table
-                .columns
+            reference_date: table.reference_date,
+            columns: table.columns,
+            rows: table
+                .rows
                 .into_iter()
-                .chain(["total".to_owned()])
+                .map(|row| OverlapRow {
+                    age_band: row.label,
+                    cells: row.cells,
+                })
                 .collect(),
-            rows,
-            disclosure_note: self.rule.note(),
+            disclosure_note: table.disclosure_note,
         }))
     }
 
@@ -494,40 +683,6 @@ fn actor(who: &PeerIdentity) -> String {
 }
 
 impl QueryService {
-    /// Refuses a cohort that differs from one released before (to anyone)
-    /// by a handful of people, which subtraction would single out; else
-    /// logs it as released.
-    async fn refuse_differencing(&self, who: &PeerIdentity, members: &[u64]) -> Result<(), Status> {
-        let threshold = self.rule.suppress_up_to;
-        let near = self
-            .storage
-            .cohorts_near(members.len() as u64, threshold)
-            .await
-            .map_err(unavailable)?;
-        if let Some(earlier) = near
-            .iter()
-            .find(|e| crate::analytics::differs_by_a_few(members, &e.members, threshold))
-        {
-            let when = time::OffsetDateTime::from_unix_timestamp(earlier.at_ms / 1000)
-                .map_or_else(|_| "earlier".to_owned(), |t| t.date().to_string());
-            crate::metrics::query("refused_differencing", 0);
-            tracing::warn!(actor = %actor(who), earlier = earlier.seq, "query refused: differencing");
-            return Err(Status::failed_precondition(format!(
-                "refused: this cohort differs from one released on {when} (cohort {}) by between 1 and {threshold} people, \
-                 so comparing the two could single them out; widen or narrow the cohort by more",
-                earlier.seq
-            )));
-        }
-        // The same cohort released again adds nothing to compare against.
-        if near.iter().any(|e| e.members == members) {
-            return Ok(());
-        }
-        self.storage
-            .log_cohort(&actor(who), members)
-            .await
-            .map_err(unavailable)
-    }
-
     /// Records who asked what and what was released; no answer leaves
     /// unless it is audited.
     async fn audit<M: prost::Message>(
@@ -540,23 +695,31 @@ impl QueryService {
         cells_suppressed: usize,
     ) -> Result<(), Status> {
         crate::metrics::query(query, cells_suppressed as u64);
+        let record = self.audit_record(who, query, request, disclosure, cells_released);
+        self.storage
+            .append_audit(&record)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    /// The audit entry of a query: who, what kind, the request's digest
+    /// (never its text), the disclosure applied and the cells released.
+    fn audit_record<M: prost::Message>(
+        &self,
+        who: &PeerIdentity,
+        query: &str,
+        request: &M,
+        disclosure: &str,
+        cells_released: usize,
+    ) -> AuditRecord {
         let actor = actor(who);
         let digest = hex::encode(ring::digest::digest(
             &ring::digest::SHA256,
             &[query.as_bytes(), b"\0", &request.encode_to_vec()].concat(),
         ));
         tracing::info!(%actor, %query, "query answered");
-        self.storage
-            .append_audit(&AuditRecord::query(
-                &actor,
-                query,
-                &digest,
-                disclosure,
-                cells_released,
-            ))
-            .await
-            .map(|_| ())
-            .map_err(unavailable)
+        AuditRecord::query(&actor, query, &digest, disclosure, cells_released)
     }
 }
 
@@ -638,7 +801,7 @@ mod tests {
         )
     }
 
-    /// The answer's total number of children (no suppression, no rounding).
+    /// The answer's total number of children (noisy and rounded).
     async fn total(service: &QueryService) -> Option<u64> {
         let who = PeerIdentity::Analyst("a".into());
         let table = service
@@ -651,9 +814,15 @@ mod tests {
             .await
             .unwrap();
         match table.rows.last()?.cells.last()?.value {
-            Some(cell::Value::Count(n)) => Some(n),
+            Some(joinery_proto::v1::cell::Value::Count(n)) => Some(n),
             _ => None,
         }
+    }
+
+    /// Whether a released total is `truth` to within the noise (five of
+    /// its standard deviations, 5 each, and the rounding).
+    fn near(total: Option<u64>, truth: u64) -> bool {
+        total.is_some_and(|t| t.abs_diff(truth) <= 27)
     }
 
     #[tokio::test(flavor = "multi_thread")]
@@ -662,25 +831,109 @@ mod tests {
         let storage = Storage::open(&Storage::sqlite_url(dir.path()))
             .await
             .unwrap();
-        storage.commit_batch(&batch("b1", 0..20)).await.unwrap();
+        storage.commit_batch(&batch("b1", 0..40)).await.unwrap();
         let service = service(&storage);
-        assert_eq!(
-            total(&service).await,
-            Some(20),
-            "the first answer loads the data"
+        let first = total(&service).await;
+        assert!(
+            near(first, 40),
+            "the first answer loads the data: {first:?}"
         );
-        storage.commit_batch(&batch("b2", 20..50)).await.unwrap();
-        // The next answer comes from memory, while the new data loads.
-        assert_eq!(total(&service).await, Some(20));
+        storage.commit_batch(&batch("b2", 40..160)).await.unwrap();
+        // The next answer comes from memory, while the new data loads: the
+        // same question of the same data, so the same release.
+        assert_eq!(total(&service).await, first);
         let mut caught_up = false;
         for _ in 0..100 {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            if total(&service).await == Some(50) {
+            if near(total(&service).await, 160) {
                 caught_up = true;
                 break;
             }
         }
         assert!(caught_up, "the reload took the new batch in");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_question_is_released_once_paid_for_and_refused_when_the_budget_is_spent() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(&Storage::sqlite_url(dir.path()))
+            .await
+            .unwrap();
+        storage.commit_batch(&batch("b1", 0..60)).await.unwrap();
+        let service = service(&storage);
+        let ask = |who: &str, query: &str| {
+            let (service, who, query) = (
+                &service,
+                PeerIdentity::Analyst(who.into()),
+                query.to_owned(),
+            );
+            async move { service.answer(&who, &RunRequest { query }).await }
+        };
+        let first = ask("a", "rows: sex").await.unwrap();
+        let spent = storage.privacy_spent("minimal-example").await.unwrap();
+        assert!(spent > 0, "a new release spends from the budget");
+        // Asked again, by another analyst: the same answer, noise and all,
+        // and nothing more spent.
+        for who in ["a", "r", "a"] {
+            assert_eq!(ask(who, "rows: sex").await.unwrap(), first);
+        }
+        assert_eq!(
+            storage.privacy_spent("minimal-example").await.unwrap(),
+            spent
+        );
+        // New questions spend until the next would pass the budget, which
+        // is then refused for everyone, on the ledger alone, and audited.
+        let budget = service.budgets(time::OffsetDateTime::now_utc())[0].1;
+        let mut asked = 0;
+        let refusal = loop {
+            match ask(
+                "a",
+                &format!(
+                    "rows: sex\ncohort: {{ age: {{ from: 0, to: {} }} }}",
+                    20 + asked
+                ),
+            )
+            .await
+            {
+                Ok(_) => asked += 1,
+                Err(status) => break status,
+            }
+            assert!(asked < 2000, "the budget never ran out");
+        };
+        assert_eq!(refusal.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            refusal
+                .message()
+                .contains("privacy budget of agreement minimal-example"),
+            "{}",
+            refusal.message()
+        );
+        let used = storage.privacy_spent("minimal-example").await.unwrap();
+        assert!(
+            used <= budget && used + spent > budget,
+            "{used} of {budget}"
+        );
+        assert!(
+            asked >= 50,
+            "the default budget allows dozens of one-way tables: {asked}"
+        );
+        // Questions already answered still are; new ones are refused to
+        // every analyst.
+        assert_eq!(ask("r", "rows: sex").await.unwrap(), first);
+        let other = ask("r", "rows: segment").await.unwrap_err();
+        assert_eq!(other.code(), tonic::Code::ResourceExhausted);
+        let refused = storage
+            .audit_entries(0, u32::MAX)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| {
+                e.record
+                    .detail
+                    .contains("privacy budget of agreement minimal-example is spent")
+            })
+            .count();
+        assert_eq!(refused, 2, "both refusals are in the audit log");
     }
 
     #[tokio::test(flavor = "multi_thread")]

@@ -415,6 +415,53 @@ impl Rules<'_> {
                 "NHS England publishes with counts of 1-7 suppressed (minimum_cell_count: 8)",
             );
         }
+        let privacy = &a.outputs.privacy;
+        let privacy_at = |key| [Key("outputs"), Key("privacy"), Key(key)];
+        if !(privacy.noise_sd.is_finite() && privacy.noise_sd >= 1.0) {
+            self.error(
+                &privacy_at("noise_sd"),
+                format!("noise_sd {} is below 1", privacy.noise_sd),
+                "the noise's standard deviation per released count: 5 is the default",
+            );
+        }
+        if !(privacy.epsilon.is_finite() && privacy.epsilon > 0.0) {
+            self.error(
+                &privacy_at("epsilon"),
+                format!("epsilon {} must be above 0", privacy.epsilon),
+                "the whole privacy-loss budget over the agreement's life: 20 is the default",
+            );
+        } else if privacy.epsilon > 20.0 {
+            self.warn(
+                &privacy_at("epsilon"),
+                format!("epsilon {} is a weak guarantee", privacy.epsilon),
+                "the US Census Bureau's 2020 redistricting data used 17.14 for everything it released",
+            );
+        }
+        if !(privacy.delta > 0.0 && privacy.delta <= 1e-5) {
+            self.error(
+                &privacy_at("delta"),
+                format!("delta {:e} must be above 0 and at most 1e-5", privacy.delta),
+                "well below one over the number of children: 1e-9 is the default",
+            );
+        }
+        let dominance = &a.outputs.dominance;
+        if dominance.n == 0 || !(1..=100).contains(&dominance.k) {
+            self.error(
+                &[Key("outputs"), Key("dominance")],
+                format!(
+                    "dominance ({}, {}%) is not a rule",
+                    dominance.n, dominance.k
+                ),
+                "n of 1 or more and k from 1 to 100: (2, 90) is ACRO's default",
+            );
+        }
+        if a.outputs.p_percent > 100 {
+            self.error(
+                &[Key("outputs"), Key("p_percent")],
+                format!("p_percent {} is over 100", a.outputs.p_percent),
+                "10 is ACRO's default",
+            );
+        }
         if a.roles.is_empty() {
             self.error(
                 &[Key("roles")],

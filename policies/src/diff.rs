@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 use crate::explain::describe;
-use crate::model::{Access, Agreement, OptOut, Rounding, Transform};
+use crate::model::{Access, Agreement, OptOut, Transform};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
@@ -32,14 +32,6 @@ fn disclosure(t: &Transform) -> u8 {
         Transform::AgeBand(_) | Transform::Year | Transform::District => 2,
         Transform::CodeMap(_) | Transform::TopCode(_) | Transform::Month | Transform::Sector => 3,
         Transform::Keep => 4,
-    }
-}
-
-fn rounding_strength(r: Rounding) -> u8 {
-    match r {
-        Rounding::None => 0,
-        Rounding::Nearest5 => 1,
-        Rounding::Midpoint6 => 2,
     }
 }
 
@@ -268,7 +260,7 @@ pub fn diff(old: &Agreement, new: &Agreement) -> Vec<Change> {
         add(
             "outputs.rounding".into(),
             format!("{:?} -> {:?}", o.rounding, n.rounding),
-            rounding_strength(n.rounding) < rounding_strength(o.rounding),
+            n.rounding.strength() < o.rounding.strength(),
         );
     }
     if o.reidentify_for_direct_care != n.reidentify_for_direct_care {
@@ -279,6 +271,41 @@ pub fn diff(old: &Agreement, new: &Agreement) -> Vec<Change> {
                 o.reidentify_for_direct_care, n.reidentify_for_direct_care
             ),
             n.reidentify_for_direct_care,
+        );
+    }
+    let (op, np) = (&o.privacy, &n.privacy);
+    if op.noise_sd != np.noise_sd {
+        add(
+            "outputs.privacy.noise_sd".into(),
+            format!("{} -> {}", op.noise_sd, np.noise_sd),
+            np.noise_sd < op.noise_sd,
+        );
+    }
+    if op.epsilon != np.epsilon || op.delta != np.delta {
+        add(
+            "outputs.privacy.epsilon".into(),
+            format!(
+                "epsilon {} delta {:e} -> epsilon {} delta {:e}",
+                op.epsilon, op.delta, np.epsilon, np.delta
+            ),
+            np.rho() > op.rho(),
+        );
+    }
+    if o.dominance != n.dominance {
+        add(
+            "outputs.dominance".into(),
+            format!(
+                "({}, {}%) -> ({}, {}%)",
+                o.dominance.n, o.dominance.k, n.dominance.n, n.dominance.k
+            ),
+            n.dominance.k > o.dominance.k || n.dominance.n < o.dominance.n,
+        );
+    }
+    if o.p_percent != n.p_percent {
+        add(
+            "outputs.p_percent".into(),
+            format!("{}% -> {}%", o.p_percent, n.p_percent),
+            n.p_percent < o.p_percent,
         );
     }
     if o.secondary_suppression != n.secondary_suppression {

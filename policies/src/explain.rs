@@ -192,16 +192,8 @@ fn blocks(a: &Agreement) -> Vec<Block> {
             })
             .collect(),
     ));
-    out.push(Block::Paragraph(format!(
-        "Every count released has counts from 1 to {} suppressed; {}{}.",
-        a.outputs.minimum_cell_count.saturating_sub(1),
-        match a.outputs.rounding {
-            Rounding::Nearest5 => "other counts are rounded to the nearest 5",
-            Rounding::Midpoint6 => "other counts are replaced by the midpoint of their band of six",
-            Rounding::None => "other counts are not rounded",
-        },
-        if a.outputs.secondary_suppression { ", and further cells are suppressed so that no hidden count can be worked out from totals" } else { "" }
-    )));
+    out.push(Block::Heading(2, "What analysts can learn".to_owned()));
+    out.extend(disclosure(&a.outputs).into_iter().map(Block::Paragraph));
     if a.outputs.reidentify_for_direct_care {
         out.push(Block::Paragraph(
             "For direct care, each party may learn which of its own records belong to a cohort, which can rest on what other parties hold (for instance that a child is known to another service); no party receives another's records.".to_owned(),
@@ -372,4 +364,72 @@ fn render_html(blocks: &[Block], title: &str) -> String {
     }
     out.push_str("</body>\n</html>\n");
     out
+}
+
+/// What the output rules protect and how, in words an IG lead can sign.
+fn disclosure(o: &crate::model::OutputRules) -> Vec<String> {
+    let p = &o.privacy;
+    let tables = |touches: f64| (p.rho() / p.cost(touches)).floor();
+    vec![
+        "Analysts with aggregate access see only tables of counts, percentages and medians; \
+         every number in them is protected as follows, and no answer or refusal depends on \
+         whether any one child is in the data."
+            .to_owned(),
+        format!(
+            "Noise: every count, numerator, denominator and median is computed from the true \
+             data plus random noise (discrete Gaussian, standard deviation {sd} for a count of \
+             children, larger for counts of events). Percentages are worked out from the noisy \
+             numerator and denominator, never from true counts; a median comes from noisy counts \
+             of children either side of it.",
+            sd = p.noise_sd
+        ),
+        format!(
+            "Budget: all releases under this agreement together are differentially private with \
+             epsilon {} and delta {:e}: whatever an analyst, or all analysts together, ask, what \
+             they see changes by at most that much whether or not any one child's records are \
+             included. Each new table spends part of the budget (about {} two-way tables of \
+             children, or {} one-way tables, in all); asking the same question of the same \
+             data again returns the first answer and spends nothing; when the budget is spent, \
+             new questions are refused until the parties sign a version with more.",
+            p.epsilon,
+            p.delta,
+            tables(4.0),
+            tables(2.0)
+        ),
+        format!(
+            "Small numbers: a noisy count below {} is shown as suppressed, zeros included (a \
+             zero is never told apart from a small count); {}{}. A percentage or median is \
+             suppressed with its numerator, denominator or contributors.",
+            o.minimum_cell_count,
+            match o.rounding {
+                Rounding::Nearest5 => "other counts are rounded to the nearest 5",
+                Rounding::Midpoint6 =>
+                    "other counts are replaced by the midpoint of their band of six",
+                Rounding::None => "other counts are not rounded",
+            },
+            if o.secondary_suppression {
+                ", and further cells are suppressed so that no hidden count can be estimated \
+                 from totals"
+            } else {
+                ""
+            }
+        ),
+        format!(
+            "Magnitudes: where a cell adds up events, each child counts for at most {} events, \
+             and a cell is suppressed when its {} largest contributors hold more than {}% of it \
+             (dominance) or when the rest is less than {}% of the largest (p% rule).",
+            crate::model::EVENTS_PER_CHILD,
+            o.dominance.n,
+            o.dominance.k,
+            o.p_percent
+        ),
+        format!(
+            "Categories: a breakdown by a recorded value (an ethnicity code, a combination of \
+             agencies) lists a value only when, with noise, well over {} children in the whole \
+             population have it; the rest are counted together as \"other\", so no label can \
+             point at one child.",
+            o.minimum_cell_count
+        ),
+        "Deliveries: how many records each agency sent is shown only to that agency.".to_owned(),
+    ]
 }

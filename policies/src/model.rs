@@ -252,20 +252,104 @@ impl Linkage {
     }
 }
 
-/// Statistical disclosure control of every output.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+/// Statistical disclosure control of every output (`docs/disclosure.md`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OutputRules {
-    /// The smallest count released; counts from 1 to one less are suppressed.
+    /// The smallest count released; counts from 0 to one less are suppressed
+    /// (zeros too: a zero is never told apart from a small count).
     pub minimum_cell_count: u32,
     pub rounding: Rounding,
     /// Suppress further cells so a suppressed one cannot be worked out from totals.
     pub secondary_suppression: bool,
+    /// Random noise on every released number, and how much all releases
+    /// together may reveal about any one child (differential privacy).
+    #[serde(default)]
+    pub privacy: PrivacyBudget,
+    /// Dominance rule for magnitudes (events counted): a cell whose `n`
+    /// largest contributors hold more than `k` percent of it is suppressed.
+    #[serde(default)]
+    pub dominance: Dominance,
+    /// p% rule for magnitudes: a cell is suppressed when what is left after
+    /// its two largest contributors is less than `p_percent` of the largest
+    /// (the second could then estimate the first to within p%).
+    #[serde(default = "default_p_percent")]
+    pub p_percent: u32,
     /// Direct care: a party may learn which of its own records belong to a
     /// cohort (`joinery agent resolve`), to act for those children. Off
     /// unless the agreement says so (and its lawful basis covers it).
     #[serde(default)]
     pub reidentify_for_direct_care: bool,
+}
+
+/// How many events one child adds to a released cell at most (the rest are
+/// not counted), so a cell of events can carry noise in proportion.
+pub const EVENTS_PER_CHILD: u32 = 3;
+
+fn default_p_percent() -> u32 {
+    10
+}
+
+/// Noise and its budget: every released number carries discrete Gaussian
+/// noise with standard deviation `noise_sd` (scaled for magnitudes), and the
+/// releases under the agreement together are (`epsilon`, `delta`)-
+/// differentially private. A release that would pass the budget is refused;
+/// an identical question about the same data is answered again from the
+/// first release, at no cost.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacyBudget {
+    /// Standard deviation of the noise added to each released count.
+    pub noise_sd: f64,
+    /// The agreement's whole privacy-loss budget, over its life.
+    pub epsilon: f64,
+    /// The probability with which the epsilon bound may fail.
+    pub delta: f64,
+}
+
+impl Default for PrivacyBudget {
+    /// About the total budget of the US Census Bureau's 2020 redistricting
+    /// release (epsilon 17.14 at delta 1e-10), with noise of SD 5 per count.
+    fn default() -> Self {
+        Self {
+            noise_sd: 5.0,
+            epsilon: 20.0,
+            delta: 1e-9,
+        }
+    }
+}
+
+impl PrivacyBudget {
+    /// The budget in zero-concentrated differential privacy (rho): the
+    /// largest rho with rho + 2 sqrt(rho ln(1/delta)) <= epsilon (Bun and
+    /// Steinke 2016, proposition 1.3), which is how releases add up.
+    pub fn rho(&self) -> f64 {
+        let log = (1.0 / self.delta).ln();
+        let root = -log.sqrt() + (log + self.epsilon).sqrt();
+        root.max(0.0).powi(2)
+    }
+
+    /// What one table costs, in rho, when each child moves `touches`
+    /// released numbers by one each: touches / (2 sd^2).
+    pub fn cost(&self, touches: f64) -> f64 {
+        touches / (2.0 * self.noise_sd * self.noise_sd)
+    }
+}
+
+/// The (n, k) dominance rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Dominance {
+    pub n: u32,
+    /// Percent of the cell's total.
+    pub k: u32,
+}
+
+impl Default for Dominance {
+    /// ACRO's default (SACRO project): the two largest hold at most 90%.
+    fn default() -> Self {
+        Self { n: 2, k: 90 }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
@@ -278,6 +362,17 @@ pub enum Rounding {
     #[serde(rename = "midpoint_6")]
     Midpoint6,
     None,
+}
+
+impl Rounding {
+    /// How much a rounding hides: the one order of strictness.
+    pub fn strength(self) -> u8 {
+        match self {
+            Self::None => 0,
+            Self::Nearest5 => 1,
+            Self::Midpoint6 => 2,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]

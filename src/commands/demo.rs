@@ -220,10 +220,23 @@ impl DemoArgs {
             key: analyst.key.clone(),
             crl: None,
         };
+        // Delivery counts are each agency's own: the first agency asks.
+        if let Some((_, first)) = configs.first() {
+            let agency_tls = TlsFiles {
+                ca: first.tls.ca.clone(),
+                cert: first.tls.cert.clone(),
+                key: first.tls.key.clone(),
+                crl: None,
+            };
+            let mut agency = connect(&address, &self.server_name, &agency_tls).await?;
+            println!(
+                "\n6. Stored at the gateway ({}'s own deliveries; analysts may not see these counts):",
+                first.organisation
+            );
+            print_counts(&agency.counts(CountsRequest {}).await?.into_inner());
+        }
         let mut client = connect(&address, &self.server_name, &analyst_tls).await?;
-        println!("\n6. Stored at the gateway (analyst view):");
-        print_counts(&client.counts(CountsRequest {}).await?.into_inner());
-        println!();
+        println!("\nAs an analyst, through disclosure control:");
         let overlap = client
             .agency_overlap(AgencyOverlapRequest {
                 reference_date: reference.to_string(),

@@ -169,35 +169,3 @@ pub(super) fn months_before(day: Date, months: u32) -> Date {
     let last = time::util::days_in_month(month, year);
     Date::from_calendar_date(year, month, day.day().min(last)).unwrap_or(day)
 }
-
-/// Whether releasing a cohort with `members` next to an earlier one with
-/// `earlier` (both sorted) would let a handful of people be found by
-/// differencing: the two differ, but by at most `threshold` people each way.
-pub fn differs_by_a_few(members: &[u64], earlier: &[u64], threshold: u64) -> bool {
-    let (mut i, mut j) = (0, 0);
-    let (mut only_new, mut only_old) = (0u64, 0u64);
-    while i < members.len() || j < earlier.len() {
-        match (members.get(i), earlier.get(j)) {
-            (Some(a), Some(b)) if a == b => {
-                i += 1;
-                j += 1;
-            }
-            (Some(a), Some(b)) if a < b => {
-                only_new += 1;
-                i += 1;
-            }
-            (Some(_), None) => {
-                only_new += 1;
-                i += 1;
-            }
-            _ => {
-                only_old += 1;
-                j += 1;
-            }
-        }
-        if only_new > threshold || only_old > threshold {
-            return false;
-        }
-    }
-    only_new + only_old > 0
-}

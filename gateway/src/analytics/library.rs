@@ -137,7 +137,7 @@ mod tests {
 
     use super::*;
     use crate::analytics::model::AnalystQuery;
-    use crate::analytics::{Person, PersonEvent, stratum, tabulate};
+    use crate::analytics::{Labels, Person, PersonEvent, stratum, tabulate};
 
     const ON: Date = date!(2026 - 03 - 31);
 
@@ -330,7 +330,7 @@ mod tests {
     fn value(name: &str, people: &[Person]) -> f64 {
         let query = AnalystQuery::parse(&format!("indicator: {name}\nreference_date: {ON}"))
             .unwrap_or_else(|e| panic!("{name}: {e}"));
-        let table = tabulate(&query, people, ON);
+        let table = tabulate(&query, people, ON, &Labels::default());
         let cell = &table.cells[0][0];
         match &query.measure {
             Measure::Children => cell.people as f64,
@@ -432,7 +432,7 @@ mod tests {
             "indicator: cin-referrals\nreference_date: 2026-03-31\ncolumns: period\nperiods: { every: year, count: 3 }",
         )
         .unwrap();
-        let table = tabulate(&q, &people, ON);
+        let table = tabulate(&q, &people, ON, &Labels::default());
         assert_eq!(
             table.columns,
             [

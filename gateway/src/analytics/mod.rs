@@ -7,7 +7,8 @@
 //! all / any / not ([`cohort`]) — how to break it down and what each cell
 //! holds. [`table::tabulate`] counts it over the population
 //! ([`population`], loaded by [`crate::storage::Storage::population`]);
-//! [`table::release`] protects it; [`explain`] says in words who is counted.
+//! [`crate::disclosure::protect`] protects it; [`explain`] says in words who
+//! is counted.
 
 pub mod cohort;
 pub mod explain;
@@ -16,21 +17,19 @@ pub mod model;
 pub mod population;
 pub mod table;
 
-pub use cohort::{differs_by_a_few, matches};
+pub use cohort::matches;
 pub use explain::{describe, explain};
 pub use population::{Interner, Person, PersonEvent, Text};
 pub use table::{
-    CellData, MemberRow, SEGMENTS, Tabulation, measure_name, members, release, stratum, table_json,
-    tabulate,
+    CellData, Labels, MemberRow, OTHER, SEGMENTS, Tabulation, measure_name, members,
+    population_labels, stratum, table_json, tabulate,
 };
 
 #[cfg(test)]
 mod tests {
     use super::cohort::months_before;
     use super::*;
-    use crate::disclosure::DisclosureRule;
-    use joinery_proto::v1::{Cell, cell};
-    use model::AnalystQuery;
+    use model::{AnalystQuery, Breakdown};
     use std::sync::Arc;
     use time::macros::date;
     use time::{Date, Duration};
@@ -91,7 +90,7 @@ mod tests {
             &[("camhs_referral", "camhs", date!(2026 - 02 - 01))],
         );
         let people = [a, b, c];
-        let count = |q: &str| tabulate(&query(q), &people, on).cohort_size;
+        let count = |q: &str| tabulate(&query(q), &people, on, &Labels::default()).cohort_size;
         // A CP plan starting within 12 months after a CAMHS referral: only a.
         assert_eq!(
             count(
@@ -171,6 +170,7 @@ mod tests {
             &query("rows: segment\ncolumns: agency_overlap"),
             &people,
             on,
+            &Labels::default(),
         );
         assert_eq!(table.columns, ["1 agency", "2 agencies", "3+ agencies"]);
         let row =
@@ -179,8 +179,32 @@ mod tests {
         assert_eq!(row("primary 5-10"), [0, 1, 0]);
         assert_eq!(row("adolescence 11-15"), [1, 0, 0]);
         assert_eq!(row("unknown"), [0, 0, 0]);
-        let combos = tabulate(&query("rows: agencies"), &people, on);
-        assert_eq!(combos.rows, ["LA", "LA + RX9", "RX9"]);
+        // Recorded values: only those disclosure control found safe over the
+        // population are listed, the rest count as other, whoever is in the
+        // cohort.
+        let safe = |values: &[&str]| Labels {
+            rows: Some(values.iter().map(|v| (*v).to_owned()).collect()),
+            columns: Some(values.iter().map(|v| (*v).to_owned()).collect()),
+        };
+        let combos = tabulate(
+            &query("rows: agencies"),
+            &people,
+            on,
+            &safe(&["LA", "LA + RX9"]),
+        );
+        assert_eq!(combos.rows, ["LA", "LA + RX9", "other"]);
+        assert_eq!(
+            combos.counts(),
+            [[1], [1], [1]],
+            "RX9 alone counts as other"
+        );
+        let unsafe_only = tabulate(&query("rows: agencies"), &people, on, &Labels::default());
+        assert_eq!(unsafe_only.rows, ["other"], "no safe list: nothing listed");
+        assert_eq!(unsafe_only.counts(), [[3]]);
+        let counted =
+            population_labels(&query("rows: agencies"), &Breakdown::Agencies, &people, on).unwrap();
+        assert_eq!(counted.get("RX9"), Some(&1));
+        assert!(population_labels(&query("rows: sex"), &Breakdown::Sex, &people, on).is_none());
 
         // Age bands of the analyst's choosing, and a record attribute.
         let mut people = people;
@@ -205,12 +229,13 @@ mod tests {
             &query("rows: { age_bands: [0, 5, 11] }\ncolumns: { attribute: ethnicity }"),
             &people,
             on,
+            &safe(&["WBRI"]),
         );
         assert_eq!(bands.rows, ["0-4", "5-10", "11+", "unknown"]);
-        assert_eq!(bands.columns, ["WBRI", "unknown"]);
+        assert_eq!(bands.columns, ["WBRI", "other", "unknown"]);
         assert_eq!(
             bands.counts(),
-            [[0, 1], [1, 0], [0, 1], [0, 0]],
+            [[0, 0, 1], [1, 0, 0], [0, 0, 1], [0, 0, 0]],
             "c 2, a 10, b 14"
         );
         for bad in [
@@ -245,7 +270,7 @@ mod tests {
         let q = query(
             "rows: stratum\ncolumns: sex\nstratification:\n  name: test\n  version: 1\n  factors:\n    - { name: CP plan, points: 3, when: { has: { event: cp_plan_start } } }\n    - { name: repeated A&E, points: 2, when: { has: { event: ae_attendance, at_least: 2, within_months: 12 } } }\n  tiers:\n    - { name: universal, from_points: 0 }\n    - { name: targeted, from_points: 2 }\n    - { name: specialist, from_points: 5 }\n",
         );
-        let table = tabulate(&q, &[none, one, both], on);
+        let table = tabulate(&q, &[none, one, both], on, &Labels::default());
         assert_eq!(table.rows, ["universal", "targeted", "specialist"]);
         assert_eq!(table.columns[..2], ["female", "male"]);
         assert_eq!(table.counts(), [[1, 0, 0, 0], [1, 0, 0, 0], [0, 1, 0, 0]]);
@@ -299,38 +324,41 @@ mod tests {
                 person("2014-01", "female", &["RX9"], &events)
             })
             .collect();
-        let exact = DisclosureRule {
-            suppress_up_to: 0,
-            rounding: joinery_policies::model::Rounding::None,
-        };
-        let run = |text: &str, rule: &DisclosureRule| {
+        let run = |text: &str| {
             let q = query(text);
-            let table = tabulate(&q, &people, on);
-            release(&table, &q.measure, rule)
-        };
-        let number = |c: &Cell| match c.value {
-            Some(cell::Value::Number(v)) => Some(v),
-            Some(cell::Value::Count(n)) => Some(n as f64),
-            _ => None,
+            tabulate(&q, &people, on, &Labels::default()).with_totals()
         };
         // Events: 20 referrals in the female row (and its total).
-        let events = run(
-            "rows: sex\nmeasure: { events: { event: camhs_referral } }",
-            &exact,
+        let events = run("rows: sex\nmeasure: { events: { event: camhs_referral } }");
+        assert_eq!(events[0][0].hits, 20);
+        assert_eq!(events[4][0].hits, 20, "the total row");
+        // A child adds at most three events to a cell.
+        let five: Vec<(&str, &str, Date)> = (0..5)
+            .map(|i| {
+                (
+                    "camhs_referral",
+                    "camhs",
+                    date!(2025 - 06 - 01) + Duration::days(i),
+                )
+            })
+            .collect();
+        let busy = person("2014-01", "male", &["RX9"], &five);
+        let capped = tabulate(
+            &query("measure: { events: { event: camhs_referral } }"),
+            &[busy],
+            on,
+            &Labels::default(),
         );
-        assert_eq!(number(&events[0][0]), Some(20.0));
-        assert_eq!(number(&events[4][0]), Some(20.0), "the total row");
+        assert_eq!(capped.cells[0][0].hits, 3);
         // Seen within 126 days of a referral: six of ten (the sixth was seen
         // 120 days after its first referral).
         let share = run(
             "rows: sex\nmeasure: { share: { has: { event: camhs_referral, before: { event: camhs_contact, within_days: 126 } } } }",
-            &exact,
         );
-        assert_eq!(number(&share[0][0]), Some(60.0));
+        assert_eq!((share[0][0].hits, share[0][0].people), (6, 10));
         // Median days from the first referral to the first contact: 20..120 → 70.
         let median = run(
             "rows: sex\nmeasure: { median_days: { from: { event: camhs_referral }, to: { event: camhs_contact } } }",
-            &exact,
         );
         assert!(
             explain(&query(
@@ -338,27 +366,8 @@ mod tests {
             ))
             .contains("Each cell is the percentage of them with a camhs_contact event.")
         );
-        assert_eq!(number(&median[0][0]), Some(70.0));
-        // Under the usual rule (1 to 7 suppressed) six intervals are too few
-        // for a median, and a numerator of six suppresses the percentage.
-        let default = DisclosureRule::default();
-        let median = run(
-            "rows: sex\nmeasure: { median_days: { from: { event: camhs_referral }, to: { event: camhs_contact } } }",
-            &default,
-        );
-        assert!(matches!(
-            median[0][0].value,
-            Some(cell::Value::Suppressed(_))
-        ));
-        let share = run(
-            "rows: sex\nmeasure: { share: { has: { event: camhs_contact } } }",
-            &default,
-        );
-        assert!(
-            matches!(share[0][0].value, Some(cell::Value::Suppressed(_))),
-            "numerator 6 is suppressed"
-        );
-        assert_eq!(share[1][0].value, None, "no boys: no percentage");
+        assert_eq!(median[0][0].median(), Some(70.0));
+        assert_eq!(median[0][0].values.len(), 6);
     }
 
     #[test]
@@ -388,20 +397,6 @@ mod tests {
             explain(&q),
             "People: (with a cp_plan_start event whose previous camhs_referral event is within 365 days before it and not with a lac_episode_start event and aged 5 to 17); counted by life-course segment. Ages and recent periods are counted at 2026-03-31."
         );
-    }
-
-    #[test]
-    fn small_differences_between_cohorts_are_found() {
-        let big: Vec<u64> = (0..100).collect();
-        let fewer: Vec<u64> = (3..100).collect();
-        assert!(differs_by_a_few(&fewer, &big, 7), "three removed");
-        assert!(differs_by_a_few(&big, &fewer, 7), "three added");
-        assert!(!differs_by_a_few(&big, &big, 7), "the same cohort again");
-        let many_fewer: Vec<u64> = (20..100).collect();
-        assert!(!differs_by_a_few(&many_fewer, &big, 7), "twenty removed");
-        let swapped: Vec<u64> = (2..102).collect();
-        assert!(differs_by_a_few(&swapped, &big, 7), "two out, two in");
-        assert!(!differs_by_a_few(&[], &[], 7));
     }
 
     #[test]

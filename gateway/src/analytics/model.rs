@@ -64,19 +64,20 @@ pub enum Measure {
     /// The cell's children.
     #[default]
     Children,
-    /// The cell's children's matching events.
+    /// The cell's children's matching events, at most three a child.
     Events(Box<EventCondition>),
     /// The percentage of the cell's children who meet the condition,
-    /// computed from true counts; suppressed with its numerator or
+    /// computed from noisy counts; suppressed with its numerator or
     /// denominator.
     Share(Box<Condition>),
     /// The median days from each child's first `from` event to the first
-    /// `to` event on or after it (children with both), shown when more
-    /// children than the suppression threshold have one.
+    /// `to` event on or after it (children with both), found by a noisy
+    /// search and shown when the noisy number of children with one passes
+    /// the suppression threshold.
     MedianDays(Box<Interval>),
     /// The median change in a numeric attribute from each child's first
-    /// matching event to their last (children with two or more), shown
-    /// when more children than the suppression threshold have one.
+    /// matching event to their last (children with two or more), found and
+    /// shown as a median wait is.
     MedianChange(Box<Change>),
 }
 
@@ -322,6 +323,12 @@ pub enum Breakdown {
 }
 
 impl Breakdown {
+    /// Whether its categories are recorded values (an attribute, an agency
+    /// combination) rather than a fixed list.
+    pub fn is_recorded(&self) -> bool {
+        matches!(self, Self::Attribute(_) | Self::Agencies)
+    }
+
     /// What the breakdown's labels are (empty for none).
     pub fn heading(&self) -> String {
         match self {

@@ -1,18 +1,24 @@
 //! Tables: each cohort member's row and column label (segment, sex, agency
 //! overlap, agency combination, risk tier), what they add to their cell
-//! under the query's measure, and the table as it may leave through
-//! disclosure control.
+//! under the query's measure, and the true table that disclosure control
+//! ([`crate::disclosure::protect`]) releases.
+//!
+//! Fixed breakdowns (sex, segments, bands, periods, tiers, overlap) list
+//! every category whoever is in the cohort. Breakdowns by a recorded value
+//! (an attribute, an agency combination) list only the values disclosure
+//! control found safe over the whole population ([`Labels`]); the rest
+//! count as [`OTHER`], so no label depends on the cohort's members.
 
 use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 
-use joinery_proto::v1::{Cell, cell};
+use joinery_policies::model::EVENTS_PER_CHILD;
+use joinery_proto::v1::cell;
 use time::Date;
 
 use super::cohort::{event_matches, matches, matching_events, months_before};
 use super::model::{AnalystQuery, Breakdown, Measure, Stratification};
 use super::population::Person;
-use crate::disclosure::DisclosureRule;
 
 /// Life-course segments, in years at the reference date.
 pub const SEGMENTS: &[(&str, u32, u32)] = &[
@@ -24,6 +30,8 @@ pub const SEGMENTS: &[(&str, u32, u32)] = &[
     ("26+", 26, u32::MAX),
 ];
 const UNKNOWN: &str = "unknown";
+/// Where a recorded value too rare to show is counted.
+pub const OTHER: &str = "other";
 const SEXES: &[&str] = &["female", "male", "indeterminate", UNKNOWN];
 const OVERLAP: &[&str] = &["1 agency", "2 agencies", "3+ agencies"];
 
@@ -109,45 +117,87 @@ fn label<'a>(
     }
 }
 
-/// The categories of a breakdown, in display order (fixed lists first, so
-/// an empty category still shows as 0; combinations as found).
+/// The categories of a breakdown, in display order: a fixed list, or the
+/// recorded values found safe and then [`OTHER`] (and, for attributes,
+/// [`UNKNOWN`]). None depends on who is in the cohort.
 fn categories(
     query: &AnalystQuery,
     breakdown: &Breakdown,
     periods: &[Period],
-    found: &BTreeSet<String>,
+    safe: Option<&BTreeSet<String>>,
 ) -> Vec<String> {
-    let bands = match breakdown {
-        Breakdown::AgeBands(starts) => Breakdown::age_band_labels(starts),
-        _ => Vec::new(),
-    };
-    let fixed: Vec<&str> = match breakdown {
-        Breakdown::AgeBands(_) => bands.iter().map(String::as_str).chain([UNKNOWN]).collect(),
-        Breakdown::Attribute(_) => Vec::new(),
-        Breakdown::Period => periods.iter().map(|p| p.label.as_str()).collect(),
+    let owned = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    match breakdown {
+        Breakdown::AgeBands(starts) => {
+            let mut bands = Breakdown::age_band_labels(starts);
+            bands.push(UNKNOWN.to_owned());
+            bands
+        }
+        Breakdown::Attribute(_) | Breakdown::Agencies => {
+            let mut found: Vec<String> = safe.into_iter().flatten().cloned().collect();
+            found.retain(|f| f != OTHER && f != UNKNOWN);
+            found.push(OTHER.to_owned());
+            if matches!(breakdown, Breakdown::Attribute(_)) {
+                found.push(UNKNOWN.to_owned());
+            }
+            found
+        }
+        Breakdown::Period => periods.iter().map(|p| p.label.clone()).collect(),
         Breakdown::Stratum => query
             .stratification
             .iter()
-            .flat_map(|s| s.tiers.iter().map(|t| t.name.as_str()))
+            .flat_map(|s| s.tiers.iter().map(|t| t.name.clone()))
             .collect(),
-        Breakdown::None => vec!["all"],
+        Breakdown::None => owned(&["all"]),
         Breakdown::Segment => SEGMENTS
             .iter()
-            .map(|(name, _, _)| *name)
-            .chain([UNKNOWN])
+            .map(|(name, _, _)| (*name).to_owned())
+            .chain([UNKNOWN.to_owned()])
             .collect(),
-        Breakdown::Sex => SEXES.to_vec(),
-        Breakdown::AgencyOverlap => OVERLAP.to_vec(),
-        Breakdown::Agencies => Vec::new(),
+        Breakdown::Sex => owned(SEXES),
+        Breakdown::AgencyOverlap => owned(OVERLAP),
+    }
+}
+
+/// The recorded values a table may list, per axis (`None` for a fixed
+/// breakdown); disclosure control chooses them ([`crate::disclosure::labels`]).
+#[derive(Debug, Clone, Default)]
+pub struct Labels {
+    pub rows: Option<BTreeSet<String>>,
+    pub columns: Option<BTreeSet<String>>,
+}
+
+/// How many of the whole population hold each recorded value of
+/// `breakdown`, when it breaks down by one (an attribute, an agency
+/// combination); `None` for a fixed breakdown.
+pub fn population_labels(
+    query: &AnalystQuery,
+    breakdown: &Breakdown,
+    people: &[Person],
+    reference: Date,
+) -> Option<HashMap<String, u64>> {
+    if !breakdown.is_recorded() {
+        return None;
+    }
+    let period = Period {
+        label: String::new(),
+        end: reference,
     };
-    let mut out: Vec<String> = fixed.iter().map(|s| (*s).to_owned()).collect();
-    out.extend(
-        found
-            .iter()
-            .filter(|f| !fixed.contains(&f.as_str()))
-            .cloned(),
-    );
-    out
+    let mut counts: HashMap<String, u64> = HashMap::new();
+    for person in people {
+        *counts
+            .entry(label(query, breakdown, person, &period).into_owned())
+            .or_default() += 1;
+    }
+    Some(counts)
+}
+
+/// `raw` as a table under `safe` shows it: itself, or [`OTHER`].
+fn admitted<'a>(raw: Cow<'a, str>, safe: Option<&BTreeSet<String>>) -> Cow<'a, str> {
+    match safe {
+        Some(safe) if raw != UNKNOWN && !safe.contains(raw.as_ref()) => Cow::Borrowed(OTHER),
+        _ => raw,
+    }
 }
 
 /// What one cell (or total) of a table holds before disclosure control.
@@ -155,7 +205,8 @@ fn categories(
 pub struct CellData {
     /// The cohort's people in the cell.
     pub people: u64,
-    /// Events counted (`events`), or people meeting the condition (`share`).
+    /// Events counted, at most [`EVENTS_PER_CHILD`] a child (`events`), or
+    /// people meeting the condition (`share`).
     pub hits: u64,
     /// Days from each person's `from` event to their `to` event
     /// (`median_days`), or each person's change (`median_change`).
@@ -188,10 +239,10 @@ pub struct Tabulation {
     pub rows: Vec<String>,
     pub columns: Vec<String>,
     pub cells: Vec<Vec<CellData>>,
-    /// How many people the cohort holds.
+    /// How many people the cohort holds (never released as such).
     pub cohort_size: u64,
-    /// Their keys, sorted.
-    pub members: Vec<u64>,
+    /// How many periods one person can count in (1 without a period breakdown).
+    pub periods: u32,
 }
 
 impl Tabulation {
@@ -240,7 +291,9 @@ fn measured(measure: &Measure, person: &Person, reference: Date) -> CellData {
     };
     match measure {
         Measure::Children => {}
-        Measure::Events(e) => cell.hits = matching_events(e, person, reference) as u64,
+        Measure::Events(e) => {
+            cell.hits = (matching_events(e, person, reference) as u64).min(EVENTS_PER_CHILD.into())
+        }
         Measure::Share(condition) => cell.hits = u64::from(matches(condition, person, reference)),
         Measure::MedianDays(interval) => {
             let from = person
@@ -319,35 +372,48 @@ fn periods(query: &AnalystQuery, reference: Date) -> Vec<Period> {
 }
 
 /// Tabulates the cohort's people over the query's breakdown and measure,
-/// on every core (each takes a share of the people; the shares are summed).
-pub fn tabulate<'a>(query: &'a AnalystQuery, people: &'a [Person], reference: Date) -> Tabulation {
+/// recorded values outside `labels` counted as [`OTHER`], on every core
+/// (each takes a share of the people; the shares are summed).
+pub fn tabulate<'a>(
+    query: &'a AnalystQuery,
+    people: &'a [Person],
+    reference: Date,
+    labels: &'a Labels,
+) -> Tabulation {
     type Cells<'q> = HashMap<(Cow<'q, str>, Cow<'q, str>), CellData>;
     let periods = periods(query, reference);
+    // A breakdown by recorded values with no safe list shows none of them.
+    let none = BTreeSet::new();
+    let safe = |breakdown: &Breakdown, listed: Option<&'a BTreeSet<String>>| {
+        breakdown.is_recorded().then(|| listed.unwrap_or(&none))
+    };
+    let (row_safe, column_safe) = (
+        safe(&query.rows, labels.rows.as_ref()),
+        safe(&query.columns, labels.columns.as_ref()),
+    );
     let share = |people: &'a [Person]| {
         let mut cells: Cells<'_> = HashMap::new();
-        let mut members = Vec::new();
+        let mut members = 0u64;
         for person in people {
             let mut member = false;
             for period in qualifying(query, person, &periods) {
                 member = true;
                 let key = (
-                    label(query, &query.rows, person, period),
-                    label(query, &query.columns, person, period),
+                    admitted(label(query, &query.rows, person, period), row_safe),
+                    admitted(label(query, &query.columns, person, period), column_safe),
                 );
                 cells
                     .entry(key)
                     .or_default()
                     .add(&measured(&query.measure, person, period.end));
             }
-            if member {
-                members.push(person.key);
-            }
+            members += u64::from(member);
         }
         (cells, members)
     };
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
     let chunk = people.len().div_ceil(threads).max(1);
-    let shares: Vec<(Cells<'_>, Vec<u64>)> = std::thread::scope(|scope| {
+    let shares: Vec<(Cells<'_>, u64)> = std::thread::scope(|scope| {
         let handles: Vec<_> = people
             .chunks(chunk)
             .map(|part| scope.spawn(move || share(part)))
@@ -358,18 +424,15 @@ pub fn tabulate<'a>(query: &'a AnalystQuery, people: &'a [Person], reference: Da
             .collect()
     });
     let mut cells: Cells<'_> = HashMap::new();
-    let mut members = Vec::new();
+    let mut members = 0;
     for (part, part_members) in shares {
         for (key, cell) in part {
             cells.entry(key).or_default().add(&cell);
         }
-        members.extend(part_members);
+        members += part_members;
     }
-    let row_labels: BTreeSet<String> = cells.keys().map(|(r, _)| r.to_string()).collect();
-    let column_labels: BTreeSet<String> = cells.keys().map(|(_, c)| c.to_string()).collect();
-    members.sort_unstable();
-    let rows = categories(query, &query.rows, &periods, &row_labels);
-    let columns = categories(query, &query.columns, &periods, &column_labels);
+    let rows = categories(query, &query.rows, &periods, row_safe);
+    let columns = categories(query, &query.columns, &periods, column_safe);
     let cells = rows
         .iter()
         .map(|r| {
@@ -388,8 +451,8 @@ pub fn tabulate<'a>(query: &'a AnalystQuery, people: &'a [Person], reference: Da
         rows,
         columns,
         cells,
-        cohort_size: members.len() as u64,
-        members,
+        cohort_size: members,
+        periods: periods.len() as u32,
     }
 }
 
@@ -428,58 +491,6 @@ pub fn members(query: &AnalystQuery, people: &[Person], reference: Date) -> Vec<
         }
     }
     rows
-}
-
-/// The table as it may leave: each cell (and total) protected by `rule`.
-/// Counts (children, events) are suppressed and rounded with secondary
-/// suppression; a percentage is computed from true counts and suppressed
-/// with its numerator or denominator; a median is shown only where more
-/// children than the threshold have an interval.
-pub fn release(table: &Tabulation, measure: &Measure, rule: &DisclosureRule) -> Vec<Vec<Cell>> {
-    let number = |v: f64| Cell {
-        value: Some(cell::Value::Number(v)),
-    };
-    let suppressed = || Cell {
-        value: Some(cell::Value::Suppressed(true)),
-    };
-    let full = table.with_totals();
-    match measure {
-        Measure::Children => rule.protect_table(&table.counts()),
-        Measure::Events(_) => rule.protect_table(&table.table(|c| c.hits)),
-        Measure::Share(_) => {
-            let people = rule.suppressed(&table.counts());
-            let hits = rule.suppressed(&table.table(|c| c.hits));
-            full.iter()
-                .enumerate()
-                .map(|(i, row)| {
-                    row.iter()
-                        .enumerate()
-                        .map(|(j, c)| match c.people {
-                            _ if people[i][j] || hits[i][j] => suppressed(),
-                            0 => Cell { value: None },
-                            n => number(100.0 * c.hits as f64 / n as f64),
-                        })
-                        .collect()
-                })
-                .collect()
-        }
-        Measure::MedianDays(_) | Measure::MedianChange(_) => {
-            let with_value = rule.suppressed(&table.table(|c| c.values.len() as u64));
-            full.iter()
-                .enumerate()
-                .map(|(i, row)| {
-                    row.iter()
-                        .enumerate()
-                        .map(|(j, c)| match c.median() {
-                            _ if with_value[i][j] => suppressed(),
-                            Some(median) => number(median),
-                            None => Cell { value: None },
-                        })
-                        .collect()
-                })
-                .collect()
-        }
-    }
 }
 
 /// A released table as JSON: each row's cells by column label; a count or

@@ -46,6 +46,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0006_data_generation.sql"),
         include_str!("../../migrations/postgres/0006_data_generation.sql"),
     ),
+    (
+        7,
+        "releases",
+        include_str!("../../migrations/sqlite/0007_releases.sql"),
+        include_str!("../../migrations/postgres/0007_releases.sql"),
+    ),
 ];
 
 pub(super) fn for_backend(backend: Backend) -> Migrator {

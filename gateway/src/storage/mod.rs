@@ -11,6 +11,9 @@
 mod linkage;
 mod migrations;
 mod population;
+mod releases;
+
+pub use releases::{NewRelease, Recorded};
 
 pub use linkage::{EntityRecord, EntityScope, LinkageEntities, SpineAssignment};
 

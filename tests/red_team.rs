@@ -1,0 +1,436 @@
+//! The red team: an analyst with an ordinary certificate and the documented
+//! query language attacks disclosure control on a real gateway holding
+//! three agencies' synthetic extracts, delivered by real agents over mutual
+//! TLS. Each attack is scored against the truth (the gateway's own store,
+//! read here) and must recover no exact small count, and no membership,
+//! beyond what chance gives:
+//!
+//! 1. percentages back-solved against the child count of the same cell;
+//! 2. differencing by set algebra: a child singled out by a referral date
+//!    no other referral has, added to a released cohort only if known to
+//!    another agency — the old guard's refusal was the oracle;
+//! 3. zero against suppressed, on a cohort of that one child;
+//! 4. labels: a breakdown's categories must not depend on the cohort;
+//! 5. repetition: the same question again must give nothing new;
+//! 6. an interval audit of a two-way table with its totals (the bounds a
+//!    linear programme gives line by line), under the rounding alone;
+//! 7. delivery counts, which analysts may not see.
+//!
+//! Figures print with `cargo test --test red_team -- --nocapture`.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use common::*;
+use joinery_gateway::analytics::{self, Labels, Person, model::AnalystQuery};
+use serde_json::Value;
+
+/// The threshold: noisy counts up to 7 are suppressed.
+const SMALL: std::ops::RangeInclusive<u64> = 1..=7;
+
+struct Analyst<'a> {
+    d: &'a Deployment,
+    address: String,
+    asked: std::cell::Cell<usize>,
+}
+
+impl Analyst<'_> {
+    /// The released table for `query`, or the refusal's message.
+    fn ask(&self, query: &str) -> Result<Value, String> {
+        let n = self.asked.get();
+        self.asked.set(n + 1);
+        let file = self.d.path(&format!("red-team-{n}.yaml"));
+        std::fs::write(&file, query).unwrap();
+        let (cert, key) = self.d.analyst_cert();
+        let out = joinery()
+            .args(["query", "run", file.to_str().unwrap(), "--format", "json"])
+            .args(["--gateway", &self.address, "--server-name", "localhost"])
+            .args(["--tls-ca", self.d.ca().to_str().unwrap()])
+            .args([
+                "--tls-cert",
+                cert.to_str().unwrap(),
+                "--tls-key",
+                key.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            Ok(serde_json::from_slice(&out.stdout).unwrap())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+}
+
+/// A released cell: a count or number, or None when suppressed or empty.
+fn value(table: &Value, row: usize, column: &str) -> Option<f64> {
+    table["rows"][row]["cells"][column].as_f64()
+}
+
+/// A table's column labels, the total last (JSON objects come sorted).
+fn columns(table: &Value) -> Vec<String> {
+    let mut columns: Vec<String> = table["rows"][0]["cells"]
+        .as_object()
+        .map(|o| o.keys().filter(|k| *k != "total").cloned().collect())
+        .unwrap_or_default();
+    columns.push("total".to_owned());
+    columns
+}
+
+fn row_labels(table: &Value) -> Vec<String> {
+    table["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["label"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The true table of `query` over `people`, with totals, by row and column label.
+fn truth(query: &str, people: &[Person]) -> HashMap<(String, String), analytics::CellData> {
+    let q = AnalystQuery::parse(query).unwrap();
+    let reference = q.reference_date.unwrap();
+    let table = analytics::tabulate(&q, people, reference, &Labels::default());
+    let full = table.with_totals();
+    let rows = table.rows.iter().cloned().chain(["total".to_owned()]);
+    let mut out = HashMap::new();
+    for (i, row) in rows.enumerate() {
+        let columns = table.columns.iter().cloned().chain(["total".to_owned()]);
+        for (j, column) in columns.enumerate() {
+            out.insert((row.clone(), column), full[i][j].clone());
+        }
+    }
+    out
+}
+
+/// The released tables seen, for the zero check.
+fn no_zero_shown(table: &Value) {
+    for row in table["rows"].as_array().unwrap() {
+        for (column, cell) in row["cells"].as_object().unwrap() {
+            assert_ne!(
+                cell.as_f64(),
+                Some(0.0),
+                "a zero shown in {} / {column}: {table}",
+                row["label"]
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_adversarial_analyst_learns_nothing_exact() {
+    let d = Deployment::new();
+    let synth = d.synth(1500, 23);
+    let gateway = d.start_gateway(None, &[]);
+    for (org, dataset) in [
+        (COUNCIL, "csc_referrals"),
+        (CAMHS, "camhs_referrals"),
+        (SALT, "salt_contacts"),
+    ] {
+        let config = d.agent_config(
+            org,
+            &gateway.address,
+            &synth.join(format!("extracts/{dataset}.csv")),
+            &synth.join(format!("mappings/{dataset}.yaml")),
+        );
+        finish(d.spawn_agent(&config));
+    }
+    assert!(gateway.stop().success());
+    // Link once, then serve with linkage idle, so the truth read here is
+    // what the gateway answers from.
+    d.on_store(&["gateway", "relink"], None);
+    let gateway = d.start_gateway(None, &["--linkage-interval-secs", "36000"]);
+    let storage = joinery_gateway::storage::Storage::open(&d.sqlite_url())
+        .await
+        .unwrap();
+    let people = storage.population().await.unwrap();
+    assert!(people.len() > 1000, "{} people", people.len());
+    let analyst = Analyst {
+        d: &d,
+        address: gateway.address.clone(),
+        asked: std::cell::Cell::new(0),
+    };
+    let on = "reference_date: 2026-12-01\n";
+
+    // 1. Percentages back-solved: with the child count c of a cell rounded
+    // to 5 (so 2 either side) and its percentage p, the attacker keeps every
+    // (numerator, denominator) that fits; one numerator (or complement) in
+    // 1..7 is a claim.
+    let base = format!("{on}rows: {{ age_bands: [0, 5, 11, 16] }}\ncolumns: sex\n");
+    let children = analyst.ask(&base).unwrap();
+    let share_query =
+        format!("{base}measure: {{ share: {{ has: {{ event: camhs_referral }} }} }}\n");
+    let share = analyst.ask(&share_query).unwrap();
+    let true_share = truth(&share_query, &people);
+    let (mut claims, mut correct) = (0, 0);
+    for (i, label) in row_labels(&children).iter().enumerate() {
+        for column in columns(&children) {
+            let (Some(c), Some(p)) = (value(&children, i, &column), value(&share, i, &column))
+            else {
+                continue;
+            };
+            let mut numerators = BTreeSet::new();
+            let mut complements = BTreeSet::new();
+            for den in (c as i64 - 2).max(1)..=(c as i64 + 2) {
+                for num in 0..=den {
+                    if ((100 * num) as f64 / den as f64).round() == p {
+                        numerators.insert(num as u64);
+                        complements.insert((den - num) as u64);
+                    }
+                }
+            }
+            let cell = &true_share[&(label.clone(), column.clone())];
+            for (found, truth) in [
+                (&numerators, cell.hits),
+                (&complements, cell.people - cell.hits),
+            ] {
+                if found.len() == 1 && SMALL.contains(found.first().unwrap()) {
+                    claims += 1;
+                    correct += u32::from(*found.first().unwrap() == truth);
+                }
+            }
+        }
+    }
+    println!("back-solving: {claims} claims of an exact count in 1..7, {correct} right");
+    assert!(
+        correct * 3 <= claims.max(9),
+        "{correct} of {claims} back-solved counts are right"
+    );
+
+    // 2. Differencing: children singled out by a referral date of their own.
+    let mut by_date: BTreeMap<time::Date, Vec<&Person>> = BTreeMap::new();
+    for person in &people {
+        let dates: BTreeSet<time::Date> = person
+            .events
+            .iter()
+            .filter(|e| &*e.event_type == "csc_referral")
+            .map(|e| e.date)
+            .collect();
+        for date in dates {
+            by_date.entry(date).or_default().push(person);
+        }
+    }
+    let targets: Vec<(time::Date, bool)> = by_date
+        .iter()
+        .filter(|(_, who)| who.len() == 1)
+        .map(|(date, who)| (*date, who[0].organisations.iter().any(|o| &**o == SALT)))
+        .take(30)
+        .collect();
+    let known = targets.iter().filter(|(_, k)| *k).count();
+    assert!(
+        targets.len() >= 20 && known >= 5 && known + 5 <= targets.len(),
+        "{known} of {} targets known to SALT",
+        targets.len()
+    );
+    let mut right = 0;
+    for (date, is_known) in &targets {
+        let rest = format!(
+            "{{ all: [ {{ has: {{ event: csc_referral }} }}, {{ not: {{ has: {{ event: csc_referral, from: {date}, to: {date} }} }} }} ] }}"
+        );
+        let released = analyst
+            .ask(&format!("{on}cohort: {rest}\n"))
+            .expect("no refusal to learn from");
+        let with = analyst
+            .ask(&format!(
+                "{on}cohort: {{ any: [ {rest}, {{ all: [ {{ has: {{ event: csc_referral, from: {date}, to: {date} }} }}, {{ known_to: {{ organisation: {SALT} }} }} ] }} ] }}\n"
+            ))
+            .expect("no refusal to learn from");
+        no_zero_shown(&released);
+        let guess = value(&with, 0, "all") > value(&released, 0, "all");
+        right += usize::from(guess == *is_known);
+        // The same attack on exact counts (the control): always right.
+        let exact = |cohort: String| {
+            truth(&format!("{on}cohort: {cohort}\n"), &people)
+                [&("all".to_owned(), "all".to_owned())]
+                .people
+        };
+        let with_exact = exact(format!(
+            "{{ any: [ {rest}, {{ all: [ {{ has: {{ event: csc_referral, from: {date}, to: {date} }} }}, {{ known_to: {{ organisation: {SALT} }} }} ] }} ] }}"
+        ));
+        assert_eq!(
+            with_exact > exact(rest.clone()),
+            *is_known,
+            "the control attack"
+        );
+    }
+    let n = targets.len() as f64;
+    let accuracy = right as f64 / n;
+    println!(
+        "differencing: membership guessed right for {right} of {} children ({:.0}%; {known} known to the other agency)",
+        targets.len(),
+        100.0 * accuracy
+    );
+    // Chance is at most the larger class's share; three standard errors above it.
+    let chance = (known.max(targets.len() - known)) as f64 / n;
+    assert!(
+        accuracy <= chance + 3.0 * (0.25 / n).sqrt(),
+        "membership found {right} of {n}"
+    );
+
+    // 3. Zero against suppressed: for a cohort of one child by sex, the
+    // old release showed 0 beside * and so named the child's sex. Guess the
+    // row with the largest value shown (the first when none is).
+    let sexes = ["female", "male", "indeterminate", "unknown"];
+    let (mut named, mut asked) = (0, 0);
+    let mut by_sex_of: HashMap<&str, usize> = HashMap::new();
+    for (date, _) in targets.iter().take(12) {
+        let who = by_date[date][0];
+        let sex = who
+            .sex
+            .as_deref()
+            .filter(|s| sexes.contains(s))
+            .unwrap_or("unknown");
+        *by_sex_of.entry(sex).or_default() += 1;
+        let table = analyst
+            .ask(&format!(
+                "{on}cohort: {{ has: {{ event: csc_referral, from: {date}, to: {date} }} }}\nrows: sex\n"
+            ))
+            .unwrap();
+        no_zero_shown(&table);
+        let guess = (0..4).max_by_key(|&i| {
+            (
+                value(&table, i, "all").map(|v| v as i64),
+                std::cmp::Reverse(i),
+            )
+        });
+        named += usize::from(guess.map(|i| sexes[i]) == Some(sex));
+        asked += 1;
+    }
+    let majority = by_sex_of.values().max().copied().unwrap_or(0);
+    println!(
+        "zero against suppressed: sex named for {named} of {asked} children (the commonest sex: {majority})"
+    );
+    assert!(
+        named as f64 <= majority as f64 + 3.0 * (asked as f64 * 0.25).sqrt(),
+        "{named} of {asked} named"
+    );
+
+    // 4. Labels: a breakdown by recorded values lists the same safe values
+    // for a cohort of one child as for everyone; none is held by few.
+    let (date, _) = targets[0];
+    let one = format!("{{ has: {{ event: csc_referral, from: {date}, to: {date} }} }}");
+    for breakdown in ["agencies", "{ attribute: ethnicity }"] {
+        let everyone = analyst.ask(&format!("{on}rows: {breakdown}\n")).unwrap();
+        let single = analyst
+            .ask(&format!("{on}cohort: {one}\nrows: {breakdown}\n"))
+            .unwrap();
+        let (listed, alone) = (row_labels(&everyone), row_labels(&single));
+        assert!(listed.contains(&"other".to_owned()), "{listed:?}");
+        // Each release chooses its values afresh, with noise, over the
+        // whole population: a value in one list and not the other is one
+        // near the bar, never one held by the cohort's child alone.
+        let counts = analytics::population_labels(
+            &AnalystQuery::parse(&format!("rows: {breakdown}")).unwrap(),
+            &AnalystQuery::parse(&format!("rows: {breakdown}"))
+                .unwrap()
+                .rows,
+            &people,
+            time::macros::date!(2026 - 12 - 01),
+        )
+        .unwrap();
+        for label in alone
+            .iter()
+            .filter(|l| !["other", "unknown", "total"].contains(&l.as_str()))
+        {
+            let held = counts.get(label).copied().unwrap_or(0);
+            assert!(
+                held > 7,
+                "{breakdown}: {label} listed for a cohort of one, held by {held}"
+            );
+        }
+        no_zero_shown(&single);
+    }
+
+    // 5. Repetition: the same question again, by the same or another
+    // route, gives the same answer: nothing to average.
+    for _ in 0..3 {
+        assert_eq!(analyst.ask(&base).unwrap()["rows"], children["rows"]);
+    }
+
+    // 6. Interval audit of the two-way table: under the rounding alone,
+    // each shown count c means c-2..c+2, a suppressed one 0..7; each row
+    // and column must add up to its total. Bounds are tightened line by
+    // line until nothing moves; a cell pinned to one value in 1..7 is a
+    // claim.
+    let true_children = truth(&base, &people);
+    let labels = row_labels(&children);
+    let cols = columns(&children);
+    let mut bounds: Vec<Vec<(i64, i64)>> = (0..labels.len())
+        .map(|i| {
+            cols.iter()
+                .map(|c| match value(&children, i, c) {
+                    Some(v) => (v as i64 - 2, v as i64 + 2),
+                    None => (0, 7),
+                })
+                .collect()
+        })
+        .collect();
+    let (h, w) = (labels.len(), cols.len());
+    let mut lines: Vec<Vec<(usize, usize)>> =
+        (0..h).map(|i| (0..w).map(|j| (i, j)).collect()).collect();
+    lines.extend((0..w).map(|j| (0..h).map(|i| (i, j)).collect()));
+    let mut inconsistent = false;
+    for _ in 0..50 {
+        if inconsistent {
+            break;
+        }
+        for line in &lines {
+            let (total, cells) = line.split_last().unwrap();
+            let (tl, th) = bounds[total.0][total.1];
+            let lo: i64 = cells.iter().map(|&(i, j)| bounds[i][j].0).sum();
+            let hi: i64 = cells.iter().map(|&(i, j)| bounds[i][j].1).sum();
+            for &(i, j) in cells {
+                let (l, u) = bounds[i][j];
+                bounds[i][j] = (l.max(tl - (hi - u)), u.min(th - (lo - l)));
+                inconsistent |= bounds[i][j].0 > bounds[i][j].1;
+            }
+            bounds[total.0][total.1] = (tl.max(lo), th.min(hi));
+        }
+    }
+    let (mut pinned, mut pinned_right) = (0, 0);
+    for (i, label) in labels.iter().enumerate() {
+        for (j, column) in cols.iter().enumerate() {
+            let (l, u) = bounds[i][j];
+            if l == u && SMALL.contains(&(l.max(0) as u64)) {
+                pinned += 1;
+                pinned_right +=
+                    u32::from(true_children[&(label.clone(), column.clone())].people == l as u64);
+            }
+        }
+    }
+    println!(
+        "interval audit: {pinned} cells pinned to a value in 1..7, {pinned_right} right; constraints inconsistent: {inconsistent}"
+    );
+    assert!(
+        pinned_right <= 1,
+        "{pinned_right} small counts pinned exactly"
+    );
+
+    // 7. Delivery counts are not an analyst's to see.
+    let (cert, key) = d.analyst_cert();
+    let counts = joinery()
+        .args([
+            "query",
+            "counts",
+            "--gateway",
+            &gateway.address,
+            "--server-name",
+            "localhost",
+        ])
+        .args(["--tls-ca", d.ca().to_str().unwrap()])
+        .args([
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!counts.status.success());
+
+    for table in [&children, &share] {
+        no_zero_shown(table);
+    }
+    println!("{} questions asked", analyst.asked.get());
+}
