@@ -112,6 +112,7 @@ fn risky_choices_are_warnings() {
             1,
         )
         .replace("minimum_cell_count: 8", "minimum_cell_count: 3")
+        .replace("epsilon: 20,", "epsilon: 50,")
         .replace("expires: 2028-12-31", "expires: 2031-12-31");
     let checked = check(&text, TODAY);
     assert!(checked.is_valid(), "{:?}", checked.diagnostics);
@@ -121,6 +122,7 @@ fn risky_choices_are_warnings() {
         "free text",
         "below 5",
         "three years",
+        "weak guarantee",
     ] {
         assert!(
             warnings.iter().any(|w| w.contains(expected)),
@@ -232,6 +234,10 @@ fn diff_flags_what_widens_access() {
     dataset.fields.insert("ethnicity".into(), Transform::Drop);
     dataset.retention_days = 2000;
     new.outputs.minimum_cell_count = 5;
+    new.outputs.privacy.epsilon = 40.0;
+    new.outputs.privacy.noise_sd = 2.0;
+    new.outputs.dominance.k = 95;
+    new.outputs.p_percent = 5;
     new.roles.get_mut("analyst").unwrap().access = Access::RowLevel;
     let changes = diff(&old, &new);
     let widening: Vec<&str> = changes
@@ -243,6 +249,10 @@ fn diff_flags_what_widens_access() {
         "datasets.csc_referrals.fields.date_of_birth",
         "datasets.csc_referrals.retention_days",
         "outputs.minimum_cell_count",
+        "outputs.privacy.epsilon",
+        "outputs.privacy.noise_sd",
+        "outputs.dominance",
+        "outputs.p_percent",
         "roles.analyst.access",
     ] {
         assert!(widening.contains(&path), "{path} should widen: {changes:?}");
@@ -393,4 +403,38 @@ fn agreements_may_link_on_fields_beyond_the_canonical_five() {
             .any(|c| c.path == "linkage.encoding" && c.description.contains("bump")),
         "{changes:?}"
     );
+}
+
+#[test]
+fn privacy_settings_that_protect_nothing_are_errors() {
+    for (from, to, expected) in [
+        ("noise_sd: 5,", "noise_sd: 0.5,", "noise_sd 0.5 is below 1"),
+        ("epsilon: 20,", "epsilon: 0,", "must be above 0"),
+        ("delta: 1.0e-9", "delta: 0.01", "at most 1e-5"),
+        (
+            "dominance: { n: 2, k: 90 }",
+            "dominance: { n: 0, k: 90 }",
+            "not a rule",
+        ),
+        ("p_percent: 10", "p_percent: 150", "over 100"),
+    ] {
+        let text = example("children-at-risk-stratification.yaml").replace(from, to);
+        let checked = check(&text, TODAY);
+        let errors: Vec<String> = checked.errors().map(|e| e.message.clone()).collect();
+        assert!(
+            errors.iter().any(|e| e.contains(expected)),
+            "{to}: {errors:?}"
+        );
+    }
+    let explained = joinery_policies::explain::explain(
+        &check(&example("children-at-risk-stratification.yaml"), TODAY)
+            .agreement
+            .unwrap(),
+        joinery_policies::explain::Format::Text,
+    );
+    assert!(
+        explained.contains("epsilon 20 and delta 1e-9"),
+        "{explained}"
+    );
+    assert!(explained.contains("about 41 two-way tables"), "{explained}");
 }
