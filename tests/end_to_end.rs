@@ -120,25 +120,12 @@ async fn end_to_end(postgres: Option<String>) {
             assert!(!counts.contains(other), "{org} sees {other}: {counts}");
         }
     }
-    let (cert, key) = d.analyst_cert();
-    let refused = joinery()
-        .args([
-            "query",
-            "counts",
-            "--gateway",
-            &gateway.address,
-            "--server-name",
-            "localhost",
-        ])
-        .args(["--tls-ca", d.ca().to_str().unwrap()])
-        .args([
-            "--tls-cert",
-            cert.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+    let refused = d.client_output(
+        &["query", "counts"],
+        &gateway.address,
+        d.analyst_cert(),
+        &[],
+    );
     assert!(!refused.status.success());
     assert!(
         String::from_utf8_lossy(&refused.stderr).contains("only to the agency that sent them"),

@@ -42,19 +42,12 @@ impl Analyst<'_> {
         self.asked.set(n + 1);
         let file = self.d.path(&format!("red-team-{n}.yaml"));
         std::fs::write(&file, query).unwrap();
-        let (cert, key) = self.d.analyst_cert();
-        let out = joinery()
-            .args(["query", "run", file.to_str().unwrap(), "--format", "json"])
-            .args(["--gateway", &self.address, "--server-name", "localhost"])
-            .args(["--tls-ca", self.d.ca().to_str().unwrap()])
-            .args([
-                "--tls-cert",
-                cert.to_str().unwrap(),
-                "--tls-key",
-                key.to_str().unwrap(),
-            ])
-            .output()
-            .unwrap();
+        let out = self.d.client_output(
+            &["query", "run", file.to_str().unwrap(), "--format", "json"],
+            &self.address,
+            self.d.analyst_cert(),
+            &[],
+        );
         if out.status.success() {
             Ok(serde_json::from_slice(&out.stdout).unwrap())
         } else {
@@ -408,25 +401,12 @@ async fn an_adversarial_analyst_learns_nothing_exact() {
     );
 
     // 7. Delivery counts are not an analyst's to see.
-    let (cert, key) = d.analyst_cert();
-    let counts = joinery()
-        .args([
-            "query",
-            "counts",
-            "--gateway",
-            &gateway.address,
-            "--server-name",
-            "localhost",
-        ])
-        .args(["--tls-ca", d.ca().to_str().unwrap()])
-        .args([
-            "--tls-cert",
-            cert.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+    let counts = d.client_output(
+        &["query", "counts"],
+        &gateway.address,
+        d.analyst_cert(),
+        &[],
+    );
     assert!(!counts.status.success());
 
     for table in [&children, &share] {

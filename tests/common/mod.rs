@@ -352,21 +352,38 @@ impl Deployment {
         &self,
         command: &[&str],
         gateway: &str,
+        cert: (PathBuf, PathBuf),
+        extra: &[&str],
+    ) -> Output {
+        let output = self.client_output(command, gateway, cert, extra);
+        assert!(
+            output.status.success(),
+            "joinery {command:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output
+    }
+
+    /// The same, whether it succeeds or not (a refusal to check).
+    pub fn client_output(
+        &self,
+        command: &[&str],
+        gateway: &str,
         (cert, key): (PathBuf, PathBuf),
         extra: &[&str],
     ) -> Output {
-        let mut args: Vec<String> = command.iter().map(|s| (*s).to_owned()).collect();
-        for (flag, value) in [
-            ("--gateway", gateway.to_owned()),
-            ("--server-name", "localhost".to_owned()),
-            ("--tls-ca", self.ca().display().to_string()),
-            ("--tls-cert", cert.display().to_string()),
-            ("--tls-key", key.display().to_string()),
-        ] {
-            args.extend([flag.to_owned(), value]);
-        }
-        args.extend(extra.iter().map(|s| (*s).to_owned()));
-        joinery_ok(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        joinery()
+            .args(command)
+            .args(["--gateway", gateway, "--server-name", "localhost"])
+            .arg("--tls-ca")
+            .arg(self.ca())
+            .arg("--tls-cert")
+            .arg(cert)
+            .arg("--tls-key")
+            .arg(key)
+            .args(extra)
+            .output()
+            .expect("joinery runs")
     }
 
     /// Runs `joinery COMMAND…` on this deployment's gateway store (its data
