@@ -19,7 +19,8 @@ use tonic::transport::Channel;
 
 #[derive(Debug, Subcommand)]
 pub enum QueryCommand {
-    /// Batches and records stored per organisation and dataset.
+    /// Your agency's own batches and records stored, per dataset (with the
+    /// agency's certificate; analysts are refused: see docs/disclosure.md).
     Counts(GatewayArgs),
     /// Children known to 1, 2 or 3+ agencies by age band (disclosure-controlled).
     Overlap {
