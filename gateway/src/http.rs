@@ -13,7 +13,7 @@ use joinery_crypto::identity::PeerIdentity;
 use joinery_proto::v1::{ExtractRequest, RunRequest};
 
 use crate::peer::PeerInfo;
-use crate::query::QueryService;
+use crate::query::{QueryError, QueryService};
 
 /// The HTTP routes.
 pub fn routes(service: Arc<QueryService>) -> axum::Router {
@@ -34,7 +34,7 @@ async fn run(
     };
     match service.answer(&identity, &RunRequest { query: body }).await {
         Ok(table) => json(StatusCode::OK, &crate::analytics::table_json(&table)),
-        Err(status) => refusal(&status),
+        Err(refused) => refusal(&refused),
     }
 }
 
@@ -82,7 +82,7 @@ async fn extract(
                 }),
             )
         }
-        Err(status) => refusal(&status),
+        Err(refused) => refusal(&refused),
     }
 }
 
@@ -98,15 +98,16 @@ fn identity(peer: Option<Extension<PeerInfo>>) -> Result<PeerIdentity, (StatusCo
     }
 }
 
-/// A gRPC refusal as its HTTP status and JSON error.
-fn refusal(status: &tonic::Status) -> Response {
-    let code = match status.code() {
-        tonic::Code::InvalidArgument => StatusCode::BAD_REQUEST,
-        tonic::Code::PermissionDenied => StatusCode::FORBIDDEN,
-        tonic::Code::FailedPrecondition => StatusCode::CONFLICT,
-        _ => StatusCode::SERVICE_UNAVAILABLE,
+/// A refusal as its HTTP status and JSON error.
+fn refusal(refused: &QueryError) -> Response {
+    let code = match refused {
+        QueryError::Invalid(_) => StatusCode::BAD_REQUEST,
+        QueryError::Forbidden(_) => StatusCode::FORBIDDEN,
+        QueryError::BudgetSpent(_) => StatusCode::TOO_MANY_REQUESTS,
+        QueryError::Corrupt(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        QueryError::Unavailable(_) | QueryError::Noise(_) => StatusCode::SERVICE_UNAVAILABLE,
     };
-    error(code, status.message())
+    error(code, &refused.to_string())
 }
 
 fn json(code: StatusCode, value: &serde_json::Value) -> Response {

@@ -25,6 +25,10 @@ use joinery_proto::v1::{
 use time::Date;
 use tonic::{Request, Response, Status};
 
+mod error;
+
+pub use error::QueryError;
+
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
@@ -74,9 +78,9 @@ impl QueryService {
     }
 
     /// The roles `who` holds now; refused when none.
-    fn roles(&self, who: &PeerIdentity) -> Result<Vec<Grant>, Status> {
+    fn roles(&self, who: &PeerIdentity) -> Result<Vec<Grant>, QueryError> {
         let PeerIdentity::Analyst(name) = who else {
-            return Err(Status::permission_denied(format!(
+            return Err(QueryError::forbidden(format!(
                 "{who} may not query the linked population; an analyst certificate is required"
             )));
         };
@@ -85,7 +89,7 @@ impl QueryService {
             .grants(name, time::OffsetDateTime::now_utc());
         if grants.is_empty() {
             crate::metrics::query("refused_no_role", 0);
-            return Err(Status::permission_denied(format!(
+            return Err(QueryError::forbidden(format!(
                 "analyst {name} holds no role in an agreement in force; an agreement's roles list the analysts who may query"
             )));
         }
@@ -94,14 +98,14 @@ impl QueryService {
 
     /// The population as agreement `id` (its latest version) sees it: only
     /// what its parties sent under its datasets.
-    async fn population_within(&self, id: &str) -> Result<Vec<Person>, Status> {
+    async fn population_within(&self, id: &str) -> Result<Vec<Person>, QueryError> {
         let Some(granting) = self
             .agreements
             .iter()
             .filter(|a| a.agreement.id == id)
             .max_by_key(|a| a.agreement.version)
         else {
-            return Err(Status::permission_denied(format!("no agreement {id}")));
+            return Err(QueryError::forbidden(format!("no agreement {id}")));
         };
         let datasets: BTreeSet<&str> = granting
             .agreement
@@ -131,15 +135,15 @@ impl QueryService {
         &self,
         who: &PeerIdentity,
         request: &ReidentifyRequest,
-    ) -> Result<ReidentifyResponse, Status> {
+    ) -> Result<ReidentifyResponse, QueryError> {
         const MAX_CANDIDATES: usize = 100_000;
         let PeerIdentity::Organisation(code) = who else {
-            return Err(Status::permission_denied(
+            return Err(QueryError::forbidden(
                 "re-identification for direct care is for an agency's own certificate: it learns only which of its own records are in the cohort",
             ));
         };
         if request.candidates.len() > MAX_CANDIDATES {
-            return Err(Status::invalid_argument(format!(
+            return Err(QueryError::invalid(format!(
                 "{} candidates in one request; send at most {MAX_CANDIDATES} at a time",
                 request.candidates.len()
             )));
@@ -161,13 +165,13 @@ impl QueryService {
         let agreement = match allowing.as_slice() {
             [] => {
                 crate::metrics::query("refused_reidentify", 0);
-                return Err(Status::permission_denied(format!(
+                return Err(QueryError::forbidden(format!(
                     "no agreement in force that {code} is party to allows re-identification for direct care (outputs.reidentify_for_direct_care)"
                 )));
             }
             [one] => (*one).to_owned(),
             many => {
-                return Err(Status::invalid_argument(format!(
+                return Err(QueryError::invalid(format!(
                     "several agreements allow re-identification for {code} ({}): name one",
                     many.join(", ")
                 )));
@@ -185,11 +189,7 @@ impl QueryService {
             .map(|c| (hex::encode(self.rekeyer.local_pseudonym(code, c)), c))
             .collect();
         let keys: Vec<String> = locals.keys().cloned().collect();
-        let found = self
-            .storage
-            .spine_ids_of_local(code, &keys)
-            .await
-            .map_err(unavailable)?;
+        let found = self.storage.spine_ids_of_local(code, &keys).await?;
         let mut members: Vec<Vec<u8>> = found
             .iter()
             .filter(|(_, spine)| cohort.contains(&Person::with_key(spine).key))
@@ -220,7 +220,7 @@ impl QueryService {
         &self,
         who: &PeerIdentity,
         request: &ExtractRequest,
-    ) -> Result<ExtractResponse, Status> {
+    ) -> Result<ExtractResponse, QueryError> {
         let row_level: Vec<Grant> = self
             .roles(who)?
             .into_iter()
@@ -229,7 +229,7 @@ impl QueryService {
             .collect();
         let project = match row_level.as_slice() {
             [] => {
-                return Err(Status::permission_denied(format!(
+                return Err(QueryError::forbidden(format!(
                     "{who} holds no row-level role{}; row-level extracts need a role with access: row_level",
                     match request.project.as_str() {
                         "" => String::new(),
@@ -240,7 +240,7 @@ impl QueryService {
             [one] => one.agreement.clone(),
             many => {
                 let projects: Vec<&str> = many.iter().map(|g| g.agreement.as_str()).collect();
-                return Err(Status::invalid_argument(format!(
+                return Err(QueryError::invalid(format!(
                     "{who} holds row-level roles in several agreements ({}): name the project",
                     projects.join(", ")
                 )));
@@ -285,8 +285,8 @@ impl QueryService {
     /// The linked population and the data generation it was loaded at:
     /// loaded on first use, then from memory, with a background reload when
     /// the data has changed since.
-    async fn population(&self) -> Result<(i64, Arc<Vec<Person>>), Status> {
-        let generation = self.storage.data_generation().await.map_err(unavailable)?;
+    async fn population(&self) -> Result<(i64, Arc<Vec<Person>>), QueryError> {
+        let generation = self.storage.data_generation().await?;
         let mut snapshot = self.population.lock().await;
         match &snapshot.loaded {
             Some((at, people)) => {
@@ -309,7 +309,7 @@ impl QueryService {
                 Ok(loaded)
             }
             None => {
-                let people = Arc::new(self.storage.population().await.map_err(unavailable)?);
+                let people = Arc::new(self.storage.population().await?);
                 snapshot.loaded = Some((generation, Arc::clone(&people)));
                 Ok((generation, people))
             }
@@ -321,7 +321,7 @@ impl QueryService {
         &self,
         who: &PeerIdentity,
         request: &RunRequest,
-    ) -> Result<TableResponse, Status> {
+    ) -> Result<TableResponse, QueryError> {
         self.roles(who)?;
         let (query, reference) = parse(&request.query)?;
         self.release_table(who, "run", &request.query, &query, reference)
@@ -339,7 +339,7 @@ impl QueryService {
         text: &str,
         query: &AnalystQuery,
         reference: Date,
-    ) -> Result<TableResponse, Status> {
+    ) -> Result<TableResponse, QueryError> {
         let (generation, people) = self.population().await?;
         let now = time::OffsetDateTime::now_utc();
         let budgets = self.budgets(now);
@@ -347,7 +347,7 @@ impl QueryService {
         let audit_request = RunRequest {
             query: text.to_owned(),
         };
-        if let Some(answer) = self.storage.release(&key).await.map_err(unavailable)? {
+        if let Some(answer) = self.storage.release(&key).await? {
             let table = decode(&answer)?;
             self.audit(
                 who,
@@ -371,10 +371,7 @@ impl QueryService {
             if let Some(counts) =
                 crate::analytics::population_labels(query, breakdown, &people, reference)
             {
-                *slot = Some(
-                    crate::disclosure::labels::safe(&counts, rules, &mut noise)
-                        .map_err(noise_failed)?,
-                );
+                *slot = Some(crate::disclosure::labels::safe(&counts, rules, &mut noise)?);
                 cost += crate::disclosure::labels::cost(rules);
             }
         }
@@ -382,19 +379,14 @@ impl QueryService {
         cost += crate::disclosure::cost(&table, &query.measure, rules.noise_sd);
         let cost_nano = (cost * 1e9).ceil() as u64;
         for (agreement, budget) in &budgets {
-            let spent = self
-                .storage
-                .privacy_spent(agreement)
-                .await
-                .map_err(unavailable)?;
+            let spent = self.storage.privacy_spent(agreement).await?;
             if spent + cost_nano > *budget {
                 return Err(self
                     .over_budget(who, kind, &audit_request, agreement, spent, *budget)
                     .await);
             }
         }
-        let release = crate::disclosure::protect(&table, &query.measure, rules, &mut noise)
-            .map_err(noise_failed)?;
+        let release = crate::disclosure::protect(&table, &query.measure, rules, &mut noise)?;
         let mut labels = table.rows.clone();
         labels.push("total".to_owned());
         let rows: Vec<TableRow> = labels
@@ -449,8 +441,7 @@ impl QueryService {
                 answer: &answer,
                 audit: &audit,
             })
-            .await
-            .map_err(unavailable)?;
+            .await?;
         match recorded {
             Recorded::Made => Ok(response),
             Recorded::Existing(answer) => decode(&answer),
@@ -504,16 +495,16 @@ impl QueryService {
         agreement: &str,
         spent: u64,
         budget: u64,
-    ) -> Status {
+    ) -> QueryError {
         crate::metrics::query("refused_budget", 0);
         let refused = format!("refused: the privacy budget of agreement {agreement} is spent");
-        if let Err(status) = self
+        if let Err(error) = self
             .audit(who, &format!("{kind}_refused"), request, &refused, 0, 0)
             .await
         {
-            return status;
+            return error;
         }
-        Status::resource_exhausted(format!(
+        QueryError::BudgetSpent(format!(
             "{refused} ({:.1}% used, and this table needs more than is left); questions already answered \
              are still answered, and the parties can sign a version of the agreement with a larger \
              outputs.privacy.epsilon",
@@ -542,11 +533,8 @@ fn release_key(
     hex::encode(context.finish())
 }
 
-fn decode(answer: &[u8]) -> Result<TableResponse, Status> {
-    <TableResponse as prost::Message>::decode(answer).map_err(|error| {
-        tracing::error!(%error, "a kept release does not decode");
-        Status::internal("a kept release could not be read")
-    })
+fn decode(answer: &[u8]) -> Result<TableResponse, QueryError> {
+    Ok(<TableResponse as prost::Message>::decode(answer)?)
 }
 
 /// The cells of a table, totals included.
@@ -554,41 +542,29 @@ fn cells(table: &TableResponse) -> usize {
     table.rows.iter().map(|r| r.cells.len()).sum()
 }
 
-fn noise_failed(error: crate::disclosure::NoiseError) -> Status {
-    tracing::error!(%error, "drawing noise failed");
-    Status::unavailable("the gateway could not draw noise for disclosure control")
-}
-
-#[tonic::async_trait]
-impl Query for QueryService {
-    async fn counts(
-        &self,
-        request: Request<CountsRequest>,
-    ) -> Result<Response<CountsResponse>, Status> {
-        let identity = peer::identity(&request)?;
-        let PeerIdentity::Organisation(code) = &identity else {
-            return Err(Status::permission_denied(
+impl QueryService {
+    /// An agency's own deliveries: batches and records per dataset.
+    /// Analysts are refused: two calls a delivery apart would give its
+    /// exact size.
+    pub async fn counts(&self, who: &PeerIdentity) -> Result<CountsResponse, QueryError> {
+        let PeerIdentity::Organisation(code) = who else {
+            return Err(QueryError::forbidden(
                 "counts of deliveries are shown only to the agency that sent them (with its own \
                  certificate): two calls a delivery apart would give its exact size; analysts see \
                  disclosure-controlled tables",
             ));
         };
-        let counts = self
-            .storage
-            .dataset_counts(Some(code.as_str()))
-            .await
-            .map_err(unavailable)?;
-        // The agency's own deliveries: nothing it did not send itself.
+        let counts = self.storage.dataset_counts(Some(code.as_str())).await?;
         self.audit(
-            &identity,
+            who,
             "counts",
-            request.get_ref(),
-            "counts of records and batches",
+            &CountsRequest {},
+            "the agency's own records and batches",
             counts.len() * 2,
             0,
         )
         .await?;
-        Ok(Response::new(CountsResponse {
+        Ok(CountsResponse {
             datasets: counts
                 .into_iter()
                 .map(|c| DatasetCount {
@@ -598,30 +574,30 @@ impl Query for QueryService {
                     records: c.records,
                 })
                 .collect(),
-        }))
+        })
     }
 
-    async fn agency_overlap(
+    /// Children by age band and how many agencies know them: the same
+    /// engine and disclosure control as any query.
+    pub async fn agency_overlap(
         &self,
-        request: Request<AgencyOverlapRequest>,
-    ) -> Result<Response<AgencyOverlapResponse>, Status> {
-        let identity = peer::identity(&request)?;
-        self.roles(&identity)?;
-        let reference = match request.get_ref().reference_date.as_str() {
+        who: &PeerIdentity,
+        request: &AgencyOverlapRequest,
+    ) -> Result<AgencyOverlapResponse, QueryError> {
+        self.roles(who)?;
+        let reference = match request.reference_date.as_str() {
             "" => time::OffsetDateTime::now_utc().date(),
             text => Date::parse(text, &time::format_description::well_known::Iso8601::DATE)
-                .map_err(|_| Status::invalid_argument("reference_date must be YYYY-MM-DD"))?,
+                .map_err(|_| QueryError::invalid("reference_date must be YYYY-MM-DD"))?,
         };
-        // The same engine and disclosure control as any query: age bands
-        // by how many agencies know the child, with totals.
         let text = format!(
             "reference_date: {reference}\nrows: {{ age_bands: {OVERLAP_AGE_BANDS:?} }}\ncolumns: agency_overlap"
         );
         let (query, _) = parse(&text)?;
         let table = self
-            .release_table(&identity, "agency_overlap", &text, &query, reference)
+            .release_table(who, "agency_overlap", &text, &query, reference)
             .await?;
-        Ok(Response::new(AgencyOverlapResponse {
+        Ok(AgencyOverlapResponse {
             reference_date: table.reference_date,
             columns: table.columns,
             rows: table
@@ -633,7 +609,30 @@ impl Query for QueryService {
                 })
                 .collect(),
             disclosure_note: table.disclosure_note,
-        }))
+        })
+    }
+}
+
+/// The gRPC edge: who asks (from the certificate), and each domain error
+/// as its status.
+#[tonic::async_trait]
+impl Query for QueryService {
+    async fn counts(
+        &self,
+        request: Request<CountsRequest>,
+    ) -> Result<Response<CountsResponse>, Status> {
+        let identity = peer::identity(&request)?;
+        Ok(Response::new(self.counts(&identity).await?))
+    }
+
+    async fn agency_overlap(
+        &self,
+        request: Request<AgencyOverlapRequest>,
+    ) -> Result<Response<AgencyOverlapResponse>, Status> {
+        let identity = peer::identity(&request)?;
+        Ok(Response::new(
+            self.agency_overlap(&identity, request.get_ref()).await?,
+        ))
     }
 
     async fn run(&self, request: Request<RunRequest>) -> Result<Response<TableResponse>, Status> {
@@ -665,9 +664,9 @@ impl Query for QueryService {
 }
 
 /// A query document and the day it counts at (today unless it says).
-fn parse(text: &str) -> Result<(AnalystQuery, Date), Status> {
-    let query = AnalystQuery::parse(text)
-        .map_err(|e| Status::invalid_argument(format!("the query: {e}")))?;
+fn parse(text: &str) -> Result<(AnalystQuery, Date), QueryError> {
+    let query =
+        AnalystQuery::parse(text).map_err(|e| QueryError::invalid(format!("the query: {e}")))?;
     let reference = query
         .reference_date
         .unwrap_or_else(|| time::OffsetDateTime::now_utc().date());
@@ -693,14 +692,11 @@ impl QueryService {
         disclosure: &str,
         cells_released: usize,
         cells_suppressed: usize,
-    ) -> Result<(), Status> {
+    ) -> Result<(), QueryError> {
         crate::metrics::query(query, cells_suppressed as u64);
         let record = self.audit_record(who, query, request, disclosure, cells_released);
-        self.storage
-            .append_audit(&record)
-            .await
-            .map(|_| ())
-            .map_err(unavailable)
+        self.storage.append_audit(&record).await?;
+        Ok(())
     }
 
     /// The audit entry of a query: who, what kind, the request's digest
@@ -721,11 +717,6 @@ impl QueryService {
         tracing::info!(%actor, %query, "query answered");
         AuditRecord::query(&actor, query, &digest, disclosure, cells_released)
     }
-}
-
-fn unavailable(error: crate::storage::StorageError) -> Status {
-    tracing::error!(%error, "query failed");
-    Status::unavailable("the gateway's database is not available")
 }
 
 #[cfg(test)]
@@ -767,7 +758,7 @@ mod tests {
     /// no suppression or rounding, where analyst `a` holds an aggregates
     /// role and `r` a row-level one.
     fn service(storage: &Storage) -> QueryService {
-        let text = include_str!("../../policies/examples/minimal.yaml");
+        let text = include_str!("../../../policies/examples/minimal.yaml");
         let mut agreement = joinery_policies::check::check(text, time::OffsetDateTime::now_utc())
             .agreement
             .unwrap();
@@ -896,7 +887,7 @@ mod tests {
             .await
             {
                 Ok(_) => asked += 1,
-                Err(status) => break status,
+                Err(refused) => break Status::from(refused),
             }
             assert!(asked < 2000, "the budget never ran out");
         };
@@ -920,7 +911,10 @@ mod tests {
         // Questions already answered still are; new ones are refused to
         // every analyst.
         assert_eq!(ask("r", "rows: sex").await.unwrap(), first);
-        let other = ask("r", "rows: segment").await.unwrap_err();
+        let other = ask("r", "rows: segment")
+            .await
+            .map_err(Status::from)
+            .unwrap_err();
         assert_eq!(other.code(), tonic::Code::ResourceExhausted);
         let refused = storage
             .audit_entries(0, u32::MAX)
@@ -961,12 +955,21 @@ mod tests {
             project: String::new(),
         };
         let outsider = PeerIdentity::Analyst("outsider".into());
-        let err = service.answer(&outsider, &run).await.unwrap_err();
+        let err = service
+            .answer(&outsider, &run)
+            .await
+            .map_err(Status::from)
+            .unwrap_err();
         assert_eq!(err.code(), tonic::Code::PermissionDenied);
         assert!(err.message().contains("holds no role"), "{}", err.message());
         let agency = PeerIdentity::Organisation("E08000099".into());
         assert_eq!(
-            service.answer(&agency, &run).await.unwrap_err().code(),
+            service
+                .answer(&agency, &run)
+                .await
+                .map_err(Status::from)
+                .unwrap_err()
+                .code(),
             tonic::Code::PermissionDenied
         );
         assert!(service.answer(&a, &run).await.is_ok());
@@ -974,7 +977,11 @@ mod tests {
             service.answer(&r, &run).await.is_ok(),
             "row-level includes tables"
         );
-        let err = service.extract(&a, &extract).await.unwrap_err();
+        let err = service
+            .extract(&a, &extract)
+            .await
+            .map_err(Status::from)
+            .unwrap_err();
         assert_eq!(err.code(), tonic::Code::PermissionDenied);
         assert!(err.message().contains("row-level"), "{}", err.message());
         let rows = service.extract(&r, &extract).await.unwrap();
@@ -1001,7 +1008,12 @@ mod tests {
             ..extract.clone()
         };
         assert_eq!(
-            service.extract(&r, &other).await.unwrap_err().code(),
+            service
+                .extract(&r, &other)
+                .await
+                .map_err(Status::from)
+                .unwrap_err()
+                .code(),
             tonic::Code::PermissionDenied
         );
         // Re-identification for direct care: not under this agreement, and
@@ -1011,14 +1023,22 @@ mod tests {
             candidates: vec![vec![0; 32]],
             agreement: String::new(),
         };
-        let err = service.reidentify(&agency, &reidentify).await.unwrap_err();
+        let err = service
+            .reidentify(&agency, &reidentify)
+            .await
+            .map_err(Status::from)
+            .unwrap_err();
         assert_eq!(err.code(), tonic::Code::PermissionDenied);
         assert!(
             err.message().contains("reidentify_for_direct_care"),
             "{}",
             err.message()
         );
-        let err = service.reidentify(&r, &reidentify).await.unwrap_err();
+        let err = service
+            .reidentify(&r, &reidentify)
+            .await
+            .map_err(Status::from)
+            .unwrap_err();
         assert_eq!(err.code(), tonic::Code::PermissionDenied);
         let other_project = service.rekeyer.project("another-project");
         let first_key = Person::with_key("person-0").key;
