@@ -380,8 +380,10 @@ fn disclosure(o: &crate::model::OutputRules) -> Vec<String> {
              data plus random noise (discrete Gaussian, standard deviation {sd} for a count of \
              children, larger for counts of events). Percentages are worked out from the noisy \
              numerator and denominator, never from true counts; a median comes from noisy counts \
-             of children either side of it.",
-            sd = p.noise_sd
+             of children either side of it, and is shown only where about {median_minimum} \
+             children or more contribute.",
+            sd = p.noise_sd,
+            median_minimum = 16.0 * p.noise_sd
         ),
         format!(
             "Budget: all releases under this agreement together are differentially private with \

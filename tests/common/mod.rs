@@ -85,6 +85,39 @@ impl Deployment {
         d
     }
 
+    /// What `joinery demo --children N` leaves behind — its CA and
+    /// certificates, the signed agreement, the gateway's SQLite store with
+    /// three agencies' extracts delivered and linked — laid out as this
+    /// harness expects; and what the demo printed.
+    pub fn demo(children: u32) -> (Self, String) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let demo = dir.path().join("demo");
+        let out = joinery_ok(&[
+            "demo",
+            "--children",
+            &children.to_string(),
+            "--dir",
+            demo.to_str().unwrap(),
+        ]);
+        for entry in std::fs::read_dir(&demo).unwrap() {
+            let entry = entry.unwrap();
+            let name = match entry.file_name().to_str() {
+                Some("gateway") => "gateway-data".to_owned(),
+                _ => entry.file_name().to_string_lossy().into_owned(),
+            };
+            std::fs::rename(entry.path(), dir.path().join(name)).unwrap();
+        }
+        std::fs::remove_dir(&demo).unwrap();
+        let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+        (
+            Self {
+                dir,
+                env: Vec::new(),
+            },
+            printed,
+        )
+    }
+
     /// Synthetic extracts for the three agencies (`joinery synth`) in `synth/`.
     pub fn synth(&self, children: u32, seed: u32) -> PathBuf {
         let out = self.path("synth");

@@ -21,7 +21,7 @@ pub use cohort::matches;
 pub use explain::{describe, explain};
 pub use population::{Interner, Person, PersonEvent, Text};
 pub use table::{
-    CellData, Labels, MemberRow, OTHER, SEGMENTS, Tabulation, measure_name, members,
+    Axis, CellData, Labels, MemberRow, OTHER, SEGMENTS, Tabulation, measure_name, members,
     population_labels, stratum, table_json, tabulate,
 };
 

@@ -243,6 +243,16 @@ pub struct Tabulation {
     pub cohort_size: u64,
     /// How many periods one person can count in (1 without a period breakdown).
     pub periods: u32,
+    /// Which axis is broken down by period, if one is: its total (a sum
+    /// over periods, counting a child once per period) is not released.
+    pub period_axis: Option<Axis>,
+}
+
+/// A table's rows or its columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Axis {
+    Rows,
+    Columns,
 }
 
 impl Tabulation {
@@ -453,6 +463,13 @@ pub fn tabulate<'a>(
         cells,
         cohort_size: members,
         periods: periods.len() as u32,
+        period_axis: if matches!(query.rows, Breakdown::Period) {
+            Some(Axis::Rows)
+        } else if matches!(query.columns, Breakdown::Period) {
+            Some(Axis::Columns)
+        } else {
+            None
+        },
     }
 }
 

@@ -4,13 +4,14 @@
 //!
 //! A table is released with a total column and a total row. Where the
 //! table has one column (or one row), the total repeats it and carries the
-//! same noise rather than a second draw.
+//! same noise rather than a second draw. Across periods there is no total:
+//! it would count a child once per period, and cost as much again.
 //!
-//! Cost, in zero-concentrated differential privacy: a child moves released
-//! values by at most `k` each (`k`, the periods they can count in), in one
-//! cell, its row's and column's totals and the grand total; the squared
-//! sum of those moves over the noise's variance, halved, is the rho spent
-//! ([`cost`]). Shares release two such tables (numerator, denominator);
+//! Cost, in zero-concentrated differential privacy: the squared sum of how
+//! far one child can move the released values, over the noise's variance,
+//! halved, is the rho spent ([`cost`]). Without periods a child moves one
+//! cell, its row's and column's totals and the grand total by one each;
+//! over `k` periods, `k` cells and `k` totals along the periods. Shares release two such tables (numerator, denominator);
 //! medians one of contributors plus a binary search of noisy counts
 //! ([`MEDIAN_STEP_SD`] times the count noise) over a fixed range.
 
@@ -18,13 +19,18 @@ use joinery_policies::model::EVENTS_PER_CHILD;
 
 use super::{DisclosureRules, Noise, NoiseError, Released};
 use crate::analytics::model::Measure;
-use crate::analytics::{CellData, Tabulation};
+use crate::analytics::{Axis, CellData, Tabulation};
 
 /// A value's (row, column) in a table with totals.
 type Position = (usize, usize);
 
 /// The noise on each step of a median's search, in multiples of the count noise.
 pub const MEDIAN_STEP_SD: f64 = 2.0;
+
+/// A median is shown only where half its (noisy) contributors are this many
+/// step noise SDs: each step's comparison then goes wrong by noise alone
+/// with a probability of about 3 in 100,000 (80 children at the default).
+const MEDIAN_MARGIN_SD: f64 = 4.0;
 
 /// What a median may be: days from 0 to about eleven years; changes in a
 /// score from -256 to 255. Values outside are counted at the nearest end.
@@ -57,15 +63,44 @@ impl Release {
     }
 }
 
-/// The squared L2 sensitivity of a table of counts with its totals, when a
-/// child counts in up to `k` periods: `k` cells moved by one, and each
-/// total that is drawn on its own moved by up to `k`.
+/// Which values of the table with totals are released: all but the
+/// total along a period axis (and the grand total then).
+fn released(table: &Tabulation) -> Vec<Vec<bool>> {
+    let (height, width) = (table.rows.len() + 1, table.columns.len() + 1);
+    (0..height)
+        .map(|i| {
+            (0..width)
+                .map(|j| match table.period_axis {
+                    Some(Axis::Rows) => i + 1 < height,
+                    Some(Axis::Columns) => j + 1 < width,
+                    None => true,
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// The squared L2 sensitivity of a table of counts with its released
+/// totals: how far one child moves them, squared and summed.
 fn sensitivity(table: &Tabulation) -> f64 {
-    let k = f64::from(table.periods.max(1));
     let (many_rows, many_columns) = (table.rows.len() > 1, table.columns.len() > 1);
-    let own_totals =
-        u32::from(many_rows) + u32::from(many_columns) + u32::from(many_rows && many_columns);
-    k + f64::from(own_totals) * k * k
+    match table.period_axis {
+        // k cells, and k totals across the other axis when it has its own.
+        Some(axis) => {
+            let k = f64::from(table.periods.max(1));
+            let other_totals = match axis {
+                Axis::Rows => many_columns,
+                Axis::Columns => many_rows,
+            };
+            k + if other_totals { k } else { 0.0 }
+        }
+        None => {
+            let own_totals = u32::from(many_rows)
+                + u32::from(many_columns)
+                + u32::from(many_rows && many_columns);
+            1.0 + f64::from(own_totals)
+        }
+    }
 }
 
 /// The rho a release of `table` under `measure` spends, with the count noise `sd`.
@@ -80,20 +115,27 @@ pub fn cost(table: &Tabulation, measure: &Measure, sd: f64) -> f64 {
     tables * sensitivity(table) / (2.0 * sd * sd)
 }
 
-/// One noisy value per cell and total of `values` (with totals, as
-/// [`Tabulation::with_totals`]): a lone column's total repeats it, as does a
-/// lone row's.
-fn noisy(values: &[Vec<u64>], sd: f64, noise: &mut Noise) -> Result<Vec<Vec<i64>>, NoiseError> {
+/// One noisy value per released cell and total of `values` (with totals,
+/// as [`Tabulation::with_totals`]; `None` where not released): a lone
+/// column's total repeats it, as does a lone row's.
+fn noisy(
+    values: &[Vec<u64>],
+    released: &[Vec<bool>],
+    sd: f64,
+    noise: &mut Noise,
+) -> Result<Vec<Vec<Option<i64>>>, NoiseError> {
     let (height, width) = (values.len(), values.first().map_or(0, Vec::len));
-    let mut out = vec![vec![0i64; width]; height];
+    let mut out = vec![vec![None; width]; height];
     for i in 0..height {
         for j in 0..width {
-            out[i][j] = if width == 2 && j == 1 {
+            out[i][j] = if !released[i][j] {
+                None
+            } else if width == 2 && j == 1 {
                 out[i][0]
             } else if height == 2 && i == 1 {
                 out[0][j]
             } else {
-                noise.add(values[i][j], sd)?
+                Some(noise.add(values[i][j], sd)?)
             };
         }
     }
@@ -102,21 +144,23 @@ fn noisy(values: &[Vec<u64>], sd: f64, noise: &mut Noise) -> Result<Vec<Vec<i64>
 
 /// Which noisy values (with totals) are hidden: up to the threshold, then
 /// secondary suppression until no row or column has a lone hidden cell
-/// beside a shown total, or a hidden total beside shown cells.
-fn suppression(rules: &DisclosureRules, full: &[Vec<i64>]) -> Vec<Vec<bool>> {
+/// beside a shown total, or a hidden total beside shown cells. Values not
+/// released count as hidden; a line whose total is not released has no sum
+/// to give a cell away.
+fn suppression(rules: &DisclosureRules, full: &[Vec<Option<i64>>]) -> Vec<Vec<bool>> {
     let (height, width) = (full.len(), full.first().map_or(0, Vec::len));
     let mut hidden: Vec<Vec<bool>> = full
         .iter()
         .map(|row| {
             row.iter()
-                .map(|&c| rules.shown(c).is_suppressed())
+                .map(|c| c.is_none_or(|c| rules.shown(c).is_suppressed()))
                 .collect()
         })
         .collect();
     if !rules.secondary_suppression || height < 2 || width < 2 {
         return hidden;
     }
-    // Each line: its cells' positions and its total's.
+    // Each line with a released total: its cells' positions and its total's.
     let mut lines: Vec<(Vec<Position>, Position)> = Vec::new();
     for i in 0..height {
         lines.push(((0..width - 1).map(|j| (i, j)).collect(), (i, width - 1)));
@@ -124,6 +168,7 @@ fn suppression(rules: &DisclosureRules, full: &[Vec<i64>]) -> Vec<Vec<bool>> {
     for j in 0..width {
         lines.push(((0..height - 1).map(|i| (i, j)).collect(), (height - 1, j)));
     }
+    lines.retain(|(_, (i, j))| full[*i][*j].is_some());
     loop {
         let mut changed = false;
         for (cells, total) in &lines {
@@ -157,25 +202,26 @@ pub fn protect(
     noise: &mut Noise,
 ) -> Result<Release, NoiseError> {
     let full = table.with_totals();
-    let grid = |value: &dyn Fn(&CellData) -> u64| -> Vec<Vec<u64>> {
-        full.iter()
+    let released = released(table);
+    let mut draw = |value: &dyn Fn(&CellData) -> u64, sd: f64| {
+        let values: Vec<Vec<u64>> = full
+            .iter()
             .map(|row| row.iter().map(value).collect())
-            .collect()
+            .collect();
+        noisy(&values, &released, sd, noise)
     };
     let sd = rules.noise_sd;
-    let cells = match measure {
-        Measure::Children => {
-            let people = noisy(&grid(&|c| c.people), sd, noise)?;
-            counts(rules, &people)
-        }
+    let mut cells = match measure {
+        Measure::Children => counts(rules, &draw(&|c| c.people, sd)?),
         Measure::Events(_) => {
-            let events = noisy(&grid(&|c| c.hits), sd * f64::from(EVENTS_PER_CHILD), noise)?;
+            let events = draw(&|c| c.hits, sd * f64::from(EVENTS_PER_CHILD))?;
             let mut cells = counts(rules, &events);
             // Dominance and p%, judged against the most any child can add.
             let most = i64::from(EVENTS_PER_CHILD);
             let n = i64::from(rules.dominance.n);
             for (row, noisy) in cells.iter_mut().zip(&events) {
-                for (cell, &total) in row.iter_mut().zip(noisy) {
+                for (cell, total) in row.iter_mut().zip(noisy) {
+                    let Some(total) = *total else { continue };
                     let dominated = n * most * 100 > i64::from(rules.dominance.k) * total;
                     let p_fails = (total - 2 * most) * 100 < i64::from(rules.p_percent) * most;
                     if dominated || p_fails {
@@ -186,42 +232,46 @@ pub fn protect(
             cells
         }
         Measure::Share(_) => {
-            let people = noisy(&grid(&|c| c.people), sd, noise)?;
-            let hits = noisy(&grid(&|c| c.hits), sd, noise)?;
+            let people = draw(&|c| c.people, sd)?;
+            let hits = draw(&|c| c.hits, sd)?;
             let (hide_people, hide_hits) = (suppression(rules, &people), suppression(rules, &hits));
             (0..full.len())
                 .map(|i| {
                     (0..full[i].len())
-                        .map(|j| {
-                            if hide_people[i][j] || hide_hits[i][j] {
-                                Released::Suppressed
-                            } else {
-                                let share = hits[i][j] as f64 / people[i][j] as f64;
+                        .map(|j| match (people[i][j], hits[i][j]) {
+                            (Some(people), Some(hits))
+                                if !hide_people[i][j] && !hide_hits[i][j] =>
+                            {
+                                let share = hits as f64 / people as f64;
                                 Released::Number((100.0 * share.clamp(0.0, 1.0)).round())
                             }
+                            _ => Released::Suppressed,
                         })
                         .collect()
                 })
                 .collect()
         }
         Measure::MedianDays(_) | Measure::MedianChange(_) => {
-            let contributors = noisy(&grid(&|c| c.values.len() as u64), sd, noise)?;
+            let contributors = draw(&|c| c.values.len() as u64, sd)?;
             let hidden = suppression(rules, &contributors);
             let range = median_range(measure);
+            let step_sd = sd * MEDIAN_STEP_SD;
             let mut out = Vec::with_capacity(full.len());
             for (i, row) in full.iter().enumerate() {
                 let mut cells = Vec::with_capacity(row.len());
                 for (j, cell) in row.iter().enumerate() {
-                    cells.push(if hidden[i][j] {
-                        Released::Suppressed
-                    } else {
-                        Released::Number(noisy_median(
-                            &cell.values,
-                            contributors[i][j],
-                            range,
-                            sd * MEDIAN_STEP_SD,
-                            noise,
-                        )? as f64)
+                    let enough = |n: i64| n as f64 >= 2.0 * MEDIAN_MARGIN_SD * step_sd;
+                    cells.push(match contributors[i][j] {
+                        Some(contributors) if !hidden[i][j] && enough(contributors) => {
+                            Released::Number(noisy_median(
+                                &cell.values,
+                                contributors,
+                                range,
+                                step_sd,
+                                noise,
+                            )? as f64)
+                        }
+                        _ => Released::Suppressed,
                     });
                 }
                 out.push(cells);
@@ -229,11 +279,18 @@ pub fn protect(
             out
         }
     };
+    for (row, released) in cells.iter_mut().zip(&released) {
+        for (cell, &released) in row.iter_mut().zip(released) {
+            if !released {
+                *cell = Released::Empty;
+            }
+        }
+    }
     Ok(Release { cells })
 }
 
 /// Noisy counts shown: suppressed (with secondary suppression) or rounded.
-fn counts(rules: &DisclosureRules, noisy: &[Vec<i64>]) -> Vec<Vec<Released>> {
+fn counts(rules: &DisclosureRules, noisy: &[Vec<Option<i64>>]) -> Vec<Vec<Released>> {
     let hidden = suppression(rules, noisy);
     noisy
         .iter()
@@ -241,12 +298,9 @@ fn counts(rules: &DisclosureRules, noisy: &[Vec<i64>]) -> Vec<Vec<Released>> {
         .map(|(row, hidden)| {
             row.iter()
                 .zip(hidden)
-                .map(|(&c, hide)| {
-                    if hide {
-                        Released::Suppressed
-                    } else {
-                        rules.shown(c)
-                    }
+                .map(|(&c, hide)| match c {
+                    Some(c) if !hide => rules.shown(c),
+                    _ => Released::Suppressed,
                 })
                 .collect()
         })
@@ -298,6 +352,7 @@ mod tests {
                 .collect(),
             cohort_size: 0,
             periods,
+            period_axis: (periods > 1).then_some(Axis::Columns),
         }
     }
 
@@ -314,12 +369,20 @@ mod tests {
         assert_eq!(one, 1.0 / 50.0);
         assert_eq!(column, 2.0 / 50.0, "a cell and the grand total");
         assert_eq!(two_way, 4.0 / 50.0, "a cell, two margins, the grand total");
-        let periods = cost(
-            &tabulation(&[&[10, 5], &[20, 1]], 3),
-            &Measure::Children,
-            sd,
+        // Three periods as columns: three cells and three column totals;
+        // nothing across the periods.
+        let by_period = tabulation(&[&[10, 5, 1], &[20, 1, 2]], 3);
+        assert_eq!(cost(&by_period, &Measure::Children, sd), (3.0 + 3.0) / 50.0);
+        let rules = DisclosureRules::default();
+        let out = protect(&by_period, &Measure::Children, &rules, &mut Noise).unwrap();
+        assert!(
+            out.cells.iter().all(|row| row[3] == Released::Empty),
+            "no total across periods"
         );
-        assert_eq!(periods, (3.0 + 3.0 * 9.0) / 50.0);
+        assert!(
+            out.cells[2][..3].iter().all(|c| *c != Released::Empty),
+            "each period's total"
+        );
         assert_eq!(steps((0, 4095)), 12);
         assert_eq!(steps((-256, 255)), 9);
         assert_eq!(steps((0, 4096)), 13);
@@ -362,7 +425,7 @@ mod tests {
             table in proptest::collection::vec(proptest::collection::vec(-10i64..40, 2..6), 2..7)
         ) {
             let width = table.iter().map(Vec::len).min().unwrap_or(2);
-            let full: Vec<Vec<i64>> = table.iter().map(|r| r[..width].to_vec()).collect();
+            let full: Vec<Vec<Option<i64>>> = table.iter().map(|r| r[..width].iter().map(|v| Some(*v)).collect()).collect();
             let rules = DisclosureRules::default();
             let hidden = suppression(&rules, &full);
             let (h, w) = (full.len(), width);
@@ -379,7 +442,7 @@ mod tests {
             }
             for (i, row) in full.iter().enumerate() {
                 for (j, &value) in row.iter().enumerate() {
-                    if value <= 7 {
+                    if value.is_some_and(|v| v <= 7) {
                         proptest::prop_assert!(hidden[i][j]);
                     }
                 }
