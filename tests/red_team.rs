@@ -21,6 +21,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
 
 use common::*;
 use joinery_gateway::analytics::{self, Labels, Person, model::AnalystQuery};
@@ -32,6 +33,7 @@ const SMALL: std::ops::RangeInclusive<u64> = 1..=7;
 struct Analyst<'a> {
     d: &'a Deployment,
     address: String,
+    cert: (PathBuf, PathBuf),
     asked: std::cell::Cell<usize>,
 }
 
@@ -45,7 +47,7 @@ impl Analyst<'_> {
         let out = self.d.client_output(
             &["query", "run", file.to_str().unwrap(), "--format", "json"],
             &self.address,
-            self.d.analyst_cert(),
+            self.cert.clone(),
             &[],
         );
         if out.status.success() {
@@ -111,10 +113,16 @@ fn no_zero_shown(table: &Value) {
     }
 }
 
+/// Synthetic extracts of 1,500 children (or `JOINERY_RED_TEAM_CHILDREN`)
+/// delivered by three real agents.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_adversarial_analyst_learns_nothing_exact() {
+    let children: u32 = std::env::var("JOINERY_RED_TEAM_CHILDREN")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1500);
     let d = Deployment::new();
-    let synth = d.synth(1500, 23);
+    let synth = d.synth(children, 23);
     let gateway = d.start_gateway(None, &[]);
     for (org, dataset) in [
         (COUNCIL, "csc_referrals"),
@@ -134,14 +142,33 @@ async fn an_adversarial_analyst_learns_nothing_exact() {
     // what the gateway answers from.
     d.on_store(&["gateway", "relink"], None);
     let gateway = d.start_gateway(None, &["--linkage-interval-secs", "36000"]);
+    attack(&d, &gateway.address, d.analyst_cert()).await;
+}
+
+/// The population `joinery demo` builds from national-format extracts.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_demo_population_gives_nothing_away() {
+    let (d, _) = Deployment::demo(3000);
+    let gateway = d.start_gateway(None, &["--linkage-interval-secs", "36000"]);
+    let analyst = (
+        d.path("pki/analysts/analyst-demo-analyst.pem"),
+        d.path("pki/analysts/analyst-demo-analyst.key"),
+    );
+    attack(&d, &gateway.address, analyst).await;
+}
+
+/// Every attack, as the analyst holding `cert`, against the gateway at
+/// `address` serving `d`'s store, scored against that store.
+async fn attack(d: &Deployment, address: &str, cert: (PathBuf, PathBuf)) {
     let storage = joinery_gateway::storage::Storage::open(&d.sqlite_url())
         .await
         .unwrap();
     let people = storage.population().await.unwrap();
     assert!(people.len() > 1000, "{} people", people.len());
     let analyst = Analyst {
-        d: &d,
-        address: gateway.address.clone(),
+        d,
+        address: address.to_owned(),
+        cert: cert.clone(),
         asked: std::cell::Cell::new(0),
     };
     let on = "reference_date: 2026-12-01\n";
@@ -149,43 +176,96 @@ async fn an_adversarial_analyst_learns_nothing_exact() {
     // 1. Percentages back-solved: with the child count c of a cell rounded
     // to 5 (so 2 either side) and its percentage p, the attacker keeps every
     // (numerator, denominator) that fits; one numerator (or complement) in
-    // 1..7 is a claim.
+    // 1..7 is a claim. Small cells make it bite: children referred to CAMHS
+    // by year of age and sex, the share never referred to social care.
     let base = format!("{on}rows: {{ age_bands: [0, 5, 11, 16] }}\ncolumns: sex\n");
     let children = analyst.ask(&base).unwrap();
-    let share_query =
-        format!("{base}measure: {{ share: {{ has: {{ event: camhs_referral }} }} }}\n");
-    let share = analyst.ask(&share_query).unwrap();
-    let true_share = truth(&share_query, &people);
-    let (mut claims, mut correct) = (0, 0);
-    for (i, label) in row_labels(&children).iter().enumerate() {
-        for column in columns(&children) {
-            let (Some(c), Some(p)) = (value(&children, i, &column), value(&share, i, &column))
-            else {
-                continue;
-            };
-            let mut numerators = BTreeSet::new();
-            let mut complements = BTreeSet::new();
-            for den in (c as i64 - 2).max(1)..=(c as i64 + 2) {
-                for num in 0..=den {
-                    if ((100 * num) as f64 / den as f64).round() == p {
-                        numerators.insert(num as u64);
-                        complements.insert((den - num) as u64);
-                    }
+    let small = format!(
+        "{on}cohort: {{ has: {{ event: camhs_referral }} }}\nrows: {{ age_bands: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18] }}\ncolumns: sex\n"
+    );
+    let small_children = analyst.ask(&small).unwrap();
+    let back_solve = |c: f64, fits: &dyn Fn(i64, i64) -> bool| {
+        let (mut numerators, mut complements) = (BTreeSet::new(), BTreeSet::new());
+        for den in (c as i64 - 2).max(1)..=(c as i64 + 2) {
+            for num in 0..=den {
+                if fits(num, den) {
+                    numerators.insert(num as u64);
+                    complements.insert((den - num) as u64);
                 }
             }
+        }
+        [numerators, complements].map(|found| {
+            (found.len() == 1)
+                .then(|| *found.first().unwrap())
+                .filter(|n| SMALL.contains(n))
+        })
+    };
+    // The control: the old release, an exact percentage beside the rounded
+    // count of a cell over the threshold. The attack takes the condition
+    // on which the control finds most.
+    let control = |cell: &analytics::CellData| -> Vec<u64> {
+        if cell.people <= 7 || cell.hits <= 7 {
+            return Vec::new();
+        }
+        let rounded = ((cell.people + 2) / 5 * 5) as f64;
+        let exact = 100.0 * cell.hits as f64 / cell.people as f64;
+        let found = back_solve(rounded, &|num, den| {
+            (100.0 * num as f64 / den as f64 - exact).abs() < 1e-9
+        });
+        let truths = [cell.hits, cell.people - cell.hits];
+        for (found, truth) in found.iter().zip(truths) {
+            assert!(
+                found.is_none_or(|f| f == truth),
+                "the control attack is exact"
+            );
+        }
+        found.into_iter().flatten().collect()
+    };
+    let (share_query, true_share) = [
+        "{ not: { has: { event: csc_referral } } }",
+        "{ has: { event: csc_referral } }",
+        "{ not: { has: { event: camhs_contact } } }",
+        "{ has: { event: camhs_contact } }",
+    ]
+    .into_iter()
+    .map(|condition| {
+        let query = format!("{small}measure: {{ share: {condition} }}\n");
+        let truth = truth(&query, &people);
+        (query, truth)
+    })
+    .max_by_key(|(_, truth)| truth.values().map(|c| control(c).len()).sum::<usize>())
+    .unwrap();
+    let share = analyst.ask(&share_query).unwrap();
+    let (mut claims, mut correct, mut controlled) = (0, 0, 0);
+    for (i, label) in row_labels(&small_children).iter().enumerate() {
+        for column in columns(&small_children) {
             let cell = &true_share[&(label.clone(), column.clone())];
-            for (found, truth) in [
-                (&numerators, cell.hits),
-                (&complements, cell.people - cell.hits),
-            ] {
-                if found.len() == 1 && SMALL.contains(found.first().unwrap()) {
+            let truths = [cell.hits, cell.people - cell.hits];
+            controlled += control(cell).len();
+            let (Some(c), Some(p)) = (
+                value(&small_children, i, &column),
+                value(&share, i, &column),
+            ) else {
+                continue;
+            };
+            let found = back_solve(c, &|num, den| {
+                ((100 * num) as f64 / den as f64).round() == p
+            });
+            for (found, truth) in found.iter().zip(truths) {
+                if let Some(found) = found {
                     claims += 1;
-                    correct += u32::from(*found.first().unwrap() == truth);
+                    correct += u32::from(*found == truth);
                 }
             }
         }
     }
-    println!("back-solving: {claims} claims of an exact count in 1..7, {correct} right");
+    println!(
+        "back-solving: {claims} claims of an exact count in 1..7, {correct} right (on exact percentages: {controlled} claims, all right)"
+    );
+    assert!(
+        controlled > 0,
+        "the attack finds small counts when percentages are exact"
+    );
     assert!(
         correct * 3 <= claims.max(9),
         "{correct} of {claims} back-solved counts are right"
@@ -401,12 +481,7 @@ async fn an_adversarial_analyst_learns_nothing_exact() {
     );
 
     // 7. Delivery counts are not an analyst's to see.
-    let counts = d.client_output(
-        &["query", "counts"],
-        &gateway.address,
-        d.analyst_cert(),
-        &[],
-    );
+    let counts = d.client_output(&["query", "counts"], address, cert, &[]);
     assert!(!counts.status.success());
 
     for table in [&children, &share] {
