@@ -8,7 +8,7 @@ use futures::TryStreamExt;
 use joinery_linkage::{Encoding, Entity, LinkageParams};
 use sqlx::{AssertSqlSafe, Row};
 
-use super::{NewBatch, Storage, StorageError, insert_sql, to_i64};
+use super::{NewBatch, Storage, StorageError, insert_sql, insert_sql_typed, to_i64};
 
 /// What a linkage run reads: every entity as the matcher takes it, and
 /// beside it (same order) what the run writes back.
@@ -62,6 +62,17 @@ pub struct SpineAssignment {
 }
 
 const SPINE_COLUMNS: usize = 5;
+/// The spine's score column, bound as text and cast: sqlx 0.9's `Any`
+/// driver encodes an absent `f64` as an absent `f32`, so a statement first
+/// prepared without a score refuses every later one on PostgreSQL
+/// ("incorrect binary data format"); text has no such swap.
+const SPINE_SCORE: &[(usize, &str)] = &[(3, "DOUBLE PRECISION")];
+
+/// A spine score as bound (see [`SPINE_SCORE`]): Rust's shortest text for
+/// an `f64` reads back as the same value.
+fn score_text(score: Option<f64>) -> Option<String> {
+    score.map(|s| s.to_string())
+}
 const ENTITY_COLUMNS: usize = 6;
 const BLOCK_COLUMNS: usize = 5;
 
@@ -109,10 +120,11 @@ impl Storage {
         people.dedup_by(|a, b| a.0 == b.0);
         let per_statement = self.backend.parameters_per_statement();
         for chunk in people.chunks(per_statement / SPINE_COLUMNS) {
-            let sql = insert_sql(
+            let sql = insert_sql_typed(
                 "INSERT INTO person_spine (person_id, spine_id, method, score, linked_at) VALUES ",
                 SPINE_COLUMNS,
                 chunk.len(),
+                SPINE_SCORE,
             ) + " ON CONFLICT (person_id) DO NOTHING";
             let mut query = sqlx::query(AssertSqlSafe(sql));
             for (person, method) in chunk {
@@ -120,7 +132,7 @@ impl Storage {
                     .bind(*person)
                     .bind(*person)
                     .bind(*method)
-                    .bind(None::<f64>)
+                    .bind(score_text(None))
                     .bind(now);
             }
             query.execute(&mut **tx).await?;
@@ -296,10 +308,11 @@ impl Storage {
         let per_statement = self.backend.parameters_per_statement();
         let mut tx = self.pool.begin().await?;
         for chunk in assignments.chunks(per_statement / SPINE_COLUMNS) {
-            let sql = insert_sql(
+            let sql = insert_sql_typed(
                 "INSERT INTO person_spine (person_id, spine_id, method, score, linked_at) VALUES ",
                 SPINE_COLUMNS,
                 chunk.len(),
+                SPINE_SCORE,
             ) + " ON CONFLICT (person_id) DO UPDATE SET spine_id = excluded.spine_id, \
                   method = excluded.method, score = excluded.score, linked_at = excluded.linked_at";
             let mut query = sqlx::query(AssertSqlSafe(sql));
@@ -308,7 +321,7 @@ impl Storage {
                     .bind(&a.person_id)
                     .bind(&a.spine_id)
                     .bind(a.method)
-                    .bind(a.score)
+                    .bind(score_text(a.score))
                     .bind(now);
             }
             query.execute(&mut *tx).await?;

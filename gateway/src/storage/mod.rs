@@ -605,6 +605,13 @@ async fn append_audit_in(
 
 /// `prefix` followed by `rows` groups of `columns` numbered placeholders.
 fn insert_sql(prefix: &str, columns: usize, rows: usize) -> String {
+    insert_sql_typed(prefix, columns, rows, &[])
+}
+
+/// [`insert_sql`] with some columns' placeholders cast to an SQL type
+/// (`(column, type)`), for a value bound in another type (a number bound
+/// as text); SQLite takes the cast as a type affinity.
+fn insert_sql_typed(prefix: &str, columns: usize, rows: usize, casts: &[(usize, &str)]) -> String {
     let mut sql = String::with_capacity(prefix.len() + rows * columns * 5);
     sql.push_str(prefix);
     for row in 0..rows {
@@ -613,8 +620,11 @@ fn insert_sql(prefix: &str, columns: usize, rows: usize) -> String {
             if column > 0 {
                 sql.push_str(", ");
             }
-            sql.push('$');
-            sql.push_str(&(row * columns + column + 1).to_string());
+            let placeholder = format!("${}", row * columns + column + 1);
+            match casts.iter().find(|(c, _)| *c == column) {
+                Some((_, ty)) => sql.push_str(&format!("CAST({placeholder} AS {ty})")),
+                None => sql.push_str(&placeholder),
+            }
         }
         sql.push(')');
     }
@@ -693,6 +703,10 @@ mod tests {
         assert_eq!(
             insert_sql("INSERT INTO t (a, b) VALUES ", 2, 2),
             "INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4)"
+        );
+        assert_eq!(
+            insert_sql_typed("INSERT INTO t (a, b) VALUES ", 2, 2, &[(1, "REAL")]),
+            "INSERT INTO t (a, b) VALUES ($1, CAST($2 AS REAL)), ($3, CAST($4 AS REAL))"
         );
     }
 }
