@@ -99,6 +99,40 @@ async fn no_identifier_reaches_any_output() {
     assert_eq!(bad_code, 1);
     assert!(bad_err.contains("\"Home Postcode\""), "{bad_err}");
 
+    // A file without its header row, and one whose first line is blank:
+    // each stops with the file and what is wrong, showing none of its rows.
+    let body = rows[..2].join("\n");
+    let mut refused = Vec::new();
+    for (name, text, expected) in [
+        (
+            "headerless.csv",
+            format!("{body}\n"),
+            "must start with its header row",
+        ),
+        ("blank-first.csv", format!("\n{body}\n"), "line 1 is blank"),
+        (
+            "blank-then-header.csv",
+            format!(
+                "\r\nChild ID,Surname,Forename,DOB,Gender,NHS Number,Postcode,Referral Date\n{body}\n"
+            ),
+            "line 1 is blank",
+        ),
+    ] {
+        let file = d.path(name);
+        std::fs::write(&file, text).unwrap();
+        let config = d.agent_config(COUNCIL, &gateway.address, &file, &mapping);
+        let (code, out, err) = finish(d.spawn_agent(&config));
+        assert_eq!(code, 1, "{name}: {out}\n{err}");
+        assert!(
+            err.contains(name) && err.contains(expected),
+            "{name}: {err}"
+        );
+        refused.push((
+            format!("{name} agent output"),
+            [out.into_bytes(), err.into_bytes()].concat(),
+        ));
+    }
+
     // Query as an analyst too, so the query path's logs are searched.
     let query = d.client(
         &["query", "overlap"],
@@ -163,6 +197,7 @@ async fn no_identifier_reaches_any_output() {
         ("query output".into(), [query.stdout, query.stderr].concat()),
         ("gateway log".into(), gateway_log.into_bytes()),
     ];
+    haystacks.extend(refused);
     let report = d.path(&format!(
         "quarantine/{COUNCIL}/csc_referrals.quarantine.csv"
     ));

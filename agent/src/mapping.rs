@@ -271,15 +271,18 @@ pub enum MappingError {
     },
     #[error("mapping file {path}: {message}")]
     Invalid { path: PathBuf, message: String },
+    /// The file's first line lacks a column the mapping needs. Only the
+    /// header cells that the mapping itself names are listed: a first line
+    /// that is not a header would be a child's data.
     #[error(
-        "mapping file {mapping} names column {column:?} (for {field}), but {data} has no such column; its columns are: {available}"
+        "mapping file {mapping} names column {column:?} (for {field}), but the first line of {data} (its header row) has no such column; {found}"
     )]
     MissingColumn {
         mapping: PathBuf,
         data: PathBuf,
         field: String,
         column: String,
-        available: String,
+        found: String,
     },
 }
 
@@ -295,6 +298,34 @@ impl Mapping {
         })?;
         mapping.check(path)?;
         Ok(mapping)
+    }
+
+    /// Which of the mapping's columns `headers` holds, for an error: the
+    /// other cells are counted, never shown (a first line that is not a
+    /// header row is a child's data).
+    fn found_columns(&self, headers: &[String]) -> String {
+        let named = self.columns();
+        let found: Vec<String> = headers
+            .iter()
+            .filter_map(|h| {
+                named
+                    .iter()
+                    .find(|n| n.trim().eq_ignore_ascii_case(h.trim()))
+                    .map(|n| format!("{n:?}"))
+            })
+            .collect();
+        let others = headers.len() - found.len();
+        if found.is_empty() {
+            format!(
+                "none of the columns the mapping names is there (its {others} fields are not shown: they may be \
+                 data): the file must start with its header row"
+            )
+        } else {
+            format!(
+                "of the mapping's columns it has {} ({others} other fields not shown)",
+                found.join(", ")
+            )
+        }
     }
 
     /// Every column the mapping reads, each once, in the order named.
@@ -450,11 +481,7 @@ impl Mapping {
                     data: data_path.to_owned(),
                     field: field.to_owned(),
                     column: column.to_owned(),
-                    available: headers
-                        .iter()
-                        .map(|h| format!("{:?}", h.trim()))
-                        .collect::<Vec<_>>()
-                        .join(", "),
+                    found: self.found_columns(headers),
                 }),
             }
         };

@@ -43,6 +43,17 @@ impl CsvSource {
         let file = File::open(path).map_err(open_err)?;
         let total_bytes = file.metadata().map_err(open_err)?.len();
         let mut buffered = BufReader::with_capacity(256 * 1024, file);
+        // A blank first line would let the reader take the first data row
+        // for the header (and an error then show it).
+        let start = buffered.fill_buf().map_err(open_err)?;
+        let start = start.strip_prefix(b"\xef\xbb\xbf").unwrap_or(start);
+        let first_line = start.split(|&b| b == b'\n').next().unwrap_or_default();
+        if !start.is_empty() && first_line.iter().all(u8::is_ascii_whitespace) {
+            return Err(SourceError::Header {
+                path: path.to_owned(),
+                detail: "line 1 is blank: the file must start with its header row".to_owned(),
+            });
+        }
         let delimiter = match mapping.delimiter {
             Some(d) => u8::try_from(d).map_err(|_| SourceError::Header {
                 path: path.to_owned(),
