@@ -7,8 +7,8 @@
 //!
 //! 1. percentages back-solved against the child count of the same cell;
 //! 2. differencing by set algebra: a child singled out by a referral date
-//!    no other referral has, added to a released cohort only if known to
-//!    another agency — the old guard's refusal was the oracle;
+//!    and an age no one else shares, added to a released cohort only if
+//!    known to another agency — the old guard's refusal was the oracle;
 //! 3. zero against suppressed, on a cohort of that one child;
 //! 4. labels: a breakdown's categories must not depend on the cohort;
 //! 5. repetition: the same question again must give nothing new;
@@ -180,8 +180,18 @@ async fn attack(d: &Deployment, address: &str, cert: (PathBuf, PathBuf)) {
     // by year of age and sex, the share never referred to social care.
     let base = format!("{on}rows: {{ age_bands: [0, 5, 11, 16] }}\ncolumns: sex\n");
     let children = analyst.ask(&base).unwrap();
+    // The cohort: children referred to CAMHS in the window holding the
+    // first 1,000 or so referrals, whatever the population's size.
+    let mut referrals: Vec<time::Date> = people
+        .iter()
+        .flat_map(|p| p.events.iter())
+        .filter(|e| &*e.event_type == "camhs_referral")
+        .map(|e| e.date)
+        .collect();
+    referrals.sort_unstable();
+    let (from, to) = (referrals[0], referrals[referrals.len().min(1000) - 1]);
     let small = format!(
-        "{on}cohort: {{ has: {{ event: camhs_referral }} }}\nrows: {{ age_bands: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18] }}\ncolumns: sex\n"
+        "{on}cohort: {{ has: {{ event: camhs_referral, from: {from}, to: {to} }} }}\nrows: {{ age_bands: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18] }}\ncolumns: sex\n"
     );
     let small_children = analyst.ask(&small).unwrap();
     let back_solve = |c: f64, fits: &dyn Fn(i64, i64) -> bool| {
@@ -271,9 +281,14 @@ async fn attack(d: &Deployment, address: &str, cert: (PathBuf, PathBuf)) {
         "{correct} of {claims} back-solved counts are right"
     );
 
-    // 2. Differencing: children singled out by a referral date of their own.
-    let mut by_date: BTreeMap<time::Date, Vec<&Person>> = BTreeMap::new();
+    // 2. Differencing: children singled out, without any identifier, by a
+    // referral date and an age no one else shares.
+    let reference = time::macros::date!(2026 - 12 - 01);
+    let mut by_referral: BTreeMap<(time::Date, u32), Vec<&Person>> = BTreeMap::new();
     for person in &people {
+        let Some(age) = person.age_on(reference) else {
+            continue;
+        };
         let dates: BTreeSet<time::Date> = person
             .events
             .iter()
@@ -281,32 +296,41 @@ async fn attack(d: &Deployment, address: &str, cert: (PathBuf, PathBuf)) {
             .map(|e| e.date)
             .collect();
         for date in dates {
-            by_date.entry(date).or_default().push(person);
+            by_referral.entry((date, age)).or_default().push(person);
         }
     }
-    let targets: Vec<(time::Date, bool)> = by_date
+    // Each target: the condition that singles them out, who they are, and
+    // whether the other agency knows them.
+    let targets: Vec<(String, &Person, bool)> = by_referral
         .iter()
         .filter(|(_, who)| who.len() == 1)
-        .map(|(date, who)| (*date, who[0].organisations.iter().any(|o| &**o == SALT)))
+        .map(|((date, age), who)| {
+            (
+                format!(
+                    "{{ all: [ {{ has: {{ event: csc_referral, from: {date}, to: {date} }} }}, {{ age: {{ from: {age}, to: {age} }} }} ] }}"
+                ),
+                who[0],
+                who[0].organisations.iter().any(|o| &**o == SALT),
+            )
+        })
         .take(30)
         .collect();
-    let known = targets.iter().filter(|(_, k)| *k).count();
+    let known = targets.iter().filter(|(_, _, k)| *k).count();
     assert!(
         targets.len() >= 20 && known >= 5 && known + 5 <= targets.len(),
         "{known} of {} targets known to SALT",
         targets.len()
     );
     let mut right = 0;
-    for (date, is_known) in &targets {
-        let rest = format!(
-            "{{ all: [ {{ has: {{ event: csc_referral }} }}, {{ not: {{ has: {{ event: csc_referral, from: {date}, to: {date} }} }} }} ] }}"
-        );
+    for (single, _, is_known) in &targets {
+        let rest =
+            format!("{{ all: [ {{ has: {{ event: csc_referral }} }}, {{ not: {single} }} ] }}");
         let released = analyst
             .ask(&format!("{on}cohort: {rest}\n"))
             .expect("no refusal to learn from");
         let with = analyst
             .ask(&format!(
-                "{on}cohort: {{ any: [ {rest}, {{ all: [ {{ has: {{ event: csc_referral, from: {date}, to: {date} }} }}, {{ known_to: {{ organisation: {SALT} }} }} ] }} ] }}\n"
+                "{on}cohort: {{ any: [ {rest}, {{ all: [ {single}, {{ known_to: {{ organisation: {SALT} }} }} ] }} ] }}\n"
             ))
             .expect("no refusal to learn from");
         no_zero_shown(&released);
@@ -319,7 +343,7 @@ async fn attack(d: &Deployment, address: &str, cert: (PathBuf, PathBuf)) {
                 .people
         };
         let with_exact = exact(format!(
-            "{{ any: [ {rest}, {{ all: [ {{ has: {{ event: csc_referral, from: {date}, to: {date} }} }}, {{ known_to: {{ organisation: {SALT} }} }} ] }} ] }}"
+            "{{ any: [ {rest}, {{ all: [ {single}, {{ known_to: {{ organisation: {SALT} }} }} ] }} ] }}"
         ));
         assert_eq!(
             with_exact > exact(rest.clone()),
@@ -347,8 +371,7 @@ async fn attack(d: &Deployment, address: &str, cert: (PathBuf, PathBuf)) {
     let sexes = ["female", "male", "indeterminate", "unknown"];
     let (mut named, mut asked) = (0, 0);
     let mut by_sex_of: HashMap<&str, usize> = HashMap::new();
-    for (date, _) in targets.iter().take(12) {
-        let who = by_date[date][0];
+    for (single, who, _) in targets.iter().take(12) {
         let sex = who
             .sex
             .as_deref()
@@ -356,9 +379,7 @@ async fn attack(d: &Deployment, address: &str, cert: (PathBuf, PathBuf)) {
             .unwrap_or("unknown");
         *by_sex_of.entry(sex).or_default() += 1;
         let table = analyst
-            .ask(&format!(
-                "{on}cohort: {{ has: {{ event: csc_referral, from: {date}, to: {date} }} }}\nrows: sex\n"
-            ))
+            .ask(&format!("{on}cohort: {single}\nrows: sex\n"))
             .unwrap();
         no_zero_shown(&table);
         let guess = (0..4).max_by_key(|&i| {
@@ -381,8 +402,7 @@ async fn attack(d: &Deployment, address: &str, cert: (PathBuf, PathBuf)) {
 
     // 4. Labels: a breakdown by recorded values lists the same safe values
     // for a cohort of one child as for everyone; none is held by few.
-    let (date, _) = targets[0];
-    let one = format!("{{ has: {{ event: csc_referral, from: {date}, to: {date} }} }}");
+    let one = &targets[0].0;
     for breakdown in ["agencies", "{ attribute: ethnicity }"] {
         let everyone = analyst.ask(&format!("{on}rows: {breakdown}\n")).unwrap();
         let single = analyst
@@ -399,7 +419,7 @@ async fn attack(d: &Deployment, address: &str, cert: (PathBuf, PathBuf)) {
                 .unwrap()
                 .rows,
             &people,
-            time::macros::date!(2026 - 12 - 01),
+            reference,
         )
         .unwrap();
         for label in alone

@@ -52,6 +52,11 @@ pub struct AgentConfig {
     pub max_in_flight: usize,
     /// Extracts to read, in order.
     pub sources: Vec<SourceConfig>,
+    /// The longest line and field read from any extract (defaults: 1 MiB
+    /// and 64 KiB): a longer field quarantines its row, a longer line stops
+    /// the file.
+    #[serde(default)]
+    pub limits: crate::source::InputLimits,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]

@@ -30,7 +30,7 @@ use crate::source::csv::CsvSource;
 use crate::source::ndjson::NdjsonSource;
 use crate::source::sql::SqlSource;
 use crate::source::xml::{XmlSource, XmlTable};
-use crate::source::{Source, SourceError};
+use crate::source::{ReadContext, Source, SourceError};
 
 /// One file of a source, read on its own (with its own checkpoint and
 /// quarantine report).
@@ -243,7 +243,11 @@ pub fn code_lists(
 }
 
 /// The parts of a configured source, ready to read.
-pub fn open(source: &SourceConfig, today: Date) -> Result<Vec<Part>, SourceError> {
+pub fn open(
+    source: &SourceConfig,
+    context: impl Into<ReadContext>,
+) -> Result<Vec<Part>, SourceError> {
+    let context = context.into();
     let Some(national) = source.national() else {
         return Ok(vec![match source {
             SourceConfig::Csv { path, mapping } => {
@@ -251,11 +255,11 @@ pub fn open(source: &SourceConfig, today: Date) -> Result<Vec<Part>, SourceError
                 Part {
                     path: path.clone(),
                     dataset: map.dataset.clone(),
-                    source: Box::new(CsvSource::open(path, &map, mapping, today)?),
+                    source: Box::new(CsvSource::open(path, &map, mapping, context)?),
                 }
             }
             SourceConfig::Sql(table) => {
-                let source = SqlSource::open(table, today)?;
+                let source = SqlSource::open(table, context)?;
                 Part {
                     path: PathBuf::from(format!(
                         "sql-{}",
@@ -306,7 +310,7 @@ pub fn open(source: &SourceConfig, today: Date) -> Result<Vec<Part>, SourceError
         national,
         lists,
         collection,
-        today,
+        context,
     };
     match definition.reader {
         ReaderKind::Xml => opening.xml(),
@@ -320,7 +324,7 @@ struct Opening<'a> {
     national: &'a NationalFormat,
     lists: Arc<CodeLists>,
     collection: Option<Collection>,
-    today: Date,
+    context: ReadContext,
 }
 
 impl Opening<'_> {
@@ -392,14 +396,14 @@ impl Opening<'_> {
         self.check(mapping, &table.table)?;
         let label = self.mapping_label(&table.table);
         Ok(match self.definition.reader {
-            ReaderKind::Csv => Box::new(CsvSource::open(path, mapping, &label, self.today)?),
+            ReaderKind::Csv => Box::new(CsvSource::open(path, mapping, &label, self.context)?),
             ReaderKind::Ndjson => Box::new(NdjsonSource::open(
                 path,
                 &table.table,
                 &table.columns,
                 mapping,
                 &label,
-                self.today,
+                self.context,
             )?),
             ReaderKind::Xml => unreachable!("XML sources are opened whole"),
         })
@@ -537,7 +541,7 @@ impl Opening<'_> {
             tables,
             year,
             &self.mapping_label(&record),
-            self.today,
+            self.context,
         )?;
         Ok(vec![Part {
             path: path.clone(),

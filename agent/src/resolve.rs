@@ -48,13 +48,16 @@ pub async fn resolve(
 ) -> Result<Resolved, AgentError> {
     let key = SecretKey::load(&config.linkage_key)?;
     let releaser = Releaser::new(&key, None)?;
-    let today = time::OffsetDateTime::now_utc().date();
+    let context = crate::source::ReadContext {
+        today: time::OffsetDateTime::now_utc().date(),
+        limits: config.limits,
+    };
     let sources = config.sources.clone();
     let (by_pseudonym, rows_quarantined) = tokio::task::spawn_blocking(move || {
         let mut by_pseudonym: HashMap<Pseudonym, String> = HashMap::new();
         let mut quarantined = 0u64;
         for source in &sources {
-            for mut part in crate::format::open(source, today)? {
+            for mut part in crate::format::open(source, context)? {
                 while let Some(row) = part.source.next_row() {
                     match row?.outcome {
                         RowOutcome::Valid { row, .. } => {

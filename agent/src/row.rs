@@ -151,6 +151,26 @@ fn build(
     let present = |index: Option<usize>| index.map(get).filter(|s| !s.is_empty());
     let mut warnings = Vec::new();
 
+    // Identifying fields with control characters (a NUL, an escape) are
+    // damaged, or an attempt to smuggle something past the checks.
+    for (field, index) in [
+        ("local_id", Some(mapping.local_id)),
+        ("nhs_number", mapping.nhs_number),
+        ("given_name", mapping.given_name),
+        ("family_name", mapping.family_name),
+        ("name", mapping.full_name.map(|(index, _)| index)),
+        (
+            "date_of_birth",
+            mapping.date_of_birth.map(|(index, _, _)| index),
+        ),
+        ("postcode", mapping.postcode),
+        ("upn", mapping.upn),
+    ] {
+        if present(index).is_some_and(|value| value.chars().any(char::is_control)) {
+            return Err(Problem::new(field, "contains a control character"));
+        }
+    }
+
     let local_id = get(mapping.local_id).to_owned();
     if local_id.is_empty() {
         return Err(Problem::new("local_id", "missing"));

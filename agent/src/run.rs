@@ -186,7 +186,11 @@ async fn run_sources(config: &AgentConfig, progress: Progress) -> Result<RunSumm
     // organisation send each dataset, before anything is sent.
     let mut opened = Vec::new();
     for source in &config.sources {
-        for part in crate::format::open(source, today)? {
+        let context = crate::source::ReadContext {
+            today,
+            limits: config.limits,
+        };
+        for part in crate::format::open(source, context)? {
             if !signed.may_send(&config.organisation, &part.dataset) {
                 return Err(AgentError::NotAllowed(format!(
                     "agreement {} version {} does not let {} send dataset {} (source {})",

@@ -368,6 +368,7 @@ impl Layout<'_> {
                 path: extract.to_owned(),
                 mapping: mapping.to_owned(),
             }],
+            limits: Default::default(),
         }
     }
 

@@ -4,26 +4,28 @@
 //! order mark, CRLF line ends, `;` or tab separators (detected from the header
 //! when the mapping does not say), and Windows-1252 text. A row with the
 //! wrong number of fields — including one swallowed by an unbalanced quote —
-//! is quarantined with its line numbers; reading continues.
+//! is quarantined with its line numbers; reading continues. A header that
+//! names a column twice is refused, a field over the limit quarantines its
+//! row, a line over the limit stops the file.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
-use time::Date;
-
 use crate::mapping::{Mapping, Resolved};
 use crate::row::{Problem, RowOutcome, map_row};
-use crate::source::{Position, Source, SourceError, SourceRow, file_fingerprint};
+use crate::source::{
+    LineLimited, Position, ReadContext, Source, SourceError, SourceRow, file_fingerprint,
+};
 
 /// An open CSV extract with its mapping bound to the header.
 pub struct CsvSource {
     path: PathBuf,
-    reader: csv::Reader<BufReader<File>>,
+    reader: csv::Reader<LineLimited<BufReader<File>>>,
     mapping: Resolved,
     header_len: usize,
     total_bytes: u64,
-    today: Date,
+    context: ReadContext,
     record: csv::ByteRecord,
 }
 
@@ -34,8 +36,9 @@ impl CsvSource {
         path: &Path,
         mapping: &Mapping,
         mapping_path: &Path,
-        today: Date,
+        context: impl Into<ReadContext>,
     ) -> Result<Self, SourceError> {
+        let context = context.into();
         let open_err = |source| SourceError::Open {
             path: path.to_owned(),
             source,
@@ -68,7 +71,7 @@ impl CsvSource {
             // files; the CR is trimmed with the rest of the field's spaces.
             .terminator(csv::Terminator::Any(b'\n'))
             .has_headers(true)
-            .from_reader(buffered);
+            .from_reader(LineLimited::new(buffered, context.limits.max_line_bytes));
         let headers = reader.byte_headers().map_err(|e| SourceError::Header {
             path: path.to_owned(),
             detail: e.to_string(),
@@ -82,6 +85,14 @@ impl CsvSource {
             .iter()
             .map(|h| decode(h).trim_start_matches('\u{feff}').to_owned())
             .collect();
+        if let Some((first, second)) = duplicate(&headers) {
+            return Err(SourceError::Header {
+                path: path.to_owned(),
+                detail: format!(
+                    "columns {first} and {second} of the header row have the same name: each column must be named once"
+                ),
+            });
+        }
         let resolved = mapping.resolve(&headers, mapping_path, path)?;
         Ok(Self {
             path: path.to_owned(),
@@ -89,7 +100,7 @@ impl CsvSource {
             mapping: resolved,
             header_len: headers.len(),
             total_bytes,
-            today,
+            context,
             record: csv::ByteRecord::new(),
         })
     }
@@ -185,10 +196,23 @@ impl CsvSource {
                         )),
                     })));
                 }
+                let max_field = self.context.limits.max_field_bytes;
+                if let Some(long) = self.record.iter().position(|f| f.len() > max_field) {
+                    return Some(Ok(Some(SourceRow {
+                        line,
+                        outcome: RowOutcome::Quarantined(Problem::new(
+                            "row",
+                            format!(
+                                "field {} is longer than {max_field} bytes (limits.max_field_bytes)",
+                                long + 1
+                            ),
+                        )),
+                    })));
+                }
                 let fields: Vec<String> = self.record.iter().map(decode).collect();
                 Some(Ok(Some(SourceRow {
                     line,
-                    outcome: map_row(&fields, &self.mapping, self.today),
+                    outcome: map_row(&fields, &self.mapping, self.context.today),
                 })))
             }
             Err(e) => {
@@ -212,6 +236,18 @@ impl CsvSource {
             }
         }
     }
+}
+
+/// The first two columns (1-based) whose names are the same, ignoring case
+/// and spaces around them; blank names may repeat.
+fn duplicate(headers: &[String]) -> Option<(usize, usize)> {
+    let names: Vec<String> = headers.iter().map(|h| h.trim().to_lowercase()).collect();
+    names.iter().enumerate().find_map(|(second, name)| {
+        (!name.is_empty())
+            .then(|| names[..second].iter().position(|n| n == name))
+            .flatten()
+            .map(|first| (first + 1, second + 1))
+    })
 }
 
 /// The separator used by the header line: `;` or tab if either appears more
@@ -276,6 +312,97 @@ mod tests {
         match &row.outcome {
             RowOutcome::Valid { row, .. } => row.family_name.as_deref(),
             RowOutcome::Quarantined(_) => None,
+        }
+    }
+
+    /// Opens `csv_bytes` under small limits (a 200-byte line, a 40-byte
+    /// field): the rows read, or the error that stopped the file.
+    fn read_limited(csv_bytes: &[u8]) -> Result<Vec<SourceRow>, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("d.csv");
+        let map = dir.path().join("m.yaml");
+        std::fs::write(&data, csv_bytes).unwrap();
+        std::fs::write(&map, MAPPING).unwrap();
+        let mapping = Mapping::load(&map).unwrap();
+        let context = ReadContext {
+            today: date!(2026 - 01 - 01),
+            limits: crate::source::InputLimits {
+                max_line_bytes: 200,
+                max_field_bytes: 40,
+            },
+        };
+        let mut source =
+            CsvSource::open(&data, &mapping, &map, context).map_err(|e| e.to_string())?;
+        let mut rows = Vec::new();
+        while let Some(row) = source.next_row() {
+            rows.push(row.map_err(|e| e.to_string())?);
+        }
+        Ok(rows)
+    }
+
+    fn problem(row: &SourceRow) -> String {
+        match &row.outcome {
+            RowOutcome::Quarantined(p) => p.to_string(),
+            RowOutcome::Valid { .. } => String::new(),
+        }
+    }
+
+    #[test]
+    fn limits_duplicate_columns_and_control_characters() {
+        let canary = "Quillfeatherington";
+        // A field over the limit: its row is quarantined, reading goes on.
+        let rows = read_limited(
+            format!(
+                "Child ID,Surname,DOB\nA1,{},01/02/2015\nA2,Jones,01/02/2015\n",
+                canary.repeat(3)
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(
+            problem(&rows[0]),
+            "row: field 2 is longer than 40 bytes (limits.max_field_bytes)"
+        );
+        assert_eq!(family(&rows[1]), Some("JONES"));
+        // A line over the limit stops the file, naming it and the limit.
+        let err = read_limited(
+            format!(
+                "Child ID,Surname,DOB\nA1,Smith,01/02/2015\nA2,\"{}\",01/02/2015\n",
+                canary.repeat(20)
+            )
+            .as_bytes(),
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("d.csv") && err.contains("limits.max_line_bytes"),
+            "{err}"
+        );
+        assert!(!err.contains("Quillfeather"), "{err}");
+        // So does a header over the limit.
+        let err = read_limited(format!("Child ID,Surname,DOB,{}\n", canary.repeat(20)).as_bytes())
+            .unwrap_err();
+        assert!(
+            err.contains("limits.max_line_bytes") && !err.contains("Quillfeather"),
+            "{err}"
+        );
+        // A column named twice.
+        let err =
+            read_limited(b"Child ID,Surname,DOB,surname \nA1,Smith,01/02/2015,x\n").unwrap_err();
+        assert!(
+            err.contains("columns 2 and 4 of the header row have the same name"),
+            "{err}"
+        );
+        // NUL or another control character in an identifying field.
+        for (line, field) in [
+            ("A1,Smi\u{0}th,01/02/2015", "family_name"),
+            ("A\u{1b}1,Smith,01/02/2015", "local_id"),
+            ("A1,Smith,01/02\u{7}/2015", "date_of_birth"),
+        ] {
+            let rows = read_limited(format!("Child ID,Surname,DOB\n{line}\n").as_bytes()).unwrap();
+            assert_eq!(
+                problem(&rows[0]),
+                format!("{field}: contains a control character")
+            );
         }
     }
 

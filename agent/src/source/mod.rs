@@ -12,6 +12,11 @@
 //! with a built-in mapping. Every source can say where it is
 //! ([`Source::position`]) and continue from there in a later run
 //! ([`Source::resume`]), which is what the spool's checkpoints hold.
+//!
+//! Every reader works within [`InputLimits`] ([`ReadContext`]): a line
+//! longer than the limit stops the source with its file and line, a field
+//! longer than its limit quarantines the row, so a hostile or broken file
+//! can neither exhaust memory nor print itself into an error.
 
 pub mod csv;
 pub mod ndjson;
@@ -19,11 +24,103 @@ pub mod sql;
 pub mod xml;
 
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+
+use time::Date;
 
 use crate::mapping::{MappingError, Resolved};
 use crate::row::RowOutcome;
+
+/// The most a reader takes in, per line and per field (agent configuration
+/// `limits`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
+#[serde(deny_unknown_fields, default)]
+pub struct InputLimits {
+    /// The longest line (a CSV row, an NDJSON resource), in bytes.
+    pub max_line_bytes: usize,
+    /// The longest field, in bytes; a row with a longer one is quarantined.
+    pub max_field_bytes: usize,
+}
+
+impl Default for InputLimits {
+    /// 1 MiB a line, 64 KiB a field: far above any real extract's.
+    fn default() -> Self {
+        Self {
+            max_line_bytes: 1 << 20,
+            max_field_bytes: 64 << 10,
+        }
+    }
+}
+
+/// What every reader is given: the day dates are checked against, and the
+/// limits.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadContext {
+    pub today: Date,
+    pub limits: InputLimits,
+}
+
+impl From<Date> for ReadContext {
+    /// `today`, with the default limits.
+    fn from(today: Date) -> Self {
+        Self {
+            today,
+            limits: InputLimits::default(),
+        }
+    }
+}
+
+/// A reader that fails, naming the limit, as soon as a line runs past
+/// `max` bytes, before the line is held anywhere.
+pub struct LineLimited<R> {
+    inner: R,
+    max: usize,
+    since_newline: usize,
+}
+
+impl<R> LineLimited<R> {
+    pub fn new(inner: R, max: usize) -> Self {
+        Self {
+            inner,
+            max,
+            since_newline: 0,
+        }
+    }
+}
+
+impl<R: Read> Read for LineLimited<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        for &byte in &buf[..n] {
+            if byte == b'\n' {
+                self.since_newline = 0;
+            } else {
+                self.since_newline += 1;
+                if self.since_newline > self.max {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!(
+                            "a line is longer than {} bytes (limits.max_line_bytes)",
+                            self.max
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(n)
+    }
+}
+
+impl<R: Seek> Seek for LineLimited<R> {
+    /// Sources resume at the start of a row.
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        self.since_newline = 0;
+        self.inner.seek(to)
+    }
+}
 
 /// One source row after mapping.
 #[derive(Debug, Clone)]

@@ -5,7 +5,7 @@
 //! `birthDate`, `name[0].given[0]`, `identifier[system=https://fhir.nhs.uk/Id/nhs-number].value`.
 //! A `reference` (`Patient/123`) gives the id after the last `/`. The values
 //! then go through the table's mapping like a CSV row's. A line that is not
-//! JSON (a truncated export), is longer than [`MAX_LINE`], or holds another
+//! JSON (a truncated export), is longer than the line limit, or holds another
 //! resource type is quarantined with its line number.
 
 use std::collections::BTreeMap;
@@ -14,14 +14,10 @@ use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use time::Date;
 
 use crate::mapping::{Mapping, Resolved};
 use crate::row::{Problem, RowOutcome, map_row};
-use crate::source::{Position, Source, SourceError, SourceRow, file_fingerprint};
-
-/// The longest line read; a longer one is quarantined unread.
-pub const MAX_LINE: u64 = 16 * 1024 * 1024;
+use crate::source::{Position, ReadContext, Source, SourceError, SourceRow, file_fingerprint};
 
 pub struct NdjsonSource {
     path: PathBuf,
@@ -29,7 +25,7 @@ pub struct NdjsonSource {
     resource_type: String,
     paths: Vec<JsonPath>,
     mapping: Resolved,
-    today: Date,
+    context: ReadContext,
     total_bytes: u64,
     at: Position,
     line: Vec<u8>,
@@ -44,8 +40,9 @@ impl NdjsonSource {
         columns: &BTreeMap<String, String>,
         mapping: &Mapping,
         mapping_path: &Path,
-        today: Date,
+        context: impl Into<ReadContext>,
     ) -> Result<Self, SourceError> {
+        let context = context.into();
         let open_err = |source| SourceError::Open {
             path: path.to_owned(),
             source,
@@ -67,7 +64,7 @@ impl NdjsonSource {
             resource_type: resource_type.to_owned(),
             paths,
             mapping: mapping.resolve(&headers, mapping_path, path)?,
-            today,
+            context,
             total_bytes,
             at: Position {
                 line: 1,
@@ -85,7 +82,7 @@ impl NdjsonSource {
         }
     }
 
-    /// Reads one line into `self.line` (at most [`MAX_LINE`] bytes kept);
+    /// Reads one line into `self.line` (at most the line limit kept);
     /// returns the bytes consumed and whether it was cut short.
     fn read_line(&mut self) -> Result<(u64, bool), std::io::Error> {
         self.line.clear();
@@ -101,7 +98,7 @@ impl NdjsonSource {
                 None => (buffer, false),
             };
             let n = chunk.len();
-            if !too_long && (self.line.len() + n) as u64 <= MAX_LINE {
+            if !too_long && self.line.len() + n <= self.context.limits.max_line_bytes {
                 self.line.extend_from_slice(chunk);
             } else {
                 too_long = true;
@@ -122,8 +119,12 @@ impl NdjsonSource {
                 outcome: RowOutcome::Quarantined(Problem::new("row", what)),
             })
         };
+        let limits = self.context.limits;
         if too_long {
-            return quarantined(format!("is longer than {MAX_LINE} bytes"));
+            return quarantined(format!(
+                "is longer than {} bytes (limits.max_line_bytes)",
+                limits.max_line_bytes
+            ));
         }
         let text = self.line.trim_ascii();
         if text.is_empty() {
@@ -149,9 +150,16 @@ impl NdjsonSource {
             None => return quarantined("has no resourceType".to_owned()),
         }
         let fields: Vec<String> = self.paths.iter().map(|p| p.get(&resource)).collect();
+        if let Some(long) = fields.iter().position(|f| f.len() > limits.max_field_bytes) {
+            return quarantined(format!(
+                "field {} is longer than {} bytes (limits.max_field_bytes)",
+                long + 1,
+                limits.max_field_bytes
+            ));
+        }
         Some(SourceRow {
             line,
-            outcome: map_row(&fields, &self.mapping, self.today),
+            outcome: map_row(&fields, &self.mapping, self.context.today),
         })
     }
 }
@@ -317,7 +325,7 @@ mod tests {
         let data = dir.path().join("Patient.ndjson");
         let long = format!(
             "{{\"resourceType\":\"Patient\",\"id\":\"{}\"}}",
-            "x".repeat(MAX_LINE as usize)
+            "x".repeat(crate::source::InputLimits::default().max_line_bytes)
         );
         std::fs::write(
             &data,
@@ -366,7 +374,10 @@ mod tests {
             [
                 (1, "p1".to_owned()),
                 (3, "row: is another resource type, not Patient".to_owned()),
-                (4, format!("row: is longer than {MAX_LINE} bytes")),
+                (
+                    4,
+                    "row: is longer than 1048576 bytes (limits.max_line_bytes)".to_owned()
+                ),
                 (5, "p2".to_owned()),
                 (
                     6,

@@ -19,12 +19,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AssertSqlSafe, Column, Executor, Row, SqlSafeStr, Statement};
-use time::Date;
 
 use crate::config::SqlTable;
 use crate::mapping::{Mapping, Resolved};
 use crate::row::{Problem, RowOutcome, map_row};
-use crate::source::{Position, Source, SourceError, SourceRow};
+use crate::source::{Position, ReadContext, Source, SourceError, SourceRow};
 
 /// Rows fetched ahead of the reader, at most.
 const AHEAD: usize = 1024;
@@ -59,7 +58,7 @@ pub struct SqlSource {
     start: Option<mpsc::SyncSender<Option<Cursor>>>,
     rows: mpsc::Receiver<Fetched>,
     mapping: Resolved,
-    today: Date,
+    context: ReadContext,
     at: Position,
     finished: bool,
 }
@@ -67,7 +66,8 @@ pub struct SqlSource {
 impl SqlSource {
     /// Connects, learns the result's columns and binds the mapping to them;
     /// reading starts at the first [`Source::next_row`].
-    pub fn open(table: &SqlTable, today: Date) -> Result<Self, SourceError> {
+    pub fn open(table: &SqlTable, context: impl Into<ReadContext>) -> Result<Self, SourceError> {
+        let context = context.into();
         let label = PathBuf::from(format!("sql {}", table.table.as_deref().unwrap_or("query")));
         let mapping = Mapping::load(&table.mapping)?;
         let select = format!(
@@ -135,7 +135,7 @@ impl SqlSource {
             start: Some(start),
             rows,
             mapping,
-            today,
+            context,
             at: Position::default(),
             finished: false,
         })
@@ -302,7 +302,7 @@ impl Source for SqlSource {
                 let outcome = match cursor {
                     Some(cursor) => {
                         self.at.after = Some(cursor);
-                        map_row(&fields, &self.mapping, self.today)
+                        map_row(&fields, &self.mapping, self.context.today)
                     }
                     None => RowOutcome::Quarantined(Problem::new(
                         "watermark",

@@ -21,11 +21,10 @@ use std::io::{BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use quick_xml::events::Event;
-use time::Date;
 
 use crate::mapping::{Mapping, Resolved};
 use crate::row::map_row;
-use crate::source::{Position, Source, SourceError, SourceRow, file_fingerprint};
+use crate::source::{Position, ReadContext, Source, SourceError, SourceRow, file_fingerprint};
 
 /// The largest record read; a larger one stops the source (a CIN record is a
 /// few kilobytes).
@@ -60,7 +59,7 @@ pub struct XmlSource {
     /// Every column name, in header order (shared by all tables' mappings).
     columns: Vec<String>,
     year: Option<(String, i32)>,
-    today: Date,
+    context: ReadContext,
     total_bytes: u64,
     /// The line the reader is at.
     line: u64,
@@ -80,8 +79,9 @@ impl XmlSource {
         tables: Vec<XmlTable>,
         year: Option<(String, i32)>,
         mapping_path: &Path,
-        today: Date,
+        context: impl Into<ReadContext>,
     ) -> Result<Self, SourceError> {
+        let context = context.into();
         let open_err = |source| SourceError::Open {
             path: path.to_owned(),
             source,
@@ -112,7 +112,7 @@ impl XmlSource {
             tables,
             columns,
             year,
-            today,
+            context,
             total_bytes,
             line: 1,
             at: Position {
@@ -350,7 +350,7 @@ impl XmlSource {
                 .collect();
             out.push(SourceRow {
                 line: row.line,
-                outcome: map_row(&fields, &self.tables[row.table].mapping, self.today),
+                outcome: map_row(&fields, &self.tables[row.table].mapping, self.context.today),
             });
         }
         out
