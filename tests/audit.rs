@@ -232,11 +232,24 @@ async fn the_audit_trail_is_complete_and_tamper_evident() {
         .await
         .unwrap();
     db.close().await;
+    // The chain alone is then consistent, but its entries are covered by
+    // no signed checkpoint: once they are older than checkpoints are
+    // signed (here: any age), verify refuses.
     let (ok, output) = verify(&dir2, &key_arg);
-    assert!(
-        ok,
-        "without checkpoints the rewrite is invisible to the chain alone: {output}"
+    assert!(ok, "entries younger than the signing interval: {output}");
+    let (ok, output) = verify(
+        &dir2,
+        &["--public-key", &public_key, "--max-uncovered-secs", "0"],
     );
+    assert!(
+        !ok && output.contains("covered by no signed checkpoint"),
+        "{output}"
+    );
+    let (ok, output) = verify(
+        &dir,
+        &["--public-key", &public_key, "--max-uncovered-secs", "0"],
+    );
+    assert!(!ok, "the rewrite is still caught: {output}");
     let (ok, output) = verify(
         &dir2,
         &[
@@ -250,6 +263,14 @@ async fn the_audit_trail_is_complete_and_tamper_evident() {
         !ok && output.contains("differs from the checkpoint"),
         "{output}"
     );
+
+    // A data directory without a gateway database is an error, not an
+    // intact log of nothing.
+    let empty = d.path("no-gateway-here");
+    std::fs::create_dir_all(&empty).unwrap();
+    let (ok, output) = verify(&empty, &key_arg);
+    assert!(!ok && output.contains("no gateway database"), "{output}");
+    assert!(!empty.join("joinery.db").exists(), "nothing created");
 
     // A checkpoint signed by someone else's key is not trusted.
     let (ok, output) = verify(&d.gateway_data_dir(), &["--public-key", &"ab".repeat(32)]);

@@ -246,19 +246,38 @@ pub async fn checkpoint(
     Ok(Some(checkpoint))
 }
 
-/// Signs the chain head every `interval` until the process ends.
+/// A checkpoint is signed at least this often in entries, as well as in
+/// time: a busy gateway leaves no long unsigned tail.
+pub const CHECKPOINT_EVERY_ENTRIES: u64 = 1000;
+
+/// Signs the chain head every `interval`, and sooner whenever
+/// [`CHECKPOINT_EVERY_ENTRIES`] entries have been written since the last
+/// checkpoint, until the process ends.
 pub fn schedule_checkpoints(
     storage: crate::storage::Storage,
     key: std::sync::Arc<joinery_crypto::signing::SigningKey>,
     interval: std::time::Duration,
 ) {
     tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(interval);
+        let mut ticks = tokio::time::interval(interval.min(std::time::Duration::from_secs(1)));
         ticks.tick().await;
+        let (mut signed_at, mut signed_seq) = (std::time::Instant::now(), 0);
         loop {
             ticks.tick().await;
+            let due = signed_at.elapsed() >= interval
+                || storage
+                    .audit_head()
+                    .await
+                    .is_ok_and(|(head, _)| head >= signed_seq + CHECKPOINT_EVERY_ENTRIES);
+            if !due {
+                continue;
+            }
+            signed_at = std::time::Instant::now();
             match checkpoint(&storage, &key).await {
-                Ok(Some(c)) => tracing::info!(seq = c.seq, "audit checkpoint signed"),
+                Ok(Some(c)) => {
+                    signed_seq = c.seq;
+                    tracing::info!(seq = c.seq, "audit checkpoint signed");
+                }
                 Ok(None) => {}
                 Err(e) => tracing::error!(error = %e, "audit checkpoint failed; will retry"),
             }
@@ -315,12 +334,18 @@ pub struct Verification {
     pub broken: Option<(u64, String)>,
 }
 
-/// Checks entries as they are read, in order of `seq`, then checkpoints.
+/// Checks entries as they are read, in order of `seq`, then checkpoints,
+/// then that a signed checkpoint covers all but the newest entries (a log
+/// whose checkpoints were deleted and whose chain was recomputed is intact
+/// as a chain, but its old entries are then covered by none).
 pub struct Verifier {
     expected_seq: u64,
     prev_hash: String,
     /// Hashes at the sequence numbers checkpoints name.
     wanted: BTreeMap<u64, Option<String>>,
+    /// When the entry after each checkpoint (and the first entry) was
+    /// written: where an uncovered tail would start.
+    tail_starts: BTreeMap<u64, i64>,
     result: Verification,
 }
 
@@ -331,6 +356,7 @@ impl Verifier {
             expected_seq: 1,
             prev_hash: GENESIS.to_owned(),
             wanted: checkpoint_seqs.into_iter().map(|s| (s, None)).collect(),
+            tail_starts: BTreeMap::new(),
             result: Verification::default(),
         }
     }
@@ -373,17 +399,22 @@ impl Verifier {
         if let Some(slot) = self.wanted.get_mut(&entry.seq) {
             *slot = Some(entry.hash.clone());
         }
+        if entry.seq == 1 || self.wanted.contains_key(&(entry.seq - 1)) {
+            self.tail_starts.insert(entry.seq, entry.at_ms);
+        }
         self.expected_seq = entry.seq + 1;
         self.prev_hash = entry.hash.clone();
     }
 
     /// Finishes with the chain head's seq and the checkpoints, whose
-    /// signatures must verify under one of `trusted_keys`.
+    /// signatures must verify under one of `trusted_keys`; entries written
+    /// before `uncovered_since_ms` must be covered by one.
     pub fn finish(
         mut self,
         head_seq: u64,
         checkpoints: &[Checkpoint],
         trusted_keys: &[String],
+        uncovered_since_ms: i64,
     ) -> Verification {
         let last = self.expected_seq - 1;
         if head_seq > last {
@@ -427,8 +458,21 @@ impl Verifier {
                         checkpoint.seq
                     ),
                 ),
-                Some(_) => previous_good = checkpoint.seq,
+                Some(_) => previous_good = previous_good.max(checkpoint.seq),
             }
+        }
+        if previous_good < last
+            && let Some(&written) = self.tail_starts.get(&(previous_good + 1))
+            && written < uncovered_since_ms
+        {
+            self.fail(
+                previous_good + 1,
+                format!(
+                    "entries {} to {last} are covered by no signed checkpoint, and entry {} is older than checkpoints are signed: checkpoints were removed (and the chain perhaps rewritten), or the gateway is not signing them",
+                    previous_good + 1,
+                    previous_good + 1
+                ),
+            );
         }
         self.result
     }
@@ -462,7 +506,44 @@ mod tests {
         for e in entries {
             v.entry(e);
         }
-        v.finish(head, &[], &[])
+        v.finish(head, &[], &[], 0)
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_checkpoint_is_signed_after_so_many_entries_whatever_the_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage =
+            crate::storage::Storage::open(&crate::storage::Storage::sqlite_url(dir.path()))
+                .await
+                .unwrap();
+        let key = std::sync::Arc::new(
+            joinery_crypto::signing::SigningKey::generate(&dir.path().join("audit.key")).unwrap(),
+        );
+        schedule_checkpoints(storage.clone(), key, std::time::Duration::from_secs(3600));
+        for i in 0..CHECKPOINT_EVERY_ENTRIES {
+            storage
+                .append_audit(&AuditRecord::query(
+                    "analyst:a",
+                    "run",
+                    "d",
+                    "rule",
+                    i as usize,
+                ))
+                .await
+                .unwrap();
+        }
+        let mut signed = Vec::new();
+        for _ in 0..50 {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            signed = storage.checkpoints(0).await.unwrap();
+            if !signed.is_empty() {
+                break;
+            }
+        }
+        assert!(
+            signed.iter().any(|c| c.seq >= CHECKPOINT_EVERY_ENTRIES),
+            "{signed:?}"
+        );
     }
 
     #[test]

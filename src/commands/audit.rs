@@ -32,6 +32,10 @@ pub enum AuditCommand {
         /// Checkpoints kept outside the gateway (JSON lines from `joinery audit fetch`).
         #[arg(long)]
         checkpoints: Option<PathBuf>,
+        /// Entries older than this (seconds) must be covered by a signed
+        /// checkpoint; the gateway signs one every five minutes by default.
+        #[arg(long, default_value_t = 900)]
+        max_uncovered_secs: u64,
     },
     /// What was sent, refused, deleted and queried, per agreement and organisation.
     Report {
@@ -60,7 +64,8 @@ impl AuditCommand {
                 store,
                 public_keys,
                 checkpoints,
-            } => verify(store, public_keys, checkpoints).await,
+                max_uncovered_secs,
+            } => verify(store, public_keys, checkpoints, max_uncovered_secs).await,
             Self::Report { store, from, to } => report(store, from, to).await,
             Self::Fetch { gateway, out } => fetch(gateway, out).await,
         }
@@ -101,6 +106,7 @@ async fn verify(
     store: StoreArgs,
     mut keys: Vec<String>,
     kept: Option<PathBuf>,
+    max_uncovered_secs: u64,
 ) -> anyhow::Result<ExitCode> {
     if keys.is_empty() {
         let path = store.data_dir().join("audit-signing.key");
@@ -108,7 +114,7 @@ async fn verify(
             .with_context(|| format!("no --public-key given and cannot read {}", path.display()))?;
         keys.push(key.public_hex());
     }
-    let storage = store.storage().await?;
+    let storage = store.existing_storage().await?;
     let mut checkpoints = storage.checkpoints(0).await?;
     if let Some(path) = &kept {
         checkpoints.extend(read_kept(path)?);
@@ -118,7 +124,10 @@ async fn verify(
     let mut verifier = Verifier::new(checkpoints.iter().map(|c| c.seq));
     for_each_entry(&storage, |e| verifier.entry(e)).await?;
     let (head, _) = storage.audit_head().await?;
-    let result = verifier.finish(head, &checkpoints, &keys);
+    let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+    let uncovered_since =
+        now_ms - i64::try_from(max_uncovered_secs).unwrap_or(i64::MAX / 2000) * 1000;
+    let result = verifier.finish(head, &checkpoints, &keys, uncovered_since);
     match result.broken {
         None => {
             println!(
@@ -143,7 +152,7 @@ struct Tally {
 }
 
 async fn report(store: StoreArgs, from: time::Date, to: time::Date) -> anyhow::Result<ExitCode> {
-    let storage = store.storage().await?;
+    let storage = store.existing_storage().await?;
     let start = from.midnight().assume_utc().unix_timestamp() * 1000;
     let end = (to + time::Duration::days(1))
         .midnight()

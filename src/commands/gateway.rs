@@ -64,6 +64,20 @@ impl StoreArgs {
         Ok(Storage::open(&url).await?)
     }
 
+    /// Opens a database that must already hold a gateway's data: reading
+    /// a store that is not there is an error, never an empty answer.
+    pub async fn existing_storage(&self) -> anyhow::Result<Storage> {
+        if self.database_url.is_none() {
+            let file = self.data_dir.join("joinery.db");
+            anyhow::ensure!(
+                file.exists(),
+                "no gateway database at {} (for a gateway on PostgreSQL, give --database-url)",
+                file.display()
+            );
+        }
+        self.storage().await
+    }
+
     pub fn agreements_dir(&self) -> PathBuf {
         self.agreements
             .clone()
