@@ -26,6 +26,9 @@ pub struct GatewayConfig {
     pub retention_interval: Duration,
     /// How often new records are linked onto the person spine (fuzzy linkage).
     pub linkage_interval: Duration,
+    /// Linkage runs failed in a row (on any gateway of the deployment)
+    /// after which readiness reports the gateway degraded.
+    pub linkage_failures_before_unready: u64,
     /// The Ed25519 key that signs audit checkpoints; `None` for
     /// `data_dir/audit-signing.key`, created on first start.
     pub audit_key_file: Option<PathBuf>,

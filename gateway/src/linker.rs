@@ -53,8 +53,24 @@ pub struct LinkReport {
     pub nhs_conflicts: Vec<String>,
 }
 
-/// Runs linkage once under `params`.
+/// Runs linkage once under `params`, and records whether it succeeded
+/// ([`Storage::linkage_status`]: readiness and every answer's note read it).
 pub async fn run(
+    storage: &Storage,
+    params: &LinkageParams,
+    full: bool,
+) -> Result<LinkReport, StorageError> {
+    let outcome = link(storage, params, full).await;
+    if outcome.is_err() {
+        crate::metrics::linkage_failed();
+    }
+    if let Err(e) = storage.record_linkage_outcome(outcome.is_ok()).await {
+        tracing::warn!(error = %e, "linkage: could not record the run's outcome");
+    }
+    outcome
+}
+
+async fn link(
     storage: &Storage,
     params: &LinkageParams,
     full: bool,
@@ -290,6 +306,25 @@ fn spine_assignments(
         }
     }
     assignments
+}
+
+/// When linkage last succeeded, in words for a note or a probe.
+pub fn linked_as_of(status: &crate::storage::LinkageStatus) -> String {
+    match status
+        .last_success_at
+        .and_then(|at| time::OffsetDateTime::from_unix_timestamp(at).ok())
+    {
+        Some(at) => {
+            let minutes = (time::OffsetDateTime::now_utc() - at)
+                .whole_minutes()
+                .max(0);
+            let at = at
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default();
+            format!("{at} ({minutes} minutes ago)")
+        }
+        None => "never: linkage has not completed a run yet".to_owned(),
+    }
 }
 
 /// While serving: an incremental run every `interval` for each linkage

@@ -15,6 +15,7 @@ pub const QUERIES: &str = "joinery_gateway_queries_total";
 pub const CELLS_SUPPRESSED: &str = "joinery_gateway_cells_suppressed_total";
 pub const LINKAGE_RUNS: &str = "joinery_gateway_linkage_runs_total";
 pub const LINKAGE_MOVED: &str = "joinery_gateway_linkage_person_ids_moved_total";
+pub const LINKAGE_FAILURES: &str = "joinery_gateway_linkage_failures_total";
 
 /// Histogram buckets for the ack latency, in seconds.
 pub const ACK_LATENCY_BUCKETS: &[f64] = &[
@@ -57,6 +58,10 @@ pub fn describe() {
     metrics::describe_counter!(
         LINKAGE_MOVED,
         "Person ids given a new place on the person spine by fuzzy linkage"
+    );
+    metrics::describe_counter!(
+        LINKAGE_FAILURES,
+        "Fuzzy linkage runs that failed (readiness turns degraded after --linkage-failures-before-unready in a row)"
     );
     metrics::describe_counter!(
         HANDSHAKE_FAILURES,
@@ -102,6 +107,10 @@ pub fn linkage_run(report: &crate::linker::LinkReport) {
     let kind = if report.full { "full" } else { "incremental" };
     metrics::counter!(LINKAGE_RUNS, "kind" => kind).increment(1);
     metrics::counter!(LINKAGE_MOVED).increment(report.moved as u64);
+}
+
+pub fn linkage_failed() {
+    metrics::counter!(LINKAGE_FAILURES).increment(1);
 }
 
 pub fn handshake_failed(kind: &'static str) {

@@ -55,6 +55,7 @@ pub enum GatewayError {
 pub struct Readiness {
     storage: Storage,
     agreements: usize,
+    linkage_failures_before_unready: u64,
 }
 
 impl Readiness {
@@ -65,6 +66,18 @@ impl Readiness {
             .map_err(|_| "the database does not answer".to_owned())?;
         if self.agreements == 0 {
             return Err("no signed agreement is loaded".to_owned());
+        }
+        let linkage = self
+            .storage
+            .linkage_status()
+            .await
+            .map_err(|_| "the database does not answer".to_owned())?;
+        if linkage.failures >= self.linkage_failures_before_unready {
+            return Err(format!(
+                "degraded: the last {} linkage runs failed (see the gateway's log); answers come from links as of {}",
+                linkage.failures,
+                crate::linker::linked_as_of(&linkage)
+            ));
         }
         Ok(())
     }
@@ -127,12 +140,13 @@ impl Gateway {
         })
     }
 
-    /// A probe for readiness endpoints: the database answers and at least
-    /// one agreement is loaded.
+    /// A probe for readiness endpoints: the database answers, at least one
+    /// agreement is loaded, and linkage has not failed too often in a row.
     pub fn readiness(&self) -> Readiness {
         Readiness {
             storage: self.storage.clone(),
             agreements: self.agreements.len(),
+            linkage_failures_before_unready: self.config.linkage_failures_before_unready,
         }
     }
 
@@ -208,5 +222,40 @@ impl Gateway {
         }
         tracing::info!("gateway stopped");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn readiness_turns_degraded_after_so_many_linkage_failures_in_a_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(&Storage::sqlite_url(dir.path()))
+            .await
+            .unwrap();
+        let ready = Readiness {
+            storage: storage.clone(),
+            agreements: 1,
+            linkage_failures_before_unready: 2,
+        };
+        assert!(ready.check().await.is_ok());
+        storage.record_linkage_outcome(false).await.unwrap();
+        assert!(
+            ready.check().await.is_ok(),
+            "one failure is not yet degraded"
+        );
+        storage.record_linkage_outcome(false).await.unwrap();
+        let degraded = ready.check().await.unwrap_err();
+        assert!(
+            degraded.contains("degraded") && degraded.contains("never"),
+            "{degraded}"
+        );
+        storage.record_linkage_outcome(true).await.unwrap();
+        assert!(ready.check().await.is_ok(), "a success clears it");
+        let status = storage.linkage_status().await.unwrap();
+        assert_eq!(status.failures, 0);
+        assert!(crate::linker::linked_as_of(&status).contains("0 minutes ago"));
     }
 }

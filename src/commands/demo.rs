@@ -170,6 +170,7 @@ impl DemoArgs {
             limits: Limits::default(),
             retention_interval: DEFAULT_RETENTION_INTERVAL,
             linkage_interval: DEFAULT_LINKAGE_INTERVAL,
+            linkage_failures_before_unready: 3,
             audit_key_file: None,
             checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
         })

@@ -103,6 +103,14 @@ pub struct ServeArgs {
     /// Seconds between incremental fuzzy-linkage runs.
     #[arg(long, default_value_t = DEFAULT_LINKAGE_INTERVAL.as_secs(), env = "JOINERY_LINKAGE_INTERVAL_SECS")]
     linkage_interval_secs: u64,
+    /// Linkage runs failed in a row after which /readyz reports the gateway
+    /// degraded (answers would come from stale links).
+    #[arg(
+        long,
+        default_value_t = 3,
+        env = "JOINERY_LINKAGE_FAILURES_BEFORE_UNREADY"
+    )]
+    linkage_failures_before_unready: u64,
     /// Seconds between retention passes.
     #[arg(long, default_value_t = DEFAULT_RETENTION_INTERVAL.as_secs(), env = "JOINERY_RETENTION_INTERVAL_SECS")]
     retention_interval_secs: u64,
@@ -158,6 +166,7 @@ impl GatewayCommand {
             agreements_dir: args.store.agreements,
             retention_interval: Duration::from_secs(args.retention_interval_secs.max(1)),
             linkage_interval: Duration::from_secs(args.linkage_interval_secs.max(1)),
+            linkage_failures_before_unready: args.linkage_failures_before_unready.max(1),
             audit_key_file: args.audit_key_file,
             checkpoint_interval: Duration::from_secs(args.checkpoint_interval_secs.max(1)),
             tls: args.tls.files(args.tls_crl),

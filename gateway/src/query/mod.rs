@@ -415,7 +415,11 @@ impl QueryService {
             column_heading: query.columns.heading(),
             columns,
             rows,
-            disclosure_note: format!("{}; this table spent {spent_note}", rules.note()),
+            disclosure_note: format!(
+                "{}; this table spent {spent_note}; people linked across agencies as of {}",
+                rules.note(),
+                crate::linker::linked_as_of(&self.storage.linkage_status().await?)
+            ),
             explanation: crate::analytics::explain(query),
             measure: crate::analytics::measure_name(&query.measure).to_owned(),
         };

@@ -414,3 +414,37 @@ impl Storage {
         Ok(taken == 1)
     }
 }
+
+/// How fuzzy linkage is doing ([`Storage::linkage_status`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkageStatus {
+    /// When a run last succeeded (unix seconds), if ever.
+    pub last_success_at: Option<i64>,
+    /// Runs failed since.
+    pub failures: u64,
+}
+
+impl Storage {
+    /// Records a linkage run's outcome: a success resets the failures.
+    pub async fn record_linkage_outcome(&self, succeeded: bool) -> Result<(), StorageError> {
+        let query = if succeeded {
+            sqlx::query("UPDATE linkage_status SET last_success_at = $1, failures = 0 WHERE id = 1")
+                .bind(time::OffsetDateTime::now_utc().unix_timestamp())
+        } else {
+            sqlx::query("UPDATE linkage_status SET failures = failures + 1 WHERE id = 1")
+        };
+        query.execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// When linkage last succeeded and how many runs have failed since.
+    pub async fn linkage_status(&self) -> Result<LinkageStatus, StorageError> {
+        let row = sqlx::query("SELECT last_success_at, failures FROM linkage_status WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(LinkageStatus {
+            last_success_at: row.try_get("last_success_at")?,
+            failures: super::count(&row, "failures")?,
+        })
+    }
+}

@@ -52,6 +52,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0007_releases.sql"),
         include_str!("../../migrations/postgres/0007_releases.sql"),
     ),
+    (
+        8,
+        "linkage_status",
+        include_str!("../../migrations/sqlite/0008_linkage_status.sql"),
+        include_str!("../../migrations/postgres/0008_linkage_status.sql"),
+    ),
 ];
 
 pub(super) fn for_backend(backend: Backend) -> Migrator {

@@ -15,7 +15,7 @@ mod releases;
 
 pub use releases::{NewRelease, Recorded};
 
-pub use linkage::{EntityRecord, EntityScope, LinkageEntities, SpineAssignment};
+pub use linkage::{EntityRecord, EntityScope, LinkageEntities, LinkageStatus, SpineAssignment};
 
 use std::path::Path;
 use std::str::FromStr;
