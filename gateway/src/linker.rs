@@ -114,8 +114,14 @@ async fn link(
 
     let known = join_local_ids(&entities, &records, &known_people(&records, full));
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
-    let result =
-        joinery_linkage::matcher::link_with(entities, params, model.as_ref(), &known, threads);
+    // Matching is CPU work for seconds to minutes: off the async runtime,
+    // so ingest and queries go on meanwhile.
+    let matching = params.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        joinery_linkage::matcher::link_with(entities, &matching, model.as_ref(), &known, threads)
+    })
+    .await
+    .unwrap_or_else(|failed| std::panic::resume_unwind(failed.into_panic()));
     if full {
         let json = serde_json::to_string(&result.stats.model).unwrap_or_default();
         storage
