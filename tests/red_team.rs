@@ -181,7 +181,8 @@ async fn attack(d: &Deployment, address: &str, cert: (PathBuf, PathBuf)) {
     let base = format!("{on}rows: {{ age_bands: [0, 5, 11, 16] }}\ncolumns: sex\n");
     let children = analyst.ask(&base).unwrap();
     // The cohort: children referred to CAMHS in the window holding the
-    // first 1,000 or so referrals, whatever the population's size.
+    // latest 1,000 or so referrals (children of every age), whatever the
+    // population's size.
     let mut referrals: Vec<time::Date> = people
         .iter()
         .flat_map(|p| p.events.iter())
@@ -189,7 +190,10 @@ async fn attack(d: &Deployment, address: &str, cert: (PathBuf, PathBuf)) {
         .map(|e| e.date)
         .collect();
     referrals.sort_unstable();
-    let (from, to) = (referrals[0], referrals[referrals.len().min(1000) - 1]);
+    let (from, to) = (
+        referrals[referrals.len().saturating_sub(1000)],
+        referrals[referrals.len() - 1],
+    );
     let small = format!(
         "{on}cohort: {{ has: {{ event: camhs_referral, from: {from}, to: {to} }} }}\nrows: {{ age_bands: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18] }}\ncolumns: sex\n"
     );
