@@ -73,9 +73,10 @@ async fn hostile_clients_do_not_take_the_gateway_down() {
         call.abort();
     }
 
-    // 3. Hundreds of idle connections that finished TLS, and hundreds that never start it.
+    // 3. Dozens of idle connections that finished TLS (as many as one
+    // certificate may hold), and hundreds that never start it.
     let mut idle = Vec::new();
-    for _ in 0..200 {
+    for _ in 0..60 {
         idle.push(
             channel(&gateway.address, org_config(&d, CAMHS))
                 .await
@@ -275,4 +276,126 @@ async fn ten_thousand_idle_streams_do_not_starve_other_agencies() {
     assert!(peak < 512 * 1024, "peak memory stays bounded: {peak} KiB");
     drop(senders);
     assert!(gateway.stop().success());
+}
+
+/// 2,000 hostile connections — 1,024 TLS connections held open by one
+/// analyst's certificate, 500 TCP connections that never start TLS, and
+/// 500 opened and dropped in a loop — while a real agent delivers and
+/// another analyst asks a question.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_thousand_hostile_connections_starve_no_agent_and_no_other_analyst() {
+    let d = Deployment::new();
+    joinery_ok(&["pki", "issue", "--dir", &d.pki(), "--analyst", "j.bloggs"]);
+    let mut gateway = d.start_gateway(None, &["--idle-timeout-secs", "30"]);
+    let baseline = ack_latency(&d, &gateway.address, 1, 9).await;
+    let other_analyst = (
+        d.path("pki/analysts/analyst-j.bloggs.pem"),
+        d.path("pki/analysts/analyst-j.bloggs.key"),
+    );
+    let query = d.path("q.yaml");
+    std::fs::write(&query, "rows: sex\n").unwrap();
+    let ask = |started: &mut Vec<Duration>| {
+        let at = Instant::now();
+        let out = d.client_output(
+            &["query", "run", query.to_str().unwrap()],
+            &gateway.address,
+            other_analyst.clone(),
+            &[],
+        );
+        started.push(at.elapsed());
+        out
+    };
+    let mut quiet_queries = Vec::new();
+    assert!(ask(&mut quiet_queries).status.success());
+
+    // One analyst's certificate opens 1,024 connections and holds them.
+    let analyst = joinery_crypto::tls::client_config(&files(&d, d.analyst_cert())).unwrap();
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..1024 {
+        match channel(&gateway.address, analyst.clone()).await {
+            Ok(c) => held.push(c),
+            Err(_) => refused += 1,
+        }
+    }
+    // 500 TCP connections that never say anything.
+    let silent: Vec<_> = (0..500)
+        .map(|_| std::net::TcpStream::connect(&gateway.address).unwrap())
+        .collect();
+    // 500 more opened and dropped in a loop, meanwhile (bounded in count and time).
+    let address = gateway.address.clone();
+    let churn = std::thread::spawn(move || {
+        let until = Instant::now() + Duration::from_secs(20);
+        let mut opened = 0;
+        while opened < 500 && Instant::now() < until {
+            if std::net::TcpStream::connect(&address).is_ok() {
+                opened += 1;
+            }
+        }
+        opened
+    });
+
+    let under_attack = ack_latency(&d, &gateway.address, 100, 9).await;
+    let mut attacked_queries = Vec::new();
+    for _ in 0..3 {
+        let out = ask(&mut attacked_queries);
+        assert!(
+            out.status.success(),
+            "another analyst's query: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let churned = churn.join().unwrap();
+    let log = gateway.log_text();
+    let closed = log
+        .matches("connection closed by the overload manager")
+        .count();
+    println!(
+        "hostile-connection figures: 1,024 held by one analyst ({} connected, {refused} refused at once; {closed} closed by the overload manager), 500 silent, {churned} churned; ack p50 quiet {:.1} ms, under attack {:.1} ms; another analyst's query quiet {:.0} ms, under attack {:?}",
+        held.len(),
+        baseline.as_secs_f64() * 1e3,
+        under_attack.as_secs_f64() * 1e3,
+        quiet_queries[0].as_secs_f64() * 1e3,
+        attacked_queries
+    );
+    assert!(gateway.is_running(), "the gateway stays up");
+    assert!(
+        closed >= 1024 - 64,
+        "one certificate holds at most 64: {closed} closed"
+    );
+    assert!(
+        under_attack <= (baseline * 2).max(Duration::from_millis(250)),
+        "ack latency {under_attack:?} vs baseline {baseline:?}"
+    );
+    let slowest = attacked_queries.iter().max().copied().unwrap_or_default();
+    assert!(
+        slowest <= (quiet_queries[0] * 2).max(Duration::from_secs(2)),
+        "another analyst's query took {slowest:?} (quiet {:?})",
+        quiet_queries[0]
+    );
+    drop(held);
+    drop(silent);
+    assert!(gateway.stop().success());
+}
+
+/// An ingest session that says Hello and then nothing is ended at the idle
+/// timeout, so an agency cannot hold its own agent's slots for ever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_that_goes_quiet_is_ended() {
+    let d = Deployment::new();
+    let gateway = d.start_gateway(None, &["--idle-timeout-secs", "2"]);
+    let mut session = Session::open(&gateway.address, org_config(&d, SALT), hello(&d, SALT))
+        .await
+        .expect("session");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let ended = session.send(batch(7, 5)).await;
+    assert!(ended.is_err(), "the idle session was ended: {ended:?}");
+    // A new session works.
+    let mut again = Session::open(&gateway.address, org_config(&d, SALT), hello(&d, SALT))
+        .await
+        .expect("session");
+    assert_eq!(
+        again.send(batch(8, 5)).await.unwrap().status(),
+        AckStatus::Committed
+    );
 }

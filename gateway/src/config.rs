@@ -46,8 +46,17 @@ pub struct Limits {
     pub max_streams_per_connection: u32,
     /// Time allowed to complete the TLS handshake.
     pub handshake_timeout: Duration,
-    /// Open connections at once.
+    /// Handshakes under way at once; a new connection beyond them sheds the
+    /// oldest unfinished one.
+    pub max_handshakes: usize,
+    /// Open connections at once: agencies' and analysts' (at most a quarter
+    /// of them) budgets together.
     pub max_connections: usize,
+    /// Open connections one certificate may hold.
+    pub max_connections_per_identity: usize,
+    /// A connection with no byte either way for this long is closed; an
+    /// ingest session with no message for this long is ended.
+    pub idle_timeout: Duration,
     /// Ingest sessions at once; more are refused with RESOURCE_EXHAUSTED.
     pub max_sessions: usize,
     /// Ingest sessions one organisation may hold at once, so one agency's
@@ -70,7 +79,10 @@ impl Default for Limits {
             max_message_bytes: 16 * 1024 * 1024,
             max_streams_per_connection: 16,
             handshake_timeout: Duration::from_secs(10),
+            max_handshakes: 256,
             max_connections: 1024,
+            max_connections_per_identity: 64,
+            idle_timeout: Duration::from_secs(120),
             max_sessions: 512,
             max_sessions_per_organisation: 32,
         }

@@ -63,6 +63,8 @@ pub struct IngestService {
     /// The same, per organisation.
     organisation_sessions: Mutex<HashMap<String, Arc<Semaphore>>>,
     max_sessions_per_organisation: usize,
+    /// A session with no message for this long is ended.
+    idle_timeout: std::time::Duration,
 }
 
 impl IngestService {
@@ -80,6 +82,7 @@ impl IngestService {
             sessions: Arc::new(Semaphore::new(limits.max_sessions)),
             organisation_sessions: Mutex::default(),
             max_sessions_per_organisation: limits.max_sessions_per_organisation,
+            idle_timeout: limits.idle_timeout,
         }
     }
 
@@ -200,13 +203,24 @@ impl Ingest for IngestService {
         span.record("agreement", session.agreement.agreement.id.as_str());
         span.record("agreement_version", session.agreement.agreement.version);
         let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+        let idle_timeout = self.idle_timeout;
         let session_task = async move {
             let _slot = session_slot;
             loop {
-                let message = match inbound.message().await {
-                    Ok(Some(message)) => message,
-                    Ok(None) => break,
-                    Err(status) => {
+                let message = match tokio::time::timeout(idle_timeout, inbound.message()).await {
+                    Err(_) => {
+                        tracing::info!(organisation = %session.organisation, "ingest session idle: ended");
+                        let _ = tx
+                            .send(Err(Status::deadline_exceeded(format!(
+                                "no batch for {} seconds: session ended (reconnect to send more)",
+                                idle_timeout.as_secs()
+                            ))))
+                            .await;
+                        break;
+                    }
+                    Ok(Ok(Some(message))) => message,
+                    Ok(Ok(None)) => break,
+                    Ok(Err(status)) => {
                         // E.g. a message over the size limit: tell the agent why.
                         tracing::warn!(organisation = %session.organisation, code = ?status.code(), reason = status.message(), "ingest stream ended by error");
                         let _ = tx.send(Err(status)).await;

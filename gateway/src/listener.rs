@@ -1,50 +1,218 @@
 //! Accepting connections: TCP, then a TLS 1.3 handshake with a required
-//! client certificate, bounded in time and in number.
+//! client certificate, each admitted by the gateway's overload manager
+//! ([`Admission`]), in the manner of Envoy's:
 //!
-//! Handshakes run in their own tasks so a client that never finishes one
-//! cannot hold up anyone else; it is dropped at the handshake timeout. At most
-//! `max_connections` connections are open at once; beyond that, new TCP
-//! connections wait in the kernel backlog.
+//! - **Handshakes** run in their own tasks, each bounded by the handshake
+//!   timeout; at most `max_handshakes` at once. When a new connection
+//!   arrives with every handshake slot taken, the oldest unfinished
+//!   handshake is shed: a flood of connections that never finish cannot
+//!   keep a real client from starting one, and accepting never stops.
+//! - **Established connections** are admitted by the certificate's
+//!   identity: agencies and analysts draw on separate budgets (analysts at
+//!   most a quarter of `max_connections`), and one identity holds at most
+//!   `max_connections_per_identity`; a connection beyond either is closed
+//!   at once. Neither class can starve the other, nor one certificate its
+//!   peers.
+//! - **Idle connections** — no byte either way for `idle_timeout` — are
+//!   closed.
+//!
+//! [`Admission::saturation`] says when any budget is nearly spent, for
+//! readiness.
 
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use joinery_crypto::identity::PeerIdentity;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+use tokio::time::{Instant, Sleep};
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
+use crate::config::Limits;
 use crate::metrics;
 use crate::peer::PeerInfo;
 use crate::tls_reload::TlsReloader;
 
-/// An established, authenticated connection.
+/// Who a connection is, for its budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Class {
+    Agency,
+    Analyst,
+}
+
+/// The overload manager's state: pending handshakes, and established
+/// connections by class and identity.
+pub struct Admission {
+    limits: Limits,
+    state: Mutex<AdmissionState>,
+}
+
+#[derive(Default)]
+struct AdmissionState {
+    /// Unfinished handshakes, oldest first, by number.
+    handshakes: VecDeque<(u64, AbortHandle)>,
+    next_handshake: u64,
+    by_class: HashMap<Class, usize>,
+    by_identity: HashMap<String, usize>,
+}
+
+impl Admission {
+    pub fn new(limits: Limits) -> Arc<Self> {
+        Arc::new(Self {
+            limits,
+            state: Mutex::default(),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, AdmissionState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn class_budget(&self, class: Class) -> usize {
+        let analysts = (self.limits.max_connections / 4).max(1);
+        match class {
+            Class::Analyst => analysts,
+            Class::Agency => self.limits.max_connections.saturating_sub(analysts).max(1),
+        }
+    }
+
+    /// Starts `handshake` (given its number) as a task, shedding the oldest
+    /// unfinished handshake if every slot is taken.
+    fn start_handshake<F>(&self, handshake: impl FnOnce(u64) -> F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let mut state = self.state();
+        while state.handshakes.len() >= self.limits.max_handshakes.max(1) {
+            if let Some((_, oldest)) = state.handshakes.pop_front() {
+                oldest.abort();
+                metrics::handshake_failed("shed");
+            }
+        }
+        state.next_handshake += 1;
+        let number = state.next_handshake;
+        // Tracked before the task can finish: it must take this lock first.
+        let task = tokio::spawn(handshake(number)).abort_handle();
+        state.handshakes.push_back((number, task));
+    }
+
+    fn end_handshake(&self, number: u64) {
+        self.state().handshakes.retain(|(n, _)| *n != number);
+    }
+
+    /// Admits an established connection of `identity`, or says why not.
+    fn admit(self: &Arc<Self>, identity: &PeerInfo) -> Result<Admitted, &'static str> {
+        let (class, key) = match &identity.identity {
+            Ok(PeerIdentity::Organisation(code)) => (Class::Agency, format!("org:{code}")),
+            Ok(PeerIdentity::Analyst(name)) => (Class::Analyst, format!("analyst:{name}")),
+            // Refused on its first request; counted with analysts meanwhile.
+            Err(_) => (Class::Analyst, "unnamed".to_owned()),
+        };
+        let mut state = self.state();
+        if state.by_class.get(&class).copied().unwrap_or(0) >= self.class_budget(class) {
+            return Err(match class {
+                Class::Agency => "every agency connection slot is taken",
+                Class::Analyst => "every analyst connection slot is taken",
+            });
+        }
+        if state.by_identity.get(&key).copied().unwrap_or(0)
+            >= self.limits.max_connections_per_identity
+        {
+            return Err("this certificate holds as many connections as one may");
+        }
+        *state.by_class.entry(class).or_default() += 1;
+        *state.by_identity.entry(key.clone()).or_default() += 1;
+        Ok(Admitted {
+            admission: Arc::clone(self),
+            class,
+            key,
+        })
+    }
+
+    /// Which budget is nearly spent (nine tenths or more), if any.
+    pub fn saturation(&self) -> Option<String> {
+        let state = self.state();
+        let full = |used: usize, budget: usize| used * 10 >= budget * 9;
+        if full(state.handshakes.len(), self.limits.max_handshakes) {
+            return Some(format!(
+                "{} of {} handshake slots are taken",
+                state.handshakes.len(),
+                self.limits.max_handshakes
+            ));
+        }
+        for (class, name) in [(Class::Agency, "agency"), (Class::Analyst, "analyst")] {
+            let used = state.by_class.get(&class).copied().unwrap_or(0);
+            if full(used, self.class_budget(class)) {
+                return Some(format!(
+                    "{used} of {} {name} connection slots are taken",
+                    self.class_budget(class)
+                ));
+            }
+        }
+        None
+    }
+}
+
+/// An established connection's place in its budgets, given back on drop.
+struct Admitted {
+    admission: Arc<Admission>,
+    class: Class,
+    key: String,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut state = self.admission.state();
+        if let Some(n) = state.by_class.get_mut(&self.class) {
+            *n = n.saturating_sub(1);
+        }
+        if let Some(n) = state.by_identity.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                state.by_identity.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// An established, authenticated, admitted connection, closed when idle.
 pub struct Connection {
     stream: TlsStream<TcpStream>,
     info: PeerInfo,
-    _slot: OwnedSemaphorePermit,
+    _admitted: Admitted,
+    idle_timeout: Duration,
+    idle: Pin<Box<Sleep>>,
 }
 
-/// Starts accepting; the returned stream yields authenticated connections.
+impl Connection {
+    /// Something moved: the idle clock starts again.
+    fn active(&mut self) {
+        let deadline = Instant::now() + self.idle_timeout;
+        self.idle.as_mut().reset(deadline);
+    }
+}
+
+/// Starts accepting under `admission`; the returned stream yields
+/// authenticated, admitted connections.
 pub fn incoming(
     listener: TcpListener,
     tls: Arc<TlsReloader>,
-    handshake_timeout: Duration,
-    max_connections: usize,
+    admission: Arc<Admission>,
 ) -> ReceiverStream<io::Result<Connection>> {
     let (tx, rx) = mpsc::channel(64);
-    let slots = Arc::new(Semaphore::new(max_connections));
+    let limits = admission.limits;
     tokio::spawn(async move {
         loop {
-            let Ok(slot) = slots.clone().acquire_owned().await else {
-                return;
-            };
             let accepted = tokio::select! {
                 _ = tx.closed() => return,
                 accepted = listener.accept() => accepted,
@@ -60,8 +228,12 @@ pub fn incoming(
             let _ = tcp.set_nodelay(true);
             let acceptor = tls.acceptor();
             let tx = tx.clone();
-            tokio::spawn(async move {
-                match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+            let admitting = Arc::clone(&admission);
+            admission.start_handshake(move |number| async move {
+                let handshake =
+                    tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await;
+                admitting.end_handshake(number);
+                match handshake {
                     Ok(Ok(stream)) => {
                         let identity = stream
                             .get_ref()
@@ -73,13 +245,23 @@ pub fn incoming(
                                 0,
                             )));
                         let info = PeerInfo { remote, identity };
-                        let _ = tx
-                            .send(Ok(Connection {
-                                stream,
-                                info,
-                                _slot: slot,
-                            }))
-                            .await;
+                        match admitting.admit(&info) {
+                            Ok(admitted) => {
+                                let _ = tx
+                                    .send(Ok(Connection {
+                                        stream,
+                                        info,
+                                        _admitted: admitted,
+                                        idle_timeout: limits.idle_timeout,
+                                        idle: Box::pin(tokio::time::sleep(limits.idle_timeout)),
+                                    }))
+                                    .await;
+                            }
+                            Err(why) => {
+                                metrics::handshake_failed("over_budget");
+                                tracing::info!(%remote, reason = why, "connection closed by the overload manager");
+                            }
+                        }
                     }
                     Ok(Err(e)) => {
                         metrics::handshake_failed("refused");
@@ -105,12 +287,29 @@ impl Connected for Connection {
 }
 
 impl AsyncRead for Connection {
+    /// Reads, or ends the connection (end of stream) once it has been idle
+    /// for the idle timeout.
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        let before = buf.filled().len();
+        match Pin::new(&mut self.stream).poll_read(cx, buf) {
+            Poll::Ready(result) => {
+                if buf.filled().len() > before {
+                    self.active();
+                }
+                Poll::Ready(result)
+            }
+            Poll::Pending => match self.idle.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    metrics::handshake_failed("idle");
+                    Poll::Ready(Ok(()))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
     }
 }
 
@@ -120,7 +319,11 @@ impl AsyncWrite for Connection {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let written = Pin::new(&mut self.stream).poll_write(cx, buf);
+        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
+            self.active();
+        }
+        written
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -136,7 +339,11 @@ impl AsyncWrite for Connection {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        let written = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
+            self.active();
+        }
+        written
     }
 
     fn is_write_vectored(&self) -> bool {

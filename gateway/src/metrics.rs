@@ -65,7 +65,7 @@ pub fn describe() {
     );
     metrics::describe_counter!(
         HANDSHAKE_FAILURES,
-        "TLS handshakes that failed, by kind (refused, timeout)"
+        "Connections turned away, by kind (refused, timeout, shed, over_budget, idle)"
     );
 }
 

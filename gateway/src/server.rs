@@ -56,6 +56,7 @@ pub struct Readiness {
     storage: Storage,
     agreements: usize,
     linkage_failures_before_unready: u64,
+    admission: Arc<listener::Admission>,
 }
 
 impl Readiness {
@@ -66,6 +67,9 @@ impl Readiness {
             .map_err(|_| "the database does not answer".to_owned())?;
         if self.agreements == 0 {
             return Err("no signed agreement is loaded".to_owned());
+        }
+        if let Some(saturated) = self.admission.saturation() {
+            return Err(format!("saturated: {saturated}"));
         }
         let linkage = self
             .storage
@@ -92,6 +96,8 @@ pub struct Gateway {
     rekeyer: Rekeyer,
     agreements: Agreements,
     audit_key: Arc<SigningKey>,
+    /// The listener's overload manager (readiness reads its saturation).
+    admission: Arc<listener::Admission>,
 }
 
 impl Gateway {
@@ -132,6 +138,7 @@ impl Gateway {
         Ok(Self {
             tls,
             rekeyer: Rekeyer::new(&key),
+            admission: listener::Admission::new(config.limits),
             config,
             listener,
             storage,
@@ -141,12 +148,14 @@ impl Gateway {
     }
 
     /// A probe for readiness endpoints: the database answers, at least one
-    /// agreement is loaded, and linkage has not failed too often in a row.
+    /// agreement is loaded, no connection budget is nearly spent, and
+    /// linkage has not failed too often in a row.
     pub fn readiness(&self) -> Readiness {
         Readiness {
             storage: self.storage.clone(),
             agreements: self.agreements.len(),
             linkage_failures_before_unready: self.config.linkage_failures_before_unready,
+            admission: Arc::clone(&self.admission),
         }
     }
 
@@ -178,12 +187,7 @@ impl Gateway {
             self.rekeyer.clone(),
         ));
         let query = QueryServer::from_arc(Arc::clone(&query_service));
-        let incoming = listener::incoming(
-            self.listener,
-            self.tls,
-            limits.handshake_timeout,
-            limits.max_connections,
-        );
+        let incoming = listener::incoming(self.listener, self.tls, Arc::clone(&self.admission));
         crate::retention::schedule(
             self.storage.clone(),
             self.agreements.clone(),
@@ -239,6 +243,7 @@ mod tests {
             storage: storage.clone(),
             agreements: 1,
             linkage_failures_before_unready: 2,
+            admission: listener::Admission::new(crate::config::Limits::default()),
         };
         assert!(ready.check().await.is_ok());
         storage.record_linkage_outcome(false).await.unwrap();

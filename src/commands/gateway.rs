@@ -139,9 +139,21 @@ pub struct ServeArgs {
     /// Seconds a client has to complete the TLS handshake.
     #[arg(long, default_value_t = Limits::default().handshake_timeout.as_secs(), env = "JOINERY_HANDSHAKE_TIMEOUT_SECS")]
     handshake_timeout_secs: u64,
-    /// Open connections allowed at once.
+    /// TLS handshakes under way at once; a new connection beyond them sheds
+    /// the oldest unfinished one.
+    #[arg(long, default_value_t = Limits::default().max_handshakes, env = "JOINERY_MAX_HANDSHAKES")]
+    max_handshakes: usize,
+    /// Open connections allowed at once: agencies' and analysts' (at most a
+    /// quarter) budgets together.
     #[arg(long, default_value_t = Limits::default().max_connections, env = "JOINERY_MAX_CONNECTIONS")]
     max_connections: usize,
+    /// Open connections one certificate may hold.
+    #[arg(long, default_value_t = Limits::default().max_connections_per_identity, env = "JOINERY_MAX_CONNECTIONS_PER_IDENTITY")]
+    max_connections_per_identity: usize,
+    /// Seconds after which a connection with no traffic is closed, and an
+    /// ingest session with no message ended.
+    #[arg(long, default_value_t = Limits::default().idle_timeout.as_secs(), env = "JOINERY_IDLE_TIMEOUT_SECS")]
+    idle_timeout_secs: u64,
     /// Ingest sessions at once; more are shed with RESOURCE_EXHAUSTED (agents retry).
     #[arg(long, default_value_t = Limits::default().max_sessions, env = "JOINERY_MAX_SESSIONS")]
     max_sessions: usize,
@@ -174,7 +186,10 @@ impl GatewayCommand {
                 max_message_bytes: args.max_message_bytes,
                 max_streams_per_connection: args.max_streams_per_connection,
                 handshake_timeout: Duration::from_secs(args.handshake_timeout_secs),
+                max_handshakes: args.max_handshakes,
                 max_connections: args.max_connections,
+                max_connections_per_identity: args.max_connections_per_identity,
+                idle_timeout: Duration::from_secs(args.idle_timeout_secs.max(1)),
                 max_sessions: args.max_sessions,
                 max_sessions_per_organisation: args.max_sessions_per_organisation,
             },
