@@ -134,6 +134,21 @@ async fn the_audit_trail_is_complete_and_tamper_evident() {
         &["--out", kept.to_str().unwrap()],
     );
     assert!(String::from_utf8_lossy(&fetched.stdout).contains("new checkpoints appended"));
+    // Every agent run keeps the newest checkpoints too, beside its spool.
+    let config = d.agent_config(
+        COUNCIL,
+        &gateway.address,
+        &synth.join("extracts/csc_referrals.csv"),
+        &synth.join("mappings/csc_referrals.yaml"),
+    );
+    let (_, agent_out, _) = finish(d.spawn_agent(&config));
+    assert!(
+        agent_out.contains("signed audit checkpoints of the gateway"),
+        "{agent_out}"
+    );
+    let agent_kept = d.path(&format!("spool/{COUNCIL}/audit-checkpoints.jsonl"));
+    let lines = std::fs::read_to_string(&agent_kept).unwrap();
+    assert!(!lines.trim().is_empty(), "the agent kept checkpoints");
     assert!(gateway.stop().success());
 
     let (ok, output) = verify(&d.gateway_data_dir(), &[]);
@@ -263,6 +278,16 @@ async fn the_audit_trail_is_complete_and_tamper_evident() {
         !ok && output.contains("differs from the checkpoint"),
         "{output}"
     );
+    let (ok, output) = verify(
+        &dir2,
+        &[
+            "--public-key",
+            &public_key,
+            "--checkpoints",
+            agent_kept.to_str().unwrap(),
+        ],
+    );
+    assert!(!ok, "the agent's kept checkpoints catch it too: {output}");
 
     // A data directory without a gateway database is an error, not an
     // intact log of nothing.

@@ -11,6 +11,7 @@
 //! batch delivered only when the gateway acknowledges its commit.
 
 pub mod batch;
+pub mod checkpoints;
 pub mod config;
 pub mod delivery;
 pub mod format;

@@ -45,6 +45,8 @@ pub enum AgentError {
     Connect(#[from] joinery_proto::channel::ConnectError),
     #[error(transparent)]
     Upload(#[from] crate::uploader::UploadError),
+    #[error(transparent)]
+    Checkpoints(#[from] crate::checkpoints::CheckpointError),
     #[error("cannot write the quarantine report {path}: {source}")]
     Quarantine {
         path: PathBuf,
@@ -123,6 +125,9 @@ pub struct RunSummary {
     pub replayed_records: u64,
     /// Sessions reopened after the gateway or network failed.
     pub reconnections: u64,
+    /// The gateway's signed audit checkpoints fetched and kept this run
+    /// ([`crate::checkpoints`]); `None` when the gateway could not be asked.
+    pub checkpoints: Option<crate::checkpoints::Fetched>,
 }
 
 /// Exit statuses of `joinery agent run`.
@@ -155,7 +160,31 @@ pub enum Progress {
 /// Runs the agent once over every configured source.
 pub async fn run(config: &AgentConfig, progress: Progress) -> Result<RunSummary, AgentError> {
     let span = tracing::info_span!("agent_run", organisation = %config.organisation);
-    run_sources(config, progress).instrument(span).await
+    let mut summary = run_sources(config, progress).instrument(span).await?;
+    summary.checkpoints = keep_checkpoints(config).await;
+    Ok(summary)
+}
+
+/// Fetches the gateway's newest signed audit checkpoints into the spool
+/// directory; a failure is a warning (the delivery stands).
+async fn keep_checkpoints(config: &AgentConfig) -> Option<crate::checkpoints::Fetched> {
+    let kept = crate::checkpoints::kept_file(&config.spool_dir);
+    let fetched = async {
+        let tls = joinery_crypto::tls::client_config(&config.tls_files())?;
+        let channel = joinery_proto::channel::connect(
+            &config.gateway.address,
+            config.gateway.server_name(),
+            tls,
+        )
+        .await?;
+        Ok::<_, AgentError>(crate::checkpoints::fetch_into(channel, &kept).await?)
+    }
+    .await;
+    fetched
+        .inspect_err(
+            |e| tracing::warn!(error = %e, "could not keep the gateway's audit checkpoints"),
+        )
+        .ok()
 }
 
 async fn run_sources(config: &AgentConfig, progress: Progress) -> Result<RunSummary, AgentError> {

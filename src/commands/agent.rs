@@ -134,6 +134,12 @@ async fn resolve(
 }
 
 pub fn print_summary(organisation: &str, summary: &RunSummary) {
+    if let Some(kept) = summary.checkpoints {
+        println!(
+            "{organisation}: kept {} new signed audit checkpoints of the gateway ({} in all, in the spool directory's audit-checkpoints.jsonl)",
+            kept.new, kept.kept
+        );
+    }
     if summary.replayed_batches > 0 {
         println!(
             "{organisation}: resent {} batches ({} records) left in the spool by an interrupted run",

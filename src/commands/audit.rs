@@ -2,7 +2,6 @@
 //! checkpoints, report it for an IG lead, and fetch checkpoints to keep.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -10,8 +9,6 @@ use anyhow::Context;
 use clap::Subcommand;
 use joinery_gateway::audit::{Checkpoint, Entry, Verifier};
 use joinery_gateway::storage::Storage;
-use joinery_proto::v1::CheckpointsRequest;
-use joinery_proto::v1::audit_client::AuditClient;
 
 use crate::commands::gateway::StoreArgs;
 use crate::commands::query::GatewayArgs;
@@ -251,35 +248,12 @@ async fn report(store: StoreArgs, from: time::Date, to: time::Date) -> anyhow::R
 }
 
 async fn fetch(gateway: GatewayArgs, out: PathBuf) -> anyhow::Result<ExitCode> {
-    let kept = read_kept(&out)?;
-    let after = kept.iter().map(|c| c.seq).max().unwrap_or(0);
-    let channel = gateway.channel().await?;
-    let fetched = AuditClient::new(channel)
-        .checkpoints(CheckpointsRequest { after_seq: after })
-        .await?
-        .into_inner()
-        .checkpoints;
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&out)
-        .with_context(|| format!("cannot write {}", out.display()))?;
-    for c in &fetched {
-        let checkpoint = Checkpoint {
-            seq: c.seq,
-            hash: c.hash.clone(),
-            at_ms: c.at_ms,
-            public_key: c.public_key.clone(),
-            signature: c.signature.clone(),
-        };
-        writeln!(file, "{}", serde_json::to_string(&checkpoint)?)?;
-    }
-    file.sync_all()?;
+    let fetched = joinery_agent::checkpoints::fetch_into(gateway.channel().await?, &out).await?;
     println!(
         "{} new checkpoints appended to {} ({} kept in all)",
-        fetched.len(),
+        fetched.new,
         out.display(),
-        kept.len() + fetched.len()
+        fetched.kept
     );
     Ok(ExitCode::SUCCESS)
 }
