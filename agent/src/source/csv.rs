@@ -13,7 +13,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 use crate::mapping::{Mapping, Resolved};
-use crate::row::{Problem, RowOutcome, map_row};
+use crate::row::map_row;
 use crate::source::{
     LineLimited, Position, ReadContext, Source, SourceError, SourceRow, file_fingerprint,
 };
@@ -184,30 +184,24 @@ impl CsvSource {
                     } else {
                         String::new()
                     };
-                    return Some(Ok(Some(SourceRow {
+                    return Some(Ok(Some(SourceRow::broken(
                         line,
-                        outcome: RowOutcome::Quarantined(Problem::new(
-                            "row",
-                            format!(
-                                "has {} fields but the header has {}{span}",
-                                self.record.len(),
-                                self.header_len
-                            ),
-                        )),
-                    })));
+                        format!(
+                            "has {} fields but the header has {}{span}",
+                            self.record.len(),
+                            self.header_len
+                        ),
+                    ))));
                 }
                 let max_field = self.context.limits.max_field_bytes;
                 if let Some(long) = self.record.iter().position(|f| f.len() > max_field) {
-                    return Some(Ok(Some(SourceRow {
+                    return Some(Ok(Some(SourceRow::broken(
                         line,
-                        outcome: RowOutcome::Quarantined(Problem::new(
-                            "row",
-                            format!(
-                                "field {} is longer than {max_field} bytes (limits.max_field_bytes)",
-                                long + 1
-                            ),
-                        )),
-                    })));
+                        format!(
+                            "field {} is longer than {max_field} bytes (limits.max_field_bytes)",
+                            long + 1
+                        ),
+                    ))));
                 }
                 let fields: Vec<String> = self.record.iter().map(decode).collect();
                 Some(Ok(Some(SourceRow {
@@ -225,13 +219,7 @@ impl CsvSource {
                     })),
                     // Other csv errors describe structure, not content: the
                     // row is quarantined and reading goes on.
-                    _ => Some(Ok(Some(SourceRow {
-                        line,
-                        outcome: RowOutcome::Quarantined(Problem::new(
-                            "row",
-                            "is not well-formed CSV",
-                        )),
-                    }))),
+                    _ => Some(Ok(Some(SourceRow::broken(line, "is not well-formed CSV")))),
                 }
             }
         }
@@ -288,6 +276,7 @@ fn windows_1252(b: u8) -> char {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::row::RowOutcome;
     use time::macros::date;
 
     const MAPPING: &str = "dataset: d\nfields:\n  local_id: Child ID\n  family_name: Surname\n  date_of_birth: { column: DOB, format: dd/mm/yyyy }\n";

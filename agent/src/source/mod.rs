@@ -130,6 +130,16 @@ pub struct SourceRow {
     pub outcome: RowOutcome,
 }
 
+impl SourceRow {
+    /// A row quarantined whole, for its shape rather than a field's value.
+    pub fn broken(line: u64, what: impl std::fmt::Display) -> Self {
+        Self {
+            line,
+            outcome: RowOutcome::Quarantined(crate::row::Problem::new("row", what)),
+        }
+    }
+}
+
 /// Where a source is: enough to continue from there. `byte` and `line` are
 /// where the next row (for XML, the next record) starts; `record` counts the
 /// rows (for XML, whole records) read before it; `within` counts the rows of

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::mapping::{Mapping, Resolved};
-use crate::row::{Problem, RowOutcome, map_row};
+use crate::row::map_row;
 use crate::source::{Position, ReadContext, Source, SourceError, SourceRow, file_fingerprint};
 
 pub struct NdjsonSource {
@@ -113,12 +113,7 @@ impl NdjsonSource {
     }
 
     fn row(&self, line: u64, too_long: bool) -> Option<SourceRow> {
-        let quarantined = |what: String| {
-            Some(SourceRow {
-                line,
-                outcome: RowOutcome::Quarantined(Problem::new("row", what)),
-            })
-        };
+        let quarantined = |what: String| Some(SourceRow::broken(line, what));
         let limits = self.context.limits;
         if too_long {
             return quarantined(format!(
@@ -298,6 +293,7 @@ impl JsonPath {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::row::RowOutcome;
     use time::macros::date;
 
     #[test]
