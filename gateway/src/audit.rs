@@ -252,37 +252,35 @@ pub const CHECKPOINT_EVERY_ENTRIES: u64 = 1000;
 
 /// Signs the chain head every `interval`, and sooner whenever
 /// [`CHECKPOINT_EVERY_ENTRIES`] entries have been written since the last
-/// checkpoint, until the process ends.
-pub fn schedule_checkpoints(
+/// checkpoint, until the gateway stops.
+pub async fn every(
     storage: crate::storage::Storage,
     key: std::sync::Arc<joinery_crypto::signing::SigningKey>,
     interval: std::time::Duration,
+    mut stopping: crate::background::Stopping,
 ) {
-    tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(interval.min(std::time::Duration::from_secs(1)));
-        ticks.tick().await;
-        let (mut signed_at, mut signed_seq) = (std::time::Instant::now(), 0);
-        loop {
-            ticks.tick().await;
-            let due = signed_at.elapsed() >= interval
-                || storage
-                    .audit_head()
-                    .await
-                    .is_ok_and(|(head, _)| head >= signed_seq + CHECKPOINT_EVERY_ENTRIES);
-            if !due {
-                continue;
-            }
-            signed_at = std::time::Instant::now();
-            match checkpoint(&storage, &key).await {
-                Ok(Some(c)) => {
-                    signed_seq = c.seq;
-                    tracing::info!(seq = c.seq, "audit checkpoint signed");
-                }
-                Ok(None) => {}
-                Err(e) => tracing::error!(error = %e, "audit checkpoint failed; will retry"),
-            }
+    let mut ticks = tokio::time::interval(interval.min(std::time::Duration::from_secs(1)));
+    ticks.tick().await;
+    let (mut signed_at, mut signed_seq) = (std::time::Instant::now(), 0);
+    while stopping.tick(&mut ticks).await {
+        let due = signed_at.elapsed() >= interval
+            || storage
+                .audit_head()
+                .await
+                .is_ok_and(|(head, _)| head >= signed_seq + CHECKPOINT_EVERY_ENTRIES);
+        if !due {
+            continue;
         }
-    });
+        signed_at = std::time::Instant::now();
+        match checkpoint(&storage, &key).await {
+            Ok(Some(c)) => {
+                signed_seq = c.seq;
+                tracing::info!(seq = c.seq, "audit checkpoint signed");
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "audit checkpoint failed; will retry"),
+        }
+    }
 }
 
 /// `joinery.v1.Audit`: any authenticated party may fetch the checkpoints.
@@ -519,7 +517,11 @@ mod tests {
         let key = std::sync::Arc::new(
             joinery_crypto::signing::SigningKey::generate(&dir.path().join("audit.key")).unwrap(),
         );
-        schedule_checkpoints(storage.clone(), key, std::time::Duration::from_secs(3600));
+        let mut supervisor = crate::background::Supervisor::default();
+        let signing = storage.clone();
+        supervisor.spawn("checkpoints", move |stopping| {
+            every(signing, key, std::time::Duration::from_secs(3600), stopping)
+        });
         for i in 0..CHECKPOINT_EVERY_ENTRIES {
             storage
                 .append_audit(&AuditRecord::query(
@@ -544,6 +546,7 @@ mod tests {
             signed.iter().any(|c| c.seq >= CHECKPOINT_EVERY_ENTRIES),
             "{signed:?}"
         );
+        supervisor.shutdown(std::time::Duration::from_secs(5)).await;
     }
 
     #[test]

@@ -14,6 +14,7 @@
 pub mod agreements;
 pub mod analytics;
 pub mod audit;
+pub mod background;
 pub mod config;
 pub mod disclosure;
 pub mod http;

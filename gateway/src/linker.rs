@@ -335,46 +335,48 @@ pub fn linked_as_of(status: &crate::storage::LinkageStatus) -> String {
 
 /// While serving: an incremental run every `interval` for each linkage
 /// parameter set the loaded agreements use, by whichever gateway holds the
-/// lease.
-pub fn schedule(storage: Storage, agreements: Agreements, interval: Duration) {
+/// lease, until the gateway stops.
+pub async fn every(
+    storage: Storage,
+    agreements: Agreements,
+    interval: Duration,
+    mut stopping: crate::background::Stopping,
+) {
     let holder = format!(
         "{}-{}",
         std::process::id(),
         time::OffsetDateTime::now_utc().unix_timestamp_nanos()
     );
-    tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(interval);
-        loop {
-            ticks.tick().await;
-            let lease = interval.as_secs().max(1) as i64 * 3;
-            match storage.take_linkage_lease(&holder, lease).await {
-                Ok(true) => {}
-                Ok(false) => continue,
-                Err(e) => {
-                    tracing::warn!(error = %e, "linkage: could not take the lease; will retry");
-                    continue;
-                }
-            }
-            for params in agreements.linkage_params() {
-                match run(&storage, &params, false).await {
-                    Ok(report) if report.pending > 0 || report.full => {
-                        crate::metrics::linkage_run(&report);
-                        tracing::info!(
-                            version = report.params_version,
-                            full = report.full,
-                            entities = report.entities,
-                            pending = report.pending,
-                            candidate_pairs = report.candidate_pairs,
-                            links = report.links,
-                            moved = report.moved,
-                            nhs_conflicts = report.nhs_conflicts.len(),
-                            "linkage run"
-                        );
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::error!(error = %e, "linkage run failed; will retry"),
-                }
+    let mut ticks = tokio::time::interval(interval);
+    while stopping.tick(&mut ticks).await {
+        let lease = interval.as_secs().max(1) as i64 * 3;
+        match storage.take_linkage_lease(&holder, lease).await {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "linkage: could not take the lease; will retry");
+                continue;
             }
         }
-    });
+        for params in agreements.linkage_params() {
+            match run(&storage, &params, false).await {
+                Ok(report) if report.pending > 0 || report.full => {
+                    crate::metrics::linkage_run(&report);
+                    tracing::info!(
+                        version = report.params_version,
+                        full = report.full,
+                        entities = report.entities,
+                        pending = report.pending,
+                        candidate_pairs = report.candidate_pairs,
+                        links = report.links,
+                        moved = report.moved,
+                        nhs_conflicts = report.nhs_conflicts.len(),
+                        "linkage run"
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "linkage run failed; will retry"),
+            }
+        }
+    }
 }

@@ -62,24 +62,26 @@ pub async fn run(
     Ok(report)
 }
 
-/// Runs retention every `interval` until the process ends.
-pub fn schedule(storage: Storage, agreements: Agreements, interval: Duration) {
-    tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(interval);
-        loop {
-            ticks.tick().await;
-            match run(&storage, &agreements, OffsetDateTime::now_utc(), false).await {
-                Ok(report) => {
-                    for p in &report.purged {
-                        crate::metrics::retention_deleted(&p.organisation, &p.dataset, p.records);
-                        tracing::info!(agreement = %p.agreement_id, version = p.agreement_version, dataset = %p.dataset, organisation = %p.organisation, batches = p.batches, records = p.records, "retention: deleted");
-                    }
-                    for (id, version, dataset) in &report.ungoverned {
-                        tracing::warn!(agreement = %id, version, %dataset, "retention: data held under an agreement the gateway has not loaded; kept");
-                    }
+/// Runs retention every `interval` until the gateway stops.
+pub async fn every(
+    storage: Storage,
+    agreements: Agreements,
+    interval: Duration,
+    mut stopping: crate::background::Stopping,
+) {
+    let mut ticks = tokio::time::interval(interval);
+    while stopping.tick(&mut ticks).await {
+        match run(&storage, &agreements, OffsetDateTime::now_utc(), false).await {
+            Ok(report) => {
+                for p in &report.purged {
+                    crate::metrics::retention_deleted(&p.organisation, &p.dataset, p.records);
+                    tracing::info!(agreement = %p.agreement_id, version = p.agreement_version, dataset = %p.dataset, organisation = %p.organisation, batches = p.batches, records = p.records, "retention: deleted");
                 }
-                Err(e) => tracing::error!(error = %e, "retention pass failed; will retry"),
+                for (id, version, dataset) in &report.ungoverned {
+                    tracing::warn!(agreement = %id, version, %dataset, "retention: data held under an agreement the gateway has not loaded; kept");
+                }
             }
+            Err(e) => tracing::error!(error = %e, "retention pass failed; will retry"),
         }
-    });
+    }
 }

@@ -50,6 +50,9 @@ pub enum GatewayError {
     Serve(#[from] tonic::transport::Error),
 }
 
+/// How long a stopping gateway waits for background work under way.
+const BACKGROUND_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Whether a gateway can do its job.
 #[derive(Clone)]
 pub struct Readiness {
@@ -188,21 +191,22 @@ impl Gateway {
         ));
         let query = QueryServer::from_arc(Arc::clone(&query_service));
         let incoming = listener::incoming(self.listener, self.tls, Arc::clone(&self.admission));
-        crate::retention::schedule(
-            self.storage.clone(),
-            self.agreements.clone(),
-            self.config.retention_interval,
-        );
-        crate::linker::schedule(
-            self.storage.clone(),
-            self.agreements.clone(),
-            self.config.linkage_interval,
-        );
-        crate::audit::schedule_checkpoints(
-            self.storage.clone(),
-            self.audit_key.clone(),
-            self.config.checkpoint_interval,
-        );
+        let mut background = crate::background::Supervisor::default();
+        let (storage, agreements) = (self.storage.clone(), self.agreements.clone());
+        let interval = self.config.retention_interval;
+        background.spawn("retention", move |stopping| {
+            crate::retention::every(storage, agreements, interval, stopping)
+        });
+        let (storage, agreements) = (self.storage.clone(), self.agreements.clone());
+        let interval = self.config.linkage_interval;
+        background.spawn("linkage", move |stopping| {
+            crate::linker::every(storage, agreements, interval, stopping)
+        });
+        let (storage, key) = (self.storage.clone(), self.audit_key.clone());
+        let interval = self.config.checkpoint_interval;
+        background.spawn("audit checkpoints", move |stopping| {
+            crate::audit::every(storage, key, interval, stopping)
+        });
         let audit = AuditServer::new(AuditService::new(self.storage.clone()));
         tracing::info!(%address, database = ?self.storage.backend(), "gateway serving");
         // gRPC services and the analysts' HTTP/JSON route on one port.
@@ -220,6 +224,8 @@ impl Gateway {
             .add_routes(tonic::service::Routes::from(routes))
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await?;
+        // Let a linkage run or retention pass under way finish.
+        background.shutdown(BACKGROUND_GRACE).await;
         // Sign the head once more, so a clean stop leaves the whole log covered.
         if let Err(e) = crate::audit::checkpoint(&self.storage, &self.audit_key).await {
             tracing::error!(error = %e, "final audit checkpoint failed");
