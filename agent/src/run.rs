@@ -398,7 +398,10 @@ impl RunSummary {
             summary.ack_latencies.push(a.latency);
             match a.status() {
                 AckStatus::Committed => {
+                    // Records the gateway held already (sent before under
+                    // another file name or batching) are not stored again.
                     summary.records_stored += a.ack.records_stored;
+                    summary.records_already_stored += records.saturating_sub(a.ack.records_stored);
                     metrics::acked(&summary.dataset, "committed", records, a.latency);
                 }
                 AckStatus::Duplicate => {

@@ -477,7 +477,7 @@ fn prepare(
                         .map_err(|detail| (RejectReason::LinkageNotAllowed, at(detail)))?,
                 ),
             };
-            prepare_record(rekeyer, &session.organisation, record, linkage)
+            prepare_record(rekeyer, &session.organisation, &body.dataset, record, linkage)
                 .map_err(|detail| (RejectReason::InvalidRecord, at(detail)))
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -507,6 +507,7 @@ fn reason_for(violation: &Violation) -> RejectReason {
 fn prepare_record(
     rekeyer: &Rekeyer,
     organisation: &str,
+    dataset: &str,
     record: joinery_proto::v1::Record,
     linkage: Option<StoredLinkage>,
 ) -> Result<NewRecord, String> {
@@ -516,6 +517,7 @@ fn prepare_record(
     if !(record.nhs_pseudonym.is_empty() || record.nhs_pseudonym.len() == 32) {
         return Err("NHS pseudonym must be empty or 32 bytes".to_owned());
     }
+    let record_key = record_key(dataset, &record);
     let mut attributes = record.attributes;
     let sex = attributes.remove(SEX);
     let birth_month = attributes.remove(BIRTH_MONTH);
@@ -532,6 +534,7 @@ fn prepare_record(
     let identity = rekeyer.identify(organisation, &record.local_pseudonym, &record.nhs_pseudonym);
     Ok(NewRecord {
         person_id: identity.person_id,
+        record_key,
         source_row: record.source_row,
         local_pseudonym: identity.local_pseudonym,
         nhs_pseudonym: identity.nhs_pseudonym,
@@ -543,6 +546,18 @@ fn prepare_record(
         events,
         linkage,
     })
+}
+
+/// A record's key: SHA-256 of its dataset and its wire encoding — its line
+/// in the extract and all it holds (deterministic: maps are ordered), not the
+/// file's name or the batch it came in.
+fn record_key(dataset: &str, record: &joinery_proto::v1::Record) -> String {
+    use prost::Message;
+    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    context.update(dataset.as_bytes());
+    context.update(b"\0");
+    context.update(&record.encode_to_vec());
+    hex::encode(context.finish())
 }
 
 fn to_json(map: &BTreeMap<String, String>) -> String {

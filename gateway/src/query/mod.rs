@@ -739,6 +739,7 @@ mod tests {
             records: people
                 .map(|i| NewRecord {
                     person_id: format!("person-{i}"),
+                    record_key: format!("record-{i}"),
                     source_row: i as u64,
                     local_pseudonym: format!("local-{i}"),
                     nhs_pseudonym: None,

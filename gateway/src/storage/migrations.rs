@@ -58,6 +58,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0008_linkage_status.sql"),
         include_str!("../../migrations/postgres/0008_linkage_status.sql"),
     ),
+    (
+        9,
+        "record_keys",
+        include_str!("../../migrations/sqlite/0009_record_keys.sql"),
+        include_str!("../../migrations/postgres/0009_record_keys.sql"),
+    ),
 ];
 
 pub(super) fn for_backend(backend: Backend) -> Migrator {

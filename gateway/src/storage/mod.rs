@@ -63,6 +63,9 @@ pub struct NewBatch {
 #[derive(Debug, Clone)]
 pub struct NewRecord {
     pub person_id: String,
+    /// What makes the record itself (its dataset, line and content, not
+    /// its file's name or batch): stored once per organisation.
+    pub record_key: String,
     pub source_row: u64,
     pub local_pseudonym: String,
     pub nhs_pseudonym: Option<String>,
@@ -123,7 +126,7 @@ pub struct Storage {
     write_lock: Option<Arc<Mutex<()>>>,
 }
 
-const RECORD_COLUMNS: usize = 13;
+const RECORD_COLUMNS: usize = 14;
 const EVENT_COLUMNS: usize = 8;
 impl Backend {
     /// Bound parameters per multi-row INSERT. PostgreSQL: large (its limit is
@@ -241,15 +244,18 @@ impl Storage {
             return Ok(CommitOutcome::Duplicate);
         }
 
+        // Records already stored (by an earlier delivery of the same lines
+        // under any name or batching) are skipped, and so are their events.
         let indexed: Vec<(usize, &NewRecord)> = batch.records.iter().enumerate().collect();
+        let mut stored = std::collections::HashSet::new();
         for chunk in indexed.chunks(self.backend.parameters_per_statement() / RECORD_COLUMNS) {
             let sql = insert_sql(
                 "INSERT INTO records (person_id, organisation, batch_id, record_index, dataset, \
                  source_row, local_pseudonym, nhs_pseudonym, link_method, sex, birth_month, \
-                 postcode_district, attributes) VALUES ",
+                 postcode_district, attributes, record_key) VALUES ",
                 RECORD_COLUMNS,
                 chunk.len(),
-            );
+            ) + " ON CONFLICT (person_id, organisation, record_key) DO NOTHING RETURNING record_index";
             let mut query = sqlx::query(AssertSqlSafe(sql));
             for (index, record) in chunk {
                 query = query
@@ -265,15 +271,19 @@ impl Storage {
                     .bind(&record.sex)
                     .bind(&record.birth_month)
                     .bind(&record.postcode_district)
-                    .bind(&record.attributes);
+                    .bind(&record.attributes)
+                    .bind(&record.record_key);
             }
-            query.execute(&mut *tx).await?;
+            for row in query.fetch_all(&mut *tx).await? {
+                stored.insert(count(&row, "record_index")? as usize);
+            }
         }
 
         let events: Vec<(usize, &NewRecord, usize, &NewEvent)> = batch
             .records
             .iter()
             .enumerate()
+            .filter(|(ri, _)| stored.contains(ri))
             .flat_map(|(ri, r)| {
                 r.events
                     .iter()
@@ -304,7 +314,7 @@ impl Storage {
         }
         self.insert_linkage(&mut tx, batch).await?;
         bump_generation(&mut tx).await?;
-        let outcome = CommitOutcome::Committed(batch.records.len() as u64);
+        let outcome = CommitOutcome::Committed(stored.len() as u64);
         append_audit_in(&mut tx, &AuditRecord::batch(batch, outcome)).await?;
         tx.commit().await?;
         Ok(outcome)
@@ -655,6 +665,7 @@ mod tests {
         let before = storage.data_generation().await.unwrap();
         let record = |person: &str, event: &str| NewRecord {
             person_id: person.to_owned(),
+            record_key: format!("{person}-{event}"),
             source_row: 1,
             local_pseudonym: format!("local-{person}"),
             nhs_pseudonym: None,

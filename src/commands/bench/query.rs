@@ -157,6 +157,7 @@ async fn store_population(storage: &Storage, children: usize) -> anyhow::Result<
             records += 1;
             source.batch.push(NewRecord {
                 person_id: person_id.clone(),
+                record_key: format!("{}-{child}", source.dataset),
                 source_row: child as u64,
                 local_pseudonym: format!("{person_id}{}", source.dataset),
                 nhs_pseudonym: None,

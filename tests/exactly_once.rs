@@ -1,0 +1,85 @@
+//! Exactly once by content: an extract delivered again under another file
+//! name, cut into other batches, stores nothing twice; an extract that grew
+//! stores only what is new. On SQLite and on PostgreSQL.
+
+mod common;
+
+use common::*;
+use sqlx::Row;
+
+async fn totals(db: &sqlx::AnyPool) -> (i64, i64) {
+    let records = sqlx::query("SELECT COUNT(*) AS n FROM records")
+        .fetch_one(db)
+        .await
+        .unwrap()
+        .get::<i64, _>("n");
+    let events = sqlx::query("SELECT COUNT(*) AS n FROM events")
+        .fetch_one(db)
+        .await
+        .unwrap()
+        .get::<i64, _>("n");
+    (records, events)
+}
+
+/// Runs the council's agent on `extract` with `batch_size`, returning what it printed.
+fn deliver(d: &Deployment, gateway: &str, extract: &std::path::Path, batch_size: u32) -> String {
+    let mapping = d.path("synth/mappings/csc_referrals.yaml");
+    let config = d.agent_config(COUNCIL, gateway, extract, &mapping);
+    let yaml = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("batch_size: 200", &format!("batch_size: {batch_size}"));
+    std::fs::write(&config, yaml).unwrap();
+    let (code, stdout, stderr) = finish(d.spawn_agent(&config));
+    assert!(code == 0 || code == 3, "{stdout}\n{stderr}");
+    stdout
+}
+
+async fn stored_once(postgres: Option<String>) {
+    let d = Deployment::new();
+    let synth = d.synth(300, 31);
+    let gateway = d.start_gateway(postgres.as_deref(), &[]);
+    let db = open_database(postgres.as_deref().unwrap_or(&d.sqlite_url())).await;
+    let original = synth.join("extracts/csc_referrals.csv");
+    deliver(&d, &gateway.address, &original, 200);
+    let first = totals(&db).await;
+    assert!(first.0 > 100, "{first:?}");
+
+    // The same extract under another name, in batches of another size.
+    let renamed = d.path("referrals-resent-under-another-name.csv");
+    std::fs::copy(&original, &renamed).unwrap();
+    let out = deliver(&d, &gateway.address, &renamed, 77);
+    assert_eq!(totals(&db).await, first, "nothing stored twice: {out}");
+    assert!(out.contains(" 0 stored,"), "{out}");
+
+    // The extract grown by two rows: those two, and only they, are stored.
+    let text = std::fs::read_to_string(&original).unwrap();
+    let last = text.lines().last().unwrap();
+    let id = last.split(',').next().unwrap();
+    let grown = d.path("referrals-next-month.csv");
+    std::fs::write(
+        &grown,
+        format!(
+            "{text}{}\n{}\n",
+            last.replacen(id, &format!("{id}-new1"), 1),
+            last.replacen(id, &format!("{id}-new2"), 1)
+        ),
+    )
+    .unwrap();
+    let out = deliver(&d, &gateway.address, &grown, 200);
+    let (records, _) = totals(&db).await;
+    assert_eq!(records, first.0 + 2, "only the new rows: {out}");
+    assert!(gateway.stop().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resent_extract_is_stored_once_on_sqlite() {
+    stored_once(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resent_extract_is_stored_once_on_postgres() {
+    let Some(url) = fresh_postgres("exactly_once").await else {
+        return;
+    };
+    stored_once(Some(url)).await;
+}
