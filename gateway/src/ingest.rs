@@ -477,8 +477,14 @@ fn prepare(
                         .map_err(|detail| (RejectReason::LinkageNotAllowed, at(detail)))?,
                 ),
             };
-            prepare_record(rekeyer, &session.organisation, &body.dataset, record, linkage)
-                .map_err(|detail| (RejectReason::InvalidRecord, at(detail)))
+            prepare_record(
+                rekeyer,
+                &session.organisation,
+                &body.dataset,
+                record,
+                linkage,
+            )
+            .map_err(|detail| (RejectReason::InvalidRecord, at(detail)))
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(NewBatch {

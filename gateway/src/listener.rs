@@ -3,10 +3,12 @@
 //! ([`Admission`]), in the manner of Envoy's:
 //!
 //! - **Handshakes** run in their own tasks, each bounded by the handshake
-//!   timeout; at most `max_handshakes` at once. When a new connection
-//!   arrives with every handshake slot taken, the oldest unfinished
-//!   handshake is shed: a flood of connections that never finish cannot
-//!   keep a real client from starting one, and accepting never stops.
+//!   timeout; at most `max_handshakes` at once, and a quarter of them from
+//!   one source address. When a new connection arrives with its address's
+//!   share (or every slot) taken, that address's oldest unfinished
+//!   handshake (or the oldest of all) is shed: a flood of connections that
+//!   never finish cannot keep a real client from starting one, a flood from
+//!   one address sheds only its own, and accepting never stops.
 //! - **Established connections** are admitted by the certificate's
 //!   identity: agencies and analysts draw on separate budgets (analysts at
 //!   most a quarter of `max_connections`), and one identity holds at most
@@ -21,6 +23,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -57,8 +60,8 @@ pub struct Admission {
 
 #[derive(Default)]
 struct AdmissionState {
-    /// Unfinished handshakes, oldest first, by number.
-    handshakes: VecDeque<(u64, AbortHandle)>,
+    /// Unfinished handshakes, oldest first, by number and source address.
+    handshakes: VecDeque<(u64, IpAddr, AbortHandle)>,
     next_handshake: u64,
     by_class: HashMap<Class, usize>,
     by_identity: HashMap<String, usize>,
@@ -86,15 +89,30 @@ impl Admission {
         }
     }
 
-    /// Starts `handshake` (given its number) as a task, shedding the oldest
-    /// unfinished handshake if every slot is taken.
-    fn start_handshake<F>(&self, handshake: impl FnOnce(u64) -> F)
+    /// Starts `handshake` (given its number) as a task for a connection from
+    /// `from`, shedding that address's oldest unfinished handshake when it
+    /// holds its share of the slots, or the oldest of all when every slot
+    /// is taken.
+    fn start_handshake<F>(&self, from: IpAddr, handshake: impl FnOnce(u64) -> F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
         let mut state = self.state();
+        let share = (self.limits.max_handshakes / 4).max(1);
+        if state
+            .handshakes
+            .iter()
+            .filter(|(_, a, _)| *a == from)
+            .count()
+            >= share
+            && let Some(at) = state.handshakes.iter().position(|(_, a, _)| *a == from)
+            && let Some((_, _, oldest)) = state.handshakes.remove(at)
+        {
+            oldest.abort();
+            metrics::handshake_failed("shed");
+        }
         while state.handshakes.len() >= self.limits.max_handshakes.max(1) {
-            if let Some((_, oldest)) = state.handshakes.pop_front() {
+            if let Some((_, _, oldest)) = state.handshakes.pop_front() {
                 oldest.abort();
                 metrics::handshake_failed("shed");
             }
@@ -103,11 +121,11 @@ impl Admission {
         let number = state.next_handshake;
         // Tracked before the task can finish: it must take this lock first.
         let task = tokio::spawn(handshake(number)).abort_handle();
-        state.handshakes.push_back((number, task));
+        state.handshakes.push_back((number, from, task));
     }
 
     fn end_handshake(&self, number: u64) {
-        self.state().handshakes.retain(|(n, _)| *n != number);
+        self.state().handshakes.retain(|(n, _, _)| *n != number);
     }
 
     /// Admits an established connection of `identity`, or says why not.
@@ -229,7 +247,7 @@ pub fn incoming(
             let acceptor = tls.acceptor();
             let tx = tx.clone();
             let admitting = Arc::clone(&admission);
-            admission.start_handshake(move |number| async move {
+            admission.start_handshake(remote.ip(), move |number| async move {
                 let handshake =
                     tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await;
                 admitting.end_handshake(number);
@@ -348,5 +366,37 @@ impl AsyncWrite for Connection {
 
     fn is_write_vectored(&self) -> bool {
         self.stream.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_flood_from_one_address_sheds_its_own_handshakes_first() {
+        let admission = Admission::new(Limits {
+            max_handshakes: 8,
+            ..Limits::default()
+        });
+        let (flood, other): (IpAddr, IpAddr) =
+            ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        // Handshakes that never finish: number 1 from another address, then
+        // twenty from one.
+        admission.start_handshake(other, |_| std::future::pending());
+        for _ in 0..20 {
+            admission.start_handshake(flood, |_| std::future::pending());
+        }
+        let pending: Vec<(u64, IpAddr)> = admission
+            .state()
+            .handshakes
+            .iter()
+            .map(|(n, a, _)| (*n, *a))
+            .collect();
+        assert_eq!(
+            pending,
+            [(1, other), (20, flood), (21, flood)],
+            "the flood keeps only its share (a quarter of 8), the other address its own"
+        );
     }
 }
