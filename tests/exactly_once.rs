@@ -83,3 +83,73 @@ async fn a_resent_extract_is_stored_once_on_postgres() {
     };
     stored_once(Some(url)).await;
 }
+
+/// The case: the council's CIN census XML (the demo's) sent again
+/// under another file name stores nothing twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cin_census_resent_under_another_name_is_stored_once() {
+    let (d, _) = Deployment::demo(400);
+    let gateway = d.start_gateway(None, &[]);
+    let db = open_database(&d.sqlite_url()).await;
+    let cin = |db: &sqlx::AnyPool| {
+        let db = db.clone();
+        async move {
+            sqlx::query("SELECT COUNT(*) AS n FROM records WHERE dataset = 'cin'")
+                .fetch_one(&db)
+                .await
+                .unwrap()
+                .get::<i64, _>("n")
+        }
+    };
+    let before = (cin(&db).await, totals(&db).await);
+    assert!(before.0 > 50, "the demo delivered its census: {before:?}");
+
+    // The demo wrote its paths before its files were moved up a level.
+    let root = d.path("");
+    let root = root.to_str().unwrap().trim_end_matches('/');
+    let demo_config = std::fs::read_to_string(d.path(&format!("agents/{COUNCIL}.yaml")))
+        .unwrap()
+        .replace(&format!("{root}/demo"), root);
+    let year = demo_config
+        .split("kind: cin_census")
+        .nth(1)
+        .and_then(|rest| rest.lines().find_map(|l| l.trim().strip_prefix("year: ")))
+        .unwrap()
+        .to_owned();
+    let renamed = d.path("census-resubmitted.xml");
+    std::fs::copy(
+        d.path(&format!("synth/national/{COUNCIL}/cin_census.xml")),
+        &renamed,
+    )
+    .unwrap();
+    let header = demo_config.split("sources:").next().unwrap();
+    let header: String = header
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with("address:") {
+                format!("  address: {}", gateway.address)
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let config = d.path("resend.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "{header}\nsources:\n- kind: cin_census\n  path: {}\n  dataset: cin\n  year: {year}\n",
+            renamed.display()
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = finish(d.spawn_agent(&config));
+    assert!(code == 0 || code == 3, "{out}\n{err}");
+    assert_eq!(
+        (cin(&db).await, totals(&db).await),
+        before,
+        "nothing stored twice: {out}"
+    );
+    assert!(out.contains(" 0 stored,"), "{out}");
+    assert!(gateway.stop().success());
+}

@@ -39,6 +39,12 @@ pub struct Part {
     pub path: PathBuf,
     /// The dataset its records go to.
     pub dataset: String,
+    /// Which of its source's tables it is, by the format's own name for it
+    /// (`Episodes`, or the format for an XML file holding several), or empty
+    /// for a source of one table: never the file's name, so a file sent
+    /// again under another name is recognised, while two tables of one
+    /// dataset that yield identical rows stay apart.
+    pub table: String,
     pub source: Box<dyn Source>,
 }
 
@@ -255,6 +261,7 @@ pub fn open(
                 Part {
                     path: path.clone(),
                     dataset: map.dataset.clone(),
+                    table: String::new(),
                     source: Box::new(CsvSource::open(path, &map, mapping, context)?),
                 }
             }
@@ -266,6 +273,7 @@ pub fn open(
                         table.table.as_deref().unwrap_or("query")
                     )),
                     dataset: Mapping::load(&table.mapping)?.dataset,
+                    table: String::new(),
                     source: Box::new(source),
                 }
             }
@@ -470,6 +478,7 @@ impl Opening<'_> {
                 source: self.table_source(table, &path, &mapping)?,
                 path,
                 dataset: self.national.dataset.clone(),
+                table: table.table.clone(),
             });
         }
         Ok(parts)
@@ -546,6 +555,7 @@ impl Opening<'_> {
         Ok(vec![Part {
             path: path.clone(),
             dataset: self.national.dataset.clone(),
+            table: record,
             source: Box::new(source),
         }])
     }

@@ -240,7 +240,7 @@ async fn run_sources(config: &AgentConfig, progress: Progress) -> Result<RunSumm
                         part.dataset
                     ))
                 })?;
-            opened.push((part.path, part.dataset, dataset, part.source));
+            opened.push((part.path, part.table, part.dataset, dataset, part.source));
         }
     }
 
@@ -281,7 +281,7 @@ async fn run_sources(config: &AgentConfig, progress: Progress) -> Result<RunSumm
     let mut summaries = Vec::new();
     let mut reports = std::collections::BTreeSet::new();
 
-    for (index, (path, dataset, rules, mut reader)) in opened.into_iter().enumerate() {
+    for (index, (path, table, dataset, rules, mut reader)) in opened.into_iter().enumerate() {
         let key = path.display().to_string();
         let fingerprint = reader.fingerprint();
         let checkpoint = spool
@@ -323,12 +323,9 @@ async fn run_sources(config: &AgentConfig, progress: Progress) -> Result<RunSumm
                 source,
             })?;
         let sequence = checkpoint.map_or(0, |c| c.sequence);
-        let source_name = path
-            .file_name()
-            .map_or(key.clone(), |n| n.to_string_lossy().into());
         let batcher = Batcher::new(
             &dataset,
-            &source_name,
+            &table,
             config.batch_size,
             max_batch_bytes,
             sequence,

@@ -480,7 +480,7 @@ fn prepare(
             prepare_record(
                 rekeyer,
                 &session.organisation,
-                &body.dataset,
+                (&body.dataset, &body.source),
                 record,
                 linkage,
             )
@@ -513,7 +513,7 @@ fn reason_for(violation: &Violation) -> RejectReason {
 fn prepare_record(
     rekeyer: &Rekeyer,
     organisation: &str,
-    dataset: &str,
+    (dataset, table): (&str, &str),
     record: joinery_proto::v1::Record,
     linkage: Option<StoredLinkage>,
 ) -> Result<NewRecord, String> {
@@ -523,7 +523,7 @@ fn prepare_record(
     if !(record.nhs_pseudonym.is_empty() || record.nhs_pseudonym.len() == 32) {
         return Err("NHS pseudonym must be empty or 32 bytes".to_owned());
     }
-    let record_key = record_key(dataset, &record);
+    let record_key = record_key(dataset, table, &record);
     let mut attributes = record.attributes;
     let sex = attributes.remove(SEX);
     let birth_month = attributes.remove(BIRTH_MONTH);
@@ -554,14 +554,17 @@ fn prepare_record(
     })
 }
 
-/// A record's key: SHA-256 of its dataset and its wire encoding — its line
-/// in the extract and all it holds (deterministic: maps are ordered), not the
-/// file's name or the batch it came in.
-fn record_key(dataset: &str, record: &joinery_proto::v1::Record) -> String {
+/// A record's key: SHA-256 of its dataset, the table of its source it came
+/// from (the format's name for it, never a file name: see the batch's
+/// `source`) and its wire encoding — its line and all it holds
+/// (deterministic: maps are ordered) — not the batch it came in.
+fn record_key(dataset: &str, table: &str, record: &joinery_proto::v1::Record) -> String {
     use prost::Message;
     let mut context = ring::digest::Context::new(&ring::digest::SHA256);
-    context.update(dataset.as_bytes());
-    context.update(b"\0");
+    for part in [dataset, table] {
+        context.update(part.as_bytes());
+        context.update(b"\0");
+    }
     context.update(&record.encode_to_vec());
     hex::encode(context.finish())
 }
