@@ -153,3 +153,83 @@ async fn a_cin_census_resent_under_another_name_is_stored_once() {
     assert!(out.contains(" 0 stored,"), "{out}");
     assert!(gateway.stop().success());
 }
+
+/// A source declared a full snapshot replaces the agency's earlier
+/// snapshots of the dataset once it is delivered whole: rows gone from the
+/// extract are retired (audited), moved rows are not held twice.
+async fn snapshots_replace(postgres: Option<String>) {
+    let d = Deployment::new();
+    let synth = d.synth(300, 37);
+    let gateway = d.start_gateway(postgres.as_deref(), &[]);
+    let db = open_database(postgres.as_deref().unwrap_or(&d.sqlite_url())).await;
+    let mapping = d.path("synth/mappings/csc_referrals.yaml");
+    let snapshot = |extract: &std::path::Path| {
+        let config = d.agent_config(COUNCIL, &gateway.address, extract, &mapping);
+        let yaml = std::fs::read_to_string(&config).unwrap();
+        std::fs::write(
+            &config,
+            format!("{}\n    snapshot: true\n", yaml.trim_end()),
+        )
+        .unwrap();
+        let (code, out, err) = finish(d.spawn_agent(&config));
+        assert!(code == 0 || code == 3, "{out}\n{err}");
+        let stored: u64 = out
+            .split(" sent, ")
+            .nth(1)
+            .and_then(|rest| rest.split(" stored").next())
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{out}"));
+        (out, stored)
+    };
+    let text = std::fs::read_to_string(synth.join("extracts/csc_referrals.csv")).unwrap();
+    let (header, rows) = text.split_once('\n').unwrap();
+    let rows: Vec<&str> = rows.lines().collect();
+    let month = |name: &str, lines: &[&str]| {
+        let path = d.path(name);
+        std::fs::write(&path, format!("{header}\n{}\n", lines.join("\n"))).unwrap();
+        path
+    };
+    // Month one: every row.
+    let (out, first) = snapshot(&month("referrals-2026-10.csv", &rows));
+    assert_eq!(totals(&db).await.0 as u64, first, "{out}");
+    assert!(
+        out.contains("replaced the earlier ones at the gateway (0 records retired)"),
+        "{out}"
+    );
+    // Month two: ten rows gone from the top (the rest move up a line each).
+    let (out, second) = snapshot(&month("referrals-2026-11.csv", &rows[10..]));
+    assert!(second < first, "{out}");
+    assert_eq!(
+        totals(&db).await.0 as u64,
+        second,
+        "only month two is held: {out}"
+    );
+    assert!(out.contains(&format!("({first} records retired)")), "{out}");
+    // The audit log says so.
+    let retired: i64 =
+        sqlx::query("SELECT COUNT(*) AS n FROM audit_log WHERE kind = 'snapshot_replaced'")
+            .fetch_one(&db)
+            .await
+            .unwrap()
+            .get("n");
+    assert_eq!(retired, 2);
+    // Month two again, under another name: still held once.
+    let again = d.path("referrals-2026-11-resent.csv");
+    std::fs::copy(d.path("referrals-2026-11.csv"), &again).unwrap();
+    snapshot(&again);
+    assert_eq!(totals(&db).await.0 as u64, second);
+    assert!(gateway.stop().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_snapshot_replaces_the_last_on_sqlite() {
+    snapshots_replace(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_snapshot_replaces_the_last_on_postgres() {
+    let Some(url) = fresh_postgres("snapshots").await else {
+        return;
+    };
+    snapshots_replace(Some(url)).await;
+}

@@ -8,6 +8,7 @@ use prost::Message;
 pub struct Batcher {
     dataset: String,
     source: String,
+    snapshot: String,
     max_records: usize,
     max_bytes: usize,
     sequence: u64,
@@ -29,12 +30,19 @@ impl Batcher {
         Self {
             dataset: dataset.to_owned(),
             source: source.to_owned(),
+            snapshot: String::new(),
             max_records,
             max_bytes,
             sequence,
             records: Vec::with_capacity(max_records),
             bytes: 0,
         }
+    }
+
+    /// Marks every batch as part of the full snapshot `snapshot`.
+    pub fn in_snapshot(mut self, snapshot: &str) -> Self {
+        self.snapshot = snapshot.to_owned();
+        self
     }
 
     /// The sequence number of the batch being filled.
@@ -63,6 +71,7 @@ impl Batcher {
             sequence: self.sequence,
             records: std::mem::replace(&mut self.records, Vec::with_capacity(self.max_records)),
             source: self.source.clone(),
+            snapshot: self.snapshot.clone(),
         };
         self.sequence += 1;
         self.bytes = 0;

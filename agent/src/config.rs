@@ -105,6 +105,11 @@ pub enum SourceConfig {
         path: PathBuf,
         /// Its mapping file (see deploy/examples/mapping.yaml).
         mapping: PathBuf,
+        /// The extract is a full snapshot of the dataset: once all of it is
+        /// delivered, the agency's records from earlier snapshots are
+        /// retired at the gateway. Otherwise each run adds to what is held.
+        #[serde(default)]
+        snapshot: bool,
     },
     /// The SSDA903 looked-after children return as CSV tables (header.csv,
     /// episodes.csv, reviews.csv, uasc.csv, oc2.csv, oc3.csv, ad1.csv,
@@ -179,6 +184,11 @@ pub struct NationalFormat {
     /// (e.g. `Episodes: episodes_2025.csv`).
     #[serde(default)]
     pub files: BTreeMap<String, String>,
+    /// The tables are a full snapshot of the dataset: once all of them are
+    /// delivered, the agency's records from earlier snapshots are retired
+    /// at the gateway. Otherwise each run adds to what is held.
+    #[serde(default)]
+    pub snapshot: bool,
 }
 
 impl SqlTable {
@@ -226,6 +236,15 @@ impl SourceConfig {
     }
 
     /// The national format's settings, for every kind but `csv`.
+    /// Whether the source is declared a full snapshot of its dataset.
+    pub fn snapshot(&self) -> bool {
+        match self {
+            Self::Csv { snapshot, .. } => *snapshot,
+            Self::Sql(_) => false,
+            _ => self.national().is_some_and(|f| f.snapshot),
+        }
+    }
+
     pub fn national(&self) -> Option<&NationalFormat> {
         match self {
             Self::Csv { .. } | Self::Sql(_) => None,
@@ -333,7 +352,7 @@ impl AgentConfig {
         resolve(&mut self.spool_dir);
         for source in &mut self.sources {
             match source {
-                SourceConfig::Csv { path, mapping } => {
+                SourceConfig::Csv { path, mapping, .. } => {
                     resolve(path);
                     resolve(mapping);
                 }

@@ -256,7 +256,7 @@ pub fn open(
     let context = context.into();
     let Some(national) = source.national() else {
         return Ok(vec![match source {
-            SourceConfig::Csv { path, mapping } => {
+            SourceConfig::Csv { path, mapping, .. } => {
                 let map = Mapping::load(mapping)?;
                 Part {
                     path: path.clone(),
@@ -632,6 +632,7 @@ mod tests {
             year: Some(year),
             code_lists: None,
             files: BTreeMap::new(),
+            snapshot: false,
         })
     }
 

@@ -14,7 +14,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use joinery_crypto::keys::SecretKey;
 use joinery_policies::SignedAgreement;
 use joinery_policies::model::{Dataset, OptOut};
-use joinery_proto::v1::{AckStatus, Batch, Hello, RejectReason};
+use joinery_proto::v1::ingest_client::IngestClient;
+use joinery_proto::v1::{AckStatus, Batch, Hello, RejectReason, SnapshotDelivered};
 use time::Date;
 use tokio::sync::mpsc;
 use tracing::Instrument;
@@ -125,6 +126,9 @@ pub struct RunSummary {
     pub replayed_records: u64,
     /// Sessions reopened after the gateway or network failed.
     pub reconnections: u64,
+    /// Full snapshots delivered whole this run: the dataset, and how many
+    /// records of earlier snapshots the gateway retired.
+    pub snapshots: Vec<(String, u64)>,
     /// The gateway's signed audit checkpoints fetched and kept this run
     /// ([`crate::checkpoints`]); `None` when the gateway could not be asked.
     pub checkpoints: Option<crate::checkpoints::Fetched>,
@@ -219,7 +223,28 @@ async fn run_sources(config: &AgentConfig, progress: Progress) -> Result<RunSumm
             today,
             limits: config.limits,
         };
-        for part in crate::format::open(source, context)? {
+        let parts = crate::format::open(source, context)?;
+        // A full snapshot's id: the same for every part of it, and across
+        // an interrupted run, while its files are unchanged.
+        let snapshot = if source.snapshot() {
+            let mut fingerprints: Vec<String> =
+                parts.iter().map(|p| p.source.fingerprint()).collect();
+            fingerprints.sort_unstable();
+            let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+            for part in parts
+                .iter()
+                .map(|p| p.dataset.as_str())
+                .take(1)
+                .chain(fingerprints.iter().map(String::as_str))
+            {
+                context.update(part.as_bytes());
+                context.update(b"\0");
+            }
+            hex::encode(&context.finish().as_ref()[..16])
+        } else {
+            String::new()
+        };
+        for part in parts {
             if !signed.may_send(&config.organisation, &part.dataset) {
                 return Err(AgentError::NotAllowed(format!(
                     "agreement {} version {} does not let {} send dataset {} (source {})",
@@ -240,7 +265,14 @@ async fn run_sources(config: &AgentConfig, progress: Progress) -> Result<RunSumm
                         part.dataset
                     ))
                 })?;
-            opened.push((part.path, part.table, part.dataset, dataset, part.source));
+            opened.push(Opened {
+                path: part.path,
+                table: part.table,
+                dataset: part.dataset,
+                rules: dataset,
+                reader: part.source,
+                snapshot: snapshot.clone(),
+            });
         }
     }
 
@@ -254,7 +286,7 @@ async fn run_sources(config: &AgentConfig, progress: Progress) -> Result<RunSumm
     let spool = Arc::new(Spool::open(&config.spool_dir)?);
     let mut delivery = Delivery::new(
         &config.gateway,
-        tls,
+        tls.clone(),
         hello,
         config.max_in_flight,
         Duration::from_secs(config.retry_for_secs),
@@ -281,7 +313,24 @@ async fn run_sources(config: &AgentConfig, progress: Progress) -> Result<RunSumm
     let mut summaries = Vec::new();
     let mut reports = std::collections::BTreeSet::new();
 
-    for (index, (path, table, dataset, rules, mut reader)) in opened.into_iter().enumerate() {
+    let snapshots: Vec<(String, String)> = {
+        let mut seen: Vec<(String, String)> = opened
+            .iter()
+            .filter(|o| !o.snapshot.is_empty())
+            .map(|o| (o.dataset.clone(), o.snapshot.clone()))
+            .collect();
+        seen.dedup();
+        seen
+    };
+    for (index, opened) in opened.into_iter().enumerate() {
+        let Opened {
+            path,
+            table,
+            dataset,
+            rules,
+            mut reader,
+            snapshot,
+        } = opened;
         let key = path.display().to_string();
         let fingerprint = reader.fingerprint();
         let checkpoint = spool
@@ -329,7 +378,8 @@ async fn run_sources(config: &AgentConfig, progress: Progress) -> Result<RunSumm
             config.batch_size,
             max_batch_bytes,
             sequence,
-        );
+        )
+        .in_snapshot(&snapshot);
         let (tx, mut rx) = mpsc::channel::<Spooled>(config.max_in_flight);
         let releasing = Releasing {
             releaser: releaser.clone(),
@@ -377,7 +427,51 @@ async fn run_sources(config: &AgentConfig, progress: Progress) -> Result<RunSumm
         ..RunSummary::default()
     };
     run.tally(acked);
+    // Full snapshots delivered whole (nothing rejected) replace the earlier.
+    for (dataset, snapshot) in snapshots {
+        let rejected = run
+            .sources
+            .iter()
+            .any(|s| s.dataset == dataset && s.records_rejected > 0);
+        if rejected {
+            tracing::warn!(%dataset, "snapshot not complete at the gateway (batches rejected); earlier snapshots kept");
+            continue;
+        }
+        let channel = joinery_proto::channel::connect(
+            &config.gateway.address,
+            config.gateway.server_name(),
+            tls.clone(),
+        )
+        .await?;
+        let replaced = IngestClient::new(channel)
+            .replace_snapshot(SnapshotDelivered {
+                dataset: dataset.clone(),
+                snapshot,
+                agreement_id: agreement.id.clone(),
+                agreement_version: agreement.version,
+            })
+            .await
+            .map_err(|status| {
+                AgentError::NotAllowed(format!(
+                    "the gateway did not replace the earlier snapshots of {dataset}: {}",
+                    status.message()
+                ))
+            })?
+            .into_inner();
+        run.snapshots.push((dataset, replaced.records_retired));
+    }
     Ok(run)
+}
+
+/// A source's part, opened and checked, waiting its turn.
+struct Opened {
+    path: PathBuf,
+    table: String,
+    dataset: String,
+    rules: joinery_policies::model::Dataset,
+    reader: Box<dyn Source>,
+    /// Its full snapshot's id; empty for incremental data.
+    snapshot: String,
 }
 
 impl RunSummary {

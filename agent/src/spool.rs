@@ -327,6 +327,7 @@ mod tests {
             sequence: n,
             records: vec![],
             source: "d.csv".into(),
+            snapshot: String::new(),
         };
         Batch {
             batch_id: body.digest(),

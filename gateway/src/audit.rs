@@ -173,6 +173,27 @@ impl AuditRecord {
         )
     }
 
+    /// A full snapshot delivered whole: the organisation's records of the
+    /// dataset from earlier snapshots retired.
+    pub fn snapshot_replaced(
+        organisation: &str,
+        agreement: (&str, u32),
+        dataset: &str,
+        snapshot: &str,
+        records_retired: u64,
+    ) -> Self {
+        record(
+            "snapshot_replaced",
+            organisation,
+            agreement,
+            json!({
+                "dataset": dataset,
+                "snapshot": snapshot,
+                "records_retired": records_retired,
+            }),
+        )
+    }
+
     /// An analyst's (or agency's) query and what it released.
     pub fn query(
         actor: &str,

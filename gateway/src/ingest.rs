@@ -23,8 +23,8 @@ use joinery_policies::SignedAgreement;
 use joinery_policies::enforce::{DatasetRules, Violation};
 use joinery_proto::v1::ingest_server::Ingest;
 use joinery_proto::v1::{
-    Ack, AckStatus, AgentMessage, Batch, BatchBody, GatewayMessage, Hello, RejectReason, Welcome,
-    agent_message, gateway_message,
+    Ack, AckStatus, AgentMessage, Batch, BatchBody, GatewayMessage, Hello, RejectReason,
+    SnapshotDelivered, SnapshotReplaced, Welcome, agent_message, gateway_message,
 };
 use time::OffsetDateTime;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -128,6 +128,65 @@ type AckStream = Pin<Box<dyn Stream<Item = Result<GatewayMessage, Status>> + Sen
 #[tonic::async_trait]
 impl Ingest for IngestService {
     type StreamStream = AckStream;
+
+    /// A full snapshot delivered whole: the organisation's records of the
+    /// dataset from earlier snapshots are retired (audited). The sender
+    /// must be a party to the agreement named, in force, that lets it send
+    /// the dataset, and the snapshot must be held.
+    async fn replace_snapshot(
+        &self,
+        request: Request<SnapshotDelivered>,
+    ) -> Result<Response<SnapshotReplaced>, Status> {
+        let organisation = peer::organisation(&request)?;
+        let delivered = request.into_inner();
+        let session = open_session(
+            &self.agreements,
+            &organisation,
+            &Hello {
+                organisation: organisation.clone(),
+                agreement_id: delivered.agreement_id.clone(),
+                agreement_version: delivered.agreement_version,
+                agreement_digest: self
+                    .agreements
+                    .get(&delivered.agreement_id, delivered.agreement_version)
+                    .map(|a| a.digest.clone())
+                    .unwrap_or_default(),
+                agent_version: String::new(),
+            },
+        )?;
+        if !session
+            .agreement
+            .may_send(&organisation, &delivered.dataset)
+            || delivered.snapshot.is_empty()
+        {
+            return Err(Status::permission_denied(format!(
+                "organisation {organisation} does not send dataset {:?} under agreement {} version {}",
+                delivered.dataset, delivered.agreement_id, delivered.agreement_version
+            )));
+        }
+        let retired = self
+            .storage
+            .replace_snapshot(
+                &organisation,
+                &delivered.dataset,
+                &delivered.snapshot,
+                (&delivered.agreement_id, delivered.agreement_version),
+            )
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "replacing a snapshot failed");
+                Status::unavailable("the gateway's database is not available")
+            })?
+            .ok_or_else(|| {
+                Status::failed_precondition(
+                    "the gateway holds no record of this snapshot: deliver it before replacing",
+                )
+            })?;
+        tracing::info!(%organisation, dataset = %delivered.dataset, retired, "snapshot replaced");
+        Ok(Response::new(SnapshotReplaced {
+            records_retired: retired,
+        }))
+    }
 
     async fn stream(
         &self,
@@ -480,7 +539,7 @@ fn prepare(
             prepare_record(
                 rekeyer,
                 &session.organisation,
-                (&body.dataset, &body.source),
+                [&body.dataset, &body.source, &body.snapshot],
                 record,
                 linkage,
             )
@@ -490,6 +549,7 @@ fn prepare(
     Ok(NewBatch {
         organisation: session.organisation.clone(),
         batch_id: batch_id.to_owned(),
+        snapshot: (!body.snapshot.is_empty()).then_some(body.snapshot),
         dataset: body.dataset,
         sequence: body.sequence,
         agreement_id: signed.agreement.id.clone(),
@@ -513,7 +573,7 @@ fn reason_for(violation: &Violation) -> RejectReason {
 fn prepare_record(
     rekeyer: &Rekeyer,
     organisation: &str,
-    (dataset, table): (&str, &str),
+    identity: [&str; 3],
     record: joinery_proto::v1::Record,
     linkage: Option<StoredLinkage>,
 ) -> Result<NewRecord, String> {
@@ -523,7 +583,7 @@ fn prepare_record(
     if !(record.nhs_pseudonym.is_empty() || record.nhs_pseudonym.len() == 32) {
         return Err("NHS pseudonym must be empty or 32 bytes".to_owned());
     }
-    let record_key = record_key(dataset, table, &record);
+    let record_key = record_key(identity, &record);
     let mut attributes = record.attributes;
     let sex = attributes.remove(SEX);
     let birth_month = attributes.remove(BIRTH_MONTH);
@@ -556,12 +616,13 @@ fn prepare_record(
 
 /// A record's key: SHA-256 of its dataset, the table of its source it came
 /// from (the format's name for it, never a file name: see the batch's
-/// `source`) and its wire encoding — its line and all it holds
-/// (deterministic: maps are ordered) — not the batch it came in.
-fn record_key(dataset: &str, table: &str, record: &joinery_proto::v1::Record) -> String {
+/// `source`), its snapshot (if any) and its wire encoding — its line and
+/// all it holds (deterministic: maps are ordered) — not the batch it came
+/// in.
+fn record_key(identity: [&str; 3], record: &joinery_proto::v1::Record) -> String {
     use prost::Message;
     let mut context = ring::digest::Context::new(&ring::digest::SHA256);
-    for part in [dataset, table] {
+    for part in identity {
         context.update(part.as_bytes());
         context.update(b"\0");
     }

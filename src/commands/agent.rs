@@ -134,6 +134,11 @@ async fn resolve(
 }
 
 pub fn print_summary(organisation: &str, summary: &RunSummary) {
+    for (dataset, retired) in &summary.snapshots {
+        println!(
+            "{organisation}: the full snapshot of {dataset} replaced the earlier ones at the gateway ({retired} records retired)"
+        );
+    }
     if let Some(kept) = summary.checkpoints {
         println!(
             "{organisation}: kept {} new signed audit checkpoints of the gateway ({} in all, in the spool directory's audit-checkpoints.jsonl)",

@@ -368,6 +368,7 @@ impl Layout<'_> {
             sources: vec![SourceConfig::Csv {
                 path: extract.to_owned(),
                 mapping: mapping.to_owned(),
+                snapshot: false,
             }],
             limits: Default::default(),
         }

@@ -73,6 +73,7 @@ pub(super) fn write(
                 year,
                 code_lists: None,
                 files: Default::default(),
+                snapshot: false,
             }),
             path,
         };

@@ -46,6 +46,7 @@ pub fn batch_for(dataset: &str, seed: u8, records: usize) -> Batch {
     let body = BatchBody {
         dataset: dataset.to_owned(),
         source: format!("{dataset}.csv"),
+        snapshot: String::new(),
         sequence: u64::from(seed),
         records: (0..records)
             .map(|i| Record {

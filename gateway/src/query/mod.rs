@@ -730,6 +730,7 @@ mod tests {
 
     fn batch(id: &str, people: std::ops::Range<usize>) -> NewBatch {
         NewBatch {
+            snapshot: None,
             organisation: "E08000099".to_owned(),
             batch_id: id.to_owned(),
             dataset: "cin".to_owned(),

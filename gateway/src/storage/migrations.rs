@@ -64,6 +64,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0009_record_keys.sql"),
         include_str!("../../migrations/postgres/0009_record_keys.sql"),
     ),
+    (
+        10,
+        "snapshots",
+        include_str!("../../migrations/sqlite/0010_snapshots.sql"),
+        include_str!("../../migrations/postgres/0010_snapshots.sql"),
+    ),
 ];
 
 pub(super) fn for_backend(backend: Backend) -> Migrator {

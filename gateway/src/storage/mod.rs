@@ -54,6 +54,8 @@ pub struct NewBatch {
     pub organisation: String,
     pub batch_id: String,
     pub dataset: String,
+    /// The full snapshot its records belong to, if any.
+    pub snapshot: Option<String>,
     pub sequence: u64,
     pub agreement_id: String,
     pub agreement_version: u32,
@@ -126,7 +128,7 @@ pub struct Storage {
     write_lock: Option<Arc<Mutex<()>>>,
 }
 
-const RECORD_COLUMNS: usize = 14;
+const RECORD_COLUMNS: usize = 15;
 const EVENT_COLUMNS: usize = 8;
 impl Backend {
     /// Bound parameters per multi-row INSERT. PostgreSQL: large (its limit is
@@ -252,7 +254,7 @@ impl Storage {
             let sql = insert_sql(
                 "INSERT INTO records (person_id, organisation, batch_id, record_index, dataset, \
                  source_row, local_pseudonym, nhs_pseudonym, link_method, sex, birth_month, \
-                 postcode_district, attributes, record_key) VALUES ",
+                 postcode_district, attributes, record_key, snapshot) VALUES ",
                 RECORD_COLUMNS,
                 chunk.len(),
             ) + " ON CONFLICT (person_id, organisation, record_key) DO NOTHING RETURNING record_index";
@@ -272,7 +274,8 @@ impl Storage {
                     .bind(&record.birth_month)
                     .bind(&record.postcode_district)
                     .bind(&record.attributes)
-                    .bind(&record.record_key);
+                    .bind(&record.record_key)
+                    .bind(&batch.snapshot);
             }
             for row in query.fetch_all(&mut *tx).await? {
                 stored.insert(count(&row, "record_index")? as usize);
@@ -318,6 +321,66 @@ impl Storage {
         append_audit_in(&mut tx, &AuditRecord::batch(batch, outcome)).await?;
         tx.commit().await?;
         Ok(outcome)
+    }
+
+    /// Retires `organisation`'s records of `dataset` from snapshots other
+    /// than `snapshot` (and their events), audited, once that snapshot is
+    /// held; returns how many records were retired. Refused (None) when no
+    /// record of `snapshot` is held: a snapshot that never arrived replaces
+    /// nothing.
+    pub async fn replace_snapshot(
+        &self,
+        organisation: &str,
+        dataset: &str,
+        snapshot: &str,
+        agreement: (&str, u32),
+    ) -> Result<Option<u64>, StorageError> {
+        let _writing = match &self.write_lock {
+            Some(lock) => Some(lock.lock().await),
+            None => None,
+        };
+        let mut tx = self.pool.begin().await?;
+        let held = sqlx::query(
+            "SELECT COUNT(*) AS n FROM records WHERE organisation = $1 AND dataset = $2 AND snapshot = $3",
+        )
+        .bind(organisation)
+        .bind(dataset)
+        .bind(snapshot)
+        .fetch_one(&mut *tx)
+        .await?;
+        if count(&held, "n")? == 0 {
+            return Ok(None);
+        }
+        let earlier =
+            "organisation = $1 AND dataset = $2 AND snapshot IS NOT NULL AND snapshot <> $3";
+        sqlx::query(AssertSqlSafe(format!(
+            "DELETE FROM events WHERE (person_id, organisation, batch_id, record_index) IN \
+             (SELECT person_id, organisation, batch_id, record_index FROM records WHERE {earlier})"
+        )))
+        .bind(organisation)
+        .bind(dataset)
+        .bind(snapshot)
+        .execute(&mut *tx)
+        .await?;
+        let retired = sqlx::query(AssertSqlSafe(format!(
+            "DELETE FROM records WHERE {earlier}"
+        )))
+        .bind(organisation)
+        .bind(dataset)
+        .bind(snapshot)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if retired > 0 {
+            bump_generation(&mut tx).await?;
+        }
+        append_audit_in(
+            &mut tx,
+            &AuditRecord::snapshot_replaced(organisation, agreement, dataset, snapshot, retired),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Some(retired))
     }
 
     /// The (agreement id, version, dataset) of every batch still holding data.
@@ -682,6 +745,7 @@ mod tests {
             linkage: None,
         };
         let batch = NewBatch {
+            snapshot: None,
             organisation: "E08000099".to_owned(),
             batch_id: "b1".to_owned(),
             dataset: "cin".to_owned(),

@@ -67,6 +67,7 @@ pub fn run(args: ReadersArgs) -> anyhow::Result<ExitCode> {
                     SourceConfig::Csv {
                         path: extract.clone(),
                         mapping: mapping.clone(),
+                        snapshot: false,
                     },
                 )
             })
