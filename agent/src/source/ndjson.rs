@@ -316,6 +316,57 @@ mod tests {
     }
 
     #[test]
+    fn broken_resources_are_quarantined_without_their_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("Patient.ndjson");
+        std::fs::write(
+            &data,
+            concat!(
+                "{\"resourceType\":\"Patient\",\"id\":\"Quillfeather\",\"birthDate\":\"Quill-feather\"}\n",
+                "{\"resourceType\":\"Patient\",\"id\":\"Quillfeather\" \"name\":1}\n",
+                "{\"resourceType\":\"Quillfeather\",\"id\":\"x\"}\n",
+                "{\"resourceType\":\"Patient\",\"id\":\"Quill\\u0000feather\"}\n",
+                "{\"resourceType\":\"Patient\",\"id\":\"Quillfeather"
+            ),
+        )
+        .unwrap();
+        let mapping: Mapping = serde_saphyr::from_str(
+            "dataset: d\nfields:\n  local_id: id\n  date_of_birth: { column: dob, format: iso }\n",
+        )
+        .unwrap();
+        let columns = [
+            ("id".to_owned(), "id".to_owned()),
+            ("dob".to_owned(), "birthDate".to_owned()),
+        ]
+        .into();
+        let mut source = NdjsonSource::open(
+            &data,
+            "Patient",
+            &columns,
+            &mapping,
+            Path::new("m"),
+            date!(2026 - 01 - 01),
+        )
+        .unwrap();
+        let mut problems = Vec::new();
+        while let Some(row) = source.next_row() {
+            match row.unwrap().outcome {
+                RowOutcome::Quarantined(p) => problems.push(p.to_string()),
+                RowOutcome::Valid { warnings, .. } => {
+                    problems.extend(warnings.iter().map(ToString::to_string))
+                }
+            }
+        }
+        assert_eq!(problems.len(), 5, "{problems:?}");
+        for problem in &problems {
+            assert!(
+                !problem.contains("Quill") && !problem.contains("feather"),
+                "{problem}"
+            );
+        }
+    }
+
+    #[test]
     fn truncated_foreign_and_overlong_lines_are_quarantined_by_line() {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("Patient.ndjson");

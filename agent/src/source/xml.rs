@@ -251,11 +251,8 @@ impl XmlSource {
                                 .map_err(|e| malformed(&self.path, self.line, e))?;
                             quick_xml::escape::resolve_predefined_entity(&name)
                                 .ok_or_else(|| {
-                                    malformed(
-                                        &self.path,
-                                        self.line,
-                                        format!("unknown entity &{name};"),
-                                    )
+                                    // Its name is the file's text: not shown.
+                                    malformed(&self.path, self.line, "an unknown entity (&...;)")
                                 })?
                                 .to_owned()
                         }
@@ -358,10 +355,19 @@ impl XmlSource {
 }
 
 fn malformed(path: &Path, line: u64, detail: impl std::fmt::Display) -> SourceError {
+    // The parser quotes what it found (`...`): the file's own text, which
+    // may be a child's name. Only the shape of the problem is kept.
+    let detail = detail.to_string();
+    let shape: String = detail
+        .split('`')
+        .enumerate()
+        .map(|(i, part)| if i % 2 == 1 { "…" } else { part })
+        .collect::<Vec<_>>()
+        .join("`");
     SourceError::Io {
         path: path.to_owned(),
         line,
-        detail: format!("malformed XML: {detail}"),
+        detail: format!("malformed XML: {shape}"),
     }
 }
 
@@ -655,6 +661,22 @@ mod tests {
         std::fs::write(&path, &whole[..whole.find("<CINdetails>").unwrap()]).unwrap();
         let err = read_all(&mut open(&path)).unwrap_err().to_string();
         assert!(err.contains("ends inside the <Child>"), "{err}");
+        // Identifiers where entities, character references and tags go
+        // wrong: the error names the line, never them.
+        for broken in [
+            CHILD_A.replace("A1", "&Quillfeather;"),
+            CHILD_A.replace("A1", "Quill&#xZZZ;feather"),
+            CHILD_A.replace("<UPN>UN1</UPN>", "<UPN>Quillfeather</UPN></Quillfeather>"),
+            CHILD_A.replace("<UPN>UN1</UPN>", "<UPN>Quillfeather<</UPN>"),
+        ] {
+            std::fs::write(&path, census(&broken, "2025")).unwrap();
+            let err = read_all(&mut open(&path)).unwrap_err().to_string();
+            assert!(
+                err.contains("malformed XML") && err.contains("line "),
+                "{err}"
+            );
+            assert!(!err.contains("Quill") && !err.contains("feather"), "{err}");
+        }
     }
 
     #[test]
