@@ -282,19 +282,26 @@ mod tests {
     const MAPPING: &str = "dataset: d\nfields:\n  local_id: Child ID\n  family_name: Surname\n  date_of_birth: { column: DOB, format: dd/mm/yyyy }\n";
 
     fn read_all(csv_bytes: &[u8]) -> Vec<SourceRow> {
+        read_with(csv_bytes, date!(2026 - 01 - 01).into()).unwrap()
+    }
+
+    /// Every row of `csv_bytes` read under `context`, having checked the
+    /// whole file was read; or the error that stopped it.
+    fn read_with(csv_bytes: &[u8], context: ReadContext) -> Result<Vec<SourceRow>, String> {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("d.csv");
         let map = dir.path().join("m.yaml");
         std::fs::write(&data, csv_bytes).unwrap();
         std::fs::write(&map, MAPPING).unwrap();
         let mapping = Mapping::load(&map).unwrap();
-        let mut source = CsvSource::open(&data, &mapping, &map, date!(2026 - 01 - 01)).unwrap();
+        let mut source =
+            CsvSource::open(&data, &mapping, &map, context).map_err(|e| e.to_string())?;
         let mut rows = Vec::new();
         while let Some(row) = source.next_row() {
-            rows.push(row.unwrap());
+            rows.push(row.map_err(|e| e.to_string())?);
         }
         assert_eq!(source.bytes_read(), source.total_bytes());
-        rows
+        Ok(rows)
     }
 
     fn family(row: &SourceRow) -> Option<&str> {
@@ -304,29 +311,19 @@ mod tests {
         }
     }
 
-    /// Opens `csv_bytes` under small limits (a 200-byte line, a 40-byte
-    /// field): the rows read, or the error that stopped the file.
+    /// `csv_bytes` read under small limits (a 200-byte line, a 40-byte
+    /// field).
     fn read_limited(csv_bytes: &[u8]) -> Result<Vec<SourceRow>, String> {
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("d.csv");
-        let map = dir.path().join("m.yaml");
-        std::fs::write(&data, csv_bytes).unwrap();
-        std::fs::write(&map, MAPPING).unwrap();
-        let mapping = Mapping::load(&map).unwrap();
-        let context = ReadContext {
-            today: date!(2026 - 01 - 01),
-            limits: crate::source::InputLimits {
-                max_line_bytes: 200,
-                max_field_bytes: 40,
+        read_with(
+            csv_bytes,
+            ReadContext {
+                today: date!(2026 - 01 - 01),
+                limits: crate::source::InputLimits {
+                    max_line_bytes: 200,
+                    max_field_bytes: 40,
+                },
             },
-        };
-        let mut source =
-            CsvSource::open(&data, &mapping, &map, context).map_err(|e| e.to_string())?;
-        let mut rows = Vec::new();
-        while let Some(row) = source.next_row() {
-            rows.push(row.map_err(|e| e.to_string())?);
-        }
-        Ok(rows)
+        )
     }
 
     fn problem(row: &SourceRow) -> String {

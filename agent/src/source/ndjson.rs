@@ -315,6 +315,28 @@ mod tests {
         assert!(JsonPath::parse("name.").is_err());
     }
 
+    /// `data` opened as Patient resources: id and birth date.
+    fn patients(data: &Path) -> NdjsonSource {
+        let mapping: Mapping = serde_saphyr::from_str(
+            "dataset: d\nfields:\n  local_id: id\n  date_of_birth: { column: dob, format: iso }\n",
+        )
+        .unwrap();
+        let columns = [
+            ("id".to_owned(), "id".to_owned()),
+            ("dob".to_owned(), "birthDate".to_owned()),
+        ]
+        .into();
+        NdjsonSource::open(
+            data,
+            "Patient",
+            &columns,
+            &mapping,
+            Path::new("m"),
+            date!(2026 - 01 - 01),
+        )
+        .unwrap()
+    }
+
     #[test]
     fn broken_resources_are_quarantined_without_their_values() {
         let dir = tempfile::tempdir().unwrap();
@@ -330,24 +352,7 @@ mod tests {
             ),
         )
         .unwrap();
-        let mapping: Mapping = serde_saphyr::from_str(
-            "dataset: d\nfields:\n  local_id: id\n  date_of_birth: { column: dob, format: iso }\n",
-        )
-        .unwrap();
-        let columns = [
-            ("id".to_owned(), "id".to_owned()),
-            ("dob".to_owned(), "birthDate".to_owned()),
-        ]
-        .into();
-        let mut source = NdjsonSource::open(
-            &data,
-            "Patient",
-            &columns,
-            &mapping,
-            Path::new("m"),
-            date!(2026 - 01 - 01),
-        )
-        .unwrap();
+        let mut source = patients(&data);
         let mut problems = Vec::new();
         while let Some(row) = source.next_row() {
             match row.unwrap().outcome {
@@ -381,24 +386,7 @@ mod tests {
             ),
         )
         .unwrap();
-        let mapping: Mapping = serde_saphyr::from_str(
-            "dataset: d\nfields:\n  local_id: id\n  date_of_birth: { column: dob, format: iso }\n",
-        )
-        .unwrap();
-        let columns = [
-            ("id".to_owned(), "id".to_owned()),
-            ("dob".to_owned(), "birthDate".to_owned()),
-        ]
-        .into();
-        let mut source = NdjsonSource::open(
-            &data,
-            "Patient",
-            &columns,
-            &mapping,
-            Path::new("m"),
-            date!(2026 - 01 - 01),
-        )
-        .unwrap();
+        let mut source = patients(&data);
         let mut rows = Vec::new();
         while let Some(row) = source.next_row() {
             rows.push(row.unwrap());
@@ -433,28 +421,12 @@ mod tests {
             ]
         );
         // Resuming at a position gives the same rows from there on.
-        let mut again = NdjsonSource::open(
-            &data,
-            "Patient",
-            &columns,
-            &mapping,
-            Path::new("m"),
-            date!(2026 - 01 - 01),
-        )
-        .unwrap();
+        let mut again = patients(&data);
         for _ in 0..3 {
             again.next_row();
         }
         let at = again.position();
-        let mut resumed = NdjsonSource::open(
-            &data,
-            "Patient",
-            &columns,
-            &mapping,
-            Path::new("m"),
-            date!(2026 - 01 - 01),
-        )
-        .unwrap();
+        let mut resumed = patients(&data);
         resumed.resume(at).unwrap();
         assert_eq!(resumed.next_row().unwrap().unwrap().line, 5);
     }
