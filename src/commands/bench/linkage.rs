@@ -285,15 +285,63 @@ fn read_truth(path: &PathBuf) -> anyhow::Result<HashMap<Key, (String, Option<Str
         (column("dataset")?, column("local_id")?, column("child_id")?);
     let household = column("household").ok();
     let mut truth = HashMap::new();
-    for (line, record) in reader.records().enumerate() {
-        let record = record.with_context(|| format!("{}: line {}", path.display(), line + 2))?;
-        truth.insert(
-            (record[dataset].to_owned(), record[local_id].to_owned()),
-            (
-                record[child_id].to_owned(),
-                household.map(|h| record[h].to_owned()),
+    let mut first_seen: HashMap<Key, usize> = HashMap::new();
+    for (index, record) in reader.records().enumerate() {
+        let line = index + 2;
+        let record = record.with_context(|| format!("{}: line {line}", path.display()))?;
+        let key = (record[dataset].to_owned(), record[local_id].to_owned());
+        // A record's truth given twice would silently keep the last; a blank
+        // household would make every such child one household.
+        if let Some(first) = first_seen.insert(key.clone(), line) {
+            anyhow::bail!(
+                "{}: line {line} gives the truth for the record of line {first} again (the same dataset and local_id)",
+                path.display()
+            );
+        }
+        let household = match household.map(|h| record[h].trim()) {
+            Some("") => anyhow::bail!(
+                "{}: line {line} has a blank household: give each child one, or leave the column out",
+                path.display()
             ),
-        );
+            other => other.map(str::to_owned),
+        };
+        truth.insert(key, (record[child_id].to_owned(), household));
     }
     Ok(truth)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_truth_given_twice_or_a_blank_household_names_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("truth.csv");
+        let read = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            read_truth(&path).map_err(|e| e.to_string())
+        };
+        let good =
+            "dataset,local_id,child_id,household\ncsc,L1,c1,h1\ncamhs,L1,c1,h1\ncsc,L2,c2,h2\n";
+        assert_eq!(read(good).unwrap().len(), 3);
+        let twice =
+            read("dataset,local_id,child_id,household\ncsc,L1,c1,h1\ncsc,L2,c2,h2\ncsc,L1,c9,h9\n")
+                .unwrap_err();
+        assert!(
+            twice.contains("line 4") && twice.contains("line 2"),
+            "{twice}"
+        );
+        let blank =
+            read("dataset,local_id,child_id,household\ncsc,L1,c1,h1\ncsc,L2,c2, \n").unwrap_err();
+        assert!(
+            blank.contains("line 3") && blank.contains("blank household"),
+            "{blank}"
+        );
+        let without = "dataset,local_id,child_id\ncsc,L1,c1\n";
+        assert_eq!(
+            read(without).unwrap()[&("csc".to_owned(), "L1".to_owned())].1,
+            None
+        );
+    }
 }
