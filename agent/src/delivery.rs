@@ -15,7 +15,7 @@ use rustls::ClientConfig;
 use tonic::Code;
 
 use crate::config::GatewayEndpoint;
-use crate::run::AgentError;
+use crate::error::AgentError;
 use crate::spool::{Spool, Spooled};
 use crate::uploader::{Acked, UploadError, Uploader};
 

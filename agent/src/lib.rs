@@ -14,6 +14,7 @@ pub mod batch;
 pub mod checkpoints;
 pub mod config;
 pub mod delivery;
+pub mod error;
 pub mod format;
 pub mod mapping;
 pub mod metrics;

@@ -17,9 +17,9 @@ use joinery_proto::v1::ReidentifyRequest;
 use joinery_proto::v1::query_client::QueryClient;
 
 use crate::AgentConfig;
+use crate::error::AgentError;
 use crate::release::Releaser;
 use crate::row::RowOutcome;
-use crate::run::AgentError;
 
 /// Candidates per request (the gateway takes at most 100,000).
 const PER_REQUEST: usize = 50_000;

@@ -361,7 +361,7 @@ pub async fn every(
         for params in agreements.linkage_params() {
             match run(&storage, &params, false).await {
                 Ok(report) if report.pending > 0 || report.full => {
-                    crate::metrics::linkage_run(&report);
+                    crate::metrics::linkage_run(report.full, report.moved);
                     tracing::info!(
                         version = report.params_version,
                         full = report.full,

@@ -103,10 +103,11 @@ pub fn retention_deleted(organisation: &str, dataset: &str, records: u64) {
     metrics::counter!(RETENTION_DELETED, "organisation" => organisation.to_owned(), "dataset" => dataset.to_owned()).increment(records);
 }
 
-pub fn linkage_run(report: &crate::linker::LinkReport) {
-    let kind = if report.full { "full" } else { "incremental" };
+/// A linkage run: full or incremental, and how many person ids it moved.
+pub fn linkage_run(full: bool, moved: usize) {
+    let kind = if full { "full" } else { "incremental" };
     metrics::counter!(LINKAGE_RUNS, "kind" => kind).increment(1);
-    metrics::counter!(LINKAGE_MOVED).increment(report.moved as u64);
+    metrics::counter!(LINKAGE_MOVED).increment(moved as u64);
 }
 
 pub fn linkage_failed() {

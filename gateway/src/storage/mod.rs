@@ -26,7 +26,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, AssertSqlSafe, ConnectOptions, Row};
 use tokio::sync::Mutex;
 
-use crate::audit::{AuditRecord, Checkpoint, Entry};
+use crate::audit::record::{AuditRecord, Checkpoint, Entry};
 use crate::rekey::StoredLinkage;
 
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +80,23 @@ pub struct NewRecord {
     pub events: Vec<NewEvent>,
     /// The record's re-keyed linkage encoding, when the agreement asks for one.
     pub linkage: Option<StoredLinkage>,
+}
+
+impl NewBatch {
+    /// The audit entry of this batch's `outcome`.
+    fn audit(&self, outcome: CommitOutcome) -> AuditRecord {
+        AuditRecord::batch(
+            &self.organisation,
+            (&self.agreement_id, self.agreement_version),
+            &self.batch_id,
+            &self.dataset,
+            self.records.len(),
+            match outcome {
+                CommitOutcome::Committed(stored) => Some(stored),
+                CommitOutcome::Duplicate => None,
+            },
+        )
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -237,11 +254,7 @@ impl Storage {
         .await?
         .rows_affected();
         if inserted == 0 {
-            append_audit_in(
-                &mut tx,
-                &AuditRecord::batch(batch, CommitOutcome::Duplicate),
-            )
-            .await?;
+            append_audit_in(&mut tx, &batch.audit(CommitOutcome::Duplicate)).await?;
             tx.commit().await?;
             return Ok(CommitOutcome::Duplicate);
         }
@@ -318,7 +331,7 @@ impl Storage {
         self.insert_linkage(&mut tx, batch).await?;
         bump_generation(&mut tx).await?;
         let outcome = CommitOutcome::Committed(stored.len() as u64);
-        append_audit_in(&mut tx, &AuditRecord::batch(batch, outcome)).await?;
+        append_audit_in(&mut tx, &batch.audit(outcome)).await?;
         tx.commit().await?;
         Ok(outcome)
     }
@@ -462,7 +475,17 @@ impl Storage {
             .await?;
         }
         for purge in &purges {
-            append_audit_in(&mut tx, &AuditRecord::retention(purge)).await?;
+            append_audit_in(
+                &mut tx,
+                &AuditRecord::retention(
+                    &purge.organisation,
+                    (&purge.agreement_id, purge.agreement_version),
+                    &purge.dataset,
+                    purge.batches,
+                    purge.records,
+                ),
+            )
+            .await?;
         }
         sqlx::query(AssertSqlSafe(format!(
             "UPDATE batches SET purged_at = $5 WHERE {DUE}"
@@ -653,7 +676,7 @@ async fn append_audit_in(
     let seq = count(&head, "seq")?;
     let prev_hash: String = head.try_get("hash")?;
     let at_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
-    let hash = crate::audit::entry_hash(seq, at_ms, record, &prev_hash);
+    let hash = crate::audit::record::entry_hash(seq, at_ms, record, &prev_hash);
     sqlx::query(
         "INSERT INTO audit_log (seq, at_ms, kind, actor, agreement_id, agreement_version, detail, prev_hash, hash) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",

@@ -10,7 +10,7 @@
 use sqlx::Row;
 
 use super::{Storage, StorageError, append_audit_in, count, to_i64};
-use crate::audit::AuditRecord;
+use crate::audit::record::AuditRecord;
 
 /// A release about to be made.
 pub struct NewRelease<'a> {
