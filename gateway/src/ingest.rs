@@ -139,26 +139,13 @@ impl Ingest for IngestService {
     ) -> Result<Response<SnapshotReplaced>, Status> {
         let organisation = peer::organisation(&request)?;
         let delivered = request.into_inner();
-        let session = open_session(
+        let agreement = agreement_in_force(
             &self.agreements,
             &organisation,
-            &Hello {
-                organisation: organisation.clone(),
-                agreement_id: delivered.agreement_id.clone(),
-                agreement_version: delivered.agreement_version,
-                agreement_digest: self
-                    .agreements
-                    .get(&delivered.agreement_id, delivered.agreement_version)
-                    .map(|a| a.digest.clone())
-                    .unwrap_or_default(),
-                agent_version: String::new(),
-            },
+            (&delivered.agreement_id, delivered.agreement_version),
+            None,
         )?;
-        if !session
-            .agreement
-            .may_send(&organisation, &delivered.dataset)
-            || delivered.snapshot.is_empty()
-        {
+        if !agreement.may_send(&organisation, &delivered.dataset) || delivered.snapshot.is_empty() {
             return Err(Status::permission_denied(format!(
                 "organisation {organisation} does not send dataset {:?} under agreement {} version {}",
                 delivered.dataset, delivered.agreement_id, delivered.agreement_version
@@ -354,18 +341,36 @@ fn open_session(
             hello.organisation
         )));
     }
-    let agreement = agreements
-        .get(&hello.agreement_id, hello.agreement_version)
-        .ok_or_else(|| {
-            Status::failed_precondition(format!(
-                "the gateway holds no signed agreement {:?} version {}",
-                hello.agreement_id, hello.agreement_version
-            ))
-        })?;
-    if agreement.digest != hello.agreement_digest {
+    let agreement = agreement_in_force(
+        agreements,
+        organisation,
+        (&hello.agreement_id, hello.agreement_version),
+        Some(&hello.agreement_digest),
+    )?;
+    Ok(Session {
+        organisation: organisation.to_owned(),
+        agreement: agreement.clone(),
+        linkage: None,
+    })
+}
+
+/// The signed agreement `id` version `version` the gateway holds — with
+/// the same text as the agent's, when its `digest` is given — in force, with
+/// `organisation` a party to it.
+fn agreement_in_force<'a>(
+    agreements: &'a Agreements,
+    organisation: &str,
+    (id, version): (&str, u32),
+    digest: Option<&str>,
+) -> Result<&'a Arc<SignedAgreement>, Status> {
+    let agreement = agreements.get(id, version).ok_or_else(|| {
+        Status::failed_precondition(format!(
+            "the gateway holds no signed agreement {id:?} version {version}"
+        ))
+    })?;
+    if digest.is_some_and(|d| d != agreement.digest) {
         return Err(Status::failed_precondition(format!(
-            "agent and gateway hold different texts of agreement {} version {} (digests differ); both must use the same signed file",
-            hello.agreement_id, hello.agreement_version
+            "agent and gateway hold different texts of agreement {id} version {version} (digests differ); both must use the same signed file"
         )));
     }
     agreement
@@ -378,15 +383,10 @@ fn open_session(
         .any(|p| p.organisation == organisation)
     {
         return Err(Status::permission_denied(format!(
-            "organisation {organisation} is not a party to agreement {} version {}",
-            hello.agreement_id, hello.agreement_version
+            "organisation {organisation} is not a party to agreement {id} version {version}"
         )));
     }
-    Ok(Session {
-        organisation: organisation.to_owned(),
-        agreement: agreement.clone(),
-        linkage: None,
-    })
+    Ok(agreement)
 }
 
 /// Checks, re-keys and commits one batch; returns its ack. Errs only when the
