@@ -33,7 +33,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use crate::agreements::Agreements;
-use crate::audit::AuditRecord;
+use crate::audit::{AuditRecord, BatchDecision};
 use crate::config::Limits;
 use crate::metrics;
 use crate::peer;
@@ -421,13 +421,13 @@ async fn handle_batch(
             );
             tracing::warn!(organisation = %session.organisation, %batch_id, reason = reason.as_str_name(), %detail, "batch rejected");
             let agreement = &session.agreement.agreement;
-            let record = AuditRecord::batch_rejected(
+            let record = AuditRecord::batch(
                 &session.organisation,
                 (&agreement.id, agreement.version),
                 &batch_id,
                 &dataset,
                 records,
-                reason.as_str_name(),
+                BatchDecision::Rejected(reason.as_str_name()),
             );
             storage.append_audit(&record).await.map_err(|e| {
                 tracing::error!(error = %e, "could not audit a rejected batch");

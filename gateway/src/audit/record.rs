@@ -57,53 +57,44 @@ fn record(
     }
 }
 
+/// What became of a batch, as the audit log records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchDecision<'a> {
+    /// Stored now, with this many records (others were held already).
+    Committed(u64),
+    /// Recognised as already stored: nothing written.
+    Duplicate,
+    /// Refused for this reason: nothing written.
+    Rejected(&'a str),
+}
+
 impl AuditRecord {
-    /// A batch stored now (`Some` records stored), or recognised as
-    /// already stored (`None`).
+    /// What became of a batch of `records` records: stored, recognised as
+    /// already stored, or refused.
     pub fn batch(
         organisation: &str,
         agreement: (&str, u32),
         batch_id: &str,
         dataset: &str,
         records: usize,
-        stored: Option<u64>,
+        decision: BatchDecision<'_>,
     ) -> Self {
-        record(
-            "batch",
-            organisation,
-            agreement,
-            json!({
-                "batch_id": batch_id,
-                "dataset": dataset,
-                "records": records,
-                "records_stored": stored.unwrap_or(0),
-                "decision": if stored.is_some() { "committed" } else { "duplicate" },
-            }),
-        )
-    }
-
-    /// A batch refused; nothing of it stored.
-    pub fn batch_rejected(
-        organisation: &str,
-        agreement: (&str, u32),
-        batch_id: &str,
-        dataset: &str,
-        records: usize,
-        reason: &str,
-    ) -> Self {
-        record(
-            "batch",
-            organisation,
-            agreement,
-            json!({
-                "batch_id": batch_id,
-                "dataset": dataset,
-                "records": records,
-                "records_stored": 0,
-                "decision": "rejected",
-                "reason": reason,
-            }),
-        )
+        let (name, stored) = match decision {
+            BatchDecision::Committed(stored) => ("committed", stored),
+            BatchDecision::Duplicate => ("duplicate", 0),
+            BatchDecision::Rejected(_) => ("rejected", 0),
+        };
+        let mut detail = json!({
+            "batch_id": batch_id,
+            "dataset": dataset,
+            "records": records,
+            "records_stored": stored,
+            "decision": name,
+        });
+        if let BatchDecision::Rejected(reason) = decision {
+            detail["reason"] = json!(reason);
+        }
+        record("batch", organisation, agreement, detail)
     }
 
     /// A session refused before any batch (wrong agreement, not a party...).

@@ -26,7 +26,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, AssertSqlSafe, ConnectOptions, Row};
 use tokio::sync::Mutex;
 
-use crate::audit::record::{AuditRecord, Checkpoint, Entry};
+use crate::audit::record::{AuditRecord, BatchDecision, Checkpoint, Entry};
 use crate::rekey::StoredLinkage;
 
 #[derive(Debug, thiserror::Error)]
@@ -92,8 +92,8 @@ impl NewBatch {
             &self.dataset,
             self.records.len(),
             match outcome {
-                CommitOutcome::Committed(stored) => Some(stored),
-                CommitOutcome::Duplicate => None,
+                CommitOutcome::Committed(stored) => BatchDecision::Committed(stored),
+                CommitOutcome::Duplicate => BatchDecision::Duplicate,
             },
         )
     }
