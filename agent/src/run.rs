@@ -129,31 +129,7 @@ pub enum Progress {
 /// Runs the agent once over every configured source.
 pub async fn run(config: &AgentConfig, progress: Progress) -> Result<RunSummary, AgentError> {
     let span = tracing::info_span!("agent_run", organisation = %config.organisation);
-    let mut summary = run_sources(config, progress).instrument(span).await?;
-    summary.checkpoints = keep_checkpoints(config).await;
-    Ok(summary)
-}
-
-/// Fetches the gateway's newest signed audit checkpoints into the spool
-/// directory; a failure is a warning (the delivery stands).
-async fn keep_checkpoints(config: &AgentConfig) -> Option<crate::checkpoints::Fetched> {
-    let kept = crate::checkpoints::kept_file(&config.spool_dir);
-    let fetched = async {
-        let tls = joinery_crypto::tls::client_config(&config.tls_files())?;
-        let channel = joinery_proto::channel::connect(
-            &config.gateway.address,
-            config.gateway.server_name(),
-            tls,
-        )
-        .await?;
-        Ok::<_, AgentError>(crate::checkpoints::fetch_into(channel, &kept).await?)
-    }
-    .await;
-    fetched
-        .inspect_err(
-            |e| tracing::warn!(error = %e, "could not keep the gateway's audit checkpoints"),
-        )
-        .ok()
+    run_sources(config, progress).instrument(span).await
 }
 
 async fn run_sources(config: &AgentConfig, progress: Progress) -> Result<RunSummary, AgentError> {
@@ -195,17 +171,13 @@ async fn run_sources(config: &AgentConfig, progress: Progress) -> Result<RunSumm
             let mut fingerprints: Vec<String> =
                 parts.iter().map(|p| p.source.fingerprint()).collect();
             fingerprints.sort_unstable();
-            let mut context = ring::digest::Context::new(&ring::digest::SHA256);
-            for part in parts
-                .iter()
-                .map(|p| p.dataset.as_str())
-                .take(1)
+            let dataset = parts.first().map_or("", |p| p.dataset.as_str());
+            let identity: String = std::iter::once(dataset)
                 .chain(fingerprints.iter().map(String::as_str))
-            {
-                context.update(part.as_bytes());
-                context.update(b"\0");
-            }
-            hex::encode(&context.finish().as_ref()[..16])
+                .map(|part| format!("{part}\0"))
+                .collect();
+            let digest = ring::digest::digest(&ring::digest::SHA256, identity.as_bytes());
+            hex::encode(&digest.as_ref()[..16])
         } else {
             String::new()
         };
@@ -393,22 +365,36 @@ async fn run_sources(config: &AgentConfig, progress: Progress) -> Result<RunSumm
     };
     run.tally(acked);
     // Full snapshots delivered whole (nothing rejected) replace the earlier.
-    for (dataset, snapshot) in snapshots {
-        let rejected = run
-            .sources
-            .iter()
-            .any(|s| s.dataset == dataset && s.records_rejected > 0);
-        if rejected {
-            tracing::warn!(%dataset, "snapshot not complete at the gateway (batches rejected); earlier snapshots kept");
-            continue;
+    let (complete, incomplete): (Vec<_>, Vec<_>) =
+        snapshots.into_iter().partition(|(dataset, _)| {
+            !run.sources
+                .iter()
+                .any(|s| &s.dataset == dataset && s.records_rejected > 0)
+        });
+    for (dataset, _) in &incomplete {
+        tracing::warn!(%dataset, "snapshot not complete at the gateway (batches rejected); earlier snapshots kept");
+    }
+    // One connection for what follows the batches: snapshot replacement
+    // (which must happen) and keeping the audit checkpoints (which may fail).
+    let channel = match joinery_proto::channel::connect(
+        &config.gateway.address,
+        config.gateway.server_name(),
+        tls,
+    )
+    .await
+    {
+        Ok(channel) => Some(channel),
+        Err(e) if complete.is_empty() => {
+            tracing::warn!(error = %e, "could not keep the gateway's audit checkpoints");
+            None
         }
-        let channel = joinery_proto::channel::connect(
-            &config.gateway.address,
-            config.gateway.server_name(),
-            tls.clone(),
-        )
-        .await?;
-        let replaced = IngestClient::new(channel)
+        Err(e) => return Err(e.into()),
+    };
+    let Some(channel) = channel else {
+        return Ok(run);
+    };
+    for (dataset, snapshot) in complete {
+        let replaced = IngestClient::new(channel.clone())
             .replace_snapshot(SnapshotDelivered {
                 dataset: dataset.clone(),
                 snapshot,
@@ -425,6 +411,13 @@ async fn run_sources(config: &AgentConfig, progress: Progress) -> Result<RunSumm
             .into_inner();
         run.snapshots.push((dataset, replaced.records_retired));
     }
+    run.checkpoints =
+        crate::checkpoints::fetch_into(channel, &crate::checkpoints::kept_file(&config.spool_dir))
+            .await
+            .inspect_err(
+                |e| tracing::warn!(error = %e, "could not keep the gateway's audit checkpoints"),
+            )
+            .ok();
     Ok(run)
 }
 
