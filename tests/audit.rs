@@ -102,15 +102,11 @@ async fn the_audit_trail_is_complete_and_tamper_evident() {
     let d = Deployment::new();
     let synth = d.synth(150, 9);
     let gateway = d.start_gateway(None, &["--checkpoint-interval-secs", "1"]);
-    for (org, dataset) in [(COUNCIL, "csc_referrals"), (CAMHS, "camhs_referrals")] {
-        let config = d.agent_config(
-            org,
-            &gateway.address,
-            &synth.join(format!("extracts/{dataset}.csv")),
-            &synth.join(format!("mappings/{dataset}.yaml")),
-        );
-        finish(d.spawn_agent(&config));
-    }
+    d.deliver(
+        &gateway.address,
+        &synth,
+        &[(COUNCIL, "csc_referrals"), (CAMHS, "camhs_referrals")],
+    );
     // A refusal and a query, to be audited too.
     assert!(
         Session::open(&gateway.address, org_config(&d, CAMHS), hello(&d, SALT))

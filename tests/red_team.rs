@@ -124,19 +124,15 @@ async fn an_adversarial_analyst_learns_nothing_exact() {
     let d = Deployment::new();
     let synth = d.synth(children, 23);
     let gateway = d.start_gateway(None, &[]);
-    for (org, dataset) in [
-        (COUNCIL, "csc_referrals"),
-        (CAMHS, "camhs_referrals"),
-        (SALT, "salt_contacts"),
-    ] {
-        let config = d.agent_config(
-            org,
-            &gateway.address,
-            &synth.join(format!("extracts/{dataset}.csv")),
-            &synth.join(format!("mappings/{dataset}.yaml")),
-        );
-        finish(d.spawn_agent(&config));
-    }
+    d.deliver(
+        &gateway.address,
+        &synth,
+        &[
+            (COUNCIL, "csc_referrals"),
+            (CAMHS, "camhs_referrals"),
+            (SALT, "salt_contacts"),
+        ],
+    );
     assert!(gateway.stop().success());
     // Link once, then serve with linkage idle, so the truth read here is
     // what the gateway answers from.

@@ -379,6 +379,21 @@ impl Deployment {
         joinery_crypto::keys::SecretKey::load(&self.path("linkage.key")).expect("linkage key")
     }
 
+    /// Runs each `(organisation, dataset)` agency's agent, one after
+    /// another, on its synthetic extract in `synth` (`joinery synth`'s
+    /// layout) against `gateway`.
+    pub fn deliver(&self, gateway: &str, synth: &Path, agencies: &[(&str, &str)]) {
+        for (org, dataset) in agencies {
+            let config = self.agent_config(
+                org,
+                gateway,
+                &synth.join(format!("extracts/{dataset}.csv")),
+                &synth.join(format!("mappings/{dataset}.yaml")),
+            );
+            finish(self.spawn_agent(&config));
+        }
+    }
+
     /// Runs a `joinery` client command against `gateway` with `(cert, key)`,
     /// e.g. `["query", "counts"]`; panics if it fails.
     pub fn client(
