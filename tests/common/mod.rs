@@ -45,6 +45,10 @@ pub fn joinery_ok(args: &[&str]) -> Output {
 /// A deployment's files in a temporary directory.
 pub struct Deployment {
     pub dir: tempfile::TempDir,
+    /// Where the deployment's files are: `dir`, or the demo's directory in it.
+    root: PathBuf,
+    /// The gateway's data directory.
+    gateway_data: PathBuf,
     /// Extra environment for every gateway and agent process started.
     env: Vec<(String, String)>,
 }
@@ -54,7 +58,10 @@ impl Deployment {
     /// agency certificates for the three synthetic agencies, linkage key.
     pub fn new() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
+        let root = dir.path().to_owned();
         let d = Self {
+            gateway_data: root.join("gateway-data"),
+            root,
             dir,
             env: Vec::new(),
         };
@@ -87,30 +94,23 @@ impl Deployment {
 
     /// What `joinery demo --children N` leaves behind — its CA and
     /// certificates, the signed agreement, the gateway's SQLite store with
-    /// three agencies' extracts delivered and linked — laid out as this
-    /// harness expects; and what the demo printed.
+    /// three agencies' extracts delivered and linked, its agents'
+    /// configurations — and what the demo printed.
     pub fn demo(children: u32) -> (Self, String) {
         let dir = tempfile::tempdir().expect("temp dir");
-        let demo = dir.path().join("demo");
+        let root = dir.path().join("demo");
         let out = joinery_ok(&[
             "demo",
             "--children",
             &children.to_string(),
             "--dir",
-            demo.to_str().unwrap(),
+            root.to_str().unwrap(),
         ]);
-        for entry in std::fs::read_dir(&demo).unwrap() {
-            let entry = entry.unwrap();
-            let name = match entry.file_name().to_str() {
-                Some("gateway") => "gateway-data".to_owned(),
-                _ => entry.file_name().to_string_lossy().into_owned(),
-            };
-            std::fs::rename(entry.path(), dir.path().join(name)).unwrap();
-        }
-        std::fs::remove_dir(&demo).unwrap();
         let printed = String::from_utf8_lossy(&out.stdout).into_owned();
         (
             Self {
+                gateway_data: root.join("gateway"),
+                root,
                 dir,
                 env: Vec::new(),
             },
@@ -205,7 +205,7 @@ impl Deployment {
     }
 
     pub fn path(&self, relative: &str) -> PathBuf {
-        self.dir.path().join(relative)
+        self.root.join(relative)
     }
 
     pub fn pki(&self) -> String {
@@ -232,7 +232,7 @@ impl Deployment {
     }
 
     pub fn gateway_data_dir(&self) -> PathBuf {
-        self.path("gateway-data")
+        self.gateway_data.clone()
     }
 
     /// Starts `joinery gateway serve` on a free port.
