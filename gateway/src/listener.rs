@@ -99,23 +99,21 @@ impl Admission {
     {
         let mut state = self.state();
         let share = (self.limits.max_handshakes / 4).max(1);
-        if state
+        let from_there = state
             .handshakes
             .iter()
             .filter(|(_, a, _)| *a == from)
-            .count()
-            >= share
-            && let Some(at) = state.handshakes.iter().position(|(_, a, _)| *a == from)
-            && let Some((_, _, oldest)) = state.handshakes.remove(at)
-        {
+            .count();
+        let shed = if from_there >= share {
+            state.handshakes.iter().position(|(_, a, _)| *a == from)
+        } else if state.handshakes.len() >= self.limits.max_handshakes.max(1) {
+            Some(0)
+        } else {
+            None
+        };
+        if let Some((_, _, oldest)) = shed.and_then(|at| state.handshakes.remove(at)) {
             oldest.abort();
-            metrics::handshake_failed("shed");
-        }
-        while state.handshakes.len() >= self.limits.max_handshakes.max(1) {
-            if let Some((_, _, oldest)) = state.handshakes.pop_front() {
-                oldest.abort();
-                metrics::handshake_failed("shed");
-            }
+            metrics::turned_away("shed");
         }
         state.next_handshake += 1;
         let number = state.next_handshake;
@@ -276,17 +274,17 @@ pub fn incoming(
                                     .await;
                             }
                             Err(why) => {
-                                metrics::handshake_failed("over_budget");
+                                metrics::turned_away("over_budget");
                                 tracing::info!(%remote, reason = why, "connection closed by the overload manager");
                             }
                         }
                     }
                     Ok(Err(e)) => {
-                        metrics::handshake_failed("refused");
+                        metrics::turned_away("refused");
                         tracing::info!(%remote, error = %e, "TLS handshake refused");
                     }
                     Err(_) => {
-                        metrics::handshake_failed("timeout");
+                        metrics::turned_away("timeout");
                         tracing::info!(%remote, "TLS handshake timed out");
                     }
                 }
@@ -322,7 +320,7 @@ impl AsyncRead for Connection {
             }
             Poll::Pending => match self.idle.as_mut().poll(cx) {
                 Poll::Ready(()) => {
-                    metrics::handshake_failed("idle");
+                    metrics::turned_away("idle");
                     Poll::Ready(Ok(()))
                 }
                 Poll::Pending => Poll::Pending,

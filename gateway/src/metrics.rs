@@ -114,6 +114,8 @@ pub fn linkage_failed() {
     metrics::counter!(LINKAGE_FAILURES).increment(1);
 }
 
-pub fn handshake_failed(kind: &'static str) {
+/// A connection turned away: a handshake refused, timed out or shed, a
+/// connection over its budget, or one closed when idle.
+pub fn turned_away(kind: &'static str) {
     metrics::counter!(HANDSHAKE_FAILURES, "kind" => kind).increment(1);
 }
