@@ -362,21 +362,9 @@ impl QueryService {
         }
         let mut noise = Noise;
         let rules = &self.rules;
-        let mut labels = Labels::default();
-        let mut cost = 0.0;
-        for (breakdown, slot) in [
-            (&query.rows, &mut labels.rows),
-            (&query.columns, &mut labels.columns),
-        ] {
-            if let Some(counts) =
-                crate::analytics::population_labels(query, breakdown, &people, reference)
-            {
-                *slot = Some(crate::disclosure::labels::safe(&counts, rules, &mut noise)?);
-                cost += crate::disclosure::labels::cost(rules);
-            }
-        }
+        let (labels, labels_cost) = safe_labels(query, &people, reference, rules, &mut noise)?;
         let table = crate::analytics::tabulate(query, &people, reference, &labels);
-        cost += crate::disclosure::cost(&table, &query.measure, rules.noise_sd);
+        let cost = labels_cost + crate::disclosure::cost(&table, &query.measure, rules.noise_sd);
         let cost_nano = (cost * 1e9).ceil() as u64;
         for (agreement, budget) in &budgets {
             let spent = self.storage.privacy_spent(agreement).await?;
@@ -387,18 +375,6 @@ impl QueryService {
             }
         }
         let release = crate::disclosure::protect(&table, &query.measure, rules, &mut noise)?;
-        let mut labels = table.rows.clone();
-        labels.push("total".to_owned());
-        let rows: Vec<TableRow> = labels
-            .into_iter()
-            .zip(&release.cells)
-            .map(|(label, cells)| TableRow {
-                label,
-                cells: cells.iter().map(|&c| c.into()).collect(),
-            })
-            .collect();
-        let mut columns = table.columns.clone();
-        columns.push("total".to_owned());
         let spent_note = budgets
             .iter()
             .map(|(agreement, budget)| {
@@ -409,20 +385,12 @@ impl QueryService {
             })
             .collect::<Vec<_>>()
             .join(", ");
-        let response = TableResponse {
-            reference_date: reference.to_string(),
-            row_heading: query.rows.heading(),
-            column_heading: query.columns.heading(),
-            columns,
-            rows,
-            disclosure_note: format!(
-                "{}; this table spent {spent_note}; people linked across agencies as of {}",
-                rules.note(),
-                crate::linker::linked_as_of(&self.storage.linkage_status().await?)
-            ),
-            explanation: crate::analytics::explain(query),
-            measure: crate::analytics::measure_name(&query.measure).to_owned(),
-        };
+        let note = format!(
+            "{}; this table spent {spent_note}; people linked across agencies as of {}",
+            rules.note(),
+            crate::linker::linked_as_of(&self.storage.linkage_status().await?)
+        );
+        let response = table_response(query, reference, &table, &release, note);
         let answer = prost::Message::encode_to_vec(&response);
         let detail = format!(
             "released at rho {cost:.6} from each of {}; {}",
@@ -514,6 +482,66 @@ impl QueryService {
              outputs.privacy.epsilon",
             100.0 * spent as f64 / budget.max(1) as f64
         ))
+    }
+}
+
+/// The recorded values each axis of `query` may list, chosen with noise
+/// over the whole population, and what choosing them cost in rho.
+fn safe_labels(
+    query: &AnalystQuery,
+    people: &[Person],
+    reference: Date,
+    rules: &DisclosureRules,
+    noise: &mut Noise,
+) -> Result<(Labels, f64), QueryError> {
+    let mut labels = Labels::default();
+    let mut cost = 0.0;
+    for (breakdown, slot) in [
+        (&query.rows, &mut labels.rows),
+        (&query.columns, &mut labels.columns),
+    ] {
+        if let Some(counts) =
+            crate::analytics::population_labels(query, breakdown, people, reference)
+        {
+            *slot = Some(crate::disclosure::labels::safe(&counts, rules, noise)?);
+            cost += crate::disclosure::labels::cost(rules);
+        }
+    }
+    Ok((labels, cost))
+}
+
+/// A released table as the protocol carries it, totals last.
+fn table_response(
+    query: &AnalystQuery,
+    reference: Date,
+    table: &crate::analytics::Tabulation,
+    release: &crate::disclosure::Release,
+    disclosure_note: String,
+) -> TableResponse {
+    let with_total = |labels: &[String]| {
+        labels
+            .iter()
+            .cloned()
+            .chain(["total".to_owned()])
+            .collect::<Vec<_>>()
+    };
+    let rows = with_total(&table.rows)
+        .into_iter()
+        .zip(&release.cells)
+        .map(|(label, cells)| TableRow {
+            label,
+            cells: cells.iter().map(|&c| c.into()).collect(),
+        })
+        .collect();
+    TableResponse {
+        reference_date: reference.to_string(),
+        row_heading: query.rows.heading(),
+        column_heading: query.columns.heading(),
+        columns: with_total(&table.columns),
+        rows,
+        disclosure_note,
+        explanation: crate::analytics::explain(query),
+        measure: crate::analytics::measure_name(&query.measure).to_owned(),
     }
 }
 
