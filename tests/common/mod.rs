@@ -695,3 +695,19 @@ pub async fn check_spine(d: &Deployment, ground_truth: &Path, db: &sqlx::AnyPool
     );
     f1
 }
+
+/// A plain TCP connection to the gateway at `address` (an IPv4 `host:port`)
+/// from 127.0.0.2: another host on the loopback network. An attacker's
+/// connections come from its own address, not the real agent's, which is
+/// what the overload manager's per-address share of handshake slots is for.
+pub fn connect_from_another_host(address: &str) -> std::io::Result<std::net::TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    let to: std::net::SocketAddr = address
+        .parse()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let from: std::net::SocketAddr = "127.0.0.2:0".parse().expect("an address");
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    socket.bind(&from.into())?;
+    socket.connect(&to.into())?;
+    Ok(socket.into())
+}
