@@ -1,11 +1,15 @@
 //! `joinery synth`: a synthetic population of children and the extracts three
-//! agencies would hold about them, with the errors real extracts have.
+//! agencies (four in the messy profile) would hold about them, with the
+//! errors real extracts have.
 //!
 //! Each agency has its own layout (column names, date formats, codes,
 //! separator). Children overlap between agencies. Identity errors are made
-//! once per child per agency (as a record system would hold them): missing NHS
-//! numbers (most often at the council), mistyped NHS numbers, nicknames,
-//! surname typos, moved postcodes, day and month swapped in the date of birth.
+//! once per child per agency (as a record system would hold them), at the
+//! rates of the chosen [`Profile`]: missing NHS numbers (most often at the
+//! council), mistyped NHS numbers, nicknames, typos, moved postcodes, day and
+//! month swapped in the date of birth, and in the messy profile changed and
+//! double-barrelled family names, dates a day or a year out, unknown sex
+//! codes and placeholder dates and postcodes.
 //! Children live in households: siblings share a family name and a postcode,
 //! and twins a date of birth too (the hardest pairs for fuzzy linkage to
 //! keep apart). `ground_truth.csv` gives each child's household.
@@ -19,8 +23,12 @@
 //! NHS numbers are drawn from the 999 range, which the NHS never issues.
 
 mod national;
+mod profile;
 
 pub use national::NationalSource;
+pub use profile::Profile;
+
+use profile::{Rates, chance, misspell};
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -39,9 +47,22 @@ pub struct SynthAgency {
     pub dataset: &'static str,
     /// Probability that a child is known to this agency.
     reach: f64,
-    /// Probability that this agency's record of a child lacks an NHS number.
+    /// Probability that this agency's record of a child lacks an NHS
+    /// number, in the tidy profile and in the messy one.
     nhs_missing: f64,
+    nhs_missing_messy: f64,
+    /// Whether the tidy profile has this agency (the messy one has all).
+    tidy: bool,
     layout: Layout,
+}
+
+impl SynthAgency {
+    fn nhs_missing(&self, profile: Profile) -> f64 {
+        match profile {
+            Profile::Tidy => self.nhs_missing,
+            Profile::Messy => self.nhs_missing_messy,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -49,6 +70,7 @@ enum Layout {
     Council,
     Camhs,
     Salt,
+    AcuteAe,
 }
 
 pub const AGENCIES: &[SynthAgency] = &[
@@ -58,6 +80,8 @@ pub const AGENCIES: &[SynthAgency] = &[
         dataset: "csc_referrals",
         reach: 0.55,
         nhs_missing: 0.45,
+        nhs_missing_messy: 0.55,
+        tidy: true,
         layout: Layout::Council,
     },
     SynthAgency {
@@ -66,6 +90,8 @@ pub const AGENCIES: &[SynthAgency] = &[
         dataset: "camhs_referrals",
         reach: 0.35,
         nhs_missing: 0.04,
+        nhs_missing_messy: 0.04,
+        tidy: true,
         layout: Layout::Camhs,
     },
     SynthAgency {
@@ -74,7 +100,19 @@ pub const AGENCIES: &[SynthAgency] = &[
         dataset: "salt_contacts",
         reach: 0.35,
         nhs_missing: 0.12,
+        nhs_missing_messy: 0.12,
+        tidy: true,
         layout: Layout::Salt,
+    },
+    SynthAgency {
+        organisation: "RW9",
+        description: "emergency department (acute trust)",
+        dataset: "ae_attendances",
+        reach: 0.40,
+        nhs_missing: 0.02,
+        nhs_missing_messy: 0.02,
+        tidy: false,
+        layout: Layout::AcuteAe,
     },
 ];
 
@@ -94,7 +132,9 @@ struct Child {
     /// The id of the household's first child.
     household: usize,
     given: &'static str,
-    family: &'static str,
+    family: String,
+    /// The family name the child had before it changed (messy profile).
+    former_family: Option<String>,
     dob: Date,
     male: bool,
     nhs: String,
@@ -107,6 +147,8 @@ struct Recorded {
     given: String,
     family: String,
     dob: Date,
+    /// Recorded as unknown (whatever the child's sex).
+    sex_unknown: bool,
     nhs: Option<String>,
     postcode: String,
 }
@@ -120,6 +162,7 @@ pub fn generate(
     seed: u64,
     reference: Date,
     reach: Option<f64>,
+    profile: Profile,
 ) -> anyhow::Result<SynthOutput> {
     let extracts_dir = out.join("extracts");
     let mappings_dir = out.join("mappings");
@@ -142,6 +185,8 @@ pub fn generate(
         .map(|id| child(&mut rng, id, reference, &mut issued))
         .collect();
     into_households(&mut population, seed, reference);
+    let rates = profile.rates();
+    change_family_names(&mut population, seed, &rates);
 
     let truth_path = out.join("ground_truth.csv");
     let mut truth = csv::Writer::from_path(&truth_path)
@@ -158,7 +203,10 @@ pub fn generate(
     let mut extracts = Vec::new();
     let mut national = Vec::new();
     let mut rows = 0;
-    for (index, agency) in AGENCIES.iter().enumerate() {
+    let agencies = AGENCIES
+        .iter()
+        .filter(|a| a.tidy || profile == Profile::Messy);
+    for (index, agency) in agencies.enumerate() {
         let extract = extracts_dir.join(format!("{}.csv", agency.dataset));
         let mapping = mappings_dir.join(format!("{}.yaml", agency.dataset));
         std::fs::write(&mapping, mapping_yaml(agency.layout))
@@ -170,7 +218,7 @@ pub fn generate(
             if !rng.random_bool(reach.unwrap_or(agency.reach)) {
                 continue;
             }
-            let recorded = record_of(&mut rng, c, agency, index, reference);
+            let recorded = record_of(&mut rng, c, agency, index, reference, profile, &rates);
             truth.write_record([
                 c.id.to_string().as_str(),
                 agency.organisation,
@@ -231,7 +279,13 @@ fn child(
         id,
         household: id,
         given,
-        family: NAMES.family.choose(rng).copied().unwrap_or("SMITH"),
+        family: NAMES
+            .family
+            .choose(rng)
+            .copied()
+            .unwrap_or("SMITH")
+            .to_owned(),
+        former_family: None,
         dob: reference - Duration::days(rng.random_range(0..19 * 365)),
         male,
         nhs: loop {
@@ -264,7 +318,7 @@ fn into_households(population: &mut [Child], seed: u64, reference: Date) {
         let (before, after) = population.split_at_mut(i);
         let (elder, child) = (&before[i - 1], &mut after[0]);
         child.household = elder.household;
-        child.family = elder.family;
+        child.family = elder.family.clone();
         child.postcode = elder.postcode.clone();
         if rng.random_bool(TWIN_OF_SIBLING) {
             child.dob = elder.dob;
@@ -285,25 +339,62 @@ fn into_households(population: &mut [Child], seed: u64, reference: Date) {
     }
 }
 
+/// Makes some family names double-barrelled, and gives some children a
+/// former family name (changed on adoption, or a parent's marriage), the
+/// same for a household's children. Drawn from a stream of its own; the
+/// tidy profile makes neither.
+fn change_family_names(population: &mut [Child], seed: u64, rates: &Rates) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6661_6d69_6c69_6573);
+    let surname = |rng: &mut ChaCha8Rng| NAMES.family.choose(rng).copied().unwrap_or("JONES");
+    for i in 0..population.len() {
+        let head = population[i].household;
+        if head != population[i].id {
+            let (family, former) = (
+                population[head].family.clone(),
+                population[head].former_family.clone(),
+            );
+            population[i].family = family;
+            population[i].former_family = former;
+            continue;
+        }
+        if chance(&mut rng, rates.double_barrelled) {
+            let second = surname(&mut rng);
+            let child = &mut population[i];
+            if second != child.family {
+                child.family = format!("{}-{second}", child.family);
+            }
+        }
+        if chance(&mut rng, rates.surname_changed) {
+            let former = surname(&mut rng);
+            let child = &mut population[i];
+            if former != child.family {
+                child.former_family = Some(former.to_owned());
+            }
+        }
+    }
+}
+
 fn record_of(
     rng: &mut ChaCha8Rng,
     c: &Child,
     agency: &SynthAgency,
     index: usize,
     reference: Date,
+    profile: Profile,
+    rates: &Rates,
 ) -> Recorded {
     let mut given = c.given.to_owned();
-    if rng.random_bool(0.08)
+    if rng.random_bool(rates.nickname)
         && let Some(nickname) = NAMES.nicknames.get(c.given)
     {
         given = (*nickname).to_owned();
     }
-    let mut family = c.family.to_owned();
-    if rng.random_bool(0.04) {
-        family = typo(rng, &family);
+    let mut family = c.family.clone();
+    if rng.random_bool(rates.family_typo) {
+        family = misspell(rng, &family, rates.any_typo);
     }
     let mut dob = c.dob;
-    if rng.random_bool(0.02)
+    if rng.random_bool(rates.day_month_swap)
         && dob.day() <= 12
         && dob.day() != dob.month() as u8
         && let Some(swapped) = time::Month::try_from(dob.day())
@@ -314,28 +405,67 @@ fn record_of(
     {
         dob = swapped;
     }
-    let nhs = if rng.random_bool(agency.nhs_missing) {
+    let nhs = if rng.random_bool(agency.nhs_missing(profile)) {
         None
-    } else if rng.random_bool(0.02) {
+    } else if rng.random_bool(rates.nhs_mistyped) {
         Some(mistype(rng, &c.nhs))
     } else {
         Some(c.nhs.clone())
     };
-    let postcode = if rng.random_bool(0.10) {
+    let mut postcode = if rng.random_bool(rates.moved) {
         postcode(rng)
     } else {
         c.postcode.clone()
     };
+    // The messy profile's errors, drawn after the tidy profile's.
+    if chance(rng, rates.given_typo) {
+        given = misspell(rng, &given, true);
+    }
+    if let Some(former) = &c.former_family
+        && chance(rng, rates.former_surname_recorded)
+    {
+        family = former.clone();
+    } else if let Some((first, second)) = family.split_once('-')
+        && chance(rng, rates.part_recorded)
+    {
+        family = if rng.random_bool(0.5) { first } else { second }.to_owned();
+    }
+    if chance(rng, rates.day_out) {
+        dob = if rng.random_bool(0.5) {
+            dob - Duration::days(1)
+        } else {
+            dob + Duration::days(1)
+        };
+    }
+    if chance(rng, rates.year_typo) {
+        // The last digit of the year keyed wrong.
+        let year = dob.year() - dob.year() % 10 + (dob.year() % 10 + rng.random_range(1..10)) % 10;
+        if let Ok(typo) = dob.replace_year(year) {
+            dob = typo;
+        }
+    }
+    dob = dob.min(reference);
+    if chance(rng, rates.placeholder_dob) {
+        dob = Date::from_calendar_date(1900, time::Month::January, 1).expect("a date");
+    }
+    let sex_unknown = chance(rng, rates.unknown_sex);
+    if chance(rng, rates.placeholder_postcode) {
+        postcode = "ZZ99 3VZ".to_owned();
+    } else if chance(rng, rates.no_postcode) {
+        postcode.clear();
+    }
     let local_id = match agency.layout {
         Layout::Council => format!("LA{:07}", c.id * 7 + index),
         Layout::Camhs => format!("M{:08}", c.id * 13 + 5),
         Layout::Salt => format!("S-{:06}", c.id * 3 + 1),
+        Layout::AcuteAe => format!("RW9{:07}", c.id * 11 + 3),
     };
     Recorded {
         local_id,
         given,
         family,
         dob,
+        sex_unknown,
         nhs,
         postcode,
     }
@@ -375,20 +505,47 @@ fn header(layout: Layout) -> Vec<&'static str> {
             "Post Code",
             "Contact Date",
         ],
+        Layout::AcuteAe => vec![
+            "MRN",
+            "NHS_NUMBER",
+            "SURNAME",
+            "FORENAME",
+            "BIRTH_DATE",
+            "SEX",
+            "POSTCODE",
+            "ARRIVAL_DTTM",
+        ],
     }
 }
 
-fn row(layout: Layout, r: &Recorded, male: bool, event: Date, rng: &mut ChaCha8Rng) -> Vec<String> {
+fn row(
+    layout: Layout,
+    r: &Recorded,
+    male_child: bool,
+    event: Date,
+    rng: &mut ChaCha8Rng,
+) -> Vec<String> {
     let dmy = |d: Date| format!("{:02}/{:02}/{}", d.day(), d.month() as u8, d.year());
     let compact = |d: Date| format!("{}{:02}{:02}", d.year(), d.month() as u8, d.day());
     let nhs = r.nhs.clone().unwrap_or_default();
+    // Each system's own code for a sex, and for one it was not told.
+    let sex = |male: &'static str, female: &'static str, unknown: &'static str| {
+        if r.sex_unknown {
+            unknown
+        } else if male_child {
+            male
+        } else {
+            female
+        }
+        .to_owned()
+    };
     match layout {
         Layout::Council => vec![
             r.local_id.clone(),
             title_case(&r.family),
             title_case(&r.given),
             dmy(r.dob),
-            if male { "1" } else { "2" }.to_owned(),
+            sex("1", "2", "0"),
             nhs,
             r.postcode.clone(),
             ETHNICITY.choose(rng).copied().unwrap_or("WBRI").to_owned(),
@@ -404,7 +561,7 @@ fn row(layout: Layout, r: &Recorded, male: bool, event: Date, rng: &mut ChaCha8R
             nhs,
             format!("{}, {}", r.family, title_case(&r.given)),
             r.dob.to_string(),
-            if male { "1" } else { "2" }.to_owned(),
+            sex("1", "2", "X"),
             r.postcode.replace(' ', ""),
             compact(event),
             CAMHS_REFERRAL_SOURCES
@@ -423,9 +580,23 @@ fn row(layout: Layout, r: &Recorded, male: bool, event: Date, rng: &mut ChaCha8R
             title_case(&r.given),
             title_case(&r.family),
             compact(r.dob),
-            if male { "Male" } else { "Female" }.to_owned(),
+            sex("Male", "Female", "Unknown"),
             r.postcode.to_lowercase(),
             dmy(event),
+        ],
+        Layout::AcuteAe => vec![
+            r.local_id.clone(),
+            nhs,
+            r.family.clone(),
+            r.given.clone(),
+            format!("{} 00:00:00", r.dob),
+            sex("M", "F", "U"),
+            r.postcode.clone(),
+            format!(
+                "{event} {:02}:{:02}:00",
+                rng.random_range(0..24),
+                rng.random_range(0..60)
+            ),
         ],
     }
 }
@@ -437,6 +608,7 @@ fn break_row(rng: &mut ChaCha8Rng, layout: Layout, fields: &mut Vec<String>) {
         Layout::Council => (3, "31/02/2015"),
         Layout::Camhs => (3, "2015-02-31"),
         Layout::Salt => (4, "20150231"),
+        Layout::AcuteAe => (4, "2015-02-31 00:00:00"),
     };
     match rng.random_range(0..1000) {
         0..=3 => fields[dob] = impossible.to_owned(),
@@ -507,6 +679,23 @@ events:
     date: { column: Contact Date, format: dd/mm/yyyy }
 "
         }
+        Layout::AcuteAe => {
+            "\
+# Emergency department attendances (acute trust's patient administration system).
+dataset: ae_attendances
+fields:
+  local_id: MRN
+  nhs_number: NHS_NUMBER
+  family_name: SURNAME
+  given_name: FORENAME
+  date_of_birth: { column: BIRTH_DATE, format: iso }
+  sex: SEX
+  postcode: POSTCODE
+events:
+  - type: ae_attendance
+    date: { column: ARRIVAL_DTTM, format: iso }
+"
+        }
     }
 }
 
@@ -542,15 +731,6 @@ fn mistype(rng: &mut ChaCha8Rng, nhs: &str) -> String {
     let position = rng.random_range(3..10);
     digits[position] = b'0' + (digits[position] - b'0' + rng.random_range(1..10)) % 10;
     String::from_utf8(digits).unwrap_or_default()
-}
-
-fn typo(rng: &mut ChaCha8Rng, name: &str) -> String {
-    let mut chars: Vec<char> = name.chars().collect();
-    if chars.len() > 3 {
-        let i = rng.random_range(1..chars.len() - 1);
-        chars.swap(i, i + 1);
-    }
-    chars.into_iter().collect()
 }
 
 fn postcode(rng: &mut ChaCha8Rng) -> String {
@@ -656,13 +836,13 @@ mod tests {
     fn reach_sets_every_agencys_share_of_the_children() {
         let reference = time::macros::date!(2026 - 01 - 01);
         let dir = tempfile::tempdir().unwrap();
-        generate(dir.path(), 60, 3, reference, Some(1.0)).unwrap();
+        generate(dir.path(), 60, 3, reference, Some(1.0), Profile::Tidy).unwrap();
         let truth = std::fs::read_to_string(dir.path().join("ground_truth.csv")).unwrap();
-        for agency in AGENCIES {
+        for agency in AGENCIES.iter().filter(|a| a.tidy) {
             let known = truth.lines().filter(|l| l.contains(agency.dataset)).count();
             assert_eq!(known, 60, "{}", agency.dataset);
         }
-        let error = generate(dir.path(), 60, 3, reference, Some(1.5)).unwrap_err();
+        let error = generate(dir.path(), 60, 3, reference, Some(1.5), Profile::Tidy).unwrap_err();
         assert!(error.to_string().contains("not 1.5"), "{error}");
     }
 
@@ -683,8 +863,8 @@ mod tests {
             }
             siblings += 1;
             assert_eq!(
-                (child.family, &child.postcode),
-                (elder.family, &elder.postcode)
+                (&child.family, &child.postcode),
+                (&elder.family, &elder.postcode)
             );
             assert_ne!(child.nhs, elder.nhs, "siblings are different children");
             if child.dob == elder.dob {
@@ -698,12 +878,56 @@ mod tests {
     }
 
     #[test]
+    fn the_messy_profile_makes_every_kind_of_error_and_adds_an_agency() {
+        let reference = time::macros::date!(2026 - 01 - 01);
+        let dir = tempfile::tempdir().unwrap();
+        let out = generate(dir.path(), 3_000, 11, reference, None, Profile::Messy).unwrap();
+        assert_eq!(out.extracts.len(), 4);
+        let extract =
+            |name: &str| std::fs::read_to_string(dir.path().join("extracts").join(name)).unwrap();
+        let ae = extract("ae_attendances.csv");
+        let council = extract("csc_referrals.csv");
+        let salt = extract("salt_contacts.csv");
+        assert!(ae.contains(",U,"), "unknown sex codes");
+        assert!(salt.contains(";Unknown;"), "unknown sex spelt out");
+        assert!(ae.contains("ZZ99 3VZ"), "placeholder postcodes");
+        assert!(
+            ae.contains("1900-01-01 00:00:00"),
+            "placeholder birth dates"
+        );
+        assert!(
+            council
+                .lines()
+                .any(|l| l.split(',').nth(1).is_some_and(|f| f.contains('-'))),
+            "double-barrelled family names"
+        );
+        // The A&E extract holds NHS numbers far more often than the council's.
+        let with_nhs = |text: &str, column: usize| {
+            let rows: Vec<&str> = text.lines().skip(1).collect();
+            let present = rows
+                .iter()
+                .filter(|l| l.split(',').nth(column).is_some_and(|f| f.len() == 10))
+                .count();
+            present as f64 / rows.len() as f64
+        };
+        assert!(with_nhs(&ae, 1) > 0.9, "{}", with_nhs(&ae, 1));
+        assert!(with_nhs(&council, 5) < 0.5, "{}", with_nhs(&council, 5));
+        // The tidy profile's files are untouched by the messy one's errors.
+        let tidy = tempfile::tempdir().unwrap();
+        generate(tidy.path(), 3_000, 11, reference, None, Profile::Tidy).unwrap();
+        assert!(!tidy.path().join("extracts/ae_attendances.csv").exists());
+        let tidy_council =
+            std::fs::read_to_string(tidy.path().join("extracts/csc_referrals.csv")).unwrap();
+        assert!(!tidy_council.contains("ZZ99"));
+    }
+
+    #[test]
     fn same_seed_same_output() {
         let reference = time::macros::date!(2026 - 01 - 01);
         let a = tempfile::tempdir().unwrap();
         let b = tempfile::tempdir().unwrap();
-        generate(a.path(), 50, 9, reference, None).unwrap();
-        generate(b.path(), 50, 9, reference, None).unwrap();
+        generate(a.path(), 50, 9, reference, None, Profile::Tidy).unwrap();
+        generate(b.path(), 50, 9, reference, None, Profile::Tidy).unwrap();
         for file in [
             "ground_truth.csv",
             "extracts/csc_referrals.csv",

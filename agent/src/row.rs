@@ -49,15 +49,31 @@ impl PersonRow {
     /// encoder expects (upper-case names, ISO dates, `OUT IN` postcodes),
     /// and the mapped attributes (upper case, single spaces) for parameters
     /// that name one. Only the fields the linkage parameters list are encoded.
+    /// The full name is the given and family names together.
+    /// What says nothing of the child is missing here (an unknown sex; a
+    /// placeholder date or postcode was already dropped when the row was read).
     pub fn linkage_identity(&self) -> joinery_linkage::Identity {
         let dob = self
             .date_of_birth
             .map(|d| format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day()));
+        let full_name = self
+            .given_name
+            .as_ref()
+            .zip(self.family_name.as_ref())
+            .map(|(given, family)| format!("{given} {family}"));
         let identity = joinery_linkage::Identity::new()
             .with("given_name", self.given_name.as_deref())
+            .with("full_name", full_name.as_deref())
             .with("family_name", self.family_name.as_deref())
             .with("date_of_birth", dob.as_deref())
-            .with("sex", self.sex.as_deref())
+            // An unknown or indeterminate sex says nothing about who
+            // the child is: missing, not a value two records could share.
+            .with(
+                "sex",
+                self.sex
+                    .as_deref()
+                    .filter(|s| ["male", "female"].contains(s)),
+            )
             .with(
                 "postcode",
                 self.postcode.as_ref().map(Postcode::normalised).as_deref(),
@@ -206,6 +222,13 @@ fn build(
                 checked_date(raw, format, today, mapping, "date_of_birth"),
                 if_invalid,
             ) {
+                (Ok(date), _) if validate::is_placeholder_date(date) => {
+                    warnings.push(Problem::new(
+                        "date_of_birth",
+                        format!("{}; treated as missing", validate::Invalid::PlaceholderDate),
+                    ));
+                    None
+                }
                 (Ok(date), _) => Some(date),
                 (Err(problem), IfInvalid::Quarantine) => return Err(problem),
                 (Err(problem), IfInvalid::Drop) => {
@@ -437,6 +460,44 @@ mod tests {
     const MAP: &str = "dataset: d\nfields:\n  local_id: id\n  nhs_number: nhs\n  full_name: { column: name, order: surname_comma_forename }\n  date_of_birth: { column: dob, format: dd/mm/yyyy }\n  sex: sex\n  postcode: pc\nevents:\n  - type: referral\n    date: { column: ref, format: iso }\n";
     const HEADERS: &[&str] = &["id", "nhs", "name", "dob", "sex", "pc", "ref"];
     const TODAY: Date = date!(2026 - 01 - 01);
+
+    #[test]
+    fn placeholders_and_an_unknown_sex_take_no_part_in_linkage() {
+        let m = resolved(MAP, HEADERS);
+        let RowOutcome::Valid { row: r, warnings } = map_row(
+            &row(&[
+                "C1",
+                "",
+                "SMITH, Jane",
+                "01/01/1900",
+                "U",
+                "ZZ99 3VZ",
+                "2024-05-06",
+            ]),
+            &m,
+            TODAY,
+        ) else {
+            panic!("a row with placeholders is still valid")
+        };
+        let said: Vec<String> = warnings.iter().map(|w| w.to_string()).collect();
+        assert!(
+            said.iter()
+                .any(|w| w.starts_with("date_of_birth: a placeholder date")),
+            "{said:?}"
+        );
+        assert!(
+            said.iter()
+                .any(|w| w.starts_with("postcode: a placeholder postcode")),
+            "{said:?}"
+        );
+        assert_eq!((r.date_of_birth, &r.postcode), (None, &None));
+        assert_eq!(r.sex.as_deref(), Some("unknown"));
+        let identity = r.linkage_identity();
+        for field in ["date_of_birth", "postcode", "sex"] {
+            assert_eq!(identity.get(field), None, "{field}");
+        }
+        assert_eq!(identity.get("family_name"), Some("SMITH"));
+    }
 
     #[test]
     fn a_clean_row_maps_every_field() {

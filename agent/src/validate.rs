@@ -14,6 +14,10 @@ pub enum Invalid {
     NhsNumberCheckDigit,
     #[error("not a valid UK postcode")]
     Postcode,
+    #[error("a placeholder postcode (ZZ99: no fixed abode, not known or abroad)")]
+    PlaceholderPostcode,
+    #[error("a placeholder date (a system default, not a birth date)")]
+    PlaceholderDate,
     #[error("date does not match the expected format")]
     DateFormat,
     #[error("date does not exist")]
@@ -121,6 +125,11 @@ impl Postcode {
     }
 }
 
+/// The NHS pseudo-postcodes' district: `ZZ99 3VZ` (no fixed abode),
+/// `ZZ99 3WZ` (not known), `ZZ99 3CZ` and others (abroad). Two records
+/// holding one say nothing about where either child lives.
+const PLACEHOLDER_DISTRICT: &str = "ZZ99";
+
 /// Parses a UK postcode in any spacing or case. Checks the shapes of the
 /// outward code (A9, A99, AA9, AA99, A9A, AA9A) and the inward code (9AA).
 pub fn postcode(raw: &str) -> Result<Postcode, Invalid> {
@@ -138,7 +147,9 @@ pub fn postcode(raw: &str) -> Result<Postcode, Invalid> {
         b[0].is_ascii_digit() && b[1].is_ascii_alphabetic() && b[2].is_ascii_alphabetic()
     };
     let outward_ok = joinery_policies::transform::is_district(outward);
-    if inward_ok && outward_ok {
+    if inward_ok && outward == PLACEHOLDER_DISTRICT {
+        Err(Invalid::PlaceholderPostcode)
+    } else if inward_ok && outward_ok {
         Ok(Postcode {
             outward: outward.to_owned(),
             inward: inward.to_owned(),
@@ -238,6 +249,13 @@ pub fn date(raw: &str, format: DateFormat) -> Result<Date, Invalid> {
         .ok_or(Invalid::ImpossibleDate)?;
     let day = u8::try_from(day).map_err(|_| Invalid::ImpossibleDate)?;
     Date::from_calendar_date(year as i32, month, day).map_err(|_| Invalid::ImpossibleDate)
+}
+
+/// Whether `date` is one of the defaults records systems put in a date
+/// field that was not known (1 January 1900 and its neighbours, 1 January
+/// 1800): never a child's birth date.
+pub fn is_placeholder_date(date: Date) -> bool {
+    date.year() < 1901 || (date.year() == 1901 && date.ordinal() == 1)
 }
 
 fn number(s: &str) -> Result<u32, Invalid> {
@@ -366,6 +384,12 @@ mod tests {
         assert_eq!(postcode("LS6"), Err(Invalid::Postcode));
         assert_eq!(postcode("12345"), Err(Invalid::Postcode));
         assert_eq!(postcode("LS6 2A1"), Err(Invalid::Postcode));
+        for placeholder in ["ZZ99 3VZ", "zz993wz", "ZZ99 3CZ"] {
+            assert_eq!(postcode(placeholder), Err(Invalid::PlaceholderPostcode));
+        }
+        assert!(is_placeholder_date(d!(1900 - 01 - 01)));
+        assert!(is_placeholder_date(d!(1800 - 01 - 01)));
+        assert!(!is_placeholder_date(d!(2015 - 01 - 01)));
     }
 
     #[test]

@@ -162,6 +162,10 @@ fn take(part: &KeyPart, identity: &Identity) -> Option<String> {
         Take::Soundex => soundex(value),
         Take::Prefix(n) => Some(value.chars().take(n).collect()),
         Take::FirstWord => value.split_whitespace().next().map(str::to_owned),
+        Take::Suffix(n) => {
+            let chars = value.chars().count();
+            Some(value.chars().skip(chars.saturating_sub(n)).collect())
+        }
     }
 }
 

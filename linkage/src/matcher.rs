@@ -25,7 +25,7 @@ use crate::bloom::{self, Kernel, KernelTask, Scalar};
 use crate::cluster::{Link, cluster};
 use crate::encode::{BLOCK_KEY_LEN, Encoding, Pseudonym};
 use crate::params::{LinkageParams, Take};
-use crate::score::{LEVELS, MISSING, Model, Pattern, RuleCandidates, level};
+use crate::score::{LEVELS, MISSING, Model, Pattern, RuleCandidates, StandIn, level};
 use crate::sequence::Sequence;
 
 /// A block larger than this is left out (reported), as it would hold
@@ -84,6 +84,8 @@ struct Filters {
     stride: usize,
     data: Vec<u64>,
     ones: Vec<u32>,
+    /// Fields that stand in for others (applied to every pattern).
+    stand_ins: Vec<StandIn>,
 }
 
 impl Filters {
@@ -112,6 +114,7 @@ impl Filters {
             stride,
             data,
             ones,
+            stand_ins: StandIn::of(params),
         }
     }
 
@@ -198,11 +201,21 @@ struct Step {
 }
 
 impl Pruning {
-    fn new(model: &Model, threshold: f64, offsets: &[usize]) -> Self {
+    fn new(model: &Model, threshold: f64, filters: &Filters) -> Self {
+        let (offsets, stand_ins) = (&filters.offsets, &filters.stand_ins);
         let fields = model.m.len();
+        // A stand-in, and the fields it covers, may yet be made missing:
+        // while comparing, each counts as no worse than missing, so a pair
+        // is never dropped on a weight the stand-in would take back.
+        let may_go = |f: usize| {
+            stand_ins
+                .iter()
+                .any(|s| s.field == f || s.covers.contains(&f))
+        };
         let weights: Vec<[f64; 8]> = (0..fields)
             .map(|f| {
                 std::array::from_fn(|l| match l {
+                    l if l < LEVELS && may_go(f) => model.level_weight(f, l as u8).max(0.0),
                     l if l < LEVELS => model.level_weight(f, l as u8),
                     _ => 0.0,
                 })
@@ -805,14 +818,14 @@ pub fn link_with(
                     non_matches: within.sorted(),
                 })
                 .collect();
-            Model::estimate(fields, &random, &per_rule, all_pairs)
+            Model::estimate(fields, &random, &per_rule, all_pairs, &filters.stand_ins)
         }
     };
 
     // Pass 2: every distinct candidate once; keep those whose match
     // probability reaches the threshold (stopping early on the rest).
     let verdicts = Verdicts::new(fields, &model, params.threshold);
-    let pruning = Pruning::new(&model, params.threshold, &filters.offsets);
+    let pruning = Pruning::new(&model, params.threshold, &filters);
     let every_block: Vec<usize> = (0..blocks.blocks.len()).collect();
     let kept = in_parallel(&every_block, threads, |share| {
         let (mut links, mut candidates) = (Vec::new(), 0u64);
@@ -968,7 +981,7 @@ mod tests {
         let blocks = Blocks::new(&entities, params.blocking.len());
         let filters = Filters::new(entities, &params);
         let verdicts = Verdicts::new(params.fields.len(), &model, params.threshold);
-        let pruning = Pruning::new(&model, params.threshold, &filters.offsets);
+        let pruning = Pruning::new(&model, params.threshold, &filters);
         let every: Vec<usize> = (0..blocks.blocks.len()).collect();
         // Fitting compares every pair fully; its distinct candidates are
         // those first found.

@@ -44,6 +44,12 @@ pub struct FieldEncoding {
     /// a frequency attack can no longer pool all occurrences of a name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub salt: Option<KeyPart>,
+    /// Fields this one stands in for where they disagree entirely (as
+    /// fields salted with a birth year do when one record has the year
+    /// wrong): the pair is then judged on this field instead of them, and
+    /// otherwise on them, never on both.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stands_in_for: Vec<String>,
 }
 
 /// How a field's value is cut into tokens.
@@ -80,6 +86,8 @@ pub enum Take {
     Prefix(usize),
     /// The text before the first space (a postcode's district).
     FirstWord,
+    /// The last n characters (`MM-DD` of a date, for n = 5).
+    Suffix(usize),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -94,6 +102,8 @@ pub enum ParamsError {
     Threshold(f64),
     #[error("linkage needs at least one field and one blocking rule")]
     Empty,
+    #[error("linkage field {field} stands in for {other}, which is not an encoded field")]
+    StandsInFor { field: String, other: String },
 }
 
 impl LinkageParams {
@@ -118,6 +128,14 @@ impl LinkageParams {
             }
             if !seen.insert(&f.field) {
                 return Err(ParamsError::Repeated(f.field.clone()));
+            }
+        }
+        for f in &self.fields {
+            if let Some(other) = f.stands_in_for.iter().find(|o| !seen.contains(o)) {
+                return Err(ParamsError::StandsInFor {
+                    field: f.field.clone(),
+                    other: other.clone(),
+                });
             }
         }
         if !(0.0..=1.0).contains(&self.threshold) {
@@ -146,11 +164,24 @@ impl LinkageParams {
         start..start + self.fields[f].bits as usize / 64
     }
 
-    /// The parameters for the canonical person fields: names salted with the
-    /// birth year, the date of birth by parts, sex, postcode; blocking on
-    /// the family name's Soundex with the birth year, on the whole date of
-    /// birth, and on the given name's Soundex with the postcode district.
+    /// The newest canonical parameters.
     pub fn canonical() -> Self {
+        Self::canonical_version(LATEST_VERSION)
+    }
+
+    /// The parameters for the canonical person fields as they are at
+    /// `version` (an agreement's `linkage.encoding.version`; a later one
+    /// than there is gets the latest recipe):
+    ///
+    /// - 1: names salted with the birth year, the date of birth by parts,
+    ///   sex, postcode; blocking on the family name's Soundex with the birth
+    ///   year, on the whole date of birth, and on the given name's Soundex
+    ///   with the postcode district.
+    /// - 2: as 1, and the full name (given and family) salted with the day
+    ///   and month of birth, standing in for the two names where a wrong
+    ///   birth year makes them disagree entirely; blocking also on the
+    ///   family name's Soundex with the day and month of birth.
+    pub fn canonical_version(version: u32) -> Self {
         let birth_year = KeyPart {
             field: "date_of_birth".into(),
             take: Take::Prefix(4),
@@ -161,13 +192,14 @@ impl LinkageParams {
             bits,
             hashes,
             salt: salt.cloned(),
+            stands_in_for: Vec::new(),
         };
         let part = |name: &str, take| KeyPart {
             field: name.into(),
             take,
         };
-        Self {
-            version: 1,
+        let mut params = Self {
+            version,
             fields: vec![
                 field("given_name", Tokens::Bigrams, 512, 12, Some(&birth_year)),
                 field("family_name", Tokens::Bigrams, 512, 12, Some(&birth_year)),
@@ -184,9 +216,26 @@ impl LinkageParams {
                 ],
             ],
             threshold: default_threshold(),
+        };
+        if version >= 2 {
+            let month_day = KeyPart {
+                field: "date_of_birth".into(),
+                take: Take::Suffix(5),
+            };
+            params.fields.push(FieldEncoding {
+                stands_in_for: vec!["given_name".into(), "family_name".into()],
+                ..field("full_name", Tokens::Bigrams, 512, 12, Some(&month_day))
+            });
+            params
+                .blocking
+                .push(vec![part("family_name", Take::Soundex), month_day]);
         }
+        params
     }
 }
+
+/// The newest recipe [`LinkageParams::canonical_version`] knows.
+pub const LATEST_VERSION: u32 = 2;
 
 #[cfg(test)]
 mod tests {
@@ -195,6 +244,16 @@ mod tests {
     #[test]
     fn canonical_parameters_are_valid_and_bad_ones_are_named() {
         LinkageParams::canonical().validate().unwrap();
+        LinkageParams::canonical_version(1).validate().unwrap();
+        let mut p = LinkageParams::canonical();
+        p.fields.retain(|f| f.field != "family_name");
+        assert_eq!(
+            p.validate(),
+            Err(ParamsError::StandsInFor {
+                field: "full_name".into(),
+                other: "family_name".into()
+            })
+        );
         let mut p = LinkageParams::canonical();
         p.fields[0].bits = 500;
         assert_eq!(

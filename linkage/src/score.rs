@@ -78,6 +78,58 @@ pub fn with_level(pattern: Pattern, field: usize, level: u8) -> Pattern {
     pattern | (u64::from(level) << (3 * field))
 }
 
+/// A field that stands in for others where they disagree entirely (see
+/// [`crate::params::FieldEncoding::stands_in_for`]): a pair is judged on it
+/// or on them, never on both, so what they share is not counted twice.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StandIn {
+    pub field: usize,
+    pub covers: Vec<usize>,
+}
+
+impl StandIn {
+    /// The stand-ins of `params`' fields.
+    pub fn of(params: &crate::params::LinkageParams) -> Vec<Self> {
+        let index = |name: &String| params.fields.iter().position(|f| &f.field == name);
+        params
+            .fields
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| !f.stands_in_for.is_empty())
+            .map(|(field, f)| Self {
+                field,
+                covers: f.stands_in_for.iter().filter_map(index).collect(),
+            })
+            .collect()
+    }
+
+    /// The pattern as it is judged: on the stand-in where every field it
+    /// covers disagrees entirely (or is missing) and the stand-in agrees,
+    /// those fields then missing; else on them, the stand-in missing.
+    #[inline(always)]
+    pub fn apply(&self, pattern: Pattern) -> Pattern {
+        let apart = self.covers.iter().all(|&f| {
+            let l = pattern_level(pattern, f);
+            l == LEVELS as u8 - 1 || l == MISSING
+        });
+        if apart && agrees(pattern_level(pattern, self.field)) {
+            self.covers.iter().fold(pattern, |p, &f| without(p, f))
+        } else {
+            without(pattern, self.field)
+        }
+    }
+}
+
+/// `pattern` with field `f` missing.
+fn without(pattern: Pattern, f: usize) -> Pattern {
+    pattern | (7 << (3 * f))
+}
+
+/// Every stand-in of `stand_ins` applied to `pattern`.
+fn judged(stand_ins: &[StandIn], pattern: Pattern) -> Pattern {
+    stand_ins.iter().fold(pattern, |p, s| s.apply(p))
+}
+
 /// m and u per field and level, the prior share of matches, and what each
 /// blocking rule's EM learnt of its blocks.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -90,6 +142,10 @@ pub struct Model {
     /// its verdicts are then the fields' alone).
     #[serde(default)]
     pub rules: Vec<RuleModel>,
+    /// Fields standing in for others: every pattern is judged as
+    /// [`StandIn::apply`] makes it.
+    #[serde(default)]
+    pub stand_ins: Vec<StandIn>,
 }
 
 /// One blocking rule's view of its pairs: the share of matches among them,
@@ -133,25 +189,48 @@ pub const MIN_SHOWN: u64 = 5;
 impl Model {
     /// Estimates the model: u from `random` pairs' patterns, m by EM per
     /// blocking rule, and the prior over `all_pairs` (every pair that could
-    /// have been compared).
+    /// have been compared). Patterns are as compared, every field in them,
+    /// and judged as the `stand_ins` make them. A stand-in's levels are
+    /// shares of all pairs (where it does not stand in, it is no level):
+    /// its weight is that of the event "the fields it covers disagree
+    /// entirely and it agrees", which is how it is judged.
     pub fn estimate(
         fields: usize,
         random: &[(Pattern, u64)],
         rules: &[RuleCandidates],
         all_pairs: f64,
+        stand_ins: &[StandIn],
     ) -> Self {
-        let u = level_shares(fields, random.iter().map(|(p, n)| (*p, *n as f64)), &[]);
+        let judge = |patterns: &[(Pattern, u64)]| -> Vec<(Pattern, u64)> {
+            patterns
+                .iter()
+                .map(|&(p, n)| (judged(stand_ins, p), n))
+                .collect()
+        };
+        let shape = Shape {
+            fields,
+            stand_ins: stand_ins.iter().map(|s| s.field).collect(),
+        };
+        let random = &judge(random);
+        let u = level_shares(&shape, random.iter().map(|(p, n)| (*p, *n as f64)), &[]);
         let mut pooled = vec![[0.0; LEVELS]; fields];
         let mut pooled_weight = vec![0.0; fields];
         let mut iterations = 0;
         let mut matches = 0.0;
         let mut rule_models = Vec::with_capacity(rules.len());
-        for rule in rules {
+        for raw in rules {
+            let rule = &RuleCandidates {
+                blocked_fields: raw.blocked_fields.clone(),
+                whole_fields: raw.whole_fields.clone(),
+                patterns: judge(&raw.patterns),
+                first: judge(&raw.first),
+                non_matches: judge(&raw.non_matches),
+            };
             let sample = match rule.non_matches.iter().map(|&(_, n)| n).sum::<u64>() {
                 n if n >= MIN_NON_MATCHES => &rule.non_matches,
                 _ => random,
             };
-            let non_match = NonMatch::new(fields, sample, &rule.blocked_fields);
+            let non_match = NonMatch::new(&shape, sample, &rule.blocked_fields);
             // Each pattern's non-match likelihood, worked out once: the
             // first-found patterns are among the rule's patterns.
             let likelihoods: Vec<f64> = rule
@@ -171,7 +250,7 @@ impl Model {
                     .copied()
                     .unwrap_or_else(|| non_match.likelihood(p))
             };
-            let (m, prior, its) = em_for_rule(fields, &non_match, &likelihoods, rule);
+            let (m, prior, its) = em_for_rule(&shape, &non_match, &likelihoods, rule);
             iterations += its;
             let total: f64 = rule.patterns.iter().map(|&(_, n)| n as f64).sum();
             let expected = prior * total;
@@ -209,11 +288,14 @@ impl Model {
             prior: (matches / all_pairs.max(1.0)).clamp(FLOOR * FLOOR, 0.5),
             iterations,
             rules: rule_models,
+            stand_ins: stand_ins.to_vec(),
         }
     }
 
-    /// log2 of the Bayes factor for a match.
+    /// log2 of the Bayes factor for a match, the pattern judged as the
+    /// stand-ins make it.
     pub fn weight(&self, pattern: Pattern) -> f64 {
+        let pattern = judged(&self.stand_ins, pattern);
         (0..self.m.len())
             .map(|f| self.level_weight(f, pattern_level(pattern, f)))
             .sum()
@@ -249,7 +331,12 @@ impl Model {
         let Some(r) = self.rules.get(rule) else {
             return (probability, weight);
         };
-        let non_match = NonMatch::new(self.m.len(), &r.non_matches, &r.whole_fields);
+        let pattern = judged(&self.stand_ins, pattern);
+        let shape = Shape {
+            fields: self.m.len(),
+            stand_ins: self.stand_ins.iter().map(|s| s.field).collect(),
+        };
+        let non_match = NonMatch::new(&shape, &r.non_matches, &r.whole_fields);
         let Some(u) = non_match.joint(pattern) else {
             return (probability, weight);
         };
@@ -281,8 +368,8 @@ struct NonMatch<'s> {
 }
 
 impl<'s> NonMatch<'s> {
-    fn new(fields: usize, sample: &'s [(Pattern, u64)], blocked: &'s [usize]) -> Self {
-        let shares = level_shares(fields, sample.iter().map(|&(p, n)| (p, n as f64)), blocked);
+    fn new(shape: &Shape, sample: &'s [(Pattern, u64)], blocked: &'s [usize]) -> Self {
+        let shares = level_shares(shape, sample.iter().map(|&(p, n)| (p, n as f64)), blocked);
         Self {
             sample,
             shares,
@@ -366,12 +453,12 @@ fn posterior(
 /// one per pattern of the rule) and the rule's fields left out: returns m,
 /// the share of matches among the rule's pairs, and the iterations.
 fn em_for_rule(
-    fields: usize,
+    shape: &Shape,
     non_match: &NonMatch,
     likelihoods: &[f64],
     rule: &RuleCandidates,
 ) -> (Vec<[f64; LEVELS]>, f64, usize) {
-    let mut m = vec![START_M; fields];
+    let mut m = vec![START_M; shape.fields];
     let mut prior: f64 = 0.1;
     let total: f64 = rule.patterns.iter().map(|&(_, n)| n as f64).sum();
     if total == 0.0 {
@@ -391,7 +478,7 @@ fn em_for_rule(
                 (p, w)
             })
             .collect();
-        let next = level_shares(fields, weighted.into_iter(), &rule.blocked_fields);
+        let next = level_shares(shape, weighted.into_iter(), &rule.blocked_fields);
         let next_prior = (matched / total).clamp(FLOOR, 1.0 - FLOOR);
         let change = (next_prior - prior).abs() + distance(&next, &m);
         m = next;
@@ -410,14 +497,24 @@ fn distance(a: &[[f64; LEVELS]], b: &[[f64; LEVELS]]) -> f64 {
         .sum()
 }
 
-/// Shares of each level per field, over weighted patterns (missing levels
-/// left out), floored so no weight is infinite.
-fn level_shares(
+/// The fields of the patterns being counted, and which of them stand in
+/// for others.
+struct Shape {
     fields: usize,
+    stand_ins: Vec<usize>,
+}
+
+/// Shares of each level per field, over weighted patterns, floored so no
+/// weight is infinite. Missing levels are left out, except a stand-in's:
+/// they are the pairs where it does not stand in, so its shares are of all
+/// pairs.
+fn level_shares(
+    shape: &Shape,
     patterns: impl Iterator<Item = (Pattern, f64)>,
     skip: &[usize],
 ) -> Vec<[f64; LEVELS]> {
-    let mut counts = vec![[0.0; LEVELS]; fields];
+    let mut counts = vec![[0.0; LEVELS]; shape.fields];
+    let mut not_standing_in = vec![0.0; shape.fields];
     for (p, w) in patterns {
         for (f, count) in counts.iter_mut().enumerate() {
             if skip.contains(&f) {
@@ -426,13 +523,16 @@ fn level_shares(
             let l = pattern_level(p, f);
             if l != MISSING {
                 count[l as usize] += w;
+            } else if shape.stand_ins.contains(&f) {
+                not_standing_in[f] += w;
             }
         }
     }
     counts
         .into_iter()
-        .map(|c| {
-            let total: f64 = c.iter().sum();
+        .zip(not_standing_in)
+        .map(|(c, rest)| {
+            let total: f64 = c.iter().sum::<f64>() + rest;
             let mut shares = [0.0; LEVELS];
             for (s, n) in shares.iter_mut().zip(c) {
                 *s = ((n + FLOOR) / (total + FLOOR * LEVELS as f64)).max(FLOOR);
@@ -451,6 +551,31 @@ mod tests {
             .iter()
             .enumerate()
             .fold(0, |p, (f, &l)| with_level(p, f, l))
+    }
+
+    #[test]
+    fn a_stand_in_replaces_the_fields_it_covers_only_where_they_disagree_entirely() {
+        let stand_in = StandIn {
+            field: 2,
+            covers: vec![0, 1],
+        };
+        // Names salted with a wrong birth year disagree; the full name agrees.
+        assert_eq!(
+            stand_in.apply(pattern(&[4, 4, 0, 1])),
+            pattern(&[MISSING, MISSING, 0, 1])
+        );
+        // A name that agrees at all is judged as it is, the full name not.
+        assert_eq!(
+            stand_in.apply(pattern(&[3, 4, 0, 1])),
+            pattern(&[3, 4, MISSING, 1])
+        );
+        // The full name disagrees too, or is missing: the names' disagreement counts.
+        for full in [4, MISSING] {
+            assert_eq!(
+                stand_in.apply(pattern(&[4, 4, full, 1])),
+                pattern(&[4, 4, MISSING, 1])
+            );
+        }
     }
 
     #[test]
@@ -491,7 +616,7 @@ mod tests {
             patterns,
             non_matches: Vec::new(),
         };
-        let model = Model::estimate(3, &random, &[rule], 100_000.0);
+        let model = Model::estimate(3, &random, &[rule], 100_000.0, &[]);
         assert!((model.prior - 0.001).abs() < 0.0002, "{model:?}");
         assert!((model.m[1][0] - 0.9).abs() < 0.02, "{model:?}");
         assert!(model.probability(pattern(&[0, 0, 0])) > 0.99);
@@ -541,7 +666,7 @@ mod tests {
             patterns,
             non_matches: within,
         };
-        let model = Model::estimate(4, &random, &[rule], 1e9);
+        let model = Model::estimate(4, &random, &[rule], 1e9, &[]);
         let verdict = |levels: &[u8]| {
             let p = pattern(levels);
             let fields = (model.probability(p), model.weight(p));
@@ -607,14 +732,14 @@ mod tests {
             patterns: patterns.clone(),
             non_matches,
         };
-        let model = Model::estimate(3, &random, &[rule(within)], 1e7);
+        let model = Model::estimate(3, &random, &[rule(within)], 1e7, &[]);
         // Matches agree on the family name, so its disagreement is strong
         // evidence; the 100 matches are found.
         assert!(model.m[2][3] < 0.05, "{model:?}");
         assert!((model.prior - 1e-5).abs() < 2e-6, "{model:?}");
         // Judged by the random pairs, the 500 chance agreements look like
         // matches that disagree on family name.
-        let naive = Model::estimate(3, &random, &[rule(Vec::new())], 1e7);
+        let naive = Model::estimate(3, &random, &[rule(Vec::new())], 1e7, &[]);
         assert!(naive.m[2][3] > 0.5, "{naive:?}");
     }
 }

@@ -3,7 +3,9 @@
 //! filters, and labels the largest groups with the commonest names. On plain
 //! encodings (no salt) equal names give equal filters, so the ranking gives
 //! most records away; salted with the birth year, each name is spread over
-//! many unrelated filters and the same attack recovers far fewer.
+//! many unrelated filters and the same attack recovers far fewer. The full
+//! name (there for a wrong birth year), salted with the day and month of
+//! birth, must give no more away than the given name.
 //! (`cargo test -p joinery-linkage --test attack -- --nocapture` prints both.)
 
 use std::collections::HashMap;
@@ -18,20 +20,38 @@ const NAMES: &[&str] = &[
     "ROSIE", "SOPHIA", "ISABELLA", "GRACE", "DAISY", "SIENNA", "POPPY", "ELSIE", "EMILY", "ELLA",
 ];
 
-/// Fraction of records whose given name the attack recovers.
-fn attack(encoder: &Encoder, population: &[(usize, i32)]) -> f64 {
+/// Family names, by frequency.
+const FAMILIES: &[&str] = &[
+    "SMITH", "JONES", "TAYLOR", "BROWN", "WILLIAMS", "WILSON", "JOHNSON", "DAVIES", "PATEL",
+    "ROBINSON",
+];
+
+/// One child: given name (an index into [`NAMES`]), family name (into
+/// [`FAMILIES`]) and date of birth.
+type Child = (usize, usize, String);
+
+/// Fraction of records whose given name the attack recovers from `field`'s
+/// filters.
+fn attack(encoder: &Encoder, field: &str, population: &[Child]) -> f64 {
+    let f = encoder
+        .params()
+        .fields
+        .iter()
+        .position(|e| e.field == field)
+        .expect("an encoded field");
     let mut groups: HashMap<Vec<u64>, Vec<usize>> = HashMap::new();
-    for &(name, year) in population {
-        let dob = format!("{year}-03-14");
+    for (name, family, dob) in population {
+        let full = format!("{} {}", NAMES[*name], FAMILIES[*family]);
         let e = encoder.encode(
             &Identity::new()
-                .with("given_name", Some(NAMES[name]))
-                .with("date_of_birth", Some(&dob)),
+                .with("given_name", Some(NAMES[*name]))
+                .with("full_name", Some(&full))
+                .with("date_of_birth", Some(dob)),
         );
         groups
-            .entry(e.filter(encoder.params(), 0).to_vec())
+            .entry(e.filter(encoder.params(), f).to_vec())
             .or_default()
-            .push(name);
+            .push(*name);
     }
     let mut by_size: Vec<Vec<usize>> = groups.into_values().collect();
     by_size.sort_by_key(|g| std::cmp::Reverse(g.len()));
@@ -45,14 +65,14 @@ fn attack(encoder: &Encoder, population: &[(usize, i32)]) -> f64 {
 }
 
 #[test]
-fn salting_with_the_birth_year_defeats_a_frequency_attack() {
+fn salting_defeats_a_frequency_attack() {
     // 20,000 children: name frequencies falling like a Zipf law, birth years
     // spread over 18 years.
     let mut sequence = Sequence::new(0x2545_f491_4f6c_dd1d);
     let mut next = |n: usize| sequence.below(n);
     let weights: Vec<f64> = (1..=NAMES.len()).map(|r| 1.0 / r as f64).collect();
     let total: f64 = weights.iter().sum();
-    let population: Vec<(usize, i32)> = (0..20_000)
+    let population: Vec<Child> = (0..20_000)
         .map(|_| {
             let mut x = next(1_000_000) as f64 / 1e6 * total;
             let name = weights
@@ -62,7 +82,9 @@ fn salting_with_the_birth_year_defeats_a_frequency_attack() {
                     x < 0.0
                 })
                 .unwrap_or(NAMES.len() - 1);
-            (name, 2007 + next(18) as i32)
+            let (family, year, day) = (next(FAMILIES.len()), 2007 + next(18), next(365));
+            let dob = time_of(year as i32, day as u16);
+            (name, family, dob)
         })
         .collect();
 
@@ -70,12 +92,24 @@ fn salting_with_the_birth_year_defeats_a_frequency_attack() {
     let hardened = LinkageParams::canonical();
     let mut plain = hardened.clone();
     plain.fields[0].salt = None;
-    let on_plain = attack(&Encoder::new(&key, &plain).unwrap(), &population);
-    let on_hardened = attack(&Encoder::new(&key, &hardened).unwrap(), &population);
+    let on_plain = attack(
+        &Encoder::new(&key, &plain).unwrap(),
+        "given_name",
+        &population,
+    );
+    let hardened_encoder = Encoder::new(&key, &hardened).unwrap();
+    let on_hardened = attack(&hardened_encoder, "given_name", &population);
+    let on_full_name = attack(&hardened_encoder, "full_name", &population);
     println!(
-        "frequency attack on given names: plain encodings {:.1}% of records re-identified, salted with the birth year {:.1}%",
+        "frequency attack on given names: plain encodings {:.1}% of records re-identified, salted with the birth year {:.1}%; on the full name salted with the day and month of birth {:.1}%",
         on_plain * 100.0,
-        on_hardened * 100.0
+        on_hardened * 100.0,
+        on_full_name * 100.0
+    );
+    // The full name, there to survive a wrong birth year, gives no more away.
+    assert!(
+        on_full_name <= on_hardened,
+        "full name {on_full_name} vs given name {on_hardened}"
     );
     assert!(
         on_plain > 0.9,
@@ -85,4 +119,18 @@ fn salting_with_the_birth_year_defeats_a_frequency_attack() {
         on_hardened < on_plain / 5.0,
         "salting defeats it: {on_hardened} vs {on_plain}"
     );
+}
+
+/// `YYYY-MM-DD` of day `day` (0 to 364) of `year`.
+fn time_of(year: i32, day: u16) -> String {
+    let mut month = 1;
+    let mut left = day;
+    for length in [31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31] {
+        if left < length {
+            break;
+        }
+        left -= length;
+        month += 1;
+    }
+    format!("{year}-{month:02}-{:02}", left + 1)
 }

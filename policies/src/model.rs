@@ -221,8 +221,9 @@ pub const KEYED_BLOOM: &str = "keyed-bloom";
 
 impl Linkage {
     /// The encoding parameters every party uses, or `None` when the
-    /// agreement asks for no fuzzy linkage: the canonical parameters for the
-    /// listed canonical fields (a salt or blocking rule that needs an
+    /// agreement asks for no fuzzy linkage: the canonical parameters of the
+    /// agreement's encoding version for the listed canonical fields (and
+    /// the fields made from them) (a salt or blocking rule that needs an
     /// unlisted field is left out), then the agreement's own encodings of
     /// its other listed fields, under the agreement's version.
     pub fn params(&self) -> Option<joinery_linkage::LinkageParams> {
@@ -230,9 +231,12 @@ impl Linkage {
             return None;
         }
         let listed = |field: &str| self.fields.iter().any(|f| f == field);
-        let mut params = joinery_linkage::LinkageParams::canonical();
-        params.version = self.encoding.version;
-        params.fields.retain(|f| listed(&f.field));
+        let mut params = joinery_linkage::LinkageParams::canonical_version(self.encoding.version);
+        // A field made from others (the full name) is kept when they are.
+        params.fields.retain(|f| {
+            listed(&f.field)
+                || (!f.stands_in_for.is_empty() && f.stands_in_for.iter().all(|o| listed(o)))
+        });
         for field in &mut params.fields {
             if field.salt.as_ref().is_some_and(|s| !listed(&s.field)) {
                 field.salt = None;

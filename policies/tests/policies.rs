@@ -335,8 +335,8 @@ fn agreements_may_link_on_fields_beyond_the_canonical_five() {
     assert!(error.help.contains("linkage.encoding.fields"), "{error}");
 
     let encoded = listed.replace(
-        "    scheme: keyed-bloom\n    version: 1\n",
-        "    scheme: keyed-bloom\n    version: 1\n    fields:\n      - { field: school_urn, tokens: whole, bits: 64, hashes: 4, salt: { field: date_of_birth, take: { prefix: 4 } } }\n",
+        "    scheme: keyed-bloom\n    version: 2\n",
+        "    scheme: keyed-bloom\n    version: 2\n    fields:\n      - { field: school_urn, tokens: whole, bits: 64, hashes: 4, salt: { field: date_of_birth, take: { prefix: 4 } } }\n",
     );
     let checked = check(&encoded, TODAY);
     assert_eq!(
@@ -352,7 +352,9 @@ fn agreements_may_link_on_fields_beyond_the_canonical_five() {
         (last.field.as_str(), last.bits, last.hashes),
         ("school_urn", 64, 4)
     );
-    assert_eq!(params.fields.len(), 6);
+    // The canonical five, the full name made from them (version 2), and school_urn.
+    assert_eq!(params.fields.len(), 7);
+    assert!(params.fields.iter().any(|f| f.field == "full_name"));
     let explained = explain(&agreement, Format::Markdown);
     assert!(
         explained.contains("school_urn is encoded as one whole value in a 64-bit filter"),

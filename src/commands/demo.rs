@@ -121,6 +121,7 @@ impl DemoArgs {
             self.seed,
             reference,
             None,
+            crate::synth::Profile::Tidy,
         )?;
         println!(
             "2. Generated {} children's records for {} agencies: {} rows ({})",

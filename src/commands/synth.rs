@@ -23,6 +23,11 @@ pub struct SynthArgs {
     /// agency's own: 0.55 for the council, 0.35 for CAMHS and SALT].
     #[arg(long)]
     reach: Option<f64>,
+    /// How messy the records are: `tidy` (the tests' and the demo's three
+    /// agencies), or `messy` (four agencies, the errors of real extracts;
+    /// the rates are in `src/synth/profile.rs`).
+    #[arg(long, value_enum, default_value_t)]
+    profile: crate::synth::Profile,
 }
 
 pub fn parse_date(text: &str) -> Result<time::Date, String> {
@@ -35,8 +40,14 @@ impl SynthArgs {
         let reference = self
             .reference_date
             .unwrap_or_else(|| time::OffsetDateTime::now_utc().date());
-        let output =
-            crate::synth::generate(&self.out, self.children, self.seed, reference, self.reach)?;
+        let output = crate::synth::generate(
+            &self.out,
+            self.children,
+            self.seed,
+            reference,
+            self.reach,
+            self.profile,
+        )?;
         println!(
             "{} children, {} rows across {} agencies in {}",
             self.children,

@@ -123,6 +123,9 @@ pub(super) fn write(
                 national(SourceConfig::Fhir, fhir, "salt_fhir", None),
             ]
         }
+        // No national format here reads an emergency department's records
+        // (ECDS): its CSV extract is all there is.
+        Layout::AcuteAe => Vec::new(),
     })
 }
 
@@ -1022,7 +1025,15 @@ mod tests {
     fn every_national_format_reads_back_clean_and_as_the_csv_extracts_say() {
         let reference = date!(2026 - 01 - 15);
         let dir = tempfile::tempdir().unwrap();
-        let output = super::super::generate(dir.path(), 400, 5, reference, None).unwrap();
+        let output = super::super::generate(
+            dir.path(),
+            400,
+            5,
+            reference,
+            None,
+            crate::synth::Profile::Tidy,
+        )
+        .unwrap();
         let kinds: BTreeSet<&str> = output.national.iter().map(|s| s.config.kind()).collect();
         assert_eq!(kinds, CSV_DATE_EVENT.iter().map(|(k, _)| *k).collect());
         for source in &output.national {

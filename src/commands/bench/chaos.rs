@@ -85,7 +85,14 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<ExitCode> {
     // The synthetic population: about 2.2 rows per child across the agencies.
     let reference = time::OffsetDateTime::now_utc().date();
     let children = (args.records * 10 / 22).max(1);
-    let synth = crate::synth::generate(&root.join("synth"), children, args.seed, reference, None)?;
+    let synth = crate::synth::generate(
+        &root.join("synth"),
+        children,
+        args.seed,
+        reference,
+        None,
+        crate::synth::Profile::Tidy,
+    )?;
     let organisations: Vec<&str> = synth
         .extracts
         .iter()

@@ -50,7 +50,14 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<ExitCode> {
     // The council layout has about 1.1 rows per child.
     let reference = time::OffsetDateTime::now_utc().date();
     let children = (records * 10 / 11).max(1);
-    let synth = crate::synth::generate(&root.join("synth"), children, 1, reference, None)?;
+    let synth = crate::synth::generate(
+        &root.join("synth"),
+        children,
+        1,
+        reference,
+        None,
+        crate::synth::Profile::Tidy,
+    )?;
     let (_, extract, mapping) = synth.extracts.first().context("synth wrote no extract")?;
     println!(
         "bench ingest: {} (council layout), batch size {batch_size}",

@@ -52,7 +52,14 @@ pub fn run(args: ReadersArgs) -> anyhow::Result<ExitCode> {
     for (i, children) in sizes.into_iter().enumerate() {
         let out = dir.path().join(format!("synth-{children}"));
         let started = Instant::now();
-        let synth = crate::synth::generate(&out, children, 7, reference, None)?;
+        let synth = crate::synth::generate(
+            &out,
+            children,
+            7,
+            reference,
+            None,
+            crate::synth::Profile::Tidy,
+        )?;
         println!(
             "synth: {children} children in {:.1} s ({})",
             started.elapsed().as_secs_f64(),
