@@ -113,16 +113,13 @@ impl StandIn {
             l == LEVELS as u8 - 1 || l == MISSING
         });
         if apart && agrees(pattern_level(pattern, self.field)) {
-            self.covers.iter().fold(pattern, |p, &f| without(p, f))
+            self.covers
+                .iter()
+                .fold(pattern, |p, &f| with_level(p, f, MISSING))
         } else {
-            without(pattern, self.field)
+            with_level(pattern, self.field, MISSING)
         }
     }
-}
-
-/// `pattern` with field `f` missing.
-fn without(pattern: Pattern, f: usize) -> Pattern {
-    pattern | (7 << (3 * f))
 }
 
 /// Every stand-in of `stand_ins` applied to `pattern`.
@@ -207,10 +204,7 @@ impl Model {
                 .map(|&(p, n)| (judged(stand_ins, p), n))
                 .collect()
         };
-        let shape = Shape {
-            fields,
-            stand_ins: stand_ins.iter().map(|s| s.field).collect(),
-        };
+        let shape = Shape::new(fields, stand_ins);
         let random = &judge(random);
         let u = level_shares(&shape, random.iter().map(|(p, n)| (*p, *n as f64)), &[]);
         let mut pooled = vec![[0.0; LEVELS]; fields];
@@ -332,10 +326,7 @@ impl Model {
             return (probability, weight);
         };
         let pattern = judged(&self.stand_ins, pattern);
-        let shape = Shape {
-            fields: self.m.len(),
-            stand_ins: self.stand_ins.iter().map(|s| s.field).collect(),
-        };
+        let shape = Shape::new(self.m.len(), &self.stand_ins);
         let non_match = NonMatch::new(&shape, &r.non_matches, &r.whole_fields);
         let Some(u) = non_match.joint(pattern) else {
             return (probability, weight);
@@ -502,6 +493,15 @@ fn distance(a: &[[f64; LEVELS]], b: &[[f64; LEVELS]]) -> f64 {
 struct Shape {
     fields: usize,
     stand_ins: Vec<usize>,
+}
+
+impl Shape {
+    fn new(fields: usize, stand_ins: &[StandIn]) -> Self {
+        Self {
+            fields,
+            stand_ins: stand_ins.iter().map(|s| s.field).collect(),
+        }
+    }
 }
 
 /// Shares of each level per field, over weighted patterns, floored so no
