@@ -19,6 +19,7 @@ pub mod format;
 pub mod mapping;
 pub mod metrics;
 pub mod opt_out;
+pub mod person;
 pub mod person_index;
 pub mod quarantine;
 pub mod release;

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use crate::row::{PersonRow, Problem};
+use crate::person::{PersonRow, Problem};
 
 /// People of one source by local id, and other keys pointing at them.
 #[derive(Default)]

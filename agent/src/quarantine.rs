@@ -5,7 +5,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use crate::row::Problem;
+use crate::person::Problem;
 
 pub const QUARANTINED: &str = "quarantined";
 pub const SENT_WITH_WARNING: &str = "sent-with-warning";

@@ -23,7 +23,7 @@ use joinery_proto::v1::{Event, LinkageEncoding, Record};
 use time::Date;
 
 use crate::mapping::Resolved;
-use crate::row::PersonRow;
+use crate::person::PersonRow;
 
 pub struct Releaser {
     nhs: Pseudonymiser,
@@ -233,7 +233,7 @@ mod tests {
                 ("worker".to_owned(), "Bob".to_owned()),
             ]
             .into(),
-            events: vec![crate::row::Event {
+            events: vec![crate::person::Event {
                 event_type: "referral".into(),
                 date: date!(2024 - 05 - 17),
                 attributes: [

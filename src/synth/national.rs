@@ -967,7 +967,8 @@ mod tests {
 
     use joinery_agent::config::SourceConfig;
     use joinery_agent::mapping::Mapping;
-    use joinery_agent::row::{PersonRow, RowOutcome};
+    use joinery_agent::person::PersonRow;
+    use joinery_agent::row::RowOutcome;
     use joinery_agent::source::Source;
     use joinery_agent::source::csv::CsvSource;
     use time::macros::date;

@@ -135,7 +135,7 @@ impl SourceRow {
     pub fn broken(line: u64, what: impl std::fmt::Display) -> Self {
         Self {
             line,
-            outcome: RowOutcome::Quarantined(crate::row::Problem::new("row", what)),
+            outcome: RowOutcome::Quarantined(crate::person::Problem::new("row", what)),
         }
     }
 }

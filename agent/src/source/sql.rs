@@ -22,7 +22,8 @@ use sqlx::{AssertSqlSafe, Column, Executor, Row, SqlSafeStr, Statement};
 
 use crate::config::SqlTable;
 use crate::mapping::{Mapping, Resolved};
-use crate::row::{Problem, RowOutcome, map_row};
+use crate::person::Problem;
+use crate::row::{RowOutcome, map_row};
 use crate::source::{Position, ReadContext, Source, SourceError, SourceRow};
 
 /// Rows fetched ahead of the reader, at most.

@@ -561,7 +561,7 @@ mod tests {
         Ok(rows)
     }
 
-    fn valid(row: &SourceRow) -> &crate::row::PersonRow {
+    fn valid(row: &SourceRow) -> &crate::person::PersonRow {
         match &row.outcome {
             RowOutcome::Valid { row, .. } => row,
             RowOutcome::Quarantined(p) => panic!("line {}: {p}", row.line),
