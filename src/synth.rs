@@ -430,21 +430,31 @@ fn record_of(
     {
         family = if rng.random_bool(0.5) { first } else { second }.to_owned();
     }
+    // As with the swap above, an error that would put the birth in the
+    // future is one a records system refuses: the date stays as it was.
     if chance(rng, rates.day_out) {
-        dob = if rng.random_bool(0.5) {
+        let out = if rng.random_bool(0.5) {
             dob - Duration::days(1)
         } else {
             dob + Duration::days(1)
         };
-    }
-    if chance(rng, rates.year_typo) {
-        // The last digit of the year keyed wrong.
-        let year = dob.year() - dob.year() % 10 + (dob.year() % 10 + rng.random_range(1..10)) % 10;
-        if let Ok(typo) = dob.replace_year(year) {
-            dob = typo;
+        if out <= reference {
+            dob = out;
         }
     }
-    dob = dob.min(reference);
+    if chance(rng, rates.year_typo) {
+        // The last digit of the year keyed wrong (a digit that keeps the
+        // birth in the past).
+        let decade = dob.year() - dob.year() % 10;
+        let typos: Vec<Date> = (decade..decade + 10)
+            .filter(|&year| year != dob.year())
+            .filter_map(|year| dob.replace_year(year).ok())
+            .filter(|typo| *typo <= reference)
+            .collect();
+        if !typos.is_empty() {
+            dob = typos[rng.random_range(0..typos.len())];
+        }
+    }
     if chance(rng, rates.placeholder_dob) {
         dob = Date::from_calendar_date(1900, time::Month::January, 1).expect("a date");
     }

@@ -359,6 +359,7 @@ mod tests {
             hashes: 4,
             salt: None,
             stands_in_for: Vec::new(),
+            nicknames: false,
         });
         let releaser = Releaser::new(&SecretKey::from_bytes([5; 32]), Some(&params)).unwrap();
         let d = dataset(&[("local_id", Transform::Pseudonymise)]);

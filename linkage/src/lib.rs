@@ -3,7 +3,8 @@
 //! The agent turns a person's identifying fields into keyed encodings
 //! ([`encode`]): one Bloom filter per field (q-grams hashed under a key
 //! derived from the agreement's linkage key, optionally salted with a stable
-//! attribute such as the birth year) and keyed blocking keys. The gateway never
+//! attribute such as the birth year; a nickname also carries its full
+//! forms' q-grams, [`nicknames`]) and keyed blocking keys. The gateway never
 //! sees a name or a date: it compares filters with the Dice coefficient
 //! ([`bloom`]), only within blocks that share a key ([`matcher`]), weighs the
 //! evidence of each field with a Fellegi–Sunter model whose m and u
@@ -18,6 +19,7 @@ pub mod bloom;
 pub mod cluster;
 pub mod encode;
 pub mod matcher;
+pub mod nicknames;
 pub mod params;
 pub mod permute;
 pub mod score;

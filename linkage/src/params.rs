@@ -50,6 +50,11 @@ pub struct FieldEncoding {
     /// otherwise on them, never on both.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stands_in_for: Vec<String>,
+    /// Add the tokens of the value's full forms when it is a nickname
+    /// (Bill: also William's), so a short form and its full name agree in
+    /// part ([`crate::nicknames`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub nicknames: bool,
 }
 
 /// How a field's value is cut into tokens.
@@ -181,6 +186,9 @@ impl LinkageParams {
     ///   and month of birth, standing in for the two names where a wrong
     ///   birth year makes them disagree entirely; blocking also on the
     ///   family name's Soundex with the day and month of birth.
+    /// - 3: as 2, but the full name salted with the postcode district (so it
+    ///   stands in also where the date of birth is missing), and a given
+    ///   name that is a nickname encoded with its full forms too.
     pub fn canonical_version(version: u32) -> Self {
         let birth_year = KeyPart {
             field: "date_of_birth".into(),
@@ -193,6 +201,7 @@ impl LinkageParams {
             hashes,
             salt: salt.cloned(),
             stands_in_for: Vec::new(),
+            nicknames: false,
         };
         let part = |name: &str, take| KeyPart {
             field: name.into(),
@@ -217,25 +226,36 @@ impl LinkageParams {
             ],
             threshold: default_threshold(),
         };
+        let month_day = KeyPart {
+            field: "date_of_birth".into(),
+            take: Take::Suffix(5),
+        };
         if version >= 2 {
-            let month_day = KeyPart {
-                field: "date_of_birth".into(),
-                take: Take::Suffix(5),
+            // Version 3 salts the full name with the postcode district, not
+            // the day and month of birth: it then stands in also where the
+            // date of birth is missing or a placeholder (so the names,
+            // salted with its year, are missing too).
+            let salt = match version {
+                2 => month_day.clone(),
+                _ => part("postcode", Take::FirstWord),
             };
             params.fields.push(FieldEncoding {
                 stands_in_for: vec!["given_name".into(), "family_name".into()],
-                ..field("full_name", Tokens::Bigrams, 512, 12, Some(&month_day))
+                ..field("full_name", Tokens::Bigrams, 512, 12, Some(&salt))
             });
             params
                 .blocking
                 .push(vec![part("family_name", Take::Soundex), month_day]);
+        }
+        if version >= 3 {
+            params.fields[0].nicknames = true;
         }
         params
     }
 }
 
 /// The newest recipe [`LinkageParams::canonical_version`] knows.
-pub const LATEST_VERSION: u32 = 2;
+pub const LATEST_VERSION: u32 = 3;
 
 #[cfg(test)]
 mod tests {
@@ -244,7 +264,11 @@ mod tests {
     #[test]
     fn canonical_parameters_are_valid_and_bad_ones_are_named() {
         LinkageParams::canonical().validate().unwrap();
-        LinkageParams::canonical_version(1).validate().unwrap();
+        for version in 1..LATEST_VERSION {
+            LinkageParams::canonical_version(version)
+                .validate()
+                .unwrap();
+        }
         let mut p = LinkageParams::canonical();
         p.fields.retain(|f| f.field != "family_name");
         assert_eq!(

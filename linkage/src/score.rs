@@ -691,6 +691,14 @@ mod tests {
         assert!(fields > 0.99 && in_rule == fields, "{fields} -> {in_rule}");
         let (fields, in_rule) = verdict(&[0, 0, 0, 4]);
         assert_eq!(in_rule, fields);
+        // A given name one letter out (Dice about 0.8) agrees: no household
+        // judgement. Graded at Dice 0.70, not lower: look-alike names
+        // (Kiran and Kieran, Dice 0.67) are what twins are given.
+        let (fields, in_rule) = verdict(&[0, 2, 0, 0]);
+        assert!(
+            fields > 0.99 && in_rule == fields,
+            "a typo: {fields} -> {in_rule}"
+        );
         // A model stored before rules were kept judges by the fields.
         let old = Model {
             rules: Vec::new(),

@@ -4,8 +4,8 @@
 //! encodings (no salt) equal names give equal filters, so the ranking gives
 //! most records away; salted with the birth year, each name is spread over
 //! many unrelated filters and the same attack recovers far fewer. The full
-//! name (there for a wrong birth year), salted with the day and month of
-//! birth, must give no more away than the given name.
+//! name (there for a wrong or missing birth date), salted with the postcode
+//! district, must give no more away than the given name.
 //! (`cargo test -p joinery-linkage --test attack -- --nocapture` prints both.)
 
 use std::collections::HashMap;
@@ -27,8 +27,8 @@ const FAMILIES: &[&str] = &[
 ];
 
 /// One child: given name (an index into [`NAMES`]), family name (into
-/// [`FAMILIES`]) and date of birth.
-type Child = (usize, usize, String);
+/// [`FAMILIES`]), date of birth and postcode.
+type Child = (usize, usize, String, String);
 
 /// Fraction of records whose given name the attack recovers from `field`'s
 /// filters.
@@ -40,13 +40,14 @@ fn attack(encoder: &Encoder, field: &str, population: &[Child]) -> f64 {
         .position(|e| e.field == field)
         .expect("an encoded field");
     let mut groups: HashMap<Vec<u64>, Vec<usize>> = HashMap::new();
-    for (name, family, dob) in population {
+    for (name, family, dob, postcode) in population {
         let full = format!("{} {}", NAMES[*name], FAMILIES[*family]);
         let e = encoder.encode(
             &Identity::new()
                 .with("given_name", Some(NAMES[*name]))
                 .with("full_name", Some(&full))
-                .with("date_of_birth", Some(dob)),
+                .with("date_of_birth", Some(dob))
+                .with("postcode", Some(postcode)),
         );
         groups
             .entry(e.filter(encoder.params(), f).to_vec())
@@ -84,7 +85,10 @@ fn salting_defeats_a_frequency_attack() {
                 .unwrap_or(NAMES.len() - 1);
             let (family, year, day) = (next(FAMILIES.len()), 2007 + next(18), next(365));
             let dob = time_of(year as i32, day as u16);
-            (name, family, dob)
+            // A city's postcode districts (Leeds has about 30), the central
+            // ones more populous.
+            let district = next(10) + next(20);
+            (name, family, dob, format!("LS{} 1AB", district + 1))
         })
         .collect();
 
@@ -101,7 +105,7 @@ fn salting_defeats_a_frequency_attack() {
     let on_hardened = attack(&hardened_encoder, "given_name", &population);
     let on_full_name = attack(&hardened_encoder, "full_name", &population);
     println!(
-        "frequency attack on given names: plain encodings {:.1}% of records re-identified, salted with the birth year {:.1}%; on the full name salted with the day and month of birth {:.1}%",
+        "frequency attack on given names: plain encodings {:.1}% of records re-identified, salted with the birth year {:.1}%; on the full name salted with the postcode district {:.1}%",
         on_plain * 100.0,
         on_hardened * 100.0,
         on_full_name * 100.0

@@ -223,8 +223,8 @@ impl Linkage {
     /// The encoding parameters every party uses, or `None` when the
     /// agreement asks for no fuzzy linkage: the canonical parameters of the
     /// agreement's encoding version for the listed canonical fields (and
-    /// the fields made from them) (a salt or blocking rule that needs an
-    /// unlisted field is left out), then the agreement's own encodings of
+    /// the fields made from them, when their salt's field is listed too) (a
+    /// salt or blocking rule that needs an unlisted field is left out), then the agreement's own encodings of
     /// its other listed fields, under the agreement's version.
     pub fn params(&self) -> Option<joinery_linkage::LinkageParams> {
         if self.fields.is_empty() {
@@ -232,10 +232,15 @@ impl Linkage {
         }
         let listed = |field: &str| self.fields.iter().any(|f| f == field);
         let mut params = joinery_linkage::LinkageParams::canonical_version(self.encoding.version);
-        // A field made from others (the full name) is kept when they are.
+        // A field made from others (the full name) is kept when they are,
+        // and its salt's field too: unsalted, it would be the easiest of
+        // all to attack (version 3 salts it with the postcode district, so
+        // an agreement that shares no postcode keeps it on version 2).
         params.fields.retain(|f| {
             listed(&f.field)
-                || (!f.stands_in_for.is_empty() && f.stands_in_for.iter().all(|o| listed(o)))
+                || (!f.stands_in_for.is_empty()
+                    && f.stands_in_for.iter().all(|o| listed(o))
+                    && f.salt.as_ref().is_none_or(|s| listed(&s.field)))
         });
         for field in &mut params.fields {
             if field.salt.as_ref().is_some_and(|s| !listed(&s.field)) {

@@ -335,8 +335,8 @@ fn agreements_may_link_on_fields_beyond_the_canonical_five() {
     assert!(error.help.contains("linkage.encoding.fields"), "{error}");
 
     let encoded = listed.replace(
-        "    scheme: keyed-bloom\n    version: 2\n",
-        "    scheme: keyed-bloom\n    version: 2\n    fields:\n      - { field: school_urn, tokens: whole, bits: 64, hashes: 4, salt: { field: date_of_birth, take: { prefix: 4 } } }\n",
+        "    scheme: keyed-bloom\n    version: 3\n",
+        "    scheme: keyed-bloom\n    version: 3\n    fields:\n      - { field: school_urn, tokens: whole, bits: 64, hashes: 4, salt: { field: date_of_birth, take: { prefix: 4 } } }\n",
     );
     let checked = check(&encoded, TODAY);
     assert_eq!(
@@ -352,9 +352,41 @@ fn agreements_may_link_on_fields_beyond_the_canonical_five() {
         (last.field.as_str(), last.bits, last.hashes),
         ("school_urn", 64, 4)
     );
-    // The canonical five, the full name made from them (version 2), and school_urn.
+    // The canonical five, the full name made from them (version 3: salted
+    // with the postcode district), and school_urn.
     assert_eq!(params.fields.len(), 7);
-    assert!(params.fields.iter().any(|f| f.field == "full_name"));
+    let full_name = params.fields.iter().find(|f| f.field == "full_name");
+    assert_eq!(
+        full_name
+            .and_then(|f| f.salt.as_ref())
+            .map(|s| s.field.as_str()),
+        Some("postcode")
+    );
+    // Without the postcode, version 3's full name would go unsalted: it is
+    // left out (version 2 salts it with the day and month of birth).
+    for (version, with_full_name) in [(3, false), (2, true)] {
+        let without_postcode = encoded
+            .replace("sex, postcode, school_urn]", "sex, school_urn]")
+            .replace(
+                "version: 3\n    fields",
+                &format!("version: {version}\n    fields"),
+            );
+        let agreement: Agreement = serde_saphyr::from_str(&without_postcode).unwrap();
+        let params = agreement.linkage.params().unwrap();
+        assert!(!params.fields.iter().any(|f| f.field == "postcode"));
+        assert_eq!(
+            params.fields.iter().any(|f| f.field == "full_name"),
+            with_full_name,
+            "version {version}"
+        );
+        assert!(
+            params
+                .fields
+                .iter()
+                .all(|f| f.field == "sex" || f.field == "date_of_birth" || f.salt.is_some()),
+            "version {version}: every name salted"
+        );
+    }
     let explained = explain(&agreement, Format::Markdown);
     assert!(
         explained.contains("school_urn is encoded as one whole value in a 64-bit filter"),

@@ -140,6 +140,10 @@ pub async fn run(args: LinkageArgs) -> anyhow::Result<ExitCode> {
         keys[index] = key;
     }
     let records = entities.len();
+    // Each record's blocking keys, kept to tell which true pairs blocking
+    // never put side by side.
+    let blocks: Vec<Vec<Option<Block>>> =
+        entities.iter().map(|e| e.encoding.blocks.clone()).collect();
     let started = Instant::now();
     let threads = args
         .threads
@@ -183,6 +187,13 @@ pub async fn run(args: LinkageArgs) -> anyhow::Result<ExitCode> {
     }
     let predicted = pairs(predicted_groups);
     let true_pairs = pairs(true_groups);
+    let index: HashMap<&Key, usize> = keys.iter().enumerate().map(|(i, k)| (k, i)).collect();
+    let never_compared = never_compared(
+        &blocks,
+        true_pairs
+            .iter()
+            .filter_map(|(a, b)| Some((*index.get(a)?, *index.get(b)?))),
+    );
     let hits = predicted.intersection(&true_pairs).count() as f64;
     let household = |k: &Key| truth.get(k).and_then(|(_, h)| h.as_deref());
     let within_households = predicted
@@ -256,6 +267,12 @@ pub async fn run(args: LinkageArgs) -> anyhow::Result<ExitCode> {
         predicted.len(),
         true_pairs.len()
     );
+    println!(
+        "true pairs blocking never compared: {} sharing no blocking key, {} only in blocks over {} left out",
+        never_compared.no_key,
+        never_compared.oversized,
+        joinery_linkage::matcher::MAX_BLOCK
+    );
     if truth.values().any(|(_, h)| h.is_some()) {
         println!(
             "wrong links between two children of one household (siblings, twins): {within_households}"
@@ -268,6 +285,51 @@ pub async fn run(args: LinkageArgs) -> anyhow::Result<ExitCode> {
         mib(peak_after_linking)
     );
     Ok(ExitCode::SUCCESS)
+}
+
+type Block = [u8; joinery_linkage::encode::BLOCK_KEY_LEN];
+
+/// True pairs the matcher never compared.
+struct NeverCompared {
+    /// Sharing no blocking key.
+    no_key: u64,
+    /// Sharing keys only of blocks too large to walk.
+    oversized: u64,
+}
+
+/// Which of `pairs` (record indices) share no blocking key, or only keys
+/// of blocks over [`joinery_linkage::matcher::MAX_BLOCK`] records.
+fn never_compared(
+    blocks: &[Vec<Option<Block>>],
+    pairs: impl Iterator<Item = (usize, usize)>,
+) -> NeverCompared {
+    let mut sizes: HashMap<(usize, Block), usize> = HashMap::new();
+    for keys in blocks {
+        for (rule, key) in keys.iter().enumerate() {
+            if let Some(key) = key {
+                *sizes.entry((rule, *key)).or_default() += 1;
+            }
+        }
+    }
+    let mut never = NeverCompared {
+        no_key: 0,
+        oversized: 0,
+    };
+    for (a, b) in pairs {
+        let shared: Vec<usize> = (0..blocks[a].len().min(blocks[b].len()))
+            .filter(|&rule| blocks[a][rule].is_some() && blocks[a][rule] == blocks[b][rule])
+            .collect();
+        let walked = |rule: &usize| {
+            let key = blocks[a][*rule].expect("a shared key");
+            sizes[&(*rule, key)] <= joinery_linkage::matcher::MAX_BLOCK
+        };
+        if shared.is_empty() {
+            never.no_key += 1;
+        } else if !shared.iter().any(walked) {
+            never.oversized += 1;
+        }
+    }
+    never
 }
 
 /// (dataset, local id) -> the true person, and their household if given.
@@ -313,6 +375,24 @@ fn read_truth(path: &PathBuf) -> anyhow::Result<HashMap<Key, (String, Option<Str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pairs_blocking_never_put_side_by_side_are_counted() {
+        let key = |n: u8| Some([n; joinery_linkage::encode::BLOCK_KEY_LEN]);
+        let max = joinery_linkage::matcher::MAX_BLOCK;
+        // Records 0 and 1 share rule 1's key; 0 and 2 share nothing; 3 and
+        // 4 share only a key every one of `max` more records holds too.
+        let mut blocks = vec![
+            vec![key(1), key(2)],
+            vec![key(3), key(2)],
+            vec![key(4), None],
+            vec![key(9), key(5)],
+            vec![key(9), key(6)],
+        ];
+        blocks.extend((0..max).map(|_| vec![key(9), None]));
+        let never = never_compared(&blocks, [(0, 1), (0, 2), (3, 4)].into_iter());
+        assert_eq!((never.no_key, never.oversized), (1, 1));
+    }
 
     #[test]
     fn a_truth_given_twice_or_a_blank_household_names_its_line() {
