@@ -4,7 +4,7 @@
 # on the same data in the same run: FEBRL 4 and joinery synth output.
 # The peers go into a throwaway virtualenv, removed afterwards.
 #
-#   scripts/compare-linkage.sh [--synth-children N] [--synth-reach SHARE]
+#   scripts/compare-linkage.sh [--synth-children N] [--synth-reach SHARE] [--synth-profile messy|tidy]
 #   (--synth-children 800000 --synth-reach 0.625: council and CAMHS 500k each)
 set -euo pipefail
 cd "$(dirname "$0")/.."

