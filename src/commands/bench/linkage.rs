@@ -82,6 +82,8 @@ pub async fn run(args: LinkageArgs) -> anyhow::Result<ExitCode> {
     let mut entities: Vec<Entity> = Vec::new();
     // Each record's key and its entity's index.
     let mut seen: HashMap<Key, usize> = HashMap::new();
+    // Each entity's date of birth as read (to tell twins).
+    let mut births = Vec::new();
     let mut rows = 0u64;
     let mut mappings: Vec<PathBuf> = std::fs::read_dir(args.data.join("mappings"))
         .with_context(|| format!("reading {}/mappings", args.data.display()))?
@@ -109,6 +111,7 @@ pub async fn run(args: LinkageArgs) -> anyhow::Result<ExitCode> {
                 continue;
             }
             seen.insert(key, entities.len());
+            births.push(row.date_of_birth);
             entities.push(Entity {
                 organisation,
                 nhs: row
@@ -200,6 +203,36 @@ pub async fn run(args: LinkageArgs) -> anyhow::Result<ExitCode> {
         .difference(&true_pairs)
         .filter(|(a, b)| household(a).is_some_and(|h| household(b) == Some(h)))
         .count();
+    // Twins: pairs of records, from different extracts, of two children of
+    // one household with the same date of birth as read.
+    let mut households: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, key) in keys.iter().enumerate() {
+        if let Some(h) = household(key) {
+            households.entry(h).or_default().push(i);
+        }
+    }
+    let (mut twin_pairs, mut twins_linked) = (0u64, 0u64);
+    for members in households.values() {
+        for (x, &i) in members.iter().enumerate() {
+            for &j in &members[x + 1..] {
+                let (a, b) = (&keys[i], &keys[j]);
+                let child = |k: &Key| truth.get(k).map(|(c, _)| c);
+                if a.0 != b.0
+                    && child(a) != child(b)
+                    && births[i].is_some()
+                    && births[i] == births[j]
+                {
+                    twin_pairs += 1;
+                    let pair = if a < b {
+                        (a.clone(), b.clone())
+                    } else {
+                        (b.clone(), a.clone())
+                    };
+                    twins_linked += u64::from(predicted.contains(&pair));
+                }
+            }
+        }
+    }
     let precision = hits / (predicted.len() as f64).max(1.0);
     let recall = hits / (true_pairs.len() as f64).max(1.0);
     let f1 = 2.0 * precision * recall / (precision + recall).max(f64::MIN_POSITIVE);
@@ -275,7 +308,8 @@ pub async fn run(args: LinkageArgs) -> anyhow::Result<ExitCode> {
     );
     if truth.values().any(|(_, h)| h.is_some()) {
         println!(
-            "wrong links between two children of one household (siblings, twins): {within_households}"
+            "wrong links between two children of one household (siblings, twins): {within_households}; between twins (born the same day): {twins_linked} of {twin_pairs} pairs of their records ({:.2}%)",
+            100.0 * twins_linked as f64 / (twin_pairs as f64).max(1.0)
         );
     }
     let mib = |k: Option<u64>| k.map_or("?".to_owned(), |k| (k / 1024).to_string());
