@@ -308,7 +308,10 @@ pub async fn run(args: LinkageArgs) -> anyhow::Result<ExitCode> {
     );
     if truth.values().any(|(_, h)| h.is_some()) {
         println!(
-            "wrong links between two children of one household (siblings, twins): {within_households}; between twins (born the same day): {twins_linked} of {twin_pairs} pairs of their records ({:.2}%)",
+            "wrong links between two children of one household (siblings, twins): {within_households}"
+        );
+        println!(
+            "wrong links between twins (two children of one household born the same day): {twins_linked} of {twin_pairs} pairs of their records ({:.2}%)",
             100.0 * twins_linked as f64 / (twin_pairs as f64).max(1.0)
         );
     }
