@@ -48,7 +48,7 @@ static FULL_FORMS: LazyLock<HashMap<String, Vec<String>>> = LazyLock::new(|| {
             .get(form)
             .is_some_and(|longer| longer.iter().any(|l| of.contains(l)))
     };
-    let collapsed: HashMap<String, Vec<String>> = forms
+    forms
         .iter()
         .map(|(nickname, full)| {
             let kept: Vec<String> = full
@@ -59,8 +59,7 @@ static FULL_FORMS: LazyLock<HashMap<String, Vec<String>>> = LazyLock::new(|| {
             (nickname.clone(), kept)
         })
         .filter(|(_, full)| full.len() <= MAX_FULL_FORMS)
-        .collect();
-    collapsed
+        .collect()
 });
 
 /// The full forms `name` (upper case) is a short form of; empty when it is

@@ -222,10 +222,11 @@ pub const KEYED_BLOOM: &str = "keyed-bloom";
 impl Linkage {
     /// The encoding parameters every party uses, or `None` when the
     /// agreement asks for no fuzzy linkage: the canonical parameters of the
-    /// agreement's encoding version for the listed canonical fields (and
-    /// the fields made from them, when their salt's field is listed too) (a
-    /// salt or blocking rule that needs an unlisted field is left out), then the agreement's own encodings of
-    /// its other listed fields, under the agreement's version.
+    /// agreement's encoding version for the listed canonical fields, and the
+    /// fields made from them when their salt's field is listed too (a salt
+    /// or blocking rule that needs an unlisted field is left out); then the
+    /// agreement's own encodings of its other listed fields, under the
+    /// agreement's version.
     pub fn params(&self) -> Option<joinery_linkage::LinkageParams> {
         if self.fields.is_empty() {
             return None;

@@ -139,8 +139,8 @@ pub async fn run(args: LinkageArgs) -> anyhow::Result<ExitCode> {
 
     // Gateway side: match and cluster.
     let mut keys: Vec<Key> = vec![Default::default(); seen.len()];
-    for (key, index) in seen {
-        keys[index] = key;
+    for (key, &index) in &seen {
+        keys[index] = key.clone();
     }
     let records = entities.len();
     // Each record's blocking keys, kept to tell which true pairs blocking
@@ -166,11 +166,7 @@ pub async fn run(args: LinkageArgs) -> anyhow::Result<ExitCode> {
             for (x, &a) in members.iter().enumerate() {
                 for &b in &members[x + 1..] {
                     if a.0 != b.0 {
-                        pairs.insert(if a < b {
-                            (a.clone(), b.clone())
-                        } else {
-                            (b.clone(), a.clone())
-                        });
+                        pairs.insert(ordered(a, b));
                     }
                 }
             }
@@ -190,12 +186,11 @@ pub async fn run(args: LinkageArgs) -> anyhow::Result<ExitCode> {
     }
     let predicted = pairs(predicted_groups);
     let true_pairs = pairs(true_groups);
-    let index: HashMap<&Key, usize> = keys.iter().enumerate().map(|(i, k)| (k, i)).collect();
     let never_compared = never_compared(
         &blocks,
         true_pairs
             .iter()
-            .filter_map(|(a, b)| Some((*index.get(a)?, *index.get(b)?))),
+            .filter_map(|(a, b)| Some((*seen.get(a)?, *seen.get(b)?))),
     );
     let hits = predicted.intersection(&true_pairs).count() as f64;
     let household = |k: &Key| truth.get(k).and_then(|(_, h)| h.as_deref());
@@ -203,36 +198,7 @@ pub async fn run(args: LinkageArgs) -> anyhow::Result<ExitCode> {
         .difference(&true_pairs)
         .filter(|(a, b)| household(a).is_some_and(|h| household(b) == Some(h)))
         .count();
-    // Twins: pairs of records, from different extracts, of two children of
-    // one household with the same date of birth as read.
-    let mut households: HashMap<&str, Vec<usize>> = HashMap::new();
-    for (i, key) in keys.iter().enumerate() {
-        if let Some(h) = household(key) {
-            households.entry(h).or_default().push(i);
-        }
-    }
-    let (mut twin_pairs, mut twins_linked) = (0u64, 0u64);
-    for members in households.values() {
-        for (x, &i) in members.iter().enumerate() {
-            for &j in &members[x + 1..] {
-                let (a, b) = (&keys[i], &keys[j]);
-                let child = |k: &Key| truth.get(k).map(|(c, _)| c);
-                if a.0 != b.0
-                    && child(a) != child(b)
-                    && births[i].is_some()
-                    && births[i] == births[j]
-                {
-                    twin_pairs += 1;
-                    let pair = if a < b {
-                        (a.clone(), b.clone())
-                    } else {
-                        (b.clone(), a.clone())
-                    };
-                    twins_linked += u64::from(predicted.contains(&pair));
-                }
-            }
-        }
-    }
+    let (twins_linked, twin_pairs) = twins(&keys, &births, &truth, &predicted);
     let precision = hits / (predicted.len() as f64).max(1.0);
     let recall = hits / (true_pairs.len() as f64).max(1.0);
     let f1 = 2.0 * precision * recall / (precision + recall).max(f64::MIN_POSITIVE);
@@ -322,6 +288,51 @@ pub async fn run(args: LinkageArgs) -> anyhow::Result<ExitCode> {
         mib(peak_after_linking)
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// A pair of records in one order, whichever way round it was found.
+fn ordered(a: &Key, b: &Key) -> (Key, Key) {
+    if a < b {
+        (a.clone(), b.clone())
+    } else {
+        (b.clone(), a.clone())
+    }
+}
+
+/// Twins: pairs of records, from different extracts, of two children of one
+/// household with the same date of birth as read (`births`, by record
+/// index). Returns how many of them `predicted` links, and how many there
+/// are.
+fn twins(
+    keys: &[Key],
+    births: &[Option<time::Date>],
+    truth: &HashMap<Key, (String, Option<String>)>,
+    predicted: &BTreeSet<(Key, Key)>,
+) -> (u64, u64) {
+    let mut households: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, key) in keys.iter().enumerate() {
+        if let Some((_, Some(h))) = truth.get(key) {
+            households.entry(h).or_default().push(i);
+        }
+    }
+    let child = |k: &Key| truth.get(k).map(|(c, _)| c);
+    let (mut linked, mut pairs) = (0, 0);
+    for members in households.values() {
+        for (x, &i) in members.iter().enumerate() {
+            for &j in &members[x + 1..] {
+                let (a, b) = (&keys[i], &keys[j]);
+                if a.0 != b.0
+                    && child(a) != child(b)
+                    && births[i].is_some()
+                    && births[i] == births[j]
+                {
+                    pairs += 1;
+                    linked += u64::from(predicted.contains(&ordered(a, b)));
+                }
+            }
+        }
+    }
+    (linked, pairs)
 }
 
 type Block = [u8; joinery_linkage::encode::BLOCK_KEY_LEN];
