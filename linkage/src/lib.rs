@@ -6,7 +6,8 @@
 //! attribute such as the birth year; a nickname also carries its full
 //! forms' q-grams, [`nicknames`]) and keyed blocking keys. The gateway never
 //! sees a name or a date: it compares filters with the Dice coefficient
-//! ([`bloom`]), only within blocks that share a key ([`matcher`]), weighs the
+//! ([`bloom`]), only within blocks that share a key ([`blocking`], which
+//! splits a block too large to walk whole) ([`matcher`]), weighs the
 //! evidence of each field with a Fellegi–Sunter model whose m and u
 //! probabilities are estimated by EM ([`score`]), and groups records into
 //! people without ever joining two records with different NHS pseudonyms or
@@ -15,6 +16,7 @@
 //! Parameters ([`params`]) are versioned and belong to the data-sharing
 //! agreement: encodings made under other parameters or other keys do not match.
 
+pub mod blocking;
 pub mod bloom;
 pub mod cluster;
 pub mod encode;
@@ -26,6 +28,7 @@ pub mod score;
 pub mod sequence;
 pub mod soundex;
 
+pub use blocking::Entity;
 pub use encode::{Encoder, Encoding, Identity};
-pub use matcher::{Entity, LinkResult, link};
+pub use matcher::{LinkResult, link};
 pub use params::LinkageParams;

@@ -3,9 +3,10 @@
 //! the data, and clustering into people.
 //!
 //! Only pairs from different organisations are compared (an organisation's
-//! own records are distinct local ids). Every rule's blocks are walked; a
-//! pair found by an earlier rule too is a candidate only once, but still
-//! counts towards the later rule's model. Blocks are walked twice: a
+//! own records are distinct local ids). Every rule's blocks are walked (an
+//! oversized one in pieces, [`crate::blocking`]); a pair found by an earlier
+//! pass too is a candidate only once, but still counts towards the later
+//! rule's model. Blocks are walked twice: a
 //! systematic sample of them to count agreement patterns for the model
 //! (skipped when the model is given), then all of them to keep the links,
 //! so memory holds the encodings and the links, never the candidate pairs.
@@ -21,29 +22,19 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use crate::blocking::{Blocks, Entity};
 use crate::bloom::{self, Kernel, KernelTask, Scalar};
 use crate::cluster::{Link, cluster};
-use crate::encode::{BLOCK_KEY_LEN, Encoding, Pseudonym};
+use crate::encode::Pseudonym;
 use crate::params::{LinkageParams, Take};
 use crate::score::{LEVELS, MISSING, Model, Pattern, RuleCandidates, StandIn, level};
 use crate::sequence::Sequence;
 
-/// A block larger than this is left out (reported), as it would hold
-/// mostly non-matches and cost the square of its size.
-pub const MAX_BLOCK: usize = 5_000;
 /// Random pairs drawn to measure u.
 const RANDOM_PAIRS: usize = 200_000;
 /// About how many block pairs the model is fitted on (a systematic sample
 /// of blocks when there are more).
 const SAMPLE_PAIRS: u64 = 5_000_000;
-
-/// One record to link: one organisation's one local id.
-#[derive(Debug, Clone)]
-pub struct Entity {
-    pub organisation: u32,
-    pub nhs: Option<Pseudonym>,
-    pub encoding: Encoding,
-}
 
 #[derive(Debug, Clone)]
 pub struct LinkResult {
@@ -67,14 +58,15 @@ pub struct LinkStats {
     /// second over every distinct candidate, many dropped after a field or
     /// two.
     pub comparisons: u64,
-    pub blocks_skipped: u64,
+    /// Blocks over [`crate::blocking::MAX_BLOCK`] records, split ([`crate::blocking`]).
+    pub blocks_split: u64,
+    /// Pieces of split blocks alike in every MinHash level, cut into runs.
+    pub pieces_cut_into_runs: u64,
     pub model: Model,
     /// Wall time spent comparing (both passes), and the threads that did it.
     pub comparing: Duration,
     pub threads: usize,
 }
-
-type Block = [u8; BLOCK_KEY_LEN];
 
 /// Every entity's filters in one flat array, an entity's fields side by
 /// side, with their popcounts.
@@ -471,54 +463,6 @@ impl<'m> Verdicts<'m> {
     }
 }
 
-/// Every rule's blocks (members by organisation, then entity order), each
-/// keyed by its rule.
-struct Blocks {
-    /// (rule, members), largest first, so threads finish together.
-    blocks: Vec<(usize, Vec<u32>)>,
-    /// Each rule's key per entity (for "an earlier rule found it").
-    keys: Vec<Vec<Option<Block>>>,
-    skipped: u64,
-}
-
-impl Blocks {
-    fn new(entities: &[Entity], rules: usize) -> Self {
-        let keys: Vec<Vec<Option<Block>>> = (0..rules)
-            .map(|rule| {
-                entities
-                    .iter()
-                    .map(|e| e.encoding.blocks.get(rule).copied().flatten())
-                    .collect()
-            })
-            .collect();
-        let mut blocks = Vec::new();
-        let mut skipped = 0;
-        for (rule, rule_keys) in keys.iter().enumerate() {
-            let mut members: HashMap<Block, Vec<u32>> = HashMap::new();
-            for (i, key) in rule_keys.iter().enumerate() {
-                if let Some(key) = key {
-                    members.entry(*key).or_default().push(i as u32);
-                }
-            }
-            for mut m in members.into_values() {
-                if m.len() > MAX_BLOCK {
-                    skipped += 1;
-                } else if m.len() > 1 {
-                    // By organisation, so a walk pairs only across them.
-                    m.sort_unstable_by_key(|&i| (entities[i as usize].organisation, i));
-                    blocks.push((rule, m));
-                }
-            }
-        }
-        blocks.sort_unstable_by(|a, b| b.1.len().cmp(&a.1.len()).then_with(|| a.cmp(b)));
-        Self {
-            blocks,
-            keys,
-            skipped,
-        }
-    }
-}
-
 /// A block's members copied side by side: filters, popcounts,
 /// organisations and the keys of earlier rules.
 #[derive(Default)]
@@ -526,9 +470,9 @@ struct Scratch {
     data: Vec<u64>,
     ones: Vec<u32>,
     organisations: Vec<u32>,
-    /// Earlier rules' keys as numbers, 0 for none (a real key is 0 with
-    /// odds of 2^-128), so comparing two is one instruction.
-    earlier: Vec<u128>,
+    /// Each member's keys in the passes before the block's
+    /// ([`Blocks::earlier_keys`]), 0 for none.
+    earlier: Vec<u64>,
 }
 
 /// Which pairs of a block a walk visits.
@@ -608,7 +552,9 @@ impl<V: Visit> WalkShare<'_, '_, V> {
     fn block<K: Kernel>(&mut self, kernel: K, b: usize, scratch: &mut Scratch) {
         let (filters, organisations, walk) = (self.filters, self.organisations, self.walk);
         let blocks = self.blocks;
-        let (rule, members) = (blocks.blocks[b].0, blocks.blocks[b].1.as_slice());
+        let block = &blocks.blocks[b];
+        let (rule, members) = (block.rule, block.members.as_slice());
+        let passes = Blocks::passes_before(rule, block.band);
         let each = &mut *self.each;
         let (stride, fields) = (filters.stride, filters.fields());
         scratch.data.clear();
@@ -624,11 +570,7 @@ impl<V: Visit> WalkShare<'_, '_, V> {
                 .ones
                 .extend_from_slice(&filters.ones[m * fields..(m + 1) * fields]);
             scratch.organisations.push(organisations[m]);
-            scratch.earlier.extend(
-                blocks.keys[..rule]
-                    .iter()
-                    .map(|k| k[m].map_or(0, u128::from_le_bytes)),
-            );
+            blocks.earlier_keys(rule, block.band, m, &mut scratch.earlier);
         }
         let row = |x: usize| {
             (
@@ -650,7 +592,7 @@ impl<V: Visit> WalkShare<'_, '_, V> {
             }
             let i = i as usize;
             let (row_a, ones_a) = row(x);
-            let keys_a = &scratch.earlier[x * rule..(x + 1) * rule];
+            let keys_a = &scratch.earlier[x * passes..(x + 1) * passes];
             if let Walk::Fitting = walk {
                 for (y, &j) in members.iter().enumerate().take(group_end).skip(x + 1) {
                     let (row_b, ones_b) = row(y);
@@ -660,7 +602,7 @@ impl<V: Visit> WalkShare<'_, '_, V> {
                 }
             }
             for (y, &j) in members.iter().enumerate().skip(group_end) {
-                let keys_b = &scratch.earlier[y * rule..(y + 1) * rule];
+                let keys_b = &scratch.earlier[y * passes..(y + 1) * passes];
                 let first = !keys_a.iter().zip(keys_b).any(|(a, b)| *a != 0 && a == b);
                 let (row_b, ones_b) = row(y);
                 match walk {
@@ -758,7 +700,7 @@ pub fn link_with(
     let organisations: Vec<u32> = entities.iter().map(|e| e.organisation).collect();
     let nhs: Vec<Option<Pseudonym>> = entities.iter().map(|e| e.nhs).collect();
     let rules = params.blocking.len();
-    let blocks = Blocks::new(&entities, rules);
+    let blocks = Blocks::new(&entities, params);
     let filters = Filters::new(entities, params);
     let all_pairs = cross_organisation_pairs(&organisations);
     let random = if model.is_none() {
@@ -781,7 +723,7 @@ pub fn link_with(
             let pairs: u64 = blocks
                 .blocks
                 .iter()
-                .map(|(_, m)| (m.len() * (m.len() - 1) / 2) as u64)
+                .map(|b| (b.members.len() * (b.members.len() - 1) / 2) as u64)
                 .sum();
             let every = pairs.div_ceil(SAMPLE_PAIRS).max(1);
             let sampled: Vec<usize> = (0..blocks.blocks.len()).step_by(every as usize).collect();
@@ -865,7 +807,8 @@ pub fn link_with(
         stats: LinkStats {
             candidate_pairs,
             comparisons: compared_first + candidate_pairs,
-            blocks_skipped: blocks.skipped,
+            blocks_split: blocks.split,
+            pieces_cut_into_runs: blocks.cut_into_runs,
             model,
             comparing,
             threads: threads.max(1),
@@ -978,7 +921,7 @@ mod tests {
             .stats
             .model;
         let organisations: Vec<u32> = entities.iter().map(|e| e.organisation).collect();
-        let blocks = Blocks::new(&entities, params.blocking.len());
+        let blocks = Blocks::new(&entities, &params);
         let filters = Filters::new(entities, &params);
         let verdicts = Verdicts::new(params.fields.len(), &model, params.threshold);
         let pruning = Pruning::new(&model, params.threshold, &filters);

@@ -22,6 +22,7 @@ use joinery_agent::source::Source;
 use joinery_agent::source::csv::CsvSource;
 use joinery_crypto::keys::SecretKey;
 use joinery_crypto::pseudonym::Pseudonymiser;
+use joinery_linkage::blocking::{MAX_BLOCK, Together, together};
 use joinery_linkage::{Encoder, Entity, LinkageParams};
 
 use super::peak_rss_kib;
@@ -143,10 +144,30 @@ pub async fn run(args: LinkageArgs) -> anyhow::Result<ExitCode> {
         keys[index] = key.clone();
     }
     let records = entities.len();
-    // Each record's blocking keys, kept to tell which true pairs blocking
-    // never put side by side.
-    let blocks: Vec<Vec<Option<Block>>> =
-        entities.iter().map(|e| e.encoding.blocks.clone()).collect();
+    // Which true pairs blocking never puts side by side, worked out before
+    // linking takes the entities (the truth is read again for scoring, so
+    // the peak memory while linking is the linking's own).
+    let never_compared = {
+        let truth = read_truth(&args.truth)?;
+        let mut by_child: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (key, (child, _)) in &truth {
+            if let Some(&i) = seen.get(key) {
+                by_child.entry(child).or_default().push(i);
+            }
+        }
+        let mut encoded_pairs = Vec::new();
+        for members in by_child.values() {
+            for (x, &a) in members.iter().enumerate() {
+                for &b in &members[x + 1..] {
+                    if keys[a].0 != keys[b].0 {
+                        encoded_pairs.push((a, b));
+                    }
+                }
+            }
+        }
+        NeverCompared::of(together(&entities, &params, &encoded_pairs))
+    };
+
     let started = Instant::now();
     let threads = args
         .threads
@@ -186,12 +207,6 @@ pub async fn run(args: LinkageArgs) -> anyhow::Result<ExitCode> {
     }
     let predicted = pairs(predicted_groups);
     let true_pairs = pairs(true_groups);
-    let never_compared = never_compared(
-        &blocks,
-        true_pairs
-            .iter()
-            .filter_map(|(a, b)| Some((*seen.get(a)?, *seen.get(b)?))),
-    );
     let hits = predicted.intersection(&true_pairs).count() as f64;
     let household = |k: &Key| truth.get(k).and_then(|(_, h)| h.as_deref());
     let within_households = predicted
@@ -233,12 +248,13 @@ pub async fn run(args: LinkageArgs) -> anyhow::Result<ExitCode> {
     let per_core =
         stats.comparisons as f64 / (stats.comparing.as_secs_f64().max(1e-9) * stats.threads as f64);
     println!(
-        "link: {:.2} s on {} threads; {} candidate pairs ({} blocks over {} left out); {} pair comparisons in {:.2} s = {:.1} M pairs/s per core; EM {} iterations, prior {:.2e}",
+        "link: {:.2} s on {} threads; {} candidate pairs ({} blocks over {} split, {} pieces cut into runs); {} pair comparisons in {:.2} s = {:.1} M pairs/s per core; EM {} iterations, prior {:.2e}",
         linking.as_secs_f64(),
         stats.threads,
         stats.candidate_pairs,
-        stats.blocks_skipped,
-        joinery_linkage::matcher::MAX_BLOCK,
+        stats.blocks_split,
+        MAX_BLOCK,
+        stats.pieces_cut_into_runs,
         stats.comparisons,
         stats.comparing.as_secs_f64(),
         per_core / 1e6,
@@ -267,10 +283,8 @@ pub async fn run(args: LinkageArgs) -> anyhow::Result<ExitCode> {
         true_pairs.len()
     );
     println!(
-        "true pairs blocking never compared: {} sharing no blocking key, {} only in blocks over {} left out",
-        never_compared.no_key,
-        never_compared.oversized,
-        joinery_linkage::matcher::MAX_BLOCK
+        "true pairs blocking never compared: {} sharing no blocking key, {} kept apart in split blocks",
+        never_compared.no_key, never_compared.split_apart,
     );
     if truth.values().any(|(_, h)| h.is_some()) {
         println!(
@@ -335,49 +349,23 @@ fn twins(
     (linked, pairs)
 }
 
-type Block = [u8; joinery_linkage::encode::BLOCK_KEY_LEN];
-
 /// True pairs the matcher never compared.
+#[derive(Debug, PartialEq)]
 struct NeverCompared {
     /// Sharing no blocking key.
     no_key: u64,
-    /// Sharing keys only of blocks too large to walk.
-    oversized: u64,
+    /// Sharing keys only of split blocks, whose pieces kept them apart.
+    split_apart: u64,
 }
 
-/// Which of `pairs` (record indices) share no blocking key, or only keys
-/// of blocks over [`joinery_linkage::matcher::MAX_BLOCK`] records.
-fn never_compared(
-    blocks: &[Vec<Option<Block>>],
-    pairs: impl Iterator<Item = (usize, usize)>,
-) -> NeverCompared {
-    let mut sizes: HashMap<(usize, Block), usize> = HashMap::new();
-    for keys in blocks {
-        for (rule, key) in keys.iter().enumerate() {
-            if let Some(key) = key {
-                *sizes.entry((rule, *key)).or_default() += 1;
-            }
+impl NeverCompared {
+    fn of(pairs: Vec<Together>) -> Self {
+        let count = |t: Together| pairs.iter().filter(|&&p| p == t).count() as u64;
+        Self {
+            no_key: count(Together::NoSharedKey),
+            split_apart: count(Together::KeptApartBySplitting),
         }
     }
-    let mut never = NeverCompared {
-        no_key: 0,
-        oversized: 0,
-    };
-    for (a, b) in pairs {
-        let shared: Vec<usize> = (0..blocks[a].len().min(blocks[b].len()))
-            .filter(|&rule| blocks[a][rule].is_some() && blocks[a][rule] == blocks[b][rule])
-            .collect();
-        let walked = |rule: &usize| {
-            let key = blocks[a][*rule].expect("a shared key");
-            sizes[&(*rule, key)] <= joinery_linkage::matcher::MAX_BLOCK
-        };
-        if shared.is_empty() {
-            never.no_key += 1;
-        } else if !shared.iter().any(walked) {
-            never.oversized += 1;
-        }
-    }
-    never
 }
 
 /// (dataset, local id) -> the true person, and their household if given.
@@ -423,24 +411,6 @@ fn read_truth(path: &PathBuf) -> anyhow::Result<HashMap<Key, (String, Option<Str
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pairs_blocking_never_put_side_by_side_are_counted() {
-        let key = |n: u8| Some([n; joinery_linkage::encode::BLOCK_KEY_LEN]);
-        let max = joinery_linkage::matcher::MAX_BLOCK;
-        // Records 0 and 1 share rule 1's key; 0 and 2 share nothing; 3 and
-        // 4 share only a key every one of `max` more records holds too.
-        let mut blocks = vec![
-            vec![key(1), key(2)],
-            vec![key(3), key(2)],
-            vec![key(4), None],
-            vec![key(9), key(5)],
-            vec![key(9), key(6)],
-        ];
-        blocks.extend((0..max).map(|_| vec![key(9), None]));
-        let never = never_compared(&blocks, [(0, 1), (0, 2), (3, 4)].into_iter());
-        assert_eq!((never.no_key, never.oversized), (1, 1));
-    }
 
     #[test]
     fn a_truth_given_twice_or_a_blank_household_names_its_line() {
