@@ -26,6 +26,28 @@ fn f1(args: &[&str]) -> (f64, u64) {
     let household = after("one household (siblings, twins): ")
         .parse()
         .expect("a count");
+    // The model's label-free estimate of the pairs it missed is near the
+    // count against the truth.
+    let all = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("all:"))
+        .unwrap_or_else(|| panic!("no quality totals in:\n{stdout}"));
+    let number = |text: &str| -> f64 {
+        let n = text.split([' ', ')']).next().unwrap_or_default();
+        n.parse()
+            .unwrap_or_else(|_| panic!("not a number at {text:?} in {all}"))
+    };
+    let (_, missed) = all
+        .split_once("expected missed among compared pairs ")
+        .unwrap_or_else(|| panic!("no expected misses in {all}"));
+    let expected = number(missed);
+    let measured = number(missed.split_once("(measured ").map_or("", |m| m.1));
+    // Within a factor of two either way (a few pairs' slack on a set this
+    // small, where the model's calibration moves with the random key).
+    assert!(
+        expected <= 2.0 * measured + 10.0 && expected >= measured / 2.0 - 10.0,
+        "expected missed {expected} against {measured} measured: {all}"
+    );
     (f1, household)
 }
 
@@ -78,6 +100,32 @@ fn synthetic_population_links_with_f1_of_at_least_0_98() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("2 named, 1 found"), "{stderr}");
+}
+
+/// `joinery gateway linkage-report`'s lines: each pair of organisations
+/// with its fuzzy links, expected wrong links and expected missed pairs.
+fn linkage_report_pairs(report: &str) -> Vec<(String, u64, f64, f64)> {
+    report
+        .lines()
+        .filter_map(|line| {
+            let (organisations, rest) = line.trim().split_once(": ")?;
+            let links = rest.split(" fuzzy links").next()?.parse().ok()?;
+            let after = |label: &str| -> Option<f64> {
+                rest.split(label)
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            };
+            Some((
+                organisations.to_owned(),
+                links,
+                after("expected wrong ")?,
+                after("expected missed ")?,
+            ))
+        })
+        .collect()
 }
 
 /// `joinery gateway relink` against the gateway's store (PostgreSQL at
@@ -154,8 +202,24 @@ async fn incremental_linking(database: Option<&str>) {
         deliver(&d, database, org, &extract(dataset), &mapping(dataset));
     }
     deliver(&d, database, COUNCIL, &first, &mapping("csc_referrals"));
+    let quality = d.on_store(&["gateway", "linkage-report"], database);
+    assert!(quality.contains("no linkage run yet"), "{quality}");
     let report = relink(&d, database, true);
     assert!(report.contains("full run"), "{report}");
+    assert!(report.contains("expects"), "{report}");
+    // Every pair of the three organisations has fuzzy links, a few of
+    // them doubtful by the model's own reckoning.
+    let quality = d.on_store(&["gateway", "linkage-report"], database);
+    let pairs = linkage_report_pairs(&quality);
+    assert_eq!(pairs.len(), 3, "{quality}");
+    for (organisations, links, wrong, missed) in &pairs {
+        assert!(*links > 0, "{organisations}: {quality}");
+        assert!(
+            (0.0..*links as f64 / 10.0).contains(wrong),
+            "{organisations}: {quality}"
+        );
+        assert!(*missed >= 0.0, "{organisations}: {quality}");
+    }
     // The same evidence gives the same people.
     let again = relink(&d, database, true);
     assert!(again.contains(" 0 person ids moved"), "{again}");
@@ -168,6 +232,9 @@ async fn incremental_linking(database: Option<&str>) {
     assert!(report.contains("incremental run"), "{report}");
     assert!(!report.contains("(0 new)"), "{report}");
     let after = spine(&db).await;
+    // The estimate stays the full run's.
+    let still = d.on_store(&["gateway", "linkage-report"], database);
+    assert_eq!(linkage_report_pairs(&still), pairs, "{still}");
     let kept = before
         .iter()
         .filter(|(person, spine)| after.get(*person) == Some(spine))

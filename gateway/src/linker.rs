@@ -51,6 +51,49 @@ pub struct LinkReport {
     /// Exact-NHS person ids whose records' encodings say they are different
     /// people (likely a mistyped or borrowed NHS number), for review.
     pub nhs_conflicts: Vec<String>,
+    /// A full run's estimate of its links' quality per organisation pair.
+    pub quality: Vec<PairQuality>,
+}
+
+/// What the fitted model expects of the fuzzy links between two
+/// organisations' records ([`joinery_linkage::quality`]): worked out by
+/// every full run, kept beside the model, read by `joinery gateway
+/// linkage-report` and the metrics. Pairs whose records both carry NHS
+/// numbers are decided by those, and left out.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PairQuality {
+    /// The two organisations' codes, in order.
+    pub organisations: [String; 2],
+    pub links: u64,
+    /// Links expected to join two different children.
+    pub expected_wrong: f64,
+    /// Pairs of one child's records expected to have been left apart,
+    /// among those blocking compared.
+    pub expected_missed: f64,
+}
+
+/// One parameter version's latest estimate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QualityReport {
+    pub params_version: u32,
+    /// When the full run that made it fitted its model (Unix seconds).
+    pub fitted_at: i64,
+    /// `None` when that run predates the estimate (a full run makes one).
+    pub pairs: Option<Vec<PairQuality>>,
+}
+
+/// The latest quality estimate of every parameter version linked so far.
+pub async fn quality(storage: &Storage) -> Result<Vec<QualityReport>, StorageError> {
+    Ok(storage
+        .linkage_quality()
+        .await?
+        .into_iter()
+        .map(|(params_version, json, fitted_at)| QualityReport {
+            params_version,
+            fitted_at,
+            pairs: json.and_then(|j| serde_json::from_str(&j).ok()),
+        })
+        .collect())
 }
 
 /// Runs linkage once under `params`, and records whether it succeeded
@@ -123,9 +166,21 @@ async fn link(
     .await
     .unwrap_or_else(|failed| std::panic::resume_unwind(failed.into_panic()));
     if full {
+        report.quality = result
+            .quality
+            .iter()
+            .map(|q| PairQuality {
+                organisations: [q.organisations.0, q.organisations.1]
+                    .map(|o| organisations[o as usize].clone()),
+                links: q.links,
+                expected_wrong: q.expected_false,
+                expected_missed: q.expected_missed,
+            })
+            .collect();
         let json = serde_json::to_string(&result.stats.model).unwrap_or_default();
+        let quality = serde_json::to_string(&report.quality).unwrap_or_default();
         storage
-            .save_linkage_model(version, &json, records.len() as u64)
+            .save_linkage_model(version, &json, &quality, records.len() as u64)
             .await?;
     }
     report.candidate_pairs = result.stats.candidate_pairs;
@@ -333,6 +388,23 @@ pub fn linked_as_of(status: &crate::storage::LinkageStatus) -> String {
     }
 }
 
+/// Sets the quality gauges from the stored estimates, so every gateway of
+/// a deployment shows those of the last full run whichever ran it.
+async fn publish_quality(storage: &Storage) -> Result<(), StorageError> {
+    for report in quality(storage).await? {
+        for q in report.pairs.iter().flatten() {
+            crate::metrics::linkage_quality(
+                report.params_version,
+                &q.organisations,
+                q.links,
+                q.expected_wrong,
+                q.expected_missed,
+            );
+        }
+    }
+    Ok(())
+}
+
 /// While serving: an incremental run every `interval` for each linkage
 /// parameter set the loaded agreements use, by whichever gateway holds the
 /// lease, until the gateway stops.
@@ -349,6 +421,9 @@ pub async fn every(
     );
     let mut ticks = tokio::time::interval(interval);
     while stopping.tick(&mut ticks).await {
+        if let Err(e) = publish_quality(&storage).await {
+            tracing::warn!(error = %e, "linkage: could not read the quality estimates");
+        }
         let lease = interval.as_secs().max(1) as i64 * 3;
         match storage.take_linkage_lease(&holder, lease).await {
             Ok(true) => {}

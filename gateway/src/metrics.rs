@@ -16,6 +16,9 @@ pub const CELLS_SUPPRESSED: &str = "joinery_gateway_cells_suppressed_total";
 pub const LINKAGE_RUNS: &str = "joinery_gateway_linkage_runs_total";
 pub const LINKAGE_MOVED: &str = "joinery_gateway_linkage_person_ids_moved_total";
 pub const LINKAGE_FAILURES: &str = "joinery_gateway_linkage_failures_total";
+pub const LINKAGE_LINKS: &str = "joinery_gateway_linkage_fuzzy_links";
+pub const LINKAGE_EXPECTED_WRONG: &str = "joinery_gateway_linkage_expected_wrong_links";
+pub const LINKAGE_EXPECTED_MISSED: &str = "joinery_gateway_linkage_expected_missed_links";
 
 /// Histogram buckets for the ack latency, in seconds.
 pub const ACK_LATENCY_BUCKETS: &[f64] = &[
@@ -67,6 +70,18 @@ pub fn describe() {
         HANDSHAKE_FAILURES,
         "Connections turned away, by kind (refused, timeout, shed, over_budget, idle)"
     );
+    metrics::describe_gauge!(
+        LINKAGE_LINKS,
+        "Fuzzy links between two organisations' records at the last full linkage run, by parameter version and organisation pair"
+    );
+    metrics::describe_gauge!(
+        LINKAGE_EXPECTED_WRONG,
+        "Of those links, how many the fitted model expects to join two different children"
+    );
+    metrics::describe_gauge!(
+        LINKAGE_EXPECTED_MISSED,
+        "Pairs of one child's records the fitted model expects linkage left apart, among those blocking compared"
+    );
 }
 
 pub fn batch_answered(
@@ -108,6 +123,24 @@ pub fn linkage_run(full: bool, moved: usize) {
     let kind = if full { "full" } else { "incremental" };
     metrics::counter!(LINKAGE_RUNS, "kind" => kind).increment(1);
     metrics::counter!(LINKAGE_MOVED).increment(moved as u64);
+}
+
+/// The last full run's estimate for one organisation pair
+/// (`crate::linker::PairQuality`).
+pub fn linkage_quality(
+    version: u32,
+    organisations: &[String; 2],
+    links: u64,
+    wrong: f64,
+    missed: f64,
+) {
+    let labels = [
+        ("params_version", version.to_string()),
+        ("organisations", organisations.join("+")),
+    ];
+    metrics::gauge!(LINKAGE_LINKS, &labels).set(links as f64);
+    metrics::gauge!(LINKAGE_EXPECTED_WRONG, &labels).set(wrong);
+    metrics::gauge!(LINKAGE_EXPECTED_MISSED, &labels).set(missed);
 }
 
 pub fn linkage_failed() {

@@ -204,6 +204,15 @@ impl Blocks {
         rule * BANDS + band
     }
 
+    /// Pairs within the blocks' pieces, all rules together (a pair in
+    /// several counts in each).
+    pub fn pairs(&self) -> u64 {
+        self.blocks
+            .iter()
+            .map(|b| (b.members.len() * (b.members.len() - 1) / 2) as u64)
+            .sum()
+    }
+
     /// Whether some pass puts entities `i` and `j` side by side, or, when
     /// none does, whether they share a blocking key at all (so a split
     /// block's bands are what kept them apart).
@@ -325,7 +334,7 @@ impl MinHash {
 /// Two numbers mixed into one (SplitMix64's finaliser over their sum):
 /// piece keys and MinHash functions. Not secret; the filters' bits are
 /// already keyed.
-fn mix(a: u64, b: u64) -> u64 {
+pub(crate) fn mix(a: u64, b: u64) -> u64 {
     let mut z = a ^ b.wrapping_mul(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);

@@ -24,6 +24,7 @@ pub mod matcher;
 pub mod nicknames;
 pub mod params;
 pub mod permute;
+pub mod quality;
 pub mod score;
 pub mod sequence;
 pub mod soundex;

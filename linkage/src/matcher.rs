@@ -27,6 +27,7 @@ use crate::bloom::{self, Kernel, KernelTask, Scalar};
 use crate::cluster::{Link, cluster};
 use crate::encode::Pseudonym;
 use crate::params::{LinkageParams, Take};
+use crate::quality::{self, PairQuality, Tally};
 use crate::score::{LEVELS, MISSING, Model, Pattern, RuleCandidates, StandIn, level};
 use crate::sequence::Sequence;
 
@@ -43,6 +44,9 @@ pub struct LinkResult {
     /// The fuzzy links that passed the threshold (some may have been refused
     /// by clustering).
     pub links: Vec<Link>,
+    /// What the model expects of the links between each two organisations
+    /// ([`crate::quality`]).
+    pub quality: Vec<PairQuality>,
     /// Records sharing an NHS pseudonym that the encodings say are
     /// different people.
     pub nhs_conflicts: Vec<Conflict>,
@@ -446,15 +450,18 @@ impl<'m> Verdicts<'m> {
     }
 
     /// The verdict on a pair that `rule` found first. Where the fields'
-    /// verdict reaches the threshold, the rule's own judgement may lower it
-    /// ([`Model::verdict_in_rule`]); that is remembered in `in_rule`.
+    /// verdict is near the threshold or above, the rule's own judgement may
+    /// lower it ([`Model::verdict_in_rule`]); that is remembered in
+    /// `in_rule`.
     #[inline(always)]
     fn get(&self, rule: usize, pattern: Pattern, in_rule: &mut InRule) -> (f64, f64) {
         let fields = match &self.table {
             Some(table) => table[pattern as usize],
             None => (self.model.probability(pattern), self.model.weight(pattern)),
         };
-        if fields.0 < self.threshold {
+        // Below the threshold too, for the quality estimate's sake: a
+        // household pattern's pairs are likelier siblings than misses.
+        if fields.0 < quality::NEAR.min(self.threshold) {
             return fields;
         }
         *in_rule
@@ -720,12 +727,7 @@ pub fn link_with(
             // them first, over a systematic sample of the blocks (every
             // k-th, largest first) holding about SAMPLE_PAIRS pairs; the
             // counts are scaled back up by k.
-            let pairs: u64 = blocks
-                .blocks
-                .iter()
-                .map(|b| (b.members.len() * (b.members.len() - 1) / 2) as u64)
-                .sum();
-            let every = pairs.div_ceil(SAMPLE_PAIRS).max(1);
+            let every = blocks.pairs().div_ceil(SAMPLE_PAIRS).max(1);
             let sampled: Vec<usize> = (0..blocks.blocks.len()).step_by(every as usize).collect();
             let counted = in_parallel(&sampled, threads, |share| {
                 let mut counts = PassOneCounts::new(rules, fields);
@@ -768,9 +770,13 @@ pub fn link_with(
     // probability reaches the threshold (stopping early on the rest).
     let verdicts = Verdicts::new(fields, &model, params.threshold);
     let pruning = Pruning::new(&model, params.threshold, &filters);
+    let sample = quality::PrunedSample::for_pairs(blocks.pairs());
     let every_block: Vec<usize> = (0..blocks.blocks.len()).collect();
+    // The pairs below it are tallied for the quality estimate.
+    let organisation_count = organisations.iter().max().map_or(0, |&o| o as usize + 1);
     let kept = in_parallel(&every_block, threads, |share| {
         let (mut links, mut candidates) = (Vec::new(), 0u64);
+        let mut tally = Tally::new(organisation_count);
         let mut in_rule = InRule::new();
         walk_share(
             &filters,
@@ -780,7 +786,11 @@ pub fn link_with(
             Walk::Linking(&pruning),
             &mut |rule, i, j, _, pattern| {
                 candidates += 1;
-                let Some(pattern) = pattern else { return };
+                let (pattern, times) = match pattern {
+                    Some(pattern) => (pattern, 1.0),
+                    None if sample.takes(i, j) => (filters.pattern(i, j), sample.times()),
+                    None => return,
+                };
                 let (probability, weight) = verdicts.get(rule, pattern, &mut in_rule);
                 if probability >= params.threshold {
                     links.push(Link {
@@ -789,20 +799,30 @@ pub fn link_with(
                         probability,
                         weight,
                     });
+                } else if nhs[i].is_none() || nhs[j].is_none() {
+                    let pair = (organisations[i], organisations[j]);
+                    tally.below(pair, (i, j), probability, times);
                 }
             },
         );
-        (links, candidates)
+        (links, candidates, tally)
     });
-    let candidate_pairs: u64 = kept.iter().map(|(_, n)| n).sum();
-    let mut links: Vec<Link> = kept.into_iter().flat_map(|(links, _)| links).collect();
+    let candidate_pairs: u64 = kept.iter().map(|(_, n, _)| n).sum();
+    let mut tally = Tally::new(organisation_count);
+    let mut links = Vec::new();
+    for (thread_links, _, thread_tally) in kept {
+        links.extend(thread_links);
+        tally.merge(thread_tally);
+    }
     let comparing = started.elapsed();
 
     let people = cluster(&organisations, &nhs, known, &mut links);
+    let quality = tally.quality(&organisations, &nhs, &people, &links);
     let nhs_conflicts = nhs_conflicts(&filters, &organisations, &nhs, &model);
     LinkResult {
         people,
         links,
+        quality,
         nhs_conflicts,
         stats: LinkStats {
             candidate_pairs,

@@ -37,6 +37,13 @@ pub enum GatewayCommand {
         #[arg(long)]
         full: bool,
     },
+    /// How sure the fuzzy links are, per pair of organisations: the links
+    /// the last full run made, and how many of them its fitted model
+    /// expects to be wrong and how many true pairs it expects were missed.
+    LinkageReport {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 /// Where the gateway keeps its state.
@@ -168,6 +175,7 @@ impl GatewayCommand {
             Self::Serve(args) => args,
             Self::Retention { store, dry_run } => return retention(store, dry_run).await,
             Self::Relink { store, full } => return relink(store, full).await,
+            Self::LinkageReport { store } => return linkage_report(store).await,
         };
 
         let config = GatewayConfig {
@@ -255,11 +263,59 @@ async fn relink(store: StoreArgs, full: bool) -> anyhow::Result<ExitCode> {
             report.links,
             report.moved
         );
+        if report.full {
+            let wrong: f64 = report.quality.iter().map(|q| q.expected_wrong).sum();
+            let missed: f64 = report.quality.iter().map(|q| q.expected_missed).sum();
+            println!(
+                "  the fitted model expects {wrong:.1} of the fuzzy links to be wrong and {missed:.1} true pairs to have been missed (`joinery gateway linkage-report` has them per pair of organisations)"
+            );
+        }
         if !report.nhs_conflicts.is_empty() {
             println!(
                 "  {} person ids share an NHS pseudonym across records whose names and dates of birth disagree (a mistyped or borrowed NHS number?); review: {}",
                 report.nhs_conflicts.len(),
                 report.nhs_conflicts.join(" ")
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn linkage_report(store: StoreArgs) -> anyhow::Result<ExitCode> {
+    let storage = store.storage().await?;
+    let reports = linker::quality(&storage).await?;
+    if reports.is_empty() {
+        println!("no linkage run yet: `joinery gateway relink --full` makes one");
+    }
+    for report in reports {
+        let fitted = time::OffsetDateTime::from_unix_timestamp(report.fitted_at)
+            .ok()
+            .and_then(|at| {
+                at.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_else(|| report.fitted_at.to_string());
+        let Some(pairs) = report.pairs else {
+            println!(
+                "linkage parameters v{}: the last full run ({fitted}) predates the estimate; `joinery gateway relink --full` makes one",
+                report.params_version
+            );
+            continue;
+        };
+        println!(
+            "linkage parameters v{}, full run of {fitted}: the fitted model's own expectations, without labels. Pairs of records that both carry NHS numbers are decided by those and left out; true pairs blocking never compared are not counted.",
+            report.params_version
+        );
+        for q in pairs {
+            let true_links = q.links as f64 - q.expected_wrong;
+            println!(
+                "  {}: {} fuzzy links, expected wrong {:.1} ({:.2}% of links), expected missed {:.1} ({:.2}% of true pairs)",
+                q.organisations.join(" + "),
+                q.links,
+                q.expected_wrong,
+                100.0 * q.expected_wrong / (q.links as f64).max(1.0),
+                q.expected_missed,
+                100.0 * q.expected_missed / (true_links + q.expected_missed).max(1.0),
             );
         }
     }

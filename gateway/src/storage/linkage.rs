@@ -364,24 +364,48 @@ impl Storage {
             .transpose()?)
     }
 
+    /// Saves the model fitted under parameters `version` on `entities`, and
+    /// what it expects of the links it made (JSON, [`crate::linker::PairQuality`]).
     pub async fn save_linkage_model(
         &self,
         version: u32,
         model: &str,
+        quality: &str,
         entities: u64,
     ) -> Result<(), StorageError> {
         sqlx::query(
-            "INSERT INTO linkage_models (params_version, model, entities, fitted_at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (params_version) DO UPDATE SET model = excluded.model, \
+            "INSERT INTO linkage_models (params_version, model, quality, entities, fitted_at) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (params_version) DO UPDATE SET model = excluded.model, quality = excluded.quality, \
              entities = excluded.entities, fitted_at = excluded.fitted_at",
         )
         .bind(i64::from(version))
         .bind(model)
+        .bind(quality)
         .bind(to_i64(entities))
         .bind(time::OffsetDateTime::now_utc().unix_timestamp())
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Per parameter version (in order): the quality estimate of its last
+    /// full run (JSON; none before this was kept) and when that run fitted
+    /// its model (Unix seconds).
+    pub async fn linkage_quality(&self) -> Result<Vec<(u32, Option<String>, i64)>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT params_version, quality, fitted_at FROM linkage_models ORDER BY params_version",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    super::count(r, "params_version")? as u32,
+                    r.try_get("quality")?,
+                    r.try_get("fitted_at")?,
+                ))
+            })
+            .collect()
     }
 
     /// Entities stored under parameters `version`.

@@ -70,6 +70,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0010_snapshots.sql"),
         include_str!("../../migrations/postgres/0010_snapshots.sql"),
     ),
+    (
+        11,
+        "linkage_quality",
+        include_str!("../../migrations/sqlite/0011_linkage_quality.sql"),
+        include_str!("../../migrations/postgres/0011_linkage_quality.sql"),
+    ),
 ];
 
 pub(super) fn for_backend(backend: Backend) -> Migrator {

@@ -93,7 +93,8 @@ pub async fn run(args: LinkageArgs) -> anyhow::Result<ExitCode> {
         .collect();
     mappings.sort();
     let today = time::OffsetDateTime::now_utc().date();
-    let mut organisation = 0;
+    // Each organisation's dataset, by its number.
+    let mut datasets_linked: Vec<String> = Vec::new();
     for mapping_path in &mappings {
         let mapping = Mapping::load(mapping_path)?;
         if !args.datasets.is_empty() && !args.datasets.contains(&mapping.dataset) {
@@ -114,7 +115,7 @@ pub async fn run(args: LinkageArgs) -> anyhow::Result<ExitCode> {
             seen.insert(key, entities.len());
             births.push(row.date_of_birth);
             entities.push(Entity {
-                organisation,
+                organisation: datasets_linked.len() as u32,
                 nhs: row
                     .nhs_number
                     .as_ref()
@@ -123,10 +124,11 @@ pub async fn run(args: LinkageArgs) -> anyhow::Result<ExitCode> {
                 encoding: encoder.encode(&row.linkage_identity()),
             });
         }
-        organisation += 1;
+        datasets_linked.push(mapping.dataset.clone());
     }
+    let organisation = datasets_linked.len();
     let encoding = started.elapsed();
-    if !args.datasets.is_empty() && args.datasets.len() != organisation as usize {
+    if !args.datasets.is_empty() && args.datasets.len() != organisation {
         bail!(
             "--datasets: {} named, {} found in {}/mappings",
             args.datasets.len(),
@@ -147,7 +149,7 @@ pub async fn run(args: LinkageArgs) -> anyhow::Result<ExitCode> {
     // Which true pairs blocking never puts side by side, worked out before
     // linking takes the entities (the truth is read again for scoring, so
     // the peak memory while linking is the linking's own).
-    let never_compared = {
+    let (never_compared, compared_true_pairs) = {
         let truth = read_truth(&args.truth)?;
         let mut by_child: HashMap<&str, Vec<usize>> = HashMap::new();
         for (key, (child, _)) in &truth {
@@ -165,8 +167,17 @@ pub async fn run(args: LinkageArgs) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        NeverCompared::of(together(&entities, &params, &encoded_pairs))
+        let found = together(&entities, &params, &encoded_pairs);
+        let compared: Vec<(usize, usize)> = encoded_pairs
+            .iter()
+            .zip(&found)
+            .filter(|(_, t)| **t == Together::Compared)
+            .map(|(pair, _)| *pair)
+            .collect();
+        (NeverCompared::of(found), compared)
     };
+    let organisations: Vec<u32> = entities.iter().map(|e| e.organisation).collect();
+    let has_nhs: Vec<bool> = entities.iter().map(|e| e.nhs.is_some()).collect();
 
     let started = Instant::now();
     let threads = args
@@ -295,6 +306,15 @@ pub async fn run(args: LinkageArgs) -> anyhow::Result<ExitCode> {
             100.0 * twins_linked as f64 / (twin_pairs as f64).max(1.0)
         );
     }
+    let measured = Measured::of(
+        &seen,
+        &organisations,
+        &has_nhs,
+        &result.people,
+        predicted.difference(&true_pairs),
+        &compared_true_pairs,
+    );
+    print_quality(&result.quality, &measured, &datasets_linked);
     let mib = |k: Option<u64>| k.map_or("?".to_owned(), |k| (k / 1024).to_string());
     println!(
         "peak RSS {} MiB ({} MiB when linking was done, before scoring)",
@@ -347,6 +367,101 @@ fn twins(
         }
     }
     (linked, pairs)
+}
+
+/// Per pair of organisations (smaller first), the wrong links and the true
+/// pairs left apart, counted against the truth as the model's estimate
+/// counts them: pairs whose records both carry NHS numbers left out (and
+/// missed pairs whose people both do), and the missed only among pairs
+/// blocking compared.
+#[derive(Debug, Default, PartialEq)]
+struct Measured {
+    wrong: BTreeMap<(u32, u32), u64>,
+    missed: BTreeMap<(u32, u32), u64>,
+}
+
+impl Measured {
+    fn of<'k>(
+        seen: &HashMap<Key, usize>,
+        organisations: &[u32],
+        has_nhs: &[bool],
+        people: &[u32],
+        wrong_pairs: impl Iterator<Item = &'k (Key, Key)>,
+        compared_true_pairs: &[(usize, usize)],
+    ) -> Self {
+        let pair = |i: usize, j: usize| {
+            let (a, b) = (organisations[i], organisations[j]);
+            (!(has_nhs[i] && has_nhs[j])).then_some((a.min(b), a.max(b)))
+        };
+        let mut measured = Self::default();
+        for (a, b) in wrong_pairs {
+            if let Some(p) = pair(seen[a], seen[b]) {
+                *measured.wrong.entry(p).or_default() += 1;
+            }
+        }
+        // People with an NHS number each are kept apart by those.
+        let mut person_nhs = vec![false; people.len()];
+        for (i, &person) in people.iter().enumerate() {
+            person_nhs[person as usize] |= has_nhs[i];
+        }
+        for &(i, j) in compared_true_pairs {
+            let (x, y) = (people[i] as usize, people[j] as usize);
+            if x != y
+                && !(person_nhs[x] && person_nhs[y])
+                && let Some(p) = pair(i, j)
+            {
+                *measured.missed.entry(p).or_default() += 1;
+            }
+        }
+        measured
+    }
+}
+
+/// The model's label-free estimate of each organisation pair's wrong and
+/// missed links beside the measured figures, and the totals.
+fn print_quality(
+    quality: &[joinery_linkage::quality::PairQuality],
+    measured: &Measured,
+    datasets: &[String],
+) {
+    println!(
+        "linkage quality without labels, the model's estimate (measured against the truth); pairs both with NHS numbers left out:"
+    );
+    let (mut links, mut expected_false, mut expected_missed) = (0, 0.0, 0.0);
+    let pairs: BTreeSet<(u32, u32)> = quality
+        .iter()
+        .map(|q| q.organisations)
+        .chain(measured.wrong.keys().copied())
+        .chain(measured.missed.keys().copied())
+        .collect();
+    let line = |name: &str, links, expected_false: f64, wrong, expected_missed: f64, missed| {
+        println!(
+            "  {name}: {links} fuzzy links, expected wrong {expected_false:.1} (measured {wrong}), expected missed among compared pairs {expected_missed:.1} (measured {missed})"
+        )
+    };
+    for pair in &pairs {
+        let q = quality.iter().find(|q| q.organisations == *pair);
+        let (l, f, m) = q.map_or((0, 0.0, 0.0), |q| {
+            (q.links, q.expected_false, q.expected_missed)
+        });
+        let name = format!(
+            "{} + {}",
+            datasets[pair.0 as usize], datasets[pair.1 as usize]
+        );
+        let wrong = measured.wrong.get(pair).copied().unwrap_or(0);
+        let missed = measured.missed.get(pair).copied().unwrap_or(0);
+        line(&name, l, f, wrong, m, missed);
+        (links, expected_false, expected_missed) =
+            (links + l, expected_false + f, expected_missed + m);
+    }
+    line(
+        "all",
+        links,
+        expected_false,
+        measured.wrong.values().sum::<u64>(),
+        expected_missed,
+        measured.missed.values().sum::<u64>(),
+    );
 }
 
 /// True pairs the matcher never compared.
