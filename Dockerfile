@@ -13,7 +13,11 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 joinery \
- && useradd --system --uid 10001 --gid joinery --home-dir /var/lib/joinery --create-home joinery
+ && useradd --system --uid 10001 --gid joinery --home-dir /var/lib/joinery --create-home joinery \
+ && install -d -o joinery -g joinery -m 0750 /shared
+# /shared is where deploy/compose mounts its shared volume: a new named
+# volume takes this directory's owner, so the stack (running as joinery)
+# can write it.
 COPY --from=build /src/target/release/joinery /usr/local/bin/joinery
 USER joinery:joinery
 WORKDIR /var/lib/joinery

@@ -134,8 +134,33 @@ fn compose_and_helm_use_only_real_commands_and_variables() {
             "the chart passes --{flag}, which gateway serve lacks"
         );
     }
-    // The image's health check is a real command.
+    // Every named volume a joinery container mounts is a directory the
+    // image makes for the joinery user (a new volume takes its owner), so
+    // the containers, which run as joinery, can write there.
     let dockerfile = repo("Dockerfile");
+    let volumes = compose["volumes"].as_object().unwrap();
+    for (name, service) in services {
+        if service["image"] != "joinery:latest" {
+            continue;
+        }
+        for mount in service["volumes"].as_array().into_iter().flatten() {
+            let mount = mount.as_str().unwrap();
+            let mut parts = mount.split(':');
+            let (volume, target) = (parts.next().unwrap(), parts.next().unwrap());
+            if !volumes.contains_key(volume) {
+                continue;
+            }
+            let owned = dockerfile.lines().any(|l| {
+                (l.contains("install -d -o joinery") && l.ends_with(target))
+                    || l.contains(&format!("--home-dir {target} --create-home"))
+            });
+            assert!(
+                owned,
+                "compose service {name} mounts volume {volume} at {target}, which the image does not make for the joinery user"
+            );
+        }
+    }
+    // The image's health check is a real command.
     assert!(dockerfile.contains(r#"CMD ["joinery", "probe", "http://127.0.0.1:9464/readyz"]"#));
 }
 
@@ -193,4 +218,93 @@ fn systemd_units_verify() {
         output.status.success() && stderr.trim().is_empty(),
         "systemd-analyze verify: {stderr}"
     );
+
+    // The sysusers file makes the user the units run as.
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir(root.path().join("etc")).unwrap();
+    let sysusers = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy/systemd/joinery.sysusers.conf");
+    let made = std::process::Command::new("systemd-sysusers")
+        .arg(format!("--root={}", root.path().display()))
+        .arg(&sysusers)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let passwd = std::fs::read_to_string(root.path().join("etc/passwd")).unwrap();
+    for unit in ["joinery-gateway.service", "joinery-agent.service"] {
+        let text = repo(&format!("deploy/systemd/{unit}"));
+        let user = text
+            .lines()
+            .find_map(|l| l.strip_prefix("User="))
+            .expect("a User=");
+        assert!(
+            passwd.lines().any(|l| l.starts_with(&format!("{user}:"))),
+            "{unit} runs as {user}, which joinery.sysusers.conf does not make"
+        );
+    }
+
+    // The agent writes its state where the unit lets it: the example's
+    // state directories lie in the unit's StateDirectory.
+    let agent_unit = repo("deploy/systemd/joinery-agent.service");
+    let state = agent_unit
+        .lines()
+        .find_map(|l| l.strip_prefix("StateDirectory="))
+        .expect("a StateDirectory=");
+    let example = repo("deploy/examples/agent.yaml");
+    for key in ["spool_dir", "quarantine_dir"] {
+        let value = example
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}: ")))
+            .unwrap_or_else(|| panic!("the example sets {key}"));
+        assert!(
+            value.starts_with(&format!("/var/lib/{state}/")),
+            "{key}: {value} is not in the agent unit's state directory /var/lib/{state}"
+        );
+    }
+}
+
+/// The compose stack's `setup` runs on every `docker compose up`: the second
+/// finds the deployment prepared and leaves it, so the gateway still starts;
+/// a directory it did not finish is refused.
+#[test]
+fn preparing_a_deployment_twice_keeps_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let deployment = dir.path().join("deployment");
+    let prepare = || {
+        joinery()
+            .args(["demo", "--prepare-only", "--children", "40"])
+            .args([
+                "--gateway-address",
+                "gateway:7443",
+                "--server-name",
+                "gateway",
+            ])
+            .arg("--dir")
+            .arg(&deployment)
+            .output()
+            .unwrap()
+    };
+    let first = prepare();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let ca = std::fs::read(deployment.join("pki/ca.pem")).unwrap();
+    let second = prepare();
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    assert!(String::from_utf8_lossy(&second.stdout).contains("already prepared"));
+    assert_eq!(std::fs::read(deployment.join("pki/ca.pem")).unwrap(), ca);
+    std::fs::remove_file(deployment.join(".prepared")).unwrap();
+    let unfinished = prepare();
+    assert!(!unfinished.status.success());
+    assert!(String::from_utf8_lossy(&unfinished.stderr).contains("already exists"));
 }

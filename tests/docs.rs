@@ -1,4 +1,5 @@
-//! The telemetry reference names every metric the code records.
+//! The documents say what the code does: the telemetry reference names
+//! every metric it records, and the README the Rust it needs.
 
 #[test]
 fn every_metric_is_documented() {
@@ -16,6 +17,12 @@ fn every_metric_is_documented() {
         g::RECORDS_LINKED,
         g::QUERIES,
         g::CELLS_SUPPRESSED,
+        g::LINKAGE_RUNS,
+        g::LINKAGE_MOVED,
+        g::LINKAGE_FAILURES,
+        g::LINKAGE_LINKS,
+        g::LINKAGE_EXPECTED_WRONG,
+        g::LINKAGE_EXPECTED_MISSED,
         a::RECORDS_READ,
         a::RECORDS_QUARANTINED,
         a::RECORDS_OPTED_OUT,
@@ -31,4 +38,70 @@ fn every_metric_is_documented() {
             "{name} is not in docs/telemetry.md"
         );
     }
+}
+
+/// The README's and `Cargo.toml`'s Rust version is the newest any
+/// dependency asks for (an older compiler fails on them, not on our code).
+#[test]
+fn the_readme_names_the_rust_version_the_build_needs() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    // Only this machine's platform: others' crates need not be downloaded.
+    let rustc = std::process::Command::new("rustc")
+        .arg("-vV")
+        .output()
+        .expect("run rustc");
+    let rustc = String::from_utf8_lossy(&rustc.stdout).into_owned();
+    let host = rustc
+        .lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .expect("rustc names its host");
+    let output = std::process::Command::new(env!("CARGO"))
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--offline",
+            "--filter-platform",
+            host,
+        ])
+        .current_dir(root)
+        .output()
+        .expect("run cargo metadata");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let metadata: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let version = |v: &str| -> Vec<u32> { v.split('.').map(|n| n.parse().unwrap()).collect() };
+    let pad = |mut v: Vec<u32>| {
+        v.resize(3, 0);
+        v
+    };
+    let packages = metadata["packages"].as_array().unwrap();
+    let (needed, by) = packages
+        .iter()
+        .filter_map(|p| {
+            Some((
+                pad(version(p["rust_version"].as_str()?)),
+                p["name"].as_str()?,
+            ))
+        })
+        .max()
+        .unwrap();
+    let ours = packages
+        .iter()
+        .find(|p| p["name"] == "joinery")
+        .and_then(|p| p["rust_version"].as_str())
+        .expect("joinery's rust-version");
+    assert_eq!(
+        pad(version(ours)),
+        needed,
+        "Cargo.toml's rust-version {ours}; {by} needs {needed:?}"
+    );
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    assert!(
+        readme.contains(&format!("With Rust installed ({ours} or later)")),
+        "the README names Rust {ours}"
+    );
 }

@@ -25,7 +25,7 @@ pub enum KeyError {
     #[error("key file {path} is not a {KEY_LEN}-byte key written as 64 hexadecimal characters")]
     Malformed { path: PathBuf },
     #[error(
-        "key file {path} is readable by other users (mode {mode:o}); run `chmod 600 {path}`",
+        "key file {path} is readable by other users (mode {mode:o}); run `chmod 600 {path}` (a file owned by root may also be group-readable, 640 or 440, as a Kubernetes Secret mounted with an fsGroup is)",
         path = path.display()
     )]
     TooOpen { path: PathBuf, mode: u32 },
@@ -56,7 +56,10 @@ impl SecretKey {
     }
 
     /// Loads a key written by [`SecretKey::save`]. On Unix the file must not
-    /// be readable by group or others.
+    /// be readable by others, nor by its group unless root owns it (the rule
+    /// PostgreSQL applies to its key: a root-owned key shared with a
+    /// service's group, such as a Kubernetes Secret mounted with an
+    /// `fsGroup`, is 0440).
     pub fn load(path: &Path) -> Result<Self, KeyError> {
         let text = std::fs::read_to_string(path).map_err(|source| KeyError::Read {
             path: path.to_owned(),
@@ -64,15 +67,14 @@ impl SecretKey {
         })?;
         #[cfg(unix)]
         {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(path)
-                .map_err(|source| KeyError::Read {
-                    path: path.to_owned(),
-                    source,
-                })?
-                .permissions()
-                .mode();
-            if mode & 0o077 != 0 {
+            use std::os::unix::fs::MetadataExt;
+            let metadata = std::fs::metadata(path).map_err(|source| KeyError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            let mode = metadata.mode();
+            let closed = if metadata.uid() == 0 { 0o037 } else { 0o077 };
+            if mode & closed != 0 {
                 return Err(KeyError::TooOpen {
                     path: path.to_owned(),
                     mode: mode & 0o777,
@@ -151,6 +153,27 @@ mod tests {
         let path = dir.path().join("k.key");
         SecretKey::generate().unwrap().save(&path).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(
+            SecretKey::load(&path),
+            Err(KeyError::TooOpen { .. })
+        ));
+    }
+
+    /// A Kubernetes Secret mounted with an fsGroup: root's, mode 0440.
+    #[cfg(unix)]
+    #[test]
+    fn a_root_owned_key_may_be_readable_by_its_group_and_no_other_key_may() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.key");
+        SecretKey::generate().unwrap().save(&path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o440)).unwrap();
+        if std::fs::metadata(&path).unwrap().uid() == 0 {
+            SecretKey::load(&path).expect("root's group-readable key");
+            std::os::unix::fs::chown(&path, Some(10001), None).unwrap();
+        } else {
+            eprintln!("not root: only the refusal of a user's group-readable key is tested here");
+        }
         assert!(matches!(
             SecretKey::load(&path),
             Err(KeyError::TooOpen { .. })

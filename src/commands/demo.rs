@@ -37,6 +37,9 @@ use crate::commands::query::{TableFormat, connect, print_counts, print_overlap, 
 
 const ANALYST: &str = "demo-analyst";
 
+/// The file `--prepare-only` writes last: the directory is complete.
+const PREPARED: &str = ".prepared";
+
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Children in the synthetic population.
@@ -45,7 +48,8 @@ pub struct DemoArgs {
     /// Random seed for the synthetic data.
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// Directory to work in (must not exist yet; default: a new temporary directory).
+    /// Directory to work in (must not exist yet, unless --prepare-only
+    /// finished preparing it before; default: a new temporary directory).
     #[arg(long)]
     dir: Option<PathBuf>,
     /// Only write the deployment (PKI, signed agreement, extracts, agent
@@ -65,6 +69,14 @@ impl DemoArgs {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
         let started = Instant::now();
         let dir = match self.dir {
+            // A second `docker compose up` finds the deployment prepared.
+            Some(dir) if self.prepare_only && dir.join(PREPARED).exists() => {
+                println!(
+                    "{} is already prepared; left as it is (remove it for a fresh deployment)",
+                    dir.display()
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
             Some(dir) => {
                 anyhow::ensure!(
                     !dir.exists(),
@@ -147,6 +159,7 @@ impl DemoArgs {
                 agreement: &agreement,
             };
             layout.write_agents(&synth)?;
+            std::fs::write(dir.join(PREPARED), "joinery demo --prepare-only finished\n")?;
             println!(
                 "Prepared: agent configurations for a gateway at {address} are in {}",
                 dir.join("agents").display()

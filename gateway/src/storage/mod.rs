@@ -17,7 +17,7 @@ pub use releases::{NewRelease, Recorded};
 
 pub use linkage::{EntityRecord, EntityScope, LinkageEntities, LinkageStatus, SpineAssignment};
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +35,11 @@ pub enum StorageError {
     UnsupportedUrl,
     #[error("cannot open the database: {0}")]
     Connect(#[source] sqlx::Error),
+    #[error("cannot make the database file {path} readable by its owner only: {source}")]
+    Private {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("database error: {0}")]
@@ -181,6 +186,9 @@ impl Storage {
         } else {
             return Err(StorageError::UnsupportedUrl);
         };
+        if let Some(file) = sqlite_file(url) {
+            keep_private(&file).map_err(|source| StorageError::Private { path: file, source })?;
+        }
         let mut options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(30));
         options = match backend {
             Backend::Sqlite => options.max_connections(4).after_connect(|conn, _| {
@@ -734,6 +742,33 @@ fn count(row: &AnyRow, column: &str) -> Result<u64, sqlx::Error> {
     Ok(value.unwrap_or(0).max(0) as u64)
 }
 
+/// The file a SQLite URL names (none for an in-memory database).
+fn sqlite_file(url: &str) -> Option<PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next()?;
+    (!path.is_empty() && !path.starts_with(":memory:")).then(|| PathBuf::from(path))
+}
+
+/// Makes a SQLite database file owner-only (0600) before SQLite opens it,
+/// creating it empty if new: the file holds person-level data, and SQLite
+/// gives its WAL and shared-memory files the database file's mode.
+fn keep_private(file: &Path) -> std::io::Result<()> {
+    if !file.exists() {
+        return joinery_crypto::files::write_private(file, b"", false);
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(file)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    Ok(())
+}
+
 fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
@@ -741,6 +776,28 @@ fn to_i64(value: u64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn the_sqlite_database_and_its_wal_are_readable_by_their_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(&Storage::sqlite_url(dir.path()))
+            .await
+            .unwrap();
+        storage.data_generation().await.unwrap();
+        let file = dir.path().join("joinery.db");
+        assert_eq!(mode(&file), 0o600);
+        assert_eq!(mode(&dir.path().join("joinery.db-wal")), 0o600);
+        drop(storage);
+        // One made open before (as earlier versions did) is closed again.
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        Storage::open(&Storage::sqlite_url(dir.path()))
+            .await
+            .unwrap();
+        assert_eq!(mode(&file), 0o600);
+    }
 
     #[tokio::test]
     async fn the_population_is_read_by_person_and_its_generation_moves_with_the_data() {
