@@ -18,8 +18,10 @@ pub type Readiness =
     Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
 
 /// Installs the Prometheus recorder (once per process) and describes every
-/// metric the agent and gateway record.
-fn recorder() -> anyhow::Result<PrometheusHandle> {
+/// metric the agent and gateway record. Install it before the work starts
+/// (a gateway's agreements and certificates publish their expiry as they
+/// load); serve it once the process can answer readiness.
+pub fn install() -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Suffix("_latency_seconds".to_owned()),
@@ -31,9 +33,13 @@ fn recorder() -> anyhow::Result<PrometheusHandle> {
     Ok(handle)
 }
 
-/// Binds `address` and serves the endpoint in the background.
-pub async fn serve(address: SocketAddr, ready: Readiness) -> anyhow::Result<SocketAddr> {
-    let handle = recorder()?;
+/// Binds `address` and serves the endpoint, with the metrics `handle`
+/// holds, in the background.
+pub async fn serve(
+    address: SocketAddr,
+    handle: PrometheusHandle,
+    ready: Readiness,
+) -> anyhow::Result<SocketAddr> {
     let app = Router::new()
         .route("/metrics", get(move || std::future::ready(handle.render())))
         .route("/healthz", get(|| async { "ok\n" }))

@@ -21,6 +21,11 @@
 //! would really send ([`national`]), under `national/<organisation>/`.
 //!
 //! NHS numbers are drawn from the 999 range, which the NHS never issues.
+//!
+//! `opt-out.txt` is a National Data Opt-out list for the population (the
+//! agent's `national_data_opt_out`, which an agreement that applies the
+//! opt-out requires): [`OPTED_OUT`] of the children, one NHS number a line,
+//! `#` comments allowed.
 
 mod national;
 mod profile;
@@ -116,6 +121,11 @@ pub const AGENCIES: &[SynthAgency] = &[
     },
 ];
 
+/// The share of children on the synthetic opt-out list (about a twentieth
+/// of England's patients had opted out by 2024; fewer here, so most
+/// children still show).
+pub const OPTED_OUT: f64 = 0.02;
+
 /// Where the generated files are.
 #[derive(Debug, Clone)]
 pub struct SynthOutput {
@@ -123,6 +133,8 @@ pub struct SynthOutput {
     /// The same records in national formats.
     pub national: Vec<NationalSource>,
     pub ground_truth: PathBuf,
+    /// The population's National Data Opt-out list.
+    pub opt_out: PathBuf,
     pub rows: usize,
 }
 
@@ -187,6 +199,9 @@ pub fn generate(
     into_households(&mut population, seed, reference);
     let rates = profile.rates();
     change_family_names(&mut population, seed, &rates);
+
+    let opt_out = out.join("opt-out.txt");
+    write_opt_out(&opt_out, &population, seed)?;
 
     let truth_path = out.join("ground_truth.csv");
     let mut truth = csv::Writer::from_path(&truth_path)
@@ -260,8 +275,25 @@ pub fn generate(
         extracts,
         national,
         ground_truth: truth_path,
+        opt_out,
         rows,
     })
+}
+
+/// Writes the opt-out list: [`OPTED_OUT`] of the children, drawn from a
+/// sequence of their own (the extracts are the same with or without it).
+fn write_opt_out(path: &Path, population: &[Child], seed: u64) -> anyhow::Result<()> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6f70_742d_6f75_7421);
+    let mut text = String::from(
+        "# National Data Opt-out list (synthetic): one NHS number a line, spaces allowed;\n\
+         # blank lines and lines starting with # are ignored. Records of these children\n\
+         # are withheld by the agent wherever the agreement applies the opt-out.\n",
+    );
+    for c in population.iter().filter(|_| rng.random_bool(OPTED_OUT)) {
+        text.push_str(&c.nhs);
+        text.push('\n');
+    }
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
 /// The most children one population can have (see [`nhs_number`]).
@@ -840,6 +872,28 @@ mod tests {
             assert!(n.starts_with("999"));
             assert!(joinery_agent::validate::nhs_number(&n).is_ok());
         }
+    }
+
+    /// The opt-out list is one the agent loads, of about [`OPTED_OUT`] of
+    /// the children, and names children of the population.
+    #[test]
+    fn the_opt_out_list_loads_in_the_agent_and_names_a_share_of_the_children() {
+        let reference = time::macros::date!(2026 - 01 - 01);
+        let dir = tempfile::tempdir().unwrap();
+        let output = generate(dir.path(), 3000, 5, reference, None, Profile::Tidy).unwrap();
+        let list = joinery_agent::opt_out::OptOutList::load(&output.opt_out).unwrap();
+        assert!(
+            (30..=90).contains(&list.len()),
+            "{} opted out of 3000",
+            list.len()
+        );
+        let mut truth = csv::Reader::from_path(&output.ground_truth).unwrap();
+        let recorded: Vec<String> = truth.records().map(|r| r.unwrap()[4].to_owned()).collect();
+        let listed = recorded
+            .iter()
+            .filter(|n| !n.is_empty() && list.contains(n))
+            .count();
+        assert!(listed > 0, "no opted-out child has a record");
     }
 
     #[test]

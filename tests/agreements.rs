@@ -414,7 +414,7 @@ fn policy_check_reports_file_line_and_column() {
         stdout.contains("help: names never leave the agency"),
         "{stdout}"
     );
-    assert!(stdout.contains("1 errors"), "{stdout}");
+    assert!(stdout.contains("1 error,"), "{stdout}");
 
     // explain and diff on the shipped examples work from the command line too.
     let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/examples");

@@ -57,10 +57,7 @@ fn kill(child: &mut std::process::Child) {
 async fn agent_kills_and_gateway_restarts_lose_and_double_nothing() {
     let d = Deployment::new();
     let synth = d.synth(6000, 17);
-    let listen = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().to_string()
-    };
+    let listen = free_local_address();
     let mut gateway = d.start_gateway_at(&listen, None, &[]);
     let extract = synth.join("extracts/csc_referrals.csv");
     let config = d.agent_config(

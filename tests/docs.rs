@@ -1,5 +1,6 @@
 //! The documents say what the code does: the telemetry reference names
-//! every metric it records, and the README the Rust it needs.
+//! every metric it records, the README the Rust it needs, and the examples
+//! the files `joinery pki` writes.
 
 #[test]
 fn every_metric_is_documented() {
@@ -23,6 +24,9 @@ fn every_metric_is_documented() {
         g::LINKAGE_LINKS,
         g::LINKAGE_EXPECTED_WRONG,
         g::LINKAGE_EXPECTED_MISSED,
+        g::TLS_EXPIRY,
+        g::AGREEMENT_EXPIRY,
+        a::TLS_EXPIRY,
         a::RECORDS_READ,
         a::RECORDS_QUARANTINED,
         a::RECORDS_OPTED_OUT,
@@ -104,4 +108,51 @@ fn the_readme_names_the_rust_version_the_build_needs() {
         readme.contains(&format!("With Rust installed ({ours} or later)")),
         "the README names Rust {ours}"
     );
+}
+
+/// Every certificate or key that the README or the example agent
+/// configuration names under `pki/`, or by the identities the README issues
+/// them to, is a file the README's own `joinery pki` commands write.
+#[test]
+fn the_examples_name_the_files_pki_writes() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let dir = tempfile::tempdir().unwrap();
+    let pki = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_joinery"))
+            .arg("pki")
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    pki(&["init", "--dir", "pki"]);
+    pki(&[
+        "server",
+        "--dir",
+        "pki",
+        "--name",
+        "joinery-gateway.example.nhs.uk",
+    ]);
+    pki(&["issue", "--dir", "pki", "--org", "E08000035"]);
+    pki(&["issue", "--dir", "pki", "--analyst", "j.bloggs"]);
+    for document in ["README.md", "deploy/examples/agent.yaml"] {
+        let text = std::fs::read_to_string(format!("{root}/{document}")).unwrap();
+        let named = text
+            .split(|c: char| c.is_whitespace() || "`'\"(),=:".contains(c))
+            .filter(|w| w.ends_with(".pem") || w.ends_with(".key"))
+            .filter(|w| {
+                w.starts_with("pki/") || ["j.bloggs", "E08000035"].iter().any(|id| w.contains(id))
+            });
+        for path in named {
+            assert!(
+                dir.path().join(path).exists(),
+                "{document} names {path}, which the pki commands do not write"
+            );
+        }
+    }
 }

@@ -56,6 +56,14 @@ async fn end_to_end(postgres: Option<String>) {
         let (code, stdout, stderr) = finish(agent);
         // Synthetic extracts always contain broken rows: 3 = quarantined, rest delivered.
         assert_eq!(code, 3, "agent {org}: {stdout}\n{stderr}");
+        // Not on a terminal: progress comes as log lines, a source's end
+        // with its row count.
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.contains(" read ") && l.contains("rows=")),
+            "agent {org}: no progress line in\n{stderr}"
+        );
     }
 
     let url = postgres.clone().unwrap_or_else(|| d.sqlite_url());

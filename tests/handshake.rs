@@ -240,6 +240,13 @@ async fn batches_are_stored_once_and_bad_batches_rejected() {
         "joinery_gateway_ack_latency_seconds_count 5",
         r#"joinery_gateway_records_linked_total{method="unlinked"} 50"#,
         r#"joinery_gateway_queries_total{query="counts"} 1"#,
+        // Shown at zero before anything happens, for alerts on rates.
+        r#"joinery_gateway_tls_handshake_failures_total{kind="idle"} 0"#,
+        "joinery_gateway_linkage_failures_total 0",
+        // When the certificates and the agreement run out.
+        r#"joinery_gateway_tls_expiry_timestamp_seconds{file="certificate"} "#,
+        r#"joinery_gateway_tls_expiry_timestamp_seconds{file="crl"} "#,
+        r#"joinery_gateway_agreement_expiry_timestamp_seconds{agreement="children-at-risk-stratification",version="1"} "#,
     ] {
         assert!(
             exposition.contains(expected),
@@ -276,11 +283,6 @@ async fn batches_are_stored_once_and_bad_batches_rejected() {
         status,
         tonic_health::pb::health_check_response::ServingStatus::Serving
     );
-}
-
-fn free_local_address() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().to_string()
 }
 
 /// A minimal HTTP/1.0 GET, enough for the metrics endpoint.

@@ -29,3 +29,80 @@ fn an_error_says_each_cause_once_and_names_the_file() {
         "{stderr}"
     );
 }
+
+/// Dialling the gateway by a name its certificate does not carry says which
+/// name was checked and how to give the right one, once.
+#[test]
+fn a_certificate_for_another_name_points_at_server_name() {
+    let d = Deployment::new();
+    let gateway = d.start_gateway(None, &[]);
+    let (cert, key) = d.analyst_cert();
+    let output = joinery()
+        .args(["query", "overlap", "--gateway", &gateway.address])
+        .args(["--server-name", "gateway.example.invalid"])
+        .arg("--tls-ca")
+        .arg(d.ca())
+        .arg("--tls-cert")
+        .arg(cert)
+        .arg("--tls-key")
+        .arg(key)
+        .output()
+        .expect("run joinery");
+    assert!(gateway.stop().success());
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("\"gateway.example.invalid\""), "{stderr}");
+    assert!(stderr.contains("--server-name"), "{stderr}");
+    assert_eq!(stderr.matches("not valid for name").count(), 1, "{stderr}");
+}
+
+/// A gateway command pointed at a missing agreements folder says so, rather
+/// than quietly governing nothing.
+#[test]
+fn a_missing_agreements_folder_is_said_aloud() {
+    let d = Deployment::new();
+    let missing = d.path("no-agreements-here");
+    let output = joinery()
+        .args(["gateway", "retention", "--dry-run", "--data-dir"])
+        .arg(d.path("store"))
+        .arg("--agreements")
+        .arg(&missing)
+        .output()
+        .expect("run joinery");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no signed agreements"), "{stderr}");
+    assert!(stderr.contains(missing.to_str().unwrap()), "{stderr}");
+}
+
+/// An agent that cannot reach the gateway says why each time it retries
+/// (here: nothing listens), not only "transport error".
+#[test]
+fn a_failed_delivery_says_what_failed() {
+    let d = Deployment::new();
+    let synth = d.synth(60, 3);
+    let config = d.agent_config(
+        COUNCIL,
+        &free_local_address(),
+        &synth.join("extracts/csc_referrals.csv"),
+        &synth.join("mappings/csc_referrals.yaml"),
+    );
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("retry_for_secs: 20", "retry_for_secs: 2"),
+    )
+    .unwrap();
+    let (code, _, stderr) = finish(d.spawn_agent(&config));
+    assert_ne!(code, 0);
+    let retries: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("will reconnect"))
+        .collect();
+    assert!(!retries.is_empty(), "{stderr}");
+    assert!(
+        retries
+            .iter()
+            .all(|l| l.to_lowercase().contains("connection refused")),
+        "{retries:#?}"
+    );
+}

@@ -468,6 +468,26 @@ async fn every_national_format_reaches_the_gateway_whole() {
     let refused = extract(d.analyst_cert());
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("no row-level role"));
+    // The IG lead's report counts an extract's rows as rows.
+    let today = time::OffsetDateTime::now_utc().date().to_string();
+    let report = joinery_ok(&[
+        "audit",
+        "report",
+        "--data-dir",
+        d.gateway_data_dir().to_str().unwrap(),
+        "--from",
+        &today,
+        "--to",
+        &today,
+    ]);
+    let report = String::from_utf8_lossy(&report.stdout);
+    assert!(
+        report.contains(&format!(
+            "x extract, {} person rows released",
+            3 * people.len()
+        )),
+        "{report}"
+    );
     let (status, body) = http_post(&d, &gateway.address, analyst("outsider"), "rows: sex").await;
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("holds no role"), "{body}");

@@ -81,10 +81,7 @@ async fn no_identifier_reaches_any_output() {
     let mapping = d.path("canary.yaml");
     std::fs::write(&mapping, MAPPING).unwrap();
 
-    let metrics = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().to_string()
-    };
+    let metrics = free_local_address();
     let gateway = d.start_gateway(None, &["--metrics-listen", &metrics]);
     let config = d.agent_config(COUNCIL, &gateway.address, &extract, &mapping);
     let (code, agent_out, agent_err) = finish(d.spawn_agent(&config));

@@ -19,8 +19,12 @@ pub struct AgentConfig {
     /// agent refuses to run on an agreement that is not fully signed or not
     /// in force, and sends only what it allows.
     pub agreement: PathBuf,
-    /// The National Data Opt-out list: a file of NHS numbers, one per line.
-    /// Required when the agreement says the opt-out applies.
+    /// The National Data Opt-out list: a file of NHS numbers, one per line
+    /// (spaces allowed; blank lines and lines starting with `#` ignored; a
+    /// line that is not a valid NHS number stops the agent, naming the
+    /// line). Required when the agreement says the opt-out applies (an
+    /// empty list then says nobody has opted out); `joinery synth` writes
+    /// one for its population.
     #[serde(default)]
     pub national_data_opt_out: Option<PathBuf>,
     /// Where the gateway is.

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod opt_out;
 pub mod person;
 pub mod person_index;
+pub mod progress;
 pub mod quarantine;
 pub mod release;
 pub mod resolve;
@@ -32,4 +33,5 @@ pub mod uploader;
 pub mod validate;
 
 pub use config::AgentConfig;
-pub use run::{Progress, RunSummary, run};
+pub use progress::Progress;
+pub use run::{RunSummary, run};

@@ -14,9 +14,12 @@ pub const BATCHES_REJECTED: &str = "joinery_agent_batches_rejected_total";
 pub const ACK_LATENCY: &str = "joinery_agent_ack_latency_seconds";
 pub const SPOOL_BYTES: &str = "joinery_agent_spool_bytes";
 pub const RECONNECTIONS: &str = "joinery_agent_reconnections_total";
+pub const TLS_EXPIRY: &str = "joinery_agent_tls_expiry_timestamp_seconds";
 
-/// Describes every agent metric to the installed recorder.
+/// Describes every agent metric to the installed recorder, and shows the
+/// label-free counter at zero from the start.
 pub fn describe() {
+    metrics::counter!(RECONNECTIONS).increment(0);
     metrics::describe_counter!(RECORDS_READ, "Source rows read, by dataset");
     metrics::describe_counter!(
         RECORDS_QUARANTINED,
@@ -39,6 +42,11 @@ pub fn describe() {
         SPOOL_BYTES,
         metrics::Unit::Bytes,
         "Bytes of batches in the spool waiting for an acknowledgement"
+    );
+    metrics::describe_gauge!(
+        TLS_EXPIRY,
+        metrics::Unit::Seconds,
+        "When the agent's TLS material stops working (Unix time), by file: certificate, ca"
     );
     metrics::describe_counter!(
         RECONNECTIONS,
@@ -67,6 +75,12 @@ pub fn acked(dataset: &str, outcome: &'static str, records: u64, latency: Durati
 
 pub fn spool_bytes(bytes: u64) {
     metrics::gauge!(SPOOL_BYTES).set(bytes as f64);
+}
+
+/// The agency's certificate's and the CA's ends of validity (Unix seconds).
+pub fn tls_expiry(certificate: i64, ca: i64) {
+    metrics::gauge!(TLS_EXPIRY, "file" => "certificate").set(certificate as f64);
+    metrics::gauge!(TLS_EXPIRY, "file" => "ca").set(ca as f64);
 }
 
 pub fn reconnected() {

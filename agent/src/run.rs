@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use indicatif::{ProgressBar, ProgressStyle};
 use joinery_crypto::keys::SecretKey;
 use joinery_policies::SignedAgreement;
 use joinery_policies::model::{Dataset, OptOut};
@@ -25,6 +24,7 @@ use crate::config::AgentConfig;
 use crate::delivery::Delivery;
 use crate::metrics;
 use crate::opt_out::OptOutList;
+use crate::progress::{Progress, SourceProgress};
 use crate::quarantine::{QUARANTINED, QuarantineReport, SENT_WITH_WARNING};
 use crate::release::{Releaser, withheld_by_agreement};
 use crate::row::RowOutcome;
@@ -118,14 +118,6 @@ impl RunSummary {
     }
 }
 
-/// How the run reports progress.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Progress {
-    /// A progress bar on the terminal (hidden when stderr is not a terminal).
-    Bar,
-    Quiet,
-}
-
 /// Runs the agent once over every configured source.
 pub async fn run(config: &AgentConfig, progress: Progress) -> Result<RunSummary, AgentError> {
     let span = tracing::info_span!("agent_run", organisation = %config.organisation);
@@ -135,6 +127,8 @@ pub async fn run(config: &AgentConfig, progress: Progress) -> Result<RunSummary,
 async fn run_sources(config: &AgentConfig, progress: Progress) -> Result<RunSummary, AgentError> {
     let key = SecretKey::load(&config.linkage_key)?;
     let tls = joinery_crypto::tls::client_config(&config.tls_files())?;
+    let expiry = joinery_crypto::tls::expiry(&config.tls_files())?;
+    metrics::tls_expiry(expiry.certificate, expiry.ca);
     let now = time::OffsetDateTime::now_utc();
     let today = now.date();
 
@@ -548,20 +542,12 @@ fn read_source(
     tx: mpsc::Sender<Spooled>,
     progress: Progress,
 ) -> Result<SourceSummary, AgentError> {
-    let bar = match progress {
-        Progress::Bar => ProgressBar::new(reader.total_bytes()).with_style(
-            ProgressStyle::with_template(
-                "{msg} {wide_bar} {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        ),
-        Progress::Quiet => ProgressBar::hidden(),
-    };
-    bar.set_message(report.path().file_stem().map_or_else(String::new, |s| {
+    let name = report.path().file_stem().map_or_else(String::new, |s| {
         s.to_string_lossy()
             .trim_end_matches(".quarantine")
             .to_owned()
-    }));
+    });
+    let mut shown = SourceProgress::start(progress, name, reader.total_bytes());
     let quarantine_err = |path: &Path| {
         let path = path.to_owned();
         move |source| AgentError::Quarantine { path, source }
@@ -627,13 +613,13 @@ fn read_source(
                     // Delivery has stopped (its error ends the run): leave
                     // the checkpoint where it is, so nothing is marked read
                     // that was not spooled.
-                    bar.finish_and_clear();
+                    shown.finish(summary.rows_read);
                     return Ok(summary);
                 }
             }
         }
         if summary.rows_read % 4096 == 0 {
-            bar.set_position(reader.bytes_read());
+            shown.update(summary.rows_read, reader.bytes_read());
         }
     }
     let end = reader.position();
@@ -653,7 +639,7 @@ fn read_source(
             },
         )?,
     }
-    bar.finish_and_clear();
+    shown.finish(summary.rows_read);
     summary.quarantine_report = report.finish().map_err(|source| AgentError::Quarantine {
         path: PathBuf::new(),
         source,

@@ -234,6 +234,48 @@ impl ServerCertVerifier for RequireUsage<WebPkiServerVerifier> {
     }
 }
 
+/// When a party's TLS material stops working, as Unix seconds: its own
+/// certificate's and the CA's end of validity, and the revocation list's
+/// next update (a peer may refuse it after that). For expiry metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expiry {
+    pub certificate: i64,
+    pub ca: i64,
+    pub crl_next_update: Option<i64>,
+}
+
+/// Reads [`Expiry`] from `files`.
+pub fn expiry(files: &TlsFiles) -> Result<Expiry, TlsError> {
+    let not_after = |path: &Path| -> Result<i64, TlsError> {
+        let certs = certificates(path)?;
+        let (_, cert) =
+            X509Certificate::from_der(&certs[0]).map_err(|e| TlsError::Certificates {
+                path: path.to_owned(),
+                detail: e.to_string(),
+            })?;
+        Ok(cert.validity().not_after.timestamp())
+    };
+    let crl_next_update = match &files.crl {
+        None => None,
+        Some(path) => {
+            let unreadable = |detail: String| TlsError::Certificates {
+                path: path.clone(),
+                detail,
+            };
+            let der = CertificateRevocationListDer::from_pem_file(path)
+                .map_err(|e| unreadable(e.to_string()))?;
+            let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(&der)
+                .map_err(|e| unreadable(e.to_string()))?;
+            crl.next_update().map(|t| t.timestamp())
+        }
+    };
+    Ok(Expiry {
+        certificate: not_after(&files.cert)?,
+        ca: not_after(&files.ca)?,
+        crl_next_update,
+    })
+}
+
 fn roots(path: &Path) -> Result<RootCertStore, TlsError> {
     let mut store = RootCertStore::empty();
     for cert in certificates(path)? {
@@ -330,6 +372,37 @@ mod tests {
             }
         }
         panic!("the handshake did not finish")
+    }
+
+    #[test]
+    fn expiry_reads_the_certificates_and_the_revocation_list() {
+        let dir = tempfile::tempdir().unwrap();
+        CertificateAuthority::init(dir.path(), "test CA", Validity::days_from_now(90).unwrap())
+            .unwrap();
+        let ca = CertificateAuthority::load(dir.path()).unwrap();
+        let server = ca
+            .issue_server(
+                &["localhost".to_owned()],
+                Validity::days_from_now(7).unwrap(),
+                dir.path(),
+            )
+            .unwrap();
+        ca.publish_crl(dir.path()).unwrap();
+        let mut files = TlsFiles {
+            ca: dir.path().join("ca.pem"),
+            cert: server.cert,
+            key: server.key,
+            crl: Some(dir.path().join(crate::pki::CRL_FILE)),
+        };
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let days = |t: i64| (t - now) as f64 / 86_400.0;
+        let read = expiry(&files).unwrap();
+        assert!((6.9..=7.1).contains(&days(read.certificate)), "{read:?}");
+        assert!((89.9..=90.1).contains(&days(read.ca)), "{read:?}");
+        let crl = read.crl_next_update.expect("a next update");
+        assert!((29.9..=30.1).contains(&days(crl)), "{read:?}");
+        files.crl = None;
+        assert_eq!(expiry(&files).unwrap().crl_next_update, None);
     }
 
     #[test]

@@ -76,6 +76,11 @@ impl Agreements {
                 });
             }
             tracing::info!(agreement = %key.0, version = key.1, digest = %signed.digest, "agreement loaded");
+            crate::metrics::agreement_expiry(
+                &key.0,
+                key.1,
+                signed.agreement.expires.end().unix_timestamp(),
+            );
             agreements.by_version.insert(key, Arc::new(signed));
         }
         Ok(agreements)

@@ -16,6 +16,8 @@ pub const CELLS_SUPPRESSED: &str = "joinery_gateway_cells_suppressed_total";
 pub const LINKAGE_RUNS: &str = "joinery_gateway_linkage_runs_total";
 pub const LINKAGE_MOVED: &str = "joinery_gateway_linkage_person_ids_moved_total";
 pub const LINKAGE_FAILURES: &str = "joinery_gateway_linkage_failures_total";
+pub const TLS_EXPIRY: &str = "joinery_gateway_tls_expiry_timestamp_seconds";
+pub const AGREEMENT_EXPIRY: &str = "joinery_gateway_agreement_expiry_timestamp_seconds";
 pub const LINKAGE_LINKS: &str = "joinery_gateway_linkage_fuzzy_links";
 pub const LINKAGE_EXPECTED_WRONG: &str = "joinery_gateway_linkage_expected_wrong_links";
 pub const LINKAGE_EXPECTED_MISSED: &str = "joinery_gateway_linkage_expected_missed_links";
@@ -25,8 +27,30 @@ pub const ACK_LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
-/// Describes every gateway metric to the installed recorder.
+/// The values the fixed-label counters take, each series shown at zero from
+/// the start (an alert on a rate needs the series before its first event).
+const SESSION_OUTCOMES: [&str; 3] = ["opened", "refused", "shed"];
+const TURNED_AWAY: [&str; 5] = ["refused", "timeout", "shed", "over_budget", "idle"];
+const LINKAGE_KINDS: [&str; 2] = ["incremental", "full"];
+const LINK_METHODS: [&str; 2] = ["exact-nhs", "unlinked"];
+
+/// Describes every gateway metric to the installed recorder, and shows the
+/// counters whose labels are known in advance at zero.
 pub fn describe() {
+    for outcome in SESSION_OUTCOMES {
+        metrics::counter!(SESSIONS, "outcome" => outcome).increment(0);
+    }
+    for kind in TURNED_AWAY {
+        metrics::counter!(HANDSHAKE_FAILURES, "kind" => kind).increment(0);
+    }
+    for kind in LINKAGE_KINDS {
+        metrics::counter!(LINKAGE_RUNS, "kind" => kind).increment(0);
+    }
+    for method in LINK_METHODS {
+        metrics::counter!(RECORDS_LINKED, "method" => method).increment(0);
+    }
+    metrics::counter!(LINKAGE_MOVED).increment(0);
+    metrics::counter!(LINKAGE_FAILURES).increment(0);
     metrics::describe_counter!(
         BATCHES,
         "Batches answered, by organisation, dataset and outcome (committed, duplicate, rejected) and reason"
@@ -71,6 +95,16 @@ pub fn describe() {
         "Connections turned away, by kind (refused, timeout, shed, over_budget, idle)"
     );
     metrics::describe_gauge!(
+        TLS_EXPIRY,
+        metrics::Unit::Seconds,
+        "When the gateway's TLS material stops working (Unix time), by file: certificate, ca, crl (its next update)"
+    );
+    metrics::describe_gauge!(
+        AGREEMENT_EXPIRY,
+        metrics::Unit::Seconds,
+        "When each loaded agreement expires (Unix time), by agreement and version"
+    );
+    metrics::describe_gauge!(
         LINKAGE_LINKS,
         "Fuzzy links between two organisations' records at the last full linkage run, by parameter version and organisation pair"
     );
@@ -102,10 +136,18 @@ pub fn ack_latency(elapsed: Duration) {
 }
 
 pub fn session(outcome: &'static str) {
+    debug_assert!(
+        SESSION_OUTCOMES.contains(&outcome),
+        "{outcome} is not in SESSION_OUTCOMES"
+    );
     metrics::counter!(SESSIONS, "outcome" => outcome).increment(1);
 }
 
 pub fn linked(method: &'static str, records: u64) {
+    debug_assert!(
+        LINK_METHODS.contains(&method),
+        "{method} is not in LINK_METHODS"
+    );
     metrics::counter!(RECORDS_LINKED, "method" => method).increment(records);
 }
 
@@ -143,6 +185,22 @@ pub fn linkage_quality(
     metrics::gauge!(LINKAGE_EXPECTED_MISSED, &labels).set(missed);
 }
 
+/// The TLS material in use: its certificate's, the CA's and the revocation
+/// list's ends of validity (Unix seconds).
+pub fn tls_expiry(certificate: i64, ca: i64, crl_next_update: Option<i64>) {
+    metrics::gauge!(TLS_EXPIRY, "file" => "certificate").set(certificate as f64);
+    metrics::gauge!(TLS_EXPIRY, "file" => "ca").set(ca as f64);
+    if let Some(next) = crl_next_update {
+        metrics::gauge!(TLS_EXPIRY, "file" => "crl").set(next as f64);
+    }
+}
+
+/// A loaded agreement's expiry (Unix seconds).
+pub fn agreement_expiry(agreement: &str, version: u32, expires: i64) {
+    metrics::gauge!(AGREEMENT_EXPIRY, "agreement" => agreement.to_owned(), "version" => version.to_string())
+        .set(expires as f64);
+}
+
 pub fn linkage_failed() {
     metrics::counter!(LINKAGE_FAILURES).increment(1);
 }
@@ -150,5 +208,6 @@ pub fn linkage_failed() {
 /// A connection turned away: a handshake refused, timed out or shed, a
 /// connection over its budget, or one closed when idle.
 pub fn turned_away(kind: &'static str) {
+    debug_assert!(TURNED_AWAY.contains(&kind), "{kind} is not in TURNED_AWAY");
     metrics::counter!(HANDSHAKE_FAILURES, "kind" => kind).increment(1);
 }

@@ -2,7 +2,8 @@
 //! certificate, key or revocation list files change on disk, the next
 //! connection is served with the new ones (checked at most once a second).
 //! A change that does not load — a half-written file, a key that does not
-//! match — is logged and the running configuration is kept.
+//! match — is logged and the running configuration is kept. Each load
+//! publishes when the files expire (metrics).
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -78,7 +79,10 @@ fn stamps(files: &TlsFiles) -> Vec<Option<SystemTime>> {
     .collect()
 }
 
+/// An acceptor for `files`, publishing when they expire.
 fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor, TlsError> {
     let config: ServerConfig = joinery_crypto::tls::server_config(files)?;
+    let expiry = joinery_crypto::tls::expiry(files)?;
+    crate::metrics::tls_expiry(expiry.certificate, expiry.ca, expiry.crl_next_update);
     Ok(TlsAcceptor::from(Arc::new(config)))
 }

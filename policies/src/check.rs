@@ -497,6 +497,21 @@ impl Rules<'_> {
             }
         }
 
+        // A row-level role is an output the safe-outputs statement must
+        // cover: signatories read that statement, not the roles.
+        let mentions_rows = fs.safe_outputs.to_lowercase().contains("row");
+        for (name, role) in &a.roles {
+            if role.access == crate::model::Access::RowLevel && !mentions_rows {
+                self.warn(
+                    &[Key("roles"), Key(name), Key("access")],
+                    format!(
+                        "role {name} has row-level access, but five_safes.safe_outputs does not mention row-level outputs"
+                    ),
+                    "say in safe_outputs who receives row-level extracts and how they are controlled, or make the role aggregates",
+                );
+            }
+        }
+
         // Signatories.
         if a.signatories.is_empty() {
             self.error(

@@ -72,8 +72,9 @@ pub fn diff(old: &Agreement, new: &Agreement) -> Vec<Change> {
         add(
             "national_data_opt_out".into(),
             format!(
-                "{:?} -> {:?}",
-                old.national_data_opt_out, new.national_data_opt_out
+                "{} -> {}",
+                written(&old.national_data_opt_out),
+                written(&new.national_data_opt_out)
             ),
             widens,
         );
@@ -110,8 +111,10 @@ pub fn diff(old: &Agreement, new: &Agreement) -> Vec<Change> {
             None => add(
                 format!("parties.{}", party.organisation),
                 format!(
-                    "new party {} ({}) sending {:?}",
-                    party.organisation, party.name, party.sends
+                    "new party {} ({}) sending {}",
+                    party.organisation,
+                    party.name,
+                    party.sends.join(", ")
                 ),
                 true,
             ),
@@ -133,7 +136,7 @@ pub fn diff(old: &Agreement, new: &Agreement) -> Vec<Change> {
                 if before.role != party.role {
                     add(
                         format!("parties.{}.role", party.organisation),
-                        format!("{:?} -> {:?}", before.role, party.role),
+                        format!("{} -> {}", written(&before.role), written(&party.role)),
                         false,
                     );
                 }
@@ -259,7 +262,7 @@ pub fn diff(old: &Agreement, new: &Agreement) -> Vec<Change> {
     if o.rounding != n.rounding {
         add(
             "outputs.rounding".into(),
-            format!("{:?} -> {:?}", o.rounding, n.rounding),
+            format!("{} -> {}", written(&o.rounding), written(&n.rounding)),
             n.rounding.strength() < o.rounding.strength(),
         );
     }
@@ -321,14 +324,14 @@ pub fn diff(old: &Agreement, new: &Agreement) -> Vec<Change> {
         match old.roles.get(name) {
             None => add(
                 format!("roles.{name}"),
-                format!("new role with {:?} access", role.access),
+                format!("new role with {} access", written(&role.access)),
                 true,
             ),
             Some(before) => {
                 if before.access != role.access {
                     add(
                         format!("roles.{name}.access"),
-                        format!("{:?} -> {:?}", before.access, role.access),
+                        format!("{} -> {}", written(&before.access), written(&role.access)),
                         role.access == Access::RowLevel,
                     );
                 }
@@ -365,4 +368,13 @@ pub fn diff(old: &Agreement, new: &Agreement) -> Vec<Change> {
         add("signatories".into(), "signatories changed".into(), false);
     }
     changes
+}
+
+/// A value as the agreement writes it (its YAML spelling, not Rust's).
+fn written<T: serde::Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(other) => other.to_string(),
+        Err(_) => String::from("?"),
+    }
 }

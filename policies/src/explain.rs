@@ -18,6 +18,25 @@ enum Block {
     Table(Vec<&'static str>, Vec<Vec<String>>),
 }
 
+/// A field or event name as words ("date_of_birth": "date of birth"); the
+/// agreement's own spelling is in its YAML beside this.
+fn words(name: &str) -> String {
+    name.replace('_', " ")
+}
+
+/// A retention period in the unit people use: whole years or months where
+/// it is one (365 days a year, 30 a month), else days.
+fn period(days: u32) -> String {
+    let unit = |n: u32, one: &str| format!("{n} {one}{}", if n == 1 { "" } else { "s" });
+    if days > 0 && days.is_multiple_of(365) {
+        format!("{} ({days} days)", unit(days / 365, "year"))
+    } else if days > 0 && days.is_multiple_of(30) && days < 365 {
+        format!("{} ({days} days)", unit(days / 30, "month"))
+    } else {
+        unit(days, "day")
+    }
+}
+
 /// How a transform protects a field, in plain English.
 pub fn describe(field: &str, transform: &Transform) -> String {
     match transform {
@@ -99,13 +118,13 @@ fn blocks(a: &Agreement) -> Vec<Block> {
             .collect();
         out.push(Block::Heading(3, format!("Dataset {name}")));
         let mut intro = format!(
-            "Sent by {}; kept for {} days after it arrives.",
+            "Sent by {}; kept for {} after it arrives.",
             if senders.is_empty() {
                 "no one".to_owned()
             } else {
                 senders.join(", ")
             },
-            dataset.retention_days
+            period(dataset.retention_days)
         );
         if !dataset.description.is_empty() {
             intro = format!("{} {intro}", dataset.description.trim());
@@ -116,7 +135,7 @@ fn blocks(a: &Agreement) -> Vec<Block> {
             dataset
                 .fields
                 .iter()
-                .map(|(f, t)| vec![f.clone(), describe(f, t)])
+                .map(|(f, t)| vec![words(f), describe(f, t)])
                 .collect(),
         ));
         if !dataset.events.is_empty() {
@@ -127,14 +146,14 @@ fn blocks(a: &Agreement) -> Vec<Block> {
                     .iter()
                     .map(|(e, rule)| {
                         vec![
-                            e.clone(),
+                            words(e),
                             describe("date", &rule.date),
                             if rule.attributes.is_empty() {
                                 "none".to_owned()
                             } else {
                                 rule.attributes
                                     .iter()
-                                    .map(|(k, t)| format!("{k} ({})", describe(k, t)))
+                                    .map(|(k, t)| format!("{} ({})", words(k), describe(k, t)))
                                     .collect::<Vec<_>>()
                                     .join("; ")
                             },
@@ -151,7 +170,12 @@ fn blocks(a: &Agreement) -> Vec<Block> {
         out.push(Block::Heading(2, "Linking records".to_owned()));
         out.push(Block::Paragraph(format!(
             "To recognise the same child across agencies, {} are turned into keyed encodings inside each agency ({} v{}); the values themselves are never sent.",
-            a.linkage.fields.join(", "),
+            a.linkage
+                .fields
+                .iter()
+                .map(|f| words(f))
+                .collect::<Vec<_>>()
+                .join(", "),
             a.linkage.encoding.scheme,
             a.linkage.encoding.version
         )));

@@ -113,11 +113,13 @@ fn risky_choices_are_warnings() {
         )
         .replace("minimum_cell_count: 8", "minimum_cell_count: 3")
         .replace("epsilon: 20,", "epsilon: 50,")
-        .replace("expires: 2028-12-31", "expires: 2031-12-31");
+        .replace("expires: 2028-12-31", "expires: 2031-12-31")
+        .replace("access: aggregates", "access: row_level");
     let checked = check(&text, TODAY);
     assert!(checked.is_valid(), "{:?}", checked.diagnostics);
     let warnings: Vec<String> = checked.warnings().map(|w| w.message.clone()).collect();
     for expected in [
+        "does not mention row-level outputs",
         "day-precision date of birth",
         "free text",
         "below 5",
@@ -257,6 +259,15 @@ fn diff_flags_what_widens_access() {
     ] {
         assert!(widening.contains(&path), "{path} should widen: {changes:?}");
     }
+    // Values read as the agreement writes them.
+    let access = changes
+        .iter()
+        .find(|c| c.path == "roles.analyst.access")
+        .unwrap();
+    assert!(
+        access.to_string().contains("aggregates -> row_level"),
+        "{access}"
+    );
     let narrowing = changes
         .iter()
         .find(|c| c.path == "datasets.csc_referrals.fields.ethnicity")
@@ -279,6 +290,12 @@ fn explain_in_every_format() {
     );
     assert!(
         text.contains("replaced by an age band (0-0, 1-4, 5-9, 10-15, 16-17, 18+)"),
+        "{text}"
+    );
+    // Periods in years, fields in words.
+    assert!(text.contains("kept for 7 years (2555 days)"), "{text}");
+    assert!(
+        text.contains("date of birth") && !text.contains("date_of_birth"),
         "{text}"
     );
     let markdown = explain(&agreement, Format::Markdown);

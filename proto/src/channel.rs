@@ -18,11 +18,28 @@ pub enum ConnectError {
     Address(String),
     #[error("TLS server name {0:?} is not a valid DNS name or IP address")]
     ServerName(String),
-    #[error("cannot connect to the gateway at {address}: {source}")]
+    #[error("cannot connect to the gateway at {address}: {}", with_causes(source))]
     Transport {
         address: String,
         source: tonic::transport::Error,
     },
+}
+
+/// An error and its sources in one line. tonic's and hyper's own messages
+/// say little ("transport error"); what failed (connection refused, an
+/// unknown certificate, a name that does not resolve) is in their sources.
+pub fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = c.source();
+    }
+    line
 }
 
 /// Opens a channel to the gateway at `address` (`host:port`), verifying the
@@ -38,15 +55,20 @@ pub async fn connect(
     let name = ServerName::try_from(server_name.to_owned())
         .map_err(|_| ConnectError::ServerName(server_name.to_owned()))?;
     let connector = TlsConnector::from(Arc::new(tls));
+    let checked_as = server_name.to_owned();
     let dial = tower::service_fn(move |uri: Uri| {
         let connector = connector.clone();
         let name = name.clone();
+        let checked_as = checked_as.clone();
         async move {
             let host = uri.host().unwrap_or("localhost").to_owned();
             let port = uri.port_u16().unwrap_or(443);
             let tcp = TcpStream::connect((host.as_str(), port)).await?;
             tcp.set_nodelay(true)?;
-            let tls = connector.connect(name, tcp).await?;
+            let tls = connector
+                .connect(name, tcp)
+                .await
+                .map_err(|e| with_name_hint(e, &checked_as))?;
             Ok::<_, std::io::Error>(TokioIo::new(tls))
         }
     });
@@ -60,4 +82,30 @@ pub async fn connect(
             address: address.to_owned(),
             source,
         })
+}
+
+/// A handshake refused because the gateway's certificate does not carry the
+/// name it was checked against (as when dialling an IP address the
+/// certificate does not list): says which name, and how to give the right
+/// one.
+fn with_name_hint(error: std::io::Error, checked_as: &str) -> std::io::Error {
+    use rustls::CertificateError::{NotValidForName, NotValidForNameContext};
+    let wrong_name = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|e| {
+            matches!(
+                e,
+                rustls::Error::InvalidCertificate(NotValidForName | NotValidForNameContext { .. })
+            )
+        });
+    if !wrong_name {
+        return error;
+    }
+    std::io::Error::new(
+        error.kind(),
+        format!(
+            "{error}; it was checked against the name {checked_as:?}: give the name the gateway's certificate carries with --server-name (gateway.server_name in an agent's configuration)"
+        ),
+    )
 }

@@ -18,7 +18,8 @@ pub enum AgentCommand {
         /// Agent configuration file (agent.yaml).
         #[arg(long, env = "JOINERY_AGENT_CONFIG")]
         config: PathBuf,
-        /// No progress bar, even on a terminal.
+        /// No progress: no bar on a terminal, and no progress lines in the
+        /// log elsewhere.
         #[arg(long)]
         no_progress: bool,
         /// While running, serve GET /metrics (Prometheus), /healthz and /readyz here.
@@ -64,13 +65,18 @@ impl AgentCommand {
             } => return resolve(&AgentConfig::load(&config)?, &query, agreement.as_deref()).await,
         };
         if let Some(address) = metrics_listen {
-            crate::observe::serve(address, crate::observe::always_ready()).await?;
+            let recorder = crate::observe::install()?;
+            crate::observe::serve(address, recorder, crate::observe::always_ready()).await?;
         }
         let config = AgentConfig::load(&config)?;
-        let progress = if no_progress || !std::io::stderr().is_terminal() {
+        // A bar for a person at a terminal; elsewhere (systemd, a pipe) a
+        // line every few seconds, so a long read is not silence.
+        let progress = if no_progress {
             Progress::Quiet
-        } else {
+        } else if std::io::stderr().is_terminal() {
             Progress::Bar
+        } else {
+            Progress::Lines(joinery_agent::progress::LINE_EVERY)
         };
         let summary = joinery_agent::run(&config, progress).await?;
         print_summary(&config.organisation, &summary);

@@ -238,7 +238,14 @@ async fn report(store: StoreArgs, from: time::Date, to: time::Date) -> anyhow::R
     }
     println!("\nQueries:");
     for ((actor, query), (n, cells)) in &queries {
-        println!("  {actor}: {n} x {query}, {cells} cells released");
+        // A row-level extract releases rows (one per person and cell), not
+        // table cells.
+        let unit = if query == "extract" {
+            "person rows"
+        } else {
+            "cells"
+        };
+        println!("  {actor}: {n} x {query}, {cells} {unit} released");
     }
     println!("\nAgreements loaded:");
     for line in &loaded {

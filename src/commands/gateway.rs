@@ -85,6 +85,25 @@ impl StoreArgs {
         self.storage().await
     }
 
+    /// The signed agreements, saying loudly when there are none: retention
+    /// then keeps everything and linkage has no parameters to link with.
+    pub fn agreements(&self) -> anyhow::Result<Agreements> {
+        let dir = self.agreements_dir();
+        let agreements = Agreements::load_dir(&dir)?;
+        if agreements.is_empty() {
+            eprintln!(
+                "warning: no signed agreements in {} ({}): nothing is governed by an agreement, so retention deletes nothing and linkage has nothing to run; give --agreements",
+                dir.display(),
+                if dir.exists() {
+                    "no *.yaml there"
+                } else {
+                    "it does not exist"
+                }
+            );
+        }
+        Ok(agreements)
+    }
+
     pub fn agreements_dir(&self) -> PathBuf {
         self.agreements
             .clone()
@@ -202,14 +221,18 @@ impl GatewayCommand {
                 max_sessions_per_organisation: args.max_sessions_per_organisation,
             },
         };
+        let recorder = match args.metrics_listen {
+            Some(_) => Some(crate::observe::install()?),
+            None => None,
+        };
         let gateway = Gateway::bind(config).await?;
-        if let Some(address) = args.metrics_listen {
+        if let (Some(address), Some(recorder)) = (args.metrics_listen, recorder) {
             let probe = gateway.readiness();
             let ready: crate::observe::Readiness = std::sync::Arc::new(move || {
                 let probe = probe.clone();
                 Box::pin(async move { probe.check().await })
             });
-            crate::observe::serve(address, ready).await?;
+            crate::observe::serve(address, recorder, ready).await?;
         }
         // Machine-readable line for scripts and tests that bind port 0.
         println!("listening on {}", gateway.local_addr());
@@ -219,7 +242,7 @@ impl GatewayCommand {
 }
 
 async fn retention(store: StoreArgs, dry_run: bool) -> anyhow::Result<ExitCode> {
-    let agreements = Agreements::load_dir(&store.agreements_dir())?;
+    let agreements = store.agreements()?;
     let storage = store.storage().await?;
     let report = retention::run(
         &storage,
@@ -245,7 +268,7 @@ async fn retention(store: StoreArgs, dry_run: bool) -> anyhow::Result<ExitCode> 
 }
 
 async fn relink(store: StoreArgs, full: bool) -> anyhow::Result<ExitCode> {
-    let agreements = Agreements::load_dir(&store.agreements_dir())?;
+    let agreements = store.agreements()?;
     let storage = store.storage().await?;
     let all = agreements.linkage_params();
     if all.is_empty() {

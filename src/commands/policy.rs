@@ -84,7 +84,14 @@ impl PolicyCommand {
                     println!("{}:{diagnostic}", file.display());
                 }
                 let (errors, warnings) = (checked.errors().count(), checked.warnings().count());
-                println!("{}: {errors} errors, {warnings} warnings", file.display());
+                let count =
+                    |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+                println!(
+                    "{}: {}, {}",
+                    file.display(),
+                    count(errors, "error"),
+                    count(warnings, "warning")
+                );
                 return Ok(if errors == 0 {
                     ExitCode::SUCCESS
                 } else {

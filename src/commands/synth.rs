@@ -80,6 +80,10 @@ impl SynthArgs {
             );
         }
         println!("  ground truth: {}", output.ground_truth.display());
+        println!(
+            "  National Data Opt-out list (give it as an agent's national_data_opt_out): {}",
+            output.opt_out.display()
+        );
         Ok(ExitCode::SUCCESS)
     }
 }

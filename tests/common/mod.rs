@@ -30,6 +30,12 @@ pub fn joinery() -> Command {
     Command::new(env!("CARGO_BIN_EXE_joinery"))
 }
 
+/// A local address nothing listens on (one just freed).
+pub fn free_local_address() -> String {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    probe.local_addr().unwrap().to_string()
+}
+
 /// Runs `joinery args…`, panicking with its output if it fails.
 pub fn joinery_ok(args: &[&str]) -> Output {
     let output = joinery().args(args).output().expect("run joinery");
@@ -359,7 +365,7 @@ impl Deployment {
     /// Starts `joinery agent run` (debug logging, output captured).
     pub fn spawn_agent(&self, config: &Path) -> Child {
         joinery()
-            .args(["agent", "run", "--no-progress", "--config"])
+            .args(["agent", "run", "--config"])
             .arg(config)
             .env("RUST_LOG", "debug")
             .envs(self.env.iter().map(|(k, v)| (k, v)))

@@ -17,22 +17,22 @@ pub fn explain(query: &AnalystQuery) -> String {
         || "the reference date (today when none is given)".to_owned(),
         |d| d.to_string(),
     );
+    // A stratification is a list to read down: a factor a line.
     let strata = query.stratification.as_ref().map_or_else(String::new, |s| {
-        let factors: Vec<String> = s
+        let factors: String = s
             .factors
             .iter()
-            .map(|f| format!("{} ({} points: {})", f.name, f.points, describe(&f.when)))
+            .map(|f| format!("\n  - {} ({}): {}", f.name, points(f.points), describe(&f.when)))
             .collect();
         let tiers: Vec<String> = s
             .tiers
             .iter()
-            .map(|t| format!("{} from {}", t.name, t.from_points))
+            .map(|t| format!("{} from {}", t.name, points(t.from_points)))
             .collect();
         format!(
-            " Risk tiers by {} version {}: {}; tiers {}.",
+            "\nRisk tiers by {} version {}: a child scores the points of every factor that applies to them.{factors}\nTiers: {}.\n",
             s.name,
             s.version,
-            factors.join("; "),
             tiers.join(", ")
         )
     });
@@ -74,6 +74,14 @@ pub fn explain(query: &AnalystQuery) -> String {
             "People: {who}; counted by {}. Ages and recent periods are counted at {reference}.{strata}",
             split.join(" and by ")
         )
+    }
+}
+
+fn points(n: u32) -> String {
+    if n == 1 {
+        "1 point".to_owned()
+    } else {
+        format!("{n} points")
     }
 }
 

@@ -275,7 +275,7 @@ mod tests {
         assert_eq!(table.columns[..2], ["female", "male"]);
         assert_eq!(table.counts(), [[1, 0, 0, 0], [1, 0, 0, 0], [0, 1, 0, 0]]);
         assert!(
-            explain(&q).contains("CP plan (3 points: with a cp_plan_start event)"),
+            explain(&q).contains("\n  - CP plan (3 points): with a cp_plan_start event\n"),
             "{}",
             explain(&q)
         );
