@@ -160,6 +160,69 @@ async fn agent_and_gateway_must_hold_the_same_signed_agreement() {
     assert_eq!(code, Code::PermissionDenied);
 }
 
+/// A new version of an agreement, signed and dropped into the gateway's
+/// agreements folder, is put in force without a restart and audited; a
+/// file that does not load (unsigned) changes nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_agreement_version_is_put_in_force_without_a_restart() {
+    let d = Deployment::new();
+    let gateway = d.start_gateway(None, &[]);
+    let synth = d.synth(50, 7);
+    let version_two = d.write_agreement(&d.path("version-2"), |t| {
+        t.replacen("version: 1", "version: 2", 1)
+    });
+    let config = d.agent_config_under(
+        &version_two,
+        CAMHS,
+        &gateway.address,
+        &synth.join("extracts/camhs_referrals.csv"),
+        &synth.join("mappings/camhs_referrals.yaml"),
+    );
+    let (code, _, stderr) = finish(d.spawn_agent(&config));
+    assert_eq!(code, 1, "the gateway does not hold version 2 yet: {stderr}");
+
+    // Unsigned first (as while it is being copied in): refused, nothing changes.
+    let dropped = d.agreements_dir().join("version-2.yaml");
+    std::fs::copy(&version_two, &dropped).unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    let (code, _, _) = finish(d.spawn_agent(&config));
+    assert_eq!(code, 1, "an unsigned file is not put in force");
+    // Its signatures arrive: in force within a few seconds.
+    std::fs::copy(
+        joinery_policies::signing::signature_path(&version_two),
+        joinery_policies::signing::signature_path(&dropped),
+    )
+    .unwrap();
+    let mut delivered = false;
+    for _ in 0..30 {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let (code, stdout, _) = finish(d.spawn_agent(&config));
+        if code == 0 || code == 3 {
+            assert!(stdout.contains("stored"), "{stdout}");
+            delivered = true;
+            break;
+        }
+    }
+    assert!(delivered, "version 2 was not put in force");
+    assert!(gateway.stop().success());
+    let today = time::OffsetDateTime::now_utc().date().to_string();
+    let report = joinery_ok(&[
+        "audit",
+        "report",
+        "--data-dir",
+        d.gateway_data_dir().to_str().unwrap(),
+        "--from",
+        &today,
+        "--to",
+        &today,
+    ]);
+    let report = String::from_utf8_lossy(&report.stdout);
+    assert!(
+        report.contains("children-at-risk-stratification v2 (digest"),
+        "{report}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn agents_refuse_agreements_that_are_not_in_force() {
     let d = Deployment::new();

@@ -144,12 +144,26 @@ fn compose_and_helm_use_only_real_commands_and_variables() {
             continue;
         }
         for mount in service["volumes"].as_array().into_iter().flatten() {
-            let mount = mount.as_str().unwrap();
-            let mut parts = mount.split(':');
-            let (volume, target) = (parts.next().unwrap(), parts.next().unwrap());
-            if !volumes.contains_key(volume) {
+            // Short syntax `volume:target[:ro]`, or the long one.
+            let (volume, target, read_only) = match mount.as_str() {
+                Some(short) => {
+                    let parts: Vec<&str> = short.split(':').collect();
+                    (
+                        parts[0].to_owned(),
+                        parts[1].to_owned(),
+                        parts.get(2) == Some(&"ro"),
+                    )
+                }
+                None => (
+                    mount["source"].as_str().unwrap().to_owned(),
+                    mount["target"].as_str().unwrap().to_owned(),
+                    mount["read_only"] == true,
+                ),
+            };
+            if !volumes.contains_key(&volume) || read_only {
                 continue;
             }
+            let target = target.as_str();
             let owned = dockerfile.lines().any(|l| {
                 (l.contains("install -d -o joinery") && l.ends_with(target))
                     || l.contains(&format!("--home-dir {target} --create-home"))
@@ -303,6 +317,42 @@ fn preparing_a_deployment_twice_keeps_the_first() {
     );
     assert!(String::from_utf8_lossy(&second.stdout).contains("already prepared"));
     assert_eq!(std::fs::read(deployment.join("pki/ca.pem")).unwrap(), ca);
+    // The gateway's own directory holds what compose's gateway reads, and
+    // no agency's key, no linkage key, no signatory's key.
+    let config = deployment.join("gateway-config");
+    let compose: serde_json::Value =
+        serde_saphyr::from_str(&repo("deploy/compose/compose.yaml")).unwrap();
+    let gateway = &compose["services"]["gateway"];
+    for (variable, value) in gateway["environment"].as_object().unwrap() {
+        if let Some(inside) = value.as_str().and_then(|v| v.strip_prefix("/etc/joinery/")) {
+            assert!(
+                config.join(inside).exists(),
+                "{variable}: {inside} is not in gateway-config"
+            );
+        }
+    }
+    let subpaths: Vec<&str> = gateway["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["volume"]["subpath"].as_str())
+        .collect();
+    assert_eq!(subpaths, ["deployment/gateway-config"]);
+    let mut files = Vec::new();
+    let mut dirs = vec![config.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                files.push(path.strip_prefix(&config).unwrap().display().to_string());
+            }
+        }
+    }
+    files.sort();
+    let keys: Vec<&String> = files.iter().filter(|f| f.ends_with(".key")).collect();
+    assert_eq!(keys, ["pki/gateway.key"], "{files:?}");
     std::fs::remove_file(deployment.join(".prepared")).unwrap();
     let unfinished = prepare();
     assert!(!unfinished.status.success());

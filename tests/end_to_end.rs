@@ -98,9 +98,28 @@ async fn end_to_end(postgres: Option<String>) {
         "spool empty"
     );
 
-    // Without its spool (a rebuilt server), the agent sends everything again:
-    // every batch is a duplicate and nothing new is stored.
-    std::fs::remove_dir_all(d.path(&format!("spool/{COUNCIL}"))).unwrap();
+    // `agent resend` says what it would send again, and with --yes makes
+    // the next run send everything again: every batch is a duplicate and
+    // nothing new is stored.
+    let config = configs[0].to_str().unwrap();
+    let asked = joinery()
+        .args(["agent", "resend", "--config", config])
+        .output()
+        .unwrap();
+    assert!(!asked.status.success());
+    let asked = String::from_utf8_lossy(&asked.stdout);
+    assert!(
+        asked.contains("csc_referrals") && asked.contains("add --yes"),
+        "{asked}"
+    );
+    let (code, stdout, _) = finish(d.spawn_agent(&configs[0]));
+    assert!(
+        stdout.contains("already delivered"),
+        "nothing forgotten yet: {stdout}"
+    );
+    assert_eq!(code, 0);
+    let done = joinery_ok(&["agent", "resend", "--config", config, "--yes"]);
+    assert!(String::from_utf8_lossy(&done.stdout).contains("sent again on the next run"));
     let (code, stdout, _) = finish(d.spawn_agent(&configs[0]));
     assert_eq!(code, 3);
     assert!(stdout.contains(" 0 stored,"), "{stdout}");

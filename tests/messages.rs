@@ -106,3 +106,58 @@ fn a_failed_delivery_says_what_failed() {
         "{retries:#?}"
     );
 }
+
+/// A PostgreSQL database that does not exist is named, with how to make it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_postgres_database_is_named_with_how_to_create_it() {
+    let Some(reachable) = fresh_postgres("missing_database_probe").await else {
+        return;
+    };
+    let (base, _) = reachable.rsplit_once('/').unwrap();
+    let missing = format!("{base}/joinery_test_never_created");
+    let d = Deployment::new();
+    let output = joinery()
+        .args([
+            "gateway",
+            "relink",
+            "--database-url",
+            &missing,
+            "--data-dir",
+        ])
+        .arg(d.path("store"))
+        .output()
+        .expect("run joinery");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("no database \"joinery_test_never_created\""),
+        "{stderr}"
+    );
+    assert!(stderr.contains("createdb"), "{stderr}");
+    assert_eq!(stderr.matches("error:").count(), 1, "{stderr}");
+}
+
+/// A refusal reads as the gateway's reason, not tonic's raw status.
+#[test]
+fn a_refusal_reads_as_its_reason() {
+    let d = Deployment::new();
+    let gateway = d.start_gateway(None, &[]);
+    // An agency's certificate may not ask analysts' questions.
+    let output = d.client_output(
+        &["query", "overlap"],
+        &gateway.address,
+        d.org_cert(COUNCIL),
+        &[],
+    );
+    assert!(gateway.stop().success());
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("error: the gateway refused (permission denied): "),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("metadata") && !stderr.contains("MetadataMap"),
+        "{stderr}"
+    );
+}

@@ -207,6 +207,25 @@ impl Spool {
         write_durably(&self.dir.join("checkpoints.json"), &json)
     }
 
+    /// Forgets where reading of the named sources (every source when
+    /// `sources` is empty) has got to, so the next run reads them from the
+    /// start and sends them again (under the same batch ids: a gateway that
+    /// has them answers "duplicate"). Returns the sources forgotten.
+    pub fn forget_checkpoints(&self, sources: &[String]) -> Result<Vec<String>, SpoolError> {
+        let mut checkpoints = self.checkpoints.lock().unwrap_or_else(|p| p.into_inner());
+        let forgotten: Vec<String> = checkpoints
+            .keys()
+            .filter(|k| sources.is_empty() || sources.contains(k))
+            .cloned()
+            .collect();
+        for key in &forgotten {
+            checkpoints.remove(key);
+        }
+        let json = serde_json::to_vec_pretty(&*checkpoints).unwrap_or_default();
+        write_durably(&self.dir.join("checkpoints.json"), &json)?;
+        Ok(forgotten)
+    }
+
     /// Deletes an acknowledged batch.
     pub fn acknowledged(&self, spooled: &Spooled) -> Result<(), SpoolError> {
         let size = std::fs::metadata(&spooled.path)

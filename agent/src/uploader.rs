@@ -19,9 +19,9 @@ use tonic::transport::Channel;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UploadError {
-    #[error("the gateway refused the session: {code:?}: {message}")]
+    #[error("the gateway refused the session ({}): {message}", joinery_proto::channel::in_words(*code))]
     Refused { code: tonic::Code, message: String },
-    #[error("the gateway ended the session: {code:?}: {message}")]
+    #[error("the gateway ended the session ({}): {message}", joinery_proto::channel::in_words(*code))]
     Ended { code: tonic::Code, message: String },
     #[error("the gateway closed the session with {0} batches unacknowledged")]
     Closed(usize),

@@ -1,11 +1,15 @@
-//! The signed agreements the gateway enforces, loaded once at start-up from
-//! the agreements directory (`*.yaml`, each with its `.sig`). A file that is
+//! The signed agreements the gateway enforces, from the agreements
+//! directory (`*.yaml`, each with its `.sig`). At start-up a file that is
 //! invalid or not fully signed stops the gateway: it never runs on an
-//! agreement it cannot trust.
+//! agreement it cannot trust. While serving, [`LiveAgreements`] loads the
+//! directory again when a file changes (a new version signed and dropped
+//! in needs no restart); a set that does not load whole is refused and the
+//! one in force kept.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
 
 use joinery_policies::model::Access;
 use joinery_policies::{PolicyError, SignedAgreement};
@@ -42,6 +46,92 @@ pub struct Grant {
 #[derive(Debug, Clone, Default)]
 pub struct Agreements {
     by_version: HashMap<(String, u32), Arc<SignedAgreement>>,
+}
+
+/// The agreements in force now, replaced whole when the directory changes
+/// ([`LiveAgreements::reload`]). Each use takes the current set once
+/// ([`LiveAgreements::current`]), so one request sees one set.
+#[derive(Debug, Clone)]
+pub struct LiveAgreements {
+    dir: PathBuf,
+    current: Arc<RwLock<Arc<Agreements>>>,
+    /// The directory's files and modification times when last loaded.
+    stamps: Arc<Mutex<Stamps>>,
+}
+
+impl LiveAgreements {
+    /// The agreements `loaded` from `dir`, to be reloaded from it.
+    pub fn new(dir: &Path, loaded: Agreements) -> Self {
+        Self {
+            dir: dir.to_owned(),
+            current: Arc::new(RwLock::new(Arc::new(loaded))),
+            stamps: Arc::new(Mutex::new(stamps(dir))),
+        }
+    }
+
+    /// Fixed agreements, never reloaded (tests and benchmarks).
+    pub fn fixed(agreements: Agreements) -> Self {
+        Self::new(Path::new(""), agreements)
+    }
+
+    pub fn current(&self) -> Arc<Agreements> {
+        Arc::clone(&self.current.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Loads the directory again if a file in it changed, appeared or went,
+    /// and puts the new set in force. Returns the agreements (id, version)
+    /// the new set adds, for the audit log; an error (the set in force is
+    /// kept) when the new one does not load whole. Each change is tried
+    /// once.
+    pub fn reload(&self) -> Result<Vec<Arc<SignedAgreement>>, AgreementsError> {
+        if self.dir.as_os_str().is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = stamps(&self.dir);
+        {
+            let mut seen = self.stamps.lock().unwrap_or_else(|p| p.into_inner());
+            if *seen == now {
+                return Ok(Vec::new());
+            }
+            *seen = now;
+        }
+        let loaded = Agreements::load_dir(&self.dir)?;
+        let before = self.current();
+        let added: Vec<Arc<SignedAgreement>> = loaded
+            .iter()
+            .filter(|a| {
+                before
+                    .get(&a.agreement.id, a.agreement.version)
+                    .is_none_or(|b| b.digest != a.digest)
+            })
+            .cloned()
+            .collect();
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(loaded);
+        Ok(added)
+    }
+}
+
+/// Agreement files and when each last changed.
+type Stamps = Vec<(PathBuf, Option<SystemTime>)>;
+
+/// The agreement files in `dir` and when each last changed.
+fn stamps(dir: &Path) -> Stamps {
+    let mut stamps: Stamps = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p.file_name().unwrap_or_default().to_string_lossy();
+            name.ends_with(".yaml") || name.ends_with(".yml") || name.ends_with(".sig")
+        })
+        .map(|p| {
+            let modified = std::fs::metadata(&p).and_then(|m| m.modified()).ok();
+            (p, modified)
+        })
+        .collect();
+    stamps.sort();
+    stamps
 }
 
 impl Agreements {

@@ -32,7 +32,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
-use crate::agreements::Agreements;
+use crate::agreements::{Agreements, LiveAgreements};
 use crate::audit::{AuditRecord, BatchDecision};
 use crate::config::Limits;
 use crate::metrics;
@@ -55,7 +55,7 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct IngestService {
     storage: Storage,
     rekeyer: Rekeyer,
-    agreements: Agreements,
+    agreements: LiveAgreements,
     max_batch_bytes: usize,
     /// Open sessions allowed at once; beyond that, new ones are shed with
     /// RESOURCE_EXHAUSTED (the agent backs off and retries).
@@ -71,7 +71,7 @@ impl IngestService {
     pub fn new(
         storage: Storage,
         rekeyer: Rekeyer,
-        agreements: Agreements,
+        agreements: LiveAgreements,
         limits: &Limits,
     ) -> Self {
         Self {
@@ -139,8 +139,9 @@ impl Ingest for IngestService {
     ) -> Result<Response<SnapshotReplaced>, Status> {
         let organisation = peer::organisation(&request)?;
         let delivered = request.into_inner();
+        let in_force = self.agreements.current();
         let agreement = agreement_in_force(
-            &self.agreements,
+            &in_force,
             &organisation,
             (&delivered.agreement_id, delivered.agreement_version),
             None,
@@ -210,7 +211,7 @@ impl Ingest for IngestService {
                 return Err(Status::deadline_exceeded("no Hello within 30 seconds"));
             }
         };
-        let session = match open_session(&self.agreements, &organisation, &hello) {
+        let session = match open_session(&self.agreements.current(), &organisation, &hello) {
             Ok(mut session) => {
                 session.linkage = session
                     .agreement

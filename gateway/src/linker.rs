@@ -25,7 +25,7 @@ use std::time::Duration;
 use joinery_linkage::score::Model;
 use joinery_linkage::{Entity, LinkageParams};
 
-use crate::agreements::Agreements;
+use crate::agreements::LiveAgreements;
 use crate::audit::AuditRecord;
 use crate::rekey::{LINK_EXACT_LOCAL, LINK_EXACT_NHS, LINK_UNLINKED};
 use crate::storage::{
@@ -410,7 +410,7 @@ async fn publish_quality(storage: &Storage) -> Result<(), StorageError> {
 /// lease, until the gateway stops.
 pub async fn every(
     storage: Storage,
-    agreements: Agreements,
+    agreements: LiveAgreements,
     interval: Duration,
     mut stopping: crate::background::Stopping,
 ) {
@@ -433,7 +433,7 @@ pub async fn every(
                 continue;
             }
         }
-        for params in agreements.linkage_params() {
+        for params in agreements.current().linkage_params() {
             match run(&storage, &params, false).await {
                 Ok(report) if report.pending > 0 || report.full => {
                     crate::metrics::linkage_run(report.full, report.moved);

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
-use crate::agreements::Agreements;
+use crate::agreements::{Agreements, LiveAgreements};
 use crate::storage::{Purge, Storage, StorageError};
 
 /// What one retention pass did (or, dry, would do).
@@ -65,13 +65,14 @@ pub async fn run(
 /// Runs retention every `interval` until the gateway stops.
 pub async fn every(
     storage: Storage,
-    agreements: Agreements,
+    agreements: LiveAgreements,
     interval: Duration,
     mut stopping: crate::background::Stopping,
 ) {
     let mut ticks = tokio::time::interval(interval);
     while stopping.tick(&mut ticks).await {
-        match run(&storage, &agreements, OffsetDateTime::now_utc(), false).await {
+        let in_force = agreements.current();
+        match run(&storage, &in_force, OffsetDateTime::now_utc(), false).await {
             Ok(report) => {
                 for p in &report.purged {
                     crate::metrics::retention_deleted(&p.organisation, &p.dataset, p.records);

@@ -4,9 +4,11 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use joinery_crypto::keys::SecretKey;
 use joinery_crypto::signing::SigningKey;
+use joinery_policies::SignedAgreement;
 use joinery_proto::v1::audit_server::AuditServer;
 use joinery_proto::v1::ingest_server::IngestServer;
 use joinery_proto::v1::query_server::QueryServer;
@@ -14,7 +16,7 @@ use tokio::net::TcpListener;
 use tonic::codec::CompressionEncoding;
 use tonic::transport::Server;
 
-use crate::agreements::Agreements;
+use crate::agreements::{Agreements, LiveAgreements};
 use crate::audit::{AuditRecord, AuditService};
 use crate::config::GatewayConfig;
 use crate::ingest::IngestService;
@@ -57,7 +59,7 @@ const BACKGROUND_GRACE: std::time::Duration = std::time::Duration::from_secs(60)
 #[derive(Clone)]
 pub struct Readiness {
     storage: Storage,
-    agreements: usize,
+    agreements: LiveAgreements,
     linkage_failures_before_unready: u64,
     admission: Arc<listener::Admission>,
 }
@@ -68,7 +70,7 @@ impl Readiness {
             .ping()
             .await
             .map_err(|_| "the database does not answer".to_owned())?;
-        if self.agreements == 0 {
+        if self.agreements.current().is_empty() {
             return Err("no signed agreement is loaded".to_owned());
         }
         if let Some(saturated) = self.admission.saturation() {
@@ -90,6 +92,52 @@ impl Readiness {
     }
 }
 
+/// How often the agreements directory is checked for changes.
+const AGREEMENTS_CHECK_EVERY: Duration = Duration::from_secs(5);
+
+/// Audits that `signed` is in force at this gateway.
+async fn audit_loaded(storage: &Storage, signed: &SignedAgreement) -> Result<(), StorageError> {
+    let a = &signed.agreement;
+    let path = signed.path.display().to_string();
+    storage
+        .append_audit(&AuditRecord::agreement_loaded(
+            &a.id,
+            a.version,
+            &signed.digest,
+            &path,
+        ))
+        .await?;
+    Ok(())
+}
+
+/// While serving: puts a changed agreements directory in force (new
+/// versions signed and dropped in need no restart), auditing each
+/// agreement it adds; a directory that does not load whole is logged and
+/// the agreements in force are kept.
+async fn reload_agreements(
+    storage: Storage,
+    agreements: LiveAgreements,
+    mut stopping: crate::background::Stopping,
+) {
+    let mut ticks = tokio::time::interval(AGREEMENTS_CHECK_EVERY);
+    while stopping.tick(&mut ticks).await {
+        match agreements.reload() {
+            Ok(added) => {
+                for signed in added {
+                    tracing::info!(agreement = %signed.agreement.id, version = signed.agreement.version, digest = %signed.digest, "agreement put in force without a restart");
+                    if let Err(e) = audit_loaded(&storage, &signed).await {
+                        tracing::error!(error = %e, "could not audit an agreement loaded");
+                    }
+                }
+            }
+            Err(e) => tracing::error!(
+                error = %e,
+                "the agreements directory changed but does not load; keeping the agreements in force"
+            ),
+        }
+    }
+}
+
 /// A gateway bound to its address, ready to serve.
 pub struct Gateway {
     config: GatewayConfig,
@@ -97,7 +145,7 @@ pub struct Gateway {
     tls: Arc<TlsReloader>,
     storage: Storage,
     rekeyer: Rekeyer,
-    agreements: Agreements,
+    agreements: LiveAgreements,
     audit_key: Arc<SigningKey>,
     /// The listener's overload manager (readiness reads its saturation).
     admission: Arc<listener::Admission>,
@@ -119,17 +167,9 @@ impl Gateway {
         let key = SecretKey::load_or_create(&config.key_file())?;
         let audit_key = Arc::new(SigningKey::load_or_create(&config.audit_key_file())?);
         for signed in agreements.iter() {
-            let a = &signed.agreement;
-            let path = signed.path.display().to_string();
-            storage
-                .append_audit(&AuditRecord::agreement_loaded(
-                    &a.id,
-                    a.version,
-                    &signed.digest,
-                    &path,
-                ))
-                .await?;
+            audit_loaded(&storage, signed).await?;
         }
+        let agreements = LiveAgreements::new(&config.agreements_dir(), agreements);
         let tls = Arc::new(TlsReloader::new(config.tls.clone())?);
         let listener =
             TcpListener::bind(config.listen)
@@ -156,7 +196,7 @@ impl Gateway {
     pub fn readiness(&self) -> Readiness {
         Readiness {
             storage: self.storage.clone(),
-            agreements: self.agreements.len(),
+            agreements: self.agreements.clone(),
             linkage_failures_before_unready: self.config.linkage_failures_before_unready,
             admission: Arc::clone(&self.admission),
         }
@@ -202,6 +242,10 @@ impl Gateway {
         background.spawn("linkage", move |stopping| {
             crate::linker::every(storage, agreements, interval, stopping)
         });
+        let (storage, agreements) = (self.storage.clone(), self.agreements.clone());
+        background.spawn("agreements", move |stopping| {
+            reload_agreements(storage, agreements, stopping)
+        });
         let (storage, key) = (self.storage.clone(), self.audit_key.clone());
         let interval = self.config.checkpoint_interval;
         background.spawn("audit checkpoints", move |stopping| {
@@ -245,9 +289,18 @@ mod tests {
         let storage = Storage::open(&Storage::sqlite_url(dir.path()))
             .await
             .unwrap();
+        let example: joinery_policies::model::Agreement = serde_saphyr::from_str(include_str!(
+            "../../policies/examples/children-at-risk-stratification.yaml"
+        ))
+        .unwrap();
+        let signed = SignedAgreement {
+            agreement: example,
+            digest: String::new(),
+            path: "example.yaml".into(),
+        };
         let ready = Readiness {
             storage: storage.clone(),
-            agreements: 1,
+            agreements: LiveAgreements::fixed(Agreements::from_verified(vec![signed])),
             linkage_failures_before_unready: 2,
             admission: listener::Admission::new(crate::config::Limits::default()),
         };

@@ -42,6 +42,19 @@ pub fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
     line
 }
 
+/// A gRPC status code as words ("permission denied"), for messages people
+/// read.
+pub fn in_words(code: tonic::Code) -> String {
+    let mut words = String::new();
+    for c in format!("{code:?}").chars() {
+        if c.is_uppercase() && !words.is_empty() {
+            words.push(' ');
+        }
+        words.push(c.to_ascii_lowercase());
+    }
+    words
+}
+
 /// Opens a channel to the gateway at `address` (`host:port`), verifying the
 /// gateway's certificate for `server_name`.
 pub async fn connect(

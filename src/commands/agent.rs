@@ -47,6 +47,22 @@ pub enum AgentCommand {
         #[arg(long, env = "JOINERY_AGENT_CONFIG")]
         config: PathBuf,
     },
+    /// Send sources again from the start on the next run (as after moving
+    /// to a new gateway, whose store is empty): lists what will be sent
+    /// again, and forgets where reading got to only with --yes. Run it while
+    /// the agent is not running.
+    Resend {
+        /// Agent configuration file (agent.yaml).
+        #[arg(long, env = "JOINERY_AGENT_CONFIG")]
+        config: PathBuf,
+        /// Only these sources, as `joinery agent status` names them
+        /// [default: every source].
+        #[arg(long = "source")]
+        sources: Vec<String>,
+        /// Forget them (without it, only say what would be sent again).
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 impl AgentCommand {
@@ -58,6 +74,11 @@ impl AgentCommand {
                 metrics_listen,
             } => (config, no_progress, metrics_listen),
             Self::Status { config } => return status(&AgentConfig::load(&config)?),
+            Self::Resend {
+                config,
+                sources,
+                yes,
+            } => return resend(&AgentConfig::load(&config)?, &sources, yes),
             Self::Resolve {
                 config,
                 query,
@@ -108,6 +129,37 @@ fn status(config: &AgentConfig) -> anyhow::Result<ExitCode> {
             "source {source}: {progress}; next batch sequence {}",
             c.sequence
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn resend(config: &AgentConfig, sources: &[String], yes: bool) -> anyhow::Result<ExitCode> {
+    let (_, _, _, checkpoints) = joinery_agent::spool::inspect(&config.spool_dir)?;
+    if let Some(unknown) = sources.iter().find(|s| !checkpoints.contains_key(*s)) {
+        anyhow::bail!(
+            "the spool {} has no source {unknown}; `joinery agent status` lists them",
+            config.spool_dir.display()
+        );
+    }
+    let chosen: Vec<&String> = checkpoints
+        .keys()
+        .filter(|k| sources.is_empty() || sources.contains(k))
+        .collect();
+    if chosen.is_empty() {
+        println!("nothing to send again: no source has been read yet");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !yes {
+        println!("the next run would read these sources from the start and send them again:");
+        for source in &chosen {
+            println!("  {source}");
+        }
+        println!("nothing changed: add --yes to do it");
+        return Ok(ExitCode::FAILURE);
+    }
+    let spool = joinery_agent::spool::Spool::open(&config.spool_dir)?;
+    for source in spool.forget_checkpoints(sources)? {
+        println!("{source}: will be read from the start and sent again on the next run");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -182,7 +234,7 @@ pub fn print_summary(organisation: &str, summary: &RunSummary) {
         };
         if s.already_delivered {
             println!(
-                "{organisation} {label}: already delivered (the extract has not changed since)"
+                "{organisation} {label}: already delivered (the extract has not changed since; `joinery agent resend` sends it again)"
             );
             continue;
         }

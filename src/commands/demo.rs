@@ -20,7 +20,7 @@ use joinery_agent::AgentConfig;
 use joinery_agent::config::{GatewayEndpoint, SourceConfig, TlsPaths};
 use joinery_crypto::identity::PeerIdentity;
 use joinery_crypto::keys::SecretKey;
-use joinery_crypto::pki::{CertificateAuthority, Validity};
+use joinery_crypto::pki::{CertificateAuthority, IssuedFiles, Validity};
 use joinery_crypto::tls::TlsFiles;
 use joinery_gateway::agreements::Agreements;
 use joinery_gateway::config::{
@@ -39,6 +39,9 @@ const ANALYST: &str = "demo-analyst";
 
 /// The file `--prepare-only` writes last: the directory is complete.
 const PREPARED: &str = ".prepared";
+
+/// Where `--prepare-only` puts the gateway's own files (and nothing else).
+const GATEWAY_CONFIG: &str = "gateway-config";
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -159,6 +162,7 @@ impl DemoArgs {
                 agreement: &agreement,
             };
             layout.write_agents(&synth)?;
+            layout.write_gateway_config(&server)?;
             std::fs::write(dir.join(PREPARED), "joinery demo --prepare-only finished\n")?;
             println!(
                 "Prepared: agent configurations for a gateway at {address} are in {}",
@@ -396,6 +400,45 @@ impl Layout<'_> {
 
     /// Writes `agents/<ORG>.yaml` for every synthetic agency (its CSV
     /// extract, national returns and database); returns them.
+    /// `gateway-config/`: only what the gateway needs — the signed
+    /// agreements (not their signatories' keys), the CA certificate, the
+    /// revocation list and its own certificate and key — so a gateway
+    /// container mounts it without the agencies' private keys or the
+    /// linkage key.
+    fn write_gateway_config(&self, server: &IssuedFiles) -> anyhow::Result<()> {
+        let out = self.dir.join(GATEWAY_CONFIG);
+        let copy = |from: &Path, to: PathBuf| -> anyhow::Result<()> {
+            if let Some(parent) = to.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::copy(from, &to)
+                .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+            Ok(())
+        };
+        let agreements = self.dir.join("agreements");
+        for entry in std::fs::read_dir(&agreements)? {
+            let path = entry?.path();
+            let name = path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            if name.ends_with(".yaml") || name.ends_with(".yaml.sig") {
+                copy(&path, out.join("agreements").join(&name))?;
+            }
+        }
+        let pki = self.dir.join("pki");
+        copy(&pki.join("ca.pem"), out.join("pki/ca.pem"))?;
+        copy(
+            &pki.join(joinery_crypto::pki::CRL_FILE),
+            out.join("pki").join(joinery_crypto::pki::CRL_FILE),
+        )?;
+        copy(&server.cert, out.join("pki/gateway.pem"))?;
+        let key = std::fs::read(&server.key)?;
+        joinery_crypto::files::write_private(&out.join("pki/gateway.key"), &key, true)?;
+        Ok(())
+    }
+
     fn write_agents(
         &self,
         synth: &crate::synth::SynthOutput,

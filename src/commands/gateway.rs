@@ -56,7 +56,9 @@ pub struct StoreArgs {
     #[arg(long, env = "JOINERY_DATABASE_URL")]
     database_url: Option<String>,
     /// Directory of signed agreements to enforce (*.yaml, each with its .sig)
-    /// [default: --data-dir/agreements]. An invalid or unsigned file stops the gateway.
+    /// [default: --data-dir/agreements]. An invalid or unsigned file stops the gateway at
+    /// start; while serving, a change is put in force within seconds (audited), and a
+    /// folder that does not load whole is refused, keeping the agreements in force.
     #[arg(long, env = "JOINERY_AGREEMENTS")]
     agreements: Option<PathBuf>,
 }

@@ -115,13 +115,29 @@ pub async fn connect(
     Ok(QueryClient::new(channel(address, server_name, tls).await?))
 }
 
+/// A gateway's "no" as a person reads it: the gateway's reason and what kind
+/// of refusal it is (tonic's own text prints the raw status with its
+/// metadata); a transport failure also says what failed.
+fn refusal(status: tonic::Status) -> anyhow::Error {
+    let words = joinery_proto::channel::in_words(status.code());
+    match std::error::Error::source(&status) {
+        Some(cause) => anyhow::anyhow!(
+            "the gateway did not answer ({words}): {}: {}",
+            status.message(),
+            joinery_proto::channel::with_causes(cause)
+        ),
+        None => anyhow::anyhow!("the gateway refused ({words}): {}", status.message()),
+    }
+}
+
 impl QueryCommand {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
         match self {
             Self::Counts(gateway) => {
                 let counts = QueryClient::new(gateway.channel().await?)
                     .counts(CountsRequest {})
-                    .await?
+                    .await
+                    .map_err(refusal)?
                     .into_inner();
                 print_counts(&counts);
             }
@@ -133,7 +149,8 @@ impl QueryCommand {
                     .agency_overlap(AgencyOverlapRequest {
                         reference_date: reference_date.unwrap_or_default(),
                     })
-                    .await?
+                    .await
+                    .map_err(refusal)?
                     .into_inner();
                 print_overlap(&overlap);
             }
@@ -145,7 +162,8 @@ impl QueryCommand {
                 let (text, _) = read_query(&file)?;
                 let table = QueryClient::new(gateway.channel().await?)
                     .run(RunRequest { query: text })
-                    .await?
+                    .await
+                    .map_err(refusal)?
                     .into_inner();
                 print_table(&table, format)?;
             }
@@ -160,7 +178,8 @@ impl QueryCommand {
                         query: text,
                         project: project.unwrap_or_default(),
                     })
-                    .await?
+                    .await
+                    .map_err(refusal)?
                     .into_inner();
                 print_extract(&extract)?;
             }

@@ -32,7 +32,7 @@ pub use error::QueryError;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-use crate::agreements::{Agreements, Grant};
+use crate::agreements::{Grant, LiveAgreements};
 use crate::analytics::model::AnalystQuery;
 use crate::analytics::{Labels, Person};
 use crate::audit::AuditRecord;
@@ -46,9 +46,8 @@ const OVERLAP_AGE_BANDS: [u32; 6] = [0, 5, 11, 16, 18, 26];
 
 pub struct QueryService {
     storage: Storage,
-    rules: DisclosureRules,
-    /// Whose roles grant what.
-    agreements: Agreements,
+    /// Whose roles grant what, and the disclosure rules.
+    agreements: LiveAgreements,
     /// The gateway's keys, for project pseudonyms.
     rekeyer: Rekeyer,
     /// The linked population as last loaded (see [`Snapshot`]).
@@ -67,10 +66,9 @@ struct Snapshot {
 }
 
 impl QueryService {
-    pub fn new(storage: Storage, agreements: Agreements, rekeyer: Rekeyer) -> Self {
+    pub fn new(storage: Storage, agreements: LiveAgreements, rekeyer: Rekeyer) -> Self {
         Self {
             storage,
-            rules: DisclosureRules::strictest(&agreements),
             agreements,
             rekeyer,
             population: Arc::default(),
@@ -86,6 +84,7 @@ impl QueryService {
         };
         let grants = self
             .agreements
+            .current()
             .grants(name, time::OffsetDateTime::now_utc());
         if grants.is_empty() {
             crate::metrics::query("refused_no_role", 0);
@@ -99,8 +98,8 @@ impl QueryService {
     /// The population as agreement `id` (its latest version) sees it: only
     /// what its parties sent under its datasets.
     async fn population_within(&self, id: &str) -> Result<Vec<Person>, QueryError> {
-        let Some(granting) = self
-            .agreements
+        let in_force = self.agreements.current();
+        let Some(granting) = in_force
             .iter()
             .filter(|a| a.agreement.id == id)
             .max_by_key(|a| a.agreement.version)
@@ -149,8 +148,8 @@ impl QueryService {
             )));
         }
         let now = time::OffsetDateTime::now_utc();
-        let mut allowing: Vec<&str> = self
-            .agreements
+        let in_force = self.agreements.current();
+        let mut allowing: Vec<&str> = in_force
             .iter()
             .filter(|a| {
                 a.in_force_at(now).is_ok()
@@ -361,7 +360,7 @@ impl QueryService {
             return Ok(table);
         }
         let mut noise = Noise;
-        let rules = &self.rules;
+        let rules = &DisclosureRules::strictest(&self.agreements.current());
         let (labels, labels_cost) = safe_labels(query, &people, reference, rules, &mut noise)?;
         let table = crate::analytics::tabulate(query, &people, reference, &labels);
         let cost = labels_cost + crate::disclosure::cost(&table, &query.measure, rules.noise_sd);
@@ -434,11 +433,8 @@ impl QueryService {
     fn budgets(&self, now: time::OffsetDateTime) -> Vec<(String, u64)> {
         let mut latest: std::collections::BTreeMap<&str, &joinery_policies::SignedAgreement> =
             std::collections::BTreeMap::new();
-        for signed in self
-            .agreements
-            .iter()
-            .filter(|a| a.in_force_at(now).is_ok())
-        {
+        let in_force = self.agreements.current();
+        for signed in in_force.iter().filter(|a| a.in_force_at(now).is_ok()) {
             let id = signed.agreement.id.as_str();
             if latest
                 .get(id)
@@ -821,7 +817,7 @@ mod tests {
         let key = joinery_crypto::keys::SecretKey::generate().unwrap();
         QueryService::new(
             storage.clone(),
-            Agreements::from_verified(vec![signed]),
+            LiveAgreements::fixed(crate::agreements::Agreements::from_verified(vec![signed])),
             Rekeyer::new(&key),
         )
     }

@@ -35,6 +35,10 @@ pub enum StorageError {
     UnsupportedUrl,
     #[error("cannot open the database: {0}")]
     Connect(#[source] sqlx::Error),
+    #[error(
+        "PostgreSQL has no database {name:?}: create it (`createdb {name}`, or `CREATE DATABASE {name};` as a user who may) and start again"
+    )]
+    NoDatabase { name: String },
     #[error("cannot make the database file {path} readable by its owner only: {source}")]
     Private {
         path: PathBuf,
@@ -217,7 +221,7 @@ impl Storage {
         let pool = options
             .connect_with(connect)
             .await
-            .map_err(StorageError::Connect)?;
+            .map_err(|e| connect_error(e, url))?;
         migrations::for_backend(backend).run(&pool).await?;
         Ok(Self {
             pool,
@@ -740,6 +744,25 @@ fn insert_sql_typed(prefix: &str, columns: usize, rows: usize, casts: &[(usize, 
 fn count(row: &AnyRow, column: &str) -> Result<u64, sqlx::Error> {
     let value: Option<i64> = row.try_get(column)?;
     Ok(value.unwrap_or(0).max(0) as u64)
+}
+
+/// Why connecting failed, with what to do where that is known: a
+/// PostgreSQL database that does not exist (SQLSTATE 3D000) is named.
+fn connect_error(error: sqlx::Error, url: &str) -> StorageError {
+    let missing = error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| code == "3D000");
+    if !missing {
+        return StorageError::Connect(error);
+    }
+    let name = url
+        .split('?')
+        .next()
+        .and_then(|u| u.rsplit('/').next())
+        .unwrap_or_default()
+        .to_owned();
+    StorageError::NoDatabase { name }
 }
 
 /// The file a SQLite URL names (none for an in-memory database).

@@ -81,7 +81,11 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<ExitCode> {
         path: "children-at-risk-stratification.yaml".into(),
     }]);
     let key = joinery_crypto::keys::SecretKey::generate()?;
-    let service = QueryService::new(storage, agreements, Rekeyer::new(&key));
+    let service = QueryService::new(
+        storage,
+        joinery_gateway::agreements::LiveAgreements::fixed(agreements),
+        Rekeyer::new(&key),
+    );
     let analyst = PeerIdentity::Analyst("j.bloggs".into());
     let request = RunRequest {
         query: QUERY.to_owned(),
