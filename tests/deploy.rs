@@ -358,3 +358,109 @@ fn preparing_a_deployment_twice_keeps_the_first() {
     assert!(!unfinished.status.success());
     assert!(String::from_utf8_lossy(&unfinished.stderr).contains("already exists"));
 }
+
+/// The Helm chart lints and renders with a real `helm` (`JOINERY_HELM`, or
+/// `helm` on PATH; `.ci/run` installs one), and what it renders runs: the
+/// container's arguments are a command line `joinery` accepts, its
+/// variables are ones it reads, every file path it is given lies in a
+/// mounted volume, and the key Secrets are mounted owner-read-only (with
+/// the pod's fsGroup Kubernetes makes them root-owned 0440, which the
+/// gateway accepts: `crypto::keys`).
+#[test]
+fn the_helm_chart_lints_and_renders_a_deployment_that_runs() {
+    let helm = std::env::var("JOINERY_HELM").unwrap_or_else(|_| "helm".to_owned());
+    let required = std::env::var("JOINERY_REQUIRE_HELM").is_ok_and(|v| v == "1");
+    if std::process::Command::new(&helm)
+        .arg("version")
+        .output()
+        .is_err()
+    {
+        let message = format!(
+            "SKIPPED the_helm_chart_lints_and_renders_a_deployment_that_runs: no helm at {helm:?} (set JOINERY_HELM)"
+        );
+        assert!(!required, "{message} (JOINERY_REQUIRE_HELM=1)");
+        shout(&message);
+        return;
+    }
+    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/helm/joinery-gateway");
+    let run = |args: &[&str]| {
+        let output = std::process::Command::new(&helm)
+            .args(args)
+            .arg(&chart)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "helm {args:?}: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    run(&["lint", "--strict"]);
+    let rendered = run(&["template", "joinery"]);
+    let documents: Vec<serde_json::Value> = rendered
+        .split("\n---\n")
+        .filter(|d| d.lines().any(|l| l.starts_with("kind:")))
+        .map(|d| serde_saphyr::from_str(d).unwrap())
+        .collect();
+    let kinds: BTreeSet<&str> = documents
+        .iter()
+        .filter_map(|d| d["kind"].as_str())
+        .collect();
+    for kind in [
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+    ] {
+        assert!(kinds.contains(kind), "no {kind} in {kinds:?}");
+    }
+    let deployment = documents
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .unwrap();
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let mut args: Vec<String> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect();
+    args.push("--help".to_owned());
+    let output = joinery().args(&args).output().unwrap();
+    assert!(
+        output.status.success(),
+        "the chart's `joinery {}` is not a valid command line: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let known = known_variables();
+    let mounts: Vec<&str> = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["mountPath"].as_str().unwrap())
+        .collect();
+    for variable in container["env"].as_array().unwrap() {
+        let name = variable["name"].as_str().unwrap();
+        if name.starts_with("JOINERY_") {
+            assert!(
+                known.contains(name),
+                "the chart sets {name}, which joinery does not read"
+            );
+        }
+        if let Some(path) = variable["value"].as_str().filter(|v| v.starts_with('/')) {
+            assert!(
+                mounts.iter().any(|m| path.starts_with(m)),
+                "{name}={path} lies in no mounted volume ({mounts:?})"
+            );
+        }
+    }
+    for volume in pod["volumes"].as_array().unwrap() {
+        if let Some(secret) = volume.get("secret") {
+            assert_eq!(secret["defaultMode"], 0o400, "{volume}");
+        }
+    }
+}
