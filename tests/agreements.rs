@@ -205,18 +205,7 @@ async fn a_new_agreement_version_is_put_in_force_without_a_restart() {
     }
     assert!(delivered, "version 2 was not put in force");
     assert!(gateway.stop().success());
-    let today = time::OffsetDateTime::now_utc().date().to_string();
-    let report = joinery_ok(&[
-        "audit",
-        "report",
-        "--data-dir",
-        d.gateway_data_dir().to_str().unwrap(),
-        "--from",
-        &today,
-        "--to",
-        &today,
-    ]);
-    let report = String::from_utf8_lossy(&report.stdout);
+    let report = d.audit_report_today();
     assert!(
         report.contains("children-at-risk-stratification v2 (digest"),
         "{report}"

@@ -157,18 +157,7 @@ async fn the_audit_trail_is_complete_and_tamper_evident() {
             .public_hex();
 
     // What an IG lead reads.
-    let today = time::OffsetDateTime::now_utc().date().to_string();
-    let report = joinery_ok(&[
-        "audit",
-        "report",
-        "--data-dir",
-        d.gateway_data_dir().to_str().unwrap(),
-        "--from",
-        &today,
-        "--to",
-        &today,
-    ]);
-    let report = String::from_utf8_lossy(&report.stdout);
+    let report = d.audit_report_today();
     for expected in [
         "E08000099  csc_referrals:",
         "RX9  camhs_referrals:",

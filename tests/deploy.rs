@@ -27,6 +27,25 @@ fn known_variables() -> BTreeSet<String> {
         .collect()
 }
 
+/// `args` (a YAML list) is a command line `joinery` accepts: clap parses
+/// it, with `--help` appended so a valid line prints help and exits 0.
+fn assert_joinery_accepts(args: &serde_json::Value, what: &str) {
+    let mut args: Vec<String> = args
+        .as_array()
+        .unwrap_or_else(|| panic!("{what}: no argument list"))
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect();
+    args.push("--help".to_owned());
+    let output = joinery().args(&args).output().unwrap();
+    assert!(
+        output.status.success(),
+        "{what}: `joinery {}` is not a valid command line: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 fn variables_in(text: &str) -> BTreeSet<String> {
     text.split(|c: char| !(c.is_ascii_uppercase() || c == '_'))
         .filter(|w| w.starts_with("JOINERY_"))
@@ -104,21 +123,7 @@ fn compose_and_helm_use_only_real_commands_and_variables() {
         if service["image"] != "joinery:latest" {
             continue;
         }
-        let mut args: Vec<String> = service["command"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| a.as_str().unwrap().to_owned())
-            .collect();
-        // Ask clap to parse it: appending --help makes a valid line print help and exit 0.
-        args.push("--help".to_owned());
-        let output = joinery().args(&args).output().unwrap();
-        assert!(
-            output.status.success(),
-            "compose service {name}: `joinery {}` is not a valid command line: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr)
-        );
+        assert_joinery_accepts(&service["command"], &format!("compose service {name}"));
     }
     // The Helm chart's flags exist.
     let deployment = repo("deploy/helm/joinery-gateway/templates/deployment.yaml");
@@ -422,20 +427,7 @@ fn the_helm_chart_lints_and_renders_a_deployment_that_runs() {
         .unwrap();
     let pod = &deployment["spec"]["template"]["spec"];
     let container = &pod["containers"][0];
-    let mut args: Vec<String> = container["args"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap().to_owned())
-        .collect();
-    args.push("--help".to_owned());
-    let output = joinery().args(&args).output().unwrap();
-    assert!(
-        output.status.success(),
-        "the chart's `joinery {}` is not a valid command line: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_joinery_accepts(&container["args"], "the Helm chart");
     let known = known_variables();
     let mounts: Vec<&str> = container["volumeMounts"]
         .as_array()

@@ -469,18 +469,7 @@ async fn every_national_format_reaches_the_gateway_whole() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("no row-level role"));
     // The IG lead's report counts an extract's rows as rows.
-    let today = time::OffsetDateTime::now_utc().date().to_string();
-    let report = joinery_ok(&[
-        "audit",
-        "report",
-        "--data-dir",
-        d.gateway_data_dir().to_str().unwrap(),
-        "--from",
-        &today,
-        "--to",
-        &today,
-    ]);
-    let report = String::from_utf8_lossy(&report.stdout);
+    let report = d.audit_report_today();
     assert!(
         report.contains(&format!(
             "x extract, {} person rows released",

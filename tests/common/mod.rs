@@ -241,6 +241,24 @@ impl Deployment {
         self.gateway_data.clone()
     }
 
+    /// `joinery audit report` of the gateway's store for today: what an IG
+    /// lead reads.
+    pub fn audit_report_today(&self) -> String {
+        let today = time::OffsetDateTime::now_utc().date().to_string();
+        let data_dir = self.gateway_data_dir();
+        let report = joinery_ok(&[
+            "audit",
+            "report",
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--from",
+            &today,
+            "--to",
+            &today,
+        ]);
+        String::from_utf8_lossy(&report.stdout).into_owned()
+    }
+
     /// Starts `joinery gateway serve` on a free port.
     pub fn start_gateway(&self, database_url: Option<&str>, extra: &[&str]) -> GatewayProcess {
         self.start_gateway_at("127.0.0.1:0", database_url, extra)
