@@ -72,34 +72,12 @@ impl Checked {
 
 /// Checks agreement text. `today` dates the "expiry more than three years out" warning.
 pub fn check(text: &str, today: OffsetDateTime) -> Checked {
-    let agreement: Agreement = match serde_saphyr::from_str(text) {
+    let agreement = match parse(text) {
         Ok(agreement) => agreement,
-        Err(e) => {
-            let at = e
-                .location()
-                .map(|l| Position {
-                    line: l.line() as usize,
-                    column: l.column() as usize,
-                })
-                .unwrap_or(Position { line: 1, column: 1 });
-            let message = e.to_string();
-            let help = if message.contains("unknown field") {
-                "remove the key or correct its spelling; the JSON Schema (joinery policy schema) lists every key".to_owned()
-            } else if message.contains("missing field") {
-                "add the key; see policies/examples/ for a complete agreement".to_owned()
-            } else if message.contains("unknown variant") {
-                "use one of the values listed in the message".to_owned()
-            } else {
-                String::new()
-            };
+        Err(diagnostics) => {
             return Checked {
                 agreement: None,
-                diagnostics: vec![Diagnostic {
-                    severity: Severity::Error,
-                    at,
-                    message: first_line(&message),
-                    help,
-                }],
+                diagnostics,
             };
         }
     };
@@ -113,6 +91,122 @@ pub fn check(text: &str, today: OffsetDateTime) -> Checked {
     Checked {
         agreement: Some(agreement),
         diagnostics,
+    }
+}
+
+/// At most this many parse errors are reported from one file.
+const MAX_PARSE_ERRORS: usize = 50;
+
+/// Parses an agreement, or reports why not. The parser stops at its first
+/// error; an unknown key (a misspelling, the commonest slip) is then read
+/// as the expected key it is closest to, when one is close (the help says
+/// which), or else left out with the lines nested under it, and the text
+/// parsed again: every unknown key is reported in one go. Any other error
+/// ends the report (what follows it could be an echo of it).
+fn parse(text: &str) -> Result<Agreement, Vec<Diagnostic>> {
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let mut diagnostics = Vec::new();
+    loop {
+        let error = match serde_saphyr::from_str::<Agreement>(&lines.join("\n")) {
+            Ok(agreement) if diagnostics.is_empty() => return Ok(agreement),
+            Ok(_) => return Err(diagnostics),
+            Err(error) => error,
+        };
+        let at = error
+            .location()
+            .map(|l| Position {
+                line: l.line() as usize,
+                column: l.column() as usize,
+            })
+            .unwrap_or(Position { line: 1, column: 1 });
+        let message = error.to_string();
+        let unknown_key = unknown_field(&message);
+        let meant = unknown_key
+            .as_ref()
+            .and_then(|(key, expected)| closest(key, expected))
+            .map(str::to_owned);
+        let help = if let Some(meant) = &meant {
+            format!("did you mean `{meant}`?")
+        } else if unknown_key.is_some() {
+            "remove the key or correct its spelling; the JSON Schema (joinery policy schema) lists every key".to_owned()
+        } else if message.contains("missing field") {
+            "add the key; see policies/examples/ for a complete agreement".to_owned()
+        } else if message.contains("unknown variant") {
+            "use one of the values listed in the message".to_owned()
+        } else {
+            String::new()
+        };
+        let repeated = diagnostics.iter().any(|d: &Diagnostic| d.at == at);
+        if !repeated {
+            diagnostics.push(Diagnostic {
+                severity: Severity::Error,
+                at,
+                message: first_line(&message),
+                help,
+            });
+        }
+        let Some((key, _)) =
+            unknown_key.filter(|_| !repeated && diagnostics.len() < MAX_PARSE_ERRORS)
+        else {
+            return Err(diagnostics);
+        };
+        match meant {
+            Some(meant) => rename_key(&mut lines, at.line, &key, &meant),
+            None => leave_out_block(&mut lines, at.line),
+        }
+    }
+}
+
+/// The key and the expected keys of a parser's "unknown field `k`,
+/// expected one of a, b, c" message.
+fn unknown_field(message: &str) -> Option<(String, Vec<String>)> {
+    let rest = message.split("unknown field `").nth(1)?;
+    let (key, rest) = rest.split_once('`')?;
+    let expected = rest
+        .split_once("expected one of ")
+        .or_else(|| rest.split_once("expected "))
+        .map(|(_, list)| list.lines().next().unwrap_or_default())
+        .unwrap_or_default()
+        .split(", ")
+        .map(|k| k.trim().trim_matches('`').to_owned())
+        .filter(|k| !k.is_empty())
+        .collect();
+    Some((key.to_owned(), expected))
+}
+
+/// The expected key `key` is most likely a misspelling of: one edit away
+/// (a letter wrong, missing, extra or two swapped), two for long keys.
+fn closest<'e>(key: &str, expected: &'e [String]) -> Option<&'e str> {
+    let allowed = if key.len() <= 8 { 1 } else { 2 };
+    expected
+        .iter()
+        .map(|e| (strsim::damerau_levenshtein(key, e), e))
+        .filter(|(distance, _)| *distance <= allowed)
+        .min()
+        .map(|(_, e)| e.as_str())
+}
+
+/// Writes `meant` for the key `key` on line `line` (1-based).
+fn rename_key(lines: &mut [String], line: usize, key: &str, meant: &str) {
+    if let Some(l) = line.checked_sub(1).and_then(|i| lines.get_mut(i)) {
+        *l = l.replacen(&format!("{key}:"), &format!("{meant}:"), 1);
+    }
+}
+
+/// Blanks line `line` (1-based) and the lines nested under it (more deeply
+/// indented), keeping the line count so later positions stay true.
+fn leave_out_block(lines: &mut [String], line: usize) {
+    let Some(first) = line.checked_sub(1).filter(|&i| i < lines.len()) else {
+        return;
+    };
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let depth = indent(&lines[first]);
+    lines[first].clear();
+    for l in lines.iter_mut().skip(first + 1) {
+        if !l.trim().is_empty() && indent(l) <= depth {
+            break;
+        }
+        l.clear();
     }
 }
 

@@ -101,6 +101,52 @@ fn errors_point_at_line_and_column_and_say_how_to_fix() {
     );
 }
 
+/// Every misspelt key is reported in one go, each with the key it most
+/// likely means; a key like no other is left out with what is nested under
+/// it; the report stops at the first error of another kind.
+#[test]
+fn every_unknown_key_is_reported_with_what_it_likely_means() {
+    let text = example("children-at-risk-stratification.yaml")
+        .replacen("title:", "titel:", 1)
+        .replacen("retention_days: 1095", "retension_days: 1095", 1)
+        .replacen("minimum_cell_count:", "minimum_cel_count:", 1)
+        .replacen("five_safes:", "notes:\n  a: 1\n  b: 2\nfive_safes:", 1);
+    let checked = check(&text, TODAY);
+    assert!(checked.agreement.is_none());
+    let errors: Vec<(String, String)> = checked
+        .errors()
+        .map(|e| (e.message.clone(), e.help.clone()))
+        .collect();
+    for (key, meant) in [
+        ("titel", Some("title")),
+        ("retension_days", Some("retention_days")),
+        ("minimum_cel_count", Some("minimum_cell_count")),
+        ("notes", None),
+    ] {
+        let (_, help) = errors
+            .iter()
+            .find(|(m, _)| m.contains(&format!("unknown field `{key}`")))
+            .unwrap_or_else(|| panic!("{key} not reported: {errors:#?}"));
+        match meant {
+            Some(meant) => assert_eq!(help, &format!("did you mean `{meant}`?")),
+            None => assert!(help.contains("remove the key"), "{help}"),
+        }
+    }
+    assert_eq!(
+        errors.len(),
+        4,
+        "no echo of a key read as meant: {errors:#?}"
+    );
+    // A wrong value ends the report after the unknown keys before it: the
+    // one after it (`notes`) is not reached.
+    let text = text.replacen("p_percent: 10", "p_percent: ten", 1);
+    let checked = check(&text, TODAY);
+    let errors: Vec<String> = checked.errors().map(|e| e.message.clone()).collect();
+    assert!(errors[0].contains("titel"), "{errors:#?}");
+    assert!(errors.last().unwrap().contains("invalid"), "{errors:#?}");
+    assert!(!errors.iter().any(|e| e.contains("notes")), "{errors:#?}");
+}
+
 #[test]
 fn risky_choices_are_warnings() {
     let text = example("children-at-risk-stratification.yaml")
