@@ -85,10 +85,19 @@ async fn end_to_end(postgres: Option<String>) {
 
     check_person_ids(&d, &synth.join("ground_truth.csv"), &db).await;
 
-    // Run the council's agent again: its spool knows the extract is delivered.
+    // Run the council's agent again: its spool knows the extract is
+    // delivered, and it ends the session it opened in order (the gateway
+    // logs no broken stream).
+    let log_before = gateway.log_text().len();
     let (code, stdout, _) = finish(d.spawn_agent(&configs[0]));
     assert_eq!(code, 0, "{stdout}");
     assert!(stdout.contains("already delivered"), "{stdout}");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let since = gateway.log_text()[log_before..].to_owned();
+    assert!(
+        !since.contains("ingest stream ended by error"),
+        "an agent with nothing new broke its stream:\n{since}"
+    );
     assert!(
         d.path(&format!("spool/{COUNCIL}/batches"))
             .read_dir()

@@ -235,6 +235,14 @@ impl Delivery {
                 }
             }
         }
+        // A session opened but given nothing to send (everything already
+        // delivered) is ended in order too.
+        if let Some(uploader) = self.uploader.take() {
+            match uploader.finish().await {
+                Ok(more) => acked.extend(self.settle(more)?),
+                Err(e) => tracing::debug!(error = %e, "closing an idle session"),
+            }
+        }
         Ok(acked)
     }
 }

@@ -17,6 +17,9 @@ use tonic::Streaming;
 use tonic::codec::CompressionEncoding;
 use tonic::transport::Channel;
 
+/// How long a finishing session waits for the gateway to end its side.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
 #[derive(Debug, thiserror::Error)]
 pub enum UploadError {
     #[error("the gateway refused the session ({}): {message}", joinery_proto::channel::in_words(*code))]
@@ -148,13 +151,18 @@ impl<T> Uploader<T> {
         Ok(acked)
     }
 
-    /// Waits for every outstanding ack and ends the session.
+    /// Waits for every outstanding ack and ends the session in order: the
+    /// request stream is closed, and the gateway's end of the response
+    /// stream awaited (briefly), so it sees a session end, not a dropped
+    /// connection.
     pub async fn finish(mut self) -> Result<Vec<Acked<T>>, UploadError> {
         let mut acked = Vec::new();
         while !self.pending.is_empty() {
             acked.push(self.next_ack().await?);
         }
         drop(self.outbound);
+        let closing = async { while let Ok(Some(_)) = self.inbound.message().await {} };
+        let _ = tokio::time::timeout(CLOSE_WAIT, closing).await;
         Ok(acked)
     }
 
