@@ -198,12 +198,24 @@ async fn incremental_linking(database: Option<&str>) {
     )
     .unwrap();
 
+    let quality = d.on_store(&["gateway", "linkage-report"], database);
+    assert!(quality.contains("no linkage run yet"), "{quality}");
     for (org, dataset) in [(CAMHS, "camhs_referrals"), (SALT, "salt_contacts")] {
         deliver(&d, database, org, &extract(dataset), &mapping(dataset));
     }
     deliver(&d, database, COUNCIL, &first, &mapping("csc_referrals"));
-    let quality = d.on_store(&["gateway", "linkage-report"], database);
-    assert!(quality.contains("no linkage run yet"), "{quality}");
+    // Each gateway gave the linker's lease back as it stopped, so the next
+    // one links at once.
+    {
+        use sqlx::Row;
+        let db = open_database(&database.map_or_else(|| d.sqlite_url(), str::to_owned)).await;
+        let until: i64 = sqlx::query("SELECT until FROM linkage_lease WHERE id = 1")
+            .fetch_one(&db)
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(until, 0, "the lease was not given back");
+    }
     let report = relink(&d, database, true);
     assert!(report.contains("full run"), "{report}");
     assert!(report.contains("expects"), "{report}");

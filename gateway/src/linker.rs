@@ -454,4 +454,8 @@ pub async fn every(
             }
         }
     }
+    // Stopping: another gateway may link at once.
+    if let Err(e) = storage.release_linkage_lease(&holder).await {
+        tracing::warn!(error = %e, "linkage: could not give the lease back; it runs out by itself");
+    }
 }

@@ -437,6 +437,16 @@ impl Storage {
         .rows_affected();
         Ok(taken == 1)
     }
+
+    /// Gives the linker's lease back, if `holder` has it: a gateway that
+    /// stops lets another link at once instead of after the lease runs out.
+    pub async fn release_linkage_lease(&self, holder: &str) -> Result<(), StorageError> {
+        sqlx::query("UPDATE linkage_lease SET until = 0 WHERE id = 1 AND holder = $1")
+            .bind(holder)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
 }
 
 /// How fuzzy linkage is doing ([`Storage::linkage_status`]).

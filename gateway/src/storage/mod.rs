@@ -800,6 +800,25 @@ fn to_i64(value: u64) -> i64 {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn one_gateway_holds_the_linkage_lease_until_it_runs_out_or_is_given_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(&Storage::sqlite_url(dir.path()))
+            .await
+            .unwrap();
+        assert!(storage.take_linkage_lease("a", 180).await.unwrap());
+        assert!(
+            storage.take_linkage_lease("a", 180).await.unwrap(),
+            "renewed"
+        );
+        assert!(!storage.take_linkage_lease("b", 180).await.unwrap());
+        // Another's release changes nothing; the holder's frees it.
+        storage.release_linkage_lease("b").await.unwrap();
+        assert!(!storage.take_linkage_lease("b", 180).await.unwrap());
+        storage.release_linkage_lease("a").await.unwrap();
+        assert!(storage.take_linkage_lease("b", 180).await.unwrap());
+    }
+
     #[cfg(unix)]
     #[tokio::test]
     async fn the_sqlite_database_and_its_wal_are_readable_by_their_owner_only() {
