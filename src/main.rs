@@ -12,6 +12,7 @@ mod telemetry;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use joinery_proto::channel::with_causes;
 
 use crate::telemetry::LogFormat;
 
@@ -93,7 +94,7 @@ fn main() -> ExitCode {
         let _telemetry = match telemetry::init(service, cli.log_format, default_filter) {
             Ok(t) => t,
             Err(e) => {
-                eprintln!("error: cannot start telemetry: {}", chain(&e));
+                eprintln!("error: cannot start telemetry: {}", with_causes(e.as_ref()));
                 return ExitCode::FAILURE;
             }
         };
@@ -113,46 +114,9 @@ fn main() -> ExitCode {
         match result {
             Ok(code) => code,
             Err(e) => {
-                eprintln!("error: {}", chain(&e));
+                eprintln!("error: {}", with_causes(e.as_ref()));
                 ExitCode::FAILURE
             }
         }
     })
-}
-
-/// An error and its causes in one line, outermost first, leaving out a
-/// cause whose words the line already holds (an error that quotes its
-/// source, as most do, would otherwise print it twice).
-fn chain(error: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for cause in error.chain() {
-        let text = cause.to_string();
-        if line.contains(&text) {
-            continue;
-        }
-        if !line.is_empty() {
-            line.push_str(": ");
-        }
-        line.push_str(&text);
-    }
-    line
-}
-
-#[cfg(test)]
-mod tests {
-    use super::chain;
-
-    #[test]
-    fn a_cause_the_message_already_quotes_is_not_repeated() {
-        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory");
-        let quoting =
-            anyhow::Error::new(io).context("cannot read key file k: No such file or directory");
-        assert_eq!(
-            chain(&quoting),
-            "cannot read key file k: No such file or directory"
-        );
-        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory");
-        let plain = anyhow::Error::new(io).context("reading k");
-        assert_eq!(chain(&plain), "reading k: No such file or directory");
-    }
 }

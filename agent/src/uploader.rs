@@ -34,16 +34,7 @@ pub enum UploadError {
 
 impl UploadError {
     fn from_status(status: tonic::Status, opening: bool) -> Self {
-        // A transport failure's status says only "transport error"; its
-        // sources say what failed.
-        let message = match std::error::Error::source(&status) {
-            Some(cause) => format!(
-                "{}: {}",
-                status.message(),
-                joinery_proto::channel::with_causes(cause)
-            ),
-            None => status.message().to_owned(),
-        };
+        let message = joinery_proto::channel::reason(&status);
         let code = status.code();
         if opening {
             Self::Refused { code, message }

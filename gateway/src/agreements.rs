@@ -53,7 +53,8 @@ pub struct Agreements {
 /// ([`LiveAgreements::current`]), so one request sees one set.
 #[derive(Debug, Clone)]
 pub struct LiveAgreements {
-    dir: PathBuf,
+    /// Where they are reloaded from (none: fixed).
+    dir: Option<PathBuf>,
     current: Arc<RwLock<Arc<Agreements>>>,
     /// The directory's files and modification times when last loaded.
     stamps: Arc<Mutex<Stamps>>,
@@ -63,7 +64,7 @@ impl LiveAgreements {
     /// The agreements `loaded` from `dir`, to be reloaded from it.
     pub fn new(dir: &Path, loaded: Agreements) -> Self {
         Self {
-            dir: dir.to_owned(),
+            dir: Some(dir.to_owned()),
             current: Arc::new(RwLock::new(Arc::new(loaded))),
             stamps: Arc::new(Mutex::new(stamps(dir))),
         }
@@ -71,7 +72,11 @@ impl LiveAgreements {
 
     /// Fixed agreements, never reloaded (tests and benchmarks).
     pub fn fixed(agreements: Agreements) -> Self {
-        Self::new(Path::new(""), agreements)
+        Self {
+            dir: None,
+            current: Arc::new(RwLock::new(Arc::new(agreements))),
+            stamps: Arc::default(),
+        }
     }
 
     pub fn current(&self) -> Arc<Agreements> {
@@ -84,10 +89,10 @@ impl LiveAgreements {
     /// kept) when the new one does not load whole. Each change is tried
     /// once.
     pub fn reload(&self) -> Result<Vec<Arc<SignedAgreement>>, AgreementsError> {
-        if self.dir.as_os_str().is_empty() {
+        let Some(dir) = &self.dir else {
             return Ok(Vec::new());
-        }
-        let now = stamps(&self.dir);
+        };
+        let now = stamps(dir);
         {
             let mut seen = self.stamps.lock().unwrap_or_else(|p| p.into_inner());
             if *seen == now {
@@ -95,7 +100,7 @@ impl LiveAgreements {
             }
             *seen = now;
         }
-        let loaded = Agreements::load_dir(&self.dir)?;
+        let loaded = Agreements::load_dir(dir)?;
         let before = self.current();
         let added: Vec<Arc<SignedAgreement>> = loaded
             .iter()

@@ -371,21 +371,22 @@ fn spine_assignments(
 
 /// When linkage last succeeded, in words for a note or a probe.
 pub fn linked_as_of(status: &crate::storage::LinkageStatus) -> String {
-    match status
+    status
         .last_success_at
-        .and_then(|at| time::OffsetDateTime::from_unix_timestamp(at).ok())
-    {
-        Some(at) => {
-            let minutes = (time::OffsetDateTime::now_utc() - at)
-                .whole_minutes()
-                .max(0);
-            let at = at
-                .format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_default();
-            format!("{at} ({minutes} minutes ago)")
-        }
-        None => "never: linkage has not completed a run yet".to_owned(),
-    }
+        .and_then(as_of)
+        .unwrap_or_else(|| "never: linkage has not completed a run yet".to_owned())
+}
+
+/// A moment (Unix seconds) as RFC 3339 and how long ago it was.
+pub fn as_of(unix: i64) -> Option<String> {
+    let at = time::OffsetDateTime::from_unix_timestamp(unix).ok()?;
+    let minutes = (time::OffsetDateTime::now_utc() - at)
+        .whole_minutes()
+        .max(0);
+    let at = at
+        .format(&time::format_description::well_known::Rfc3339)
+        .ok()?;
+    Some(format!("{at} ({minutes} minutes ago)"))
 }
 
 /// Sets the quality gauges from the stored estimates, so every gateway of

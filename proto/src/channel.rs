@@ -42,6 +42,16 @@ pub fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
     line
 }
 
+/// A status's message with what caused it (a transport failure's status
+/// says only "transport error"; its sources say what failed). Not the
+/// status's own `Display`, which prints its metadata too.
+pub fn reason(status: &tonic::Status) -> String {
+    match std::error::Error::source(status) {
+        Some(cause) => format!("{}: {}", status.message(), with_causes(cause)),
+        None => status.message().to_owned(),
+    }
+}
+
 /// A gRPC status code as words ("permission denied"), for messages people
 /// read.
 pub fn in_words(code: tonic::Code) -> String {
@@ -121,4 +131,40 @@ fn with_name_hint(error: std::io::Error, checked_as: &str) -> std::io::Error {
             "{error}; it was checked against the name {checked_as:?}: give the name the gateway's certificate carries with --server-name (gateway.server_name in an agent's configuration)"
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_causes;
+
+    /// An error with a message and a source, as a `thiserror` variant is.
+    #[derive(Debug)]
+    struct Reading(String, std::io::Error);
+
+    impl std::fmt::Display for Reading {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(&self.0)
+        }
+    }
+
+    impl std::error::Error for Reading {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.1)
+        }
+    }
+
+    #[test]
+    fn a_cause_the_message_already_quotes_is_not_repeated() {
+        let io = || std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory");
+        let quoting = Reading(
+            "cannot read key file k: No such file or directory".into(),
+            io(),
+        );
+        assert_eq!(
+            with_causes(&quoting),
+            "cannot read key file k: No such file or directory"
+        );
+        let plain = Reading("reading k".into(), io());
+        assert_eq!(with_causes(&plain), "reading k: No such file or directory");
+    }
 }

@@ -313,13 +313,8 @@ async fn linkage_report(store: StoreArgs) -> anyhow::Result<ExitCode> {
         println!("no linkage run yet: `joinery gateway relink --full` makes one");
     }
     for report in reports {
-        let fitted = time::OffsetDateTime::from_unix_timestamp(report.fitted_at)
-            .ok()
-            .and_then(|at| {
-                at.format(&time::format_description::well_known::Rfc3339)
-                    .ok()
-            })
-            .unwrap_or_else(|| report.fitted_at.to_string());
+        let fitted =
+            linker::as_of(report.fitted_at).unwrap_or_else(|| report.fitted_at.to_string());
         let Some(pairs) = report.pairs else {
             println!(
                 "linkage parameters v{}: the last full run ({fitted}) predates the estimate; `joinery gateway relink --full` makes one",

@@ -120,13 +120,10 @@ pub async fn connect(
 /// metadata); a transport failure also says what failed.
 fn refusal(status: tonic::Status) -> anyhow::Error {
     let words = joinery_proto::channel::in_words(status.code());
+    let reason = joinery_proto::channel::reason(&status);
     match std::error::Error::source(&status) {
-        Some(cause) => anyhow::anyhow!(
-            "the gateway did not answer ({words}): {}: {}",
-            status.message(),
-            joinery_proto::channel::with_causes(cause)
-        ),
-        None => anyhow::anyhow!("the gateway refused ({words}): {}", status.message()),
+        Some(_) => anyhow::anyhow!("the gateway did not answer ({words}): {reason}"),
+        None => anyhow::anyhow!("the gateway refused ({words}): {reason}"),
     }
 }
 
