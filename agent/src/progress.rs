@@ -98,3 +98,85 @@ impl SourceProgress {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// A log sink the test can read back.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("log sink").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The log lines `show` writes with `progress`.
+    fn logged(progress: Progress, show: impl FnOnce(Progress)) -> Vec<String> {
+        let sink = Captured::default();
+        let writer = sink.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || show(progress));
+        let text = String::from_utf8(sink.0.lock().expect("log sink").clone()).expect("utf-8");
+        text.lines().map(str::to_owned).collect()
+    }
+
+    fn read_a_source(progress: Progress) {
+        let mut shown = SourceProgress::start(progress, "cin-census".into(), 4_000);
+        for step in 1..=3u64 {
+            shown.update(step * 100, step * 1_000);
+        }
+        shown.finish(400);
+    }
+
+    #[test]
+    fn off_a_terminal_each_interval_logs_rows_share_rate_and_time_left() {
+        let lines = logged(Progress::Lines(Duration::ZERO), read_a_source);
+        let reading: Vec<_> = lines.iter().filter(|l| l.contains(" reading ")).collect();
+        assert_eq!(
+            reading.len(),
+            3,
+            "one line per update past the interval: {lines:#?}"
+        );
+        for (line, (rows, percent)) in reading.iter().zip([(100, 25), (200, 50), (300, 75)]) {
+            assert!(line.contains("source=cin-census"), "{line}");
+            assert!(line.contains(&format!("rows={rows} ")), "{line}");
+            assert!(line.contains(&format!("percent={percent} ")), "{line}");
+            assert!(
+                line.contains("rows_per_second=") && line.contains("seconds_left="),
+                "{line}"
+            );
+        }
+        let last = lines.last().expect("a closing line");
+        assert!(
+            last.contains(" read ") && last.contains("rows=400 "),
+            "{last}"
+        );
+    }
+
+    #[test]
+    fn lines_come_no_more_often_than_asked_and_a_bar_or_quiet_run_logs_nothing() {
+        let lines = logged(Progress::Lines(Duration::from_secs(3_600)), read_a_source);
+        assert_eq!(
+            lines.len(),
+            1,
+            "only the closing line inside the interval: {lines:#?}"
+        );
+        assert!(lines[0].contains(" read "), "{}", lines[0]);
+        for quiet in [Progress::Quiet, Progress::Bar] {
+            assert!(logged(quiet, read_a_source).is_empty(), "{quiet:?} logged");
+        }
+    }
+}
