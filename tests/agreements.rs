@@ -136,7 +136,7 @@ async fn agent_and_gateway_must_hold_the_same_signed_agreement() {
 
     // The agent holds a different text of the same id and version, properly signed.
     let synth = d.synth(50, 42);
-    let variant = d.write_agreement(&d.path("agent-copy"), |t| {
+    let variant = write_signed_agreement(&d.path("agent-copy"), |t| {
         t.replace("retention_days: 1095", "retention_days: 1000")
     });
     let config = d.agent_config_under(
@@ -168,7 +168,7 @@ async fn a_new_agreement_version_is_put_in_force_without_a_restart() {
     let d = Deployment::new();
     let gateway = d.start_gateway(None, &[]);
     let synth = d.synth(50, 7);
-    let version_two = d.write_agreement(&d.path("version-2"), |t| {
+    let version_two = write_signed_agreement(&d.path("version-2"), |t| {
         t.replacen("version: 1", "version: 2", 1)
     });
     let config = d.agent_config_under(
@@ -233,7 +233,7 @@ async fn agents_refuse_agreements_that_are_not_in_force() {
         (
             "unsigned",
             {
-                let path = d.write_agreement(&d.path("unsigned"), |t| t);
+                let path = write_signed_agreement(&d.path("unsigned"), |t| t);
                 std::fs::remove_file(joinery_policies::signing::signature_path(&path)).unwrap();
                 path
             },
@@ -242,7 +242,7 @@ async fn agents_refuse_agreements_that_are_not_in_force() {
         (
             "tampered",
             {
-                let path = d.write_agreement(&d.path("tampered"), |t| t);
+                let path = write_signed_agreement(&d.path("tampered"), |t| t);
                 let text = std::fs::read_to_string(&path).unwrap();
                 std::fs::write(
                     &path,
@@ -255,7 +255,7 @@ async fn agents_refuse_agreements_that_are_not_in_force() {
         ),
         (
             "expired",
-            d.write_agreement(&d.path("expired"), |t| {
+            write_signed_agreement(&d.path("expired"), |t| {
                 let t = replace(
                     t,
                     "valid_from",
@@ -272,7 +272,7 @@ async fn agents_refuse_agreements_that_are_not_in_force() {
         ),
         (
             "not yet valid",
-            d.write_agreement(&d.path("future"), |t| {
+            write_signed_agreement(&d.path("future"), |t| {
                 replace(
                     t,
                     "valid_from",
@@ -327,7 +327,7 @@ async fn an_agreement_expiring_mid_stream_stops_acceptance() {
     let expires = expires
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap();
-    d.write_agreement(&d.agreements_dir(), |t| {
+    write_signed_agreement(&d.agreements_dir(), |t| {
         let line = t
             .lines()
             .find(|l| l.starts_with("expires:"))

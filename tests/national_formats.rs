@@ -237,7 +237,7 @@ async fn every_national_format_reaches_the_gateway_whole() {
     // A case reviewer joins the agreement with a row-level role, and
     // parties may re-identify their own records for direct care (the
     // agreement is signed again); an outsider holds no role.
-    d.write_agreement(&d.agreements_dir(), |text| {
+    write_signed_agreement(&d.agreements_dir(), |text| {
         text.replace(
             "roles:\n",
             "roles:\n  case_review:\n    description: Case review.\n    access: row_level\n    analysts: [case-reviewer]\n",

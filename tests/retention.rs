@@ -112,7 +112,7 @@ async fn retention(postgres: Option<String>) {
     // The agreement ends (its signed copy in the store's agreements is
     // replaced by one that has expired): everything sent under it goes.
     let today = time::OffsetDateTime::now_utc().date();
-    d.write_agreement(&d.agreements_dir(), |t| {
+    write_signed_agreement(&d.agreements_dir(), |t| {
         let mut t = t;
         for (key, date) in [
             ("valid_from", today - time::Duration::days(30)),

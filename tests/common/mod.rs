@@ -93,7 +93,7 @@ impl Deployment {
             "--out",
             d.path("linkage.key").to_str().unwrap(),
         ]);
-        d.write_agreement(&d.agreements_dir(), |text| text);
+        write_signed_agreement(&d.agreements_dir(), |text| text);
         std::fs::write(d.opt_out_list(), "# National Data Opt-out\n").unwrap();
         d
     }
@@ -157,57 +157,6 @@ impl Deployment {
 
     pub fn opt_out_list(&self) -> PathBuf {
         self.path("opt-out.txt")
-    }
-
-    /// Writes the example council + CAMHS + SALT agreement into `dir`, in
-    /// force from yesterday for a year, after `edit`, with fresh keys for its
-    /// three signatories (made and used through the CLI), fully signed.
-    pub fn write_agreement(&self, dir: &Path, edit: impl Fn(String) -> String) -> PathBuf {
-        std::fs::create_dir_all(dir).unwrap();
-        let example = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join(format!("policies/examples/{AGREEMENT}.yaml"));
-        let mut text = std::fs::read_to_string(example).unwrap();
-        let today = time::OffsetDateTime::now_utc().date();
-        for (key, date) in [
-            ("valid_from", today - time::Duration::days(1)),
-            ("review_by", today + time::Duration::days(180)),
-            ("expires", today + time::Duration::days(365)),
-        ] {
-            let line = text
-                .lines()
-                .find(|l| l.starts_with(&format!("{key}:")))
-                .unwrap()
-                .to_owned();
-            text = text.replace(&line, &format!("{key}: {date}"));
-        }
-        let old_keys: Vec<String> = text
-            .lines()
-            .filter_map(|l| l.trim().strip_prefix("public_key: "))
-            .map(str::to_owned)
-            .collect();
-        let mut keys = Vec::new();
-        for (i, old) in old_keys.iter().enumerate() {
-            let key = dir.join(format!("signatory-{i}.key"));
-            let _ = std::fs::remove_file(&key);
-            let out = joinery_ok(&["policy", "keygen", "--out", key.to_str().unwrap()]);
-            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-            let public = stdout.lines().last().unwrap().trim().to_owned();
-            text = text.replace(old, &public);
-            keys.push(key);
-        }
-        let path = dir.join(format!("{AGREEMENT}.yaml"));
-        let _ = std::fs::remove_file(joinery_policies::signing::signature_path(&path));
-        std::fs::write(&path, edit(text)).unwrap();
-        for key in &keys {
-            joinery_ok(&[
-                "policy",
-                "sign",
-                path.to_str().unwrap(),
-                "--key",
-                key.to_str().unwrap(),
-            ]);
-        }
-        path
     }
 
     pub fn path(&self, relative: &str) -> PathBuf {
@@ -544,6 +493,57 @@ impl Drop for GatewayProcess {
             self.terminate();
         }
     }
+}
+
+/// Writes the example council + CAMHS + SALT agreement into `dir`, in
+/// force from yesterday for a year, after `edit`, with fresh keys for its
+/// three signatories (made and used through the CLI), fully signed.
+pub fn write_signed_agreement(dir: &Path, edit: impl Fn(String) -> String) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let example =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("policies/examples/{AGREEMENT}.yaml"));
+    let mut text = std::fs::read_to_string(example).unwrap();
+    let today = time::OffsetDateTime::now_utc().date();
+    for (key, date) in [
+        ("valid_from", today - time::Duration::days(1)),
+        ("review_by", today + time::Duration::days(180)),
+        ("expires", today + time::Duration::days(365)),
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{key}:")))
+            .unwrap()
+            .to_owned();
+        text = text.replace(&line, &format!("{key}: {date}"));
+    }
+    let old_keys: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("public_key: "))
+        .map(str::to_owned)
+        .collect();
+    let mut keys = Vec::new();
+    for (i, old) in old_keys.iter().enumerate() {
+        let key = dir.join(format!("signatory-{i}.key"));
+        let _ = std::fs::remove_file(&key);
+        let out = joinery_ok(&["policy", "keygen", "--out", key.to_str().unwrap()]);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let public = stdout.lines().last().unwrap().trim().to_owned();
+        text = text.replace(old, &public);
+        keys.push(key);
+    }
+    let path = dir.join(format!("{AGREEMENT}.yaml"));
+    let _ = std::fs::remove_file(joinery_policies::signing::signature_path(&path));
+    std::fs::write(&path, edit(text)).unwrap();
+    for key in &keys {
+        joinery_ok(&[
+            "policy",
+            "sign",
+            path.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ]);
+    }
+    path
 }
 
 /// Waits for an agent, returning (exit code, stdout, stderr).
