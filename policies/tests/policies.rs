@@ -398,8 +398,8 @@ fn agreements_may_link_on_fields_beyond_the_canonical_five() {
     assert!(error.help.contains("linkage.encoding.fields"), "{error}");
 
     let encoded = listed.replace(
-        "    scheme: keyed-bloom\n    version: 3\n",
-        "    scheme: keyed-bloom\n    version: 3\n    fields:\n      - { field: school_urn, tokens: whole, bits: 64, hashes: 4, salt: { field: date_of_birth, take: { prefix: 4 } } }\n",
+        "    scheme: keyed-bloom\n    version: 4\n",
+        "    scheme: keyed-bloom\n    version: 4\n    fields:\n      - { field: school_urn, tokens: whole, bits: 64, hashes: 4, salt: { field: date_of_birth, take: { prefix: 4 } } }\n",
     );
     let checked = check(&encoded, TODAY);
     assert_eq!(
@@ -415,8 +415,8 @@ fn agreements_may_link_on_fields_beyond_the_canonical_five() {
         (last.field.as_str(), last.bits, last.hashes),
         ("school_urn", 64, 4)
     );
-    // The canonical five, the full name made from them (version 3: salted
-    // with the postcode district), and school_urn.
+    // The canonical five, the full name made from them (from version 3:
+    // salted with the postcode district), and school_urn.
     assert_eq!(params.fields.len(), 7);
     let full_name = params.fields.iter().find(|f| f.field == "full_name");
     assert_eq!(
@@ -431,7 +431,7 @@ fn agreements_may_link_on_fields_beyond_the_canonical_five() {
         let without_postcode = encoded
             .replace("sex, postcode, school_urn]", "sex, school_urn]")
             .replace(
-                "version: 3\n    fields",
+                "version: 4\n    fields",
                 &format!("version: {version}\n    fields"),
             );
         let agreement: Agreement = serde_saphyr::from_str(&without_postcode).unwrap();
