@@ -4,6 +4,8 @@
 //! `joinery pki`, analysts `joinery query`; `joinery synth`, `joinery demo` and
 //! `joinery bench` generate data, show the whole system and measure it.
 
+#![forbid(unsafe_code)]
+
 mod commands;
 mod observe;
 mod synth;

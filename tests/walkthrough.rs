@@ -132,6 +132,16 @@ fn unit_command(unit: &str, host: &Host) -> Command {
     command
 }
 
+/// A process killed when the test ends, also when it fails.
+struct Stopped(std::process::Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Polls `ask` until it returns `Some`, for at most `limit`.
 fn eventually<T>(limit: Duration, what: &str, mut ask: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();
@@ -205,15 +215,17 @@ async fn an_operator_follows_the_docs_to_postgresql_two_agents_and_queries() {
         gateway.env(key, value);
     }
     let gateway_log = root.path().join("gateway.log");
-    let mut gateway = gateway
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&gateway_log).unwrap())
-        .spawn()
-        .expect("start the gateway");
+    let mut gateway = Stopped(
+        gateway
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&gateway_log).unwrap())
+            .spawn()
+            .expect("start the gateway"),
+    );
     let log = || std::fs::read_to_string(&gateway_log).unwrap_or_default();
     eventually(Duration::from_secs(60), "gateway ready", || {
         assert!(
-            gateway.try_wait().unwrap().is_none(),
+            gateway.0.try_wait().unwrap().is_none(),
             "the gateway stopped:\n{}",
             log()
         );
@@ -363,11 +375,11 @@ async fn an_operator_follows_the_docs_to_postgresql_two_agents_and_queries() {
     );
     assert!(
         Command::new("kill")
-            .args(["-TERM", &gateway.id().to_string()])
+            .args(["-TERM", &gateway.0.id().to_string()])
             .status()
             .unwrap()
             .success()
     );
-    let status = gateway.wait().unwrap();
+    let status = gateway.0.wait().unwrap();
     assert!(status.success(), "gateway stop: {status}\n{}", log());
 }

@@ -10,6 +10,8 @@
 //! content-digest ids; [`uploader`] streams them over mutual TLS and counts a
 //! batch delivered only when the gateway acknowledges its commit.
 
+#![forbid(unsafe_code)]
+
 pub mod batch;
 pub mod checkpoints;
 pub mod config;

@@ -10,6 +10,8 @@
 //! - [`signing`]: Ed25519 keys and signatures (agreements, audit checkpoints).
 //! - [`files`]: writing secret material owner-only.
 
+#![forbid(unsafe_code)]
+
 pub mod identity;
 pub mod keys;
 pub mod pki;

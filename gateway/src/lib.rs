@@ -11,6 +11,8 @@
 //! through [`analytics`] and [`disclosure`].
 //! [`server`] wires it together; [`metrics`] names what is measured.
 
+#![forbid(unsafe_code)]
+
 pub mod agreements;
 pub mod analytics;
 pub mod audit;

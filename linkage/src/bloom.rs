@@ -1,6 +1,12 @@
 //! Bloom filters as 64-bit words, and the Dice coefficient between two of
 //! them: a popcount of their intersection, counted by a [`Kernel`] (64-bit
 //! popcounts anywhere, vector popcounts on CPUs with AVX-512).
+//!
+//! The workspace's one module with `unsafe` code: the vector intrinsics
+//! and the calls of functions compiled for CPU features, each after the
+//! CPU has been seen to have them (every block says why it is sound).
+
+#![allow(unsafe_code)]
 
 /// A filter's words, `bits / 64` of them.
 pub type Words = [u64];

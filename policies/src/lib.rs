@@ -8,6 +8,8 @@
 //! gateway that checks it ([`enforce`]). [`SignedAgreement`] is what both ends load: an
 //! agreement that parses, passes every rule and carries every signature.
 
+#![forbid(unsafe_code)]
+
 pub mod check;
 pub mod diff;
 pub mod enforce;

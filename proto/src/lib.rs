@@ -4,6 +4,8 @@
 //!
 //! The `.proto` sources live next to this crate in `proto/joinery/v1/`.
 
+#![forbid(unsafe_code)]
+
 pub mod channel;
 pub mod trace_context;
 
