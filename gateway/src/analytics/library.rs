@@ -7,9 +7,9 @@
 use std::sync::LazyLock;
 
 use schemars::JsonSchema;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
-use super::model::{Condition, Measure, Stratification, StratificationSpec};
+use super::model::{AnalystQuery, Condition, Measure, Stratification, StratificationSpec};
 
 /// One built-in indicator: what it measures and the query that measures it.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -112,18 +112,32 @@ pub fn named_stratification(reference: &str) -> Result<&'static Stratification, 
         })
 }
 
-/// Deserializes a query's `stratification`: a built-in one by name or one
-/// written out.
-pub(super) fn stratification<'de, D: Deserializer<'de>>(
-    d: D,
-) -> Result<Option<Stratification>, D::Error> {
-    match Option::<StratificationSpec>::deserialize(d)? {
-        None => Ok(None),
-        Some(StratificationSpec::Inline(s)) => Ok(Some(s)),
-        Some(StratificationSpec::Named(reference)) => named_stratification(&reference)
-            .cloned()
-            .map(Some)
-            .map_err(serde::de::Error::custom),
+impl AnalystQuery {
+    /// Parses a query (YAML, of which JSON is a part), filling in the
+    /// cohort and measure of a built-in indicator and the tiers of a named
+    /// stratification. Resolved here, after parsing, so the query's types
+    /// (`model.rs`) know nothing of the library.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut query: Self = serde_saphyr::from_str(text).map_err(|e| e.to_string())?;
+        if let Some(name) = &query.indicator {
+            if query.cohort.is_some() || !matches!(query.measure, Measure::Children) {
+                return Err(format!(
+                    "indicator {name} defines the cohort and the measure: give only breakdowns, periods and the reference date"
+                ));
+            }
+            let indicator = indicator(name)?;
+            query.cohort = Some(indicator.cohort.clone());
+            query.measure = indicator.measure.clone();
+        }
+        query.stratification = match query.stratification_spec.take() {
+            None => None,
+            Some(StratificationSpec::Inline(s)) => Some(s),
+            Some(StratificationSpec::Named(reference)) => {
+                Some(named_stratification(&reference)?.clone())
+            }
+        };
+        query.check()?;
+        Ok(query)
     }
 }
 
@@ -136,7 +150,6 @@ mod tests {
     use time::macros::date;
 
     use super::*;
-    use crate::analytics::model::AnalystQuery;
     use crate::analytics::{Labels, Person, PersonEvent, stratum, tabulate};
 
     const ON: Date = date!(2026 - 03 - 31);

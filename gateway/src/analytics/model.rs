@@ -43,8 +43,11 @@ pub struct AnalystQuery {
     /// Risk tiers, for a `stratum` breakdown: a built-in stratification by
     /// name (`children-at-risk@1`, or `children-at-risk` for its latest
     /// version) or one written out here.
-    #[serde(default, deserialize_with = "super::library::stratification")]
-    #[schemars(with = "Option<StratificationSpec>")]
+    #[serde(default, rename = "stratification")]
+    pub(super) stratification_spec: Option<StratificationSpec>,
+    /// The risk tiers the document names or writes out, as
+    /// [`AnalystQuery::parse`] resolves them (`library.rs`).
+    #[serde(skip)]
     pub stratification: Option<Stratification>,
     /// The periods of a `period` breakdown, the last ending on the
     /// reference date.
@@ -378,25 +381,8 @@ mod optional_date {
 }
 
 impl AnalystQuery {
-    /// Parses a query (YAML, of which JSON is a part), filling in the
-    /// cohort and measure of a built-in indicator.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let mut query: Self = serde_saphyr::from_str(text).map_err(|e| e.to_string())?;
-        if let Some(name) = &query.indicator {
-            if query.cohort.is_some() || !matches!(query.measure, Measure::Children) {
-                return Err(format!(
-                    "indicator {name} defines the cohort and the measure: give only breakdowns, periods and the reference date"
-                ));
-            }
-            let indicator = super::library::indicator(name)?;
-            query.cohort = Some(indicator.cohort.clone());
-            query.measure = indicator.measure.clone();
-        }
-        query.check()?;
-        Ok(query)
-    }
-
-    fn check(&self) -> Result<(), String> {
+    /// Checks a parsed query's cohort, measure, breakdowns and periods.
+    pub(super) fn check(&self) -> Result<(), String> {
         if let Some(cohort) = &self.cohort {
             check_condition(cohort)?;
         }
