@@ -1,7 +1,7 @@
 //! The Joinery agent: runs on an agency's premises, reads its extracts, and
 //! delivers pseudonymised records to the gateway.
 //!
-//! Data flow for one run ([`run`]): [`config`] names the sources; each
+//! Data flow for one run ([`run()`]): [`config`] names the sources; each
 //! [`source`] reads rows and [`mapping`] binds its columns to canonical fields;
 //! [`row`] validates them with [`validate`] (NHS number Modulus 11, postcodes,
 //! dates) and quarantines what cannot be used ([`quarantine`]); [`opt_out`]
@@ -9,6 +9,22 @@
 //! what the signed agreement allows, pseudonymised and coarsened as it says; [`batch`] groups records under
 //! content-digest ids; [`uploader`] streams them over mutual TLS and counts a
 //! batch delivered only when the gateway acknowledges its commit.
+//!
+//! Around that path: [`format`](mod@format) reads the national returns (SSDA903, CIN
+//! census, Annex A, MHSDS, CSDS, FHIR) as sources, and [`person_index`]
+//! finds the person of an event table's row; [`person`] is the canonical
+//! row; [`spool`] keeps every batch on disk until it is acknowledged and
+//! each source's position, and [`delivery`] resends from it across lost
+//! connections; [`checkpoints`] keeps the gateway's signed audit
+//! checkpoints; [`progress`] shows a run's progress; [`metrics`] names what
+//! is measured; [`resolve`] answers direct-care questions inside the agency;
+//! [`error`] is the one error of a run.
+//!
+//! Invariants: no name, NHS number, date of birth or postcode leaves this
+//! crate except pseudonymised or coarsened by [`release`]; no error, log
+//! line, metric or quarantine report carries a field's value (problems are
+//! named by field, rule and line); a batch leaves the spool only when the
+//! gateway has acknowledged its commit.
 
 #![forbid(unsafe_code)]
 

@@ -5,7 +5,7 @@
 //! certificate chaining to the deployment CA (the gateway requires client
 //! certificates; a client without one is refused on its first RPC), issued
 //! for its role: `clientAuth` for agents and analysts, `serverAuth` for the
-//! gateway ([`RequireUsage`]; webpki alone takes a certificate without the
+//! gateway (`RequireUsage`; webpki alone takes a certificate without the
 //! extended key usage extension as good for any purpose).
 
 use std::path::{Path, PathBuf};

@@ -10,6 +10,19 @@
 //! the gateway to keep. [`query`] (gRPC) and [`http`] (JSON) answer analysts
 //! through [`analytics`] and [`disclosure`].
 //! [`server`] wires it together; [`metrics`] names what is measured.
+//!
+//! Around that path: [`config`] is the configuration, built once;
+//! [`tls_reload`] serves new certificates, keys and revocation lists
+//! without a restart; [`background`] supervises the periodic work:
+//! [`linker`] (fuzzy linkage into the person spine), [`retention`] and the
+//! signed checkpoints of [`audit`], the hash-chained record of every
+//! delivery, refusal, agreement load, deletion and query.
+//!
+//! Invariants: only [`storage`] speaks SQL; every person-level table is keyed
+//! by person first; every number an analyst sees has passed [`disclosure`];
+//! an ack means committed; no log, error, trace or metric carries an
+//! identifier (records arrive pseudonymised, and problems are named by batch,
+//! row number and field).
 
 #![forbid(unsafe_code)]
 

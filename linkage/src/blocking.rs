@@ -236,7 +236,7 @@ impl Blocks {
     }
 }
 
-/// Whether blocking compares a pair ([`Blocks::together`]).
+/// Whether blocking compares a pair (`Blocks::together`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Together {
     Compared,

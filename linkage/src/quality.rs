@@ -12,7 +12,7 @@
 //!   pair the matcher dropped early (it could not reach the threshold) has
 //!   no probability of its own: each is compared in full for the estimate
 //!   when blocking makes few pairs, else a fixed sample of one in up to
-//!   [`MAX_PRUNED_SAMPLE`], each standing for the rest ([`PrunedSample`]).
+//!   [`MAX_PRUNED_SAMPLE`], each standing for the rest (`PrunedSample`).
 //!
 //! Pairs whose records both carry NHS pseudonyms are left out: those
 //! decide, not the model (and so are pairs left apart because both their

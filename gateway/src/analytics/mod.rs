@@ -7,7 +7,7 @@
 //! all / any / not ([`cohort`]) — how to break it down and what each cell
 //! holds. [`table::tabulate`] counts it over the population
 //! ([`population`], loaded by [`crate::storage::Storage::population`]);
-//! [`crate::disclosure::protect`] protects it; [`explain`] says in words who
+//! [`crate::disclosure::protect`] protects it; [`explain()`] says in words who
 //! is counted.
 
 pub mod cohort;

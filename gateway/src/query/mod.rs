@@ -1,5 +1,5 @@
 //! `joinery.v1.Query`: analysts' questions, answered from the linked
-//! population and released only through [`DisclosureRule`], or row-level
+//! population and released only through [`DisclosureRules`], or row-level
 //! under project pseudonyms.
 //!
 //! An analyst (certificate `urn:joinery:analyst:NAME`) may ask only while a
