@@ -2,7 +2,7 @@
 //! as terminal text, Markdown or HTML: who sends what, how each field is
 //! protected, who can see what, and until when.
 
-use crate::model::{Access, Agreement, OptOut, PartyRole, Rounding, Transform};
+use crate::model::{Access, Agreement, OptOut, PartyRole, Transform};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -427,12 +427,7 @@ fn disclosure(o: &crate::model::OutputRules) -> Vec<String> {
              zero is never told apart from a small count); {}{}. A percentage or median is \
              suppressed with its numerator, denominator or contributors.",
             o.minimum_cell_count,
-            match o.rounding {
-                Rounding::Nearest5 => "other counts are rounded to the nearest 5",
-                Rounding::Midpoint6 =>
-                    "other counts are replaced by the midpoint of their band of six",
-                Rounding::None => "other counts are not rounded",
-            },
+            o.rounding.in_words(),
             if o.secondary_suppression {
                 ", and further cells are suppressed so that no hidden count can be estimated \
                  from totals"

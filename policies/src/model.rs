@@ -383,6 +383,16 @@ impl Rounding {
             Self::Midpoint6 => 2,
         }
     }
+
+    /// What it does to a count that is shown, in words: the one wording of
+    /// the agreement's explanation and every table's footnote.
+    pub fn in_words(self) -> &'static str {
+        match self {
+            Self::Nearest5 => "other counts are rounded to the nearest 5",
+            Self::Midpoint6 => "other counts are replaced by the midpoint of their band of six",
+            Self::None => "other counts are not rounded",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Subcommand;
-use joinery_gateway::audit::{Checkpoint, Entry, Verifier};
+use joinery_gateway::audit::{AuditEvent, Checkpoint, Decision, EXTRACT_QUERY, Entry, Verifier};
 use joinery_gateway::storage::Storage;
 
 use crate::commands::gateway::StoreArgs;
@@ -166,50 +166,56 @@ async fn report(store: StoreArgs, from: time::Date, to: time::Date) -> anyhow::R
             return;
         }
         let r = &e.record;
-        let detail = r.detail_value();
-        let text = |key: &str| {
-            detail
-                .get(key)
-                .and_then(|v| v.as_str())
-                .unwrap_or("")
-                .to_owned()
-        };
-        let number = |key: &str| {
-            detail
-                .get(key)
-                .and_then(serde_json::Value::as_u64)
-                .unwrap_or(0)
+        let Some(event) = r.event() else {
+            return;
         };
         let agreement = format!("{} v{}", r.agreement_id, r.agreement_version);
-        match r.kind.as_str() {
-            "batch" => {
+        match event {
+            AuditEvent::Batch {
+                dataset,
+                records_stored,
+                decision,
+                reason,
+                ..
+            } => {
                 let tally = delivered
-                    .entry((agreement, r.actor.clone(), text("dataset")))
+                    .entry((agreement, r.actor.clone(), dataset))
                     .or_default();
-                let decision = match text("reason").as_str() {
-                    "" => text("decision"),
-                    reason => format!("rejected ({reason})"),
+                let decision = match (decision, reason) {
+                    (_, Some(reason)) => format!("rejected ({reason})"),
+                    (Decision::Committed, None) => "committed".to_owned(),
+                    (Decision::Duplicate, None) => "duplicate".to_owned(),
+                    (Decision::Rejected, None) => "rejected".to_owned(),
                 };
                 *tally.batches.entry(decision).or_default() += 1;
-                tally.records_stored += number("records_stored");
+                tally.records_stored += records_stored;
             }
-            "session_refused" => {
-                *refused
-                    .entry((r.actor.clone(), text("reason")))
-                    .or_default() += 1
+            AuditEvent::SessionRefused { reason, .. } => {
+                *refused.entry((r.actor.clone(), reason)).or_default() += 1
             }
-            "retention_deleted" => {
+            AuditEvent::Retention {
+                organisation,
+                dataset,
+                records,
+                ..
+            } => {
                 *deleted
-                    .entry((agreement, text("organisation"), text("dataset")))
-                    .or_default() += number("records")
+                    .entry((agreement, organisation, dataset))
+                    .or_default() += records
             }
-            "query" => {
-                let q = queries.entry((r.actor.clone(), text("query"))).or_default();
+            AuditEvent::Query {
+                query,
+                cells_released,
+                ..
+            } => {
+                let q = queries.entry((r.actor.clone(), query)).or_default();
                 q.0 += 1;
-                q.1 += number("cells_released");
+                q.1 += cells_released;
             }
-            "agreement_loaded" => loaded.push(format!("{agreement} (digest {})", text("digest"))),
-            _ => {}
+            AuditEvent::AgreementLoaded { digest, .. } => {
+                loaded.push(format!("{agreement} (digest {digest})"))
+            }
+            AuditEvent::Linkage { .. } | AuditEvent::SnapshotReplaced { .. } => {}
         }
     })
     .await?;
@@ -240,7 +246,7 @@ async fn report(store: StoreArgs, from: time::Date, to: time::Date) -> anyhow::R
     for ((actor, query), (n, cells)) in &queries {
         // A row-level extract releases rows (one per person and cell), not
         // table cells.
-        let unit = if query == "extract" {
+        let unit = if query == EXTRACT_QUERY {
             "person rows"
         } else {
             "cells"

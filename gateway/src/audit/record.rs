@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 
 use ring::digest::{Context, SHA256};
-use serde_json::json;
 
 /// The `prev_hash` of the first entry.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -18,7 +17,7 @@ pub struct AuditRecord {
     pub actor: String,
     pub agreement_id: String,
     pub agreement_version: u32,
-    /// Canonical JSON (keys sorted).
+    /// The event's fields as canonical JSON (keys sorted).
     pub detail: String,
 }
 
@@ -42,20 +41,75 @@ pub struct Checkpoint {
     pub signature: String,
 }
 
-fn record(
-    kind: &str,
-    actor: &str,
-    agreement: (&str, u32),
-    detail: serde_json::Value,
-) -> AuditRecord {
-    AuditRecord {
-        kind: kind.to_owned(),
-        actor: actor.to_owned(),
-        agreement_id: agreement.0.to_owned(),
-        agreement_version: agreement.1,
-        detail: detail.to_string(),
-    }
+/// What happened, one variant per kind of entry with its detail typed.
+/// Stored as the entry's `kind` (the variant's name) and its detail (the
+/// variant's fields as canonical JSON, keys sorted), both hashed into the
+/// chain; [`AuditRecord::event`] reads it back.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AuditEvent {
+    /// A batch: stored, recognised as already stored, or refused.
+    Batch {
+        batch_id: String,
+        dataset: String,
+        records: u64,
+        records_stored: u64,
+        decision: Decision,
+        /// Why it was refused.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// A session refused before any batch (wrong agreement, not a party...).
+    SessionRefused { code: String, reason: String },
+    /// An agreement loaded (at start-up or by a reload).
+    AgreementLoaded { digest: String, file: String },
+    /// Data deleted by retention.
+    #[serde(rename = "retention_deleted")]
+    Retention {
+        organisation: String,
+        dataset: String,
+        batches: u64,
+        records: u64,
+    },
+    /// A fuzzy linkage run: how much it read and changed (no identifiers).
+    Linkage {
+        params_version: u32,
+        full: bool,
+        entities: u64,
+        pending: u64,
+        links: u64,
+        person_ids_moved: u64,
+        nhs_conflicts: u64,
+    },
+    /// A full snapshot delivered whole: the organisation's records of the
+    /// dataset from earlier snapshots retired.
+    SnapshotReplaced {
+        dataset: String,
+        snapshot: String,
+        records_retired: u64,
+    },
+    /// An analyst's (or agency's) query and what it released: table cells,
+    /// or for a row-level extract ([`EXTRACT_QUERY`]) person rows.
+    Query {
+        query: String,
+        query_digest: String,
+        disclosure: String,
+        cells_released: u64,
+    },
 }
+
+/// What became of a batch, as [`AuditEvent::Batch`] records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    Committed,
+    Duplicate,
+    Rejected,
+}
+
+/// The query name [`AuditEvent::Query`] gives a row-level extract: what
+/// it releases is person rows, not table cells.
+pub const EXTRACT_QUERY: &str = "extract";
 
 /// What became of a batch, as the audit log records it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +123,35 @@ pub enum BatchDecision<'a> {
 }
 
 impl AuditRecord {
+    /// `event` by `actor` (an organisation code, `analyst:NAME` or
+    /// `gateway`) under `agreement` (`("", 0)` for none).
+    pub fn new(actor: &str, agreement: (&str, u32), event: &AuditEvent) -> Self {
+        let mut detail = serde_json::to_value(event).expect("an audit event is plain data");
+        let kind = detail
+            .as_object_mut()
+            .and_then(|fields| fields.remove("kind"))
+            .and_then(|kind| kind.as_str().map(str::to_owned))
+            .expect("an audit event is tagged with its kind");
+        Self {
+            kind,
+            actor: actor.to_owned(),
+            agreement_id: agreement.0.to_owned(),
+            agreement_version: agreement.1,
+            // serde_json's objects keep keys sorted: canonical.
+            detail: detail.to_string(),
+        }
+    }
+
+    /// The event the entry records, or `None` for a kind or detail this
+    /// version does not know.
+    pub fn event(&self) -> Option<AuditEvent> {
+        let mut detail: serde_json::Value = serde_json::from_str(&self.detail).ok()?;
+        detail
+            .as_object_mut()?
+            .insert("kind".to_owned(), self.kind.clone().into());
+        serde_json::from_value(detail).ok()
+    }
+
     /// What became of a batch of `records` records: stored, recognised as
     /// already stored, or refused.
     pub fn batch(
@@ -79,42 +162,38 @@ impl AuditRecord {
         records: usize,
         decision: BatchDecision<'_>,
     ) -> Self {
-        let (name, stored) = match decision {
-            BatchDecision::Committed(stored) => ("committed", stored),
-            BatchDecision::Duplicate => ("duplicate", 0),
-            BatchDecision::Rejected(_) => ("rejected", 0),
+        let (decision, records_stored, reason) = match decision {
+            BatchDecision::Committed(stored) => (Decision::Committed, stored, None),
+            BatchDecision::Duplicate => (Decision::Duplicate, 0, None),
+            BatchDecision::Rejected(reason) => (Decision::Rejected, 0, Some(reason.to_owned())),
         };
-        let mut detail = json!({
-            "batch_id": batch_id,
-            "dataset": dataset,
-            "records": records,
-            "records_stored": stored,
-            "decision": name,
-        });
-        if let BatchDecision::Rejected(reason) = decision {
-            detail["reason"] = json!(reason);
-        }
-        record("batch", organisation, agreement, detail)
+        let event = AuditEvent::Batch {
+            batch_id: batch_id.to_owned(),
+            dataset: dataset.to_owned(),
+            records: records as u64,
+            records_stored,
+            decision,
+            reason,
+        };
+        Self::new(organisation, agreement, &event)
     }
 
     /// A session refused before any batch (wrong agreement, not a party...).
     pub fn session_refused(actor: &str, agreement: (&str, u32), code: &str, reason: &str) -> Self {
-        record(
-            "session_refused",
-            actor,
-            agreement,
-            json!({ "code": code, "reason": reason }),
-        )
+        let event = AuditEvent::SessionRefused {
+            code: code.to_owned(),
+            reason: reason.to_owned(),
+        };
+        Self::new(actor, agreement, &event)
     }
 
     /// An agreement loaded at start-up.
     pub fn agreement_loaded(id: &str, version: u32, digest: &str, path: &str) -> Self {
-        record(
-            "agreement_loaded",
-            "gateway",
-            (id, version),
-            json!({ "digest": digest, "file": path }),
-        )
+        let event = AuditEvent::AgreementLoaded {
+            digest: digest.to_owned(),
+            file: path.to_owned(),
+        };
+        Self::new("gateway", (id, version), &event)
     }
 
     /// Data deleted by retention: `batches` and `records` of `organisation`'s
@@ -126,17 +205,13 @@ impl AuditRecord {
         batches: u64,
         records: u64,
     ) -> Self {
-        record(
-            "retention_deleted",
-            "gateway",
-            agreement,
-            json!({
-                "organisation": organisation,
-                "dataset": dataset,
-                "batches": batches,
-                "records": records,
-            }),
-        )
+        let event = AuditEvent::Retention {
+            organisation: organisation.to_owned(),
+            dataset: dataset.to_owned(),
+            batches,
+            records,
+        };
+        Self::new("gateway", agreement, &event)
     }
 
     /// A fuzzy linkage run: how much it read and changed (no identifiers).
@@ -149,20 +224,16 @@ impl AuditRecord {
         moved: usize,
         nhs_conflicts: usize,
     ) -> Self {
-        record(
-            "linkage",
-            "gateway",
-            ("", 0),
-            json!({
-                "params_version": params_version,
-                "full": full,
-                "entities": entities,
-                "pending": pending,
-                "links": links,
-                "person_ids_moved": moved,
-                "nhs_conflicts": nhs_conflicts,
-            }),
-        )
+        let event = AuditEvent::Linkage {
+            params_version,
+            full,
+            entities: entities as u64,
+            pending: pending as u64,
+            links: links as u64,
+            person_ids_moved: moved as u64,
+            nhs_conflicts: nhs_conflicts as u64,
+        };
+        Self::new("gateway", ("", 0), &event)
     }
 
     /// A full snapshot delivered whole: the organisation's records of the
@@ -174,16 +245,12 @@ impl AuditRecord {
         snapshot: &str,
         records_retired: u64,
     ) -> Self {
-        record(
-            "snapshot_replaced",
-            organisation,
-            agreement,
-            json!({
-                "dataset": dataset,
-                "snapshot": snapshot,
-                "records_retired": records_retired,
-            }),
-        )
+        let event = AuditEvent::SnapshotReplaced {
+            dataset: dataset.to_owned(),
+            snapshot: snapshot.to_owned(),
+            records_retired,
+        };
+        Self::new(organisation, agreement, &event)
     }
 
     /// An analyst's (or agency's) query and what it released.
@@ -194,22 +261,13 @@ impl AuditRecord {
         disclosure: &str,
         cells_released: usize,
     ) -> Self {
-        record(
-            "query",
-            actor,
-            ("", 0),
-            json!({
-                "query": query,
-                "query_digest": query_digest,
-                "disclosure": disclosure,
-                "cells_released": cells_released,
-            }),
-        )
-    }
-
-    /// The detail as a JSON object.
-    pub fn detail_value(&self) -> BTreeMap<String, serde_json::Value> {
-        serde_json::from_str(&self.detail).unwrap_or_default()
+        let event = AuditEvent::Query {
+            query: query.to_owned(),
+            query_digest: query_digest.to_owned(),
+            disclosure: disclosure.to_owned(),
+            cells_released: cells_released as u64,
+        };
+        Self::new(actor, ("", 0), &event)
     }
 }
 
@@ -394,6 +452,69 @@ impl Verifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_event_is_stored_as_its_kind_and_sorted_detail_and_read_back() {
+        let records = [
+            AuditRecord::batch(
+                "RX9",
+                ("a", 1),
+                "b1",
+                "camhs",
+                10,
+                BatchDecision::Committed(7),
+            ),
+            AuditRecord::batch("RX9", ("a", 1), "b2", "camhs", 10, BatchDecision::Duplicate),
+            AuditRecord::batch(
+                "RX9",
+                ("a", 1),
+                "b3",
+                "camhs",
+                10,
+                BatchDecision::Rejected("field x"),
+            ),
+            AuditRecord::session_refused("RX9", ("a", 1), "permission_denied", "not a party"),
+            AuditRecord::agreement_loaded("a", 1, "d", "a.yaml"),
+            AuditRecord::retention("RX9", ("a", 1), "camhs", 2, 20),
+            AuditRecord::linkage(4, true, 100, 10, 5, 1, 0),
+            AuditRecord::snapshot_replaced("RX9", ("a", 1), "camhs", "s1", 3),
+            AuditRecord::query("analyst:a", EXTRACT_QUERY, "d", "row-level", 12),
+        ];
+        for record in records {
+            let detail: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(&record.detail).unwrap();
+            assert!(!detail.contains_key("kind"), "{}", record.detail);
+            let keys: Vec<&String> = detail.keys().collect();
+            assert!(keys.is_sorted(), "canonical: {}", record.detail);
+            let event = record.event().expect("read back");
+            assert_eq!(
+                AuditRecord::new(
+                    &record.actor,
+                    (&record.agreement_id, record.agreement_version),
+                    &event
+                ),
+                record
+            );
+        }
+        // Entries written before the events were typed read the same.
+        let old = AuditRecord {
+            kind: "batch".into(),
+            actor: "RX9".into(),
+            agreement_id: "a".into(),
+            agreement_version: 1,
+            detail: r#"{"batch_id":"b","dataset":"camhs","decision":"rejected","reason":"field x","records":3,"records_stored":0}"#.into(),
+        };
+        assert!(matches!(
+            old.event(),
+            Some(AuditEvent::Batch { decision: Decision::Rejected, reason: Some(r), .. }) if r == "field x"
+        ));
+        // A kind this version does not know is passed over, not misread.
+        let unknown = AuditRecord {
+            kind: "something_new".into(),
+            ..old
+        };
+        assert_eq!(unknown.event(), None);
+    }
 
     fn chain(n: u64) -> Vec<Entry> {
         let mut prev = GENESIS.to_owned();

@@ -106,11 +106,7 @@ impl DisclosureRules {
 
     /// A footnote describing the rules.
     pub fn note(&self) -> String {
-        let rounding = match self.rounding {
-            Rounding::None => "other counts are not rounded",
-            Rounding::Nearest5 => "other counts are rounded to the nearest 5",
-            Rounding::Midpoint6 => "other counts are shown as the midpoint of their band of six",
-        };
+        let rounding = self.rounding.in_words();
         format!(
             "every number carries random noise (SD {} per count of children); counts below {} \
              are suppressed (shown as *), zeros included{}; {rounding}; percentages come from \

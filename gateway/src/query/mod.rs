@@ -260,7 +260,7 @@ impl QueryService {
         rows.sort_by(|a, b| (&a.person, &a.row, &a.column).cmp(&(&b.person, &b.row, &b.column)));
         self.audit(
             who,
-            "extract",
+            crate::audit::EXTRACT_QUERY,
             request,
             &format!("row-level, project {project} pseudonyms"),
             rows.len(),
