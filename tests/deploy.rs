@@ -55,12 +55,44 @@ fn variables_in(text: &str) -> BTreeSet<String> {
 
 #[test]
 fn the_reference_pages_are_generated_from_the_code() {
-    for page in ["configuration", "indicators"] {
+    for (page, file) in [
+        ("configuration", "docs/configuration.md"),
+        ("indicators", "docs/indicators.md"),
+        ("queries", "docs/query-language.md"),
+    ] {
         let generated = joinery_ok(&["reference", page]);
         assert_eq!(
             String::from_utf8_lossy(&generated.stdout),
-            repo(&format!("docs/{page}.md")),
-            "regenerate: cargo run -- reference {page} > docs/{page}.md"
+            repo(file),
+            "regenerate: cargo run -- reference {page} > {file}"
+        );
+    }
+    let schema = joinery_ok(&["query", "schema"]);
+    assert_eq!(
+        String::from_utf8_lossy(&schema.stdout),
+        repo("docs/queries/query.schema.json"),
+        "regenerate: cargo run -- query schema > docs/queries/query.schema.json"
+    );
+    // Every example query is on the query language page, explained (so
+    // it parses), and names the schema for editors.
+    let page = repo("docs/query-language.md");
+    assert!(
+        !page.contains("does not parse"),
+        "an example does not parse"
+    );
+    let examples = std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/queries"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.ends_with(".yaml"));
+    for example in examples {
+        assert!(
+            page.contains(&format!("(queries/{example})")),
+            "{example} is not on docs/query-language.md (list it in src/commands/reference.rs)"
+        );
+        assert!(
+            repo(&format!("docs/queries/{example}"))
+                .starts_with("# yaml-language-server: $schema=query.schema.json\n"),
+            "{example} does not name the schema"
         );
     }
 }

@@ -59,6 +59,9 @@ pub enum QueryCommand {
         /// The query file.
         file: PathBuf,
     },
+    /// Print the JSON Schema of query files (for editors; checked in as
+    /// docs/queries/query.schema.json).
+    Schema,
 }
 
 /// Output formats of a query's table.
@@ -184,6 +187,7 @@ impl QueryCommand {
                 let (_, query) = read_query(&file)?;
                 println!("{}", joinery_gateway::analytics::explain(&query));
             }
+            Self::Schema => print!("{}", AnalystQuery::schema()),
         }
         Ok(ExitCode::SUCCESS)
     }

@@ -1,9 +1,11 @@
-//! `joinery reference configuration|indicators`: the configuration
+//! `joinery reference configuration|indicators|queries`: the configuration
 //! reference page (docs/configuration.md), generated from the typed
 //! configuration itself — the command-line definitions and the agent's
 //! configuration structs — and the indicator library (docs/indicators.md),
-//! generated from the built-in library, so neither can drift (tests compare
-//! the checked-in pages with this output).
+//! generated from the built-in library, and the query language
+//! (docs/query-language.md), generated from the query's types and the
+//! example queries, so none can drift (tests compare the checked-in pages
+//! with this output).
 
 use std::process::ExitCode;
 
@@ -16,6 +18,9 @@ pub enum ReferenceCommand {
     Configuration,
     /// Print docs/indicators.md: the built-in indicators and stratifications.
     Indicators,
+    /// Print docs/query-language.md: every construct of a query document,
+    /// and the examples in docs/queries/ with what each counts in words.
+    Queries,
 }
 
 impl ReferenceCommand {
@@ -23,6 +28,7 @@ impl ReferenceCommand {
         match self {
             Self::Configuration => print!("{}", configuration()),
             Self::Indicators => print!("{}", indicators()),
+            Self::Queries => print!("{}", queries()),
         }
         Ok(ExitCode::SUCCESS)
     }
@@ -81,6 +87,126 @@ pub fn indicators() -> String {
     out
 }
 
+/// The example query documents, as `docs/queries/` holds them.
+const EXAMPLE_QUERIES: [(&str, &str); 7] = [
+    (
+        "risk-tiers-by-segment.yaml",
+        include_str!("../../docs/queries/risk-tiers-by-segment.yaml"),
+    ),
+    (
+        "referrals-by-overlap.yaml",
+        include_str!("../../docs/queries/referrals-by-overlap.yaml"),
+    ),
+    (
+        "repeat-cp-plans.yaml",
+        include_str!("../../docs/queries/repeat-cp-plans.yaml"),
+    ),
+    (
+        "cp-plan-after-camhs-referral.yaml",
+        include_str!("../../docs/queries/cp-plan-after-camhs-referral.yaml"),
+    ),
+    (
+        "camhs-seen-within-18-weeks.yaml",
+        include_str!("../../docs/queries/camhs-seen-within-18-weeks.yaml"),
+    ),
+    (
+        "camhs-median-wait.yaml",
+        include_str!("../../docs/queries/camhs-median-wait.yaml"),
+    ),
+    (
+        "lac-health-assessments.yaml",
+        include_str!("../../docs/queries/lac-health-assessments.yaml"),
+    ),
+];
+
+/// The query language page: the document's keys, every construct (from
+/// the query's JSON Schema, so from the types that parse it) and the
+/// examples, each explained.
+pub fn queries() -> String {
+    use joinery_gateway::analytics::model::AnalystQuery;
+    let schema: Value = serde_json::from_str(&AnalystQuery::schema()).unwrap_or_default();
+    let mut out = String::from(
+        "# Query language\n\n\
+         Generated from the query's types by `joinery reference queries`; a test keeps\n\
+         this page identical to its output. A query document is YAML (or JSON) and goes\n\
+         unchanged to `joinery query run|explain|extract FILE`, gRPC and `POST /v1/query`.\n\
+         Its JSON Schema is [queries/query.schema.json](queries/query.schema.json)\n\
+         (`joinery query schema`): with an editor's YAML support, a first line\n\
+         `# yaml-language-server: $schema=query.schema.json` completes and checks keys\n\
+         as you type. Every answer goes through disclosure control\n\
+         ([disclosure.md](disclosure.md)); in tables `*` is a suppressed value and `-`\n\
+         one that does not apply (a median with no children to take it from).\n\
+         \n## The document\n\n",
+    );
+    out.push_str(&schema_table(&schema, Types::Named));
+    out.push_str("\n## Constructs\n");
+    if let Some(definitions) = schema.get("$defs").and_then(Value::as_object) {
+        for (name, definition) in definitions {
+            out.push_str(&format!("\n### `{name}`\n\n"));
+            if let Some(about) = definition.get("description").and_then(Value::as_str) {
+                out.push_str(&format!("{}\n\n", about.replace('\n', " ")));
+            }
+            let forms = definition
+                .get("oneOf")
+                .or_else(|| definition.get("anyOf"))
+                .and_then(Value::as_array);
+            if let Some(forms) = forms {
+                out.push_str("One of:\n\n");
+                for form in forms {
+                    out.push_str(&format!("- {}\n", form_in_words(&schema, form)));
+                }
+            } else if definition.get("properties").is_some() {
+                let mut only = serde_json::Map::new();
+                only.insert("$defs".into(), schema["$defs"].clone());
+                for (key, value) in definition.as_object().into_iter().flatten() {
+                    only.insert(key.clone(), value.clone());
+                }
+                out.push_str(&schema_table(&Value::Object(only), Types::Named));
+            } else {
+                out.push_str(&format!(
+                    "One of: {}.\n",
+                    kind_of(&schema, definition, Types::Named)
+                ));
+            }
+        }
+    }
+    out.push_str("\n## Examples\n");
+    for (file, text) in EXAMPLE_QUERIES {
+        let explained = AnalystQuery::parse(text)
+            .map(|q| joinery_gateway::analytics::explain(&q))
+            .unwrap_or_else(|e| format!("(does not parse: {e})"));
+        out.push_str(&format!(
+            "\n### [`{file}`](queries/{file})\n\n```yaml\n{}\n```\n\nIn words: {}\n",
+            text.trim_end(),
+            explained.trim_end()
+        ));
+    }
+    out
+}
+
+/// One form of a construct: its key or value, and what it means.
+fn form_in_words(root: &Value, form: &Value) -> String {
+    let about = form
+        .get("description")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .replace('\n', " ");
+    let written = match form.get("properties").and_then(Value::as_object) {
+        Some(properties) => properties
+            .iter()
+            .map(|(key, value)| {
+                format!("`{{ {key}: … }}` ({})", kind_of(root, value, Types::Named))
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+        None => kind_of(root, form, Types::Named),
+    };
+    match about.is_empty() {
+        true => written,
+        false => format!("{written}: {about}"),
+    }
+}
+
 /// The whole page.
 pub fn configuration() -> String {
     let mut out = String::from(
@@ -130,10 +256,12 @@ pub fn configuration() -> String {
     out.push_str("\n## Agent configuration file (`agent.yaml`)\n\n");
     out.push_str(&schema_table(
         &schemars::schema_for!(joinery_agent::AgentConfig).to_value(),
+        Types::Json,
     ));
     out.push_str("\n## Mapping file\n\n");
     out.push_str(&schema_table(
         &schemars::schema_for!(joinery_agent::mapping::Mapping).to_value(),
+        Types::Json,
     ));
     out
 }
@@ -142,11 +270,19 @@ fn cell(text: &str) -> String {
     text.replace('|', "\\|")
 }
 
+/// How a page names a key's type where it is a named construct: by the
+/// construct's name (a page that lists them), or as its JSON type.
+#[derive(Clone, Copy, PartialEq)]
+enum Types {
+    Json,
+    Named,
+}
+
 /// A table of every key of a JSON Schema: dotted path, type, whether it is
 /// required (or its default), and its description.
-fn schema_table(root: &Value) -> String {
+fn schema_table(root: &Value, types: Types) -> String {
     let mut walked = Vec::new();
-    walk(root, root, "", &mut walked);
+    walk(root, root, "", types, &mut walked);
     // A key several variants share (each source kind's `path`) is one row,
     // listing what differs.
     let mut rows: Vec<(String, String, String, String)> = Vec::new();
@@ -184,7 +320,26 @@ fn resolve<'a>(root: &'a Value, node: &'a Value) -> &'a Value {
     }
 }
 
-fn kind_of(root: &Value, node: &Value) -> String {
+/// A node's type in words: a named construct by its name, a choice by its
+/// forms, else its JSON type.
+fn kind_of(root: &Value, node: &Value, types: Types) -> String {
+    if types == Types::Named {
+        if let Some(name) = node
+            .get("$ref")
+            .and_then(Value::as_str)
+            .and_then(|r| r.strip_prefix("#/$defs/"))
+        {
+            return format!("`{name}`");
+        }
+        if let Some(forms) = node.get("anyOf").and_then(Value::as_array) {
+            return forms
+                .iter()
+                .filter(|f| f.get("type").and_then(Value::as_str) != Some("null"))
+                .map(|f| kind_of(root, f, types))
+                .collect::<Vec<_>>()
+                .join(" or ");
+        }
+    }
     let node = resolve(root, node);
     if let Some(value) = node.get("const").and_then(Value::as_str) {
         return format!("`{value}`");
@@ -201,11 +356,17 @@ fn kind_of(root: &Value, node: &Value) -> String {
         let names: Vec<String> = variants
             .iter()
             .filter_map(|v| {
-                v.get("const")
-                    .or_else(|| v.get("enum")?.get(0))
-                    .and_then(Value::as_str)
+                let value = v.get("const").or_else(|| v.get("enum")?.get(0));
+                match value.and_then(Value::as_str) {
+                    Some(value) => Some(format!("`{value}`")),
+                    None => v
+                        .get("properties")?
+                        .as_object()?
+                        .keys()
+                        .next()
+                        .map(|key| format!("`{{ {key}: … }}`")),
+                }
             })
-            .map(|v| format!("`{v}`"))
             .collect();
         if !names.is_empty() {
             return names.join(", ");
@@ -229,6 +390,7 @@ fn walk(
     root: &Value,
     node: &Value,
     prefix: &str,
+    types: Types,
     rows: &mut Vec<(String, String, String, String)>,
 ) {
     let node = resolve(root, node);
@@ -256,8 +418,8 @@ fn walk(
                 .get("default")
                 .map_or("optional".to_owned(), |d| format!("default `{d}`"))
         };
-        rows.push((key.clone(), kind_of(root, property), need, about));
-        walk(root, target, &format!("{key}."), rows);
+        rows.push((key.clone(), kind_of(root, property, types), need, about));
+        walk(root, target, &format!("{key}."), types, rows);
         if let Some(items) = target.get("items") {
             let items = resolve(root, items);
             for variant in items
@@ -266,9 +428,9 @@ fn walk(
                 .into_iter()
                 .flatten()
             {
-                walk(root, variant, &format!("{key}[]."), rows);
+                walk(root, variant, &format!("{key}[]."), types, rows);
             }
-            walk(root, items, &format!("{key}[]."), rows);
+            walk(root, items, &format!("{key}[]."), types, rows);
         }
     }
 }

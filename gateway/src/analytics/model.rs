@@ -88,7 +88,9 @@ pub enum Measure {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Change {
+    /// The events that carry it (each child's first and last count).
     pub of: EventCondition,
+    /// The attribute, as the agreement names it (`sdq_total`).
     pub attribute: String,
 }
 
@@ -98,7 +100,9 @@ pub struct Change {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Periods {
+    /// The length of each period.
     pub every: PeriodLength,
+    /// How many periods (default 3).
     #[serde(default = "three")]
     pub count: u32,
 }
@@ -107,6 +111,7 @@ fn three() -> u32 {
     3
 }
 
+/// How long each period of a `period` breakdown is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PeriodLength {
@@ -127,8 +132,11 @@ impl PeriodLength {
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+/// From one event to the next of another kind, for a median wait.
 pub struct Interval {
+    /// The event the wait starts at (each child's first).
     pub from: EventCondition,
+    /// The event that ends it (the first on or after `from`).
     pub to: EventCondition,
 }
 
@@ -146,8 +154,11 @@ pub enum StratificationSpec {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Stratification {
+    /// Its name, as tables and `stratification:` references give it.
     pub name: String,
+    /// Its version: a change of rules is a new version.
     pub version: u32,
+    /// What earns points.
     pub factors: Vec<Factor>,
     /// Each tier starts at `from_points`; the first must start at 0.
     pub tiers: Vec<Tier>,
@@ -156,7 +167,9 @@ pub struct Stratification {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Factor {
+    /// The factor in words, as the table's explanation lists it.
     pub name: String,
+    /// Points a person with it scores.
     pub points: u32,
     /// Who has the factor.
     pub when: Condition,
@@ -165,7 +178,9 @@ pub struct Factor {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Tier {
+    /// The tier's name, a column or row of a `stratum` breakdown.
     pub name: String,
+    /// The fewest points that put a person in it.
     pub from_points: u32,
 }
 
@@ -196,10 +211,14 @@ pub enum Condition {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Spell {
+    /// The event type that opens it (`lac_episode_start`, `cp_plan_start`…).
     pub start: String,
+    /// The event type that closes it.
     pub end: String,
+    /// Only events of this dataset.
     #[serde(default)]
     pub dataset: Option<String>,
+    /// Open at least this many days by the reference date.
     #[serde(default)]
     pub for_days: u32,
 }
@@ -207,8 +226,10 @@ pub struct Spell {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AgeRange {
+    /// The youngest age counted, in whole years.
     #[serde(default)]
     pub from: u32,
+    /// The oldest age counted (no limit when absent).
     #[serde(default = "no_limit")]
     pub to: u32,
 }
@@ -220,8 +241,10 @@ fn no_limit() -> u32 {
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KnownTo {
+    /// An organisation code (ODS or local-authority code).
     #[serde(default)]
     pub organisation: Option<String>,
+    /// A dataset, as the agreements name it.
     #[serde(default)]
     pub dataset: Option<String>,
 }
@@ -270,6 +293,7 @@ fn one() -> u32 {
     1
 }
 
+/// Which of a child's matching events counts: the first or the last.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Which {
@@ -284,14 +308,18 @@ pub enum Which {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Relative {
+    /// The other event's type.
     pub event: String,
+    /// Only other events from this dataset.
     #[serde(default)]
     pub dataset: Option<String>,
     /// Attribute values the other event must carry (any of the listed values).
     #[serde(default)]
     pub attributes: BTreeMap<String, Vec<String>>,
+    /// At most this many days away.
     #[serde(default)]
     pub within_days: Option<u32>,
+    /// At least this many days away.
     #[serde(default)]
     pub at_least_days: Option<u32>,
 }
@@ -306,6 +334,7 @@ pub enum Breakdown {
     /// Life-course segments: early years 0-4, primary 5-10, adolescence
     /// 11-15, transition 16-17, young adults 18-25, 26+.
     Segment,
+    /// Sex as the agencies recorded it (male, female, unknown).
     Sex,
     /// Known to 1, 2 or 3+ agencies.
     AgencyOverlap,
@@ -381,6 +410,15 @@ mod optional_date {
 }
 
 impl AnalystQuery {
+    /// The JSON Schema of a query document, for editors
+    /// (`docs/queries/query.schema.json`, `joinery query schema`).
+    pub fn schema() -> String {
+        let mut text =
+            serde_json::to_string_pretty(&schemars::schema_for!(AnalystQuery)).unwrap_or_default();
+        text.push('\n');
+        text
+    }
+
     /// Checks a parsed query's cohort, measure, breakdowns and periods.
     pub(super) fn check(&self) -> Result<(), String> {
         if let Some(cohort) = &self.cohort {
