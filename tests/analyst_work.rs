@@ -96,6 +96,9 @@ async fn examples_and_indicators_answer_within_the_protection() {
             String::from_utf8_lossy(&out.stderr)
         );
         let table: Value = serde_json::from_slice(&out.stdout).unwrap();
+        // The examples and the library use only what the example agreement
+        // shares.
+        assert_eq!(table["warnings"], serde_json::json!([]), "{what}");
         last = table.clone();
         let query = AnalystQuery::parse(text).unwrap();
         let reference = query.reference_date.unwrap_or(today);
@@ -124,6 +127,30 @@ async fn examples_and_indicators_answer_within_the_protection() {
             }
         }
     }
+    // A question about something no agreement shares is answered with a
+    // warning naming it (on standard error, and in the JSON).
+    let file = d.path("question.yaml");
+    std::fs::write(&file, "cohort: { has: { event: school_exclusion } }\n").unwrap();
+    let out = d.client_output(
+        &["query", "run", file.to_str().unwrap(), "--format", "json"],
+        &gateway.address,
+        analyst.clone(),
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success()
+            && stderr.contains(
+                "warning: event type `school_exclusion` is shared by no agreement in force"
+            ),
+        "{stderr}"
+    );
+    let table: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        table["warnings"].as_array().map(Vec::len),
+        Some(1),
+        "{table}"
+    );
     println!(
         "{} questions, {checked} cells, {shown} shown, each within the protection",
         questions.len()

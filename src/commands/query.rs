@@ -274,6 +274,10 @@ fn print_extract(extract: &ExtractResponse) -> anyhow::Result<()> {
 
 /// Prints a query's table as aligned text, CSV or JSON.
 pub fn print_table(table: &TableResponse, format: TableFormat) -> anyhow::Result<()> {
+    // On standard error whatever the format, so a CSV stays a CSV.
+    for warning in &table.warnings {
+        eprintln!("warning: {warning}");
+    }
     let heading = if table.row_heading.is_empty() {
         ""
     } else {

@@ -135,7 +135,9 @@ pub fn queries() -> String {
          `# yaml-language-server: $schema=query.schema.json` completes and checks keys\n\
          as you type. Every answer goes through disclosure control\n\
          ([disclosure.md](disclosure.md)); in tables `*` is a suppressed value and `-`\n\
-         one that does not apply (a median with no children to take it from).\n\
+         one that does not apply (a median with no children to take it from). A query\n\
+         that uses an event type, dataset or attribute no agreement in force shares is\n\
+         answered with a warning naming it: a condition on it holds for no child.\n\
          \n## The document\n\n",
     );
     out.push_str(&schema_table(&schema, Types::Named));

@@ -15,6 +15,7 @@ pub mod explain;
 pub mod library;
 pub mod model;
 pub mod population;
+pub mod shared;
 pub mod table;
 
 pub use cohort::matches;

@@ -542,6 +542,7 @@ pub fn table_json(table: &joinery_proto::v1::TableResponse) -> serde_json::Value
         "column_heading": table.column_heading,
         "rows": rows,
         "disclosure_note": table.disclosure_note,
+        "warnings": table.warnings,
     })
 }
 

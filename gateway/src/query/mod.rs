@@ -342,12 +342,23 @@ impl QueryService {
         let (generation, people) = self.population().await?;
         let now = time::OffsetDateTime::now_utc();
         let budgets = self.budgets(now);
+        let agreements = self.agreements.current();
+        let warnings = crate::analytics::shared::Shared::of(
+            agreements
+                .iter()
+                .filter(|a| a.in_force_at(now).is_ok())
+                .map(|a| &a.agreement),
+        )
+        .unshared(query);
         let key = release_key(kind, text, reference, generation, &budgets);
         let audit_request = RunRequest {
             query: text.to_owned(),
         };
         if let Some(answer) = self.storage.release(&key).await? {
-            let table = decode(&answer)?;
+            let table = TableResponse {
+                warnings,
+                ..decode(&answer)?
+            };
             self.audit(
                 who,
                 kind,
@@ -389,7 +400,10 @@ impl QueryService {
             rules.note(),
             crate::linker::linked_as_of(&self.storage.linkage_status().await?)
         );
-        let response = table_response(query, reference, &table, &release, note);
+        let response = TableResponse {
+            warnings,
+            ..table_response(query, reference, &table, &release, note)
+        };
         let answer = prost::Message::encode_to_vec(&response);
         let detail = format!(
             "released at rho {cost:.6} from each of {}; {}",
@@ -415,7 +429,10 @@ impl QueryService {
             .await?;
         match recorded {
             Recorded::Made => Ok(response),
-            Recorded::Existing(answer) => decode(&answer),
+            Recorded::Existing(answer) => Ok(TableResponse {
+                warnings: response.warnings,
+                ..decode(&answer)?
+            }),
             Recorded::OverBudget(agreement, spent) => {
                 let budget = budgets
                     .iter()
@@ -538,6 +555,8 @@ fn table_response(
         disclosure_note,
         explanation: crate::analytics::explain(query),
         measure: crate::analytics::measure_name(&query.measure).to_owned(),
+        // Filled in by the caller, for a replayed answer as for a new one.
+        warnings: Vec::new(),
     }
 }
 

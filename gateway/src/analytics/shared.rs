@@ -1,0 +1,221 @@
+//! What the agreements in force let agencies send, and what a query asks
+//! for that none does. An event type, dataset or attribute no agreement
+//! shares never reaches the gateway, so a condition on it holds for no
+//! child: the answer would read as a finding ("0% seen within 18 weeks").
+//! [`Shared::unshared`] names each such use, and every answer carries them
+//! as warnings.
+
+use std::collections::BTreeSet;
+
+use joinery_policies::model::{Agreement, Transform};
+
+use super::model::{AnalystQuery, Breakdown, Condition, EventCondition, Measure, Relative, Spell};
+
+/// The datasets, event types and attributes some agreement shares.
+#[derive(Debug, Default)]
+pub struct Shared {
+    datasets: BTreeSet<String>,
+    events: BTreeSet<String>,
+    /// (event type, attribute).
+    event_attributes: BTreeSet<(String, String)>,
+    /// Record fields sent in some form (`ethnicity`).
+    record_attributes: BTreeSet<String>,
+}
+
+impl Shared {
+    pub fn of<'a>(agreements: impl IntoIterator<Item = &'a Agreement>) -> Self {
+        let mut shared = Self::default();
+        for (name, dataset) in agreements.into_iter().flat_map(|a| &a.datasets) {
+            shared.datasets.insert(name.clone());
+            for (field, transform) in &dataset.fields {
+                if *transform != Transform::Drop {
+                    shared.record_attributes.insert(field.clone());
+                }
+            }
+            for (event, rule) in &dataset.events {
+                shared.events.insert(event.clone());
+                for (attribute, transform) in &rule.attributes {
+                    if *transform != Transform::Drop {
+                        shared
+                            .event_attributes
+                            .insert((event.clone(), attribute.clone()));
+                    }
+                }
+            }
+        }
+        shared
+    }
+
+    /// Each thing `query` uses that no agreement shares, in words, once.
+    pub fn unshared(&self, query: &AnalystQuery) -> Vec<String> {
+        let mut missing = BTreeSet::new();
+        let mut walk = Walk {
+            shared: self,
+            missing: &mut missing,
+        };
+        if let Some(cohort) = &query.cohort {
+            walk.condition(cohort);
+        }
+        match &query.measure {
+            Measure::Children => {}
+            Measure::Events(e) => walk.event(e),
+            Measure::Share(c) => walk.condition(c),
+            Measure::MedianDays(i) => {
+                walk.event(&i.from);
+                walk.event(&i.to);
+            }
+            Measure::MedianChange(c) => {
+                walk.event(&c.of);
+                walk.attribute(&c.of.event, &c.attribute);
+            }
+        }
+        for breakdown in [&query.rows, &query.columns] {
+            if let Breakdown::Attribute(name) = breakdown
+                && !self.record_attributes.contains(name)
+            {
+                missing.insert(format!(
+                    "record attribute `{name}` is sent under no agreement in force: every child falls under \"other\""
+                ));
+            }
+        }
+        for factor in query.stratification.iter().flat_map(|s| &s.factors) {
+            Walk {
+                shared: self,
+                missing: &mut missing,
+            }
+            .condition(&factor.when);
+        }
+        missing.into_iter().collect()
+    }
+}
+
+/// One pass over a query's conditions, collecting what is not shared.
+struct Walk<'a> {
+    shared: &'a Shared,
+    missing: &'a mut BTreeSet<String>,
+}
+
+impl Walk<'_> {
+    fn condition(&mut self, condition: &Condition) {
+        match condition {
+            Condition::All(all) | Condition::Any(all) => {
+                all.iter().for_each(|c| self.condition(c));
+            }
+            Condition::Not(c) => self.condition(c),
+            Condition::Has(e) => self.event(e),
+            Condition::Age(_) => {}
+            Condition::KnownTo(k) => self.dataset(k.dataset.as_deref()),
+            Condition::Open(Spell {
+                start,
+                end,
+                dataset,
+                ..
+            }) => {
+                self.event_type(start);
+                self.event_type(end);
+                self.dataset(dataset.as_deref());
+            }
+        }
+    }
+
+    fn event(&mut self, e: &EventCondition) {
+        self.event_type(&e.event);
+        self.dataset(e.dataset.as_deref());
+        for attribute in e.attributes.keys() {
+            self.attribute(&e.event, attribute);
+        }
+        for relative in [&e.before, &e.after].into_iter().flatten() {
+            let Relative {
+                event,
+                dataset,
+                attributes,
+                ..
+            } = relative;
+            self.event_type(event);
+            self.dataset(dataset.as_deref());
+            for attribute in attributes.keys() {
+                self.attribute(event, attribute);
+            }
+        }
+    }
+
+    fn event_type(&mut self, event: &str) {
+        if !self.shared.events.contains(event) {
+            self.missing.insert(format!(
+                "event type `{event}` is shared by no agreement in force: every condition on it counts as if no child had one"
+            ));
+        }
+    }
+
+    fn dataset(&mut self, dataset: Option<&str>) {
+        if let Some(dataset) = dataset
+            && !self.shared.datasets.contains(dataset)
+        {
+            self.missing.insert(format!(
+                "dataset `{dataset}` is shared under no agreement in force: every condition on it counts as if no child were in it"
+            ));
+        }
+    }
+
+    fn attribute(&mut self, event: &str, attribute: &str) {
+        if self.shared.events.contains(event)
+            && !self
+                .shared
+                .event_attributes
+                .contains(&(event.to_owned(), attribute.to_owned()))
+        {
+            self.missing.insert(format!(
+                "attribute `{attribute}` of `{event}` is sent under no agreement in force: no event carries it"
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example() -> Shared {
+        let text = include_str!("../../../policies/examples/children-at-risk-stratification.yaml");
+        let agreement: Agreement = serde_saphyr::from_str(text).expect("the example agreement");
+        Shared::of([&agreement])
+    }
+
+    fn unshared(query: &str) -> Vec<String> {
+        example().unshared(&AnalystQuery::parse(query).expect("a query"))
+    }
+
+    #[test]
+    fn what_no_agreement_shares_is_named_wherever_the_query_uses_it() {
+        // Everything shared: no warning.
+        assert_eq!(
+            unshared(
+                "cohort: { has: { event: camhs_referral, dataset: camhs_referrals, attributes: { source: [A1] } } }\nrows: { attribute: ethnicity }\n"
+            ),
+            Vec::<String>::new()
+        );
+        // An event type in a relative condition, inside `not`.
+        let found = unshared(
+            "cohort: { not: { has: { event: camhs_referral, before: { event: camhs_first_contact, within_days: 126 } } } }\n",
+        );
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].contains("`camhs_first_contact`"), "{found:?}");
+        // A dataset, an attribute, a record attribute, a measure's event.
+        let found = unshared(
+            "cohort: { known_to: { dataset: school_census } }\nrows: { attribute: religion }\nmeasure: { events: { event: csc_referral, attributes: { outcome: [X] } } }\n",
+        );
+        let text = found.join("\n");
+        for named in [
+            "`school_census`",
+            "`religion`",
+            "`outcome` of `csc_referral`",
+        ] {
+            assert!(text.contains(named), "{named} in {text}");
+        }
+        // A stratification's factors are walked too.
+        let found = unshared(
+            "rows: stratum\nstratification: { name: t, version: 1, factors: [ { name: f, points: 1, when: { open: { start: secret_start, end: secret_end } } } ], tiers: [ { name: all, from_points: 0 } ] }\n",
+        );
+        assert_eq!(found.len(), 2, "{found:?}");
+    }
+}
