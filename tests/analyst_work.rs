@@ -151,6 +151,20 @@ async fn examples_and_indicators_answer_within_the_protection() {
         Some(1),
         "{table}"
     );
+    // A table by period shows no total across the periods, and says what
+    // its `-` means.
+    let by_period = root.join("docs/queries/camhs-seen-within-18-weeks.yaml");
+    let out = d.client_output(
+        &["query", "run", by_period.to_str().unwrap()],
+        &gateway.address,
+        analyst.clone(),
+        &[],
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        printed.contains(" -\n") && printed.contains("-: nothing to show, not a suppressed value"),
+        "{printed}"
+    );
     println!(
         "{} questions, {checked} cells, {shown} shown, each within the protection",
         questions.len()

@@ -224,6 +224,16 @@ pub fn print_overlap(overlap: &AgencyOverlapResponse) {
         println!();
     }
     println!("Note: {}.", overlap.disclosure_note);
+    print_dash_legend(overlap.rows.iter().flat_map(|r| &r.cells));
+}
+
+/// What `-` means, under a table that shows one (`*` is in every note).
+fn print_dash_legend<'c>(cells: impl IntoIterator<Item = &'c joinery_proto::v1::Cell>) {
+    if cells.into_iter().any(|c| c.value.is_none()) {
+        println!(
+            "-: nothing to show, not a suppressed value (a total across periods, where one child may be in several, or a percentage of no one)."
+        );
+    }
 }
 
 /// A query file's text, checked.
@@ -317,6 +327,7 @@ pub fn print_table(table: &TableResponse, format: TableFormat) -> anyhow::Result
                 println!();
             }
             println!("Note: {}.", table.disclosure_note);
+            print_dash_legend(table.rows.iter().flat_map(|r| &r.cells));
         }
         TableFormat::Csv => {
             let mut out = csv::Writer::from_writer(std::io::stdout());
