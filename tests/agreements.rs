@@ -220,14 +220,7 @@ async fn agents_refuse_agreements_that_are_not_in_force() {
     let extract = synth.join("extracts/salt_contacts.csv");
     let mapping = synth.join("mappings/salt_contacts.yaml");
     let today = time::OffsetDateTime::now_utc().date();
-    let replace = |text: String, key: &str, value: String| {
-        let line = text
-            .lines()
-            .find(|l| l.starts_with(&format!("{key}:")))
-            .unwrap()
-            .to_owned();
-        text.replace(&line, &format!("{key}: {value}"))
-    };
+    let days = time::Duration::days;
 
     let cases: Vec<(&str, std::path::PathBuf, &str)> = vec![
         (
@@ -256,28 +249,14 @@ async fn agents_refuse_agreements_that_are_not_in_force() {
         (
             "expired",
             write_signed_agreement(&d.path("expired"), |t| {
-                let t = replace(
-                    t,
-                    "valid_from",
-                    (today - time::Duration::days(400)).to_string(),
-                );
-                let t = replace(
-                    t,
-                    "review_by",
-                    (today - time::Duration::days(100)).to_string(),
-                );
-                replace(t, "expires", (today - time::Duration::days(1)).to_string())
+                with_dates(t, today - days(400), today - days(100), today - days(1))
             }),
             "expired",
         ),
         (
             "not yet valid",
             write_signed_agreement(&d.path("future"), |t| {
-                replace(
-                    t,
-                    "valid_from",
-                    (today + time::Duration::days(10)).to_string(),
-                )
+                with_dates(t, today + days(10), today + days(180), today + days(365))
             }),
             "comes into force",
         ),

@@ -113,20 +113,12 @@ async fn retention(postgres: Option<String>) {
     // replaced by one that has expired): everything sent under it goes.
     let today = time::OffsetDateTime::now_utc().date();
     write_signed_agreement(&d.agreements_dir(), |t| {
-        let mut t = t;
-        for (key, date) in [
-            ("valid_from", today - time::Duration::days(30)),
-            ("review_by", today - time::Duration::days(20)),
-            ("expires", today - time::Duration::days(1)),
-        ] {
-            let line = t
-                .lines()
-                .find(|l| l.starts_with(&format!("{key}:")))
-                .unwrap()
-                .to_owned();
-            t = t.replace(&line, &format!("{key}: {date}"));
-        }
-        t
+        with_dates(
+            t,
+            today - time::Duration::days(30),
+            today - time::Duration::days(20),
+            today - time::Duration::days(1),
+        )
     });
     let done = run(&[]);
     assert!(

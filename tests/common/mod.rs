@@ -502,20 +502,13 @@ pub fn write_signed_agreement(dir: &Path, edit: impl Fn(String) -> String) -> Pa
     std::fs::create_dir_all(dir).unwrap();
     let example =
         Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("policies/examples/{AGREEMENT}.yaml"));
-    let mut text = std::fs::read_to_string(example).unwrap();
     let today = time::OffsetDateTime::now_utc().date();
-    for (key, date) in [
-        ("valid_from", today - time::Duration::days(1)),
-        ("review_by", today + time::Duration::days(180)),
-        ("expires", today + time::Duration::days(365)),
-    ] {
-        let line = text
-            .lines()
-            .find(|l| l.starts_with(&format!("{key}:")))
-            .unwrap()
-            .to_owned();
-        text = text.replace(&line, &format!("{key}: {date}"));
-    }
+    let mut text = with_dates(
+        std::fs::read_to_string(example).unwrap(),
+        today - time::Duration::days(1),
+        today + time::Duration::days(180),
+        today + time::Duration::days(365),
+    );
     let old_keys: Vec<String> = text
         .lines()
         .filter_map(|l| l.trim().strip_prefix("public_key: "))
@@ -544,6 +537,29 @@ pub fn write_signed_agreement(dir: &Path, edit: impl Fn(String) -> String) -> Pa
         ]);
     }
     path
+}
+
+/// An agreement's text with its `valid_from`, `review_by` and `expires`
+/// dates set.
+pub fn with_dates(
+    mut text: String,
+    valid_from: time::Date,
+    review_by: time::Date,
+    expires: time::Date,
+) -> String {
+    for (key, date) in [
+        ("valid_from", valid_from),
+        ("review_by", review_by),
+        ("expires", expires),
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{key}:")))
+            .unwrap()
+            .to_owned();
+        text = text.replace(&line, &format!("{key}: {date}"));
+    }
+    text
 }
 
 /// Waits for an agent, returning (exit code, stdout, stderr).
