@@ -9,6 +9,11 @@
 //! - [`pki`]: the deployment's private certificate authority.
 //! - [`signing`]: Ed25519 keys and signatures (agreements, audit checkpoints).
 //! - [`files`]: writing secret material owner-only.
+//!
+//! Invariants: ring is the only cryptographic provider; secret keys are
+//! never printed, logged or written readable by others; each use of a key
+//! derives its own subkey (HKDF), so a pseudonym made for one purpose never
+//! matches one made for another.
 
 #![forbid(unsafe_code)]
 

@@ -15,6 +15,13 @@
 //!
 //! Parameters ([`params`]) are versioned and belong to the data-sharing
 //! agreement: encodings made under other parameters or other keys do not match.
+//!
+//! Invariants: no plaintext identifier reaches the gateway side of this
+//! crate (the matcher sees filters and keyed blocking keys only); a change
+//! of encoding or blocking is a new parameters version; a pair is compared
+//! only across organisations, and a person never holds two NHS pseudonyms
+//! or two records of one organisation; the only randomness is the fixed
+//! [`sequence`] (samples and test data), never an unseeded generator.
 
 pub mod blocking;
 pub mod bloom;

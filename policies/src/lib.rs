@@ -7,6 +7,11 @@
 //! field transform means on the wire, for the agent that applies it and the
 //! gateway that checks it ([`enforce`]). [`SignedAgreement`] is what both ends load: an
 //! agreement that parses, passes every rule and carries every signature.
+//!
+//! Invariants: what an agreement does not list is denied (a field not
+//! listed is never sent, a role not listed may not query); an agreement's
+//! digest covers every byte its signatures sign, so any edit needs signing
+//! again; a problem is reported at its line and column.
 
 #![forbid(unsafe_code)]
 

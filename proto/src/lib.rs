@@ -3,6 +3,11 @@
 //! and [`trace_context`], which carries a trace from agent to gateway.
 //!
 //! The `.proto` sources live next to this crate in `proto/joinery/v1/`.
+//!
+//! Invariants: no message has a field for a name, NHS number, date of birth
+//! or postcode in clear; fields are only ever added, never renumbered or
+//! reused, so an older agent and a newer gateway still understand each
+//! other.
 
 #![forbid(unsafe_code)]
 
