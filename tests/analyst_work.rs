@@ -129,7 +129,7 @@ async fn examples_and_indicators_answer_within_the_protection() {
     }
     // A question about something no agreement shares is answered with a
     // warning naming it (on standard error, and in the JSON).
-    let file = d.path("question.yaml");
+    let file = d.path("unshared.yaml");
     std::fs::write(&file, "cohort: { has: { event: school_exclusion } }\n").unwrap();
     let out = d.client_output(
         &["query", "run", file.to_str().unwrap(), "--format", "json"],
