@@ -72,7 +72,7 @@ async fn examples_and_indicators_answer_within_the_protection() {
         ));
     }
     questions.sort();
-    let library = std::fs::read_to_string(root.join("gateway/library/indicators.yaml")).unwrap();
+    let library = repo("gateway/library/indicators.yaml");
     for name in library.lines().filter_map(|l| l.strip_prefix("- name: ")) {
         questions.push((format!("indicator {name}"), format!("indicator: {name}\n")));
     }

@@ -10,10 +10,6 @@ use std::path::Path;
 
 use common::*;
 
-fn repo(path: &str) -> String {
-    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap()
-}
-
 /// Every `JOINERY_*` variable the gateway and agent read (from the reference).
 fn known_variables() -> BTreeSet<String> {
     let reference = repo("docs/configuration.md");
@@ -287,11 +283,7 @@ fn systemd_units_verify() {
     );
     let passwd = std::fs::read_to_string(root.path().join("etc/passwd")).unwrap();
     for unit in ["joinery-gateway.service", "joinery-agent.service"] {
-        let text = repo(&format!("deploy/systemd/{unit}"));
-        let user = text
-            .lines()
-            .find_map(|l| l.strip_prefix("User="))
-            .expect("a User=");
+        let user = unit_value(unit, "User");
         assert!(
             passwd.lines().any(|l| l.starts_with(&format!("{user}:"))),
             "{unit} runs as {user}, which joinery.sysusers.conf does not make"
@@ -300,11 +292,7 @@ fn systemd_units_verify() {
 
     // The agent writes its state where the unit lets it: the example's
     // state directories lie in the unit's StateDirectory.
-    let agent_unit = repo("deploy/systemd/joinery-agent.service");
-    let state = agent_unit
-        .lines()
-        .find_map(|l| l.strip_prefix("StateDirectory="))
-        .expect("a StateDirectory=");
+    let state = unit_value("joinery-agent.service", "StateDirectory");
     let example = repo("deploy/examples/agent.yaml");
     for key in ["spool_dir", "quarantine_dir"] {
         let value = example

@@ -25,11 +25,6 @@ const GATEWAY_NAME: &str = "joinery-gateway.example.nhs.uk";
 /// The organisation code the README and the example agent use.
 const EXAMPLE_ORG: &str = "E08000035";
 
-fn repo(path: &str) -> String {
-    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path))
-        .unwrap_or_else(|e| panic!("{path}: {e}"))
-}
-
 /// The lines of the README's `sh` block holding `marker`, continuation
 /// lines joined, comments dropped.
 fn readme_block(marker: &str) -> Vec<String> {
@@ -107,15 +102,6 @@ impl Host {
         std::fs::create_dir_all(to.parent().unwrap()).unwrap();
         std::fs::copy(from, &to).unwrap_or_else(|e| panic!("{}: {e}", from.display()));
     }
-}
-
-/// A unit's `key=` value.
-fn unit_value(unit: &str, key: &str) -> String {
-    repo(&format!("deploy/systemd/{unit}"))
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{key}=")))
-        .unwrap_or_else(|| panic!("{unit} has no {key}="))
-        .to_owned()
 }
 
 /// The unit's `ExecStart`, as a command on `host`, in the unit's working
@@ -341,17 +327,13 @@ async fn an_operator_follows_the_docs_to_postgresql_two_agents_and_queries() {
     let connect = lines[0]
         .split_once("--gateway ")
         .map(|(_, rest)| format!("--gateway {rest}"))
-        .expect("the first analyst line connects")
-        .replace(
-            &format!("{GATEWAY_NAME}:7443"),
-            &format!("{listen} --server-name {GATEWAY_NAME}"),
-        );
+        .expect("the first analyst line connects");
     let as_written = |line: &str| {
         line.replace("--gateway …", &connect)
             .replace(" [--format table|csv|json]", "")
             .replace(
-                &format!("--gateway {GATEWAY_NAME}:7443"),
-                &format!("--gateway {listen} --server-name {GATEWAY_NAME}"),
+                &format!("{GATEWAY_NAME}:7443"),
+                &format!("{listen} --server-name {GATEWAY_NAME}"),
             )
     };
     let overlap = lines.iter().find(|l| l.contains("query overlap")).unwrap();

@@ -124,7 +124,7 @@ const EXAMPLE_QUERIES: [(&str, &str); 7] = [
 /// examples, each explained.
 pub fn queries() -> String {
     use joinery_gateway::analytics::model::AnalystQuery;
-    let schema: Value = serde_json::from_str(&AnalystQuery::schema()).unwrap_or_default();
+    let schema = schemars::schema_for!(AnalystQuery).to_value();
     let mut out = String::from(
         "# Query language\n\n\
          Generated from the query's types by `joinery reference queries`; a test keeps\n\
@@ -140,7 +140,7 @@ pub fn queries() -> String {
          answered with a warning naming it: a condition on it holds for no child.\n\
          \n## The document\n\n",
     );
-    out.push_str(&schema_table(&schema, Types::Named));
+    out.push_str(&schema_table(&schema, &schema, Types::Named));
     out.push_str("\n## Constructs\n");
     if let Some(definitions) = schema.get("$defs").and_then(Value::as_object) {
         for (name, definition) in definitions {
@@ -158,12 +158,7 @@ pub fn queries() -> String {
                     out.push_str(&format!("- {}\n", form_in_words(&schema, form)));
                 }
             } else if definition.get("properties").is_some() {
-                let mut only = serde_json::Map::new();
-                only.insert("$defs".into(), schema["$defs"].clone());
-                for (key, value) in definition.as_object().into_iter().flatten() {
-                    only.insert(key.clone(), value.clone());
-                }
-                out.push_str(&schema_table(&Value::Object(only), Types::Named));
+                out.push_str(&schema_table(&schema, definition, Types::Named));
             } else {
                 out.push_str(&format!(
                     "One of: {}.\n",
@@ -256,15 +251,11 @@ pub fn configuration() -> String {
         }
     }
     out.push_str("\n## Agent configuration file (`agent.yaml`)\n\n");
-    out.push_str(&schema_table(
-        &schemars::schema_for!(joinery_agent::AgentConfig).to_value(),
-        Types::Json,
-    ));
+    let agent = schemars::schema_for!(joinery_agent::AgentConfig).to_value();
+    out.push_str(&schema_table(&agent, &agent, Types::Json));
     out.push_str("\n## Mapping file\n\n");
-    out.push_str(&schema_table(
-        &schemars::schema_for!(joinery_agent::mapping::Mapping).to_value(),
-        Types::Json,
-    ));
+    let mapping = schemars::schema_for!(joinery_agent::mapping::Mapping).to_value();
+    out.push_str(&schema_table(&mapping, &mapping, Types::Json));
     out
 }
 
@@ -280,11 +271,12 @@ enum Types {
     Named,
 }
 
-/// A table of every key of a JSON Schema: dotted path, type, whether it is
-/// required (or its default), and its description.
-fn schema_table(root: &Value, types: Types) -> String {
+/// A table of every key of `node` (a JSON Schema `root`, or one of its
+/// definitions): dotted path, type, whether it is required (or its
+/// default), and its description.
+fn schema_table(root: &Value, node: &Value, types: Types) -> String {
     let mut walked = Vec::new();
-    walk(root, root, "", types, &mut walked);
+    walk(root, node, "", types, &mut walked);
     // A key several variants share (each source kind's `path`) is one row,
     // listing what differs.
     let mut rows: Vec<(String, String, String, String)> = Vec::new();

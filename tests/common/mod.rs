@@ -36,6 +36,21 @@ pub fn free_local_address() -> String {
     probe.local_addr().unwrap().to_string()
 }
 
+/// The text of a file of this repository (`README.md`, `deploy/…`).
+pub fn repo(path: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path))
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// The `key=` value of `deploy/systemd/{unit}`.
+pub fn unit_value(unit: &str, key: &str) -> String {
+    repo(&format!("deploy/systemd/{unit}"))
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("{unit} has no {key}="))
+        .to_owned()
+}
+
 /// Runs `joinery args…`, panicking with its output if it fails.
 pub fn joinery_ok(args: &[&str]) -> Output {
     let output = joinery().args(args).output().expect("run joinery");

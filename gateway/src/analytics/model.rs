@@ -130,9 +130,9 @@ impl PeriodLength {
     }
 }
 
+/// From one event to the next of another kind, for a median wait.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-/// From one event to the next of another kind, for a median wait.
 pub struct Interval {
     /// The event the wait starts at (each child's first).
     pub from: EventCondition,

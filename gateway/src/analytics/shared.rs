@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 
 use joinery_policies::model::{Agreement, Transform};
 
-use super::model::{AnalystQuery, Breakdown, Condition, EventCondition, Measure, Relative, Spell};
+use super::model::{AnalystQuery, Breakdown, Condition, EventCondition, Measure, Spell};
 
 /// The datasets, event types and attributes some agreement shares.
 #[derive(Debug, Default)]
@@ -48,10 +48,9 @@ impl Shared {
 
     /// Each thing `query` uses that no agreement shares, in words, once.
     pub fn unshared(&self, query: &AnalystQuery) -> Vec<String> {
-        let mut missing = BTreeSet::new();
         let mut walk = Walk {
             shared: self,
-            missing: &mut missing,
+            missing: BTreeSet::new(),
         };
         if let Some(cohort) = &query.cohort {
             walk.condition(cohort);
@@ -70,29 +69,21 @@ impl Shared {
             }
         }
         for breakdown in [&query.rows, &query.columns] {
-            if let Breakdown::Attribute(name) = breakdown
-                && !self.record_attributes.contains(name)
-            {
-                missing.insert(format!(
-                    "record attribute `{name}` is sent under no agreement in force: every child falls under \"other\""
-                ));
+            if let Breakdown::Attribute(name) = breakdown {
+                walk.record_attribute(name);
             }
         }
         for factor in query.stratification.iter().flat_map(|s| &s.factors) {
-            Walk {
-                shared: self,
-                missing: &mut missing,
-            }
-            .condition(&factor.when);
+            walk.condition(&factor.when);
         }
-        missing.into_iter().collect()
+        walk.missing.into_iter().collect()
     }
 }
 
-/// One pass over a query's conditions, collecting what is not shared.
+/// One pass over a query, collecting what is not shared.
 struct Walk<'a> {
     shared: &'a Shared,
-    missing: &'a mut BTreeSet<String>,
+    missing: BTreeSet<String>,
 }
 
 impl Walk<'_> {
@@ -125,16 +116,10 @@ impl Walk<'_> {
             self.attribute(&e.event, attribute);
         }
         for relative in [&e.before, &e.after].into_iter().flatten() {
-            let Relative {
-                event,
-                dataset,
-                attributes,
-                ..
-            } = relative;
-            self.event_type(event);
-            self.dataset(dataset.as_deref());
-            for attribute in attributes.keys() {
-                self.attribute(event, attribute);
+            self.event_type(&relative.event);
+            self.dataset(relative.dataset.as_deref());
+            for attribute in relative.attributes.keys() {
+                self.attribute(&relative.event, attribute);
             }
         }
     }
@@ -153,6 +138,14 @@ impl Walk<'_> {
         {
             self.missing.insert(format!(
                 "dataset `{dataset}` is shared under no agreement in force: every condition on it counts as if no child were in it"
+            ));
+        }
+    }
+
+    fn record_attribute(&mut self, name: &str) {
+        if !self.shared.record_attributes.contains(name) {
+            self.missing.insert(format!(
+                "record attribute `{name}` is sent under no agreement in force: every child falls under \"other\""
             ));
         }
     }

@@ -34,6 +34,7 @@ use std::sync::Arc;
 
 use crate::agreements::{Grant, LiveAgreements};
 use crate::analytics::model::AnalystQuery;
+use crate::analytics::shared::Shared;
 use crate::analytics::{Labels, Person};
 use crate::audit::AuditRecord;
 use crate::disclosure::{DisclosureRules, Noise};
@@ -323,8 +324,16 @@ impl QueryService {
     ) -> Result<TableResponse, QueryError> {
         self.roles(who)?;
         let (query, reference) = parse(&request.query)?;
-        self.release_table(who, "run", &request.query, &query, reference)
-            .await
+        let table = self
+            .release_table(who, "run", &request.query, &query, reference)
+            .await?;
+        let now = time::OffsetDateTime::now_utc();
+        let agreements = self.agreements.current();
+        let in_force = agreements.iter().filter(|a| a.in_force_at(now).is_ok());
+        Ok(TableResponse {
+            warnings: Shared::of(in_force.map(|a| &a.agreement)).unshared(&query),
+            ..table
+        })
     }
 
     /// The protected table of `query`: the answer released before for the
@@ -342,23 +351,12 @@ impl QueryService {
         let (generation, people) = self.population().await?;
         let now = time::OffsetDateTime::now_utc();
         let budgets = self.budgets(now);
-        let agreements = self.agreements.current();
-        let warnings = crate::analytics::shared::Shared::of(
-            agreements
-                .iter()
-                .filter(|a| a.in_force_at(now).is_ok())
-                .map(|a| &a.agreement),
-        )
-        .unshared(query);
         let key = release_key(kind, text, reference, generation, &budgets);
         let audit_request = RunRequest {
             query: text.to_owned(),
         };
         if let Some(answer) = self.storage.release(&key).await? {
-            let table = TableResponse {
-                warnings,
-                ..decode(&answer)?
-            };
+            let table = decode(&answer)?;
             self.audit(
                 who,
                 kind,
@@ -400,10 +398,7 @@ impl QueryService {
             rules.note(),
             crate::linker::linked_as_of(&self.storage.linkage_status().await?)
         );
-        let response = TableResponse {
-            warnings,
-            ..table_response(query, reference, &table, &release, note)
-        };
+        let response = table_response(query, reference, &table, &release, note);
         let answer = prost::Message::encode_to_vec(&response);
         let detail = format!(
             "released at rho {cost:.6} from each of {}; {}",
@@ -429,10 +424,7 @@ impl QueryService {
             .await?;
         match recorded {
             Recorded::Made => Ok(response),
-            Recorded::Existing(answer) => Ok(TableResponse {
-                warnings: response.warnings,
-                ..decode(&answer)?
-            }),
+            Recorded::Existing(answer) => decode(&answer),
             Recorded::OverBudget(agreement, spent) => {
                 let budget = budgets
                     .iter()
@@ -555,7 +547,8 @@ fn table_response(
         disclosure_note,
         explanation: crate::analytics::explain(query),
         measure: crate::analytics::measure_name(&query.measure).to_owned(),
-        // Filled in by the caller, for a replayed answer as for a new one.
+        // Not part of the release: [`QueryService::answer`] adds them,
+        // to a replayed answer as to a new one.
         warnings: Vec::new(),
     }
 }
