@@ -116,22 +116,25 @@ impl LiveAgreements {
     }
 }
 
+/// Whether `path` names an agreement file (`*.yaml`, `*.yml`).
+fn is_agreement(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "yaml" || e == "yml")
+}
+
 /// Agreement files and when each last changed.
 type Stamps = Vec<(PathBuf, Option<SystemTime>)>;
 
-/// The agreement files in `dir` and when each last changed.
+/// The agreement files in `dir` (and their signatures) and when each last
+/// changed.
 fn stamps(dir: &Path) -> Stamps {
     let mut stamps: Stamps = std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .filter(|p| {
-            let name = p.file_name().unwrap_or_default().to_string_lossy();
-            name.ends_with(".yaml") || name.ends_with(".yml") || name.ends_with(".sig")
-        })
+        .filter(|p| is_agreement(p) || p.extension().is_some_and(|e| e == "sig"))
         .map(|p| {
-            let modified = std::fs::metadata(&p).and_then(|m| m.modified()).ok();
+            let modified = crate::tls_reload::modified(&p);
             (p, modified)
         })
         .collect();
@@ -156,7 +159,7 @@ impl Agreements {
         let mut paths: Vec<PathBuf> = entries
             .filter_map(Result::ok)
             .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+            .filter(|p| is_agreement(p))
             .collect();
         paths.sort();
         for path in paths {

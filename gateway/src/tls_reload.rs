@@ -26,7 +26,8 @@ struct State {
     checked: Instant,
 }
 
-fn modified(path: &Path) -> Option<SystemTime> {
+/// When the file at `path` last changed, if it is there.
+pub(crate) fn modified(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
