@@ -213,10 +213,13 @@ fn encode_field(
 fn for_each_token(tokens: Tokens, value: &str, mut each: impl FnMut(&str)) {
     match tokens {
         Tokens::Whole => each(value),
-        Tokens::Bigrams => {
-            let chars: Vec<(usize, char)> = value
-                .char_indices()
-                .filter(|(_, c)| !c.is_whitespace())
+        Tokens::Bigrams | Tokens::PaddedBigrams => {
+            let padded = tokens == Tokens::PaddedBigrams;
+            let chars: Vec<(usize, char)> = padded
+                .then_some((0, '_'))
+                .into_iter()
+                .chain(value.char_indices().filter(|(_, c)| !c.is_whitespace()))
+                .chain(padded.then_some((0, '_')))
                 .collect();
             if chars.len() == 1 {
                 each(value.trim());
@@ -294,6 +297,34 @@ mod tests {
         assert_eq!(a.blocks[1], typo.blocks[1]);
         assert_ne!(a.blocks[1], swapped.blocks[1]);
         assert_eq!(a.blocks[0], typo.blocks[0]);
+    }
+
+    #[test]
+    fn a_typo_in_a_short_given_name_keeps_it_alike_from_version_5() {
+        let given = |params: &LinkageParams, a: &str, b: &str| {
+            let encoder = Encoder::new(&SecretKey::from_bytes([1; 32]), params).unwrap();
+            let a = encoder.encode(&child(a, "JOHNSON", "2015-04-12"));
+            let b = encoder.encode(&child(b, "JOHNSON", "2015-04-12"));
+            dice(a.filter(params, 0), b.filter(params, 0))
+        };
+        let (v4, v5) = (
+            LinkageParams::canonical_version(4),
+            LinkageParams::canonical_version(5),
+        );
+        // Dice 0.40 is where level 3 (a few letters shared) begins.
+        for (name, typo) in [("HUGO", "HUBO"), ("LIAM", "LIPM"), ("OTIS", "OTOS")] {
+            let (before, after) = (given(&v4, name, typo), given(&v5, name, typo));
+            assert!(
+                after > 0.5 && after > before + 0.15,
+                "{name}: {before} -> {after}"
+            );
+        }
+        // Different short names stay below level 3, and a one-letter name
+        // is still equal to itself.
+        for (a, b) in [("LIAM", "LYLA"), ("AVA", "ZOE"), ("JACK", "NOAH")] {
+            assert!(given(&v5, a, b) < 0.4, "{a} {b}");
+        }
+        assert_eq!(given(&v5, "J", "J"), 1.0);
     }
 
     #[test]

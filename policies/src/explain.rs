@@ -185,6 +185,8 @@ fn blocks(a: &Agreement) -> Vec<Block> {
                 e.field,
                 match e.tokens {
                     joinery_linkage::params::Tokens::Bigrams => "pairs of characters",
+                    joinery_linkage::params::Tokens::PaddedBigrams =>
+                        "pairs of characters, the first and last marked",
                     joinery_linkage::params::Tokens::DateParts => "date parts",
                     joinery_linkage::params::Tokens::Whole => "one whole value",
                 },

@@ -398,8 +398,8 @@ fn agreements_may_link_on_fields_beyond_the_canonical_five() {
     assert!(error.help.contains("linkage.encoding.fields"), "{error}");
 
     let encoded = listed.replace(
-        "    scheme: keyed-bloom\n    version: 4\n",
-        "    scheme: keyed-bloom\n    version: 4\n    fields:\n      - { field: school_urn, tokens: whole, bits: 64, hashes: 4, salt: { field: date_of_birth, take: { prefix: 4 } } }\n",
+        "    scheme: keyed-bloom\n    version: 5\n",
+        "    scheme: keyed-bloom\n    version: 5\n    fields:\n      - { field: school_urn, tokens: whole, bits: 64, hashes: 4, salt: { field: date_of_birth, take: { prefix: 4 } } }\n",
     );
     let checked = check(&encoded, TODAY);
     assert_eq!(
@@ -431,7 +431,7 @@ fn agreements_may_link_on_fields_beyond_the_canonical_five() {
         let without_postcode = encoded
             .replace("sex, postcode, school_urn]", "sex, school_urn]")
             .replace(
-                "version: 4\n    fields",
+                "version: 5\n    fields",
                 &format!("version: {version}\n    fields"),
             );
         let agreement: Agreement = serde_saphyr::from_str(&without_postcode).unwrap();
