@@ -63,13 +63,14 @@ pub struct FieldEncoding {
 pub enum Tokens {
     /// Overlapping pairs of characters, without boundary padding.
     Bigrams,
-    /// Overlapping pairs of characters with the first and last letters as
-    /// pairs of their own (`_H`, `O_`). A short name has few pairs, so one
-    /// wrong letter inside it leaves too few alike (HUGO and HUBO: Dice
-    /// 0.33 unpadded, 0.6 padded), while different names stay apart. The
-    /// marked first letter is a frequent token a pattern-mining attacker
-    /// can look for; the salt spreads it over a different set of bits per
-    /// birth year.
+    /// Overlapping pairs of characters, the first letter also a pair of
+    /// its own (`_H`). A short name has few pairs, so one wrong letter
+    /// inside it leaves too few alike (HUGO and HUBO: Dice 0.33 unpadded,
+    /// about 0.5 padded), while different names stay apart. Only the start
+    /// is marked: the commonest endings (`A_` in Freya, Riya, Ava) would
+    /// make twins' names look alike. The marked first letter is a frequent
+    /// token a pattern-mining attacker can look for; the salt spreads it
+    /// over a different set of bits per birth year.
     PaddedBigrams,
     /// A date `YYYY-MM-DD` as its year, month, day and month-day: a swapped
     /// day and month or a one-part typo keeps partial similarity.
@@ -198,14 +199,15 @@ impl LinkageParams {
     ///   name that is a nickname encoded with its full forms too.
     /// - 4: as 3 (agents encode alike), linking pairs from a match
     ///   probability of [`RULE_JUDGED_THRESHOLD`] rather than 0.99.
-    /// - 5: as 4, the given name cut into padded pairs
-    ///   ([`Tokens::PaddedBigrams`]): a one-letter typo in a short given name
-    ///   no longer looks like a twin's different name. Measured with `joinery
-    ///   bench linkage` on `joinery synth --profile messy --seed 7`: fuzzy
-    ///   only, F1 0.9748 -> 0.9783 at 100,000 children (twins wrongly linked
-    ///   23 -> 10 of 2,773 pairs) and 0.9786 -> 0.9841 at 20,000; with NHS
-    ///   numbers 0.9897 -> 0.9908 and 0.9902 -> 0.9918; the frequency attack
-    ///   test unchanged (1.8%).
+    /// - 5: as 4, the given name cut into pairs with its first letter
+    ///   marked ([`Tokens::PaddedBigrams`]): a one-letter typo in a short
+    ///   given name no longer looks like a twin's different name. Measured
+    ///   with `joinery bench linkage --fuzzy-only` on `joinery synth
+    ///   --profile messy`, 100,000 children: seed 7 F1 0.9748 -> 0.9802
+    ///   (wrong links within households 39 -> 20, between twins 21 -> 6 of
+    ///   2,773 pairs), seed 11 0.9745 -> 0.9803 (households 17 -> 14, twins
+    ///   14 -> 11 of 2,678); 20,000 children 0.9788 -> 0.9831; the frequency
+    ///   attack test unchanged (1.8%).
     pub fn canonical_version(version: u32) -> Self {
         let birth_year = KeyPart {
             field: "date_of_birth".into(),

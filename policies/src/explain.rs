@@ -186,7 +186,7 @@ fn blocks(a: &Agreement) -> Vec<Block> {
                 match e.tokens {
                     joinery_linkage::params::Tokens::Bigrams => "pairs of characters",
                     joinery_linkage::params::Tokens::PaddedBigrams =>
-                        "pairs of characters, the first and last marked",
+                        "pairs of characters, the first letter marked",
                     joinery_linkage::params::Tokens::DateParts => "date parts",
                     joinery_linkage::params::Tokens::Whole => "one whole value",
                 },
