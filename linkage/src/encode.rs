@@ -265,6 +265,14 @@ mod tests {
         bloom::dice(a, bloom::ones(a), b, bloom::ones(b))
     }
 
+    /// The Dice similarity of two given names' filters under `params`.
+    fn given(params: &LinkageParams, a: &str, b: &str) -> f64 {
+        let encoder = Encoder::new(&SecretKey::from_bytes([1; 32]), params).unwrap();
+        let a = encoder.encode(&child(a, "JOHNSON", "2015-04-12"));
+        let b = encoder.encode(&child(b, "JOHNSON", "2015-04-12"));
+        dice(a.filter(params, 0), b.filter(params, 0))
+    }
+
     #[test]
     fn similar_names_give_similar_filters_and_different_names_do_not() {
         let encoder =
@@ -301,12 +309,6 @@ mod tests {
 
     #[test]
     fn a_typo_in_a_short_given_name_keeps_it_alike_from_version_5() {
-        let given = |params: &LinkageParams, a: &str, b: &str| {
-            let encoder = Encoder::new(&SecretKey::from_bytes([1; 32]), params).unwrap();
-            let a = encoder.encode(&child(a, "JOHNSON", "2015-04-12"));
-            let b = encoder.encode(&child(b, "JOHNSON", "2015-04-12"));
-            dice(a.filter(params, 0), b.filter(params, 0))
-        };
         let (v4, v5) = (
             LinkageParams::canonical_version(4),
             LinkageParams::canonical_version(5),
@@ -329,12 +331,6 @@ mod tests {
 
     #[test]
     fn a_nickname_shares_most_of_its_full_names_bits_from_version_3() {
-        let given = |params: &LinkageParams, a: &str, b: &str| {
-            let encoder = Encoder::new(&SecretKey::from_bytes([1; 32]), params).unwrap();
-            let a = encoder.encode(&child(a, "JOHNSON", "2015-04-12"));
-            let b = encoder.encode(&child(b, "JOHNSON", "2015-04-12"));
-            dice(a.filter(params, 0), b.filter(params, 0))
-        };
         let (v2, v3) = (
             LinkageParams::canonical_version(2),
             LinkageParams::canonical_version(3),
