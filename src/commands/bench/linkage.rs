@@ -10,6 +10,7 @@
 //! optionally `household` (children of one household share it: the bench
 //! then counts the wrong links that join two of them, such as twins).
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,7 +24,7 @@ use joinery_agent::source::csv::CsvSource;
 use joinery_crypto::keys::SecretKey;
 use joinery_crypto::pseudonym::Pseudonymiser;
 use joinery_linkage::blocking::{MAX_BLOCK, Together, together};
-use joinery_linkage::{Encoder, Entity, LinkageParams};
+use joinery_linkage::{Encoder, Entity, Identity, LinkageParams};
 
 use super::peak_rss_kib;
 
@@ -58,8 +59,11 @@ pub struct LinkageArgs {
     datasets: Vec<String>,
 }
 
-/// One record to link, and who it is in the extract.
-type Key = (String, String);
+/// One record: its dataset (by number) and local id.
+type Key = (u32, String);
+
+/// Rows read before they are encoded together, on every thread.
+const ENCODE_CHUNK: usize = 1 << 14;
 
 pub async fn run(args: LinkageArgs) -> anyhow::Result<ExitCode> {
     let params = match &args.params {
@@ -80,52 +84,16 @@ pub async fn run(args: LinkageArgs) -> anyhow::Result<ExitCode> {
 
     // Agent side: read, validate, encode.
     let started = Instant::now();
-    let mut entities: Vec<Entity> = Vec::new();
-    // Each record's key and its entity's index.
-    let mut seen: HashMap<Key, usize> = HashMap::new();
-    // Each entity's date of birth as read (to tell twins).
-    let mut births = Vec::new();
-    let mut rows = 0u64;
-    let mut mappings: Vec<PathBuf> = std::fs::read_dir(args.data.join("mappings"))
-        .with_context(|| format!("reading {}/mappings", args.data.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
-        .collect();
-    mappings.sort();
-    let today = time::OffsetDateTime::now_utc().date();
-    // Each organisation's dataset, by its number.
-    let mut datasets_linked: Vec<String> = Vec::new();
-    for mapping_path in &mappings {
-        let mapping = Mapping::load(mapping_path)?;
-        if !args.datasets.is_empty() && !args.datasets.contains(&mapping.dataset) {
-            continue;
-        }
-        let stem = mapping_path.file_stem().unwrap_or_default();
-        let extract = args.data.join("extracts").join(stem).with_extension("csv");
-        let mut source = CsvSource::open(&extract, &mapping, mapping_path, today)?;
-        while let Some(row) = source.next_row() {
-            rows += 1;
-            let RowOutcome::Valid { row, .. } = row?.outcome else {
-                continue;
-            };
-            let key = (mapping.dataset.clone(), row.local_id.clone());
-            if seen.contains_key(&key) {
-                continue;
-            }
-            seen.insert(key, entities.len());
-            births.push(row.date_of_birth);
-            entities.push(Entity {
-                organisation: datasets_linked.len() as u32,
-                nhs: row
-                    .nhs_number
-                    .as_ref()
-                    .filter(|_| !args.fuzzy_only)
-                    .map(|n| nhs_key.pseudonymise(n.as_bytes())),
-                encoding: encoder.encode(&row.linkage_identity()),
-            });
-        }
-        datasets_linked.push(mapping.dataset.clone());
-    }
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+    let Read {
+        entities,
+        seen,
+        births,
+        rows,
+        datasets: datasets_linked,
+    } = read_and_encode(&args, &encoder, &nhs_key, threads)?;
     let organisation = datasets_linked.len();
     let encoding = started.elapsed();
     if !args.datasets.is_empty() && args.datasets.len() != organisation {
@@ -140,33 +108,29 @@ pub async fn run(args: LinkageArgs) -> anyhow::Result<ExitCode> {
         bail!("no mappings in {}/mappings", args.data.display());
     }
 
-    // Gateway side: match and cluster.
-    let mut keys: Vec<Key> = vec![Default::default(); seen.len()];
-    for (key, &index) in &seen {
-        keys[index] = key.clone();
-    }
+    // The truth, by record: also of rows the agent quarantined (they count
+    // as pairs the linkage missed).
     let records = entities.len();
+    let truth = Truth::read(&args.truth, &datasets_linked, &seen)?;
+    // Each record's key, by number, only to write the pairs out.
+    let mut keys: Vec<Key> = Vec::new();
+    if args.out.is_some() {
+        keys.resize(records, Default::default());
+        for (key, number) in seen {
+            keys[number as usize] = key;
+        }
+    } else {
+        drop(seen);
+    }
+    let true_pairs = truth.pairs();
     // Which true pairs blocking never puts side by side, worked out before
-    // linking takes the entities (the truth is read again for scoring, so
-    // the peak memory while linking is the linking's own).
+    // linking takes the entities.
     let (never_compared, compared_true_pairs) = {
-        let truth = read_truth(&args.truth)?;
-        let mut by_child: HashMap<&str, Vec<usize>> = HashMap::new();
-        for (key, (child, _)) in &truth {
-            if let Some(&i) = seen.get(key) {
-                by_child.entry(child).or_default().push(i);
-            }
-        }
-        let mut encoded_pairs = Vec::new();
-        for members in by_child.values() {
-            for (x, &a) in members.iter().enumerate() {
-                for &b in &members[x + 1..] {
-                    if keys[a].0 != keys[b].0 {
-                        encoded_pairs.push((a, b));
-                    }
-                }
-            }
-        }
+        let encoded_pairs: Vec<(usize, usize)> = true_pairs
+            .iter()
+            .map(|&p| split(p))
+            .filter(|&(a, b)| a < records && b < records)
+            .collect();
         let found = together(&entities, &params, &encoded_pairs);
         let compared: Vec<(usize, usize)> = encoded_pairs
             .iter()
@@ -179,61 +143,56 @@ pub async fn run(args: LinkageArgs) -> anyhow::Result<ExitCode> {
     let organisations: Vec<u32> = entities.iter().map(|e| e.organisation).collect();
     let has_nhs: Vec<bool> = entities.iter().map(|e| e.nhs.is_some()).collect();
 
+    // Gateway side: match and cluster.
     let started = Instant::now();
-    let threads = args
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
     let known = vec![None; records];
     let result = joinery_linkage::matcher::link_with(entities, &params, None, &known, threads);
     let linking = started.elapsed();
     let peak_after_linking = peak_rss_kib(std::process::id());
 
-    // Score the predicted pairs against every pair the truth holds between
-    // these extracts, also pairs whose rows the agent quarantined.
-    let truth = read_truth(&args.truth)?;
-    let datasets: BTreeSet<&str> = keys.iter().map(|k| k.0.as_str()).collect();
-    let pairs = |groups: BTreeMap<&str, Vec<&Key>>| {
-        let mut pairs = BTreeSet::new();
-        for members in groups.values() {
-            for (x, &a) in members.iter().enumerate() {
-                for &b in &members[x + 1..] {
-                    if a.0 != b.0 {
-                        pairs.insert(ordered(a, b));
-                    }
-                }
-            }
-        }
-        pairs
-    };
-    let people: Vec<String> = result.people.iter().map(u32::to_string).collect();
-    let mut predicted_groups: BTreeMap<&str, Vec<&Key>> = BTreeMap::new();
-    for (key, person) in keys.iter().zip(&people) {
-        predicted_groups.entry(person).or_default().push(key);
-    }
-    let mut true_groups: BTreeMap<&str, Vec<&Key>> = BTreeMap::new();
-    for (key, (child, _)) in &truth {
-        if datasets.contains(key.0.as_str()) {
-            true_groups.entry(child).or_default().push(key);
-        }
-    }
-    let predicted = pairs(predicted_groups);
-    let true_pairs = pairs(true_groups);
-    let hits = predicted.intersection(&true_pairs).count() as f64;
-    let household = |k: &Key| truth.get(k).and_then(|(_, h)| h.as_deref());
-    let within_households = predicted
-        .difference(&true_pairs)
-        .filter(|(a, b)| household(a).is_some_and(|h| household(b) == Some(h)))
+    // Score the predicted pairs against every true pair between these
+    // extracts.
+    let predicted = pairs_of_groups(
+        result
+            .people
+            .iter()
+            .enumerate()
+            .map(|(i, &person)| (person, i as u32, organisations[i])),
+    );
+    let hits = count_common(&predicted, &true_pairs) as f64;
+    let wrong: Vec<(usize, usize)> = predicted
+        .iter()
+        .filter(|p| true_pairs.binary_search(p).is_err())
+        .map(|&p| split(p))
+        .collect();
+    let within_households = wrong
+        .iter()
+        .filter(|&&(a, b)| {
+            truth
+                .household(a)
+                .is_some_and(|h| truth.household(b) == Some(h))
+        })
         .count();
-    let (twins_linked, twin_pairs) = twins(&keys, &births, &truth, &predicted);
+    let (twins_linked, twin_pairs) = truth.twins(&organisations, &births, &predicted);
     let precision = hits / (predicted.len() as f64).max(1.0);
     let recall = hits / (true_pairs.len() as f64).max(1.0);
     let f1 = 2.0 * precision * recall / (precision + recall).max(f64::MIN_POSITIVE);
 
     if let Some(out) = &args.out {
+        let named = |i: usize| (&datasets_linked[keys[i].0 as usize], &keys[i].1);
+        let mut named_pairs: Vec<_> = predicted
+            .iter()
+            .map(|&p| {
+                let (a, b) = split(p);
+                let (a, b) = (named(a), named(b));
+                if a < b { (a, b) } else { (b, a) }
+            })
+            .collect();
+        named_pairs.sort();
         let mut writer = csv::Writer::from_path(out)?;
         writer.write_record(["dataset_a", "local_id_a", "dataset_b", "local_id_b"])?;
-        for (a, b) in &predicted {
-            writer.write_record([&a.0, &a.1, &b.0, &b.1])?;
+        for (a, b) in named_pairs {
+            writer.write_record([a.0, a.1, b.0, b.1])?;
         }
         writer.flush()?;
     }
@@ -252,7 +211,7 @@ pub async fn run(args: LinkageArgs) -> anyhow::Result<ExitCode> {
         params.version
     );
     println!(
-        "encode (read, validate, encode; one core): {:.2} s = {:.0} records/s",
+        "encode (read and validate on one core, encode on {threads}): {:.2} s = {:.0} records/s",
         encoding.as_secs_f64(),
         records as f64 / encoding.as_secs_f64()
     );
@@ -297,7 +256,7 @@ pub async fn run(args: LinkageArgs) -> anyhow::Result<ExitCode> {
         "true pairs blocking never compared: {} sharing no blocking key, {} kept apart in split blocks",
         never_compared.no_key, never_compared.split_apart,
     );
-    if truth.values().any(|(_, h)| h.is_some()) {
+    if truth.has_households() {
         println!(
             "wrong links between two children of one household (siblings, twins): {within_households}"
         );
@@ -307,11 +266,10 @@ pub async fn run(args: LinkageArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let measured = Measured::of(
-        &seen,
         &organisations,
         &has_nhs,
         &result.people,
-        predicted.difference(&true_pairs),
+        &wrong,
         &compared_true_pairs,
     );
     print_quality(&result.quality, &measured, &datasets_linked);
@@ -324,49 +282,159 @@ pub async fn run(args: LinkageArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A pair of records in one order, whichever way round it was found.
-fn ordered(a: &Key, b: &Key) -> (Key, Key) {
-    if a < b {
-        (a.clone(), b.clone())
-    } else {
-        (b.clone(), a.clone())
-    }
+/// The records the bench read and encoded.
+struct Read {
+    entities: Vec<Entity>,
+    /// Each record's number, by its dataset (by number) and local id.
+    seen: HashMap<Key, u32>,
+    /// Each record's date of birth as read (to tell twins).
+    births: Vec<Option<time::Date>>,
+    /// Rows read, valid or not.
+    rows: u64,
+    /// The datasets read, by number.
+    datasets: Vec<String>,
 }
 
-/// Twins: pairs of records, from different extracts, of two children of one
-/// household with the same date of birth as read (`births`, by record
-/// index). Returns how many of them `predicted` links, and how many there
-/// are.
-fn twins(
-    keys: &[Key],
-    births: &[Option<time::Date>],
-    truth: &HashMap<Key, (String, Option<String>)>,
-    predicted: &BTreeSet<(Key, Key)>,
-) -> (u64, u64) {
-    let mut households: HashMap<&str, Vec<usize>> = HashMap::new();
-    for (i, key) in keys.iter().enumerate() {
-        if let Some((_, Some(h))) = truth.get(key) {
-            households.entry(h).or_default().push(i);
+/// Rows read but not yet encoded, of one organisation.
+#[derive(Default)]
+struct Chunk {
+    organisation: u32,
+    identities: Vec<Identity>,
+    nhs_numbers: Vec<Option<String>>,
+}
+
+/// Reads every extract through its mapping, as the agent does, and encodes
+/// its valid rows (a record given twice counts once) on `threads` threads
+/// while the next rows are read.
+fn read_and_encode(
+    args: &LinkageArgs,
+    encoder: &Encoder,
+    nhs_key: &Pseudonymiser,
+    threads: usize,
+) -> anyhow::Result<Read> {
+    let mut mappings: Vec<PathBuf> = std::fs::read_dir(args.data.join("mappings"))
+        .with_context(|| format!("reading {}/mappings", args.data.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    mappings.sort();
+    let today = time::OffsetDateTime::now_utc().date();
+    let mut read = Read {
+        entities: Vec::new(),
+        seen: HashMap::new(),
+        births: Vec::new(),
+        rows: 0,
+        datasets: Vec::new(),
+    };
+    std::thread::scope(|scope| {
+        let (send, receive) = std::sync::mpsc::sync_channel::<Chunk>(2);
+        let encoding = scope.spawn(move || {
+            let mut entities = Vec::new();
+            for chunk in receive {
+                let encodings = encoder.encode_many(&chunk.identities, threads);
+                entities.extend(encodings.into_iter().zip(chunk.nhs_numbers).map(
+                    |(encoding, nhs)| Entity {
+                        organisation: chunk.organisation,
+                        nhs: nhs.map(|n| nhs_key.pseudonymise(n.as_bytes())),
+                        encoding,
+                    },
+                ));
+            }
+            entities
+        });
+        for mapping_path in &mappings {
+            let mapping = Mapping::load(mapping_path)?;
+            if !args.datasets.is_empty() && !args.datasets.contains(&mapping.dataset) {
+                continue;
+            }
+            let organisation = read.datasets.len() as u32;
+            let stem = mapping_path.file_stem().unwrap_or_default();
+            let extract = args.data.join("extracts").join(stem).with_extension("csv");
+            let mut source = CsvSource::open(&extract, &mapping, mapping_path, today)?;
+            let mut chunk = Chunk {
+                organisation,
+                ..Chunk::default()
+            };
+            while let Some(row) = source.next_row() {
+                read.rows += 1;
+                let RowOutcome::Valid { row, .. } = row?.outcome else {
+                    continue;
+                };
+                let identity = row.linkage_identity();
+                let number = read.seen.len() as u32;
+                match read.seen.entry((organisation, row.local_id)) {
+                    Entry::Occupied(_) => continue,
+                    Entry::Vacant(new) => new.insert(number),
+                };
+                read.births.push(row.date_of_birth);
+                chunk.identities.push(identity);
+                chunk
+                    .nhs_numbers
+                    .push(row.nhs_number.filter(|_| !args.fuzzy_only));
+                if chunk.identities.len() == ENCODE_CHUNK {
+                    let next = Chunk {
+                        organisation,
+                        ..Chunk::default()
+                    };
+                    send.send(std::mem::replace(&mut chunk, next))?;
+                }
+            }
+            send.send(chunk)?;
+            read.datasets.push(mapping.dataset.clone());
         }
-    }
-    let child = |k: &Key| truth.get(k).map(|(c, _)| c);
-    let (mut linked, mut pairs) = (0, 0);
-    for members in households.values() {
-        for (x, &i) in members.iter().enumerate() {
-            for &j in &members[x + 1..] {
-                let (a, b) = (&keys[i], &keys[j]);
-                if a.0 != b.0
-                    && child(a) != child(b)
-                    && births[i].is_some()
-                    && births[i] == births[j]
-                {
-                    pairs += 1;
-                    linked += u64::from(predicted.contains(&ordered(a, b)));
+        drop(send);
+        read.entities = encoding
+            .join()
+            .map_err(|_| anyhow::anyhow!("the encoding thread panicked"))?;
+        Ok(read)
+    })
+}
+
+/// Pairs of records within each group whose records come from different
+/// organisations, given as (group, record, organisation), each pair as
+/// [`joined`] gives it, sorted.
+fn pairs_of_groups(members: impl Iterator<Item = (u32, u32, u32)>) -> Vec<u64> {
+    let mut members: Vec<(u32, u32, u32)> = members.collect();
+    members.sort_unstable();
+    let mut pairs = Vec::new();
+    for group in members.chunk_by(|a, b| a.0 == b.0) {
+        for (x, &(_, a, oa)) in group.iter().enumerate() {
+            for &(_, b, ob) in &group[x + 1..] {
+                if oa != ob {
+                    pairs.push(joined(a, b));
                 }
             }
         }
     }
-    (linked, pairs)
+    pairs.sort_unstable();
+    pairs
+}
+
+/// A pair of record numbers as one sortable number, the smaller first.
+fn joined(a: u32, b: u32) -> u64 {
+    (u64::from(a.min(b)) << 32) | u64::from(a.max(b))
+}
+
+/// The two record numbers of a [`joined`] pair.
+fn split(pair: u64) -> (usize, usize) {
+    ((pair >> 32) as usize, (pair & 0xffff_ffff) as usize)
+}
+
+/// How many values two sorted lists share.
+fn count_common(a: &[u64], b: &[u64]) -> usize {
+    let (mut i, mut j, mut common) = (0, 0, 0);
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                common += 1;
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    common
 }
 
 /// Per pair of organisations (smaller first), the wrong links and the true
@@ -381,12 +449,11 @@ struct Measured {
 }
 
 impl Measured {
-    fn of<'k>(
-        seen: &HashMap<Key, usize>,
+    fn of(
         organisations: &[u32],
         has_nhs: &[bool],
         people: &[u32],
-        wrong_pairs: impl Iterator<Item = &'k (Key, Key)>,
+        wrong_pairs: &[(usize, usize)],
         compared_true_pairs: &[(usize, usize)],
     ) -> Self {
         let pair = |i: usize, j: usize| {
@@ -394,8 +461,8 @@ impl Measured {
             (!(has_nhs[i] && has_nhs[j])).then_some((a.min(b), a.max(b)))
         };
         let mut measured = Self::default();
-        for (a, b) in wrong_pairs {
-            if let Some(p) = pair(seen[a], seen[b]) {
+        for &(a, b) in wrong_pairs {
+            if let Some(p) = pair(a, b) {
                 *measured.wrong.entry(p).or_default() += 1;
             }
         }
@@ -483,44 +550,136 @@ impl NeverCompared {
     }
 }
 
-/// (dataset, local id) -> the true person, and their household if given.
-fn read_truth(path: &PathBuf) -> anyhow::Result<HashMap<Key, (String, Option<String>)>> {
-    let mut reader =
-        csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
-    let headers = reader.headers()?.clone();
-    let column = |name: &str| {
-        headers
-            .iter()
-            .position(|h| h == name)
-            .with_context(|| format!("{}: no column {name}", path.display()))
-    };
-    let (dataset, local_id, child_id) =
-        (column("dataset")?, column("local_id")?, column("child_id")?);
-    let household = column("household").ok();
-    let mut truth = HashMap::new();
-    let mut first_seen: HashMap<Key, usize> = HashMap::new();
-    for (index, record) in reader.records().enumerate() {
-        let line = index + 2;
-        let record = record.with_context(|| format!("{}: line {line}", path.display()))?;
-        let key = (record[dataset].to_owned(), record[local_id].to_owned());
-        // A record's truth given twice would silently keep the last; a blank
-        // household would make every such child one household.
-        if let Some(first) = first_seen.insert(key.clone(), line) {
-            anyhow::bail!(
-                "{}: line {line} gives the truth for the record of line {first} again (the same dataset and local_id)",
-                path.display()
-            );
-        }
-        let household = match household.map(|h| record[h].trim()) {
-            Some("") => anyhow::bail!(
-                "{}: line {line} has a blank household: give each child one, or leave the column out",
-                path.display()
-            ),
-            other => other.map(str::to_owned),
+/// The truth about the linked datasets' records: each one's child and
+/// household, by number. Records are numbered as the bench read them; a
+/// truth row of a record the agent quarantined gets a number past those.
+#[derive(Debug)]
+struct Truth {
+    /// (child, record, organisation) of every truth row of a linked dataset.
+    rows: Vec<(u32, u32, u32)>,
+    /// Household of each record the bench read (`None`: not given).
+    households: Vec<Option<u32>>,
+    /// Child of each record the bench read (`None`: not in the truth).
+    children: Vec<Option<u32>>,
+}
+
+impl Truth {
+    /// Reads `path`, a CSV with `dataset`, `local_id`, `child_id` and
+    /// optionally `household`; `seen` numbers the records read. Rows of
+    /// datasets not linked are passed over.
+    fn read(path: &PathBuf, datasets: &[String], seen: &HashMap<Key, u32>) -> anyhow::Result<Self> {
+        let mut reader =
+            csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
+        let headers = reader.headers()?.clone();
+        let column = |name: &str| {
+            headers
+                .iter()
+                .position(|h| h == name)
+                .with_context(|| format!("{}: no column {name}", path.display()))
         };
-        truth.insert(key, (record[child_id].to_owned(), household));
+        let (dataset, local_id, child_id) =
+            (column("dataset")?, column("local_id")?, column("child_id")?);
+        let household = column("household").ok();
+        let mut truth = Self {
+            rows: Vec::new(),
+            households: vec![None; seen.len()],
+            children: vec![None; seen.len()],
+        };
+        let (mut children, mut households) = (HashMap::new(), HashMap::new());
+        // The line that gave each record's truth: by number for the records
+        // read, by key for those the agent quarantined.
+        let mut line_of_read = vec![0; seen.len()];
+        let mut line_of_quarantined: HashMap<Key, usize> = HashMap::new();
+        let mut unread = seen.len() as u32;
+        for (index, record) in reader.records().enumerate() {
+            let line = index + 2;
+            let record = record.with_context(|| format!("{}: line {line}", path.display()))?;
+            let Some(organisation) = datasets.iter().position(|d| *d == record[dataset]) else {
+                continue;
+            };
+            let key = (organisation as u32, record[local_id].to_owned());
+            let number = seen.get(&key).copied();
+            // A record's truth given twice would silently keep the last; a
+            // blank household would make every such child one household.
+            let first = match number {
+                Some(n) => Some(std::mem::replace(&mut line_of_read[n as usize], line))
+                    .filter(|&first| first != 0),
+                None => line_of_quarantined.insert(key, line),
+            };
+            if let Some(first) = first {
+                anyhow::bail!(
+                    "{}: line {line} gives the truth for the record of line {first} again (the same dataset and local_id)",
+                    path.display()
+                );
+            }
+            let household = match household.map(|h| record[h].trim()) {
+                Some("") => anyhow::bail!(
+                    "{}: line {line} has a blank household: give each child one, or leave the column out",
+                    path.display()
+                ),
+                Some(h) => {
+                    let next = households.len() as u32;
+                    Some(*households.entry(h.to_owned()).or_insert(next))
+                }
+                None => None,
+            };
+            let next = children.len() as u32;
+            let child = *children.entry(record[child_id].to_owned()).or_insert(next);
+            let number = match number {
+                Some(number) => {
+                    truth.children[number as usize] = Some(child);
+                    truth.households[number as usize] = household;
+                    number
+                }
+                None => {
+                    unread += 1;
+                    unread - 1
+                }
+            };
+            truth.rows.push((child, number, organisation as u32));
+        }
+        Ok(truth)
     }
-    Ok(truth)
+
+    /// Every true pair of records from different organisations, sorted.
+    fn pairs(&self) -> Vec<u64> {
+        pairs_of_groups(self.rows.iter().copied())
+    }
+
+    fn household(&self, record: usize) -> Option<u32> {
+        self.households.get(record).copied().flatten()
+    }
+
+    fn has_households(&self) -> bool {
+        self.households.iter().any(Option::is_some)
+    }
+
+    /// Twins: pairs of records, from different extracts, of two children of
+    /// one household with the same date of birth as read (`births`, by
+    /// record). Returns how many of them `predicted` (sorted) links, and
+    /// how many there are.
+    fn twins(
+        &self,
+        organisations: &[u32],
+        births: &[Option<time::Date>],
+        predicted: &[u64],
+    ) -> (u64, u64) {
+        let in_households = self
+            .households
+            .iter()
+            .enumerate()
+            .filter_map(|(i, h)| Some((h.as_ref().copied()?, i as u32, organisations[i])));
+        let (mut linked, mut pairs) = (0, 0);
+        for pair in pairs_of_groups(in_households) {
+            let (i, j) = split(pair);
+            if self.children[i] != self.children[j] && births[i].is_some() && births[i] == births[j]
+            {
+                pairs += 1;
+                linked += u64::from(predicted.binary_search(&pair).is_ok());
+            }
+        }
+        (linked, pairs)
+    }
 }
 
 #[cfg(test)]
@@ -531,13 +690,22 @@ mod tests {
     fn a_truth_given_twice_or_a_blank_household_names_its_line() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("truth.csv");
+        let datasets = ["csc".to_owned(), "camhs".to_owned()];
+        // The bench read csc L1 and camhs L1; csc L2 was quarantined.
+        let seen = HashMap::from([((0, "L1".to_owned()), 0), ((1, "L1".to_owned()), 1)]);
         let read = |text: &str| {
             std::fs::write(&path, text).unwrap();
-            read_truth(&path).map_err(|e| e.to_string())
+            Truth::read(&path, &datasets, &seen).map_err(|e| e.to_string())
         };
-        let good =
-            "dataset,local_id,child_id,household\ncsc,L1,c1,h1\ncamhs,L1,c1,h1\ncsc,L2,c2,h2\n";
-        assert_eq!(read(good).unwrap().len(), 3);
+        let good = read(
+            "dataset,local_id,child_id,household\ncsc,L1,c1,h1\ncamhs,L1,c1,h1\ncsc,L2,c2,h1\nsalt,S1,c2,h1\n",
+        )
+        .unwrap();
+        // The salt row is of a dataset not linked; csc L2 gets a number
+        // past the records read.
+        assert_eq!(good.rows, vec![(0, 0, 0), (0, 1, 1), (1, 2, 0)]);
+        assert_eq!(good.pairs(), vec![joined(0, 1)]);
+        assert_eq!((good.household(0), good.household(1)), (Some(0), Some(0)));
         let twice =
             read("dataset,local_id,child_id,household\ncsc,L1,c1,h1\ncsc,L2,c2,h2\ncsc,L1,c9,h9\n")
                 .unwrap_err();
@@ -551,10 +719,21 @@ mod tests {
             blank.contains("line 3") && blank.contains("blank household"),
             "{blank}"
         );
-        let without = "dataset,local_id,child_id\ncsc,L1,c1\n";
+        let without = read("dataset,local_id,child_id\ncsc,L1,c1\n").unwrap();
+        assert!(!without.has_households());
+    }
+
+    #[test]
+    fn pairs_cross_organisations_and_are_counted_once() {
+        // (group, record, organisation): group 7 has two records of
+        // organisation 0 and one of organisation 1.
+        let pairs =
+            pairs_of_groups([(7, 5, 0), (7, 2, 0), (7, 9, 1), (3, 1, 0), (3, 4, 2)].into_iter());
+        assert_eq!(pairs, vec![joined(1, 4), joined(2, 9), joined(5, 9)]);
+        assert_eq!(split(joined(9, 5)), (5, 9));
         assert_eq!(
-            read(without).unwrap()[&("csc".to_owned(), "L1".to_owned())].1,
-            None
+            count_common(&pairs, &[joined(2, 9), joined(3, 4), joined(5, 9)]),
+            2
         );
     }
 }
