@@ -92,6 +92,7 @@ pub async fn run(args: LinkageArgs) -> anyhow::Result<ExitCode> {
         seen,
         births,
         rows,
+        quarantined,
         datasets: datasets_linked,
     } = read_and_encode(&args, &encoder, &nhs_key, threads)?;
     let organisation = datasets_linked.len();
@@ -177,6 +178,11 @@ pub async fn run(args: LinkageArgs) -> anyhow::Result<ExitCode> {
     let precision = hits / (predicted.len() as f64).max(1.0);
     let recall = hits / (true_pairs.len() as f64).max(1.0);
     let f1 = 2.0 * precision * recall / (precision + recall).max(f64::MIN_POSITIVE);
+    // The same over the pairs whose records the agent sent: what the
+    // linkage itself missed, apart from rows the agent quarantined.
+    let sent_pairs = true_pairs.iter().filter(|&&p| split(p).1 < records).count() as f64;
+    let recall_sent = hits / sent_pairs.max(1.0);
+    let f1_sent = 2.0 * precision * recall_sent / (precision + recall_sent).max(f64::MIN_POSITIVE);
 
     if let Some(out) = &args.out {
         let named = |i: usize| (&datasets_linked[keys[i].0 as usize], &keys[i].1);
@@ -253,6 +259,10 @@ pub async fn run(args: LinkageArgs) -> anyhow::Result<ExitCode> {
         true_pairs.len()
     );
     println!(
+        "  of which {} true pairs have a record whose every row the agent quarantined ({quarantined} rows); over the rest: recall {recall_sent:.4}, F1 {f1_sent:.4}",
+        true_pairs.len() - sent_pairs as usize,
+    );
+    println!(
         "true pairs blocking never compared: {} sharing no blocking key, {} kept apart in split blocks",
         never_compared.no_key, never_compared.split_apart,
     );
@@ -291,6 +301,8 @@ struct Read {
     births: Vec<Option<time::Date>>,
     /// Rows read, valid or not.
     rows: u64,
+    /// Rows the agent would quarantine.
+    quarantined: u64,
     /// The datasets read, by number.
     datasets: Vec<String>,
 }
@@ -324,6 +336,7 @@ fn read_and_encode(
         seen: HashMap::new(),
         births: Vec::new(),
         rows: 0,
+        quarantined: 0,
         datasets: Vec::new(),
     };
     std::thread::scope(|scope| {
@@ -358,6 +371,7 @@ fn read_and_encode(
             while let Some(row) = source.next_row() {
                 read.rows += 1;
                 let RowOutcome::Valid { row, .. } = row?.outcome else {
+                    read.quarantined += 1;
                     continue;
                 };
                 let identity = row.linkage_identity();
