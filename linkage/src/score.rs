@@ -32,7 +32,11 @@
 //!   tells them apart. So a pair that would link is judged again as its
 //!   rule's EM judges pairs, against how often pairs within one
 //!   organisation in that rule's blocks show its pattern (twins and
-//!   siblings are there), and the lower verdict stands.
+//!   siblings are there), and the lower verdict stands. It is judged also
+//!   as if its fields that share some letters (levels 1 to 3) agreed in
+//!   full: a typo that leaves few letters of a twin's family name alike
+//!   makes a pattern too rare in the sample to judge, and must not make the
+//!   pair look more like one child than the twins themselves do.
 //!
 //! Only patterns with a field that does not agree, seen at least
 //! [`MIN_SHOWN`] times, are judged by the sample jointly (on which fields
@@ -328,10 +332,30 @@ impl Model {
         let pattern = judged(&self.stand_ins, pattern);
         let shape = Shape::new(self.m.len(), &self.stand_ins);
         let non_match = NonMatch::new(&shape, &r.non_matches, &r.whole_fields);
-        let Some(u) = non_match.joint(pattern) else {
+        // Judged as it is, and as if its fields that share some letters
+        // agreed in full: a typo in a twin's family name must not make the
+        // pair more likely one child than the twins themselves.
+        let judge = |pattern| {
+            let u = non_match.joint(pattern)?;
+            Some(posterior(
+                &self.m,
+                r.prior,
+                pattern,
+                non_match.kept(pattern),
+                u,
+            ))
+        };
+        let raised = non_match
+            .kept(pattern)
+            .filter(|&f| (1..=3).contains(&pattern_level(pattern, f)))
+            .fold(pattern, |p, f| p & !(7 << (3 * f)));
+        let Some(p) = [pattern, raised]
+            .into_iter()
+            .filter_map(judge)
+            .min_by(f64::total_cmp)
+        else {
             return (probability, weight);
         };
-        let p = posterior(&self.m, r.prior, pattern, non_match.kept(pattern), u);
         if p < probability {
             (p, log_odds(p) - log_odds(self.prior))
         } else {
@@ -683,6 +707,17 @@ mod tests {
         assert!(
             fields > 0.99 && in_rule < 0.5,
             "twins, one with a typo: {fields} -> {in_rule}"
+        );
+        // Twins, one with a typo that leaves few letters of the family name
+        // alike (DRKE and DRAKE, Dice 0.57): a pattern too rare within
+        // organisations to judge as it is, so it is also judged as if the
+        // family name agreed, and is never more likely one child than the
+        // twins themselves.
+        let (fields, in_rule) = verdict(&[0, 4, 3, 0]);
+        let twins = verdict(&[0, 4, 0, 0]).1;
+        assert!(
+            in_rule < fields && in_rule <= twins,
+            "twins, one with a worse typo: {fields} -> {in_rule} (twins: {twins})"
         );
         // Matches keep their verdict: one agreeing everywhere (duplicates
         // within an organisation are no evidence against it), and one that
