@@ -201,6 +201,38 @@ async fn spine(db: &sqlx::AnyPool) -> std::collections::BTreeMap<String, String>
         .collect()
 }
 
+/// One line of `joinery gateway identifiability`.
+#[derive(Debug, PartialEq)]
+struct Exposure {
+    children: u64,
+    classes: u64,
+    /// Percent of children singled out (k = 1).
+    singled_out: f64,
+}
+
+fn identifiability_lines(report: &str) -> Vec<Exposure> {
+    let number = |line: &str, before: &str| -> f64 {
+        let (head, _) = line
+            .split_once(before)
+            .unwrap_or_else(|| panic!("no {before:?} in {line}"));
+        head.rsplit([' ', ','])
+            .find(|w| !w.is_empty())
+            .unwrap()
+            .trim_end_matches('%')
+            .parse()
+            .unwrap()
+    };
+    report
+        .lines()
+        .filter(|l| l.starts_with("  ") && l.contains(" children, "))
+        .map(|l| Exposure {
+            children: number(l, " children,") as u64,
+            classes: number(l, " classes;") as u64,
+            singled_out: number(l.split_once("(k = 1) ").unwrap().1, ", k < 5"),
+        })
+        .collect()
+}
+
 /// Delivers `extract` for `org` through a gateway started on the store.
 fn deliver(
     d: &Deployment,
@@ -288,6 +320,31 @@ async fn incremental_linking(database: Option<&str>) {
     assert!(again.contains(" 0 person ids moved"), "{again}");
     let db = open_database(&database.map_or_else(|| d.sqlite_url(), str::to_owned)).await;
     let before = spine(&db).await;
+
+    // What the quasi-identifiers stored in clear single out, as stored and
+    // coarser: coarsening only merges classes, so it never singles out more
+    // children, and every line counts the same children.
+    let exposure = d.on_store(&["gateway", "identifiability"], database);
+    let lines = identifiability_lines(&exposure);
+    assert_eq!(lines.len(), 5, "{exposure}");
+    let (stored, coarsest) = (&lines[0], &lines[4]);
+    assert!(stored.children > 100, "{exposure}");
+    for line in &lines {
+        assert_eq!(line.children, stored.children, "{exposure}");
+        assert!(
+            line.classes <= stored.classes && line.singled_out <= stored.singled_out,
+            "{exposure}"
+        );
+        assert!(
+            coarsest.classes < line.classes || line == coarsest,
+            "{exposure}"
+        );
+        assert!(coarsest.singled_out <= line.singled_out, "{exposure}");
+    }
+    assert!(
+        stored.singled_out > 0.0,
+        "a small population is exposed as stored: {exposure}"
+    );
 
     // The rest of the council's records: linked incrementally.
     deliver(&d, database, COUNCIL, &second, &mapping("csc_referrals"));

@@ -16,7 +16,9 @@
 //! without a restart; [`background`] supervises the periodic work:
 //! [`linker`] (fuzzy linkage into the person spine), [`retention`] and the
 //! signed checkpoints of [`audit`], the hash-chained record of every
-//! delivery, refusal, agreement load, deletion and query.
+//! delivery, refusal, agreement load, deletion and query;
+//! [`identifiability`] measures how many stored records their
+//! quasi-identifiers single out.
 //!
 //! Invariants: only [`storage`] speaks SQL; every person-level table is keyed
 //! by person first; every number an analyst sees has passed [`disclosure`];
@@ -33,6 +35,7 @@ pub mod background;
 pub mod config;
 pub mod disclosure;
 pub mod http;
+pub mod identifiability;
 pub mod ingest;
 pub mod linker;
 pub mod listener;

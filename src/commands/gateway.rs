@@ -44,6 +44,13 @@ pub enum GatewayCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// How identifiable the stored records are by the quasi-identifiers
+    /// kept in clear on them (sex, birth month, postcode district): how many
+    /// no other record shares them with, as stored and coarsened further.
+    Identifiability {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 /// Where the gateway keeps its state.
@@ -197,6 +204,7 @@ impl GatewayCommand {
             Self::Retention { store, dry_run } => return retention(store, dry_run).await,
             Self::Relink { store, full } => return relink(store, full).await,
             Self::LinkageReport { store } => return linkage_report(store).await,
+            Self::Identifiability { store } => return identifiability(store).await,
         };
 
         let config = GatewayConfig {
@@ -339,6 +347,33 @@ async fn linkage_report(store: StoreArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn identifiability(store: StoreArgs) -> anyhow::Result<ExitCode> {
+    use joinery_gateway::identifiability::{Coarsening, measure};
+    let storage = store.existing_storage().await?;
+    let sightings = storage.quasi_identifiers().await?;
+    println!(
+        "Children by the quasi-identifiers kept in clear on their records (k: how many children have a record with the same values; a child counts at their smallest k; a blank is a value of its own):"
+    );
+    for coarsening in Coarsening::ALL {
+        let m = measure(&sightings, coarsening);
+        let share = |n: u64| 100.0 * n as f64 / (m.children as f64).max(1.0);
+        println!(
+            "  {}: {} children, {} classes; singled out (k = 1) {:.1}%, k < 5 {:.1}%, k < 10 {:.1}%; median k {}",
+            coarsening.describe(),
+            m.children,
+            m.classes,
+            share(m.unique),
+            share(m.under_5),
+            share(m.under_10),
+            m.median_k
+        );
+    }
+    println!(
+        "An agreement coarsens what agencies send (`date_of_birth: year` rather than `month`); `joinery policy explain` shows what each field is sent as."
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -9,6 +9,7 @@ use sqlx::Row;
 
 use super::{Storage, StorageError};
 use crate::analytics::{Interner, Person, PersonEvent, Text};
+use crate::identifiability::Sighting;
 
 impl Storage {
     /// A number that changes whenever the population changes.
@@ -18,6 +19,32 @@ impl Storage {
                 .fetch_one(&self.pool)
                 .await?,
         )
+    }
+
+    /// Each child's distinct combinations of the quasi-identifiers stored
+    /// in clear on their records ([`crate::identifiability`]), children
+    /// numbered by their person on the spine; records with none are left
+    /// out.
+    pub async fn quasi_identifiers(&self) -> Result<Vec<Sighting>, StorageError> {
+        let mut rows = sqlx::query(
+            "SELECT DISTINCT COALESCE(s.spine_id, r.person_id), r.sex, r.birth_month, \
+             r.postcode_district FROM records r LEFT JOIN person_spine s ON s.person_id = r.person_id \
+             WHERE r.sex IS NOT NULL OR r.birth_month IS NOT NULL OR r.postcode_district IS NOT NULL",
+        )
+        .fetch(&self.pool);
+        let mut children: HashMap<String, u32> = HashMap::new();
+        let mut sightings = Vec::new();
+        while let Some(row) = rows.try_next().await? {
+            let person: String = row.try_get(0)?;
+            let next = children.len() as u32;
+            sightings.push(Sighting {
+                child: *children.entry(person).or_insert(next),
+                sex: row.try_get(1)?,
+                birth_month: row.try_get(2)?,
+                postcode_district: row.try_get(3)?,
+            });
+        }
+        Ok(sightings)
     }
 
     /// The whole linked population, for analytics. Three plain scans and
