@@ -580,7 +580,7 @@ struct Truth {
 impl Truth {
     /// Reads `path`, a CSV with `dataset`, `local_id`, `child_id` and
     /// optionally `household`; `seen` numbers the records read. Rows of
-    /// datasets not linked are passed over.
+    /// datasets not linked are checked for a blank household only.
     fn read(path: &PathBuf, datasets: &[String], seen: &HashMap<Key, u32>) -> anyhow::Result<Self> {
         let mut reader =
             csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
@@ -608,24 +608,8 @@ impl Truth {
         for (index, record) in reader.records().enumerate() {
             let line = index + 2;
             let record = record.with_context(|| format!("{}: line {line}", path.display()))?;
-            let Some(organisation) = datasets.iter().position(|d| *d == record[dataset]) else {
-                continue;
-            };
-            let key = (organisation as u32, record[local_id].to_owned());
-            let number = seen.get(&key).copied();
-            // A record's truth given twice would silently keep the last; a
-            // blank household would make every such child one household.
-            let first = match number {
-                Some(n) => Some(std::mem::replace(&mut line_of_read[n as usize], line))
-                    .filter(|&first| first != 0),
-                None => line_of_quarantined.insert(key, line),
-            };
-            if let Some(first) = first {
-                anyhow::bail!(
-                    "{}: line {line} gives the truth for the record of line {first} again (the same dataset and local_id)",
-                    path.display()
-                );
-            }
+            // A blank household would make every such child one household;
+            // a record's truth given twice would silently keep the last.
             let household = match household.map(|h| record[h].trim()) {
                 Some("") => anyhow::bail!(
                     "{}: line {line} has a blank household: give each child one, or leave the column out",
@@ -637,6 +621,22 @@ impl Truth {
                 }
                 None => None,
             };
+            let Some(organisation) = datasets.iter().position(|d| *d == record[dataset]) else {
+                continue;
+            };
+            let key = (organisation as u32, record[local_id].to_owned());
+            let number = seen.get(&key).copied();
+            let first = match number {
+                Some(n) => Some(std::mem::replace(&mut line_of_read[n as usize], line))
+                    .filter(|&first| first != 0),
+                None => line_of_quarantined.insert(key, line),
+            };
+            if let Some(first) = first {
+                anyhow::bail!(
+                    "{}: line {line} gives the truth for the record of line {first} again (the same dataset and local_id)",
+                    path.display()
+                );
+            }
             let next = children.len() as u32;
             let child = *children.entry(record[child_id].to_owned()).or_insert(next);
             let number = match number {
@@ -733,6 +733,9 @@ mod tests {
             blank.contains("line 3") && blank.contains("blank household"),
             "{blank}"
         );
+        let blank_elsewhere =
+            read("dataset,local_id,child_id,household\ncsc,L1,c1,h1\nsalt,S1,c1,\n").unwrap_err();
+        assert!(blank_elsewhere.contains("line 3"), "{blank_elsewhere}");
         let without = read("dataset,local_id,child_id\ncsc,L1,c1\n").unwrap();
         assert!(!without.has_households());
     }
