@@ -81,7 +81,6 @@ impl Coarsening {
 /// What grouping the children under one coarsening shows.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Identifiability {
-    pub coarsening: Coarsening,
     /// Children with a record carrying any of the values.
     pub children: u64,
     /// Distinct combinations of values.
@@ -125,7 +124,6 @@ pub fn measure(sightings: &[Sighting], coarsening: Coarsening) -> Identifiabilit
     ks.sort_unstable();
     let under = |k: u64| ks.iter().filter(|&&s| s < k).count() as u64;
     Identifiability {
-        coarsening,
         children: ks.len() as u64,
         classes,
         unique: under(2),

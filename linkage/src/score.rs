@@ -78,8 +78,9 @@ pub fn pattern_level(pattern: Pattern, field: usize) -> u8 {
     ((pattern >> (3 * field)) & 7) as u8
 }
 
+/// `pattern` with `field` at `level` (whatever level it had).
 pub fn with_level(pattern: Pattern, field: usize, level: u8) -> Pattern {
-    pattern | (u64::from(level) << (3 * field))
+    (pattern & !(7 << (3 * field))) | (u64::from(level) << (3 * field))
 }
 
 /// A field that stands in for others where they disagree entirely (see
@@ -345,12 +346,13 @@ impl Model {
                 u,
             ))
         };
+        let partly = 1..LEVELS as u8 - 1;
         let raised = non_match
             .kept(pattern)
-            .filter(|&f| (1..=3).contains(&pattern_level(pattern, f)))
-            .fold(pattern, |p, f| p & !(7 << (3 * f)));
-        let Some(p) = [pattern, raised]
-            .into_iter()
+            .filter(|&f| partly.contains(&pattern_level(pattern, f)))
+            .fold(pattern, |p, f| with_level(p, f, 0));
+        let Some(p) = std::iter::once(pattern)
+            .chain((raised != pattern).then_some(raised))
             .filter_map(judge)
             .min_by(f64::total_cmp)
         else {

@@ -46,7 +46,8 @@ pub enum GatewayCommand {
     },
     /// How identifiable the stored records are by the quasi-identifiers
     /// kept in clear on them (sex, birth month, postcode district): how many
-    /// no other record shares them with, as stored and coarsened further.
+    /// children no other child shares them with, as stored and coarsened
+    /// further.
     Identifiability {
         #[command(flatten)]
         store: StoreArgs,

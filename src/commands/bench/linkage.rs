@@ -126,12 +126,13 @@ pub async fn run(args: LinkageArgs) -> anyhow::Result<ExitCode> {
     let true_pairs = truth.pairs();
     // Which true pairs blocking never puts side by side, worked out before
     // linking takes the entities.
+    // True pairs whose records the agent sent (both read, so encoded).
+    let encoded_pairs: Vec<(usize, usize)> = true_pairs
+        .iter()
+        .map(|&p| split(p))
+        .filter(|&(a, b)| a < records && b < records)
+        .collect();
     let (never_compared, compared_true_pairs) = {
-        let encoded_pairs: Vec<(usize, usize)> = true_pairs
-            .iter()
-            .map(|&p| split(p))
-            .filter(|&(a, b)| a < records && b < records)
-            .collect();
         let found = together(&entities, &params, &encoded_pairs);
         let compared: Vec<(usize, usize)> = encoded_pairs
             .iter()
@@ -180,7 +181,7 @@ pub async fn run(args: LinkageArgs) -> anyhow::Result<ExitCode> {
     let f1 = 2.0 * precision * recall / (precision + recall).max(f64::MIN_POSITIVE);
     // The same over the pairs whose records the agent sent: what the
     // linkage itself missed, apart from rows the agent quarantined.
-    let sent_pairs = true_pairs.iter().filter(|&&p| split(p).1 < records).count() as f64;
+    let sent_pairs = encoded_pairs.len() as f64;
     let recall_sent = hits / sent_pairs.max(1.0);
     let f1_sent = 2.0 * precision * recall_sent / (precision + recall_sent).max(f64::MIN_POSITIVE);
 
@@ -308,11 +309,20 @@ struct Read {
 }
 
 /// Rows read but not yet encoded, of one organisation.
-#[derive(Default)]
 struct Chunk {
     organisation: u32,
     identities: Vec<Identity>,
     nhs_numbers: Vec<Option<String>>,
+}
+
+impl Chunk {
+    fn new(organisation: u32) -> Self {
+        Self {
+            organisation,
+            identities: Vec::new(),
+            nhs_numbers: Vec::new(),
+        }
+    }
 }
 
 /// Reads every extract through its mapping, as the agent does, and encodes
@@ -364,10 +374,7 @@ fn read_and_encode(
             let stem = mapping_path.file_stem().unwrap_or_default();
             let extract = args.data.join("extracts").join(stem).with_extension("csv");
             let mut source = CsvSource::open(&extract, &mapping, mapping_path, today)?;
-            let mut chunk = Chunk {
-                organisation,
-                ..Chunk::default()
-            };
+            let mut chunk = Chunk::new(organisation);
             while let Some(row) = source.next_row() {
                 read.rows += 1;
                 let RowOutcome::Valid { row, .. } = row?.outcome else {
@@ -386,11 +393,7 @@ fn read_and_encode(
                     .nhs_numbers
                     .push(row.nhs_number.filter(|_| !args.fuzzy_only));
                 if chunk.identities.len() == ENCODE_CHUNK {
-                    let next = Chunk {
-                        organisation,
-                        ..Chunk::default()
-                    };
-                    send.send(std::mem::replace(&mut chunk, next))?;
+                    send.send(std::mem::replace(&mut chunk, Chunk::new(organisation)))?;
                 }
             }
             send.send(chunk)?;
