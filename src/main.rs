@@ -58,6 +58,8 @@ enum Command {
     /// Ask the gateway disclosure-controlled questions (as an analyst; an agency may ask `counts` about its own data).
     #[command(subcommand)]
     Query(commands::query::QueryCommand),
+    /// The analysts' web console on this machine (127.0.0.1), asking the gateway with your analyst certificate.
+    Console(commands::console::ConsoleArgs),
     /// Generate synthetic extracts for several agencies, with a ground truth.
     Synth(commands::synth::SynthArgs),
     /// Run the whole system on this machine in a temporary directory and print a result.
@@ -113,6 +115,7 @@ fn main() -> ExitCode {
             Command::Pki(c) => c.run(),
             Command::Policy(c) => c.run(),
             Command::Query(c) => c.run().await,
+            Command::Console(a) => a.run().await,
             Command::Synth(a) => a.run(),
             Command::Demo(a) => a.run().await,
             Command::Probe(a) => a.run().await,

@@ -66,6 +66,10 @@ pub struct DemoArgs {
     /// The gateway's host name, added to its certificate and used by agents.
     #[arg(long, default_value = "localhost")]
     server_name: String,
+    /// After the demo, keep the gateway running and open the analysts'
+    /// console on this loopback address (e.g. 127.0.0.1:7450) until Ctrl-C.
+    #[arg(long, conflicts_with = "prepare_only")]
+    console: Option<std::net::SocketAddr>,
 }
 
 impl DemoArgs {
@@ -279,6 +283,10 @@ impl DemoArgs {
             .into_inner();
         print_table(&tiers, TableFormat::Table)?;
 
+        if let Some(listen) = self.console {
+            println!("\n8. The analysts' console, asking this gateway as the demo analyst:");
+            crate::commands::console::serve(listen, client, &address).await?;
+        }
         let _ = stop.send(());
         serving.await??;
         println!(
@@ -310,6 +318,13 @@ impl DemoArgs {
         if let Some((path, _)) = configs.first() {
             println!("  {joinery} agent run --config {}", path.display());
         }
+        println!(
+            "  {joinery} console --gateway 127.0.0.1:7443 --server-name {} --tls-ca {} --tls-cert {} --tls-key {}",
+            self.server_name,
+            pki.join("ca.pem").display(),
+            analyst.cert.display(),
+            analyst.key.display()
+        );
         Ok(ExitCode::SUCCESS)
     }
 }

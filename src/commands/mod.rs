@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod audit;
 pub mod bench;
+pub mod console;
 pub mod demo;
 pub mod gateway;
 pub mod pki;

@@ -87,6 +87,11 @@ pub struct GatewayArgs {
 }
 
 impl GatewayArgs {
+    /// The gateway's address, host:port.
+    pub fn address(&self) -> &str {
+        &self.gateway
+    }
+
     /// A channel to the gateway over mutual TLS with these credentials.
     pub async fn channel(&self) -> anyhow::Result<Channel> {
         let host = self
@@ -227,6 +232,10 @@ pub fn print_overlap(overlap: &AgencyOverlapResponse) {
     print_dash_legend(overlap.rows.iter().flat_map(|r| &r.cells));
 }
 
+/// What an answer from the population as loaded before the latest data
+/// says (the console shows the same words).
+pub const NEWER_DATA: &str = "newer data has arrived since this answer's data was loaded; it is being loaded now: ask again in a minute for an answer that includes it";
+
 /// What `-` means, under a table that shows one (`*` is in every note).
 fn print_dash_legend<'c>(cells: impl IntoIterator<Item = &'c joinery_proto::v1::Cell>) {
     if cells.into_iter().any(|c| c.value.is_none()) {
@@ -287,6 +296,9 @@ pub fn print_table(table: &TableResponse, format: TableFormat) -> anyhow::Result
     // On standard error whatever the format, so a CSV stays a CSV.
     for warning in &table.warnings {
         eprintln!("warning: {warning}");
+    }
+    if table.newer_data_pending {
+        eprintln!("warning: {NEWER_DATA}");
     }
     let heading = if table.row_heading.is_empty() {
         ""

@@ -61,6 +61,9 @@ pub fn indicators() -> String {
                 "\n### `{}`: {}\n\n{}\n\n- Follows: {}\n- As a query: {}\n",
                 indicator.name, indicator.title, indicator.definition, indicator.source, explained
             ));
+            if let Some(better) = indicator.better {
+                out.push_str(&format!("- Better: {}\n", better.word()));
+            }
         }
     }
     out.push_str("\n## Risk stratifications\n\nName one in a query (`stratification: children-at-risk@1`, or without `@` for the latest version) and break down by `stratum`.\n");
@@ -136,8 +139,11 @@ pub fn queries() -> String {
          as you type. Every answer goes through disclosure control\n\
          ([disclosure.md](disclosure.md)); in tables `*` is a suppressed value and `-`\n\
          one that does not apply (a median with no children to take it from). A query\n\
-         that uses an event type, dataset or attribute no agreement in force shares is\n\
-         answered with a warning naming it: a condition on it holds for no child.\n\
+         that uses an event type, dataset, attribute or organisation no agreement in\n\
+         force shares is answered with a warning naming it: a condition on it holds for\n\
+         no child. Every answer says the data generation it was computed from, and\n\
+         warns when newer data has arrived and is still loading. `joinery console`\n\
+         builds these documents in a web page ([console.md](console.md)).\n\
          \n## The document\n\n",
     );
     out.push_str(&schema_table(&schema, &schema, Types::Named));

@@ -22,8 +22,29 @@ pub struct Indicator {
     pub source: String,
     /// Exactly who is counted and how.
     pub definition: String,
+    /// Which way is better, where one is (a count of children seen is
+    /// neither): the console judges whether the curve has turned by it.
+    #[serde(default)]
+    pub better: Option<Better>,
     pub cohort: Condition,
     pub measure: Measure,
+}
+
+/// Which way an indicator improves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Better {
+    Lower,
+    Higher,
+}
+
+impl Better {
+    pub fn word(self) -> &'static str {
+        match self {
+            Self::Lower => "lower",
+            Self::Higher => "higher",
+        }
+    }
 }
 
 /// The three questions Results-Based Accountability asks.

@@ -3,18 +3,24 @@
 //! shares never reaches the gateway, so a condition on it holds for no
 //! child: the answer would read as a finding ("0% seen within 18 weeks").
 //! [`Shared::unshared`] names each such use, and every answer carries them
-//! as warnings.
+//! as warnings; [`Shared::vocabulary`] lists what may be used (the
+//! console's builder offers only that).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use joinery_policies::model::{Agreement, Transform};
+use joinery_proto::v1::{SharedDataset, SharedOrganisation, VocabularyResponse};
 
 use super::model::{AnalystQuery, Breakdown, Condition, EventCondition, Measure, Spell};
 
-/// The datasets, event types and attributes some agreement shares.
+/// The organisations, datasets, event types and attributes some agreement
+/// shares.
 #[derive(Debug, Default)]
 pub struct Shared {
-    datasets: BTreeSet<String>,
+    /// Code → (name, datasets it sends).
+    organisations: BTreeMap<String, (String, BTreeSet<String>)>,
+    /// Dataset → (its event types, its record attributes).
+    datasets: BTreeMap<String, (BTreeSet<String>, BTreeSet<String>)>,
     events: BTreeSet<String>,
     /// (event type, attribute).
     event_attributes: BTreeSet<(String, String)>,
@@ -25,14 +31,24 @@ pub struct Shared {
 impl Shared {
     pub fn of<'a>(agreements: impl IntoIterator<Item = &'a Agreement>) -> Self {
         let mut shared = Self::default();
-        for (name, dataset) in agreements.into_iter().flat_map(|a| &a.datasets) {
-            shared.datasets.insert(name.clone());
+        let agreements: Vec<&Agreement> = agreements.into_iter().collect();
+        for party in agreements.iter().flat_map(|a| &a.parties) {
+            let (_, sends) = shared
+                .organisations
+                .entry(party.organisation.clone())
+                .or_insert_with(|| (party.name.clone(), BTreeSet::new()));
+            sends.extend(party.sends.iter().cloned());
+        }
+        for (name, dataset) in agreements.iter().flat_map(|a| &a.datasets) {
+            let (events, attributes) = shared.datasets.entry(name.clone()).or_default();
             for (field, transform) in &dataset.fields {
                 if *transform != Transform::Drop {
                     shared.record_attributes.insert(field.clone());
+                    attributes.insert(field.clone());
                 }
             }
             for (event, rule) in &dataset.events {
+                events.insert(event.clone());
                 shared.events.insert(event.clone());
                 for (attribute, transform) in &rule.attributes {
                     if *transform != Transform::Drop {
@@ -44,6 +60,31 @@ impl Shared {
             }
         }
         shared
+    }
+
+    /// What may be used, as the `Vocabulary` RPC answers it.
+    pub fn vocabulary(&self) -> VocabularyResponse {
+        let sorted = |set: &BTreeSet<String>| set.iter().cloned().collect();
+        VocabularyResponse {
+            organisations: self
+                .organisations
+                .iter()
+                .map(|(code, (name, sends))| SharedOrganisation {
+                    code: code.clone(),
+                    name: name.clone(),
+                    sends: sorted(sends),
+                })
+                .collect(),
+            datasets: self
+                .datasets
+                .iter()
+                .map(|(name, (events, attributes))| SharedDataset {
+                    name: name.clone(),
+                    events: sorted(events),
+                    attributes: sorted(attributes),
+                })
+                .collect(),
+        }
     }
 
     /// Each thing `query` uses that no agreement shares, in words, once.
@@ -95,7 +136,10 @@ impl Walk<'_> {
             Condition::Not(c) => self.condition(c),
             Condition::Has(e) => self.event(e),
             Condition::Age(_) => {}
-            Condition::KnownTo(k) => self.dataset(k.dataset.as_deref()),
+            Condition::KnownTo(k) => {
+                self.dataset(k.dataset.as_deref());
+                self.organisation(k.organisation.as_deref());
+            }
             Condition::Open(Spell {
                 start,
                 end,
@@ -134,10 +178,20 @@ impl Walk<'_> {
 
     fn dataset(&mut self, dataset: Option<&str>) {
         if let Some(dataset) = dataset
-            && !self.shared.datasets.contains(dataset)
+            && !self.shared.datasets.contains_key(dataset)
         {
             self.missing.insert(format!(
                 "dataset `{dataset}` is shared under no agreement in force: every condition on it counts as if no child were in it"
+            ));
+        }
+    }
+
+    fn organisation(&mut self, code: Option<&str>) {
+        if let Some(code) = code
+            && !self.shared.organisations.contains_key(code)
+        {
+            self.missing.insert(format!(
+                "organisation `{code}` is party to no agreement in force: every condition on it counts as if no child were known to it"
             ));
         }
     }
@@ -205,10 +259,53 @@ mod tests {
         ] {
             assert!(text.contains(named), "{named} in {text}");
         }
+        // An organisation no agreement names.
+        let found = unshared("cohort: { known_to: { organisation: Z99 } }\n");
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].contains("`Z99`"), "{found:?}");
         // A stratification's factors are walked too.
         let found = unshared(
             "rows: stratum\nstratification: { name: t, version: 1, factors: [ { name: f, points: 1, when: { open: { start: secret_start, end: secret_end } } } ], tiers: [ { name: all, from_points: 0 } ] }\n",
         );
         assert_eq!(found.len(), 2, "{found:?}");
+    }
+
+    #[test]
+    fn the_vocabulary_lists_what_the_agreement_shares() {
+        let words = example().vocabulary();
+        let agreement: Agreement = serde_saphyr::from_str(include_str!(
+            "../../../policies/examples/children-at-risk-stratification.yaml"
+        ))
+        .expect("the example agreement");
+        let codes: Vec<&str> = words
+            .organisations
+            .iter()
+            .map(|o| o.code.as_str())
+            .collect();
+        let parties: BTreeSet<&str> = agreement
+            .parties
+            .iter()
+            .map(|p| p.organisation.as_str())
+            .collect();
+        assert_eq!(codes, parties.into_iter().collect::<Vec<_>>());
+        let camhs = words
+            .datasets
+            .iter()
+            .find(|d| d.name == "camhs_referrals")
+            .expect("camhs_referrals is shared");
+        assert!(
+            camhs.events.iter().any(|e| e == "camhs_referral"),
+            "{camhs:?}"
+        );
+        assert!(camhs.attributes.iter().any(|a| a == "sex"), "{camhs:?}");
+        assert!(
+            !camhs.attributes.iter().any(|a| a == "given_name"),
+            "dropped, so not shared: {camhs:?}"
+        );
+        // Each organisation the vocabulary offers passes the unshared check.
+        for o in &words.organisations {
+            let query = format!("cohort: {{ known_to: {{ organisation: {} }} }}\n", o.code);
+            assert_eq!(unshared(&query), Vec::<String>::new());
+        }
     }
 }

@@ -540,9 +540,13 @@ pub fn table_json(table: &joinery_proto::v1::TableResponse) -> serde_json::Value
         "measure": table.measure,
         "row_heading": table.row_heading,
         "column_heading": table.column_heading,
+        // The cells are keyed by column; this is the columns' order.
+        "columns": table.columns,
         "rows": rows,
         "disclosure_note": table.disclosure_note,
         "warnings": table.warnings,
+        "data_generation": table.data_generation,
+        "newer_data_pending": table.newer_data_pending,
     })
 }
 

@@ -20,7 +20,7 @@ use joinery_proto::v1::query_server::Query;
 use joinery_proto::v1::{
     AgencyOverlapRequest, AgencyOverlapResponse, CountsRequest, CountsResponse, DatasetCount,
     ExtractRequest, ExtractResponse, ExtractRow, OverlapRow, ReidentifyRequest, ReidentifyResponse,
-    RunRequest, TableResponse, TableRow,
+    RunRequest, TableResponse, TableRow, VocabularyRequest, VocabularyResponse,
 };
 use time::Date;
 use tonic::{Request, Response, Status};
@@ -330,10 +330,22 @@ impl QueryService {
         let now = time::OffsetDateTime::now_utc();
         let agreements = self.agreements.current();
         let in_force = agreements.iter().filter(|a| a.in_force_at(now).is_ok());
+        let current = self.storage.data_generation().await?;
         Ok(TableResponse {
             warnings: Shared::of(in_force.map(|a| &a.agreement)).unshared(&query),
+            newer_data_pending: table.data_generation != current,
             ..table
         })
+    }
+
+    /// What the agreements in force share, for an analyst holding a role
+    /// in one: the words a query may use.
+    pub fn vocabulary(&self, who: &PeerIdentity) -> Result<VocabularyResponse, QueryError> {
+        self.roles(who)?;
+        let now = time::OffsetDateTime::now_utc();
+        let agreements = self.agreements.current();
+        let in_force = agreements.iter().filter(|a| a.in_force_at(now).is_ok());
+        Ok(Shared::of(in_force.map(|a| &a.agreement)).vocabulary())
     }
 
     /// The protected table of `query`: the answer released before for the
@@ -398,7 +410,7 @@ impl QueryService {
             rules.note(),
             crate::linker::linked_as_of(&self.storage.linkage_status().await?)
         );
-        let response = table_response(query, reference, &table, &release, note);
+        let response = table_response(query, reference, &table, &release, note, generation);
         let answer = prost::Message::encode_to_vec(&response);
         let detail = format!(
             "released at rho {cost:.6} from each of {}; {}",
@@ -522,6 +534,7 @@ fn table_response(
     table: &crate::analytics::Tabulation,
     release: &crate::disclosure::Release,
     disclosure_note: String,
+    data_generation: i64,
 ) -> TableResponse {
     let with_total = |labels: &[String]| {
         labels
@@ -547,9 +560,11 @@ fn table_response(
         disclosure_note,
         explanation: crate::analytics::explain(query),
         measure: crate::analytics::measure_name(&query.measure).to_owned(),
+        data_generation,
         // Not part of the release: [`QueryService::answer`] adds them,
         // to a replayed answer as to a new one.
         warnings: Vec::new(),
+        newer_data_pending: false,
     }
 }
 
@@ -700,6 +715,14 @@ impl Query for QueryService {
         Ok(Response::new(
             self.reidentify(&identity, request.get_ref()).await?,
         ))
+    }
+
+    async fn vocabulary(
+        &self,
+        request: Request<VocabularyRequest>,
+    ) -> Result<Response<VocabularyResponse>, Status> {
+        let identity = peer::identity(&request)?;
+        Ok(Response::new(self.vocabulary(&identity)?))
     }
 }
 
