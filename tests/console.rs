@@ -474,6 +474,26 @@ async fn an_analyst_answers_both_questions_in_the_console_and_every_page_is_acce
     assert_accessible(&c, &browser.axe, "the age pyramid").await;
     screenshot(&c, "5-age-pyramid", "#answer").await;
     choose(&c, "#columns", "none").await;
+    // A recorded attribute, offered from what the agreements share (never
+    // an identifier).
+    let offered: Vec<String> = serde_json::from_value(
+        c.execute(
+            "return [...document.querySelectorAll('#attribute option')].map(o => o.value);",
+            vec![],
+        )
+        .await
+        .unwrap(),
+    )
+    .unwrap();
+    assert!(offered.iter().any(|a| a == "ethnicity"), "{offered:?}");
+    for identifier in ["nhs_number", "postcode", "date_of_birth", "local_id"] {
+        assert!(!offered.iter().any(|a| a == identifier), "{offered:?}");
+    }
+    choose(&c, "#rows", "attribute").await;
+    choose(&c, "#attribute", "ethnicity").await;
+    run_query(&c).await;
+    let table = shown_table(&c).await;
+    assert_eq!(table[0][0], "ethnicity", "{table:?}");
 
     // Question 2: is the repeat child-protection-plan rate turning the curve?
     use_indicator(

@@ -36,6 +36,19 @@ function label(parent, x, y, text, extra = {}) {
   parent.appendChild(el("text", { x, y, "font-family": FONT, "font-size": 13, fill: INK, ...extra }, text));
 }
 
+/** A label over several lines of at most `width` characters, split at spaces. */
+function wrapped(parent, x, y, text, width, extra = {}) {
+  const lines = [];
+  for (const word of text.split(" ")) {
+    const last = lines.length - 1;
+    if (last >= 0 && `${lines[last]} ${word}`.length <= width) lines[last] = `${lines[last]} ${word}`;
+    else lines.push(word);
+  }
+  const node = el("text", { x, y, "font-family": FONT, "font-size": 12, fill: INK, "text-anchor": "middle", ...extra });
+  lines.forEach((line, i) => node.appendChild(el("tspan", { x, dy: i ? 14 : 0 }, line)));
+  parent.appendChild(node);
+}
+
 /** The rows and columns of an answer without their totals. */
 function parts(answer) {
   const rows = answer.rows.filter((r) => r.label !== "total");
@@ -115,8 +128,9 @@ function suppressedMark(svg, x, baseline, width) {
 function bars(answer) {
   const { rows, columns } = parts(answer);
   const values = rows.flatMap((r) => columns.map((c) => numberOf(r.cells[c]))).filter((v) => v !== null);
-  const svg = frame(`${answer.measure} by ${answer.row_heading || "everyone"}`, `Bar chart of the table below: ${rows.length} groups.`);
-  const box = { x: 70, y: 60, w: WIDTH - 100, h: HEIGHT - 150 };
+  const by = [answer.row_heading, answer.column_heading].filter((h) => h).join(" and ");
+  const svg = frame(`${answer.measure}${by ? ` by ${by}` : ""}`, `Bar chart of the table below: ${rows.length} groups.`);
+  const box = { x: 70, y: 60, w: WIDTH - 100, h: HEIGHT - 165 };
   const y = yAxis(svg, box, Math.max(0, ...values), answer.measure);
   const group = box.w / rows.length;
   const bar = Math.max(4, Math.min(48, (group * 0.8) / columns.length));
@@ -133,9 +147,9 @@ function bars(answer) {
         if (bar >= 22) label(svg, x + bar / 2, y(v) - 4, formatted(v, answer.measure), { "text-anchor": "middle", "font-size": 11 });
       }
     });
-    label(svg, box.x + i * group + group / 2, y(0) + 18, row.label, { "text-anchor": "middle", "font-size": 12 });
+    wrapped(svg, box.x + i * group + group / 2, y(0) + 18, row.label, Math.max(4, Math.floor(group / 7)));
   });
-  if (columns.length > 1) legend(svg, columns, box.x, HEIGHT - 40);
+  if (columns.length > 1) legend(svg, columns, box.x, HEIGHT - 22);
   return { svg, caption: `Each group is a ${answer.row_heading || "row"}; ${columns.length > 1 ? `each bar a ${answer.column_heading}` : "bars show the total"}.` };
 }
 
@@ -172,7 +186,7 @@ function trend(answer, better) {
   const values = cells.map(numberOf);
   const points = values.map((v, i) => [i, v]).filter(([, v]) => v !== null);
   const svg = frame(`${answer.measure} by period, with the baseline`, "Line chart: the indicator in each period, and the baseline forecast from the earlier periods.");
-  const box = { x: 70, y: 60, w: WIDTH - 110, h: HEIGHT - 150 };
+  const box = { x: 70, y: 60, w: WIDTH - 110, h: HEIGHT - 165 };
   const ahead = 2;
   const history = points.slice(0, -1);
   const line = history.length >= 2 ? fit(history) : null;
@@ -181,7 +195,7 @@ function trend(answer, better) {
   const top = Math.max(0, ...points.map(([, v]) => v), ...(line ? [forecastAt(0), forecastAt(forecastEnd)] : []));
   const y = yAxis(svg, box, top, answer.measure);
   const x = (i) => box.x + (i + 0.5) * (box.w / (periods.length + ahead));
-  periods.forEach((p, i) => label(svg, x(i), y(0) + 18, periodLabel(p), { "text-anchor": "middle", "font-size": 11 }));
+  periods.forEach((p, i) => wrapped(svg, x(i), y(0) + 18, periodLabel(p), 6, { "font-size": 11 }));
   if (line) {
     svg.appendChild(el("line", {
       x1: x(0), y1: y(forecastAt(0)), x2: x(forecastEnd), y2: y(forecastAt(forecastEnd)),
@@ -199,7 +213,7 @@ function trend(answer, better) {
       label(svg, x(i), y(0) - 8, cells[i] === "suppressed" ? "*" : "-", { "text-anchor": "middle", "font-weight": 700 });
     }
   });
-  legend(svg, ["the indicator", "baseline: trend of the earlier periods (dashed)"], box.x, HEIGHT - 40);
+  legend(svg, ["the indicator", "baseline: trend of the earlier periods (dashed)"], box.x, HEIGHT - 22);
   return { svg, caption: verdict(values, forecastAt, better, answer.measure) };
 }
 

@@ -3,7 +3,7 @@
 // chart, table, legend and downloads. Every answer comes from the
 // gateway's disclosure control through this console's /api/run.
 
-import { BREAKDOWNS, documentOf, parseBands, yamlOf } from "./query.js";
+import { BREAKDOWNS, IDENTIFYING, documentOf, parseBands, yamlOf } from "./query.js";
 import { chartKinds, drawChart, textOf } from "./charts.js";
 
 const $ = (id) => document.getElementById(id);
@@ -86,6 +86,8 @@ function showVocabulary(words) {
   }
   const events = [...new Set(words.datasets.flatMap((d) => d.events))].sort();
   for (const e of events) option($("event"), e, e.replaceAll("_", " "));
+  const attributes = [...new Set(words.datasets.flatMap((d) => d.attributes))].filter((a) => !IDENTIFYING.has(a)).sort();
+  for (const a of attributes) option($("attribute"), a, a.replaceAll("_", " "));
 }
 
 function number(id) {
@@ -105,6 +107,7 @@ function choices() {
     rows: $("rows").value,
     columns: $("columns").value,
     bands: parseBands($("bands").value) ?? [0, 5, 11, 16, 18],
+    attribute: $("attribute").value,
     stratification: $("stratification").value,
     every: $("every").value,
     count: number("count") ?? 8,
@@ -113,13 +116,23 @@ function choices() {
 }
 
 let explaining = 0;
+/** Explanations name agencies by code: add each one's name. */
+function named(text) {
+  let out = text;
+  for (const [code, name] of state.organisations) {
+    const escaped = code.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+    out = out.replace(new RegExp(`organisation ${escaped}\\b`, "g"), `${name} (${code})`);
+  }
+  return out;
+}
+
 async function explain() {
   const ticket = ++explaining;
   const out = $("explanation");
   try {
     const { explanation } = await api("/api/explain", $("document").value);
     if (ticket !== explaining) return;
-    out.textContent = explanation;
+    out.textContent = named(explanation);
     out.classList.remove("invalid");
   } catch (error) {
     if (ticket !== explaining) return;
@@ -134,6 +147,7 @@ function changed() {
   const uses = (b) => c.rows === b || c.columns === b;
   $("bands-part").hidden = !uses("age_bands");
   $("stratum-part").hidden = !uses("stratum");
+  $("attribute-part").hidden = !uses("attribute");
   $("period-part").hidden = !uses("period");
   const byIndicator = c.who === "indicator";
   $("indicator").disabled = !byIndicator;
@@ -263,7 +277,7 @@ function chart() {
 function show(answer) {
   state.answer = answer;
   $("answer").hidden = false;
-  $("answer-explanation").textContent = answer.explanation;
+  $("answer-explanation").textContent = named(answer.explanation);
   stamp(answer);
   const warnings = $("answer-warnings");
   warnings.replaceChildren();

@@ -12,13 +12,17 @@ export const BREAKDOWNS = [
   ["agency_overlap", "how many agencies know the child"],
   ["stratum", "risk tier"],
   ["period", "period"],
+  ["attribute", "a recorded attribute (as each agency codes it)"],
 ];
+
+/** Record fields that identify or locate a child: never a breakdown. */
+export const IDENTIFYING = new Set(["local_id", "nhs_number", "given_name", "family_name", "date_of_birth", "postcode", "sex"]);
 
 /**
  * The document for the builder's choices:
  * { who: "indicator"|"cohort", indicator, agencies: [code], event, within,
- *   ageFrom, ageTo, rows, columns, bands: [int], stratification, every,
- *   count, reference }
+ *   ageFrom, ageTo, rows, columns, bands: [int], attribute, stratification,
+ *   every, count, reference }
  */
 export function documentOf(c) {
   const doc = {};
@@ -41,7 +45,11 @@ export function documentOf(c) {
     if (all.length === 1) doc.cohort = all[0];
     else if (all.length > 1) doc.cohort = { all };
   }
-  const breakdown = (b) => (b === "age_bands" ? { age_bands: c.bands } : b);
+  const breakdown = (b) => {
+    if (b === "age_bands") return { age_bands: c.bands };
+    if (b === "attribute") return { attribute: c.attribute };
+    return b;
+  };
   if (c.rows !== "none") doc.rows = breakdown(c.rows);
   if (c.columns !== "none") doc.columns = breakdown(c.columns);
   if (c.rows === "stratum" || c.columns === "stratum") doc.stratification = c.stratification;
