@@ -237,6 +237,18 @@ async fn downloaded(c: &Client, link: &str) -> serde_json::Value {
     .expect("read the download")
 }
 
+/// How many elements `css` matches.
+async fn count(c: &Client, css: &str) -> u64 {
+    let n = c
+        .execute(
+            "return document.querySelectorAll(arguments[0]).length;",
+            vec![serde_json::json!(css)],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("count {css}: {e}"));
+    n.as_u64().expect("a count")
+}
+
 /// The chart on show.
 async fn chart_kind(c: &Client) -> String {
     let kind = c
@@ -398,14 +410,8 @@ async fn an_analyst_answers_both_questions_in_the_console_and_every_page_is_acce
     );
     let stamp = text(&c, "#answer-stamp").await;
     assert!(stamp.contains("data generation"), "{stamp}");
-    let bars: serde_json::Value = c
-        .execute(
-            "return document.querySelectorAll('#chart svg rect').length;",
-            vec![],
-        )
-        .await
-        .unwrap();
-    assert!(bars.as_u64().unwrap() > 2, "the chart has bars: {bars}");
+    let bars = count(&c, "#chart svg rect").await;
+    assert!(bars > 2, "the chart has bars: {bars}");
     assert_accessible(&c, &browser.axe, "the first answer").await;
     screenshot(&c, "2-known-to-camhs-and-social-care-by-age", "#answer").await;
 
@@ -457,14 +463,8 @@ async fn an_analyst_answers_both_questions_in_the_console_and_every_page_is_acce
     choose(&c, "#columns", "stratum").await;
     run_query(&c).await;
     assert_eq!(chart_kind(&c).await, "bars");
-    let series: serde_json::Value = c
-        .execute(
-            "return document.querySelectorAll('#chart svg text').length;",
-            vec![],
-        )
-        .await
-        .unwrap();
-    assert!(series.as_u64().unwrap() > 10, "labelled bars: {series}");
+    let labels = count(&c, "#chart svg text").await;
+    assert!(labels > 10, "labelled bars: {labels}");
     assert_accessible(&c, &browser.axe, "the risk tiers").await;
     screenshot(&c, "4-risk-tiers-by-segment", "#answer").await;
     choose(&c, "#rows", "age_bands").await;
@@ -524,14 +524,11 @@ async fn an_analyst_answers_both_questions_in_the_console_and_every_page_is_acce
     use_indicator(&c, "Re-referrals within 12 months").await;
     run_query(&c).await;
     assert_eq!(chart_kind(&c).await, "trend");
-    let baselines: serde_json::Value = c
-        .execute(
-            "return document.querySelectorAll('#chart svg line[stroke-dasharray]').length;",
-            vec![],
-        )
-        .await
-        .unwrap();
-    assert_eq!(baselines, 1, "one dashed baseline");
+    assert_eq!(
+        count(&c, "#chart svg line[stroke-dasharray]").await,
+        1,
+        "one dashed baseline"
+    );
     let caption = text(&c, "#chart-caption").await;
     assert!(
         caption.contains("baseline forecast of")

@@ -13,36 +13,33 @@ pub const PAGE: &Asset = &Asset {
     body: include_str!("../assets/index.html"),
 };
 
+const SCRIPT: &str = "text/javascript; charset=utf-8";
+
 const NAMED: &[(&str, Asset)] = &[
     (
         "console.js",
-        Asset {
-            content_type: "text/javascript; charset=utf-8",
-            body: include_str!("../assets/console.js"),
-        },
+        asset(SCRIPT, include_str!("../assets/console.js")),
     ),
     (
         "charts.js",
-        Asset {
-            content_type: "text/javascript; charset=utf-8",
-            body: include_str!("../assets/charts.js"),
-        },
+        asset(SCRIPT, include_str!("../assets/charts.js")),
     ),
     (
         "query.js",
-        Asset {
-            content_type: "text/javascript; charset=utf-8",
-            body: include_str!("../assets/query.js"),
-        },
+        asset(SCRIPT, include_str!("../assets/query.js")),
     ),
     (
         "console.css",
-        Asset {
-            content_type: "text/css; charset=utf-8",
-            body: include_str!("../assets/console.css"),
-        },
+        asset(
+            "text/css; charset=utf-8",
+            include_str!("../assets/console.css"),
+        ),
     ),
 ];
+
+const fn asset(content_type: &'static str, body: &'static str) -> Asset {
+    Asset { content_type, body }
+}
 
 /// The asset served at `/assets/{name}`.
 pub fn named(name: &str) -> Option<&'static Asset> {
