@@ -215,8 +215,8 @@ function table(answer) {
     dd.textContent = words;
     legend.append(dt, dd);
   };
-  entry("*", `suppressed by disclosure control: too few children to show safely, or a value that would let a suppressed one be worked out${cells.includes("suppressed") ? "" : " (none in this table)"}.`);
-  entry("-", "nothing to show, not a suppressed value: a total across periods (one child may be in several) or a percentage or median of no one.");
+  entry("*", `${answer.legend.suppressed}${cells.includes("suppressed") ? "" : " (none in this table)"}.`);
+  entry("-", `${answer.legend.null}.`);
   entry("noise", "every figure has had disclosure-control noise added, so small differences may be noise alone.");
   $("disclosure-note").textContent = `Disclosure control: ${answer.disclosure_note}.`;
 }

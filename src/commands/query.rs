@@ -239,9 +239,7 @@ pub const NEWER_DATA: &str = "newer data has arrived since this answer's data wa
 /// What `-` means, under a table that shows one (`*` is in every note).
 fn print_dash_legend<'c>(cells: impl IntoIterator<Item = &'c joinery_proto::v1::Cell>) {
     if cells.into_iter().any(|c| c.value.is_none()) {
-        println!(
-            "-: nothing to show, not a suppressed value (a total across periods, where one child may be in several, or a percentage of no one)."
-        );
+        println!("-: {}.", joinery_gateway::analytics::table::NOTHING_MEANS);
     }
 }
 

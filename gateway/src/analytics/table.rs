@@ -512,6 +512,13 @@ pub fn members(query: &AnalystQuery, people: &[Person], reference: Date) -> Vec<
 
 /// A released table as JSON: each row's cells by column label; a count or
 /// a number as a number, `"suppressed"`, or null where there is nothing.
+/// What a suppressed cell (`*`; `"suppressed"` in JSON) means, in every
+/// legend: the CLI's, the HTTP answer's and the console's.
+pub const SUPPRESSED_MEANS: &str = "suppressed by disclosure control: too few children to show safely, or a value that would let a suppressed one be worked out";
+
+/// What an empty cell (`-`; `null` in JSON) means, in every legend.
+pub const NOTHING_MEANS: &str = "nothing to show, not a suppressed value: a total across periods (one child may be in several), or a percentage or median of no one";
+
 pub fn table_json(table: &joinery_proto::v1::TableResponse) -> serde_json::Value {
     let rows: Vec<serde_json::Value> = table
         .rows
@@ -545,6 +552,7 @@ pub fn table_json(table: &joinery_proto::v1::TableResponse) -> serde_json::Value
         "rows": rows,
         "disclosure_note": table.disclosure_note,
         "warnings": table.warnings,
+        "legend": { "suppressed": SUPPRESSED_MEANS, "null": NOTHING_MEANS },
         "data_generation": table.data_generation,
         "newer_data_pending": table.newer_data_pending,
     })
