@@ -11,7 +11,12 @@
 //! evidence of each field with a Fellegi–Sunter model whose m and u
 //! probabilities are estimated by EM ([`score`]), and groups records into
 //! people without ever joining two records with different NHS pseudonyms or
-//! two records of one organisation ([`cluster`]).
+//! two records of one organisation ([`cluster`]). The gateway moves each
+//! stored filter's bits by a permutation under its own key ([`permute`]), so
+//! a stored filter matches nothing an agency can compute alone; blocking
+//! keys may include phonetic codes ([`soundex`]), keyed before they leave
+//! the agent; and the fitted model estimates its own wrong and missed links
+//! per organisation pair, without labels ([`quality`]).
 //!
 //! Parameters ([`params`]) are versioned and belong to the data-sharing
 //! agreement: encodings made under other parameters or other keys do not match.

@@ -1,7 +1,8 @@
 //! Data-sharing agreements as signed, machine-checked policy.
 //!
 //! An information-governance lead writes an agreement in YAML ([`model`]);
-//! [`check`] reports every problem at its line and column; [`signing`] signs
+//! [`check`] reports every problem at its line and column (found by
+//! [`locate`] for rules checked after parsing); [`signing`] signs
 //! and verifies it with Ed25519; [`explain`] renders it for a board paper and
 //! [`diff`] shows what a new version changes. [`transform`] defines what each
 //! field transform means on the wire, for the agent that applies it and the
