@@ -13,7 +13,7 @@ Data sets:
           change, which, and how), so blocks grow as they do in a region-sized population.
 Prints one table: F1, encode records/s, comparisons/s, total s, peak RSS.
 One more row per data set, "joinery kernel", is Joinery's Dice kernel (the
-matcher's, `joinery bench dice`) over every pair of the very 1,024-bit CLKs
+matcher's, `joinery-bench dice`) over every pair of the very 1,024-bit CLKs
 anonlink compared, on one core: comparisons per second on the same work,
 with the pairs each found at Dice >= 0.8 in its detail.
 """
@@ -262,8 +262,13 @@ def read_rows(path):
 # ------------------------------------------------------------------- tools
 
 
+def bench_binary(joinery):
+    """joinery-bench, built beside the joinery binary."""
+    return os.path.join(os.path.dirname(joinery), "joinery-bench")
+
+
 def run_joinery(data, joinery):
-    command = [joinery, "bench", "linkage", "--data", data["dir"], "--truth", f"{data['dir']}/truth.csv", "--fuzzy-only"]
+    command = [bench_binary(joinery), "linkage", "--data", data["dir"], "--truth", f"{data['dir']}/truth.csv", "--fuzzy-only"]
     if data["params"]:
         command += ["--params", data["params"]]
     started = time.time()
@@ -355,7 +360,7 @@ def run_joinery_kernel(data, joinery):
     """Joinery's Dice kernel over every pair of anonlink's CLKs, one core."""
     clks = [f"{data['dir']}/clks-{side}.bin" for side in (0, 1)]
     started = time.time()
-    out = subprocess.run([joinery, "bench", "dice", *clks, "--threshold", "0.8"], check=True, capture_output=True, text=True).stdout
+    out = subprocess.run([bench_binary(joinery), "dice", *clks, "--threshold", "0.8"], check=True, capture_output=True, text=True).stdout
     total = time.time() - started
     found = re.search(r"; ([0-9]+) pairs at Dice", out).group(1)
     with open(f"{data['dir']}/clks-found.txt") as f:

@@ -18,7 +18,7 @@
 //! each agency record is. Output is deterministic for a seed.
 //!
 //! The same records are also written in the national formats each agency
-//! would really send ([`national`]), under `national/<organisation>/`.
+//! would really send (`national`), under `national/<organisation>/`.
 //!
 //! NHS numbers are drawn from the 999 range, which the NHS never issues.
 //!
@@ -296,7 +296,7 @@ fn write_opt_out(path: &Path, population: &[Child], seed: u64) -> anyhow::Result
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
-/// The most children one population can have (see [`nhs_number`]).
+/// The most children one population can have (see `nhs_number`).
 pub const MAX_CHILDREN: usize = 800_000;
 
 fn child(

@@ -1,6 +1,6 @@
 //! Nothing lost, nothing doubled (the short versions CI runs): an agent is
 //! killed with SIGKILL again and again and the gateway is restarted while it
-//! delivers; `joinery bench chaos` on PostgreSQL (agent kills, gateway
+//! delivers; `joinery-bench chaos` on PostgreSQL (agent kills, gateway
 //! crashes, cut connections, database restarts); and the agent's spool disk
 //! fills up. At the end every source row is stored exactly once, and the
 //! replay path (batches resent and recognised) really ran.
@@ -125,7 +125,7 @@ async fn agent_kills_and_gateway_restarts_lose_and_double_nothing() {
     assert!(verified.contains("audit log intact"));
 }
 
-/// The short run of `joinery bench chaos` on PostgreSQL: three agencies'
+/// The short run of `joinery-bench chaos` on PostgreSQL: three agencies'
 /// agents deliver through a cuttable proxy while agents are killed, the
 /// gateway crashes and restarts, connections are cut and PostgreSQL restarts.
 #[tokio::test(flavor = "multi_thread")]
@@ -143,9 +143,8 @@ async fn bench_chaos_on_postgres_stores_every_row_exactly_once() {
         );
         return;
     }
-    let output = joinery()
+    let output = joinery_bench()
         .args([
-            "bench",
             "chaos",
             "--records",
             "30000",

@@ -1,5 +1,5 @@
 //! Fuzzy linkage accuracy on the synthetic population, through
-//! `joinery bench linkage` (the agent's mapping and encoding, the gateway's
+//! `joinery-bench linkage` (the agent's mapping and encoding, the gateway's
 //! matching): most council records lack an NHS number, and F1 must stay at
 //! or above 0.98, with NHS numbers and on names, dates and postcodes alone,
 //! and two children of one household (twins, siblings) are not joined (on
@@ -23,7 +23,7 @@ struct Figures {
 /// Runs `bench linkage` with `args`, checks its missed-pair estimate
 /// against the truth, and returns its figures.
 fn bench_linkage(args: &[&str]) -> Figures {
-    let output = joinery_ok(args);
+    let output = joinery_bench_ok(args);
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     println!("{stdout}");
     let after = |label: &str| {
@@ -92,7 +92,6 @@ fn synthetic_population_links_with_f1_of_at_least_0_98() {
     let args = |extra: &[&str]| -> Vec<String> {
         let key = key.to_str().unwrap();
         let common = [
-            "bench",
             "linkage",
             "--data",
             data,
@@ -122,7 +121,7 @@ fn synthetic_population_links_with_f1_of_at_least_0_98() {
     // On names, dates and postcodes alone a household's children can meet
     // the rarest sibling look-alike (same initial, same birth year, the
     // given names a few letters alike): at 100,000 children about 20 wrong
-    // links within households in 100,000 pairs (`joinery bench linkage`),
+    // links within households in 100,000 pairs (`joinery-bench linkage`),
     // so here, with a new key each run, now and then one.
     let fuzzy_only = bench(&["--fuzzy-only"]);
     assert!(fuzzy_only.f1 >= 0.98, "F1 {}", fuzzy_only.f1);
@@ -144,7 +143,7 @@ fn synthetic_population_links_with_f1_of_at_least_0_98() {
         (3, 2),
         "extracts linked"
     );
-    let output = joinery()
+    let output = joinery_bench()
         .args(args(&["--datasets", "csc_referrals,no_such_dataset"]))
         .output()
         .expect("run joinery");
@@ -417,7 +416,7 @@ fn bench_dice_counts_every_pair_at_the_threshold() {
         d.path(name).display().to_string()
     };
     let (a_path, b_path) = (write("a.bin", &a), write("b.bin", &b));
-    let output = joinery_ok(&["bench", "dice", &a_path, &b_path, "--threshold", "0.8"]);
+    let output = joinery_bench_ok(&["dice", &a_path, &b_path, "--threshold", "0.8"]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         stdout.contains("40 x 60 filter pairs of 1024 bits"),
@@ -430,8 +429,8 @@ fn bench_dice_counts_every_pair_at_the_threshold() {
 
     std::fs::write(d.path("short.bin"), [0u8; 100]).unwrap();
     let short = d.path("short.bin").display().to_string();
-    let output = joinery()
-        .args(["bench", "dice", &short, &b_path])
+    let output = joinery_bench()
+        .args(["dice", &short, &b_path])
         .output()
         .unwrap();
     assert!(!output.status.success());

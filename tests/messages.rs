@@ -9,13 +9,8 @@ use common::*;
 fn an_error_says_each_cause_once_and_names_the_file() {
     let d = Deployment::new();
     let missing = d.path("no-such-dir/linkage.key");
-    let output = joinery()
-        .args([
-            "bench",
-            "linkage",
-            "--data",
-            d.path("data").to_str().unwrap(),
-        ])
+    let output = joinery_bench()
+        .args(["linkage", "--data", d.path("data").to_str().unwrap()])
         .args(["--truth", d.path("truth.csv").to_str().unwrap()])
         .args(["--linkage-key", missing.to_str().unwrap()])
         .output()

@@ -202,7 +202,7 @@ impl LinkageParams {
     /// - 5: as 4, the given name cut into pairs with its first letter
     ///   marked ([`Tokens::PaddedBigrams`]): a one-letter typo in a short
     ///   given name no longer looks like a twin's different name. Measured
-    ///   with `joinery bench linkage --fuzzy-only` on `joinery synth
+    ///   with `joinery-bench linkage --fuzzy-only` on `joinery synth
     ///   --profile messy`, 100,000 children: seed 7 F1 0.9748 -> 0.9802
     ///   (wrong links within households 39 -> 20, between twins 21 -> 6 of
     ///   2,773 pairs), seed 11 0.9745 -> 0.9803 (households 17 -> 14, twins
@@ -287,7 +287,7 @@ pub const LATEST_VERSION: u32 = 5;
 /// its pattern (twins, siblings: [`crate::score`]), and that judgement puts
 /// a one-letter given-name typo, a changed family name or a birth date a day
 /// out, with everything else agreeing, between 0.95 and 0.99. Measured
-/// with `joinery bench linkage --fuzzy-only` on `joinery synth --profile
+/// with `joinery-bench linkage --fuzzy-only` on `joinery synth --profile
 /// messy`: recall 0.934 -> 0.952 at 100,000 children (precision 0.9996 ->
 /// 0.9994, twins wrongly linked 22 -> 23 of 2,773 pairs), F1 0.9765 ->
 /// 0.9786 at 20,000; FEBRL 4 unchanged.

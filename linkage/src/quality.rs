@@ -17,7 +17,7 @@
 //! Pairs whose records both carry NHS pseudonyms are left out: those
 //! decide, not the model (and so are pairs left apart because both their
 //! people carry one). So are true pairs blocking never put side by side
-//! (no label-free estimate of those is made here; `joinery bench linkage`
+//! (no label-free estimate of those is made here; `joinery-bench linkage`
 //! counts them against the truth). The estimate is as good as the model's
 //! calibration: the bench prints it next to the measured figures.
 

@@ -218,7 +218,7 @@ pub fn configuration() -> String {
          page identical to its output. Annotated examples: `deploy/examples/agent.yaml`,\n\
          `deploy/examples/mapping.yaml`, `deploy/systemd/gateway.env`.\n",
     );
-    let cli = crate::Cli::command();
+    let cli = crate::cli::Cli::command();
     for path in [
         ["gateway", "serve"],
         ["gateway", "retention"],

@@ -51,12 +51,27 @@ pub fn unit_value(unit: &str, key: &str) -> String {
         .to_owned()
 }
 
+/// The `joinery-bench` binary under test (benchmarks, fault injection).
+pub fn joinery_bench() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_joinery-bench"))
+}
+
 /// Runs `joinery args…`, panicking with its output if it fails.
 pub fn joinery_ok(args: &[&str]) -> Output {
-    let output = joinery().args(args).output().expect("run joinery");
+    succeeds(joinery(), args)
+}
+
+/// Runs `joinery-bench args…`, panicking with its output if it fails.
+pub fn joinery_bench_ok(args: &[&str]) -> Output {
+    succeeds(joinery_bench(), args)
+}
+
+/// Runs `command args…`, panicking with its output if it fails.
+fn succeeds(mut command: Command, args: &[&str]) -> Output {
+    let output = command.args(args).output().expect("run the binary");
     assert!(
         output.status.success(),
-        "joinery {args:?} failed: {}\n{}",
+        "{command:?} failed: {}\n{}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );

@@ -1,4 +1,4 @@
-//! `joinery bench chaos`: the synthetic agencies' agents (separate
+//! `joinery-bench chaos`: the synthetic agencies' agents (separate
 //! processes) deliver through a fault-injecting TCP proxy to a gateway process
 //! while, at random moments, an agent is killed with SIGKILL and started
 //! again, the gateway is killed and restarted, every connection through the
@@ -293,7 +293,7 @@ struct AgentProcess {
 
 impl AgentProcess {
     fn spawn(&mut self) -> anyhow::Result<()> {
-        let child = Command::new(std::env::current_exe()?)
+        let child = Command::new(super::joinery_binary()?)
             .args(["agent", "run", "--no-progress", "--config"])
             .arg(&self.config)
             .env("RUST_LOG", "info")

@@ -1,4 +1,4 @@
-//! `joinery bench dice`: the matcher's Dice kernel on one core over filters
+//! `joinery-bench dice`: the matcher's Dice kernel on one core over filters
 //! another tool made, every pair of two files, as anonlink's brute-force
 //! candidate generation compares them: filter pairs per second, and the
 //! pairs at or above the threshold (so the two tools' work can be checked

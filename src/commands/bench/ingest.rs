@@ -1,4 +1,4 @@
-//! `joinery bench ingest`: a synthetic council extract delivered by the
+//! `joinery-bench ingest`: a synthetic council extract delivered by the
 //! agent (in this process) to a real gateway process (SQLite, and PostgreSQL
 //! when `--postgres-url` is given) over mutual TLS: records per second end to
 //! end, ack latency percentiles, the agent's pseudonymisation rate on one

@@ -1,4 +1,4 @@
-//! `joinery bench linkage`: accuracy and speed of fuzzy linkage on extracts
+//! `joinery-bench linkage`: accuracy and speed of fuzzy linkage on extracts
 //! with a known truth. Each extract is read through its agent mapping and
 //! encoded as the agent encodes (keyed Bloom filters and blocking keys, NHS
 //! numbers pseudonymised); the encodings are linked as the gateway links

@@ -1,4 +1,4 @@
-//! `joinery bench`: measurements. Figures go in notes, never asserted in tests.
+//! `joinery-bench`: measurements. Figures go in notes, never asserted in tests.
 //!
 //! - `bench ingest`: records per second end to end, ack latency, the agent's
 //!   pseudonymisation rate on one core, peak memory of agent and gateway.
@@ -66,6 +66,20 @@ impl BenchCommand {
     }
 }
 
+/// The `joinery` binary beside this one (`target/release/joinery` next to
+/// `target/release/joinery-bench`): the gateways and agents a benchmark
+/// runs are the ones that ship.
+fn joinery_binary() -> anyhow::Result<std::path::PathBuf> {
+    let here = std::env::current_exe()?;
+    let beside = here.with_file_name(format!("joinery{}", std::env::consts::EXE_SUFFIX));
+    anyhow::ensure!(
+        beside.exists(),
+        "no joinery binary beside {} (cargo build --release builds both)",
+        here.display()
+    );
+    Ok(beside)
+}
+
 /// A throwaway deployment: CA, gateway certificate for localhost, agency
 /// certificates, linkage key, a signed agreement and an empty opt-out list.
 struct BenchDeployment {
@@ -129,7 +143,7 @@ impl GatewayProcess {
         log: Option<&Path>,
     ) -> anyhow::Result<Self> {
         let pki = deployment.pki();
-        let mut command = Command::new(std::env::current_exe()?);
+        let mut command = Command::new(joinery_binary()?);
         command
             .args(["gateway", "serve", "--listen", listen, "--data-dir"])
             .arg(data_dir)

@@ -1,4 +1,4 @@
-//! `joinery bench query`: the latency of an analyst's stratified indicator
+//! `joinery-bench query`: the latency of an analyst's stratified indicator
 //! table over a large linked population, on SQLite or PostgreSQL.
 //!
 //! A population of `--children` children is stored through the gateway's

@@ -1,4 +1,4 @@
-//! `joinery bench readers`: rows per second of every reader (CSV, the
+//! `joinery-bench readers`: rows per second of every reader (CSV, the
 //! national formats, the SQL source) on `joinery synth` output, and the peak
 //! resident memory of a process doing nothing but reading each source, at
 //! two population sizes ten times apart: memory that stays flat as the input
@@ -129,7 +129,7 @@ pub fn run(args: ReadersArgs) -> anyhow::Result<ExitCode> {
 /// Runs this binary to read one source and parses its figures.
 fn measure(config: &Path) -> anyhow::Result<Measured> {
     let output = Command::new(std::env::current_exe()?)
-        .args(["bench", "readers", "--read"])
+        .args(["readers", "--read"])
         .arg(config)
         .output()?;
     anyhow::ensure!(
