@@ -14,15 +14,8 @@ use crate::telemetry::LogFormat;
 #[derive(Debug, Parser)]
 #[command(name = "joinery", version, propagate_version = true)]
 pub struct Cli {
-    /// Log format on stderr (filter with RUST_LOG, default info).
-    #[arg(
-        long,
-        global = true,
-        value_enum,
-        default_value = "text",
-        env = "JOINERY_LOG_FORMAT"
-    )]
-    pub log_format: LogFormat,
+    #[command(flatten)]
+    pub log: LogArgs,
 
     #[command(subcommand)]
     pub command: Command,
@@ -59,6 +52,21 @@ pub enum Command {
     /// Print reference documentation generated from the code.
     #[command(subcommand, hide = true)]
     Reference(commands::reference::ReferenceCommand),
+}
+
+/// How a binary logs on stderr (filter with RUST_LOG; the default level
+/// depends on the command).
+#[derive(Debug, clap::Args)]
+pub struct LogArgs {
+    /// Log format on stderr.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "JOINERY_LOG_FORMAT"
+    )]
+    pub log_format: LogFormat,
 }
 
 impl Command {

@@ -21,5 +21,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let (service, default_filter) = cli.command.service();
-    joinery::run(service, cli.log_format, default_filter, cli.command.run())
+    joinery::run(
+        service,
+        cli.log.log_format,
+        default_filter,
+        cli.command.run(),
+    )
 }

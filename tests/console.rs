@@ -451,28 +451,22 @@ async fn an_analyst_answers_both_questions_in_the_console_and_every_page_is_acce
         csv["text"].as_str().unwrap()
     );
 
-    // The agencies as an UpSet chart.
-    choose(&c, "#rows", "agencies").await;
-    run_query(&c).await;
-    assert_eq!(chart_kind(&c).await, "upset");
-    assert_accessible(&c, &browser.axe, "the agency overlap").await;
-    screenshot(&c, "3-agency-overlap-upset", "#answer").await;
-
-    // Risk tiers by life-course segment, and an age pyramid.
-    choose(&c, "#rows", "segment").await;
-    choose(&c, "#columns", "stratum").await;
-    run_query(&c).await;
-    assert_eq!(chart_kind(&c).await, "bars");
-    let labels = count(&c, "#chart svg text").await;
-    assert!(labels > 10, "labelled bars: {labels}");
-    assert_accessible(&c, &browser.axe, "the risk tiers").await;
-    screenshot(&c, "4-risk-tiers-by-segment", "#answer").await;
-    choose(&c, "#rows", "age_bands").await;
-    choose(&c, "#columns", "sex").await;
-    run_query(&c).await;
-    assert_eq!(chart_kind(&c).await, "pyramid");
-    assert_accessible(&c, &browser.axe, "the age pyramid").await;
-    screenshot(&c, "5-age-pyramid", "#answer").await;
+    // The agencies as an UpSet chart; risk tiers by life-course segment;
+    // an age pyramid.
+    for (rows, columns, kind, name) in [
+        ("agencies", "none", "upset", "3-agency-overlap-upset"),
+        ("segment", "stratum", "bars", "4-risk-tiers-by-segment"),
+        ("age_bands", "sex", "pyramid", "5-age-pyramid"),
+    ] {
+        choose(&c, "#rows", rows).await;
+        choose(&c, "#columns", columns).await;
+        run_query(&c).await;
+        assert_eq!(chart_kind(&c).await, kind, "{name}");
+        let labels = count(&c, "#chart svg text").await;
+        assert!(labels > 6, "{name}: a labelled chart ({labels} labels)");
+        assert_accessible(&c, &browser.axe, name).await;
+        screenshot(&c, name, "#answer").await;
+    }
     choose(&c, "#columns", "none").await;
     // A recorded attribute, offered from what the agreements share (never
     // an identifier).

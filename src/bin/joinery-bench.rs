@@ -8,23 +8,16 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use joinery::cli::LogArgs;
 use joinery::commands::bench::BenchCommand;
-use joinery::telemetry::LogFormat;
 
 /// Measure Joinery's throughput, latency, memory and linkage quality on
 /// synthetic data.
 #[derive(Debug, Parser)]
 #[command(name = "joinery-bench", version)]
 struct Cli {
-    /// Log format on stderr (filter with RUST_LOG, default warn).
-    #[arg(
-        long,
-        global = true,
-        value_enum,
-        default_value = "text",
-        env = "JOINERY_LOG_FORMAT"
-    )]
-    log_format: LogFormat,
+    #[command(flatten)]
+    log: LogArgs,
 
     #[command(subcommand)]
     command: BenchCommand,
@@ -37,5 +30,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    joinery::run("joinery-bench", cli.log_format, "warn", cli.command.run())
+    joinery::run(
+        "joinery-bench",
+        cli.log.log_format,
+        "warn",
+        cli.command.run(),
+    )
 }
