@@ -397,6 +397,46 @@ async fn every_national_format_reaches_the_gateway_whole() {
     assert_eq!(over_http["rows"], table["rows"]);
     let (status, body) = http_post(&d, &gateway.address, d.org_cert(COUNCIL), "rows: sex").await;
     assert_eq!(status, 403, "{body}");
+    // What may be asked about, over HTTP and on the command line: the
+    // agreement's parties and what they share; an agency may not ask.
+    let (status, body) = http_request(
+        &d,
+        &gateway.address,
+        d.analyst_cert(),
+        "GET /v1/vocabulary",
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let words: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let codes: Vec<&str> = words["organisations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["code"].as_str().unwrap())
+        .collect();
+    assert!(codes.contains(&COUNCIL), "{body}");
+    assert!(body.contains("cp_plan_start"), "{body}");
+    let (status, body) = http_request(
+        &d,
+        &gateway.address,
+        d.org_cert(COUNCIL),
+        "GET /v1/vocabulary",
+        "",
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    let printed = d.client(
+        &["query", "vocabulary"],
+        &gateway.address,
+        d.analyst_cert(),
+        &[],
+    );
+    let printed = String::from_utf8_lossy(&printed.stdout);
+    assert!(
+        printed.contains(COUNCIL) && printed.contains("cp_plan_start"),
+        "{printed}"
+    );
     let (status, body) = http_post(&d, &gateway.address, d.analyst_cert(), "rows: postcode").await;
     assert_eq!(status, 400, "{body}");
 
@@ -450,7 +490,7 @@ async fn every_national_format_reaches_the_gateway_whole() {
         &d,
         &gateway.address,
         analyst("case-reviewer"),
-        "/v1/extract",
+        "POST /v1/extract",
         &std::fs::read_to_string(&query).unwrap(),
     )
     .await;
@@ -564,16 +604,16 @@ async fn http_post(
     who: (std::path::PathBuf, std::path::PathBuf),
     query: &str,
 ) -> (u16, String) {
-    http_request(d, address, who, "/v1/query", query).await
+    http_request(d, address, who, "POST /v1/query", query).await
 }
 
-/// POSTs `query` to `path` over HTTP/1.1 and mutual TLS; returns the
-/// status and body.
+/// Sends `request` ("METHOD /path") with `query` as its body over
+/// HTTP/1.1 and mutual TLS; returns the status and body.
 async fn http_request(
     d: &Deployment,
     address: &str,
     (cert, key): (std::path::PathBuf, std::path::PathBuf),
-    path: &str,
+    request: &str,
     query: &str,
 ) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -590,7 +630,7 @@ async fn http_request(
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     let mut tls = connector.connect(name, tcp).await.unwrap();
     let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/yaml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{query}",
+        "{request} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/yaml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{query}",
         query.len()
     );
     tls.write_all(request.as_bytes()).await.unwrap();

@@ -24,6 +24,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use joinery_gateway::analytics::library::{indicators, stratifications};
 use joinery_gateway::analytics::model::AnalystQuery;
+use joinery_gateway::analytics::shared::Shared;
 use joinery_proto::v1::query_client::QueryClient;
 use joinery_proto::v1::{RunRequest, VocabularyRequest};
 use tonic::transport::Channel;
@@ -281,19 +282,9 @@ async fn vocabulary(State(state): State<ConsoleState>) -> Response {
     let mut gateway = state.gateway.clone();
     match gateway.vocabulary(VocabularyRequest {}).await {
         Ok(words) => {
-            let words = words.into_inner();
-            json(
-                StatusCode::OK,
-                &serde_json::json!({
-                    "gateway": state.gateway_address,
-                    "organisations": words.organisations.iter().map(|o| serde_json::json!({
-                        "code": o.code, "name": o.name, "sends": o.sends,
-                    })).collect::<Vec<_>>(),
-                    "datasets": words.datasets.iter().map(|d| serde_json::json!({
-                        "name": d.name, "events": d.events, "attributes": d.attributes,
-                    })).collect::<Vec<_>>(),
-                }),
-            )
+            let mut words = Shared::vocabulary_json(&words.into_inner());
+            words["gateway"] = serde_json::json!(state.gateway_address);
+            json(StatusCode::OK, &words)
         }
         Err(status) => gateway_refusal(&status),
     }

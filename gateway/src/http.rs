@@ -1,8 +1,9 @@
 //! HTTP/JSON for analysts, beside gRPC on the same port and the same mutual
 //! TLS: `POST /v1/query` with a query document (YAML or JSON) as the body
-//! answers exactly as `joinery.v1.Query/Run` does, and `POST
-//! /v1/extract[?project=ID]` as `Query/Extract` does, as JSON. For tools
-//! that speak HTTP but not gRPC (`curl --cert`, a notebook, a BI tool).
+//! answers exactly as `joinery.v1.Query/Run` does, `POST
+//! /v1/extract[?project=ID]` as `Query/Extract` does, and `GET
+//! /v1/vocabulary` as `Query/Vocabulary` does, as JSON. For tools that
+//! speak HTTP but not gRPC (`curl --cert`, a notebook, a BI tool).
 
 use std::sync::Arc;
 
@@ -20,6 +21,7 @@ pub fn routes(service: Arc<QueryService>) -> axum::Router {
     axum::Router::new()
         .route("/v1/query", axum::routing::post(run))
         .route("/v1/extract", axum::routing::post(extract))
+        .route("/v1/vocabulary", axum::routing::get(vocabulary))
         .with_state(service)
 }
 
@@ -34,6 +36,23 @@ async fn run(
     };
     match service.answer(&identity, &RunRequest { query: body }).await {
         Ok(table) => json(StatusCode::OK, &crate::analytics::table_json(&table)),
+        Err(refused) => refusal(&refused),
+    }
+}
+
+async fn vocabulary(
+    State(service): State<Arc<QueryService>>,
+    peer: Option<Extension<PeerInfo>>,
+) -> Response {
+    let identity = match identity(peer) {
+        Ok(identity) => identity,
+        Err((code, reason)) => return error(code, &reason),
+    };
+    match service.vocabulary(&identity) {
+        Ok(words) => json(
+            StatusCode::OK,
+            &crate::analytics::shared::Shared::vocabulary_json(&words),
+        ),
         Err(refused) => refusal(&refused),
     }
 }

@@ -13,7 +13,7 @@ use joinery_crypto::tls::TlsFiles;
 use joinery_proto::v1::query_client::QueryClient;
 use joinery_proto::v1::{
     AgencyOverlapRequest, AgencyOverlapResponse, CountsRequest, CountsResponse, ExtractRequest,
-    ExtractResponse, RunRequest, TableResponse, cell,
+    ExtractResponse, RunRequest, TableResponse, VocabularyRequest, VocabularyResponse, cell,
 };
 use tonic::transport::Channel;
 
@@ -54,6 +54,9 @@ pub enum QueryCommand {
         #[command(flatten)]
         gateway: GatewayArgs,
     },
+    /// What the agreements in force share: the organisations, datasets,
+    /// event types and attributes a query may use.
+    Vocabulary(GatewayArgs),
     /// Say in words who a query file counts, and check it (nothing is sent).
     Explain {
         /// The query file.
@@ -188,6 +191,14 @@ impl QueryCommand {
                     .into_inner();
                 print_extract(&extract)?;
             }
+            Self::Vocabulary(gateway) => {
+                let words = QueryClient::new(gateway.channel().await?)
+                    .vocabulary(VocabularyRequest {})
+                    .await
+                    .map_err(refusal)?
+                    .into_inner();
+                print_vocabulary(&words);
+            }
             Self::Explain { file } => {
                 let (_, query) = read_query(&file)?;
                 println!("{}", joinery_gateway::analytics::explain(&query));
@@ -195,6 +206,19 @@ impl QueryCommand {
             Self::Schema => print!("{}", AnalystQuery::schema()),
         }
         Ok(ExitCode::SUCCESS)
+    }
+}
+
+fn print_vocabulary(words: &VocabularyResponse) {
+    println!("Organisations (known_to: {{ organisation: CODE }}):");
+    for o in &words.organisations {
+        println!("  {:<12} {} — sends {}", o.code, o.name, o.sends.join(", "));
+    }
+    println!("Datasets (known_to: {{ dataset: NAME }}, has: {{ dataset: NAME }}):");
+    for d in &words.datasets {
+        println!("  {}", d.name);
+        println!("    events:     {}", d.events.join(", "));
+        println!("    attributes: {}", d.attributes.join(", "));
     }
 }
 

@@ -87,6 +87,18 @@ impl Shared {
         }
     }
 
+    /// The vocabulary as JSON, as the HTTP API and the console serve it.
+    pub fn vocabulary_json(words: &VocabularyResponse) -> serde_json::Value {
+        serde_json::json!({
+            "organisations": words.organisations.iter().map(|o| serde_json::json!({
+                "code": o.code, "name": o.name, "sends": o.sends,
+            })).collect::<Vec<_>>(),
+            "datasets": words.datasets.iter().map(|d| serde_json::json!({
+                "name": d.name, "events": d.events, "attributes": d.attributes,
+            })).collect::<Vec<_>>(),
+        })
+    }
+
     /// Each thing `query` uses that no agreement shares, in words, once.
     pub fn unshared(&self, query: &AnalystQuery) -> Vec<String> {
         let mut walk = Walk {
