@@ -415,6 +415,26 @@ async fn an_analyst_answers_both_questions_in_the_console_and_every_page_is_acce
     assert_accessible(&c, &browser.axe, "the first answer").await;
     screenshot(&c, "2-known-to-camhs-and-social-care-by-age", "#answer").await;
 
+    // The document saved: listed on the page and downloaded as it is.
+    c.find(Locator::Id("save"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert_eq!(count(&c, "#saved li").await, 1, "one saved document");
+    let saved_query = downloads.join("joinery-query.yaml");
+    for _ in 0..100 {
+        if saved_query.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        std::fs::read_to_string(&saved_query).expect("the browser saved the document"),
+        document
+    );
+
     // Its downloads: the CSV is the table; the chart as SVG and PNG.
     let csv = downloaded(&c, "#export-csv").await;
     let csv_rows: Vec<Vec<String>> = csv["text"]
