@@ -279,6 +279,17 @@ async fn use_indicator(c: &Client, title: &str) {
     .unwrap();
 }
 
+/// A file the browser downloads, once it has saved it (10 s at most).
+async fn saved_by_browser(file: &Path) -> String {
+    for _ in 0..100 {
+        if let Ok(text) = std::fs::read_to_string(file) {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the browser did not save {}", file.display());
+}
+
 /// The answer's table as the page shows it: header, then rows.
 async fn shown_table(c: &Client) -> Vec<Vec<String>> {
     let rows = c
@@ -423,15 +434,8 @@ async fn an_analyst_answers_both_questions_in_the_console_and_every_page_is_acce
         .await
         .unwrap();
     assert_eq!(count(&c, "#saved li").await, 1, "one saved document");
-    let saved_query = downloads.join("joinery-query.yaml");
-    for _ in 0..100 {
-        if saved_query.exists() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     assert_eq!(
-        std::fs::read_to_string(&saved_query).expect("the browser saved the document"),
+        saved_by_browser(&downloads.join("joinery-query.yaml")).await,
         document
     );
 
@@ -459,15 +463,8 @@ async fn an_analyst_answers_both_questions_in_the_console_and_every_page_is_acce
         .click()
         .await
         .unwrap();
-    let saved = downloads.join("joinery-answer.csv");
-    for _ in 0..100 {
-        if saved.exists() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     assert_eq!(
-        std::fs::read_to_string(&saved).expect("the browser saved the CSV"),
+        saved_by_browser(&downloads.join("joinery-answer.csv")).await,
         csv["text"].as_str().unwrap()
     );
 
