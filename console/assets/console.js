@@ -3,7 +3,7 @@
 // chart, table, legend and downloads. Every answer comes from the
 // gateway's disclosure control through this console's /api/run.
 
-import { BREAKDOWNS, IDENTIFYING, documentOf, parseBands, yamlOf } from "./query.js";
+import { BREAKDOWNS, documentOf, parseBands, yamlOf } from "./query.js";
 import { chartKinds, drawChart, textOf } from "./charts.js";
 
 const $ = (id) => document.getElementById(id);
@@ -86,7 +86,7 @@ function showVocabulary(words) {
   }
   const events = [...new Set(words.datasets.flatMap((d) => d.events))].sort();
   for (const e of events) option($("event"), e, e.replaceAll("_", " "));
-  const attributes = [...new Set(words.datasets.flatMap((d) => d.attributes))].filter((a) => !IDENTIFYING.has(a)).sort();
+  const attributes = [...new Set(words.datasets.flatMap((d) => d.attributes))].sort();
   for (const a of attributes) option($("attribute"), a, a.replaceAll("_", " "));
 }
 

@@ -15,9 +15,6 @@ export const BREAKDOWNS = [
   ["attribute", "a recorded attribute (as each agency codes it)"],
 ];
 
-/** Record fields that identify or locate a child: never a breakdown. */
-export const IDENTIFYING = new Set(["local_id", "nhs_number", "given_name", "family_name", "date_of_birth", "postcode", "sex"]);
-
 /**
  * The document for the builder's choices:
  * { who: "indicator"|"cohort", indicator, agencies: [code], event, within,

@@ -38,12 +38,9 @@ use crate::config::Limits;
 use crate::metrics;
 use crate::peer;
 use crate::rekey::{LinkageRekeying, Rekeyer, StoredLinkage};
+// Attributes stored in their own columns; everything else goes to JSON.
+use crate::storage::{BIRTH_MONTH, POSTCODE_DISTRICT, SEX};
 use crate::storage::{CommitOutcome, NewBatch, NewEvent, NewRecord, Storage};
-
-/// Attributes stored in their own columns; everything else goes to JSON.
-const SEX: &str = "sex";
-const BIRTH_MONTH: &str = "birth_month";
-const POSTCODE_DISTRICT: &str = "postcode_district";
 
 /// Batches of one session committed concurrently (each holds at most one
 /// message's worth of memory).

@@ -9,9 +9,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use joinery_policies::model::{Agreement, Transform};
+use joinery_policies::transform::wire_name;
 use joinery_proto::v1::{SharedDataset, SharedOrganisation, VocabularyResponse};
 
 use super::model::{AnalystQuery, Breakdown, Condition, EventCondition, Measure, Spell};
+use crate::storage::COLUMN_ATTRIBUTES;
 
 /// The organisations, datasets, event types and attributes some agreement
 /// shares.
@@ -24,7 +26,10 @@ pub struct Shared {
     events: BTreeSet<String>,
     /// (event type, attribute).
     event_attributes: BTreeSet<(String, String)>,
-    /// Record fields sent in some form (`ethnicity`).
+    /// Record attributes a breakdown can use, by the name they are sent
+    /// under (`ethnicity`): not the pseudonyms, nor those stored in their
+    /// own columns (sex, birth month, postcode district have breakdowns or
+    /// none of their own).
     record_attributes: BTreeSet<String>,
 }
 
@@ -41,11 +46,14 @@ impl Shared {
         }
         for (name, dataset) in agreements.iter().flat_map(|a| &a.datasets) {
             let (events, attributes) = shared.datasets.entry(name.clone()).or_default();
-            for (field, transform) in &dataset.fields {
-                if *transform != Transform::Drop {
-                    shared.record_attributes.insert(field.clone());
-                    attributes.insert(field.clone());
-                }
+            let sent = dataset
+                .fields
+                .iter()
+                .filter_map(|(field, transform)| wire_name(field, transform))
+                .filter(|name| !COLUMN_ATTRIBUTES.contains(name));
+            for name in sent {
+                shared.record_attributes.insert(name.to_owned());
+                attributes.insert(name.to_owned());
             }
             for (event, rule) in &dataset.events {
                 events.insert(event.clone());
@@ -309,10 +317,24 @@ mod tests {
             camhs.events.iter().any(|e| e == "camhs_referral"),
             "{camhs:?}"
         );
-        assert!(camhs.attributes.iter().any(|a| a == "sex"), "{camhs:?}");
-        assert!(
-            !camhs.attributes.iter().any(|a| a == "given_name"),
-            "dropped, so not shared: {camhs:?}"
+        // Pseudonyms, dropped fields and the attributes stored in their own
+        // columns are no breakdown attributes; ethnicity, sent as it is, is.
+        for absent in ["nhs_number", "local_id", "given_name", "sex", "birth_month"] {
+            assert!(
+                !camhs.attributes.iter().any(|a| a == absent),
+                "{absent}: {camhs:?}"
+            );
+        }
+        let csc = words
+            .datasets
+            .iter()
+            .find(|d| d.name == "csc_referrals")
+            .expect("csc_referrals is shared");
+        assert_eq!(csc.attributes, ["ethnicity"], "{csc:?}");
+        assert_eq!(
+            unshared("rows: { attribute: nhs_number }\n").len(),
+            1,
+            "a pseudonym is no breakdown attribute"
         );
         // Each organisation the vocabulary offers passes the unshared check.
         for o in &words.organisations {

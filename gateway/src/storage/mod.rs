@@ -71,6 +71,13 @@ pub struct NewBatch {
     pub records: Vec<NewRecord>,
 }
 
+/// The record attributes stored in their own columns (and so not among a
+/// record's free attributes, which `{ attribute: … }` breakdowns read).
+pub const COLUMN_ATTRIBUTES: [&str; 3] = [SEX, BIRTH_MONTH, POSTCODE_DISTRICT];
+pub const SEX: &str = "sex";
+pub const BIRTH_MONTH: &str = "birth_month";
+pub const POSTCODE_DISTRICT: &str = "postcode_district";
+
 #[derive(Debug, Clone)]
 pub struct NewRecord {
     pub person_id: String,
