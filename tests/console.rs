@@ -237,28 +237,37 @@ async fn downloaded(c: &Client, link: &str) -> serde_json::Value {
     .expect("read the download")
 }
 
+/// What `script` returns in the page (its `arguments` are `args`).
+async fn page_value<T: serde::de::DeserializeOwned>(
+    c: &Client,
+    script: &str,
+    args: Vec<serde_json::Value>,
+) -> T {
+    let value = c
+        .execute(script, args)
+        .await
+        .unwrap_or_else(|e| panic!("{script}: {e}"));
+    serde_json::from_value(value).unwrap_or_else(|e| panic!("{script}: {e}"))
+}
+
 /// How many elements `css` matches.
 async fn count(c: &Client, css: &str) -> u64 {
-    let n = c
-        .execute(
-            "return document.querySelectorAll(arguments[0]).length;",
-            vec![serde_json::json!(css)],
-        )
-        .await
-        .unwrap_or_else(|e| panic!("count {css}: {e}"));
-    n.as_u64().expect("a count")
+    page_value(
+        c,
+        "return document.querySelectorAll(arguments[0]).length;",
+        vec![serde_json::json!(css)],
+    )
+    .await
 }
 
 /// The chart on show.
 async fn chart_kind(c: &Client) -> String {
-    let kind = c
-        .execute(
-            "return document.getElementById('chart-kind').value;",
-            vec![],
-        )
-        .await
-        .expect("the chart kind");
-    serde_json::from_value(kind).expect("a string")
+    page_value(
+        c,
+        "return document.getElementById('chart-kind').value;",
+        vec![],
+    )
+    .await
 }
 
 /// Opens an indicator in the library and uses it, as an analyst would.
@@ -292,14 +301,12 @@ async fn saved_by_browser(file: &Path) -> String {
 
 /// The answer's table as the page shows it: header, then rows.
 async fn shown_table(c: &Client) -> Vec<Vec<String>> {
-    let rows = c
-        .execute(
-            "return [...document.querySelectorAll('#table tr')].map(tr => [...tr.children].map(td => td.textContent));",
-            vec![],
-        )
-        .await
-        .expect("read the table");
-    serde_json::from_value(rows).expect("rows of text")
+    page_value(
+        c,
+        "return [...document.querySelectorAll('#table tr')].map(tr => [...tr.children].map(td => td.textContent));",
+        vec![],
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -353,15 +360,12 @@ async fn an_analyst_answers_both_questions_in_the_console_and_every_page_is_acce
 
     // Question 1: children known to CAMHS and to children's social care, by age band.
     for label in ["(CAMHS)", "Children and Families"] {
-        let id: String = serde_json::from_value(
-            c.execute(
-                "return [...document.querySelectorAll('#agencies label')].find(l => l.textContent.includes(arguments[0])).htmlFor;",
-                vec![serde_json::json!(label)],
-            )
-            .await
-            .expect("an agency checkbox"),
+        let id: String = page_value(
+            &c,
+            "return [...document.querySelectorAll('#agencies label')].find(l => l.textContent.includes(arguments[0])).htmlFor;",
+            vec![serde_json::json!(label)],
         )
-        .unwrap();
+        .await;
         c.find(Locator::Id(&id))
             .await
             .unwrap()
@@ -370,12 +374,12 @@ async fn an_analyst_answers_both_questions_in_the_console_and_every_page_is_acce
             .unwrap();
     }
     choose(&c, "#rows", "age_bands").await;
-    let document: String = serde_json::from_value(
-        c.execute("return document.getElementById('document').value;", vec![])
-            .await
-            .unwrap(),
+    let document: String = page_value(
+        &c,
+        "return document.getElementById('document').value;",
+        vec![],
     )
-    .unwrap();
+    .await;
     for part in [
         "known_to: { organisation: RX9 }",
         "known_to: { organisation: E08000099 }",
@@ -487,15 +491,12 @@ async fn an_analyst_answers_both_questions_in_the_console_and_every_page_is_acce
     choose(&c, "#columns", "none").await;
     // A recorded attribute, offered from what the agreements share (never
     // an identifier).
-    let offered: Vec<String> = serde_json::from_value(
-        c.execute(
-            "return [...document.querySelectorAll('#attribute option')].map(o => o.value);",
-            vec![],
-        )
-        .await
-        .unwrap(),
+    let offered: Vec<String> = page_value(
+        &c,
+        "return [...document.querySelectorAll('#attribute option')].map(o => o.value);",
+        vec![],
     )
-    .unwrap();
+    .await;
     assert!(offered.iter().any(|a| a == "ethnicity"), "{offered:?}");
     for identifier in ["nhs_number", "postcode", "date_of_birth", "local_id"] {
         assert!(!offered.iter().any(|a| a == identifier), "{offered:?}");

@@ -163,7 +163,8 @@ function stamp(answer) {
   out.textContent = `Reference date ${answer.reference_date} · data generation ${answer.data_generation} · from the gateway at ${answer.gateway}, answered ${new Date().toLocaleString("en-GB")}.`;
   out.classList.toggle("stale", Boolean(answer.newer_data_pending));
   if (answer.newer_data_pending) {
-    out.textContent += " Newer data has arrived since this answer's data was loaded; it is being loaded now: run the query again in a minute for an answer that includes it.";
+    const words = answer.legend.newer_data_pending;
+    out.textContent += ` ${words[0].toUpperCase()}${words.slice(1)}.`;
   }
 }
 

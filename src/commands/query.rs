@@ -256,10 +256,6 @@ pub fn print_overlap(overlap: &AgencyOverlapResponse) {
     print_dash_legend(overlap.rows.iter().flat_map(|r| &r.cells));
 }
 
-/// What an answer from the population as loaded before the latest data
-/// says (the console shows the same words).
-pub const NEWER_DATA: &str = "newer data has arrived since this answer's data was loaded; it is being loaded now: ask again in a minute for an answer that includes it";
-
 /// What `-` means, under a table that shows one (`*` is in every note).
 fn print_dash_legend<'c>(cells: impl IntoIterator<Item = &'c joinery_proto::v1::Cell>) {
     if cells.into_iter().any(|c| c.value.is_none()) {
@@ -320,7 +316,10 @@ pub fn print_table(table: &TableResponse, format: TableFormat) -> anyhow::Result
         eprintln!("warning: {warning}");
     }
     if table.newer_data_pending {
-        eprintln!("warning: {NEWER_DATA}");
+        eprintln!(
+            "warning: {}",
+            joinery_gateway::analytics::table::NEWER_DATA_MEANS
+        );
     }
     let heading = if table.row_heading.is_empty() {
         ""

@@ -519,6 +519,10 @@ pub const SUPPRESSED_MEANS: &str = "suppressed by disclosure control: too few ch
 /// What an empty cell (`-`; `null` in JSON) means, in every legend.
 pub const NOTHING_MEANS: &str = "nothing to show, not a suppressed value: a total across periods (one child may be in several), or a percentage or median of no one";
 
+/// What an answer from the population loaded before the latest data says,
+/// in the CLI's warning and the console's stamp alike.
+pub const NEWER_DATA_MEANS: &str = "newer data has arrived since this answer's data was loaded; it is being loaded now: ask again in a minute for an answer that includes it";
+
 pub fn table_json(table: &joinery_proto::v1::TableResponse) -> serde_json::Value {
     let rows: Vec<serde_json::Value> = table
         .rows
@@ -552,7 +556,11 @@ pub fn table_json(table: &joinery_proto::v1::TableResponse) -> serde_json::Value
         "rows": rows,
         "disclosure_note": table.disclosure_note,
         "warnings": table.warnings,
-        "legend": { "suppressed": SUPPRESSED_MEANS, "null": NOTHING_MEANS },
+        "legend": {
+            "suppressed": SUPPRESSED_MEANS,
+            "null": NOTHING_MEANS,
+            "newer_data_pending": NEWER_DATA_MEANS,
+        },
         "data_generation": table.data_generation,
         "newer_data_pending": table.newer_data_pending,
     })

@@ -60,6 +60,14 @@ pub struct QueryService {
 /// often and a reload takes seconds: answers keep coming from the loaded
 /// population while a newer one loads in the background, so they are at
 /// most one reload behind the data.
+/// The population as loaded, the data generation it was loaded at, and
+/// whether newer data has arrived since (its reload is under way).
+struct Loaded {
+    generation: i64,
+    people: Arc<Vec<Person>>,
+    newer_data_pending: bool,
+}
+
 #[derive(Default)]
 struct Snapshot {
     loaded: Option<(i64, Arc<Vec<Person>>)>,
@@ -122,7 +130,7 @@ impl QueryService {
         Ok(self
             .population()
             .await?
-            .1
+            .people
             .iter()
             .filter_map(|p| p.within(&datasets, &parties))
             .collect())
@@ -282,16 +290,19 @@ impl QueryService {
         })
     }
 
-    /// The linked population and the data generation it was loaded at:
-    /// loaded on first use, then from memory, with a background reload when
-    /// the data has changed since.
-    async fn population(&self) -> Result<(i64, Arc<Vec<Person>>), QueryError> {
+    /// The linked population as loaded: on first use, then from memory,
+    /// with a background reload when the data has changed since.
+    async fn population(&self) -> Result<Loaded, QueryError> {
         let generation = self.storage.data_generation().await?;
         let mut snapshot = self.population.lock().await;
         match &snapshot.loaded {
             Some((at, people)) => {
-                let loaded = (*at, Arc::clone(people));
-                if *at != generation && !snapshot.reloading {
+                let loaded = Loaded {
+                    generation: *at,
+                    people: Arc::clone(people),
+                    newer_data_pending: *at != generation,
+                };
+                if loaded.newer_data_pending && !snapshot.reloading {
                     snapshot.reloading = true;
                     let (storage, shared) = (self.storage.clone(), Arc::clone(&self.population));
                     tokio::spawn(async move {
@@ -311,7 +322,11 @@ impl QueryService {
             None => {
                 let people = Arc::new(self.storage.population().await?);
                 snapshot.loaded = Some((generation, Arc::clone(&people)));
-                Ok((generation, people))
+                Ok(Loaded {
+                    generation,
+                    people,
+                    newer_data_pending: false,
+                })
             }
         }
     }
@@ -324,16 +339,13 @@ impl QueryService {
     ) -> Result<TableResponse, QueryError> {
         self.roles(who)?;
         let (query, reference) = parse(&request.query)?;
+        let population = self.population().await?;
         let table = self
-            .release_table(who, "run", &request.query, &query, reference)
+            .release_table(who, "run", &request.query, &query, reference, &population)
             .await?;
-        let now = time::OffsetDateTime::now_utc();
-        let agreements = self.agreements.current();
-        let in_force = agreements.iter().filter(|a| a.in_force_at(now).is_ok());
-        let current = self.storage.data_generation().await?;
         Ok(TableResponse {
-            warnings: Shared::of(in_force.map(|a| &a.agreement)).unshared(&query),
-            newer_data_pending: table.data_generation != current,
+            warnings: self.shared().unshared(&query),
+            newer_data_pending: population.newer_data_pending,
             ..table
         })
     }
@@ -342,10 +354,15 @@ impl QueryService {
     /// in one: the words a query may use.
     pub fn vocabulary(&self, who: &PeerIdentity) -> Result<VocabularyResponse, QueryError> {
         self.roles(who)?;
+        Ok(self.shared().vocabulary())
+    }
+
+    /// What the agreements in force now share.
+    fn shared(&self) -> Shared {
         let now = time::OffsetDateTime::now_utc();
         let agreements = self.agreements.current();
         let in_force = agreements.iter().filter(|a| a.in_force_at(now).is_ok());
-        Ok(Shared::of(in_force.map(|a| &a.agreement)).vocabulary())
+        Shared::of(in_force.map(|a| &a.agreement))
     }
 
     /// The protected table of `query`: the answer released before for the
@@ -359,8 +376,9 @@ impl QueryService {
         text: &str,
         query: &AnalystQuery,
         reference: Date,
+        population: &Loaded,
     ) -> Result<TableResponse, QueryError> {
-        let (generation, people) = self.population().await?;
+        let (generation, people) = (population.generation, population.people.as_slice());
         let now = time::OffsetDateTime::now_utc();
         let budgets = self.budgets(now);
         let key = release_key(kind, text, reference, generation, &budgets);
@@ -382,8 +400,8 @@ impl QueryService {
         }
         let mut noise = Noise;
         let rules = &DisclosureRules::strictest(&self.agreements.current());
-        let (labels, labels_cost) = safe_labels(query, &people, reference, rules, &mut noise)?;
-        let table = crate::analytics::tabulate(query, &people, reference, &labels);
+        let (labels, labels_cost) = safe_labels(query, people, reference, rules, &mut noise)?;
+        let table = crate::analytics::tabulate(query, people, reference, &labels);
         let cost = labels_cost + crate::disclosure::cost(&table, &query.measure, rules.noise_sd);
         let cost_nano = (cost * 1e9).ceil() as u64;
         for (agreement, budget) in &budgets {
@@ -649,8 +667,9 @@ impl QueryService {
             "reference_date: {reference}\nrows: {{ age_bands: {OVERLAP_AGE_BANDS:?} }}\ncolumns: agency_overlap"
         );
         let (query, _) = parse(&text)?;
+        let population = self.population().await?;
         let table = self
-            .release_table(who, "agency_overlap", &text, &query, reference)
+            .release_table(who, "agency_overlap", &text, &query, reference, &population)
             .await?;
         Ok(AgencyOverlapResponse {
             reference_date: table.reference_date,
