@@ -194,14 +194,19 @@ async fn choose(c: &Client, select: &str, value: &str) {
         .unwrap_or_else(|e| panic!("{select} = {value}: {e}"));
 }
 
-/// Runs the document on show and waits for its answer.
-async fn run_query(c: &Client) {
-    c.find(Locator::Id("run"))
+/// Clicks the element with this id.
+async fn click(c: &Client, id: &str) {
+    c.find(Locator::Id(id))
         .await
-        .unwrap()
+        .unwrap_or_else(|e| panic!("#{id}: {e}"))
         .click()
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("click #{id}: {e}"));
+}
+
+/// Runs the document on show and waits for its answer.
+async fn run_query(c: &Client) {
+    click(c, "run").await;
     c.wait()
         .at_most(Duration::from_secs(60))
         .for_element(Locator::Css("#status:not(:empty)"))
@@ -366,12 +371,7 @@ async fn an_analyst_answers_both_questions_in_the_console_and_every_page_is_acce
             vec![serde_json::json!(label)],
         )
         .await;
-        c.find(Locator::Id(&id))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&c, &id).await;
     }
     choose(&c, "#rows", "age_bands").await;
     let document: String = page_value(
@@ -431,12 +431,7 @@ async fn an_analyst_answers_both_questions_in_the_console_and_every_page_is_acce
     screenshot(&c, "2-known-to-camhs-and-social-care-by-age", "#answer").await;
 
     // The document saved: listed on the page and downloaded as it is.
-    c.find(Locator::Id("save"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "save").await;
     assert_eq!(count(&c, "#saved li").await, 1, "one saved document");
     assert_eq!(
         saved_by_browser(&downloads.join("joinery-query.yaml")).await,
@@ -461,12 +456,7 @@ async fn an_analyst_answers_both_questions_in_the_console_and_every_page_is_acce
         "{}",
         png["size"]
     );
-    c.find(Locator::Id("export-csv"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "export-csv").await;
     assert_eq!(
         saved_by_browser(&downloads.join("joinery-answer.csv")).await,
         csv["text"].as_str().unwrap()
@@ -570,12 +560,7 @@ async fn an_analyst_answers_both_questions_in_the_console_and_every_page_is_acce
     )
     .await
     .unwrap();
-    c.find(Locator::Id("run"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "run").await;
     for _ in 0..100 {
         if text(&c, "#status").await.starts_with("Not answered") {
             break;
