@@ -357,6 +357,11 @@ async fn incremental_linking(database: Option<&str>) {
     assert!(report.contains("incremental run"), "{report}");
     assert!(!report.contains("(0 new)"), "{report}");
     let after = spine(&db).await;
+    // Comparing every pair again under the same model moves nobody.
+    let check = d.on_store(&["gateway", "relink", "--same-model"], database);
+    assert!(check.contains("same-model run"), "{check}");
+    assert!(check.contains(" 0 person ids moved"), "{check}");
+    assert_eq!(spine(&db).await, after);
     // The estimate stays the full run's.
     let still = d.on_store(&["gateway", "linkage-report"], database);
     assert_eq!(linkage_report_pairs(&still), pairs, "{still}");
@@ -374,6 +379,115 @@ async fn incremental_linking(database: Option<&str>) {
         "the new records are on the spine"
     );
     // And the whole spine is right against the ground truth.
+    check_spine(&d, &synth.join("ground_truth.csv"), &db).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_serving_linker_links_each_delivery_as_comparing_every_pair_on_sqlite() {
+    deliveries_linked_incrementally(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_serving_linker_links_each_delivery_as_comparing_every_pair_on_postgres() {
+    let Some(url) = fresh_postgres("deliveries_linked").await else {
+        return;
+    };
+    deliveries_linked_incrementally(Some(&url)).await;
+}
+
+/// A gateway's linker, kept between runs as a serving gateway keeps it,
+/// links each of several deliveries reading only the new entities; after
+/// the last, comparing every pair under the same model moves nobody. A
+/// run by another linker in between is noticed: the kept one then reads
+/// everything again, and still agrees.
+async fn deliveries_linked_incrementally(database: Option<&str>) {
+    use joinery_gateway::linker::{Linker, RunMode};
+    let d = Deployment::new();
+    let synth = d.synth(600, 43);
+    let mapping = |dataset: &str| synth.join(format!("mappings/{dataset}.yaml"));
+    let extract = |dataset: &str| synth.join(format!("extracts/{dataset}.csv"));
+    // The council's and CAMHS's extracts each arrive in parts.
+    let parts = |dataset: &str, cuts: &[usize]| -> Vec<std::path::PathBuf> {
+        let text = std::fs::read_to_string(extract(dataset)).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let rows = lines.len() - 1;
+        let mut bounds: Vec<usize> = cuts.iter().map(|c| 1 + rows * c / 100).collect();
+        bounds.insert(0, 1);
+        bounds.push(lines.len());
+        bounds
+            .windows(2)
+            .enumerate()
+            .map(|(k, w)| {
+                let path = d.path(&format!("{dataset}-{k}.csv"));
+                let body = [&lines[..1], &lines[w[0]..w[1]]].concat();
+                std::fs::write(&path, body.join("\n") + "\n").unwrap();
+                path
+            })
+            .collect()
+    };
+    let council = parts("csc_referrals", &[60, 80]);
+    let camhs = parts("camhs_referrals", &[70]);
+    let salt = parts("salt_contacts", &[85]);
+    // Its own linker never runs meanwhile (its first tick finds nothing new).
+    let deliver = |org: &str, extract: &std::path::Path, dataset: &str| {
+        let gateway = d.start_gateway(database, &["--linkage-interval-secs", "3600"]);
+        let config = d.agent_config(org, &gateway.address, extract, &mapping(dataset));
+        let (code, stdout, stderr) = finish(d.spawn_agent(&config));
+        assert!(code == 0 || code == 3, "{stdout}\n{stderr}");
+        assert!(gateway.stop().success());
+    };
+    let url = database.map_or_else(|| d.sqlite_url(), str::to_owned);
+    let storage = joinery_gateway::storage::Storage::open(&url).await.unwrap();
+    let agreements =
+        joinery_gateway::agreements::Agreements::load_dir(&d.agreements_dir()).unwrap();
+    let params = agreements.linkage_params().remove(0);
+
+    deliver(SALT, &salt[0], "salt_contacts");
+    deliver(COUNCIL, &council[0], "csc_referrals");
+    deliver(CAMHS, &camhs[0], "camhs_referrals");
+    let mut linker = Linker::default();
+    let first = linker.run(&storage, &params, RunMode::Refit).await.unwrap();
+    assert!(first.full && first.links > 0, "{first:?}");
+    for (org, part, dataset) in [
+        (COUNCIL, &council[1], "csc_referrals"),
+        (CAMHS, &camhs[1], "camhs_referrals"),
+        (COUNCIL, &council[2], "csc_referrals"),
+    ] {
+        deliver(org, part, dataset);
+        let run = linker
+            .run(&storage, &params, RunMode::Incremental)
+            .await
+            .unwrap();
+        assert!(!run.full && !run.every_pair, "{run:?}");
+        assert!(run.pending > 0, "{run:?}");
+        assert_eq!(
+            run.read, run.pending,
+            "only the new entities are read: {run:?}"
+        );
+        assert!(run.entities > run.read, "{run:?}");
+    }
+    let db = open_database(&url).await;
+    let incremental = spine(&db).await;
+    let check = Linker::default()
+        .run(&storage, &params, RunMode::SameModel)
+        .await
+        .unwrap();
+    assert!(check.every_pair && !check.full, "{check:?}");
+    assert_eq!(check.moved, 0, "{check:?}");
+    assert_eq!(spine(&db).await, incremental);
+
+    // Another linker saved a run (the check): what this one kept is no
+    // longer trusted, so it reads everything again.
+    deliver(SALT, &salt[1], "salt_contacts");
+    let again = linker
+        .run(&storage, &params, RunMode::Incremental)
+        .await
+        .unwrap();
+    assert!(again.pending > 0, "{again:?}");
+    assert!(
+        again.every_pair && again.read == again.entities,
+        "{again:?}"
+    );
     check_spine(&d, &synth.join("ground_truth.csv"), &db).await;
 }
 

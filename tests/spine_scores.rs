@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use joinery_gateway::storage::{SpineAssignment, Storage};
+use joinery_gateway::storage::{FittedModel, SpineAssignment, Storage, StorageError};
 
 async fn scores_round_trip(url: &str) {
     let storage = Storage::open(url).await.unwrap();
@@ -16,8 +16,14 @@ async fn scores_round_trip(url: &str) {
         method: if score.is_some() { "fuzzy" } else { "unlinked" },
         score,
     };
+    let fitted = FittedModel {
+        model: "{}".into(),
+        quality: "[]".into(),
+        entities: 150,
+    };
     // First statements with no score at all, then mixed, then all scored;
     // the same statement shapes again, as later linkage runs write them.
+    let mut runs = 0;
     for round in 0..3 {
         let batches: [Vec<SpineAssignment>; 3] = [
             (0..50).map(|i| assignment(i, None)).collect(),
@@ -29,12 +35,28 @@ async fn scores_round_trip(url: &str) {
                 .collect(),
         ];
         for batch in &batches {
-            storage
-                .save_linkage(batch, &[])
+            // The first of a round as a full run (its model saved), the
+            // rest as incremental runs building on the run before.
+            let (fitted, expected) = match runs % 3 {
+                0 => (Some(&fitted), None),
+                _ => (None, Some(runs)),
+            };
+            let saved = storage
+                .save_linkage(5, fitted, expected, batch, &[])
                 .await
                 .unwrap_or_else(|e| panic!("round {round}: {e}"));
+            assert_eq!(saved, runs + 1, "each saved run moves the count on");
+            runs = saved;
         }
     }
+    // A run that built on an older count is refused, and writes nothing.
+    let stale = storage
+        .save_linkage(5, None, Some(runs - 1), &[assignment(0, Some(99.0))], &[])
+        .await;
+    assert!(
+        matches!(stale, Err(StorageError::LinkageMovedOn)),
+        "{stale:?}"
+    );
     // What was written reads back: scores exactly, absent ones absent.
     let db = open_database(url).await;
     for (person, expected) in [

@@ -5,10 +5,13 @@
 //! A linkage run reads the stored encodings and joins person ids into
 //! people ([`joinery_linkage`]):
 //!
-//! - **incremental** (every `linkage_interval` while serving): only the
-//!   entities not linked yet, the entities sharing a blocking key with them,
-//!   and every entity of the people those belong to, scored with the stored
-//!   model. Existing people may grow or merge, never split.
+//! - **incremental** (every `linkage_interval` while serving): the
+//!   [`Linker`] keeps the entities and links of its last run in memory,
+//!   reads only the entities not linked yet, and compares only the pairs
+//!   they change, with the stored model. The people it makes are exactly
+//!   those of comparing every pair under that model, whatever order the
+//!   entities arrived in (so a person may also lose a record a stronger
+//!   new link takes).
 //! - **full** (`joinery gateway relink`, the first run, new parameters, or
 //!   once the entities have doubled since the model was fitted): everything,
 //!   with the model fitted afresh by EM.
@@ -22,27 +25,49 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+use joinery_linkage::LinkageParams;
+use joinery_linkage::cluster::Link;
+use joinery_linkage::encode::Pseudonym;
+use joinery_linkage::matcher::{Earlier, link_entities};
 use joinery_linkage::score::Model;
-use joinery_linkage::{Entity, LinkageParams};
 
 use crate::agreements::LiveAgreements;
 use crate::audit::AuditRecord;
 use crate::rekey::{LINK_EXACT_LOCAL, LINK_EXACT_NHS, LINK_UNLINKED};
 use crate::storage::{
-    EntityRecord, EntityScope, LinkageEntities, SpineAssignment, Storage, StorageError,
+    EntityRecord, EntityScope, FittedModel, LinkageEntities, SpineAssignment, Storage, StorageError,
 };
 
 /// Link method of a person id joined to another person by fuzzy linkage.
 pub const LINK_FUZZY: &str = "fuzzy";
 
+/// What a linkage run does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunMode {
+    /// Link what is new, with the stored model (the first run fits one).
+    Incremental,
+    /// Compare every pair again under the stored model, fitting none: the
+    /// people must come out as the incremental runs left them (a check on
+    /// them; nobody moves unless they went wrong).
+    SameModel,
+    /// Fit the model afresh and compare every pair (new parameters, or a
+    /// deliberate re-link).
+    Refit,
+}
+
 /// What one linkage run did.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LinkReport {
     pub params_version: u32,
+    /// The model was fitted afresh (and every pair compared).
     pub full: bool,
-    /// Entities read, and how many of them were new.
+    /// Every pair was compared (a full run, or [`RunMode::SameModel`]).
+    pub every_pair: bool,
+    /// Entities linked over (those kept from the last run too), how many
+    /// were new, and how many were read from the database.
     pub entities: usize,
     pub pending: usize,
+    pub read: usize,
     pub candidate_pairs: u64,
     /// Links above the threshold.
     pub links: usize,
@@ -96,159 +121,245 @@ pub async fn quality(storage: &Storage) -> Result<Vec<QualityReport>, StorageErr
         .collect())
 }
 
-/// Runs linkage once under `params`, and records whether it succeeded
-/// ([`Storage::linkage_status`]: readiness and every answer's note read it).
-pub async fn run(
-    storage: &Storage,
-    params: &LinkageParams,
-    full: bool,
-) -> Result<LinkReport, StorageError> {
-    let outcome = link(storage, params, full).await;
-    if outcome.is_err() {
-        crate::metrics::linkage_failed();
-    }
-    if let Err(e) = storage.record_linkage_outcome(outcome.is_ok()).await {
-        tracing::warn!(error = %e, "linkage: could not record the run's outcome");
-    }
-    outcome
+/// A gateway's linker. Per parameters version it keeps the entities and
+/// links of its last run, so the next incremental run reads only the
+/// entities not linked yet and compares only the pairs they change
+/// ([`joinery_linkage::matcher::link_entities`]). What it keeps is trusted
+/// only while the version's run count in the database is the one its own
+/// last run left; after another gateway's run, a full re-link or a failed
+/// run, the next run reads everything again.
+#[derive(Default)]
+pub struct Linker {
+    kept: HashMap<u32, Kept>,
 }
 
-async fn link(
-    storage: &Storage,
-    params: &LinkageParams,
-    full: bool,
-) -> Result<LinkReport, StorageError> {
-    let version = params.version;
-    // Incremental when asked and a model fits, unless the entities have
-    // doubled since it was fitted; nothing to do when nothing is new.
-    let mut model = None;
-    if !full && let Some((json, fitted_on)) = storage.linkage_model(version).await? {
-        if !storage.linkage_pending(version).await? {
-            return Ok(LinkReport {
-                params_version: version,
-                ..LinkReport::default()
-            });
+/// One parameters version's last run, as [`Linker`] keeps it.
+struct Kept {
+    /// The version's run count that run left.
+    runs: i64,
+    read: LinkageEntities,
+    /// Every link that run found above the threshold.
+    links: Vec<Link>,
+}
+
+impl Linker {
+    /// Runs linkage once under `params`, and records whether it succeeded
+    /// ([`Storage::linkage_status`]: readiness and every answer's note read it).
+    pub async fn run(
+        &mut self,
+        storage: &Storage,
+        params: &LinkageParams,
+        mode: RunMode,
+    ) -> Result<LinkReport, StorageError> {
+        let outcome = self.link(storage, params, mode).await;
+        if outcome.is_err() {
+            self.kept.remove(&params.version);
+            crate::metrics::linkage_failed();
         }
-        if storage.linkage_entity_count(version).await? <= fitted_on * 2 {
-            model = serde_json::from_str::<Model>(&json).ok();
+        if let Err(e) = storage.record_linkage_outcome(outcome.is_ok()).await {
+            tracing::warn!(error = %e, "linkage: could not record the run's outcome");
         }
-    }
-    let full = model.is_none();
-    let scope = match full {
-        true => EntityScope::All,
-        false => EntityScope::PendingAndNeighbours,
-    };
-    let LinkageEntities {
-        organisations,
-        entities,
-        records,
-    } = storage.linkage_entities(params, scope).await?;
-    let pending = records.iter().filter(|r| !r.linked).count();
-    let mut report = LinkReport {
-        params_version: version,
-        full,
-        entities: records.len(),
-        pending,
-        ..LinkReport::default()
-    };
-    if records.is_empty() {
-        return Ok(report);
+        outcome
     }
 
-    let known = join_local_ids(&entities, &records, &known_people(&records, full));
-    let threads = std::thread::available_parallelism().map_or(1, usize::from);
-    // Matching is CPU work for seconds to minutes: off the async runtime,
-    // so ingest and queries go on meanwhile.
-    let matching = params.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        joinery_linkage::matcher::link_with(entities, &matching, model.as_ref(), &known, threads)
-    })
-    .await
-    .unwrap_or_else(|failed| std::panic::resume_unwind(failed.into_panic()));
-    if full {
-        report.quality = result
-            .quality
+    /// Lets go of what was kept (another gateway links now).
+    pub fn forget(&mut self) {
+        self.kept.clear();
+    }
+
+    async fn link(
+        &mut self,
+        storage: &Storage,
+        params: &LinkageParams,
+        mode: RunMode,
+    ) -> Result<LinkReport, StorageError> {
+        let version = params.version;
+        let nothing = LinkReport {
+            params_version: version,
+            ..LinkReport::default()
+        };
+        let stored = storage.linkage_model(version).await?;
+        let kept = self
+            .kept
+            .remove(&version)
+            .filter(|k| stored.as_ref().is_some_and(|s| s.runs == k.runs));
+        // The stored model, unless refitting; an incremental run has
+        // nothing to do when nothing is new.
+        let stored = stored
+            .filter(|_| mode != RunMode::Refit)
+            .and_then(|stored| {
+                let model = serde_json::from_str::<Model>(&stored.model).ok()?;
+                Some((model, stored))
+            });
+        let incremental = mode == RunMode::Incremental && stored.is_some();
+        if incremental && !storage.linkage_pending(version).await? {
+            if let Some(kept) = kept {
+                self.kept.insert(version, kept);
+            }
+            return Ok(nothing);
+        }
+        // Only what is new, onto what was kept; else everything.
+        let (read, earlier_links) = match kept.filter(|_| incremental) {
+            Some(Kept {
+                mut read, links, ..
+            }) => {
+                storage
+                    .linkage_entities(params, EntityScope::Pending, &mut read)
+                    .await?;
+                (read, Some(links))
+            }
+            None => {
+                let mut read = LinkageEntities::new(params);
+                storage
+                    .linkage_entities(params, EntityScope::All, &mut read)
+                    .await?;
+                (read, None)
+            }
+        };
+        let already_held = match &earlier_links {
+            Some(_) => read.records.iter().filter(|r| r.linked).count(),
+            None => 0,
+        };
+        // The model is fitted afresh when asked, when there is none, or once
+        // an incremental run finds the entities doubled since it was.
+        let doubled = |entities: u64| {
+            mode == RunMode::Incremental && read.records.len() as u64 > entities * 2
+        };
+        let (model, expected) = match stored {
+            Some((model, stored)) if !doubled(stored.entities) => (Some(model), Some(stored.runs)),
+            _ => (None, None),
+        };
+        let full = model.is_none();
+        let earlier_links = earlier_links.filter(|_| !full);
+        let fresh: Vec<bool> = read.records.iter().map(|r| !r.linked).collect();
+        let mut report = LinkReport {
+            params_version: version,
+            full,
+            every_pair: earlier_links.is_none(),
+            entities: read.records.len(),
+            pending: fresh.iter().filter(|&&f| f).count(),
+            read: read.records.len() - already_held,
+            ..nothing
+        };
+        if read.records.is_empty() {
+            return Ok(report);
+        }
+
+        let known = join_local_ids(read.entities.nhs(), &read.records);
+        let threads = std::thread::available_parallelism().map_or(1, usize::from);
+        // Matching is CPU work for seconds to minutes: off the async runtime,
+        // so ingest and queries go on meanwhile.
+        let matching = params.clone();
+        let (read, result) = tokio::task::spawn_blocking(move || {
+            let earlier = earlier_links.as_deref().map(|links| Earlier {
+                fresh: &fresh,
+                links,
+            });
+            let result = link_entities(
+                &read.entities,
+                &matching,
+                model.as_ref(),
+                &known,
+                threads,
+                earlier,
+            );
+            (read, result)
+        })
+        .await
+        .unwrap_or_else(|failed| std::panic::resume_unwind(failed.into_panic()));
+        let organisations = &read.organisations;
+        let records = &read.records;
+        let fitted = full.then(|| {
+            report.quality = result
+                .quality
+                .iter()
+                .map(|q| PairQuality {
+                    organisations: [q.organisations.0, q.organisations.1]
+                        .map(|o| organisations[o as usize].clone()),
+                    links: q.links,
+                    expected_wrong: q.expected_false,
+                    expected_missed: q.expected_missed,
+                })
+                .collect();
+            FittedModel {
+                model: serde_json::to_string(&result.stats.model).unwrap_or_default(),
+                quality: serde_json::to_string(&report.quality).unwrap_or_default(),
+                entities: records.len() as u64,
+            }
+        });
+        report.candidate_pairs = result.stats.candidate_pairs;
+        report.links = result.links.len();
+        let mut conflicted: Vec<String> = result
+            .nhs_conflicts
             .iter()
-            .map(|q| PairQuality {
-                organisations: [q.organisations.0, q.organisations.1]
-                    .map(|o| organisations[o as usize].clone()),
-                links: q.links,
-                expected_wrong: q.expected_false,
-                expected_missed: q.expected_missed,
+            .map(|c| records[c.a as usize].person_id.clone())
+            .collect();
+        conflicted.sort_unstable();
+        conflicted.dedup();
+        report.nhs_conflicts = conflicted;
+
+        let assignments = spine_assignments(records, &result);
+        report.moved = assignments.len();
+        // Only entities new to linkage are marked (a full run rewrites no row
+        // an earlier run marked).
+        let linked: Vec<(&str, &str, &str)> = records
+            .iter()
+            .filter(|r| !r.linked)
+            .map(|r| {
+                (
+                    r.person_id.as_str(),
+                    organisations[r.organisation as usize].as_str(),
+                    r.local_pseudonym.as_str(),
+                )
             })
             .collect();
-        let json = serde_json::to_string(&result.stats.model).unwrap_or_default();
-        let quality = serde_json::to_string(&report.quality).unwrap_or_default();
-        storage
-            .save_linkage_model(version, &json, &quality, records.len() as u64)
+        let runs = storage
+            .save_linkage(version, fitted.as_ref(), expected, &assignments, &linked)
             .await?;
-    }
-    report.candidate_pairs = result.stats.candidate_pairs;
-    report.links = result.links.len();
-    let mut conflicted: Vec<String> = result
-        .nhs_conflicts
-        .iter()
-        .map(|c| records[c.a as usize].person_id.clone())
-        .collect();
-    conflicted.sort_unstable();
-    conflicted.dedup();
-    report.nhs_conflicts = conflicted;
-
-    let assignments = spine_assignments(&records, &result);
-    report.moved = assignments.len();
-    // Only entities new to linkage are marked (a full run rewrites no row
-    // an earlier run marked).
-    let linked: Vec<(&str, &str, &str)> = records
-        .iter()
-        .filter(|r| !r.linked)
-        .map(|r| {
-            (
-                r.person_id.as_str(),
-                organisations[r.organisation as usize].as_str(),
-                r.local_pseudonym.as_str(),
-            )
-        })
-        .collect();
-    storage.save_linkage(&assignments, &linked).await?;
-    storage
-        .append_audit(&AuditRecord::linkage(
+        storage
+            .append_audit(&AuditRecord::linkage(
+                version,
+                full,
+                report.entities,
+                report.pending,
+                report.links,
+                report.moved,
+                report.nhs_conflicts.len(),
+            ))
+            .await?;
+        self.kept.insert(
             version,
-            full,
-            report.entities,
-            report.pending,
-            report.links,
-            report.moved,
-            report.nhs_conflicts.len(),
-        ))
-        .await?;
-    Ok(report)
+            Kept {
+                runs,
+                read: saved(read, &assignments),
+                links: result.links,
+            },
+        );
+        Ok(report)
+    }
 }
 
-/// In an incremental run, entities already linked carry their person (a
-/// number per spine id), so it cannot split.
-fn known_people(records: &[EntityRecord], full: bool) -> Vec<Option<u64>> {
-    let mut spines: HashMap<&str, u64> = HashMap::new();
-    records
+/// What a run read, as it stands once the run is saved: every entity
+/// linked, each person id where `assignments` put it.
+fn saved(mut read: LinkageEntities, assignments: &[SpineAssignment]) -> LinkageEntities {
+    let placed: HashMap<&str, &str> = assignments
         .iter()
-        .map(|r| {
-            (!full && r.linked).then(|| {
-                let next = spines.len() as u64;
-                *spines.entry(r.spine_id()).or_insert(next)
-            })
-        })
-        .collect()
+        .map(|a| (a.person_id.as_str(), a.spine_id.as_str()))
+        .collect();
+    for r in &mut read.records {
+        r.linked = true;
+        if let Some(&spine_id) = placed.get(r.person_id.as_str()) {
+            r.joined_to = (spine_id != r.person_id).then(|| spine_id.to_owned());
+        }
+    }
+    read
 }
 
-/// Entities already known to be one person: those `known` says are (an
-/// existing person, in an incremental run), and an organisation's entities
-/// of one local id — the same child in two of its datasets, one with the NHS
+/// Entities already known to be one person: an organisation's entities of
+/// one local id — the same child in two of its datasets, one with the NHS
 /// number and one without — unless they carry different NHS pseudonyms (the
 /// matcher then decides, and never joins them).
-fn join_local_ids(
-    entities: &[Entity],
-    records: &[EntityRecord],
-    known: &[Option<u64>],
-) -> Vec<Option<u64>> {
+fn join_local_ids(nhs: &[Option<Pseudonym>], records: &[EntityRecord]) -> Vec<Option<u64>> {
     fn root(parent: &mut [usize], mut i: usize) -> usize {
         while parent[i] != i {
             parent[i] = parent[parent[i]];
@@ -261,13 +372,8 @@ fn join_local_ids(
         let (a, b) = (root(parent, a), root(parent, b));
         parent[a.max(b)] = a.min(b);
     };
-    let mut first_known: HashMap<u64, usize> = HashMap::new();
     let mut twins: HashMap<(u32, &str), Vec<usize>> = HashMap::new();
     for (i, r) in records.iter().enumerate() {
-        if let Some(k) = known[i] {
-            let first = *first_known.entry(k).or_insert(i);
-            join(&mut parent, first, i);
-        }
         twins
             .entry((r.organisation, r.local_pseudonym.as_str()))
             .or_default()
@@ -275,10 +381,8 @@ fn join_local_ids(
     }
     let mut grouped = vec![false; records.len()];
     for members in twins.values().filter(|m| m.len() > 1) {
-        let numbers: std::collections::BTreeSet<&[u8; 32]> = members
-            .iter()
-            .filter_map(|&i| entities[i].nhs.as_ref())
-            .collect();
+        let numbers: std::collections::BTreeSet<&[u8; 32]> =
+            members.iter().filter_map(|&i| nhs[i].as_ref()).collect();
         if numbers.len() <= 1 {
             for &i in members {
                 join(&mut parent, members[0], i);
@@ -287,7 +391,7 @@ fn join_local_ids(
         }
     }
     (0..records.len())
-        .map(|i| (known[i].is_some() || grouped[i]).then(|| root(&mut parent, i) as u64))
+        .map(|i| grouped[i].then(|| root(&mut parent, i) as u64))
         .collect()
 }
 
@@ -421,6 +525,7 @@ pub async fn every(
         time::OffsetDateTime::now_utc().unix_timestamp_nanos()
     );
     let mut ticks = tokio::time::interval(interval);
+    let mut linker = Linker::default();
     while stopping.tick(&mut ticks).await {
         if let Err(e) = publish_quality(&storage).await {
             tracing::warn!(error = %e, "linkage: could not read the quality estimates");
@@ -428,14 +533,17 @@ pub async fn every(
         let lease = interval.as_secs().max(1) as i64 * 3;
         match storage.take_linkage_lease(&holder, lease).await {
             Ok(true) => {}
-            Ok(false) => continue,
+            Ok(false) => {
+                linker.forget();
+                continue;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "linkage: could not take the lease; will retry");
                 continue;
             }
         }
         for params in agreements.current().linkage_params() {
-            match run(&storage, &params, false).await {
+            match linker.run(&storage, &params, RunMode::Incremental).await {
                 Ok(report) if report.pending > 0 || report.full => {
                     crate::metrics::linkage_run(report.full, report.moved);
                     tracing::info!(
@@ -443,6 +551,7 @@ pub async fn every(
                         full = report.full,
                         entities = report.entities,
                         pending = report.pending,
+                        read = report.read,
                         candidate_pairs = report.candidate_pairs,
                         links = report.links,
                         moved = report.moved,

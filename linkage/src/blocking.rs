@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 
 use crate::encode::{Encoding, Pseudonym};
+use crate::entities::{Entities, Filters};
 use crate::params::{LinkageParams, Take};
 
 /// A block larger than this is split (it would hold mostly non-matches and
@@ -60,21 +61,9 @@ pub(crate) struct Blocks {
 }
 
 impl Blocks {
-    pub fn new(entities: &[Entity], params: &LinkageParams) -> Self {
+    pub fn new(entities: &Entities, params: &LinkageParams) -> Self {
         let rules = params.blocking.len();
-        let keys: Vec<Vec<u64>> = (0..rules)
-            .map(|rule| {
-                entities
-                    .iter()
-                    .map(|e| match e.encoding.blocks.get(rule).copied().flatten() {
-                        // A truncated HMAC: its first eight bytes are as good a
-                        // key (0 stands for none; a real key is 0 with odds 2^-64).
-                        Some(key) => u64::from_le_bytes(key[..8].try_into().expect("8 bytes")),
-                        None => 0,
-                    })
-                    .collect()
-            })
-            .collect();
+        let keys = entities.keys.clone();
         let mut this = Self {
             blocks: Vec::new(),
             keys,
@@ -99,7 +88,7 @@ impl Blocks {
             }
             for (key, m) in oversized {
                 this.split += 1;
-                let bits = MinHash::new(params, rule, entities, &m);
+                let bits = MinHash::new(params, rule, &entities.filters, &m);
                 for band in 0..BANDS {
                     let key = mix(key, band as u64 + 1);
                     this.cut(entities, &bits, rule, band, 0, key, m.clone());
@@ -117,8 +106,8 @@ impl Blocks {
 
     /// Adds a block, its members grouped by organisation so a walk pairs
     /// only across them.
-    fn push(&mut self, entities: &[Entity], rule: usize, band: usize, mut members: Vec<u32>) {
-        members.sort_unstable_by_key(|&i| (entities[i as usize].organisation, i));
+    fn push(&mut self, entities: &Entities, rule: usize, band: usize, mut members: Vec<u32>) {
+        members.sort_unstable_by_key(|&i| (entities.organisations[i as usize], i));
         self.blocks.push(Block {
             rule,
             band,
@@ -132,7 +121,7 @@ impl Blocks {
     #[allow(clippy::too_many_arguments)]
     fn cut(
         &mut self,
-        entities: &[Entity],
+        entities: &Entities,
         bits: &MinHash,
         rule: usize,
         band: usize,
@@ -143,7 +132,7 @@ impl Blocks {
         let function = band as u64 * MAX_DEPTH + depth;
         let mut pieces: HashMap<u64, Vec<u32>> = HashMap::new();
         for &i in &members {
-            let hash = bits.of(&entities[i as usize].encoding, function);
+            let hash = bits.of(entities.filters.row(i as usize), function);
             pieces.entry(mix(key, hash)).or_default().push(i);
         }
         for (key, piece) in pieces {
@@ -164,7 +153,7 @@ impl Blocks {
     /// Records a finished piece: its members' key in the band, and the block.
     fn piece(
         &mut self,
-        entities: &[Entity],
+        entities: &Entities,
         rule: usize,
         band: usize,
         key: u64,
@@ -176,6 +165,28 @@ impl Blocks {
         if members.len() > 1 {
             self.push(entities, rule, band, members);
         }
+    }
+
+    /// The entities whose pairs an incremental run must compare afresh:
+    /// the `fresh` ones, and every member of a split block that holds a
+    /// fresh one (a split block's pieces are cut by its members' bits, so a
+    /// newcomer may move the others between pieces). Pairs of two other
+    /// entities meet in the same passes as before.
+    pub fn dirty(&self, fresh: &[bool]) -> Vec<bool> {
+        let mut dirty = fresh.to_vec();
+        for (rule, pieces) in self.pieces.iter().enumerate() {
+            let touched: std::collections::HashSet<u64> = pieces
+                .keys()
+                .filter(|&&i| fresh[i as usize])
+                .map(|&i| self.keys[rule][i as usize])
+                .collect();
+            for &i in pieces.keys() {
+                if touched.contains(&self.keys[rule][i as usize]) {
+                    dirty[i as usize] = true;
+                }
+            }
+        }
+        dirty
     }
 
     /// Entity `i`'s key in pass (`rule`, `band`); 0 for none.
@@ -247,10 +258,9 @@ pub enum Together {
 }
 
 /// Whether two records share any piece: the bench's count of true pairs
-/// blocking never compared, for entities as [`crate::matcher::link_with`]
-/// takes them.
+/// blocking never compared.
 pub fn together(
-    entities: &[Entity],
+    entities: &Entities,
     params: &LinkageParams,
     pairs: &[(usize, usize)],
 ) -> Vec<Together> {
@@ -267,11 +277,10 @@ struct MinHash {
     words: Vec<std::ops::Range<usize>>,
     /// Per word of an encoding, the bits left out.
     common: Vec<u64>,
-    stride: usize,
 }
 
 impl MinHash {
-    fn new(params: &LinkageParams, rule: usize, entities: &[Entity], members: &[u32]) -> Self {
+    fn new(params: &LinkageParams, rule: usize, filters: &Filters, members: &[u32]) -> Self {
         let whole = params.fields_of(&params.blocking[rule], |take| take == Take::Whole);
         let words: Vec<std::ops::Range<usize>> = (0..params.fields.len())
             .filter(|f| !whole.contains(f))
@@ -280,12 +289,9 @@ impl MinHash {
         let stride = params.words();
         let mut counts = vec![0u32; stride * 64];
         for &i in members {
-            let filters = &entities[i as usize].encoding.filters;
-            if filters.len() != stride {
-                continue;
-            }
+            let row = filters.row(i as usize);
             for w in words.iter().flat_map(Clone::clone) {
-                let mut word = filters[w];
+                let mut word = row[w];
                 while word != 0 {
                     counts[w * 64 + word.trailing_zeros() as usize] += 1;
                     word &= word - 1;
@@ -300,21 +306,13 @@ impl MinHash {
                     .fold(0u64, |word, b| word | 1 << b)
             })
             .collect();
-        Self {
-            words,
-            common,
-            stride,
-        }
+        Self { words, common }
     }
 
-    /// The smallest hash (under `function`) of a set bit's position, or
-    /// `u64::MAX` for none (so records with nothing to tell them apart
-    /// share a piece).
-    fn of(&self, encoding: &Encoding, function: u64) -> u64 {
-        let filters = &encoding.filters;
-        if filters.len() != self.stride {
-            return u64::MAX;
-        }
+    /// The smallest hash (under `function`) of a set bit's position in an
+    /// entity's filters, or `u64::MAX` for none (so records with nothing to
+    /// tell them apart, or no filters, share a piece).
+    fn of(&self, filters: &[u64], function: u64) -> u64 {
         let seed = mix(0x6d69_6e68_6173_6800, function + 1);
         let mut min = u64::MAX;
         for range in &self.words {
@@ -351,7 +349,7 @@ mod tests {
     /// Two organisations' records of `n` Harrises born in 2015 (one
     /// family-name-and-birth-year block of 2n), the second copy of every
     /// third with its given name mistyped; `alike` makes everyone the same.
-    fn harrises(n: usize, alike: bool) -> (Vec<Entity>, LinkageParams) {
+    fn harrises(n: usize, alike: bool) -> (Entities, LinkageParams) {
         let params = LinkageParams::canonical();
         let encoder = Encoder::new(&SecretKey::from_bytes([5; 32]), &params).unwrap();
         let mut sequence = Sequence::new(0x4a11);
@@ -390,7 +388,7 @@ mod tests {
                 });
             }
         }
-        (out.concat(), params)
+        (Entities::numbered(out.concat(), &params), params)
     }
 
     #[test]
@@ -453,7 +451,8 @@ mod tests {
             let passes = Blocks::passes_before(block.rule, block.band);
             for (x, &i) in block.members.iter().enumerate() {
                 for &j in &block.members[x + 1..] {
-                    if entities[i as usize].organisation == entities[j as usize].organisation {
+                    let organisations = entities.organisations();
+                    if organisations[i as usize] == organisations[j as usize] {
                         continue;
                     }
                     a.clear();

@@ -19,11 +19,15 @@ pub struct Link {
 }
 
 /// Returns each record's group as the smallest record index in it. `known`
-/// gives records already known to be one person the same number.
+/// gives records already known to be one person the same number; links of
+/// equal weight are taken in the order of their ends' `tiebreaks` (a number
+/// per record that does not depend on the records' order), so the same
+/// records and links group alike whatever order they come in.
 pub fn cluster(
     organisations: &[u32],
     nhs: &[Option<Pseudonym>],
     known: &[Option<u64>],
+    tiebreaks: &[u64],
     links: &mut [Link],
 ) -> Vec<u32> {
     let n = organisations.len();
@@ -37,12 +41,11 @@ pub fn cluster(
     groups.join_equal(nhs);
     groups.join_equal(known);
     // Fuzzy: strongest first; ties in a fixed order, so results repeat.
-    links.sort_unstable_by(|x, y| {
-        y.weight
-            .total_cmp(&x.weight)
-            .then(x.a.cmp(&y.a))
-            .then(x.b.cmp(&y.b))
-    });
+    let ends = |l: &Link| {
+        let (a, b) = (tiebreaks[l.a as usize], tiebreaks[l.b as usize]);
+        (a.min(b), a.max(b))
+    };
+    links.sort_unstable_by(|x, y| y.weight.total_cmp(&x.weight).then(ends(x).cmp(&ends(y))));
     for link in links.iter() {
         let (a, b) = (groups.root(link.a), groups.root(link.b));
         if a != b && groups.compatible(a, b) {
@@ -144,6 +147,7 @@ mod tests {
             &[0, 1, 2],
             &nhs,
             &[None; 3],
+            &[0, 1, 2],
             &mut [link(0, 1, 30.0), link(1, 2, 20.0)],
         );
         assert_ne!(people[0], people[1]);
@@ -157,6 +161,7 @@ mod tests {
             &[0, 1, 0],
             &[None, None, None],
             &[None; 3],
+            &[0, 1, 2],
             &mut [link(0, 1, 25.0), link(1, 2, 20.0)],
         );
         assert_eq!(people, vec![0, 0, 2]);
@@ -165,14 +170,20 @@ mod tests {
     #[test]
     fn the_same_nhs_pseudonym_is_one_person() {
         let nhs = [Some([1; 32]), None, Some([1; 32])];
-        let people = cluster(&[0, 1, 2], &nhs, &[None; 3], &mut []);
+        let people = cluster(&[0, 1, 2], &nhs, &[None; 3], &[0, 1, 2], &mut []);
         assert_eq!(people, vec![0, 1, 0]);
     }
 
     #[test]
     fn known_people_stay_together_and_can_grow() {
         let known = [Some(7), None, Some(7), None];
-        let people = cluster(&[0, 1, 2, 3], &[None; 4], &known, &mut [link(1, 2, 20.0)]);
+        let people = cluster(
+            &[0, 1, 2, 3],
+            &[None; 4],
+            &known,
+            &[0, 1, 2, 3],
+            &mut [link(1, 2, 20.0)],
+        );
         assert_eq!(people, vec![0, 0, 0, 3]);
     }
 }

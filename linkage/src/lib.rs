@@ -32,6 +32,7 @@ pub mod blocking;
 pub mod bloom;
 pub mod cluster;
 pub mod encode;
+pub mod entities;
 pub mod matcher;
 pub mod nicknames;
 pub mod params;

@@ -26,9 +26,10 @@ use crate::blocking::{Blocks, Entity};
 use crate::bloom::{self, Kernel, KernelTask, Scalar};
 use crate::cluster::{Link, cluster};
 use crate::encode::Pseudonym;
+use crate::entities::{Entities, Filters};
 use crate::params::{LinkageParams, Take};
 use crate::quality::{self, PairQuality, Tally};
-use crate::score::{LEVELS, MISSING, Model, Pattern, RuleCandidates, StandIn, level};
+use crate::score::{LEVELS, MISSING, Model, Pattern, RuleCandidates, level};
 use crate::sequence::Sequence;
 
 /// Random pairs drawn to measure u.
@@ -72,52 +73,7 @@ pub struct LinkStats {
     pub threads: usize,
 }
 
-/// Every entity's filters in one flat array, an entity's fields side by
-/// side, with their popcounts.
-struct Filters {
-    /// Start of each field within an entity's words, and the end.
-    offsets: Vec<usize>,
-    stride: usize,
-    data: Vec<u64>,
-    ones: Vec<u32>,
-    /// Fields that stand in for others (applied to every pattern).
-    stand_ins: Vec<StandIn>,
-}
-
 impl Filters {
-    /// Takes the entities' filters, letting each entity go once copied.
-    fn new(entities: Vec<Entity>, params: &LinkageParams) -> Self {
-        let fields = params.fields.len();
-        let offsets: Vec<usize> = (0..fields)
-            .map(|f| params.field_words(f).start)
-            .chain([params.words()])
-            .collect();
-        let stride = offsets[fields];
-        let mut data = Vec::with_capacity(stride * entities.len());
-        let mut ones = Vec::with_capacity(fields * entities.len());
-        for e in entities.into_iter() {
-            // Filters of the wrong length are treated as missing.
-            if e.encoding.filters.len() == stride {
-                data.extend_from_slice(&e.encoding.filters);
-            } else {
-                data.extend(std::iter::repeat_n(0, stride));
-            }
-            let row = &data[data.len() - stride..];
-            ones.extend((0..fields).map(|f| bloom::ones(&row[offsets[f]..offsets[f + 1]])));
-        }
-        Self {
-            offsets,
-            stride,
-            data,
-            ones,
-            stand_ins: StandIn::of(params),
-        }
-    }
-
-    fn fields(&self) -> usize {
-        self.offsets.len() - 1
-    }
-
     fn pattern(&self, i: usize, j: usize) -> Pattern {
         let (s, f) = (self.stride, self.fields());
         pattern_of(
@@ -480,6 +436,8 @@ struct Scratch {
     /// Each member's keys in the passes before the block's
     /// ([`Blocks::earlier_keys`]), 0 for none.
     earlier: Vec<u64>,
+    /// Places of the block's dirty members, in an incremental run.
+    dirty_places: Vec<usize>,
 }
 
 /// Which pairs of a block a walk visits.
@@ -491,8 +449,12 @@ enum Walk<'p> {
     Fitting,
     /// Linking: each distinct cross-organisation candidate once (pairs an
     /// earlier rule also finds are passed over), dropped once it cannot
-    /// reach the threshold.
-    Linking(&'p Pruning),
+    /// reach the threshold; in an incremental run only those with at least
+    /// one `dirty` end ([`Blocks::dirty`]).
+    Linking {
+        pruning: &'p Pruning,
+        dirty: Option<&'p [bool]>,
+    },
 }
 
 /// How a visited pair stands.
@@ -513,16 +475,15 @@ impl<F: FnMut(usize, usize, usize, Pair, Option<Pattern>)> Visit for F {}
 
 /// The pairs of a share of the blocks, with the best kernel the CPU has.
 fn walk_share(
-    filters: &Filters,
-    organisations: &[u32],
+    entities: &Entities,
     blocks: &Blocks,
     share: &[usize],
     walk: Walk<'_>,
     each: &mut impl Visit,
 ) {
     bloom::dispatch(WalkShare {
-        filters,
-        organisations,
+        filters: &entities.filters,
+        organisations: &entities.organisations,
         blocks,
         share,
         walk,
@@ -585,9 +546,23 @@ impl<V: Visit> WalkShare<'_, '_, V> {
                 &scratch.ones[x * fields..(x + 1) * fields],
             )
         };
+        scratch.dirty_places.clear();
+        let dirty = match walk {
+            Walk::Linking {
+                dirty: Some(dirty), ..
+            } => {
+                let places = members
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, m)| dirty[**m as usize]);
+                scratch.dirty_places.extend(places.map(|(x, _)| x));
+                Some(dirty)
+            }
+            _ => None,
+        };
         // Members come grouped by organisation: each is paired with the members
         // of the organisations after its own (and, when fitting, with the rest
-        // of its own).
+        // of its own); in an incremental run a clean member only with the dirty ones.
         let mut group_end = 0;
         for (x, &i) in members.iter().enumerate() {
             if x == group_end {
@@ -608,7 +583,8 @@ impl<V: Visit> WalkShare<'_, '_, V> {
                     each(rule, i, j as usize, Pair::Within, Some(pattern));
                 }
             }
-            for (y, &j) in members.iter().enumerate().skip(group_end) {
+            let mut pair_with = |y: usize| {
+                let j = members[y] as usize;
                 let keys_b = &scratch.earlier[y * passes..(y + 1) * passes];
                 let first = !keys_a.iter().zip(keys_b).any(|(a, b)| *a != 0 && a == b);
                 let (row_b, ones_b) = row(y);
@@ -617,14 +593,22 @@ impl<V: Visit> WalkShare<'_, '_, V> {
                         let pattern =
                             pattern_of(kernel, &filters.offsets, row_a, row_b, ones_a, ones_b);
                         let pair = if first { Pair::First } else { Pair::Again };
-                        each(rule, i, j as usize, pair, Some(pattern));
+                        each(rule, i, j, pair, Some(pattern));
                     }
-                    Walk::Linking(pruning) if first => {
+                    Walk::Linking { pruning, .. } if first => {
                         let pattern = pruning.pattern(kernel, row_a, row_b, ones_a, ones_b);
-                        each(rule, i, j as usize, Pair::First, pattern);
+                        each(rule, i, j, Pair::First, pattern);
                     }
-                    Walk::Linking(_) => {}
+                    Walk::Linking { .. } => {}
                 }
+            };
+            match dirty {
+                Some(dirty) if !dirty[i] => {
+                    let places = &scratch.dirty_places;
+                    let from = places.partition_point(|&p| p < group_end);
+                    places[from..].iter().for_each(|&y| pair_with(y));
+                }
+                _ => (group_end..members.len()).for_each(pair_with),
             }
         }
     }
@@ -704,17 +688,50 @@ pub fn link_with(
     known: &[Option<u64>],
     threads: usize,
 ) -> LinkResult {
-    let organisations: Vec<u32> = entities.iter().map(|e| e.organisation).collect();
-    let nhs: Vec<Option<Pseudonym>> = entities.iter().map(|e| e.nhs).collect();
+    let entities = Entities::numbered(entities, params);
+    link_entities(&entities, params, model, known, threads, None)
+}
+
+/// What an incremental run keeps from the runs before it
+/// ([`link_entities`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Earlier<'a> {
+    /// Per entity: new since `links` were found.
+    pub fresh: &'a [bool],
+    /// Every link the last run returned ([`LinkResult::links`]), by the
+    /// same entity numbers.
+    pub links: &'a [Link],
+}
+
+/// Links `entities` into people, as [`link_with`]. With `earlier` (and a
+/// `model`: the one the earlier links were found with), only the pairs
+/// that involve a fresh entity, or a member of a split block a fresh one
+/// joined ([`Blocks::dirty`]), are compared; the earlier links between
+/// the others stand. The result is then exactly that of comparing every
+/// pair under the same model — the same links, the same people — at a
+/// cost that grows with what is fresh; its `quality` is left empty (it
+/// needs every pair: a full run estimates it).
+pub fn link_entities(
+    entities: &Entities,
+    params: &LinkageParams,
+    model: Option<&Model>,
+    known: &[Option<u64>],
+    threads: usize,
+    earlier: Option<Earlier<'_>>,
+) -> LinkResult {
+    let organisations = &entities.organisations;
+    let nhs = &entities.nhs;
+    let filters = &entities.filters;
     let rules = params.blocking.len();
-    let blocks = Blocks::new(&entities, params);
-    let filters = Filters::new(entities, params);
-    let all_pairs = cross_organisation_pairs(&organisations);
+    let blocks = Blocks::new(entities, params);
+    let all_pairs = cross_organisation_pairs(organisations);
     let random = if model.is_none() {
-        random_patterns(&organisations, &filters)
+        random_patterns(organisations, filters)
     } else {
         Vec::new()
     };
+    let earlier = earlier.filter(|_| model.is_some());
+    let dirty = earlier.map(|e| blocks.dirty(e.fresh));
 
     let started = Instant::now();
     let fields = params.fields.len();
@@ -732,8 +749,7 @@ pub fn link_with(
             let counted = in_parallel(&sampled, threads, |share| {
                 let mut counts = PassOneCounts::new(rules, fields);
                 walk_share(
-                    &filters,
-                    &organisations,
+                    entities,
                     &blocks,
                     share,
                     Walk::Fitting,
@@ -769,21 +785,28 @@ pub fn link_with(
     // Pass 2: every distinct candidate once; keep those whose match
     // probability reaches the threshold (stopping early on the rest).
     let verdicts = Verdicts::new(fields, &model, params.threshold);
-    let pruning = Pruning::new(&model, params.threshold, &filters);
+    let pruning = Pruning::new(&model, params.threshold, filters);
     let sample = quality::PrunedSample::for_pairs(blocks.pairs());
-    let every_block: Vec<usize> = (0..blocks.blocks.len()).collect();
+    let walked: Vec<usize> = match &dirty {
+        Some(dirty) => (0..blocks.blocks.len())
+            .filter(|&b| blocks.blocks[b].members.iter().any(|&m| dirty[m as usize]))
+            .collect(),
+        None => (0..blocks.blocks.len()).collect(),
+    };
     // The pairs below it are tallied for the quality estimate.
     let organisation_count = organisations.iter().max().map_or(0, |&o| o as usize + 1);
-    let kept = in_parallel(&every_block, threads, |share| {
+    let kept = in_parallel(&walked, threads, |share| {
         let (mut links, mut candidates) = (Vec::new(), 0u64);
         let mut tally = Tally::new(organisation_count);
         let mut in_rule = InRule::new();
         walk_share(
-            &filters,
-            &organisations,
+            entities,
             &blocks,
             share,
-            Walk::Linking(&pruning),
+            Walk::Linking {
+                pruning: &pruning,
+                dirty: dirty.as_deref(),
+            },
             &mut |rule, i, j, _, pattern| {
                 candidates += 1;
                 let (pattern, times) = match pattern {
@@ -799,7 +822,7 @@ pub fn link_with(
                         probability,
                         weight,
                     });
-                } else if nhs[i].is_none() || nhs[j].is_none() {
+                } else if dirty.is_none() && (nhs[i].is_none() || nhs[j].is_none()) {
                     let pair = (organisations[i], organisations[j]);
                     tally.below(pair, (i, j), probability, times);
                 }
@@ -809,16 +832,28 @@ pub fn link_with(
     });
     let candidate_pairs: u64 = kept.iter().map(|(_, n, _)| n).sum();
     let mut tally = Tally::new(organisation_count);
-    let mut links = Vec::new();
+    // The earlier links between entities left alone stand.
+    let mut links: Vec<Link> = match (earlier, &dirty) {
+        (Some(earlier), Some(dirty)) => earlier
+            .links
+            .iter()
+            .filter(|l| !dirty[l.a as usize] && !dirty[l.b as usize])
+            .copied()
+            .collect(),
+        _ => Vec::new(),
+    };
     for (thread_links, _, thread_tally) in kept {
         links.extend(thread_links);
         tally.merge(thread_tally);
     }
     let comparing = started.elapsed();
 
-    let people = cluster(&organisations, &nhs, known, &mut links);
-    let quality = tally.quality(&organisations, &nhs, &people, &links);
-    let nhs_conflicts = nhs_conflicts(&filters, &organisations, &nhs, &model);
+    let people = cluster(organisations, nhs, known, &entities.tiebreaks, &mut links);
+    let quality = match dirty {
+        Some(_) => Vec::new(),
+        None => tally.quality(organisations, nhs, &people, &links),
+    };
+    let nhs_conflicts = nhs_conflicts(filters, organisations, nhs, &model);
     LinkResult {
         people,
         links,
@@ -888,24 +923,38 @@ mod tests {
     use crate::{Encoder, Identity};
     use joinery_crypto::keys::SecretKey;
 
+    const FAMILIES: [&str; 10] = [
+        "SMITH", "KHAN", "HALL", "JONES", "PATEL", "WOOD", "EVANS", "GREEN", "HILL", "MOORE",
+    ];
+
     /// Two organisations' records of 2,000 people from a few dozen names, so
     /// blocks hold look-alikes; the second copy sometimes has a typo.
     fn entities(params: &LinkageParams) -> Vec<Entity> {
+        look_alikes(params, 2000, &FAMILIES, 12)
+    }
+
+    /// Two organisations' records of `people` people with given names from
+    /// a list of ten, family names from `families`, born in the first of
+    /// `years` years from 2008; the second copy sometimes has a typo, and
+    /// every third person has an NHS pseudonym in both.
+    fn look_alikes(
+        params: &LinkageParams,
+        people: usize,
+        families: &[&str],
+        years: usize,
+    ) -> Vec<Entity> {
         let encoder = Encoder::new(&SecretKey::from_bytes([3; 32]), params).unwrap();
         let given = [
             "AVA", "MIA", "LEO", "NOAH", "ISLA", "OSCAR", "GRACE", "HARRY", "FREYA", "JACK",
         ];
-        let family = [
-            "SMITH", "KHAN", "HALL", "JONES", "PATEL", "WOOD", "EVANS", "GREEN", "HILL", "MOORE",
-        ];
         let mut sequence = Sequence::new(0x1234_5678);
         let mut next = |n: usize| sequence.below(n);
         let mut out = Vec::new();
-        for person in 0..2000 {
-            let (g, f) = (given[next(10)], family[next(10)]);
+        for person in 0..people {
+            let (g, f) = (given[next(10)], families[next(families.len())]);
             let dob = format!(
                 "20{:02}-{:02}-{:02}",
-                8 + next(12),
+                8 + next(years),
                 1 + next(12),
                 1 + next(28)
             );
@@ -922,9 +971,11 @@ mod tests {
                     .with("date_of_birth", Some(&dob))
                     .with("sex", Some("female"))
                     .with("postcode", Some(&postcode));
+                let mut nhs = [0; 32];
+                nhs[..8].copy_from_slice(&(person as u64).to_le_bytes());
                 out.push(Entity {
                     organisation,
-                    nhs: None,
+                    nhs: (person % 3 == 0).then_some(nhs),
                     encoding: encoder.encode(&identity),
                 });
             }
@@ -932,19 +983,103 @@ mod tests {
         out
     }
 
+    /// Links as pairs of tiebreaks, and people as sets of tiebreaks: what
+    /// a run decided, whatever order its entities were numbered in.
+    fn decided(entities: &Entities, result: &LinkResult) -> (Vec<(u64, u64)>, Vec<Vec<u64>>) {
+        let tb = &entities.tiebreaks;
+        let mut links: Vec<(u64, u64)> = result
+            .links
+            .iter()
+            .map(|l| {
+                let (a, b) = (tb[l.a as usize], tb[l.b as usize]);
+                (a.min(b), a.max(b))
+            })
+            .collect();
+        links.sort_unstable();
+        let mut people: HashMap<u32, Vec<u64>> = HashMap::new();
+        for (i, &p) in result.people.iter().enumerate() {
+            people.entry(p).or_default().push(tb[i]);
+        }
+        let mut people: Vec<Vec<u64>> = people.into_values().collect();
+        people.iter_mut().for_each(|p| p.sort_unstable());
+        people.sort_unstable();
+        (links, people)
+    }
+
+    /// Entities arrive in three deliveries, in another order than the full
+    /// run numbers them; each delivery is linked incrementally. After the
+    /// last, the links and people are exactly those of comparing every pair
+    /// under the same model, for ordinary blocks and for one block so large
+    /// it is split (6,000 Harrises born in one year).
+    #[test]
+    fn an_incremental_run_links_exactly_as_comparing_every_pair() {
+        let params = LinkageParams::canonical();
+        for (all, split) in [
+            (entities(&params), false),
+            (look_alikes(&params, 3000, &["HARRIS"], 1), true),
+        ] {
+            let n = all.len();
+            let known = vec![None; n];
+            let full = Entities::numbered(all.clone(), &params);
+            let fitted = link_entities(&full, &params, None, &known, 2, None);
+            let model = fitted.stats.model.clone();
+            assert_eq!(fitted.stats.blocks_split > 0, split);
+            let everything = link_entities(&full, &params, Some(&model), &known, 2, None);
+            assert!(everything.links.len() > 1000, "{}", everything.links.len());
+
+            let mut order: Vec<usize> = (0..n).collect();
+            let mut sequence = Sequence::new(0x51de);
+            for i in (1..n).rev() {
+                order.swap(i, sequence.below(i + 1));
+            }
+            let mut entities = Entities::new(&params);
+            let (mut links, mut compared) = (Vec::new(), 0);
+            let mut result = None;
+            for delivery in order.chunks(n / 3 + 1) {
+                let before = entities.len();
+                for &i in delivery {
+                    entities.push(all[i].clone(), i as u64);
+                }
+                let fresh: Vec<bool> = (0..entities.len()).map(|i| i >= before).collect();
+                let run = link_entities(
+                    &entities,
+                    &params,
+                    Some(&model),
+                    &vec![None; entities.len()],
+                    2,
+                    Some(Earlier {
+                        fresh: &fresh,
+                        links: &links,
+                    }),
+                );
+                compared += run.stats.candidate_pairs;
+                links = run.links.clone();
+                result = Some(run);
+            }
+            let result = result.expect("three deliveries");
+            assert_eq!(
+                decided(&entities, &result),
+                decided(&full, &everything),
+                "split blocks: {split}"
+            );
+            if !split {
+                // Each pair is compared once over the deliveries.
+                assert_eq!(compared, everything.stats.candidate_pairs);
+            }
+        }
+    }
+
     #[test]
     fn stopping_early_keeps_exactly_the_links_a_full_comparison_keeps() {
         let params = LinkageParams::canonical();
-        let entities = entities(&params);
+        let entities = Entities::numbered(entities(&params), &params);
         let known = vec![None; entities.len()];
-        let model = link_with(entities.clone(), &params, None, &known, 1)
+        let model = link_entities(&entities, &params, None, &known, 1, None)
             .stats
             .model;
-        let organisations: Vec<u32> = entities.iter().map(|e| e.organisation).collect();
         let blocks = Blocks::new(&entities, &params);
-        let filters = Filters::new(entities, &params);
         let verdicts = Verdicts::new(params.fields.len(), &model, params.threshold);
-        let pruning = Pruning::new(&model, params.threshold, &filters);
+        let pruning = Pruning::new(&model, params.threshold, &entities.filters);
         let every: Vec<usize> = (0..blocks.blocks.len()).collect();
         // Fitting compares every pair fully; its distinct candidates are
         // those first found.
@@ -952,8 +1087,7 @@ mod tests {
             let (mut links, mut dropped, mut candidates) = (Vec::new(), 0, 0);
             let mut in_rule = InRule::new();
             walk_share(
-                &filters,
-                &organisations,
+                &entities,
                 &blocks,
                 &every,
                 walk,
@@ -974,7 +1108,10 @@ mod tests {
             (links, dropped, candidates)
         };
         let (full, none_dropped, candidates) = kept(Walk::Fitting);
-        let (pruned, dropped, _) = kept(Walk::Linking(&pruning));
+        let (pruned, dropped, _) = kept(Walk::Linking {
+            pruning: &pruning,
+            dirty: None,
+        });
         assert_eq!(none_dropped, 0);
         assert!(full.len() > 1000, "{} links", full.len());
         assert_eq!(pruned, full, "the same links, in the same order");

@@ -5,6 +5,7 @@
 
 use joinery_crypto::keys::SecretKey;
 use joinery_linkage::blocking::{Together, together};
+use joinery_linkage::entities::Entities;
 use joinery_linkage::{Encoder, Entity, Identity, LinkageParams, link};
 
 const GIVEN: &[&str] = &[
@@ -284,7 +285,8 @@ fn a_block_too_large_to_walk_whole_is_split_and_its_pairs_still_link() {
     // Splitting keeps every record of a child beside its other record in
     // some piece: no true pair is left uncompared.
     let pairs: Vec<(usize, usize)> = (0..3000).map(|i| (i, 3000 + i)).collect();
-    let apart = together(&entities, &params, &pairs)
+    let numbered = Entities::numbered(entities.clone(), &params);
+    let apart = together(&numbered, &params, &pairs)
         .into_iter()
         .filter(|t| *t != Together::Compared)
         .count();

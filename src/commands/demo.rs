@@ -231,8 +231,11 @@ impl DemoArgs {
         // 5. Fuzzy linkage: records without an NHS number join the spine.
         let storage = Storage::open(&Storage::sqlite_url(&gateway_dir)).await?;
         let agreements = Agreements::load_dir(&dir.join("agreements"))?;
+        let mut linker = linker::Linker::default();
         for params in agreements.linkage_params() {
-            let report = linker::run(&storage, &params, false).await?;
+            let report = linker
+                .run(&storage, &params, linker::RunMode::Incremental)
+                .await?;
             println!(
                 "5. Linked on encoded names, dates of birth, sex and postcodes: of {} agency records, {} without a shared NHS number were recognised as a child another agency also knows",
                 report.entities, report.moved

@@ -30,12 +30,17 @@ pub enum GatewayCommand {
     },
     /// Link records onto the person spine now (serve also does this on a
     /// schedule, incrementally); `--full` re-links everything with a freshly
-    /// fitted model, as after a change of linkage parameters.
+    /// fitted model, as after a change of linkage parameters;
+    /// `--same-model` compares every pair again under the stored model, a
+    /// check that the incremental runs left the people a full comparison
+    /// makes (it should move nobody).
     Relink {
         #[command(flatten)]
         store: StoreArgs,
-        #[arg(long)]
+        #[arg(long, conflicts_with = "same_model")]
         full: bool,
+        #[arg(long)]
+        same_model: bool,
     },
     /// How sure the fuzzy links are, per pair of organisations: the links
     /// the last full run made, and how many of them its fitted model
@@ -203,7 +208,18 @@ impl GatewayCommand {
         let args = match self {
             Self::Serve(args) => args,
             Self::Retention { store, dry_run } => return retention(store, dry_run).await,
-            Self::Relink { store, full } => return relink(store, full).await,
+            Self::Relink {
+                store,
+                full,
+                same_model,
+            } => {
+                let mode = match (full, same_model) {
+                    (true, _) => linker::RunMode::Refit,
+                    (_, true) => linker::RunMode::SameModel,
+                    _ => linker::RunMode::Incremental,
+                };
+                return relink(store, mode).await;
+            }
             Self::LinkageReport { store } => return linkage_report(store).await,
             Self::Identifiability { store } => return identifiability(store).await,
         };
@@ -278,19 +294,24 @@ async fn retention(store: StoreArgs, dry_run: bool) -> anyhow::Result<ExitCode> 
     Ok(ExitCode::SUCCESS)
 }
 
-async fn relink(store: StoreArgs, full: bool) -> anyhow::Result<ExitCode> {
+async fn relink(store: StoreArgs, mode: linker::RunMode) -> anyhow::Result<ExitCode> {
     let agreements = store.agreements()?;
     let storage = store.storage().await?;
     let all = agreements.linkage_params();
     if all.is_empty() {
         println!("no loaded agreement asks for fuzzy linkage");
     }
+    let mut linker = linker::Linker::default();
     for params in all {
-        let report = linker::run(&storage, &params, full).await?;
+        let report = linker.run(&storage, &params, mode).await?;
         println!(
             "linkage parameters v{}: {} run over {} records' encodings ({} new); {} candidate pairs, {} links; {} person ids moved on the spine",
             report.params_version,
-            if report.full { "full" } else { "incremental" },
+            match (report.full, mode) {
+                (true, _) => "full",
+                (false, linker::RunMode::SameModel) => "same-model",
+                (false, _) => "incremental",
+            },
             report.entities,
             report.pending,
             report.candidate_pairs,

@@ -5,19 +5,52 @@
 use std::collections::HashMap;
 
 use futures::TryStreamExt;
+use joinery_linkage::entities::Entities;
 use joinery_linkage::{Encoding, Entity, LinkageParams};
 use sqlx::{AssertSqlSafe, Row};
 
 use super::{NewBatch, Storage, StorageError, insert_sql, insert_sql_typed, to_i64};
 
 /// What a linkage run reads: every entity as the matcher takes it, and
-/// beside it (same order) what the run writes back.
-#[derive(Debug, Default)]
+/// beside it (same order) what the run writes back. A gateway keeps it
+/// between runs, and an incremental run appends what is new.
 pub struct LinkageEntities {
     /// Organisation codes; an entity's `organisation` is an index here.
     pub organisations: Vec<String>,
-    pub entities: Vec<Entity>,
+    pub entities: Entities,
     pub records: Vec<EntityRecord>,
+}
+
+impl LinkageEntities {
+    pub fn new(params: &LinkageParams) -> Self {
+        Self {
+            organisations: Vec::new(),
+            entities: Entities::new(params),
+            records: Vec::new(),
+        }
+    }
+}
+
+/// A linkage model as stored ([`Storage::linkage_model`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredModel {
+    /// The fitted model (JSON).
+    pub model: String,
+    /// Entities it was fitted on.
+    pub entities: u64,
+    /// Linkage runs saved under its parameters version, by any gateway.
+    pub runs: i64,
+}
+
+/// A full run's fitted model, saved with its links ([`Storage::save_linkage`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FittedModel {
+    /// The model (JSON).
+    pub model: String,
+    /// What it expects of the links it made (JSON, [`crate::linker::PairQuality`]).
+    pub quality: String,
+    /// Entities it was fitted on.
+    pub entities: u64,
 }
 
 /// One organisation's local id as a linkage run writes it back.
@@ -46,10 +79,8 @@ impl EntityRecord {
 pub enum EntityScope {
     /// Every entity (a full re-link).
     All,
-    /// Entities not linked yet, every entity sharing a blocking key or an
-    /// organisation's local id with one, and every entity of the people those
-    /// belong to.
-    PendingAndNeighbours,
+    /// Entities not linked yet (an incremental run holds the rest).
+    Pending,
 }
 
 /// A person id's place on the spine.
@@ -76,25 +107,15 @@ fn score_text(score: Option<f64>) -> Option<String> {
 const ENTITY_COLUMNS: usize = 6;
 const BLOCK_COLUMNS: usize = 5;
 
-const NEIGHBOURHOOD: &str = "\
-WITH pending_keys AS (
-    SELECT DISTINCT b.rule, b.block_key FROM linkage_blocks b
-    JOIN linkage_entities e ON e.person_id = b.person_id
-        AND e.organisation = b.organisation AND e.local_pseudonym = b.local_pseudonym
-    WHERE e.linked = 0 AND e.params_version = $1),
-touched AS (
-    SELECT b.person_id FROM linkage_blocks b
-    JOIN pending_keys k ON k.rule = b.rule AND k.block_key = b.block_key
-    UNION
-    SELECT twin.person_id FROM linkage_entities e
-    JOIN linkage_entities twin ON twin.organisation = e.organisation
-        AND twin.local_pseudonym = e.local_pseudonym
-    WHERE e.linked = 0 AND e.params_version = $1),
-people AS (
-    SELECT DISTINCT s2.person_id FROM person_spine s1
-    JOIN person_spine s2 ON s2.spine_id = s1.spine_id
-    WHERE s1.person_id IN (SELECT person_id FROM touched))
-";
+/// An entity's number for breaking ties between equally strong links
+/// ([`joinery_linkage::cluster`]): from its identity alone, so a run links
+/// alike whatever order it read entities in.
+fn tiebreak(person_id: &str, organisation: &str, local_pseudonym: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    (person_id, organisation, local_pseudonym).hash(&mut hasher);
+    hasher.finish()
+}
 
 /// A fixed-length key or pseudonym from its stored hex.
 fn from_hex<const N: usize>(hex_text: &str) -> Option<[u8; N]> {
@@ -211,22 +232,20 @@ impl Storage {
         Ok(row.map(|r| super::count(&r, "n")).transpose()?.unwrap_or(0) > 0)
     }
 
-    /// The entities a linkage run under `params` reads, streamed from one
-    /// query (each entity's blocking keys joined in, one column per rule)
-    /// straight into the matcher's form, so memory holds each entity once.
-    /// Filters of the wrong length, and keys or NHS pseudonyms that are not
-    /// the expected hex, count as missing.
+    /// Appends the entities a linkage run under `params` reads to `read`,
+    /// streamed from one query (each entity's blocking keys joined in, one
+    /// column per rule) straight into the matcher's form, so memory holds
+    /// each entity once. Filters of the wrong length, and keys or NHS
+    /// pseudonyms that are not the expected hex, count as missing.
     pub async fn linkage_entities(
         &self,
         params: &LinkageParams,
         scope: EntityScope,
-    ) -> Result<LinkageEntities, StorageError> {
-        let (prefix, filter) = match scope {
-            EntityScope::All => ("", ""),
-            EntityScope::PendingAndNeighbours => (
-                NEIGHBOURHOOD,
-                " AND (e.linked = 0 OR e.person_id IN (SELECT person_id FROM people))",
-            ),
+        read: &mut LinkageEntities,
+    ) -> Result<(), StorageError> {
+        let filter = match scope {
+            EntityScope::All => "",
+            EntityScope::Pending => " AND e.linked = 0",
         };
         let rules = params.blocking.len();
         let (mut keys, mut joins) = (String::new(), String::new());
@@ -239,7 +258,7 @@ impl Storage {
             ));
         }
         let sql = format!(
-            "{prefix}SELECT e.person_id, e.organisation, e.local_pseudonym, e.nhs_pseudonym, \
+            "SELECT e.person_id, e.organisation, e.local_pseudonym, e.nhs_pseudonym, \
              e.filters, e.linked, s.spine_id{keys} \
              FROM linkage_entities e LEFT JOIN person_spine s ON s.person_id = e.person_id{joins} \
              WHERE e.params_version = $1{filter} \
@@ -247,15 +266,19 @@ impl Storage {
         );
         let filter_bytes = params.words() * 8;
         let key_columns: Vec<String> = (0..rules).map(|rule| format!("block{rule}")).collect();
-        let mut read = LinkageEntities::default();
-        let mut organisations: HashMap<String, u32> = HashMap::new();
+        let mut organisations: HashMap<String, u32> = read
+            .organisations
+            .iter()
+            .enumerate()
+            .map(|(i, o)| (o.clone(), i as u32))
+            .collect();
         let mut rows = sqlx::query(AssertSqlSafe(sql))
             .bind(i64::from(params.version))
             .fetch(&self.pool);
         while let Some(row) = rows.try_next().await? {
-            let organisation: String = row.try_get("organisation")?;
+            let code: String = row.try_get("organisation")?;
             let next = organisations.len() as u32;
-            let organisation = *organisations.entry(organisation).or_insert_with_key(|o| {
+            let organisation = *organisations.entry(code.clone()).or_insert_with_key(|o| {
                 read.organisations.push(o.clone());
                 next
             });
@@ -273,33 +296,45 @@ impl Storage {
                 .collect::<Result<_, sqlx::Error>>()?;
             let nhs: Option<String> = row.try_get("nhs_pseudonym")?;
             let has_nhs = nhs.is_some();
-            read.entities.push(Entity {
-                organisation,
-                nhs: nhs.as_deref().and_then(from_hex),
-                encoding: Encoding { filters, blocks },
-            });
             let person_id: String = row.try_get("person_id")?;
+            let local_pseudonym: String = row.try_get("local_pseudonym")?;
+            let tiebreak = tiebreak(&person_id, &code, &local_pseudonym);
+            read.entities.push(
+                Entity {
+                    organisation,
+                    nhs: nhs.as_deref().and_then(from_hex),
+                    encoding: Encoding { filters, blocks },
+                },
+                tiebreak,
+            );
             let spine_id: Option<String> = row.try_get("spine_id")?;
             let linked: i64 = row.try_get("linked")?;
             read.records.push(EntityRecord {
                 joined_to: spine_id.filter(|s| *s != person_id),
                 person_id,
                 organisation,
-                local_pseudonym: row.try_get("local_pseudonym")?,
+                local_pseudonym,
                 has_nhs,
                 linked: linked != 0,
             });
         }
-        Ok(read)
+        Ok(())
     }
 
-    /// Records a linkage run in one transaction: new spine places, and the
-    /// entities it linked marked as linked.
+    /// Records a linkage run under parameters `version` in one transaction:
+    /// a full run's fitted model, new spine places, and the entities it
+    /// linked marked as linked. The version's run count moves on by one
+    /// and is returned. A run that built on what it read (`expected`: the
+    /// count it started from) is refused with
+    /// [`StorageError::LinkageMovedOn`] when another run saved meanwhile.
     pub async fn save_linkage(
         &self,
+        version: u32,
+        fitted: Option<&FittedModel>,
+        expected: Option<i64>,
         assignments: &[SpineAssignment],
         linked: &[(&str, &str, &str)],
-    ) -> Result<(), StorageError> {
+    ) -> Result<i64, StorageError> {
         let _writing = match &self.write_lock {
             Some(lock) => Some(lock.lock().await),
             None => None,
@@ -307,6 +342,33 @@ impl Storage {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let per_statement = self.backend.parameters_per_statement();
         let mut tx = self.pool.begin().await?;
+        if let Some(fitted) = fitted {
+            sqlx::query(
+                "INSERT INTO linkage_models (params_version, model, quality, entities, fitted_at) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (params_version) DO UPDATE SET \
+                 model = excluded.model, quality = excluded.quality, \
+                 entities = excluded.entities, fitted_at = excluded.fitted_at",
+            )
+            .bind(i64::from(version))
+            .bind(&fitted.model)
+            .bind(&fitted.quality)
+            .bind(to_i64(fitted.entities))
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let moved_on = sqlx::query(
+            "UPDATE linkage_models SET runs = runs + 1 \
+             WHERE params_version = $1 AND ($2 < 0 OR runs = $2) RETURNING runs",
+        )
+        .bind(i64::from(version))
+        .bind(expected.unwrap_or(-1))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = moved_on else {
+            return Err(StorageError::LinkageMovedOn);
+        };
+        let runs: i64 = row.try_get("runs")?;
         for chunk in assignments.chunks(per_statement / SPINE_COLUMNS) {
             let sql = insert_sql_typed(
                 "INSERT INTO person_spine (person_id, spine_id, method, score, linked_at) VALUES ",
@@ -348,44 +410,26 @@ impl Storage {
         }
         super::bump_generation(&mut tx).await?;
         tx.commit().await?;
-        Ok(())
+        Ok(runs)
     }
 
-    /// The model fitted for parameters `version` (JSON), if any, with the
-    /// number of entities it was fitted on.
-    pub async fn linkage_model(&self, version: u32) -> Result<Option<(String, u64)>, StorageError> {
-        let row =
-            sqlx::query("SELECT model, entities FROM linkage_models WHERE params_version = $1")
-                .bind(i64::from(version))
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(row
-            .map(|r| Ok::<_, sqlx::Error>((r.try_get("model")?, super::count(&r, "entities")?)))
-            .transpose()?)
-    }
-
-    /// Saves the model fitted under parameters `version` on `entities`, and
-    /// what it expects of the links it made (JSON, [`crate::linker::PairQuality`]).
-    pub async fn save_linkage_model(
-        &self,
-        version: u32,
-        model: &str,
-        quality: &str,
-        entities: u64,
-    ) -> Result<(), StorageError> {
-        sqlx::query(
-            "INSERT INTO linkage_models (params_version, model, quality, entities, fitted_at) VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (params_version) DO UPDATE SET model = excluded.model, quality = excluded.quality, \
-             entities = excluded.entities, fitted_at = excluded.fitted_at",
+    /// The model fitted for parameters `version`, if any.
+    pub async fn linkage_model(&self, version: u32) -> Result<Option<StoredModel>, StorageError> {
+        let row = sqlx::query(
+            "SELECT model, entities, runs FROM linkage_models WHERE params_version = $1",
         )
         .bind(i64::from(version))
-        .bind(model)
-        .bind(quality)
-        .bind(to_i64(entities))
-        .bind(time::OffsetDateTime::now_utc().unix_timestamp())
-        .execute(&self.pool)
+        .fetch_optional(&self.pool)
         .await?;
-        Ok(())
+        Ok(row
+            .map(|r| {
+                Ok::<_, sqlx::Error>(StoredModel {
+                    model: r.try_get("model")?,
+                    entities: super::count(&r, "entities")?,
+                    runs: r.try_get("runs")?,
+                })
+            })
+            .transpose()?)
     }
 
     /// Per parameter version (in order): the quality estimate of its last

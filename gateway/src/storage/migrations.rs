@@ -76,6 +76,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0011_linkage_quality.sql"),
         include_str!("../../migrations/postgres/0011_linkage_quality.sql"),
     ),
+    (
+        12,
+        "linkage_runs",
+        include_str!("../../migrations/sqlite/0012_linkage_runs.sql"),
+        include_str!("../../migrations/postgres/0012_linkage_runs.sql"),
+    ),
 ];
 
 pub(super) fn for_backend(backend: Backend) -> Migrator {

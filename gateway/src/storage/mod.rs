@@ -15,7 +15,10 @@ mod releases;
 
 pub use releases::{NewRelease, Recorded};
 
-pub use linkage::{EntityRecord, EntityScope, LinkageEntities, LinkageStatus, SpineAssignment};
+pub use linkage::{
+    EntityRecord, EntityScope, FittedModel, LinkageEntities, LinkageStatus, SpineAssignment,
+    StoredModel,
+};
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -48,6 +51,10 @@ pub enum StorageError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("database error: {0}")]
     Query(#[from] sqlx::Error),
+    #[error(
+        "another linkage run was saved while this one ran: this one is dropped, and the next starts from what is stored"
+    )]
+    LinkageMovedOn,
 }
 
 /// Which engine is behind the pool.

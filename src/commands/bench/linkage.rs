@@ -24,6 +24,8 @@ use joinery_agent::source::csv::CsvSource;
 use joinery_crypto::keys::SecretKey;
 use joinery_crypto::pseudonym::Pseudonymiser;
 use joinery_linkage::blocking::{MAX_BLOCK, Together, together};
+use joinery_linkage::entities::Entities;
+use joinery_linkage::matcher::{Earlier, LinkResult, link_entities};
 use joinery_linkage::{Encoder, Entity, Identity, LinkageParams};
 
 use super::peak_rss_kib;
@@ -57,6 +59,11 @@ pub struct LinkageArgs {
     /// in `--data`].
     #[arg(long, value_delimiter = ',')]
     datasets: Vec<String>,
+    /// Also time an incremental run: the records but the last N linked under
+    /// the fitted model, then the last N as one delivery; the bench fails
+    /// unless the people equal those of comparing every pair.
+    #[arg(long)]
+    incremental: Option<usize>,
 }
 
 /// One record: its dataset (by number) and local id.
@@ -132,6 +139,9 @@ pub async fn run(args: LinkageArgs) -> anyhow::Result<ExitCode> {
         .map(|&p| split(p))
         .filter(|&(a, b)| a < records && b < records)
         .collect();
+    // A copy for the incremental run, which links them again in two parts.
+    let held = args.incremental.map(|_| entities.clone());
+    let entities = Entities::numbered(entities, &params);
     let (never_compared, compared_true_pairs) = {
         let found = together(&entities, &params, &encoded_pairs);
         let compared: Vec<(usize, usize)> = encoded_pairs
@@ -142,15 +152,20 @@ pub async fn run(args: LinkageArgs) -> anyhow::Result<ExitCode> {
             .collect();
         (NeverCompared::of(found), compared)
     };
-    let organisations: Vec<u32> = entities.iter().map(|e| e.organisation).collect();
-    let has_nhs: Vec<bool> = entities.iter().map(|e| e.nhs.is_some()).collect();
+    let organisations: Vec<u32> = entities.organisations().to_vec();
+    let has_nhs: Vec<bool> = entities.nhs().iter().map(Option::is_some).collect();
 
     // Gateway side: match and cluster.
     let started = Instant::now();
     let known = vec![None; records];
-    let result = joinery_linkage::matcher::link_with(entities, &params, None, &known, threads);
+    let result = link_entities(&entities, &params, None, &known, threads, None);
     let linking = started.elapsed();
     let peak_after_linking = peak_rss_kib(std::process::id());
+    let incremental = match (args.incremental, held) {
+        (Some(n), Some(held)) => Some(incremental(held, n, &params, &result, threads)?),
+        _ => None,
+    };
+    drop(entities);
 
     // Score the predicted pairs against every true pair between these
     // extracts.
@@ -254,6 +269,17 @@ pub async fn run(args: LinkageArgs) -> anyhow::Result<ExitCode> {
         })
         .collect();
     println!("model (agree/disagree weights): {}", weights.join(", "));
+    if let Some(run) = incremental {
+        println!(
+            "incremental: {} new records onto {} linked: {:.2} s ({} candidate pairs), against {:.2} s comparing every pair of those {} under the same model; people identical to comparing every pair",
+            run.new,
+            records - run.new,
+            run.seconds,
+            run.candidate_pairs,
+            run.base_seconds,
+            records - run.new,
+        );
+    }
     println!(
         "accuracy: predicted pairs {}, true pairs {}, precision {precision:.4}, recall {recall:.4}, F1 {f1:.4}",
         predicted.len(),
@@ -697,6 +723,78 @@ impl Truth {
         }
         (linked, pairs)
     }
+}
+
+/// What the incremental run measured.
+struct Incremental {
+    new: usize,
+    seconds: f64,
+    candidate_pairs: u64,
+    /// Linking the records before the delivery, comparing every pair.
+    base_seconds: f64,
+}
+
+/// Links all but the last `new` of `all` under `full`'s model, then the
+/// last `new` incrementally, and checks the people equal `full`'s.
+fn incremental(
+    all: Vec<Entity>,
+    new: usize,
+    params: &LinkageParams,
+    full: &LinkResult,
+    threads: usize,
+) -> anyhow::Result<Incremental> {
+    let records = all.len();
+    let before = records.saturating_sub(new);
+    let model = &full.stats.model;
+    let mut entities = Entities::new(params);
+    let mut all = all.into_iter();
+    for (i, e) in all.by_ref().take(before).enumerate() {
+        entities.push(e, i as u64);
+    }
+    let started = Instant::now();
+    let base = link_entities(
+        &entities,
+        params,
+        Some(model),
+        &vec![None; before],
+        threads,
+        None,
+    );
+    let base_seconds = started.elapsed().as_secs_f64();
+    for (i, e) in all.enumerate() {
+        entities.push(e, (before + i) as u64);
+    }
+    let fresh: Vec<bool> = (0..records).map(|i| i >= before).collect();
+    let started = Instant::now();
+    let run = link_entities(
+        &entities,
+        params,
+        Some(model),
+        &vec![None; records],
+        threads,
+        Some(Earlier {
+            fresh: &fresh,
+            links: &base.links,
+        }),
+    );
+    let seconds = started.elapsed().as_secs_f64();
+    if run.people != full.people {
+        let differ = run
+            .people
+            .iter()
+            .zip(&full.people)
+            .filter(|(a, b)| a != b)
+            .count();
+        bail!(
+            "the incremental run put {differ} records with other people than comparing every pair"
+        );
+    }
+    Ok(Incremental {
+        new: records - before,
+        seconds,
+        candidate_pairs: run.stats.candidate_pairs,
+        base_seconds,
+    })
 }
 
 #[cfg(test)]
