@@ -9,7 +9,10 @@
 //! ([`bloom`]), only within blocks that share a key ([`blocking`], which
 //! splits a block too large to walk whole) ([`matcher`]), weighs the
 //! evidence of each field with a Fellegi–Sunter model whose m and u
-//! probabilities are estimated by EM ([`score`]), and groups records into
+//! probabilities are estimated by EM ([`score`]) — over entities held flat
+//! ([`entities`]), which a gateway keeps so that a later run compares only
+//! the pairs new entities change, with the result of comparing them all —
+//! and groups records into
 //! people without ever joining two records with different NHS pseudonyms or
 //! two records of one organisation ([`cluster`]). The gateway moves each
 //! stored filter's bits by a permutation under its own key ([`permute`]), so
