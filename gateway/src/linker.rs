@@ -151,7 +151,13 @@ impl Linker {
         params: &LinkageParams,
         mode: RunMode,
     ) -> Result<LinkReport, StorageError> {
-        let outcome = self.link(storage, params, mode).await;
+        let mut outcome = self.link(storage, params, mode).await;
+        if let Err(StorageError::LinkageMovedOn) = outcome {
+            // Another run (a `relink` beside the serving gateways) saved
+            // first: start again from what is stored, once.
+            self.kept.remove(&params.version);
+            outcome = self.link(storage, params, mode).await;
+        }
         if outcome.is_err() {
             self.kept.remove(&params.version);
             crate::metrics::linkage_failed();

@@ -13,7 +13,6 @@
 
 use std::collections::HashMap;
 
-use crate::encode::{Encoding, Pseudonym};
 use crate::entities::{Entities, Filters};
 use crate::params::{LinkageParams, Take};
 
@@ -27,14 +26,6 @@ pub const BANDS: usize = 6;
 /// MinHash levels a piece may be cut by before what remains (records
 /// alike in every level) is cut into runs of [`MAX_BLOCK`].
 const MAX_DEPTH: u64 = 4;
-
-/// One record to link: one organisation's one local id.
-#[derive(Debug, Clone)]
-pub struct Entity {
-    pub organisation: u32,
-    pub nhs: Option<Pseudonym>,
-    pub encoding: Encoding,
-}
 
 /// One block to walk: a rule's (or a band of a split block's) members, by
 /// organisation then entity order.
@@ -342,6 +333,7 @@ pub(crate) fn mix(a: u64, b: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::entities::Entity;
     use crate::sequence::Sequence;
     use crate::{Encoder, Identity};
     use joinery_crypto::keys::SecretKey;

@@ -5,11 +5,18 @@
 //! appends what is new ([`Entities::push`]), so a run never re-reads what
 //! it already holds.
 
-use crate::blocking::Entity;
 use crate::bloom;
-use crate::encode::Pseudonym;
+use crate::encode::{Encoding, Pseudonym};
 use crate::params::LinkageParams;
 use crate::score::StandIn;
+
+/// One record to link: one organisation's one local id.
+#[derive(Debug, Clone)]
+pub struct Entity {
+    pub organisation: u32,
+    pub nhs: Option<Pseudonym>,
+    pub encoding: Encoding,
+}
 
 /// Every entity of a run, in the order pushed (an entity's index is its
 /// place here).

@@ -45,7 +45,7 @@ pub mod score;
 pub mod sequence;
 pub mod soundex;
 
-pub use blocking::Entity;
 pub use encode::{Encoder, Encoding, Identity};
+pub use entities::Entity;
 pub use matcher::{LinkResult, link};
 pub use params::LinkageParams;

@@ -22,11 +22,11 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::blocking::{Blocks, Entity};
+use crate::blocking::Blocks;
 use crate::bloom::{self, Kernel, KernelTask, Scalar};
 use crate::cluster::{Link, cluster};
 use crate::encode::Pseudonym;
-use crate::entities::{Entities, Filters};
+use crate::entities::{Entities, Entity, Filters};
 use crate::params::{LinkageParams, Take};
 use crate::quality::{self, PairQuality, Tally};
 use crate::score::{LEVELS, MISSING, Model, Pattern, RuleCandidates, level};

@@ -16,8 +16,8 @@ pub struct Person {
     pub birth_month: Option<Text>,
     /// `female`, `male`, `indeterminate` or `unknown`; the first recorded.
     pub sex: Option<Text>,
-    pub organisations: BTreeSet<Text>,
-    pub datasets: BTreeSet<Text>,
+    pub organisations: TextSet,
+    pub datasets: TextSet,
     /// Record attributes (ethnicity, disability, …): the first record's
     /// value of each.
     pub attributes: Arc<BTreeMap<Text, Text>>,
@@ -28,6 +28,61 @@ pub struct Person {
 /// Shared text: event types, datasets and attribute values repeat across
 /// millions of events, so each distinct one is held once ([`Interner`]).
 pub type Text = Arc<str>;
+
+/// A few texts in order, each once: a person's organisations or datasets.
+/// A sorted slice, not a tree: a person has a handful, and millions of
+/// people are held ([`Person`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TextSet(Box<[Text]>);
+
+impl TextSet {
+    /// Adds `text`; false when it was there already.
+    pub fn insert(&mut self, text: Text) -> bool {
+        match self.0.binary_search(&text) {
+            Ok(_) => false,
+            Err(at) => {
+                let mut texts = std::mem::take(&mut self.0).into_vec();
+                texts.insert(at, text);
+                self.0 = texts.into_boxed_slice();
+                true
+            }
+        }
+    }
+
+    pub fn contains(&self, text: &str) -> bool {
+        self.0.binary_search_by(|t| (**t).cmp(text)).is_ok()
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, Text> {
+        self.0.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl FromIterator<Text> for TextSet {
+    fn from_iter<I: IntoIterator<Item = Text>>(texts: I) -> Self {
+        let mut texts: Vec<Text> = texts.into_iter().collect();
+        texts.sort_unstable();
+        texts.dedup();
+        Self(texts.into_boxed_slice())
+    }
+}
+
+impl<'a> IntoIterator for &'a TextSet {
+    type Item = &'a Text;
+    type IntoIter = std::slice::Iter<'a, Text>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct PersonEvent {
@@ -112,7 +167,7 @@ impl Person {
         datasets: &BTreeSet<&str>,
         organisations: &BTreeSet<&str>,
     ) -> Option<Self> {
-        let datasets_in: BTreeSet<Text> = self
+        let datasets_in: TextSet = self
             .datasets
             .iter()
             .filter(|d| datasets.contains(&***d))
@@ -170,5 +225,25 @@ impl Person {
             age -= 1;
         }
         u32::try_from(age).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_text_set_holds_each_text_once_in_order() {
+        let mut set = TextSet::default();
+        for text in ["RY9", "E08000099", "RX9", "RY9"] {
+            set.insert(text.into());
+        }
+        let held: Vec<&str> = set.iter().map(|t| &**t).collect();
+        assert_eq!(held, ["E08000099", "RX9", "RY9"]);
+        assert!(!set.insert("RX9".into()), "already held");
+        assert!(set.contains("RX9") && !set.contains("RX"));
+        let collected: TextSet = ["b", "a", "b"].into_iter().map(Text::from).collect();
+        assert_eq!(collected.len(), 2);
+        assert_eq!(collected, ["a", "b"].into_iter().map(Text::from).collect());
     }
 }
