@@ -83,12 +83,32 @@ fn bench_linkage(args: &[&str]) -> Figures {
 #[test]
 fn synthetic_population_links_with_f1_of_at_least_0_98() {
     let d = Deployment::new();
-    let synth = d.synth(3000, 41);
+    // A fixed population (its dates do not move with today's) under a
+    // fixed key (below): the figures repeat exactly, so the bounds are not
+    // met by luck on one run and missed on the next.
+    let synth = d.path("synth");
+    joinery_ok(&[
+        "synth",
+        "--out",
+        synth.to_str().unwrap(),
+        "--children",
+        "3000",
+        "--seed",
+        "41",
+        "--reference-date",
+        "2026-12-01",
+    ]);
     let data = synth.to_str().unwrap();
     let truth = synth.join("ground_truth.csv");
     let truth = truth.to_str().unwrap();
     let pairs = d.path("pairs.csv");
-    let key = d.path("linkage.key");
+    let key = d.path("fixed-linkage.key");
+    std::fs::write(&key, "5a".repeat(32)).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
     let args = |extra: &[&str]| -> Vec<String> {
         let key = key.to_str().unwrap();
         let common = [
@@ -114,9 +134,10 @@ fn synthetic_population_links_with_f1_of_at_least_0_98() {
         with_nhs.f1_sent
     );
     // Children of one household without NHS numbers meet the same odds as
-    // below (a new key each run): seen once in CI, 1 of 43 twin pairs.
+    // below: under random keys CI once saw 1 of 43 twin pairs joined; this
+    // population under this key joins none.
     assert!(
-        with_nhs.household <= 1,
+        with_nhs.household == 0,
         "{} twins or siblings joined",
         with_nhs.household
     );
@@ -128,11 +149,12 @@ fn synthetic_population_links_with_f1_of_at_least_0_98() {
     // the rarest sibling look-alike (same initial, same birth year, the
     // given names a few letters alike): at 100,000 children about 20 wrong
     // links within households in 100,000 pairs (`joinery-bench linkage`),
-    // so here, with a new key each run, now and then one.
+    // so now and then one (under random keys: none in half of 12 runs, one
+    // in the rest); this population under this key joins none.
     let fuzzy_only = bench(&["--fuzzy-only"]);
     assert!(fuzzy_only.f1 >= 0.98, "F1 {}", fuzzy_only.f1);
     assert!(
-        fuzzy_only.household <= 1,
+        fuzzy_only.household == 0,
         "{} twins or siblings joined",
         fuzzy_only.household
     );
