@@ -213,11 +213,14 @@ impl Storage {
                     // WAL for concurrent readers; FULL so a commit (and so an
                     // ack) survives power loss; wait rather than fail on a
                     // busy writer lock; once checkpointed, cut the WAL file
-                    // back to 64 MiB (a linkage run's writes grow it far past).
+                    // back to 64 MiB (a linkage run's writes grow it far
+                    // past); checkpoint every 64 MiB of WAL rather than 4, so
+                    // a page several batches dirty is copied back once (ingest
+                    // 4,900 -> 5,400 records/s, docs/scaling.md).
                     sqlx::raw_sql(
                         "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
                          PRAGMA busy_timeout = 30000; PRAGMA cache_size = -65536; \
-                         PRAGMA journal_size_limit = 67108864;",
+                         PRAGMA journal_size_limit = 67108864; PRAGMA wal_autocheckpoint = 16384;",
                     )
                     .execute(conn)
                     .await?;
