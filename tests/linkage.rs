@@ -268,11 +268,35 @@ fn deliver(
     extract: &std::path::Path,
     mapping: &std::path::Path,
 ) {
-    let gateway = d.start_gateway(database, &[]);
+    // Its own linker never runs meanwhile (its first tick finds nothing
+    // new): the tests link when they choose.
+    let gateway = d.start_gateway(database, &["--linkage-interval-secs", "3600"]);
     let config = d.agent_config(org, &gateway.address, extract, mapping);
     let (code, stdout, stderr) = finish(d.spawn_agent(&config));
     assert!(code == 0 || code == 3, "{stdout}\n{stderr}");
     assert!(gateway.stop().success());
+}
+
+/// `extract` cut into parts at each of `cuts` (percent of its rows), each
+/// part with the header row.
+fn parts(d: &Deployment, extract: &std::path::Path, cuts: &[usize]) -> Vec<std::path::PathBuf> {
+    let text = std::fs::read_to_string(extract).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let rows = lines.len() - 1;
+    let mut bounds: Vec<usize> = cuts.iter().map(|c| 1 + rows * c / 100).collect();
+    bounds.insert(0, 1);
+    bounds.push(lines.len());
+    let name = extract.file_stem().unwrap().to_str().unwrap();
+    bounds
+        .windows(2)
+        .enumerate()
+        .map(|(k, w)| {
+            let path = d.path(&format!("{name}-{k}.csv"));
+            let body = [&lines[..1], &lines[w[0]..w[1]]].concat();
+            std::fs::write(&path, body.join("\n") + "\n").unwrap();
+            path
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -296,24 +320,15 @@ async fn incremental_linking(database: Option<&str>) {
     let extract = |dataset: &str| synth.join(format!("extracts/{dataset}.csv"));
 
     // The council's extract arrives in two parts.
-    let council = std::fs::read_to_string(extract("csc_referrals")).unwrap();
-    let lines: Vec<&str> = council.lines().collect();
-    let cut = lines.len() * 7 / 10;
-    let first = d.path("council-1.csv");
-    let second = d.path("council-2.csv");
-    std::fs::write(&first, lines[..cut].join("\n") + "\n").unwrap();
-    std::fs::write(
-        &second,
-        [&lines[..1], &lines[cut..]].concat().join("\n") + "\n",
-    )
-    .unwrap();
+    let council = parts(&d, &extract("csc_referrals"), &[70]);
+    let (first, second) = (&council[0], &council[1]);
 
     let quality = d.on_store(&["gateway", "linkage-report"], database);
     assert!(quality.contains("no linkage run yet"), "{quality}");
     for (org, dataset) in [(CAMHS, "camhs_referrals"), (SALT, "salt_contacts")] {
         deliver(&d, database, org, &extract(dataset), &mapping(dataset));
     }
-    deliver(&d, database, COUNCIL, &first, &mapping("csc_referrals"));
+    deliver(&d, database, COUNCIL, first, &mapping("csc_referrals"));
     // Each gateway gave the linker's lease back as it stopped, so the next
     // one links at once.
     {
@@ -374,7 +389,7 @@ async fn incremental_linking(database: Option<&str>) {
     );
 
     // The rest of the council's records: linked incrementally.
-    deliver(&d, database, COUNCIL, &second, &mapping("csc_referrals"));
+    deliver(&d, database, COUNCIL, second, &mapping("csc_referrals"));
     let report = relink(&d, database, false);
     assert!(report.contains("incremental run"), "{report}");
     assert!(!report.contains("(0 new)"), "{report}");
@@ -428,35 +443,12 @@ async fn deliveries_linked_incrementally(database: Option<&str>) {
     let synth = d.synth(600, 43);
     let mapping = |dataset: &str| synth.join(format!("mappings/{dataset}.yaml"));
     let extract = |dataset: &str| synth.join(format!("extracts/{dataset}.csv"));
-    // The council's and CAMHS's extracts each arrive in parts.
-    let parts = |dataset: &str, cuts: &[usize]| -> Vec<std::path::PathBuf> {
-        let text = std::fs::read_to_string(extract(dataset)).unwrap();
-        let lines: Vec<&str> = text.lines().collect();
-        let rows = lines.len() - 1;
-        let mut bounds: Vec<usize> = cuts.iter().map(|c| 1 + rows * c / 100).collect();
-        bounds.insert(0, 1);
-        bounds.push(lines.len());
-        bounds
-            .windows(2)
-            .enumerate()
-            .map(|(k, w)| {
-                let path = d.path(&format!("{dataset}-{k}.csv"));
-                let body = [&lines[..1], &lines[w[0]..w[1]]].concat();
-                std::fs::write(&path, body.join("\n") + "\n").unwrap();
-                path
-            })
-            .collect()
-    };
-    let council = parts("csc_referrals", &[60, 80]);
-    let camhs = parts("camhs_referrals", &[70]);
-    let salt = parts("salt_contacts", &[85]);
-    // Its own linker never runs meanwhile (its first tick finds nothing new).
-    let deliver = |org: &str, extract: &std::path::Path, dataset: &str| {
-        let gateway = d.start_gateway(database, &["--linkage-interval-secs", "3600"]);
-        let config = d.agent_config(org, &gateway.address, extract, &mapping(dataset));
-        let (code, stdout, stderr) = finish(d.spawn_agent(&config));
-        assert!(code == 0 || code == 3, "{stdout}\n{stderr}");
-        assert!(gateway.stop().success());
+    // The council's, CAMHS's and SALT's extracts each arrive in parts.
+    let council = parts(&d, &extract("csc_referrals"), &[60, 80]);
+    let camhs = parts(&d, &extract("camhs_referrals"), &[70]);
+    let salt = parts(&d, &extract("salt_contacts"), &[85]);
+    let arrive = |org: &str, part: &std::path::Path, dataset: &str| {
+        deliver(&d, database, org, part, &mapping(dataset));
     };
     let url = database.map_or_else(|| d.sqlite_url(), str::to_owned);
     let storage = joinery_gateway::storage::Storage::open(&url).await.unwrap();
@@ -464,9 +456,9 @@ async fn deliveries_linked_incrementally(database: Option<&str>) {
         joinery_gateway::agreements::Agreements::load_dir(&d.agreements_dir()).unwrap();
     let params = agreements.linkage_params().remove(0);
 
-    deliver(SALT, &salt[0], "salt_contacts");
-    deliver(COUNCIL, &council[0], "csc_referrals");
-    deliver(CAMHS, &camhs[0], "camhs_referrals");
+    arrive(SALT, &salt[0], "salt_contacts");
+    arrive(COUNCIL, &council[0], "csc_referrals");
+    arrive(CAMHS, &camhs[0], "camhs_referrals");
     let mut linker = Linker::default();
     let first = linker.run(&storage, &params, RunMode::Refit).await.unwrap();
     assert!(first.full && first.links > 0, "{first:?}");
@@ -475,7 +467,7 @@ async fn deliveries_linked_incrementally(database: Option<&str>) {
         (CAMHS, &camhs[1], "camhs_referrals"),
         (COUNCIL, &council[2], "csc_referrals"),
     ] {
-        deliver(org, part, dataset);
+        arrive(org, part, dataset);
         let run = linker
             .run(&storage, &params, RunMode::Incremental)
             .await
@@ -500,7 +492,7 @@ async fn deliveries_linked_incrementally(database: Option<&str>) {
 
     // Another linker saved a run (the check): what this one kept is no
     // longer trusted, so it reads everything again.
-    deliver(SALT, &salt[1], "salt_contacts");
+    arrive(SALT, &salt[1], "salt_contacts");
     let again = linker
         .run(&storage, &params, RunMode::Incremental)
         .await

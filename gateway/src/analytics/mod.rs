@@ -16,6 +16,7 @@ pub mod library;
 pub mod model;
 pub mod population;
 pub mod shared;
+pub mod symbol;
 pub mod table;
 
 pub use cohort::matches;

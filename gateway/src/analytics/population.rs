@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use time::{Date, Month};
 
+use super::symbol::Symbol;
+
 /// One person on the spine, as analytics sees them.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Person {
@@ -119,10 +121,11 @@ impl<'a> IntoIterator for &'a TextSet {
     }
 }
 
+/// 16 bytes: two symbols, a date and a shared attribute set.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PersonEvent {
-    pub event_type: Text,
-    pub dataset: Text,
+    pub event_type: Symbol,
+    pub dataset: Symbol,
     pub date: Date,
     /// Shared by every event with the same attributes.
     pub attributes: Arc<BTreeMap<Text, Text>>,

@@ -55,6 +55,8 @@ pub enum StorageError {
         "another linkage run was saved while this one ran: this one is dropped, and the next starts from what is stored"
     )]
     LinkageMovedOn,
+    #[error("the population cannot be loaded for analytics: {0}")]
+    Symbols(#[from] crate::analytics::symbol::TooManySymbols),
 }
 
 /// Which engine is behind the pool.

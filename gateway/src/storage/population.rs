@@ -8,7 +8,8 @@ use futures::TryStreamExt;
 use sqlx::Row;
 
 use super::{Storage, StorageError};
-use crate::analytics::{Interner, Person, PersonEvent, Text};
+use crate::analytics::symbol::Symbol;
+use crate::analytics::{Interner, Person, PersonEvent};
 use crate::identifiability::Sighting;
 
 impl Storage {
@@ -70,13 +71,13 @@ impl Storage {
             key.push_str(batch);
         };
         let mut key = String::new();
-        let mut datasets: HashMap<String, Text> = HashMap::new();
+        let mut datasets: HashMap<String, Symbol> = HashMap::new();
         let mut rows =
             sqlx::query("SELECT organisation, batch_id, dataset FROM batches").fetch(&self.pool);
         while let Some(row) = rows.try_next().await? {
             batch_key(&mut key, row.try_get(0)?, row.try_get(1)?);
             let dataset: &str = row.try_get(2)?;
-            datasets.insert(key.clone(), interner.text(dataset));
+            datasets.insert(key.clone(), Symbol::new(dataset)?);
         }
         drop(rows);
 
@@ -140,8 +141,8 @@ impl Storage {
             let event_type: &str = row.try_get(3)?;
             let attributes: &str = row.try_get(5)?;
             people[at].events.push(PersonEvent {
-                event_type: interner.text(event_type),
-                dataset: dataset.clone(),
+                event_type: Symbol::new(event_type)?,
+                dataset: *dataset,
                 date,
                 attributes: interner.attributes(attributes),
             });
