@@ -706,7 +706,7 @@ pub struct Earlier<'a> {
 /// Links `entities` into people, as [`link_with`]. With `earlier` (and a
 /// `model`: the one the earlier links were found with), only the pairs
 /// that involve a fresh entity, or a member of a split block a fresh one
-/// joined ([`Blocks::dirty`]), are compared; the earlier links between
+/// joined (see `blocking`), are compared; the earlier links between
 /// the others stand. The result is then exactly that of comparing every
 /// pair under the same model — the same links, the same people — at a
 /// cost that grows with what is fresh; its `quality` is left empty (it

@@ -6,7 +6,9 @@
 //! person's events, age and the services that know them, combined with
 //! all / any / not ([`cohort`]) — how to break it down and what each cell
 //! holds. [`table::tabulate`] counts it over the population
-//! ([`population`], loaded by [`crate::storage::Storage::population`]);
+//! ([`population`], loaded by [`crate::storage::Storage::population`]:
+//! compact, as millions of people are held — event types and datasets as
+//! two-byte [`symbol`]s);
 //! [`crate::disclosure::protect`] protects it; [`explain()`] says in words who
 //! is counted.
 
