@@ -204,27 +204,25 @@ impl Linker {
             }
             return Ok(nothing);
         }
-        // Only what is new, onto what was kept; else everything.
-        let (read, earlier_links) = match kept.filter(|_| incremental) {
+        // Only what is new, onto what was kept (`held` entities); else
+        // everything.
+        let (read, earlier_links, held) = match kept.filter(|_| incremental) {
             Some(Kept {
                 mut read, links, ..
             }) => {
+                let held = read.records.len();
                 storage
                     .linkage_entities(params, EntityScope::Pending, &mut read)
                     .await?;
-                (read, Some(links))
+                (read, Some(links), held)
             }
             None => {
                 let mut read = LinkageEntities::new(params);
                 storage
                     .linkage_entities(params, EntityScope::All, &mut read)
                     .await?;
-                (read, None)
+                (read, None, 0)
             }
-        };
-        let already_held = match &earlier_links {
-            Some(_) => read.records.iter().filter(|r| r.linked).count(),
-            None => 0,
         };
         // The model is fitted afresh when asked, when there is none, or once
         // an incremental run finds the entities doubled since it was.
@@ -244,7 +242,7 @@ impl Linker {
             every_pair: earlier_links.is_none(),
             entities: read.records.len(),
             pending: fresh.iter().filter(|&&f| f).count(),
-            read: read.records.len() - already_held,
+            read: read.records.len() - held,
             ..nothing
         };
         if read.records.is_empty() {

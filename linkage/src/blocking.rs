@@ -36,11 +36,11 @@ pub(crate) struct Block {
 }
 
 /// Every rule's blocks, the oversized ones split.
-pub(crate) struct Blocks {
+pub(crate) struct Blocks<'e> {
     /// Largest first, so threads sharing them out finish together.
     pub blocks: Vec<Block>,
     /// Each rule's key per entity (0 for none), band 0 of a block not split.
-    keys: Vec<Vec<u64>>,
+    keys: &'e [Vec<u64>],
     /// Per rule, the pieces' keys in every band of the entities whose block
     /// was split.
     pieces: Vec<HashMap<u32, [u64; BANDS]>>,
@@ -51,10 +51,10 @@ pub(crate) struct Blocks {
     pub cut_into_runs: u64,
 }
 
-impl Blocks {
-    pub fn new(entities: &Entities, params: &LinkageParams) -> Self {
+impl<'e> Blocks<'e> {
+    pub fn new(entities: &'e Entities, params: &LinkageParams) -> Self {
         let rules = params.blocking.len();
-        let keys = entities.keys.clone();
+        let keys = &entities.keys;
         let mut this = Self {
             blocks: Vec::new(),
             keys,

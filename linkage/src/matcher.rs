@@ -75,12 +75,12 @@ pub struct LinkStats {
 
 impl Filters {
     fn pattern(&self, i: usize, j: usize) -> Pattern {
-        let (s, f) = (self.stride, self.fields());
+        let f = self.fields();
         pattern_of(
             Scalar,
             &self.offsets,
-            &self.data[i * s..(i + 1) * s],
-            &self.data[j * s..(j + 1) * s],
+            self.row(i),
+            self.row(j),
             &self.ones[i * f..(i + 1) * f],
             &self.ones[j * f..(j + 1) * f],
         )
@@ -495,7 +495,7 @@ fn walk_share(
 struct WalkShare<'a, 'p, V: Visit> {
     filters: &'a Filters,
     organisations: &'a [u32],
-    blocks: &'a Blocks,
+    blocks: &'a Blocks<'a>,
     share: &'a [usize],
     walk: Walk<'p>,
     each: &'a mut V,
@@ -531,9 +531,7 @@ impl<V: Visit> WalkShare<'_, '_, V> {
         scratch.earlier.clear();
         for &m in members {
             let m = m as usize;
-            scratch
-                .data
-                .extend_from_slice(&filters.data[m * stride..(m + 1) * stride]);
+            scratch.data.extend_from_slice(filters.row(m));
             scratch
                 .ones
                 .extend_from_slice(&filters.ones[m * fields..(m + 1) * fields]);

@@ -2,7 +2,7 @@
 //! per spine person, their events in date order, texts shared through an
 //! [`Interner`].
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use time::{Date, Month};
@@ -57,12 +57,6 @@ impl From<&str> for Text {
 impl std::fmt::Debug for Text {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         std::fmt::Debug::fmt(&**self, f)
-    }
-}
-
-impl std::fmt::Display for Text {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self)
     }
 }
 
@@ -134,7 +128,7 @@ pub struct PersonEvent {
 /// Hands out one shared copy of each distinct text and attribute set.
 #[derive(Debug, Default)]
 pub struct Interner {
-    texts: HashMap<Box<str>, Text>,
+    texts: HashSet<Text>,
     attributes: HashMap<Box<str>, Arc<BTreeMap<Text, Text>>>,
 }
 
@@ -143,8 +137,8 @@ impl Interner {
         if let Some(shared) = self.texts.get(text) {
             return shared.clone();
         }
-        let shared: Text = text.into();
-        self.texts.insert(text.into(), shared.clone());
+        let shared = Text::from(text);
+        self.texts.insert(shared.clone());
         shared
     }
 

@@ -452,16 +452,6 @@ impl Storage {
             .collect()
     }
 
-    /// Entities stored under parameters `version`.
-    pub async fn linkage_entity_count(&self, version: u32) -> Result<u64, StorageError> {
-        let row =
-            sqlx::query("SELECT COUNT(*) AS n FROM linkage_entities WHERE params_version = $1")
-                .bind(i64::from(version))
-                .fetch_one(&self.pool)
-                .await?;
-        Ok(super::count(&row, "n")?)
-    }
-
     /// Takes (or renews) the linker's lease for `seconds`; false while
     /// another gateway holds it.
     pub async fn take_linkage_lease(
