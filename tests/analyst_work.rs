@@ -54,7 +54,11 @@ async fn examples_and_indicators_answer_within_the_protection() {
     let storage = joinery_gateway::storage::Storage::open(&d.sqlite_url())
         .await
         .unwrap();
-    let people = storage.population().await.unwrap();
+    let people = storage
+        .population(&mut joinery_gateway::analytics::Interner::default())
+        .await
+        .unwrap()
+        .people;
     let analyst: (PathBuf, PathBuf) = (
         d.path("pki/analysts/analyst-demo-analyst.pem"),
         d.path("pki/analysts/analyst-demo-analyst.key"),

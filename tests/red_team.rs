@@ -159,7 +159,11 @@ async fn attack(d: &Deployment, address: &str, cert: (PathBuf, PathBuf)) {
     let storage = joinery_gateway::storage::Storage::open(&d.sqlite_url())
         .await
         .unwrap();
-    let people = storage.population().await.unwrap();
+    let people = storage
+        .population(&mut joinery_gateway::analytics::Interner::default())
+        .await
+        .unwrap()
+        .people;
     assert!(people.len() > 1000, "{} people", people.len());
     let analyst = Analyst {
         d,
@@ -310,7 +314,7 @@ async fn attack(d: &Deployment, address: &str, cert: (PathBuf, PathBuf)) {
                     "{{ all: [ {{ has: {{ event: csc_referral, from: {date}, to: {date} }} }}, {{ age: {{ from: {age}, to: {age} }} }} ] }}"
                 ),
                 who[0],
-                who[0].organisations.iter().any(|o| &**o == SALT),
+                who[0].is_known_to(SALT),
             )
         })
         .take(30)

@@ -21,6 +21,8 @@ pub const AGREEMENT_EXPIRY: &str = "joinery_gateway_agreement_expiry_timestamp_s
 pub const LINKAGE_LINKS: &str = "joinery_gateway_linkage_fuzzy_links";
 pub const LINKAGE_EXPECTED_WRONG: &str = "joinery_gateway_linkage_expected_wrong_links";
 pub const LINKAGE_EXPECTED_MISSED: &str = "joinery_gateway_linkage_expected_missed_links";
+pub const POPULATION_UPDATES: &str = "joinery_gateway_population_updates_total";
+pub const POPULATION_PEOPLE_READ: &str = "joinery_gateway_population_people_read_total";
 
 /// Histogram buckets for the ack latency, in seconds.
 pub const ACK_LATENCY_BUCKETS: &[f64] = &[
@@ -33,6 +35,7 @@ const SESSION_OUTCOMES: [&str; 3] = ["opened", "refused", "shed"];
 const TURNED_AWAY: [&str; 5] = ["refused", "timeout", "shed", "over_budget", "idle"];
 const LINKAGE_KINDS: [&str; 2] = ["incremental", "full"];
 const LINK_METHODS: [&str; 2] = ["exact-nhs", "unlinked"];
+const POPULATION_UPDATE_KINDS: [&str; 2] = ["changed", "full"];
 
 /// Describes every gateway metric to the installed recorder, and shows the
 /// counters whose labels are known in advance at zero.
@@ -51,6 +54,10 @@ pub fn describe() {
     }
     metrics::counter!(LINKAGE_MOVED).increment(0);
     metrics::counter!(LINKAGE_FAILURES).increment(0);
+    for kind in POPULATION_UPDATE_KINDS {
+        metrics::counter!(POPULATION_UPDATES, "kind" => kind).increment(0);
+    }
+    metrics::counter!(POPULATION_PEOPLE_READ).increment(0);
     metrics::describe_counter!(
         BATCHES,
         "Batches answered, by organisation, dataset and outcome (committed, duplicate, rejected) and reason"
@@ -89,6 +96,14 @@ pub fn describe() {
     metrics::describe_counter!(
         LINKAGE_FAILURES,
         "Fuzzy linkage runs that failed (readiness turns degraded after --linkage-failures-before-unready in a row)"
+    );
+    metrics::describe_counter!(
+        POPULATION_UPDATES,
+        "Times the population held for analytics was brought up to date, by kind (changed: only the people changed were read again; full: everyone)"
+    );
+    metrics::describe_counter!(
+        POPULATION_PEOPLE_READ,
+        "People read from the database to bring the population held for analytics up to date"
     );
     metrics::describe_counter!(
         HANDSHAKE_FAILURES,
@@ -165,6 +180,14 @@ pub fn linkage_run(full: bool, moved: usize) {
     let kind = if full { "full" } else { "incremental" };
     metrics::counter!(LINKAGE_RUNS, "kind" => kind).increment(1);
     metrics::counter!(LINKAGE_MOVED).increment(moved as u64);
+}
+
+/// The population held for analytics brought up to date: reading only the
+/// people changed, or everyone; `people` read.
+pub fn population_updated(full: bool, people: usize) {
+    let kind = if full { "full" } else { "changed" };
+    metrics::counter!(POPULATION_UPDATES, "kind" => kind).increment(1);
+    metrics::counter!(POPULATION_PEOPLE_READ).increment(people as u64);
 }
 
 /// The last full run's estimate for one organisation pair

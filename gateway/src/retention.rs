@@ -26,7 +26,13 @@ impl RetentionReport {
     }
 }
 
-/// One retention pass at `now`.
+/// How many data generations of the population change log a pass keeps
+/// ([`Storage::prune_population_changes`]): a gateway whose population in
+/// memory is older reads everyone again instead of only who changed.
+pub const CHANGE_LOG_GENERATIONS: i64 = 10_000;
+
+/// One retention pass at `now`; a real one also prunes the population
+/// change log.
 pub async fn run(
     storage: &Storage,
     agreements: &Agreements,
@@ -58,6 +64,11 @@ pub async fn run(
                 .purge(&id, version, &dataset, cutoff, dry_run)
                 .await?,
         );
+    }
+    if !dry_run {
+        storage
+            .prune_population_changes(CHANGE_LOG_GENERATIONS)
+            .await?;
     }
     Ok(report)
 }

@@ -22,10 +22,8 @@ pub fn matches(condition: &Condition, person: &Person, reference: Date) -> bool 
         Condition::KnownTo(k) => {
             k.organisation
                 .as_ref()
-                .is_none_or(|o| person.organisations.contains(o.as_str()))
-                && k.dataset
-                    .as_ref()
-                    .is_none_or(|d| person.datasets.contains(d.as_str()))
+                .is_none_or(|o| person.is_known_to(o))
+                && k.dataset.as_ref().is_none_or(|d| person.is_in(d))
         }
         Condition::Has(e) => matching_events(e, person, reference) >= e.at_least as usize,
         Condition::Open(spell) => open_since(spell, person, reference)

@@ -180,12 +180,10 @@ mod tests {
 
     /// A person with `events`, known to each event's dataset.
     fn person(events: &[Event<'_>]) -> Person {
-        let mut p = Person {
-            key: events.len() as u64 * 1000 + u64::from(events[0].2.ordinal()),
-            birth_month: Some("2012-05".into()),
-            sex: Some("female".into()),
-            ..Default::default()
-        };
+        let mut p = Person::default();
+        p.key = events.len() as u64 * 1000 + u64::from(events[0].2.ordinal());
+        p.birth_month = Some("2012-05".into());
+        p.sex = Some("female".into());
         for (event_type, dataset, day, attributes) in events {
             p.add_record("ORG".into(), (*dataset).into(), None, None);
             let attributes: BTreeMap<_, _> = attributes

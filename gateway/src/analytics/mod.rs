@@ -23,7 +23,7 @@ pub mod table;
 
 pub use cohort::matches;
 pub use explain::{describe, explain};
-pub use population::{Interner, Person, PersonEvent, Text};
+pub use population::{Interner, Person, PersonEvent, Population, Text};
 pub use table::{
     Axis, CellData, Labels, MemberRow, OTHER, SEGMENTS, Tabulation, measure_name, members,
     population_labels, stratum, table_json, tabulate,
@@ -212,18 +212,28 @@ mod tests {
 
         // Age bands of the analyst's choosing, and a record attribute.
         let mut people = people;
-        people[0].add_attributes(Arc::new([("ethnicity".into(), "WBRI".into())].into()));
-        people[0].add_attributes(Arc::new(
+        let first: Arc<std::collections::BTreeMap<Text, Text>> =
+            Arc::new([("ethnicity".into(), "WBRI".into())].into());
+        let second = Arc::new(
             [
-                ("ethnicity".into(), "OOTH".into()),
+                ("ethnicity".into(), "WOTH".into()),
                 ("disability".into(), "NONE".into()),
             ]
             .into(),
-        ));
+        );
+        let mut reversed = people[0].clone();
+        people[0].add_attributes(Arc::clone(&first));
+        people[0].add_attributes(Arc::clone(&second));
+        reversed.add_attributes(second);
+        reversed.add_attributes(first);
         assert_eq!(
             people[0].attributes.get("ethnicity").map(|v| &**v),
             Some("WBRI"),
-            "the first record's"
+            "records disagree: the first value in alphabetical order"
+        );
+        assert_eq!(
+            people[0].attributes, reversed.attributes,
+            "whatever order the records are read in"
         );
         assert_eq!(
             people[0].attributes.get("disability").map(|v| &**v),

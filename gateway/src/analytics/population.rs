@@ -9,22 +9,75 @@ use time::{Date, Month};
 
 use super::symbol::Symbol;
 
-/// One person on the spine, as analytics sees them.
+/// One person on the spine, as analytics sees them. Millions are held, so
+/// it is compact: names as two-byte [`Symbol`]s, and the organisations and
+/// datasets that know the person in one allocation.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Person {
     /// Stands for the person in the query log (a digest of the spine id).
     pub key: u64,
     /// The earliest birth month the records give (YYYY-MM).
-    pub birth_month: Option<Text>,
-    /// `female`, `male`, `indeterminate` or `unknown`; the first recorded.
-    pub sex: Option<Text>,
-    pub organisations: TextSet,
-    pub datasets: TextSet,
-    /// Record attributes (ethnicity, disability, …): the first record's
-    /// value of each.
+    pub birth_month: Option<Symbol>,
+    /// `female`, `male`, `indeterminate` or `unknown`. Where records
+    /// disagree, a known value over `unknown`, then the first in
+    /// alphabetical order: the same whatever order records are read in.
+    pub sex: Option<Symbol>,
+    /// The organisations that know the person, then the datasets that
+    /// hold them, each in alphabetical order.
+    known: Box<[Symbol]>,
+    /// How many of `known` are organisations.
+    organisations: u16,
+    /// Record attributes (ethnicity, disability, …). Where records
+    /// disagree, the first value in alphabetical order: the same whatever
+    /// order records are read in.
     pub attributes: Arc<BTreeMap<Text, Text>>,
     /// In date order.
     pub events: Vec<PersonEvent>,
+}
+
+/// The linked population held in memory: each person behind their own
+/// pointer, so bringing it up to date after a delivery
+/// ([`Population::updated`]) copies pointers, not people, and answers under
+/// way keep the population they started with. People are in the order
+/// they were read, which keeps those read together close in memory.
+#[derive(Debug, Clone, Default)]
+pub struct Population {
+    people: Vec<Arc<Person>>,
+}
+
+impl Population {
+    pub fn new(people: Vec<Person>) -> Self {
+        Self {
+            people: people.into_iter().map(Arc::new).collect(),
+        }
+    }
+
+    pub fn people(&self) -> &[Arc<Person>] {
+        &self.people
+    }
+
+    /// This population with the people `keys` names replaced by `people`:
+    /// as they are now, those of them that still have records.
+    pub fn updated(&self, keys: &[u64], people: Vec<Person>) -> Self {
+        let gone: HashSet<u64> = keys.iter().copied().collect();
+        let mut updated = Vec::with_capacity(self.people.len() + people.len());
+        updated.extend(
+            self.people
+                .iter()
+                .filter(|p| !gone.contains(&p.key))
+                .map(Arc::clone),
+        );
+        updated.extend(people.into_iter().map(Arc::new));
+        Self { people: updated }
+    }
+
+    /// The people in key order: the same population read in any order
+    /// compares equal.
+    pub fn by_key(&self) -> Vec<&Person> {
+        let mut people: Vec<&Person> = self.people.iter().map(|p| &**p).collect();
+        people.sort_by_key(|p| p.key);
+        people
+    }
 }
 
 /// Shared text: event types, datasets and attribute values repeat across
@@ -57,61 +110,6 @@ impl From<&str> for Text {
 impl std::fmt::Debug for Text {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         std::fmt::Debug::fmt(&**self, f)
-    }
-}
-
-/// A few texts in order, each once: a person's organisations or datasets.
-/// A sorted slice, not a tree: a person has a handful, and millions of
-/// people are held ([`Person`]).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TextSet(Box<[Text]>);
-
-impl TextSet {
-    /// Adds `text`; false when it was there already.
-    pub fn insert(&mut self, text: Text) -> bool {
-        match self.0.binary_search(&text) {
-            Ok(_) => false,
-            Err(at) => {
-                let mut texts = std::mem::take(&mut self.0).into_vec();
-                texts.insert(at, text);
-                self.0 = texts.into_boxed_slice();
-                true
-            }
-        }
-    }
-
-    pub fn contains(&self, text: &str) -> bool {
-        self.0.binary_search_by(|t| (**t).cmp(text)).is_ok()
-    }
-
-    pub fn iter(&self) -> std::slice::Iter<'_, Text> {
-        self.0.iter()
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl FromIterator<Text> for TextSet {
-    fn from_iter<I: IntoIterator<Item = Text>>(texts: I) -> Self {
-        let mut texts: Vec<Text> = texts.into_iter().collect();
-        texts.sort_unstable();
-        texts.dedup();
-        Self(texts.into_boxed_slice())
-    }
-}
-
-impl<'a> IntoIterator for &'a TextSet {
-    type Item = &'a Text;
-    type IntoIter = std::slice::Iter<'a, Text>;
-
-    fn into_iter(self) -> Self::IntoIter {
-        self.0.iter()
     }
 }
 
@@ -162,80 +160,152 @@ impl Interner {
 impl Person {
     /// A person known by `spine_id`.
     pub fn with_key(spine_id: &str) -> Self {
+        Self {
+            key: Self::key_of(spine_id),
+            ..Self::default()
+        }
+    }
+
+    /// The [`Person::key`] of the person known by `spine_id`.
+    pub fn key_of(spine_id: &str) -> u64 {
         let digest = ring::digest::digest(&ring::digest::SHA256, spine_id.as_bytes());
         let mut key = [0u8; 8];
         key.copy_from_slice(&digest.as_ref()[..8]);
-        Self {
-            key: u64::from_le_bytes(key),
-            ..Self::default()
-        }
+        u64::from_le_bytes(key)
+    }
+
+    /// The organisations that know the person, in alphabetical order.
+    pub fn organisations(&self) -> &[Symbol] {
+        &self.known[..usize::from(self.organisations)]
+    }
+
+    /// The datasets that hold the person, in alphabetical order.
+    pub fn datasets(&self) -> &[Symbol] {
+        &self.known[usize::from(self.organisations)..]
+    }
+
+    pub fn is_known_to(&self, organisation: &str) -> bool {
+        self.organisations()
+            .iter()
+            .any(|o| o.as_str() == organisation)
+    }
+
+    pub fn is_in(&self, dataset: &str) -> bool {
+        self.datasets().iter().any(|d| d.as_str() == dataset)
     }
 
     /// Adds what one record says.
     pub fn add_record(
         &mut self,
-        organisation: Text,
-        dataset: Text,
-        sex: Option<Text>,
-        birth_month: Option<Text>,
+        organisation: Symbol,
+        dataset: Symbol,
+        sex: Option<Symbol>,
+        birth_month: Option<Symbol>,
     ) {
-        self.organisations.insert(organisation);
-        self.datasets.insert(dataset);
-        if self.sex.is_none() {
-            self.sex = sex;
+        if !self.organisations().contains(&organisation) || !self.datasets().contains(&dataset) {
+            let mut organisations = self.organisations().to_vec();
+            let mut datasets = self.datasets().to_vec();
+            for (names, name) in [(&mut organisations, organisation), (&mut datasets, dataset)] {
+                if let Err(at) = names.binary_search_by(|n| n.as_str().cmp(name.as_str())) {
+                    names.insert(at, name);
+                }
+            }
+            self.set_known(organisations, datasets);
+        }
+        if let Some(sex) = sex {
+            let rank = |s: Symbol| (s.as_str() == "unknown", s.as_str());
+            if self.sex.is_none_or(|known| rank(sex) < rank(known)) {
+                self.sex = Some(sex);
+            }
         }
         if let Some(month) = birth_month
-            && self.birth_month.as_ref().is_none_or(|known| month < *known)
+            && self
+                .birth_month
+                .is_none_or(|known| month.as_str() < known.as_str())
         {
             self.birth_month = Some(month);
         }
     }
 
+    /// Sets who knows the person: `organisations` and `datasets` each in
+    /// alphabetical order.
+    fn set_known(&mut self, organisations: Vec<Symbol>, datasets: Vec<Symbol>) {
+        self.organisations =
+            u16::try_from(organisations.len()).expect("fewer organisations than symbols");
+        self.known = organisations.into_iter().chain(datasets).collect();
+    }
+
     /// The person as one agreement's project sees them: only what came from
     /// its `datasets` and its parties' `organisations`; `None` when nothing
-    /// did.
+    /// did. The same person, not a copy, when everything did (an event's
+    /// dataset is one of its person's).
     pub fn within(
-        &self,
+        self: &Arc<Self>,
         datasets: &BTreeSet<&str>,
         organisations: &BTreeSet<&str>,
-    ) -> Option<Self> {
-        let datasets_in: TextSet = self
-            .datasets
+    ) -> Option<Arc<Self>> {
+        if self
+            .datasets()
             .iter()
-            .filter(|d| datasets.contains(&***d))
-            .cloned()
+            .all(|d| datasets.contains(d.as_str()))
+            && self
+                .organisations()
+                .iter()
+                .all(|o| organisations.contains(o.as_str()))
+        {
+            return (!self.datasets().is_empty()).then(|| Arc::clone(self));
+        }
+        let datasets_in: Vec<Symbol> = self
+            .datasets()
+            .iter()
+            .filter(|d| datasets.contains(d.as_str()))
+            .copied()
             .collect();
         if datasets_in.is_empty() {
             return None;
         }
-        Some(Self {
+        let mut person = Self {
             key: self.key,
-            birth_month: self.birth_month.clone(),
-            sex: self.sex.clone(),
+            birth_month: self.birth_month,
+            sex: self.sex,
             attributes: Arc::clone(&self.attributes),
-            organisations: self
-                .organisations
-                .iter()
-                .filter(|o| organisations.contains(&***o))
-                .cloned()
-                .collect(),
-            datasets: datasets_in,
             events: self
                 .events
                 .iter()
-                .filter(|e| datasets.contains(&*e.dataset))
+                .filter(|e| datasets.contains(e.dataset.as_str()))
                 .cloned()
                 .collect(),
-        })
+            ..Self::default()
+        };
+        person.set_known(
+            self.organisations()
+                .iter()
+                .filter(|o| organisations.contains(o.as_str()))
+                .copied()
+                .collect(),
+            datasets_in,
+        );
+        Some(Arc::new(person))
     }
 
-    /// Adds a record's attributes (values already held are kept).
+    /// Adds a record's attributes; where a value is held already, the
+    /// first of the two in alphabetical order stays.
     pub fn add_attributes(&mut self, attributes: Arc<BTreeMap<Text, Text>>) {
         if self.attributes.is_empty() {
             self.attributes = attributes;
-        } else if attributes.keys().any(|k| !self.attributes.contains_key(k)) {
-            let mut merged = (*attributes).clone();
-            merged.extend(self.attributes.iter().map(|(k, v)| (k.clone(), v.clone())));
+        } else if attributes
+            .iter()
+            .any(|(k, v)| self.attributes.get(k).is_none_or(|held| v < held))
+        {
+            let mut merged = (*self.attributes).clone();
+            for (k, v) in attributes.iter() {
+                match merged.get(k) {
+                    Some(held) if held <= v => {}
+                    _ => {
+                        merged.insert(k.clone(), v.clone());
+                    }
+                }
+            }
             self.attributes = Arc::new(merged);
         }
     }
@@ -265,17 +335,49 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_text_set_holds_each_text_once_in_order() {
-        let mut set = TextSet::default();
-        for text in ["RY9", "E08000099", "RX9", "RY9"] {
-            set.insert(text.into());
+    fn what_disagreeing_records_say_does_not_depend_on_their_order() {
+        let records = [
+            ("unknown", "2015-06"),
+            ("male", "2015-04"),
+            ("female", "2015-05"),
+        ];
+        let person = |order: &[usize]| {
+            let mut p = Person::default();
+            for &i in order {
+                let (sex, month) = records[i];
+                let (organisation, dataset) = [("RX9", "camhs"), ("LA", "cin"), ("LA", "lac")][i];
+                p.add_record(
+                    organisation.into(),
+                    dataset.into(),
+                    Some(sex.into()),
+                    Some(month.into()),
+                );
+            }
+            let names = |s: &[Symbol]| s.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(",");
+            (
+                p.sex,
+                p.birth_month,
+                names(p.organisations()),
+                names(p.datasets()),
+            )
+        };
+        let first = person(&[0, 1, 2]);
+        assert_eq!(
+            first,
+            (
+                Some("female".into()),
+                Some("2015-04".into()),
+                "LA,RX9".to_owned(),
+                "camhs,cin,lac".to_owned()
+            )
+        );
+        for order in [[2, 1, 0], [1, 0, 2], [0, 2, 1]] {
+            assert_eq!(person(&order), first, "{order:?}");
         }
-        let held: Vec<&str> = set.iter().map(|t| &**t).collect();
-        assert_eq!(held, ["E08000099", "RX9", "RY9"]);
-        assert!(!set.insert("RX9".into()), "already held");
-        assert!(set.contains("RX9") && !set.contains("RX"));
-        let collected: TextSet = ["b", "a", "b"].into_iter().map(Text::from).collect();
-        assert_eq!(collected.len(), 2);
-        assert_eq!(collected, ["a", "b"].into_iter().map(Text::from).collect());
+        assert_eq!(
+            person(&[0]).0,
+            Some("unknown".into()),
+            "unknown when nothing else is known"
+        );
     }
 }

@@ -9,7 +9,7 @@
 //! control found safe over the whole population ([`Labels`]); the rest
 //! count as [`OTHER`], so no label depends on the cohort's members.
 
-use std::borrow::Cow;
+use std::borrow::{Borrow, Cow};
 use std::collections::{BTreeSet, HashMap};
 
 use joinery_policies::model::EVENTS_PER_CHILD;
@@ -104,13 +104,13 @@ fn label<'a>(
                 .unwrap_or(UNKNOWN),
         ),
         Breakdown::AgencyOverlap => {
-            Cow::Borrowed(OVERLAP[person.organisations.len().clamp(1, 3) - 1])
+            Cow::Borrowed(OVERLAP[person.organisations().len().clamp(1, 3) - 1])
         }
         Breakdown::Agencies => Cow::Owned(
             person
-                .organisations
+                .organisations()
                 .iter()
-                .map(|o| o.as_ref())
+                .map(|o| o.as_str())
                 .collect::<Vec<&str>>()
                 .join(" + "),
         ),
@@ -173,7 +173,7 @@ pub struct Labels {
 pub fn population_labels(
     query: &AnalystQuery,
     breakdown: &Breakdown,
-    people: &[Person],
+    people: &[impl Borrow<Person>],
     reference: Date,
 ) -> Option<HashMap<String, u64>> {
     if !breakdown.is_recorded() {
@@ -186,7 +186,7 @@ pub fn population_labels(
     let mut counts: HashMap<String, u64> = HashMap::new();
     for person in people {
         *counts
-            .entry(label(query, breakdown, person, &period).into_owned())
+            .entry(label(query, breakdown, person.borrow(), &period).into_owned())
             .or_default() += 1;
     }
     Some(counts)
@@ -384,9 +384,9 @@ fn periods(query: &AnalystQuery, reference: Date) -> Vec<Period> {
 /// Tabulates the cohort's people over the query's breakdown and measure,
 /// recorded values outside `labels` counted as [`OTHER`], on every core
 /// (each takes a share of the people; the shares are summed).
-pub fn tabulate<'a>(
+pub fn tabulate<'a, P: Borrow<Person> + Sync>(
     query: &'a AnalystQuery,
-    people: &'a [Person],
+    people: &'a [P],
     reference: Date,
     labels: &'a Labels,
 ) -> Tabulation {
@@ -401,10 +401,11 @@ pub fn tabulate<'a>(
         safe(&query.rows, labels.rows.as_ref()),
         safe(&query.columns, labels.columns.as_ref()),
     );
-    let share = |people: &'a [Person]| {
+    let share = |people: &'a [P]| {
         let mut cells: Cells<'_> = HashMap::new();
         let mut members = 0u64;
         for person in people {
+            let person = person.borrow();
             let mut member = false;
             for period in qualifying(query, person, &periods) {
                 member = true;
@@ -486,10 +487,15 @@ pub struct MemberRow {
 }
 
 /// The cohort's members, one row per person (and period they qualify in).
-pub fn members(query: &AnalystQuery, people: &[Person], reference: Date) -> Vec<MemberRow> {
+pub fn members(
+    query: &AnalystQuery,
+    people: &[impl Borrow<Person>],
+    reference: Date,
+) -> Vec<MemberRow> {
     let periods = periods(query, reference);
     let mut rows = Vec::new();
     for person in people {
+        let person = person.borrow();
         for period in qualifying(query, person, &periods) {
             let cell = measured(&query.measure, person, period.end);
             let value = match query.measure {

@@ -26,8 +26,10 @@ use time::Date;
 use tonic::{Request, Response, Status};
 
 mod error;
+mod held;
 
 pub use error::QueryError;
+use held::{Held, Loaded};
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -51,27 +53,8 @@ pub struct QueryService {
     agreements: LiveAgreements,
     /// The gateway's keys, for project pseudonyms.
     rekeyer: Rekeyer,
-    /// The linked population as last loaded (see [`Snapshot`]).
-    population: Arc<tokio::sync::Mutex<Snapshot>>,
-}
-
-/// The population in memory, the data generation it was loaded at, and
-/// whether a reload is under way. While agencies deliver, the data changes
-/// often and a reload takes seconds: answers keep coming from the loaded
-/// population while a newer one loads in the background, so they are at
-/// most one reload behind the data.
-/// The population as loaded, the data generation it was loaded at, and
-/// whether newer data has arrived since (its reload is under way).
-struct Loaded {
-    generation: i64,
-    people: Arc<Vec<Person>>,
-    newer_data_pending: bool,
-}
-
-#[derive(Default)]
-struct Snapshot {
-    loaded: Option<(i64, Arc<Vec<Person>>)>,
-    reloading: bool,
+    /// The linked population held in memory.
+    population: Held,
 }
 
 impl QueryService {
@@ -80,7 +63,7 @@ impl QueryService {
             storage,
             agreements,
             rekeyer,
-            population: Arc::default(),
+            population: Held::default(),
         }
     }
 
@@ -106,7 +89,7 @@ impl QueryService {
 
     /// The population as agreement `id` (its latest version) sees it: only
     /// what its parties sent under its datasets.
-    async fn population_within(&self, id: &str) -> Result<Vec<Person>, QueryError> {
+    async fn population_within(&self, id: &str) -> Result<Vec<Arc<Person>>, QueryError> {
         let in_force = self.agreements.current();
         let Some(granting) = in_force
             .iter()
@@ -130,7 +113,8 @@ impl QueryService {
         Ok(self
             .population()
             .await?
-            .people
+            .population
+            .people()
             .iter()
             .filter_map(|p| p.within(&datasets, &parties))
             .collect())
@@ -290,45 +274,9 @@ impl QueryService {
         })
     }
 
-    /// The linked population as loaded: on first use, then from memory,
-    /// with a background reload when the data has changed since.
+    /// The linked population as held (see [`held`]).
     async fn population(&self) -> Result<Loaded, QueryError> {
-        let generation = self.storage.data_generation().await?;
-        let mut snapshot = self.population.lock().await;
-        match &snapshot.loaded {
-            Some((at, people)) => {
-                let loaded = Loaded {
-                    generation: *at,
-                    people: Arc::clone(people),
-                    newer_data_pending: *at != generation,
-                };
-                if loaded.newer_data_pending && !snapshot.reloading {
-                    snapshot.reloading = true;
-                    let (storage, shared) = (self.storage.clone(), Arc::clone(&self.population));
-                    tokio::spawn(async move {
-                        let loaded = storage.population().await;
-                        let mut snapshot = shared.lock().await;
-                        snapshot.reloading = false;
-                        match loaded {
-                            Ok(people) => snapshot.loaded = Some((generation, Arc::new(people))),
-                            Err(error) => {
-                                tracing::error!(%error, "reloading the population failed")
-                            }
-                        }
-                    });
-                }
-                Ok(loaded)
-            }
-            None => {
-                let people = Arc::new(self.storage.population().await?);
-                snapshot.loaded = Some((generation, Arc::clone(&people)));
-                Ok(Loaded {
-                    generation,
-                    people,
-                    newer_data_pending: false,
-                })
-            }
-        }
+        Ok(self.population.get(&self.storage).await?)
     }
 
     /// Answers an analyst's query document: the protected table, audited.
@@ -378,7 +326,7 @@ impl QueryService {
         reference: Date,
         population: &Loaded,
     ) -> Result<TableResponse, QueryError> {
-        let (generation, people) = (population.generation, population.people.as_slice());
+        let (generation, people) = (population.generation, population.population.people());
         let now = time::OffsetDateTime::now_utc();
         let budgets = self.budgets(now);
         let key = release_key(kind, text, reference, generation, &budgets);
@@ -524,7 +472,7 @@ impl QueryService {
 /// over the whole population, and what choosing them cost in rho.
 fn safe_labels(
     query: &AnalystQuery,
-    people: &[Person],
+    people: &[Arc<Person>],
     reference: Date,
     rules: &DisclosureRules,
     noise: &mut Noise,
@@ -901,7 +849,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread")]
-    async fn answers_come_from_memory_and_catch_up_after_a_background_reload() {
+    async fn answers_come_from_memory_and_catch_up_after_a_background_update() {
         let dir = tempfile::tempdir().unwrap();
         let storage = Storage::open(&Storage::sqlite_url(dir.path()))
             .await
@@ -925,7 +873,7 @@ mod tests {
                 break;
             }
         }
-        assert!(caught_up, "the reload took the new batch in");
+        assert!(caught_up, "the update read the new batch in");
     }
 
     #[tokio::test(flavor = "multi_thread")]

@@ -82,6 +82,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0012_linkage_runs.sql"),
         include_str!("../../migrations/postgres/0012_linkage_runs.sql"),
     ),
+    (
+        13,
+        "population_changes",
+        include_str!("../../migrations/sqlite/0013_population_changes.sql"),
+        include_str!("../../migrations/postgres/0013_population_changes.sql"),
+    ),
 ];
 
 pub(super) fn for_backend(backend: Backend) -> Migrator {

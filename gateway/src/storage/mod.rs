@@ -13,6 +13,7 @@ mod migrations;
 mod population;
 mod releases;
 
+pub use population::{PopulationChanges, PopulationRead};
 pub use releases::{NewRelease, Recorded};
 
 pub use linkage::{
@@ -359,7 +360,11 @@ impl Storage {
             query.execute(&mut *tx).await?;
         }
         self.insert_linkage(&mut tx, batch).await?;
-        bump_generation(&mut tx).await?;
+        let changed: Vec<&str> = stored
+            .iter()
+            .map(|&i| batch.records[i].person_id.as_str())
+            .collect();
+        self.bump_generation(&mut tx, &changed).await?;
         let outcome = CommitOutcome::Committed(stored.len() as u64);
         append_audit_in(&mut tx, &batch.audit(outcome)).await?;
         tx.commit().await?;
@@ -396,6 +401,14 @@ impl Storage {
         }
         let earlier =
             "organisation = $1 AND dataset = $2 AND snapshot IS NOT NULL AND snapshot <> $3";
+        let changed: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT DISTINCT person_id FROM records WHERE {earlier}"
+        )))
+        .bind(organisation)
+        .bind(dataset)
+        .bind(snapshot)
+        .fetch_all(&mut *tx)
+        .await?;
         sqlx::query(AssertSqlSafe(format!(
             "DELETE FROM events WHERE (person_id, organisation, batch_id, record_index) IN \
              (SELECT person_id, organisation, batch_id, record_index FROM records WHERE {earlier})"
@@ -415,7 +428,8 @@ impl Storage {
         .await?
         .rows_affected();
         if retired > 0 {
-            bump_generation(&mut tx).await?;
+            let changed: Vec<&str> = changed.iter().map(String::as_str).collect();
+            self.bump_generation(&mut tx, &changed).await?;
         }
         append_audit_in(
             &mut tx,
@@ -492,6 +506,16 @@ impl Storage {
             tx.rollback().await?;
             return Ok(purges);
         }
+        let changed: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT DISTINCT person_id FROM records WHERE (organisation, batch_id) IN \
+             (SELECT organisation, batch_id FROM batches WHERE {DUE})"
+        )))
+        .bind(agreement_id)
+        .bind(i64::from(version))
+        .bind(dataset)
+        .bind(received_before)
+        .fetch_all(&mut *tx)
+        .await?;
         for table in ["events", "records"] {
             sqlx::query(AssertSqlSafe(format!(
                 "DELETE FROM {table} WHERE (organisation, batch_id) IN \
@@ -527,7 +551,8 @@ impl Storage {
         .bind(time::OffsetDateTime::now_utc().unix_timestamp())
         .execute(&mut *tx)
         .await?;
-        bump_generation(&mut tx).await?;
+        let changed: Vec<&str> = changed.iter().map(String::as_str).collect();
+        self.bump_generation(&mut tx, &changed).await?;
         tx.commit().await?;
         Ok(purges)
     }
@@ -684,14 +709,38 @@ impl Storage {
     }
 }
 
-/// Marks, inside `tx`, that what analytics reads has changed.
-pub(super) async fn bump_generation(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE data_generation SET n = n + 1 WHERE id = 1")
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
+impl Storage {
+    /// Marks, inside `tx`, that what analytics reads has changed, and which
+    /// people it changed (`changed`: stored person ids or spine ids), so a
+    /// population held in memory can read just those again
+    /// ([`Storage::population_changes`]). The generation row is locked until
+    /// `tx` commits, so generations are numbered in commit order.
+    pub(super) async fn bump_generation(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        changed: &[&str],
+    ) -> Result<(), sqlx::Error> {
+        let generation: i64 =
+            sqlx::query_scalar("UPDATE data_generation SET n = n + 1 WHERE id = 1 RETURNING n")
+                .fetch_one(&mut **tx)
+                .await?;
+        let mut changed = changed.to_vec();
+        changed.sort_unstable();
+        changed.dedup();
+        for chunk in changed.chunks(self.backend.parameters_per_statement() / 2) {
+            let sql = insert_sql(
+                "INSERT INTO population_changes (person_id, generation) VALUES ",
+                2,
+                chunk.len(),
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for person in chunk {
+                query = query.bind(*person).bind(generation);
+            }
+            query.execute(&mut **tx).await?;
+        }
+        Ok(())
+    }
 }
 
 /// Numbers, chains and stores an audit entry inside `tx`. Locking the chain
@@ -730,6 +779,14 @@ async fn append_audit_in(
 }
 
 /// `prefix` followed by `rows` groups of `columns` numbered placeholders.
+/// `n` numbered placeholders from `$first`, comma-separated: an `IN` list.
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn insert_sql(prefix: &str, columns: usize, rows: usize) -> String {
     insert_sql_typed(prefix, columns, rows, &[])
 }
@@ -904,13 +961,18 @@ mod tests {
         // A duplicate changes nothing.
         storage.commit_batch(&batch).await.unwrap();
         assert_eq!(storage.data_generation().await.unwrap(), after);
-        let mut people = storage.population().await.unwrap();
+        let read = storage
+            .population(&mut crate::analytics::Interner::default())
+            .await
+            .unwrap();
+        assert_eq!(read.generation, after);
+        let mut people = read.people;
         people.sort_by_key(|p| p.events.len());
         assert_eq!(people.len(), 2);
         assert_eq!(people[1].events.len(), 2);
         assert_eq!(&*people[1].events[0].attributes["source"], "3A");
         assert_eq!(people[1].birth_month.as_deref(), Some("2015-04"));
-        assert!(people[1].datasets.contains("cin"));
+        assert!(people[1].is_in("cin"));
     }
 
     #[test]

@@ -2,12 +2,13 @@
 //! spine, with what its records say (birth month, sex, the organisations and
 //! datasets it is known to) and its events in date order.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use futures::TryStreamExt;
-use sqlx::Row;
+use sqlx::any::AnyRow;
+use sqlx::{AssertSqlSafe, Row};
 
-use super::{Storage, StorageError};
+use super::{Storage, StorageError, placeholders};
 use crate::analytics::symbol::Symbol;
 use crate::analytics::{Interner, Person, PersonEvent};
 use crate::identifiability::Sighting;
@@ -48,117 +49,349 @@ impl Storage {
         Ok(sightings)
     }
 
-    /// The whole linked population, for analytics. Three plain scans and
-    /// no joins: the spine and the batches' datasets are read into memory
-    /// first, then records and events are streamed and placed by person.
-    pub async fn population(&self) -> Result<Vec<Person>, StorageError> {
-        let mut spine: HashMap<String, String> = HashMap::new();
-        let mut rows =
-            sqlx::query("SELECT person_id, spine_id FROM person_spine").fetch(&self.pool);
+    /// The whole linked population, for analytics, and the data generation
+    /// it is: read in one snapshot transaction. Plain scans and no joins:
+    /// the spine and the batches' datasets are read into memory first, then
+    /// records and events are streamed and placed by person.
+    pub async fn population(
+        &self,
+        interner: &mut Interner,
+    ) -> Result<PopulationRead, StorageError> {
+        let mut tx = self.snapshot().await?;
+        let (generation, _) = generation_and_log_start(&mut tx).await?;
+        let mut placing = Placing::new(interner, batch_datasets(&mut tx).await?);
+        let mut rows = sqlx::query("SELECT person_id, spine_id FROM person_spine").fetch(&mut *tx);
         while let Some(row) = rows.try_next().await? {
-            let (person, linked): (String, String) = (row.try_get(0)?, row.try_get(1)?);
-            if person != linked {
-                spine.insert(person, linked);
-            }
+            placing.spine_row(&row)?;
         }
         drop(rows);
-        let mut interner = Interner::default();
-        // Each batch's dataset, by "organisation\0batch id".
-        let batch_key = |key: &mut String, organisation: &str, batch: &str| {
-            key.clear();
-            key.push_str(organisation);
-            key.push('\0');
-            key.push_str(batch);
+        let mut rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {RECORD_COLUMNS} FROM records"
+        )))
+        .fetch(&mut *tx);
+        while let Some(row) = rows.try_next().await? {
+            placing.record(&row)?;
+        }
+        drop(rows);
+        let mut rows = sqlx::query(AssertSqlSafe(format!("SELECT {EVENT_COLUMNS} FROM events")))
+            .fetch(&mut *tx);
+        while let Some(row) = rows.try_next().await? {
+            placing.event(&row)?;
+        }
+        drop(rows);
+        tx.commit().await?;
+        Ok(PopulationRead {
+            generation,
+            people: placing.finish(),
+        })
+    }
+
+    /// The people changed after generation `since`, read again, in one
+    /// snapshot transaction — or `None` when the change log no longer
+    /// reaches back to `since` (pruned) or more than `limit` stored person
+    /// ids changed: then reading everyone ([`Storage::population`]) is the
+    /// cheaper way.
+    pub async fn population_changes(
+        &self,
+        since: i64,
+        limit: usize,
+        interner: &mut Interner,
+    ) -> Result<Option<PopulationChanges>, StorageError> {
+        let mut tx = self.snapshot().await?;
+        let (generation, log_start) = generation_and_log_start(&mut tx).await?;
+        if since < log_start {
+            return Ok(None);
+        }
+        let changed: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT person_id FROM population_changes WHERE generation > $1 AND generation <= $2",
+        )
+        .bind(since)
+        .bind(generation)
+        .fetch_all(&mut *tx)
+        .await?;
+        if changed.len() > limit {
+            return Ok(None);
+        }
+        let per_statement = self.backend.parameters_per_statement();
+        // A changed id is a stored person id (its spine person changed) or
+        // a spine id (that person gained or lost members).
+        let mut spines: HashSet<String> = changed.iter().cloned().collect();
+        for_each_in(
+            &mut tx,
+            per_statement,
+            "SELECT spine_id FROM person_spine WHERE person_id",
+            &changed,
+            |row| {
+                spines.insert(row.try_get(0)?);
+                Ok(())
+            },
+        )
+        .await?;
+        let spines: Vec<String> = spines.into_iter().collect();
+        let mut placing = Placing::new(interner, batch_datasets(&mut tx).await?);
+        let mut members = Vec::new();
+        for_each_in(
+            &mut tx,
+            per_statement,
+            "SELECT person_id, spine_id FROM person_spine WHERE spine_id",
+            &spines,
+            |row| {
+                placing.spine_row(row)?;
+                members.push(row.try_get(0)?);
+                Ok(())
+            },
+        )
+        .await?;
+        let records = format!("SELECT {RECORD_COLUMNS} FROM records WHERE person_id");
+        for_each_in(&mut tx, per_statement, &records, &members, |row| {
+            placing.record(row)
+        })
+        .await?;
+        let events = format!("SELECT {EVENT_COLUMNS} FROM events WHERE person_id");
+        for_each_in(&mut tx, per_statement, &events, &members, |row| {
+            placing.event(row)
+        })
+        .await?;
+        tx.commit().await?;
+        Ok(Some(PopulationChanges {
+            generation,
+            keys: spines.iter().map(|s| Person::key_of(s)).collect(),
+            people: placing.finish(),
+        }))
+    }
+
+    /// Forgets the change log but for the last `keep` generations; a
+    /// population loaded before that is then reloaded in full. Returns the
+    /// rows deleted.
+    pub async fn prune_population_changes(&self, keep: i64) -> Result<u64, StorageError> {
+        let _writing = match &self.write_lock {
+            Some(lock) => Some(lock.lock().await),
+            None => None,
         };
-        let mut key = String::new();
-        let mut datasets: HashMap<String, Symbol> = HashMap::new();
-        let mut rows =
-            sqlx::query("SELECT organisation, batch_id, dataset FROM batches").fetch(&self.pool);
+        let mut tx = self.pool.begin().await?;
+        let start: i64 = sqlx::query_scalar(
+            "UPDATE data_generation SET changes_from = n - $1 WHERE id = 1 AND changes_from < n - $1 \
+             RETURNING changes_from",
+        )
+        .bind(keep)
+        .fetch_optional(&mut *tx)
+        .await?
+        .unwrap_or(i64::MIN);
+        let deleted = sqlx::query("DELETE FROM population_changes WHERE generation <= $1")
+            .bind(start)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(deleted)
+    }
+
+    /// A read-only transaction that sees one state of the database
+    /// throughout (SQLite's read transactions always do).
+    async fn snapshot(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StorageError> {
+        let mut tx = self.pool.begin().await?;
+        if self.backend == super::Backend::Postgres {
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(tx)
+    }
+}
+
+/// The population as read at one data generation.
+#[derive(Debug)]
+pub struct PopulationRead {
+    pub generation: i64,
+    pub people: Vec<Person>,
+}
+
+/// The people changed since a population was loaded, as they are now.
+#[derive(Debug)]
+pub struct PopulationChanges {
+    /// The data generation this brings the population to.
+    pub generation: i64,
+    /// Every person ([`Person::key`]) whose entry is replaced or dropped.
+    pub keys: Vec<u64>,
+    /// Those of them that still have records.
+    pub people: Vec<Person>,
+}
+
+const RECORD_COLUMNS: &str = "person_id, organisation, dataset, sex, birth_month, attributes";
+const EVENT_COLUMNS: &str = "person_id, organisation, batch_id, event_type, event_date, attributes";
+
+/// The data generation and where its change log starts.
+async fn generation_and_log_start(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+) -> Result<(i64, i64), StorageError> {
+    let row = sqlx::query("SELECT n, changes_from FROM data_generation WHERE id = 1")
+        .fetch_one(&mut **tx)
+        .await?;
+    Ok((row.try_get(0)?, row.try_get(1)?))
+}
+
+/// Each batch's dataset, by [`batch_key`].
+async fn batch_datasets(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+) -> Result<HashMap<String, Symbol>, StorageError> {
+    let mut datasets = HashMap::new();
+    let mut key = String::new();
+    let mut rows =
+        sqlx::query("SELECT organisation, batch_id, dataset FROM batches").fetch(&mut **tx);
+    while let Some(row) = rows.try_next().await? {
+        batch_key(&mut key, row.try_get(0)?, row.try_get(1)?);
+        let dataset: &str = row.try_get(2)?;
+        datasets.insert(key.clone(), Symbol::new(dataset)?);
+    }
+    Ok(datasets)
+}
+
+/// "organisation\0batch id", into `key`.
+fn batch_key(key: &mut String, organisation: &str, batch: &str) {
+    key.clear();
+    key.push_str(organisation);
+    key.push('\0');
+    key.push_str(batch);
+}
+
+/// Runs `select … IN (…)` for each chunk of `ids`, handing every row to
+/// `each`.
+async fn for_each_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    per_statement: usize,
+    select: &str,
+    ids: &[String],
+    mut each: impl FnMut(&AnyRow) -> Result<(), StorageError>,
+) -> Result<(), StorageError> {
+    for chunk in ids.chunks(per_statement) {
+        let sql = format!("{select} IN ({})", placeholders(1, chunk.len()));
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for id in chunk {
+            query = query.bind(id);
+        }
+        let mut rows = query.fetch(&mut **tx);
         while let Some(row) = rows.try_next().await? {
-            batch_key(&mut key, row.try_get(0)?, row.try_get(1)?);
-            let dataset: &str = row.try_get(2)?;
-            datasets.insert(key.clone(), Symbol::new(dataset)?);
+            each(&row)?;
         }
-        drop(rows);
+    }
+    Ok(())
+}
 
-        let mut people: Vec<Person> = Vec::new();
-        // Each spine person's place, then each stored person id's.
-        let mut by_spine: HashMap<String, usize> = HashMap::new();
-        let mut by_person: HashMap<String, usize> = HashMap::new();
-        let mut records = sqlx::query(
-            "SELECT person_id, organisation, dataset, sex, birth_month, attributes FROM records",
-        )
-        .fetch(&self.pool);
-        while let Some(row) = records.try_next().await? {
-            let person_id: String = row.try_get(0)?;
-            let at = match by_person.get(&person_id) {
-                Some(&at) => at,
-                None => {
-                    let key = spine.get(&person_id).unwrap_or(&person_id);
-                    let at = *by_spine.entry(key.clone()).or_insert_with_key(|key| {
-                        people.push(Person::with_key(key));
-                        people.len() - 1
-                    });
-                    by_person.insert(person_id, at);
-                    at
-                }
-            };
-            let organisation: String = row.try_get(1)?;
-            let dataset: String = row.try_get(2)?;
-            let sex: Option<String> = row.try_get(3)?;
-            let birth_month: Option<String> = row.try_get(4)?;
-            let attributes: String = row.try_get(5)?;
-            let person = &mut people[at];
-            person.add_record(
-                interner.text(&organisation),
-                interner.text(&dataset),
-                sex.map(|s| interner.text(&s)),
-                birth_month.map(|m| interner.text(&m)),
-            );
-            person.add_attributes(interner.attributes(&attributes));
-        }
-        drop(records);
-        drop(by_spine);
-        drop(spine);
+/// Places records and events, as read, on their spine persons.
+struct Placing<'i> {
+    interner: &'i mut Interner,
+    datasets: HashMap<String, Symbol>,
+    /// Stored person id → spine id, where they differ.
+    spine: HashMap<String, String>,
+    people: Vec<Person>,
+    /// Each spine person's place, then each stored person id's.
+    by_spine: HashMap<String, usize>,
+    by_person: HashMap<String, usize>,
+    /// Events with no record, no batch or an unreadable date (none, unless
+    /// the database was changed by hand).
+    unplaced: u64,
+    key: String,
+}
 
-        let mut events = sqlx::query(
-            "SELECT person_id, organisation, batch_id, event_type, event_date, attributes FROM events",
-        )
-        .fetch(&self.pool);
-        // Events with no record, no batch or an unreadable date (none, unless
-        // the database was changed by hand) are counted and reported.
-        let mut unplaced = 0u64;
-        while let Some(row) = events.try_next().await? {
-            let person_id: &str = row.try_get(0)?;
-            batch_key(&mut key, row.try_get(1)?, row.try_get(2)?);
-            let date: &str = row.try_get(4)?;
-            let (Some(&at), Some(dataset), Some(date)) =
-                (by_person.get(person_id), datasets.get(&key), iso_date(date))
-            else {
-                unplaced += 1;
-                continue;
-            };
-            let event_type: &str = row.try_get(3)?;
-            let attributes: &str = row.try_get(5)?;
-            people[at].events.push(PersonEvent {
-                event_type: Symbol::new(event_type)?,
-                dataset: *dataset,
-                date,
-                attributes: interner.attributes(attributes),
-            });
+impl<'i> Placing<'i> {
+    fn new(interner: &'i mut Interner, datasets: HashMap<String, Symbol>) -> Self {
+        Self {
+            interner,
+            datasets,
+            spine: HashMap::new(),
+            people: Vec::new(),
+            by_spine: HashMap::new(),
+            by_person: HashMap::new(),
+            unplaced: 0,
+            key: String::new(),
         }
-        drop(events);
-        if unplaced > 0 {
+    }
+
+    /// A `person_spine` row: (person id, spine id). Read them all first.
+    fn spine_row(&mut self, row: &AnyRow) -> Result<(), StorageError> {
+        let (person, linked): (&str, &str) = (row.try_get(0)?, row.try_get(1)?);
+        if person != linked {
+            self.spine.insert(person.to_owned(), linked.to_owned());
+        }
+        Ok(())
+    }
+
+    /// A record row ([`RECORD_COLUMNS`]).
+    fn record(&mut self, row: &AnyRow) -> Result<(), StorageError> {
+        let person_id: &str = row.try_get(0)?;
+        let at = match self.by_person.get(person_id) {
+            Some(&at) => at,
+            None => {
+                let key = self.spine.get(person_id).map_or(person_id, String::as_str);
+                let at = match self.by_spine.get(key) {
+                    Some(&at) => at,
+                    None => {
+                        self.people.push(Person::with_key(key));
+                        self.by_spine.insert(key.to_owned(), self.people.len() - 1);
+                        self.people.len() - 1
+                    }
+                };
+                self.by_person.insert(person_id.to_owned(), at);
+                at
+            }
+        };
+        let sex: Option<&str> = row.try_get(3)?;
+        let birth_month: Option<&str> = row.try_get(4)?;
+        let person = &mut self.people[at];
+        person.add_record(
+            Symbol::new(row.try_get(1)?)?,
+            Symbol::new(row.try_get(2)?)?,
+            sex.map(Symbol::new).transpose()?,
+            birth_month.map(Symbol::new).transpose()?,
+        );
+        person.add_attributes(self.interner.attributes(row.try_get(5)?));
+        Ok(())
+    }
+
+    /// An event row ([`EVENT_COLUMNS`]), after its person's records.
+    fn event(&mut self, row: &AnyRow) -> Result<(), StorageError> {
+        let person_id: &str = row.try_get(0)?;
+        batch_key(&mut self.key, row.try_get(1)?, row.try_get(2)?);
+        let date: &str = row.try_get(4)?;
+        let (Some(&at), Some(dataset), Some(date)) = (
+            self.by_person.get(person_id),
+            self.datasets.get(&self.key),
+            iso_date(date),
+        ) else {
+            self.unplaced += 1;
+            return Ok(());
+        };
+        self.people[at].events.push(PersonEvent {
+            event_type: Symbol::new(row.try_get(3)?)?,
+            dataset: *dataset,
+            date,
+            attributes: self.interner.attributes(row.try_get(5)?),
+        });
+        Ok(())
+    }
+
+    /// The people, each one's events in a fixed order (by date, then type,
+    /// dataset and attributes), so the result does not depend on the order
+    /// rows were read in.
+    fn finish(mut self) -> Vec<Person> {
+        if self.unplaced > 0 {
             tracing::warn!(
-                events = unplaced,
+                events = self.unplaced,
                 "stored events left out of analytics: no matching record or batch, or an unreadable date"
             );
         }
-        for person in &mut people {
-            person.events.sort_by_key(|e| e.date);
+        for person in &mut self.people {
+            person.events.sort_by(|a, b| {
+                (a.date, &*a.event_type, &*a.dataset, &*a.attributes).cmp(&(
+                    b.date,
+                    &*b.event_type,
+                    &*b.dataset,
+                    &*b.attributes,
+                ))
+            });
             person.events.shrink_to_fit();
         }
-        Ok(people)
+        self.people
     }
 }
 
@@ -186,13 +419,11 @@ impl Storage {
         let mut found = Vec::new();
         // Only placeholders are formatted into the statement.
         for chunk in local_pseudonyms.chunks(500) {
-            let placeholders: Vec<String> =
-                (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
             let sql = format!(
                 "SELECT DISTINCT r.local_pseudonym, COALESCE(s.spine_id, r.person_id) AS person \
                  FROM records r LEFT JOIN person_spine s ON s.person_id = r.person_id \
                  WHERE r.organisation = $1 AND r.local_pseudonym IN ({})",
-                placeholders.join(", ")
+                placeholders(2, chunk.len())
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(organisation);
             for local in chunk {

@@ -9,8 +9,12 @@
 //! through the same path as `joinery.v1.Query/Run` (minus the network):
 //! the first answer loads the population, later ones (each as of another
 //! day, so none is a replay) use it from memory until the data changes.
-//! Figures: load time, p50 and p90 of the warm answers, peak memory, and
-//! the memory the population holds.
+//! Then a delivery is stored and the population brought up to date, both
+//! by reading only the people it changed and by reading everyone (the
+//! bench fails unless the two agree), and through the service: how long
+//! until answers reflect it.
+//! Figures: load time, p50 and p90 of the warm answers, peak memory, the
+//! memory the population holds, and the catch-up times.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -18,6 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use joinery_crypto::identity::PeerIdentity;
 use joinery_gateway::agreements::Agreements;
+use joinery_gateway::analytics::{Interner, Population};
 use joinery_gateway::query::QueryService;
 use joinery_gateway::rekey::{LINK_EXACT_NHS, Rekeyer};
 use joinery_gateway::storage::{NewBatch, NewEvent, NewRecord, Storage};
@@ -36,6 +41,11 @@ pub struct QueryArgs {
     /// Answers to time after the first.
     #[arg(long, default_value_t = 20)]
     runs: usize,
+    /// Records in the delivery stored after the warm answers (half new
+    /// records of children held, half new children), to measure bringing
+    /// the population up to date.
+    #[arg(long, default_value_t = 10_000)]
+    delivery: usize,
     /// Measure on this PostgreSQL database instead of SQLite (a scratch
     /// database: the population is left in it).
     #[arg(long)]
@@ -44,6 +54,8 @@ pub struct QueryArgs {
 
 const QUERY: &str = include_str!("../../../docs/queries/risk-tiers-by-segment.yaml");
 const RECORDS_PER_BATCH: usize = 5000;
+/// Records per batch of the delivery, as agents send them.
+const DELIVERY_BATCH: usize = 1000;
 
 pub async fn run(args: QueryArgs) -> anyhow::Result<ExitCode> {
     let dir = tempfile::Builder::new()
@@ -83,7 +95,7 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<ExitCode> {
     }]);
     let key = joinery_crypto::keys::SecretKey::generate()?;
     let service = QueryService::new(
-        storage,
+        storage.clone(),
         joinery_gateway::agreements::LiveAgreements::fixed(agreements),
         Rekeyer::new(&key),
     );
@@ -136,7 +148,107 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<ExitCode> {
             held as f64 / args.children as f64
         );
     }
+    if args.delivery > 0 {
+        catch_up(&service, &storage, &analyst, args.children, args.delivery).await?;
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Stores a delivery of `records` records and measures bringing the
+/// population up to date: from the change log and by reading everyone
+/// (which must agree), then through the service, until an answer reflects
+/// the delivery.
+async fn catch_up(
+    service: &QueryService,
+    storage: &Storage,
+    analyst: &PeerIdentity,
+    children: usize,
+    records: usize,
+) -> anyhow::Result<()> {
+    let mut interner = Interner::default();
+    let before = storage.population(&mut interner).await?;
+    let held = Population::new(before.people);
+    let mut rng = ChaCha8Rng::seed_from_u64(6);
+    let mut delivery = Source {
+        organisation: "E08000099",
+        dataset: "cin",
+        reach: 1.0,
+        batch: Vec::with_capacity(DELIVERY_BATCH),
+        batches: 1_000_000,
+    };
+    let today = time::OffsetDateTime::now_utc().date();
+    for i in 0..records {
+        // Every other record a child held already, the rest new children.
+        let child = if i % 2 == 0 {
+            rng.random_range(0..children)
+        } else {
+            children + i
+        };
+        let born = today - Days::days(rng.random_range(0..19 * 365));
+        delivery.batch.push(NewRecord {
+            record_key: format!("delivery-{i}"),
+            ..record(
+                child,
+                "female",
+                born,
+                child_events("cin", born, today, &mut rng),
+            )
+        });
+        if delivery.batch.len() == DELIVERY_BATCH {
+            flush(storage, &mut delivery).await?;
+        }
+    }
+    flush(storage, &mut delivery).await?;
+
+    let started = Instant::now();
+    let changes = storage
+        .population_changes(before.generation, usize::MAX, &mut interner)
+        .await?
+        .context("the change log reaches back to the population loaded")?;
+    let changed = changes.keys.len();
+    let updated = held.updated(&changes.keys, changes.people);
+    let from_changes = started.elapsed();
+    let started = Instant::now();
+    let fresh = storage.population(&mut Interner::default()).await?;
+    let from_everyone = started.elapsed();
+    let fresh = Population::new(fresh.people);
+    anyhow::ensure!(
+        updated.by_key() == fresh.by_key(),
+        "the population brought up to date from its changes differs from reading everyone"
+    );
+    println!(
+        "a delivery of {records} records ({changed} people changed): up to date from the change log in {:.0} ms, \
+         by reading everyone in {:.0} ms (the same {} people)",
+        from_changes.as_secs_f64() * 1000.0,
+        from_everyone.as_secs_f64() * 1000.0,
+        fresh.people().len()
+    );
+    drop((held, updated, fresh));
+
+    // Through the service: answers come from the population held while it
+    // catches up in the background; ask until one reflects the delivery.
+    let generation = storage.data_generation().await?;
+    let started = Instant::now();
+    for day in 100.. {
+        let request = RunRequest {
+            query: format!("{QUERY}\nreference_date: {}\n", today - Days::days(day)),
+        };
+        let table = service.answer(analyst, &request).await?;
+        if table.data_generation == generation {
+            println!(
+                "through the service: an answer reflected the delivery {:.0} ms after it was stored \
+                 (asking again and again, each answer {:.0} ms or so)",
+                started.elapsed().as_secs_f64() * 1000.0,
+                started.elapsed().as_secs_f64() * 1000.0 / (day - 99) as f64
+            );
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(600),
+            "no answer reflected the delivery within 10 minutes"
+        );
+    }
+    Ok(())
 }
 
 /// One agency's dataset in the synthetic population.
@@ -167,10 +279,6 @@ async fn store_population(storage: &Storage, children: usize) -> anyhow::Result<
     });
     let (mut records, mut events) = (0u64, 0u64);
     for child in 0..children {
-        let person_id = format!(
-            "{:032x}",
-            (child as u128).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)
-        );
         let born = today - Days::days(rng.random_range(0..19 * 365));
         let sex = if rng.random_bool(0.5) {
             "female"
@@ -185,18 +293,9 @@ async fn store_population(storage: &Storage, children: usize) -> anyhow::Result<
             events += record_events.len() as u64;
             records += 1;
             source.batch.push(NewRecord {
-                person_id: person_id.clone(),
                 record_key: format!("{}-{child}", source.dataset),
-                source_row: child as u64,
-                local_pseudonym: format!("{person_id}{}", source.dataset),
-                nhs_pseudonym: None,
-                link_method: LINK_EXACT_NHS,
-                sex: Some(sex.to_owned()),
-                birth_month: Some(format!("{:04}-{:02}", born.year(), born.month() as u8)),
-                postcode_district: None,
-                attributes: "{}".to_owned(),
-                events: record_events,
-                linkage: None,
+                local_pseudonym: format!("{}{}", person_id(child), source.dataset),
+                ..record(child, sex, born, record_events)
             });
             if source.batch.len() == RECORDS_PER_BATCH {
                 flush(storage, source).await?;
@@ -207,6 +306,32 @@ async fn store_population(storage: &Storage, children: usize) -> anyhow::Result<
         flush(storage, source).await?;
     }
     Ok((records, events))
+}
+
+/// Child number `child`'s stored person id.
+fn person_id(child: usize) -> String {
+    format!(
+        "{:032x}",
+        (child as u128).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)
+    )
+}
+
+/// A record of child number `child`.
+fn record(child: usize, sex: &str, born: Date, events: Vec<NewEvent>) -> NewRecord {
+    NewRecord {
+        person_id: person_id(child),
+        record_key: child.to_string(),
+        source_row: child as u64,
+        local_pseudonym: person_id(child),
+        nhs_pseudonym: None,
+        link_method: LINK_EXACT_NHS,
+        sex: Some(sex.to_owned()),
+        birth_month: Some(format!("{:04}-{:02}", born.year(), born.month() as u8)),
+        postcode_district: None,
+        attributes: "{}".to_owned(),
+        events,
+        linkage: None,
+    }
 }
 
 async fn flush(storage: &Storage, source: &mut Source) -> anyhow::Result<()> {

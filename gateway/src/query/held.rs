@@ -1,0 +1,124 @@
+//! The linked population a gateway holds in memory for answers, and how it
+//! keeps up with the data.
+//!
+//! The first answer loads everyone. After that, when the data generation
+//! has moved on (a delivery, a linkage run, a retention sweep), answers keep
+//! coming from the population held while it is brought up to date in the
+//! background: only the people changed since are read again
+//! ([`Storage::population_changes`]) and put in place of their old entries
+//! ([`Population::updated`]), unless so many changed — or the change log no
+//! longer reaches back far enough — that reading everyone is cheaper. Each
+//! answer says which generation it reflects.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::Mutex;
+
+use crate::analytics::{Interner, Population};
+use crate::storage::{Storage, StorageError};
+
+/// How many changed person ids are read as changes, at most, for a
+/// population of `n` people: a quarter of them (or 10,000); past that, one
+/// scan of everyone is quicker than looking each up.
+const MOST_CHANGED: fn(usize) -> usize = |n| (n / 4).max(10_000);
+
+/// The population as one answer uses it.
+pub(super) struct Loaded {
+    /// The data generation it reflects.
+    pub generation: i64,
+    pub population: Arc<Population>,
+    /// Newer data has arrived and is being read.
+    pub newer_data_pending: bool,
+}
+
+/// The population held, shared by every answer.
+#[derive(Clone, Default)]
+pub(super) struct Held(Arc<Mutex<State>>);
+
+#[derive(Default)]
+struct State {
+    loaded: Option<(i64, Arc<Population>)>,
+    /// An update is under way (it has taken the interner).
+    updating: bool,
+    /// The texts the population shares, for the people read next.
+    interner: Interner,
+}
+
+impl Held {
+    /// The population as held: loaded on first use (the caller waits), then
+    /// from memory, with an update started when the data has moved on.
+    pub async fn get(&self, storage: &Storage) -> Result<Loaded, StorageError> {
+        let generation = storage.data_generation().await?;
+        let mut state = self.0.lock().await;
+        let Some((at, population)) = &state.loaded else {
+            let read = storage.population(&mut state.interner).await?;
+            let population = Arc::new(Population::new(read.people));
+            state.loaded = Some((read.generation, Arc::clone(&population)));
+            return Ok(Loaded {
+                generation: read.generation,
+                population,
+                newer_data_pending: false,
+            });
+        };
+        let loaded = Loaded {
+            generation: *at,
+            population: Arc::clone(population),
+            newer_data_pending: *at < generation,
+        };
+        if loaded.newer_data_pending && !state.updating {
+            state.updating = true;
+            let mut interner = std::mem::take(&mut state.interner);
+            let (held, storage) = (self.clone(), storage.clone());
+            let (at, population) = (loaded.generation, Arc::clone(&loaded.population));
+            tokio::spawn(async move {
+                let updated = catch_up(&storage, at, &population, &mut interner).await;
+                let mut state = held.0.lock().await;
+                state.updating = false;
+                state.interner = interner;
+                match updated {
+                    Ok(updated) => state.loaded = Some(updated),
+                    Err(error) => {
+                        tracing::error!(%error, "bringing the population up to date failed; the next answer tries again")
+                    }
+                }
+            });
+        }
+        Ok(loaded)
+    }
+}
+
+/// `population`, loaded at generation `at`, brought up to the data: only the
+/// people changed since read again, or everyone when the change log no
+/// longer reaches back to `at` or more changed than [`MOST_CHANGED`] allows.
+async fn catch_up(
+    storage: &Storage,
+    at: i64,
+    population: &Population,
+    interner: &mut Interner,
+) -> Result<(i64, Arc<Population>), StorageError> {
+    let started = Instant::now();
+    let limit = MOST_CHANGED(population.people().len());
+    if let Some(changes) = storage.population_changes(at, limit, interner).await? {
+        crate::metrics::population_updated(false, changes.people.len());
+        tracing::info!(
+            generation = changes.generation,
+            people = changes.keys.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "population brought up to date: changed people read again"
+        );
+        let updated = population.updated(&changes.keys, changes.people);
+        return Ok((changes.generation, Arc::new(updated)));
+    }
+    // A fresh interner: texts no one holds any more are let go.
+    *interner = Interner::default();
+    let read = storage.population(interner).await?;
+    crate::metrics::population_updated(true, read.people.len());
+    tracing::info!(
+        generation = read.generation,
+        people = read.people.len(),
+        ms = started.elapsed().as_millis() as u64,
+        "population brought up to date: everyone read again"
+    );
+    Ok((read.generation, Arc::new(Population::new(read.people))))
+}
