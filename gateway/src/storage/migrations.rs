@@ -88,6 +88,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0013_population_changes.sql"),
         include_str!("../../migrations/postgres/0013_population_changes.sql"),
     ),
+    (
+        14,
+        "unused_indexes",
+        include_str!("../../migrations/sqlite/0014_unused_indexes.sql"),
+        include_str!("../../migrations/postgres/0014_unused_indexes.sql"),
+    ),
 ];
 
 pub(super) fn for_backend(backend: Backend) -> Migrator {
