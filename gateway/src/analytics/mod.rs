@@ -7,8 +7,9 @@
 //! all / any / not ([`cohort`]) — how to break it down and what each cell
 //! holds. [`table::tabulate`] counts it over the population
 //! ([`population`], loaded by [`crate::storage::Storage::population`]:
-//! compact, as millions of people are held — event types and datasets as
-//! two-byte [`symbol`]s);
+//! compact, as millions of people are held — event types, datasets,
+//! organisations, sex and birth month as two-byte [`symbol`]s; kept up to
+//! date by who changed, [`Population::updated`]);
 //! [`crate::disclosure::protect`] protects it; [`explain()`] says in words who
 //! is counted.
 

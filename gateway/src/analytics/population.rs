@@ -375,6 +375,11 @@ mod tests {
             assert_eq!(person(&order), first, "{order:?}");
         }
         assert_eq!(
+            std::mem::size_of::<Person>(),
+            72,
+            "millions are held: docs/scaling.md counts on this size"
+        );
+        assert_eq!(
             person(&[0]).0,
             Some("unknown".into()),
             "unknown when nothing else is known"

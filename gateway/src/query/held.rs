@@ -99,26 +99,28 @@ async fn catch_up(
 ) -> Result<(i64, Arc<Population>), StorageError> {
     let started = Instant::now();
     let limit = MOST_CHANGED(population.people().len());
-    if let Some(changes) = storage.population_changes(at, limit, interner).await? {
-        crate::metrics::population_updated(false, changes.people.len());
-        tracing::info!(
-            generation = changes.generation,
-            people = changes.keys.len(),
-            ms = started.elapsed().as_millis() as u64,
-            "population brought up to date: changed people read again"
-        );
-        let updated = population.updated(&changes.keys, changes.people);
-        return Ok((changes.generation, Arc::new(updated)));
-    }
-    // A fresh interner: texts no one holds any more are let go.
-    *interner = Interner::default();
-    let read = storage.population(interner).await?;
-    crate::metrics::population_updated(true, read.people.len());
+    let (generation, updated, everyone, read) =
+        match storage.population_changes(at, limit, interner).await? {
+            Some(changes) => {
+                let read = changes.people.len();
+                let updated = population.updated(&changes.keys, changes.people);
+                (changes.generation, updated, false, read)
+            }
+            None => {
+                // A fresh interner: texts no one holds any more are let go.
+                *interner = Interner::default();
+                let read = storage.population(interner).await?;
+                let people = read.people.len();
+                (read.generation, Population::new(read.people), true, people)
+            }
+        };
+    crate::metrics::population_updated(everyone, read);
     tracing::info!(
-        generation = read.generation,
-        people = read.people.len(),
+        generation,
+        people_read = read,
+        everyone,
         ms = started.elapsed().as_millis() as u64,
-        "population brought up to date: everyone read again"
+        "population brought up to date"
     );
-    Ok((read.generation, Arc::new(Population::new(read.people))))
+    Ok((generation, Arc::new(updated)))
 }

@@ -478,15 +478,22 @@ impl Storage {
             (Some(lock), false) => Some(lock.lock().await),
             _ => None,
         };
+        // A statement over the due batches, its four parameters bound.
+        let over_due = |sql: String| {
+            sqlx::query(AssertSqlSafe(sql))
+                .bind(agreement_id)
+                .bind(i64::from(version))
+                .bind(dataset)
+                .bind(received_before)
+        };
+        let in_due = format!(
+            "(organisation, batch_id) IN (SELECT organisation, batch_id FROM batches WHERE {DUE})"
+        );
         let mut tx = self.pool.begin().await?;
-        let rows = sqlx::query(AssertSqlSafe(format!(
+        let rows = over_due(format!(
             "SELECT organisation, COUNT(*) AS batches, CAST(SUM(record_count) AS BIGINT) AS records \
              FROM batches WHERE {DUE} GROUP BY organisation ORDER BY organisation"
-        )))
-        .bind(agreement_id)
-        .bind(i64::from(version))
-        .bind(dataset)
-        .bind(received_before)
+        ))
         .fetch_all(&mut *tx)
         .await?;
         let purges = rows
@@ -506,27 +513,18 @@ impl Storage {
             tx.rollback().await?;
             return Ok(purges);
         }
-        let changed: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
-            "SELECT DISTINCT person_id FROM records WHERE (organisation, batch_id) IN \
-             (SELECT organisation, batch_id FROM batches WHERE {DUE})"
-        )))
-        .bind(agreement_id)
-        .bind(i64::from(version))
-        .bind(dataset)
-        .bind(received_before)
+        let changed = over_due(format!(
+            "SELECT DISTINCT person_id FROM records WHERE {in_due}"
+        ))
         .fetch_all(&mut *tx)
-        .await?;
+        .await?
+        .iter()
+        .map(|row| row.try_get(0))
+        .collect::<Result<Vec<String>, _>>()?;
         for table in ["events", "records"] {
-            sqlx::query(AssertSqlSafe(format!(
-                "DELETE FROM {table} WHERE (organisation, batch_id) IN \
-                 (SELECT organisation, batch_id FROM batches WHERE {DUE})"
-            )))
-            .bind(agreement_id)
-            .bind(i64::from(version))
-            .bind(dataset)
-            .bind(received_before)
-            .execute(&mut *tx)
-            .await?;
+            over_due(format!("DELETE FROM {table} WHERE {in_due}"))
+                .execute(&mut *tx)
+                .await?;
         }
         for purge in &purges {
             append_audit_in(
@@ -541,16 +539,10 @@ impl Storage {
             )
             .await?;
         }
-        sqlx::query(AssertSqlSafe(format!(
-            "UPDATE batches SET purged_at = $5 WHERE {DUE}"
-        )))
-        .bind(agreement_id)
-        .bind(i64::from(version))
-        .bind(dataset)
-        .bind(received_before)
-        .bind(time::OffsetDateTime::now_utc().unix_timestamp())
-        .execute(&mut *tx)
-        .await?;
+        over_due(format!("UPDATE batches SET purged_at = $5 WHERE {DUE}"))
+            .bind(time::OffsetDateTime::now_utc().unix_timestamp())
+            .execute(&mut *tx)
+            .await?;
         let changed: Vec<&str> = changed.iter().map(String::as_str).collect();
         self.bump_generation(&mut tx, &changed).await?;
         tx.commit().await?;
