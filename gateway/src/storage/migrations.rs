@@ -97,8 +97,15 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
 ];
 
 pub(super) fn for_backend(backend: Backend) -> Migrator {
+    through(backend, i64::MAX)
+}
+
+/// The migrations up to and including version `last`: a schema as an
+/// earlier release left it, for upgrade tests.
+pub(super) fn through(backend: Backend, last: i64) -> Migrator {
     let migrations = MIGRATIONS
         .iter()
+        .filter(|&&(version, ..)| version <= last)
         .map(|&(version, description, sqlite, postgres)| {
             let sql = match backend {
                 Backend::Sqlite => sqlite,
