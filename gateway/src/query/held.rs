@@ -21,7 +21,9 @@ use crate::storage::{Storage, StorageError};
 /// How many changed person ids are read as changes, at most, for a
 /// population of `n` people: a quarter of them (or 10,000); past that, one
 /// scan of everyone is quicker than looking each up.
-const MOST_CHANGED: fn(usize) -> usize = |n| (n / 4).max(10_000);
+fn most_changed(n: usize) -> usize {
+    (n / 4).max(10_000)
+}
 
 /// The population as one answer uses it.
 pub(super) struct Loaded {
@@ -90,7 +92,7 @@ impl Held {
 
 /// `population`, loaded at generation `at`, brought up to the data: only the
 /// people changed since read again, or everyone when the change log no
-/// longer reaches back to `at` or more changed than [`MOST_CHANGED`] allows.
+/// longer reaches back to `at` or more changed than [`most_changed`] allows.
 async fn catch_up(
     storage: &Storage,
     at: i64,
@@ -98,7 +100,7 @@ async fn catch_up(
     interner: &mut Interner,
 ) -> Result<(i64, Arc<Population>), StorageError> {
     let started = Instant::now();
-    let limit = MOST_CHANGED(population.people().len());
+    let limit = most_changed(population.people().len());
     let (generation, updated, everyone, read) =
         match storage.population_changes(at, limit, interner).await? {
             Some(changes) => {

@@ -9,7 +9,7 @@ use joinery_linkage::entities::Entities;
 use joinery_linkage::{Encoding, Entity, LinkageParams};
 use sqlx::{AssertSqlSafe, Row};
 
-use super::{NewBatch, Storage, StorageError, insert_sql, insert_sql_typed, placeholders, to_i64};
+use super::{NewBatch, Storage, StorageError, insert_sql, insert_sql_typed, to_i64};
 
 /// What a linkage run reads: every entity as the matcher takes it, and
 /// beside it (same order) what the run writes back. A gateway keeps it
@@ -371,28 +371,24 @@ impl Storage {
         let runs: i64 = row.try_get("runs")?;
         // The people this run changes: each moved person id's spine person
         // before and after.
-        let mut changed: Vec<String> = Vec::new();
-        for chunk in assignments.chunks(per_statement) {
-            let sql = format!(
-                "SELECT person_id, spine_id FROM person_spine WHERE person_id IN ({})",
-                placeholders(1, chunk.len())
-            );
-            let mut query = sqlx::query(AssertSqlSafe(sql));
-            for a in chunk {
-                query = query.bind(&a.person_id);
-            }
-            let before: HashMap<String, String> = query
-                .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
-                .collect::<Result<_, sqlx::Error>>()?;
-            for a in chunk {
-                let was = before.get(&a.person_id).unwrap_or(&a.person_id);
-                if *was != a.spine_id {
-                    changed.push(was.clone());
-                    changed.push(a.spine_id.clone());
-                }
+        let moving: Vec<&str> = assignments.iter().map(|a| a.person_id.as_str()).collect();
+        let mut before: HashMap<String, String> = HashMap::new();
+        super::for_each_in(
+            &mut tx,
+            per_statement,
+            "SELECT person_id, spine_id FROM person_spine WHERE person_id",
+            &moving,
+            |row| {
+                before.insert(row.try_get(0)?, row.try_get(1)?);
+                Ok(())
+            },
+        )
+        .await?;
+        let mut changed: Vec<&str> = Vec::new();
+        for a in assignments {
+            let was = before.get(&a.person_id).unwrap_or(&a.person_id);
+            if *was != a.spine_id {
+                changed.extend([was.as_str(), a.spine_id.as_str()]);
             }
         }
         for chunk in assignments.chunks(per_statement / SPINE_COLUMNS) {
@@ -434,7 +430,6 @@ impl Storage {
             }
             query.execute(&mut *tx).await?;
         }
-        let changed: Vec<&str> = changed.iter().map(String::as_str).collect();
         self.bump_generation(&mut tx, &changed).await?;
         tx.commit().await?;
         Ok(runs)

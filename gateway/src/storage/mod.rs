@@ -26,6 +26,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::TryStreamExt;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, AssertSqlSafe, ConnectOptions, Row};
 use tokio::sync::Mutex;
@@ -428,7 +429,6 @@ impl Storage {
         .await?
         .rows_affected();
         if retired > 0 {
-            let changed: Vec<&str> = changed.iter().map(String::as_str).collect();
             self.bump_generation(&mut tx, &changed).await?;
         }
         append_audit_in(
@@ -543,7 +543,6 @@ impl Storage {
             .bind(time::OffsetDateTime::now_utc().unix_timestamp())
             .execute(&mut *tx)
             .await?;
-        let changed: Vec<&str> = changed.iter().map(String::as_str).collect();
         self.bump_generation(&mut tx, &changed).await?;
         tx.commit().await?;
         Ok(purges)
@@ -710,13 +709,13 @@ impl Storage {
     pub(super) async fn bump_generation(
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-        changed: &[&str],
+        changed: &[impl AsRef<str>],
     ) -> Result<(), sqlx::Error> {
         let generation: i64 =
             sqlx::query_scalar("UPDATE data_generation SET n = n + 1 WHERE id = 1 RETURNING n")
                 .fetch_one(&mut **tx)
                 .await?;
-        let mut changed = changed.to_vec();
+        let mut changed: Vec<&str> = changed.iter().map(AsRef::as_ref).collect();
         changed.sort_unstable();
         changed.dedup();
         for chunk in changed.chunks(self.backend.parameters_per_statement() / 2) {
@@ -770,7 +769,6 @@ async fn append_audit_in(
     Ok(seq)
 }
 
-/// `prefix` followed by `rows` groups of `columns` numbered placeholders.
 /// `n` numbered placeholders from `$first`, comma-separated: an `IN` list.
 fn placeholders(first: usize, n: usize) -> String {
     (first..first + n)
@@ -779,6 +777,30 @@ fn placeholders(first: usize, n: usize) -> String {
         .join(", ")
 }
 
+/// Runs `select … IN (…)` for each chunk of `ids`, handing every row to
+/// `each`.
+async fn for_each_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    per_statement: usize,
+    select: &str,
+    ids: &[impl AsRef<str>],
+    mut each: impl FnMut(&AnyRow) -> Result<(), StorageError>,
+) -> Result<(), StorageError> {
+    for chunk in ids.chunks(per_statement) {
+        let sql = format!("{select} IN ({})", placeholders(1, chunk.len()));
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for id in chunk {
+            query = query.bind(id.as_ref());
+        }
+        let mut rows = query.fetch(&mut **tx);
+        while let Some(row) = rows.try_next().await? {
+            each(&row)?;
+        }
+    }
+    Ok(())
+}
+
+/// `prefix` followed by `rows` groups of `columns` numbered placeholders.
 fn insert_sql(prefix: &str, columns: usize, rows: usize) -> String {
     insert_sql_typed(prefix, columns, rows, &[])
 }

@@ -8,7 +8,7 @@ use futures::TryStreamExt;
 use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 
-use super::{Storage, StorageError, placeholders};
+use super::{Storage, StorageError, for_each_in, placeholders};
 use crate::analytics::symbol::Symbol;
 use crate::analytics::{Interner, Person, PersonEvent};
 use crate::identifiability::Sighting;
@@ -129,7 +129,7 @@ impl Storage {
         .await?;
         let spines: Vec<String> = spines.into_iter().collect();
         let mut placing = Placing::new(interner, batch_datasets(&mut tx).await?);
-        let mut members = Vec::new();
+        let mut members: Vec<String> = Vec::new();
         for_each_in(
             &mut tx,
             per_statement,
@@ -252,29 +252,6 @@ fn batch_key(key: &mut String, organisation: &str, batch: &str) {
     key.push_str(organisation);
     key.push('\0');
     key.push_str(batch);
-}
-
-/// Runs `select … IN (…)` for each chunk of `ids`, handing every row to
-/// `each`.
-async fn for_each_in(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    per_statement: usize,
-    select: &str,
-    ids: &[String],
-    mut each: impl FnMut(&AnyRow) -> Result<(), StorageError>,
-) -> Result<(), StorageError> {
-    for chunk in ids.chunks(per_statement) {
-        let sql = format!("{select} IN ({})", placeholders(1, chunk.len()));
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for id in chunk {
-            query = query.bind(id);
-        }
-        let mut rows = query.fetch(&mut **tx);
-        while let Some(row) = rows.try_next().await? {
-            each(&row)?;
-        }
-    }
-    Ok(())
 }
 
 /// Places records and events, as read, on their spine persons.
