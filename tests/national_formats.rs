@@ -87,9 +87,10 @@ async fn every_national_format_reaches_the_gateway_whole() {
     let mut sex_of: BTreeMap<String, String> = BTreeMap::new();
     let mut born: BTreeMap<String, time::Date> = BTreeMap::new();
     let mut expected_events: BTreeMap<(String, String), u64> = BTreeMap::new();
+    let formats = joinery_agent::format::Registry::built_in().unwrap();
     for (org, kind, dataset, file) in SOURCES {
         let config = source_config(&synth, org, kind, dataset, file);
-        for mut part in joinery_agent::format::open(&config, today).unwrap() {
+        for mut part in joinery_agent::format::open(&config, &formats, today).unwrap() {
             while let Some(row) = part.source.next_row() {
                 match row.unwrap().outcome {
                     RowOutcome::Valid { row, .. } => {

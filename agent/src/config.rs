@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use joinery_crypto::tls::TlsFiles;
+
+use crate::format::{Registry, RegistryError};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -56,6 +58,11 @@ pub struct AgentConfig {
     pub max_in_flight: usize,
     /// Extracts to read, in order.
     pub sources: Vec<SourceConfig>,
+    /// A directory of the agency's own national formats, laid out as the
+    /// built-in ones in the agent's `formats/` (`<format>.yaml` and
+    /// `codes/<format>/<year>.yaml`); a source names one by `kind`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub formats: Option<PathBuf>,
     /// The longest line and field read from any extract (defaults: 1 MiB
     /// and 64 KiB): a longer field quarantines its row, a longer line stops
     /// the file.
@@ -99,100 +106,236 @@ pub struct TlsPaths {
     pub key: PathBuf,
 }
 
-/// One extract.
+/// One extract, in its typed form; `agent.yaml` writes it as a
+/// [`SourceEntry`], whose `kind` says which of these it is.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(try_from = "SourceEntry", into = "SourceEntry")]
 pub enum SourceConfig {
-    /// A delimited text file read through a mapping file.
-    Csv {
-        /// The extract.
-        path: PathBuf,
-        /// Its mapping file (see deploy/examples/mapping.yaml).
-        mapping: PathBuf,
-        /// The extract is a full snapshot of the dataset: once all of it is
-        /// delivered, the agency's records from earlier snapshots are
-        /// retired at the gateway. Otherwise each run adds to what is held.
-        #[serde(default)]
-        snapshot: bool,
-    },
-    /// The SSDA903 looked-after children return as CSV tables (header.csv,
-    /// episodes.csv, reviews.csv, uasc.csv, oc2.csv, oc3.csv, ad1.csv,
-    /// placed_for_adoption.csv, prev_perm.csv, missing.csv) in
-    /// `path`, a directory. Needs `year`.
-    Ssda903(NationalFormat),
-    /// The DfE Children in Need census XML file at `path`. Needs `year`.
-    CinCensus(NationalFormat),
-    /// Ofsted Annex A lists 1-10 as CSV files (list_1.csv ... list_10.csv)
-    /// in `path`, a directory.
-    AnnexA(NationalFormat),
-    /// MHSDS-style tables (MHS001MPI.csv, MHS101Referral.csv,
-    /// MHS102ServiceTypeReferredTo.csv, MHS201CareContact.csv) in `path`.
-    Mhsds(NationalFormat),
-    /// CSDS-style tables (CYP001MPI.csv, CYP101Referral.csv,
-    /// CYP102ServiceTypeReferredTo.csv, CYP201CareContact.csv) in `path`.
-    Csds(NationalFormat),
-    /// A FHIR R4 bulk export (Patient.ndjson, Encounter.ndjson,
-    /// EpisodeOfCare.ndjson, ServiceRequest.ndjson) in `path`.
-    Fhir(NationalFormat),
-    /// A table or query in PostgreSQL or SQLite, read through a mapping file
-    /// (its columns are the result's). Each run sends only the rows whose
-    /// watermark has moved past the last row sent.
+    Csv(CsvFile),
     Sql(SqlTable),
+    National(NationalFormat),
 }
 
-/// A database table read incrementally.
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SqlTable {
-    /// `postgres://user@host/db` or `sqlite:///path/to/file.db`. A password
-    /// is better left out and given as PGPASSWORD in the agent's environment;
-    /// the URL is never logged.
-    pub url: String,
-    /// The table (or view) to read, `name` or `schema.name` …
-    #[serde(default)]
-    pub table: Option<String>,
-    /// … or a SELECT whose columns the mapping names (cast dates and other
-    /// types to text in it: `dob::text AS dob`).
-    #[serde(default)]
-    pub query: Option<String>,
-    /// The mapping file.
+/// A delimited text file read through a mapping file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CsvFile {
+    pub path: PathBuf,
     pub mapping: PathBuf,
-    /// A column that grows when a row is added or changed (a last-modified
-    /// timestamp as ISO text, or a sequence): a run sends the rows past the
-    /// last one sent.
+    pub snapshot: bool,
+}
+
+/// A database table (or query) read incrementally through a mapping file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SqlTable {
+    pub url: String,
+    pub table: Option<String>,
+    pub query: Option<String>,
+    pub mapping: PathBuf,
     pub watermark: String,
-    /// A column unique per row (the primary key), ordering rows that share
-    /// a watermark value.
     pub key: String,
 }
 
-/// A national format's files. Their layout and validation come with the
-/// agent (`agent/formats/`); code lists per collection year are data files.
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+/// A national format's files, read as its registry entry says
+/// ([`crate::format::registry`]).
+#[derive(Debug, Clone, PartialEq)]
 pub struct NationalFormat {
-    /// The directory holding the tables (the file, for the CIN census).
+    /// The format's name in the registry (the source's `kind`).
+    pub format: String,
     pub path: PathBuf,
-    /// Dataset name at the gateway, as the agreement lists it.
     pub dataset: String,
-    /// Collection year, by the year it ends: 2025 for 2024-25. Dates after
-    /// 31 March of it are refused (the file is for another year), and the
-    /// code lists of that year apply.
-    #[serde(default)]
     pub year: Option<i32>,
-    /// A code-list file to use instead of the built-in one for the year
-    /// (when a new year's lists are published before the agent is updated).
-    #[serde(default)]
     pub code_lists: Option<PathBuf>,
-    /// File names that differ from the standard ones, by table name
-    /// (e.g. `Episodes: episodes_2025.csv`).
-    #[serde(default)]
     pub files: BTreeMap<String, String>,
-    /// The tables are a full snapshot of the dataset: once all of them are
-    /// delivered, the agency's records from earlier snapshots are retired
-    /// at the gateway. Otherwise each run adds to what is held.
-    #[serde(default)]
     pub snapshot: bool,
+}
+
+/// One extract as `agent.yaml` writes it: `kind`, then the keys of that
+/// kind.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SourceEntry {
+    /// `csv` (a delimited text file read through a mapping file), `sql` (a
+    /// table or query in PostgreSQL or SQLite, read through a mapping file;
+    /// each run sends only the rows whose watermark has moved past the last
+    /// row sent), or a national format by name: one built in (listed under
+    /// "National formats" below) or one in the `formats` directory.
+    pub kind: String,
+    /// csv: the extract. A national format: the directory holding its
+    /// tables (the file, for a format read from one XML file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// csv and sql: the mapping file (see deploy/examples/mapping.yaml);
+    /// for sql its columns are the result's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mapping: Option<PathBuf>,
+    /// csv and national formats: the extract is a full snapshot of the
+    /// dataset: once all of it is delivered, the agency's records from
+    /// earlier snapshots are retired at the gateway. Otherwise each run adds
+    /// to what is held.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub snapshot: bool,
+    /// National formats: the dataset name at the gateway, as the agreement
+    /// lists it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<String>,
+    /// National formats made per collection year: the year, by the year it
+    /// ends (2025 for 2024-25). Dates after 31 March of it are refused (the
+    /// file is for another year), and the code lists of that year apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub year: Option<i32>,
+    /// National formats: a code-list file to use instead of the format's own
+    /// for the year (when a new year's lists are published before the agent
+    /// is updated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code_lists: Option<PathBuf>,
+    /// National formats: file names that differ from the standard ones, by
+    /// table name (e.g. `Episodes: episodes_2025.csv`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub files: BTreeMap<String, String>,
+    /// sql: `postgres://user@host/db` or `sqlite:///path/to/file.db`. A
+    /// password is better left out and given as PGPASSWORD in the agent's
+    /// environment; the URL is never logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// sql: the table (or view) to read, `name` or `schema.name` …
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
+    /// sql: … or a SELECT whose columns the mapping names (cast dates and
+    /// other types to text in it: `dob::text AS dob`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    /// sql: a column that grows when a row is added or changed (a
+    /// last-modified timestamp as ISO text, or a sequence): a run sends the
+    /// rows past the last one sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watermark: Option<String>,
+    /// sql: a column unique per row (the primary key), ordering rows that
+    /// share a watermark value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+impl SourceEntry {
+    /// The keys given besides `kind`.
+    fn given(&self) -> Vec<&'static str> {
+        [
+            ("path", self.path.is_some()),
+            ("mapping", self.mapping.is_some()),
+            ("snapshot", self.snapshot),
+            ("dataset", self.dataset.is_some()),
+            ("year", self.year.is_some()),
+            ("code_lists", self.code_lists.is_some()),
+            ("files", !self.files.is_empty()),
+            ("url", self.url.is_some()),
+            ("table", self.table.is_some()),
+            ("query", self.query.is_some()),
+            ("watermark", self.watermark.is_some()),
+            ("key", self.key.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(key, given)| given.then_some(key))
+        .collect()
+    }
+}
+
+/// `kind: KIND` with `key` missing.
+fn required<T>(kind: &str, key: &str, value: Option<T>) -> Result<T, String> {
+    value.ok_or_else(|| format!("a {kind} source needs {key}"))
+}
+
+impl TryFrom<SourceEntry> for SourceConfig {
+    type Error = String;
+
+    fn try_from(entry: SourceEntry) -> Result<Self, String> {
+        let kind = entry.kind.clone();
+        let keys: &[&str] = match kind.as_str() {
+            "csv" => &["path", "mapping", "snapshot"],
+            "sql" => &["url", "table", "query", "mapping", "watermark", "key"],
+            _ => &["path", "dataset", "year", "code_lists", "files", "snapshot"],
+        };
+        if let Some(stray) = entry.given().into_iter().find(|k| !keys.contains(k)) {
+            return Err(format!(
+                "{stray} does not apply to a {kind} source (its keys: {})",
+                keys.join(", ")
+            ));
+        }
+        Ok(match kind.as_str() {
+            "csv" => Self::Csv(CsvFile {
+                path: required(&kind, "path", entry.path)?,
+                mapping: required(&kind, "mapping", entry.mapping)?,
+                snapshot: entry.snapshot,
+            }),
+            "sql" => {
+                let table = SqlTable {
+                    url: required(&kind, "url", entry.url)?,
+                    table: entry.table,
+                    query: entry.query,
+                    mapping: required(&kind, "mapping", entry.mapping)?,
+                    watermark: required(&kind, "watermark", entry.watermark)?,
+                    key: required(&kind, "key", entry.key)?,
+                };
+                table.check()?;
+                Self::Sql(table)
+            }
+            format => {
+                if !is_format_name(format) {
+                    return Err(format!(
+                        "kind {format:?}: csv, sql or a national format's name (a-z, 0-9, _)"
+                    ));
+                }
+                Self::National(NationalFormat {
+                    format: kind.clone(),
+                    path: required(&kind, "path", entry.path)?,
+                    dataset: required(&kind, "dataset", entry.dataset)?,
+                    year: entry.year,
+                    code_lists: entry.code_lists,
+                    files: entry.files,
+                    snapshot: entry.snapshot,
+                })
+            }
+        })
+    }
+}
+
+fn is_format_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+impl From<SourceConfig> for SourceEntry {
+    fn from(source: SourceConfig) -> Self {
+        match source {
+            SourceConfig::Csv(file) => Self {
+                kind: "csv".to_owned(),
+                path: Some(file.path),
+                mapping: Some(file.mapping),
+                snapshot: file.snapshot,
+                ..Self::default()
+            },
+            SourceConfig::Sql(table) => Self {
+                kind: "sql".to_owned(),
+                url: Some(table.url),
+                table: table.table,
+                query: table.query,
+                mapping: Some(table.mapping),
+                watermark: Some(table.watermark),
+                key: Some(table.key),
+                ..Self::default()
+            },
+            SourceConfig::National(format) => Self {
+                kind: format.format,
+                path: Some(format.path),
+                dataset: Some(format.dataset),
+                year: format.year,
+                code_lists: format.code_lists,
+                files: format.files,
+                snapshot: format.snapshot,
+                ..Self::default()
+            },
+        }
+    }
 }
 
 impl SqlTable {
@@ -225,51 +368,21 @@ impl SqlTable {
 }
 
 impl SourceConfig {
-    /// The format's name, as in `kind`.
-    pub fn kind(&self) -> &'static str {
+    /// What the source is, as its `kind`: `csv`, `sql` or the format's name.
+    pub fn kind(&self) -> &str {
         match self {
-            Self::Csv { .. } => "csv",
-            Self::Ssda903(_) => "ssda903",
-            Self::CinCensus(_) => "cin_census",
-            Self::AnnexA(_) => "annex_a",
-            Self::Mhsds(_) => "mhsds",
-            Self::Csds(_) => "csds",
-            Self::Fhir(_) => "fhir",
+            Self::Csv(_) => "csv",
             Self::Sql(_) => "sql",
+            Self::National(format) => &format.format,
         }
     }
 
-    /// The national format's settings, for every kind but `csv`.
     /// Whether the source is declared a full snapshot of its dataset.
     pub fn snapshot(&self) -> bool {
         match self {
-            Self::Csv { snapshot, .. } => *snapshot,
+            Self::Csv(file) => file.snapshot,
             Self::Sql(_) => false,
-            _ => self.national().is_some_and(|f| f.snapshot),
-        }
-    }
-
-    pub fn national(&self) -> Option<&NationalFormat> {
-        match self {
-            Self::Csv { .. } | Self::Sql(_) => None,
-            Self::Ssda903(f)
-            | Self::CinCensus(f)
-            | Self::AnnexA(f)
-            | Self::Mhsds(f)
-            | Self::Csds(f)
-            | Self::Fhir(f) => Some(f),
-        }
-    }
-
-    fn national_mut(&mut self) -> Option<&mut NationalFormat> {
-        match self {
-            Self::Csv { .. } | Self::Sql(_) => None,
-            Self::Ssda903(f)
-            | Self::CinCensus(f)
-            | Self::AnnexA(f)
-            | Self::Mhsds(f)
-            | Self::Csds(f)
-            | Self::Fhir(f) => Some(f),
+            Self::National(format) => format.snapshot,
         }
     }
 }
@@ -326,16 +439,23 @@ impl AgentConfig {
         if config.sources.is_empty() {
             return Err(invalid("sources: list at least one extract".to_owned()));
         }
-        for source in &config.sources {
-            if let SourceConfig::Sql(table) = source {
-                table
-                    .check()
-                    .map_err(|e| invalid(format!("sources: {e}")))?;
-            }
-        }
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve_paths(base);
+        let formats = config.formats().map_err(|e| invalid(e.to_string()))?;
+        for (i, source) in config.sources.iter().enumerate() {
+            if let SourceConfig::National(national) = source {
+                formats
+                    .get(&national.format)
+                    .map_err(|e| invalid(format!("sources[{i}].kind: {e}")))?;
+            }
+        }
         Ok(config)
+    }
+
+    /// The national formats this agent can read: the built-in ones and
+    /// those in `formats`.
+    pub fn formats(&self) -> Result<Registry, RegistryError> {
+        Registry::load(self.formats.as_deref())
     }
 
     fn resolve_paths(&mut self, base: &Path) {
@@ -354,19 +474,21 @@ impl AgentConfig {
         }
         resolve(&mut self.quarantine_dir);
         resolve(&mut self.spool_dir);
+        if let Some(formats) = &mut self.formats {
+            resolve(formats);
+        }
         for source in &mut self.sources {
             match source {
-                SourceConfig::Csv { path, mapping, .. } => {
-                    resolve(path);
-                    resolve(mapping);
+                SourceConfig::Csv(file) => {
+                    resolve(&mut file.path);
+                    resolve(&mut file.mapping);
                 }
                 SourceConfig::Sql(table) => resolve(&mut table.mapping),
-                _ => {}
-            }
-            if let Some(format) = source.national_mut() {
-                resolve(&mut format.path);
-                if let Some(lists) = &mut format.code_lists {
-                    resolve(lists);
+                SourceConfig::National(format) => {
+                    resolve(&mut format.path);
+                    if let Some(lists) = &mut format.code_lists {
+                        resolve(lists);
+                    }
                 }
             }
         }
@@ -409,10 +531,10 @@ mod tests {
         assert_eq!(config.agreement, dir.path().join("dsa.yaml"));
         assert_eq!(config.server_name(), "gw.example");
         assert_eq!(config.batch_size, 1000);
-        let SourceConfig::Csv { path: data, .. } = &config.sources[0] else {
+        let SourceConfig::Csv(file) = &config.sources[0] else {
             panic!("a csv source")
         };
-        assert_eq!(data, &dir.path().join("data.csv"));
+        assert_eq!(file.path, dir.path().join("data.csv"));
     }
 
     #[test]
@@ -420,10 +542,10 @@ mod tests {
         let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
         let config = AgentConfig::load(&examples.join("agent.yaml")).unwrap();
         assert_eq!(config.organisation, "E08000035");
-        let SourceConfig::Csv { mapping, .. } = &config.sources[0] else {
+        let SourceConfig::Csv(file) = &config.sources[0] else {
             panic!("a csv source")
         };
-        let mapping = crate::mapping::Mapping::load(mapping).unwrap();
+        let mapping = crate::mapping::Mapping::load(&file.mapping).unwrap();
         assert_eq!(mapping.dataset, "csc_referrals");
     }
 
@@ -442,5 +564,58 @@ mod tests {
         .unwrap();
         let err = AgentConfig::load(&path).unwrap_err().to_string();
         assert!(err.contains("organisation"), "{err}");
+    }
+
+    /// A source's keys are checked against its kind, and a kind must name
+    /// csv, sql or a format the agent knows: each refusal names the source
+    /// and what is wrong.
+    #[test]
+    fn a_source_is_checked_against_its_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.yaml");
+        let head = "organisation: RGD\nagreement: a.yaml\ngateway: { address: 'h:1' }\n\
+                    tls: { ca: a, cert: b, key: c }\nlinkage_key: k\nsources:\n";
+        for (source, expected) in [
+            ("{ kind: csv, path: a }", "a csv source needs mapping"),
+            (
+                "{ kind: csv, path: a, mapping: b, year: 2025 }",
+                "year does not apply to a csv source",
+            ),
+            (
+                "{ kind: ssda903, path: a, mapping: b }",
+                "mapping does not apply to a ssda903 source",
+            ),
+            (
+                "{ kind: ssda903, path: a, year: 2025 }",
+                "a ssda903 source needs dataset",
+            ),
+            (
+                "{ kind: sql, url: 'sqlite:///x', table: t, query: q, mapping: m, watermark: w, key: k }",
+                "either table or query",
+            ),
+            (
+                "{ kind: sen9, path: a, dataset: d }",
+                "sources[0].kind: no national format \"sen9\"",
+            ),
+            ("{ kind: SSDA903, path: a, dataset: d }", "a-z, 0-9, _"),
+        ] {
+            std::fs::write(&path, format!("{head}  - {source}\n")).unwrap();
+            let err = AgentConfig::load(&path).unwrap_err().to_string();
+            assert!(err.contains(expected), "{source}: {err}");
+            assert!(err.contains("agent.yaml"), "{source}: {err}");
+        }
+        std::fs::write(
+            &path,
+            format!("{head}  - {{ kind: ssda903, path: lac, dataset: lac, year: 2025 }}\n"),
+        )
+        .unwrap();
+        let config = AgentConfig::load(&path).unwrap();
+        let SourceConfig::National(format) = &config.sources[0] else {
+            panic!("a national format")
+        };
+        assert_eq!(
+            (format.format.as_str(), format.path.clone()),
+            ("ssda903", dir.path().join("lac"))
+        );
     }
 }

@@ -14,6 +14,8 @@ pub enum AgentError {
     #[error(transparent)]
     Source(#[from] crate::source::SourceError),
     #[error(transparent)]
+    Formats(#[from] crate::format::RegistryError),
+    #[error(transparent)]
     Connect(#[from] joinery_proto::channel::ConnectError),
     #[error(transparent)]
     Upload(#[from] crate::uploader::UploadError),

@@ -10,8 +10,10 @@
 //! content-digest ids; [`uploader`] streams them over mutual TLS and counts a
 //! batch delivered only when the gateway acknowledges its commit.
 //!
-//! Around that path: [`format`](mod@format) reads the national returns (SSDA903, CIN
-//! census, Annex A, MHSDS, CSDS, FHIR) as sources, and [`person_index`]
+//! Around that path: [`format`](mod@format) opens each configured source,
+//! reading the national returns (SSDA903, CIN census, Annex A, MHSDS, CSDS,
+//! FHIR, or an agency's own) as its registry of formats-as-data says, and
+//! [`person_index`]
 //! finds the person of an event table's row; [`person`] is the canonical
 //! row; [`spool`] keeps every batch on disk until it is acknowledged and
 //! each source's position, and [`delivery`] resends from it across lost

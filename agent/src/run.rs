@@ -152,13 +152,14 @@ async fn run_sources(config: &AgentConfig, progress: Progress) -> Result<RunSumm
 
     // Bind every mapping to its file, and check the agreement lets this
     // organisation send each dataset, before anything is sent.
+    let formats = config.formats()?;
     let mut opened = Vec::new();
     for source in &config.sources {
         let context = crate::source::ReadContext {
             today,
             limits: config.limits,
         };
-        let parts = crate::format::open(source, context)?;
+        let parts = crate::format::open(source, &formats, context)?;
         // A full snapshot's id: the same for every part of it, and across
         // an interrupted run, while its files are unchanged.
         let snapshot = if source.snapshot() {

@@ -17,7 +17,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Args;
 use joinery_agent::AgentConfig;
-use joinery_agent::config::{GatewayEndpoint, SourceConfig, TlsPaths};
+use joinery_agent::config::{CsvFile, GatewayEndpoint, SourceConfig, TlsPaths};
 use joinery_crypto::identity::PeerIdentity;
 use joinery_crypto::keys::SecretKey;
 use joinery_crypto::pki::{CertificateAuthority, IssuedFiles, Validity};
@@ -407,11 +407,12 @@ impl Layout<'_> {
             retry_for_secs: 60,
             batch_size: 500,
             max_in_flight: 4,
-            sources: vec![SourceConfig::Csv {
+            sources: vec![SourceConfig::Csv(CsvFile {
                 path: extract.to_owned(),
                 mapping: mapping.to_owned(),
                 snapshot: false,
-            }],
+            })],
+            formats: None,
             limits: Default::default(),
         }
     }

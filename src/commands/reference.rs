@@ -26,7 +26,7 @@ pub enum ReferenceCommand {
 impl ReferenceCommand {
     pub fn run(self) -> anyhow::Result<ExitCode> {
         match self {
-            Self::Configuration => print!("{}", configuration()),
+            Self::Configuration => print!("{}", configuration()?),
             Self::Indicators => print!("{}", indicators()),
             Self::Queries => print!("{}", queries()),
         }
@@ -211,7 +211,7 @@ fn form_in_words(root: &Value, form: &Value) -> String {
 }
 
 /// The whole page.
-pub fn configuration() -> String {
+pub fn configuration() -> anyhow::Result<String> {
     let mut out = String::from(
         "# Configuration reference\n\n\
          Generated from the code by `joinery reference configuration`; a test keeps this\n\
@@ -262,7 +262,54 @@ pub fn configuration() -> String {
     out.push_str("\n## Mapping file\n\n");
     let mapping = schemars::schema_for!(joinery_agent::mapping::Mapping).to_value();
     out.push_str(&schema_table(&mapping, &mapping, Types::Json));
-    out
+    out.push_str(&national_formats()?);
+    Ok(out)
+}
+
+/// The built-in national formats, from their definitions in
+/// `agent/formats/`.
+fn national_formats() -> Result<String, joinery_agent::format::RegistryError> {
+    let mut out = String::from(
+        "\n## National formats\n\n\
+         Built into the agent from `agent/formats/`; an agency adds its own in the\n\
+         directory named by `formats` (same layout). A source names one by `kind`.\n\n\
+         | kind | what | collection year | tables (standard file name) |\n\
+         | --- | --- | --- | --- |\n",
+    );
+    let registry = joinery_agent::format::Registry::built_in()?;
+    for format in registry.formats() {
+        let definition = &format.definition;
+        let tables: Vec<String> = definition
+            .tables
+            .iter()
+            .map(|t| {
+                let optional = if t.optional { ", optional" } else { "" };
+                match &t.file {
+                    Some(file) => format!("{} (`{file}`{optional})", t.table),
+                    None => format!("{}{optional}", t.table),
+                }
+            })
+            .collect();
+        let what = match &definition.record {
+            Some(record) => format!(
+                "{}: one XML file, a `{record}` element per person",
+                definition.title
+            ),
+            None => definition.title.clone(),
+        };
+        out.push_str(&format!(
+            "| `{}` | {} | {} | {} |\n",
+            definition.format,
+            cell(&what),
+            if definition.yearly {
+                "required"
+            } else {
+                "none"
+            },
+            cell(&tables.join(", "))
+        ));
+    }
+    Ok(out)
 }
 
 fn cell(text: &str) -> String {

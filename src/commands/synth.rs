@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
+use joinery_agent::config::SourceConfig;
 
 #[derive(Debug, Args)]
 pub struct SynthArgs {
@@ -66,11 +67,11 @@ impl SynthArgs {
         }
         println!("  the same records in national formats and a database (agent source kinds):");
         for source in &output.national {
-            let year = source
-                .config
-                .national()
-                .and_then(|n| n.year)
-                .map_or(String::new(), |y| format!(", year {y}"));
+            let year = match &source.config {
+                SourceConfig::National(n) => n.year.map(|y| format!(", year {y}")),
+                _ => None,
+            }
+            .unwrap_or_default();
             println!(
                 "  {}: kind {}, dataset {}{year}: {}",
                 source.organisation,

@@ -63,20 +63,20 @@ pub(super) fn write(
 ) -> anyhow::Result<Vec<NationalSource>> {
     // Its own stream: the CSV extracts stay as they were.
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6e61_7469_6f6e_616c);
-    let national =
-        |kind: fn(NationalFormat) -> SourceConfig, path: PathBuf, dataset, year| NationalSource {
-            organisation: agency.organisation,
-            dataset,
-            config: kind(NationalFormat {
-                path: path.clone(),
-                dataset: dataset.to_owned(),
-                year,
-                code_lists: None,
-                files: Default::default(),
-                snapshot: false,
-            }),
-            path,
-        };
+    let national = |format: &str, path: PathBuf, dataset, year| NationalSource {
+        organisation: agency.organisation,
+        dataset,
+        config: SourceConfig::National(NationalFormat {
+            format: format.to_owned(),
+            path: path.clone(),
+            dataset: dataset.to_owned(),
+            year,
+            code_lists: None,
+            files: Default::default(),
+            snapshot: false,
+        }),
+        path,
+    };
     let year = collection_year(reference);
     Ok(match agency.layout {
         Layout::Council => {
@@ -90,9 +90,9 @@ pub(super) fn write(
             let mapping = dir.join("cases.yaml");
             cases_database(&cases, &mapping, records, &mut rng)?;
             vec![
-                national(SourceConfig::CinCensus, cin, "cin", Some(year)),
-                national(SourceConfig::Ssda903, lac, "lac", Some(year)),
-                national(SourceConfig::AnnexA, annex, "annex_a", None),
+                national("cin_census", cin, "cin", Some(year)),
+                national("ssda903", lac, "lac", Some(year)),
+                national("annex_a", annex, "annex_a", None),
                 NationalSource {
                     organisation: agency.organisation,
                     dataset: "csc_cases",
@@ -111,7 +111,7 @@ pub(super) fn write(
         Layout::Camhs => {
             let mhsds = dir.join("mhsds");
             health_tables(&mhsds, Tables::MHSDS, records, reference, &mut rng)?;
-            vec![national(SourceConfig::Mhsds, mhsds, "camhs", None)]
+            vec![national("mhsds", mhsds, "camhs", None)]
         }
         Layout::Salt => {
             let csds = dir.join("csds");
@@ -119,8 +119,8 @@ pub(super) fn write(
             let fhir = dir.join("fhir");
             fhir_export(&fhir, records, reference, &mut rng)?;
             vec![
-                national(SourceConfig::Csds, csds, "salt", None),
-                national(SourceConfig::Fhir, fhir, "salt_fhir", None),
+                national("csds", csds, "salt", None),
+                national("fhir", fhir, "salt_fhir", None),
             ]
         }
         // No national format here reads an emergency department's records
@@ -966,6 +966,7 @@ mod tests {
     use std::collections::{BTreeMap, BTreeSet};
 
     use joinery_agent::config::SourceConfig;
+    use joinery_agent::format::Registry;
     use joinery_agent::mapping::Mapping;
     use joinery_agent::person::PersonRow;
     use joinery_agent::row::RowOutcome;
@@ -979,7 +980,9 @@ mod tests {
     fn read(source: &SourceConfig, today: Date) -> (Vec<PersonRow>, Vec<String>) {
         let mut rows = Vec::new();
         let mut problems = Vec::new();
-        for mut part in joinery_agent::format::open(source, today).unwrap() {
+        for mut part in
+            joinery_agent::format::open(source, &Registry::built_in().unwrap(), today).unwrap()
+        {
             while let Some(row) = part.source.next_row() {
                 let row = row.unwrap();
                 match row.outcome {
@@ -1048,9 +1051,13 @@ mod tests {
             // Every event and attribute the format's tables can carry arrives.
             let mappings: Vec<Mapping> = match &source.config {
                 SourceConfig::Sql(table) => vec![Mapping::load(&table.mapping).unwrap()],
-                _ => joinery_agent::format::definition(kind)
+                _ => Registry::built_in()
                     .unwrap()
+                    .get(kind)
+                    .unwrap()
+                    .definition
                     .tables
+                    .clone()
                     .into_iter()
                     .filter(|t| t.file.as_ref().is_none_or(|f| source.path.join(f).exists()))
                     .map(|t| t.mapping)

@@ -28,7 +28,8 @@ pub fn drain(source: &mut dyn Source) {
 
 /// Opens every part of a configured source and reads it.
 pub fn read_config(config: &joinery_agent::config::SourceConfig) {
-    if let Ok(parts) = joinery_agent::format::open(config, today()) {
+    let formats = joinery_agent::format::Registry::built_in().expect("the built-in formats");
+    if let Ok(parts) = joinery_agent::format::open(config, &formats, today()) {
         for mut part in parts {
             drain(part.source.as_mut());
         }

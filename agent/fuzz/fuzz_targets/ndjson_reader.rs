@@ -12,11 +12,13 @@ fuzz_target!(|data: &[u8]| {
     let dir = common::scratch();
     std::fs::write(dir.join("Patient.ndjson"), data).expect("write the input");
     std::fs::write(dir.join("Encounter.ndjson"), data).expect("write the input");
-    common::read_config(&SourceConfig::Fhir(NationalFormat {
+    common::read_config(&SourceConfig::National(NationalFormat {
+        format: "fhir".to_owned(),
         path: dir,
         dataset: "fhir".to_owned(),
         year: None,
         code_lists: None,
         files: Default::default(),
+        snapshot: false,
     }));
 });

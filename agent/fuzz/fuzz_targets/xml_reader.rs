@@ -10,11 +10,13 @@ mod common;
 fuzz_target!(|data: &[u8]| {
     let path = common::scratch().join("cin_census.xml");
     std::fs::write(&path, data).expect("write the input");
-    common::read_config(&SourceConfig::CinCensus(NationalFormat {
+    common::read_config(&SourceConfig::National(NationalFormat {
+        format: "cin_census".to_owned(),
         path,
         dataset: "cin".to_owned(),
         year: Some(2026),
         code_lists: None,
         files: Default::default(),
+        snapshot: false,
     }));
 });

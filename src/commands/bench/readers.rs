@@ -12,7 +12,8 @@ use std::process::{Command, ExitCode};
 use std::time::Instant;
 
 use anyhow::Context;
-use joinery_agent::config::SourceConfig;
+use joinery_agent::config::{CsvFile, SourceConfig};
+use joinery_agent::format::Registry;
 
 use super::peak_rss_kib;
 
@@ -71,11 +72,11 @@ pub fn run(args: ReadersArgs) -> anyhow::Result<ExitCode> {
             .map(|(agency, extract, mapping)| {
                 (
                     format!("csv ({})", agency.dataset),
-                    SourceConfig::Csv {
+                    SourceConfig::Csv(CsvFile {
                         path: extract.clone(),
                         mapping: mapping.clone(),
                         snapshot: false,
-                    },
+                    }),
                 )
             })
             .collect();
@@ -153,7 +154,7 @@ fn read(config: &Path) -> anyhow::Result<(u64, f64)> {
     let today = time::OffsetDateTime::now_utc().date();
     let started = Instant::now();
     let mut rows = 0u64;
-    for mut part in joinery_agent::format::open(&config, today)? {
+    for mut part in joinery_agent::format::open(&config, &Registry::built_in()?, today)? {
         while let Some(row) = part.source.next_row() {
             row?;
             rows += 1;

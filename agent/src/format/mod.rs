@@ -1,12 +1,14 @@
-//! National formats: SSDA903, the CIN census, Ofsted Annex A, MHSDS- and
-//! CSDS-style tables and FHIR bulk exports, read as agencies produce them.
+//! Opening a configured source: a CSV file or SQL table through its mapping,
+//! or a national format (SSDA903, the CIN census, Ofsted Annex A, MHSDS- and
+//! CSDS-style tables, FHIR bulk exports, or an agency's own) read as
+//! agencies produce them.
 //!
-//! A format is data, not code: `agent/formats/<format>.yaml` lists its tables
-//! (a file each, or for the CIN census an XML element each), which table says
-//! who the person is, how other tables name their person, and a mapping per
-//! table in the same language as a CSV mapping file. Code lists live in
-//! `agent/formats/codes/<format>/<year>.yaml`, so next year's lists are a
-//! data change (a source may also point `code_lists` at a newer file).
+//! A national format is data, not code ([`registry`]): its definition lists
+//! its tables (a file each, or for an XML return an element each), which
+//! table says who the person is, how other tables name their person, and a
+//! mapping per table in the same language as a CSV mapping file; its code
+//! lists are files per collection year (a source may also point
+//! `code_lists` at a newer file).
 //!
 //! [`open`] turns a configured source into [`Part`]s, one per file (or per
 //! XML file), each a [`Source`] whose rows are canonical rows. For formats
@@ -15,11 +17,9 @@
 //! [`PersonIndex`], so that every event row carries its person's local id
 //! and NHS number.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde::Deserialize;
 use time::{Date, Month};
 
 use crate::config::{NationalFormat, SourceConfig};
@@ -31,6 +31,10 @@ use crate::source::ndjson::NdjsonSource;
 use crate::source::sql::SqlSource;
 use crate::source::xml::{XmlSource, XmlTable};
 use crate::source::{ReadContext, Source, SourceError};
+
+pub mod registry;
+
+pub use registry::{Definition, PersonLink, ReaderKind, Registry, RegistryError, Table};
 
 /// One file of a source, read on its own (with its own checkpoint and
 /// quarantine report).
@@ -48,243 +52,41 @@ pub struct Part {
     pub source: Box<dyn Source>,
 }
 
-/// A format's definition (`agent/formats/<format>.yaml`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Definition {
-    pub format: String,
-    pub title: String,
-    pub reader: ReaderKind,
-    /// Returns made per collection year (`year` is then required).
-    #[serde(default)]
-    pub yearly: bool,
-    /// XML: the element holding one person (e.g. `Child`).
-    #[serde(default)]
-    pub record: Option<String>,
-    /// XML: an element outside the records naming the collection year; a
-    /// file of another year is refused.
-    #[serde(default)]
-    pub year_element: Option<String>,
-    pub tables: Vec<Table>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ReaderKind {
-    Csv,
-    Xml,
-    Ndjson,
-}
-
-/// One table of a format.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Table {
-    pub table: String,
-    /// CSV and NDJSON: the file's standard name (matched ignoring case).
-    #[serde(default)]
-    pub file: Option<String>,
-    /// A return may leave this table out.
-    #[serde(default)]
-    pub optional: bool,
-    #[serde(default)]
-    pub person: PersonLink,
-    /// A column whose values other tables use to name this row's person
-    /// (an MHSDS referral's `ServiceRequestId`).
-    #[serde(default)]
-    pub key: Option<String>,
-    /// NDJSON: the table's columns, each a JSON path (`name[0].given[0]`,
-    /// `identifier[system=URI].value`; a reference `Patient/ID` gives `ID`).
-    /// XML tables need none: the mapping's columns are leaf element names.
-    #[serde(default)]
-    pub columns: BTreeMap<String, String>,
-    pub mapping: Mapping,
-}
-
-/// How a table's rows find their person.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PersonLink {
-    /// The table says who the person is (every source has one, first).
-    Identity,
-    /// The row's local id names a person of the identity table.
-    #[default]
-    LocalId,
-    /// The row's local-id column holds a key of the named table.
-    Via(String),
-}
-
-const DEFINITIONS: &[(&str, &str)] = &[
-    ("ssda903", include_str!("../formats/ssda903.yaml")),
-    ("cin_census", include_str!("../formats/cin_census.yaml")),
-    ("annex_a", include_str!("../formats/annex_a.yaml")),
-    ("mhsds", include_str!("../formats/mhsds.yaml")),
-    ("csds", include_str!("../formats/csds.yaml")),
-    ("fhir", include_str!("../formats/fhir.yaml")),
-];
-
-/// Built-in code lists: (format, year or `current`, the file's text).
-macro_rules! code_lists {
-    ($(($format:literal, $year:literal)),* $(,)?) => {
-        &[$(($format, $year, include_str!(concat!("../formats/codes/", $format, "/", $year, ".yaml")))),*]
-    };
-}
-
-const CODE_LISTS: &[(&str, &str, &str)] = code_lists![
-    ("ssda903", "2025"),
-    ("ssda903", "2026"),
-    ("ssda903", "2027"),
-    ("cin_census", "2025"),
-    ("cin_census", "2026"),
-    ("cin_census", "2027"),
-    ("annex_a", "current"),
-    ("mhsds", "current"),
-    ("csds", "current"),
-    ("fhir", "current"),
-];
-
-/// A code-list file.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CodeListFile {
-    /// The year whose lists this one starts from; lists named here replace
-    /// that year's.
-    #[serde(default)]
-    extends: Option<String>,
-    #[serde(default)]
-    lists: CodeLists,
-}
-
-/// The built-in definition of `format`.
-pub fn definition(format: &str) -> Result<Definition, String> {
-    let (_, text) = DEFINITIONS
-        .iter()
-        .find(|(name, _)| *name == format)
-        .ok_or_else(|| format!("no built-in format {format:?}"))?;
-    let definition: Definition =
-        serde_saphyr::from_str(text).map_err(|e| format!("built-in format {format}: {e}"))?;
-    Ok(definition)
-}
-
-/// The built-in code-list file for `year` of `format`, or (a year whose lists
-/// are not built in yet) the latest earlier year's: (the year used, text).
-fn built_in_for(format: &str, year: &str) -> Result<(String, &'static str), String> {
-    let years: Vec<(&str, &'static str)> = CODE_LISTS
-        .iter()
-        .filter(|(f, _, _)| *f == format)
-        .map(|(_, y, text)| (*y, *text))
-        .collect();
-    if let Some((y, text)) = years.iter().find(|(y, _)| *y == year) {
-        return Ok(((*y).to_owned(), text));
-    }
-    let earlier = years
-        .iter()
-        .filter(|(y, _)| y.parse::<i32>().ok() < year.parse::<i32>().ok())
-        .max_by_key(|(y, _)| *y);
-    earlier.map(|(y, text)| ((*y).to_owned(), *text)).ok_or_else(|| {
-        let known: Vec<&str> = years.iter().map(|(y, _)| *y).collect();
-        format!(
-            "no built-in {format} code lists for {year} or an earlier year (built in: {}); set code_lists to that year's file",
-            known.join(", ")
-        )
-    })
-}
-
-/// The code lists for `format` in `year` (`None`: the format is not yearly),
-/// from `file` when given, else built in (a year not built in yet uses the
-/// latest earlier year's, with a warning).
-pub fn code_lists(
-    format: &str,
-    year: Option<i32>,
-    file: Option<&Path>,
-) -> Result<CodeLists, String> {
-    let year = year.map_or_else(|| "current".to_owned(), |y| y.to_string());
-    let parse = |text: &str, name: &str| {
-        serde_saphyr::from_str::<CodeListFile>(text).map_err(|e| format!("code lists {name}: {e}"))
-    };
-    let built_in = |year: &str| {
-        CODE_LISTS
-            .iter()
-            .find(|(f, y, _)| *f == format && *y == year)
-            .map(|(_, _, text)| *text)
-    };
-    let mut file = match file {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read code lists {}: {e}", path.display()))?;
-            parse(&text, &path.display().to_string())?
-        }
-        None => {
-            let (found, text) = built_in_for(format, &year)?;
-            if found != year {
-                tracing::warn!(
-                    %format,
-                    %year,
-                    using = %found,
-                    "no built-in code lists for this collection year: using the latest earlier year's; set code_lists to the year's file once published"
-                );
-            }
-            parse(text, &format!("{format}/{found}"))?
-        }
-    };
-    let mut lists = CodeLists::new();
-    let mut seen = vec![year.clone()];
-    while let Some(base) = file.extends.take() {
-        if seen.contains(&base) {
-            return Err(format!("{format} code lists: {base} extends itself"));
-        }
-        seen.push(base.clone());
-        let text = built_in(&base)
-            .ok_or_else(|| format!("{format} code lists extend {base}, which is not built in"))?;
-        let base_file = parse(text, &format!("{format}/{base}"))?;
-        for (name, list) in std::mem::take(&mut file.lists) {
-            lists.entry(name).or_insert(list);
-        }
-        file = base_file;
-    }
-    for (name, list) in file.lists {
-        lists.entry(name).or_insert(list);
-    }
-    Ok(lists)
-}
-
-/// The parts of a configured source, ready to read.
+/// The parts of a configured source, ready to read; `formats` holds the
+/// national formats it may name.
 pub fn open(
     source: &SourceConfig,
+    formats: &Registry,
     context: impl Into<ReadContext>,
 ) -> Result<Vec<Part>, SourceError> {
     let context = context.into();
-    let Some(national) = source.national() else {
-        return Ok(vec![match source {
-            SourceConfig::Csv { path, mapping, .. } => {
-                let map = Mapping::load(mapping)?;
-                Part {
-                    path: path.clone(),
-                    dataset: map.dataset.clone(),
-                    table: String::new(),
-                    source: Box::new(CsvSource::open(path, &map, mapping, context)?),
-                }
-            }
-            SourceConfig::Sql(table) => {
-                let source = SqlSource::open(table, context)?;
-                Part {
-                    path: PathBuf::from(format!(
-                        "sql-{}",
-                        table.table.as_deref().unwrap_or("query")
-                    )),
-                    dataset: Mapping::load(&table.mapping)?.dataset,
-                    table: String::new(),
-                    source: Box::new(source),
-                }
-            }
-            _ => unreachable!("the other kinds are national formats"),
-        }]);
+    let national = match source {
+        SourceConfig::Csv(file) => {
+            let map = Mapping::load(&file.mapping)?;
+            return Ok(vec![Part {
+                path: file.path.clone(),
+                dataset: map.dataset.clone(),
+                table: String::new(),
+                source: Box::new(CsvSource::open(&file.path, &map, &file.mapping, context)?),
+            }]);
+        }
+        SourceConfig::Sql(table) => {
+            let source = SqlSource::open(table, context)?;
+            return Ok(vec![Part {
+                path: PathBuf::from(format!("sql-{}", table.table.as_deref().unwrap_or("query"))),
+                dataset: Mapping::load(&table.mapping)?.dataset,
+                table: String::new(),
+                source: Box::new(source),
+            }]);
+        }
+        SourceConfig::National(national) => national,
     };
     let format_error = |detail: String| SourceError::Format {
         path: national.path.clone(),
         detail,
     };
-    let definition = definition(source.kind()).map_err(format_error)?;
+    let format = formats.get(&national.format).map_err(format_error)?;
+    let definition = &format.definition;
     let collection = match (definition.yearly, national.year) {
         (true, Some(year)) => Some(Collection {
             label: format!("{}-{:02}", year - 1, year.rem_euclid(100)),
@@ -306,15 +108,15 @@ pub fn open(
         (false, None) => None,
     };
     let lists = Arc::new(
-        code_lists(
-            &definition.format,
-            national.year.filter(|_| definition.yearly),
-            national.code_lists.as_deref(),
-        )
-        .map_err(format_error)?,
+        format
+            .code_lists(
+                national.year.filter(|_| definition.yearly),
+                national.code_lists.as_deref(),
+            )
+            .map_err(format_error)?,
     );
     let opening = Opening {
-        definition: &definition,
+        definition,
         national,
         lists,
         collection,
@@ -563,70 +365,17 @@ impl Opening<'_> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
-    #[test]
-    fn every_built_in_format_and_code_list_parses() {
-        for (name, _) in DEFINITIONS {
-            let d = definition(name).unwrap();
-            assert_eq!(&d.format, name);
-            assert!(
-                d.tables.iter().any(|t| t.person == PersonLink::Identity),
-                "{name} has an identity table"
-            );
-            for table in &d.tables {
-                let mut mapping = table.mapping.clone();
-                mapping.dataset = "d".into();
-                mapping.check(Path::new(name)).unwrap();
-                for column in table.mapping.attributes.values().chain(
-                    table
-                        .mapping
-                        .events
-                        .iter()
-                        .flat_map(|e| e.attributes.values()),
-                ) {
-                    if let Some(list) = column.code_list() {
-                        let years: Vec<Option<i32>> = if d.yearly {
-                            vec![Some(2025), Some(2026)]
-                        } else {
-                            vec![None]
-                        };
-                        for year in years {
-                            let lists = code_lists(name, year, None).unwrap();
-                            assert!(lists.contains_key(list), "{name} {year:?}: no list {list}");
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn a_later_year_uses_the_latest_lists_and_an_earlier_one_is_refused() {
-        assert_eq!(
-            code_lists("ssda903", Some(2031), None).unwrap(),
-            code_lists("ssda903", Some(2027), None).unwrap()
-        );
-        let err = code_lists("ssda903", Some(2019), None).unwrap_err();
-        assert!(err.contains("2025, 2026, 2027"), "{err}");
-        assert!(err.contains("code_lists"), "{err}");
-    }
-
-    #[test]
-    fn a_later_year_extends_an_earlier_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("2027.yaml");
-        std::fs::write(&file, "extends: '2026'\nlists:\n  LS: { X9: New status }\n").unwrap();
-        let lists = code_lists("ssda903", Some(2027), Some(&file)).unwrap();
-        assert_eq!(lists["LS"].keys().collect::<Vec<_>>(), ["X9"]);
-        assert!(
-            lists["PLACE"].contains_key("U1"),
-            "other lists carried forward"
-        );
+    fn built_in() -> Registry {
+        Registry::built_in().unwrap()
     }
 
     fn ssda903(dir: &Path, year: i32) -> SourceConfig {
-        SourceConfig::Ssda903(NationalFormat {
+        SourceConfig::National(NationalFormat {
+            format: "ssda903".to_owned(),
             path: dir.to_owned(),
             dataset: "lac".to_owned(),
             year: Some(year),
@@ -687,7 +436,7 @@ mod tests {
         )
         .unwrap();
         let today = time::macros::date!(2026 - 01 - 01);
-        let rows = outcomes(open(&ssda903(dir.path(), 2025), today).unwrap());
+        let rows = outcomes(open(&ssda903(dir.path(), 2025), &built_in(), today).unwrap());
         let summary: Vec<_> = rows
             .iter()
             .map(|(f, l, o)| (f.as_str(), *l, o.clone()))
@@ -715,7 +464,7 @@ mod tests {
             "CHILD,RNE,LS,CIN,PLACE,DEC,REC\n",
         )
         .unwrap();
-        let Err(err) = open(&ssda903(dir.path(), 2025), today) else {
+        let Err(err) = open(&ssda903(dir.path(), 2025), &built_in(), today) else {
             panic!("a missing column is refused")
         };
         let err = err.to_string();
@@ -726,15 +475,15 @@ mod tests {
 
         // A missing table that is not optional, and a yearly return without its year.
         std::fs::remove_file(dir.path().join("episodes.csv")).unwrap();
-        let Err(err) = open(&ssda903(dir.path(), 2025), today) else {
+        let Err(err) = open(&ssda903(dir.path(), 2025), &built_in(), today) else {
             panic!("episodes are required")
         };
         assert!(err.to_string().contains("episodes.csv"), "{err}");
-        let SourceConfig::Ssda903(mut format) = ssda903(dir.path(), 2025) else {
+        let SourceConfig::National(mut format) = ssda903(dir.path(), 2025) else {
             unreachable!()
         };
         format.year = None;
-        let Err(err) = open(&SourceConfig::Ssda903(format), today) else {
+        let Err(err) = open(&SourceConfig::National(format), &built_in(), today) else {
             panic!("the year is required")
         };
         assert!(err.to_string().contains("set year"), "{err}");
