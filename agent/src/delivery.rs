@@ -4,33 +4,31 @@
 //! pass (the gateway restarting, the connection cut, the database away), the
 //! agent reconnects with exponential backoff and jitter and resends every
 //! unacknowledged batch; the gateway recognises any it had already stored.
+//!
+//! Delivery is generic over its [`Transport`], so its tests run it against
+//! a model gateway that fails in every order (below) while a run uses the
+//! gRPC one ([`crate::uploader::Grpc`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use joinery_proto::v1::Hello;
 use rand::Rng;
-use rustls::ClientConfig;
-use tonic::Code;
+use tokio::time::Instant;
 
-use crate::config::GatewayEndpoint;
 use crate::error::AgentError;
 use crate::spool::{Spool, Spooled};
-use crate::uploader::{Acked, UploadError, Uploader};
+use crate::transport::{Acked, Session, Transport};
 
 /// Backoff between reconnection attempts.
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
-pub struct Delivery {
-    gateway: GatewayEndpoint,
-    tls: ClientConfig,
-    hello: Hello,
-    window: usize,
+pub struct Delivery<T: Transport> {
+    transport: T,
     retry_for: Duration,
     spool: Arc<Spool>,
-    uploader: Option<Uploader<usize>>,
+    session: Option<T::Session>,
     /// Unacknowledged batches, by id: the caller's tag and every spool file
     /// holding that id (a batch read again after a crash has two).
     in_flight: BTreeMap<String, (usize, Vec<Spooled>)>,
@@ -40,44 +38,15 @@ pub struct Delivery {
     sessions: u64,
 }
 
-/// Whether a failure may pass if we try again.
-fn retryable(error: &AgentError) -> bool {
-    match error {
-        AgentError::Connect(_) => true,
-        AgentError::Upload(UploadError::Closed(_) | UploadError::Protocol(_)) => true,
-        AgentError::Upload(UploadError::Refused { code, .. } | UploadError::Ended { code, .. }) => {
-            matches!(
-                code,
-                Code::Unavailable
-                    | Code::Unknown
-                    | Code::Internal
-                    | Code::Cancelled
-                    | Code::DeadlineExceeded
-                    | Code::ResourceExhausted
-                    | Code::Aborted
-            )
-        }
-        _ => false,
-    }
-}
-
-impl Delivery {
-    pub fn new(
-        gateway: &GatewayEndpoint,
-        tls: ClientConfig,
-        hello: Hello,
-        window: usize,
-        retry_for: Duration,
-        spool: Arc<Spool>,
-    ) -> Self {
+impl<T: Transport> Delivery<T> {
+    /// Delivers over `transport`, reconnecting for up to `retry_for` after a
+    /// failure that may pass.
+    pub fn new(transport: T, retry_for: Duration, spool: Arc<Spool>) -> Self {
         Self {
-            gateway: gateway.clone(),
-            tls,
-            hello,
-            window,
+            transport,
             retry_for,
             spool,
-            uploader: None,
+            session: None,
             in_flight: BTreeMap::new(),
             order: Vec::new(),
             sessions: 0,
@@ -93,63 +62,47 @@ impl Delivery {
     pub async fn max_batch_bytes(&mut self) -> Result<usize, AgentError> {
         self.connected().await?;
         Ok(self
-            .uploader
+            .session
             .as_ref()
-            .map_or(usize::MAX, Uploader::max_batch_bytes))
-    }
-
-    async fn open(&self) -> Result<Uploader<usize>, AgentError> {
-        let channel = joinery_proto::channel::connect(
-            &self.gateway.address,
-            self.gateway.server_name(),
-            self.tls.clone(),
-        )
-        .await?;
-        Ok(Uploader::open(
-            channel,
-            self.hello.clone(),
-            self.window,
-            self.gateway.compress,
-        )
-        .await?)
+            .map_or(usize::MAX, Session::max_batch_bytes))
     }
 
     /// Makes sure a session is open, retrying with backoff; a new session
     /// resends whatever is unacknowledged. Returns the acks received and
     /// whether a session was (re)opened.
-    async fn connected(&mut self) -> Result<(Vec<Acked<usize>>, bool), AgentError> {
+    async fn connected(&mut self) -> Result<(Vec<Acked>, bool), AgentError> {
         let mut acked = Vec::new();
-        let reopened = self.uploader.is_none();
+        let reopened = self.session.is_none();
         let deadline = Instant::now() + self.retry_for;
         let mut backoff = FIRST_BACKOFF;
-        while self.uploader.is_none() {
-            let attempt = match self.open().await {
-                Ok(mut uploader) => {
+        while self.session.is_none() {
+            let attempt = match self.transport.open().await {
+                Ok(mut session) => {
                     let mut resent = Ok(());
                     for id in &self.order {
                         if let Some((tag, copies)) = self.in_flight.get(id) {
-                            match uploader.send(*tag, copies[0].batch.clone()).await {
+                            match session.send(*tag, copies[0].batch.clone()).await {
                                 Ok(more) => acked.extend(more),
                                 Err(e) => {
-                                    resent = Err(AgentError::from(e));
+                                    resent = Err(e);
                                     break;
                                 }
                             }
                         }
                     }
-                    resent.map(|()| uploader)
+                    resent.map(|()| session)
                 }
                 Err(e) => Err(e),
             };
             match attempt {
-                Ok(uploader) => {
+                Ok(session) => {
                     self.sessions += 1;
                     if self.sessions > 1 {
                         crate::metrics::reconnected();
                     }
-                    self.uploader = Some(uploader);
+                    self.session = Some(session);
                 }
-                Err(e) if retryable(&e) && Instant::now() < deadline => {
+                Err(e) if e.may_pass() && Instant::now() < deadline => {
                     self.spool.record_error(&e.to_string());
                     let jitter = rand::rng().random_range(0.5..1.5);
                     tracing::warn!(error = %e, retry_in_ms = (backoff.as_millis() as f64 * jitter) as u64, "delivery failed; will reconnect");
@@ -158,7 +111,7 @@ impl Delivery {
                 }
                 Err(e) => {
                     self.spool.record_error(&e.to_string());
-                    return Err(e);
+                    return Err(e.into());
                 }
             }
         }
@@ -166,7 +119,7 @@ impl Delivery {
     }
 
     /// Removes acknowledged batches from the spool and the in-flight set.
-    fn settle(&mut self, acked: Vec<Acked<usize>>) -> Result<Vec<Acked<usize>>, AgentError> {
+    fn settle(&mut self, acked: Vec<Acked>) -> Result<Vec<Acked>, AgentError> {
         for a in &acked {
             if let Some((_, copies)) = self.in_flight.remove(&a.ack.batch_id) {
                 for copy in &copies {
@@ -179,11 +132,7 @@ impl Delivery {
     }
 
     /// Sends a spooled batch (reconnecting as needed); returns acks received.
-    pub async fn send(
-        &mut self,
-        tag: usize,
-        spooled: Spooled,
-    ) -> Result<Vec<Acked<usize>>, AgentError> {
+    pub async fn send(&mut self, tag: usize, spooled: Spooled) -> Result<Vec<Acked>, AgentError> {
         let id = spooled.batch.batch_id.clone();
         if let Some((_, copies)) = self.in_flight.get_mut(&id) {
             // Already on its way: its ack will clear this copy too.
@@ -198,17 +147,17 @@ impl Delivery {
         if reopened {
             return Ok(acked);
         }
-        let Some(uploader) = self.uploader.as_mut() else {
+        let Some(session) = self.session.as_mut() else {
             return Ok(acked);
         };
-        match uploader.send(tag, batch).await {
+        match session.send(tag, batch).await {
             Ok(more) => acked.extend(self.settle(more)?),
             Err(e) => {
-                let e = AgentError::from(e);
-                if !retryable(&e) {
-                    return Err(e);
+                if !e.may_pass() {
+                    self.spool.record_error(&e.to_string());
+                    return Err(e.into());
                 }
-                self.uploader = None;
+                self.session = None;
                 self.spool.record_error(&e.to_string());
                 acked.extend(self.connected().await?.0);
             }
@@ -217,32 +166,328 @@ impl Delivery {
     }
 
     /// Waits until every batch sent is acknowledged.
-    pub async fn finish(&mut self) -> Result<Vec<Acked<usize>>, AgentError> {
+    pub async fn finish(&mut self) -> Result<Vec<Acked>, AgentError> {
         let mut acked = Vec::new();
         while !self.in_flight.is_empty() {
             acked.extend(self.connected().await?.0);
-            let Some(uploader) = self.uploader.take() else {
+            let Some(session) = self.session.take() else {
                 continue;
             };
-            match uploader.finish().await {
+            match session.finish().await {
                 Ok(more) => acked.extend(self.settle(more)?),
                 Err(e) => {
-                    let e = AgentError::from(e);
-                    if !retryable(&e) {
-                        return Err(e);
-                    }
                     self.spool.record_error(&e.to_string());
+                    if !e.may_pass() {
+                        return Err(e.into());
+                    }
                 }
             }
         }
         // A session opened but given nothing to send (everything already
         // delivered) is ended in order too.
-        if let Some(uploader) = self.uploader.take() {
-            match uploader.finish().await {
+        if let Some(session) = self.session.take() {
+            match session.finish().await {
                 Ok(more) => acked.extend(self.settle(more)?),
                 Err(e) => tracing::debug!(error = %e, "closing an idle session"),
             }
         }
         Ok(acked)
+    }
+}
+
+/// Delivery against a model gateway behind the [`Transport`] traits: the
+/// spool and the retry logic under every order of failures, no network.
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeSet, VecDeque};
+    use std::sync::Mutex;
+
+    use joinery_proto::v1::{Ack, AckStatus, Batch, BatchBody, Record};
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::spool::Checkpoint;
+    use crate::transport::UploadError;
+
+    /// What the model gateway does at its next step.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Fault {
+        /// Nothing goes wrong.
+        None,
+        /// Refuses to open a session, as a restarting gateway does.
+        Unavailable,
+        /// Loses the connection before the batch is committed.
+        CutBeforeCommit,
+        /// Commits the batch, then loses the connection before its ack.
+        CutAfterCommit,
+        /// Refuses the session for good (a revoked certificate).
+        Denied,
+    }
+
+    #[derive(Default)]
+    struct Gateway {
+        /// Times each batch id was stored (a second copy is a duplicate).
+        stored: BTreeMap<String, usize>,
+        script: VecDeque<Fault>,
+        sessions: usize,
+    }
+
+    impl Gateway {
+        fn next(&mut self) -> Fault {
+            self.script.pop_front().unwrap_or(Fault::None)
+        }
+
+        /// Stores `batch` unless it is held: its ack.
+        fn commit(&mut self, batch: &Batch) -> Ack {
+            let times = self.stored.entry(batch.batch_id.clone()).or_default();
+            let status = if *times == 0 {
+                AckStatus::Committed
+            } else {
+                AckStatus::Duplicate
+            };
+            *times = 1;
+            Ack {
+                batch_id: batch.batch_id.clone(),
+                status: status as i32,
+                ..Ack::default()
+            }
+        }
+    }
+
+    #[derive(Clone)]
+    struct Model {
+        gateway: Arc<Mutex<Gateway>>,
+        window: usize,
+    }
+
+    struct ModelSession {
+        gateway: Arc<Mutex<Gateway>>,
+        window: usize,
+        pending: Vec<Acked>,
+    }
+
+    fn failed(code: tonic::Code) -> UploadError {
+        UploadError::Ended {
+            code,
+            message: "model".to_owned(),
+        }
+    }
+
+    impl Transport for Model {
+        type Session = ModelSession;
+
+        async fn open(&self) -> Result<ModelSession, UploadError> {
+            let mut gateway = self.gateway.lock().unwrap();
+            match gateway.script.front() {
+                Some(Fault::Unavailable) => {
+                    gateway.next();
+                    return Err(UploadError::Refused {
+                        code: tonic::Code::Unavailable,
+                        message: "restarting".to_owned(),
+                    });
+                }
+                Some(Fault::Denied) => {
+                    return Err(UploadError::Refused {
+                        code: tonic::Code::PermissionDenied,
+                        message: "revoked".to_owned(),
+                    });
+                }
+                _ => {}
+            }
+            gateway.sessions += 1;
+            Ok(ModelSession {
+                gateway: self.gateway.clone(),
+                window: self.window,
+                pending: Vec::new(),
+            })
+        }
+    }
+
+    impl Session for ModelSession {
+        fn max_batch_bytes(&self) -> usize {
+            1 << 20
+        }
+
+        async fn send(&mut self, tag: usize, batch: Batch) -> Result<Vec<Acked>, UploadError> {
+            let mut gateway = self.gateway.lock().unwrap();
+            match gateway.next() {
+                Fault::None | Fault::Unavailable => {}
+                Fault::CutBeforeCommit => return Err(failed(tonic::Code::Unavailable)),
+                Fault::CutAfterCommit => {
+                    gateway.commit(&batch);
+                    return Err(failed(tonic::Code::Unavailable));
+                }
+                Fault::Denied => return Err(failed(tonic::Code::PermissionDenied)),
+            }
+            let ack = gateway.commit(&batch);
+            self.pending.push(Acked {
+                tag,
+                records: batch.body.as_ref().map_or(0, |b| b.records.len()),
+                ack,
+                latency: Duration::ZERO,
+            });
+            Ok(if self.pending.len() >= self.window {
+                std::mem::take(&mut self.pending)
+            } else {
+                Vec::new()
+            })
+        }
+
+        async fn finish(self) -> Result<Vec<Acked>, UploadError> {
+            Ok(self.pending)
+        }
+    }
+
+    fn batch(i: usize) -> Batch {
+        Batch {
+            batch_id: format!("batch-{i:03}"),
+            body: Some(BatchBody {
+                dataset: "d".to_owned(),
+                records: vec![Record::default(); i % 3 + 1],
+                ..BatchBody::default()
+            }),
+        }
+    }
+
+    /// What a model delivery ended with.
+    struct Delivered {
+        acked: Vec<Acked>,
+        /// Why delivery stopped, if it did.
+        error: Option<AgentError>,
+        gateway: Arc<Mutex<Gateway>>,
+        spool: Arc<Spool>,
+        /// The spool's directory, removed when this is dropped.
+        dir: tempfile::TempDir,
+    }
+
+    /// Spools and delivers `batches` batches (the first `replayed` of them
+    /// spooled twice, as a crash between spooling and acknowledging leaves
+    /// them) against `script`.
+    fn deliver(
+        batches: usize,
+        replayed: usize,
+        window: usize,
+        script: Vec<Fault>,
+        retry_for: Duration,
+    ) -> Delivered {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Arc::new(Spool::open(dir.path()).unwrap());
+        let gateway = Arc::new(Mutex::new(Gateway {
+            script: script.into(),
+            ..Gateway::default()
+        }));
+        let model = Model {
+            gateway: gateway.clone(),
+            window,
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let mut acked = Vec::new();
+        let outcome = runtime.block_on(async {
+            let mut delivery = Delivery::new(model, retry_for, spool.clone());
+            for i in 0..batches {
+                let copies = if i < replayed { 2 } else { 1 };
+                for _ in 0..copies {
+                    let spooled = spool
+                        .put(batch(i), "source", Checkpoint::default())
+                        .unwrap();
+                    acked.extend(delivery.send(i, spooled).await?);
+                }
+            }
+            acked.extend(delivery.finish().await?);
+            Ok::<_, AgentError>(())
+        });
+        Delivered {
+            acked,
+            error: outcome.err(),
+            gateway,
+            spool,
+            dir,
+        }
+    }
+
+    fn fault() -> impl Strategy<Value = Fault> {
+        prop_oneof![
+            4 => Just(Fault::None),
+            1 => Just(Fault::Unavailable),
+            1 => Just(Fault::CutBeforeCommit),
+            1 => Just(Fault::CutAfterCommit),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(100))]
+
+        /// Whatever the order of failures that may pass: every batch is
+        /// stored exactly once, acknowledged to the caller, and gone from
+        /// the spool; copies of one batch leave with it.
+        #[test]
+        fn every_batch_is_stored_once_and_leaves_the_spool(
+            batches in 1usize..25,
+            replayed in 0usize..4,
+            window in 1usize..5,
+            script in proptest::collection::vec(fault(), 0..40),
+        ) {
+            let Delivered { acked, error, gateway, spool, dir: _dir } =
+                deliver(batches, replayed, window, script, Duration::from_secs(3600));
+            prop_assert!(error.is_none(), "{error:?}");
+            let gateway = gateway.lock().unwrap();
+            prop_assert_eq!(gateway.stored.len(), batches);
+            prop_assert!(gateway.stored.values().all(|times| *times == 1));
+            let acknowledged: BTreeSet<&str> =
+                acked.iter().map(|a| a.ack.batch_id.as_str()).collect();
+            prop_assert_eq!(acknowledged.len(), batches);
+            for a in &acked {
+                prop_assert_eq!(&a.ack.batch_id, &batch(a.tag).batch_id, "an ack carries its batch's tag");
+            }
+            prop_assert!(spool.pending().unwrap().is_empty());
+            prop_assert_eq!(spool.bytes(), 0);
+        }
+    }
+
+    /// A refusal that will not pass stops delivery at once: nothing is
+    /// lost, every batch stays in the spool for the next run, and the
+    /// reason is recorded for `joinery agent status`.
+    #[test]
+    fn a_lasting_refusal_stops_and_keeps_the_spool() {
+        let Delivered {
+            acked,
+            error,
+            gateway,
+            spool,
+            dir,
+        } = deliver(5, 0, 2, vec![Fault::Denied], Duration::from_secs(3600));
+        let error = error.expect("delivery stops").to_string();
+        assert!(error.contains("revoked"), "{error}");
+        assert!(acked.is_empty());
+        assert!(gateway.lock().unwrap().stored.is_empty());
+        assert_eq!(spool.pending().unwrap().len(), 1, "the first batch waits");
+        let (_, _, status, _) = crate::spool::inspect(dir.path()).unwrap();
+        assert!(status.last_error.unwrap().contains("revoked"));
+    }
+
+    /// A gateway that stays away is retried, with backoff, for
+    /// `retry_for` and no longer; the batches wait in the spool.
+    #[test]
+    fn an_absent_gateway_is_retried_for_retry_for_then_left_to_the_next_run() {
+        let retry_for = Duration::from_secs(60);
+        let Delivered {
+            error,
+            gateway,
+            spool,
+            dir: _dir,
+            ..
+        } = deliver(3, 0, 4, vec![Fault::Unavailable; 1000], retry_for);
+        let error = error.expect("delivery gives up").to_string();
+        assert!(error.contains("restarting"), "{error}");
+        let left = gateway.lock().unwrap().script.len();
+        let attempts = 1000 - left;
+        // Backoff 0.2 s doubling to 10 s (±50% jitter): about a dozen
+        // attempts fit in a minute, not hundreds.
+        assert!((4..=30).contains(&attempts), "{attempts} attempts");
+        assert_eq!(spool.pending().unwrap().len(), 1);
     }
 }

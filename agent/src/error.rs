@@ -18,7 +18,7 @@ pub enum AgentError {
     #[error(transparent)]
     Connect(#[from] joinery_proto::channel::ConnectError),
     #[error(transparent)]
-    Upload(#[from] crate::uploader::UploadError),
+    Upload(#[from] crate::transport::UploadError),
     #[error(transparent)]
     Checkpoints(#[from] crate::checkpoints::CheckpointError),
     #[error("cannot write the quarantine report {path}: {source}")]

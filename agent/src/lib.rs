@@ -17,7 +17,7 @@
 //! finds the person of an event table's row; [`person`] is the canonical
 //! row; [`spool`] keeps every batch on disk until it is acknowledged and
 //! each source's position, and [`delivery`] resends from it across lost
-//! connections; [`checkpoints`] keeps the gateway's signed audit
+//! connections, over a [`transport`] ([`uploader`]'s gRPC one in a run); [`checkpoints`] keeps the gateway's signed audit
 //! checkpoints; [`progress`] shows a run's progress; [`metrics`] names what
 //! is measured; [`resolve`] answers direct-care questions inside the agency;
 //! [`error`] is the one error of a run.
@@ -49,6 +49,7 @@ pub mod row;
 pub mod run;
 pub mod source;
 pub mod spool;
+pub mod transport;
 pub mod uploader;
 pub mod validate;
 

@@ -30,7 +30,8 @@ use crate::release::{Releaser, withheld_by_agreement};
 use crate::row::RowOutcome;
 use crate::source::{Position, Source};
 use crate::spool::{Checkpoint, Spool, SpoolError, Spooled};
-use crate::uploader::Acked;
+use crate::transport::Acked;
+use crate::uploader::Grpc;
 
 pub use crate::error::AgentError;
 
@@ -216,11 +217,14 @@ async fn run_sources(config: &AgentConfig, progress: Progress) -> Result<RunSumm
         agreement_digest: signed.digest.clone(),
     };
     let spool = Arc::new(Spool::open(&config.spool_dir)?);
-    let mut delivery = Delivery::new(
-        &config.gateway,
-        tls.clone(),
+    let transport = Grpc {
+        gateway: config.gateway.clone(),
+        tls: tls.clone(),
         hello,
-        config.max_in_flight,
+        window: config.max_in_flight,
+    };
+    let mut delivery = Delivery::new(
+        transport,
         Duration::from_secs(config.retry_for_secs),
         spool.clone(),
     );
@@ -429,7 +433,7 @@ struct Opened {
 
 impl RunSummary {
     /// Counts acknowledgements into the sources they belong to.
-    fn tally(&mut self, acked: Vec<Acked<usize>>) {
+    fn tally(&mut self, acked: Vec<Acked>) {
         for a in acked {
             if a.tag == REPLAYED {
                 self.replayed_records += a.records as u64;

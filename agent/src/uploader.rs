@@ -1,4 +1,5 @@
-//! One delivery session with the gateway over `joinery.v1.Ingest/Stream`.
+//! The gRPC transport ([`Grpc`]): one delivery session with the gateway over
+//! `joinery.v1.Ingest/Stream`, mutual TLS.
 //!
 //! The uploader keeps at most `window` batches unacknowledged: sending waits
 //! for acks when the window is full. An ack arrives only after the gateway has
@@ -9,69 +10,72 @@ use std::time::{Duration, Instant};
 
 use joinery_proto::v1::ingest_client::IngestClient;
 use joinery_proto::v1::{
-    Ack, AckStatus, AgentMessage, Batch, GatewayMessage, Hello, agent_message, gateway_message,
+    AgentMessage, Batch, GatewayMessage, Hello, agent_message, gateway_message,
 };
+use rustls::ClientConfig;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 use tonic::codec::CompressionEncoding;
 use tonic::transport::Channel;
 
+use crate::config::GatewayEndpoint;
+use crate::transport::{Acked, Session, Transport, UploadError};
+
 /// How long a finishing session waits for the gateway to end its side.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
-#[derive(Debug, thiserror::Error)]
-pub enum UploadError {
-    #[error("the gateway refused the session ({}): {message}", joinery_proto::channel::in_words(*code))]
-    Refused { code: tonic::Code, message: String },
-    #[error("the gateway ended the session ({}): {message}", joinery_proto::channel::in_words(*code))]
-    Ended { code: tonic::Code, message: String },
-    #[error("the gateway closed the session with {0} batches unacknowledged")]
-    Closed(usize),
-    #[error("the gateway sent an unexpected message: {0}")]
-    Protocol(&'static str),
-}
-
-impl UploadError {
-    fn from_status(status: tonic::Status, opening: bool) -> Self {
-        let message = joinery_proto::channel::reason(&status);
-        let code = status.code();
-        if opening {
-            Self::Refused { code, message }
-        } else {
-            Self::Ended { code, message }
-        }
+fn from_status(status: tonic::Status, opening: bool) -> UploadError {
+    let message = joinery_proto::channel::reason(&status);
+    let code = status.code();
+    if opening {
+        UploadError::Refused { code, message }
+    } else {
+        UploadError::Ended { code, message }
     }
 }
 
-/// An acknowledged batch, with the caller's tag for it.
-#[derive(Debug, Clone)]
-pub struct Acked<T> {
-    pub tag: T,
-    pub records: usize,
-    pub ack: Ack,
-    /// From handing the batch to the connection to receiving its ack.
-    pub latency: Duration,
+/// The real transport: a mutual-TLS connection to the gateway per session.
+pub struct Grpc {
+    pub gateway: GatewayEndpoint,
+    pub tls: ClientConfig,
+    pub hello: Hello,
+    /// Batches sent but not yet acknowledged, at most.
+    pub window: usize,
 }
 
-impl<T> Acked<T> {
-    pub fn status(&self) -> AckStatus {
-        AckStatus::try_from(self.ack.status).unwrap_or(AckStatus::Unspecified)
+impl Transport for Grpc {
+    type Session = Uploader;
+
+    async fn open(&self) -> Result<Uploader, UploadError> {
+        let channel = joinery_proto::channel::connect(
+            &self.gateway.address,
+            self.gateway.server_name(),
+            self.tls.clone(),
+        )
+        .await?;
+        Uploader::open(
+            channel,
+            self.hello.clone(),
+            self.window,
+            self.gateway.compress,
+        )
+        .await
     }
 }
 
-pub struct Uploader<T> {
+pub struct Uploader {
     outbound: mpsc::Sender<AgentMessage>,
     inbound: Streaming<GatewayMessage>,
-    pending: HashMap<String, (T, usize, Instant)>,
+    pending: HashMap<String, (usize, usize, Instant)>,
     window: usize,
     max_batch_bytes: usize,
 }
 
-impl<T> Uploader<T> {
+impl Uploader {
     /// Opens a session: sends `hello` and waits for the gateway's welcome.
     /// With `compress`, batches go gzip-compressed.
-    pub async fn open(
+    async fn open(
         channel: Channel,
         hello: Hello,
         window: usize,
@@ -95,14 +99,14 @@ impl<T> Uploader<T> {
         let mut inbound = client
             .stream(request)
             .await
-            .map_err(|s| UploadError::from_status(s, true))?
+            .map_err(|s| from_status(s, true))?
             .into_inner();
         let welcome = match inbound.message().await {
             Ok(Some(GatewayMessage {
                 kind: Some(gateway_message::Kind::Welcome(welcome)),
             })) => welcome,
             Ok(_) => return Err(UploadError::Protocol("expected Welcome")),
-            Err(status) => return Err(UploadError::from_status(status, true)),
+            Err(status) => return Err(from_status(status, true)),
         };
         Ok(Self {
             outbound,
@@ -113,14 +117,36 @@ impl<T> Uploader<T> {
         })
     }
 
-    /// The largest encoded batch the gateway accepts.
-    pub fn max_batch_bytes(&self) -> usize {
+    async fn next_ack(&mut self) -> Result<Acked, UploadError> {
+        match self.inbound.message().await {
+            Ok(Some(GatewayMessage {
+                kind: Some(gateway_message::Kind::Ack(ack)),
+            })) => {
+                let (tag, records, sent) = self
+                    .pending
+                    .remove(&ack.batch_id)
+                    .ok_or(UploadError::Protocol("ack for a batch not sent"))?;
+                Ok(Acked {
+                    tag,
+                    records,
+                    ack,
+                    latency: sent.elapsed(),
+                })
+            }
+            Ok(Some(_)) => Err(UploadError::Protocol("expected Ack")),
+            Ok(None) => Err(UploadError::Closed(self.pending.len())),
+            Err(status) => Err(from_status(status, false)),
+        }
+    }
+}
+
+impl Session for Uploader {
+    fn max_batch_bytes(&self) -> usize {
         self.max_batch_bytes
     }
 
-    /// Sends `batch`, first collecting acks while the window is full. Returns
-    /// the acks collected.
-    pub async fn send(&mut self, tag: T, batch: Batch) -> Result<Vec<Acked<T>>, UploadError> {
+    /// Collects acks first while the window is full.
+    async fn send(&mut self, tag: usize, batch: Batch) -> Result<Vec<Acked>, UploadError> {
         let mut acked = Vec::new();
         while self.pending.len() >= self.window {
             acked.push(self.next_ack().await?);
@@ -142,11 +168,10 @@ impl<T> Uploader<T> {
         Ok(acked)
     }
 
-    /// Waits for every outstanding ack and ends the session in order: the
-    /// request stream is closed, and the gateway's end of the response
+    /// The request stream is closed, and the gateway's end of the response
     /// stream awaited (briefly), so it sees a session end, not a dropped
     /// connection.
-    pub async fn finish(mut self) -> Result<Vec<Acked<T>>, UploadError> {
+    async fn finish(mut self) -> Result<Vec<Acked>, UploadError> {
         let mut acked = Vec::new();
         while !self.pending.is_empty() {
             acked.push(self.next_ack().await?);
@@ -155,27 +180,5 @@ impl<T> Uploader<T> {
         let closing = async { while let Ok(Some(_)) = self.inbound.message().await {} };
         let _ = tokio::time::timeout(CLOSE_WAIT, closing).await;
         Ok(acked)
-    }
-
-    async fn next_ack(&mut self) -> Result<Acked<T>, UploadError> {
-        match self.inbound.message().await {
-            Ok(Some(GatewayMessage {
-                kind: Some(gateway_message::Kind::Ack(ack)),
-            })) => {
-                let (tag, records, sent) = self
-                    .pending
-                    .remove(&ack.batch_id)
-                    .ok_or(UploadError::Protocol("ack for a batch not sent"))?;
-                Ok(Acked {
-                    tag,
-                    records,
-                    ack,
-                    latency: sent.elapsed(),
-                })
-            }
-            Ok(Some(_)) => Err(UploadError::Protocol("expected Ack")),
-            Ok(None) => Err(UploadError::Closed(self.pending.len())),
-            Err(status) => Err(UploadError::from_status(status, false)),
-        }
     }
 }
