@@ -22,10 +22,10 @@ use std::sync::Arc;
 
 use time::{Date, Month};
 
-use crate::config::{NationalFormat, SourceConfig};
 use crate::mapping::{CodeLists, Collection, Column, Fields, Mapping};
 use crate::person_index::{By, PersonIndex, PersonRef};
 use crate::row::RowOutcome;
+use crate::source::config::{NationalFormat, SourceConfig};
 use crate::source::csv::CsvSource;
 use crate::source::ndjson::NdjsonSource;
 use crate::source::sql::SqlSource;

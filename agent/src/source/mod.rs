@@ -8,6 +8,8 @@
 //! - [`sql`]: a table or query in PostgreSQL or SQLite, read incrementally
 //!   by a watermark column.
 //!
+//! [`config`] is how a source is configured (`agent.yaml`'s `sources`).
+//!
 //! [`crate::format`] opens the national formats as a series of these, each
 //! with a built-in mapping. Every source can say where it is
 //! ([`Source::position`]) and continue from there in a later run
@@ -18,6 +20,7 @@
 //! longer than its limit quarantines the row, so a hostile or broken file
 //! can neither exhaust memory nor print itself into an error.
 
+pub mod config;
 pub mod csv;
 pub mod ndjson;
 pub mod sql;

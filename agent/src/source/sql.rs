@@ -20,10 +20,10 @@ use serde::{Deserialize, Serialize};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AssertSqlSafe, Column, Executor, Row, SqlSafeStr, Statement};
 
-use crate::config::SqlTable;
 use crate::mapping::{Mapping, Resolved};
 use crate::person::Problem;
 use crate::row::{RowOutcome, map_row};
+use crate::source::config::SqlTable;
 use crate::source::{Position, ReadContext, Source, SourceError, SourceRow};
 
 /// Rows fetched ahead of the reader, at most.
