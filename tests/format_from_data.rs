@@ -131,7 +131,7 @@ async fn an_agency_adds_a_national_format_as_data_and_sends_it() {
     let (code, out, err) = finish(d.spawn_agent(&config));
     assert_eq!(
         code,
-        joinery_agent::run::EXIT_QUARANTINED,
+        joinery_agent::summary::EXIT_QUARANTINED,
         "rows were quarantined: {out}\n{err}"
     );
     assert!(out.contains("5 rows read, 5 sent, 5 stored"), "{out}");

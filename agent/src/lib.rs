@@ -1,23 +1,25 @@
 //! The Joinery agent: runs on an agency's premises, reads its extracts, and
 //! delivers pseudonymised records to the gateway.
 //!
-//! Data flow for one run ([`run()`]): [`config`] names the sources; each
-//! [`source`] reads rows and [`mapping`] binds its columns to canonical fields;
-//! [`row`] validates them with [`validate`] (NHS number Modulus 11, postcodes,
-//! dates) and quarantines what cannot be used ([`quarantine`]); [`opt_out`]
-//! withholds people on the National Data Opt-out list; [`release`] sends only
-//! what the signed agreement allows, pseudonymised and coarsened as it says; [`batch`] groups records under
-//! content-digest ids; [`uploader`] streams them over mutual TLS and counts a
-//! batch delivered only when the gateway acknowledges its commit.
+//! Data flow for one run ([`run()`], its steps in [`run`](mod@run)):
+//! [`config`] names the sources; [`format`](mod@format) opens each (a CSV
+//! file, an SQL table, or a national return — SSDA903, CIN census, Annex A,
+//! MHSDS, CSDS, FHIR or an agency's own — as its registry of formats as
+//! data says, [`person_index`] finding the person of an event table's row);
+//! each [`source`] reads rows and [`mapping`] binds its columns to canonical
+//! fields ([`person`]); [`row`] validates them with [`validate`] (NHS number
+//! Modulus 11, postcodes, dates). Then the [`pipeline`] stages: what cannot
+//! be used is quarantined ([`quarantine`]), [`opt_out`] withholds people on
+//! the National Data Opt-out list, [`release`] sends only what the signed
+//! agreement allows, pseudonymised and coarsened as it says, [`batch`]
+//! groups records under content-digest ids, and [`spool`] keeps every batch
+//! on disk, with each source's position, until it is acknowledged.
+//! [`delivery`] sends from the spool and resends across lost connections,
+//! over a [`transport`] ([`uploader`]'s mutual-TLS gRPC one in a run),
+//! counting a batch delivered only when the gateway acknowledges its commit;
+//! [`summary`] is what the run did.
 //!
-//! Around that path: [`format`](mod@format) opens each configured source,
-//! reading the national returns (SSDA903, CIN census, Annex A, MHSDS, CSDS,
-//! FHIR, or an agency's own) as its registry of formats-as-data says, and
-//! [`person_index`]
-//! finds the person of an event table's row; [`person`] is the canonical
-//! row; [`spool`] keeps every batch on disk until it is acknowledged and
-//! each source's position, and [`delivery`] resends from it across lost
-//! connections, over a [`transport`] ([`uploader`]'s gRPC one in a run); [`checkpoints`] keeps the gateway's signed audit
+//! Around that path: [`checkpoints`] keeps the gateway's signed audit
 //! checkpoints; [`progress`] shows a run's progress; [`metrics`] names what
 //! is measured; [`resolve`] answers direct-care questions inside the agency;
 //! [`error`] is the one error of a run.
@@ -41,6 +43,7 @@ pub mod metrics;
 pub mod opt_out;
 pub mod person;
 pub mod person_index;
+pub mod pipeline;
 pub mod progress;
 pub mod quarantine;
 pub mod release;
@@ -49,10 +52,12 @@ pub mod row;
 pub mod run;
 pub mod source;
 pub mod spool;
+pub mod summary;
 pub mod transport;
 pub mod uploader;
 pub mod validate;
 
 pub use config::AgentConfig;
 pub use progress::Progress;
-pub use run::{RunSummary, run};
+pub use run::run;
+pub use summary::RunSummary;

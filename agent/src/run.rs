@@ -1,21 +1,30 @@
-//! One agent run: check every source against its mapping, connect, stream
-//! every row through validation, release and batching to the gateway, and
-//! summarise what happened.
+//! One agent run, as a sequence of named steps:
 //!
-//! Rows are read on a blocking thread and handed to the sender through a
-//! bounded channel, so a slow gateway slows reading rather than filling memory.
+//! 1. `Admitted::check`: the linkage key and TLS credentials load, and the
+//!    agreement is fully signed, in force, and has its opt-out list if it
+//!    says the National Data Opt-out applies;
+//! 2. `open_sources`: every source opens (each mapping bound to its file)
+//!    and the agreement lets this organisation send each dataset — all
+//!    before anything is sent;
+//! 3. what an interrupted run left in the spool is resent;
+//! 4. `Run::deliver` per source part: resume from its checkpoint, read it
+//!    through the [`pipeline`](crate::pipeline) stages on a blocking thread
+//!    while delivery sends what they spool;
+//! 5. the last acknowledgements are tallied ([`crate::summary`]), full
+//!    snapshots delivered whole replace the earlier ones, and the gateway's
+//!    signed audit checkpoints are kept.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use joinery_crypto::keys::SecretKey;
 use joinery_policies::SignedAgreement;
-use joinery_policies::model::{Dataset, OptOut};
+use joinery_policies::model::OptOut;
 use joinery_proto::v1::ingest_client::IngestClient;
-use joinery_proto::v1::{AckStatus, Batch, Hello, RejectReason, SnapshotDelivered};
-use time::Date;
+use joinery_proto::v1::{Hello, SnapshotDelivered};
+use time::{Date, OffsetDateTime};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
@@ -24,100 +33,17 @@ use crate::config::AgentConfig;
 use crate::delivery::Delivery;
 use crate::metrics;
 use crate::opt_out::OptOutList;
-use crate::progress::{Progress, SourceProgress};
-use crate::quarantine::{QUARANTINED, QuarantineReport, SENT_WITH_WARNING};
+use crate::pipeline::{Releasing, Screening, Spooling, Stages, Withholding};
+use crate::progress::Progress;
+use crate::quarantine::QuarantineReport;
 use crate::release::{Releaser, withheld_by_agreement};
-use crate::row::RowOutcome;
-use crate::source::{Position, Source};
-use crate::spool::{Checkpoint, Spool, SpoolError, Spooled};
+use crate::source::Source;
+use crate::spool::{Spool, Spooled};
+use crate::summary::{REPLAYED, RunSummary, SourceSummary};
 use crate::transport::Acked;
 use crate::uploader::Grpc;
 
 pub use crate::error::AgentError;
-
-/// What happened to one source.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SourceSummary {
-    pub source: PathBuf,
-    pub dataset: String,
-    pub rows_read: u64,
-    pub records_sent: u64,
-    /// Stored by this run.
-    pub records_stored: u64,
-    /// Already stored by an earlier run (their batches were duplicates).
-    pub records_already_stored: u64,
-    pub records_rejected: u64,
-    pub batches_rejected: BTreeMap<String, u64>,
-    /// Rows not sent, by reason.
-    pub quarantined: BTreeMap<String, u64>,
-    /// Rows sent with a value dropped, by reason.
-    pub warnings: BTreeMap<String, u64>,
-    pub quarantine_report: PathBuf,
-    /// Rows withheld because the person is on the National Data Opt-out list.
-    pub opted_out: u64,
-    /// What the mapping reads but the agreement does not let this dataset send.
-    pub withheld_fields: Vec<String>,
-    /// Time from sending each batch to its ack.
-    pub ack_latencies: Vec<Duration>,
-    /// This run found the source already completely delivered (same file).
-    pub already_delivered: bool,
-    /// Reading resumed at this line, where an interrupted run stopped.
-    pub resumed_at_line: Option<u64>,
-}
-
-impl SourceSummary {
-    /// Takes the counts of a read.
-    fn absorb(&mut self, read: SourceSummary) {
-        self.rows_read = read.rows_read;
-        self.records_sent = read.records_sent;
-        self.quarantined = read.quarantined;
-        self.warnings = read.warnings;
-        self.opted_out = read.opted_out;
-        self.quarantine_report = read.quarantine_report;
-    }
-}
-
-impl SourceSummary {
-    pub fn quarantined_rows(&self) -> u64 {
-        self.quarantined.values().sum()
-    }
-}
-
-/// What happened in the run.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RunSummary {
-    pub sources: Vec<SourceSummary>,
-    /// Batches an interrupted earlier run left in the spool, resent first.
-    pub replayed_batches: u64,
-    pub replayed_records: u64,
-    /// Sessions reopened after the gateway or network failed.
-    pub reconnections: u64,
-    /// Full snapshots delivered whole this run: the dataset, and how many
-    /// records of earlier snapshots the gateway retired.
-    pub snapshots: Vec<(String, u64)>,
-    /// The gateway's signed audit checkpoints fetched and kept this run
-    /// ([`crate::checkpoints`]); `None` when the gateway could not be asked.
-    pub checkpoints: Option<crate::checkpoints::Fetched>,
-}
-
-/// Exit statuses of `joinery agent run`.
-pub const EXIT_OK: i32 = 0;
-pub const EXIT_QUARANTINED: i32 = 3;
-pub const EXIT_REJECTED: i32 = 4;
-
-impl RunSummary {
-    /// 0: everything delivered; 3: some rows quarantined, the rest delivered;
-    /// 4: the gateway rejected at least one batch.
-    pub fn exit_code(&self) -> i32 {
-        if self.sources.iter().any(|s| s.records_rejected > 0) {
-            EXIT_REJECTED
-        } else if self.sources.iter().any(|s| s.quarantined_rows() > 0) {
-            EXIT_QUARANTINED
-        } else {
-            EXIT_OK
-        }
-    }
-}
 
 /// Runs the agent once over every configured source.
 pub async fn run(config: &AgentConfig, progress: Progress) -> Result<RunSummary, AgentError> {
@@ -126,33 +52,122 @@ pub async fn run(config: &AgentConfig, progress: Progress) -> Result<RunSummary,
 }
 
 async fn run_sources(config: &AgentConfig, progress: Progress) -> Result<RunSummary, AgentError> {
-    let key = SecretKey::load(&config.linkage_key)?;
-    let tls = joinery_crypto::tls::client_config(&config.tls_files())?;
-    let expiry = joinery_crypto::tls::expiry(&config.tls_files())?;
-    metrics::tls_expiry(expiry.certificate, expiry.ca);
-    let now = time::OffsetDateTime::now_utc();
-    let today = now.date();
+    let now = OffsetDateTime::now_utc();
+    let admitted = Admitted::check(config, now)?;
+    let opened = open_sources(config, &admitted.signed, now.date())?;
+    let snapshots = snapshots_in(&opened);
 
-    // The agreement: fully signed, in force, and naming this organisation.
-    let signed = SignedAgreement::load(&config.agreement)?;
-    signed.in_force_at(now)?;
-    let agreement = &signed.agreement;
-    let opt_out = match (
-        agreement.national_data_opt_out,
-        &config.national_data_opt_out,
-    ) {
-        (OptOut::Applies, Some(path)) => Some(Arc::new(OptOutList::load(path)?)),
-        (OptOut::Applies, None) => {
-            return Err(AgentError::NotAllowed(format!(
-                "agreement {} version {} says the National Data Opt-out applies: set national_data_opt_out to the opt-out list",
-                agreement.id, agreement.version
-            )));
-        }
-        (OptOut::DoesNotApply, _) => None,
+    let spool = Arc::new(Spool::open(&config.spool_dir)?);
+    let transport = Grpc {
+        gateway: config.gateway.clone(),
+        tls: admitted.tls.clone(),
+        hello: admitted.hello(config),
+        window: config.max_in_flight,
     };
+    let retry_for = Duration::from_secs(config.retry_for_secs);
+    let delivery = Delivery::new(transport, retry_for, spool.clone());
+    let mut run = Run {
+        config,
+        today: now.date(),
+        releaser: Arc::new(Releaser::new(
+            &admitted.key,
+            admitted.signed.agreement.linkage.params().as_ref(),
+        )?),
+        opt_out: admitted.opt_out.clone(),
+        spool,
+        delivery,
+        acked: Vec::new(),
+        reports: BTreeSet::new(),
+        max_batch_bytes: 0,
+    };
+    let replayed_batches = run.replay().await?;
+    // Leave headroom under the gateway's limit for framing.
+    run.max_batch_bytes = run.delivery.max_batch_bytes().await? / 2;
+    let mut sources = Vec::new();
+    for (index, part) in opened.into_iter().enumerate() {
+        sources.push(run.deliver(index, part, progress).await?);
+    }
+    run.acked.extend(run.delivery.finish().await?);
+    let mut summary = RunSummary {
+        sources,
+        replayed_batches,
+        reconnections: run.delivery.reconnections(),
+        ..RunSummary::default()
+    };
+    summary.tally(run.acked);
+    close(config, &admitted, snapshots, &mut summary).await?;
+    Ok(summary)
+}
 
-    // Bind every mapping to its file, and check the agreement lets this
-    // organisation send each dataset, before anything is sent.
+/// What a run may start with: its keys, and an agreement it may send under.
+struct Admitted {
+    key: SecretKey,
+    tls: rustls::ClientConfig,
+    signed: SignedAgreement,
+    opt_out: Option<Arc<OptOutList>>,
+}
+
+impl Admitted {
+    fn check(config: &AgentConfig, now: OffsetDateTime) -> Result<Self, AgentError> {
+        let key = SecretKey::load(&config.linkage_key)?;
+        let tls = joinery_crypto::tls::client_config(&config.tls_files())?;
+        let expiry = joinery_crypto::tls::expiry(&config.tls_files())?;
+        metrics::tls_expiry(expiry.certificate, expiry.ca);
+        let signed = SignedAgreement::load(&config.agreement)?;
+        signed.in_force_at(now)?;
+        let agreement = &signed.agreement;
+        let opt_out = match (
+            agreement.national_data_opt_out,
+            &config.national_data_opt_out,
+        ) {
+            (OptOut::Applies, Some(path)) => Some(Arc::new(OptOutList::load(path)?)),
+            (OptOut::Applies, None) => {
+                return Err(AgentError::NotAllowed(format!(
+                    "agreement {} version {} says the National Data Opt-out applies: set national_data_opt_out to the opt-out list",
+                    agreement.id, agreement.version
+                )));
+            }
+            (OptOut::DoesNotApply, _) => None,
+        };
+        Ok(Self {
+            key,
+            tls,
+            signed,
+            opt_out,
+        })
+    }
+
+    /// How a session introduces this agent.
+    fn hello(&self, config: &AgentConfig) -> Hello {
+        Hello {
+            organisation: config.organisation.clone(),
+            agreement_id: self.signed.agreement.id.clone(),
+            agreement_version: self.signed.agreement.version,
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            agreement_digest: self.signed.digest.clone(),
+        }
+    }
+}
+
+/// A source's part, opened and checked, waiting its turn.
+struct Opened {
+    path: PathBuf,
+    table: String,
+    dataset: String,
+    rules: joinery_policies::model::Dataset,
+    reader: Box<dyn Source>,
+    /// Its full snapshot's id; empty for incremental data.
+    snapshot: String,
+}
+
+/// Opens every source, binding each mapping to its file, and checks the
+/// agreement lets this organisation send each dataset.
+fn open_sources(
+    config: &AgentConfig,
+    signed: &SignedAgreement,
+    today: Date,
+) -> Result<Vec<Opened>, AgentError> {
+    let agreement = &signed.agreement;
     let formats = config.formats()?;
     let mut opened = Vec::new();
     for source in &config.sources {
@@ -161,19 +176,8 @@ async fn run_sources(config: &AgentConfig, progress: Progress) -> Result<RunSumm
             limits: config.limits,
         };
         let parts = crate::format::open(source, &formats, context)?;
-        // A full snapshot's id: the same for every part of it, and across
-        // an interrupted run, while its files are unchanged.
         let snapshot = if source.snapshot() {
-            let mut fingerprints: Vec<String> =
-                parts.iter().map(|p| p.source.fingerprint()).collect();
-            fingerprints.sort_unstable();
-            let dataset = parts.first().map_or("", |p| p.dataset.as_str());
-            let identity: String = std::iter::once(dataset)
-                .chain(fingerprints.iter().map(String::as_str))
-                .map(|part| format!("{part}\0"))
-                .collect();
-            let digest = ring::digest::digest(&ring::digest::SHA256, identity.as_bytes());
-            hex::encode(&digest.as_ref()[..16])
+            snapshot_id(&parts)
         } else {
             String::new()
         };
@@ -188,7 +192,7 @@ async fn run_sources(config: &AgentConfig, progress: Progress) -> Result<RunSumm
                     part.path.display()
                 )));
             }
-            let dataset = agreement
+            let rules = agreement
                 .datasets
                 .get(&part.dataset)
                 .cloned()
@@ -202,63 +206,81 @@ async fn run_sources(config: &AgentConfig, progress: Progress) -> Result<RunSumm
                 path: part.path,
                 table: part.table,
                 dataset: part.dataset,
-                rules: dataset,
+                rules,
                 reader: part.source,
                 snapshot: snapshot.clone(),
             });
         }
     }
+    Ok(opened)
+}
 
-    let hello = Hello {
-        organisation: config.organisation.clone(),
-        agreement_id: agreement.id.clone(),
-        agreement_version: agreement.version,
-        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-        agreement_digest: signed.digest.clone(),
-    };
-    let spool = Arc::new(Spool::open(&config.spool_dir)?);
-    let transport = Grpc {
-        gateway: config.gateway.clone(),
-        tls: tls.clone(),
-        hello,
-        window: config.max_in_flight,
-    };
-    let mut delivery = Delivery::new(
-        transport,
-        Duration::from_secs(config.retry_for_secs),
-        spool.clone(),
-    );
-    let mut acked = Vec::new();
+/// A full snapshot's id: the same for every part of it, and across an
+/// interrupted run, while its files are unchanged.
+fn snapshot_id(parts: &[crate::format::Part]) -> String {
+    let mut fingerprints: Vec<String> = parts.iter().map(|p| p.source.fingerprint()).collect();
+    fingerprints.sort_unstable();
+    let dataset = parts.first().map_or("", |p| p.dataset.as_str());
+    let identity: String = std::iter::once(dataset)
+        .chain(fingerprints.iter().map(String::as_str))
+        .map(|part| format!("{part}\0"))
+        .collect();
+    let digest = ring::digest::digest(&ring::digest::SHA256, identity.as_bytes());
+    hex::encode(&digest.as_ref()[..16])
+}
 
-    // First, whatever an interrupted run left in the spool.
-    let leftovers = spool.pending()?;
-    let replayed_batches = leftovers.len() as u64;
-    if replayed_batches > 0 {
-        tracing::info!(
-            batches = replayed_batches,
-            "resending batches left in the spool by an earlier run"
-        );
+/// The full snapshots among the parts: (dataset, snapshot id), once each.
+fn snapshots_in(opened: &[Opened]) -> Vec<(String, String)> {
+    let mut seen: Vec<(String, String)> = opened
+        .iter()
+        .filter(|o| !o.snapshot.is_empty())
+        .map(|o| (o.dataset.clone(), o.snapshot.clone()))
+        .collect();
+    seen.dedup();
+    seen
+}
+
+/// What delivering the sources one after another shares.
+struct Run<'a> {
+    config: &'a AgentConfig,
+    today: Date,
+    releaser: Arc<Releaser>,
+    opt_out: Option<Arc<OptOutList>>,
+    spool: Arc<Spool>,
+    delivery: Delivery<Grpc>,
+    acked: Vec<Acked>,
+    /// Datasets whose quarantine report this run has started.
+    reports: BTreeSet<String>,
+    max_batch_bytes: usize,
+}
+
+impl Run<'_> {
+    /// Resends whatever an interrupted run left in the spool; returns how
+    /// many batches.
+    async fn replay(&mut self) -> Result<u64, AgentError> {
+        let leftovers = self.spool.pending()?;
+        let batches = leftovers.len() as u64;
+        if batches > 0 {
+            tracing::info!(
+                batches,
+                "resending batches left in the spool by an earlier run"
+            );
+        }
+        for spooled in leftovers {
+            self.acked
+                .extend(self.delivery.send(REPLAYED, spooled).await?);
+        }
+        Ok(batches)
     }
-    for spooled in leftovers {
-        acked.extend(delivery.send(REPLAYED, spooled).await?);
-    }
 
-    // Leave headroom under the gateway's limit for framing.
-    let max_batch_bytes = delivery.max_batch_bytes().await? / 2;
-    let releaser = Arc::new(Releaser::new(&key, agreement.linkage.params().as_ref())?);
-    let mut summaries = Vec::new();
-    let mut reports = std::collections::BTreeSet::new();
-
-    let snapshots: Vec<(String, String)> = {
-        let mut seen: Vec<(String, String)> = opened
-            .iter()
-            .filter(|o| !o.snapshot.is_empty())
-            .map(|o| (o.dataset.clone(), o.snapshot.clone()))
-            .collect();
-        seen.dedup();
-        seen
-    };
-    for (index, opened) in opened.into_iter().enumerate() {
+    /// Reads one part from where the last run left it, through the
+    /// pipeline, while delivery sends what it spools.
+    async fn deliver(
+        &mut self,
+        index: usize,
+        opened: Opened,
+        progress: Progress,
+    ) -> Result<SourceSummary, AgentError> {
         let Opened {
             path,
             table,
@@ -269,7 +291,8 @@ async fn run_sources(config: &AgentConfig, progress: Progress) -> Result<RunSumm
         } = opened;
         let key = path.display().to_string();
         let fingerprint = reader.fingerprint();
-        let checkpoint = spool
+        let checkpoint = self
+            .spool
             .checkpoint(&key)
             .filter(|c| c.fingerprint == fingerprint);
         let mut summary = SourceSummary {
@@ -282,8 +305,7 @@ async fn run_sources(config: &AgentConfig, progress: Progress) -> Result<RunSumm
         if complete && !reader.incremental() {
             tracing::info!(source = %path.display(), %dataset, "source already delivered; nothing new to read");
             summary.already_delivered = true;
-            summaries.push(summary);
-            continue;
+            return Ok(summary);
         }
         if let Some(c) = &checkpoint {
             reader.resume(c.at.clone())?;
@@ -301,40 +323,42 @@ async fn run_sources(config: &AgentConfig, progress: Progress) -> Result<RunSumm
         }
         // One report per dataset: its first source this run starts it afresh
         // (unless resuming an interrupted read); the others add to it.
-        let append = (checkpoint.is_some() && !complete) || !reports.insert(dataset.clone());
-        let report = QuarantineReport::create(&config.quarantine_dir, &dataset, &path, append)
+        let append = (checkpoint.is_some() && !complete) || !self.reports.insert(dataset.clone());
+        let report = QuarantineReport::create(&self.config.quarantine_dir, &dataset, &path, append)
             .map_err(|source| AgentError::Quarantine {
-                path: config.quarantine_dir.clone(),
+                path: self.config.quarantine_dir.clone(),
                 source,
             })?;
-        let sequence = checkpoint.map_or(0, |c| c.sequence);
-        let batcher = Batcher::new(
-            &dataset,
-            &table,
-            config.batch_size,
-            max_batch_bytes,
-            sequence,
-        )
-        .in_snapshot(&snapshot);
-        let (tx, mut rx) = mpsc::channel::<Spooled>(config.max_in_flight);
-        let releasing = Releasing {
-            releaser: releaser.clone(),
-            dataset: rules,
-            today,
-            opt_out: opt_out.clone(),
+        let (tx, mut rx) = mpsc::channel::<Spooled>(self.config.max_in_flight);
+        let stages = Stages {
+            screening: Screening::new(report),
+            withholding: Withholding(self.opt_out.clone()),
+            releasing: Releasing {
+                releaser: self.releaser.clone(),
+                dataset: rules,
+                today: self.today,
+            },
+            batcher: Batcher::new(
+                &dataset,
+                &table,
+                self.config.batch_size,
+                self.max_batch_bytes,
+                checkpoint.map_or(0, |c| c.sequence),
+            )
+            .in_snapshot(&snapshot),
+            spooling: Spooling {
+                spool: self.spool.clone(),
+                key,
+                fingerprint,
+                max_bytes: self.config.spool_max_bytes,
+                delivery: tx,
+            },
         };
-        let spooling = Spooling {
-            spool: spool.clone(),
-            key,
-            fingerprint,
-            max_bytes: config.spool_max_bytes,
-        };
-        let reading = tokio::task::spawn_blocking(move || {
-            read_source(reader, &releasing, &spooling, batcher, report, tx, progress)
-        });
+        let reading =
+            tokio::task::spawn_blocking(move || crate::pipeline::read(reader, stages, progress));
         let sending = async {
             while let Some(spooled) = rx.recv().await {
-                acked.extend(delivery.send(index, spooled).await?);
+                self.acked.extend(self.delivery.send(index, spooled).await?);
             }
             Ok::<_, AgentError>(())
         };
@@ -352,18 +376,20 @@ async fn run_sources(config: &AgentConfig, progress: Progress) -> Result<RunSumm
             summary.opted_out,
             summary.records_sent,
         );
-        summaries.push(summary);
+        Ok(summary)
     }
-    acked.extend(delivery.finish().await?);
-    let reconnections = delivery.reconnections();
-    let mut run = RunSummary {
-        sources: summaries,
-        replayed_batches,
-        reconnections,
-        ..RunSummary::default()
-    };
-    run.tally(acked);
-    // Full snapshots delivered whole (nothing rejected) replace the earlier.
+}
+
+/// After the batches: full snapshots delivered whole (nothing rejected)
+/// replace the earlier ones — which must happen — and the gateway's signed
+/// audit checkpoints are kept, which may fail.
+async fn close(
+    config: &AgentConfig,
+    admitted: &Admitted,
+    snapshots: Vec<(String, String)>,
+    run: &mut RunSummary,
+) -> Result<(), AgentError> {
+    let agreement = &admitted.signed.agreement;
     let (complete, incomplete): (Vec<_>, Vec<_>) =
         snapshots.into_iter().partition(|(dataset, _)| {
             !run.sources
@@ -373,24 +399,19 @@ async fn run_sources(config: &AgentConfig, progress: Progress) -> Result<RunSumm
     for (dataset, _) in &incomplete {
         tracing::warn!(%dataset, "snapshot not complete at the gateway (batches rejected); earlier snapshots kept");
     }
-    // One connection for what follows the batches: snapshot replacement
-    // (which must happen) and keeping the audit checkpoints (which may fail).
     let channel = match joinery_proto::channel::connect(
         &config.gateway.address,
         config.gateway.server_name(),
-        tls,
+        admitted.tls.clone(),
     )
     .await
     {
-        Ok(channel) => Some(channel),
+        Ok(channel) => channel,
         Err(e) if complete.is_empty() => {
             tracing::warn!(error = %e, "could not keep the gateway's audit checkpoints");
-            None
+            return Ok(());
         }
         Err(e) => return Err(e.into()),
-    };
-    let Some(channel) = channel else {
-        return Ok(run);
     };
     for (dataset, snapshot) in complete {
         let replaced = IngestClient::new(channel.clone())
@@ -417,237 +438,5 @@ async fn run_sources(config: &AgentConfig, progress: Progress) -> Result<RunSumm
                 |e| tracing::warn!(error = %e, "could not keep the gateway's audit checkpoints"),
             )
             .ok();
-    Ok(run)
-}
-
-/// A source's part, opened and checked, waiting its turn.
-struct Opened {
-    path: PathBuf,
-    table: String,
-    dataset: String,
-    rules: joinery_policies::model::Dataset,
-    reader: Box<dyn Source>,
-    /// Its full snapshot's id; empty for incremental data.
-    snapshot: String,
-}
-
-impl RunSummary {
-    /// Counts acknowledgements into the sources they belong to.
-    fn tally(&mut self, acked: Vec<Acked>) {
-        for a in acked {
-            if a.tag == REPLAYED {
-                self.replayed_records += a.records as u64;
-                continue;
-            }
-            let Some(summary) = self.sources.get_mut(a.tag) else {
-                continue;
-            };
-            let records = a.records as u64;
-            summary.ack_latencies.push(a.latency);
-            match a.status() {
-                AckStatus::Committed => {
-                    // Records the gateway held already (sent before under
-                    // another file name or batching) are not stored again.
-                    summary.records_stored += a.ack.records_stored;
-                    summary.records_already_stored += records.saturating_sub(a.ack.records_stored);
-                    metrics::acked(&summary.dataset, "committed", records, a.latency);
-                }
-                AckStatus::Duplicate => {
-                    summary.records_already_stored += records;
-                    metrics::acked(&summary.dataset, "duplicate", records, a.latency);
-                }
-                _ => {
-                    summary.records_rejected += records;
-                    let reason = RejectReason::try_from(a.ack.reason)
-                        .map_or("UNKNOWN", |r| r.as_str_name())
-                        .to_owned();
-                    metrics::rejected(&summary.dataset, &reason);
-                    *summary.batches_rejected.entry(reason).or_default() += 1;
-                    tracing::warn!(batch_id = %a.ack.batch_id, detail = %a.ack.detail, "gateway rejected a batch");
-                }
-            }
-        }
-    }
-}
-
-/// Tag of batches resent from an earlier run's spool.
-const REPLAYED: usize = usize::MAX;
-
-/// Where batches of one source are spooled.
-struct Spooling {
-    spool: Arc<Spool>,
-    /// The source's checkpoint key (its path).
-    key: String,
-    fingerprint: String,
-    /// Reading pauses while the spool holds more than this.
-    max_bytes: u64,
-}
-
-impl Spooling {
-    /// Writes a batch and its checkpoint durably. Waits while the spool is
-    /// full, and while the disk is: reading stops with a clear error in the
-    /// log, and resumes when space returns. Nothing is dropped.
-    fn put(&self, batch: Batch, checkpoint: Checkpoint) -> Result<Spooled, AgentError> {
-        let mut waited = false;
-        while self.spool.bytes() > self.max_bytes {
-            if !waited {
-                tracing::warn!(
-                    bytes = self.spool.bytes(),
-                    limit = self.max_bytes,
-                    "spool full: reading paused until the gateway acknowledges"
-                );
-                waited = true;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let mut delay = Duration::from_millis(500);
-        loop {
-            match self.spool.put(batch.clone(), &self.key, checkpoint.clone()) {
-                Ok(spooled) => return Ok(spooled),
-                Err(SpoolError::Io { path, source }) if is_out_of_space(&source) => {
-                    let message = format!(
-                        "no space left to spool at {}: reading paused until space returns",
-                        path.display()
-                    );
-                    tracing::error!("{message}");
-                    self.spool.record_error(&message);
-                    std::thread::sleep(delay);
-                    delay = (delay * 2).min(Duration::from_secs(10));
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-}
-
-fn is_out_of_space(error: &std::io::Error) -> bool {
-    matches!(
-        error.kind(),
-        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
-    )
-}
-
-/// How rows of one source are released.
-struct Releasing {
-    releaser: Arc<Releaser>,
-    dataset: Dataset,
-    today: Date,
-    opt_out: Option<Arc<OptOutList>>,
-}
-
-/// Reads every row of one source (on a blocking thread), quarantining what
-/// cannot be used, withholding opted-out people, and sending full batches
-/// down `tx`.
-fn read_source(
-    mut reader: Box<dyn Source>,
-    releasing: &Releasing,
-    spooling: &Spooling,
-    mut batcher: Batcher,
-    mut report: QuarantineReport,
-    tx: mpsc::Sender<Spooled>,
-    progress: Progress,
-) -> Result<SourceSummary, AgentError> {
-    let name = report.path().file_stem().map_or_else(String::new, |s| {
-        s.to_string_lossy()
-            .trim_end_matches(".quarantine")
-            .to_owned()
-    });
-    let mut shown = SourceProgress::start(progress, name, reader.total_bytes());
-    let quarantine_err = |path: &Path| {
-        let path = path.to_owned();
-        move |source| AgentError::Quarantine { path, source }
-    };
-    let mut summary = SourceSummary::default();
-    // Spools a full batch with the position to resume from (the start of the
-    // row that did not fit), then hands it to the sender.
-    let spool_and_send = |batch: Batch, at: Position, sequence: u64, complete: bool| {
-        let checkpoint = Checkpoint {
-            fingerprint: spooling.fingerprint.clone(),
-            at,
-            sequence,
-            complete,
-        };
-        let spooled = spooling.put(batch, checkpoint)?;
-        Ok::<_, AgentError>(tx.blocking_send(spooled).is_ok())
-    };
-    loop {
-        let before = reader.position();
-        let Some(row) = reader.next_row() else { break };
-        let row = row?;
-        summary.rows_read += 1;
-        match row.outcome {
-            RowOutcome::Quarantined(problem) => {
-                *summary.quarantined.entry(problem.to_string()).or_default() += 1;
-                report
-                    .write(row.line, QUARANTINED, &problem)
-                    .map_err(quarantine_err(report.path()))?;
-            }
-            RowOutcome::Valid {
-                row: person,
-                warnings,
-            } => {
-                for problem in &warnings {
-                    *summary.warnings.entry(problem.to_string()).or_default() += 1;
-                    report
-                        .write(row.line, SENT_WITH_WARNING, problem)
-                        .map_err(quarantine_err(report.path()))?;
-                }
-                let opted_out = person.nhs_number.as_deref().is_some_and(|n| {
-                    releasing
-                        .opt_out
-                        .as_ref()
-                        .is_some_and(|list| list.contains(n))
-                });
-                if opted_out {
-                    summary.opted_out += 1;
-                    continue;
-                }
-                summary.records_sent += 1;
-                let record = releasing.releaser.release(
-                    &person,
-                    row.line,
-                    &releasing.dataset,
-                    releasing.today,
-                );
-                if let Some(batch) = batcher.push(record)
-                    && !{
-                        report.flush().map_err(quarantine_err(report.path()))?;
-                        spool_and_send(batch, before, batcher.sequence(), false)?
-                    }
-                {
-                    // Delivery has stopped (its error ends the run): leave
-                    // the checkpoint where it is, so nothing is marked read
-                    // that was not spooled.
-                    shown.finish(summary.rows_read);
-                    return Ok(summary);
-                }
-            }
-        }
-        if summary.rows_read % 4096 == 0 {
-            shown.update(summary.rows_read, reader.bytes_read());
-        }
-    }
-    let end = reader.position();
-    report.flush().map_err(quarantine_err(report.path()))?;
-    match batcher.flush() {
-        Some(batch) => {
-            let sequence = batcher.sequence();
-            spool_and_send(batch, end, sequence, true)?;
-        }
-        None => spooling.spool.commit_checkpoint(
-            &spooling.key,
-            Checkpoint {
-                fingerprint: spooling.fingerprint.clone(),
-                at: end,
-                sequence: batcher.sequence(),
-                complete: true,
-            },
-        )?,
-    }
-    shown.finish(summary.rows_read);
-    summary.quarantine_report = report.finish().map_err(|source| AgentError::Quarantine {
-        path: PathBuf::new(),
-        source,
-    })?;
-    Ok(summary)
+    Ok(())
 }

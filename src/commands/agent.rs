@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use joinery_agent::run::{EXIT_OK, EXIT_QUARANTINED, EXIT_REJECTED};
+use joinery_agent::summary::{EXIT_OK, EXIT_QUARANTINED, EXIT_REJECTED};
 use joinery_agent::{AgentConfig, Progress, RunSummary};
 
 #[derive(Debug, Subcommand)]

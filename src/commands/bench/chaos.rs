@@ -348,10 +348,10 @@ fn poll(agents: &mut [AgentProcess]) -> anyhow::Result<usize> {
         if let Some(status) = child.try_wait()? {
             agent.child = None;
             match status.code() {
-                Some(joinery_agent::run::EXIT_OK | joinery_agent::run::EXIT_QUARANTINED) => {
-                    agent.done = true
-                }
-                Some(joinery_agent::run::EXIT_REJECTED) => bail!(
+                Some(
+                    joinery_agent::summary::EXIT_OK | joinery_agent::summary::EXIT_QUARANTINED,
+                ) => agent.done = true,
+                Some(joinery_agent::summary::EXIT_REJECTED) => bail!(
                     "{}: the gateway rejected batches (see {})",
                     agent.organisation,
                     agent.log.display()
