@@ -5,7 +5,8 @@
 //!
 //! [`cli`] is `joinery`'s command line; [`commands`] has one module per
 //! subcommand; [`synth`] generates the
-//! synthetic population; [`telemetry`] and [`observe`] are logs, traces and
+//! synthetic population; [`sandbox`] is the throwaway deployment the demo,
+//! the benchmarks and the end-to-end tests stand up; [`telemetry`] and [`observe`] are logs, traces and
 //! the metrics/health endpoints; [`run`] is the one way a binary runs a
 //! command: an async runtime, telemetry, and an error printed with its
 //! causes.
@@ -15,6 +16,7 @@
 pub mod cli;
 pub mod commands;
 pub mod observe;
+pub mod sandbox;
 pub mod synth;
 pub mod telemetry;
 

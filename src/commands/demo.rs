@@ -17,10 +17,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Args;
 use joinery_agent::AgentConfig;
-use joinery_agent::config::{CsvFile, GatewayEndpoint, SourceConfig, TlsPaths};
-use joinery_crypto::identity::PeerIdentity;
-use joinery_crypto::keys::SecretKey;
-use joinery_crypto::pki::{CertificateAuthority, IssuedFiles, Validity};
+use joinery_agent::config::{CsvFile, SourceConfig};
 use joinery_crypto::tls::TlsFiles;
 use joinery_gateway::agreements::Agreements;
 use joinery_gateway::config::{
@@ -28,14 +25,16 @@ use joinery_gateway::config::{
 };
 use joinery_gateway::storage::Storage;
 use joinery_gateway::{Gateway, GatewayConfig, Limits, linker};
-use joinery_policies::model::When;
-use joinery_policies::{Agreement, signing};
 use joinery_proto::v1::{AgencyOverlapRequest, CountsRequest, RunRequest};
 
 use crate::commands::agent::print_summary;
 use crate::commands::query::{TableFormat, connect, print_counts, print_overlap, print_table};
+use crate::sandbox::{Sandbox, SandboxSpec, write_agent_config};
 
 const ANALYST: &str = "demo-analyst";
+
+/// How long the demo's certificates last.
+const VALIDITY_DAYS: i64 = 7;
 
 /// The file `--prepare-only` writes last: the directory is complete.
 const PREPARED: &str = ".prepared";
@@ -101,28 +100,26 @@ impl DemoArgs {
         println!("Joinery demo in {}\n", dir.display());
 
         // 1. PKI and keys.
-        let pki = dir.join("pki");
-        let validity = Validity::days_from_now(7)?;
-        CertificateAuthority::init(&pki, "Joinery demo CA", validity)?;
-        let ca = CertificateAuthority::load(&pki)?;
         let mut names = vec![
             self.server_name.clone(),
             "localhost".into(),
             "127.0.0.1".into(),
         ];
         names.dedup();
-        let server = ca.issue_server(&names, validity, &pki.join("gateway"))?;
-        ca.publish_crl(&pki)?;
-        let analyst = ca.issue_client(
-            &PeerIdentity::Analyst(ANALYST.into()),
-            validity,
-            &pki.join("analysts"),
+        let sandbox = Sandbox::create(
+            &dir,
+            &SandboxSpec {
+                ca_name: "Joinery demo CA",
+                validity_days: VALIDITY_DAYS,
+                server_names: &names,
+                organisations: &[],
+                analysts: &[ANALYST],
+            },
         )?;
-        SecretKey::generate()?.save(&Layout::linkage_key(&dir))?;
-        let agreement = write_signed_agreement(&dir.join("agreements"))?;
-        // The National Data Opt-out applies under this agreement; nobody in
-        // the synthetic population has opted out.
-        std::fs::write(dir.join("opt-out.txt"), "# National Data Opt-out list\n")?;
+        let pki = sandbox.pki();
+        let agreement = sandbox.agreement()?;
+        let (server_cert, server_key) = sandbox.gateway_cert();
+        let (analyst_cert, analyst_key) = sandbox.analyst_cert(ANALYST);
         println!(
             "1. Created a deployment CA, gateway and analyst certificates, and a linkage key ({})",
             pki.display()
@@ -151,22 +148,12 @@ impl DemoArgs {
         );
 
         for (agency, _, _) in &synth.extracts {
-            ca.issue_client(
-                &PeerIdentity::Organisation(agency.organisation.into()),
-                validity,
-                &pki.join("agents"),
-            )?;
+            sandbox.issue_organisation(agency.organisation, VALIDITY_DAYS)?;
         }
         if self.prepare_only {
             let address = self.gateway_address.unwrap_or_default();
-            let layout = Layout {
-                dir: &dir,
-                address: &address,
-                server_name: &self.server_name,
-                agreement: &agreement,
-            };
-            layout.write_agents(&synth)?;
-            layout.write_gateway_config(&server)?;
+            write_agents(&sandbox, &address, &self.server_name, &synth)?;
+            write_gateway_config(&sandbox)?;
             std::fs::write(dir.join(PREPARED), "joinery demo --prepare-only finished\n")?;
             println!(
                 "Prepared: agent configurations for a gateway at {address} are in {}",
@@ -184,10 +171,10 @@ impl DemoArgs {
             key_file: None,
             agreements_dir: Some(dir.join("agreements")),
             tls: TlsFiles {
-                ca: pki.join("ca.pem"),
-                cert: server.cert.clone(),
-                key: server.key.clone(),
-                crl: Some(pki.join(joinery_crypto::pki::CRL_FILE)),
+                ca: sandbox.ca(),
+                cert: server_cert.clone(),
+                key: server_key.clone(),
+                crl: Some(sandbox.crl()),
             },
             limits: Limits::default(),
             retention_interval: DEFAULT_RETENTION_INTERVAL,
@@ -208,13 +195,7 @@ impl DemoArgs {
         );
 
         // 4. One agent per agency, all at once.
-        let layout = Layout {
-            dir: &dir,
-            address: &address,
-            server_name: &self.server_name,
-            agreement: &agreement,
-        };
-        let configs = layout.write_agents(&synth)?;
+        let configs = write_agents(&sandbox, &address, &self.server_name, &synth)?;
         println!(
             "4. Running {} agents concurrently. The synthetic extracts carry deliberate errors (impossible dates, missing ids, short rows, mistyped NHS numbers), so the quarantined rows and Modulus 11 warnings below are expected: each is reported by line, never by content.",
             configs.len()
@@ -244,9 +225,9 @@ impl DemoArgs {
 
         // 6. Ask as an analyst.
         let analyst_tls = TlsFiles {
-            ca: pki.join("ca.pem"),
-            cert: analyst.cert.clone(),
-            key: analyst.key.clone(),
+            ca: sandbox.ca(),
+            cert: analyst_cert.clone(),
+            key: analyst_key.clone(),
             crl: None,
         };
         // Delivery counts are each agency's own: the first agency asks.
@@ -312,10 +293,10 @@ impl DemoArgs {
             "  {joinery} gateway serve --listen 127.0.0.1:7443 --data-dir {} --agreements {} --tls-ca {} --tls-cert {} --tls-key {} --tls-crl {}",
             gateway_dir.display(),
             dir.join("agreements").display(),
-            pki.join("ca.pem").display(),
-            server.cert.display(),
-            server.key.display(),
-            pki.join(joinery_crypto::pki::CRL_FILE).display()
+            sandbox.ca().display(),
+            server_cert.display(),
+            server_key.display(),
+            sandbox.crl().display()
         );
         println!("  (then set gateway.address to 127.0.0.1:7443 in an agent file and)");
         if let Some((path, _)) = configs.first() {
@@ -324,173 +305,87 @@ impl DemoArgs {
         println!(
             "  {joinery} console --gateway 127.0.0.1:7443 --server-name {} --tls-ca {} --tls-cert {} --tls-key {}",
             self.server_name,
-            pki.join("ca.pem").display(),
-            analyst.cert.display(),
-            analyst.key.display()
+            sandbox.ca().display(),
+            analyst_cert.display(),
+            analyst_key.display()
         );
         Ok(ExitCode::SUCCESS)
     }
 }
 
-/// The example council + CAMHS + SALT agreement, in force from today for a
-/// year, with its three signatories given fresh keys (kept beside it) and
-/// all three signatures. Returns the agreement's path.
-pub fn write_signed_agreement(dir: &Path) -> anyhow::Result<PathBuf> {
-    let mut agreement: Agreement = serde_saphyr::from_str(EXAMPLE_AGREEMENT)?;
-    let today = time::OffsetDateTime::now_utc().date();
-    let on = |date: time::Date| When {
-        start: date.midnight().assume_utc(),
-        date_only: true,
-    };
-    agreement.valid_from = on(today);
-    agreement.review_by = on(today + time::Duration::days(182));
-    agreement.expires = on(today + time::Duration::days(365));
-    let mut keys = Vec::new();
-    for (i, signatory) in agreement.signatories.iter_mut().enumerate() {
-        let key = dir.join(format!("signatory-{}.key", i + 1));
-        signatory.public_key = signing::keygen(&key)?;
-        keys.push(key);
-    }
-    let path = dir.join(format!("{}.yaml", agreement.id));
-    let text = serde_saphyr::to_string(&agreement)?;
-    std::fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;
-    for key in &keys {
-        signing::sign(&path, &agreement, text.as_bytes(), key)?;
-    }
-    Ok(path)
-}
-
-const EXAMPLE_AGREEMENT: &str =
-    include_str!("../../policies/examples/children-at-risk-stratification.yaml");
-
-/// Where a demo or benchmark deployment keeps its files, and the agent
-/// configurations that follow from it.
-pub struct Layout<'a> {
-    pub dir: &'a Path,
-    /// Gateway `host:port` and the name on its certificate.
-    pub address: &'a str,
-    pub server_name: &'a str,
-    pub agreement: &'a Path,
-}
-
-impl Layout<'_> {
-    pub fn linkage_key(dir: &Path) -> PathBuf {
-        dir.join("keys").join("linkage.key")
-    }
-
-    /// The configuration of `organisation`'s agent reading one extract.
-    pub fn agent(&self, organisation: &str, extract: &Path, mapping: &Path) -> AgentConfig {
-        let pki = self.dir.join("pki");
-        let agents = pki.join("agents");
-        AgentConfig {
-            organisation: organisation.to_owned(),
-            agreement: self.agreement.to_owned(),
-            national_data_opt_out: Some(self.dir.join("opt-out.txt")),
-            gateway: GatewayEndpoint {
-                address: self.address.to_owned(),
-                server_name: Some(self.server_name.to_owned()),
-                compress: false,
-            },
-            tls: TlsPaths {
-                ca: pki.join("ca.pem"),
-                cert: agents.join(format!("{organisation}.pem")),
-                key: agents.join(format!("{organisation}.key")),
-            },
-            linkage_key: Self::linkage_key(self.dir),
-            quarantine_dir: self
-                .dir
-                .join("agents")
-                .join("quarantine")
-                .join(organisation),
-            spool_dir: self.dir.join("agents").join("spool").join(organisation),
-            spool_max_bytes: 256 * 1024 * 1024,
-            retry_for_secs: 60,
-            batch_size: 500,
-            max_in_flight: 4,
-            sources: vec![SourceConfig::Csv(CsvFile {
-                path: extract.to_owned(),
-                mapping: mapping.to_owned(),
-                snapshot: false,
-            })],
-            formats: None,
-            limits: Default::default(),
+/// `gateway-config/`: only what the gateway needs — the signed
+/// agreements (not their signatories' keys), the CA certificate, the
+/// revocation list and its own certificate and key — so a gateway
+/// container mounts it without the agencies' private keys or the
+/// linkage key.
+fn write_gateway_config(sandbox: &Sandbox) -> anyhow::Result<()> {
+    let out = sandbox.root().join(GATEWAY_CONFIG);
+    let copy = |from: &Path, to: PathBuf| -> anyhow::Result<()> {
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent)?;
         }
-    }
-
-    /// Writes `agents/<ORG>.yaml` for every synthetic agency (its CSV
-    /// extract, national returns and database); returns them.
-    /// `gateway-config/`: only what the gateway needs — the signed
-    /// agreements (not their signatories' keys), the CA certificate, the
-    /// revocation list and its own certificate and key — so a gateway
-    /// container mounts it without the agencies' private keys or the
-    /// linkage key.
-    fn write_gateway_config(&self, server: &IssuedFiles) -> anyhow::Result<()> {
-        let out = self.dir.join(GATEWAY_CONFIG);
-        let copy = |from: &Path, to: PathBuf| -> anyhow::Result<()> {
-            if let Some(parent) = to.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            std::fs::copy(from, &to)
-                .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
-            Ok(())
-        };
-        let agreements = self.dir.join("agreements");
-        for entry in std::fs::read_dir(&agreements)? {
-            let path = entry?.path();
-            let name = path
-                .file_name()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .into_owned();
-            if name.ends_with(".yaml") || name.ends_with(".yaml.sig") {
-                copy(&path, out.join("agreements").join(&name))?;
-            }
-        }
-        let pki = self.dir.join("pki");
-        copy(&pki.join("ca.pem"), out.join("pki/ca.pem"))?;
-        copy(
-            &pki.join(joinery_crypto::pki::CRL_FILE),
-            out.join("pki").join(joinery_crypto::pki::CRL_FILE),
-        )?;
-        copy(&server.cert, out.join("pki/gateway.pem"))?;
-        let key = std::fs::read(&server.key)?;
-        joinery_crypto::files::write_private(&out.join("pki/gateway.key"), &key, true)?;
+        std::fs::copy(from, &to)
+            .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
         Ok(())
+    };
+    for entry in std::fs::read_dir(sandbox.agreements_dir())? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        if name.ends_with(".yaml") || name.ends_with(".yaml.sig") {
+            copy(&path, out.join("agreements").join(&name))?;
+        }
     }
-
-    fn write_agents(
-        &self,
-        synth: &crate::synth::SynthOutput,
-    ) -> anyhow::Result<Vec<(PathBuf, AgentConfig)>> {
-        synth
-            .extracts
-            .iter()
-            .map(|(agency, extract, mapping)| {
-                let mut config = self.agent(agency.organisation, extract, mapping);
-                // The same agency's national returns and database too, so
-                // the demo exercises every reader.
-                config.sources.extend(
-                    synth
-                        .national
-                        .iter()
-                        .filter(|s| s.organisation == agency.organisation)
-                        .map(|s| s.config.clone()),
-                );
-                let path = self
-                    .dir
-                    .join("agents")
-                    .join(format!("{}.yaml", agency.organisation));
-                write_yaml(&path, &config)?;
-                Ok((path, config))
-            })
-            .collect()
-    }
+    copy(&sandbox.ca(), out.join("pki/ca.pem"))?;
+    copy(
+        &sandbox.crl(),
+        out.join("pki").join(joinery_crypto::pki::CRL_FILE),
+    )?;
+    let (cert, key) = sandbox.gateway_cert();
+    copy(&cert, out.join("pki/gateway.pem"))?;
+    let key = std::fs::read(&key)?;
+    joinery_crypto::files::write_private(&out.join("pki/gateway.key"), &key, true)?;
+    Ok(())
 }
 
-pub(crate) fn write_yaml(path: &Path, config: &AgentConfig) -> anyhow::Result<()> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let text = serde_saphyr::to_string(config)?;
-    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+/// Writes `agents/<ORG>.yaml` for every synthetic agency (its CSV extract,
+/// national returns and database); returns them.
+fn write_agents(
+    sandbox: &Sandbox,
+    address: &str,
+    server_name: &str,
+    synth: &crate::synth::SynthOutput,
+) -> anyhow::Result<Vec<(PathBuf, AgentConfig)>> {
+    synth
+        .extracts
+        .iter()
+        .map(|(agency, extract, mapping)| {
+            // The agency's CSV extract, and its national returns and
+            // database too, so the demo exercises every reader.
+            let sources = std::iter::once(SourceConfig::Csv(CsvFile {
+                path: extract.clone(),
+                mapping: mapping.clone(),
+                snapshot: false,
+            }))
+            .chain(
+                synth
+                    .national
+                    .iter()
+                    .filter(|s| s.organisation == agency.organisation)
+                    .map(|s| s.config.clone()),
+            )
+            .collect();
+            let config =
+                sandbox.agent_config(agency.organisation, address, server_name, sources)?;
+            let path = sandbox
+                .root()
+                .join("agents")
+                .join(format!("{}.yaml", agency.organisation));
+            write_agent_config(&path, &config)?;
+            Ok((path, config))
+        })
+        .collect()
 }

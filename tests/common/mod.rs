@@ -13,6 +13,7 @@ use std::time::Duration;
 pub mod ingest;
 pub mod otlp;
 
+use joinery::sandbox::{Sandbox, SandboxSpec, sign_example_agreement};
 use joinery_agent::release::Releaser;
 use joinery_gateway::rekey::Rekeyer;
 use sqlx::any::AnyPoolOptions;
@@ -81,8 +82,9 @@ fn succeeds(mut command: Command, args: &[&str]) -> Output {
 /// A deployment's files in a temporary directory.
 pub struct Deployment {
     pub dir: tempfile::TempDir,
-    /// Where the deployment's files are: `dir`, or the demo's directory in it.
-    root: PathBuf,
+    /// The deployment's files, laid out as the demo and the benchmarks lay
+    /// them out: in `dir`, or in the demo's directory in it.
+    sandbox: Sandbox,
     /// The gateway's data directory.
     gateway_data: PathBuf,
     /// Extra environment for every gateway and agent process started.
@@ -91,41 +93,27 @@ pub struct Deployment {
 
 impl Deployment {
     /// CA, gateway certificate (localhost, 127.0.0.1), analyst certificate,
-    /// agency certificates for the three synthetic agencies, linkage key.
+    /// agency certificates for the three synthetic agencies, linkage key,
+    /// the signed example agreement, an empty opt-out list.
     pub fn new() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let root = dir.path().to_owned();
-        let d = Self {
-            gateway_data: root.join("gateway-data"),
-            root,
+        let sandbox = Sandbox::create(
+            dir.path(),
+            &SandboxSpec {
+                ca_name: "Joinery test CA",
+                validity_days: 90,
+                server_names: &["localhost".to_owned(), "127.0.0.1".to_owned()],
+                organisations: &[COUNCIL, CAMHS, SALT],
+                analysts: &[ANALYST],
+            },
+        )
+        .expect("a sandbox deployment");
+        Self {
+            gateway_data: dir.path().join("gateway-data"),
+            sandbox,
             dir,
             env: Vec::new(),
-        };
-        let pki = d.pki();
-        joinery_ok(&["pki", "init", "--dir", &pki]);
-        joinery_ok(&[
-            "pki",
-            "server",
-            "--dir",
-            &pki,
-            "--name",
-            "localhost",
-            "--name",
-            "127.0.0.1",
-        ]);
-        joinery_ok(&["pki", "issue", "--dir", &pki, "--analyst", ANALYST]);
-        for org in [COUNCIL, CAMHS, SALT] {
-            joinery_ok(&["pki", "issue", "--dir", &pki, "--org", org]);
         }
-        joinery_ok(&[
-            "pki",
-            "linkage-key",
-            "--out",
-            d.path("linkage.key").to_str().unwrap(),
-        ]);
-        write_signed_agreement(&d.agreements_dir(), |text| text);
-        std::fs::write(d.opt_out_list(), "# National Data Opt-out\n").unwrap();
-        d
     }
 
     /// What `joinery demo --children N` leaves behind — its CA and
@@ -146,7 +134,7 @@ impl Deployment {
         (
             Self {
                 gateway_data: root.join("gateway"),
-                root,
+                sandbox: Sandbox::at(&root),
                 dir,
                 env: Vec::new(),
             },
@@ -177,43 +165,37 @@ impl Deployment {
 
     /// Where the gateway's signed agreements are.
     pub fn agreements_dir(&self) -> PathBuf {
-        self.path("agreements")
+        self.sandbox.agreements_dir()
     }
 
     /// The signed example agreement every agent of the deployment uses.
     pub fn agreement(&self) -> PathBuf {
-        self.agreements_dir().join(format!("{AGREEMENT}.yaml"))
+        self.sandbox.agreement().expect("the example agreement")
     }
 
     pub fn opt_out_list(&self) -> PathBuf {
-        self.path("opt-out.txt")
+        self.sandbox.opt_out_list()
     }
 
     pub fn path(&self, relative: &str) -> PathBuf {
-        self.root.join(relative)
+        self.sandbox.root().join(relative)
     }
 
     pub fn pki(&self) -> String {
-        self.path("pki").display().to_string()
+        self.sandbox.pki().display().to_string()
     }
 
     pub fn ca(&self) -> PathBuf {
-        self.path("pki/ca.pem")
+        self.sandbox.ca()
     }
 
     /// (certificate, key) issued to an organisation.
     pub fn org_cert(&self, org: &str) -> (PathBuf, PathBuf) {
-        (
-            self.path(&format!("pki/agents/{org}.pem")),
-            self.path(&format!("pki/agents/{org}.key")),
-        )
+        self.sandbox.org_cert(org)
     }
 
     pub fn analyst_cert(&self) -> (PathBuf, PathBuf) {
-        (
-            self.path(&format!("pki/analysts/analyst-{ANALYST}.pem")),
-            self.path(&format!("pki/analysts/analyst-{ANALYST}.key")),
-        )
+        self.sandbox.analyst_cert(ANALYST)
     }
 
     pub fn gateway_data_dir(&self) -> PathBuf {
@@ -260,11 +242,11 @@ impl Deployment {
             .arg("--tls-ca")
             .arg(self.ca())
             .arg("--tls-cert")
-            .arg(self.path("pki/gateway/gateway.pem"))
+            .arg(self.sandbox.gateway_cert().0)
             .arg("--tls-key")
-            .arg(self.path("pki/gateway/gateway.key"))
+            .arg(self.sandbox.gateway_cert().1)
             .arg("--tls-crl")
-            .arg(self.path("pki/crl.pem"))
+            .arg(self.sandbox.crl())
             .args(extra)
             .env("RUST_LOG", "debug")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
@@ -349,7 +331,7 @@ impl Deployment {
             self.ca().display(),
             cert.display(),
             key.display(),
-            self.path("linkage.key").display(),
+            self.sandbox.linkage_key().display(),
             self.path(&format!("quarantine/{org}")).display(),
             self.path(&format!("spool/{org}")).display(),
             extract.display(),
@@ -379,7 +361,7 @@ impl Deployment {
     }
 
     pub fn linkage_key(&self) -> joinery_crypto::keys::SecretKey {
-        joinery_crypto::keys::SecretKey::load(&self.path("linkage.key")).expect("linkage key")
+        joinery_crypto::keys::SecretKey::load(&self.sandbox.linkage_key()).expect("linkage key")
     }
 
     /// Runs each `(organisation, dataset)` agency's agent, one after
@@ -526,70 +508,21 @@ impl Drop for GatewayProcess {
 }
 
 /// Writes the example council + CAMHS + SALT agreement into `dir`, in
-/// force from yesterday for a year, after `edit`, with fresh keys for its
-/// three signatories (made and used through the CLI), fully signed.
+/// force from yesterday for a year, after `edit` of its text, with fresh
+/// keys for its signatories, fully signed ([`sign_example_agreement`]).
 pub fn write_signed_agreement(dir: &Path, edit: impl Fn(String) -> String) -> PathBuf {
-    std::fs::create_dir_all(dir).unwrap();
-    let example =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("policies/examples/{AGREEMENT}.yaml"));
-    let today = time::OffsetDateTime::now_utc().date();
-    let mut text = with_dates(
-        std::fs::read_to_string(example).unwrap(),
-        today - time::Duration::days(1),
-        today + time::Duration::days(180),
-        today + time::Duration::days(365),
-    );
-    let old_keys: Vec<String> = text
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("public_key: "))
-        .map(str::to_owned)
-        .collect();
-    let mut keys = Vec::new();
-    for (i, old) in old_keys.iter().enumerate() {
-        let key = dir.join(format!("signatory-{i}.key"));
-        let _ = std::fs::remove_file(&key);
-        let out = joinery_ok(&["policy", "keygen", "--out", key.to_str().unwrap()]);
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        let public = stdout.lines().last().unwrap().trim().to_owned();
-        text = text.replace(old, &public);
-        keys.push(key);
-    }
-    let path = dir.join(format!("{AGREEMENT}.yaml"));
-    let _ = std::fs::remove_file(joinery_policies::signing::signature_path(&path));
-    std::fs::write(&path, edit(text)).unwrap();
-    for key in &keys {
-        joinery_ok(&[
-            "policy",
-            "sign",
-            path.to_str().unwrap(),
-            "--key",
-            key.to_str().unwrap(),
-        ]);
-    }
-    path
+    sign_example_agreement(dir, edit).expect("a signed agreement")
 }
 
 /// An agreement's text with its `valid_from`, `review_by` and `expires`
 /// dates set.
 pub fn with_dates(
-    mut text: String,
+    text: String,
     valid_from: time::Date,
     review_by: time::Date,
     expires: time::Date,
 ) -> String {
-    for (key, date) in [
-        ("valid_from", valid_from),
-        ("review_by", review_by),
-        ("expires", expires),
-    ] {
-        let line = text
-            .lines()
-            .find(|l| l.starts_with(&format!("{key}:")))
-            .unwrap()
-            .to_owned();
-        text = text.replace(&line, &format!("{key}: {date}"));
-    }
-    text
+    joinery::sandbox::with_dates(text, valid_from, review_by, expires).expect("dated agreement")
 }
 
 /// Waits for an agent, returning (exit code, stdout, stderr).

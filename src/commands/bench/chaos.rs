@@ -20,8 +20,8 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::{BenchDeployment, GatewayProcess, append, signal_process};
-use crate::commands::demo::write_yaml;
+use super::{GatewayProcess, append, create_sandbox, csv_agent, signal_process};
+use crate::sandbox::write_agent_config;
 
 #[derive(Debug, clap::Args)]
 pub struct ChaosArgs {
@@ -98,7 +98,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|(a, _, _)| a.organisation)
         .collect();
-    let deployment = BenchDeployment::create(&root, &organisations)?;
+    let deployment = create_sandbox(&root, &organisations)?;
 
     // The gateway on a fixed port (restarts reuse it), behind the proxy.
     let listen = free_port()?;
@@ -119,16 +119,19 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<ExitCode> {
 
     let mut agents = Vec::new();
     for (agency, extract, mapping) in &synth.extracts {
-        let mut config =
-            deployment
-                .layout(&proxy.address)
-                .agent(agency.organisation, extract, mapping);
+        let mut config = csv_agent(
+            &deployment,
+            agency.organisation,
+            &proxy.address,
+            extract,
+            mapping,
+        )?;
         config.batch_size = args.batch_size;
         config.retry_for_secs = 3600;
         let path = root
             .join("agents")
             .join(format!("{}.yaml", agency.organisation));
-        write_yaml(&path, &config)?;
+        write_agent_config(&path, &config)?;
         agents.push(AgentProcess {
             organisation: agency.organisation,
             dataset: agency.dataset,

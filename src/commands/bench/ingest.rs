@@ -15,8 +15,7 @@ use joinery_agent::source::Source;
 use joinery_agent::source::csv::CsvSource;
 use joinery_crypto::keys::SecretKey;
 
-use super::{BenchDeployment, GatewayProcess, peak_rss_kib, percentile};
-use crate::commands::demo::Layout;
+use super::{GatewayProcess, create_sandbox, csv_agent, peak_rss_kib, percentile};
 
 #[derive(Debug, clap::Args)]
 pub struct IngestArgs {
@@ -44,8 +43,8 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<ExitCode> {
         .prefix("joinery-bench-")
         .tempdir()?;
     let root = dir.path();
-    let deployment = BenchDeployment::create(root, &[ORG])?;
-    let agreement = deployment.agreement.clone();
+    let deployment = create_sandbox(root, &[ORG])?;
+    let agreement = deployment.agreement()?;
 
     // The council layout has about 1.1 rows per child.
     let reference = time::OffsetDateTime::now_utc().date();
@@ -64,7 +63,7 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<ExitCode> {
         extract.display()
     );
 
-    pseudonymisation_rate(extract, mapping, &Layout::linkage_key(root), &agreement)?;
+    pseudonymisation_rate(extract, mapping, &deployment.linkage_key(), &agreement)?;
 
     let mut targets = vec![("SQLite", None)];
     if let Some(url) = postgres_url {
@@ -74,9 +73,7 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<ExitCode> {
         let data_dir = root.join(format!("gateway-{}", name.to_lowercase()));
         let mut gateway =
             GatewayProcess::start(&deployment, "127.0.0.1:0", &data_dir, url.as_deref(), None)?;
-        let mut config = deployment
-            .layout(&gateway.address)
-            .agent(ORG, extract, mapping);
+        let mut config = csv_agent(&deployment, ORG, &gateway.address, extract, mapping)?;
         config.batch_size = batch_size;
         // Each target is delivered from scratch: its own spool.
         config.spool_dir = root.join(format!("spool-{}", name.to_lowercase()));

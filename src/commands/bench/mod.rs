@@ -14,8 +14,8 @@
 //! - `bench query`: the latency of a stratified indicator table over a large
 //!   linked population, on SQLite or PostgreSQL.
 //!
-//! `ingest` and `chaos` start a real gateway process over mutual TLS in a throwaway
-//! deployment (this module).
+//! `ingest` and `chaos` start a real gateway process over mutual TLS in a
+//! throwaway deployment ([`Sandbox`]).
 
 mod chaos;
 mod dice;
@@ -25,17 +25,16 @@ mod query;
 mod readers;
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Subcommand;
-use joinery_crypto::identity::PeerIdentity;
-use joinery_crypto::keys::SecretKey;
-use joinery_crypto::pki::{CertificateAuthority, Validity};
+use joinery_agent::AgentConfig;
+use joinery_agent::config::{CsvFile, SourceConfig};
 
-use crate::commands::demo::{Layout, write_signed_agreement};
+use crate::sandbox::{Sandbox, SandboxSpec};
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
@@ -80,49 +79,40 @@ fn joinery_binary() -> anyhow::Result<std::path::PathBuf> {
     Ok(beside)
 }
 
-/// A throwaway deployment: CA, gateway certificate for localhost, agency
-/// certificates, linkage key, a signed agreement and an empty opt-out list.
-struct BenchDeployment {
-    root: PathBuf,
-    agreement: PathBuf,
+/// A throwaway deployment ([`Sandbox`]) for `organisations`, its gateway
+/// certificate for localhost.
+fn create_sandbox(root: &Path, organisations: &[&str]) -> anyhow::Result<Sandbox> {
+    Sandbox::create(
+        root,
+        &SandboxSpec {
+            ca_name: "bench CA",
+            validity_days: 1,
+            server_names: &["localhost".to_owned()],
+            organisations,
+            analysts: &[],
+        },
+    )
 }
 
-impl BenchDeployment {
-    fn create(root: &Path, organisations: &[&str]) -> anyhow::Result<Self> {
-        let pki = root.join("pki");
-        let validity = Validity::days_from_now(1)?;
-        CertificateAuthority::init(&pki, "bench CA", validity)?;
-        let ca = CertificateAuthority::load(&pki)?;
-        ca.issue_server(&["localhost".into()], validity, &pki.join("gateway"))?;
-        for organisation in organisations {
-            ca.issue_client(
-                &PeerIdentity::Organisation((*organisation).into()),
-                validity,
-                &pki.join("agents"),
-            )?;
-        }
-        SecretKey::generate()?.save(&Layout::linkage_key(root))?;
-        let agreement = write_signed_agreement(&root.join("agreements"))?;
-        std::fs::write(root.join("opt-out.txt"), "")?;
-        Ok(Self {
-            root: root.to_owned(),
-            agreement,
-        })
-    }
-
-    /// Agent configurations are laid out as the demo lays them out.
-    fn layout<'a>(&'a self, address: &'a str) -> Layout<'a> {
-        Layout {
-            dir: &self.root,
-            address,
-            server_name: "localhost",
-            agreement: &self.agreement,
-        }
-    }
-
-    fn pki(&self) -> PathBuf {
-        self.root.join("pki")
-    }
+/// `organisation`'s agent reading one CSV extract, for the gateway at
+/// `address`.
+fn csv_agent(
+    sandbox: &Sandbox,
+    organisation: &str,
+    address: &str,
+    extract: &Path,
+    mapping: &Path,
+) -> anyhow::Result<AgentConfig> {
+    sandbox.agent_config(
+        organisation,
+        address,
+        "localhost",
+        vec![SourceConfig::Csv(CsvFile {
+            path: extract.to_owned(),
+            mapping: mapping.to_owned(),
+            snapshot: false,
+        })],
+    )
 }
 
 /// The gateway as its own process, so its memory is measured on its own and
@@ -136,25 +126,25 @@ impl GatewayProcess {
     /// Starts `joinery gateway serve` on `listen` (port 0: any free port),
     /// logging warnings to `log` (or the terminal).
     fn start(
-        deployment: &BenchDeployment,
+        sandbox: &Sandbox,
         listen: &str,
         data_dir: &Path,
         database_url: Option<&str>,
         log: Option<&Path>,
     ) -> anyhow::Result<Self> {
-        let pki = deployment.pki();
+        let (cert, key) = sandbox.gateway_cert();
         let mut command = Command::new(joinery_binary()?);
         command
             .args(["gateway", "serve", "--listen", listen, "--data-dir"])
             .arg(data_dir)
             .arg("--agreements")
-            .arg(deployment.root.join("agreements"))
+            .arg(sandbox.agreements_dir())
             .arg("--tls-ca")
-            .arg(pki.join("ca.pem"))
+            .arg(sandbox.ca())
             .arg("--tls-cert")
-            .arg(pki.join("gateway/gateway.pem"))
+            .arg(cert)
             .arg("--tls-key")
-            .arg(pki.join("gateway/gateway.key"))
+            .arg(key)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped());
         if let Some(url) = database_url {
