@@ -8,6 +8,7 @@ mod common;
 
 use common::*;
 use joinery_gateway::analytics::{Interner, Person, Population};
+use joinery_gateway::rekey::LinkMethod;
 use joinery_gateway::storage::{
     FittedModel, NewBatch, NewEvent, NewRecord, SpineAssignment, Storage,
 };
@@ -19,7 +20,7 @@ fn record(batch: &str, person: &str, n: usize, sex: &str) -> NewRecord {
         source_row: n as u64,
         local_pseudonym: format!("local-{person}"),
         nhs_pseudonym: None,
-        link_method: "unlinked",
+        link_method: LinkMethod::Unlinked,
         sex: Some(sex.to_owned()),
         birth_month: Some(format!("201{}-0{}", n % 10, 1 + n % 9)),
         postcode_district: None,
@@ -73,7 +74,11 @@ fn joined(person: &str, spine: &str) -> SpineAssignment {
     SpineAssignment {
         person_id: person.to_owned(),
         spine_id: spine.to_owned(),
-        method: if person == spine { "unlinked" } else { "fuzzy" },
+        method: if person == spine {
+            LinkMethod::Unlinked
+        } else {
+            LinkMethod::Fuzzy
+        },
         score: (person != spine).then_some(9.5),
     }
 }

@@ -6,6 +6,7 @@
 mod common;
 
 use common::*;
+use joinery_gateway::rekey::LinkMethod;
 use joinery_gateway::storage::{FittedModel, SpineAssignment, Storage, StorageError};
 
 async fn scores_round_trip(url: &str) {
@@ -13,7 +14,11 @@ async fn scores_round_trip(url: &str) {
     let assignment = |i: usize, score: Option<f64>| SpineAssignment {
         person_id: format!("person-{i}"),
         spine_id: format!("person-{}", i - i % 2),
-        method: if score.is_some() { "fuzzy" } else { "unlinked" },
+        method: if score.is_some() {
+            LinkMethod::Fuzzy
+        } else {
+            LinkMethod::Unlinked
+        },
         score,
     };
     let fitted = FittedModel {

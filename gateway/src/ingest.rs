@@ -37,6 +37,7 @@ use crate::audit::{AuditRecord, BatchDecision};
 use crate::config::Limits;
 use crate::metrics;
 use crate::peer;
+use crate::rekey::LinkMethod;
 use crate::rekey::{LinkageRekeying, Rekeyer, StoredLinkage};
 // Attributes stored in their own columns; everything else goes to JSON.
 use crate::storage::{BIRTH_MONTH, POSTCODE_DISTRICT, SEX};
@@ -451,7 +452,7 @@ async fn handle_batch(
             metrics::batch_answered(&session.organisation, &dataset, label, "");
             metrics::records_stored(&session.organisation, &dataset, stored);
             if stored > 0 {
-                for method in [crate::rekey::LINK_EXACT_NHS, crate::rekey::LINK_UNLINKED] {
+                for method in [LinkMethod::ExactNhs, LinkMethod::Unlinked] {
                     let n = new_batch
                         .records
                         .iter()

@@ -33,13 +33,10 @@ use joinery_linkage::score::Model;
 
 use crate::agreements::LiveAgreements;
 use crate::audit::AuditRecord;
-use crate::rekey::{LINK_EXACT_LOCAL, LINK_EXACT_NHS, LINK_UNLINKED};
+use crate::rekey::LinkMethod;
 use crate::storage::{
     EntityRecord, EntityScope, FittedModel, LinkageEntities, SpineAssignment, Storage, StorageError,
 };
-
-/// Link method of a person id joined to another person by fuzzy linkage.
-pub const LINK_FUZZY: &str = "fuzzy";
 
 /// What a linkage run does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -442,9 +439,9 @@ fn spine_assignments(
             }
             let (method, score) = if e.person_id == spine_id {
                 let own = if e.has_nhs {
-                    LINK_EXACT_NHS
+                    LinkMethod::ExactNhs
                 } else {
-                    LINK_UNLINKED
+                    LinkMethod::Unlinked
                 };
                 (own, None)
             } else if members.iter().any(|&j| {
@@ -452,7 +449,7 @@ fn spine_assignments(
                     && records[j].organisation == e.organisation
                     && records[j].local_pseudonym == e.local_pseudonym
             }) {
-                (LINK_EXACT_LOCAL, None)
+                (LinkMethod::ExactLocal, None)
             } else {
                 let score = members
                     .iter()
@@ -461,9 +458,9 @@ fn spine_assignments(
                     .fold(None, |acc: Option<f64>, p| {
                         Some(acc.map_or(p, |a| a.max(p)))
                     });
-                (LINK_FUZZY, score)
+                (LinkMethod::Fuzzy, score)
             };
-            let joined = method == LINK_FUZZY || method == LINK_EXACT_LOCAL;
+            let joined = method == LinkMethod::Fuzzy || method == LinkMethod::ExactLocal;
             if e.spine_id() != spine_id || joined != e.joined_to.is_some() {
                 assignments.push(SpineAssignment {
                     person_id: e.person_id.clone(),

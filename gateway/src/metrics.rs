@@ -34,7 +34,10 @@ pub const ACK_LATENCY_BUCKETS: &[f64] = &[
 const SESSION_OUTCOMES: [&str; 3] = ["opened", "refused", "shed"];
 const TURNED_AWAY: [&str; 5] = ["refused", "timeout", "shed", "over_budget", "idle"];
 const LINKAGE_KINDS: [&str; 2] = ["incremental", "full"];
-const LINK_METHODS: [&str; 2] = ["exact-nhs", "unlinked"];
+const LINK_METHODS: [&str; 2] = [
+    crate::rekey::LinkMethod::ExactNhs.as_str(),
+    crate::rekey::LinkMethod::Unlinked.as_str(),
+];
 const POPULATION_UPDATE_KINDS: [&str; 2] = ["changed", "full"];
 
 /// Describes every gateway metric to the installed recorder, and shows the
@@ -158,7 +161,8 @@ pub fn session(outcome: &'static str) {
     metrics::counter!(SESSIONS, "outcome" => outcome).increment(1);
 }
 
-pub fn linked(method: &'static str, records: u64) {
+pub fn linked(method: crate::rekey::LinkMethod, records: u64) {
+    let method = method.as_str();
     debug_assert!(
         LINK_METHODS.contains(&method),
         "{method} is not in LINK_METHODS"

@@ -21,12 +21,33 @@ use joinery_linkage::encode::BLOCK_KEY_LEN;
 use joinery_linkage::permute::BitPermutation;
 use joinery_proto::v1::LinkageEncoding;
 
-/// How a record's person id was decided.
-pub const LINK_EXACT_NHS: &str = "exact-nhs";
-pub const LINK_UNLINKED: &str = "unlinked";
-/// A person id joined to another of the same organisation and local id (one
-/// dataset had the NHS number, another did not).
-pub const LINK_EXACT_LOCAL: &str = "exact-local";
+/// How a record's person id was decided (stored, and counted in metrics,
+/// by [`LinkMethod::as_str`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LinkMethod {
+    /// From the NHS pseudonym: every agency's record of one NHS number is
+    /// one person.
+    ExactNhs,
+    /// No NHS number: the record's own person until linkage joins it.
+    Unlinked,
+    /// Joined to another person id of the same organisation and local id
+    /// (one dataset had the NHS number, another did not).
+    ExactLocal,
+    /// Joined to another person by fuzzy linkage.
+    Fuzzy,
+}
+
+impl LinkMethod {
+    /// Its name in the store and in metrics.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::ExactNhs => "exact-nhs",
+            Self::Unlinked => "unlinked",
+            Self::ExactLocal => "exact-local",
+            Self::Fuzzy => "fuzzy",
+        }
+    }
+}
 
 /// Bytes of HMAC output kept in a person id (128 bits, hex-encoded).
 const PERSON_ID_BYTES: usize = 16;
@@ -63,7 +84,7 @@ pub struct StoredIdentity {
     pub person_id: String,
     pub local_pseudonym: String,
     pub nhs_pseudonym: Option<String>,
-    pub link_method: &'static str,
+    pub link_method: LinkMethod,
 }
 
 impl Rekeyer {
@@ -187,7 +208,7 @@ impl Rekeyer {
                 person_id: hex::encode(&person[..PERSON_ID_BYTES]),
                 local_pseudonym: hex::encode(local),
                 nhs_pseudonym: None,
-                link_method: LINK_UNLINKED,
+                link_method: LinkMethod::Unlinked,
             }
         } else {
             let nhs = self.nhs.pseudonymise(nhs_pseudonym);
@@ -198,7 +219,7 @@ impl Rekeyer {
                 person_id: hex::encode(&person[..PERSON_ID_BYTES]),
                 local_pseudonym: hex::encode(local),
                 nhs_pseudonym: Some(hex::encode(nhs)),
-                link_method: LINK_EXACT_NHS,
+                link_method: LinkMethod::ExactNhs,
             }
         }
     }
@@ -218,7 +239,7 @@ mod tests {
         let a = r.identify("LA1", &[1; 32], &[9; 32]);
         let b = r.identify("RGD", &[2; 32], &[9; 32]);
         assert_eq!(a.person_id, b.person_id);
-        assert_eq!(a.link_method, LINK_EXACT_NHS);
+        assert_eq!(a.link_method, LinkMethod::ExactNhs);
         assert_ne!(a.local_pseudonym, b.local_pseudonym);
         // Stored values differ from what the agent sent.
         assert_ne!(a.nhs_pseudonym.unwrap(), hex::encode([9u8; 32]));
@@ -230,7 +251,7 @@ mod tests {
         let a = r.identify("LA1", &[1; 32], &[]);
         let b = r.identify("RGD", &[1; 32], &[]);
         assert_ne!(a.person_id, b.person_id);
-        assert_eq!(a.link_method, LINK_UNLINKED);
+        assert_eq!(a.link_method, LinkMethod::Unlinked);
         // The same local record always gets the same person id.
         assert_eq!(a, r.identify("LA1", &[1; 32], &[]));
     }

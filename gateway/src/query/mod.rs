@@ -770,7 +770,7 @@ mod tests {
                     source_row: i as u64,
                     local_pseudonym: format!("local-{i}"),
                     nhs_pseudonym: None,
-                    link_method: crate::rekey::LINK_UNLINKED,
+                    link_method: crate::rekey::LinkMethod::Unlinked,
                     sex: Some("female".to_owned()),
                     birth_month: Some("2015-04".to_owned()),
                     postcode_district: None,

@@ -88,7 +88,7 @@ pub enum EntityScope {
 pub struct SpineAssignment {
     pub person_id: String,
     pub spine_id: String,
-    pub method: &'static str,
+    pub method: crate::rekey::LinkMethod,
     pub score: Option<f64>,
 }
 
@@ -135,7 +135,7 @@ impl Storage {
         let mut people: Vec<(&str, &str)> = batch
             .records
             .iter()
-            .map(|r| (r.person_id.as_str(), r.link_method))
+            .map(|r| (r.person_id.as_str(), r.link_method.as_str()))
             .collect();
         people.sort_unstable();
         people.dedup_by(|a, b| a.0 == b.0);
@@ -404,7 +404,7 @@ impl Storage {
                 query = query
                     .bind(&a.person_id)
                     .bind(&a.spine_id)
-                    .bind(a.method)
+                    .bind(a.method.as_str())
                     .bind(score_text(a.score))
                     .bind(now);
             }

@@ -32,7 +32,7 @@ use sqlx::{AnyPool, AssertSqlSafe, ConnectOptions, Row};
 use tokio::sync::Mutex;
 
 use crate::audit::record::{AuditRecord, BatchDecision, Checkpoint, Entry};
-use crate::rekey::StoredLinkage;
+use crate::rekey::{LinkMethod, StoredLinkage};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -98,7 +98,7 @@ pub struct NewRecord {
     pub source_row: u64,
     pub local_pseudonym: String,
     pub nhs_pseudonym: Option<String>,
-    pub link_method: &'static str,
+    pub link_method: LinkMethod,
     pub sex: Option<String>,
     pub birth_month: Option<String>,
     pub postcode_district: Option<String>,
@@ -314,7 +314,7 @@ impl Storage {
                     .bind(to_i64(record.source_row))
                     .bind(&record.local_pseudonym)
                     .bind(&record.nhs_pseudonym)
-                    .bind(record.link_method)
+                    .bind(record.link_method.as_str())
                     .bind(&record.sex)
                     .bind(&record.birth_month)
                     .bind(&record.postcode_district)
@@ -952,7 +952,7 @@ mod tests {
             source_row: 3,
             local_pseudonym: "l2".to_owned(),
             nhs_pseudonym: None,
-            link_method: crate::rekey::LINK_UNLINKED,
+            link_method: LinkMethod::Unlinked,
             sex: None,
             birth_month: None,
             postcode_district: None,
@@ -1033,7 +1033,7 @@ mod tests {
             source_row: 1,
             local_pseudonym: format!("local-{person}"),
             nhs_pseudonym: None,
-            link_method: crate::rekey::LINK_UNLINKED,
+            link_method: LinkMethod::Unlinked,
             sex: Some("female".to_owned()),
             birth_month: Some("2015-04".to_owned()),
             postcode_district: None,

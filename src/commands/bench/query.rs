@@ -24,7 +24,7 @@ use joinery_crypto::identity::PeerIdentity;
 use joinery_gateway::agreements::Agreements;
 use joinery_gateway::analytics::{Interner, Population};
 use joinery_gateway::query::QueryService;
-use joinery_gateway::rekey::{LINK_EXACT_NHS, Rekeyer};
+use joinery_gateway::rekey::{LinkMethod, Rekeyer};
 use joinery_gateway::storage::{NewBatch, NewEvent, NewRecord, Storage};
 use joinery_proto::v1::RunRequest;
 use rand::{Rng, SeedableRng};
@@ -324,7 +324,7 @@ fn record(child: usize, sex: &str, born: Date, events: Vec<NewEvent>) -> NewReco
         source_row: child as u64,
         local_pseudonym: person_id(child),
         nhs_pseudonym: None,
-        link_method: LINK_EXACT_NHS,
+        link_method: LinkMethod::ExactNhs,
         sex: Some(sex.to_owned()),
         birth_month: Some(format!("{:04}-{:02}", born.year(), born.month() as u8)),
         postcode_district: None,
