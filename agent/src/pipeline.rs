@@ -1,8 +1,10 @@
 //! The stages one source's rows go through, on a blocking thread, from the
 //! reader to the spool; [`read`] runs them in order:
 //!
-//! 1. the [`Source`] reads a row, mapped and validated (its position before
-//!    the row is the checkpoint a batch ending there resumes from);
+//! 1. the [`Source`] reads a raw row, its table's fields (its position
+//!    before the row is the checkpoint a batch ending there resumes from);
+//!    mapping ([`Source::map`]) makes it a canonical row through the table's
+//!    mapping, validated, with the person an event table's row belongs to;
 //! 2. [`Screening`]: a quarantined row is reported by line and counted, a
 //!    valid row's warnings are reported and it goes on;
 //! 3. [`Withholding`]: a person on the National Data Opt-out list is
@@ -242,12 +244,13 @@ pub fn read(
     let mut summary = SourceSummary::default();
     loop {
         let before = reader.position();
-        let Some(row) = reader.next_row() else { break };
+        let Some(raw) = reader.next_raw() else { break };
         summary.rows_read += 1;
         if summary.rows_read % 4096 == 0 {
             shown.update(summary.rows_read, reader.bytes_read());
         }
-        let Some((line, person)) = screening.screen(row?, &mut summary)? else {
+        let row = reader.map(raw?);
+        let Some((line, person)) = screening.screen(row, &mut summary)? else {
             continue;
         };
         if withholding.withholds(&person) {

@@ -13,9 +13,8 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 use crate::mapping::{Mapping, Resolved};
-use crate::row::map_row;
 use crate::source::{
-    LineLimited, Position, ReadContext, Source, SourceError, SourceRow, file_fingerprint,
+    LineLimited, Position, RawRow, ReadContext, Source, SourceError, file_fingerprint,
 };
 
 /// An open CSV extract with its mapping bound to the header.
@@ -113,7 +112,7 @@ impl CsvSource {
 
 impl Source for CsvSource {
     /// Blank lines are skipped.
-    fn next_row(&mut self) -> Option<Result<SourceRow, SourceError>> {
+    fn next_raw(&mut self) -> Option<Result<RawRow, SourceError>> {
         loop {
             match self.read_row()? {
                 Ok(None) => continue,
@@ -161,11 +160,19 @@ impl Source for CsvSource {
     fn mappings(&self) -> Vec<&Resolved> {
         vec![&self.mapping]
     }
+
+    fn mapping(&self, _table: usize) -> &Resolved {
+        &self.mapping
+    }
+
+    fn today(&self) -> time::Date {
+        self.context.today
+    }
 }
 
 impl CsvSource {
     /// The next row; `Some(Ok(None))` for a blank line.
-    fn read_row(&mut self) -> Option<Result<Option<SourceRow>, SourceError>> {
+    fn read_row(&mut self) -> Option<Result<Option<RawRow>, SourceError>> {
         let start_line = self.reader.position().line();
         match self.reader.read_byte_record(&mut self.record) {
             Ok(false) => None,
@@ -184,7 +191,7 @@ impl CsvSource {
                     } else {
                         String::new()
                     };
-                    return Some(Ok(Some(SourceRow::broken(
+                    return Some(Ok(Some(RawRow::broken(
                         line,
                         format!(
                             "has {} fields but the header has {}{span}",
@@ -195,7 +202,7 @@ impl CsvSource {
                 }
                 let max_field = self.context.limits.max_field_bytes;
                 if let Some(long) = self.record.iter().position(|f| f.len() > max_field) {
-                    return Some(Ok(Some(SourceRow::broken(
+                    return Some(Ok(Some(RawRow::broken(
                         line,
                         format!(
                             "field {} is longer than {max_field} bytes (limits.max_field_bytes)",
@@ -204,10 +211,7 @@ impl CsvSource {
                     ))));
                 }
                 let fields: Vec<String> = self.record.iter().map(decode).collect();
-                Some(Ok(Some(SourceRow {
-                    line,
-                    outcome: map_row(&fields, &self.mapping, self.context.today),
-                })))
+                Some(Ok(Some(RawRow::of(line, 0, fields))))
             }
             Err(e) => {
                 let line = e.position().map_or(start_line, |p| p.line());
@@ -219,7 +223,7 @@ impl CsvSource {
                     })),
                     // Other csv errors describe structure, not content: the
                     // row is quarantined and reading goes on.
-                    _ => Some(Ok(Some(SourceRow::broken(line, "is not well-formed CSV")))),
+                    _ => Some(Ok(Some(RawRow::broken(line, "is not well-formed CSV")))),
                 }
             }
         }
@@ -277,6 +281,7 @@ fn windows_1252(b: u8) -> char {
 mod tests {
     use super::*;
     use crate::row::RowOutcome;
+    use crate::source::SourceRow;
     use time::macros::date;
 
     const MAPPING: &str = "dataset: d\nfields:\n  local_id: Child ID\n  family_name: Surname\n  date_of_birth: { column: DOB, format: dd/mm/yyyy }\n";

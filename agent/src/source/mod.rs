@@ -33,7 +33,8 @@ use std::path::{Path, PathBuf};
 use time::Date;
 
 use crate::mapping::{MappingError, Resolved};
-use crate::row::RowOutcome;
+use crate::person::Problem;
+use crate::row::{RowOutcome, map_row};
 
 /// The most a reader takes in, per line and per field (agent configuration
 /// `limits`).
@@ -125,22 +126,40 @@ impl<R: Seek> Seek for LineLimited<R> {
     }
 }
 
+/// One row as its reader found it, before mapping: its table's fields in
+/// that table's column order, or why the row could not be read at all.
+#[derive(Debug, Clone)]
+pub struct RawRow {
+    /// Line in the file where the row starts (1 = a CSV header).
+    pub line: u64,
+    /// (the table, its fields), or what is wrong with the row's shape.
+    pub fields: Result<(usize, Vec<String>), Problem>,
+}
+
+impl RawRow {
+    /// A row of `table` with these fields.
+    pub fn of(line: u64, table: usize, fields: Vec<String>) -> Self {
+        Self {
+            line,
+            fields: Ok((table, fields)),
+        }
+    }
+
+    /// A row quarantined whole, for its shape rather than a field's value.
+    pub fn broken(line: u64, what: impl std::fmt::Display) -> Self {
+        Self {
+            line,
+            fields: Err(Problem::new("row", what)),
+        }
+    }
+}
+
 /// One source row after mapping.
 #[derive(Debug, Clone)]
 pub struct SourceRow {
     /// Line in the file where the row starts (1 = a CSV header).
     pub line: u64,
     pub outcome: RowOutcome,
-}
-
-impl SourceRow {
-    /// A row quarantined whole, for its shape rather than a field's value.
-    pub fn broken(line: u64, what: impl std::fmt::Display) -> Self {
-        Self {
-            line,
-            outcome: RowOutcome::Quarantined(crate::person::Problem::new("row", what)),
-        }
-    }
 }
 
 /// Where a source is: enough to continue from there. `byte` and `line` are
@@ -183,10 +202,34 @@ pub enum SourceError {
     Format { path: PathBuf, detail: String },
 }
 
-/// A readable extract.
+/// A readable extract. A reader yields raw rows ([`Source::next_raw`]);
+/// mapping them ([`Source::map`]: the table's mapping, validation, the
+/// person an event table's row belongs to) is a stage of its own.
 pub trait Source: Send {
-    /// The next row, `None` at the end.
-    fn next_row(&mut self) -> Option<Result<SourceRow, SourceError>>;
+    /// The next row's fields, `None` at the end.
+    fn next_raw(&mut self) -> Option<Result<RawRow, SourceError>>;
+    /// The mapping of `table` (bound to this source's columns).
+    fn mapping(&self, table: usize) -> &Resolved;
+    /// The date rows are checked against (nothing may happen after it).
+    fn today(&self) -> Date;
+
+    /// The mapping stage: a raw row through its table's mapping.
+    fn map(&self, raw: RawRow) -> SourceRow {
+        let outcome = match raw.fields {
+            Ok((table, fields)) => map_row(&fields, self.mapping(table), self.today()),
+            Err(problem) => RowOutcome::Quarantined(problem),
+        };
+        SourceRow {
+            line: raw.line,
+            outcome,
+        }
+    }
+
+    /// The next row, read and mapped; `None` at the end.
+    fn next_row(&mut self) -> Option<Result<SourceRow, SourceError>> {
+        Some(self.next_raw()?.map(|raw| self.map(raw)))
+    }
+
     /// Where the next row starts.
     fn position(&self) -> Position;
     /// Continues from a position this source gave in an earlier run over the

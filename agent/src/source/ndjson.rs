@@ -16,8 +16,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::mapping::{Mapping, Resolved};
-use crate::row::map_row;
-use crate::source::{Position, ReadContext, Source, SourceError, SourceRow, file_fingerprint};
+use crate::source::{Position, RawRow, ReadContext, Source, SourceError, file_fingerprint};
 
 pub struct NdjsonSource {
     path: PathBuf,
@@ -112,8 +111,8 @@ impl NdjsonSource {
         }
     }
 
-    fn row(&self, line: u64, too_long: bool) -> Option<SourceRow> {
-        let quarantined = |what: String| Some(SourceRow::broken(line, what));
+    fn row(&self, line: u64, too_long: bool) -> Option<RawRow> {
+        let quarantined = |what: String| Some(RawRow::broken(line, what));
         let limits = self.context.limits;
         if too_long {
             return quarantined(format!(
@@ -152,15 +151,12 @@ impl NdjsonSource {
                 limits.max_field_bytes
             ));
         }
-        Some(SourceRow {
-            line,
-            outcome: map_row(&fields, &self.mapping, self.context.today),
-        })
+        Some(RawRow::of(line, 0, fields))
     }
 }
 
 impl Source for NdjsonSource {
-    fn next_row(&mut self) -> Option<Result<SourceRow, SourceError>> {
+    fn next_raw(&mut self) -> Option<Result<RawRow, SourceError>> {
         loop {
             let line = self.at.line;
             let (consumed, too_long) = match self.read_line() {
@@ -205,6 +201,14 @@ impl Source for NdjsonSource {
 
     fn mappings(&self) -> Vec<&Resolved> {
         vec![&self.mapping]
+    }
+
+    fn mapping(&self, _table: usize) -> &Resolved {
+        &self.mapping
+    }
+
+    fn today(&self) -> time::Date {
+        self.context.today
     }
 }
 

@@ -22,9 +22,8 @@ use sqlx::{AssertSqlSafe, Column, Executor, Row, SqlSafeStr, Statement};
 
 use crate::mapping::{Mapping, Resolved};
 use crate::person::Problem;
-use crate::row::{RowOutcome, map_row};
 use crate::source::config::SqlTable;
-use crate::source::{Position, ReadContext, Source, SourceError, SourceRow};
+use crate::source::{Position, RawRow, ReadContext, Source, SourceError};
 
 /// Rows fetched ahead of the reader, at most.
 const AHEAD: usize = 1024;
@@ -288,7 +287,7 @@ fn database_error(error: &sqlx::Error) -> String {
 }
 
 impl Source for SqlSource {
-    fn next_row(&mut self) -> Option<Result<SourceRow, SourceError>> {
+    fn next_raw(&mut self) -> Option<Result<RawRow, SourceError>> {
         if let Some(start) = self.start.take() {
             let _ = start.send(self.at.after.clone());
         }
@@ -300,17 +299,17 @@ impl Source for SqlSource {
                 self.at.record += 1;
                 self.at.line += 1;
                 let line = self.at.line;
-                let outcome = match cursor {
+                let fields = match cursor {
                     Some(cursor) => {
                         self.at.after = Some(cursor);
-                        map_row(&fields, &self.mapping, self.context.today)
+                        Ok((0, fields))
                     }
-                    None => RowOutcome::Quarantined(Problem::new(
+                    None => Err(Problem::new(
                         "watermark",
                         "the watermark or key is empty or neither text nor an integer",
                     )),
                 };
-                Some(Ok(SourceRow { line, outcome }))
+                Some(Ok(RawRow { line, fields }))
             }
             Ok(Fetched::Failed(detail)) => {
                 self.finished = true;
@@ -349,6 +348,14 @@ impl Source for SqlSource {
 
     fn mappings(&self) -> Vec<&Resolved> {
         vec![&self.mapping]
+    }
+
+    fn mapping(&self, _table: usize) -> &Resolved {
+        &self.mapping
+    }
+
+    fn today(&self) -> time::Date {
+        self.context.today
     }
 
     fn incremental(&self) -> bool {

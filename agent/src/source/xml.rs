@@ -23,8 +23,7 @@ use std::path::{Path, PathBuf};
 use quick_xml::events::Event;
 
 use crate::mapping::{Mapping, Resolved};
-use crate::row::map_row;
-use crate::source::{Position, ReadContext, Source, SourceError, SourceRow, file_fingerprint};
+use crate::source::{Position, RawRow, ReadContext, Source, SourceError, file_fingerprint};
 
 /// The largest record read; a larger one stops the source (a CIN record is a
 /// few kilobytes).
@@ -65,7 +64,7 @@ pub struct XmlSource {
     line: u64,
     /// Where the record being returned (or the next one) starts.
     at: Position,
-    pending: VecDeque<SourceRow>,
+    pending: VecDeque<RawRow>,
     finished: bool,
     buf: Vec<u8>,
 }
@@ -133,7 +132,7 @@ impl XmlSource {
 
     /// Reads up to the end of the next record and returns its rows (`None`
     /// at the end of the file).
-    fn read_record(&mut self) -> Result<Option<Vec<SourceRow>>, SourceError> {
+    fn read_record(&mut self) -> Result<Option<Vec<RawRow>>, SourceError> {
         // Outside a record: element names, for the collection-year check.
         let mut outside: Vec<Vec<u8>> = Vec::new();
         let mut text = String::new();
@@ -187,7 +186,7 @@ impl XmlSource {
     }
 
     /// Reads the body of a record whose start tag has just been read.
-    fn read_record_body(&mut self, record_line: u64) -> Result<Vec<SourceRow>, SourceError> {
+    fn read_record_body(&mut self, record_line: u64) -> Result<Vec<RawRow>, SourceError> {
         let record_start = self.reader.buffer_position();
         let mut rows: Vec<RecordRow> = Vec::new();
         // Open table elements (row indices) and open leaf candidates.
@@ -315,7 +314,7 @@ impl XmlSource {
     /// Fills each row's missing columns from the table elements around it,
     /// then from the record's one-off top-level tables (`ChildIdentifiers`,
     /// not one of several `CINdetails`), and maps it.
-    fn finish_record(&self, rows: Vec<RecordRow>) -> Vec<SourceRow> {
+    fn finish_record(&self, rows: Vec<RecordRow>) -> Vec<RawRow> {
         let once = |i: usize| {
             rows.iter()
                 .filter(|r| r.parent.is_none() && r.table == rows[i].table)
@@ -345,10 +344,7 @@ impl XmlSource {
                         .unwrap_or_default()
                 })
                 .collect();
-            out.push(SourceRow {
-                line: row.line,
-                outcome: map_row(&fields, &self.tables[row.table].mapping, self.context.today),
-            });
+            out.push(RawRow::of(row.line, row.table, fields));
         }
         out
     }
@@ -385,7 +381,7 @@ fn newlines(event: &Event<'_>) -> u64 {
 }
 
 impl Source for XmlSource {
-    fn next_row(&mut self) -> Option<Result<SourceRow, SourceError>> {
+    fn next_raw(&mut self) -> Option<Result<RawRow, SourceError>> {
         loop {
             if let Some(row) = self.pending.pop_front() {
                 if self.pending.is_empty() {
@@ -481,12 +477,21 @@ impl Source for XmlSource {
     fn mappings(&self) -> Vec<&Resolved> {
         self.tables.iter().map(|t| &t.mapping).collect()
     }
+
+    fn mapping(&self, table: usize) -> &Resolved {
+        &self.tables[table].mapping
+    }
+
+    fn today(&self) -> time::Date {
+        self.context.today
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::row::RowOutcome;
+    use crate::source::SourceRow;
     use time::macros::date;
 
     const CHILD_A: &str = r#"
