@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use joinery_agent::AgentConfig;
 use joinery_agent::config::{GatewayEndpoint, SourceConfig, TlsPaths};
+use joinery_agent::format::Registry;
 use joinery_crypto::identity::PeerIdentity;
 use joinery_crypto::keys::SecretKey;
 use joinery_crypto::pki::{CertificateAuthority, IssuedFiles, Validity};
@@ -193,6 +194,7 @@ impl Sandbox {
             sources,
             formats: None,
             limits: Default::default(),
+            registry: Registry::built_in()?,
         })
     }
 }

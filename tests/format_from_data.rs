@@ -78,31 +78,23 @@ async fn an_agency_adds_a_national_format_as_data_and_sends_it() {
     // In process, through the loaded configuration: what the readers make
     // of the files.
     let loaded = AgentConfig::load(&config).unwrap();
-    let formats = loaded.formats().unwrap();
     let today = time::OffsetDateTime::now_utc().date();
+    let parts = joinery_agent::format::open(&loaded.sources[0], &loaded.registry, today).unwrap();
     let mut valid = Vec::new();
     let mut warned = Vec::new();
     let mut quarantined = Vec::new();
-    for mut part in joinery_agent::format::open(&loaded.sources[0], &formats, today).unwrap() {
-        let file = part
-            .path
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .into_owned();
-        while let Some(row) = part.source.next_row() {
-            let row = row.unwrap();
-            match row.outcome {
-                RowOutcome::Valid {
-                    row: person,
-                    warnings,
-                } => {
-                    warned.extend(warnings.iter().map(|w| (row.line, w.to_string())));
-                    valid.push((file.clone(), person.local_id, person.events.len()));
-                }
-                RowOutcome::Quarantined(problem) => {
-                    quarantined.push((file.clone(), row.line, problem.to_string()))
-                }
+    for (path, row) in joinery_agent::format::read_all(parts).unwrap() {
+        let file = path.file_name().unwrap().to_string_lossy().into_owned();
+        match row.outcome {
+            RowOutcome::Valid {
+                row: person,
+                warnings,
+            } => {
+                warned.extend(warnings.iter().map(|w| (row.line, w.to_string())));
+                valid.push((file, person.local_id, person.events.len()));
+            }
+            RowOutcome::Quarantined(problem) => {
+                quarantined.push((file, row.line, problem.to_string()))
             }
         }
     }

@@ -90,35 +90,34 @@ async fn every_national_format_reaches_the_gateway_whole() {
     let formats = joinery_agent::format::Registry::built_in().unwrap();
     for (org, kind, dataset, file) in SOURCES {
         let config = source_config(&synth, org, kind, dataset, file);
-        for mut part in joinery_agent::format::open(&config, &formats, today).unwrap() {
-            while let Some(row) = part.source.next_row() {
-                match row.unwrap().outcome {
-                    RowOutcome::Valid { row, .. } => {
-                        *expected_records.entry(dataset).or_default() += 1;
-                        if *kind == "cin_census" {
-                            if let Some(sex) = &row.sex {
-                                sex_of.insert(row.local_id.clone(), sex.clone());
-                            }
-                            if let Some(dob) = row.date_of_birth {
-                                born.insert(row.local_id.clone(), dob);
-                            }
-                            if row.events.iter().any(|e| e.event_type == "cp_plan_start") {
-                                with_cp_plan.insert(row.local_id.clone());
-                            }
+        let parts = joinery_agent::format::open(&config, &formats, today).unwrap();
+        for (_, row) in joinery_agent::format::read_all(parts).unwrap() {
+            match row.outcome {
+                RowOutcome::Valid { row, .. } => {
+                    *expected_records.entry(dataset).or_default() += 1;
+                    if *kind == "cin_census" {
+                        if let Some(sex) = &row.sex {
+                            sex_of.insert(row.local_id.clone(), sex.clone());
                         }
-                        let allowed = &agreement.datasets[*dataset].events;
-                        for event in row
-                            .events
-                            .iter()
-                            .filter(|e| allowed.contains_key(&e.event_type))
-                        {
-                            *expected_events
-                                .entry(((*dataset).to_owned(), event.event_type.clone()))
-                                .or_default() += 1;
+                        if let Some(dob) = row.date_of_birth {
+                            born.insert(row.local_id.clone(), dob);
+                        }
+                        if row.events.iter().any(|e| e.event_type == "cp_plan_start") {
+                            with_cp_plan.insert(row.local_id.clone());
                         }
                     }
-                    RowOutcome::Quarantined(p) => panic!("{kind}: {p}"),
+                    let allowed = &agreement.datasets[*dataset].events;
+                    for event in row
+                        .events
+                        .iter()
+                        .filter(|e| allowed.contains_key(&e.event_type))
+                    {
+                        *expected_events
+                            .entry(((*dataset).to_owned(), event.event_type.clone()))
+                            .or_default() += 1;
+                    }
                 }
+                RowOutcome::Quarantined(p) => panic!("{kind}: {p}"),
             }
         }
     }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use joinery_crypto::tls::TlsFiles;
 
-use crate::format::{Registry, RegistryError};
+use crate::format::Registry;
 pub use crate::source::config::{CsvFile, NationalFormat, SourceConfig, SourceEntry, SqlTable};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -68,6 +68,11 @@ pub struct AgentConfig {
     /// the file.
     #[serde(default)]
     pub limits: crate::source::InputLimits,
+    /// The national formats loaded from the built-in ones and `formats`
+    /// (by [`AgentConfig::load`], once, and checked against the sources).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub registry: Registry,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
@@ -160,21 +165,17 @@ impl AgentConfig {
         }
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve_paths(base);
-        let formats = config.formats().map_err(|e| invalid(e.to_string()))?;
+        config.registry =
+            Registry::load(config.formats.as_deref()).map_err(|e| invalid(e.to_string()))?;
         for (i, source) in config.sources.iter().enumerate() {
             if let SourceConfig::National(national) = source {
-                formats
+                config
+                    .registry
                     .get(&national.format)
                     .map_err(|e| invalid(format!("sources[{i}].kind: {e}")))?;
             }
         }
         Ok(config)
-    }
-
-    /// The national formats this agent can read: the built-in ones and
-    /// those in `formats`.
-    pub fn formats(&self) -> Result<Registry, RegistryError> {
-        Registry::load(self.formats.as_deref())
     }
 
     fn resolve_paths(&mut self, base: &Path) {

@@ -53,13 +53,13 @@ pub async fn resolve(
         limits: config.limits,
     };
     let sources = config.sources.clone();
-    let formats = config.formats()?;
+    let formats = config.registry.clone();
     let (by_pseudonym, rows_quarantined) = tokio::task::spawn_blocking(move || {
         let mut by_pseudonym: HashMap<Pseudonym, String> = HashMap::new();
         let mut quarantined = 0u64;
         for source in &sources {
             for mut part in crate::format::open(source, &formats, context)? {
-                while let Some(row) = part.source.next_row() {
+                for row in part.rows() {
                     match row?.outcome {
                         RowOutcome::Valid { row, .. } => {
                             by_pseudonym

@@ -168,14 +168,13 @@ fn open_sources(
     today: Date,
 ) -> Result<Vec<Opened>, AgentError> {
     let agreement = &signed.agreement;
-    let formats = config.formats()?;
     let mut opened = Vec::new();
     for source in &config.sources {
         let context = crate::source::ReadContext {
             today,
             limits: config.limits,
         };
-        let parts = crate::format::open(source, &formats, context)?;
+        let parts = crate::format::open(source, &config.registry, context)?;
         let snapshot = if source.snapshot() {
             snapshot_id(&parts)
         } else {

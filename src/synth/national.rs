@@ -980,26 +980,23 @@ mod tests {
     fn read(source: &SourceConfig, today: Date) -> (Vec<PersonRow>, Vec<String>) {
         let mut rows = Vec::new();
         let mut problems = Vec::new();
-        for mut part in
-            joinery_agent::format::open(source, &Registry::built_in().unwrap(), today).unwrap()
-        {
-            while let Some(row) = part.source.next_row() {
-                let row = row.unwrap();
-                match row.outcome {
-                    RowOutcome::Valid {
-                        row: person,
-                        warnings,
-                    } => {
-                        problems.extend(
-                            warnings
-                                .iter()
-                                .map(|w| format!("{} line {}: {w}", part.path.display(), row.line)),
-                        );
-                        rows.push(person);
-                    }
-                    RowOutcome::Quarantined(p) => {
-                        problems.push(format!("{} line {}: {p}", part.path.display(), row.line))
-                    }
+        let parts =
+            joinery_agent::format::open(source, &Registry::built_in().unwrap(), today).unwrap();
+        for (path, row) in joinery_agent::format::read_all(parts).unwrap() {
+            match row.outcome {
+                RowOutcome::Valid {
+                    row: person,
+                    warnings,
+                } => {
+                    problems.extend(
+                        warnings
+                            .iter()
+                            .map(|w| format!("{} line {}: {w}", path.display(), row.line)),
+                    );
+                    rows.push(person);
+                }
+                RowOutcome::Quarantined(p) => {
+                    problems.push(format!("{} line {}: {p}", path.display(), row.line))
                 }
             }
         }

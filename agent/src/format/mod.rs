@@ -30,7 +30,7 @@ use crate::source::csv::CsvSource;
 use crate::source::ndjson::NdjsonSource;
 use crate::source::sql::SqlSource;
 use crate::source::xml::{XmlSource, XmlTable};
-use crate::source::{ReadContext, Source, SourceError};
+use crate::source::{ReadContext, Source, SourceError, SourceRow};
 
 pub mod registry;
 
@@ -50,6 +50,25 @@ pub struct Part {
     /// dataset that yield identical rows stay apart.
     pub table: String,
     pub source: Box<dyn Source>,
+}
+
+impl Part {
+    /// Every row of the part, read and mapped, in order.
+    pub fn rows(&mut self) -> impl Iterator<Item = Result<SourceRow, SourceError>> + '_ {
+        std::iter::from_fn(|| self.source.next_row())
+    }
+}
+
+/// Every row of `parts`, read and mapped, each with the file it came from:
+/// for callers that want a whole source at once (small extracts, tests).
+pub fn read_all(parts: Vec<Part>) -> Result<Vec<(PathBuf, SourceRow)>, SourceError> {
+    let mut rows = Vec::new();
+    for mut part in parts {
+        while let Some(row) = part.source.next_row() {
+            rows.push((part.path.clone(), row?));
+        }
+    }
+    Ok(rows)
 }
 
 /// The parts of a configured source, ready to read; `formats` holds the
@@ -386,35 +405,26 @@ mod tests {
     }
 
     fn outcomes(parts: Vec<Part>) -> Vec<(String, u64, Result<String, String>)> {
-        let mut out = Vec::new();
-        for mut part in parts {
-            let file = part
-                .path
-                .file_name()
-                .unwrap()
-                .to_string_lossy()
-                .into_owned();
-            while let Some(row) = part.source.next_row() {
-                let row = row.unwrap();
-                out.push((
-                    file.clone(),
-                    row.line,
-                    match row.outcome {
-                        RowOutcome::Valid { row, .. } => Ok(format!(
-                            "{} {}",
-                            row.local_id,
-                            row.events
-                                .iter()
-                                .map(|e| e.event_type.as_str())
-                                .collect::<Vec<_>>()
-                                .join(",")
-                        )),
-                        RowOutcome::Quarantined(p) => Err(p.to_string()),
-                    },
-                ));
-            }
-        }
-        out
+        read_all(parts)
+            .unwrap()
+            .into_iter()
+            .map(|(path, row)| {
+                let outcome = match row.outcome {
+                    RowOutcome::Valid { row, .. } => Ok(format!(
+                        "{} {}",
+                        row.local_id,
+                        row.events
+                            .iter()
+                            .map(|e| e.event_type.as_str())
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    )),
+                    RowOutcome::Quarantined(p) => Err(p.to_string()),
+                };
+                let file = path.file_name().unwrap().to_string_lossy().into_owned();
+                (file, row.line, outcome)
+            })
+            .collect()
     }
 
     #[test]

@@ -101,7 +101,7 @@ pub enum RegistryError {
 }
 
 /// Every national format an agent can read.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Registry {
     formats: BTreeMap<String, Format>,
 }
@@ -112,13 +112,13 @@ pub struct Format {
     pub definition: Definition,
     /// `built in`, or the directory it was read from.
     pub origin: String,
-    /// Code-list files by collection year (or `current`): (name in
-    /// messages, text).
-    code_lists: BTreeMap<String, (String, String)>,
+    /// Code-list files by collection year (or `current`), parsed on
+    /// loading.
+    code_lists: BTreeMap<String, CodeListFile>,
 }
 
 /// A code-list file.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CodeListFile {
     /// The year whose lists this one starts from; lists named here replace
@@ -201,7 +201,9 @@ impl Registry {
                                 .to_owned(),
                         ));
                     }
-                    lists.push(((*format).to_owned(), year.to_owned(), file.clone(), text));
+                    let parsed: CodeListFile =
+                        serde_saphyr::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+                    lists.push(((*format).to_owned(), year.to_owned(), file.clone(), parsed));
                 }
                 _ => {
                     return Err(invalid(
@@ -210,14 +212,14 @@ impl Registry {
                 }
             }
         }
-        for (format, year, file, text) in lists {
+        for (format, year, file, parsed) in lists {
             let Some(entry) = registry.formats.get_mut(&format) else {
                 return Err(RegistryError::Invalid {
                     file,
                     detail: format!("code lists for {format}, which has no definition"),
                 });
             };
-            entry.code_lists.insert(year, (file, text));
+            entry.code_lists.insert(year, parsed);
         }
         for format in registry.formats.values() {
             format.check().map_err(|detail| RegistryError::Invalid {
@@ -252,19 +254,16 @@ impl Format {
     pub fn code_lists(&self, year: Option<i32>, file: Option<&Path>) -> Result<CodeLists, String> {
         let format = &self.definition.format;
         let year = year.map_or_else(|| "current".to_owned(), |y| y.to_string());
-        let parse = |text: &str, name: &str| {
-            serde_saphyr::from_str::<CodeListFile>(text)
-                .map_err(|e| format!("code lists {name}: {e}"))
-        };
         let mut file = match file {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| format!("cannot read code lists {}: {e}", path.display()))?;
-                parse(&text, &path.display().to_string())?
+                serde_saphyr::from_str::<CodeListFile>(&text)
+                    .map_err(|e| format!("code lists {}: {e}", path.display()))?
             }
             None if self.code_lists.is_empty() => return Ok(CodeLists::new()),
             None => {
-                let (found, (name, text)) = self.lists_for(&year)?;
+                let (found, held) = self.lists_for(&year)?;
                 if found != year {
                     tracing::warn!(
                         %format,
@@ -273,7 +272,7 @@ impl Format {
                         "no code lists for this collection year: using the latest earlier year's; set code_lists to the year's file once published"
                     );
                 }
-                parse(text, name)?
+                held.clone()
             }
         };
         let mut lists = CodeLists::new();
@@ -283,15 +282,14 @@ impl Format {
                 return Err(format!("{format} code lists: {base} extends itself"));
             }
             seen.push(base.clone());
-            let (name, text) = self
+            let base_file = self
                 .code_lists
                 .get(&base)
                 .ok_or_else(|| format!("{format} code lists extend {base}, which is not held"))?;
-            let base_file = parse(text, name)?;
             for (name, list) in std::mem::take(&mut file.lists) {
                 lists.entry(name).or_insert(list);
             }
-            file = base_file;
+            file = base_file.clone();
         }
         for (name, list) in file.lists {
             lists.entry(name).or_insert(list);
@@ -300,8 +298,8 @@ impl Format {
     }
 
     /// The code-list file for `year`, or (a year with none yet) the latest
-    /// earlier year's: (the year used, (name, text)).
-    fn lists_for(&self, year: &str) -> Result<(String, &(String, String)), String> {
+    /// earlier year's: (the year used, the file).
+    fn lists_for(&self, year: &str) -> Result<(String, &CodeListFile), String> {
         if let Some(found) = self.code_lists.get(year) {
             return Ok((year.to_owned(), found));
         }
