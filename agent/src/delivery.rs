@@ -18,11 +18,39 @@ use tokio::time::Instant;
 
 use crate::error::AgentError;
 use crate::spool::{Spool, Spooled};
-use crate::transport::{Acked, Session, Transport};
+use crate::transport::{Acked, Session, Transport, UploadError};
 
 /// Backoff between reconnection attempts.
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// Exponential backoff with jitter, for a limited time.
+struct Backoff {
+    deadline: Instant,
+    next: Duration,
+}
+
+impl Backoff {
+    fn new(retry_for: Duration) -> Self {
+        Self {
+            deadline: Instant::now() + retry_for,
+            next: FIRST_BACKOFF,
+        }
+    }
+
+    /// Waits before the next attempt after `failure`; false once the time
+    /// allowed has passed (the caller then gives up).
+    async fn wait(&mut self, failure: &UploadError) -> bool {
+        if Instant::now() >= self.deadline {
+            return false;
+        }
+        let pause = self.next.mul_f64(rand::rng().random_range(0.5..1.5));
+        tracing::warn!(error = %failure, retry_in_ms = pause.as_millis() as u64, "delivery failed; will reconnect");
+        tokio::time::sleep(pause).await;
+        self.next = (self.next * 2).min(MAX_BACKOFF);
+        true
+    }
+}
 
 pub struct Delivery<T: Transport> {
     transport: T,
@@ -73,8 +101,7 @@ impl<T: Transport> Delivery<T> {
     async fn connected(&mut self) -> Result<(Vec<Acked>, bool), AgentError> {
         let mut acked = Vec::new();
         let reopened = self.session.is_none();
-        let deadline = Instant::now() + self.retry_for;
-        let mut backoff = FIRST_BACKOFF;
+        let mut backoff = Backoff::new(self.retry_for);
         while self.session.is_none() {
             let attempt = match self.transport.open().await {
                 Ok(mut session) => {
@@ -102,16 +129,11 @@ impl<T: Transport> Delivery<T> {
                     }
                     self.session = Some(session);
                 }
-                Err(e) if e.may_pass() && Instant::now() < deadline => {
-                    self.spool.record_error(&e.to_string());
-                    let jitter = rand::rng().random_range(0.5..1.5);
-                    tracing::warn!(error = %e, retry_in_ms = (backoff.as_millis() as f64 * jitter) as u64, "delivery failed; will reconnect");
-                    tokio::time::sleep(backoff.mul_f64(jitter)).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
                 Err(e) => {
                     self.spool.record_error(&e.to_string());
-                    return Err(e.into());
+                    if !(e.may_pass() && backoff.wait(&e).await) {
+                        return Err(e.into());
+                    }
                 }
             }
         }
@@ -165,22 +187,31 @@ impl<T: Transport> Delivery<T> {
         Ok(acked)
     }
 
-    /// Waits until every batch sent is acknowledged.
+    /// Waits until every batch sent is acknowledged. A session that ends
+    /// leaving batches unacknowledged is reopened (with backoff) for up to
+    /// `retry_for`, as after any failure that may pass; then the batches
+    /// stay in the spool for the next run.
     pub async fn finish(&mut self) -> Result<Vec<Acked>, AgentError> {
         let mut acked = Vec::new();
+        let mut backoff = Backoff::new(self.retry_for);
         while !self.in_flight.is_empty() {
             acked.extend(self.connected().await?.0);
             let Some(session) = self.session.take() else {
                 continue;
             };
-            match session.finish().await {
-                Ok(more) => acked.extend(self.settle(more)?),
-                Err(e) => {
-                    self.spool.record_error(&e.to_string());
-                    if !e.may_pass() {
-                        return Err(e.into());
+            let failure = match session.finish().await {
+                Ok(more) => {
+                    acked.extend(self.settle(more)?);
+                    if self.in_flight.is_empty() {
+                        break;
                     }
+                    UploadError::Closed(self.in_flight.len())
                 }
+                Err(e) => e,
+            };
+            self.spool.record_error(&failure.to_string());
+            if !(failure.may_pass() && backoff.wait(&failure).await) {
+                return Err(failure.into());
             }
         }
         // A session opened but given nothing to send (everything already
@@ -222,6 +253,8 @@ mod tests {
         CutAfterCommit,
         /// Refuses the session for good (a revoked certificate).
         Denied,
+        /// Ends the session in order but forgets the acks it still owed.
+        ForgetsAcks,
     }
 
     #[derive(Default)]
@@ -311,7 +344,7 @@ mod tests {
         async fn send(&mut self, tag: usize, batch: Batch) -> Result<Vec<Acked>, UploadError> {
             let mut gateway = self.gateway.lock().unwrap();
             match gateway.next() {
-                Fault::None | Fault::Unavailable => {}
+                Fault::None | Fault::Unavailable | Fault::ForgetsAcks => {}
                 Fault::CutBeforeCommit => return Err(failed(tonic::Code::Unavailable)),
                 Fault::CutAfterCommit => {
                     gateway.commit(&batch);
@@ -334,6 +367,11 @@ mod tests {
         }
 
         async fn finish(self) -> Result<Vec<Acked>, UploadError> {
+            let mut gateway = self.gateway.lock().unwrap();
+            if gateway.script.front() == Some(&Fault::ForgetsAcks) {
+                gateway.next();
+                return Ok(Vec::new());
+            }
             Ok(self.pending)
         }
     }
@@ -415,6 +453,7 @@ mod tests {
             1 => Just(Fault::Unavailable),
             1 => Just(Fault::CutBeforeCommit),
             1 => Just(Fault::CutAfterCommit),
+            1 => Just(Fault::ForgetsAcks),
         ]
     }
 
@@ -489,5 +528,28 @@ mod tests {
         // attempts fit in a minute, not hundreds.
         assert!((4..=30).contains(&attempts), "{attempts} attempts");
         assert_eq!(spool.pending().unwrap().len(), 1);
+    }
+
+    /// A gateway that keeps ending sessions without the acks it owes is
+    /// reopened with backoff for `retry_for`, then left to the next run:
+    /// `finish` neither spins nor loses the batches.
+    #[test]
+    fn a_gateway_that_never_acknowledges_is_given_up_after_retry_for() {
+        let retry_for = Duration::from_secs(60);
+        let Delivered {
+            acked,
+            error,
+            gateway,
+            spool,
+            dir,
+        } = deliver(3, 0, 10, vec![Fault::ForgetsAcks; 10_000], retry_for);
+        let error = error.expect("delivery gives up").to_string();
+        assert!(error.contains("3 batches unacknowledged"), "{error}");
+        assert!(acked.is_empty());
+        let sessions = gateway.lock().unwrap().sessions;
+        assert!((4..=30).contains(&sessions), "{sessions} sessions");
+        assert_eq!(spool.pending().unwrap().len(), 3, "every batch waits");
+        let (_, _, status, _) = crate::spool::inspect(dir.path()).unwrap();
+        assert!(status.last_error.unwrap().contains("unacknowledged"));
     }
 }
