@@ -356,6 +356,9 @@ mod tests {
 
     #[test]
     fn batches_survive_until_acknowledged_and_checkpoints_persist() {
+        let at = |line: u64, byte: u64| {
+            crate::source::Position::of(&serde_json::json!({"line": line, "byte": byte}))
+        };
         let dir = tempfile::tempdir().unwrap();
         let first;
         {
@@ -366,10 +369,7 @@ mod tests {
                     batch(1),
                     "a.csv",
                     Checkpoint {
-                        at: crate::source::Position {
-                            byte: 10,
-                            ..Default::default()
-                        },
+                        at: at(2, 20),
                         ..Default::default()
                     },
                 )
@@ -379,10 +379,7 @@ mod tests {
                     batch(2),
                     "a.csv",
                     Checkpoint {
-                        at: crate::source::Position {
-                            byte: 20,
-                            ..Default::default()
-                        },
+                        at: at(3, 30),
                         ..Default::default()
                     },
                 )
@@ -393,7 +390,7 @@ mod tests {
         let pending = spool.pending().unwrap();
         assert_eq!(pending.len(), 2);
         assert_eq!(pending[0].batch, batch(1), "oldest first");
-        assert_eq!(spool.checkpoint("a.csv").unwrap().at.byte, 20);
+        assert_eq!(spool.checkpoint("a.csv").unwrap().at, at(3, 30));
         spool.acknowledged(&first).unwrap();
         assert_eq!(spool.pending().unwrap().len(), 1);
         let (count, _, status, _) = inspect(dir.path()).unwrap();

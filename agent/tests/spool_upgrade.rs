@@ -152,3 +152,22 @@ fn a_spool_from_an_earlier_release_resumes_every_reader_where_it_stopped() {
         );
     }
 }
+
+/// A checkpoint that does not hold what its reader needs (written by
+/// another kind of reader, or edited by hand) is refused, naming the file
+/// and the way out, rather than read from a made-up place.
+#[test]
+fn a_checkpoint_its_reader_cannot_use_is_refused_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("council.csv"), CSV).unwrap();
+    let foreign = joinery_agent::source::Position::of(&serde_json::json!({
+        "line": 3,
+        "after": {"watermark": 7, "key": 7},
+    }));
+    let err = open_csv(dir.path())
+        .resume(foreign)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("council.csv"), "{err}");
+    assert!(err.contains("joinery agent resend"), "{err}");
+}

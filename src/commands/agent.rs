@@ -123,7 +123,7 @@ fn status(config: &AgentConfig) -> anyhow::Result<ExitCode> {
         let progress = if c.complete {
             "read completely".to_owned()
         } else {
-            format!("read up to line {} (byte {})", c.at.line, c.at.byte)
+            format!("read up to line {}", c.at.line)
         };
         println!(
             "source {source}: {progress}; next batch sequence {}",

@@ -110,6 +110,15 @@ impl CsvSource {
     }
 }
 
+/// Where a CSV reader is: the next row's byte offset and line, and the
+/// records (the header among them) read before it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CsvAt {
+    byte: u64,
+    line: u64,
+    record: u64,
+}
+
 impl Source for CsvSource {
     /// Blank lines are skipped.
     fn next_raw(&mut self) -> Option<Result<RawRow, SourceError>> {
@@ -124,15 +133,15 @@ impl Source for CsvSource {
 
     fn position(&self) -> Position {
         let p = self.reader.position();
-        Position {
+        Position::of(&CsvAt {
             byte: p.byte(),
             line: p.line(),
             record: p.record(),
-            ..Position::default()
-        }
+        })
     }
 
     fn resume(&mut self, at: Position) -> Result<(), SourceError> {
+        let at: CsvAt = at.state(&self.path)?;
         let mut position = csv::Position::new();
         position
             .set_byte(at.byte)

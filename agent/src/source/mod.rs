@@ -162,20 +162,51 @@ pub struct SourceRow {
     pub outcome: RowOutcome,
 }
 
-/// Where a source is: enough to continue from there. `byte` and `line` are
-/// where the next row (for XML, the next record) starts; `record` counts the
-/// rows (for XML, whole records) read before it; `within` counts the rows of
-/// an XML record already read; `after` is the last SQL row read, by its
-/// watermark and key.
+/// Where a source is, in its reader's own terms: the spool keeps it with
+/// the batches and gives it back to the same reader to continue. Only
+/// `line`, where the next row starts, means the same to every reader (it is
+/// shown to operators); the rest is the reader's own state, opaque to
+/// everything else (a CSV reader's byte offset, an XML reader's count of
+/// records and of rows within one, a SQL reader's watermark cursor).
+///
+/// In `checkpoints.json` the state's fields sit beside `line`, the layout
+/// agents have always written, so a spool from an earlier release resumes.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Position {
-    pub byte: u64,
     pub line: u64,
-    pub record: u64,
-    #[serde(default)]
-    pub within: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub after: Option<sql::Cursor>,
+    #[serde(flatten)]
+    state: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Position {
+    /// The position a reader's `state` (a struct of plain fields, one of
+    /// them `line`) describes.
+    pub fn of(state: &impl serde::Serialize) -> Self {
+        let mut state = match serde_json::to_value(state) {
+            Ok(serde_json::Value::Object(fields)) => fields,
+            // A reader's state is a struct of plain fields, always an object.
+            _ => serde_json::Map::new(),
+        };
+        let line = state
+            .remove("line")
+            .and_then(|line| line.as_u64())
+            .unwrap_or(0);
+        Self { line, state }
+    }
+
+    /// The reader's state this position holds; a position some other
+    /// reader wrote is refused, naming `path`.
+    pub fn state<S: serde::de::DeserializeOwned>(&self, path: &Path) -> Result<S, SourceError> {
+        let mut fields = self.state.clone();
+        fields.insert("line".to_owned(), self.line.into());
+        serde_json::from_value(serde_json::Value::Object(fields)).map_err(|e| SourceError::Format {
+            path: path.to_owned(),
+            detail: format!(
+                "the spool's checkpoint for this file was not written by its reader ({e}); \
+                     `joinery agent resend --yes --source` it to read it from the start"
+            ),
+        })
+    }
 }
 
 /// Problems that stop a source (a bad row never does: it is quarantined).

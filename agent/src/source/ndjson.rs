@@ -26,8 +26,17 @@ pub struct NdjsonSource {
     mapping: Resolved,
     context: ReadContext,
     total_bytes: u64,
-    at: Position,
+    at: NdjsonAt,
     line: Vec<u8>,
+}
+
+/// Where an NDJSON reader is: the next line's byte offset and number, and
+/// the resources read before it.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+struct NdjsonAt {
+    byte: u64,
+    line: u64,
+    record: u64,
 }
 
 impl NdjsonSource {
@@ -65,9 +74,10 @@ impl NdjsonSource {
             mapping: mapping.resolve(&headers, mapping_path, path)?,
             context,
             total_bytes,
-            at: Position {
+            at: NdjsonAt {
+                byte: 0,
                 line: 1,
-                ..Position::default()
+                record: 0,
             },
             line: Vec::new(),
         })
@@ -176,10 +186,11 @@ impl Source for NdjsonSource {
     }
 
     fn position(&self) -> Position {
-        self.at.clone()
+        Position::of(&self.at)
     }
 
     fn resume(&mut self, at: Position) -> Result<(), SourceError> {
+        let at: NdjsonAt = at.state(&self.path)?;
         self.reader
             .seek(SeekFrom::Start(at.byte))
             .map_err(|e| self.io_error(&e))?;

@@ -59,8 +59,17 @@ pub struct SqlSource {
     rows: mpsc::Receiver<Fetched>,
     mapping: Resolved,
     context: ReadContext,
-    at: Position,
+    at: SqlAt,
     finished: bool,
+}
+
+/// Where a SQL reader is: the rows read (a row's `line` is its number in
+/// the read), and the last one's watermark and key.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct SqlAt {
+    line: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    after: Option<Cursor>,
 }
 
 impl SqlSource {
@@ -136,7 +145,7 @@ impl SqlSource {
             rows,
             mapping,
             context,
-            at: Position::default(),
+            at: SqlAt::default(),
             finished: false,
         })
     }
@@ -296,7 +305,6 @@ impl Source for SqlSource {
         }
         match self.rows.recv() {
             Ok(Fetched::Row(fields, cursor)) => {
-                self.at.record += 1;
                 self.at.line += 1;
                 let line = self.at.line;
                 let fields = match cursor {
@@ -323,14 +331,14 @@ impl Source for SqlSource {
     }
 
     fn position(&self) -> Position {
-        self.at.clone()
+        Position::of(&self.at)
     }
 
     fn resume(&mut self, at: Position) -> Result<(), SourceError> {
         if self.start.is_none() {
             return Err(self.failed("cannot resume a read already started".to_owned()));
         }
-        self.at = at;
+        self.at = at.state(&self.label)?;
         Ok(())
     }
 

@@ -36,6 +36,18 @@ pub struct XmlTable {
     pub mapping: Mapping,
 }
 
+/// Where an XML reader is: the byte offset and line where the record being
+/// returned (or the next one) starts, the whole records read before it, and
+/// the rows of that record already returned.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
+struct XmlAt {
+    byte: u64,
+    line: u64,
+    record: u64,
+    #[serde(default)]
+    within: u64,
+}
+
 struct BoundTable {
     element: String,
     mapping: Resolved,
@@ -63,7 +75,7 @@ pub struct XmlSource {
     /// The line the reader is at.
     line: u64,
     /// Where the record being returned (or the next one) starts.
-    at: Position,
+    at: XmlAt,
     pending: VecDeque<RawRow>,
     finished: bool,
     buf: Vec<u8>,
@@ -114,9 +126,9 @@ impl XmlSource {
             context,
             total_bytes,
             line: 1,
-            at: Position {
+            at: XmlAt {
                 line: 1,
-                ..Position::default()
+                ..XmlAt::default()
             },
             pending: VecDeque::new(),
             finished: false,
@@ -385,11 +397,11 @@ impl Source for XmlSource {
         loop {
             if let Some(row) = self.pending.pop_front() {
                 if self.pending.is_empty() {
-                    self.at = Position {
+                    self.at = XmlAt {
                         byte: self.reader.buffer_position(),
                         line: self.line,
                         record: self.at.record + 1,
-                        ..Position::default()
+                        within: 0,
                     };
                 } else {
                     self.at.within += 1;
@@ -401,11 +413,11 @@ impl Source for XmlSource {
             }
             match self.read_record() {
                 Ok(Some(rows)) if rows.is_empty() => {
-                    self.at = Position {
+                    self.at = XmlAt {
                         byte: self.reader.buffer_position(),
                         line: self.line,
                         record: self.at.record + 1,
-                        ..Position::default()
+                        within: 0,
                     };
                 }
                 Ok(Some(rows)) => self.pending = rows.into(),
@@ -424,12 +436,13 @@ impl Source for XmlSource {
     }
 
     fn position(&self) -> Position {
-        self.at.clone()
+        Position::of(&self.at)
     }
 
     /// Re-reads the file from its start (an XML parser cannot start mid-way
     /// without the elements around it), skipping the records already read.
     fn resume(&mut self, at: Position) -> Result<(), SourceError> {
+        let at: XmlAt = at.state(&self.path)?;
         let mut file = self
             .reader
             .get_ref()
@@ -446,9 +459,9 @@ impl Source for XmlSource {
             })?;
         self.reader = Self::reader(file);
         self.line = 1;
-        self.at = Position {
+        self.at = XmlAt {
             line: 1,
-            ..Position::default()
+            ..XmlAt::default()
         };
         self.pending.clear();
         self.finished = false;
