@@ -49,8 +49,7 @@ fn batch(
         dataset: dataset.to_owned(),
         snapshot: snapshot.map(str::to_owned),
         sequence: 1,
-        agreement_id: "a".to_owned(),
-        agreement_version: 1,
+        agreement: joinery_policies::AgreementRef::new("a", 1),
         records: people
             .iter()
             .enumerate()
@@ -197,7 +196,12 @@ async fn changes_equal_a_fresh_read(url: &str) {
         .await
         .unwrap();
     storage
-        .replace_snapshot("SLT", "slt", "2026-11", ("a", 1))
+        .replace_snapshot(
+            "SLT",
+            "slt",
+            "2026-11",
+            &joinery_policies::AgreementRef::new("a", 1),
+        )
         .await
         .unwrap()
         .expect("the new snapshot is held");
@@ -206,8 +210,7 @@ async fn changes_equal_a_fresh_read(url: &str) {
     // Retention deletes RX9's data: its children go, q0 leaves p0.
     let purged = storage
         .purge(
-            "a",
-            1,
+            &joinery_policies::AgreementRef::new("a", 1),
             "camhs",
             time::OffsetDateTime::now_utc().unix_timestamp() + 1,
             false,

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
 use joinery_policies::model::Access;
-use joinery_policies::{PolicyError, SignedAgreement};
+use joinery_policies::{AgreementRef, PolicyError, SignedAgreement};
 use time::OffsetDateTime;
 
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +45,7 @@ pub struct Grant {
 /// Agreements by (id, version).
 #[derive(Debug, Clone, Default)]
 pub struct Agreements {
-    by_version: HashMap<(String, u32), Arc<SignedAgreement>>,
+    by_version: HashMap<AgreementRef, Arc<SignedAgreement>>,
 }
 
 /// The agreements in force now, replaced whole when the directory changes
@@ -106,7 +106,7 @@ impl LiveAgreements {
             .iter()
             .filter(|a| {
                 before
-                    .get(&a.agreement.id, a.agreement.version)
+                    .get(&a.agreement.reference())
                     .is_none_or(|b| b.digest != a.digest)
             })
             .cloned()
@@ -164,19 +164,19 @@ impl Agreements {
         paths.sort();
         for path in paths {
             let signed = SignedAgreement::load(&path)?;
-            let key = (signed.agreement.id.clone(), signed.agreement.version);
+            let key = signed.agreement.reference();
             if let Some(first) = agreements.by_version.get(&key) {
                 return Err(AgreementsError::Duplicate {
-                    id: key.0,
-                    version: key.1,
+                    id: key.id,
+                    version: key.version,
                     first: first.path.clone(),
                     second: path,
                 });
             }
-            tracing::info!(agreement = %key.0, version = key.1, digest = %signed.digest, "agreement loaded");
+            tracing::info!(agreement = %key.id, version = key.version, digest = %signed.digest, "agreement loaded");
             crate::metrics::agreement_expiry(
-                &key.0,
-                key.1,
+                &key.id,
+                key.version,
                 signed.agreement.expires.end().unix_timestamp(),
             );
             agreements.by_version.insert(key, Arc::new(signed));
@@ -184,8 +184,8 @@ impl Agreements {
         Ok(agreements)
     }
 
-    pub fn get(&self, id: &str, version: u32) -> Option<&Arc<SignedAgreement>> {
-        self.by_version.get(&(id.to_owned(), version))
+    pub fn get(&self, agreement: &AgreementRef) -> Option<&Arc<SignedAgreement>> {
+        self.by_version.get(agreement)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<SignedAgreement>> {
@@ -232,7 +232,7 @@ impl Agreements {
         Self {
             by_version: agreements
                 .into_iter()
-                .map(|a| ((a.agreement.id.clone(), a.agreement.version), Arc::new(a)))
+                .map(|a| (a.agreement.reference(), Arc::new(a)))
                 .collect(),
         }
     }

@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::Stream;
-use joinery_policies::SignedAgreement;
 use joinery_policies::enforce::{DatasetRules, Violation};
+use joinery_policies::{AgreementRef, SignedAgreement};
 use joinery_proto::v1::ingest_server::Ingest;
 use joinery_proto::v1::{
     Ack, AckStatus, AgentMessage, Batch, BatchBody, GatewayMessage, Hello, RejectReason,
@@ -138,12 +138,8 @@ impl Ingest for IngestService {
         let organisation = peer::organisation(&request)?;
         let delivered = request.into_inner();
         let in_force = self.agreements.current();
-        let agreement = agreement_in_force(
-            &in_force,
-            &organisation,
-            (&delivered.agreement_id, delivered.agreement_version),
-            None,
-        )?;
+        let named = AgreementRef::new(&delivered.agreement_id, delivered.agreement_version);
+        let agreement = agreement_in_force(&in_force, &organisation, &named, None)?;
         if !agreement.may_send(&organisation, &delivered.dataset) || delivered.snapshot.is_empty() {
             return Err(Status::permission_denied(format!(
                 "organisation {organisation} does not send dataset {:?} under agreement {} version {}",
@@ -156,7 +152,7 @@ impl Ingest for IngestService {
                 &organisation,
                 &delivered.dataset,
                 &delivered.snapshot,
-                (&delivered.agreement_id, delivered.agreement_version),
+                &named,
             )
             .await
             .map_err(|e| {
@@ -183,7 +179,7 @@ impl Ingest for IngestService {
             Err(status) => {
                 let actor = peer::identity(&request)
                     .map_or_else(|_| "unidentified".to_owned(), |id| id.to_string());
-                return Err(self.refuse(&actor, ("", 0), status).await);
+                return Err(self.refuse(&actor, None, status).await);
             }
         };
         let session_slot = self.session_slots(&organisation)?;
@@ -220,8 +216,8 @@ impl Ingest for IngestService {
                 session
             }
             Err(status) => {
-                let agreement = (hello.agreement_id.as_str(), hello.agreement_version);
-                return Err(self.refuse(&organisation, agreement, status).await);
+                let named = AgreementRef::new(&hello.agreement_id, hello.agreement_version);
+                return Err(self.refuse(&organisation, Some(&named), status).await);
             }
         };
         metrics::session("opened");
@@ -317,7 +313,12 @@ impl Ingest for IngestService {
 
 impl IngestService {
     /// Counts, logs and audits a refused session; returns the status to send.
-    async fn refuse(&self, actor: &str, agreement: (&str, u32), status: Status) -> Status {
+    async fn refuse(
+        &self,
+        actor: &str,
+        agreement: Option<&AgreementRef>,
+        status: Status,
+    ) -> Status {
         metrics::session("refused");
         tracing::warn!(%actor, code = ?status.code(), reason = status.message(), "ingest session refused");
         let code = format!("{:?}", status.code());
@@ -343,7 +344,7 @@ fn open_session(
     let agreement = agreement_in_force(
         agreements,
         organisation,
-        (&hello.agreement_id, hello.agreement_version),
+        &AgreementRef::new(&hello.agreement_id, hello.agreement_version),
         Some(&hello.agreement_digest),
     )?;
     Ok(Session {
@@ -353,16 +354,17 @@ fn open_session(
     })
 }
 
-/// The signed agreement `id` version `version` the gateway holds — with
-/// the same text as the agent's, when its `digest` is given — in force, with
-/// `organisation` a party to it.
+/// The signed agreement `named` the gateway holds — with the same text as
+/// the agent's, when its `digest` is given — in force, with `organisation` a
+/// party to it.
 fn agreement_in_force<'a>(
     agreements: &'a Agreements,
     organisation: &str,
-    (id, version): (&str, u32),
+    named: &AgreementRef,
     digest: Option<&str>,
 ) -> Result<&'a Arc<SignedAgreement>, Status> {
-    let agreement = agreements.get(id, version).ok_or_else(|| {
+    let AgreementRef { id, version } = named;
+    let agreement = agreements.get(named).ok_or_else(|| {
         Status::failed_precondition(format!(
             "the gateway holds no signed agreement {id:?} version {version}"
         ))
@@ -419,10 +421,9 @@ async fn handle_batch(
                 reason.as_str_name(),
             );
             tracing::warn!(organisation = %session.organisation, %batch_id, reason = reason.as_str_name(), %detail, "batch rejected");
-            let agreement = &session.agreement.agreement;
             let record = AuditRecord::batch(
                 &session.organisation,
-                (&agreement.id, agreement.version),
+                &session.agreement.agreement.reference(),
                 &batch_id,
                 &dataset,
                 records,
@@ -551,8 +552,7 @@ fn prepare(
         snapshot: (!body.snapshot.is_empty()).then_some(body.snapshot),
         dataset: body.dataset,
         sequence: body.sequence,
-        agreement_id: signed.agreement.id.clone(),
-        agreement_version: signed.agreement.version,
+        agreement: signed.agreement.reference(),
         records,
     })
 }

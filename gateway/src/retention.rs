@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use joinery_policies::AgreementRef;
 use time::OffsetDateTime;
 
 use crate::agreements::{Agreements, LiveAgreements};
@@ -16,8 +17,8 @@ use crate::storage::{Purge, Storage, StorageError};
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RetentionReport {
     pub purged: Vec<Purge>,
-    /// (agreement id, version, dataset) held under no loaded agreement.
-    pub ungoverned: Vec<(String, u32, String)>,
+    /// (agreement, dataset) held under no loaded agreement.
+    pub ungoverned: Vec<(AgreementRef, String)>,
 }
 
 impl RetentionReport {
@@ -40,8 +41,8 @@ pub async fn run(
     dry_run: bool,
 ) -> Result<RetentionReport, StorageError> {
     let mut report = RetentionReport::default();
-    for (id, version, dataset) in storage.held_datasets().await? {
-        let rule = agreements.get(&id, version).and_then(|signed| {
+    for (agreement, dataset) in storage.held_datasets().await? {
+        let rule = agreements.get(&agreement).and_then(|signed| {
             let ended = now > signed.agreement.expires.end();
             signed
                 .agreement
@@ -50,7 +51,7 @@ pub async fn run(
                 .map(|d| (ended, d.retention_days))
         });
         let Some((ended, retention_days)) = rule else {
-            report.ungoverned.push((id, version, dataset));
+            report.ungoverned.push((agreement, dataset));
             continue;
         };
         let cutoff = if ended {
@@ -59,11 +60,9 @@ pub async fn run(
         } else {
             (now - time::Duration::days(i64::from(retention_days))).unix_timestamp()
         };
-        report.purged.extend(
-            storage
-                .purge(&id, version, &dataset, cutoff, dry_run)
-                .await?,
-        );
+        report
+            .purged
+            .extend(storage.purge(&agreement, &dataset, cutoff, dry_run).await?);
     }
     if !dry_run {
         storage
@@ -87,10 +86,10 @@ pub async fn every(
             Ok(report) => {
                 for p in &report.purged {
                     crate::metrics::retention_deleted(&p.organisation, &p.dataset, p.records);
-                    tracing::info!(agreement = %p.agreement_id, version = p.agreement_version, dataset = %p.dataset, organisation = %p.organisation, batches = p.batches, records = p.records, "retention: deleted");
+                    tracing::info!(agreement = %p.agreement.id, version = p.agreement.version, dataset = %p.dataset, organisation = %p.organisation, batches = p.batches, records = p.records, "retention: deleted");
                 }
-                for (id, version, dataset) in &report.ungoverned {
-                    tracing::warn!(agreement = %id, version, %dataset, "retention: data held under an agreement the gateway has not loaded; kept");
+                for (agreement, dataset) in &report.ungoverned {
+                    tracing::warn!(agreement = %agreement.id, version = agreement.version, %dataset, "retention: data held under an agreement the gateway has not loaded; kept");
                 }
             }
             Err(e) => tracing::error!(error = %e, "retention pass failed; will retry"),

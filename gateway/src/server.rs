@@ -97,12 +97,10 @@ const AGREEMENTS_CHECK_EVERY: Duration = Duration::from_secs(5);
 
 /// Audits that `signed` is in force at this gateway.
 async fn audit_loaded(storage: &Storage, signed: &SignedAgreement) -> Result<(), StorageError> {
-    let a = &signed.agreement;
     let path = signed.path.display().to_string();
     storage
         .append_audit(&AuditRecord::agreement_loaded(
-            &a.id,
-            a.version,
+            &signed.agreement.reference(),
             &signed.digest,
             &path,
         ))

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 
 use time::OffsetDateTime;
 
-pub use model::Agreement;
+pub use model::{Agreement, AgreementRef};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {

@@ -12,6 +12,36 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use time::OffsetDateTime;
 
+/// Which agreement, by id and version: how a session, a stored batch and
+/// an audit entry name the agreement they were made under.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AgreementRef {
+    pub id: String,
+    pub version: u32,
+}
+
+impl AgreementRef {
+    pub fn new(id: impl Into<String>, version: u32) -> Self {
+        Self {
+            id: id.into(),
+            version,
+        }
+    }
+}
+
+impl Agreement {
+    /// This agreement's id and version.
+    pub fn reference(&self) -> AgreementRef {
+        AgreementRef::new(&self.id, self.version)
+    }
+}
+
+impl std::fmt::Display for AgreementRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} version {}", self.id, self.version)
+    }
+}
+
 /// A data-sharing agreement.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -281,14 +281,12 @@ async fn retention(store: StoreArgs, dry_run: bool) -> anyhow::Result<ExitCode> 
     let verb = if dry_run { "would delete" } else { "deleted" };
     for p in &report.purged {
         println!(
-            "{verb} {} records in {} batches of {} from {} (agreement {} version {})",
-            p.records, p.batches, p.dataset, p.organisation, p.agreement_id, p.agreement_version
+            "{verb} {} records in {} batches of {} from {} (agreement {})",
+            p.records, p.batches, p.dataset, p.organisation, p.agreement
         );
     }
-    for (id, version, dataset) in &report.ungoverned {
-        println!(
-            "kept {dataset} sent under agreement {id} version {version}: that agreement is not loaded"
-        );
+    for (agreement, dataset) in &report.ungoverned {
+        println!("kept {dataset} sent under agreement {agreement}: that agreement is not loaded");
     }
     println!("{verb} {} records in total", report.records());
     Ok(ExitCode::SUCCESS)

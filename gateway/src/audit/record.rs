@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use joinery_policies::AgreementRef;
 use ring::digest::{Context, SHA256};
 
 /// The `prev_hash` of the first entry.
@@ -124,8 +125,8 @@ pub enum BatchDecision<'a> {
 
 impl AuditRecord {
     /// `event` by `actor` (an organisation code, `analyst:NAME` or
-    /// `gateway`) under `agreement` (`("", 0)` for none).
-    pub fn new(actor: &str, agreement: (&str, u32), event: &AuditEvent) -> Self {
+    /// `gateway`) under `agreement`, if any (stored as id `""`, version 0).
+    pub fn new(actor: &str, agreement: Option<&AgreementRef>, event: &AuditEvent) -> Self {
         let mut detail = serde_json::to_value(event).expect("an audit event is plain data");
         let kind = detail
             .as_object_mut()
@@ -135,11 +136,17 @@ impl AuditRecord {
         Self {
             kind,
             actor: actor.to_owned(),
-            agreement_id: agreement.0.to_owned(),
-            agreement_version: agreement.1,
+            agreement_id: agreement.map_or_else(String::new, |a| a.id.clone()),
+            agreement_version: agreement.map_or(0, |a| a.version),
             // serde_json's objects keep keys sorted: canonical.
             detail: detail.to_string(),
         }
+    }
+
+    /// The agreement the entry was made under, if any.
+    pub fn agreement(&self) -> Option<AgreementRef> {
+        (!self.agreement_id.is_empty())
+            .then(|| AgreementRef::new(&self.agreement_id, self.agreement_version))
     }
 
     /// The event the entry records, or `None` for a kind or detail this
@@ -156,7 +163,7 @@ impl AuditRecord {
     /// already stored, or refused.
     pub fn batch(
         organisation: &str,
-        agreement: (&str, u32),
+        agreement: &AgreementRef,
         batch_id: &str,
         dataset: &str,
         records: usize,
@@ -175,11 +182,16 @@ impl AuditRecord {
             decision,
             reason,
         };
-        Self::new(organisation, agreement, &event)
+        Self::new(organisation, Some(agreement), &event)
     }
 
     /// A session refused before any batch (wrong agreement, not a party...).
-    pub fn session_refused(actor: &str, agreement: (&str, u32), code: &str, reason: &str) -> Self {
+    pub fn session_refused(
+        actor: &str,
+        agreement: Option<&AgreementRef>,
+        code: &str,
+        reason: &str,
+    ) -> Self {
         let event = AuditEvent::SessionRefused {
             code: code.to_owned(),
             reason: reason.to_owned(),
@@ -188,19 +200,19 @@ impl AuditRecord {
     }
 
     /// An agreement loaded at start-up.
-    pub fn agreement_loaded(id: &str, version: u32, digest: &str, path: &str) -> Self {
+    pub fn agreement_loaded(agreement: &AgreementRef, digest: &str, path: &str) -> Self {
         let event = AuditEvent::AgreementLoaded {
             digest: digest.to_owned(),
             file: path.to_owned(),
         };
-        Self::new("gateway", (id, version), &event)
+        Self::new("gateway", Some(agreement), &event)
     }
 
     /// Data deleted by retention: `batches` and `records` of `organisation`'s
     /// `dataset` sent under `agreement`.
     pub fn retention(
         organisation: &str,
-        agreement: (&str, u32),
+        agreement: &AgreementRef,
         dataset: &str,
         batches: u64,
         records: u64,
@@ -211,7 +223,7 @@ impl AuditRecord {
             batches,
             records,
         };
-        Self::new("gateway", agreement, &event)
+        Self::new("gateway", Some(agreement), &event)
     }
 
     /// A fuzzy linkage run: how much it read and changed (no identifiers).
@@ -233,14 +245,14 @@ impl AuditRecord {
             person_ids_moved: moved as u64,
             nhs_conflicts: nhs_conflicts as u64,
         };
-        Self::new("gateway", ("", 0), &event)
+        Self::new("gateway", None, &event)
     }
 
     /// A full snapshot delivered whole: the organisation's records of the
     /// dataset from earlier snapshots retired.
     pub fn snapshot_replaced(
         organisation: &str,
-        agreement: (&str, u32),
+        agreement: &AgreementRef,
         dataset: &str,
         snapshot: &str,
         records_retired: u64,
@@ -250,7 +262,7 @@ impl AuditRecord {
             snapshot: snapshot.to_owned(),
             records_retired,
         };
-        Self::new(organisation, agreement, &event)
+        Self::new(organisation, Some(agreement), &event)
     }
 
     /// An analyst's (or agency's) query and what it released.
@@ -267,7 +279,7 @@ impl AuditRecord {
             disclosure: disclosure.to_owned(),
             cells_released: cells_released as u64,
         };
-        Self::new(actor, ("", 0), &event)
+        Self::new(actor, None, &event)
     }
 }
 
@@ -455,29 +467,23 @@ mod tests {
 
     #[test]
     fn every_event_is_stored_as_its_kind_and_sorted_detail_and_read_back() {
+        let a = AgreementRef::new("a", 1);
         let records = [
+            AuditRecord::batch("RX9", &a, "b1", "camhs", 10, BatchDecision::Committed(7)),
+            AuditRecord::batch("RX9", &a, "b2", "camhs", 10, BatchDecision::Duplicate),
             AuditRecord::batch(
                 "RX9",
-                ("a", 1),
-                "b1",
-                "camhs",
-                10,
-                BatchDecision::Committed(7),
-            ),
-            AuditRecord::batch("RX9", ("a", 1), "b2", "camhs", 10, BatchDecision::Duplicate),
-            AuditRecord::batch(
-                "RX9",
-                ("a", 1),
+                &a,
                 "b3",
                 "camhs",
                 10,
                 BatchDecision::Rejected("field x"),
             ),
-            AuditRecord::session_refused("RX9", ("a", 1), "permission_denied", "not a party"),
-            AuditRecord::agreement_loaded("a", 1, "d", "a.yaml"),
-            AuditRecord::retention("RX9", ("a", 1), "camhs", 2, 20),
+            AuditRecord::session_refused("RX9", Some(&a), "permission_denied", "not a party"),
+            AuditRecord::agreement_loaded(&a, "d", "a.yaml"),
+            AuditRecord::retention("RX9", &a, "camhs", 2, 20),
             AuditRecord::linkage(4, true, 100, 10, 5, 1, 0),
-            AuditRecord::snapshot_replaced("RX9", ("a", 1), "camhs", "s1", 3),
+            AuditRecord::snapshot_replaced("RX9", &a, "camhs", "s1", 3),
             AuditRecord::query("analyst:a", EXTRACT_QUERY, "d", "row-level", 12),
         ];
         for record in records {
@@ -488,11 +494,7 @@ mod tests {
             assert!(keys.is_sorted(), "canonical: {}", record.detail);
             let event = record.event().expect("read back");
             assert_eq!(
-                AuditRecord::new(
-                    &record.actor,
-                    (&record.agreement_id, record.agreement_version),
-                    &event
-                ),
+                AuditRecord::new(&record.actor, record.agreement().as_ref(), &event),
                 record
             );
         }

@@ -761,8 +761,7 @@ mod tests {
             batch_id: id.to_owned(),
             dataset: "cin".to_owned(),
             sequence: 1,
-            agreement_id: "a".to_owned(),
-            agreement_version: 1,
+            agreement: joinery_policies::AgreementRef::new("a", 1),
             records: people
                 .map(|i| NewRecord {
                     person_id: format!("person-{i}"),

@@ -31,6 +31,8 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, AssertSqlSafe, ConnectOptions, Row};
 use tokio::sync::Mutex;
 
+use joinery_policies::AgreementRef;
+
 use crate::audit::record::{AuditRecord, BatchDecision, Checkpoint, Entry};
 use crate::rekey::{LinkMethod, StoredLinkage};
 
@@ -77,8 +79,7 @@ pub struct NewBatch {
     /// The full snapshot its records belong to, if any.
     pub snapshot: Option<String>,
     pub sequence: u64,
-    pub agreement_id: String,
-    pub agreement_version: u32,
+    pub agreement: AgreementRef,
     pub records: Vec<NewRecord>,
 }
 
@@ -114,7 +115,7 @@ impl NewBatch {
     fn audit(&self, outcome: CommitOutcome) -> AuditRecord {
         AuditRecord::batch(
             &self.organisation,
-            (&self.agreement_id, self.agreement_version),
+            &self.agreement,
             &self.batch_id,
             &self.dataset,
             self.records.len(),
@@ -155,8 +156,7 @@ pub struct DatasetCount {
 /// due for deletion.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Purge {
-    pub agreement_id: String,
-    pub agreement_version: u32,
+    pub agreement: AgreementRef,
     pub dataset: String,
     pub organisation: String,
     pub batches: u64,
@@ -278,8 +278,8 @@ impl Storage {
         .bind(&batch.batch_id)
         .bind(&batch.dataset)
         .bind(to_i64(batch.sequence))
-        .bind(&batch.agreement_id)
-        .bind(i64::from(batch.agreement_version))
+        .bind(&batch.agreement.id)
+        .bind(i64::from(batch.agreement.version))
         .bind(to_i64(batch.records.len() as u64))
         .bind(time::OffsetDateTime::now_utc().unix_timestamp())
         .execute(&mut *tx)
@@ -382,7 +382,7 @@ impl Storage {
         organisation: &str,
         dataset: &str,
         snapshot: &str,
-        agreement: (&str, u32),
+        agreement: &AgreementRef,
     ) -> Result<Option<u64>, StorageError> {
         let _writing = match &self.write_lock {
             Some(lock) => Some(lock.lock().await),
@@ -440,8 +440,8 @@ impl Storage {
         Ok(Some(retired))
     }
 
-    /// The (agreement id, version, dataset) of every batch still holding data.
-    pub async fn held_datasets(&self) -> Result<Vec<(String, u32, String)>, StorageError> {
+    /// The (agreement, dataset) of every batch still holding data.
+    pub async fn held_datasets(&self) -> Result<Vec<(AgreementRef, String)>, StorageError> {
         let rows = sqlx::query(
             "SELECT DISTINCT agreement_id, agreement_version, dataset FROM batches \
              WHERE purged_at IS NULL ORDER BY agreement_id, agreement_version, dataset",
@@ -452,8 +452,10 @@ impl Storage {
             .map(|row| {
                 let version: i64 = row.try_get("agreement_version")?;
                 Ok((
-                    row.try_get("agreement_id")?,
-                    u32::try_from(version).unwrap_or(0),
+                    AgreementRef::new(
+                        row.try_get::<String, _>("agreement_id")?,
+                        u32::try_from(version).unwrap_or(0),
+                    ),
                     row.try_get("dataset")?,
                 ))
             })
@@ -461,13 +463,12 @@ impl Storage {
     }
 
     /// Deletes the records and events of batches of `dataset` sent under
-    /// `agreement_id` version `version` and received before `received_before`
+    /// `agreement` and received before `received_before`
     /// (unix seconds). Each batch row is kept, marked purged, so a resent copy
     /// is still recognised and not stored again. With `dry_run`, only counts.
     pub async fn purge(
         &self,
-        agreement_id: &str,
-        version: u32,
+        agreement: &AgreementRef,
         dataset: &str,
         received_before: i64,
         dry_run: bool,
@@ -481,8 +482,8 @@ impl Storage {
         // A statement over the due batches, its four parameters bound.
         let over_due = |sql: String| {
             sqlx::query(AssertSqlSafe(sql))
-                .bind(agreement_id)
-                .bind(i64::from(version))
+                .bind(agreement.id.as_str())
+                .bind(i64::from(agreement.version))
                 .bind(dataset)
                 .bind(received_before)
         };
@@ -500,8 +501,7 @@ impl Storage {
             .iter()
             .map(|row| {
                 Ok(Purge {
-                    agreement_id: agreement_id.to_owned(),
-                    agreement_version: version,
+                    agreement: agreement.clone(),
                     dataset: dataset.to_owned(),
                     organisation: row.try_get("organisation")?,
                     batches: count(row, "batches")?,
@@ -531,7 +531,7 @@ impl Storage {
                 &mut tx,
                 &AuditRecord::retention(
                     &purge.organisation,
-                    (&purge.agreement_id, purge.agreement_version),
+                    &purge.agreement,
                     &purge.dataset,
                     purge.batches,
                     purge.records,
@@ -942,8 +942,7 @@ mod tests {
             batch_id: "b2".to_owned(),
             dataset: "cin".to_owned(),
             sequence: 2,
-            agreement_id: "a".to_owned(),
-            agreement_version: 1,
+            agreement: AgreementRef::new("a", 1),
             records: Vec::new(),
         };
         batch.records.push(NewRecord {
@@ -1051,8 +1050,7 @@ mod tests {
             batch_id: "b1".to_owned(),
             dataset: "cin".to_owned(),
             sequence: 1,
-            agreement_id: "a".to_owned(),
-            agreement_version: 1,
+            agreement: AgreementRef::new("a", 1),
             records: vec![
                 record("p1", "referral"),
                 record("p1", "cp_plan_start"),

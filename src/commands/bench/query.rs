@@ -346,8 +346,7 @@ async fn flush(storage: &Storage, source: &mut Source) -> anyhow::Result<()> {
             batch_id: format!("{}-{}", source.dataset, source.batches),
             dataset: source.dataset.to_owned(),
             sequence: source.batches,
-            agreement_id: "bench".to_owned(),
-            agreement_version: 1,
+            agreement: joinery_policies::AgreementRef::new("bench", 1),
             records: std::mem::take(&mut source.batch),
         })
         .await?;
