@@ -93,7 +93,7 @@ impl Sandbox {
     ) -> anyhow::Result<IssuedFiles> {
         let ca = CertificateAuthority::load(&self.pki())?;
         Ok(ca.issue_client(
-            &PeerIdentity::Organisation(organisation.into()),
+            &PeerIdentity::Organisation(organisation.parse()?),
             Validity::days_from_now(validity_days)?,
             &self.pki().join("agents"),
         )?)
@@ -171,7 +171,7 @@ impl Sandbox {
         let (cert, key) = self.org_cert(organisation);
         let agents = self.root.join("agents");
         Ok(AgentConfig {
-            organisation: organisation.to_owned(),
+            organisation: organisation.parse()?,
             agreement: self.agreement()?,
             national_data_opt_out: Some(self.opt_out_list()),
             gateway: GatewayEndpoint {

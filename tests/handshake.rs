@@ -66,7 +66,7 @@ async fn handshake_matrix() {
     let foreign = CertificateAuthority::load(other.path())
         .unwrap()
         .issue_client(
-            &PeerIdentity::Organisation(CAMHS.into()),
+            &PeerIdentity::Organisation(CAMHS.parse().unwrap()),
             validity,
             other.path(),
         )
@@ -76,7 +76,7 @@ async fn handshake_matrix() {
     let expired = CertificateAuthority::load(&d.path("pki"))
         .unwrap()
         .issue_client(
-            &PeerIdentity::Organisation(CAMHS.into()),
+            &PeerIdentity::Organisation(CAMHS.parse().unwrap()),
             Validity {
                 not_before: now - time::Duration::days(10),
                 not_after: now - time::Duration::days(1),

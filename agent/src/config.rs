@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use joinery_crypto::identity::OrganisationCode;
 use joinery_crypto::tls::TlsFiles;
 
 use crate::format::Registry;
@@ -15,7 +16,8 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
     /// This agency's ODS or local-authority code; must match its certificate.
-    pub organisation: String,
+    #[schemars(with = "String")]
+    pub organisation: OrganisationCode,
     /// The signed data-sharing agreement the data is sent under (its
     /// signatures are read from the same path with `.sig` appended). The
     /// agent refuses to run on an agreement that is not fully signed or not
@@ -153,8 +155,6 @@ impl AgentConfig {
             message,
         };
         let mut config: Self = serde_saphyr::from_str(&text).map_err(|e| invalid(e.to_string()))?;
-        joinery_crypto::identity::validate_organisation_code(&config.organisation)
-            .map_err(|e| invalid(format!("organisation: {e}")))?;
         if config.batch_size == 0 || config.max_in_flight == 0 {
             return Err(invalid(
                 "batch_size and max_in_flight must be 1 or more".to_owned(),
@@ -261,7 +261,7 @@ mod tests {
     fn the_shipped_examples_load() {
         let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
         let config = AgentConfig::load(&examples.join("agent.yaml")).unwrap();
-        assert_eq!(config.organisation, "E08000035");
+        assert_eq!(config.organisation.as_str(), "E08000035");
         let SourceConfig::Csv(file) = &config.sources[0] else {
             panic!("a csv source")
         };

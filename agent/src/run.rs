@@ -140,7 +140,7 @@ impl Admitted {
     /// How a session introduces this agent.
     fn hello(&self, config: &AgentConfig) -> Hello {
         Hello {
-            organisation: config.organisation.clone(),
+            organisation: config.organisation.to_string(),
             agreement_id: self.signed.agreement.id.clone(),
             agreement_version: self.signed.agreement.version,
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),

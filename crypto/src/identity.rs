@@ -18,8 +18,78 @@ const ANALYST_PREFIX: &str = "urn:joinery:analyst:";
 /// The party a certificate was issued to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum PeerIdentity {
-    Organisation(String),
+    Organisation(OrganisationCode),
     Analyst(String),
+}
+
+/// An agency's ODS or local-authority code, as its certificate names it:
+/// 2–12 upper-case ASCII letters or digits, checked when made (or read from
+/// configuration), so a held code is always well formed.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "String", into = "String")]
+pub struct OrganisationCode(String);
+
+impl OrganisationCode {
+    pub fn new(code: impl Into<String>) -> Result<Self, IdentityError> {
+        let code = code.into();
+        let ok = (2..=12).contains(&code.len())
+            && code
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+        ok.then_some(Self(code))
+            .ok_or(IdentityError::BadOrganisationCode)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for OrganisationCode {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for OrganisationCode {
+    type Err = IdentityError;
+    fn from_str(code: &str) -> Result<Self, IdentityError> {
+        Self::new(code)
+    }
+}
+
+impl TryFrom<String> for OrganisationCode {
+    type Error = IdentityError;
+    fn try_from(code: String) -> Result<Self, IdentityError> {
+        Self::new(code)
+    }
+}
+
+impl From<OrganisationCode> for String {
+    fn from(code: OrganisationCode) -> String {
+        code.0
+    }
+}
+
+impl PartialEq<str> for OrganisationCode {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<OrganisationCode> for String {
+    fn eq(&self, other: &OrganisationCode) -> bool {
+        *self == other.0
+    }
+}
+
+impl fmt::Display for OrganisationCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -36,15 +106,6 @@ pub enum IdentityError {
     BadOrganisationCode,
     #[error("analyst name must be 1 to 64 letters, digits, '.', '-' or '_'")]
     BadAnalystName,
-}
-
-/// Checks an ODS or local-authority code: 2–12 upper-case ASCII letters or digits.
-pub fn validate_organisation_code(code: &str) -> Result<(), IdentityError> {
-    let ok = (2..=12).contains(&code.len())
-        && code
-            .bytes()
-            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
-    ok.then_some(()).ok_or(IdentityError::BadOrganisationCode)
 }
 
 /// Checks an analyst name: 1–64 of `[A-Za-z0-9._-]`.
@@ -68,8 +129,7 @@ impl PeerIdentity {
     /// Parses a SAN URI.
     pub fn from_uri(uri: &str) -> Result<Self, IdentityError> {
         if let Some(code) = uri.strip_prefix(ORG_PREFIX) {
-            validate_organisation_code(code)?;
-            Ok(Self::Organisation(code.to_owned()))
+            Ok(Self::Organisation(OrganisationCode::new(code)?))
         } else if let Some(name) = uri.strip_prefix(ANALYST_PREFIX) {
             validate_analyst_name(name)?;
             Ok(Self::Analyst(name.to_owned()))
@@ -117,7 +177,7 @@ mod tests {
     #[test]
     fn uri_round_trip() {
         for id in [
-            PeerIdentity::Organisation("RXX01".into()),
+            PeerIdentity::Organisation("RXX01".parse().unwrap()),
             PeerIdentity::Analyst("a.analyst".into()),
         ] {
             assert_eq!(PeerIdentity::from_uri(&id.to_uri()).unwrap(), id);

@@ -140,7 +140,7 @@ impl CertificateAuthority {
         // Round-trip through the parser so only acceptable identities are issued.
         let identity = PeerIdentity::from_uri(&identity.to_uri())?;
         let (label, stem) = match &identity {
-            PeerIdentity::Organisation(code) => (format!("Joinery agent {code}"), code.clone()),
+            PeerIdentity::Organisation(code) => (format!("Joinery agent {code}"), code.to_string()),
             PeerIdentity::Analyst(name) => {
                 (format!("Joinery analyst {name}"), format!("analyst-{name}"))
             }
@@ -336,7 +336,7 @@ mod tests {
         let ca = CertificateAuthority::load(dir.path()).unwrap();
         let issued = ca
             .issue_client(
-                &PeerIdentity::Organisation("E10000002".into()),
+                &PeerIdentity::Organisation("E10000002".parse().unwrap()),
                 validity,
                 &dir.path().join("agents"),
             )
@@ -344,7 +344,7 @@ mod tests {
         let der = CertificateDer::from_pem_file(&issued.cert).unwrap();
         assert_eq!(
             PeerIdentity::from_certificate(&der).unwrap(),
-            PeerIdentity::Organisation("E10000002".into())
+            PeerIdentity::Organisation("E10000002".parse().unwrap())
         );
         #[cfg(unix)]
         {
@@ -355,19 +355,25 @@ mod tests {
     }
 
     #[test]
-    fn refuses_invalid_organisation_code_and_zero_lifetime() {
+    fn refuses_invalid_identities_and_zero_lifetime() {
         let dir = tempfile::tempdir().unwrap();
         let validity = Validity::days_from_now(1).unwrap();
         CertificateAuthority::init(dir.path(), "test CA", validity).unwrap();
         let ca = CertificateAuthority::load(dir.path()).unwrap();
         let err = ca
             .issue_client(
-                &PeerIdentity::Organisation("bad code".into()),
+                &PeerIdentity::Analyst("bad name!".into()),
                 validity,
                 dir.path(),
             )
             .unwrap_err();
         assert!(matches!(err, PkiError::Identity(_)));
+        // A bad organisation code cannot even be made.
+        assert!(
+            "bad code"
+                .parse::<crate::identity::OrganisationCode>()
+                .is_err()
+        );
         assert!(matches!(
             Validity::days_from_now(0),
             Err(PkiError::Lifetime(0))
@@ -382,14 +388,14 @@ mod tests {
         let ca = CertificateAuthority::load(dir.path()).unwrap();
         let a = ca
             .issue_client(
-                &PeerIdentity::Organisation("AA1".into()),
+                &PeerIdentity::Organisation("AA1".parse().unwrap()),
                 validity,
                 dir.path(),
             )
             .unwrap();
         let b = ca
             .issue_client(
-                &PeerIdentity::Organisation("BB2".into()),
+                &PeerIdentity::Organisation("BB2".parse().unwrap()),
                 validity,
                 dir.path(),
             )

@@ -422,7 +422,7 @@ mod tests {
         };
         let agent = ca
             .issue_client(
-                &PeerIdentity::Organisation("RX9".into()),
+                &PeerIdentity::Organisation("RX9".parse().unwrap()),
                 validity,
                 dir.path(),
             )

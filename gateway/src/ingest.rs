@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::Stream;
+use joinery_crypto::identity::OrganisationCode;
 use joinery_policies::enforce::{DatasetRules, Violation};
 use joinery_policies::{AgreementRef, SignedAgreement};
 use joinery_proto::v1::ingest_server::Ingest;
@@ -115,7 +116,7 @@ impl IngestService {
 /// What the gateway knows about an open session.
 #[derive(Clone)]
 struct Session {
-    organisation: String,
+    organisation: OrganisationCode,
     agreement: Arc<SignedAgreement>,
     /// Present when the agreement asks for fuzzy-linkage encodings.
     linkage: Option<Arc<LinkageRekeying>>,
@@ -332,10 +333,10 @@ impl IngestService {
 
 fn open_session(
     agreements: &Agreements,
-    organisation: &str,
+    organisation: &OrganisationCode,
     hello: &Hello,
 ) -> Result<Session, Status> {
-    if hello.organisation != organisation {
+    if hello.organisation != *organisation {
         return Err(Status::permission_denied(format!(
             "certificate is for organisation {organisation} but Hello claims {:?}",
             hello.organisation
@@ -348,7 +349,7 @@ fn open_session(
         Some(&hello.agreement_digest),
     )?;
     Ok(Session {
-        organisation: organisation.to_owned(),
+        organisation: organisation.clone(),
         agreement: agreement.clone(),
         linkage: None,
     })
@@ -547,7 +548,7 @@ fn prepare(
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(NewBatch {
-        organisation: session.organisation.clone(),
+        organisation: session.organisation.to_string(),
         batch_id: batch_id.to_owned(),
         snapshot: (!body.snapshot.is_empty()).then_some(body.snapshot),
         dataset: body.dataset,
@@ -647,7 +648,12 @@ mod tests {
             agreement_digest: String::new(),
         };
         let none = Agreements::default();
-        let code = |org| open_session(&none, org, &hello).err().unwrap().code();
+        let code = |org: &str| {
+            open_session(&none, &org.parse().unwrap(), &hello)
+                .err()
+                .unwrap()
+                .code()
+        };
         assert_eq!(code("E08000035"), tonic::Code::PermissionDenied);
         // The right organisation, but an agreement the gateway does not hold.
         assert_eq!(code("RGD"), tonic::Code::FailedPrecondition);

@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 
-use joinery_crypto::identity::{IdentityError, PeerIdentity};
+use joinery_crypto::identity::{IdentityError, OrganisationCode, PeerIdentity};
 use tonic::{Request, Status};
 
 /// What the server knows about a connection.
@@ -28,7 +28,7 @@ pub fn identity<T>(request: &Request<T>) -> Result<PeerIdentity, Status> {
 }
 
 /// The organisation calling, or PERMISSION_DENIED for any other kind of caller.
-pub fn organisation<T>(request: &Request<T>) -> Result<String, Status> {
+pub fn organisation<T>(request: &Request<T>) -> Result<OrganisationCode, Status> {
     match identity(request)? {
         PeerIdentity::Organisation(code) => Ok(code),
         other => Err(Status::permission_denied(format!(

@@ -288,7 +288,8 @@ impl Rules<'_> {
         let mut seen = BTreeSet::new();
         let mut sent = BTreeSet::new();
         for (i, party) in a.parties.iter().enumerate() {
-            if joinery_crypto::identity::validate_organisation_code(&party.organisation).is_err() {
+            if joinery_crypto::identity::OrganisationCode::new(party.organisation.as_str()).is_err()
+            {
                 self.error(
                     &[Key("parties"), Index(i), Key("organisation")],
                     format!(

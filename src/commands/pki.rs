@@ -79,7 +79,7 @@ pub struct PkiDir {
 pub struct ClientIdentity {
     /// The agency's ODS or local-authority code, e.g. RX9 or E08000035.
     #[arg(long)]
-    org: Option<String>,
+    org: Option<joinery_crypto::identity::OrganisationCode>,
     /// The analyst's user name.
     #[arg(long)]
     analyst: Option<String>,

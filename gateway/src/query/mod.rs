@@ -707,7 +707,7 @@ fn parse(text: &str) -> Result<(AnalystQuery, Date), QueryError> {
 fn actor(who: &PeerIdentity) -> String {
     match who {
         PeerIdentity::Analyst(name) => format!("analyst:{name}"),
-        PeerIdentity::Organisation(code) => code.clone(),
+        PeerIdentity::Organisation(code) => code.to_string(),
     }
 }
 
@@ -993,7 +993,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::PermissionDenied);
         assert!(err.message().contains("holds no role"), "{}", err.message());
-        let agency = PeerIdentity::Organisation("E08000099".into());
+        let agency = PeerIdentity::Organisation("E08000099".parse().unwrap());
         assert_eq!(
             service
                 .answer(&agency, &run)
