@@ -357,7 +357,7 @@ mod tests {
     #[test]
     fn batches_survive_until_acknowledged_and_checkpoints_persist() {
         let at = |line: u64, byte: u64| {
-            crate::source::Position::of(&serde_json::json!({"line": line, "byte": byte}))
+            crate::source::Position::of(line, &serde_json::json!({"byte": byte}))
         };
         let dir = tempfile::tempdir().unwrap();
         let first;

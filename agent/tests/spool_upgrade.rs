@@ -150,6 +150,22 @@ fn a_spool_from_an_earlier_release_resumes_every_reader_where_it_stopped() {
             all[read_before..],
             "{name} resumes after its first {read_before} rows"
         );
+
+        // And this release's own checkpoints, through the spool's JSON.
+        let mut first = open(dir.path());
+        for _ in 0..read_before {
+            first.next_row().unwrap().unwrap();
+        }
+        let written = serde_json::to_string(&first.position()).unwrap();
+        let mut resumed = open(dir.path());
+        resumed
+            .resume(serde_json::from_str(&written).unwrap())
+            .unwrap();
+        assert_eq!(
+            rest(resumed.as_mut()),
+            all[read_before..],
+            "{name}: {written}"
+        );
     }
 }
 
@@ -160,10 +176,10 @@ fn a_spool_from_an_earlier_release_resumes_every_reader_where_it_stopped() {
 fn a_checkpoint_its_reader_cannot_use_is_refused_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("council.csv"), CSV).unwrap();
-    let foreign = joinery_agent::source::Position::of(&serde_json::json!({
-        "line": 3,
-        "after": {"watermark": 7, "key": 7},
-    }));
+    let foreign = joinery_agent::source::Position::of(
+        3,
+        &serde_json::json!({"after": {"watermark": 7, "key": 7}}),
+    );
     let err = open_csv(dir.path())
         .resume(foreign)
         .unwrap_err()

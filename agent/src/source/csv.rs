@@ -112,7 +112,7 @@ impl CsvSource {
 
 /// Where a CSV reader is: the next row's byte offset and line, and the
 /// records (the header among them) read before it.
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct CsvAt {
     byte: u64,
     line: u64,
@@ -133,11 +133,14 @@ impl Source for CsvSource {
 
     fn position(&self) -> Position {
         let p = self.reader.position();
-        Position::of(&CsvAt {
-            byte: p.byte(),
-            line: p.line(),
-            record: p.record(),
-        })
+        Position::of(
+            p.line(),
+            &CsvAt {
+                byte: p.byte(),
+                line: p.line(),
+                record: p.record(),
+            },
+        )
     }
 
     fn resume(&mut self, at: Position) -> Result<(), SourceError> {

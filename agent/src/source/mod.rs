@@ -23,6 +23,7 @@
 pub mod config;
 pub mod csv;
 pub mod ndjson;
+mod position;
 pub mod sql;
 pub mod xml;
 
@@ -31,6 +32,8 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use time::Date;
+
+pub use position::Position;
 
 use crate::mapping::{MappingError, Resolved};
 use crate::person::Problem;
@@ -160,53 +163,6 @@ pub struct SourceRow {
     /// Line in the file where the row starts (1 = a CSV header).
     pub line: u64,
     pub outcome: RowOutcome,
-}
-
-/// Where a source is, in its reader's own terms: the spool keeps it with
-/// the batches and gives it back to the same reader to continue. Only
-/// `line`, where the next row starts, means the same to every reader (it is
-/// shown to operators); the rest is the reader's own state, opaque to
-/// everything else (a CSV reader's byte offset, an XML reader's count of
-/// records and of rows within one, a SQL reader's watermark cursor).
-///
-/// In `checkpoints.json` the state's fields sit beside `line`, the layout
-/// agents have always written, so a spool from an earlier release resumes.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Position {
-    pub line: u64,
-    #[serde(flatten)]
-    state: serde_json::Map<String, serde_json::Value>,
-}
-
-impl Position {
-    /// The position a reader's `state` (a struct of plain fields, one of
-    /// them `line`) describes.
-    pub fn of(state: &impl serde::Serialize) -> Self {
-        let mut state = match serde_json::to_value(state) {
-            Ok(serde_json::Value::Object(fields)) => fields,
-            // A reader's state is a struct of plain fields, always an object.
-            _ => serde_json::Map::new(),
-        };
-        let line = state
-            .remove("line")
-            .and_then(|line| line.as_u64())
-            .unwrap_or(0);
-        Self { line, state }
-    }
-
-    /// The reader's state this position holds; a position some other
-    /// reader wrote is refused, naming `path`.
-    pub fn state<S: serde::de::DeserializeOwned>(&self, path: &Path) -> Result<S, SourceError> {
-        let mut fields = self.state.clone();
-        fields.insert("line".to_owned(), self.line.into());
-        serde_json::from_value(serde_json::Value::Object(fields)).map_err(|e| SourceError::Format {
-            path: path.to_owned(),
-            detail: format!(
-                "the spool's checkpoint for this file was not written by its reader ({e}); \
-                     `joinery agent resend --yes --source` it to read it from the start"
-            ),
-        })
-    }
 }
 
 /// Problems that stop a source (a bad row never does: it is quarantined).

@@ -186,7 +186,7 @@ impl Source for NdjsonSource {
     }
 
     fn position(&self) -> Position {
-        Position::of(&self.at)
+        Position::of(self.at.line, &self.at)
     }
 
     fn resume(&mut self, at: Position) -> Result<(), SourceError> {

@@ -331,7 +331,7 @@ impl Source for SqlSource {
     }
 
     fn position(&self) -> Position {
-        Position::of(&self.at)
+        Position::of(self.at.line, &self.at)
     }
 
     fn resume(&mut self, at: Position) -> Result<(), SourceError> {

@@ -436,7 +436,7 @@ impl Source for XmlSource {
     }
 
     fn position(&self) -> Position {
-        Position::of(&self.at)
+        Position::of(self.at.line, &self.at)
     }
 
     /// Re-reads the file from its start (an XML parser cannot start mid-way
