@@ -13,10 +13,14 @@
 //!   of a process reading each, at two input sizes ten times apart.
 //! - `bench query`: the latency of a stratified indicator table over a large
 //!   linked population, on SQLite or PostgreSQL.
+//! - `bench attack`: what the gateway's operator, holding the stored
+//!   encodings and a plaintext register, could re-identify (frequency,
+//!   date-part and graph matching attacks), at several overlaps.
 //!
 //! `ingest` and `chaos` start a real gateway process over mutual TLS in a
 //! throwaway deployment ([`Sandbox`]).
 
+mod attack;
 mod chaos;
 mod dice;
 mod ingest;
@@ -50,6 +54,8 @@ pub enum BenchCommand {
     Readers(readers::ReadersArgs),
     /// An analyst's stratified table over a large linked population: latency, memory.
     Query(query::QueryArgs),
+    /// Attacks by the gateway's operator on the stored encodings: records re-identified.
+    Attack(attack::AttackArgs),
 }
 
 impl BenchCommand {
@@ -61,6 +67,7 @@ impl BenchCommand {
             Self::Dice(args) => dice::run(args),
             Self::Readers(args) => readers::run(args),
             Self::Query(args) => query::run(args).await,
+            Self::Attack(args) => attack::run(args),
         }
     }
 }
