@@ -213,17 +213,23 @@ impl Encoder {
             .iter()
             .zip(&self.block_keys)
             .map(|(rule, key)| {
-                let mut text = String::new();
-                for part in rule {
-                    text.push_str(&take(part, identity)?);
-                    text.push('\u{1f}');
-                }
-                let tag = key.pseudonymise(text.as_bytes());
+                let tag = key.pseudonymise(rule_text(rule, identity)?.as_bytes());
                 Some(tag[..BLOCK_KEY_LEN].try_into().expect("16 bytes"))
             })
             .collect();
         Encoding { filters, blocks }
     }
+}
+
+/// What a blocking rule keys for `identity` before hashing: its parts'
+/// values, each ended by a unit separator; `None` when a part is missing.
+pub fn rule_text(rule: &[KeyPart], identity: &Identity) -> Option<String> {
+    let mut text = String::new();
+    for part in rule {
+        text.push_str(&take(part, identity)?);
+        text.push('\u{1f}');
+    }
+    Some(text)
 }
 
 /// A key part's value, or `None` when the field is missing.

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use joinery_linkage::bloom;
 use joinery_linkage::params::Tokens;
 
-use super::{Case, Recovery};
+use super::{Case, Recovery, What};
 
 /// Filters at least this alike are taken to be the same day of the month.
 const SAME_DAY: f64 = 0.55;
@@ -99,7 +99,7 @@ pub fn attack(case: &Case<'_>) -> Vec<Recovery> {
         }
     }
     vec![Recovery {
-        field: "date_of_birth".to_owned(),
+        what: What::Field("date_of_birth".to_owned()),
         values: recovered,
     }]
 }

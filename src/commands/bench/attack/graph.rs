@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use joinery_linkage::bloom;
 use joinery_linkage::sequence::Sequence;
 
-use super::{Case, Recovery};
+use super::{Case, Recovery, What};
 
 /// Strata with more distinct values than this are left alone (comparing
 /// every pair of them would dominate the run).
@@ -83,7 +83,7 @@ pub fn attack(case: &Case<'_>) -> Vec<Recovery> {
             }
         }
         recoveries.push(Recovery {
-            field: field.field.clone(),
+            what: What::Field(field.field.clone()),
             values: recovered,
         });
     }

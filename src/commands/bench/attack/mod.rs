@@ -19,6 +19,8 @@
 //!   the stratum its salt makes (the salt is a birth year or a district the
 //!   attacker reads from the clear values), groups given the register's
 //!   values of that stratum in order of frequency.
+//! - `blocking` ([`frequency`]): the same on the keyed blocking keys, within
+//!   strata of all the clear values.
 //! - `dates` ([`dates`]): the date-of-birth filter's shared parts.
 //! - `graph` ([`graph`]): graph matching on the Dice-similarity graphs of
 //!   the name fields (Vidanage et al., CIKM 2020).
@@ -43,6 +45,7 @@ use joinery_agent::row::RowOutcome;
 use joinery_agent::source::Source;
 use joinery_agent::source::csv::CsvSource;
 use joinery_crypto::keys::SecretKey;
+use joinery_linkage::encode::rule_text;
 use joinery_linkage::params::{KeyPart, Take};
 use joinery_linkage::{Encoder, Encoding, Identity, LinkageParams};
 use rand::SeedableRng;
@@ -98,7 +101,7 @@ pub fn run(args: AttackArgs) -> anyhow::Result<ExitCode> {
                     let (_, right) = case.accuracy(r);
                     format!(
                         "{} {:.1}%",
-                        r.field,
+                        r.what,
                         100.0 * right as f64 / args.records as f64
                     )
                 })
@@ -177,12 +180,31 @@ pub struct Stored {
     pub clear: Clear,
 }
 
-/// What an attack recovered of one field: a value (or nothing) per stored
-/// record.
+/// What an attack recovered of one field, or of one blocking rule's text: a
+/// value (or nothing) per stored record.
 #[derive(Debug, Clone)]
 pub struct Recovery {
-    pub field: String,
+    pub what: What,
     pub values: Vec<Option<String>>,
+}
+
+/// What a recovery is of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum What {
+    /// An identifying field (`given_name`, `date_of_birth`...).
+    Field(String),
+    /// The text blocking rule `r` keys (its parts' values), as
+    /// `joinery_linkage::encode::rule_text` makes it.
+    Rule(usize),
+}
+
+impl std::fmt::Display for What {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Field(field) => f.write_str(field),
+            Self::Rule(r) => write!(f, "blocking rule {r}"),
+        }
+    }
 }
 
 /// One encoded population and the attacker's register.
@@ -192,6 +214,8 @@ pub struct Case<'a> {
     /// Who each stored record really is (scoring only: no attack reads it).
     truth: Vec<Person>,
     pub register: Vec<Person>,
+    /// Each register person's blocking rules' texts, by rule.
+    register_rules: Vec<Vec<Option<String>>>,
 }
 
 /// How one attack did.
@@ -252,36 +276,47 @@ impl<'a> Case<'a> {
                 clear: people[i].clear.clone(),
             })
             .collect();
+        let register_rules = register
+            .iter()
+            .map(|p| {
+                params
+                    .blocking
+                    .iter()
+                    .map(|rule| rule_text(rule, &p.identity))
+                    .collect()
+            })
+            .collect();
         Ok(Self {
             params,
             stored,
             truth: encoded.iter().map(|&i| people[i].clone()).collect(),
             register,
+            register_rules,
         })
     }
 
     /// Every attack, and all of them together: how each did, and what it
     /// recovered.
     pub fn run_all(&self) -> Vec<(&'static str, Outcome, Vec<Recovery>)> {
-        let frequency = frequency::attack(self);
+        let frequency = frequency::on_filters(self);
+        let blocking = frequency::on_blocking_keys(self);
         let dates = dates::attack(self);
         let graph = graph::attack(self);
-        let all: Vec<Recovery> = frequency
-            .iter()
-            .chain(&dates)
-            .chain(&graph)
-            .cloned()
-            .collect();
-        [
+        // Together, the more specific evidence first: a candidate is judged
+        // on the dates it agrees with, then the names, then the rest.
+        let all = self.score(&[&dates, &graph, &blocking, &frequency]);
+        let mut outcomes: Vec<(&'static str, Outcome, Vec<Recovery>)> = [
             ("clear", Vec::new()),
             ("frequency", frequency),
+            ("blocking", blocking),
             ("dates", dates),
             ("graph", graph),
-            ("all", all),
         ]
         .into_iter()
-        .map(|(name, recovered)| (name, self.score(&recovered), recovered))
-        .collect()
+        .map(|(name, recovered)| (name, self.score(&[&recovered]), recovered))
+        .collect();
+        outcomes.push(("all", all, Vec::new()));
+        outcomes
     }
 
     /// Of the stored records, how many `recovery` gave a value, and how many
@@ -292,45 +327,71 @@ impl<'a> Case<'a> {
             .values
             .iter()
             .zip(&self.truth)
-            .filter(|(v, t)| v.is_some() && v.as_deref() == t.identity.get(&recovery.field))
+            .filter(|(v, t)| {
+                v.is_some()
+                    && match &recovery.what {
+                        What::Field(field) => v.as_deref() == t.identity.get(field),
+                        What::Rule(r) => **v == rule_text(&self.params.blocking[*r], &t.identity),
+                    }
+            })
             .count();
         (given, right)
     }
 
-    /// Re-identifications from `recoveries`. The candidates for a stored
-    /// record are the register's people with its clear values; each scores
-    /// the recovered values it agrees with, and the record is taken to be
-    /// the one candidate that scores highest (a tie names nobody). So a
-    /// wrong recovery costs the attacker only the agreement it fails to add.
-    pub fn score(&self, recoveries: &[Recovery]) -> Outcome {
-        let mut by_clear: HashMap<&Clear, Vec<&Person>> = HashMap::new();
-        for person in &self.register {
-            by_clear.entry(&person.clear).or_default().push(person);
+    /// Register person `p`'s text of blocking rule `r`.
+    pub fn rule_text(&self, p: usize, r: usize) -> Option<&str> {
+        self.register_rules[p][r].as_deref()
+    }
+
+    /// Register person `p`'s value of what `what` names.
+    fn value_of(&self, p: usize, what: &What) -> Option<&str> {
+        match what {
+            What::Field(field) => self.register[p].identity.get(field),
+            What::Rule(r) => self.rule_text(p, *r),
+        }
+    }
+
+    /// Re-identifications from `evidence`, groups of recoveries in the
+    /// order the attacker trusts them. The candidates for a stored record
+    /// are the register's people with its clear values; each scores, per
+    /// group, the recovered values it agrees with, and the record is taken
+    /// to be the one candidate whose scores are highest (compared group by
+    /// group; a tie names nobody). So a wrong recovery costs the attacker
+    /// only the agreement it fails to add.
+    pub fn score(&self, evidence: &[&[Recovery]]) -> Outcome {
+        let mut by_clear: HashMap<&Clear, Vec<usize>> = HashMap::new();
+        for (p, person) in self.register.iter().enumerate() {
+            by_clear.entry(&person.clear).or_default().push(p);
         }
         let mut outcome = Outcome::default();
         for (i, stored) in self.stored.iter().enumerate() {
             let Some(candidates) = by_clear.get(&stored.clear) else {
                 continue;
             };
-            let agreement = |person: &Person| {
-                recoveries
+            let agreement = |p: usize| -> Vec<usize> {
+                evidence
                     .iter()
-                    .filter(|r| {
-                        r.values[i].is_some()
-                            && person.identity.get(&r.field) == r.values[i].as_deref()
+                    .map(|group| {
+                        group
+                            .iter()
+                            .filter(|r| {
+                                r.values[i].is_some()
+                                    && self.value_of(p, &r.what) == r.values[i].as_deref()
+                            })
+                            .count()
                     })
-                    .count()
+                    .collect()
             };
-            let mut scored: Vec<(usize, &Person)> =
-                candidates.iter().map(|p| (agreement(p), *p)).collect();
-            scored.sort_by_key(|(score, _)| std::cmp::Reverse(*score));
+            let mut scored: Vec<(Vec<usize>, usize)> =
+                candidates.iter().map(|&p| (agreement(p), p)).collect();
+            scored.sort_by(|a, b| b.0.cmp(&a.0));
             let best = match scored.as_slice() {
-                [(_, only)] => only,
-                [(first, person), (second, _), ..] if first > second => person,
+                [(_, only)] => *only,
+                [(first, p), (second, _), ..] if first > second => *p,
                 _ => continue,
             };
             outcome.guessed += 1;
-            if best.child == self.truth[i].child {
+            if self.register[best].child == self.truth[i].child {
                 outcome.correct += 1;
             }
         }
