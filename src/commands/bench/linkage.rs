@@ -28,7 +28,7 @@ use joinery_linkage::entities::Entities;
 use joinery_linkage::matcher::{Earlier, LinkResult, link_entities};
 use joinery_linkage::{Encoder, Entity, Identity, LinkageParams};
 
-use super::peak_rss_kib;
+use super::{count_common, peak_rss_kib};
 
 #[derive(Debug, clap::Args)]
 pub struct LinkageArgs {
@@ -461,23 +461,6 @@ fn joined(a: u32, b: u32) -> u64 {
 /// The two record numbers of a [`joined`] pair.
 fn split(pair: u64) -> (usize, usize) {
     ((pair >> 32) as usize, (pair & 0xffff_ffff) as usize)
-}
-
-/// How many values two sorted lists share.
-fn count_common(a: &[u64], b: &[u64]) -> usize {
-    let (mut i, mut j, mut common) = (0, 0, 0);
-    while i < a.len() && j < b.len() {
-        match a[i].cmp(&b[j]) {
-            std::cmp::Ordering::Less => i += 1,
-            std::cmp::Ordering::Greater => j += 1,
-            std::cmp::Ordering::Equal => {
-                common += 1;
-                i += 1;
-                j += 1;
-            }
-        }
-    }
-    common
 }
 
 /// Per pair of organisations (smaller first), the wrong links and the true

@@ -20,6 +20,7 @@ use std::collections::HashMap;
 use joinery_linkage::bloom;
 use joinery_linkage::sequence::Sequence;
 
+use super::super::count_common;
 use super::{Case, Recovery, What};
 
 /// Strata with more distinct values than this are left alone (comparing
@@ -293,17 +294,5 @@ fn pair_dice(a: &[(char, char)], b: &[(char, char)]) -> f64 {
     if a.is_empty() && b.is_empty() {
         return 0.0;
     }
-    let (mut i, mut j, mut common) = (0, 0, 0);
-    while i < a.len() && j < b.len() {
-        match a[i].cmp(&b[j]) {
-            std::cmp::Ordering::Less => i += 1,
-            std::cmp::Ordering::Greater => j += 1,
-            std::cmp::Ordering::Equal => {
-                common += 1;
-                i += 1;
-                j += 1;
-            }
-        }
-    }
-    2.0 * common as f64 / (a.len() + b.len()) as f64
+    2.0 * count_common(a, b) as f64 / (a.len() + b.len()) as f64
 }
