@@ -73,14 +73,7 @@ type Key = (u32, String);
 const ENCODE_CHUNK: usize = 1 << 14;
 
 pub async fn run(args: LinkageArgs) -> anyhow::Result<ExitCode> {
-    let params = match &args.params {
-        Some(path) => serde_saphyr::from_str(
-            &std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?,
-        )
-        .with_context(|| format!("{}: not linkage parameters", path.display()))?,
-        None => LinkageParams::canonical(),
-    };
+    let params = super::linkage_params(args.params.as_deref())?;
     let key = match &args.linkage_key {
         Some(path) => SecretKey::load(path)?,
         // A throwaway key: the bench measures, it shares nothing.

@@ -239,3 +239,15 @@ fn count_common<T: Ord>(a: &[T], b: &[T]) -> usize {
     }
     common
 }
+
+/// Linkage parameters from a YAML file (as in an agreement), or the
+/// canonical ones.
+fn linkage_params(path: Option<&Path>) -> anyhow::Result<joinery_linkage::LinkageParams> {
+    let Some(path) = path else {
+        return Ok(joinery_linkage::LinkageParams::canonical());
+    };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_saphyr::from_str(&text)
+        .with_context(|| format!("{}: not linkage parameters", path.display()))
+}

@@ -36,6 +36,7 @@ mod frequency;
 mod graph;
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -61,10 +62,10 @@ pub struct AttackArgs {
     /// per cent.
     #[arg(long, value_delimiter = ',', default_value = "100,80,50")]
     overlap: Vec<u32>,
-    /// The linkage parameters' version (an agreement's
-    /// `linkage.encoding.version`) [default: the newest].
+    /// Linkage parameters (YAML, as in an agreement); default: the
+    /// canonical ones.
     #[arg(long)]
-    params_version: Option<u32>,
+    params: Option<PathBuf>,
     /// Population seed.
     #[arg(long, default_value_t = 7)]
     seed: u64,
@@ -72,9 +73,7 @@ pub struct AttackArgs {
 
 pub fn run(args: AttackArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.records >= 100, "--records: at least 100");
-    let params = args
-        .params_version
-        .map_or_else(LinkageParams::canonical, LinkageParams::canonical_version);
+    let params = super::linkage_params(args.params.as_deref())?;
     let started = Instant::now();
     // A few children are quarantined by their agency (broken rows): draw a
     // little more than twice the records, for a register sharing none.
