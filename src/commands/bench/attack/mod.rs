@@ -12,7 +12,7 @@
 //! Each attack recovers what it can of each stored record's identifying
 //! values ([`Recovery`]). A record is re-identified when what was
 //! recovered, with its clear values, singles out exactly one person of the
-//! register, and that is the right person ([`score`]). Attacks:
+//! register, and that is the right person ([`Case::score`]). Attacks:
 //!
 //! - `clear`: the clear quasi-identifiers alone.
 //! - `frequency` ([`frequency`]): equal filters of a field grouped within
