@@ -28,7 +28,7 @@ pub struct Sighting {
 }
 
 /// How the stored values are coarsened before grouping.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Coarsening {
     AsStored,
     BirthQuarter,
@@ -46,6 +46,38 @@ impl Coarsening {
         Self::BirthYearAndPostcodeArea,
     ];
 
+    /// Its name on a command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::AsStored => "as-stored",
+            Self::BirthQuarter => "birth-quarter",
+            Self::BirthYear => "birth-year",
+            Self::PostcodeArea => "postcode-area",
+            Self::BirthYearAndPostcodeArea => "birth-year-and-postcode-area",
+        }
+    }
+
+    /// The coarsening called `name`.
+    pub fn named(name: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|c| c.name() == name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|c| c.name()).collect();
+                format!("not a coarsening: {name:?} (one of {})", names.join(", "))
+            })
+    }
+
+    /// Whether the birth month survives it (else a quarter or a year does).
+    pub fn keeps_month(self) -> bool {
+        matches!(self, Self::AsStored | Self::PostcodeArea)
+    }
+
+    /// Whether the postcode district survives it (else its area does).
+    pub fn keeps_district(self) -> bool {
+        !matches!(self, Self::PostcodeArea | Self::BirthYearAndPostcodeArea)
+    }
+
     pub fn describe(self) -> &'static str {
         match self {
             Self::AsStored => "sex, birth month, postcode district (as stored)",
@@ -56,8 +88,9 @@ impl Coarsening {
         }
     }
 
-    /// The birth month and district as this coarsening sees them.
-    fn apply<'a>(self, month: Option<&'a str>, district: Option<&'a str>) -> (String, String) {
+    /// The birth month (`YYYY-MM`) and district as this coarsening sees
+    /// them (empty where missing).
+    pub fn apply(self, month: Option<&str>, district: Option<&str>) -> (String, String) {
         let year = |m: &str| m.get(..4).unwrap_or(m).to_owned();
         let quarter = |m: &str| match m.get(5..7).and_then(|m| m.parse::<u8>().ok()) {
             Some(month @ 1..=12) => format!("{}-Q{}", year(m), month.div_ceil(3)),

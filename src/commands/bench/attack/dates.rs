@@ -1,29 +1,33 @@
 //! The date-of-birth attack, on the shared parts of a date. A date of birth
 //! is encoded by its parts (year, month, day and month-day tokens) without
 //! a salt, so one date gives one filter wherever it occurs, and the birth
-//! month is kept in clear beside it. Within one calendar month, the filters
-//! of the same day in different years share three of their four parts, so
-//! most of their bits (Dice about 0.75), while different days share only
-//! the month's (about 0.35): clustering them finds the days. Each
-//! cluster's records per year are then matched to the register's births
-//! per year on each day of that month, and every record of a cluster is
-//! given the date the matched day makes with its own birth month.
+//! year (with its month, or quarter, unless the agreement coarsens them
+//! away) is kept in clear beside it. The filters of the same day of the
+//! year in different years share three of their four parts, so most of
+//! their bits (Dice about 0.75), while any other two dates share at most
+//! one part (about 0.35): clustering them across years finds the days of
+//! the year. Each cluster's records per year are then matched to the
+//! register's births per year on each day of the year that fits the clear
+//! values, and every record of a cluster is given the date the matched day
+//! makes with its own birth year.
 
 use std::collections::{BTreeMap, HashMap};
 
 use joinery_linkage::bloom;
 use joinery_linkage::params::Tokens;
 
-use super::{Case, Recovery, What};
+use super::{Case, Clear, Recovery, What};
 
-/// Filters at least this alike are taken to be the same day of the month.
+/// Filters at least this alike are taken to be the same day of the year.
 const SAME_DAY: f64 = 0.55;
 
-/// One distinct date-of-birth filter of a calendar month.
+/// One distinct date-of-birth filter.
 struct Node<'a> {
     filter: &'a [u64],
     ones: u32,
-    year: &'a str,
+    /// The clear values of its first record (its year and what else of
+    /// the date they keep).
+    clear: &'a Clear,
     records: Vec<usize>,
 }
 
@@ -38,63 +42,46 @@ pub fn attack(case: &Case<'_>) -> Vec<Recovery> {
     else {
         return Vec::new();
     };
-    // Distinct filters by calendar month, from the clear birth month.
-    let mut months: BTreeMap<&str, HashMap<&[u64], Node<'_>>> = BTreeMap::new();
+    let mut distinct: HashMap<(&str, &[u64]), Node<'_>> = HashMap::new();
     for (i, stored) in case.stored.iter().enumerate() {
         let filter = stored.encoding.filter(params, f);
-        let Some((year, month)) = stored
-            .clear
-            .birth_month
-            .as_deref()
-            .and_then(|m| m.split_once('-'))
-        else {
+        let Some(year) = stored.clear.year() else {
             continue;
         };
         if filter.is_empty() {
             continue;
         }
-        months
-            .entry(month)
-            .or_default()
-            .entry(filter)
+        distinct
+            .entry((year, filter))
             .or_insert_with(|| Node {
                 filter,
                 ones: bloom::ones(filter),
-                year,
+                clear: &stored.clear,
                 records: Vec::new(),
             })
             .records
             .push(i);
     }
-    // The register's births: month -> day -> year -> people.
-    let mut births: HashMap<&str, BTreeMap<&str, HashMap<&str, usize>>> = HashMap::new();
+    let mut nodes: Vec<Node<'_>> = distinct.into_values().collect();
+    nodes.sort_by_key(|n| n.records[0]);
+    // The register's births: day of the year (`MM-DD`) -> year -> people.
+    let mut births: BTreeMap<&str, HashMap<&str, usize>> = BTreeMap::new();
     for person in &case.register {
-        let Some(date) = person.identity.get("date_of_birth") else {
-            continue;
-        };
-        let mut parts = date.splitn(3, '-');
-        if let (Some(year), Some(month), Some(day)) = (parts.next(), parts.next(), parts.next()) {
-            *births
-                .entry(month)
-                .or_default()
-                .entry(day)
-                .or_default()
-                .entry(year)
-                .or_default() += 1;
+        if let Some((year, day)) = person
+            .identity
+            .get("date_of_birth")
+            .and_then(|d| d.split_once('-'))
+        {
+            *births.entry(day).or_default().entry(year).or_default() += 1;
         }
     }
     let mut recovered = vec![None; case.stored.len()];
-    for (month, nodes) in months {
-        let Some(days) = births.get(month) else {
-            continue;
-        };
-        let nodes: Vec<Node<'_>> = nodes.into_values().collect();
-        for (cluster, day) in assign(&clusters(&nodes), &nodes, days) {
-            for &n in &cluster {
-                let date = format!("{}-{month}-{day}", nodes[n].year);
-                for &i in &nodes[n].records {
-                    recovered[i] = Some(date.clone());
-                }
+    for (cluster, day) in assign(&clusters(&nodes), &nodes, &births) {
+        for &n in &cluster {
+            let year = nodes[n].clear.year().unwrap_or_default();
+            let date = format!("{year}-{day}");
+            for &i in &nodes[n].records {
+                recovered[i] = Some(date.clone());
             }
         }
     }
@@ -104,8 +91,8 @@ pub fn attack(case: &Case<'_>) -> Vec<Recovery> {
     }]
 }
 
-/// The nodes grouped by day: those of different years at least
-/// [`SAME_DAY`] alike join one group.
+/// The nodes grouped by day of the year: those of different years at
+/// least [`SAME_DAY`] alike join one group.
 fn clusters(nodes: &[Node<'_>]) -> Vec<Vec<usize>> {
     let mut parent: Vec<usize> = (0..nodes.len()).collect();
     fn root(parent: &mut [usize], mut n: usize) -> usize {
@@ -118,7 +105,9 @@ fn clusters(nodes: &[Node<'_>]) -> Vec<Vec<usize>> {
     for a in 0..nodes.len() {
         for b in a + 1..nodes.len() {
             let (x, y) = (&nodes[a], &nodes[b]);
-            if x.year != y.year && bloom::dice(x.filter, x.ones, y.filter, y.ones) >= SAME_DAY {
+            if x.clear.year() != y.clear.year()
+                && bloom::dice(x.filter, x.ones, y.filter, y.ones) >= SAME_DAY
+            {
                 let (ra, rb) = (root(&mut parent, a), root(&mut parent, b));
                 parent[ra] = rb;
             }
@@ -134,45 +123,50 @@ fn clusters(nodes: &[Node<'_>]) -> Vec<Vec<usize>> {
     groups
 }
 
-/// Each cluster's day: the day whose births per year are the closest in
-/// shape (L1 distance between shares) to the cluster's records per year.
-/// Days are given one to a cluster, closest pairs first; a cluster left
-/// over (a day split in two) takes its closest day.
+/// Each cluster's day of the year: among the days that fit every member's
+/// clear values, the one whose births per year are the closest in shape
+/// (L1 distance between shares) to the cluster's records per year. Days
+/// are given one to a cluster, closest pairs first; a cluster left over (a
+/// day split in two) takes its closest day.
 fn assign<'d>(
     clusters: &[Vec<usize>],
     nodes: &[Node<'_>],
     days: &'d BTreeMap<&str, HashMap<&str, usize>>,
 ) -> Vec<(Vec<usize>, &'d str)> {
-    let shares = |counts: &HashMap<&str, usize>| -> HashMap<String, f64> {
+    fn shares(counts: &HashMap<&str, usize>) -> HashMap<String, f64> {
         let total: usize = counts.values().sum();
         counts
             .iter()
             .map(|(y, n)| ((*y).to_owned(), *n as f64 / total.max(1) as f64))
             .collect()
-    };
+    }
     let distance = |a: &HashMap<String, f64>, b: &HashMap<String, f64>| -> f64 {
-        let keys = a.keys().chain(b.keys());
-        let mut seen = std::collections::HashSet::new();
-        keys.filter(|k| seen.insert(*k))
-            .map(|k| (a.get(k).unwrap_or(&0.0) - b.get(k).unwrap_or(&0.0)).abs())
-            .sum()
+        let only_b: f64 = b
+            .iter()
+            .filter(|(k, _)| !a.contains_key(*k))
+            .map(|(_, v)| v)
+            .sum();
+        a.iter()
+            .map(|(k, v)| (v - b.get(k).unwrap_or(&0.0)).abs())
+            .sum::<f64>()
+            + only_b
     };
     let day_shares: Vec<(&str, HashMap<String, f64>)> =
         days.iter().map(|(d, c)| (*d, shares(c))).collect();
-    let cluster_shares: Vec<HashMap<String, f64>> = clusters
-        .iter()
-        .map(|members| {
-            let mut counts: HashMap<&str, usize> = HashMap::new();
-            for &n in members {
-                *counts.entry(nodes[n].year).or_default() += nodes[n].records.len();
-            }
-            shares(&counts)
-        })
-        .collect();
     let mut pairs: Vec<(f64, usize, usize)> = Vec::new();
-    for (c, cs) in cluster_shares.iter().enumerate() {
-        for (d, (_, ds)) in day_shares.iter().enumerate() {
-            pairs.push((distance(cs, ds), c, d));
+    for (c, members) in clusters.iter().enumerate() {
+        let mut counts: HashMap<&str, usize> = HashMap::new();
+        for &n in members {
+            *counts
+                .entry(nodes[n].clear.year().unwrap_or_default())
+                .or_default() += nodes[n].records.len();
+        }
+        let cluster_shares = shares(&counts);
+        for (d, (day, day_share)) in day_shares.iter().enumerate() {
+            let month = day.get(..2).unwrap_or_default();
+            if members.iter().all(|&n| nodes[n].clear.fits_month(month)) {
+                pairs.push((distance(&cluster_shares, day_share), c, d));
+            }
         }
     }
     pairs.sort_by(|a, b| a.0.total_cmp(&b.0));

@@ -46,6 +46,7 @@ use joinery_agent::row::RowOutcome;
 use joinery_agent::source::Source;
 use joinery_agent::source::csv::CsvSource;
 use joinery_crypto::keys::SecretKey;
+use joinery_gateway::identifiability::Coarsening;
 use joinery_linkage::encode::rule_text;
 use joinery_linkage::params::{KeyPart, Take};
 use joinery_linkage::{Encoder, Encoding, Identity, LinkageParams};
@@ -69,6 +70,11 @@ pub struct AttackArgs {
     /// Population seed.
     #[arg(long, default_value_t = 7)]
     seed: u64,
+    /// What the gateway keeps in clear, as an agreement could coarsen it:
+    /// as-stored (sex, birth month, postcode district), birth-quarter,
+    /// birth-year, postcode-area, birth-year-and-postcode-area.
+    #[arg(long, default_value = "as-stored", value_parser = Coarsening::named)]
+    clear: Coarsening,
 }
 
 pub fn run(args: AttackArgs) -> anyhow::Result<ExitCode> {
@@ -77,12 +83,13 @@ pub fn run(args: AttackArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     // A few children are quarantined by their agency (broken rows): draw a
     // little more than twice the records, for a register sharing none.
-    let people = synthetic_people(2 * args.records + args.records / 20, args.seed)?;
+    let people = synthetic_people(2 * args.records + args.records / 20, args.seed, args.clear)?;
     println!(
-        "population: {} people read from one agency's extract ({:.1} s); encoding version {}",
+        "population: {} people read from one agency's extract ({:.1} s); encoding version {}; kept in clear: {}",
         people.len(),
         started.elapsed().as_secs_f64(),
-        params.version
+        params.version,
+        args.clear.describe()
     );
     println!(
         "| overlap | attack | guessed | correct | precision | re-identified | values recovered rightly |"
@@ -129,27 +136,50 @@ pub struct Person {
     pub clear: Clear,
 }
 
-/// The quasi-identifiers the gateway keeps in clear on every record.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+/// The quasi-identifiers the gateway keeps in clear on every record, as
+/// the agreement coarsens them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Clear {
     pub sex: Option<String>,
-    /// `YYYY-MM`.
-    pub birth_month: Option<String>,
-    pub district: Option<String>,
+    /// The birth month (`YYYY-MM`), or its quarter (`YYYY-Qn`) or year.
+    pub birth: Option<String>,
+    /// The postcode district (`LS6`), or its area (`LS`).
+    pub place: Option<String>,
+    pub coarsening: Coarsening,
 }
 
 impl Clear {
-    fn of(identity: &Identity) -> Self {
+    fn of(identity: &Identity, coarsening: Coarsening) -> Self {
+        let month = identity.get("date_of_birth").and_then(|d| d.get(..7));
+        let district = identity
+            .get("postcode")
+            .and_then(|p| p.split_whitespace().next());
+        let (birth, place) = coarsening.apply(month, district);
         Self {
             sex: identity.get("sex").map(str::to_owned),
-            birth_month: identity
-                .get("date_of_birth")
-                .and_then(|d| d.get(..7))
-                .map(str::to_owned),
-            district: identity
-                .get("postcode")
-                .and_then(|p| p.split_whitespace().next())
-                .map(str::to_owned),
+            birth: Some(birth).filter(|b| !b.is_empty()),
+            place: Some(place).filter(|p| !p.is_empty()),
+            coarsening,
+        }
+    }
+
+    /// The birth year.
+    pub fn year(&self) -> Option<&str> {
+        self.birth.as_deref().and_then(|b| b.get(..4))
+    }
+
+    /// Whether a date of birth's month (`MM`) fits the clear birth value.
+    pub fn fits_month(&self, month: &str) -> bool {
+        let Some(birth) = self.birth.as_deref() else {
+            return true;
+        };
+        match birth.get(5..) {
+            Some(quarter) if quarter.starts_with('Q') => {
+                month.parse::<u8>().ok().map(|m| m.div_ceil(3).to_string())
+                    == Some(quarter[1..].to_owned())
+            }
+            Some(kept) => kept == month,
+            None => true,
         }
     }
 
@@ -159,13 +189,14 @@ impl Clear {
         let Some(part) = salt else {
             return Some(String::new());
         };
+        let month_kept = self.coarsening.keeps_month();
         match (part.field.as_str(), part.take) {
-            ("date_of_birth", Take::Prefix(n)) if n <= 7 => self
-                .birth_month
+            ("date_of_birth", Take::Prefix(n)) if n <= 4 || (month_kept && n <= 7) => self
+                .birth
                 .as_deref()
                 .and_then(|m| m.get(..n))
                 .map(str::to_owned),
-            ("postcode", Take::FirstWord) => self.district.clone(),
+            ("postcode", Take::FirstWord) if self.coarsening.keeps_district() => self.place.clone(),
             ("sex", Take::Whole) => self.sex.clone(),
             _ => None,
         }
@@ -402,7 +433,11 @@ impl<'a> Case<'a> {
 /// tidy profile records them (every child known to it), read through its
 /// agent mapping; one person per child (their first row: an agency may
 /// hold several).
-pub fn synthetic_people(children: usize, seed: u64) -> anyhow::Result<Vec<Person>> {
+pub fn synthetic_people(
+    children: usize,
+    seed: u64,
+    clear: Coarsening,
+) -> anyhow::Result<Vec<Person>> {
     let dir = tempfile::tempdir()?;
     let today = time::OffsetDateTime::now_utc().date();
     let output = crate::synth::generate(
@@ -436,7 +471,7 @@ pub fn synthetic_people(children: usize, seed: u64) -> anyhow::Result<Vec<Person
         let identity = row.linkage_identity();
         people.push(Person {
             child,
-            clear: Clear::of(&identity),
+            clear: Clear::of(&identity, clear),
             identity,
         });
     }
@@ -454,7 +489,7 @@ mod tests {
     /// re-identifies most records, with high precision.
     #[test]
     fn the_attacks_re_identify_records_the_encodings_do_not_protect() {
-        let people = synthetic_people(3_200, 3).unwrap();
+        let people = synthetic_people(3_200, 3, Coarsening::AsStored).unwrap();
         let params = LinkageParams::canonical();
         let case = Case::draw(&people, 1_500, 100, 3, &params).unwrap();
         let dates = dates::attack(&case);
