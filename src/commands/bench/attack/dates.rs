@@ -92,7 +92,8 @@ pub fn attack(case: &Case<'_>) -> Vec<Recovery> {
 }
 
 /// The nodes grouped by day of the year: those of different years at
-/// least [`SAME_DAY`] alike join one group.
+/// least [`SAME_DAY`] alike, whose clear values allow the same day, join
+/// one group.
 fn clusters(nodes: &[Node<'_>]) -> Vec<Vec<usize>> {
     let mut parent: Vec<usize> = (0..nodes.len()).collect();
     fn root(parent: &mut [usize], mut n: usize) -> usize {
@@ -106,6 +107,7 @@ fn clusters(nodes: &[Node<'_>]) -> Vec<Vec<usize>> {
         for b in a + 1..nodes.len() {
             let (x, y) = (&nodes[a], &nodes[b]);
             if x.clear.year() != y.clear.year()
+                && x.clear.may_share_day(y.clear)
                 && bloom::dice(x.filter, x.ones, y.filter, y.ones) >= SAME_DAY
             {
                 let (ra, rb) = (root(&mut parent, a), root(&mut parent, b));

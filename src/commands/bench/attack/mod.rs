@@ -168,6 +168,18 @@ impl Clear {
         self.birth.as_deref().and_then(|b| b.get(..4))
     }
 
+    /// Whether two records' clear birth values leave room for the same
+    /// day of the year (the same month, or quarter, where those are kept).
+    pub fn may_share_day(&self, other: &Clear) -> bool {
+        match (
+            self.birth.as_deref().and_then(|b| b.get(5..)),
+            other.birth.as_deref().and_then(|b| b.get(5..)),
+        ) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        }
+    }
+
     /// Whether a date of birth's month (`MM`) fits the clear birth value.
     pub fn fits_month(&self, month: &str) -> bool {
         let Some(birth) = self.birth.as_deref() else {
