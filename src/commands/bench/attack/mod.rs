@@ -517,4 +517,55 @@ mod tests {
         assert!(all.precision() > 0.9, "{outcomes:?}");
         assert!(all.correct > outcomes["clear"].correct, "{outcomes:?}");
     }
+
+    /// What the attacker reads from coarsened clear values: a birth-year
+    /// salt from any of them, a district salt only while the district is
+    /// kept, and which months a record's clear birth value allows.
+    #[test]
+    fn coarsened_clear_values_give_the_attacker_only_what_they_keep() {
+        let identity = Identity::new()
+            .with("date_of_birth", Some("2015-05-03"))
+            .with("postcode", Some("LS6 2AB"))
+            .with("sex", Some("female"));
+        let year = KeyPart {
+            field: "date_of_birth".into(),
+            take: Take::Prefix(4),
+        };
+        let month = KeyPart {
+            field: "date_of_birth".into(),
+            take: Take::Prefix(7),
+        };
+        let district = KeyPart {
+            field: "postcode".into(),
+            take: Take::FirstWord,
+        };
+        let stored = Clear::of(&identity, Coarsening::AsStored);
+        assert_eq!(stored.salt(Some(&month)).as_deref(), Some("2015-05"));
+        assert_eq!(stored.salt(Some(&district)).as_deref(), Some("LS6"));
+        assert!(stored.fits_month("05") && !stored.fits_month("04"));
+
+        let quarter = Clear::of(&identity, Coarsening::BirthQuarter);
+        assert_eq!(quarter.birth.as_deref(), Some("2015-Q2"));
+        assert_eq!(quarter.salt(Some(&year)).as_deref(), Some("2015"));
+        assert_eq!(quarter.salt(Some(&month)), None);
+        assert!(quarter.fits_month("04") && quarter.fits_month("06") && !quarter.fits_month("07"));
+
+        let coarsest = Clear::of(&identity, Coarsening::BirthYearAndPostcodeArea);
+        assert_eq!(coarsest.place.as_deref(), Some("LS"));
+        assert_eq!(coarsest.salt(Some(&year)).as_deref(), Some("2015"));
+        assert_eq!(coarsest.salt(Some(&district)), None);
+        assert!(coarsest.fits_month("12"));
+
+        let other = Clear::of(
+            &Identity::new().with("date_of_birth", Some("2016-07-03")),
+            Coarsening::BirthQuarter,
+        );
+        assert!(!quarter.may_share_day(&other), "Q2 and Q3 share no day");
+        let other = Clear::of(
+            &Identity::new().with("date_of_birth", Some("2016-07-03")),
+            Coarsening::BirthYear,
+        );
+        let year_only = Clear::of(&identity, Coarsening::BirthYear);
+        assert!(year_only.may_share_day(&other));
+    }
 }
