@@ -22,22 +22,7 @@ pub fn on_filters(case: &Case<'_>) -> Vec<Recovery> {
         if field.field == "sex" {
             continue;
         }
-        let salt = field.salt.as_ref();
-        let mut groups: HashMap<(String, &[u64]), Vec<usize>> = HashMap::new();
-        for (i, stored) in case.stored.iter().enumerate() {
-            let filter = stored.encoding.filter(params, f);
-            if let (Some(stratum), false) = (stored.clear.salt(salt), filter.is_empty()) {
-                groups.entry((stratum, filter)).or_default().push(i);
-            }
-        }
-        let mut values: HashMap<String, HashMap<&str, usize>> = HashMap::new();
-        for person in &case.register {
-            if let (Some(stratum), Some(value)) =
-                (person.clear.salt(salt), person.identity.get(&field.field))
-            {
-                *values.entry(stratum).or_default().entry(value).or_default() += 1;
-            }
-        }
+        let (groups, values) = super::strata(case, f);
         recoveries.push(Recovery {
             what: What::Field(field.field.clone()),
             values: by_rank(case.stored.len(), groups, values),
@@ -52,10 +37,15 @@ pub fn on_filters(case: &Case<'_>) -> Vec<Recovery> {
 pub fn on_blocking_keys(case: &Case<'_>) -> Vec<Recovery> {
     (0..case.params.blocking.len())
         .map(|r| {
-            let mut groups: HashMap<(&Clear, [u8; 16]), Vec<usize>> = HashMap::new();
+            let mut groups: HashMap<&Clear, HashMap<[u8; 16], Vec<usize>>> = HashMap::new();
             for (i, stored) in case.stored.iter().enumerate() {
                 if let Some(Some(key)) = stored.encoding.blocks.get(r) {
-                    groups.entry((&stored.clear, *key)).or_default().push(i);
+                    groups
+                        .entry(&stored.clear)
+                        .or_default()
+                        .entry(*key)
+                        .or_default()
+                        .push(i);
                 }
             }
             let mut values: HashMap<&Clear, HashMap<&str, usize>> = HashMap::new();
@@ -79,20 +69,17 @@ pub fn on_blocking_keys(case: &Case<'_>) -> Vec<Recovery> {
 /// Each of `records` stored records given the value whose frequency rank in
 /// its stratum's `values` is its group's size rank among the stratum's
 /// `groups` (ties broken the same way every run).
-fn by_rank<S: Hash + Eq, K: Hash + Eq>(
+fn by_rank<S: Hash + Eq, K>(
     records: usize,
-    groups: HashMap<(S, K), Vec<usize>>,
+    groups: HashMap<S, HashMap<K, Vec<usize>>>,
     mut values: HashMap<S, HashMap<&str, usize>>,
 ) -> Vec<Option<String>> {
-    let mut by_stratum: HashMap<S, Vec<Vec<usize>>> = HashMap::new();
-    for ((stratum, _), members) in groups {
-        by_stratum.entry(stratum).or_default().push(members);
-    }
     let mut recovered = vec![None; records];
-    for (stratum, mut groups) in by_stratum {
+    for (stratum, groups) in groups {
         let Some(values) = values.remove(&stratum) else {
             continue;
         };
+        let mut groups: Vec<Vec<usize>> = groups.into_values().collect();
         groups.sort_by_key(|g| (std::cmp::Reverse(g.len()), g[0]));
         let mut ranked: Vec<(&str, usize)> = values.into_iter().collect();
         ranked.sort_by_key(|(v, n)| (std::cmp::Reverse(*n), *v));

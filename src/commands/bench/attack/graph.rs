@@ -41,31 +41,7 @@ pub fn attack(case: &Case<'_>) -> Vec<Recovery> {
         if !field.field.ends_with("_name") {
             continue;
         }
-        let salt = field.salt.as_ref();
-        let mut stored: HashMap<String, HashMap<&[u64], Vec<usize>>> = HashMap::new();
-        for (i, record) in case.stored.iter().enumerate() {
-            let filter = record.encoding.filter(params, f);
-            if let (Some(stratum), false) = (record.clear.salt(salt), filter.is_empty()) {
-                stored
-                    .entry(stratum)
-                    .or_default()
-                    .entry(filter)
-                    .or_default()
-                    .push(i);
-            }
-        }
-        let mut register: HashMap<String, HashMap<&str, usize>> = HashMap::new();
-        for person in &case.register {
-            if let (Some(stratum), Some(value)) =
-                (person.clear.salt(salt), person.identity.get(&field.field))
-            {
-                *register
-                    .entry(stratum)
-                    .or_default()
-                    .entry(value)
-                    .or_default() += 1;
-            }
-        }
+        let (stored, mut register) = super::strata(case, f);
         let strata: Vec<Stratum<'_>> = stored
             .into_iter()
             .filter_map(|(stratum, filters)| {

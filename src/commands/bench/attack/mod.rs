@@ -102,7 +102,6 @@ pub fn run(args: AttackArgs) -> anyhow::Result<ExitCode> {
         for (attack, outcome, recovered) in case.run_all() {
             let fields: Vec<String> = recovered
                 .iter()
-                .filter(|_| attack != "all")
                 .map(|r| {
                     let (_, right) = case.accuracy(r);
                     format!(
@@ -439,6 +438,42 @@ impl<'a> Case<'a> {
         }
         outcome
     }
+}
+
+/// Field `f` split by the stratum its salt makes (read from the clear
+/// values): the stored records' distinct filters with the records carrying
+/// each, and the register's distinct values with how many people carry
+/// each. Records whose salt the clear values do not give are left out.
+pub type Strata<'c> = (
+    HashMap<String, HashMap<&'c [u64], Vec<usize>>>,
+    HashMap<String, HashMap<&'c str, usize>>,
+);
+
+/// The [`Strata`] of field `f`.
+pub fn strata<'c>(case: &'c Case<'_>, f: usize) -> Strata<'c> {
+    let field = &case.params.fields[f];
+    let salt = field.salt.as_ref();
+    let mut filters: HashMap<String, HashMap<&[u64], Vec<usize>>> = HashMap::new();
+    for (i, record) in case.stored.iter().enumerate() {
+        let filter = record.encoding.filter(case.params, f);
+        if let (Some(stratum), false) = (record.clear.salt(salt), filter.is_empty()) {
+            filters
+                .entry(stratum)
+                .or_default()
+                .entry(filter)
+                .or_default()
+                .push(i);
+        }
+    }
+    let mut values: HashMap<String, HashMap<&str, usize>> = HashMap::new();
+    for person in &case.register {
+        if let (Some(stratum), Some(value)) =
+            (person.clear.salt(salt), person.identity.get(&field.field))
+        {
+            *values.entry(stratum).or_default().entry(value).or_default() += 1;
+        }
+    }
+    (filters, values)
 }
 
 /// `children` synthetic children as the first agency of `joinery synth`'s
