@@ -99,13 +99,16 @@ impl Coarsening {
         // The area: the district's leading letters (`LS6` -> `LS`).
         let area = |d: &str| d.chars().take_while(char::is_ascii_alphabetic).collect();
         let month = month.map(|m| match self {
-            Self::AsStored | Self::PostcodeArea => m.to_owned(),
+            _ if self.keeps_month() => m.to_owned(),
             Self::BirthQuarter => quarter(m),
-            Self::BirthYear | Self::BirthYearAndPostcodeArea => year(m),
+            _ => year(m),
         });
-        let district = district.map(|d| match self {
-            Self::PostcodeArea | Self::BirthYearAndPostcodeArea => area(d),
-            _ => d.to_owned(),
+        let district = district.map(|d| {
+            if self.keeps_district() {
+                d.to_owned()
+            } else {
+                area(d)
+            }
         });
         (month.unwrap_or_default(), district.unwrap_or_default())
     }
