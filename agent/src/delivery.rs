@@ -129,15 +129,21 @@ impl<T: Transport> Delivery<T> {
                     }
                     self.session = Some(session);
                 }
-                Err(e) => {
-                    self.spool.record_error(&e.to_string());
-                    if !(e.may_pass() && backoff.wait(&e).await) {
-                        return Err(e.into());
-                    }
-                }
+                Err(e) => self.endure(&mut backoff, e).await?,
             }
         }
         Ok((self.settle(acked)?, reopened))
+    }
+
+    /// Records `failure` for `agent status`, then waits out `backoff` if it
+    /// may pass and time remains; otherwise delivery stops with it.
+    async fn endure(&self, backoff: &mut Backoff, failure: UploadError) -> Result<(), AgentError> {
+        self.spool.record_error(&failure.to_string());
+        if failure.may_pass() && backoff.wait(&failure).await {
+            Ok(())
+        } else {
+            Err(failure.into())
+        }
     }
 
     /// Removes acknowledged batches from the spool and the in-flight set.
@@ -209,10 +215,7 @@ impl<T: Transport> Delivery<T> {
                 }
                 Err(e) => e,
             };
-            self.spool.record_error(&failure.to_string());
-            if !(failure.may_pass() && backoff.wait(&failure).await) {
-                return Err(failure.into());
-            }
+            self.endure(&mut backoff, failure).await?;
         }
         // A session opened but given nothing to send (everything already
         // delivered) is ended in order too.
