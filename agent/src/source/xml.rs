@@ -142,6 +142,16 @@ impl XmlSource {
         reader
     }
 
+    /// Moves the position past a record whose rows have all been returned.
+    fn record_done(&mut self) {
+        self.at = XmlAt {
+            byte: self.reader.buffer_position(),
+            line: self.line,
+            record: self.at.record + 1,
+            within: 0,
+        };
+    }
+
     /// Reads up to the end of the next record and returns its rows (`None`
     /// at the end of the file).
     fn read_record(&mut self) -> Result<Option<Vec<RawRow>>, SourceError> {
@@ -397,12 +407,7 @@ impl Source for XmlSource {
         loop {
             if let Some(row) = self.pending.pop_front() {
                 if self.pending.is_empty() {
-                    self.at = XmlAt {
-                        byte: self.reader.buffer_position(),
-                        line: self.line,
-                        record: self.at.record + 1,
-                        within: 0,
-                    };
+                    self.record_done();
                 } else {
                     self.at.within += 1;
                 }
@@ -413,12 +418,7 @@ impl Source for XmlSource {
             }
             match self.read_record() {
                 Ok(Some(rows)) if rows.is_empty() => {
-                    self.at = XmlAt {
-                        byte: self.reader.buffer_position(),
-                        line: self.line,
-                        record: self.at.record + 1,
-                        within: 0,
-                    };
+                    self.record_done();
                 }
                 Ok(Some(rows)) => self.pending = rows.into(),
                 Ok(None) => {
