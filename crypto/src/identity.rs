@@ -74,12 +74,6 @@ impl From<OrganisationCode> for String {
     }
 }
 
-impl PartialEq<str> for OrganisationCode {
-    fn eq(&self, other: &str) -> bool {
-        self.0 == other
-    }
-}
-
 impl PartialEq<OrganisationCode> for String {
     fn eq(&self, other: &OrganisationCode) -> bool {
         *self == other.0
