@@ -81,7 +81,7 @@ impl PersonRow {
                     .collect::<Vec<_>>()
                     .join(" ")
                     .to_uppercase();
-                identity.with(name, Some(&value))
+                identity.with(name.clone(), Some(&value))
             })
     }
 }

@@ -14,6 +14,7 @@
 //! of computing the HMAC again: the output is the same, in a fraction of
 //! the time.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -29,7 +30,8 @@ use crate::soundex::soundex;
 /// names, `YYYY-MM-DD` dates, `OUT IN` postcodes). Missing fields are absent.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Identity {
-    fields: Vec<(String, String)>,
+    /// Field names, mostly the canonical ones (not copied for each person).
+    fields: Vec<(Cow<'static, str>, String)>,
 }
 
 impl Identity {
@@ -38,9 +40,9 @@ impl Identity {
     }
 
     /// Adds a field; empty values count as missing.
-    pub fn with(mut self, field: &str, value: Option<&str>) -> Self {
+    pub fn with(mut self, field: impl Into<Cow<'static, str>>, value: Option<&str>) -> Self {
         if let Some(value) = value.map(str::trim).filter(|v| !v.is_empty()) {
-            self.fields.push((field.to_owned(), value.to_owned()));
+            self.fields.push((field.into(), value.to_owned()));
         }
         self
     }
@@ -85,7 +87,11 @@ impl Encoding {
 
     /// The wire form of one filter: its words, little-endian.
     pub fn filter_bytes(words: &[u64]) -> Vec<u8> {
-        words.iter().flat_map(|w| w.to_le_bytes()).collect()
+        let mut bytes = Vec::with_capacity(words.len() * 8);
+        for word in words {
+            bytes.extend_from_slice(&word.to_le_bytes());
+        }
+        bytes
     }
 
     /// Reads a filter's wire form back; `None` unless it is whole words.
@@ -113,7 +119,21 @@ pub struct Encoder {
     spare_tags: Mutex<Vec<Vec<Tags>>>,
 }
 
-type Tags = HashMap<ShortInput, [u8; 32], foldhash::fast::RandomState>;
+/// One field's (or blocking rule's) remembered work: up to
+/// [`TAGS_REMEMBERED`] tags and [`FILTER_WORDS_REMEMBERED`] words of
+/// filters.
+#[derive(Clone, Default)]
+struct Tags {
+    /// HMAC tags by their input (salt, separator, token; a rule's text).
+    by_input: HashMap<ShortInput, [u8; 32], Hasher>,
+    /// A field's whole filter by its salt, separator and value: where its
+    /// words start in `filters`. Most values (a given name in a birth
+    /// year) recur, and one look-up then stands for one per token.
+    filter_at: HashMap<ShortInput, usize, Hasher>,
+    filters: Vec<u64>,
+}
+
+type Hasher = foldhash::fast::RandomState;
 
 /// An HMAC input of up to 23 bytes (a salt and a letter pair, a blocking
 /// key's Soundex code and year), held inline with its length in the last
@@ -135,6 +155,10 @@ impl ShortInput {
 /// distinct values (a full name salted with the postcode district) costs at
 /// most a few megabytes; the rest are computed each time.
 const TAGS_REMEMBERED: usize = 1 << 16;
+
+/// Words of whole filters an encoder remembers per field: 8 MiB, 131,072
+/// filters of 512 bits.
+const FILTER_WORDS_REMEMBERED: usize = 1 << 20;
 
 impl Encoder {
     pub fn new(linkage_key: &SecretKey, params: &LinkageParams) -> Result<Self, ParamsError> {
@@ -244,7 +268,7 @@ impl Encoder {
             .map(|((rule, key), tags)| {
                 input.clear();
                 write_rule_text(rule, identity, &mut input)?;
-                let tag = remembered_tag(key, tags, &input);
+                let tag = remembered_tag(key, &mut tags.by_input, &input);
                 Some(tag[..BLOCK_KEY_LEN].try_into().expect("16 bytes"))
             })
             .collect();
@@ -254,7 +278,11 @@ impl Encoder {
 
 /// The HMAC tag of `input` under `key`, from `tags` when it was computed
 /// before (and remembered there while there is room).
-fn remembered_tag(key: &Pseudonymiser, tags: &mut Tags, input: &[u8]) -> [u8; 32] {
+fn remembered_tag(
+    key: &Pseudonymiser,
+    tags: &mut HashMap<ShortInput, [u8; 32], Hasher>,
+    input: &[u8],
+) -> [u8; 32] {
     let Some(short) = ShortInput::of(input) else {
         return key.pseudonymise(input);
     };
@@ -336,11 +364,18 @@ fn encode_field(
     }
     input.push(0x1f);
     let salted = input.len();
+    input.extend_from_slice(value.as_bytes());
+    let whole = ShortInput::of(input);
+    if let Some(&at) = whole.as_ref().and_then(|w| tags.filter_at.get(w)) {
+        words.copy_from_slice(&tags.filters[at..at + words.len()]);
+        return;
+    }
     let bits = field.bits as usize;
+    let by_input = &mut tags.by_input;
     let mut set = |token: &[u8]| {
         input.truncate(salted);
         input.extend_from_slice(token);
-        let tag = remembered_tag(key, tags, input);
+        let tag = remembered_tag(key, by_input, input);
         for i in 0..field.hashes as usize {
             let position = usize::from(u16::from_le_bytes([tag[2 * i], tag[2 * i + 1]]));
             bloom::set(words, position % bits);
@@ -351,6 +386,12 @@ fn encode_field(
         for full in nicknames::full_forms(value) {
             for_each_token(field.tokens, full, &mut set);
         }
+    }
+    if let Some(whole) = whole
+        && tags.filters.len() + words.len() <= FILTER_WORDS_REMEMBERED
+    {
+        tags.filter_at.insert(whole, tags.filters.len());
+        tags.filters.extend_from_slice(words);
     }
 }
 
