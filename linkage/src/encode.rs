@@ -661,6 +661,37 @@ mod tests {
         bytes.iter().map(|b| format!("{b:02x}")).collect()
     }
 
+    proptest::proptest! {
+        /// What the encoder remembers (tags, whole filters, blocking keys)
+        /// never changes an encoding: names drawn from few letters recur,
+        /// and run either side of the 23 bytes a remembered input holds.
+        #[test]
+        fn remembered_work_never_changes_an_encoding(
+            people in proptest::collection::vec(
+                ("[ABÉ ]{0,14}", "[ABØ'-]{1,26}", 2010u32..2013, 1u32..3, "[A-B]{1,2}[0-9] ?[0-9]?"),
+                1..40,
+            ),
+        ) {
+            let key = SecretKey::from_bytes([9; 32]);
+            let params = LinkageParams::canonical();
+            let identities: Vec<Identity> = people
+                .iter()
+                .map(|(given, family, year, day, postcode)| {
+                    child(given, family, &format!("{year}-0{day}-1{day}"))
+                        .with("full_name", Some(&format!("{given} {family}")))
+                        .with("postcode", Some(postcode.as_str()))
+                })
+                .collect();
+            let warm = Encoder::new(&key, &params).unwrap();
+            let first: Vec<Encoding> = identities.iter().map(|i| warm.encode(i)).collect();
+            for (identity, encoding) in identities.iter().zip(&first) {
+                let cold = Encoder::new(&key, &params).unwrap().encode(identity);
+                proptest::prop_assert_eq!(&cold, encoding);
+                proptest::prop_assert_eq!(&warm.encode(identity), encoding);
+            }
+        }
+    }
+
     #[test]
     fn missing_fields_give_empty_filters_and_no_block() {
         let encoder =
