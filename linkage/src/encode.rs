@@ -8,11 +8,12 @@
 //! (rather than double hashing) resist the pattern-mining attacks that
 //! exploit double hashing's arithmetic structure.
 //!
-//! Names share most of their tokens (a few hundred letter pairs per birth
-//! year), and blocking keys repeat (a Soundex code with a birth year), so
-//! the encoder remembers each field's and each rule's recent tags instead
-//! of computing the HMAC again: the output is the same, in a fraction of
-//! the time.
+//! Names recur (a given name within a birth year) and share most of their
+//! tokens (a few hundred letter pairs per birth year), and blocking keys
+//! repeat (a Soundex code with a birth year), so the encoder remembers, per
+//! field, recent tags and whole filters, and per rule, recent keys, instead
+//! of computing them again: the output is the same, in a fraction of the
+//! time.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -112,20 +113,28 @@ pub struct Encoder {
     params: LinkageParams,
     field_keys: Vec<Pseudonymiser>,
     block_keys: Vec<Pseudonymiser>,
-    /// Sets of remembered tags not in use, one for each thread that has
-    /// encoded at once: each field's tags by HMAC input (salt, separator,
-    /// token), then each blocking rule's by its text, up to
-    /// [`TAGS_REMEMBERED`] of them each.
-    spare_tags: Mutex<Vec<Vec<Tags>>>,
+    /// What encodings remembered, not in use: one for each thread that
+    /// has encoded at once.
+    spare: Mutex<Vec<Remembered>>,
 }
 
-/// One field's (or blocking rule's) remembered work: up to
-/// [`TAGS_REMEMBERED`] tags and [`FILTER_WORDS_REMEMBERED`] words of
-/// filters.
+/// What one thread's encodings remember, so recurring work is not done
+/// again.
+struct Remembered {
+    fields: Vec<FieldMemory>,
+    /// Each blocking rule's tags by its text.
+    rules: Vec<TagMemory>,
+}
+
+/// HMAC tags by their input, up to [`TAGS_REMEMBERED`] of them.
+type TagMemory = HashMap<ShortInput, [u8; 32], Hasher>;
+
+/// One field's remembered work: up to [`TAGS_REMEMBERED`] tags and
+/// [`FILTER_WORDS_REMEMBERED`] words of filters.
 #[derive(Clone, Default)]
-struct Tags {
-    /// HMAC tags by their input (salt, separator, token; a rule's text).
-    by_input: HashMap<ShortInput, [u8; 32], Hasher>,
+struct FieldMemory {
+    /// Tags by their input (salt, separator, token).
+    tags: TagMemory,
     /// A field's whole filter by its salt, separator and value: where its
     /// words start in `filters`. Most values (a given name in a birth
     /// year) recur, and one look-up then stands for one per token.
@@ -135,10 +144,11 @@ struct Tags {
 
 type Hasher = foldhash::fast::RandomState;
 
-/// An HMAC input of up to 23 bytes (a salt and a letter pair, a blocking
-/// key's Soundex code and year), held inline with its length in the last
-/// byte: a remembered tag is found without following a pointer. Longer
-/// inputs are not remembered.
+/// An HMAC input, or a salt and value, of up to 23 bytes (a salt and a
+/// letter pair, a blocking key's Soundex code and year, a birth year and a
+/// given name), held inline with its length in the last byte: what is
+/// remembered of it is found without following a pointer. Longer ones are
+/// not remembered.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 struct ShortInput([u8; 24]);
 
@@ -151,7 +161,7 @@ impl ShortInput {
     }
 }
 
-/// Tags an encoder remembers per field: bounded, so a field of mostly
+/// Tags an encoder remembers per field or rule: bounded, so a field of mostly
 /// distinct values (a full name salted with the postcode district) costs at
 /// most a few megabytes; the rest are computed each time.
 const TAGS_REMEMBERED: usize = 1 << 16;
@@ -180,7 +190,7 @@ impl Encoder {
             params: params.clone(),
             field_keys,
             block_keys,
-            spare_tags: Mutex::default(),
+            spare: Mutex::default(),
         })
     }
 
@@ -189,14 +199,14 @@ impl Encoder {
     }
 
     pub fn encode(&self, identity: &Identity) -> Encoding {
-        let mut tags = self.take_tags();
-        let encoding = self.encode_with(identity, &mut tags);
-        self.give_back(tags);
+        let mut memory = self.take_memory();
+        let encoding = self.encode_with(identity, &mut memory);
+        self.give_back(memory);
         encoding
     }
 
     /// Encodes every identity, in order, on `threads` threads (each with
-    /// its own remembered tags, so they never wait for each other).
+    /// its own memory, so they never wait for each other).
     pub fn encode_many(&self, identities: &[Identity], threads: usize) -> Vec<Encoding> {
         let share = identities.len().div_ceil(threads.max(1)).max(1);
         std::thread::scope(|scope| {
@@ -204,12 +214,12 @@ impl Encoder {
                 .chunks(share)
                 .map(|chunk| {
                     scope.spawn(move || {
-                        let mut tags = self.take_tags();
+                        let mut memory = self.take_memory();
                         let encodings: Vec<Encoding> = chunk
                             .iter()
-                            .map(|identity| self.encode_with(identity, &mut tags))
+                            .map(|identity| self.encode_with(identity, &mut memory))
                             .collect();
-                        self.give_back(tags);
+                        self.give_back(memory);
                         encodings
                     })
                 })
@@ -221,39 +231,39 @@ impl Encoder {
         })
     }
 
-    /// A set of remembered tags no other thread is using.
-    fn take_tags(&self) -> Vec<Tags> {
-        self.spare().pop().unwrap_or_else(|| {
-            vec![Tags::default(); self.params.fields.len() + self.params.blocking.len()]
+    /// A memory no other thread is using.
+    fn take_memory(&self) -> Remembered {
+        self.spare().pop().unwrap_or_else(|| Remembered {
+            fields: vec![FieldMemory::default(); self.params.fields.len()],
+            rules: vec![TagMemory::default(); self.params.blocking.len()],
         })
     }
 
-    fn give_back(&self, tags: Vec<Tags>) {
-        self.spare().push(tags);
+    fn give_back(&self, memory: Remembered) {
+        self.spare().push(memory);
     }
 
-    fn spare(&self) -> std::sync::MutexGuard<'_, Vec<Vec<Tags>>> {
+    fn spare(&self) -> std::sync::MutexGuard<'_, Vec<Remembered>> {
         // A poisoned lock only means another thread panicked while holding
         // it: the sets it holds are still right.
-        self.spare_tags.lock().unwrap_or_else(|e| e.into_inner())
+        self.spare.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn encode_with(&self, identity: &Identity, tags: &mut [Tags]) -> Encoding {
-        let (field_tags, block_tags) = tags.split_at_mut(self.params.fields.len());
+    fn encode_with(&self, identity: &Identity, memory: &mut Remembered) -> Encoding {
         let mut input = Vec::with_capacity(64);
         let mut filters = vec![0; self.params.words()];
-        for (f, ((field, key), tags)) in self
+        for (f, ((field, key), remembered)) in self
             .params
             .fields
             .iter()
             .zip(&self.field_keys)
-            .zip(field_tags)
+            .zip(&mut memory.fields)
             .enumerate()
         {
             encode_field(
                 field,
                 key,
-                tags,
+                remembered,
                 identity,
                 &mut input,
                 &mut filters[self.params.field_words(f)],
@@ -264,11 +274,11 @@ impl Encoder {
             .blocking
             .iter()
             .zip(&self.block_keys)
-            .zip(block_tags)
+            .zip(&mut memory.rules)
             .map(|((rule, key), tags)| {
                 input.clear();
                 write_rule_text(rule, identity, &mut input)?;
-                let tag = remembered_tag(key, &mut tags.by_input, &input);
+                let tag = remembered_tag(key, tags, &input);
                 Some(tag[..BLOCK_KEY_LEN].try_into().expect("16 bytes"))
             })
             .collect();
@@ -278,11 +288,7 @@ impl Encoder {
 
 /// The HMAC tag of `input` under `key`, from `tags` when it was computed
 /// before (and remembered there while there is room).
-fn remembered_tag(
-    key: &Pseudonymiser,
-    tags: &mut HashMap<ShortInput, [u8; 32], Hasher>,
-    input: &[u8],
-) -> [u8; 32] {
+fn remembered_tag(key: &Pseudonymiser, tags: &mut TagMemory, input: &[u8]) -> [u8; 32] {
     let Some(short) = ShortInput::of(input) else {
         return key.pseudonymise(input);
     };
@@ -347,7 +353,7 @@ fn write_part(part: &KeyPart, identity: &Identity, out: &mut Vec<u8>) -> Option<
 fn encode_field(
     field: &FieldEncoding,
     key: &Pseudonymiser,
-    tags: &mut Tags,
+    memory: &mut FieldMemory,
     identity: &Identity,
     input: &mut Vec<u8>,
     words: &mut [u64],
@@ -366,16 +372,16 @@ fn encode_field(
     let salted = input.len();
     input.extend_from_slice(value.as_bytes());
     let whole = ShortInput::of(input);
-    if let Some(&at) = whole.as_ref().and_then(|w| tags.filter_at.get(w)) {
-        words.copy_from_slice(&tags.filters[at..at + words.len()]);
+    if let Some(&at) = whole.as_ref().and_then(|w| memory.filter_at.get(w)) {
+        words.copy_from_slice(&memory.filters[at..at + words.len()]);
         return;
     }
     let bits = field.bits as usize;
-    let by_input = &mut tags.by_input;
+    let tags = &mut memory.tags;
     let mut set = |token: &[u8]| {
         input.truncate(salted);
         input.extend_from_slice(token);
-        let tag = remembered_tag(key, by_input, input);
+        let tag = remembered_tag(key, tags, input);
         for i in 0..field.hashes as usize {
             let position = usize::from(u16::from_le_bytes([tag[2 * i], tag[2 * i + 1]]));
             bloom::set(words, position % bits);
@@ -388,10 +394,10 @@ fn encode_field(
         }
     }
     if let Some(whole) = whole
-        && tags.filters.len() + words.len() <= FILTER_WORDS_REMEMBERED
+        && memory.filters.len() + words.len() <= FILTER_WORDS_REMEMBERED
     {
-        tags.filter_at.insert(whole, tags.filters.len());
-        tags.filters.extend_from_slice(words);
+        memory.filter_at.insert(whole, memory.filters.len());
+        memory.filters.extend_from_slice(words);
     }
 }
 
@@ -425,14 +431,8 @@ fn for_each_token(tokens: Tokens, value: &str, mut each: impl FnMut(&[u8])) {
             match (parts.next(), parts.next(), parts.next()) {
                 (Some(y), Some(m), Some(d)) => {
                     let mut token = Vec::with_capacity(16);
-                    for (tag, parts) in [
-                        ("y", [y, ""]),
-                        ("m", [m, ""]),
-                        ("d", [d, ""]),
-                        ("md", [m, d]),
-                    ] {
+                    for parts in [&["y", y][..], &["m", m], &["d", d], &["md", m, d]] {
                         token.clear();
-                        token.extend_from_slice(tag.as_bytes());
                         for part in parts {
                             token.extend_from_slice(part.as_bytes());
                         }
