@@ -9,7 +9,10 @@ use joinery_linkage::entities::Entities;
 use joinery_linkage::{Encoding, Entity, LinkageParams};
 use sqlx::{AssertSqlSafe, Row};
 
-use super::{NewBatch, Storage, StorageError, insert_sql, insert_sql_typed, to_i64};
+use serde::Serialize;
+
+use super::rows::{self, Kind, Rows};
+use super::{NewBatch, Storage, StorageError, to_i64};
 
 /// What a linkage run reads: every entity as the matcher takes it, and
 /// beside it (same order) what the run writes back. A gateway keeps it
@@ -92,20 +95,87 @@ pub struct SpineAssignment {
     pub score: Option<f64>,
 }
 
-const SPINE_COLUMNS: usize = 5;
-/// The spine's score column, bound as text and cast: sqlx 0.9's `Any`
-/// driver encodes an absent `f64` as an absent `f32`, so a statement first
-/// prepared without a score refuses every later one on PostgreSQL
-/// ("incorrect binary data format"); text has no such swap.
-const SPINE_SCORE: &[(usize, &str)] = &[(3, "DOUBLE PRECISION")];
-
-/// A spine score as bound (see [`SPINE_SCORE`]): Rust's shortest text for
-/// an `f64` reads back as the same value.
-fn score_text(score: Option<f64>) -> Option<String> {
-    score.map(|s| s.to_string())
+/// A person id's place on the spine as stored.
+#[derive(Serialize)]
+struct SpineRow<'a> {
+    person_id: &'a str,
+    spine_id: &'a str,
+    method: &'a str,
+    score: Option<f64>,
+    linked_at: i64,
 }
-const ENTITY_COLUMNS: usize = 6;
-const BLOCK_COLUMNS: usize = 5;
+
+const PERSON_SPINE: Rows = Rows {
+    table: "person_spine",
+    columns: &[
+        ("person_id", Kind::Text),
+        ("spine_id", Kind::Text),
+        ("method", Kind::Text),
+        ("score", Kind::Real),
+        ("linked_at", Kind::Integer),
+    ],
+};
+
+/// A local id's linkage encoding as stored.
+#[derive(Serialize)]
+struct EntityRow<'a> {
+    person_id: &'a str,
+    organisation: &'a str,
+    local_pseudonym: &'a str,
+    nhs_pseudonym: Option<&'a str>,
+    params_version: u32,
+    filters: String,
+}
+
+const LINKAGE_ENTITIES: Rows = Rows {
+    table: "linkage_entities",
+    columns: &[
+        ("person_id", Kind::Text),
+        ("organisation", Kind::Text),
+        ("local_pseudonym", Kind::Text),
+        ("nhs_pseudonym", Kind::Text),
+        ("params_version", Kind::Integer),
+        ("filters", Kind::Bytes),
+    ],
+};
+
+/// One blocking key of a local id as stored.
+#[derive(Serialize)]
+struct BlockRow<'a> {
+    person_id: &'a str,
+    organisation: &'a str,
+    local_pseudonym: &'a str,
+    rule: usize,
+    block_key: &'a str,
+}
+
+const LINKAGE_BLOCKS: Rows = Rows {
+    table: "linkage_blocks",
+    columns: &[
+        ("person_id", Kind::Text),
+        ("organisation", Kind::Text),
+        ("local_pseudonym", Kind::Text),
+        ("rule", Kind::Integer),
+        ("block_key", Kind::Text),
+    ],
+};
+
+/// An entity's identity, as `UPDATE … WHERE (…) IN` reads it.
+#[derive(Serialize)]
+struct EntityKey<'a> {
+    person_id: &'a str,
+    organisation: &'a str,
+    local_pseudonym: &'a str,
+}
+
+const ENTITY_KEYS: Rows = Rows {
+    table: "linkage_entities",
+    columns: &[
+        ("person_id", Kind::Text),
+        ("organisation", Kind::Text),
+        ("local_pseudonym", Kind::Text),
+    ],
+};
 
 /// An entity's number for breaking ties between equally strong links
 /// ([`joinery_linkage::cluster`]): from its identity alone, so a run links
@@ -131,32 +201,27 @@ impl Storage {
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,
         batch: &NewBatch,
     ) -> Result<(), sqlx::Error> {
-        let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        let mut people: Vec<(&str, &str)> = batch
+        let linked_at = time::OffsetDateTime::now_utc().unix_timestamp();
+        let mut people: Vec<SpineRow> = batch
             .records
             .iter()
-            .map(|r| (r.person_id.as_str(), r.link_method.as_str()))
+            .map(|r| SpineRow {
+                person_id: &r.person_id,
+                spine_id: &r.person_id,
+                method: r.link_method.as_str(),
+                score: None,
+                linked_at,
+            })
             .collect();
-        people.sort_unstable();
-        people.dedup_by(|a, b| a.0 == b.0);
-        let per_statement = self.backend.parameters_per_statement();
-        for chunk in people.chunks(per_statement / SPINE_COLUMNS) {
-            let sql = insert_sql_typed(
-                "INSERT INTO person_spine (person_id, spine_id, method, score, linked_at) VALUES ",
-                SPINE_COLUMNS,
-                chunk.len(),
-                SPINE_SCORE,
-            ) + " ON CONFLICT (person_id) DO NOTHING";
-            let mut query = sqlx::query(AssertSqlSafe(sql));
-            for (person, method) in chunk {
-                query = query
-                    .bind(*person)
-                    .bind(*person)
-                    .bind(*method)
-                    .bind(score_text(None))
-                    .bind(now);
-            }
-            query.execute(&mut **tx).await?;
+        people.sort_unstable_by(|a, b| a.person_id.cmp(b.person_id));
+        people.dedup_by(|a, b| a.person_id == b.person_id);
+        if !people.is_empty() {
+            rows::bound(
+                PERSON_SPINE.insert(self.backend, "ON CONFLICT (person_id) DO NOTHING"),
+                &people,
+            )?
+            .execute(&mut **tx)
+            .await?;
         }
 
         let mut encoded: Vec<_> = batch
@@ -170,52 +235,57 @@ impl Storage {
         encoded.dedup_by(|a, b| {
             a.0.person_id == b.0.person_id && a.0.local_pseudonym == b.0.local_pseudonym
         });
-        for chunk in encoded.chunks(per_statement / ENTITY_COLUMNS) {
-            let sql = insert_sql(
-                "INSERT INTO linkage_entities (person_id, organisation, local_pseudonym, \
-                 nhs_pseudonym, params_version, filters) VALUES ",
-                ENTITY_COLUMNS,
-                chunk.len(),
-            ) + " ON CONFLICT (person_id, organisation, local_pseudonym) DO NOTHING";
-            let mut query = sqlx::query(AssertSqlSafe(sql));
-            for (record, linkage) in chunk {
-                query = query
-                    .bind(&record.person_id)
-                    .bind(&batch.organisation)
-                    .bind(&record.local_pseudonym)
-                    .bind(&record.nhs_pseudonym)
-                    .bind(i64::from(linkage.params_version))
-                    .bind(linkage.filters.clone());
-            }
-            query.execute(&mut **tx).await?;
+        if encoded.is_empty() {
+            return Ok(());
         }
-        let blocks: Vec<_> = encoded
+        let entities: Vec<EntityRow> = encoded
+            .iter()
+            .map(|(record, linkage)| EntityRow {
+                person_id: &record.person_id,
+                organisation: &batch.organisation,
+                local_pseudonym: &record.local_pseudonym,
+                nhs_pseudonym: record.nhs_pseudonym.as_deref(),
+                params_version: linkage.params_version,
+                filters: hex::encode(&linkage.filters),
+            })
+            .collect();
+        rows::bound(
+            LINKAGE_ENTITIES.insert(
+                self.backend,
+                "ON CONFLICT (person_id, organisation, local_pseudonym) DO NOTHING",
+            ),
+            &entities,
+        )?
+        .execute(&mut **tx)
+        .await?;
+        let blocks: Vec<BlockRow> = encoded
             .iter()
             .flat_map(|(record, linkage)| {
                 linkage
                     .blocks
                     .iter()
                     .enumerate()
-                    .filter_map(move |(rule, key)| key.as_ref().map(|k| (*record, rule, k)))
+                    .filter_map(move |(rule, key)| {
+                        Some(BlockRow {
+                            person_id: &record.person_id,
+                            organisation: &batch.organisation,
+                            local_pseudonym: &record.local_pseudonym,
+                            rule,
+                            block_key: key.as_deref()?,
+                        })
+                    })
             })
             .collect();
-        for chunk in blocks.chunks(per_statement / BLOCK_COLUMNS) {
-            let sql = insert_sql(
-                "INSERT INTO linkage_blocks (person_id, organisation, local_pseudonym, rule, \
-                 block_key) VALUES ",
-                BLOCK_COLUMNS,
-                chunk.len(),
-            ) + " ON CONFLICT (person_id, organisation, local_pseudonym, rule) DO NOTHING";
-            let mut query = sqlx::query(AssertSqlSafe(sql));
-            for (record, rule, key) in chunk {
-                query = query
-                    .bind(&record.person_id)
-                    .bind(&batch.organisation)
-                    .bind(&record.local_pseudonym)
-                    .bind(to_i64(*rule as u64))
-                    .bind(*key);
-            }
-            query.execute(&mut **tx).await?;
+        if !blocks.is_empty() {
+            rows::bound(
+                LINKAGE_BLOCKS.insert(
+                    self.backend,
+                    "ON CONFLICT (person_id, organisation, local_pseudonym, rule) DO NOTHING",
+                ),
+                &blocks,
+            )?
+            .execute(&mut **tx)
+            .await?;
         }
         Ok(())
     }
@@ -391,44 +461,43 @@ impl Storage {
                 changed.extend([was.as_str(), a.spine_id.as_str()]);
             }
         }
-        for chunk in assignments.chunks(per_statement / SPINE_COLUMNS) {
-            let sql = insert_sql_typed(
-                "INSERT INTO person_spine (person_id, spine_id, method, score, linked_at) VALUES ",
-                SPINE_COLUMNS,
-                chunk.len(),
-                SPINE_SCORE,
-            ) + " ON CONFLICT (person_id) DO UPDATE SET spine_id = excluded.spine_id, \
-                  method = excluded.method, score = excluded.score, linked_at = excluded.linked_at";
-            let mut query = sqlx::query(AssertSqlSafe(sql));
-            for a in chunk {
-                query = query
-                    .bind(&a.person_id)
-                    .bind(&a.spine_id)
-                    .bind(a.method.as_str())
-                    .bind(score_text(a.score))
-                    .bind(now);
-            }
-            query.execute(&mut *tx).await?;
+        let spine: Vec<SpineRow> = assignments
+            .iter()
+            .map(|a| SpineRow {
+                person_id: &a.person_id,
+                spine_id: &a.spine_id,
+                method: a.method.as_str(),
+                score: a.score,
+                linked_at: now,
+            })
+            .collect();
+        if !spine.is_empty() {
+            rows::bound(
+                PERSON_SPINE.insert(
+                    self.backend,
+                    "ON CONFLICT (person_id) DO UPDATE SET spine_id = excluded.spine_id, \
+                     method = excluded.method, score = excluded.score, linked_at = excluded.linked_at",
+                ),
+                &spine,
+            )?
+            .execute(&mut *tx)
+            .await?;
         }
-        for chunk in linked.chunks(per_statement / 3) {
-            let mut sql = String::from(
-                "UPDATE linkage_entities SET linked = 1 WHERE (person_id, organisation, local_pseudonym) IN (VALUES ",
+        let linked: Vec<EntityKey> = linked
+            .iter()
+            .map(|&(person_id, organisation, local_pseudonym)| EntityKey {
+                person_id,
+                organisation,
+                local_pseudonym,
+            })
+            .collect();
+        if !linked.is_empty() {
+            let sql = format!(
+                "UPDATE linkage_entities SET linked = 1 \
+                 WHERE (person_id, organisation, local_pseudonym) IN ({})",
+                ENTITY_KEYS.select(self.backend)
             );
-            for i in 0..chunk.len() {
-                if i > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push_str(&format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3));
-            }
-            sql.push(')');
-            let mut query = sqlx::query(AssertSqlSafe(sql));
-            for (person_id, organisation, local_pseudonym) in chunk {
-                query = query
-                    .bind(*person_id)
-                    .bind(*organisation)
-                    .bind(*local_pseudonym);
-            }
-            query.execute(&mut *tx).await?;
+            rows::bound(sql, &linked)?.execute(&mut *tx).await?;
         }
         self.bump_generation(&mut tx, &changed).await?;
         tx.commit().await?;

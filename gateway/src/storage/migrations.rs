@@ -94,6 +94,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0014_unused_indexes.sql"),
         include_str!("../../migrations/postgres/0014_unused_indexes.sql"),
     ),
+    (
+        15,
+        "records_by_content",
+        include_str!("../../migrations/sqlite/0015_records_by_content.sql"),
+        include_str!("../../migrations/postgres/0015_records_by_content.sql"),
+    ),
 ];
 
 pub(super) fn for_backend(backend: Backend) -> Migrator {

@@ -12,6 +12,7 @@ mod linkage;
 mod migrations;
 mod population;
 mod releases;
+mod rows;
 
 pub use population::{PopulationChanges, PopulationRead};
 pub use releases::{NewRelease, Recorded};
@@ -27,6 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::TryStreamExt;
+use serde::Serialize;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, AssertSqlSafe, ConnectOptions, Row};
 use tokio::sync::Mutex;
@@ -35,6 +37,7 @@ use joinery_policies::AgreementRef;
 
 use crate::audit::record::{AuditRecord, BatchDecision, Checkpoint, Entry};
 use crate::rekey::{LinkMethod, StoredLinkage};
+use rows::{Kind, Rows};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -172,12 +175,96 @@ pub struct Storage {
     write_lock: Option<Arc<Mutex<()>>>,
 }
 
-const RECORD_COLUMNS: usize = 15;
-const EVENT_COLUMNS: usize = 8;
+/// A record as stored, and the table it is stored in.
+#[derive(Serialize)]
+struct RecordRow<'a> {
+    person_id: &'a str,
+    organisation: &'a str,
+    batch_id: &'a str,
+    record_index: usize,
+    dataset: &'a str,
+    source_row: u64,
+    local_pseudonym: &'a str,
+    nhs_pseudonym: Option<&'a str>,
+    link_method: &'a str,
+    sex: Option<&'a str>,
+    birth_month: Option<&'a str>,
+    postcode_district: Option<&'a str>,
+    attributes: &'a str,
+    record_key: &'a str,
+}
+
+const RECORDS: Rows = Rows {
+    table: "records",
+    columns: &[
+        ("person_id", Kind::Text),
+        ("organisation", Kind::Text),
+        ("batch_id", Kind::Text),
+        ("record_index", Kind::Integer),
+        ("dataset", Kind::Text),
+        ("source_row", Kind::Integer),
+        ("local_pseudonym", Kind::Text),
+        ("nhs_pseudonym", Kind::Text),
+        ("link_method", Kind::Text),
+        ("sex", Kind::Text),
+        ("birth_month", Kind::Text),
+        ("postcode_district", Kind::Text),
+        ("attributes", Kind::Text),
+        ("record_key", Kind::Text),
+    ],
+};
+
+impl<'a> RecordRow<'a> {
+    fn new(batch: &'a NewBatch, record_index: usize, record: &'a NewRecord) -> Self {
+        Self {
+            person_id: &record.person_id,
+            organisation: &batch.organisation,
+            batch_id: &batch.batch_id,
+            record_index,
+            dataset: &batch.dataset,
+            source_row: record.source_row,
+            local_pseudonym: &record.local_pseudonym,
+            nhs_pseudonym: record.nhs_pseudonym.as_deref(),
+            link_method: record.link_method.as_str(),
+            sex: record.sex.as_deref(),
+            birth_month: record.birth_month.as_deref(),
+            postcode_district: record.postcode_district.as_deref(),
+            attributes: &record.attributes,
+            record_key: &record.record_key,
+        }
+    }
+}
+
+/// An event as stored, and the table it is stored in.
+#[derive(Serialize)]
+struct EventRow<'a> {
+    person_id: &'a str,
+    organisation: &'a str,
+    batch_id: &'a str,
+    record_index: usize,
+    event_index: usize,
+    event_type: &'a str,
+    event_date: &'a str,
+    attributes: &'a str,
+}
+
+const EVENTS: Rows = Rows {
+    table: "events",
+    columns: &[
+        ("person_id", Kind::Text),
+        ("organisation", Kind::Text),
+        ("batch_id", Kind::Text),
+        ("record_index", Kind::Integer),
+        ("event_index", Kind::Integer),
+        ("event_type", Kind::Text),
+        ("event_date", Kind::Text),
+        ("attributes", Kind::Text),
+    ],
+};
+
 impl Backend {
-    /// Bound parameters per multi-row INSERT. PostgreSQL: large (its limit is
-    /// 65535), so a typical batch is one statement per table and few round
-    /// trips. SQLite:
+    /// Bound parameters per `IN (…)` list ([`for_each_in`]). PostgreSQL:
+    /// large (its limit is 65535), so one statement usually does. SQLite:
     /// small, because binding cost grows with statement size (measured: 1000
     /// records in 21 ms at 260 parameters per statement, 285 ms at 30000).
     fn parameters_per_statement(self) -> usize {
@@ -270,8 +357,8 @@ impl Storage {
         let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO batches (organisation, batch_id, dataset, sequence, agreement_id, \
-             agreement_version, record_count, received_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             agreement_version, record_count, received_at, snapshot) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
              ON CONFLICT (organisation, batch_id) DO NOTHING",
         )
         .bind(&batch.organisation)
@@ -282,6 +369,7 @@ impl Storage {
         .bind(i64::from(batch.agreement.version))
         .bind(to_i64(batch.records.len() as u64))
         .bind(time::OffsetDateTime::now_utc().unix_timestamp())
+        .bind(&batch.snapshot)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -293,72 +381,47 @@ impl Storage {
 
         // Records already stored (by an earlier delivery of the same lines
         // under any name or batching) are skipped, and so are their events.
-        let indexed: Vec<(usize, &NewRecord)> = batch.records.iter().enumerate().collect();
-        let mut stored = std::collections::HashSet::new();
-        for chunk in indexed.chunks(self.backend.parameters_per_statement() / RECORD_COLUMNS) {
-            let sql = insert_sql(
-                "INSERT INTO records (person_id, organisation, batch_id, record_index, dataset, \
-                 source_row, local_pseudonym, nhs_pseudonym, link_method, sex, birth_month, \
-                 postcode_district, attributes, record_key, snapshot) VALUES ",
-                RECORD_COLUMNS,
-                chunk.len(),
-            ) + " ON CONFLICT (person_id, organisation, record_key) DO NOTHING RETURNING record_index";
-            let mut query = sqlx::query(AssertSqlSafe(sql));
-            for (index, record) in chunk {
-                query = query
-                    .bind(&record.person_id)
-                    .bind(&batch.organisation)
-                    .bind(&batch.batch_id)
-                    .bind(to_i64(*index as u64))
-                    .bind(&batch.dataset)
-                    .bind(to_i64(record.source_row))
-                    .bind(&record.local_pseudonym)
-                    .bind(&record.nhs_pseudonym)
-                    .bind(record.link_method.as_str())
-                    .bind(&record.sex)
-                    .bind(&record.birth_month)
-                    .bind(&record.postcode_district)
-                    .bind(&record.attributes)
-                    .bind(&record.record_key)
-                    .bind(&batch.snapshot);
-            }
-            for row in query.fetch_all(&mut *tx).await? {
-                stored.insert(count(&row, "record_index")? as usize);
-            }
-        }
-
-        let events: Vec<(usize, &NewRecord, usize, &NewEvent)> = batch
+        let records: Vec<RecordRow> = batch
             .records
             .iter()
             .enumerate()
-            .filter(|(ri, _)| stored.contains(ri))
-            .flat_map(|(ri, r)| {
-                r.events
+            .map(|(index, record)| RecordRow::new(batch, index, record))
+            .collect();
+        let sql = RECORDS.insert(
+            self.backend,
+            "ON CONFLICT (person_id, organisation, record_key) DO NOTHING RETURNING record_index",
+        );
+        let mut stored = std::collections::HashSet::new();
+        for row in rows::bound(sql, &records)?.fetch_all(&mut *tx).await? {
+            stored.insert(count(&row, "record_index")? as usize);
+        }
+
+        let events: Vec<EventRow> = batch
+            .records
+            .iter()
+            .enumerate()
+            .filter(|(index, _)| stored.contains(index))
+            .flat_map(|(index, record)| {
+                record
+                    .events
                     .iter()
                     .enumerate()
-                    .map(move |(ei, e)| (ri, r, ei, e))
+                    .map(move |(event_index, event)| EventRow {
+                        person_id: &record.person_id,
+                        organisation: &batch.organisation,
+                        batch_id: &batch.batch_id,
+                        record_index: index,
+                        event_index,
+                        event_type: &event.event_type,
+                        event_date: &event.event_date,
+                        attributes: &event.attributes,
+                    })
             })
             .collect();
-        for chunk in events.chunks(self.backend.parameters_per_statement() / EVENT_COLUMNS) {
-            let sql = insert_sql(
-                "INSERT INTO events (person_id, organisation, batch_id, record_index, \
-                 event_index, event_type, event_date, attributes) VALUES ",
-                EVENT_COLUMNS,
-                chunk.len(),
-            );
-            let mut query = sqlx::query(AssertSqlSafe(sql));
-            for (record_index, record, event_index, event) in chunk {
-                query = query
-                    .bind(&record.person_id)
-                    .bind(&batch.organisation)
-                    .bind(&batch.batch_id)
-                    .bind(to_i64(*record_index as u64))
-                    .bind(to_i64(*event_index as u64))
-                    .bind(&event.event_type)
-                    .bind(&event.event_date)
-                    .bind(&event.attributes);
-            }
-            query.execute(&mut *tx).await?;
+        if !events.is_empty() {
+            rows::bound(EVENTS.insert(self.backend, ""), &events)?
+                .execute(&mut *tx)
+                .await?;
         }
         self.insert_linkage(&mut tx, batch).await?;
         let changed: Vec<&str> = stored
@@ -389,8 +452,11 @@ impl Storage {
             None => None,
         };
         let mut tx = self.pool.begin().await?;
+        // Every record of a batch belongs to the batch's snapshot; a batch
+        // purged by retention holds none.
         let held = sqlx::query(
-            "SELECT COUNT(*) AS n FROM records WHERE organisation = $1 AND dataset = $2 AND snapshot = $3",
+            "SELECT COUNT(*) AS n FROM batches WHERE organisation = $1 AND dataset = $2 \
+             AND snapshot = $3 AND record_count > 0 AND purged_at IS NULL",
         )
         .bind(organisation)
         .bind(dataset)
@@ -400,8 +466,8 @@ impl Storage {
         if count(&held, "n")? == 0 {
             return Ok(None);
         }
-        let earlier =
-            "organisation = $1 AND dataset = $2 AND snapshot IS NOT NULL AND snapshot <> $3";
+        let earlier = "(organisation, batch_id) IN (SELECT organisation, batch_id FROM batches \
+             WHERE organisation = $1 AND dataset = $2 AND snapshot IS NOT NULL AND snapshot <> $3)";
         let changed: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
             "SELECT DISTINCT person_id FROM records WHERE {earlier}"
         )))
@@ -410,24 +476,18 @@ impl Storage {
         .bind(snapshot)
         .fetch_all(&mut *tx)
         .await?;
-        sqlx::query(AssertSqlSafe(format!(
-            "DELETE FROM events WHERE (person_id, organisation, batch_id, record_index) IN \
-             (SELECT person_id, organisation, batch_id, record_index FROM records WHERE {earlier})"
-        )))
-        .bind(organisation)
-        .bind(dataset)
-        .bind(snapshot)
-        .execute(&mut *tx)
-        .await?;
-        let retired = sqlx::query(AssertSqlSafe(format!(
-            "DELETE FROM records WHERE {earlier}"
-        )))
-        .bind(organisation)
-        .bind(dataset)
-        .bind(snapshot)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        let mut retired = 0;
+        for table in ["events", "records"] {
+            retired = sqlx::query(AssertSqlSafe(format!(
+                "DELETE FROM {table} WHERE {earlier}"
+            )))
+            .bind(organisation)
+            .bind(dataset)
+            .bind(snapshot)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
         if retired > 0 {
             self.bump_generation(&mut tx, &changed).await?;
         }
@@ -718,18 +778,28 @@ impl Storage {
         let mut changed: Vec<&str> = changed.iter().map(AsRef::as_ref).collect();
         changed.sort_unstable();
         changed.dedup();
-        for chunk in changed.chunks(self.backend.parameters_per_statement() / 2) {
-            let sql = insert_sql(
-                "INSERT INTO population_changes (person_id, generation) VALUES ",
-                2,
-                chunk.len(),
-            );
-            let mut query = sqlx::query(AssertSqlSafe(sql));
-            for person in chunk {
-                query = query.bind(*person).bind(generation);
-            }
-            query.execute(&mut **tx).await?;
+        if changed.is_empty() {
+            return Ok(());
         }
+        #[derive(Serialize)]
+        struct Changed<'a> {
+            person_id: &'a str,
+            generation: i64,
+        }
+        const POPULATION_CHANGES: Rows = Rows {
+            table: "population_changes",
+            columns: &[("person_id", Kind::Text), ("generation", Kind::Integer)],
+        };
+        let changed: Vec<Changed> = changed
+            .into_iter()
+            .map(|person_id| Changed {
+                person_id,
+                generation,
+            })
+            .collect();
+        rows::bound(POPULATION_CHANGES.insert(self.backend, ""), &changed)?
+            .execute(&mut **tx)
+            .await?;
         Ok(())
     }
 }
@@ -798,34 +868,6 @@ async fn for_each_in(
         }
     }
     Ok(())
-}
-
-/// `prefix` followed by `rows` groups of `columns` numbered placeholders.
-fn insert_sql(prefix: &str, columns: usize, rows: usize) -> String {
-    insert_sql_typed(prefix, columns, rows, &[])
-}
-
-/// [`insert_sql`] with some columns' placeholders cast to an SQL type
-/// (`(column, type)`), for a value bound in another type (a number bound
-/// as text); SQLite takes the cast as a type affinity.
-fn insert_sql_typed(prefix: &str, columns: usize, rows: usize, casts: &[(usize, &str)]) -> String {
-    let mut sql = String::with_capacity(prefix.len() + rows * columns * 5);
-    sql.push_str(prefix);
-    for row in 0..rows {
-        sql.push_str(if row == 0 { "(" } else { ", (" });
-        for column in 0..columns {
-            if column > 0 {
-                sql.push_str(", ");
-            }
-            let placeholder = format!("${}", row * columns + column + 1);
-            match casts.iter().find(|(c, _)| *c == column) {
-                Some((_, ty)) => sql.push_str(&format!("CAST({placeholder} AS {ty})")),
-                None => sql.push_str(&placeholder),
-            }
-        }
-        sql.push(')');
-    }
-    sql
 }
 
 /// Reads a count column: BIGINT on PostgreSQL, INTEGER on SQLite; SUM of no
@@ -978,6 +1020,171 @@ mod tests {
         assert_eq!(changes.people[0].events.len(), 2);
     }
 
+    /// A store as the release before records were keyed by content left
+    /// it (keyed by batch and position; snapshots on each record; records
+    /// from before content keys without one) upgrades with its data on
+    /// both backends, and snapshots and exactly-once work on what it held.
+    #[tokio::test]
+    async fn a_store_keyed_by_batch_upgrades_to_records_keyed_by_content() {
+        let dir = tempfile::tempdir().unwrap();
+        upgrade_to_records_by_content(&Storage::sqlite_url(dir.path())).await;
+        if let Some(url) = scratch_postgres("records_by_content").await {
+            upgrade_to_records_by_content(&url).await;
+        }
+    }
+
+    async fn upgrade_to_records_by_content(url: &str) {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            Backend::Postgres
+        };
+        let old = AnyPool::connect(url).await.unwrap();
+        migrations::through(backend, 14).run(&old).await.unwrap();
+        sqlx::raw_sql(
+            "INSERT INTO batches (organisation, batch_id, dataset, sequence, agreement_id, \
+             agreement_version, record_count, received_at) VALUES \
+             ('LA1', 'b0', 'cin', 1, 'a', 1, 2, 0), ('LA1', 'b1', 'cin', 2, 'a', 1, 1, 0), \
+             ('LA1', 'b2', 'cin', 3, 'a', 1, 1, 0); \
+             INSERT INTO records (person_id, organisation, batch_id, record_index, dataset, \
+             source_row, local_pseudonym, link_method, attributes, record_key, snapshot) VALUES \
+             ('p1', 'LA1', 'b0', 0, 'cin', 1, 'l1', 'unlinked', '{}', NULL, NULL), \
+             ('p1', 'LA1', 'b0', 1, 'cin', 2, 'l1', 'unlinked', '{}', NULL, NULL), \
+             ('p2', 'LA1', 'b1', 0, 'cin', 1, 'l2', 'unlinked', '{}', 'k-s1', 's1'), \
+             ('p3', 'LA1', 'b2', 0, 'cin', 1, 'l3', 'unlinked', '{}', 'k-s2', 's2'); \
+             INSERT INTO events (person_id, organisation, batch_id, record_index, event_index, \
+             event_type, event_date, attributes) VALUES \
+             ('p1', 'LA1', 'b0', 1, 0, 'referral', '2025-01-02', '{}'), \
+             ('p2', 'LA1', 'b1', 0, 0, 'referral', '2025-02-03', '{}');",
+        )
+        .execute(&old)
+        .await
+        .unwrap();
+        old.close().await;
+
+        let storage = Storage::open(url).await.unwrap();
+        let number = |sql: &'static str| {
+            let pool = storage.pool.clone();
+            async move {
+                sqlx::query_scalar::<_, i64>(sql)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap()
+            }
+        };
+        assert_eq!(number("SELECT COUNT(*) FROM records").await, 4);
+        assert_eq!(
+            number("SELECT COUNT(*) FROM records WHERE record_key LIKE 'batch b0 %'").await,
+            2,
+            "records from before content keys keep their batch and position as key"
+        );
+        let snapshots: Vec<(String, Option<String>)> =
+            sqlx::query_as("SELECT batch_id, snapshot FROM batches ORDER BY batch_id")
+                .fetch_all(&storage.pool)
+                .await
+                .unwrap();
+        assert_eq!(
+            snapshots,
+            [
+                ("b0".to_owned(), None),
+                ("b1".to_owned(), Some("s1".to_owned())),
+                ("b2".to_owned(), Some("s2".to_owned()))
+            ]
+        );
+        let agreement = AgreementRef::new("a", 1);
+        assert_eq!(
+            storage
+                .replace_snapshot("LA1", "cin", "s2", &agreement)
+                .await
+                .unwrap(),
+            Some(1),
+            "s1's one record retired"
+        );
+        assert_eq!(number("SELECT COUNT(*) FROM records").await, 3);
+        assert_eq!(number("SELECT COUNT(*) FROM events").await, 1);
+        assert_eq!(
+            storage
+                .replace_snapshot("LA1", "cin", "s9", &agreement)
+                .await
+                .unwrap(),
+            None,
+            "a snapshot never delivered replaces nothing"
+        );
+        // The same content again, in another batch: stored once.
+        let again = |batch_id: &str, key: &str| NewBatch {
+            snapshot: Some("s2".to_owned()),
+            organisation: "LA1".to_owned(),
+            batch_id: batch_id.to_owned(),
+            dataset: "cin".to_owned(),
+            sequence: 4,
+            agreement: agreement.clone(),
+            records: vec![NewRecord {
+                person_id: "p3".to_owned(),
+                record_key: key.to_owned(),
+                source_row: 1,
+                local_pseudonym: "l3".to_owned(),
+                nhs_pseudonym: None,
+                link_method: LinkMethod::Unlinked,
+                sex: None,
+                birth_month: None,
+                postcode_district: None,
+                attributes: "{}".to_owned(),
+                events: Vec::new(),
+                linkage: None,
+            }],
+        };
+        let stored = |batch| {
+            let storage = storage.clone();
+            async move { storage.commit_batch(&batch).await.unwrap() }
+        };
+        assert_eq!(
+            stored(again("b3", "k-s2")).await,
+            CommitOutcome::Committed(0)
+        );
+        assert_eq!(
+            stored(again("b4", "k-new")).await,
+            CommitOutcome::Committed(1)
+        );
+        let mut interner = crate::analytics::Interner::default();
+        let read = storage.population(&mut interner).await.unwrap();
+        assert_eq!(read.people.len(), 2, "p1 and p3");
+    }
+
+    /// A fresh PostgreSQL database named after the test, or `None`, said
+    /// loudly past the harness's capture, when no server answers at
+    /// `JOINERY_TEST_POSTGRES_URL` (a failure instead with
+    /// `JOINERY_REQUIRE_POSTGRES=1`).
+    async fn scratch_postgres(name: &str) -> Option<String> {
+        use std::io::Write;
+        let admin = std::env::var("JOINERY_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        let required = std::env::var("JOINERY_REQUIRE_POSTGRES").is_ok_and(|v| v == "1");
+        sqlx::any::install_default_drivers();
+        let pool = match AnyPool::connect(&admin).await {
+            Ok(pool) => pool,
+            Err(e) => {
+                let message =
+                    format!("SKIPPED the PostgreSQL half of {name}: no server at {admin} ({e})");
+                assert!(!required, "{message} (JOINERY_REQUIRE_POSTGRES=1)");
+                let _ = writeln!(std::io::stderr(), "\n*** {message} ***\n");
+                return None;
+            }
+        };
+        let database = format!("joinery_unit_{name}");
+        for sql in [
+            format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"),
+            format!("CREATE DATABASE {database}"),
+        ] {
+            sqlx::raw_sql(AssertSqlSafe(sql))
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+        Some(format!("{base}/{database}"))
+    }
+
     #[tokio::test]
     async fn one_gateway_holds_the_linkage_lease_until_it_runs_out_or_is_given_back() {
         let dir = tempfile::tempdir().unwrap();
@@ -1075,17 +1282,5 @@ mod tests {
         assert_eq!(&*people[1].events[0].attributes["source"], "3A");
         assert_eq!(people[1].birth_month.as_deref(), Some("2015-04"));
         assert!(people[1].is_in("cin"));
-    }
-
-    #[test]
-    fn insert_sql_numbers_placeholders_across_rows() {
-        assert_eq!(
-            insert_sql("INSERT INTO t (a, b) VALUES ", 2, 2),
-            "INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4)"
-        );
-        assert_eq!(
-            insert_sql_typed("INSERT INTO t (a, b) VALUES ", 2, 2, &[(1, "REAL")]),
-            "INSERT INTO t (a, b) VALUES ($1, CAST($2 AS REAL)), ($3, CAST($4 AS REAL))"
-        );
     }
 }
