@@ -1151,6 +1151,91 @@ mod tests {
         assert_eq!(read.people.len(), 2, "p1 and p3");
     }
 
+    /// A local id delivered again (another record, another batch) keeps
+    /// one encoding and one set of blocking keys, on both backends; the
+    /// encoding's bytes, which travel as hex, are stored as bytes.
+    #[tokio::test]
+    async fn an_entity_delivered_again_keeps_one_encoding_and_one_set_of_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        delivered_twice(&Storage::sqlite_url(dir.path())).await;
+        if let Some(url) = scratch_postgres("entity_twice").await {
+            delivered_twice(&url).await;
+        }
+    }
+
+    async fn delivered_twice(url: &str) {
+        let storage = Storage::open(url).await.unwrap();
+        let batch = |batch_id: &str, person: &str, key: &str| NewBatch {
+            snapshot: None,
+            organisation: "LA1".to_owned(),
+            batch_id: batch_id.to_owned(),
+            dataset: "cin".to_owned(),
+            sequence: 1,
+            agreement: AgreementRef::new("a", 1),
+            records: vec![NewRecord {
+                person_id: person.to_owned(),
+                record_key: key.to_owned(),
+                source_row: 1,
+                local_pseudonym: format!("local-{person}"),
+                nhs_pseudonym: None,
+                link_method: LinkMethod::Unlinked,
+                sex: None,
+                birth_month: None,
+                postcode_district: None,
+                attributes: "{}".to_owned(),
+                events: Vec::new(),
+                linkage: Some(StoredLinkage {
+                    params_version: 1,
+                    filters: vec![0xab; 16],
+                    blocks: vec![
+                        Some(format!("{person}-a")),
+                        None,
+                        Some(format!("{person}-c")),
+                    ],
+                }),
+            }],
+        };
+        let counts = || {
+            let pool = storage.pool.clone();
+            async move {
+                let n = |sql| sqlx::query_scalar::<_, i64>(sql).fetch_one(&pool);
+                (
+                    n("SELECT COUNT(*) FROM linkage_entities").await.unwrap(),
+                    n("SELECT COUNT(*) FROM linkage_blocks").await.unwrap(),
+                )
+            }
+        };
+        storage
+            .commit_batch(&batch("b1", "p1", "k1"))
+            .await
+            .unwrap();
+        assert_eq!(counts().await, (1, 2), "one entity, its two present keys");
+        storage
+            .commit_batch(&batch("b2", "p1", "k2"))
+            .await
+            .unwrap();
+        assert_eq!(
+            counts().await,
+            (1, 2),
+            "the same local id again: nothing new"
+        );
+        storage
+            .commit_batch(&batch("b3", "p2", "k3"))
+            .await
+            .unwrap();
+        assert_eq!(counts().await, (2, 4));
+        let filters: Vec<u8> =
+            sqlx::query_scalar("SELECT filters FROM linkage_entities WHERE person_id = 'p2'")
+                .fetch_one(&storage.pool)
+                .await
+                .unwrap();
+        assert_eq!(
+            filters,
+            vec![0xab; 16],
+            "bytes travel as hex and are stored as bytes"
+        );
+    }
+
     /// A fresh PostgreSQL database named after the test, or `None`, said
     /// loudly past the harness's capture, when no server answers at
     /// `JOINERY_TEST_POSTGRES_URL` (a failure instead with
