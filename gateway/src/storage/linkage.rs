@@ -11,7 +11,7 @@ use sqlx::{AssertSqlSafe, Row};
 
 use serde::Serialize;
 
-use super::rows::{self, Kind, Rows};
+use super::rows::{Kind, Rows};
 use super::{NewBatch, Storage, StorageError, to_i64};
 
 /// What a linkage run reads: every entity as the matcher takes it, and
@@ -216,12 +216,10 @@ impl Storage {
         people.sort_unstable_by(|a, b| a.person_id.cmp(b.person_id));
         people.dedup_by(|a, b| a.person_id == b.person_id);
         if !people.is_empty() {
-            rows::bound(
-                PERSON_SPINE.insert(self.backend, "ON CONFLICT (person_id) DO NOTHING"),
-                &people,
-            )?
-            .execute(&mut **tx)
-            .await?;
+            PERSON_SPINE
+                .insert(self.backend, "ON CONFLICT (person_id) DO NOTHING", &people)?
+                .execute(&mut **tx)
+                .await?;
         }
 
         let mut encoded: Vec<_> = batch
@@ -249,15 +247,14 @@ impl Storage {
                 filters: hex::encode(&linkage.filters),
             })
             .collect();
-        rows::bound(
-            LINKAGE_ENTITIES.insert(
+        LINKAGE_ENTITIES
+            .insert(
                 self.backend,
                 "ON CONFLICT (person_id, organisation, local_pseudonym) DO NOTHING",
-            ),
-            &entities,
-        )?
-        .execute(&mut **tx)
-        .await?;
+                &entities,
+            )?
+            .execute(&mut **tx)
+            .await?;
         let blocks: Vec<BlockRow> = encoded
             .iter()
             .flat_map(|(record, linkage)| {
@@ -277,15 +274,14 @@ impl Storage {
             })
             .collect();
         if !blocks.is_empty() {
-            rows::bound(
-                LINKAGE_BLOCKS.insert(
+            LINKAGE_BLOCKS
+                .insert(
                     self.backend,
                     "ON CONFLICT (person_id, organisation, local_pseudonym, rule) DO NOTHING",
-                ),
-                &blocks,
-            )?
-            .execute(&mut **tx)
-            .await?;
+                    &blocks,
+                )?
+                .execute(&mut **tx)
+                .await?;
         }
         Ok(())
     }
@@ -472,14 +468,13 @@ impl Storage {
             })
             .collect();
         if !spine.is_empty() {
-            rows::bound(
-                PERSON_SPINE.insert(
+            PERSON_SPINE
+                .insert(
                     self.backend,
                     "ON CONFLICT (person_id) DO UPDATE SET spine_id = excluded.spine_id, \
                      method = excluded.method, score = excluded.score, linked_at = excluded.linked_at",
-                ),
-                &spine,
-            )?
+                    &spine,
+                )?
             .execute(&mut *tx)
             .await?;
         }
@@ -497,7 +492,7 @@ impl Storage {
                  WHERE (person_id, organisation, local_pseudonym) IN ({})",
                 ENTITY_KEYS.select(self.backend)
             );
-            rows::bound(sql, &linked)?.execute(&mut *tx).await?;
+            ENTITY_KEYS.bind(sql, &linked)?.execute(&mut *tx).await?;
         }
         self.bump_generation(&mut tx, &changed).await?;
         tx.commit().await?;

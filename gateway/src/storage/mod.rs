@@ -387,12 +387,13 @@ impl Storage {
             .enumerate()
             .map(|(index, record)| RecordRow::new(batch, index, record))
             .collect();
-        let sql = RECORDS.insert(
+        let inserted = RECORDS.insert(
             self.backend,
             "ON CONFLICT (person_id, organisation, record_key) DO NOTHING RETURNING record_index",
-        );
+            &records,
+        )?;
         let mut stored = std::collections::HashSet::new();
-        for row in rows::bound(sql, &records)?.fetch_all(&mut *tx).await? {
+        for row in inserted.fetch_all(&mut *tx).await? {
             stored.insert(count(&row, "record_index")? as usize);
         }
 
@@ -419,7 +420,8 @@ impl Storage {
             })
             .collect();
         if !events.is_empty() {
-            rows::bound(EVENTS.insert(self.backend, ""), &events)?
+            EVENTS
+                .insert(self.backend, "", &events)?
                 .execute(&mut *tx)
                 .await?;
         }
@@ -797,7 +799,8 @@ impl Storage {
                 generation,
             })
             .collect();
-        rows::bound(POPULATION_CHANGES.insert(self.backend, ""), &changed)?
+        POPULATION_CHANGES
+            .insert(self.backend, "", &changed)?
             .execute(&mut **tx)
             .await?;
         Ok(())

@@ -7,7 +7,7 @@
 //!
 //! Each table written this way is a [`Rows`]: its columns and their kinds.
 //! The rows themselves are any `Serialize` values whose field names are the
-//! column names (a missing field is NULL); bytes travel as hex.
+//! column names (checked in debug builds); bytes travel as hex.
 
 use serde::Serialize;
 use sqlx::AssertSqlSafe;
@@ -77,15 +77,51 @@ impl Rows {
         }
     }
 
-    /// `INSERT INTO <table> (<columns>) SELECT … <tail>`, the rows bound as
-    /// `$1` (`tail`: an `ON CONFLICT` or `RETURNING` clause, or nothing).
-    pub fn insert(&self, backend: Backend, tail: &str) -> String {
-        format!(
+    /// `INSERT INTO <table> (<columns>) SELECT … <tail>` with `rows` bound
+    /// (`tail`: an `ON CONFLICT` or `RETURNING` clause, or nothing).
+    pub fn insert<'q>(
+        &self,
+        backend: Backend,
+        tail: &str,
+        rows: &[impl Serialize],
+    ) -> Result<Query<'q, Any, AnyArguments>, sqlx::Error> {
+        let sql = format!(
             "INSERT INTO {} ({}) {} {tail}",
             self.table,
             self.names(),
             self.select(backend)
-        )
+        );
+        self.bind(sql, rows)
+    }
+
+    /// `sql`, which reads [`Rows::select`], with `rows` bound as its one
+    /// JSON parameter. In debug builds (and so in every test), rows whose
+    /// fields are not exactly these columns are a panic: a field misnamed
+    /// would otherwise be stored as NULL.
+    pub fn bind<'q>(
+        &self,
+        sql: String,
+        rows: &[impl Serialize],
+    ) -> Result<Query<'q, Any, AnyArguments>, sqlx::Error> {
+        let encode = |e: serde_json::Error| sqlx::Error::Encode(Box::new(e));
+        #[cfg(debug_assertions)]
+        if let Some(first) = rows.first() {
+            let value = serde_json::to_value(first).map_err(encode)?;
+            let mut fields: Vec<&str> = value
+                .as_object()
+                .map(|o| o.keys().map(String::as_str).collect())
+                .unwrap_or_default();
+            let mut columns: Vec<&str> = self.columns.iter().map(|&(name, _)| name).collect();
+            fields.sort_unstable();
+            columns.sort_unstable();
+            assert_eq!(
+                fields, columns,
+                "rows for {} carry other fields",
+                self.table
+            );
+        }
+        let json = serde_json::to_string(rows).map_err(encode)?;
+        Ok(sqlx::query(AssertSqlSafe(sql)).bind(json))
     }
 
     fn names(&self) -> String {
@@ -97,11 +133,31 @@ impl Rows {
     }
 }
 
-/// `sql` with `rows` bound as its one JSON parameter.
-pub(super) fn bound<'q>(
-    sql: String,
-    rows: &[impl Serialize],
-) -> Result<Query<'q, Any, AnyArguments>, sqlx::Error> {
-    let json = serde_json::to_string(rows).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    Ok(sqlx::query(AssertSqlSafe(sql)).bind(json))
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PAIRS: Rows = Rows {
+        table: "pairs",
+        columns: &[("left_id", Kind::Text), ("score", Kind::Real)],
+    };
+
+    #[derive(Serialize)]
+    struct Misnamed {
+        left: &'static str,
+        score: f64,
+    }
+
+    #[test]
+    #[should_panic(expected = "rows for pairs carry other fields")]
+    fn rows_with_a_misnamed_field_are_refused_in_tests() {
+        let _ = PAIRS.insert(
+            Backend::Sqlite,
+            "",
+            &[Misnamed {
+                left: "a",
+                score: 1.0,
+            }],
+        );
+    }
 }
