@@ -9,9 +9,7 @@ use joinery_linkage::entities::Entities;
 use joinery_linkage::{Encoding, Entity, LinkageParams};
 use sqlx::{AssertSqlSafe, Row};
 
-use serde::Serialize;
-
-use super::rows::{Kind, Rows};
+use super::rows::table_rows;
 use super::{NewBatch, Storage, StorageError, to_i64};
 
 /// What a linkage run reads: every entity as the matcher takes it, and
@@ -95,87 +93,48 @@ pub struct SpineAssignment {
     pub score: Option<f64>,
 }
 
-/// A person id's place on the spine as stored.
-#[derive(Serialize)]
-struct SpineRow<'a> {
-    person_id: &'a str,
-    spine_id: &'a str,
-    method: &'a str,
-    score: Option<f64>,
-    linked_at: i64,
+table_rows! {
+    /// A person id's place on the spine as stored.
+    struct SpineRow<'a> in "person_spine" as PERSON_SPINE {
+        person_id: &'a str => Text,
+        spine_id: &'a str => Text,
+        method: &'a str => Text,
+        score: Option<f64> => Real,
+        linked_at: i64 => Integer,
+    }
 }
 
-const PERSON_SPINE: Rows = Rows {
-    table: "person_spine",
-    columns: &[
-        ("person_id", Kind::Text),
-        ("spine_id", Kind::Text),
-        ("method", Kind::Text),
-        ("score", Kind::Real),
-        ("linked_at", Kind::Integer),
-    ],
-};
-
-/// A local id's linkage encoding as stored.
-#[derive(Serialize)]
-struct EntityRow<'a> {
-    person_id: &'a str,
-    organisation: &'a str,
-    local_pseudonym: &'a str,
-    nhs_pseudonym: Option<&'a str>,
-    params_version: u32,
-    filters: String,
+table_rows! {
+    /// A local id's linkage encoding as stored.
+    struct EntityRow<'a> in "linkage_entities" as LINKAGE_ENTITIES {
+        person_id: &'a str => Text,
+        organisation: &'a str => Text,
+        local_pseudonym: &'a str => Text,
+        nhs_pseudonym: Option<&'a str> => Text,
+        params_version: u32 => Integer,
+        filters: String => Bytes,
+    }
 }
 
-const LINKAGE_ENTITIES: Rows = Rows {
-    table: "linkage_entities",
-    columns: &[
-        ("person_id", Kind::Text),
-        ("organisation", Kind::Text),
-        ("local_pseudonym", Kind::Text),
-        ("nhs_pseudonym", Kind::Text),
-        ("params_version", Kind::Integer),
-        ("filters", Kind::Bytes),
-    ],
-};
-
-/// One blocking key of a local id as stored.
-#[derive(Serialize)]
-struct BlockRow<'a> {
-    person_id: &'a str,
-    organisation: &'a str,
-    local_pseudonym: &'a str,
-    rule: usize,
-    block_key: &'a str,
+table_rows! {
+    /// One blocking key of a local id as stored.
+    struct BlockRow<'a> in "linkage_blocks" as LINKAGE_BLOCKS {
+        person_id: &'a str => Text,
+        organisation: &'a str => Text,
+        local_pseudonym: &'a str => Text,
+        rule: usize => Integer,
+        block_key: &'a str => Text,
+    }
 }
 
-const LINKAGE_BLOCKS: Rows = Rows {
-    table: "linkage_blocks",
-    columns: &[
-        ("person_id", Kind::Text),
-        ("organisation", Kind::Text),
-        ("local_pseudonym", Kind::Text),
-        ("rule", Kind::Integer),
-        ("block_key", Kind::Text),
-    ],
-};
-
-/// An entity's identity, as `UPDATE … WHERE (…) IN` reads it.
-#[derive(Serialize)]
-struct EntityKey<'a> {
-    person_id: &'a str,
-    organisation: &'a str,
-    local_pseudonym: &'a str,
+table_rows! {
+    /// An entity's identity, as `UPDATE … WHERE (…) IN` reads it.
+    struct EntityKey<'a> in "linkage_entities" as ENTITY_KEYS {
+        person_id: &'a str => Text,
+        organisation: &'a str => Text,
+        local_pseudonym: &'a str => Text,
+    }
 }
-
-const ENTITY_KEYS: Rows = Rows {
-    table: "linkage_entities",
-    columns: &[
-        ("person_id", Kind::Text),
-        ("organisation", Kind::Text),
-        ("local_pseudonym", Kind::Text),
-    ],
-};
 
 /// An entity's number for breaking ties between equally strong links
 /// ([`joinery_linkage::cluster`]): from its identity alone, so a run links

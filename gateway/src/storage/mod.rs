@@ -28,7 +28,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::TryStreamExt;
-use serde::Serialize;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, AssertSqlSafe, ConnectOptions, Row};
 use tokio::sync::Mutex;
@@ -37,7 +36,7 @@ use joinery_policies::AgreementRef;
 
 use crate::audit::record::{AuditRecord, BatchDecision, Checkpoint, Entry};
 use crate::rekey::{LinkMethod, StoredLinkage};
-use rows::{Kind, Rows};
+use rows::table_rows;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -175,44 +174,25 @@ pub struct Storage {
     write_lock: Option<Arc<Mutex<()>>>,
 }
 
-/// A record as stored, and the table it is stored in.
-#[derive(Serialize)]
-struct RecordRow<'a> {
-    person_id: &'a str,
-    organisation: &'a str,
-    batch_id: &'a str,
-    record_index: usize,
-    dataset: &'a str,
-    source_row: u64,
-    local_pseudonym: &'a str,
-    nhs_pseudonym: Option<&'a str>,
-    link_method: &'a str,
-    sex: Option<&'a str>,
-    birth_month: Option<&'a str>,
-    postcode_district: Option<&'a str>,
-    attributes: &'a str,
-    record_key: &'a str,
+table_rows! {
+    /// A record as stored, and the table it is stored in.
+    struct RecordRow<'a> in "records" as RECORDS {
+        person_id: &'a str => Text,
+        organisation: &'a str => Text,
+        batch_id: &'a str => Text,
+        record_index: usize => Integer,
+        dataset: &'a str => Text,
+        source_row: u64 => Integer,
+        local_pseudonym: &'a str => Text,
+        nhs_pseudonym: Option<&'a str> => Text,
+        link_method: &'a str => Text,
+        sex: Option<&'a str> => Text,
+        birth_month: Option<&'a str> => Text,
+        postcode_district: Option<&'a str> => Text,
+        attributes: &'a str => Text,
+        record_key: &'a str => Text,
+    }
 }
-
-const RECORDS: Rows = Rows {
-    table: "records",
-    columns: &[
-        ("person_id", Kind::Text),
-        ("organisation", Kind::Text),
-        ("batch_id", Kind::Text),
-        ("record_index", Kind::Integer),
-        ("dataset", Kind::Text),
-        ("source_row", Kind::Integer),
-        ("local_pseudonym", Kind::Text),
-        ("nhs_pseudonym", Kind::Text),
-        ("link_method", Kind::Text),
-        ("sex", Kind::Text),
-        ("birth_month", Kind::Text),
-        ("postcode_district", Kind::Text),
-        ("attributes", Kind::Text),
-        ("record_key", Kind::Text),
-    ],
-};
 
 impl<'a> RecordRow<'a> {
     fn new(batch: &'a NewBatch, record_index: usize, record: &'a NewRecord) -> Self {
@@ -235,32 +215,19 @@ impl<'a> RecordRow<'a> {
     }
 }
 
-/// An event as stored, and the table it is stored in.
-#[derive(Serialize)]
-struct EventRow<'a> {
-    person_id: &'a str,
-    organisation: &'a str,
-    batch_id: &'a str,
-    record_index: usize,
-    event_index: usize,
-    event_type: &'a str,
-    event_date: &'a str,
-    attributes: &'a str,
+table_rows! {
+    /// An event as stored, and the table it is stored in.
+    struct EventRow<'a> in "events" as EVENTS {
+        person_id: &'a str => Text,
+        organisation: &'a str => Text,
+        batch_id: &'a str => Text,
+        record_index: usize => Integer,
+        event_index: usize => Integer,
+        event_type: &'a str => Text,
+        event_date: &'a str => Text,
+        attributes: &'a str => Text,
+    }
 }
-
-const EVENTS: Rows = Rows {
-    table: "events",
-    columns: &[
-        ("person_id", Kind::Text),
-        ("organisation", Kind::Text),
-        ("batch_id", Kind::Text),
-        ("record_index", Kind::Integer),
-        ("event_index", Kind::Integer),
-        ("event_type", Kind::Text),
-        ("event_date", Kind::Text),
-        ("attributes", Kind::Text),
-    ],
-};
 
 impl Backend {
     /// Bound parameters per `IN (…)` list ([`for_each_in`]). PostgreSQL:
@@ -783,15 +750,12 @@ impl Storage {
         if changed.is_empty() {
             return Ok(());
         }
-        #[derive(Serialize)]
-        struct Changed<'a> {
-            person_id: &'a str,
-            generation: i64,
+        table_rows! {
+            struct Changed<'a> in "population_changes" as POPULATION_CHANGES {
+                person_id: &'a str => Text,
+                generation: i64 => Integer,
+            }
         }
-        const POPULATION_CHANGES: Rows = Rows {
-            table: "population_changes",
-            columns: &[("person_id", Kind::Text), ("generation", Kind::Integer)],
-        };
         let changed: Vec<Changed> = changed
             .into_iter()
             .map(|person_id| Changed {

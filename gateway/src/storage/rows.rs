@@ -5,9 +5,9 @@
 //! placeholders written, parsed and planned again for every batch (or, on
 //! SQLite, sixty statements of a few rows each).
 //!
-//! Each table written this way is a [`Rows`]: its columns and their kinds.
-//! The rows themselves are any `Serialize` values whose field names are the
-//! column names (checked in debug builds); bytes travel as hex.
+//! Each table written this way is a [`Rows`]: its columns and their kinds,
+//! declared with the struct its rows are by [`table_rows!`], from one list
+//! of columns. Bytes travel as hex.
 
 use serde::Serialize;
 use sqlx::AssertSqlSafe;
@@ -25,6 +25,36 @@ pub(super) enum Kind {
     /// Hex digits, stored as bytes.
     Bytes,
 }
+
+/// Declares a row struct and the [`Rows`] of its table from one list of
+/// columns (`name: type => Kind`), so the two cannot disagree:
+///
+/// ```text
+/// table_rows! {
+///     /// A change as stored.
+///     struct Changed<'a> in "population_changes" as POPULATION_CHANGES {
+///         person_id: &'a str => Text,
+///         generation: i64 => Integer,
+///     }
+/// }
+/// ```
+macro_rules! table_rows {
+    ($(#[$doc:meta])* struct $row:ident<$lt:lifetime> in $table:literal as $rows:ident {
+        $($column:ident: $ty:ty => $kind:ident),+ $(,)?
+    }) => {
+        $(#[$doc])*
+        #[derive(serde::Serialize)]
+        struct $row<$lt> {
+            $($column: $ty),+
+        }
+
+        const $rows: $crate::storage::rows::Rows = $crate::storage::rows::Rows {
+            table: $table,
+            columns: &[$((stringify!($column), $crate::storage::rows::Kind::$kind)),+],
+        };
+    };
+}
+pub(super) use table_rows;
 
 /// A table's columns, as rows are written to it.
 pub(super) struct Rows {
@@ -96,8 +126,8 @@ impl Rows {
 
     /// `sql`, which reads [`Rows::select`], with `rows` bound as its one
     /// JSON parameter. In debug builds (and so in every test), rows whose
-    /// fields are not exactly these columns are a panic: a field misnamed
-    /// would otherwise be stored as NULL.
+    /// fields are not exactly these columns (another table's rows) are a
+    /// panic: a field missing would otherwise be stored as NULL.
     pub fn bind<'q>(
         &self,
         sql: String,
