@@ -955,18 +955,8 @@ mod tests {
             records: Vec::new(),
         };
         batch.records.push(NewRecord {
-            person_id: "p2".to_owned(),
-            record_key: "k3".to_owned(),
             source_row: 3,
-            local_pseudonym: "l2".to_owned(),
-            nhs_pseudonym: None,
-            link_method: LinkMethod::Unlinked,
-            sex: None,
-            birth_month: None,
-            postcode_district: None,
-            attributes: "{}".to_owned(),
-            events: Vec::new(),
-            linkage: None,
+            ..bare_record("p2", "k3", "l2")
         });
         storage.commit_batch(&batch).await.unwrap();
         let changes = storage
@@ -993,14 +983,11 @@ mod tests {
     /// both backends, and snapshots and exactly-once work on what it held.
     #[tokio::test]
     async fn a_store_keyed_by_batch_upgrades_to_records_keyed_by_content() {
-        let dir = tempfile::tempdir().unwrap();
-        upgrade_to_records_by_content(&Storage::sqlite_url(dir.path())).await;
-        if let Some(url) = scratch_postgres("records_by_content").await {
-            upgrade_to_records_by_content(&url).await;
-        }
+        on_both_backends("records_by_content", upgrade_to_records_by_content).await;
     }
 
-    async fn upgrade_to_records_by_content(url: &str) {
+    async fn upgrade_to_records_by_content(url: String) {
+        let url = url.as_str();
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
@@ -1081,25 +1068,7 @@ mod tests {
         // The same content again, in another batch: stored once.
         let again = |batch_id: &str, key: &str| NewBatch {
             snapshot: Some("s2".to_owned()),
-            organisation: "LA1".to_owned(),
-            batch_id: batch_id.to_owned(),
-            dataset: "cin".to_owned(),
-            sequence: 4,
-            agreement: agreement.clone(),
-            records: vec![NewRecord {
-                person_id: "p3".to_owned(),
-                record_key: key.to_owned(),
-                source_row: 1,
-                local_pseudonym: "l3".to_owned(),
-                nhs_pseudonym: None,
-                link_method: LinkMethod::Unlinked,
-                sex: None,
-                birth_month: None,
-                postcode_district: None,
-                attributes: "{}".to_owned(),
-                events: Vec::new(),
-                linkage: None,
-            }],
+            ..la1_cin_batch(batch_id, vec![bare_record("p3", key, "l3")])
         };
         let stored = |batch| {
             let storage = storage.clone();
@@ -1123,34 +1092,13 @@ mod tests {
     /// encoding's bytes, which travel as hex, are stored as bytes.
     #[tokio::test]
     async fn an_entity_delivered_again_keeps_one_encoding_and_one_set_of_keys() {
-        let dir = tempfile::tempdir().unwrap();
-        delivered_twice(&Storage::sqlite_url(dir.path())).await;
-        if let Some(url) = scratch_postgres("entity_twice").await {
-            delivered_twice(&url).await;
-        }
+        on_both_backends("entity_twice", delivered_twice).await;
     }
 
-    async fn delivered_twice(url: &str) {
-        let storage = Storage::open(url).await.unwrap();
-        let batch = |batch_id: &str, person: &str, key: &str| NewBatch {
-            snapshot: None,
-            organisation: "LA1".to_owned(),
-            batch_id: batch_id.to_owned(),
-            dataset: "cin".to_owned(),
-            sequence: 1,
-            agreement: AgreementRef::new("a", 1),
-            records: vec![NewRecord {
-                person_id: person.to_owned(),
-                record_key: key.to_owned(),
-                source_row: 1,
-                local_pseudonym: format!("local-{person}"),
-                nhs_pseudonym: None,
-                link_method: LinkMethod::Unlinked,
-                sex: None,
-                birth_month: None,
-                postcode_district: None,
-                attributes: "{}".to_owned(),
-                events: Vec::new(),
+    async fn delivered_twice(url: String) {
+        let storage = Storage::open(&url).await.unwrap();
+        let batch = |batch_id: &str, person: &str, key: &str| {
+            let record = NewRecord {
                 linkage: Some(StoredLinkage {
                     params_version: 1,
                     filters: vec![0xab; 16],
@@ -1160,7 +1108,9 @@ mod tests {
                         Some(format!("{person}-c")),
                     ],
                 }),
-            }],
+                ..bare_record(person, key, &format!("local-{person}"))
+            };
+            la1_cin_batch(batch_id, vec![record])
         };
         let counts = || {
             let pool = storage.pool.clone();
@@ -1201,6 +1151,52 @@ mod tests {
             vec![0xab; 16],
             "bytes travel as hex and are stored as bytes"
         );
+    }
+
+    /// A record of `person` under `key` and local id `local`, holding
+    /// nothing else.
+    fn bare_record(person: &str, key: &str, local: &str) -> NewRecord {
+        NewRecord {
+            person_id: person.to_owned(),
+            record_key: key.to_owned(),
+            source_row: 1,
+            local_pseudonym: local.to_owned(),
+            nhs_pseudonym: None,
+            link_method: LinkMethod::Unlinked,
+            sex: None,
+            birth_month: None,
+            postcode_district: None,
+            attributes: "{}".to_owned(),
+            events: Vec::new(),
+            linkage: None,
+        }
+    }
+
+    /// Organisation LA1's batch `batch_id` of dataset `cin`, under
+    /// agreement `a` version 1, in no snapshot.
+    fn la1_cin_batch(batch_id: &str, records: Vec<NewRecord>) -> NewBatch {
+        NewBatch {
+            snapshot: None,
+            organisation: "LA1".to_owned(),
+            batch_id: batch_id.to_owned(),
+            dataset: "cin".to_owned(),
+            sequence: 1,
+            agreement: AgreementRef::new("a", 1),
+            records,
+        }
+    }
+
+    /// Runs `test` on a fresh SQLite store, then on a fresh PostgreSQL
+    /// database named after `name` when a server answers.
+    async fn on_both_backends<F: std::future::Future<Output = ()>>(
+        name: &str,
+        test: impl Fn(String) -> F,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        test(Storage::sqlite_url(dir.path())).await;
+        if let Some(url) = scratch_postgres(name).await {
+            test(url).await;
+        }
     }
 
     /// A fresh PostgreSQL database named after the test, or `None`, said
