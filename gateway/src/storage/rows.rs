@@ -68,40 +68,22 @@ impl Rows {
     pub fn select(&self, backend: Backend) -> String {
         match backend {
             Backend::Postgres => {
-                let values = self
-                    .columns
-                    .iter()
-                    .map(|&(name, kind)| match kind {
-                        Kind::Bytes => format!("decode({name}, 'hex')"),
-                        _ => name.to_owned(),
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                let types = self
-                    .columns
-                    .iter()
-                    .map(|&(name, kind)| {
-                        let ty = match kind {
-                            Kind::Text | Kind::Bytes => "text",
-                            Kind::Integer => "bigint",
-                            Kind::Real => "double precision",
-                        };
-                        format!("{name} {ty}")
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ");
+                let values = self.each(|name, kind| match kind {
+                    Kind::Bytes => format!("decode({name}, 'hex')"),
+                    _ => name.to_owned(),
+                });
+                let types = self.each(|name, kind| match kind {
+                    Kind::Text | Kind::Bytes => format!("{name} text"),
+                    Kind::Integer => format!("{name} bigint"),
+                    Kind::Real => format!("{name} double precision"),
+                });
                 format!("SELECT {values} FROM json_to_recordset(CAST($1 AS json)) AS r({types})")
             }
             Backend::Sqlite => {
-                let values = self
-                    .columns
-                    .iter()
-                    .map(|&(name, kind)| match kind {
-                        Kind::Bytes => format!("unhex(value ->> '{name}')"),
-                        _ => format!("value ->> '{name}'"),
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ");
+                let values = self.each(|name, kind| match kind {
+                    Kind::Bytes => format!("unhex(value ->> '{name}')"),
+                    _ => format!("value ->> '{name}'"),
+                });
                 format!("SELECT {values} FROM json_each($1) WHERE true")
             }
         }
@@ -118,7 +100,7 @@ impl Rows {
         let sql = format!(
             "INSERT INTO {} ({}) {} {tail}",
             self.table,
-            self.names(),
+            self.each(|name, _| name.to_owned()),
             self.select(backend)
         );
         self.bind(sql, rows)
@@ -154,10 +136,11 @@ impl Rows {
         Ok(sqlx::query(AssertSqlSafe(sql)).bind(json))
     }
 
-    fn names(&self) -> String {
+    /// Every column written as `each` writes it, comma-separated.
+    fn each(&self, each: impl Fn(&str, Kind) -> String) -> String {
         self.columns
             .iter()
-            .map(|&(name, _)| name)
+            .map(|&(name, kind)| each(name, kind))
             .collect::<Vec<_>>()
             .join(", ")
     }
