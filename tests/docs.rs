@@ -156,3 +156,46 @@ fn the_examples_name_the_files_pki_writes() {
         }
     }
 }
+
+/// The linkage parameter files the scripts and docs name load and encode,
+/// and each `dob-salted` candidate is what its comment says: its
+/// baseline with only the date of birth salted with its own year (so the
+/// figures measured with it compare one change).
+#[test]
+fn the_linkage_parameter_files_are_what_they_say() {
+    use joinery_linkage::params::{KeyPart, Take};
+    use joinery_linkage::{Encoder, LinkageParams};
+    let load = |file: &str| -> LinkageParams {
+        let path = format!("{}/{file}", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let params: LinkageParams =
+            serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let key = joinery_crypto::keys::SecretKey::from_bytes([7; 32]);
+        Encoder::new(&key, &params).unwrap_or_else(|e| panic!("{file}: {e}"));
+        params
+    };
+    let birth_year = KeyPart {
+        field: "date_of_birth".into(),
+        take: Take::Prefix(4),
+    };
+    let without_the_salt = |mut candidate: LinkageParams, version: u32| {
+        let dob = candidate
+            .fields
+            .iter_mut()
+            .find(|f| f.field == "date_of_birth")
+            .unwrap();
+        assert_eq!(dob.salt.take(), Some(birth_year.clone()));
+        candidate.version = version;
+        candidate
+    };
+    assert_eq!(
+        without_the_salt(load("scripts/linkage-candidates/dob-salted.yaml"), 5),
+        LinkageParams::canonical_version(5)
+    );
+    let febrl = load("scripts/febrl4/params.yaml");
+    let version = febrl.version;
+    assert_eq!(
+        without_the_salt(load("scripts/febrl4/params-dob-salted.yaml"), version),
+        febrl
+    );
+}
