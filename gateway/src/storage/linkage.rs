@@ -451,7 +451,10 @@ impl Storage {
                  WHERE (person_id, organisation, local_pseudonym) IN ({})",
                 ENTITY_KEYS.select(self.backend)
             );
-            ENTITY_KEYS.bind(sql, &linked)?.execute(&mut *tx).await?;
+            ENTITY_KEYS
+                .bind(self.backend, sql, &linked)?
+                .execute(&mut *tx)
+                .await?;
         }
         self.bump_generation(&mut tx, &changed).await?;
         tx.commit().await?;

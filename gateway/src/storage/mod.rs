@@ -1153,6 +1153,46 @@ mod tests {
         );
     }
 
+    /// Text with quotes, backslashes, braces, commas, the word NULL and
+    /// letters beyond ASCII is stored as it was sent, on both backends.
+    #[tokio::test]
+    async fn awkward_text_is_stored_as_it_was_sent() {
+        on_both_backends("awkward_text", awkward_text).await;
+    }
+
+    async fn awkward_text(url: String) {
+        let storage = Storage::open(&url).await.unwrap();
+        let attributes = r#"{"note":"say \"hi\" \\ {x,y}, NULL ü"}"#;
+        let record = NewRecord {
+            sex: Some("NULL".to_owned()),
+            attributes: attributes.to_owned(),
+            events: vec![NewEvent {
+                event_type: "referral".to_owned(),
+                event_date: "2025-01-02".to_owned(),
+                attributes: attributes.to_owned(),
+            }],
+            ..bare_record("p1", "k1", "l1")
+        };
+        storage
+            .commit_batch(&la1_cin_batch("b1", vec![record]))
+            .await
+            .unwrap();
+        let (sex, stored): (Option<String>, String) =
+            sqlx::query_as("SELECT sex, attributes FROM records")
+                .fetch_one(&storage.pool)
+                .await
+                .unwrap();
+        assert_eq!(
+            (sex.as_deref(), stored.as_str()),
+            (Some("NULL"), attributes)
+        );
+        let event: String = sqlx::query_scalar("SELECT attributes FROM events")
+            .fetch_one(&storage.pool)
+            .await
+            .unwrap();
+        assert_eq!(event, attributes);
+    }
+
     /// A record of `person` under `key` and local id `local`, holding
     /// nothing else.
     fn bare_record(person: &str, key: &str, local: &str) -> NewRecord {
