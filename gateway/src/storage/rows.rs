@@ -18,7 +18,7 @@ use sqlx::query::Query;
 
 use super::Backend;
 
-/// How a column's value travels in the JSON.
+/// A column's type: how its values are written and read back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Kind {
     Text,
@@ -117,8 +117,8 @@ impl<T: Cell> Cell for Option<T> {
 }
 
 /// Numbers as Rust writes them: integers exactly, floats in the shortest
-/// form that reads back as the same value (never NaN here: scores are
-/// finite).
+/// form that reads back as the same value (`NaN` and `inf` too, which
+/// PostgreSQL reads as such).
 macro_rules! number_cell {
     ($($ty:ty),+) => {
         $(impl Cell for $ty {
