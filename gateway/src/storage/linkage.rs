@@ -174,12 +174,14 @@ impl Storage {
             .collect();
         people.sort_unstable_by(|a, b| a.person_id.cmp(b.person_id));
         people.dedup_by(|a, b| a.person_id == b.person_id);
-        if !people.is_empty() {
-            PERSON_SPINE
-                .insert(self.backend, "ON CONFLICT (person_id) DO NOTHING", &people)?
-                .execute(&mut **tx)
-                .await?;
-        }
+        PERSON_SPINE
+            .write(
+                tx,
+                self.backend,
+                "ON CONFLICT (person_id) DO NOTHING",
+                &people,
+            )
+            .await?;
 
         let mut encoded: Vec<_> = batch
             .records
@@ -192,9 +194,6 @@ impl Storage {
         encoded.dedup_by(|a, b| {
             a.0.person_id == b.0.person_id && a.0.local_pseudonym == b.0.local_pseudonym
         });
-        if encoded.is_empty() {
-            return Ok(());
-        }
         let entities: Vec<EntityRow> = encoded
             .iter()
             .map(|(record, linkage)| EntityRow {
@@ -207,12 +206,12 @@ impl Storage {
             })
             .collect();
         LINKAGE_ENTITIES
-            .insert(
+            .write(
+                tx,
                 self.backend,
                 "ON CONFLICT (person_id, organisation, local_pseudonym) DO NOTHING",
                 &entities,
-            )?
-            .execute(&mut **tx)
+            )
             .await?;
         let blocks: Vec<BlockRow> = encoded
             .iter()
@@ -232,17 +231,14 @@ impl Storage {
                     })
             })
             .collect();
-        if !blocks.is_empty() {
-            LINKAGE_BLOCKS
-                .insert(
-                    self.backend,
-                    "ON CONFLICT (person_id, organisation, local_pseudonym, rule) DO NOTHING",
-                    &blocks,
-                )?
-                .execute(&mut **tx)
-                .await?;
-        }
-        Ok(())
+        LINKAGE_BLOCKS
+            .write(
+                tx,
+                self.backend,
+                "ON CONFLICT (person_id, organisation, local_pseudonym, rule) DO NOTHING",
+                &blocks,
+            )
+            .await
     }
 
     /// Whether any entity under parameters `version` awaits linkage.
@@ -426,17 +422,15 @@ impl Storage {
                 linked_at: now,
             })
             .collect();
-        if !spine.is_empty() {
-            PERSON_SPINE
-                .insert(
-                    self.backend,
-                    "ON CONFLICT (person_id) DO UPDATE SET spine_id = excluded.spine_id, \
-                     method = excluded.method, score = excluded.score, linked_at = excluded.linked_at",
-                    &spine,
-                )?
-            .execute(&mut *tx)
+        PERSON_SPINE
+            .write(
+                &mut tx,
+                self.backend,
+                "ON CONFLICT (person_id) DO UPDATE SET spine_id = excluded.spine_id, \
+                 method = excluded.method, score = excluded.score, linked_at = excluded.linked_at",
+                &spine,
+            )
             .await?;
-        }
         let linked: Vec<EntityKey> = linked
             .iter()
             .map(|&(person_id, organisation, local_pseudonym)| EntityKey {

@@ -230,6 +230,18 @@ table_rows! {
 }
 
 impl Backend {
+    /// The engine a database URL names (`sqlite:`, `postgres:` or
+    /// `postgresql:`).
+    fn of_url(url: &str) -> Option<Self> {
+        if url.starts_with("sqlite:") {
+            Some(Self::Sqlite)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Some(Self::Postgres)
+        } else {
+            None
+        }
+    }
+
     /// Bound parameters per `IN (…)` list ([`for_each_in`]). PostgreSQL:
     /// large (its limit is 65535), so one statement usually does. SQLite:
     /// small, because binding cost grows with statement size (measured: 1000
@@ -254,13 +266,7 @@ impl Storage {
     /// Connects and brings the schema up to date.
     pub async fn open(url: &str) -> Result<Self, StorageError> {
         sqlx::any::install_default_drivers();
-        let backend = if url.starts_with("sqlite:") {
-            Backend::Sqlite
-        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-            Backend::Postgres
-        } else {
-            return Err(StorageError::UnsupportedUrl);
-        };
+        let backend = Backend::of_url(url).ok_or(StorageError::UnsupportedUrl)?;
         if let Some(file) = sqlite_file(url) {
             keep_private(&file).map_err(|source| StorageError::Private { path: file, source })?;
         }
@@ -386,12 +392,7 @@ impl Storage {
                     })
             })
             .collect();
-        if !events.is_empty() {
-            EVENTS
-                .insert(self.backend, "", &events)?
-                .execute(&mut *tx)
-                .await?;
-        }
+        EVENTS.write(&mut tx, self.backend, "", &events).await?;
         self.insert_linkage(&mut tx, batch).await?;
         let changed: Vec<&str> = stored
             .iter()
@@ -435,28 +436,17 @@ impl Storage {
         if count(&held, "n")? == 0 {
             return Ok(None);
         }
-        let earlier = "(organisation, batch_id) IN (SELECT organisation, batch_id FROM batches \
-             WHERE organisation = $1 AND dataset = $2 AND snapshot IS NOT NULL AND snapshot <> $3)";
-        let changed: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
-            "SELECT DISTINCT person_id FROM records WHERE {earlier}"
-        )))
-        .bind(organisation)
-        .bind(dataset)
-        .bind(snapshot)
-        .fetch_all(&mut *tx)
+        let (changed, retired) = delete_batches_data(
+            &mut tx,
+            "WHERE organisation = $1 AND dataset = $2 AND snapshot IS NOT NULL AND snapshot <> $3",
+            |sql| {
+                sqlx::query(AssertSqlSafe(sql))
+                    .bind(organisation)
+                    .bind(dataset)
+                    .bind(snapshot)
+            },
+        )
         .await?;
-        let mut retired = 0;
-        for table in ["events", "records"] {
-            retired = sqlx::query(AssertSqlSafe(format!(
-                "DELETE FROM {table} WHERE {earlier}"
-            )))
-            .bind(organisation)
-            .bind(dataset)
-            .bind(snapshot)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        }
         if retired > 0 {
             self.bump_generation(&mut tx, &changed).await?;
         }
@@ -516,9 +506,6 @@ impl Storage {
                 .bind(dataset)
                 .bind(received_before)
         };
-        let in_due = format!(
-            "(organisation, batch_id) IN (SELECT organisation, batch_id FROM batches WHERE {DUE})"
-        );
         let mut tx = self.pool.begin().await?;
         let rows = over_due(format!(
             "SELECT organisation, COUNT(*) AS batches, CAST(SUM(record_count) AS BIGINT) AS records \
@@ -542,19 +529,7 @@ impl Storage {
             tx.rollback().await?;
             return Ok(purges);
         }
-        let changed = over_due(format!(
-            "SELECT DISTINCT person_id FROM records WHERE {in_due}"
-        ))
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(|row| row.try_get(0))
-        .collect::<Result<Vec<String>, _>>()?;
-        for table in ["events", "records"] {
-            over_due(format!("DELETE FROM {table} WHERE {in_due}"))
-                .execute(&mut *tx)
-                .await?;
-        }
+        let (changed, _) = delete_batches_data(&mut tx, &format!("WHERE {DUE}"), over_due).await?;
         for purge in &purges {
             append_audit_in(
                 &mut tx,
@@ -747,9 +722,6 @@ impl Storage {
         let mut changed: Vec<&str> = changed.iter().map(AsRef::as_ref).collect();
         changed.sort_unstable();
         changed.dedup();
-        if changed.is_empty() {
-            return Ok(());
-        }
         table_rows! {
             struct Changed<'a> in "population_changes" as POPULATION_CHANGES {
                 person_id: &'a str => Text,
@@ -764,11 +736,38 @@ impl Storage {
             })
             .collect();
         POPULATION_CHANGES
-            .insert(self.backend, "", &changed)?
-            .execute(&mut **tx)
-            .await?;
-        Ok(())
+            .write(tx, self.backend, "", &changed)
+            .await
     }
+}
+
+/// Deletes, inside `tx`, the records and events of the batches that
+/// `which` (a `WHERE` clause over `batches`) picks, its parameters bound by
+/// `bound` (which turns a statement into a query); returns the people they
+/// were about and how many records went. The batch rows stay.
+async fn delete_batches_data<'q>(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    which: &str,
+    bound: impl Fn(String) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+) -> Result<(Vec<String>, u64), sqlx::Error> {
+    let of_batches =
+        format!("(organisation, batch_id) IN (SELECT organisation, batch_id FROM batches {which})");
+    let people = bound(format!(
+        "SELECT DISTINCT person_id FROM records WHERE {of_batches}"
+    ))
+    .fetch_all(&mut **tx)
+    .await?
+    .iter()
+    .map(|row| row.try_get(0))
+    .collect::<Result<Vec<String>, _>>()?;
+    bound(format!("DELETE FROM events WHERE {of_batches}"))
+        .execute(&mut **tx)
+        .await?;
+    let records = bound(format!("DELETE FROM records WHERE {of_batches}"))
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+    Ok((people, records))
 }
 
 /// Numbers, chains and stores an audit entry inside `tx`. Locking the chain
@@ -989,11 +988,7 @@ mod tests {
     async fn upgrade_to_records_by_content(url: String) {
         let url = url.as_str();
         sqlx::any::install_default_drivers();
-        let backend = if url.starts_with("sqlite:") {
-            Backend::Sqlite
-        } else {
-            Backend::Postgres
-        };
+        let backend = Backend::of_url(url).unwrap();
         let old = AnyPool::connect(url).await.unwrap();
         migrations::through(backend, 14).run(&old).await.unwrap();
         sqlx::raw_sql(

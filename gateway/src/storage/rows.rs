@@ -12,6 +12,7 @@
 //! of columns. Bytes travel as hex.
 
 use serde::Serialize;
+use sqlx::AnyConnection;
 use sqlx::AssertSqlSafe;
 use sqlx::any::{Any, AnyArguments};
 use sqlx::query::Query;
@@ -184,6 +185,23 @@ impl Rows {
             self.select(backend)
         );
         self.bind(backend, sql, rows)
+    }
+
+    /// Writes `rows` with [`Rows::insert`] on `connection`; no rows, no
+    /// statement.
+    pub async fn write(
+        &self,
+        connection: &mut AnyConnection,
+        backend: Backend,
+        tail: &str,
+        rows: &[impl Row],
+    ) -> Result<(), sqlx::Error> {
+        if !rows.is_empty() {
+            self.insert(backend, tail, rows)?
+                .execute(connection)
+                .await?;
+        }
+        Ok(())
     }
 
     /// `sql`, which reads [`Rows::select`], with `rows` bound: an array
