@@ -110,11 +110,12 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Read, validate and pseudonymise every row on one core, without sending:
-/// [`PASSES`] passes over the extract (the first warms the page cache and the
-/// encoder's remembered tags, as a long run would), reporting the median.
+/// Passes over the extract [`pseudonymisation_rate`] makes: the first warms
+/// the page cache and the encoder's remembered tags, as a long run would.
 const PASSES: usize = 5;
 
+/// Read, validate and pseudonymise every row on one core, without sending,
+/// [`PASSES`] times, reporting the median rate.
 fn pseudonymisation_rate(
     extract: &Path,
     mapping: &Path,
