@@ -27,6 +27,10 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
             Matcher::Suffix("_latency_seconds".to_owned()),
             joinery_gateway::metrics::ACK_LATENCY_BUCKETS,
         )?
+        .set_buckets_for_metric(
+            Matcher::Full(joinery_gateway::metrics::LINKAGE_SECONDS.to_owned()),
+            joinery_gateway::metrics::LINKAGE_SECONDS_BUCKETS,
+        )?
         .install_recorder()?;
     joinery_gateway::metrics::describe();
     joinery_agent::metrics::describe();

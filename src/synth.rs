@@ -20,7 +20,13 @@
 //! The same records are also written in the national formats each agency
 //! would really send (`national`), under `national/<organisation>/`.
 //!
-//! NHS numbers are drawn from the 999 range, which the NHS never issues.
+//! NHS numbers are drawn from the 999 test range, which the NHS never
+//! issues and which holds about 909,000 valid numbers. A population larger
+//! than [`TEST_RANGE_CHILDREN`] (a region-scale benchmark) draws from the
+//! whole 9 range instead (900 000 0000 to 999 999 9999): no number there is
+//! issued to a patient (England issues 3, 4, 6 and 7; Scotland's CHI and
+//! Northern Ireland have their own ranges below 4) and NHS England's own
+//! test patients live there. No two children share a number either way.
 //!
 //! `opt-out.txt` is a National Data Opt-out list for the population (the
 //! agent's `national_data_opt_out`, which an agreement that applies the
@@ -78,7 +84,7 @@ enum Layout {
     AcuteAe,
 }
 
-pub const AGENCIES: &[SynthAgency] = &[
+const AGENCIES: &[SynthAgency] = &[
     SynthAgency {
         organisation: "E08000099",
         description: "council children's social care",
@@ -120,6 +126,14 @@ pub const AGENCIES: &[SynthAgency] = &[
         layout: Layout::AcuteAe,
     },
 ];
+
+/// The agencies a profile's population is known to, in the order their
+/// extracts are written.
+pub fn agencies(profile: Profile) -> impl Iterator<Item = &'static SynthAgency> {
+    AGENCIES
+        .iter()
+        .filter(move |a| a.tidy || profile == Profile::Messy)
+}
 
 /// The share of children on the synthetic opt-out list (about a twentieth
 /// of England's patients had opted out by 2024; fewer here, so most
@@ -165,17 +179,48 @@ struct Recorded {
     postcode: String,
 }
 
-/// Writes `children` children's records for every agency under `out`.
-/// `reach`, when given, replaces every agency's own share of the children
-/// it knows (a bench uses it for two large overlapping extracts).
-pub fn generate(
-    out: &Path,
-    children: usize,
-    seed: u64,
-    reference: Date,
-    reach: Option<f64>,
-    profile: Profile,
-) -> anyhow::Result<SynthOutput> {
+/// The population [`generate`] writes.
+#[derive(Debug, Clone)]
+pub struct Population {
+    pub children: usize,
+    /// The same seed gives the same files.
+    pub seed: u64,
+    /// The date the extracts are taken.
+    pub reference: Date,
+    /// When given, replaces every agency's own share of the children it
+    /// knows (a bench uses it for two large overlapping extracts).
+    pub reach: Option<f64>,
+    pub profile: Profile,
+    /// Also write the national formats (`national`); a region-scale
+    /// benchmark, whose agents read the CSV extracts, leaves them out.
+    pub national_formats: bool,
+}
+
+impl Population {
+    /// `children` children, tidy, every agency at its own reach, with the
+    /// national formats.
+    pub fn tidy(children: usize, seed: u64, reference: Date) -> Self {
+        Self {
+            children,
+            seed,
+            reference,
+            reach: None,
+            profile: Profile::Tidy,
+            national_formats: true,
+        }
+    }
+}
+
+/// Writes the population's records for every agency under `out`.
+pub fn generate(out: &Path, spec: &Population) -> anyhow::Result<SynthOutput> {
+    let Population {
+        children,
+        seed,
+        reference,
+        reach,
+        profile,
+        national_formats,
+    } = spec.clone();
     let extracts_dir = out.join("extracts");
     let mappings_dir = out.join("mappings");
     std::fs::create_dir_all(&extracts_dir)
@@ -184,17 +229,18 @@ pub fn generate(
         .with_context(|| format!("creating {}", mappings_dir.display()))?;
     if children > MAX_CHILDREN {
         anyhow::bail!(
-            "at most {MAX_CHILDREN} children: synthetic NHS numbers come from the 999 test range, \
-             which holds about 909,000 valid numbers, and no two children share one"
+            "at most {MAX_CHILDREN} children: synthetic NHS numbers come from the unissued 9 range, \
+             and no two children share one"
         );
     }
     if let Some(reach) = reach.filter(|r| !(0.0..=1.0).contains(r)) {
         anyhow::bail!("reach must be a share from 0 to 1, not {reach}");
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let numbers = NhsRange::for_children(children);
     let mut issued = std::collections::HashSet::with_capacity(children);
     let mut population: Vec<Child> = (0..children)
-        .map(|id| child(&mut rng, id, reference, &mut issued))
+        .map(|id| child(&mut rng, id, reference, numbers, &mut issued))
         .collect();
     into_households(&mut population, seed, reference);
     let rates = profile.rates();
@@ -218,10 +264,7 @@ pub fn generate(
     let mut extracts = Vec::new();
     let mut national = Vec::new();
     let mut rows = 0;
-    let agencies = AGENCIES
-        .iter()
-        .filter(|a| a.tidy || profile == Profile::Messy);
-    for (index, agency) in agencies.enumerate() {
+    for (index, agency) in agencies(profile).enumerate() {
         let extract = extracts_dir.join(format!("{}.csv", agency.dataset));
         let mapping = mappings_dir.join(format!("{}.yaml", agency.dataset));
         std::fs::write(&mapping, mapping_yaml(agency.layout))
@@ -251,23 +294,27 @@ pub fn generate(
                 dates.push(event);
                 rows += 1;
             }
-            records.push(national::AgencyRecord {
-                recorded,
-                male: c.male,
-                dates,
-            });
+            if national_formats {
+                records.push(national::AgencyRecord {
+                    recorded,
+                    male: c.male,
+                    dates,
+                });
+            }
         }
         writer.flush()?;
-        let national_dir = out.join("national").join(agency.organisation);
-        std::fs::create_dir_all(&national_dir)
-            .with_context(|| format!("creating {}", national_dir.display()))?;
-        national.extend(national::write(
-            &national_dir,
-            agency,
-            &records,
-            seed,
-            reference,
-        )?);
+        if national_formats {
+            let national_dir = out.join("national").join(agency.organisation);
+            std::fs::create_dir_all(&national_dir)
+                .with_context(|| format!("creating {}", national_dir.display()))?;
+            national.extend(national::write(
+                &national_dir,
+                agency,
+                &records,
+                seed,
+                reference,
+            )?);
+        }
         extracts.push((agency.clone(), extract, mapping));
     }
     truth.flush()?;
@@ -296,14 +343,45 @@ fn write_opt_out(path: &Path, population: &[Child], seed: u64) -> anyhow::Result
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
-/// The most children one population can have (see `nhs_number`).
-pub const MAX_CHILDREN: usize = 800_000;
+/// The most children whose NHS numbers come from the 999 test range: most
+/// of its valid numbers, so drawing one not yet issued stays quick.
+pub const TEST_RANGE_CHILDREN: usize = 800_000;
+
+/// The most children one population can have (see [`NhsRange`]): a fifth
+/// of the 9 range's valid numbers.
+pub const MAX_CHILDREN: usize = 20_000_000;
+
+/// Where a population's NHS numbers come from: the first nine digits (the
+/// tenth is the Modulus 11 check digit) are drawn from `first..last+1`.
+#[derive(Debug, Clone, Copy)]
+struct NhsRange {
+    first: u32,
+    count: u32,
+}
+
+impl NhsRange {
+    /// The 999 test range for populations it holds, else the 9 range.
+    fn for_children(children: usize) -> Self {
+        if children <= TEST_RANGE_CHILDREN {
+            Self {
+                first: 999_000_000,
+                count: 1_000_000,
+            }
+        } else {
+            Self {
+                first: 900_000_000,
+                count: 100_000_000,
+            }
+        }
+    }
+}
 
 fn child(
     rng: &mut ChaCha8Rng,
     id: usize,
     reference: Date,
-    issued: &mut std::collections::HashSet<String>,
+    numbers: NhsRange,
+    issued: &mut std::collections::HashSet<u32>,
 ) -> Child {
     let male = rng.random_bool(0.5);
     let given = NAMES.given(male).choose(rng).copied().unwrap_or("ALEX");
@@ -322,8 +400,8 @@ fn child(
         male,
         nhs: loop {
             // As in life, no two children share an NHS number.
-            let n = nhs_number(rng);
-            if issued.insert(n.clone()) {
+            let (first_nine, n) = nhs_number(rng, numbers);
+            if issued.insert(first_nine) {
                 break n;
             }
         },
@@ -758,11 +836,13 @@ fn random_date(rng: &mut ChaCha8Rng, after: Date, before: Date) -> Date {
 }
 
 /// A valid NHS number in the never-issued 999 range.
-fn nhs_number(rng: &mut ChaCha8Rng) -> String {
+/// A valid NHS number from `range`, with its first nine digits.
+fn nhs_number(rng: &mut ChaCha8Rng, range: NhsRange) -> (u32, String) {
     loop {
-        let nine = format!("999{:06}", rng.random_range(0..1_000_000));
+        let first_nine = range.first + rng.random_range(0..range.count);
+        let nine = first_nine.to_string();
         if let Some(check) = joinery_agent::validate::nhs_check_digit(nine.as_bytes()) {
-            return format!("{nine}{check}");
+            return (first_nine, format!("{nine}{check}"));
         }
     }
 }
@@ -867,11 +947,36 @@ mod tests {
     #[test]
     fn nhs_numbers_are_valid_and_in_the_test_range() {
         let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let test_range = NhsRange::for_children(TEST_RANGE_CHILDREN);
         for _ in 0..200 {
-            let n = nhs_number(&mut rng);
-            assert!(n.starts_with("999"));
+            let (first_nine, n) = nhs_number(&mut rng, test_range);
+            assert!(n.starts_with("999"), "{n}");
+            assert!(n.starts_with(&first_nine.to_string()));
             assert!(joinery_agent::validate::nhs_number(&n).is_ok());
         }
+    }
+
+    /// A population too large for the test range draws valid numbers from
+    /// the whole unissued 9 range, and never one twice.
+    #[test]
+    fn a_region_sized_population_draws_from_the_nine_range() {
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        let region = NhsRange::for_children(TEST_RANGE_CHILDREN + 1);
+        let mut outside_999 = 0;
+        for _ in 0..2000 {
+            let (_, n) = nhs_number(&mut rng, region);
+            assert!(n.starts_with('9') && n.len() == 10, "{n}");
+            assert!(joinery_agent::validate::nhs_number(&n).is_ok());
+            outside_999 += usize::from(!n.starts_with("999"));
+        }
+        assert!(outside_999 > 1900, "{outside_999} of 2000 outside 999");
+        let dir = tempfile::tempdir().unwrap();
+        let error = generate(
+            dir.path(),
+            &Population::tidy(MAX_CHILDREN + 1, 1, time::macros::date!(2026 - 01 - 01)),
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("at most"), "{error}");
     }
 
     /// The opt-out list is one the agent loads, of about [`OPTED_OUT`] of
@@ -880,7 +985,7 @@ mod tests {
     fn the_opt_out_list_loads_in_the_agent_and_names_a_share_of_the_children() {
         let reference = time::macros::date!(2026 - 01 - 01);
         let dir = tempfile::tempdir().unwrap();
-        let output = generate(dir.path(), 3000, 5, reference, None, Profile::Tidy).unwrap();
+        let output = generate(dir.path(), &Population::tidy(3000, 5, reference)).unwrap();
         let list = joinery_agent::opt_out::OptOutList::load(&output.opt_out).unwrap();
         assert!(
             (30..=90).contains(&list.len()),
@@ -900,13 +1005,27 @@ mod tests {
     fn reach_sets_every_agencys_share_of_the_children() {
         let reference = time::macros::date!(2026 - 01 - 01);
         let dir = tempfile::tempdir().unwrap();
-        generate(dir.path(), 60, 3, reference, Some(1.0), Profile::Tidy).unwrap();
+        generate(
+            dir.path(),
+            &Population {
+                reach: Some(1.0),
+                ..Population::tidy(60, 3, reference)
+            },
+        )
+        .unwrap();
         let truth = std::fs::read_to_string(dir.path().join("ground_truth.csv")).unwrap();
-        for agency in AGENCIES.iter().filter(|a| a.tidy) {
+        for agency in agencies(Profile::Tidy) {
             let known = truth.lines().filter(|l| l.contains(agency.dataset)).count();
             assert_eq!(known, 60, "{}", agency.dataset);
         }
-        let error = generate(dir.path(), 60, 3, reference, Some(1.5), Profile::Tidy).unwrap_err();
+        let error = generate(
+            dir.path(),
+            &Population {
+                reach: Some(1.5),
+                ..Population::tidy(60, 3, reference)
+            },
+        )
+        .unwrap_err();
         assert!(error.to_string().contains("not 1.5"), "{error}");
     }
 
@@ -916,7 +1035,10 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(5);
         let mut issued = std::collections::HashSet::new();
         let mut population: Vec<Child> = (0..20_000)
-            .map(|id| child(&mut rng, id, reference, &mut issued))
+            .map(|id| {
+                let numbers = NhsRange::for_children(20_000);
+                child(&mut rng, id, reference, numbers, &mut issued)
+            })
             .collect();
         into_households(&mut population, 5, reference);
         let (mut siblings, mut twins) = (0, 0);
@@ -945,7 +1067,14 @@ mod tests {
     fn the_messy_profile_makes_every_kind_of_error_and_adds_an_agency() {
         let reference = time::macros::date!(2026 - 01 - 01);
         let dir = tempfile::tempdir().unwrap();
-        let out = generate(dir.path(), 3_000, 11, reference, None, Profile::Messy).unwrap();
+        let out = generate(
+            dir.path(),
+            &Population {
+                profile: Profile::Messy,
+                ..Population::tidy(3_000, 11, reference)
+            },
+        )
+        .unwrap();
         assert_eq!(out.extracts.len(), 4);
         let extract =
             |name: &str| std::fs::read_to_string(dir.path().join("extracts").join(name)).unwrap();
@@ -978,7 +1107,7 @@ mod tests {
         assert!(with_nhs(&council, 5) < 0.5, "{}", with_nhs(&council, 5));
         // The tidy profile's files are untouched by the messy one's errors.
         let tidy = tempfile::tempdir().unwrap();
-        generate(tidy.path(), 3_000, 11, reference, None, Profile::Tidy).unwrap();
+        generate(tidy.path(), &Population::tidy(3_000, 11, reference)).unwrap();
         assert!(!tidy.path().join("extracts/ae_attendances.csv").exists());
         let tidy_council =
             std::fs::read_to_string(tidy.path().join("extracts/csc_referrals.csv")).unwrap();
@@ -990,8 +1119,8 @@ mod tests {
         let reference = time::macros::date!(2026 - 01 - 01);
         let a = tempfile::tempdir().unwrap();
         let b = tempfile::tempdir().unwrap();
-        generate(a.path(), 50, 9, reference, None, Profile::Tidy).unwrap();
-        generate(b.path(), 50, 9, reference, None, Profile::Tidy).unwrap();
+        generate(a.path(), &Population::tidy(50, 9, reference)).unwrap();
+        generate(b.path(), &Population::tidy(50, 9, reference)).unwrap();
         for file in [
             "ground_truth.csv",
             "extracts/csc_referrals.csv",

@@ -544,9 +544,10 @@ pub async fn every(
             }
         }
         for params in agreements.current().linkage_params() {
+            let started = std::time::Instant::now();
             match linker.run(&storage, &params, RunMode::Incremental).await {
                 Ok(report) if report.pending > 0 || report.full => {
-                    crate::metrics::linkage_run(report.full, report.moved);
+                    crate::metrics::linkage_run(report.full, report.moved, started.elapsed());
                     tracing::info!(
                         version = report.params_version,
                         full = report.full,

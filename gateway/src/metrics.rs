@@ -14,6 +14,7 @@ pub const RECORDS_LINKED: &str = "joinery_gateway_records_linked_total";
 pub const QUERIES: &str = "joinery_gateway_queries_total";
 pub const CELLS_SUPPRESSED: &str = "joinery_gateway_cells_suppressed_total";
 pub const LINKAGE_RUNS: &str = "joinery_gateway_linkage_runs_total";
+pub const LINKAGE_SECONDS: &str = "joinery_gateway_linkage_run_seconds";
 pub const LINKAGE_MOVED: &str = "joinery_gateway_linkage_person_ids_moved_total";
 pub const LINKAGE_FAILURES: &str = "joinery_gateway_linkage_failures_total";
 pub const TLS_EXPIRY: &str = "joinery_gateway_tls_expiry_timestamp_seconds";
@@ -23,6 +24,11 @@ pub const LINKAGE_EXPECTED_WRONG: &str = "joinery_gateway_linkage_expected_wrong
 pub const LINKAGE_EXPECTED_MISSED: &str = "joinery_gateway_linkage_expected_missed_links";
 pub const POPULATION_UPDATES: &str = "joinery_gateway_population_updates_total";
 pub const POPULATION_PEOPLE_READ: &str = "joinery_gateway_population_people_read_total";
+
+/// Histogram buckets for a linkage run's duration, in seconds.
+pub const LINKAGE_SECONDS_BUCKETS: &[f64] = &[
+    0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+];
 
 /// Histogram buckets for the ack latency, in seconds.
 pub const ACK_LATENCY_BUCKETS: &[f64] = &[
@@ -91,6 +97,11 @@ pub fn describe() {
     metrics::describe_counter!(
         LINKAGE_RUNS,
         "Fuzzy linkage runs, by kind (incremental, full)"
+    );
+    metrics::describe_histogram!(
+        LINKAGE_SECONDS,
+        metrics::Unit::Seconds,
+        "How long a fuzzy linkage run took, by kind (incremental, full): reading, comparing and saving"
     );
     metrics::describe_counter!(
         LINKAGE_MOVED,
@@ -179,10 +190,12 @@ pub fn retention_deleted(organisation: &str, dataset: &str, records: u64) {
     metrics::counter!(RETENTION_DELETED, "organisation" => organisation.to_owned(), "dataset" => dataset.to_owned()).increment(records);
 }
 
-/// A linkage run: full or incremental, and how many person ids it moved.
-pub fn linkage_run(full: bool, moved: usize) {
+/// A linkage run: full or incremental, how many person ids it moved and
+/// how long it took.
+pub fn linkage_run(full: bool, moved: usize, took: Duration) {
     let kind = if full { "full" } else { "incremental" };
     metrics::counter!(LINKAGE_RUNS, "kind" => kind).increment(1);
+    metrics::histogram!(LINKAGE_SECONDS, "kind" => kind).record(took.as_secs_f64());
     metrics::counter!(LINKAGE_MOVED).increment(moved as u64);
 }
 

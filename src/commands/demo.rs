@@ -133,11 +133,7 @@ impl DemoArgs {
         let reference = time::OffsetDateTime::now_utc().date();
         let synth = crate::synth::generate(
             &dir.join("synth"),
-            self.children,
-            self.seed,
-            reference,
-            None,
-            crate::synth::Profile::Tidy,
+            &crate::synth::Population::tidy(self.children, self.seed, reference),
         )?;
         println!(
             "2. Generated {} children's records for {} agencies: {} rows ({})",

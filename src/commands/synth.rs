@@ -29,6 +29,10 @@ pub struct SynthArgs {
     /// the rates are in `src/synth/profile.rs`).
     #[arg(long, value_enum, default_value_t)]
     profile: crate::synth::Profile,
+    /// Write only the CSV extracts, mappings, ground truth and opt-out list,
+    /// not the national formats (quicker, for very large populations).
+    #[arg(long)]
+    csv_only: bool,
 }
 
 pub fn parse_date(text: &str) -> Result<time::Date, String> {
@@ -43,11 +47,12 @@ impl SynthArgs {
             .unwrap_or_else(|| time::OffsetDateTime::now_utc().date());
         let output = crate::synth::generate(
             &self.out,
-            self.children,
-            self.seed,
-            reference,
-            self.reach,
-            self.profile,
+            &crate::synth::Population {
+                reach: self.reach,
+                profile: self.profile,
+                national_formats: !self.csv_only,
+                ..crate::synth::Population::tidy(self.children, self.seed, reference)
+            },
         )?;
         println!(
             "{} children, {} rows across {} agencies in {}",
@@ -65,7 +70,9 @@ impl SynthArgs {
                 mapping.display()
             );
         }
-        println!("  the same records in national formats and a database (agent source kinds):");
+        if !output.national.is_empty() {
+            println!("  the same records in national formats and a database (agent source kinds):");
+        }
         for source in &output.national {
             let year = match &source.config {
                 SourceConfig::National(n) => n.year.map(|y| format!(", year {y}")),

@@ -1028,11 +1028,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let output = super::super::generate(
             dir.path(),
-            400,
-            5,
-            reference,
-            None,
-            crate::synth::Profile::Tidy,
+            &crate::synth::Population::tidy(400, 5, reference),
         )
         .unwrap();
         let kinds: BTreeSet<&str> = output.national.iter().map(|s| s.config.kind()).collect();

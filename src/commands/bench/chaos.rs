@@ -20,7 +20,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::{GatewayProcess, append, create_sandbox, csv_agent, signal_process};
+use super::{GatewayProcess, append, create_sandbox, csv_agent, free_port, signal_process};
 use crate::sandbox::write_agent_config;
 
 #[derive(Debug, clap::Args)]
@@ -87,11 +87,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<ExitCode> {
     let children = (args.records * 10 / 22).max(1);
     let synth = crate::synth::generate(
         &root.join("synth"),
-        children,
-        args.seed,
-        reference,
-        None,
-        crate::synth::Profile::Tidy,
+        &crate::synth::Population::tidy(children, args.seed, reference),
     )?;
     let organisations: Vec<&str> = synth
         .extracts
@@ -112,6 +108,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<ExitCode> {
             &data_dir,
             database_url.as_deref(),
             Some(&gateway_log),
+            &[],
         )
     };
     let mut gateway = start_gateway()?;
@@ -382,11 +379,6 @@ async fn restart(
             Err(e) => return Err(e),
         }
     }
-}
-
-fn free_port() -> anyhow::Result<String> {
-    let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(probe.local_addr()?.to_string())
 }
 
 fn restart_postgres() -> anyhow::Result<()> {

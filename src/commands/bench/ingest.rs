@@ -55,11 +55,10 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<ExitCode> {
     let children = (records * 10 / 11).max(1);
     let synth = crate::synth::generate(
         &root.join("synth"),
-        children,
-        1,
-        reference,
-        None,
-        crate::synth::Profile::Tidy,
+        &crate::synth::Population {
+            national_formats: false,
+            ..crate::synth::Population::tidy(children, 1, reference)
+        },
     )?;
     let (_, extract, mapping) = synth.extracts.first().context("synth wrote no extract")?;
     println!(
@@ -78,8 +77,14 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<ExitCode> {
     }
     for (name, url) in targets {
         let data_dir = root.join(format!("gateway-{}", name.to_lowercase()));
-        let mut gateway =
-            GatewayProcess::start(&deployment, "127.0.0.1:0", &data_dir, url.as_deref(), None)?;
+        let mut gateway = GatewayProcess::start(
+            &deployment,
+            "127.0.0.1:0",
+            &data_dir,
+            url.as_deref(),
+            None,
+            &[],
+        )?;
         let mut config = csv_agent(&deployment, ORG, &gateway.address, extract, mapping)?;
         config.batch_size = batch_size;
         // Each target is delivered from scratch: its own spool.

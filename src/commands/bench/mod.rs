@@ -13,6 +13,9 @@
 //!   of a process reading each, at two input sizes ten times apart.
 //! - `bench query`: the latency of a stratified indicator table over a large
 //!   linked population, on SQLite or PostgreSQL.
+//! - `bench region`: the whole system at a region's scale (ten million
+//!   children), resumable step by step: ingest, full link, the incremental
+//!   link of a delivery, answers, and each process's peak memory.
 //! - `bench attack`: what the gateway's operator, holding the stored
 //!   encodings and a plaintext register, could re-identify (frequency,
 //!   date-part and graph matching attacks), at several overlaps.
@@ -27,6 +30,7 @@ mod ingest;
 mod linkage;
 mod query;
 mod readers;
+mod region;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -56,6 +60,9 @@ pub enum BenchCommand {
     Query(query::QueryArgs),
     /// Attacks by the gateway's operator on the stored encodings: records re-identified.
     Attack(attack::AttackArgs),
+    /// A region's scale, step by step and resumable: ingest, full link,
+    /// incremental link of a delivery, answers, each process's memory.
+    Region(region::RegionArgs),
 }
 
 impl BenchCommand {
@@ -68,6 +75,7 @@ impl BenchCommand {
             Self::Readers(args) => readers::run(args),
             Self::Query(args) => query::run(args).await,
             Self::Attack(args) => attack::run(args),
+            Self::Region(args) => region::run(args).await,
         }
     }
 }
@@ -131,13 +139,14 @@ struct GatewayProcess {
 
 impl GatewayProcess {
     /// Starts `joinery gateway serve` on `listen` (port 0: any free port),
-    /// logging warnings to `log` (or the terminal).
+    /// with `extra` arguments, logging warnings to `log` (or the terminal).
     fn start(
         sandbox: &Sandbox,
         listen: &str,
         data_dir: &Path,
         database_url: Option<&str>,
         log: Option<&Path>,
+        extra: &[String],
     ) -> anyhow::Result<Self> {
         let (cert, key) = sandbox.gateway_cert();
         let mut command = Command::new(joinery_binary()?);
@@ -152,6 +161,7 @@ impl GatewayProcess {
             .arg(cert)
             .arg("--tls-key")
             .arg(key)
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped());
         if let Some(url) = database_url {
@@ -181,6 +191,12 @@ impl GatewayProcess {
         signal_process(self.child.id(), signal);
         let _ = self.child.wait();
     }
+}
+
+/// A loopback address (`127.0.0.1:PORT`) no one listens on now.
+fn free_port() -> anyhow::Result<String> {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(probe.local_addr()?.to_string())
 }
 
 /// Opens `path` for appending a process's output.

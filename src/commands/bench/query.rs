@@ -52,7 +52,7 @@ pub struct QueryArgs {
     postgres_url: Option<String>,
 }
 
-const QUERY: &str = include_str!("../../../docs/queries/risk-tiers-by-segment.yaml");
+pub(super) const QUERY: &str = include_str!("../../../docs/queries/risk-tiers-by-segment.yaml");
 const RECORDS_PER_BATCH: usize = 5000;
 /// Records per batch of the delivery, as agents send them.
 const DELIVERY_BATCH: usize = 1000;

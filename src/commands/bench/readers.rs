@@ -55,11 +55,7 @@ pub fn run(args: ReadersArgs) -> anyhow::Result<ExitCode> {
         let started = Instant::now();
         let synth = crate::synth::generate(
             &out,
-            children,
-            7,
-            reference,
-            None,
-            crate::synth::Profile::Tidy,
+            &crate::synth::Population::tidy(children, 7, reference),
         )?;
         println!(
             "synth: {children} children in {:.1} s ({})",

@@ -489,11 +489,11 @@ pub fn synthetic_people(
     let today = time::OffsetDateTime::now_utc().date();
     let output = crate::synth::generate(
         dir.path(),
-        children,
-        seed,
-        today,
-        Some(1.0),
-        crate::synth::Profile::Tidy,
+        &crate::synth::Population {
+            reach: Some(1.0),
+            national_formats: false,
+            ..crate::synth::Population::tidy(children, seed, today)
+        },
     )?;
     let (_, extract, mapping_path) = output.extracts.first().context("synth wrote no extract")?;
     let mut child_of: HashMap<String, u32> = HashMap::new();
