@@ -478,3 +478,106 @@ fn policy_check_reports_file_line_and_column() {
             .contains("WIDENS datasets.referrals.retention_days: 365 -> 730 days")
     );
 }
+
+/// An agreement that coarsens the date of birth to its quarter and the
+/// postcode to its area: the agents send only those, the gateway accepts
+/// and stores nothing finer, analysts still get ages (counted from the
+/// quarter's first day), and identifiability reads the coarsened values.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agreement_coarsened_to_birth_quarter_and_postcode_area_is_sent_and_answered() {
+    let d = Deployment::new();
+    write_signed_agreement(&d.agreements_dir(), |t| {
+        t.replace("date_of_birth: month", "date_of_birth: quarter")
+            .replace("postcode: district", "postcode: area")
+    });
+    let gateway = d.start_gateway(None, &[]);
+    let synth = d.synth(400, 3);
+    d.deliver(
+        &gateway.address,
+        &synth,
+        &[
+            (COUNCIL, "csc_referrals"),
+            (CAMHS, "camhs_referrals"),
+            (SALT, "salt_contacts"),
+        ],
+    );
+    let db = open_database(&d.sqlite_url()).await;
+    let finer: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM records WHERE birth_month IS NOT NULL OR postcode_district IS NOT NULL",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(
+        finer, 0,
+        "nothing finer than the agreement allows is stored"
+    );
+    let attributes: Vec<String> = sqlx::query_scalar("SELECT attributes FROM records")
+        .fetch_all(&db)
+        .await
+        .unwrap();
+    assert!(attributes.len() > 400, "{} records", attributes.len());
+    let (mut quarters, mut areas) = (0, 0);
+    for text in &attributes {
+        let a: std::collections::BTreeMap<String, String> = serde_json::from_str(text).unwrap();
+        if let Some(q) = a.get("birth_quarter") {
+            let (year, quarter) = q.split_once("-Q").unwrap();
+            assert!(
+                year.len() == 4 && ["1", "2", "3", "4"].contains(&quarter),
+                "{q}"
+            );
+            quarters += 1;
+        }
+        if let Some(area) = a.get("postcode_area") {
+            assert!(
+                (1..=2).contains(&area.len()) && area.bytes().all(|b| b.is_ascii_uppercase()),
+                "{area}"
+            );
+            areas += 1;
+        }
+    }
+    assert!(quarters * 10 > attributes.len() * 9, "{quarters} quarters");
+    assert!(areas * 10 > attributes.len() * 8, "{areas} areas");
+
+    // Ages by band, as an analyst: most children have one.
+    let question = d.path("ages.yaml");
+    std::fs::write(&question, "rows: { age_bands: [0, 5, 11, 16] }\n").unwrap();
+    let out = d.client(
+        &[
+            "query",
+            "run",
+            question.to_str().unwrap(),
+            "--format",
+            "csv",
+        ],
+        &gateway.address,
+        d.analyst_cert(),
+        &[],
+    );
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    let count = |label: &str| -> f64 {
+        table
+            .lines()
+            .find(|l| l.starts_with(&format!("{label},")))
+            .and_then(|l| l.split(',').nth(1)?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let aged: f64 = ["0-4", "5-10", "11-15", "16+"]
+        .iter()
+        .map(|l| count(l))
+        .sum();
+    assert!(aged > 300.0 && aged > 5.0 * count("unknown"), "{table}");
+
+    // Identifiability counts the children by what is stored: the quarter
+    // and the area.
+    let report = d.on_store(&["gateway", "identifiability"], None);
+    let stored = report
+        .lines()
+        .find(|l| l.starts_with("  as stored"))
+        .unwrap_or_else(|| panic!("{report}"));
+    let children: u32 = stored
+        .split_once("): ")
+        .and_then(|(_, rest)| rest.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{stored}"));
+    assert!(children > 300, "{report}");
+}

@@ -82,6 +82,7 @@ impl Releaser {
                 .and_then(|(p, t)| match t {
                     Transform::District => Some(p.district().to_owned()),
                     Transform::Sector => Some(p.sector()),
+                    Transform::Area => Some(p.area().to_owned()),
                     Transform::Keep => Some(p.normalised()),
                     _ => None,
                 }),
@@ -328,6 +329,18 @@ mod tests {
         assert_eq!(record.attributes["postcode_sector"], "LS6 2");
         assert_eq!(record.attributes.len(), 2);
         assert_eq!(age_on(date!(2015 - 04 - 03), date!(2026 - 04 - 03)), 11);
+        // The coarsest an agreement may ask: birth quarter, postcode area.
+        let d = dataset(&[
+            ("local_id", Transform::Pseudonymise),
+            ("date_of_birth", Transform::Quarter),
+            ("postcode", Transform::Area),
+        ]);
+        let record = releaser.release(&row(), 7, &d, date!(2026 - 04 - 02));
+        assert_eq!(record.attributes["birth_quarter"], "2015-Q2");
+        assert_eq!(record.attributes["postcode_area"], "LS");
+        assert_eq!(record.attributes.len(), 2);
+        let rules = joinery_policies::enforce::DatasetRules::new(&d);
+        assert_eq!(rules.check(&record.attributes, false, []), Ok(()));
     }
 
     #[test]

@@ -123,6 +123,11 @@ impl Postcode {
     pub fn sector(&self) -> String {
         format!("{} {}", self.outward, &self.inward[..1])
     }
+
+    /// The postcode area, the letters the district starts with, e.g. `LS`.
+    pub fn area(&self) -> &str {
+        joinery_policies::transform::area_of(&self.outward)
+    }
 }
 
 /// The NHS pseudo-postcodes' district: `ZZ99 3VZ` (no fixed abode),
@@ -381,6 +386,9 @@ mod tests {
         assert_eq!(p.sector(), "LS6 2");
         assert_eq!(postcode("SW1A1AA").unwrap().district(), "SW1A");
         assert_eq!(postcode("M1 1AE").unwrap().district(), "M1");
+        assert_eq!(postcode("SW1A1AA").unwrap().area(), "SW");
+        assert_eq!(postcode("M1 1AE").unwrap().area(), "M");
+        assert_eq!(postcode("ls6 2ab").unwrap().area(), "LS");
         assert_eq!(postcode("LS6"), Err(Invalid::Postcode));
         assert_eq!(postcode("12345"), Err(Invalid::Postcode));
         assert_eq!(postcode("LS6 2A1"), Err(Invalid::Postcode));

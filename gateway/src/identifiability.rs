@@ -21,10 +21,12 @@ pub struct Sighting {
     /// The child (their person on the spine), numbered by the reader.
     pub child: u32,
     pub sex: Option<String>,
-    /// `YYYY-MM`.
-    pub birth_month: Option<String>,
-    /// Outward code, `LS6`.
-    pub postcode_district: Option<String>,
+    /// The birth period as stored: `YYYY-MM`, or where an agreement
+    /// coarsens it, `YYYY-Qn` or `YYYY`.
+    pub birth: Option<String>,
+    /// The outward code (`LS6`), or where an agreement coarsens it, the
+    /// postcode area (`LS`).
+    pub place: Option<String>,
 }
 
 /// How the stored values are coarsened before grouping.
@@ -80,7 +82,9 @@ impl Coarsening {
 
     pub fn describe(self) -> &'static str {
         match self {
-            Self::AsStored => "sex, birth month, postcode district (as stored)",
+            Self::AsStored => {
+                "as stored: sex, birth month (or the quarter or year an agreement sends), postcode district (or area)"
+            }
             Self::BirthQuarter => "sex, birth quarter, postcode district",
             Self::BirthYear => "sex, birth year, postcode district",
             Self::PostcodeArea => "sex, birth month, postcode area",
@@ -91,13 +95,15 @@ impl Coarsening {
     /// The birth month (`YYYY-MM`) and district as this coarsening sees
     /// them (empty where missing).
     pub fn apply(self, month: Option<&str>, district: Option<&str>) -> (String, String) {
+        use joinery_policies::transform::{area_of, quarter_of};
         let year = |m: &str| m.get(..4).unwrap_or(m).to_owned();
-        let quarter = |m: &str| match m.get(5..7).and_then(|m| m.parse::<u8>().ok()) {
-            Some(month @ 1..=12) => format!("{}-Q{}", year(m), month.div_ceil(3)),
-            _ => m.to_owned(),
+        let quarter = |m: &str| {
+            let year = m.get(..4).and_then(|y| y.parse::<i32>().ok());
+            match (year, m.get(5..7).and_then(|m| m.parse::<u8>().ok())) {
+                (Some(year), Some(month @ 1..=12)) => quarter_of(year, month),
+                _ => m.to_owned(),
+            }
         };
-        // The area: the district's leading letters (`LS6` -> `LS`).
-        let area = |d: &str| d.chars().take_while(char::is_ascii_alphabetic).collect();
         let month = month.map(|m| match self {
             _ if self.keeps_month() => m.to_owned(),
             Self::BirthQuarter => quarter(m),
@@ -107,7 +113,7 @@ impl Coarsening {
             if self.keeps_district() {
                 d.to_owned()
             } else {
-                area(d)
+                area_of(d).to_owned()
             }
         });
         (month.unwrap_or_default(), district.unwrap_or_default())
@@ -138,8 +144,7 @@ pub fn measure(sightings: &[Sighting], coarsening: Coarsening) -> Identifiabilit
     let mut seen: Vec<(Values, u32)> = sightings
         .iter()
         .map(|s| {
-            let (month, district) =
-                coarsening.apply(s.birth_month.as_deref(), s.postcode_district.as_deref());
+            let (month, district) = coarsening.apply(s.birth.as_deref(), s.place.as_deref());
             ((s.sex.as_deref(), month, district), s.child)
         })
         .collect();
@@ -178,8 +183,8 @@ mod tests {
         Sighting {
             child,
             sex: some(sex),
-            birth_month: some(month),
-            postcode_district: some(district),
+            birth: some(month),
+            place: some(district),
         }
     }
 

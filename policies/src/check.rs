@@ -655,10 +655,13 @@ fn field_rule(field: &str, transform: &Transform) -> Option<&'static str> {
         "local_id" => matches!(transform, Pseudonymise),
         "nhs_number" => matches!(transform, Pseudonymise | Drop),
         "given_name" | "family_name" => matches!(transform, Drop),
-        "date_of_birth" => matches!(transform, Keep | Drop | Month | Year | AgeBand(_)),
-        "postcode" => matches!(transform, Keep | Drop | District | Sector),
+        "date_of_birth" => matches!(transform, Keep | Drop | Month | Quarter | Year | AgeBand(_)),
+        "postcode" => matches!(transform, Keep | Drop | District | Sector | Area),
         "sex" => matches!(transform, Keep | Drop | CodeMap(_)),
-        _ => !matches!(transform, Pseudonymise | District | Sector | AgeBand(_)),
+        _ => !matches!(
+            transform,
+            Pseudonymise | District | Sector | Area | AgeBand(_)
+        ),
     };
     (!ok).then_some("this transform is not allowed for this field")
 }

@@ -29,9 +29,10 @@ fn disclosure(t: &Transform) -> u8 {
     match t {
         Transform::Drop => 0,
         Transform::Pseudonymise => 1,
-        Transform::AgeBand(_) | Transform::Year | Transform::District => 2,
-        Transform::CodeMap(_) | Transform::TopCode(_) | Transform::Month | Transform::Sector => 3,
-        Transform::Keep => 4,
+        Transform::AgeBand(_) | Transform::Year | Transform::Area => 2,
+        Transform::Quarter | Transform::District => 3,
+        Transform::CodeMap(_) | Transform::TopCode(_) | Transform::Month | Transform::Sector => 4,
+        Transform::Keep => 5,
     }
 }
 

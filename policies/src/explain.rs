@@ -37,8 +37,47 @@ fn period(days: u32) -> String {
     }
 }
 
-/// How a transform protects a field, in plain English.
+/// How a transform protects a field, in plain English, with what analysis
+/// loses by it where that is more than the field's detail.
 pub fn describe(field: &str, transform: &Transform) -> String {
+    let protection = protection(field, transform);
+    match analytic_cost(field, transform) {
+        Some(cost) => format!("{protection}; {cost}"),
+        None => protection,
+    }
+}
+
+/// What analysis loses when `field` is sent so.
+fn analytic_cost(field: &str, transform: &Transform) -> Option<String> {
+    match (field, transform) {
+        ("date_of_birth", Transform::Month | Transform::Quarter | Transform::Year) => {
+            let period = match transform {
+                Transform::Month => "month",
+                Transform::Quarter => "quarter",
+                _ => "year",
+            };
+            let share = crate::transform::age_overstated(transform)? * 100.0;
+            Some(format!(
+                "ages are counted from the first day of the birth {period}, so on any day about {share:.0}% of children are counted a year older than they are"
+            ))
+        }
+        ("date_of_birth", Transform::AgeBand(_)) => Some(
+            "ages are known only as these bands on the day of extraction, not on any other reference date".to_owned(),
+        ),
+        ("date_of_birth", Transform::Drop) => {
+            Some("no ages: analyses by age leave these children out".to_owned())
+        }
+        ("postcode", Transform::Area) => Some(
+            "places are known only to the area, a city and its surroundings: nothing by district or finer".to_owned(),
+        ),
+        ("postcode", Transform::Drop) => {
+            Some("no places: analyses by place leave these children out".to_owned())
+        }
+        _ => None,
+    }
+}
+
+fn protection(field: &str, transform: &Transform) -> String {
     match transform {
         Transform::Keep => "sent as recorded".to_owned(),
         Transform::Drop => "never sent".to_owned(),
@@ -49,6 +88,10 @@ pub fn describe(field: &str, transform: &Transform) -> String {
             "reduced to month and year of birth".to_owned()
         }
         Transform::Month => "reduced to month and year".to_owned(),
+        Transform::Quarter if field == "date_of_birth" => {
+            "reduced to quarter and year of birth (e.g. 2015-Q2)".to_owned()
+        }
+        Transform::Quarter => "reduced to quarter and year".to_owned(),
         Transform::Year => "reduced to the year".to_owned(),
         Transform::AgeBand(bands) => format!(
             "replaced by an age band ({})",
@@ -60,6 +103,7 @@ pub fn describe(field: &str, transform: &Transform) -> String {
         ),
         Transform::District => "reduced to the postcode district (e.g. LS6)".to_owned(),
         Transform::Sector => "reduced to the postcode sector (e.g. LS6 2)".to_owned(),
+        Transform::Area => "reduced to the postcode area (e.g. LS)".to_owned(),
         Transform::CodeMap(map) => format!(
             "recoded to {} permitted values; any other value is not sent",
             map.len()

@@ -179,6 +179,8 @@ pub enum Transform {
     Pseudonymise,
     /// A date reduced to its month (`YYYY-MM`).
     Month,
+    /// A date reduced to its quarter (`YYYY-Qn`, Q1 January to March).
+    Quarter,
     /// A date reduced to its year (`YYYY`).
     Year,
     /// A date of birth reduced to an age band at the date of extraction; the list gives each band's lowest age.
@@ -187,6 +189,9 @@ pub enum Transform {
     District,
     /// A postcode reduced to its sector (e.g. `LS6 2`).
     Sector,
+    /// A postcode reduced to its area, the letters its district starts
+    /// with (e.g. `LS`: a city and its surroundings).
+    Area,
     /// Values recoded through this map; values not in it are not sent.
     CodeMap(BTreeMap<String, String>),
     /// A number capped at this value (larger values are sent as the cap).

@@ -325,6 +325,59 @@ fn diff_flags_what_widens_access() {
     );
 }
 
+/// An agreement may send the date of birth as a quarter and the postcode
+/// as an area; explain says what analysis loses by each precision, and the
+/// diff calls coarsening a narrowing and the way back a widening.
+#[test]
+fn birth_quarter_and_postcode_area_are_allowed_and_their_cost_is_explained() {
+    let text = example("children-at-risk-stratification.yaml");
+    let coarse = text
+        .replace("date_of_birth: month", "date_of_birth: quarter")
+        .replace("postcode: district", "postcode: area");
+    assert_ne!(coarse, text);
+    let checked = check(&coarse, TODAY);
+    let errors: Vec<String> = checked.errors().map(ToString::to_string).collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    let new = checked.agreement.unwrap();
+    let dataset = &new.datasets["csc_referrals"];
+    assert_eq!(dataset.fields["date_of_birth"], Transform::Quarter);
+    assert_eq!(dataset.fields["postcode"], Transform::Area);
+
+    let explained = explain(&new, Format::Text);
+    for said in [
+        "reduced to quarter and year of birth (e.g. 2015-Q2); ages are counted from the first day of the birth quarter, so on any day about 12% of children are counted a year older than they are",
+        "reduced to the postcode area (e.g. LS); places are known only to the area",
+    ] {
+        assert!(explained.contains(said), "{said:?} in:\n{explained}");
+    }
+    let old: Agreement = serde_saphyr::from_str(&text).unwrap();
+    assert!(
+        explain(&old, Format::Text).contains("birth month, so on any day about 4% of children"),
+        "a month costs less"
+    );
+    let change = |from: &Agreement, to: &Agreement| {
+        diff(from, to)
+            .into_iter()
+            .find(|c| c.path == "datasets.csc_referrals.fields.date_of_birth")
+            .unwrap()
+    };
+    assert!(!change(&old, &new).widens);
+    assert!(change(&new, &old).widens);
+    let postcode = diff(&new, &old)
+        .into_iter()
+        .find(|c| c.path == "datasets.csc_referrals.fields.postcode")
+        .unwrap();
+    assert!(postcode.widens, "area back to district widens");
+
+    // Not for other fields.
+    let wrong = text.replace("ethnicity: keep", "ethnicity: area");
+    let checked = check(&wrong, TODAY);
+    assert!(
+        checked.errors().next().is_some(),
+        "area is only for postcodes"
+    );
+}
+
 #[test]
 fn explain_in_every_format() {
     let agreement: Agreement =

@@ -392,7 +392,7 @@ async fn identifiability(store: StoreArgs) -> anyhow::Result<ExitCode> {
         );
     }
     println!(
-        "An agreement coarsens what agencies send (`date_of_birth: year` rather than `month`); `joinery policy explain` shows what each field is sent as."
+        "An agreement coarsens what agencies send (`date_of_birth: quarter` or `year` rather than `month`, `postcode: area` rather than `district`); `joinery policy explain` shows what each field is sent as and what analysis loses by it."
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-use time::{Date, Month};
+use time::Date;
 
 use super::symbol::Symbol;
 
@@ -310,15 +310,13 @@ impl Person {
         }
     }
 
-    /// Whole years at `on`, counting the birthday as the first of the month.
+    /// Whole years at `on`, counted from the first day of the most precise
+    /// birth period the records give: the birth month, else the quarter,
+    /// else the year (as an agreement coarsens the date of birth). What
+    /// that costs is what `policy explain` states
+    /// ([`joinery_policies::transform::age_overstated`]).
     pub fn age_on(&self, on: Date) -> Option<u32> {
-        let (year, month) = self.birth_month.as_deref()?.split_once('-')?;
-        let born = Date::from_calendar_date(
-            year.parse().ok()?,
-            Month::try_from(month.parse::<u8>().ok()?).ok()?,
-            1,
-        )
-        .ok()?;
+        let born = self.birth_period_start()?;
         if born > on {
             return None;
         }
@@ -328,11 +326,85 @@ impl Person {
         }
         u32::try_from(age).ok()
     }
+
+    fn birth_period_start(&self) -> Option<Date> {
+        use joinery_policies::model::Transform;
+        use joinery_policies::transform::{birth_period_start, wire_name};
+        if let Some(month) = self.birth_month {
+            return birth_period_start(&Transform::Month, month.as_str());
+        }
+        // Coarser periods travel as free attributes.
+        [Transform::Quarter, Transform::Year]
+            .into_iter()
+            .find_map(|transform| {
+                let value = self
+                    .attributes
+                    .get(wire_name("date_of_birth", &transform)?)?;
+                birth_period_start(&transform, value)
+            })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use joinery_policies::model::Transform;
+    use joinery_policies::transform::{age_overstated, apply, wire_name};
+
+    /// Ages counted from a birth quarter or year read a year high for the
+    /// share of children `policy explain` states; a birth month, where
+    /// some record gives one, wins over a coarser period.
+    #[test]
+    fn ages_from_a_coarser_birth_period_are_as_wrong_as_explain_says() {
+        let true_age = |born: Date, on: Date| {
+            let had_birthday = (on.month() as u8, on.day()) >= (born.month() as u8, born.day());
+            (on.year() - born.year() - i32::from(!had_birthday)) as u32
+        };
+        for transform in [Transform::Month, Transform::Quarter, Transform::Year] {
+            let (mut asked, mut high) = (0u32, 0u32);
+            let mut born = time::macros::date!(2012 - 01 - 01);
+            while born < time::macros::date!(2016 - 01 - 01) {
+                let mut p = Person::default();
+                let value = apply(&transform, &born.to_string()).unwrap();
+                if transform == Transform::Month {
+                    p.add_record("LA".into(), "cin".into(), None, Some(value.as_str().into()));
+                } else {
+                    let name = wire_name("date_of_birth", &transform).unwrap();
+                    p.attributes = Arc::new([(name.into(), value.as_str().into())].into());
+                }
+                // Asked on every day of 2020.
+                let mut on = time::macros::date!(2020 - 01 - 01);
+                while on.year() == 2020 {
+                    let age = p.age_on(on).unwrap();
+                    let truth = true_age(born, on);
+                    assert!(age == truth || age == truth + 1, "{born} on {on}: {age}");
+                    high += u32::from(age > truth);
+                    asked += 1;
+                    on += time::Duration::days(1);
+                }
+                born = born.next_day().unwrap();
+            }
+            let measured = f64::from(high) / f64::from(asked);
+            let stated = age_overstated(&transform).unwrap();
+            assert!(
+                (measured - stated).abs() < 0.005,
+                "{transform:?}: {measured} measured, {stated} stated"
+            );
+        }
+        let mut p = Person {
+            attributes: Arc::new([("birth_year".into(), "2015".into())].into()),
+            ..Person::default()
+        };
+        assert_eq!(p.age_on(time::macros::date!(2020 - 02 - 01)), Some(5));
+        p.add_record("LA".into(), "cin".into(), None, Some("2015-06".into()));
+        assert_eq!(p.age_on(time::macros::date!(2020 - 02 - 01)), Some(4));
+        // A value of the wrong shape gives no age rather than a wrong one.
+        let q = Person {
+            attributes: Arc::new([("birth_quarter".into(), "2015-Q9".into())].into()),
+            ..Person::default()
+        };
+        assert_eq!(q.age_on(time::macros::date!(2020 - 02 - 01)), None);
+    }
 
     #[test]
     fn what_disagreeing_records_say_does_not_depend_on_their_order() {

@@ -1188,6 +1188,60 @@ mod tests {
         assert_eq!(event, attributes);
     }
 
+    /// The quasi-identifiers read for identifiability include a birth
+    /// quarter or year and a postcode area where an agreement coarsened
+    /// them (they travel as free attributes), the month and district where
+    /// not; a record with none is left out.
+    #[tokio::test]
+    async fn coarsened_quasi_identifiers_are_read_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(&Storage::sqlite_url(dir.path()))
+            .await
+            .unwrap();
+        let records = vec![
+            NewRecord {
+                sex: Some("female".to_owned()),
+                birth_month: Some("2015-04".to_owned()),
+                postcode_district: Some("LS6".to_owned()),
+                ..bare_record("p1", "k1", "l1")
+            },
+            NewRecord {
+                attributes: r#"{"birth_quarter":"2016-Q3","postcode_area":"LS","ethnicity":"A"}"#
+                    .to_owned(),
+                ..bare_record("p2", "k2", "l2")
+            },
+            NewRecord {
+                attributes: r#"{"birth_year":"2017"}"#.to_owned(),
+                ..bare_record("p3", "k3", "l3")
+            },
+            NewRecord {
+                attributes: r#"{"ethnicity":"A"}"#.to_owned(),
+                ..bare_record("p4", "k4", "l4")
+            },
+        ];
+        storage
+            .commit_batch(&la1_cin_batch("b1", records))
+            .await
+            .unwrap();
+        let mut seen: Vec<_> = storage
+            .quasi_identifiers()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| (s.sex, s.birth, s.place))
+            .collect();
+        seen.sort();
+        let some = |s: &str| Some(s.to_owned());
+        assert_eq!(
+            seen,
+            vec![
+                (None, some("2016-Q3"), some("LS")),
+                (None, some("2017"), None),
+                (some("female"), some("2015-04"), some("LS6")),
+            ]
+        );
+    }
+
     /// A record of `person` under `key` and local id `local`, holding
     /// nothing else.
     fn bare_record(person: &str, key: &str, local: &str) -> NewRecord {

@@ -24,26 +24,47 @@ impl Storage {
     }
 
     /// Each child's distinct combinations of the quasi-identifiers stored
-    /// in clear on their records ([`crate::identifiability`]), children
-    /// numbered by their person on the spine; records with none are left
-    /// out.
+    /// in clear on their records ([`crate::identifiability`]): sex, the
+    /// birth month (or the quarter or year an agreement coarsened it to)
+    /// and the postcode district (or area); children numbered by their
+    /// person on the spine; records with none are left out.
     pub async fn quasi_identifiers(&self) -> Result<Vec<Sighting>, StorageError> {
+        use joinery_policies::model::Transform;
+        use joinery_policies::transform::wire_name;
         let mut rows = sqlx::query(
             "SELECT DISTINCT COALESCE(s.spine_id, r.person_id), r.sex, r.birth_month, \
-             r.postcode_district FROM records r LEFT JOIN person_spine s ON s.person_id = r.person_id \
-             WHERE r.sex IS NOT NULL OR r.birth_month IS NOT NULL OR r.postcode_district IS NOT NULL",
+             r.postcode_district, r.attributes FROM records r \
+             LEFT JOIN person_spine s ON s.person_id = r.person_id",
         )
         .fetch(&self.pool);
+        // Coarser periods and places travel as free attributes.
+        let coarser = |field: &str, transforms: [Transform; 2]| {
+            transforms.map(|t| wire_name(field, &t).map(str::to_owned))
+        };
+        let births = coarser("date_of_birth", [Transform::Quarter, Transform::Year]);
+        let [area, _] = coarser("postcode", [Transform::Area, Transform::Area]);
         let mut children: HashMap<String, u32> = HashMap::new();
         let mut sightings = Vec::new();
         while let Some(row) = rows.try_next().await? {
+            // Written by the gateway itself, as the population reads them.
+            let attributes: HashMap<String, String> =
+                serde_json::from_str(row.try_get(4)?).unwrap_or_default();
+            let free = |name: &Option<String>| attributes.get(name.as_deref()?).cloned();
+            let sex: Option<String> = row.try_get(1)?;
+            let birth = row
+                .try_get::<Option<String>, _>(2)?
+                .or_else(|| births.iter().find_map(free));
+            let place = row.try_get::<Option<String>, _>(3)?.or_else(|| free(&area));
+            if sex.is_none() && birth.is_none() && place.is_none() {
+                continue;
+            }
             let person: String = row.try_get(0)?;
             let next = children.len() as u32;
             sightings.push(Sighting {
                 child: *children.entry(person).or_insert(next),
-                sex: row.try_get(1)?,
-                birth_month: row.try_get(2)?,
-                postcode_district: row.try_get(3)?,
+                sex,
+                birth,
+                place,
             });
         }
         Ok(sightings)
