@@ -492,15 +492,7 @@ async fn an_agreement_coarsened_to_birth_quarter_and_postcode_area_is_sent_and_a
     });
     let gateway = d.start_gateway(None, &[]);
     let synth = d.synth(400, 3);
-    d.deliver(
-        &gateway.address,
-        &synth,
-        &[
-            (COUNCIL, "csc_referrals"),
-            (CAMHS, "camhs_referrals"),
-            (SALT, "salt_contacts"),
-        ],
-    );
+    d.deliver(&gateway.address, &synth, &THREE_AGENCIES);
     let db = open_database(&d.sqlite_url()).await;
     let finer: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM records WHERE birth_month IS NOT NULL OR postcode_district IS NOT NULL",

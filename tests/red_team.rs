@@ -124,15 +124,7 @@ async fn an_adversarial_analyst_learns_nothing_exact() {
     let d = Deployment::new();
     let synth = d.synth(children, 23);
     let gateway = d.start_gateway(None, &[]);
-    d.deliver(
-        &gateway.address,
-        &synth,
-        &[
-            (COUNCIL, "csc_referrals"),
-            (CAMHS, "camhs_referrals"),
-            (SALT, "salt_contacts"),
-        ],
-    );
+    d.deliver(&gateway.address, &synth, &THREE_AGENCIES);
     assert!(gateway.stop().success());
     // Link once, then serve with linkage idle, so the truth read here is
     // what the gateway answers from.

@@ -22,6 +22,12 @@ use sqlx::{AnyPool, Row};
 pub const COUNCIL: &str = "E08000099";
 pub const CAMHS: &str = "RX9";
 pub const SALT: &str = "RY9";
+/// The three synthetic agencies and the dataset of each one's CSV extract.
+pub const THREE_AGENCIES: [(&str, &str); 3] = [
+    (COUNCIL, "csc_referrals"),
+    (CAMHS, "camhs_referrals"),
+    (SALT, "salt_contacts"),
+];
 pub const ANALYST: &str = "test-analyst";
 /// The example agreement the tests run under.
 pub const AGREEMENT: &str = "children-at-risk-stratification";
