@@ -347,7 +347,7 @@ fn write_opt_out(path: &Path, population: &[Child], seed: u64) -> anyhow::Result
 /// of its valid numbers, so drawing one not yet issued stays quick.
 pub const TEST_RANGE_CHILDREN: usize = 800_000;
 
-/// The most children one population can have (see [`NhsRange`]): a fifth
+/// The most children one population can have (see `NhsRange`): a fifth
 /// of the 9 range's valid numbers.
 pub const MAX_CHILDREN: usize = 20_000_000;
 

@@ -75,7 +75,7 @@ pub struct RegionArgs {
     until: Option<Step>,
 }
 
-/// The bench's steps, in order.
+/// The bench's steps, in the order they run.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum,
 )]
@@ -88,15 +88,6 @@ pub enum Step {
     SameModel,
     Answers,
 }
-
-const STEPS: [Step; 6] = [
-    Step::Synth,
-    Step::Ingest,
-    Step::FullLink,
-    Step::Delivery,
-    Step::SameModel,
-    Step::Answers,
-];
 
 /// `--dir/region.json`: what the run is, and the figures of each step done.
 #[derive(Debug, Serialize, Deserialize)]
@@ -116,6 +107,8 @@ const SERVER_NAME: &str = "localhost";
 /// How often a running process's memory (and the progress) is read: a
 /// process that ends sooner has no figure.
 const SAMPLE_EVERY: Duration = Duration::from_millis(50);
+/// A gateway's linkage paused, so a step measures its own work alone.
+const LINKAGE_PAUSED: &[&str] = &["--linkage-interval-secs", "100000000"];
 /// Certificates long enough for a run of days.
 const VALIDITY_DAYS: i64 = 30;
 
@@ -126,7 +119,7 @@ pub async fn run(args: RegionArgs) -> anyhow::Result<ExitCode> {
         dir: args.dir.clone(),
         database_url: args.database_url.clone(),
     };
-    for step in STEPS {
+    for &step in <Step as clap::ValueEnum>::value_variants() {
         if let Some(figures) = state.done.get(&step) {
             println!("{step:?}: done earlier");
             print_figures(figures);
@@ -325,8 +318,7 @@ impl Region {
 
     async fn ingest(&self) -> anyhow::Result<Vec<String>> {
         let extracts = self.extracts()?;
-        // Linkage paused: this step measures ingest alone.
-        let mut gateway = self.start_gateway(&["--linkage-interval-secs", "100000000"])?;
+        let mut gateway = self.start_gateway(LINKAGE_PAUSED)?;
         let configs = extracts
             .agencies
             .iter()
@@ -430,26 +422,8 @@ impl Region {
             }
             let waiting = spinner(&format!("waiting until the {what} is linked"));
             let started = Instant::now();
-            // Linked once the gateway has run since the delivery began and
-            // nothing is left pending (a run may begin mid-delivery; the
-            // next then links the rest).
-            loop {
-                let ran = gateway.counter(gateway_metrics::LINKAGE_RUNS).await? > runs_before;
-                let mut pending = false;
-                for version in &versions {
-                    pending |= storage.linkage_pending(*version).await?;
-                }
-                if ran && !pending {
-                    break;
-                }
-                if gateway.counter(gateway_metrics::LINKAGE_FAILURES).await? > failures_before {
-                    bail!(
-                        "the gateway's linkage run failed; see {}",
-                        self.dir.join("gateway.log").display()
-                    );
-                }
-                tokio::time::sleep(SAMPLE_EVERY).await;
-            }
+            self.until_linked(&gateway, &storage, &versions, runs_before, failures_before)
+                .await?;
             waiting.finish_and_clear();
             let runs = gateway.counter(gateway_metrics::LINKAGE_RUNS).await? - runs_before;
             let run_took = gateway.linkage_seconds().await? - seconds_before;
@@ -466,6 +440,36 @@ impl Region {
         ));
         gateway.process.stop("TERM");
         Ok(figures)
+    }
+
+    /// Waits until the gateway has run linkage since `runs_before` and
+    /// nothing is left pending under any of `versions` (a run may begin
+    /// mid-delivery; the next then links the rest); a failed run fails.
+    async fn until_linked(
+        &self,
+        gateway: &Gateway,
+        storage: &Storage,
+        versions: &[u32],
+        runs_before: f64,
+        failures_before: f64,
+    ) -> anyhow::Result<()> {
+        loop {
+            let ran = gateway.counter(gateway_metrics::LINKAGE_RUNS).await? > runs_before;
+            let mut pending = false;
+            for version in versions {
+                pending |= storage.linkage_pending(*version).await?;
+            }
+            if ran && !pending {
+                return Ok(());
+            }
+            if gateway.counter(gateway_metrics::LINKAGE_FAILURES).await? > failures_before {
+                bail!(
+                    "the gateway's linkage run failed; see {}",
+                    self.dir.join("gateway.log").display()
+                );
+            }
+            tokio::time::sleep(SAMPLE_EVERY).await;
+        }
     }
 
     async fn same_model(&self) -> anyhow::Result<Vec<String>> {
@@ -489,8 +493,7 @@ impl Region {
     }
 
     async fn answers(&self, answers: usize, children: usize) -> anyhow::Result<Vec<String>> {
-        // Linkage paused, so the answers are timed on their own.
-        let mut gateway = self.start_gateway(&["--linkage-interval-secs", "100000000"])?;
+        let mut gateway = self.start_gateway(LINKAGE_PAUSED)?;
         let (cert, key) = self.sandbox.analyst_cert(ANALYST);
         let tls = TlsFiles {
             ca: self.sandbox.ca(),
