@@ -48,6 +48,10 @@ async fn the_region_bench_stops_and_goes_on_and_checks_its_incremental_links() {
     let (ok, first, stderr) = run(&["--until", "ingest"]);
     assert!(ok, "{first}\n{stderr}");
     assert!(first.contains("stopped after Ingest"), "{first}");
+    assert!(
+        first.contains("the database will need about"),
+        "the space it needs is said before ingest: {first}"
+    );
     assert!(!first.contains("FullLink"), "{first}");
     let db = open_database(&url).await;
     let stored: i64 = sqlx::query("SELECT COUNT(*) AS n FROM records")
