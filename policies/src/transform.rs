@@ -99,6 +99,11 @@ pub fn quarter_of(year: i32, month: u8) -> String {
     format!("{year:04}-Q{}", month.div_ceil(3))
 }
 
+/// The birth periods coarser than a month, most precise first: where an
+/// agreement sends one, it travels as a free attribute under its
+/// [`wire_name`] (the birth month has a column of its own).
+pub const COARSER_BIRTH_PERIODS: [Transform; 2] = [Transform::Quarter, Transform::Year];
+
 /// The first day of the birth period a date of birth is sent as (`Month`,
 /// `Quarter` or `Year`), from its wire value: the day ages are counted
 /// from, as though every child were born on it. `None` for a value that

@@ -329,19 +329,16 @@ impl Person {
 
     fn birth_period_start(&self) -> Option<Date> {
         use joinery_policies::model::Transform;
-        use joinery_policies::transform::{birth_period_start, wire_name};
+        use joinery_policies::transform::{COARSER_BIRTH_PERIODS, birth_period_start, wire_name};
         if let Some(month) = self.birth_month {
             return birth_period_start(&Transform::Month, month.as_str());
         }
-        // Coarser periods travel as free attributes.
-        [Transform::Quarter, Transform::Year]
-            .into_iter()
-            .find_map(|transform| {
-                let value = self
-                    .attributes
-                    .get(wire_name("date_of_birth", &transform)?)?;
-                birth_period_start(&transform, value)
-            })
+        COARSER_BIRTH_PERIODS.iter().find_map(|transform| {
+            let value = self
+                .attributes
+                .get(wire_name("date_of_birth", transform)?)?;
+            birth_period_start(transform, value)
+        })
     }
 }
 

@@ -30,7 +30,7 @@ impl Storage {
     /// person on the spine; records with none are left out.
     pub async fn quasi_identifiers(&self) -> Result<Vec<Sighting>, StorageError> {
         use joinery_policies::model::Transform;
-        use joinery_policies::transform::wire_name;
+        use joinery_policies::transform::{COARSER_BIRTH_PERIODS, wire_name};
         let mut rows = sqlx::query(
             "SELECT DISTINCT COALESCE(s.spine_id, r.person_id), r.sex, r.birth_month, \
              r.postcode_district, r.attributes FROM records r \
@@ -38,23 +38,23 @@ impl Storage {
         )
         .fetch(&self.pool);
         // Coarser periods and places travel as free attributes.
-        let coarser = |field: &str, transforms: [Transform; 2]| {
-            transforms.map(|t| wire_name(field, &t).map(str::to_owned))
-        };
-        let births = coarser("date_of_birth", [Transform::Quarter, Transform::Year]);
-        let [area, _] = coarser("postcode", [Transform::Area, Transform::Area]);
+        let births: Vec<&str> = COARSER_BIRTH_PERIODS
+            .iter()
+            .filter_map(|t| wire_name("date_of_birth", t))
+            .collect();
+        let area = wire_name("postcode", &Transform::Area);
         let mut children: HashMap<String, u32> = HashMap::new();
         let mut sightings = Vec::new();
         while let Some(row) = rows.try_next().await? {
             // Written by the gateway itself, as the population reads them.
             let attributes: HashMap<String, String> =
                 serde_json::from_str(row.try_get(4)?).unwrap_or_default();
-            let free = |name: &Option<String>| attributes.get(name.as_deref()?).cloned();
+            let free = |name: Option<&str>| attributes.get(name?).cloned();
             let sex: Option<String> = row.try_get(1)?;
             let birth = row
                 .try_get::<Option<String>, _>(2)?
-                .or_else(|| births.iter().find_map(free));
-            let place = row.try_get::<Option<String>, _>(3)?.or_else(|| free(&area));
+                .or_else(|| births.iter().find_map(|name| free(Some(name))));
+            let place = row.try_get::<Option<String>, _>(3)?.or_else(|| free(area));
             if sex.is_none() && birth.is_none() && place.is_none() {
                 continue;
             }

@@ -146,7 +146,7 @@ impl GatewayProcess {
         data_dir: &Path,
         database_url: Option<&str>,
         log: Option<&Path>,
-        extra: &[String],
+        extra: &[&str],
     ) -> anyhow::Result<Self> {
         let (cert, key) = sandbox.gateway_cert();
         let mut command = Command::new(joinery_binary()?);

@@ -92,11 +92,29 @@ pub enum Step {
 /// `--dir/region.json`: what the run is, and the figures of each step done.
 #[derive(Debug, Serialize, Deserialize)]
 struct State {
+    #[serde(flatten)]
+    run: RunOptions,
+    done: BTreeMap<Step, Vec<String>>,
+}
+
+/// The options that make a run: a directory holds one run.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct RunOptions {
     children: usize,
     seed: u64,
     database_url: Option<String>,
     delivery: usize,
-    done: BTreeMap<Step, Vec<String>>,
+}
+
+impl RunOptions {
+    fn of(args: &RegionArgs) -> Self {
+        Self {
+            children: args.children,
+            seed: args.seed,
+            database_url: args.database_url.clone(),
+            delivery: args.delivery,
+        }
+    }
 }
 
 const STATE: &str = "region.json";
@@ -168,20 +186,16 @@ async fn open(args: &RegionArgs) -> anyhow::Result<State> {
         let text = std::fs::read_to_string(&path)?;
         let state: State =
             serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?;
+        let held = &state.run;
         anyhow::ensure!(
-            (
-                state.children,
-                state.seed,
-                &state.database_url,
-                state.delivery
-            ) == (args.children, args.seed, &args.database_url, args.delivery),
+            *held == RunOptions::of(args),
             "{} holds a run of {} children (seed {}, delivery {}, database {}); give the same \
              options to go on with it, or a new --dir",
             args.dir.display(),
-            state.children,
-            state.seed,
-            state.delivery,
-            state.database_url.as_deref().unwrap_or("SQLite")
+            held.children,
+            held.seed,
+            held.delivery,
+            held.database_url.as_deref().unwrap_or("SQLite")
         );
         return Ok(state);
     }
@@ -209,10 +223,7 @@ async fn open(args: &RegionArgs) -> anyhow::Result<State> {
         },
     )?;
     let state = State {
-        children: args.children,
-        seed: args.seed,
-        database_url: args.database_url.clone(),
-        delivery: args.delivery,
+        run: RunOptions::of(args),
         done: BTreeMap::new(),
     };
     save(&args.dir, &state)?;
@@ -289,18 +300,27 @@ impl Region {
                 mapping: out.join("mappings").join(format!("{}.yaml", a.dataset)),
             })
             .collect();
-        let council = agencies
-            .iter()
-            .find(|a| a.organisation == COUNCIL)
-            .context("synth wrote no council extract")?;
-        let held_back = hold_back(council, &out.join("held-back"), WARM_UP_ROWS, args.delivery)?;
         let mut rows = 0;
+        let mut council = None;
         for agency in &agencies {
-            rows += data_rows(&agency.extract)?;
+            let extract_rows = data_rows(&agency.extract)?;
+            rows += extract_rows;
+            if agency.organisation == COUNCIL {
+                council = Some((agency, extract_rows));
+            }
             self.sandbox
                 .issue_organisation(&agency.organisation, VALIDITY_DAYS)?;
         }
-        let [warm_up, delivery] = held_back;
+        let (council, council_rows) = council.context("synth wrote no council extract")?;
+        let [warm_up, delivery] = hold_back(
+            council,
+            council_rows,
+            &out.join("held-back"),
+            WARM_UP_ROWS,
+            args.delivery,
+        )?;
+        // Held back: delivered later.
+        rows -= WARM_UP_ROWS + args.delivery;
         let extracts = Extracts {
             agencies,
             rows,
@@ -354,7 +374,7 @@ impl Region {
             )
             .await?;
         let took = started.elapsed();
-        let stored = gateway.counter(gateway_metrics::RECORDS).await?;
+        let stored = gateway.scrape().await?.records_stored();
         let figures = vec![
             format!(
                 "{stored:.0} records stored over mutual TLS in {:.0} s = {:.0} records/s (this run; {} agents at once)",
@@ -416,15 +436,12 @@ impl Region {
                 "incremental: only what is new is read and compared",
             ),
         ] {
-            let runs_before = gateway.counter(gateway_metrics::LINKAGE_RUNS).await?;
-            let seconds_before = gateway.linkage_seconds().await?;
-            let stored_before = gateway.counter(gateway_metrics::RECORDS).await?;
-            let failures_before = gateway.counter(gateway_metrics::LINKAGE_FAILURES).await?;
+            let before = gateway.scrape().await?;
             let config = self.agent(agency, &gateway.process.address, what)?;
             let delivered = self
                 .run_to_end("agent", vec![agent_run(&config)?], &spinner(what), None)
                 .await?;
-            if gateway.counter(gateway_metrics::RECORDS).await? == stored_before {
+            if gateway.scrape().await?.records_stored() == before.records_stored() {
                 // An interrupted run delivered it before: its agent's
                 // checkpoint sent nothing again, so no run will follow.
                 figures.push(format!(
@@ -434,11 +451,12 @@ impl Region {
             }
             let waiting = spinner(&format!("waiting until the {what} is linked"));
             let started = Instant::now();
-            self.until_linked(&gateway, &storage, &versions, runs_before, failures_before)
+            let after = self
+                .until_linked(&gateway, &storage, &versions, &before)
                 .await?;
             waiting.finish_and_clear();
-            let runs = gateway.counter(gateway_metrics::LINKAGE_RUNS).await? - runs_before;
-            let run_took = gateway.linkage_seconds().await? - seconds_before;
+            let runs = after.linkage_runs() - before.linkage_runs();
+            let run_took = after.linkage_seconds() - before.linkage_seconds();
             figures.push(format!(
                 "{what} of {} rows stored in {:.1} s, linked {:.1} s after by {runs:.0} run(s) taking {run_took:.1} s in all ({runs_are})",
                 data_rows(&agency.extract)?,
@@ -454,27 +472,28 @@ impl Region {
         Ok(figures)
     }
 
-    /// Waits until the gateway has run linkage since `runs_before` and
-    /// nothing is left pending under any of `versions` (a run may begin
-    /// mid-delivery; the next then links the rest); a failed run fails.
+    /// Waits until the gateway has run linkage since `before` and nothing
+    /// is left pending under any of `versions` (a run may begin
+    /// mid-delivery; the next then links the rest), returning the metrics
+    /// then; a failed run fails.
     async fn until_linked(
         &self,
         gateway: &Gateway,
         storage: &Storage,
         versions: &[u32],
-        runs_before: f64,
-        failures_before: f64,
-    ) -> anyhow::Result<()> {
+        before: &Scrape,
+    ) -> anyhow::Result<Scrape> {
+        let failures = |s: &Scrape| s.sum(gateway_metrics::LINKAGE_FAILURES);
         loop {
-            let ran = gateway.counter(gateway_metrics::LINKAGE_RUNS).await? > runs_before;
+            let now = gateway.scrape().await?;
             let mut pending = false;
             for version in versions {
                 pending |= storage.linkage_pending(*version).await?;
             }
-            if ran && !pending {
-                return Ok(());
+            if now.linkage_runs() > before.linkage_runs() && !pending {
+                return Ok(now);
             }
-            if gateway.counter(gateway_metrics::LINKAGE_FAILURES).await? > failures_before {
+            if failures(&now) > failures(before) {
                 bail!(
                     "the gateway's linkage run failed; see {}",
                     self.dir.join("gateway.log").display()
@@ -579,8 +598,8 @@ impl Region {
     /// The gateway on this run's store, with its metrics served.
     fn start_gateway(&self, extra: &[&str]) -> anyhow::Result<Gateway> {
         let metrics = free_port()?;
-        let mut args: Vec<String> = extra.iter().map(|a| (*a).to_owned()).collect();
-        args.extend(["--metrics-listen".to_owned(), metrics.clone()]);
+        let mut args = extra.to_vec();
+        args.extend(["--metrics-listen", &metrics]);
         let process = GatewayProcess::start(
             &self.sandbox,
             "127.0.0.1:0",
@@ -666,8 +685,8 @@ impl Region {
                 }
             }
             if let Some(url) = records_stored {
-                if let Ok(stored) = counter(url, gateway_metrics::RECORDS).await {
-                    bar.set_position(stored as u64);
+                if let Ok(scrape) = Scrape::of(url).await {
+                    bar.set_position(scrape.records_stored() as u64);
                 }
             } else {
                 bar.tick();
@@ -697,31 +716,43 @@ struct Gateway {
 }
 
 impl Gateway {
-    async fn counter(&self, name: &str) -> anyhow::Result<f64> {
-        counter(&self.metrics, name).await
-    }
-
-    /// Seconds the gateway's linkage runs have taken so far.
-    async fn linkage_seconds(&self) -> anyhow::Result<f64> {
-        counter(
-            &self.metrics,
-            &format!("{}_sum", gateway_metrics::LINKAGE_SECONDS),
-        )
-        .await
+    async fn scrape(&self) -> anyhow::Result<Scrape> {
+        Scrape::of(&self.metrics).await
     }
 }
 
-/// The sum of a metric's series (every label) in a Prometheus text page.
-async fn counter(url: &str, name: &str) -> anyhow::Result<f64> {
-    let page = http_get(url).await?;
-    Ok(page
-        .lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum())
+/// One reading of a gateway's Prometheus page.
+struct Scrape(String);
+
+impl Scrape {
+    async fn of(url: &str) -> anyhow::Result<Self> {
+        Ok(Self(http_get(url).await?))
+    }
+
+    /// The sum of a metric's series (every label).
+    fn sum(&self, name: &str) -> f64 {
+        self.0
+            .lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    fn linkage_runs(&self) -> f64 {
+        self.sum(gateway_metrics::LINKAGE_RUNS)
+    }
+
+    /// Seconds the gateway's linkage runs have taken so far.
+    fn linkage_seconds(&self) -> f64 {
+        self.sum(&format!("{}_sum", gateway_metrics::LINKAGE_SECONDS))
+    }
+
+    fn records_stored(&self) -> f64 {
+        self.sum(gateway_metrics::RECORDS)
+    }
 }
 
 /// `joinery ARGS`, its output discarded unless the caller says otherwise.
@@ -779,18 +810,18 @@ fn data_rows(path: &Path) -> anyhow::Result<usize> {
         .saturating_sub(1))
 }
 
-/// Moves the last `warm_up + delivery` rows of `agency`'s extract into two
-/// extracts of their own under `dir` (each with the header), in order.
-/// Synthetic extracts hold one row per line.
+/// Moves the last `warm_up + delivery` of the `rows` rows of `agency`'s
+/// extract into two extracts of their own under `dir` (each with the
+/// header), in order. Synthetic extracts hold one row per line.
 fn hold_back(
     agency: &Agency,
+    rows: usize,
     dir: &Path,
     warm_up: usize,
     delivery: usize,
 ) -> anyhow::Result<[Agency; 2]> {
     use std::io::{BufRead, BufWriter, Write};
     std::fs::create_dir_all(dir)?;
-    let rows = data_rows(&agency.extract)?;
     anyhow::ensure!(
         rows > warm_up + delivery,
         "the council's extract has {rows} rows, too few to hold back {} (use more --children or a smaller --delivery)",
@@ -838,7 +869,7 @@ mod tests {
             extract: extract.clone(),
             mapping: dir.path().join("council.yaml"),
         };
-        let [warm_up, delivery] = hold_back(&agency, &dir.path().join("held"), 2, 3).unwrap();
+        let [warm_up, delivery] = hold_back(&agency, 10, &dir.path().join("held"), 2, 3).unwrap();
         let read = |path: &Path| std::fs::read_to_string(path).unwrap();
         assert_eq!(
             read(&extract),
@@ -848,7 +879,8 @@ mod tests {
         assert_eq!(read(&delivery.extract), "id,v\nrow8,x\nrow9,x\nrow10,x\n");
         assert_eq!(delivery.mapping, agency.mapping);
         // Too few rows to hold back is an error naming what to change.
-        let error = hold_back(&agency, &dir.path().join("held"), 2, 3).unwrap_err();
+        let rows = data_rows(&extract).unwrap();
+        let error = hold_back(&agency, rows, &dir.path().join("held"), 2, 3).unwrap_err();
         assert!(error.to_string().contains("too few"), "{error}");
     }
 
@@ -873,9 +905,9 @@ mod tests {
             let page = "HTTP/1.0 200 OK\r\n\r\n# TYPE m counter\nm{a=\"x\"} 2\nm{a=\"y\"} 3.5\nm_sum 100\nm 1\n";
             socket.write_all(page.as_bytes()).await.unwrap();
         });
-        let total = counter(&format!("http://{address}/metrics"), "m")
+        let scrape = Scrape::of(&format!("http://{address}/metrics"))
             .await
             .unwrap();
-        assert_eq!(total, 6.5);
+        assert_eq!(scrape.sum("m"), 6.5);
     }
 }
