@@ -32,6 +32,9 @@ pub enum Command {
     /// Run the central gateway.
     #[command(subcommand)]
     Gateway(commands::gateway::GatewayCommand),
+    /// Run an independent keyholder for agreements that pseudonymise NHS numbers through keyholders.
+    #[command(subcommand)]
+    Keyholder(commands::keyholder::KeyholderCommand),
     /// Write, check, explain, compare, sign and verify data-sharing agreements.
     #[command(subcommand)]
     Policy(commands::policy::PolicyCommand),
@@ -75,6 +78,7 @@ impl Command {
         match self {
             Self::Gateway(_) => ("joinery-gateway", "info"),
             Self::Agent(_) => ("joinery-agent", "info"),
+            Self::Keyholder(_) => ("joinery-keyholder", "info"),
             Self::Demo(_) | Self::Probe(_) | Self::Reference(_) => ("joinery", "warn"),
             _ => ("joinery", "info"),
         }
@@ -85,6 +89,7 @@ impl Command {
             Self::Agent(c) => c.run().await,
             Self::Audit(c) => c.run().await,
             Self::Gateway(c) => c.run().await,
+            Self::Keyholder(c) => c.run().await,
             Self::Pki(c) => c.run(),
             Self::Policy(c) => c.run(),
             Self::Query(c) => c.run().await,

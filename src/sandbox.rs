@@ -67,7 +67,7 @@ impl Sandbox {
         let pki = sandbox.pki();
         CertificateAuthority::init(&pki, spec.ca_name, validity)?;
         let ca = CertificateAuthority::load(&pki)?;
-        ca.issue_server(spec.server_names, validity, &pki.join("gateway"))?;
+        ca.issue_server("gateway", spec.server_names, validity, &pki.join("gateway"))?;
         ca.publish_crl(&pki)?;
         for organisation in spec.organisations {
             sandbox.issue_organisation(organisation, spec.validity_days)?;
@@ -184,6 +184,7 @@ impl Sandbox {
                 cert,
                 key,
             },
+            keyholders: Vec::new(),
             linkage_key: self.linkage_key(),
             quarantine_dir: agents.join("quarantine").join(organisation),
             spool_dir: agents.join("spool").join(organisation),

@@ -35,6 +35,10 @@ pub struct AgentConfig {
     pub gateway: GatewayEndpoint,
     /// This agency's mutual-TLS credentials.
     pub tls: TlsPaths,
+    /// Where each keyholder the agreement names under
+    /// `linkage.nhs_number_keyholders` is (its certificate carries the name).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keyholders: Vec<KeyholderEndpoint>,
     /// File holding the agreement's 256-bit linkage key (hex, mode 0600),
     /// shared by the agencies and never by the gateway.
     pub linkage_key: PathBuf,
@@ -100,6 +104,16 @@ impl GatewayEndpoint {
                 .map_or(self.address.as_str(), |(host, _)| host)
         })
     }
+}
+
+/// A keyholder's name (as the agreement lists it and its certificate
+/// carries it) and address.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyholderEndpoint {
+    pub name: String,
+    /// `host:port`.
+    pub address: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]

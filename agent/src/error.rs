@@ -38,6 +38,8 @@ pub enum AgentError {
     Spool(#[from] crate::spool::SpoolError),
     #[error("the agreement's linkage parameters: {0}")]
     Linkage(#[from] joinery_linkage::params::ParamsError),
+    #[error("keyholder {name}: {message}")]
+    Keyholder { name: String, message: String },
     #[error("the gateway refused: {0}")]
     Refused(String),
 }

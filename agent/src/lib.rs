@@ -11,7 +11,8 @@
 //! Modulus 11, postcodes, dates). Then the [`pipeline`] stages: what cannot
 //! be used is quarantined ([`quarantine`]), [`opt_out`] withholds people on
 //! the National Data Opt-out list, [`release`] sends only what the signed
-//! agreement allows, pseudonymised and coarsened as it says, [`batch`]
+//! agreement allows, pseudonymised (NHS numbers through the agreement's
+//! [`keyholders`] when it names any) and coarsened as it says, [`batch`]
 //! groups records under content-digest ids, and [`spool`] keeps every batch
 //! on disk, with each source's position, until it is acknowledged.
 //! [`delivery`] sends from the spool and resends across lost connections,
@@ -38,6 +39,7 @@ pub mod config;
 pub mod delivery;
 pub mod error;
 pub mod format;
+pub mod keyholders;
 pub mod mapping;
 pub mod metrics;
 pub mod opt_out;

@@ -10,7 +10,8 @@
 //! 3. [`Withholding`]: a person on the National Data Opt-out list is
 //!    withheld, and counted;
 //! 4. release ([`Releasing`]): only what the agreement lists, pseudonymised
-//!    and coarsened as it says;
+//!    and coarsened as it says, [`CHUNK`] rows at a time (their NHS numbers
+//!    go to the keyholders together);
 //! 5. batching ([`Batcher`]): records into content-addressed batches;
 //! 6. [`Spooling`]: each batch written durably with its checkpoint, then
 //!    handed to delivery through a bounded channel, so a slow gateway slows
@@ -242,6 +243,8 @@ pub fn read(
     } = stages;
     let mut shown = SourceProgress::start(progress, screening.name(), reader.total_bytes());
     let mut summary = SourceSummary::default();
+    // Rows waiting to be released together, each with the position before it.
+    let mut pending: Vec<(Position, (u64, PersonRow))> = Vec::with_capacity(CHUNK);
     loop {
         let before = reader.position();
         let Some(raw) = reader.next_raw() else { break };
@@ -250,28 +253,41 @@ pub fn read(
             shown.update(summary.rows_read, reader.bytes_read());
         }
         let row = reader.map(raw?);
-        let Some((line, person)) = screening.screen(row, &mut summary)? else {
+        let Some(person) = screening.screen(row, &mut summary)? else {
             continue;
         };
-        if withholding.withholds(&person) {
+        if withholding.withholds(&person.1) {
             summary.opted_out += 1;
             continue;
         }
         summary.records_sent += 1;
-        let record = releasing
-            .releaser
-            .release(&person, line, &releasing.dataset, releasing.today);
-        if let Some(batch) = batcher.push(record) {
-            screening.flush()?;
-            if !spooling.send(batch, before, batcher.sequence(), false)? {
-                // Delivery has stopped: the checkpoint stays where it is, so
-                // nothing is marked read that was not spooled.
-                shown.finish(summary.rows_read);
-                return Ok(summary);
-            }
+        pending.push((before, person));
+        if pending.len() >= CHUNK
+            && !release(
+                &mut pending,
+                &releasing,
+                &mut batcher,
+                &mut screening,
+                &spooling,
+            )?
+        {
+            // Delivery has stopped: the checkpoint stays where it is, so
+            // nothing is marked read that was not spooled.
+            shown.finish(summary.rows_read);
+            return Ok(summary);
         }
     }
     let end = reader.position();
+    if !release(
+        &mut pending,
+        &releasing,
+        &mut batcher,
+        &mut screening,
+        &spooling,
+    )? {
+        shown.finish(summary.rows_read);
+        return Ok(summary);
+    }
     screening.flush()?;
     match batcher.flush() {
         Some(batch) => {
@@ -282,4 +298,33 @@ pub fn read(
     shown.finish(summary.rows_read);
     summary.quarantine_report = screening.finish()?;
     Ok(summary)
+}
+
+/// Rows released together: one round to the keyholders for their NHS
+/// numbers when the agreement names any.
+pub const CHUNK: usize = 1000;
+
+/// Releases the `pending` rows and batches their records, spooling each
+/// full batch with the position before the first row not in it; false when
+/// delivery has stopped.
+fn release(
+    pending: &mut Vec<(Position, (u64, PersonRow))>,
+    releasing: &Releasing,
+    batcher: &mut Batcher,
+    screening: &mut Screening,
+    spooling: &Spooling,
+) -> Result<bool, AgentError> {
+    let (positions, rows): (Vec<Position>, Vec<(u64, PersonRow)>) = pending.drain(..).unzip();
+    let records = releasing
+        .releaser
+        .release_all(&rows, &releasing.dataset, releasing.today)?;
+    for (record, before) in records.into_iter().zip(positions) {
+        if let Some(batch) = batcher.push(record) {
+            screening.flush()?;
+            if !spooling.send(batch, before, batcher.sequence(), false)? {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
 }

@@ -3,7 +3,8 @@
 //!
 //! The local id (always) and the NHS number (when the agreement says
 //! `pseudonymise`) become keyed HMAC-SHA256 pseudonyms under the agreement's
-//! linkage key. Every other field is sent only if the dataset lists it, in the
+//! linkage key; the NHS number's made from the outputs of the agreement's
+//! keyholders when it names any ([`crate::keyholders`]). Every other field is sent only if the dataset lists it, in the
 //! form its transform produces ([`joinery_policies::transform`]): a date of
 //! birth as month, year or age band, a postcode as district or sector, codes
 //! through their map. Names never leave. Event types and event attributes the
@@ -22,29 +23,75 @@ use joinery_policies::transform::{age_band_of, apply, event_date, wire_name};
 use joinery_proto::v1::{Event, LinkageEncoding, Record};
 use time::Date;
 
+use crate::error::AgentError;
+use crate::keyholders::Keyholders;
 use crate::mapping::Resolved;
 use crate::person::PersonRow;
 
 pub struct Releaser {
     nhs: Pseudonymiser,
+    /// Present when the agreement names keyholders: NHS pseudonyms are
+    /// made through them, never with `nhs`.
+    keyholders: Option<Keyholders>,
     local: Pseudonymiser,
     /// Present when the agreement asks for fuzzy linkage.
     encoder: Option<Encoder>,
 }
 
 impl Releaser {
-    /// `linkage`: the agreement's linkage parameters, if it has any.
+    /// `linkage`: the agreement's linkage parameters, if it has any;
+    /// `keyholders`: its keyholders, connected, if it names any.
     pub fn new(
         linkage_key: &SecretKey,
         linkage: Option<&LinkageParams>,
+        keyholders: Option<Keyholders>,
     ) -> Result<Self, ParamsError> {
         Ok(Self {
             nhs: Pseudonymiser::new(linkage_key, "agent nhs-number"),
+            keyholders,
             local: Pseudonymiser::new(linkage_key, "agent local-id"),
             encoder: linkage
                 .map(|params| Encoder::new(linkage_key, params))
                 .transpose()?,
         })
+    }
+
+    /// The records for `rows` (each with the source line it was read from)
+    /// under `dataset`'s rules; `today` is the extraction date for age
+    /// bands. The NHS numbers of all of them are pseudonymised together (one
+    /// round to the keyholders, when the agreement names any).
+    pub fn release_all(
+        &self,
+        rows: &[(u64, PersonRow)],
+        dataset: &Dataset,
+        today: Date,
+    ) -> Result<Vec<Record>, AgentError> {
+        let pseudonymised = matches!(
+            dataset.fields.get("nhs_number"),
+            Some(Transform::Pseudonymise)
+        );
+        let numbers: Vec<&str> = rows
+            .iter()
+            .filter_map(|(_, row)| row.nhs_number.as_deref())
+            .filter(|_| pseudonymised)
+            .collect();
+        let pseudonyms = match &self.keyholders {
+            Some(keyholders) => keyholders.pseudonymise(&numbers)?,
+            None => numbers
+                .iter()
+                .map(|n| self.nhs.pseudonymise(n.as_bytes()))
+                .collect(),
+        };
+        let mut pseudonyms = pseudonyms.into_iter();
+        Ok(rows
+            .iter()
+            .map(|(line, row)| {
+                let nhs = pseudonymised
+                    .then(|| row.nhs_number.as_ref().and_then(|_| pseudonyms.next()))
+                    .flatten();
+                self.release(row, *line, dataset, today, nhs)
+            })
+            .collect())
     }
 
     /// The pseudonym of an agency-local record id.
@@ -53,8 +100,15 @@ impl Releaser {
     }
 
     /// The record for `row` (read from source line `line`) under `dataset`'s
-    /// rules; `today` is the extraction date for age bands.
-    pub fn release(&self, row: &PersonRow, line: u64, dataset: &Dataset, today: Date) -> Record {
+    /// rules, with its NHS pseudonym if it is sent.
+    fn release(
+        &self,
+        row: &PersonRow,
+        line: u64,
+        dataset: &Dataset,
+        today: Date,
+        nhs_pseudonym: Option<Pseudonym>,
+    ) -> Record {
         let fields = &dataset.fields;
         let mut attributes = BTreeMap::new();
         let mut put = |field: &str, value: Option<String>| {
@@ -97,12 +151,7 @@ impl Releaser {
         for (name, value) in &row.attributes {
             put(name, fields.get(name).and_then(|t| apply(t, value)));
         }
-        let nhs_pseudonym = match (fields.get("nhs_number"), &row.nhs_number) {
-            (Some(Transform::Pseudonymise), Some(n)) => {
-                self.nhs.pseudonymise(n.as_bytes()).to_vec()
-            }
-            _ => Vec::new(),
-        };
+        let nhs_pseudonym = nhs_pseudonym.map_or_else(Vec::new, |p| p.to_vec());
         let events = row
             .events
             .iter()
@@ -215,6 +264,19 @@ fn withheld_from(mapping: &Resolved, dataset: &Dataset) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn release_one(
+        releaser: &Releaser,
+        row: &PersonRow,
+        line: u64,
+        dataset: &Dataset,
+        today: Date,
+    ) -> Record {
+        releaser
+            .release_all(&[(line, row.clone())], dataset, today)
+            .unwrap()
+            .remove(0)
+    }
     use joinery_policies::model::EventRule;
     use prost::Message;
     use time::macros::date;
@@ -271,7 +333,7 @@ mod tests {
 
     #[test]
     fn sends_only_what_the_agreement_lists_in_its_form() {
-        let releaser = Releaser::new(&SecretKey::from_bytes([5; 32]), None).unwrap();
+        let releaser = Releaser::new(&SecretKey::from_bytes([5; 32]), None, None).unwrap();
         let d = dataset(&[
             ("local_id", Transform::Pseudonymise),
             ("nhs_number", Transform::Pseudonymise),
@@ -281,7 +343,7 @@ mod tests {
             ("ethnicity", Transform::Keep),
             ("given_name", Transform::Drop),
         ]);
-        let record = releaser.release(&row(), 7, &d, date!(2026 - 01 - 01));
+        let record = release_one(&releaser, &row(), 7, &d, date!(2026 - 01 - 01));
         let keys: Vec<&str> = record.attributes.keys().map(String::as_str).collect();
         assert_eq!(
             keys,
@@ -313,14 +375,14 @@ mod tests {
 
     #[test]
     fn other_transforms_and_a_dropped_nhs_number() {
-        let releaser = Releaser::new(&SecretKey::from_bytes([5; 32]), None).unwrap();
+        let releaser = Releaser::new(&SecretKey::from_bytes([5; 32]), None, None).unwrap();
         let d = dataset(&[
             ("local_id", Transform::Pseudonymise),
             ("nhs_number", Transform::Drop),
             ("date_of_birth", Transform::AgeBand(vec![0, 5, 11, 16])),
             ("postcode", Transform::Sector),
         ]);
-        let record = releaser.release(&row(), 7, &d, date!(2026 - 04 - 02));
+        let record = release_one(&releaser, &row(), 7, &d, date!(2026 - 04 - 02));
         assert!(record.nhs_pseudonym.is_empty());
         assert_eq!(
             record.attributes["age_band"], "5-10",
@@ -335,7 +397,7 @@ mod tests {
             ("date_of_birth", Transform::Quarter),
             ("postcode", Transform::Area),
         ]);
-        let record = releaser.release(&row(), 7, &d, date!(2026 - 04 - 02));
+        let record = release_one(&releaser, &row(), 7, &d, date!(2026 - 04 - 02));
         assert_eq!(record.attributes["birth_quarter"], "2015-Q2");
         assert_eq!(record.attributes["postcode_area"], "LS");
         assert_eq!(record.attributes.len(), 2);
@@ -346,10 +408,14 @@ mod tests {
     #[test]
     fn only_rows_that_say_who_the_person_is_carry_linkage_encodings() {
         let params = joinery_linkage::params::LinkageParams::canonical();
-        let releaser = Releaser::new(&SecretKey::from_bytes([5; 32]), Some(&params)).unwrap();
+        let releaser = Releaser::new(&SecretKey::from_bytes([5; 32]), Some(&params), None).unwrap();
         let d = dataset(&[("local_id", Transform::Pseudonymise)]);
         let today = date!(2026 - 01 - 01);
-        assert!(releaser.release(&row(), 1, &d, today).linkage.is_some());
+        assert!(
+            release_one(&releaser, &row(), 1, &d, today)
+                .linkage
+                .is_some()
+        );
         // An event table's row: its person's local id and NHS number only.
         let event_row = PersonRow {
             given_name: None,
@@ -359,7 +425,11 @@ mod tests {
             ..row()
         };
         assert!(!event_row.has_identity());
-        assert!(releaser.release(&event_row, 2, &d, today).linkage.is_none());
+        assert!(
+            release_one(&releaser, &event_row, 2, &d, today)
+                .linkage
+                .is_none()
+        );
     }
 
     #[test]
@@ -374,10 +444,10 @@ mod tests {
             stands_in_for: Vec::new(),
             nicknames: false,
         });
-        let releaser = Releaser::new(&SecretKey::from_bytes([5; 32]), Some(&params)).unwrap();
+        let releaser = Releaser::new(&SecretKey::from_bytes([5; 32]), Some(&params), None).unwrap();
         let d = dataset(&[("local_id", Transform::Pseudonymise)]);
         let today = date!(2026 - 01 - 01);
-        let record = releaser.release(&row(), 1, &d, today);
+        let record = release_one(&releaser, &row(), 1, &d, today);
         assert!(!record.attributes.contains_key("worker"));
         let linkage = record.linkage.expect("an identity row is encoded");
         let worker = params.fields.len() - 1;
@@ -386,7 +456,9 @@ mod tests {
         // Without the attribute, its filter is empty (missing).
         let mut without = row();
         without.attributes.remove("worker");
-        let linkage = releaser.release(&without, 2, &d, today).linkage.unwrap();
+        let linkage = release_one(&releaser, &without, 2, &d, today)
+            .linkage
+            .unwrap();
         assert!(linkage.filters[worker].is_empty());
     }
 }

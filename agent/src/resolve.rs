@@ -47,7 +47,7 @@ pub async fn resolve(
     agreement: Option<&str>,
 ) -> Result<Resolved, AgentError> {
     let key = SecretKey::load(&config.linkage_key)?;
-    let releaser = Releaser::new(&key, None)?;
+    let releaser = Releaser::new(&key, None, None)?;
     let context = crate::source::ReadContext {
         today: time::OffsetDateTime::now_utc().date(),
         limits: config.limits,

@@ -31,6 +31,7 @@ use tracing::Instrument;
 use crate::batch::Batcher;
 use crate::config::AgentConfig;
 use crate::delivery::Delivery;
+use crate::keyholders::Keyholders;
 use crate::metrics;
 use crate::opt_out::OptOutList;
 use crate::pipeline::{Releasing, Screening, Spooling, Stages, Withholding};
@@ -66,12 +67,27 @@ async fn run_sources(config: &AgentConfig, progress: Progress) -> Result<RunSumm
     };
     let retry_for = Duration::from_secs(config.retry_for_secs);
     let delivery = Delivery::new(transport, retry_for, spool.clone());
+    let agreement = &admitted.signed.agreement;
+    let keyholders = match agreement.linkage.nhs_number_keyholders.as_slice() {
+        [] => None,
+        names => Some(
+            Keyholders::connect(
+                config,
+                &agreement.id,
+                names,
+                &admitted.key,
+                admitted.tls.clone(),
+            )
+            .await?,
+        ),
+    };
     let mut run = Run {
         config,
         today: now.date(),
         releaser: Arc::new(Releaser::new(
             &admitted.key,
-            admitted.signed.agreement.linkage.params().as_ref(),
+            agreement.linkage.params().as_ref(),
+            keyholders,
         )?),
         opt_out: admitted.opt_out.clone(),
         spool,

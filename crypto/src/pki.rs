@@ -156,16 +156,18 @@ impl CertificateAuthority {
         )
     }
 
-    /// Issues a gateway (server) certificate for `host` (a DNS name or IP
-    /// address) into `out_dir/gateway.pem` and `gateway.key`.
+    /// Issues a server certificate for `hosts` (DNS names or IP addresses)
+    /// into `out_dir/<service>.pem` and `<service>.key`: the gateway's, or
+    /// a keyholder's.
     pub fn issue_server(
         &self,
+        service: &str,
         hosts: &[String],
         validity: Validity,
         out_dir: &Path,
     ) -> Result<IssuedFiles, PkiError> {
         let label = format!(
-            "Joinery gateway {}",
+            "Joinery {service} {}",
             hosts.first().map_or("", String::as_str)
         );
         let mut params = leaf_params(&label, validity)?;
@@ -173,8 +175,8 @@ impl CertificateAuthority {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         self.sign(
             params,
-            &out_dir.join("gateway.pem"),
-            &out_dir.join("gateway.key"),
+            &out_dir.join(format!("{service}.pem")),
+            &out_dir.join(format!("{service}.key")),
             validity,
         )
     }

@@ -382,6 +382,7 @@ mod tests {
         let ca = CertificateAuthority::load(dir.path()).unwrap();
         let server = ca
             .issue_server(
+                "gateway",
                 &["localhost".to_owned()],
                 Validity::days_from_now(7).unwrap(),
                 dir.path(),
@@ -412,7 +413,7 @@ mod tests {
         CertificateAuthority::init(dir.path(), "test CA", validity).unwrap();
         let ca = CertificateAuthority::load(dir.path()).unwrap();
         let server = ca
-            .issue_server(&["localhost".to_owned()], validity, dir.path())
+            .issue_server("gateway", &["localhost".to_owned()], validity, dir.path())
             .unwrap();
         let server = TlsFiles {
             ca: dir.path().join("ca.pem"),

@@ -20,6 +20,10 @@
 //! [`identifiability`] measures how many stored records their
 //! quasi-identifiers single out.
 //!
+//! [`keyholder`] is another party's service on the same listener: an
+//! independent keyholder through whom agents make NHS-number pseudonyms
+//! obliviously (`joinery keyholder serve`).
+//!
 //! Invariants: only [`storage`] speaks SQL; every person-level table is keyed
 //! by person first; every number an analyst sees has passed [`disclosure`];
 //! an ack means committed; no log, error, trace or metric carries an
@@ -37,6 +41,7 @@ pub mod disclosure;
 pub mod http;
 pub mod identifiability;
 pub mod ingest;
+pub mod keyholder;
 pub mod linker;
 pub mod listener;
 pub mod metrics;

@@ -475,6 +475,37 @@ impl Rules<'_> {
             }
         }
 
+        let keyholders = &a.linkage.nhs_number_keyholders;
+        for (i, name) in keyholders.iter().enumerate() {
+            let at = [Key("linkage"), Key("nhs_number_keyholders"), Index(i)];
+            if !is_host_name(name) {
+                self.error(
+                    &at,
+                    format!("{name:?} is not a host name"),
+                    "name each keyholder as its server certificate does, e.g. keyholder.nhs.example",
+                );
+            } else if keyholders[..i].contains(name) {
+                self.error(
+                    &at,
+                    format!("{name} is listed twice"),
+                    "list each keyholder once",
+                );
+            }
+        }
+        let pseudonymised = a.datasets.values().any(|d| {
+            matches!(
+                d.fields.get("nhs_number"),
+                Some(crate::model::Transform::Pseudonymise)
+            )
+        });
+        if !keyholders.is_empty() && !pseudonymised {
+            self.warn(
+                &[Key("linkage"), Key("nhs_number_keyholders")],
+                "keyholders are listed but no dataset sends the NHS number pseudonymised".into(),
+                "set nhs_number: pseudonymise in a dataset, or remove the keyholders",
+            );
+        }
+
         if !a.linkage.fields.is_empty() {
             if a.linkage.encoding.scheme != crate::model::KEYED_BLOOM {
                 self.error(
@@ -701,6 +732,19 @@ fn dataset_path<'a>(name: &'a str, rest: &[Step<'a>]) -> Vec<Step<'a>> {
     let mut path = vec![Step::Key("datasets"), Step::Key(name)];
     path.extend_from_slice(rest);
     path
+}
+
+/// A DNS host name: dot-separated labels of letters, digits and hyphens.
+fn is_host_name(s: &str) -> bool {
+    (1..=253).contains(&s.len())
+        && s.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 fn is_name(s: &str) -> bool {

@@ -251,6 +251,23 @@ pub fn diff(old: &Agreement, new: &Agreement) -> Vec<Change> {
         );
     }
 
+    let (o, n) = (
+        &old.linkage.nhs_number_keyholders,
+        &new.linkage.nhs_number_keyholders,
+    );
+    if o != n {
+        add(
+            "linkage.nhs_number_keyholders".into(),
+            format!(
+                "[{}] -> [{}] (every NHS pseudonym changes: all records must be sent again)",
+                o.join(", "),
+                n.join(", ")
+            ),
+            // Fewer keyholders: fewer parties need collude.
+            n.len() < o.len(),
+        );
+    }
+
     // Outputs.
     let (o, n) = (&old.outputs, &new.outputs);
     if o.minimum_cell_count != n.minimum_cell_count {

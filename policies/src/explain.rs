@@ -242,6 +242,20 @@ fn blocks(a: &Agreement) -> Vec<Block> {
             )));
         }
     }
+    let keyholders = &a.linkage.nhs_number_keyholders;
+    if !keyholders.is_empty() {
+        out.push(Block::Paragraph(format!(
+            "NHS numbers are pseudonymised through {} independent keyholder{} ({}), who see them only blinded; no agency holds a key that computes a pseudonym, so reversing one would need {} as well as the gateway's operator.",
+            keyholders.len(),
+            if keyholders.len() == 1 { "" } else { "s" },
+            keyholders.join(", "),
+            if keyholders.len() == 1 {
+                "the keyholder's collusion".to_owned()
+            } else {
+                "every keyholder's collusion".to_owned()
+            }
+        )));
+    }
     out.push(Block::Heading(2, "Who can see what".to_owned()));
     out.push(Block::Table(
         vec!["Role", "Access", "Description", "Held by"],

@@ -223,6 +223,16 @@ pub struct Linkage {
     pub fields: Vec<String>,
     /// Encoding scheme and parameters version, agreed by all agents.
     pub encoding: Encoding,
+    /// Independent keyholders, by the DNS name on each one's server
+    /// certificate, through whom agents make NHS-number pseudonyms without
+    /// any of them seeing an NHS number (`docs/linkage-privacy.md`). With
+    /// keyholders, no agency holds a key that computes a pseudonym, so the
+    /// gateway's operator together with an agency cannot reverse one by
+    /// trying every NHS number: every keyholder would have to collude too.
+    /// Changing the list changes every NHS pseudonym (a new agreement
+    /// version, every record sent again).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nhs_number_keyholders: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]

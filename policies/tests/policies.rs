@@ -588,3 +588,59 @@ fn privacy_settings_that_protect_nothing_are_errors() {
     );
     assert!(explained.contains("about 41 two-way tables"), "{explained}");
 }
+
+/// Keyholders are named as their certificates name them, once each; explain
+/// says who must collude; diff says every pseudonym changes, and calls
+/// fewer keyholders a widening.
+#[test]
+fn nhs_number_keyholders_are_checked_explained_and_diffed() {
+    let text = example("children-at-risk-stratification.yaml");
+    let with = |list: &str| {
+        text.replace(
+            "linkage:\n",
+            &format!("linkage:\n  nhs_number_keyholders: {list}\n"),
+        )
+    };
+    let two = with("[keyholder-a.example, keyholder-b.example]");
+    let checked = check(&two, TODAY);
+    let errors: Vec<String> = checked.errors().map(ToString::to_string).collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    let new = checked.agreement.unwrap();
+    assert_eq!(new.linkage.nhs_number_keyholders.len(), 2);
+    let explained = explain(&new, Format::Text);
+    assert!(
+        explained.contains(
+            "through 2 independent keyholders (keyholder-a.example, keyholder-b.example)"
+        ) && explained.contains("every keyholder's collusion"),
+        "{explained}"
+    );
+
+    for (bad, says) in [
+        ("[keyholder a]", "is not a host name"),
+        ("[k.example, k.example]", "listed twice"),
+        ("[-k.example]", "is not a host name"),
+    ] {
+        let errors: Vec<String> = check(&with(bad), TODAY)
+            .errors()
+            .map(ToString::to_string)
+            .collect();
+        assert!(errors.iter().any(|e| e.contains(says)), "{bad}: {errors:?}");
+    }
+
+    let old: Agreement = serde_saphyr::from_str(&text).unwrap();
+    let one: Agreement = serde_saphyr::from_str(&with("[keyholder-a.example]")).unwrap();
+    let change = |from: &Agreement, to: &Agreement| {
+        diff(from, to)
+            .into_iter()
+            .find(|c| c.path == "linkage.nhs_number_keyholders")
+            .expect("the keyholders' change is reported")
+    };
+    assert!(
+        change(&old, &new)
+            .description
+            .contains("every NHS pseudonym changes")
+    );
+    assert!(!change(&old, &new).widens);
+    assert!(change(&new, &one).widens, "fewer keyholders widen");
+    assert!(change(&new, &old).widens);
+}

@@ -398,7 +398,7 @@ async fn identifiability(store: StoreArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Completes on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

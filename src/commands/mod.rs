@@ -7,6 +7,7 @@ pub mod bench;
 pub mod console;
 pub mod demo;
 pub mod gateway;
+pub mod keyholder;
 pub mod pki;
 pub mod policy;
 pub mod probe;

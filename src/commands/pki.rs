@@ -1,4 +1,4 @@
-//! `joinery pki`: the deployment CA, agent, analyst and gateway certificates,
+//! `joinery pki`: the deployment CA, agent, analyst, gateway and keyholder certificates,
 //! and the agreement's linkage key.
 
 use std::path::PathBuf;
@@ -35,17 +35,23 @@ pub enum PkiCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Issue the gateway's server certificate (gateway.pem, gateway.key).
+    /// Issue a server certificate: the gateway's (gateway.pem, gateway.key)
+    /// or, with --service keyholder, a keyholder's (keyholder.pem, .key).
     Server {
         #[command(flatten)]
         dir: PkiDir,
-        /// DNS name or IP address agents use to reach the gateway; repeat for several.
+        /// DNS name or IP address agents use to reach the server; repeat for
+        /// several. A keyholder's first name is the one agreements list.
         #[arg(long = "name", required = true)]
         names: Vec<String>,
+        /// Which server the certificate is for.
+        #[arg(long, value_enum, default_value = "gateway")]
+        service: Service,
         /// Lifetime in days.
         #[arg(long, default_value_t = 90)]
         days: i64,
-        /// Where to write the files (default: --dir/gateway).
+        /// Where to write the files (default: --dir/gateway, or
+        /// --dir/keyholders/NAME for a keyholder).
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -65,6 +71,13 @@ pub enum PkiCommand {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+/// The servers of a deployment.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Service {
+    Gateway,
+    Keyholder,
 }
 
 #[derive(Debug, Args)]
@@ -120,16 +133,22 @@ impl PkiCommand {
             Self::Server {
                 dir,
                 names,
+                service,
                 days,
                 out,
             } => {
                 let ca = CertificateAuthority::load(&dir.dir)?;
+                let (stem, default_out) = match service {
+                    Service::Gateway => ("gateway", dir.dir.join("gateway")),
+                    Service::Keyholder => ("keyholder", dir.dir.join("keyholders").join(&names[0])),
+                };
                 let issued = ca.issue_server(
+                    stem,
                     &names,
                     Validity::days_from_now(days)?,
-                    &out.unwrap_or_else(|| dir.dir.join("gateway")),
+                    &out.unwrap_or(default_out),
                 )?;
-                report(&format!("gateway {}", names.join(", ")), &issued);
+                report(&format!("{stem} {}", names.join(", ")), &issued);
             }
             Self::Revoke { dir, cert } => {
                 let ca = CertificateAuthority::load(&dir.dir)?;

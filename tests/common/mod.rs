@@ -620,7 +620,7 @@ pub struct Truth {
 /// Each agency record's truth, by its stored (organisation, local pseudonym):
 /// recomputed from its local id through both layers of pseudonymisation.
 pub fn truth_by_pseudonym(d: &Deployment, ground_truth: &Path) -> HashMap<(String, String), Truth> {
-    let releaser = Releaser::new(&d.linkage_key(), None).unwrap();
+    let releaser = Releaser::new(&d.linkage_key(), None, None).unwrap();
     let rekeyer = Rekeyer::new(&d.gateway_key());
     let mut truth_by_pseudonym = HashMap::new();
     for row in csv_rows(ground_truth, b',') {

@@ -137,6 +137,7 @@ fn pseudonymisation_rate(
     let releaser = Releaser::new(
         &SecretKey::load(key)?,
         agreement.agreement.linkage.params().as_ref(),
+        None,
     )?;
     let today = time::OffsetDateTime::now_utc().date();
     let mut rates = Vec::new();
@@ -145,10 +146,20 @@ fn pseudonymisation_rate(
         let started = Instant::now();
         let mut source = CsvSource::open(extract, &map, mapping, today)?;
         released = 0;
-        while let Some(row) = source.next_row() {
-            if let RowOutcome::Valid { row: person, .. } = row?.outcome {
-                std::hint::black_box(releaser.release(&person, 0, dataset, today));
-                released += 1;
+        let mut chunk = Vec::with_capacity(joinery_agent::pipeline::CHUNK);
+        loop {
+            let next = source.next_row().transpose()?;
+            let done = next.is_none();
+            if let Some(RowOutcome::Valid { row: person, .. }) = next.map(|row| row.outcome) {
+                chunk.push((0, person));
+            }
+            if chunk.len() >= joinery_agent::pipeline::CHUNK || (done && !chunk.is_empty()) {
+                released +=
+                    std::hint::black_box(releaser.release_all(&chunk, dataset, today)?).len();
+                chunk.clear();
+            }
+            if done {
+                break;
             }
         }
         rates.push(released as f64 / started.elapsed().as_secs_f64());

@@ -1,0 +1,185 @@
+//! NHS-number pseudonyms made through the agreement's keyholders
+//! (`linkage.nhs_number_keyholders`), so that no agency holds a key that
+//! computes one ([`joinery_crypto::oblivious`]).
+//!
+//! For each chunk of rows, the distinct NHS numbers are blinded afresh for
+//! each keyholder, evaluated by it over mutual TLS, and unblinded; the
+//! pseudonym is the HMAC, under the agreement's linkage key, of the
+//! keyholders' outputs in the agreement's order. The keyholders see only
+//! random elements; the gateway, as before, receives a 32-byte pseudonym and
+//! re-keys it. A keyholder that cannot be reached is retried for the
+//! configuration's `retry_for_secs`; a refusal (an allowance spent, an
+//! agreement that does not name it) stops the run, naming the keyholder.
+
+use std::time::Duration;
+
+use joinery_crypto::keys::SecretKey;
+use joinery_crypto::oblivious::Blinded;
+use joinery_crypto::pseudonym::{Pseudonym, Pseudonymiser};
+use joinery_proto::v1::EvaluateRequest;
+use joinery_proto::v1::keyholder_client::KeyholderClient;
+use tonic::Code;
+use tonic::transport::Channel;
+
+use crate::AgentConfig;
+use crate::error::AgentError;
+
+/// Elements per request (a keyholder takes at most 10,000).
+const PER_REQUEST: usize = 5_000;
+
+/// Values blinded or unblinded together, one piece of work for a core.
+const PER_THREAD: usize = 256;
+
+/// The agreement's keyholders, connected.
+pub struct Keyholders {
+    agreement: String,
+    keyholders: Vec<(String, KeyholderClient<Channel>)>,
+    combine: Pseudonymiser,
+    retry_for: Duration,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Keyholders {
+    /// Connects to each keyholder `names` lists (in that order) at the
+    /// address the configuration gives it.
+    pub async fn connect(
+        config: &AgentConfig,
+        agreement: &str,
+        names: &[String],
+        linkage_key: &SecretKey,
+        tls: rustls::ClientConfig,
+    ) -> Result<Self, AgentError> {
+        let mut keyholders = Vec::new();
+        for name in names {
+            let endpoint = config
+                .keyholders
+                .iter()
+                .find(|k| &k.name == name)
+                .ok_or_else(|| {
+                    AgentError::NotAllowed(format!(
+                        "agreement {agreement} pseudonymises NHS numbers through keyholder {name}: add {{ name: {name}, address: HOST:PORT }} under keyholders in the agent configuration"
+                    ))
+                })?;
+            let channel =
+                joinery_proto::channel::connect(&endpoint.address, name, tls.clone()).await?;
+            keyholders.push((name.clone(), KeyholderClient::new(channel)));
+        }
+        Ok(Self {
+            agreement: agreement.to_owned(),
+            keyholders,
+            combine: Pseudonymiser::new(linkage_key, "agent nhs-number through keyholders"),
+            retry_for: Duration::from_secs(config.retry_for_secs),
+            runtime: tokio::runtime::Handle::current(),
+        })
+    }
+
+    /// The pseudonyms of `numbers` (normalised NHS numbers), in order.
+    /// Blocks: call it from the reader's thread, not the runtime's.
+    pub fn pseudonymise(&self, numbers: &[&str]) -> Result<Vec<Pseudonym>, AgentError> {
+        let mut distinct: Vec<&str> = numbers.to_vec();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let mut combined: Vec<Vec<u8>> = vec![Vec::new(); distinct.len()];
+        for (name, client) in &self.keyholders {
+            for (part, values) in distinct.chunks(PER_REQUEST).enumerate() {
+                let chunks: Vec<&[&str]> = values.chunks(PER_THREAD).collect();
+                let blinded = in_parallel(&chunks, |values| Blinded::new(values));
+                let elements: Vec<Vec<u8>> =
+                    blinded.iter().flat_map(|b| b.elements.clone()).collect();
+                let evaluated = self.evaluate(name, client.clone(), elements)?;
+                let jobs: Vec<_> = blinded
+                    .iter()
+                    .zip(chunks)
+                    .zip(evaluated.chunks(PER_THREAD))
+                    .collect();
+                let mut outputs = Vec::with_capacity(values.len());
+                for finalized in
+                    in_parallel(&jobs, |((b, values), answers)| b.finalize(values, answers))
+                {
+                    outputs.extend(finalized.map_err(|e| AgentError::Keyholder {
+                        name: name.clone(),
+                        message: e.to_string(),
+                    })?);
+                }
+                for (i, output) in outputs.iter().enumerate() {
+                    combined[part * PER_REQUEST + i].extend_from_slice(output);
+                }
+            }
+        }
+        let by_number: std::collections::HashMap<&str, Pseudonym> = distinct
+            .iter()
+            .zip(&combined)
+            .map(|(n, c)| (*n, self.combine.pseudonymise(c)))
+            .collect();
+        Ok(numbers.iter().map(|n| by_number[n]).collect())
+    }
+
+    /// One request to one keyholder, retried while it cannot be reached.
+    fn evaluate(
+        &self,
+        name: &str,
+        mut client: KeyholderClient<Channel>,
+        blinded: Vec<Vec<u8>>,
+    ) -> Result<Vec<Vec<u8>>, AgentError> {
+        let request = EvaluateRequest {
+            agreement: self.agreement.clone(),
+            blinded,
+        };
+        let started = std::time::Instant::now();
+        let mut delay = Duration::from_millis(200);
+        loop {
+            let answer = self
+                .runtime
+                .block_on(client.evaluate(request.clone()))
+                .map(tonic::Response::into_inner);
+            match answer {
+                Ok(answer) if answer.evaluated.len() == request.blinded.len() => {
+                    return Ok(answer.evaluated);
+                }
+                Ok(answer) => {
+                    return Err(AgentError::Keyholder {
+                        name: name.to_owned(),
+                        message: format!(
+                            "answered {} elements for {}",
+                            answer.evaluated.len(),
+                            request.blinded.len()
+                        ),
+                    });
+                }
+                Err(status)
+                    if matches!(status.code(), Code::Unavailable | Code::Unknown)
+                        && started.elapsed() < self.retry_for =>
+                {
+                    tracing::warn!(keyholder = name, reason = %joinery_proto::channel::reason(&status), "keyholder unreachable: retrying");
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(status) => {
+                    return Err(AgentError::Keyholder {
+                        name: name.to_owned(),
+                        message: joinery_proto::channel::reason(&status),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// `work` on each of `items`, spread over every core, results in order.
+fn in_parallel<I: Sync, T: Send>(items: &[I], work: impl Fn(&I) -> T + Sync) -> Vec<T> {
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    if threads == 1 || items.len() <= 1 {
+        return items.iter().map(&work).collect();
+    }
+    let per_thread = items.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = items
+            .chunks(per_thread)
+            .map(|group| scope.spawn(|| group.iter().map(&work).collect::<Vec<T>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("a blinding thread panicked"))
+            .collect()
+    })
+}

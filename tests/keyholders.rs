@@ -1,0 +1,329 @@
+//! NHS pseudonyms made through independent keyholders (issue #25): three
+//! agencies deliver through two real `joinery keyholder serve` processes,
+//! and the records of one NHS number still link exactly across agencies.
+//! Then the attacks. The gateway's operator, holding the gateway's key,
+//! with one agency's help (its linkage key and its certificate), tries to
+//! reverse the stored NHS pseudonyms: offline, by computing the pseudonym of
+//! every NHS number in the population as agents used to (it matches none);
+//! online, by asking a keyholder to evaluate guesses with the agency's
+//! certificate (refused past the agency's daily allowance). An analyst and
+//! an organisation outside the agreement are refused outright. No NHS number
+//! appears in any keyholder's log or ledger.
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use common::*;
+use joinery_crypto::oblivious::Blinded;
+use joinery_crypto::pseudonym::Pseudonymiser;
+use joinery_gateway::rekey::Rekeyer;
+use joinery_proto::v1::EvaluateRequest;
+use joinery_proto::v1::keyholder_client::KeyholderClient;
+use sqlx::Row;
+
+const KEYHOLDER_A: &str = "keyholder-a.test";
+const KEYHOLDER_B: &str = "keyholder-b.test";
+
+/// A running `joinery keyholder serve`, stopped when dropped.
+struct Keyholder {
+    name: &'static str,
+    child: Child,
+    address: String,
+    data: PathBuf,
+    log: PathBuf,
+}
+
+impl Drop for Keyholder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_keyholder(d: &Deployment, name: &'static str, daily_allowance: u64) -> Keyholder {
+    joinery_ok(&[
+        "pki",
+        "server",
+        "--dir",
+        &d.pki(),
+        "--service",
+        "keyholder",
+        "--name",
+        name,
+    ]);
+    let certs = PathBuf::from(d.pki()).join("keyholders").join(name);
+    let data = d.path(&format!("keyholder-data/{name}"));
+    let log = d.path(&format!("{name}.log"));
+    let mut child = joinery()
+        .args([
+            "keyholder",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--name",
+            name,
+        ])
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--agreements")
+        .arg(d.agreements_dir())
+        .arg("--daily-allowance")
+        .arg(daily_allowance.to_string())
+        .arg("--tls-ca")
+        .arg(d.ca())
+        .arg("--tls-cert")
+        .arg(certs.join("keyholder.pem"))
+        .arg("--tls-key")
+        .arg(certs.join("keyholder.key"))
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("start keyholder");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(address) = line.strip_prefix("listening on ") {
+                let _ = tx.send(address.to_owned());
+            }
+        }
+    });
+    let address = rx
+        .recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|_| {
+            panic!(
+                "keyholder did not start: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        });
+    Keyholder {
+        name,
+        child,
+        address,
+        data,
+        log,
+    }
+}
+
+/// Adds where each keyholder is to an agent configuration.
+fn add_keyholders(config: &Path, keyholders: &[&Keyholder]) {
+    let mut yaml = std::fs::read_to_string(config).unwrap();
+    yaml.push_str("keyholders:\n");
+    for k in keyholders {
+        yaml.push_str(&format!(
+            "  - {{ name: {}, address: '{}' }}\n",
+            k.name, k.address
+        ));
+    }
+    std::fs::write(config, yaml).unwrap();
+}
+
+/// Asks `keyholder` to evaluate `guesses` as `org` (its certificate).
+async fn ask(
+    d: &Deployment,
+    keyholder: &Keyholder,
+    cert: (PathBuf, PathBuf),
+    guesses: &[String],
+) -> Result<usize, (tonic::Code, String)> {
+    let tls = joinery_crypto::tls::client_config(&common::ingest::files(d, cert)).unwrap();
+    let channel = joinery_proto::channel::connect(&keyholder.address, keyholder.name, tls)
+        .await
+        .expect("connect to the keyholder");
+    let blinded = Blinded::new(guesses);
+    KeyholderClient::new(channel)
+        .evaluate(EvaluateRequest {
+            agreement: AGREEMENT.to_owned(),
+            blinded: blinded.elements,
+        })
+        .await
+        .map(|answer| answer.into_inner().evaluated.len())
+        .map_err(|status| (status.code(), status.message().to_owned()))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nhs_pseudonyms_made_through_keyholders_link_and_resist_the_gateway_with_an_agency() {
+    let d = Deployment::new();
+    write_signed_agreement(&d.agreements_dir(), |t| {
+        t.replace(
+            "linkage:\n",
+            &format!("linkage:\n  nhs_number_keyholders: [{KEYHOLDER_A}, {KEYHOLDER_B}]\n"),
+        )
+    });
+    let synth = d.synth(300, 5);
+    let largest = THREE_AGENCIES
+        .iter()
+        .map(|(_, dataset)| csv_rows(&synth.join(format!("extracts/{dataset}.csv")), b',').len())
+        .max()
+        .unwrap() as u64;
+    // Each agency's extract fits its allowance; twice as many guesses do not.
+    let allowance = 2 * largest;
+    let a = start_keyholder(&d, KEYHOLDER_A, allowance);
+    let b = start_keyholder(&d, KEYHOLDER_B, allowance);
+    let gateway = d.start_gateway(None, &[]);
+
+    // An agent not told where the keyholders are stops, saying what to add.
+    let (org, dataset) = THREE_AGENCIES[0];
+    let extract = synth.join(format!("extracts/{dataset}.csv"));
+    let mapping = synth.join(format!("mappings/{dataset}.yaml"));
+    let config = d.agent_config(org, &gateway.address, &extract, &mapping);
+    let (code, _, stderr) = finish(d.spawn_agent(&config));
+    assert!(![0, joinery_agent::summary::EXIT_QUARANTINED].contains(&code));
+    assert!(
+        stderr.contains(&format!(
+            "add {{ name: {KEYHOLDER_A}, address: HOST:PORT }} under keyholders"
+        )),
+        "{stderr}"
+    );
+
+    let mut agent_logs = String::new();
+    for (org, dataset) in THREE_AGENCIES {
+        let config = d.agent_config(
+            org,
+            &gateway.address,
+            &synth.join(format!("extracts/{dataset}.csv")),
+            &synth.join(format!("mappings/{dataset}.yaml")),
+        );
+        add_keyholders(&config, &[&a, &b]);
+        let (code, stdout, stderr) = finish(d.spawn_agent(&config));
+        assert!(
+            [0, joinery_agent::summary::EXIT_QUARANTINED].contains(&code),
+            "{org}: {stdout}\n{stderr}"
+        );
+        agent_logs.push_str(&stderr);
+    }
+
+    // Exact linkage still works: every stored record of one valid NHS
+    // number carries one pseudonym, and two numbers never share one.
+    let db = open_database(&d.sqlite_url()).await;
+    let truth = truth_by_pseudonym(&d, &synth.join("ground_truth.csv"));
+    let rows = sqlx::query(
+        "SELECT organisation, local_pseudonym, nhs_pseudonym FROM records WHERE nhs_pseudonym IS NOT NULL",
+    )
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    let mut pseudonyms_of: HashMap<String, BTreeSet<String>> = HashMap::new();
+    let mut numbers_of: HashMap<String, BTreeSet<String>> = HashMap::new();
+    let mut agencies_of: HashMap<String, BTreeSet<String>> = HashMap::new();
+    for row in &rows {
+        let key = (
+            row.get::<String, _>("organisation"),
+            row.get::<String, _>("local_pseudonym"),
+        );
+        let pseudonym: String = row.get("nhs_pseudonym");
+        let t = &truth[&key];
+        let number = t
+            .valid_nhs
+            .clone()
+            .expect("only valid numbers are pseudonymised");
+        pseudonyms_of
+            .entry(number.clone())
+            .or_default()
+            .insert(pseudonym.clone());
+        numbers_of
+            .entry(pseudonym.clone())
+            .or_default()
+            .insert(number);
+        agencies_of
+            .entry(pseudonym)
+            .or_default()
+            .insert(t.organisation.clone());
+    }
+    assert!(
+        rows.len() > 300,
+        "{} records with an NHS pseudonym",
+        rows.len()
+    );
+    assert!(
+        pseudonyms_of.values().all(|p| p.len() == 1),
+        "one pseudonym per number"
+    );
+    assert!(
+        numbers_of.values().all(|n| n.len() == 1),
+        "one number per pseudonym"
+    );
+    let across = agencies_of.values().filter(|o| o.len() >= 2).count();
+    assert!(
+        across > 50,
+        "{across} NHS pseudonyms link records of two or more agencies"
+    );
+
+    // Offline: the gateway's key and the agency's linkage key compute the
+    // pseudonym of every NHS number as agents without keyholders do; none
+    // is stored.
+    let register: BTreeSet<String> = csv_rows(&synth.join("ground_truth.csv"), b',')
+        .iter()
+        .filter_map(|row| joinery_agent::validate::nhs_number(&row[4]).ok())
+        .collect();
+    let rekeyer = Rekeyer::new(&d.gateway_key());
+    let agent = Pseudonymiser::new(&d.linkage_key(), "agent nhs-number");
+    let stored: BTreeSet<&String> = numbers_of.keys().collect();
+    let recomputed = register
+        .iter()
+        .filter_map(|n| {
+            rekeyer
+                .identify(COUNCIL, &[0; 32], &agent.pseudonymise(n.as_bytes()))
+                .nhs_pseudonym
+        })
+        .filter(|p| stored.contains(p))
+        .count();
+    assert_eq!(
+        recomputed, 0,
+        "the coalition recomputes no stored pseudonym"
+    );
+
+    // Online: with the council's certificate, guesses beyond the council's
+    // allowance are refused, and the refusal says so.
+    let guesses: Vec<String> = (0..2 * allowance)
+        .map(|i| format!("{:010}", 9_000_000_000 + i))
+        .collect();
+    let mut answered = 0;
+    let mut refusal = None;
+    for chunk in guesses.chunks(100) {
+        match ask(&d, &a, d.org_cert(COUNCIL), chunk).await {
+            Ok(n) => answered += n,
+            Err(e) => {
+                refusal = Some(e);
+                break;
+            }
+        }
+    }
+    let (code, message) = refusal.expect("the allowance stops the guessing");
+    assert_eq!(code, tonic::Code::ResourceExhausted, "{message}");
+    assert!(
+        message.contains("allowance") && message.contains(COUNCIL),
+        "{message}"
+    );
+    assert!((answered as u64) < allowance, "{answered} guesses answered");
+
+    // An analyst, and an organisation outside the agreement, are refused.
+    let (code, message) = ask(&d, &b, d.analyst_cert(), &guesses[..1])
+        .await
+        .unwrap_err();
+    assert_eq!(code, tonic::Code::PermissionDenied, "{message}");
+    joinery_ok(&["pki", "issue", "--dir", &d.pki(), "--org", "ZZ9"]);
+    let outsider = (
+        PathBuf::from(d.pki()).join("agents/ZZ9.pem"),
+        PathBuf::from(d.pki()).join("agents/ZZ9.key"),
+    );
+    let (code, message) = ask(&d, &b, outsider, &guesses[..1]).await.unwrap_err();
+    assert_eq!(code, tonic::Code::PermissionDenied, "{message}");
+    assert!(message.contains("lets ZZ9 send data"), "{message}");
+
+    // The keyholders saw no NHS number, and wrote none down.
+    for k in [&a, &b] {
+        let ledger = std::fs::read_to_string(k.data.join("ledger.jsonl")).unwrap();
+        assert!(ledger.lines().count() >= 3, "every answer is in the ledger");
+        let log = std::fs::read_to_string(&k.log).unwrap();
+        for number in &register {
+            assert!(!ledger.contains(number.as_str()) && !log.contains(number.as_str()));
+            assert!(!agent_logs.contains(number.as_str()));
+        }
+    }
+}
