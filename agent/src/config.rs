@@ -111,6 +111,7 @@ impl GatewayEndpoint {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KeyholderEndpoint {
+    /// The keyholder's name, as the agreement lists it.
     pub name: String,
     /// `host:port`.
     pub address: String,

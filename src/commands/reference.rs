@@ -222,6 +222,7 @@ pub fn configuration() -> anyhow::Result<String> {
     for path in [
         ["gateway", "serve"],
         ["gateway", "retention"],
+        ["keyholder", "serve"],
         ["agent", "run"],
     ] {
         let Some(command) = cli
