@@ -124,6 +124,7 @@ fn compose_and_helm_use_only_real_commands_and_variables() {
         "deploy/compose/compose.yaml",
         "deploy/helm/joinery-gateway/templates/deployment.yaml",
         "deploy/systemd/gateway.env",
+        "deploy/systemd/keyholder.env",
     ] {
         for variable in variables_in(&repo(file)) {
             assert!(
@@ -245,6 +246,7 @@ fn systemd_units_verify() {
     let mut units = Vec::new();
     for unit in [
         "joinery-gateway.service",
+        "joinery-keyholder.service",
         "joinery-agent.service",
         "joinery-agent.timer",
     ] {
@@ -282,7 +284,11 @@ fn systemd_units_verify() {
         String::from_utf8_lossy(&made.stderr)
     );
     let passwd = std::fs::read_to_string(root.path().join("etc/passwd")).unwrap();
-    for unit in ["joinery-gateway.service", "joinery-agent.service"] {
+    for unit in [
+        "joinery-gateway.service",
+        "joinery-keyholder.service",
+        "joinery-agent.service",
+    ] {
         let user = unit_value(unit, "User");
         assert!(
             passwd.lines().any(|l| l.starts_with(&format!("{user}:"))),

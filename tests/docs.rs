@@ -29,6 +29,7 @@ fn every_metric_is_documented() {
         g::LINKAGE_EXPECTED_MISSED,
         g::TLS_EXPIRY,
         g::AGREEMENT_EXPIRY,
+        g::KEYHOLDER_ELEMENTS,
         a::TLS_EXPIRY,
         a::RECORDS_READ,
         a::RECORDS_QUARANTINED,
@@ -140,6 +141,15 @@ fn the_examples_name_the_files_pki_writes() {
         "pki",
         "--name",
         "joinery-gateway.example.nhs.uk",
+    ]);
+    pki(&[
+        "server",
+        "--dir",
+        "pki",
+        "--service",
+        "keyholder",
+        "--name",
+        "keyholder.icb.example.nhs.uk",
     ]);
     pki(&["issue", "--dir", "pki", "--org", "E08000035"]);
     pki(&["issue", "--dir", "pki", "--analyst", "j.bloggs"]);

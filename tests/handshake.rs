@@ -285,16 +285,6 @@ async fn batches_are_stored_once_and_bad_batches_rejected() {
     );
 }
 
-/// A minimal HTTP/1.0 GET, enough for the metrics endpoint.
-fn http_get(address: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(address).unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_that_never_finishes_its_handshake_is_dropped() {
     use std::io::Read;

@@ -45,7 +45,13 @@ impl Drop for Keyholder {
     }
 }
 
-fn start_keyholder(d: &Deployment, name: &'static str, daily_allowance: u64) -> Keyholder {
+/// Starts a keyholder named `name`, its metrics on `metrics`.
+fn start_keyholder(
+    d: &Deployment,
+    name: &'static str,
+    daily_allowance: u64,
+    metrics: &str,
+) -> Keyholder {
     joinery_ok(&[
         "pki",
         "server",
@@ -74,6 +80,7 @@ fn start_keyholder(d: &Deployment, name: &'static str, daily_allowance: u64) -> 
         .arg(d.agreements_dir())
         .arg("--daily-allowance")
         .arg(daily_allowance.to_string())
+        .args(["--metrics-listen", metrics])
         .arg("--tls-ca")
         .arg(d.ca())
         .arg("--tls-cert")
@@ -163,8 +170,9 @@ async fn nhs_pseudonyms_made_through_keyholders_link_and_resist_the_gateway_with
         .unwrap() as u64;
     // Each agency's extract fits its allowance; twice as many guesses do not.
     let allowance = 2 * largest;
-    let a = start_keyholder(&d, KEYHOLDER_A, allowance);
-    let b = start_keyholder(&d, KEYHOLDER_B, allowance);
+    let metrics = free_local_address();
+    let a = start_keyholder(&d, KEYHOLDER_A, allowance, &metrics);
+    let b = start_keyholder(&d, KEYHOLDER_B, allowance, &free_local_address());
     let gateway = d.start_gateway(None, &[]);
 
     // An agent not told where the keyholders are stops, saying what to add.
@@ -301,6 +309,19 @@ async fn nhs_pseudonyms_made_through_keyholders_link_and_resist_the_gateway_with
         "{message}"
     );
     assert!((answered as u64) < allowance, "{answered} guesses answered");
+
+    // The keyholder's operator sees the guessing in its metrics.
+    let exposition = http_get(&metrics, "/metrics");
+    let count = |outcome: &str| -> u64 {
+        let series = format!("joinery_keyholder_elements_total{{outcome=\"{outcome}\"}} ");
+        exposition
+            .lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{series} in {exposition}"))
+    };
+    assert!(count("over_allowance") >= 100, "{exposition}");
+    assert!(count("evaluated") > rows.len() as u64 / 3, "{exposition}");
 
     // An analyst, and an organisation outside the agreement, are refused.
     let (code, message) = ask(&d, &b, d.analyst_cert(), &guesses[..1])

@@ -137,14 +137,7 @@ async fn no_identifier_reaches_any_output() {
         d.analyst_cert(),
         &[],
     );
-    let exposition = {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(&metrics).unwrap();
-        write!(stream, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
-        let mut text = String::new();
-        stream.read_to_string(&mut text).unwrap();
-        text
-    };
+    let exposition = http_get(&metrics, "/metrics");
     assert!(
         exposition.contains("joinery_gateway_batches_total"),
         "{exposition}"

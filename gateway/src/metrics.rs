@@ -24,6 +24,7 @@ pub const LINKAGE_EXPECTED_WRONG: &str = "joinery_gateway_linkage_expected_wrong
 pub const LINKAGE_EXPECTED_MISSED: &str = "joinery_gateway_linkage_expected_missed_links";
 pub const POPULATION_UPDATES: &str = "joinery_gateway_population_updates_total";
 pub const POPULATION_PEOPLE_READ: &str = "joinery_gateway_population_people_read_total";
+pub const KEYHOLDER_ELEMENTS: &str = "joinery_keyholder_elements_total";
 
 /// Histogram buckets for a linkage run's duration, in seconds.
 pub const LINKAGE_SECONDS_BUCKETS: &[f64] = &[
@@ -45,6 +46,9 @@ const LINK_METHODS: [&str; 2] = [
     crate::rekey::LinkMethod::Unlinked.as_str(),
 ];
 const POPULATION_UPDATE_KINDS: [&str; 2] = ["changed", "full"];
+/// What became of the elements agencies asked a keyholder to evaluate.
+pub const KEYHOLDER_OUTCOMES: [&str; 4] =
+    ["evaluated", "over_allowance", "not_admitted", "malformed"];
 
 /// Describes every gateway metric to the installed recorder, and shows the
 /// counters whose labels are known in advance at zero.
@@ -67,6 +71,13 @@ pub fn describe() {
         metrics::counter!(POPULATION_UPDATES, "kind" => kind).increment(0);
     }
     metrics::counter!(POPULATION_PEOPLE_READ).increment(0);
+    for outcome in KEYHOLDER_OUTCOMES {
+        metrics::counter!(KEYHOLDER_ELEMENTS, "outcome" => outcome).increment(0);
+    }
+    metrics::describe_counter!(
+        KEYHOLDER_ELEMENTS,
+        "Blinded elements agencies asked a keyholder to evaluate, by outcome (evaluated, over_allowance, not_admitted, malformed)"
+    );
     metrics::describe_counter!(
         BATCHES,
         "Batches answered, by organisation, dataset and outcome (committed, duplicate, rejected) and reason"

@@ -45,11 +45,18 @@ pub struct ServeArgs {
     /// Certificate revocation list (joinery pki revoke writes pki/crl.pem).
     #[arg(long, env = "JOINERY_TLS_CRL")]
     tls_crl: Option<PathBuf>,
+    /// Serve GET /metrics (Prometheus), /healthz and /readyz on this address.
+    #[arg(long, env = "JOINERY_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 impl KeyholderCommand {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
         let Self::Serve(args) = self;
+        let recorder = match args.metrics_listen {
+            Some(_) => Some(crate::observe::install()?),
+            None => None,
+        };
         let keyholder = KeyholderServerHandle::bind(KeyholderConfig {
             listen: args.listen,
             data_dir: args.data_dir,
@@ -60,6 +67,9 @@ impl KeyholderCommand {
             limits: Limits::default(),
         })
         .await?;
+        if let (Some(address), Some(recorder)) = (args.metrics_listen, recorder) {
+            crate::observe::serve(address, recorder, crate::observe::always_ready()).await?;
+        }
         if let Some(address) = keyholder.local_addr() {
             // Machine-readable line for scripts and tests that bind port 0.
             println!("listening on {address}");

@@ -720,3 +720,14 @@ pub fn connect_from_another_host(address: &str) -> std::io::Result<std::net::Tcp
     socket.connect(&to.into())?;
     Ok(socket.into())
 }
+
+/// A minimal HTTP/1.0 GET, enough for a metrics endpoint: the whole
+/// response, status line and headers included.
+pub fn http_get(address: &str, path: &str) -> String {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}

@@ -256,7 +256,12 @@ impl Keyholder for KeyholderService {
                 blinded.len()
             )));
         }
+        let counted = |outcome: &'static str| {
+            metrics::counter!(crate::metrics::KEYHOLDER_ELEMENTS, "outcome" => outcome)
+                .increment(blinded.len() as u64);
+        };
         if !self.admits(&organisation, &agreement) {
+            counted("not_admitted");
             tracing::warn!(%organisation, agreement = %agreement, "evaluation refused: no agreement admits it");
             return Err(Status::permission_denied(format!(
                 "no agreement in force with id {agreement:?} names keyholder {} and lets {organisation} send data",
@@ -272,6 +277,7 @@ impl Keyholder for KeyholderService {
                 OffsetDateTime::now_utc().unix_timestamp(),
             )
             .map_err(|e| {
+                counted("over_allowance");
                 tracing::warn!(%organisation, agreement = %agreement, elements = blinded.len(), "evaluation refused: {e}");
                 match e {
                     AllowanceError::Spent { .. } => Status::resource_exhausted(e.to_string()),
@@ -279,11 +285,18 @@ impl Keyholder for KeyholderService {
                 }
             })?;
         let key = self.key(&agreement)?;
-        let count = blinded.len();
+        let count = blinded.len() as u64;
         let evaluated = tokio::task::spawn_blocking(move || key.evaluate(&blinded))
             .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let outcome = if evaluated.is_ok() {
+            "evaluated"
+        } else {
+            "malformed"
+        };
+        metrics::counter!(crate::metrics::KEYHOLDER_ELEMENTS, "outcome" => outcome)
+            .increment(count);
+        let evaluated = evaluated.map_err(|e| Status::invalid_argument(e.to_string()))?;
         tracing::info!(%organisation, agreement = %agreement, elements = count, used_today = used, "evaluated");
         Ok(Response::new(EvaluateResponse { evaluated }))
     }
