@@ -348,3 +348,21 @@ async fn nhs_pseudonyms_made_through_keyholders_link_and_resist_the_gateway_with
         }
     }
 }
+
+/// `joinery-bench ingest --keyholders` delivers the same extract through
+/// real keyholder processes, and every record arrives.
+#[test]
+fn the_ingest_bench_delivers_through_keyholders() {
+    let output = joinery_bench_ok(&["ingest", "--records", "1500", "--keyholders", "1"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stored = |prefix: &str| -> u64 {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix:?} line in {stdout}"))
+    };
+    let plain = stored("SQLite ");
+    assert!(plain > 1_000, "{stdout}");
+    assert_eq!(stored("SQLite through 1 keyholder "), plain, "{stdout}");
+}

@@ -20,7 +20,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::{GatewayProcess, append, create_sandbox, csv_agent, free_port, signal_process};
+use super::{ServerProcess, append, create_sandbox, csv_agent, free_port, signal_process};
 use crate::sandbox::write_agent_config;
 
 #[derive(Debug, clap::Args)]
@@ -102,7 +102,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<ExitCode> {
     let gateway_log = root.join("gateway.log");
     let database_url = args.postgres_url.clone();
     let start_gateway = || {
-        GatewayProcess::start(
+        ServerProcess::start(
             &deployment,
             &listen,
             &data_dir,
@@ -365,8 +365,8 @@ fn poll(agents: &mut [AgentProcess]) -> anyhow::Result<usize> {
 
 /// Starts the gateway again, retrying while its port is still held.
 async fn restart(
-    start: &impl Fn() -> anyhow::Result<GatewayProcess>,
-) -> anyhow::Result<GatewayProcess> {
+    start: &impl Fn() -> anyhow::Result<ServerProcess>,
+) -> anyhow::Result<ServerProcess> {
     let mut attempts = 0;
     loop {
         match start() {

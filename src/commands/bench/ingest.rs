@@ -2,7 +2,8 @@
 //! agent (in this process) to a real gateway process (SQLite, and PostgreSQL
 //! when `--postgres-url` is given) over mutual TLS: records per second end to
 //! end, ack latency percentiles, the agent's pseudonymisation rate on one
-//! core, and peak resident memory of agent and gateway.
+//! core, and peak resident memory of agent and gateway; with `--keyholders
+//! N`, the same delivery with NHS numbers pseudonymised through N keyholders.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -15,7 +16,10 @@ use joinery_agent::source::Source;
 use joinery_agent::source::csv::CsvSource;
 use joinery_crypto::keys::SecretKey;
 
-use super::{GatewayProcess, create_sandbox, csv_agent, peak_rss_kib, percentile};
+use joinery_agent::config::KeyholderEndpoint;
+
+use super::{ServerProcess, create_sandbox, csv_agent, peak_rss_kib, percentile};
+use crate::sandbox::Sandbox;
 
 #[derive(Debug, clap::Args)]
 pub struct IngestArgs {
@@ -32,6 +36,11 @@ pub struct IngestArgs {
     /// Measure only the agent's one-core rate (no gateway, nothing sent).
     #[arg(long)]
     agent_only: bool,
+    /// Also deliver to SQLite under an agreement naming this many keyholders
+    /// (each a `joinery keyholder serve` process), NHS numbers pseudonymised
+    /// through them.
+    #[arg(long, default_value_t = 0)]
+    keyholders: usize,
 }
 
 const ORG: &str = "E08000099";
@@ -42,6 +51,7 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<ExitCode> {
         postgres_url,
         batch_size,
         agent_only,
+        keyholders,
     } = args;
     let dir = tempfile::Builder::new()
         .prefix("joinery-bench-")
@@ -75,20 +85,96 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<ExitCode> {
     if let Some(url) = postgres_url {
         targets.push(("PostgreSQL", Some(url)));
     }
+    let run = Delivery {
+        root,
+        extract,
+        mapping,
+        batch_size,
+    };
     for (name, url) in targets {
-        let data_dir = root.join(format!("gateway-{}", name.to_lowercase()));
-        let mut gateway = GatewayProcess::start(
-            &deployment,
-            "127.0.0.1:0",
-            &data_dir,
-            url.as_deref(),
+        run.measure(name, &deployment, url.as_deref(), &[]).await?;
+    }
+    if keyholders > 0 {
+        let with = create_sandbox(&root.join("with-keyholders"), &[ORG])?;
+        let names: Vec<String> = (1..=keyholders)
+            .map(|i| format!("keyholder-{i}.localhost"))
+            .collect();
+        crate::sandbox::sign_example_agreement(&with.agreements_dir(), |text| {
+            text.replace(
+                "linkage:\n",
+                &format!(
+                    "linkage:\n  nhs_number_keyholders: [{}]\n",
+                    names.join(", ")
+                ),
+            )
+        })?;
+        let mut processes = Vec::new();
+        let mut endpoints = Vec::new();
+        for name in &names {
+            let process = ServerProcess::keyholder(&with, name)?;
+            endpoints.push(KeyholderEndpoint {
+                name: name.clone(),
+                address: process.address.clone(),
+            });
+            processes.push(process);
+        }
+        run.measure(
+            &format!(
+                "SQLite through {keyholders} keyholder{}",
+                if keyholders == 1 { "" } else { "s" }
+            ),
+            &with,
             None,
-            &[],
-        )?;
-        let mut config = csv_agent(&deployment, ORG, &gateway.address, extract, mapping)?;
-        config.batch_size = batch_size;
+            &endpoints,
+        )
+        .await?;
+        for mut process in processes {
+            process.stop("TERM");
+        }
+    }
+    println!(
+        "peak RSS agent (this process, including data generation): {} MiB",
+        peak_rss_kib(std::process::id()).map_or("?".to_owned(), |k| (k / 1024).to_string())
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One extract delivered afresh to a gateway per target.
+struct Delivery<'a> {
+    root: &'a Path,
+    extract: &'a Path,
+    mapping: &'a Path,
+    batch_size: usize,
+}
+
+impl Delivery<'_> {
+    /// Delivers the extract to a new gateway of `sandbox` (on `url`, else
+    /// SQLite) through `keyholders`, and prints the rate, ack latencies and
+    /// the gateway's peak memory.
+    async fn measure(
+        &self,
+        name: &str,
+        sandbox: &Sandbox,
+        url: Option<&str>,
+        keyholders: &[KeyholderEndpoint],
+    ) -> anyhow::Result<()> {
+        let slug: String = name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        let data_dir = self.root.join(format!("gateway-{slug}"));
+        let mut gateway = ServerProcess::start(sandbox, "127.0.0.1:0", &data_dir, url, None, &[])?;
+        let mut config = csv_agent(sandbox, ORG, &gateway.address, self.extract, self.mapping)?;
+        config.batch_size = self.batch_size;
+        config.keyholders = keyholders.to_vec();
         // Each target is delivered from scratch: its own spool.
-        config.spool_dir = root.join(format!("spool-{}", name.to_lowercase()));
+        config.spool_dir = self.root.join(format!("spool-{slug}"));
         let started = Instant::now();
         let summary = joinery_agent::run(&config, joinery_agent::Progress::Quiet).await?;
         let elapsed = started.elapsed();
@@ -107,12 +193,8 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<ExitCode> {
             latencies.len(),
             gateway_peak.map_or("?".to_owned(), |k| (k / 1024).to_string()),
         );
+        Ok(())
     }
-    println!(
-        "peak RSS agent (this process, including data generation): {} MiB",
-        peak_rss_kib(std::process::id()).map_or("?".to_owned(), |k| (k / 1024).to_string())
-    );
-    Ok(ExitCode::SUCCESS)
 }
 
 /// Passes over the extract [`pseudonymisation_rate`] makes: the first warms

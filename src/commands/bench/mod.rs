@@ -1,7 +1,8 @@
 //! `joinery-bench`: measurements. Figures go in notes, never asserted in tests.
 //!
 //! - `bench ingest`: records per second end to end, ack latency, the agent's
-//!   pseudonymisation rate on one core, peak memory of agent and gateway.
+//!   pseudonymisation rate on one core, peak memory of agent and gateway
+//!   (and with `--keyholders N`, through N keyholders).
 //! - `bench chaos`: several agents deliver while agents are killed, the
 //!   gateway is killed and restarted, connections are cut (and PostgreSQL is
 //!   restarted); then every record must be stored exactly once.
@@ -130,14 +131,14 @@ fn csv_agent(
     )
 }
 
-/// The gateway as its own process, so its memory is measured on its own and
-/// it can be killed.
-struct GatewayProcess {
+/// A gateway or keyholder as its own process, so its memory is measured on
+/// its own and it can be killed.
+struct ServerProcess {
     child: std::process::Child,
     address: String,
 }
 
-impl GatewayProcess {
+impl ServerProcess {
     /// Starts `joinery gateway serve` on `listen` (port 0: any free port),
     /// with `extra` arguments, logging warnings to `log` (or the terminal).
     fn start(
@@ -170,14 +171,56 @@ impl GatewayProcess {
         if let Some(log) = log {
             command.stderr(append(log)?);
         }
-        let mut child = command.spawn().context("starting the gateway")?;
-        let stdout = child.stdout.take().context("gateway stdout")?;
+        Self::spawn(command, "gateway")
+    }
+
+    /// Starts `joinery keyholder serve` named `name` on any free port, for
+    /// the sandbox's agreements, its certificate issued now.
+    fn keyholder(sandbox: &Sandbox, name: &str) -> anyhow::Result<Self> {
+        let certs = sandbox.pki().join("keyholders").join(name);
+        joinery_crypto::pki::CertificateAuthority::load(&sandbox.pki())?.issue_server(
+            "keyholder",
+            &[name.to_owned()],
+            joinery_crypto::pki::Validity::days_from_now(1)?,
+            &certs,
+        )?;
+        let mut command = Command::new(joinery_binary()?);
+        command
+            .args([
+                "keyholder",
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--name",
+                name,
+            ])
+            .arg("--data-dir")
+            .arg(sandbox.root().join("keyholder-data").join(name))
+            .arg("--agreements")
+            .arg(sandbox.agreements_dir())
+            .arg("--tls-ca")
+            .arg(sandbox.ca())
+            .arg("--tls-cert")
+            .arg(certs.join("keyholder.pem"))
+            .arg("--tls-key")
+            .arg(certs.join("keyholder.key"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped());
+        Self::spawn(command, "keyholder")
+    }
+
+    /// Spawns `command` and waits for its `listening on ADDRESS` line.
+    fn spawn(mut command: Command, what: &str) -> anyhow::Result<Self> {
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("starting the {what}"))?;
+        let stdout = child.stdout.take().context("server stdout")?;
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line)?;
         let address = line
             .trim()
             .strip_prefix("listening on ")
-            .with_context(|| format!("gateway did not start: {line:?}"))?
+            .with_context(|| format!("{what} did not start: {line:?}"))?
             .to_owned();
         Ok(Self { child, address })
     }

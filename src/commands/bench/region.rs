@@ -42,7 +42,7 @@ use joinery_gateway::storage::Storage;
 use joinery_proto::v1::RunRequest;
 use serde::{Deserialize, Serialize};
 
-use super::{GatewayProcess, free_port, joinery_binary, peak_rss_kib, percentile, rss_kib};
+use super::{ServerProcess, free_port, joinery_binary, peak_rss_kib, percentile, rss_kib};
 use crate::commands::probe::http_get;
 use crate::sandbox::{Sandbox, SandboxSpec, write_agent_config};
 
@@ -600,7 +600,7 @@ impl Region {
         let metrics = free_port()?;
         let mut args = extra.to_vec();
         args.extend(["--metrics-listen", &metrics]);
-        let process = GatewayProcess::start(
+        let process = ServerProcess::start(
             &self.sandbox,
             "127.0.0.1:0",
             &self.dir.join("gateway"),
@@ -711,7 +711,7 @@ impl Region {
 
 /// A running gateway and its metrics URL.
 struct Gateway {
-    process: GatewayProcess,
+    process: ServerProcess,
     metrics: String,
 }
 
