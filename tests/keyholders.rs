@@ -13,11 +13,9 @@
 mod common;
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::time::Duration;
+use std::path::PathBuf;
 
+use common::keyholders::{Keyholder, add_keyholders, start_keyholder};
 use common::*;
 use joinery_crypto::oblivious::Blinded;
 use joinery_crypto::pseudonym::Pseudonymiser;
@@ -28,108 +26,6 @@ use sqlx::Row;
 
 const KEYHOLDER_A: &str = "keyholder-a.test";
 const KEYHOLDER_B: &str = "keyholder-b.test";
-
-/// A running `joinery keyholder serve`, stopped when dropped.
-struct Keyholder {
-    name: &'static str,
-    child: Child,
-    address: String,
-    data: PathBuf,
-    log: PathBuf,
-}
-
-impl Drop for Keyholder {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts a keyholder named `name`, its metrics on `metrics`.
-fn start_keyholder(
-    d: &Deployment,
-    name: &'static str,
-    daily_allowance: u64,
-    metrics: &str,
-) -> Keyholder {
-    joinery_ok(&[
-        "pki",
-        "server",
-        "--dir",
-        &d.pki(),
-        "--service",
-        "keyholder",
-        "--name",
-        name,
-    ]);
-    let certs = PathBuf::from(d.pki()).join("keyholders").join(name);
-    let data = d.path(&format!("keyholder-data/{name}"));
-    let log = d.path(&format!("{name}.log"));
-    let mut child = joinery()
-        .args([
-            "keyholder",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--name",
-            name,
-        ])
-        .arg("--data-dir")
-        .arg(&data)
-        .arg("--agreements")
-        .arg(d.agreements_dir())
-        .arg("--daily-allowance")
-        .arg(daily_allowance.to_string())
-        .args(["--metrics-listen", metrics])
-        .arg("--tls-ca")
-        .arg(d.ca())
-        .arg("--tls-cert")
-        .arg(certs.join("keyholder.pem"))
-        .arg("--tls-key")
-        .arg(certs.join("keyholder.key"))
-        .env("RUST_LOG", "debug")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("start keyholder");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(address) = line.strip_prefix("listening on ") {
-                let _ = tx.send(address.to_owned());
-            }
-        }
-    });
-    let address = rx
-        .recv_timeout(Duration::from_secs(60))
-        .unwrap_or_else(|_| {
-            panic!(
-                "keyholder did not start: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            )
-        });
-    Keyholder {
-        name,
-        child,
-        address,
-        data,
-        log,
-    }
-}
-
-/// Adds where each keyholder is to an agent configuration.
-fn add_keyholders(config: &Path, keyholders: &[&Keyholder]) {
-    let mut yaml = std::fs::read_to_string(config).unwrap();
-    yaml.push_str("keyholders:\n");
-    for k in keyholders {
-        yaml.push_str(&format!(
-            "  - {{ name: {}, address: '{}' }}\n",
-            k.name, k.address
-        ));
-    }
-    std::fs::write(config, yaml).unwrap();
-}
 
 /// Asks `keyholder` to evaluate `guesses` as `org` (its certificate).
 async fn ask(
@@ -171,8 +67,8 @@ async fn nhs_pseudonyms_made_through_keyholders_link_and_resist_the_gateway_with
     // Each agency's extract fits its allowance; twice as many guesses do not.
     let allowance = 2 * largest;
     let metrics = free_local_address();
-    let a = start_keyholder(&d, KEYHOLDER_A, allowance, &metrics);
-    let b = start_keyholder(&d, KEYHOLDER_B, allowance, &free_local_address());
+    let a = start_keyholder(&d, KEYHOLDER_A, "a", allowance, Some(&metrics));
+    let b = start_keyholder(&d, KEYHOLDER_B, "b", allowance, None);
     let gateway = d.start_gateway(None, &[]);
 
     // An agent not told where the keyholders are stops, saying what to add.

@@ -18,7 +18,8 @@
 //! signed checkpoints of [`audit`], the hash-chained record of every
 //! delivery, refusal, agreement load, deletion and query;
 //! [`identifiability`] measures how many stored records their
-//! quasi-identifiers single out.
+//! quasi-identifiers single out; [`rotation`] compares the people of two
+//! stores after a key rotation.
 //!
 //! [`keyholder`] is another party's service on the same listener: an
 //! independent keyholder through whom agents make NHS-number pseudonyms
@@ -49,6 +50,7 @@ pub mod peer;
 pub mod query;
 pub mod rekey;
 pub mod retention;
+pub mod rotation;
 pub mod server;
 pub mod storage;
 pub mod tls_reload;

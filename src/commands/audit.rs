@@ -215,7 +215,9 @@ async fn report(store: StoreArgs, from: time::Date, to: time::Date) -> anyhow::R
             AuditEvent::AgreementLoaded { digest, .. } => {
                 loaded.push(format!("{agreement} (digest {digest})"))
             }
-            AuditEvent::Linkage { .. } | AuditEvent::SnapshotReplaced { .. } => {}
+            AuditEvent::Linkage { .. }
+            | AuditEvent::SnapshotReplaced { .. }
+            | AuditEvent::TookOver { .. } => {}
         }
     })
     .await?;

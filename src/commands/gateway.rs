@@ -57,6 +57,29 @@ pub enum GatewayCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// After a key rotation (docs/key-rotation.md): whether the store built
+    /// under the new keys links the records into the same people as this
+    /// one. Records are matched by organisation, dataset and source row;
+    /// exits 1 if any person is split or merged, or a record is in only one.
+    ComparePeople {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The new store's database (sqlite://DIR/joinery.db or postgres://…).
+        #[arg(long)]
+        new_database_url: String,
+    },
+    /// After a key rotation, before the new store answers anyone: it takes
+    /// over this store's privacy ledger (so a rotation never gives a fresh
+    /// budget) and fitted linkage models (re-linked under them with `relink
+    /// --same-model`, its people are this store's), audited there. Refused
+    /// if the new store has released an answer.
+    TakeOver {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The new store's database.
+        #[arg(long)]
+        new_database_url: String,
+    },
 }
 
 /// Where the gateway keeps its state.
@@ -222,6 +245,14 @@ impl GatewayCommand {
             }
             Self::LinkageReport { store } => return linkage_report(store).await,
             Self::Identifiability { store } => return identifiability(store).await,
+            Self::ComparePeople {
+                store,
+                new_database_url,
+            } => return compare_people(store, &new_database_url).await,
+            Self::TakeOver {
+                store,
+                new_database_url,
+            } => return take_over(store, &new_database_url).await,
         };
 
         let config = GatewayConfig {
@@ -289,6 +320,51 @@ async fn retention(store: StoreArgs, dry_run: bool) -> anyhow::Result<ExitCode> 
         println!("kept {dataset} sent under agreement {agreement}: that agreement is not loaded");
     }
     println!("{verb} {} records in total", report.records());
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn compare_people(store: StoreArgs, new_database_url: &str) -> anyhow::Result<ExitCode> {
+    let old = store.existing_storage().await?.record_people().await?;
+    let new = Storage::open(new_database_url)
+        .await?
+        .record_people()
+        .await?;
+    anyhow::ensure!(
+        !new.is_empty(),
+        "the new store holds no records: deliver to it first"
+    );
+    let c = joinery_gateway::rotation::compare(&old, &new);
+    println!(
+        "{} records in both stores, of {} people here; {} people split, {} merged in the new store; {} records only here, {} only in the new store",
+        c.records_compared, c.people, c.split, c.merged, c.only_in_old, c.only_in_new
+    );
+    if c.unchanged() {
+        println!("the new store's people are this store's: it may take over");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("the people differ: do not move analysts to the new store yet");
+        Ok(ExitCode::from(1))
+    }
+}
+
+async fn take_over(store: StoreArgs, new_database_url: &str) -> anyhow::Result<ExitCode> {
+    let taken = store.existing_storage().await?.to_take_over().await?;
+    Storage::open(new_database_url)
+        .await?
+        .take_over(&taken)
+        .await?;
+    for (agreement, spent) in &taken.privacy_spent {
+        println!(
+            "{agreement}: privacy loss already spent (rho {:.6}) taken over",
+            *spent as f64 / 1e9
+        );
+    }
+    for model in &taken.models {
+        println!(
+            "linkage parameters v{}: fitted model taken over (run `joinery gateway relink --same-model` on the new store)",
+            model.params_version
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

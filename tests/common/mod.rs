@@ -11,6 +11,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 pub mod ingest;
+pub mod keyholders;
 pub mod otlp;
 
 use joinery::sandbox::{Sandbox, SandboxSpec, sign_example_agreement};
@@ -364,6 +365,11 @@ impl Deployment {
     pub fn gateway_key(&self) -> joinery_crypto::keys::SecretKey {
         joinery_crypto::keys::SecretKey::load(&self.gateway_data_dir().join("gateway.key"))
             .expect("gateway key")
+    }
+
+    /// The file holding the agencies' linkage key.
+    pub fn linkage_key_file(&self) -> PathBuf {
+        self.sandbox.linkage_key()
     }
 
     pub fn linkage_key(&self) -> joinery_crypto::keys::SecretKey {

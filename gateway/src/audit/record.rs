@@ -89,6 +89,14 @@ pub enum AuditEvent {
         snapshot: String,
         records_retired: u64,
     },
+    /// After a key rotation, what this store took over from the one it
+    /// replaces before answering anyone (`joinery gateway take-over`): the
+    /// privacy loss already spent under each agreement, and the fitted
+    /// linkage models (by parameters version).
+    TookOver {
+        privacy_spent_nano: BTreeMap<String, u64>,
+        linkage_models: Vec<u32>,
+    },
     /// An analyst's (or agency's) query and what it released: table cells,
     /// or for a row-level extract ([`EXTRACT_QUERY`]) person rows.
     Query {

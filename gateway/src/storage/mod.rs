@@ -12,10 +12,12 @@ mod linkage;
 mod migrations;
 mod population;
 mod releases;
+mod rotation;
 mod rows;
 
 pub use population::{PopulationChanges, PopulationRead};
 pub use releases::{NewRelease, Recorded};
+pub use rotation::{TakenModel, TakenOver};
 
 pub use linkage::{
     EntityRecord, EntityScope, FittedModel, LinkageEntities, LinkageStatus, SpineAssignment,
@@ -61,6 +63,10 @@ pub enum StorageError {
         "another linkage run was saved while this one ran: this one is dropped, and the next starts from what is stored"
     )]
     LinkageMovedOn,
+    #[error(
+        "this store already holds {released} released answers and a privacy ledger for {agreements} agreements: a rotated store takes over from the old one once, before it answers anyone"
+    )]
+    AlreadyAnswered { released: i64, agreements: i64 },
     #[error("the population cannot be loaded for analytics: {0}")]
     Symbols(#[from] crate::analytics::symbol::TooManySymbols),
 }

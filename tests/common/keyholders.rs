@@ -1,0 +1,122 @@
+//! Keyholder processes for tests: `joinery keyholder serve` started for
+//! real, and agent configurations told where they are.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use super::{Deployment, joinery, joinery_ok};
+
+/// A running `joinery keyholder serve`, stopped when dropped.
+pub struct Keyholder {
+    pub name: &'static str,
+    child: Child,
+    pub address: String,
+    pub data: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Drop for Keyholder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts a keyholder named `name` keeping its key and ledger in
+/// `keyholder-data/DATA` (another `data`, another key: a rotated keyholder),
+/// answering each agency `daily_allowance` elements a day, its metrics on
+/// `metrics` if given. Its certificate is issued the first time.
+pub fn start_keyholder(
+    d: &Deployment,
+    name: &'static str,
+    data: &str,
+    daily_allowance: u64,
+    metrics: Option<&str>,
+) -> Keyholder {
+    let certs = PathBuf::from(d.pki()).join("keyholders").join(name);
+    if !certs.join("keyholder.pem").exists() {
+        joinery_ok(&[
+            "pki",
+            "server",
+            "--dir",
+            &d.pki(),
+            "--service",
+            "keyholder",
+            "--name",
+            name,
+        ]);
+    }
+    let log = d.path(&format!("keyholder-{data}.log"));
+    let data = d.path(&format!("keyholder-data/{data}"));
+    let mut child = joinery()
+        .args([
+            "keyholder",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--name",
+            name,
+        ])
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--agreements")
+        .arg(d.agreements_dir())
+        .arg("--daily-allowance")
+        .arg(daily_allowance.to_string())
+        .args(
+            metrics
+                .map(|m| ["--metrics-listen", m])
+                .into_iter()
+                .flatten(),
+        )
+        .arg("--tls-ca")
+        .arg(d.ca())
+        .arg("--tls-cert")
+        .arg(certs.join("keyholder.pem"))
+        .arg("--tls-key")
+        .arg(certs.join("keyholder.key"))
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("start keyholder");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(address) = line.strip_prefix("listening on ") {
+                let _ = tx.send(address.to_owned());
+            }
+        }
+    });
+    let address = rx
+        .recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|_| {
+            panic!(
+                "keyholder did not start: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        });
+    Keyholder {
+        name,
+        child,
+        address,
+        data,
+        log,
+    }
+}
+
+/// Adds where each keyholder is to an agent configuration.
+pub fn add_keyholders(config: &Path, keyholders: &[&Keyholder]) {
+    let mut yaml = std::fs::read_to_string(config).unwrap();
+    yaml.push_str("keyholders:\n");
+    for k in keyholders {
+        yaml.push_str(&format!(
+            "  - {{ name: {}, address: '{}' }}\n",
+            k.name, k.address
+        ));
+    }
+    std::fs::write(config, yaml).unwrap();
+}
