@@ -58,6 +58,31 @@ async fn nhs_pseudonyms_made_through_keyholders_link_and_resist_the_gateway_with
             &format!("linkage:\n  nhs_number_keyholders: [{KEYHOLDER_A}, {KEYHOLDER_B}]\n"),
         )
     });
+    // A keyholder without its key does not start (a new key would
+    // silently change every pseudonym made through it).
+    let keyless = joinery()
+        .args([
+            "keyholder",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--name",
+            KEYHOLDER_A,
+        ])
+        .arg("--data-dir")
+        .arg(d.path("keyholder-data/none"))
+        .arg("--agreements")
+        .arg(d.agreements_dir())
+        .args(["--tls-ca", "x", "--tls-cert", "x", "--tls-key", "x"])
+        .output()
+        .unwrap();
+    assert!(!keyless.status.success());
+    assert!(
+        String::from_utf8_lossy(&keyless.stderr).contains("joinery keyholder init"),
+        "{}",
+        String::from_utf8_lossy(&keyless.stderr)
+    );
+
     let synth = d.synth(300, 5);
     let largest = THREE_AGENCIES
         .iter()

@@ -14,8 +14,15 @@ use crate::commands::TlsArgs;
 
 #[derive(Debug, Subcommand)]
 pub enum KeyholderCommand {
+    /// Make a new keyholder's key (DIR/keyholder.key, mode 0600; never over
+    /// an existing one). Back it up: every NHS pseudonym made through this
+    /// keyholder depends on it, and `serve` will not start without it.
+    Init {
+        #[arg(long, env = "JOINERY_DATA_DIR")]
+        data_dir: PathBuf,
+    },
     /// Evaluate agencies' blinded NHS numbers over mutual TLS until SIGTERM or Ctrl-C.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -27,8 +34,7 @@ pub struct ServeArgs {
     /// linkage.nhs_number_keyholders and its certificate carries it.
     #[arg(long, env = "JOINERY_KEYHOLDER_NAME")]
     name: String,
-    /// Holds keyholder.key (created on first start: back it up, every
-    /// pseudonym made through this keyholder depends on it) and
+    /// Holds keyholder.key (made by `joinery keyholder init`) and
     /// ledger.jsonl (every answer: when, which agency, which agreement, how
     /// many elements).
     #[arg(long, env = "JOINERY_DATA_DIR")]
@@ -52,7 +58,17 @@ pub struct ServeArgs {
 
 impl KeyholderCommand {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
-        let Self::Serve(args) = self;
+        let args = match self {
+            Self::Init { data_dir } => {
+                let path = joinery_gateway::keyholder::init(&data_dir)?;
+                println!("keyholder key written to {} (mode 0600)", path.display());
+                println!(
+                    "back it up: every NHS pseudonym made through this keyholder depends on it"
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            Self::Serve(args) => args,
+        };
         let recorder = match args.metrics_listen {
             Some(_) => Some(crate::observe::install()?),
             None => None,

@@ -50,6 +50,9 @@ pub fn start_keyholder(
     }
     let log = d.path(&format!("keyholder-{data}.log"));
     let data = d.path(&format!("keyholder-data/{data}"));
+    if !data.join("keyholder.key").exists() {
+        joinery_ok(&["keyholder", "init", "--data-dir", data.to_str().unwrap()]);
+    }
     let mut child = joinery()
         .args([
             "keyholder",

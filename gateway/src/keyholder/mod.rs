@@ -57,7 +57,7 @@ const RELOAD_EVERY: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct KeyholderConfig {
     pub listen: SocketAddr,
-    /// Holds `keyholder.key` (created on first start) and `ledger.jsonl`.
+    /// Holds `keyholder.key` (made by [`init`]) and `ledger.jsonl`.
     pub data_dir: PathBuf,
     /// The signed agreements (as the gateway's).
     pub agreements_dir: PathBuf,
@@ -77,6 +77,11 @@ pub enum KeyholderError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "no keyholder key at {path}: restore it from its backup, or for a new keyholder run `joinery keyholder init --data-dir DIR` (a new key changes every NHS pseudonym made through this keyholder: docs/key-rotation.md)",
+        path = path.display()
+    )]
+    NoKey { path: PathBuf },
     #[error(transparent)]
     Key(#[from] joinery_crypto::keys::KeyError),
     #[error(transparent)]
@@ -92,6 +97,22 @@ pub enum KeyholderError {
     },
     #[error(transparent)]
     Transport(#[from] tonic::transport::Error),
+}
+
+/// Where a keyholder keeps its key in its data directory.
+pub fn key_file(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("keyholder.key")
+}
+
+/// Makes a new keyholder's key in `data_dir` (never over an existing one).
+pub fn init(data_dir: &std::path::Path) -> Result<PathBuf, KeyholderError> {
+    std::fs::create_dir_all(data_dir).map_err(|source| KeyholderError::DataDir {
+        path: data_dir.to_owned(),
+        source,
+    })?;
+    let path = key_file(data_dir);
+    SecretKey::generate()?.save(&path)?;
+    Ok(path)
 }
 
 /// A bound keyholder, ready to serve.
@@ -111,11 +132,11 @@ impl KeyholderServerHandle {
             path: config.data_dir.clone(),
             source,
         })?;
-        let key_file = config.data_dir.join("keyholder.key");
+        let key_file = key_file(&config.data_dir);
         if !key_file.exists() {
-            tracing::warn!(path = %key_file.display(), "no keyholder key: creating one (every pseudonym made through this keyholder depends on it: back it up)");
+            return Err(KeyholderError::NoKey { path: key_file });
         }
-        let root = SecretKey::load_or_create(&key_file)?;
+        let root = SecretKey::load(&key_file)?;
         let agreements = LiveAgreements::new(
             &config.agreements_dir,
             Agreements::load_dir(&config.agreements_dir)?,

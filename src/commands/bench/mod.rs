@@ -184,6 +184,8 @@ impl ServerProcess {
             joinery_crypto::pki::Validity::days_from_now(1)?,
             &certs,
         )?;
+        let data = sandbox.root().join("keyholder-data").join(name);
+        joinery_gateway::keyholder::init(&data)?;
         let mut command = Command::new(joinery_binary()?);
         command
             .args([
@@ -195,7 +197,7 @@ impl ServerProcess {
                 name,
             ])
             .arg("--data-dir")
-            .arg(sandbox.root().join("keyholder-data").join(name))
+            .arg(&data)
             .arg("--agreements")
             .arg(sandbox.agreements_dir())
             .arg("--tls-ca")
