@@ -401,8 +401,9 @@ fn encode_field(
     }
 }
 
-/// Calls `each` with every token of `value`, as UTF-8 bytes.
-fn for_each_token(tokens: Tokens, value: &str, mut each: impl FnMut(&[u8])) {
+/// Calls `each` with every token of `value`, as UTF-8 bytes: what a
+/// field's filter is made of.
+pub fn for_each_token(tokens: Tokens, value: &str, mut each: impl FnMut(&[u8])) {
     match tokens {
         Tokens::Whole => each(value.as_bytes()),
         Tokens::Bigrams | Tokens::PaddedBigrams => {

@@ -19,7 +19,8 @@
 //!   link of a delivery, answers, and each process's peak memory.
 //! - `bench attack`: what the gateway's operator, holding the stored
 //!   encodings and a plaintext register, could re-identify (frequency,
-//!   date-part and graph matching attacks), at several overlaps.
+//!   date-part, graph matching and pattern-mining attacks), at several
+//!   overlaps.
 //!
 //! `ingest` and `chaos` start a real gateway process over mutual TLS in a
 //! throwaway deployment ([`Sandbox`]).

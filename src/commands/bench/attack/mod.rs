@@ -24,6 +24,9 @@
 //! - `dates` ([`dates`]): the date-of-birth filter's shared parts.
 //! - `graph` ([`graph`]): graph matching on the Dice-similarity graphs of
 //!   the name fields (Vidanage et al., CIKM 2020).
+//! - `pattern` ([`pattern`]): pattern mining on the bits that letter pairs
+//!   set together, for every field encoded by letter pairs (Christen et
+//!   al., IEEE TKDE 2019).
 //! - `all`: every attack's recoveries together.
 //!
 //! The population is `joinery synth`'s, every agency knowing every child;
@@ -34,6 +37,7 @@
 mod dates;
 mod frequency;
 mod graph;
+mod pattern;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -50,8 +54,8 @@ use joinery_gateway::identifiability::Coarsening;
 use joinery_linkage::encode::rule_text;
 use joinery_linkage::params::{KeyPart, Take};
 use joinery_linkage::{Encoder, Encoding, Identity, LinkageParams};
-use rand::SeedableRng;
 use rand::seq::SliceRandom;
+use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 #[derive(Debug, clap::Args)]
@@ -302,7 +306,11 @@ impl<'a> Case<'a> {
             .chain(&order[records..2 * records - shared])
             .map(|&i| people[i].clone())
             .collect();
-        let encoder = Encoder::new(&SecretKey::generate()?, params)?;
+        // The key is drawn from the seed too, so a run reproduces: which
+        // letter pairs collide moves the name attacks' figures.
+        let mut key = [0u8; 32];
+        ChaCha8Rng::seed_from_u64(seed ^ u64::from(overlap) ^ 0x006b_6579).fill_bytes(&mut key);
+        let encoder = Encoder::new(&SecretKey::from_bytes(key), params)?;
         let identities: Vec<Identity> = encoded
             .iter()
             .map(|&i| people[i].identity.clone())
@@ -343,15 +351,17 @@ impl<'a> Case<'a> {
         let blocking = frequency::on_blocking_keys(self);
         let dates = dates::attack(self);
         let graph = graph::attack(self);
+        let pattern = pattern::attack(self);
         // Together, the more specific evidence first: a candidate is judged
         // on the dates it agrees with, then the names, then the rest.
-        let all = self.score(&[&dates, &graph, &blocking, &frequency]);
+        let all = self.score(&[&dates, &graph, &pattern, &blocking, &frequency]);
         let mut outcomes: Vec<(&'static str, Outcome, Vec<Recovery>)> = [
             ("clear", Vec::new()),
             ("frequency", frequency),
             ("blocking", blocking),
             ("dates", dates),
             ("graph", graph),
+            ("pattern", pattern),
         ]
         .into_iter()
         .map(|(name, recovered)| (name, self.score(&[&recovered]), recovered))
@@ -551,6 +561,34 @@ mod tests {
         assert!(all.correct > 1_500 / 2, "{outcomes:?}");
         assert!(all.precision() > 0.9, "{outcomes:?}");
         assert!(all.correct > outcomes["clear"].correct, "{outcomes:?}");
+    }
+
+    /// Pattern mining finds each frequent letter pair's bits and reads names
+    /// back from them, where a stratum holds enough records: here the
+    /// names unsalted, so the whole population is one stratum.
+    #[test]
+    fn pattern_mining_reads_names_from_the_bits_letter_pairs_set() {
+        let people = synthetic_people(3_200, 3, Coarsening::AsStored).unwrap();
+        let mut params = LinkageParams::canonical();
+        for field in &mut params.fields {
+            if field.field.ends_with("_name") {
+                field.salt = None;
+            }
+        }
+        let case = Case::draw(&people, 1_500, 100, 3, &params).unwrap();
+        let recovered = pattern::attack(&case);
+        let rightly = |field: &str| {
+            let r = recovered
+                .iter()
+                .find(|r| r.what == What::Field(field.to_owned()))
+                .unwrap();
+            case.accuracy(r)
+        };
+        // With fresh keys, 87 to 246 family names were read rightly in
+        // trials, at 46% to 81% precision; the seed fixes the key here.
+        let (given, right) = rightly("family_name");
+        assert!(right * 25 > 1_500, "{right} family names of 1500");
+        assert!(right * 2 > given, "{right} right of {given}");
     }
 
     /// What the attacker reads from coarsened clear values: a birth-year
