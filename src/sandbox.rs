@@ -121,6 +121,39 @@ impl Sandbox {
         (dir.join("gateway.pem"), dir.join("gateway.key"))
     }
 
+    /// Keyholder `name`'s (certificate, key), where `joinery pki server
+    /// --service keyholder --name NAME` writes them.
+    pub fn keyholder_cert(&self, name: &str) -> (PathBuf, PathBuf) {
+        let dir = self.pki().join("keyholders").join(name);
+        (dir.join("keyholder.pem"), dir.join("keyholder.key"))
+    }
+
+    /// The arguments of `joinery keyholder serve` for keyholder `name` of
+    /// this deployment on any free port, keeping its key and ledger in
+    /// `data`.
+    pub fn keyholder_serve_args(&self, name: &str, data: &Path) -> Vec<std::ffi::OsString> {
+        let (cert, key) = self.keyholder_cert(name);
+        [
+            "keyholder".into(),
+            "serve".into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--name".into(),
+            name.into(),
+            "--data-dir".into(),
+            data.into(),
+            "--agreements".into(),
+            self.agreements_dir().into(),
+            "--tls-ca".into(),
+            self.ca().into(),
+            "--tls-cert".into(),
+            cert.into(),
+            "--tls-key".into(),
+            key.into(),
+        ]
+        .into()
+    }
+
     /// An agency's (certificate, key).
     pub fn org_cert(&self, organisation: &str) -> (PathBuf, PathBuf) {
         let dir = self.pki().join("agents");

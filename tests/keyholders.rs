@@ -61,19 +61,10 @@ async fn nhs_pseudonyms_made_through_keyholders_link_and_resist_the_gateway_with
     // A keyholder without its key does not start (a new key would
     // silently change every pseudonym made through it).
     let keyless = joinery()
-        .args([
-            "keyholder",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--name",
-            KEYHOLDER_A,
-        ])
-        .arg("--data-dir")
-        .arg(d.path("keyholder-data/none"))
-        .arg("--agreements")
-        .arg(d.agreements_dir())
-        .args(["--tls-ca", "x", "--tls-cert", "x", "--tls-key", "x"])
+        .args(
+            d.sandbox
+                .keyholder_serve_args(KEYHOLDER_A, &d.path("keyholder-data/none")),
+        )
         .output()
         .unwrap();
     assert!(!keyless.status.success());

@@ -35,8 +35,7 @@ pub fn start_keyholder(
     daily_allowance: u64,
     metrics: Option<&str>,
 ) -> Keyholder {
-    let certs = PathBuf::from(d.pki()).join("keyholders").join(name);
-    if !certs.join("keyholder.pem").exists() {
+    if !d.sandbox.keyholder_cert(name).0.exists() {
         joinery_ok(&[
             "pki",
             "server",
@@ -54,18 +53,7 @@ pub fn start_keyholder(
         joinery_ok(&["keyholder", "init", "--data-dir", data.to_str().unwrap()]);
     }
     let mut child = joinery()
-        .args([
-            "keyholder",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--name",
-            name,
-        ])
-        .arg("--data-dir")
-        .arg(&data)
-        .arg("--agreements")
-        .arg(d.agreements_dir())
+        .args(d.sandbox.keyholder_serve_args(name, &data))
         .arg("--daily-allowance")
         .arg(daily_allowance.to_string())
         .args(
@@ -74,12 +62,6 @@ pub fn start_keyholder(
                 .into_iter()
                 .flatten(),
         )
-        .arg("--tls-ca")
-        .arg(d.ca())
-        .arg("--tls-cert")
-        .arg(certs.join("keyholder.pem"))
-        .arg("--tls-key")
-        .arg(certs.join("keyholder.key"))
         .env("RUST_LOG", "debug")
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log).unwrap())

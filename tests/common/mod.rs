@@ -91,7 +91,7 @@ pub struct Deployment {
     pub dir: tempfile::TempDir,
     /// The deployment's files, laid out as the demo and the benchmarks lay
     /// them out: in `dir`, or in the demo's directory in it.
-    sandbox: Sandbox,
+    pub sandbox: Sandbox,
     /// The gateway's data directory.
     gateway_data: PathBuf,
     /// Extra environment for every gateway and agent process started.

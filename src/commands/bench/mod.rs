@@ -178,35 +178,19 @@ impl ServerProcess {
     /// Starts `joinery keyholder serve` named `name` on any free port, for
     /// the sandbox's agreements, its certificate issued now.
     fn keyholder(sandbox: &Sandbox, name: &str) -> anyhow::Result<Self> {
-        let certs = sandbox.pki().join("keyholders").join(name);
+        let (cert, _) = sandbox.keyholder_cert(name);
         joinery_crypto::pki::CertificateAuthority::load(&sandbox.pki())?.issue_server(
             "keyholder",
             &[name.to_owned()],
             joinery_crypto::pki::Validity::days_from_now(1)?,
-            &certs,
+            cert.parent()
+                .context("a keyholder's certificate directory")?,
         )?;
         let data = sandbox.root().join("keyholder-data").join(name);
         joinery_gateway::keyholder::init(&data)?;
         let mut command = Command::new(joinery_binary()?);
         command
-            .args([
-                "keyholder",
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--name",
-                name,
-            ])
-            .arg("--data-dir")
-            .arg(&data)
-            .arg("--agreements")
-            .arg(sandbox.agreements_dir())
-            .arg("--tls-ca")
-            .arg(sandbox.ca())
-            .arg("--tls-cert")
-            .arg(certs.join("keyholder.pem"))
-            .arg("--tls-key")
-            .arg(certs.join("keyholder.key"))
+            .args(sandbox.keyholder_serve_args(name, &data))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped());
         Self::spawn(command, "keyholder")
