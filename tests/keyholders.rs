@@ -15,7 +15,7 @@ mod common;
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 
-use common::keyholders::{Keyholder, add_keyholders, start_keyholder};
+use common::keyholders::{Keyholder, deliver_through, start_keyholder};
 use common::*;
 use joinery_crypto::oblivious::Blinded;
 use joinery_crypto::pseudonym::Pseudonymiser;
@@ -101,22 +101,7 @@ async fn nhs_pseudonyms_made_through_keyholders_link_and_resist_the_gateway_with
         "{stderr}"
     );
 
-    let mut agent_logs = String::new();
-    for (org, dataset) in THREE_AGENCIES {
-        let config = d.agent_config(
-            org,
-            &gateway.address,
-            &synth.join(format!("extracts/{dataset}.csv")),
-            &synth.join(format!("mappings/{dataset}.yaml")),
-        );
-        add_keyholders(&config, &[&a, &b]);
-        let (code, stdout, stderr) = finish(d.spawn_agent(&config));
-        assert!(
-            [0, joinery_agent::summary::EXIT_QUARANTINED].contains(&code),
-            "{org}: {stdout}\n{stderr}"
-        );
-        agent_logs.push_str(&stderr);
-    }
+    let agent_logs = deliver_through(&d, &gateway.address, &synth, &[&a, &b], |yaml| yaml);
 
     // Exact linkage still works: every stored record of one valid NHS
     // number carries one pseudonym, and two numbers never share one.

@@ -14,14 +14,14 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::keyholders::{add_keyholders, start_keyholder};
+use common::keyholders::{deliver_through, start_keyholder};
 use common::*;
 
 const KEYHOLDER: &str = "keyholder.test";
 
-/// Delivers every agency's synthetic extract to `gateway` through `keyholder`,
-/// with the linkage key at `linkage_key`, each agent with its own spool under
-/// `spool`.
+/// Every agency's synthetic extract delivered to `gateway` through
+/// `keyholder`, with the linkage key at `linkage_key`, each agent with its
+/// own spool under `spool`.
 fn deliver(
     d: &Deployment,
     gateway: &str,
@@ -30,28 +30,13 @@ fn deliver(
     linkage_key: &std::path::Path,
     spool: &str,
 ) {
-    for (org, dataset) in THREE_AGENCIES {
-        let config = d.agent_config(
-            org,
-            gateway,
-            &synth.join(format!("extracts/{dataset}.csv")),
-            &synth.join(format!("mappings/{dataset}.yaml")),
-        );
-        let yaml = std::fs::read_to_string(&config)
-            .unwrap()
-            .replace(
-                &format!("linkage_key: '{}'", d.linkage_key_file().display()),
-                &format!("linkage_key: '{}'", linkage_key.display()),
-            )
-            .replace("/spool/", &format!("/{spool}/"));
-        std::fs::write(&config, yaml).unwrap();
-        add_keyholders(&config, &[keyholder]);
-        let (code, stdout, stderr) = finish(d.spawn_agent(&config));
-        assert!(
-            [0, joinery_agent::summary::EXIT_QUARANTINED].contains(&code),
-            "{org}: {stdout}\n{stderr}"
-        );
-    }
+    deliver_through(d, gateway, synth, &[keyholder], |yaml| {
+        yaml.replace(
+            &format!("linkage_key: '{}'", d.linkage_key_file().display()),
+            &format!("linkage_key: '{}'", linkage_key.display()),
+        )
+        .replace("/spool/", &format!("/{spool}/"))
+    });
 }
 
 async fn pseudonyms(url: &str) -> BTreeSet<String> {

@@ -94,7 +94,7 @@ pub fn start_keyholder(
 }
 
 /// Adds where each keyholder is to an agent configuration.
-pub fn add_keyholders(config: &Path, keyholders: &[&Keyholder]) {
+fn add_keyholders(config: &Path, keyholders: &[&Keyholder]) {
     let mut yaml = std::fs::read_to_string(config).unwrap();
     yaml.push_str("keyholders:\n");
     for k in keyholders {
@@ -104,4 +104,36 @@ pub fn add_keyholders(config: &Path, keyholders: &[&Keyholder]) {
         ));
     }
     std::fs::write(config, yaml).unwrap();
+}
+
+/// Runs every agency's agent on its synthetic extract in `synth` against
+/// `gateway`, NHS numbers pseudonymised through `keyholders`, each agent
+/// configuration's text first passed through `edit`; asserts each run
+/// delivered (rows quarantined allowed) and returns their logs.
+pub fn deliver_through(
+    d: &Deployment,
+    gateway: &str,
+    synth: &Path,
+    keyholders: &[&Keyholder],
+    edit: impl Fn(String) -> String,
+) -> String {
+    let mut logs = String::new();
+    for (org, dataset) in super::THREE_AGENCIES {
+        let config = d.agent_config(
+            org,
+            gateway,
+            &synth.join(format!("extracts/{dataset}.csv")),
+            &synth.join(format!("mappings/{dataset}.yaml")),
+        );
+        let yaml = edit(std::fs::read_to_string(&config).unwrap());
+        std::fs::write(&config, yaml).unwrap();
+        add_keyholders(&config, keyholders);
+        let (code, stdout, stderr) = super::finish(d.spawn_agent(&config));
+        assert!(
+            [0, joinery_agent::summary::EXIT_QUARANTINED].contains(&code),
+            "{org}: {stdout}\n{stderr}"
+        );
+        logs.push_str(&stderr);
+    }
+    logs
 }
