@@ -1,6 +1,8 @@
 //! Retention deletes exactly what is due: batches past their dataset's
-//! retention, and everything under an agreement that has ended; it keeps a
-//! tombstone so a resent batch is not stored again. On SQLite and PostgreSQL.
+//! retention, and everything under an agreement that has ended — records,
+//! events, and the linkage encodings, blocking keys and spine places of the
+//! records it deleted; it keeps a tombstone so a resent batch is not stored
+//! again. On SQLite and PostgreSQL.
 
 mod common;
 
@@ -31,6 +33,18 @@ async fn count(db: &sqlx::AnyPool, sql: &'static str, organisation: &str) -> i64
 
 const RECORDS: &str = "SELECT COUNT(*) AS n FROM records WHERE organisation = $1";
 const EVENTS: &str = "SELECT COUNT(*) AS n FROM events WHERE organisation = $1";
+const ENCODINGS: &str = "SELECT COUNT(*) AS n FROM linkage_entities WHERE organisation = $1";
+
+/// Spine places of person ids no record is held under.
+async fn unheld_spine_places(db: &sqlx::AnyPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT COUNT(*) FROM person_spine s \
+         WHERE NOT EXISTS (SELECT 1 FROM records r WHERE r.person_id = s.person_id)",
+    )
+    .fetch_one(db)
+    .await
+    .unwrap()
+}
 
 async fn retention(postgres: Option<String>) {
     let d = Deployment::new();
@@ -55,6 +69,8 @@ async fn retention(postgres: Option<String>) {
     );
     assert!(camhs_records > 0 && salt_records > 0);
     assert!(count(&db, EVENTS, CAMHS).await > 0);
+    let salt_encodings = count(&db, ENCODINGS, SALT).await;
+    assert!(count(&db, ENCODINGS, CAMHS).await > 0 && salt_encodings > 0);
 
     // CAMHS's batches arrived 1096 days ago: one day past the 1095-day retention.
     sqlx::query(
@@ -94,8 +110,17 @@ async fn retention(postgres: Option<String>) {
     assert_eq!(count(&db, RECORDS, CAMHS).await, 0);
     assert_eq!(count(&db, EVENTS, CAMHS).await, 0);
     assert_eq!(
-        count(&db, RECORDS, SALT).await,
-        salt_records,
+        count(&db, ENCODINGS, CAMHS).await,
+        0,
+        "the deleted records' linkage encodings and keys go with them"
+    );
+    assert_eq!(unheld_spine_places(&db).await, 0);
+    assert_eq!(
+        (
+            count(&db, RECORDS, SALT).await,
+            count(&db, ENCODINGS, SALT).await
+        ),
+        (salt_records, salt_encodings),
         "data within retention is kept"
     );
     assert!(
@@ -126,5 +151,7 @@ async fn retention(postgres: Option<String>) {
         "{done}"
     );
     assert_eq!(count(&db, RECORDS, SALT).await, 0);
+    assert_eq!(count(&db, ENCODINGS, SALT).await, 0);
+    assert_eq!(unheld_spine_places(&db).await, 0);
     drop(gateway);
 }

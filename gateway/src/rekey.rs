@@ -75,7 +75,7 @@ pub struct LinkageRekeying {
 pub struct StoredLinkage {
     pub params_version: u32,
     pub filters: Vec<u8>,
-    pub blocks: Vec<Option<String>>,
+    pub blocks: Vec<Option<[u8; BLOCK_KEY_LEN]>>,
 }
 
 /// A record's stored identity.
@@ -165,9 +165,9 @@ impl Rekeyer {
                 0 => None,
                 BLOCK_KEY_LEN => {
                     let tagged = [&(rule as u32).to_le_bytes()[..], key].concat();
-                    Some(hex::encode(
-                        &self.block.pseudonymise(&tagged)[..BLOCK_KEY_LEN],
-                    ))
+                    let mut stored = [0; BLOCK_KEY_LEN];
+                    stored.copy_from_slice(&self.block.pseudonymise(&tagged)[..BLOCK_KEY_LEN]);
+                    Some(stored)
                 }
                 n => {
                     return Err(format!(

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use futures::TryStreamExt;
+use joinery_linkage::encode::BLOCK_KEY_LEN;
 use joinery_linkage::entities::Entities;
 use joinery_linkage::{Encoding, Entity, LinkageParams};
 use sqlx::{AssertSqlSafe, Row};
@@ -113,17 +114,7 @@ table_rows! {
         nhs_pseudonym: Option<&'a str> => Text,
         params_version: u32 => Integer,
         filters: String => Bytes,
-    }
-}
-
-table_rows! {
-    /// One blocking key of a local id as stored.
-    struct BlockRow<'a> in "linkage_blocks" as LINKAGE_BLOCKS {
-        person_id: &'a str => Text,
-        organisation: &'a str => Text,
-        local_pseudonym: &'a str => Text,
-        rule: usize => Integer,
-        block_key: &'a str => Text,
+        block_keys: String => Bytes,
     }
 }
 
@@ -136,6 +127,98 @@ table_rows! {
     }
 }
 
+table_rows! {
+    /// A person id, as `… WHERE person_id IN` reads it.
+    struct PersonKey<'a> in "person_spine" as PERSON_KEYS {
+        person_id: &'a str => Text,
+    }
+}
+
+/// An entity none of whose records are held any more: none of its
+/// organisation's records under its person id and local id.
+const UNHELD: &str = "NOT EXISTS (SELECT 1 FROM records r WHERE r.person_id = e.person_id \
+                      AND r.organisation = e.organisation AND r.local_pseudonym = e.local_pseudonym)";
+
+/// Inside the transaction that deleted records about `people` (retention,
+/// a snapshot replaced): deletes the linkage encodings and blocking keys
+/// of every entity none of whose records is held any more, and the spine
+/// places of person ids with no records left, so nothing is kept of a
+/// record past its retention. The people those entities were linked into
+/// are linked again: their remaining entities are marked pending, and the
+/// linkage run count moves on, so a gateway's kept entities (which hold
+/// the deleted ones) are read afresh. Returns the spine persons of the
+/// spine places deleted: people changed too (a person id whose records all
+/// went may have been joined into a person that still has records).
+pub(super) async fn forget_unheld(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    backend: super::Backend,
+    people: &[String],
+) -> Result<Vec<String>, sqlx::Error> {
+    if people.is_empty() {
+        return Ok(Vec::new());
+    }
+    let keys: Vec<PersonKey> = people.iter().map(|p| PersonKey { person_id: p }).collect();
+    let of_people = PERSON_KEYS.select(backend);
+    let spines = PERSON_KEYS
+        .bind(
+            backend,
+            format!(
+                "SELECT DISTINCT COALESCE(s.spine_id, e.person_id) FROM linkage_entities e \
+                 LEFT JOIN person_spine s ON s.person_id = e.person_id \
+                 WHERE e.person_id IN ({of_people}) AND {UNHELD}"
+            ),
+            &keys,
+        )?
+        .fetch_all(&mut **tx)
+        .await?
+        .iter()
+        .map(|row| row.try_get(0))
+        .collect::<Result<Vec<String>, _>>()?;
+    let forgotten = PERSON_KEYS
+        .bind(
+            backend,
+            format!(
+                "DELETE FROM linkage_entities AS e WHERE e.person_id IN ({of_people}) AND {UNHELD}"
+            ),
+            &keys,
+        )?
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+    if forgotten > 0 {
+        let spines: Vec<PersonKey> = spines.iter().map(|p| PersonKey { person_id: p }).collect();
+        PERSON_KEYS
+            .bind(
+                backend,
+                format!(
+                    "UPDATE linkage_entities SET linked = 0 WHERE person_id IN \
+                     (SELECT person_id FROM person_spine WHERE spine_id IN ({of_people}))"
+                ),
+                &spines,
+            )?
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query("UPDATE linkage_models SET runs = runs + 1")
+            .execute(&mut **tx)
+            .await?;
+    }
+    PERSON_KEYS
+        .bind(
+            backend,
+            format!(
+                "DELETE FROM person_spine WHERE person_id IN ({of_people}) AND NOT EXISTS \
+                 (SELECT 1 FROM records r WHERE r.person_id = person_spine.person_id) \
+                 RETURNING spine_id"
+            ),
+            &keys,
+        )?
+        .fetch_all(&mut **tx)
+        .await?
+        .iter()
+        .map(|row| row.try_get(0))
+        .collect()
+}
+
 /// An entity's number for breaking ties between equally strong links
 /// ([`joinery_linkage::cluster`]): from its identity alone, so a run links
 /// alike whatever order it read entities in.
@@ -146,15 +229,48 @@ fn tiebreak(person_id: &str, organisation: &str, local_pseudonym: &str) -> u64 {
     hasher.finish()
 }
 
-/// A fixed-length key or pseudonym from its stored hex.
+/// A fixed-length pseudonym from its stored hex.
 fn from_hex<const N: usize>(hex_text: &str) -> Option<[u8; N]> {
     hex::decode(hex_text).ok()?.try_into().ok()
+}
+
+/// An entity's blocking keys as stored, in one column beside its filters:
+/// each present key as its rule's number (one byte) and its bytes, in
+/// rule order. One row per entity instead of one per key: the keys were
+/// the largest table and a B-tree insert each (docs/scaling.md).
+pub(crate) fn pack_block_keys(blocks: &[Option<[u8; BLOCK_KEY_LEN]>]) -> Vec<u8> {
+    let mut packed = Vec::with_capacity(blocks.len() * (1 + BLOCK_KEY_LEN));
+    for (rule, key) in blocks.iter().enumerate() {
+        if let (Some(key), Ok(rule)) = (key, u8::try_from(rule)) {
+            packed.push(rule);
+            packed.extend_from_slice(key);
+        }
+    }
+    packed
+}
+
+/// The blocking keys of `rules` rules from their packed form; a rule with
+/// no key, or a stored form that does not parse, reads as missing.
+pub(crate) fn unpack_block_keys(packed: &[u8], rules: usize) -> Vec<Option<[u8; BLOCK_KEY_LEN]>> {
+    let mut blocks = vec![None; rules];
+    if !packed.len().is_multiple_of(1 + BLOCK_KEY_LEN) {
+        return blocks;
+    }
+    for entry in packed.chunks_exact(1 + BLOCK_KEY_LEN) {
+        if let (Some(slot), Ok(key)) =
+            (blocks.get_mut(usize::from(entry[0])), entry[1..].try_into())
+        {
+            *slot = Some(key);
+        }
+    }
+    blocks
 }
 
 impl Storage {
     /// Inside a batch's transaction: a spine entry for every new person id
     /// (its own person, as exact linkage decided), and the encodings and
-    /// blocking keys of records that carry them (once per local id).
+    /// blocking keys of records that carry them (once per local id, one
+    /// row each).
     pub(super) async fn insert_linkage(
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,
@@ -203,6 +319,7 @@ impl Storage {
                 nhs_pseudonym: record.nhs_pseudonym.as_deref(),
                 params_version: linkage.params_version,
                 filters: hex::encode(&linkage.filters),
+                block_keys: hex::encode(pack_block_keys(&linkage.blocks)),
             })
             .collect();
         LINKAGE_ENTITIES
@@ -211,32 +328,6 @@ impl Storage {
                 self.backend,
                 "ON CONFLICT (person_id, organisation, local_pseudonym) DO NOTHING",
                 &entities,
-            )
-            .await?;
-        let blocks: Vec<BlockRow> = encoded
-            .iter()
-            .flat_map(|(record, linkage)| {
-                linkage
-                    .blocks
-                    .iter()
-                    .enumerate()
-                    .filter_map(move |(rule, key)| {
-                        Some(BlockRow {
-                            person_id: &record.person_id,
-                            organisation: &batch.organisation,
-                            local_pseudonym: &record.local_pseudonym,
-                            rule,
-                            block_key: key.as_deref()?,
-                        })
-                    })
-            })
-            .collect();
-        LINKAGE_BLOCKS
-            .write(
-                tx,
-                self.backend,
-                "ON CONFLICT (person_id, organisation, local_pseudonym, rule) DO NOTHING",
-                &blocks,
             )
             .await
     }
@@ -254,10 +345,10 @@ impl Storage {
     }
 
     /// Appends the entities a linkage run under `params` reads to `read`,
-    /// streamed from one query (each entity's blocking keys joined in, one
-    /// column per rule) straight into the matcher's form, so memory holds
-    /// each entity once. Filters of the wrong length, and keys or NHS
-    /// pseudonyms that are not the expected hex, count as missing.
+    /// streamed from one query (each entity's spine place joined in)
+    /// straight into the matcher's form, so memory holds each entity once.
+    /// Filters of the wrong length, blocking keys that do not unpack, and
+    /// NHS pseudonyms that are not the expected hex count as missing.
     pub async fn linkage_entities(
         &self,
         params: &LinkageParams,
@@ -268,25 +359,14 @@ impl Storage {
             EntityScope::All => "",
             EntityScope::Pending => " AND e.linked = 0",
         };
-        let rules = params.blocking.len();
-        let (mut keys, mut joins) = (String::new(), String::new());
-        for rule in 0..rules {
-            keys.push_str(&format!(", b{rule}.block_key AS block{rule}"));
-            joins.push_str(&format!(
-                " LEFT JOIN linkage_blocks b{rule} ON b{rule}.person_id = e.person_id \
-                 AND b{rule}.organisation = e.organisation \
-                 AND b{rule}.local_pseudonym = e.local_pseudonym AND b{rule}.rule = {rule}"
-            ));
-        }
         let sql = format!(
             "SELECT e.person_id, e.organisation, e.local_pseudonym, e.nhs_pseudonym, \
-             e.filters, e.linked, s.spine_id{keys} \
-             FROM linkage_entities e LEFT JOIN person_spine s ON s.person_id = e.person_id{joins} \
+             e.filters, e.block_keys, e.linked, s.spine_id \
+             FROM linkage_entities e LEFT JOIN person_spine s ON s.person_id = e.person_id \
              WHERE e.params_version = $1{filter} \
              ORDER BY e.person_id, e.organisation, e.local_pseudonym"
         );
         let filter_bytes = params.words() * 8;
-        let key_columns: Vec<String> = (0..rules).map(|rule| format!("block{rule}")).collect();
         let mut organisations: HashMap<String, u32> = read
             .organisations
             .iter()
@@ -308,13 +388,8 @@ impl Storage {
                 .filter(|f| f.len() == filter_bytes)
                 .and_then(|f| Encoding::filter_from_bytes(&f))
                 .unwrap_or_default();
-            let blocks = key_columns
-                .iter()
-                .map(|column| {
-                    let key: Option<String> = row.try_get(column.as_str())?;
-                    Ok(key.as_deref().and_then(from_hex))
-                })
-                .collect::<Result<_, sqlx::Error>>()?;
+            let block_keys: Vec<u8> = row.try_get("block_keys")?;
+            let blocks = unpack_block_keys(&block_keys, params.blocking.len());
             let nhs: Option<String> = row.try_get("nhs_pseudonym")?;
             let has_nhs = nhs.is_some();
             let person_id: String = row.try_get("person_id")?;

@@ -100,6 +100,18 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0015_records_by_content.sql"),
         include_str!("../../migrations/postgres/0015_records_by_content.sql"),
     ),
+    (
+        16,
+        "block_keys_on_entities",
+        include_str!("../../migrations/sqlite/0016_block_keys_on_entities.sql"),
+        include_str!("../../migrations/postgres/0016_block_keys_on_entities.sql"),
+    ),
+    (
+        17,
+        "unheld_encodings",
+        include_str!("../../migrations/sqlite/0017_unheld_encodings.sql"),
+        include_str!("../../migrations/postgres/0017_unheld_encodings.sql"),
+    ),
 ];
 
 pub(super) fn for_backend(backend: Backend) -> Migrator {

@@ -444,6 +444,7 @@ impl Storage {
         }
         let (changed, retired) = delete_batches_data(
             &mut tx,
+            self.backend,
             "WHERE organisation = $1 AND dataset = $2 AND snapshot IS NOT NULL AND snapshot <> $3",
             |sql| {
                 sqlx::query(AssertSqlSafe(sql))
@@ -535,7 +536,8 @@ impl Storage {
             tx.rollback().await?;
             return Ok(purges);
         }
-        let (changed, _) = delete_batches_data(&mut tx, &format!("WHERE {DUE}"), over_due).await?;
+        let (changed, _) =
+            delete_batches_data(&mut tx, self.backend, &format!("WHERE {DUE}"), over_due).await?;
         for purge in &purges {
             append_audit_in(
                 &mut tx,
@@ -749,10 +751,14 @@ impl Storage {
 
 /// Deletes, inside `tx`, the records and events of the batches that
 /// `which` (a `WHERE` clause over `batches`) picks, its parameters bound by
-/// `bound` (which turns a statement into a query); returns the people they
-/// were about and how many records went. The batch rows stay.
+/// `bound` (which turns a statement into a query), and what linkage held
+/// of the records no longer held ([`linkage::forget_unheld`]); returns the
+/// people that changed (those the records were about, and the people their
+/// person ids had been joined into) and how many records went. The batch
+/// rows stay.
 async fn delete_batches_data<'q>(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    backend: Backend,
     which: &str,
     bound: impl Fn(String) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
 ) -> Result<(Vec<String>, u64), sqlx::Error> {
@@ -773,7 +779,9 @@ async fn delete_batches_data<'q>(
         .execute(&mut **tx)
         .await?
         .rows_affected();
-    Ok((people, records))
+    let mut changed = linkage::forget_unheld(tx, backend, &people).await?;
+    changed.extend(people);
+    Ok((changed, records))
 }
 
 /// Numbers, chains and stores an audit entry inside `tx`. Locking the chain
@@ -1090,7 +1098,8 @@ mod tests {
 
     /// A local id delivered again (another record, another batch) keeps
     /// one encoding and one set of blocking keys, on both backends; the
-    /// encoding's bytes, which travel as hex, are stored as bytes.
+    /// encoding's bytes, which travel as hex, are stored as bytes, and the
+    /// blocking keys are read back for the rules that had them.
     #[tokio::test]
     async fn an_entity_delivered_again_keeps_one_encoding_and_one_set_of_keys() {
         on_both_backends("entity_twice", delivered_twice).await;
@@ -1098,16 +1107,17 @@ mod tests {
 
     async fn delivered_twice(url: String) {
         let storage = Storage::open(&url).await.unwrap();
+        let key_of = |person: &str, rule: u8| {
+            let mut key = [rule; joinery_linkage::encode::BLOCK_KEY_LEN];
+            key[..person.len()].copy_from_slice(person.as_bytes());
+            key
+        };
         let batch = |batch_id: &str, person: &str, key: &str| {
             let record = NewRecord {
                 linkage: Some(StoredLinkage {
                     params_version: 1,
                     filters: vec![0xab; 16],
-                    blocks: vec![
-                        Some(format!("{person}-a")),
-                        None,
-                        Some(format!("{person}-c")),
-                    ],
+                    blocks: vec![Some(key_of(person, b'a')), None, Some(key_of(person, b'c'))],
                 }),
                 ..bare_record(person, key, &format!("local-{person}"))
             };
@@ -1117,31 +1127,33 @@ mod tests {
             let pool = storage.pool.clone();
             async move {
                 let n = |sql| sqlx::query_scalar::<_, i64>(sql).fetch_one(&pool);
-                (
-                    n("SELECT COUNT(*) FROM linkage_entities").await.unwrap(),
-                    n("SELECT COUNT(*) FROM linkage_blocks").await.unwrap(),
-                )
+                n("SELECT COUNT(*) FROM linkage_entities").await.unwrap()
             }
         };
         storage
             .commit_batch(&batch("b1", "p1", "k1"))
             .await
             .unwrap();
-        assert_eq!(counts().await, (1, 2), "one entity, its two present keys");
+        assert_eq!(counts().await, 1, "one entity");
         storage
             .commit_batch(&batch("b2", "p1", "k2"))
             .await
             .unwrap();
-        assert_eq!(
-            counts().await,
-            (1, 2),
-            "the same local id again: nothing new"
-        );
+        assert_eq!(counts().await, 1, "the same local id again: nothing new");
         storage
             .commit_batch(&batch("b3", "p2", "k3"))
             .await
             .unwrap();
-        assert_eq!(counts().await, (2, 4));
+        assert_eq!(counts().await, 2);
+        let packed: Vec<u8> =
+            sqlx::query_scalar("SELECT block_keys FROM linkage_entities WHERE person_id = 'p2'")
+                .fetch_one(&storage.pool)
+                .await
+                .unwrap();
+        assert_eq!(
+            linkage::unpack_block_keys(&packed, 3),
+            [Some(key_of("p2", b'a')), None, Some(key_of("p2", b'c'))]
+        );
         let filters: Vec<u8> =
             sqlx::query_scalar("SELECT filters FROM linkage_entities WHERE person_id = 'p2'")
                 .fetch_one(&storage.pool)
@@ -1152,6 +1164,178 @@ mod tests {
             vec![0xab; 16],
             "bytes travel as hex and are stored as bytes"
         );
+    }
+
+    /// A store as the release before packed blocking keys left it (a row
+    /// of `linkage_blocks` per key; the encodings of records retention had
+    /// deleted still held) upgrades on both backends: each entity's keys
+    /// are on its row, the unheld entity and its spine place are gone, the
+    /// entity that was linked into its person is pending again, and the
+    /// run count has moved on.
+    #[tokio::test]
+    async fn a_store_with_a_table_of_blocking_keys_upgrades_to_packed_keys() {
+        on_both_backends("packed_block_keys", upgrade_to_packed_block_keys).await;
+    }
+
+    async fn upgrade_to_packed_block_keys(url: String) {
+        sqlx::any::install_default_drivers();
+        let backend = Backend::of_url(&url).unwrap();
+        let old = AnyPool::connect(&url).await.unwrap();
+        migrations::through(backend, 15).run(&old).await.unwrap();
+        let (a, b) = ("aa".repeat(16), "bb".repeat(16));
+        let byte = match backend {
+            Backend::Sqlite => "X'00'",
+            Backend::Postgres => "'\\x00'",
+        };
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "INSERT INTO batches (organisation, batch_id, dataset, sequence, agreement_id, \
+             agreement_version, record_count, received_at) VALUES ('LA1', 'b1', 'cin', 1, 'a', 1, 1, 0); \
+             INSERT INTO records (person_id, organisation, batch_id, record_index, dataset, \
+             source_row, local_pseudonym, link_method, attributes, record_key) VALUES \
+             ('p2', 'LA1', 'b1', 0, 'cin', 1, 'l2', 'unlinked', '{{}}', 'k2'), \
+             ('p3', 'LA1', 'b1', 1, 'cin', 2, 'l3', 'unlinked', '{{}}', 'k3'); \
+             INSERT INTO linkage_entities (person_id, organisation, local_pseudonym, params_version, \
+             filters, linked) VALUES ('p1', 'LA2', 'l1', 5, {byte}, 1), ('p2', 'LA1', 'l2', 5, {byte}, 1), \
+             ('p3', 'LA1', 'l3', 5, {byte}, 1); \
+             INSERT INTO linkage_blocks (person_id, organisation, local_pseudonym, rule, block_key) VALUES \
+             ('p1', 'LA2', 'l1', 0, '{a}'), ('p2', 'LA1', 'l2', 0, '{a}'), ('p2', 'LA1', 'l2', 2, '{b}'); \
+             INSERT INTO person_spine (person_id, spine_id, method, linked_at) VALUES \
+             ('p1', 'p1', 'unlinked', 0), ('p2', 'p1', 'fuzzy', 0), ('p3', 'p3', 'unlinked', 0); \
+             INSERT INTO linkage_models (params_version, model, entities, fitted_at, runs) \
+             VALUES (5, '{{}}', 3, 0, 3);"
+        )))
+        .execute(&old)
+        .await
+        .unwrap();
+        old.close().await;
+
+        let storage = Storage::open(&url).await.unwrap();
+        let entities: Vec<(String, Vec<u8>, i64)> = sqlx::query_as(
+            "SELECT person_id, block_keys, linked FROM linkage_entities ORDER BY person_id",
+        )
+        .fetch_all(&storage.pool)
+        .await
+        .unwrap();
+        let key = |hex_text: &str| <[u8; 16]>::try_from(hex::decode(hex_text).unwrap()).unwrap();
+        let keys: Vec<_> = entities
+            .iter()
+            .map(|(person, packed, linked)| {
+                (
+                    person.as_str(),
+                    linkage::unpack_block_keys(packed, 3),
+                    *linked,
+                )
+            })
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                ("p2", vec![Some(key(&a)), None, Some(key(&b))], 0),
+                ("p3", vec![None, None, None], 1),
+            ],
+            "p1's records are gone, so is its encoding; p2, linked into p1, is pending"
+        );
+        let spine: Vec<String> =
+            sqlx::query_scalar("SELECT person_id FROM person_spine ORDER BY person_id")
+                .fetch_all(&storage.pool)
+                .await
+                .unwrap();
+        assert_eq!(spine, ["p2", "p3"]);
+        assert_eq!(storage.linkage_model(5).await.unwrap().unwrap().runs, 4);
+    }
+
+    /// A snapshot that no longer holds a local id takes its encoding and
+    /// keys with its records, on both backends: the entity linked into the
+    /// same person is pending again and the run count moves on (a
+    /// gateway's kept entities held the one that went).
+    #[tokio::test]
+    async fn records_deleted_take_their_encodings_with_them() {
+        on_both_backends("unheld_encodings", unheld_encodings).await;
+    }
+
+    async fn unheld_encodings(url: String) {
+        let storage = Storage::open(&url).await.unwrap();
+        let encoded = |person: &str, local: &str, key: &str| NewRecord {
+            linkage: Some(StoredLinkage {
+                params_version: 1,
+                filters: vec![1; 8],
+                blocks: vec![Some([7; 16])],
+            }),
+            ..bare_record(person, key, local)
+        };
+        let snapshot = |batch_id: &str, snapshot: &str, records| NewBatch {
+            snapshot: Some(snapshot.to_owned()),
+            ..la1_cin_batch(batch_id, records)
+        };
+        storage
+            .commit_batch(&snapshot(
+                "b1",
+                "s1",
+                vec![encoded("p1", "l1", "k1"), encoded("p2", "l2", "k2")],
+            ))
+            .await
+            .unwrap();
+        let mut other = la1_cin_batch("b9", vec![encoded("p3", "l3", "k3")]);
+        other.organisation = "LA2".to_owned();
+        storage.commit_batch(&other).await.unwrap();
+        // A run linked p3 into p1's person and marked everyone linked.
+        let model = FittedModel {
+            model: "{}".to_owned(),
+            quality: "[]".to_owned(),
+            entities: 3,
+        };
+        let joined = [SpineAssignment {
+            person_id: "p3".to_owned(),
+            spine_id: "p1".to_owned(),
+            method: LinkMethod::Fuzzy,
+            score: Some(0.99),
+        }];
+        let marked = [
+            ("p1", "LA1", "l1"),
+            ("p2", "LA1", "l2"),
+            ("p3", "LA2", "l3"),
+        ];
+        let runs = storage
+            .save_linkage(1, Some(&model), None, &joined, &marked)
+            .await
+            .unwrap();
+        assert!(!storage.linkage_pending(1).await.unwrap());
+
+        // The next snapshot holds p2 only (a record key digests its
+        // snapshot).
+        storage
+            .commit_batch(&snapshot("b2", "s2", vec![encoded("p2", "l2", "k2-s2")]))
+            .await
+            .unwrap();
+        let agreement = AgreementRef::new("a", 1);
+        assert_eq!(
+            storage
+                .replace_snapshot("LA1", "cin", "s2", &agreement)
+                .await
+                .unwrap(),
+            Some(2)
+        );
+        let held: Vec<(String, i64)> =
+            sqlx::query_as("SELECT person_id, linked FROM linkage_entities ORDER BY person_id")
+                .fetch_all(&storage.pool)
+                .await
+                .unwrap();
+        assert_eq!(
+            held,
+            [("p2".to_owned(), 1), ("p3".to_owned(), 0)],
+            "p1's encoding went with its record; p3, linked into p1's person, is pending"
+        );
+        let spine: Vec<String> =
+            sqlx::query_scalar("SELECT person_id FROM person_spine ORDER BY person_id")
+                .fetch_all(&storage.pool)
+                .await
+                .unwrap();
+        assert_eq!(spine, ["p2", "p3"], "no place on the spine for p1");
+        assert_eq!(
+            storage.linkage_model(1).await.unwrap().unwrap().runs,
+            runs + 1
+        );
+        assert!(storage.linkage_pending(1).await.unwrap());
     }
 
     /// Text with quotes, backslashes, braces, commas, the word NULL and
