@@ -1,6 +1,9 @@
 //! The documents say what the code does: the telemetry reference names
-//! every metric it records, the README the Rust it needs, and the examples
-//! the files `joinery pki` writes.
+//! every metric it records, the README the Rust it needs, the examples
+//! the files `joinery pki` writes, and the scaling guide's Citus
+//! statements every person-level table of the PostgreSQL schema.
+
+mod common;
 
 #[test]
 fn every_metric_is_documented() {
@@ -211,4 +214,73 @@ fn the_linkage_parameter_files_are_what_they_say() {
         without_the_salt(load("scripts/febrl4/params-dob-salted.yaml"), version),
         febrl
     );
+}
+
+/// docs/scaling.md distributes by `person_id` exactly the tables of the
+/// PostgreSQL schema that hold one (a table added, dropped or renamed by a
+/// migration shows here), each keyed with it, and the tables it makes
+/// reference tables exist.
+#[tokio::test]
+async fn the_citus_statements_name_every_person_level_table() {
+    use sqlx::Row;
+    let Some(url) = common::fresh_postgres("citus_statements").await else {
+        return;
+    };
+    let storage = joinery_gateway::storage::Storage::open(&url).await.unwrap();
+    drop(storage);
+    let db = common::open_database(&url).await;
+    let tables = |sql: &'static str| {
+        let db = db.clone();
+        async move {
+            let mut names: Vec<String> = sqlx::query(sql)
+                .fetch_all(&db)
+                .await
+                .unwrap()
+                .iter()
+                .map(|row| row.get::<String, _>(0))
+                .collect();
+            names.sort();
+            names
+        }
+    };
+    let with_person = tables(
+        "SELECT CAST(table_name AS TEXT) FROM information_schema.columns \
+         WHERE table_schema = 'public' AND column_name = 'person_id'",
+    )
+    .await;
+    let keyed_by_person = tables(
+        "SELECT CAST(c.relname AS TEXT) FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid \
+         JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY(i.indkey) \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE i.indisprimary AND a.attname = 'person_id' AND n.nspname = 'public'",
+    )
+    .await;
+    let every_table = tables(
+        "SELECT CAST(table_name AS TEXT) FROM information_schema.tables WHERE table_schema = 'public'",
+    )
+    .await;
+    let guide =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/scaling.md")).unwrap();
+    let named = |call: &str| {
+        let mut names: Vec<String> = guide
+            .lines()
+            .filter_map(|line| line.strip_prefix(&format!("SELECT {call}('")))
+            .filter_map(|rest| rest.split('\'').next())
+            .map(str::to_owned)
+            .collect();
+        names.sort();
+        names
+    };
+    let distributed = named("create_distributed_table");
+    assert_eq!(
+        distributed, with_person,
+        "docs/scaling.md distributes these"
+    );
+    assert_eq!(
+        keyed_by_person, with_person,
+        "person_id is in each one's key"
+    );
+    for reference in named("create_reference_table") {
+        assert!(every_table.contains(&reference), "{reference} is no table");
+    }
 }
