@@ -1145,24 +1145,20 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(counts().await, 2);
-        let packed: Vec<u8> =
-            sqlx::query_scalar("SELECT block_keys FROM linkage_entities WHERE person_id = 'p2'")
-                .fetch_one(&storage.pool)
-                .await
-                .unwrap();
-        assert_eq!(
-            linkage::unpack_block_keys(&packed, 3),
-            [Some(key_of("p2", b'a')), None, Some(key_of("p2", b'c'))]
-        );
-        let filters: Vec<u8> =
-            sqlx::query_scalar("SELECT filters FROM linkage_entities WHERE person_id = 'p2'")
-                .fetch_one(&storage.pool)
-                .await
-                .unwrap();
+        let (filters, packed): (Vec<u8>, Vec<u8>) = sqlx::query_as(
+            "SELECT filters, block_keys FROM linkage_entities WHERE person_id = 'p2'",
+        )
+        .fetch_one(&storage.pool)
+        .await
+        .unwrap();
         assert_eq!(
             filters,
             vec![0xab; 16],
             "bytes travel as hex and are stored as bytes"
+        );
+        assert_eq!(
+            linkage::unpack_block_keys(&packed, 3),
+            [Some(key_of("p2", b'a')), None, Some(key_of("p2", b'c'))]
         );
     }
 
@@ -1235,13 +1231,16 @@ mod tests {
             ],
             "p1's records are gone, so is its encoding; p2, linked into p1, is pending"
         );
-        let spine: Vec<String> =
-            sqlx::query_scalar("SELECT person_id FROM person_spine ORDER BY person_id")
-                .fetch_all(&storage.pool)
-                .await
-                .unwrap();
-        assert_eq!(spine, ["p2", "p3"]);
+        assert_eq!(spine_places(&storage).await, ["p2", "p3"]);
         assert_eq!(storage.linkage_model(5).await.unwrap().unwrap().runs, 4);
+    }
+
+    /// The person ids with a place on the spine, in order.
+    async fn spine_places(storage: &Storage) -> Vec<String> {
+        sqlx::query_scalar("SELECT person_id FROM person_spine ORDER BY person_id")
+            .fetch_all(&storage.pool)
+            .await
+            .unwrap()
     }
 
     /// A snapshot that no longer holds a local id takes its encoding and
@@ -1325,12 +1324,11 @@ mod tests {
             [("p2".to_owned(), 1), ("p3".to_owned(), 0)],
             "p1's encoding went with its record; p3, linked into p1's person, is pending"
         );
-        let spine: Vec<String> =
-            sqlx::query_scalar("SELECT person_id FROM person_spine ORDER BY person_id")
-                .fetch_all(&storage.pool)
-                .await
-                .unwrap();
-        assert_eq!(spine, ["p2", "p3"], "no place on the spine for p1");
+        assert_eq!(
+            spine_places(&storage).await,
+            ["p2", "p3"],
+            "no place on the spine for p1"
+        );
         assert_eq!(
             storage.linkage_model(1).await.unwrap().unwrap().runs,
             runs + 1
