@@ -183,8 +183,15 @@ impl Sandbox {
 
     /// The signed example agreement.
     pub fn agreement(&self) -> anyhow::Result<PathBuf> {
+        Ok(self
+            .agreements_dir()
+            .join(format!("{}.yaml", self.agreement_id()?)))
+    }
+
+    /// The example agreement's id.
+    pub fn agreement_id(&self) -> anyhow::Result<String> {
         let agreement: Agreement = serde_saphyr::from_str(EXAMPLE_AGREEMENT)?;
-        Ok(self.agreements_dir().join(format!("{}.yaml", agreement.id)))
+        Ok(agreement.id)
     }
 
     pub fn opt_out_list(&self) -> PathBuf {

@@ -7,8 +7,9 @@
 //! every NHS number in the population as agents used to (it matches none);
 //! online, by asking a keyholder to evaluate guesses with the agency's
 //! certificate (refused past the agency's daily allowance). An analyst and
-//! an organisation outside the agreement are refused outright. No NHS number
-//! appears in any keyholder's log or ledger.
+//! an organisation outside the agreement are refused outright. A keyholder
+//! answering with another key is caught by its proof before anything is
+//! sent. No NHS number appears in any keyholder's log or ledger.
 
 mod common;
 
@@ -96,16 +97,46 @@ async fn nhs_pseudonyms_made_through_keyholders_link_and_resist_the_gateway_with
     assert!(![0, joinery_agent::summary::EXIT_QUARANTINED].contains(&code));
     assert!(
         stderr.contains(&format!(
-            "add {{ name: {KEYHOLDER_A}, address: HOST:PORT }} under keyholders"
+            "add {{ name: {KEYHOLDER_A}, address: HOST:PORT, public_key: HEX }} under keyholders"
         )),
         "{stderr}"
     );
+
+    // A keyholder answering with another key (restored from the wrong
+    // backup, or an impostor holding its certificate) is caught by the
+    // proof checked against the key the agency pinned: the run stops,
+    // naming it, and nothing is stored.
+    let impostor = start_keyholder(&d, KEYHOLDER_A, "a-other-key", allowance, None);
+    assert_ne!(impostor.public_key, a.public_key);
+    let pinned = |k: &Keyholder, address: &str| {
+        format!(
+            "  - {{ name: {}, address: '{address}', public_key: {} }}\n",
+            k.name, k.public_key
+        )
+    };
+    let mut yaml = std::fs::read_to_string(&config).unwrap();
+    yaml.push_str("keyholders:\n");
+    yaml.push_str(&pinned(&a, &impostor.address));
+    yaml.push_str(&pinned(&b, &b.address));
+    std::fs::write(&config, yaml).unwrap();
+    let (code, _, stderr) = finish(d.spawn_agent(&config));
+    assert!(![0, joinery_agent::summary::EXIT_QUARANTINED].contains(&code));
+    assert!(
+        stderr.contains(KEYHOLDER_A) && stderr.contains("answered with another key"),
+        "{stderr}"
+    );
+    let db = open_database(&d.sqlite_url()).await;
+    let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM records")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(stored, 0, "nothing made with the other key was sent");
+    drop(impostor);
 
     let agent_logs = deliver_through(&d, &gateway.address, &synth, &[&a, &b], |yaml| yaml);
 
     // Exact linkage still works: every stored record of one valid NHS
     // number carries one pseudonym, and two numbers never share one.
-    let db = open_database(&d.sqlite_url()).await;
     let truth = truth_by_pseudonym(&d, &synth.join("ground_truth.csv"));
     let rows = sqlx::query(
         "SELECT organisation, local_pseudonym, nhs_pseudonym FROM records WHERE nhs_pseudonym IS NOT NULL",

@@ -107,7 +107,7 @@ impl GatewayEndpoint {
 }
 
 /// A keyholder's name (as the agreement lists it and its certificate
-/// carries it) and address.
+/// carries it), address, and public key for the agreement.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KeyholderEndpoint {
@@ -115,6 +115,11 @@ pub struct KeyholderEndpoint {
     pub name: String,
     /// `host:port`.
     pub address: String,
+    /// Its public key for this agreement, 64 hex digits, as `joinery
+    /// keyholder public-key --agreement ID` prints it (the keyholder's
+    /// operator gives it to the agencies). Every answer's proof is checked
+    /// against it: a keyholder answering with another key stops the run.
+    pub public_key: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]

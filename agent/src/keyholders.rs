@@ -3,18 +3,20 @@
 //! computes one ([`joinery_crypto::oblivious`]).
 //!
 //! For each chunk of rows, the distinct NHS numbers are blinded afresh for
-//! each keyholder, evaluated by it over mutual TLS, and unblinded; the
-//! pseudonym is the HMAC, under the agreement's linkage key, of the
-//! keyholders' outputs in the agreement's order. The keyholders see only
-//! random elements; the gateway, as before, receives a 32-byte pseudonym and
-//! re-keys it. A keyholder that cannot be reached is retried for the
-//! configuration's `retry_for_secs`; a refusal (an allowance spent, an
-//! agreement that does not name it) stops the run, naming the keyholder.
+//! each keyholder, evaluated by it over mutual TLS (requests on every core
+//! at once), checked against the public key the configuration pins for it,
+//! and unblinded; the pseudonym is the HMAC, under the agreement's linkage
+//! key, of the keyholders' outputs in the agreement's order. The keyholders
+//! see only random elements; the gateway, as before, receives a 32-byte
+//! pseudonym and re-keys it. A keyholder that cannot be reached is retried
+//! for the configuration's `retry_for_secs`; a refusal (an allowance spent,
+//! an agreement that does not name it) or an answer whose proof does not
+//! verify (another key) stops the run, naming the keyholder.
 
 use std::time::Duration;
 
 use joinery_crypto::keys::SecretKey;
-use joinery_crypto::oblivious::Blinded;
+use joinery_crypto::oblivious::{Blinded, Evaluated, PublicKey};
 use joinery_crypto::pseudonym::{Pseudonym, Pseudonymiser};
 use joinery_proto::v1::EvaluateRequest;
 use joinery_proto::v1::keyholder_client::KeyholderClient;
@@ -24,16 +26,23 @@ use tonic::transport::Channel;
 use crate::AgentConfig;
 use crate::error::AgentError;
 
-/// Elements per request (a keyholder takes at most 10,000).
-const PER_REQUEST: usize = 5_000;
+/// Most elements in one request (a keyholder takes at most 10,000). A
+/// request's elements are blinded, evaluated, checked against its one proof
+/// and unblinded together, one piece of work for a core, so a chunk's
+/// numbers are cut into a request per core.
+const MAX_PER_REQUEST: usize = 5_000;
 
-/// Values blinded or unblinded together, one piece of work for a core.
-const PER_THREAD: usize = 256;
+/// A keyholder as the agent reaches it.
+struct Connected {
+    name: String,
+    client: KeyholderClient<Channel>,
+    public_key: PublicKey,
+}
 
 /// The agreement's keyholders, connected.
 pub struct Keyholders {
     agreement: String,
-    keyholders: Vec<(String, KeyholderClient<Channel>)>,
+    keyholders: Vec<Connected>,
     combine: Pseudonymiser,
     retry_for: Duration,
     runtime: tokio::runtime::Handle,
@@ -57,12 +66,24 @@ impl Keyholders {
                 .find(|k| &k.name == name)
                 .ok_or_else(|| {
                     AgentError::NotAllowed(format!(
-                        "agreement {agreement} pseudonymises NHS numbers through keyholder {name}: add {{ name: {name}, address: HOST:PORT }} under keyholders in the agent configuration"
+                        "agreement {agreement} pseudonymises NHS numbers through keyholder {name}: add {{ name: {name}, address: HOST:PORT, public_key: HEX }} under keyholders in the agent configuration (`joinery keyholder public-key --agreement {agreement}` on the keyholder prints the key)"
+                    ))
+                })?;
+            let public_key = hex::decode(endpoint.public_key.trim())
+                .ok()
+                .and_then(|bytes| joinery_crypto::oblivious::public_key_from_bytes(&bytes).ok())
+                .ok_or_else(|| {
+                    AgentError::NotAllowed(format!(
+                        "keyholders: {name}'s public_key is not a keyholder's public key (64 hex digits, as `joinery keyholder public-key --agreement {agreement}` prints it)"
                     ))
                 })?;
             let channel =
                 joinery_proto::channel::connect(&endpoint.address, name, tls.clone()).await?;
-            keyholders.push((name.clone(), KeyholderClient::new(channel)));
+            keyholders.push(Connected {
+                name: name.clone(),
+                client: KeyholderClient::new(channel),
+                public_key,
+            });
         }
         Ok(Self {
             agreement: agreement.to_owned(),
@@ -80,30 +101,14 @@ impl Keyholders {
         distinct.sort_unstable();
         distinct.dedup();
         let mut combined: Vec<Vec<u8>> = vec![Vec::new(); distinct.len()];
-        for (name, client) in &self.keyholders {
-            for (part, values) in distinct.chunks(PER_REQUEST).enumerate() {
-                let chunks: Vec<&[&str]> = values.chunks(PER_THREAD).collect();
-                let blinded = in_parallel(&chunks, |values| Blinded::new(values));
-                let elements: Vec<Vec<u8>> =
-                    blinded.iter().flat_map(|b| b.elements.clone()).collect();
-                let evaluated = self.evaluate(name, client.clone(), elements)?;
-                let jobs: Vec<_> = blinded
-                    .iter()
-                    .zip(chunks)
-                    .zip(evaluated.chunks(PER_THREAD))
-                    .collect();
-                let mut outputs = Vec::with_capacity(values.len());
-                for finalized in
-                    in_parallel(&jobs, |((b, values), answers)| b.finalize(values, answers))
-                {
-                    outputs.extend(finalized.map_err(|e| AgentError::Keyholder {
-                        name: name.clone(),
-                        message: e.to_string(),
-                    })?);
-                }
-                for (i, output) in outputs.iter().enumerate() {
-                    combined[part * PER_REQUEST + i].extend_from_slice(output);
-                }
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let per_request = distinct.len().div_ceil(cores).clamp(1, MAX_PER_REQUEST);
+        let requests: Vec<&[&str]> = distinct.chunks(per_request).collect();
+        for keyholder in &self.keyholders {
+            let answered = in_parallel(&requests, |values| self.outputs(keyholder, values));
+            let outputs = answered.into_iter().collect::<Result<Vec<_>, _>>()?;
+            for (combined, output) in combined.iter_mut().zip(outputs.iter().flatten()) {
+                combined.extend_from_slice(output);
             }
         }
         let by_number: std::collections::HashMap<&str, Pseudonym> = distinct
@@ -114,13 +119,34 @@ impl Keyholders {
         Ok(numbers.iter().map(|n| by_number[n]).collect())
     }
 
+    /// `values` blinded, evaluated by `keyholder`, checked against its
+    /// pinned public key and unblinded.
+    fn outputs(
+        &self,
+        keyholder: &Connected,
+        values: &[&str],
+    ) -> Result<Vec<joinery_crypto::oblivious::ObliviousOutput>, AgentError> {
+        let blinded = Blinded::new(values);
+        let answer = self.evaluate(
+            &keyholder.name,
+            keyholder.client.clone(),
+            blinded.elements.clone(),
+        )?;
+        blinded
+            .finalize(values, &answer, &keyholder.public_key)
+            .map_err(|e| AgentError::Keyholder {
+                name: keyholder.name.clone(),
+                message: e.to_string(),
+            })
+    }
+
     /// One request to one keyholder, retried while it cannot be reached.
     fn evaluate(
         &self,
         name: &str,
         mut client: KeyholderClient<Channel>,
         blinded: Vec<Vec<u8>>,
-    ) -> Result<Vec<Vec<u8>>, AgentError> {
+    ) -> Result<Evaluated, AgentError> {
         let request = EvaluateRequest {
             agreement: self.agreement.clone(),
             blinded,
@@ -134,7 +160,10 @@ impl Keyholders {
                 .map(tonic::Response::into_inner);
             match answer {
                 Ok(answer) if answer.evaluated.len() == request.blinded.len() => {
-                    return Ok(answer.evaluated);
+                    return Ok(Evaluated {
+                        elements: answer.evaluated,
+                        proof: answer.proof,
+                    });
                 }
                 Ok(answer) => {
                     return Err(AgentError::Keyholder {

@@ -21,6 +21,16 @@ pub enum KeyholderCommand {
         #[arg(long, env = "JOINERY_DATA_DIR")]
         data_dir: PathBuf,
     },
+    /// Print the public key (64 hex digits) the agencies of an agreement pin
+    /// in their agent configuration (`keyholders: [{ name, address,
+    /// public_key }]`): their agents check every answer's proof against it.
+    PublicKey {
+        #[arg(long, env = "JOINERY_DATA_DIR")]
+        data_dir: PathBuf,
+        /// The agreement's id (each agreement has its own key).
+        #[arg(long)]
+        agreement: String,
+    },
     /// Evaluate agencies' blinded NHS numbers over mutual TLS until SIGTERM or Ctrl-C.
     Serve(Box<ServeArgs>),
 }
@@ -65,6 +75,17 @@ impl KeyholderCommand {
                 println!(
                     "back it up: every NHS pseudonym made through this keyholder depends on it"
                 );
+                println!(
+                    "give each agreement's agencies its public key to pin: joinery keyholder public-key --data-dir DIR --agreement ID"
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            Self::PublicKey {
+                data_dir,
+                agreement,
+            } => {
+                let key = joinery_gateway::keyholder::public_key(&data_dir, &agreement)?;
+                println!("{}", hex::encode(key));
                 return Ok(ExitCode::SUCCESS);
             }
             Self::Serve(args) => args,

@@ -15,6 +15,9 @@ pub struct Keyholder {
     pub address: String,
     pub data: PathBuf,
     pub log: PathBuf,
+    /// Its public key for the deployment's agreement, as `joinery keyholder
+    /// public-key` prints it.
+    pub public_key: String,
 }
 
 impl Drop for Keyholder {
@@ -52,6 +55,15 @@ pub fn start_keyholder(
     if !data.join("keyholder.key").exists() {
         joinery_ok(&["keyholder", "init", "--data-dir", data.to_str().unwrap()]);
     }
+    let printed = joinery_ok(&[
+        "keyholder",
+        "public-key",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--agreement",
+        &d.sandbox.agreement_id().unwrap(),
+    ]);
+    let public_key = String::from_utf8(printed.stdout).unwrap().trim().to_owned();
     let mut child = joinery()
         .args(d.sandbox.keyholder_serve_args(name, &data))
         .arg("--daily-allowance")
@@ -90,17 +102,19 @@ pub fn start_keyholder(
         address,
         data,
         log,
+        public_key,
     }
 }
 
-/// Adds where each keyholder is to an agent configuration.
-fn add_keyholders(config: &Path, keyholders: &[&Keyholder]) {
+/// Adds where each keyholder is, and its public key, to an agent
+/// configuration.
+pub fn add_keyholders(config: &Path, keyholders: &[&Keyholder]) {
     let mut yaml = std::fs::read_to_string(config).unwrap();
     yaml.push_str("keyholders:\n");
     for k in keyholders {
         yaml.push_str(&format!(
-            "  - {{ name: {}, address: '{}' }}\n",
-            k.name, k.address
+            "  - {{ name: {}, address: '{}', public_key: {} }}\n",
+            k.name, k.address, k.public_key
         ));
     }
     std::fs::write(config, yaml).unwrap();

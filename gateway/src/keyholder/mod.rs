@@ -4,9 +4,11 @@
 //! An agreement that lists keyholders (`linkage.nhs_number_keyholders`) has
 //! its agents blind every NHS number and ask each keyholder to evaluate it
 //! under the keyholder's key for that agreement
-//! ([`joinery_crypto::oblivious`]); the agents then combine the unblinded
-//! outputs into the pseudonym they send. The keyholder sees only random
-//! group elements. No agency holds a key that computes a pseudonym, so the
+//! ([`joinery_crypto::oblivious`]), with one proof per request that its
+//! key for the agreement made every answer, which the agents check against
+//! the public key they pinned ([`public_key`], `joinery keyholder
+//! public-key`); the agents then combine the unblinded outputs into the
+//! pseudonym they send. The keyholder sees only random group elements. No agency holds a key that computes a pseudonym, so the
 //! gateway's operator with an agency's help cannot reverse the stored ones
 //! by trying every NHS number offline: every guess would have to be
 //! evaluated by every keyholder, and each keyholder answers an agency at
@@ -28,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use joinery_crypto::keys::SecretKey;
-use joinery_crypto::oblivious::KeyholderKey;
+use joinery_crypto::oblivious::{KeyholderKey, PublicKey};
 use joinery_crypto::tls::TlsFiles;
 use joinery_proto::v1::keyholder_server::{Keyholder, KeyholderServer};
 use joinery_proto::v1::{EvaluateRequest, EvaluateResponse};
@@ -97,6 +99,8 @@ pub enum KeyholderError {
     },
     #[error(transparent)]
     Transport(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Oblivious(#[from] joinery_crypto::oblivious::ObliviousError),
 }
 
 /// Where a keyholder keeps its key in its data directory.
@@ -115,6 +119,25 @@ pub fn init(data_dir: &std::path::Path) -> Result<PathBuf, KeyholderError> {
     Ok(path)
 }
 
+/// The keyholder's root key in `data_dir`; never made here (see [`init`]).
+fn root_key(data_dir: &std::path::Path) -> Result<SecretKey, KeyholderError> {
+    let path = key_file(data_dir);
+    if !path.exists() {
+        return Err(KeyholderError::NoKey { path });
+    }
+    Ok(SecretKey::load(&path)?)
+}
+
+/// The public key agencies pin for `agreement` (the agreement's id), from
+/// the keyholder's key in `data_dir`.
+pub fn public_key(
+    data_dir: &std::path::Path,
+    agreement: &str,
+) -> Result<PublicKey, KeyholderError> {
+    let key = KeyholderKey::derive(&root_key(data_dir)?, agreement)?;
+    Ok(key.public_key())
+}
+
 /// A bound keyholder, ready to serve.
 pub struct KeyholderServerHandle {
     listener: TcpListener,
@@ -125,18 +148,14 @@ pub struct KeyholderServerHandle {
 }
 
 impl KeyholderServerHandle {
-    /// Loads or creates the key, opens the ledger, loads the agreements and
-    /// TLS material and binds the listener.
+    /// Loads the key, opens the ledger, loads the agreements and TLS
+    /// material and binds the listener.
     pub async fn bind(config: KeyholderConfig) -> Result<Self, KeyholderError> {
         std::fs::create_dir_all(&config.data_dir).map_err(|source| KeyholderError::DataDir {
             path: config.data_dir.clone(),
             source,
         })?;
-        let key_file = key_file(&config.data_dir);
-        if !key_file.exists() {
-            return Err(KeyholderError::NoKey { path: key_file });
-        }
-        let root = SecretKey::load(&key_file)?;
+        let root = root_key(&config.data_dir)?;
         let agreements = LiveAgreements::new(
             &config.agreements_dir,
             Agreements::load_dir(&config.agreements_dir)?,
@@ -319,6 +338,9 @@ impl Keyholder for KeyholderService {
             .increment(count);
         let evaluated = evaluated.map_err(|e| Status::invalid_argument(e.to_string()))?;
         tracing::info!(%organisation, agreement = %agreement, elements = count, used_today = used, "evaluated");
-        Ok(Response::new(EvaluateResponse { evaluated }))
+        Ok(Response::new(EvaluateResponse {
+            evaluated: evaluated.elements,
+            proof: evaluated.proof,
+        }))
     }
 }

@@ -111,10 +111,12 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<ExitCode> {
         let mut processes = Vec::new();
         let mut endpoints = Vec::new();
         for name in &names {
-            let process = ServerProcess::keyholder(&with, name)?;
+            let (process, data) = ServerProcess::keyholder(&with, name)?;
+            let public_key = joinery_gateway::keyholder::public_key(&data, &with.agreement_id()?)?;
             endpoints.push(KeyholderEndpoint {
                 name: name.clone(),
                 address: process.address.clone(),
+                public_key: hex::encode(public_key),
             });
             processes.push(process);
         }

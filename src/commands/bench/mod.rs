@@ -35,7 +35,7 @@ mod readers;
 mod region;
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Duration;
 
@@ -176,8 +176,9 @@ impl ServerProcess {
     }
 
     /// Starts `joinery keyholder serve` named `name` on any free port, for
-    /// the sandbox's agreements, its certificate issued now.
-    fn keyholder(sandbox: &Sandbox, name: &str) -> anyhow::Result<Self> {
+    /// the sandbox's agreements, its certificate issued now; returns it and
+    /// its data directory (its key).
+    fn keyholder(sandbox: &Sandbox, name: &str) -> anyhow::Result<(Self, PathBuf)> {
         let (cert, _) = sandbox.keyholder_cert(name);
         joinery_crypto::pki::CertificateAuthority::load(&sandbox.pki())?.issue_server(
             "keyholder",
@@ -193,7 +194,7 @@ impl ServerProcess {
             .args(sandbox.keyholder_serve_args(name, &data))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped());
-        Self::spawn(command, "keyholder")
+        Ok((Self::spawn(command, "keyholder")?, data))
     }
 
     /// Spawns `command` and waits for its `listening on ADDRESS` line.
