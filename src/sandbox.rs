@@ -8,6 +8,7 @@
 //! ROOT/pki/agents/ORG.pem, .key           each agency's client certificate
 //! ROOT/pki/analysts/analyst-NAME.pem, .key each analyst's
 //! ROOT/keys/linkage.key                   the agencies' linkage key
+//! ROOT/keys/local-ids/ORG.key             each agency's own key for its local ids
 //! ROOT/agreements/ID.yaml (+ .sig)        the example agreement, fully signed,
 //!                                          its signatories' keys beside it
 //! ROOT/opt-out.txt                        an empty National Data Opt-out list
@@ -176,6 +177,18 @@ impl Sandbox {
         self.root.join("keys").join("linkage.key")
     }
 
+    /// `organisation`'s own key for its local ids, made the first time it
+    /// is asked for.
+    pub fn local_id_key(&self, organisation: &str) -> anyhow::Result<PathBuf> {
+        let path = self
+            .root
+            .join("keys")
+            .join("local-ids")
+            .join(format!("{organisation}.key"));
+        SecretKey::load_or_create(&path)?;
+        Ok(path)
+    }
+
     /// Where the gateway's signed agreements are.
     pub fn agreements_dir(&self) -> PathBuf {
         self.root.join("agreements")
@@ -200,7 +213,8 @@ impl Sandbox {
 
     /// The configuration of `organisation`'s agent sending `sources` to the
     /// gateway at `address` (whose certificate names `server_name`), its
-    /// spool and quarantine reports under `ROOT/agents/`.
+    /// spool and quarantine reports under `ROOT/agents/`, its local ids
+    /// under its own key.
     pub fn agent_config(
         &self,
         organisation: &str,
@@ -226,6 +240,7 @@ impl Sandbox {
             },
             keyholders: Vec::new(),
             linkage_key: self.linkage_key(),
+            local_id_key: Some(self.local_id_key(organisation)?),
             quarantine_dir: agents.join("quarantine").join(organisation),
             spool_dir: agents.join("spool").join(organisation),
             spool_max_bytes: 256 * 1024 * 1024,

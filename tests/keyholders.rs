@@ -6,7 +6,9 @@
 //! reverse the stored NHS pseudonyms: offline, by computing the pseudonym of
 //! every NHS number in the population as agents used to (it matches none);
 //! online, by asking a keyholder to evaluate guesses with the agency's
-//! certificate (refused past the agency's daily allowance). An analyst and
+//! certificate (refused past the agency's daily allowance); nor can it
+//! compute another agency's local pseudonyms from its true local ids, each
+//! agency's being under its own key. An analyst and
 //! an organisation outside the agreement are refused outright. A keyholder
 //! answering with another key is caught by its proof before anything is
 //! sent. No NHS number appears in any keyholder's log or ledger.
@@ -213,6 +215,25 @@ async fn nhs_pseudonyms_made_through_keyholders_link_and_resist_the_gateway_with
         recomputed, 0,
         "the coalition recomputes no stored pseudonym"
     );
+
+    // Nor another agency's local ids: each agency pseudonymises its own
+    // under its own key, so the shared linkage key with the gateway's key
+    // computes none of the stored local pseudonyms, though it is given
+    // every agency's true local ids (the stored records were mapped to
+    // them above, with each agency's own key).
+    let shared = Pseudonymiser::new(&d.linkage_key(), "agent local-id");
+    let held: BTreeSet<(String, String)> = truth.keys().cloned().collect();
+    let guessed = csv_rows(&synth.join("ground_truth.csv"), b',')
+        .iter()
+        .map(|row| {
+            let (org, local) = (&row[1], &row[3]);
+            let agent_level = shared.pseudonymise(local.as_bytes());
+            let stored = rekeyer.identify(org, &agent_level, &[]).local_pseudonym;
+            (org.to_string(), stored)
+        })
+        .filter(|key| held.contains(key))
+        .count();
+    assert_eq!(guessed, 0, "the coalition recomputes no local pseudonym");
 
     // Online: with the council's certificate, guesses beyond the council's
     // allowance are refused, and the refusal says so.

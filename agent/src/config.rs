@@ -42,6 +42,16 @@ pub struct AgentConfig {
     /// File holding the agreement's 256-bit linkage key (hex, mode 0600),
     /// shared by the agencies and never by the gateway.
     pub linkage_key: PathBuf,
+    /// File holding this agency's own 256-bit key for its local record ids
+    /// (hex, mode 0600; `joinery pki linkage-key --out local-ids.key`),
+    /// shared with nobody: local ids link only within the agency, so no
+    /// other agency, nor the gateway's operator with one's help, can test
+    /// guesses of them. Without it they are pseudonymised under the shared
+    /// linkage key, as before this setting (the agent warns); adding it to
+    /// an agency already delivering changes every one of its local
+    /// pseudonyms, so do it as a key rotation (docs/key-rotation.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_id_key: Option<PathBuf>,
     /// Where quarantine reports are written (one CSV per source).
     #[serde(default = "default_quarantine_dir")]
     pub quarantine_dir: PathBuf,
@@ -208,6 +218,9 @@ impl AgentConfig {
         resolve(&mut self.tls.cert);
         resolve(&mut self.tls.key);
         resolve(&mut self.linkage_key);
+        if let Some(key) = &mut self.local_id_key {
+            resolve(key);
+        }
         resolve(&mut self.agreement);
         if let Some(list) = &mut self.national_data_opt_out {
             resolve(list);

@@ -38,18 +38,40 @@ pub struct Releaser {
     encoder: Option<Encoder>,
 }
 
+/// The keys an agency's records are released under.
+pub struct ReleaseKeys {
+    /// The agreement's linkage key, shared by its agencies.
+    pub linkage: SecretKey,
+    /// The key its local ids are pseudonymised under: its own
+    /// (`local_id_key`), else the linkage key.
+    pub local_ids: SecretKey,
+}
+
+impl ReleaseKeys {
+    /// Loads the keys `config` names.
+    pub fn load(config: &crate::AgentConfig) -> Result<Self, joinery_crypto::keys::KeyError> {
+        let linkage = SecretKey::load(&config.linkage_key)?;
+        let local_ids = match &config.local_id_key {
+            Some(path) => SecretKey::load(path)?,
+            None => linkage.clone(),
+        };
+        Ok(Self { linkage, local_ids })
+    }
+}
+
 impl Releaser {
     /// `linkage`: the agreement's linkage parameters, if it has any;
     /// `keyholders`: its keyholders, connected, if it names any.
     pub fn new(
-        linkage_key: &SecretKey,
+        keys: &ReleaseKeys,
         linkage: Option<&LinkageParams>,
         keyholders: Option<Keyholders>,
     ) -> Result<Self, ParamsError> {
+        let linkage_key = &keys.linkage;
         Ok(Self {
             nhs: Pseudonymiser::new(linkage_key, "agent nhs-number"),
             keyholders,
-            local: Pseudonymiser::new(linkage_key, "agent local-id"),
+            local: Pseudonymiser::new(&keys.local_ids, "agent local-id"),
             encoder: linkage
                 .map(|params| Encoder::new(linkage_key, params))
                 .transpose()?,
@@ -265,6 +287,35 @@ fn withheld_from(mapping: &Resolved, dataset: &Dataset) -> Vec<String> {
 mod tests {
     use super::*;
 
+    fn test_keys() -> ReleaseKeys {
+        ReleaseKeys {
+            linkage: SecretKey::from_bytes([5; 32]),
+            local_ids: SecretKey::from_bytes([5; 32]),
+        }
+    }
+
+    /// An agency's own key for its local ids gives them pseudonyms the
+    /// shared linkage key cannot compute; the NHS pseudonym stays the
+    /// agreement's, so records still link across agencies.
+    #[test]
+    fn local_ids_under_the_agencys_own_key_are_not_the_shared_keys() {
+        let shared = Releaser::new(&test_keys(), None, None).unwrap();
+        let own = Releaser::new(
+            &ReleaseKeys {
+                local_ids: SecretKey::from_bytes([6; 32]),
+                ..test_keys()
+            },
+            None,
+            None,
+        )
+        .unwrap();
+        assert_ne!(shared.local_pseudonym("L1"), own.local_pseudonym("L1"));
+        assert_eq!(
+            shared.nhs.pseudonymise(b"9434765919"),
+            own.nhs.pseudonymise(b"9434765919")
+        );
+    }
+
     fn release_one(
         releaser: &Releaser,
         row: &PersonRow,
@@ -333,7 +384,7 @@ mod tests {
 
     #[test]
     fn sends_only_what_the_agreement_lists_in_its_form() {
-        let releaser = Releaser::new(&SecretKey::from_bytes([5; 32]), None, None).unwrap();
+        let releaser = Releaser::new(&test_keys(), None, None).unwrap();
         let d = dataset(&[
             ("local_id", Transform::Pseudonymise),
             ("nhs_number", Transform::Pseudonymise),
@@ -375,7 +426,7 @@ mod tests {
 
     #[test]
     fn other_transforms_and_a_dropped_nhs_number() {
-        let releaser = Releaser::new(&SecretKey::from_bytes([5; 32]), None, None).unwrap();
+        let releaser = Releaser::new(&test_keys(), None, None).unwrap();
         let d = dataset(&[
             ("local_id", Transform::Pseudonymise),
             ("nhs_number", Transform::Drop),
@@ -408,7 +459,7 @@ mod tests {
     #[test]
     fn only_rows_that_say_who_the_person_is_carry_linkage_encodings() {
         let params = joinery_linkage::params::LinkageParams::canonical();
-        let releaser = Releaser::new(&SecretKey::from_bytes([5; 32]), Some(&params), None).unwrap();
+        let releaser = Releaser::new(&test_keys(), Some(&params), None).unwrap();
         let d = dataset(&[("local_id", Transform::Pseudonymise)]);
         let today = date!(2026 - 01 - 01);
         assert!(
@@ -444,7 +495,7 @@ mod tests {
             stands_in_for: Vec::new(),
             nicknames: false,
         });
-        let releaser = Releaser::new(&SecretKey::from_bytes([5; 32]), Some(&params), None).unwrap();
+        let releaser = Releaser::new(&test_keys(), Some(&params), None).unwrap();
         let d = dataset(&[("local_id", Transform::Pseudonymise)]);
         let today = date!(2026 - 01 - 01);
         let record = release_one(&releaser, &row(), 1, &d, today);

@@ -11,14 +11,13 @@
 
 use std::collections::HashMap;
 
-use joinery_crypto::keys::SecretKey;
 use joinery_crypto::pseudonym::Pseudonym;
 use joinery_proto::v1::ReidentifyRequest;
 use joinery_proto::v1::query_client::QueryClient;
 
 use crate::AgentConfig;
 use crate::error::AgentError;
-use crate::release::Releaser;
+use crate::release::{ReleaseKeys, Releaser};
 use crate::row::RowOutcome;
 
 /// Candidates per request (the gateway takes at most 100,000).
@@ -46,8 +45,7 @@ pub async fn resolve(
     query: &str,
     agreement: Option<&str>,
 ) -> Result<Resolved, AgentError> {
-    let key = SecretKey::load(&config.linkage_key)?;
-    let releaser = Releaser::new(&key, None, None)?;
+    let releaser = Releaser::new(&ReleaseKeys::load(config)?, None, None)?;
     let context = crate::source::ReadContext {
         today: time::OffsetDateTime::now_utc().date(),
         limits: config.limits,

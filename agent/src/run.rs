@@ -19,7 +19,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use joinery_crypto::keys::SecretKey;
 use joinery_policies::SignedAgreement;
 use joinery_policies::model::OptOut;
 use joinery_proto::v1::ingest_client::IngestClient;
@@ -37,7 +36,7 @@ use crate::opt_out::OptOutList;
 use crate::pipeline::{Releasing, Screening, Spooling, Stages, Withholding};
 use crate::progress::Progress;
 use crate::quarantine::QuarantineReport;
-use crate::release::{Releaser, withheld_by_agreement};
+use crate::release::{ReleaseKeys, Releaser, withheld_by_agreement};
 use crate::source::Source;
 use crate::spool::{Spool, Spooled};
 use crate::summary::{REPLAYED, RunSummary, SourceSummary};
@@ -75,7 +74,7 @@ async fn run_sources(config: &AgentConfig, progress: Progress) -> Result<RunSumm
                 config,
                 &agreement.id,
                 names,
-                &admitted.key,
+                &admitted.keys.linkage,
                 admitted.tls.clone(),
             )
             .await?,
@@ -85,7 +84,7 @@ async fn run_sources(config: &AgentConfig, progress: Progress) -> Result<RunSumm
         config,
         today: now.date(),
         releaser: Arc::new(Releaser::new(
-            &admitted.key,
+            &admitted.keys,
             agreement.linkage.params().as_ref(),
             keyholders,
         )?),
@@ -117,7 +116,7 @@ async fn run_sources(config: &AgentConfig, progress: Progress) -> Result<RunSumm
 
 /// What a run may start with: its keys, and an agreement it may send under.
 struct Admitted {
-    key: SecretKey,
+    keys: ReleaseKeys,
     tls: rustls::ClientConfig,
     signed: SignedAgreement,
     opt_out: Option<Arc<OptOutList>>,
@@ -125,7 +124,12 @@ struct Admitted {
 
 impl Admitted {
     fn check(config: &AgentConfig, now: OffsetDateTime) -> Result<Self, AgentError> {
-        let key = SecretKey::load(&config.linkage_key)?;
+        let keys = ReleaseKeys::load(config)?;
+        if config.local_id_key.is_none() {
+            tracing::warn!(
+                "local ids are pseudonymised under the shared linkage key: another agency of the agreement, with the gateway's operator, could test guesses of them; give this agency its own local_id_key (docs/key-rotation.md)"
+            );
+        }
         let tls = joinery_crypto::tls::client_config(&config.tls_files())?;
         let expiry = joinery_crypto::tls::expiry(&config.tls_files())?;
         metrics::tls_expiry(expiry.certificate, expiry.ca);
@@ -146,7 +150,7 @@ impl Admitted {
             (OptOut::DoesNotApply, _) => None,
         };
         Ok(Self {
-            key,
+            keys,
             tls,
             signed,
             opt_out,

@@ -15,7 +15,8 @@ pub mod keyholders;
 pub mod otlp;
 
 use joinery::sandbox::{Sandbox, SandboxSpec, sign_example_agreement};
-use joinery_agent::release::Releaser;
+use joinery_agent::release::{ReleaseKeys, Releaser};
+use joinery_crypto::keys::SecretKey;
 use joinery_gateway::rekey::Rekeyer;
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Row};
@@ -328,6 +329,7 @@ impl Deployment {
              gateway: {{ address: '{gateway}', server_name: localhost, compress: {compress} }}\n\
              tls: {{ ca: '{}', cert: '{}', key: '{}' }}\n\
              linkage_key: '{}'\n\
+             local_id_key: '{}'\n\
              quarantine_dir: '{}'\n\
              spool_dir: '{}'\n\
              retry_for_secs: 20\n\
@@ -339,6 +341,7 @@ impl Deployment {
             cert.display(),
             key.display(),
             self.sandbox.linkage_key().display(),
+            self.sandbox.local_id_key(org).unwrap().display(),
             self.path(&format!("quarantine/{org}")).display(),
             self.path(&format!("spool/{org}")).display(),
             extract.display(),
@@ -624,13 +627,21 @@ pub struct Truth {
 }
 
 /// Each agency record's truth, by its stored (organisation, local pseudonym):
-/// recomputed from its local id through both layers of pseudonymisation.
+/// recomputed from its local id through both layers of pseudonymisation,
+/// under the agency's own key for local ids.
 pub fn truth_by_pseudonym(d: &Deployment, ground_truth: &Path) -> HashMap<(String, String), Truth> {
-    let releaser = Releaser::new(&d.linkage_key(), None, None).unwrap();
     let rekeyer = Rekeyer::new(&d.gateway_key());
+    let mut releasers: HashMap<String, Releaser> = HashMap::new();
     let mut truth_by_pseudonym = HashMap::new();
     for row in csv_rows(ground_truth, b',') {
         let (child, org, local, nhs) = (&row[0], &row[1], &row[3], &row[4]);
+        let releaser = releasers.entry(org.to_owned()).or_insert_with(|| {
+            let keys = ReleaseKeys {
+                linkage: d.linkage_key(),
+                local_ids: SecretKey::load(&d.sandbox.local_id_key(org).unwrap()).unwrap(),
+            };
+            Releaser::new(&keys, None, None).unwrap()
+        });
         let stored = rekeyer
             .identify(org, &releaser.local_pseudonym(local), &[])
             .local_pseudonym;

@@ -218,11 +218,12 @@ fn pseudonymisation_rate(
         .datasets
         .get(&map.dataset)
         .context("the agreement has no dataset for this mapping")?;
-    let releaser = Releaser::new(
-        &SecretKey::load(key)?,
-        agreement.agreement.linkage.params().as_ref(),
-        None,
-    )?;
+    let key = SecretKey::load(key)?;
+    let keys = joinery_agent::release::ReleaseKeys {
+        linkage: key.clone(),
+        local_ids: key,
+    };
+    let releaser = Releaser::new(&keys, agreement.agreement.linkage.params().as_ref(), None)?;
     let today = time::OffsetDateTime::now_utc().date();
     let mut rates = Vec::new();
     let mut released = 0usize;
