@@ -16,7 +16,7 @@
 use std::time::Duration;
 
 use joinery_crypto::keys::SecretKey;
-use joinery_crypto::oblivious::{Blinded, Evaluated, PublicKey};
+use joinery_crypto::oblivious::{Blinded, Evaluated, ObliviousOutput, PublicKey};
 use joinery_crypto::pseudonym::{Pseudonym, Pseudonymiser};
 use joinery_proto::v1::EvaluateRequest;
 use joinery_proto::v1::keyholder_client::KeyholderClient;
@@ -100,13 +100,31 @@ impl Keyholders {
         let mut distinct: Vec<&str> = numbers.to_vec();
         distinct.sort_unstable();
         distinct.dedup();
-        let mut combined: Vec<Vec<u8>> = vec![Vec::new(); distinct.len()];
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         let per_request = distinct.len().div_ceil(cores).clamp(1, MAX_PER_REQUEST);
         let requests: Vec<&[&str]> = distinct.chunks(per_request).collect();
-        for keyholder in &self.keyholders {
-            let answered = in_parallel(&requests, |values| self.outputs(keyholder, values));
-            let outputs = answered.into_iter().collect::<Result<Vec<_>, _>>()?;
+        // Every keyholder's requests at once, each on its own thread: one
+        // keyholder's answer is awaited while another's is unblinded.
+        let answered: Result<Vec<Vec<ObliviousOutput>>, AgentError> = std::thread::scope(|scope| {
+            let handles: Vec<_> = self
+                .keyholders
+                .iter()
+                .flat_map(|keyholder| requests.iter().map(move |values| (keyholder, values)))
+                .map(|(keyholder, values)| scope.spawn(move || self.outputs(keyholder, values)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|handle| {
+                    handle
+                        .join()
+                        .expect("a keyholder request's thread panicked")
+                })
+                .collect()
+        });
+        // In the keyholders' order, each one's outputs in the numbers' order.
+        let answered = answered?;
+        let mut combined: Vec<Vec<u8>> = vec![Vec::new(); distinct.len()];
+        for outputs in answered.chunks(requests.len().max(1)) {
             for (combined, output) in combined.iter_mut().zip(outputs.iter().flatten()) {
                 combined.extend_from_slice(output);
             }
@@ -125,7 +143,7 @@ impl Keyholders {
         &self,
         keyholder: &Connected,
         values: &[&str],
-    ) -> Result<Vec<joinery_crypto::oblivious::ObliviousOutput>, AgentError> {
+    ) -> Result<Vec<ObliviousOutput>, AgentError> {
         let blinded = Blinded::new(values);
         let answer = self.evaluate(
             &keyholder.name,
@@ -192,23 +210,4 @@ impl Keyholders {
             }
         }
     }
-}
-
-/// `work` on each of `items`, spread over every core, results in order.
-fn in_parallel<I: Sync, T: Send>(items: &[I], work: impl Fn(&I) -> T + Sync) -> Vec<T> {
-    let threads = std::thread::available_parallelism().map_or(1, usize::from);
-    if threads == 1 || items.len() <= 1 {
-        return items.iter().map(&work).collect();
-    }
-    let per_thread = items.len().div_ceil(threads);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = items
-            .chunks(per_thread)
-            .map(|group| scope.spawn(|| group.iter().map(&work).collect::<Vec<T>>()))
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("a blinding thread panicked"))
-            .collect()
-    })
 }
