@@ -192,6 +192,33 @@ async fn nhs_pseudonyms_made_through_keyholders_link_and_resist_the_gateway_with
         "{across} NHS pseudonyms link records of two or more agencies"
     );
 
+    // The same extract read again (its spool's batches and reading
+    // positions lost, its pseudonym cache kept) asks the keyholders for
+    // nothing: every number is known from the first run, and every record
+    // is recognised as stored.
+    let ledger_lines = |k: &Keyholder| {
+        std::fs::read_to_string(k.data.join("ledger.jsonl"))
+            .unwrap()
+            .lines()
+            .count()
+    };
+    let before = (ledger_lines(&a), ledger_lines(&b));
+    let (org, _) = THREE_AGENCIES[1];
+    let spool = d.path(&format!("spool/{org}"));
+    std::fs::remove_dir_all(spool.join("batches")).unwrap();
+    std::fs::remove_file(spool.join("checkpoints.json")).unwrap();
+    let (code, stdout, stderr) = finish(d.spawn_agent(&d.path(&format!("{org}.agent.yaml"))));
+    assert!(
+        [0, joinery_agent::summary::EXIT_QUARANTINED].contains(&code),
+        "{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains(" 0 stored,"), "{stdout}");
+    assert_eq!(
+        (ledger_lines(&a), ledger_lines(&b)),
+        before,
+        "no number evaluated again"
+    );
+
     // Offline: the gateway's key and the agency's linkage key compute the
     // pseudonym of every NHS number as agents without keyholders do; none
     // is stored.

@@ -40,6 +40,8 @@ pub enum AgentError {
     Linkage(#[from] joinery_linkage::params::ParamsError),
     #[error("keyholder {name}: {message}")]
     Keyholder { name: String, message: String },
+    #[error(transparent)]
+    PseudonymCache(#[from] crate::pseudonym_cache::CacheError),
     #[error("the gateway refused: {0}")]
     Refused(String),
 }

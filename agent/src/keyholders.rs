@@ -11,11 +11,14 @@
 //! pseudonym and re-keys it. A keyholder that cannot be reached is retried
 //! for the configuration's `retry_for_secs`; a refusal (an allowance spent,
 //! an agreement that does not name it) or an answer whose proof does not
-//! verify (another key) stops the run, naming the keyholder.
+//! verify (another key) stops the run, naming the keyholder. Numbers
+//! pseudonymised on an earlier run are taken from the agent's cache
+//! ([`crate::pseudonym_cache`]), not asked for again.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
-use joinery_crypto::keys::SecretKey;
 use joinery_crypto::oblivious::{Blinded, Evaluated, ObliviousOutput, PublicKey};
 use joinery_crypto::pseudonym::{Pseudonym, Pseudonymiser};
 use joinery_proto::v1::EvaluateRequest;
@@ -25,6 +28,8 @@ use tonic::transport::Channel;
 
 use crate::AgentConfig;
 use crate::error::AgentError;
+use crate::pseudonym_cache::PseudonymCache;
+use crate::release::ReleaseKeys;
 
 /// Most elements in one request (a keyholder takes at most 10,000). A
 /// request's elements are blinded, evaluated, checked against its one proof
@@ -44,20 +49,28 @@ pub struct Keyholders {
     agreement: String,
     keyholders: Vec<Connected>,
     combine: Pseudonymiser,
+    /// The pseudonyms made on earlier runs, and on this one.
+    cache: Mutex<PseudonymCache>,
     retry_for: Duration,
     runtime: tokio::runtime::Handle,
 }
 
 impl Keyholders {
     /// Connects to each keyholder `names` lists (in that order) at the
-    /// address the configuration gives it.
+    /// address the configuration gives it, and opens the pseudonyms made
+    /// through them on earlier runs (in the spool directory).
     pub async fn connect(
         config: &AgentConfig,
         agreement: &str,
         names: &[String],
-        linkage_key: &SecretKey,
+        keys: &ReleaseKeys,
         tls: rustls::ClientConfig,
     ) -> Result<Self, AgentError> {
+        let combine = Pseudonymiser::new(&keys.linkage, "agent nhs-number through keyholders");
+        // What the pseudonyms depend on: the agreement, each keyholder's
+        // key, and the linkage key (through a keyed digest of nothing).
+        let mut identity = agreement.as_bytes().to_vec();
+        identity.extend_from_slice(&combine.pseudonymise(b""));
         let mut keyholders = Vec::new();
         for name in names {
             let endpoint = config
@@ -77,6 +90,9 @@ impl Keyholders {
                         "keyholders: {name}'s public_key is not a keyholder's public key (64 hex digits, as `joinery keyholder public-key --agreement {agreement}` prints it)"
                     ))
                 })?;
+            identity.extend_from_slice(name.as_bytes());
+            identity.push(0);
+            identity.extend_from_slice(&public_key);
             let channel =
                 joinery_proto::channel::connect(&endpoint.address, name, tls.clone()).await?;
             keyholders.push(Connected {
@@ -85,10 +101,12 @@ impl Keyholders {
                 public_key,
             });
         }
+        let cache = PseudonymCache::open(&config.spool_dir, &identity, &keys.local_ids)?;
         Ok(Self {
             agreement: agreement.to_owned(),
             keyholders,
-            combine: Pseudonymiser::new(linkage_key, "agent nhs-number through keyholders"),
+            combine,
+            cache: Mutex::new(cache),
             retry_for: Duration::from_secs(config.retry_for_secs),
             runtime: tokio::runtime::Handle::current(),
         })
@@ -97,7 +115,22 @@ impl Keyholders {
     /// The pseudonyms of `numbers` (normalised NHS numbers), in order.
     /// Blocks: call it from the reader's thread, not the runtime's.
     pub fn pseudonymise(&self, numbers: &[&str]) -> Result<Vec<Pseudonym>, AgentError> {
-        let mut distinct: Vec<&str> = numbers.to_vec();
+        let mut by_number: HashMap<&str, Pseudonym> = HashMap::new();
+        let mut distinct: Vec<&str> = Vec::new();
+        {
+            let cache = self.lock_cache();
+            for &number in numbers {
+                if by_number.contains_key(number) {
+                    continue;
+                }
+                match cache.get(number) {
+                    Some(pseudonym) => {
+                        by_number.insert(number, pseudonym);
+                    }
+                    None => distinct.push(number),
+                }
+            }
+        }
         distinct.sort_unstable();
         distinct.dedup();
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
@@ -129,12 +162,20 @@ impl Keyholders {
                 combined.extend_from_slice(output);
             }
         }
-        let by_number: std::collections::HashMap<&str, Pseudonym> = distinct
+        let made: Vec<(&str, Pseudonym)> = distinct
             .iter()
             .zip(&combined)
             .map(|(n, c)| (*n, self.combine.pseudonymise(c)))
             .collect();
+        self.lock_cache().insert_all(made.iter().copied())?;
+        by_number.extend(made);
         Ok(numbers.iter().map(|n| by_number[n]).collect())
+    }
+
+    fn lock_cache(&self) -> std::sync::MutexGuard<'_, PseudonymCache> {
+        self.cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// `values` blinded, evaluated by `keyholder`, checked against its

@@ -47,6 +47,7 @@ pub mod person;
 pub mod person_index;
 pub mod pipeline;
 pub mod progress;
+pub mod pseudonym_cache;
 pub mod quarantine;
 pub mod release;
 pub mod resolve;

@@ -74,7 +74,7 @@ async fn run_sources(config: &AgentConfig, progress: Progress) -> Result<RunSumm
                 config,
                 &agreement.id,
                 names,
-                &admitted.keys.linkage,
+                &admitted.keys,
                 admitted.tls.clone(),
             )
             .await?,
