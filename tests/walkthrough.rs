@@ -225,13 +225,20 @@ async fn an_operator_follows_the_docs_to_postgresql_two_agents_and_queries() {
     });
 
     // The agencies: one linkage key, made by the README's line at the
-    // first and shared with the second.
+    // first and shared with the second; each its own key for its local
+    // ids, made by the README's other line on each.
     let agency_hosts: Vec<Host> = agencies
         .iter()
         .map(|(org, _)| Host::new(root.path(), &format!("agency-{org}")))
         .collect();
     for line in readme_block("joinery pki linkage-key") {
-        sh(&agency_hosts[0].path("/etc/joinery"), &line);
+        let own = line.contains("local-ids");
+        for host in agency_hosts
+            .iter()
+            .take(if own { agency_hosts.len() } else { 1 })
+        {
+            sh(&host.path("/etc/joinery"), &line);
+        }
     }
     let linkage_key = agency_hosts[0].path("/etc/joinery/keys/linkage.key");
     let synth = root.path().join("synth");

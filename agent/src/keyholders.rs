@@ -28,8 +28,8 @@ use tonic::transport::Channel;
 
 use crate::AgentConfig;
 use crate::error::AgentError;
+use crate::keys::ReleaseKeys;
 use crate::pseudonym_cache::PseudonymCache;
-use crate::release::ReleaseKeys;
 
 /// Most elements in one request (a keyholder takes at most 10,000). A
 /// request's elements are blinded, evaluated, checked against its one proof

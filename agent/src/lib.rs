@@ -40,6 +40,7 @@ pub mod delivery;
 pub mod error;
 pub mod format;
 pub mod keyholders;
+pub mod keys;
 pub mod mapping;
 pub mod metrics;
 pub mod opt_out;

@@ -14,7 +14,6 @@
 
 use std::collections::BTreeMap;
 
-use joinery_crypto::keys::SecretKey;
 use joinery_crypto::pseudonym::{Pseudonym, Pseudonymiser};
 use joinery_linkage::params::ParamsError;
 use joinery_linkage::{Encoder, LinkageParams};
@@ -25,6 +24,7 @@ use time::Date;
 
 use crate::error::AgentError;
 use crate::keyholders::Keyholders;
+use crate::keys::ReleaseKeys;
 use crate::mapping::Resolved;
 use crate::person::PersonRow;
 
@@ -36,27 +36,6 @@ pub struct Releaser {
     local: Pseudonymiser,
     /// Present when the agreement asks for fuzzy linkage.
     encoder: Option<Encoder>,
-}
-
-/// The keys an agency's records are released under.
-pub struct ReleaseKeys {
-    /// The agreement's linkage key, shared by its agencies.
-    pub linkage: SecretKey,
-    /// The key its local ids are pseudonymised under: its own
-    /// (`local_id_key`), else the linkage key.
-    pub local_ids: SecretKey,
-}
-
-impl ReleaseKeys {
-    /// Loads the keys `config` names.
-    pub fn load(config: &crate::AgentConfig) -> Result<Self, joinery_crypto::keys::KeyError> {
-        let linkage = SecretKey::load(&config.linkage_key)?;
-        let local_ids = match &config.local_id_key {
-            Some(path) => SecretKey::load(path)?,
-            None => linkage.clone(),
-        };
-        Ok(Self { linkage, local_ids })
-    }
 }
 
 impl Releaser {
@@ -286,6 +265,7 @@ fn withheld_from(mapping: &Resolved, dataset: &Dataset) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use joinery_crypto::keys::SecretKey;
 
     fn test_keys() -> ReleaseKeys {
         ReleaseKeys {

@@ -17,7 +17,8 @@ use joinery_proto::v1::query_client::QueryClient;
 
 use crate::AgentConfig;
 use crate::error::AgentError;
-use crate::release::{ReleaseKeys, Releaser};
+use crate::keys::ReleaseKeys;
+use crate::release::Releaser;
 use crate::row::RowOutcome;
 
 /// Candidates per request (the gateway takes at most 100,000).

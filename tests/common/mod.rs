@@ -15,7 +15,8 @@ pub mod keyholders;
 pub mod otlp;
 
 use joinery::sandbox::{Sandbox, SandboxSpec, sign_example_agreement};
-use joinery_agent::release::{ReleaseKeys, Releaser};
+use joinery_agent::keys::ReleaseKeys;
+use joinery_agent::release::Releaser;
 use joinery_crypto::keys::SecretKey;
 use joinery_gateway::rekey::Rekeyer;
 use sqlx::any::AnyPoolOptions;

@@ -219,7 +219,7 @@ fn pseudonymisation_rate(
         .get(&map.dataset)
         .context("the agreement has no dataset for this mapping")?;
     let key = SecretKey::load(key)?;
-    let keys = joinery_agent::release::ReleaseKeys {
+    let keys = joinery_agent::keys::ReleaseKeys {
         linkage: key.clone(),
         local_ids: key,
     };
