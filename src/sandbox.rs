@@ -255,6 +255,16 @@ impl Sandbox {
     }
 }
 
+/// An edit of the example agreement's text (for [`sign_example_agreement`])
+/// that has NHS numbers pseudonymised through the keyholders `names`.
+pub fn naming_keyholders(names: &[&str]) -> impl Fn(String) -> String {
+    let line = format!(
+        "linkage:\n  nhs_number_keyholders: [{}]\n",
+        names.join(", ")
+    );
+    move |text| text.replace("linkage:\n", &line)
+}
+
 /// Writes the example agreement into `dir`, in force from yesterday for a
 /// year, after `edit` (of its YAML text, as the example file is written),
 /// with fresh keys for its signatories (kept beside it) and all their

@@ -18,8 +18,9 @@ mod common;
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 
-use common::keyholders::{Keyholder, deliver_through, start_keyholder};
+use common::keyholders::{Keyholder, deliver_through, keyholder_entry, start_keyholder};
 use common::*;
+use joinery::sandbox::naming_keyholders;
 use joinery_crypto::oblivious::Blinded;
 use joinery_crypto::pseudonym::Pseudonymiser;
 use joinery_gateway::rekey::Rekeyer;
@@ -55,12 +56,10 @@ async fn ask(
 #[tokio::test(flavor = "multi_thread")]
 async fn nhs_pseudonyms_made_through_keyholders_link_and_resist_the_gateway_with_an_agency() {
     let d = Deployment::new();
-    write_signed_agreement(&d.agreements_dir(), |t| {
-        t.replace(
-            "linkage:\n",
-            &format!("linkage:\n  nhs_number_keyholders: [{KEYHOLDER_A}, {KEYHOLDER_B}]\n"),
-        )
-    });
+    write_signed_agreement(
+        &d.agreements_dir(),
+        naming_keyholders(&[KEYHOLDER_A, KEYHOLDER_B]),
+    );
     // A keyholder without its key does not start (a new key would
     // silently change every pseudonym made through it).
     let keyless = joinery()
@@ -110,16 +109,10 @@ async fn nhs_pseudonyms_made_through_keyholders_link_and_resist_the_gateway_with
     // naming it, and nothing is stored.
     let impostor = start_keyholder(&d, KEYHOLDER_A, "a-other-key", allowance, None);
     assert_ne!(impostor.public_key, a.public_key);
-    let pinned = |k: &Keyholder, address: &str| {
-        format!(
-            "  - {{ name: {}, address: '{address}', public_key: {} }}\n",
-            k.name, k.public_key
-        )
-    };
     let mut yaml = std::fs::read_to_string(&config).unwrap();
     yaml.push_str("keyholders:\n");
-    yaml.push_str(&pinned(&a, &impostor.address));
-    yaml.push_str(&pinned(&b, &b.address));
+    yaml.push_str(&keyholder_entry(&a, &impostor.address));
+    yaml.push_str(&keyholder_entry(&b, &b.address));
     std::fs::write(&config, yaml).unwrap();
     let (code, _, stderr) = finish(d.spawn_agent(&config));
     assert!(![0, joinery_agent::summary::EXIT_QUARANTINED].contains(&code));

@@ -16,6 +16,7 @@ use std::collections::BTreeSet;
 
 use common::keyholders::{deliver_through, start_keyholder};
 use common::*;
+use joinery::sandbox::naming_keyholders;
 
 const KEYHOLDER: &str = "keyholder.test";
 
@@ -54,12 +55,7 @@ async fn pseudonyms(url: &str) -> BTreeSet<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn rotating_every_key_changes_every_pseudonym_and_no_person() {
     let d = Deployment::new();
-    write_signed_agreement(&d.agreements_dir(), |t| {
-        t.replace(
-            "linkage:\n",
-            &format!("linkage:\n  nhs_number_keyholders: [{KEYHOLDER}]\n"),
-        )
-    });
+    write_signed_agreement(&d.agreements_dir(), naming_keyholders(&[KEYHOLDER]));
     let synth = d.synth(400, 11);
     // Linkage only when asked (the first scheduled run finds nothing).
     let hourly = ["--linkage-interval-secs", "3600"];

@@ -73,13 +73,11 @@ impl PseudonymCache {
             })
             .collect();
         let file = std::fs::OpenOptions::new()
-            .write(true)
+            .append(true)
             .open(&path)
             .map_err(failed)?;
         // Drop a torn last entry before appending after it.
         file.set_len(whole as u64).map_err(failed)?;
-        let mut file = file;
-        std::io::Seek::seek(&mut file, std::io::SeekFrom::End(0)).map_err(failed)?;
         Ok(Self {
             path,
             file,

@@ -106,16 +106,22 @@ pub fn start_keyholder(
     }
 }
 
+/// Keyholder `k`'s entry under an agent configuration's `keyholders`:
+/// its name and public key, reached at `address`.
+pub fn keyholder_entry(k: &Keyholder, address: &str) -> String {
+    format!(
+        "  - {{ name: {}, address: '{address}', public_key: {} }}\n",
+        k.name, k.public_key
+    )
+}
+
 /// Adds where each keyholder is, and its public key, to an agent
 /// configuration.
-pub fn add_keyholders(config: &Path, keyholders: &[&Keyholder]) {
+fn add_keyholders(config: &Path, keyholders: &[&Keyholder]) {
     let mut yaml = std::fs::read_to_string(config).unwrap();
     yaml.push_str("keyholders:\n");
     for k in keyholders {
-        yaml.push_str(&format!(
-            "  - {{ name: {}, address: '{}', public_key: {} }}\n",
-            k.name, k.address, k.public_key
-        ));
+        yaml.push_str(&keyholder_entry(k, &k.address));
     }
     std::fs::write(config, yaml).unwrap();
 }

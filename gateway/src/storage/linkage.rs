@@ -219,6 +219,33 @@ pub(super) async fn forget_unheld(
         .collect()
 }
 
+/// Inside `tx`: the fitted model of parameters `version` (JSON), with its
+/// quality estimate if it has one and the entities it was fitted on,
+/// replacing the version's earlier model.
+pub(super) async fn save_model(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    version: u32,
+    model: &str,
+    quality: Option<&str>,
+    entities: u64,
+    fitted_at: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO linkage_models (params_version, model, quality, entities, fitted_at) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (params_version) DO UPDATE SET \
+         model = excluded.model, quality = excluded.quality, \
+         entities = excluded.entities, fitted_at = excluded.fitted_at",
+    )
+    .bind(i64::from(version))
+    .bind(model)
+    .bind(quality)
+    .bind(to_i64(entities))
+    .bind(fitted_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 /// An entity's number for breaking ties between equally strong links
 /// ([`joinery_linkage::cluster`]): from its identity alone, so a run links
 /// alike whatever order it read entities in.
@@ -439,18 +466,14 @@ impl Storage {
         let per_statement = self.backend.parameters_per_statement();
         let mut tx = self.pool.begin().await?;
         if let Some(fitted) = fitted {
-            sqlx::query(
-                "INSERT INTO linkage_models (params_version, model, quality, entities, fitted_at) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (params_version) DO UPDATE SET \
-                 model = excluded.model, quality = excluded.quality, \
-                 entities = excluded.entities, fitted_at = excluded.fitted_at",
+            save_model(
+                &mut tx,
+                version,
+                &fitted.model,
+                Some(&fitted.quality),
+                fitted.entities,
+                now,
             )
-            .bind(i64::from(version))
-            .bind(&fitted.model)
-            .bind(&fitted.quality)
-            .bind(to_i64(fitted.entities))
-            .bind(now)
-            .execute(&mut *tx)
             .await?;
         }
         let moved_on = sqlx::query(

@@ -111,18 +111,14 @@ impl Storage {
         }
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         for m in &taken.models {
-            sqlx::query(
-                "INSERT INTO linkage_models (params_version, model, quality, entities, fitted_at) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (params_version) DO UPDATE SET \
-                 model = excluded.model, quality = excluded.quality, \
-                 entities = excluded.entities, fitted_at = excluded.fitted_at",
+            super::linkage::save_model(
+                &mut tx,
+                m.params_version,
+                &m.model,
+                m.quality.as_deref(),
+                m.entities,
+                now,
             )
-            .bind(i64::from(m.params_version))
-            .bind(&m.model)
-            .bind(&m.quality)
-            .bind(to_i64(m.entities))
-            .bind(now)
-            .execute(&mut *tx)
             .await?;
         }
         let event = AuditEvent::TookOver {

@@ -99,15 +99,11 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<ExitCode> {
         let names: Vec<String> = (1..=keyholders)
             .map(|i| format!("keyholder-{i}.localhost"))
             .collect();
-        crate::sandbox::sign_example_agreement(&with.agreements_dir(), |text| {
-            text.replace(
-                "linkage:\n",
-                &format!(
-                    "linkage:\n  nhs_number_keyholders: [{}]\n",
-                    names.join(", ")
-                ),
-            )
-        })?;
+        let named: Vec<&str> = names.iter().map(String::as_str).collect();
+        crate::sandbox::sign_example_agreement(
+            &with.agreements_dir(),
+            crate::sandbox::naming_keyholders(&named),
+        )?;
         let mut processes = Vec::new();
         let mut endpoints = Vec::new();
         for name in &names {
