@@ -88,6 +88,17 @@ fn succeeds(mut command: Command, args: &[&str]) -> Output {
     output
 }
 
+/// Runs `command`, asserting it fails and its error output says `says`.
+pub fn fails_saying(mut command: Command, says: &str) {
+    let output = command.output().expect("run the binary");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{command:?} succeeded: {stderr}");
+    assert!(
+        stderr.contains(says),
+        "{command:?} did not say {says:?}: {stderr}"
+    );
+}
+
 /// A deployment's files in a temporary directory.
 pub struct Deployment {
     pub dir: tempfile::TempDir,
