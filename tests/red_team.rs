@@ -83,7 +83,10 @@ fn row_labels(table: &Value) -> Vec<String> {
 }
 
 /// The true table of `query` over `people`, with totals, by row and column label.
-fn truth(query: &str, people: &[Person]) -> HashMap<(String, String), analytics::CellData> {
+fn truth(
+    query: &str,
+    people: &[std::sync::Arc<Person>],
+) -> HashMap<(String, String), analytics::CellData> {
     let q = AnalystQuery::parse(query).unwrap();
     let reference = q.reference_date.unwrap();
     let table = analytics::tabulate(&q, people, reference, &Labels::default());

@@ -46,10 +46,8 @@ pub struct Population {
 }
 
 impl Population {
-    pub fn new(people: Vec<Person>) -> Self {
-        Self {
-            people: people.into_iter().map(Arc::new).collect(),
-        }
+    pub fn new(people: Vec<Arc<Person>>) -> Self {
+        Self { people }
     }
 
     pub fn people(&self) -> &[Arc<Person>] {
@@ -58,7 +56,7 @@ impl Population {
 
     /// This population with the people `keys` names replaced by `people`:
     /// as they are now, those of them that still have records.
-    pub fn updated(&self, keys: &[u64], people: Vec<Person>) -> Self {
+    pub fn updated(&self, keys: &[u64], people: Vec<Arc<Person>>) -> Self {
         let gone: HashSet<u64> = keys.iter().copied().collect();
         let mut updated = Vec::with_capacity(self.people.len() + people.len());
         updated.extend(
@@ -67,7 +65,7 @@ impl Population {
                 .filter(|p| !gone.contains(&p.key))
                 .map(Arc::clone),
         );
-        updated.extend(people.into_iter().map(Arc::new));
+        updated.extend(people);
         Self { people: updated }
     }
 

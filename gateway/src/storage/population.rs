@@ -3,6 +3,7 @@
 //! datasets it is known to) and its events in date order.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use futures::TryStreamExt;
 use sqlx::any::AnyRow;
@@ -224,7 +225,7 @@ impl Storage {
 #[derive(Debug)]
 pub struct PopulationRead {
     pub generation: i64,
-    pub people: Vec<Person>,
+    pub people: Vec<Arc<Person>>,
 }
 
 /// The people changed since a population was loaded, as they are now.
@@ -235,7 +236,7 @@ pub struct PopulationChanges {
     /// Every person ([`Person::key`]) whose entry is replaced or dropped.
     pub keys: Vec<u64>,
     /// Those of them that still have records.
-    pub people: Vec<Person>,
+    pub people: Vec<Arc<Person>>,
 }
 
 const RECORD_COLUMNS: &str = "person_id, organisation, dataset, sex, birth_month, attributes";
@@ -280,11 +281,14 @@ struct Placing<'i> {
     interner: &'i mut Interner,
     datasets: HashMap<String, Symbol>,
     /// Stored person id → spine id, where they differ.
-    spine: HashMap<String, String>,
-    people: Vec<Person>,
+    spine: IdMap<Box<str>>,
+    /// Each behind the pointer the population will hold it by, so no
+    /// person is copied once read (nothing else holds these pointers yet:
+    /// `Arc::make_mut` never copies here).
+    people: Vec<Arc<Person>>,
     /// Each spine person's place, then each stored person id's.
-    by_spine: HashMap<String, usize>,
-    by_person: HashMap<String, usize>,
+    by_spine: IdMap<usize>,
+    by_person: IdMap<usize>,
     /// Events with no record, no batch or an unreadable date (none, unless
     /// the database was changed by hand).
     unplaced: u64,
@@ -296,10 +300,10 @@ impl<'i> Placing<'i> {
         Self {
             interner,
             datasets,
-            spine: HashMap::new(),
+            spine: IdMap::default(),
             people: Vec::new(),
-            by_spine: HashMap::new(),
-            by_person: HashMap::new(),
+            by_spine: IdMap::default(),
+            by_person: IdMap::default(),
             unplaced: 0,
             key: String::new(),
         }
@@ -309,7 +313,7 @@ impl<'i> Placing<'i> {
     fn spine_row(&mut self, row: &AnyRow) -> Result<(), StorageError> {
         let (person, linked): (&str, &str) = (row.try_get(0)?, row.try_get(1)?);
         if person != linked {
-            self.spine.insert(person.to_owned(), linked.to_owned());
+            self.spine.insert(person, linked.into());
         }
         Ok(())
     }
@@ -320,22 +324,22 @@ impl<'i> Placing<'i> {
         let at = match self.by_person.get(person_id) {
             Some(&at) => at,
             None => {
-                let key = self.spine.get(person_id).map_or(person_id, String::as_str);
+                let key = self.spine.get(person_id).map_or(person_id, |s| &**s);
                 let at = match self.by_spine.get(key) {
                     Some(&at) => at,
                     None => {
-                        self.people.push(Person::with_key(key));
-                        self.by_spine.insert(key.to_owned(), self.people.len() - 1);
+                        self.people.push(Arc::new(Person::with_key(key)));
+                        self.by_spine.insert(key, self.people.len() - 1);
                         self.people.len() - 1
                     }
                 };
-                self.by_person.insert(person_id.to_owned(), at);
+                self.by_person.insert(person_id, at);
                 at
             }
         };
         let sex: Option<&str> = row.try_get(3)?;
         let birth_month: Option<&str> = row.try_get(4)?;
-        let person = &mut self.people[at];
+        let person = Arc::make_mut(&mut self.people[at]);
         person.add_record(
             Symbol::new(row.try_get(1)?)?,
             Symbol::new(row.try_get(2)?)?,
@@ -359,19 +363,21 @@ impl<'i> Placing<'i> {
             self.unplaced += 1;
             return Ok(());
         };
-        self.people[at].events.push(PersonEvent {
-            event_type: Symbol::new(row.try_get(3)?)?,
-            dataset: *dataset,
-            date,
-            attributes: self.interner.attributes(row.try_get(5)?),
-        });
+        Arc::make_mut(&mut self.people[at])
+            .events
+            .push(PersonEvent {
+                event_type: Symbol::new(row.try_get(3)?)?,
+                dataset: *dataset,
+                date,
+                attributes: self.interner.attributes(row.try_get(5)?),
+            });
         Ok(())
     }
 
     /// The people, each one's events in a fixed order (by date, then type,
     /// dataset and attributes), so the result does not depend on the order
     /// rows were read in.
-    fn finish(mut self) -> Vec<Person> {
+    fn finish(mut self) -> Vec<Arc<Person>> {
         if self.unplaced > 0 {
             tracing::warn!(
                 events = self.unplaced,
@@ -379,6 +385,7 @@ impl<'i> Placing<'i> {
             );
         }
         for person in &mut self.people {
+            let person = Arc::make_mut(person);
             person.events.sort_by(|a, b| {
                 (a.date, &*a.event_type, &*a.dataset, &*a.attributes).cmp(&(
                     b.date,
@@ -389,8 +396,56 @@ impl<'i> Placing<'i> {
             });
             person.events.shrink_to_fit();
         }
+        self.people.shrink_to_fit();
         self.people
     }
+}
+
+/// A map keyed by stored person ids, compact enough for a whole
+/// population: an id the gateway made (32 lowercase hex digits) is kept as
+/// the 16 bytes it spells, any other as its text. Three of these are what
+/// loading a million children holds besides the people themselves, so a
+/// key of 16 bytes in place of a `String` (24 bytes and a heap allocation)
+/// lowers the load's peak, and what the allocator keeps after it.
+struct IdMap<V> {
+    made: HashMap<[u8; 16], V>,
+    other: HashMap<Box<str>, V>,
+}
+
+impl<V> Default for IdMap<V> {
+    fn default() -> Self {
+        Self {
+            made: HashMap::new(),
+            other: HashMap::new(),
+        }
+    }
+}
+
+impl<V> IdMap<V> {
+    fn get(&self, id: &str) -> Option<&V> {
+        match made_id(id) {
+            Some(bytes) => self.made.get(&bytes),
+            None => self.other.get(id),
+        }
+    }
+
+    fn insert(&mut self, id: &str, value: V) {
+        match made_id(id) {
+            Some(bytes) => self.made.insert(bytes, value),
+            None => self.other.insert(id.into(), value),
+        };
+    }
+}
+
+/// The 16 bytes of a person id as the gateway makes them (lowercase hex:
+/// `ABCD…` is another id than `abcd…`, so it is kept as text).
+fn made_id(id: &str) -> Option<[u8; 16]> {
+    if !id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return None;
+    }
+    let mut bytes = [0; 16];
+    hex::decode_to_slice(id, &mut bytes).ok()?;
+    Some(bytes)
 }
 
 /// A stored `YYYY-MM-DD` date (validated when the batch was stored).
@@ -432,5 +487,33 @@ impl Storage {
             }
         }
         Ok(found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::IdMap;
+
+    #[test]
+    fn person_ids_of_every_form_keep_their_own_entries() {
+        let made = "464816900c4da3636b762a6099c1fe16";
+        let upper = made.to_uppercase();
+        let ids = [
+            made,
+            upper.as_str(),
+            "p1",
+            "464816900c4da3636b762a6099c1fe1",
+            "",
+        ];
+        let mut map = IdMap::default();
+        for (i, id) in ids.iter().enumerate() {
+            map.insert(id, i);
+        }
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(map.get(id), Some(&i), "{id:?}");
+        }
+        assert_eq!(map.made.len(), 1, "only the gateway's own form is packed");
+        assert_eq!(map.get("464816900c4da3636b762a6099c1fe17"), None);
+        assert_eq!(map.get("p2"), None);
     }
 }
