@@ -112,6 +112,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0017_unheld_encodings.sql"),
         include_str!("../../migrations/postgres/0017_unheld_encodings.sql"),
     ),
+    (
+        18,
+        "bytewise_text",
+        include_str!("../../migrations/sqlite/0018_bytewise_text.sql"),
+        include_str!("../../migrations/postgres/0018_bytewise_text.sql"),
+    ),
 ];
 
 pub(super) fn for_backend(backend: Backend) -> Migrator {

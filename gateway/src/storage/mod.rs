@@ -1510,6 +1510,27 @@ mod tests {
         Some(format!("{base}/{database}"))
     }
 
+    /// Text compares byte by byte on PostgreSQL as on SQLite, whatever
+    /// collation the database was created with: no column is left to the
+    /// database's (a migration adding one must say `COLLATE "C"`).
+    #[tokio::test]
+    async fn every_postgres_text_column_compares_byte_by_byte() {
+        let Some(url) = scratch_postgres("bytewise_text").await else {
+            return;
+        };
+        let storage = Storage::open(&url).await.unwrap();
+        let other: Vec<String> = sqlx::query_scalar(
+            "SELECT table_name || '.' || column_name FROM information_schema.columns \
+             WHERE table_schema = current_schema() AND data_type = 'text' \
+             AND table_name <> '_sqlx_migrations' \
+             AND collation_name IS DISTINCT FROM 'C' ORDER BY 1",
+        )
+        .fetch_all(&storage.pool)
+        .await
+        .unwrap();
+        assert_eq!(other, Vec::<String>::new());
+    }
+
     #[tokio::test]
     async fn one_gateway_holds_the_linkage_lease_until_it_runs_out_or_is_given_back() {
         let dir = tempfile::tempdir().unwrap();
