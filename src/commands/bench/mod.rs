@@ -224,6 +224,17 @@ impl ServerProcess {
     }
 }
 
+/// A server the bench started does not outlive it: a step that fails
+/// leaves no gateway behind holding the store's linkage lease (the next
+/// run's gateway would never link).
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.stop("KILL");
+        }
+    }
+}
+
 /// A loopback address (`127.0.0.1:PORT`) no one listens on now.
 fn free_port() -> anyhow::Result<String> {
     let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
