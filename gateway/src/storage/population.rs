@@ -286,11 +286,12 @@ struct Placing<'i> {
     /// person is copied once read (nothing else holds these pointers yet:
     /// `Arc::make_mut` never copies here).
     people: Vec<Arc<Person>>,
-    /// Each spine person's place, then each stored person id's.
+    /// Each spine person's place. A stored person id is placed through
+    /// `spine` and this (no map of its own: at a million children that
+    /// would be a fifth of what the load allocates).
     by_spine: IdMap<usize>,
-    by_person: IdMap<usize>,
-    /// Events with no record, no batch or an unreadable date (none, unless
-    /// the database was changed by hand).
+    /// Events whose person has no record, with no batch or an unreadable
+    /// date (none, unless the database was changed by hand).
     unplaced: u64,
     key: String,
 }
@@ -303,7 +304,6 @@ impl<'i> Placing<'i> {
             spine: IdMap::default(),
             people: Vec::new(),
             by_spine: IdMap::default(),
-            by_person: IdMap::default(),
             unplaced: 0,
             key: String::new(),
         }
@@ -321,20 +321,13 @@ impl<'i> Placing<'i> {
     /// A record row ([`RECORD_COLUMNS`]).
     fn record(&mut self, row: &AnyRow) -> Result<(), StorageError> {
         let person_id: &str = row.try_get(0)?;
-        let at = match self.by_person.get(person_id) {
+        let key = spine_id(&self.spine, person_id);
+        let at = match self.by_spine.get(key) {
             Some(&at) => at,
             None => {
-                let key = self.spine.get(person_id).map_or(person_id, |s| &**s);
-                let at = match self.by_spine.get(key) {
-                    Some(&at) => at,
-                    None => {
-                        self.people.push(Arc::new(Person::with_key(key)));
-                        self.by_spine.insert(key, self.people.len() - 1);
-                        self.people.len() - 1
-                    }
-                };
-                self.by_person.insert(person_id, at);
-                at
+                self.people.push(Arc::new(Person::with_key(key)));
+                self.by_spine.insert(key, self.people.len() - 1);
+                self.people.len() - 1
             }
         };
         let sex: Option<&str> = row.try_get(3)?;
@@ -356,7 +349,7 @@ impl<'i> Placing<'i> {
         batch_key(&mut self.key, row.try_get(1)?, row.try_get(2)?);
         let date: &str = row.try_get(4)?;
         let (Some(&at), Some(dataset), Some(date)) = (
-            self.by_person.get(person_id),
+            self.by_spine.get(spine_id(&self.spine, person_id)),
             self.datasets.get(&self.key),
             iso_date(date),
         ) else {
@@ -381,7 +374,7 @@ impl<'i> Placing<'i> {
         if self.unplaced > 0 {
             tracing::warn!(
                 events = self.unplaced,
-                "stored events left out of analytics: no matching record or batch, or an unreadable date"
+                "stored events left out of analytics: their person has no record, no matching batch, or an unreadable date"
             );
         }
         for person in &mut self.people {
@@ -401,12 +394,18 @@ impl<'i> Placing<'i> {
     }
 }
 
+/// The spine id of a stored person id, given the ids that differ.
+fn spine_id<'a>(spine: &'a IdMap<Box<str>>, person_id: &'a str) -> &'a str {
+    spine.get(person_id).map_or(person_id, |s| &**s)
+}
+
 /// A map keyed by stored person ids, compact enough for a whole
 /// population: an id the gateway made (32 lowercase hex digits) is kept as
-/// the 16 bytes it spells, any other as its text. Three of these are what
-/// loading a million children holds besides the people themselves, so a
-/// key of 16 bytes in place of a `String` (24 bytes and a heap allocation)
-/// lowers the load's peak, and what the allocator keeps after it.
+/// the 16 bytes it spells, any other as its text. These maps are most of
+/// what loading a million children holds besides the people themselves,
+/// so a key of 16 bytes in place of a `String` (24 bytes and a heap
+/// allocation) lowers the load's peak, and what the allocator keeps after
+/// it (docs/scaling.md).
 struct IdMap<V> {
     made: HashMap<[u8; 16], V>,
     other: HashMap<Box<str>, V>,
