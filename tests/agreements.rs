@@ -558,7 +558,12 @@ async fn an_agreement_coarsened_to_birth_quarter_and_postcode_area_is_sent_and_a
         .iter()
         .map(|l| count(l))
         .sum();
-    assert!(aged > 300.0 && aged > 5.0 * count("unknown"), "{table}");
+    // A small "unknown" is suppressed, and one band with it (so it cannot
+    // be had from the total): most children are still in a band shown.
+    assert!(
+        aged > 0.6 * count("total") && aged > 5.0 * count("unknown"),
+        "{table}"
+    );
 
     // Identifiability counts the children by what is stored: the quarter
     // and the area.
