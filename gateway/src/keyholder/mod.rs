@@ -8,11 +8,12 @@
 //! key for the agreement made every answer, which the agents check against
 //! the public key they pinned ([`public_key`], `joinery keyholder
 //! public-key`); the agents then combine the unblinded outputs into the
-//! pseudonym they send. The keyholder sees only random group elements. No agency holds a key that computes a pseudonym, so the
-//! gateway's operator with an agency's help cannot reverse the stored ones
-//! by trying every NHS number offline: every guess would have to be
-//! evaluated by every keyholder, and each keyholder answers an agency at
-//! most its daily allowance ([`allowance`]), about what an honest agency's
+//! pseudonym they send. The keyholder sees only random group elements. No
+//! agency holds a key that computes a pseudonym, so the gateway's operator
+//! with an agency's help cannot reverse the stored ones by trying every NHS
+//! number offline: every guess would have to be evaluated by every
+//! keyholder, and each keyholder answers an agency at most its daily
+//! allowance ([`allowance`]), about what an honest agency's
 //! extract needs, and writes every answer to its ledger.
 //!
 //! It runs on the gateway's listener ([`crate::listener`]): TLS 1.3, client

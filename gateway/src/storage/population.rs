@@ -313,7 +313,7 @@ impl<'i> Placing<'i> {
     fn spine_row(&mut self, row: &AnyRow) -> Result<(), StorageError> {
         let (person, linked): (&str, &str) = (row.try_get(0)?, row.try_get(1)?);
         if person != linked {
-            self.spine.insert(person, linked.into());
+            self.spine.insert(IdKey::of(person), linked.into());
         }
         Ok(())
     }
@@ -321,11 +321,11 @@ impl<'i> Placing<'i> {
     /// A record row ([`RECORD_COLUMNS`]).
     fn record(&mut self, row: &AnyRow) -> Result<(), StorageError> {
         let person_id: &str = row.try_get(0)?;
-        let key = spine_id(&self.spine, person_id);
+        let (spine_id, key) = spine_of(&self.spine, person_id);
         let at = match self.by_spine.get(key) {
             Some(&at) => at,
             None => {
-                self.people.push(Arc::new(Person::with_key(key)));
+                self.people.push(Arc::new(Person::with_key(spine_id)));
                 self.by_spine.insert(key, self.people.len() - 1);
                 self.people.len() - 1
             }
@@ -349,7 +349,7 @@ impl<'i> Placing<'i> {
         batch_key(&mut self.key, row.try_get(1)?, row.try_get(2)?);
         let date: &str = row.try_get(4)?;
         let (Some(&at), Some(dataset), Some(date)) = (
-            self.by_spine.get(spine_id(&self.spine, person_id)),
+            self.by_spine.get(spine_of(&self.spine, person_id).1),
             self.datasets.get(&self.key),
             iso_date(date),
         ) else {
@@ -394,9 +394,14 @@ impl<'i> Placing<'i> {
     }
 }
 
-/// The spine id of a stored person id, given the ids that differ.
-fn spine_id<'a>(spine: &'a IdMap<Box<str>>, person_id: &'a str) -> &'a str {
-    spine.get(person_id).map_or(person_id, |s| &**s)
+/// The spine id of a stored person id, given the ids that differ, and its
+/// key (the person id's own where they are the same: read once per row).
+fn spine_of<'a>(spine: &'a IdMap<Box<str>>, person_id: &'a str) -> (&'a str, IdKey<'a>) {
+    let key = IdKey::of(person_id);
+    match spine.get(key) {
+        Some(linked) => (linked, IdKey::of(linked)),
+        None => (person_id, key),
+    }
 }
 
 /// A map keyed by stored person ids, compact enough for a whole
@@ -421,30 +426,42 @@ impl<V> Default for IdMap<V> {
 }
 
 impl<V> IdMap<V> {
-    fn get(&self, id: &str) -> Option<&V> {
-        match made_id(id) {
-            Some(bytes) => self.made.get(&bytes),
-            None => self.other.get(id),
+    fn get(&self, key: IdKey) -> Option<&V> {
+        match key {
+            IdKey::Made(bytes) => self.made.get(&bytes),
+            IdKey::Other(id) => self.other.get(id),
         }
     }
 
-    fn insert(&mut self, id: &str, value: V) {
-        match made_id(id) {
-            Some(bytes) => self.made.insert(bytes, value),
-            None => self.other.insert(id.into(), value),
+    fn insert(&mut self, key: IdKey, value: V) {
+        match key {
+            IdKey::Made(bytes) => self.made.insert(bytes, value),
+            IdKey::Other(id) => self.other.insert(id.into(), value),
         };
     }
 }
 
-/// The 16 bytes of a person id as the gateway makes them (lowercase hex:
-/// `ABCD…` is another id than `abcd…`, so it is kept as text).
-fn made_id(id: &str) -> Option<[u8; 16]> {
-    if !id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-        return None;
+/// A stored person id as an [`IdMap`] keys it.
+#[derive(Clone, Copy)]
+enum IdKey<'a> {
+    /// The 16 bytes of an id as the gateway makes them.
+    Made([u8; 16]),
+    Other(&'a str),
+}
+
+impl<'a> IdKey<'a> {
+    /// Only lowercase hex is the gateway's: `ABCD…` is another id than
+    /// `abcd…`, so it is kept as text.
+    fn of(id: &'a str) -> Self {
+        let mut bytes = [0; 16];
+        let made = id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+            && hex::decode_to_slice(id, &mut bytes).is_ok();
+        if made {
+            Self::Made(bytes)
+        } else {
+            Self::Other(id)
+        }
     }
-    let mut bytes = [0; 16];
-    hex::decode_to_slice(id, &mut bytes).ok()?;
-    Some(bytes)
 }
 
 /// A stored `YYYY-MM-DD` date (validated when the batch was stored).
@@ -491,7 +508,7 @@ impl Storage {
 
 #[cfg(test)]
 mod tests {
-    use super::IdMap;
+    use super::{IdKey, IdMap};
 
     #[test]
     fn person_ids_of_every_form_keep_their_own_entries() {
@@ -506,13 +523,13 @@ mod tests {
         ];
         let mut map = IdMap::default();
         for (i, id) in ids.iter().enumerate() {
-            map.insert(id, i);
+            map.insert(IdKey::of(id), i);
         }
         for (i, id) in ids.iter().enumerate() {
-            assert_eq!(map.get(id), Some(&i), "{id:?}");
+            assert_eq!(map.get(IdKey::of(id)), Some(&i), "{id:?}");
         }
         assert_eq!(map.made.len(), 1, "only the gateway's own form is packed");
-        assert_eq!(map.get("464816900c4da3636b762a6099c1fe17"), None);
-        assert_eq!(map.get("p2"), None);
+        assert_eq!(map.get(IdKey::of("464816900c4da3636b762a6099c1fe17")), None);
+        assert_eq!(map.get(IdKey::of("p2")), None);
     }
 }
