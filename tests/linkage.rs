@@ -436,7 +436,8 @@ async fn a_serving_linker_links_each_delivery_as_comparing_every_pair_on_postgre
 /// links each of several deliveries reading only the new entities; after
 /// the last, comparing every pair under the same model moves nobody. A
 /// run by another linker in between is noticed: the kept one then reads
-/// everything again, and still agrees.
+/// every entity again and builds on the links that run stored, and still
+/// agrees with comparing every pair.
 async fn deliveries_linked_incrementally(database: Option<&str>) {
     use joinery_gateway::linker::{Linker, RunMode};
     let d = Deployment::new();
@@ -491,7 +492,9 @@ async fn deliveries_linked_incrementally(database: Option<&str>) {
     assert_eq!(spine(&db).await, incremental);
 
     // Another linker saved a run (the check): what this one kept is no
-    // longer trusted, so it reads everything again.
+    // longer trusted, so it reads every entity again, as a gateway that
+    // starts or takes the lease over does; but it builds on the links the
+    // check stored, comparing only the pairs the new entities make.
     arrive(SALT, &salt[1], "salt_contacts");
     let again = linker
         .run(&storage, &params, RunMode::Incremental)
@@ -499,9 +502,20 @@ async fn deliveries_linked_incrementally(database: Option<&str>) {
         .unwrap();
     assert!(again.pending > 0, "{again:?}");
     assert!(
-        again.every_pair && again.read == again.entities,
+        !again.every_pair && again.read == again.entities,
         "{again:?}"
     );
+    assert!(
+        again.candidate_pairs < check.candidate_pairs / 2,
+        "only the new entities' pairs are compared: {again:?} against {check:?}"
+    );
+    let built_on_stored_links = spine(&db).await;
+    let recheck = Linker::default()
+        .run(&storage, &params, RunMode::SameModel)
+        .await
+        .unwrap();
+    assert_eq!(recheck.moved, 0, "{recheck:?}");
+    assert_eq!(spine(&db).await, built_on_stored_links);
     check_spine(&d, &synth.join("ground_truth.csv"), &db).await;
 }
 

@@ -10,8 +10,10 @@ use common::*;
 use joinery_gateway::analytics::{Interner, Person, Population};
 use joinery_gateway::rekey::LinkMethod;
 use joinery_gateway::storage::{
-    FittedModel, NewBatch, NewEvent, NewRecord, SpineAssignment, Storage,
+    FittedModel, LinkChanges, LinkageEntities, NewBatch, NewEvent, NewRecord, SpineAssignment,
+    Storage,
 };
+use joinery_linkage::LinkageParams;
 
 fn record(batch: &str, person: &str, n: usize, sex: &str) -> NewRecord {
     NewRecord {
@@ -143,6 +145,9 @@ async fn changes_equal_a_fresh_read(url: &str) {
         quality: "[]".into(),
         entities: 0,
     };
+    // Links are not what this test is about: none are stored.
+    let no_entities = LinkageEntities::new(&LinkageParams::canonical_version(1));
+    let no_links = LinkChanges::between(&no_entities, 1, None, &[]);
     let runs = storage
         .save_linkage(
             1,
@@ -150,6 +155,7 @@ async fn changes_equal_a_fresh_read(url: &str) {
             None,
             &[joined("q0", "p0"), joined("q1", "p1")],
             &[],
+            &no_links,
         )
         .await
         .unwrap();
@@ -167,7 +173,7 @@ async fn changes_equal_a_fresh_read(url: &str) {
         .unwrap();
     assert_eq!(p0.organisations().len(), 2, "p0 now holds q0's records too");
     storage
-        .save_linkage(1, None, Some(runs), &[joined("q1", "q1")], &[])
+        .save_linkage(1, None, Some(runs), &[joined("q1", "q1")], &[], &no_links)
         .await
         .unwrap();
     (held, _) = catch_up(&storage, held, &mut interner).await;

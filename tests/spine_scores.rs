@@ -7,7 +7,10 @@ mod common;
 
 use common::*;
 use joinery_gateway::rekey::LinkMethod;
-use joinery_gateway::storage::{FittedModel, SpineAssignment, Storage, StorageError};
+use joinery_gateway::storage::{
+    FittedModel, LinkChanges, LinkageEntities, SpineAssignment, Storage, StorageError,
+};
+use joinery_linkage::LinkageParams;
 
 async fn scores_round_trip(url: &str) {
     let storage = Storage::open(url).await.unwrap();
@@ -29,6 +32,9 @@ async fn scores_round_trip(url: &str) {
     // First statements with no score at all, then mixed, then all scored;
     // the same statement shapes again, as later linkage runs write them.
     let mut runs = 0;
+    // Links are not what this test is about: none are stored.
+    let no_entities = LinkageEntities::new(&LinkageParams::canonical_version(5));
+    let no_links = LinkChanges::between(&no_entities, 5, None, &[]);
     for round in 0..3 {
         let batches: [Vec<SpineAssignment>; 3] = [
             (0..50).map(|i| assignment(i, None)).collect(),
@@ -47,7 +53,7 @@ async fn scores_round_trip(url: &str) {
                 _ => (None, Some(runs)),
             };
             let saved = storage
-                .save_linkage(5, fitted, expected, batch, &[])
+                .save_linkage(5, fitted, expected, batch, &[], &no_links)
                 .await
                 .unwrap_or_else(|e| panic!("round {round}: {e}"));
             assert_eq!(saved, runs + 1, "each saved run moves the count on");
@@ -56,7 +62,14 @@ async fn scores_round_trip(url: &str) {
     }
     // A run that built on an older count is refused, and writes nothing.
     let stale = storage
-        .save_linkage(5, None, Some(runs - 1), &[assignment(0, Some(99.0))], &[])
+        .save_linkage(
+            5,
+            None,
+            Some(runs - 1),
+            &[assignment(0, Some(99.0))],
+            &[],
+            &no_links,
+        )
         .await;
     assert!(
         matches!(stale, Err(StorageError::LinkageMovedOn)),

@@ -35,7 +35,8 @@ use crate::agreements::LiveAgreements;
 use crate::audit::AuditRecord;
 use crate::rekey::LinkMethod;
 use crate::storage::{
-    EntityRecord, EntityScope, FittedModel, LinkageEntities, SpineAssignment, Storage, StorageError,
+    EntityRecord, EntityScope, FittedModel, LinkChanges, LinkageEntities, SpineAssignment, Storage,
+    StorageError,
 };
 
 /// What a linkage run does.
@@ -202,7 +203,8 @@ impl Linker {
             return Ok(nothing);
         }
         // Only what is new, onto what was kept (`held` entities); else
-        // everything.
+        // everything, and an incremental run builds on the links the last
+        // run stored (a gateway that starts, or takes the lease over).
         let (read, earlier_links, held) = match kept.filter(|_| incremental) {
             Some(Kept {
                 mut read, links, ..
@@ -218,7 +220,13 @@ impl Linker {
                 storage
                     .linkage_entities(params, EntityScope::All, &mut read)
                     .await?;
-                (read, None, 0)
+                let links = match &stored {
+                    Some((_, stored)) if incremental => {
+                        storage.stored_links(version, stored.runs, &read).await?
+                    }
+                    _ => None,
+                };
+                (read, links, 0)
             }
         };
         // The model is fitted afresh when asked, when there is none, or once
@@ -251,7 +259,7 @@ impl Linker {
         // Matching is CPU work for seconds to minutes: off the async runtime,
         // so ingest and queries go on meanwhile.
         let matching = params.clone();
-        let (read, result) = tokio::task::spawn_blocking(move || {
+        let (read, earlier_links, result) = tokio::task::spawn_blocking(move || {
             let earlier = earlier_links.as_deref().map(|links| Earlier {
                 fresh: &fresh,
                 links,
@@ -264,7 +272,7 @@ impl Linker {
                 threads,
                 earlier,
             );
-            (read, result)
+            (read, earlier_links, result)
         })
         .await
         .unwrap_or_else(|failed| std::panic::resume_unwind(failed.into_panic()));
@@ -299,7 +307,7 @@ impl Linker {
         conflicted.dedup();
         report.nhs_conflicts = conflicted;
 
-        let assignments = spine_assignments(records, &result);
+        let assignments = spine_assignments(records, &result.people, &result.links);
         report.moved = assignments.len();
         // Only entities new to linkage are marked (a full run rewrites no row
         // an earlier run marked).
@@ -314,8 +322,16 @@ impl Linker {
                 )
             })
             .collect();
+        let links = LinkChanges::between(&read, version, earlier_links.as_deref(), &result.links);
         let runs = storage
-            .save_linkage(version, fitted.as_ref(), expected, &assignments, &linked)
+            .save_linkage(
+                version,
+                fitted.as_ref(),
+                expected,
+                &assignments,
+                &linked,
+                &links,
+            )
             .await?;
         storage
             .append_audit(&AuditRecord::linkage(
@@ -398,19 +414,30 @@ fn join_local_ids(nhs: &[Option<Pseudonym>], records: &[EntityRecord]) -> Vec<Op
 
 /// Where each person id goes: every group of entities becomes one person,
 /// named by the spine id most of its linked members had (else its smallest
-/// person id). Only changes are returned.
+/// person id). A spine id that is a person id names only the group holding
+/// that person id, and no two groups share one: a person split in two
+/// (a refitted model no longer links them) becomes two people on the
+/// spine, the part without the id taking its own. Only changes are
+/// returned.
 fn spine_assignments(
     records: &[EntityRecord],
-    result: &joinery_linkage::LinkResult,
+    people: &[u32],
+    links: &[Link],
 ) -> Vec<SpineAssignment> {
     let mut groups: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
-    for (i, &person) in result.people.iter().enumerate() {
+    for (i, &person) in people.iter().enumerate() {
         groups.entry(person).or_default().push(i);
     }
+    let group_of: HashMap<&str, u32> = records
+        .iter()
+        .zip(people)
+        .map(|(r, &person)| (r.person_id.as_str(), person))
+        .collect();
+    let mut taken: std::collections::HashSet<&str> = std::collections::HashSet::new();
     // The strongest accepted link touching each entity.
     let mut best: HashMap<u32, f64> = HashMap::new();
-    for link in &result.links {
-        if result.people[link.a as usize] == result.people[link.b as usize] {
+    for link in links {
+        if people[link.a as usize] == people[link.b as usize] {
             for end in [link.a, link.b] {
                 let p = best.entry(end).or_insert(0.0);
                 *p = p.max(link.probability);
@@ -418,19 +445,24 @@ fn spine_assignments(
         }
     }
     let mut assignments = Vec::new();
-    for members in groups.values() {
+    for (&group, members) in &groups {
         let mut votes: BTreeMap<&str, usize> = BTreeMap::new();
         for &i in members {
             if records[i].linked {
                 *votes.entry(records[i].spine_id()).or_default() += 1;
             }
         }
-        let spine_id = votes
+        let mut candidates: Vec<(&str, usize)> = votes.into_iter().collect();
+        candidates.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        let free = |id: &str| group_of.get(id).is_none_or(|&g| g == group);
+        let spine_id = candidates
             .iter()
-            .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
-            .map(|(id, _)| (*id).to_owned())
-            .or_else(|| members.iter().map(|&i| records[i].person_id.clone()).min())
+            .map(|&(id, _)| id)
+            .find(|&id| free(id) && !taken.contains(id))
+            .or_else(|| members.iter().map(|&i| records[i].person_id.as_str()).min())
             .unwrap_or_default();
+        taken.insert(spine_id);
+        let spine_id = spine_id.to_owned();
         let mut seen = std::collections::BTreeSet::new();
         for &i in members {
             let e = &records[i];
@@ -569,5 +601,84 @@ pub async fn every(
     // Stopping: another gateway may link at once.
     if let Err(e) = storage.release_linkage_lease(&holder).await {
         tracing::warn!(error = %e, "linkage: could not give the lease back; it runs out by itself");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An entity of organisation 0 with its own local id, linked by an
+    /// earlier run into `spine` (its own person when that is itself).
+    fn linked(person_id: &str, spine: &str) -> EntityRecord {
+        EntityRecord {
+            person_id: person_id.to_owned(),
+            organisation: 0,
+            local_pseudonym: format!("l-{person_id}"),
+            has_nhs: false,
+            joined_to: (spine != person_id).then(|| spine.to_owned()),
+            linked: true,
+        }
+    }
+
+    fn link(a: u32, b: u32) -> Link {
+        Link {
+            a,
+            b,
+            probability: 0.99,
+            weight: 12.0,
+        }
+    }
+
+    fn places(assignments: &[SpineAssignment]) -> Vec<(&str, &str)> {
+        assignments
+            .iter()
+            .map(|a| (a.person_id.as_str(), a.spine_id.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn a_person_split_in_two_becomes_two_people_on_the_spine() {
+        // p1, p2 and p3 were one person (p1); now p2 and p3 are apart
+        // from p1 (linked to each other).
+        let records = [linked("p1", "p1"), linked("p2", "p1"), linked("p3", "p1")];
+        let moved = spine_assignments(&records, &[0, 1, 1], &[link(1, 2)]);
+        assert_eq!(
+            places(&moved),
+            [("p2", "p2"), ("p3", "p2")],
+            "the part without p1 takes its own id, though most of it voted p1"
+        );
+        // Apart entirely: each its own.
+        let moved = spine_assignments(&records, &[0, 1, 2], &[]);
+        assert_eq!(places(&moved), [("p2", "p2"), ("p3", "p3")]);
+    }
+
+    #[test]
+    fn people_joined_keep_the_id_most_members_had_and_unchanged_people_move_nobody() {
+        let records = [
+            linked("p1", "p1"),
+            linked("p2", "p1"),
+            linked("p3", "p3"),
+            EntityRecord {
+                linked: false,
+                ..linked("p0", "p0")
+            },
+        ];
+        assert!(spine_assignments(&records, &[0, 0, 2, 3], &[link(0, 1)]).is_empty());
+        let moved = spine_assignments(
+            &records,
+            &[0, 0, 0, 0],
+            &[link(0, 1), link(1, 2), link(2, 3)],
+        );
+        assert_eq!(places(&moved), [("p3", "p1"), ("p0", "p1")]);
+    }
+
+    #[test]
+    fn a_spine_id_whose_person_id_is_gone_names_one_group_only() {
+        // p1's records were deleted; p2 and p3 still say p1, and now are
+        // two people.
+        let records = [linked("p2", "p1"), linked("p3", "p1")];
+        let moved = spine_assignments(&records, &[0, 1], &[]);
+        assert_eq!(places(&moved), [("p3", "p3")]);
     }
 }

@@ -11,7 +11,7 @@ use joinery_linkage::{Encoding, Entity, LinkageParams};
 use sqlx::{AssertSqlSafe, Row};
 
 use super::rows::table_rows;
-use super::{NewBatch, Storage, StorageError, to_i64};
+use super::{LinkChanges, NewBatch, Storage, StorageError, to_i64};
 
 /// What a linkage run reads: every entity as the matcher takes it, and
 /// beside it (same order) what the run writes back. A gateway keeps it
@@ -198,7 +198,12 @@ pub(super) async fn forget_unheld(
             )?
             .execute(&mut **tx)
             .await?;
-        sqlx::query("UPDATE linkage_models SET runs = runs + 1")
+        // The links stored no longer stand for any run (some named the
+        // entities deleted).
+        sqlx::query("UPDATE linkage_models SET runs = runs + 1, links_runs = NULL")
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query("DELETE FROM linkage_links")
             .execute(&mut **tx)
             .await?;
     }
@@ -221,7 +226,8 @@ pub(super) async fn forget_unheld(
 
 /// Inside `tx`: the fitted model of parameters `version` (JSON), with its
 /// quality estimate if it has one and the entities it was fitted on,
-/// replacing the version's earlier model.
+/// replacing the version's earlier model. The links stored no longer
+/// stand: they were found under the old one.
 pub(super) async fn save_model(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     version: u32,
@@ -234,7 +240,7 @@ pub(super) async fn save_model(
         "INSERT INTO linkage_models (params_version, model, quality, entities, fitted_at) \
          VALUES ($1, $2, $3, $4, $5) ON CONFLICT (params_version) DO UPDATE SET \
          model = excluded.model, quality = excluded.quality, \
-         entities = excluded.entities, fitted_at = excluded.fitted_at",
+         entities = excluded.entities, fitted_at = excluded.fitted_at, links_runs = NULL",
     )
     .bind(i64::from(version))
     .bind(model)
@@ -445,8 +451,8 @@ impl Storage {
     }
 
     /// Records a linkage run under parameters `version` in one transaction:
-    /// a full run's fitted model, new spine places, and the entities it
-    /// linked marked as linked. The version's run count moves on by one
+    /// a full run's fitted model, new spine places, the entities it linked
+    /// marked as linked, and its links ([`LinkChanges`]). The version's run count moves on by one
     /// and is returned. A run that built on what it read (`expected`: the
     /// count it started from) is refused with
     /// [`StorageError::LinkageMovedOn`] when another run saved meanwhile.
@@ -457,6 +463,7 @@ impl Storage {
         expected: Option<i64>,
         assignments: &[SpineAssignment],
         linked: &[(&str, &str, &str)],
+        links: &LinkChanges<'_>,
     ) -> Result<i64, StorageError> {
         let _writing = match &self.write_lock {
             Some(lock) => Some(lock.lock().await),
@@ -548,6 +555,7 @@ impl Storage {
                 .execute(&mut *tx)
                 .await?;
         }
+        links.write(&mut tx, self.backend, runs).await?;
         self.bump_generation(&mut tx, &changed).await?;
         tx.commit().await?;
         Ok(runs)

@@ -118,6 +118,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0018_bytewise_text.sql"),
         include_str!("../../migrations/postgres/0018_bytewise_text.sql"),
     ),
+    (
+        19,
+        "stored_links",
+        include_str!("../../migrations/sqlite/0019_stored_links.sql"),
+        include_str!("../../migrations/postgres/0019_stored_links.sql"),
+    ),
 ];
 
 pub(super) fn for_backend(backend: Backend) -> Migrator {

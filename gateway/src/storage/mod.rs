@@ -9,12 +9,14 @@
 //! data is audited in the same transaction ([`crate::audit`]).
 
 mod linkage;
+mod links;
 mod migrations;
 mod population;
 mod releases;
 mod rotation;
 mod rows;
 
+pub use links::LinkChanges;
 pub use population::{PopulationChanges, PopulationRead};
 pub use releases::{NewRelease, Recorded};
 pub use rotation::{TakenModel, TakenOver};
@@ -910,6 +912,7 @@ fn to_i64(value: u64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use joinery_linkage::cluster::Link;
 
     #[tokio::test]
     async fn a_store_from_before_the_change_log_upgrades_with_its_data() {
@@ -1294,11 +1297,72 @@ mod tests {
             ("p2", "LA1", "l2"),
             ("p3", "LA2", "l3"),
         ];
+        let params = joinery_linkage::LinkageParams::canonical_version(1);
+        let mut read = LinkageEntities::new(&params);
+        storage
+            .linkage_entities(&params, EntityScope::All, &mut read)
+            .await
+            .unwrap();
+        let number = |person: &str| {
+            read.records
+                .iter()
+                .position(|r| r.person_id == person)
+                .unwrap() as u32
+        };
+        let link = |a: &str, b: &str, probability: f64| Link {
+            a: number(a).min(number(b)),
+            b: number(a).max(number(b)),
+            probability,
+            weight: probability * 10.0,
+        };
+        let mut links = vec![link("p1", "p3", 0.99), link("p2", "p3", 0.955)];
         let runs = storage
-            .save_linkage(1, Some(&model), None, &joined, &marked)
+            .save_linkage(
+                1,
+                Some(&model),
+                None,
+                &joined,
+                &marked,
+                &LinkChanges::between(&read, 1, None, &links),
+            )
             .await
             .unwrap();
         assert!(!storage.linkage_pending(1).await.unwrap());
+        let sorted = |mut links: Vec<Link>| {
+            links.sort_by_key(|l| (l.a, l.b));
+            links
+        };
+        assert_eq!(
+            storage
+                .stored_links(1, runs, &read)
+                .await
+                .unwrap()
+                .map(sorted),
+            Some(sorted(links.clone())),
+            "the run's links read back exactly"
+        );
+        assert_eq!(
+            storage.stored_links(1, runs - 1, &read).await.unwrap(),
+            None
+        );
+        // A run building on them stores only what changed: p1's link goes,
+        // p2's is another now.
+        links = vec![link("p2", "p3", 0.97)];
+        let earlier = storage.stored_links(1, runs, &read).await.unwrap().unwrap();
+        let changes = LinkChanges::between(&read, 1, Some(&earlier), &links);
+        let runs = storage
+            .save_linkage(1, None, Some(runs), &[], &[], &changes)
+            .await
+            .unwrap();
+        assert_eq!(
+            storage.stored_links(1, runs, &read).await.unwrap(),
+            Some(links)
+        );
+        let owners: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM linkage_links")
+            .fetch_one(&storage.pool)
+            .await
+            .unwrap();
+        assert_eq!(owners, 1, "p1 owns no link any more");
 
         // The next snapshot holds p2 only (a record key digests its
         // snapshot).
@@ -1334,6 +1398,15 @@ mod tests {
             runs + 1
         );
         assert!(storage.linkage_pending(1).await.unwrap());
+        let owners: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM linkage_links")
+            .fetch_one(&storage.pool)
+            .await
+            .unwrap();
+        assert_eq!(owners, 0, "no stored link outlives the entities deleted");
+        assert_eq!(
+            storage.stored_links(1, runs + 1, &read).await.unwrap(),
+            None
+        );
     }
 
     /// Text with quotes, backslashes, braces, commas, the word NULL and

@@ -121,6 +121,11 @@ impl Storage {
             )
             .await?;
         }
+        // What a gateway kept of this store's runs was found under the
+        // models replaced.
+        sqlx::query("UPDATE linkage_models SET runs = runs + 1")
+            .execute(&mut *tx)
+            .await?;
         let event = AuditEvent::TookOver {
             privacy_spent_nano: taken.privacy_spent.clone(),
             linkage_models: taken.models.iter().map(|m| m.params_version).collect(),

@@ -13,7 +13,8 @@
 //! 3. `full-link`: `joinery gateway relink --full` (a model fitted, every
 //!    pair blocking proposes compared).
 //! 4. `delivery`: a gateway linking every two seconds; the warm-up delivery,
-//!    its run (the first after a start reads the whole store), then the
+//!    its run (the first after a start reads every entity, and compares
+//!    only what is new against the links the full link stored), then the
 //!    delivery and the duration of the incremental run that links it, from
 //!    the gateway's own `joinery_gateway_linkage_run_seconds`.
 //! 5. `same-model`: `joinery gateway relink --same-model` compares every
@@ -430,7 +431,7 @@ impl Region {
             (
                 &extracts.warm_up,
                 "warm-up delivery",
-                "the first run after the gateway starts reads the whole store",
+                "the first run after the gateway starts reads every entity, and compares what is new against the links stored",
             ),
             (
                 &extracts.delivery,

@@ -1,0 +1,18 @@
+-- The links each linkage run found above the threshold, kept beside the
+-- entities so that a gateway which starts, or takes the linkage lease over,
+-- compares only the pairs that involve what is new, as the gateway that ran
+-- last does from what it keeps in memory, instead of every pair again
+-- (storage::links). One row per entity that owns links (a link is owned by
+-- its end whose key sorts first); `links` packs, per link, the other end's
+-- digest (16 bytes), its probability and its weight.
+-- linkage_models.links_runs is the run count that wrote them: they stand
+-- for the last run only while it equals `runs`.
+CREATE TABLE linkage_links (
+    person_id TEXT NOT NULL,
+    organisation TEXT NOT NULL,
+    local_pseudonym TEXT NOT NULL,
+    params_version INTEGER NOT NULL,
+    links BLOB NOT NULL,
+    PRIMARY KEY (person_id, organisation, local_pseudonym)
+);
+ALTER TABLE linkage_models ADD COLUMN links_runs INTEGER;
