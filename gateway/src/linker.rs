@@ -51,6 +51,11 @@ pub enum RunMode {
     /// Fit the model afresh and compare every pair (new parameters, or a
     /// deliberate re-link).
     Refit,
+    /// After a key rotation's take-over: link what is new onto the links
+    /// taken over from the store this one replaces, under its model, and
+    /// write the spine even when nothing is new (the links taken over are
+    /// not on it yet).
+    TakenOver,
 }
 
 /// What one linkage run did.
@@ -195,8 +200,9 @@ impl Linker {
                 let model = serde_json::from_str::<Model>(&stored.model).ok()?;
                 Some((model, stored))
             });
-        let incremental = mode == RunMode::Incremental && stored.is_some();
-        if incremental && !storage.linkage_pending(version).await? {
+        let incremental =
+            matches!(mode, RunMode::Incremental | RunMode::TakenOver) && stored.is_some();
+        if mode == RunMode::Incremental && incremental && !storage.linkage_pending(version).await? {
             if let Some(kept) = kept {
                 self.kept.insert(version, kept);
             }

@@ -87,6 +87,11 @@ impl Entities {
     pub fn nhs(&self) -> &[Option<Pseudonym>] {
         &self.nhs
     }
+
+    /// Each entity's number for breaking ties.
+    pub fn tiebreaks(&self) -> &[u64] {
+        &self.tiebreaks
+    }
 }
 
 /// Every entity's filters in one flat array, an entity's fields side by

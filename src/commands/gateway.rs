@@ -70,9 +70,10 @@ pub enum GatewayCommand {
     },
     /// After a key rotation, before the new store answers anyone: it takes
     /// over this store's privacy ledger (so a rotation never gives a fresh
-    /// budget) and fitted linkage models (re-linked under them with `relink
-    /// --same-model`, its people are this store's), audited there. Refused
-    /// if the new store has released an answer.
+    /// budget), fitted linkage models and last linkage run's links (onto
+    /// its records of the same origins), audited there, and links what
+    /// only it holds onto them: its people are this store's. Refused if the
+    /// new store has released an answer.
     TakeOver {
         #[command(flatten)]
         store: StoreArgs,
@@ -348,11 +349,10 @@ async fn compare_people(store: StoreArgs, new_database_url: &str) -> anyhow::Res
 }
 
 async fn take_over(store: StoreArgs, new_database_url: &str) -> anyhow::Result<ExitCode> {
+    let agreements = store.agreements()?;
     let taken = store.existing_storage().await?.to_take_over().await?;
-    Storage::open(new_database_url)
-        .await?
-        .take_over(&taken)
-        .await?;
+    let new = Storage::open(new_database_url).await?;
+    new.take_over(&taken).await?;
     for (agreement, spent) in &taken.privacy_spent {
         println!(
             "{agreement}: privacy loss already spent (rho {:.6}) taken over",
@@ -360,30 +360,56 @@ async fn take_over(store: StoreArgs, new_database_url: &str) -> anyhow::Result<E
         );
     }
     for model in &taken.models {
-        println!(
-            "linkage parameters v{}: fitted model taken over (run `joinery gateway relink --same-model` on the new store)",
-            model.params_version
-        );
+        let links = taken
+            .links
+            .iter()
+            .find(|l| l.params_version == model.params_version);
+        match links {
+            Some(l) => println!(
+                "linkage parameters v{}: fitted model taken over, and the last run's {} links between {} records' encodings, by where each record came from",
+                model.params_version,
+                l.links.len(),
+                l.entities.len()
+            ),
+            None => println!(
+                "linkage parameters v{}: fitted model taken over; this store's links are not stored (run `joinery gateway relink --full` on it first), so the new store compares every pair under the new keys",
+                model.params_version
+            ),
+        }
     }
+    // The new store's people: what the old store linked, and what only it
+    // holds compared under the new keys.
+    link_and_say(&new, &agreements, linker::RunMode::TakenOver).await?;
     Ok(ExitCode::SUCCESS)
 }
 
 async fn relink(store: StoreArgs, mode: linker::RunMode) -> anyhow::Result<ExitCode> {
     let agreements = store.agreements()?;
-    let storage = store.storage().await?;
+    link_and_say(&store.storage().await?, &agreements, mode).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One linkage run under every parameters version the agreements ask for,
+/// each said on standard output.
+async fn link_and_say(
+    storage: &Storage,
+    agreements: &joinery_gateway::agreements::Agreements,
+    mode: linker::RunMode,
+) -> anyhow::Result<()> {
     let all = agreements.linkage_params();
     if all.is_empty() {
         println!("no loaded agreement asks for fuzzy linkage");
     }
     let mut linker = linker::Linker::default();
     for params in all {
-        let report = linker.run(&storage, &params, mode).await?;
+        let report = linker.run(storage, &params, mode).await?;
         println!(
             "linkage parameters v{}: {} run over {} records' encodings ({} new); {} candidate pairs, {} links; {} person ids moved on the spine",
             report.params_version,
             match (report.full, mode) {
                 (true, _) => "full",
                 (false, linker::RunMode::SameModel) => "same-model",
+                (false, linker::RunMode::TakenOver) => "taken-over (onto the old store's links)",
                 (false, _) => "incremental",
             },
             report.entities,
@@ -407,7 +433,7 @@ async fn relink(store: StoreArgs, mode: linker::RunMode) -> anyhow::Result<ExitC
             );
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 async fn linkage_report(store: StoreArgs) -> anyhow::Result<ExitCode> {

@@ -16,3 +16,8 @@ CREATE TABLE linkage_links (
     PRIMARY KEY (person_id, organisation, local_pseudonym)
 );
 ALTER TABLE linkage_models ADD COLUMN links_runs BIGINT;
+-- The number that breaks ties between equally strong links, kept on the
+-- entity (NULL: the hash of its key, as before): a store built under new
+-- keys takes the old store's numbers over with its links, so the same
+-- links cluster into the same people (storage::rotation).
+ALTER TABLE linkage_entities ADD COLUMN tiebreak BIGINT;

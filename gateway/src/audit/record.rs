@@ -91,11 +91,15 @@ pub enum AuditEvent {
     },
     /// After a key rotation, what this store took over from the one it
     /// replaces before answering anyone (`joinery gateway take-over`): the
-    /// privacy loss already spent under each agreement, and the fitted
-    /// linkage models (by parameters version).
+    /// privacy loss already spent under each agreement, the fitted linkage
+    /// models (by parameters version), and how many of the last run's
+    /// links were carried onto this store's records of the same origins
+    /// (by parameters version; none before links were taken over).
     TookOver {
         privacy_spent_nano: BTreeMap<String, u64>,
         linkage_models: Vec<u32>,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        links: BTreeMap<u32, u64>,
     },
     /// An analyst's (or agency's) query and what it released: table cells,
     /// or for a row-level extract ([`EXTRACT_QUERY`]) person rows.

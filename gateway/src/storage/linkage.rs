@@ -254,8 +254,9 @@ pub(super) async fn save_model(
 
 /// An entity's number for breaking ties between equally strong links
 /// ([`joinery_linkage::cluster`]): from its identity alone, so a run links
-/// alike whatever order it read entities in.
-fn tiebreak(person_id: &str, organisation: &str, local_pseudonym: &str) -> u64 {
+/// alike whatever order it read entities in (unless its row holds one
+/// taken over from the store this one replaced: [`super::rotation`]).
+pub(super) fn tiebreak(person_id: &str, organisation: &str, local_pseudonym: &str) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut hasher = std::hash::DefaultHasher::new();
     (person_id, organisation, local_pseudonym).hash(&mut hasher);
@@ -394,7 +395,7 @@ impl Storage {
         };
         let sql = format!(
             "SELECT e.person_id, e.organisation, e.local_pseudonym, e.nhs_pseudonym, \
-             e.filters, e.block_keys, e.linked, s.spine_id \
+             e.filters, e.block_keys, e.linked, e.tiebreak, s.spine_id \
              FROM linkage_entities e LEFT JOIN person_spine s ON s.person_id = e.person_id \
              WHERE e.params_version = $1{filter} \
              ORDER BY e.person_id, e.organisation, e.local_pseudonym"
@@ -427,7 +428,10 @@ impl Storage {
             let has_nhs = nhs.is_some();
             let person_id: String = row.try_get("person_id")?;
             let local_pseudonym: String = row.try_get("local_pseudonym")?;
-            let tiebreak = tiebreak(&person_id, &code, &local_pseudonym);
+            let tiebreak = match row.try_get::<Option<i64>, _>("tiebreak")? {
+                Some(taken_over) => taken_over as u64,
+                None => tiebreak(&person_id, &code, &local_pseudonym),
+            };
             read.entities.push(
                 Entity {
                     organisation,

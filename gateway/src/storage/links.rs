@@ -64,6 +64,9 @@ pub struct LinkChanges<'a> {
     emptied: Vec<Owner<'a>>,
 }
 
+/// An entity's key: person id, organisation code, local pseudonym.
+pub(super) type Key<'a> = (&'a str, &'a str, &'a str);
+
 impl<'a> LinkChanges<'a> {
     /// From `earlier` (the links stored, by `read`'s numbers, when the run
     /// built on them) to `links` (all the run's links): only the owners
@@ -74,13 +77,23 @@ impl<'a> LinkChanges<'a> {
         earlier: Option<&[Link]>,
         links: &[Link],
     ) -> Self {
-        let now = by_owner(read, links);
-        let before = earlier.map(|earlier| by_owner(read, earlier));
+        Self::of_keys(version, |i| key(read, i), earlier, links)
+    }
+
+    /// As [`LinkChanges::between`], entity `i` being the one `key(i)` names.
+    pub(super) fn of_keys(
+        version: u32,
+        key: impl Fn(u32) -> Key<'a>,
+        earlier: Option<&[Link]>,
+        links: &[Link],
+    ) -> Self {
+        let now = by_owner(&key, links);
+        let before = earlier.map(|earlier| by_owner(&key, earlier));
         let row = |(&owner, links): (&u32, &Vec<(u32, f64, f64)>)| {
-            let (person_id, organisation, local_pseudonym) = key(read, owner);
+            let (person_id, organisation, local_pseudonym) = key(owner);
             let mut packed = Vec::with_capacity(links.len() * PACKED_LINK);
             for &(other, probability, weight) in links {
-                let (p, o, l) = key(read, other);
+                let (p, o, l) = key(other);
                 packed.extend_from_slice(&digest(p, o, l));
                 packed.extend_from_slice(&probability.to_le_bytes());
                 packed.extend_from_slice(&weight.to_le_bytes());
@@ -103,7 +116,7 @@ impl<'a> LinkChanges<'a> {
             .flatten()
             .filter(|(owner, _)| !now.contains_key(owner))
             .map(|(&owner, _)| {
-                let (person_id, organisation, local_pseudonym) = key(read, owner);
+                let (person_id, organisation, local_pseudonym) = key(owner);
                 Owner {
                     person_id,
                     organisation,
@@ -176,6 +189,19 @@ impl Storage {
         runs: i64,
         read: &LinkageEntities,
     ) -> Result<Option<Vec<Link>>, StorageError> {
+        self.stored_links_of(version, runs, read.records.len(), |i| key(read, i))
+            .await
+    }
+
+    /// As [`Storage::stored_links`], of the `entities` entities `key`
+    /// names by their numbers.
+    pub(super) async fn stored_links_of<'k>(
+        &self,
+        version: u32,
+        runs: i64,
+        entities: usize,
+        key: impl Fn(u32) -> Key<'k>,
+    ) -> Result<Option<Vec<Link>>, StorageError> {
         let links_runs: Option<Option<i64>> =
             sqlx::query_scalar("SELECT links_runs FROM linkage_models WHERE params_version = $1")
                 .bind(i64::from(version))
@@ -184,9 +210,9 @@ impl Storage {
         if links_runs.flatten() != Some(runs) {
             return Ok(None);
         }
-        let numbers: HashMap<Digest, u32> = (0..read.records.len() as u32)
+        let numbers: HashMap<Digest, u32> = (0..entities as u32)
             .map(|i| {
-                let (p, o, l) = key(read, i);
+                let (p, o, l) = key(i);
                 (digest(p, o, l), i)
             })
             .collect();
@@ -232,8 +258,8 @@ impl Storage {
     }
 }
 
-/// Entity `i`'s key: person id, organisation code, local pseudonym.
-fn key(read: &LinkageEntities, i: u32) -> (&str, &str, &str) {
+/// Entity `i`'s key in `read`.
+fn key(read: &LinkageEntities, i: u32) -> Key<'_> {
     let EntityRecord {
         person_id,
         organisation,
@@ -262,10 +288,13 @@ fn digest(person_id: &str, organisation: &str, local_pseudonym: &str) -> Digest 
 
 /// Each owner's links (the other end, probability, weight), in order of
 /// the other end, so two runs' links compare equal when they are.
-fn by_owner(read: &LinkageEntities, links: &[Link]) -> HashMap<u32, Vec<(u32, f64, f64)>> {
+fn by_owner<'a>(
+    key: &impl Fn(u32) -> Key<'a>,
+    links: &[Link],
+) -> HashMap<u32, Vec<(u32, f64, f64)>> {
     let mut owned: HashMap<u32, Vec<(u32, f64, f64)>> = HashMap::new();
     for link in links {
-        let (owner, other) = if key(read, link.a) <= key(read, link.b) {
+        let (owner, other) = if key(link.a) <= key(link.b) {
             (link.a, link.b)
         } else {
             (link.b, link.a)

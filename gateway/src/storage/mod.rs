@@ -19,7 +19,7 @@ mod rows;
 pub use links::LinkChanges;
 pub use population::{PopulationChanges, PopulationRead};
 pub use releases::{NewRelease, Recorded};
-pub use rotation::{TakenModel, TakenOver};
+pub use rotation::{TakenLinks, TakenModel, TakenOver};
 
 pub use linkage::{
     EntityRecord, EntityScope, FittedModel, LinkageEntities, LinkageStatus, SpineAssignment,
@@ -1406,6 +1406,146 @@ mod tests {
         assert_eq!(
             storage.stored_links(1, runs + 1, &read).await.unwrap(),
             None
+        );
+    }
+
+    /// A store built under new keys takes the old store's last linkage run
+    /// over by where each record came from: the same entities linked, with
+    /// the old store's tiebreak numbers, the same links between them, and
+    /// what only the new store holds pending.
+    #[tokio::test]
+    async fn a_new_store_takes_the_old_ones_links_over_by_record_origin() {
+        on_both_backends("links_taken_over", links_taken_over).await;
+    }
+
+    /// Each record (person id, local pseudonym, organisation, source row)
+    /// delivered with an encoding, and every entity as a run reads them.
+    async fn encoded_entities(
+        storage: &Storage,
+        records: &[(&str, &str, &str, u64)],
+    ) -> LinkageEntities {
+        for (n, &(person, local, organisation, row)) in records.iter().enumerate() {
+            let mut batch = la1_cin_batch(
+                &format!("b{n}"),
+                vec![NewRecord {
+                    source_row: row,
+                    linkage: Some(StoredLinkage {
+                        params_version: 1,
+                        filters: vec![1; 8],
+                        blocks: vec![Some([7; 16])],
+                    }),
+                    ..bare_record(person, &format!("k{row}"), local)
+                }],
+            );
+            batch.organisation = organisation.to_owned();
+            storage.commit_batch(&batch).await.unwrap();
+        }
+        let params = joinery_linkage::LinkageParams::canonical_version(1);
+        let mut read = LinkageEntities::new(&params);
+        storage
+            .linkage_entities(&params, EntityScope::All, &mut read)
+            .await
+            .unwrap();
+        read
+    }
+
+    async fn links_taken_over(new_url: String) {
+        let params = joinery_linkage::LinkageParams::canonical_version(1);
+        let number = |read: &LinkageEntities, person: &str| {
+            read.records
+                .iter()
+                .position(|r| r.person_id == person)
+                .unwrap() as u32
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let old = Storage::open(&Storage::sqlite_url(dir.path()))
+            .await
+            .unwrap();
+        let read = encoded_entities(
+            &old,
+            &[
+                ("p1", "l1", "LA1", 1),
+                ("p2", "l2", "LA1", 2),
+                ("p3", "l3", "LA2", 1),
+            ],
+        )
+        .await;
+        let (p1, p3) = (number(&read, "p1"), number(&read, "p3"));
+        let link = Link {
+            a: p1.min(p3),
+            b: p1.max(p3),
+            probability: 0.97,
+            weight: 9.5,
+        };
+        let model = FittedModel {
+            model: "{}".to_owned(),
+            quality: "[]".to_owned(),
+            entities: 3,
+        };
+        let keys = [
+            ("p1", "LA1", "l1"),
+            ("p2", "LA1", "l2"),
+            ("p3", "LA2", "l3"),
+        ];
+        old.save_linkage(
+            1,
+            Some(&model),
+            None,
+            &[],
+            &keys,
+            &LinkChanges::between(&read, 1, None, &[link]),
+        )
+        .await
+        .unwrap();
+        let taken = old.to_take_over().await.unwrap();
+        assert_eq!(taken.links.len(), 1);
+        assert_eq!(
+            (taken.links[0].entities.len(), taken.links[0].links.len()),
+            (3, 1)
+        );
+
+        // The new store: other person ids and pseudonyms for the same
+        // records, and one record the old store never had.
+        let new = Storage::open(&new_url).await.unwrap();
+        encoded_entities(
+            &new,
+            &[
+                ("q1", "m1", "LA1", 1),
+                ("q2", "m2", "LA1", 2),
+                ("q3", "m3", "LA2", 1),
+                ("q4", "m4", "LA2", 9),
+            ],
+        )
+        .await;
+        new.take_over(&taken).await.unwrap();
+        let runs = new.linkage_model(1).await.unwrap().unwrap().runs;
+        let mut read = LinkageEntities::new(&params);
+        new.linkage_entities(&params, EntityScope::All, &mut read)
+            .await
+            .unwrap();
+        let (q1, q3) = (number(&read, "q1"), number(&read, "q3"));
+        assert_eq!(
+            new.stored_links(1, runs, &read).await.unwrap(),
+            Some(vec![Link {
+                a: q1.min(q3),
+                b: q1.max(q3),
+                ..link
+            }]),
+            "p1 and p3's link is q1 and q3's"
+        );
+        let linked: Vec<(&str, bool)> = read
+            .records
+            .iter()
+            .map(|r| (r.person_id.as_str(), r.linked))
+            .collect();
+        assert_eq!(
+            linked,
+            [("q1", true), ("q2", true), ("q3", true), ("q4", false)]
+        );
+        assert_eq!(
+            read.entities.tiebreaks()[q1 as usize],
+            linkage::tiebreak("p1", "LA1", "l1"),
+            "ties broken as the old store broke them"
         );
     }
 

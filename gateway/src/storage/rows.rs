@@ -139,13 +139,14 @@ pub(super) struct Rows {
 }
 
 impl Rows {
-    /// `SELECT <columns> FROM <the rows bound>`: the rows as a table, for
-    /// an INSERT or an `IN (…)`.
+    /// `SELECT <columns> FROM <the rows bound>`: the rows as a table, each
+    /// column under its name, for an INSERT, an `IN (…)` or an `UPDATE …
+    /// FROM`.
     pub fn select(&self, backend: Backend) -> String {
         match backend {
             Backend::Postgres => {
                 let values = self.each(|name, kind| match kind {
-                    Kind::Bytes => format!("decode({name}, 'hex')"),
+                    Kind::Bytes => format!("decode({name}, 'hex') AS {name}"),
                     _ => name.to_owned(),
                 });
                 let mut number = 0;
@@ -162,8 +163,8 @@ impl Rows {
             }
             Backend::Sqlite => {
                 let values = self.each(|name, kind| match kind {
-                    Kind::Bytes => format!("unhex(value ->> '{name}')"),
-                    _ => format!("value ->> '{name}'"),
+                    Kind::Bytes => format!("unhex(value ->> '{name}') AS {name}"),
+                    _ => format!("value ->> '{name}' AS {name}"),
                 });
                 format!("SELECT {values} FROM json_each($1) WHERE true")
             }
