@@ -21,3 +21,8 @@ ALTER TABLE linkage_models ADD COLUMN links_runs BIGINT;
 -- keys takes the old store's numbers over with its links, so the same
 -- links cluster into the same people (storage::rotation).
 ALTER TABLE linkage_entities ADD COLUMN tiebreak BIGINT;
+-- The dataset whose record brought the entity's encoding (NULL: any of the
+-- entity's records, as before it was kept): when that dataset's records of
+-- the entity are deleted, the encoding goes with them, though the entity's
+-- records of other datasets (without linkage fields) are still held.
+ALTER TABLE linkage_entities ADD COLUMN dataset TEXT COLLATE "C";

@@ -115,6 +115,7 @@ table_rows! {
         params_version: u32 => Integer,
         filters: String => Bytes,
         block_keys: String => Bytes,
+        dataset: &'a str => Text,
     }
 }
 
@@ -134,21 +135,28 @@ table_rows! {
     }
 }
 
-/// An entity none of whose records are held any more: none of its
-/// organisation's records under its person id and local id.
+/// An entity whose encoding no held record brought any more: none of its
+/// organisation's records under its person id and local id in the dataset
+/// the encoding came from (in any dataset, for an encoding stored before
+/// that was kept).
 const UNHELD: &str = "NOT EXISTS (SELECT 1 FROM records r WHERE r.person_id = e.person_id \
-                      AND r.organisation = e.organisation AND r.local_pseudonym = e.local_pseudonym)";
+                      AND r.organisation = e.organisation AND r.local_pseudonym = e.local_pseudonym \
+                      AND (e.dataset IS NULL OR r.dataset = e.dataset))";
 
 /// Inside the transaction that deleted records about `people` (retention,
 /// a snapshot replaced): deletes the linkage encodings and blocking keys
-/// of every entity none of whose records is held any more, and the spine
-/// places of person ids with no records left, so nothing is kept of a
-/// record past its retention. The people those entities were linked into
-/// are linked again: their remaining entities are marked pending, and the
-/// linkage run count moves on, so a gateway's kept entities (which hold
-/// the deleted ones) are read afresh. Returns the spine persons of the
-/// spine places deleted: people changed too (a person id whose records all
-/// went may have been joined into a person that still has records).
+/// of every entity whose encoding no held record brought any more, and the
+/// spine places of person ids with no records left, so nothing is kept of
+/// a record past its retention. The people those entities were linked
+/// into are linked again: their remaining entities are marked pending, and
+/// the linkage run count moves on, so a gateway's kept entities (which
+/// hold the deleted ones) are read afresh. A person id whose records are
+/// still held but none of whose encodings is (its other datasets carry no
+/// linkage fields) can no longer be linked by what was deleted: it is its
+/// own person again, and so is every person id joined into it. Returns the
+/// spine persons those changes and the spine places deleted touched:
+/// people changed too (a person id whose records all went may have been
+/// joined into a person that still has records).
 pub(super) async fn forget_unheld(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     backend: super::Backend,
@@ -207,6 +215,7 @@ pub(super) async fn forget_unheld(
             .execute(&mut **tx)
             .await?;
     }
+    let mut changed = unjoin_unencoded(tx, backend, &keys).await?;
     PERSON_KEYS
         .bind(
             backend,
@@ -220,8 +229,60 @@ pub(super) async fn forget_unheld(
         .fetch_all(&mut **tx)
         .await?
         .iter()
-        .map(|row| row.try_get(0))
-        .collect()
+        .try_for_each(|row| row.try_get(0).map(|spine| changed.push(spine)))?;
+    Ok(changed)
+}
+
+/// Inside [`forget_unheld`]: every person id of `people` still holding
+/// records but no encoding, and every person id joined into one, made its
+/// own person (as exact linkage left it: `exact-nhs` when a record carries
+/// an NHS pseudonym). Returns the person ids moved and the spine ids they
+/// left.
+async fn unjoin_unencoded(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    backend: super::Backend,
+    people: &[PersonKey<'_>],
+) -> Result<Vec<String>, sqlx::Error> {
+    let unencoded = format!(
+        "SELECT u.person_id FROM person_spine u WHERE u.person_id IN ({}) \
+         AND NOT EXISTS (SELECT 1 FROM linkage_entities e WHERE e.person_id = u.person_id) \
+         AND EXISTS (SELECT 1 FROM records r WHERE r.person_id = u.person_id)",
+        PERSON_KEYS.select(backend)
+    );
+    let moving = format!(
+        "FROM person_spine WHERE person_id <> spine_id \
+         AND (person_id IN ({unencoded}) OR spine_id IN ({unencoded}))"
+    );
+    let mut moved = Vec::new();
+    for row in PERSON_KEYS
+        .bind(
+            backend,
+            format!("SELECT person_id, spine_id {moving}"),
+            people,
+        )?
+        .fetch_all(&mut **tx)
+        .await?
+    {
+        moved.push(row.try_get(0)?);
+        moved.push(row.try_get(1)?);
+    }
+    if !moved.is_empty() {
+        PERSON_KEYS
+            .bind(
+                backend,
+                format!(
+                    "UPDATE person_spine SET spine_id = person_id, score = NULL, \
+                     method = CASE WHEN EXISTS (SELECT 1 FROM records r \
+                     WHERE r.person_id = person_spine.person_id AND r.nhs_pseudonym IS NOT NULL) \
+                     THEN 'exact-nhs' ELSE 'unlinked' END \
+                     WHERE person_id IN (SELECT person_id {moving})"
+                ),
+                people,
+            )?
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(moved)
 }
 
 /// Inside `tx`: the fitted model of parameters `version` (JSON), with its
@@ -354,6 +415,7 @@ impl Storage {
                 params_version: linkage.params_version,
                 filters: hex::encode(&linkage.filters),
                 block_keys: hex::encode(pack_block_keys(&linkage.blocks)),
+                dataset: &batch.dataset,
             })
             .collect();
         LINKAGE_ENTITIES

@@ -1409,6 +1409,109 @@ mod tests {
         );
     }
 
+    /// An encoding goes with the dataset whose record brought it, though
+    /// the local id's records of another dataset (without linkage fields)
+    /// are still held: the person id is then its own person again, and so
+    /// is the person id that was joined into it, on both backends.
+    #[tokio::test]
+    async fn an_encoding_goes_with_the_dataset_that_brought_it() {
+        on_both_backends("encoding_by_dataset", encoding_by_dataset).await;
+    }
+
+    async fn encoding_by_dataset(url: String) {
+        let storage = Storage::open(&url).await.unwrap();
+        let encoded = |person: &str, local: &str, key: &str| NewRecord {
+            linkage: Some(StoredLinkage {
+                params_version: 1,
+                filters: vec![1; 8],
+                blocks: vec![Some([7; 16])],
+            }),
+            ..bare_record(person, key, local)
+        };
+        let cin = |batch_id: &str, snapshot: &str, records| NewBatch {
+            snapshot: Some(snapshot.to_owned()),
+            ..la1_cin_batch(batch_id, records)
+        };
+        storage
+            .commit_batch(&cin("b1", "s1", vec![encoded("p1", "l1", "k1")]))
+            .await
+            .unwrap();
+        let mut cla = la1_cin_batch("b2", vec![bare_record("p1", "k2", "l1")]);
+        cla.dataset = "cla".to_owned();
+        storage.commit_batch(&cla).await.unwrap();
+        let mut camhs = la1_cin_batch("b3", vec![encoded("p2", "l2", "k3")]);
+        camhs.organisation = "RX9".to_owned();
+        storage.commit_batch(&camhs).await.unwrap();
+        // A run joined RX9's p2 into p1.
+        let params = joinery_linkage::LinkageParams::canonical_version(1);
+        let none = LinkageEntities::new(&params);
+        storage
+            .save_linkage(
+                1,
+                Some(&FittedModel {
+                    model: "{}".to_owned(),
+                    quality: "[]".to_owned(),
+                    entities: 2,
+                }),
+                None,
+                &[SpineAssignment {
+                    person_id: "p2".to_owned(),
+                    spine_id: "p1".to_owned(),
+                    method: LinkMethod::Fuzzy,
+                    score: Some(0.98),
+                }],
+                &[("p1", "LA1", "l1"), ("p2", "RX9", "l2")],
+                &LinkChanges::between(&none, 1, None, &[]),
+            )
+            .await
+            .unwrap();
+        let generation = storage.data_generation().await.unwrap();
+
+        // The next CIN snapshot no longer holds l1; its CLA record stays.
+        storage
+            .commit_batch(&cin("b4", "s2", vec![encoded("p9", "l9", "k9")]))
+            .await
+            .unwrap();
+        let agreement = AgreementRef::new("a", 1);
+        assert_eq!(
+            storage
+                .replace_snapshot("LA1", "cin", "s2", &agreement)
+                .await
+                .unwrap(),
+            Some(1)
+        );
+        let encoded_ids: Vec<String> =
+            sqlx::query_scalar("SELECT person_id FROM linkage_entities ORDER BY person_id")
+                .fetch_all(&storage.pool)
+                .await
+                .unwrap();
+        assert_eq!(
+            encoded_ids,
+            ["p2", "p9"],
+            "p1's encoding went with its CIN record"
+        );
+        let places: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT person_id, spine_id, method FROM person_spine ORDER BY person_id",
+        )
+        .fetch_all(&storage.pool)
+        .await
+        .unwrap();
+        let own = |p: &str| (p.to_owned(), p.to_owned(), "unlinked".to_owned());
+        assert_eq!(
+            places,
+            [own("p1"), own("p2"), own("p9")],
+            "p1 keeps its CLA record as its own person; p2, joined into it by what went, is its own again"
+        );
+        let changed: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT person_id FROM population_changes WHERE generation > $1 ORDER BY person_id",
+        )
+        .bind(generation)
+        .fetch_all(&storage.pool)
+        .await
+        .unwrap();
+        assert!(changed.contains(&"p2".to_owned()), "{changed:?}");
+    }
+
     /// A store built under new keys takes the old store's last linkage run
     /// over by where each record came from: the same entities linked, with
     /// the old store's tiebreak numbers, the same links between them, and
