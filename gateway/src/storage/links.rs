@@ -68,9 +68,9 @@ pub struct LinkChanges<'a> {
 pub(super) type Key<'a> = (&'a str, &'a str, &'a str);
 
 impl<'a> LinkChanges<'a> {
-    /// From `earlier` (the links stored, by `read`'s numbers, when the run
-    /// built on them) to `links` (all the run's links): only the owners
-    /// whose links differ; without `earlier`, every owner.
+    /// From `earlier` (the links stored, by `read`'s numbers, as the run
+    /// read them) to `links` (all the run's links): only the owners whose
+    /// links differ; without `earlier`, every owner.
     pub fn between(
         read: &'a LinkageEntities,
         version: u32,
@@ -89,14 +89,14 @@ impl<'a> LinkChanges<'a> {
     ) -> Self {
         let now = by_owner(&key, links);
         let before = earlier.map(|earlier| by_owner(&key, earlier));
-        let row = |(&owner, links): (&u32, &Vec<(u32, f64, f64)>)| {
-            let (person_id, organisation, local_pseudonym) = key(owner);
-            let mut packed = Vec::with_capacity(links.len() * PACKED_LINK);
-            for &(other, probability, weight) in links {
-                let (p, o, l) = key(other);
+        let row = |owned: &[Owned]| {
+            let (person_id, organisation, local_pseudonym) = key(owned[0].owner);
+            let mut packed = Vec::with_capacity(owned.len() * PACKED_LINK);
+            for link in owned {
+                let (p, o, l) = key(link.other);
                 packed.extend_from_slice(&digest(p, o, l));
-                packed.extend_from_slice(&probability.to_le_bytes());
-                packed.extend_from_slice(&weight.to_le_bytes());
+                packed.extend_from_slice(&link.probability.to_le_bytes());
+                packed.extend_from_slice(&link.weight.to_le_bytes());
             }
             LinksRow {
                 person_id,
@@ -106,24 +106,41 @@ impl<'a> LinkChanges<'a> {
                 links: hex::encode(packed),
             }
         };
-        let owners = now
-            .iter()
-            .filter(|(owner, links)| before.as_ref().is_none_or(|b| b.get(owner) != Some(links)))
-            .map(row)
-            .collect();
-        let emptied = before
-            .iter()
-            .flatten()
-            .filter(|(owner, _)| !now.contains_key(owner))
-            .map(|(&owner, _)| {
-                let (person_id, organisation, local_pseudonym) = key(owner);
-                Owner {
-                    person_id,
-                    organisation,
-                    local_pseudonym,
+        let (mut owners, mut emptied) = (Vec::new(), Vec::new());
+        let mut now = now.chunk_by(|x, y| x.owner == y.owner).peekable();
+        let mut before = before
+            .as_deref()
+            .unwrap_or_default()
+            .chunk_by(|x, y| x.owner == y.owner)
+            .peekable();
+        // Both in owner order: walk them side by side.
+        loop {
+            match (now.peek(), before.peek()) {
+                (None, None) => break,
+                (Some(n), Some(b)) if n[0].owner == b[0].owner => {
+                    if n != b {
+                        owners.push(row(n));
+                    }
+                    now.next();
+                    before.next();
                 }
-            })
-            .collect();
+                (Some(n), b) if b.is_none_or(|b| n[0].owner < b[0].owner) => {
+                    owners.push(row(n));
+                    now.next();
+                }
+                (_, b) => {
+                    if let Some(b) = b {
+                        let (person_id, organisation, local_pseudonym) = key(b[0].owner);
+                        emptied.push(Owner {
+                            person_id,
+                            organisation,
+                            local_pseudonym,
+                        });
+                    }
+                    before.next();
+                }
+            }
+        }
         Self {
             version,
             replace_all: earlier.is_none(),
@@ -286,26 +303,89 @@ fn digest(person_id: &str, organisation: &str, local_pseudonym: &str) -> Digest 
     digest
 }
 
-/// Each owner's links (the other end, probability, weight), in order of
-/// the other end, so two runs' links compare equal when they are.
-fn by_owner<'a>(
-    key: &impl Fn(u32) -> Key<'a>,
-    links: &[Link],
-) -> HashMap<u32, Vec<(u32, f64, f64)>> {
-    let mut owned: HashMap<u32, Vec<(u32, f64, f64)>> = HashMap::new();
-    for link in links {
-        let (owner, other) = if key(link.a) <= key(link.b) {
-            (link.a, link.b)
-        } else {
-            (link.b, link.a)
-        };
-        owned
-            .entry(owner)
-            .or_default()
-            .push((other, link.probability, link.weight));
-    }
-    for links in owned.values_mut() {
-        links.sort_unstable_by(|x, y| x.0.cmp(&y.0).then(x.1.total_cmp(&y.1)));
-    }
+/// A link as its owner keeps it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Owned {
+    owner: u32,
+    other: u32,
+    probability: f64,
+    weight: f64,
+}
+
+/// Every link as its owner keeps it, by owner and then the other end, so
+/// two runs' links compare owner by owner.
+fn by_owner<'a>(key: &impl Fn(u32) -> Key<'a>, links: &[Link]) -> Vec<Owned> {
+    let mut owned: Vec<Owned> = links
+        .iter()
+        .map(|link| {
+            let (owner, other) = if key(link.a) <= key(link.b) {
+                (link.a, link.b)
+            } else {
+                (link.b, link.a)
+            };
+            Owned {
+                owner,
+                other,
+                probability: link.probability,
+                weight: link.weight,
+            }
+        })
+        .collect();
+    owned.sort_unstable_by(|x, y| {
+        (x.owner, x.other)
+            .cmp(&(y.owner, y.other))
+            .then(x.probability.total_cmp(&y.probability))
+    });
     owned
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entities(people: &[&str]) -> LinkageEntities {
+        let mut read = LinkageEntities::new(&joinery_linkage::LinkageParams::canonical());
+        read.organisations.push("LA1".to_owned());
+        for person in people {
+            read.records.push(EntityRecord {
+                person_id: (*person).to_owned(),
+                organisation: 0,
+                local_pseudonym: format!("l-{person}"),
+                has_nhs: false,
+                joined_to: None,
+                linked: true,
+            });
+        }
+        read
+    }
+
+    fn link(a: u32, b: u32, probability: f64) -> Link {
+        Link {
+            a,
+            b,
+            probability,
+            weight: probability * 10.0,
+        }
+    }
+
+    #[test]
+    fn only_owners_whose_links_changed_are_written() {
+        let read = entities(&["p0", "p1", "p2", "p3"]);
+        let earlier = [link(0, 1, 0.99), link(2, 3, 0.97), link(1, 2, 0.96)];
+        let same = LinkChanges::between(&read, 5, Some(&earlier), &earlier);
+        assert!(same.owners.is_empty() && same.emptied.is_empty());
+        assert!(!same.replace_all);
+
+        // p2's link to p3 is stronger now; p0's went; p1's stands (in
+        // another order).
+        let now = [link(1, 2, 0.96), link(2, 3, 0.98)];
+        let changed = LinkChanges::between(&read, 5, Some(&earlier), &now);
+        let owners: Vec<&str> = changed.owners.iter().map(|o| o.person_id).collect();
+        let emptied: Vec<&str> = changed.emptied.iter().map(|o| o.person_id).collect();
+        assert_eq!((owners, emptied), (vec!["p2"], vec!["p0"]));
+
+        let all = LinkChanges::between(&read, 5, None, &now);
+        assert!(all.replace_all);
+        assert_eq!(all.owners.len(), 2);
+    }
 }
