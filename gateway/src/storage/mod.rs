@@ -1257,27 +1257,18 @@ mod tests {
 
     async fn unheld_encodings(url: String) {
         let storage = Storage::open(&url).await.unwrap();
-        let encoded = |person: &str, local: &str, key: &str| NewRecord {
-            linkage: Some(StoredLinkage {
-                params_version: 1,
-                filters: vec![1; 8],
-                blocks: vec![Some([7; 16])],
-            }),
-            ..bare_record(person, key, local)
-        };
-        let snapshot = |batch_id: &str, snapshot: &str, records| NewBatch {
-            snapshot: Some(snapshot.to_owned()),
-            ..la1_cin_batch(batch_id, records)
-        };
         storage
-            .commit_batch(&snapshot(
+            .commit_batch(&snapshot_batch(
                 "b1",
                 "s1",
-                vec![encoded("p1", "l1", "k1"), encoded("p2", "l2", "k2")],
+                vec![
+                    encoded_record("p1", "k1", "l1"),
+                    encoded_record("p2", "k2", "l2"),
+                ],
             ))
             .await
             .unwrap();
-        let mut other = la1_cin_batch("b9", vec![encoded("p3", "l3", "k3")]);
+        let mut other = la1_cin_batch("b9", vec![encoded_record("p3", "k3", "l3")]);
         other.organisation = "LA2".to_owned();
         storage.commit_batch(&other).await.unwrap();
         // A run linked p3 into p1's person and marked everyone linked.
@@ -1367,7 +1358,11 @@ mod tests {
         // The next snapshot holds p2 only (a record key digests its
         // snapshot).
         storage
-            .commit_batch(&snapshot("b2", "s2", vec![encoded("p2", "l2", "k2-s2")]))
+            .commit_batch(&snapshot_batch(
+                "b2",
+                "s2",
+                vec![encoded_record("p2", "k2-s2", "l2")],
+            ))
             .await
             .unwrap();
         let agreement = AgreementRef::new("a", 1);
@@ -1420,26 +1415,18 @@ mod tests {
 
     async fn encoding_by_dataset(url: String) {
         let storage = Storage::open(&url).await.unwrap();
-        let encoded = |person: &str, local: &str, key: &str| NewRecord {
-            linkage: Some(StoredLinkage {
-                params_version: 1,
-                filters: vec![1; 8],
-                blocks: vec![Some([7; 16])],
-            }),
-            ..bare_record(person, key, local)
-        };
-        let cin = |batch_id: &str, snapshot: &str, records| NewBatch {
-            snapshot: Some(snapshot.to_owned()),
-            ..la1_cin_batch(batch_id, records)
-        };
         storage
-            .commit_batch(&cin("b1", "s1", vec![encoded("p1", "l1", "k1")]))
+            .commit_batch(&snapshot_batch(
+                "b1",
+                "s1",
+                vec![encoded_record("p1", "k1", "l1")],
+            ))
             .await
             .unwrap();
         let mut cla = la1_cin_batch("b2", vec![bare_record("p1", "k2", "l1")]);
         cla.dataset = "cla".to_owned();
         storage.commit_batch(&cla).await.unwrap();
-        let mut camhs = la1_cin_batch("b3", vec![encoded("p2", "l2", "k3")]);
+        let mut camhs = la1_cin_batch("b3", vec![encoded_record("p2", "k3", "l2")]);
         camhs.organisation = "RX9".to_owned();
         storage.commit_batch(&camhs).await.unwrap();
         // A run joined RX9's p2 into p1.
@@ -1469,7 +1456,11 @@ mod tests {
 
         // The next CIN snapshot no longer holds l1; its CLA record stays.
         storage
-            .commit_batch(&cin("b4", "s2", vec![encoded("p9", "l9", "k9")]))
+            .commit_batch(&snapshot_batch(
+                "b4",
+                "s2",
+                vec![encoded_record("p9", "k9", "l9")],
+            ))
             .await
             .unwrap();
         let agreement = AgreementRef::new("a", 1);
@@ -1532,12 +1523,7 @@ mod tests {
                 &format!("b{n}"),
                 vec![NewRecord {
                     source_row: row,
-                    linkage: Some(StoredLinkage {
-                        params_version: 1,
-                        filters: vec![1; 8],
-                        blocks: vec![Some([7; 16])],
-                    }),
-                    ..bare_record(person, &format!("k{row}"), local)
+                    ..encoded_record(person, &format!("k{row}"), local)
                 }],
             );
             batch.organisation = organisation.to_owned();
@@ -1762,6 +1748,26 @@ mod tests {
             attributes: "{}".to_owned(),
             events: Vec::new(),
             linkage: None,
+        }
+    }
+
+    /// A record carrying an encoding under linkage parameters version 1.
+    fn encoded_record(person: &str, key: &str, local: &str) -> NewRecord {
+        NewRecord {
+            linkage: Some(StoredLinkage {
+                params_version: 1,
+                filters: vec![1; 8],
+                blocks: vec![Some([7; 16])],
+            }),
+            ..bare_record(person, key, local)
+        }
+    }
+
+    /// [`la1_cin_batch`] in full snapshot `snapshot`.
+    fn snapshot_batch(batch_id: &str, snapshot: &str, records: Vec<NewRecord>) -> NewBatch {
+        NewBatch {
+            snapshot: Some(snapshot.to_owned()),
+            ..la1_cin_batch(batch_id, records)
         }
     }
 
