@@ -173,6 +173,10 @@ async fn rotating_every_key_changes_every_pseudonym_and_no_person() {
     // pair itself).
     assert_eq!((split, merged), (0, 0), "{said}");
     assert_eq!(code, Some(0), "{said}");
+    // Linking onto the links taken over again (as after a take-over that
+    // stopped before its own run) moves nobody.
+    let again = d.on_store(&["gateway", "relink", "--taken-over"], Some(&new_url));
+    assert!(again.contains("0 person ids moved"), "{again}");
 
     // The budget spent in the old store is spent in the new one; taking
     // over twice is refused.

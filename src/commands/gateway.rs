@@ -33,14 +33,18 @@ pub enum GatewayCommand {
     /// fitted model, as after a change of linkage parameters;
     /// `--same-model` compares every pair again under the stored model, a
     /// check that the incremental runs left the people a full comparison
-    /// makes (it should move nobody).
+    /// makes (it should move nobody); `--taken-over` links a new store
+    /// onto the links `take-over` carried into it, as take-over itself
+    /// does (for when it stopped before doing so).
     Relink {
         #[command(flatten)]
         store: StoreArgs,
-        #[arg(long, conflicts_with = "same_model")]
+        #[arg(long, conflicts_with_all = ["same_model", "taken_over"])]
         full: bool,
-        #[arg(long)]
+        #[arg(long, conflicts_with = "taken_over")]
         same_model: bool,
+        #[arg(long)]
+        taken_over: bool,
     },
     /// How sure the fuzzy links are, per pair of organisations: the links
     /// the last full run made, and how many of them its fitted model
@@ -236,10 +240,12 @@ impl GatewayCommand {
                 store,
                 full,
                 same_model,
+                taken_over,
             } => {
-                let mode = match (full, same_model) {
-                    (true, _) => linker::RunMode::Refit,
-                    (_, true) => linker::RunMode::SameModel,
+                let mode = match (full, same_model, taken_over) {
+                    (true, ..) => linker::RunMode::Refit,
+                    (_, true, _) => linker::RunMode::SameModel,
+                    (.., true) => linker::RunMode::TakenOver,
                     _ => linker::RunMode::Incremental,
                 };
                 return relink(store, mode).await;
