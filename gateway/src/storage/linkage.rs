@@ -314,11 +314,20 @@ pub(super) async fn save_model(
 }
 
 /// An entity's number for breaking ties between equally strong links
-/// ([`joinery_linkage::cluster`]): from its identity alone, so a run links
-/// alike whatever order it read entities in (unless its row holds one
-/// taken over from the store this one replaced: [`super::rotation`]).
-pub(super) fn tiebreak(person_id: &str, organisation: &str, local_pseudonym: &str) -> u64 {
+/// ([`joinery_linkage::cluster`]): the one its row holds (`stored`: taken
+/// over from the store this one replaced, [`super::rotation`]), else from
+/// its identity alone, so a run links alike whatever order it read
+/// entities in.
+pub(super) fn tiebreak(
+    stored: Option<i64>,
+    person_id: &str,
+    organisation: &str,
+    local_pseudonym: &str,
+) -> u64 {
     use std::hash::{Hash, Hasher};
+    if let Some(taken_over) = stored {
+        return taken_over as u64;
+    }
     let mut hasher = std::hash::DefaultHasher::new();
     (person_id, organisation, local_pseudonym).hash(&mut hasher);
     hasher.finish()
@@ -490,10 +499,12 @@ impl Storage {
             let has_nhs = nhs.is_some();
             let person_id: String = row.try_get("person_id")?;
             let local_pseudonym: String = row.try_get("local_pseudonym")?;
-            let tiebreak = match row.try_get::<Option<i64>, _>("tiebreak")? {
-                Some(taken_over) => taken_over as u64,
-                None => tiebreak(&person_id, &code, &local_pseudonym),
-            };
+            let tiebreak = tiebreak(
+                row.try_get("tiebreak")?,
+                &person_id,
+                &code,
+                &local_pseudonym,
+            );
             read.entities.push(
                 Entity {
                     organisation,

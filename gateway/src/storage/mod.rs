@@ -1633,7 +1633,7 @@ mod tests {
         );
         assert_eq!(
             read.entities.tiebreaks()[q1 as usize],
-            linkage::tiebreak("p1", "LA1", "l1"),
+            linkage::tiebreak(None, "p1", "LA1", "l1"),
             "ties broken as the old store broke them"
         );
     }

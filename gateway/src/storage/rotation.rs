@@ -109,9 +109,9 @@ async fn entity_origins(
                 }
             }
             _ => {
-                let tiebreak = row
-                    .try_get::<Option<i64>, _>("tiebreak")?
-                    .unwrap_or_else(|| super::linkage::tiebreak(&key.0, &key.1, &key.2) as i64);
+                let tiebreak =
+                    super::linkage::tiebreak(row.try_get("tiebreak")?, &key.0, &key.1, &key.2)
+                        as i64;
                 entities.push(EntityOrigin {
                     key,
                     tiebreak,
