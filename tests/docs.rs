@@ -214,6 +214,23 @@ fn the_linkage_parameter_files_are_what_they_say() {
         without_the_salt(load("scripts/febrl4/params-dob-salted.yaml"), version),
         febrl
     );
+    // FEBRL 4's twin of version 6: the same fields, each salted (but the
+    // state, of eight values) with a field it is not, and hashed as version
+    // 6 hashes.
+    let hardened = load("scripts/febrl4/params-hardened.yaml");
+    assert!(hardened.version >= joinery_linkage::encode::SALT_KEYS_FROM);
+    let fields = |p: &LinkageParams| -> std::collections::BTreeSet<String> {
+        p.fields.iter().map(|f| f.field.clone()).collect()
+    };
+    assert_eq!(fields(&hardened), fields(&febrl));
+    for field in hardened.fields.iter().filter(|f| f.field != "state") {
+        let salt = field.salt.as_ref().map(|s| s.field.as_str());
+        assert!(
+            salt.is_some_and(|s| s != field.field),
+            "{} salted with {salt:?}",
+            field.name()
+        );
+    }
 }
 
 /// docs/scaling.md distributes by `person_id` exactly the tables of the

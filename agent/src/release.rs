@@ -468,6 +468,7 @@ mod tests {
         let mut params = joinery_linkage::params::LinkageParams::canonical();
         params.fields.push(joinery_linkage::params::FieldEncoding {
             field: "worker".into(),
+            name: None,
             tokens: joinery_linkage::params::Tokens::Bigrams,
             bits: 128,
             hashes: 4,

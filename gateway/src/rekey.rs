@@ -151,7 +151,7 @@ impl Rekeyer {
                 .ok_or_else(|| {
                     format!(
                         "linkage filter for {} has {} bytes, not {width}",
-                        field.field,
+                        field.name(),
                         bytes.len()
                     )
                 })?;

@@ -25,7 +25,8 @@ impl BitPermutation {
                     key,
                     &format!(
                         "gateway bloom permutation v{}:{}",
-                        params.version, field.field
+                        params.version,
+                        field.name()
                     ),
                 );
                 let bits = field.bits as usize;

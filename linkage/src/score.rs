@@ -95,7 +95,7 @@ pub struct StandIn {
 impl StandIn {
     /// The stand-ins of `params`' fields.
     pub fn of(params: &crate::params::LinkageParams) -> Vec<Self> {
-        let index = |name: &String| params.fields.iter().position(|f| &f.field == name);
+        let index = |name: &String| params.fields.iter().position(|f| f.name() == name);
         params
             .fields
             .iter()

@@ -398,6 +398,21 @@ impl Rules<'_> {
             if day_dob && fine_postcode {
                 self.warn(&dataset_path(name, &[Key("fields"), Key("date_of_birth")]), format!("{name}: a day-precision date of birth together with a postcode sector or better identifies most children"), "send date_of_birth as month, year or age_band, or postcode as district");
             }
+            // What the gateway keeps in clear beside the hardened encodings
+            // tells an operator holding a register which few records each
+            // stored one can be (docs/linkage-privacy.md).
+            let hardened = !a.linkage.fields.is_empty() && a.linkage.encoding.version >= 6;
+            let finer_than_year = matches!(
+                dataset.fields.get("date_of_birth"),
+                Some(Transform::Keep | Transform::Month | Transform::Quarter)
+            );
+            let finer_than_area = matches!(
+                dataset.fields.get("postcode"),
+                Some(Transform::Keep | Transform::Sector | Transform::District)
+            );
+            if hardened && (finer_than_year || finer_than_area) {
+                self.warn(&dataset_path(name, &[Key("fields")]), format!("{name}: the gateway keeps a birth date finer than the year or a postcode finer than the area in clear, and with them an operator holding a register of the population re-identifies about half the records despite encoding version 6 (docs/linkage-privacy.md)"), "send date_of_birth as year and postcode as area");
+            }
             for (event, rule) in &dataset.events {
                 if !is_name(event) {
                     self.error(
@@ -434,6 +449,16 @@ impl Rules<'_> {
         }
 
         // Linkage.
+        if !a.linkage.fields.is_empty() && a.linkage.encoding.version < 6 {
+            self.warn(
+                &[Key("linkage"), Key("encoding"), Key("version")],
+                format!(
+                    "encoding version {} lets an operator of the gateway holding a register of the population re-identify most records from the fuzzy-linkage encodings (docs/linkage-privacy.md)",
+                    a.linkage.encoding.version
+                ),
+                "use version 6, with date_of_birth sent as year and postcode as area (it costs some links: docs/linkage-privacy.md)",
+            );
+        }
         let canonical = |f: &str| crate::model::CANONICAL_LINKAGE_FIELDS.contains(&f);
         let encodings = &a.linkage.encoding.fields;
         for (i, field) in a.linkage.fields.iter().enumerate() {

@@ -282,16 +282,24 @@ impl Linkage {
         // and its salt's field too: unsalted, it would be the easiest of
         // all to attack (version 3 salts it with the postcode district, so
         // an agreement that shares no postcode keeps it on version 2).
+        // A field encoded again under another salt (version 6) is kept when
+        // it and that salt's field are: unsalted, it would repeat the first.
         params.fields.retain(|f| {
+            let salt_listed = f.salt.as_ref().is_none_or(|s| listed(&s.field));
+            if f.name.is_some() {
+                return listed(&f.field) && salt_listed;
+            }
             listed(&f.field)
                 || (!f.stands_in_for.is_empty()
                     && f.stands_in_for.iter().all(|o| listed(o))
-                    && f.salt.as_ref().is_none_or(|s| listed(&s.field)))
+                    && salt_listed)
         });
+        let kept: Vec<String> = params.fields.iter().map(|f| f.name().to_owned()).collect();
         for field in &mut params.fields {
             if field.salt.as_ref().is_some_and(|s| !listed(&s.field)) {
                 field.salt = None;
             }
+            field.stands_in_for.retain(|o| kept.contains(o));
         }
         params
             .blocking

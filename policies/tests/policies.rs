@@ -185,6 +185,41 @@ fn risky_choices_are_warnings() {
     );
 }
 
+/// Fuzzy linkage on encodings an operator holding a register can attack is
+/// warned about: a version before 6, or version 6 beside a birth date or
+/// postcode kept in clear finer than the year or area.
+#[test]
+fn encodings_a_register_can_attack_are_warnings() {
+    let warnings = |text: &str| -> Vec<String> {
+        let checked = check(text, TODAY);
+        assert!(checked.is_valid(), "{:?}", checked.diagnostics);
+        checked.warnings().map(|w| w.message.clone()).collect()
+    };
+    let v5 = example("children-at-risk-stratification.yaml");
+    let version = "lets an operator of the gateway holding a register";
+    let clear = "finer than the year";
+    let found = warnings(&v5);
+    assert!(found.iter().any(|w| w.contains(version)), "{found:?}");
+    assert!(!found.iter().any(|w| w.contains(clear)), "{found:?}");
+
+    let v6 = v5.replacen("    version: 5\n", "    version: 6\n", 1);
+    assert_ne!(v6, v5, "the example's encoding version moved");
+    let found = warnings(&v6);
+    assert!(!found.iter().any(|w| w.contains(version)), "{found:?}");
+    assert!(found.iter().any(|w| w.contains(clear)), "{found:?}");
+
+    let coarse = v6
+        .replace("      date_of_birth: month", "      date_of_birth: year")
+        .replace("      postcode: district", "      postcode: area");
+    let found = warnings(&coarse);
+    assert!(
+        !found
+            .iter()
+            .any(|w| w.contains(version) || w.contains(clear)),
+        "{found:?}"
+    );
+}
+
 /// Writes `text` as an agreement whose signatories use fresh keys; returns
 /// (agreement path, key paths).
 fn with_fresh_keys(dir: &Path, text: &str) -> (PathBuf, Vec<PathBuf>) {
@@ -479,8 +514,10 @@ fn agreements_may_link_on_fields_beyond_the_canonical_five() {
         Some("postcode")
     );
     // Without the postcode, version 3's full name would go unsalted: it is
-    // left out (version 2 salts it with the day and month of birth).
-    for (version, with_full_name) in [(3, false), (2, true)] {
+    // left out (version 2 salts it with the day and month of birth), and so
+    // are version 6's encodings again under the postcode (the others still
+    // stand in for the fields they covered).
+    for (version, with_full_name) in [(3, false), (2, true), (6, false)] {
         let without_postcode = encoded
             .replace("sex, postcode, school_urn]", "sex, school_urn]")
             .replace(
@@ -490,6 +527,14 @@ fn agreements_may_link_on_fields_beyond_the_canonical_five() {
         let agreement: Agreement = serde_saphyr::from_str(&without_postcode).unwrap();
         let params = agreement.linkage.params().unwrap();
         assert!(!params.fields.iter().any(|f| f.field == "postcode"));
+        params.validate().unwrap();
+        assert!(
+            !params
+                .fields
+                .iter()
+                .any(|f| f.salt.as_ref().is_some_and(|s| s.field == "postcode")),
+            "version {version}"
+        );
         assert_eq!(
             params.fields.iter().any(|f| f.field == "full_name"),
             with_full_name,

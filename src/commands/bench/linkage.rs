@@ -255,7 +255,7 @@ pub async fn run(args: LinkageArgs) -> anyhow::Result<ExitCode> {
             let weight = |l: usize| stats.model.level_weight(f, l as u8);
             format!(
                 "{} {:+.1}/{:+.1}",
-                field.field,
+                field.name(),
                 weight(0),
                 weight(joinery_linkage::score::LEVELS - 1)
             )

@@ -85,7 +85,7 @@ fn by_rank<S: Hash + Eq, K>(
         ranked.sort_by_key(|(v, n)| (std::cmp::Reverse(*n), *v));
         for (group, (value, _)) in groups.iter().zip(ranked) {
             for &i in group {
-                recovered[i] = Some(value.to_owned());
+                recovered[i] = Some(super::plain(value).to_owned());
             }
         }
     }

@@ -55,7 +55,7 @@ pub fn attack(case: &Case<'_>) -> Vec<Recovery> {
         for stratum in &strata {
             for (filter, value) in stratum.matches(&calibration) {
                 for &i in &stratum.filters[filter].1 {
-                    recovered[i] = Some(stratum.values[value].0.to_owned());
+                    recovered[i] = Some(super::plain(stratum.values[value].0).to_owned());
                 }
             }
         }
@@ -98,9 +98,19 @@ impl<'a> Stratum<'a> {
         let (filter_edges, filter_sample) = edges(filters.len(), FILTER_FLOOR, |a, b| {
             bloom::dice(filters[a].0, ones[a], filters[b].0, ones[b])
         });
-        let pairs: Vec<Vec<(char, char)>> = values.iter().map(|(v, _)| letter_pairs(v)).collect();
+        let pairs: Vec<Vec<(char, char)>> = values
+            .iter()
+            .map(|(v, _)| letter_pairs(super::plain(v)))
+            .collect();
+        // Values under different salts (where the stratum holds many) give
+        // unrelated filters: as alike as any two unrelated values.
+        let salts: Vec<&str> = values.iter().map(|(v, _)| super::hidden_salt(v)).collect();
         let (value_edges, value_sample) = edges(values.len(), LEVELS[0], |a, b| {
-            pair_dice(&pairs[a], &pairs[b])
+            if salts[a] == salts[b] {
+                pair_dice(&pairs[a], &pairs[b])
+            } else {
+                0.0
+            }
         });
         Self {
             filters,

@@ -192,6 +192,9 @@ impl<'a> Tokenised<'a> {
         let mut share: HashMap<Vec<u8>, usize> = HashMap::new();
         let mut listed = Vec::with_capacity(values.len());
         for (&value, &count) in values {
+            // Where the stratum holds many salts, each value's own salt
+            // changes its bits; its letter pairs are what can be mined.
+            let value = super::plain(value);
             let mut tokens = BTreeSet::new();
             for_each_token(kind, value, |t| {
                 tokens.insert(t.to_vec());
