@@ -164,9 +164,19 @@ impl Pruning {
                 .iter()
                 .any(|s| s.field == f || s.covers.contains(&f))
         };
+        // A field judged at the best of its encodings (version 6) may yet
+        // reach its best level, whatever its first encoding shows; the
+        // encodings again are always missing in the end.
+        let best_of = |f: usize| stand_ins.iter().any(|s| s.best_of && s.covers[0] == f);
+        let again = |f: usize| stand_ins.iter().any(|s| s.best_of && s.field == f);
         let weights: Vec<[f64; 8]> = (0..fields)
             .map(|f| {
+                let top = (0..LEVELS as u8)
+                    .map(|l| model.level_weight(f, l))
+                    .fold(0.0, f64::max);
                 std::array::from_fn(|l| match l {
+                    _ if again(f) => 0.0,
+                    _ if best_of(f) => top,
                     l if l < LEVELS && may_go(f) => model.level_weight(f, l as u8).max(0.0),
                     l if l < LEVELS => model.level_weight(f, l as u8),
                     _ => 0.0,

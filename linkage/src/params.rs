@@ -35,9 +35,10 @@ pub struct FieldEncoding {
     /// `sex`, `postcode`, or another the mapping provides).
     pub field: String,
     /// What this encoding is called where the field is encoded more than
-    /// once (under another salt, standing in for the first where that
-    /// disagrees entirely): its key, its bit permutation and what stands in
-    /// for what go by this name. Default: the field's.
+    /// once (under another salt, standing in for the field's first
+    /// encoding: the field is then judged at the better level of the two,
+    /// [`crate::score::StandIn::best_of`]): its key, its bit permutation and
+    /// what stands in for what go by this name. Default: the field's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     pub tokens: Tokens,
@@ -248,7 +249,9 @@ impl LinkageParams {
     ///   say nothing across records of different salts. A wrong date of
     ///   birth would then make the names disagree entirely, so each field is
     ///   encoded again, smaller, under other salts, standing in for it where
-    ///   it disagrees entirely ([`Self::hardened_fields`]). Tokens are
+    ///   it disagrees entirely, judged at the best of its encodings
+    ///   ([`Self::hardened_fields`], [`crate::score::StandIn::best_of`]).
+    ///   Tokens are
     ///   hashed under a key made from the salt
     ///   ([`crate::encode::SALT_KEYS_FROM`]). Blocking keys each with a part
     ///   the gateway does not hold in clear when the agreement keeps only
@@ -350,12 +353,11 @@ impl LinkageParams {
 
     /// The fields of version 6, each salted with a value the gateway does
     /// not hold in clear, then each again under other salts (`name`d, at
-    /// half the bits), standing in for it where it disagrees entirely: a
-    /// pair is judged on a field's first encoding whose salt the two records
-    /// share. Chosen by measurement (`docs/linkage-privacy.md`): with only
-    /// the first encodings, F1 fell 0.9833 -> 0.9599 on `joinery synth
+    /// half the bits): a field is judged at the best level of its
+    /// encodings. Chosen by measurement (`docs/linkage-privacy.md`): with
+    /// only the first encodings, F1 fell 0.9833 -> 0.9599 on `joinery synth
     /// --profile messy --children 20000`, every pair with a wrong date of
-    /// birth losing its names; with these, 0.9841.
+    /// birth losing its names; with these, 0.9880.
     fn hardened_fields() -> Vec<FieldEncoding> {
         let salt = |field: &str, take| {
             Some(KeyPart {
@@ -452,10 +454,10 @@ pub const MAX_FIELDS: usize = 21;
 
 /// The recipe the defaults use (the benches, [`LinkageParams::canonical`]).
 /// Version 6, hardened against a gateway operator holding a register, is
-/// chosen by an agreement (`linkage.encoding.version: 6`) until its cost to
-/// linkage at scale is closed: F1 0.9834 -> 0.9822 at 20,000 children of
-/// the messy profile, but 0.9805 -> 0.9719 at 100,000
-/// (`docs/linkage-privacy.md`).
+/// chosen by an agreement (`linkage.encoding.version: 6`) until its wrong
+/// links within households are closed: at 100,000 children of the messy
+/// profile F1 0.9803 -> 0.9786, but 83 wrong links between children of one
+/// household against 22 (`docs/linkage-privacy.md`).
 pub const LATEST_VERSION: u32 = 5;
 
 /// The canonical threshold from version 4. A pair that would link is judged

@@ -90,6 +90,13 @@ pub fn with_level(pattern: Pattern, field: usize, level: u8) -> Pattern {
 pub struct StandIn {
     pub field: usize,
     pub covers: Vec<usize>,
+    /// The same field encoded again under another salt (a `name`d
+    /// encoding, version 6): the field it covers first is judged at the
+    /// better of the two levels, and this one is always missing, so a field
+    /// agrees wherever any encoding whose salt the pair shares agrees, and
+    /// is weighed once.
+    #[serde(default)]
+    pub best_of: bool,
 }
 
 impl StandIn {
@@ -101,9 +108,15 @@ impl StandIn {
             .iter()
             .enumerate()
             .filter(|(_, f)| !f.stands_in_for.is_empty())
-            .map(|(field, f)| Self {
-                field,
-                covers: f.stands_in_for.iter().filter_map(index).collect(),
+            .map(|(field, f)| {
+                let covers: Vec<usize> = f.stands_in_for.iter().filter_map(index).collect();
+                let best_of =
+                    f.name.is_some() && covers.iter().all(|&c| params.fields[c].field == f.field);
+                Self {
+                    field,
+                    covers,
+                    best_of,
+                }
             })
             .collect()
     }
@@ -113,6 +126,11 @@ impl StandIn {
     /// those fields then missing; else on them, the stand-in missing.
     #[inline(always)]
     pub fn apply(&self, pattern: Pattern) -> Pattern {
+        if self.best_of {
+            let first = self.covers[0];
+            let best = pattern_level(pattern, first).min(pattern_level(pattern, self.field));
+            return with_level(with_level(pattern, first, best), self.field, MISSING);
+        }
         let apart = self.covers.iter().all(|&f| {
             let l = pattern_level(pattern, f);
             l == LEVELS as u8 - 1 || l == MISSING
@@ -579,11 +597,52 @@ mod tests {
             .fold(0, |p, (f, &l)| with_level(p, f, l))
     }
 
+    /// A field encoded again under another salt: the field is judged at the
+    /// better of its two encodings' levels (present beats missing), and the
+    /// encoding again never counts on its own.
+    #[test]
+    fn a_field_encoded_again_is_judged_at_the_better_of_its_levels() {
+        let again = StandIn {
+            field: 2,
+            covers: vec![0],
+            best_of: true,
+        };
+        assert_eq!(again.apply(pattern(&[4, 1, 0])), pattern(&[0, 1, MISSING]));
+        assert_eq!(again.apply(pattern(&[1, 1, 3])), pattern(&[1, 1, MISSING]));
+        assert_eq!(
+            again.apply(pattern(&[MISSING, 1, 3])),
+            pattern(&[3, 1, MISSING])
+        );
+        // Version 6 chains them: the names again under the postcode, then
+        // under each other's Soundex code, all judged as one field.
+        let params = crate::LinkageParams::canonical_version(6);
+        let stand_ins = StandIn::of(&params);
+        assert!(stand_ins.iter().all(|s| s.best_of), "{stand_ins:?}");
+        let given = |name: &str| params.fields.iter().position(|f| f.name() == name).unwrap();
+        let mut levels = [MISSING; 12];
+        levels[given("given_name")] = 4;
+        levels[given("given_name_by_place")] = 4;
+        levels[given("given_name_by_family")] = 1;
+        let judged = judged(&stand_ins, pattern(&levels));
+        assert_eq!(pattern_level(judged, given("given_name")), 1);
+        assert_eq!(
+            pattern_level(judged, given("given_name_by_family")),
+            MISSING
+        );
+        // Version 5's full name stands in as it did.
+        assert!(
+            StandIn::of(&crate::LinkageParams::canonical_version(5))
+                .iter()
+                .all(|s| !s.best_of)
+        );
+    }
+
     #[test]
     fn a_stand_in_replaces_the_fields_it_covers_only_where_they_disagree_entirely() {
         let stand_in = StandIn {
             field: 2,
             covers: vec![0, 1],
+            best_of: false,
         };
         // Names salted with a wrong birth year disagree; the full name agrees.
         assert_eq!(
