@@ -250,7 +250,7 @@ impl LinkageParams {
     ///   birth would then make the names disagree entirely, so each field is
     ///   encoded again, smaller, under other salts, standing in for it where
     ///   it disagrees entirely, judged at the best of its encodings
-    ///   ([`Self::hardened_fields`], [`crate::score::StandIn::best_of`]).
+    ///   (`hardened_fields`, [`crate::score::StandIn::best_of`]).
     ///   Tokens are
     ///   hashed under a key made from the salt
     ///   ([`crate::encode::SALT_KEYS_FROM`]). Blocking keys each with a part
