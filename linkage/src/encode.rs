@@ -146,7 +146,8 @@ type TagMemory = HashMap<ShortInput, [u8; 32], Hasher>;
 /// [`FILTER_WORDS_REMEMBERED`] words of filters.
 #[derive(Clone, Default)]
 struct FieldMemory {
-    /// Tags by their input (salt, separator, token).
+    /// Tags by their input (salt, separator, token); from
+    /// [`SALT_KEYS_FROM`], each salt's token key by the salt and separator.
     tags: TagMemory,
     /// A field's whole filter by its salt, separator and value: where its
     /// words start in `filters`. Most values (a given name in a birth
@@ -317,13 +318,18 @@ fn remembered_tag(key: &Pseudonymiser, tags: &mut TagMemory, input: &[u8]) -> [u
     tag
 }
 
-/// A token's 32 bytes under a key made from its salt: SipHash-1-3 under
-/// each half of the key.
-fn token_tag(key: &[u8; 32], token: &[u8]) -> [u8; 32] {
+/// The hashers of a salt's tokens: SipHash-1-3 under each half of the key
+/// made from the salt.
+fn token_hashers(key: &[u8; 32]) -> [SipHasher13; 2] {
+    let half = |h: &[u8]| SipHasher13::new_with_key(h.try_into().expect("16 bytes"));
+    [half(&key[..16]), half(&key[16..])]
+}
+
+/// A token's 32 bytes: its hash under each of its salt's hashers.
+fn token_tag(hashers: &[SipHasher13; 2], token: &[u8]) -> [u8; 32] {
     let mut tag = [0; 32];
-    for (half, out) in key.chunks_exact(16).zip(tag.chunks_exact_mut(16)) {
-        let half: &[u8; 16] = half.try_into().expect("16 bytes");
-        out.copy_from_slice(&SipHasher13::new_with_key(half).hash(token).as_bytes());
+    for (hasher, out) in hashers.iter().zip(tag.chunks_exact_mut(16)) {
+        out.copy_from_slice(&hasher.hash(token).as_bytes());
     }
     tag
 }
@@ -406,10 +412,10 @@ fn encode_field(
     }
     let bits = field.bits as usize;
     let tags = &mut memory.tags;
-    let token_key = salt_keys.then(|| remembered_tag(key, tags, &input[..salted]));
+    let hashers = salt_keys.then(|| token_hashers(&remembered_tag(key, tags, &input[..salted])));
     let mut set = |token: &[u8]| {
-        let tag = match &token_key {
-            Some(token_key) => token_tag(token_key, token),
+        let tag = match &hashers {
+            Some(hashers) => token_tag(hashers, token),
             None => {
                 input.truncate(salted);
                 input.extend_from_slice(token);
