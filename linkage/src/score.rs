@@ -40,7 +40,12 @@
 //!
 //! Only patterns with a field that does not agree, seen at least
 //! [`MIN_SHOWN`] times, are judged by the sample jointly (on which fields
-//! agree; each field's exact level by its share among levels alike): pairs
+//! agree; each field's exact level by its share among levels alike in the
+//! pairs that agree on the same fields, drawn towards its share in the
+//! whole sample by [`MIN_SHOWN`] pairs' worth: siblings share a postcode
+//! exactly, where most pairs in a block with postcodes merely alike are
+//! neighbours, and taking the level's share from them all made a
+//! household's pattern look rarer among non-matches than it is): pairs
 //! within one organisation that agree everywhere are more likely its
 //! duplicate records of one child than two children, so they say nothing
 //! about non-matches.
@@ -430,38 +435,54 @@ impl<'s> NonMatch<'s> {
     /// counted jointly where the pattern has a field that does not agree:
     /// the share of the sample that agrees or not on the same fields (seen
     /// at least [`MIN_SHOWN`] times), times each field's share of its exact
-    /// level among the levels that agree or not alike. Joint on whether
-    /// fields agree, so a household's pattern is recognised also when one
-    /// of its names has a typo; field by field within that.
+    /// level among the levels that agree or not alike, in those pairs
+    /// (drawn towards the whole sample's share). Joint on whether fields
+    /// agree, so a household's pattern is recognised also when one of its
+    /// names has a typo; field by field within that.
     fn joint(&self, pattern: Pattern) -> Option<f64> {
         let agrees_at = |p: Pattern, f: usize| agrees(pattern_level(p, f));
         if self.kept(pattern).all(|f| agrees_at(pattern, f)) {
             return None;
         }
+        let kept: Vec<usize> = self.kept(pattern).collect();
+        // Of the pairs showing the pattern's shape, how many show each kept
+        // field at the pattern's exact level.
+        let mut exact = vec![0u64; kept.len()];
         let (mut showing, mut comparable) = (0u64, 0u64);
         for &(r, n) in self.sample {
-            if self.kept(pattern).all(|f| pattern_level(r, f) != MISSING) {
+            if kept.iter().all(|&f| pattern_level(r, f) != MISSING) {
                 comparable += n;
-                if self
-                    .kept(pattern)
-                    .all(|f| agrees_at(r, f) == agrees_at(pattern, f))
+                if kept
+                    .iter()
+                    .all(|&f| agrees_at(r, f) == agrees_at(pattern, f))
                 {
                     showing += n;
+                    for (e, &f) in exact.iter_mut().zip(&kept) {
+                        if pattern_level(r, f) == pattern_level(pattern, f) {
+                            *e += n;
+                        }
+                    }
                 }
             }
         }
         if showing < MIN_SHOWN {
             return None;
         }
-        let within: f64 = self
-            .kept(pattern)
-            .map(|f| {
+        // A field's exact level among the levels alike, as the pairs that
+        // show the shape have it, drawn towards the whole sample's share by
+        // MIN_SHOWN pairs' worth of it.
+        let within: f64 = kept
+            .iter()
+            .zip(&exact)
+            .map(|(&f, &e)| {
                 let level = pattern_level(pattern, f);
                 let alike: f64 = (0..LEVELS as u8)
                     .filter(|&l| agrees(l) == agrees(level))
                     .map(|l| self.shares[f][l as usize])
                     .sum();
-                self.shares[f][level as usize] / alike
+                let overall = self.shares[f][level as usize] / alike;
+                let prior = MIN_SHOWN as f64;
+                (e as f64 + prior * overall) / (showing as f64 + prior)
             })
             .product();
         Some(showing as f64 / comparable as f64 * within)
@@ -757,16 +778,18 @@ mod tests {
             let fields = (model.probability(p), model.weight(p));
             (fields.0, model.verdict_in_rule(0, p, fields).0)
         };
-        // Field by field, twins look like a match; their household's
-        // pattern, seen within organisations, says otherwise.
+        // Field by field, twins look like a match (linked at the
+        // threshold); their household's pattern, seen within
+        // organisations, says otherwise.
+        let threshold = crate::params::RULE_JUDGED_THRESHOLD;
         let (fields, in_rule) = verdict(&[0, 4, 0, 0]);
         assert!(
-            fields > 0.99 && in_rule < 0.5,
+            fields > threshold && in_rule < 0.5,
             "twins: {fields} -> {in_rule}"
         );
         let (fields, in_rule) = verdict(&[0, 4, 2, 0]);
         assert!(
-            fields > 0.99 && in_rule < 0.5,
+            fields > threshold && in_rule < 0.5,
             "twins, one with a typo: {fields} -> {in_rule}"
         );
         // Twins, one with a typo that leaves few letters of the family name
@@ -845,5 +868,43 @@ mod tests {
         // matches that disagree on family name.
         let naive = Model::estimate(3, &random, &[rule(Vec::new())], 1e7, &[]);
         assert!(naive.m[2][3] > 0.5, "{naive:?}");
+    }
+
+    #[test]
+    fn a_households_exact_levels_are_counted_among_the_pairs_that_show_its_shape() {
+        // Fields: given name, postcode. Pairs within one organisation in a
+        // block: 9,000 neighbours (different names, postcodes alike but not
+        // equal: level 1) and 100 siblings (different names, the same
+        // postcode: level 0), and 900 pairs with nothing alike.
+        let sample = vec![
+            (pattern(&[4, 1]), 9_000),
+            (pattern(&[4, 0]), 100),
+            (pattern(&[4, 4]), 900),
+        ];
+        let shape = Shape::new(2, &[]);
+        let non_match = NonMatch::new(&shape, &sample, &[]);
+        let siblings = non_match.joint(pattern(&[4, 0])).unwrap();
+        // 9,100 of 10,000 pairs show the shape (names apart, postcodes
+        // alike); of those, 100 share the postcode exactly: the siblings'
+        // pattern is about 1 in 100 pairs (about 100 / 9,100 of those
+        // showing the shape, drawn a little towards 100 / 9,100 overall).
+        assert!((siblings - 0.01).abs() < 0.001, "{siblings}");
+        let neighbours = non_match.joint(pattern(&[4, 1])).unwrap();
+        assert!((neighbours - 0.9).abs() < 0.01, "{neighbours}");
+        // With a second shape whose postcodes are all equal (pairs of one
+        // household with names a little alike), the exact level's share
+        // among the siblings' shape stays theirs, not the whole sample's.
+        let sample = vec![
+            (pattern(&[4, 1]), 9_000),
+            (pattern(&[4, 0]), 100),
+            (pattern(&[2, 0]), 5_000),
+        ];
+        let non_match = NonMatch::new(&shape, &sample, &[]);
+        let siblings = non_match.joint(pattern(&[4, 0])).unwrap();
+        let showing = 9_100.0 / 14_100.0;
+        assert!(
+            (siblings - showing * 100.0 / 9_100.0).abs() < 0.001,
+            "{siblings}"
+        );
     }
 }
