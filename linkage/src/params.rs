@@ -455,11 +455,9 @@ pub const MAX_FIELDS: usize = 21;
 /// The recipe the defaults use (the benches, [`LinkageParams::canonical`]).
 /// Version 6, hardened against a gateway operator holding a register, is
 /// chosen by an agreement (`linkage.encoding.version: 6`) until its wrong
-/// links are closed: at a million children of the messy profile 594 wrong
-/// links between children of one household against version 5's 111, and
-/// pairs that agree on their names alone (no date of birth or postcode on
-/// either side, which leaves version 5 nothing to compare) linked though
-/// most are two children (`docs/linkage-privacy.md`).
+/// links within households are closed: at a million children of the messy
+/// profile 604 wrong links between children of one household against
+/// version 5's 111 (`docs/linkage-privacy.md`).
 pub const LATEST_VERSION: u32 = 5;
 
 /// The canonical threshold from version 4. A pair that would link is judged

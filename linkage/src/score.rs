@@ -49,7 +49,12 @@
 //! block with postcodes merely alike are neighbours): pairs
 //! within one organisation that agree everywhere are more likely its
 //! duplicate records of one child than two children, so they say nothing
-//! about non-matches.
+//! about non-matches. A pattern agreeing on every field the rule leaves,
+//! one of them judged at the best of several encodings, is judged field by
+//! field on the sample: such a field's weight, learnt from random pairs
+//! that seldom share its salts, counts the salts' agreement again (names
+//! agreeing under each other's Soundex code, with nothing else to compare,
+//! looked like one child at a million children).
 
 /// Lower Dice bounds of the agreement levels 0 to 3, in percent; below the
 /// last is level 4. Level 3 (a few letters shared) keeps a nickname or a
@@ -361,7 +366,9 @@ impl Model {
         // agreed in full: a typo in a twin's family name must not make the
         // pair more likely one child than the twins themselves.
         let judge = |pattern| {
-            let u = non_match.joint(pattern)?;
+            let u = non_match
+                .joint(pattern)
+                .or_else(|| non_match.alike_everywhere(pattern))?;
             Some(posterior(
                 &self.m,
                 r.prior,
@@ -433,6 +440,20 @@ impl<'s> NonMatch<'s> {
                 .map(|f| self.shares[f][pattern_level(pattern, f) as usize])
                 .product()
         })
+    }
+
+    /// How likely a non-match is to show `pattern` where every kept field
+    /// agrees and one of them is judged at the best of several encodings:
+    /// field by field on the sample. Such a field's weight is learnt from
+    /// random pairs, which seldom share its salts, so its agreement counts
+    /// the salts' agreement again; pairs in the rule's blocks share the
+    /// rule's keys. (Pairs agreeing on every field otherwise keep the
+    /// fields' verdict: see the module notes.)
+    fn alike_everywhere(&self, pattern: Pattern) -> Option<f64> {
+        let mut kept = self.kept(pattern);
+        let alike = kept.all(|f| agrees(pattern_level(pattern, f)));
+        let salted = self.kept(pattern).any(|f| self.best_of.contains(&f));
+        (alike && salted).then(|| self.likelihood(pattern))
     }
 
     /// How likely a non-match is to show `pattern` on its kept fields,
@@ -922,5 +943,37 @@ mod tests {
             .joint(siblings_pattern)
             .unwrap();
         assert!((once - showing * 5_100.0 / 14_100.0).abs() < 0.01, "{once}");
+    }
+
+    #[test]
+    fn a_pair_alike_everywhere_on_a_field_of_several_salts_is_judged_by_the_rules_pairs() {
+        // Fields: given name (judged at the better of two encodings, the
+        // copy always missing once judged) and sex. In the rule's blocks,
+        // pairs within one organisation share the given name exactly one
+        // time in five, and the sex one time in two.
+        let sample = vec![
+            (pattern(&[0, 0, MISSING]), 100),
+            (pattern(&[0, 4, MISSING]), 100),
+            (pattern(&[4, 0, MISSING]), 400),
+            (pattern(&[4, 4, MISSING]), 400),
+        ];
+        let again = StandIn {
+            field: 2,
+            covers: vec![0],
+            best_of: true,
+        };
+        let alike = pattern(&[0, 0, MISSING]);
+        let shape = Shape::new(3, std::slice::from_ref(&again));
+        let u = NonMatch::new(&shape, &sample, &[])
+            .alike_everywhere(alike)
+            .unwrap();
+        assert!((u - 0.2 * 0.5).abs() < 0.001, "{u}");
+        // Not where a field disagrees (judged jointly instead), nor where
+        // no field has several encodings (the fields' verdict stands).
+        let non_match = NonMatch::new(&shape, &sample, &[]);
+        assert_eq!(non_match.alike_everywhere(pattern(&[0, 4, MISSING])), None);
+        let shape = Shape::new(3, &[]);
+        let non_match = NonMatch::new(&shape, &sample, &[]);
+        assert_eq!(non_match.alike_everywhere(alike), None);
     }
 }
