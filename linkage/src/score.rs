@@ -906,6 +906,15 @@ mod tests {
         assert!(naive.m[2][3] > 0.5, "{naive:?}");
     }
 
+    /// Field `copy` as field `first` encoded again under another salt.
+    fn encoded_again(copy: usize, first: usize) -> StandIn {
+        StandIn {
+            field: copy,
+            covers: vec![first],
+            best_of: true,
+        }
+    }
+
     #[test]
     fn a_households_exact_levels_are_counted_among_the_pairs_that_show_its_shape() {
         // Fields: given name, postcode, and the postcode again under
@@ -919,11 +928,7 @@ mod tests {
             (pattern(&[4, 0, MISSING]), 100),
             (pattern(&[2, 0, MISSING]), 5_000),
         ];
-        let again = StandIn {
-            field: 2,
-            covers: vec![1],
-            best_of: true,
-        };
+        let again = encoded_again(2, 1);
         let siblings_pattern = pattern(&[4, 0, MISSING]);
         // 9,100 of 14,100 pairs show the siblings' shape (names apart,
         // postcodes alike); of those, 100 share the postcode exactly, not
@@ -957,11 +962,7 @@ mod tests {
             (pattern(&[4, 0, MISSING]), 400),
             (pattern(&[4, 4, MISSING]), 400),
         ];
-        let again = StandIn {
-            field: 2,
-            covers: vec![0],
-            best_of: true,
-        };
+        let again = encoded_again(2, 0);
         let alike = pattern(&[0, 0, MISSING]);
         let shape = Shape::new(3, std::slice::from_ref(&again));
         let u = NonMatch::new(&shape, &sample, &[])
