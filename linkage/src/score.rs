@@ -348,7 +348,8 @@ impl Model {
     /// `rule` found first, given the fields' verdict `(probability, weight)`
     /// on its pattern: lowered to the rule's own judgement where pairs
     /// within one organisation in the rule's blocks show the pattern often
-    /// enough to say (see the module notes). The weight stays the log2
+    /// enough to say, or where it agrees everywhere on a field of several
+    /// salts (see the module notes). The weight stays the log2
     /// Bayes factor that gives the probability under [`Model::prior`].
     pub fn verdict_in_rule(
         &self,
