@@ -415,17 +415,17 @@ struct NonMatch<'s> {
     shares: Vec<[f64; LEVELS]>,
     blocked: &'s [usize],
     /// Fields judged at the best of several encodings ([`Shape`]).
-    best_of: Vec<usize>,
+    best_of: &'s [usize],
 }
 
 impl<'s> NonMatch<'s> {
-    fn new(shape: &Shape, sample: &'s [(Pattern, u64)], blocked: &'s [usize]) -> Self {
+    fn new(shape: &'s Shape, sample: &'s [(Pattern, u64)], blocked: &'s [usize]) -> Self {
         let shares = level_shares(shape, sample.iter().map(|&(p, n)| (p, n as f64)), blocked);
         Self {
             sample,
             shares,
             blocked,
-            best_of: shape.best_of.clone(),
+            best_of: &shape.best_of,
         }
     }
 
@@ -436,11 +436,15 @@ impl<'s> NonMatch<'s> {
     }
 
     fn likelihood(&self, pattern: Pattern) -> f64 {
-        self.joint(pattern).unwrap_or_else(|| {
-            self.kept(pattern)
-                .map(|f| self.shares[f][pattern_level(pattern, f) as usize])
-                .product()
-        })
+        self.joint(pattern)
+            .unwrap_or_else(|| self.field_by_field(pattern))
+    }
+
+    /// The product of the kept fields' shares of their levels.
+    fn field_by_field(&self, pattern: Pattern) -> f64 {
+        self.kept(pattern)
+            .map(|f| self.shares[f][pattern_level(pattern, f) as usize])
+            .product()
     }
 
     /// How likely a non-match is to show `pattern` where every kept field
@@ -451,10 +455,11 @@ impl<'s> NonMatch<'s> {
     /// rule's keys. (Pairs agreeing on every field otherwise keep the
     /// fields' verdict: see the module notes.)
     fn alike_everywhere(&self, pattern: Pattern) -> Option<f64> {
-        let mut kept = self.kept(pattern);
-        let alike = kept.all(|f| agrees(pattern_level(pattern, f)));
+        let alike = self
+            .kept(pattern)
+            .all(|f| agrees(pattern_level(pattern, f)));
         let salted = self.kept(pattern).any(|f| self.best_of.contains(&f));
-        (alike && salted).then(|| self.likelihood(pattern))
+        (alike && salted).then(|| self.field_by_field(pattern))
     }
 
     /// How likely a non-match is to show `pattern` on its kept fields,
