@@ -112,11 +112,11 @@ async fn catch_up(
 async fn changes_equal_a_fresh_read(url: &str) {
     let storage = Storage::open(url).await.unwrap();
     storage
-        .commit_batch(&batch("LA1", "cin", "b1", None, &ids("p", 0..40)))
+        .commit_batch(batch("LA1", "cin", "b1", None, &ids("p", 0..40)))
         .await
         .unwrap();
     storage
-        .commit_batch(&batch("RX9", "camhs", "b2", None, &ids("q", 0..40)))
+        .commit_batch(batch("RX9", "camhs", "b2", None, &ids("q", 0..40)))
         .await
         .unwrap();
     let mut interner = Interner::default();
@@ -128,7 +128,7 @@ async fn changes_equal_a_fresh_read(url: &str) {
     let mut people = ids("p", 0..5);
     people.extend(ids("p", 40..45));
     storage
-        .commit_batch(&batch("LA1", "cin", "b3", None, &people))
+        .commit_batch(batch("LA1", "cin", "b3", None, &people))
         .await
         .unwrap();
     let mut read;
@@ -181,7 +181,7 @@ async fn changes_equal_a_fresh_read(url: &str) {
 
     // A snapshot replacing an earlier one retires the people it no longer holds.
     storage
-        .commit_batch(&batch(
+        .commit_batch(batch(
             "SLT",
             "slt",
             "s1",
@@ -192,7 +192,7 @@ async fn changes_equal_a_fresh_read(url: &str) {
         .unwrap();
     (held, _) = catch_up(&storage, held, &mut interner).await;
     storage
-        .commit_batch(&batch(
+        .commit_batch(batch(
             "SLT",
             "slt",
             "s2",
@@ -246,7 +246,7 @@ async fn changes_equal_a_fresh_read(url: &str) {
     assert!(current.keys.is_empty() && current.people.is_empty());
     // More changed than the caller would read one by one: read afresh.
     storage
-        .commit_batch(&batch("LA1", "cin", "b4", None, &ids("p", 50..60)))
+        .commit_batch(batch("LA1", "cin", "b4", None, &ids("p", 50..60)))
         .await
         .unwrap();
     assert!(

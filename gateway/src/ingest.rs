@@ -443,7 +443,15 @@ async fn handle_batch(
             }
         }
         Ok(new_batch) => {
-            let outcome = storage.commit_batch(&new_batch).await.map_err(|e| {
+            let methods = [LinkMethod::ExactNhs, LinkMethod::Unlinked].map(|method| {
+                let n = new_batch
+                    .records
+                    .iter()
+                    .filter(|r| r.link_method == method)
+                    .count();
+                (method, n as u64)
+            });
+            let outcome = storage.commit_batch(new_batch).await.map_err(|e| {
                 tracing::error!(organisation = %session.organisation, %batch_id, error = %e, "batch could not be committed");
                 Status::unavailable("the gateway could not store the batch; retry later")
             })?;
@@ -454,13 +462,8 @@ async fn handle_batch(
             metrics::batch_answered(&session.organisation, &dataset, label, "");
             metrics::records_stored(&session.organisation, &dataset, stored);
             if stored > 0 {
-                for method in [LinkMethod::ExactNhs, LinkMethod::Unlinked] {
-                    let n = new_batch
-                        .records
-                        .iter()
-                        .filter(|r| r.link_method == method)
-                        .count();
-                    metrics::linked(method, n as u64);
+                for (method, n) in methods {
+                    metrics::linked(method, n);
                 }
             }
             tracing::debug!(organisation = %session.organisation, %batch_id, outcome = label, records = stored, "batch acknowledged");

@@ -853,14 +853,14 @@ mod tests {
         let storage = Storage::open(&Storage::sqlite_url(dir.path()))
             .await
             .unwrap();
-        storage.commit_batch(&batch("b1", 0..40)).await.unwrap();
+        storage.commit_batch(batch("b1", 0..40)).await.unwrap();
         let service = service(&storage);
         let first = total(&service).await;
         assert!(
             near(first, 40),
             "the first answer loads the data: {first:?}"
         );
-        storage.commit_batch(&batch("b2", 40..160)).await.unwrap();
+        storage.commit_batch(batch("b2", 40..160)).await.unwrap();
         // The next answer comes from memory, while the new data loads: the
         // same question of the same data, so the same release.
         assert_eq!(total(&service).await, first);
@@ -881,7 +881,7 @@ mod tests {
         let storage = Storage::open(&Storage::sqlite_url(dir.path()))
             .await
             .unwrap();
-        storage.commit_batch(&batch("b1", 0..60)).await.unwrap();
+        storage.commit_batch(batch("b1", 0..60)).await.unwrap();
         let service = service(&storage);
         let ask = |who: &str, query: &str| {
             let (service, who, query) = (
@@ -967,12 +967,12 @@ mod tests {
         let storage = Storage::open(&Storage::sqlite_url(dir.path()))
             .await
             .unwrap();
-        storage.commit_batch(&batch("b1", 0..20)).await.unwrap();
+        storage.commit_batch(batch("b1", 0..20)).await.unwrap();
         // Five more people the agreement's datasets do not hold.
         let mut outside = batch("b2", 20..25);
         outside.organisation = "RX9".to_owned();
         outside.dataset = "camhs".to_owned();
-        storage.commit_batch(&outside).await.unwrap();
+        storage.commit_batch(outside).await.unwrap();
         let service = service(&storage);
         let (a, r) = (
             PeerIdentity::Analyst("a".into()),

@@ -4,10 +4,11 @@
 //! file under the data directory, the default) and PostgreSQL (production).
 //! Each backend has its own migrations folder; queries use `$N` placeholders,
 //! which both accept. A batch, its records and its events are written in one
-//! transaction, and a batch already stored for the same organisation is
+//! transaction (with the other batches waiting then: [`commits`]), and a batch already stored for the same organisation is
 //! recognised by its primary key and never stored twice. Every change of
 //! data is audited in the same transaction ([`crate::audit`]).
 
+mod commits;
 mod linkage;
 mod links;
 mod migrations;
@@ -69,6 +70,8 @@ pub enum StorageError {
         "this store already holds {released} released answers and a privacy ledger for {agreements} agreements: a rotated store takes over from the old one once, before it answers anyone"
     )]
     AlreadyAnswered { released: i64, agreements: i64 },
+    #[error("the batch's commit ended without an outcome (the gateway is stopping): retry")]
+    CommitAbandoned,
     #[error("the population cannot be loaded for analytics: {0}")]
     Symbols(#[from] crate::analytics::symbol::TooManySymbols),
 }
@@ -180,61 +183,8 @@ pub struct Storage {
     /// SQLite allows one writer at a time; queueing writers here is fairer
     /// and faster than SQLite's sleep-and-retry busy handler.
     write_lock: Option<Arc<Mutex<()>>>,
-}
-
-table_rows! {
-    /// A record as stored, and the table it is stored in.
-    struct RecordRow<'a> in "records" as RECORDS {
-        person_id: &'a str => Text,
-        organisation: &'a str => Text,
-        batch_id: &'a str => Text,
-        record_index: usize => Integer,
-        dataset: &'a str => Text,
-        source_row: u64 => Integer,
-        local_pseudonym: &'a str => Text,
-        nhs_pseudonym: Option<&'a str> => Text,
-        link_method: &'a str => Text,
-        sex: Option<&'a str> => Text,
-        birth_month: Option<&'a str> => Text,
-        postcode_district: Option<&'a str> => Text,
-        attributes: &'a str => Text,
-        record_key: &'a str => Text,
-    }
-}
-
-impl<'a> RecordRow<'a> {
-    fn new(batch: &'a NewBatch, record_index: usize, record: &'a NewRecord) -> Self {
-        Self {
-            person_id: &record.person_id,
-            organisation: &batch.organisation,
-            batch_id: &batch.batch_id,
-            record_index,
-            dataset: &batch.dataset,
-            source_row: record.source_row,
-            local_pseudonym: &record.local_pseudonym,
-            nhs_pseudonym: record.nhs_pseudonym.as_deref(),
-            link_method: record.link_method.as_str(),
-            sex: record.sex.as_deref(),
-            birth_month: record.birth_month.as_deref(),
-            postcode_district: record.postcode_district.as_deref(),
-            attributes: &record.attributes,
-            record_key: &record.record_key,
-        }
-    }
-}
-
-table_rows! {
-    /// An event as stored, and the table it is stored in.
-    struct EventRow<'a> in "events" as EVENTS {
-        person_id: &'a str => Text,
-        organisation: &'a str => Text,
-        batch_id: &'a str => Text,
-        record_index: usize => Integer,
-        event_index: usize => Integer,
-        event_type: &'a str => Text,
-        event_date: &'a str => Text,
-        attributes: &'a str => Text,
-    }
+    /// Batches waiting to be committed ([`commits`]).
+    commits: Arc<commits::Commits>,
 }
 
 impl Backend {
@@ -315,6 +265,7 @@ impl Storage {
             pool,
             backend,
             write_lock: (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(()))),
+            commits: Arc::new(commits::Commits::new(backend)),
         })
     }
 
@@ -326,91 +277,6 @@ impl Storage {
     pub async fn ping(&self) -> Result<(), StorageError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
-    }
-
-    /// Stores a batch, its records and events in one transaction, unless the
-    /// same organisation already delivered a batch with this id.
-    pub async fn commit_batch(&self, batch: &NewBatch) -> Result<CommitOutcome, StorageError> {
-        let _writing = match &self.write_lock {
-            Some(lock) => Some(lock.lock().await),
-            None => None,
-        };
-        let mut tx = self.pool.begin().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO batches (organisation, batch_id, dataset, sequence, agreement_id, \
-             agreement_version, record_count, received_at, snapshot) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-             ON CONFLICT (organisation, batch_id) DO NOTHING",
-        )
-        .bind(&batch.organisation)
-        .bind(&batch.batch_id)
-        .bind(&batch.dataset)
-        .bind(to_i64(batch.sequence))
-        .bind(&batch.agreement.id)
-        .bind(i64::from(batch.agreement.version))
-        .bind(to_i64(batch.records.len() as u64))
-        .bind(time::OffsetDateTime::now_utc().unix_timestamp())
-        .bind(&batch.snapshot)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if inserted == 0 {
-            append_audit_in(&mut tx, &batch.audit(CommitOutcome::Duplicate)).await?;
-            tx.commit().await?;
-            return Ok(CommitOutcome::Duplicate);
-        }
-
-        // Records already stored (by an earlier delivery of the same lines
-        // under any name or batching) are skipped, and so are their events.
-        let records: Vec<RecordRow> = batch
-            .records
-            .iter()
-            .enumerate()
-            .map(|(index, record)| RecordRow::new(batch, index, record))
-            .collect();
-        let inserted = RECORDS.insert(
-            self.backend,
-            "ON CONFLICT (person_id, organisation, record_key) DO NOTHING RETURNING record_index",
-            &records,
-        )?;
-        let mut stored = std::collections::HashSet::new();
-        for row in inserted.fetch_all(&mut *tx).await? {
-            stored.insert(count(&row, "record_index")? as usize);
-        }
-
-        let events: Vec<EventRow> = batch
-            .records
-            .iter()
-            .enumerate()
-            .filter(|(index, _)| stored.contains(index))
-            .flat_map(|(index, record)| {
-                record
-                    .events
-                    .iter()
-                    .enumerate()
-                    .map(move |(event_index, event)| EventRow {
-                        person_id: &record.person_id,
-                        organisation: &batch.organisation,
-                        batch_id: &batch.batch_id,
-                        record_index: index,
-                        event_index,
-                        event_type: &event.event_type,
-                        event_date: &event.event_date,
-                        attributes: &event.attributes,
-                    })
-            })
-            .collect();
-        EVENTS.write(&mut tx, self.backend, "", &events).await?;
-        self.insert_linkage(&mut tx, batch).await?;
-        let changed: Vec<&str> = stored
-            .iter()
-            .map(|&i| batch.records[i].person_id.as_str())
-            .collect();
-        self.bump_generation(&mut tx, &changed).await?;
-        let outcome = CommitOutcome::Committed(stored.len() as u64);
-        append_audit_in(&mut tx, &batch.audit(outcome)).await?;
-        tx.commit().await?;
-        Ok(outcome)
     }
 
     /// Retires `organisation`'s records of `dataset` from snapshots other
@@ -974,7 +840,7 @@ mod tests {
             source_row: 3,
             ..bare_record("p2", "k3", "l2")
         });
-        storage.commit_batch(&batch).await.unwrap();
+        storage.commit_batch(batch).await.unwrap();
         let changes = storage
             .population_changes(7, usize::MAX, &mut interner)
             .await
@@ -1084,7 +950,7 @@ mod tests {
         };
         let stored = |batch| {
             let storage = storage.clone();
-            async move { storage.commit_batch(&batch).await.unwrap() }
+            async move { storage.commit_batch(batch).await.unwrap() }
         };
         assert_eq!(
             stored(again("b3", "k-s2")).await,
@@ -1133,20 +999,11 @@ mod tests {
                 n("SELECT COUNT(*) FROM linkage_entities").await.unwrap()
             }
         };
-        storage
-            .commit_batch(&batch("b1", "p1", "k1"))
-            .await
-            .unwrap();
+        storage.commit_batch(batch("b1", "p1", "k1")).await.unwrap();
         assert_eq!(counts().await, 1, "one entity");
-        storage
-            .commit_batch(&batch("b2", "p1", "k2"))
-            .await
-            .unwrap();
+        storage.commit_batch(batch("b2", "p1", "k2")).await.unwrap();
         assert_eq!(counts().await, 1, "the same local id again: nothing new");
-        storage
-            .commit_batch(&batch("b3", "p2", "k3"))
-            .await
-            .unwrap();
+        storage.commit_batch(batch("b3", "p2", "k3")).await.unwrap();
         assert_eq!(counts().await, 2);
         let (filters, packed): (Vec<u8>, Vec<u8>) = sqlx::query_as(
             "SELECT filters, block_keys FROM linkage_entities WHERE person_id = 'p2'",
@@ -1258,7 +1115,7 @@ mod tests {
     async fn unheld_encodings(url: String) {
         let storage = Storage::open(&url).await.unwrap();
         storage
-            .commit_batch(&snapshot_batch(
+            .commit_batch(snapshot_batch(
                 "b1",
                 "s1",
                 vec![
@@ -1270,7 +1127,7 @@ mod tests {
             .unwrap();
         let mut other = la1_cin_batch("b9", vec![encoded_record("p3", "k3", "l3")]);
         other.organisation = "LA2".to_owned();
-        storage.commit_batch(&other).await.unwrap();
+        storage.commit_batch(other).await.unwrap();
         // A run linked p3 into p1's person and marked everyone linked.
         let model = FittedModel {
             model: "{}".to_owned(),
@@ -1358,7 +1215,7 @@ mod tests {
         // The next snapshot holds p2 only (a record key digests its
         // snapshot).
         storage
-            .commit_batch(&snapshot_batch(
+            .commit_batch(snapshot_batch(
                 "b2",
                 "s2",
                 vec![encoded_record("p2", "k2-s2", "l2")],
@@ -1416,7 +1273,7 @@ mod tests {
     async fn encoding_by_dataset(url: String) {
         let storage = Storage::open(&url).await.unwrap();
         storage
-            .commit_batch(&snapshot_batch(
+            .commit_batch(snapshot_batch(
                 "b1",
                 "s1",
                 vec![encoded_record("p1", "k1", "l1")],
@@ -1425,10 +1282,10 @@ mod tests {
             .unwrap();
         let mut cla = la1_cin_batch("b2", vec![bare_record("p1", "k2", "l1")]);
         cla.dataset = "cla".to_owned();
-        storage.commit_batch(&cla).await.unwrap();
+        storage.commit_batch(cla).await.unwrap();
         let mut camhs = la1_cin_batch("b3", vec![encoded_record("p2", "k3", "l2")]);
         camhs.organisation = "RX9".to_owned();
-        storage.commit_batch(&camhs).await.unwrap();
+        storage.commit_batch(camhs).await.unwrap();
         // A run joined RX9's p2 into p1.
         let params = joinery_linkage::LinkageParams::canonical_version(1);
         let none = LinkageEntities::new(&params);
@@ -1456,7 +1313,7 @@ mod tests {
 
         // The next CIN snapshot no longer holds l1; its CLA record stays.
         storage
-            .commit_batch(&snapshot_batch(
+            .commit_batch(snapshot_batch(
                 "b4",
                 "s2",
                 vec![encoded_record("p9", "k9", "l9")],
@@ -1527,7 +1384,7 @@ mod tests {
                 }],
             );
             batch.organisation = organisation.to_owned();
-            storage.commit_batch(&batch).await.unwrap();
+            storage.commit_batch(batch).await.unwrap();
         }
         let params = joinery_linkage::LinkageParams::canonical_version(1);
         let mut read = LinkageEntities::new(&params);
@@ -1659,7 +1516,7 @@ mod tests {
             ..bare_record("p1", "k1", "l1")
         };
         storage
-            .commit_batch(&la1_cin_batch("b1", vec![record]))
+            .commit_batch(la1_cin_batch("b1", vec![record]))
             .await
             .unwrap();
         let (sex, stored): (Option<String>, String) =
@@ -1710,7 +1567,7 @@ mod tests {
             },
         ];
         storage
-            .commit_batch(&la1_cin_batch("b1", records))
+            .commit_batch(la1_cin_batch("b1", records))
             .await
             .unwrap();
         let mut seen: Vec<_> = storage
@@ -1734,7 +1591,7 @@ mod tests {
 
     /// A record of `person` under `key` and local id `local`, holding
     /// nothing else.
-    fn bare_record(person: &str, key: &str, local: &str) -> NewRecord {
+    pub(super) fn bare_record(person: &str, key: &str, local: &str) -> NewRecord {
         NewRecord {
             person_id: person.to_owned(),
             record_key: key.to_owned(),
@@ -1773,7 +1630,7 @@ mod tests {
 
     /// Organisation LA1's batch `batch_id` of dataset `cin`, under
     /// agreement `a` version 1, in no snapshot.
-    fn la1_cin_batch(batch_id: &str, records: Vec<NewRecord>) -> NewBatch {
+    pub(super) fn la1_cin_batch(batch_id: &str, records: Vec<NewRecord>) -> NewBatch {
         NewBatch {
             snapshot: None,
             organisation: "LA1".to_owned(),
@@ -1787,7 +1644,7 @@ mod tests {
 
     /// Runs `test` on a fresh SQLite store, then on a fresh PostgreSQL
     /// database named after `name` when a server answers.
-    async fn on_both_backends<F: std::future::Future<Output = ()>>(
+    pub(super) async fn on_both_backends<F: std::future::Future<Output = ()>>(
         name: &str,
         test: impl Fn(String) -> F,
     ) {
@@ -1802,7 +1659,7 @@ mod tests {
     /// loudly past the harness's capture, when no server answers at
     /// `JOINERY_TEST_POSTGRES_URL` (a failure instead with
     /// `JOINERY_REQUIRE_POSTGRES=1`).
-    async fn scratch_postgres(name: &str) -> Option<String> {
+    pub(super) async fn scratch_postgres(name: &str) -> Option<String> {
         use std::io::Write;
         let admin = std::env::var("JOINERY_TEST_POSTGRES_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
@@ -1932,11 +1789,11 @@ mod tests {
                 record("p2", "referral"),
             ],
         };
-        storage.commit_batch(&batch).await.unwrap();
+        storage.commit_batch(batch.clone()).await.unwrap();
         let after = storage.data_generation().await.unwrap();
         assert!(after > before, "a stored batch moves the generation");
         // A duplicate changes nothing.
-        storage.commit_batch(&batch).await.unwrap();
+        storage.commit_batch(batch).await.unwrap();
         assert_eq!(storage.data_generation().await.unwrap(), after);
         let read = storage
             .population(&mut crate::analytics::Interner::default())

@@ -340,7 +340,7 @@ async fn flush(storage: &Storage, source: &mut Source) -> anyhow::Result<()> {
     }
     source.batches += 1;
     storage
-        .commit_batch(&NewBatch {
+        .commit_batch(NewBatch {
             snapshot: None,
             organisation: source.organisation.to_owned(),
             batch_id: format!("{}-{}", source.dataset, source.batches),
