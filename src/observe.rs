@@ -28,6 +28,10 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
             joinery_gateway::metrics::ACK_LATENCY_BUCKETS,
         )?
         .set_buckets_for_metric(
+            Matcher::Full(joinery_gateway::metrics::COMMIT_GROUP_BATCHES.to_owned()),
+            joinery_gateway::metrics::COMMIT_GROUP_BUCKETS,
+        )?
+        .set_buckets_for_metric(
             Matcher::Full(joinery_gateway::metrics::LINKAGE_SECONDS.to_owned()),
             joinery_gateway::metrics::LINKAGE_SECONDS_BUCKETS,
         )?

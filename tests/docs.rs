@@ -15,6 +15,7 @@ fn every_metric_is_documented() {
         g::BATCHES,
         g::RECORDS,
         g::ACK_LATENCY,
+        g::COMMIT_GROUP_BATCHES,
         g::SESSIONS,
         g::HANDSHAKE_FAILURES,
         g::RETENTION_DELETED,

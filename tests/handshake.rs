@@ -254,6 +254,15 @@ async fn batches_are_stored_once_and_bad_batches_rejected() {
         );
     }
 
+    // The committed batch and the two duplicates went through the commit
+    // queue (the rejected ones did not), in as many groups as they waited.
+    let batches_committed: f64 = exposition
+        .lines()
+        .find_map(|line| line.strip_prefix("joinery_gateway_commit_group_batches_sum "))
+        .and_then(|value| value.parse().ok())
+        .expect("the commit groups' histogram is exposed");
+    assert_eq!(batches_committed, 3.0);
+
     // Liveness and readiness for orchestrators.
     assert!(
         http_get(&metrics, "/healthz").starts_with("HTTP/1.0 200")

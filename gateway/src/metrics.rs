@@ -7,6 +7,7 @@ use std::time::Duration;
 pub const BATCHES: &str = "joinery_gateway_batches_total";
 pub const RECORDS: &str = "joinery_gateway_records_stored_total";
 pub const ACK_LATENCY: &str = "joinery_gateway_ack_latency_seconds";
+pub const COMMIT_GROUP_BATCHES: &str = "joinery_gateway_commit_group_batches";
 pub const SESSIONS: &str = "joinery_gateway_sessions_total";
 pub const HANDSHAKE_FAILURES: &str = "joinery_gateway_tls_handshake_failures_total";
 pub const RETENTION_DELETED: &str = "joinery_gateway_retention_records_deleted_total";
@@ -35,6 +36,9 @@ pub const LINKAGE_SECONDS_BUCKETS: &[f64] = &[
 pub const ACK_LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
+
+/// Histogram buckets for the batches committed in one transaction.
+pub const COMMIT_GROUP_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0];
 
 /// The values the fixed-label counters take, each series shown at zero from
 /// the start (an alert on a rate needs the series before its first event).
@@ -87,6 +91,11 @@ pub fn describe() {
         ACK_LATENCY,
         metrics::Unit::Seconds,
         "Time from receiving a batch to sending its ack (validation, re-keying and commit)"
+    );
+    metrics::describe_histogram!(
+        COMMIT_GROUP_BATCHES,
+        metrics::Unit::Count,
+        "Batches committed in one transaction (all those waiting when a writer came free)"
     );
     metrics::describe_counter!(
         SESSIONS,
@@ -173,6 +182,10 @@ pub fn records_stored(organisation: &str, dataset: &str, count: u64) {
 
 pub fn ack_latency(elapsed: Duration) {
     metrics::histogram!(ACK_LATENCY).record(elapsed.as_secs_f64());
+}
+
+pub fn commit_group(batches: usize) {
+    metrics::histogram!(COMMIT_GROUP_BATCHES).record(batches as f64);
 }
 
 pub fn session(outcome: &'static str) {

@@ -152,6 +152,7 @@ impl Storage {
         if group.is_empty() {
             return;
         }
+        crate::metrics::commit_group(group.len());
         let _writing = match &self.write_lock {
             Some(lock) => Some(lock.lock().await),
             None => None,
