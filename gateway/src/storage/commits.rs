@@ -245,13 +245,16 @@ impl Storage {
             .enumerate()
             .map(|(index, record)| RecordRow::new(batch, index, record))
             .collect();
-        let inserted = RECORDS.insert(
-            self.backend,
-            "ON CONFLICT (person_id, organisation, record_key) DO NOTHING RETURNING record_index",
-            &records,
-        )?;
+        let inserted = RECORDS
+            .write_returning(
+                tx,
+                self.backend,
+                "ON CONFLICT (person_id, organisation, record_key) DO NOTHING RETURNING record_index",
+                &records,
+            )
+            .await?;
         let mut stored = HashSet::new();
-        for row in inserted.fetch_all(&mut **tx).await? {
+        for row in inserted {
             stored.insert(count(&row, "record_index")? as usize);
         }
 
@@ -384,6 +387,28 @@ mod tests {
             (1..11).contains(&generations),
             "11 batches stored in {generations} transactions: none grouped"
         );
+    }
+
+    /// A batch with more values than one SQLite statement may bind is
+    /// written in several, and every record it stores is reported.
+    #[tokio::test]
+    async fn a_batch_larger_than_one_statement_is_stored_whole() {
+        on_both_backends("group_commit_large", |url| async move {
+            let storage = Storage::open(&url).await.unwrap();
+            let records = (0..2_500)
+                .map(|r| bare_record(&format!("p{r}"), &format!("k{r}"), &format!("l{r}")))
+                .collect();
+            let outcome = storage
+                .commit_batch(la1_cin_batch("large", records))
+                .await
+                .unwrap();
+            assert_eq!(outcome, CommitOutcome::Committed(2_500));
+            assert_eq!(
+                number(&storage, "SELECT COUNT(*) FROM records").await,
+                2_500
+            );
+        })
+        .await;
     }
 
     /// A batch the database refuses (PostgreSQL stores no NUL in text)

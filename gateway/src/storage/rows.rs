@@ -1,11 +1,15 @@
 //! Many rows in one statement: on PostgreSQL one array per column, unnested
-//! (`unnest(CAST($1 AS text[]), CAST($2 AS bigint[]), …)`); on SQLite one
-//! JSON array of objects (`json_each`). A batch of a thousand records is
-//! one short statement, prepared once per connection, instead of a
-//! statement of fifteen thousand placeholders written, parsed and planned
-//! again for every batch (or, on SQLite, sixty statements of a few rows
-//! each). PostgreSQL reads arrays faster than JSON (which it parses twice,
-//! to check it and then to read it: docs/scaling.md).
+//! (`unnest(CAST($1 AS text[]), CAST($2 AS bigint[]), …)`). On SQLite,
+//! rows written are bound value by value (`VALUES (?, …), …`, in as many
+//! statements as its limit of 32,766 values needs), and rows a statement
+//! joins against travel as one JSON array of objects (`json_each`), which
+//! has no such limit. A batch of a thousand records is one short statement
+//! on PostgreSQL, prepared once per connection, instead of a statement of
+//! fifteen thousand placeholders written, parsed and planned again for
+//! every batch. PostgreSQL reads arrays faster than JSON (which it parses
+//! twice, to check it and then to read it); SQLite reads bound values
+//! faster than JSON, whose every row object it turns back into text to
+//! read (docs/scaling.md).
 //!
 //! Each table written this way is a [`Rows`]: its columns and their kinds,
 //! declared with the struct its rows are by [`table_rows!`], from one list
@@ -14,10 +18,19 @@
 use serde::Serialize;
 use sqlx::AnyConnection;
 use sqlx::AssertSqlSafe;
-use sqlx::any::{Any, AnyArguments};
+use sqlx::any::{Any, AnyArguments, AnyRow};
 use sqlx::query::Query;
 
 use super::Backend;
+
+/// Values bound to one SQLite statement, at most (SQLite's
+/// `SQLITE_MAX_VARIABLE_NUMBER` since 3.32).
+const SQLITE_VALUES: usize = 32_766;
+
+/// A JSON error as sqlx's.
+fn encode(e: serde_json::Error) -> sqlx::Error {
+    sqlx::Error::Encode(Box::new(e))
+}
 
 /// A column's type: how its values are written and read back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +73,14 @@ macro_rules! table_rows {
                     }
                 )+
             }
+
+            fn bind_to<'q>(
+                &self,
+                mut query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+            ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+                $(query = $crate::storage::rows::Cell::bind_to(&self.$column, query);)+
+                query
+            }
         }
 
         const $rows: $crate::storage::rows::Rows = $crate::storage::rows::Rows {
@@ -74,12 +95,15 @@ pub(super) use table_rows;
 pub(super) trait Row: Serialize {
     /// Appends each of its values to its column's array literal.
     fn append_to(&self, columns: &mut [String]);
+    /// Binds each of its values, in column order.
+    fn bind_to<'q>(&self, query: Query<'q, Any, AnyArguments>) -> Query<'q, Any, AnyArguments>;
 }
 
 /// A value as an element of a PostgreSQL array literal: text quoted (`"`
 /// and `\` escaped), numbers as they are, an absent value `NULL`.
 pub(super) trait Cell {
     fn append_to(&self, literal: &mut String);
+    fn bind_to<'q>(&self, query: Query<'q, Any, AnyArguments>) -> Query<'q, Any, AnyArguments>;
 }
 
 impl Cell for str {
@@ -94,17 +118,26 @@ impl Cell for str {
         }
         literal.push('"');
     }
+    fn bind_to<'q>(&self, query: Query<'q, Any, AnyArguments>) -> Query<'q, Any, AnyArguments> {
+        query.bind(self.to_owned())
+    }
 }
 
 impl Cell for &str {
     fn append_to(&self, literal: &mut String) {
         (**self).append_to(literal);
     }
+    fn bind_to<'q>(&self, query: Query<'q, Any, AnyArguments>) -> Query<'q, Any, AnyArguments> {
+        (**self).bind_to(query)
+    }
 }
 
 impl Cell for String {
     fn append_to(&self, literal: &mut String) {
         self.as_str().append_to(literal);
+    }
+    fn bind_to<'q>(&self, query: Query<'q, Any, AnyArguments>) -> Query<'q, Any, AnyArguments> {
+        self.as_str().bind_to(query)
     }
 }
 
@@ -115,22 +148,32 @@ impl<T: Cell> Cell for Option<T> {
             None => literal.push_str("NULL"),
         }
     }
+    fn bind_to<'q>(&self, query: Query<'q, Any, AnyArguments>) -> Query<'q, Any, AnyArguments> {
+        match self {
+            Some(value) => value.bind_to(query),
+            None => query.bind(None::<String>),
+        }
+    }
 }
 
 /// Numbers as Rust writes them: integers exactly, floats in the shortest
 /// form that reads back as the same value (`NaN` and `inf` too, which
 /// PostgreSQL reads as such).
 macro_rules! number_cell {
-    ($($ty:ty),+) => {
+    ($($ty:ty => $bind:ty),+) => {
         $(impl Cell for $ty {
             fn append_to(&self, literal: &mut String) {
                 use std::fmt::Write;
                 let _ = write!(literal, "{self}");
             }
+            #[allow(clippy::cast_possible_wrap, clippy::cast_lossless)]
+            fn bind_to<'q>(&self, query: Query<'q, Any, AnyArguments>) -> Query<'q, Any, AnyArguments> {
+                query.bind(*self as $bind)
+            }
         })+
     };
 }
-number_cell!(usize, u64, u32, i64, f64);
+number_cell!(usize => i64, u64 => i64, u32 => i64, i64 => i64, f64 => f64);
 
 /// A table's columns, as rows are written to it.
 pub(super) struct Rows {
@@ -171,25 +214,9 @@ impl Rows {
         }
     }
 
-    /// `INSERT INTO <table> (<columns>) SELECT … <tail>` with `rows` bound
-    /// (`tail`: an `ON CONFLICT` or `RETURNING` clause, or nothing).
-    pub fn insert<'q>(
-        &self,
-        backend: Backend,
-        tail: &str,
-        rows: &[impl Row],
-    ) -> Result<Query<'q, Any, AnyArguments>, sqlx::Error> {
-        let sql = format!(
-            "INSERT INTO {} ({}) {} {tail}",
-            self.table,
-            self.each(|name, _| name.to_owned()),
-            self.select(backend)
-        );
-        self.bind(backend, sql, rows)
-    }
-
-    /// Writes `rows` with [`Rows::insert`] on `connection`; no rows, no
-    /// statement.
+    /// Writes `rows` with `INSERT INTO <table> (<columns>) … <tail>` on
+    /// `connection` (`tail`: an `ON CONFLICT` clause, or nothing); no rows,
+    /// no statement.
     pub async fn write(
         &self,
         connection: &mut AnyConnection,
@@ -197,41 +224,102 @@ impl Rows {
         tail: &str,
         rows: &[impl Row],
     ) -> Result<(), sqlx::Error> {
-        if !rows.is_empty() {
-            self.insert(backend, tail, rows)?
-                .execute(connection)
+        for chunk in self.chunks(backend, rows) {
+            self.insert(backend, tail, chunk)?
+                .execute(&mut *connection)
                 .await?;
         }
         Ok(())
     }
 
+    /// [`Rows::write`] with a `RETURNING` clause in `tail`: the rows it
+    /// returns.
+    pub async fn write_returning(
+        &self,
+        connection: &mut AnyConnection,
+        backend: Backend,
+        tail: &str,
+        rows: &[impl Row],
+    ) -> Result<Vec<AnyRow>, sqlx::Error> {
+        let mut returned = Vec::new();
+        for chunk in self.chunks(backend, rows) {
+            returned.extend(
+                self.insert(backend, tail, chunk)?
+                    .fetch_all(&mut *connection)
+                    .await?,
+            );
+        }
+        Ok(returned)
+    }
+
+    /// `rows` in as many statements as SQLite's limit on bound values
+    /// needs; on PostgreSQL, one.
+    fn chunks<'r, R: Row>(&self, backend: Backend, rows: &'r [R]) -> std::slice::Chunks<'r, R> {
+        let per_statement = match backend {
+            Backend::Sqlite => SQLITE_VALUES / self.columns.len(),
+            Backend::Postgres => rows.len(),
+        };
+        rows.chunks(per_statement.max(1))
+    }
+
+    /// `INSERT INTO <table> (<columns>) SELECT … <tail>` with `rows` bound:
+    /// on PostgreSQL as [`Rows::bind`] binds them, on SQLite value by
+    /// value (`VALUES (?, …), …`), which SQLite reads without parsing
+    /// anything.
+    fn insert<'q>(
+        &self,
+        backend: Backend,
+        tail: &str,
+        rows: &[impl Row],
+    ) -> Result<Query<'q, Any, AnyArguments>, sqlx::Error> {
+        let columns = self.each(|name, _| name.to_owned());
+        match backend {
+            Backend::Postgres => {
+                let sql = format!(
+                    "INSERT INTO {} ({columns}) {} {tail}",
+                    self.table,
+                    self.select(backend)
+                );
+                self.bind(backend, sql, rows)
+            }
+            Backend::Sqlite => {
+                self.check_fields(rows)?;
+                let mut number = 0;
+                let values = self.each(|_, kind| {
+                    number += 1;
+                    match kind {
+                        Kind::Bytes => format!("unhex(column{number})"),
+                        _ => format!("column{number}"),
+                    }
+                });
+                let row = format!("({})", vec!["?"; self.columns.len()].join(", "));
+                // `WHERE true` tells SQLite's parser that an `ON CONFLICT`
+                // after it is the upsert's, not a join's.
+                let sql = format!(
+                    "INSERT INTO {} ({columns}) SELECT {values} FROM (VALUES {}) WHERE true {tail}",
+                    self.table,
+                    vec![row; rows.len()].join(", ")
+                );
+                let mut query = sqlx::query(AssertSqlSafe(sql));
+                for row in rows {
+                    query = row.bind_to(query);
+                }
+                Ok(query)
+            }
+        }
+    }
+
     /// `sql`, which reads [`Rows::select`], with `rows` bound: an array
-    /// literal per column on PostgreSQL, one JSON array on SQLite. In debug
-    /// builds (and so in every test), rows whose fields are not exactly
-    /// these columns (another table's rows) are a panic.
+    /// literal per column on PostgreSQL, one JSON array on SQLite (any
+    /// number of rows in one statement, as a join needs). Checked as
+    /// [`Rows::check_fields`] checks.
     pub fn bind<'q>(
         &self,
         backend: Backend,
         sql: String,
         rows: &[impl Row],
     ) -> Result<Query<'q, Any, AnyArguments>, sqlx::Error> {
-        let encode = |e: serde_json::Error| sqlx::Error::Encode(Box::new(e));
-        #[cfg(debug_assertions)]
-        if let Some(first) = rows.first() {
-            let value = serde_json::to_value(first).map_err(encode)?;
-            let mut fields: Vec<&str> = value
-                .as_object()
-                .map(|o| o.keys().map(String::as_str).collect())
-                .unwrap_or_default();
-            let mut columns: Vec<&str> = self.columns.iter().map(|&(name, _)| name).collect();
-            fields.sort_unstable();
-            columns.sort_unstable();
-            assert_eq!(
-                fields, columns,
-                "rows for {} carry other fields",
-                self.table
-            );
-        }
+        self.check_fields(rows)?;
         let mut query = sqlx::query(AssertSqlSafe(sql));
         match backend {
             Backend::Postgres => {
@@ -250,6 +338,30 @@ impl Rows {
             Backend::Sqlite => query = query.bind(serde_json::to_string(rows).map_err(encode)?),
         }
         Ok(query)
+    }
+
+    /// In debug builds (and so in every test), rows whose fields are not
+    /// exactly these columns (another table's rows) are a panic.
+    fn check_fields(&self, rows: &[impl Row]) -> Result<(), sqlx::Error> {
+        #[cfg(debug_assertions)]
+        if let Some(first) = rows.first() {
+            let value = serde_json::to_value(first).map_err(encode)?;
+            let mut fields: Vec<&str> = value
+                .as_object()
+                .map(|o| o.keys().map(String::as_str).collect())
+                .unwrap_or_default();
+            let mut columns: Vec<&str> = self.columns.iter().map(|&(name, _)| name).collect();
+            fields.sort_unstable();
+            columns.sort_unstable();
+            assert_eq!(
+                fields, columns,
+                "rows for {} carry other fields",
+                self.table
+            );
+        }
+        #[cfg(not(debug_assertions))]
+        let _ = rows;
+        Ok(())
     }
 
     /// Every column written as `each` writes it, comma-separated.
