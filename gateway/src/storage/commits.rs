@@ -13,7 +13,7 @@
 //! [`GROUP_RECORDS`] records.
 
 use std::collections::HashSet;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::{Semaphore, oneshot};
 
@@ -50,10 +50,16 @@ impl Commits {
         }
     }
 
+    /// The queue (a panic while it was held left it whole: each change is
+    /// one push or one drain).
+    fn waiting(&self) -> MutexGuard<'_, Vec<Waiting>> {
+        self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// The batches waiting longest, up to [`GROUP_RECORDS`] records (and
     /// at least one batch, if any waits).
     fn take_group(&self) -> Vec<Waiting> {
-        let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut waiting = self.waiting();
         let mut records = 0;
         let mut taken = 0;
         for next in waiting.iter() {
@@ -128,11 +134,7 @@ impl Storage {
     /// holding it has committed.
     pub async fn commit_batch(&self, batch: NewBatch) -> Result<CommitOutcome, StorageError> {
         let (outcome, committed) = oneshot::channel();
-        self.commits
-            .waiting
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(Waiting { batch, outcome });
+        self.commits.waiting().push(Waiting { batch, outcome });
         // A writer for every batch queued, each taking what waits when it
         // starts (so none is left behind), spawned so that a group is
         // finished even if the caller that queued it goes away.

@@ -166,7 +166,6 @@ macro_rules! number_cell {
                 use std::fmt::Write;
                 let _ = write!(literal, "{self}");
             }
-            #[allow(clippy::cast_possible_wrap, clippy::cast_lossless)]
             fn bind_to<'q>(&self, query: Query<'q, Any, AnyArguments>) -> Query<'q, Any, AnyArguments> {
                 query.bind(*self as $bind)
             }
