@@ -4,9 +4,10 @@
 //! file under the data directory, the default) and PostgreSQL (production).
 //! Each backend has its own migrations folder; queries use `$N` placeholders,
 //! which both accept. A batch, its records and its events are written in one
-//! transaction (with the other batches waiting then: [`commits`]), and a batch already stored for the same organisation is
-//! recognised by its primary key and never stored twice. Every change of
-//! data is audited in the same transaction ([`crate::audit`]).
+//! transaction (with the other batches waiting then: `commits`), and a
+//! batch already stored for the same organisation is recognised by its
+//! primary key and never stored twice. Every change of data is audited in
+//! the same transaction ([`crate::audit`]).
 
 mod commits;
 mod linkage;
@@ -183,7 +184,7 @@ pub struct Storage {
     /// SQLite allows one writer at a time; queueing writers here is fairer
     /// and faster than SQLite's sleep-and-retry busy handler.
     write_lock: Option<Arc<Mutex<()>>>,
-    /// Batches waiting to be committed ([`commits`]).
+    /// Batches waiting to be committed (`commits`).
     commits: Arc<commits::Commits>,
 }
 
