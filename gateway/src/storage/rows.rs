@@ -99,8 +99,10 @@ pub(super) trait Row: Serialize {
     fn bind_to<'q>(&self, query: Query<'q, Any, AnyArguments>) -> Query<'q, Any, AnyArguments>;
 }
 
-/// A value as an element of a PostgreSQL array literal: text quoted (`"`
-/// and `\` escaped), numbers as they are, an absent value `NULL`.
+/// A value written into a statement: on PostgreSQL as an element of an
+/// array literal (`append_to`: text quoted, `"` and `\` escaped, numbers
+/// as they are, an absent value `NULL`); on SQLite bound on its own
+/// (`bind_to`: integers as `i64`, an absent value as NULL).
 pub(super) trait Cell {
     fn append_to(&self, literal: &mut String);
     fn bind_to<'q>(&self, query: Query<'q, Any, AnyArguments>) -> Query<'q, Any, AnyArguments>;
