@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "joinery/v1/query.proto",
         "joinery/v1/audit.proto",
         "joinery/v1/keyholder.proto",
+        "joinery/v1/shard.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

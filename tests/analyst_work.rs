@@ -55,7 +55,10 @@ async fn examples_and_indicators_answer_within_the_protection() {
         .await
         .unwrap();
     let people = storage
-        .population(&mut joinery_gateway::analytics::Interner::default())
+        .population(
+            &mut joinery_gateway::analytics::Interner::default(),
+            joinery_gateway::analytics::Shard::WHOLE,
+        )
         .await
         .unwrap()
         .people;

@@ -92,13 +92,24 @@ async fn catch_up(
     interner: &mut Interner,
 ) -> ((i64, Population), usize) {
     let changes = storage
-        .population_changes(held.0, usize::MAX, interner)
+        .population_changes(
+            held.0,
+            usize::MAX,
+            interner,
+            joinery_gateway::analytics::Shard::WHOLE,
+        )
         .await
         .unwrap()
         .expect("the change log reaches back");
     let read_again = changes.keys.len();
     let updated = held.1.updated(&changes.keys, changes.people);
-    let fresh = storage.population(&mut Interner::default()).await.unwrap();
+    let fresh = storage
+        .population(
+            &mut Interner::default(),
+            joinery_gateway::analytics::Shard::WHOLE,
+        )
+        .await
+        .unwrap();
     assert_eq!(changes.generation, fresh.generation);
     let fresh = Population::new(fresh.people);
     assert_eq!(
@@ -120,7 +131,10 @@ async fn changes_equal_a_fresh_read(url: &str) {
         .await
         .unwrap();
     let mut interner = Interner::default();
-    let first = storage.population(&mut interner).await.unwrap();
+    let first = storage
+        .population(&mut interner, joinery_gateway::analytics::Shard::WHOLE)
+        .await
+        .unwrap();
     assert_eq!(first.people.len(), 80);
     let mut held = (first.generation, Population::new(first.people));
 
@@ -233,13 +247,23 @@ async fn changes_equal_a_fresh_read(url: &str) {
     storage.prune_population_changes(0).await.unwrap();
     assert!(
         storage
-            .population_changes(stale, usize::MAX, &mut interner)
+            .population_changes(
+                stale,
+                usize::MAX,
+                &mut interner,
+                joinery_gateway::analytics::Shard::WHOLE
+            )
             .await
             .unwrap()
             .is_none()
     );
     let current = storage
-        .population_changes(held.0, usize::MAX, &mut interner)
+        .population_changes(
+            held.0,
+            usize::MAX,
+            &mut interner,
+            joinery_gateway::analytics::Shard::WHOLE,
+        )
         .await
         .unwrap()
         .expect("nothing changed since the latest generation");
@@ -251,7 +275,12 @@ async fn changes_equal_a_fresh_read(url: &str) {
         .unwrap();
     assert!(
         storage
-            .population_changes(held.0, 9, &mut interner)
+            .population_changes(
+                held.0,
+                9,
+                &mut interner,
+                joinery_gateway::analytics::Shard::WHOLE
+            )
             .await
             .unwrap()
             .is_none()

@@ -155,7 +155,10 @@ async fn attack(d: &Deployment, address: &str, cert: (PathBuf, PathBuf)) {
         .await
         .unwrap();
     let people = storage
-        .population(&mut joinery_gateway::analytics::Interner::default())
+        .population(
+            &mut joinery_gateway::analytics::Interner::default(),
+            joinery_gateway::analytics::Shard::WHOLE,
+        )
         .await
         .unwrap()
         .people;

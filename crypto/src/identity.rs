@@ -3,7 +3,10 @@
 //!
 //! - `urn:joinery:org:CODE` — an agency (ODS or local-authority code), which
 //!   may deliver data;
-//! - `urn:joinery:analyst:NAME` — an analyst, who may query.
+//! - `urn:joinery:analyst:NAME` — an analyst, who may query;
+//! - `urn:joinery:gateway:NAME` — a gateway answering from the gateways
+//!   that each hold a shard of the population, which may ask them for
+//!   their parts of a table (never for a released answer).
 //!
 //! The gateway takes identity only from the verified certificate, never from
 //! anything the client sends.
@@ -14,12 +17,14 @@ use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 const ORG_PREFIX: &str = "urn:joinery:org:";
 const ANALYST_PREFIX: &str = "urn:joinery:analyst:";
+const GATEWAY_PREFIX: &str = "urn:joinery:gateway:";
 
 /// The party a certificate was issued to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum PeerIdentity {
     Organisation(OrganisationCode),
     Analyst(String),
+    Gateway(String),
 }
 
 /// An agency's ODS or local-authority code, as its certificate names it:
@@ -92,7 +97,9 @@ pub enum IdentityError {
     NotX509,
     #[error("certificate must carry exactly one URI subject alternative name, found {0}")]
     UriSanCount(usize),
-    #[error("certificate URI SAN is not urn:joinery:org:CODE or urn:joinery:analyst:NAME")]
+    #[error(
+        "certificate URI SAN is not urn:joinery:org:CODE, urn:joinery:analyst:NAME or urn:joinery:gateway:NAME"
+    )]
     UnknownUri,
     #[error(
         "organisation code must be 2 to 12 upper-case letters or digits (an ODS or local-authority code)"
@@ -100,15 +107,24 @@ pub enum IdentityError {
     BadOrganisationCode,
     #[error("analyst name must be 1 to 64 letters, digits, '.', '-' or '_'")]
     BadAnalystName,
+    #[error("gateway name must be 1 to 64 letters, digits, '.', '-' or '_'")]
+    BadGatewayName,
+}
+
+/// Whether `name` is 1–64 of `[A-Za-z0-9._-]`, as analyst and gateway
+/// names are.
+fn is_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
 }
 
 /// Checks an analyst name: 1–64 of `[A-Za-z0-9._-]`.
 pub fn validate_analyst_name(name: &str) -> Result<(), IdentityError> {
-    let ok = (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
-    ok.then_some(()).ok_or(IdentityError::BadAnalystName)
+    is_name(name)
+        .then_some(())
+        .ok_or(IdentityError::BadAnalystName)
 }
 
 impl PeerIdentity {
@@ -117,6 +133,7 @@ impl PeerIdentity {
         match self {
             Self::Organisation(code) => format!("{ORG_PREFIX}{code}"),
             Self::Analyst(name) => format!("{ANALYST_PREFIX}{name}"),
+            Self::Gateway(name) => format!("{GATEWAY_PREFIX}{name}"),
         }
     }
 
@@ -127,6 +144,10 @@ impl PeerIdentity {
         } else if let Some(name) = uri.strip_prefix(ANALYST_PREFIX) {
             validate_analyst_name(name)?;
             Ok(Self::Analyst(name.to_owned()))
+        } else if let Some(name) = uri.strip_prefix(GATEWAY_PREFIX) {
+            is_name(name)
+                .then(|| Self::Gateway(name.to_owned()))
+                .ok_or(IdentityError::BadGatewayName)
         } else {
             Err(IdentityError::UnknownUri)
         }
@@ -160,6 +181,7 @@ impl fmt::Display for PeerIdentity {
         match self {
             Self::Organisation(code) => write!(f, "organisation {code}"),
             Self::Analyst(name) => write!(f, "analyst {name}"),
+            Self::Gateway(name) => write!(f, "gateway {name}"),
         }
     }
 }
@@ -173,6 +195,7 @@ mod tests {
         for id in [
             PeerIdentity::Organisation("RXX01".parse().unwrap()),
             PeerIdentity::Analyst("a.analyst".into()),
+            PeerIdentity::Gateway("answering-1".into()),
         ] {
             assert_eq!(PeerIdentity::from_uri(&id.to_uri()).unwrap(), id);
         }
@@ -195,6 +218,10 @@ mod tests {
         assert_eq!(
             PeerIdentity::from_uri("urn:joinery:analyst:a b"),
             Err(IdentityError::BadAnalystName)
+        );
+        assert_eq!(
+            PeerIdentity::from_uri("urn:joinery:gateway:"),
+            Err(IdentityError::BadGatewayName)
         );
     }
 }

@@ -144,6 +144,9 @@ impl CertificateAuthority {
             PeerIdentity::Analyst(name) => {
                 (format!("Joinery analyst {name}"), format!("analyst-{name}"))
             }
+            PeerIdentity::Gateway(name) => {
+                (format!("Joinery gateway {name}"), format!("gateway-{name}"))
+            }
         };
         let mut params = leaf_params(&label, validity)?;
         params.subject_alt_names = vec![SanType::URI(identity.to_uri().try_into()?)];

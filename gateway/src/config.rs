@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use joinery_crypto::tls::TlsFiles;
 
+use crate::analytics::Shard;
+
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
     /// Address for gRPC over mutual TLS.
@@ -34,6 +36,28 @@ pub struct GatewayConfig {
     pub audit_key_file: Option<PathBuf>,
     /// How often the audit chain head is signed (also at shutdown).
     pub checkpoint_interval: Duration,
+    /// Which of the linked population the gateway holds for answers.
+    pub answering: Answering,
+}
+
+/// Which of the linked population a gateway holds in memory for answers
+/// (`docs/scaling.md`, "Past one gateway").
+#[derive(Debug, Clone, Default)]
+pub enum Answering {
+    /// Everyone: it answers analysts from what it holds.
+    #[default]
+    Whole,
+    /// One shard's people, for the gateways that answer from shards; it
+    /// answers no analyst itself.
+    Shard(Shard),
+    /// Nobody: it answers analysts from the parts the gateways at
+    /// `addresses` (`host:port`, one per shard) send, reached over mutual
+    /// TLS with `tls` (the deployment CA and a gateway certificate,
+    /// `joinery pki issue --gateway NAME`).
+    FromShards {
+        addresses: Vec<String>,
+        tls: TlsFiles,
+    },
 }
 
 /// Bounds that keep one client from exhausting the gateway.

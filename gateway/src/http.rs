@@ -124,7 +124,11 @@ fn refusal(refused: &QueryError) -> Response {
         QueryError::Forbidden(_) => StatusCode::FORBIDDEN,
         QueryError::BudgetSpent(_) => StatusCode::TOO_MANY_REQUESTS,
         QueryError::Corrupt(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        QueryError::Unavailable(_) | QueryError::Noise(_) => StatusCode::SERVICE_UNAVAILABLE,
+        QueryError::Unavailable(_)
+        | QueryError::Noise(_)
+        | QueryError::Shards(_)
+        | QueryError::MovedOn => StatusCode::SERVICE_UNAVAILABLE,
+        QueryError::NotAnswering(_) => StatusCode::MISDIRECTED_REQUEST,
     };
     error(code, &refused.to_string())
 }

@@ -131,6 +131,10 @@ impl Admission {
         let (class, key) = match &identity.identity {
             Ok(PeerIdentity::Organisation(code)) => (Class::Agency, format!("org:{code}")),
             Ok(PeerIdentity::Analyst(name)) => (Class::Analyst, format!("analyst:{name}")),
+            // An answering gateway asking for a shard's part: with the
+            // agencies, so a crowd of analysts cannot shut out the path
+            // their own answers take.
+            Ok(PeerIdentity::Gateway(name)) => (Class::Agency, format!("gateway:{name}")),
             // Refused on its first request; counted with analysts meanwhile.
             Err(_) => (Class::Analyst, "unnamed".to_owned()),
         };

@@ -12,16 +12,18 @@ use joinery_policies::SignedAgreement;
 use joinery_proto::v1::audit_server::AuditServer;
 use joinery_proto::v1::ingest_server::IngestServer;
 use joinery_proto::v1::query_server::QueryServer;
+use joinery_proto::v1::shard_server::ShardServer;
 use tokio::net::TcpListener;
 use tonic::codec::CompressionEncoding;
 use tonic::transport::Server;
 
 use crate::agreements::{Agreements, LiveAgreements};
 use crate::audit::{AuditRecord, AuditService};
+use crate::config::Answering;
 use crate::config::GatewayConfig;
 use crate::ingest::IngestService;
 use crate::listener;
-use crate::query::QueryService;
+use crate::query::{QueryService, Source};
 use crate::rekey::Rekeyer;
 use crate::storage::{Storage, StorageError};
 use crate::tls_reload::TlsReloader;
@@ -147,6 +149,8 @@ pub struct Gateway {
     audit_key: Arc<SigningKey>,
     /// The listener's overload manager (readiness reads its saturation).
     admission: Arc<listener::Admission>,
+    /// Where answers read the linked population.
+    population: crate::query::Source,
 }
 
 impl Gateway {
@@ -169,6 +173,11 @@ impl Gateway {
         }
         let agreements = LiveAgreements::new(&config.agreements_dir(), agreements);
         let tls = Arc::new(TlsReloader::new(config.tls.clone())?);
+        let population = match &config.answering {
+            Answering::Whole => Source::whole(),
+            Answering::Shard(shard) => Source::shard(*shard),
+            Answering::FromShards { addresses, tls } => Source::shards(addresses, tls)?,
+        };
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -185,6 +194,7 @@ impl Gateway {
             storage,
             agreements,
             audit_key,
+            population,
         })
     }
 
@@ -213,6 +223,7 @@ impl Gateway {
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<IngestServer<IngestService>>().await;
         health.set_serving::<QueryServer<QueryService>>().await;
+        health.set_serving::<ShardServer<QueryService>>().await;
 
         let ingest = IngestServer::new(IngestService::new(
             self.storage.clone(),
@@ -226,8 +237,10 @@ impl Gateway {
             self.storage.clone(),
             self.agreements.clone(),
             self.rekeyer.clone(),
+            self.population,
         ));
         let query = QueryServer::from_arc(Arc::clone(&query_service));
+        let shard = ShardServer::from_arc(Arc::clone(&query_service));
         let incoming = listener::incoming(self.listener, self.tls, Arc::clone(&self.admission));
         let mut background = crate::background::Supervisor::default();
         let (storage, agreements) = (self.storage.clone(), self.agreements.clone());
@@ -255,6 +268,7 @@ impl Gateway {
         let routes = tonic::service::Routes::new(health_service)
             .add_service(ingest)
             .add_service(query)
+            .add_service(shard)
             .add_service(audit)
             .into_axum_router()
             .merge(crate::http::routes(query_service));

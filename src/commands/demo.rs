@@ -178,6 +178,7 @@ impl DemoArgs {
             linkage_failures_before_unready: 3,
             audit_key_file: None,
             checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
+            answering: Default::default(),
         })
         .await?;
         let address = gateway.local_addr().to_string();

@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use crate::commands::TlsArgs;
 use clap::{Args, Subcommand};
+use joinery_crypto::tls::TlsFiles;
 use joinery_gateway::agreements::Agreements;
+use joinery_gateway::analytics::Shard;
 use joinery_gateway::config::{
-    DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_LINKAGE_INTERVAL, DEFAULT_RETENTION_INTERVAL,
+    Answering, DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_LINKAGE_INTERVAL, DEFAULT_RETENTION_INTERVAL,
 };
 use joinery_gateway::storage::Storage;
 use joinery_gateway::{Gateway, GatewayConfig, Limits};
@@ -229,6 +231,62 @@ pub struct ServeArgs {
     /// Ingest sessions one organisation may hold at once.
     #[arg(long, default_value_t = Limits::default().max_sessions_per_organisation, env = "JOINERY_MAX_SESSIONS_PER_ORGANISATION")]
     max_sessions_per_organisation: usize,
+    #[command(flatten)]
+    shards: ShardArgs,
+}
+
+/// Where the linked population outgrows one gateway's memory
+/// (docs/scaling.md, "Past one gateway"): gateways that each hold one shard
+/// of it, and gateways that answer analysts from them.
+#[derive(Debug, Args)]
+struct ShardArgs {
+    /// Hold only shard I of N of the linked population in memory (I/N, as
+    /// 0/4), for the gateways that answer from shards; this gateway then
+    /// answers no analyst itself.
+    #[arg(
+        long,
+        env = "JOINERY_HOLDS_SHARD",
+        conflicts_with = "answer_from_shards"
+    )]
+    holds_shard: Option<Shard>,
+    /// Hold nobody, and answer analysts from the gateways holding each
+    /// shard: their host:port, one per shard, comma-separated (the host is
+    /// the name their certificates are checked against).
+    #[arg(
+        long,
+        env = "JOINERY_ANSWER_FROM_SHARDS",
+        value_delimiter = ',',
+        requires_all = ["shard_tls_cert", "shard_tls_key"]
+    )]
+    answer_from_shards: Vec<String>,
+    /// The certificate this gateway shows the shards (joinery pki issue
+    /// --gateway NAME); checked against --tls-ca like every other.
+    #[arg(long, env = "JOINERY_SHARD_TLS_CERT")]
+    shard_tls_cert: Option<PathBuf>,
+    /// Its private key.
+    #[arg(long, env = "JOINERY_SHARD_TLS_KEY")]
+    shard_tls_key: Option<PathBuf>,
+}
+
+impl ShardArgs {
+    /// Which of the population the gateway holds; `ca` is the deployment CA.
+    fn answering(self, ca: &std::path::Path) -> Answering {
+        match (self.holds_shard, self.shard_tls_cert, self.shard_tls_key) {
+            (Some(shard), ..) => Answering::Shard(shard),
+            (None, Some(cert), Some(key)) if !self.answer_from_shards.is_empty() => {
+                Answering::FromShards {
+                    addresses: self.answer_from_shards,
+                    tls: TlsFiles {
+                        ca: ca.to_owned(),
+                        cert,
+                        key,
+                        crl: None,
+                    },
+                }
+            }
+            _ => Answering::Whole,
+        }
+    }
 }
 
 impl GatewayCommand {
@@ -273,6 +331,7 @@ impl GatewayCommand {
             linkage_failures_before_unready: args.linkage_failures_before_unready.max(1),
             audit_key_file: args.audit_key_file,
             checkpoint_interval: Duration::from_secs(args.checkpoint_interval_secs.max(1)),
+            answering: args.shards.answering(&args.tls.files(None).ca),
             tls: args.tls.files(args.tls_crl),
             limits: Limits {
                 max_message_bytes: args.max_message_bytes,

@@ -22,7 +22,8 @@ pub enum PkiCommand {
         #[arg(long, default_value_t = 3650)]
         days: i64,
     },
-    /// Issue a client certificate: for an agency's agent (--org) or an analyst (--analyst).
+    /// Issue a client certificate: for an agency's agent (--org), an analyst
+    /// (--analyst), or a gateway that answers from shards (--gateway).
     Issue {
         #[command(flatten)]
         dir: PkiDir,
@@ -31,7 +32,8 @@ pub enum PkiCommand {
         /// Lifetime in days (short lifetimes limit the harm of a lost key).
         #[arg(long, default_value_t = 90)]
         days: i64,
-        /// Where to write CODE.pem and CODE.key (default: --dir/agents or --dir/analysts).
+        /// Where to write CODE.pem and CODE.key (default: --dir/agents,
+        /// --dir/analysts or --dir/gateways).
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -96,6 +98,10 @@ pub struct ClientIdentity {
     /// The analyst's user name.
     #[arg(long)]
     analyst: Option<String>,
+    /// The name of a gateway that answers from the gateways holding each
+    /// shard of the population (`gateway serve --answer-from-shards`).
+    #[arg(long)]
+    gateway: Option<String>,
 }
 
 impl PkiCommand {
@@ -118,10 +124,17 @@ impl PkiCommand {
                 out,
             } => {
                 let ca = CertificateAuthority::load(&dir.dir)?;
-                let (identity, default_out) = match (who.org, who.analyst) {
-                    (Some(code), _) => (PeerIdentity::Organisation(code), dir.dir.join("agents")),
-                    (None, Some(name)) => (PeerIdentity::Analyst(name), dir.dir.join("analysts")),
-                    (None, None) => anyhow::bail!("give --org CODE or --analyst NAME"),
+                let (identity, default_out) = match (who.org, who.analyst, who.gateway) {
+                    (Some(code), ..) => (PeerIdentity::Organisation(code), dir.dir.join("agents")),
+                    (None, Some(name), _) => {
+                        (PeerIdentity::Analyst(name), dir.dir.join("analysts"))
+                    }
+                    (None, None, Some(name)) => {
+                        (PeerIdentity::Gateway(name), dir.dir.join("gateways"))
+                    }
+                    (None, None, None) => {
+                        anyhow::bail!("give --org CODE, --analyst NAME or --gateway NAME")
+                    }
                 };
                 let issued = ca.issue_client(
                     &identity,

@@ -24,7 +24,7 @@ pub mod table;
 
 pub use cohort::matches;
 pub use explain::{describe, explain};
-pub use population::{Interner, Person, PersonEvent, Population, Text};
+pub use population::{Interner, Person, PersonEvent, Population, Shard, Text};
 pub use table::{
     Axis, CellData, Labels, MemberRow, OTHER, SEGMENTS, Tabulation, measure_name, members,
     population_labels, stratum, table_json, tabulate,

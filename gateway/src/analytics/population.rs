@@ -35,6 +35,54 @@ pub struct Person {
     pub events: Vec<PersonEvent>,
 }
 
+/// Which people a gateway holds for answers: shard `index` of `count`, the
+/// people whose [`Person::key`] leaves `index` divided by `count`. A
+/// person's key is a digest of their spine id, so all their records fall in
+/// one shard, and shards are about equal in size. [`Shard::WHOLE`] holds
+/// everyone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: u32,
+    pub count: u32,
+}
+
+impl Shard {
+    /// Everyone: the one shard of one.
+    pub const WHOLE: Shard = Shard { index: 0, count: 1 };
+
+    /// Shard `index` of `count`; `None` unless `index < count`.
+    pub fn new(index: u32, count: u32) -> Option<Self> {
+        (index < count).then_some(Self { index, count })
+    }
+
+    /// Whether the person known by `spine_id` is in this shard.
+    pub fn holds(&self, spine_id: &str) -> bool {
+        self.count <= 1 || Person::key_of(spine_id) % u64::from(self.count) == u64::from(self.index)
+    }
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+
+    /// `I/N`: shard I (from 0) of N.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let expected =
+            || format!("{text:?} is not a shard: expected I/N, shard I (from 0) of N, as 0/4");
+        let (index, count) = text.split_once('/').ok_or_else(expected)?;
+        let (index, count) = (
+            index.trim().parse().map_err(|_| expected())?,
+            count.trim().parse().map_err(|_| expected())?,
+        );
+        Self::new(index, count).ok_or_else(expected)
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
 /// The linked population held in memory: each person behind their own
 /// pointer, so bringing it up to date after a delivery
 /// ([`Population::updated`]) copies pointers, not people, and answers under

@@ -256,6 +256,28 @@ pub enum Axis {
 }
 
 impl Tabulation {
+    /// Adds `part`: the same question tabulated over other people (another
+    /// shard's), with the same rows and columns; says what differs when
+    /// they are not.
+    pub fn add(&mut self, part: &Tabulation) -> Result<(), String> {
+        if part.rows != self.rows || part.columns != self.columns {
+            return Err(format!(
+                "a part has {} rows and {} columns where the table has {} and {}, or other labels",
+                part.rows.len(),
+                part.columns.len(),
+                self.rows.len(),
+                self.columns.len()
+            ));
+        }
+        for (row, part_row) in self.cells.iter_mut().zip(&part.cells) {
+            for (cell, part_cell) in row.iter_mut().zip(part_row) {
+                cell.add(part_cell);
+            }
+        }
+        self.cohort_size += part.cohort_size;
+        Ok(())
+    }
+
     /// People per cell.
     pub fn counts(&self) -> Vec<Vec<u64>> {
         self.table(|c| c.people)

@@ -24,6 +24,18 @@ pub enum QueryError {
     Noise(#[from] NoiseError),
     #[error("a kept release could not be read")]
     Corrupt(#[from] prost::DecodeError),
+    /// This gateway holds one shard of the population and answers only
+    /// the gateways that answer from shards.
+    #[error("{0}")]
+    NotAnswering(String),
+    /// The gateways holding the shards could not all be heard from, or
+    /// disagree about which shard each holds.
+    #[error("{0}")]
+    Shards(String),
+    /// A shard holds newer data than the generation the answer was being
+    /// worked out at; it is worked out again at the newer one.
+    #[error("the data moved on while the shards were asked")]
+    MovedOn,
 }
 
 impl QueryError {
@@ -50,7 +62,11 @@ impl From<QueryError> for tonic::Status {
             QueryError::Forbidden(_) => Self::permission_denied(message),
             QueryError::Invalid(_) => Self::invalid_argument(message),
             QueryError::BudgetSpent(_) => Self::resource_exhausted(message),
-            QueryError::Unavailable(_) | QueryError::Noise(_) => Self::unavailable(message),
+            QueryError::Unavailable(_)
+            | QueryError::Noise(_)
+            | QueryError::Shards(_)
+            | QueryError::MovedOn => Self::unavailable(message),
+            QueryError::NotAnswering(_) => Self::failed_precondition(message),
             QueryError::Corrupt(ref e) => {
                 tracing::error!(error = %e, "a kept release does not decode");
                 Self::internal(message)

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use tokio::sync::Mutex;
 
-use crate::analytics::{Interner, Population};
+use crate::analytics::{Interner, Population, Shard};
 use crate::storage::{Storage, StorageError};
 
 /// How many changed person ids are read as changes, at most, for a
@@ -34,12 +34,14 @@ pub(super) struct Loaded {
     pub newer_data_pending: bool,
 }
 
-/// The population held, shared by every answer.
-#[derive(Clone, Default)]
+/// The population held (everyone, or one shard's people), shared by every
+/// answer.
+#[derive(Clone)]
 pub(super) struct Held(Arc<Mutex<State>>);
 
-#[derive(Default)]
 struct State {
+    /// Whose people are held.
+    shard: Shard,
     loaded: Option<(i64, Arc<Population>)>,
     /// An update is under way (it has taken the interner).
     updating: bool,
@@ -48,13 +50,25 @@ struct State {
 }
 
 impl Held {
+    /// Holds the people of `shard` ([`Shard::WHOLE`]: everyone), loaded
+    /// when first asked for.
+    pub fn new(shard: Shard) -> Self {
+        Self(Arc::new(Mutex::new(State {
+            shard,
+            loaded: None,
+            updating: false,
+            interner: Interner::default(),
+        })))
+    }
+
     /// The population as held: loaded on first use (the caller waits), then
     /// from memory, with an update started when the data has moved on.
     pub async fn get(&self, storage: &Storage) -> Result<Loaded, StorageError> {
         let generation = storage.data_generation().await?;
         let mut state = self.0.lock().await;
         let Some((at, population)) = &state.loaded else {
-            let read = storage.population(&mut state.interner).await?;
+            let shard = state.shard;
+            let read = storage.population(&mut state.interner, shard).await?;
             let population = Arc::new(Population::new(read.people));
             state.loaded = Some((read.generation, Arc::clone(&population)));
             return Ok(Loaded {
@@ -73,8 +87,9 @@ impl Held {
             let mut interner = std::mem::take(&mut state.interner);
             let (held, storage) = (self.clone(), storage.clone());
             let (at, population) = (loaded.generation, Arc::clone(&loaded.population));
+            let shard = state.shard;
             tokio::spawn(async move {
-                let updated = catch_up(&storage, at, &population, &mut interner).await;
+                let updated = catch_up(&storage, at, &population, &mut interner, shard).await;
                 let mut state = held.0.lock().await;
                 state.updating = false;
                 state.interner = interner;
@@ -98,24 +113,28 @@ async fn catch_up(
     at: i64,
     population: &Population,
     interner: &mut Interner,
+    shard: Shard,
 ) -> Result<(i64, Arc<Population>), StorageError> {
     let started = Instant::now();
-    let limit = most_changed(population.people().len());
-    let (generation, updated, everyone, read) =
-        match storage.population_changes(at, limit, interner).await? {
-            Some(changes) => {
-                let read = changes.people.len();
-                let updated = population.updated(&changes.keys, changes.people);
-                (changes.generation, updated, false, read)
-            }
-            None => {
-                // A fresh interner: texts no one holds any more are let go.
-                *interner = Interner::default();
-                let read = storage.population(interner).await?;
-                let people = read.people.len();
-                (read.generation, Population::new(read.people), true, people)
-            }
-        };
+    // The change log counts every shard's people.
+    let limit = most_changed(population.people().len() * shard.count as usize);
+    let (generation, updated, everyone, read) = match storage
+        .population_changes(at, limit, interner, shard)
+        .await?
+    {
+        Some(changes) => {
+            let read = changes.people.len();
+            let updated = population.updated(&changes.keys, changes.people);
+            (changes.generation, updated, false, read)
+        }
+        None => {
+            // A fresh interner: texts no one holds any more are let go.
+            *interner = Interner::default();
+            let read = storage.population(interner, shard).await?;
+            let people = read.people.len();
+            (read.generation, Population::new(read.people), true, people)
+        }
+    };
     crate::metrics::population_updated(everyone, read);
     tracing::info!(
         generation,

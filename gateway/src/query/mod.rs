@@ -27,12 +27,15 @@ use tonic::{Request, Response, Status};
 
 mod error;
 mod held;
+mod shard;
+mod view;
 
 pub use error::QueryError;
-use held::{Held, Loaded};
+pub use view::Source;
+use view::{Asked, View, Within};
 
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
 
 use crate::agreements::{Grant, LiveAgreements};
 use crate::analytics::model::AnalystQuery;
@@ -53,17 +56,22 @@ pub struct QueryService {
     agreements: LiveAgreements,
     /// The gateway's keys, for project pseudonyms.
     rekeyer: Rekeyer,
-    /// The linked population held in memory.
-    population: Held,
+    /// Where answers read the linked population.
+    population: Source,
 }
 
 impl QueryService {
-    pub fn new(storage: Storage, agreements: LiveAgreements, rekeyer: Rekeyer) -> Self {
+    pub fn new(
+        storage: Storage,
+        agreements: LiveAgreements,
+        rekeyer: Rekeyer,
+        population: Source,
+    ) -> Self {
         Self {
             storage,
             agreements,
             rekeyer,
-            population: Held::default(),
+            population,
         }
     }
 
@@ -87,9 +95,9 @@ impl QueryService {
         Ok(grants)
     }
 
-    /// The population as agreement `id` (its latest version) sees it: only
-    /// what its parties sent under its datasets.
-    async fn population_within(&self, id: &str) -> Result<Vec<Arc<Person>>, QueryError> {
+    /// What agreement `id` (its latest version) sees of the population:
+    /// only what its parties sent under its datasets.
+    fn within(&self, id: &str) -> Result<Within, QueryError> {
         let in_force = self.agreements.current();
         let Some(granting) = in_force
             .iter()
@@ -98,26 +106,36 @@ impl QueryService {
         else {
             return Err(QueryError::forbidden(format!("no agreement {id}")));
         };
-        let datasets: BTreeSet<&str> = granting
-            .agreement
-            .datasets
-            .keys()
-            .map(String::as_str)
-            .collect();
-        let parties: BTreeSet<&str> = granting
-            .agreement
-            .parties
-            .iter()
-            .map(|p| p.organisation.as_str())
-            .collect();
-        Ok(self
-            .population()
-            .await?
-            .population
-            .people()
-            .iter()
-            .filter_map(|p| p.within(&datasets, &parties))
-            .collect())
+        Ok(Within {
+            agreement: id.to_owned(),
+            datasets: granting.agreement.datasets.keys().cloned().collect(),
+            parties: granting
+                .agreement
+                .parties
+                .iter()
+                .map(|p| p.organisation.to_string())
+                .collect(),
+        })
+    }
+
+    /// Works `answer` out on a view of the population at one data
+    /// generation; where the population is sharded and a shard moved past
+    /// that generation meanwhile, again at the newer one (a few times).
+    async fn at_one_generation<'s, T, F, Fut>(&'s self, answer: F) -> Result<T, QueryError>
+    where
+        F: Fn(View<'s>) -> Fut,
+        Fut: Future<Output = Result<T, QueryError>>,
+    {
+        const ATTEMPTS: usize = 5;
+        for _ in 0..ATTEMPTS {
+            match answer(self.population.view(&self.storage).await?).await {
+                Err(QueryError::MovedOn) => continue,
+                other => return other,
+            }
+        }
+        Err(QueryError::Shards(format!(
+            "the data moved on while the shards were asked, {ATTEMPTS} times in a row; ask again when deliveries have landed"
+        )))
     }
 
     /// Direct care: which of the asking agency's own records (by the
@@ -169,9 +187,11 @@ impl QueryService {
                 )));
             }
         };
-        let (query, reference) = parse(&request.query)?;
-        let people = self.population_within(&agreement).await?;
-        let cohort: HashSet<u64> = crate::analytics::members(&query, &people, reference)
+        let asked = &asked(&request.query)?;
+        let within = &self.within(&agreement)?;
+        let cohort: HashSet<u64> = self
+            .at_one_generation(|view| async move { view.members(asked, within).await })
+            .await?
             .into_iter()
             .map(|m| m.key)
             .collect();
@@ -200,8 +220,8 @@ impl QueryService {
         .await?;
         Ok(ReidentifyResponse {
             agreement,
-            reference_date: reference.to_string(),
-            explanation: crate::analytics::explain(&query),
+            reference_date: asked.reference.to_string(),
+            explanation: crate::analytics::explain(&asked.query),
             members,
         })
     }
@@ -238,10 +258,12 @@ impl QueryService {
                 )));
             }
         };
-        let (query, reference) = parse(&request.query)?;
-        let people = self.population_within(&project).await?;
+        let asked = &asked(&request.query)?;
+        let within = &self.within(&project)?;
         let pseudonyms = self.rekeyer.project(&project);
-        let mut rows: Vec<ExtractRow> = crate::analytics::members(&query, &people, reference)
+        let mut rows: Vec<ExtractRow> = self
+            .at_one_generation(|view| async move { view.members(asked, within).await })
+            .await?
             .into_iter()
             .map(|m| ExtractRow {
                 person: hex::encode(&pseudonyms.pseudonymise(&m.key.to_le_bytes())[..16]),
@@ -260,23 +282,19 @@ impl QueryService {
             0,
         )
         .await?;
+        let query = &asked.query;
         Ok(ExtractResponse {
             project,
-            reference_date: reference.to_string(),
+            reference_date: asked.reference.to_string(),
             row_heading: query.rows.heading(),
             column_heading: query.columns.heading(),
             measure: match query.measure {
                 crate::analytics::model::Measure::Children => String::new(),
                 ref m => crate::analytics::measure_name(m).to_owned(),
             },
-            explanation: crate::analytics::explain(&query),
+            explanation: crate::analytics::explain(query),
             rows,
         })
-    }
-
-    /// The linked population as held (see [`held`]).
-    async fn population(&self) -> Result<Loaded, QueryError> {
-        Ok(self.population.get(&self.storage).await?)
     }
 
     /// Answers an analyst's query document: the protected table, audited.
@@ -286,14 +304,16 @@ impl QueryService {
         request: &RunRequest,
     ) -> Result<TableResponse, QueryError> {
         self.roles(who)?;
-        let (query, reference) = parse(&request.query)?;
-        let population = self.population().await?;
-        let table = self
-            .release_table(who, "run", &request.query, &query, reference, &population)
+        let asked = &asked(&request.query)?;
+        let (table, newer_data_pending) = self
+            .at_one_generation(|view| async move {
+                let table = self.release_table(who, "run", asked, &view).await?;
+                Ok((table, view.newer_data_pending()))
+            })
             .await?;
         Ok(TableResponse {
-            warnings: self.shared().unshared(&query),
-            newer_data_pending: population.newer_data_pending,
+            warnings: self.shared().unshared(&asked.query),
+            newer_data_pending,
             ..table
         })
     }
@@ -321,12 +341,11 @@ impl QueryService {
         &self,
         who: &PeerIdentity,
         kind: &str,
-        text: &str,
-        query: &AnalystQuery,
-        reference: Date,
-        population: &Loaded,
+        asked: &Asked,
+        view: &View<'_>,
     ) -> Result<TableResponse, QueryError> {
-        let (generation, people) = (population.generation, population.population.people());
+        let (text, query, reference) = (&asked.text, &asked.query, asked.reference);
+        let generation = view.generation();
         let now = time::OffsetDateTime::now_utc();
         let budgets = self.budgets(now);
         let key = release_key(kind, text, reference, generation, &budgets);
@@ -348,8 +367,8 @@ impl QueryService {
         }
         let mut noise = Noise;
         let rules = &DisclosureRules::strictest(&self.agreements.current());
-        let (labels, labels_cost) = safe_labels(query, people, reference, rules, &mut noise)?;
-        let table = crate::analytics::tabulate(query, people, reference, &labels);
+        let (labels, labels_cost) = safe_labels(asked, view, rules, &mut noise).await?;
+        let table = view.tabulate(asked, &labels).await?;
         let cost = labels_cost + crate::disclosure::cost(&table, &query.measure, rules.noise_sd);
         let cost_nano = (cost * 1e9).ceil() as u64;
         for (agreement, budget) in &budgets {
@@ -468,24 +487,18 @@ impl QueryService {
     }
 }
 
-/// The recorded values each axis of `query` may list, chosen with noise
-/// over the whole population, and what choosing them cost in rho.
-fn safe_labels(
-    query: &AnalystQuery,
-    people: &[Arc<Person>],
-    reference: Date,
+/// The recorded values each axis of the question may list, chosen with
+/// noise over the whole population, and what choosing them cost in rho.
+async fn safe_labels(
+    asked: &Asked,
+    view: &View<'_>,
     rules: &DisclosureRules,
     noise: &mut Noise,
 ) -> Result<(Labels, f64), QueryError> {
     let mut labels = Labels::default();
     let mut cost = 0.0;
-    for (breakdown, slot) in [
-        (&query.rows, &mut labels.rows),
-        (&query.columns, &mut labels.columns),
-    ] {
-        if let Some(counts) =
-            crate::analytics::population_labels(query, breakdown, people, reference)
-        {
+    for (columns, slot) in [(false, &mut labels.rows), (true, &mut labels.columns)] {
+        if let Some(counts) = view.label_counts(asked, columns).await? {
             *slot = Some(crate::disclosure::labels::safe(&counts, rules, noise)?);
             cost += crate::disclosure::labels::cost(rules);
         }
@@ -614,10 +627,16 @@ impl QueryService {
         let text = format!(
             "reference_date: {reference}\nrows: {{ age_bands: {OVERLAP_AGE_BANDS:?} }}\ncolumns: agency_overlap"
         );
-        let (query, _) = parse(&text)?;
-        let population = self.population().await?;
+        let asked = &Asked {
+            query: parse(&text)?.0,
+            text,
+            reference,
+        };
         let table = self
-            .release_table(who, "agency_overlap", &text, &query, reference, &population)
+            .at_one_generation(|view| async move {
+                self.release_table(who, "agency_overlap", asked, &view)
+                    .await
+            })
             .await?;
         Ok(AgencyOverlapResponse {
             reference_date: table.reference_date,
@@ -693,6 +712,16 @@ impl Query for QueryService {
     }
 }
 
+/// A query document as every part of its answer works it out.
+fn asked(text: &str) -> Result<Asked, QueryError> {
+    let (query, reference) = parse(text)?;
+    Ok(Asked {
+        text: text.to_owned(),
+        query,
+        reference,
+    })
+}
+
 /// A query document and the day it counts at (today unless it says).
 fn parse(text: &str) -> Result<(AnalystQuery, Date), QueryError> {
     let query =
@@ -708,6 +737,7 @@ fn actor(who: &PeerIdentity) -> String {
     match who {
         PeerIdentity::Analyst(name) => format!("analyst:{name}"),
         PeerIdentity::Organisation(code) => code.to_string(),
+        PeerIdentity::Gateway(name) => format!("gateway:{name}"),
     }
 }
 
@@ -820,7 +850,87 @@ mod tests {
             storage.clone(),
             LiveAgreements::fixed(crate::agreements::Agreements::from_verified(vec![signed])),
             Rekeyer::new(&key),
+            Source::whole(),
         )
+    }
+
+    /// Every person is in exactly one shard, read whole or as changes, and
+    /// the shards' true tables add up to the whole population's: what a
+    /// gateway answering from shards releases is what one holding everyone
+    /// would.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn shards_partition_the_population_and_their_tables_add_up() {
+        use crate::analytics::{Interner, Shard, Tabulation, tabulate};
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(&Storage::sqlite_url(dir.path()))
+            .await
+            .unwrap();
+        let varied = |id: &str, people: std::ops::Range<usize>| {
+            let mut varied = batch(id, people.clone());
+            for (record, i) in varied.records.iter_mut().zip(people) {
+                record.sex = Some(["female", "male"][i % 2].to_owned());
+                record.birth_month = Some(format!("{}-04", 2004 + i % 20));
+            }
+            varied
+        };
+        storage.commit_batch(varied("b1", 0..300)).await.unwrap();
+        let query = AnalystQuery::parse(
+            "rows: sex\ncolumns: segment\nmeasure: { events: { event: referral } }\n",
+        )
+        .unwrap();
+        let reference = Date::from_calendar_date(2026, time::Month::June, 30).unwrap();
+        let labels = Labels::default();
+        let whole = storage
+            .population(&mut Interner::default(), Shard::WHOLE)
+            .await
+            .unwrap();
+        let nobody: &[std::sync::Arc<Person>] = &[];
+        let mut sum: Tabulation = tabulate(&query, nobody, reference, &labels);
+        let mut seen = HashSet::new();
+        for index in 0..3 {
+            let shard = Shard::new(index, 3).unwrap();
+            let part = storage
+                .population(&mut Interner::default(), shard)
+                .await
+                .unwrap();
+            assert!(
+                part.people.len() > 50,
+                "shard {shard}: {}",
+                part.people.len()
+            );
+            for person in &part.people {
+                assert_eq!(person.key % 3, u64::from(index), "shard {shard}");
+                assert!(seen.insert(person.key), "a person in two shards");
+            }
+            sum.add(&tabulate(&query, &part.people, reference, &labels))
+                .unwrap();
+        }
+        let everyone: HashSet<u64> = whole.people.iter().map(|p| p.key).collect();
+        assert_eq!(seen, everyone);
+        assert_eq!(sum, tabulate(&query, &whole.people, reference, &labels));
+        assert_eq!(sum.cohort_size, 300);
+
+        // A delivery: each shard reads again only its own people.
+        storage.commit_batch(varied("b2", 300..360)).await.unwrap();
+        let mut changed = HashSet::new();
+        for index in 0..3 {
+            let shard = Shard::new(index, 3).unwrap();
+            let changes = storage
+                .population_changes(
+                    whole.generation,
+                    usize::MAX,
+                    &mut Interner::default(),
+                    shard,
+                )
+                .await
+                .unwrap()
+                .expect("the change log reaches back");
+            for person in &changes.people {
+                assert_eq!(person.key % 3, u64::from(index), "shard {shard}");
+                assert!(changed.insert(person.key));
+            }
+        }
+        assert_eq!(changed.len(), 60);
     }
 
     /// The answer's total number of children (noisy and rounded).

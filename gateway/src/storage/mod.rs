@@ -815,7 +815,10 @@ mod tests {
 
         let storage = Storage::open(&url).await.unwrap();
         let mut interner = crate::analytics::Interner::default();
-        let read = storage.population(&mut interner).await.unwrap();
+        let read = storage
+            .population(&mut interner, crate::analytics::Shard::WHOLE)
+            .await
+            .unwrap();
         assert_eq!(read.generation, 7);
         assert_eq!(read.people.len(), 1, "p2 is on p1's spine");
         assert_eq!(read.people[0].events.len(), 2);
@@ -823,7 +826,7 @@ mod tests {
         // read afresh, one loaded since catches up by who changed.
         assert!(
             storage
-                .population_changes(6, usize::MAX, &mut interner)
+                .population_changes(6, usize::MAX, &mut interner, crate::analytics::Shard::WHOLE)
                 .await
                 .unwrap()
                 .is_none()
@@ -843,7 +846,7 @@ mod tests {
         });
         storage.commit_batch(batch).await.unwrap();
         let changes = storage
-            .population_changes(7, usize::MAX, &mut interner)
+            .population_changes(7, usize::MAX, &mut interner, crate::analytics::Shard::WHOLE)
             .await
             .unwrap()
             .expect("the log reaches back to the upgrade");
@@ -962,7 +965,10 @@ mod tests {
             CommitOutcome::Committed(1)
         );
         let mut interner = crate::analytics::Interner::default();
-        let read = storage.population(&mut interner).await.unwrap();
+        let read = storage
+            .population(&mut interner, crate::analytics::Shard::WHOLE)
+            .await
+            .unwrap();
         assert_eq!(read.people.len(), 2, "p1 and p3");
     }
 
@@ -1797,7 +1803,10 @@ mod tests {
         storage.commit_batch(batch).await.unwrap();
         assert_eq!(storage.data_generation().await.unwrap(), after);
         let read = storage
-            .population(&mut crate::analytics::Interner::default())
+            .population(
+                &mut crate::analytics::Interner::default(),
+                crate::analytics::Shard::WHOLE,
+            )
             .await
             .unwrap();
         assert_eq!(read.generation, after);

@@ -11,7 +11,7 @@ use sqlx::{AssertSqlSafe, Row};
 
 use super::{Storage, StorageError, for_each_in, placeholders};
 use crate::analytics::symbol::Symbol;
-use crate::analytics::{Interner, Person, PersonEvent};
+use crate::analytics::{Interner, Person, PersonEvent, Shard};
 use crate::identifiability::Sighting;
 
 impl Storage {
@@ -71,17 +71,20 @@ impl Storage {
         Ok(sightings)
     }
 
-    /// The whole linked population, for analytics, and the data generation
-    /// it is: read in one snapshot transaction. Plain scans and no joins:
-    /// the spine and the batches' datasets are read into memory first, then
-    /// records and events are streamed and placed by person.
+    /// The linked population, for analytics — the people of `shard`
+    /// ([`Shard::WHOLE`] for everyone) — and the data generation it is:
+    /// read in one snapshot transaction. Plain scans and no joins: the
+    /// spine and the batches' datasets are read into memory first, then
+    /// records and events are streamed and placed by person (those of
+    /// other shards passed over).
     pub async fn population(
         &self,
         interner: &mut Interner,
+        shard: Shard,
     ) -> Result<PopulationRead, StorageError> {
         let mut tx = self.snapshot().await?;
         let (generation, _) = generation_and_log_start(&mut tx).await?;
-        let mut placing = Placing::new(interner, batch_datasets(&mut tx).await?);
+        let mut placing = Placing::new(interner, batch_datasets(&mut tx).await?, shard);
         let mut rows = sqlx::query("SELECT person_id, spine_id FROM person_spine").fetch(&mut *tx);
         while let Some(row) = rows.try_next().await? {
             placing.spine_row(&row)?;
@@ -118,6 +121,7 @@ impl Storage {
         since: i64,
         limit: usize,
         interner: &mut Interner,
+        shard: Shard,
     ) -> Result<Option<PopulationChanges>, StorageError> {
         let mut tx = self.snapshot().await?;
         let (generation, log_start) = generation_and_log_start(&mut tx).await?;
@@ -149,8 +153,9 @@ impl Storage {
             },
         )
         .await?;
-        let spines: Vec<String> = spines.into_iter().collect();
-        let mut placing = Placing::new(interner, batch_datasets(&mut tx).await?);
+        // Only this shard's people are read again.
+        let spines: Vec<String> = spines.into_iter().filter(|s| shard.holds(s)).collect();
+        let mut placing = Placing::new(interner, batch_datasets(&mut tx).await?, shard);
         let mut members: Vec<String> = Vec::new();
         for_each_in(
             &mut tx,
@@ -294,10 +299,12 @@ struct Placing<'i> {
     /// date (none, unless the database was changed by hand).
     unplaced: u64,
     key: String,
+    /// Whose records and events are placed; the rest are passed over.
+    shard: Shard,
 }
 
 impl<'i> Placing<'i> {
-    fn new(interner: &'i mut Interner, datasets: HashMap<String, Symbol>) -> Self {
+    fn new(interner: &'i mut Interner, datasets: HashMap<String, Symbol>, shard: Shard) -> Self {
         Self {
             interner,
             datasets,
@@ -306,6 +313,7 @@ impl<'i> Placing<'i> {
             by_spine: IdMap::default(),
             unplaced: 0,
             key: String::new(),
+            shard,
         }
     }
 
@@ -324,6 +332,7 @@ impl<'i> Placing<'i> {
         let (spine_id, key) = spine_of(&self.spine, person_id);
         let at = match self.by_spine.get(key) {
             Some(&at) => at,
+            None if !self.shard.holds(spine_id) => return Ok(()),
             None => {
                 self.people.push(Arc::new(Person::with_key(spine_id)));
                 self.by_spine.insert(key, self.people.len() - 1);
@@ -348,12 +357,15 @@ impl<'i> Placing<'i> {
         let person_id: &str = row.try_get(0)?;
         batch_key(&mut self.key, row.try_get(1)?, row.try_get(2)?);
         let date: &str = row.try_get(4)?;
+        let (spine_id, key) = spine_of(&self.spine, person_id);
         let (Some(&at), Some(dataset), Some(date)) = (
-            self.by_spine.get(spine_of(&self.spine, person_id).1),
+            self.by_spine.get(key),
             self.datasets.get(&self.key),
             iso_date(date),
         ) else {
-            self.unplaced += 1;
+            if self.shard.holds(spine_id) {
+                self.unplaced += 1;
+            }
             return Ok(());
         };
         Arc::make_mut(&mut self.people[at])

@@ -98,6 +98,7 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<ExitCode> {
         storage.clone(),
         joinery_gateway::agreements::LiveAgreements::fixed(agreements),
         Rekeyer::new(&key),
+        joinery_gateway::query::Source::whole(),
     );
     let analyst = PeerIdentity::Analyst("j.bloggs".into());
     let request = RunRequest {
@@ -166,7 +167,9 @@ async fn catch_up(
     records: usize,
 ) -> anyhow::Result<()> {
     let mut interner = Interner::default();
-    let before = storage.population(&mut interner).await?;
+    let before = storage
+        .population(&mut interner, joinery_gateway::analytics::Shard::WHOLE)
+        .await?;
     let held = Population::new(before.people);
     let mut rng = ChaCha8Rng::seed_from_u64(6);
     let mut delivery = Source {
@@ -202,14 +205,24 @@ async fn catch_up(
 
     let started = Instant::now();
     let changes = storage
-        .population_changes(before.generation, usize::MAX, &mut interner)
+        .population_changes(
+            before.generation,
+            usize::MAX,
+            &mut interner,
+            joinery_gateway::analytics::Shard::WHOLE,
+        )
         .await?
         .context("the change log reaches back to the population loaded")?;
     let changed = changes.keys.len();
     let updated = held.updated(&changes.keys, changes.people);
     let from_changes = started.elapsed();
     let started = Instant::now();
-    let fresh = storage.population(&mut Interner::default()).await?;
+    let fresh = storage
+        .population(
+            &mut Interner::default(),
+            joinery_gateway::analytics::Shard::WHOLE,
+        )
+        .await?;
     let from_everyone = started.elapsed();
     let fresh = Population::new(fresh.people);
     anyhow::ensure!(

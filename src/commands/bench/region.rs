@@ -37,6 +37,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use joinery_agent::summary::{EXIT_OK, EXIT_QUARANTINED};
+use joinery_crypto::identity::PeerIdentity;
+use joinery_crypto::pki::{CertificateAuthority, Validity};
 use joinery_crypto::tls::TlsFiles;
 use joinery_gateway::metrics as gateway_metrics;
 use joinery_gateway::storage::Storage;
@@ -68,6 +70,12 @@ pub struct RegionArgs {
     /// Warm answers timed after the first.
     #[arg(long, default_value_t = 20)]
     answers: usize,
+    /// Answer from this many gateways each holding one shard of the
+    /// population (`--holds-shard`), through a gateway answering from
+    /// them (`--answer-from-shards`), rather than from one gateway holding
+    /// everyone (0).
+    #[arg(long, default_value_t = 0)]
+    answer_shards: u32,
     /// Random seed for the synthetic population.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -159,7 +167,10 @@ pub async fn run(args: RegionArgs) -> anyhow::Result<ExitCode> {
             Step::FullLink => run.full_link().await?,
             Step::Delivery => run.deliveries().await?,
             Step::SameModel => run.same_model().await?,
-            Step::Answers => run.answers(args.answers, args.children).await?,
+            Step::Answers => {
+                run.answers(args.answers, args.children, args.answer_shards)
+                    .await?
+            }
         };
         print_figures(&figures);
         state.done.insert(step, figures);
@@ -526,8 +537,49 @@ impl Region {
         )])
     }
 
-    async fn answers(&self, answers: usize, children: usize) -> anyhow::Result<Vec<String>> {
-        let mut gateway = self.start_gateway(LINKAGE_PAUSED)?;
+    async fn answers(
+        &self,
+        answers: usize,
+        children: usize,
+        shards: u32,
+    ) -> anyhow::Result<Vec<String>> {
+        let mut holding = Vec::new();
+        for index in 0..shards {
+            let shard = format!("{index}/{shards}");
+            holding
+                .push(self.start_gateway(&[LINKAGE_PAUSED, &["--holds-shard", &shard]].concat())?);
+        }
+        let mut gateway = match shards {
+            0 => self.start_gateway(LINKAGE_PAUSED)?,
+            _ => {
+                let issued = CertificateAuthority::load(&self.sandbox.pki())?.issue_client(
+                    &PeerIdentity::Gateway("answering".to_owned()),
+                    Validity::days_from_now(VALIDITY_DAYS)?,
+                    &self.sandbox.pki().join("gateways"),
+                )?;
+                let addresses: Vec<&str> =
+                    holding.iter().map(|g| g.process.address.as_str()).collect();
+                let (cert, key) = (
+                    issued.cert.display().to_string(),
+                    issued.key.display().to_string(),
+                );
+                let from = addresses.join(",");
+                self.start_gateway(
+                    &[
+                        LINKAGE_PAUSED,
+                        &[
+                            "--answer-from-shards",
+                            &from,
+                            "--shard-tls-cert",
+                            &cert,
+                            "--shard-tls-key",
+                            &key,
+                        ],
+                    ]
+                    .concat(),
+                )?
+            }
+        };
         let (cert, key) = self.sandbox.analyst_cert(ANALYST);
         let tls = TlsFiles {
             ca: self.sandbox.ca(),
@@ -539,6 +591,10 @@ impl Region {
             crate::commands::query::connect(&gateway.process.address, SERVER_NAME, &tls).await?;
         let pid = gateway.process.child.id();
         let before = rss_kib(pid).unwrap_or(0);
+        let shards_before: Vec<u64> = holding
+            .iter()
+            .map(|g| rss_kib(g.process.child.id()).unwrap_or(0))
+            .collect();
         let today = time::OffsetDateTime::now_utc().date();
         let ask = |day: i64| RunRequest {
             query: format!(
@@ -553,6 +609,16 @@ impl Region {
         let first = started.elapsed();
         loading.finish_and_clear();
         let held = rss_kib(pid).unwrap_or(0).saturating_sub(before) * 1024;
+        let shards_held: Vec<u64> = holding
+            .iter()
+            .zip(&shards_before)
+            .map(|(g, before)| {
+                rss_kib(g.process.child.id())
+                    .unwrap_or(0)
+                    .saturating_sub(*before)
+                    * 1024
+            })
+            .collect();
         let mut times = Vec::with_capacity(answers);
         let bar = ProgressBar::new(answers as u64);
         for day in 1..=answers as i64 {
@@ -564,11 +630,15 @@ impl Region {
         }
         bar.finish_and_clear();
         times.sort();
-        let figures = vec![
+        let mut figures = vec![
             format!(
-                "risk tiers by segment ({} rows x {} columns) as an analyst over mutual TLS: first answer {:.1} s; then p50 {:.0} ms, p90 {:.0} ms over {answers} answers",
+                "risk tiers by segment ({} rows x {} columns) as an analyst over mutual TLS{}: first answer {:.1} s; then p50 {:.0} ms, p90 {:.0} ms over {answers} answers",
                 table.rows.len(),
                 table.columns.len(),
+                match shards {
+                    0 => String::new(),
+                    n => format!(", from {n} gateways each holding one shard"),
+                },
                 first.as_secs_f64(),
                 percentile(&times, 0.5).as_secs_f64() * 1e3,
                 percentile(&times, 0.9).as_secs_f64() * 1e3,
@@ -580,7 +650,18 @@ impl Region {
                 mib(gateway.process.peak_rss_kib().unwrap_or(0))
             ),
         ];
+        for (index, (shard, held)) in holding.iter().zip(&shards_held).enumerate() {
+            figures.push(format!(
+                "shard {index}/{shards}: {} MiB more resident after the first answer = {:.0} bytes per child of the region; peak {}",
+                held / (1024 * 1024),
+                *held as f64 / children as f64,
+                mib(shard.process.peak_rss_kib().unwrap_or(0))
+            ));
+        }
         gateway.process.stop("TERM");
+        for mut shard in holding {
+            shard.process.stop("TERM");
+        }
         Ok(figures)
     }
 

@@ -1,0 +1,192 @@
+//! Where an answer reads the linked population: the people this gateway
+//! holds in memory, or — where the population is sharded over several
+//! gateways — every shard's part, asked of the gateways that hold them
+//! ([`super::shard`]) and added up here. Either way an answer works out
+//! its true table through a [`View`] at one data generation, and
+//! disclosure control sees only the whole.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use joinery_crypto::tls::{TlsError, TlsFiles};
+use time::Date;
+
+use super::QueryError;
+use super::held::{Held, Loaded};
+use super::shard::Shards;
+use crate::analytics::model::{AnalystQuery, Breakdown};
+use crate::analytics::{Labels, MemberRow, Person, Shard, Tabulation};
+use crate::storage::Storage;
+
+/// Which people a gateway's answers read, chosen at start-up.
+pub struct Source(Inner);
+
+enum Inner {
+    /// Everyone, held here: this gateway answers analysts itself.
+    Whole(Held),
+    /// One shard's people, held here for the gateways that answer from
+    /// shards; this gateway answers no analyst itself.
+    Shard(Held, Shard),
+    /// Nobody held here: the gateways holding each shard send their parts.
+    Shards(Shards),
+}
+
+impl Source {
+    /// Everyone, held in this gateway's memory.
+    pub fn whole() -> Self {
+        Self(Inner::Whole(Held::new(Shard::WHOLE)))
+    }
+
+    /// The people of `shard`, held for the gateways that answer from shards.
+    pub fn shard(shard: Shard) -> Self {
+        Self(Inner::Shard(Held::new(shard), shard))
+    }
+
+    /// Nobody held here: the gateways at `addresses` (`host:port`, one per
+    /// shard) send their parts, reached with the gateway certificate in
+    /// `tls`.
+    pub fn shards(addresses: &[String], tls: &TlsFiles) -> Result<Self, TlsError> {
+        Ok(Self(Inner::Shards(Shards::new(addresses, tls)?)))
+    }
+
+    /// One answer's view of the population: what this gateway holds (as
+    /// held: it may be catching up), or every shard at the data's current
+    /// generation.
+    pub(super) async fn view(&self, storage: &Storage) -> Result<View<'_>, QueryError> {
+        match &self.0 {
+            Inner::Whole(held) => Ok(View::Held(held.get(storage).await?)),
+            Inner::Shard(_, shard) => Err(QueryError::NotAnswering(format!(
+                "this gateway holds shard {shard} of the population, for the gateways that answer from shards; ask one of those"
+            ))),
+            Inner::Shards(shards) => Ok(View::Shards {
+                shards,
+                generation: storage.data_generation().await?,
+            }),
+        }
+    }
+
+    /// The people this gateway holds for the gateways that answer from
+    /// shards, and which shard they are; `None` unless it holds a shard.
+    pub(super) fn shard_held(&self) -> Option<(&Held, Shard)> {
+        match &self.0 {
+            Inner::Shard(held, shard) => Some((held, *shard)),
+            Inner::Whole(_) | Inner::Shards(_) => None,
+        }
+    }
+}
+
+/// A question as every part of an answer works it out.
+pub(super) struct Asked {
+    /// The query document as sent (shards parse it again).
+    pub text: String,
+    pub query: AnalystQuery,
+    /// The day it counts at, fixed once for every part.
+    pub reference: Date,
+}
+
+/// What one agreement may see: what its parties sent under its datasets.
+pub(super) struct Within {
+    pub agreement: String,
+    pub datasets: BTreeSet<String>,
+    pub parties: BTreeSet<String>,
+}
+
+impl Within {
+    /// `people` as the agreement sees them: those it holds anything of,
+    /// each with only what it may see.
+    pub fn people(&self, people: &[Arc<Person>]) -> Vec<Arc<Person>> {
+        let datasets: BTreeSet<&str> = self.datasets.iter().map(String::as_str).collect();
+        let parties: BTreeSet<&str> = self.parties.iter().map(String::as_str).collect();
+        people
+            .iter()
+            .filter_map(|p| p.within(&datasets, &parties))
+            .collect()
+    }
+}
+
+/// The population one answer reads, at one data generation.
+pub(super) enum View<'s> {
+    /// The people this gateway holds.
+    Held(Loaded),
+    /// Every shard, each asked to answer at `generation`.
+    Shards { shards: &'s Shards, generation: i64 },
+}
+
+impl View<'_> {
+    /// The data generation the answer reflects.
+    pub fn generation(&self) -> i64 {
+        match self {
+            Self::Held(loaded) => loaded.generation,
+            Self::Shards { generation, .. } => *generation,
+        }
+    }
+
+    /// Whether newer data has arrived and is being read in. The shards are
+    /// always asked for the data's current generation.
+    pub fn newer_data_pending(&self) -> bool {
+        match self {
+            Self::Held(loaded) => loaded.newer_data_pending,
+            Self::Shards { .. } => false,
+        }
+    }
+
+    /// How many people hold each recorded value of `breakdown` (the rows'
+    /// or, with `columns`, the columns'); `None` for a fixed breakdown.
+    pub async fn label_counts(
+        &self,
+        asked: &Asked,
+        columns: bool,
+    ) -> Result<Option<HashMap<String, u64>>, QueryError> {
+        let breakdown: &Breakdown = match columns {
+            true => &asked.query.columns,
+            false => &asked.query.rows,
+        };
+        match self {
+            Self::Held(loaded) => Ok(crate::analytics::population_labels(
+                &asked.query,
+                breakdown,
+                loaded.population.people(),
+                asked.reference,
+            )),
+            Self::Shards { .. } if !breakdown.is_recorded() => Ok(None),
+            Self::Shards { shards, generation } => shards
+                .label_counts(asked, columns, *generation)
+                .await
+                .map(Some),
+        }
+    }
+
+    /// The true table of the question, recorded values outside `labels`
+    /// counted as other.
+    pub async fn tabulate(&self, asked: &Asked, labels: &Labels) -> Result<Tabulation, QueryError> {
+        match self {
+            Self::Held(loaded) => Ok(crate::analytics::tabulate(
+                &asked.query,
+                loaded.population.people(),
+                asked.reference,
+                labels,
+            )),
+            Self::Shards { shards, generation } => {
+                shards.tabulate(asked, labels, *generation).await
+            }
+        }
+    }
+
+    /// The cohort's members as `within`'s agreement sees the population.
+    pub async fn members(
+        &self,
+        asked: &Asked,
+        within: &Within,
+    ) -> Result<Vec<MemberRow>, QueryError> {
+        match self {
+            Self::Held(loaded) => Ok(crate::analytics::members(
+                &asked.query,
+                &within.people(loaded.population.people()),
+                asked.reference,
+            )),
+            Self::Shards { shards, generation } => {
+                shards.members(asked, &within.agreement, *generation).await
+            }
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! The population sharded over gateways (`docs/scaling.md`, "Past one
+//! gateway"), every part a real `joinery gateway serve` on one PostgreSQL:
+//! two gateways each holding one shard (`--holds-shard 0/2`, `1/2`), one
+//! answering analysts from them (`--answer-from-shards`, a gateway
+//! certificate), and one holding everyone, as before. The answering
+//! gateway's row-level extract is the whole gateway's, row for row, before
+//! and after a delivery moves the data on; its tables agree with it within
+//! disclosure control's noise. A shard answers no analyst, gives its part
+//! to no certificate but a gateway's, and an answering gateway missing a
+//! shard, or given one shard twice, answers nothing rather than part.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::*;
+use joinery_crypto::tls::TlsFiles;
+use joinery_proto::v1::ShardRequest;
+use joinery_proto::v1::shard_client::ShardClient;
+use sqlx::Row;
+
+/// Everyone the query keeps, by agency combination and sex: a breakdown by
+/// a recorded value, so the answering gateway chooses which combinations
+/// are safe to list from every shard's counts.
+const QUERY: &str = "reference_date: 2026-06-30\nrows: agencies\ncolumns: sex\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shards_answer_together_what_one_gateway_holding_everyone_answers() {
+    let Some(url) = fresh_postgres("shards").await else {
+        return;
+    };
+    let d = Deployment::new();
+    write_signed_agreement(&d.agreements_dir(), |text| {
+        text.replace(
+            "roles:\n",
+            "roles:\n  case_review:\n    description: Case review.\n    access: row_level\n    analysts: [case-reviewer]\n",
+        )
+    });
+    joinery_ok(&[
+        "pki",
+        "issue",
+        "--dir",
+        &d.pki(),
+        "--analyst",
+        "case-reviewer",
+    ]);
+    joinery_ok(&["pki", "issue", "--dir", &d.pki(), "--gateway", "answering"]);
+    let reviewer = (
+        d.path("pki/analysts/analyst-case-reviewer.pem"),
+        d.path("pki/analysts/analyst-case-reviewer.key"),
+    );
+    let answering_cert = (
+        d.path("pki/gateways/gateway-answering.pem"),
+        d.path("pki/gateways/gateway-answering.key"),
+    );
+    let query = d.path("query.yaml");
+    std::fs::write(&query, QUERY).unwrap();
+    let query = query.to_str().unwrap();
+
+    // Linking only when told, so the data moves only when the test moves it.
+    let quiet = ["--linkage-interval-secs", "3600"];
+    let whole = d.start_gateway(Some(&url), &quiet);
+    let synth = d.synth(400, 11);
+    d.deliver(&whole.address, &synth, &THREE_AGENCIES[..2]);
+    d.on_store(&["gateway", "relink"], Some(&url));
+
+    let shard =
+        |which: &str| d.start_gateway(Some(&url), &[quiet[0], quiet[1], "--holds-shard", which]);
+    let (shard0, mut shard1) = (shard("0/2"), shard("1/2"));
+    let answer_from = |shards: &str| {
+        d.start_gateway(
+            Some(&url),
+            &[
+                quiet[0],
+                quiet[1],
+                "--answer-from-shards",
+                shards,
+                "--shard-tls-cert",
+                answering_cert.0.to_str().unwrap(),
+                "--shard-tls-key",
+                answering_cert.1.to_str().unwrap(),
+            ],
+        )
+    };
+    let answering = answer_from(&format!("{},{}", shard0.address, shard1.address));
+
+    let extract = |gateway: &str| {
+        let out = d.client(&["query", "extract", query], gateway, reviewer.clone(), &[]);
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let db = open_database(&url).await;
+    for round in ["two agencies", "after the third agency's delivery"] {
+        // The whole gateway answers from what it holds while it catches
+        // up (the shards are asked at the data's generation): wait for it.
+        let mut caught_up = false;
+        for _ in 0..100 {
+            if run(&d, &whole.address, query)["newer_data_pending"] == false {
+                caught_up = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        assert!(caught_up, "{round}: the whole gateway never caught up");
+        let from_shards = extract(&answering.address);
+        let members = from_shards.lines().count() - 1;
+        assert!(members > 100, "{round}: {members} members\n{from_shards}");
+        let from_whole = extract(&whole.address);
+        let differ: Vec<_> = from_shards
+            .lines()
+            .zip(from_whole.lines())
+            .filter(|(a, b)| a != b)
+            .take(3)
+            .collect();
+        assert!(
+            from_shards == from_whole,
+            "{round}: the shards' members together ({members}) are not the whole gateway's ({}): {differ:?}",
+            from_whole.lines().count() - 1
+        );
+        let table = run(&d, &answering.address, query);
+        let generation: i64 = sqlx::query("SELECT n FROM data_generation WHERE id = 1")
+            .fetch_one(&db)
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(table["data_generation"], generation, "{round}: {table}");
+        let total = table["rows"]
+            .as_array()
+            .and_then(|rows| rows.last())
+            .and_then(|row| row["cells"]["total"].as_u64())
+            .unwrap_or_else(|| panic!("{round}: no total in {table}"));
+        assert!(
+            total.abs_diff(members as u64) <= 30,
+            "{round}: a total of {total} for {members} members: a shard's part is missing or counted twice"
+        );
+        // A median (each shard's values, not their medians, are merged).
+        let wait = run(
+            &d,
+            &answering.address,
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/docs/queries/camhs-median-wait.yaml"
+            ),
+        );
+        assert_eq!(wait["data_generation"], generation, "{wait}");
+        // The next round: the third agency delivers and is linked in; the
+        // shards catch up when next asked.
+        d.deliver(&whole.address, &synth, &THREE_AGENCIES[2..]);
+        d.on_store(&["gateway", "relink"], Some(&url));
+    }
+
+    // A shard answers no analyst itself, and gives its part to no
+    // certificate but a gateway's.
+    fails_saying(
+        client_command(
+            &d,
+            &shard0.address,
+            d.analyst_cert(),
+            &["query", "run", query],
+        ),
+        "holds shard 0/2 of the population",
+    );
+    let part = ShardRequest {
+        query: QUERY.to_owned(),
+        reference_date: "2026-06-30".to_owned(),
+        generation: 1,
+        ..ShardRequest::default()
+    };
+    for (who, cert) in [
+        ("an analyst", d.analyst_cert()),
+        ("an agency", d.org_cert(COUNCIL)),
+    ] {
+        let status = shard_client(&d, &shard0.address, cert)
+            .await
+            .label_counts(part.clone())
+            .await
+            .expect_err("a shard's true counts for a certificate not a gateway's");
+        assert_eq!(
+            status.code(),
+            tonic::Code::PermissionDenied,
+            "{who}: {status:?}"
+        );
+    }
+    // The whole gateway holds no shard to give.
+    let status = shard_client(&d, &whole.address, answering_cert.clone())
+        .await
+        .label_counts(part)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+
+    // Questions not asked before (an answer already released is replayed
+    // from the ledger, shards or none).
+    let another = |name: &str, columns: &str| {
+        let path = d.path(name);
+        std::fs::write(&path, QUERY.replace("columns: sex", columns)).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    // One shard given twice: refused, naming the fix.
+    let twice = answer_from(&format!("{},{}", shard0.address, shard0.address));
+    let by_segment = another("by-segment.yaml", "columns: segment");
+    fails_saying(
+        client_command(
+            &d,
+            &twice.address,
+            d.analyst_cert(),
+            &["query", "run", &by_segment],
+        ),
+        "one for each shard",
+    );
+    // A shard down: nothing is answered from the other alone.
+    let missing = shard1.address.clone();
+    assert!(shard1.is_running());
+    shard1.stop();
+    let by_overlap = another("by-overlap.yaml", "columns: agency_overlap");
+    fails_saying(
+        client_command(
+            &d,
+            &answering.address,
+            d.analyst_cert(),
+            &["query", "run", &by_overlap],
+        ),
+        &missing,
+    );
+    let log = answering.log_text();
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+/// `joinery query run QUERY --format json` as the test analyst.
+fn run(d: &Deployment, gateway: &str, query: &str) -> serde_json::Value {
+    let out = d.client(
+        &["query", "run", query],
+        gateway,
+        d.analyst_cert(),
+        &["--format", "json"],
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A `joinery` client command against `gateway` with `cert`, to run.
+fn client_command(
+    d: &Deployment,
+    gateway: &str,
+    (cert, key): (PathBuf, PathBuf),
+    command: &[&str],
+) -> std::process::Command {
+    let mut joinery = joinery();
+    joinery
+        .args(command)
+        .args(["--gateway", gateway, "--server-name", "localhost"])
+        .arg("--tls-ca")
+        .arg(d.ca())
+        .arg("--tls-cert")
+        .arg(cert)
+        .arg("--tls-key")
+        .arg(key);
+    joinery
+}
+
+/// A `joinery.v1.Shard` client of the gateway at `address` with `cert`.
+async fn shard_client(
+    d: &Deployment,
+    address: &str,
+    (cert, key): (PathBuf, PathBuf),
+) -> ShardClient<tonic::transport::Channel> {
+    let tls = joinery_crypto::tls::client_config(&TlsFiles {
+        ca: d.ca(),
+        cert,
+        key,
+        crl: None,
+    })
+    .unwrap();
+    ShardClient::new(
+        joinery_proto::channel::connect(address, "localhost", tls)
+            .await
+            .unwrap(),
+    )
+}
