@@ -122,7 +122,7 @@ fn compose_and_helm_use_only_real_commands_and_variables() {
     let known = known_variables();
     for file in [
         "deploy/compose/compose.yaml",
-        "deploy/helm/joinery-gateway/templates/deployment.yaml",
+        "deploy/helm/joinery-gateway/templates/_helpers.tpl",
         "deploy/systemd/gateway.env",
         "deploy/systemd/keyholder.env",
     ] {
@@ -155,14 +155,24 @@ fn compose_and_helm_use_only_real_commands_and_variables() {
         assert_joinery_accepts(&service["command"], &format!("compose service {name}"));
     }
     // The Helm chart's flags exist.
-    let deployment = repo("deploy/helm/joinery-gateway/templates/deployment.yaml");
+    let templates = ["_helpers.tpl", "deployment.yaml", "shards.yaml"]
+        .map(|t| repo(&format!("deploy/helm/joinery-gateway/templates/{t}")))
+        .join("\n");
     let help =
         String::from_utf8_lossy(&joinery_ok(&["gateway", "serve", "--help"]).stdout).into_owned();
-    for flag in deployment
-        .split_whitespace()
-        .filter_map(|w| w.strip_prefix("- --"))
+    let flags: BTreeSet<&str> = templates
+        .split(|c: char| c.is_whitespace() || c == '"')
+        .filter_map(|w| w.strip_prefix("--"))
         .map(|f| f.split('=').next().unwrap())
-    {
+        .filter(|f| f.starts_with(|c: char| c.is_ascii_lowercase()))
+        .collect();
+    for flag in ["max-connections", "answer-from-shards", "holds-shard"] {
+        assert!(
+            flags.contains(flag),
+            "no --{flag} found in the chart: {flags:?}"
+        );
+    }
+    for flag in flags {
         assert!(
             help.contains(&format!("--{flag}")),
             "the chart passes --{flag}, which gateway serve lacks"
@@ -429,12 +439,14 @@ fn the_helm_chart_lints_and_renders_a_deployment_that_runs() {
         String::from_utf8_lossy(&output.stdout).into_owned()
     };
     run(&["lint", "--strict"]);
-    let rendered = run(&["template", "joinery"]);
-    let documents: Vec<serde_json::Value> = rendered
-        .split("\n---\n")
-        .filter(|d| d.lines().any(|l| l.starts_with("kind:")))
-        .map(|d| serde_saphyr::from_str(d).unwrap())
-        .collect();
+    let render = |set: &[&str]| -> Vec<serde_json::Value> {
+        run(&[&["template", "joinery"], set].concat())
+            .split("\n---\n")
+            .filter(|d| d.lines().any(|l| l.starts_with("kind:")))
+            .map(|d| serde_saphyr::from_str(d).unwrap())
+            .collect()
+    };
+    let documents = render(&[]);
     let kinds: BTreeSet<&str> = documents
         .iter()
         .filter_map(|d| d["kind"].as_str())
@@ -447,38 +459,92 @@ fn the_helm_chart_lints_and_renders_a_deployment_that_runs() {
     ] {
         assert!(kinds.contains(kind), "no {kind} in {kinds:?}");
     }
-    let deployment = documents
+    let deployments = |documents: &[serde_json::Value]| -> Vec<serde_json::Value> {
+        documents
+            .iter()
+            .filter(|d| d["kind"] == "Deployment")
+            .cloned()
+            .collect()
+    };
+    assert_eq!(deployments(&documents).len(), 1);
+    // Sharded (docs/scaling.md, "Answering from shards"): the gateways
+    // answer from two shard gateways, each behind the Service they name.
+    let sharded = render(&["--set", "shards.count=2"]);
+    let sharded_deployments = deployments(&sharded);
+    assert_eq!(sharded_deployments.len(), 3);
+    let services: BTreeSet<&str> = sharded
         .iter()
-        .find(|d| d["kind"] == "Deployment")
-        .unwrap();
-    let pod = &deployment["spec"]["template"]["spec"];
-    let container = &pod["containers"][0];
-    assert_joinery_accepts(&container["args"], "the Helm chart");
-    let known = known_variables();
-    let mounts: Vec<&str> = container["volumeMounts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["mountPath"].as_str().unwrap())
+        .filter(|d| d["kind"] == "Service")
+        .filter_map(|d| d["metadata"]["name"].as_str())
         .collect();
-    for variable in container["env"].as_array().unwrap() {
-        let name = variable["name"].as_str().unwrap();
-        if name.starts_with("JOINERY_") {
-            assert!(
-                known.contains(name),
-                "the chart sets {name}, which joinery does not read"
-            );
+    for deployment in deployments(&documents).iter().chain(&sharded_deployments) {
+        let name = deployment["metadata"]["name"].as_str().unwrap();
+        let pod = &deployment["spec"]["template"]["spec"];
+        let container = &pod["containers"][0];
+        assert_joinery_accepts(&container["args"], &format!("the Helm chart's {name}"));
+        let args: Vec<&str> = container["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|a| a.as_str())
+            .collect();
+        let known = known_variables();
+        let mounts: Vec<&str> = container["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["mountPath"].as_str().unwrap())
+            .collect();
+        for variable in container["env"].as_array().unwrap() {
+            let name = variable["name"].as_str().unwrap();
+            if name.starts_with("JOINERY_") {
+                assert!(
+                    known.contains(name),
+                    "the chart sets {name}, which joinery does not read"
+                );
+            }
+            if let Some(path) = variable["value"].as_str().filter(|v| v.starts_with('/')) {
+                assert!(
+                    mounts.iter().any(|m| path.starts_with(m)),
+                    "{name}={path} lies in no mounted volume ({mounts:?})"
+                );
+            }
         }
-        if let Some(path) = variable["value"].as_str().filter(|v| v.starts_with('/')) {
-            assert!(
-                mounts.iter().any(|m| path.starts_with(m)),
-                "{name}={path} lies in no mounted volume ({mounts:?})"
-            );
+        for arg in &args {
+            if let Some((flag, path)) = arg.split_once("=/") {
+                assert!(
+                    mounts.iter().any(|m| format!("/{path}").starts_with(m)),
+                    "{name}: {flag}=/{path} lies in no mounted volume ({mounts:?})"
+                );
+            }
         }
-    }
-    for volume in pod["volumes"].as_array().unwrap() {
-        if let Some(secret) = volume.get("secret") {
-            assert_eq!(secret["defaultMode"], 0o400, "{volume}");
+        for volume in pod["volumes"].as_array().unwrap() {
+            if let Some(secret) = volume.get("secret") {
+                assert_eq!(secret["defaultMode"], 0o400, "{volume}");
+            }
+        }
+        if !sharded_deployments.contains(deployment) {
+            continue;
+        }
+        let shard = args.iter().find_map(|a| a.strip_prefix("--holds-shard="));
+        let from = args
+            .iter()
+            .find_map(|a| a.strip_prefix("--answer-from-shards="));
+        match (shard, from) {
+            (Some(shard), None) => assert!(
+                name.ends_with(&format!("shard-{}", &shard[..1])) && shard.ends_with("/2"),
+                "{name} holds shard {shard}"
+            ),
+            (None, Some(from)) => {
+                for address in from.split(',') {
+                    let (host, _) = address.split_once(':').unwrap();
+                    assert!(
+                        services.contains(host),
+                        "{name} asks {host}, no Service: {services:?}"
+                    );
+                }
+            }
+            other => panic!("{name}: {other:?}"),
         }
     }
 }
