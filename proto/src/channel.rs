@@ -128,7 +128,7 @@ fn with_name_hint(error: std::io::Error, checked_as: &str) -> std::io::Error {
     std::io::Error::new(
         error.kind(),
         format!(
-            "{error}; it was checked against the name {checked_as:?}: give the name the gateway's certificate carries with --server-name (gateway.server_name in an agent's configuration)"
+            "{error}; it was checked against the name {checked_as:?}: give the name the gateway's certificate carries with --server-name (gateway.server_name in an agent's configuration; for a shard, as the host of its address in --answer-from-shards)"
         ),
     )
 }

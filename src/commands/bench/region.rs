@@ -552,16 +552,28 @@ impl Region {
         let mut gateway = match shards {
             0 => self.start_gateway(LINKAGE_PAUSED)?,
             _ => {
-                let issued = CertificateAuthority::load(&self.sandbox.pki())?.issue_client(
-                    &PeerIdentity::Gateway("answering".to_owned()),
-                    Validity::days_from_now(VALIDITY_DAYS)?,
-                    &self.sandbox.pki().join("gateways"),
-                )?;
-                let addresses: Vec<&str> =
-                    holding.iter().map(|g| g.process.address.as_str()).collect();
+                // The answering gateway's certificate, issued by the first
+                // run that answers from shards.
+                let dir = self.sandbox.pki().join("gateways");
+                let issued = (
+                    dir.join("gateway-answering.pem"),
+                    dir.join("gateway-answering.key"),
+                );
+                if !issued.0.exists() {
+                    CertificateAuthority::load(&self.sandbox.pki())?.issue_client(
+                        &PeerIdentity::Gateway("answering".to_owned()),
+                        Validity::days_from_now(VALIDITY_DAYS)?,
+                        &dir,
+                    )?;
+                }
+                // By the name their certificate carries.
+                let addresses: Vec<String> = holding
+                    .iter()
+                    .map(|g| g.process.address.replace("127.0.0.1", SERVER_NAME))
+                    .collect();
                 let (cert, key) = (
-                    issued.cert.display().to_string(),
-                    issued.key.display().to_string(),
+                    issued.0.display().to_string(),
+                    issued.1.display().to_string(),
                 );
                 let from = addresses.join(",");
                 self.start_gateway(
