@@ -151,11 +151,11 @@ async fn shards_answer_together_what_one_gateway_holding_everyone_answers() {
     // A shard answers no analyst itself, and gives its part to no
     // certificate but a gateway's.
     fails_saying(
-        client_command(
-            &d,
+        d.client_command(
+            &["query", "run", query],
             &shard0.address,
             d.analyst_cert(),
-            &["query", "run", query],
+            &[],
         ),
         "holds shard 0/2 of the population",
     );
@@ -199,11 +199,11 @@ async fn shards_answer_together_what_one_gateway_holding_everyone_answers() {
     let twice = answer_from(&format!("{},{}", shard0.address, shard0.address));
     let by_segment = another("by-segment.yaml", "columns: segment");
     fails_saying(
-        client_command(
-            &d,
+        d.client_command(
+            &["query", "run", &by_segment],
             &twice.address,
             d.analyst_cert(),
-            &["query", "run", &by_segment],
+            &[],
         ),
         "one for each shard",
     );
@@ -213,11 +213,11 @@ async fn shards_answer_together_what_one_gateway_holding_everyone_answers() {
     shard1.stop();
     let by_overlap = another("by-overlap.yaml", "columns: agency_overlap");
     fails_saying(
-        client_command(
-            &d,
+        d.client_command(
+            &["query", "run", &by_overlap],
             &answering.address,
             d.analyst_cert(),
-            &["query", "run", &by_overlap],
+            &[],
         ),
         &missing,
     );
@@ -234,26 +234,6 @@ fn run(d: &Deployment, gateway: &str, query: &str) -> serde_json::Value {
         &["--format", "json"],
     );
     serde_json::from_slice(&out.stdout).unwrap()
-}
-
-/// A `joinery` client command against `gateway` with `cert`, to run.
-fn client_command(
-    d: &Deployment,
-    gateway: &str,
-    (cert, key): (PathBuf, PathBuf),
-    command: &[&str],
-) -> std::process::Command {
-    let mut joinery = joinery();
-    joinery
-        .args(command)
-        .args(["--gateway", gateway, "--server-name", "localhost"])
-        .arg("--tls-ca")
-        .arg(d.ca())
-        .arg("--tls-cert")
-        .arg(cert)
-        .arg("--tls-key")
-        .arg(key);
-    joinery
 }
 
 /// A `joinery.v1.Shard` client of the gateway at `address` with `cert`.

@@ -429,10 +429,24 @@ impl Deployment {
         &self,
         command: &[&str],
         gateway: &str,
-        (cert, key): (PathBuf, PathBuf),
+        cert: (PathBuf, PathBuf),
         extra: &[&str],
     ) -> Output {
-        joinery()
+        self.client_command(command, gateway, cert, extra)
+            .output()
+            .expect("joinery runs")
+    }
+
+    /// The same, to run (`fails_saying` checks a refusal's words).
+    pub fn client_command(
+        &self,
+        command: &[&str],
+        gateway: &str,
+        (cert, key): (PathBuf, PathBuf),
+        extra: &[&str],
+    ) -> Command {
+        let mut joinery = joinery();
+        joinery
             .args(command)
             .args(["--gateway", gateway, "--server-name", "localhost"])
             .arg("--tls-ca")
@@ -441,9 +455,8 @@ impl Deployment {
             .arg(cert)
             .arg("--tls-key")
             .arg(key)
-            .args(extra)
-            .output()
-            .expect("joinery runs")
+            .args(extra);
+        joinery
     }
 
     /// Runs `joinery COMMAND…` on this deployment's gateway store (its data

@@ -25,14 +25,17 @@ use joinery_proto::v1::{
 use time::Date;
 use tonic::{Request, Response, Status};
 
+mod asked;
 mod error;
 mod held;
 mod shard;
+mod shards;
 mod view;
 
+use asked::{Asked, Within};
 pub use error::QueryError;
 pub use view::Source;
-use view::{Asked, View, Within};
+use view::View;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;

@@ -1,21 +1,20 @@
 //! Where an answer reads the linked population: the people this gateway
 //! holds in memory, or — where the population is sharded over several
 //! gateways — every shard's part, asked of the gateways that hold them
-//! ([`super::shard`]) and added up here. Either way an answer works out
+//! ([`super::shards`]) and added up here. Either way an answer works out
 //! its true table through a [`View`] at one data generation, and
 //! disclosure control sees only the whole.
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
+use std::collections::HashMap;
 
 use joinery_crypto::tls::{TlsError, TlsFiles};
-use time::Date;
 
 use super::QueryError;
+use super::asked::{Asked, Within};
 use super::held::{Held, Loaded};
-use super::shard::Shards;
-use crate::analytics::model::{AnalystQuery, Breakdown};
-use crate::analytics::{Labels, MemberRow, Person, Shard, Tabulation};
+use super::shards::Shards;
+use crate::analytics::model::Breakdown;
+use crate::analytics::{Labels, MemberRow, Shard, Tabulation};
 use crate::storage::Storage;
 
 /// Which people a gateway's answers read, chosen at start-up.
@@ -72,35 +71,6 @@ impl Source {
             Inner::Shard(held, shard) => Some((held, *shard)),
             Inner::Whole(_) | Inner::Shards(_) => None,
         }
-    }
-}
-
-/// A question as every part of an answer works it out.
-pub(super) struct Asked {
-    /// The query document as sent (shards parse it again).
-    pub text: String,
-    pub query: AnalystQuery,
-    /// The day it counts at, fixed once for every part.
-    pub reference: Date,
-}
-
-/// What one agreement may see: what its parties sent under its datasets.
-pub(super) struct Within {
-    pub agreement: String,
-    pub datasets: BTreeSet<String>,
-    pub parties: BTreeSet<String>,
-}
-
-impl Within {
-    /// `people` as the agreement sees them: those it holds anything of,
-    /// each with only what it may see.
-    pub fn people(&self, people: &[Arc<Person>]) -> Vec<Arc<Person>> {
-        let datasets: BTreeSet<&str> = self.datasets.iter().map(String::as_str).collect();
-        let parties: BTreeSet<&str> = self.parties.iter().map(String::as_str).collect();
-        people
-            .iter()
-            .filter_map(|p| p.within(&datasets, &parties))
-            .collect()
     }
 }
 
