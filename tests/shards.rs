@@ -56,6 +56,9 @@ async fn shards_answer_together_what_one_gateway_holding_everyone_answers() {
     let query = d.path("query.yaml");
     std::fs::write(&query, QUERY).unwrap();
     let query = query.to_str().unwrap();
+    let probe = d.path("probe.yaml");
+    std::fs::write(&probe, format!("{QUERY}# asked of the whole gateway\n")).unwrap();
+    let probe = probe.to_str().unwrap().to_owned();
 
     // Linking only when told, so the data moves only when the test moves it.
     let quiet = ["--linkage-interval-secs", "3600"];
@@ -67,7 +70,7 @@ async fn shards_answer_together_what_one_gateway_holding_everyone_answers() {
     let shard =
         |which: &str| d.start_gateway(Some(&url), &[quiet[0], quiet[1], "--holds-shard", which]);
     let (shard0, mut shard1) = (shard("0/2"), shard("1/2"));
-    let answer_from = |shards: &str| {
+    let answer_from = |shards: &str, metrics: &str| {
         d.start_gateway(
             Some(&url),
             &[
@@ -79,10 +82,22 @@ async fn shards_answer_together_what_one_gateway_holding_everyone_answers() {
                 answering_cert.0.to_str().unwrap(),
                 "--shard-tls-key",
                 answering_cert.1.to_str().unwrap(),
+                "--metrics-listen",
+                metrics,
             ],
         )
     };
-    let answering = answer_from(&format!("{},{}", shard0.address, shard1.address));
+    let metrics = free_local_address();
+    let answering = answer_from(&format!("{},{}", shard0.address, shard1.address), &metrics);
+    let asks = |outcome: &str| -> u64 {
+        let page = http_get(&metrics, "/metrics");
+        let series = format!("joinery_gateway_shard_asks_total{{outcome=\"{outcome}\"}} ");
+        page.lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .unwrap_or_else(|| panic!("no {series} in {page}"))
+            .parse()
+            .unwrap()
+    };
 
     let extract = |gateway: &str| {
         let out = d.client(&["query", "extract", query], gateway, reviewer.clone(), &[]);
@@ -91,10 +106,12 @@ async fn shards_answer_together_what_one_gateway_holding_everyone_answers() {
     let db = open_database(&url).await;
     for round in ["two agencies", "after the third agency's delivery"] {
         // The whole gateway answers from what it holds while it catches
-        // up (the shards are asked at the data's generation): wait for it.
+        // up (the shards are asked at the data's generation): wait for it,
+        // asking another question (the same one would be released here
+        // and replayed by the answering gateway, shards unasked).
         let mut caught_up = false;
         for _ in 0..100 {
-            if run(&d, &whole.address, query)["newer_data_pending"] == false {
+            if run(&d, &whole.address, &probe)["newer_data_pending"] == false {
                 caught_up = true;
                 break;
             }
@@ -196,7 +213,10 @@ async fn shards_answer_together_what_one_gateway_holding_everyone_answers() {
         path.to_str().unwrap().to_owned()
     };
     // One shard given twice: refused, naming the fix.
-    let twice = answer_from(&format!("{},{}", shard0.address, shard0.address));
+    let twice = answer_from(
+        &format!("{},{}", shard0.address, shard0.address),
+        &free_local_address(),
+    );
     let by_segment = another("by-segment.yaml", "columns: segment");
     fails_saying(
         d.client_command(
@@ -221,6 +241,12 @@ async fn shards_answer_together_what_one_gateway_holding_everyone_answers() {
         ),
         &missing,
     );
+    // Every step asked of the shards is counted; the last one failed.
+    // Two rounds of an extract (members), a table by a recorded value
+    // (label counts, then the table) and a median (the table).
+    let answered = asks("answered");
+    assert!(answered >= 8, "{answered} steps answered, not 8");
+    assert_eq!(asks("failed"), 1);
     let log = answering.log_text();
     assert!(!log.contains("panicked"), "{log}");
 }

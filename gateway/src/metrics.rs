@@ -26,6 +26,7 @@ pub const LINKAGE_EXPECTED_MISSED: &str = "joinery_gateway_linkage_expected_miss
 pub const POPULATION_UPDATES: &str = "joinery_gateway_population_updates_total";
 pub const POPULATION_PEOPLE_READ: &str = "joinery_gateway_population_people_read_total";
 pub const KEYHOLDER_ELEMENTS: &str = "joinery_keyholder_elements_total";
+pub const SHARD_ASKS: &str = "joinery_gateway_shard_asks_total";
 
 /// Histogram buckets for a linkage run's duration, in seconds.
 pub const LINKAGE_SECONDS_BUCKETS: &[f64] = &[
@@ -50,6 +51,8 @@ const LINK_METHODS: [&str; 2] = [
     crate::rekey::LinkMethod::Unlinked.as_str(),
 ];
 const POPULATION_UPDATE_KINDS: [&str; 2] = ["changed", "full"];
+/// What became of a step of an answer asked of every shard.
+const SHARD_ASK_OUTCOMES: [&str; 3] = ["answered", "moved_on", "failed"];
 /// What became of the elements agencies asked a keyholder to evaluate.
 pub const KEYHOLDER_OUTCOMES: [&str; 4] =
     ["evaluated", "over_allowance", "not_admitted", "malformed"];
@@ -75,6 +78,9 @@ pub fn describe() {
         metrics::counter!(POPULATION_UPDATES, "kind" => kind).increment(0);
     }
     metrics::counter!(POPULATION_PEOPLE_READ).increment(0);
+    for outcome in SHARD_ASK_OUTCOMES {
+        metrics::counter!(SHARD_ASKS, "outcome" => outcome).increment(0);
+    }
     for outcome in KEYHOLDER_OUTCOMES {
         metrics::counter!(KEYHOLDER_ELEMENTS, "outcome" => outcome).increment(0);
     }
@@ -138,6 +144,10 @@ pub fn describe() {
     metrics::describe_counter!(
         POPULATION_PEOPLE_READ,
         "People read from the database to bring the population held for analytics up to date"
+    );
+    metrics::describe_counter!(
+        SHARD_ASKS,
+        "Steps of an answer asked of every shard by a gateway answering from shards, by outcome (answered; moved_on: a shard was past the generation asked, so the answer is worked out again; failed: a shard unreachable, refusing, or not the shard expected)"
     );
     metrics::describe_counter!(
         HANDSHAKE_FAILURES,
@@ -229,6 +239,12 @@ pub fn population_updated(full: bool, people: usize) {
     let kind = if full { "full" } else { "changed" };
     metrics::counter!(POPULATION_UPDATES, "kind" => kind).increment(1);
     metrics::counter!(POPULATION_PEOPLE_READ).increment(people as u64);
+}
+
+/// A step of an answer asked of every shard: `outcome` is one of
+/// [`SHARD_ASK_OUTCOMES`].
+pub fn shard_ask(outcome: &'static str) {
+    metrics::counter!(SHARD_ASKS, "outcome" => outcome).increment(1);
 }
 
 /// The last full run's estimate for one organisation pair

@@ -166,10 +166,27 @@ impl Shards {
                 Ok::<_, QueryError>((peer, part.into_inner()))
             }
         });
-        let parts = futures::future::try_join_all(asks).await?;
+        let asked = futures::future::try_join_all(asks)
+            .await
+            .and_then(|parts| self.every_shard_once(&parts, generation).map(|()| parts));
+        crate::metrics::shard_ask(match &asked {
+            Ok(_) => "answered",
+            Err(QueryError::MovedOn) => "moved_on",
+            Err(_) => "failed",
+        });
+        asked
+    }
+
+    /// Whether `parts` came from every shard exactly once, all at
+    /// `generation`.
+    fn every_shard_once<T: Part>(
+        &self,
+        parts: &[(&Peer, T)],
+        generation: i64,
+    ) -> Result<(), QueryError> {
         let count = self.peers.len();
         let mut seen = vec![false; count];
-        for (peer, part) in &parts {
+        for (peer, part) in parts {
             let Some(of) = part.shard() else {
                 return Err(QueryError::Shards(format!(
                     "the gateway at {} did not say which shard it holds",
@@ -190,7 +207,7 @@ impl Shards {
                 return Err(QueryError::MovedOn);
             }
         }
-        Ok(parts)
+        Ok(())
     }
 }
 
