@@ -42,6 +42,10 @@ pub struct LinkageArgs {
     /// Linkage parameters (YAML, as in an agreement); default: the canonical ones.
     #[arg(long)]
     params: Option<PathBuf>,
+    /// The canonical parameters of this version (an agreement's
+    /// `linkage.encoding.version`), in place of --params.
+    #[arg(long, conflicts_with = "params")]
+    version: Option<u32>,
     /// Where to write the predicted pairs (CSV).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -73,7 +77,7 @@ type Key = (u32, String);
 const ENCODE_CHUNK: usize = 1 << 14;
 
 pub async fn run(args: LinkageArgs) -> anyhow::Result<ExitCode> {
-    let params = super::linkage_params(args.params.as_deref())?;
+    let params = super::linkage_params(args.params.as_deref(), args.version)?;
     let key = match &args.linkage_key {
         Some(path) => SecretKey::load(path)?,
         // A throwaway key: the bench measures, it shares nothing.

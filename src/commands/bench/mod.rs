@@ -300,9 +300,15 @@ fn count_common<T: Ord>(a: &[T], b: &[T]) -> usize {
 
 /// Linkage parameters from a YAML file (as in an agreement), or the
 /// canonical ones.
-fn linkage_params(path: Option<&Path>) -> anyhow::Result<joinery_linkage::LinkageParams> {
+fn linkage_params(
+    path: Option<&Path>,
+    version: Option<u32>,
+) -> anyhow::Result<joinery_linkage::LinkageParams> {
     let Some(path) = path else {
-        return Ok(joinery_linkage::LinkageParams::canonical());
+        return Ok(version.map_or_else(
+            joinery_linkage::LinkageParams::canonical,
+            joinery_linkage::LinkageParams::canonical_version,
+        ));
     };
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;

@@ -71,6 +71,10 @@ pub struct AttackArgs {
     /// canonical ones.
     #[arg(long)]
     params: Option<PathBuf>,
+    /// The canonical parameters of this version (an agreement's
+    /// `linkage.encoding.version`), in place of --params.
+    #[arg(long, conflicts_with = "params")]
+    version: Option<u32>,
     /// Population seed.
     #[arg(long, default_value_t = 7)]
     seed: u64,
@@ -83,7 +87,7 @@ pub struct AttackArgs {
 
 pub fn run(args: AttackArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.records >= 100, "--records: at least 100");
-    let params = super::linkage_params(args.params.as_deref())?;
+    let params = super::linkage_params(args.params.as_deref(), args.version)?;
     let started = Instant::now();
     // A few children are quarantined by their agency (broken rows): draw a
     // little more than twice the records, for a register sharing none.
