@@ -241,8 +241,8 @@ pub fn population_updated(full: bool, people: usize) {
     metrics::counter!(POPULATION_PEOPLE_READ).increment(people as u64);
 }
 
-/// A step of an answer asked of every shard: `outcome` is one of
-/// [`SHARD_ASK_OUTCOMES`].
+/// A step of an answer asked of every shard: `outcome` is `answered`,
+/// `moved_on` or `failed`.
 pub fn shard_ask(outcome: &'static str) {
     metrics::counter!(SHARD_ASKS, "outcome" => outcome).increment(1);
 }
