@@ -19,7 +19,6 @@ use tonic::transport::Server;
 
 use crate::agreements::{Agreements, LiveAgreements};
 use crate::audit::{AuditRecord, AuditService};
-use crate::config::Answering;
 use crate::config::GatewayConfig;
 use crate::ingest::IngestService;
 use crate::listener;
@@ -173,11 +172,7 @@ impl Gateway {
         }
         let agreements = LiveAgreements::new(&config.agreements_dir(), agreements);
         let tls = Arc::new(TlsReloader::new(config.tls.clone())?);
-        let population = match &config.answering {
-            Answering::Whole => Source::whole(),
-            Answering::Shard(shard) => Source::shard(*shard),
-            Answering::FromShards { addresses, tls } => Source::shards(addresses, tls)?,
-        };
+        let population = Source::new(&config.answering)?;
         let listener =
             TcpListener::bind(config.listen)
                 .await

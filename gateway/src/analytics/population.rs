@@ -55,9 +55,9 @@ impl Shard {
         (index < count).then_some(Self { index, count })
     }
 
-    /// Whether the person known by `spine_id` is in this shard.
-    pub fn holds(&self, spine_id: &str) -> bool {
-        self.count <= 1 || Person::key_of(spine_id) % u64::from(self.count) == u64::from(self.index)
+    /// Whether the person whose [`Person::key`] is `key` is in this shard.
+    pub fn holds(&self, key: u64) -> bool {
+        self.count <= 1 || key % u64::from(self.count) == u64::from(self.index)
     }
 }
 

@@ -37,11 +37,13 @@ pub(super) struct Loaded {
 /// The population held (everyone, or one shard's people), shared by every
 /// answer.
 #[derive(Clone)]
-pub(super) struct Held(Arc<Mutex<State>>);
-
-struct State {
+pub(super) struct Held {
     /// Whose people are held.
     shard: Shard,
+    state: Arc<Mutex<State>>,
+}
+
+struct State {
     loaded: Option<(i64, Arc<Population>)>,
     /// An update is under way (it has taken the interner).
     updating: bool,
@@ -53,22 +55,28 @@ impl Held {
     /// Holds the people of `shard` ([`Shard::WHOLE`]: everyone), loaded
     /// when first asked for.
     pub fn new(shard: Shard) -> Self {
-        Self(Arc::new(Mutex::new(State {
+        Self {
             shard,
-            loaded: None,
-            updating: false,
-            interner: Interner::default(),
-        })))
+            state: Arc::new(Mutex::new(State {
+                loaded: None,
+                updating: false,
+                interner: Interner::default(),
+            })),
+        }
+    }
+
+    /// Whose people are held.
+    pub fn shard(&self) -> Shard {
+        self.shard
     }
 
     /// The population as held: loaded on first use (the caller waits), then
     /// from memory, with an update started when the data has moved on.
     pub async fn get(&self, storage: &Storage) -> Result<Loaded, StorageError> {
         let generation = storage.data_generation().await?;
-        let mut state = self.0.lock().await;
+        let mut state = self.state.lock().await;
         let Some((at, population)) = &state.loaded else {
-            let shard = state.shard;
-            let read = storage.population(&mut state.interner, shard).await?;
+            let read = storage.population(&mut state.interner, self.shard).await?;
             let population = Arc::new(Population::new(read.people));
             state.loaded = Some((read.generation, Arc::clone(&population)));
             return Ok(Loaded {
@@ -87,10 +95,10 @@ impl Held {
             let mut interner = std::mem::take(&mut state.interner);
             let (held, storage) = (self.clone(), storage.clone());
             let (at, population) = (loaded.generation, Arc::clone(&loaded.population));
-            let shard = state.shard;
+            let shard = self.shard;
             tokio::spawn(async move {
                 let updated = catch_up(&storage, at, &population, &mut interner, shard).await;
-                let mut state = held.0.lock().await;
+                let mut state = held.state.lock().await;
                 state.updating = false;
                 state.interner = interner;
                 match updated {

@@ -853,7 +853,7 @@ mod tests {
             storage.clone(),
             LiveAgreements::fixed(crate::agreements::Agreements::from_verified(vec![signed])),
             Rekeyer::new(&key),
-            Source::whole(),
+            Source::new(&crate::config::Answering::Whole).unwrap(),
         )
     }
 

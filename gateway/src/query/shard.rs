@@ -73,7 +73,7 @@ impl QueryService {
                 )));
             }
         }
-        let Some((held, shard)) = self.population.shard_held() else {
+        let Some(held) = self.population.shard_held() else {
             return Err(Status::failed_precondition(
                 "this gateway holds no shard of the population (gateway serve --holds-shard I/N)",
             ));
@@ -87,8 +87,8 @@ impl QueryService {
         .map_err(|_| Status::invalid_argument("reference_date must be YYYY-MM-DD"))?;
         let loaded = at_generation(held, &self.storage, asked.generation).await?;
         let of = ShardOf {
-            index: shard.index,
-            count: shard.count,
+            index: held.shard().index,
+            count: held.shard().count,
             generation: loaded.generation,
         };
         let asked = Asked {

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use joinery_crypto::tls::{TlsError, TlsFiles};
+use joinery_crypto::tls::TlsError;
 
 use super::QueryError;
 use super::asked::{Asked, Within};
@@ -15,6 +15,7 @@ use super::held::{Held, Loaded};
 use super::shards::Shards;
 use crate::analytics::model::Breakdown;
 use crate::analytics::{Labels, MemberRow, Shard, Tabulation};
+use crate::config::Answering;
 use crate::storage::Storage;
 
 /// Which people a gateway's answers read, chosen at start-up.
@@ -25,27 +26,21 @@ enum Inner {
     Whole(Held),
     /// One shard's people, held here for the gateways that answer from
     /// shards; this gateway answers no analyst itself.
-    Shard(Held, Shard),
+    Shard(Held),
     /// Nobody held here: the gateways holding each shard send their parts.
     Shards(Shards),
 }
 
 impl Source {
-    /// Everyone, held in this gateway's memory.
-    pub fn whole() -> Self {
-        Self(Inner::Whole(Held::new(Shard::WHOLE)))
-    }
-
-    /// The people of `shard`, held for the gateways that answer from shards.
-    pub fn shard(shard: Shard) -> Self {
-        Self(Inner::Shard(Held::new(shard), shard))
-    }
-
-    /// Nobody held here: the gateways at `addresses` (`host:port`, one per
-    /// shard) send their parts, reached with the gateway certificate in
-    /// `tls`.
-    pub fn shards(addresses: &[String], tls: &TlsFiles) -> Result<Self, TlsError> {
-        Ok(Self(Inner::Shards(Shards::new(addresses, tls)?)))
+    /// What a gateway configured with `answering` holds: everyone, one
+    /// shard, or (answering from shards) nobody, with the shards reached
+    /// through the gateway certificate it names.
+    pub fn new(answering: &Answering) -> Result<Self, TlsError> {
+        Ok(Self(match answering {
+            Answering::Whole => Inner::Whole(Held::new(Shard::WHOLE)),
+            Answering::Shard(shard) => Inner::Shard(Held::new(*shard)),
+            Answering::FromShards { addresses, tls } => Inner::Shards(Shards::new(addresses, tls)?),
+        }))
     }
 
     /// One answer's view of the population: what this gateway holds (as
@@ -54,8 +49,9 @@ impl Source {
     pub(super) async fn view(&self, storage: &Storage) -> Result<View<'_>, QueryError> {
         match &self.0 {
             Inner::Whole(held) => Ok(View::Held(held.get(storage).await?)),
-            Inner::Shard(_, shard) => Err(QueryError::NotAnswering(format!(
-                "this gateway holds shard {shard} of the population, for the gateways that answer from shards; ask one of those"
+            Inner::Shard(held) => Err(QueryError::NotAnswering(format!(
+                "this gateway holds shard {} of the population, for the gateways that answer from shards; ask one of those",
+                held.shard()
             ))),
             Inner::Shards(shards) => Ok(View::Shards {
                 shards,
@@ -65,10 +61,10 @@ impl Source {
     }
 
     /// The people this gateway holds for the gateways that answer from
-    /// shards, and which shard they are; `None` unless it holds a shard.
-    pub(super) fn shard_held(&self) -> Option<(&Held, Shard)> {
+    /// shards; `None` unless it holds a shard.
+    pub(super) fn shard_held(&self) -> Option<&Held> {
         match &self.0 {
-            Inner::Shard(held, shard) => Some((held, *shard)),
+            Inner::Shard(held) => Some(held),
             Inner::Whole(_) | Inner::Shards(_) => None,
         }
     }

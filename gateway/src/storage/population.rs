@@ -154,7 +154,14 @@ impl Storage {
         )
         .await?;
         // Only this shard's people are read again.
-        let spines: Vec<String> = spines.into_iter().filter(|s| shard.holds(s)).collect();
+        let (spines, keys): (Vec<String>, Vec<u64>) = spines
+            .into_iter()
+            .map(|spine| {
+                let key = Person::key_of(&spine);
+                (spine, key)
+            })
+            .filter(|(_, key)| shard.holds(*key))
+            .unzip();
         let mut placing = Placing::new(interner, batch_datasets(&mut tx).await?, shard);
         let mut members: Vec<String> = Vec::new();
         for_each_in(
@@ -182,7 +189,7 @@ impl Storage {
         tx.commit().await?;
         Ok(Some(PopulationChanges {
             generation,
-            keys: spines.iter().map(|s| Person::key_of(s)).collect(),
+            keys,
             people: placing.finish(),
         }))
     }
@@ -291,9 +298,11 @@ struct Placing<'i> {
     /// person is copied once read (nothing else holds these pointers yet:
     /// `Arc::make_mut` never copies here).
     people: Vec<Arc<Person>>,
-    /// Each spine person's place. A stored person id is placed through
-    /// `spine` and this (no map of its own: at a million children that
-    /// would be a fifth of what the load allocates).
+    /// Each spine person's place, or [`PASSED_OVER`] for a person of
+    /// another shard (so a person's shard is worked out once, not for each
+    /// of their rows). A stored person id is placed through `spine` and
+    /// this (no map of its own: at a million children that would be a
+    /// fifth of what the load allocates).
     by_spine: IdMap<usize>,
     /// Events whose person has no record, with no batch or an unreadable
     /// date (none, unless the database was changed by hand).
@@ -302,6 +311,9 @@ struct Placing<'i> {
     /// Whose records and events are placed; the rest are passed over.
     shard: Shard,
 }
+
+/// The place in [`Placing`] of a person in another shard.
+const PASSED_OVER: usize = usize::MAX;
 
 impl<'i> Placing<'i> {
     fn new(interner: &'i mut Interner, datasets: HashMap<String, Symbol>, shard: Shard) -> Self {
@@ -331,10 +343,15 @@ impl<'i> Placing<'i> {
         let person_id: &str = row.try_get(0)?;
         let (spine_id, key) = spine_of(&self.spine, person_id);
         let at = match self.by_spine.get(key) {
+            Some(&PASSED_OVER) => return Ok(()),
             Some(&at) => at,
-            None if !self.shard.holds(spine_id) => return Ok(()),
             None => {
-                self.people.push(Arc::new(Person::with_key(spine_id)));
+                let person = Person::with_key(spine_id);
+                if !self.shard.holds(person.key) {
+                    self.by_spine.insert(key, PASSED_OVER);
+                    return Ok(());
+                }
+                self.people.push(Arc::new(person));
                 self.by_spine.insert(key, self.people.len() - 1);
                 self.people.len() - 1
             }
@@ -357,15 +374,14 @@ impl<'i> Placing<'i> {
         let person_id: &str = row.try_get(0)?;
         batch_key(&mut self.key, row.try_get(1)?, row.try_get(2)?);
         let date: &str = row.try_get(4)?;
-        let (spine_id, key) = spine_of(&self.spine, person_id);
-        let (Some(&at), Some(dataset), Some(date)) = (
-            self.by_spine.get(key),
-            self.datasets.get(&self.key),
-            iso_date(date),
-        ) else {
-            if self.shard.holds(spine_id) {
-                self.unplaced += 1;
-            }
+        let at = self.by_spine.get(spine_of(&self.spine, person_id).1);
+        if at == Some(&PASSED_OVER) {
+            return Ok(());
+        }
+        let (Some(&at), Some(dataset), Some(date)) =
+            (at, self.datasets.get(&self.key), iso_date(date))
+        else {
+            self.unplaced += 1;
             return Ok(());
         };
         Arc::make_mut(&mut self.people[at])

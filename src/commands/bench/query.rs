@@ -98,7 +98,7 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<ExitCode> {
         storage.clone(),
         joinery_gateway::agreements::LiveAgreements::fixed(agreements),
         Rekeyer::new(&key),
-        joinery_gateway::query::Source::whole(),
+        joinery_gateway::query::Source::new(&joinery_gateway::config::Answering::Whole)?,
     );
     let analyst = PeerIdentity::Analyst("j.bloggs".into());
     let request = RunRequest {
