@@ -269,3 +269,62 @@ async fn check_person_ids(d: &Deployment, ground_truth: &Path, db: &sqlx::AnyPoo
         .collect();
     assert_eq!(children_linked.len(), linked_across_agencies);
 }
+
+/// An agreement on the hardened encoding (version 7, with only the birth
+/// year and postcode area kept in clear) works from end to end: every
+/// agent encodes under it, the gateway takes its encodings (each one the
+/// size version 7's filters make), and fuzzy linkage puts each child's
+/// records on one spine person ([`check_spine`]: F1 at least 0.97).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hardened_agreement_links_from_end_to_end() {
+    let d = Deployment::new();
+    write_signed_agreement(&d.agreements_dir(), |text| {
+        let hardened = text
+            .replacen("    version: 5\n", "    version: 7\n", 1)
+            .replace("      date_of_birth: month", "      date_of_birth: year")
+            .replace("      postcode: district", "      postcode: area");
+        assert_ne!(hardened, text, "the example agreement's encoding moved");
+        hardened
+    });
+    let synth = d.synth(400, 11);
+    let gateway = d.start_gateway(None, &[]);
+    let agents: Vec<_> = AGENCIES
+        .iter()
+        .map(|(org, dataset, _)| {
+            let config = d.agent_config(
+                org,
+                &gateway.address,
+                &synth.join(format!("extracts/{dataset}.csv")),
+                &synth.join(format!("mappings/{dataset}.yaml")),
+            );
+            (org, d.spawn_agent(&config))
+        })
+        .collect();
+    for (org, agent) in agents {
+        let (code, stdout, stderr) = finish(agent);
+        assert_eq!(code, 3, "agent {org}: {stdout}\n{stderr}");
+    }
+    assert!(gateway.stop().success());
+
+    let db = open_database(&d.sqlite_url()).await;
+    let params = joinery_linkage::LinkageParams::canonical_version(7);
+    let bytes: i64 = params.fields.iter().map(|f| i64::from(f.bits) / 8).sum();
+    let stored: Vec<(i64, i64, i64)> = sqlx::query(
+        "SELECT params_version, length(filters), COUNT(*) FROM linkage_entities \
+         GROUP BY params_version, length(filters)",
+    )
+    .fetch_all(&db)
+    .await
+    .unwrap()
+    .iter()
+    .map(|row| (row.get(0), row.get(1), row.get(2)))
+    .collect();
+    assert!(
+        matches!(stored[..], [(7, b, n)] if b == bytes && n > 300),
+        "{stored:?}, against version 7's {bytes} bytes"
+    );
+
+    let relinked = d.on_store(&["gateway", "relink"], None);
+    assert!(relinked.contains("full run"), "{relinked}");
+    check_spine(&d, &synth.join("ground_truth.csv"), &db).await;
+}

@@ -467,20 +467,26 @@ pub fn for_each_token(tokens: Tokens, value: &str, mut each: impl FnMut(&[u8])) 
                 each(value.trim().as_bytes());
             }
         }
-        Tokens::DateParts => {
+        Tokens::DateParts | Tokens::DateAnyOrder => {
             let mut parts = value.splitn(3, '-');
-            match (parts.next(), parts.next(), parts.next()) {
-                (Some(y), Some(m), Some(d)) => {
-                    let mut token = Vec::with_capacity(16);
-                    for parts in [&["y", y][..], &["m", m], &["d", d], &["md", m, d]] {
-                        token.clear();
-                        for part in parts {
-                            token.extend_from_slice(part.as_bytes());
-                        }
-                        each(&token);
-                    }
+            let (Some(y), Some(m), Some(d)) = (parts.next(), parts.next(), parts.next()) else {
+                return each(value.as_bytes());
+            };
+            // The day and month in either order: the lower first.
+            let (low, high) = if m <= d { (m, d) } else { (d, m) };
+            let date_parts = [&["y", y][..], &["m", m], &["d", d], &["md", m, d]];
+            let any_order = [&["y", y][..], &["dm", low, high]];
+            let chosen: &[&[&str]] = match tokens {
+                Tokens::DateParts => &date_parts,
+                _ => &any_order,
+            };
+            let mut token = Vec::with_capacity(16);
+            for parts in chosen {
+                token.clear();
+                for part in *parts {
+                    token.extend_from_slice(part.as_bytes());
                 }
-                _ => each(value.as_bytes()),
+                each(&token);
             }
         }
     }
@@ -543,6 +549,37 @@ mod tests {
         assert_eq!(a.blocks[1], typo.blocks[1]);
         assert_ne!(a.blocks[1], swapped.blocks[1]);
         assert_eq!(a.blocks[0], typo.blocks[0]);
+    }
+
+    #[test]
+    fn a_swapped_day_and_month_agree_in_full_in_either_order_from_version_7() {
+        let v7 = LinkageParams::canonical_version(7);
+        let any_order = v7
+            .fields
+            .iter()
+            .position(|f| f.tokens == Tokens::DateAnyOrder)
+            .expect("version 7 encodes the date in either order");
+        assert!(
+            !LinkageParams::canonical_version(6)
+                .fields
+                .iter()
+                .any(|f| f.tokens == Tokens::DateAnyOrder)
+        );
+        let encoder = Encoder::new(&SecretKey::from_bytes([1; 32]), &v7).unwrap();
+        let date = |dob: &str| encoder.encode(&child("AMELIA", "JOHNSON", dob));
+        let (a, swapped) = (date("2015-04-12"), date("2015-12-04"));
+        let alike = |b: &Encoding, f: usize| dice(a.filter(&v7, f), b.filter(&v7, f));
+        // By parts the swap shares only the year; in either order, all.
+        assert!(alike(&swapped, 2) < 0.4, "{}", alike(&swapped, 2));
+        assert_eq!(alike(&swapped, any_order), 1.0);
+        // A sibling born the same year, another day, or the same day and
+        // month of another year, is no more alike in either order than a
+        // different date.
+        for other in ["2015-06-12", "2014-04-12", "2015-04-13"] {
+            let d = alike(&date(other), any_order);
+            assert!(d < 0.7, "{other}: {d}");
+        }
+        assert!(alike(&date("2016-07-30"), any_order) < 0.2);
     }
 
     #[test]

@@ -411,7 +411,7 @@ impl Rules<'_> {
                 Some(Transform::Keep | Transform::Sector | Transform::District)
             );
             if hardened && (finer_than_year || finer_than_area) {
-                self.warn(&dataset_path(name, &[Key("fields")]), format!("{name}: the gateway keeps a birth date finer than the year or a postcode finer than the area in clear, and with them an operator holding a register of the population re-identifies about half the records despite encoding version 6 (docs/linkage-privacy.md)"), "send date_of_birth as year and postcode as area");
+                self.warn(&dataset_path(name, &[Key("fields")]), format!("{name}: the gateway keeps a birth date finer than the year or a postcode finer than the area in clear, and with them an operator holding a register of the population re-identifies about half the records despite a hardened encoding version (6 or later; docs/linkage-privacy.md)"), "send date_of_birth as year and postcode as area");
             }
             for (event, rule) in &dataset.events {
                 if !is_name(event) {
@@ -456,7 +456,7 @@ impl Rules<'_> {
                     "encoding version {} lets an operator of the gateway holding a register of the population re-identify most records from the fuzzy-linkage encodings (docs/linkage-privacy.md)",
                     a.linkage.encoding.version
                 ),
-                "use version 6, with date_of_birth sent as year and postcode as area (it costs some links: docs/linkage-privacy.md)",
+                "use version 7 (hardened; 6 without the date in either order), with date_of_birth sent as year and postcode as area (it costs some links: docs/linkage-privacy.md)",
             );
         }
         let canonical = |f: &str| crate::model::CANONICAL_LINKAGE_FIELDS.contains(&f);

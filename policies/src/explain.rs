@@ -232,6 +232,9 @@ fn blocks(a: &Agreement) -> Vec<Block> {
                     joinery_linkage::params::Tokens::PaddedBigrams =>
                         "pairs of characters, the first letter marked",
                     joinery_linkage::params::Tokens::DateParts => "date parts",
+                    joinery_linkage::params::Tokens::DateAnyOrder => {
+                        "year, and day and month in either order"
+                    }
                     joinery_linkage::params::Tokens::Whole => "one whole value",
                 },
                 e.bits,
