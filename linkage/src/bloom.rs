@@ -190,9 +190,85 @@ pub fn dice(a: &Words, ones_a: u32, b: &Words, ones_b: u32) -> f64 {
     f64::from(2 * common(a, b)) / f64::from(total)
 }
 
+/// The Dice coefficient of the *tokens* two filters of `bits` bits were
+/// made from, estimated from their popcounts and the bits they share: a
+/// filter with x of m bits set holds about −(m/h)·ln(1 − x/m) tokens of h
+/// hashes each, so the tokens in common are those of each minus those of
+/// their union (h cancels). The bits' own Dice counts the bits two
+/// different tokens share by chance, more of them the fuller a filter is,
+/// so the same two names look more alike in a small filter than in a large
+/// one; this does not. Every filter length is a power of two from 64 to
+/// 4,096 bits (`params`), each with a table made once.
+#[inline(always)]
+pub fn token_dice(bits: usize, common: u32, ones_a: u32, ones_b: u32) -> f32 {
+    let table = &token_tables()[(bits / 64).trailing_zeros() as usize];
+    let (a, b) = (table[ones_a as usize], table[ones_b as usize]);
+    let union = table[(ones_a + ones_b - common) as usize];
+    if a + b == 0.0 {
+        return 0.0;
+    }
+    2.0 * (a + b - union) / (a + b)
+}
+
+/// −ln(1 − x/m) for x from 0 to m, for m = 64, 128, … 4,096 (a full filter
+/// taken as half a bit short of full, so its logarithm is finite).
+fn token_tables() -> &'static [Vec<f32>] {
+    static TABLES: std::sync::OnceLock<Vec<Vec<f32>>> = std::sync::OnceLock::new();
+    TABLES.get_or_init(|| {
+        (0..7)
+            .map(|i| {
+                let m = 64usize << i;
+                (0..=m)
+                    .map(|x| {
+                        let x = (x as f64).min(m as f64 - 0.5);
+                        (-(1.0 - x / m as f64).ln()) as f32
+                    })
+                    .collect()
+            })
+            .collect()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two sets of 8 tokens sharing 2 (token Dice 0.25), hashed 8 times
+    /// each into filters of 128 to 1,024 bits: the bits' Dice rises as the
+    /// filter shrinks, the tokens' estimate stays near 0.25.
+    #[test]
+    fn the_token_estimate_does_not_grow_as_the_filter_shrinks() {
+        let mut sequence = crate::sequence::Sequence::new(0x9e37_79b9_7f4a_7c15);
+        let mut next = || sequence.next_u64();
+        for bits in [128usize, 256, 512, 1024] {
+            let (mut by_bits, mut by_tokens) = (0.0, 0.0);
+            let trials = 400;
+            for _ in 0..trials {
+                let tokens: Vec<Vec<usize>> = (0..14)
+                    .map(|_| (0..8).map(|_| next() as usize % bits).collect())
+                    .collect();
+                let filter = |chosen: &[Vec<usize>]| {
+                    let mut words = vec![0u64; bits / 64];
+                    for position in chosen.iter().flatten() {
+                        set(&mut words, *position);
+                    }
+                    words
+                };
+                let (a, b) = (filter(&tokens[..8]), filter(&tokens[6..]));
+                let (oa, ob) = (ones(&a), ones(&b));
+                by_bits += dice(&a, oa, &b, ob);
+                by_tokens += f64::from(token_dice(bits, common(&a, &b), oa, ob));
+            }
+            let (by_bits, by_tokens) = (by_bits / trials as f64, by_tokens / trials as f64);
+            assert!((by_tokens - 0.25).abs() < 0.05, "{bits} bits: {by_tokens}");
+            if bits <= 256 {
+                assert!(by_bits > 0.3, "{bits} bits: the bits' Dice {by_bits}");
+            }
+        }
+        assert_eq!(token_dice(256, 40, 40, 40), 1.0);
+        assert_eq!(token_dice(64, 0, 0, 0), 0.0);
+        assert_eq!(token_dice(64, 64, 64, 64), 1.0);
+    }
 
     #[test]
     fn dice_of_known_filters() {

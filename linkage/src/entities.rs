@@ -7,7 +7,7 @@
 
 use crate::bloom;
 use crate::encode::{Encoding, Pseudonym};
-use crate::params::LinkageParams;
+use crate::params::{LinkageParams, Similarity};
 use crate::score::StandIn;
 
 /// One record to link: one organisation's one local id.
@@ -104,6 +104,8 @@ pub(crate) struct Filters {
     pub ones: Vec<u32>,
     /// Fields that stand in for others (applied to every pattern).
     pub stand_ins: Vec<StandIn>,
+    /// How a field's level is read from two filters.
+    pub similarity: Similarity,
 }
 
 impl Filters {
@@ -119,6 +121,7 @@ impl Filters {
             data: Vec::new(),
             ones: Vec::new(),
             stand_ins: StandIn::of(params),
+            similarity: params.similarity(),
         }
     }
 

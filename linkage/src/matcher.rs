@@ -27,9 +27,9 @@ use crate::bloom::{self, Kernel, KernelTask, Scalar};
 use crate::cluster::{Link, cluster};
 use crate::encode::Pseudonym;
 use crate::entities::{Entities, Entity, Filters};
-use crate::params::{LinkageParams, Take};
+use crate::params::{LinkageParams, Similarity, Take};
 use crate::quality::{self, PairQuality, Tally};
-use crate::score::{LEVELS, MISSING, Model, Pattern, RuleCandidates, level};
+use crate::score::{LEVELS, MISSING, Model, Pattern, RuleCandidates, level, level_of_dice};
 use crate::sequence::Sequence;
 
 /// Random pairs drawn to measure u.
@@ -84,6 +84,7 @@ impl Filters {
         let f = self.fields();
         pattern_of(
             Scalar,
+            self.similarity,
             &self.offsets,
             self.row(i),
             self.row(j),
@@ -98,6 +99,7 @@ impl Filters {
 #[inline(always)]
 fn level_of<K: Kernel>(
     kernel: K,
+    similarity: Similarity,
     words: std::ops::Range<usize>,
     a: &[u64],
     b: &[u64],
@@ -105,9 +107,13 @@ fn level_of<K: Kernel>(
     ob: u32,
 ) -> u8 {
     if oa == 0 || ob == 0 {
-        MISSING
-    } else {
-        level(kernel.common(&a[words.clone()], &b[words]), oa + ob)
+        return MISSING;
+    }
+    let bits = (words.end - words.start) * 64;
+    let common = kernel.common(&a[words.clone()], &b[words]);
+    match similarity {
+        Similarity::Bits => level(common, oa + ob),
+        Similarity::Tokens => level_of_dice(bloom::token_dice(bits, common, oa, ob)),
     }
 }
 
@@ -115,6 +121,7 @@ fn level_of<K: Kernel>(
 #[inline(always)]
 fn pattern_of<K: Kernel>(
     kernel: K,
+    similarity: Similarity,
     offsets: &[usize],
     a: &[u64],
     b: &[u64],
@@ -125,6 +132,7 @@ fn pattern_of<K: Kernel>(
     for f in 0..ones_a.len() {
         let l = level_of(
             kernel,
+            similarity,
             offsets[f]..offsets[f + 1],
             a,
             b,
@@ -144,6 +152,7 @@ fn pattern_of<K: Kernel>(
 struct Pruning {
     /// The fields in the order they are compared.
     steps: Vec<Step>,
+    similarity: Similarity,
 }
 
 /// One field of [`Pruning`]'s order, with all a comparison needs at hand.
@@ -216,7 +225,10 @@ impl Pruning {
                 }
             })
             .collect();
-        Self { steps }
+        Self {
+            steps,
+            similarity: filters.similarity,
+        }
     }
 
     /// The pair's pattern, or `None` once it cannot reach the threshold.
@@ -232,7 +244,7 @@ impl Pruning {
         let (mut pattern, mut weight) = (0, 0.0);
         for step in &self.steps {
             let (oa, ob) = (ones_a[step.field], ones_b[step.field]);
-            let l = level_of(kernel, step.words.clone(), a, b, oa, ob);
+            let l = level_of(kernel, self.similarity, step.words.clone(), a, b, oa, ob);
             pattern |= u64::from(l) << (3 * step.field);
             weight += step.weights[l as usize];
             if weight < step.floor {
@@ -592,8 +604,15 @@ impl<V: Visit> WalkShare<'_, '_, V> {
             if let Walk::Fitting = walk {
                 for (y, &j) in members.iter().enumerate().take(group_end).skip(x + 1) {
                     let (row_b, ones_b) = row(y);
-                    let pattern =
-                        pattern_of(kernel, &filters.offsets, row_a, row_b, ones_a, ones_b);
+                    let pattern = pattern_of(
+                        kernel,
+                        filters.similarity,
+                        &filters.offsets,
+                        row_a,
+                        row_b,
+                        ones_a,
+                        ones_b,
+                    );
                     each(rule, i, j as usize, Pair::Within, Some(pattern));
                 }
             }
@@ -604,8 +623,15 @@ impl<V: Visit> WalkShare<'_, '_, V> {
                 let (row_b, ones_b) = row(y);
                 match walk {
                     Walk::Fitting => {
-                        let pattern =
-                            pattern_of(kernel, &filters.offsets, row_a, row_b, ones_a, ones_b);
+                        let pattern = pattern_of(
+                            kernel,
+                            filters.similarity,
+                            &filters.offsets,
+                            row_a,
+                            row_b,
+                            ones_a,
+                            ones_b,
+                        );
                         let pair = if first { Pair::First } else { Pair::Again };
                         each(rule, i, j, pair, Some(pattern));
                     }
@@ -995,6 +1021,85 @@ mod tests {
             }
         }
         out
+    }
+
+    /// Version 7 reads a given name's level from the tokens its encodings
+    /// hold, so the half-size copies no longer make different names look
+    /// partly alike by the bits they share by chance, while a typo still
+    /// leaves a name alike.
+    #[test]
+    fn version_7_reads_a_name_by_its_tokens_whatever_the_size_of_its_encoding() {
+        let tokens = LinkageParams::canonical_version(7);
+        let bits = LinkageParams {
+            version: 6,
+            ..tokens.clone()
+        };
+        assert_eq!(
+            (tokens.similarity(), bits.similarity()),
+            (Similarity::Tokens, Similarity::Bits)
+        );
+        let encoder = Encoder::new(&SecretKey::from_bytes([5; 32]), &tokens).unwrap();
+        let child = |given: &str| Entity {
+            organisation: 0,
+            nhs: None,
+            encoding: encoder.encode(
+                &Identity::new()
+                    .with("given_name", Some(given))
+                    .with("family_name", Some("JOHNSON"))
+                    .with("date_of_birth", Some("2015-04-12"))
+                    .with("sex", Some("female"))
+                    .with("postcode", Some("M13 9PL")),
+            ),
+        };
+        // The given name's level as judged (at the best of its encodings).
+        let given_level = |params: &LinkageParams, a: &str, b: &str| {
+            let entities = Entities::numbered(vec![child(a), child(b)], params);
+            let filters = &entities.filters;
+            let pattern = filters
+                .stand_ins
+                .iter()
+                .fold(filters.pattern(0, 1), |p, s| s.apply(p));
+            crate::score::pattern_level(pattern, 0)
+        };
+        let twins = [
+            ("NOAH", "NOEL"),
+            ("ISLA", "ELLA"),
+            ("MIA", "MILA"),
+            ("AVA", "EVA"),
+            ("HARRY", "HENRY"),
+            ("LILY", "LOLA"),
+            ("EMILY", "EMMA"),
+            ("RUBY", "ROSIE"),
+            ("ALFIE", "ARCHIE"),
+            ("EVIE", "EVAN"),
+            ("MAISIE", "MAISY"),
+            ("OSCAR", "OTIS"),
+            ("POPPY", "POLLY"),
+            ("LUCAS", "LUKE"),
+            ("SIENNA", "SERENA"),
+            ("ERIN", "EDEN"),
+        ];
+        let read_apart = twins
+            .iter()
+            .filter(|(a, b)| given_level(&bits, a, b) == 3 && given_level(&tokens, a, b) == 4)
+            .count();
+        let read_together = twins
+            .iter()
+            .filter(|(a, b)| given_level(&bits, a, b) == 4 && given_level(&tokens, a, b) < 4)
+            .count();
+        println!("read apart by tokens {read_apart}, together {read_together}");
+        assert!(
+            read_apart > read_together,
+            "by tokens {read_apart} pairs of names read apart, {read_together} together"
+        );
+        for (name, typo) in [
+            ("AMELIA", "AMELAI"),
+            ("OLIVER", "OLIVRE"),
+            ("CHARLOTTE", "CHARLOTE"),
+            ("HARRISON", "HARISON"),
+        ] {
+            assert!(given_level(&tokens, name, typo) < 4, "{name} {typo}");
+        }
     }
 
     /// Links as pairs of tiebreaks, and people as sets of tiebreaks: what

@@ -1,5 +1,7 @@
 //! Fellegi–Sunter scoring. Each field of a pair falls into an agreement level
-//! by the Dice similarity of its filters; a level's weight is
+//! by the Dice similarity of its filters (from parameters version 7, of the
+//! tokens they hold, estimated from their bits:
+//! [`crate::params::Similarity`]); a level's weight is
 //! log2(m / u), where m is how often true matches show that level and u how
 //! often non-matches do. No labelled data is needed (the method Splink uses):
 //!
@@ -79,6 +81,15 @@ pub fn level(common: u32, total: u32) -> u8 {
     LEVEL_BOUNDS
         .iter()
         .map(|&b| u8::from(twice < u64::from(b) * total))
+        .sum()
+}
+
+/// The agreement level of a Dice coefficient (from 0 to 1).
+#[inline(always)]
+pub fn level_of_dice(dice: f32) -> u8 {
+    LEVEL_BOUNDS
+        .iter()
+        .map(|&b| u8::from(dice * 100.0 < b as f32))
         .sum()
 }
 
