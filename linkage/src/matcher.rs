@@ -82,15 +82,32 @@ pub struct LinkStats {
 impl Filters {
     fn pattern(&self, i: usize, j: usize) -> Pattern {
         let f = self.fields();
-        pattern_of(
+        self.compare(
             Scalar,
-            self.similarity,
-            &self.offsets,
             self.row(i),
             self.row(j),
             &self.ones[i * f..(i + 1) * f],
             &self.ones[j * f..(j + 1) * f],
         )
+    }
+
+    /// The agreement pattern of two entities' rows (with their popcounts).
+    #[inline(always)]
+    fn compare<K: Kernel>(
+        &self,
+        kernel: K,
+        a: &[u64],
+        b: &[u64],
+        ones_a: &[u32],
+        ones_b: &[u32],
+    ) -> Pattern {
+        let mut pattern = 0;
+        for f in 0..ones_a.len() {
+            let words = self.offsets[f]..self.offsets[f + 1];
+            let l = level_of(kernel, self.similarity, words, a, b, ones_a[f], ones_b[f]);
+            pattern |= u64::from(l) << (3 * f);
+        }
+        pattern
     }
 }
 
@@ -115,33 +132,6 @@ fn level_of<K: Kernel>(
         Similarity::Bits => level(common, oa + ob),
         Similarity::Tokens => level_of_dice(bloom::token_dice(bits, common, oa, ob)),
     }
-}
-
-/// The agreement pattern of two entities' rows.
-#[inline(always)]
-fn pattern_of<K: Kernel>(
-    kernel: K,
-    similarity: Similarity,
-    offsets: &[usize],
-    a: &[u64],
-    b: &[u64],
-    ones_a: &[u32],
-    ones_b: &[u32],
-) -> Pattern {
-    let mut pattern = 0;
-    for f in 0..ones_a.len() {
-        let l = level_of(
-            kernel,
-            similarity,
-            offsets[f]..offsets[f + 1],
-            a,
-            b,
-            ones_a[f],
-            ones_b[f],
-        );
-        pattern |= u64::from(l) << (3 * f);
-    }
-    pattern
 }
 
 /// What the second pass needs to stop comparing a pair early: the fields
@@ -604,15 +594,7 @@ impl<V: Visit> WalkShare<'_, '_, V> {
             if let Walk::Fitting = walk {
                 for (y, &j) in members.iter().enumerate().take(group_end).skip(x + 1) {
                     let (row_b, ones_b) = row(y);
-                    let pattern = pattern_of(
-                        kernel,
-                        filters.similarity,
-                        &filters.offsets,
-                        row_a,
-                        row_b,
-                        ones_a,
-                        ones_b,
-                    );
+                    let pattern = filters.compare(kernel, row_a, row_b, ones_a, ones_b);
                     each(rule, i, j as usize, Pair::Within, Some(pattern));
                 }
             }
@@ -623,15 +605,7 @@ impl<V: Visit> WalkShare<'_, '_, V> {
                 let (row_b, ones_b) = row(y);
                 match walk {
                     Walk::Fitting => {
-                        let pattern = pattern_of(
-                            kernel,
-                            filters.similarity,
-                            &filters.offsets,
-                            row_a,
-                            row_b,
-                            ones_a,
-                            ones_b,
-                        );
+                        let pattern = filters.compare(kernel, row_a, row_b, ones_a, ones_b);
                         let pair = if first { Pair::First } else { Pair::Again };
                         each(rule, i, j, pair, Some(pattern));
                     }
