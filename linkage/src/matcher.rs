@@ -1061,7 +1061,6 @@ mod tests {
             .iter()
             .filter(|(a, b)| given_level(&bits, a, b) == 4 && given_level(&tokens, a, b) < 4)
             .count();
-        println!("read apart by tokens {read_apart}, together {read_together}");
         assert!(
             read_apart > read_together,
             "by tokens {read_apart} pairs of names read apart, {read_together} together"

@@ -77,20 +77,20 @@ fn agrees(level: u8) -> bool {
 pub fn level(common: u32, total: u32) -> u8 {
     let twice = 200 * u64::from(common);
     let total = u64::from(total);
-    // The bounds fall, so the count of those not reached is the level.
-    LEVEL_BOUNDS
-        .iter()
-        .map(|&b| u8::from(twice < u64::from(b) * total))
-        .sum()
+    level_below(|b| twice < u64::from(b) * total)
 }
 
 /// The agreement level of a Dice coefficient (from 0 to 1).
 #[inline(always)]
 pub fn level_of_dice(dice: f32) -> u8 {
-    LEVEL_BOUNDS
-        .iter()
-        .map(|&b| u8::from(dice * 100.0 < b as f32))
-        .sum()
+    level_below(|b| dice * 100.0 < b as f32)
+}
+
+/// How many of [`LEVEL_BOUNDS`] (in percent) a similarity is `below`: the
+/// bounds fall, so the count of those not reached is the level.
+#[inline(always)]
+fn level_below(below: impl Fn(u32) -> bool) -> u8 {
+    LEVEL_BOUNDS.iter().map(|&b| u8::from(below(b))).sum()
 }
 
 /// A pair's levels, three bits per field.
