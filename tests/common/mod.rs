@@ -40,10 +40,22 @@ pub fn joinery() -> Command {
     Command::new(env!("CARGO_BIN_EXE_joinery"))
 }
 
-/// A local address nothing listens on (one just freed).
+/// A local address nothing listens on, for a process the test starts to
+/// listen on. Chosen below the ephemeral range (Linux's is 32768–60999):
+/// a port the kernel handed out and took back could be given again to any
+/// outgoing connection (a database client's, a gRPC client's) before the
+/// process binds it, which once failed a run with "Address already in
+/// use". Ports are tried from a per-process random start until one binds.
 pub fn free_local_address() -> String {
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    probe.local_addr().unwrap().to_string()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id() * 7919 % 12_000;
+    loop {
+        let port = 20_000 + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % 12_000;
+        if let Ok(probe) = std::net::TcpListener::bind(("127.0.0.1", port as u16)) {
+            return probe.local_addr().unwrap().to_string();
+        }
+    }
 }
 
 /// The text of a file of this repository (`README.md`, `deploy/…`).
