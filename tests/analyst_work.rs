@@ -58,6 +58,7 @@ async fn examples_and_indicators_answer_within_the_protection() {
         .population(
             &mut joinery_gateway::analytics::Interner::default(),
             joinery_gateway::analytics::Shard::WHOLE,
+            None,
         )
         .await
         .unwrap()

@@ -97,6 +97,7 @@ async fn catch_up(
             usize::MAX,
             interner,
             joinery_gateway::analytics::Shard::WHOLE,
+            None,
         )
         .await
         .unwrap()
@@ -107,6 +108,7 @@ async fn catch_up(
         .population(
             &mut Interner::default(),
             joinery_gateway::analytics::Shard::WHOLE,
+            None,
         )
         .await
         .unwrap();
@@ -132,7 +134,11 @@ async fn changes_equal_a_fresh_read(url: &str) {
         .unwrap();
     let mut interner = Interner::default();
     let first = storage
-        .population(&mut interner, joinery_gateway::analytics::Shard::WHOLE)
+        .population(
+            &mut interner,
+            joinery_gateway::analytics::Shard::WHOLE,
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(first.people.len(), 80);
@@ -251,7 +257,8 @@ async fn changes_equal_a_fresh_read(url: &str) {
                 stale,
                 usize::MAX,
                 &mut interner,
-                joinery_gateway::analytics::Shard::WHOLE
+                joinery_gateway::analytics::Shard::WHOLE,
+                None
             )
             .await
             .unwrap()
@@ -263,6 +270,7 @@ async fn changes_equal_a_fresh_read(url: &str) {
             usize::MAX,
             &mut interner,
             joinery_gateway::analytics::Shard::WHOLE,
+            None,
         )
         .await
         .unwrap()
@@ -279,7 +287,8 @@ async fn changes_equal_a_fresh_read(url: &str) {
                 held.0,
                 9,
                 &mut interner,
-                joinery_gateway::analytics::Shard::WHOLE
+                joinery_gateway::analytics::Shard::WHOLE,
+                None
             )
             .await
             .unwrap()

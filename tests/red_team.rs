@@ -158,6 +158,7 @@ async fn attack(d: &Deployment, address: &str, cert: (PathBuf, PathBuf)) {
         .population(
             &mut joinery_gateway::analytics::Interner::default(),
             joinery_gateway::analytics::Shard::WHOLE,
+            None,
         )
         .await
         .unwrap()

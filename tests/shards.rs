@@ -251,6 +251,111 @@ async fn shards_answer_together_what_one_gateway_holding_everyone_answers() {
     assert!(!log.contains("panicked"), "{log}");
 }
 
+/// The adversary of the promise that analysts are answered while data
+/// moves: three agencies deliver a new population in batches of five, each
+/// its own commit and data generation, while an analyst asks the answering
+/// gateway one question after another. Every question is answered, at a
+/// generation between the data's before and after it, however often the
+/// data moved while the shards worked it out.
+#[tokio::test(flavor = "multi_thread")]
+async fn answers_from_shards_keep_coming_while_deliveries_land() {
+    let Some(url) = fresh_postgres("shards_under_load").await else {
+        return;
+    };
+    let d = Deployment::new();
+    joinery_ok(&["pki", "issue", "--dir", &d.pki(), "--gateway", "answering"]);
+    let quiet = ["--linkage-interval-secs", "3600"];
+    let whole = d.start_gateway(Some(&url), &quiet);
+    d.deliver(&whole.address, &d.synth(300, 11), &THREE_AGENCIES[..1]);
+    let shard =
+        |which: &str| d.start_gateway(Some(&url), &[quiet[0], quiet[1], "--holds-shard", which]);
+    let (shard0, shard1) = (shard("0/2"), shard("1/2"));
+    let answering = d.start_gateway(
+        Some(&url),
+        &[
+            quiet[0],
+            quiet[1],
+            "--answer-from-shards",
+            &format!("{},{}", shard0.address, shard1.address),
+            "--shard-tls-cert",
+            d.path("pki/gateways/gateway-answering.pem")
+                .to_str()
+                .unwrap(),
+            "--shard-tls-key",
+            d.path("pki/gateways/gateway-answering.key")
+                .to_str()
+                .unwrap(),
+        ],
+    );
+    let query = d.path("query.yaml");
+    std::fs::write(&query, QUERY).unwrap();
+    let query = query.to_str().unwrap();
+    // The shards load their people once, before the data starts moving.
+    run(&d, &answering.address, query);
+
+    let db = open_database(&url).await;
+    let generation = || async {
+        sqlx::query("SELECT n FROM data_generation WHERE id = 1")
+            .fetch_one(&db)
+            .await
+            .unwrap()
+            .get::<i64, _>(0)
+    };
+    let synth = d.synth(300, 12);
+    let mut agents: Vec<_> = THREE_AGENCIES
+        .iter()
+        .map(|(org, dataset)| {
+            let config = d.agent_config(
+                org,
+                &whole.address,
+                &synth.join(format!("extracts/{dataset}.csv")),
+                &synth.join(format!("mappings/{dataset}.yaml")),
+            );
+            let text = std::fs::read_to_string(&config).unwrap();
+            std::fs::write(&config, text.replace("batch_size: 200", "batch_size: 5")).unwrap();
+            d.spawn_agent(&config)
+        })
+        .collect();
+    let (mut asked, mut while_moving) = (0, 0);
+    while asked < 4 || agents.iter_mut().any(|a| matches!(a.try_wait(), Ok(None))) {
+        let before = generation().await;
+        let out = d.client_output(
+            &["query", "run", query],
+            &answering.address,
+            d.analyst_cert(),
+            &["--format", "json"],
+        );
+        let after = generation().await;
+        asked += 1;
+        assert!(
+            out.status.success(),
+            "question {asked} unanswered while the data moved from generation {before} to {after}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let table: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let at = table["data_generation"].as_i64().unwrap();
+        assert!(
+            (before..=after).contains(&at),
+            "question {asked} answered at generation {at}, outside {before}..={after}"
+        );
+        if after > before {
+            while_moving += 1;
+        }
+        assert!(asked < 200, "the deliveries never finished");
+    }
+    for agent in agents {
+        // 3: delivered, with the synthetic extract's bad rows quarantined.
+        let (code, _, stderr) = finish(agent);
+        assert!(matches!(code, 0 | 3), "exit {code}: {stderr}");
+    }
+    assert!(
+        while_moving >= 3,
+        "only {while_moving} of {asked} questions were asked while the data moved: the adversary did not press"
+    );
+    let log = answering.log_text();
+    assert!(!log.contains("panicked"), "{log}");
+}
+
 /// `joinery query run QUERY --format json` as the test analyst.
 fn run(d: &Deployment, gateway: &str, query: &str) -> serde_json::Value {
     let out = d.client(

@@ -9,14 +9,26 @@
 //! ([`Population::updated`]), unless so many changed — or the change log no
 //! longer reaches back far enough — that reading everyone is cheaper. Each
 //! answer says which generation it reflects.
+//!
+//! A gateway holding one shard answers at the generation it is asked for
+//! instead ([`Held::at`]): it catches up in the snapshot the asking gateway
+//! shares, so it lands exactly there however often the data moves, and
+//! keeps its last few generations for questions asked at one it has just
+//! moved past.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::Mutex;
 
 use crate::analytics::{Interner, Population, Shard};
-use crate::storage::{Storage, StorageError};
+use crate::storage::{SnapshotId, Storage, StorageError};
+
+/// The generations before the one held that a shard keeps for questions
+/// asked at them. Each shares its unchanged people with the next, so one
+/// costs little more than a pointer per person.
+const EARLIER_KEPT: usize = 4;
 
 /// How many changed person ids are read as changes, at most, for a
 /// population of `n` people: a quarter of them (or 10,000); past that, one
@@ -45,6 +57,8 @@ pub(super) struct Held {
 
 struct State {
     loaded: Option<(i64, Arc<Population>)>,
+    /// The generations held before `loaded`, newest first (a shard's only).
+    earlier: VecDeque<(i64, Arc<Population>)>,
     /// An update is under way (it has taken the interner).
     updating: bool,
     /// The texts the population shares, for the people read next.
@@ -59,6 +73,7 @@ impl Held {
             shard,
             state: Arc::new(Mutex::new(State {
                 loaded: None,
+                earlier: VecDeque::new(),
                 updating: false,
                 interner: Interner::default(),
             })),
@@ -76,7 +91,9 @@ impl Held {
         let generation = storage.data_generation().await?;
         let mut state = self.state.lock().await;
         let Some((at, population)) = &state.loaded else {
-            let read = storage.population(&mut state.interner, self.shard).await?;
+            let read = storage
+                .population(&mut state.interner, self.shard, None)
+                .await?;
             let population = Arc::new(Population::new(read.people));
             state.loaded = Some((read.generation, Arc::clone(&population)));
             return Ok(Loaded {
@@ -97,7 +114,7 @@ impl Held {
             let (at, population) = (loaded.generation, Arc::clone(&loaded.population));
             let shard = self.shard;
             tokio::spawn(async move {
-                let updated = catch_up(&storage, at, &population, &mut interner, shard).await;
+                let updated = catch_up(&storage, at, &population, &mut interner, shard, None).await;
                 let mut state = held.state.lock().await;
                 state.updating = false;
                 state.interner = interner;
@@ -111,23 +128,76 @@ impl Held {
         }
         Ok(loaded)
     }
+
+    /// The population at exactly data generation `generation`, for a
+    /// shard's part of an answer: as held, as kept from one of the last
+    /// few generations, or brought up to it — read in `shared`, the
+    /// snapshot the asking gateway exported at that generation, so it
+    /// lands there whatever has been delivered since. `None` when this
+    /// holds only newer generations (or, with no snapshot to read in,
+    /// caught up past it): the asker asks again at a newer one. Questions
+    /// wait for one another here; each catches up at most once.
+    pub async fn at(
+        &self,
+        storage: &Storage,
+        generation: i64,
+        shared: Option<&SnapshotId>,
+    ) -> Result<Option<Loaded>, StorageError> {
+        let mut state = self.state.lock().await;
+        let state = &mut *state;
+        match state.loaded.clone() {
+            None => {
+                let read = storage
+                    .population(&mut state.interner, self.shard, shared)
+                    .await?;
+                state.loaded = Some((read.generation, Arc::new(Population::new(read.people))));
+            }
+            Some((at, population)) if at < generation => {
+                let updated = catch_up(
+                    storage,
+                    at,
+                    &population,
+                    &mut state.interner,
+                    self.shard,
+                    shared,
+                )
+                .await?;
+                state.earlier.push_front((at, population));
+                state.earlier.truncate(EARLIER_KEPT);
+                state.loaded = Some(updated);
+            }
+            Some(_) => {}
+        }
+        Ok(state
+            .loaded
+            .iter()
+            .chain(&state.earlier)
+            .find(|(at, _)| *at == generation)
+            .map(|(at, population)| Loaded {
+                generation: *at,
+                population: Arc::clone(population),
+                newer_data_pending: false,
+            }))
+    }
 }
 
-/// `population`, loaded at generation `at`, brought up to the data: only the
-/// people changed since read again, or everyone when the change log no
-/// longer reaches back to `at` or more changed than [`most_changed`] allows.
+/// `population`, loaded at generation `at`, brought up to the data (as
+/// `shared` holds it, where given): only the people changed since read
+/// again, or everyone when the change log no longer reaches back to `at` or
+/// more changed than [`most_changed`] allows.
 async fn catch_up(
     storage: &Storage,
     at: i64,
     population: &Population,
     interner: &mut Interner,
     shard: Shard,
+    shared: Option<&SnapshotId>,
 ) -> Result<(i64, Arc<Population>), StorageError> {
     let started = Instant::now();
     // The change log counts every shard's people.
     let limit = most_changed(population.people().len() * shard.count as usize);
     let (generation, updated, everyone, read) = match storage
-        .population_changes(at, limit, interner, shard)
+        .population_changes(at, limit, interner, shard, shared)
         .await?
     {
         Some(changes) => {
@@ -138,7 +208,7 @@ async fn catch_up(
         None => {
             // A fresh interner: texts no one holds any more are let go.
             *interner = Interner::default();
-            let read = storage.population(interner, shard).await?;
+            let read = storage.population(interner, shard, shared).await?;
             let people = read.people.len();
             (read.generation, Population::new(read.people), true, people)
         }

@@ -884,7 +884,7 @@ mod tests {
         let reference = Date::from_calendar_date(2026, time::Month::June, 30).unwrap();
         let labels = Labels::default();
         let whole = storage
-            .population(&mut Interner::default(), Shard::WHOLE)
+            .population(&mut Interner::default(), Shard::WHOLE, None)
             .await
             .unwrap();
         let nobody: &[std::sync::Arc<Person>] = &[];
@@ -893,7 +893,7 @@ mod tests {
         for index in 0..3 {
             let shard = Shard::new(index, 3).unwrap();
             let part = storage
-                .population(&mut Interner::default(), shard)
+                .population(&mut Interner::default(), shard, None)
                 .await
                 .unwrap();
             assert!(
@@ -924,6 +924,7 @@ mod tests {
                     usize::MAX,
                     &mut Interner::default(),
                     shard,
+                    None,
                 )
                 .await
                 .unwrap()

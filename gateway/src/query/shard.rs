@@ -2,11 +2,10 @@
 //! the population (`gateway serve --holds-shard I/N`) answers an answering
 //! gateway's requests for its part of a question — true counts, members,
 //! never released as they stand — working each out as a gateway holding
-//! everyone would, over its own people, at the generation asked. The
+//! everyone would, over its own people, at the generation asked (caught
+//! up to it in the snapshot the answering gateway shares: `Held::at`). The
 //! answering gateway ([`super::shards`]) adds the parts up; disclosure
 //! control, the privacy budget and the audit log then see only the whole.
-
-use std::time::{Duration, Instant};
 
 use joinery_crypto::identity::PeerIdentity;
 use joinery_proto::v1::shard_server::Shard as ShardRpc;
@@ -18,44 +17,11 @@ use time::Date;
 use tonic::{Request, Response, Status};
 
 use super::asked::Asked;
-use super::held::{Held, Loaded};
 use super::view::View;
 use super::{QueryError, QueryService};
 use crate::analytics::Labels;
 use crate::peer;
-use crate::storage::Storage;
-
-/// How long a shard may take to bring its people up to the generation
-/// asked for (its first load reads every record).
-const CATCH_UP: Duration = Duration::from_secs(300);
-/// How often a shard catching up looks again.
-const CATCH_UP_POLL: Duration = Duration::from_millis(25);
-
-/// The people `held` holds, once they reflect data generation
-/// `generation`: ABORTED if they are already past it (the answering
-/// gateway asks every shard again at the newer one).
-async fn at_generation(held: &Held, storage: &Storage, generation: i64) -> Result<Loaded, Status> {
-    let deadline = Instant::now() + CATCH_UP;
-    loop {
-        let loaded = held.get(storage).await.map_err(QueryError::from)?;
-        if loaded.generation > generation {
-            return Err(Status::aborted(format!(
-                "this shard holds data generation {}, past the {generation} asked for",
-                loaded.generation
-            )));
-        }
-        if loaded.generation == generation {
-            return Ok(loaded);
-        }
-        if Instant::now() > deadline {
-            return Err(Status::unavailable(format!(
-                "this shard did not reach data generation {generation} within {} s",
-                CATCH_UP.as_secs()
-            )));
-        }
-        tokio::time::sleep(CATCH_UP_POLL).await;
-    }
-}
+use crate::storage::SnapshotId;
 
 impl QueryService {
     /// A shard request's question, and this shard's people at its
@@ -85,7 +51,22 @@ impl QueryService {
             &time::format_description::well_known::Iso8601::DATE,
         )
         .map_err(|_| Status::invalid_argument("reference_date must be YYYY-MM-DD"))?;
-        let loaded = at_generation(held, &self.storage, asked.generation).await?;
+        let shared = match asked.snapshot.as_str() {
+            "" => None,
+            id => Some(SnapshotId::parse(id).ok_or_else(|| {
+                Status::invalid_argument("snapshot must be a PostgreSQL snapshot id")
+            })?),
+        };
+        let loaded = held
+            .at(&self.storage, asked.generation, shared.as_ref())
+            .await
+            .map_err(QueryError::from)?
+            .ok_or_else(|| {
+                Status::aborted(format!(
+                    "this shard holds only data generations past the {} asked for",
+                    asked.generation
+                ))
+            })?;
         let of = ShardOf {
             index: held.shard().index,
             count: held.shard().count,

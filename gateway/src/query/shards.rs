@@ -1,7 +1,8 @@
 //! The answering gateway's end of `joinery.v1.Shard`: [`Shards`] asks
 //! every gateway holding a shard of the population (`--answer-from-shards`)
-//! for its part of a question at one data generation, checks it heard from
-//! each exactly once at that generation, and adds the parts up.
+//! for its part of a question at one data generation — held still in a
+//! snapshot the shards catch up in ([`SharedSnapshot`]) — checks it heard
+//! from each exactly once at that generation, and adds the parts up.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -20,6 +21,7 @@ use tonic::{Response, Status};
 use super::QueryError;
 use super::asked::Asked;
 use crate::analytics::{CellData, Labels, MemberRow, Person, Tabulation};
+use crate::storage::SharedSnapshot;
 
 /// The largest part a shard may send: a row-level extract of a large
 /// cohort is one row per member.
@@ -62,11 +64,11 @@ impl Shards {
         &self,
         asked: &Asked,
         columns: bool,
-        generation: i64,
+        at: &SharedSnapshot,
     ) -> Result<HashMap<String, u64>, QueryError> {
         let request = ShardRequest {
             columns,
-            ..request(asked, generation)
+            ..request(asked, at)
         };
         let parts = self
             .ask(request, |mut shard, request| async move {
@@ -88,7 +90,7 @@ impl Shards {
         &self,
         asked: &Asked,
         labels: &Labels,
-        generation: i64,
+        at: &SharedSnapshot,
     ) -> Result<Tabulation, QueryError> {
         let listed = |labels: &Option<std::collections::BTreeSet<String>>| {
             labels.as_ref().map(|l| SafeLabels {
@@ -98,7 +100,7 @@ impl Shards {
         let request = ShardRequest {
             row_labels: listed(&labels.rows),
             column_labels: listed(&labels.columns),
-            ..request(asked, generation)
+            ..request(asked, at)
         };
         let parts = self
             .ask(request, |mut shard, request| async move {
@@ -120,11 +122,11 @@ impl Shards {
         &self,
         asked: &Asked,
         agreement: &str,
-        generation: i64,
+        at: &SharedSnapshot,
     ) -> Result<Vec<MemberRow>, QueryError> {
         let request = ShardRequest {
             agreement: agreement.to_owned(),
-            ..request(asked, generation)
+            ..request(asked, at)
         };
         let parts = self
             .ask(request, |mut shard, request| async move {
@@ -242,12 +244,18 @@ impl Peer {
     }
 }
 
-/// A request for `asked` at `generation`.
-fn request(asked: &Asked, generation: i64) -> ShardRequest {
+/// A request for `asked` at the generation `at` holds, read in its
+/// snapshot.
+fn request(asked: &Asked, at: &SharedSnapshot) -> ShardRequest {
     ShardRequest {
         query: asked.text.clone(),
         reference_date: asked.reference.to_string(),
-        generation,
+        generation: at.generation,
+        snapshot: at
+            .id
+            .as_ref()
+            .map(|id| id.as_str().to_owned())
+            .unwrap_or_default(),
         ..ShardRequest::default()
     }
 }

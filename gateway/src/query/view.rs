@@ -16,7 +16,7 @@ use super::shards::Shards;
 use crate::analytics::model::Breakdown;
 use crate::analytics::{Labels, MemberRow, Shard, Tabulation};
 use crate::config::Answering;
-use crate::storage::Storage;
+use crate::storage::{SharedSnapshot, Storage};
 
 /// Which people a gateway's answers read, chosen at start-up.
 pub struct Source(Inner);
@@ -45,7 +45,7 @@ impl Source {
 
     /// One answer's view of the population: what this gateway holds (as
     /// held: it may be catching up), or every shard at the data's current
-    /// generation.
+    /// generation, held still in a snapshot the shards read in.
     pub(super) async fn view(&self, storage: &Storage) -> Result<View<'_>, QueryError> {
         match &self.0 {
             Inner::Whole(held) => Ok(View::Held(held.get(storage).await?)),
@@ -55,7 +55,7 @@ impl Source {
             ))),
             Inner::Shards(shards) => Ok(View::Shards {
                 shards,
-                generation: storage.data_generation().await?,
+                at: storage.shared_snapshot().await?,
             }),
         }
     }
@@ -74,8 +74,12 @@ impl Source {
 pub(super) enum View<'s> {
     /// The people this gateway holds.
     Held(Loaded),
-    /// Every shard, each asked to answer at `generation`.
-    Shards { shards: &'s Shards, generation: i64 },
+    /// Every shard, each asked to answer at the generation `at` holds
+    /// still (and open, for as long as the answer takes).
+    Shards {
+        shards: &'s Shards,
+        at: SharedSnapshot,
+    },
 }
 
 impl View<'_> {
@@ -83,7 +87,7 @@ impl View<'_> {
     pub fn generation(&self) -> i64 {
         match self {
             Self::Held(loaded) => loaded.generation,
-            Self::Shards { generation, .. } => *generation,
+            Self::Shards { at, .. } => at.generation,
         }
     }
 
@@ -115,10 +119,7 @@ impl View<'_> {
                 asked.reference,
             )),
             Self::Shards { .. } if !breakdown.is_recorded() => Ok(None),
-            Self::Shards { shards, generation } => shards
-                .label_counts(asked, columns, *generation)
-                .await
-                .map(Some),
+            Self::Shards { shards, at } => shards.label_counts(asked, columns, at).await.map(Some),
         }
     }
 
@@ -132,9 +133,7 @@ impl View<'_> {
                 asked.reference,
                 labels,
             )),
-            Self::Shards { shards, generation } => {
-                shards.tabulate(asked, labels, *generation).await
-            }
+            Self::Shards { shards, at } => shards.tabulate(asked, labels, at).await,
         }
     }
 
@@ -150,9 +149,7 @@ impl View<'_> {
                 &within.people(loaded.population.people()),
                 asked.reference,
             )),
-            Self::Shards { shards, generation } => {
-                shards.members(asked, &within.agreement, *generation).await
-            }
+            Self::Shards { shards, at } => shards.members(asked, &within.agreement, at).await,
         }
     }
 }

@@ -19,7 +19,7 @@ mod rotation;
 mod rows;
 
 pub use links::LinkChanges;
-pub use population::{PopulationChanges, PopulationRead};
+pub use population::{PopulationChanges, PopulationRead, SharedSnapshot, SnapshotId};
 pub use releases::{NewRelease, Recorded};
 pub use rotation::{TakenLinks, TakenModel, TakenOver};
 
@@ -816,7 +816,7 @@ mod tests {
         let storage = Storage::open(&url).await.unwrap();
         let mut interner = crate::analytics::Interner::default();
         let read = storage
-            .population(&mut interner, crate::analytics::Shard::WHOLE)
+            .population(&mut interner, crate::analytics::Shard::WHOLE, None)
             .await
             .unwrap();
         assert_eq!(read.generation, 7);
@@ -826,7 +826,13 @@ mod tests {
         // read afresh, one loaded since catches up by who changed.
         assert!(
             storage
-                .population_changes(6, usize::MAX, &mut interner, crate::analytics::Shard::WHOLE)
+                .population_changes(
+                    6,
+                    usize::MAX,
+                    &mut interner,
+                    crate::analytics::Shard::WHOLE,
+                    None
+                )
                 .await
                 .unwrap()
                 .is_none()
@@ -846,7 +852,13 @@ mod tests {
         });
         storage.commit_batch(batch).await.unwrap();
         let changes = storage
-            .population_changes(7, usize::MAX, &mut interner, crate::analytics::Shard::WHOLE)
+            .population_changes(
+                7,
+                usize::MAX,
+                &mut interner,
+                crate::analytics::Shard::WHOLE,
+                None,
+            )
             .await
             .unwrap()
             .expect("the log reaches back to the upgrade");
@@ -966,7 +978,7 @@ mod tests {
         );
         let mut interner = crate::analytics::Interner::default();
         let read = storage
-            .population(&mut interner, crate::analytics::Shard::WHOLE)
+            .population(&mut interner, crate::analytics::Shard::WHOLE, None)
             .await
             .unwrap();
         assert_eq!(read.people.len(), 2, "p1 and p3");
@@ -1806,6 +1818,7 @@ mod tests {
             .population(
                 &mut crate::analytics::Interner::default(),
                 crate::analytics::Shard::WHOLE,
+                None,
             )
             .await
             .unwrap();
@@ -1817,5 +1830,61 @@ mod tests {
         assert_eq!(&*people[1].events[0].attributes["source"], "3A");
         assert_eq!(people[1].birth_month.as_deref(), Some("2015-04"));
         assert!(people[1].is_in("cin"));
+    }
+
+    /// A snapshot one gateway shares is read by another at the generation
+    /// it was exported at, however the data moved since, and only while
+    /// the sharing gateway holds it open; SQLite has none to share.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_shared_snapshot_reads_the_generation_it_was_exported_at() {
+        on_both_backends("shared_snapshot", shared_snapshot).await;
+    }
+
+    async fn shared_snapshot(url: String) {
+        use crate::analytics::{Interner, Shard};
+        // What is not a snapshot id never reaches the database.
+        for not_an_id in ["", "1'; DROP TABLE records; --", "00000003 0000001B-1"] {
+            assert_eq!(SnapshotId::parse(not_an_id), None, "{not_an_id:?}");
+        }
+        let storage = Storage::open(&url).await.unwrap();
+        let first = la1_cin_batch("b1", vec![bare_record("p1", "k1", "l1")]);
+        storage.commit_batch(first).await.unwrap();
+        let shared = storage.shared_snapshot().await.unwrap();
+        let second = la1_cin_batch("b2", vec![bare_record("p2", "k2", "l2")]);
+        storage.commit_batch(second).await.unwrap();
+        let now = storage.data_generation().await.unwrap();
+        assert!(now > shared.generation);
+        let mut interner = Interner::default();
+        let id = match storage.backend() {
+            Backend::Postgres => shared.id.clone().expect("PostgreSQL shares its snapshots"),
+            Backend::Sqlite => {
+                assert_eq!(shared.id, None);
+                return;
+            }
+        };
+        let read = storage
+            .population(&mut interner, Shard::WHOLE, Some(&id))
+            .await
+            .unwrap();
+        assert_eq!((read.generation, read.people.len()), (shared.generation, 1));
+        let changes = storage
+            .population_changes(0, usize::MAX, &mut interner, Shard::WHOLE, Some(&id))
+            .await
+            .unwrap()
+            .expect("the change log reaches back");
+        assert_eq!(changes.generation, shared.generation);
+        let read = storage
+            .population(&mut interner, Shard::WHOLE, None)
+            .await
+            .unwrap();
+        assert_eq!((read.generation, read.people.len()), (now, 2));
+        // Let go, its snapshot is gone.
+        drop(shared);
+        assert!(
+            storage
+                .population(&mut interner, Shard::WHOLE, Some(&id))
+                .await
+                .is_err()
+        );
     }
 }

@@ -1,6 +1,9 @@
 //! The linked population as analytics reads it: one entry per person on the
 //! spine, with what its records say (birth month, sex, the organisations and
-//! datasets it is known to) and its events in date order.
+//! datasets it is known to) and its events in date order. Each read is one
+//! snapshot transaction; on PostgreSQL, gateways holding shards of the
+//! population can read in one snapshot another gateway exported
+//! ([`SharedSnapshot`]), so they all land on the same data generation.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -77,12 +80,15 @@ impl Storage {
     /// spine and the batches' datasets are read into memory first, then
     /// records and events are streamed and placed by person (those of
     /// other shards passed over).
+    /// Read in `shared`'s snapshot where given (it then reads the
+    /// generation that snapshot was exported at).
     pub async fn population(
         &self,
         interner: &mut Interner,
         shard: Shard,
+        shared: Option<&SnapshotId>,
     ) -> Result<PopulationRead, StorageError> {
-        let mut tx = self.snapshot().await?;
+        let mut tx = self.snapshot(shared).await?;
         let (generation, _) = generation_and_log_start(&mut tx).await?;
         let mut placing = Placing::new(interner, batch_datasets(&mut tx).await?, shard);
         let mut rows = sqlx::query("SELECT person_id, spine_id FROM person_spine").fetch(&mut *tx);
@@ -116,14 +122,16 @@ impl Storage {
     /// reaches back to `since` (pruned) or more than `limit` stored person
     /// ids changed: then reading everyone ([`Storage::population`]) is the
     /// cheaper way.
+    /// Read in `shared`'s snapshot where given, as [`Storage::population`].
     pub async fn population_changes(
         &self,
         since: i64,
         limit: usize,
         interner: &mut Interner,
         shard: Shard,
+        shared: Option<&SnapshotId>,
     ) -> Result<Option<PopulationChanges>, StorageError> {
-        let mut tx = self.snapshot().await?;
+        let mut tx = self.snapshot(shared).await?;
         let (generation, log_start) = generation_and_log_start(&mut tx).await?;
         if since < log_start {
             return Ok(None);
@@ -222,14 +230,81 @@ impl Storage {
 
     /// A read-only transaction that sees one state of the database
     /// throughout (SQLite's read transactions always do).
-    async fn snapshot(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StorageError> {
+    async fn snapshot(
+        &self,
+        shared: Option<&SnapshotId>,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Any>, StorageError> {
         let mut tx = self.pool.begin().await?;
         if self.backend == super::Backend::Postgres {
             sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                 .execute(&mut *tx)
                 .await?;
+            if let Some(SnapshotId(id)) = shared {
+                // A SET takes no bound parameters; the id is checked to be
+                // hex digits and dashes (SnapshotId::parse).
+                sqlx::query(AssertSqlSafe(format!("SET TRANSACTION SNAPSHOT '{id}'")))
+                    .execute(&mut *tx)
+                    .await?;
+            }
         }
         Ok(tx)
+    }
+
+    /// The data as it stands, held still so that other gateways can read
+    /// it too ([`SharedSnapshot`]).
+    pub async fn shared_snapshot(&self) -> Result<SharedSnapshot, StorageError> {
+        let mut open = self.snapshot(None).await?;
+        let (generation, _) = generation_and_log_start(&mut open).await?;
+        let id = match self.backend {
+            super::Backend::Postgres => {
+                let id: String = sqlx::query_scalar("SELECT pg_export_snapshot()")
+                    .fetch_one(&mut *open)
+                    .await?;
+                SnapshotId::parse(&id)
+            }
+            super::Backend::Sqlite => None,
+        };
+        Ok(SharedSnapshot {
+            generation,
+            id,
+            _open: std::sync::Mutex::new(open),
+        })
+    }
+}
+
+/// The data at one generation, held still for as long as this lives: on
+/// PostgreSQL a read-only transaction whose snapshot is exported
+/// (`pg_export_snapshot()`), which any connection to the same database can
+/// read in while it stays open. A gateway answering from shards holds one
+/// while it asks them, so every shard reads the same generation however
+/// often deliveries move the data meanwhile. SQLite has no snapshot to
+/// share (`id` is `None`).
+pub struct SharedSnapshot {
+    /// The data generation it holds.
+    pub generation: i64,
+    pub id: Option<SnapshotId>,
+    /// Never locked: a `Mutex` makes the snapshot shareable between the
+    /// tasks that ask the shards (a transaction alone is `Send`, not
+    /// `Sync`).
+    _open: std::sync::Mutex<sqlx::Transaction<'static, sqlx::Any>>,
+}
+
+/// An exported PostgreSQL snapshot's id, such as `00000003-0000001B-1`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotId(String);
+
+impl SnapshotId {
+    /// `text` as a snapshot id, if it is one: hex digits and dashes only
+    /// (it is written into a `SET` statement, which takes no parameters).
+    pub fn parse(text: &str) -> Option<Self> {
+        let well_formed = !text.is_empty()
+            && text.len() <= 64
+            && text.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
+        well_formed.then(|| Self(text.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }
 

@@ -168,7 +168,11 @@ async fn catch_up(
 ) -> anyhow::Result<()> {
     let mut interner = Interner::default();
     let before = storage
-        .population(&mut interner, joinery_gateway::analytics::Shard::WHOLE)
+        .population(
+            &mut interner,
+            joinery_gateway::analytics::Shard::WHOLE,
+            None,
+        )
         .await?;
     let held = Population::new(before.people);
     let mut rng = ChaCha8Rng::seed_from_u64(6);
@@ -210,6 +214,7 @@ async fn catch_up(
             usize::MAX,
             &mut interner,
             joinery_gateway::analytics::Shard::WHOLE,
+            None,
         )
         .await?
         .context("the change log reaches back to the population loaded")?;
@@ -221,6 +226,7 @@ async fn catch_up(
         .population(
             &mut Interner::default(),
             joinery_gateway::analytics::Shard::WHOLE,
+            None,
         )
         .await?;
     let from_everyone = started.elapsed();
