@@ -67,9 +67,15 @@ async fn shards_answer_together_what_one_gateway_holding_everyone_answers() {
     d.deliver(&whole.address, &synth, &THREE_AGENCIES[..2]);
     d.on_store(&["gateway", "relink"], Some(&url));
 
-    let shard =
-        |which: &str| d.start_gateway(Some(&url), &[quiet[0], quiet[1], "--holds-shard", which]);
-    let (shard0, mut shard1) = (shard("0/2"), shard("1/2"));
+    let shard = |listen: &str, which: &str| {
+        d.start_gateway_at(
+            listen,
+            Some(&url),
+            &[quiet[0], quiet[1], "--holds-shard", which],
+        )
+    };
+    let shard0_listen = free_local_address();
+    let (mut shard0, mut shard1) = (shard(&shard0_listen, "0/2"), shard("127.0.0.1:0", "1/2"));
     let answer_from = |shards: &str, metrics: &str| {
         d.start_gateway(
             Some(&url),
@@ -164,6 +170,46 @@ async fn shards_answer_together_what_one_gateway_holding_everyone_answers() {
         d.deliver(&whole.address, &synth, &THREE_AGENCIES[2..]);
         d.on_store(&["gateway", "relink"], Some(&url));
     }
+
+    // The answering gateway's certificate renewed and the old one revoked,
+    // the answering gateway left running: a shard restarted (so the
+    // connection to it is made again, under the new revocation list) is
+    // reached with the new certificate.
+    joinery_ok(&[
+        "pki",
+        "revoke",
+        "--dir",
+        &d.pki(),
+        "--cert",
+        answering_cert.0.to_str().unwrap(),
+    ]);
+    let renewed = d.path("renewed");
+    joinery_ok(&[
+        "pki",
+        "issue",
+        "--dir",
+        &d.pki(),
+        "--gateway",
+        "answering",
+        "--out",
+        renewed.to_str().unwrap(),
+    ]);
+    for file in ["gateway-answering.key", "gateway-answering.pem"] {
+        let staged = d.path(&format!("pki/gateways/{file}.new"));
+        std::fs::copy(renewed.join(file), &staged).unwrap();
+        std::fs::rename(&staged, d.path(&format!("pki/gateways/{file}"))).unwrap();
+    }
+    shard0.stop();
+    shard0 = shard(&shard0_listen, "0/2");
+    // The answering gateway looks at its files at most once a second.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let renewal = d.path("after-renewal.yaml");
+    std::fs::write(&renewal, format!("{QUERY}# after the renewal\n")).unwrap();
+    let table = run(&d, &answering.address, renewal.to_str().unwrap());
+    assert!(
+        table["rows"].as_array().is_some_and(|r| !r.is_empty()),
+        "{table}"
+    );
 
     // A shard answers no analyst itself, and gives its part to no
     // certificate but a gateway's.

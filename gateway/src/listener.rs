@@ -246,7 +246,7 @@ pub fn incoming(
                 }
             };
             let _ = tcp.set_nodelay(true);
-            let acceptor = tls.acceptor();
+            let acceptor = tls.current();
             let tx = tx.clone();
             let admitting = Arc::clone(&admission);
             admission.start_handshake(remote.ip(), move |number| async move {

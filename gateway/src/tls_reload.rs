@@ -3,7 +3,9 @@
 //! connection is served with the new ones (checked at most once a second).
 //! A change that does not load — a half-written file, a key that does not
 //! match — is logged and the running configuration is kept. Each load
-//! publishes when the files expire (metrics).
+//! publishes when the files expire (metrics). The same holds for what a
+//! gateway makes of its certificate as a client ([`Reloaded`]): the
+//! connections a gateway answering from shards opens to them.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -15,16 +17,24 @@ use tokio_rustls::TlsAcceptor;
 
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 
-pub struct TlsReloader {
+/// How a [`Reloaded`] makes what it holds from the files.
+type Make<T> = Box<dyn Fn(&TlsFiles) -> Result<T, TlsError> + Send + Sync>;
+
+/// What is made of a set of TLS files, made again when they change.
+pub struct Reloaded<T> {
     files: TlsFiles,
-    state: Mutex<State>,
+    make: Make<T>,
+    state: Mutex<State<T>>,
 }
 
-struct State {
-    acceptor: TlsAcceptor,
+struct State<T> {
+    made: T,
     stamps: Vec<Option<SystemTime>>,
     checked: Instant,
 }
+
+/// The listener's acceptor, with the gateway's certificate as a server.
+pub type TlsReloader = Reloaded<TlsAcceptor>;
 
 /// When the file at `path` last changed, if it is there.
 pub(crate) fn modified(path: &Path) -> Option<SystemTime> {
@@ -32,30 +42,42 @@ pub(crate) fn modified(path: &Path) -> Option<SystemTime> {
 }
 
 impl TlsReloader {
+    /// The acceptor of a gateway (or keyholder) serving with `files`.
     pub fn new(files: TlsFiles) -> Result<Self, TlsError> {
-        let acceptor = acceptor(&files)?;
+        Reloaded::with(files, acceptor)
+    }
+}
+
+impl<T: Clone> Reloaded<T> {
+    /// `make` applied to `files` now, and again whenever they change.
+    pub fn with(
+        files: TlsFiles,
+        make: impl Fn(&TlsFiles) -> Result<T, TlsError> + Send + Sync + 'static,
+    ) -> Result<Self, TlsError> {
+        let made = make(&files)?;
         let stamps = stamps(&files);
         Ok(Self {
             files,
+            make: Box::new(make),
             state: Mutex::new(State {
-                acceptor,
+                made,
                 stamps,
                 checked: Instant::now(),
             }),
         })
     }
 
-    /// The acceptor for a new connection, with the files as they are now.
-    pub fn acceptor(&self) -> TlsAcceptor {
+    /// What the files make as they are now (for a new connection).
+    pub fn current(&self) -> T {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if state.checked.elapsed() >= CHECK_EVERY {
             state.checked = Instant::now();
             let now = stamps(&self.files);
             if now != state.stamps {
                 state.stamps = now;
-                match acceptor(&self.files) {
-                    Ok(acceptor) => {
-                        state.acceptor = acceptor;
+                match (self.make)(&self.files) {
+                    Ok(made) => {
+                        state.made = made;
                         tracing::info!("TLS certificates reloaded");
                     }
                     Err(e) => {
@@ -64,7 +86,7 @@ impl TlsReloader {
                 }
             }
         }
-        state.acceptor.clone()
+        state.made.clone()
     }
 }
 

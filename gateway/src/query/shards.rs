@@ -22,14 +22,17 @@ use super::QueryError;
 use super::asked::Asked;
 use crate::analytics::{CellData, Labels, MemberRow, Person, Tabulation};
 use crate::storage::SharedSnapshot;
+use crate::tls_reload::Reloaded;
 
 /// The largest part a shard may send: a row-level extract of a large
 /// cohort is one row per member.
 const MAX_PART_BYTES: usize = 1 << 30;
 
-/// The gateways holding each shard, as an answering gateway reaches them.
+/// The gateways holding each shard, as an answering gateway reaches them:
+/// connected afresh with its certificate files whenever they change, so a
+/// renewed or rotated gateway certificate is presented without a restart.
 pub(super) struct Shards {
-    peers: Vec<Peer>,
+    peers: Reloaded<Arc<[Peer]>>,
 }
 
 /// One shard's gateway.
@@ -45,17 +48,19 @@ impl Shards {
     /// The gateways at `addresses` (`host:port`, one per shard), reached
     /// over mutual TLS with the gateway certificate in `tls`.
     pub(super) fn new(addresses: &[String], tls: &TlsFiles) -> Result<Self, TlsError> {
-        let config = joinery_crypto::tls::client_config(tls)?;
-        Ok(Self {
-            peers: addresses
+        let addresses = addresses.to_vec();
+        let peers = Reloaded::with(tls.clone(), move |files| {
+            let config = joinery_crypto::tls::client_config(files)?;
+            Ok(addresses
                 .iter()
                 .map(|address| Peer {
                     address: address.clone(),
                     tls: config.clone(),
                     channel: OnceCell::new(),
                 })
-                .collect(),
-        })
+                .collect())
+        })?;
+        Ok(Self { peers })
     }
 
     /// How many people of every shard hold each recorded value of the
@@ -109,10 +114,10 @@ impl Shards {
             .await?;
         let nobody: &[Arc<Person>] = &[];
         let mut table = crate::analytics::tabulate(&asked.query, nobody, asked.reference, labels);
-        for (peer, part) in parts {
+        for (address, part) in parts {
             tabulation(part, &table)
                 .and_then(|part| table.add(&part))
-                .map_err(|e| QueryError::Shards(format!("the shard at {}: {e}", peer.address)))?;
+                .map_err(|e| QueryError::Shards(format!("the shard at {address}: {e}")))?;
         }
         Ok(table)
     }
@@ -145,32 +150,33 @@ impl Shards {
             .collect())
     }
 
-    /// Sends every shard `request` at once; each part with the shard it
-    /// came from. Refused unless every shard answered, each once, at the
-    /// request's generation.
+    /// Sends every shard `request` at once; each part with the address of
+    /// the shard it came from. Refused unless every shard answered, each
+    /// once, at the request's generation.
     async fn ask<T, F, Fut>(
         &self,
         request: ShardRequest,
         call: F,
-    ) -> Result<Vec<(&Peer, T)>, QueryError>
+    ) -> Result<Vec<(String, T)>, QueryError>
     where
         T: Part,
         F: Fn(ShardClient<Channel>, ShardRequest) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         let generation = request.generation;
-        let asks = self.peers.iter().map(|peer| {
+        let peers = self.peers.current();
+        let asks = peers.iter().map(|peer| {
             let (call, request) = (&call, request.clone());
             async move {
                 let part = call(peer.client().await?, request)
                     .await
                     .map_err(|status| peer.failed(&status))?;
-                Ok::<_, QueryError>((peer, part.into_inner()))
+                Ok::<_, QueryError>((peer.address.clone(), part.into_inner()))
             }
         });
         let asked = futures::future::try_join_all(asks)
             .await
-            .and_then(|parts| self.every_shard_once(&parts, generation).map(|()| parts));
+            .and_then(|parts| every_shard_once(peers.len(), &parts, generation).map(|()| parts));
         crate::metrics::shard_ask(match &asked {
             Ok(_) => "answered",
             Err(QueryError::MovedOn) => "moved_on",
@@ -178,39 +184,35 @@ impl Shards {
         });
         asked
     }
+}
 
-    /// Whether `parts` came from every shard exactly once, all at
-    /// `generation`.
-    fn every_shard_once<T: Part>(
-        &self,
-        parts: &[(&Peer, T)],
-        generation: i64,
-    ) -> Result<(), QueryError> {
-        let count = self.peers.len();
-        let mut seen = vec![false; count];
-        for (peer, part) in parts {
-            let Some(of) = part.shard() else {
-                return Err(QueryError::Shards(format!(
-                    "the gateway at {} did not say which shard it holds",
-                    peer.address
-                )));
-            };
-            let index = of.index as usize;
-            if of.count as usize != count
-                || index >= count
-                || std::mem::replace(&mut seen[index], true)
-            {
-                return Err(QueryError::Shards(format!(
-                    "the gateway at {} holds shard {}/{}, where {count} gateways are configured, one for each shard: give each shard gateway its own --holds-shard I/{count}",
-                    peer.address, of.index, of.count
-                )));
-            }
-            if of.generation != generation {
-                return Err(QueryError::MovedOn);
-            }
+/// Whether `parts` came from every one of `count` shards exactly once,
+/// all at `generation`.
+fn every_shard_once<T: Part>(
+    count: usize,
+    parts: &[(String, T)],
+    generation: i64,
+) -> Result<(), QueryError> {
+    let mut seen = vec![false; count];
+    for (address, part) in parts {
+        let Some(of) = part.shard() else {
+            return Err(QueryError::Shards(format!(
+                "the gateway at {address} did not say which shard it holds"
+            )));
+        };
+        let index = of.index as usize;
+        if of.count as usize != count || index >= count || std::mem::replace(&mut seen[index], true)
+        {
+            return Err(QueryError::Shards(format!(
+                "the gateway at {address} holds shard {}/{}, where {count} gateways are configured, one for each shard: give each shard gateway its own --holds-shard I/{count}",
+                of.index, of.count
+            )));
         }
-        Ok(())
+        if of.generation != generation {
+            return Err(QueryError::MovedOn);
+        }
     }
+    Ok(())
 }
 
 impl Peer {
