@@ -10,7 +10,7 @@ use joinery_linkage::entities::Entities;
 use joinery_linkage::{Encoding, Entity, LinkageParams};
 use sqlx::{AssertSqlSafe, Row};
 
-use super::rows::table_rows;
+use super::rows::{hex_text, table_rows};
 use super::{LinkChanges, NewBatch, Storage, StorageError, to_i64};
 
 /// What a linkage run reads: every entity as the matcher takes it, and
@@ -422,8 +422,8 @@ impl Storage {
                 local_pseudonym: &record.local_pseudonym,
                 nhs_pseudonym: record.nhs_pseudonym.as_deref(),
                 params_version: linkage.params_version,
-                filters: hex::encode(&linkage.filters),
-                block_keys: hex::encode(pack_block_keys(&linkage.blocks)),
+                filters: hex_text(&linkage.filters),
+                block_keys: hex_text(&pack_block_keys(&linkage.blocks)),
                 dataset: &batch.dataset,
             })
             .collect();

@@ -19,7 +19,7 @@ use joinery_linkage::cluster::Link;
 use ring::digest::{Context, SHA256};
 use sqlx::Row;
 
-use super::rows::table_rows;
+use super::rows::{hex_text, table_rows};
 use super::{Backend, EntityRecord, LinkageEntities, Storage, StorageError};
 
 /// An entity named in another's links: the first 16 bytes of the SHA-256
@@ -103,7 +103,7 @@ impl<'a> LinkChanges<'a> {
                 organisation,
                 local_pseudonym,
                 params_version: version,
-                links: hex::encode(packed),
+                links: hex_text(&packed),
             }
         };
         let (mut owners, mut emptied) = (Vec::new(), Vec::new());
