@@ -402,6 +402,48 @@ async fn answers_from_shards_keep_coming_while_deliveries_land() {
     assert!(!log.contains("panicked"), "{log}");
 }
 
+/// Shards on SQLite are refused at start, saying why: a SQLite store is one
+/// gateway's own, and it has no snapshot to share between gateways.
+#[test]
+fn shards_on_sqlite_are_refused_at_start() {
+    let d = Deployment::new();
+    joinery_ok(&["pki", "issue", "--dir", &d.pki(), "--gateway", "answering"]);
+    let cert = d.path("pki/gateways/gateway-answering.pem");
+    let key = d.path("pki/gateways/gateway-answering.key");
+    let holding = ["--holds-shard", "0/2"];
+    let answering = [
+        "--answer-from-shards",
+        "127.0.0.1:7443,127.0.0.1:7444",
+        "--shard-tls-cert",
+        cert.to_str().unwrap(),
+        "--shard-tls-key",
+        key.to_str().unwrap(),
+    ];
+    for shards in [&holding[..], &answering[..]] {
+        let mut gateway = d
+            .gateway_command("127.0.0.1:0", None, shards)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        while gateway.try_wait().unwrap().is_none() {
+            if started.elapsed() > std::time::Duration::from_secs(30) {
+                let _ = gateway.kill();
+                panic!("a gateway with {shards:?} on SQLite started");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let out = gateway.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            stderr.contains("need every gateway on one PostgreSQL database"),
+            "{stderr}"
+        );
+    }
+}
+
 /// `joinery query run QUERY --format json` as the test analyst.
 fn run(d: &Deployment, gateway: &str, query: &str) -> serde_json::Value {
     let out = d.client(

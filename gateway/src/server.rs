@@ -19,12 +19,12 @@ use tonic::transport::Server;
 
 use crate::agreements::{Agreements, LiveAgreements};
 use crate::audit::{AuditRecord, AuditService};
-use crate::config::GatewayConfig;
+use crate::config::{Answering, GatewayConfig};
 use crate::ingest::IngestService;
 use crate::listener;
 use crate::query::{QueryService, Source};
 use crate::rekey::Rekeyer;
-use crate::storage::{Storage, StorageError};
+use crate::storage::{Backend, Storage, StorageError};
 use crate::tls_reload::TlsReloader;
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +51,10 @@ pub enum GatewayError {
     },
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error(
+        "--holds-shard and --answer-from-shards need every gateway on one PostgreSQL database (--database-url postgres://…): a SQLite store is one gateway's own, and has no snapshot to share between gateways"
+    )]
+    ShardsOnSqlite,
 }
 
 /// How long a stopping gateway waits for background work under way.
@@ -165,6 +169,9 @@ impl Gateway {
             tracing::warn!(directory = %config.agreements_dir().display(), "no signed agreements loaded: every ingest session will be refused");
         }
         let storage = Storage::open(&config.database_url()).await?;
+        if !matches!(config.answering, Answering::Whole) && storage.backend() == Backend::Sqlite {
+            return Err(GatewayError::ShardsOnSqlite);
+        }
         let key = SecretKey::load_or_create(&config.key_file())?;
         let audit_key = Arc::new(SigningKey::load_or_create(&config.audit_key_file())?);
         for signed in agreements.iter() {

@@ -265,34 +265,14 @@ impl Deployment {
         extra: &[&str],
     ) -> GatewayProcess {
         let log = self.path("gateway.log");
-        let mut command = joinery();
-        command
-            .args(["gateway", "serve", "--listen", listen, "--data-dir"])
-            .arg(self.gateway_data_dir())
-            .arg("--agreements")
-            .arg(self.agreements_dir())
-            .arg("--tls-ca")
-            .arg(self.ca())
-            .arg("--tls-cert")
-            .arg(self.sandbox.gateway_cert().0)
-            .arg("--tls-key")
-            .arg(self.sandbox.gateway_cert().1)
-            .arg("--tls-crl")
-            .arg(self.sandbox.crl())
-            .args(extra)
-            .env("RUST_LOG", "debug")
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdout(Stdio::piped())
-            .stderr(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&log)
-                    .expect("gateway log"),
-            );
-        if let Some(url) = database_url {
-            command.arg("--database-url").arg(url);
-        }
+        let mut command = self.gateway_command(listen, database_url, extra);
+        command.stdout(Stdio::piped()).stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)
+                .expect("gateway log"),
+        );
         let mut child = command.spawn().expect("start gateway");
         let stdout = child.stdout.take().expect("gateway stdout");
         let (tx, rx) = std::sync::mpsc::channel();
@@ -318,6 +298,37 @@ impl Deployment {
             address,
             log,
         }
+    }
+
+    /// `joinery gateway serve` on this deployment's store, listening on
+    /// `listen` (on PostgreSQL at `database_url` if given), not started.
+    pub fn gateway_command(
+        &self,
+        listen: &str,
+        database_url: Option<&str>,
+        extra: &[&str],
+    ) -> Command {
+        let mut command = joinery();
+        command
+            .args(["gateway", "serve", "--listen", listen, "--data-dir"])
+            .arg(self.gateway_data_dir())
+            .arg("--agreements")
+            .arg(self.agreements_dir())
+            .arg("--tls-ca")
+            .arg(self.ca())
+            .arg("--tls-cert")
+            .arg(self.sandbox.gateway_cert().0)
+            .arg("--tls-key")
+            .arg(self.sandbox.gateway_cert().1)
+            .arg("--tls-crl")
+            .arg(self.sandbox.crl())
+            .args(extra)
+            .env("RUST_LOG", "debug")
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        if let Some(url) = database_url {
+            command.arg("--database-url").arg(url);
+        }
+        command
     }
 
     /// Writes an agent configuration for `org` reading `extract` through
