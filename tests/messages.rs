@@ -102,34 +102,60 @@ fn a_failed_delivery_says_what_failed() {
     );
 }
 
-/// A PostgreSQL database that does not exist is named, with how to make it.
+/// A PostgreSQL database that does not exist is named, with how to make it;
+/// the statement it gives, run as given, makes the database the URL names
+/// (a name with capitals too, which PostgreSQL folds unless quoted).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_missing_postgres_database_is_named_with_how_to_create_it() {
     let Some(reachable) = fresh_postgres("missing_database_probe").await else {
         return;
     };
+    let admin = open_database(&reachable).await;
+    let name = "Joinery_Test_Never_Created";
+    let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(drop.clone()))
+        .execute(&admin)
+        .await
+        .unwrap();
     let (base, _) = reachable.rsplit_once('/').unwrap();
-    let missing = format!("{base}/joinery_test_never_created");
+    let missing = format!("{base}/{name}");
     let d = Deployment::new();
-    let output = joinery()
-        .args([
-            "gateway",
-            "relink",
-            "--database-url",
-            &missing,
-            "--data-dir",
-        ])
-        .arg(d.path("store"))
-        .output()
-        .expect("run joinery");
+    let relink = || {
+        joinery()
+            .args([
+                "gateway",
+                "relink",
+                "--database-url",
+                &missing,
+                "--data-dir",
+            ])
+            .arg(d.path("store"))
+            .output()
+            .expect("run joinery")
+    };
+    let output = relink();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("no database \"joinery_test_never_created\""),
+        stderr.contains(&format!("no database \"{name}\"")),
         "{stderr}"
     );
     assert!(stderr.contains("createdb"), "{stderr}");
     assert_eq!(stderr.matches("error:").count(), 1, "{stderr}");
+    let statement = stderr
+        .split('`')
+        .find(|part| part.starts_with("CREATE DATABASE"))
+        .unwrap_or_else(|| panic!("no CREATE DATABASE in {stderr}"));
+    sqlx::raw_sql(sqlx::AssertSqlSafe(statement.to_owned()))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let after = String::from_utf8_lossy(&relink().stderr).into_owned();
+    assert!(!after.contains("no database"), "{after}");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(drop))
+        .execute(&admin)
+        .await
+        .unwrap();
 }
 
 /// A refusal reads as the gateway's reason, not tonic's raw status.

@@ -51,7 +51,7 @@ pub enum StorageError {
     #[error("cannot open the database: {0}")]
     Connect(#[source] sqlx::Error),
     #[error(
-        "PostgreSQL has no database {name:?}: create it (`createdb {name}`, or `CREATE DATABASE {name};` as a user who may) and start again"
+        "PostgreSQL has no database {name:?}: create it (`createdb '{name}'`, or `CREATE DATABASE \"{name}\";` as a user who may) and start again"
     )]
     NoDatabase { name: String },
     #[error("cannot make the database file {path} readable by its owner only: {source}")]
