@@ -368,11 +368,11 @@ async fn revocation_and_certificate_rotation_without_restart() {
         "--out",
         rotated.to_str().unwrap(),
     ]);
-    for file in ["gateway.key", "gateway.pem"] {
-        let staged = d.path(&format!("pki/gateway/{file}.new"));
-        std::fs::copy(rotated.join(file), &staged).unwrap();
-        std::fs::rename(&staged, d.path(&format!("pki/gateway/{file}"))).unwrap();
-    }
+    install_renamed(
+        &rotated,
+        &d.path("pki/gateway"),
+        &["gateway.key", "gateway.pem"],
+    );
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     let connect = |name: &'static str| {
         let config = org_config(&d, SALT);

@@ -194,11 +194,11 @@ async fn shards_answer_together_what_one_gateway_holding_everyone_answers() {
         "--out",
         renewed.to_str().unwrap(),
     ]);
-    for file in ["gateway-answering.key", "gateway-answering.pem"] {
-        let staged = d.path(&format!("pki/gateways/{file}.new"));
-        std::fs::copy(renewed.join(file), &staged).unwrap();
-        std::fs::rename(&staged, d.path(&format!("pki/gateways/{file}"))).unwrap();
-    }
+    install_renamed(
+        &renewed,
+        &d.path("pki/gateways"),
+        &["gateway-answering.key", "gateway-answering.pem"],
+    );
     shard0.stop();
     shard0 = shard(&shard0_listen, "0/2");
     // The answering gateway looks at its files at most once a second.

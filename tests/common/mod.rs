@@ -58,6 +58,17 @@ pub fn free_local_address() -> String {
     }
 }
 
+/// Copies each of `files` from `from` to beside its place in `into`, then
+/// renames it into place: the atomic way `docs/certificates.md` says to
+/// install renewed certificates and keys under a running process.
+pub fn install_renamed(from: &Path, into: &Path, files: &[&str]) {
+    for file in files {
+        let staged = into.join(format!("{file}.new"));
+        std::fs::copy(from.join(file), &staged).unwrap();
+        std::fs::rename(&staged, into.join(file)).unwrap();
+    }
+}
+
 /// The text of a file of this repository (`README.md`, `deploy/…`).
 pub fn repo(path: &str) -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path))
