@@ -168,10 +168,14 @@ impl Gateway {
         if agreements.is_empty() {
             tracing::warn!(directory = %config.agreements_dir().display(), "no signed agreements loaded: every ingest session will be refused");
         }
-        let storage = Storage::open(&config.database_url()).await?;
-        if !matches!(config.answering, Answering::Whole) && storage.backend() == Backend::Sqlite {
+        // Refused before a SQLite store is made for it.
+        let url = config.database_url();
+        if !matches!(config.answering, Answering::Whole)
+            && Backend::of_url(&url) == Some(Backend::Sqlite)
+        {
             return Err(GatewayError::ShardsOnSqlite);
         }
+        let storage = Storage::open(&url).await?;
         let key = SecretKey::load_or_create(&config.key_file())?;
         let audit_key = Arc::new(SigningKey::load_or_create(&config.audit_key_file())?);
         for signed in agreements.iter() {

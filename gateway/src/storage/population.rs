@@ -79,9 +79,8 @@ impl Storage {
     /// read in one snapshot transaction. Plain scans and no joins: the
     /// spine and the batches' datasets are read into memory first, then
     /// records and events are streamed and placed by person (those of
-    /// other shards passed over).
-    /// Read in `shared`'s snapshot where given (it then reads the
-    /// generation that snapshot was exported at).
+    /// other shards passed over). Read in `shared`'s snapshot where given,
+    /// it is the generation that snapshot was exported at.
     pub async fn population(
         &self,
         interner: &mut Interner,
@@ -121,8 +120,8 @@ impl Storage {
     /// snapshot transaction — or `None` when the change log no longer
     /// reaches back to `since` (pruned) or more than `limit` stored person
     /// ids changed: then reading everyone ([`Storage::population`]) is the
-    /// cheaper way.
-    /// Read in `shared`'s snapshot where given, as [`Storage::population`].
+    /// cheaper way. Read in `shared`'s snapshot where given, as
+    /// [`Storage::population`] is.
     pub async fn population_changes(
         &self,
         since: i64,
